@@ -38,7 +38,11 @@ if ((${#missing_apt[@]})); then
     "${sudo_cmd[@]}" apt-get update -qq
     touch "$stamp"
   fi
-  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing_apt[@]}" >/dev/null 2>&1 || {
+    # Re-run loudly so the failure is visible.
+    "${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${missing_apt[@]}"
+  }
 fi
 
 missing_pip=()
@@ -52,5 +56,5 @@ done
 
 if ((${#missing_pip[@]})); then
   echo "bootstrap: installing Python packages: ${missing_pip[*]}"
-  "$python" -m pip install -q --disable-pip-version-check "${missing_pip[@]}"
+  "$python" -m pip install -q --disable-pip-version-check --root-user-action=ignore "${missing_pip[@]}"
 fi

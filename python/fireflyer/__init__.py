@@ -1,0 +1,33 @@
+"""Fireflyer: infrastructure for training and serving large Mixture-of-Experts models.
+
+One package, one submodule per component: ``fireflyer.eplb``, ``fireflyer.trace`` (and, as they land,
+``mla``, ``gemm``, ``ep``, ``pipe``, ``fs``, ``flow``). The native code lives in the nanobind
+extension ``fireflyer._C``; the submodules are thin Python wrappers over it.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+try:
+    from fireflyer import _C  # noqa: F401
+except ImportError as error:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "fireflyer's native extension fireflyer._C is not built for this Python "
+        f"({error}). Build it with `make` (source checkout, PYTHONPATH=python) or `pip install -e .`."
+    ) from error
+
+
+def built_with_cuda() -> bool:
+    """True when the native extension was compiled with CUDA kernels."""
+    return _C.common.built_with_cuda()
+
+
+def visible_gpus() -> list[dict]:
+    """The GPUs this process can use (name, SM count, memory); empty without CUDA or a GPU."""
+    return _C.common.visible_gpus()
+
+
+def set_log_level(level: str) -> None:
+    """Sets the native log level: trace, debug, info, warn, error or off."""
+    _C.common.set_log_level(level)
