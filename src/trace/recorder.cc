@@ -136,9 +136,8 @@ void Recorder::record(const Event& event) {
   ring->head.store(head + 1, std::memory_order_release);
 }
 
-void Recorder::complete(const char* name, const char* category, int64_t start_ns, int64_t duration_ns,
-                        const char* arg_name, double arg_value, Track track) {
-  if (!enabled()) return;
+void Recorder::record_complete(const char* name, const char* category, int64_t start_ns, int64_t duration_ns,
+                               const char* arg_name, double arg_value, Track track) {
   Event event;
   event.name = name;
   event.category = category;
