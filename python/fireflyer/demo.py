@@ -1,0 +1,164 @@
+"""The end-to-end demo behind `make demo`.
+
+Runs each component that exists on its embedded defaults, records a Chrome trace of the demo itself,
+analyses that trace with ff-trace, and prints a summary. GPU parts run only where a GPU is present.
+
+    python -m fireflyer.demo --build-dir build --out .demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import fireflyer
+from fireflyer import eplb, trace
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+class Demo:
+    def __init__(self, build_dir: pathlib.Path, out_dir: pathlib.Path):
+        self.build_dir = build_dir
+        self.out_dir = out_dir
+        self.summary: list[tuple[str, str]] = []
+        self.recorder = trace.global_recorder()
+        self.recorder.clear()
+        self.recorder.set_process_name("fireflyer demo")
+        self.recorder.set_thread_name("demo main")
+        self.recorder.enabled = True
+
+    def step(self, title: str):
+        print(f"\n== {title}", flush=True)
+        return trace.span(title, "demo")
+
+    def tool(self, name: str) -> pathlib.Path:
+        path = self.build_dir / "bin" / name
+        if not path.exists():
+            raise SystemExit(f"demo: {path} is missing; build with `make` first")
+        return path
+
+    def run_tool(self, name: str, *args: str) -> str:
+        command = [str(self.tool(name)), *args]
+        print("$ " + " ".join(os.path.relpath(c) if os.path.exists(c) else c for c in command), flush=True)
+        with trace.span(name, "tool"):
+            result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            sys.stderr.write(result.stdout + result.stderr)
+            raise SystemExit(f"demo: {name} failed with exit status {result.returncode}")
+        return result.stdout
+
+    # --- steps -----------------------------------------------------------------------------------
+
+    def environment(self) -> None:
+        with self.step("environment"):
+            gpus = fireflyer.visible_gpus()
+            print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
+            print(f"native extension built with CUDA: {fireflyer.built_with_cuda()}")
+            if gpus:
+                for gpu in gpus:
+                    print(f"GPU {gpu['index']}: {gpu['name']}, {gpu['sm_count']} SMs, "
+                          f"{gpu['memory_bytes'] / 2**30:.0f} GiB")
+            else:
+                print("GPU: none visible; GPU parts are skipped and CPU reference paths run")
+            self.summary.append(("devices", gpus[0]["name"] if gpus else "CPU only"))
+
+    def eplb_cli(self) -> None:
+        with self.step("eplb: ff-eplb on the sample load file"):
+            loads = REPO_ROOT / "deploy" / "samples" / "eplb_loads.csv"
+            placement = self.out_dir / "eplb_placement.json"
+            heatmap = self.out_dir / "eplb_heatmap.svg"
+            output = self.run_tool("ff-eplb", str(loads), "--replicas", "16", "--groups", "4", "--nodes", "2",
+                                   "--gpus", "8", "--policy", "refine", "--out", str(placement),
+                                   "--svg", str(heatmap))
+            print(output.rstrip())
+            self.summary.append(("eplb sample placement", os.path.relpath(placement)))
+            self.summary.append(("eplb heatmap (SVG)", os.path.relpath(heatmap)))
+
+    def eplb_deepseek_shape(self) -> None:
+        with self.step("eplb: DeepSeek-V3 shape (58 MoE layers x 256 experts, 288 replicas, 4 nodes x 8 GPUs)"):
+            rng = np.random.default_rng(2026)
+            ranks = np.arange(1, 257, dtype=np.float64)
+            weight = np.stack([rng.permutation(4096 * ranks ** -1.2) for _ in range(58)]).round()
+            start = time.perf_counter()
+            with trace.span("rebalance_experts anchor", "eplb"):
+                phy2log, log2phy, logcnt = eplb.rebalance_experts(weight, 288, 8, 4, 32)
+            anchor_ms = (time.perf_counter() - start) * 1e3
+            start = time.perf_counter()
+            with trace.span("rebalance_experts refine", "eplb"):
+                *_, stats = eplb.rebalance_experts(weight, 288, 8, 4, 32, policy="refine", return_stats=True)
+            refine_ms = (time.perf_counter() - start) * 1e3
+            print(f"anchor policy: {anchor_ms:.2f} ms, phy2log {tuple(phy2log.shape)}, "
+                  f"log2phy {tuple(log2phy.shape)}, max replicas per expert {int(logcnt.max())}")
+            print(f"imbalance (max GPU load / mean): anchor {stats['anchor_imbalance']:.4f}, "
+                  f"refine {stats['refined_imbalance']:.4f} ({refine_ms:.2f} ms)")
+            self.summary.append(("eplb imbalance anchor -> refine",
+                                 f"{stats['anchor_imbalance']:.4f} -> {stats['refined_imbalance']:.4f}"))
+
+    def gpu_kernels(self) -> None:
+        with self.step("GPU kernels"):
+            if not fireflyer.visible_gpus():
+                print("no GPU: nothing to run here (every kernel also has a CPU reference, tested by make test)")
+            else:
+                print("GPU present; the kernel components (mla, gemm, ep) are not in this build yet")
+
+    def traces(self) -> None:
+        trace_path = self.out_dir / "demo_trace.json"
+        with self.step("trace: the demo's own trace, analysed by ff-trace"):
+            self.recorder.write_json(str(trace_path))
+            timeline = self.out_dir / "demo_timeline.svg"
+            report_path = self.out_dir / "demo_trace_report.json"
+            output = self.run_tool("ff-trace", str(trace_path), "--top", "8", "--json", str(report_path),
+                                   "--svg", str(timeline))
+            print(output.rstrip())
+            self.summary.append(("demo trace (open in Perfetto UI)", os.path.relpath(trace_path)))
+            self.summary.append(("trace timeline (SVG)", os.path.relpath(timeline)))
+        # The final trace also holds the analysis step.
+        self.recorder.write_json(str(trace_path))
+
+    def run(self) -> None:
+        start = time.perf_counter()
+        self.environment()
+        self.eplb_cli()
+        self.eplb_deepseek_shape()
+        self.gpu_kernels()
+        self.traces()
+        self.recorder.enabled = False
+        print("\n== summary")
+        width = max(len(key) for key, _ in self.summary)
+        for key, value in self.summary:
+            print(f"  {key:<{width}}  {value}")
+        print(f"demo finished in {time.perf_counter() - start:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build-dir", default=os.environ.get("FF_BUILD_DIR", "build"))
+    parser.add_argument("--out", default=".demo", help="scratch directory for everything the demo writes")
+    args = parser.parse_args(argv)
+    out_dir = pathlib.Path(args.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    Demo(pathlib.Path(args.build_dir).resolve(), out_dir).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
