@@ -24,5 +24,6 @@ void bind_common(nb::module_& module);
 void bind_trace(nb::module_& module);
 void bind_trace_analysis(nb::module_& module);  // adds to the trace submodule
 void bind_eplb(nb::module_& module);
+void bind_pipe(nb::module_& module);
 
 }  // namespace ff::python

@@ -10,4 +10,6 @@ NB_MODULE(_C, module) {
   ff::python::bind_trace_analysis(trace);
   auto eplb = module.def_submodule("eplb", "Expert-parallel load balancer");
   ff::python::bind_eplb(eplb);
+  auto pipe = module.def_submodule("pipe", "Pipeline-parallel schedules, validator, simulator, executor");
+  ff::python::bind_pipe(pipe);
 }
