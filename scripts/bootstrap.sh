@@ -13,7 +13,7 @@ apt_programs=(
 # Libraries, checked as installed Debian packages.
 apt_libraries=(
   libgtest-dev libgmock-dev libbenchmark-dev
-  libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev
+  libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   zlib1g-dev
 )
 # Optional programs: the build works without them (ccache only speeds rebuilds up).
