@@ -1,0 +1,473 @@
+// The anchor algorithm (DeepSeek EPLB's rebalance_experts), reproduced from its description:
+// hierarchical placement = pack expert groups onto nodes, replicate experts within each node, pack the
+// replicas onto the node's GPUs. Global placement is the same with one group and one node.
+//
+// Every decision the anchor takes in float32 (sorting loads, comparing pack totals, weight / count)
+// is taken here in float32 as well, with the same tie rules, so the placements agree bit for bit.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "ff/common/assert.h"
+#include "ff/eplb/eplb.h"
+#include "internal.h"
+
+namespace ff::eplb {
+
+namespace {
+
+using internal::Shape;
+
+// Scratch memory of the anchor for one layer; sized once per call and reused for every layer, so
+// the per-layer work allocates nothing.
+struct AnchorWorkspace {
+  std::vector<float> group_load;       // (num_groups)
+  std::vector<int64_t> group_pack;     // (num_groups)
+  std::vector<int64_t> group_rank;     // (num_groups)
+  std::vector<int64_t> log2mlog;       // (num_experts)
+  std::vector<int64_t> mlog2log;       // (num_experts)
+  std::vector<int64_t> mlogcnt;        // (num_experts) in mlog order, all nodes
+  std::vector<float> node_weight;      // (experts_per_node)
+  std::vector<int64_t> phy2mlog;       // (replicas_per_node)
+  std::vector<int64_t> node_phyrank;   // (replicas_per_node)
+  std::vector<float> phy_weight;       // (replicas_per_node)
+  std::vector<int64_t> phy_pack;       // (replicas_per_node)
+  std::vector<int64_t> phy_rank;       // (replicas_per_node)
+  // Shared by packing and replication.
+  std::vector<int64_t> order;          // (max items)
+  std::vector<float> bin_weight;       // (max items): pack totals or per-replica loads
+  std::vector<int64_t> bin_items;      // (max items)
+  std::vector<int64_t> heap;           // (max items)
+
+  explicit AnchorWorkspace(const Shape& shape) {
+    const size_t max_items = static_cast<size_t>(
+        std::max({shape.num_groups, shape.experts_per_node, shape.replicas_per_node}));
+    group_load.resize(shape.num_groups);
+    group_pack.resize(shape.num_groups);
+    group_rank.resize(shape.num_groups);
+    log2mlog.resize(shape.num_experts);
+    mlog2log.resize(shape.num_experts);
+    mlogcnt.resize(shape.num_experts);
+    node_weight.resize(shape.experts_per_node);
+    phy2mlog.resize(shape.replicas_per_node);
+    node_phyrank.resize(shape.replicas_per_node);
+    phy_weight.resize(shape.replicas_per_node);
+    phy_pack.resize(shape.replicas_per_node);
+    phy_rank.resize(shape.replicas_per_node);
+    order.resize(max_items);
+    bin_weight.resize(max_items);
+    bin_items.resize(max_items);
+    heap.reserve(max_items);
+  }
+};
+
+// balanced_packing on caller-provided memory. weight: (num_items); outputs: (num_items).
+void pack_into(std::span<const float> weight, int64_t num_packs, std::span<int64_t> pack_index,
+               std::span<int64_t> rank_in_pack, AnchorWorkspace& workspace) {
+  const int64_t num_items = static_cast<int64_t>(weight.size());
+  FF_ASSERT(num_packs > 0 && num_items >= num_packs && num_items % num_packs == 0, "{} items into {} packs",
+            num_items, num_packs);
+  FF_ASSERT(pack_index.size() == weight.size() && rank_in_pack.size() == weight.size());
+  const int64_t items_per_pack = num_items / num_packs;
+  if (items_per_pack == 1) {
+    // The anchor short-cuts this case to the identity (not to the load-sorted assignment).
+    for (int64_t i = 0; i < num_items; ++i) {
+      pack_index[i] = i;
+      rank_in_pack[i] = 0;
+    }
+    return;
+  }
+  // Descending load; equal loads keep index order. A strict total order, so std::sort (which does
+  // not allocate, unlike std::stable_sort) gives the stable order.
+  int64_t* order = workspace.order.data();
+  std::iota(order, order + num_items, int64_t{0});
+  std::sort(order, order + num_items, [&](int64_t a, int64_t b) {
+    return weight[a] > weight[b] || (weight[a] == weight[b] && a < b);
+  });
+  // NOTE: a heap of the packs that still have room, keyed by (float32 total, pack index), finds the
+  // anchor's "lightest pack with room, lowest index first" in O(log packs) instead of a scan; that
+  // matters for global placement (e.g. 288 replicas on 144 GPUs).
+  float* pack_weight = workspace.bin_weight.data();
+  int64_t* pack_items = workspace.bin_items.data();
+  std::vector<int64_t>& heap = workspace.heap;
+  heap.clear();
+  for (int64_t p = 0; p < num_packs; ++p) {
+    pack_weight[p] = 0.0f;
+    pack_items[p] = 0;
+    heap.push_back(p);  // ascending indices with equal totals already form a valid min-heap
+  }
+  auto heavier = [&](int64_t a, int64_t b) {
+    return pack_weight[a] > pack_weight[b] || (pack_weight[a] == pack_weight[b] && a > b);
+  };
+  for (int64_t k = 0; k < num_items; ++k) {
+    const int64_t item = order[k];
+    std::pop_heap(heap.begin(), heap.end(), heavier);
+    const int64_t pack = heap.back();
+    heap.pop_back();
+    pack_index[item] = pack;
+    rank_in_pack[item] = pack_items[pack];
+    pack_weight[pack] += weight[item];  // float32 accumulation in packing order, as the anchor
+    if (++pack_items[pack] < items_per_pack) {
+      heap.push_back(pack);
+      std::push_heap(heap.begin(), heap.end(), heavier);
+    }
+  }
+  FF_ASSERT(heap.empty(), "every pack must be full after packing");
+}
+
+// replicate_experts on caller-provided memory. weight: (num_logical); phy2log, phyrank:
+// (num_physical); logcnt: (num_logical).
+void replicate_into(std::span<const float> weight, std::span<int64_t> phy2log, std::span<int64_t> phyrank,
+                    std::span<int64_t> logcnt, AnchorWorkspace& workspace) {
+  const int64_t num_logical = static_cast<int64_t>(weight.size());
+  const int64_t num_physical = static_cast<int64_t>(phy2log.size());
+  FF_ASSERT(num_physical >= num_logical && num_logical > 0, "{} physical < {} logical", num_physical, num_logical);
+  FF_ASSERT(phyrank.size() == phy2log.size() && logcnt.size() == weight.size());
+  float* per_replica = workspace.bin_weight.data();
+  std::vector<int64_t>& heap = workspace.heap;
+  heap.clear();
+  for (int64_t e = 0; e < num_logical; ++e) {
+    phy2log[e] = e;
+    phyrank[e] = 0;
+    logcnt[e] = 1;
+    per_replica[e] = weight[e];
+    heap.push_back(e);
+  }
+  if (num_physical == num_logical) return;
+  // The anchor takes argmax(weight / logcnt) with the first index winning ties; a max-heap keyed by
+  // (float32 per-replica load, lower index) pops the same expert in O(log experts).
+  auto lower_priority = [&](int64_t a, int64_t b) {
+    return per_replica[a] < per_replica[b] || (per_replica[a] == per_replica[b] && a > b);
+  };
+  std::make_heap(heap.begin(), heap.end(), lower_priority);
+  for (int64_t slot = num_logical; slot < num_physical; ++slot) {
+    std::pop_heap(heap.begin(), heap.end(), lower_priority);
+    const int64_t expert = heap.back();
+    phy2log[slot] = expert;
+    phyrank[slot] = logcnt[expert];
+    logcnt[expert] += 1;
+    per_replica[expert] = weight[expert] / static_cast<float>(logcnt[expert]);
+    std::push_heap(heap.begin(), heap.end(), lower_priority);
+  }
+}
+
+// The hierarchical anchor for one layer. weight: (num_experts); phy2log, phyrank: (num_replicas);
+// logcnt: (num_experts). Physical order: node-major, then GPU, then the order items were packed.
+void rebalance_layer(std::span<const float> weight, const Shape& shape, std::span<int64_t> phy2log,
+                     std::span<int64_t> phyrank, std::span<int64_t> logcnt, AnchorWorkspace& ws) {
+  FF_ASSERT(static_cast<int64_t>(weight.size()) == shape.num_experts);
+  FF_ASSERT(static_cast<int64_t>(phy2log.size()) == shape.num_replicas);
+  // Step 1: pack whole groups onto nodes by their total load (float32, summed in index order).
+  for (int64_t g = 0; g < shape.num_groups; ++g) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < shape.group_size; ++j) sum += weight[g * shape.group_size + j];
+    ws.group_load[g] = sum;
+  }
+  pack_into(ws.group_load, shape.num_nodes, ws.group_pack, ws.group_rank, ws);
+  // "mlog" numbers experts node by node: the node's groups in packing order, experts in index order.
+  for (int64_t g = 0; g < shape.num_groups; ++g) {
+    const int64_t base = (ws.group_pack[g] * shape.groups_per_node + ws.group_rank[g]) * shape.group_size;
+    for (int64_t j = 0; j < shape.group_size; ++j) {
+      const int64_t expert = g * shape.group_size + j;
+      ws.log2mlog[expert] = base + j;
+      ws.mlog2log[base + j] = expert;
+    }
+  }
+  for (int64_t node = 0; node < shape.num_nodes; ++node) {
+    const int64_t mlog_begin = node * shape.experts_per_node;
+    // Step 2: replicate the node's experts into the node's slots.
+    for (int64_t j = 0; j < shape.experts_per_node; ++j) ws.node_weight[j] = weight[ws.mlog2log[mlog_begin + j]];
+    std::span<int64_t> node_mlogcnt(ws.mlogcnt.data() + mlog_begin, static_cast<size_t>(shape.experts_per_node));
+    replicate_into(ws.node_weight, ws.phy2mlog, ws.node_phyrank, node_mlogcnt, ws);
+    // Step 3: pack the node's replicas onto its GPUs by per-replica load (float32 division).
+    for (int64_t p = 0; p < shape.replicas_per_node; ++p) {
+      const int64_t mlog = ws.phy2mlog[p];
+      ws.phy_weight[p] = ws.node_weight[mlog] / static_cast<float>(node_mlogcnt[mlog]);
+    }
+    pack_into(ws.phy_weight, shape.gpus_per_node, ws.phy_pack, ws.phy_rank, ws);
+    const int64_t slot_begin = node * shape.replicas_per_node;
+    for (int64_t p = 0; p < shape.replicas_per_node; ++p) {
+      const int64_t slot = slot_begin + ws.phy_pack[p] * shape.replicas_per_gpu + ws.phy_rank[p];
+      phy2log[slot] = ws.mlog2log[mlog_begin + ws.phy2mlog[p]];
+      phyrank[slot] = ws.node_phyrank[p];
+    }
+  }
+  for (int64_t e = 0; e < shape.num_experts; ++e) logcnt[e] = ws.mlogcnt[ws.log2mlog[e]];
+}
+
+}  // namespace
+
+namespace internal {
+
+Shape make_shape(int64_t num_experts, const RebalanceOptions& options) {
+  Shape shape;
+  const bool hierarchical = is_hierarchical(options);
+  shape.num_experts = num_experts;
+  shape.num_replicas = options.num_replicas;
+  shape.num_groups = hierarchical ? options.num_groups : 1;
+  shape.num_nodes = hierarchical ? options.num_nodes : 1;
+  shape.num_gpus = options.num_gpus;
+  shape.group_size = num_experts / shape.num_groups;
+  shape.groups_per_node = shape.num_groups / shape.num_nodes;
+  shape.experts_per_node = num_experts / shape.num_nodes;
+  shape.replicas_per_node = shape.num_replicas / shape.num_nodes;
+  shape.gpus_per_node = shape.num_gpus / shape.num_nodes;
+  shape.replicas_per_gpu = shape.num_replicas / shape.num_gpus;
+  FF_ASSERT(shape.group_size * shape.num_groups == num_experts, "validate() admits only divisible shapes");
+  FF_ASSERT(shape.replicas_per_node >= shape.experts_per_node && shape.replicas_per_gpu >= 1);
+  return shape;
+}
+
+void layer_gpu_loads(std::span<const float> weight, std::span<const int64_t> phy2log,
+                     std::span<const int64_t> logcnt, int64_t replicas_per_gpu, std::span<double> loads) {
+  FF_ASSERT(replicas_per_gpu > 0 && static_cast<int64_t>(loads.size()) * replicas_per_gpu ==
+                                        static_cast<int64_t>(phy2log.size()));
+  for (size_t gpu = 0; gpu < loads.size(); ++gpu) {
+    double sum = 0;
+    for (int64_t k = 0; k < replicas_per_gpu; ++k) {
+      const int64_t expert = phy2log[gpu * replicas_per_gpu + k];
+      sum += static_cast<double>(weight[expert]) / static_cast<double>(logcnt[expert]);
+    }
+    loads[gpu] = sum;
+  }
+}
+
+double layer_imbalance(std::span<const double> loads) {
+  FF_ASSERT(!loads.empty());
+  double total = 0;
+  double max_load = 0;
+  for (double load : loads) {
+    total += load;
+    max_load = std::max(max_load, load);
+  }
+  // A layer that received no tokens is perfectly balanced, not undefined.
+  if (total <= 0) return 1.0;
+  return max_load / (total / static_cast<double>(loads.size()));
+}
+
+}  // namespace internal
+
+std::string_view policy_name(Policy policy) {
+  switch (policy) {
+    case Policy::kAnchor: return "anchor";
+    case Policy::kRefine: return "refine";
+  }
+  FF_UNREACHABLE("policy {}", static_cast<int>(policy));
+}
+
+Result<Policy> parse_policy(std::string_view name) {
+  if (name == "anchor") return Policy::kAnchor;
+  if (name == "refine") return Policy::kRefine;
+  return invalid_argument("policy='{}' is not known; expected 'anchor' or 'refine'", name);
+}
+
+bool is_hierarchical(const RebalanceOptions& options) {
+  return options.num_nodes > 0 && options.num_groups % options.num_nodes == 0;
+}
+
+Status validate(LoadView weight, const RebalanceOptions& options) {
+  if (weight.num_layers <= 0 || weight.num_experts <= 0) {
+    return invalid_argument("weight has shape ({}, {}); expected (layers, experts) with at least one of each",
+                            weight.num_layers, weight.num_experts);
+  }
+  if (weight.data == nullptr) return invalid_argument("weight has no data");
+  const struct {
+    const char* name;
+    int64_t value;
+  } counts[] = {{"num_replicas", options.num_replicas},
+                {"num_groups", options.num_groups},
+                {"num_nodes", options.num_nodes},
+                {"num_gpus", options.num_gpus}};
+  for (const auto& count : counts) {
+    if (count.value <= 0) return invalid_argument("{}={} must be positive", count.name, count.value);
+  }
+  if (options.num_replicas % options.num_gpus != 0) {
+    return invalid_argument("num_replicas={} is not a multiple of num_gpus={}", options.num_replicas,
+                            options.num_gpus);
+  }
+  if (options.num_gpus % options.num_nodes != 0) {
+    return invalid_argument("num_gpus={} is not a multiple of num_nodes={}", options.num_gpus, options.num_nodes);
+  }
+  if (options.num_replicas < weight.num_experts) {
+    return invalid_argument("num_replicas={} is fewer than the {} experts; every expert needs at least one replica",
+                            options.num_replicas, weight.num_experts);
+  }
+  // Groups matter only to the hierarchical policy; the global one ignores them, as the anchor does.
+  if (is_hierarchical(options) && weight.num_experts % options.num_groups != 0) {
+    return invalid_argument("{} experts cannot be divided into num_groups={} groups of equal size",
+                            weight.num_experts, options.num_groups);
+  }
+  // Bounds the (layers, experts, max_replicas) output so sizes cannot overflow.
+  constexpr int64_t kMaxElements = int64_t{1} << 34;
+  if (weight.num_layers > kMaxElements / options.num_replicas ||
+      weight.num_layers * weight.num_experts > kMaxElements / (options.num_replicas - weight.num_experts + 1)) {
+    return invalid_argument("weight ({} layers, {} experts) with num_replicas={} is too large", weight.num_layers,
+                            weight.num_experts, options.num_replicas);
+  }
+  for (int64_t layer = 0; layer < weight.num_layers; ++layer) {
+    for (int64_t expert = 0; expert < weight.num_experts; ++expert) {
+      const float load = weight.at(layer, expert);
+      if (!std::isfinite(load) || load < 0.0f) {
+        return invalid_argument("load at layer {}, expert {} is {} (loads must be finite and non-negative)", layer,
+                                expert, load);
+      }
+    }
+  }
+  return Status::ok();
+}
+
+Result<Placement> rebalance_experts(LoadView weight, const RebalanceOptions& options, RebalanceStats* stats) {
+  FF_RETURN_IF_ERROR(validate(weight, options));
+  const Shape shape = internal::make_shape(weight.num_experts, options);
+  const int64_t num_layers = weight.num_layers;
+  Placement placement;
+  placement.num_layers = num_layers;
+  placement.num_experts = shape.num_experts;
+  placement.num_replicas = shape.num_replicas;
+  placement.phy2log.resize(num_layers * shape.num_replicas);
+  placement.logcnt.resize(num_layers * shape.num_experts);
+  std::vector<int64_t> phyrank(num_layers * shape.num_replicas);  // (num_layers, num_replicas)
+
+  // NOTE: single-threaded. 58 layers x 256 experts take ~0.1 ms here; starting even one std::thread
+  // costs tens of microseconds, so splitting layers over the machine's 2 cores did not pay (docs/eplb.md).
+  AnchorWorkspace workspace(shape);
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    rebalance_layer(weight.row(layer), shape,
+                    {placement.phy2log.data() + layer * shape.num_replicas, static_cast<size_t>(shape.num_replicas)},
+                    {phyrank.data() + layer * shape.num_replicas, static_cast<size_t>(shape.num_replicas)},
+                    {placement.logcnt.data() + layer * shape.num_experts, static_cast<size_t>(shape.num_experts)},
+                    workspace);
+  }
+
+  const bool want_stats = stats != nullptr || options.policy == Policy::kRefine;
+  std::vector<double> anchor_imbalance;
+  std::vector<double> refined_imbalance;
+  if (want_stats) {
+    std::vector<double> loads(shape.num_gpus);
+    internal::RefineWorkspace refine_workspace;
+    if (options.policy == Policy::kRefine) refine_workspace.resize(shape);
+    for (int64_t layer = 0; layer < num_layers; ++layer) {
+      std::span<int64_t> layer_phy2log(placement.phy2log.data() + layer * shape.num_replicas,
+                                       static_cast<size_t>(shape.num_replicas));
+      std::span<int64_t> layer_phyrank(phyrank.data() + layer * shape.num_replicas,
+                                       static_cast<size_t>(shape.num_replicas));
+      std::span<int64_t> layer_logcnt(placement.logcnt.data() + layer * shape.num_experts,
+                                      static_cast<size_t>(shape.num_experts));
+      internal::layer_gpu_loads(weight.row(layer), layer_phy2log, layer_logcnt, shape.replicas_per_gpu, loads);
+      anchor_imbalance.push_back(internal::layer_imbalance(loads));
+      if (options.policy == Policy::kRefine) {
+        internal::refine_layer(weight.row(layer), shape, layer_phy2log, layer_phyrank, layer_logcnt,
+                               refine_workspace);
+        internal::layer_gpu_loads(weight.row(layer), layer_phy2log, layer_logcnt, shape.replicas_per_gpu, loads);
+        refined_imbalance.push_back(internal::layer_imbalance(loads));
+        FF_ASSERT(refined_imbalance.back() <= anchor_imbalance.back() * (1 + 1e-12),
+                  "refine made layer {} worse", layer);
+      } else {
+        refined_imbalance.push_back(anchor_imbalance.back());
+      }
+    }
+  }
+
+  // log2phy: slot of replica r of expert e at [layer, e, r]; ranks come from the algorithm, not from
+  // the physical order, exactly as the anchor scatters them.
+  const int64_t max_replicas = *std::max_element(placement.logcnt.begin(), placement.logcnt.end());
+  placement.max_replicas = max_replicas;
+  placement.log2phy.assign(num_layers * shape.num_experts * max_replicas, -1);
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    for (int64_t slot = 0; slot < shape.num_replicas; ++slot) {
+      const int64_t index = layer * shape.num_replicas + slot;
+      const int64_t expert = placement.phy2log[index];
+      const int64_t rank = phyrank[index];
+      FF_ASSERT(rank < placement.logcnt[layer * shape.num_experts + expert], "layer {} slot {}", layer, slot);
+      int64_t& entry = placement.log2phy[(layer * shape.num_experts + expert) * max_replicas + rank];
+      FF_ASSERT_EQ(entry, int64_t{-1}, "two slots claim replica {} of expert {} in layer {}", rank, expert, layer);
+      entry = slot;
+    }
+  }
+
+  if (stats != nullptr) {
+    auto mean = [](const std::vector<double>& values) {
+      double sum = 0;
+      for (double value : values) sum += value;
+      return sum / static_cast<double>(values.size());
+    };
+    stats->anchor_imbalance_mean = mean(anchor_imbalance);
+    stats->refined_imbalance_mean = mean(refined_imbalance);
+    stats->anchor_imbalance = std::move(anchor_imbalance);
+    stats->refined_imbalance = std::move(refined_imbalance);
+  }
+  return placement;
+}
+
+Result<std::vector<double>> gpu_loads(LoadView weight, std::span<const int64_t> phy2log,
+                                      std::span<const int64_t> logcnt, int64_t num_replicas, int64_t num_gpus) {
+  if (weight.num_layers <= 0 || weight.num_experts <= 0 || weight.data == nullptr) {
+    return invalid_argument("weight has shape ({}, {}); expected (layers, experts) with at least one of each",
+                            weight.num_layers, weight.num_experts);
+  }
+  if (num_replicas <= 0 || num_gpus <= 0 || num_replicas % num_gpus != 0) {
+    return invalid_argument("num_replicas={} must be a positive multiple of num_gpus={}", num_replicas, num_gpus);
+  }
+  if (static_cast<int64_t>(phy2log.size()) != weight.num_layers * num_replicas) {
+    return invalid_argument("phy2log has {} entries; expected {} layers x {} replicas", phy2log.size(),
+                            weight.num_layers, num_replicas);
+  }
+  if (static_cast<int64_t>(logcnt.size()) != weight.num_layers * weight.num_experts) {
+    return invalid_argument("logcnt has {} entries; expected {} layers x {} experts", logcnt.size(),
+                            weight.num_layers, weight.num_experts);
+  }
+  for (int64_t layer = 0; layer < weight.num_layers; ++layer) {
+    for (int64_t slot = 0; slot < num_replicas; ++slot) {
+      const int64_t expert = phy2log[layer * num_replicas + slot];
+      if (expert < 0 || expert >= weight.num_experts) {
+        return invalid_argument("phy2log[{}, {}]={} is not an expert in [0, {})", layer, slot, expert,
+                                weight.num_experts);
+      }
+      if (logcnt[layer * weight.num_experts + expert] <= 0) {
+        return invalid_argument("logcnt[{}, {}]={} but the expert has a replica", layer, expert,
+                                logcnt[layer * weight.num_experts + expert]);
+      }
+    }
+  }
+  std::vector<double> loads(weight.num_layers * num_gpus);  // (num_layers, num_gpus)
+  for (int64_t layer = 0; layer < weight.num_layers; ++layer) {
+    internal::layer_gpu_loads(weight.row(layer), phy2log.subspan(layer * num_replicas, num_replicas),
+                              logcnt.subspan(layer * weight.num_experts, weight.num_experts), num_replicas / num_gpus,
+                              {loads.data() + layer * num_gpus, static_cast<size_t>(num_gpus)});
+  }
+  return loads;
+}
+
+std::vector<double> imbalance_per_layer(std::span<const double> loads, int64_t num_gpus) {
+  FF_ASSERT(num_gpus > 0 && loads.size() % num_gpus == 0, "{} loads over {} GPUs", loads.size(), num_gpus);
+  std::vector<double> result;
+  for (size_t begin = 0; begin < loads.size(); begin += num_gpus) {
+    result.push_back(internal::layer_imbalance(loads.subspan(begin, num_gpus)));
+  }
+  return result;
+}
+
+Packing balanced_packing(std::span<const float> weight, int64_t num_packs) {
+  Shape shape;  // only sizes the shared scratch buffers
+  shape.num_groups = static_cast<int64_t>(weight.size());
+  AnchorWorkspace workspace(shape);
+  Packing packing;
+  packing.pack_index.resize(weight.size());
+  packing.rank_in_pack.resize(weight.size());
+  pack_into(weight, num_packs, packing.pack_index, packing.rank_in_pack, workspace);
+  return packing;
+}
+
+Replication replicate_experts(std::span<const float> weight, int64_t num_physical) {
+  Shape shape;
+  shape.num_groups = std::max<int64_t>(static_cast<int64_t>(weight.size()), num_physical);
+  AnchorWorkspace workspace(shape);
+  Replication replication;
+  replication.phy2log.resize(num_physical);
+  replication.phyrank.resize(num_physical);
+  replication.logcnt.resize(weight.size());
+  replicate_into(weight, replication.phy2log, replication.phyrank, replication.logcnt, workspace);
+  return replication;
+}
+
+}  // namespace ff::eplb
