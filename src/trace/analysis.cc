@@ -486,7 +486,7 @@ class TraceParser {
     }
   }
 
-  // Reads a pid or tid: a number (truncated), or a string (a decimal string is taken as its number).
+  // Reads a pid or tid: a number (rounded), or a string (a decimal string is taken as its number).
   bool read_track_id(int64_t& out) {
     const int c = reader_.peek();
     if (c == '"') {

@@ -347,7 +347,12 @@ bool scaled_integer_from_token(std::string_view token, int scale_exponent, int64
     if (mantissa > INT64_MAX / 10) return false;
     mantissa *= 10;
   }
-  for (; exponent10 < 0; ++exponent10) mantissa /= 10;
+  if (exponent10 < 0) {
+    // Digits below the unit are dropped with rounding to nearest (half away from zero), so
+    // "1.0005" us is 1001 ns, and 0.1 + 0.2 printed as 0.30000000000000004 is 300 ns.
+    for (; exponent10 < -1; ++exponent10) mantissa /= 10;
+    mantissa = mantissa / 10 + (mantissa % 10 >= 5 ? 1 : 0);
+  }
   out = negative ? -mantissa : mantissa;
   return true;
 }

@@ -88,7 +88,7 @@ class JsonReader {
   // Reads a string value (the next non-space character must be '"') into out, decoding escapes.
   bool read_string(std::string& out);
   bool skip_string();
-  // Reads a number token into a small buffer and converts it. Integer results truncate toward zero;
+  // Reads a number token into a small buffer and converts it to an integer, rounded to nearest;
   // `scale_exponent` multiplies by 10^scale_exponent first (3 turns microseconds into nanoseconds).
   bool read_scaled_integer(int scale_exponent, int64_t& out);
   // Skips any JSON value, nested at most max_depth deep.
@@ -124,7 +124,7 @@ class JsonReader {
   Status error_;
 };
 
-// Converts a JSON number token to an integer times 10^scale_exponent, truncated toward zero, without
+// Converts a JSON number token times 10^scale_exponent to an integer, rounded to nearest, without
 // floating point. False when the token is not a number or the result overflows int64.
 bool scaled_integer_from_token(std::string_view token, int scale_exponent, int64_t& out);
 
