@@ -375,3 +375,32 @@ TEST(Policy, ParsesNames) {
 
 }  // namespace
 }  // namespace ff::eplb
+
+namespace ff::eplb {
+namespace {
+
+TEST(RebalanceExperts, ManyLayersEqualLayerByLayer) {
+  // Large inputs are split over threads; each layer must come out exactly as when balanced alone.
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(fmt::format("reproduce with seed={}", seed));
+  std::mt19937_64 random(seed);
+  const int64_t layers = 61;
+  const int64_t experts = 64;
+  std::vector<float> weight(layers * experts);
+  for (float& value : weight) value = static_cast<float>(random() % 1000);
+  for (Policy policy : {Policy::kAnchor, Policy::kRefine}) {
+    RebalanceOptions options{.num_replicas = 96, .num_groups = 8, .num_nodes = 2, .num_gpus = 16, .policy = policy};
+    const Result<Placement> all = rebalance_experts(view_of(weight, layers), options);
+    ASSERT_TRUE(all.is_ok()) << all.status().to_string();
+    for (int64_t layer = 0; layer < layers; ++layer) {
+      const std::vector<float> row(weight.begin() + layer * experts, weight.begin() + (layer + 1) * experts);
+      const Result<Placement> one = rebalance_experts(view_of(row, 1), options);
+      ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+      ASSERT_TRUE(std::equal(one->phy2log.begin(), one->phy2log.end(), all->phy2log.begin() + layer * 96))
+          << "policy " << policy_name(policy) << " layer " << layer;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ff::eplb
