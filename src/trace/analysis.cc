@@ -971,7 +971,7 @@ Result<TraceReport> analyze_trace_file(const std::string& path, const AnalysisOp
       row_label += thread_name != parser.thread_names_.end() ? thread_name->second : "tid " + label(track.tid_key);
       row_of_track[t] = static_cast<int32_t>(timeline.rows.size());
       timeline.rows.push_back({std::move(row_label), std::vector<float>(timeline.buckets, 0.0f),
-                               std::vector<float>(timeline.buckets, 0.0f)});
+                               std::vector<float>(timeline.buckets, 0.0f), std::vector<float>(timeline.buckets, 0.0f)});
     }
   }
 
@@ -999,7 +999,9 @@ Result<TraceReport> analyze_trace_file(const std::string& path, const AnalysisOp
     for (uint32_t t : processes[process].tracks) {
       TrackUnions& track = track_unions[t];
       const int32_t row = row_of_track[t];
-      track.busy.close();
+      track.busy.close([&](int64_t start, int64_t end) {
+        if (row >= 0) add_to_buckets(timeline.rows[row].busy_ns, timeline.first_ns, timeline.bucket_ns, start, end);
+      });
       track.compute.close([&](int64_t start, int64_t end) {
         if (row >= 0) add_to_buckets(timeline.rows[row].compute_ns, timeline.first_ns, timeline.bucket_ns, start, end);
       });
@@ -1026,7 +1028,9 @@ Result<TraceReport> analyze_trace_file(const std::string& path, const AnalysisOp
     const int32_t row = row_of_track[t];
     TrackUnions& track = track_unions[t];
     ProcessUnions& process = process_unions[interval.process];
-    track.busy.add(interval.start_ns, interval.end_ns);
+    track.busy.add(interval.start_ns, interval.end_ns, [&](int64_t start, int64_t end) {
+      if (row >= 0) add_to_buckets(timeline.rows[row].busy_ns, timeline.first_ns, timeline.bucket_ns, start, end);
+    });
     process.busy.add(interval.start_ns, interval.end_ns);
     switch (interval.event_class()) {
       case EventClass::kCompute:

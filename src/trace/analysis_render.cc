@@ -210,6 +210,7 @@ Status write_timeline_svg(const std::string& path, const Timeline& timeline, con
   constexpr double kPlotWidth = 1200;
   const std::string compute_color = "#4e79a7";
   const std::string comm_color = "#e15759";
+  const std::string other_color = "#9c9c9c";
   const size_t rows = std::max<size_t>(timeline.rows.size(), 1);
   const double plot_height = static_cast<double>(rows) * (kRowHeight + kRowGap);
   const double height = kTop + plot_height + 60;
@@ -225,8 +226,10 @@ Status write_timeline_svg(const std::string& path, const Timeline& timeline, con
   writer.text(26, 46, "compute (fraction of bucket busy)", 11);
   writer.rect(250, 36, 12, 12, comm_color);
   writer.text(266, 46, "communication", 11);
+  writer.rect(370, 36, 12, 12, other_color);
+  writer.text(386, 46, "other (CPU-side ops, ignored categories)", 11);
   if (timeline.omitted_rows > 0) {
-    writer.text(420, 46, fmt::format("{} tracks with fewer events not drawn", timeline.omitted_rows), 11, "start",
+    writer.text(640, 46, fmt::format("{} tracks with fewer events not drawn", timeline.omitted_rows), 11, "start",
                 "#666666");
   }
   if (timeline.rows.empty()) {
@@ -246,7 +249,12 @@ Status write_timeline_svg(const std::string& path, const Timeline& timeline, con
       // comm and compute at the same time; the union per class may then sum above 1).
       const double comm = std::clamp(static_cast<double>(row.comm_ns[b]) / bucket_ns, 0.0, 1.0);
       const double compute = std::clamp(static_cast<double>(row.compute_ns[b]) / bucket_ns, 0.0, 1.0 - comm);
+      const double busy = std::clamp(static_cast<double>(row.busy_ns[b]) / bucket_ns, 0.0, 1.0);
+      const double other = std::max(busy - comm - compute, 0.0);
       const double x = kLeft + static_cast<double>(b) * bucket_width;
+      if (other > 0.005) {
+        writer.rect(x, y + kRowHeight * (1 - comm - compute - other), bucket_width, kRowHeight * other, other_color);
+      }
       if (comm > 0.005) {
         writer.rect(x, y + kRowHeight * (1 - comm), bucket_width, kRowHeight * comm, comm_color);
       }
