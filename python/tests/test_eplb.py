@@ -142,6 +142,17 @@ def test_equals_numpy_transcription(seed):
             )
 
 
+@pytest.mark.parametrize("gpus, nodes, groups", [(48, 1, 1), (40, 5, 3), (96, 2, 8)])
+def test_equals_numpy_transcription_many_gpus(gpus, nodes, groups):
+    # More than 16 GPUs per node: the packing takes its tournament-tree path instead of a linear scan.
+    rng = np.random.default_rng(gpus)
+    for trial in range(4):
+        weight = rng.integers(0, 50, (3, 64)) if trial % 2 else rng.exponential(10.0, (3, 64))
+        args = (weight, 2 * gpus + (gpus if trial == 3 else 0), groups, nodes, gpus)
+        for a, b in zip(eplb.rebalance_experts(*args), eplb_numpy.rebalance_experts(*args)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{gpus=} {nodes=} {groups=} {trial=}")
+
+
 @pytest.mark.parametrize("seed", [4, 5])
 def test_refine_keeps_constraints_and_is_never_worse(seed):
     rng = np.random.default_rng(seed)

