@@ -240,7 +240,7 @@ Result<ValidationReport> validate_schedule(const Schedule& schedule, const Valid
                              blocker(rank, ops[pc[rank]]));
     }
     message.pop_back();
-    return failed_precondition("{}", message);
+    return invalid_argument("{}", message);
   }
   return report;
 }

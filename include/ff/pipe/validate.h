@@ -38,7 +38,7 @@ struct ValidationReport {
 // OK with the report, or an error naming the first problem:
 //  - invalid argument: an op on the wrong rank, a task done twice or never ("rank 2 never runs W of
 //    mb=3 s=2 d=0"), a W without its I;
-//  - failed precondition "deadlock: ...": each blocked rank, its op and what it waits for, e.g.
+//  - invalid argument "deadlock: ...": each blocked rank, its op and what it waits for, e.g.
 //    "rank 1 op #4 B(mb=0 s=1 d=0) waits forever for the gradient of mb=0 s=1 d=0 from rank 2,
 //     which is blocked at op #6 ...".
 Result<ValidationReport> validate_schedule(const Schedule& schedule, const ValidateOptions& options = {});
