@@ -86,7 +86,7 @@ class Demo:
             loads = REPO_ROOT / "deploy" / "samples" / "eplb_loads.csv"
             placement = self.out_dir / "eplb_placement.json"
             heatmap = self.out_dir / "eplb_heatmap.svg"
-            output = self.run_tool("ff-eplb", str(loads), "--replicas", "16", "--groups", "4", "--nodes", "2",
+            output = self.run_tool("ff-eplb", str(loads), "--replicas", "40", "--groups", "8", "--nodes", "2",
                                    "--gpus", "8", "--policy", "refine", "--out", str(placement),
                                    "--svg", str(heatmap))
             print(output.rstrip())
@@ -146,7 +146,7 @@ class Demo:
         width = max(len(key) for key, _ in self.summary)
         for key, value in self.summary:
             print(f"  {key:<{width}}  {value}")
-        print(f"demo finished in {time.perf_counter() - start:.1f} s")
+        print(f"demo finished in {(time.perf_counter() - start) * 1e3:.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

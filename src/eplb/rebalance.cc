@@ -14,6 +14,7 @@
 
 #include "ff/common/assert.h"
 #include "ff/eplb/eplb.h"
+#include "ff/trace/recorder.h"
 #include "internal.h"
 
 namespace ff::eplb {
@@ -252,7 +253,10 @@ void run_in_parallel(int64_t num_items, int64_t cost_per_item, const Work& work)
     const int64_t begin = num_items * t / num_threads;
     const int64_t end = num_items * (t + 1) / num_threads;
     try {
-      threads.emplace_back([&work, begin, end] { work(begin, end); });
+      threads.emplace_back([&work, begin, end] {
+        FF_TRACE_SCOPE("eplb layers (worker thread)", "eplb");
+        work(begin, end);
+      });
     } catch (const std::system_error&) {
       // No thread to be had (resource limits): do the rest on this thread; the result is the same.
       break;
@@ -387,6 +391,7 @@ Status validate(LoadView weight, const RebalanceOptions& options) {
 }
 
 Result<Placement> rebalance_experts(LoadView weight, const RebalanceOptions& options, RebalanceStats* stats) {
+  FF_TRACE_SCOPE("eplb rebalance_experts", "eplb");
   FF_RETURN_IF_ERROR(validate(weight, options));
   const Shape shape = internal::make_shape(weight.num_experts, options);
   const int64_t num_layers = weight.num_layers;
