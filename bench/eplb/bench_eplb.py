@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO_ROOT / "python"))
 sys.path.insert(0, str(HERE))
 
 import eplb_numpy  # noqa: E402
-from fireflyer import eplb  # noqa: E402
+from fireflyer import cpu_model, eplb  # noqa: E402
 
 NUM_LAYERS = 58
 NUM_EXPERTS = 256
@@ -55,16 +55,6 @@ def median_ms(function, repeats: int) -> float:
         function()
         samples.append((time.perf_counter_ns() - start) / 1e6)
     return statistics.median(samples)
-
-
-def cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:

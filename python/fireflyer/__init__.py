@@ -28,6 +28,20 @@ def visible_gpus() -> list[dict]:
     return _C.common.visible_gpus()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), for naming the device a CPU number came from."""
+    import pathlib
+    import platform
+
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def set_log_level(level: str) -> None:
     """Sets the native log level: trace, debug, info, warn, error or off."""
     _C.common.set_log_level(level)

@@ -9,7 +9,6 @@ analyses that trace with ff-trace, and prints a summary. GPU parts run only wher
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -23,16 +22,6 @@ import fireflyer
 from fireflyer import eplb, trace
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class Demo:
@@ -71,7 +60,7 @@ class Demo:
     def environment(self) -> None:
         with self.step("environment"):
             gpus = fireflyer.visible_gpus()
-            print(f"CPU: {_cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
+            print(f"CPU: {fireflyer.cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}")
             print(f"native extension built with CUDA: {fireflyer.built_with_cuda()}")
             if gpus:
                 for gpu in gpus:
