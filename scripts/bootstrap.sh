@@ -87,5 +87,14 @@ for entry in "${pip_packages[@]}"; do
 done
 if ((${#missing_pip[@]})); then
   echo "bootstrap: installing Python packages: ${missing_pip[*]}"
-  "$python" -m pip install -q --disable-pip-version-check --root-user-action=ignore "${missing_pip[@]}"
+  if ! "$python" -m pip install -q --disable-pip-version-check --root-user-action=ignore "${missing_pip[@]}"; then
+    # On a machine that reaches no registry (the GPU machine) FF_ALLOW_MISSING=1 lets the build and the
+    # tests that need none of these go on; tests that need one skip or fail loudly.
+    if [[ ${FF_ALLOW_MISSING:-0} == 1 ]]; then
+      echo "bootstrap: warning: could not install ${missing_pip[*]} (FF_ALLOW_MISSING=1, going on)" >&2
+    else
+      echo "bootstrap: could not install Python packages: ${missing_pip[*]}" >&2
+      exit 1
+    fi
+  fi
 fi
