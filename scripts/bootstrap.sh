@@ -12,7 +12,7 @@ apt_programs=(
 )
 # Libraries, checked as installed Debian packages.
 apt_libraries=(
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev
   libfmt-dev libspdlog-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
   zlib1g-dev
 )

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 deps_dir=.deps/debs
 packages=(
   libfmt-dev libfmt9 libspdlog-dev libspdlog1.10 libcli11-dev nlohmann-json3-dev
-  libgtest-dev libgmock-dev googletest libbenchmark-dev libbenchmark1debian
+  libgtest-dev libgmock-dev googletest
 )
 
 case "${1:-}" in
