@@ -21,20 +21,9 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "python"))
 
-from fireflyer import _C, pipe  # noqa: E402
+from fireflyer import _C, cpu_model, pipe  # noqa: E402
 
 REPEATS = 7
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bench_simulate(kind: str) -> dict:

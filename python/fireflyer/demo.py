@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import fireflyer
-from fireflyer import eplb, trace
+from fireflyer import eplb, pipe, trace
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -102,6 +102,23 @@ class Demo:
             self.summary.append(("eplb imbalance anchor -> refine",
                                  f"{stats['anchor_imbalance']:.4f} -> {stats['refined_imbalance']:.4f}"))
 
+    def pipeline(self) -> None:
+        with self.step("pipe: DualPipe simulated (PP=8, 20 micro-batches, F=1 B=2 W=1 F&B=2.5)"):
+            costs = {"F": 1, "B": 2, "W": 1, "FB": 2.5}
+            schedule_trace = self.out_dir / "dualpipe_trace.json"
+            schedule_svg = self.out_dir / "dualpipe_schedule.svg"
+            result = pipe.simulate("dualpipe", pp=8, chunks=20, costs=costs, trace_path=str(schedule_trace),
+                                   svg_path=str(schedule_svg))
+            print(result["table"].rstrip())
+            print("fastest schedules for PP=8, 20 micro-batches:")
+            for entry in pipe.best(8, 20, costs)[:4]:
+                print(f"  {entry['schedule']:<10} step {entry['step_time']:7.2f} on {entry['num_ranks']} ranks, "
+                      f"peak memory {entry['max_peak_memory']:5.1f}")
+            self.summary.append(("DualPipe step / bubble (table)",
+                                 f"{result['step_time']:.1f} / {result['max_bubble']:.1f} ({result['table_bubble']:.1f})"))
+            self.summary.append(("DualPipe schedule (SVG, trace)",
+                                 f"{os.path.relpath(schedule_svg)}, {os.path.relpath(schedule_trace)}"))
+
     def gpu_kernels(self) -> None:
         with self.step("GPU kernels"):
             if not fireflyer.visible_gpus():
@@ -128,6 +145,7 @@ class Demo:
         self.environment()
         self.eplb_cli()
         self.eplb_deepseek_shape()
+        self.pipeline()
         self.gpu_kernels()
         self.traces()
         self.recorder.enabled = False
