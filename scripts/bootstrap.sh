@@ -24,6 +24,10 @@ pip_packages=(
   "scikit_build_core:scikit-build-core>=0.10"
   "numpy:numpy"
   "pytest:pytest"
+  "duckdb:duckdb"
+  "pyarrow:pyarrow"
+  "pandas:pandas"
+  "cloudpickle:cloudpickle"
 )
 
 python="${PYTHON:-python3}"
