@@ -211,6 +211,12 @@ bool JsonReader::read_escape(std::string* out) {
 
 bool JsonReader::read_string(std::string& out) {
   out.clear();
+  return scan_string(&out);
+}
+
+bool JsonReader::skip_string() { return scan_string(nullptr); }
+
+bool JsonReader::scan_string(std::string* out) {
   const int first = peek();
   if (first != '"') return failed() ? false : fail("expected a string, found {}", describe(first));
   const uint64_t start = offset();
@@ -225,38 +231,12 @@ bool JsonReader::read_string(std::string& out) {
     const char* stop = quote != nullptr ? quote : end_;
     const char* backslash = static_cast<const char*>(std::memchr(cursor_, '\\', static_cast<size_t>(stop - cursor_)));
     if (backslash != nullptr) {
-      out.append(cursor_, static_cast<size_t>(backslash - cursor_));
+      if (out != nullptr) out->append(cursor_, static_cast<size_t>(backslash - cursor_));
       cursor_ = const_cast<char*>(backslash) + 1;
-      if (!read_escape(&out)) return false;
+      if (!read_escape(out)) return false;
       continue;
     }
-    out.append(cursor_, static_cast<size_t>(stop - cursor_));
-    cursor_ = const_cast<char*>(stop);
-    if (quote != nullptr) {
-      ++cursor_;
-      return true;
-    }
-  }
-}
-
-bool JsonReader::skip_string() {
-  const int first = peek();
-  if (first != '"') return failed() ? false : fail("expected a string, found {}", describe(first));
-  const uint64_t start = offset();
-  advance();
-  for (;;) {
-    if (cursor_ == end_ && !refill()) {
-      return failed() ? false : fail_at(start, "unterminated string");
-    }
-    const size_t available = static_cast<size_t>(end_ - cursor_);
-    const char* quote = static_cast<const char*>(std::memchr(cursor_, '"', available));
-    const char* stop = quote != nullptr ? quote : end_;
-    const char* backslash = static_cast<const char*>(std::memchr(cursor_, '\\', static_cast<size_t>(stop - cursor_)));
-    if (backslash != nullptr) {
-      cursor_ = const_cast<char*>(backslash) + 1;
-      if (!read_escape(nullptr)) return false;
-      continue;
-    }
+    if (out != nullptr) out->append(cursor_, static_cast<size_t>(stop - cursor_));
     cursor_ = const_cast<char*>(stop);
     if (quote != nullptr) {
       ++cursor_;

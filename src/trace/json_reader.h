@@ -88,6 +88,8 @@ class JsonReader {
   // Reads a string value (the next non-space character must be '"') into out, decoding escapes.
   bool read_string(std::string& out);
   bool skip_string();
+  // Reads (out != nullptr) or skips a string; the one implementation behind both.
+  bool scan_string(std::string* out);
   // Reads a number token into a small buffer and converts it to an integer, rounded to nearest;
   // `scale_exponent` multiplies by 10^scale_exponent first (3 turns microseconds into nanoseconds).
   bool read_scaled_integer(int scale_exponent, int64_t& out);
