@@ -216,7 +216,10 @@ class DataFrame:
 
     # -- actions
     def _materialize(self) -> Materialized:
-        return self.session._run(self.node)
+        node = self.node
+        if node.kind == "source" and node.params["format"] != "parquet":  # CSV/JSON: convert to Parquet first
+            node = Node("op", (node,), {"op": None}, node.num_partitions, "compact")
+        return self.session._run(node)
 
     def count(self) -> int:
         """Number of rows (from the task manifests; no data is read back)."""

@@ -327,9 +327,6 @@ def run_task(spec: dict) -> dict:
     tmp = os.path.join(data_root, "tmp", f"{task_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
     try:
         os.makedirs(tmp)
-        fault = os.environ.get("FF_FLOW_FAIL_TASK")  # fault injection for tests: "<partition>:<stage kind>"
-        if fault and fault == f"{spec['partition']}:{spec['kind']}":
-            raise OSError(errno.EIO, "injected I/O error (FF_FLOW_FAIL_TASK)")
         result = _execute(spec, tmp)
         manifest = {"task_id": task_id, "kind": spec["kind"], "partition": spec["partition"],
                     "seconds": round(time.time() - start, 4), "pid": os.getpid(), **result}
