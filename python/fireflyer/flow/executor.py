@@ -5,15 +5,15 @@ and ``RayExecutor`` (Ray tasks, for several machines). Both only ship task specs
 from __future__ import annotations
 
 import atexit
-import concurrent.futures as futures
-import multiprocessing
 import os
+import selectors
+import subprocess
+import sys
+import time
 from typing import Iterable, Iterator
 
+from fireflyer.flow import worker as worker_protocol
 from fireflyer.flow.task import run_task
-
-_POOLS: dict[tuple[int, int], futures.ProcessPoolExecutor] = {}
-
 
 def _init_worker(threads: int) -> None:
     import pyarrow as pa
@@ -22,18 +22,61 @@ def _init_worker(threads: int) -> None:
     pa.set_io_thread_count(max(1, threads))
 
 
+class _Worker:
+    """One worker process (see fireflyer.flow.worker) and the task it is running."""
+
+    def __init__(self, threads: int):
+        env = dict(os.environ)
+        # The worker sees the driver's import path, so functions pickled by reference import there too.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.process = subprocess.Popen([sys.executable, "-m", "fireflyer.flow.worker", str(threads)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.spec: dict | None = None
+        self.started_s = 0.0
+
+    def send(self, spec: dict) -> None:
+        import cloudpickle
+
+        self.spec, self.started_s = spec, time.time()
+        worker_protocol.write_message(self.process.stdin, cloudpickle.dumps(spec))
+
+    def receive(self) -> dict | None:
+        import cloudpickle
+
+        message = worker_protocol.read_message(self.process.stdout)
+        return None if message is None else cloudpickle.loads(message)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+
+_POOLS: dict[tuple[int, int], list[_Worker]] = {}
+
+
 def _shutdown_pools() -> None:
-    for pool in _POOLS.values():
-        pool.shutdown(wait=False, cancel_futures=True)
+    for workers in _POOLS.values():
+        for worker in workers:
+            try:
+                worker.process.stdin.close()
+                worker.process.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - best effort at exit
+                worker.stop()
     _POOLS.clear()
 
 
 atexit.register(_shutdown_pools)
 
 
+def _failure(message: str, error_type: str = "WorkerError") -> dict:
+    return {"ok": False, "error": None, "error_type": error_type, "message": message, "traceback": "",
+            "retryable": True}
+
+
 class LocalExecutor:
-    """Runs tasks in ``num_executors`` worker processes (spawned, kept for the life of the process so
-    repeated jobs do not pay the start-up; pools are shared by sessions with the same size)."""
+    """Runs tasks in ``num_executors`` worker processes on this machine. Workers are started once and
+    shared by sessions of the same size, so repeated jobs do not pay the start-up (about a second)."""
 
     name = "local"
 
@@ -43,41 +86,52 @@ class LocalExecutor:
         self.threads_per_task = threads_per_task
         self.task_timeout_s = task_timeout_s
 
-    def _pool(self) -> futures.ProcessPoolExecutor:
+    def _workers(self) -> list[_Worker]:
         key = (self.num_executors, self.threads_per_task)
-        pool = _POOLS.get(key)
-        if pool is None:
-            # NOTE: spawn, not fork: the driver may hold DuckDB/Arrow threads, and forking a threaded
-            # process can deadlock the child.
-            pool = futures.ProcessPoolExecutor(self.num_executors, mp_context=multiprocessing.get_context("spawn"),
-                                               initializer=_init_worker, initargs=(self.threads_per_task,))
-            _POOLS[key] = pool
-        return pool
+        workers = _POOLS.setdefault(key, [])
+        workers[:] = [w for w in workers if w.process.poll() is None]
+        while len(workers) < self.num_executors:
+            workers.append(_Worker(self.threads_per_task))
+        return workers
 
     def run(self, specs: Iterable[dict]) -> Iterator[tuple[dict, dict]]:
-        specs = list(specs)
-        pool = self._pool()
-        pending = {pool.submit(run_task, spec): spec for spec in specs}
-        try:
-            for future in futures.as_completed(pending, timeout=self.task_timeout_s * max(1, len(specs))):
-                spec = pending[future]
-                try:
-                    result = future.result()
-                except Exception as error:  # the worker died (BrokenProcessPool) or could not unpickle
-                    _POOLS.pop((self.num_executors, self.threads_per_task), None)
-                    result = {"ok": False, "error": None, "error_type": type(error).__name__,
-                              "message": f"worker failed: {error}", "traceback": "", "retryable": True}
-                yield spec, result
-        except futures.TimeoutError:
-            for future, spec in pending.items():
-                if not future.done():
-                    future.cancel()
-                    yield spec, {"ok": False, "error": None, "error_type": "TimeoutError",
-                                 "message": f"task did not finish in {self.task_timeout_s} s", "traceback": "",
-                                 "retryable": True}
+        queue = list(specs)
+        queue.reverse()
+        workers = self._workers()
+        busy: dict[int, _Worker] = {}  # stdout fd -> worker
+        with selectors.DefaultSelector() as selector:
+            while queue or busy:
+                for index, worker in enumerate(workers):
+                    if not queue:
+                        break
+                    if worker.spec is None:
+                        if worker.process.poll() is not None:
+                            worker = workers[index] = _Worker(self.threads_per_task)
+                        worker.send(queue.pop())
+                        busy[worker.process.stdout.fileno()] = worker
+                        selector.register(worker.process.stdout, selectors.EVENT_READ)
+                now = time.time()
+                timeout = min(w.started_s + self.task_timeout_s for w in busy.values()) - now
+                events = selector.select(timeout=max(0.0, timeout))
+                ready = [busy[key.fd] for key, _ in events]
+                for worker in list(busy.values()):
+                    if worker not in ready and time.time() - worker.started_s > self.task_timeout_s:
+                        ready.append(worker)
+                        worker.stop()  # hung: kill it; a fresh one replaces it
+                for worker in ready:
+                    spec = worker.spec
+                    selector.unregister(worker.process.stdout)
+                    del busy[worker.process.stdout.fileno()]
+                    worker.spec = None
+                    result = worker.receive()  # None at EOF: the worker died or was killed above
+                    if result is None:
+                        worker.stop()
+                        result = _failure(f"worker process exited (code {worker.process.returncode}) "
+                                          f"or ran past task_timeout_s={self.task_timeout_s}")
+                    yield spec, result
 
     def shutdown(self) -> None:
-        pass  # pools live until exit; see _shutdown_pools
+        pass  # workers live until exit; see _shutdown_pools
 
 
 class RayExecutor:

@@ -73,6 +73,11 @@ def _function_fingerprint(fn: Callable) -> str:
     if code is not None:
         add_code(code)
         digest.update(repr(target.__defaults__).encode())
+        # Plain global values the function reads (a path, a threshold) change what it computes.
+        for name in code.co_names:
+            value = getattr(target, "__globals__", {}).get(name)
+            if isinstance(value, (int, float, str, bytes, bool, tuple, frozenset)):
+                digest.update(f"{name}={value!r}".encode())
         for cell in target.__closure__ or ():
             try:
                 value = cell.cell_contents

@@ -1,0 +1,58 @@
+"""A local worker process: reads task specs from stdin, runs them, writes results to stdout.
+
+Started by LocalExecutor as ``python -m fireflyer.flow.worker <threads>``. NOTE: a plain subprocess, not
+multiprocessing: spawn/forkserver re-run the driver's ``__main__`` script in every worker (a script
+without an ``if __name__ == "__main__"`` guard would start the job again), and fork can deadlock
+when the driver holds DuckDB/Arrow threads. Messages are 8-byte little-endian lengths + cloudpickle.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+
+def read_message(stream) -> bytes | None:
+    header = stream.read(8)
+    if len(header) < 8:
+        return None
+    (length,) = struct.unpack("<Q", header)
+    data = stream.read(length)
+    return data if len(data) == length else None
+
+
+def write_message(stream, data: bytes) -> None:
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def main() -> int:
+    import cloudpickle
+    import pyarrow as pa
+
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    pa.set_cpu_count(max(1, threads))
+    pa.set_io_thread_count(max(1, threads))
+    from fireflyer.flow.task import run_task
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # user functions that print must not corrupt the result channel
+    while True:
+        message = read_message(stdin)
+        if message is None:
+            return 0
+        try:
+            result = run_task(cloudpickle.loads(message))
+        except BaseException as error:  # noqa: BLE001 - e.g. a function that cannot be unpickled here
+            result = {"ok": False, "error": None, "error_type": type(error).__name__, "message": str(error),
+                      "traceback": "", "retryable": True}
+        try:
+            payload = cloudpickle.dumps(result)
+        except Exception as error:  # an unpicklable exception object
+            result.update(error=None, message=f"{result.get('message')} (unpicklable: {error})")
+            payload = cloudpickle.dumps(result)
+        write_message(stdout, payload)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
