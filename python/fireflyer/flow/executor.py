@@ -29,7 +29,7 @@ class _Worker:
         env = dict(os.environ)
         # The worker sees the driver's import path, so functions pickled by reference import there too.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self.process = subprocess.Popen([sys.executable, "-m", "fireflyer.flow.worker", str(threads)],
+        self.process = subprocess.Popen([sys.executable, "-c", "import sys; from fireflyer.flow.worker import main; sys.exit(main())", str(threads)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.spec: dict | None = None
         self.started_s = 0.0

@@ -30,7 +30,7 @@ def main() -> int:
     import cloudpickle
     import pyarrow as pa
 
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    threads = int(sys.argv[-1]) if len(sys.argv) > 1 else 1
     pa.set_cpu_count(max(1, threads))
     pa.set_io_thread_count(max(1, threads))
     from fireflyer.flow.task import run_task
