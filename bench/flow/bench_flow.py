@@ -76,7 +76,7 @@ def generate(directory: pathlib.Path, records: int, files: int, seed: int) -> No
 
 def checksum(table: pa.Table) -> tuple[int, int]:
     """Order-independent: (sum, xor) over records of a weighted sum of the record's 100 bytes mod 2^64."""
-    total, xor = np.uint64(0), np.uint64(0)
+    total, xor = 0, 0
     step = 1 << 18
     for start in range(0, table.num_rows, step):
         part = table.slice(start, step)
@@ -84,9 +84,9 @@ def checksum(table: pa.Table) -> tuple[int, int]:
                                  as_matrix(part.column("payload"), kPayloadBytes)], axis=1).astype(np.uint64)
         hashes = (record * kWeights).sum(axis=1, dtype=np.uint64)
         hashes ^= hashes >> np.uint64(29)
-        total += hashes.sum(dtype=np.uint64)
-        xor ^= np.bitwise_xor.reduce(hashes)
-    return int(total), int(xor)
+        total = (total + int(hashes.sum(dtype=np.uint64))) % 2**64
+        xor ^= int(np.bitwise_xor.reduce(hashes))
+    return total, xor
 
 
 def files_checksum(files: list[str]) -> tuple[int, int, int]:

@@ -11,12 +11,16 @@ from __future__ import annotations
 import struct
 import sys
 
+kMaxMessageBytes = 1 << 34
+
 
 def read_message(stream) -> bytes | None:
     header = stream.read(8)
     if len(header) < 8:
         return None
     (length,) = struct.unpack("<Q", header)
+    if length > kMaxMessageBytes:
+        return None  # not our protocol: treat as a dead worker
     data = stream.read(length)
     return data if len(data) == length else None
 
@@ -35,8 +39,14 @@ def main() -> int:
     pa.set_io_thread_count(max(1, threads))
     from fireflyer.flow.task import run_task
 
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # user functions that print must not corrupt the result channel
+    # NOTE: results travel on a private copy of fd 1; fd 1 itself then points at stderr, so nothing
+    # else that prints (user functions, native libraries writing to fd 1) can corrupt the channel.
+    import os
+
+    stdin = sys.stdin.buffer
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     while True:
         message = read_message(stdin)
         if message is None:
