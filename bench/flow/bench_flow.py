@@ -203,9 +203,9 @@ def main() -> int:
                      "(shuffle by key prefix into P partitions, sort each) vs DuckDB COPY ... ORDER BY in one process",
         "device": f"{cpu_model()} (CPU), {os.cpu_count()} cores",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "duckdb": duckdb.__version__, "pyarrow": pa.__version__,
+        "python": platform.python_version(), "duckdb_version": duckdb.__version__, "pyarrow": pa.__version__,
         "data": f"{records} records x {kRecordBytes} B = {data_gb:.2f} GB in {args.files} zstd Parquet files "
-                "(key binary(10), payload binary(90)), uniformly random, seed {args.seed}",
+                f"(key binary(10), payload binary(90)), uniformly random, seed {args.seed}",
         "disk": f"same directory for both ({work})",
         "timing": "wall time of the sort job from reading the input to the last sorted output file; workers "
                   "started before timing; validation (count, checksum, order) outside the timing",
