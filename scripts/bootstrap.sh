@@ -28,6 +28,7 @@ pip_packages=(
   "pyarrow:pyarrow"
   "pandas:pandas"
   "cloudpickle:cloudpickle"
+  "ray:ray"
 )
 
 python="${PYTHON:-python3}"

@@ -28,11 +28,14 @@ def demo_job(data_root: str, num_executors: int = 2, progress: bool = False) -> 
     expected_total = 0
     for i in range(kDemoFiles):
         path = os.path.join(input_dir, f"events-{i}.parquet")
+        # Every column is drawn on every run, so the generator's sequence (and the expected total)
+        # is the same whether or not an earlier run already wrote the file.
         users = rng.integers(0, 5000, per_file)
         amounts = rng.integers(1, 1000, per_file)
+        categories = rng.integers(0, 16, per_file)
         expected_total += int(amounts.sum())
         if not os.path.exists(path):
-            table = pa.table({"user_id": users, "amount": amounts, "category": rng.integers(0, 16, per_file)})
+            table = pa.table({"user_id": users, "amount": amounts, "category": categories})
             pq.write_table(table, path, compression="zstd")
     start = time.time()
     session = flow.init(data_root=os.path.join(data_root, "work"), num_executors=num_executors, progress=progress)
