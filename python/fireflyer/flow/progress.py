@@ -104,12 +104,14 @@ def write_svg(stages: list[Stage], path: str, title: str = "fireflyer.flow job")
                            'stroke="#555" marker-end="url(#arrow)"/>')
     for stage in stages:
         x, y = position[stage.id]
-        lines = [f"#{stage.id + 1} {stage.label}"[:34],
+        heading = f"#{stage.id + 1} {stage.label}"
+        # About 30 bold monospace characters fit in a box; the full label is the box's tooltip.
+        lines = [heading if len(heading) <= 30 else heading[:29] + "\u2026",
                  f"{stage.kind}: {stage.done}/{stage.num_tasks} tasks" + (f" ({stage.reused} reused)" if stage.reused else ""),
                  f"{_human(stage.rows)} rows, {_human(stage.bytes, 'B')}",
                  f"{stage.seconds:.2f} s" + (f", {stage.retries} retries" if stage.retries else "")]
         out.append(f'<g class="stage" id="stage-{stage.id}"><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" '
-                   f'fill="{colors.get(stage.kind, "#eee")}" stroke="#333"/>')
+                   f'fill="{colors.get(stage.kind, "#eee")}" stroke="#333"><title>{html.escape(heading)}</title></rect>')
         for i, text in enumerate(lines):
             weight = ' font-weight="bold"' if i == 0 else ""
             out.append(f'<text x="{x + 8}" y="{y + 18 + i * 18}"{weight}>{html.escape(text)}</text>')
