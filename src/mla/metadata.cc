@@ -1,0 +1,95 @@
+// get_mla_metadata: the split-KV tile schedule (FlashMLA's semantics; see mla.h and docs/mla.md).
+#include <algorithm>
+#include <cstdint>
+
+#include "ff/common/assert.h"
+#include "ff/mla/mla.h"
+
+namespace ff::mla {
+
+TileSchedulerPart MlaMetadata::part(int32_t index) const {
+  FF_ASSERT(index >= 0 && index < num_sm_parts, "part {} of {}", index, num_sm_parts);
+  const int32_t* row = tile_scheduler_metadata.data() + static_cast<size_t>(index) * kTileSchedulerMetadataSize;
+  return {row[0], row[1], row[2], row[3], row[4]};
+}
+
+int32_t num_sm_parts_for(int64_t num_q_tokens_per_head_k, int64_t num_heads_k, int64_t num_sms) {
+  FF_ASSERT(num_q_tokens_per_head_k >= 1 && num_heads_k >= 1 && num_sms >= 1);
+  const int64_t m_blocks = (num_q_tokens_per_head_k + kBlockSizeM - 1) / kBlockSizeM;
+  return static_cast<int32_t>(std::max<int64_t>(num_sms / num_heads_k / m_blocks, 1));
+}
+
+Result<MlaMetadata> get_mla_metadata(std::span<const int32_t> cache_seqlens, int64_t num_q_tokens_per_head_k,
+                                     int64_t num_heads_k, int64_t num_sms) {
+  const auto batch_size = static_cast<int64_t>(cache_seqlens.size());
+  if (batch_size == 0) return invalid_argument("cache_seqlens is empty; the batch needs at least one sequence");
+  if (batch_size > INT32_MAX / 2) return invalid_argument("batch size {} is too large", batch_size);
+  if (num_q_tokens_per_head_k < 1) {
+    return invalid_argument("num_q_tokens_per_head_k (s_q * h_q / h_kv) is {}; expected >= 1", num_q_tokens_per_head_k);
+  }
+  if (num_heads_k < 1) return invalid_argument("num_heads_k is {}; expected >= 1", num_heads_k);
+  if (num_sms < 1) return invalid_argument("num_sms is {}; expected >= 1", num_sms);
+
+  // Blocks per sequence and the total cost, each sequence charged a fixed overhead on top of its blocks.
+  std::vector<int32_t> num_blocks(batch_size);
+  int64_t total_cost = 0;
+  for (int64_t i = 0; i < batch_size; ++i) {
+    if (cache_seqlens[i] < 0) return invalid_argument("cache_seqlens[{}] is {}; lengths must be >= 0", i, cache_seqlens[i]);
+    num_blocks[i] = (cache_seqlens[i] + kPageBlockSize - 1) / kPageBlockSize;
+    total_cost += num_blocks[i] + kFixedOverheadNumBlocks;
+  }
+
+  MlaMetadata metadata;
+  metadata.num_sm_parts = num_sm_parts_for(num_q_tokens_per_head_k, num_heads_k, num_sms);
+  const int32_t parts = metadata.num_sm_parts;
+  metadata.tile_scheduler_metadata.assign(static_cast<size_t>(parts) * kTileSchedulerMetadataSize, 0);
+  metadata.num_splits.assign(batch_size + 1, 0);
+  // A part's budget: its even share of the total, plus one overhead so the last piece of a sequence
+  // that had to be split still fits its own start-up cost.
+  const int64_t payload = (total_cost + parts - 1) / parts + kFixedOverheadNumBlocks;
+
+  // Greedy walk in sequence order: a part takes whole sequences while they fit, then the part of the
+  // next sequence that fits (a split), and the next part resumes there.
+  int64_t batch = 0;       // the sequence being placed
+  int64_t block = 0;       // its first block not yet placed
+  int64_t split = 0;       // how many pieces of it earlier parts took
+  int64_t cumulative_splits = 0;
+  for (int32_t part = 0; part < parts; ++part) {
+    int32_t* row = metadata.tile_scheduler_metadata.data() + static_cast<size_t>(part) * kTileSchedulerMetadataSize;
+    row[0] = static_cast<int32_t>(batch);
+    row[1] = static_cast<int32_t>(block * kPageBlockSize);
+    row[4] = static_cast<int32_t>(split);
+    int64_t remaining = payload;
+    while (batch < batch_size) {
+      const int64_t blocks_left = num_blocks[batch] - block;
+      if (remaining >= blocks_left + kFixedOverheadNumBlocks) {
+        cumulative_splits += split + 1;
+        metadata.num_splits[batch + 1] = static_cast<int32_t>(cumulative_splits);
+        remaining -= blocks_left + kFixedOverheadNumBlocks;
+        ++batch;
+        block = 0;
+        split = 0;
+      } else {
+        // Take what fits after paying the overhead; a sequence is only cut where blocks remain on both sides.
+        if (remaining - kFixedOverheadNumBlocks > 0) {
+          block += remaining - kFixedOverheadNumBlocks;
+          ++split;
+        }
+        break;
+      }
+    }
+    if (block > 0) {  // the part ends inside `batch`
+      row[2] = static_cast<int32_t>(batch);
+      row[3] = static_cast<int32_t>(block * kPageBlockSize);
+    } else {  // the part ends at the end of the previous sequence (b - 1 and its length when past the end)
+      row[2] = static_cast<int32_t>(batch - 1);
+      row[3] = batch >= 1 ? cache_seqlens[batch - 1] : 0;
+    }
+  }
+  // parts * payload >= total + parts * overhead: the budget always covers every sequence.
+  FF_ASSERT(batch == batch_size && block == 0 && split == 0, "schedule left sequence {} block {}", batch, block);
+  FF_ASSERT_LE(cumulative_splits, batch_size + parts, "more splits than the accumulators the kernel sizes");
+  return metadata;
+}
+
+}  // namespace ff::mla

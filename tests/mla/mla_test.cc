@@ -1,0 +1,516 @@
+// Tests of ff::mla: scalar conversions, the tile scheduler's invariants, the CPU decode against an
+// independent float64 attention (bf16, fp16, FP8 cache; causal; split and unsplit schedules; NaN in
+// every cache slot it must not read), and the error messages of bad input.
+#include "ff/mla/mla.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "ff/mla/numerics.h"
+
+namespace ff::mla {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// ---------------------------------------------------------------------------------------------
+// Numerics
+
+TEST(Numerics, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(float_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(bf16_to_float(0x3f80), 1.0f);
+  // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even mantissa (1.0).
+  EXPECT_EQ(float_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  EXPECT_EQ(float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(kNaN))));
+}
+
+TEST(Numerics, Fp16MatchesKnownEncodings) {
+  EXPECT_EQ(float_to_fp16(1.0f), 0x3c00);
+  EXPECT_EQ(float_to_fp16(-2.0f), 0xc000);
+  EXPECT_EQ(float_to_fp16(65504.0f), 0x7bff);
+  EXPECT_EQ(float_to_fp16(1e6f), 0x7c00);
+  EXPECT_EQ(float_to_fp16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
+  EXPECT_EQ(float_to_fp16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // tie to even
+  for (uint32_t bits = 0; bits < 0x7c00; ++bits) {  // every finite non-negative half round-trips
+    ASSERT_EQ(float_to_fp16(fp16_to_float(static_cast<uint16_t>(bits))), bits) << bits;
+  }
+}
+
+TEST(Numerics, E4m3DecodesEveryCodeAndRoundTrips) {
+  for (int bits = 0; bits < 256; ++bits) {
+    const float value = e4m3_to_float(static_cast<uint8_t>(bits));
+    // Independent decoding: sign * 2^(e - 7) * (1 + m / 8), subnormal 2^-6 * m / 8.
+    const int e = (bits >> 3) & 15, m = bits & 7;
+    if (e == 15 && m == 7) {
+      EXPECT_TRUE(std::isnan(value)) << bits;
+      continue;
+    }
+    const double expected = (bits & 0x80 ? -1.0 : 1.0) * (e == 0 ? std::pow(2.0, -6) * m / 8.0
+                                                                 : std::pow(2.0, e - 7) * (1.0 + m / 8.0));
+    EXPECT_EQ(value, expected) << bits;
+    if (bits != 0x80) {  // -0 encodes as 0x80 too
+      EXPECT_EQ(float_to_e4m3(value), bits) << bits;
+    }
+  }
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1000.0f)), 448.0f);  // saturates
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.0625f)), 1.0f);    // halfway between 1 and 1.125: even
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.1875f)), 1.25f);   // halfway between 1.125 and 1.25: even
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(std::ldexp(1.0f, -10))), 0.0f);  // half the smallest subnormal: even
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tile scheduler
+
+// Checks every property a kernel relies on and returns the largest cost any part carries.
+int64_t check_schedule(const MlaMetadata& metadata, const std::vector<int32_t>& seqlens) {
+  const auto b = static_cast<int32_t>(seqlens.size());
+  EXPECT_EQ(metadata.tile_scheduler_metadata.size(), static_cast<size_t>(metadata.num_sm_parts) * 8);
+  EXPECT_EQ(metadata.num_splits.size(), seqlens.size() + 1);
+  EXPECT_EQ(metadata.num_splits[0], 0);
+  // Every (sequence, block) exactly once, in order, pieces numbered as num_splits says.
+  std::vector<std::vector<int>> block_owner(b);
+  for (int32_t i = 0; i < b; ++i) block_owner[i].assign((seqlens[i] + 63) / 64, -1);
+  std::vector<int> pieces(b, 0);
+  int64_t total_cost = 0, largest_part = 0;
+  for (int32_t part = 0; part < metadata.num_sm_parts; ++part) {
+    const TileSchedulerPart row = metadata.part(part);
+    for (int column = 5; column < 8; ++column) EXPECT_EQ(metadata.tile_scheduler_metadata[part * 8 + column], 0);
+    EXPECT_EQ(row.begin_token % 64, 0);
+    int64_t cost = 0;
+    for (int32_t batch = row.begin_batch; batch <= row.end_batch; ++batch) {
+      const int32_t lo = batch == row.begin_batch ? row.begin_token : 0;
+      const int32_t hi = batch == row.end_batch ? row.end_token : seqlens[batch];
+      EXPECT_LE(lo, hi);
+      EXPECT_EQ(batch == row.begin_batch ? row.begin_split : 0, pieces[batch]) << "part " << part;
+      for (int32_t block = lo / 64; block < (hi + 63) / 64; ++block) {
+        EXPECT_EQ(block_owner[batch][block], -1) << "seq " << batch << " block " << block << " twice";
+        block_owner[batch][block] = part;
+      }
+      ++pieces[batch];
+      cost += (hi + 63) / 64 - lo / 64 + kFixedOverheadNumBlocks;
+    }
+    largest_part = std::max(largest_part, cost);
+  }
+  for (int32_t i = 0; i < b; ++i) {
+    for (size_t block = 0; block < block_owner[i].size(); ++block) EXPECT_NE(block_owner[i][block], -1) << i;
+    EXPECT_EQ(metadata.num_splits[i + 1] - metadata.num_splits[i], pieces[i]) << "seq " << i;
+    total_cost += (seqlens[i] + 63) / 64 + kFixedOverheadNumBlocks;
+  }
+  EXPECT_LE(metadata.num_splits[b], b + metadata.num_sm_parts);
+  // Balance: no part exceeds the payload ceil(total / parts) + overhead.
+  const int64_t payload = (total_cost + metadata.num_sm_parts - 1) / metadata.num_sm_parts + kFixedOverheadNumBlocks;
+  EXPECT_LE(largest_part, payload);
+  return largest_part;
+}
+
+TEST(Metadata, NumSmPartsFollowsTheAnchor) {
+  EXPECT_EQ(num_sm_parts_for(128, 1), 66);      // s_q 1, h_q 128: two 64-row tiles per sequence
+  EXPECT_EQ(num_sm_parts_for(64, 1), 132);
+  EXPECT_EQ(num_sm_parts_for(2 * 128, 1), 33);  // s_q 2
+  EXPECT_EQ(num_sm_parts_for(16, 1, 78), 78);
+  EXPECT_EQ(num_sm_parts_for(1024, 4, 8), 1);   // never 0
+}
+
+TEST(Metadata, HandComputedSchedule) {
+  // Lengths 300 and 100 -> 5 and 2 blocks; cost (5 + 5) + (2 + 5) = 17; 2 parts of payload 9 + 5 = 14.
+  // Part 0 cannot take all of seq 0 (5 + 5 > 14? no, 10 <= 14): takes it, 4 left; seq 1 needs 7 > 4,
+  // so part 0 takes 4 - 5 < 0 blocks of it: nothing. Part 1 takes seq 1 whole.
+  Result<MlaMetadata> metadata = get_mla_metadata(std::vector<int32_t>{300, 100}, 128, 1, 4);
+  ASSERT_TRUE(metadata.is_ok()) << metadata.status().to_string();
+  ASSERT_EQ(metadata->num_sm_parts, 2);
+  EXPECT_EQ(metadata->tile_scheduler_metadata,
+            (std::vector<int32_t>{0, 0, 0, 300, 0, 0, 0, 0, /**/ 1, 0, 1, 100, 0, 0, 0, 0}));
+  EXPECT_EQ(metadata->num_splits, (std::vector<int32_t>{0, 1, 2}));
+
+  // One long sequence over 3 parts: 10 blocks + 5 = 15; payload 5 + 5 = 10; parts take 5, 5, then
+  // the rest fits... part 0 takes 10 - 5 = 5 blocks (split 1), part 1 has 10 >= 5 + 5: the tail.
+  metadata = get_mla_metadata(std::vector<int32_t>{600}, 64, 1, 3);
+  ASSERT_TRUE(metadata.is_ok());
+  EXPECT_EQ(metadata->tile_scheduler_metadata,
+            (std::vector<int32_t>{0, 0, 0, 320, 0, 0, 0, 0, /**/ 0, 320, 0, 600, 1, 0, 0, 0, /**/ 1, 0, 0, 600, 0, 0, 0, 0}));
+  EXPECT_EQ(metadata->num_splits, (std::vector<int32_t>{0, 2}));
+}
+
+TEST(Metadata, RandomBatchesCoverEveryBlockOnceWithinThePayload) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int b = 1 + static_cast<int>(rng() % 40);
+    std::vector<int32_t> seqlens(b);
+    const int max_len = trial % 3 == 0 ? 70 : 20000;
+    for (int32_t& length : seqlens) length = static_cast<int32_t>(rng() % (max_len + 1));
+    const int h_q = 16 << (rng() % 4), s_q = 1 + static_cast<int>(rng() % 2);
+    const int num_sms = trial % 5 == 0 ? 1 + static_cast<int>(rng() % 200) : kDefaultNumSms;
+    Result<MlaMetadata> metadata = get_mla_metadata(seqlens, s_q * h_q, 1, num_sms);
+    ASSERT_TRUE(metadata.is_ok()) << metadata.status().to_string();
+    EXPECT_EQ(metadata->num_sm_parts, num_sm_parts_for(s_q * h_q, 1, num_sms));
+    check_schedule(*metadata, seqlens);
+    if (::testing::Test::HasFailure()) FAIL() << "reproduce with trial=" << trial;
+  }
+}
+
+TEST(Metadata, RejectsBadInput) {
+  EXPECT_THAT(get_mla_metadata(std::vector<int32_t>{}, 128, 1).status().message(), HasSubstr("empty"));
+  EXPECT_THAT(get_mla_metadata(std::vector<int32_t>{5, -3}, 128, 1).status().message(),
+              HasSubstr("cache_seqlens[1] is -3"));
+  EXPECT_THAT(get_mla_metadata(std::vector<int32_t>{5}, 0, 1).status().message(), HasSubstr("is 0"));
+  EXPECT_THAT(get_mla_metadata(std::vector<int32_t>{5}, 16, 0).status().message(), HasSubstr("num_heads_k is 0"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode
+
+struct Case {
+  std::vector<int32_t> seqlens;
+  int s_q = 1;
+  int h_q = 16;
+  int h_kv = 1;
+  bool causal = false;
+  DType dtype = DType::kBFloat16;
+  bool fp8 = false;
+  int num_sms = kDefaultNumSms;
+  int num_threads = 1;
+  int extra_columns = 1;  // block_table columns beyond what the longest sequence needs (left as -1)
+};
+
+// Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
+// NaN in every cache slot past each sequence's length and in every unused block.
+struct Inputs {
+  Case config;
+  int64_t num_blocks = 0, max_blocks = 0;
+  std::vector<uint16_t> q;            // (b, s_q, h_q, 576)
+  std::vector<uint16_t> cache;        // (num_blocks, 64, h_kv, 576)
+  std::vector<uint8_t> cache_fp8;     // (num_blocks, 64, h_kv, 656) when config.fp8
+  std::vector<int32_t> block_table;   // (b, max_blocks)
+  MlaMetadata metadata;
+  std::vector<uint16_t> out;          // (b, s_q, h_q, 512)
+  std::vector<float> lse;             // (b, h_q, s_q)
+
+  FlashMlaArgs args() {
+    const int64_t b = static_cast<int64_t>(config.seqlens.size());
+    FlashMlaArgs args;
+    args.q = TensorView::contiguous(q.data(), config.dtype, {b, config.s_q, config.h_q, kHeadDimQk});
+    args.k_cache = config.fp8 ? TensorView::contiguous(cache_fp8.data(), DType::kUInt8,
+                                                       {num_blocks, 64, config.h_kv, kFp8BytesPerToken})
+                              : TensorView::contiguous(cache.data(), config.dtype, {num_blocks, 64, config.h_kv, kHeadDimQk});
+    args.block_table = TensorView::contiguous(block_table.data(), DType::kInt32, {b, max_blocks});
+    args.cache_seqlens = TensorView::contiguous(config.seqlens.data(), DType::kInt32, {b});
+    args.tile_scheduler_metadata =
+        TensorView::contiguous(metadata.tile_scheduler_metadata.data(), DType::kInt32, {metadata.num_sm_parts, 8});
+    args.num_splits = TensorView::contiguous(metadata.num_splits.data(), DType::kInt32, {b + 1});
+    args.causal = config.causal;
+    args.is_fp8_kvcache = config.fp8;
+    args.out = TensorView::contiguous(out.data(), config.dtype, {b, config.s_q, config.h_q, kHeadDimV});
+    args.softmax_lse = TensorView::contiguous(lse.data(), DType::kFloat32, {b, config.h_q, config.s_q});
+    args.num_threads = config.num_threads;
+    return args;
+  }
+};
+
+uint16_t encode(float value, DType dtype) { return dtype == DType::kBFloat16 ? float_to_bf16(value) : float_to_fp16(value); }
+double decode(uint16_t bits, DType dtype) { return dtype == DType::kBFloat16 ? bf16_to_float(bits) : fp16_to_float(bits); }
+
+Inputs make_inputs(const Case& config, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Inputs inputs;
+  inputs.config = config;
+  const int64_t b = static_cast<int64_t>(config.seqlens.size());
+  int64_t used_blocks = 0, longest = 0;
+  for (int32_t length : config.seqlens) {
+    used_blocks += (length + 63) / 64;
+    longest = std::max<int64_t>(longest, (length + 63) / 64);
+  }
+  inputs.max_blocks = longest + config.extra_columns;
+  inputs.num_blocks = used_blocks + 3;  // three blocks nobody uses
+  inputs.q.resize(b * config.s_q * config.h_q * kHeadDimQk);
+  for (uint16_t& value : inputs.q) value = encode(normal(rng), config.dtype);
+  const int64_t token_stride = config.h_kv * kHeadDimQk;
+  inputs.cache.assign(inputs.num_blocks * 64 * token_stride, encode(kNaN, config.dtype));
+  std::vector<int32_t> physical(inputs.num_blocks);
+  std::iota(physical.begin(), physical.end(), 0);
+  std::shuffle(physical.begin(), physical.end(), rng);
+  inputs.block_table.assign(b * inputs.max_blocks, -1);  // unused columns hold an invalid id
+  int64_t next = 0;
+  for (int64_t i = 0; i < b; ++i) {
+    for (int32_t token = 0; token < config.seqlens[i]; ++token) {
+      if (token % 64 == 0) inputs.block_table[i * inputs.max_blocks + token / 64] = physical[next++];
+      const int32_t block = inputs.block_table[i * inputs.max_blocks + token / 64];
+      for (int64_t c = 0; c < token_stride; ++c) {
+        inputs.cache[(block * 64 + token % 64) * token_stride + c] = encode(normal(rng), config.dtype);
+      }
+    }
+  }
+  if (config.fp8) {
+    inputs.cache_fp8.resize(inputs.num_blocks * 64 * config.h_kv * kFp8BytesPerToken);
+    const Status status = quantize_kvcache_fp8(
+        TensorView::contiguous(inputs.cache.data(), DType::kBFloat16, {inputs.num_blocks, 64, config.h_kv, kHeadDimQk}),
+        TensorView::contiguous(inputs.cache_fp8.data(), DType::kUInt8,
+                               {inputs.num_blocks, 64, config.h_kv, kFp8BytesPerToken}));
+    EXPECT_TRUE(status.is_ok()) << status.to_string();
+  }
+  Result<MlaMetadata> metadata = get_mla_metadata(config.seqlens, config.s_q * config.h_q / config.h_kv, config.h_kv,
+                                                  config.num_sms);
+  EXPECT_TRUE(metadata.is_ok()) << metadata.status().to_string();
+  inputs.metadata = *metadata;
+  inputs.out.assign(b * config.s_q * config.h_q * kHeadDimV, encode(kNaN, config.dtype));  // must all be written
+  inputs.lse.assign(b * config.h_q * config.s_q, kNaN);
+  return inputs;
+}
+
+// The float value of cache channel c of token `token` of sequence i, KV head `head_k`, decoded here
+// independently of the library (e4m3 by formula, scales read from the documented byte offsets).
+double cache_value(const Inputs& inputs, int64_t i, int32_t token, int64_t head_k, int c) {
+  const Case& config = inputs.config;
+  const int64_t block = inputs.block_table[i * inputs.max_blocks + token / 64];
+  const int64_t row = (block * 64 + token % 64) * config.h_kv + head_k;
+  if (!config.fp8) return decode(inputs.cache[row * kHeadDimQk + c], config.dtype);
+  const uint8_t* bytes = inputs.cache_fp8.data() + row * kFp8BytesPerToken;
+  if (c >= 512) {
+    uint16_t bits;
+    std::memcpy(&bits, bytes + 528 + (c - 512) * 2, 2);
+    return bf16_to_float(bits);
+  }
+  float scale;
+  std::memcpy(&scale, bytes + 512 + (c / 128) * 4, 4);
+  const int code = bytes[c], e = (code >> 3) & 15, m = code & 7;
+  const double magnitude = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
+  return (code & 0x80 ? -magnitude : magnitude) * scale;
+}
+
+struct Reference {
+  std::vector<double> out;  // (b, s_q, h_q, 512)
+  std::vector<double> lse;  // (b, h_q, s_q), natural log, +inf for empty rows
+};
+
+// Plain float64 attention, written from the definition.
+Reference reference_attention(const Inputs& inputs) {
+  const Case& config = inputs.config;
+  const int64_t b = static_cast<int64_t>(config.seqlens.size());
+  const int group = config.h_q / config.h_kv;
+  const double scale = 1.0 / std::sqrt(576.0);
+  Reference reference;
+  reference.out.assign(b * config.s_q * config.h_q * 512, 0.0);
+  reference.lse.assign(b * config.h_q * config.s_q, 0.0);
+  for (int64_t i = 0; i < b; ++i) {
+    const int32_t seqlen = config.seqlens[i];
+    for (int64_t head_k = 0; head_k < config.h_kv; ++head_k) {
+      std::vector<std::vector<double>> keys(seqlen, std::vector<double>(576));
+      for (int32_t t = 0; t < seqlen; ++t) {
+        for (int c = 0; c < 576; ++c) keys[t][c] = cache_value(inputs, i, t, head_k, c);
+      }
+      for (int s = 0; s < config.s_q; ++s) {
+        const int32_t visible = config.causal ? std::clamp(seqlen - config.s_q + s + 1, 0, seqlen) : seqlen;
+        for (int g = 0; g < group; ++g) {
+          const int64_t head = head_k * group + g;
+          const uint16_t* q = inputs.q.data() + ((i * config.s_q + s) * config.h_q + head) * 576;
+          std::vector<double> scores(visible);
+          double max_score = -std::numeric_limits<double>::infinity();
+          for (int32_t t = 0; t < visible; ++t) {
+            double dot = 0.0;
+            for (int c = 0; c < 576; ++c) dot += decode(q[c], config.dtype) * keys[t][c];
+            scores[t] = dot * scale;
+            max_score = std::max(max_score, scores[t]);
+          }
+          double sum = 0.0;
+          for (double score : scores) sum += std::exp(score - max_score);
+          double* out = reference.out.data() + ((i * config.s_q + s) * config.h_q + head) * 512;
+          for (int32_t t = 0; t < visible; ++t) {
+            const double weight = std::exp(scores[t] - max_score) / sum;
+            for (int c = 0; c < 512; ++c) out[c] += weight * keys[t][c];
+          }
+          reference.lse[(i * config.h_q + head) * config.s_q + s] =
+              visible == 0 ? std::numeric_limits<double>::infinity() : max_score + std::log(sum);
+        }
+      }
+    }
+  }
+  return reference;
+}
+
+// FlashMLA's calc_diff: 1 - 2 sum(xy) / sum(x^2 + y^2); 0 for identical vectors.
+double cos_diff(const std::vector<double>& x, const std::vector<double>& y) {
+  double xy = 0.0, squares = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    xy += x[i] * y[i];
+    squares += x[i] * x[i] + y[i] * y[i];
+  }
+  return squares == 0.0 ? 0.0 : 1.0 - 2.0 * xy / squares;
+}
+
+void run_and_compare(const Case& config, uint32_t seed) {
+  Inputs inputs = make_inputs(config, seed);
+  const Status status = flash_mla_with_kvcache(inputs.args());
+  ASSERT_TRUE(status.is_ok()) << status.to_string();
+  const Reference reference = reference_attention(inputs);
+  std::vector<double> out(inputs.out.size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i] = decode(inputs.out[i], config.dtype);
+    ASSERT_TRUE(std::isfinite(out[i])) << "out[" << i << "] is not finite: an unused cache slot was read";
+  }
+  EXPECT_LT(cos_diff(out, reference.out), 1e-5);
+  // Element-wise too, so a single wrong row cannot hide in the global metric (bf16: 8 bits).
+  const double tolerance = config.dtype == DType::kBFloat16 ? 1e-2 : 2e-3;
+  for (size_t i = 0; i < out.size(); ++i) {
+    ASSERT_NEAR(out[i], reference.out[i], tolerance + tolerance * std::fabs(reference.out[i])) << "out[" << i << "]";
+  }
+  for (size_t i = 0; i < inputs.lse.size(); ++i) {
+    if (std::isinf(reference.lse[i])) {
+      EXPECT_EQ(inputs.lse[i], std::numeric_limits<float>::infinity()) << "lse[" << i << "]";
+    } else {
+      EXPECT_NEAR(inputs.lse[i], reference.lse[i], 1e-4 * (1.0 + std::fabs(reference.lse[i]))) << "lse[" << i << "]";
+    }
+  }
+}
+
+TEST(Decode, Bf16SingleQueryVariableLengths) {
+  run_and_compare({.seqlens = {300, 1, 64, 65, 0, 129}, .s_q = 1, .h_q = 16}, 1);
+}
+
+TEST(Decode, Bf16TwoQueriesCausal128Heads) {
+  run_and_compare({.seqlens = {2, 150, 1, 77}, .s_q = 2, .h_q = 128, .causal = true}, 2);
+}
+
+TEST(Decode, Bf16TwoQueriesNotCausal) { run_and_compare({.seqlens = {97, 3}, .s_q = 2, .h_q = 32}, 3); }
+
+TEST(Decode, Fp16WithSplitsOnTwoThreads) {
+  // 4 SMs force long sequences to be split over parts, so the combine step is exercised.
+  run_and_compare({.seqlens = {700, 40, 260}, .s_q = 1, .h_q = 64, .dtype = DType::kFloat16, .num_sms = 4,
+                   .num_threads = 2},
+                  4);
+}
+
+TEST(Decode, CausalSplitsAndTwoKvHeads) {
+  run_and_compare({.seqlens = {500, 2, 190}, .s_q = 2, .h_q = 32, .h_kv = 2, .causal = true, .num_sms = 8}, 5);
+}
+
+TEST(Decode, Fp8CacheMatchesTheDequantizedCache) {
+  run_and_compare({.seqlens = {333, 0, 64, 1}, .s_q = 2, .h_q = 16, .causal = true, .fp8 = true, .num_sms = 6}, 6);
+}
+
+TEST(Decode, ScheduleDoesNotChangeTheResultBeyondRounding) {
+  Case config{.seqlens = {1000, 30, 450}, .s_q = 1, .h_q = 16};
+  std::vector<std::vector<uint16_t>> outputs;
+  for (int num_sms : {1, 3, 132}) {
+    config.num_sms = num_sms;
+    Inputs inputs = make_inputs(config, 8);
+    if (num_sms == 1) {
+      EXPECT_EQ(inputs.metadata.num_splits.back(), 3);  // one part: nothing split
+    } else {
+      EXPECT_GT(inputs.metadata.num_splits.back(), 3);
+    }
+    ASSERT_TRUE(flash_mla_with_kvcache(inputs.args()).is_ok());
+    outputs.push_back(inputs.out);
+  }
+  for (size_t i = 0; i < outputs[0].size(); ++i) {
+    ASSERT_NEAR(bf16_to_float(outputs[0][i]), bf16_to_float(outputs[1][i]), 1e-2) << i;
+    ASSERT_NEAR(bf16_to_float(outputs[0][i]), bf16_to_float(outputs[2][i]), 1e-2) << i;
+  }
+}
+
+TEST(Decode, QuantizeKeepsNaNAndRope) {
+  std::vector<uint16_t> cache(64 * 576, float_to_bf16(0.5f));
+  cache[576 + 3] = float_to_bf16(kNaN);  // token 1, group 0
+  cache[576 + 520] = float_to_bf16(-3.0f);  // token 1, RoPE channel 8
+  std::vector<uint8_t> fp8(64 * 656);
+  ASSERT_TRUE(quantize_kvcache_fp8(TensorView::contiguous(cache.data(), DType::kBFloat16, {1, 64, 1, 576}),
+                                   TensorView::contiguous(fp8.data(), DType::kUInt8, {1, 64, 1, 656}))
+                  .is_ok());
+  EXPECT_EQ(dequantize_fp8_channel(fp8.data(), 0), 0.5f);
+  EXPECT_EQ(dequantize_fp8_channel(fp8.data(), 575), 0.5f);
+  EXPECT_TRUE(std::isnan(dequantize_fp8_channel(fp8.data() + 656, 3)));
+  EXPECT_TRUE(std::isnan(dequantize_fp8_channel(fp8.data() + 656, 100)));  // the whole group's scale is NaN
+  EXPECT_EQ(dequantize_fp8_channel(fp8.data() + 656, 200), 0.5f);           // other groups unaffected
+  EXPECT_EQ(dequantize_fp8_channel(fp8.data() + 656, 520), -3.0f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+class DecodeErrors : public ::testing::Test {
+ protected:
+  void SetUp() override { inputs_ = make_inputs({.seqlens = {300, 10}, .s_q = 1, .h_q = 16}, 9); }
+  std::string error_of(const FlashMlaArgs& args) {
+    const Status status = flash_mla_with_kvcache(args);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << status.to_string();
+    return status.message();
+  }
+  Inputs inputs_;
+};
+
+TEST_F(DecodeErrors, NameTheBadValue) {
+  FlashMlaArgs args = inputs_.args();
+  ASSERT_TRUE(flash_mla_with_kvcache(args).is_ok());
+
+  args = inputs_.args();
+  args.q.dtype = DType::kFloat32;
+  EXPECT_THAT(error_of(args), HasSubstr("q has dtype float32; expected bfloat16 or float16"));
+
+  args = inputs_.args();
+  args.k_cache.dtype = DType::kFloat16;
+  EXPECT_THAT(error_of(args), HasSubstr("k_cache has dtype float16 but q has bfloat16"));
+
+  args = inputs_.args();
+  args.q.strides = {576 * 16, 576 * 16, 576, 2};
+  EXPECT_THAT(error_of(args), HasSubstr("q has stride 2 in its last dimension"));
+
+  args = inputs_.args();
+  args.q.shape[3] = 512;
+  EXPECT_THAT(error_of(args), HasSubstr("q has head dim 512; expected 576"));
+
+  args = inputs_.args();
+  args.head_dim_v = 576;
+  EXPECT_THAT(error_of(args), HasSubstr("head_dim_v is 576"));
+
+  args = inputs_.args();
+  args.block_table.shape[1] = 3;  // seq 0 needs 5
+  EXPECT_THAT(error_of(args), HasSubstr("block_table has 3 columns, but seq 0 needs 5 blocks of 64 for 300 tokens"));
+
+  args = inputs_.args();
+  inputs_.block_table[1 * inputs_.max_blocks] = 99;
+  EXPECT_THAT(error_of(args), HasSubstr("block_table[1][0] = 99 is outside k_cache's"));
+}
+
+TEST_F(DecodeErrors, HeadsShapesAndMetadata) {
+  FlashMlaArgs args = inputs_.args();
+  args.k_cache.shape[2] = 3;  // h_kv 3 does not divide h_q 16
+  EXPECT_THAT(error_of(args), HasSubstr("h_q = 16 is not a multiple of h_kv = 3"));
+
+  args = inputs_.args();
+  args.tile_scheduler_metadata.shape[1] = 7;
+  EXPECT_THAT(error_of(args), HasSubstr("tile_scheduler_metadata has shape"));
+
+  args = inputs_.args();
+  args.num_splits.shape[0] = 2;
+  EXPECT_THAT(error_of(args), HasSubstr("num_splits has shape (2,); expected (3,)"));
+
+  args = inputs_.args();
+  args.is_fp8_kvcache = true;
+  EXPECT_THAT(error_of(args), HasSubstr("k_cache has dtype bfloat16; expected uint8 or float8_e4m3fn"));
+
+  // Metadata of another decode step: seq 1 grew from 10 to 40 tokens (still one block).
+  inputs_.config.seqlens[1] = 40;
+  args = inputs_.args();
+  EXPECT_THAT(error_of(args), HasSubstr("do not describe cache_seqlens"));
+
+  args = inputs_.args();
+  args.out.shape[3] = 576;
+  inputs_.config.seqlens[1] = 10;
+  EXPECT_THAT(error_of(args), HasSubstr("out has shape"));
+
+  args = inputs_.args();
+  EXPECT_EQ(flash_mla_with_kvcache(args, Backend::kCuda).code(), StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace ff::mla
