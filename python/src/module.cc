@@ -12,4 +12,6 @@ NB_MODULE(_C, module) {
   ff::python::bind_eplb(eplb);
   auto pipe = module.def_submodule("pipe", "Pipeline-parallel schedules, validator, simulator, executor");
   ff::python::bind_pipe(pipe);
+  auto mla = module.def_submodule("mla", "MLA decode attention");
+  ff::python::bind_mla(mla);
 }

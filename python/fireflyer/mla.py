@@ -1,0 +1,192 @@
+"""MLA decode attention over a paged KV cache (component ``mla``), the counterpart of DeepSeek FlashMLA.
+
+::
+
+    from fireflyer import mla
+    tile_scheduler_metadata, num_splits = mla.get_mla_metadata(cache_seqlens, s_q * h_q // h_kv, h_kv)
+    for layer in layers:  # one schedule per decode step, reused by every layer
+        out, lse = mla.flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, 512,
+                                              tile_scheduler_metadata, num_splits, causal=True)
+
+Shapes: ``q (b, s_q, h_q, 576)``, ``k_cache (num_blocks, 64, h_kv, 576)`` (V is its first 512
+channels), ``block_table int32 (b, max_blocks)``, ``cache_seqlens int32 (b,)``; results ``out (b, s_q,
+h_q, 512)`` in the dtype of q and ``softmax_lse float32 (b, h_q, s_q)``, the natural-log logsumexp of
+the scaled scores (``+inf`` for a row that attends to nothing; its ``out`` is 0).
+
+Input types. numpy arrays run on the CPU implementation. bf16 data can be given as ``ml_dtypes.bfloat16``
+arrays (if ml_dtypes is installed) or as ``numpy.uint16`` arrays of bf16 bit patterns; fp16 as
+``numpy.float16``. ``out`` comes back in the same representation as ``q`` (uint16 bit patterns in, uint16
+bit patterns out). torch tensors are accepted too (torch is imported only when one is given): they are
+copied to the CPU and the results are torch tensors on ``q``'s device. The sm_90a kernel is not built
+yet (docs/mla.md, Status), so every call runs on the CPU.
+
+FP8 cache (``is_fp8_kvcache=True``): ``k_cache`` is ``uint8`` (or ``torch.float8_e4m3fn``) of shape
+``(num_blocks, 64, h_kv, 656)``; per token: 512 e4m3 latent bytes, 4 float32 scales (one per 128
+channels), 64 bf16 RoPE channels. ``quantize_kvcache_fp8`` builds one from a bf16 cache.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+
+from fireflyer import _C
+
+__all__ = ["get_mla_metadata", "flash_mla_with_kvcache", "quantize_kvcache_fp8", "PAGE_BLOCK_SIZE", "FP8_BYTES_PER_TOKEN"]
+
+PAGE_BLOCK_SIZE = _C.mla.PAGE_BLOCK_SIZE
+FP8_BYTES_PER_TOKEN = _C.mla.FP8_BYTES_PER_TOKEN
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    # Checked by type name so that torch is imported only when the caller already uses it.
+    return type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter")
+
+
+def _plain(name: str, value: Any) -> np.ndarray:
+    """An integer or byte array as numpy, without changing its dtype (the library checks it)."""
+    if _is_torch_tensor(value):
+        import torch
+
+        tensor = value.detach().cpu()
+        if tensor.dtype == getattr(torch, "float8_e4m3fn", None):
+            tensor = tensor.view(torch.uint8)
+        return tensor.numpy()
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise ValueError(f"{name} is not a numeric array")
+    return array
+
+
+def _half(name: str, value: Any, dtype_hint: Optional[str] = None) -> tuple[np.ndarray, str, str]:
+    """(uint16 bit patterns, 'bfloat16' | 'float16', kind of the input) for a bf16 / fp16 array."""
+    if _is_torch_tensor(value):
+        import torch
+
+        tensor = value.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            return tensor.view(torch.int16).numpy().view(np.uint16), "bfloat16", "torch"
+        if tensor.dtype == torch.float16:
+            return tensor.view(torch.int16).numpy().view(np.uint16), "float16", "torch"
+        raise ValueError(f"{name} has dtype {tensor.dtype}; expected torch.bfloat16 or torch.float16")
+    array = np.asarray(value)
+    if array.dtype.name == "bfloat16":  # ml_dtypes.bfloat16
+        return array.view(np.uint16), "bfloat16", "ml_dtypes"
+    if array.dtype == np.float16:
+        return array.view(np.uint16), "float16", "float16"
+    if array.dtype == np.uint16:
+        return array, dtype_hint or "bfloat16", "uint16"
+    raise ValueError(
+        f"{name} has dtype {array.dtype}; expected bfloat16 (ml_dtypes.bfloat16, or numpy.uint16 bit patterns) "
+        "or float16"
+    )
+
+
+def _output(bits: np.ndarray, dtype: str, kind: str, like: Any):
+    if kind == "torch":
+        import torch
+
+        tensor = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16 if dtype == "bfloat16" else torch.float16)
+        return tensor.to(like.device)
+    if kind == "ml_dtypes":
+        return bits.view(np.asarray(like).dtype)
+    if kind == "float16":
+        return bits.view(np.float16)
+    return bits
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    return int(value)
+
+
+def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads_k: int, num_sms: int = 132):
+    """The split-KV schedule of one decode step: ``(tile_scheduler_metadata int32 (num_sm_parts, 8),
+    num_splits int32 (b + 1,))``, as FlashMLA's ``get_mla_metadata``. ``num_q_tokens_per_head_k`` is
+    ``s_q * h_q // h_kv``; ``num_sms`` defaults to 132 (H100/H800). Deterministic.
+
+    Rows of ``tile_scheduler_metadata``: ``[begin_batch, begin_token, end_batch, end_token,
+    begin_split, 0, 0, 0]``; sequence ``i`` owns split slots ``num_splits[i]:num_splits[i+1]``.
+    """
+    seqlens = _plain("cache_seqlens", cache_seqlens)
+    metadata, splits = _C.mla.get_mla_metadata(
+        seqlens,
+        _count("num_q_tokens_per_head_k", num_q_tokens_per_head_k),
+        _count("num_heads_k", num_heads_k),
+        _count("num_sms", num_sms),
+    )
+    if _is_torch_tensor(cache_seqlens):
+        import torch
+
+        return torch.from_numpy(metadata).to(cache_seqlens.device), torch.from_numpy(splits).to(cache_seqlens.device)
+    return metadata, splits
+
+
+def flash_mla_with_kvcache(
+    q: Any,
+    k_cache: Any,
+    block_table: Any,
+    cache_seqlens: Any,
+    head_dim_v: int,
+    tile_scheduler_metadata: Any,
+    num_splits: Any,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    is_fp8_kvcache: bool = False,
+    *,
+    num_threads: int = 1,
+):
+    """Attention of ``q`` over each sequence's cached tokens: ``(out, softmax_lse)``.
+
+    ``softmax_scale`` defaults to ``1 / sqrt(576)``. With ``causal``, query ``i`` of the ``s_q`` new
+    tokens sees cache positions ``< cache_seqlens - s_q + i + 1``. The metadata must come from
+    ``get_mla_metadata`` on the same ``cache_seqlens``. Raises ValueError naming the bad value.
+    """
+    q_bits, dtype, kind = _half("q", q)
+    if is_fp8_kvcache:
+        cache = _plain("k_cache", k_cache)
+    else:
+        cache, cache_dtype, _ = _half("k_cache", k_cache, dtype)
+        if cache_dtype != dtype:
+            raise ValueError(f"k_cache has dtype {cache_dtype} but q has {dtype}; they must match")
+    if softmax_scale is not None:
+        softmax_scale = float(softmax_scale)
+        if not math.isfinite(softmax_scale):
+            raise ValueError(f"softmax_scale is {softmax_scale}; it must be finite")
+    out, lse = _C.mla.flash_mla_with_kvcache(
+        q_bits,
+        dtype,
+        cache,
+        _plain("block_table", block_table),
+        _plain("cache_seqlens", cache_seqlens),
+        _count("head_dim_v", head_dim_v),
+        _plain("tile_scheduler_metadata", tile_scheduler_metadata),
+        _plain("num_splits", num_splits),
+        softmax_scale,
+        bool(causal),
+        bool(is_fp8_kvcache),
+        _count("num_threads", num_threads),
+    )
+    if kind == "torch":
+        import torch
+
+        return _output(out, dtype, kind, q), torch.from_numpy(lse).to(q.device)
+    return _output(out, dtype, kind, q), lse
+
+
+def quantize_kvcache_fp8(k_cache: Any):
+    """bf16 cache ``(num_blocks, 64, h_kv, 576)`` -> FP8 layout ``uint8 (num_blocks, 64, h_kv, 656)``:
+    per token and 128 channels, ``scale = max|x| / 448`` (1 if all zero) stored as float32 and
+    ``e4m3 = round(x / scale)``; RoPE channels copied as bf16. A NaN makes its group's scale NaN."""
+    bits, dtype, kind = _half("k_cache", k_cache)
+    if dtype != "bfloat16":
+        raise ValueError(f"k_cache has dtype {dtype}; quantize_kvcache_fp8 takes bfloat16")
+    out = _C.mla.quantize_kvcache_fp8(bits)
+    if kind == "torch":
+        import torch
+
+        return torch.from_numpy(out).to(k_cache.device)
+    return out
