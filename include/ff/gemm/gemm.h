@@ -1,0 +1,102 @@
+// ff::gemm: FP8 GEMM with fine-grained scaling, the counterpart of DeepGEMM's sm_90 API.
+//
+//   D[m, n] (bf16) = sum over K blocks kb of  (sum_{k in kb} A[m, k] * B[n, k]) * sa[m, kb] * sb[n / 128, kb]
+//
+// A (e4m3) is scaled per 1x128 (one fp32 scale per row and 128-wide K block), B (e4m3) per 128x128 block.
+// The inner sum over one K block is accumulated in fp32, multiplied by both scales and added into an fp32
+// accumulator (the two-level accumulation of DeepGEMM, which keeps fp8 products from losing precision over a
+// long K); the result is rounded to bf16, nearest even. See docs/gemm.md for shapes, layouts and semantics.
+//
+// Tensors are TensorViews (tensor_view.h). All views of one call live on one device; that device picks the
+// backend: Device::kCpu runs the CPU implementation (this file's reference semantics), Device::kCuda the sm_90a
+// kernels (not built yet: such calls return an unimplemented Status). Input views are never written.
+//
+// Thread-safety: every function may be called from several threads at once, on disjoint outputs.
+// set_num_sms changes a process-wide setting read at the start of each call.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include "ff/common/result.h"
+#include "ff/common/status.h"
+#include "ff/gemm/tensor_view.h"
+
+namespace ff::gemm {
+
+// The K granularity of every scale (A: 1x128, B: 128x128) and the N granularity of B's scales.
+inline constexpr int64_t kScaleBlock = 128;
+// Rows of each expert's segment in the grouped contiguous layout start at a multiple of this.
+inline constexpr int64_t kMAlignmentForContiguousLayout = 128;
+
+inline constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// An fp8 operand and its fp32 scales, DeepGEMM's `(tensor, scales)` pair.
+struct ScaledTensor {
+  TensorView data;    // float8_e4m3fn
+  TensorView scales;  // float32
+};
+
+struct LaunchOptions {
+  // cudaStream_t the GPU backend enqueues on (nullptr: the default stream); ignored by the CPU backend.
+  void* stream = nullptr;
+};
+
+// D = A * B^T.
+//   a.data   (m, k)                    float8_e4m3fn
+//   a.scales (m, ceil(k/128))          float32, any strides (row-major or the TMA-aligned column-major layout)
+//   b.data   (n, k)                    float8_e4m3fn
+//   b.scales (ceil(n/128), ceil(k/128)) float32
+//   out      (m, n)                    bfloat16, written entirely
+// k need not be a multiple of 128: the last K block is partial and its scale covers the k % 128 columns that
+// exist (the CPU backend; the GPU backend will require k % 128 == 0 and say so).
+Status gemm_fp8_fp8_bf16_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                            const LaunchOptions& options = {});
+
+// MoE grouped GEMM, contiguous layout: the rows of all experts stacked in one A.
+//   a.data   (m_sum, k), a.scales (m_sum, ceil(k/128))
+//   b.data   (num_groups, n, k), b.scales (num_groups, ceil(n/128), ceil(k/128))
+//   out      (m_sum, n) bfloat16
+//   m_indices (m_sum) int32: the expert of each row, or -1 for a padding row.
+// out[r] = A[r] * B[m_indices[r]]^T. Every aligned block of 128 rows holds rows of at most one expert (each
+// expert's segment starts at a multiple of get_m_alignment_for_contiguous_layout(); pad with -1 rows).
+// Padding rows are zero-filled in out: the rows a dispatch leaves unused hold uninitialised A data (possibly
+// NaN), and zeros let the combine step sum or copy whole tiles without masking; the GPU kernel writes whole
+// tiles in its epilogue anyway, so zeros cost it nothing.
+Status m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                                 const TensorView& m_indices, const LaunchOptions& options = {});
+
+// MoE grouped GEMM, masked layout (decode with CUDA graphs: shapes fixed, counts on the device):
+//   a.data   (num_groups, m_max, k), a.scales (num_groups, m_max, ceil(k/128))
+//   b.data   (num_groups, n, k),     b.scales (num_groups, ceil(n/128), ceil(k/128))
+//   out      (num_groups, m_max, n) bfloat16
+//   masked_m (num_groups) int32, each in [0, m_max]
+// Only out[g, :masked_m[g]] is written; rows at and beyond masked_m[g] are left untouched (the kernel never
+// reads or writes them, so the caller must not read them either). expected_m (>= 0) is a hint of the typical
+// masked_m for the GPU block-size heuristic; the CPU backend ignores it.
+Status m_grouped_gemm_fp8_fp8_bf16_nt_masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                             const TensorView& masked_m, int64_t expected_m,
+                                             const LaunchOptions& options = {});
+
+// 128: the alignment of each expert's segment in the contiguous layout (DeepGEMM's BLOCK_M).
+inline int64_t get_m_alignment_for_contiguous_layout() { return kMAlignmentForContiguousLayout; }
+
+// TMA needs 16-byte aligned strides: mn rounded up to a multiple of 16 / element_size elements
+// (4 for float32 scales). element_size must divide 16.
+Result<int64_t> get_tma_aligned_size(int64_t mn, int64_t element_size);
+
+// Strides, in elements, of DeepGEMM's TMA-aligned column-major layout of a float32 scale tensor of the given
+// shape, (mn, kb) or (groups, mn, kb): the mn dimension is contiguous and each column is padded to
+// get_tma_aligned_size(mn, 4) elements, so (mn, kb) has strides (1, aligned_mn) and (groups, mn, kb) has
+// (aligned_mn * kb, 1, aligned_mn). A view with these strides over a buffer of
+// col_major_tma_aligned_elements(...) floats is what get_col_major_tma_aligned_tensor returns.
+Result<std::array<int64_t, kMaxDims>> col_major_tma_aligned_strides(int ndim, const std::array<int64_t, kMaxDims>& shape);
+Result<int64_t> col_major_tma_aligned_elements(int ndim, const std::array<int64_t, kMaxDims>& shape);
+
+// The most SMs a GEMM kernel may use (DeepGEMM's set_num_sms / get_num_sms). Without a setting, get_num_sms()
+// returns the SM count of GPU 0 or, without a GPU, the number of hardware threads; the CPU backend uses it as
+// its thread limit. set_num_sms rejects num_sms < 1 and, with a GPU present, more than its SM count.
+Status set_num_sms(int num_sms);
+int get_num_sms();
+
+}  // namespace ff::gemm

@@ -1,0 +1,108 @@
+// Public entry points: validate, then dispatch on the device of the tensors.
+#include "ff/gemm/gemm.h"
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "cpu/gemm_cpu.h"
+#include "ff/common/device.h"
+#include "validate.h"
+
+namespace ff::gemm {
+
+namespace {
+
+Status no_gpu_backend(std::string_view function) {
+  return unimplemented(
+      "{} on CUDA tensors: the sm_90a kernels are not built yet; pass CPU tensors to use the CPU implementation",
+      function);
+}
+
+// 0: not set; get_num_sms() then reports the hardware.
+std::atomic<int> g_num_sms{0};
+
+int hardware_sm_count() {
+  static const int count = [] {
+    const std::vector<GpuInfo> gpus = visible_gpus();
+    return gpus.empty() ? 0 : gpus.front().sm_count;
+  }();
+  return count;
+}
+
+}  // namespace
+
+Status gemm_fp8_fp8_bf16_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                            const LaunchOptions& /*options*/) {
+  FF_ASSIGN_OR_RETURN(internal::GemmShape shape, internal::validate_dense(a, b, out));
+  if (shape.device == Device::kCuda) return no_gpu_backend("gemm_fp8_fp8_bf16_nt");
+  cpu::gemm_dense(a, b, out, shape);
+  return Status::ok();
+}
+
+Status m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                                 const TensorView& m_indices, const LaunchOptions& /*options*/) {
+  FF_ASSIGN_OR_RETURN(internal::GemmShape shape, internal::validate_contiguous(a, b, out, m_indices));
+  if (shape.device == Device::kCuda) return no_gpu_backend("m_grouped_gemm_fp8_fp8_bf16_nt_contiguous");
+  cpu::gemm_contiguous(a, b, out, m_indices, shape);
+  return Status::ok();
+}
+
+Status m_grouped_gemm_fp8_fp8_bf16_nt_masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                             const TensorView& masked_m, int64_t expected_m,
+                                             const LaunchOptions& /*options*/) {
+  FF_ASSIGN_OR_RETURN(internal::GemmShape shape, internal::validate_masked(a, b, out, masked_m, expected_m));
+  if (shape.device == Device::kCuda) return no_gpu_backend("m_grouped_gemm_fp8_fp8_bf16_nt_masked");
+  cpu::gemm_masked(a, b, out, masked_m, shape);
+  return Status::ok();
+}
+
+Result<int64_t> get_tma_aligned_size(int64_t mn, int64_t element_size) {
+  constexpr int64_t kTmaAlignmentBytes = 16;
+  if (element_size <= 0 || kTmaAlignmentBytes % element_size != 0) {
+    return invalid_argument("element_size={} must divide the TMA alignment of {} bytes", element_size,
+                            kTmaAlignmentBytes);
+  }
+  if (mn < 0) return invalid_argument("mn={} must be >= 0", mn);
+  const int64_t elements = kTmaAlignmentBytes / element_size;
+  return ceil_div(mn, elements) * elements;
+}
+
+Result<std::array<int64_t, kMaxDims>> col_major_tma_aligned_strides(int ndim,
+                                                                    const std::array<int64_t, kMaxDims>& shape) {
+  if (ndim != 2 && ndim != 3) {
+    return invalid_argument("a scale tensor is (mn, k_blocks) or (groups, mn, k_blocks), not {}-D", ndim);
+  }
+  const int64_t mn = shape[static_cast<size_t>(ndim - 2)];
+  const int64_t k_blocks = shape[static_cast<size_t>(ndim - 1)];
+  FF_ASSIGN_OR_RETURN(const int64_t aligned_mn, get_tma_aligned_size(mn, 4));
+  if (ndim == 2) return std::array<int64_t, kMaxDims>{1, aligned_mn, 0};
+  return std::array<int64_t, kMaxDims>{aligned_mn * k_blocks, 1, aligned_mn};
+}
+
+Result<int64_t> col_major_tma_aligned_elements(int ndim, const std::array<int64_t, kMaxDims>& shape) {
+  FF_ASSIGN_OR_RETURN(const auto strides, col_major_tma_aligned_strides(ndim, shape));
+  const int64_t groups = ndim == 3 ? shape[0] : 1;
+  const int64_t per_group = strides[static_cast<size_t>(ndim - 1)] * shape[static_cast<size_t>(ndim - 1)];
+  return groups * per_group;
+}
+
+Status set_num_sms(int num_sms) {
+  const int hardware = hardware_sm_count();
+  if (num_sms < 1) return invalid_argument("num_sms={} must be >= 1", num_sms);
+  if (hardware > 0 && num_sms > hardware) {
+    return invalid_argument("num_sms={} exceeds the {} SMs of GPU 0", num_sms, hardware);
+  }
+  g_num_sms.store(num_sms, std::memory_order_relaxed);
+  return Status::ok();
+}
+
+int get_num_sms() {
+  const int set = g_num_sms.load(std::memory_order_relaxed);
+  if (set > 0) return set;
+  const int hardware = hardware_sm_count();
+  if (hardware > 0) return hardware;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+}  // namespace ff::gemm

@@ -1,0 +1,33 @@
+// Argument checks shared by every backend: dtypes, shapes, one device, and, for host-readable index tensors,
+// their contents. A backend runs only on arguments that passed these checks.
+#pragma once
+
+#include <cstdint>
+
+#include "ff/common/result.h"
+#include "ff/gemm/gemm.h"
+
+namespace ff::gemm::internal {
+
+// Sizes of a validated call.
+struct GemmShape {
+  int64_t num_groups = 1;  // 1 for the dense GEMM
+  int64_t m = 0;           // rows of a.data: m, m_sum, or m_max per group
+  int64_t n = 0;
+  int64_t k = 0;
+  Device device = Device::kCpu;
+};
+
+Result<GemmShape> validate_dense(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out);
+// Also checks m_indices' values when it lives on the host: each in [-1, num_groups), one group per aligned
+// block of 128 rows.
+Result<GemmShape> validate_contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                      const TensorView& m_indices);
+// Also checks masked_m's values when it lives on the host: each in [0, m_max].
+Result<GemmShape> validate_masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                  const TensorView& masked_m, int64_t expected_m);
+
+// The 2-D view of index `index` along dimension 0 of a 3-D view.
+TensorView select_group(const TensorView& view, int64_t index);
+
+}  // namespace ff::gemm::internal
