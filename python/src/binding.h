@@ -26,5 +26,6 @@ void bind_trace_analysis(nb::module_& module);  // adds to the trace submodule
 void bind_eplb(nb::module_& module);
 void bind_pipe(nb::module_& module);
 void bind_mla(nb::module_& module);
+void bind_gemm(nb::module_& module);
 
 }  // namespace ff::python

@@ -14,4 +14,6 @@ NB_MODULE(_C, module) {
   ff::python::bind_pipe(pipe);
   auto mla = module.def_submodule("mla", "MLA decode attention");
   ff::python::bind_mla(mla);
+  auto gemm = module.def_submodule("gemm", "FP8 GEMM with fine-grained scaling");
+  ff::python::bind_gemm(gemm);
 }

@@ -1,0 +1,207 @@
+"""FP8 GEMM with fine-grained scaling (component ``gemm``), the counterpart of DeepGEMM's sm_90 API.
+
+::
+
+    from fireflyer import gemm
+    a, sa = gemm.per_token_cast_to_fp8(x)          # x (m, k)  -> e4m3 (m, k), scales (m, ceil(k/128))
+    b, sb = gemm.per_block_cast_to_fp8(w)          # w (n, k)  -> e4m3 (n, k), scales (ceil(n/128), ceil(k/128))
+    out = np.empty((m, n), np.uint16)              # bf16 bit patterns
+    gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)
+
+Array types (see docs/gemm.md):
+
+- numpy (CPU implementation): fp8 as ``uint8`` bit patterns or ``ml_dtypes.float8_e4m3fn``; bf16 as ``uint16``
+  bit patterns or ``ml_dtypes.bfloat16`` (viewed, so ``out`` is written in place); scales ``float32``; indices
+  ``int32``. ``bf16_to_float32`` / ``e4m3_to_float32`` decode bit patterns without ml_dtypes.
+- torch tensors (imported lazily, only when given): ``torch.float8_e4m3fn``, ``torch.bfloat16``, ``float32``,
+  ``int32``; CPU tensors run the CPU implementation, CUDA tensors the sm_90a kernels (not built yet: RuntimeError).
+
+Bad input raises ValueError naming the argument (``a.data`` is ``a``, ``a.scales`` is ``a_scales``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import numpy as np
+
+from fireflyer import _C
+
+__all__ = [
+    "gemm_fp8_fp8_bf16_nt",
+    "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous",
+    "m_grouped_gemm_fp8_fp8_bf16_nt_masked",
+    "per_token_cast_to_fp8",
+    "per_block_cast_to_fp8",
+    "get_col_major_tma_aligned_tensor",
+    "get_tma_aligned_size",
+    "get_m_alignment_for_contiguous_layout",
+    "set_num_sms",
+    "get_num_sms",
+    "e4m3_to_float32",
+    "float32_to_e4m3",
+    "bf16_to_float32",
+    "float32_to_bf16",
+    "calc_diff",
+]
+
+get_tma_aligned_size = _C.gemm.get_tma_aligned_size
+get_m_alignment_for_contiguous_layout = _C.gemm.get_m_alignment_for_contiguous_layout
+set_num_sms = _C.gemm.set_num_sms
+get_num_sms = _C.gemm.get_num_sms
+e4m3_to_float32 = _C.gemm.e4m3_to_float32
+float32_to_e4m3 = _C.gemm.float32_to_e4m3
+bf16_to_float32 = _C.gemm.bf16_to_float32
+float32_to_bf16 = _C.gemm.float32_to_bf16
+
+
+def _is_torch_tensor(value: Any) -> bool:
+    # By type name, so torch is imported only when the caller already uses it.
+    return type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter")
+
+
+def _bits(value: Any, name: str) -> Any:
+    """The array the extension takes: fp8 and bf16 element types become their integer bit patterns (a view)."""
+    if _is_torch_tensor(value):
+        import torch
+
+        if value.dtype == torch.float8_e4m3fn:
+            return value.view(torch.uint8)
+        return value  # bf16, float32 and int32 cross DLPack as they are
+    if isinstance(value, np.ndarray):
+        if value.dtype.name == "float8_e4m3fn":  # ml_dtypes
+            return value.view(np.uint8)
+        if value.dtype.name == "bfloat16":  # ml_dtypes
+            return value.view(np.uint16)
+        return value
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} is a {type(value).__name__}, not an array: {error}") from None
+
+
+def _stream(value: Any) -> int:
+    if _is_torch_tensor(value) and value.is_cuda:
+        import torch
+
+        return torch.cuda.current_stream(value.device).cuda_stream
+    return 0
+
+
+def _pair(operand: Any, name: str) -> Tuple[Any, Any]:
+    if not isinstance(operand, (tuple, list)) or len(operand) != 2:
+        raise ValueError(f"{name} must be a pair (tensor, scales), got {type(operand).__name__}")
+    return _bits(operand[0], name), _bits(operand[1], f"{name}_scales")
+
+
+def gemm_fp8_fp8_bf16_nt(lhs, rhs, out) -> None:
+    """out (m, n) bf16 = a (m, k) @ b (n, k).T with a scaled per 1x128 and b per 128x128; writes out in place.
+
+    lhs = (a e4m3 (m, k), a_scales fp32 (m, ceil(k/128)), row-major or TMA-aligned column-major);
+    rhs = (b e4m3 (n, k), b_scales fp32 (ceil(n/128), ceil(k/128))). k need not be a multiple of 128 on the CPU.
+    """
+    a, sa = _pair(lhs, "a")
+    b, sb = _pair(rhs, "b")
+    _C.gemm.gemm_fp8_fp8_bf16_nt(a, sa, b, sb, _bits(out, "out"), _stream(out))
+
+
+def m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(lhs, rhs, out, m_indices) -> None:
+    """Grouped GEMM, contiguous layout: out[r] = a[r] @ b[m_indices[r]].T for every row r of a (m_sum, k).
+
+    b is (num_groups, n, k) with scales (num_groups, ceil(n/128), ceil(k/128)); m_indices int32 (m_sum); each
+    group's segment starts at a multiple of get_m_alignment_for_contiguous_layout() (128); rows with index -1 are
+    padding and come out zero.
+    """
+    a, sa = _pair(lhs, "a")
+    b, sb = _pair(rhs, "b")
+    _C.gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
+        a, sa, b, sb, _bits(out, "out"), _bits(m_indices, "m_indices"), _stream(out)
+    )
+
+
+def m_grouped_gemm_fp8_fp8_bf16_nt_masked(lhs, rhs, out, masked_m, expected_m: int) -> None:
+    """Grouped GEMM, masked layout: out[g, :masked_m[g]] = a[g, :masked_m[g]] @ b[g].T; other rows untouched.
+
+    a (num_groups, m_max, k), a_scales (num_groups, m_max, ceil(k/128)), out (num_groups, m_max, n),
+    masked_m int32 (num_groups) each in [0, m_max]; expected_m is a block-size hint for the GPU kernels.
+    """
+    a, sa = _pair(lhs, "a")
+    b, sb = _pair(rhs, "b")
+    if isinstance(expected_m, bool) or not isinstance(expected_m, (int, np.integer)):
+        raise ValueError(f"expected_m={expected_m!r} must be an integer")
+    _C.gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked(
+        a, sa, b, sb, _bits(out, "out"), _bits(masked_m, "masked_m"), int(expected_m), _stream(out)
+    )
+
+
+def _cast(x: Any, per_block: bool):
+    if _is_torch_tensor(x):
+        import torch
+
+        source = x.detach().cpu()
+        if source.dtype not in (torch.float32, torch.bfloat16):
+            source = source.float()
+        q, scales = (_C.gemm.per_block_cast_to_fp8 if per_block else _C.gemm.per_token_cast_to_fp8)(source)
+        return (
+            torch.from_numpy(q).view(torch.float8_e4m3fn).to(x.device),
+            torch.from_numpy(scales).to(x.device),
+        )
+    array = _bits(x, "x")
+    if array.dtype != np.uint16 and array.dtype != np.float32:
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"x has dtype {array.dtype}; expected floating-point values")
+        array = array.astype(np.float32)  # like the anchor's .float() of its amax; exact for float16/bf16
+    return (_C.gemm.per_block_cast_to_fp8 if per_block else _C.gemm.per_token_cast_to_fp8)(array)
+
+
+def per_token_cast_to_fp8(x):
+    """x (m, k) -> (e4m3 bits uint8 (m, k), float32 scales (m, ceil(k/128))): amax per 1x128, clamped at 1e-4,
+    q = e4m3(x * (448 / amax)), scale = amax / 448; bit-exact with the anchor's torch formula. numpy ``uint16``
+    input is read as bf16 bits. A torch tensor gives torch tensors (float8_e4m3fn, float32) on its device."""
+    return _cast(x, per_block=False)
+
+
+def per_block_cast_to_fp8(x):
+    """x (m, k) -> (e4m3 bits (m, k), float32 scales (ceil(m/128), ceil(k/128))): one amax per 128x128 tile."""
+    return _cast(x, per_block=True)
+
+
+def get_col_major_tma_aligned_tensor(x):
+    """x float32 (mn, kb) or (groups, mn, kb), as a view over a new buffer in DeepGEMM's TMA-aligned column-major
+    layout: mn contiguous, each column padded to get_tma_aligned_size(mn, 4) floats, so strides (in elements) are
+    (1, aligned_mn) or (aligned_mn * kb, 1, aligned_mn). Returned as is when already in that layout."""
+    is_torch = _is_torch_tensor(x)
+    if not is_torch:
+        x = np.asarray(x)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (mn, kb) or (groups, mn, kb)")
+    if str(x.dtype) not in ("float32", "torch.float32"):
+        raise ValueError(f"x has dtype {x.dtype}; expected float32 scales")
+    squeeze = x.ndim == 2
+    batched = x[None] if squeeze else x
+    groups, mn, k_blocks = batched.shape
+    aligned = get_tma_aligned_size(mn, 4)
+    strides = tuple(batched.stride()) if is_torch else tuple(s // 4 for s in batched.strides)
+    if (strides[1] == 1 or mn == 1) and (strides[2] == aligned or k_blocks == 1) and (
+        groups == 1 or strides[0] == aligned * k_blocks
+    ):
+        return x
+    if is_torch:
+        import torch
+
+        storage = torch.empty((groups, k_blocks, aligned), dtype=torch.float32, device=x.device)
+        view = storage.transpose(1, 2)[:, :mn, :]
+        view.copy_(batched)
+    else:
+        storage = np.empty((groups, k_blocks, aligned), dtype=np.float32)
+        view = storage.transpose(0, 2, 1)[:, :mn, :]
+        view[...] = batched
+    return view[0] if squeeze else view
+
+
+def calc_diff(x, y) -> float:
+    """The field's similarity metric: 1 - 2 * sum(x * y) / sum(x * x + y * y), in float64 (0 when identical)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    denominator = float((x * x + y * y).sum())
+    return 0.0 if denominator == 0.0 else 1.0 - 2.0 * float((x * y).sum()) / denominator
