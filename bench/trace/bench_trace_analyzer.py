@@ -5,7 +5,7 @@ per case (MB/s, peak RSS), then writes bench/results/trace_analyzer_cpu.json.
 Cases: the default memory budget (1024 MB: everything in memory) and a 64 MB budget (intervals spill
 to sorted runs on disk). The generated file is deleted afterwards unless --keep is given.
 
-Usage: bench/trace/run_bench.py [--build-dir build] [--mb 1024] [--tmp-dir /tmp] [--keep]
+Usage: bench/trace/bench_trace_analyzer.py [--build-dir build] [--mb 1024] [--tmp-dir /tmp] [--keep]
 """
 
 from __future__ import annotations
