@@ -156,7 +156,8 @@ def _cast(x: Any, per_block: bool):
 
 def per_token_cast_to_fp8(x):
     """x (m, k) -> (e4m3 bits uint8 (m, k), float32 scales (m, ceil(k/128))): amax per 1x128, clamped at 1e-4,
-    q = e4m3(x * (448 / amax)), scale = amax / 448; bit-exact with the anchor's torch formula. numpy ``uint16``
+    q = e4m3(x * ((1 / amax) * 448)), scale = amax / 448 (torch evaluates the anchor's `448.0 / amax` as
+    reciprocal(amax) * 448); bit-exact with the anchor's torch formula. numpy ``uint16``
     input is read as bf16 bits. A torch tensor gives torch tensors (float8_e4m3fn, float32) on its device."""
     return _cast(x, per_block=False)
 

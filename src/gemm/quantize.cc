@@ -57,9 +57,10 @@ float cast_tile(const TensorView& x, const TensorView& q, int64_t row_begin, int
   // std::max also maps a NaN amax to the floor, unlike torch's clamp (which keeps NaN); a NaN input then still
   // quantises to NaN codes below, and only its scale differs.
   amax = std::max(amax, kAmaxFloor);
-  // The anchor multiplies by 448 / amax (one rounding) rather than dividing by the scale (another rounding):
-  // bit-exactness needs the same two float32 operations.
-  const float inverse_scale = kFloat8E4M3Max / amax;
+  // The anchor multiplies by `448.0 / amax`, which torch evaluates as reciprocal(amax) * 448 (Tensor.__rtruediv__):
+  // two float32 roundings, then the product. Bit-exactness needs the same three float32 operations (checked
+  // against torch 2.11 and 2.15: one rounding instead, 448 / amax, flipped ties such as 84.0000076 -> 80 vs 88).
+  const float inverse_scale = (1.0f / amax) * kFloat8E4M3Max;
   for (int64_t row = row_begin; row < row_end; ++row) {
     for (int64_t col = col_begin; col < col_end; ++col) {
       *q.at<uint8_t>(row, col) = float_to_e4m3(load(x, row, col) * inverse_scale);

@@ -43,7 +43,7 @@ TEST(PerTokenCast, FollowsTheAnchorFormulaBitForBitWithPartialBlocks) {
       for (int64_t col = block * 128; col < std::min<int64_t>(k, block * 128 + 128); ++col) {
         const float value = x.values[static_cast<size_t>(row * k + col)];
         const uint8_t code = q.values[static_cast<size_t>(row * k + col)];
-        ASSERT_EQ(code, float_to_e4m3(value * (448.0f / amax))) << row << " " << col;
+        ASSERT_EQ(code, float_to_e4m3(value * ((1.0f / amax) * 448.0f))) << row << " " << col;
         // Dequantised, within half an e4m3 ulp (2^-4 relative) or half a subnormal step.
         EXPECT_LE(std::fabs(e4m3_to_float(code) * scale - value),
                   std::max(std::fabs(value) / 16.0f, scale * std::ldexp(1.0f, -10)) * 1.0001f);
@@ -63,6 +63,20 @@ TEST(PerTokenCast, TheBlockMaximumMapsTo448) {
   EXPECT_EQ(q.values[7], 0xfe);  // -448
   EXPECT_EQ(e4m3_to_float(q.values[0]), 72.0f);  // 0.5 * 448 / 3 = 74.67 rounds to 72 (step 8 there)
   EXPECT_EQ(scales.values[0], 3.0f / 448.0f);
+}
+
+// torch evaluates the anchor's `448.0 / amax` as reciprocal(amax) * 448; with amax = 3 that is
+// 149.33334 rather than 149.33333, so -2.25 maps just past the 320/352 midpoint (-336) to -352, as
+// torch's own cast does (checked with torch 2.11 and 2.15). One rounding (448 / amax) would give -320.
+TEST(PerTokenCast, MatchesTorchsReciprocalRoundingAtATie) {
+  auto x = make_tensor<float>(DType::kFloat32, {1, 128}, 0.0f);
+  x.values[0] = -3.0f;
+  x.values[1] = -2.25f;
+  auto q = make_tensor<uint8_t>(DType::kFloat8E4M3, {1, 128});
+  auto scales = make_tensor<float>(DType::kFloat32, {1, 1});
+  ASSERT_TRUE(per_token_cast_to_fp8(x.view, q.view, scales.view).is_ok());
+  EXPECT_EQ(q.values[1], 0xfb);
+  EXPECT_EQ(e4m3_to_float(q.values[1]), -352.0f);
 }
 
 TEST(PerTokenCast, AcceptsBf16Input) {
