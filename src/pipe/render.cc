@@ -18,16 +18,9 @@ constexpr double kNsPerUnit = 1e6;
 
 int64_t to_ns(double units) { return static_cast<int64_t>(units * kNsPerUnit + 0.5); }
 
-const char* event_name(OpKind kind) {
-  switch (kind) {
-    case OpKind::kForward: return "F";
-    case OpKind::kBackward: return "B";
-    case OpKind::kBackwardInput: return "I";
-    case OpKind::kWeight: return "W";
-    case OpKind::kForwardBackward: return "FB";
-  }
-  FF_UNREACHABLE("op kind {}", static_cast<int>(kind));
-}
+// The recorder needs a `const char*` that outlives it: op_kind_name returns views of string literals,
+// which are null-terminated and static.
+const char* event_name(OpKind kind) { return op_kind_name(kind).data(); }
 
 // Colours chosen to echo the anchor's figures: forwards warm, backwards green, W blue; the reverse
 // direction uses a second shade of each.
