@@ -83,12 +83,14 @@ def test_quantised_gemm_close_to_float_product_and_casts_follow_the_anchor_formu
     b, sb = gemm.per_block_cast_to_fp8(w)
     assert a.dtype == np.uint8 and a.shape == (33, 200) and sa.shape == (33, 2)
     assert b.shape == (130, 200) and sb.shape == (2, 2)
-    # The anchor's formula in float32: amax per 1x128 (zero padded), clamp 1e-4, x * (448 / amax).
+    # The anchor's formula in float32: amax per 1x128 (zero padded), clamp 1e-4, x * (448 / amax), where torch
+    # evaluates 448 / amax as reciprocal(amax) * 448.
     padded = np.zeros((33, 256), np.float32)
     padded[:, :200] = x
     amax = np.maximum(np.abs(padded).reshape(33, 2, 128).max(axis=2), np.float32(1e-4))
     np.testing.assert_array_equal(sa, amax / np.float32(448.0))
-    scaled = (padded.reshape(33, 2, 128) * (np.float32(448.0) / amax)[:, :, None]).reshape(33, 256)[:, :200]
+    inverse = (np.float32(1.0) / amax) * np.float32(448.0)
+    scaled = (padded.reshape(33, 2, 128) * inverse[:, :, None]).reshape(33, 256)[:, :200]
     np.testing.assert_array_equal(a, gemm.float32_to_e4m3(np.ascontiguousarray(scaled)))
     out = np.empty((33, 130), np.uint16)
     gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)
