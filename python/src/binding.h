@@ -27,5 +27,6 @@ void bind_eplb(nb::module_& module);
 void bind_pipe(nb::module_& module);
 void bind_mla(nb::module_& module);
 void bind_gemm(nb::module_& module);
+void bind_ep(nb::module_& module);
 
 }  // namespace ff::python

@@ -16,4 +16,6 @@ NB_MODULE(_C, module) {
   ff::python::bind_mla(mla);
   auto gemm = module.def_submodule("gemm", "FP8 GEMM with fine-grained scaling");
   ff::python::bind_gemm(gemm);
+  auto ep = module.def_submodule("ep", "Expert-parallel dispatch and combine");
+  ff::python::bind_ep(ep);
 }

@@ -1,0 +1,174 @@
+"""fireflyer.ep (CPU shared-memory backend) through the Python API, with one subprocess per rank.
+
+Each rank runs _WORKER, derives every rank's inputs from the same seed, checks what it receives against a
+plain numpy computation and exits 0; the parent bounds every run so that a hang is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+
+from fireflyer import ep
+
+PYTHON_DIR = pathlib.Path(__file__).resolve().parents[1]
+
+_WORKER = r'''
+import os, signal, sys, time
+import numpy as np
+from fireflyer import ep
+
+group, rank, num_ranks, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+hidden, num_topk, num_experts = 256, 3, 4 * num_ranks
+per_rank = num_experts // num_ranks
+
+def inputs(r, num_tokens):
+    rng = np.random.default_rng(1000 + r)
+    x = rng.uniform(-2, 2, size=(num_tokens, hidden)).astype(np.float32)
+    topk = np.stack([rng.choice(num_experts, size=num_topk, replace=False) for _ in range(num_tokens)]).astype(np.int64)
+    topk[rng.random(topk.shape) < 0.2] = -1
+    weights = rng.uniform(0.1, 1.0, size=topk.shape).astype(np.float32) * (topk >= 0)
+    return x, topk, weights
+
+def calc_diff(a, b):
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    denominator = (a * a + b * b).sum()
+    return 0.0 if denominator == 0 else 1 - 2 * (a * b).sum() / denominator
+
+tokens_of = lambda r: 9 + 3 * r
+x, topk, weights = inputs(rank, tokens_of(rank))
+buffer = ep.Buffer((group, rank, num_ranks), num_nvl_bytes=16 << 20, timeout_s=float(os.environ.get("EP_TIMEOUT", "10")))
+
+if mode == "normal":
+    per_rank_count, none, per_expert, in_rank = buffer.get_dispatch_layout(topk, num_experts)
+    assert none is None
+    owner = np.where(topk >= 0, topk // per_rank, -1)
+    expected_in_rank = np.stack([(owner == r).any(axis=1) for r in range(num_ranks)], axis=1)
+    assert (in_rank == expected_in_rank).all() and (per_rank_count == expected_in_rank.sum(0)).all()
+    recv_x, recv_idx, recv_w, counts, handle = buffer.dispatch(
+        x, topk_idx=topk, topk_weights=weights, num_tokens_per_rank=per_rank_count, is_token_in_rank=in_rank,
+        num_tokens_per_expert=per_expert, expert_alignment=2)
+    expected = []
+    for src in range(num_ranks):
+        sx, stopk, _ = inputs(src, tokens_of(src))
+        mine = ((stopk >= rank * per_rank) & (stopk < (rank + 1) * per_rank)).any(axis=1)
+        expected.append(sx[mine])
+    expected = np.concatenate(expected)
+    assert np.array_equal(recv_x, expected), (recv_x.shape, expected.shape)
+    local = recv_idx[recv_idx >= 0]
+    assert counts == [int(-(-(local == e).sum() // 2) * 2) for e in range(per_rank)], counts
+    cached_x, *_ = buffer.dispatch(x, handle=handle)
+    assert np.array_equal(cached_x, recv_x)
+    combined_x, combined_w = buffer.combine(recv_x, handle, topk_weights=recv_w)
+    receivers = expected_in_rank.sum(axis=1, dtype=np.float32)[:, None]
+    assert calc_diff(combined_x, x * receivers) < 5e-6
+    assert np.allclose(combined_w, weights)
+    # bfloat16 (uint16 bit patterns) goes through unchanged.
+    bits = (x.view(np.uint32) >> 16).astype(np.uint16)
+    recv_bits, *_ = buffer.dispatch(bits, handle=handle)
+    assert recv_bits.dtype == np.uint16 and np.array_equal(recv_bits, (expected.view(np.uint32) >> 16).astype(np.uint16))
+elif mode in ("low_latency", "low_latency_fp8"):
+    use_fp8 = mode.endswith("fp8")
+    max_tokens = 24
+    recv, count, handle, event, hook = buffer.low_latency_dispatch(
+        x, topk, max_tokens, num_experts, use_fp8=use_fp8, return_recv_hook=True)
+    event.current_stream_wait()
+    hook()
+    if use_fp8:
+        codes, scales = recv
+        assert codes.dtype == np.uint8 and scales.shape == (per_rank, max_tokens * num_ranks, hidden // 128)
+        # Dequantize with a table built from the e4m3fn definition (bias 7, 3 mantissa bits).
+        table = np.array([(-1) ** (c >> 7) * ((2.0 ** ((c >> 3 & 15) - 7) * (1 + (c & 7) / 8)) if c >> 3 & 15 else
+                                              (2.0 ** -6 * (c & 7) / 8)) for c in range(256)], dtype=np.float32)
+        values = table[codes] * np.repeat(scales, 128, axis=2)
+    else:
+        values = recv
+    for e in range(per_rank):
+        rows = [sx[t] for src in range(num_ranks) for sx, stopk, _ in [inputs(src, tokens_of(src))]
+                for t in range(len(sx)) if (stopk[t] == rank * per_rank + e).any()]
+        assert count[e] == len(rows), (e, count[e], len(rows))
+        if rows:
+            tolerance = 0.15 if use_fp8 else 0
+            assert np.abs(values[e, :len(rows)] - np.stack(rows)).max() <= tolerance
+    combined, event, hook = buffer.low_latency_combine(values.astype(np.float32), topk, weights, handle,
+                                                       return_recv_hook=True)
+    hook()
+    expected = x * (weights * (topk >= 0)).sum(axis=1, keepdims=True)
+    assert calc_diff(combined, expected) < (1e-3 if use_fp8 else 5e-6), calc_diff(combined, expected)
+elif mode == "dead_rank":
+    if rank == num_ranks - 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)
+    started = time.monotonic()
+    try:
+        buffer.get_dispatch_layout(topk, num_experts)
+        buffer.dispatch(x, topk_idx=topk, num_tokens_per_expert=np.zeros(num_experts, np.int32))
+    except Exception as error:
+        assert f"rank {num_ranks - 1}" in str(error), str(error)
+        assert time.monotonic() - started < 4
+        sys.exit(42)
+    raise AssertionError("dispatch succeeded with a dead rank")
+print("OK")
+'''
+
+
+def _run_ranks(num_ranks: int, mode: str, timeout_s: float = 60, env_extra: dict | None = None) -> list[int]:
+    group = f"pytest_{mode}_{uuid.uuid4().hex[:12]}"
+    env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR), **(env_extra or {}))
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, group, str(rank), str(num_ranks), mode], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in range(num_ranks)
+    ]
+    codes = []
+    for rank, process in enumerate(processes):
+        try:
+            _, stderr = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            pytest.fail(f"rank {rank} of {mode} still running after {timeout_s} s (a hang)")
+        if process.returncode not in (0, 42, -9):
+            print(f"rank {rank} stderr:\n{stderr}")
+        codes.append(process.returncode)
+    return codes
+
+
+@pytest.mark.parametrize("num_ranks", [2, 4])
+def test_dispatch_cached_dispatch_and_combine(num_ranks: int) -> None:
+    assert _run_ranks(num_ranks, "normal") == [0] * num_ranks
+
+
+@pytest.mark.parametrize("num_ranks,mode", [(2, "low_latency"), (4, "low_latency"), (2, "low_latency_fp8"),
+                                            (4, "low_latency_fp8")])
+def test_low_latency_round_trip(num_ranks: int, mode: str) -> None:
+    assert _run_ranks(num_ranks, mode) == [0] * num_ranks
+
+
+def test_dead_rank_is_an_error_on_every_other_rank() -> None:
+    codes = _run_ranks(3, "dead_rank", timeout_s=30, env_extra={"EP_TIMEOUT": "2"})
+    assert codes == [42, 42, -9]
+
+
+def test_single_rank_layout_and_validation() -> None:
+    buffer = ep.Buffer(f"pytest_single_{uuid.uuid4().hex[:12]}", 1 << 20, rank=0, num_ranks=1, timeout_s=2)
+    topk = np.array([[0, 3], [-1, 1]], dtype=np.int64)
+    per_rank, none, per_expert, in_rank = buffer.get_dispatch_layout(topk, 4)
+    assert none is None and per_rank.tolist() == [2] and per_expert.tolist() == [1, 1, 0, 1]
+    assert in_rank.dtype == np.bool_ and in_rank.tolist() == [[True], [True]]
+    with pytest.raises(ValueError):
+        buffer.get_dispatch_layout(np.array([[7]]), 4)
+    ep.Buffer.set_num_sms(24)
+    assert ep.Buffer.get_num_sms() == 24
+    with pytest.raises(ValueError):
+        ep.Buffer.set_num_sms(23)
+    with pytest.raises(ValueError):
+        ep.Buffer("bad/name", 1 << 20, rank=0, num_ranks=1)
+    with pytest.raises(ValueError):
+        ep.Buffer(("g", 0, 1), 0)
