@@ -44,8 +44,8 @@ nb::object rows_array(ep::Rows rows, std::vector<size_t> shape) {
   nb::capsule owner(owned, [](void* pointer) noexcept { delete static_cast<std::vector<uint8_t>*>(pointer); });
   switch (rows.dtype) {
     case ep::DType::kFloat32:
-      return nb::cast(nb::ndarray<nb::numpy, float>(reinterpret_cast<float*>(owned->data()), shape.size(),
-                                                    shape.data(), owner));
+      return nb::cast(
+          nb::ndarray<nb::numpy, float>(reinterpret_cast<float*>(owned->data()), shape.size(), shape.data(), owner));
     case ep::DType::kBFloat16:
       return nb::cast(nb::ndarray<nb::numpy, uint16_t>(reinterpret_cast<uint16_t*>(owned->data()), shape.size(),
                                                        shape.data(), owner));

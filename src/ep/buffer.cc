@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -212,8 +212,9 @@ Result<DispatchLayout> get_dispatch_layout(std::span<const int64_t> topk_idx, in
       ++layout.num_tokens_per_expert[static_cast<size_t>(expert)];
       layout.is_token_in_rank[static_cast<size_t>(t * num_ranks + expert / experts_per_rank)] = 1;
     }
-    for (int r = 0; r < num_ranks; ++r) layout.num_tokens_per_rank[static_cast<size_t>(r)] +=
-        layout.is_token_in_rank[static_cast<size_t>(t * num_ranks + r)];
+    for (int r = 0; r < num_ranks; ++r)
+      layout.num_tokens_per_rank[static_cast<size_t>(r)] +=
+          layout.is_token_in_rank[static_cast<size_t>(t * num_ranks + r)];
   }
   return layout;
 }
@@ -223,8 +224,9 @@ Result<DispatchLayout> get_dispatch_layout(std::span<const int64_t> topk_idx, in
 
 Result<std::unique_ptr<ShmBuffer>> ShmBuffer::create(const BufferOptions& options) {
   if (options.group.empty() || options.group.size() > 200 ||
-      !std::all_of(options.group.begin(), options.group.end(),
-                   [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'; })) {
+      !std::all_of(options.group.begin(), options.group.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+      })) {
     return invalid_argument("group '{}' must be 1-200 characters of [A-Za-z0-9_.-]", options.group);
   }
   if (options.num_ranks < 1 || options.num_ranks > kMaxRanks) {
@@ -310,8 +312,7 @@ Status ShmBuffer::attach() {
   const int32_t me = static_cast<int32_t>(::getpid());
   RankState& state = segment_->ranks[options_.rank];
   if (!state.pid.compare_exchange_strong(expected, me, std::memory_order_acq_rel) && expected != me) {
-    return already_exists("ep group '{}': rank {} is already taken by pid {}", options_.group, options_.rank,
-                          expected);
+    return already_exists("ep group '{}': rank {} is already taken by pid {}", options_.group, options_.rank, expected);
   }
   for (int peer = 0; peer < n; ++peer) {
     for (int64_t iteration = 0; segment_->ranks[peer].pid.load(std::memory_order_acquire) == 0; ++iteration) {
@@ -399,7 +400,8 @@ Status ShmBuffer::begin_call(int op) {
   // A dead peer fails the call at once, even if this call would not wait for it until later.
   for (int peer = 0; peer < options_.num_ranks; ++peer) {
     Status alive = check_peer_alive(peer);
-    if (!alive.is_ok()) return fail(alive.with_context(fmt::format("ep rank {} starting {}", options_.rank, op_name(op))));
+    if (!alive.is_ok())
+      return fail(alive.with_context(fmt::format("ep rank {} starting {}", options_.rank, op_name(op))));
   }
   ++seq_;
   op_ = op;
@@ -421,10 +423,10 @@ Status ShmBuffer::wait_published(int src, const char* what) {
   SlotHeader header;
   std::memcpy(&header, slot(src, options_.rank), sizeof(header));
   if (header.seq != seq_ || header.op != op_) {
-    return fail(failed_precondition("ep group '{}': rank {} is in call {} ({}) but rank {} sent call {} ({}); every "
-                                    "rank must call the same collectives in the same order",
-                                    options_.group, options_.rank, seq_, op_name(op_), src, header.seq,
-                                    op_name(header.op)));
+    return fail(
+        failed_precondition("ep group '{}': rank {} is in call {} ({}) but rank {} sent call {} ({}); every "
+                            "rank must call the same collectives in the same order",
+                            options_.group, options_.rank, seq_, op_name(op_), src, header.seq, op_name(header.op)));
   }
   return Status::ok();
 }
@@ -520,7 +522,8 @@ Result<DispatchOutput> ShmBuffer::dispatch(const DispatchInput& in) {
     if (valid.is_ok() && !in.num_tokens_per_rank.empty()) {
       for (int r = 0; r < n && valid.is_ok(); ++r) {
         const int64_t expected = static_cast<int64_t>(handle->send_token_ids[static_cast<size_t>(r)].size());
-        if (static_cast<int64_t>(in.num_tokens_per_rank.size()) != n || in.num_tokens_per_rank[static_cast<size_t>(r)] != expected) {
+        if (static_cast<int64_t>(in.num_tokens_per_rank.size()) != n ||
+            in.num_tokens_per_rank[static_cast<size_t>(r)] != expected) {
           valid = invalid_argument("num_tokens_per_rank[{}] does not match is_token_in_rank ({} tokens)", r, expected);
         }
       }
@@ -534,8 +537,15 @@ Result<DispatchOutput> ShmBuffer::dispatch(const DispatchInput& in) {
   const auto* x_bytes_ptr = static_cast<const uint8_t*>(x.data);
   for (int dst = 0; dst < n; ++dst) {
     const std::vector<int64_t>& tokens = handle->send_token_ids[static_cast<size_t>(dst)];
-    SlotHeader header{seq_, kDispatch, static_cast<int32_t>(x.dtype), static_cast<int64_t>(tokens.size()), x.hidden,
-                      num_topk, stride, cached ? 1 : 0, 0};
+    SlotHeader header{seq_,
+                      kDispatch,
+                      static_cast<int32_t>(x.dtype),
+                      static_cast<int64_t>(tokens.size()),
+                      x.hidden,
+                      num_topk,
+                      stride,
+                      cached ? 1 : 0,
+                      0};
     uint8_t* out = slot(me, dst);
     Status fits = write_header(out, slot_bytes_, header, me, dst);
     if (!fits.is_ok()) return fail(fits);
@@ -569,9 +579,10 @@ Result<DispatchOutput> ShmBuffer::dispatch(const DispatchInput& in) {
     recv_counts[static_cast<size_t>(src)] = header.num_rows;
   }
   if (cached && recv_counts != handle->recv_counts) {
-    return fail(failed_precondition("ep rank {}: cached dispatch received a different number of rows per source than "
-                                    "the handle records; the handle belongs to another layout",
-                                    me));
+    return fail(
+        failed_precondition("ep rank {}: cached dispatch received a different number of rows per source than "
+                            "the handle records; the handle belongs to another layout",
+                            me));
   }
 
   DispatchOutput output;
@@ -667,10 +678,11 @@ Result<CombineOutput> ShmBuffer::combine(const RowsView& x, const DispatchHandle
     const std::vector<int64_t>& tokens = handle.send_token_ids[static_cast<size_t>(src)];
     if (header.num_rows != static_cast<int64_t>(tokens.size()) || header.hidden != x.hidden ||
         header.dtype != static_cast<int32_t>(x.dtype) || (header.num_rows > 0 && header.num_topk != num_topk)) {
-      return fail(invalid_argument("ep combine: rank {} sent {} {} rows of hidden={} ({} top-k) back to rank {}, which "
-                                   "dispatched {} {} rows of hidden={} ({} top-k) to it",
-                                   src, header.num_rows, dtype_name(static_cast<DType>(header.dtype)), header.hidden,
-                                   header.num_topk, me, tokens.size(), dtype_name(x.dtype), x.hidden, num_topk));
+      return fail(
+          invalid_argument("ep combine: rank {} sent {} {} rows of hidden={} ({} top-k) back to rank {}, which "
+                           "dispatched {} {} rows of hidden={} ({} top-k) to it",
+                           src, header.num_rows, dtype_name(static_cast<DType>(header.dtype)), header.hidden,
+                           header.num_topk, me, tokens.size(), dtype_name(x.dtype), x.hidden, num_topk));
     }
     const uint8_t* row = slot(src, me) + kSlotHeaderBytes;
     for (int64_t t : tokens) {
@@ -685,7 +697,8 @@ Result<CombineOutput> ShmBuffer::combine(const RowsView& x, const DispatchHandle
     }
   }
   FF_RETURN_IF_ERROR(barrier("to finish combine"));
-  output.combined_x = Rows{x.dtype, num_tokens, x.hidden, std::vector<uint8_t>(static_cast<size_t>(num_tokens * x_bytes)), {}};
+  output.combined_x =
+      Rows{x.dtype, num_tokens, x.hidden, std::vector<uint8_t>(static_cast<size_t>(num_tokens * x_bytes)), {}};
   for (int64_t t = 0; t < num_tokens; ++t) {
     store_row(x.dtype, sum.data() + t * x.hidden, x.hidden, output.combined_x.bytes.data() + t * x_bytes);
   }
@@ -749,8 +762,8 @@ Status ShmBuffer::low_latency_dispatch_send(const RowsView& x, std::span<const i
         ++num_rows;
       }
     }
-    SlotHeader header{seq_, kLowLatencyDispatch, static_cast<int32_t>(out_dtype), num_rows, x.hidden, num_topk, stride,
-                      0, 0};
+    SlotHeader header{
+        seq_, kLowLatencyDispatch, static_cast<int32_t>(out_dtype), num_rows, x.hidden, num_topk, stride, 0, 0};
     FF_RETURN_IF_ERROR(write_header(out, slot_bytes_, header, me, dst));
     FF_RETURN_IF_ERROR(publish(dst));
   }
@@ -799,9 +812,9 @@ Result<LowLatencyDispatchOutput> ShmBuffer::low_latency_dispatch_receive() {
     SlotHeader header;
     std::memcpy(&header, slot(src, me), sizeof(header));
     if (header.hidden != state.hidden || header.dtype != static_cast<int32_t>(state.out_dtype)) {
-      return fail(invalid_argument("ep low_latency_dispatch: rank {} sent {} rows of hidden={}, rank {} expects {} of {}",
-                                   src, dtype_name(static_cast<DType>(header.dtype)), header.hidden, me,
-                                   dtype_name(state.out_dtype), state.hidden));
+      return fail(invalid_argument(
+          "ep low_latency_dispatch: rank {} sent {} rows of hidden={}, rank {} expects {} of {}", src,
+          dtype_name(static_cast<DType>(header.dtype)), header.hidden, me, dtype_name(state.out_dtype), state.hidden));
     }
     for (int64_t i = 0; i < header.num_rows; ++i) {
       const uint8_t* row = slot(src, me) + kSlotHeaderBytes + i * header.row_stride;
@@ -811,8 +824,10 @@ Result<LowLatencyDispatchOutput> ShmBuffer::low_latency_dispatch_receive() {
       FF_ASSERT(expert >= 0 && expert < experts_per_rank, "local expert {} from rank {}", expert, src);
       const int64_t position = output.recv_count[static_cast<size_t>(expert)];
       if (position >= capacity) {
-        return fail(resource_exhausted("ep rank {}: local expert {} receives more than {} rows (a token lists one "
-                                       "expert twice?)", me, expert, capacity));
+        return fail(
+            resource_exhausted("ep rank {}: local expert {} receives more than {} rows (a token lists one "
+                               "expert twice?)",
+                               me, expert, capacity));
       }
       const int64_t out_row = expert * capacity + position;
       std::memcpy(output.recv_x.bytes.data() + out_row * data_bytes, row + kLowLatencyMetaBytes,
@@ -840,7 +855,8 @@ Status ShmBuffer::low_latency_combine_send(const RowsView& x, std::span<const in
   const int64_t experts_per_rank = handle.num_experts / std::max(1, handle.num_ranks);
   const int64_t capacity = handle.max_tokens_per_rank * n;
   Status valid = check_rows(x, "x", false);
-  if (valid.is_ok() && (handle.num_ranks != n || x.num_rows != experts_per_rank * capacity || x.hidden != handle.hidden)) {
+  if (valid.is_ok() &&
+      (handle.num_ranks != n || x.num_rows != experts_per_rank * capacity || x.hidden != handle.hidden)) {
     valid = invalid_argument("x has shape ({}, {}), expected ({} local experts x {}, {}) from the handle", x.num_rows,
                              x.hidden, experts_per_rank, capacity, handle.hidden);
   }
@@ -874,8 +890,8 @@ Status ShmBuffer::low_latency_combine_send(const RowsView& x, std::span<const in
         ++num_rows;
       }
     }
-    SlotHeader header{seq_, kLowLatencyCombine, static_cast<int32_t>(x.dtype), num_rows, x.hidden, handle.num_topk,
-                      stride, 0, 0};
+    SlotHeader header{
+        seq_, kLowLatencyCombine, static_cast<int32_t>(x.dtype), num_rows, x.hidden, handle.num_topk, stride, 0, 0};
     FF_RETURN_IF_ERROR(write_header(out, slot_bytes_, header, me, dst));
     FF_RETURN_IF_ERROR(publish(dst));
   }
@@ -905,9 +921,9 @@ Result<Rows> ShmBuffer::low_latency_combine_receive() {
     SlotHeader header;
     std::memcpy(&header, slot(src, me), sizeof(header));
     if (header.hidden != state.hidden || header.dtype != static_cast<int32_t>(state.out_dtype)) {
-      return fail(invalid_argument("ep low_latency_combine: rank {} sent {} rows of hidden={}, rank {} expects {} of {}",
-                                   src, dtype_name(static_cast<DType>(header.dtype)), header.hidden, me,
-                                   dtype_name(state.out_dtype), state.hidden));
+      return fail(invalid_argument(
+          "ep low_latency_combine: rank {} sent {} rows of hidden={}, rank {} expects {} of {}", src,
+          dtype_name(static_cast<DType>(header.dtype)), header.hidden, me, dtype_name(state.out_dtype), state.hidden));
     }
     for (int64_t i = 0; i < header.num_rows; ++i) {
       const uint8_t* row = slot(src, me) + kSlotHeaderBytes + i * header.row_stride;
@@ -916,13 +932,17 @@ Result<Rows> ShmBuffer::low_latency_combine_receive() {
       FF_ASSERT(meta[1] >= 0 && meta[1] < state.num_tokens && meta[2] >= 0 && meta[2] < state.num_topk);
       const float weight = state.topk_weights[static_cast<size_t>(meta[1] * state.num_topk + meta[2])];
       float* acc = sum.data() + int64_t{meta[1]} * state.hidden;
-      for (int64_t e = 0; e < state.hidden; ++e) acc[e] += weight * load_element(state.out_dtype, row + kLowLatencyMetaBytes, e);
+      for (int64_t e = 0; e < state.hidden; ++e)
+        acc[e] += weight * load_element(state.out_dtype, row + kLowLatencyMetaBytes, e);
     }
   }
   FF_RETURN_IF_ERROR(barrier("to finish low_latency_combine"));
   const int64_t x_bytes = state.hidden * dtype_size(state.out_dtype);
-  Rows out{state.out_dtype, state.num_tokens, state.hidden,
-           std::vector<uint8_t>(static_cast<size_t>(state.num_tokens * x_bytes)), {}};
+  Rows out{state.out_dtype,
+           state.num_tokens,
+           state.hidden,
+           std::vector<uint8_t>(static_cast<size_t>(state.num_tokens * x_bytes)),
+           {}};
   for (int64_t t = 0; t < state.num_tokens; ++t) {
     store_row(state.out_dtype, sum.data() + t * state.hidden, state.hidden, out.bytes.data() + t * x_bytes);
   }

@@ -21,14 +21,14 @@ namespace ff::ep {
 namespace {
 
 // Fails the current rank (a child process) with a message.
-#define RANK_CHECK(condition, ...)                                                                   \
-  do {                                                                                               \
-    if (!(condition)) {                                                                              \
-      std::fprintf(stderr, "rank check failed at %s:%d: %s: %s\n", __FILE__, __LINE__, #condition,   \
-                   fmt::format("" __VA_ARGS__).c_str());                                             \
-      std::fflush(stderr);                                                                           \
-      ::_exit(1);                                                                                    \
-    }                                                                                                \
+#define RANK_CHECK(condition, ...)                                                                 \
+  do {                                                                                             \
+    if (!(condition)) {                                                                            \
+      std::fprintf(stderr, "rank check failed at %s:%d: %s: %s\n", __FILE__, __LINE__, #condition, \
+                   fmt::format("" __VA_ARGS__).c_str());                                           \
+      std::fflush(stderr);                                                                         \
+      ::_exit(1);                                                                                  \
+    }                                                                                              \
   } while (false)
 
 std::string unique_group(const char* name) {
@@ -85,13 +85,13 @@ void expect_all_ok(const std::vector<int>& codes) {
 // Every rank's inputs, reproducible from (seed, rank).
 struct RankInput {
   int64_t num_tokens;
-  std::vector<float> x;          // (num_tokens, hidden)
-  std::vector<int64_t> topk_idx; // (num_tokens, num_topk), distinct experts or -1
+  std::vector<float> x;           // (num_tokens, hidden)
+  std::vector<int64_t> topk_idx;  // (num_tokens, num_topk), distinct experts or -1
   std::vector<float> weights;
 };
 
-RankInput make_input(int rank, int64_t num_tokens, int64_t hidden, int64_t num_topk, int64_t num_experts,
-                     uint64_t seed, int only_rank = -1, int num_ranks = 1) {
+RankInput make_input(int rank, int64_t num_tokens, int64_t hidden, int64_t num_topk, int64_t num_experts, uint64_t seed,
+                     int only_rank = -1, int num_ranks = 1) {
   std::mt19937_64 rng(seed * 1000 + static_cast<uint64_t>(rank));
   RankInput input;
   input.num_tokens = num_tokens;
@@ -337,7 +337,8 @@ void check_low_latency(ShmBuffer& buffer, bool use_fp8) {
   for (int64_t t = 0; t < mine.num_tokens; ++t) {
     float weight_sum = 0;
     for (int64_t k = 0; k < num_topk; ++k) {
-      if (mine.topk_idx[static_cast<size_t>(t * num_topk + k)] >= 0) weight_sum += mine.weights[static_cast<size_t>(t * num_topk + k)];
+      if (mine.topk_idx[static_cast<size_t>(t * num_topk + k)] >= 0)
+        weight_sum += mine.weights[static_cast<size_t>(t * num_topk + k)];
     }
     for (int64_t i = 0; i < hidden; ++i) {
       const size_t index = static_cast<size_t>(t * hidden + i);

@@ -76,28 +76,28 @@ struct DispatchHandle {
 };
 
 struct DispatchInput {
-  RowsView x;                                   // (num_tokens, hidden)
-  std::span<const int64_t> topk_idx;            // (num_tokens, num_topk); empty with a handle
-  std::span<const float> topk_weights;          // (num_tokens, num_topk) or empty
+  RowsView x;                           // (num_tokens, hidden)
+  std::span<const int64_t> topk_idx;    // (num_tokens, num_topk); empty with a handle
+  std::span<const float> topk_weights;  // (num_tokens, num_topk) or empty
   int64_t num_topk = 0;
-  int64_t num_experts = 0;                      // ignored with a handle
-  std::span<const int32_t> num_tokens_per_rank; // optional check: must equal is_token_in_rank's column sums
-  std::span<const uint8_t> is_token_in_rank;    // (num_tokens, num_ranks); empty: computed from topk_idx
-  std::shared_ptr<const DispatchHandle> handle; // non-null: cached dispatch, only data moves
+  int64_t num_experts = 0;                       // ignored with a handle
+  std::span<const int32_t> num_tokens_per_rank;  // optional check: must equal is_token_in_rank's column sums
+  std::span<const uint8_t> is_token_in_rank;     // (num_tokens, num_ranks); empty: computed from topk_idx
+  std::shared_ptr<const DispatchHandle> handle;  // non-null: cached dispatch, only data moves
   int64_t expert_alignment = 1;
 };
 
 struct DispatchOutput {
-  Rows recv_x;                              // rows grouped by source rank in rank order, token order within
-  std::vector<int64_t> recv_topk_idx;       // (num_recv, num_topk) local expert ids, -1 elsewhere
-  std::vector<float> recv_topk_weights;     // (num_recv, num_topk), 0 where recv_topk_idx is -1
+  Rows recv_x;                                      // rows grouped by source rank in rank order, token order within
+  std::vector<int64_t> recv_topk_idx;               // (num_recv, num_topk) local expert ids, -1 elsewhere
+  std::vector<float> recv_topk_weights;             // (num_recv, num_topk), 0 where recv_topk_idx is -1
   std::vector<int64_t> num_recv_tokens_per_expert;  // per local expert, aligned up to expert_alignment
   std::shared_ptr<const DispatchHandle> handle;
 };
 
 struct CombineOutput {
-  Rows combined_x;                          // (num_tokens, hidden), dtype of the input
-  std::vector<float> combined_topk_weights; // (num_tokens, num_topk) when weights were given
+  Rows combined_x;                           // (num_tokens, hidden), dtype of the input
+  std::vector<float> combined_topk_weights;  // (num_tokens, num_topk) when weights were given
 };
 
 struct LowLatencyHandle {
@@ -108,7 +108,7 @@ struct LowLatencyHandle {
 };
 
 struct LowLatencyDispatchOutput {
-  Rows recv_x;  // (num_local_experts * max_tokens_per_rank * num_ranks, hidden), zero-padded
+  Rows recv_x;                      // (num_local_experts * max_tokens_per_rank * num_ranks, hidden), zero-padded
   std::vector<int32_t> recv_count;  // (num_local_experts)
   std::shared_ptr<const LowLatencyHandle> handle;
 };
@@ -176,9 +176,9 @@ class ShmBuffer {
   Segment* segment_ = nullptr;
   uint8_t* data_ = nullptr;
   int64_t slot_bytes_ = 0;
-  uint64_t seq_ = 0;   // collectives started by this rank
-  int op_ = 0;         // the collective in flight
-  int pending_ = 0;    // a low-latency send half awaiting its receive half (op id), 0 when none
+  uint64_t seq_ = 0;  // collectives started by this rank
+  int op_ = 0;        // the collective in flight
+  int pending_ = 0;   // a low-latency send half awaiting its receive half (op id), 0 when none
   struct Pending;
   std::shared_ptr<Pending> pending_state_;
 };
