@@ -762,8 +762,15 @@ Status ShmBuffer::low_latency_dispatch_send(const RowsView& x, std::span<const i
         ++num_rows;
       }
     }
-    SlotHeader header{
-        seq_, kLowLatencyDispatch, static_cast<int32_t>(out_dtype), num_rows, x.hidden, num_topk, stride, 0, 0};
+    SlotHeader header{seq_,
+                      kLowLatencyDispatch,
+                      static_cast<int32_t>(out_dtype),
+                      num_rows,
+                      x.hidden,
+                      num_topk,
+                      stride,
+                      0,
+                      /*reserved = num_experts*/ num_experts};
     FF_RETURN_IF_ERROR(write_header(out, slot_bytes_, header, me, dst));
     FF_RETURN_IF_ERROR(publish(dst));
   }
@@ -815,6 +822,10 @@ Result<LowLatencyDispatchOutput> ShmBuffer::low_latency_dispatch_receive() {
       return fail(invalid_argument(
           "ep low_latency_dispatch: rank {} sent {} rows of hidden={}, rank {} expects {} of {}", src,
           dtype_name(static_cast<DType>(header.dtype)), header.hidden, me, dtype_name(state.out_dtype), state.hidden));
+    }
+    if (header.reserved != state.num_experts) {
+      return fail(invalid_argument("ep low_latency_dispatch: rank {} has num_experts={}, rank {} has {}", src,
+                                   header.reserved, me, state.num_experts));
     }
     for (int64_t i = 0; i < header.num_rows; ++i) {
       const uint8_t* row = slot(src, me) + kSlotHeaderBytes + i * header.row_stride;
@@ -929,7 +940,12 @@ Result<Rows> ShmBuffer::low_latency_combine_receive() {
       const uint8_t* row = slot(src, me) + kSlotHeaderBytes + i * header.row_stride;
       int32_t meta[4];
       std::memcpy(meta, row, sizeof(meta));
-      FF_ASSERT(meta[1] >= 0 && meta[1] < state.num_tokens && meta[2] >= 0 && meta[2] < state.num_topk);
+      if (meta[1] < 0 || meta[1] >= state.num_tokens || meta[2] < 0 || meta[2] >= state.num_topk) {
+        return fail(
+            invalid_argument("ep low_latency_combine: rank {} returned token {} slot {} to rank {}, which has "
+                             "{} tokens x {} top-k; was the handle from another dispatch?",
+                             src, meta[1], meta[2], me, state.num_tokens, state.num_topk));
+      }
       const float weight = state.topk_weights[static_cast<size_t>(meta[1] * state.num_topk + meta[2])];
       float* acc = sum.data() + int64_t{meta[1]} * state.hidden;
       for (int64_t e = 0; e < state.hidden; ++e)

@@ -383,6 +383,8 @@ TEST(EpFailure, KilledRankFailsEveryOtherRankWithinTheTimeout) {
         RANK_CHECK(!out.is_ok(), "dispatch succeeded with a dead rank");
         const std::string message = out.status().to_string();
         RANK_CHECK(message.find("rank 3") != std::string::npos, "error does not name rank 3: {}", message);
+        // Detected by the liveness check, not by running into the timeout.
+        RANK_CHECK(message.find("died") != std::string::npos, "error does not say rank 3 died: {}", message);
         ::_exit(42);
       },
       /*timeout_ms=*/2000);
@@ -410,6 +412,7 @@ TEST(EpFailure, RankDyingMidCallFailsTheWaitersAndTheirNextCall) {
         Result<DispatchOutput> out = buffer.dispatch(in);
         RANK_CHECK(!out.is_ok(), "dispatch succeeded with a dead rank");
         RANK_CHECK(out.status().to_string().find("rank 1") != std::string::npos, "{}", out.status().to_string());
+        RANK_CHECK(out.status().to_string().find("died") != std::string::npos, "{}", out.status().to_string());
         Result<DispatchOutput> next = buffer.dispatch(in);
         RANK_CHECK(!next.is_ok(), "the next call succeeded in an aborted group");
         ::_exit(42);
