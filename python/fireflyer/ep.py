@@ -105,7 +105,7 @@ def _resolve_group(group: Any, rank: Optional[int], num_ranks: Optional[int]) ->
 
         rank, num_ranks = group.rank(), group.size()
         names = [f"torch_{np.random.default_rng().integers(1 << 62)}" if rank == 0 else None]
-        dist.broadcast_object_list(names, group_src=0, group=group)
+        dist.broadcast_object_list(names, src=dist.get_global_rank(group, 0), group=group)
         name = names[0]
     else:
         name = getattr(group, "name", None)
