@@ -9,6 +9,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# NOTE: numpy is loaded before the native extension on purpose. On the GPU machine's image (Ubuntu
+# 24.04, torch 2.11 venv), loading fireflyer._C first and pyarrow later, with numpy not yet loaded,
+# aborted the process with "free(): invalid pointer" inside pyarrow's library load; with numpy loaded
+# first the same imports work. numpy is a dependency of the package anyway.
+import numpy  # noqa: F401,E402
+
 try:
     from fireflyer import _C  # noqa: F401
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
