@@ -1,7 +1,6 @@
-// Baseline for docs/trace-analysis.md: how fast nlohmann::json::sax_parse walks a trace when the
-// handler does nothing (an upper bound for a SAX-based analyzer). Not built by CMake; compile with
-//   g++ -O2 -std=c++20 bench/trace/nlohmann_sax_baseline.cc -o /tmp/sax_baseline
-// and run /tmp/sax_baseline TRACE.json; prints one JSON line.
+// Baseline for the trace analyzer benchmark: how fast nlohmann::json::sax_parse walks a trace when the
+// handler does nothing (an upper bound for a SAX-based analyzer). Built into build/bench-tools and run
+// by bench/trace/bench_trace_analyzer.py on the same file in the same run; prints one JSON line.
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>

@@ -22,6 +22,7 @@ again for the parameters), which works for any module at the price of re-walking
 
 from __future__ import annotations
 
+import abc
 import json
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -51,7 +52,7 @@ def _tag(micro_batch: int, direction: int, is_grad: bool, index: int) -> int:
     return ((micro_batch * 2 + direction) * 2 + int(is_grad)) * 16 + index
 
 
-class _ScheduledPipe(nn.Module):
+class _ScheduledPipe(nn.Module, metaclass=abc.ABCMeta):
     _kind = ""
 
     def __init__(
@@ -81,11 +82,13 @@ class _ScheduledPipe(nn.Module):
         self.rank = rank_mapping[self.group.rank()]
 
     # --- schedule -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _num_stages(self) -> int:
-        raise NotImplementedError
+        """Pipeline stages of the schedule: pp for DualPipe, 2 * ranks for DualPipeV."""
 
+    @abc.abstractmethod
     def _module_for(self, stage: int, direction: int) -> nn.Module:
-        raise NotImplementedError
+        """The module this rank runs for (stage, direction)."""
 
     def _global_rank(self, pp_rank: int) -> int:
         return dist.get_global_rank(self.group, self._inverse[pp_rank])
@@ -223,9 +226,9 @@ class _ScheduledPipe(nn.Module):
         self._after_backward(backward_task)
 
     # --- step -----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _assign_chunks(self, inputs, labels, num_chunks: int) -> None:
         """Maps this rank's input/label chunks to micro-batch ids."""
-        raise NotImplementedError
 
     def _scatter(self, tensors, pieces: int) -> List[List[torch.Tensor]]:
         chunks = [[] for _ in range(pieces)]

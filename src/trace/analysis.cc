@@ -427,17 +427,9 @@ class TraceParser {
           } else if (!reader_.skip_value()) {
             return;
           }
-          const int next = reader_.peek();
-          if (next == ',') {
-            reader_.advance();
-            continue;
-          }
-          if (next == '}') {
-            reader_.advance();
-            break;
-          }
-          reader_.fail("expected ',' or '}}' in the top-level object, found {}", JsonReader::describe(next));
-          return;
+          const JsonReader::Next next = reader_.next_item('}', "in the top-level object");
+          if (next == JsonReader::Next::kError) return;
+          if (next == JsonReader::Next::kEnd) break;
         }
       }
       if (!found_events) {
@@ -529,17 +521,8 @@ class TraceParser {
       } else if (!reader_.skip_value()) {
         return false;
       }
-      const int next = reader_.peek();
-      if (next == ',') {
-        reader_.advance();
-        continue;
-      }
-      if (next == '}') {
-        reader_.advance();
-        return true;
-      }
-      return reader_.failed() ? false
-                              : reader_.fail("expected ',' or '}}' in \"args\", found {}", JsonReader::describe(next));
+      const JsonReader::Next next = reader_.next_item('}', "in \"args\"");
+      if (next != JsonReader::Next::kMore) return next == JsonReader::Next::kEnd;
     }
   }
 
@@ -612,17 +595,9 @@ class TraceParser {
           default: ok = reader_.skip_value(); break;
         }
         if (!ok) return false;
-        const int next = reader_.peek();
-        if (next == ',') {
-          reader_.advance();
-          continue;
-        }
-        if (next == '}') {
-          reader_.advance();
-          break;
-        }
-        return reader_.failed() ? false
-                                : reader_.fail("expected ',' or '}}' in an event, found {}", JsonReader::describe(next));
+        const JsonReader::Next next = reader_.next_item('}', "in an event");
+        if (next == JsonReader::Next::kError) return false;
+        if (next == JsonReader::Next::kEnd) break;
       }
     }
     ++counts_.events;

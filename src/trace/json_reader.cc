@@ -209,6 +209,20 @@ bool JsonReader::read_escape(std::string* out) {
   return true;
 }
 
+JsonReader::Next JsonReader::next_item(char close, std::string_view where) {
+  const int next = peek();
+  if (next == ',') {
+    advance();
+    return Next::kMore;
+  }
+  if (next == close) {
+    advance();
+    return Next::kEnd;
+  }
+  if (!failed()) fail("expected ',' or '{}' {}, found {}", close, where, describe(next));
+  return Next::kError;
+}
+
 bool JsonReader::read_string(std::string& out) {
   out.clear();
   return scan_string(&out);
@@ -374,16 +388,8 @@ bool JsonReader::skip_value(int max_depth) {
       }
       for (;;) {
         if (!skip_string() || !consume(':', "after an object key") || !skip_value(max_depth - 1)) return false;
-        const int next = peek();
-        if (next == ',') {
-          advance();
-          continue;
-        }
-        if (next == '}') {
-          advance();
-          return true;
-        }
-        return failed() ? false : fail("expected ',' or '}}' in an object, found {}", describe(next));
+        const Next next = next_item('}', "in an object");
+        if (next != Next::kMore) return next == Next::kEnd;
       }
     }
     case '[': {
@@ -395,16 +401,8 @@ bool JsonReader::skip_value(int max_depth) {
       }
       for (;;) {
         if (!skip_value(max_depth - 1)) return false;
-        const int next = peek();
-        if (next == ',') {
-          advance();
-          continue;
-        }
-        if (next == ']') {
-          advance();
-          return true;
-        }
-        return failed() ? false : fail("expected ',' or ']' in an array, found {}", describe(next));
+        const Next next = next_item(']', "in an array");
+        if (next != Next::kMore) return next == Next::kEnd;
       }
     }
     default: {

@@ -96,6 +96,11 @@ class JsonReader {
   // Skips any JSON value, nested at most max_depth deep.
   bool skip_value(int max_depth = 512);
 
+  // After an object member or array element: consumes ',' (kMore) or `close` (kEnd); anything else
+  // records "expected ',' or '<close>' <where>, found ..." and returns kError.
+  enum class Next { kMore, kEnd, kError };
+  Next next_item(char close, std::string_view where);
+
   // Records an error at the current offset (if none is recorded yet) and returns false.
   template <typename... Args>
   bool fail(fmt::format_string<Args...> format, Args&&... args) {
