@@ -1,0 +1,120 @@
+// ChunkStore: what one storage target keeps, the seam between the replication protocol (CRAQ, in
+// storage_service) and the bytes on disk. Two implementations share this contract:
+//   - ChunkEngine (chunk_engine.h): preallocated block-class files + RocksDB metadata + io_uring, on disk;
+//   - MemChunkStore (fs/sim): in memory, with injectable disk errors and crash semantics, for the
+//     deterministic simulation.
+//
+// Versions. Every chunk has a committed version (0: the chunk does not exist yet) and at most one pending
+// version (0: none). A CRAQ write stores version committed+1 as pending on every target of the chain; the
+// tail commits it and acknowledges; the acknowledgement commits it on each predecessor on its way back.
+// A strict read of a chunk with a pending version answers "dirty" (ChunkRead::dirty, no data); a relaxed
+// read returns the committed bytes and says that a newer version is pending.
+//
+// Durability. put_pending() returns only when the pending data and metadata are durable (fsync or
+// O_DIRECT + a synced RocksDB write batch): after a crash the chunk is either still at its committed
+// version or has the new pending version, never a mix. commit() is one atomic metadata update. A crash
+// between writing new data and committing the metadata leaves the old committed version readable.
+//
+// Integrity. The CRC32C of each version's full contents is stored in its metadata and verified on every
+// read; a mismatch returns kCorrupted (the storage service then repairs the chunk from a replica with
+// put_full_replacement()).
+//
+// Thread-safety: every method may be called from any thread; calls on different chunks run concurrently;
+// the caller (the storage service) serialises writes to one chunk with its chunk lock.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ff/common/result.h"
+#include "ff/common/status.h"
+
+namespace ff::fs {
+
+// A chunk is named by its file's inode and its index in the file; ordered by (inode, index), so a
+// file's chunks are a contiguous key range.
+struct ChunkId {
+  uint64_t inode = 0;
+  uint64_t index = 0;
+  friend auto operator<=>(const ChunkId&, const ChunkId&) = default;
+  std::string to_string() const;  // "inode:index", e.g. "0x2a:17"
+};
+
+struct ChunkMeta {
+  ChunkId id;
+  uint32_t committed_version = 0;  // 0: no committed contents yet
+  uint32_t pending_version = 0;    // 0: no pending update
+  uint32_t chain_version = 0;      // version of the chain table entry under which the last update arrived
+  uint64_t committed_length = 0;   // bytes of the committed version
+  uint64_t pending_length = 0;     // bytes of the pending version (0 when none)
+  uint32_t committed_crc32c = 0;   // CRC32C of the committed version's bytes
+  uint32_t pending_crc32c = 0;
+};
+
+// One update of a chunk. offset/data write a byte range (the chunk grows as needed, holes read as zero);
+// full_replacement replaces the whole contents with data (recovery and writes during sync).
+struct ChunkUpdate {
+  ChunkId id;
+  uint32_t version = 0;        // the version this update creates: committed_version + 1
+  uint32_t chain_version = 0;  // the chain version the update was sent under
+  uint64_t offset = 0;
+  std::span<const std::byte> data;
+  bool full_replacement = false;
+};
+
+enum class ReadMode {
+  kStrict,   // dirty (no data) if a pending version exists
+  kRelaxed,  // committed bytes even if a pending version exists
+};
+
+struct ChunkRead {
+  ChunkMeta meta;
+  std::vector<std::byte> data;  // the requested range of the committed version (short at end of chunk)
+  bool dirty = false;           // a pending version exists (strict reads then carry no data)
+};
+
+class ChunkStore {
+ public:
+  virtual ~ChunkStore() = default;
+
+  // The largest chunk this store accepts (bytes); updates beyond it are invalid_argument.
+  virtual uint64_t max_chunk_bytes() const = 0;
+
+  // Metadata of one chunk; not_found if the chunk has neither a committed nor a pending version.
+  virtual Result<ChunkMeta> stat(const ChunkId& id) = 0;
+
+  // Reads [offset, offset+length) of the committed version, verifying its CRC32C over the whole
+  // version. A pending version sets ChunkRead::dirty (strict reads then return no data). Errors:
+  // not_found (no committed version), data_loss (CRC mismatch or unreadable data, naming the chunk).
+  virtual Result<ChunkRead> read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) = 0;
+
+  // Stores an update as the pending version (copy-on-write: the committed version stays readable).
+  // update.version must be committed_version + 1; an existing pending version with the same number is
+  // replaced (a retried forward); other numbers are failed_precondition naming both versions.
+  virtual Status put_pending(const ChunkUpdate& update) = 0;
+
+  // Makes pending version `version` the committed one. Committing an already committed version is OK
+  // (idempotent, for retried acknowledgements); anything else is failed_precondition.
+  virtual Status commit(const ChunkId& id, uint32_t version) = 0;
+
+  // Recovery: installs `data` as committed version `version` directly (no pending step), dropping any
+  // pending version. Used by the sync of a returning target and by repair of a corrupted chunk.
+  virtual Status put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,
+                                      std::span<const std::byte> data) = 0;
+
+  // Drops a pending version (a write that failed before it reached the tail).
+  virtual Status abort_pending(const ChunkId& id, uint32_t version) = 0;
+
+  // Removes chunks with ids in [begin, end); returns how many were removed.
+  virtual Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) = 0;
+
+  // Metadata of the chunks in [begin, end) in id order, at most `limit` of them.
+  virtual Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) = 0;
+
+  // Flushes anything buffered; after it returns, everything returned before it is durable.
+  virtual Status sync() = 0;
+};
+
+}  // namespace ff::fs
