@@ -10,7 +10,7 @@ export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := true
 export CCACHE_MAXSIZE ?= 5G
 
-.PHONY: all bootstrap configure build test demo bench format clean
+.PHONY: all bootstrap configure build test demo bench soak format clean
 
 all: build
 
@@ -31,6 +31,10 @@ demo: build
 
 bench: build
 	@BUILD_DIR=$(BUILD_DIR) PYTHON=$(PYTHON) bash scripts/bench.sh
+
+# The long simulation run of fs (many more seeds than the tests); scripts/soak.sh says how many.
+soak: build
+	@BUILD_DIR=$(BUILD_DIR) bash scripts/soak.sh
 
 format:
 	@git ls-files '*.cc' '*.h' '*.cu' '*.cuh' | xargs clang-format -i
