@@ -28,6 +28,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "ff/common/result.h"
 #include "ff/common/status.h"
 
@@ -39,7 +41,8 @@ struct ChunkId {
   uint64_t inode = 0;
   uint64_t index = 0;
   friend auto operator<=>(const ChunkId&, const ChunkId&) = default;
-  std::string to_string() const;  // "inode:index", e.g. "0x2a:17"
+  // "inode:index" in hex and decimal, e.g. "0x2a:17".
+  std::string to_string() const { return fmt::format("{:#x}:{}", inode, index); }
 };
 
 struct ChunkMeta {
