@@ -1,0 +1,140 @@
+// ChunkEngine: one storage target's chunks on a local disk (see docs/fs-chunk-engine.md).
+//
+// Layout of a target directory:
+//   <directory>/blocks.<block_bytes>   one preallocated file per power-of-two block class
+//                                      (64 KiB .. 64 MiB by default); a chunk version lives in one block
+//                                      of the smallest class that holds it.
+//   <directory>/meta/                  RocksDB: one record per chunk (committed + pending version: length,
+//                                      CRC32C of the whole version and of every crc segment, block
+//                                      location, chain version) and the engine's format record.
+// The free-block state is not stored: on open every block that no record references is free, so a crash
+// can neither leak a block nor hand out one that a durable record still uses.
+//
+// Updates are copy-on-write: the new version's bytes go into a fresh block, then ONE synced RocksDB
+// write batch makes them the pending version; commit is one atomic batch that also releases the old
+// block. Appends (an update that starts at or after the committed length and still fits the committed
+// block) take an in-place fast path: only bytes beyond the committed length are written, into the same
+// block (see the doc for why this is crash-safe).
+//
+// I/O: io_uring on O_DIRECT descriptors with 4 KiB-aligned buffers from a bounded pool of I/O contexts
+// (a ring + a buffer each), allocated at open; each call borrows one context for its duration. Where
+// O_DIRECT is refused (tmpfs), buffered I/O + fdatasync; where io_uring is unavailable, pread/pwrite.
+//
+// Thread-safety: every method may be called from any thread (the ChunkStore contract). Callers serialise
+// writes to one chunk (the storage service's chunk lock); the engine additionally takes a striped lock
+// per chunk so that a block is never released while a read of it is in flight.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "ff/common/result.h"
+#include "ff/common/status.h"
+#include "ff/fs/chunk_store.h"
+
+namespace ff::fs {
+
+// Points where the engine calls ChunkEngineOptions::fault_hook. A hook may return an error (the operation
+// then fails with it, as if the disk had failed there) or never return (a crash test raises SIGKILL).
+enum class ChunkFaultPoint {
+  kAfterDataWrite,       // put_pending / put_full_replacement: new bytes written, metadata not yet
+  kAfterPendingBatch,    // put_pending: the pending version is durable, not committed
+  kBeforeCommitBatch,    // commit: about to write the commit batch
+  kAfterCommitBatch,     // commit / put_full_replacement: batch durable, old block not yet released
+  kBeforeDataRead,       // read: metadata read, data not yet read
+};
+std::string_view chunk_fault_point_name(ChunkFaultPoint point);
+
+struct ChunkEngineOptions {
+  std::string directory;            // the target directory; created when missing
+  uint64_t min_block_bytes = 64ull << 10;  // smallest block class (power of two, >= 4 KiB)
+  uint64_t max_block_bytes = 64ull << 20;  // largest block class, also max_chunk_bytes()
+  // Each class file is preallocated (fallocate) to this many bytes (rounded up to whole blocks, at least
+  // one) on creation and grows by the same step when it has no free block.
+  uint64_t preallocate_bytes_per_class = 64ull << 20;
+  bool direct_io = true;            // O_DIRECT data files (falls back to buffered where refused)
+  bool sync_data = true;            // data writes durable before metadata (RWF_DSYNC or fdatasync)
+  bool sync_metadata = true;        // RocksDB write batches with sync=true
+  bool use_io_uring = true;         // false: pread/pwrite (also the fallback when io_uring is refused)
+  uint32_t io_queue_depth = 32;     // entries of each ring; a call keeps at most this many I/Os in flight
+  uint32_t io_contexts = 8;         // rings + aligned buffers in the pool: the bound on concurrent I/O calls
+  uint64_t io_buffer_bytes = 4ull << 20;  // aligned buffer of each context (multiple of 4 KiB)
+  // CRC32C granularity: besides the whole-version CRC, every crc segment of a version has its own CRC so
+  // a partial read verifies only the segments it touches (power of two, >= 4 KiB).
+  uint64_t crc_segment_bytes = 4096;
+  uint32_t io_timeout_ms = 30000;   // bound on waiting for one I/O completion or for a free I/O context
+  std::function<Status(ChunkFaultPoint, const ChunkId&)> fault_hook;  // test-only fault injection
+};
+
+struct ChunkEngineClassStats {
+  uint64_t block_bytes = 0;
+  uint64_t total_blocks = 0;
+  uint64_t free_blocks = 0;
+};
+
+struct ChunkEngineStats {
+  uint64_t reads = 0;
+  uint64_t read_bytes = 0;         // bytes returned to callers
+  uint64_t writes = 0;             // put_pending + put_full_replacement
+  uint64_t write_bytes = 0;        // bytes written to data files
+  uint64_t commits = 0;
+  uint64_t inplace_appends = 0;    // put_pending calls that took the in-place fast path
+  uint64_t corruptions = 0;        // reads that found a CRC mismatch
+  bool direct_io = false;          // O_DIRECT in use
+  bool io_uring = false;           // io_uring in use
+  std::vector<ChunkEngineClassStats> classes;
+};
+
+class ChunkEngine final : public ChunkStore {
+ public:
+  // Opens (creating when missing) the target in options.directory. Errors: invalid_argument (bad
+  // options, or options that disagree with the target's stored format), io_error, data_loss (metadata
+  // that references a block twice or outside its file).
+  static Result<std::unique_ptr<ChunkEngine>> open(const ChunkEngineOptions& options);
+  ~ChunkEngine() override;
+
+  ChunkEngine(const ChunkEngine&) = delete;
+  ChunkEngine& operator=(const ChunkEngine&) = delete;
+
+  uint64_t max_chunk_bytes() const override;
+  Result<ChunkMeta> stat(const ChunkId& id) override;
+  Result<ChunkRead> read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
+  Status put_pending(const ChunkUpdate& update) override;
+  Status commit(const ChunkId& id, uint32_t version) override;
+  Status put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,
+                              std::span<const std::byte> data) override;
+  Status abort_pending(const ChunkId& id, uint32_t version) override;
+  Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) override;
+  Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) override;
+  Status sync() override;
+
+  // Like read(), but into caller memory: reads [offset, offset + out.size()) of the committed version
+  // into out and returns the chunk's metadata, with bytes_read set to the bytes copied (short at the end
+  // of the chunk; 0 for a strict read of a dirty chunk, with dirty set). When out is 4 KiB-aligned and
+  // offset and out.size() are multiples of crc_segment_bytes (inside the chunk), the data goes from the
+  // disk straight into out with no copy.
+  struct ReadInto {
+    ChunkMeta meta;
+    uint64_t bytes_read = 0;
+    bool dirty = false;
+  };
+  Result<ReadInto> read_into(const ChunkId& id, uint64_t offset, std::span<std::byte> out, ReadMode mode);
+
+  ChunkEngineStats stats() const;
+  const ChunkEngineOptions& options() const;
+  const std::string& directory() const;
+
+  struct Impl;
+
+ private:
+  explicit ChunkEngine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ff::fs
