@@ -1,0 +1,75 @@
+// StorageClient: the storage layer's client. Keeps routing information from mgmtd, sends writes to a
+// chain's head and reads to any serving target (spread by a per-client counter), and retries on
+// [chunk_dirty], stale chain versions, [not_serving], timeouts and unreachable nodes, refreshing
+// routing between attempts; every operation is bounded by max_attempts and op_timeout_ns.
+// A strict read that keeps finding the chunk dirty falls back to the chain's tail (always clean in
+// CRAQ) before giving up.
+//
+// Threading: asynchronous; every method is called on, and every callback runs on, the executor given
+// to the constructor. A blocking wrapper (for tools) waits on a future with a timeout from another
+// thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ff/common/result.h"
+#include "ff/fs/messages.h"
+#include "ff/fs/transport.h"
+#include "ff/fs/types.h"
+
+namespace ff::fs {
+
+struct ClientConfig {
+  uint64_t client_id = 1;      // unique per client instance (write dedupe key)
+  std::string mgmtd_address;
+  int64_t rpc_timeout_ns = 2'000'000'000;
+  int64_t op_timeout_ns = 30'000'000'000;   // whole operation, retries included
+  int64_t retry_backoff_ns = 50'000'000;    // grows x2 per attempt up to 1 s
+  uint32_t max_attempts = 32;
+  uint32_t dirty_retries_before_tail = 3;
+};
+
+class StorageClient {
+ public:
+  template <typename T>
+  using Callback = std::function<void(Result<T>)>;
+
+  // executor and rpc must outlive the client.
+  StorageClient(ClientConfig config, Executor& executor, RpcClient& rpc);
+  ~StorageClient();
+  StorageClient(const StorageClient&) = delete;
+  StorageClient& operator=(const StorageClient&) = delete;
+
+  // Fetches routing now (also done lazily by every operation).
+  void refresh_routing(Callback<RoutingVersion> done);
+  const RoutingInfo& routing() const;
+
+  // Writes data at offset of chunk in chain; done gets the committed version. `channel` selects the
+  // write stream (request ids are (client_id, channel, seq)).
+  void write(ChainId chain, const ChunkId& chunk, uint64_t offset, Bytes data, Callback<WriteRsp> done,
+             uint32_t channel = 0);
+  // Reads committed data. kRelaxed returns committed bytes even while a write is pending.
+  void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
+            Callback<ReadRsp> done);
+  // Batches: each item is retried independently; results in request order.
+  void batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done);
+  void batch_read(std::vector<ReadReq> reads, Callback<std::vector<ReadResult>> done);
+  void query_last_chunk(ChainId chain, uint64_t inode, uint64_t begin_index, uint64_t end_index,
+                        Callback<QueryLastChunkRsp> done);
+  void remove_range(ChainId chain, const ChunkId& begin, const ChunkId& end, Callback<RemoveChunksRsp> done);
+
+  struct Stats {
+    uint64_t attempts = 0, retries = 0, dirty = 0, tail_fallbacks = 0, routing_refreshes = 0;
+  };
+  Stats stats() const;
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace ff::fs

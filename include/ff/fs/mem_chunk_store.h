@@ -1,0 +1,67 @@
+// MemChunkStore: the ChunkStore contract (chunk_store.h) in memory, for the simulation and tests.
+// Crash semantics: put_pending and commit are durable when they return, so a simulated crash of the
+// storage service loses nothing stored here (keep the object, drop the service). Fault injection:
+// failed writes and reads (io_error) with a probability, and silent corruption of a stored chunk that
+// the CRC32C check finds on the next read (data_loss).
+//
+// Thread-safety: all methods are safe from any thread (one mutex).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "ff/fs/chunk_store.h"
+
+namespace ff::fs {
+
+struct MemChunkStoreFaults {
+  double write_error_probability = 0.0;  // put_pending / commit / put_full_replacement fail (nothing changes)
+  double read_error_probability = 0.0;   // read fails with io_error
+  // Draws uniform numbers in [0, 1); the simulation passes its seeded RNG. Required when a
+  // probability is non-zero.
+  std::function<double()> uniform;
+};
+
+class MemChunkStore final : public ChunkStore {
+ public:
+  explicit MemChunkStore(uint64_t max_chunk_bytes = 4 << 20);
+
+  uint64_t max_chunk_bytes() const override { return max_chunk_bytes_; }
+  Result<ChunkMeta> stat(const ChunkId& id) override;
+  Result<ChunkRead> read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
+  Status put_pending(const ChunkUpdate& update) override;
+  Status commit(const ChunkId& id, uint32_t version) override;
+  Status put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,
+                              std::span<const std::byte> data) override;
+  Status abort_pending(const ChunkId& id, uint32_t version) override;
+  Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) override;
+  Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) override;
+  Status sync() override { return Status::ok(); }
+
+  void set_faults(MemChunkStoreFaults faults);
+  // Flips one byte of the committed version of `id` without updating its CRC (silent corruption).
+  // Returns false when the chunk has no committed bytes.
+  bool corrupt(const ChunkId& id);
+  // Committed contents (no CRC check), for checkers; empty when absent.
+  std::vector<std::byte> committed_bytes(const ChunkId& id) const;
+  // Every chunk's metadata, for checkers.
+  std::vector<ChunkMeta> all() const;
+
+ private:
+  struct Chunk {
+    ChunkMeta meta;
+    std::vector<std::byte> committed;
+    std::vector<std::byte> pending;
+  };
+  bool fail(double probability);
+
+  const uint64_t max_chunk_bytes_;
+  mutable std::mutex mutex_;  // guards everything below
+  std::map<ChunkId, Chunk> chunks_;
+  MemChunkStoreFaults faults_;
+};
+
+}  // namespace ff::fs

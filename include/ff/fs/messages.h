@@ -1,0 +1,249 @@
+// Every request and response of the fs storage layer (mgmtd and storage service) as plain C++ structs.
+// The simulation passes them as values; the RPC layer (fs/rpc, protobuf + gRPC) converts each to a
+// protobuf message of the same name and fields. A response travels as Result<Response>: errors are a
+// Status (code + message, the message starting with an FsError tag where one applies, see types.h).
+//
+// Conventions: chain_version is the version of the sender's routing entry for the chain; a target
+// whose version differs answers [stale_chain_version] and the sender refreshes routing and retries.
+//
+// Thread-safety: plain values.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "ff/common/status.h"
+#include "ff/fs/chunk_store.h"
+#include "ff/fs/types.h"
+
+namespace ff::fs {
+
+using Bytes = std::vector<std::byte>;
+
+// ---------------------------------------------------------------- mgmtd
+enum class NodeType : uint8_t { kStorage = 0, kClient = 1, kMeta = 2, kAdmin = 3 };
+
+// A node announces itself (storage servers at start; others optional). Idempotent.
+struct RegisterNodeReq {
+  NodeId node = 0;
+  NodeType type = NodeType::kStorage;
+  std::string address;
+};
+struct RegisterNodeRsp {
+  RoutingVersion routing_version = 0;
+};
+
+// A storage server's lease renewal, every heartbeat interval. Carries the local state of each of its
+// targets. mgmtd answers with the routing information when the sender's is older.
+struct TargetHeartbeat {
+  TargetId target = 0;
+  LocalTargetState local_state = LocalTargetState::kOnline;
+};
+struct HeartbeatReq {
+  NodeId node = 0;
+  std::string address;
+  RoutingVersion known_routing_version = 0;
+  std::vector<TargetHeartbeat> targets;
+};
+struct HeartbeatRsp {
+  RoutingVersion routing_version = 0;
+  std::optional<RoutingInfo> routing;  // present when newer than known_routing_version
+};
+
+struct GetRoutingReq {
+  RoutingVersion known_routing_version = 0;  // 0: always send
+};
+struct GetRoutingRsp {
+  RoutingVersion routing_version = 0;
+  std::optional<RoutingInfo> routing;  // present when newer than known_routing_version
+};
+
+// Creates a chain table over the given storage nodes (generate_chain_table in chain_table.h).
+struct CreateChainTableReq {
+  ChainTableId table = 0;
+  uint32_t replication = 3;
+  uint32_t targets_per_node = 1;
+  std::vector<NodeId> nodes;
+};
+struct CreateChainTableRsp {
+  std::vector<ChainId> chains;
+};
+
+// Admin: takes a target offline (its local state is forced offline until cleared by a later request
+// with offline = false).
+struct SetTargetOfflineReq {
+  TargetId target = 0;
+  bool offline = true;
+};
+struct SetTargetOfflineRsp {
+  RoutingVersion routing_version = 0;
+};
+
+// ---------------------------------------------------------------- storage: client-facing
+// A write of a byte range of one chunk, sent by a client to the chain's head.
+struct WriteReq {
+  ClientRequestId request_id;
+  ChainId chain = 0;
+  ChainVersion chain_version = 0;
+  ChunkId chunk;
+  uint64_t offset = 0;
+  Bytes data;
+};
+// The acknowledgement: the version the write created, committed on every target of the write chain.
+struct WriteRsp {
+  uint32_t version = 0;
+  uint32_t crc32c = 0;  // CRC32C of the whole chunk at that version
+  uint64_t length = 0;  // chunk length at that version
+};
+
+// Reads [offset, offset+length) of a chunk's committed version from one target of the chain (any
+// serving target). Strict reads of a chunk with a pending version fail with [chunk_dirty].
+struct ReadReq {
+  ChainId chain = 0;
+  ChainVersion chain_version = 0;
+  TargetId target = 0;
+  ChunkId chunk;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  ReadMode mode = ReadMode::kStrict;
+};
+struct ReadRsp {
+  ChunkMeta meta;   // metadata of the chunk on that target (committed version, length, CRC, pending)
+  Bytes data;       // short at the end of the chunk
+  bool dirty = false;  // relaxed reads: a newer pending version exists
+};
+
+// Batches: items are independent; each has its own status. One batch goes to one node.
+struct BatchReadReq {
+  std::vector<ReadReq> reads;
+};
+struct ReadResult {
+  Status status;
+  ReadRsp rsp;
+};
+struct BatchReadRsp {
+  std::vector<ReadResult> results;
+};
+struct BatchWriteReq {
+  std::vector<WriteReq> writes;
+};
+struct WriteResult {
+  Status status;
+  WriteRsp rsp;
+};
+struct BatchWriteRsp {
+  std::vector<WriteResult> results;
+};
+
+// The last chunk (highest index) of inode in [begin_index, end_index) on one serving target, for a
+// file's length.
+struct QueryLastChunkReq {
+  ChainId chain = 0;
+  ChainVersion chain_version = 0;
+  TargetId target = 0;
+  uint64_t inode = 0;
+  uint64_t begin_index = 0;
+  uint64_t end_index = UINT64_MAX;
+};
+struct QueryLastChunkRsp {
+  bool found = false;
+  ChunkId last;                 // valid when found
+  uint64_t last_length = 0;     // committed length of the last chunk
+  uint64_t chunk_count = 0;     // chunks of the inode in the range
+};
+
+// Removes the chunks [begin, end) on every target of the chain. Sent to the head, forwarded along the
+// chain like a write.
+struct RemoveChunksReq {
+  ClientRequestId request_id;
+  ChainId chain = 0;
+  ChainVersion chain_version = 0;
+  ChunkId begin;
+  ChunkId end;
+};
+struct RemoveChunksRsp {
+  uint64_t removed = 0;  // on the head
+};
+
+// ---------------------------------------------------------------- storage: between targets
+// A write forwarded from a predecessor to its successor in the write chain. The response is the
+// commit acknowledgement: on success the successor (and everything after it) has committed `version`,
+// and the predecessor commits too, then acknowledges to its own predecessor.
+struct ForwardReq {
+  ClientRequestId request_id;
+  ChainId chain = 0;
+  ChainVersion chain_version = 0;
+  TargetId target = 0;  // the successor target this is for
+  ChunkId chunk;
+  uint32_t version = 0;          // the version the update creates
+  uint64_t offset = 0;
+  Bytes data;
+  bool full_replacement = false;  // data is the whole chunk (forwards to a syncing target)
+  uint32_t expected_crc32c = 0;   // CRC32C of the whole chunk after the update (detects conflicts)
+  uint64_t expected_length = 0;
+  bool remove = false;            // a forwarded RemoveChunksReq over [chunk, remove_end)
+  ChunkId remove_end;
+};
+struct ForwardRsp {
+  uint32_t committed_version = 0;
+  uint32_t committed_crc32c = 0;
+  uint64_t removed = 0;
+};
+
+// Recovery, predecessor -> syncing successor: the successor's chunk metadata.
+struct SyncDumpMetaReq {
+  ChainId chain = 0;
+  ChainVersion chain_version = 0;
+  TargetId target = 0;
+};
+struct SyncDumpMetaRsp {
+  std::vector<ChunkMeta> chunks;
+};
+// Recovery and repair: installs `data` as committed version `version` of `chunk` on `target`
+// (put_full_replacement), or removes the chunk when remove is set.
+struct SyncReplaceReq {
+  ChainId chain = 0;
+  ChainVersion chain_version = 0;
+  TargetId target = 0;
+  ChunkId chunk;
+  uint32_t version = 0;
+  uint32_t chunk_chain_version = 0;
+  Bytes data;
+  bool remove = false;
+};
+struct SyncReplaceRsp {};
+// Recovery: every chunk has been transferred; the target reports up-to-date from now on.
+struct SyncDoneReq {
+  ChainId chain = 0;
+  ChainVersion chain_version = 0;
+  TargetId target = 0;
+};
+struct SyncDoneRsp {};
+
+// ---------------------------------------------------------------- envelopes
+using Request = std::variant<RegisterNodeReq, HeartbeatReq, GetRoutingReq, CreateChainTableReq,
+                             SetTargetOfflineReq, WriteReq, ReadReq, BatchReadReq, BatchWriteReq,
+                             QueryLastChunkReq, RemoveChunksReq, ForwardReq, SyncDumpMetaReq, SyncReplaceReq,
+                             SyncDoneReq>;
+using Response = std::variant<RegisterNodeRsp, HeartbeatRsp, GetRoutingRsp, CreateChainTableRsp,
+                              SetTargetOfflineRsp, WriteRsp, ReadRsp, BatchReadRsp, BatchWriteRsp,
+                              QueryLastChunkRsp, RemoveChunksRsp, ForwardRsp, SyncDumpMetaRsp, SyncReplaceRsp,
+                              SyncDoneRsp>;
+
+// The name of a request's type ("WriteReq"), for logs and errors.
+std::string_view request_name(const Request& request);
+
+// Unpacks a Result<Response> into the expected alternative: the error, or [malformed] naming the
+// alternative that arrived instead.
+template <typename T>
+Result<T> response_as(Result<Response> response) {
+  if (!response.is_ok()) return response.status();
+  if (auto* value = std::get_if<T>(&*response)) return std::move(*value);
+  return fs_error(FsError::kMalformed, fmt::format("unexpected response alternative {}", response->index()));
+}
+
+}  // namespace ff::fs

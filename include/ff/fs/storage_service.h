@@ -1,0 +1,100 @@
+// StorageService: one storage server's CRAQ logic over its targets (one ChunkStore each).
+//
+// Write path (CRAQ): a client's WriteReq enters at the chain head. Each target of the write chain
+// checks the chain version, takes the chunk's lock (FIFO, bounded), stores the update as pending
+// (ChunkStore::put_pending), forwards it to its successor and waits for the acknowledgement; the tail
+// stores and commits, then acknowledges; each predecessor commits on the acknowledgement and passes it
+// back; the head answers the client. A retried write (same ClientRequestId) is answered from a bounded
+// dedupe table, or joins the attempt in flight. A forward that fails (timeout, stale routing) is retried
+// with the latest routing until the request's deadline, as in 3FS.
+// Reads: any serving target; strict reads of a chunk with a pending version answer [chunk_dirty].
+// A read that finds corruption (data_loss) repairs the chunk from another serving replica and retries.
+// Recovery: the last serving target before a syncing successor dumps the successor's chunk metadata,
+// sends full-chunk replacements for what differs (under the chunk lock), removes what it lacks, then
+// sends SyncDone; writes forwarded to a syncing target are full-chunk replacements.
+// Leases: heartbeats every heartbeat_interval_ns; with no successful heartbeat for T/2 the service stops
+// serving (answers [not_serving]) until mgmtd answers again. A (re)started service heartbeats only once
+// mgmtd shows all its targets offline/lastsrv, so every restarted target goes through recovery.
+//
+// Threading: everything runs on the executor given to the constructor; ChunkStore calls go through
+// Executor::offload.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "ff/common/result.h"
+#include "ff/fs/chunk_store.h"
+#include "ff/fs/messages.h"
+#include "ff/fs/transport.h"
+#include "ff/fs/types.h"
+
+namespace ff::fs {
+
+struct StorageConfig {
+  NodeId node = 0;
+  std::string address;        // this server's RPC address, as registered with mgmtd
+  std::string mgmtd_address;
+  int64_t heartbeat_interval_ns = 1'000'000'000;
+  int64_t heartbeat_timeout_ns = 10'000'000'000;  // T (as mgmtd's); serving stops after T/2 without mgmtd
+  int64_t rpc_timeout_ns = 2'000'000'000;         // one forward / sync call
+  int64_t retry_backoff_ns = 50'000'000;          // between forward retries
+  uint32_t max_lock_waiters = 64;                 // per chunk; more answer [busy]
+  uint32_t max_inflight_requests = 4096;          // per service; more answer [busy]
+  uint32_t dedupe_entries = 65536;                // completed write ids remembered
+  uint32_t sync_batch = 64;                       // chunks replaced concurrently during recovery
+};
+
+// Protocol bugs a test may switch on to prove the simulation's checkers catch them.
+struct StorageBugs {
+  bool tail_acks_without_storing = false;  // the tail acknowledges a write it did not store
+  bool skip_sync = false;                  // recovery sends SyncDone without transferring chunks
+  bool ignore_chain_version = false;       // accept requests with any chain version
+};
+
+// Observer of committed versions, for the simulation's checkers. Called on the executor.
+using CommitObserver = std::function<void(TargetId, const ChunkId&, uint32_t version, uint32_t crc32c)>;
+
+// Opens (or creates) the ChunkStore of one target of this node. Called on the executor, once per
+// target when routing first lists it.
+using ChunkStoreFactory = std::function<Result<std::shared_ptr<ChunkStore>>(TargetId)>;
+
+class StorageService {
+ public:
+  // executor and rpc must outlive the service. rpc's completions run on executor.
+  StorageService(StorageConfig config, Executor& executor, RpcClient& rpc, ChunkStoreFactory stores);
+  ~StorageService();
+  StorageService(const StorageService&) = delete;
+  StorageService& operator=(const StorageService&) = delete;
+
+  // Registers with mgmtd and starts the heartbeat loop. Executor thread.
+  Status start();
+  // Stops timers and answers every later request [not_serving]; in-flight requests are dropped.
+  void stop();
+
+  // The RPC entry point for every storage request. Executor thread.
+  void handle(const ServerContext& context, Request request, Reply reply);
+
+  // State for tests and the stats line. Executor thread.
+  bool serving() const;
+  RoutingVersion routing_version() const;
+  LocalTargetState local_state(TargetId target) const;
+  std::shared_ptr<ChunkStore> store(TargetId target) const;
+
+  void set_bugs(const StorageBugs& bugs);
+  void set_commit_observer(CommitObserver observer);
+
+  struct Stats {
+    uint64_t writes = 0, forwards = 0, reads = 0, dirty_reads = 0, repairs = 0, syncs_done = 0,
+             chunks_synced = 0, busy = 0, stale_chain = 0, dedupe_hits = 0;
+  };
+  Stats stats() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace ff::fs
