@@ -127,6 +127,10 @@ class ChunkEngine final : public ChunkStore {
   Result<ReadInto> read_into(const ChunkId& id, uint64_t offset, std::span<std::byte> out, ReadMode mode);
 
   ChunkEngineStats stats() const;
+
+  // Diagnostic (tests, ff-admin): checks that the in-memory allocator marks used exactly the blocks
+  // that metadata references, each once. data_loss or internal naming the first disagreement.
+  Status check_allocator();
   const ChunkEngineOptions& options() const;
   const std::string& directory() const;
 

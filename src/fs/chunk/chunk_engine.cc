@@ -1,7 +1,48 @@
-// Placeholder while the engine is written (see docs/fs-chunk-engine.md): every call is unimplemented.
+// ChunkEngine: block-class files + RocksDB metadata + io_uring (see docs/fs-chunk-engine.md).
+//
+// Lock order: write stripe (std::mutex, one writer per chunk stripe for a whole update) -> read stripe
+// (std::shared_mutex: readers hold it shared for the whole read; a writer takes it exclusively only for
+// an instant after its metadata batch, to drain readers of a block it is about to release) -> class
+// mutex (allocator state of one block class). Nothing is held across a call into user code except the
+// fault hook, which tests use.
 #include "ff/fs/chunk_engine.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+
+#include "chunk_record.h"
+#include "ff/common/assert.h"
+#include "ff/common/log.h"
+#include "ff/fs/crc32c.h"
+#include "io_context.h"
+
 namespace ff::fs {
+
+using chunk_internal::align_down;
+using chunk_internal::align_up;
+using chunk_internal::BlockLocation;
+using chunk_internal::ChunkRecord;
+using chunk_internal::IoContext;
+using chunk_internal::IoContextPool;
+using chunk_internal::IoOp;
+using chunk_internal::kIoAlignment;
+using chunk_internal::VersionRecord;
 
 std::string_view chunk_fault_point_name(ChunkFaultPoint point) {
   switch (point) {
@@ -14,36 +55,842 @@ std::string_view chunk_fault_point_name(ChunkFaultPoint point) {
   return "unknown";
 }
 
+namespace {
+
+constexpr size_t kLockStripes = 1024;
+constexpr size_t kRemoveBatch = 128;
+// Zero-copy reads are split into I/Os of this size so that one large read keeps several in flight.
+constexpr uint64_t kReadSplitBytes = 1ull << 20;
+
+bool is_power_of_two(uint64_t value) { return value != 0 && (value & (value - 1)) == 0; }
+
+// One block class: a preallocated file of equal blocks and its free list.
+struct BlockClass {
+  uint64_t block_bytes = 0;
+  std::string path;
+  int fd = -1;
+  std::mutex mutex;
+  uint64_t total_blocks = 0;    // guarded by mutex
+  std::vector<uint32_t> free;   // guarded by mutex; a stack, lowest index on top
+  std::vector<bool> used;       // guarded by mutex; used[b] == (b is referenced or being written)
+};
+
+// CRC32C of a version's prefix [0, length): the whole CRC and one per crc segment (last may be partial).
+struct CrcState {
+  uint64_t length = 0;
+  uint32_t whole = 0;
+  std::vector<uint32_t> segments;
+
+  void append(std::span<const std::byte> bytes, uint64_t segment_bytes) {
+    whole = crc32c_extend(whole, bytes);
+    while (!bytes.empty()) {
+      const uint64_t in_segment = length % segment_bytes;
+      const uint64_t take = std::min<uint64_t>(segment_bytes - in_segment, bytes.size());
+      if (in_segment == 0) {
+        segments.push_back(crc32c(bytes.first(take)));
+      } else {
+        segments.back() = crc32c_extend(segments.back(), bytes.first(take));
+      }
+      length += take;
+      bytes = bytes.subspan(take);
+    }
+  }
+};
+
+Status rocks_status(const rocksdb::Status& status, std::string_view what) {
+  if (status.ok()) return Status::ok();
+  return io_error("{}: rocksdb: {}", what, status.ToString());
+}
+
+}  // namespace
+
 struct ChunkEngine::Impl {
   ChunkEngineOptions options;
+  std::unique_ptr<rocksdb::DB> db;
+  rocksdb::WriteOptions write_options;
+  std::vector<std::unique_ptr<BlockClass>> classes;
+  std::unique_ptr<IoContextPool> io;
+  bool direct_io = false;
+  std::array<std::mutex, kLockStripes> write_locks;
+  std::array<std::shared_mutex, kLockStripes> read_locks;
+
+  std::atomic<uint64_t> reads{0};
+  std::atomic<uint64_t> read_bytes{0};
+  std::atomic<uint64_t> writes{0};
+  std::atomic<uint64_t> write_bytes{0};
+  std::atomic<uint64_t> commits{0};
+  std::atomic<uint64_t> inplace_appends{0};
+  std::atomic<uint64_t> corruptions{0};
+
+  ~Impl() {
+    db.reset();
+    for (auto& block_class : classes) {
+      if (block_class->fd >= 0) ::close(block_class->fd);
+    }
+  }
+
+  static size_t stripe(const ChunkId& id) {
+    const uint64_t mixed = id.inode * 0x9E3779B97F4A7C15ull ^ (id.index + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
+    return static_cast<size_t>((mixed >> 29) % kLockStripes);
+  }
+
+  Status hook(ChunkFaultPoint point, const ChunkId& id) const {
+    if (!options.fault_hook) return Status::ok();
+    return options.fault_hook(point, id);
+  }
+
+  Result<std::optional<ChunkRecord>> load(const ChunkId& id) const {
+    std::string value;
+    const rocksdb::Status status = db->Get(rocksdb::ReadOptions(), chunk_internal::chunk_key(id), &value);
+    if (status.IsNotFound()) return std::optional<ChunkRecord>();
+    FF_RETURN_IF_ERROR(rocks_status(status, fmt::format("read metadata of chunk {}", id.to_string())));
+    FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, value));
+    return std::optional<ChunkRecord>(std::move(record));
+  }
+
+  Status write_batch(rocksdb::WriteBatch& batch, const ChunkId& id) {
+    return rocks_status(db->Write(write_options, &batch), fmt::format("metadata batch of chunk {}", id.to_string()));
+  }
+
+  // The smallest class whose blocks hold `length` bytes (length > 0 and <= max_block_bytes).
+  uint8_t class_for(uint64_t length) const {
+    FF_ASSERT(length > 0 && length <= options.max_block_bytes);
+    const uint64_t block = std::max<uint64_t>(std::bit_ceil(length), options.min_block_bytes);
+    return static_cast<uint8_t>(std::countr_zero(block) - std::countr_zero(options.min_block_bytes));
+  }
+
+  uint64_t block_bytes(BlockLocation location) const { return classes[location.block_class]->block_bytes; }
+
+  uint64_t file_offset(BlockLocation location, uint64_t position) const {
+    return static_cast<uint64_t>(location.block) * block_bytes(location) + position;
+  }
+
+  Status grow(BlockClass& block_class) {
+    const uint64_t step = std::max<uint64_t>(1, options.preallocate_bytes_per_class / block_class.block_bytes);
+    const uint64_t new_total = block_class.total_blocks + step;
+    if (new_total > UINT32_MAX) {
+      return resource_exhausted("block class {} of target {} has {} blocks, the most one class may hold",
+                                block_class.block_bytes, options.directory, block_class.total_blocks);
+    }
+    const off_t from = static_cast<off_t>(block_class.total_blocks * block_class.block_bytes);
+    const off_t bytes = static_cast<off_t>(step * block_class.block_bytes);
+    int rc = ::fallocate(block_class.fd, 0, from, bytes);
+    if (rc != 0 && (errno == EOPNOTSUPP || errno == ENOSYS)) rc = ::ftruncate(block_class.fd, from + bytes);
+    if (rc != 0) {
+      const int error = errno;
+      const Status status = errno_error(error, fmt::format("grow {} to {} bytes", block_class.path, from + bytes));
+      return error == ENOSPC ? Status(StatusCode::kResourceExhausted, status.message()) : status;
+    }
+    // The new size is file metadata: make it durable before any block in it is referenced.
+    if (::fdatasync(block_class.fd) != 0) return errno_error(errno, fmt::format("fdatasync {}", block_class.path));
+    block_class.used.resize(new_total, false);
+    for (uint64_t block = new_total; block-- > block_class.total_blocks;) {
+      block_class.free.push_back(static_cast<uint32_t>(block));
+    }
+    block_class.total_blocks = new_total;
+    return Status::ok();
+  }
+
+  Result<BlockLocation> allocate(uint64_t length) {
+    const uint8_t class_index = class_for(length);
+    BlockClass& block_class = *classes[class_index];
+    std::lock_guard lock(block_class.mutex);
+    if (block_class.free.empty()) FF_RETURN_IF_ERROR(grow(block_class));
+    const uint32_t block = block_class.free.back();
+    block_class.free.pop_back();
+    FF_ASSERT(!block_class.used[block], "free block {} of class {} is marked used", block, block_class.block_bytes);
+    block_class.used[block] = true;
+    return BlockLocation{class_index, block};
+  }
+
+  void release(BlockLocation location) {
+    if (!location.valid()) return;
+    BlockClass& block_class = *classes[location.block_class];
+    std::lock_guard lock(block_class.mutex);
+    FF_ASSERT(block_class.used[location.block], "double release of block {} of class {}", location.block,
+              block_class.block_bytes);
+    block_class.used[location.block] = false;
+    block_class.free.push_back(location.block);
+  }
+
+  // Waits until no read of a chunk in this stripe is in flight, so a block it used can be released.
+  void drain_readers(size_t stripe_index) { std::unique_lock drain(read_locks[stripe_index]); }
+
+  Status sync_data_file(BlockLocation location) {
+    if (direct_io || !options.sync_data || !location.valid()) return Status::ok();
+    const BlockClass& block_class = *classes[location.block_class];
+    if (::fdatasync(block_class.fd) != 0) return errno_error(errno, fmt::format("fdatasync {}", block_class.path));
+    return Status::ok();
+  }
+
+  // Checks the segment CRCs of `version` over bytes [from, to) held in `bytes`, which start at version
+  // position `base` (from is a multiple of the segment size; to is a segment end or the version's end).
+  Status verify(const ChunkId& id, const VersionRecord& version, uint64_t base, const std::byte* bytes, uint64_t from,
+                uint64_t to) {
+    const uint64_t segment = options.crc_segment_bytes;
+    for (uint64_t start = from; start < to; start += segment) {
+      const uint64_t end = std::min(start + segment, version.length);
+      const uint64_t index = start / segment;
+      const uint32_t computed = crc32c(std::span<const std::byte>(bytes + (start - base), end - start));
+      const uint32_t stored = index < version.segment_crcs.size() ? version.segment_crcs[index] : 0;
+      if (computed != stored || index >= version.segment_crcs.size()) {
+        corruptions.fetch_add(1, std::memory_order_relaxed);
+        FF_LOG_ERROR("chunk {} on target {}: CRC32C mismatch in bytes [{}, {}) of version {}", id.to_string(),
+                     options.directory, start, end, version.version);
+        return data_loss(
+            "chunk {} on target {}: CRC32C mismatch in bytes [{}, {}) of version {} (block {} of the {}-byte class, "
+            "file offset {}): stored {:#010x}, computed {:#010x}",
+            id.to_string(), options.directory, start, end, version.version, version.location.block,
+            block_bytes(version.location), file_offset(version.location, start), stored, computed);
+      }
+    }
+    return Status::ok();
+  }
+
+  // Reads [offset, offset + length) of `version` (inside it) into dst, verifying every crc segment it
+  // touches. Zero-copy when dst, offset and length allow O_DIRECT straight into dst.
+  Status read_version(IoContext& context, const ChunkId& id, const VersionRecord& version, uint64_t offset,
+                      std::byte* dst, uint64_t length) {
+    if (length == 0) return Status::ok();
+    FF_ASSERT(offset + length <= version.length && version.location.valid());
+    FF_RETURN_IF_ERROR(hook(ChunkFaultPoint::kBeforeDataRead, id));
+    const uint64_t segment = options.crc_segment_bytes;
+    const int fd = classes[version.location.block_class]->fd;
+    const uint64_t first = align_down(offset, segment);
+    const uint64_t last = std::min(align_up(offset + length, segment), version.length);
+    const auto read_error = [&](const Status& status) {
+      return data_loss("chunk {} on target {}: cannot read bytes [{}, {}) of version {}: {}", id.to_string(),
+                       options.directory, offset, offset + length, version.version, status.to_string());
+    };
+    const bool zero_copy = reinterpret_cast<uintptr_t>(dst) % kIoAlignment == 0 && offset == first &&
+                           offset + length == last && length % kIoAlignment == 0;
+    if (zero_copy) {
+      std::array<IoOp, 64> ops;
+      uint64_t position = offset;
+      while (position < last) {
+        size_t count = 0;
+        const uint64_t batch_start = position;
+        for (; count < ops.size() && position < last; ++count) {
+          const uint64_t piece = std::min(kReadSplitBytes, last - position);
+          ops[count] = IoOp{fd, file_offset(version.location, position), dst + (position - offset), piece, false};
+          position += piece;
+        }
+        const Status status = context.run(std::span<const IoOp>(ops.data(), count));
+        if (!status.is_ok()) return read_error(status);
+        FF_RETURN_IF_ERROR(verify(id, version, offset, dst, batch_start, position));
+      }
+      return Status::ok();
+    }
+    std::span<std::byte> buffer = context.buffer();
+    for (uint64_t piece_start = first; piece_start < last; piece_start += buffer.size()) {
+      const uint64_t piece_end = std::min<uint64_t>(piece_start + buffer.size(), last);
+      const uint64_t io_bytes = align_up(piece_end, kIoAlignment) - piece_start;
+      const Status status =
+          context.run_one(IoOp{fd, file_offset(version.location, piece_start), buffer.data(), io_bytes, false});
+      if (!status.is_ok()) return read_error(status);
+      FF_RETURN_IF_ERROR(verify(id, version, piece_start, buffer.data(), piece_start, piece_end));
+      const uint64_t copy_from = std::max(piece_start, offset);
+      const uint64_t copy_to = std::min(piece_end, offset + length);
+      if (copy_from < copy_to) {
+        std::memcpy(dst + (copy_from - offset), buffer.data() + (copy_from - piece_start), copy_to - copy_from);
+      }
+    }
+    return Status::ok();
+  }
+
+  // Writes positions [write_from, new_length) of a new version into block `target`. The content is
+  // `old`'s bytes below old_length (old may be null: none), overlaid with `data` at data_offset, zeros
+  // elsewhere. `crc` holds the CRC state of positions [0, crc.length) (crc.length >= write_from) and is
+  // extended to new_length. Old bytes read are verified when verify_old.
+  Status write_version(IoContext& context, const ChunkId& id, BlockLocation target, uint64_t write_from,
+                       uint64_t new_length, const VersionRecord* old, uint64_t old_length, bool verify_old,
+                       uint64_t data_offset, std::span<const std::byte> data, CrcState& crc) {
+    FF_ASSERT(write_from % kIoAlignment == 0 && crc.length >= write_from);
+    if (crc.length >= new_length) return Status::ok();
+    FF_ASSERT(target.valid() && new_length <= block_bytes(target));
+    const int fd = classes[target.block_class]->fd;
+    std::span<std::byte> buffer = context.buffer();
+    const uint64_t data_end = data_offset + data.size();
+    for (uint64_t piece_start = write_from; piece_start < new_length; piece_start += buffer.size()) {
+      const uint64_t piece_end = std::min<uint64_t>(piece_start + buffer.size(), new_length);
+      const uint64_t aligned_end = align_up(piece_end, kIoAlignment);
+      const uint64_t old_end = old != nullptr ? std::min(piece_end, old_length) : 0;
+      bool have_old = false;
+      if (piece_start < old_end && !(data_offset <= piece_start && data_end >= old_end)) {
+        const uint64_t io_bytes = align_up(old_end, kIoAlignment) - piece_start;
+        const Status status = context.run_one(
+            IoOp{classes[old->location.block_class]->fd, file_offset(old->location, piece_start), buffer.data(), io_bytes, false});
+        if (!status.is_ok()) {
+          return data_loss("chunk {} on target {}: cannot read version {} to copy it: {}", id.to_string(),
+                           options.directory, old->version, status.to_string());
+        }
+        if (verify_old) FF_RETURN_IF_ERROR(verify(id, *old, piece_start, buffer.data(), piece_start, old_end));
+        have_old = true;
+      }
+      const uint64_t zero_from = have_old ? std::max(piece_start, old_length) : piece_start;
+      if (zero_from < aligned_end) std::memset(buffer.data() + (zero_from - piece_start), 0, aligned_end - zero_from);
+      const uint64_t copy_from = std::max(piece_start, data_offset);
+      const uint64_t copy_to = std::min(piece_end, data_end);
+      if (copy_from < copy_to) {
+        std::memcpy(buffer.data() + (copy_from - piece_start), data.data() + (copy_from - data_offset), copy_to - copy_from);
+      }
+      FF_ASSERT(crc.length >= piece_start && crc.length <= piece_end);
+      crc.append(std::span<const std::byte>(buffer.data() + (crc.length - piece_start), piece_end - crc.length),
+                 options.crc_segment_bytes);
+      const Status status =
+          context.run_one(IoOp{fd, file_offset(target, piece_start), buffer.data(), aligned_end - piece_start, true});
+      if (!status.is_ok()) {
+        return io_error("chunk {} on target {}: write of version bytes [{}, {}) failed: {}", id.to_string(),
+                        options.directory, piece_start, piece_end, status.to_string());
+      }
+      write_bytes.fetch_add(aligned_end - piece_start, std::memory_order_relaxed);
+    }
+    return sync_data_file(target);
+  }
+
+  Status open_files();
+  Status recover_allocator(uint64_t* chunks);
 };
+
+Status ChunkEngine::Impl::open_files() {
+  const size_t class_count =
+      static_cast<size_t>(std::countr_zero(options.max_block_bytes) - std::countr_zero(options.min_block_bytes)) + 1;
+  bool logged_fallback = false;
+  direct_io = options.direct_io;
+  for (size_t index = 0; index < class_count; ++index) {
+    auto block_class = std::make_unique<BlockClass>();
+    block_class->block_bytes = options.min_block_bytes << index;
+    block_class->path = fmt::format("{}/blocks.{}", options.directory, block_class->block_bytes);
+    int flags = O_RDWR | O_CREAT | O_CLOEXEC;
+    if (direct_io) {
+      block_class->fd = ::open(block_class->path.c_str(), flags | O_DIRECT, 0644);
+      if (block_class->fd < 0 && errno == EINVAL) {
+        direct_io = false;
+        if (!logged_fallback) {
+          FF_LOG_WARN("chunk engine {}: the file system refuses O_DIRECT; using buffered I/O + fdatasync",
+                      options.directory);
+          logged_fallback = true;
+        }
+      }
+    }
+    if (block_class->fd < 0) block_class->fd = ::open(block_class->path.c_str(), flags, 0644);
+    if (block_class->fd < 0) return errno_error(errno, fmt::format("open {}", block_class->path));
+    struct stat info {};
+    if (::fstat(block_class->fd, &info) != 0) return errno_error(errno, fmt::format("stat {}", block_class->path));
+    block_class->total_blocks = static_cast<uint64_t>(info.st_size) / block_class->block_bytes;
+    classes.push_back(std::move(block_class));
+  }
+  // If a later file refused O_DIRECT, reopen the earlier ones without it so every class agrees.
+  if (options.direct_io && !direct_io) {
+    for (auto& block_class : classes) {
+      const int flags = ::fcntl(block_class->fd, F_GETFL);
+      if (flags >= 0 && (flags & O_DIRECT) != 0) ::fcntl(block_class->fd, F_SETFL, flags & ~O_DIRECT);
+    }
+  }
+  return Status::ok();
+}
+
+Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks) {
+  // Every block referenced by a committed or pending version is in use; every other block is free.
+  std::unique_ptr<rocksdb::Iterator> iterator(db->NewIterator(rocksdb::ReadOptions()));
+  *chunks = 0;
+  for (auto& block_class : classes) block_class->used.assign(block_class->total_blocks, false);
+  const auto mark = [&](const ChunkId& id, const VersionRecord& version) -> Status {
+    if (!version.present() || !version.location.valid()) return Status::ok();
+    if (version.location.block_class >= classes.size()) {
+      return data_loss("chunk {} on target {}: version {} is in block class #{}, but the target has {} classes",
+                       id.to_string(), options.directory, version.version, version.location.block_class, classes.size());
+    }
+    BlockClass& block_class = *classes[version.location.block_class];
+    if (version.location.block >= block_class.total_blocks || version.length > block_class.block_bytes) {
+      return data_loss("chunk {} on target {}: version {} ({} bytes) is in block {} of {}, which has {} blocks of {}",
+                       id.to_string(), options.directory, version.version, version.length, version.location.block,
+                       block_class.path, block_class.total_blocks, block_class.block_bytes);
+    }
+    if (block_class.used[version.location.block]) {
+      return data_loss("chunk {} on target {}: block {} of {} is referenced twice", id.to_string(), options.directory,
+                       version.location.block, block_class.path);
+    }
+    block_class.used[version.location.block] = true;
+    return Status::ok();
+  };
+  for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
+    FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
+    FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
+    FF_RETURN_IF_ERROR(mark(id, record.committed));
+    // An in-place append's pending version shares the committed block.
+    if (!(record.pending.location == record.committed.location && record.committed.present())) {
+      FF_RETURN_IF_ERROR(mark(id, record.pending));
+    }
+    ++*chunks;
+  }
+  FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
+  for (auto& block_class : classes) {
+    block_class->free.clear();
+    for (uint64_t block = block_class->total_blocks; block-- > 0;) {
+      if (!block_class->used[block]) block_class->free.push_back(static_cast<uint32_t>(block));
+    }
+  }
+  return Status::ok();
+}
 
 ChunkEngine::ChunkEngine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ChunkEngine::~ChunkEngine() = default;
 
 Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions& options) {
-  (void)options;
-  return unimplemented("ChunkEngine is not written yet");
+  if (options.directory.empty()) return invalid_argument("ChunkEngineOptions::directory is empty");
+  if (!is_power_of_two(options.min_block_bytes) || options.min_block_bytes < kIoAlignment) {
+    return invalid_argument("min_block_bytes={} must be a power of two >= {}", options.min_block_bytes, kIoAlignment);
+  }
+  if (!is_power_of_two(options.max_block_bytes) || options.max_block_bytes < options.min_block_bytes ||
+      options.max_block_bytes > (1ull << 30)) {
+    return invalid_argument("max_block_bytes={} must be a power of two in [min_block_bytes={}, 1 GiB]",
+                            options.max_block_bytes, options.min_block_bytes);
+  }
+  if (!is_power_of_two(options.crc_segment_bytes) || options.crc_segment_bytes < kIoAlignment ||
+      options.crc_segment_bytes > options.min_block_bytes) {
+    return invalid_argument("crc_segment_bytes={} must be a power of two in [{}, min_block_bytes={}]",
+                            options.crc_segment_bytes, kIoAlignment, options.min_block_bytes);
+  }
+  if (options.io_buffer_bytes < options.crc_segment_bytes || options.io_buffer_bytes % options.crc_segment_bytes != 0) {
+    return invalid_argument("io_buffer_bytes={} must be a positive multiple of crc_segment_bytes={}",
+                            options.io_buffer_bytes, options.crc_segment_bytes);
+  }
+  if (options.io_contexts == 0 || options.io_contexts > 1024) {
+    return invalid_argument("io_contexts={} must be in [1, 1024]", options.io_contexts);
+  }
+  if (options.io_queue_depth == 0 || options.io_queue_depth > 4096) {
+    return invalid_argument("io_queue_depth={} must be in [1, 4096]", options.io_queue_depth);
+  }
+  if (options.io_timeout_ms == 0) return invalid_argument("io_timeout_ms must be positive");
+
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->write_options.sync = options.sync_metadata;
+  std::error_code error;
+  std::filesystem::create_directories(options.directory + "/meta", error);
+  if (error) return io_error("create target directory {}: {}", options.directory, error.message());
+
+  rocksdb::Options db_options;
+  db_options.create_if_missing = true;
+  db_options.max_background_jobs = 2;
+  db_options.keep_log_file_num = 4;
+  rocksdb::DB* db = nullptr;
+  FF_RETURN_IF_ERROR(rocks_status(rocksdb::DB::Open(db_options, options.directory + "/meta", &db),
+                                  fmt::format("open metadata of target {}", options.directory)));
+  impl->db.reset(db);
+
+  // The block classes and crc segment size are part of the on-disk format: refuse to reinterpret them.
+  const std::string format = fmt::format("ff-chunk-engine 1 min_block_bytes={} max_block_bytes={} crc_segment_bytes={}",
+                                         options.min_block_bytes, options.max_block_bytes, options.crc_segment_bytes);
+  std::string stored;
+  const rocksdb::Status get =
+      impl->db->Get(rocksdb::ReadOptions(), rocksdb::Slice(chunk_internal::kFormatKey.data(), chunk_internal::kFormatKey.size()), &stored);
+  if (get.ok()) {
+    if (stored != format) {
+      return invalid_argument("target {} was created as \"{}\", but the options say \"{}\"", options.directory, stored, format);
+    }
+  } else if (get.IsNotFound()) {
+    rocksdb::WriteOptions sync_write;
+    sync_write.sync = true;
+    FF_RETURN_IF_ERROR(rocks_status(
+        impl->db->Put(sync_write, rocksdb::Slice(chunk_internal::kFormatKey.data(), chunk_internal::kFormatKey.size()), format),
+        "write format record"));
+  } else {
+    FF_RETURN_IF_ERROR(rocks_status(get, "read format record"));
+  }
+
+  FF_RETURN_IF_ERROR(impl->open_files());
+  for (auto& block_class : impl->classes) {
+    if (block_class->total_blocks == 0) FF_RETURN_IF_ERROR(impl->grow(*block_class));
+  }
+  uint64_t chunks = 0;
+  FF_RETURN_IF_ERROR(impl->recover_allocator(&chunks));
+
+  chunk_internal::IoSettings settings;
+  settings.use_io_uring = options.use_io_uring;
+  settings.dsync_writes = impl->direct_io && options.sync_data;
+  settings.queue_depth = options.io_queue_depth;
+  settings.buffer_bytes = options.io_buffer_bytes;
+  settings.timeout_ms = options.io_timeout_ms;
+  FF_ASSIGN_OR_RETURN(impl->io, IoContextPool::create(settings, options.io_contexts));
+  if (options.use_io_uring && !impl->io->uring()) {
+    FF_LOG_WARN("chunk engine {}: io_uring is unavailable; using pread/pwrite", options.directory);
+  }
+  FF_LOG_INFO("chunk engine {}: {} chunks, {} block classes {}..{} bytes, direct_io={}, io_uring={}", options.directory,
+              chunks, impl->classes.size(), options.min_block_bytes, options.max_block_bytes, impl->direct_io,
+              impl->io->uring());
+  return std::unique_ptr<ChunkEngine>(new ChunkEngine(std::move(impl)));
 }
+
 uint64_t ChunkEngine::max_chunk_bytes() const { return impl_->options.max_block_bytes; }
-Result<ChunkMeta> ChunkEngine::stat(const ChunkId&) { return unimplemented("stat"); }
-Result<ChunkRead> ChunkEngine::read(const ChunkId&, uint64_t, uint64_t, ReadMode) { return unimplemented("read"); }
-Status ChunkEngine::put_pending(const ChunkUpdate&) { return unimplemented("put_pending"); }
-Status ChunkEngine::commit(const ChunkId&, uint32_t) { return unimplemented("commit"); }
-Status ChunkEngine::put_full_replacement(const ChunkId&, uint32_t, uint32_t, std::span<const std::byte>) {
-  return unimplemented("put_full_replacement");
-}
-Status ChunkEngine::abort_pending(const ChunkId&, uint32_t) { return unimplemented("abort_pending"); }
-Result<uint64_t> ChunkEngine::remove_range(const ChunkId&, const ChunkId&) { return unimplemented("remove_range"); }
-Result<std::vector<ChunkMeta>> ChunkEngine::list(const ChunkId&, const ChunkId&, uint64_t) {
-  return unimplemented("list");
-}
-Status ChunkEngine::sync() { return unimplemented("sync"); }
-Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId&, uint64_t, std::span<std::byte>, ReadMode) {
-  return unimplemented("read_into");
-}
-ChunkEngineStats ChunkEngine::stats() const { return {}; }
 const ChunkEngineOptions& ChunkEngine::options() const { return impl_->options; }
 const std::string& ChunkEngine::directory() const { return impl_->options.directory; }
+
+Result<ChunkMeta> ChunkEngine::stat(const ChunkId& id) {
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
+  if (!record) return not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
+  return chunk_internal::to_meta(id, *record);
+}
+
+Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId& id, uint64_t offset, std::span<std::byte> out,
+                                                     ReadMode mode) {
+  std::shared_lock read_lock(impl_->read_locks[Impl::stripe(id)]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
+  if (!record) return not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
+  ReadInto result;
+  result.meta = chunk_internal::to_meta(id, *record);
+  result.dirty = record->pending.present();
+  if (result.dirty && mode == ReadMode::kStrict) return result;
+  if (!record->committed.present()) {
+    return not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
+                     impl_->options.directory, record->pending.version);
+  }
+  const uint64_t length = record->committed.length;
+  const uint64_t count = offset >= length ? 0 : std::min<uint64_t>(out.size(), length - offset);
+  if (count > 0) {
+    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl_->io->borrow());
+    FF_RETURN_IF_ERROR(impl_->read_version(*context, id, record->committed, offset, out.data(), count));
+  }
+  result.bytes_read = count;
+  impl_->reads.fetch_add(1, std::memory_order_relaxed);
+  impl_->read_bytes.fetch_add(count, std::memory_order_relaxed);
+  return result;
+}
+
+Result<ChunkRead> ChunkEngine::read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
+  std::shared_lock read_lock(impl_->read_locks[Impl::stripe(id)]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
+  if (!record) return not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
+  ChunkRead result;
+  result.meta = chunk_internal::to_meta(id, *record);
+  result.dirty = record->pending.present();
+  if (result.dirty && mode == ReadMode::kStrict) return result;
+  if (!record->committed.present()) {
+    return not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
+                     impl_->options.directory, record->pending.version);
+  }
+  const uint64_t chunk_length = record->committed.length;
+  const uint64_t count = offset >= chunk_length ? 0 : std::min<uint64_t>(length, chunk_length - offset);
+  result.data.resize(count);
+  if (count > 0) {
+    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl_->io->borrow());
+    FF_RETURN_IF_ERROR(impl_->read_version(*context, id, record->committed, offset, result.data.data(), count));
+  }
+  impl_->reads.fetch_add(1, std::memory_order_relaxed);
+  impl_->read_bytes.fetch_add(count, std::memory_order_relaxed);
+  return result;
+}
+
+Status ChunkEngine::put_pending(const ChunkUpdate& update) {
+  Impl& impl = *impl_;
+  const ChunkId& id = update.id;
+  const uint64_t max_bytes = impl.options.max_block_bytes;
+  if (update.version == 0) return invalid_argument("chunk {}: update version 0 (versions start at 1)", id.to_string());
+  if (update.full_replacement && update.offset != 0) {
+    return invalid_argument("chunk {}: full replacement at offset {} (must be 0)", id.to_string(), update.offset);
+  }
+  if (update.offset > max_bytes || update.data.size() > max_bytes - update.offset) {
+    return invalid_argument("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes",
+                            id.to_string(), update.data.size(), update.offset, max_bytes);
+  }
+  std::lock_guard write_lock(impl.write_locks[Impl::stripe(id)]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
+  ChunkRecord record = loaded.value_or(ChunkRecord{});
+  const VersionRecord& committed = record.committed;
+  if (update.version != committed.version + 1) {
+    return failed_precondition("chunk {}: update creates version {}, but the committed version is {} (expected {})",
+                               id.to_string(), update.version, committed.version, committed.version + 1);
+  }
+  if (record.pending.present() && record.pending.version != update.version) {
+    return failed_precondition("chunk {}: update creates version {}, but version {} is pending", id.to_string(),
+                               update.version, record.pending.version);
+  }
+  const uint64_t update_end = update.offset + update.data.size();
+  const uint64_t new_length = update.full_replacement ? update.data.size() : std::max(committed.length, update_end);
+  const bool in_place = !update.full_replacement && committed.present() && committed.location.valid() &&
+                        update.offset >= committed.length && new_length <= impl.block_bytes(committed.location);
+
+  FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl.io->borrow());
+  CrcState crc;
+  BlockLocation target;
+  Status status;
+  if (in_place) {
+    // Only bytes beyond the committed length change; the committed version's bytes, length and CRCs stay.
+    target = committed.location;
+    crc.length = committed.length;
+    crc.whole = committed.crc32c;
+    crc.segments = committed.segment_crcs;
+    status = impl.write_version(*context, id, target, align_down(committed.length, kIoAlignment), new_length, &committed,
+                                committed.length, /*verify_old=*/false, update.offset, update.data, crc);
+  } else {
+    if (new_length > 0) {
+      FF_ASSIGN_OR_RETURN(target, impl.allocate(new_length));
+    }
+    const VersionRecord* old = update.full_replacement || !committed.present() ? nullptr : &committed;
+    status = impl.write_version(*context, id, target, 0, new_length, old, old != nullptr ? committed.length : 0,
+                                /*verify_old=*/true, update.full_replacement ? 0 : update.offset, update.data, crc);
+  }
+  if (status.is_ok()) status = impl.hook(ChunkFaultPoint::kAfterDataWrite, id);
+  const BlockLocation replaced_pending = record.pending.location;
+  if (status.is_ok()) {
+    record.pending = VersionRecord{update.version, new_length, crc.whole, target, std::move(crc.segments)};
+    record.chain_version = update.chain_version;
+    rocksdb::WriteBatch batch;
+    batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
+    status = impl.write_batch(batch, id);
+  }
+  if (!status.is_ok()) {
+    if (!in_place) impl.release(target);
+    return status;
+  }
+  // A replaced pending version is never read, so its block is released without draining readers.
+  if (replaced_pending.valid() && replaced_pending != target && replaced_pending != committed.location) {
+    impl.release(replaced_pending);
+  }
+  impl.writes.fetch_add(1, std::memory_order_relaxed);
+  if (in_place) impl.inplace_appends.fetch_add(1, std::memory_order_relaxed);
+  return impl.hook(ChunkFaultPoint::kAfterPendingBatch, id);
+}
+
+Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
+  Impl& impl = *impl_;
+  const size_t stripe = Impl::stripe(id);
+  std::lock_guard write_lock(impl.write_locks[stripe]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
+  if (!loaded) {
+    return failed_precondition("commit of chunk {} version {}: the chunk does not exist on target {}", id.to_string(),
+                               version, impl.options.directory);
+  }
+  ChunkRecord record = std::move(*loaded);
+  if (record.pending.present() && record.pending.version == version) {
+    FF_RETURN_IF_ERROR(impl.hook(ChunkFaultPoint::kBeforeCommitBatch, id));
+    const BlockLocation old = record.committed.location;
+    record.committed = std::move(record.pending);
+    record.pending = VersionRecord{};
+    rocksdb::WriteBatch batch;
+    batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
+    FF_RETURN_IF_ERROR(impl.write_batch(batch, id));
+    impl.commits.fetch_add(1, std::memory_order_relaxed);
+    const Status hook_status = impl.hook(ChunkFaultPoint::kAfterCommitBatch, id);
+    if (old.valid() && old != record.committed.location) {
+      impl.drain_readers(stripe);
+      impl.release(old);
+    }
+    return hook_status;
+  }
+  if (version != 0 && version <= record.committed.version) return Status::ok();  // a retried acknowledgement
+  return failed_precondition("commit of chunk {} version {}: committed version is {}, pending version is {}",
+                             id.to_string(), version, record.committed.version, record.pending.version);
+}
+
+Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,
+                                         std::span<const std::byte> data) {
+  Impl& impl = *impl_;
+  if (version == 0) return invalid_argument("chunk {}: full replacement with version 0", id.to_string());
+  if (data.size() > impl.options.max_block_bytes) {
+    return invalid_argument("chunk {}: full replacement of {} bytes exceeds the largest chunk, {} bytes", id.to_string(),
+                            data.size(), impl.options.max_block_bytes);
+  }
+  const size_t stripe = Impl::stripe(id);
+  std::lock_guard write_lock(impl.write_locks[stripe]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
+  ChunkRecord record = loaded.value_or(ChunkRecord{});
+  BlockLocation target;
+  if (!data.empty()) {
+    FF_ASSIGN_OR_RETURN(target, impl.allocate(data.size()));
+  }
+  CrcState crc;
+  Status status;
+  {
+    auto context = impl.io->borrow();
+    status = context.is_ok() ? impl.write_version(**context, id, target, 0, data.size(), nullptr, 0, false, 0, data, crc)
+                             : context.status();
+  }
+  if (status.is_ok()) status = impl.hook(ChunkFaultPoint::kAfterDataWrite, id);
+  const BlockLocation old_committed = record.committed.location;
+  const BlockLocation old_pending = record.pending.location;
+  if (status.is_ok()) {
+    record.committed = VersionRecord{version, data.size(), crc.whole, target, std::move(crc.segments)};
+    record.pending = VersionRecord{};
+    record.chain_version = chain_version;
+    rocksdb::WriteBatch batch;
+    batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
+    status = impl.write_batch(batch, id);
+  }
+  if (!status.is_ok()) {
+    impl.release(target);
+    return status;
+  }
+  impl.writes.fetch_add(1, std::memory_order_relaxed);
+  const Status hook_status = impl.hook(ChunkFaultPoint::kAfterCommitBatch, id);
+  impl.drain_readers(stripe);
+  impl.release(old_committed);
+  if (old_pending != old_committed) impl.release(old_pending);
+  return hook_status;
+}
+
+Status ChunkEngine::abort_pending(const ChunkId& id, uint32_t version) {
+  Impl& impl = *impl_;
+  std::lock_guard write_lock(impl.write_locks[Impl::stripe(id)]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
+  if (!loaded || !loaded->pending.present()) return Status::ok();  // nothing pending: a retried abort
+  ChunkRecord record = std::move(*loaded);
+  if (record.pending.version != version) {
+    return failed_precondition("abort of chunk {} version {}: pending version is {}", id.to_string(), version,
+                               record.pending.version);
+  }
+  const BlockLocation pending = record.pending.location;
+  record.pending = VersionRecord{};
+  rocksdb::WriteBatch batch;
+  if (record.committed.present()) {
+    batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
+  } else {
+    batch.Delete(chunk_internal::chunk_key(id));
+  }
+  FF_RETURN_IF_ERROR(impl.write_batch(batch, id));
+  if (pending != record.committed.location) impl.release(pending);
+  return Status::ok();
+}
+
+Result<uint64_t> ChunkEngine::remove_range(const ChunkId& begin, const ChunkId& end) {
+  Impl& impl = *impl_;
+  uint64_t removed = 0;
+  if (!(begin < end)) return removed;
+  const std::string end_key = chunk_internal::chunk_key(end);
+  std::string next_key = chunk_internal::chunk_key(begin);
+  for (;;) {
+    std::vector<ChunkId> ids;
+    {
+      std::unique_ptr<rocksdb::Iterator> iterator(impl.db->NewIterator(rocksdb::ReadOptions()));
+      for (iterator->Seek(next_key); iterator->Valid() && iterator->key().compare(end_key) < 0 && ids.size() < kRemoveBatch;
+           iterator->Next()) {
+        FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
+        ids.push_back(id);
+      }
+      FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
+    }
+    if (ids.empty()) break;
+    next_key = chunk_internal::chunk_key(ids.back()) + std::string(1, '\0');  // the smallest key after the last
+    // Lock the stripes in ascending order (every other path holds at most one), then re-read under them.
+    std::vector<size_t> stripes;
+    for (const ChunkId& id : ids) stripes.push_back(Impl::stripe(id));
+    std::sort(stripes.begin(), stripes.end());
+    stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
+    std::vector<std::unique_lock<std::mutex>> locks;
+    locks.reserve(stripes.size());
+    for (size_t stripe : stripes) locks.emplace_back(impl.write_locks[stripe]);
+    rocksdb::WriteBatch batch;
+    std::vector<BlockLocation> blocks;
+    uint64_t batch_removed = 0;
+    for (const ChunkId& id : ids) {
+      FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl.load(id));
+      if (!record) continue;
+      batch.Delete(chunk_internal::chunk_key(id));
+      blocks.push_back(record->committed.location);
+      if (record->pending.location != record->committed.location) blocks.push_back(record->pending.location);
+      ++batch_removed;
+    }
+    FF_RETURN_IF_ERROR(rocks_status(impl.db->Write(impl.write_options, &batch), "remove chunk metadata"));
+    for (size_t stripe : stripes) impl.drain_readers(stripe);
+    for (BlockLocation location : blocks) impl.release(location);
+    removed += batch_removed;
+  }
+  return removed;
+}
+
+Result<std::vector<ChunkMeta>> ChunkEngine::list(const ChunkId& begin, const ChunkId& end, uint64_t limit) {
+  std::vector<ChunkMeta> result;
+  if (!(begin < end) || limit == 0) return result;
+  const std::string end_key = chunk_internal::chunk_key(end);
+  std::unique_ptr<rocksdb::Iterator> iterator(impl_->db->NewIterator(rocksdb::ReadOptions()));
+  for (iterator->Seek(chunk_internal::chunk_key(begin));
+       iterator->Valid() && iterator->key().compare(end_key) < 0 && result.size() < limit; iterator->Next()) {
+    FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
+    FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
+    result.push_back(chunk_internal::to_meta(id, record));
+  }
+  FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "list chunk metadata"));
+  return result;
+}
+
+Status ChunkEngine::sync() {
+  for (auto& block_class : impl_->classes) {
+    if (::fdatasync(block_class->fd) != 0) return errno_error(errno, fmt::format("fdatasync {}", block_class->path));
+  }
+  return rocks_status(impl_->db->SyncWAL(), "sync metadata log");
+}
+
+Status ChunkEngine::check_allocator() {
+  Impl& impl = *impl_;
+  // Hold every write stripe so no update changes metadata or allocator state during the check.
+  std::vector<std::unique_lock<std::mutex>> locks;
+  locks.reserve(kLockStripes);
+  for (auto& mutex : impl.write_locks) locks.emplace_back(mutex);
+  std::vector<std::vector<bool>> referenced(impl.classes.size());
+  for (size_t index = 0; index < impl.classes.size(); ++index) {
+    std::lock_guard lock(impl.classes[index]->mutex);
+    referenced[index].assign(impl.classes[index]->total_blocks, false);
+  }
+  std::unique_ptr<rocksdb::Iterator> iterator(impl.db->NewIterator(rocksdb::ReadOptions()));
+  const auto mark = [&](const ChunkId& id, const VersionRecord& version) -> Status {
+    if (!version.present() || !version.location.valid()) return Status::ok();
+    const BlockLocation location = version.location;
+    if (location.block_class >= referenced.size() || location.block >= referenced[location.block_class].size()) {
+      return data_loss("chunk {}: version {} references block {} of class #{}, outside the files", id.to_string(),
+                       version.version, location.block, location.block_class);
+    }
+    if (referenced[location.block_class][location.block]) {
+      return data_loss("chunk {}: block {} of class #{} is referenced twice", id.to_string(), location.block,
+                       location.block_class);
+    }
+    referenced[location.block_class][location.block] = true;
+    return Status::ok();
+  };
+  for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
+    FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
+    FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
+    FF_RETURN_IF_ERROR(mark(id, record.committed));
+    if (!(record.pending.location == record.committed.location && record.committed.present())) {
+      FF_RETURN_IF_ERROR(mark(id, record.pending));
+    }
+  }
+  FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
+  for (size_t index = 0; index < impl.classes.size(); ++index) {
+    BlockClass& block_class = *impl.classes[index];
+    std::lock_guard lock(block_class.mutex);
+    uint64_t used = 0;
+    for (uint64_t block = 0; block < block_class.total_blocks; ++block) {
+      if (block_class.used[block] != referenced[index][block]) {
+        return internal_error("block {} of {}: allocator says {}, metadata says {}", block, block_class.path,
+                              block_class.used[block] ? "used" : "free", referenced[index][block] ? "used" : "free");
+      }
+      used += block_class.used[block] ? 1 : 0;
+    }
+    if (used + block_class.free.size() != block_class.total_blocks) {
+      return internal_error("{}: {} used + {} free blocks != {} blocks", block_class.path, used, block_class.free.size(),
+                            block_class.total_blocks);
+    }
+  }
+  return Status::ok();
+}
+
+ChunkEngineStats ChunkEngine::stats() const {
+  ChunkEngineStats stats;
+  stats.reads = impl_->reads.load(std::memory_order_relaxed);
+  stats.read_bytes = impl_->read_bytes.load(std::memory_order_relaxed);
+  stats.writes = impl_->writes.load(std::memory_order_relaxed);
+  stats.write_bytes = impl_->write_bytes.load(std::memory_order_relaxed);
+  stats.commits = impl_->commits.load(std::memory_order_relaxed);
+  stats.inplace_appends = impl_->inplace_appends.load(std::memory_order_relaxed);
+  stats.corruptions = impl_->corruptions.load(std::memory_order_relaxed);
+  stats.direct_io = impl_->direct_io;
+  stats.io_uring = impl_->io->uring();
+  for (const auto& block_class : impl_->classes) {
+    std::lock_guard lock(block_class->mutex);
+    stats.classes.push_back({block_class->block_bytes, block_class->total_blocks, block_class->free.size()});
+  }
+  return stats;
+}
 
 }  // namespace ff::fs

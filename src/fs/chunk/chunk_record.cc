@@ -1,0 +1,123 @@
+#include "chunk_record.h"
+
+#include <cstring>
+
+namespace ff::fs::chunk_internal {
+namespace {
+
+constexpr uint8_t kRecordFormat = 1;
+
+void put_u8(std::string& out, uint8_t value) { out.push_back(static_cast<char>(value)); }
+void put_u32(std::string& out, uint32_t value) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+}
+void put_u64(std::string& out, uint64_t value) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+}
+void put_be64(std::string& out, uint64_t value) {
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+}
+
+// Reads fixed fields from a value, remembering whether it ran past the end.
+struct Reader {
+  std::string_view data;
+  size_t position = 0;
+  bool overrun = false;
+  uint64_t get(int bytes) {
+    if (position + static_cast<size_t>(bytes) > data.size()) {
+      overrun = true;
+      return 0;
+    }
+    uint64_t value = 0;
+    for (int i = 0; i < bytes; ++i) {
+      value |= static_cast<uint64_t>(static_cast<uint8_t>(data[position + static_cast<size_t>(i)])) << (8 * i);
+    }
+    position += static_cast<size_t>(bytes);
+    return value;
+  }
+};
+
+void encode_version(std::string& out, const VersionRecord& version) {
+  put_u32(out, version.version);
+  put_u64(out, version.length);
+  put_u32(out, version.crc32c);
+  put_u8(out, version.location.block_class);
+  put_u32(out, version.location.block);
+  put_u32(out, static_cast<uint32_t>(version.segment_crcs.size()));
+  for (uint32_t crc : version.segment_crcs) put_u32(out, crc);
+}
+
+void decode_version(Reader& reader, VersionRecord& version) {
+  version.version = static_cast<uint32_t>(reader.get(4));
+  version.length = reader.get(8);
+  version.crc32c = static_cast<uint32_t>(reader.get(4));
+  version.location.block_class = static_cast<uint8_t>(reader.get(1));
+  version.location.block = static_cast<uint32_t>(reader.get(4));
+  const uint64_t segments = reader.get(4);
+  if (reader.overrun || segments * 4 > reader.data.size() - reader.position) {
+    reader.overrun = true;
+    return;
+  }
+  version.segment_crcs.resize(segments);
+  for (uint64_t i = 0; i < segments; ++i) version.segment_crcs[i] = static_cast<uint32_t>(reader.get(4));
+}
+
+}  // namespace
+
+std::string chunk_key(const ChunkId& id) {
+  std::string key;
+  key.reserve(17);
+  key.push_back('c');
+  put_be64(key, id.inode);
+  put_be64(key, id.index);
+  return key;
+}
+
+Result<ChunkId> decode_chunk_key(std::string_view key) {
+  if (key.size() != 17 || key[0] != 'c') return data_loss("malformed chunk key of {} bytes", key.size());
+  ChunkId id;
+  for (int i = 0; i < 8; ++i) id.inode = (id.inode << 8) | static_cast<uint8_t>(key[1 + static_cast<size_t>(i)]);
+  for (int i = 0; i < 8; ++i) id.index = (id.index << 8) | static_cast<uint8_t>(key[9 + static_cast<size_t>(i)]);
+  return id;
+}
+
+std::string encode(const ChunkRecord& record) {
+  std::string out;
+  out.reserve(64 + 4 * (record.committed.segment_crcs.size() + record.pending.segment_crcs.size()));
+  put_u8(out, kRecordFormat);
+  put_u32(out, record.chain_version);
+  encode_version(out, record.committed);
+  encode_version(out, record.pending);
+  return out;
+}
+
+Result<ChunkRecord> decode(const ChunkId& id, std::string_view value) {
+  Reader reader{value};
+  const uint64_t format = reader.get(1);
+  if (format != kRecordFormat) {
+    return data_loss("chunk {}: metadata record format {} (expected {})", id.to_string(), format, kRecordFormat);
+  }
+  ChunkRecord record;
+  record.chain_version = static_cast<uint32_t>(reader.get(4));
+  decode_version(reader, record.committed);
+  decode_version(reader, record.pending);
+  if (reader.overrun || reader.position != value.size()) {
+    return data_loss("chunk {}: malformed metadata record of {} bytes", id.to_string(), value.size());
+  }
+  return record;
+}
+
+ChunkMeta to_meta(const ChunkId& id, const ChunkRecord& record) {
+  ChunkMeta meta;
+  meta.id = id;
+  meta.committed_version = record.committed.version;
+  meta.pending_version = record.pending.version;
+  meta.chain_version = record.chain_version;
+  meta.committed_length = record.committed.length;
+  meta.pending_length = record.pending.present() ? record.pending.length : 0;
+  meta.committed_crc32c = record.committed.crc32c;
+  meta.pending_crc32c = record.pending.present() ? record.pending.crc32c : 0;
+  return meta;
+}
+
+}  // namespace ff::fs::chunk_internal

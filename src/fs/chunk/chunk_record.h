@@ -1,0 +1,52 @@
+// The chunk engine's RocksDB records (internal to ff::fs_chunk).
+//
+// Keys: 'c' + big-endian inode + big-endian index (so RocksDB's byte order is ChunkId order), and
+// "\0format" for the engine's format record. Values: little-endian fixed fields, see encode().
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ff/common/result.h"
+#include "ff/fs/chunk_store.h"
+
+namespace ff::fs::chunk_internal {
+
+inline constexpr uint8_t kNoClass = 0xFF;
+
+// Where a version's bytes live: block `block` of class `block_class`; kNoClass for an empty version.
+struct BlockLocation {
+  uint8_t block_class = kNoClass;
+  uint32_t block = 0;
+  bool valid() const { return block_class != kNoClass; }
+  friend bool operator==(const BlockLocation&, const BlockLocation&) = default;
+};
+
+struct VersionRecord {
+  uint32_t version = 0;  // 0: absent
+  uint64_t length = 0;
+  uint32_t crc32c = 0;   // of the whole version
+  BlockLocation location;
+  std::vector<uint32_t> segment_crcs;  // CRC32C of each crc segment (the last one may be partial)
+  bool present() const { return version != 0; }
+};
+
+struct ChunkRecord {
+  uint32_t chain_version = 0;
+  VersionRecord committed;
+  VersionRecord pending;
+};
+
+std::string chunk_key(const ChunkId& id);
+Result<ChunkId> decode_chunk_key(std::string_view key);
+inline constexpr std::string_view kFormatKey{"\0format", 7};
+
+std::string encode(const ChunkRecord& record);
+// data_loss naming the chunk when the value is malformed.
+Result<ChunkRecord> decode(const ChunkId& id, std::string_view value);
+
+ChunkMeta to_meta(const ChunkId& id, const ChunkRecord& record);
+
+}  // namespace ff::fs::chunk_internal

@@ -1,0 +1,40 @@
+#include "ff/fs/crc32c.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string_view>
+#include <vector>
+
+namespace ff::fs {
+namespace {
+
+std::span<const std::byte> bytes_of(std::string_view text) {
+  return {reinterpret_cast<const std::byte*>(text.data()), text.size()};
+}
+
+TEST(Crc32c, StandardCheckValue) {
+  // The CRC-32C check value (RFC 3720 / the CRC catalogue): crc32c("123456789") == 0xE3069283.
+  EXPECT_EQ(crc32c(bytes_of("123456789")), 0xE3069283u);
+  EXPECT_EQ(crc32c(bytes_of("")), 0u);
+  // RFC 3720 B.4: 32 bytes of zeros.
+  std::vector<std::byte> zeros(32);
+  EXPECT_EQ(crc32c(zeros), 0x8A9136AAu);
+}
+
+TEST(Crc32c, ExtendEqualsWhole) {
+  const std::string_view text = "The quick brown fox jumps over the lazy dog, 0123456789 times.";
+  for (size_t split = 0; split <= text.size(); ++split) {
+    const uint32_t head = crc32c(bytes_of(text.substr(0, split)));
+    EXPECT_EQ(crc32c_extend(head, bytes_of(text.substr(split))), crc32c(bytes_of(text))) << "split at " << split;
+  }
+}
+
+TEST(Crc32c, ExtendZeros) {
+  std::vector<std::byte> data(10000);
+  std::memcpy(data.data(), "abc", 3);
+  EXPECT_EQ(crc32c_extend_zeros(crc32c(std::span<const std::byte>(data).first(3)), data.size() - 3), crc32c(data));
+}
+
+}  // namespace
+}  // namespace ff::fs
