@@ -35,11 +35,17 @@ Result<ChainLayout> generate_chain_layout(const std::vector<NodeId>& nodes, uint
 
 // Recovery spread of a layout: for each target, how many chains it shares with each other *node*.
 // When a target fails, its chains' reads (and the recovery reads when it returns) go to those nodes.
+// Each target is in one chain, so the balance that matters is per node (a node's targets fail and
+// return together): node_shared counts, for each node, the chains it shares with each other node.
 struct RecoverySpread {
   // per target: peer node -> number of shared chains
   std::map<TargetId, std::map<NodeId, uint32_t>> shared;
-  uint32_t max_shared = 0;       // over all (target, peer node) pairs
-  uint32_t min_peers = 0;        // the fewest distinct peer nodes of any target
+  // per node: peer node -> number of chains the two share (max_shared/min_peers/mean_peers are over
+  // this per-node view)
+  std::map<NodeId, std::map<NodeId, uint32_t>> node_shared;
+  uint32_t max_shared = 0;       // over all (node, peer node) pairs
+  uint32_t min_shared = 0;       // over all (node, peer node) pairs that share at least one chain
+  uint32_t min_peers = 0;        // the fewest distinct peer nodes of any node
   double mean_peers = 0.0;
 };
 RecoverySpread recovery_spread(const ChainLayout& layout);

@@ -32,6 +32,10 @@ struct RegisterNodeReq {
   NodeId node = 0;
   NodeType type = NodeType::kStorage;
   std::string address;
+  // Distinguishes process lifetimes of one node (e.g. start time in ns; a counter in the simulation).
+  // A registration with a new incarnation tells mgmtd the previous one is gone: its lease ends at once
+  // and its targets go offline, so they recover before serving again.
+  uint64_t incarnation = 0;
 };
 struct RegisterNodeRsp {
   RoutingVersion routing_version = 0;
@@ -48,6 +52,7 @@ struct HeartbeatReq {
   std::string address;
   RoutingVersion known_routing_version = 0;
   std::vector<TargetHeartbeat> targets;
+  uint64_t incarnation = 0;  // as registered; heartbeats of an older incarnation are ignored
 };
 struct HeartbeatRsp {
   RoutingVersion routing_version = 0;

@@ -1,0 +1,1085 @@
+#include "ff/fs/storage_service.h"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <set>
+
+#include "ff/common/assert.h"
+#include "ff/common/log.h"
+
+namespace ff::fs {
+
+namespace {
+
+using LockKey = std::pair<TargetId, ChunkId>;
+
+bool retryable(const Status& status) {
+  switch (status.code()) {
+    case StatusCode::kUnavailable:
+    case StatusCode::kDeadlineExceeded:
+    case StatusCode::kResourceExhausted:
+    case StatusCode::kFailedPrecondition:
+    case StatusCode::kIoError:
+    case StatusCode::kAborted:
+    case StatusCode::kNotFound:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The chunk after applying an update to `committed` (holes read as zero).
+Bytes apply_update(Bytes committed, uint64_t offset, const Bytes& data) {
+  if (committed.size() < offset + data.size()) committed.resize(offset + data.size());
+  if (!data.empty()) std::memcpy(committed.data() + offset, data.data(), data.size());
+  return committed;
+}
+
+}  // namespace
+
+struct StorageService::State {
+  StorageConfig config;
+  Executor& executor;
+  RpcClient& rpc;
+  ChunkStoreFactory factory;
+  StorageBugs bugs;
+  CommitObserver observer;
+  Stats stats;
+
+  bool running = false;
+  uint64_t generation = 0;
+  uint64_t incarnation = 0;
+  bool registered = false;
+  bool heartbeat_allowed = false;
+  bool heartbeat_in_flight = false;
+  int64_t last_mgmtd_ok_ns = INT64_MIN / 2;
+  RoutingInfo routing;
+
+  struct Target {
+    std::shared_ptr<ChunkStore> store;
+    bool up_to_date = false;
+  };
+  std::map<TargetId, Target> targets;
+
+  struct Lock {
+    bool held = false;
+    std::deque<std::function<void()>> waiters;
+  };
+  std::map<LockKey, Lock> locks;
+
+  std::map<ClientRequestId, WriteRsp> done_writes;
+  std::deque<ClientRequestId> done_order;
+  std::map<ClientRequestId, std::vector<Reply>> joining;
+  uint32_t inflight = 0;
+
+  std::map<ChainId, ChainVersion> sync_jobs;  // chain -> chain version the running job syncs under
+
+  State(StorageConfig c, Executor& e, RpcClient& r, ChunkStoreFactory f)
+      : config(std::move(c)), executor(e), rpc(r), factory(std::move(f)) {}
+
+  int64_t now() const { return executor.clock().now_ns(); }
+  bool lease_ok() const { return now() - last_mgmtd_ok_ns < config.heartbeat_timeout_ns / 2; }
+  bool serving() const { return running && registered && heartbeat_allowed && lease_ok(); }
+
+  // ------------------------------------------------------------------ chunk locks (FIFO, bounded)
+  bool lock(const LockKey& key, std::function<void()> granted) {
+    Lock& entry = locks[key];
+    if (!entry.held) {
+      entry.held = true;
+      granted();
+      return true;
+    }
+    if (entry.waiters.size() >= config.max_lock_waiters) return false;
+    entry.waiters.push_back(std::move(granted));
+    return true;
+  }
+  void unlock(const LockKey& key) {
+    auto it = locks.find(key);
+    FF_ASSERT(it != locks.end() && it->second.held, "unlock of chunk {} not locked", key.second.to_string());
+    if (it->second.waiters.empty()) {
+      locks.erase(it);
+      return;
+    }
+    auto next = std::move(it->second.waiters.front());
+    it->second.waiters.pop_front();
+    executor.post(std::move(next));  // still held: ownership passes to the waiter
+  }
+
+  // ------------------------------------------------------------------ routing checks
+  // The chain and my position for a request naming (chain, chain_version, target).
+  Result<const ChainInfo*> check_target(ChainId chain_id, ChainVersion version, TargetId target, bool need_serving_node = true) {
+    if (need_serving_node && !serving()) {
+      return fs_error(FsError::kNotServing, fmt::format("node {} is not serving (lease or start-up)", config.node));
+    }
+    const ChainInfo* chain = routing.chain(chain_id);
+    if (chain == nullptr) return fs_error(FsError::kUnknownChain, fmt::format("chain {} unknown on node {}", chain_id, config.node));
+    const TargetInfo* info = routing.target(target);
+    if (info == nullptr || info->node != config.node || targets.count(target) == 0) {
+      return fs_error(FsError::kUnknownTarget, fmt::format("target {} is not on node {}", target, config.node));
+    }
+    if (chain->index_of(target) < 0) {
+      return fs_error(FsError::kUnknownTarget, fmt::format("target {} is not in chain {}", target, chain_id));
+    }
+    if (chain->version != version && !bugs.ignore_chain_version) {
+      ++stats.stale_chain;
+      if (version > chain->version) heartbeat_soon();
+      return fs_error(FsError::kStaleChainVersion,
+                      fmt::format("chain {}: request has version {}, node {} has {}", chain_id, version, config.node,
+                                  chain->version));
+    }
+    return chain;
+  }
+
+  PublicTargetState state_of(const ChainInfo& chain, TargetId target) const {
+    return chain.targets[static_cast<size_t>(chain.index_of(target))].state;
+  }
+
+  // The target after `target` in the write chain, or 0 when it is the tail.
+  static TargetId successor(const ChainInfo& chain, TargetId target) {
+    auto write_chain = chain.write_chain();
+    auto it = std::find(write_chain.begin(), write_chain.end(), target);
+    if (it == write_chain.end() || it + 1 == write_chain.end()) return 0;
+    return *(it + 1);
+  }
+
+  ChunkStore& store(TargetId target) { return *targets.at(target).store; }
+
+  void observe(TargetId target, const ChunkId& chunk, uint32_t version, uint32_t crc) {
+    if (observer) observer(target, chunk, version, crc);
+  }
+
+  // ------------------------------------------------------------------ write path
+  // One update travelling through this target: a client write at the head or a forward.
+  struct Update {
+    ClientRequestId request_id;
+    ChainId chain = 0;
+    TargetId target = 0;  // my target
+    ChunkId chunk;
+    uint64_t offset = 0;
+    Bytes data;
+    bool full_replacement = false;
+    uint32_t version = 0;  // set at the head; given by the predecessor otherwise
+    uint32_t crc = 0;      // expected CRC32C after the update
+    uint64_t length = 0;
+    int64_t deadline_ns = 0;
+    bool head = false;
+    int restarts = 0;
+    std::function<void(Result<ForwardRsp>)> done;  // releases the lock first
+  };
+  using UpdatePtr = std::shared_ptr<Update>;
+
+  void finish(const UpdatePtr& update, Result<ForwardRsp> result) {
+    unlock({update->target, update->chunk});
+    auto done = std::move(update->done);
+    done(std::move(result));
+  }
+
+  // Head: stat, pick the version, store pending, then forward.
+  void head_prepare(UpdatePtr update) {
+    if (now() >= update->deadline_ns) return finish(update, deadline_exceeded("write of chunk {} ran past its deadline", update->chunk.to_string()));
+    auto store_ptr = targets.at(update->target).store;
+    auto result = std::make_shared<Status>();
+    auto meta = std::make_shared<ChunkMeta>();
+    ChunkUpdate chunk_update{.id = update->chunk, .version = 0, .chain_version = routing.chain(update->chain)->version,
+                             .offset = update->offset, .data = update->data, .full_replacement = false};
+    executor.offload(
+        [store_ptr, result, meta, chunk_update]() mutable {
+          Result<ChunkMeta> current = store_ptr->stat(chunk_update.id);
+          uint32_t committed = current.is_ok() ? current->committed_version : 0;
+          if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
+            *result = current.status();
+            return;
+          }
+          chunk_update.version = committed + 1;
+          *result = store_ptr->put_pending(chunk_update);
+          if (!result->is_ok()) return;
+          Result<ChunkMeta> after = store_ptr->stat(chunk_update.id);
+          if (!after.is_ok()) {
+            *result = after.status();
+            return;
+          }
+          *meta = *after;
+        },
+        [this, update, result, meta] {
+          if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
+          update->version = meta->pending_version;
+          update->crc = meta->pending_crc32c;
+          update->length = meta->pending_length;
+          forward_or_commit(update);
+        });
+  }
+
+  // After the update is pending here: forward to the successor, or commit when this is the tail.
+  void forward_or_commit(UpdatePtr update) {
+    const ChainInfo* chain = routing.chain(update->chain);
+    TargetId next = chain == nullptr ? 0 : successor(*chain, update->target);
+    bool in_write_chain = chain != nullptr && chain->index_of(update->target) >= 0 &&
+                          receives_writes(state_of(*chain, update->target));
+    if (!in_write_chain || !serving()) {
+      return finish(update, fs_error(FsError::kNotServing, fmt::format("target {} left the write chain of {}", update->target, update->chain)));
+    }
+    if (next == 0) return commit_local(update, false);
+    if (now() >= update->deadline_ns) {
+      return finish(update, deadline_exceeded("forward of chunk {} v{} ran past its deadline", update->chunk.to_string(), update->version));
+    }
+    bool full = state_of(*chain, next) == PublicTargetState::kSyncing;
+    if (full) {
+      // Forwards to a syncing target carry the whole chunk: committed bytes here + this update.
+      auto store_ptr = targets.at(update->target).store;
+      auto content = std::make_shared<Result<Bytes>>(Bytes{});
+      executor.offload(
+          [store_ptr, content, update_copy = *update]() {
+            Result<ChunkRead> read = store_ptr->read(update_copy.chunk, 0, UINT64_MAX, ReadMode::kRelaxed);
+            Bytes base;
+            if (read.is_ok()) {
+              base = std::move(read->data);
+            } else if (fs_error_of(read.status()) != FsError::kChunkNotFound) {
+              *content = read.status();
+              return;
+            }
+            *content = update_copy.full_replacement ? update_copy.data : apply_update(std::move(base), update_copy.offset, update_copy.data);
+          },
+          [this, update, content, next, chain_version = chain->version] {
+            if (!content->is_ok()) return finish(update, content->status());
+            send_forward(update, next, chain_version, true, std::move(**content));
+          });
+      return;
+    }
+    send_forward(update, next, chain->version, false, update->data);
+  }
+
+  void send_forward(UpdatePtr update, TargetId next, ChainVersion chain_version, bool full, Bytes data) {
+    auto address = routing.address_of(next);
+    ForwardReq req{.request_id = update->request_id, .chain = update->chain, .chain_version = chain_version,
+                   .target = next, .chunk = update->chunk, .version = update->version,
+                   .offset = full ? 0 : update->offset, .data = std::move(data), .full_replacement = full,
+                   .expected_crc32c = update->crc, .expected_length = update->length};
+    int64_t timeout = std::min(config.rpc_timeout_ns, update->deadline_ns - now());
+    ++stats.forwards;
+    rpc.call(address.value_or(""), Request{std::move(req)}, timeout,
+             [this, update, next](Result<Response> response) {
+               Result<ForwardRsp> rsp = response_as<ForwardRsp>(std::move(response));
+               if (rsp.is_ok()) {
+                 if (rsp->committed_version != update->version || rsp->committed_crc32c != update->crc) {
+                   // The successor holds a different committed version: treat as a conflict.
+                   return resolve_conflict(update, next);
+                 }
+                 return commit_local(update, true);
+               }
+               FsError error = fs_error_of(rsp.status());
+               if (error == FsError::kVersionConflict) return resolve_conflict(update, next);
+               if (error == FsError::kVersionMismatch) return push_committed(update, next);
+               if (!retryable(rsp.status()) || now() + config.retry_backoff_ns >= update->deadline_ns) {
+                 return finish(update, rsp.status().with_context(fmt::format("forward to target {}", next)));
+               }
+               executor.post_after(config.retry_backoff_ns, [this, update, gen = generation] {
+                 if (gen != generation) return;
+                 forward_or_commit(update);
+               });
+             });
+  }
+
+  // The successor committed this version with other contents (or a newer one): adopt its committed
+  // copy (downstream commits are the truth in CRAQ) and redo the update on top of it. A syncing
+  // successor is behind by definition: push ours instead.
+  void resolve_conflict(UpdatePtr update, TargetId next) {
+    const ChainInfo* chain = routing.chain(update->chain);
+    if (chain == nullptr || chain->index_of(next) < 0 || state_of(*chain, next) != PublicTargetState::kServing ||
+        !update->head || ++update->restarts > 3) {
+      if (update->head && update->restarts <= 3 && chain != nullptr && chain->index_of(next) >= 0) return push_committed(update, next);
+      return finish(update, fs_error(FsError::kVersionConflict,
+                                     fmt::format("chunk {} v{} conflicts with target {}", update->chunk.to_string(), update->version, next)));
+    }
+    ReadReq req{.chain = update->chain, .chain_version = chain->version, .target = next, .chunk = update->chunk,
+                .offset = 0, .length = UINT64_MAX, .mode = ReadMode::kRelaxed};
+    rpc.call(routing.address_of(next).value_or(""), Request{req}, config.rpc_timeout_ns,
+             [this, update, next](Result<Response> response) {
+               Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+               if (!rsp.is_ok()) return finish(update, rsp.status().with_context(fmt::format("fetch from target {}", next)));
+               auto store_ptr = targets.at(update->target).store;
+               auto result = std::make_shared<Status>();
+               executor.offload(
+                   [store_ptr, result, chunk = update->chunk, rsp = std::move(*rsp)] {
+                     *result = store_ptr->put_full_replacement(chunk, rsp.meta.committed_version, rsp.meta.chain_version, rsp.data);
+                   },
+                   [this, update, result, next] {
+                     if (!result->is_ok()) return finish(update, *result);
+                     FF_LOG_DEBUG("target {}: adopted chunk {} from target {}", update->target, update->chunk.to_string(), next);
+                     head_prepare(update);
+                   });
+             });
+  }
+
+  // The successor's versions do not fit (it is behind): send it our committed copy, then retry.
+  void push_committed(UpdatePtr update, TargetId next) {
+    if (++update->restarts > 4) {
+      return finish(update, fs_error(FsError::kVersionMismatch, fmt::format("chunk {}: successor {} keeps mismatching", update->chunk.to_string(), next)));
+    }
+    auto store_ptr = targets.at(update->target).store;
+    auto read = std::make_shared<Result<ChunkRead>>(Status(StatusCode::kInternal, "unset"));
+    executor.offload([store_ptr, read, chunk = update->chunk] { *read = store_ptr->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed); },
+                     [this, update, read, next] {
+                       const ChainInfo* chain = routing.chain(update->chain);
+                       if (chain == nullptr) return finish(update, fs_error(FsError::kUnknownChain, "chain vanished"));
+                       SyncReplaceReq req{.chain = update->chain, .chain_version = chain->version, .target = next, .chunk = update->chunk};
+                       if (read->is_ok()) {
+                         req.version = (*read)->meta.committed_version;
+                         req.chunk_chain_version = (*read)->meta.chain_version;
+                         req.data = std::move((*read)->data);
+                       } else if (fs_error_of(read->status()) == FsError::kChunkNotFound) {
+                         req.remove = true;
+                       } else {
+                         return finish(update, read->status());
+                       }
+                       rpc.call(routing.address_of(next).value_or(""), Request{std::move(req)}, config.rpc_timeout_ns,
+                                [this, update](Result<Response> response) {
+                                  if (!response.is_ok() && !retryable(response.status())) return finish(update, response.status());
+                                  forward_or_commit(update);
+                                });
+                     });
+  }
+
+  // Commit here (the tail, or on the successor's acknowledgement) and acknowledge.
+  void commit_local(UpdatePtr update, bool acknowledged) {
+    (void)acknowledged;
+    auto store_ptr = targets.at(update->target).store;
+    auto result = std::make_shared<Status>();
+    executor.offload([store_ptr, result, chunk = update->chunk, version = update->version] { *result = store_ptr->commit(chunk, version); },
+                     [this, update, result] {
+                       if (!result->is_ok()) return finish(update, result->with_context(fmt::format("commit on target {}", update->target)));
+                       observe(update->target, update->chunk, update->version, update->crc);
+                       finish(update, ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
+                     });
+  }
+
+  // A forward arrived (lock held): check versions, store, and continue.
+  void forward_prepare(UpdatePtr update, bool tail) {
+    if (now() >= update->deadline_ns) return finish(update, deadline_exceeded("forward of chunk {} arrived late", update->chunk.to_string()));
+    if (tail && bugs.tail_acks_without_storing) {
+      return finish(update, ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
+    }
+    auto store_ptr = targets.at(update->target).store;
+    auto result = std::make_shared<Status>();
+    auto outcome = std::make_shared<int>(0);  // 0: stored pending, 1: already committed, 2: replaced (syncing tail)
+    ChunkUpdate chunk_update{.id = update->chunk, .version = update->version,
+                             .chain_version = routing.chain(update->chain)->version, .offset = update->offset,
+                             .data = update->data, .full_replacement = update->full_replacement};
+    uint32_t expected_crc = update->crc;
+    executor.offload(
+        [store_ptr, result, outcome, chunk_update, expected_crc, tail]() {
+          Result<ChunkMeta> current = store_ptr->stat(chunk_update.id);
+          if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
+            *result = current.status();
+            return;
+          }
+          ChunkMeta meta = current.is_ok() ? *current : ChunkMeta{};
+          if (chunk_update.full_replacement && tail) {
+            // 3FS: a full-chunk replacement at the (syncing) tail updates the committed version at once.
+            *outcome = 2;
+            *result = store_ptr->put_full_replacement(chunk_update.id, chunk_update.version, chunk_update.chain_version,
+                                                      chunk_update.data);
+            return;
+          }
+          if (meta.committed_version == chunk_update.version) {
+            *outcome = 1;
+            if (meta.committed_crc32c != expected_crc) {
+              *result = fs_error(FsError::kVersionConflict,
+                                 fmt::format("chunk {} v{} already committed with CRC {:#x}, update has {:#x}",
+                                             chunk_update.id.to_string(), chunk_update.version, meta.committed_crc32c, expected_crc));
+            }
+            return;
+          }
+          if (meta.committed_version > chunk_update.version) {
+            *result = fs_error(FsError::kVersionConflict, fmt::format("chunk {}: committed v{} is ahead of update v{}",
+                                                                      chunk_update.id.to_string(), meta.committed_version, chunk_update.version));
+            return;
+          }
+          *result = store_ptr->put_pending(chunk_update);
+          if (!result->is_ok()) return;
+          Result<ChunkMeta> after = store_ptr->stat(chunk_update.id);
+          if (!after.is_ok()) {
+            *result = after.status();
+          } else if (after->pending_crc32c != expected_crc) {
+            (void)store_ptr->abort_pending(chunk_update.id, chunk_update.version);
+            *result = fs_error(FsError::kVersionConflict,
+                               fmt::format("chunk {} v{}: CRC after update {:#x}, expected {:#x}", chunk_update.id.to_string(),
+                                           chunk_update.version, after->pending_crc32c, expected_crc));
+          }
+        },
+        [this, update, result, outcome, tail] {
+          if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
+          if (*outcome == 1) {
+            ++stats.dedupe_hits;
+            return finish(update, ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
+          }
+          if (*outcome == 2) {
+            observe(update->target, update->chunk, update->version, update->crc);
+            return finish(update, ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
+          }
+          forward_or_commit(update);
+        });
+  }
+
+  void handle_write(const ServerContext& context, WriteReq req, Reply reply) {
+    ++stats.writes;
+    auto chain_or = check_target(req.chain, req.chain_version, head_target(req.chain));
+    if (!chain_or.is_ok()) return reply(chain_or.status());
+    const ChainInfo& chain = **chain_or;
+    TargetId head = head_target(req.chain);
+    auto write_chain = chain.write_chain();
+    if (write_chain.empty() || write_chain.front() != head) {
+      return reply(fs_error(FsError::kNotHead, fmt::format("node {} is not the head of chain {}", config.node, req.chain)));
+    }
+    uint64_t max_bytes = store(head).max_chunk_bytes();
+    if (req.offset > max_bytes || req.data.size() > max_bytes - req.offset) {
+      return reply(fs_error(FsError::kOversize, fmt::format("write of {} bytes at offset {} exceeds chunk size {}", req.data.size(), req.offset, max_bytes)));
+    }
+    if (auto done = done_writes.find(req.request_id); done != done_writes.end()) {
+      ++stats.dedupe_hits;
+      return reply(Response{done->second});
+    }
+    if (auto join = joining.find(req.request_id); join != joining.end()) {
+      join->second.push_back(std::move(reply));
+      return;
+    }
+    if (inflight >= config.max_inflight_requests) {
+      ++stats.busy;
+      return reply(fs_error(FsError::kBusy, fmt::format("node {} has {} requests in flight", config.node, inflight)));
+    }
+    auto update = std::make_shared<Update>();
+    update->request_id = req.request_id;
+    update->chain = req.chain;
+    update->target = head;
+    update->chunk = req.chunk;
+    update->offset = req.offset;
+    update->data = std::move(req.data);
+    update->deadline_ns = context.deadline_ns;
+    update->head = true;
+    ClientRequestId id = req.request_id;
+    joining[id].push_back(std::move(reply));
+    ++inflight;
+    update->done = [this, id](Result<ForwardRsp> result) {
+      --inflight;
+      std::vector<Reply> replies = std::move(joining[id]);
+      joining.erase(id);
+      if (result.is_ok()) {
+        // Length is not tracked on the ack path; a stat would cost an I/O. Report the CRC and version.
+        WriteRsp rsp{.version = result->committed_version, .crc32c = result->committed_crc32c, .length = 0};
+        remember(id, rsp);
+        for (Reply& r : replies) r(Response{rsp});
+      } else {
+        for (Reply& r : replies) r(result.status());
+      }
+    };
+    if (!lock({head, update->chunk}, [this, update] { head_prepare(update); })) {
+      ++stats.busy;
+      auto done = std::move(update->done);
+      done(fs_error(FsError::kBusy, fmt::format("chunk {} has too many waiting writes", update->chunk.to_string())));
+    }
+  }
+
+  void remember(const ClientRequestId& id, const WriteRsp& rsp) {
+    if (done_writes.emplace(id, rsp).second) done_order.push_back(id);
+    while (done_order.size() > config.dedupe_entries) {
+      done_writes.erase(done_order.front());
+      done_order.pop_front();
+    }
+  }
+
+  TargetId head_target(ChainId chain_id) const {
+    const ChainInfo* chain = routing.chain(chain_id);
+    if (chain == nullptr) return 0;
+    for (const ChainTarget& entry : chain->targets) {
+      const TargetInfo* info = routing.target(entry.target);
+      if (info != nullptr && info->node == config.node) return entry.target;
+    }
+    return 0;
+  }
+
+  void handle_forward(const ServerContext& context, ForwardReq req, Reply reply) {
+    auto chain_or = check_target(req.chain, req.chain_version, req.target);
+    if (!chain_or.is_ok()) return reply(chain_or.status());
+    const ChainInfo& chain = **chain_or;
+    if (!receives_writes(state_of(chain, req.target))) {
+      return reply(fs_error(FsError::kNotServing, fmt::format("target {} is {}", req.target, state_of(chain, req.target))));
+    }
+    if (req.remove) return handle_forward_remove(context, std::move(req), std::move(reply));
+    bool tail = successor(chain, req.target) == 0;
+    auto update = std::make_shared<Update>();
+    update->request_id = req.request_id;
+    update->chain = req.chain;
+    update->target = req.target;
+    update->chunk = req.chunk;
+    update->offset = req.offset;
+    update->data = std::move(req.data);
+    update->full_replacement = req.full_replacement;
+    update->version = req.version;
+    update->crc = req.expected_crc32c;
+    update->length = req.expected_length;
+    update->deadline_ns = context.deadline_ns;
+    update->done = [reply](Result<ForwardRsp> result) {
+      if (result.is_ok()) return reply(Response{*result});
+      reply(result.status());
+    };
+    if (!lock({req.target, req.chunk}, [this, update, tail] { forward_prepare(update, tail); })) {
+      ++stats.busy;
+      reply(fs_error(FsError::kBusy, fmt::format("chunk {} has too many waiting writes", req.chunk.to_string())));
+    }
+  }
+
+  // ------------------------------------------------------------------ removal
+  void remove_here(ChainId chain_id, TargetId target, ChunkId begin, ChunkId end, ClientRequestId id, int64_t deadline_ns,
+                   std::function<void(Result<uint64_t>)> done) {
+    auto store_ptr = targets.at(target).store;
+    auto removed = std::make_shared<Result<uint64_t>>(uint64_t{0});
+    executor.offload([store_ptr, removed, begin, end] { *removed = store_ptr->remove_range(begin, end); },
+                     [this, chain_id, target, begin, end, id, deadline_ns, removed, done] {
+                       if (!removed->is_ok()) return done(removed->status());
+                       forward_remove(chain_id, target, begin, end, id, deadline_ns, **removed, done);
+                     });
+  }
+
+  void forward_remove(ChainId chain_id, TargetId target, ChunkId begin, ChunkId end, ClientRequestId id, int64_t deadline_ns,
+                      uint64_t removed, std::function<void(Result<uint64_t>)> done) {
+    const ChainInfo* chain = routing.chain(chain_id);
+    if (chain == nullptr || chain->index_of(target) < 0) return done(fs_error(FsError::kUnknownChain, "chain vanished"));
+    TargetId next = successor(*chain, target);
+    if (next == 0) return done(removed);
+    if (now() >= deadline_ns) return done(deadline_exceeded("remove forward past its deadline"));
+    ForwardReq req{.request_id = id, .chain = chain_id, .chain_version = chain->version, .target = next, .chunk = begin,
+                   .remove = true, .remove_end = end};
+    rpc.call(routing.address_of(next).value_or(""), Request{std::move(req)}, std::min(config.rpc_timeout_ns, deadline_ns - now()),
+             [this, chain_id, target, begin, end, id, deadline_ns, removed, done](Result<Response> response) {
+               if (response.is_ok()) return done(removed);
+               if (!retryable(response.status()) || now() + config.retry_backoff_ns >= deadline_ns) return done(response.status());
+               executor.post_after(config.retry_backoff_ns, [=, this, gen = generation] {
+                 if (gen != generation) return;
+                 forward_remove(chain_id, target, begin, end, id, deadline_ns, removed, done);
+               });
+             });
+  }
+
+  void handle_forward_remove(const ServerContext& context, ForwardReq req, Reply reply) {
+    remove_here(req.chain, req.target, req.chunk, req.remove_end, req.request_id, context.deadline_ns,
+                [reply](Result<uint64_t> removed) {
+                  if (!removed.is_ok()) return reply(removed.status());
+                  reply(Response{ForwardRsp{.committed_version = 0, .committed_crc32c = 0, .removed = *removed}});
+                });
+  }
+
+  void handle_remove(const ServerContext& context, RemoveChunksReq req, Reply reply) {
+    TargetId head = head_target(req.chain);
+    auto chain_or = check_target(req.chain, req.chain_version, head);
+    if (!chain_or.is_ok()) return reply(chain_or.status());
+    auto write_chain = (*chain_or)->write_chain();
+    if (write_chain.empty() || write_chain.front() != head) {
+      return reply(fs_error(FsError::kNotHead, fmt::format("node {} is not the head of chain {}", config.node, req.chain)));
+    }
+    if (!(req.begin < req.end)) return reply(fs_error(FsError::kMalformed, "remove range is empty or reversed"));
+    remove_here(req.chain, head, req.begin, req.end, req.request_id, context.deadline_ns, [reply](Result<uint64_t> removed) {
+      if (!removed.is_ok()) return reply(removed.status());
+      reply(Response{RemoveChunksRsp{*removed}});
+    });
+  }
+
+  // ------------------------------------------------------------------ reads
+  void read_one(ReadReq req, std::function<void(Result<ReadRsp>)> done, bool repaired = false) {
+    ++stats.reads;
+    auto chain_or = check_target(req.chain, req.chain_version, req.target);
+    if (!chain_or.is_ok()) return done(chain_or.status());
+    if (state_of(**chain_or, req.target) != PublicTargetState::kServing) {
+      return done(fs_error(FsError::kNotServing, fmt::format("target {} is {}", req.target, state_of(**chain_or, req.target))));
+    }
+    auto store_ptr = targets.at(req.target).store;
+    auto read = std::make_shared<Result<ChunkRead>>(Status(StatusCode::kInternal, "unset"));
+    executor.offload([store_ptr, read, req] { *read = store_ptr->read(req.chunk, req.offset, req.length, req.mode); },
+                     [this, req, read, done, repaired] {
+                       if (!read->is_ok()) {
+                         if (read->status().code() == StatusCode::kDataLoss && !repaired) return repair(req, done);
+                         return done(read->status());
+                       }
+                       ChunkRead& chunk_read = **read;
+                       if (chunk_read.dirty && req.mode == ReadMode::kStrict) {
+                         ++stats.dirty_reads;
+                         return done(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}",
+                                                                                req.chunk.to_string(), req.target, chunk_read.meta.pending_version)));
+                       }
+                       done(ReadRsp{.meta = chunk_read.meta, .data = std::move(chunk_read.data), .dirty = chunk_read.dirty});
+                     });
+  }
+
+  // A read found corruption: fetch the chunk from another serving replica (under the chunk lock, at
+  // the same committed version), install it, and read again.
+  void repair(ReadReq req, std::function<void(Result<ReadRsp>)> done) {
+    const ChainInfo* chain = routing.chain(req.chain);
+    TargetId source = 0;
+    for (TargetId other : chain->serving()) {
+      if (other != req.target) {
+        source = other;
+        break;
+      }
+    }
+    if (source == 0) return done(data_loss("chunk {} on target {} is corrupt and no other replica serves", req.chunk.to_string(), req.target));
+    LockKey key{req.target, req.chunk};
+    bool queued = lock(key, [this, req, done, source, key] {
+      ReadReq fetch = req;
+      fetch.target = source;
+      fetch.offset = 0;
+      fetch.length = UINT64_MAX;
+      fetch.mode = ReadMode::kRelaxed;
+      rpc.call(routing.address_of(source).value_or(""), Request{fetch}, config.rpc_timeout_ns,
+               [this, req, done, source, key](Result<Response> response) {
+                 Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+                 if (!rsp.is_ok()) {
+                   unlock(key);
+                   return done(rsp.status().with_context(fmt::format("repair of chunk {} from target {}", req.chunk.to_string(), source)));
+                 }
+                 auto store_ptr = targets.at(req.target).store;
+                 auto result = std::make_shared<Status>();
+                 executor.offload(
+                     [store_ptr, result, req, rsp = std::move(*rsp)] {
+                       Result<ChunkMeta> mine = store_ptr->stat(req.chunk);
+                       if (mine.is_ok() && mine->committed_version != rsp.meta.committed_version) {
+                         *result = data_loss("chunk {} corrupt at v{}, replica has v{}", req.chunk.to_string(), mine->committed_version,
+                                             rsp.meta.committed_version);
+                         return;
+                       }
+                       *result = store_ptr->put_full_replacement(req.chunk, rsp.meta.committed_version, rsp.meta.chain_version, rsp.data);
+                     },
+                     [this, req, done, result, key] {
+                       unlock(key);
+                       if (!result->is_ok()) return done(*result);
+                       ++stats.repairs;
+                       FF_LOG_INFO("target {}: repaired chunk {} from a replica", req.target, req.chunk.to_string());
+                       read_one(req, done, true);
+                     });
+               });
+    });
+    if (!queued) done(fs_error(FsError::kBusy, "chunk lock queue full during repair"));
+  }
+
+  void handle_query_last(QueryLastChunkReq req, Reply reply) {
+    auto chain_or = check_target(req.chain, req.chain_version, req.target);
+    if (!chain_or.is_ok()) return reply(chain_or.status());
+    if (state_of(**chain_or, req.target) != PublicTargetState::kServing) {
+      return reply(fs_error(FsError::kNotServing, fmt::format("target {} is not serving", req.target)));
+    }
+    auto store_ptr = targets.at(req.target).store;
+    auto result = std::make_shared<Result<QueryLastChunkRsp>>(QueryLastChunkRsp{});
+    executor.offload(
+        [store_ptr, result, req] {
+          QueryLastChunkRsp rsp;
+          ChunkId begin{req.inode, req.begin_index};
+          ChunkId end = req.end_index == UINT64_MAX ? ChunkId{req.inode + 1, 0} : ChunkId{req.inode, req.end_index};
+          constexpr uint64_t kBatch = 1024;
+          for (int round = 0; round < 1 << 20; ++round) {  // bounded: 1G chunks
+            Result<std::vector<ChunkMeta>> metas = store_ptr->list(begin, end, kBatch);
+            if (!metas.is_ok()) {
+              *result = metas.status();
+              return;
+            }
+            for (const ChunkMeta& meta : *metas) {
+              if (meta.committed_version == 0) continue;
+              rsp.found = true;
+              rsp.last = meta.id;
+              rsp.last_length = meta.committed_length;
+              ++rsp.chunk_count;
+            }
+            if (metas->size() < kBatch) break;
+            begin = metas->back().id;
+            ++begin.index;
+          }
+          *result = rsp;
+        },
+        [result, reply] {
+          if (!result->is_ok()) return reply(result->status());
+          reply(Response{**result});
+        });
+  }
+
+  // ------------------------------------------------------------------ recovery (syncing target side)
+  void handle_sync_dump(SyncDumpMetaReq req, Reply reply) {
+    auto chain_or = check_target(req.chain, req.chain_version, req.target);
+    if (!chain_or.is_ok()) return reply(chain_or.status());
+    if (state_of(**chain_or, req.target) != PublicTargetState::kSyncing) {
+      return reply(fs_error(FsError::kNotServing, fmt::format("target {} is not syncing", req.target)));
+    }
+    auto store_ptr = targets.at(req.target).store;
+    auto result = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
+    executor.offload([store_ptr, result] { *result = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX); },
+                     [result, reply] {
+                       if (!result->is_ok()) return reply(result->status());
+                       reply(Response{SyncDumpMetaRsp{std::move(**result)}});
+                     });
+  }
+
+  void handle_sync_replace(const ServerContext& context, SyncReplaceReq req, Reply reply) {
+    auto chain_or = check_target(req.chain, req.chain_version, req.target);
+    if (!chain_or.is_ok()) return reply(chain_or.status());
+    if (!receives_writes(state_of(**chain_or, req.target))) {
+      return reply(fs_error(FsError::kNotServing, fmt::format("target {} does not take replacements", req.target)));
+    }
+    LockKey key{req.target, req.chunk};
+    auto request = std::make_shared<SyncReplaceReq>(std::move(req));
+    int64_t deadline = context.deadline_ns;
+    bool queued = lock(key, [this, request, reply, key, deadline] {
+      if (now() >= deadline) {
+        unlock(key);
+        return reply(deadline_exceeded("sync replace arrived late"));
+      }
+      auto store_ptr = targets.at(request->target).store;
+      auto result = std::make_shared<Status>();
+      executor.offload(
+          [store_ptr, result, request] {
+            if (request->remove) {
+              ChunkId end = request->chunk;
+              ++end.index;
+              Result<uint64_t> removed = store_ptr->remove_range(request->chunk, end);
+              *result = removed.is_ok() ? Status::ok() : removed.status();
+            } else {
+              *result = store_ptr->put_full_replacement(request->chunk, request->version, request->chunk_chain_version, request->data);
+            }
+          },
+          [this, request, result, reply, key] {
+            unlock(key);
+            if (!result->is_ok()) return reply(*result);
+            if (!request->remove) {
+              Result<ChunkMeta> meta = targets.at(request->target).store->stat(request->chunk);
+              if (meta.is_ok()) observe(request->target, request->chunk, meta->committed_version, meta->committed_crc32c);
+            }
+            ++stats.chunks_synced;
+            reply(Response{SyncReplaceRsp{}});
+          });
+    });
+    if (!queued) reply(fs_error(FsError::kBusy, "chunk lock queue full"));
+  }
+
+  void handle_sync_done(SyncDoneReq req, Reply reply) {
+    auto chain_or = check_target(req.chain, req.chain_version, req.target);
+    if (!chain_or.is_ok()) return reply(chain_or.status());
+    if (state_of(**chain_or, req.target) != PublicTargetState::kSyncing) {
+      return reply(fs_error(FsError::kNotServing, fmt::format("target {} is not syncing", req.target)));
+    }
+    targets.at(req.target).up_to_date = true;
+    ++stats.syncs_done;
+    FF_LOG_DEBUG("target {}: sync done (chain {} v{})", req.target, req.chain, req.chain_version);
+    heartbeat_soon();
+    reply(Response{SyncDoneRsp{}});
+  }
+
+  // ------------------------------------------------------------------ recovery (predecessor side)
+  void maybe_start_syncs() {
+    for (const auto& [chain_id, chain] : routing.chains) {
+      auto write_chain = chain.write_chain();
+      for (size_t i = 0; i + 1 < write_chain.size(); ++i) {
+        const TargetInfo* info = routing.target(write_chain[i]);
+        if (info == nullptr || info->node != config.node || targets.count(write_chain[i]) == 0) continue;
+        if (state_of(chain, write_chain[i + 1]) != PublicTargetState::kSyncing) continue;
+        auto job = sync_jobs.find(chain_id);
+        if (job != sync_jobs.end() && job->second == chain.version) continue;
+        sync_jobs[chain_id] = chain.version;
+        run_sync(chain_id, chain.version, write_chain[i], write_chain[i + 1]);
+      }
+    }
+  }
+
+  bool sync_current(ChainId chain_id, ChainVersion version) const {
+    auto job = sync_jobs.find(chain_id);
+    const ChainInfo* chain = routing.chain(chain_id);
+    return running && job != sync_jobs.end() && job->second == version && chain != nullptr && chain->version == version;
+  }
+
+  void sync_failed(ChainId chain_id, ChainVersion version, TargetId mine, TargetId peer, const Status& status) {
+    FF_LOG_DEBUG("target {}: sync of target {} (chain {} v{}) failed: {}; retrying", mine, peer, chain_id, version, status);
+    executor.post_after(config.retry_backoff_ns * 4, [this, chain_id, version, mine, peer, gen = generation] {
+      if (gen != generation || !sync_current(chain_id, version)) return;
+      run_sync(chain_id, version, mine, peer);
+    });
+  }
+
+  void run_sync(ChainId chain_id, ChainVersion version, TargetId mine, TargetId peer) {
+    SyncDumpMetaReq req{.chain = chain_id, .chain_version = version, .target = peer};
+    rpc.call(routing.address_of(peer).value_or(""), Request{req}, config.rpc_timeout_ns,
+             [this, chain_id, version, mine, peer](Result<Response> response) {
+               if (!sync_current(chain_id, version)) return;
+               Result<SyncDumpMetaRsp> remote = response_as<SyncDumpMetaRsp>(std::move(response));
+               if (!remote.is_ok()) return sync_failed(chain_id, version, mine, peer, remote.status());
+               auto store_ptr = targets.at(mine).store;
+               auto local = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
+               executor.offload([store_ptr, local] { *local = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX); },
+                                [this, chain_id, version, mine, peer, local, remote = std::move(*remote)] {
+                                  if (!sync_current(chain_id, version)) return;
+                                  if (!local->is_ok()) return sync_failed(chain_id, version, mine, peer, local->status());
+                                  std::map<ChunkId, ChunkMeta> theirs;
+                                  for (const ChunkMeta& meta : remote.chunks) theirs[meta.id] = meta;
+                                  auto todo = std::make_shared<std::vector<ChunkId>>();
+                                  if (!bugs.skip_sync) {
+                                    for (const ChunkMeta& meta : **local) {
+                                      auto it = theirs.find(meta.id);
+                                      bool same = it != theirs.end() && it->second.committed_version == meta.committed_version &&
+                                                  it->second.committed_crc32c == meta.committed_crc32c &&
+                                                  it->second.pending_version == 0;
+                                      if (!same) todo->push_back(meta.id);
+                                      if (it != theirs.end()) theirs.erase(it);
+                                    }
+                                    for (const auto& [id, meta] : theirs) todo->push_back(id);  // only there: remove
+                                  }
+                                  sync_next(chain_id, version, mine, peer, todo, 0);
+                                });
+             });
+  }
+
+  void sync_next(ChainId chain_id, ChainVersion version, TargetId mine, TargetId peer, std::shared_ptr<std::vector<ChunkId>> todo,
+                 size_t index) {
+    if (!sync_current(chain_id, version)) return;
+    if (index == todo->size()) {
+      SyncDoneReq req{.chain = chain_id, .chain_version = version, .target = peer};
+      rpc.call(routing.address_of(peer).value_or(""), Request{req}, config.rpc_timeout_ns,
+               [this, chain_id, version, mine, peer](Result<Response> response) {
+                 if (!response.is_ok()) return sync_failed(chain_id, version, mine, peer, response.status());
+                 FF_LOG_DEBUG("target {}: synced target {} (chain {} v{})", mine, peer, chain_id, version);
+               });
+      return;
+    }
+    ChunkId chunk = (*todo)[index];
+    LockKey key{mine, chunk};
+    bool queued = lock(key, [this, chain_id, version, mine, peer, todo, index, chunk, key] {
+      auto store_ptr = targets.at(mine).store;
+      auto read = std::make_shared<Result<ChunkRead>>(Status(StatusCode::kInternal, "unset"));
+      executor.offload([store_ptr, read, chunk] { *read = store_ptr->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed); },
+                       [this, chain_id, version, mine, peer, todo, index, chunk, key, read] {
+                         if (!sync_current(chain_id, version)) return unlock(key);
+                         SyncReplaceReq req{.chain = chain_id, .chain_version = version, .target = peer, .chunk = chunk};
+                         if (read->is_ok()) {
+                           req.version = (*read)->meta.committed_version;
+                           req.chunk_chain_version = (*read)->meta.chain_version;
+                           req.data = std::move((*read)->data);
+                         } else if (fs_error_of(read->status()) == FsError::kChunkNotFound) {
+                           req.remove = true;
+                         } else {
+                           unlock(key);
+                           return sync_failed(chain_id, version, mine, peer, read->status());
+                         }
+                         rpc.call(routing.address_of(peer).value_or(""), Request{std::move(req)}, config.rpc_timeout_ns,
+                                  [this, chain_id, version, mine, peer, todo, index, key](Result<Response> response) {
+                                    unlock(key);
+                                    if (!response.is_ok()) return sync_failed(chain_id, version, mine, peer, response.status());
+                                    sync_next(chain_id, version, mine, peer, todo, index + 1);
+                                  });
+                       });
+    });
+    if (!queued) sync_failed(chain_id, version, mine, peer, fs_error(FsError::kBusy, "lock queue full"));
+  }
+
+  // ------------------------------------------------------------------ mgmtd: register, heartbeat, routing
+  void apply_routing(RoutingInfo info) {
+    if (info.version < routing.version) return;
+    routing = std::move(info);
+    for (const auto& [id, target] : routing.targets) {
+      if (target.node != config.node) continue;
+      if (targets.count(id) == 0) {
+        Result<std::shared_ptr<ChunkStore>> store_or = factory(id);
+        if (!store_or.is_ok()) {
+          FF_LOG_ERROR("node {}: cannot open target {}: {}", config.node, id, store_or.status());
+          continue;
+        }
+        targets[id].store = *store_or;
+      }
+      Target& mine = targets[id];
+      switch (target.public_state) {
+        case PublicTargetState::kServing:
+          if (heartbeat_allowed) mine.up_to_date = true;
+          break;
+        case PublicTargetState::kSyncing:
+          break;
+        default:
+          mine.up_to_date = false;
+          break;
+      }
+    }
+    if (!heartbeat_allowed) {
+      bool all_down = true;
+      for (const auto& [id, target] : routing.targets) {
+        if (target.node == config.node && receives_writes(target.public_state)) all_down = false;
+      }
+      if (all_down) {
+        heartbeat_allowed = true;
+        heartbeat_soon();
+      }
+    }
+    if (serving()) maybe_start_syncs();
+  }
+
+  void heartbeat_soon() {
+    executor.post([this, gen = generation] {
+      if (gen == generation) heartbeat();
+    });
+  }
+
+  void heartbeat() {
+    if (!running || heartbeat_in_flight) return;
+    heartbeat_in_flight = true;
+    auto complete = [this, gen = generation] {
+      if (gen == generation) heartbeat_in_flight = false;
+    };
+    if (!registered) {
+      RegisterNodeReq req{.node = config.node, .type = NodeType::kStorage, .address = config.address, .incarnation = incarnation};
+      rpc.call(config.mgmtd_address, Request{req}, config.rpc_timeout_ns, [this, complete, gen = generation](Result<Response> response) {
+        if (gen != generation) return;
+        complete();
+        if (response.is_ok()) {
+          registered = true;
+          heartbeat_soon();
+        }
+      });
+      return;
+    }
+    if (!heartbeat_allowed) {
+      rpc.call(config.mgmtd_address, Request{GetRoutingReq{routing.version}}, config.rpc_timeout_ns,
+               [this, complete, gen = generation](Result<Response> response) {
+                 if (gen != generation) return;
+                 complete();
+                 Result<GetRoutingRsp> rsp = response_as<GetRoutingRsp>(std::move(response));
+                 if (rsp.is_ok() && rsp->routing) apply_routing(std::move(*rsp->routing));
+               });
+      return;
+    }
+    HeartbeatReq req{.node = config.node, .address = config.address, .known_routing_version = routing.version, .targets = {},
+                     .incarnation = incarnation};
+    for (const auto& [id, target] : targets) {
+      req.targets.push_back({id, target.up_to_date ? LocalTargetState::kUpToDate : LocalTargetState::kOnline});
+    }
+    rpc.call(config.mgmtd_address, Request{std::move(req)}, config.rpc_timeout_ns,
+             [this, complete, gen = generation, sent_ns = now()](Result<Response> response) {
+               if (gen != generation) return;
+               complete();
+               Result<HeartbeatRsp> rsp = response_as<HeartbeatRsp>(std::move(response));
+               if (!rsp.is_ok()) {
+                 if (fs_error_of(rsp.status()) == FsError::kUnknownTarget) registered = false;
+                 return;
+               }
+               // The lease counts from when the heartbeat was sent, not when the answer came.
+               last_mgmtd_ok_ns = std::max(last_mgmtd_ok_ns, sent_ns);
+               if (rsp->routing) {
+                 apply_routing(std::move(*rsp->routing));
+               } else if (serving()) {
+                 maybe_start_syncs();
+               }
+             });
+  }
+
+  void schedule_heartbeat(uint64_t gen) {
+    executor.post_after(config.heartbeat_interval_ns, [this, gen] {
+      if (gen != generation || !running) return;
+      heartbeat();
+      schedule_heartbeat(gen);
+    });
+  }
+};
+
+StorageService::StorageService(StorageConfig config, Executor& executor, RpcClient& rpc, ChunkStoreFactory stores)
+    : state_(std::make_unique<State>(std::move(config), executor, rpc, std::move(stores))) {
+  FF_ASSERT_NE(state_->config.node, 0u);
+  FF_ASSERT_GT(state_->config.heartbeat_interval_ns, 0);
+}
+
+StorageService::~StorageService() = default;
+
+Status StorageService::start() {
+  State& s = *state_;
+  if (s.config.mgmtd_address.empty()) return invalid_argument("storage node {}: mgmtd_address is empty", s.config.node);
+  s.running = true;
+  ++s.generation;
+  s.incarnation = static_cast<uint64_t>(s.now()) + 1;
+  s.registered = false;
+  s.heartbeat_allowed = false;
+  s.heartbeat();
+  s.schedule_heartbeat(s.generation);
+  return Status::ok();
+}
+
+void StorageService::stop() {
+  state_->running = false;
+  ++state_->generation;
+}
+
+void StorageService::handle(const ServerContext& context, Request request, Reply reply) {
+  State& s = *state_;
+  if (!s.running) return reply(fs_error(FsError::kNotServing, fmt::format("storage node {} is stopped", s.config.node)));
+  std::visit(
+      [&](auto&& req) {
+        using T = std::decay_t<decltype(req)>;
+        if constexpr (std::is_same_v<T, WriteReq>) {
+          s.handle_write(context, std::move(req), std::move(reply));
+        } else if constexpr (std::is_same_v<T, ForwardReq>) {
+          s.handle_forward(context, std::move(req), std::move(reply));
+        } else if constexpr (std::is_same_v<T, ReadReq>) {
+          s.read_one(std::move(req), [reply](Result<ReadRsp> rsp) {
+            if (!rsp.is_ok()) return reply(rsp.status());
+            reply(Response{std::move(*rsp)});
+          });
+        } else if constexpr (std::is_same_v<T, BatchReadReq>) {
+          auto results = std::make_shared<BatchReadRsp>();
+          results->results.resize(req.reads.size());
+          auto left = std::make_shared<size_t>(req.reads.size());
+          if (req.reads.empty()) return reply(Response{BatchReadRsp{}});
+          for (size_t i = 0; i < req.reads.size(); ++i) {
+            s.read_one(req.reads[i], [results, left, i, reply](Result<ReadRsp> rsp) {
+              if (rsp.is_ok()) {
+                results->results[i].rsp = std::move(*rsp);
+              } else {
+                results->results[i].status = rsp.status();
+              }
+              if (--*left == 0) reply(Response{std::move(*results)});
+            });
+          }
+        } else if constexpr (std::is_same_v<T, BatchWriteReq>) {
+          auto results = std::make_shared<BatchWriteRsp>();
+          results->results.resize(req.writes.size());
+          auto left = std::make_shared<size_t>(req.writes.size());
+          if (req.writes.empty()) return reply(Response{BatchWriteRsp{}});
+          for (size_t i = 0; i < req.writes.size(); ++i) {
+            s.handle_write(context, std::move(req.writes[i]), [results, left, i, reply](Result<Response> rsp) {
+              Result<WriteRsp> write = response_as<WriteRsp>(std::move(rsp));
+              if (write.is_ok()) {
+                results->results[i].rsp = *write;
+              } else {
+                results->results[i].status = write.status();
+              }
+              if (--*left == 0) reply(Response{std::move(*results)});
+            });
+          }
+        } else if constexpr (std::is_same_v<T, QueryLastChunkReq>) {
+          s.handle_query_last(std::move(req), std::move(reply));
+        } else if constexpr (std::is_same_v<T, RemoveChunksReq>) {
+          s.handle_remove(context, std::move(req), std::move(reply));
+        } else if constexpr (std::is_same_v<T, SyncDumpMetaReq>) {
+          s.handle_sync_dump(std::move(req), std::move(reply));
+        } else if constexpr (std::is_same_v<T, SyncReplaceReq>) {
+          s.handle_sync_replace(context, std::move(req), std::move(reply));
+        } else if constexpr (std::is_same_v<T, SyncDoneReq>) {
+          s.handle_sync_done(std::move(req), std::move(reply));
+        } else {
+          reply(fs_error(FsError::kMalformed, fmt::format("storage does not serve {}", request_name(Request{req}))));
+        }
+      },
+      std::move(request));
+}
+
+bool StorageService::serving() const { return state_->serving(); }
+RoutingVersion StorageService::routing_version() const { return state_->routing.version; }
+LocalTargetState StorageService::local_state(TargetId target) const {
+  auto it = state_->targets.find(target);
+  if (it == state_->targets.end()) return LocalTargetState::kOffline;
+  return it->second.up_to_date ? LocalTargetState::kUpToDate : LocalTargetState::kOnline;
+}
+std::shared_ptr<ChunkStore> StorageService::store(TargetId target) const {
+  auto it = state_->targets.find(target);
+  return it == state_->targets.end() ? nullptr : it->second.store;
+}
+void StorageService::set_bugs(const StorageBugs& bugs) { state_->bugs = bugs; }
+void StorageService::set_commit_observer(CommitObserver observer) { state_->observer = std::move(observer); }
+StorageService::Stats StorageService::stats() const { return state_->stats; }
+
+}  // namespace ff::fs
