@@ -97,6 +97,26 @@ struct CrcState {
   }
 };
 
+// Errors tagged like ff/fs/types.h's fs_error() ("[chunk_not_found] ..." with the same StatusCode), so
+// the storage service tells them apart the same way for this engine and MemChunkStore. Spelled out
+// here because ff::fs_core (which defines fs_error) links this library, not the other way round.
+template <typename... Args>
+Status chunk_not_found(fmt::format_string<Args...> format, Args&&... args) {
+  return Status(StatusCode::kNotFound, "[chunk_not_found] " + fmt::format(format, std::forward<Args>(args)...));
+}
+template <typename... Args>
+Status oversize(fmt::format_string<Args...> format, Args&&... args) {
+  return Status(StatusCode::kInvalidArgument, "[oversize] " + fmt::format(format, std::forward<Args>(args)...));
+}
+template <typename... Args>
+Status checksum_mismatch(fmt::format_string<Args...> format, Args&&... args) {
+  return Status(StatusCode::kDataLoss, "[checksum_mismatch] " + fmt::format(format, std::forward<Args>(args)...));
+}
+template <typename... Args>
+Status version_mismatch(fmt::format_string<Args...> format, Args&&... args) {
+  return Status(StatusCode::kFailedPrecondition, "[version_mismatch] " + fmt::format(format, std::forward<Args>(args)...));
+}
+
 Status rocks_status(const rocksdb::Status& status, std::string_view what) {
   if (status.ok()) return Status::ok();
   return io_error("{}: rocksdb: {}", what, status.ToString());
@@ -237,7 +257,7 @@ struct ChunkEngine::Impl {
         corruptions.fetch_add(1, std::memory_order_relaxed);
         FF_LOG_ERROR("chunk {} on target {}: CRC32C mismatch in bytes [{}, {}) of version {}", id.to_string(),
                      options.directory, start, end, version.version);
-        return data_loss(
+        return checksum_mismatch(
             "chunk {} on target {}: CRC32C mismatch in bytes [{}, {}) of version {} (block {} of the {}-byte class, "
             "file offset {}): stored {:#010x}, computed {:#010x}",
             id.to_string(), options.directory, start, end, version.version, version.location.block,
@@ -259,7 +279,7 @@ struct ChunkEngine::Impl {
     const uint64_t first = align_down(offset, segment);
     const uint64_t last = std::min(align_up(offset + length, segment), version.length);
     const auto read_error = [&](const Status& status) {
-      return data_loss("chunk {} on target {}: cannot read bytes [{}, {}) of version {}: {}", id.to_string(),
+      return checksum_mismatch("chunk {} on target {}: cannot read bytes [{}, {}) of version {}: {}", id.to_string(),
                        options.directory, offset, offset + length, version.version, status.to_string());
     };
     const bool zero_copy = reinterpret_cast<uintptr_t>(dst) % kIoAlignment == 0 && offset == first &&
@@ -321,7 +341,7 @@ struct ChunkEngine::Impl {
         const Status status = context.run_one(
             IoOp{classes[old->location.block_class]->fd, file_offset(old->location, piece_start), buffer.data(), io_bytes, false});
         if (!status.is_ok()) {
-          return data_loss("chunk {} on target {}: cannot read version {} to copy it: {}", id.to_string(),
+          return checksum_mismatch("chunk {} on target {}: cannot read version {} to copy it: {}", id.to_string(),
                            options.directory, old->version, status.to_string());
         }
         if (verify_old) FF_RETURN_IF_ERROR(verify(id, *old, piece_start, buffer.data(), piece_start, old_end));
@@ -529,7 +549,7 @@ const std::string& ChunkEngine::directory() const { return impl_->options.direct
 
 Result<ChunkMeta> ChunkEngine::stat(const ChunkId& id) {
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
-  if (!record) return not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
+  if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
   return chunk_internal::to_meta(id, *record);
 }
 
@@ -537,15 +557,15 @@ Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId& id, uint64_t
                                                      ReadMode mode) {
   std::shared_lock read_lock(impl_->read_locks[Impl::stripe(id)]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
-  if (!record) return not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
+  if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
   ReadInto result;
   result.meta = chunk_internal::to_meta(id, *record);
   result.dirty = record->pending.present();
-  if (result.dirty && mode == ReadMode::kStrict) return result;
   if (!record->committed.present()) {
-    return not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
-                     impl_->options.directory, record->pending.version);
+    return chunk_not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
+                           impl_->options.directory, record->pending.version);
   }
+  if (result.dirty && mode == ReadMode::kStrict) return result;
   const uint64_t length = record->committed.length;
   const uint64_t count = offset >= length ? 0 : std::min<uint64_t>(out.size(), length - offset);
   if (count > 0) {
@@ -561,15 +581,15 @@ Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId& id, uint64_t
 Result<ChunkRead> ChunkEngine::read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
   std::shared_lock read_lock(impl_->read_locks[Impl::stripe(id)]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
-  if (!record) return not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
+  if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
   ChunkRead result;
   result.meta = chunk_internal::to_meta(id, *record);
   result.dirty = record->pending.present();
-  if (result.dirty && mode == ReadMode::kStrict) return result;
   if (!record->committed.present()) {
-    return not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
-                     impl_->options.directory, record->pending.version);
+    return chunk_not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
+                           impl_->options.directory, record->pending.version);
   }
+  if (result.dirty && mode == ReadMode::kStrict) return result;
   const uint64_t chunk_length = record->committed.length;
   const uint64_t count = offset >= chunk_length ? 0 : std::min<uint64_t>(length, chunk_length - offset);
   result.data.resize(count);
@@ -591,7 +611,7 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
     return invalid_argument("chunk {}: full replacement at offset {} (must be 0)", id.to_string(), update.offset);
   }
   if (update.offset > max_bytes || update.data.size() > max_bytes - update.offset) {
-    return invalid_argument("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes",
+    return oversize("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes",
                             id.to_string(), update.data.size(), update.offset, max_bytes);
   }
   std::lock_guard write_lock(impl.write_locks[Impl::stripe(id)]);
@@ -599,11 +619,11 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   ChunkRecord record = loaded.value_or(ChunkRecord{});
   const VersionRecord& committed = record.committed;
   if (update.version != committed.version + 1) {
-    return failed_precondition("chunk {}: update creates version {}, but the committed version is {} (expected {})",
+    return version_mismatch("chunk {}: update creates version {}, but the committed version is {} (expected {})",
                                id.to_string(), update.version, committed.version, committed.version + 1);
   }
   if (record.pending.present() && record.pending.version != update.version) {
-    return failed_precondition("chunk {}: update creates version {}, but version {} is pending", id.to_string(),
+    return version_mismatch("chunk {}: update creates version {}, but version {} is pending", id.to_string(),
                                update.version, record.pending.version);
   }
   const uint64_t update_end = update.offset + update.data.size();
@@ -659,7 +679,7 @@ Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
   std::lock_guard write_lock(impl.write_locks[stripe]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
   if (!loaded) {
-    return failed_precondition("commit of chunk {} version {}: the chunk does not exist on target {}", id.to_string(),
+    return version_mismatch("commit of chunk {} version {}: the chunk does not exist on target {}", id.to_string(),
                                version, impl.options.directory);
   }
   ChunkRecord record = std::move(*loaded);
@@ -679,8 +699,8 @@ Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
     }
     return hook_status;
   }
-  if (version != 0 && version <= record.committed.version) return Status::ok();  // a retried acknowledgement
-  return failed_precondition("commit of chunk {} version {}: committed version is {}, pending version is {}",
+  if (version != 0 && version == record.committed.version) return Status::ok();  // a retried acknowledgement
+  return version_mismatch("commit of chunk {} version {}: committed version is {}, pending version is {}",
                              id.to_string(), version, record.committed.version, record.pending.version);
 }
 
@@ -689,7 +709,7 @@ Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, ui
   Impl& impl = *impl_;
   if (version == 0) return invalid_argument("chunk {}: full replacement with version 0", id.to_string());
   if (data.size() > impl.options.max_block_bytes) {
-    return invalid_argument("chunk {}: full replacement of {} bytes exceeds the largest chunk, {} bytes", id.to_string(),
+    return oversize("chunk {}: full replacement of {} bytes exceeds the largest chunk, {} bytes", id.to_string(),
                             data.size(), impl.options.max_block_bytes);
   }
   const size_t stripe = Impl::stripe(id);
@@ -734,12 +754,10 @@ Status ChunkEngine::abort_pending(const ChunkId& id, uint32_t version) {
   Impl& impl = *impl_;
   std::lock_guard write_lock(impl.write_locks[Impl::stripe(id)]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
-  if (!loaded || !loaded->pending.present()) return Status::ok();  // nothing pending: a retried abort
+  // Nothing pending, or another version pending: nothing to abort (a retried or stale abort), as in
+  // MemChunkStore.
+  if (!loaded || !loaded->pending.present() || loaded->pending.version != version) return Status::ok();
   ChunkRecord record = std::move(*loaded);
-  if (record.pending.version != version) {
-    return failed_precondition("abort of chunk {} version {}: pending version is {}", id.to_string(), version,
-                               record.pending.version);
-  }
   const BlockLocation pending = record.pending.location;
   record.pending = VersionRecord{};
   rocksdb::WriteBatch batch;

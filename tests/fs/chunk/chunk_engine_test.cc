@@ -125,7 +125,9 @@ TEST_P(ChunkEngineTest, PendingCommitAbortSemantics) {
   // Version numbers: only committed + 1 is accepted.
   const auto v2 = pattern_bytes(3000, 2);
   ChunkUpdate wrong{id, 3, 1, 0, v2, false};
-  EXPECT_EQ(engine_->put_pending(wrong).code(), StatusCode::kFailedPrecondition);
+  const Status wrong_status = engine_->put_pending(wrong);
+  EXPECT_EQ(wrong_status.code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(wrong_status.message().rfind("[version_mismatch]", 0), 0u) << wrong_status;
   ChunkUpdate update{id, 2, 8, 1000, v2, false};
   ASSERT_TRUE(engine_->put_pending(update).is_ok());
   // Strict reads see "dirty" and no data; relaxed reads see the committed version.
@@ -155,14 +157,15 @@ TEST_P(ChunkEngineTest, PendingCommitAbortSemantics) {
   EXPECT_EQ(engine_->commit(id, 3).code(), StatusCode::kFailedPrecondition);
   ASSERT_TRUE(engine_->commit(id, 2).is_ok());
   EXPECT_TRUE(engine_->commit(id, 2).is_ok());
-  EXPECT_TRUE(engine_->commit(id, 1).is_ok());
+  EXPECT_EQ(engine_->commit(id, 1).code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(engine_->commit(id, 4).code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(read_all(id), expected);
-  // Abort: drops the pending version, committed stays; a second abort is a no-op; a wrong version fails.
+  // Abort: drops the pending version, committed stays; a second abort or one of another version is a no-op.
   const auto v3_data = pattern_bytes(20000, 3);  // the update's span must outlive it
   ChunkUpdate v3{id, 3, 8, 0, v3_data, false};
   ASSERT_TRUE(engine_->put_pending(v3).is_ok());
-  EXPECT_EQ(engine_->abort_pending(id, 4).code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(engine_->abort_pending(id, 4).is_ok());
+  EXPECT_EQ(engine_->stat(id)->pending_version, 3u);
   ASSERT_TRUE(engine_->abort_pending(id, 3).is_ok());
   EXPECT_TRUE(engine_->abort_pending(id, 3).is_ok());
   auto after = engine_->stat(id);
@@ -180,10 +183,10 @@ TEST_P(ChunkEngineTest, FirstVersionPendingAndAbortRemovesChunk) {
   const auto update_data = pattern_bytes(5000, 4);  // the update's span must outlive it
   ChunkUpdate update{id, 1, 1, 0, update_data, false};
   ASSERT_TRUE(engine_->put_pending(update).is_ok());
-  auto strict = engine_->read(id, 0, 10, ReadMode::kStrict);
-  ASSERT_TRUE(strict.is_ok());
-  EXPECT_TRUE(strict->dirty);
+  // No committed version yet: not found, strict or relaxed (the same as MemChunkStore).
+  EXPECT_EQ(engine_->read(id, 0, 10, ReadMode::kStrict).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(engine_->read(id, 0, 10, ReadMode::kRelaxed).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(engine_->stat(id)->pending_version, 1u);
   ASSERT_TRUE(engine_->abort_pending(id, 1).is_ok());
   EXPECT_EQ(engine_->stat(id).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 0u);
@@ -230,7 +233,9 @@ TEST_P(ChunkEngineTest, OversizeAndBadVersionsAreInvalidArgument) {
   const ChunkId id{6, 0};
   const auto data = pattern_bytes(16, 1);
   ChunkUpdate too_far{id, 1, 1, engine_->max_chunk_bytes() - 8, data, false};
-  EXPECT_EQ(engine_->put_pending(too_far).code(), StatusCode::kInvalidArgument);
+  const Status too_far_status = engine_->put_pending(too_far);
+  EXPECT_EQ(too_far_status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(too_far_status.message().rfind("[oversize]", 0), 0u) << too_far_status;
   ChunkUpdate zero{id, 0, 1, 0, data, false};
   EXPECT_EQ(engine_->put_pending(zero).code(), StatusCode::kInvalidArgument);
   std::vector<std::byte> huge(engine_->max_chunk_bytes() + 1);
@@ -401,6 +406,7 @@ TEST_P(ChunkEngineTest, CorruptionIsDetectedAndRepaired) {
   open_engine();  // drop any page cache the buffered modes kept in the engine's view (same file, same cache)
   auto read = engine_->read(id, 0, UINT64_MAX, ReadMode::kStrict);
   ASSERT_EQ(read.status().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(read.status().message().rfind("[checksum_mismatch]", 0), 0u) << read.status();
   EXPECT_NE(read.status().message().find(id.to_string()), std::string::npos) << read.status();
   EXPECT_NE(read.status().message().find(dir_->path()), std::string::npos) << read.status();
   EXPECT_NE(read.status().message().find("[147456, 151552)"), std::string::npos) << read.status();
