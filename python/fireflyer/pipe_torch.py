@@ -12,8 +12,14 @@ The op order of each rank comes from ``fireflyer._C.pipe.generate`` (the same ge
 simulator and the native executor use); this module only executes it: forwards, full backwards,
 split backwards (I: input gradients now, W: parameter gradients where the schedule says), and the
 overlapped pairs, through the stage class's ``overlapped_forward_backward`` classmethod when both
-local stages are of one class that has it (the anchor's rule). Transfers are tagged
-``torch.distributed`` isend/irecv, so any backend with tags works (gloo; tested on CPU).
+local stages are of one class that has it (the anchor's rule).
+
+Transfers are ``torch.distributed`` isend/irecv. Every rank knows every rank's op list, so a receiver
+posts its receives from a peer in the order that peer sends (ahead of need when the schedule consumes
+out of order): messages match by order, which NCCL (no tags) needs, and gloo gets tags as well. Under
+NCCL each direction of each link gets its own two-rank communicator, so a rank's sends to a peer never
+queue behind its receives from that peer on one NCCL stream (that cycle deadlocks). Tested on CPU
+processes with gloo and on GPUs with NCCL (one process per GPU).
 
 Differences from the anchor: weight gradients are deferred without a custom autograd function (an I
 runs ``autograd.backward(inputs=<stage inputs>, retain_graph=True)`` and its W runs the backward
@@ -23,6 +29,7 @@ again for the parameters), which works for any module at the price of re-walking
 from __future__ import annotations
 
 import abc
+import collections
 import json
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -80,6 +87,21 @@ class _ScheduledPipe(nn.Module, metaclass=abc.ABCMeta):
         for group_rank, pp_rank in enumerate(rank_mapping):
             self._inverse[pp_rank] = group_rank
         self.rank = rank_mapping[self.group.rank()]
+        self._link_groups = self._make_link_groups() if dist.get_backend(self.group) == "nccl" else {}
+
+    def _make_link_groups(self):
+        """One two-rank group per direction of every link this rank is on, keyed (src_pp, dst_pp).
+
+        Only the two members create each group (use_local_synchronization), every rank in the same
+        global order of pairs, so creation cannot deadlock; torch names repeated member sets apart."""
+        groups = {}
+        for src in range(self.num_ranks):
+            for dst in range(self.num_ranks):
+                if src == dst or self.rank not in (src, dst):
+                    continue
+                members = sorted([self._global_rank(src), self._global_rank(dst)])
+                groups[(src, dst)] = dist.new_group(members, use_local_synchronization=True)
+        return groups
 
     # --- schedule -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -94,13 +116,54 @@ class _ScheduledPipe(nn.Module, metaclass=abc.ABCMeta):
         return dist.get_global_rank(self.group, self._inverse[pp_rank])
 
     # --- communication ----------------------------------------------------------------------------
+    def _expected_receives(self, document: dict) -> dict:
+        """Per peer, the (is_grad, micro_batch, direction) messages it sends this rank, in its order."""
+        expected = collections.defaultdict(collections.deque)
+        stage_rank = document["stage_rank"]
+        last = self._num_stages() - 1
+
+        def forward_send(src, mb, stage, direction):
+            if stage != last and stage_rank[direction][stage + 1] == self.rank != src:
+                expected[src].append((False, mb, direction))
+
+        def backward_send(src, mb, stage, direction):
+            if stage != 0 and stage_rank[direction][stage - 1] == self.rank != src:
+                expected[src].append((True, mb, direction))
+
+        for src, ops in enumerate(document["ranks"]):
+            for op in ops:
+                kind = op["op"]
+                if kind in ("F", "FB"):
+                    forward_send(src, op["mb"], op["stage"], op["dir"])
+                if self.forward_only:
+                    continue
+                if kind in ("B", "I"):
+                    backward_send(src, op["mb"], op["stage"], op["dir"])
+                elif kind == "FB":
+                    backward_send(src, op["b_mb"], op["b_stage"], op["b_dir"])
+        return expected
+
+    def _post_receive(self, src: int, key) -> None:
+        is_grad, micro_batch, direction = key
+        device = next(self.module[0].parameters()).device
+        tensors = [torch.empty(shape, dtype=_TENSOR_DTYPE, device=device) for shape in _TENSOR_SHAPES]
+        group = self._link_groups.get((src, self.rank), self.group)
+        works = [dist.irecv(t, src=self._global_rank(src), group=group, tag=_tag(micro_batch, direction, is_grad, i))
+                 for i, t in enumerate(tensors)]
+        self._posted[(src,) + key] = (tensors, works)
+
     def _recv(self, src: int, micro_batch: int, direction: int, is_grad: bool) -> List[torch.Tensor]:
         if _TENSOR_SHAPES is None or _TENSOR_DTYPE is None:
             raise RuntimeError("call set_p2p_tensor_shapes and set_p2p_tensor_dtype before step()")
-        device = next(self.module[0].parameters()).device
-        tensors = [torch.empty(shape, dtype=_TENSOR_DTYPE, device=device) for shape in _TENSOR_SHAPES]
-        works = [dist.irecv(t, src=self._global_rank(src), group=self.group, tag=_tag(micro_batch, direction, is_grad, i))
-                 for i, t in enumerate(tensors)]
+        key = (is_grad, micro_batch, direction)
+        queue = self._expected[src]
+        while (src,) + key not in self._posted:
+            if not queue:
+                raise RuntimeError(f"rank {self.rank} waits for {'gradient' if is_grad else 'activation'} of "
+                                   f"micro-batch {micro_batch} direction {direction} from rank {src}, which "
+                                   f"the schedule never sends")
+            self._post_receive(src, queue.popleft())
+        tensors, works = self._posted.pop((src,) + key)
         for work in works:
             work.wait()
         return tensors
@@ -108,7 +171,7 @@ class _ScheduledPipe(nn.Module, metaclass=abc.ABCMeta):
     def _send(self, dst: int, tensors: Sequence[torch.Tensor], micro_batch: int, direction: int, is_grad: bool) -> None:
         for i, tensor in enumerate(tensors):
             tensor = tensor.detach().contiguous()
-            work = dist.isend(tensor, dst=self._global_rank(dst), group=self.group,
+            work = dist.isend(tensor, dst=self._global_rank(dst), group=self._link_groups.get((self.rank, dst), self.group),
                               tag=_tag(micro_batch, direction, is_grad, i))
             self._pending_sends.append((work, tensor))
 
@@ -265,6 +328,8 @@ class _ScheduledPipe(nn.Module, metaclass=abc.ABCMeta):
         self._inputs, self._outputs, self._local, self._weights = {}, {}, {}, {}
         self._losses, self._final_outputs = {}, {}
         self._pending_sends = []
+        self._expected = self._expected_receives(document)
+        self._posted = {}
         self._assign_chunks(inputs, labels, num_chunks)
         if not self.forward_only and self._holds_loss_stage() and criterion is None:
             raise ValueError("criterion is required for training on the ranks that hold a last stage")
@@ -290,6 +355,9 @@ class _ScheduledPipe(nn.Module, metaclass=abc.ABCMeta):
         for work, _ in self._pending_sends:
             work.wait()
         self._pending_sends = []
+        unreceived = [key for queue in self._expected.values() for key in queue] + list(self._posted)
+        if unreceived:
+            raise RuntimeError(f"rank {self.rank} ended the step with messages never received: {unreceived[:4]}")
         loss, outputs = None, None
         if self._losses and criterion is not None:
             loss = torch.stack([self._losses[mb].detach() for mb in sorted(self._losses)])

@@ -1,7 +1,8 @@
-"""fireflyer.pipe_torch: DualPipe / DualPipeV over gloo on CPU processes against unpipelined training.
+"""fireflyer.pipe_torch: DualPipe / DualPipeV against unpipelined training, over gloo on CPU processes
+and over NCCL with one process per GPU (those cases skip where there are fewer GPUs than ranks).
 
 Self-contained: `python3 -m pytest python/tests/test_pipe_torch.py` spawns the ranks itself (torch
-multiprocessing, gloo on 127.0.0.1) and gives up after a bounded time. Skipped without torch.
+multiprocessing, rendezvous on 127.0.0.1) and gives up after a bounded time. Skipped without torch.
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, kind, stage_class, chunks):
+def _worker(rank, world, port, kind, stage_class, chunks, backend="gloo"):
     from fireflyer.pipe_torch import DualPipe, DualPipeV, set_p2p_tensor_dtype, set_p2p_tensor_shapes
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        torch.set_default_device(f"cuda:{rank}")
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     try:
         torch.manual_seed(233)
@@ -138,8 +142,9 @@ def _worker(rank, world, port, kind, stage_class, chunks):
         dist.destroy_process_group()
 
 
-def _spawn(world, kind, stage_class, chunks):
-    context = mp.spawn(_worker, args=(world, _free_port(), kind, stage_class, chunks), nprocs=world, join=False)
+def _spawn(world, kind, stage_class, chunks, backend="gloo"):
+    context = mp.spawn(_worker, args=(world, _free_port(), kind, stage_class, chunks, backend), nprocs=world,
+                       join=False)
     deadline = time.monotonic() + TIMEOUT_S
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
@@ -158,6 +163,28 @@ def test_dualpipe_matches_unpipelined(world, chunks, stage_class):
 @pytest.mark.parametrize("stage_class", ["plain", "overlapped"])
 def test_dualpipev_matches_unpipelined(world, chunks, stage_class):
     _spawn(world, "dualpipev", stage_class, chunks)
+
+
+def _require_gpus(world):
+    if not torch.cuda.is_available() or torch.cuda.device_count() < world:
+        pytest.skip(f"needs {world} GPUs (one process per GPU), found "
+                    f"{torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+    if not dist.is_nccl_available():
+        pytest.skip("this torch has no NCCL")
+
+
+@pytest.mark.parametrize("world,chunks", [(2, 4), (2, 8), (4, 8), (8, 16)])
+@pytest.mark.parametrize("stage_class", ["plain", "overlapped"])
+def test_dualpipe_nccl_matches_unpipelined(world, chunks, stage_class):
+    _require_gpus(world)
+    _spawn(world, "dualpipe", stage_class, chunks, backend="nccl")
+
+
+@pytest.mark.parametrize("world,chunks", [(2, 4), (2, 7), (4, 10), (8, 20)])
+@pytest.mark.parametrize("stage_class", ["plain", "overlapped"])
+def test_dualpipev_nccl_matches_unpipelined(world, chunks, stage_class):
+    _require_gpus(world)
+    _spawn(world, "dualpipev", stage_class, chunks, backend="nccl")
 
 
 def test_bad_chunk_count_is_value_error():
