@@ -65,6 +65,10 @@ struct ChunkUpdate {
   uint64_t offset = 0;
   std::span<const std::byte> data;
   bool full_replacement = false;
+  // Optional (0: unknown): the chunk size of the chunk's file, the length it will grow to (as 3FS's
+  // UpdateIO.chunkSize). A store may reserve that much room when it places a new version, so a chunk
+  // written front to back is not copied into a bigger block at every step. Never limits the update.
+  uint64_t chunk_size = 0;
 };
 
 enum class ReadMode {

@@ -645,7 +645,10 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
                                 committed.length, /*verify_old=*/false, update.offset, update.data, crc);
   } else {
     if (new_length > 0) {
-      FF_ASSIGN_OR_RETURN(target, impl.allocate(new_length));
+      // NOTE: placing the version in a block of the file's chunk size (when the caller says it) lets
+      // later appends take the in-place path instead of copying into a bigger block each time.
+      const uint64_t capacity = std::max(new_length, std::min(update.chunk_size, max_bytes));
+      FF_ASSIGN_OR_RETURN(target, impl.allocate(capacity));
     }
     const VersionRecord* old = update.full_replacement || !committed.present() ? nullptr : &committed;
     status = impl.write_version(*context, id, target, 0, new_length, old, old != nullptr ? committed.length : 0,

@@ -290,6 +290,26 @@ TEST_P(ChunkEngineTest, InPlaceAppendKeepsCommittedVersion) {
   expect_allocator_ok();
 }
 
+TEST_P(ChunkEngineTest, ChunkSizeHintMakesFrontToBackWritesInPlace) {
+  // A 1 MiB chunk written in 256 KiB pieces: with the file's chunk size given, the first piece goes into
+  // a 1 MiB block and the rest are in-place appends; without it, each step copies into a bigger class.
+  const auto piece = pattern_bytes(256u << 10, 3);
+  for (const uint64_t hint : {uint64_t{1} << 20, uint64_t{0}}) {
+    const ChunkId id{60, hint};
+    const uint64_t appends_before = engine_->stats().inplace_appends;
+    std::vector<std::byte> expected;
+    for (uint32_t version = 1; version <= 4; ++version) {
+      ChunkUpdate update{id, version, 1, expected.size(), piece, false, hint};
+      ASSERT_TRUE(engine_->put_pending(update).is_ok());
+      ASSERT_TRUE(engine_->commit(id, version).is_ok());
+      expected.insert(expected.end(), piece.begin(), piece.end());
+    }
+    EXPECT_EQ(read_all(id), expected);
+    EXPECT_EQ(engine_->stats().inplace_appends - appends_before, hint != 0 ? 3u : 1u) << "hint " << hint;
+  }
+  expect_allocator_ok();
+}
+
 TEST_P(ChunkEngineTest, OverwriteIsCopyOnWrite) {
   const ChunkId id{8, 0};
   std::vector<std::byte> expected = pattern_bytes(300000, 1);
