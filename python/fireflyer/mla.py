@@ -16,9 +16,10 @@ the scaled scores (``+inf`` for a row that attends to nothing; its ``out`` is 0)
 Input types. numpy arrays run on the CPU implementation. bf16 data can be given as ``ml_dtypes.bfloat16``
 arrays (if ml_dtypes is installed) or as ``numpy.uint16`` arrays of bf16 bit patterns; fp16 as
 ``numpy.float16``. ``out`` comes back in the same representation as ``q`` (uint16 bit patterns in, uint16
-bit patterns out). torch tensors are accepted too (torch is imported only when one is given): they are
-copied to the CPU and the results are torch tensors on ``q``'s device. The sm_90a kernel is not built
-yet (docs/mla.md, Status), so every call runs on the CPU.
+bit patterns out). torch tensors are accepted too (torch is imported only when one is given). When ``q``
+is a CUDA tensor the call runs the sm_90a kernel (every tensor must then be on that GPU; the outputs are
+new CUDA tensors, computed on torch's current stream and not waited for, so CUDA graphs can capture the
+call); CPU torch tensors run on the CPU implementation.
 
 FP8 cache (``is_fp8_kvcache=True``): ``k_cache`` is ``uint8`` (or ``torch.float8_e4m3fn``) of shape
 ``(num_blocks, 64, h_kv, 656)``; per token: 512 e4m3 latent bytes, 4 float32 scales (one per 128
@@ -138,13 +139,21 @@ def flash_mla_with_kvcache(
     is_fp8_kvcache: bool = False,
     *,
     num_threads: int = 1,
+    check_values: Optional[bool] = None,
 ):
     """Attention of ``q`` over each sequence's cached tokens: ``(out, softmax_lse)``.
 
     ``softmax_scale`` defaults to ``1 / sqrt(576)``. With ``causal``, query ``i`` of the ``s_q`` new
     tokens sees cache positions ``< cache_seqlens - s_q + i + 1``. The metadata must come from
     ``get_mla_metadata`` on the same ``cache_seqlens``. Raises ValueError naming the bad value.
+
+    GPU only: ``check_values`` copies the lengths, block table and metadata to the host to check them
+    as the CPU path does (one synchronization); ``None`` means "unless the stream is being captured".
+    Without the check the kernel still never reads outside the cache or the block table.
     """
+    if _is_torch_tensor(q) and q.is_cuda:
+        return _flash_mla_cuda(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata,
+                               num_splits, softmax_scale, causal, is_fp8_kvcache, check_values)
     q_bits, dtype, kind = _half("q", q)
     if is_fp8_kvcache:
         cache = _plain("k_cache", k_cache)
@@ -175,6 +184,47 @@ def flash_mla_with_kvcache(
 
         return _output(out, dtype, kind, q), torch.from_numpy(lse).to(q.device)
     return _output(out, dtype, kind, q), lse
+
+
+def _flash_mla_cuda(q, k_cache, block_table, cache_seqlens, head_dim_v, tile_scheduler_metadata, num_splits,
+                    softmax_scale, causal, is_fp8_kvcache, check_values):
+    import torch
+
+    if not _C.mla.HAS_CUDA:
+        raise ValueError("q is a CUDA tensor, but this build of fireflyer has no mla CUDA kernels (docs/mla.md)")
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"q has dtype {q.dtype}; expected torch.bfloat16 or torch.float16")
+    if q.dim() != 4:
+        raise ValueError(f"q has shape {tuple(q.shape)}; expected (b, s_q, h_q, 576)")
+    named = {"k_cache": k_cache, "block_table": block_table, "cache_seqlens": cache_seqlens,
+             "tile_scheduler_metadata": tile_scheduler_metadata, "num_splits": num_splits}
+    for name, value in named.items():
+        if not _is_torch_tensor(value) or value.device != q.device:
+            where = value.device if _is_torch_tensor(value) else type(value).__name__
+            raise ValueError(f"{name} is on {where}, but q is on {q.device}; every tensor must be on q's GPU")
+    if is_fp8_kvcache and k_cache.dtype == getattr(torch, "float8_e4m3fn", None):
+        k_cache = k_cache.view(torch.uint8)
+    if not is_fp8_kvcache and k_cache.dtype != q.dtype:
+        raise ValueError(f"k_cache has dtype {k_cache.dtype} but q has {q.dtype}; they must match")
+    if softmax_scale is not None:
+        softmax_scale = float(softmax_scale)
+        if not math.isfinite(softmax_scale):
+            raise ValueError(f"softmax_scale is {softmax_scale}; it must be finite")
+    b, s_q, h_q = (int(x) for x in q.shape[:3])
+    h_kv = int(k_cache.shape[2]) if k_cache.dim() == 4 and k_cache.shape[2] > 0 else 1
+    num_sm_parts = int(tile_scheduler_metadata.shape[0]) if tile_scheduler_metadata.dim() == 2 else 1
+    out = torch.empty((b, s_q, h_q, 512), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, h_q, s_q), dtype=torch.float32, device=q.device)
+    workspace = torch.empty(_C.mla.workspace_bytes(b, s_q, h_q, h_kv, num_sm_parts), dtype=torch.uint8,
+                            device=q.device)
+    stream = torch.cuda.current_stream(q.device)
+    if check_values is None:
+        check_values = not torch.cuda.is_current_stream_capturing()
+    _C.mla.flash_mla_with_kvcache_cuda(
+        q, k_cache, block_table, cache_seqlens, _count("head_dim_v", head_dim_v), tile_scheduler_metadata,
+        num_splits, softmax_scale, bool(causal), bool(is_fp8_kvcache), out, lse, workspace, stream.cuda_stream,
+        bool(check_values))
+    return out, lse
 
 
 def quantize_kvcache_fp8(k_cache: Any):

@@ -1,11 +1,13 @@
-// fireflyer._C.mla: the MLA decode API over numpy arrays (CPU). The Python wrapper (fireflyer/mla.py)
-// turns bf16 inputs (ml_dtypes bfloat16, torch.bfloat16) into uint16 bit patterns and names their
-// dtype; this layer describes each array as an ff::mla::TensorView (strides kept, so the C++ checks
-// see non-contiguous inputs) and converts a Status to ValueError.
+// fireflyer._C.mla: the MLA decode API over numpy arrays (CPU) and over CUDA tensors (DLPack, e.g.
+// torch). The Python wrapper (fireflyer/mla.py) turns CPU bf16 inputs (ml_dtypes bfloat16,
+// torch.bfloat16) into uint16 bit patterns and names their dtype, and allocates the outputs of a GPU
+// call with torch; this layer describes each array as an ff::mla::TensorView (strides kept, so the
+// C++ checks see non-contiguous inputs) and converts a Status to ValueError.
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +20,7 @@ namespace ff::python {
 namespace {
 
 using AnyArray = nb::ndarray<nb::device::cpu>;
+using DeviceArray = nb::ndarray<>;  // any device; the library checks that every view is on the GPU
 
 // Moves values into a numpy array of the given shape that owns them (freed with the array).
 template <typename T>
@@ -108,6 +111,73 @@ nb::tuple flash_mla_with_kvcache(const AnyArray& q, const std::string& dtype_nam
   return nb::make_tuple(to_numpy(std::move(out), {b, s_q, h_q, size_t{mla::kHeadDimV}}), to_numpy(std::move(lse), {b, h_q, s_q}));
 }
 
+// The view of a DLPack array of any device, its dtype read from the array itself.
+mla::TensorView device_view_of(const DeviceArray& array, const char* name) {
+  const nb::dlpack::dtype dtype = array.dtype();
+  const auto code = static_cast<nb::dlpack::dtype_code>(dtype.code);
+  mla::TensorView view;
+  if (dtype.lanes != 1) throw nb::value_error((std::string(name) + " has a vector dtype").c_str());
+  if (code == nb::dlpack::dtype_code::Bfloat && dtype.bits == 16) {
+    view.dtype = mla::DType::kBFloat16;
+  } else if (code == nb::dlpack::dtype_code::Float && dtype.bits == 16) {
+    view.dtype = mla::DType::kFloat16;
+  } else if (code == nb::dlpack::dtype_code::Float && dtype.bits == 32) {
+    view.dtype = mla::DType::kFloat32;
+  } else if (code == nb::dlpack::dtype_code::Int && dtype.bits == 32) {
+    view.dtype = mla::DType::kInt32;
+  } else if (code == nb::dlpack::dtype_code::UInt && dtype.bits == 8) {
+    view.dtype = mla::DType::kUInt8;
+  } else {
+    throw nb::value_error((std::string(name) + " has DLPack dtype (code " + std::to_string(dtype.code) + ", " +
+                           std::to_string(dtype.bits) + " bits), which mla does not take")
+                              .c_str());
+  }
+  if (array.ndim() > static_cast<size_t>(mla::TensorView::kMaxDims)) {
+    throw nb::value_error((std::string(name) + " has " + std::to_string(array.ndim()) + " dimensions; at most 4").c_str());
+  }
+  view.data = array.data();
+  view.ndim = static_cast<int>(array.ndim());
+  for (int dim = 0; dim < view.ndim; ++dim) {
+    view.shape[dim] = static_cast<int64_t>(array.shape(dim));
+    view.strides[dim] = array.stride(dim);
+  }
+  view.device = array.device_type() == nb::device::cuda::value ? mla::Device::kCuda : mla::Device::kCpu;
+  view.device_index = array.device_id();
+  return view;
+}
+
+// Backend::kCuda: every array on one GPU; out, softmax_lse and workspace allocated by the caller;
+// enqueued on `stream` (a cudaStream_t as an integer) and not waited for.
+void flash_mla_with_kvcache_cuda(const DeviceArray& q, const DeviceArray& k_cache, const DeviceArray& block_table,
+                                 const DeviceArray& cache_seqlens, int64_t head_dim_v,
+                                 const DeviceArray& tile_scheduler_metadata, const DeviceArray& num_splits,
+                                 std::optional<float> softmax_scale, bool causal, bool is_fp8_kvcache,
+                                 const DeviceArray& out, const DeviceArray& softmax_lse, const DeviceArray& workspace,
+                                 uintptr_t stream, bool check_values) {
+  mla::FlashMlaArgs args;
+  args.q = device_view_of(q, "q");
+  args.k_cache = device_view_of(k_cache, "k_cache");
+  args.block_table = device_view_of(block_table, "block_table");
+  args.cache_seqlens = device_view_of(cache_seqlens, "cache_seqlens");
+  args.head_dim_v = head_dim_v;
+  args.tile_scheduler_metadata = device_view_of(tile_scheduler_metadata, "tile_scheduler_metadata");
+  args.num_splits = device_view_of(num_splits, "num_splits");
+  args.softmax_scale = softmax_scale;
+  args.causal = causal;
+  args.is_fp8_kvcache = is_fp8_kvcache;
+  args.out = device_view_of(out, "out");
+  args.softmax_lse = device_view_of(softmax_lse, "softmax_lse");
+  args.workspace = device_view_of(workspace, "workspace");
+  args.stream = reinterpret_cast<void*>(stream);
+  args.check_values = check_values;
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = mla::flash_mla_with_kvcache(args, mla::Backend::kCuda);
+  }
+  throw_if_error(status);
+}
+
 nb::object quantize_kvcache_fp8(const AnyArray& k_cache) {
   const mla::TensorView source = view_of(k_cache, "k_cache", mla::DType::kBFloat16, nb::dtype<uint16_t>(), "bfloat16");
   const size_t blocks = source.ndim == 4 ? static_cast<size_t>(source.shape[0]) : 0;
@@ -128,6 +198,19 @@ void bind_mla(nb::module_& module) {
   module.attr("HEAD_DIM_V") = mla::kHeadDimV;
   module.attr("FP8_BYTES_PER_TOKEN") = mla::kFp8BytesPerToken;
   module.attr("DEFAULT_NUM_SMS") = mla::kDefaultNumSms;
+#ifdef FF_MLA_HAVE_CUDA
+  module.attr("HAS_CUDA") = true;
+#else
+  module.attr("HAS_CUDA") = false;
+#endif
+  module.def("workspace_bytes", &mla::flash_mla_workspace_bytes, nb::arg("batch_size"), nb::arg("s_q"), nb::arg("h_q"),
+             nb::arg("h_kv"), nb::arg("num_sm_parts"), "Bytes of GPU workspace flash_mla_with_kvcache_cuda needs.");
+  module.def("flash_mla_with_kvcache_cuda", &flash_mla_with_kvcache_cuda, nb::arg("q"), nb::arg("k_cache"),
+             nb::arg("block_table"), nb::arg("cache_seqlens"), nb::arg("head_dim_v"),
+             nb::arg("tile_scheduler_metadata"), nb::arg("num_splits"), nb::arg("softmax_scale").none(),
+             nb::arg("causal"), nb::arg("is_fp8_kvcache"), nb::arg("out"), nb::arg("softmax_lse"),
+             nb::arg("workspace"), nb::arg("stream"), nb::arg("check_values"),
+             "sm_90a MLA decode on CUDA arrays, into out / softmax_lse, enqueued on `stream`.");
   module.def("get_mla_metadata", &get_mla_metadata, nb::arg("cache_seqlens"), nb::arg("num_q_tokens_per_head_k"),
              nb::arg("num_heads_k"), nb::arg("num_sms") = mla::kDefaultNumSms,
              "Split-KV schedule: (tile_scheduler_metadata int32 (num_sm_parts, 8), num_splits int32 (b + 1)).");

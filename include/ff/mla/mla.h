@@ -49,8 +49,9 @@ inline constexpr int kFp8NumScales = kHeadDimV / kFp8GroupSize;
 inline constexpr int kFp8BytesPerToken = kHeadDimV + kFp8NumScales * 4 + kRopeDim * 2;  // 656
 static_assert(kFp8BytesPerToken == 656, "the documented FP8 layout is 656 bytes per token");
 
-// Where a call runs. kCuda is the sm_90a kernel (not built yet: it returns unimplemented); every
-// tensor of a call must live on the matching device.
+// Where a call runs. kCuda is the sm_90a kernel (asynchronous on FlashMlaArgs::stream; where the
+// library was built without it, failed_precondition); every tensor of a call must live on the
+// matching device.
 enum class Backend : int { kCpu, kCuda };
 
 // One row of tile_scheduler_metadata: the contiguous run of work one SM part executes, from token
@@ -99,7 +100,22 @@ struct FlashMlaArgs {
   TensorView out;                      // (b, s_q, h_q, 512), written
   TensorView softmax_lse;              // (b, h_q, s_q) float32, written
   int num_threads = 1;                 // CPU backend: worker threads over the schedule's pieces
+  // CUDA backend only:
+  void* stream = nullptr;              // cudaStream_t the kernels are enqueued on (nullptr: the legacy stream)
+  // Split-KV scratch in device memory, at least flash_mla_workspace_bytes(...) bytes, 256-byte aligned;
+  // reused across calls on one stream. With no data, the call takes it from the stream-ordered
+  // allocator (cudaMallocAsync / cudaFreeAsync on `stream`, which CUDA graph capture records).
+  TensorView workspace;
+  // Copy cache_seqlens, block_table and the metadata to the host (a synchronization) and check them as
+  // the CPU backend does (lengths within the block table, block ids within the cache, metadata for
+  // these lengths). Off, the kernel still never reads outside the cache or the block table, but a bad
+  // value gives a wrong result instead of an error. Must be off while the stream is being captured.
+  bool check_values = false;
 };
+
+// Bytes of device workspace a CUDA-backend call needs: the fp32 partial outputs and lse of up to
+// b + num_sm_parts splits of s_q * h_q / h_kv rows per KV head.
+int64_t flash_mla_workspace_bytes(int64_t batch_size, int64_t s_q, int64_t h_q, int64_t h_kv, int64_t num_sm_parts);
 
 // Attention of every query row over its sequence's cached tokens, executed as the split-KV schedule
 // the metadata describes: each (part, sequence) piece computes a partial result with its own running

@@ -1,0 +1,243 @@
+"""Benchmark of the sm_90a MLA decode kernel (fireflyer.mla on CUDA tensors) beside torch in the same run.
+
+Shapes (issue #7): b = 128, s_q 1 and 2, h_q 16 and 128, h_kv 1, d_qk 576, d_v 512, page 64; cache
+lengths 1K, 4K, 8K, 16K, 32K, fixed (every sequence that long) and variable (uniform in [L/2, 3L/2],
+seeded); non-causal; our kernel on the paged bf16 cache and on the FP8 cache (656 bytes per token).
+Baselines, on a contiguous (b, L_max, 576) copy of the same cache (a layout that favours them):
+torch SDPA (F.scaled_dot_product_attention over one head of s_q * h_q query rows, since h_kv = 1; a
+boolean mask for variable lengths) and
+bmm + softmax (fp32 softmax). Every candidate is captured in a CUDA graph of `--calls` calls and timed
+by cudaEvents around graph replays (median of `--repeats`).
+
+Figures: time per call; GB/s = (KV bytes of the lengths + q + out) / time; TFLOPS =
+2 * s_q * sum(len) * h_q * (576 + 512) / time. One JSON line per case on stdout; everything, with the
+device name, in bench/results/mla_<device>.json. Exits 0 with a message where no GPU is present.
+Usage: PYTHONPATH=python python3 bench/mla/bench_mla.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+sys.path.insert(0, str(REPO_ROOT / "python"))
+
+BATCH = 128
+PAGE = 64
+
+
+def skip(message: str) -> int:
+    print(json.dumps({"benchmark": "mla", "skipped": message}))
+    return 0
+
+
+def time_graph(function, calls: int, repeats: int) -> float:
+    """Median milliseconds per call of `function`, captured `calls` times in one CUDA graph."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            function()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            function()
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / calls)
+    del graph
+    return statistics.median(samples)
+
+
+def quantize_fp8(cache):
+    """bf16 (blocks, 64, 1, 576) -> the 656-byte FP8 layout, on the GPU (the library's quantizer runs on
+    the CPU; the tests check it, this only needs the layout)."""
+    import torch
+
+    latent = cache[..., :512].float().unflatten(-1, (4, 128))
+    scale = latent.abs().amax(dim=-1, keepdim=True) / 448.0
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    codes = (latent / scale).to(torch.float8_e4m3fn).view(torch.uint8).flatten(-2)
+    scales = scale.squeeze(-1).contiguous().view(torch.uint8)
+    rope = cache[..., 512:].contiguous().view(torch.uint8)
+    return torch.cat([codes, scales, rope], dim=-1).contiguous()
+
+
+def cos_diff(x, y) -> float:
+    x, y = x.double(), y.double()
+    return float(1 - 2 * (x * y).sum() / (x * x + y * y).sum())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="lengths 4K and 8K, fixed only")
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=pathlib.Path, default=None)
+    parser.add_argument("--probe", action="store_true",
+                        help="also time the load pipeline alone (s_q 1), a diagnostic of the memory ceiling")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        return skip("torch is not installed")
+    if not torch.cuda.is_available():
+        return skip("no CUDA GPU")
+    from fireflyer import _C, mla
+
+    if not _C.mla.HAS_CUDA:
+        return skip("fireflyer was built without the mla CUDA kernels")
+    import torch.nn.functional as F
+
+    device_name = torch.cuda.get_device_name()
+    slug = "h200" if "H200" in device_name else "h100" if "H100" in device_name else device_name.lower().replace(" ", "_")
+    out_path = args.out or REPO_ROOT / "bench" / "results" / f"mla_{slug}.json"
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    lengths = [4096, 8192] if args.quick else [1024, 4096, 8192, 16384, 32768]
+    variants = [False] if args.quick else [False, True]
+    generator = torch.Generator().manual_seed(2025)
+    cases = []
+    started = time.time()
+    for variable in variants:
+        for length in lengths:
+            if variable:
+                seqlens = torch.randint(length // 2, length * 3 // 2 + 1, (BATCH,), generator=generator)
+            else:
+                seqlens = torch.full((BATCH,), length)
+            seqlens = seqlens.int()
+            total = int(seqlens.sum())
+            max_len = int(seqlens.max())
+            blocks = (seqlens + PAGE - 1) // PAGE
+            num_blocks = int(blocks.sum())
+            max_blocks = int(blocks.max())
+            block_table = torch.zeros((BATCH, max_blocks), dtype=torch.int32)
+            physical = torch.randperm(num_blocks, generator=generator).int()
+            offset = 0
+            for i in range(BATCH):
+                block_table[i, : blocks[i]] = physical[offset : offset + blocks[i]]
+                offset += int(blocks[i])
+            block_table = block_table.cuda()
+            seqlens_gpu = seqlens.cuda()
+            cache = torch.randn((num_blocks, PAGE, 1, 576), dtype=torch.bfloat16, device="cuda")
+            cache_fp8 = quantize_fp8(cache)
+            # The baselines' contiguous copy: (b, 1, L_max, 576), zero past each length, plus the mask.
+            pages = block_table.long()
+            dense = cache[pages].reshape(BATCH, max_blocks * PAGE, 576)[:, :max_len].unsqueeze(1).contiguous()
+            positions = torch.arange(max_len, device="cuda")
+            valid = positions[None, :] < seqlens_gpu[:, None]  # (b, L_max)
+            dense.masked_fill_(~valid[:, None, :, None], 0)
+            for s_q in (1, 2):
+                for h_q in (16, 128):
+                    q = torch.randn((BATCH, s_q, h_q, 576), dtype=torch.bfloat16, device="cuda")
+                    metadata, splits = mla.get_mla_metadata(seqlens_gpu, s_q * h_q, 1, num_sms=num_sms)
+                    flops = 2.0 * s_q * total * h_q * (576 + 512)
+                    io_bytes = q.numel() * 2 + BATCH * s_q * h_q * 512 * 2
+                    case = {"b": BATCH, "s_q": s_q, "h_q": h_q, "h_kv": 1, "mean_len": length,
+                            "lengths": "variable" if variable else "fixed", "sum_len": total, "causal": False}
+
+                    def ours(fp8: bool):
+                        kv = cache_fp8 if fp8 else cache
+                        return mla.flash_mla_with_kvcache(q, kv, block_table, seqlens_gpu, 512, metadata, splits,
+                                                          is_fp8_kvcache=fp8, check_values=False)
+
+                    # h_kv = 1: every query row of a sequence attends to the same keys, so SDPA sees one head
+                    # of s_q * h_q rows (no GQA expansion of the cache, which would not fit at 32K).
+                    q_heads = q.reshape(BATCH, 1, s_q * h_q, 576)
+                    mask = valid[:, None, None, :] if variable else None
+
+                    def sdpa():
+                        return F.scaled_dot_product_attention(q_heads, dense, dense[..., :512], attn_mask=mask)
+
+                    q_rows = q.reshape(BATCH, s_q * h_q, 576)
+                    keys = dense.squeeze(1)
+                    scale = 1 / math.sqrt(576)
+
+                    def bmm_softmax():
+                        scores = torch.bmm(q_rows, keys.transpose(1, 2)).float() * scale
+                        if variable:
+                            scores.masked_fill_(~valid[:, None, :], -math.inf)
+                        weights = torch.softmax(scores, dim=-1).to(torch.bfloat16)
+                        return torch.bmm(weights, keys[..., :512])
+
+                    figures = {}
+                    for name, function, kv_bytes_per_token in (
+                        ("ours_bf16", lambda: ours(False), 576 * 2),
+                        ("ours_fp8", lambda: ours(True), 656),
+                        ("torch_sdpa", sdpa, 576 * 2),
+                        ("torch_bmm_softmax", bmm_softmax, 576 * 2),
+                    ):
+                        try:
+                            ms = time_graph(function, args.calls, args.repeats)
+                        except Exception as error:  # a baseline that cannot run this shape is reported, not fatal
+                            figures[name] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+                            torch.cuda.synchronize()
+                            continue
+                        moved = total * kv_bytes_per_token + io_bytes
+                        figures[name] = {"ms": round(ms, 4), "GB/s": round(moved / ms / 1e6, 1),
+                                         "TFLOPS": round(flops / ms / 1e9, 1)}
+                    if args.probe and s_q == 1:
+                        # The load pipeline alone (FF_MLA_PROBE_LOADS_ONLY): the memory ceiling of the design.
+                        os.environ["FF_MLA_PROBE_LOADS_ONLY"] = "1"
+                        try:
+                            for fp8 in (False, True):
+                                ms = time_graph(lambda: ours(fp8), args.calls, args.repeats)
+                                moved = total * (656 if fp8 else 1152) + io_bytes
+                                figures[f"probe_loads_only_{'fp8' if fp8 else 'bf16'}"] = {
+                                    "ms": round(ms, 4), "GB/s": round(moved / ms / 1e6, 1)}
+                        finally:
+                            del os.environ["FF_MLA_PROBE_LOADS_ONLY"]
+                    out_bf16, _ = ours(False)
+                    out_fp8, _ = ours(True)
+                    reference = bmm_softmax().reshape(BATCH, s_q, h_q, 512)
+                    case["cos_diff_bf16_vs_bmm"] = cos_diff(out_bf16, reference)
+                    case["cos_diff_fp8_vs_bmm"] = cos_diff(out_fp8, reference)
+                    case.update(figures)
+                    for baseline in ("torch_sdpa", "torch_bmm_softmax"):
+                        if "ms" in figures.get(baseline, {}) and "ms" in figures["ours_bf16"]:
+                            case[f"speedup_vs_{baseline}"] = round(figures[baseline]["ms"] / figures["ours_bf16"]["ms"], 2)
+                    if "ms" in figures["ours_fp8"] and "ms" in figures["ours_bf16"]:
+                        case["fp8_speedup_vs_bf16"] = round(figures["ours_bf16"]["ms"] / figures["ours_fp8"]["ms"], 2)
+                    print(json.dumps(case), flush=True)
+                    cases.append(case)
+                    del q, metadata, splits
+            del cache, cache_fp8, dense, valid
+            torch.cuda.empty_cache()
+            result = {
+                "benchmark": "mla decode (flash_mla_with_kvcache) sm_90a kernel vs torch SDPA and bmm+softmax",
+                "device": device_name,
+                "num_sms": num_sms,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+                "timing": f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats}",
+                "kernel": "phase 1: mma.sync m16n8k16 + cp.async 2-stage pipeline (docs/mla.md)",
+                "seconds": round(time.time() - started, 1),
+                "cases": cases,
+            }
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(result, indent=2) + "\n")  # rewritten after every length
+    print(f"wrote {out_path} ({len(cases)} cases, {time.time() - started:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Tests of the sm_90a kernel behind fireflyer.mla (torch CUDA tensors): against float64 attention
+computed here with torch, against the CPU implementation, under CUDA graph capture, and the errors of
+bad GPU input. Skipped where torch, a GPU or the mla CUDA kernels are missing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fireflyer import _C, mla  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not _C.mla.HAS_CUDA, reason="needs a CUDA GPU and the mla CUDA kernels"
+)
+
+
+def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """FlashMLA's calc_diff: 1 - 2 sum(xy) / sum(x^2 + y^2)."""
+    x, y = x.double(), y.double()
+    return float(1 - 2 * (x * y).sum() / (x * x + y * y).sum())
+
+
+def make_case(seqlens, s_q, h_q, seed, h_kv=1, dtype=torch.bfloat16):
+    """Random q and cache on the GPU; pages scattered by a permuted block table; NaN in every unused
+    slot, unused block and unused block-table column (-1)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    b = len(seqlens)
+    blocks = [(n + 63) // 64 for n in seqlens]
+    num_blocks = sum(blocks) + 2
+    max_blocks = max(blocks) + 1
+    physical = torch.randperm(num_blocks, generator=generator)
+    block_table = torch.full((b, max_blocks), -1, dtype=torch.int32)
+    cache = torch.full((num_blocks, 64, h_kv, 576), float("nan"))
+    used = 0
+    for i, n in enumerate(seqlens):
+        block_table[i, : blocks[i]] = physical[used : used + blocks[i]].int()
+        used += blocks[i]
+        for page in range(blocks[i]):
+            count = min(64, n - page * 64)
+            cache[block_table[i, page], :count] = torch.randn((count, h_kv, 576), generator=generator)
+    q = torch.randn((b, s_q, h_q, 576), generator=generator)
+    device = torch.device("cuda")
+    return (q.to(dtype).to(device), cache.to(dtype).to(device), block_table.to(device),
+            torch.tensor(seqlens, dtype=torch.int32, device=device))
+
+
+def gather_keys(cache, block_table, seqlens, i, head_k):
+    """(seqlen, channels) float64 keys of sequence i, KV head head_k, read through the block table."""
+    n = int(seqlens[i])
+    pages = block_table[i, : (n + 63) // 64].long()
+    return cache[pages, :, head_k].reshape(-1, cache.shape[-1])[:n].double()
+
+
+def reference(q, keys_of, seqlens, h_kv, causal, scale=None):
+    """float64 attention from the definition: (out (b, s_q, h_q, 512), lse (b, h_q, s_q))."""
+    b, s_q, h_q, _ = q.shape
+    group = h_q // h_kv
+    scale = 1 / math.sqrt(576) if scale is None else scale
+    out = torch.zeros((b, s_q, h_q, 512), dtype=torch.float64, device=q.device)
+    lse = torch.full((b, h_q, s_q), math.inf, dtype=torch.float64, device=q.device)
+    for i in range(b):
+        n = int(seqlens[i])
+        for head_k in range(h_kv):
+            keys = keys_of(i, head_k)
+            for s in range(s_q):
+                visible = min(max(n - s_q + s + 1, 0), n) if causal else n
+                if visible == 0:
+                    continue
+                heads = slice(head_k * group, (head_k + 1) * group)
+                scores = q[i, s, heads].double() @ keys[:visible].T * scale  # (group, visible)
+                out[i, s, heads] = torch.softmax(scores, dim=-1) @ keys[:visible, :512]
+                lse[i, heads, s] = torch.logsumexp(scores, dim=-1)
+    return out, lse
+
+
+def run(q, cache, block_table, seqlens, causal, fp8=False, num_sms=132, h_kv=1, **kwargs):
+    s_q, h_q = q.shape[1], q.shape[2]
+    metadata, splits = mla.get_mla_metadata(seqlens, s_q * h_q // h_kv, h_kv, num_sms=num_sms)
+    assert metadata.is_cuda and splits.is_cuda
+    return mla.flash_mla_with_kvcache(q, cache, block_table, seqlens, 512, metadata, splits, causal=causal,
+                                      is_fp8_kvcache=fp8, **kwargs)
+
+
+def check(out, lse, ref_out, ref_lse, lse_tolerance=1e-3):
+    assert torch.isfinite(out).all(), "unwritten output or a poisoned (unused) cache slot was read"
+    assert cos_diff(out, ref_out) < 1e-5
+    assert torch.allclose(out.double(), ref_out, atol=1.6e-2, rtol=1.6e-2)
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), empty) and (lse[empty] > 0).all()
+    assert torch.allclose(lse.double()[~empty], ref_lse[~empty], atol=lse_tolerance, rtol=lse_tolerance)
+
+
+@pytest.mark.parametrize("h_q", [16, 32, 64, 128])
+@pytest.mark.parametrize("s_q", [1, 2])
+@pytest.mark.parametrize("causal", [False, True])
+def test_matches_float64(h_q, s_q, causal):
+    seqlens = [1, 63, 65, 200, 0, 700, 130][: 7 if h_q <= 32 else 4]
+    q, cache, block_table, lengths = make_case(seqlens, s_q, h_q, seed=h_q * 10 + s_q + causal)
+    # Few SMs force split sequences through the combine kernel; 132 leaves most unsplit.
+    for num_sms in (132, 7):
+        out, lse = run(q, cache, block_table, lengths, causal, num_sms=num_sms)
+        ref_out, ref_lse = reference(q, lambda i, k: gather_keys(cache, block_table, lengths, i, k), lengths, 1, causal)
+        check(out, lse, ref_out, ref_lse)
+
+
+def test_fp16_two_kv_heads_and_softmax_scale():
+    q, cache, block_table, lengths = make_case([150, 64, 3], 2, 32, seed=5, h_kv=2, dtype=torch.float16)
+    out, lse = run(q, cache, block_table, lengths, True, h_kv=2, num_sms=9, softmax_scale=0.05)
+    ref_out, ref_lse = reference(q, lambda i, k: gather_keys(cache, block_table, lengths, i, k), lengths, 2, True,
+                                 scale=0.05)
+    assert out.dtype == torch.float16
+    check(out, lse, ref_out, ref_lse)
+
+
+def dequantize(cache_fp8: torch.Tensor) -> torch.Tensor:
+    """(..., 656) bytes -> (..., 576) float64, from the documented layout."""
+    latent = cache_fp8[..., :512].contiguous().view(torch.float8_e4m3fn).double()
+    scales = cache_fp8[..., 512:528].contiguous().view(torch.float32).double()
+    rope = cache_fp8[..., 528:656].contiguous().view(torch.bfloat16).double()
+    return torch.cat([latent * scales.repeat_interleave(128, dim=-1), rope], dim=-1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fp8_cache(causal):
+    q, cache, block_table, lengths = make_case([333, 64, 1, 900], 2, 64, seed=11)
+    cache_fp8 = mla.quantize_kvcache_fp8(cache)
+    assert cache_fp8.is_cuda and cache_fp8.shape[-1] == 656
+    for as_fp8_dtype in (False, True):
+        given = cache_fp8.view(torch.float8_e4m3fn) if as_fp8_dtype else cache_fp8
+        out, lse = run(q, given, block_table, lengths, causal, fp8=True, num_sms=11)
+        values = dequantize(cache_fp8)
+        ref_out, ref_lse = reference(q, lambda i, k: gather_keys(values, block_table, lengths, i, k), lengths, 1,
+                                     causal)
+        # The kernel rounds dequantized values to bf16 before its MMAs (as FlashMLA): lse moves ~1e-3.
+        check(out, lse, ref_out, ref_lse, lse_tolerance=6e-3)
+
+
+def test_matches_the_cpu_implementation():
+    q, cache, block_table, lengths = make_case([500, 77, 64], 1, 16, seed=3)
+    metadata, splits = mla.get_mla_metadata(lengths.cpu(), 16, 1, num_sms=5)
+    cpu_out, cpu_lse = mla.flash_mla_with_kvcache(q.cpu(), cache.cpu(), block_table.cpu(), lengths.cpu(), 512,
+                                                  metadata, splits)
+    gpu_out, gpu_lse = mla.flash_mla_with_kvcache(q, cache, block_table, lengths, 512, metadata.cuda(),
+                                                  splits.cuda())
+    assert cos_diff(gpu_out.cpu(), cpu_out) < 1e-5
+    assert torch.allclose(gpu_lse.cpu(), cpu_lse, atol=1e-3, rtol=1e-3)
+
+
+def test_cuda_graph_replay_matches_eager():
+    q, cache, block_table, lengths = make_case([1000, 64, 65, 5], 1, 128, seed=4)
+    metadata, splits = mla.get_mla_metadata(lengths, 128, 1)
+    eager_out, eager_lse = mla.flash_mla_with_kvcache(q, cache, block_table, lengths, 512, metadata, splits)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the capture
+        mla.flash_mla_with_kvcache(q, cache, block_table, lengths, 512, metadata, splits)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graph_out, graph_lse = mla.flash_mla_with_kvcache(q, cache, block_table, lengths, 512, metadata, splits)
+    q.copy_(q.flip(0))  # new inputs in place, then replay
+    graph.replay()
+    torch.cuda.synchronize()
+    flipped_out, _ = mla.flash_mla_with_kvcache(q, cache, block_table, lengths, 512, metadata, splits)
+    assert torch.equal(graph_out, flipped_out)
+    assert not torch.equal(graph_out, eager_out)
+    assert torch.isfinite(graph_lse).all() and torch.isfinite(eager_lse).all()
+
+
+def test_errors_name_the_bad_value():
+    q, cache, block_table, lengths = make_case([300, 10], 1, 16, seed=6)
+    metadata, splits = mla.get_mla_metadata(lengths, 16, 1)
+    with pytest.raises(ValueError, match="k_cache has dtype torch.float16 but q has torch.bfloat16"):
+        mla.flash_mla_with_kvcache(q, cache.half(), block_table, lengths, 512, metadata, splits)
+    with pytest.raises(ValueError, match="block_table is on cpu, but q is on cuda"):
+        mla.flash_mla_with_kvcache(q, cache, block_table.cpu(), lengths, 512, metadata, splits)
+    with pytest.raises(ValueError, match="q has head dim 512; expected 576"):
+        mla.flash_mla_with_kvcache(q[..., :512], cache, block_table, lengths, 512, metadata, splits)
+    short = block_table[:, :3].contiguous()
+    with pytest.raises(ValueError, match="block_table has 3 columns, but seq 0 needs 5 blocks of 64 for 300 tokens"):
+        mla.flash_mla_with_kvcache(q, cache, short, lengths, 512, metadata, splits)
+    grown = lengths.clone()
+    grown[1] = 40  # metadata of another decode step
+    with pytest.raises(ValueError, match="do not describe cache_seqlens"):
+        mla.flash_mla_with_kvcache(q, cache, block_table, grown, 512, metadata, splits)
+    with pytest.raises(ValueError, match="h_q = 16 is not a multiple of h_kv = 3"):
+        mla.flash_mla_with_kvcache(q, cache.expand(-1, -1, 3, -1), block_table, lengths, 512, metadata, splits)

@@ -1,0 +1,65 @@
+// The plain-data interface between the host launcher (decode_cuda.cc, C++20) and the sm_90a kernels
+// (sm90_mla_decode.cu, compiled by nvcc as C++17). No CUDA or ff/common types cross it, so the kernel
+// file includes nothing of the library and the launcher needs no nvcc.
+//
+// Every pointer is device memory; strides are in elements of the tensor's own type (bytes for the FP8
+// cache). The launcher validates shapes, strides and alignment before filling this in.
+#pragma once
+
+#include <cstdint>
+
+namespace ff::mla::cuda {
+
+struct DecodeParams {
+  const void* q = nullptr;  // (b, s_q, h_q, 576) bf16 / fp16
+  int64_t q_batch_stride = 0, q_token_stride = 0, q_head_stride = 0;
+  const void* k_cache = nullptr;  // (num_blocks, 64, h_kv, 576) bf16 / fp16, or (…, 656) bytes when fp8
+  int64_t k_block_stride = 0, k_token_stride = 0, k_head_stride = 0;
+  const int32_t* block_table = nullptr;  // (b, max_blocks)
+  int64_t block_table_batch_stride = 0, block_table_column_stride = 0;
+  const int32_t* cache_seqlens = nullptr;  // (b)
+  int64_t cache_seqlens_stride = 0;
+  const int32_t* tile_scheduler_metadata = nullptr;  // (num_sm_parts, 8)
+  int64_t metadata_row_stride = 0, metadata_column_stride = 0;
+  const int32_t* num_splits = nullptr;  // (b + 1)
+  int64_t num_splits_stride = 0;
+  void* out = nullptr;  // (b, s_q, h_q, 512) dtype of q
+  int64_t out_batch_stride = 0, out_token_stride = 0, out_head_stride = 0;
+  float* softmax_lse = nullptr;  // (b, h_q, s_q)
+  int64_t lse_batch_stride = 0, lse_head_stride = 0, lse_token_stride = 0;
+  // Split-KV partials: (max_splits, h_kv, rows, 512) normalized outputs and (max_splits, h_kv, rows)
+  // log2-domain lse, rows = s_q * h_q / h_kv; max_splits = b + num_sm_parts.
+  float* out_accum = nullptr;
+  float* lse_accum = nullptr;
+
+  int batch_size = 0, s_q = 0, h_q = 0, h_kv = 0;
+  int group = 0;  // h_q / h_kv
+  int rows = 0;   // s_q * group: query rows per KV head, row r = token r / group, head r % group
+  int num_m_blocks = 0;  // ceil(rows / 64)
+  int num_sm_parts = 0;
+  int num_blocks = 0;    // k_cache blocks, for the kernel's own bounds check
+  int max_blocks = 0;    // block_table columns
+  float scale_log2 = 0;  // softmax_scale * log2(e)
+  bool causal = false;
+  bool fp16 = false;     // q / out are fp16 (else bf16)
+  bool fp8_cache = false;
+  // Measurement probe (FF_MLA_PROBE_LOADS_ONLY in the environment): run the load pipeline and skip
+  // the arithmetic, so a benchmark can tell the memory ceiling of the pipeline from the kernel's time.
+  // The outputs are then meaningless.
+  bool probe_loads_only = false;
+};
+
+// Bytes of split-KV workspace a call needs: out_accum, then lse_accum at out_accum_bytes(...).
+constexpr int64_t out_accum_bytes(int64_t batch_size, int64_t rows, int64_t h_kv, int64_t num_sm_parts) {
+  return ((batch_size + num_sm_parts) * h_kv * rows * 512 * 4 + 255) / 256 * 256;
+}
+constexpr int64_t workspace_bytes(int64_t batch_size, int64_t rows, int64_t h_kv, int64_t num_sm_parts) {
+  return out_accum_bytes(batch_size, rows, h_kv, num_sm_parts) +
+         ((batch_size + num_sm_parts) * h_kv * rows * 4 + 255) / 256 * 256;
+}
+
+// Enqueues the decode kernel and, when some sequence has several splits, the combine kernel on
+// `stream` (a cudaStream_t). Returns the cudaError_t of the launches (0 on success). Asynchronous.
+int launch_decode(const DecodeParams& params, void* stream);
+
+}  // namespace ff::mla::cuda

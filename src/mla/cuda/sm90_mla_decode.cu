@@ -1,0 +1,623 @@
+// sm90 MLA decode over a paged KV cache (bf16 / fp16, and the FP8 e4m3 cache), phase 1: warp-level
+// tensor-core MMA (mma.sync m16n8k16, ldmatrix) fed by a two-stage cp.async pipeline, then a combine
+// kernel for sequences split over several SM parts. The design and its numbers are in docs/mla.md.
+//
+// Work decomposition (FlashMLA's): grid (m_blocks, h_kv, num_sm_parts). A CTA takes the 64 query rows
+// of one m-block of one KV head (row r of a KV head is query token r / group, head r % group) and
+// walks the sequences of its scheduler part, a 64-token KV block at a time, with an online softmax in
+// the log2 domain. A sequence's only piece writes out / softmax_lse; a split piece writes its
+// normalized partial output and log2 lse to the fp32 workspace, merged by mla_combine_kernel.
+//
+// Inside a CTA: 8 warps, warp w owns query rows 16 (w % 4) .. + 16 and is half (w / 4) of a pair:
+//   S = Q K^T   the warp computes its 16 rows x the 32 tokens of its half (all 576 channels);
+//   softmax     row maxima are exchanged with the partner warp through shared memory; each warp keeps
+//               per-thread partial row sums over its own tokens (merged once, at the end);
+//   O += P V    the warp accumulates its 16 rows x the 256 value channels of its half over all 64
+//               tokens: its own P half stays in registers (the accumulator layout of m16n8 is the A
+//               layout of m16n8k16), the partner's half comes through shared memory, written into the
+//               RoPE channels 512..575 of the KV tile, which QK^T no longer needs.
+// Warps whose 16 rows are all padding (h_q 16: 48 of 64 rows) skip the arithmetic but keep the barriers.
+//
+// Shared memory (one CTA per SM): tiles of 64 rows x 576 channels in 16-bit elements, 1152 bytes per
+// row, the 16-byte chunk c of row r stored at chunk c ^ (r & 7), so the 8 row addresses of an ldmatrix
+// hit 8 different bank groups.
+//   bf16 / fp16 cache: Q tile | KV tile 0 | KV tile 1 | row reduction buffer       = 222,720 bytes
+//   FP8 cache:         Q tile | KV tile (dequantized) | raw tile 0 | raw tile 1 | … = 231,936 bytes
+// The raw FP8 tiles hold the 656-byte tokens as stored; every block is dequantized (e4m3 * scale ->
+// bf16 / fp16, RoPE copied) into the KV tile before its MMAs.
+//
+// Never reads past the length: tokens at or past a piece's end are zero-filled by cp.async with a source
+// size of 0 (no global read), blocks past it are not loaded, and a block id outside the cache or a
+// column outside the block table loads zeros instead of faulting (the host rejects such input first
+// when asked to check values).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "decode_params.h"
+
+namespace ff::mla::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTileRows = 64;       // query rows per CTA, and tokens per KV block
+constexpr int kDimQk = 576;
+constexpr int kDimV = 512;
+constexpr int kChunks = kDimQk / 8;  // 16-byte chunks per tile row (72)
+constexpr int kRowBytes = kDimQk * 2;
+constexpr int kTileBytes = kTileRows * kRowBytes;  // 73,728
+constexpr int kFp8TokenBytes = 656;
+constexpr int kFp8TokenChunks = kFp8TokenBytes / 16;  // 41
+constexpr int kRawTileBytes = kTileRows * kFp8TokenBytes;  // 41,984
+constexpr int kReductionBytes = 2 * kTileRows * 4;         // (2 halves, 64 rows) floats
+constexpr int kSmemBytes16 = 3 * kTileBytes + kReductionBytes;
+constexpr int kSmemBytesFp8 = 2 * kTileBytes + 2 * kRawTileBytes + kReductionBytes;
+constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kChunks % 8 == 0, "the XOR swizzle permutes chunks within groups of 8");
+static_assert(kFp8TokenBytes % 16 == 0, "FP8 tokens are copied in 16-byte chunks");
+static_assert(kSmemBytesFp8 <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
+static_assert(kThreads == 8 * 32, "8 warps: 4 row groups x 2 halves");
+
+__device__ __forceinline__ uint32_t tile_offset(int row, int chunk) {
+  return static_cast<uint32_t>(row * kRowBytes + ((chunk ^ (row & 7)) << 4));
+}
+
+__device__ __forceinline__ uint32_t smem_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// 16 bytes global -> shared; with valid = false the destination is zero-filled and nothing is read.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  const int src_size = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_size) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address)
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address)
+               : "memory");
+}
+
+// d += a (16x16, row-major) * b (16x8, column-major), fp32 accumulation.
+template <bool kFp16>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kFp16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+template <bool kFp16>
+__device__ __forceinline__ uint32_t pack2(float low, float high) {
+  if constexpr (kFp16) {
+    const __half2 value = __floats2half2_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&value);
+  } else {
+    const __nv_bfloat162 value = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&value);
+  }
+}
+
+__device__ __forceinline__ float2 e4m3x2_to_float2(uint16_t bits) {
+  const __half2_raw raw = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(bits), __NV_E4M3);
+  const __half2 value(raw);
+  return __half22float2(value);
+}
+
+// Per-thread state of one piece: the warp's output accumulators and the running softmax statistics of
+// the two rows (g and g + 8 of the warp's 16) this thread holds.
+struct RowState {
+  float max_log2[2];
+  float sum[2];  // partial: this thread's tokens only; reduced over the quad and the pair at the end
+};
+
+// The piece: tokens [token_begin, token_end) of sequence `batch`, written to split slot `slot` (or
+// directly to out when `only_piece`).
+struct Piece {
+  int batch, token_begin, token_end, seqlen, slot;
+  bool only_piece;
+};
+
+template <bool kFp16, bool kFp8>
+class Decoder {
+ public:
+  __device__ Decoder(const DecodeParams& p, char* smem) : p_(p) {
+    sq_ = smem_address(smem);
+    skv_ = sq_ + kTileBytes;
+    reduction_ = reinterpret_cast<float*>(smem + (kFp8 ? 2 * kTileBytes + 2 * kRawTileBytes : 3 * kTileBytes));
+    raw_ = smem + 2 * kTileBytes;
+    kv_tile_ = smem + kTileBytes;
+    warp_ = static_cast<int>(threadIdx.x) / 32;
+    lane_ = static_cast<int>(threadIdx.x) % 32;
+    row_group_ = warp_ & 3;
+    half_ = warp_ >> 2;
+    head_k_ = static_cast<int>(blockIdx.y);
+    m_block_ = static_cast<int>(blockIdx.x);
+    const int tile_rows = min(kTileRows, p.rows - m_block_ * kTileRows);
+    active_ = row_group_ * 16 < tile_rows;
+  }
+
+  __device__ void run_piece(const Piece& piece) {
+    const int num_kv_blocks = piece.token_end > piece.token_begin
+                                  ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows
+                                  : 0;
+    const int first_block = piece.token_begin / kTileRows;
+    float acc[32][4];
+#pragma unroll
+    for (int n = 0; n < 32; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    RowState state;
+    state.max_log2[0] = state.max_log2[1] = -INFINITY;
+    state.sum[0] = state.sum[1] = 0.0f;
+
+    // Prologue: group 0 = Q + block 0, group 1 = block 1 (either may be empty).
+    load_q(piece.batch);
+    if (num_kv_blocks > 0) load_block(piece, first_block, 0);
+    cp_async_commit();
+    if (num_kv_blocks > 1) load_block(piece, first_block + 1, 1);
+    cp_async_commit();
+
+    for (int j = 0; j < num_kv_blocks; ++j) {
+      // Groups committed so far: j + 2; all but the newest are complete, so block j has landed.
+      cp_async_wait<1>();
+      __syncthreads();
+      uint32_t tile;
+      if constexpr (kFp8) {
+        dequantize(raw_ + (j & 1) * kRawTileBytes);
+        __syncthreads();  // the raw tile is free again and the KV tile is complete
+        if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
+        cp_async_commit();
+        tile = skv_;
+      } else {
+        tile = skv_ + (j & 1) * kTileBytes;
+      }
+      if (!p_.probe_loads_only) compute_block(tile, (first_block + j) * kTileRows, piece, acc, state);
+      if constexpr (!kFp8) {
+        __syncthreads();  // every warp is done with this tile before it is refilled
+        if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
+        cp_async_commit();
+      }
+    }
+    cp_async_wait<0>();
+    finish_piece(piece, acc, state);
+    __syncthreads();  // the next piece reuses every buffer
+  }
+
+ private:
+  // Q rows of this CTA (64 x 576, padding rows zero) into the Q tile.
+  __device__ void load_q(int batch) {
+    const auto* q = static_cast<const uint16_t*>(p_.q);
+    for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kChunks; task += kThreads) {
+      const int row = task / kChunks, chunk = task % kChunks;
+      const int r = m_block_ * kTileRows + row;
+      const bool valid = r < p_.rows;
+      const uint16_t* source = q;
+      if (valid) {
+        const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+        source = q + batch * p_.q_batch_stride + token * p_.q_token_stride + head * p_.q_head_stride + chunk * 8;
+      }
+      cp_async_16(sq_ + tile_offset(row, chunk), source, valid);
+    }
+  }
+
+  // KV block `block` (64 tokens) of the piece's sequence into stage `stage`; tokens at or past the
+  // piece's end are zero-filled without being read.
+  __device__ void load_block(const Piece& piece, int block, int stage) {
+    int physical = -1;
+    if (block < p_.max_blocks) {
+      physical = p_.block_table[piece.batch * p_.block_table_batch_stride + block * p_.block_table_column_stride];
+    }
+    const bool block_ok = physical >= 0 && physical < p_.num_blocks;
+    const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
+    if constexpr (kFp8) {
+      const auto* cache = static_cast<const uint8_t*>(p_.k_cache);
+      const uint8_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+      const uint32_t destination = smem_address(raw_ + stage * kRawTileBytes);
+      for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kFp8TokenChunks; task += kThreads) {
+        const int token = task / kFp8TokenChunks, chunk = task % kFp8TokenChunks;
+        const bool valid = token < valid_tokens;
+        const uint8_t* source = valid ? base + token * p_.k_token_stride + chunk * 16 : cache;
+        cp_async_16(destination + token * kFp8TokenBytes + chunk * 16, source, valid);
+      }
+    } else {
+      const auto* cache = static_cast<const uint16_t*>(p_.k_cache);
+      const uint16_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+      const uint32_t destination = skv_ + stage * kTileBytes;
+      for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kChunks; task += kThreads) {
+        const int token = task / kChunks, chunk = task % kChunks;
+        const bool valid = token < valid_tokens;
+        const uint16_t* source = valid ? base + token * p_.k_token_stride + chunk * 8 : cache;
+        cp_async_16(destination + tile_offset(token, chunk), source, valid);
+      }
+    }
+  }
+
+  // Raw FP8 tokens -> the 16-bit KV tile: channel c < 512 = e4m3(byte c) * scale[c / 128], the 64 RoPE
+  // channels copied. Zero-filled tokens (past the end) have scale 0 and stay 0.
+  __device__ void dequantize(const char* raw) {
+    for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kChunks; task += kThreads) {
+      const int token = task / kChunks, chunk = task % kChunks;
+      const char* source = raw + token * kFp8TokenBytes;
+      uint4 packed;
+      if (chunk < kDimV / 8) {
+        const uint2 bytes = *reinterpret_cast<const uint2*>(source + chunk * 8);
+        const float scale = *reinterpret_cast<const float*>(source + kDimV + (chunk / 16) * 4);
+        uint32_t words[4];
+        const uint32_t in[2] = {bytes.x, bytes.y};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint16_t pair = static_cast<uint16_t>(in[i / 2] >> ((i % 2) * 16));
+          const float2 value = e4m3x2_to_float2(pair);
+          words[i] = pack2<kFp16>(value.x * scale, value.y * scale);
+        }
+        packed = make_uint4(words[0], words[1], words[2], words[3]);
+      } else {
+        // RoPE channels are stored as bf16: convert when the tile is fp16.
+        packed = *reinterpret_cast<const uint4*>(source + kDimV + 16 + (chunk - kDimV / 8) * 16);
+        if constexpr (kFp16) {
+          uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float low = __uint_as_float(words[i] << 16), high = __uint_as_float(words[i] & 0xffff0000u);
+            words[i] = pack2<true>(low, high);
+          }
+          packed = make_uint4(words[0], words[1], words[2], words[3]);
+        }
+      }
+      *reinterpret_cast<uint4*>(kv_tile_ + tile_offset(token, chunk)) = packed;
+    }
+  }
+
+  // One 64-token block: S = Q K^T, online softmax, O += P V. `tile` is the KV tile's shared address,
+  // `block_start` the sequence position of its first token.
+  __device__ void compute_block(uint32_t tile, int block_start, const Piece& piece, float (&acc)[32][4],
+                                RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    float s[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    if (active_) {
+      // NOTE: software-pipelined: the fragments of k-step k + 1 are loaded before the MMAs of k-step k,
+      // so each MMA finds its operands in registers (one warp per scheduler cannot hide the ldmatrix
+      // latency otherwise; this halved the time per block on the H200).
+      const int a_row = row_group_ * 16 + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+      const int b_token = half_ * 32 + (lane_ & 7) + (lane_ >> 4) * 8;
+      // NOTE: chunk 2k + c of row r sits at ((2k + c) ^ (r & 7)) = 8 (k / 4) + ((2 (k % 4) + c) ^ (r & 7)):
+      // four per-lane offsets, plus a compile-time 128 (k / 4), keep the address arithmetic out of the
+      // registers the accumulators need.
+      uint32_t a_offset[4], b_offset[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        a_offset[i] = sq_ + a_row * kRowBytes + (((2 * i + (lane_ >> 4)) ^ (a_row & 7)) << 4);
+        b_offset[i] = tile + b_token * kRowBytes + (((2 * i + ((lane_ >> 3) & 1)) ^ (b_token & 7)) << 4);
+      }
+      const auto a_address = [&](int k) { return a_offset[k % 4] + 128 * (k / 4); };
+      const auto b_address = [&](int k, int pair) { return b_offset[k % 4] + 128 * (k / 4) + pair * 16 * kRowBytes; };
+      uint32_t a[2][4], b[2][2][4];
+      ldmatrix_x4(a[0], a_address(0));
+      ldmatrix_x4(b[0][0], b_address(0, 0));
+      ldmatrix_x4(b[0][1], b_address(0, 1));
+#pragma unroll
+      for (int k = 0; k < kDimQk / 16; ++k) {
+        const int current = k & 1, next = current ^ 1;
+        if (k + 1 < kDimQk / 16) {
+          ldmatrix_x4(a[next], a_address(k + 1));
+          ldmatrix_x4(b[next][0], b_address(k + 1, 0));
+          ldmatrix_x4(b[next][1], b_address(k + 1, 1));
+        }
+#pragma unroll
+        for (int pair = 0; pair < 2; ++pair) {
+          mma_16816<kFp16>(s[2 * pair], a[current], b[current][pair][0], b[current][pair][1]);
+          mma_16816<kFp16>(s[2 * pair + 1], a[current], b[current][pair][2], b[current][pair][3]);
+        }
+      }
+    }
+
+    // Scale and mask: rows g and g + 8 of the warp; tokens half * 32 + 8 n + 2 q4 + {0, 1}.
+    float local_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = m_block_ * kTileRows + row_group_ * 16 + g + 8 * i;
+      // Causal: query token t of s_q sees positions < seqlen - s_q + t + 1.
+      int limit = piece.token_end;
+      if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int position = block_start + half_ * 32 + n * 8 + 2 * q4 + e;
+          float& value = s[n][2 * i + e];
+          value = position < limit ? value * p_.scale_log2 : -INFINITY;
+          local_max[i] = fmaxf(local_max[i], value);
+        }
+      }
+      local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 1));
+      local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 2));
+    }
+    if (active_ && q4 == 0) {
+      reduction_[half_ * kTileRows + row_group_ * 16 + g] = local_max[0];
+      reduction_[half_ * kTileRows + row_group_ * 16 + g + 8] = local_max[1];
+    }
+    __syncthreads();
+
+    uint32_t p_own[2][4];  // this warp's half of P as A fragments (k-steps 2 half and 2 half + 1)
+    if (active_) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float other = reduction_[(1 - half_) * kTileRows + row_group_ * 16 + g + 8 * i];
+        const float new_max = fmaxf(state.max_log2[i], fmaxf(local_max[i], other));
+        // A row with nothing visible yet keeps max -inf; subtracting 0 instead keeps exp2 from NaN.
+        const float base = new_max == -INFINITY ? 0.0f : new_max;
+        const float rescale = exp2f(state.max_log2[i] - base);
+        state.max_log2[i] = new_max;
+        float block_sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& value = s[n][2 * i + e];
+            value = exp2f(value - base);
+            block_sum += value;
+          }
+        }
+        state.sum[i] = state.sum[i] * rescale + block_sum;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          acc[n][2 * i] *= rescale;
+          acc[n][2 * i + 1] *= rescale;
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        p_own[k][0] = pack2<kFp16>(s[2 * k][0], s[2 * k][1]);
+        p_own[k][1] = pack2<kFp16>(s[2 * k][2], s[2 * k][3]);
+        p_own[k][2] = pack2<kFp16>(s[2 * k + 1][0], s[2 * k + 1][1]);
+        p_own[k][3] = pack2<kFp16>(s[2 * k + 1][2], s[2 * k + 1][3]);
+      }
+      // P (row, token) lives in the RoPE chunks 64..71 of the KV tile's row `row`.
+      const int row = row_group_ * 16 + g;
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+        const int token = half_ * 32 + n * 8 + 2 * q4;
+        const uint32_t column = (token % 8) * 2;
+        const uint32_t word0 = n % 2 == 0 ? p_own[n / 2][0] : p_own[n / 2][2];
+        const uint32_t word1 = n % 2 == 0 ? p_own[n / 2][1] : p_own[n / 2][3];
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(tile + tile_offset(row, 64 + token / 8) + column), "r"(word0)
+                     : "memory");
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(tile + tile_offset(row + 8, 64 + token / 8) + column),
+                     "r"(word1)
+                     : "memory");
+      }
+    }
+    __syncthreads();
+
+    if (active_) {
+      const int p_row = row_group_ * 16 + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+      const int p_chunk = lane_ >> 4;
+      const int v_token = (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+      // Chunk half * 32 + 2 pair + c of row 16 k + v_token: as for Q and K, four per-lane offsets.
+      uint32_t v_offset[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        v_offset[i] = tile + v_token * kRowBytes + half_ * 512 + (((2 * i + (lane_ >> 4)) ^ (v_token & 7)) << 4);
+      }
+      const auto v_address = [&](int k, int pair) {
+        return v_offset[pair % 4] + 128 * (pair / 4) + 16 * k * kRowBytes;
+      };
+      // P as A fragments for the 4 k-steps of 16 tokens: this warp's half from registers, the
+      // partner's from shared memory.
+      uint32_t p[4][4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (k / 2 == half_) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) p[k][e] = p_own[k % 2][e];
+        } else {
+          ldmatrix_x4(p[k], tile + tile_offset(p_row, 64 + 2 * k + p_chunk));
+        }
+      }
+      // NOTE: V fragments flow through a ring of 3 register sets, two (k-step, pair) steps ahead.
+      constexpr int kSteps = 4 * 16;
+      uint32_t b[3][4];
+      ldmatrix_x4_trans(b[0], v_address(0, 0));
+      ldmatrix_x4_trans(b[1], v_address(0, 1));
+#pragma unroll
+      for (int step = 0; step < kSteps; ++step) {
+        const int k = step / 16, pair = step % 16;
+        if (step + 2 < kSteps) {
+          const int k2 = (step + 2) / 16, pair2 = (step + 2) % 16;
+          ldmatrix_x4_trans(b[(step + 2) % 3], v_address(k2, pair2));
+        }
+        mma_16816<kFp16>(acc[2 * pair], p[k], b[step % 3][0], b[step % 3][1]);
+        mma_16816<kFp16>(acc[2 * pair + 1], p[k], b[step % 3][2], b[step % 3][3]);
+      }
+    }
+  }
+
+  // Normalizes and writes the piece's rows: to out / softmax_lse when it is the sequence's only piece,
+  // else to its split slot of the workspace.
+  __device__ void finish_piece(const Piece& piece, float (&acc)[32][4], RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 1);
+      state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 2);
+    }
+    __syncthreads();  // the last block's readers of the reduction buffer are done
+    if (active_ && q4 == 0) {
+      reduction_[half_ * kTileRows + row_group_ * 16 + g] = state.sum[0];
+      reduction_[half_ * kTileRows + row_group_ * 16 + g + 8] = state.sum[1];
+    }
+    __syncthreads();
+    if (!active_) return;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int tile_row = row_group_ * 16 + g + 8 * i;
+      const int r = m_block_ * kTileRows + tile_row;
+      if (r >= p_.rows) continue;
+      const float sum = state.sum[i] + reduction_[(1 - half_) * kTileRows + tile_row];
+      const float inverse = sum == 0.0f ? 0.0f : 1.0f / sum;  // an empty row's output is 0
+      const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+      if (piece.only_piece) {
+        uint16_t* out = static_cast<uint16_t*>(p_.out) + piece.batch * p_.out_batch_stride +
+                        token * p_.out_token_stride + head * p_.out_head_stride + half_ * 256 + 2 * q4;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<kFp16>(acc[n][2 * i] * inverse, acc[n][2 * i + 1] * inverse);
+        }
+        if (half_ == 0 && q4 == 0) {
+          p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride + token * p_.lse_token_stride] =
+              sum == 0.0f ? INFINITY : (log2f(sum) + state.max_log2[i]) / kLog2e;
+        }
+      } else {
+        const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k_) * p_.rows + r;
+        float* out = p_.out_accum + slot_row * kDimV + half_ * 256 + 2 * q4;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<float2*>(out + n * 8) = make_float2(acc[n][2 * i] * inverse, acc[n][2 * i + 1] * inverse);
+        }
+        if (half_ == 0 && q4 == 0) p_.lse_accum[slot_row] = sum == 0.0f ? -INFINITY : log2f(sum) + state.max_log2[i];
+      }
+    }
+  }
+
+  const DecodeParams& p_;
+  uint32_t sq_ = 0, skv_ = 0;
+  float* reduction_ = nullptr;
+  char* raw_ = nullptr;
+  char* kv_tile_ = nullptr;
+  int warp_ = 0, lane_ = 0, row_group_ = 0, half_ = 0, head_k_ = 0, m_block_ = 0;
+  bool active_ = false;
+};
+
+template <bool kFp16, bool kFp8>
+__global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_constant__ DecodeParams params) {
+  extern __shared__ __align__(128) char smem[];
+  Decoder<kFp16, kFp8> decoder(params, smem);
+  const int part = static_cast<int>(blockIdx.z);
+  const int32_t* row = params.tile_scheduler_metadata + part * params.metadata_row_stride;
+  const int begin_batch = row[0], begin_token = row[params.metadata_column_stride];
+  const int end_batch = row[2 * params.metadata_column_stride], end_token = row[3 * params.metadata_column_stride];
+  const int begin_split = row[4 * params.metadata_column_stride];
+  for (int batch = max(begin_batch, 0); batch <= end_batch && batch < params.batch_size; ++batch) {
+    Piece piece;
+    piece.batch = batch;
+    piece.seqlen = params.cache_seqlens[batch * params.cache_seqlens_stride];
+    // Never past the length nor past the block table's columns, whatever the metadata says.
+    const int limit = min(piece.seqlen, params.max_blocks * kTileRows);
+    piece.token_begin = batch == begin_batch ? begin_token : 0;
+    piece.token_end = min(batch == end_batch ? end_token : piece.seqlen, limit);
+    piece.token_begin = max(piece.token_begin - piece.token_begin % kTileRows, 0);
+    const int first_split = params.num_splits[batch * params.num_splits_stride];
+    const int count = params.num_splits[(batch + 1) * params.num_splits_stride] - first_split;
+    piece.slot = first_split + (batch == begin_batch ? begin_split : 0);
+    piece.only_piece = count <= 1;
+    decoder.run_piece(piece);
+  }
+}
+
+// Merges the split partials of each sequence with more than one split: one warp per (KV head, row),
+// each lane 16 of the 512 channels. lse = log2 sum_s 2^(lse_s - max) + max, out = sum_s 2^(lse_s - lse) out_s.
+template <bool kFp16>
+__global__ void __launch_bounds__(256) mla_combine_kernel(const __grid_constant__ DecodeParams params) {
+  const int batch = static_cast<int>(blockIdx.x);
+  const int first = params.num_splits[batch * params.num_splits_stride];
+  const int count = params.num_splits[(batch + 1) * params.num_splits_stride] - first;
+  if (count <= 1) return;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int index = static_cast<int>(blockIdx.y) * 8 + warp;  // (head_k, r) flattened
+  if (index >= params.h_kv * params.rows) return;
+  const int head_k = index / params.rows, r = index % params.rows;
+  const auto slot_row = [&](int split) {
+    return (static_cast<int64_t>(first + split) * params.h_kv + head_k) * params.rows + r;
+  };
+  float max_lse = -INFINITY;
+  for (int s = 0; s < count; ++s) max_lse = fmaxf(max_lse, params.lse_accum[slot_row(s)]);
+  if (max_lse == -INFINITY) max_lse = 0.0f;  // every split empty: keeps exp2 finite
+  float sum = 0.0f;
+  for (int s = 0; s < count; ++s) sum += exp2f(params.lse_accum[slot_row(s)] - max_lse);
+  const float global_lse = sum == 0.0f ? INFINITY : log2f(sum) + max_lse;
+  float value[16];
+#pragma unroll
+  for (int c = 0; c < 16; ++c) value[c] = 0.0f;
+  for (int s = 0; s < count; ++s) {
+    const float weight = exp2f(params.lse_accum[slot_row(s)] - global_lse);
+    if (weight == 0.0f) continue;
+    const float4* partial = reinterpret_cast<const float4*>(params.out_accum + slot_row(s) * kDimV) + lane;
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const float4 x = partial[v * 32];
+      value[4 * v] += weight * x.x;
+      value[4 * v + 1] += weight * x.y;
+      value[4 * v + 2] += weight * x.z;
+      value[4 * v + 3] += weight * x.w;
+    }
+  }
+  const int token = r / params.group, head = head_k * params.group + r % params.group;
+  uint16_t* out = static_cast<uint16_t*>(params.out) + batch * params.out_batch_stride +
+                  token * params.out_token_stride + head * params.out_head_stride;
+#pragma unroll
+  for (int v = 0; v < 4; ++v) {
+    const int channel = (v * 32 + lane) * 4;
+    const uint2 packed = make_uint2(pack2<kFp16>(value[4 * v], value[4 * v + 1]), pack2<kFp16>(value[4 * v + 2], value[4 * v + 3]));
+    *reinterpret_cast<uint2*>(out + channel) = packed;
+  }
+  if (lane == 0) {
+    params.softmax_lse[batch * params.lse_batch_stride + head * params.lse_head_stride + token * params.lse_token_stride] =
+        global_lse / kLog2e;
+  }
+}
+
+template <bool kFp16, bool kFp8>
+cudaError_t launch(const DecodeParams& params, cudaStream_t stream) {
+  constexpr int smem_bytes = kFp8 ? kSmemBytesFp8 : kSmemBytes16;
+  // NOTE: a function-local static sets the attribute once per instantiation (thread-safe init).
+  static const cudaError_t attribute_status = cudaFuncSetAttribute(
+      mla_decode_kernel<kFp16, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+  if (attribute_status != cudaSuccess) return attribute_status;
+  const dim3 grid(params.num_m_blocks, params.h_kv, params.num_sm_parts);
+  mla_decode_kernel<kFp16, kFp8><<<grid, kThreads, smem_bytes, stream>>>(params);
+  cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) return status;
+  const dim3 combine_grid(params.batch_size, (params.h_kv * params.rows + 7) / 8);
+  mla_combine_kernel<kFp16><<<combine_grid, 256, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+int launch_decode(const DecodeParams& params, void* stream) {
+  const auto cuda_stream = static_cast<cudaStream_t>(stream);
+  cudaError_t status;
+  if (params.fp16) {
+    status = params.fp8_cache ? launch<true, true>(params, cuda_stream) : launch<true, false>(params, cuda_stream);
+  } else {
+    status = params.fp8_cache ? launch<false, true>(params, cuda_stream) : launch<false, false>(params, cuda_stream);
+  }
+  return static_cast<int>(status);
+}
+
+}  // namespace ff::mla::cuda
