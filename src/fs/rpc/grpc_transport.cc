@@ -1,0 +1,381 @@
+#include "ff/fs/rpc/grpc_transport.h"
+
+#include <future>
+#include <map>
+
+#include <grpcpp/grpcpp.h>
+
+#include "convert.h"
+#include "ff/common/assert.h"
+#include "ff/common/log.h"
+#include "ff/fs/fs.grpc.pb.h"
+#include "ff/fs/rpc/grpc_status.h"
+
+namespace ff::fs::rpc {
+
+// ---------------------------------------------------------------- ThreadExecutor
+
+ThreadExecutor::ThreadExecutor(std::string name, uint32_t offload_threads) : name_(std::move(name)) {
+  FF_ASSERT(offload_threads > 0, "executor {} needs at least one offload thread", name_);
+  loop_ = std::thread([this] { loop(); });
+  for (uint32_t i = 0; i < offload_threads; ++i) workers_.emplace_back([this] { work(); });
+}
+
+ThreadExecutor::~ThreadExecutor() { stop(); }
+
+void ThreadExecutor::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_ && !loop_.joinable()) return;
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  work_wake_.notify_all();
+  if (loop_.joinable()) loop_.join();
+  for (auto& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+  // Drop what never ran outside the lock: destroying a task may destroy captured objects.
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<>> timers;
+  std::deque<std::pair<Task, Task>> work_queue;
+  {
+    std::lock_guard lock(mutex_);
+    timers.swap(timers_);
+    work_queue.swap(work_queue_);
+  }
+}
+
+void ThreadExecutor::post(Task task) { post_after(0, std::move(task)); }
+
+void ThreadExecutor::post_after(int64_t delay_ns, Task task) {
+  int64_t due = clock().now_ns() + std::max<int64_t>(delay_ns, 0);
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    timers_.push(Timer{due, seq_++, std::move(task)});
+  }
+  wake_.notify_one();
+}
+
+void ThreadExecutor::offload(Task work, Task done) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) return;
+    work_queue_.emplace_back(std::move(work), std::move(done));
+  }
+  work_wake_.notify_one();
+}
+
+void ThreadExecutor::loop() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    if (timers_.empty()) {
+      wake_.wait(lock);
+      continue;
+    }
+    int64_t now = clock().now_ns();
+    if (timers_.top().due_ns > now) {
+      wake_.wait_for(lock, std::chrono::nanoseconds(timers_.top().due_ns - now));
+      continue;
+    }
+    // NOTE: const_cast to move the task out of the heap top before pop (priority_queue has no
+    // extract); the element is popped right after.
+    Task task = std::move(const_cast<Timer&>(timers_.top()).task);
+    timers_.pop();
+    lock.unlock();
+    task();
+    task = nullptr;  // captured objects die on this thread, outside the lock
+    lock.lock();
+  }
+}
+
+void ThreadExecutor::work() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    if (work_queue_.empty()) {
+      work_wake_.wait(lock);
+      continue;
+    }
+    auto [task, done] = std::move(work_queue_.front());
+    work_queue_.pop_front();
+    lock.unlock();
+    task();
+    task = nullptr;
+    post(std::move(done));
+    lock.lock();
+  }
+}
+
+Status ThreadExecutor::run_sync(const std::function<void()>& task, int64_t timeout_ms) {
+  FF_ASSERT(!on_executor_thread(), "run_sync on executor {} from its own thread would deadlock", name_);
+  auto promise = std::make_shared<std::promise<void>>();
+  auto future = promise->get_future();
+  post([promise, &task] {
+    task();
+    promise->set_value();
+  });
+  if (future.wait_for(std::chrono::milliseconds(timeout_ms)) != std::future_status::ready) {
+    // NOTE: the posted lambda references `task`; a timed-out run_sync must not return while it may
+    // still run, so stop waiting only when the executor is stopping (it then never runs).
+    {
+      std::lock_guard lock(mutex_);
+      if (!stopping_) {
+        future.wait();
+        return deadline_exceeded("executor {}: task took longer than {} ms", name_, timeout_ms);
+      }
+    }
+    return deadline_exceeded("executor {} stopped before the task ran", name_);
+  }
+  return Status::ok();
+}
+
+// ---------------------------------------------------------------- client
+
+namespace {
+
+grpc::ChannelArguments channel_arguments(int max_message_bytes) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(max_message_bytes);
+  args.SetMaxSendMessageSize(max_message_bytes);
+  // Each channel owns its subchannels, so re-creating a channel really reconnects.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  return args;
+}
+
+}  // namespace
+
+struct GrpcRpcClient::Impl {
+  Executor& executor;
+  GrpcClientOptions options;
+  Counter* calls = nullptr;
+  Counter* failures = nullptr;
+  Histogram* latency = nullptr;
+  std::atomic<int64_t> in_flight{0};
+
+  struct Peer {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<pb::Fs::Stub> stub;
+    int64_t created_ns = 0;
+  };
+  std::mutex mutex;  // guards peers
+  std::map<std::string, std::shared_ptr<Peer>> peers;
+
+  Impl(Executor& e, GrpcClientOptions o) : executor(e), options(o) {}
+
+  std::shared_ptr<Peer> peer(const std::string& address) {
+    std::lock_guard lock(mutex);
+    auto& slot = peers[address];
+    if (!slot) slot = make_peer(address);
+    return slot;
+  }
+  std::shared_ptr<Peer> make_peer(const std::string& address) {
+    auto peer = std::make_shared<Peer>();
+    peer->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+                                              channel_arguments(options.max_message_bytes));
+    peer->stub = pb::Fs::NewStub(peer->channel);
+    peer->created_ns = system_clock().now_ns();
+    return peer;
+  }
+  // A peer that was unreachable gets a fresh channel (at most every 200 ms): gRPC's own reconnect of
+  // an old channel was seen to stall for seconds after the peer restarted on the same port.
+  void reset_peer(const std::string& address, const std::shared_ptr<Peer>& used) {
+    std::lock_guard lock(mutex);
+    auto it = peers.find(address);
+    if (it == peers.end() || it->second != used) return;
+    if (system_clock().now_ns() - used->created_ns < 200'000'000) return;
+    it->second = make_peer(address);
+  }
+};
+
+GrpcRpcClient::GrpcRpcClient(Executor& executor, GrpcClientOptions options, MetricsRegistry* metrics)
+    : impl_(std::make_unique<Impl>(executor, options)) {
+  if (metrics != nullptr) {
+    impl_->calls = &metrics->counter("ff_rpc_client_calls_total", "RPC calls sent.");
+    impl_->failures = &metrics->counter("ff_rpc_client_failures_total", "RPC calls that failed.");
+    impl_->latency = &metrics->histogram("ff_rpc_client_seconds", "RPC call latency.");
+  }
+}
+
+GrpcRpcClient::~GrpcRpcClient() {
+  // Calls still in flight hold a pointer to impl_: wait for them (each has a deadline).
+  for (int i = 0; i < 60000 && impl_->in_flight.load() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+int64_t GrpcRpcClient::in_flight() const { return impl_->in_flight.load(); }
+
+void GrpcRpcClient::call(const std::string& address, Request request, int64_t timeout_ns, Done done) {
+  struct Call {
+    grpc::ClientContext context;
+    pb::Envelope request;
+    pb::Envelope response;
+    Done done;
+    std::string address;
+    std::string_view name;
+    std::shared_ptr<Impl::Peer> peer;
+    int64_t start_ns;
+  };
+  auto* call = new Call();
+  call->name = request_name(request);
+  call->done = std::move(done);
+  call->address = address;
+  call->start_ns = system_clock().now_ns();
+  call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(timeout_ns, 1)));
+  request_to_proto(std::move(request), &call->request);
+  call->peer = impl_->peer(address);
+  impl_->in_flight.fetch_add(1);
+  if (impl_->calls != nullptr) impl_->calls->add();
+  Impl* impl = impl_.get();
+  call->peer->stub->async()->Call(&call->context, &call->request, &call->response, [impl, call](grpc::Status status) {
+    Result<Response> result = internal_error("unset");
+    if (status.ok()) {
+      result = response_from_proto(std::move(call->response));
+    } else {
+      result = from_grpc_status(status, fmt::format("{} to {}", call->name, call->address));
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) impl->reset_peer(call->address, call->peer);
+    }
+    if (impl->latency != nullptr) impl->latency->record_us(static_cast<uint64_t>((system_clock().now_ns() - call->start_ns) / 1000));
+    if (!result.is_ok() && impl->failures != nullptr) impl->failures->add();
+    impl->executor.post([done = std::move(call->done), result = std::move(result)]() mutable { done(std::move(result)); });
+    delete call;
+    impl->in_flight.fetch_sub(1);
+  });
+}
+
+// ---------------------------------------------------------------- server
+
+namespace {
+
+// Finishes a call exactly once; if the handler drops every copy of its Reply without calling it (a
+// stopped service drops in-flight requests), the call ends [not_serving] instead of hanging.
+struct ReplyState {
+  grpc::ServerUnaryReactor* reactor;
+  pb::Envelope* response;
+  std::atomic<bool> finished{false};
+  Histogram* latency = nullptr;
+  int64_t start_ns = 0;
+  void finish(Result<Response> result) {
+    if (finished.exchange(true)) return;
+    if (latency != nullptr) latency->record_us(static_cast<uint64_t>((system_clock().now_ns() - start_ns) / 1000));
+    if (result.is_ok()) {
+      response_to_proto(std::move(*result), response);
+      reactor->Finish(grpc::Status::OK);
+    } else {
+      reactor->Finish(to_grpc_status(result.status()));
+    }
+  }
+  ~ReplyState() {
+    if (!finished.load()) finish(fs_error(FsError::kNotServing, "the server dropped the request"));
+  }
+};
+
+class FsService final : public pb::Fs::CallbackService {
+ public:
+  FsService(Executor& executor, Handler handler, MetricsRegistry* metrics)
+      : executor_(executor), handler_(std::move(handler)) {
+    if (metrics != nullptr) {
+      requests_ = &metrics->counter("ff_rpc_server_requests_total", "RPC requests received.");
+      malformed_ = &metrics->counter("ff_rpc_server_malformed_total", "Requests that could not be decoded.");
+      latency_ = &metrics->histogram("ff_rpc_server_seconds", "Time from receiving a request to its reply.");
+    }
+  }
+
+  grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* context, const pb::Envelope* request,
+                                 pb::Envelope* response) override {
+    auto* reactor = context->DefaultReactor();
+    if (requests_ != nullptr) requests_->add();
+    // NOTE: the request message belongs to this call and is read by no one else: moving its payload
+    // out saves a copy of the bytes.
+    auto decoded = request_from_proto(std::move(*const_cast<pb::Envelope*>(request)));
+    if (!decoded.is_ok()) {
+      if (malformed_ != nullptr) malformed_->add();
+      reactor->Finish(to_grpc_status(decoded.status()));
+      return reactor;
+    }
+    ServerContext server_context;
+    auto deadline = context->deadline();
+    auto remaining = deadline - std::chrono::system_clock::now();
+    if (deadline != std::chrono::system_clock::time_point::max() && remaining < std::chrono::hours(24 * 365)) {
+      server_context.deadline_ns =
+          executor_.clock().now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(remaining).count();
+    }
+    server_context.peer = context->peer();
+    auto state = std::make_shared<ReplyState>();
+    state->reactor = reactor;
+    state->response = response;
+    state->latency = latency_;
+    state->start_ns = system_clock().now_ns();
+    executor_.post([this, server_context = std::move(server_context), request = std::move(*decoded), state]() mutable {
+      Reply reply = [state](Result<Response> result) { state->finish(std::move(result)); };
+      state.reset();
+      handler_(server_context, std::move(request), std::move(reply));
+    });
+    return reactor;
+  }
+
+ private:
+  Executor& executor_;
+  Handler handler_;
+  Counter* requests_ = nullptr;
+  Counter* malformed_ = nullptr;
+  Histogram* latency_ = nullptr;
+};
+
+}  // namespace
+
+struct GrpcServer::Impl {
+  std::unique_ptr<FsService> service;
+  std::unique_ptr<grpc::Server> server;
+  bool shut_down = false;
+};
+
+Result<std::unique_ptr<GrpcServer>> GrpcServer::start(const std::string& listen, Executor& executor, Handler handler,
+                                                      MetricsRegistry* metrics, int max_message_bytes) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) return invalid_argument("listen address '{}' is not host:port", listen);
+  std::unique_ptr<GrpcServer> server(new GrpcServer());
+  server->impl_ = std::make_unique<Impl>();
+  server->impl_->service = std::make_unique<FsService>(executor, std::move(handler), metrics);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(max_message_bytes);
+  builder.SetMaxSendMessageSize(max_message_bytes);
+  builder.RegisterService(server->impl_->service.get());
+  server->impl_->server = builder.BuildAndStart();
+  if (server->impl_->server == nullptr || port == 0) {
+    return unavailable("gRPC server could not listen on {} (address in use or not local?)", listen);
+  }
+  server->port_ = static_cast<uint16_t>(port);
+  server->address_ = listen.substr(0, colon) + ":" + std::to_string(port);
+  return server;
+}
+
+GrpcServer::~GrpcServer() { shutdown(1000); }
+
+void GrpcServer::shutdown(int64_t timeout_ms) {
+  if (impl_ == nullptr || impl_->shut_down) return;
+  impl_->shut_down = true;
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  impl_->server->Wait();
+}
+
+// ---------------------------------------------------------------- blocking helper
+
+Result<Response> call_blocking(RpcClient& client, const std::string& address, Request request, int64_t timeout_ns) {
+  auto promise = std::make_shared<std::promise<Result<Response>>>();
+  auto future = promise->get_future();
+  client.call(address, std::move(request), timeout_ns,
+              [promise](Result<Response> result) { promise->set_value(std::move(result)); });
+  // The client's deadline ends the call; the margin covers posting the completion.
+  if (future.wait_for(std::chrono::nanoseconds(timeout_ns) + std::chrono::seconds(5)) != std::future_status::ready) {
+    return deadline_exceeded("call to {} did not complete within its deadline", address);
+  }
+  return future.get();
+}
+
+}  // namespace ff::fs::rpc

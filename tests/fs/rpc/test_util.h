@@ -1,0 +1,58 @@
+// Helpers for the fs rpc tests: temporary directories, free ports on 127.0.0.1, and an etcd server
+// started as a child process (etcd 3.4 on random ports with a temporary data dir, killed afterwards).
+#pragma once
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ostream>
+
+#include "ff/common/result.h"
+
+namespace ff {
+// Lets gtest print a Status in failure messages (`EXPECT_TRUE(s.is_ok()) << s`).
+inline std::ostream& operator<<(std::ostream& out, const Status& status) { return out << status.to_string(); }
+}  // namespace ff
+
+namespace ff::fs::rpc::testing {
+
+// A fresh directory under $TMPDIR, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A port that was free on 127.0.0.1 a moment ago (bind to 0 and close).
+uint16_t free_port();
+
+// True when an `etcd` binary is on PATH.
+bool have_etcd();
+
+// One etcd member on 127.0.0.1; killed (SIGKILL) and its data removed on destruction.
+class EtcdServer {
+ public:
+  static Result<std::unique_ptr<EtcdServer>> start();
+  ~EtcdServer();
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
+
+ private:
+  EtcdServer() = default;
+  pid_t pid_ = -1;
+  uint16_t client_port_ = 0;
+  std::unique_ptr<TempDir> dir_;
+};
+
+}  // namespace ff::fs::rpc::testing
