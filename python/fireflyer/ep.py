@@ -1,8 +1,10 @@
 """Expert-parallel dispatch and combine (component ``ep``) with DeepEP's v1 ``Buffer`` API.
 
-This is the CPU shared-memory backend: ranks are processes on one machine, one POSIX shared-memory
-segment per buffer, the C++ core (``ff::ep::ShmBuffer``) does all the work. It is the reference the
-CUDA backend will be tested against. See docs/ep.md.
+Two backends behind one ``Buffer``: the CPU shared-memory backend (``ff::ep::ShmBuffer``: ranks are
+processes on one machine, one POSIX shared-memory segment per buffer; numpy in, numpy out), and the CUDA
+intranode backend (``ff::ep::CudaBuffer``: one process per rank, GPU buffers shared through CUDA IPC,
+kernels writing into the receivers' buffers; torch CUDA tensors in, torch CUDA tensors out, on the
+current stream). A call with CUDA tensors uses the CUDA backend. See docs/ep.md.
 
 ::
 
@@ -33,10 +35,18 @@ __all__ = ["Buffer", "EventOverlap"]
 
 class EventOverlap:
     """DeepEP's event wrapper. The CPU backend finishes every call before returning, so there is
-    nothing to wait for: ``current_stream_wait()`` does nothing."""
+    nothing to wait for: ``current_stream_wait()`` does nothing. On the CUDA backend it holds a
+    ``torch.cuda.Event`` recorded after the call's kernels were enqueued; ``current_stream_wait()``
+    makes the current stream wait for it (for work on other streams)."""
+
+    def __init__(self, event: Any = None) -> None:
+        self.event = event
 
     def current_stream_wait(self) -> None:
-        return None
+        if self.event is not None:
+            import torch
+
+            torch.cuda.current_stream().wait_event(self.event)
 
     def __enter__(self) -> "EventOverlap":
         return self
@@ -47,6 +57,41 @@ class EventOverlap:
 
 def _is_torch_tensor(value: Any) -> bool:
     return type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter")
+
+
+def _is_cuda(value: Any) -> bool:
+    if isinstance(value, tuple) and value:
+        value = value[0]
+    return _is_torch_tensor(value) and value.is_cuda
+
+
+def _cuda_view(tensor: Any, name: str) -> Any:
+    """The tensor as the native layer takes it: float32, bfloat16 as int16 bits, float8 e4m3 as uint8."""
+    import torch
+
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16)
+    if tensor.dtype == getattr(torch, "float8_e4m3fn", None):
+        return tensor.view(torch.uint8)
+    if tensor.dtype in (torch.float32, torch.uint8):
+        return tensor
+    raise ValueError(f"{name} has dtype {tensor.dtype}; expected float32, bfloat16 or float8_e4m3fn")
+
+
+def _stream() -> int:
+    import torch
+
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _record_event() -> EventOverlap:
+    import torch
+
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream())
+    return EventOverlap(event)
 
 
 def _rows(value: Any, name: str) -> tuple[np.ndarray, bool]:
@@ -117,11 +162,13 @@ def _resolve_group(group: Any, rank: Optional[int], num_ranks: Optional[int]) ->
 
 
 class _LowLatencyHandle:
-    """Handle of a low-latency dispatch; filled when its receive half has run."""
+    """Handle of a low-latency dispatch; filled when its receive half has run. On the CUDA backend the
+    layout stays in the buffer (valid until the next low-latency dispatch) and ``native`` is True."""
 
     def __init__(self, num_tokens: int, hidden: int, num_experts: int, max_tokens: int) -> None:
         self.num_tokens, self.hidden, self.num_experts, self.max_tokens = num_tokens, hidden, num_experts, max_tokens
         self.native: Any = None
+        self.cuda = False
 
 
 class Buffer:
@@ -146,7 +193,10 @@ class Buffer:
         rank: Optional[int] = None,
         num_ranks: Optional[int] = None,
         timeout_s: float = 30.0,
+        backend: str = "auto",
     ) -> None:
+        if backend not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"backend={backend!r} must be 'auto', 'cpu' or 'cuda'")
         name, rank, num_ranks = _resolve_group(group, rank, num_ranks)
         if num_nvl_bytes < 0 or num_rdma_bytes < 0 or num_nvl_bytes + num_rdma_bytes <= 0:
             raise ValueError(f"num_nvl_bytes={num_nvl_bytes} + num_rdma_bytes={num_rdma_bytes} must be positive")
@@ -154,10 +204,49 @@ class Buffer:
             raise ValueError(f"timeout_s={timeout_s} must be positive")
         self.low_latency_mode = bool(low_latency_mode)
         self.num_qps_per_rank = int(num_qps_per_rank)
-        self._native = _C.ep.ShmBuffer(name, rank, num_ranks, int(num_nvl_bytes + num_rdma_bytes),
-                                       max(1, int(timeout_s * 1000)))
+        self._name = name
+        self._num_bytes = int(num_nvl_bytes + num_rdma_bytes)
+        self._timeout_ms = max(1, int(timeout_s * 1000))
+        self._backend = backend
+        self._native = None
+        self._cuda = None
         self.rank = rank
         self.group_size = num_ranks
+        if backend in ("auto", "cpu"):
+            self._native = _C.ep.ShmBuffer(name, rank, num_ranks, self._num_bytes, self._timeout_ms)
+        if backend == "cuda":
+            self._cuda_buffer()
+
+    def _cuda_buffer(self) -> Any:
+        """The CUDA backend, created (collectively: every rank makes the same first CUDA call) on first use."""
+        if self._backend == "cpu":
+            raise ValueError("this Buffer was created with backend='cpu' but got CUDA tensors")
+        if self._cuda is None:
+            if not _C.ep.cuda_backend_built():
+                raise RuntimeError("the ep CUDA backend is not built in this fireflyer._C (no nvcc at build time)")
+            self._cuda = _C.ep.CudaBuffer(self._name, self.rank, self.group_size, self._num_bytes, self._timeout_ms,
+                                          Buffer.num_sms)
+        if self._cuda.num_sms() != Buffer.num_sms:
+            self._cuda.set_num_sms(Buffer.num_sms)
+        return self._cuda
+
+    def _cpu_buffer(self) -> Any:
+        if self._native is None:
+            raise ValueError("this Buffer was created with backend='cuda'; pass CUDA tensors")
+        return self._native
+
+    def synchronize(self) -> None:
+        """CUDA backend: waits (bounded) for the current stream and raises the first error of earlier
+        low-latency kernels (a GPU-side timeout waiting for a rank) or of the group. CPU: nothing to do."""
+        if self._cuda is not None:
+            self._cuda.synchronize(_stream())
+
+    def close(self) -> None:
+        """Releases the buffers (the CUDA one after a bounded barrier with the other ranks)."""
+        if self._cuda is not None:
+            self._cuda.close()
+            self._cuda = None
+        self._native = None
 
     @staticmethod
     def set_num_sms(new_num_sms: int) -> None:
@@ -172,6 +261,8 @@ class Buffer:
 
     def get_dispatch_layout(self, topk_idx: Any, num_experts: int, **_unused: Any):
         """(num_tokens_per_rank int32, None, num_tokens_per_expert int32, is_token_in_rank bool)."""
+        if _is_cuda(topk_idx):
+            return self._cuda_layout(topk_idx, int(num_experts))
         per_rank, per_expert, in_rank = _C.ep.get_dispatch_layout(_matrix(topk_idx, np.int64, "topk_idx"),
                                                                   int(num_experts), self.group_size)
         return per_rank, None, per_expert, in_rank
@@ -194,6 +285,9 @@ class Buffer:
         ``x`` is a matrix or ``(x_fp8 uint8, scales float32 [num_tokens, hidden/128])``; ``recv_x`` has
         the same form. With a ``handle`` (cached dispatch) only data moves and the top-k outputs are None.
         """
+        if _is_cuda(x):
+            return self._cuda_dispatch(x, handle, num_tokens_per_rank, is_token_in_rank, num_tokens_per_expert,
+                                       topk_idx, topk_weights, expert_alignment)
         scales = None
         if isinstance(x, tuple):
             x, scales = x
@@ -207,7 +301,7 @@ class Buffer:
             num_experts = 0
         in_rank = _matrix(is_token_in_rank, np.bool_, "is_token_in_rank")
         per_rank = None if num_tokens_per_rank is None else np.ascontiguousarray(num_tokens_per_rank, dtype=np.int32)
-        recv_x, recv_scales, recv_idx, recv_weights, counts, new_handle = self._native.dispatch(
+        recv_x, recv_scales, recv_idx, recv_weights, counts, new_handle = self._cpu_buffer().dispatch(
             rows, scales, _matrix(topk_idx, np.int64, "topk_idx") if handle is None else None,
             _matrix(topk_weights, np.float32, "topk_weights") if handle is None else None, num_experts, per_rank,
             in_rank, handle, int(expert_alignment))
@@ -221,8 +315,10 @@ class Buffer:
     def combine(self, x: Any, handle: Any, topk_weights: Any = None, **_unused: Any):
         """(combined_x, combined_topk_weights): per original token, the unweighted sum over the ranks that
         received it, in rank order with float32 accumulation."""
+        if _is_cuda(x):
+            return self._cuda_combine(x, handle, topk_weights)
         rows, bf16_typed = _rows(x, "x")
-        combined_x, combined_weights = self._native.combine(rows, handle,
+        combined_x, combined_weights = self._cpu_buffer().combine(rows, handle,
                                                             _matrix(topk_weights, np.float32, "topk_weights"))
         return _restore(combined_x, bf16_typed), combined_weights
 
@@ -239,9 +335,12 @@ class Buffer:
         """(recv_x, recv_count, handle, event, hook). recv_x is [num_local_experts,
         num_max_dispatch_tokens_per_rank * num_ranks, hidden] (a tuple (x_fp8, scales) with use_fp8).
         With return_recv_hook the call returns after sending; the outputs are filled by ``hook()``."""
+        if _is_cuda(x):
+            return self._cuda_low_latency_dispatch(x, topk_idx, int(num_max_dispatch_tokens_per_rank),
+                                                   int(num_experts), bool(use_fp8), bool(return_recv_hook))
         rows, bf16_typed = _rows(x, "x")
         topk = _matrix(topk_idx, np.int64, "topk_idx")
-        self._native.low_latency_dispatch_send(rows, topk, int(num_max_dispatch_tokens_per_rank), int(num_experts),
+        self._cpu_buffer().low_latency_dispatch_send(rows, topk, int(num_max_dispatch_tokens_per_rank), int(num_experts),
                                                bool(use_fp8))
         num_local = int(num_experts) // self.group_size
         capacity = int(num_max_dispatch_tokens_per_rank) * self.group_size
@@ -276,12 +375,14 @@ class Buffer:
     ):
         """(combined_x [num_tokens, hidden], event, hook): per token, the sum over its top-k experts of
         topk_weight * expert row, float32 accumulation, in x's dtype."""
+        if _is_cuda(x):
+            return self._cuda_low_latency_combine(x, topk_idx, topk_weights, handle, bool(return_recv_hook))
         if handle.native is None:
             raise ValueError("the handle's low_latency_dispatch has not received yet (call its hook first)")
         rows, bf16_typed = _rows(x, "x")
         if rows.ndim != 3:
             raise ValueError(f"x has shape {rows.shape}; expected (num_local_experts, max_tokens * num_ranks, hidden)")
-        self._native.low_latency_combine_send(np.ascontiguousarray(rows.reshape(-1, rows.shape[2])),
+        self._cpu_buffer().low_latency_combine_send(np.ascontiguousarray(rows.reshape(-1, rows.shape[2])),
                                               _matrix(topk_idx, np.int64, "topk_idx"),
                                               _matrix(topk_weights, np.float32, "topk_weights"), handle.native)
         combined = np.zeros((handle.num_tokens, rows.shape[2]), dtype=rows.dtype)
@@ -292,6 +393,142 @@ class Buffer:
         if not return_recv_hook:
             hook()
         return _restore(combined, bf16_typed), EventOverlap(), (hook if return_recv_hook else _no_op)
+
+    # -------------------------------------------------------------------------------------------------
+    # CUDA backend: torch CUDA tensors in and out, work on the current stream.
+
+    def _cuda_layout(self, topk_idx: Any, num_experts: int):
+        import torch
+
+        num_ranks = self.group_size
+        if num_experts < 1 or num_experts % num_ranks:
+            raise ValueError(f"num_experts={num_experts} must be a positive multiple of num_ranks={num_ranks}")
+        topk = topk_idx.long()
+        if topk.dim() != 2:
+            raise ValueError(f"topk_idx has shape {tuple(topk.shape)}; expected 2-D")
+        if topk.numel() and bool(((topk < -1) | (topk >= num_experts)).any()):
+            raise ValueError(f"topk_idx has entries outside [0, {num_experts}) other than -1")
+        valid = topk >= 0
+        owner = torch.where(valid, topk // (num_experts // num_ranks), torch.full_like(topk, -1))
+        ranks = torch.arange(num_ranks, device=topk.device)
+        is_token_in_rank = (owner.unsqueeze(2) == ranks).any(dim=1)
+        num_tokens_per_rank = is_token_in_rank.sum(dim=0, dtype=torch.int32)
+        num_tokens_per_expert = torch.bincount(topk[valid], minlength=num_experts).to(torch.int32)
+        return num_tokens_per_rank, None, num_tokens_per_expert, is_token_in_rank
+
+    def _cuda_dispatch(self, x, handle, num_tokens_per_rank, is_token_in_rank, num_tokens_per_expert, topk_idx,
+                       topk_weights, expert_alignment):
+        import torch
+
+        native = self._cuda_buffer()
+        scales = None
+        if isinstance(x, tuple):
+            x, scales = x
+            scales = scales.float().contiguous()
+        if x.dim() != 2:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (num_tokens, hidden)")
+        if handle is None:
+            if topk_idx is None or num_tokens_per_expert is None:
+                raise ValueError("dispatch without a handle needs topk_idx and num_tokens_per_expert")
+            num_experts = int(num_tokens_per_expert.shape[0])
+            topk_idx = topk_idx.long().contiguous()
+            topk_weights = None if topk_weights is None else topk_weights.float().contiguous()
+            per_rank = None if num_tokens_per_rank is None else num_tokens_per_rank.to(torch.int32).contiguous()
+            in_rank = None if is_token_in_rank is None else is_token_in_rank.to(torch.bool).contiguous().view(
+                torch.uint8)
+        else:
+            num_experts, topk_idx, topk_weights, per_rank, in_rank = 0, None, None, None, None
+        stream = _stream()
+        num_recv, counts, new_handle = native.dispatch_send(_cuda_view(x, "x"), scales, topk_idx, topk_weights,
+                                                            num_experts, per_rank, in_rank, handle,
+                                                            int(expert_alignment), stream)
+        hidden = x.shape[1]
+        recv_x = torch.empty((num_recv, hidden), dtype=x.dtype, device=x.device)
+        recv_scales = None if scales is None else torch.empty((num_recv, hidden // 128), dtype=torch.float32,
+                                                              device=x.device)
+        recv_idx = recv_weights = None
+        if handle is None:
+            num_topk = topk_idx.shape[1]
+            recv_idx = torch.empty((num_recv, num_topk), dtype=torch.int64, device=x.device)
+            recv_weights = torch.empty((num_recv, num_topk), dtype=torch.float32, device=x.device)
+        native.dispatch_receive(_cuda_view(recv_x, "recv_x"), recv_scales, recv_idx, recv_weights, stream)
+        out_x = recv_x if recv_scales is None else (recv_x, recv_scales)
+        if handle is not None:
+            return out_x, None, None, None, handle
+        return out_x, recv_idx, recv_weights, list(counts), new_handle
+
+    def _cuda_combine(self, x, handle, topk_weights):
+        import torch
+
+        native = self._cuda_buffer()
+        if x.dim() != 2:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (num_recv_tokens, hidden)")
+        weights = None if topk_weights is None else topk_weights.float().contiguous()
+        combined = torch.empty((handle.num_tokens, x.shape[1]), dtype=x.dtype, device=x.device)
+        combined_weights = None if weights is None else torch.empty((handle.num_tokens, handle.num_topk),
+                                                                    dtype=torch.float32, device=x.device)
+        native.combine(_cuda_view(x, "x"), handle, weights, _cuda_view(combined, "combined_x"), combined_weights,
+                       _stream())
+        return combined, combined_weights
+
+    def _cuda_low_latency_dispatch(self, x, topk_idx, max_tokens, num_experts, use_fp8, return_recv_hook):
+        import torch
+
+        native = self._cuda_buffer()
+        if x.dim() != 2:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (num_tokens, hidden)")
+        x_view = _cuda_view(x, "x")
+        topk = topk_idx.long().contiguous()
+        native.low_latency_dispatch_send(x_view, topk, max_tokens, num_experts, use_fp8, _stream())
+        num_local = num_experts // self.group_size
+        capacity = max_tokens * self.group_size
+        hidden = x.shape[1]
+        recv_dtype = torch.float8_e4m3fn if use_fp8 else x.dtype
+        recv_x = torch.empty((num_local, capacity, hidden), dtype=recv_dtype, device=x.device)
+        recv_scales = torch.empty((num_local, capacity, hidden // 128), dtype=torch.float32,
+                                  device=x.device) if use_fp8 else None
+        recv_count = torch.empty((num_local,), dtype=torch.int32, device=x.device)
+        handle = _LowLatencyHandle(x.shape[0], hidden, num_experts, max_tokens)
+        handle.cuda = True
+        event = _record_event()
+        keep = (x_view, topk)  # the send kernels read these asynchronously
+
+        def hook() -> None:
+            nonlocal keep
+            native.low_latency_dispatch_receive(_cuda_view(recv_x, "recv_x"), recv_scales, recv_count, _stream())
+            handle.native = True
+            keep = None
+
+        if not return_recv_hook:
+            hook()
+        return ((recv_x, recv_scales) if use_fp8 else recv_x), recv_count, handle, event, (
+            hook if return_recv_hook else _no_op)
+
+    def _cuda_low_latency_combine(self, x, topk_idx, topk_weights, handle, return_recv_hook):
+        import torch
+
+        native = self._cuda_buffer()
+        if not getattr(handle, "cuda", False) or handle.native is None:
+            raise ValueError("the handle is not from a received CUDA low_latency_dispatch (call its hook first)")
+        if x.dim() != 3:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (num_local_experts, max_tokens * num_ranks, "
+                             "hidden)")
+        x_view = _cuda_view(x, "x").reshape(-1, x.shape[2])
+        topk = topk_idx.long().contiguous()
+        weights = topk_weights.float().contiguous()
+        native.low_latency_combine_send(x_view, topk, weights, _stream())
+        combined = torch.empty((handle.num_tokens, x.shape[2]), dtype=x.dtype, device=x.device)
+        event = _record_event()
+        keep = (x_view, topk, weights)
+
+        def hook() -> None:
+            nonlocal keep
+            native.low_latency_combine_receive(_cuda_view(combined, "combined_x"), _stream())
+            keep = None
+
+        if not return_recv_hook:
+            hook()
+        return combined, event, (hook if return_recv_hook else _no_op)
 
 
 def _no_op() -> None:

@@ -1,7 +1,8 @@
-// fireflyer._C.ep: the CPU shared-memory backend of ff::ep over numpy arrays. The Python wrapper
-// (fireflyer/ep.py) gives it DeepEP's Buffer API; this layer maps dtypes (float32, uint16 = bfloat16 bits,
-// uint8 = e4m3 codes), checks shapes, releases the GIL while a collective waits, and converts a Status to
-// a Python exception.
+// fireflyer._C.ep: the backends of ff::ep. ShmBuffer (CPU shared memory) over numpy arrays; CudaBuffer
+// (CUDA intranode) over CUDA arrays that arrive through DLPack (torch tensors viewed as float32, int16 =
+// bfloat16 bits, uint8 = e4m3 codes; outputs allocated by the caller) with the caller's stream handle. The
+// Python wrapper (fireflyer/ep.py) gives both DeepEP's Buffer API; this layer maps dtypes, checks shapes,
+// releases the GIL while a collective waits, and converts a Status to a Python exception.
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -12,6 +13,7 @@
 
 #include "binding.h"
 #include "ff/ep/buffer.h"
+#include "ff/ep/cuda_buffer.h"
 
 namespace ff::python {
 
@@ -236,6 +238,207 @@ nb::tuple get_dispatch_layout(const IndexMatrix& topk_idx, int64_t num_experts, 
                         is_token_in_rank);
 }
 
+// ---------------------------------------------------------------------------------------------------
+// CUDA backend
+
+using CudaArray = nb::ndarray<nb::device::cuda, nb::c_contig>;
+
+struct PyCudaDispatchHandle {
+  std::shared_ptr<const ep::CudaDispatchHandle> value;
+};
+
+bool is_dtype(const CudaArray& array, nb::dlpack::dtype_code code, int bits) {
+  return array.dtype().code == static_cast<uint8_t>(code) && array.dtype().bits == bits && array.dtype().lanes == 1;
+}
+
+// float32, bfloat16 (as such or as int16/uint16 bits) or uint8 (e4m3 codes).
+ep::DType rows_dtype(const CudaArray& array, const char* name) {
+  using Code = nb::dlpack::dtype_code;
+  if (is_dtype(array, Code::Float, 32)) return ep::DType::kFloat32;
+  if (is_dtype(array, Code::Bfloat, 16) || is_dtype(array, Code::Int, 16) || is_dtype(array, Code::UInt, 16)) {
+    return ep::DType::kBFloat16;
+  }
+  if (is_dtype(array, Code::UInt, 8)) return ep::DType::kFloat8E4M3;
+  throw nb::value_error(
+      fmt::format("{} must be float32, bfloat16 (or its int16 bits) or uint8 (e4m3 codes) on the GPU", name).c_str());
+}
+
+ep::DeviceRows device_rows(const CudaArray& x, const char* name, const std::optional<CudaArray>& scales) {
+  if (x.ndim() != 2) throw nb::value_error(fmt::format("{} must be 2-D, has {} dimensions", name, x.ndim()).c_str());
+  ep::DeviceRows rows;
+  rows.data = x.data();
+  rows.dtype = rows_dtype(x, name);
+  rows.num_rows = static_cast<int64_t>(x.shape(0));
+  rows.hidden = static_cast<int64_t>(x.shape(1));
+  if (rows.dtype == ep::DType::kFloat8E4M3) {
+    if (!scales) throw nb::value_error(fmt::format("{} is uint8 (e4m3 codes) and needs per-128 scales", name).c_str());
+    if (scales->ndim() != 2 || scales->shape(0) != x.shape(0) ||
+        static_cast<int64_t>(scales->shape(1)) * ep::kFp8BlockSize != rows.hidden ||
+        !is_dtype(*scales, nb::dlpack::dtype_code::Float, 32)) {
+      throw nb::value_error(
+          fmt::format("{} scales must be float32 ({}, {})", name, x.shape(0), rows.hidden / ep::kFp8BlockSize).c_str());
+    }
+    rows.scales = static_cast<float*>(scales->data());
+  }
+  return rows;
+}
+
+template <typename T>
+T* typed(const std::optional<CudaArray>& array, const char* name, nb::dlpack::dtype_code code, size_t elements) {
+  if (!array) return nullptr;
+  if (!is_dtype(*array, code, static_cast<int>(sizeof(T) * 8)) || array->size() != elements) {
+    throw nb::value_error(fmt::format("{} has the wrong dtype or {} elements, expected {} of {} bits", name,
+                                      array->size(), elements, sizeof(T) * 8)
+                              .c_str());
+  }
+  return static_cast<T*>(array->data());
+}
+
+void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
+
+// Runs a native call without the GIL, then raises its error with the GIL held (raising a Python exception
+// without the GIL crashes the interpreter).
+template <typename Call>
+void call_released(Call&& call) {
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = call();
+  }
+  throw_if_error(status);
+}
+
+class PyCudaBuffer {
+ public:
+  PyCudaBuffer(const std::string& group, int rank, int num_ranks, int64_t num_bytes, int64_t timeout_ms, int num_sms) {
+    Result<std::unique_ptr<ep::CudaBuffer>> buffer = [&] {
+      nb::gil_scoped_release release;
+      return ep::CudaBuffer::create({group, rank, num_ranks, num_bytes, timeout_ms, num_sms});
+    }();
+    buffer_ = value_or_throw(std::move(buffer));
+  }
+
+  ep::CudaBuffer& get() {
+    if (!buffer_) throw nb::value_error("the ep CUDA buffer is closed");
+    return *buffer_;
+  }
+
+  void close() {
+    nb::gil_scoped_release release;
+    buffer_.reset();
+  }
+
+  nb::tuple dispatch_send(const CudaArray& x, std::optional<CudaArray> scales, std::optional<CudaArray> topk_idx,
+                          std::optional<CudaArray> topk_weights, int64_t num_experts,
+                          std::optional<CudaArray> num_tokens_per_rank, std::optional<CudaArray> is_token_in_rank,
+                          std::optional<PyCudaDispatchHandle> handle, int64_t expert_alignment, uintptr_t stream) {
+    using Code = nb::dlpack::dtype_code;
+    ep::CudaDispatchInput in;
+    in.x = device_rows(x, "x", scales);
+    const size_t tokens = x.shape(0);
+    if (handle) {
+      in.handle = handle->value;
+    } else {
+      if (!topk_idx || topk_idx->ndim() != 2 || topk_idx->shape(0) != tokens) {
+        throw nb::value_error("dispatch without a handle needs topk_idx (num_tokens, num_topk)");
+      }
+      in.num_topk = static_cast<int64_t>(topk_idx->shape(1));
+      const size_t entries = tokens * static_cast<size_t>(in.num_topk);
+      in.topk_idx = typed<const int64_t>(topk_idx, "topk_idx", Code::Int, entries);
+      in.topk_weights = typed<const float>(topk_weights, "topk_weights", Code::Float, entries);
+      in.num_experts = num_experts;
+      in.num_tokens_per_rank = typed<const int32_t>(num_tokens_per_rank, "num_tokens_per_rank", Code::Int,
+                                                    static_cast<size_t>(get().num_ranks()));
+      in.is_token_in_rank = reinterpret_cast<const bool*>(typed<const uint8_t>(
+          is_token_in_rank, "is_token_in_rank (as uint8)", Code::UInt, tokens * get().num_ranks()));
+    }
+    in.expert_alignment = expert_alignment;
+    Result<ep::CudaDispatchPlan> result = [&] {
+      nb::gil_scoped_release release;
+      return get().dispatch_send(in, as_stream(stream));
+    }();
+    plan_ = value_or_throw(std::move(result));
+    return nb::make_tuple(plan_.num_recv_tokens, plan_.num_recv_tokens_per_expert, PyCudaDispatchHandle{plan_.handle});
+  }
+
+  void dispatch_receive(std::optional<CudaArray> recv_x, std::optional<CudaArray> recv_scales,
+                        std::optional<CudaArray> recv_topk_idx, std::optional<CudaArray> recv_topk_weights,
+                        uintptr_t stream) {
+    ep::CudaDispatchOutputs out;
+    out.recv_x = recv_x ? recv_x->data() : nullptr;
+    out.recv_scales = recv_scales ? static_cast<float*>(recv_scales->data()) : nullptr;
+    out.recv_topk_idx = recv_topk_idx ? static_cast<int64_t*>(recv_topk_idx->data()) : nullptr;
+    out.recv_topk_weights = recv_topk_weights ? static_cast<float*>(recv_topk_weights->data()) : nullptr;
+    call_released([&] { return get().dispatch_receive(plan_, out, as_stream(stream)); });
+  }
+
+  void combine(const CudaArray& x, const PyCudaDispatchHandle& handle, std::optional<CudaArray> topk_weights,
+               std::optional<CudaArray> combined_x, std::optional<CudaArray> combined_topk_weights, uintptr_t stream) {
+    using Code = nb::dlpack::dtype_code;
+    ep::DeviceRows rows = device_rows(x, "x", std::nullopt);
+    const size_t topk = static_cast<size_t>(handle.value->num_topk);
+    const float* weights = typed<const float>(topk_weights, "topk_weights", Code::Float, x.shape(0) * topk);
+    const size_t tokens = static_cast<size_t>(handle.value->host.num_tokens);
+    if (combined_x && combined_x->size() != tokens * x.shape(1)) {
+      throw nb::value_error("combined_x has the wrong number of elements");
+    }
+    float* out_weights = typed<float>(combined_topk_weights, "combined_topk_weights", Code::Float, tokens * topk);
+    void* out = combined_x ? combined_x->data() : nullptr;
+    call_released([&] { return get().combine(rows, *handle.value, weights, out, out_weights, as_stream(stream)); });
+  }
+
+  void low_latency_dispatch_send(const CudaArray& x, const CudaArray& topk_idx, int64_t max_tokens_per_rank,
+                                 int64_t num_experts, bool use_fp8, uintptr_t stream) {
+    ep::DeviceRows rows = device_rows(x, "x", std::nullopt);
+    if (topk_idx.ndim() != 2 || topk_idx.shape(0) != x.shape(0) ||
+        !is_dtype(topk_idx, nb::dlpack::dtype_code::Int, 64)) {
+      throw nb::value_error("topk_idx must be int64 (num_tokens, num_topk) with x's number of rows");
+    }
+    call_released([&] {
+      return get().low_latency_dispatch_send(rows, static_cast<const int64_t*>(topk_idx.data()),
+                                             static_cast<int64_t>(topk_idx.shape(1)), max_tokens_per_rank, num_experts,
+                                             use_fp8, as_stream(stream));
+    });
+  }
+
+  void low_latency_dispatch_receive(const CudaArray& recv_x, std::optional<CudaArray> recv_scales,
+                                    const CudaArray& recv_count, uintptr_t stream) {
+    call_released([&] {
+      return get().low_latency_dispatch_receive(recv_x.data(),
+                                                recv_scales ? static_cast<float*>(recv_scales->data()) : nullptr,
+                                                static_cast<int32_t*>(recv_count.data()), as_stream(stream));
+    });
+  }
+
+  void low_latency_combine_send(const CudaArray& x, const CudaArray& topk_idx, const CudaArray& topk_weights,
+                                uintptr_t stream) {
+    ep::DeviceRows rows = device_rows(x, "x", std::nullopt);
+    if (!is_dtype(topk_idx, nb::dlpack::dtype_code::Int, 64) ||
+        !is_dtype(topk_weights, nb::dlpack::dtype_code::Float, 32) || topk_idx.size() != topk_weights.size()) {
+      throw nb::value_error("topk_idx must be int64 and topk_weights float32 of the same shape");
+    }
+    call_released([&] {
+      return get().low_latency_combine_send(rows, static_cast<const int64_t*>(topk_idx.data()),
+                                            static_cast<const float*>(topk_weights.data()), as_stream(stream));
+    });
+  }
+
+  void low_latency_combine_receive(const CudaArray& combined_x, uintptr_t stream) {
+    call_released([&] { return get().low_latency_combine_receive(combined_x.data(), as_stream(stream)); });
+  }
+
+  void synchronize(uintptr_t stream) {
+    call_released([&] { return get().synchronize(as_stream(stream)); });
+  }
+
+  void set_num_sms(int num_sms) { get().set_num_sms(num_sms); }
+  int num_sms() { return get().num_sms(); }
+
+ private:
+  std::unique_ptr<ep::CudaBuffer> buffer_;
+  ep::CudaDispatchPlan plan_;
+};
+
 }  // namespace
 
 void bind_ep(nb::module_& module) {
@@ -259,6 +462,35 @@ void bind_ep(nb::module_& module) {
       .def("low_latency_combine_send", &PyBuffer::low_latency_combine_send, nb::arg("x"), nb::arg("topk_idx"),
            nb::arg("topk_weights"), nb::arg("handle"))
       .def("low_latency_combine_receive", &PyBuffer::low_latency_combine_receive);
+  nb::class_<PyCudaDispatchHandle>(module, "CudaDispatchHandle", "Layout of a normal dispatch on the GPU (opaque)")
+      .def_prop_ro("num_recv_tokens", [](const PyCudaDispatchHandle& h) { return h.value->host.num_recv_tokens(); })
+      .def_prop_ro("recv_counts", [](const PyCudaDispatchHandle& h) { return h.value->host.recv_counts; })
+      .def_prop_ro("num_tokens", [](const PyCudaDispatchHandle& h) { return h.value->host.num_tokens; })
+      .def_prop_ro("num_topk", [](const PyCudaDispatchHandle& h) { return h.value->num_topk; });
+  nb::class_<PyCudaBuffer>(module, "CudaBuffer", "CUDA intranode ep buffer of one rank (one process per rank)")
+      .def(nb::init<const std::string&, int, int, int64_t, int64_t, int>(), nb::arg("group"), nb::arg("rank"),
+           nb::arg("num_ranks"), nb::arg("num_bytes"), nb::arg("timeout_ms"), nb::arg("num_sms"))
+      .def("close", &PyCudaBuffer::close)
+      .def("dispatch_send", &PyCudaBuffer::dispatch_send, nb::arg("x"), nb::arg("scales").none(),
+           nb::arg("topk_idx").none(), nb::arg("topk_weights").none(), nb::arg("num_experts"),
+           nb::arg("num_tokens_per_rank").none(), nb::arg("is_token_in_rank").none(), nb::arg("handle").none(),
+           nb::arg("expert_alignment"), nb::arg("stream"))
+      .def("dispatch_receive", &PyCudaBuffer::dispatch_receive, nb::arg("recv_x").none(), nb::arg("recv_scales").none(),
+           nb::arg("recv_topk_idx").none(), nb::arg("recv_topk_weights").none(), nb::arg("stream"))
+      .def("combine", &PyCudaBuffer::combine, nb::arg("x"), nb::arg("handle"), nb::arg("topk_weights").none(),
+           nb::arg("combined_x").none(), nb::arg("combined_topk_weights").none(), nb::arg("stream"))
+      .def("low_latency_dispatch_send", &PyCudaBuffer::low_latency_dispatch_send, nb::arg("x"), nb::arg("topk_idx"),
+           nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"), nb::arg("stream"))
+      .def("low_latency_dispatch_receive", &PyCudaBuffer::low_latency_dispatch_receive, nb::arg("recv_x"),
+           nb::arg("recv_scales").none(), nb::arg("recv_count"), nb::arg("stream"))
+      .def("low_latency_combine_send", &PyCudaBuffer::low_latency_combine_send, nb::arg("x"), nb::arg("topk_idx"),
+           nb::arg("topk_weights"), nb::arg("stream"))
+      .def("low_latency_combine_receive", &PyCudaBuffer::low_latency_combine_receive, nb::arg("combined_x"),
+           nb::arg("stream"))
+      .def("synchronize", &PyCudaBuffer::synchronize, nb::arg("stream"))
+      .def("set_num_sms", &PyCudaBuffer::set_num_sms, nb::arg("num_sms"))
+      .def("num_sms", &PyCudaBuffer::num_sms);
+  module.def("cuda_backend_built", &ep::cuda_backend_built, "True when this build has the ep CUDA backend.");
   module.def("get_dispatch_layout", &get_dispatch_layout, nb::arg("topk_idx"), nb::arg("num_experts"),
              nb::arg("num_ranks"),
              "(num_tokens_per_rank int32, num_tokens_per_expert int32, is_token_in_rank bool) of int64 topk_idx.");

@@ -37,7 +37,14 @@ constexpr uint64_t kMagic = 0x46465f45505f3031ull;  // "FF_EP_01"
 constexpr int64_t kPageBytes = 4096;
 constexpr int64_t kSlotHeaderBytes = 64;
 
-enum Op : int32_t { kNone = 0, kDispatch = 1, kCombine = 2, kLowLatencyDispatch = 3, kLowLatencyCombine = 4 };
+enum Op : int32_t {
+  kNone = 0,
+  kDispatch = 1,
+  kCombine = 2,
+  kLowLatencyDispatch = 3,
+  kLowLatencyCombine = 4,
+  kExchange = 5
+};
 
 const char* op_name(int op) {
   switch (op) {
@@ -45,6 +52,7 @@ const char* op_name(int op) {
     case kCombine: return "combine";
     case kLowLatencyDispatch: return "low_latency_dispatch";
     case kLowLatencyCombine: return "low_latency_combine";
+    case kExchange: return "exchange";
     default: return "none";
   }
 }
@@ -963,6 +971,47 @@ Result<Rows> ShmBuffer::low_latency_combine_receive() {
     store_row(state.out_dtype, sum.data() + t * state.hidden, state.hidden, out.bytes.data() + t * x_bytes);
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Exchange: a small all-to-all of byte blobs (the CUDA backend's control plane). Wire: the blob.
+
+Result<std::vector<std::vector<uint8_t>>> ShmBuffer::exchange(const std::vector<std::vector<uint8_t>>& to_each,
+                                                              const char* what) {
+  FF_RETURN_IF_ERROR(begin_call(kExchange));
+  const int n = options_.num_ranks;
+  const int me = options_.rank;
+  if (static_cast<int>(to_each.size()) != n) {
+    return fail(invalid_argument("ep rank {} exchange ({}): {} blobs for {} ranks", me, what, to_each.size(), n));
+  }
+  for (int dst = 0; dst < n; ++dst) {
+    const std::vector<uint8_t>& blob = to_each[static_cast<size_t>(dst)];
+    SlotHeader header{seq_, kExchange, 0, static_cast<int64_t>(blob.size()), 1, 0, 1, 0, 0};
+    uint8_t* out = slot(me, dst);
+    Status fits = write_header(out, slot_bytes_, header, me, dst);
+    if (!fits.is_ok()) return fail(fits.with_context(fmt::format("ep rank {} exchange ({})", me, what)));
+    if (!blob.empty()) std::memcpy(out + kSlotHeaderBytes, blob.data(), blob.size());
+    FF_RETURN_IF_ERROR(publish(dst));
+  }
+  std::vector<std::vector<uint8_t>> from_each(static_cast<size_t>(n));
+  for (int src = 0; src < n; ++src) {
+    FF_RETURN_IF_ERROR(wait_published(src, what));
+    SlotHeader header;
+    std::memcpy(&header, slot(src, me), sizeof(header));
+    const uint8_t* data = slot(src, me) + kSlotHeaderBytes;
+    from_each[static_cast<size_t>(src)].assign(data, data + header.num_rows);
+  }
+  FF_RETURN_IF_ERROR(barrier(what));
+  return from_each;
+}
+
+Status ShmBuffer::check_group(bool check_liveness) const {
+  if (segment_->abort_state.load(std::memory_order_acquire) != 0) {
+    return aborted_status(*segment_, options_.group, options_.rank);
+  }
+  if (!check_liveness) return Status::ok();
+  for (int peer = 0; peer < options_.num_ranks; ++peer) FF_RETURN_IF_ERROR(check_peer_alive(peer));
+  return Status::ok();
 }
 
 }  // namespace ff::ep

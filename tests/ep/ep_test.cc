@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "ff/ep/buffer.h"
+#include "ff/ep/cuda_buffer.h"
 #include "ff/gemm/numeric.h"
 
 namespace ff::ep {
@@ -480,6 +481,78 @@ TEST(EpBuffer, RejectsBadOptions) {
   Result<std::unique_ptr<ShmBuffer>> alone = ShmBuffer::create({unique_group("alone"), 1, 2, 1 << 20, 200});
   ASSERT_FALSE(alone.is_ok());
   EXPECT_EQ(alone.status().code(), StatusCode::kDeadlineExceeded);
+}
+
+// The control plane of the CUDA backend: every rank gets the blob each other rank addressed to it, and a
+// rank in a different collective is an error naming both.
+TEST(EpExchange, DeliversEachBlobToItsDestination) {
+  for (int num_ranks : {2, 5}) {
+    expect_all_ok(run_ranks(num_ranks, [num_ranks](ShmBuffer& buffer) {
+      for (int round = 0; round < 3; ++round) {
+        std::vector<std::vector<uint8_t>> to_each(static_cast<size_t>(num_ranks));
+        for (int dst = 0; dst < num_ranks; ++dst) {
+          // Size and contents depend on (round, src, dst); an empty blob for dst == src on round 1.
+          const int size = round == 1 && dst == buffer.rank() ? 0 : 1 + (round + buffer.rank() * 7 + dst) % 50;
+          for (int i = 0; i < size; ++i)
+            to_each[static_cast<size_t>(dst)].push_back(uint8_t(round + buffer.rank() + dst + i));
+        }
+        Result<std::vector<std::vector<uint8_t>>> from_each = buffer.exchange(to_each, "to test exchange");
+        RANK_CHECK(from_each.is_ok(), "{}", from_each.status().to_string());
+        for (int src = 0; src < num_ranks; ++src) {
+          const int me = buffer.rank();
+          const int size = round == 1 && src == me ? 0 : 1 + (round + src * 7 + me) % 50;
+          const auto& blob = (*from_each)[static_cast<size_t>(src)];
+          RANK_CHECK(static_cast<int>(blob.size()) == size, "round {} from {}: {} bytes, expected {}", round, src,
+                     blob.size(), size);
+          for (int i = 0; i < size; ++i) RANK_CHECK(blob[static_cast<size_t>(i)] == uint8_t(round + src + me + i));
+        }
+        RANK_CHECK(buffer.check_group(/*check_liveness=*/false).is_ok());  // peers may have finished
+      }
+    }));
+  }
+}
+
+TEST(EpExchange, MismatchedCollectiveIsAnError) {
+  const std::vector<int> codes = run_ranks(2, [](ShmBuffer& buffer) {
+    if (buffer.rank() == 0) {
+      Result<std::vector<std::vector<uint8_t>>> out = buffer.exchange({{1}, {2}}, "to test a mismatch");
+      RANK_CHECK(!out.is_ok(), "exchange against a dispatch succeeded");
+    } else {
+      std::vector<float> x(256, 1.0f);
+      std::vector<int64_t> topk(1, 0);
+      DispatchInput in;
+      in.x = view(x, 256);
+      in.topk_idx = topk;
+      in.num_topk = 1;
+      in.num_experts = 2;
+      RANK_CHECK(!buffer.dispatch(in).is_ok(), "dispatch against an exchange succeeded");
+    }
+    RANK_CHECK(!buffer.check_group().is_ok(), "the group is not aborted");
+    ::_exit(42);
+  });
+  EXPECT_EQ(codes[0], 42);
+  EXPECT_EQ(codes[1], 42);
+}
+
+// Without the CUDA backend (or without a GPU) creating a CUDA buffer is an error value, never a crash.
+// Runs in a child so that this process never initializes CUDA (the other tests fork).
+TEST(EpCudaBuffer, CreateFailsCleanlyWithoutBackendOrGpu) {
+  const std::vector<int> codes = run_ranks(1, [](ShmBuffer&) {
+    if (ff::ep::cuda_backend_built()) {
+      Result<std::unique_ptr<CudaBuffer>> small = CudaBuffer::create({unique_group("cuda_small"), 0, 1, 1024, 200});
+      RANK_CHECK(!small.is_ok() && small.status().code() == StatusCode::kInvalidArgument, "{}",
+                 small.status().to_string());
+    }
+    Result<std::unique_ptr<CudaBuffer>> buffer = CudaBuffer::create({unique_group("cuda"), 0, 1, 1 << 20, 500});
+    if (!ff::ep::cuda_backend_built()) {
+      RANK_CHECK(!buffer.is_ok() && buffer.status().code() == StatusCode::kUnimplemented, "{}",
+                 buffer.status().to_string());
+      RANK_CHECK(buffer.status().message().find("not built") != std::string::npos);
+    }
+    // With the backend built: OK on a GPU machine, an error value (no GPU / no driver) elsewhere.
+    ::_exit(buffer.is_ok() ? 0 : 43);
+  });
+  EXPECT_TRUE(codes[0] == 0 || codes[0] == 43) << codes[0];
 }
 
 }  // namespace

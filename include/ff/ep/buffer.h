@@ -151,8 +151,19 @@ class ShmBuffer {
                                   std::span<const float> topk_weights, const LowLatencyHandle& handle);
   Result<Rows> low_latency_combine_receive();
 
+  // A small all-to-all of byte blobs, the control plane of the CUDA backend: to_each[d] goes to rank d;
+  // returns from_each[s], the blob rank s sent here. A collective like the others (same order on every
+  // rank, bounded waits, ends with a barrier); `what` names it in errors. An empty blob per rank makes it a
+  // checked barrier. Each blob must fit a slot (slot_bytes() - 64 bytes).
+  Result<std::vector<std::vector<uint8_t>>> exchange(const std::vector<std::vector<uint8_t>>& to_each,
+                                                     const char* what);
+
   // Marks the group aborted with this message: every rank's current and next call fails with it.
   void abort_group(const std::string& message);
+  // OK while the group runs; the Aborted status (with the first error's message) once a rank failed, and
+  // (with check_liveness) Unavailable naming a dead rank. Non-blocking; for backends that wait on
+  // something other than the slots. The liveness check reads /proc once per rank (tens of us in all).
+  Status check_group(bool check_liveness = true) const;
 
   struct Segment;  // the shared layout (buffer.cc)
 
