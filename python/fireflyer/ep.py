@@ -232,7 +232,7 @@ class Buffer:
 
     def _cpu_buffer(self) -> Any:
         if self._native is None:
-            raise ValueError("this Buffer was created with backend='cuda'; pass CUDA tensors")
+            raise ValueError("this Buffer has no CPU backend (it was created with backend='cuda', or closed)")
         return self._native
 
     def synchronize(self) -> None:

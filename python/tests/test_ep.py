@@ -173,3 +173,16 @@ def test_single_rank_layout_and_validation() -> None:
         ep.Buffer("bad/name", 1 << 20, rank=0, num_ranks=1)
     with pytest.raises(ValueError):
         ep.Buffer(("g", 0, 1), 0)
+
+
+def test_backend_choice_is_validated() -> None:
+    with pytest.raises(ValueError, match="backend"):
+        ep.Buffer((f"pytest_backend_{uuid.uuid4().hex[:8]}", 0, 1), num_nvl_bytes=1 << 20, backend="gpu")
+    buffer = ep.Buffer((f"pytest_backend_{uuid.uuid4().hex[:8]}", 0, 1), num_nvl_bytes=1 << 20, backend="cpu")
+    per_rank, _, per_expert, in_rank = buffer.get_dispatch_layout(np.array([[0, -1]], np.int64), 2)
+    assert per_rank.tolist() == [1] and per_expert.tolist() == [1, 0] and in_rank.tolist() == [[True]]
+    buffer.synchronize()  # nothing to wait for on the CPU backend
+    buffer.close()
+    with pytest.raises(ValueError, match="no CPU backend"):
+        buffer.dispatch(np.zeros((1, 8), np.float32), topk_idx=np.array([[0, -1]], np.int64),
+                        num_tokens_per_expert=per_expert)
