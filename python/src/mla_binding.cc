@@ -33,9 +33,11 @@ nb::object to_numpy(std::vector<T> values, std::initializer_list<size_t> shape) 
 // The view of `array` with dtype `dtype` if its element type is `storage`; ValueError otherwise.
 mla::TensorView view_of(const AnyArray& array, const char* name, mla::DType dtype, nb::dlpack::dtype storage,
                         const char* expected) {
-  if (array.dtype() != storage) throw nb::value_error((std::string(name) + " has the wrong dtype; expected " + expected).c_str());
+  if (array.dtype() != storage)
+    throw nb::value_error((std::string(name) + " has the wrong dtype; expected " + expected).c_str());
   if (array.ndim() > static_cast<size_t>(mla::TensorView::kMaxDims)) {
-    throw nb::value_error((std::string(name) + " has " + std::to_string(array.ndim()) + " dimensions; at most 4").c_str());
+    throw nb::value_error(
+        (std::string(name) + " has " + std::to_string(array.ndim()) + " dimensions; at most 4").c_str());
   }
   mla::TensorView view;
   view.data = array.data();
@@ -61,7 +63,8 @@ mla::DType half_dtype(const std::string& name) {
 nb::tuple get_mla_metadata(const AnyArray& cache_seqlens, int64_t num_q_tokens_per_head_k, int64_t num_heads_k,
                            int64_t num_sms) {
   const mla::TensorView view = int32_view(cache_seqlens, "cache_seqlens");
-  if (view.ndim != 1) throw nb::value_error(("cache_seqlens has shape " + view.shape_string() + "; expected (b,)").c_str());
+  if (view.ndim != 1)
+    throw nb::value_error(("cache_seqlens has shape " + view.shape_string() + "; expected (b,)").c_str());
   std::vector<int32_t> seqlens(view.shape[0]);
   for (int64_t i = 0; i < view.shape[0]; ++i) seqlens[i] = view.data_as<const int32_t>()[i * view.strides[0]];
   mla::MlaMetadata metadata =
@@ -96,11 +99,12 @@ nb::tuple flash_mla_with_kvcache(const AnyArray& q, const std::string& dtype_nam
   const size_t h_q = q.ndim() == 4 ? q.shape(2) : 0;
   std::vector<uint16_t> out(b * s_q * h_q * mla::kHeadDimV);
   std::vector<float> lse(b * h_q * s_q);
-  args.out = mla::TensorView::contiguous(out.data(), dtype,
-                                         {static_cast<int64_t>(b), static_cast<int64_t>(s_q), static_cast<int64_t>(h_q),
-                                          mla::kHeadDimV});
-  args.softmax_lse = mla::TensorView::contiguous(
-      lse.data(), mla::DType::kFloat32, {static_cast<int64_t>(b), static_cast<int64_t>(h_q), static_cast<int64_t>(s_q)});
+  args.out = mla::TensorView::contiguous(
+      out.data(), dtype,
+      {static_cast<int64_t>(b), static_cast<int64_t>(s_q), static_cast<int64_t>(h_q), mla::kHeadDimV});
+  args.softmax_lse =
+      mla::TensorView::contiguous(lse.data(), mla::DType::kFloat32,
+                                  {static_cast<int64_t>(b), static_cast<int64_t>(h_q), static_cast<int64_t>(s_q)});
   Status status;
   {
     // The computation touches no Python object; other Python threads may run meanwhile.
@@ -108,7 +112,8 @@ nb::tuple flash_mla_with_kvcache(const AnyArray& q, const std::string& dtype_nam
     status = mla::flash_mla_with_kvcache(args);
   }
   throw_if_error(status);
-  return nb::make_tuple(to_numpy(std::move(out), {b, s_q, h_q, size_t{mla::kHeadDimV}}), to_numpy(std::move(lse), {b, h_q, s_q}));
+  return nb::make_tuple(to_numpy(std::move(out), {b, s_q, h_q, size_t{mla::kHeadDimV}}),
+                        to_numpy(std::move(lse), {b, h_q, s_q}));
 }
 
 // The view of a DLPack array of any device, its dtype read from the array itself.
@@ -133,7 +138,8 @@ mla::TensorView device_view_of(const DeviceArray& array, const char* name) {
                               .c_str());
   }
   if (array.ndim() > static_cast<size_t>(mla::TensorView::kMaxDims)) {
-    throw nb::value_error((std::string(name) + " has " + std::to_string(array.ndim()) + " dimensions; at most 4").c_str());
+    throw nb::value_error(
+        (std::string(name) + " has " + std::to_string(array.ndim()) + " dimensions; at most 4").c_str());
   }
   view.data = array.data();
   view.ndim = static_cast<int>(array.ndim());
@@ -208,8 +214,8 @@ void bind_mla(nb::module_& module) {
   module.def("flash_mla_with_kvcache_cuda", &flash_mla_with_kvcache_cuda, nb::arg("q"), nb::arg("k_cache"),
              nb::arg("block_table"), nb::arg("cache_seqlens"), nb::arg("head_dim_v"),
              nb::arg("tile_scheduler_metadata"), nb::arg("num_splits"), nb::arg("softmax_scale").none(),
-             nb::arg("causal"), nb::arg("is_fp8_kvcache"), nb::arg("out"), nb::arg("softmax_lse"),
-             nb::arg("workspace"), nb::arg("stream"), nb::arg("check_values"),
+             nb::arg("causal"), nb::arg("is_fp8_kvcache"), nb::arg("out"), nb::arg("softmax_lse"), nb::arg("workspace"),
+             nb::arg("stream"), nb::arg("check_values"),
              "sm_90a MLA decode on CUDA arrays, into out / softmax_lse, enqueued on `stream`.");
   module.def("get_mla_metadata", &get_mla_metadata, nb::arg("cache_seqlens"), nb::arg("num_q_tokens_per_head_k"),
              nb::arg("num_heads_k"), nb::arg("num_sms") = mla::kDefaultNumSms,
@@ -218,7 +224,8 @@ void bind_mla(nb::module_& module) {
              nb::arg("block_table"), nb::arg("cache_seqlens"), nb::arg("head_dim_v"),
              nb::arg("tile_scheduler_metadata"), nb::arg("num_splits"), nb::arg("softmax_scale").none(),
              nb::arg("causal"), nb::arg("is_fp8_kvcache"), nb::arg("num_threads"),
-             "CPU MLA decode over uint16 bit patterns of `dtype`: (out uint16 (b, s_q, h_q, 512), lse float32 (b, h_q, s_q)).");
+             "CPU MLA decode over uint16 bit patterns of `dtype`: (out uint16 (b, s_q, h_q, 512), lse float32 (b, h_q, "
+             "s_q)).");
   module.def("quantize_kvcache_fp8", &quantize_kvcache_fp8, nb::arg("k_cache"),
              "bf16 bit patterns (num_blocks, 64, h_kv, 576) -> FP8 layout uint8 (num_blocks, 64, h_kv, 656).");
 }

@@ -24,7 +24,6 @@ using internal::read_int;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-
 float load_half(const void* base, int64_t index, DType dtype) {
   const uint16_t bits = static_cast<const uint16_t*>(base)[index];
   return dtype == DType::kBFloat16 ? bf16_to_float(bits) : fp16_to_float(bits);
@@ -36,10 +35,10 @@ uint16_t store_half(float value, DType dtype) {
 
 // Scratch of one worker, sized once per call.
 struct Workspace {
-  std::vector<float> q;       // (rows, 576): the query rows of one KV head, as float
-  std::vector<float> k;       // (64, 576): one page of dequantized cache tokens
-  std::vector<float> scores;  // (64)
-  std::vector<float> acc;     // (rows, 512)
+  std::vector<float> q;              // (rows, 576): the query rows of one KV head, as float
+  std::vector<float> k;              // (64, 576): one page of dequantized cache tokens
+  std::vector<float> scores;         // (64)
+  std::vector<float> acc;            // (rows, 512)
   std::vector<float> max_log2, sum;  // (rows)
 };
 
@@ -68,7 +67,8 @@ class CpuDecoder {
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t token = r / p.group, head = head_k * p.group + r % p.group;
         const int64_t base = piece.batch * args_.q.stride(0) + token * args_.q.stride(1) + head * args_.q.stride(2);
-        for (int c = 0; c < kHeadDimQk; ++c) work.q[r * kHeadDimQk + c] = load_half(args_.q.data, base + c, args_.q.dtype);
+        for (int c = 0; c < kHeadDimQk; ++c)
+          work.q[r * kHeadDimQk + c] = load_half(args_.q.data, base + c, args_.q.dtype);
       }
       std::fill(work.acc.begin(), work.acc.end(), 0.0f);
       std::fill(work.max_log2.begin(), work.max_log2.end(), -kInf);
@@ -124,10 +124,12 @@ class CpuDecoder {
     for (int64_t head = 0; head < p.h_q; ++head) {
       for (int64_t token = 0; token < p.s_q; ++token) {
         float max_lse = -kInf;
-        for (int s = 0; s < count; ++s) max_lse = std::max(max_lse, accumulators_.lse[lse_index(first + s, head, token)]);
+        for (int s = 0; s < count; ++s)
+          max_lse = std::max(max_lse, accumulators_.lse[lse_index(first + s, head, token)]);
         if (max_lse == -kInf) max_lse = 0.0f;  // every split empty: keeps exp2 below finite
         float sum = 0.0f;
-        for (int s = 0; s < count; ++s) sum += std::exp2(accumulators_.lse[lse_index(first + s, head, token)] - max_lse);
+        for (int s = 0; s < count; ++s)
+          sum += std::exp2(accumulators_.lse[lse_index(first + s, head, token)] - max_lse);
         const float global_lse = sum == 0.0f ? kInf : std::log2(sum) + max_lse;
         for (int s = 0; s < count; ++s) {
           weights[s] = std::exp2(accumulators_.lse[lse_index(first + s, head, token)] - global_lse);
@@ -182,7 +184,8 @@ class CpuDecoder {
         uint16_t* out = out_row(piece.batch, token, head);
         for (int c = 0; c < kHeadDimV; ++c) out[c] = store_half(acc[c] * inverse, args_.out.dtype);
       } else {
-        accumulators_.lse[lse_index(piece.split, head, token)] = sum == 0.0f ? -kInf : std::log2(sum) + work.max_log2[r];
+        accumulators_.lse[lse_index(piece.split, head, token)] =
+            sum == 0.0f ? -kInf : std::log2(sum) + work.max_log2[r];
         float* partial = accumulators_.out.data() + out_index(piece.split, head, token);
         for (int c = 0; c < kHeadDimV; ++c) partial[c] = acc[c] * inverse;
       }
@@ -196,7 +199,9 @@ class CpuDecoder {
   size_t lse_index(int64_t split, int64_t head, int64_t token) const {
     return static_cast<size_t>((split * problem_.h_q + head) * problem_.s_q + token);
   }
-  size_t out_index(int64_t split, int64_t head, int64_t token) const { return lse_index(split, head, token) * kHeadDimV; }
+  size_t out_index(int64_t split, int64_t head, int64_t token) const {
+    return lse_index(split, head, token) * kHeadDimV;
+  }
 
   const FlashMlaArgs& args_;
   const Problem& problem_;

@@ -50,8 +50,8 @@ int64_t span_elements(const TensorView& view) {
 Result<TensorView> host_copy(const TensorView& view, std::vector<int32_t>& storage, cudaStream_t stream) {
   storage.assign(static_cast<size_t>(span_elements(view)), 0);
   if (!storage.empty()) {
-    const cudaError_t error = cudaMemcpyAsync(storage.data(), view.data, storage.size() * sizeof(int32_t),
-                                              cudaMemcpyDeviceToHost, stream);
+    const cudaError_t error =
+        cudaMemcpyAsync(storage.data(), view.data, storage.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
     if (error != cudaSuccess) return cuda_error(error, "cudaMemcpyAsync of an index tensor to the host");
   }
   TensorView copy = view;
@@ -100,12 +100,10 @@ class DeviceGuard {
 
 Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   FF_ASSIGN_OR_RETURN(const Problem problem, validate_shapes(args, Device::kCuda));
-  const TensorView* views[] = {&args.q,           &args.k_cache,
-                               &args.block_table, &args.cache_seqlens,
-                               &args.out,         &args.softmax_lse,
-                               &args.num_splits,  &args.tile_scheduler_metadata};
-  const char* names[] = {"k_cache", "block_table", "cache_seqlens", "out", "softmax_lse", "num_splits",
-                         "tile_scheduler_metadata"};
+  const TensorView* views[] = {&args.q,   &args.k_cache,     &args.block_table, &args.cache_seqlens,
+                               &args.out, &args.softmax_lse, &args.num_splits,  &args.tile_scheduler_metadata};
+  const char* names[] = {"k_cache",     "block_table", "cache_seqlens",          "out",
+                         "softmax_lse", "num_splits",  "tile_scheduler_metadata"};
   for (int i = 1; i < 8; ++i) {
     if (views[i]->device_index != args.q.device_index) {
       return invalid_argument("{} is on GPU {}, but q is on GPU {}", names[i - 1], views[i]->device_index,
@@ -151,9 +149,10 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
       return invalid_argument("workspace must be on GPU {}, the device of q", args.q.device_index);
     }
     if (bytes < needed || !args.workspace.is_contiguous() || reinterpret_cast<uintptr_t>(workspace) % 256 != 0) {
-      return invalid_argument("workspace has {} bytes (contiguous: {}); expected >= {} contiguous bytes, 256-byte "
-                              "aligned (flash_mla_workspace_bytes)",
-                              bytes, args.workspace.is_contiguous(), needed);
+      return invalid_argument(
+          "workspace has {} bytes (contiguous: {}); expected >= {} contiguous bytes, 256-byte "
+          "aligned (flash_mla_workspace_bytes)",
+          bytes, args.workspace.is_contiguous(), needed);
     }
   } else {
     const cudaError_t error = cudaMallocAsync(&workspace, static_cast<size_t>(needed), stream);
@@ -189,9 +188,9 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.lse_head_stride = args.softmax_lse.strides[1];
   params.lse_token_stride = args.softmax_lse.strides[2];
   params.out_accum = static_cast<float*>(workspace);
-  params.lse_accum = reinterpret_cast<float*>(static_cast<char*>(workspace) +
-                                              cuda::out_accum_bytes(problem.batch_size, rows, problem.h_kv,
-                                                                    problem.num_sm_parts));
+  params.lse_accum =
+      reinterpret_cast<float*>(static_cast<char*>(workspace) +
+                               cuda::out_accum_bytes(problem.batch_size, rows, problem.h_kv, problem.num_sm_parts));
   params.batch_size = static_cast<int>(problem.batch_size);
   params.s_q = static_cast<int>(problem.s_q);
   params.h_q = static_cast<int>(problem.h_q);

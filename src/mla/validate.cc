@@ -17,7 +17,8 @@ Status check_view(const TensorView& view, const char* name, int ndim, std::initi
   for (DType dtype : dtypes) dtype_ok = dtype_ok || view.dtype == dtype;
   if (view.data == nullptr && view.numel() > 0) return invalid_argument("{} has no data", name);
   if (view.ndim != ndim) {
-    return invalid_argument("{} has shape {} ({}-D); expected {}", name, view.shape_string(), view.ndim, expected_shape);
+    return invalid_argument("{} has shape {} ({}-D); expected {}", name, view.shape_string(), view.ndim,
+                            expected_shape);
   }
   if (!dtype_ok) {
     std::string names;
@@ -43,7 +44,8 @@ Status check_shape(const TensorView& view, const char* name, std::initializer_li
   std::string text = "(";
   dim = 0;
   for (int64_t extent : expected) text += (dim++ == 0 ? "" : ", ") + std::to_string(extent);
-  return invalid_argument("{} has shape {}; expected {}{}", name, view.shape_string(), text, expected.size() == 1 ? ",)" : ")");
+  return invalid_argument("{} has shape {}; expected {}{}", name, view.shape_string(), text,
+                          expected.size() == 1 ? ",)" : ")");
 }
 
 }  // namespace
@@ -145,19 +147,21 @@ Status validate_values(const FlashMlaArgs& args, const Problem& problem) {
 Result<std::vector<Piece>> expand_schedule(const FlashMlaArgs& args, const Problem& problem) {
   const int64_t b = problem.batch_size;
   const auto stale = [](const std::string& what) {
-    return invalid_argument("tile_scheduler_metadata / num_splits do not describe cache_seqlens: {} (compute them "
-                            "with get_mla_metadata from this step's cache_seqlens)",
-                            what);
+    return invalid_argument(
+        "tile_scheduler_metadata / num_splits do not describe cache_seqlens: {} (compute them "
+        "with get_mla_metadata from this step's cache_seqlens)",
+        what);
   };
-  if (read_int(args.num_splits, 0) != 0) return stale(fmt::format("num_splits[0] is {}, not 0", read_int(args.num_splits, 0)));
+  if (read_int(args.num_splits, 0) != 0)
+    return stale(fmt::format("num_splits[0] is {}, not 0", read_int(args.num_splits, 0)));
   for (int64_t i = 0; i < b; ++i) {
     const int32_t count = read_int(args.num_splits, i + 1) - read_int(args.num_splits, i);
     if (count < 1 || count > problem.num_sm_parts) {
       return stale(fmt::format("sequence {} has {} splits (num_splits[{}] - num_splits[{}])", i, count, i + 1, i));
     }
   }
-  std::vector<int32_t> covered(b, 0);      // tokens of each sequence placed so far
-  std::vector<int32_t> pieces_of(b, 0);    // pieces of each sequence so far
+  std::vector<int32_t> covered(b, 0);    // tokens of each sequence placed so far
+  std::vector<int32_t> pieces_of(b, 0);  // pieces of each sequence so far
   std::vector<Piece> pieces;
   for (int64_t part = 0; part < problem.num_sm_parts; ++part) {
     const int32_t begin_batch = read_int(args.tile_scheduler_metadata, part, 0);
@@ -176,9 +180,10 @@ Result<std::vector<Piece>> expand_schedule(const FlashMlaArgs& args, const Probl
       // A piece that stops inside a sequence stops on a page boundary, so the next one starts on one.
       const bool aligned = hi == seqlen || hi % kPageBlockSize == 0;
       if (lo != covered[batch] || hi < lo || hi > seqlen || !aligned || split_in_batch != pieces_of[batch]) {
-        return stale(fmt::format("part {} takes tokens [{}, {}) of sequence {} (length {}) as its split {}, but "
-                                 "tokens [0, {}) and {} splits come before it",
-                                 part, lo, hi, batch, seqlen, split_in_batch, covered[batch], pieces_of[batch]));
+        return stale(
+            fmt::format("part {} takes tokens [{}, {}) of sequence {} (length {}) as its split {}, but "
+                        "tokens [0, {}) and {} splits come before it",
+                        part, lo, hi, batch, seqlen, split_in_batch, covered[batch], pieces_of[batch]));
       }
       const int32_t first_split = read_int(args.num_splits, batch);
       const int32_t count = read_int(args.num_splits, batch + 1) - first_split;

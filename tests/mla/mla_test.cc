@@ -44,9 +44,9 @@ TEST(Numerics, Fp16MatchesKnownEncodings) {
   EXPECT_EQ(float_to_fp16(-2.0f), 0xc000);
   EXPECT_EQ(float_to_fp16(65504.0f), 0x7bff);
   EXPECT_EQ(float_to_fp16(1e6f), 0x7c00);
-  EXPECT_EQ(float_to_fp16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
+  EXPECT_EQ(float_to_fp16(std::ldexp(1.0f, -24)), 0x0001);         // smallest subnormal
   EXPECT_EQ(float_to_fp16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // tie to even
-  for (uint32_t bits = 0; bits < 0x7c00; ++bits) {  // every finite non-negative half round-trips
+  for (uint32_t bits = 0; bits < 0x7c00; ++bits) {                 // every finite non-negative half round-trips
     ASSERT_EQ(float_to_fp16(fp16_to_float(static_cast<uint16_t>(bits))), bits) << bits;
   }
 }
@@ -60,16 +60,16 @@ TEST(Numerics, E4m3DecodesEveryCodeAndRoundTrips) {
       EXPECT_TRUE(std::isnan(value)) << bits;
       continue;
     }
-    const double expected = (bits & 0x80 ? -1.0 : 1.0) * (e == 0 ? std::pow(2.0, -6) * m / 8.0
-                                                                 : std::pow(2.0, e - 7) * (1.0 + m / 8.0));
+    const double expected =
+        (bits & 0x80 ? -1.0 : 1.0) * (e == 0 ? std::pow(2.0, -6) * m / 8.0 : std::pow(2.0, e - 7) * (1.0 + m / 8.0));
     EXPECT_EQ(value, expected) << bits;
     if (bits != 0x80) {  // -0 encodes as 0x80 too
       EXPECT_EQ(float_to_e4m3(value), bits) << bits;
     }
   }
-  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1000.0f)), 448.0f);  // saturates
-  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.0625f)), 1.0f);    // halfway between 1 and 1.125: even
-  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.1875f)), 1.25f);   // halfway between 1.125 and 1.25: even
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1000.0f)), 448.0f);              // saturates
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.0625f)), 1.0f);                // halfway between 1 and 1.125: even
+  EXPECT_EQ(e4m3_to_float(float_to_e4m3(1.1875f)), 1.25f);               // halfway between 1.125 and 1.25: even
   EXPECT_EQ(e4m3_to_float(float_to_e4m3(std::ldexp(1.0f, -10))), 0.0f);  // half the smallest subnormal: even
 }
 
@@ -119,11 +119,11 @@ int64_t check_schedule(const MlaMetadata& metadata, const std::vector<int32_t>& 
 }
 
 TEST(Metadata, NumSmPartsFollowsTheAnchor) {
-  EXPECT_EQ(num_sm_parts_for(128, 1), 66);      // s_q 1, h_q 128: two 64-row tiles per sequence
+  EXPECT_EQ(num_sm_parts_for(128, 1), 66);  // s_q 1, h_q 128: two 64-row tiles per sequence
   EXPECT_EQ(num_sm_parts_for(64, 1), 132);
   EXPECT_EQ(num_sm_parts_for(2 * 128, 1), 33);  // s_q 2
   EXPECT_EQ(num_sm_parts_for(16, 1, 78), 78);
-  EXPECT_EQ(num_sm_parts_for(1024, 4, 8), 1);   // never 0
+  EXPECT_EQ(num_sm_parts_for(1024, 4, 8), 1);  // never 0
 }
 
 TEST(Metadata, HandComputedSchedule) {
@@ -141,8 +141,9 @@ TEST(Metadata, HandComputedSchedule) {
   // the rest fits... part 0 takes 10 - 5 = 5 blocks (split 1), part 1 has 10 >= 5 + 5: the tail.
   metadata = get_mla_metadata(std::vector<int32_t>{600}, 64, 1, 3);
   ASSERT_TRUE(metadata.is_ok());
-  EXPECT_EQ(metadata->tile_scheduler_metadata,
-            (std::vector<int32_t>{0, 0, 0, 320, 0, 0, 0, 0, /**/ 0, 320, 0, 600, 1, 0, 0, 0, /**/ 1, 0, 0, 600, 0, 0, 0, 0}));
+  EXPECT_EQ(
+      metadata->tile_scheduler_metadata,
+      (std::vector<int32_t>{0, 0, 0, 320, 0, 0, 0, 0, /**/ 0, 320, 0, 600, 1, 0, 0, 0, /**/ 1, 0, 0, 600, 0, 0, 0, 0}));
   EXPECT_EQ(metadata->num_splits, (std::vector<int32_t>{0, 2}));
 }
 
@@ -192,21 +193,22 @@ struct Case {
 struct Inputs {
   Case config;
   int64_t num_blocks = 0, max_blocks = 0;
-  std::vector<uint16_t> q;            // (b, s_q, h_q, 576)
-  std::vector<uint16_t> cache;        // (num_blocks, 64, h_kv, 576)
-  std::vector<uint8_t> cache_fp8;     // (num_blocks, 64, h_kv, 656) when config.fp8
-  std::vector<int32_t> block_table;   // (b, max_blocks)
+  std::vector<uint16_t> q;           // (b, s_q, h_q, 576)
+  std::vector<uint16_t> cache;       // (num_blocks, 64, h_kv, 576)
+  std::vector<uint8_t> cache_fp8;    // (num_blocks, 64, h_kv, 656) when config.fp8
+  std::vector<int32_t> block_table;  // (b, max_blocks)
   MlaMetadata metadata;
-  std::vector<uint16_t> out;          // (b, s_q, h_q, 512)
-  std::vector<float> lse;             // (b, h_q, s_q)
+  std::vector<uint16_t> out;  // (b, s_q, h_q, 512)
+  std::vector<float> lse;     // (b, h_q, s_q)
 
   FlashMlaArgs args() {
     const int64_t b = static_cast<int64_t>(config.seqlens.size());
     FlashMlaArgs args;
     args.q = TensorView::contiguous(q.data(), config.dtype, {b, config.s_q, config.h_q, kHeadDimQk});
-    args.k_cache = config.fp8 ? TensorView::contiguous(cache_fp8.data(), DType::kUInt8,
-                                                       {num_blocks, 64, config.h_kv, kFp8BytesPerToken})
-                              : TensorView::contiguous(cache.data(), config.dtype, {num_blocks, 64, config.h_kv, kHeadDimQk});
+    args.k_cache =
+        config.fp8
+            ? TensorView::contiguous(cache_fp8.data(), DType::kUInt8, {num_blocks, 64, config.h_kv, kFp8BytesPerToken})
+            : TensorView::contiguous(cache.data(), config.dtype, {num_blocks, 64, config.h_kv, kHeadDimQk});
     args.block_table = TensorView::contiguous(block_table.data(), DType::kInt32, {b, max_blocks});
     args.cache_seqlens = TensorView::contiguous(config.seqlens.data(), DType::kInt32, {b});
     args.tile_scheduler_metadata =
@@ -221,8 +223,12 @@ struct Inputs {
   }
 };
 
-uint16_t encode(float value, DType dtype) { return dtype == DType::kBFloat16 ? float_to_bf16(value) : float_to_fp16(value); }
-double decode(uint16_t bits, DType dtype) { return dtype == DType::kBFloat16 ? bf16_to_float(bits) : fp16_to_float(bits); }
+uint16_t encode(float value, DType dtype) {
+  return dtype == DType::kBFloat16 ? float_to_bf16(value) : float_to_fp16(value);
+}
+double decode(uint16_t bits, DType dtype) {
+  return dtype == DType::kBFloat16 ? bf16_to_float(bits) : fp16_to_float(bits);
+}
 
 Inputs make_inputs(const Case& config, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -263,8 +269,8 @@ Inputs make_inputs(const Case& config, uint32_t seed) {
                                {inputs.num_blocks, 64, config.h_kv, kFp8BytesPerToken}));
     EXPECT_TRUE(status.is_ok()) << status.to_string();
   }
-  Result<MlaMetadata> metadata = get_mla_metadata(config.seqlens, config.s_q * config.h_q / config.h_kv, config.h_kv,
-                                                  config.num_sms);
+  Result<MlaMetadata> metadata =
+      get_mla_metadata(config.seqlens, config.s_q * config.h_q / config.h_kv, config.h_kv, config.num_sms);
   EXPECT_TRUE(metadata.is_ok()) << metadata.status().to_string();
   inputs.metadata = *metadata;
   inputs.out.assign(b * config.s_q * config.h_q * kHeadDimV, encode(kNaN, config.dtype));  // must all be written
@@ -389,9 +395,8 @@ TEST(Decode, Bf16TwoQueriesNotCausal) { run_and_compare({.seqlens = {97, 3}, .s_
 
 TEST(Decode, Fp16WithSplitsOnTwoThreads) {
   // 4 SMs force long sequences to be split over parts, so the combine step is exercised.
-  run_and_compare({.seqlens = {700, 40, 260}, .s_q = 1, .h_q = 64, .dtype = DType::kFloat16, .num_sms = 4,
-                   .num_threads = 2},
-                  4);
+  run_and_compare(
+      {.seqlens = {700, 40, 260}, .s_q = 1, .h_q = 64, .dtype = DType::kFloat16, .num_sms = 4, .num_threads = 2}, 4);
 }
 
 TEST(Decode, CausalSplitsAndTwoKvHeads) {
@@ -424,7 +429,7 @@ TEST(Decode, ScheduleDoesNotChangeTheResultBeyondRounding) {
 
 TEST(Decode, QuantizeKeepsNaNAndRope) {
   std::vector<uint16_t> cache(64 * 576, float_to_bf16(0.5f));
-  cache[576 + 3] = float_to_bf16(kNaN);  // token 1, group 0
+  cache[576 + 3] = float_to_bf16(kNaN);     // token 1, group 0
   cache[576 + 520] = float_to_bf16(-3.0f);  // token 1, RoPE channel 8
   std::vector<uint8_t> fp8(64 * 656);
   ASSERT_TRUE(quantize_kvcache_fp8(TensorView::contiguous(cache.data(), DType::kBFloat16, {1, 64, 1, 576}),
@@ -434,7 +439,7 @@ TEST(Decode, QuantizeKeepsNaNAndRope) {
   EXPECT_EQ(dequantize_fp8_channel(fp8.data(), 575), 0.5f);
   EXPECT_TRUE(std::isnan(dequantize_fp8_channel(fp8.data() + 656, 3)));
   EXPECT_TRUE(std::isnan(dequantize_fp8_channel(fp8.data() + 656, 100)));  // the whole group's scale is NaN
-  EXPECT_EQ(dequantize_fp8_channel(fp8.data() + 656, 200), 0.5f);           // other groups unaffected
+  EXPECT_EQ(dequantize_fp8_channel(fp8.data() + 656, 200), 0.5f);          // other groups unaffected
   EXPECT_EQ(dequantize_fp8_channel(fp8.data() + 656, 520), -3.0f);
 }
 
@@ -526,7 +531,6 @@ TEST_F(DecodeErrors, HeadsShapesAndMetadata) {
 #endif
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // CUDA backend: the kernel against the CPU implementation and the float64 reference.
 
@@ -537,9 +541,9 @@ bool have_gpu() {
   return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
 }
 
-#define FF_CUDA_CHECK(expression)                                                    \
-  do {                                                                               \
-    const cudaError_t error_ = (expression);                                         \
+#define FF_CUDA_CHECK(expression)                                                        \
+  do {                                                                                   \
+    const cudaError_t error_ = (expression);                                             \
     ASSERT_EQ(error_, cudaSuccess) << #expression << ": " << cudaGetErrorString(error_); \
   } while (0)
 
@@ -588,7 +592,8 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   const std::vector<uint16_t> cpu_out = inputs.out;
   const std::vector<float> cpu_lse = inputs.lse;
 
-  DeviceBuffer<uint16_t> q(inputs.q), cache(inputs.cache), out(std::vector<uint16_t>(inputs.out.size(), encode(kNaN, config.dtype)));
+  DeviceBuffer<uint16_t> q(inputs.q), cache(inputs.cache),
+      out(std::vector<uint16_t>(inputs.out.size(), encode(kNaN, config.dtype)));
   DeviceBuffer<uint8_t> cache_fp8(inputs.cache_fp8);
   DeviceBuffer<int32_t> block_table(inputs.block_table), seqlens(config.seqlens),
       metadata(inputs.metadata.tile_scheduler_metadata), splits(inputs.metadata.num_splits);
@@ -614,7 +619,8 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   for (size_t i = 0; i < gpu.size(); ++i) {
     gpu[i] = decode(gpu_out[i], config.dtype);
     cpu[i] = decode(cpu_out[i], config.dtype);
-    ASSERT_TRUE(std::isfinite(gpu[i])) << "gpu out[" << i << "] = " << gpu[i] << ": unwritten, or an unused slot was read";
+    ASSERT_TRUE(std::isfinite(gpu[i])) << "gpu out[" << i << "] = " << gpu[i]
+                                       << ": unwritten, or an unused slot was read";
   }
   EXPECT_LT(cos_diff(gpu, cpu), 1e-5);
   EXPECT_LT(cos_diff(gpu, reference.out), 1e-5);
@@ -629,13 +635,16 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
     if (std::isinf(reference.lse[i])) {
       EXPECT_EQ(gpu_lse[i], std::numeric_limits<float>::infinity()) << "lse[" << i << "]";
     } else {
-      EXPECT_NEAR(gpu_lse[i], reference.lse[i], lse_tolerance * (1.0 + std::fabs(reference.lse[i]))) << "lse[" << i << "]";
+      EXPECT_NEAR(gpu_lse[i], reference.lse[i], lse_tolerance * (1.0 + std::fabs(reference.lse[i])))
+          << "lse[" << i << "]";
       EXPECT_NEAR(gpu_lse[i], cpu_lse[i], lse_tolerance * (1.0 + std::fabs(cpu_lse[i]))) << "lse[" << i << "]";
     }
   }
 }
 
-TEST(CudaDecode, Bf16VariableLengthsUnsplit) { run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129}, .s_q = 1, .h_q = 16}, 21); }
+TEST(CudaDecode, Bf16VariableLengthsUnsplit) {
+  run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129}, .s_q = 1, .h_q = 16}, 21);
+}
 
 TEST(CudaDecode, Bf16SplitsOnFewSms) {
   run_cuda_and_compare({.seqlens = {700, 65, 1000, 3}, .s_q = 1, .h_q = 32, .num_sms = 8}, 22);
@@ -650,19 +659,23 @@ TEST(CudaDecode, Bf16TwoQueriesNotCausal64Heads) {
 }
 
 TEST(CudaDecode, Fp16CausalTwoKvHeads) {
-  run_cuda_and_compare({.seqlens = {200, 64, 5}, .s_q = 2, .h_q = 32, .h_kv = 2, .causal = true,
-                        .dtype = DType::kFloat16, .num_sms = 7},
-                       25);
+  run_cuda_and_compare(
+      {.seqlens = {200, 64, 5}, .s_q = 2, .h_q = 32, .h_kv = 2, .causal = true, .dtype = DType::kFloat16, .num_sms = 7},
+      25);
 }
 
 TEST(CudaDecode, Fp8Cache) {
   run_cuda_and_compare({.seqlens = {333, 64, 1, 900}, .s_q = 1, .h_q = 64, .fp8 = true, .num_sms = 9}, 26);
 }
 
+TEST(CudaDecode, Fp8CacheSixteenHeadsSplitTokens) {
+  run_cuda_and_compare({.seqlens = {500, 1, 64, 129}, .s_q = 1, .h_q = 16, .fp8 = true, .num_sms = 3}, 30);
+}
+
 TEST(CudaDecode, Fp8CacheCausalFp16) {
-  run_cuda_and_compare({.seqlens = {100, 260}, .s_q = 2, .h_q = 16, .causal = true, .dtype = DType::kFloat16,
-                        .fp8 = true, .num_sms = 5},
-                       27);
+  run_cuda_and_compare(
+      {.seqlens = {100, 260}, .s_q = 2, .h_q = 16, .causal = true, .dtype = DType::kFloat16, .fp8 = true, .num_sms = 5},
+      27);
 }
 
 TEST(CudaDecode, ErrorsNameTheBadValue) {

@@ -36,15 +36,15 @@
 
 namespace ff::mla {
 
-inline constexpr int kPageBlockSize = 64;        // tokens per KV cache page (block_size_n)
-inline constexpr int kHeadDimQk = 576;           // latent (512) + RoPE (64)
-inline constexpr int kHeadDimV = 512;            // V is the latent part of the cache
+inline constexpr int kPageBlockSize = 64;  // tokens per KV cache page (block_size_n)
+inline constexpr int kHeadDimQk = 576;     // latent (512) + RoPE (64)
+inline constexpr int kHeadDimV = 512;      // V is the latent part of the cache
 inline constexpr int kRopeDim = kHeadDimQk - kHeadDimV;
-inline constexpr int kBlockSizeM = 64;           // query rows one SM tile processes (block_size_m)
+inline constexpr int kBlockSizeM = 64;             // query rows one SM tile processes (block_size_m)
 inline constexpr int kFixedOverheadNumBlocks = 5;  // scheduling cost of starting a sequence, in blocks
 inline constexpr int kTileSchedulerMetadataSize = 8;
-inline constexpr int kDefaultNumSms = 132;       // H100 / H800 SXM
-inline constexpr int kFp8GroupSize = 128;        // channels per fp32 scale
+inline constexpr int kDefaultNumSms = 132;  // H100 / H800 SXM
+inline constexpr int kFp8GroupSize = 128;   // channels per fp32 scale
 inline constexpr int kFp8NumScales = kHeadDimV / kFp8GroupSize;
 inline constexpr int kFp8BytesPerToken = kHeadDimV + kFp8NumScales * 4 + kRopeDim * 2;  // 656
 static_assert(kFp8BytesPerToken == 656, "the documented FP8 layout is 656 bytes per token");
@@ -97,11 +97,11 @@ struct FlashMlaArgs {
   std::optional<float> softmax_scale;  // default 1 / sqrt(576)
   bool causal = false;                 // query i of s_q sees cache positions < seqlen - s_q + i + 1
   bool is_fp8_kvcache = false;
-  TensorView out;                      // (b, s_q, h_q, 512), written
-  TensorView softmax_lse;              // (b, h_q, s_q) float32, written
-  int num_threads = 1;                 // CPU backend: worker threads over the schedule's pieces
+  TensorView out;          // (b, s_q, h_q, 512), written
+  TensorView softmax_lse;  // (b, h_q, s_q) float32, written
+  int num_threads = 1;     // CPU backend: worker threads over the schedule's pieces
   // CUDA backend only:
-  void* stream = nullptr;              // cudaStream_t the kernels are enqueued on (nullptr: the legacy stream)
+  void* stream = nullptr;  // cudaStream_t the kernels are enqueued on (nullptr: the legacy stream)
   // Split-KV scratch in device memory, at least flash_mla_workspace_bytes(...) bytes, 256-byte aligned;
   // reused across calls on one stream. With no data, the call takes it from the stream-ordered
   // allocator (cudaMallocAsync / cudaFreeAsync on `stream`, which CUDA graph capture records).

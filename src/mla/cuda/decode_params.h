@@ -33,15 +33,15 @@ struct DecodeParams {
   float* lse_accum = nullptr;
 
   int batch_size = 0, s_q = 0, h_q = 0, h_kv = 0;
-  int group = 0;  // h_q / h_kv
-  int rows = 0;   // s_q * group: query rows per KV head, row r = token r / group, head r % group
+  int group = 0;         // h_q / h_kv
+  int rows = 0;          // s_q * group: query rows per KV head, row r = token r / group, head r % group
   int num_m_blocks = 0;  // ceil(rows / 64)
   int num_sm_parts = 0;
   int num_blocks = 0;    // k_cache blocks, for the kernel's own bounds check
   int max_blocks = 0;    // block_table columns
   float scale_log2 = 0;  // softmax_scale * log2(e)
   bool causal = false;
-  bool fp16 = false;     // q / out are fp16 (else bf16)
+  bool fp16 = false;  // q / out are fp16 (else bf16)
   bool fp8_cache = false;
   // Measurement probe (FF_MLA_PROBE_LOADS_ONLY in the environment): run the load pipeline and skip
   // the arithmetic, so a benchmark can tell the memory ceiling of the pipeline from the kernel's time.

@@ -16,7 +16,10 @@
 //               tokens: its own P half stays in registers (the accumulator layout of m16n8 is the A
 //               layout of m16n8k16), the partner's half comes through shared memory, written into the
 //               RoPE channels 512..575 of the KV tile, which QK^T no longer needs.
-// Warps whose 16 rows are all padding (h_q 16: 48 of 64 rows) skip the arithmetic but keep the barriers.
+// With few query rows the pairs split the tokens instead (Decoder's kSplit): h_q 16, s_q 1 (16 rows):
+// each of the 4 pairs takes 16 tokens of every block with its own softmax state, merged at the end of
+// the piece; 32 rows: 2 row groups x 2 slices of 32 tokens. Warps whose rows are all padding skip the
+// arithmetic but keep the barriers. Fragment loads run one k-step ahead of the MMAs (software pipeline).
 //
 // Shared memory (one CTA per SM): tiles of 64 rows x 576 channels in 16-bit elements, 1152 bytes per
 // row, the 16-byte chunk c of row r stored at chunk c ^ (r & 7), so the 8 row addresses of an ldmatrix
@@ -43,14 +46,14 @@ namespace ff::mla::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kTileRows = 64;       // query rows per CTA, and tokens per KV block
+constexpr int kTileRows = 64;  // query rows per CTA, and tokens per KV block
 constexpr int kDimQk = 576;
 constexpr int kDimV = 512;
 constexpr int kChunks = kDimQk / 8;  // 16-byte chunks per tile row (72)
 constexpr int kRowBytes = kDimQk * 2;
 constexpr int kTileBytes = kTileRows * kRowBytes;  // 73,728
 constexpr int kFp8TokenBytes = 656;
-constexpr int kFp8TokenChunks = kFp8TokenBytes / 16;  // 41
+constexpr int kFp8TokenChunks = kFp8TokenBytes / 16;       // 41
 constexpr int kRawTileBytes = kTileRows * kFp8TokenBytes;  // 41,984
 constexpr int kReductionBytes = 2 * kTileRows * 4;         // (2 halves, 64 rows) floats
 constexpr int kSmemBytes16 = 3 * kTileBytes + kReductionBytes;
@@ -83,6 +86,12 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address)
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
                : "r"(address)
                : "memory");
 }
@@ -142,8 +151,19 @@ struct Piece {
   bool only_piece;
 };
 
-template <bool kFp16, bool kFp8>
+// kSplit: token slices per 64-token block. With few query rows (h_q 16: one row group of 16), the
+// four warp pairs would otherwise idle but one: with kSplit = 4 (<= 16 rows) or 2 (<= 32 rows), pair
+// (row group, slice) takes rows of row group `rg % (4 / kSplit)` and the slice `rg / (4 / kSplit)` of
+// every block's tokens, with its own softmax state; the slices are merged once per piece.
+template <bool kFp16, bool kFp8, int kSplit>
 class Decoder {
+  static_assert(kSplit == 1 || kSplit == 2 || kSplit == 4, "token slices per block: 1, 2 or 4");
+  static constexpr int kRowGroups = 4 / kSplit;            // query row groups of 16 served
+  static constexpr int kSliceTokens = kTileRows / kSplit;  // tokens of a block per warp pair
+  static constexpr int kWarpTokens = kSliceTokens / 2;     // tokens per warp in S = Q K^T
+  static constexpr int kNTiles = kWarpTokens / 8;          // m16n8 tiles of S per warp (4, 2, 1)
+  static constexpr int kKSteps = kSliceTokens / 16;        // k-steps of O += P V per block (4, 2, 1)
+
  public:
   __device__ Decoder(const DecodeParams& p, char* smem) : p_(p) {
     sq_ = smem_address(smem);
@@ -153,7 +173,9 @@ class Decoder {
     kv_tile_ = smem + kTileBytes;
     warp_ = static_cast<int>(threadIdx.x) / 32;
     lane_ = static_cast<int>(threadIdx.x) % 32;
-    row_group_ = warp_ & 3;
+    pair_ = warp_ & 3;
+    row_group_ = pair_ % kRowGroups;
+    slice_ = pair_ / kRowGroups;
     half_ = warp_ >> 2;
     head_k_ = static_cast<int>(blockIdx.y);
     m_block_ = static_cast<int>(blockIdx.x);
@@ -162,9 +184,8 @@ class Decoder {
   }
 
   __device__ void run_piece(const Piece& piece) {
-    const int num_kv_blocks = piece.token_end > piece.token_begin
-                                  ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows
-                                  : 0;
+    const int num_kv_blocks =
+        piece.token_end > piece.token_begin ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows : 0;
     const int first_block = piece.token_begin / kTileRows;
     float acc[32][4];
 #pragma unroll
@@ -202,6 +223,7 @@ class Decoder {
       }
     }
     cp_async_wait<0>();
+    if constexpr (kSplit > 1) merge_slices(acc, state);
     finish_piece(piece, acc, state);
     __syncthreads();  // the next piece reuses every buffer
   }
@@ -296,15 +318,17 @@ class Decoder {
   __device__ void compute_block(uint32_t tile, int block_start, const Piece& piece, float (&acc)[32][4],
                                 RowState& state) {
     const int g = lane_ >> 2, q4 = lane_ & 3;
-    float s[4][4];
+    float s[kNTiles][4];
 #pragma unroll
-    for (int n = 0; n < 4; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int n = 0; n < kNTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    const int warp_token0 = slice_ * kSliceTokens + half_ * kWarpTokens;  // first token of this warp's S
     if (active_) {
       // NOTE: software-pipelined: the fragments of k-step k + 1 are loaded before the MMAs of k-step k,
       // so each MMA finds its operands in registers (one warp per scheduler cannot hide the ldmatrix
-      // latency otherwise; this halved the time per block on the H200).
+      // latency otherwise).
       const int a_row = row_group_ * 16 + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
-      const int b_token = half_ * 32 + (lane_ & 7) + (lane_ >> 4) * 8;
+      // x4 loads take two n-tiles (lanes 16..31 address the second); x2 loads one (lanes 0..15 count).
+      const int b_token = warp_token0 + (lane_ & 7) + (kNTiles >= 2 ? (lane_ >> 4) * 8 : 0);
       // NOTE: chunk 2k + c of row r sits at ((2k + c) ^ (r & 7)) = 8 (k / 4) + ((2 (k % 4) + c) ^ (r & 7)):
       // four per-lane offsets, plus a compile-time 128 (k / 4), keep the address arithmetic out of the
       // registers the accumulators need.
@@ -316,27 +340,34 @@ class Decoder {
       }
       const auto a_address = [&](int k) { return a_offset[k % 4] + 128 * (k / 4); };
       const auto b_address = [&](int k, int pair) { return b_offset[k % 4] + 128 * (k / 4) + pair * 16 * kRowBytes; };
-      uint32_t a[2][4], b[2][2][4];
+      constexpr int kLoads = kNTiles >= 2 ? kNTiles / 2 : 1;  // B loads per k-step
+      uint32_t a[2][4], b[2][kLoads][4];
+      const auto load_b = [&](uint32_t(&fragment)[4], int k, int pair) {
+        if constexpr (kNTiles >= 2) {
+          ldmatrix_x4(fragment, b_address(k, pair));
+        } else {
+          ldmatrix_x2(fragment, b_address(k, pair));
+        }
+      };
       ldmatrix_x4(a[0], a_address(0));
-      ldmatrix_x4(b[0][0], b_address(0, 0));
-      ldmatrix_x4(b[0][1], b_address(0, 1));
+#pragma unroll
+      for (int pair = 0; pair < kLoads; ++pair) load_b(b[0][pair], 0, pair);
 #pragma unroll
       for (int k = 0; k < kDimQk / 16; ++k) {
         const int current = k & 1, next = current ^ 1;
         if (k + 1 < kDimQk / 16) {
           ldmatrix_x4(a[next], a_address(k + 1));
-          ldmatrix_x4(b[next][0], b_address(k + 1, 0));
-          ldmatrix_x4(b[next][1], b_address(k + 1, 1));
+#pragma unroll
+          for (int pair = 0; pair < kLoads; ++pair) load_b(b[next][pair], k + 1, pair);
         }
 #pragma unroll
-        for (int pair = 0; pair < 2; ++pair) {
-          mma_16816<kFp16>(s[2 * pair], a[current], b[current][pair][0], b[current][pair][1]);
-          mma_16816<kFp16>(s[2 * pair + 1], a[current], b[current][pair][2], b[current][pair][3]);
+        for (int n = 0; n < kNTiles; ++n) {
+          mma_16816<kFp16>(s[n], a[current], b[current][n / 2][(n % 2) * 2], b[current][n / 2][(n % 2) * 2 + 1]);
         }
       }
     }
 
-    // Scale and mask: rows g and g + 8 of the warp; tokens half * 32 + 8 n + 2 q4 + {0, 1}.
+    // Scale and mask: rows g and g + 8 of the warp; tokens warp_token0 + 8 n + 2 q4 + {0, 1}.
     float local_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -345,10 +376,10 @@ class Decoder {
       int limit = piece.token_end;
       if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
 #pragma unroll
-      for (int n = 0; n < 4; ++n) {
+      for (int n = 0; n < kNTiles; ++n) {
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int position = block_start + half_ * 32 + n * 8 + 2 * q4 + e;
+          const int position = block_start + warp_token0 + n * 8 + 2 * q4 + e;
           float& value = s[n][2 * i + e];
           value = position < limit ? value * p_.scale_log2 : -INFINITY;
           local_max[i] = fmaxf(local_max[i], value);
@@ -357,17 +388,17 @@ class Decoder {
       local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 1));
       local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 2));
     }
+    // Pairs exchange through their own 16 entries per half (indexed by pair, not row group).
     if (active_ && q4 == 0) {
-      reduction_[half_ * kTileRows + row_group_ * 16 + g] = local_max[0];
-      reduction_[half_ * kTileRows + row_group_ * 16 + g + 8] = local_max[1];
+      reduction_[half_ * kTileRows + pair_ * 16 + g] = local_max[0];
+      reduction_[half_ * kTileRows + pair_ * 16 + g + 8] = local_max[1];
     }
     __syncthreads();
 
-    uint32_t p_own[2][4];  // this warp's half of P as A fragments (k-steps 2 half and 2 half + 1)
     if (active_) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const float other = reduction_[(1 - half_) * kTileRows + row_group_ * 16 + g + 8 * i];
+        const float other = reduction_[(1 - half_) * kTileRows + pair_ * 16 + g + 8 * i];
         const float new_max = fmaxf(state.max_log2[i], fmaxf(local_max[i], other));
         // A row with nothing visible yet keeps max -inf; subtracting 0 instead keeps exp2 from NaN.
         const float base = new_max == -INFINITY ? 0.0f : new_max;
@@ -375,7 +406,7 @@ class Decoder {
         state.max_log2[i] = new_max;
         float block_sum = 0.0f;
 #pragma unroll
-        for (int n = 0; n < 4; ++n) {
+        for (int n = 0; n < kNTiles; ++n) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& value = s[n][2 * i + e];
@@ -390,69 +421,100 @@ class Decoder {
           acc[n][2 * i + 1] *= rescale;
         }
       }
+      // P (row, token) of the pair lives in the RoPE chunks 64..71 of the KV tile's row 16 pair + row.
+      const int row = pair_ * 16 + g;
 #pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        p_own[k][0] = pack2<kFp16>(s[2 * k][0], s[2 * k][1]);
-        p_own[k][1] = pack2<kFp16>(s[2 * k][2], s[2 * k][3]);
-        p_own[k][2] = pack2<kFp16>(s[2 * k + 1][0], s[2 * k + 1][1]);
-        p_own[k][3] = pack2<kFp16>(s[2 * k + 1][2], s[2 * k + 1][3]);
-      }
-      // P (row, token) lives in the RoPE chunks 64..71 of the KV tile's row `row`.
-      const int row = row_group_ * 16 + g;
-#pragma unroll
-      for (int n = 0; n < 4; ++n) {
-        const int token = half_ * 32 + n * 8 + 2 * q4;
+      for (int n = 0; n < kNTiles; ++n) {
+        const int token = warp_token0 + n * 8 + 2 * q4;
         const uint32_t column = (token % 8) * 2;
-        const uint32_t word0 = n % 2 == 0 ? p_own[n / 2][0] : p_own[n / 2][2];
-        const uint32_t word1 = n % 2 == 0 ? p_own[n / 2][1] : p_own[n / 2][3];
+        const uint32_t word0 = pack2<kFp16>(s[n][0], s[n][1]);
+        const uint32_t word1 = pack2<kFp16>(s[n][2], s[n][3]);
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(tile + tile_offset(row, 64 + token / 8) + column), "r"(word0)
                      : "memory");
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(tile + tile_offset(row + 8, 64 + token / 8) + column),
-                     "r"(word1)
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(tile + tile_offset(row + 8, 64 + token / 8) + column), "r"(word1)
                      : "memory");
       }
     }
     __syncthreads();
 
     if (active_) {
-      const int p_row = row_group_ * 16 + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
-      const int p_chunk = lane_ >> 4;
+      const int p_row = pair_ * 16 + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
       const int v_token = (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
-      // Chunk half * 32 + 2 pair + c of row 16 k + v_token: as for Q and K, four per-lane offsets.
+      // P of the pair's slice as A fragments, one per k-step of 16 tokens (both halves' tokens).
+      uint32_t p[kKSteps][4];
+#pragma unroll
+      for (int k = 0; k < kKSteps; ++k) {
+        ldmatrix_x4(p[k], tile + tile_offset(p_row, 64 + (slice_ * kSliceTokens) / 8 + 2 * k + (lane_ >> 4)));
+      }
+      // Chunk half * 32 + 2 pair + c of row slice tokens + 16 k + v_token: four per-lane offsets.
       uint32_t v_offset[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        v_offset[i] = tile + v_token * kRowBytes + half_ * 512 + (((2 * i + (lane_ >> 4)) ^ (v_token & 7)) << 4);
+        v_offset[i] = tile + (slice_ * kSliceTokens + v_token) * kRowBytes + half_ * 512 +
+                      (((2 * i + (lane_ >> 4)) ^ (v_token & 7)) << 4);
       }
       const auto v_address = [&](int k, int pair) {
         return v_offset[pair % 4] + 128 * (pair / 4) + 16 * k * kRowBytes;
       };
-      // P as A fragments for the 4 k-steps of 16 tokens: this warp's half from registers, the
-      // partner's from shared memory.
-      uint32_t p[4][4];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (k / 2 == half_) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) p[k][e] = p_own[k % 2][e];
-        } else {
-          ldmatrix_x4(p[k], tile + tile_offset(p_row, 64 + 2 * k + p_chunk));
-        }
-      }
       // NOTE: V fragments flow through a ring of 3 register sets, two (k-step, pair) steps ahead.
-      constexpr int kSteps = 4 * 16;
+      constexpr int kSteps = kKSteps * 16;
       uint32_t b[3][4];
       ldmatrix_x4_trans(b[0], v_address(0, 0));
       ldmatrix_x4_trans(b[1], v_address(0, 1));
 #pragma unroll
       for (int step = 0; step < kSteps; ++step) {
         const int k = step / 16, pair = step % 16;
-        if (step + 2 < kSteps) {
-          const int k2 = (step + 2) / 16, pair2 = (step + 2) % 16;
-          ldmatrix_x4_trans(b[(step + 2) % 3], v_address(k2, pair2));
-        }
+        if (step + 2 < kSteps) ldmatrix_x4_trans(b[(step + 2) % 3], v_address((step + 2) / 16, (step + 2) % 16));
         mma_16816<kFp16>(acc[2 * pair], p[k], b[step % 3][0], b[step % 3][1]);
         mma_16816<kFp16>(acc[2 * pair + 1], p[k], b[step % 3][2], b[step % 3][3]);
+      }
+    }
+  }
+
+  // kSplit > 1: folds the softmax states of slices 1.. into the slice-0 warps with the same rows and
+  // half, through shared memory (the KV stages, idle once the pipeline has drained):
+  // m = max(m_a, m_b), sum = sum_a 2^(m_a - m) + sum_b 2^(m_b - m), acc likewise.
+  __device__ void merge_slices(float (&acc)[32][4], RowState& state) {
+    constexpr int kWarpFloats = 32 * 4 * 32 + 4 * 32;  // acc, then max0, max1, sum0, sum1; lane-minor
+    float* scratch = reinterpret_cast<float*>(kv_tile_);
+    static_assert(8 * kWarpFloats * 4 <= 2 * kTileBytes, "the merge scratch fits in the KV stages");
+    __syncthreads();  // every warp is done with the tiles
+    if (active_ && slice_ > 0) {
+      float* mine = scratch + warp_ * kWarpFloats;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mine[(n * 4 + e) * 32 + lane_] = acc[n][e];
+      }
+      mine[4096 + lane_] = state.max_log2[0];
+      mine[4096 + 32 + lane_] = state.max_log2[1];
+      mine[4096 + 64 + lane_] = state.sum[0];
+      mine[4096 + 96 + lane_] = state.sum[1];
+    }
+    __syncthreads();
+    if (active_ && slice_ == 0) {
+#pragma unroll 1
+      for (int other_slice = 1; other_slice < kSplit; ++other_slice) {
+        const int other_warp = (row_group_ + kRowGroups * other_slice) + 4 * half_;
+        const float* theirs = scratch + other_warp * kWarpFloats;
+        float mine_scale[2], their_scale[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const float their_max = theirs[4096 + 32 * i + lane_];
+          const float new_max = fmaxf(state.max_log2[i], their_max);
+          const float base = new_max == -INFINITY ? 0.0f : new_max;
+          mine_scale[i] = exp2f(state.max_log2[i] - base);
+          their_scale[i] = exp2f(their_max - base);
+          state.sum[i] = state.sum[i] * mine_scale[i] + theirs[4096 + 64 + 32 * i + lane_] * their_scale[i];
+          state.max_log2[i] = new_max;
+        }
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            acc[n][e] = acc[n][e] * mine_scale[e / 2] + theirs[(n * 4 + e) * 32 + lane_] * their_scale[e / 2];
+          }
+        }
       }
     }
   }
@@ -466,13 +528,14 @@ class Decoder {
       state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 1);
       state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 2);
     }
-    __syncthreads();  // the last block's readers of the reduction buffer are done
-    if (active_ && q4 == 0) {
+    __syncthreads();                             // the last block's readers of the reduction buffer are done
+    const bool writer = active_ && slice_ == 0;  // slice 0 holds the merged state
+    if (writer && q4 == 0) {
       reduction_[half_ * kTileRows + row_group_ * 16 + g] = state.sum[0];
       reduction_[half_ * kTileRows + row_group_ * 16 + g + 8] = state.sum[1];
     }
     __syncthreads();
-    if (!active_) return;
+    if (!writer) return;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int tile_row = row_group_ * 16 + g + 8 * i;
@@ -486,7 +549,8 @@ class Decoder {
                         token * p_.out_token_stride + head * p_.out_head_stride + half_ * 256 + 2 * q4;
 #pragma unroll
         for (int n = 0; n < 32; ++n) {
-          *reinterpret_cast<uint32_t*>(out + n * 8) = pack2<kFp16>(acc[n][2 * i] * inverse, acc[n][2 * i + 1] * inverse);
+          *reinterpret_cast<uint32_t*>(out + n * 8) =
+              pack2<kFp16>(acc[n][2 * i] * inverse, acc[n][2 * i + 1] * inverse);
         }
         if (half_ == 0 && q4 == 0) {
           p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride + token * p_.lse_token_stride] =
@@ -509,14 +573,19 @@ class Decoder {
   float* reduction_ = nullptr;
   char* raw_ = nullptr;
   char* kv_tile_ = nullptr;
-  int warp_ = 0, lane_ = 0, row_group_ = 0, half_ = 0, head_k_ = 0, m_block_ = 0;
+  int warp_ = 0, lane_ = 0;
+  int pair_ = 0;       // warp % 4: the pair of warps (halves) that share a slice's S and P
+  int row_group_ = 0;  // which 16 query rows of the tile the pair serves
+  int slice_ = 0;      // which kSliceTokens tokens of each block the pair takes
+  int half_ = 0;       // warp / 4: its half of the pair's tokens in S, of the 512 channels in O
+  int head_k_ = 0, m_block_ = 0;
   bool active_ = false;
 };
 
-template <bool kFp16, bool kFp8>
+template <bool kFp16, bool kFp8, int kSplit>
 __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_constant__ DecodeParams params) {
   extern __shared__ __align__(128) char smem[];
-  Decoder<kFp16, kFp8> decoder(params, smem);
+  Decoder<kFp16, kFp8, kSplit> decoder(params, smem);
   const int part = static_cast<int>(blockIdx.z);
   const int32_t* row = params.tile_scheduler_metadata + part * params.metadata_row_stride;
   const int begin_batch = row[0], begin_token = row[params.metadata_column_stride];
@@ -582,29 +651,38 @@ __global__ void __launch_bounds__(256) mla_combine_kernel(const __grid_constant_
 #pragma unroll
   for (int v = 0; v < 4; ++v) {
     const int channel = (v * 32 + lane) * 4;
-    const uint2 packed = make_uint2(pack2<kFp16>(value[4 * v], value[4 * v + 1]), pack2<kFp16>(value[4 * v + 2], value[4 * v + 3]));
+    const uint2 packed =
+        make_uint2(pack2<kFp16>(value[4 * v], value[4 * v + 1]), pack2<kFp16>(value[4 * v + 2], value[4 * v + 3]));
     *reinterpret_cast<uint2*>(out + channel) = packed;
   }
   if (lane == 0) {
-    params.softmax_lse[batch * params.lse_batch_stride + head * params.lse_head_stride + token * params.lse_token_stride] =
-        global_lse / kLog2e;
+    params.softmax_lse[batch * params.lse_batch_stride + head * params.lse_head_stride +
+                       token * params.lse_token_stride] = global_lse / kLog2e;
   }
 }
 
-template <bool kFp16, bool kFp8>
+template <bool kFp16, bool kFp8, int kSplit>
 cudaError_t launch(const DecodeParams& params, cudaStream_t stream) {
   constexpr int smem_bytes = kFp8 ? kSmemBytesFp8 : kSmemBytes16;
   // NOTE: a function-local static sets the attribute once per instantiation (thread-safe init).
   static const cudaError_t attribute_status = cudaFuncSetAttribute(
-      mla_decode_kernel<kFp16, kFp8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+      mla_decode_kernel<kFp16, kFp8, kSplit>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (attribute_status != cudaSuccess) return attribute_status;
   const dim3 grid(params.num_m_blocks, params.h_kv, params.num_sm_parts);
-  mla_decode_kernel<kFp16, kFp8><<<grid, kThreads, smem_bytes, stream>>>(params);
+  mla_decode_kernel<kFp16, kFp8, kSplit><<<grid, kThreads, smem_bytes, stream>>>(params);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   const dim3 combine_grid(params.batch_size, (params.h_kv * params.rows + 7) / 8);
   mla_combine_kernel<kFp16><<<combine_grid, 256, 0, stream>>>(params);
   return cudaGetLastError();
+}
+
+// Token slices per block from the query rows per KV head: every warp pair busy where rows are few.
+template <bool kFp16, bool kFp8>
+cudaError_t launch_split(const DecodeParams& params, cudaStream_t stream) {
+  if (params.rows <= 16) return launch<kFp16, kFp8, 4>(params, stream);
+  if (params.rows <= 32) return launch<kFp16, kFp8, 2>(params, stream);
+  return launch<kFp16, kFp8, 1>(params, stream);
 }
 
 }  // namespace
@@ -613,9 +691,11 @@ int launch_decode(const DecodeParams& params, void* stream) {
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
   cudaError_t status;
   if (params.fp16) {
-    status = params.fp8_cache ? launch<true, true>(params, cuda_stream) : launch<true, false>(params, cuda_stream);
+    status = params.fp8_cache ? launch_split<true, true>(params, cuda_stream)
+                              : launch_split<true, false>(params, cuda_stream);
   } else {
-    status = params.fp8_cache ? launch<false, true>(params, cuda_stream) : launch<false, false>(params, cuda_stream);
+    status = params.fp8_cache ? launch_split<false, true>(params, cuda_stream)
+                              : launch_split<false, false>(params, cuda_stream);
   }
   return static_cast<int>(status);
 }
