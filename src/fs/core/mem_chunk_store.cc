@@ -77,6 +77,10 @@ Status MemChunkStore::put_pending(const ChunkUpdate& update) {
   if (update.full_replacement) {
     contents.assign(update.data.begin(), update.data.end());
   } else {
+    if (crc32c(chunk.committed) != chunk.meta.committed_crc32c) {
+      return fs_error(FsError::kChecksumMismatch, fmt::format("chunk {} version {}: CRC32C mismatch under a partial update",
+                                                              update.id.to_string(), chunk.meta.committed_version));
+    }
     contents = chunk.committed;
     if (contents.size() < update.offset + update.data.size()) contents.resize(update.offset + update.data.size());
     if (!update.data.empty()) std::memcpy(contents.data() + update.offset, update.data.data(), update.data.size());

@@ -216,8 +216,21 @@ struct StorageService::State {
     TargetId next = chain == nullptr ? 0 : successor(*chain, update->target);
     bool in_write_chain = chain != nullptr && chain->index_of(update->target) >= 0 &&
                           receives_writes(state_of(*chain, update->target));
-    if (!in_write_chain || !serving()) {
+    if (!in_write_chain || !running) {
       return finish(update, fs_error(FsError::kNotServing, fmt::format("target {} left the write chain of {}", update->target, update->chain)));
+    }
+    if (!serving()) {
+      // Lease lost: mgmtd either comes back (and this write continues) or declares this node failed
+      // (and routing takes the target out of the write chain). Giving up in between would leave a
+      // version the tail may have committed to be overwritten by a different write.
+      if (now() + config.retry_backoff_ns >= update->deadline_ns) {
+        return finish(update, fs_error(FsError::kNotServing, fmt::format("node {} lost its lease", config.node)));
+      }
+      executor.post_after(config.retry_backoff_ns, [this, update, gen = generation] {
+        if (gen != generation) return;
+        forward_or_commit(update);
+      });
+      return;
     }
     if (next == 0) return commit_local(update, false);
     if (now() >= update->deadline_ns) {
@@ -454,7 +467,13 @@ struct StorageService::State {
     update->chunk = req.chunk;
     update->offset = req.offset;
     update->data = std::move(req.data);
-    update->deadline_ns = context.deadline_ns;
+    // As in 3FS, the head keeps driving a write it has started (retrying the forward with the latest
+    // routing) until it commits or this target leaves the write chain (chain change, lost lease), not
+    // just until the client's deadline: a write abandoned half-way could be committed at the tail and
+    // then overwritten by a later write of the same version. A client that timed out and retries with
+    // the same request id joins the write in flight.
+    (void)context;
+    update->deadline_ns = INT64_MAX;
     update->head = true;
     ClientRequestId id = req.request_id;
     joining[id].push_back(std::move(reply));

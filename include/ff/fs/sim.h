@@ -1,0 +1,59 @@
+// The deterministic simulation of the fs storage layer: one process, one thread, one seeded RNG, a
+// virtual clock, a simulated network (loss, delay, reordering, partitions) and disks (MemChunkStore
+// with injected errors and corruption); mgmtd + N storage services + clients run the same service code
+// as real processes. Faults: storage node crash/restart, mgmtd crash/restart, partitions, disk errors,
+// silent corruption. After each run the checkers verify: no acknowledged write lost, committed replicas
+// identical, no version committed with two different contents, reads never older than a write
+// acknowledged before they began and always matching a committed version, chains back to all-serving
+// once faults stop. A failed run's report says `reproduce with seed=N`.
+//
+// Thread-safety: run_simulation is self-contained; different runs may go on different threads.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ff/fs/storage_service.h"
+
+namespace ff::fs {
+
+struct SimOptions {
+  uint32_t storage_nodes = 5;
+  uint32_t targets_per_node = 3;
+  uint32_t replication = 3;
+  uint32_t clients = 3;
+  uint32_t chunks_per_chain = 2;
+  uint64_t chunk_bytes = 16 << 10;
+  int64_t workload_ns = 6'000'000'000;    // clients write and read this long (virtual time)
+  int64_t faults_ns = 5'000'000'000;      // faults are injected during the first part of it
+  int64_t heal_limit_ns = 60'000'000'000;  // then chains must all serve again within this
+  int64_t heartbeat_timeout_ns = 1'000'000'000;
+  double loss = 0.01;            // message loss probability while faults run
+  bool crashes = true;
+  bool mgmtd_crashes = true;
+  bool partitions = true;
+  bool disk_errors = true;
+  bool corruption = true;
+  // Node/network faults (crash, mgmtd crash, partition) active at once; 0 = unlimited. Disk errors and
+  // corruption do not count.
+  uint32_t max_concurrent_faults = 0;
+  StorageBugs bugs;              // injected protocol bugs (the checkers must catch them)
+  bool verbose = false;          // log every fault
+};
+
+struct SimResult {
+  uint64_t seed = 0;
+  bool ok = true;
+  std::vector<std::string> violations;  // empty when ok
+  uint64_t writes_acked = 0, writes_failed = 0, reads_ok = 0, reads_failed = 0;
+  uint64_t crashes = 0, mgmtd_crashes = 0, partitions = 0, corruptions = 0, repairs = 0, syncs = 0;
+  uint64_t events = 0;
+  int64_t virtual_ns = 0;
+  // One line: "seed=N ok writes=... " or the first violation and "reproduce with seed=N".
+  std::string summary() const;
+};
+
+SimResult run_simulation(uint64_t seed, const SimOptions& options = {});
+
+}  // namespace ff::fs

@@ -1,0 +1,273 @@
+#include "ff/fs/client.h"
+
+#include <algorithm>
+
+#include "ff/common/assert.h"
+#include "ff/common/log.h"
+
+namespace ff::fs {
+
+namespace {
+
+// Errors worth another attempt (after a routing refresh): the cluster is changing under us.
+bool retryable(const Status& status) {
+  switch (fs_error_of(status)) {
+    case FsError::kOversize:
+    case FsError::kMisaligned:
+    case FsError::kMalformed:
+    case FsError::kChunkNotFound:
+      return false;
+    default:
+      break;
+  }
+  switch (status.code()) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kOutOfRange:
+    case StatusCode::kPermissionDenied:
+    case StatusCode::kUnimplemented:
+    case StatusCode::kAlreadyExists:
+      return false;
+    default:
+      return true;
+  }
+}
+
+}  // namespace
+
+struct StorageClient::State : std::enable_shared_from_this<StorageClient::State> {
+  ClientConfig config;
+  Executor& executor;
+  RpcClient& rpc;
+  RoutingInfo routing;
+  Stats stats;
+  uint64_t spread = 0;
+  std::map<uint32_t, uint64_t> next_seq;
+  bool refreshing = false;
+  std::vector<std::function<void()>> after_refresh;
+
+  State(ClientConfig c, Executor& e, RpcClient& r) : config(std::move(c)), executor(e), rpc(r) {}
+  int64_t now() const { return executor.clock().now_ns(); }
+
+  void refresh(std::function<void()> then) {
+    after_refresh.push_back(std::move(then));
+    if (refreshing) return;
+    refreshing = true;
+    ++stats.routing_refreshes;
+    auto self = shared_from_this();
+    rpc.call(config.mgmtd_address, Request{GetRoutingReq{routing.version}}, config.rpc_timeout_ns,
+             [self](Result<Response> response) {
+               Result<GetRoutingRsp> rsp = response_as<GetRoutingRsp>(std::move(response));
+               if (rsp.is_ok() && rsp->routing && rsp->routing->version >= self->routing.version) {
+                 self->routing = std::move(*rsp->routing);
+               }
+               self->refreshing = false;
+               auto waiting = std::move(self->after_refresh);
+               self->after_refresh.clear();
+               for (auto& fn : waiting) fn();
+             });
+  }
+
+  // A retried operation: attempt(done_attempt) is called until it succeeds, fails for good, or runs out
+  // of attempts/time; between attempts routing is refreshed and the backoff doubles (capped at 1 s).
+  template <typename T>
+  struct Op {
+    std::function<void(std::function<void(Result<T>)>)> attempt;
+    Callback<T> done;
+    uint32_t attempts = 0;
+    int64_t deadline_ns = 0;
+    int64_t backoff_ns = 0;
+  };
+
+  template <typename T>
+  void run(std::shared_ptr<Op<T>> op) {
+    ++stats.attempts;
+    ++op->attempts;
+    auto self = shared_from_this();
+    op->attempt([self, op](Result<T> result) {
+      if (result.is_ok() || !retryable(result.status()) || op->attempts >= self->config.max_attempts ||
+          self->now() + op->backoff_ns >= op->deadline_ns) {
+        return op->done(std::move(result));
+      }
+      ++self->stats.retries;
+      int64_t delay = op->backoff_ns;
+      op->backoff_ns = std::min<int64_t>(op->backoff_ns * 2, 1'000'000'000);
+      self->executor.post_after(delay, [self, op] { self->refresh([self, op] { self->run(op); }); });
+    });
+  }
+
+  template <typename T>
+  void start(std::function<void(std::function<void(Result<T>)>)> attempt, Callback<T> done) {
+    auto op = std::make_shared<Op<T>>();
+    op->attempt = std::move(attempt);
+    op->done = std::move(done);
+    op->deadline_ns = now() + config.op_timeout_ns;
+    op->backoff_ns = config.retry_backoff_ns;
+    if (routing.version == 0) {
+      auto self = shared_from_this();
+      refresh([self, op] { self->run(op); });
+    } else {
+      run(op);
+    }
+  }
+
+  int64_t attempt_timeout() const { return config.rpc_timeout_ns; }
+
+  Result<std::string> address(TargetId target) const {
+    auto address = routing.address_of(target);
+    if (!address || address->empty()) return fs_error(FsError::kUnknownTarget, fmt::format("no address for target {}", target));
+    return *address;
+  }
+
+  // A serving target of the chain, spread over calls; `tail` picks the last serving target.
+  Result<TargetId> pick_reader(ChainId chain_id, bool tail) {
+    const ChainInfo* chain = routing.chain(chain_id);
+    if (chain == nullptr) return fs_error(FsError::kUnknownChain, fmt::format("chain {} unknown", chain_id));
+    auto serving = chain->serving();
+    if (serving.empty()) return fs_error(FsError::kNotServing, fmt::format("chain {} has no serving target", chain_id));
+    if (tail) return serving.back();
+    return serving[spread++ % serving.size()];
+  }
+
+  Result<TargetId> head(ChainId chain_id) {
+    const ChainInfo* chain = routing.chain(chain_id);
+    if (chain == nullptr) return fs_error(FsError::kUnknownChain, fmt::format("chain {} unknown", chain_id));
+    auto write_chain = chain->write_chain();
+    if (write_chain.empty()) return fs_error(FsError::kNotServing, fmt::format("chain {} has no writable target", chain_id));
+    return write_chain.front();
+  }
+};
+
+StorageClient::StorageClient(ClientConfig config, Executor& executor, RpcClient& rpc)
+    : state_(std::make_shared<State>(std::move(config), executor, rpc)) {
+  FF_ASSERT_GT(state_->config.max_attempts, 0u);
+}
+
+StorageClient::~StorageClient() = default;
+
+void StorageClient::refresh_routing(Callback<RoutingVersion> done) {
+  auto state = state_;
+  state_->refresh([state, done] {
+    if (state->routing.version == 0) return done(unavailable("no routing information from mgmtd at {}", state->config.mgmtd_address));
+    done(state->routing.version);
+  });
+}
+
+const RoutingInfo& StorageClient::routing() const { return state_->routing; }
+
+void StorageClient::write(ChainId chain, const ChunkId& chunk, uint64_t offset, Bytes data, Callback<WriteRsp> done, uint32_t channel) {
+  auto state = state_;
+  ClientRequestId id{state->config.client_id, channel, ++state->next_seq[channel]};
+  auto payload = std::make_shared<Bytes>(std::move(data));
+  state->start<WriteRsp>(
+      [state, id, chain, chunk, offset, payload](std::function<void(Result<WriteRsp>)> attempt_done) {
+        Result<TargetId> head = state->head(chain);
+        if (!head.is_ok()) return attempt_done(head.status());
+        Result<std::string> address = state->address(*head);
+        if (!address.is_ok()) return attempt_done(address.status());
+        WriteReq req{.request_id = id, .chain = chain, .chain_version = state->routing.chain(chain)->version,
+                     .chunk = chunk, .offset = offset, .data = *payload};
+        state->rpc.call(*address, Request{std::move(req)}, state->attempt_timeout(),
+                        [attempt_done](Result<Response> response) { attempt_done(response_as<WriteRsp>(std::move(response))); });
+      },
+      std::move(done));
+}
+
+void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode, Callback<ReadRsp> done) {
+  auto state = state_;
+  auto dirty_seen = std::make_shared<uint32_t>(0);
+  state->start<ReadRsp>(
+      [state, chain, chunk, offset, length, mode, dirty_seen](std::function<void(Result<ReadRsp>)> attempt_done) {
+        // After repeated dirty answers, ask the tail: in CRAQ it commits first, so its committed
+        // version is the latest committed one (relaxed there returns exactly that).
+        bool tail = *dirty_seen >= state->config.dirty_retries_before_tail;
+        Result<TargetId> target = state->pick_reader(chain, tail);
+        if (!target.is_ok()) return attempt_done(target.status());
+        Result<std::string> address = state->address(*target);
+        if (!address.is_ok()) return attempt_done(address.status());
+        if (tail) ++state->stats.tail_fallbacks;
+        ReadReq req{.chain = chain, .chain_version = state->routing.chain(chain)->version, .target = *target, .chunk = chunk,
+                    .offset = offset, .length = length, .mode = tail ? ReadMode::kRelaxed : mode};
+        state->rpc.call(*address, Request{req}, state->attempt_timeout(),
+                        [state, attempt_done, dirty_seen](Result<Response> response) {
+                          Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+                          if (!rsp.is_ok() && fs_error_of(rsp.status()) == FsError::kChunkDirty) {
+                            ++*dirty_seen;
+                            ++state->stats.dirty;
+                          }
+                          attempt_done(std::move(rsp));
+                        });
+      },
+      std::move(done));
+}
+
+void StorageClient::batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done) {
+  auto results = std::make_shared<std::vector<WriteResult>>(writes.size());
+  auto left = std::make_shared<size_t>(writes.size());
+  if (writes.empty()) return done(std::vector<WriteResult>{});
+  for (size_t i = 0; i < writes.size(); ++i) {
+    write(writes[i].chain, writes[i].chunk, writes[i].offset, std::move(writes[i].data),
+          [results, left, i, done](Result<WriteRsp> rsp) {
+            if (rsp.is_ok()) {
+              (*results)[i].rsp = *rsp;
+            } else {
+              (*results)[i].status = rsp.status();
+            }
+            if (--*left == 0) done(std::move(*results));
+          },
+          writes[i].request_id.channel);
+  }
+}
+
+void StorageClient::batch_read(std::vector<ReadReq> reads, Callback<std::vector<ReadResult>> done) {
+  auto results = std::make_shared<std::vector<ReadResult>>(reads.size());
+  auto left = std::make_shared<size_t>(reads.size());
+  if (reads.empty()) return done(std::vector<ReadResult>{});
+  for (size_t i = 0; i < reads.size(); ++i) {
+    read(reads[i].chain, reads[i].chunk, reads[i].offset, reads[i].length, reads[i].mode, [results, left, i, done](Result<ReadRsp> rsp) {
+      if (rsp.is_ok()) {
+        (*results)[i].rsp = std::move(*rsp);
+      } else {
+        (*results)[i].status = rsp.status();
+      }
+      if (--*left == 0) done(std::move(*results));
+    });
+  }
+}
+
+void StorageClient::query_last_chunk(ChainId chain, uint64_t inode, uint64_t begin_index, uint64_t end_index,
+                                     Callback<QueryLastChunkRsp> done) {
+  auto state = state_;
+  state->start<QueryLastChunkRsp>(
+      [state, chain, inode, begin_index, end_index](std::function<void(Result<QueryLastChunkRsp>)> attempt_done) {
+        Result<TargetId> target = state->pick_reader(chain, false);
+        if (!target.is_ok()) return attempt_done(target.status());
+        Result<std::string> address = state->address(*target);
+        if (!address.is_ok()) return attempt_done(address.status());
+        QueryLastChunkReq req{.chain = chain, .chain_version = state->routing.chain(chain)->version, .target = *target,
+                              .inode = inode, .begin_index = begin_index, .end_index = end_index};
+        state->rpc.call(*address, Request{req}, state->attempt_timeout(),
+                        [attempt_done](Result<Response> response) { attempt_done(response_as<QueryLastChunkRsp>(std::move(response))); });
+      },
+      std::move(done));
+}
+
+void StorageClient::remove_range(ChainId chain, const ChunkId& begin, const ChunkId& end, Callback<RemoveChunksRsp> done) {
+  auto state = state_;
+  ClientRequestId id{state->config.client_id, UINT32_MAX, ++state->next_seq[UINT32_MAX]};
+  state->start<RemoveChunksRsp>(
+      [state, chain, begin, end, id](std::function<void(Result<RemoveChunksRsp>)> attempt_done) {
+        Result<TargetId> head = state->head(chain);
+        if (!head.is_ok()) return attempt_done(head.status());
+        Result<std::string> address = state->address(*head);
+        if (!address.is_ok()) return attempt_done(address.status());
+        RemoveChunksReq req{.request_id = id, .chain = chain, .chain_version = state->routing.chain(chain)->version,
+                            .begin = begin, .end = end};
+        state->rpc.call(*address, Request{req}, state->attempt_timeout(),
+                        [attempt_done](Result<Response> response) { attempt_done(response_as<RemoveChunksRsp>(std::move(response))); });
+      },
+      std::move(done));
+}
+
+StorageClient::Stats StorageClient::stats() const { return state_->stats; }
+
+}  // namespace ff::fs

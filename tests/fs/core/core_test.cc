@@ -1,0 +1,124 @@
+// Chain-table generation, MemChunkStore and cluster-map encoding.
+#include <gtest/gtest.h>
+
+#include "ff/fs/chain_table.h"
+#include "ff/fs/crc32c.h"
+#include "ff/fs/map_store.h"
+#include "ff/fs/messages.h"
+#include "ff/fs/mem_chunk_store.h"
+
+#include <cstring>
+#include <set>
+
+namespace ff::fs {
+namespace {
+
+TEST(ChainTable, BalancedSpreadsRecoveryOverAllPeers) {
+  std::vector<NodeId> nodes = {1, 2, 3, 4, 5, 6};
+  // The 3FS design-note example: 6 nodes x 5 targets at replication 3 = 10 chains.
+  Result<ChainLayout> balanced = generate_chain_layout(nodes, 5, 3);
+  Result<ChainLayout> naive = generate_chain_layout(nodes, 5, 3, ChainLayoutMethod::kRoundRobin);
+  ASSERT_TRUE(balanced.is_ok()) << balanced.status().to_string();
+  ASSERT_TRUE(naive.is_ok()) << naive.status().to_string();
+  ASSERT_EQ(balanced->chains.size(), 10u);
+  RecoverySpread good = recovery_spread(*balanced);
+  RecoverySpread bad = recovery_spread(*naive);
+  // Every node shares chains with all 5 peers, 2 each (5 chains x 2 peers / 5 peers).
+  EXPECT_EQ(good.min_peers, 5u);
+  EXPECT_LE(good.max_shared, 4u);  // ideal is 2; the greedy gets within 2x (see docs/fs.md)
+  EXPECT_GE(good.min_shared, 1u);
+  // Round-robin pairs each node with only 2 peers, 5 chains each.
+  EXPECT_EQ(bad.min_peers, 2u);
+  EXPECT_EQ(bad.max_shared, 5u);
+  // Each chain's replicas are on distinct nodes; every target is used once.
+  std::set<TargetId> seen;
+  for (const auto& chain : balanced->chains) {
+    std::set<NodeId> chain_nodes;
+    for (TargetId target : chain) {
+      EXPECT_TRUE(seen.insert(target).second);
+      chain_nodes.insert(static_cast<NodeId>(target / kTargetsPerNodeLimit));
+    }
+    EXPECT_EQ(chain_nodes.size(), 3u);
+  }
+  EXPECT_EQ(seen.size(), 30u);
+}
+
+TEST(ChainTable, LargerLayoutsStayBalancedAndDeterministic) {
+  std::vector<NodeId> nodes;
+  for (NodeId i = 1; i <= 12; ++i) nodes.push_back(i);
+  Result<ChainLayout> a = generate_chain_layout(nodes, 11, 3);
+  Result<ChainLayout> b = generate_chain_layout(nodes, 11, 3);
+  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+  EXPECT_EQ(a->chains, b->chains);
+  RecoverySpread spread = recovery_spread(*a);
+  EXPECT_EQ(spread.min_peers, 11u);  // 11 chains x 2 peers = 22 slots over 11 peers: 2 each, ideally
+  EXPECT_LE(spread.max_shared, 3u);
+  RecoverySpread naive = recovery_spread(*generate_chain_layout(nodes, 11, 3, ChainLayoutMethod::kRoundRobin));
+  EXPECT_GT(naive.max_shared, spread.max_shared);
+}
+
+TEST(ChainTable, RejectsImpossibleShapes) {
+  EXPECT_FALSE(generate_chain_layout({1, 2}, 1, 3).is_ok());
+  EXPECT_FALSE(generate_chain_layout({1, 2, 3, 4}, 1, 3).is_ok());  // 4 targets, not a multiple of 3
+  EXPECT_FALSE(generate_chain_layout({1, 1, 2}, 1, 3).is_ok());
+}
+
+Bytes bytes_of(std::string_view text) {
+  Bytes out(text.size());
+  std::memcpy(out.data(), text.data(), text.size());
+  return out;
+}
+
+TEST(MemChunkStore, PendingCommitDirtyAndCorruption) {
+  MemChunkStore store(64);
+  ChunkId id{7, 1};
+  Bytes hello = bytes_of("hello");
+  ASSERT_TRUE(store.put_pending({.id = id, .version = 1, .chain_version = 1, .offset = 0, .data = hello}).is_ok());
+  EXPECT_EQ(fs_error_of(store.read(id, 0, 64, ReadMode::kStrict).status()), FsError::kChunkNotFound);
+  ASSERT_TRUE(store.commit(id, 1).is_ok());
+  ASSERT_TRUE(store.commit(id, 1).is_ok());  // idempotent
+  Bytes world = bytes_of("world");
+  ASSERT_TRUE(store.put_pending({.id = id, .version = 2, .chain_version = 1, .offset = 5, .data = world}).is_ok());
+  Result<ChunkRead> strict = store.read(id, 0, 64, ReadMode::kStrict);
+  ASSERT_TRUE(strict.is_ok());
+  EXPECT_TRUE(strict->dirty);
+  EXPECT_TRUE(strict->data.empty());
+  Result<ChunkRead> relaxed = store.read(id, 0, 64, ReadMode::kRelaxed);
+  ASSERT_TRUE(relaxed.is_ok());
+  EXPECT_EQ(relaxed->data, hello);
+  EXPECT_EQ(fs_error_of(store.put_pending({.id = id, .version = 4, .chain_version = 1, .offset = 0, .data = world})),
+            FsError::kVersionMismatch);
+  ASSERT_TRUE(store.commit(id, 2).is_ok());
+  Result<ChunkRead> both = store.read(id, 0, 64, ReadMode::kStrict);
+  ASSERT_TRUE(both.is_ok());
+  EXPECT_EQ(both->data, bytes_of("helloworld"));
+  EXPECT_EQ(both->meta.committed_crc32c, crc32c(both->data));
+  EXPECT_EQ(fs_error_of(store.put_pending({.id = id, .version = 3, .chain_version = 1, .offset = 60, .data = world})),
+            FsError::kOversize);
+  ASSERT_TRUE(store.corrupt(id));
+  EXPECT_EQ(store.read(id, 0, 64, ReadMode::kStrict).status().code(), StatusCode::kDataLoss);
+  ASSERT_TRUE(store.put_full_replacement(id, 2, 1, both->data).is_ok());
+  EXPECT_TRUE(store.read(id, 0, 64, ReadMode::kStrict).is_ok());
+  Result<uint64_t> removed = store.remove_range({7, 0}, {8, 0});
+  ASSERT_TRUE(removed.is_ok());
+  EXPECT_EQ(*removed, 1u);
+}
+
+TEST(MapStore, EncodingRoundTripsAndRejectsGarbage) {
+  ClusterMap map;
+  map.routing_version = 9;
+  map.nodes[1] = NodeInfo{.id = 1, .address = "127.0.0.1:9001", .status = NodeStatus::kAlive};
+  map.targets[1001] = TargetInfo{.id = 1001, .node = 1, .chain = 1, .public_state = PublicTargetState::kSyncing,
+                                 .local_state = LocalTargetState::kOnline};
+  map.chains[1] = ChainInfo{.id = 1, .version = 4, .targets = {{1001, PublicTargetState::kSyncing}}};
+  map.chain_tables[1] = ChainTable{.id = 1, .replication = 1, .chains = {1}};
+  std::string bytes = encode_cluster_map(map);
+  Result<ClusterMap> decoded = decode_cluster_map(bytes);
+  ASSERT_TRUE(decoded.is_ok()) << decoded.status().to_string();
+  EXPECT_EQ(*decoded, map);
+  EXPECT_EQ(fs_error_of(decode_cluster_map(bytes.substr(0, bytes.size() - 3)).status()), FsError::kMalformed);
+  EXPECT_FALSE(decode_cluster_map("nonsense").is_ok());
+}
+
+}  // namespace
+}  // namespace ff::fs
