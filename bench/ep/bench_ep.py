@@ -1,4 +1,5 @@
-"""Benchmark of fireflyer.ep's CUDA intranode backend with N rank processes on ONE GPU.
+"""Benchmark of fireflyer.ep's CUDA intranode backend: N rank processes on ONE GPU, or (EP_BENCH_SPREAD=1)
+one process per GPU over NVLink, rank r on GPU r % device_count.
 
 Normal mode: 4096 tokens per rank, hidden 7168, top-8 of 256 experts, FP8 dispatch (per-128 scales) and
 BF16 combine. Low-latency mode: 128 tokens per rank, FP8 dispatch, BF16 combine. Byte accounting as
@@ -8,8 +9,9 @@ combine = selections x hidden x 2, where selections are this rank's valid (token
 GB/s is per rank (bytes / time), as DeepEP prints it; the time is the rank's wall time per call
 (torch.cuda.synchronize around a loop), averaged over ranks.
 
-All N processes share one GPU: this measures HBM-to-HBM copies and the protocol's overheads (host
-barriers, time-sliced kernels of different processes), NOT NVLink. The baseline in the same run is
+On one GPU, all N processes share it: this measures HBM-to-HBM copies and the protocol's overheads (host
+barriers, time-sliced kernels of different processes), NOT NVLink. Spread over GPUs, the same kernels
+write into peers' memory over NVLink, and the NCCL baseline runs and is timed (one rank per GPU). The baseline in the same run is
 torch.distributed.all_to_all_single over NCCL where it runs (NCCL refuses two ranks on one GPU; the
 refusal is recorded), and a single-process torch copy (index_select) of the same total bytes, the HBM
 ceiling for moving these rows on this GPU.
@@ -38,7 +40,9 @@ from fireflyer import ep
 group, rank, num_ranks, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 num_sms = int(os.environ.get("EP_NUM_SMS", "24"))
 hidden, num_topk, num_experts = 7168, 8, 256
-device = torch.device("cuda")
+spread = os.environ.get("EP_BENCH_SPREAD") == "1"
+device = torch.device("cuda", rank % torch.cuda.device_count() if spread else 0)
+torch.cuda.set_device(device)
 torch.manual_seed(1234 + rank)
 
 def routing(num_tokens):
@@ -99,17 +103,30 @@ print("RESULT " + json.dumps(results), flush=True)
 '''
 
 _NCCL_WORKER = r'''
-import os, sys, time
+import json, os, sys, time
 import torch, torch.distributed as dist
 rank, num_ranks, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+spread = os.environ.get("EP_BENCH_SPREAD") == "1"
+device = torch.device("cuda", rank % torch.cuda.device_count() if spread else 0)
+torch.cuda.set_device(device)
 dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=num_ranks,
-                        device_id=torch.device("cuda", 0))
-x = torch.randn((4096 * 4, 7168), device="cuda", dtype=torch.bfloat16)
+                        device_id=device)
+# As many bf16 rows as a normal-mode rank receives (4096 tokens x ~8 experts spread over the ranks).
+rows = int(os.environ.get("EP_NCCL_ROWS", "8192")) // num_ranks * num_ranks
+x = torch.randn((rows, 7168), device=device, dtype=torch.bfloat16)
 out = torch.empty_like(x)
-dist.all_to_all_single(out, x)
+for _ in range(3):
+    dist.all_to_all_single(out, x)
 torch.cuda.synchronize()
-print("RESULT ran", flush=True)
+dist.barrier()
+start = time.perf_counter()
+for _ in range(10):
+    dist.all_to_all_single(out, x)
+torch.cuda.synchronize()
+seconds = (time.perf_counter() - start) / 10
+dist.destroy_process_group()
+print("RESULT " + json.dumps(dict(us=seconds * 1e6, bytes=x.numel() * 2 * (num_ranks - 1) / num_ranks)), flush=True)
 '''
 
 
@@ -159,6 +176,8 @@ def main() -> int:
         print(json.dumps({"bench": "ep", "skipped": "no CUDA GPU or the ep CUDA backend is not built"}))
         return 0
     device_name = torch.cuda.get_device_name(0)
+    spread = os.environ.get("EP_BENCH_SPREAD") == "1"
+    num_gpus = torch.cuda.device_count() if spread else 1
     env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), PYTHONUNBUFFERED="1")
     rank_counts = [int(n) for n in os.environ.get("EP_BENCH_RANKS", "2,4,8").split(",")]
     cases = []
@@ -175,7 +194,8 @@ def main() -> int:
                 results.append(json.loads(line[0][len("RESULT "):]))
             mean = lambda key: sum(r[key] for r in results) / len(results)
             case = {"bench": "ep", "device": device_name, "mode": mode, "num_ranks": num_ranks,
-                    "ranks_share_one_gpu": True, "num_sms": int(os.environ.get("EP_NUM_SMS", "24")),
+                    "ranks_share_one_gpu": num_gpus < num_ranks, "num_gpus": min(num_gpus, num_ranks),
+                    "num_sms": int(os.environ.get("EP_NUM_SMS", "24")),
                     "hidden": 7168, "num_topk": 8, "num_experts": 256,
                     "tokens_per_rank": 4096 if mode == "normal" else 128}
             for op in ("dispatch", "combine"):
@@ -194,12 +214,17 @@ def main() -> int:
             cases.append(case)
             print(json.dumps(case), flush=True)
 
-    # torch.distributed all_to_all_single over NCCL with 2 ranks on this one GPU.
+    # torch.distributed all_to_all_single over NCCL: one rank per GPU when spread, else 2 ranks on this GPU.
     port = str(29500 + os.getpid() % 1000)
-    outputs = _run(_NCCL_WORKER, [[str(r), "2", port] for r in range(2)], env, 40)
-    if all(code == 0 for code, _, _ in outputs):
-        nccl = {"baseline": "torch.distributed.all_to_all_single (NCCL)", "ran": True,
-                "note": "ran with 2 ranks on one GPU; not timed here"}
+    nccl_ranks = max(2, num_gpus)
+    outputs = _run(_NCCL_WORKER, [[str(r), str(nccl_ranks), port] for r in range(nccl_ranks)], env, 60)
+    lines = [[row for row in stdout.splitlines() if row.startswith("RESULT ")] for _, stdout, _ in outputs]
+    if all(code == 0 for code, _, _ in outputs) and all(lines):
+        timings = [json.loads(line[0][len("RESULT "):]) for line in lines]
+        seconds = sum(t["us"] for t in timings) / len(timings) / 1e6
+        nccl = {"baseline": "torch.distributed.all_to_all_single (NCCL)", "ran": True, "num_ranks": nccl_ranks,
+                "num_gpus": num_gpus, "rows_bf16_hidden_7168": int(os.environ.get("EP_NCCL_ROWS", "8192")),
+                "us": round(seconds * 1e6, 1), "gb_per_s_per_rank": round(timings[0]["bytes"] / seconds / 1e9, 2)}
     else:
         def reason(code: int, stderr: str) -> str:
             lines = [line for line in stderr.splitlines() if "rror" in line and "destroy_process_group" not in line]
@@ -209,10 +234,12 @@ def main() -> int:
         nccl = {"baseline": "torch.distributed.all_to_all_single (NCCL)", "ran": False, "errors": errors[:2]}
     print(json.dumps(nccl), flush=True)
     short = device_name.lower().replace("nvidia ", "").split()[0]
-    out = pathlib.Path(os.environ.get("EP_BENCH_OUT", ROOT / "bench" / "results" / f"ep_{short}.json"))
+    suffix = f"_x{num_gpus}" if spread else ""
+    out = pathlib.Path(os.environ.get("EP_BENCH_OUT", ROOT / "bench" / "results" / f"ep_{short}{suffix}.json"))
     out.write_text(json.dumps({
         "device": device_name,
-        "note": ("N rank processes share ONE GPU: figures are HBM-to-HBM copies plus protocol overheads (host "
+        "note": (f"Ranks spread over {num_gpus} GPUs (rank r on GPU r % {num_gpus}), peers written over NVLink. " if spread
+                 else "") + ("N rank processes share ONE GPU where ranks > GPUs: figures are HBM-to-HBM copies plus protocol overheads (host "
                  "barriers, time-sliced kernels of different processes), not NVLink. Normal mode: 4096 tokens per "
                  "rank, hidden 7168, top-8 of 256 experts, FP8 dispatch, BF16 combine; low-latency: 128 tokens per "
                  "rank. Bytes as DeepEP's tests; GB/s per rank. Baseline: one process gathering all ranks' rows "
