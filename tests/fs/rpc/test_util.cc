@@ -74,6 +74,19 @@ Result<std::unique_ptr<EtcdServer>> EtcdServer::start() {
     int rc = posix_spawnp(&server->pid_, "etcd", &actions, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) return errno_error(rc, "posix_spawnp etcd");
+    // Wait for the port to accept TCP before the first gRPC call: under gVisor a gRPC channel whose
+    // first connect was refused was seen to stall for seconds (the transport re-creates such channels).
+    for (int i = 0; i < 300; ++i) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in address{};
+      address.sin_family = AF_INET;
+      address.sin_port = htons(server->client_port_);
+      address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      bool connected = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+      ::close(fd);
+      if (connected) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     FF_ASSIGN_OR_RETURN(auto client, EtcdClient::connect(server->endpoint(), 1000));
     last = client->wait_ready(15000);
     if (last.is_ok()) return server;

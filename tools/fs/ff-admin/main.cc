@@ -1,0 +1,167 @@
+// ff-admin: talks to ff-mgmtd.
+//   ff-admin --mgmtd 127.0.0.1:9000 routing [--json]           nodes, targets, chains and their states
+//   ff-admin --mgmtd ... create-chain-table --table 1 --replication 3 --targets-per-node 2 --nodes 1,2,3
+//   ff-admin --mgmtd ... offline --target 1001 [--clear]       take a target offline (or clear that)
+//   ff-admin --mgmtd ... wait-serving --timeout-s 30           until every target of every chain serves
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <iostream>
+#include <thread>
+
+#include "ff/common/log.h"
+#include "ff/fs/messages.h"
+#include "ff/fs/rpc/grpc_transport.h"
+
+namespace {
+
+using namespace ff;
+using namespace ff::fs;
+using namespace ff::fs::rpc;
+
+nlohmann::json routing_json(const RoutingInfo& routing) {
+  nlohmann::json out;
+  out["routing_version"] = routing.version;
+  out["nodes"] = nlohmann::json::array();
+  for (const auto& [id, node] : routing.nodes) {
+    out["nodes"].push_back({{"id", id}, {"address", node.address}, {"status", node.status == NodeStatus::kAlive ? "alive" : "failed"}});
+  }
+  out["targets"] = nlohmann::json::array();
+  for (const auto& [id, target] : routing.targets) {
+    out["targets"].push_back({{"id", id},
+                              {"node", target.node},
+                              {"chain", target.chain},
+                              {"public_state", std::string(public_state_name(target.public_state))},
+                              {"local_state", std::string(local_state_name(target.local_state))}});
+  }
+  out["chains"] = nlohmann::json::array();
+  for (const auto& [id, chain] : routing.chains) {
+    nlohmann::json targets = nlohmann::json::array();
+    for (const auto& t : chain.targets) targets.push_back({{"target", t.target}, {"state", std::string(public_state_name(t.state))}});
+    out["chains"].push_back({{"id", id}, {"version", chain.version}, {"targets", targets}});
+  }
+  out["chain_tables"] = nlohmann::json::array();
+  for (const auto& [id, table] : routing.chain_tables) {
+    out["chain_tables"].push_back({{"id", id}, {"replication", table.replication}, {"chains", table.chains}});
+  }
+  return out;
+}
+
+void print_routing(const RoutingInfo& routing) {
+  std::cout << fmt::format("routing version {}\n\nnodes:\n", routing.version);
+  for (const auto& [id, node] : routing.nodes) {
+    std::cout << fmt::format("  {:>6}  {:<22} {}\n", id, node.address, node.status == NodeStatus::kAlive ? "alive" : "failed");
+  }
+  std::cout << "\ntargets:\n";
+  for (const auto& [id, t] : routing.targets) {
+    std::cout << fmt::format("  {:>8}  node {:<5} chain {:<5} {:<8} (local {})\n", id, t.node, t.chain, t.public_state,
+                             t.local_state);
+  }
+  std::cout << "\nchains:\n";
+  for (const auto& [id, chain] : routing.chains) {
+    std::string targets;
+    for (const auto& t : chain.targets) targets += fmt::format(" {}({})", t.target, t.state);
+    std::cout << fmt::format("  {:>6}  v{:<4}{}\n", id, chain.version, targets);
+  }
+  std::cout << "\nchain tables:\n";
+  for (const auto& [id, table] : routing.chain_tables) {
+    std::cout << fmt::format("  {:>6}  replication {} chains {}\n", id, table.replication, fmt::join(table.chains, ","));
+  }
+}
+
+Result<RoutingInfo> get_routing(RpcClient& rpc, const std::string& mgmtd, int64_t timeout_ns) {
+  FF_ASSIGN_OR_RETURN(GetRoutingRsp rsp, response_as<GetRoutingRsp>(call_blocking(rpc, mgmtd, Request{GetRoutingReq{0}}, timeout_ns)));
+  if (!rsp.routing) return internal_error("mgmtd {} answered GetRouting without routing", mgmtd);
+  return *rsp.routing;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ff-admin: fs cluster administration (docs/fs-operations.md)"};
+  app.require_subcommand(1);
+  std::string mgmtd = "127.0.0.1:9000";
+  double timeout_s = 5;
+  app.add_option("--mgmtd", mgmtd, "ff-mgmtd address host:port");
+  app.add_option("--rpc-timeout-s", timeout_s, "deadline of each call");
+
+  auto* routing_cmd = app.add_subcommand("routing", "list nodes, targets, chains and their states");
+  bool json = false;
+  routing_cmd->add_flag("--json", json, "print JSON");
+
+  auto* create_cmd = app.add_subcommand("create-chain-table", "create a chain table over storage nodes");
+  CreateChainTableReq create;
+  create_cmd->add_option("--table", create.table, "chain table id (>= 1)")->required();
+  create_cmd->add_option("--replication", create.replication, "targets per chain");
+  create_cmd->add_option("--targets-per-node", create.targets_per_node, "targets each node contributes");
+  create_cmd->add_option("--nodes", create.nodes, "storage node ids")->delimiter(',')->required();
+
+  auto* offline_cmd = app.add_subcommand("offline", "take a target offline (or clear that with --clear)");
+  SetTargetOfflineReq offline;
+  bool clear = false;
+  offline_cmd->add_option("--target", offline.target, "target id")->required();
+  offline_cmd->add_flag("--clear", clear, "let the target return (it recovers, then serves)");
+
+  auto* wait_cmd = app.add_subcommand("wait-serving", "wait until every target of every chain is serving");
+  double wait_timeout_s = 60;
+  wait_cmd->add_option("--timeout-s", wait_timeout_s, "give up after this long (exit 1)");
+  CLI11_PARSE(app, argc, argv);
+
+  ThreadExecutor executor("admin", 1);
+  GrpcRpcClient rpc(executor);
+  int64_t timeout_ns = static_cast<int64_t>(timeout_s * 1e9);
+  int code = 0;
+  if (*routing_cmd) {
+    auto routing = get_routing(rpc, mgmtd, timeout_ns);
+    if (!routing.is_ok()) {
+      FF_LOG_ERROR("{}", routing.status());
+      code = 1;
+    } else if (json) {
+      std::cout << routing_json(*routing).dump(2) << "\n";
+    } else {
+      print_routing(*routing);
+    }
+  } else if (*create_cmd) {
+    auto rsp = response_as<CreateChainTableRsp>(call_blocking(rpc, mgmtd, Request{create}, timeout_ns));
+    if (!rsp.is_ok()) {
+      FF_LOG_ERROR("create-chain-table: {}", rsp.status());
+      code = 1;
+    } else {
+      std::cout << fmt::format("chain table {}: chains {}\n", create.table, fmt::join(rsp->chains, ","));
+    }
+  } else if (*offline_cmd) {
+    offline.offline = !clear;
+    auto rsp = response_as<SetTargetOfflineRsp>(call_blocking(rpc, mgmtd, Request{offline}, timeout_ns));
+    if (!rsp.is_ok()) {
+      FF_LOG_ERROR("offline: {}", rsp.status());
+      code = 1;
+    } else {
+      std::cout << fmt::format("target {} {}; routing version {}\n", offline.target, clear ? "may return" : "offline",
+                               rsp->routing_version);
+    }
+  } else if (*wait_cmd) {
+    int64_t deadline = system_clock().now_ms() + static_cast<int64_t>(wait_timeout_s * 1000);
+    code = 1;
+    std::string last;
+    while (system_clock().now_ms() < deadline) {
+      auto routing = get_routing(rpc, mgmtd, timeout_ns);
+      if (routing.is_ok()) {
+        bool all = !routing->chains.empty();
+        for (const auto& [id, chain] : routing->chains) {
+          for (const auto& t : chain.targets) all = all && t.state == PublicTargetState::kServing;
+        }
+        if (all) {
+          code = 0;
+          break;
+        }
+        last = "not every target serves yet";
+      } else {
+        last = routing.status().to_string();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    if (code != 0) FF_LOG_ERROR("wait-serving: gave up after {} s: {}", wait_timeout_s, last);
+  }
+  executor.stop();
+  return code;
+}

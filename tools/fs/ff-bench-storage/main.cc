@@ -1,0 +1,310 @@
+// ff-bench-storage: drives a running cluster through StorageClient over gRPC.
+//   bench        sequential/random read and write of one block size at one queue depth; one JSON line
+//                (bench/fs/bench_storage.py runs the grid beside fio)
+//   write-check  writes checksummed chunks (each chunk once, contents derived from its id) for a while
+//                and appends every acknowledged chunk to a log
+//   verify       reads every logged chunk from EVERY target of its chain (direct reads of that target)
+//                and checks its bytes; exit 1 on any mismatch
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <future>
+#include <iostream>
+#include <random>
+
+#include "ff/common/log.h"
+#include "ff/fs/client.h"
+#include "ff/fs/crc32c.h"
+#include "ff/fs/rpc/grpc_transport.h"
+
+namespace {
+
+using namespace ff;
+using namespace ff::fs;
+using namespace ff::fs::rpc;
+
+// Contents of chunk (inode, index): a xorshift stream seeded by the id, so any reader can recompute it.
+Bytes chunk_contents(uint64_t inode, uint64_t index, uint64_t bytes) {
+  Bytes data(bytes);
+  uint64_t state = inode * 0x9E3779B97F4A7C15ull ^ (index + 1) * 0xBF58476D1CE4E5B9ull;
+  for (uint64_t i = 0; i < bytes; i += 8) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    std::memcpy(data.data() + i, &state, std::min<uint64_t>(8, bytes - i));
+  }
+  return data;
+}
+
+template <typename T>
+Result<T> wait_for(std::future<Result<T>>& future, int64_t timeout_ms) {
+  if (future.wait_for(std::chrono::milliseconds(timeout_ms)) != std::future_status::ready) {
+    return deadline_exceeded("operation did not finish within {} ms", timeout_ms);
+  }
+  return future.get();
+}
+
+Result<RoutingInfo> fetch_routing(ThreadExecutor& executor, StorageClient& client) {
+  auto promise = std::make_shared<std::promise<Result<RoutingVersion>>>();
+  auto future = promise->get_future();
+  executor.post([&client, promise] { client.refresh_routing([promise](Result<RoutingVersion> v) { promise->set_value(std::move(v)); }); });
+  FF_RETURN_IF_ERROR(wait_for(future, 60000).status());
+  RoutingInfo routing;
+  FF_RETURN_IF_ERROR(executor.run_sync([&] { routing = client.routing(); }, 5000));
+  return routing;
+}
+
+std::vector<ChainId> chains_of(const RoutingInfo& routing, ChainTableId table) {
+  auto it = routing.chain_tables.find(table);
+  return it == routing.chain_tables.end() ? std::vector<ChainId>{} : it->second.chains;
+}
+
+int write_check(ThreadExecutor& executor, StorageClient& client, ChainTableId table, double seconds,
+                uint64_t chunk_bytes, const std::string& log_path, uint64_t inode) {
+  auto routing = fetch_routing(executor, client);
+  if (!routing.is_ok()) {
+    FF_LOG_ERROR("routing: {}", routing.status());
+    return 1;
+  }
+  std::vector<ChainId> chains = chains_of(*routing, table);
+  if (chains.empty()) {
+    FF_LOG_ERROR("chain table {} has no chains", table);
+    return 1;
+  }
+  std::ofstream log(log_path, std::ios::app);
+  int64_t end = system_clock().now_ms() + static_cast<int64_t>(seconds * 1000);
+  uint64_t acked = 0, failed = 0;
+  for (uint64_t index = 0; system_clock().now_ms() < end; ++index) {
+    ChainId chain = chains[index % chains.size()];
+    Bytes data = chunk_contents(inode, index, chunk_bytes);
+    uint32_t crc = crc32c(data);
+    auto promise = std::make_shared<std::promise<Result<WriteRsp>>>();
+    auto future = promise->get_future();
+    executor.post([&, chain, index, data = std::move(data), promise]() mutable {
+      client.write(chain, ChunkId{inode, index}, 0, std::move(data),
+                   [promise](Result<WriteRsp> rsp) { promise->set_value(std::move(rsp)); });
+    });
+    auto rsp = wait_for(future, 90000);
+    if (rsp.is_ok()) {
+      if (rsp->crc32c != crc) {
+        FF_LOG_ERROR("chunk {}:{}: acknowledged CRC {:08x}, expected {:08x}", inode, index, rsp->crc32c, crc);
+        return 1;
+      }
+      log << fmt::format("{} {} {} {} {}\n", chain, inode, index, chunk_bytes, crc) << std::flush;
+      ++acked;
+    } else {
+      ++failed;
+      FF_LOG_WARN("chunk {}:{} not acknowledged: {}", inode, index, rsp.status());
+    }
+  }
+  std::cout << nlohmann::json{{"acknowledged", acked}, {"failed", failed}}.dump() << std::endl;
+  return 0;
+}
+
+int verify(ThreadExecutor& executor, StorageClient& client, GrpcRpcClient& rpc, const std::string& log_path,
+           double rpc_timeout_s) {
+  auto routing = fetch_routing(executor, client);
+  if (!routing.is_ok()) {
+    FF_LOG_ERROR("routing: {}", routing.status());
+    return 1;
+  }
+  std::ifstream log(log_path);
+  uint64_t chunks = 0, replica_reads = 0, bad = 0;
+  ChainId chain_id;
+  uint64_t inode, index, bytes;
+  uint32_t crc;
+  while (log >> chain_id >> inode >> index >> bytes >> crc) {
+    ++chunks;
+    const ChainInfo* chain = routing->chain(chain_id);
+    if (chain == nullptr) {
+      FF_LOG_ERROR("chain {} is not in routing", chain_id);
+      return 1;
+    }
+    Bytes expected = chunk_contents(inode, index, bytes);
+    for (const ChainTarget& target : chain->targets) {
+      auto address = routing->address_of(target.target);
+      ReadReq read{chain->id, chain->version, target.target, ChunkId{inode, index}, 0, bytes, ReadMode::kStrict};
+      auto rsp = response_as<ReadRsp>(
+          call_blocking(rpc, address.value_or("?"), Request{read}, static_cast<int64_t>(rpc_timeout_s * 1e9)));
+      ++replica_reads;
+      if (!rsp.is_ok()) {
+        FF_LOG_ERROR("chunk {}:{} on target {} ({}): {}", inode, index, target.target, target.state, rsp.status());
+        ++bad;
+      } else if (rsp->data != expected || rsp->meta.committed_crc32c != crc) {
+        FF_LOG_ERROR("chunk {}:{} on target {}: {} bytes with CRC {:08x}, expected {} bytes with CRC {:08x}", inode,
+                     index, target.target, rsp->data.size(), crc32c(rsp->data), bytes, crc);
+        ++bad;
+      }
+    }
+  }
+  std::cout << nlohmann::json{{"chunks", chunks}, {"replica_reads", replica_reads}, {"bad", bad}}.dump() << std::endl;
+  return bad == 0 && chunks > 0 ? 0 : 1;
+}
+
+struct BenchCase {
+  std::string op = "write";   // read | write
+  std::string pattern = "seq";  // seq | rand
+  uint64_t block_bytes = 1 << 20;
+  uint32_t queue_depth = 1;
+  uint64_t file_bytes = 256ull << 20;
+  double seconds = 5;
+  ChainTableId table = 1;
+  uint64_t inode = 7;
+};
+
+int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
+  auto routing = fetch_routing(executor, client);
+  if (!routing.is_ok()) {
+    FF_LOG_ERROR("routing: {}", routing.status());
+    return 1;
+  }
+  std::vector<ChainId> chains = chains_of(*routing, c.table);
+  if (chains.empty()) {
+    FF_LOG_ERROR("chain table {} has no chains", c.table);
+    return 1;
+  }
+  // The file is striped over the chains in chunks of max(block, 4 MiB).
+  const uint64_t chunk_bytes = std::max<uint64_t>(c.block_bytes, 4ull << 20);
+  const uint64_t blocks = c.file_bytes / c.block_bytes;
+  if (blocks == 0) {
+    FF_LOG_ERROR("file_bytes {} < block_bytes {}", c.file_bytes, c.block_bytes);
+    return 1;
+  }
+  Bytes payload = chunk_contents(c.inode, 0, c.block_bytes);
+  struct Shared {
+    std::mutex mutex;
+    std::condition_variable done;
+    uint64_t issued = 0, completed = 0, errors = 0, in_flight = 0;
+    bool stop = false;
+    std::string first_error;
+    Histogram latency;
+  };
+  auto shared = std::make_shared<Shared>();
+  std::mt19937_64 rng(42);
+  uint64_t next_seq = 0;
+  int64_t start_ns = system_clock().now_ns();
+  int64_t end_ns = start_ns + static_cast<int64_t>(c.seconds * 1e9);
+  // issue() runs on the executor: keeps queue_depth operations in flight until the time is up.
+  std::function<void()> issue = [&, shared]() {
+    while (!shared->stop && shared->in_flight < c.queue_depth) {
+      if (system_clock().now_ns() >= end_ns) {
+        shared->stop = true;
+        break;
+      }
+      uint64_t block = c.pattern == "seq" ? next_seq++ % blocks : rng() % blocks;
+      uint64_t offset = block * c.block_bytes;
+      ChunkId chunk{c.inode, offset / chunk_bytes};
+      ChainId chain = chains[chunk.index % chains.size()];
+      uint64_t in_chunk = offset % chunk_bytes;
+      ++shared->in_flight;
+      ++shared->issued;
+      int64_t op_start = system_clock().now_ns();
+      auto finish = [&, shared, op_start](const Status& status) {
+        shared->latency.record_us(static_cast<uint64_t>((system_clock().now_ns() - op_start) / 1000));
+        std::lock_guard lock(shared->mutex);
+        --shared->in_flight;
+        ++shared->completed;
+        if (!status.is_ok()) {
+          if (shared->errors++ == 0) shared->first_error = status.to_string();
+        }
+        if (shared->stop && shared->in_flight == 0) shared->done.notify_all();
+      };
+      if (c.op == "write") {
+        client.write(chain, chunk, in_chunk, payload, [finish, issue](Result<WriteRsp> rsp) {
+          finish(rsp.is_ok() ? Status::ok() : rsp.status());
+          issue();
+        });
+      } else {
+        client.read(chain, chunk, in_chunk, c.block_bytes, ReadMode::kStrict, [finish, issue](Result<ReadRsp> rsp) {
+          finish(rsp.is_ok() ? Status::ok() : rsp.status());
+          issue();
+        });
+      }
+    }
+    std::lock_guard lock(shared->mutex);
+    if (shared->stop && shared->in_flight == 0) shared->done.notify_all();
+  };
+  executor.post(issue);
+  {
+    std::unique_lock lock(shared->mutex);
+    shared->done.wait_for(lock, std::chrono::seconds(static_cast<int64_t>(c.seconds) + 120),
+                          [&] { return shared->stop && shared->in_flight == 0; });
+  }
+  double seconds = static_cast<double>(system_clock().now_ns() - start_ns) / 1e9;
+  uint64_t ok_ops = shared->completed - shared->errors;
+  nlohmann::json line = {{"bench", "fs_storage"},
+                         {"op", c.op},
+                         {"pattern", c.pattern},
+                         {"block_bytes", c.block_bytes},
+                         {"queue_depth", c.queue_depth},
+                         {"ops", ok_ops},
+                         {"errors", shared->errors},
+                         {"seconds", seconds},
+                         {"MB_per_s", static_cast<double>(ok_ops * c.block_bytes) / 1e6 / seconds},
+                         {"iops", static_cast<double>(ok_ops) / seconds},
+                         {"p50_us", shared->latency.quantile_us(0.5)},
+                         {"p99_us", shared->latency.quantile_us(0.99)}};
+  if (!shared->first_error.empty()) line["first_error"] = shared->first_error;
+  std::cout << line.dump() << std::endl;
+  return shared->errors == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ff-bench-storage: benchmark / checked writer / verifier against an fs cluster"};
+  app.require_subcommand(1);
+  std::string mgmtd = "127.0.0.1:9000";
+  double rpc_timeout_s = 5;
+  uint64_t client_id = static_cast<uint64_t>(system_clock().now_ns());
+  app.add_option("--mgmtd", mgmtd, "ff-mgmtd address");
+  app.add_option("--rpc-timeout-s", rpc_timeout_s, "deadline of each RPC");
+  app.add_option("--client-id", client_id, "unique client id (write dedupe key)");
+
+  BenchCase bench_case;
+  auto* bench_cmd = app.add_subcommand("bench", "one benchmark case; prints a JSON line");
+  bench_cmd->add_option("--op", bench_case.op)->check(CLI::IsMember({"read", "write"}));
+  bench_cmd->add_option("--pattern", bench_case.pattern)->check(CLI::IsMember({"seq", "rand"}));
+  bench_cmd->add_option("--block-bytes", bench_case.block_bytes);
+  bench_cmd->add_option("--queue-depth", bench_case.queue_depth)->check(CLI::Range(1u, 1024u));
+  bench_cmd->add_option("--file-bytes", bench_case.file_bytes);
+  bench_cmd->add_option("--seconds", bench_case.seconds);
+  bench_cmd->add_option("--table", bench_case.table);
+  bench_cmd->add_option("--inode", bench_case.inode);
+
+  auto* write_cmd = app.add_subcommand("write-check", "write checksummed chunks, log the acknowledged ones");
+  double seconds = 10;
+  uint64_t chunk_bytes = 64 << 10;
+  std::string log_path;
+  ChainTableId table = 1;
+  uint64_t inode = 1;
+  write_cmd->add_option("--seconds", seconds);
+  write_cmd->add_option("--chunk-bytes", chunk_bytes);
+  write_cmd->add_option("--log", log_path)->required();
+  write_cmd->add_option("--table", table);
+  write_cmd->add_option("--inode", inode);
+
+  auto* verify_cmd = app.add_subcommand("verify", "read every logged chunk from every replica");
+  verify_cmd->add_option("--log", log_path)->required();
+  CLI11_PARSE(app, argc, argv);
+
+  ThreadExecutor executor("bench", 1);
+  GrpcRpcClient rpc(executor);
+  ClientConfig config;
+  config.client_id = client_id;
+  config.mgmtd_address = mgmtd;
+  config.rpc_timeout_ns = static_cast<int64_t>(rpc_timeout_s * 1e9);
+  config.op_timeout_ns = 60'000'000'000;
+  config.max_attempts = 200;
+  int code = 0;
+  {
+    StorageClient client(config, executor, rpc);
+    if (*bench_cmd) code = bench(executor, client, bench_case);
+    if (*write_cmd) code = write_check(executor, client, table, seconds, chunk_bytes, log_path, inode);
+    if (*verify_cmd) code = verify(executor, client, rpc, log_path, rpc_timeout_s);
+    for (int i = 0; i < 200 && rpc.in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    executor.stop();
+  }
+  return code;
+}

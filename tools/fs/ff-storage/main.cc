@@ -1,0 +1,214 @@
+// ff-storage: one storage server. Serves the CRAQ storage service (ff/fs/storage_service.h) over gRPC for
+// several targets, each a ChunkEngine in its own directory; registers with ff-mgmtd and heartbeats.
+// Target ids are the ones mgmtd assigns when it creates a chain table: make_target_id(node_id, i) for
+// the i-th entry of storage.targets.
+//
+//   ff-storage --config deploy/fs/storage.toml
+#include <CLI/CLI.hpp>
+
+#include "ff/common/log.h"
+#include "ff/fs/chunk_engine.h"
+#include "ff/fs/rpc/grpc_transport.h"
+#include "ff/fs/rpc/metrics.h"
+#include "ff/fs/rpc/process.h"
+#include "ff/fs/rpc/toml_config.h"
+#include "ff/fs/storage_service.h"
+
+namespace {
+
+using namespace ff;
+using namespace ff::fs;
+using namespace ff::fs::rpc;
+
+struct Config {
+  uint32_t node_id = 0;
+  std::string listen;
+  std::string mgmtd;
+  std::vector<std::string> targets;
+  double heartbeat_interval_s = 1;
+  double heartbeat_timeout_s = 10;
+  double rpc_timeout_s = 2;
+  uint32_t worker_threads = 8;
+  bool direct_io = true;
+  bool sync_data = true;
+  bool use_io_uring = true;
+  uint64_t preallocate_mb = 64;
+  std::string metrics_listen = "127.0.0.1:0";
+  double stats_interval_s = 10;
+};
+
+Result<Config> load_config(const std::string& path) {
+  FF_ASSIGN_OR_RETURN(TomlReader reader, TomlReader::from_file(path));
+  Config c;
+  FF_RETURN_IF_ERROR(reader.read_required("storage.node_id", &c.node_id));
+  FF_RETURN_IF_ERROR(reader.read_required("storage.listen", &c.listen));
+  FF_RETURN_IF_ERROR(reader.read_required("storage.mgmtd", &c.mgmtd));
+  FF_RETURN_IF_ERROR(reader.read_required("storage.targets", &c.targets));
+  FF_RETURN_IF_ERROR(reader.read("storage.heartbeat_interval_s", &c.heartbeat_interval_s));
+  FF_RETURN_IF_ERROR(reader.read("storage.heartbeat_timeout_s", &c.heartbeat_timeout_s));
+  FF_RETURN_IF_ERROR(reader.read("storage.rpc_timeout_s", &c.rpc_timeout_s));
+  FF_RETURN_IF_ERROR(reader.read("storage.worker_threads", &c.worker_threads));
+  FF_RETURN_IF_ERROR(reader.read("chunk.direct_io", &c.direct_io));
+  FF_RETURN_IF_ERROR(reader.read("chunk.sync_data", &c.sync_data));
+  FF_RETURN_IF_ERROR(reader.read("chunk.use_io_uring", &c.use_io_uring));
+  FF_RETURN_IF_ERROR(reader.read("chunk.preallocate_mb", &c.preallocate_mb));
+  FF_RETURN_IF_ERROR(reader.read("metrics.listen", &c.metrics_listen));
+  FF_RETURN_IF_ERROR(reader.read("metrics.stats_interval_s", &c.stats_interval_s));
+  FF_RETURN_IF_ERROR(reader.finish());
+  if (c.node_id == 0) return invalid_argument("{}: storage.node_id = 0 is invalid (ids start at 1)", path);
+  FF_ASSIGN_OR_RETURN(HostPort listen, parse_host_port(c.listen));
+  if (listen.port == 0) {
+    return invalid_argument("{}: storage.listen = \"{}\" needs a fixed port (mgmtd and peers find the node there)",
+                            path, c.listen);
+  }
+  FF_RETURN_IF_ERROR(parse_host_port(c.mgmtd).status());
+  if (c.targets.empty() || c.targets.size() >= kTargetsPerNodeLimit) {
+    return invalid_argument("{}: storage.targets has {} entries, expected 1 to {}", path, c.targets.size(),
+                            kTargetsPerNodeLimit - 1);
+  }
+  if (c.heartbeat_interval_s <= 0 || c.heartbeat_timeout_s <= 2 * c.heartbeat_interval_s) {
+    return invalid_argument("{}: storage.heartbeat_timeout_s = {} must exceed twice heartbeat_interval_s = {}", path,
+                            c.heartbeat_timeout_s, c.heartbeat_interval_s);
+  }
+  if (c.worker_threads == 0) return invalid_argument("{}: storage.worker_threads must be >= 1", path);
+  return c;
+}
+
+int run(const Config& config) {
+  MetricsRegistry metrics;
+  auto metrics_address = parse_host_port(config.metrics_listen);
+  if (!metrics_address.is_ok()) {
+    FF_LOG_ERROR("metrics.listen: {}", metrics_address.status());
+    return 2;
+  }
+  auto metrics_server = MetricsHttpServer::start(&metrics, metrics_address->host, metrics_address->port);
+  if (!metrics_server.is_ok()) {
+    FF_LOG_ERROR("{}", metrics_server.status());
+    return 1;
+  }
+
+  ThreadExecutor executor(fmt::format("storage-{}", config.node_id), config.worker_threads);
+  GrpcRpcClient rpc(executor, {}, &metrics);
+  // Engines are opened when routing first lists a target (the factory runs on the executor); keep them
+  // here too for the stats line.
+  std::mutex engines_mutex;
+  std::map<TargetId, std::shared_ptr<ChunkEngine>> engines;
+  ChunkStoreFactory factory = [&](TargetId target) -> Result<std::shared_ptr<ChunkStore>> {
+    uint64_t base = static_cast<uint64_t>(config.node_id) * kTargetsPerNodeLimit;
+    if (target <= base || target > base + config.targets.size()) {
+      return fs_error(FsError::kUnknownTarget, fmt::format("target {} is not one of node {}'s {} targets", target,
+                                                           config.node_id, config.targets.size()));
+    }
+    ChunkEngineOptions options;
+    options.directory = config.targets[target - base - 1];
+    options.direct_io = config.direct_io;
+    options.sync_data = config.sync_data;
+    options.use_io_uring = config.use_io_uring;
+    options.preallocate_bytes_per_class = config.preallocate_mb << 20;
+    FF_ASSIGN_OR_RETURN(std::unique_ptr<ChunkEngine> engine, ChunkEngine::open(options));
+    std::shared_ptr<ChunkEngine> shared = std::move(engine);
+    FF_LOG_INFO("target {}: chunk engine at {} (direct_io={}, io_uring={})", target, options.directory,
+                shared->stats().direct_io, shared->stats().io_uring);
+    std::lock_guard lock(engines_mutex);
+    engines[target] = shared;
+    return std::shared_ptr<ChunkStore>(shared);
+  };
+
+  StorageConfig storage_config;
+  storage_config.node = config.node_id;
+  storage_config.address = config.listen;
+  storage_config.mgmtd_address = config.mgmtd;
+  storage_config.heartbeat_interval_ns = static_cast<int64_t>(config.heartbeat_interval_s * 1e9);
+  storage_config.heartbeat_timeout_ns = static_cast<int64_t>(config.heartbeat_timeout_s * 1e9);
+  storage_config.rpc_timeout_ns = static_cast<int64_t>(config.rpc_timeout_s * 1e9);
+  StorageService service(storage_config, executor, rpc, factory);
+
+  Counter& requests = metrics.counter("ff_storage_requests_total", "Requests received by the storage service.");
+  auto server = GrpcServer::start(
+      config.listen, executor,
+      [&](const ServerContext& context, Request request, Reply reply) {
+        requests.add();
+        service.handle(context, std::move(request), std::move(reply));
+      },
+      &metrics);
+  if (!server.is_ok()) {
+    FF_LOG_ERROR("{}", server.status());
+    return 1;
+  }
+  Status started;
+  Status ran = executor.run_sync([&] { started = service.start(); }, 30000);
+  if (!ran.is_ok() || !started.is_ok()) {
+    FF_LOG_ERROR("storage start: {}", ran.is_ok() ? started : ran);
+    return 1;
+  }
+  FF_LOG_INFO("ff-storage node {}: serving at {} with {} targets, mgmtd {}, metrics at http://{}:{}/metrics",
+              config.node_id, (*server)->address(), config.targets.size(), config.mgmtd, metrics_address->host,
+              (*metrics_server)->port());
+
+  Gauge& serving = metrics.gauge("ff_storage_serving", "1 while the service holds a lease from mgmtd.");
+  Counter& read_bytes = metrics.counter("ff_storage_read_bytes_total", "Bytes returned by chunk reads.");
+  Counter& write_bytes = metrics.counter("ff_storage_write_bytes_total", "Bytes written to chunk data files.");
+  RateMeter read_rate, write_rate, request_rate;
+  uint64_t last_read = 0, last_write = 0;
+  auto stats_line = [&] {
+    StorageService::Stats stats;
+    bool is_serving = false;
+    RoutingVersion version = 0;
+    (void)executor.run_sync(
+        [&] {
+          stats = service.stats();
+          is_serving = service.serving();
+          version = service.routing_version();
+        },
+        5000);
+    serving.set(is_serving ? 1 : 0);
+    uint64_t reads = 0, writes = 0;
+    {
+      std::lock_guard lock(engines_mutex);
+      for (const auto& [id, engine] : engines) {
+        ChunkEngineStats engine_stats = engine->stats();
+        reads += engine_stats.read_bytes;
+        writes += engine_stats.write_bytes;
+      }
+    }
+    read_bytes.add(reads - last_read);
+    write_bytes.add(writes - last_write);
+    last_read = reads;
+    last_write = writes;
+    int64_t now = system_clock().now_ns();
+    return fmt::format(
+        "node={} serving={} routing_version={} req/s={:.0f} read_MB/s={:.1f} write_MB/s={:.1f} writes={} forwards={} "
+        "reads={} dirty={} syncs_done={} chunks_synced={} busy={} stale_chain={} dedupe_hits={}",
+        config.node_id, is_serving, version, request_rate.rate_per_s(requests.value(), now),
+        read_rate.rate_per_s(reads, now) / 1e6, write_rate.rate_per_s(writes, now) / 1e6, stats.writes, stats.forwards,
+        stats.reads, stats.dirty_reads, stats.syncs_done, stats.chunks_synced, stats.busy, stats.stale_chain,
+        stats.dedupe_hits);
+  };
+  StatsReporter stats(static_cast<int64_t>(config.stats_interval_s * 1000), stats_line);
+
+  wait_for_termination(nullptr);
+  FF_LOG_INFO("ff-storage node {}: stopping", config.node_id);
+  stats.stop();
+  (*server)->shutdown(1000);
+  (void)executor.run_sync([&] { service.stop(); }, 5000);
+  // In-flight client calls complete (each has a deadline) before the executor goes away.
+  for (int i = 0; i < 100 && rpc.in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  executor.stop();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ff::fs::rpc::block_termination_signals();
+  CLI::App app{"ff-storage: an fs storage server (docs/fs-operations.md)"};
+  std::string config_path;
+  app.add_option("--config", config_path, "TOML config (see deploy/fs/storage.toml)")->required();
+  CLI11_PARSE(app, argc, argv);
+  auto config = load_config(config_path);
+  if (!config.is_ok()) {
+    FF_LOG_ERROR("{}", config.status());
+    return 2;
+  }
+  return run(*config);
+}
