@@ -13,7 +13,7 @@ import time
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from fs_cluster import LocalCluster  # noqa: E402
+from test_fs_support import LocalCluster  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""LocalCluster: ff-mgmtd + N ff-storage processes on 127.0.0.1 (free ports, a temporary directory),
+"""(Support module, no tests.) LocalCluster: ff-mgmtd + N ff-storage processes on 127.0.0.1 (free ports, a temporary directory),
 always cleaned up. Used by python/tests/test_fs_cluster.py and bench/fs/bench_storage.py."""
 
 from __future__ import annotations
