@@ -1,0 +1,229 @@
+#include "ff/fs/rpc/grpc_transport.h"
+
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "ff/fs/mem_chunk_store.h"
+#include "ff/fs/mgmtd.h"
+#include "ff/fs/rpc/map_stores.h"
+#include "ff/fs/storage_service.h"
+#include "test_util.h"
+
+namespace ff::fs::rpc {
+namespace {
+
+constexpr int64_t kSecond = 1'000'000'000;
+
+Bytes make_bytes(size_t size, uint8_t seed) {
+  Bytes bytes(size);
+  for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<std::byte>((i * 131 + seed) & 0xff);
+  return bytes;
+}
+
+TEST(GrpcTransportTest, RoundTripCarriesEveryFieldAndThePayload) {
+  ThreadExecutor server_executor("server");
+  ThreadExecutor client_executor("client");
+  std::atomic<int> handled{0};
+  auto server = GrpcServer::start("127.0.0.1:0", server_executor, [&](const ServerContext& context, Request request, Reply reply) {
+    ++handled;
+    EXPECT_LT(context.deadline_ns, server_executor.clock().now_ns() + 10 * kSecond);
+    auto* write = std::get_if<WriteReq>(&request);
+    ASSERT_NE(write, nullptr);
+    EXPECT_EQ(write->request_id, (ClientRequestId{7, 2, 99}));
+    EXPECT_EQ(write->chunk, (ChunkId{0x2a, 17}));
+    ReadRsp rsp;
+    rsp.meta.id = write->chunk;
+    rsp.meta.committed_version = 5;
+    rsp.meta.committed_crc32c = 0xdeadbeef;
+    rsp.data = std::move(write->data);  // echo the payload back
+    rsp.dirty = true;
+    reply(Response{std::move(rsp)});
+  });
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  GrpcRpcClient client(client_executor);
+  Bytes payload = make_bytes(5 << 20, 3);  // larger than gRPC's default 4 MiB message limit
+  WriteReq write{ClientRequestId{7, 2, 99}, 4, 9, ChunkId{0x2a, 17}, 4096, payload};
+  auto rsp = response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{std::move(write)}, 10 * kSecond));
+  ASSERT_TRUE(rsp.is_ok()) << rsp.status();
+  EXPECT_EQ(rsp->data, payload);
+  EXPECT_EQ(rsp->meta.committed_version, 5u);
+  EXPECT_EQ(rsp->meta.committed_crc32c, 0xdeadbeefu);
+  EXPECT_TRUE(rsp->dirty);
+  EXPECT_EQ(handled.load(), 1);
+
+  // Routing information with nested maps survives the trip.
+  RoutingInfo routing;
+  routing.version = 12;
+  routing.nodes[1] = NodeInfo{1, "127.0.0.1:1", NodeStatus::kAlive};
+  routing.targets[1001] = TargetInfo{1001, 1, 3, PublicTargetState::kSyncing, LocalTargetState::kOnline};
+  routing.chains[3] = ChainInfo{3, 8, {{1001, PublicTargetState::kSyncing}, {2001, PublicTargetState::kOffline}}};
+  routing.chain_tables[1] = ChainTable{1, 2, {3}};
+  auto server2 = GrpcServer::start("127.0.0.1:0", server_executor, [&](const ServerContext&, Request, Reply reply) {
+    reply(Response{GetRoutingRsp{routing.version, routing}});
+  });
+  ASSERT_TRUE(server2.is_ok());
+  auto got = response_as<GetRoutingRsp>(call_blocking(client, (*server2)->address(), Request{GetRoutingReq{}}, 10 * kSecond));
+  ASSERT_TRUE(got.is_ok()) << got.status();
+  ASSERT_TRUE(got->routing.has_value());
+  EXPECT_EQ(*got->routing, routing);
+}
+
+TEST(GrpcTransportTest, ErrorsKeepTheirCodeAndTag) {
+  ThreadExecutor executor("server");
+  auto server = GrpcServer::start("127.0.0.1:0", executor, [](const ServerContext&, Request, Reply reply) {
+    reply(fs_error(FsError::kStaleChainVersion, "chain 7: request has version 3, target has 4"));
+  });
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  GrpcRpcClient client(client_executor);
+  auto rsp = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
+  ASSERT_FALSE(rsp.is_ok());
+  EXPECT_EQ(fs_error_of(rsp.status()), FsError::kStaleChainVersion) << rsp.status().to_string();
+  EXPECT_EQ(rsp.status().code(), fs_error(FsError::kStaleChainVersion, "").code());
+  // A dropped reply (a stopped service) ends the call [not_serving] instead of hanging.
+  auto dropping = GrpcServer::start("127.0.0.1:0", executor, [](const ServerContext&, Request, Reply) {});
+  ASSERT_TRUE(dropping.is_ok());
+  auto dropped = call_blocking(client, (*dropping)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
+  EXPECT_EQ(fs_error_of(dropped.status()), FsError::kNotServing) << dropped.status().to_string();
+}
+
+TEST(GrpcTransportTest, DeadlineExpiresAndUnreachableIsUnavailable) {
+  ThreadExecutor executor("server");
+  auto server = GrpcServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
+    // Answers after 2 s: too late for a 200 ms deadline.
+    executor.post_after(2 * kSecond, [reply] { reply(Response{GetRoutingRsp{}}); });
+  });
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  GrpcRpcClient client(client_executor);
+  auto start = std::chrono::steady_clock::now();
+  auto rsp = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 200'000'000);
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(rsp.status().code(), StatusCode::kDeadlineExceeded) << rsp.status().to_string();
+  EXPECT_LT(elapsed, std::chrono::milliseconds(1500));
+  auto unreachable = call_blocking(client, "127.0.0.1:" + std::to_string(testing::free_port()), Request{GetRoutingReq{}},
+                                   2 * kSecond);
+  EXPECT_EQ(unreachable.status().code(), StatusCode::kUnavailable) << unreachable.status().to_string();
+}
+
+// A whole cluster in one process over real gRPC on loopback: mgmtd + 3 storage services (MemChunkStore).
+// A write retried with the same request id is applied once.
+TEST(GrpcTransportTest, RetriedWriteIsAppliedOnce) {
+  testing::TempDir dir;
+  auto store = open_rocksdb_map_store(dir.path() + "/map");
+  ASSERT_TRUE(store.is_ok()) << store.status();
+  ThreadExecutor mgmtd_executor("mgmtd", 1);
+  MgmtdConfig mgmtd_config;
+  mgmtd_config.heartbeat_timeout_ns = 4 * kSecond;
+  mgmtd_config.scan_interval_ns = 100'000'000;
+  mgmtd_config.grace_after_start = false;
+  Mgmtd mgmtd(mgmtd_config, mgmtd_executor, **store);
+  Status started;
+  ASSERT_TRUE(mgmtd_executor.run_sync([&] { started = mgmtd.start(); }, 10000).is_ok());
+  ASSERT_TRUE(started.is_ok()) << started;
+  auto mgmtd_server = GrpcServer::start("127.0.0.1:0", mgmtd_executor, [&](const ServerContext& c, Request r, Reply reply) {
+    mgmtd.handle(c, std::move(r), std::move(reply));
+  });
+  ASSERT_TRUE(mgmtd_server.is_ok());
+
+  struct Node {
+    std::unique_ptr<ThreadExecutor> executor;
+    std::unique_ptr<GrpcRpcClient> rpc;
+    std::unique_ptr<StorageService> service;
+    std::unique_ptr<GrpcServer> server;
+    std::map<TargetId, std::shared_ptr<MemChunkStore>> stores;
+  };
+  std::vector<Node> nodes(3);
+  for (uint32_t i = 0; i < 3; ++i) {
+    Node& node = nodes[i];
+    node.executor = std::make_unique<ThreadExecutor>("storage", 2);
+    node.rpc = std::make_unique<GrpcRpcClient>(*node.executor);
+    uint16_t port = testing::free_port();
+    StorageConfig config;
+    config.node = i + 1;
+    config.address = "127.0.0.1:" + std::to_string(port);
+    config.mgmtd_address = (*mgmtd_server)->address();
+    config.heartbeat_interval_ns = 200'000'000;
+    config.heartbeat_timeout_ns = 4 * kSecond;
+    node.service = std::make_unique<StorageService>(config, *node.executor, *node.rpc, [&node](TargetId target) {
+      auto store = std::make_shared<MemChunkStore>();
+      node.stores[target] = store;
+      return Result<std::shared_ptr<ChunkStore>>(std::shared_ptr<ChunkStore>(store));
+    });
+    auto server = GrpcServer::start(config.address, *node.executor, [&node](const ServerContext& c, Request r, Reply reply) {
+      node.service->handle(c, std::move(r), std::move(reply));
+    });
+    ASSERT_TRUE(server.is_ok()) << server.status();
+    node.server = std::move(*server);
+    Status s;
+    ASSERT_TRUE(node.executor->run_sync([&] { s = node.service->start(); }, 10000).is_ok());
+    ASSERT_TRUE(s.is_ok()) << s;
+  }
+  ThreadExecutor client_executor("client");
+  GrpcRpcClient client(client_executor);
+  const std::string mgmtd_address = (*mgmtd_server)->address();
+  // Wait for the 3 registrations, then make one chain of 3.
+  CreateChainTableReq create{1, 3, 1, {1, 2, 3}};
+  Result<CreateChainTableRsp> created = internal_error("not tried");
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    created = response_as<CreateChainTableRsp>(call_blocking(client, mgmtd_address, Request{create}, 5 * kSecond));
+    if (created.is_ok()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(created.is_ok()) << created.status();
+  ASSERT_EQ(created->chains.size(), 1u);
+  ChainId chain_id = created->chains[0];
+  // Wait until the chain serves on all three (its version moves while the targets come up), then
+  // write through its head; retry the first send with fresh routing until the head accepts it.
+  std::optional<ChainInfo> chain;
+  std::string head_address;
+  WriteReq write{ClientRequestId{42, 0, 1}, chain_id, 0, ChunkId{9, 0}, 0, make_bytes(8192, 1)};
+  Result<WriteRsp> first = internal_error("not tried");
+  for (int attempt = 0; attempt < 150; ++attempt) {
+    auto routing = response_as<GetRoutingRsp>(call_blocking(client, mgmtd_address, Request{GetRoutingReq{}}, 5 * kSecond));
+    if (routing.is_ok() && routing->routing) {
+      const ChainInfo* c = routing->routing->chain(chain_id);
+      if (c != nullptr && c->serving().size() == 3) {
+        chain = *c;
+        head_address = routing->routing->address_of(chain->targets[0].target).value_or("");
+        write.chain_version = chain->version;
+        first = response_as<WriteRsp>(call_blocking(client, head_address, Request{write}, 5 * kSecond));
+        if (first.is_ok()) break;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(chain.has_value()) << "chain never served on 3 targets";
+  ASSERT_TRUE(first.is_ok()) << first.status();
+  EXPECT_EQ(first->version, 1u);
+  auto retried = response_as<WriteRsp>(call_blocking(client, head_address, Request{write}, 5 * kSecond));
+  ASSERT_TRUE(retried.is_ok()) << retried.status();
+  EXPECT_EQ(retried->version, 1u) << "a retried write must not create a new version";
+  EXPECT_EQ(retried->crc32c, first->crc32c);
+  // Every replica holds version 1, and a new request id creates version 2.
+  for (const ChainTarget& target : chain->targets) {
+    NodeId node = static_cast<NodeId>(target.target / kTargetsPerNodeLimit);
+    auto meta = nodes[node - 1].stores.at(target.target)->stat(ChunkId{9, 0});
+    ASSERT_TRUE(meta.is_ok()) << meta.status();
+    EXPECT_EQ(meta->committed_version, 1u);
+  }
+  write.request_id.seq = 2;
+  auto second = response_as<WriteRsp>(call_blocking(client, head_address, Request{write}, 5 * kSecond));
+  ASSERT_TRUE(second.is_ok()) << second.status();
+  EXPECT_EQ(second->version, 2u);
+
+  for (auto& node : nodes) {
+    node.server->shutdown(500);
+    (void)node.executor->run_sync([&] { node.service->stop(); }, 5000);
+  }
+  (*mgmtd_server)->shutdown(500);
+  (void)mgmtd_executor.run_sync([&] { mgmtd.stop(); }, 5000);
+  for (auto& node : nodes) {
+    for (int i = 0; i < 100 && node.rpc->in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    node.executor->stop();
+  }
+}
+
+}  // namespace
+}  // namespace ff::fs::rpc
