@@ -3,7 +3,8 @@
 // Engine side: `qd` threads, each issuing one synchronous call at a time (read_into into an aligned
 // buffer, or put_pending + commit), so `qd` calls are in flight. fio side: one job, ioengine=io_uring,
 // direct=1, iodepth=qd, the same block size and pattern, on a file of the same size in the same
-// directory (writes with sync=dsync, as the engine's O_DIRECT + RWF_DSYNC data writes). Each case runs
+// directory (writes with sync=dsync, as the engine's O_DIRECT + RWF_DSYNC data writes; reads on the
+// engine's own block-class file, read-only, so both read the same bytes). Each case runs
 // for --seconds; the line carries both figures and their ratio.
 //
 //   chunk_engine_bench --dir /mnt/nvme/bench [--chunk-bytes 4194304] [--chunks 64] [--seconds 3]
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -146,8 +148,8 @@ int main(int argc, char** argv) {
   app.add_option("--chunks", chunks, "chunks in the data set");
   app.add_option("--seconds", seconds, "seconds per case");
   app.add_option("--fio", fio, "fio binary ('' to skip the baseline)");
-  app.add_option("--depths", depths, "queue depths (engine threads / fio iodepth)");
-  app.add_option("--block-sizes", block_sizes, "read block sizes");
+  app.add_option("--depths", depths, "queue depths (engine threads / fio iodepth)")->delimiter(',');
+  app.add_option("--block-sizes", block_sizes, "read block sizes")->delimiter(',');
   app.add_flag("--quick", quick, "only 4 KiB random and 1 MiB sequential reads, plus writes");
   CLI11_PARSE(app, argc, argv);
   ff::logger().set_level(spdlog::level::warn);
@@ -195,6 +197,7 @@ int main(int argc, char** argv) {
   // fio's file: the same size, in the same directory.
   const std::string fio_file = directory + "/fio.data";
   const uint64_t file_bytes = chunks * chunk_bytes;
+  const std::string engine_file = fmt::format("{}/blocks.{}", options.directory, std::bit_ceil(chunk_bytes));
   print_case("write_new_chunk", "seq", chunk_bytes, fill_depth, fill,
              run_fio(fio, fio_file, file_bytes, "write", chunk_bytes, fill_depth, seconds),
              "put_pending(full chunk) + commit per chunk vs fio sequential O_DSYNC writes");
@@ -220,8 +223,10 @@ int main(int argc, char** argv) {
           auto result = engine->read_into(id, offset, buffers[static_cast<size_t>(t)]->span().first(block_bytes), ReadMode::kStrict);
           return result.is_ok() ? static_cast<int64_t>(result->bytes_read) : -1;
         });
+        // NOTE: fio reads the engine's own class file (the chunks are its first `chunks` blocks), so both
+        // read the same bytes at the same disk offsets (and the same host-side caching, on a VM disk).
         print_case("read", pattern, block_bytes, depth, measured,
-                   run_fio(fio, fio_file, file_bytes, sequential ? "read" : "randread", block_bytes, depth, seconds));
+                   run_fio(fio, engine_file, file_bytes, sequential ? "read" : "randread", block_bytes, depth, seconds));
       }
     }
   }
@@ -229,6 +234,7 @@ int main(int argc, char** argv) {
   // Writes. Appends of 1 MiB take the in-place path; 4 KiB overwrites inside a chunk are copy-on-write
   // of the whole chunk (the engine's documented cost).
   for (int depth : {1, 16}) {
+    const uint64_t inode_base = 1000 * static_cast<uint64_t>(depth);  // fresh chunks for every depth
     std::vector<uint32_t> versions(64, 1);
     std::vector<uint64_t> lengths(64, 0);
     const uint64_t append_bytes = 1ull << 20;
@@ -241,7 +247,7 @@ int main(int argc, char** argv) {
         lengths[slot] = 0;
         versions[slot] = 1;
       }
-      const ChunkId id{2 + slot, chunk_index[slot]};
+      const ChunkId id{inode_base + slot, chunk_index[slot]};
       ChunkUpdate update{id, versions[slot], 1, lengths[slot], std::span<const std::byte>(content).first(append_bytes), false,
                          chunk_bytes};
       if (!engine->put_pending(update).is_ok() || !engine->commit(id, versions[slot]).is_ok()) return -1;
@@ -254,6 +260,7 @@ int main(int argc, char** argv) {
                run_fio(fio, fio_file, file_bytes, "write", append_bytes, depth, seconds),
                "in-place append path (put_pending + commit) vs fio sequential O_DSYNC writes");
     std::vector<uint32_t> overwrite_versions(chunks, 1);
+    for (uint64_t c = 0; c < chunks; ++c) overwrite_versions[c] = engine->stat(ChunkId{1, c})->committed_version;
     std::vector<std::mt19937_64> generators;
     for (int t = 0; t < depth; ++t) generators.emplace_back(static_cast<uint64_t>(t) + 99);
     const Measured overwrites = run_threads(depth, seconds, [&](int t, uint64_t) -> int64_t {

@@ -44,13 +44,14 @@ IoContext::~IoContext() {
   if (usable_) std::free(buffer_);
 }
 
-Status IoContext::run(std::span<const IoOp> ops) {
+Status IoContext::run(std::span<const IoOp> ops, OnComplete on_complete) {
   FF_ASSERT(usable_, "an I/O context whose wait timed out was used again");
-  return have_ring_ ? run_uring(ops) : run_sync(ops);
+  return have_ring_ ? run_uring(ops, on_complete) : run_sync(ops, on_complete);
 }
 
-Status IoContext::run_sync(std::span<const IoOp> ops) {
-  for (const IoOp& op : ops) {
+Status IoContext::run_sync(std::span<const IoOp> ops, OnComplete on_complete) {
+  for (size_t index = 0; index < ops.size(); ++index) {
+    const IoOp& op = ops[index];
     uint64_t done = 0;
     while (done < op.length) {
       ssize_t n = 0;
@@ -71,11 +72,12 @@ Status IoContext::run_sync(std::span<const IoOp> ops) {
       }
       done += static_cast<uint64_t>(n);
     }
+    if (on_complete.function != nullptr) FF_RETURN_IF_ERROR(on_complete.function(on_complete.context, index));
   }
   return Status::ok();
 }
 
-Status IoContext::run_uring(std::span<const IoOp> ops) {
+Status IoContext::run_uring(std::span<const IoOp> ops, OnComplete on_complete) {
   // Progress of each op; an op is resubmitted from `done` after a short transfer.
   struct Progress {
     uint64_t done = 0;
@@ -148,7 +150,11 @@ Status IoContext::run_uring(std::span<const IoOp> ops) {
         }
       } else {
         progress[index].done += static_cast<uint64_t>(res);
-        if (progress[index].done < op.length) queue.push_back(index);
+        if (progress[index].done < op.length) {
+          queue.push_back(index);
+        } else if (on_complete.function != nullptr && first_error.is_ok()) {
+          first_error = on_complete.function(on_complete.context, index);
+        }
       }
     }
     io_uring_cq_advance(&ring_, seen);

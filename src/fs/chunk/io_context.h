@@ -37,6 +37,13 @@ struct IoOp {
   bool write = false;
 };
 
+// Called once for each op as soon as all its bytes have moved, while later ops may still be in flight
+// (so a reader verifies one piece while the disk reads the next); an error stops submission.
+struct IoOnComplete {
+  void* context = nullptr;
+  Status (*function)(void* context, size_t op_index) = nullptr;
+};
+
 struct IoSettings {
   bool use_io_uring = true;
   bool dsync_writes = false;  // RWF_DSYNC on every write (O_DIRECT data files with sync_data)
@@ -56,9 +63,12 @@ class IoContext {
 
   std::span<std::byte> buffer() { return {buffer_, settings_.buffer_bytes}; }
 
+  using OnComplete = IoOnComplete;
+
   // Runs all ops (at most queue_depth in flight), resubmitting the rest of short transfers; returns the
-  // first error naming the file offset. A read that hits end of file is an io_error.
-  Status run(std::span<const IoOp> ops);
+  // first error naming the file offset (or the first error of on_complete). A read that hits end of file
+  // is an io_error.
+  Status run(std::span<const IoOp> ops, OnComplete on_complete = {});
   Status run_one(const IoOp& op) { return run(std::span<const IoOp>(&op, 1)); }
 
   // False after a completion wait timed out: in-flight I/O may still target the buffer, so the pool
@@ -67,8 +77,8 @@ class IoContext {
 
  private:
   IoContext() = default;
-  Status run_uring(std::span<const IoOp> ops);
-  Status run_sync(std::span<const IoOp> ops);
+  Status run_uring(std::span<const IoOp> ops, OnComplete on_complete);
+  Status run_sync(std::span<const IoOp> ops, OnComplete on_complete);
 
   IoSettings settings_;
   bool have_ring_ = false;

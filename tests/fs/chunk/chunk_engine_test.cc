@@ -445,6 +445,33 @@ TEST_P(ChunkEngineTest, CorruptionIsDetectedAndRepaired) {
   expect_allocator_ok();
 }
 
+TEST_P(ChunkEngineTest, ZeroCopyReadDetectsCorruptionInALaterPiece) {
+  const ChunkId id{31, 0};
+  const auto data = pattern_bytes(4u << 20, 31);  // 4 MiB class, block 0: read as 4 pieces of 1 MiB
+  write_commit(id, 0, data);
+  const std::string file = dir_->path() + "/blocks.4194304";
+  const int fd = ::open(file.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  char byte = 0;
+  const off_t where = (3u << 20) + 5000;
+  ASSERT_EQ(::pread(fd, &byte, 1, where), 1);
+  byte = static_cast<char>(byte ^ 0x01);
+  ASSERT_EQ(::pwrite(fd, &byte, 1, where), 1);
+  ::close(fd);
+  open_engine();
+  void* memory = nullptr;
+  ASSERT_EQ(posix_memalign(&memory, 4096, data.size()), 0);
+  std::span<std::byte> out(static_cast<std::byte*>(memory), data.size());
+  auto read = engine_->read_into(id, 0, out, ReadMode::kStrict);
+  EXPECT_EQ(read.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(read.status().message().find("[3149824, 3153920)"), std::string::npos) << read.status();
+  // The first 3 MiB are intact and still served.
+  auto head = engine_->read_into(id, 0, out.first(3u << 20), ReadMode::kStrict);
+  ASSERT_TRUE(head.is_ok()) << head.status();
+  EXPECT_EQ(std::memcmp(out.data(), data.data(), 3u << 20), 0);
+  std::free(memory);
+}
+
 TEST_P(ChunkEngineTest, InjectedFaultsLeaveTheOldVersion) {
   engine_.reset();
   ChunkEngineOptions faulty = options();
