@@ -60,3 +60,58 @@ def test_sigkill_restart_loses_no_acknowledged_chunk(bin_dir: pathlib.Path) -> N
             print(cluster.logs())
             raise
     assert time.monotonic() - started < 90
+
+
+def test_etcd_standby_takes_over_within_bound(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Two ff-mgmtd on one etcd: the first serves; after it is SIGKILLed the standby serves within
+    lease_ttl + poll period + margin, with the cluster map the primary stored in etcd."""
+    import shutil
+    import signal
+
+    from test_fs_support import free_port
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed")
+    client_port, peer_port = free_port(), free_port()
+    etcd_log = open(tmp_path / "etcd.log", "wb")
+    etcd = subprocess.Popen(
+        ["etcd", "--name=ff", f"--data-dir={tmp_path}/etcd", f"--listen-client-urls=http://127.0.0.1:{client_port}",
+         f"--advertise-client-urls=http://127.0.0.1:{client_port}", f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+         f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+         f"--initial-cluster=ff=http://127.0.0.1:{peer_port}"], stdout=etcd_log, stderr=subprocess.STDOUT)
+    mgmtds: list[subprocess.Popen] = []
+    addresses = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    try:
+        for i, address in enumerate(addresses):
+            config = tmp_path / f"mgmtd{i}.toml"
+            config.write_text(f'[mgmtd]\nlisten = "{address}"\nid = "mgmtd-{i}"\n[store]\nkind = "etcd"\n'
+                              f'etcd_endpoints = ["127.0.0.1:{client_port}"]\nlease_ttl_s = 2\n')
+            mgmtds.append(subprocess.Popen([str(bin_dir / "ff-mgmtd"), "--config", str(config)],
+                                           stdout=open(tmp_path / f"mgmtd{i}.log", "wb"), stderr=subprocess.STDOUT))
+            if i == 0:
+                time.sleep(0.5)
+
+        def routing_ok(address: str) -> bool:
+            result = subprocess.run([str(bin_dir / "ff-admin"), "--mgmtd", address, "--rpc-timeout-s", "1", "routing",
+                                     "--json"], capture_output=True, text=True, timeout=30)
+            return result.returncode == 0
+
+        deadline = time.monotonic() + 30
+        while not routing_ok(addresses[0]):
+            assert time.monotonic() < deadline, (tmp_path / "mgmtd0.log").read_text()
+            time.sleep(0.2)
+        assert not routing_ok(addresses[1]), "the standby must not serve while the primary holds the lease"
+        mgmtds[0].send_signal(signal.SIGKILL)
+        mgmtds[0].wait(timeout=10)
+        killed = time.monotonic()
+        while not routing_ok(addresses[1]):
+            assert time.monotonic() - killed < 10, (tmp_path / "mgmtd1.log").read_text()
+            time.sleep(0.1)
+        took = time.monotonic() - killed
+        print(f"standby served {took:.2f} s after the primary was killed (lease ttl 2 s)")
+        assert took < 2 + 0.3 + 3
+    finally:
+        for process in [*mgmtds, etcd]:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)

@@ -71,7 +71,11 @@ void print_routing(const RoutingInfo& routing) {
 
 Result<RoutingInfo> get_routing(RpcClient& rpc, const std::string& mgmtd, int64_t timeout_ns) {
   FF_ASSIGN_OR_RETURN(GetRoutingRsp rsp, response_as<GetRoutingRsp>(call_blocking(rpc, mgmtd, Request{GetRoutingReq{0}}, timeout_ns)));
-  if (!rsp.routing) return internal_error("mgmtd {} answered GetRouting without routing", mgmtd);
+  if (!rsp.routing) {
+    // An empty cluster (routing version 0) has nothing newer than what we know.
+    if (rsp.routing_version == 0) return RoutingInfo{};
+    return internal_error("mgmtd {} answered GetRouting (version {}) without routing", mgmtd, rsp.routing_version);
+  }
   return *rsp.routing;
 }
 
