@@ -118,9 +118,14 @@ void print_case(const std::string& name, const std::string& pattern, uint64_t bl
                 const Measured& measured, std::pair<double, double> fio, const std::string& note = "") {
   const double bytes_per_s = static_cast<double>(measured.bytes) / measured.seconds;
   const double ops_per_s = static_cast<double>(measured.operations) / measured.seconds;
-  nlohmann::json line = {{"bench", "fs_chunk_engine"}, {"case", name},        {"pattern", pattern},
-                         {"block_bytes", block_bytes},  {"depth", depth},     {"engine_MBps", bytes_per_s / 1e6},
-                         {"engine_iops", ops_per_s},    {"errors", measured.errors}};
+  nlohmann::json line = {{"bench", "fs_chunk_engine"},
+                         {"case", name},
+                         {"pattern", pattern},
+                         {"block_bytes", block_bytes},
+                         {"depth", depth},
+                         {"engine_MBps", bytes_per_s / 1e6},
+                         {"engine_iops", ops_per_s},
+                         {"errors", measured.errors}};
   if (fio.first > 0) {
     line["fio_MBps"] = fio.first / 1e6;
     line["fio_iops"] = fio.second;
@@ -203,12 +208,14 @@ int main(int argc, char** argv) {
              "put_pending(full chunk) + commit per chunk vs fio sequential O_DSYNC writes");
 
   std::vector<std::unique_ptr<AlignedBuffer>> buffers;
-  for (int t = 0; t < 64; ++t) buffers.push_back(std::make_unique<AlignedBuffer>(std::max<uint64_t>(chunk_bytes, 4ull << 20)));
+  for (int t = 0; t < 64; ++t)
+    buffers.push_back(std::make_unique<AlignedBuffer>(std::max<uint64_t>(chunk_bytes, 4ull << 20)));
 
   for (uint64_t block_bytes : block_sizes) {
     if (block_bytes > chunk_bytes) continue;
     for (const char* pattern : {"rand", "seq"}) {
-      if (quick && !((block_bytes == 4096 && pattern[0] == 'r') || (block_bytes == (1u << 20) && pattern[0] == 's'))) continue;
+      if (quick && !((block_bytes == 4096 && pattern[0] == 'r') || (block_bytes == (1u << 20) && pattern[0] == 's')))
+        continue;
       const bool sequential = pattern[0] == 's';
       for (int depth : depths) {
         const uint64_t blocks_per_chunk = chunk_bytes / block_bytes;
@@ -216,17 +223,20 @@ int main(int argc, char** argv) {
         std::vector<std::mt19937_64> generators;
         for (int t = 0; t < depth; ++t) generators.emplace_back(static_cast<uint64_t>(t) * 7919 + 1);
         const Measured measured = run_threads(depth, seconds, [&](int t, uint64_t i) -> int64_t {
-          uint64_t block = sequential ? (static_cast<uint64_t>(t) * (total_blocks / static_cast<uint64_t>(depth)) + i) % total_blocks
-                                      : generators[static_cast<size_t>(t)]() % total_blocks;
+          uint64_t block =
+              sequential ? (static_cast<uint64_t>(t) * (total_blocks / static_cast<uint64_t>(depth)) + i) % total_blocks
+                         : generators[static_cast<size_t>(t)]() % total_blocks;
           const ChunkId id{1, block / blocks_per_chunk};
           const uint64_t offset = (block % blocks_per_chunk) * block_bytes;
-          auto result = engine->read_into(id, offset, buffers[static_cast<size_t>(t)]->span().first(block_bytes), ReadMode::kStrict);
+          auto result = engine->read_into(id, offset, buffers[static_cast<size_t>(t)]->span().first(block_bytes),
+                                          ReadMode::kStrict);
           return result.is_ok() ? static_cast<int64_t>(result->bytes_read) : -1;
         });
         // NOTE: fio reads the engine's own class file (the chunks are its first `chunks` blocks), so both
         // read the same bytes at the same disk offsets (and the same host-side caching, on a VM disk).
-        print_case("read", pattern, block_bytes, depth, measured,
-                   run_fio(fio, engine_file, file_bytes, sequential ? "read" : "randread", block_bytes, depth, seconds));
+        print_case(
+            "read", pattern, block_bytes, depth, measured,
+            run_fio(fio, engine_file, file_bytes, sequential ? "read" : "randread", block_bytes, depth, seconds));
       }
     }
   }
@@ -248,8 +258,9 @@ int main(int argc, char** argv) {
         versions[slot] = 1;
       }
       const ChunkId id{inode_base + slot, chunk_index[slot]};
-      ChunkUpdate update{id, versions[slot], 1, lengths[slot], std::span<const std::byte>(content).first(append_bytes), false,
-                         chunk_bytes};
+      ChunkUpdate update{
+          id,    versions[slot], 1, lengths[slot], std::span<const std::byte>(content).first(append_bytes),
+          false, chunk_bytes};
       if (!engine->put_pending(update).is_ok() || !engine->commit(id, versions[slot]).is_ok()) return -1;
       ++versions[slot];
       lengths[slot] += append_bytes;
@@ -267,7 +278,8 @@ int main(int argc, char** argv) {
       // Each thread owns the chunks c with c % depth == t, so writes to one chunk stay serialised.
       const uint64_t owned = chunks / static_cast<uint64_t>(depth);
       if (owned == 0) return -1;
-      const uint64_t c = (generators[static_cast<size_t>(t)]() % owned) * static_cast<uint64_t>(depth) + static_cast<uint64_t>(t);
+      const uint64_t c =
+          (generators[static_cast<size_t>(t)]() % owned) * static_cast<uint64_t>(depth) + static_cast<uint64_t>(t);
       const uint64_t offset = (generators[static_cast<size_t>(t)]() % (chunk_bytes / 4096)) * 4096;
       const uint32_t version = overwrite_versions[c] + 1;
       ChunkUpdate update{ChunkId{1, c}, version, 1, offset, std::span<const std::byte>(content).first(4096), false};
@@ -281,8 +293,9 @@ int main(int argc, char** argv) {
   }
   // Context-pool strategy: the same 4 KiB random reads with one shared context (all calls serialised on
   // one ring) and with pread instead of io_uring.
-  for (const auto& [label, contexts, uring] : {std::tuple<const char*, uint32_t, bool>{"pool_1_context", 1, true},
-                                               std::tuple<const char*, uint32_t, bool>{"pread_64_contexts", 64, false}}) {
+  for (const auto& [label, contexts, uring] :
+       {std::tuple<const char*, uint32_t, bool>{"pool_1_context", 1, true},
+        std::tuple<const char*, uint32_t, bool>{"pread_64_contexts", 64, false}}) {
     engine.reset();
     ff::fs::ChunkEngineOptions variant = options;
     variant.io_contexts = contexts;

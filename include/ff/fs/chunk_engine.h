@@ -43,32 +43,32 @@ namespace ff::fs {
 // Points where the engine calls ChunkEngineOptions::fault_hook. A hook may return an error (the operation
 // then fails with it, as if the disk had failed there) or never return (a crash test raises SIGKILL).
 enum class ChunkFaultPoint {
-  kAfterDataWrite,       // put_pending / put_full_replacement: new bytes written, metadata not yet
-  kAfterPendingBatch,    // put_pending: the pending version is durable, not committed
-  kBeforeCommitBatch,    // commit: about to write the commit batch
-  kAfterCommitBatch,     // commit / put_full_replacement: batch durable, old block not yet released
-  kBeforeDataRead,       // read: metadata read, data not yet read
+  kAfterDataWrite,     // put_pending / put_full_replacement: new bytes written, metadata not yet
+  kAfterPendingBatch,  // put_pending: the pending version is durable, not committed
+  kBeforeCommitBatch,  // commit: about to write the commit batch
+  kAfterCommitBatch,   // commit / put_full_replacement: batch durable, old block not yet released
+  kBeforeDataRead,     // read: metadata read, data not yet read
 };
 std::string_view chunk_fault_point_name(ChunkFaultPoint point);
 
 struct ChunkEngineOptions {
-  std::string directory;            // the target directory; created when missing
+  std::string directory;                   // the target directory; created when missing
   uint64_t min_block_bytes = 64ull << 10;  // smallest block class (power of two, >= 4 KiB)
   uint64_t max_block_bytes = 64ull << 20;  // largest block class, also max_chunk_bytes()
   // Each class file is preallocated (fallocate) to this many bytes (rounded up to whole blocks, at least
   // one) on creation and grows by the same step when it has no free block.
   uint64_t preallocate_bytes_per_class = 64ull << 20;
-  bool direct_io = true;            // O_DIRECT data files (falls back to buffered where refused)
-  bool sync_data = true;            // data writes durable before metadata (RWF_DSYNC or fdatasync)
-  bool sync_metadata = true;        // RocksDB write batches with sync=true
-  bool use_io_uring = true;         // false: pread/pwrite (also the fallback when io_uring is refused)
-  uint32_t io_queue_depth = 32;     // entries of each ring; a call keeps at most this many I/Os in flight
-  uint32_t io_contexts = 8;         // rings + aligned buffers in the pool: the bound on concurrent I/O calls
+  bool direct_io = true;                  // O_DIRECT data files (falls back to buffered where refused)
+  bool sync_data = true;                  // data writes durable before metadata (RWF_DSYNC or fdatasync)
+  bool sync_metadata = true;              // RocksDB write batches with sync=true
+  bool use_io_uring = true;               // false: pread/pwrite (also the fallback when io_uring is refused)
+  uint32_t io_queue_depth = 32;           // entries of each ring; a call keeps at most this many I/Os in flight
+  uint32_t io_contexts = 8;               // rings + aligned buffers in the pool: the bound on concurrent I/O calls
   uint64_t io_buffer_bytes = 4ull << 20;  // aligned buffer of each context (multiple of 4 KiB)
   // CRC32C granularity: besides the whole-version CRC, every crc segment of a version has its own CRC so
   // a partial read verifies only the segments it touches (power of two, >= 4 KiB).
   uint64_t crc_segment_bytes = 4096;
-  uint32_t io_timeout_ms = 30000;   // bound on waiting for one I/O completion or for a free I/O context
+  uint32_t io_timeout_ms = 30000;  // bound on waiting for one I/O completion or for a free I/O context
   std::function<Status(ChunkFaultPoint, const ChunkId&)> fault_hook;  // test-only fault injection
 };
 
@@ -80,14 +80,14 @@ struct ChunkEngineClassStats {
 
 struct ChunkEngineStats {
   uint64_t reads = 0;
-  uint64_t read_bytes = 0;         // bytes returned to callers
-  uint64_t writes = 0;             // put_pending + put_full_replacement
-  uint64_t write_bytes = 0;        // bytes written to data files
+  uint64_t read_bytes = 0;   // bytes returned to callers
+  uint64_t writes = 0;       // put_pending + put_full_replacement
+  uint64_t write_bytes = 0;  // bytes written to data files
   uint64_t commits = 0;
-  uint64_t inplace_appends = 0;    // put_pending calls that took the in-place fast path
-  uint64_t corruptions = 0;        // reads that found a CRC mismatch
-  bool direct_io = false;          // O_DIRECT in use
-  bool io_uring = false;           // io_uring in use
+  uint64_t inplace_appends = 0;  // put_pending calls that took the in-place fast path
+  uint64_t corruptions = 0;      // reads that found a CRC mismatch
+  bool direct_io = false;        // O_DIRECT in use
+  bool io_uring = false;         // io_uring in use
   std::vector<ChunkEngineClassStats> classes;
 };
 

@@ -70,9 +70,9 @@ struct BlockClass {
   std::string path;
   int fd = -1;
   std::mutex mutex;
-  uint64_t total_blocks = 0;    // guarded by mutex
-  std::vector<uint32_t> free;   // guarded by mutex; a stack, lowest index on top
-  std::vector<bool> used;       // guarded by mutex; used[b] == (b is referenced or being written)
+  uint64_t total_blocks = 0;   // guarded by mutex
+  std::vector<uint32_t> free;  // guarded by mutex; a stack, lowest index on top
+  std::vector<bool> used;      // guarded by mutex; used[b] == (b is referenced or being written)
 };
 
 // CRC32C of a version's prefix [0, length): the whole CRC and one per crc segment (last may be partial).
@@ -114,7 +114,8 @@ Status checksum_mismatch(fmt::format_string<Args...> format, Args&&... args) {
 }
 template <typename... Args>
 Status version_mismatch(fmt::format_string<Args...> format, Args&&... args) {
-  return Status(StatusCode::kFailedPrecondition, "[version_mismatch] " + fmt::format(format, std::forward<Args>(args)...));
+  return Status(StatusCode::kFailedPrecondition,
+                "[version_mismatch] " + fmt::format(format, std::forward<Args>(args)...));
 }
 
 Status rocks_status(const rocksdb::Status& status, std::string_view what) {
@@ -150,7 +151,8 @@ struct ChunkEngine::Impl {
   }
 
   static size_t stripe(const ChunkId& id) {
-    const uint64_t mixed = id.inode * 0x9E3779B97F4A7C15ull ^ (id.index + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
+    const uint64_t mixed =
+        id.inode * 0x9E3779B97F4A7C15ull ^ (id.index + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
     return static_cast<size_t>((mixed >> 29) % kLockStripes);
   }
 
@@ -280,7 +282,7 @@ struct ChunkEngine::Impl {
     const uint64_t last = std::min(align_up(offset + length, segment), version.length);
     const auto read_error = [&](const Status& status) {
       return checksum_mismatch("chunk {} on target {}: cannot read bytes [{}, {}) of version {}: {}", id.to_string(),
-                       options.directory, offset, offset + length, version.version, status.to_string());
+                               options.directory, offset, offset + length, version.version, status.to_string());
     };
     const bool zero_copy = reinterpret_cast<uintptr_t>(dst) % kIoAlignment == 0 && offset == first &&
                            offset + length == last && length % kIoAlignment == 0;
@@ -303,12 +305,14 @@ struct ChunkEngine::Impl {
         bool failed_verify = false;
       } verifier{this, &id, &version, offset, dst, ops.data(), 0, split};
       const IoContext::OnComplete on_complete{&verifier, [](void* raw, size_t index) -> Status {
-        auto* v = static_cast<Verifier*>(raw);
-        const uint64_t from = v->first_position + index * v->split;
-        const Status status = v->impl->verify(*v->id, *v->version, v->offset, v->dst, from, from + v->ops[index].length);
-        v->failed_verify = !status.is_ok();
-        return status;
-      }};
+                                                auto* v = static_cast<Verifier*>(raw);
+                                                const uint64_t from = v->first_position + index * v->split;
+                                                const Status status =
+                                                    v->impl->verify(*v->id, *v->version, v->offset, v->dst, from,
+                                                                    from + v->ops[index].length);
+                                                v->failed_verify = !status.is_ok();
+                                                return status;
+                                              }};
       uint64_t position = offset;
       while (position < last) {
         size_t count = 0;
@@ -360,11 +364,12 @@ struct ChunkEngine::Impl {
       bool have_old = false;
       if (piece_start < old_end && !(data_offset <= piece_start && data_end >= old_end)) {
         const uint64_t io_bytes = align_up(old_end, kIoAlignment) - piece_start;
-        const Status status = context.run_one(
-            IoOp{classes[old->location.block_class]->fd, file_offset(old->location, piece_start), buffer.data(), io_bytes, false});
+        const Status status =
+            context.run_one(IoOp{classes[old->location.block_class]->fd, file_offset(old->location, piece_start),
+                                 buffer.data(), io_bytes, false});
         if (!status.is_ok()) {
           return checksum_mismatch("chunk {} on target {}: cannot read version {} to copy it: {}", id.to_string(),
-                           options.directory, old->version, status.to_string());
+                                   options.directory, old->version, status.to_string());
         }
         if (verify_old) FF_RETURN_IF_ERROR(verify(id, *old, piece_start, buffer.data(), piece_start, old_end));
         have_old = true;
@@ -374,7 +379,8 @@ struct ChunkEngine::Impl {
       const uint64_t copy_from = std::max(piece_start, data_offset);
       const uint64_t copy_to = std::min(piece_end, data_end);
       if (copy_from < copy_to) {
-        std::memcpy(buffer.data() + (copy_from - piece_start), data.data() + (copy_from - data_offset), copy_to - copy_from);
+        std::memcpy(buffer.data() + (copy_from - piece_start), data.data() + (copy_from - data_offset),
+                    copy_to - copy_from);
       }
       FF_ASSERT(crc.length >= piece_start && crc.length <= piece_end);
       crc.append(std::span<const std::byte>(buffer.data() + (crc.length - piece_start), piece_end - crc.length),
@@ -441,7 +447,8 @@ Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks) {
     if (!version.present() || !version.location.valid()) return Status::ok();
     if (version.location.block_class >= classes.size()) {
       return data_loss("chunk {} on target {}: version {} is in block class #{}, but the target has {} classes",
-                       id.to_string(), options.directory, version.version, version.location.block_class, classes.size());
+                       id.to_string(), options.directory, version.version, version.location.block_class,
+                       classes.size());
     }
     BlockClass& block_class = *classes[version.location.block_class];
     if (version.location.block >= block_class.total_blocks || version.length > block_class.block_bytes) {
@@ -527,16 +534,19 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
                                          options.min_block_bytes, options.max_block_bytes, options.crc_segment_bytes);
   std::string stored;
   const rocksdb::Status get =
-      impl->db->Get(rocksdb::ReadOptions(), rocksdb::Slice(chunk_internal::kFormatKey.data(), chunk_internal::kFormatKey.size()), &stored);
+      impl->db->Get(rocksdb::ReadOptions(),
+                    rocksdb::Slice(chunk_internal::kFormatKey.data(), chunk_internal::kFormatKey.size()), &stored);
   if (get.ok()) {
     if (stored != format) {
-      return invalid_argument("target {} was created as \"{}\", but the options say \"{}\"", options.directory, stored, format);
+      return invalid_argument("target {} was created as \"{}\", but the options say \"{}\"", options.directory, stored,
+                              format);
     }
   } else if (get.IsNotFound()) {
     rocksdb::WriteOptions sync_write;
     sync_write.sync = true;
     FF_RETURN_IF_ERROR(rocks_status(
-        impl->db->Put(sync_write, rocksdb::Slice(chunk_internal::kFormatKey.data(), chunk_internal::kFormatKey.size()), format),
+        impl->db->Put(sync_write, rocksdb::Slice(chunk_internal::kFormatKey.data(), chunk_internal::kFormatKey.size()),
+                      format),
         "write format record"));
   } else {
     FF_RETURN_IF_ERROR(rocks_status(get, "read format record"));
@@ -633,8 +643,8 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
     return invalid_argument("chunk {}: full replacement at offset {} (must be 0)", id.to_string(), update.offset);
   }
   if (update.offset > max_bytes || update.data.size() > max_bytes - update.offset) {
-    return oversize("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes",
-                            id.to_string(), update.data.size(), update.offset, max_bytes);
+    return oversize("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes", id.to_string(),
+                    update.data.size(), update.offset, max_bytes);
   }
   std::lock_guard write_lock(impl.write_locks[Impl::stripe(id)]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
@@ -642,11 +652,11 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   const VersionRecord& committed = record.committed;
   if (update.version != committed.version + 1) {
     return version_mismatch("chunk {}: update creates version {}, but the committed version is {} (expected {})",
-                               id.to_string(), update.version, committed.version, committed.version + 1);
+                            id.to_string(), update.version, committed.version, committed.version + 1);
   }
   if (record.pending.present() && record.pending.version != update.version) {
     return version_mismatch("chunk {}: update creates version {}, but version {} is pending", id.to_string(),
-                               update.version, record.pending.version);
+                            update.version, record.pending.version);
   }
   const uint64_t update_end = update.offset + update.data.size();
   const uint64_t new_length = update.full_replacement ? update.data.size() : std::max(committed.length, update_end);
@@ -663,8 +673,8 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
     crc.length = committed.length;
     crc.whole = committed.crc32c;
     crc.segments = committed.segment_crcs;
-    status = impl.write_version(*context, id, target, align_down(committed.length, kIoAlignment), new_length, &committed,
-                                committed.length, /*verify_old=*/false, update.offset, update.data, crc);
+    status = impl.write_version(*context, id, target, align_down(committed.length, kIoAlignment), new_length,
+                                &committed, committed.length, /*verify_old=*/false, update.offset, update.data, crc);
   } else {
     if (new_length > 0) {
       // NOTE: placing the version in a block of the file's chunk size (when the caller says it) lets
@@ -705,7 +715,7 @@ Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
   if (!loaded) {
     return version_mismatch("commit of chunk {} version {}: the chunk does not exist on target {}", id.to_string(),
-                               version, impl.options.directory);
+                            version, impl.options.directory);
   }
   ChunkRecord record = std::move(*loaded);
   if (record.pending.present() && record.pending.version == version) {
@@ -726,7 +736,7 @@ Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
   }
   if (version != 0 && version == record.committed.version) return Status::ok();  // a retried acknowledgement
   return version_mismatch("commit of chunk {} version {}: committed version is {}, pending version is {}",
-                             id.to_string(), version, record.committed.version, record.pending.version);
+                          id.to_string(), version, record.committed.version, record.pending.version);
 }
 
 Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,
@@ -735,7 +745,7 @@ Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, ui
   if (version == 0) return invalid_argument("chunk {}: full replacement with version 0", id.to_string());
   if (data.size() > impl.options.max_block_bytes) {
     return oversize("chunk {}: full replacement of {} bytes exceeds the largest chunk, {} bytes", id.to_string(),
-                            data.size(), impl.options.max_block_bytes);
+                    data.size(), impl.options.max_block_bytes);
   }
   const size_t stripe = Impl::stripe(id);
   std::lock_guard write_lock(impl.write_locks[stripe]);
@@ -749,8 +759,9 @@ Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, ui
   Status status;
   {
     auto context = impl.io->borrow();
-    status = context.is_ok() ? impl.write_version(**context, id, target, 0, data.size(), nullptr, 0, false, 0, data, crc)
-                             : context.status();
+    status = context.is_ok()
+                 ? impl.write_version(**context, id, target, 0, data.size(), nullptr, 0, false, 0, data, crc)
+                 : context.status();
   }
   if (status.is_ok()) status = impl.hook(ChunkFaultPoint::kAfterDataWrite, id);
   const BlockLocation old_committed = record.committed.location;
@@ -806,8 +817,8 @@ Result<uint64_t> ChunkEngine::remove_range(const ChunkId& begin, const ChunkId& 
     std::vector<ChunkId> ids;
     {
       std::unique_ptr<rocksdb::Iterator> iterator(impl.db->NewIterator(rocksdb::ReadOptions()));
-      for (iterator->Seek(next_key); iterator->Valid() && iterator->key().compare(end_key) < 0 && ids.size() < kRemoveBatch;
-           iterator->Next()) {
+      for (iterator->Seek(next_key);
+           iterator->Valid() && iterator->key().compare(end_key) < 0 && ids.size() < kRemoveBatch; iterator->Next()) {
         FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
         ids.push_back(id);
       }
@@ -911,8 +922,8 @@ Status ChunkEngine::check_allocator() {
       used += block_class.used[block] ? 1 : 0;
     }
     if (used + block_class.free.size() != block_class.total_blocks) {
-      return internal_error("{}: {} used + {} free blocks != {} blocks", block_class.path, used, block_class.free.size(),
-                            block_class.total_blocks);
+      return internal_error("{}: {} used + {} free blocks != {} blocks", block_class.path, used,
+                            block_class.free.size(), block_class.total_blocks);
     }
   }
   return Status::ok();

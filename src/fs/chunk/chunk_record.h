@@ -27,7 +27,7 @@ struct BlockLocation {
 struct VersionRecord {
   uint32_t version = 0;  // 0: absent
   uint64_t length = 0;
-  uint32_t crc32c = 0;   // of the whole version
+  uint32_t crc32c = 0;  // of the whole version
   BlockLocation location;
   std::vector<uint32_t> segment_crcs;  // CRC32C of each crc segment (the last one may be partial)
   bool present() const { return version != 0; }

@@ -140,8 +140,9 @@ Status IoContext::run_uring(std::span<const IoOp> ops, OnComplete on_complete) {
         queue.push_back(index);
       } else if (res < 0) {
         if (first_error.is_ok()) {
-          first_error = errno_error(-res, fmt::format("{} of {} bytes at file offset {}", op.write ? "write" : "read",
-                                                      op.length - progress[index].done, op.offset + progress[index].done));
+          first_error =
+              errno_error(-res, fmt::format("{} of {} bytes at file offset {}", op.write ? "write" : "read",
+                                            op.length - progress[index].done, op.offset + progress[index].done));
         }
       } else if (res == 0) {
         if (first_error.is_ok()) {

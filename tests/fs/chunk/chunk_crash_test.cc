@@ -27,8 +27,8 @@ struct CrashCase {
   const char* name;
   ChunkFaultPoint point;
   Update update;
-  bool commit;          // the child commits after put_pending
-  bool new_committed;   // after the crash, the new version is the committed one
+  bool commit;         // the child commits after put_pending
+  bool new_committed;  // after the crash, the new version is the committed one
 };
 
 // Waits up to 60 s for the child; kills it if it is still running (a hang is a failure, never a stuck test).
@@ -143,14 +143,18 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         CrashCase{"overwrite_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kOverwrite, false, false},
         CrashCase{"append_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kAppend, false, false},
-        CrashCase{"overwrite_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kOverwrite, false, false},
+        CrashCase{"overwrite_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kOverwrite, false,
+                  false},
         CrashCase{"append_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kAppend, false, false},
-        CrashCase{"overwrite_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kOverwrite, true, false},
+        CrashCase{"overwrite_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kOverwrite, true,
+                  false},
         CrashCase{"append_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kAppend, true, false},
         CrashCase{"overwrite_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kOverwrite, true, true},
         CrashCase{"append_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kAppend, true, true},
-        CrashCase{"replacement_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kFullReplacement, false, false},
-        CrashCase{"replacement_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kFullReplacement, false, true}),
+        CrashCase{"replacement_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kFullReplacement, false,
+                  false},
+        CrashCase{"replacement_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kFullReplacement, false,
+                  true}),
     [](const ::testing::TestParamInfo<CrashCase>& info) { return std::string(info.param.name); });
 
 }  // namespace

@@ -352,7 +352,8 @@ TEST_P(ChunkEngineTest, ReadIntoZeroCopyAndUnaligned) {
 
 TEST_P(ChunkEngineTest, RemoveRangeAndList) {
   for (uint64_t inode = 10; inode < 13; ++inode) {
-    for (uint64_t index = 0; index < 5; ++index) write_commit(ChunkId{inode, index}, 0, pattern_bytes(100, inode * 10 + index));
+    for (uint64_t index = 0; index < 5; ++index)
+      write_commit(ChunkId{inode, index}, 0, pattern_bytes(100, inode * 10 + index));
   }
   const auto pending_only_data = pattern_bytes(10, 1);  // the update's span must outlive it
   ChunkUpdate pending_only{ChunkId{11, 9}, 1, 1, 0, pending_only_data, false};
@@ -512,7 +513,8 @@ TEST_P(ChunkEngineTest, ConcurrentWritersOnDifferentChunks) {
         for (int chunk = 0; chunk < kChunksPerThread; ++chunk) {
           const ChunkId id{100 + static_cast<uint64_t>(thread), static_cast<uint64_t>(chunk)};
           const uint64_t seed = static_cast<uint64_t>(thread * 1000 + chunk * 10 + round);
-          const auto data = pattern_bytes(1000 + static_cast<uint64_t>(chunk) * 40000 + static_cast<uint64_t>(round) * 3000, seed);
+          const auto data =
+              pattern_bytes(1000 + static_cast<uint64_t>(chunk) * 40000 + static_cast<uint64_t>(round) * 3000, seed);
           const uint32_t version = static_cast<uint32_t>(round);
           ChunkUpdate update{id, version, 1, 0, data, true};
           if (!engine_->put_pending(update).is_ok() || !engine_->commit(id, version).is_ok()) {
