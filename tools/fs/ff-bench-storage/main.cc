@@ -151,6 +151,7 @@ struct BenchCase {
   double seconds = 5;
   ChainTableId table = 1;
   uint64_t inode = 7;
+  uint64_t max_ops = 0;  // 0: until `seconds` pass
 };
 
 int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
@@ -188,7 +189,7 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
   // issue() runs on the executor: keeps queue_depth operations in flight until the time is up.
   std::function<void()> issue = [&, shared]() {
     while (!shared->stop && shared->in_flight < c.queue_depth) {
-      if (system_clock().now_ns() >= end_ns) {
+      if (system_clock().now_ns() >= end_ns || (c.max_ops != 0 && shared->issued >= c.max_ops)) {
         shared->stop = true;
         break;
       }
@@ -272,6 +273,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--seconds", bench_case.seconds);
   bench_cmd->add_option("--table", bench_case.table);
   bench_cmd->add_option("--inode", bench_case.inode);
+  bench_cmd->add_option("--max-ops", bench_case.max_ops, "stop after this many operations (prefill)");
 
   auto* write_cmd = app.add_subcommand("write-check", "write checksummed chunks, log the acknowledged ones");
   double seconds = 10;

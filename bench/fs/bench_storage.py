@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""fs storage benchmark: ff-bench-storage against a local 3-server cluster at replication 3, beside fio on
+the same disk with the same block size and queue depth, in one run. One JSON line per case; writes
+bench/results/fs_storage_cpu.json. Targets (issue 5): read >= 0.9x fio, write >= 0.9x fio/3 (every byte
+is written three times on the same disk).
+
+Usage: bench/fs/bench_storage.py [--build-dir build] [--seconds 3] [--file-mb 256] [--depths 1,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "python" / "tests"))
+from test_fs_support import LocalCluster  # noqa: E402
+
+BLOCKS = [4 << 10, 1 << 20, 4 << 20]
+
+
+def fio(directory: pathlib.Path, op: str, pattern: str, block: int, depth: int, seconds: float, file_mb: int) -> float:
+    """MB/s of fio with io_uring + O_DIRECT; writes are O_DSYNC like the chunk engine's data writes."""
+    rw = {("read", "seq"): "read", ("read", "rand"): "randread", ("write", "seq"): "write",
+          ("write", "rand"): "randwrite"}[(op, pattern)]
+    command = ["fio", "--name=ff", f"--filename={directory}/fio.dat", f"--size={file_mb}M", f"--rw={rw}", f"--bs={block}",
+               f"--iodepth={depth}", "--ioengine=io_uring", "--direct=1", f"--runtime={seconds}", "--time_based",
+               "--output-format=json"]
+    if op == "write":
+        command.append("--sync=dsync")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120)
+    if result.returncode != 0:
+        raise RuntimeError(f"fio failed: {result.stderr}")
+    job = json.loads(result.stdout)["jobs"][0]
+    return job["read" if op == "read" else "write"]["bw_bytes"] / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build-dir", default=os.environ.get("FF_BUILD_DIR", "build"))
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--file-mb", type=int, default=128)
+    parser.add_argument("--depths", default="1,8")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
+    args = parser.parse_args()
+    bin_dir = REPO / args.build_dir / "bin"
+    depths = [int(d) for d in args.depths.split(",")]
+    data_dir = tempfile.mkdtemp(prefix="ff_fs_bench_")
+    results = []
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=1, heartbeat_timeout_s=10, data_dir=data_dir,
+                      stats_interval_s=30) as cluster:
+        cluster.start()
+
+        def bench(*extra: str) -> dict:
+            out = cluster.run_tool("ff-bench-storage", "--rpc-timeout-s", "10", "bench", *extra, timeout=args.seconds + 300)
+            if out.returncode != 0 and not out.stdout.strip():
+                raise RuntimeError(f"ff-bench-storage failed: {out.stderr[-2000:]}")
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        # Prefill the file (4 MiB chunks) so reads find data.
+        bench("--op", "write", "--pattern", "seq", "--block-bytes", str(4 << 20), "--queue-depth", "8",
+              "--file-bytes", str(args.file_mb << 20), "--seconds", "600", "--max-ops", str(args.file_mb // 4))
+        for block in BLOCKS:
+            for op in ("write", "read"):
+                for pattern in ("seq", "rand"):
+                    for depth in depths:
+                        ours = bench("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
+                                     str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds", str(args.seconds))
+                        fio_mb = fio(cluster.dir, op, pattern, block, depth, args.seconds, args.file_mb)
+                        target = 0.9 * fio_mb if op == "read" else 0.9 * fio_mb / 3
+                        line = {**ours, "fio_MB_per_s": round(fio_mb, 1), "MB_per_s": round(ours["MB_per_s"], 1),
+                                "ratio_vs_fio": round(ours["MB_per_s"] / fio_mb, 3) if fio_mb else None,
+                                "target_MB_per_s": round(target, 1), "meets_target": ours["MB_per_s"] >= target}
+                        print(json.dumps(line), flush=True)
+                        results.append(line)
+    document = {
+        "benchmark": "fs storage: ff-bench-storage (StorageClient over gRPC, 3 ff-storage at replication 3, "
+                     "ChunkEngine O_DIRECT+io_uring, sync data) vs fio (io_uring, O_DIRECT, dsync writes) on the same disk",
+        "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores; disk under {data_dir}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds_per_case": args.seconds, "file_mb": args.file_mb,
+        "results": results,
+    }
+    pathlib.Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
