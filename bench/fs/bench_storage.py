@@ -15,6 +15,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,11 +84,13 @@ def main() -> None:
     document = {
         "benchmark": "fs storage: ff-bench-storage (StorageClient over gRPC, 3 ff-storage at replication 3, "
                      "ChunkEngine O_DIRECT+io_uring, sync data) vs fio (io_uring, O_DIRECT, dsync writes) on the same disk",
-        "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores; disk under {data_dir}",
+        "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores; disk "
+                  + subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds_per_case": args.seconds, "file_mb": args.file_mb,
         "results": results,
     }
+    shutil.rmtree(data_dir, ignore_errors=True)
     pathlib.Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
 
 
