@@ -168,10 +168,10 @@ class Demo:
 
     def kernels(self) -> None:
         with self.step("kernels: FP8 GEMM and MLA decode"):
-            # NOTE: the sm_90a kernels of gemm and mla are not written yet (docs/gemm.md, docs/mla.md); the
-            # same API runs the CPU reference implementation, checked here against float64 numpy.
-            where = "GPU present, but" if fireflyer.visible_gpus() else "no GPU:"
-            print(f"{where} the sm_90a kernels are not built yet; running the CPU reference implementations")
+            # The CPU reference implementations first, checked against float64 numpy; then the sm_90a kernels
+            # where a GPU, torch and the kernels are present (gemm_on_gpu, mla_on_gpu).
+            where = "GPU present:" if fireflyer.visible_gpus() else "no GPU:"
+            print(f"{where} running the CPU reference implementations, then the sm_90a kernels where built")
             rng = np.random.default_rng(3)
             x = rng.standard_normal((256, 512)).astype(np.float32)
             w = rng.standard_normal((384, 512)).astype(np.float32)
@@ -207,12 +207,82 @@ class Demo:
             mla_diff = gemm.calc_diff(gemm.bf16_to_float32(out), expected)
             print(f"flash_mla_with_kvcache b=4 h_q=16 lengths {seqlens.tolist()}: cos_diff vs float64 attention "
                   f"{mla_diff:.2e}, {mla_ms:.1f} ms")
+            self.gemm_on_gpu()
             gpu_diff = self.mla_on_gpu(q, cache, block_table, seqlens, expected)
             if gpu_diff is not None:
                 mla_diff = max(mla_diff, gpu_diff)
             if gemm_diff > 1e-2 or mla_diff > 1e-5:
                 raise SystemExit("demo: a kernel's CPU reference disagrees with float64")
             self.summary.append(("FP8 GEMM / MLA decode (CPU reference)", f"calc_diff {gemm_diff:.1e} / {mla_diff:.1e}"))
+
+    def gemm_on_gpu(self) -> None:
+        """One MoE layer's expert GEMMs on the sm_90a kernels when a GPU, torch and the gemm kernels are present:
+        1024 tokens routed top-4 over 16 experts (hidden 2048, expert intermediate 1024), gate/up projection as a
+        grouped contiguous GEMM, SiLU-and-multiply, down projection as a second one, the weighted combine; checked
+        against float32 torch on the unquantised weights."""
+        try:
+            import torch
+        except ImportError:
+            print("MoE expert GEMMs on the GPU: skipped (torch is not installed)")
+            return
+        if not torch.cuda.is_available():
+            print("MoE expert GEMMs on the GPU: skipped (no CUDA GPU)")
+            return
+        tokens, hidden, inter, experts, top_k = 1024, 2048, 1024, 16, 4
+        generator = torch.Generator(device="cuda").manual_seed(5)
+        x = torch.randn(tokens, hidden, device="cuda", generator=generator)
+        w_up = torch.randn(experts, 2 * inter, hidden, device="cuda", generator=generator) / hidden**0.5
+        w_down = torch.randn(experts, hidden, inter, device="cuda", generator=generator) / inter**0.5
+        scores = torch.randn(tokens, experts, device="cuda", generator=generator).softmax(dim=1)
+        weights, chosen = scores.topk(top_k, dim=1)
+        # Contiguous layout: the (token, slot) pairs sorted by expert, each expert's segment padded to 128 rows.
+        flat_expert = chosen.flatten()
+        order = flat_expert.argsort(stable=True)
+        counts = torch.bincount(flat_expert, minlength=experts).tolist()
+        align = gemm.get_m_alignment_for_contiguous_layout()
+        padded = [-(-c // align) * align for c in counts]
+        m_sum = sum(padded)
+        rows = torch.cat([torch.arange(p, device="cuda")[:c] + s for c, p, s in
+                          zip(counts, padded, [sum(padded[:e]) for e in range(experts)])])
+        m_indices = torch.full((m_sum,), -1, dtype=torch.int32, device="cuda")
+        m_indices[rows] = flat_expert[order].int()
+        gathered = torch.zeros(m_sum, hidden, device="cuda")
+        gathered[rows] = x[order // top_k]
+        up_q = [gemm.per_block_cast_to_fp8(w_up[e]) for e in range(experts)]
+        down_q = [gemm.per_block_cast_to_fp8(w_down[e]) for e in range(experts)]
+        b_up, sb_up = torch.stack([q for q, _ in up_q]), torch.stack([s for _, s in up_q])
+        b_down, sb_down = torch.stack([q for q, _ in down_q]), torch.stack([s for _, s in down_q])
+        try:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            with trace.span("MoE expert GEMMs (sm_90a)", "gemm"):
+                a, sa = gemm.per_token_cast_to_fp8(gathered)
+                up = torch.empty(m_sum, 2 * inter, device="cuda", dtype=torch.bfloat16)
+                gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b_up, sb_up), up, m_indices)
+                act = torch.nn.functional.silu(up[:, :inter].float()) * up[:, inter:].float()
+                a2, sa2 = gemm.per_token_cast_to_fp8(act)
+                down = torch.empty(m_sum, hidden, device="cuda", dtype=torch.bfloat16)
+                gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a2, sa2), (b_down, sb_down), down, m_indices)
+                out = torch.zeros(tokens, hidden, device="cuda")
+                out.index_add_(0, order // top_k, down[rows].float() * weights.flatten()[order].unsqueeze(1))
+                torch.cuda.synchronize()
+        except RuntimeError as error:
+            print(f"MoE expert GEMMs on the GPU: skipped ({error})")
+            return
+        ms = (time.perf_counter() - start) * 1e3
+        expected = torch.zeros(tokens, hidden, device="cuda")
+        for e in range(experts):
+            token_ids, slot = (chosen == e).nonzero(as_tuple=True)
+            h = x[token_ids] @ w_up[e].t()
+            h = torch.nn.functional.silu(h[:, :inter]) * h[:, inter:]
+            expected.index_add_(0, token_ids, (h @ w_down[e].t()) * weights[token_ids, slot].unsqueeze(1))
+        diff = gemm.calc_diff(out.double().cpu().numpy(), expected.double().cpu().numpy())
+        device = torch.cuda.get_device_name()
+        print(f"MoE layer on {device}: {tokens} tokens top-{top_k} of {experts} experts, 2 grouped contiguous FP8 "
+              f"GEMMs (m_sum {m_sum}): calc_diff vs float32 unquantised {diff:.2e}, {ms:.1f} ms incl. casts")
+        if diff > 1e-2:
+            raise SystemExit("demo: the sm_90a MoE expert GEMMs disagree with float32")
+        self.summary.append(("MoE expert GEMMs (sm_90a FP8)", f"calc_diff {diff:.1e} on {device}"))
 
     def mla_on_gpu(self, q, cache, block_table, seqlens, expected):
         """The same decode on the sm_90a kernel when a GPU, torch and the mla kernels are present:

@@ -14,7 +14,8 @@ Array types (see docs/gemm.md):
   bit patterns or ``ml_dtypes.bfloat16`` (viewed, so ``out`` is written in place); scales ``float32``; indices
   ``int32``. ``bf16_to_float32`` / ``e4m3_to_float32`` decode bit patterns without ml_dtypes.
 - torch tensors (imported lazily, only when given): ``torch.float8_e4m3fn``, ``torch.bfloat16``, ``float32``,
-  ``int32``; CPU tensors run the CPU implementation, CUDA tensors the sm_90a kernels (not built yet: RuntimeError).
+  ``int32``; CPU tensors run the CPU implementation, CUDA tensors the sm_90a kernels on the current stream (RuntimeError
+  when the build has none; k must then be a multiple of 128 and n of 8, see docs/gemm.md).
 
 Bad input raises ValueError naming the argument (``a.data`` is ``a``, ``a.scales`` is ``a_scales``).
 """

@@ -6,6 +6,9 @@
 #include <thread>
 
 #include "cpu/gemm_cpu.h"
+#ifdef FF_GEMM_HAVE_CUDA
+#include "cuda/backend.h"
+#endif
 #include "ff/common/device.h"
 #include "validate.h"
 
@@ -13,11 +16,14 @@ namespace ff::gemm {
 
 namespace {
 
+#ifndef FF_GEMM_HAVE_CUDA
 Status no_gpu_backend(std::string_view function) {
   return unimplemented(
-      "{} on CUDA tensors: the sm_90a kernels are not built yet; pass CPU tensors to use the CPU implementation",
+      "{} on CUDA tensors: this build has no gemm CUDA kernels (built without nvcc or CUTLASS, or with gemm left "
+      "out of FF_CUDA_COMPONENTS); pass CPU tensors to use the CPU implementation",
       function);
 }
+#endif
 
 // 0: not set; get_num_sms() then reports the hardware.
 std::atomic<int> g_num_sms{0};
@@ -33,26 +39,50 @@ int hardware_sm_count() {
 }  // namespace
 
 Status gemm_fp8_fp8_bf16_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
-                            const LaunchOptions& /*options*/) {
+                            const LaunchOptions& options) {
   FF_ASSIGN_OR_RETURN(internal::GemmShape shape, internal::validate_dense(a, b, out));
-  if (shape.device == Device::kCuda) return no_gpu_backend("gemm_fp8_fp8_bf16_nt");
+  if (shape.device == Device::kCuda) {
+    FF_RETURN_IF_ERROR(internal::validate_cuda_layout(a, b, out, nullptr, shape));
+#ifdef FF_GEMM_HAVE_CUDA
+    return cuda::dense(a, b, out, shape, options);
+#else
+    (void)options;
+    return no_gpu_backend("gemm_fp8_fp8_bf16_nt");
+#endif
+  }
   cpu::gemm_dense(a, b, out, shape);
   return Status::ok();
 }
 
 Status m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
-                                                 const TensorView& m_indices, const LaunchOptions& /*options*/) {
+                                                 const TensorView& m_indices, const LaunchOptions& options) {
   FF_ASSIGN_OR_RETURN(internal::GemmShape shape, internal::validate_contiguous(a, b, out, m_indices));
-  if (shape.device == Device::kCuda) return no_gpu_backend("m_grouped_gemm_fp8_fp8_bf16_nt_contiguous");
+  if (shape.device == Device::kCuda) {
+    FF_RETURN_IF_ERROR(internal::validate_cuda_layout(a, b, out, &m_indices, shape));
+#ifdef FF_GEMM_HAVE_CUDA
+    return cuda::contiguous(a, b, out, m_indices, shape, options);
+#else
+    (void)options;
+    return no_gpu_backend("m_grouped_gemm_fp8_fp8_bf16_nt_contiguous");
+#endif
+  }
   cpu::gemm_contiguous(a, b, out, m_indices, shape);
   return Status::ok();
 }
 
 Status m_grouped_gemm_fp8_fp8_bf16_nt_masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
                                              const TensorView& masked_m, int64_t expected_m,
-                                             const LaunchOptions& /*options*/) {
+                                             const LaunchOptions& options) {
   FF_ASSIGN_OR_RETURN(internal::GemmShape shape, internal::validate_masked(a, b, out, masked_m, expected_m));
-  if (shape.device == Device::kCuda) return no_gpu_backend("m_grouped_gemm_fp8_fp8_bf16_nt_masked");
+  if (shape.device == Device::kCuda) {
+    FF_RETURN_IF_ERROR(internal::validate_cuda_layout(a, b, out, &masked_m, shape));
+#ifdef FF_GEMM_HAVE_CUDA
+    return cuda::masked(a, b, out, masked_m, expected_m, shape, options);
+#else
+    (void)options;
+    return no_gpu_backend("m_grouped_gemm_fp8_fp8_bf16_nt_masked");
+#endif
+  }
   cpu::gemm_masked(a, b, out, masked_m, shape);
   return Status::ok();
 }

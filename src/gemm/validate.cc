@@ -43,8 +43,8 @@ Status check_ndim(const TensorView& view, std::string_view name, int ndim, std::
 }
 
 // Checks the exact shape; `formula` explains where the expected extents come from.
-Status check_shape(const TensorView& view, std::string_view name, std::vector<int64_t> expected,
-                   std::string_view dims, std::string_view formula) {
+Status check_shape(const TensorView& view, std::string_view name, std::vector<int64_t> expected, std::string_view dims,
+                   std::string_view formula) {
   TensorView expected_view;
   expected_view.ndim = static_cast<int>(expected.size());
   for (size_t d = 0; d < expected.size(); ++d) expected_view.shape[d] = expected[d];
@@ -98,8 +98,7 @@ Status check_b_and_scales(const ScaledTensor& a, const ScaledTensor& b, bool gro
     FF_RETURN_IF_ERROR(check_shape(b.scales, "b.scales", {shape.num_groups, n_blocks, k_blocks},
                                    "(num_groups, ceil(n/128), ceil(k/128))", sizes));
   } else {
-    FF_RETURN_IF_ERROR(
-        check_shape(b.scales, "b.scales", {n_blocks, k_blocks}, "(ceil(n/128), ceil(k/128))", sizes));
+    FF_RETURN_IF_ERROR(check_shape(b.scales, "b.scales", {n_blocks, k_blocks}, "(ceil(n/128), ceil(k/128))", sizes));
   }
   return Status::ok();
 }
@@ -201,7 +200,8 @@ Result<GemmShape> validate_masked(const ScaledTensor& a, const ScaledTensor& b, 
                                  fmt::format("num_groups={}, m_max={}, n={}", shape.num_groups, shape.m, shape.n)));
   FF_RETURN_IF_ERROR(check_view(masked_m, "masked_m", DType::kInt32, "(num_groups)"));
   FF_RETURN_IF_ERROR(check_shape(masked_m, "masked_m", {shape.num_groups}, "(num_groups)", "the groups of b.data"));
-  if (expected_m < 0) return invalid_argument("expected_m={} must be >= 0 (a hint of the typical masked_m)", expected_m);
+  if (expected_m < 0)
+    return invalid_argument("expected_m={} must be >= 0 (a hint of the typical masked_m)", expected_m);
   FF_RETURN_IF_ERROR(check_same_device({{"a.data", &a.data},
                                         {"a.scales", &a.scales},
                                         {"b.data", &b.data},
@@ -218,6 +218,74 @@ Result<GemmShape> validate_masked(const ScaledTensor& a, const ScaledTensor& b, 
     }
   }
   return shape;
+}
+
+namespace {
+
+Status check_contiguous(const TensorView& view, std::string_view name) {
+  // A dimension of extent 0 or 1 never steps, so its stride is irrelevant.
+  int64_t expected = 1;
+  for (int d = view.ndim - 1; d >= 0; --d) {
+    if (view.size(d) > 1 && view.stride(d) != expected) {
+      std::string strides = "[";
+      for (int i = 0; i < view.ndim; ++i) strides += fmt::format("{}{}", i ? ", " : "", view.stride(i));
+      return invalid_argument(
+          "{} has shape {} and strides {} (elements); the GPU kernels need it contiguous (row-major): call "
+          ".contiguous() first",
+          name, view.shape_string(), strides + "]");
+    }
+    expected *= view.size(d);
+  }
+  return Status::ok();
+}
+
+Status check_aligned(const TensorView& view, std::string_view name) {
+  const auto address = reinterpret_cast<uintptr_t>(view.data);
+  if (view.numel() > 0 && address % 16 != 0) {
+    return invalid_argument(
+        "{} starts at address {:#x}, which is not 16-byte aligned as TMA requires (offset {} "
+        "bytes into an aligned allocation); pass a tensor that starts on a 16-byte boundary",
+        name, address, address % 16);
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Status validate_cuda_layout(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                            const TensorView* indices, const GemmShape& shape) {
+  if (shape.k % kScaleBlock != 0) {
+    return invalid_argument(
+        "k={} is not a multiple of 128: the GPU kernels need whole 128-wide K blocks (pad k with zeros to {}, or "
+        "use CPU tensors, whose backend handles any k)",
+        shape.k, ceil_div(shape.k, kScaleBlock) * kScaleBlock);
+  }
+  if (shape.n % 8 != 0) {
+    return invalid_argument(
+        "n={} is not a multiple of 8: the GPU kernels store output rows by TMA, which needs 16-byte (8 x bf16) "
+        "row strides (pad n to {})",
+        shape.n, ceil_div(shape.n, 8) * 8);
+  }
+  constexpr int64_t kMaxExtent = (int64_t{1} << 31) - 1;
+  if (shape.m > kMaxExtent || shape.n > kMaxExtent || shape.k > kMaxExtent || shape.num_groups > kMaxExtent) {
+    return invalid_argument("m={}, n={}, k={}, num_groups={}: the GPU kernels take each below 2^31", shape.m, shape.n,
+                            shape.k, shape.num_groups);
+  }
+  FF_RETURN_IF_ERROR(check_contiguous(a.data, "a.data"));
+  FF_RETURN_IF_ERROR(check_contiguous(b.data, "b.data"));
+  FF_RETURN_IF_ERROR(check_contiguous(b.scales, "b.scales"));
+  FF_RETURN_IF_ERROR(check_contiguous(out, "out"));
+  if (indices != nullptr) {
+    FF_RETURN_IF_ERROR(check_contiguous(*indices, a.data.ndim == 3 ? "masked_m" : "m_indices"));
+  }
+  FF_RETURN_IF_ERROR(check_aligned(a.data, "a.data"));
+  FF_RETURN_IF_ERROR(check_aligned(b.data, "b.data"));
+  FF_RETURN_IF_ERROR(check_aligned(out, "out"));
+  const auto scales_address = reinterpret_cast<uintptr_t>(a.scales.data);
+  if (a.scales.numel() > 0 && scales_address % 4 != 0) {
+    return invalid_argument("a.scales starts at address {:#x}, which is not 4-byte aligned", scales_address);
+  }
+  return Status::ok();
 }
 
 }  // namespace ff::gemm::internal

@@ -27,6 +27,14 @@ Result<GemmShape> validate_contiguous(const ScaledTensor& a, const ScaledTensor&
 Result<GemmShape> validate_masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
                                   const TensorView& masked_m, int64_t expected_m);
 
+// The extra requirements of the CUDA kernels (validate_* first): k a multiple of 128 (whole K blocks for the
+// scales and TMA), n a multiple of 8 (16-byte output rows for the TMA store), dimensions below 2^31, a.data,
+// b.data, b.scales, out and the index tensor contiguous (row-major), and the fp8 and output pointers 16-byte
+// aligned. a.scales may have any strides: a layout other than the kernel's is repacked first (docs/gemm.md).
+// `indices` is m_indices or masked_m, nullptr for the dense GEMM.
+Status validate_cuda_layout(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                            const TensorView* indices, const GemmShape& shape);
+
 // The 2-D view of index `index` along dimension 0 of a 3-D view.
 TensorView select_group(const TensorView& view, int64_t index);
 

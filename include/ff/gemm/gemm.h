@@ -9,7 +9,9 @@
 //
 // Tensors are TensorViews (tensor_view.h). All views of one call live on one device; that device picks the
 // backend: Device::kCpu runs the CPU implementation (this file's reference semantics), Device::kCuda the sm_90a
-// kernels (not built yet: such calls return an unimplemented Status). Input views are never written.
+// kernels, enqueued on LaunchOptions::stream without host synchronisation (a build without them returns an
+// unimplemented Status). The GPU needs k % 128 == 0, n % 8 == 0, contiguous operands and 16-byte aligned fp8 and
+// output pointers; a.scales may have any strides (docs/gemm.md). Input views are never written.
 //
 // Thread-safety: every function may be called from several threads at once, on disjoint outputs.
 // set_num_sms changes a process-wide setting read at the start of each call.
@@ -49,7 +51,7 @@ struct LaunchOptions {
 //   b.scales (ceil(n/128), ceil(k/128)) float32
 //   out      (m, n)                    bfloat16, written entirely
 // k need not be a multiple of 128: the last K block is partial and its scale covers the k % 128 columns that
-// exist (the CPU backend; the GPU backend will require k % 128 == 0 and say so).
+// exist (the CPU backend; the GPU backend requires k % 128 == 0 and says so).
 Status gemm_fp8_fp8_bf16_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
                             const LaunchOptions& options = {});
 

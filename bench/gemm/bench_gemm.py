@@ -1,0 +1,245 @@
+"""Benchmark of the gemm component's sm_90a kernels: prints one JSON line per case and writes
+bench/results/gemm_<device>.json (device name inside).
+
+Cases (DeepGEMM's, issue #8): dense m in {64, 128, 4096} x (n, k) in 6 DeepSeek-V3 shapes; grouped contiguous
+(groups, m per group, n, k) x 4; grouped masked (groups, m, n, k) x 6. Beside each: torch._scaled_mm (cuBLASLt FP8
+with row-wise fp32 scales, scale_a [m, 1], scale_b [1, n], bf16 out) and bf16 torch.matmul (cuBLAS), for grouped
+cases one call per group captured together. Every figure is timed the same way in the same run: a CUDA graph of
+ITERS launches, replayed REPEATS times, median of cudaEvent times. Dense cases also time every tile configuration
+(FF_GEMM_TILE_CONFIG) to check the heuristic. Skips (exit 0) without torch or a CUDA GPU.
+
+Run from the repository root after a build: PYTHONPATH=python python3 bench/gemm/bench_gemm.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "python"))
+
+DENSE_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
+DENSE_M = [64, 128, 4096]
+CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048)]
+MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
+          (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
+CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1"]
+ITERS = 10
+REPEATS = 5
+
+
+def time_graph(torch, fn) -> float:
+    """Seconds per call of fn: a CUDA graph of ITERS calls, replayed REPEATS times, median."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()  # warm-up outside the graph (module load, workspace pools)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(ITERS):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(REPEATS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / ITERS)
+    return statistics.median(times)
+
+
+def quantize_rows(torch, x):
+    """Per-token 1x128 cast on the GPU (the same formula as fireflyer.gemm.per_token_cast_to_fp8)."""
+    m, k = x.shape
+    view = x.float().view(m, k // 128, 128)
+    amax = view.abs().amax(dim=2).clamp(min=1e-4)
+    q = (view * (448.0 / amax).unsqueeze(2)).to(torch.float8_e4m3fn).view(m, k)
+    return q, (amax / 448.0).contiguous()
+
+
+def quantize_blocks(torch, w):
+    """Per-block 128x128 cast on the GPU (rows padded with zeros to a multiple of 128, like the anchor's cast)."""
+    n, k = w.shape
+    nb = (n + 127) // 128
+    padded = torch.zeros(nb * 128, k, device=w.device, dtype=torch.float32)
+    padded[:n] = w.float()
+    view = padded.view(nb, 128, k // 128, 128)
+    amax = view.abs().amax(dim=(1, 3)).clamp(min=1e-4)
+    q = (view * (448.0 / amax).view(nb, 1, k // 128, 1)).to(torch.float8_e4m3fn).view(nb * 128, k)
+    return q[:n].contiguous(), (amax / 448.0).contiguous()
+
+
+def row_scales(torch, x):
+    """Row-wise fp8 for the _scaled_mm baseline: one scale per row."""
+    amax = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-4)
+    return (x.float() * (448.0 / amax)).to(torch.float8_e4m3fn), (amax / 448.0).float()
+
+
+def figures(flop: float, bytes_moved: float, seconds: float) -> dict:
+    return {"us": round(seconds * 1e6, 2), "tflops": round(flop / seconds / 1e12, 1),
+            "gbps": round(bytes_moved / seconds / 1e9, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="the first shape of each family only")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/gemm_<device>.json)")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        print("bench_gemm: skipped (torch is not installed)")
+        return 0
+    if not torch.cuda.is_available():
+        print("bench_gemm: skipped (no CUDA GPU)")
+        return 0
+    from fireflyer import gemm
+
+    device = torch.cuda.get_device_name()
+    torch.manual_seed(0)
+    results = []
+
+    def emit(record):
+        results.append(record)
+        print(json.dumps(record), flush=True)
+
+    dense_m = DENSE_M[:1] if args.quick else DENSE_M
+    dense_nk = DENSE_NK[:1] if args.quick else DENSE_NK
+    for m in dense_m:
+        for n, k in dense_nk:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+            a, sa = quantize_rows(torch, x)
+            sa = gemm.get_col_major_tma_aligned_tensor(sa)
+            b, sb = quantize_blocks(torch, w)
+            out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+            flop = 2.0 * m * n * k
+            bytes_moved = m * k + n * k + 2 * m * n
+            os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+            ours = time_graph(torch, lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out))
+            # Correctness of the timed output against bf16 matmul of the dequantised inputs.
+            deq_a = (a.float().view(m, k // 128, 128) * sa.unsqueeze(2)).view(m, k)
+            deq_b = b.float() * sb.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)
+            ref = deq_a @ deq_b.t()
+            o = out.double()
+            diff = 1 - 2 * (o * ref.double()).sum().item() / ((o * o) + (ref.double() ** 2)).sum().item()
+            per_config = {}
+            for config in CONFIGS:
+                os.environ["FF_GEMM_TILE_CONFIG"] = config
+                per_config[config] = round(
+                    flop / time_graph(torch, lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)) / 1e12, 1)
+            os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+            a_row, s_row = row_scales(torch, x)
+            b_row, t_row = row_scales(torch, w)
+            t_row = t_row.view(1, n)
+            b_row_t = b_row.t()
+            scaled = time_graph(torch, lambda: torch._scaled_mm(a_row, b_row_t, scale_a=s_row, scale_b=t_row,
+                                                                out_dtype=torch.bfloat16))
+            wt = w.t()
+            bf16 = time_graph(torch, lambda: torch.matmul(x, wt))
+            emit({"case": "dense", "m": m, "n": n, "k": k, "device": device, "ours": figures(flop, bytes_moved, ours),
+                  "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
+                  "bf16_matmul": figures(flop, 2 * bytes_moved, bf16),
+                  "ratio_vs_scaled_mm": round(scaled / ours, 3), "ratio_vs_bf16": round(bf16 / ours, 3),
+                  "calc_diff_vs_dequantised": diff, "tflops_per_config": per_config})
+            del x, w, a, b, out, deq_a, deq_b, ref, o
+
+    contiguous = CONTIGUOUS[:1] if args.quick else CONTIGUOUS
+    for groups, m_per, n, k in contiguous:
+        m = groups * m_per
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
+        a, sa = quantize_rows(torch, x)
+        qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
+        b = torch.stack([q for q, _ in qs])
+        sb = torch.stack([s for _, s in qs])
+        m_indices = torch.arange(groups, device="cuda", dtype=torch.int32).repeat_interleave(m_per)
+        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        flop = 2.0 * m * n * k
+        bytes_moved = m * k + groups * n * k + 2 * m * n
+        ours = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b, sb), out,
+                                                                                          m_indices))
+        rows = [row_scales(torch, x[g * m_per:(g + 1) * m_per]) for g in range(groups)]
+        cols = [row_scales(torch, w[g]) for g in range(groups)]
+
+        def scaled_all():
+            for g in range(groups):
+                torch._scaled_mm(rows[g][0], cols[g][0].t(), scale_a=rows[g][1], scale_b=cols[g][1].view(1, n),
+                                 out_dtype=torch.bfloat16)
+
+        def bf16_all():
+            for g in range(groups):
+                torch.matmul(x[g * m_per:(g + 1) * m_per], w[g].t())
+
+        scaled = time_graph(torch, scaled_all)
+        bf16 = time_graph(torch, bf16_all)
+        emit({"case": "contiguous", "groups": groups, "m_per_group": m_per, "n": n, "k": k, "device": device,
+              "ours": figures(flop, bytes_moved, ours), "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
+              "bf16_matmul": figures(flop, 2 * bytes_moved, bf16), "ratio_vs_scaled_mm": round(scaled / ours, 3),
+              "ratio_vs_bf16": round(bf16 / ours, 3)})
+        del x, w, a, b, out
+
+    masked = MASKED[:1] if args.quick else MASKED
+    for groups, m_max, n, k in masked:
+        x = torch.randn(groups, m_max, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
+        a, sa = quantize_rows(torch, x.view(-1, k))
+        a = a.view(groups, m_max, k)
+        sa = sa.view(groups, m_max, k // 128)
+        qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
+        b = torch.stack([q for q, _ in qs])
+        sb = torch.stack([s for _, s in qs])
+        masked_m = torch.full((groups,), m_max, device="cuda", dtype=torch.int32)
+        out = torch.empty(groups, m_max, n, device="cuda", dtype=torch.bfloat16)
+        flop = 2.0 * groups * m_max * n * k
+        bytes_moved = groups * (m_max * k + n * k + 2 * m_max * n)
+        ours = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m,
+                                                                                      m_max))
+        rows = [row_scales(torch, x[g]) for g in range(groups)]
+        cols = [row_scales(torch, w[g]) for g in range(groups)]
+
+        def scaled_all():
+            for g in range(groups):
+                torch._scaled_mm(rows[g][0], cols[g][0].t(), scale_a=rows[g][1], scale_b=cols[g][1].view(1, n),
+                                 out_dtype=torch.bfloat16)
+
+        def bf16_all():
+            for g in range(groups):
+                torch.matmul(x[g], w[g].t())
+
+        scaled = time_graph(torch, scaled_all)
+        bf16 = time_graph(torch, bf16_all)
+        emit({"case": "masked", "groups": groups, "m": m_max, "n": n, "k": k, "device": device,
+              "ours": figures(flop, bytes_moved, ours), "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
+              "bf16_matmul": figures(flop, 2 * bytes_moved, bf16), "ratio_vs_scaled_mm": round(scaled / ours, 3),
+              "ratio_vs_bf16": round(bf16 / ours, 3)})
+        del x, w, a, b, out
+
+    dense = [r for r in results if r["case"] == "dense"]
+    summary = {
+        "device": device,
+        "geomean_ratio_vs_scaled_mm_dense": round(
+            math.exp(statistics.fmean(math.log(r["ratio_vs_scaled_mm"]) for r in dense)), 3) if dense else None,
+        "max_tflops_dense": max((r["ours"]["tflops"] for r in dense), default=None),
+        "method": f"CUDA graph of {ITERS} calls, {REPEATS} replays, median; same run for all columns",
+    }
+    print(json.dumps({"summary": summary}), flush=True)
+    slug = "h200" if "H200" in device else device.lower().replace(" ", "_")
+    path = pathlib.Path(args.out) if args.out else REPO_ROOT / "bench" / "results" / f"gemm_{slug}.json"
+    path.write_text(json.dumps({"summary": summary, "cases": results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds the gemm kernels on the GPU machine and runs, in order of importance, the GPU gtests, the benchmark,
+# the GPU pytest, the demo's MoE expert GEMMs and compute-sanitizer memcheck on small shapes. Logs go to $OUT
+# (default .gemm-gpu-out); each step has its own timeout so a slow one cannot starve the rest.
+#   bash bench/gemm/run_on_gpu.sh
+set -u
+OUT="${OUT:-$PWD/.gemm-gpu-out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python"
+start=$(date +%s)
+step() { echo "== $1 ($(( $(date +%s) - start )) s)"; }
+step build
+(cmake -G Ninja -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DFF_CUDA=ON -DFF_CUDA_COMPONENTS=gemm \
+   -DFF_CUTLASS_INCLUDE_DIR="$PWD/third_party/cutlass/include" -DFF_BUILD_TOOLS=OFF -DFF_BUILD_BENCH=OFF &&
+ timeout 300 cmake --build build-dev --target gemm_cuda_test gemm_test _C -j16 -- -k 0) >"$OUT/build.log" 2>&1
+grep -E "error|FAILED" "$OUT/build.log" | head -20
+step gtest
+timeout 90 build-dev/tests/gemm/gemm_cuda_test >"$OUT/gtest.log" 2>&1
+grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|Failure|Expected|Which is|config" "$OUT/gtest.log" | head -30
+timeout 30 build-dev/tests/gemm/gemm_test >"$OUT/gtest_cpu.log" 2>&1; tail -1 "$OUT/gtest_cpu.log"
+step bench
+timeout 150 python3 bench/gemm/bench_gemm.py --out "$OUT/gemm_h200.json" >"$OUT/bench.log" 2>&1
+tail -2 "$OUT/bench.log" | cut -c1-600
+step pytest
+timeout 60 python3 -m pytest -q -x python/tests/test_gemm_cuda.py python/tests/test_gemm.py >"$OUT/pytest.log" 2>&1
+tail -4 "$OUT/pytest.log"
+step demo
+timeout 40 python3 -c "import pathlib; from fireflyer.demo import Demo; Demo(pathlib.Path('build-dev'), pathlib.Path('/tmp')).gemm_on_gpu()" 2>&1 | tail -3
+step sanitizer
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+timeout 90 "$sanitizer" --tool memcheck --error-exitcode 3 build-dev/tests/gemm/gemm_cuda_test \
+  --gtest_filter='Shapes/DenseCuda.*/0:Shapes/DenseCuda.*/1:GroupedCuda.*' >"$OUT/sanitizer.log" 2>&1
+echo "sanitizer exit $?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/sanitizer.log" | tail -4
+step done

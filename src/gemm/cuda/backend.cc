@@ -1,0 +1,202 @@
+// Host side of the CUDA backend: scale layouts (repacked into the kernel's layout when the caller's differs), the
+// tile configuration (heuristic.h, or FF_GEMM_TILE_CONFIG), and the launch through launch.h.
+#include "backend.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "heuristic.h"
+#include "launch.h"
+
+namespace ff::gemm::cuda {
+
+namespace {
+
+// True when every dimension of extent > 1 has the expected stride (a dimension of extent 0 or 1 never steps).
+bool has_strides(const TensorView& view, std::initializer_list<int64_t> expected) {
+  int d = 0;
+  for (int64_t stride : expected) {
+    if (view.size(d) > 1 && view.stride(d) != stride) return false;
+    ++d;
+  }
+  return true;
+}
+
+bool aligned_16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
+
+Result<TileConfig> forced_or(TileConfig chosen) {
+  const char* forced = std::getenv("FF_GEMM_TILE_CONFIG");
+  if (forced == nullptr || *forced == '\0') return chosen;
+  const std::optional<TileConfig> parsed = parse_tile_config(forced);
+  if (!parsed) {
+    return invalid_argument(
+        "FF_GEMM_TILE_CONFIG={} names no kernel; expected pingpong_64x128, cooperative_128x128 or "
+        "cooperative_128x128_cluster2x1",
+        forced);
+  }
+  return *parsed;
+}
+
+Status from_launch(std::string_view function, const std::string& error) {
+  if (error.empty()) return Status::ok();
+  return internal_error("{}: {}", function, error);
+}
+
+// Selects the tensors' device for the duration of a call, restoring the caller's afterwards.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int index) { error_ = switch_device(index, &previous_); }
+  ~DeviceGuard() {
+    int ignored = 0;
+    if (error_.empty()) (void)switch_device(previous_, &ignored);
+  }
+  const std::string& error() const { return error_; }
+
+ private:
+  int previous_ = 0;
+  std::string error_;
+};
+
+// Scratch scales in the kernel's layout, freed on the stream after the kernel that reads them.
+struct ScratchScales {
+  void* memory = nullptr;
+  void* stream = nullptr;
+  ~ScratchScales() { free_async(memory, stream); }
+};
+
+}  // namespace
+
+Status dense(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const internal::GemmShape& shape,
+             const LaunchOptions& options) {
+  if (shape.m == 0 || shape.n == 0) return Status::ok();
+  DeviceGuard guard(out.device_index);
+  FF_RETURN_IF_ERROR(from_launch("gemm_fp8_fp8_bf16_nt", guard.error()));
+  const int64_t k_blocks = ceil_div(shape.k, kScaleBlock);
+  DenseArgs args;
+  args.a = a.data.data;
+  args.b = b.data.data;
+  args.sb = static_cast<const float*>(b.scales.data);
+  args.out = out.data;
+  args.m = static_cast<int>(shape.m);
+  args.n = static_cast<int>(shape.n);
+  args.k = static_cast<int>(shape.k);
+  args.num_sms = get_num_sms();
+  args.stream = options.stream;
+
+  // The kernel reads sa M-major (DeepGEMM's TMA-aligned column-major layout): element (row, kb) at
+  // sa[row + kb * ld] with ld a multiple of 4 floats. Other layouts are copied into it first.
+  const TensorView& sa = a.scales;
+  const int64_t ld = k_blocks > 1 ? sa.stride(1) : (shape.m + 3) / 4 * 4;
+  ScratchScales scratch;
+  // The kernel reads each column up to m rounded up to 4 (sm90_fp8_gemm.cuh), so the direct path needs
+  // ld >= that: DeepGEMM's layout (ld = get_tma_aligned_size(m, 4)) always qualifies.
+  if (has_strides(sa, {1}) && ld >= (shape.m + 3) / 4 * 4 && ld % 4 == 0 && aligned_16(sa.data)) {
+    args.sa = static_cast<const float*>(sa.data);
+    args.sa_ld = ld;
+  } else {
+    RepackArgs repack;
+    repack.src = static_cast<const float*>(sa.data);
+    repack.rows = shape.m;
+    repack.cols = k_blocks;
+    repack.src_strides[1] = sa.stride(0);
+    repack.src_strides[2] = sa.stride(1);
+    args.sa_ld = (shape.m + 3) / 4 * 4;
+    repack.dst_strides[1] = 1;
+    repack.dst_strides[2] = args.sa_ld;
+    repack.stream = options.stream;
+    scratch.stream = options.stream;
+    FF_RETURN_IF_ERROR(
+        from_launch("gemm_fp8_fp8_bf16_nt",
+                    allocate_async(&scratch.memory, sizeof(float) * args.sa_ld * k_blocks, options.stream)));
+    repack.dst = static_cast<float*>(scratch.memory);
+    FF_RETURN_IF_ERROR(from_launch("gemm_fp8_fp8_bf16_nt", repack_scales(repack)));
+    args.sa = repack.dst;
+  }
+  FF_ASSIGN_OR_RETURN(const TileConfig config, forced_or(choose_dense_config(shape.m, shape.n, args.num_sms)));
+  return from_launch("gemm_fp8_fp8_bf16_nt", run_dense(config, args));
+}
+
+namespace {
+
+// The grouped kernels read sa row-major: (m, kb) with strides (kb, 1), or (G, m, kb) with (m * kb, kb, 1).
+Status grouped(std::string_view function, GroupedArgs& args, const TensorView& sa, int64_t rows_per_group) {
+  DeviceGuard guard(sa.device_index);
+  FF_RETURN_IF_ERROR(from_launch(function, guard.error()));
+  const int64_t k_blocks = ceil_div(args.k, kScaleBlock);
+  const bool is_3d = sa.ndim == 3;
+  const bool row_major = is_3d ? has_strides(sa, {args.m * k_blocks, k_blocks, 1}) : has_strides(sa, {k_blocks, 1});
+  ScratchScales scratch;
+  if (row_major) {
+    args.sa = static_cast<const float*>(sa.data);
+  } else {
+    RepackArgs repack;
+    repack.src = static_cast<const float*>(sa.data);
+    repack.groups = is_3d ? sa.size(0) : 1;
+    repack.rows = args.m;
+    repack.cols = k_blocks;
+    repack.src_strides[0] = is_3d ? sa.stride(0) : 0;
+    repack.src_strides[1] = sa.stride(is_3d ? 1 : 0);
+    repack.src_strides[2] = sa.stride(is_3d ? 2 : 1);
+    repack.dst_strides[0] = args.m * k_blocks;
+    repack.dst_strides[1] = k_blocks;
+    repack.dst_strides[2] = 1;
+    repack.stream = args.stream;
+    scratch.stream = args.stream;
+    FF_RETURN_IF_ERROR(from_launch(
+        function, allocate_async(&scratch.memory, sizeof(float) * repack.groups * args.m * k_blocks, args.stream)));
+    repack.dst = static_cast<float*>(scratch.memory);
+    FF_RETURN_IF_ERROR(from_launch(function, repack_scales(repack)));
+    args.sa = repack.dst;
+  }
+  FF_ASSIGN_OR_RETURN(const TileConfig config, forced_or(choose_grouped_config(args.kind, rows_per_group, args.n,
+                                                                               args.num_groups, args.num_sms)));
+  if (config == TileConfig::kCooperative128x128Cluster2x1) {
+    return invalid_argument("FF_GEMM_TILE_CONFIG={}: the grouped GEMMs are built without clusters",
+                            tile_config_name(config));
+  }
+  return from_launch(function, run_grouped(config, args));
+}
+
+}  // namespace
+
+Status contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const TensorView& m_indices,
+                  const internal::GemmShape& shape, const LaunchOptions& options) {
+  if (shape.m == 0 || shape.n == 0 || shape.num_groups == 0) return Status::ok();
+  GroupedArgs args;
+  args.kind = GroupedKind::kContiguous;
+  args.a = a.data.data;
+  args.b = b.data.data;
+  args.sb = static_cast<const float*>(b.scales.data);
+  args.out = out.data;
+  args.indices = static_cast<const int32_t*>(m_indices.data);
+  args.num_groups = static_cast<int>(shape.num_groups);
+  args.m = static_cast<int>(shape.m);
+  args.n = static_cast<int>(shape.n);
+  args.k = static_cast<int>(shape.k);
+  args.num_sms = get_num_sms();
+  args.stream = options.stream;
+  return grouped("m_grouped_gemm_fp8_fp8_bf16_nt_contiguous", args, a.scales, shape.m / shape.num_groups);
+}
+
+Status masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const TensorView& masked_m,
+              int64_t expected_m, const internal::GemmShape& shape, const LaunchOptions& options) {
+  if (shape.m == 0 || shape.n == 0 || shape.num_groups == 0) return Status::ok();
+  GroupedArgs args;
+  args.kind = GroupedKind::kMasked;
+  args.a = a.data.data;
+  args.b = b.data.data;
+  args.sb = static_cast<const float*>(b.scales.data);
+  args.out = out.data;
+  args.indices = static_cast<const int32_t*>(masked_m.data);
+  args.num_groups = static_cast<int>(shape.num_groups);
+  args.m = static_cast<int>(shape.m);
+  args.n = static_cast<int>(shape.n);
+  args.k = static_cast<int>(shape.k);
+  args.num_sms = get_num_sms();
+  args.stream = options.stream;
+  // expected_m = 0 carries no hint: plan for full groups.
+  return grouped("m_grouped_gemm_fp8_fp8_bf16_nt_masked", args, a.scales,
+                 expected_m > 0 ? std::min(expected_m, shape.m) : shape.m);
+}
+
+}  // namespace ff::gemm::cuda

@@ -1,0 +1,97 @@
+// Host-side dispatch of the CUDA backend: picks the instantiated kernel for a TileConfig, the scale repack
+// kernel and stream-ordered scratch memory. No CUTLASS kernels here (they live in one .cu per configuration).
+#include <cuda_runtime.h>
+
+#include "launch.h"
+
+namespace ff::gemm::cuda {
+
+std::string run_dense_pingpong_64x128(const DenseArgs& args);
+std::string run_dense_cooperative_128x128(const DenseArgs& args);
+std::string run_dense_cooperative_128x128_cluster2x1(const DenseArgs& args);
+std::string run_grouped_pingpong_64x128(const GroupedArgs& args);
+std::string run_grouped_cooperative_128x128(const GroupedArgs& args);
+
+std::string run_dense(TileConfig config, const DenseArgs& args) {
+  switch (config) {
+    case TileConfig::kPingpong64x128: return run_dense_pingpong_64x128(args);
+    case TileConfig::kCooperative128x128: return run_dense_cooperative_128x128(args);
+    case TileConfig::kCooperative128x128Cluster2x1: return run_dense_cooperative_128x128_cluster2x1(args);
+  }
+  return "unknown dense tile config";
+}
+
+std::string run_grouped(TileConfig config, const GroupedArgs& args) {
+  switch (config) {
+    case TileConfig::kPingpong64x128: return run_grouped_pingpong_64x128(args);
+    case TileConfig::kCooperative128x128: return run_grouped_cooperative_128x128(args);
+    case TileConfig::kCooperative128x128Cluster2x1: break;
+  }
+  return std::string("no grouped kernel for tile config ") + tile_config_name(config);
+}
+
+namespace {
+
+__global__ void repack_kernel(RepackArgs args) {
+  const int64_t total = args.groups * args.rows * args.cols;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t col = i % args.cols;
+    const int64_t row = (i / args.cols) % args.rows;
+    const int64_t group = i / (args.cols * args.rows);
+    args.dst[group * args.dst_strides[0] + row * args.dst_strides[1] + col * args.dst_strides[2]] =
+        args.src[group * args.src_strides[0] + row * args.src_strides[1] + col * args.src_strides[2]];
+  }
+}
+
+// Contiguous: rows whose index is not a valid group (-1 padding) come out zero (docs/gemm.md). One CTA per
+// 128-row block, after the GEMM (which may have computed padding rows inside a run).
+__global__ void zero_padding_rows_kernel(GroupedArgs args) {
+  constexpr int kRowBlock = 128;
+  const int row_end = min(args.m, (int(blockIdx.x) + 1) * kRowBlock);
+  auto* out = static_cast<uint16_t*>(args.out);
+  for (int row = blockIdx.x * kRowBlock; row < row_end; ++row) {
+    const int group = args.indices[row];
+    if (group >= 0 && group < args.num_groups) continue;
+    for (int col = threadIdx.x; col < args.n; col += blockDim.x) out[int64_t(row) * args.n + col] = 0;
+  }
+}
+
+}  // namespace
+
+std::string zero_padding_rows(const GroupedArgs& args) {
+  if (args.m == 0) return {};
+  zero_padding_rows_kernel<<<(args.m + 127) / 128, 256, 0, static_cast<cudaStream_t>(args.stream)>>>(args);
+  const cudaError_t launched = cudaGetLastError();
+  return launched == cudaSuccess ? std::string() : std::string("zero padding rows: ") + cudaGetErrorString(launched);
+}
+
+std::string repack_scales(const RepackArgs& args) {
+  const int64_t total = args.groups * args.rows * args.cols;
+  if (total == 0) return {};
+  const int64_t blocks = (total + 255) / 256;
+  repack_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, static_cast<cudaStream_t>(args.stream)>>>(
+      args);
+  const cudaError_t launched = cudaGetLastError();
+  return launched == cudaSuccess ? std::string() : std::string("scale repack: ") + cudaGetErrorString(launched);
+}
+
+std::string allocate_async(void** pointer, size_t bytes, void* stream) {
+  const cudaError_t status = cudaMallocAsync(pointer, bytes, static_cast<cudaStream_t>(stream));
+  if (status != cudaSuccess) {
+    return std::string("cudaMallocAsync of ") + std::to_string(bytes) + " bytes: " + cudaGetErrorString(status);
+  }
+  return {};
+}
+
+void free_async(void* pointer, void* stream) {
+  if (pointer != nullptr) (void)cudaFreeAsync(pointer, static_cast<cudaStream_t>(stream));
+}
+
+std::string switch_device(int index, int* previous) {
+  cudaError_t status = cudaGetDevice(previous);
+  if (status == cudaSuccess && *previous != index) status = cudaSetDevice(index);
+  if (status != cudaSuccess) return std::string("selecting cuda:") + std::to_string(index) + ": " + cudaGetErrorString(status);
+  return {};
+}
+
+}  // namespace ff::gemm::cuda

@@ -1,0 +1,36 @@
+// The deterministic block-size heuristic of the CUDA backend: which ahead-of-time tile configuration runs a given
+// shape. Plain C++ (no CUDA) so CI tests it on a machine without a GPU. See docs/gemm.md "Heuristic".
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "launch.h"
+
+namespace ff::gemm::cuda {
+
+struct TileEstimate {
+  TileConfig config = TileConfig::kCooperative128x128;
+  int64_t tiles = 0;  // output tiles of the whole call
+  int64_t waves = 0;  // ceil(tiles / num_sms): rounds of the persistent grid
+  double cost = 0.0;  // waves x relative time of one tile (a 128x128 tile = 1)
+};
+
+// The estimate of one configuration for `rows` output rows (per group) x n, over `groups` independent groups.
+TileEstimate estimate_tiles(TileConfig config, int64_t rows, int64_t n, int64_t groups, int num_sms);
+
+// Dense: the configuration with the least cost (wave quantisation over the SMs); ties go to the larger tile.
+// With 128-row tiles and at least 8 row tiles, the 2x1 cluster (B multicast) replaces the plain 128x128 tile.
+TileConfig choose_dense_config(int64_t m, int64_t n, int num_sms);
+
+// Grouped: `rows_per_group` is expected_m (masked) or m_sum / num_groups (contiguous). Contiguous always uses
+// 128-row tiles (segments are 128-aligned, so 64-row tiles would only add tiles); masked uses 64-row tiles when
+// their cost is lower (few rows per group).
+TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t num_groups, int num_sms);
+
+// FF_GEMM_TILE_CONFIG, when set to a tile_config_name(), forces that configuration (benchmarks and tests compare
+// configurations with it); nullopt when unset. An unknown name is an error the caller reports.
+std::optional<TileConfig> parse_tile_config(std::string_view name);
+
+}  // namespace ff::gemm::cuda

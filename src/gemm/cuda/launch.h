@@ -1,0 +1,83 @@
+// The boundary between the host code of the CUDA backend (gemm.cc, cuda_backend.cc: plain C++20 with ff::Status)
+// and the nvcc-compiled translation units (C++17, CUTLASS): plain structs and std::string errors only, so neither
+// side includes the other's headers. Every function enqueues on `stream` and returns without synchronising;
+// an empty string means the work was enqueued, otherwise it says what failed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ff::gemm::cuda {
+
+// The tile configurations built ahead of time (one .cu file each; see docs/gemm.md "Kernels").
+enum class TileConfig : int {
+  kPingpong64x128 = 0,            // 64x128x128 tile, one consumer warpgroup per tile, two tiles in flight: small m
+  kCooperative128x128,            // 128x128x128 tile, two consumer warpgroups split the tile's rows
+  kCooperative128x128Cluster2x1,  // as above, 2-CTA cluster along M sharing each B tile by TMA multicast
+};
+inline constexpr int kNumTileConfigs = 3;
+const char* tile_config_name(TileConfig config);
+inline constexpr int tile_m(TileConfig config) { return config == TileConfig::kPingpong64x128 ? 64 : 128; }
+inline constexpr int tile_n(TileConfig) { return 128; }
+
+// D (m, n) bf16 row-major = A (m, k) e4m3 row-major * B (n, k)^T e4m3 row-major, scaled per 128-wide K block.
+// sa is M-major: element (row, kb) at sa[row + kb * sa_ld], sa_ld >= m and a multiple of 4 (16 bytes);
+// sb is (ceil(n/128), ceil(k/128)) row-major.
+struct DenseArgs {
+  const void* a = nullptr;
+  const float* sa = nullptr;
+  int64_t sa_ld = 0;
+  const void* b = nullptr;
+  const float* sb = nullptr;
+  void* out = nullptr;
+  int m = 0, n = 0, k = 0;
+  int num_sms = 0;
+  void* stream = nullptr;
+};
+std::string run_dense(TileConfig config, const DenseArgs& args);
+
+// Grouped GEMMs over a ptr-array of per-group problems built on the device (no host synchronisation):
+//   contiguous: a (m, k), sa (m, ceil(k/128)) row-major, out (m, n), indices = m_indices (m) int32;
+//   masked:     a (G, m, k), sa (G, m, ceil(k/128)) row-major, out (G, m, n), indices = masked_m (G) int32.
+// b is (G, n, k) and sb (G, ceil(n/128), ceil(k/128)), both row-major.
+enum class GroupedKind : int { kContiguous, kMasked };
+struct GroupedArgs {
+  GroupedKind kind = GroupedKind::kContiguous;
+  const void* a = nullptr;
+  const float* sa = nullptr;
+  const void* b = nullptr;
+  const float* sb = nullptr;
+  void* out = nullptr;
+  const int32_t* indices = nullptr;
+  int num_groups = 0;
+  int m = 0, n = 0, k = 0;
+  int num_sms = 0;
+  void* stream = nullptr;
+};
+std::string run_grouped(TileConfig config, const GroupedArgs& args);
+
+// Contiguous layout: writes zeros into the output rows whose m_indices entry is not a valid group, on `stream`.
+std::string zero_padding_rows(const GroupedArgs& args);
+
+// Copies a float32 scale tensor of logical shape (groups, rows, cols) with arbitrary element strides into
+// `dst` with the given strides (the layout a kernel needs), on `stream`.
+struct RepackArgs {
+  const float* src = nullptr;
+  float* dst = nullptr;
+  int64_t groups = 1, rows = 0, cols = 0;
+  int64_t src_strides[3] = {0, 0, 0};
+  int64_t dst_strides[3] = {0, 0, 0};
+  void* stream = nullptr;
+};
+std::string repack_scales(const RepackArgs& args);
+
+// Stream-ordered scratch memory (cudaMallocAsync / cudaFreeAsync): safe under CUDA graph capture and across
+// concurrent streams.
+std::string allocate_async(void** pointer, size_t bytes, void* stream);
+void free_async(void* pointer, void* stream);
+
+// Makes `index` the calling thread's current device, storing the previous one in *previous (restore with
+// switch_device(previous, &ignored)).
+std::string switch_device(int index, int* previous);
+
+}  // namespace ff::gemm::cuda

@@ -1,0 +1,14 @@
+// Dense FP8 GEMM, 64x128x128 tiles, ping-pong (two consumer warpgroups on alternate tiles), 1x1 cluster: small m,
+// where a 128-row tile would be half empty.
+#include "sm90_fp8_gemm.cuh"
+
+namespace ff::gemm::cuda {
+
+std::string run_dense_pingpong_64x128(const DenseArgs& args) {
+  using Gemm = DenseGemm<cute::Shape<cute::_64, cute::_128, cute::_128>, cute::Shape<cute::_1, cute::_1, cute::_1>,
+                         cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
+                         cutlass::epilogue::TmaWarpSpecialized>;
+  return Gemm::run(args);
+}
+
+}  // namespace ff::gemm::cuda

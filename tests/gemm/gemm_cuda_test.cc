@@ -1,0 +1,324 @@
+// The sm_90a kernels against the CPU implementation (calc_diff < 1e-3, DeepGEMM's bound; in practice ~1e-7, since
+// both accumulate each 128-wide K block in fp32). Every tile configuration is forced in turn
+// (FF_GEMM_TILE_CONFIG) besides the heuristic's choice; outputs are prefilled with a sentinel so unwritten
+// elements and rows the masked GEMM must not touch show. Skips without a GPU.
+#include <cuda_runtime.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ff/gemm/gemm.h"
+#include "test_util.h"
+
+namespace ff::gemm {
+namespace {
+
+using testing::calc_diff;
+
+constexpr uint16_t kSentinel = 0x7fc1;  // a NaN bit pattern no kernel produces
+
+bool have_gpu() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+#define SKIP_WITHOUT_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA GPU"
+
+// A device copy of a host vector, freed on destruction.
+template <typename T>
+struct DeviceBuffer {
+  T* data = nullptr;
+  size_t count = 0;
+  explicit DeviceBuffer(const std::vector<T>& host) : count(host.size()) {
+    if (cudaMalloc(&data, sizeof(T) * std::max<size_t>(count, 1)) != cudaSuccess) std::abort();
+    if (count > 0 && cudaMemcpy(data, host.data(), sizeof(T) * count, cudaMemcpyHostToDevice) != cudaSuccess) {
+      std::abort();
+    }
+  }
+  ~DeviceBuffer() { cudaFree(data); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  std::vector<T> to_host() const {
+    std::vector<T> host(count);
+    if (count > 0 && cudaMemcpy(host.data(), data, sizeof(T) * count, cudaMemcpyDeviceToHost) != cudaSuccess) {
+      std::abort();
+    }
+    return host;
+  }
+};
+
+TensorView device_view(void* data, DType dtype, std::initializer_list<int64_t> shape) {
+  return TensorView::contiguous(data, dtype, shape, Device::kCuda, 0);
+}
+
+// A strided view (strides in elements).
+TensorView with_strides(TensorView view, std::initializer_list<int64_t> strides) {
+  int d = 0;
+  for (int64_t stride : strides) view.strides[static_cast<size_t>(d++)] = stride;
+  return view;
+}
+
+std::vector<double> as_doubles(const std::vector<uint16_t>& bf16) {
+  std::vector<double> values;
+  values.reserve(bf16.size());
+  for (uint16_t bits : bf16) values.push_back(testing::bf16_value(bits));
+  return values;
+}
+
+// Sets FF_GEMM_TILE_CONFIG for one scope ("" = the heuristic).
+class ForcedConfig {
+ public:
+  explicit ForcedConfig(const std::string& name) {
+    if (name.empty()) {
+      unsetenv("FF_GEMM_TILE_CONFIG");
+    } else {
+      setenv("FF_GEMM_TILE_CONFIG", name.c_str(), 1);
+    }
+  }
+  ~ForcedConfig() { unsetenv("FF_GEMM_TILE_CONFIG"); }
+};
+
+const std::vector<std::string> kDenseConfigs = {"", "pingpong_64x128", "cooperative_128x128",
+                                                "cooperative_128x128_cluster2x1"};
+const std::vector<std::string> kGroupedConfigs = {"", "pingpong_64x128", "cooperative_128x128"};
+
+struct Operands {
+  std::vector<uint8_t> a, b;
+  std::vector<float> sa, sb;
+};
+
+Operands random_operands(int64_t a_rows, int64_t b_rows, int64_t k, int64_t groups, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Operands o;
+  o.a.resize(static_cast<size_t>(a_rows * k));
+  o.b.resize(static_cast<size_t>(groups * b_rows * k));
+  o.sa.resize(static_cast<size_t>(a_rows * ceil_div(k, 128)));
+  o.sb.resize(static_cast<size_t>(groups * ceil_div(b_rows, 128) * ceil_div(k, 128)));
+  testing::fill_fp8(o.a, rng);
+  testing::fill_fp8(o.b, rng);
+  testing::fill_scales(o.sa, rng);
+  testing::fill_scales(o.sb, rng);
+  return o;
+}
+
+// sa (rows, kb) row-major -> DeepGEMM's TMA-aligned column-major buffer (ld = rows rounded up to 4).
+std::vector<float> to_column_major(const std::vector<float>& sa, int64_t rows, int64_t k_blocks, int64_t* ld) {
+  *ld = (rows + 3) / 4 * 4;
+  std::vector<float> column_major(static_cast<size_t>(*ld * k_blocks), 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t kb = 0; kb < k_blocks; ++kb) column_major[kb * *ld + r] = sa[r * k_blocks + kb];
+  }
+  return column_major;
+}
+
+class DenseCuda : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+
+TEST_P(DenseCuda, MatchesCpuForEveryConfigAndScaleLayout) {
+  SKIP_WITHOUT_GPU();
+  const auto [m, n, k] = GetParam();
+  const int64_t kb = k / 128;
+  Operands o = random_operands(m, n, k, 1, static_cast<uint32_t>(m * 7 + n * 3 + k));
+  std::vector<uint16_t> expected(static_cast<size_t>(m * n), kSentinel);
+  ASSERT_TRUE(gemm_fp8_fp8_bf16_nt({TensorView::contiguous(o.a.data(), DType::kFloat8E4M3, {m, k}),
+                                    TensorView::contiguous(o.sa.data(), DType::kFloat32, {m, kb})},
+                                   {TensorView::contiguous(o.b.data(), DType::kFloat8E4M3, {n, k}),
+                                    TensorView::contiguous(o.sb.data(), DType::kFloat32, {ceil_div(n, 128), kb})},
+                                   TensorView::contiguous(expected.data(), DType::kBFloat16, {m, n}))
+                  .is_ok());
+  DeviceBuffer<uint8_t> a(o.a), b(o.b);
+  DeviceBuffer<float> sa_rows(o.sa), sb(o.sb);
+  int64_t ld = 0;
+  DeviceBuffer<float> sa_cols(to_column_major(o.sa, m, kb, &ld));
+  for (const std::string& config : kDenseConfigs) {
+    for (bool column_major : {true, false}) {
+      ForcedConfig forced(config);
+      DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
+      const TensorView sa_view = column_major
+                                     ? with_strides(device_view(sa_cols.data, DType::kFloat32, {m, kb}), {1, ld})
+                                     : device_view(sa_rows.data, DType::kFloat32, {m, kb});
+      const Status status = gemm_fp8_fp8_bf16_nt({device_view(a.data, DType::kFloat8E4M3, {m, k}), sa_view},
+                                                 {device_view(b.data, DType::kFloat8E4M3, {n, k}),
+                                                  device_view(sb.data, DType::kFloat32, {ceil_div(n, 128), kb})},
+                                                 device_view(out.data, DType::kBFloat16, {m, n}));
+      ASSERT_TRUE(status.is_ok()) << status.to_string();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<uint16_t> actual = out.to_host();
+      for (size_t i = 0; i < actual.size(); ++i) ASSERT_NE(actual[i], kSentinel) << "element " << i << " unwritten";
+      EXPECT_LT(calc_diff(as_doubles(actual), as_doubles(expected)), 1e-3)
+          << "config '" << config << "' column_major=" << column_major;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DenseCuda,
+                         ::testing::Values(std::make_tuple(1, 128, 128), std::make_tuple(65, 200, 256),
+                                           std::make_tuple(129, 256, 384), std::make_tuple(64, 1024, 1024),
+                                           std::make_tuple(1000, 512, 512), std::make_tuple(300, 2112, 768)));
+
+TEST(GroupedCuda, ContiguousMatchesCpuAndZeroFillsPadding) {
+  SKIP_WITHOUT_GPU();
+  // Segments of 65, 129 and 1 rows (groups 2, 0, 1), each padded with -1 to a multiple of 128, plus one block of
+  // pure padding between them.
+  const int64_t groups = 3, n = 256, k = 384, kb = 3;
+  std::vector<int32_t> indices;
+  for (auto [group, rows] : {std::pair{2, 65}, std::pair{-1, 0}, std::pair{0, 129}, std::pair{1, 1}}) {
+    const int64_t padded = rows == 0 ? 128 : ceil_div(rows, 128) * 128;
+    for (int64_t r = 0; r < padded; ++r) indices.push_back(r < rows ? group : -1);
+  }
+  const auto m = static_cast<int64_t>(indices.size());
+  Operands o = random_operands(m, n, k, groups, 11);
+  std::vector<uint16_t> expected(static_cast<size_t>(m * n), kSentinel);
+  ASSERT_TRUE(m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
+                  {TensorView::contiguous(o.a.data(), DType::kFloat8E4M3, {m, k}),
+                   TensorView::contiguous(o.sa.data(), DType::kFloat32, {m, kb})},
+                  {TensorView::contiguous(o.b.data(), DType::kFloat8E4M3, {groups, n, k}),
+                   TensorView::contiguous(o.sb.data(), DType::kFloat32, {groups, n / 128, kb})},
+                  TensorView::contiguous(expected.data(), DType::kBFloat16, {m, n}),
+                  TensorView::contiguous(indices.data(), DType::kInt32, {m}))
+                  .is_ok());
+  DeviceBuffer<uint8_t> a(o.a), b(o.b);
+  DeviceBuffer<float> sa_rows(o.sa), sb(o.sb);
+  int64_t ld = 0;
+  DeviceBuffer<float> sa_cols(to_column_major(o.sa, m, kb, &ld));
+  DeviceBuffer<int32_t> m_indices(indices);
+  for (const std::string& config : kGroupedConfigs) {
+    for (bool column_major : {false, true}) {
+      ForcedConfig forced(config);
+      DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
+      const TensorView sa_view = column_major
+                                     ? with_strides(device_view(sa_cols.data, DType::kFloat32, {m, kb}), {1, ld})
+                                     : device_view(sa_rows.data, DType::kFloat32, {m, kb});
+      const Status status = m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
+          {device_view(a.data, DType::kFloat8E4M3, {m, k}), sa_view},
+          {device_view(b.data, DType::kFloat8E4M3, {groups, n, k}),
+           device_view(sb.data, DType::kFloat32, {groups, n / 128, kb})},
+          device_view(out.data, DType::kBFloat16, {m, n}), device_view(m_indices.data, DType::kInt32, {m}));
+      ASSERT_TRUE(status.is_ok()) << status.to_string();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<uint16_t> actual = out.to_host();
+      for (int64_t row = 0; row < m; ++row) {
+        for (int64_t col = 0; col < n; ++col) {
+          const uint16_t value = actual[static_cast<size_t>(row * n + col)];
+          if (indices[static_cast<size_t>(row)] < 0) {
+            ASSERT_EQ(value, 0) << "padding row " << row << " not zero-filled, config '" << config << "'";
+          } else {
+            ASSERT_NE(value, kSentinel) << "row " << row << " unwritten, config '" << config << "'";
+          }
+        }
+      }
+      EXPECT_LT(calc_diff(as_doubles(actual), as_doubles(expected)), 1e-3) << "config '" << config << "'";
+    }
+  }
+}
+
+struct MaskedCase {
+  int64_t groups, m_max, n, k;
+  std::vector<int32_t> masked_m;
+  int64_t expected_m;
+};
+
+void run_masked_case(const MaskedCase& c, bool capture_in_graph) {
+  const int64_t kb = c.k / 128, rows = c.groups * c.m_max;
+  Operands o = random_operands(rows, c.n, c.k, c.groups, static_cast<uint32_t>(c.m_max + c.n));
+  std::vector<uint16_t> expected(static_cast<size_t>(rows * c.n), kSentinel);
+  ASSERT_TRUE(m_grouped_gemm_fp8_fp8_bf16_nt_masked(
+                  {TensorView::contiguous(o.a.data(), DType::kFloat8E4M3, {c.groups, c.m_max, c.k}),
+                   TensorView::contiguous(o.sa.data(), DType::kFloat32, {c.groups, c.m_max, kb})},
+                  {TensorView::contiguous(o.b.data(), DType::kFloat8E4M3, {c.groups, c.n, c.k}),
+                   TensorView::contiguous(o.sb.data(), DType::kFloat32, {c.groups, ceil_div(c.n, 128), kb})},
+                  TensorView::contiguous(expected.data(), DType::kBFloat16, {c.groups, c.m_max, c.n}),
+                  TensorView::contiguous(const_cast<int32_t*>(c.masked_m.data()), DType::kInt32, {c.groups}),
+                  c.expected_m)
+                  .is_ok());
+  DeviceBuffer<uint8_t> a(o.a), b(o.b);
+  DeviceBuffer<float> sa(o.sa), sb(o.sb);
+  // Graph case: capture with all-zero counts, then write the real counts into the same device buffer before
+  // replaying: the kernel must read masked_m on the device at run time.
+  DeviceBuffer<int32_t> masked_m(capture_in_graph ? std::vector<int32_t>(c.masked_m.size(), 0) : c.masked_m);
+  for (const std::string& config : kGroupedConfigs) {
+    ForcedConfig forced(config);
+    DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(rows * c.n), kSentinel));
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    auto call = [&] {
+      return m_grouped_gemm_fp8_fp8_bf16_nt_masked(
+          {device_view(a.data, DType::kFloat8E4M3, {c.groups, c.m_max, c.k}),
+           device_view(sa.data, DType::kFloat32, {c.groups, c.m_max, kb})},
+          {device_view(b.data, DType::kFloat8E4M3, {c.groups, c.n, c.k}),
+           device_view(sb.data, DType::kFloat32, {c.groups, ceil_div(c.n, 128), kb})},
+          device_view(out.data, DType::kBFloat16, {c.groups, c.m_max, c.n}),
+          device_view(masked_m.data, DType::kInt32, {c.groups}), c.expected_m, LaunchOptions{stream});
+    };
+    if (capture_in_graph) {
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      const Status status = call();
+      ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+      ASSERT_TRUE(status.is_ok()) << status.to_string();
+      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+      ASSERT_EQ(
+          cudaMemcpy(masked_m.data, c.masked_m.data(), sizeof(int32_t) * c.masked_m.size(), cudaMemcpyHostToDevice),
+          cudaSuccess);
+      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+    } else {
+      const Status status = call();
+      ASSERT_TRUE(status.is_ok()) << status.to_string();
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    }
+    cudaStreamDestroy(stream);
+    const std::vector<uint16_t> actual = out.to_host();
+    std::vector<double> actual_valid, expected_valid;
+    for (int64_t g = 0; g < c.groups; ++g) {
+      for (int64_t r = 0; r < c.m_max; ++r) {
+        for (int64_t col = 0; col < c.n; ++col) {
+          const size_t i = static_cast<size_t>((g * c.m_max + r) * c.n + col);
+          if (r >= c.masked_m[static_cast<size_t>(g)]) {
+            ASSERT_EQ(actual[i], kSentinel)
+                << "masked row " << r << " of group " << g << " written, config '" << config << "'";
+          } else {
+            ASSERT_NE(actual[i], kSentinel) << "row " << r << " of group " << g << " unwritten";
+            actual_valid.push_back(testing::bf16_value(actual[i]));
+            expected_valid.push_back(testing::bf16_value(expected[i]));
+          }
+        }
+      }
+    }
+    EXPECT_LT(calc_diff(actual_valid, expected_valid), 1e-3) << "config '" << config << "'";
+  }
+}
+
+TEST(GroupedCuda, MaskedMatchesCpuAndLeavesMaskedRowsUntouched) {
+  SKIP_WITHOUT_GPU();
+  run_masked_case({4, 129, 256, 512, {0, 1, 65, 129}, 64}, /*capture_in_graph=*/false);
+  run_masked_case({2, 256, 384, 256, {200, 17}, 128}, /*capture_in_graph=*/false);
+}
+
+TEST(GroupedCuda, MaskedRunsInsideACudaGraphReadingCountsAtReplay) {
+  SKIP_WITHOUT_GPU();
+  run_masked_case({3, 96, 128, 256, {96, 5, 40}, 48}, /*capture_in_graph=*/true);
+}
+
+TEST(GemmCuda, BadLayoutIsRejectedBeforeLaunch) {
+  SKIP_WITHOUT_GPU();
+  DeviceBuffer<uint8_t> a(std::vector<uint8_t>(64 * 200)), b(std::vector<uint8_t>(64 * 200));
+  DeviceBuffer<float> sa(std::vector<float>(64 * 2)), sb(std::vector<float>(2));
+  DeviceBuffer<uint16_t> out(std::vector<uint16_t>(64 * 64));
+  const Status status = gemm_fp8_fp8_bf16_nt(
+      {device_view(a.data, DType::kFloat8E4M3, {64, 200}), device_view(sa.data, DType::kFloat32, {64, 2})},
+      {device_view(b.data, DType::kFloat8E4M3, {64, 200}), device_view(sb.data, DType::kFloat32, {1, 2})},
+      device_view(out.data, DType::kBFloat16, {64, 64}));
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("k=200 is not a multiple of 128"));
+}
+
+}  // namespace
+}  // namespace ff::gemm
