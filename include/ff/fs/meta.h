@@ -1,0 +1,252 @@
+// The fs metadata service logic (the library under ff-meta): inodes and directory entries stored in a
+// transactional KV store (kv.h), every operation one transaction retried on conflict. Stateless: any
+// number of MetaService objects, in any number of processes, may share one store (etcd), because
+// everything they know lives in it, except the inode-id batch each instance reserved.
+//
+// Callers: the RPC server of ff-meta (later), the native client library and ff-fuse (through the
+// RPC), tests and tools (directly). Operations take inode ids, not paths, like the FUSE low-level API;
+// resolve() walks a path for tools and tests.
+//
+// Errors are Status values tagged with an errno: "[ENOENT] lookup 'x' in directory 1: no such entry";
+// errno_of() recovers the number (the FUSE daemon replies with it). Transient store errors after the
+// retry budget come back untagged (errno_of gives EIO, or EAGAIN for conflicts).
+//
+// Thread-safety: every MetaService method may be called from any number of threads at once. The
+// engine, the FileStorage and the Clock must outlive the service.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ff/common/clock.h"
+#include "ff/common/result.h"
+#include "ff/fs/kv.h"
+#include "ff/fs/types.h"
+
+namespace ff::fs::meta {
+
+using InodeId = uint64_t;
+inline constexpr InodeId kRootInode = 1;
+inline constexpr size_t kMaxNameBytes = 255;
+inline constexpr int kMaxSymlinkFollows = 40;  // Linux's MAXSYMLINKS
+
+enum class FileType : uint8_t {
+  kRegular = 1,
+  kDirectory = 2,
+  kSymlink = 3,
+  kFifo = 4,
+  kCharDevice = 5,
+  kBlockDevice = 6,
+  kSocket = 7,
+};
+std::string_view file_type_name(FileType type);
+// The S_IF* bits of a type (for struct stat's st_mode).
+uint32_t file_type_mode_bits(FileType type);
+
+// Where a file's chunks live: chunk i of the file is chunk (inode, i) on chain chains[i % chains.size()].
+// Chosen at create: `stripe` chains of the chain table starting at a round-robin position, then
+// shuffled with `seed`, so consecutive files start on different chains and one file's chunks spread.
+struct Layout {
+  ChainTableId chain_table = 0;
+  uint32_t chunk_size = 0;
+  uint64_t seed = 0;
+  std::vector<ChainId> chains;  // stripe = chains.size()
+  ChainId chain_of(uint64_t chunk_index) const { return chains[chunk_index % chains.size()]; }
+  friend bool operator==(const Layout&, const Layout&) = default;
+};
+
+struct Inode {
+  InodeId id = 0;
+  FileType type = FileType::kRegular;
+  uint32_t mode = 0;  // permission bits and S_ISUID/S_ISGID/S_ISVTX (07777), without the type
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t nlink = 0;   // files: directory entries naming it; directories: 2 + subdirectories
+  uint64_t length = 0;  // files: bytes (exact after close/fsync); symlinks: target length
+  int64_t atime_ns = 0;
+  int64_t mtime_ns = 0;
+  int64_t ctime_ns = 0;
+  uint32_t rdev = 0;            // device files
+  InodeId parent = 0;           // directories: the containing directory (root: itself)
+  std::string symlink_target;   // symlinks
+  Layout layout;                // regular files
+  friend bool operator==(const Inode&, const Inode&) = default;
+};
+
+struct DirEntry {
+  std::string name;
+  InodeId inode = 0;
+  FileType type = FileType::kRegular;
+  friend bool operator==(const DirEntry&, const DirEntry&) = default;
+};
+
+// Who asks: POSIX permission checks use these. uid 0 is the superuser.
+struct Caller {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::vector<uint32_t> groups;  // supplementary groups
+  bool in_group(uint32_t group) const;
+};
+
+// Storage-side operations the metadata service needs; implemented over fscore's StorageClient (its
+// query_last_chunk / remove_range) by the client library, and by fakes in tests. Calls happen outside
+// KV transactions and may block on I/O.
+class FileStorage {
+ public:
+  virtual ~FileStorage() = default;
+  // The file's length as storage holds it: the highest-index chunk over the layout's chains
+  // (index * chunk_size + its length), 0 when no chunk exists.
+  virtual Result<uint64_t> file_length(const Inode& inode) = 0;
+  // Cuts the file's data to `length` bytes (removes chunks past it, shortens the last one).
+  virtual Status truncate(const Inode& inode, uint64_t length) = 0;
+  // Removes every chunk of a deleted file.
+  virtual Status remove_file(const Inode& inode) = 0;
+};
+
+struct MetaConfig {
+  // The chain table new files are striped over, and its chains (from mgmtd's routing information).
+  ChainTableId chain_table = 1;
+  std::vector<ChainId> chains = {1};
+  uint32_t stripe = 1;                    // chains per file (<= chains.size())
+  uint32_t chunk_size = 4u << 20;         // bytes per chunk (power of two, 4 KiB .. 64 MiB)
+  uint32_t inode_batch = 256;             // inode ids reserved per allocator transaction
+  int64_t client_lease_ms = 60'000;       // a client silent this long loses its sessions
+  uint64_t capacity_bytes = 1ull << 40;   // reported by statfs when no storage capacity is known
+  kv::RetryOptions retry;                 // for every operation's transaction
+};
+
+struct SetAttr {
+  std::optional<uint32_t> mode;  // permission bits (07777)
+  std::optional<uint32_t> uid;
+  std::optional<uint32_t> gid;
+  std::optional<uint64_t> length;  // truncate (regular files)
+  std::optional<int64_t> atime_ns;
+  std::optional<int64_t> mtime_ns;
+  bool atime_now = false;  // utimensat's UTIME_NOW: needs ownership or write permission only
+  bool mtime_now = false;
+};
+
+// open() flags: the O_ACCMODE part and O_TRUNC of open(2), as plain bits.
+enum OpenFlags : uint32_t {
+  kOpenRead = 1,
+  kOpenWrite = 2,
+  kOpenTruncate = 4,
+};
+
+struct OpenFile {
+  Inode inode;
+  uint64_t session = 0;  // pass to close(); identifies this open
+};
+
+struct ReadDirPage {
+  std::vector<DirEntry> entries;  // ascending by name (byte order); no "." or ".."
+  bool more = false;              // more entries follow the last one
+};
+
+struct StatFs {
+  uint64_t block_size = 0;  // the chunk size
+  uint64_t total_bytes = 0;
+  uint64_t free_bytes = 0;
+  uint64_t inodes_allocated = 0;  // ids handed out so far (an upper bound on live inodes)
+  uint32_t max_name_bytes = kMaxNameBytes;
+};
+
+// Builds an errno-tagged Status: "[ENOENT] <message>" with the errno's natural StatusCode.
+Status meta_error(int errno_value, std::string message);
+// The errno a Status carries: its tag, else one derived from its code (EIO for unknown failures,
+// EAGAIN for conflicts/aborts, ETIMEDOUT for deadlines); 0 for OK.
+int errno_of(const Status& status);
+std::string_view errno_name(int errno_value);  // "ENOENT"; "E?" for numbers it does not know
+
+class MetaService {
+ public:
+  // Opens the service over `engine`, creating the root directory (uid 0, mode 0755) when the store is
+  // empty. `storage` may be null (tests, tools): lengths then come from clients' reports only, and
+  // truncate/remove touch metadata only. `clock` times client leases; it must be shared by every
+  // instance on one store (nullptr: the wall clock, which is).
+  static Result<std::unique_ptr<MetaService>> open(kv::KvEngine& engine, MetaConfig config,
+                                                   FileStorage* storage = nullptr,
+                                                   Clock* clock = nullptr);
+  ~MetaService();
+  MetaService(const MetaService&) = delete;
+  MetaService& operator=(const MetaService&) = delete;
+
+  // ---- names and attributes
+  Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name);
+  Result<Inode> getattr(InodeId inode);
+  Result<Inode> setattr(const Caller& caller, InodeId inode, const SetAttr& attr);
+  // Walks an absolute path from the root ("/a/b"), following symlinks in the middle (and at the end
+  // when follow_last), with search permission checks: ENOENT, ENOTDIR, ELOOP, EACCES.
+  Result<Inode> resolve(const Caller& caller, std::string_view path, bool follow_last = true);
+
+  // ---- creating: each returns the new inode; EEXIST when the name exists.
+  Result<Inode> create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode);
+  Result<Inode> mknod(const Caller& caller, InodeId parent, std::string_view name, FileType type, uint32_t mode,
+                      uint32_t rdev);
+  Result<Inode> mkdir(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode);
+  Result<Inode> symlink(const Caller& caller, InodeId parent, std::string_view name, std::string_view target);
+  // A new name for an existing non-directory (EPERM for directories).
+  Result<Inode> link(const Caller& caller, InodeId inode, InodeId new_parent, std::string_view new_name);
+  Result<std::string> readlink(InodeId inode);
+
+  // ---- removing and renaming
+  Status unlink(const Caller& caller, InodeId parent, std::string_view name);
+  Status rmdir(const Caller& caller, InodeId parent, std::string_view name);
+  // Atomic. Replaces an existing destination per POSIX (a file by a file, an empty directory by a
+  // directory) unless no_replace (then EEXIST); EINVAL when a directory would move into its own
+  // subtree; renaming onto another name of the same inode does nothing.
+  Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                std::string_view new_name, bool no_replace = false);
+
+  // ---- listing: up to `limit` entries (1..4096) with names > `after` ("" from the start). The name of
+  // the last entry is the cursor of the next page (stable under concurrent changes, unlike an index).
+  Result<ReadDirPage> readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit);
+  Result<StatFs> statfs();
+
+  // ---- open files. Every open is a session recorded in the store under the client's id: an unlinked
+  // file stays readable (its inode and chunks are kept) until its last session closes. Write sessions
+  // make the length exact on close (FileStorage::file_length, else the client's report).
+  Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client);
+  // length_hint: the end of the client's writes (0 when it did not write).
+  Status close(InodeId inode, uint64_t session, uint64_t length_hint);
+  // fsync: makes the inode's length exact now; returns the updated inode.
+  Result<Inode> sync(InodeId inode, uint64_t length_hint);
+  // A client's report that it wrote up to `length` (lengths only grow through reports).
+  Status report_length(InodeId inode, uint64_t length);
+  // Keeps a client's sessions alive for config.client_lease_ms more.
+  Status renew_client(uint64_t client);
+  // Removes the sessions of clients whose lease ran out (and deletes inodes only they kept alive);
+  // returns how many sessions were reclaimed. Run periodically by ff-meta.
+  Result<size_t> reclaim_expired_sessions();
+  // Deletes the chunks of removed files (FileStorage::remove_file) and their records; returns how many
+  // files were collected. Without storage it just drops the records.
+  Result<size_t> collect_garbage(size_t limit = 1024);
+
+  // Checks the whole namespace in one read-only transaction (tests, tools; reads every key): every entry
+  // names a live inode of its type, no inode is unreachable (except unlinked ones still open), link
+  // counts match the entries (directories: 2 + subdirectories), every directory has one name and its
+  // parent field matches it, and parent chains reach the root (no cycles).
+  struct FsckReport {
+    size_t inodes = 0;
+    size_t entries = 0;
+    std::vector<std::string> problems;  // empty when consistent
+  };
+  Result<FsckReport> fsck();
+
+  // Live sessions of an inode (tests, tools).
+  Result<size_t> session_count(InodeId inode);
+
+  const MetaConfig& config() const { return config_; }
+
+ private:
+  struct Impl;
+  MetaService(MetaConfig config, std::unique_ptr<Impl> impl);
+  MetaConfig config_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ff::fs::meta

@@ -1,0 +1,486 @@
+// The metadata service on the in-memory KV: every operation, its errno cases (bad names, paths
+// through non-directories, rename loops, deleted inodes, permissions), open/close sessions with an
+// unlinked open file, exact lengths through a fake storage, and crashed clients' sessions reclaimed.
+#include <sys/stat.h>
+
+#include <set>
+
+#include "../rpc/test_util.h"
+#include "ff/fs/kv_engines.h"
+#include "meta_test.h"
+
+namespace ff::fs::meta {
+namespace {
+
+// Records what the service asked of storage; answers file_length with a preset value.
+class FakeStorage final : public FileStorage {
+ public:
+  Result<uint64_t> file_length(const Inode& inode) override {
+    ++length_queries;
+    return lengths.contains(inode.id) ? lengths[inode.id] : 0;
+  }
+  Status truncate(const Inode& inode, uint64_t length) override {
+    truncated.emplace_back(inode.id, length);
+    return Status::ok();
+  }
+  Status remove_file(const Inode& inode) override {
+    removed.push_back(inode.id);
+    return Status::ok();
+  }
+  std::map<InodeId, uint64_t> lengths;
+  int length_queries = 0;
+  std::vector<std::pair<InodeId, uint64_t>> truncated;
+  std::vector<InodeId> removed;
+};
+
+const Caller kRoot{0, 0, {}};
+const Caller kAlice{1000, 1000, {}};
+const Caller kBob{1001, 1001, {}};
+
+class MetaTest : public ::testing::Test {
+ protected:
+  void SetUp() override { open_service(nullptr); }
+  void open_service(FileStorage* storage) {
+    service_.reset();
+    engine_ = kv::open_memory_kv();
+    MetaConfig config;
+    config.chains = {11, 12, 13, 14, 15, 16, 17, 18};
+    config.stripe = 3;
+    config.chunk_size = 1 << 20;
+    config.client_lease_ms = 1000;
+    auto service = MetaService::open(*engine_, config, storage, &clock_);
+    ASSERT_TRUE(service.is_ok()) << service.status().to_string();
+    service_ = std::move(*service);
+  }
+  MetaService& meta() { return *service_; }
+  Inode must(Result<Inode> result) {
+    EXPECT_TRUE(result.is_ok()) << result.status().to_string();
+    return result.is_ok() ? *result : Inode{};
+  }
+  void expect_consistent() {
+    auto report = meta().fsck();
+    ASSERT_TRUE(report.is_ok()) << report.status().to_string();
+    for (const auto& problem : report->problems) ADD_FAILURE() << problem;
+  }
+
+  ManualClock clock_{1'000'000'000, true};
+  std::unique_ptr<kv::KvEngine> engine_;
+  std::unique_ptr<MetaService> service_;
+};
+
+TEST_F(MetaTest, CreateLookupGetattrAndLayout) {
+  ASSERT_TRUE(meta().setattr(kRoot, kRootInode, SetAttr{.mode = 0777}).is_ok());
+  Inode root = must(meta().getattr(kRootInode));
+  EXPECT_EQ(root.type, FileType::kDirectory);
+  EXPECT_EQ(root.nlink, 2u);
+  Inode file = must(meta().create(kAlice, kRootInode, "a.txt", 0644));
+  EXPECT_EQ(file.type, FileType::kRegular);
+  EXPECT_EQ(file.mode, 0644u);
+  EXPECT_EQ(file.uid, 1000u);
+  EXPECT_EQ(file.nlink, 1u);
+  EXPECT_EQ(file.layout.chunk_size, 1u << 20);
+  ASSERT_EQ(file.layout.chains.size(), 3u);
+  std::set<ChainId> distinct(file.layout.chains.begin(), file.layout.chains.end());
+  EXPECT_EQ(distinct.size(), 3u);
+  EXPECT_EQ(file.layout.chain_of(0), file.layout.chains[0]);
+  EXPECT_EQ(file.layout.chain_of(4), file.layout.chains[1]);
+  Inode found = must(meta().lookup(kAlice, kRootInode, "a.txt"));
+  EXPECT_EQ(found, file);
+  EXPECT_EQ(must(meta().getattr(file.id)), file);
+  EXPECT_EQ(must(meta().lookup(kAlice, kRootInode, ".")).id, kRootInode);
+  EXPECT_EQ(must(meta().lookup(kAlice, kRootInode, "..")).id, kRootInode);
+  // Round-robin starts: 8 files over 8 chains start on every chain (the set of chains of file i is
+  // {i, i+1, i+2} mod 8, shuffled).
+  std::set<std::set<ChainId>> chain_sets;
+  for (int i = 0; i < 8; ++i) {
+    Inode next = must(meta().create(kAlice, kRootInode, fmt::format("f{}", i), 0644));
+    chain_sets.insert(std::set<ChainId>(next.layout.chains.begin(), next.layout.chains.end()));
+  }
+  EXPECT_EQ(chain_sets.size(), 8u);
+  expect_consistent();
+}
+
+TEST_F(MetaTest, ExistingNamesAndMissingNames) {
+  must(meta().create(kRoot, kRootInode, "x", 0644));
+  EXPECT_ERRNO(meta().create(kRoot, kRootInode, "x", 0644), EEXIST);
+  EXPECT_ERRNO(meta().mkdir(kRoot, kRootInode, "x", 0755), EEXIST);
+  EXPECT_ERRNO(meta().symlink(kRoot, kRootInode, "x", "/y"), EEXIST);
+  EXPECT_ERRNO(meta().lookup(kRoot, kRootInode, "missing"), ENOENT);
+  EXPECT_ERRNO(meta().unlink(kRoot, kRootInode, "missing"), ENOENT);
+  EXPECT_ERRNO(meta().rmdir(kRoot, kRootInode, "missing"), ENOENT);
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "missing", kRootInode, "y"), ENOENT);
+  EXPECT_ERRNO(meta().getattr(987654), ENOENT);
+  EXPECT_ERRNO(meta().create(kRoot, 987654, "x", 0644), ENOENT);
+}
+
+TEST_F(MetaTest, BadNames) {
+  EXPECT_ERRNO(meta().create(kRoot, kRootInode, "a/b", 0644), EINVAL);
+  EXPECT_ERRNO(meta().create(kRoot, kRootInode, std::string("a\0b", 3), 0644), EINVAL);
+  EXPECT_ERRNO(meta().create(kRoot, kRootInode, "", 0644), EINVAL);
+  EXPECT_ERRNO(meta().mkdir(kRoot, kRootInode, ".", 0755), EINVAL);
+  EXPECT_ERRNO(meta().mkdir(kRoot, kRootInode, "..", 0755), EINVAL);
+  EXPECT_ERRNO(meta().create(kRoot, kRootInode, std::string(256, 'n'), 0644), ENAMETOOLONG);
+  EXPECT_ERRNO(meta().lookup(kRoot, kRootInode, std::string(256, 'n')), ENAMETOOLONG);
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "x", kRootInode, "a/b"), EINVAL);
+  EXPECT_TRUE(meta().create(kRoot, kRootInode, std::string(255, 'n'), 0644).is_ok());
+  EXPECT_TRUE(meta().create(kRoot, kRootInode, "\xff\x01 spaces and UTF-8 \xc3\xa9", 0644).is_ok());
+  EXPECT_ERRNO(meta().resolve(kRoot, "relative/path"), EINVAL);
+  expect_consistent();
+}
+
+TEST_F(MetaTest, PathsThroughNonDirectories) {
+  Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
+  EXPECT_ERRNO(meta().lookup(kRoot, file.id, "x"), ENOTDIR);
+  EXPECT_ERRNO(meta().create(kRoot, file.id, "x", 0644), ENOTDIR);
+  EXPECT_ERRNO(meta().mkdir(kRoot, file.id, "x", 0755), ENOTDIR);
+  EXPECT_ERRNO(meta().readdir(kRoot, file.id, "", 10), ENOTDIR);
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "f", file.id, "x"), ENOTDIR);
+  EXPECT_ERRNO(meta().resolve(kRoot, "/f/x"), ENOTDIR);
+  EXPECT_ERRNO(meta().resolve(kRoot, "/f/"), ENOTDIR);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/f")).id, file.id);
+}
+
+TEST_F(MetaTest, SymlinksResolveAndLoopsAreCaught) {
+  Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
+  Inode target = must(meta().create(kRoot, dir.id, "target", 0644));
+  Inode absolute = must(meta().symlink(kRoot, kRootInode, "abs", "/d/target"));
+  must(meta().symlink(kRoot, dir.id, "rel", "target"));
+  must(meta().symlink(kRoot, kRootInode, "to_dir", "d"));
+  EXPECT_EQ(absolute.length, 9u);
+  EXPECT_EQ(*meta().readlink(absolute.id), "/d/target");
+  EXPECT_EQ(must(meta().resolve(kRoot, "/abs")).id, target.id);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/abs", /*follow_last=*/false)).id, absolute.id);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/d/rel")).id, target.id);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/to_dir/rel")).id, target.id);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/d/../d/./target")).id, target.id);
+  must(meta().symlink(kRoot, kRootInode, "loop1", "/loop2"));
+  must(meta().symlink(kRoot, kRootInode, "loop2", "loop1"));
+  EXPECT_ERRNO(meta().resolve(kRoot, "/loop1"), ELOOP);
+  EXPECT_ERRNO(meta().resolve(kRoot, "/loop1/x"), ELOOP);
+  EXPECT_ERRNO(meta().readlink(target.id), EINVAL);
+  EXPECT_ERRNO(meta().symlink(kRoot, kRootInode, "empty", ""), ENOENT);
+  EXPECT_ERRNO(meta().open(kRoot, absolute.id, kOpenRead, 1), ELOOP);
+}
+
+TEST_F(MetaTest, UnlinkAndRmdirErrors) {
+  Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
+  Inode file = must(meta().create(kRoot, dir.id, "f", 0644));
+  EXPECT_ERRNO(meta().unlink(kRoot, kRootInode, "d"), EISDIR);
+  EXPECT_ERRNO(meta().rmdir(kRoot, dir.id, "f"), ENOTDIR);
+  EXPECT_ERRNO(meta().rmdir(kRoot, kRootInode, "d"), ENOTEMPTY);
+  EXPECT_ERRNO(meta().rmdir(kRoot, kRootInode, ".."), ENOTEMPTY);
+  EXPECT_EQ(must(meta().getattr(kRootInode)).nlink, 3u);
+  ASSERT_TRUE(meta().unlink(kRoot, dir.id, "f").is_ok());
+  EXPECT_ERRNO(meta().getattr(file.id), ENOENT);
+  ASSERT_TRUE(meta().rmdir(kRoot, kRootInode, "d").is_ok());
+  EXPECT_EQ(must(meta().getattr(kRootInode)).nlink, 2u);
+  // Operations on the deleted directory.
+  EXPECT_ERRNO(meta().create(kRoot, dir.id, "x", 0644), ENOENT);
+  EXPECT_ERRNO(meta().readdir(kRoot, dir.id, "", 10), ENOENT);
+  EXPECT_ERRNO(meta().setattr(kRoot, dir.id, SetAttr{.mode = 0700}), ENOENT);
+  EXPECT_ERRNO(meta().link(kRoot, file.id, kRootInode, "again"), ENOENT);
+  EXPECT_ERRNO(meta().open(kRoot, file.id, kOpenRead, 1), ENOENT);
+  expect_consistent();
+}
+
+TEST_F(MetaTest, RenameFilesAndReplace) {
+  Inode a = must(meta().mkdir(kRoot, kRootInode, "a", 0755));
+  Inode b = must(meta().mkdir(kRoot, kRootInode, "b", 0755));
+  Inode file = must(meta().create(kRoot, a.id, "f", 0644));
+  ASSERT_TRUE(meta().rename(kRoot, a.id, "f", a.id, "g").is_ok());
+  EXPECT_ERRNO(meta().lookup(kRoot, a.id, "f"), ENOENT);
+  EXPECT_EQ(must(meta().lookup(kRoot, a.id, "g")).id, file.id);
+  ASSERT_TRUE(meta().rename(kRoot, a.id, "g", b.id, "h").is_ok());
+  EXPECT_EQ(must(meta().lookup(kRoot, b.id, "h")).id, file.id);
+  // Replacing a file: the old one loses its name and, with no session, its inode.
+  Inode victim = must(meta().create(kRoot, b.id, "victim", 0644));
+  ASSERT_TRUE(meta().rename(kRoot, b.id, "h", b.id, "victim").is_ok());
+  EXPECT_EQ(must(meta().lookup(kRoot, b.id, "victim")).id, file.id);
+  EXPECT_ERRNO(meta().getattr(victim.id), ENOENT);
+  // no_replace.
+  must(meta().create(kRoot, b.id, "other", 0644));
+  EXPECT_ERRNO(meta().rename(kRoot, b.id, "other", b.id, "victim", /*no_replace=*/true), EEXIST);
+  // Renaming onto another name of the same inode does nothing.
+  must(meta().link(kRoot, file.id, b.id, "hard"));
+  ASSERT_TRUE(meta().rename(kRoot, b.id, "hard", b.id, "victim").is_ok());
+  EXPECT_EQ(must(meta().lookup(kRoot, b.id, "hard")).id, file.id);
+  EXPECT_EQ(must(meta().getattr(file.id)).nlink, 2u);
+  // Same name: nothing.
+  ASSERT_TRUE(meta().rename(kRoot, b.id, "hard", b.id, "hard").is_ok());
+  expect_consistent();
+}
+
+TEST_F(MetaTest, RenameDirectories) {
+  Inode a = must(meta().mkdir(kRoot, kRootInode, "a", 0755));
+  Inode sub = must(meta().mkdir(kRoot, a.id, "sub", 0755));
+  Inode deep = must(meta().mkdir(kRoot, sub.id, "deep", 0755));
+  Inode b = must(meta().mkdir(kRoot, kRootInode, "b", 0755));
+  must(meta().create(kRoot, kRootInode, "file", 0644));
+  // Into its own subtree: EINVAL, at any depth, and onto itself.
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "a", sub.id, "x"), EINVAL);
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "a", deep.id, "x"), EINVAL);
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "a", a.id, "x"), EINVAL);
+  // Type mismatches and non-empty targets.
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "a", kRootInode, "file"), ENOTDIR);
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "file", kRootInode, "a"), EISDIR);
+  EXPECT_ERRNO(meta().rename(kRoot, kRootInode, "b", a.id, "sub"), ENOTEMPTY);
+  // Move sub from a to b: link counts follow.
+  ASSERT_TRUE(meta().rename(kRoot, a.id, "sub", b.id, "moved").is_ok());
+  EXPECT_EQ(must(meta().getattr(a.id)).nlink, 2u);
+  EXPECT_EQ(must(meta().getattr(b.id)).nlink, 3u);
+  EXPECT_EQ(must(meta().getattr(sub.id)).parent, b.id);
+  EXPECT_EQ(must(meta().lookup(kRoot, sub.id, "..")).id, b.id);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/b/moved/deep")).id, deep.id);
+  // Replace an empty directory by a directory.
+  Inode empty = must(meta().mkdir(kRoot, kRootInode, "empty", 0755));
+  ASSERT_TRUE(meta().rename(kRoot, b.id, "moved", kRootInode, "empty").is_ok());
+  EXPECT_ERRNO(meta().getattr(empty.id), ENOENT);
+  EXPECT_EQ(must(meta().getattr(b.id)).nlink, 2u);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/empty/deep")).id, deep.id);
+  expect_consistent();
+}
+
+TEST_F(MetaTest, HardLinks) {
+  Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
+  Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
+  EXPECT_EQ(must(meta().link(kRoot, file.id, dir.id, "g")).nlink, 2u);
+  EXPECT_ERRNO(meta().link(kRoot, dir.id, kRootInode, "dirlink"), EPERM);
+  EXPECT_ERRNO(meta().link(kRoot, file.id, dir.id, "g"), EEXIST);
+  ASSERT_TRUE(meta().unlink(kRoot, kRootInode, "f").is_ok());
+  EXPECT_EQ(must(meta().getattr(file.id)).nlink, 1u);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/d/g")).id, file.id);
+  expect_consistent();
+}
+
+TEST_F(MetaTest, ReaddirPagesWithCursor) {
+  Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
+  std::vector<std::string> names;
+  for (int i = 0; i < 25; ++i) {
+    names.push_back(fmt::format("entry-{:02}", i));
+    must(i % 5 == 0 ? meta().mkdir(kRoot, dir.id, names.back(), 0755) : meta().create(kRoot, dir.id, names.back(), 0644));
+  }
+  std::vector<std::string> seen;
+  std::string cursor;
+  int pages = 0;
+  while (true) {
+    auto page = meta().readdir(kRoot, dir.id, cursor, 10);
+    ASSERT_TRUE(page.is_ok()) << page.status().to_string();
+    ++pages;
+    for (const auto& entry : page->entries) {
+      seen.push_back(entry.name);
+      EXPECT_EQ(entry.type, entry.name.ends_with("0") || entry.name.ends_with("5") ? FileType::kDirectory
+                                                                                     : FileType::kRegular);
+    }
+    if (!page->more) break;
+    cursor = page->entries.back().name;
+  }
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(seen, names);
+  EXPECT_ERRNO(meta().readdir(kRoot, dir.id, "", 0), EINVAL);
+  EXPECT_TRUE(meta().readdir(kRoot, dir.id, "zzz", 10)->entries.empty());
+}
+
+TEST_F(MetaTest, PermissionChecks) {
+  Inode home = must(meta().mkdir(kRoot, kRootInode, "home", 0755));
+  ASSERT_TRUE(meta().setattr(kRoot, home.id, SetAttr{.uid = 1000, .gid = 1000}).is_ok());
+  Inode file = must(meta().create(kAlice, home.id, "secret", 0600));
+  EXPECT_ERRNO(meta().create(kBob, home.id, "intruder", 0644), EACCES);
+  EXPECT_ERRNO(meta().mkdir(kBob, home.id, "intruder", 0755), EACCES);
+  EXPECT_ERRNO(meta().unlink(kBob, home.id, "secret"), EACCES);
+  EXPECT_ERRNO(meta().rename(kBob, home.id, "secret", kRootInode, "stolen"), EACCES);
+  EXPECT_ERRNO(meta().open(kBob, file.id, kOpenRead, 5), EACCES);
+  EXPECT_ERRNO(meta().open(kBob, file.id, kOpenWrite, 5), EACCES);
+  EXPECT_TRUE(meta().open(kAlice, file.id, kOpenRead | kOpenWrite, 5).is_ok());
+  EXPECT_ERRNO(meta().setattr(kBob, file.id, SetAttr{.mode = 0777}), EPERM);
+  EXPECT_ERRNO(meta().setattr(kAlice, file.id, SetAttr{.uid = 1001}), EPERM);
+  EXPECT_ERRNO(meta().setattr(kAlice, file.id, SetAttr{.gid = 1001}), EPERM);
+  EXPECT_ERRNO(meta().setattr(kBob, file.id, SetAttr{.length = 0}), EACCES);
+  EXPECT_ERRNO(meta().setattr(kBob, file.id, SetAttr{.mtime_ns = 5}), EPERM);
+  EXPECT_ERRNO(meta().setattr(kBob, file.id, SetAttr{.mtime_now = true}), EACCES);
+  EXPECT_ERRNO(meta().link(kBob, file.id, kRootInode, "l"), EACCES);  // root dir is 0755 root-owned
+  // A private directory: no search for others.
+  ASSERT_TRUE(meta().setattr(kAlice, home.id, SetAttr{.mode = 0700}).is_ok());
+  EXPECT_ERRNO(meta().lookup(kBob, home.id, "secret"), EACCES);
+  EXPECT_ERRNO(meta().readdir(kBob, home.id, "", 10), EACCES);
+  EXPECT_ERRNO(meta().resolve(kBob, "/home/secret"), EACCES);
+  EXPECT_TRUE(meta().lookup(kRoot, home.id, "secret").is_ok());
+  // Group class through a supplementary group.
+  Inode shared = must(meta().mkdir(kRoot, kRootInode, "shared", 0770));
+  ASSERT_TRUE(meta().setattr(kRoot, shared.id, SetAttr{.gid = 2000}).is_ok());
+  EXPECT_ERRNO(meta().create(kBob, shared.id, "x", 0644), EACCES);
+  Caller bob_in_group{1001, 1001, {2000}};
+  EXPECT_TRUE(meta().create(bob_in_group, shared.id, "x", 0644).is_ok());
+  // Sticky directory: bob may create but not remove alice's files.
+  Inode tmp = must(meta().mkdir(kRoot, kRootInode, "tmp", 01777));
+  must(meta().create(kAlice, tmp.id, "alices", 0644));
+  must(meta().create(kBob, tmp.id, "bobs", 0644));
+  EXPECT_ERRNO(meta().unlink(kBob, tmp.id, "alices"), EPERM);
+  EXPECT_ERRNO(meta().rename(kBob, tmp.id, "alices", tmp.id, "mine"), EPERM);
+  EXPECT_ERRNO(meta().rename(kBob, tmp.id, "bobs", tmp.id, "alices"), EPERM);  // would replace alice's
+  EXPECT_TRUE(meta().unlink(kBob, tmp.id, "bobs").is_ok());
+  // Device files need root.
+  EXPECT_ERRNO(meta().mknod(kAlice, tmp.id, "dev", FileType::kCharDevice, 0600, 0x0101), EPERM);
+  EXPECT_TRUE(meta().mknod(kRoot, tmp.id, "dev", FileType::kCharDevice, 0600, 0x0101).is_ok());
+  EXPECT_TRUE(meta().mknod(kAlice, tmp.id, "fifo", FileType::kFifo, 0600, 0).is_ok());
+  EXPECT_ERRNO(meta().mknod(kRoot, tmp.id, "dir", FileType::kDirectory, 0755, 0), EINVAL);
+  expect_consistent();
+}
+
+TEST_F(MetaTest, SetattrModeOwnerTimesTruncate) {
+  ASSERT_TRUE(meta().setattr(kRoot, kRootInode, SetAttr{.mode = 0777}).is_ok());
+  Inode file = must(meta().create(kAlice, kRootInode, "f", 0644));
+  Inode changed = must(meta().setattr(kAlice, file.id, SetAttr{.mode = 02755}));
+  EXPECT_EQ(changed.mode, 02755u);  // alice is in her own group: setgid kept
+  changed = must(meta().setattr(kRoot, file.id, SetAttr{.uid = 1001, .gid = 1001}));
+  EXPECT_EQ(changed.uid, 1001u);
+  EXPECT_EQ(changed.mode, 0755u);  // chown clears setuid/setgid
+  changed = must(meta().setattr(kRoot, file.id, SetAttr{.atime_ns = 111, .mtime_ns = 222}));
+  EXPECT_EQ(changed.atime_ns, 111);
+  EXPECT_EQ(changed.mtime_ns, 222);
+  EXPECT_GT(changed.ctime_ns, 222);
+  ASSERT_TRUE(meta().report_length(file.id, 5000).is_ok());
+  EXPECT_EQ(must(meta().getattr(file.id)).length, 5000u);
+  changed = must(meta().setattr(kRoot, file.id, SetAttr{.length = 100}));
+  EXPECT_EQ(changed.length, 100u);
+  Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
+  EXPECT_ERRNO(meta().setattr(kRoot, dir.id, SetAttr{.length = 0}), EISDIR);
+  EXPECT_ERRNO(meta().setattr(kRoot, file.id, SetAttr{.mode = 010000}), EINVAL);
+}
+
+TEST_F(MetaTest, UnlinkedOpenFileStaysUntilClosed) {
+  FakeStorage storage;
+  open_service(&storage);
+  Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
+  auto reader = meta().open(kRoot, file.id, kOpenRead, 1);
+  auto writer = meta().open(kRoot, file.id, kOpenWrite, 2);
+  ASSERT_TRUE(reader.is_ok() && writer.is_ok());
+  EXPECT_EQ(*meta().session_count(file.id), 2u);
+  ASSERT_TRUE(meta().unlink(kRoot, kRootInode, "f").is_ok());
+  EXPECT_ERRNO(meta().lookup(kRoot, kRootInode, "f"), ENOENT);
+  Inode still = must(meta().getattr(file.id));  // readable through its open sessions
+  EXPECT_EQ(still.nlink, 0u);
+  EXPECT_EQ(still.layout, file.layout);
+  expect_consistent();  // unlinked but open is not an orphan
+  storage.lengths[file.id] = 777;
+  ASSERT_TRUE(meta().close(file.id, writer->session, 10).is_ok());
+  EXPECT_EQ(must(meta().getattr(file.id)).length, 777u);
+  EXPECT_ERRNO(meta().close(file.id, writer->session, 0), EBADF);
+  ASSERT_TRUE(meta().close(file.id, reader->session, 0).is_ok());
+  EXPECT_ERRNO(meta().getattr(file.id), ENOENT);
+  EXPECT_EQ(*meta().collect_garbage(), 1u);
+  EXPECT_EQ(storage.removed, std::vector<InodeId>{file.id});
+  EXPECT_EQ(*meta().collect_garbage(), 0u);
+  expect_consistent();
+}
+
+TEST_F(MetaTest, LengthsFromReportsAndExactOnCloseAndSync) {
+  Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
+  auto writer = meta().open(kRoot, file.id, kOpenWrite, 3);
+  ASSERT_TRUE(writer.is_ok());
+  ASSERT_TRUE(meta().report_length(file.id, 4096).is_ok());
+  ASSERT_TRUE(meta().report_length(file.id, 100).is_ok());  // reports only grow the length
+  EXPECT_EQ(must(meta().getattr(file.id)).length, 4096u);
+  EXPECT_EQ(must(meta().sync(file.id, 8192)).length, 8192u);
+  ASSERT_TRUE(meta().close(file.id, writer->session, 10000).is_ok());
+  EXPECT_EQ(must(meta().getattr(file.id)).length, 10000u);
+
+  FakeStorage storage;
+  open_service(&storage);
+  Inode exact = must(meta().create(kRoot, kRootInode, "g", 0644));
+  auto session = meta().open(kRoot, exact.id, kOpenWrite, 3);
+  ASSERT_TRUE(session.is_ok());
+  storage.lengths[exact.id] = 3 * (1 << 20) + 5;
+  EXPECT_EQ(must(meta().sync(exact.id, 1)).length, 3u * (1 << 20) + 5);  // storage wins over the hint
+  storage.lengths[exact.id] = 42;  // e.g. after a truncate by another client
+  ASSERT_TRUE(meta().close(exact.id, session->session, 9999).is_ok());
+  EXPECT_EQ(must(meta().getattr(exact.id)).length, 42u);
+  // Truncate cuts storage first, then the metadata; O_TRUNC too.
+  ASSERT_TRUE(meta().setattr(kRoot, exact.id, SetAttr{.length = 7}).is_ok());
+  auto truncating = meta().open(kRoot, exact.id, kOpenWrite | kOpenTruncate, 3);
+  ASSERT_TRUE(truncating.is_ok());
+  EXPECT_EQ(truncating->inode.length, 0u);
+  ASSERT_EQ(storage.truncated.size(), 2u);
+  EXPECT_EQ(storage.truncated[0], std::make_pair(exact.id, uint64_t{7}));
+  EXPECT_EQ(storage.truncated[1], std::make_pair(exact.id, uint64_t{0}));
+}
+
+TEST_F(MetaTest, CrashedClientsSessionsAreReclaimedAfterTheLease) {
+  FakeStorage storage;
+  open_service(&storage);
+  Inode kept = must(meta().create(kRoot, kRootInode, "kept", 0644));
+  Inode doomed = must(meta().create(kRoot, kRootInode, "doomed", 0644));
+  ASSERT_TRUE(meta().open(kRoot, kept.id, kOpenWrite, 100).is_ok());    // client 100 crashes
+  ASSERT_TRUE(meta().open(kRoot, doomed.id, kOpenRead, 100).is_ok());
+  auto live = meta().open(kRoot, kept.id, kOpenRead, 200);               // client 200 keeps renewing
+  ASSERT_TRUE(live.is_ok());
+  ASSERT_TRUE(meta().unlink(kRoot, kRootInode, "doomed").is_ok());
+  storage.lengths[kept.id] = 4321;
+  EXPECT_EQ(*meta().reclaim_expired_sessions(), 0u);  // nobody expired yet
+  clock_.advance_ns(600'000'000);
+  ASSERT_TRUE(meta().renew_client(200).is_ok());
+  clock_.advance_ns(600'000'000);  // 1.2 s: client 100's 1 s lease ran out, 200's did not
+  EXPECT_EQ(*meta().reclaim_expired_sessions(), 2u);
+  EXPECT_EQ(*meta().session_count(kept.id), 1u);
+  EXPECT_EQ(must(meta().getattr(kept.id)).length, 4321u);  // the crashed writer's length made exact
+  EXPECT_ERRNO(meta().getattr(doomed.id), ENOENT);         // only the crashed client kept it alive
+  EXPECT_EQ(*meta().collect_garbage(), 1u);
+  EXPECT_TRUE(meta().close(kept.id, live->session, 0).is_ok());
+  EXPECT_EQ(*meta().reclaim_expired_sessions(), 0u);
+  expect_consistent();
+}
+
+TEST_F(MetaTest, OpenChecks) {
+  Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
+  EXPECT_ERRNO(meta().open(kRoot, dir.id, kOpenWrite, 1), EISDIR);
+  EXPECT_TRUE(meta().open(kRoot, dir.id, kOpenRead, 1).is_ok());
+  Inode file = must(meta().create(kRoot, kRootInode, "f", 0444));
+  EXPECT_ERRNO(meta().open(kRoot, file.id, 0, 1), EINVAL);
+  EXPECT_ERRNO(meta().open(kRoot, file.id, kOpenRead | kOpenTruncate, 1), EINVAL);
+  EXPECT_ERRNO(meta().open(kAlice, file.id, kOpenWrite, 1), EACCES);
+  EXPECT_TRUE(meta().open(kRoot, file.id, kOpenWrite, 1).is_ok());  // root ignores write bits
+}
+
+TEST_F(MetaTest, StatfsAndErrnoHelpers) {
+  auto stat = meta().statfs();
+  ASSERT_TRUE(stat.is_ok());
+  EXPECT_EQ(stat->block_size, 1u << 20);
+  EXPECT_EQ(stat->max_name_bytes, 255u);
+  must(meta().create(kRoot, kRootInode, "f", 0644));
+  EXPECT_GE(meta().statfs()->inodes_allocated, 2u);
+  EXPECT_EQ(errno_of(meta_error(ENOTEMPTY, "x")), ENOTEMPTY);
+  EXPECT_EQ(meta_error(ENOENT, "x").code(), StatusCode::kNotFound);
+  EXPECT_EQ(errno_of(Status::ok()), 0);
+  EXPECT_EQ(errno_of(aborted("gave up")), EAGAIN);
+  EXPECT_EQ(errno_of(io_error("disk")), EIO);
+  EXPECT_EQ(errno_name(EXDEV), "EXDEV");
+}
+
+TEST_F(MetaTest, ServiceStateSurvivesReopenOnRocksDb) {
+  rpc::testing::TempDir dir;
+  InodeId file_id = 0;
+  {
+    auto engine = kv::open_rocksdb_kv(kv::RocksDbKvOptions{.path = dir.path() + "/meta"});
+    ASSERT_TRUE(engine.is_ok());
+    auto service = MetaService::open(**engine, MetaConfig{});
+    ASSERT_TRUE(service.is_ok());
+    Inode d = must((*service)->mkdir(kRoot, kRootInode, "d", 0755));
+    file_id = must((*service)->create(kRoot, d.id, "f", 0644)).id;
+  }
+  auto engine = kv::open_rocksdb_kv(kv::RocksDbKvOptions{.path = dir.path() + "/meta"});
+  ASSERT_TRUE(engine.is_ok());
+  auto service = MetaService::open(**engine, MetaConfig{});
+  ASSERT_TRUE(service.is_ok());
+  EXPECT_EQ(must((*service)->resolve(kRoot, "/d/f")).id, file_id);
+  // A fresh instance allocates beyond the ids the first one reserved.
+  EXPECT_GT(must((*service)->create(kRoot, kRootInode, "g", 0644)).id, file_id);
+}
+
+TEST_F(MetaTest, RejectsBadConfig) {
+  auto engine = kv::open_memory_kv();
+  EXPECT_FALSE(MetaService::open(*engine, MetaConfig{.chains = {}}).is_ok());
+  EXPECT_FALSE(MetaService::open(*engine, MetaConfig{.chains = {1}, .stripe = 2}).is_ok());
+  EXPECT_FALSE(MetaService::open(*engine, MetaConfig{.chunk_size = 3000}).is_ok());
+}
+
+}  // namespace
+}  // namespace ff::fs::meta
