@@ -19,7 +19,7 @@ posts its receives from a peer in the order that peer sends (ahead of need when 
 out of order): messages match by order, which NCCL (no tags) needs, and gloo gets tags as well. Under
 NCCL each direction of each link gets its own two-rank communicator, so a rank's sends to a peer never
 queue behind its receives from that peer on one NCCL stream (that cycle deadlocks). Tested on CPU
-processes with gloo and on GPUs with NCCL (one process per GPU).
+processes with gloo; the NCCL path is not yet verified (its first run on 2 GPUs failed, cause unknown).
 
 Differences from the anchor: weight gradients are deferred without a custom autograd function (an I
 runs ``autograd.backward(inputs=<stage inputs>, retain_graph=True)`` and its W runs the backward
