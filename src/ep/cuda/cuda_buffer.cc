@@ -37,23 +37,27 @@ void sleep_us(int64_t us) {
   ::nanosleep(&duration, nullptr);
 }
 
-// Device memory freed with the object.
-struct DeviceArray {
+// Device memory (cudaMalloc) or pinned host memory (cudaHostAlloc, for the plan uploads and layout
+// downloads), freed with the object.
+enum class MemoryKind { kDevice, kPinnedHost };
+
+template <MemoryKind kKind>
+struct CudaArray {
   void* pointer = nullptr;
   int64_t bytes = 0;
-  DeviceArray() = default;
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() {
-    if (pointer != nullptr) cudaFree(pointer);
-  }
+  CudaArray() = default;
+  CudaArray(const CudaArray&) = delete;
+  CudaArray& operator=(const CudaArray&) = delete;
+  ~CudaArray() { release(); }
   // Grows (never shrinks) to at least `wanted` bytes; the old contents are lost.
   Status reserve(int64_t wanted) {
     if (wanted <= bytes) return Status::ok();
-    if (pointer != nullptr) cudaFree(pointer);
-    pointer = nullptr;
-    bytes = 0;
-    FF_EP_CUDA(cudaMalloc(&pointer, static_cast<size_t>(wanted)));
+    release();
+    if constexpr (kKind == MemoryKind::kDevice) {
+      FF_EP_CUDA(cudaMalloc(&pointer, static_cast<size_t>(wanted)));
+    } else {
+      FF_EP_CUDA(cudaHostAlloc(&pointer, static_cast<size_t>(wanted), cudaHostAllocDefault));
+    }
     bytes = wanted;
     return Status::ok();
   }
@@ -61,32 +65,21 @@ struct DeviceArray {
   T* as() const {
     return static_cast<T*>(pointer);
   }
-};
 
-// Pinned host memory for the plan uploads and layout downloads.
-struct PinnedArray {
-  void* pointer = nullptr;
-  int64_t bytes = 0;
-  PinnedArray() = default;
-  PinnedArray(const PinnedArray&) = delete;
-  PinnedArray& operator=(const PinnedArray&) = delete;
-  ~PinnedArray() {
-    if (pointer != nullptr) cudaFreeHost(pointer);
-  }
-  Status reserve(int64_t wanted) {
-    if (wanted <= bytes) return Status::ok();
-    if (pointer != nullptr) cudaFreeHost(pointer);
+ private:
+  void release() {
+    if (pointer == nullptr) return;
+    if constexpr (kKind == MemoryKind::kDevice) {
+      cudaFree(pointer);
+    } else {
+      cudaFreeHost(pointer);
+    }
     pointer = nullptr;
     bytes = 0;
-    FF_EP_CUDA(cudaHostAlloc(&pointer, static_cast<size_t>(wanted), cudaHostAllocDefault));
-    bytes = wanted;
-    return Status::ok();
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(pointer);
   }
 };
+using DeviceArray = CudaArray<MemoryKind::kDevice>;
+using PinnedArray = CudaArray<MemoryKind::kPinnedHost>;
 
 // Appends a trivially copyable value to a blob / reads one back.
 template <typename T>

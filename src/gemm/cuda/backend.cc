@@ -159,41 +159,40 @@ Status grouped(std::string_view function, GroupedArgs& args, const TensorView& s
 
 }  // namespace
 
-Status contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const TensorView& m_indices,
-                  const internal::GemmShape& shape, const LaunchOptions& options) {
-  if (shape.m == 0 || shape.n == 0 || shape.num_groups == 0) return Status::ok();
+namespace {
+
+// The arguments both grouped GEMMs share; `indices` is m_indices (contiguous) or masked_m (masked).
+GroupedArgs grouped_args(GroupedKind kind, const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                         const TensorView& indices, const internal::GemmShape& shape, const LaunchOptions& options) {
   GroupedArgs args;
-  args.kind = GroupedKind::kContiguous;
+  args.kind = kind;
   args.a = a.data.data;
   args.b = b.data.data;
   args.sb = static_cast<const float*>(b.scales.data);
   args.out = out.data;
-  args.indices = static_cast<const int32_t*>(m_indices.data);
+  args.indices = static_cast<const int32_t*>(indices.data);
   args.num_groups = static_cast<int>(shape.num_groups);
   args.m = static_cast<int>(shape.m);
   args.n = static_cast<int>(shape.n);
   args.k = static_cast<int>(shape.k);
   args.num_sms = get_num_sms();
   args.stream = options.stream;
+  return args;
+}
+
+}  // namespace
+
+Status contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const TensorView& m_indices,
+                  const internal::GemmShape& shape, const LaunchOptions& options) {
+  if (shape.m == 0 || shape.n == 0 || shape.num_groups == 0) return Status::ok();
+  GroupedArgs args = grouped_args(GroupedKind::kContiguous, a, b, out, m_indices, shape, options);
   return grouped("m_grouped_gemm_fp8_fp8_bf16_nt_contiguous", args, a.scales, shape.m / shape.num_groups);
 }
 
 Status masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const TensorView& masked_m,
               int64_t expected_m, const internal::GemmShape& shape, const LaunchOptions& options) {
   if (shape.m == 0 || shape.n == 0 || shape.num_groups == 0) return Status::ok();
-  GroupedArgs args;
-  args.kind = GroupedKind::kMasked;
-  args.a = a.data.data;
-  args.b = b.data.data;
-  args.sb = static_cast<const float*>(b.scales.data);
-  args.out = out.data;
-  args.indices = static_cast<const int32_t*>(masked_m.data);
-  args.num_groups = static_cast<int>(shape.num_groups);
-  args.m = static_cast<int>(shape.m);
-  args.n = static_cast<int>(shape.n);
-  args.k = static_cast<int>(shape.k);
-  args.num_sms = get_num_sms();
-  args.stream = options.stream;
+  GroupedArgs args = grouped_args(GroupedKind::kMasked, a, b, out, masked_m, shape, options);
   // expected_m = 0 carries no hint: plan for full groups.
   return grouped("m_grouped_gemm_fp8_fp8_bf16_nt_masked", args, a.scales,
                  expected_m > 0 ? std::min(expected_m, shape.m) : shape.m);
