@@ -21,6 +21,14 @@ class MetaConcurrency : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (GetParam() == "memory") {
       engine_ = kv::open_memory_kv();
+    } else if (GetParam() == "etcd") {
+      if (!rpc::testing::have_etcd()) GTEST_SKIP() << "etcd is not installed (Debian etcd-server); skipping";
+      auto server = rpc::testing::EtcdServer::start();
+      ASSERT_TRUE(server.is_ok()) << server.status().to_string();
+      etcd_ = std::move(*server);
+      auto engine = kv::open_etcd_kv(kv::EtcdKvOptions{.endpoint = etcd_->endpoint(), .prefix = "/meta/"});
+      ASSERT_TRUE(engine.is_ok()) << engine.status().to_string();
+      engine_ = std::move(*engine);
     } else {
       dir_ = std::make_unique<rpc::testing::TempDir>();
       auto engine = kv::open_rocksdb_kv(kv::RocksDbKvOptions{.path = dir_->path() + "/meta"});
@@ -33,10 +41,17 @@ class MetaConcurrency : public ::testing::TestWithParam<std::string> {
     auto service = MetaService::open(*engine_, config);
     ASSERT_TRUE(service.is_ok()) << service.status().to_string();
     meta_ = std::move(*service);
+    // A second, independent instance on the same store: the service is stateless, so instances may
+    // race each other like threads of one.
+    auto second = MetaService::open(*engine_, config);
+    ASSERT_TRUE(second.is_ok()) << second.status().to_string();
+    second_ = std::move(*second);
   }
   void TearDown() override {
     meta_.reset();
+    second_.reset();
     engine_.reset();
+    etcd_.reset();
     dir_.reset();
   }
   void expect_consistent(size_t* inodes = nullptr) {
@@ -47,8 +62,10 @@ class MetaConcurrency : public ::testing::TestWithParam<std::string> {
   }
 
   std::unique_ptr<rpc::testing::TempDir> dir_;
+  std::unique_ptr<rpc::testing::EtcdServer> etcd_;
   std::unique_ptr<kv::KvEngine> engine_;
   std::unique_ptr<MetaService> meta_;
+  std::unique_ptr<MetaService> second_;
 };
 
 // Errnos a racing namespace operation may legitimately get; anything else (EIO, EAGAIN after the retry
@@ -60,7 +77,7 @@ bool expected_race_errno(int value) {
 
 TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
   const int threads = 6;
-  const int ops_per_thread = GetParam() == "memory" ? 3000 : 300;
+  const int ops_per_thread = GetParam() == "memory" ? 3000 : GetParam() == "rocksdb" ? 300 : 60;
   std::mutex dirs_mutex;
   std::vector<InodeId> dirs = {kRootInode};
   for (int i = 0; i < 3; ++i) {
@@ -72,6 +89,7 @@ TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
+      MetaService* meta = t % 2 == 0 ? meta_.get() : second_.get();  // half the threads use instance 2
       std::mt19937 random(1234 + t);
       auto pick_dir = [&] {
         std::lock_guard lock(dirs_mutex);
@@ -82,30 +100,30 @@ TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
         Status status;
         int op = static_cast<int>(random() % 100);
         if (op < 25) {
-          status = meta_->create(kRoot, pick_dir(), name(), 0644).status();
+          status = meta->create(kRoot, pick_dir(), name(), 0644).status();
         } else if (op < 37) {
-          auto dir = meta_->mkdir(kRoot, pick_dir(), name(), 0755);
+          auto dir = meta->mkdir(kRoot, pick_dir(), name(), 0755);
           status = dir.status();
           if (dir.is_ok()) {
             std::lock_guard lock(dirs_mutex);
             dirs.push_back(dir->id);
           }
         } else if (op < 52) {
-          status = meta_->unlink(kRoot, pick_dir(), name());
+          status = meta->unlink(kRoot, pick_dir(), name());
         } else if (op < 60) {
-          status = meta_->rmdir(kRoot, pick_dir(), name());
+          status = meta->rmdir(kRoot, pick_dir(), name());
         } else if (op < 90) {
           InodeId from = pick_dir();
           std::string from_name = name();
-          auto what = meta_->lookup(kRoot, from, from_name);
-          status = meta_->rename(kRoot, from, from_name, pick_dir(), name());
+          auto what = meta->lookup(kRoot, from, from_name);
+          status = meta->rename(kRoot, from, from_name, pick_dir(), name());
           if (status.is_ok()) {
             ++renamed;
             if (what.is_ok() && what->type == FileType::kDirectory) ++dir_renames;
           }
         } else {
-          auto target = meta_->lookup(kRoot, pick_dir(), name());
-          status = target.is_ok() ? meta_->link(kRoot, target->id, pick_dir(), name()).status() : target.status();
+          auto target = meta->lookup(kRoot, pick_dir(), name());
+          status = target.is_ok() ? meta->link(kRoot, target->id, pick_dir(), name()).status() : target.status();
         }
         if (status.is_ok()) {
           ++succeeded;
@@ -211,7 +229,7 @@ TEST_P(MetaConcurrency, CreatesRacingRmdirLeaveNoOrphans) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Engines, MetaConcurrency, ::testing::Values("memory", "rocksdb"),
+INSTANTIATE_TEST_SUITE_P(Engines, MetaConcurrency, ::testing::Values("memory", "rocksdb", "etcd"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace
