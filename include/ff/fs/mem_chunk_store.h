@@ -42,6 +42,11 @@ class MemChunkStore final : public ChunkStore {
   Status sync() override { return Status::ok(); }
 
   void set_faults(MemChunkStoreFaults faults);
+  // Called whenever a version becomes committed (commit(), put_full_replacement()), at that instant,
+  // with the store's mutex held (the hook must not call back into the store). For the simulation's
+  // checkers: a reader may see a commit before the service hears back from the disk.
+  using CommitHook = std::function<void(const ChunkId&, uint32_t version, uint32_t crc32c)>;
+  void set_commit_hook(CommitHook hook);
   // Flips one byte of the committed version of `id` without updating its CRC (silent corruption).
   // Returns false when the chunk has no committed bytes.
   bool corrupt(const ChunkId& id);
@@ -62,6 +67,7 @@ class MemChunkStore final : public ChunkStore {
   mutable std::mutex mutex_;  // guards everything below
   std::map<ChunkId, Chunk> chunks_;
   MemChunkStoreFaults faults_;
+  CommitHook commit_hook_;
 };
 
 }  // namespace ff::fs

@@ -115,6 +115,10 @@ struct ReadReq {
   uint64_t offset = 0;
   uint64_t length = 0;
   ReadMode mode = ReadMode::kStrict;
+  // Repair fetch between storage targets: reads the committed version (relaxed) from a target in any
+  // state (syncing, waiting: a returning target may hold the only good copy of a corrupted chunk) and
+  // under any chain version; the reader checks version and CRC32C itself. Never repairs in turn.
+  bool any_state = false;
 };
 struct ReadRsp {
   ChunkMeta meta;   // metadata of the chunk on that target (committed version, length, CRC, pending)
@@ -192,6 +196,12 @@ struct ForwardReq {
   uint64_t expected_length = 0;
   bool remove = false;            // a forwarded RemoveChunksReq over [chunk, remove_end)
   ChunkId remove_end;
+  // Resolves an orphaned pending version (its write's driver is gone: a crashed head, a forward past
+  // its deadline): no data; every target that holds pending `version` with CRC expected_crc32c passes
+  // it on, the last serving target commits it, and the acknowledgement commits it upstream. A target
+  // that never stored that version answers [version_mismatch] (then no target downstream committed it
+  // and the head may drop it).
+  bool resolve_pending = false;
 };
 struct ForwardRsp {
   uint32_t committed_version = 0;

@@ -20,6 +20,11 @@ void MemChunkStore::set_faults(MemChunkStoreFaults faults) {
   faults_ = std::move(faults);
 }
 
+void MemChunkStore::set_commit_hook(CommitHook hook) {
+  std::lock_guard lock(mutex_);
+  commit_hook_ = std::move(hook);
+}
+
 bool MemChunkStore::fail(double probability) { return probability > 0 && faults_.uniform() < probability; }
 
 Result<ChunkMeta> MemChunkStore::stat(const ChunkId& id) {
@@ -113,6 +118,7 @@ Status MemChunkStore::commit(const ChunkId& id, uint32_t version) {
   chunk.meta.pending_version = 0;
   chunk.meta.pending_length = 0;
   chunk.meta.pending_crc32c = 0;
+  if (commit_hook_) commit_hook_(id, version, chunk.meta.committed_crc32c);
   return Status::ok();
 }
 
@@ -134,6 +140,7 @@ Status MemChunkStore::put_full_replacement(const ChunkId& id, uint32_t version, 
   chunk.meta.chain_version = chain_version;
   chunk.meta.committed_length = data.size();
   chunk.meta.committed_crc32c = crc32c(data);
+  if (commit_hook_) commit_hook_(id, version, chunk.meta.committed_crc32c);
   return Status::ok();
 }
 

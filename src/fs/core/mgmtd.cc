@@ -150,7 +150,12 @@ struct Mgmtd::State {
     for (auto& [id, chain] : map.chains) {
       if (update_chain(chain)) {
         changed = true;
-        for (const ChainTarget& entry : chain.targets) map.targets.at(entry.target).public_state = entry.state;
+        std::string order;
+        for (const ChainTarget& entry : chain.targets) {
+          map.targets.at(entry.target).public_state = entry.state;
+          order += fmt::format(" {}={}", entry.target, entry.state);
+        }
+        FF_LOG_DEBUG("mgmtd: chain {} v{}:{}", id, chain.version, order);
       }
     }
     for (auto& [id, target] : map.targets) target.local_state = effective_local(target);

@@ -7,6 +7,7 @@
 
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
+#include "ff/fs/crc32c.h"
 
 namespace ff::fs {
 
@@ -74,6 +75,11 @@ struct StorageService::State {
   uint32_t inflight = 0;
 
   std::map<ChainId, ChainVersion> sync_jobs;  // chain -> chain version the running job syncs under
+  // Orphaned pending versions: a head scans its target whenever its chain changes (a crashed head or a
+  // departed tail leaves them), and retries chunks whose update ended in an error (bounded set).
+  std::map<TargetId, ChainVersion> orphan_scans;  // head target -> chain version last scanned under
+  std::set<LockKey> suspects;
+  static constexpr size_t kMaxSuspects = 4096;
 
   State(StorageConfig c, Executor& e, RpcClient& r, ChunkStoreFactory f)
       : config(std::move(c)), executor(e), rpc(r), factory(std::move(f)) {}
@@ -164,20 +170,94 @@ struct StorageService::State {
     uint64_t length = 0;
     int64_t deadline_ns = 0;
     bool head = false;
+    bool resolve = false;    // resolves an orphaned pending version (ForwardReq::resolve_pending)
+    bool owns_lock = true;   // false for a resolve the head runs while its own write holds the lock
+    bool resolve_only = false;  // a head's background resolution of an orphan: no write follows
     int restarts = 0;
+    int prepares = 0;        // head_prepare rounds (each resolves one orphaned version or stores)
     std::function<void(Result<ForwardRsp>)> done;  // releases the lock first
   };
   using UpdatePtr = std::shared_ptr<Update>;
 
   void finish(const UpdatePtr& update, Result<ForwardRsp> result) {
-    unlock({update->target, update->chunk});
+    if (!result.is_ok() && !update->resolve && suspects.size() < kMaxSuspects) suspects.insert({update->target, update->chunk});
+    if (!result.is_ok()) {
+      FF_LOG_DEBUG("target {}: update of chunk {} v{} (head={}) ends: {}", update->target, update->chunk.to_string(), update->version,
+                   update->head, result.status());
+    }
+    if (update->owns_lock) unlock({update->target, update->chunk});
     auto done = std::move(update->done);
     done(std::move(result));
   }
 
-  // Head: stat, pick the version, store pending, then forward.
+  // Is `target` the last serving target of its chain (the tail reads go to, the target whose commits
+  // define what is committed)?
+  bool last_serving(const ChainInfo& chain, TargetId target) const {
+    auto serving_targets = chain.serving();
+    return !serving_targets.empty() && serving_targets.back() == target;
+  }
+
+  // Head: stat; an orphaned pending version (the lock is ours, so no write drives it) is resolved first;
+  // then pick the version, store pending, and forward.
   void head_prepare(UpdatePtr update) {
     if (now() >= update->deadline_ns) return finish(update, deadline_exceeded("write of chunk {} ran past its deadline", update->chunk.to_string()));
+    if (++update->prepares > 16) {
+      return finish(update, fs_error(FsError::kVersionConflict, fmt::format("chunk {}: write restarted too often", update->chunk.to_string())));
+    }
+    auto store_ptr = targets.at(update->target).store;
+    auto meta = std::make_shared<Result<ChunkMeta>>(ChunkMeta{});
+    executor.offload([store_ptr, meta, chunk = update->chunk] { *meta = store_ptr->stat(chunk); },
+                     [this, update, meta] {
+                       if (!meta->is_ok() && fs_error_of(meta->status()) != FsError::kChunkNotFound) {
+                         return finish(update, meta->status().with_context(fmt::format("target {}", update->target)));
+                       }
+                       if (meta->is_ok() && (*meta)->pending_version != 0) return resolve_orphan(update, **meta);
+                       if (update->resolve_only) return finish(update, ForwardRsp{});
+                       head_store(update);
+                     });
+  }
+
+  // A pending version nobody drives (its head crashed, or a forward gave up at its deadline) may have
+  // been committed by a tail that since left the chain, and maybe read there: it must never be
+  // replaced by a different write of the same version. The last serving target commits it (roll
+  // forward: the new tail holds every version any earlier tail may have committed); a head with
+  // serving successors resolves it down the chain, and drops it only when a successor never stored it
+  // (then no target downstream committed it).
+  void resolve_orphan(UpdatePtr update, const ChunkMeta& meta) {
+    const ChainInfo* chain = routing.chain(update->chain);
+    if (chain == nullptr || chain->index_of(update->target) < 0) {
+      return finish(update, fs_error(FsError::kUnknownChain, fmt::format("chain {} vanished", update->chain)));
+    }
+    FF_LOG_DEBUG("target {}: resolves orphaned pending chunk {} v{} CRC {:#x}", update->target, update->chunk.to_string(),
+                 meta.pending_version, meta.pending_crc32c);
+    auto resolve = std::make_shared<Update>();
+    resolve->request_id = update->request_id;
+    resolve->chain = update->chain;
+    resolve->target = update->target;
+    resolve->chunk = update->chunk;
+    resolve->version = meta.pending_version;
+    resolve->crc = meta.pending_crc32c;
+    resolve->length = meta.pending_length;
+    resolve->deadline_ns = update->deadline_ns;
+    resolve->head = true;
+    resolve->resolve = true;
+    resolve->owns_lock = false;
+    resolve->done = [this, update, version = meta.pending_version](Result<ForwardRsp> result) {
+      if (result.is_ok()) return head_prepare(update);
+      if (fs_error_of(result.status()) != FsError::kVersionMismatch) return finish(update, result.status());
+      // A successor never stored the version: nothing downstream committed it; drop it here.
+      auto store_ptr = targets.at(update->target).store;
+      auto aborted = std::make_shared<Status>();
+      executor.offload([store_ptr, aborted, chunk = update->chunk, version] { *aborted = store_ptr->abort_pending(chunk, version); },
+                       [this, update, aborted] {
+                         if (!aborted->is_ok()) return finish(update, *aborted);
+                         head_prepare(update);
+                       });
+    };
+    forward_or_commit(resolve);
+  }
+
+  void head_store(UpdatePtr update) {
     auto store_ptr = targets.at(update->target).store;
     auto result = std::make_shared<Status>();
     auto meta = std::make_shared<ChunkMeta>();
@@ -206,6 +286,7 @@ struct StorageService::State {
           update->version = meta->pending_version;
           update->crc = meta->pending_crc32c;
           update->length = meta->pending_length;
+          FF_LOG_DEBUG("target {}: head stores chunk {} v{} CRC {:#x} pending", update->target, update->chunk.to_string(), update->version, update->crc);
           forward_or_commit(update);
         });
   }
@@ -233,10 +314,12 @@ struct StorageService::State {
       return;
     }
     if (next == 0) return commit_local(update, false);
+    bool full = state_of(*chain, next) == PublicTargetState::kSyncing;
+    // A resolve ends at the last serving target (a syncing successor gets the chunk from recovery).
+    if (update->resolve && full) return commit_local(update, false);
     if (now() >= update->deadline_ns) {
       return finish(update, deadline_exceeded("forward of chunk {} v{} ran past its deadline", update->chunk.to_string(), update->version));
     }
-    bool full = state_of(*chain, next) == PublicTargetState::kSyncing;
     if (full) {
       // Forwards to a syncing target carry the whole chunk: committed bytes here + this update.
       auto store_ptr = targets.at(update->target).store;
@@ -267,7 +350,8 @@ struct StorageService::State {
     ForwardReq req{.request_id = update->request_id, .chain = update->chain, .chain_version = chain_version,
                    .target = next, .chunk = update->chunk, .version = update->version,
                    .offset = full ? 0 : update->offset, .data = std::move(data), .full_replacement = full,
-                   .expected_crc32c = update->crc, .expected_length = update->length};
+                   .expected_crc32c = update->crc, .expected_length = update->length, .remove = false, .remove_end = {},
+                   .resolve_pending = update->resolve};
     int64_t timeout = std::min(config.rpc_timeout_ns, update->deadline_ns - now());
     ++stats.forwards;
     rpc.call(address.value_or(""), Request{std::move(req)}, timeout,
@@ -282,7 +366,20 @@ struct StorageService::State {
                }
                FsError error = fs_error_of(rsp.status());
                if (error == FsError::kVersionConflict) return resolve_conflict(update, next);
-               if (error == FsError::kVersionMismatch) return push_committed(update, next);
+               if (error == FsError::kVersionMismatch) {
+                 // A resolve reached a target that never stored the version: tell the head.
+                 if (update->resolve) {
+                   // Nothing downstream committed the version: drop it here too (the head drops it as well).
+                   auto store_ptr = targets.at(update->target).store;
+                   auto status = std::make_shared<Status>(rsp.status());
+                   executor.offload([store_ptr, chunk = update->chunk, version = update->version] { (void)store_ptr->abort_pending(chunk, version); },
+                                    [this, update, status] { finish(update, *status); });
+                   return;
+                 }
+                 return push_committed(update, next);
+               }
+               FF_LOG_DEBUG("target {}: forward of chunk {} v{} to target {} failed: {}", update->target, update->chunk.to_string(),
+                            update->version, next, rsp.status());
                if (!retryable(rsp.status()) || now() + config.retry_backoff_ns >= update->deadline_ns) {
                  return finish(update, rsp.status().with_context(fmt::format("forward to target {}", next)));
                }
@@ -319,6 +416,7 @@ struct StorageService::State {
                    [this, update, result, next] {
                      if (!result->is_ok()) return finish(update, *result);
                      FF_LOG_DEBUG("target {}: adopted chunk {} from target {}", update->target, update->chunk.to_string(), next);
+                     if (update->resolve) return finish(update, ForwardRsp{});
                      head_prepare(update);
                    });
              });
@@ -379,8 +477,9 @@ struct StorageService::State {
                              .chain_version = routing.chain(update->chain)->version, .offset = update->offset,
                              .data = update->data, .full_replacement = update->full_replacement};
     uint32_t expected_crc = update->crc;
+    bool resolve = update->resolve;
     executor.offload(
-        [store_ptr, result, outcome, chunk_update, expected_crc, tail]() {
+        [store_ptr, result, outcome, chunk_update, expected_crc, tail, resolve]() {
           Result<ChunkMeta> current = store_ptr->stat(chunk_update.id);
           if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
             *result = current.status();
@@ -408,6 +507,14 @@ struct StorageService::State {
                                                                       chunk_update.id.to_string(), meta.committed_version, chunk_update.version));
             return;
           }
+          if (resolve) {
+            if (meta.pending_version == chunk_update.version && meta.pending_crc32c == expected_crc) return;  // pass it on
+            *result = fs_error(FsError::kVersionMismatch,
+                               fmt::format("chunk {}: resolve of pending v{} CRC {:#x}, but committed v{}, pending v{} CRC {:#x}",
+                                           chunk_update.id.to_string(), chunk_update.version, expected_crc, meta.committed_version,
+                                           meta.pending_version, meta.pending_crc32c));
+            return;
+          }
           *result = store_ptr->put_pending(chunk_update);
           if (!result->is_ok()) return;
           Result<ChunkMeta> after = store_ptr->stat(chunk_update.id);
@@ -421,6 +528,8 @@ struct StorageService::State {
           }
         },
         [this, update, result, outcome, tail] {
+          FF_LOG_DEBUG("target {}: forward of chunk {} v{} CRC {:#x} full={} tail={}: outcome {} {}", update->target, update->chunk.to_string(),
+                       update->version, update->crc, update->full_replacement, tail, *outcome, *result);
           if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
           if (*outcome == 1) {
             ++stats.dedupe_hits;
@@ -478,13 +587,14 @@ struct StorageService::State {
     ClientRequestId id = req.request_id;
     joining[id].push_back(std::move(reply));
     ++inflight;
-    update->done = [this, id](Result<ForwardRsp> result) {
+    // The update outlives this call: finish() holds it while it runs done.
+    Update* raw = update.get();
+    update->done = [this, id, raw](Result<ForwardRsp> result) {
       --inflight;
       std::vector<Reply> replies = std::move(joining[id]);
       joining.erase(id);
       if (result.is_ok()) {
-        // Length is not tracked on the ack path; a stat would cost an I/O. Report the CRC and version.
-        WriteRsp rsp{.version = result->committed_version, .crc32c = result->committed_crc32c, .length = 0};
+        WriteRsp rsp{.version = result->committed_version, .crc32c = result->committed_crc32c, .length = raw->length};
         remember(id, rsp);
         for (Reply& r : replies) r(Response{rsp});
       } else {
@@ -533,6 +643,7 @@ struct StorageService::State {
     update->offset = req.offset;
     update->data = std::move(req.data);
     update->full_replacement = req.full_replacement;
+    update->resolve = req.resolve_pending;
     update->version = req.version;
     update->crc = req.expected_crc32c;
     update->length = req.expected_length;
@@ -605,10 +716,21 @@ struct StorageService::State {
   // ------------------------------------------------------------------ reads
   void read_one(ReadReq req, std::function<void(Result<ReadRsp>)> done, bool repaired = false) {
     ++stats.reads;
-    auto chain_or = check_target(req.chain, req.chain_version, req.target);
-    if (!chain_or.is_ok()) return done(chain_or.status());
-    if (state_of(**chain_or, req.target) != PublicTargetState::kServing) {
-      return done(fs_error(FsError::kNotServing, fmt::format("target {} is {}", req.target, state_of(**chain_or, req.target))));
+    if (req.any_state) {
+      // A repair fetch: the caller checks version and CRC, so neither the chain version nor the
+      // target's public state matters; the target must only be ours.
+      const TargetInfo* info = routing.target(req.target);
+      if (!running || info == nullptr || info->node != config.node || targets.count(req.target) == 0) {
+        return done(fs_error(FsError::kUnknownTarget, fmt::format("target {} is not on node {}", req.target, config.node)));
+      }
+      req.mode = ReadMode::kRelaxed;
+      repaired = true;
+    } else {
+      auto chain_or = check_target(req.chain, req.chain_version, req.target);
+      if (!chain_or.is_ok()) return done(chain_or.status());
+      if (state_of(**chain_or, req.target) != PublicTargetState::kServing) {
+        return done(fs_error(FsError::kNotServing, fmt::format("target {} is {}", req.target, state_of(**chain_or, req.target))));
+      }
     }
     auto store_ptr = targets.at(req.target).store;
     auto read = std::make_shared<Result<ChunkRead>>(Status(StatusCode::kInternal, "unset"));
@@ -628,54 +750,75 @@ struct StorageService::State {
                      });
   }
 
-  // A read found corruption: fetch the chunk from another serving replica (under the chunk lock, at
-  // the same committed version), install it, and read again.
+  // A read found corruption: under the chunk lock, fetch the same committed version from another
+  // replica of the chain and install it, then read again.
   void repair(ReadReq req, std::function<void(Result<ReadRsp>)> done) {
-    const ChainInfo* chain = routing.chain(req.chain);
-    TargetId source = 0;
-    for (TargetId other : chain->serving()) {
-      if (other != req.target) {
-        source = other;
-        break;
-      }
-    }
-    if (source == 0) return done(data_loss("chunk {} on target {} is corrupt and no other replica serves", req.chunk.to_string(), req.target));
     LockKey key{req.target, req.chunk};
-    bool queued = lock(key, [this, req, done, source, key] {
-      ReadReq fetch = req;
-      fetch.target = source;
-      fetch.offset = 0;
-      fetch.length = UINT64_MAX;
-      fetch.mode = ReadMode::kRelaxed;
-      rpc.call(routing.address_of(source).value_or(""), Request{fetch}, config.rpc_timeout_ns,
-               [this, req, done, source, key](Result<Response> response) {
-                 Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
-                 if (!rsp.is_ok()) {
-                   unlock(key);
-                   return done(rsp.status().with_context(fmt::format("repair of chunk {} from target {}", req.chunk.to_string(), source)));
-                 }
-                 auto store_ptr = targets.at(req.target).store;
-                 auto result = std::make_shared<Status>();
-                 executor.offload(
-                     [store_ptr, result, req, rsp = std::move(*rsp)] {
-                       Result<ChunkMeta> mine = store_ptr->stat(req.chunk);
-                       if (mine.is_ok() && mine->committed_version != rsp.meta.committed_version) {
-                         *result = data_loss("chunk {} corrupt at v{}, replica has v{}", req.chunk.to_string(), mine->committed_version,
-                                             rsp.meta.committed_version);
-                         return;
-                       }
-                       *result = store_ptr->put_full_replacement(req.chunk, rsp.meta.committed_version, rsp.meta.chain_version, rsp.data);
-                     },
-                     [this, req, done, result, key] {
-                       unlock(key);
-                       if (!result->is_ok()) return done(*result);
-                       ++stats.repairs;
-                       FF_LOG_INFO("target {}: repaired chunk {} from a replica", req.target, req.chunk.to_string());
-                       read_one(req, done, true);
-                     });
-               });
+    bool queued = lock(key, [this, req, done, key] {
+      repair_locked(req.chain, req.target, req.chunk, [this, req, done, key](Status status) {
+        unlock(key);
+        if (!status.is_ok()) return done(status);
+        read_one(req, done, true);
+      });
     });
     if (!queued) done(fs_error(FsError::kBusy, "chunk lock queue full during repair"));
+  }
+
+  // Repairs a corrupted chunk of `mine` (the caller holds its lock): any other target of the chain, in
+  // any state, that holds the same committed version with bytes matching its CRC32C is a source.
+  void repair_locked(ChainId chain_id, TargetId mine, ChunkId chunk, std::function<void(Status)> done) {
+    const ChainInfo* chain = routing.chain(chain_id);
+    if (chain == nullptr) return done(fs_error(FsError::kUnknownChain, fmt::format("chain {} unknown", chain_id)));
+    auto sources = std::make_shared<std::vector<TargetId>>();
+    for (const ChainTarget& entry : chain->targets) {
+      if (entry.target != mine) sources->push_back(entry.target);
+    }
+    auto store_ptr = targets.at(mine).store;
+    auto meta = std::make_shared<Result<ChunkMeta>>(ChunkMeta{});
+    executor.offload([store_ptr, meta, chunk] { *meta = store_ptr->stat(chunk); },
+                     [this, chain_id, mine, chunk, sources, meta, done] {
+                       if (!meta->is_ok()) return done(meta->status());
+                       repair_from(chain_id, mine, chunk, **meta, sources, 0, done);
+                     });
+  }
+
+  void repair_from(ChainId chain_id, TargetId mine, ChunkId chunk, ChunkMeta meta, std::shared_ptr<std::vector<TargetId>> sources,
+                   size_t index, std::function<void(Status)> done) {
+    if (index >= sources->size()) {
+      return done(data_loss("chunk {} v{} on target {} is corrupt and no replica holding that version answered", chunk.to_string(),
+                            meta.committed_version, mine));
+    }
+    TargetId source = (*sources)[index];
+    const ChainInfo* chain = routing.chain(chain_id);
+    ReadReq fetch{.chain = chain_id, .chain_version = chain == nullptr ? 0 : chain->version, .target = source, .chunk = chunk,
+                  .offset = 0, .length = UINT64_MAX, .mode = ReadMode::kRelaxed, .any_state = true};
+    rpc.call(routing.address_of(source).value_or(""), Request{fetch}, config.rpc_timeout_ns,
+             [this, chain_id, mine, chunk, meta, sources, index, done, source](Result<Response> response) {
+               Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+               if (!rsp.is_ok() || rsp->meta.committed_version != meta.committed_version || crc32c(rsp->data) != meta.committed_crc32c) {
+                 FF_LOG_DEBUG("target {}: repair of chunk {} v{}: target {} is no source ({})", mine, chunk.to_string(),
+                              meta.committed_version, source, rsp.is_ok() ? fmt::format("has v{}", rsp->meta.committed_version) : rsp.status().to_string());
+                 return repair_from(chain_id, mine, chunk, meta, sources, index + 1, done);
+               }
+               auto store_ptr = targets.at(mine).store;
+               auto result = std::make_shared<Status>();
+               executor.offload(
+                   [store_ptr, result, chunk, meta, data = std::move(rsp->data)] {
+                     Result<ChunkMeta> now_meta = store_ptr->stat(chunk);
+                     if (now_meta.is_ok() && (now_meta->committed_version != meta.committed_version || now_meta->pending_version != 0)) {
+                       *result = data_loss("chunk {} changed during its repair (v{} -> v{})", chunk.to_string(), meta.committed_version,
+                                           now_meta->committed_version);
+                       return;
+                     }
+                     *result = store_ptr->put_full_replacement(chunk, meta.committed_version, meta.chain_version, data);
+                   },
+                   [this, mine, chunk, result, done, source] {
+                     if (!result->is_ok()) return done(*result);
+                     ++stats.repairs;
+                     FF_LOG_INFO("target {}: repaired chunk {} from target {}", mine, chunk.to_string(), source);
+                     done(Status::ok());
+                   });
+             });
   }
 
   void handle_query_last(QueryLastChunkReq req, Reply reply) {
@@ -762,6 +905,8 @@ struct StorageService::State {
           },
           [this, request, result, reply, key] {
             unlock(key);
+            FF_LOG_DEBUG("target {}: sync replace of chunk {} v{} remove={}: {}", request->target, request->chunk.to_string(), request->version,
+                         request->remove, *result);
             if (!result->is_ok()) return reply(*result);
             if (!request->remove) {
               Result<ChunkMeta> meta = targets.at(request->target).store->stat(request->chunk);
@@ -838,7 +983,7 @@ struct StorageService::State {
                                       auto it = theirs.find(meta.id);
                                       bool same = it != theirs.end() && it->second.committed_version == meta.committed_version &&
                                                   it->second.committed_crc32c == meta.committed_crc32c &&
-                                                  it->second.pending_version == 0;
+                                                  it->second.pending_version == 0 && meta.pending_version == 0;
                                       if (!same) todo->push_back(meta.id);
                                       if (it != theirs.end()) theirs.erase(it);
                                     }
@@ -866,8 +1011,26 @@ struct StorageService::State {
     bool queued = lock(key, [this, chain_id, version, mine, peer, todo, index, chunk, key] {
       auto store_ptr = targets.at(mine).store;
       auto read = std::make_shared<Result<ChunkRead>>(Status(StatusCode::kInternal, "unset"));
-      executor.offload([store_ptr, read, chunk] { *read = store_ptr->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed); },
-                       [this, chain_id, version, mine, peer, todo, index, chunk, key, read] {
+      auto rolled = std::make_shared<ChunkMeta>();
+      executor.offload([store_ptr, read, chunk, rolled] {
+                         // The lock is ours: a pending version here is orphaned. This is the last serving
+                         // target, so it commits it (an earlier tail may have) before sending the chunk.
+                         Result<ChunkMeta> meta = store_ptr->stat(chunk);
+                         if (meta.is_ok() && meta->pending_version != 0) {
+                           Status committed = store_ptr->commit(chunk, meta->pending_version);
+                           if (!committed.is_ok()) {
+                             *read = committed;
+                             return;
+                           }
+                           *rolled = *meta;
+                         }
+                         *read = store_ptr->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed);
+                       },
+                       [this, chain_id, version, mine, peer, todo, index, chunk, key, read, rolled] {
+                         if (rolled->pending_version != 0) {
+                           FF_LOG_DEBUG("target {}: sync commits orphaned pending chunk {} v{}", mine, chunk.to_string(), rolled->pending_version);
+                           observe(mine, chunk, rolled->pending_version, rolled->pending_crc32c);
+                         }
                          if (!sync_current(chain_id, version)) return unlock(key);
                          SyncReplaceReq req{.chain = chain_id, .chain_version = version, .target = peer, .chunk = chunk};
                          if (read->is_ok()) {
@@ -876,6 +1039,14 @@ struct StorageService::State {
                            req.data = std::move((*read)->data);
                          } else if (fs_error_of(read->status()) == FsError::kChunkNotFound) {
                            req.remove = true;
+                         } else if (read->status().code() == StatusCode::kDataLoss) {
+                           // Our copy is corrupt: repair it from any replica holding that version (the
+                           // syncing peer included), then send it.
+                           return repair_locked(chain_id, mine, chunk, [this, chain_id, version, mine, peer, todo, index, key](Status status) {
+                             unlock(key);
+                             if (!status.is_ok()) return sync_failed(chain_id, version, mine, peer, status);
+                             sync_next(chain_id, version, mine, peer, todo, index);
+                           });
                          } else {
                            unlock(key);
                            return sync_failed(chain_id, version, mine, peer, read->status());
@@ -927,7 +1098,10 @@ struct StorageService::State {
         heartbeat_soon();
       }
     }
-    if (serving()) maybe_start_syncs();
+    if (serving()) {
+      maybe_start_syncs();
+      maybe_resolve_orphans();
+    }
   }
 
   void heartbeat_soon() {
@@ -984,8 +1158,70 @@ struct StorageService::State {
                  apply_routing(std::move(*rsp->routing));
                } else if (serving()) {
                  maybe_start_syncs();
+                 maybe_resolve_orphans();
                }
              });
+  }
+
+  // ------------------------------------------------------------------ orphaned pending versions
+  TargetId head_of(const ChainInfo& chain) const {
+    auto write_chain = chain.write_chain();
+    return write_chain.empty() ? 0 : write_chain.front();
+  }
+
+  void maybe_resolve_orphans() {
+    for (const auto& [chain_id, chain] : routing.chains) {
+      TargetId head = head_of(chain);
+      if (head == 0 || targets.count(head) == 0 || routing.target(head)->node != config.node) continue;
+      auto scanned = orphan_scans.find(head);
+      if (scanned != orphan_scans.end() && scanned->second == chain.version) continue;
+      orphan_scans[head] = chain.version;
+      auto store_ptr = targets.at(head).store;
+      auto listed = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
+      executor.offload([store_ptr, listed] { *listed = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX); },
+                       [this, head, chain_id, listed, gen = generation] {
+                         if (gen != generation) return;
+                         if (!listed->is_ok()) {
+                           orphan_scans.erase(head);  // scan again with the next routing
+                           return;
+                         }
+                         for (const ChunkMeta& meta : **listed) {
+                           if (meta.pending_version != 0) resolve_in_background(chain_id, head, meta.id);
+                         }
+                       });
+    }
+    // Chunks whose update ended in an error: resolved by the head they are on, left for later elsewhere.
+    for (auto it = suspects.begin(); it != suspects.end();) {
+      auto [target, chunk] = *it;
+      const TargetInfo* info = routing.target(target);
+      const ChainInfo* chain = info == nullptr ? nullptr : routing.chain(info->chain);
+      if (chain == nullptr || targets.count(target) == 0) {
+        it = suspects.erase(it);
+        continue;
+      }
+      if (head_of(*chain) != target || locks.count(*it) != 0) {
+        ++it;
+        continue;
+      }
+      it = suspects.erase(it);
+      resolve_in_background(chain->id, target, chunk);
+    }
+  }
+
+  // Takes the chunk lock (skipped when busy: the update holding it drives the chunk) and resolves a
+  // pending version found under it, as a write would before storing.
+  void resolve_in_background(ChainId chain_id, TargetId head, ChunkId chunk) {
+    LockKey key{head, chunk};
+    if (locks.count(key) != 0) return;
+    auto update = std::make_shared<Update>();
+    update->chain = chain_id;
+    update->target = head;
+    update->chunk = chunk;
+    update->head = true;
+    update->resolve_only = true;
+    update->deadline_ns = now() + 10 * config.rpc_timeout_ns;
+    update->done = [](Result<ForwardRsp>) {};
+    lock(key, [this, update] { head_prepare(update); });
   }
 
   void schedule_heartbeat(uint64_t gen) {

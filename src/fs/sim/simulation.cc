@@ -250,6 +250,11 @@ class Simulation {
       if (!store) {
         store = std::make_shared<MemChunkStore>(options_.chunk_bytes);
         store->set_faults(MemChunkStoreFaults{0, 0, [this] { return world_.uniform(); }});
+        // History is recorded when a store commits, not when its service hears back: a reader can
+        // see the commit in between.
+        store->set_commit_hook([this, target](const ChunkId& chunk, uint32_t version, uint32_t crc) {
+          on_commit(target, chunk, version, crc);
+        });
       }
       return std::shared_ptr<ChunkStore>(store);
     };
@@ -291,7 +296,7 @@ class Simulation {
       uint64_t offset = static_cast<uint64_t>(world_.between(0, static_cast<int64_t>(options_.chunk_bytes - length)));
       Bytes data(length);
       for (auto& byte : data) byte = static_cast<std::byte>(world_.rng()());
-      client->write(key.chain, key.chunk, offset, std::move(data), [this, key, next](Result<WriteRsp> rsp) {
+      client->write(key.chain, key.chunk, offset, std::move(data), [this, key, next, offset, length](Result<WriteRsp> rsp) {
         if (rsp.is_ok()) {
           ++result_.writes_acked;
           auto& versions = history_[key];
@@ -299,6 +304,10 @@ class Simulation {
           if (it == versions.end() || it->second != rsp->crc32c) {
             violation(fmt::format("acknowledged write of chunk {} v{} (CRC {:#x}) was never committed as such",
                                   key.chunk.to_string(), rsp->version, rsp->crc32c));
+          }
+          if (rsp->length < offset + length) {
+            violation(fmt::format("acknowledged write of {} bytes at offset {} of chunk {} reports chunk length {}", length, offset,
+                                  key.chunk.to_string(), rsp->length));
           }
           auto& acked = acked_[key];
           if (rsp->version > acked) acked = rsp->version;

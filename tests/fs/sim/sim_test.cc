@@ -2,17 +2,11 @@
 // and proof that its checkers catch injected protocol bugs.
 #include <gtest/gtest.h>
 
-#include <set>
-
 #include "ff/common/log.h"
 #include "ff/fs/sim.h"
 
 namespace ff::fs {
 namespace {
-
-// Seeds of the CI configuration that still fail (open bugs in multi-fault corner cases, see
-// docs/fs.md "Status"). Any other failing seed fails the test; fixing these is unfinished work.
-const std::set<uint64_t> kKnownFailing = {9, 173, 270, 414, 489, 711, 971};
 
 SimOptions ci_options() {
   SimOptions options;
@@ -20,22 +14,17 @@ SimOptions ci_options() {
   return options;
 }
 
-void run_range(uint64_t first, uint64_t count) {
+// Every seed must pass: a failure prints the seed to replay (`ff-fs-sim --seed N --verbose`).
+void run_range(uint64_t first, uint64_t count, const SimOptions& options) {
   (void)set_log_level("off");
-  uint64_t failed_known = 0;
   for (uint64_t seed = first; seed < first + count; ++seed) {
-    SimResult result = run_simulation(seed, ci_options());
-    if (!result.ok && kKnownFailing.count(seed) != 0) {
-      ++failed_known;
-      continue;
-    }
+    SimResult result = run_simulation(seed, options);
     ASSERT_TRUE(result.ok) << result.summary();
     EXPECT_GT(result.writes_acked, 0u) << result.summary();
   }
   (void)set_log_level("info");
-  std::printf("%llu seeds from %llu; %llu known-failing seeds failed\n", static_cast<unsigned long long>(count),
-              static_cast<unsigned long long>(first), static_cast<unsigned long long>(failed_known));
 }
+void run_range(uint64_t first, uint64_t count) { run_range(first, count, ci_options()); }
 
 TEST(FsSim, Seeds1To250) { run_range(1, 250); }
 TEST(FsSim, Seeds251To500) { run_range(251, 250); }
