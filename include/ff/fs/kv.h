@@ -84,10 +84,10 @@ Status kv_conflict(std::string message);
 bool is_kv_conflict(const Status& status);
 
 struct RetryOptions {
-  uint32_t max_attempts = 64;         // bound on attempts (conflicts and transient errors)
-  int64_t initial_backoff_us = 50;    // first backoff; doubles per retry, jittered in [0.5x, 1x]
-  int64_t max_backoff_us = 20'000;    // cap of one backoff
-  bool retry_unavailable = true;      // also retry unavailable / deadline_exceeded (etcd restarting)
+  uint32_t max_attempts = 64;       // bound on attempts (conflicts and transient errors)
+  int64_t initial_backoff_us = 50;  // first backoff; doubles per retry, jittered in [0.5x, 1x]
+  int64_t max_backoff_us = 20'000;  // cap of one backoff
+  bool retry_unavailable = true;    // also retry unavailable / deadline_exceeded (etcd restarting)
 };
 
 // Runs `body` in a fresh transaction and commits it; on a conflict (from commit, or returned by the

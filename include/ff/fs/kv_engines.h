@@ -17,8 +17,8 @@ namespace ff::fs::kv {
 std::unique_ptr<KvEngine> open_memory_kv();
 
 struct RocksDbKvOptions {
-  std::string path;              // database directory; created when missing
-  bool sync = true;              // fsync the write-ahead log before commit() returns (durable commits)
+  std::string path;                     // database directory; created when missing
+  bool sync = true;                     // fsync the write-ahead log before commit() returns (durable commits)
   int64_t conflict_window_ms = 10'000;  // a transaction older than this may fail with a conflict
 };
 // Embedded RocksDB (the default store of a single meta server): snapshot reads, conflict checking in
@@ -27,9 +27,9 @@ struct RocksDbKvOptions {
 Result<std::unique_ptr<KvEngine>> open_rocksdb_kv(const RocksDbKvOptions& options);
 
 struct EtcdKvOptions {
-  std::string endpoint;          // "host:port" of an etcd v3 member (client URL without scheme)
+  std::string endpoint;            // "host:port" of an etcd v3 member (client URL without scheme)
   std::string prefix = "/ff/kv/";  // every key is stored under this prefix
-  int64_t timeout_ms = 5'000;    // deadline of each RPC
+  int64_t timeout_ms = 5'000;      // deadline of each RPC
   // etcd's --max-txn-ops (128 by default): a commit needing more compares or writes than this fails
   // with resource_exhausted naming the counts instead of being sent.
   uint32_t max_txn_ops = 128;

@@ -70,10 +70,10 @@ struct Inode {
   int64_t atime_ns = 0;
   int64_t mtime_ns = 0;
   int64_t ctime_ns = 0;
-  uint32_t rdev = 0;            // device files
-  InodeId parent = 0;           // directories: the containing directory (root: itself)
-  std::string symlink_target;   // symlinks
-  Layout layout;                // regular files
+  uint32_t rdev = 0;           // device files
+  InodeId parent = 0;          // directories: the containing directory (root: itself)
+  std::string symlink_target;  // symlinks
+  Layout layout;               // regular files
   friend bool operator==(const Inode&, const Inode&) = default;
 };
 
@@ -111,12 +111,12 @@ struct MetaConfig {
   // The chain table new files are striped over, and its chains (from mgmtd's routing information).
   ChainTableId chain_table = 1;
   std::vector<ChainId> chains = {1};
-  uint32_t stripe = 1;                    // chains per file (<= chains.size())
-  uint32_t chunk_size = 4u << 20;         // bytes per chunk (power of two, 4 KiB .. 64 MiB)
-  uint32_t inode_batch = 256;             // inode ids reserved per allocator transaction
-  int64_t client_lease_ms = 60'000;       // a client silent this long loses its sessions
-  uint64_t capacity_bytes = 1ull << 40;   // reported by statfs when no storage capacity is known
-  kv::RetryOptions retry;                 // for every operation's transaction
+  uint32_t stripe = 1;                   // chains per file (<= chains.size())
+  uint32_t chunk_size = 4u << 20;        // bytes per chunk (power of two, 4 KiB .. 64 MiB)
+  uint32_t inode_batch = 256;            // inode ids reserved per allocator transaction
+  int64_t client_lease_ms = 60'000;      // a client silent this long loses its sessions
+  uint64_t capacity_bytes = 1ull << 40;  // reported by statfs when no storage capacity is known
+  kv::RetryOptions retry;                // for every operation's transaction
 };
 
 struct SetAttr {
@@ -169,8 +169,7 @@ class MetaService {
   // truncate/remove touch metadata only. `clock` times client leases; it must be shared by every
   // instance on one store (nullptr: the wall clock, which is).
   static Result<std::unique_ptr<MetaService>> open(kv::KvEngine& engine, MetaConfig config,
-                                                   FileStorage* storage = nullptr,
-                                                   Clock* clock = nullptr);
+                                                   FileStorage* storage = nullptr, Clock* clock = nullptr);
   ~MetaService();
   MetaService(const MetaService&) = delete;
   MetaService& operator=(const MetaService&) = delete;

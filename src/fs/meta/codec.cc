@@ -48,7 +48,8 @@ class Reader {
       return 0;
     }
     uint64_t value = 0;
-    for (size_t i = 0; i < size; ++i) value |= static_cast<uint64_t>(static_cast<uint8_t>(bytes_[offset_ + i])) << (8 * i);
+    for (size_t i = 0; i < size; ++i)
+      value |= static_cast<uint64_t>(static_cast<uint8_t>(bytes_[offset_ + i])) << (8 * i);
     offset_ += size;
     return value;
   }

@@ -46,14 +46,22 @@ struct ErrnoInfo {
   StatusCode code;
 };
 constexpr ErrnoInfo kErrnos[] = {
-    {EPERM, "EPERM", StatusCode::kPermissionDenied},       {ENOENT, "ENOENT", StatusCode::kNotFound},
-    {EIO, "EIO", StatusCode::kIoError},                    {EBADF, "EBADF", StatusCode::kInvalidArgument},
-    {EAGAIN, "EAGAIN", StatusCode::kAborted},              {EACCES, "EACCES", StatusCode::kPermissionDenied},
-    {EEXIST, "EEXIST", StatusCode::kAlreadyExists},        {EXDEV, "EXDEV", StatusCode::kFailedPrecondition},
-    {ENOTDIR, "ENOTDIR", StatusCode::kFailedPrecondition}, {EISDIR, "EISDIR", StatusCode::kFailedPrecondition},
-    {EINVAL, "EINVAL", StatusCode::kInvalidArgument},      {ENOSPC, "ENOSPC", StatusCode::kResourceExhausted},
-    {EMLINK, "EMLINK", StatusCode::kResourceExhausted},    {ENAMETOOLONG, "ENAMETOOLONG", StatusCode::kInvalidArgument},
-    {ENOTEMPTY, "ENOTEMPTY", StatusCode::kFailedPrecondition}, {ELOOP, "ELOOP", StatusCode::kInvalidArgument},
+    {EPERM, "EPERM", StatusCode::kPermissionDenied},
+    {ENOENT, "ENOENT", StatusCode::kNotFound},
+    {EIO, "EIO", StatusCode::kIoError},
+    {EBADF, "EBADF", StatusCode::kInvalidArgument},
+    {EAGAIN, "EAGAIN", StatusCode::kAborted},
+    {EACCES, "EACCES", StatusCode::kPermissionDenied},
+    {EEXIST, "EEXIST", StatusCode::kAlreadyExists},
+    {EXDEV, "EXDEV", StatusCode::kFailedPrecondition},
+    {ENOTDIR, "ENOTDIR", StatusCode::kFailedPrecondition},
+    {EISDIR, "EISDIR", StatusCode::kFailedPrecondition},
+    {EINVAL, "EINVAL", StatusCode::kInvalidArgument},
+    {ENOSPC, "ENOSPC", StatusCode::kResourceExhausted},
+    {EMLINK, "EMLINK", StatusCode::kResourceExhausted},
+    {ENAMETOOLONG, "ENAMETOOLONG", StatusCode::kInvalidArgument},
+    {ENOTEMPTY, "ENOTEMPTY", StatusCode::kFailedPrecondition},
+    {ELOOP, "ELOOP", StatusCode::kInvalidArgument},
     {ETIMEDOUT, "ETIMEDOUT", StatusCode::kDeadlineExceeded},
 };
 
@@ -100,9 +108,9 @@ Status check_access(const Caller& caller, const Inode& inode, uint32_t mask) {
     bits = inode.mode & 7;
   }
   if ((bits & mask) != mask) {
-    return error(EACCES, fmt::format("uid {} (gid {}) lacks {} permission on inode {} (mode {:04o}, uid {}, gid {})",
-                                     caller.uid, caller.gid, mask_name(mask), inode.id, inode.mode, inode.uid,
-                                     inode.gid));
+    return error(
+        EACCES, fmt::format("uid {} (gid {}) lacks {} permission on inode {} (mode {:04o}, uid {}, gid {})", caller.uid,
+                            caller.gid, mask_name(mask), inode.id, inode.mode, inode.uid, inode.gid));
   }
   return Status::ok();
 }
@@ -113,8 +121,8 @@ Status check_sticky(const Caller& caller, const Inode& dir, const Inode& victim)
   if ((dir.mode & S_ISVTX) == 0 || caller.uid == 0 || caller.uid == dir.uid || caller.uid == victim.uid) {
     return Status::ok();
   }
-  return error(EPERM, fmt::format("directory {} is sticky: uid {} owns neither it nor inode {}", dir.id, caller.uid,
-                                  victim.id));
+  return error(
+      EPERM, fmt::format("directory {} is sticky: uid {} owns neither it nor inode {}", dir.id, caller.uid, victim.id));
 }
 
 Result<Inode> load_inode(Transaction& txn, InodeId id) {
@@ -140,7 +148,9 @@ Result<std::optional<codec::Dentry>> find_entry(Transaction& txn, InodeId parent
   return std::optional<codec::Dentry>(dentry);
 }
 
-void store_inode(Transaction& txn, const Inode& inode) { txn.set(codec::inode_key(inode.id), codec::encode_inode(inode)); }
+void store_inode(Transaction& txn, const Inode& inode) {
+  txn.set(codec::inode_key(inode.id), codec::encode_inode(inode));
+}
 
 Result<bool> has_sessions(Transaction& txn, InodeId id) {
   std::string prefix = codec::session_prefix(id);
@@ -274,8 +284,8 @@ Result<std::unique_ptr<MetaService>> MetaService::open(kv::KvEngine& engine, Met
     return invalid_argument("meta config chunk_size={} must be a power of two in 4 KiB..64 MiB", config.chunk_size);
   }
   if (config.inode_batch == 0) return invalid_argument("meta config inode_batch must be positive");
-  if (config.client_lease_ms <= 0) return invalid_argument("meta config client_lease_ms={} must be positive",
-                                                           config.client_lease_ms);
+  if (config.client_lease_ms <= 0)
+    return invalid_argument("meta config client_lease_ms={} must be positive", config.client_lease_ms);
   auto impl = std::make_unique<Impl>(engine, storage, clock);
   std::random_device random;
   impl->session_base = (static_cast<uint64_t>(random()) << 32 | random()) & ~0xffffffffull;
@@ -283,19 +293,22 @@ Result<std::unique_ptr<MetaService>> MetaService::open(kv::KvEngine& engine, Met
   std::unique_ptr<MetaService> service(new MetaService(std::move(config), std::move(impl)));
   // Format: the root directory, once per store.
   int64_t now = wall_now_ns();
-  FF_RETURN_IF_ERROR(kv::run_transaction(engine, [&](Transaction& txn) -> Status {
-    FF_ASSIGN_OR_RETURN(auto root, txn.get(codec::inode_key(kRootInode)));
-    if (root) return Status::ok();
-    Inode inode;
-    inode.id = kRootInode;
-    inode.type = FileType::kDirectory;
-    inode.mode = 0755;
-    inode.nlink = 2;
-    inode.parent = kRootInode;
-    inode.atime_ns = inode.mtime_ns = inode.ctime_ns = now;
-    store_inode(txn, inode);
-    return Status::ok();
-  }, service->config_.retry));
+  FF_RETURN_IF_ERROR(kv::run_transaction(
+      engine,
+      [&](Transaction& txn) -> Status {
+        FF_ASSIGN_OR_RETURN(auto root, txn.get(codec::inode_key(kRootInode)));
+        if (root) return Status::ok();
+        Inode inode;
+        inode.id = kRootInode;
+        inode.type = FileType::kDirectory;
+        inode.mode = 0755;
+        inode.nlink = 2;
+        inode.parent = kRootInode;
+        inode.atime_ns = inode.mtime_ns = inode.ctime_ns = now;
+        store_inode(txn, inode);
+        return Status::ok();
+      },
+      service->config_.retry));
   return service;
 }
 
@@ -367,8 +380,8 @@ Result<Inode> MetaService::resolve(const Caller& caller, std::string_view path, 
       std::string name = std::move(components.front());
       components.pop_front();
       if (current.type != FileType::kDirectory) {
-        return error(ENOTDIR, fmt::format("path '{}': inode {} before '{}' is a {}, not a directory", path,
-                                          current.id, name, file_type_name(current.type)));
+        return error(ENOTDIR, fmt::format("path '{}': inode {} before '{}' is a {}, not a directory", path, current.id,
+                                          name, file_type_name(current.type)));
       }
       FF_RETURN_IF_ERROR(check_access(caller, current, kExec));
       FF_RETURN_IF_ERROR(validate_name(name, true));
@@ -452,7 +465,8 @@ static Result<InodeId> allocate_inode_id(kv::KvEngine& engine, const MetaConfig&
 
 Result<Inode> MetaService::create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) {
   FF_RETURN_IF_ERROR(validate_name(name));
-  FF_ASSIGN_OR_RETURN(InodeId id, allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
+  FF_ASSIGN_OR_RETURN(InodeId id,
+                      allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
   Inode node;
   node.id = id;
   node.type = FileType::kRegular;
@@ -489,7 +503,8 @@ Result<Inode> MetaService::mknod(const Caller& caller, InodeId parent, std::stri
   if ((type == FileType::kCharDevice || type == FileType::kBlockDevice) && caller.uid != 0) {
     return error(EPERM, fmt::format("uid {} may not create device files", caller.uid));
   }
-  FF_ASSIGN_OR_RETURN(InodeId id, allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
+  FF_ASSIGN_OR_RETURN(InodeId id,
+                      allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
   Inode node;
   node.id = id;
   node.type = type;
@@ -503,7 +518,8 @@ Result<Inode> MetaService::mknod(const Caller& caller, InodeId parent, std::stri
 
 Result<Inode> MetaService::mkdir(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) {
   FF_RETURN_IF_ERROR(validate_name(name));
-  FF_ASSIGN_OR_RETURN(InodeId id, allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
+  FF_ASSIGN_OR_RETURN(InodeId id,
+                      allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
   Inode node;
   node.id = id;
   node.type = FileType::kDirectory;
@@ -520,7 +536,8 @@ Result<Inode> MetaService::symlink(const Caller& caller, InodeId parent, std::st
   if (target.empty()) return error(ENOENT, "symlink target is empty");
   if (target.size() > 4095) return error(ENAMETOOLONG, fmt::format("symlink target of {} bytes > 4095", target.size()));
   if (target.find('\0') != std::string_view::npos) return error(EINVAL, "symlink target contains a NUL byte");
-  FF_ASSIGN_OR_RETURN(InodeId id, allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
+  FF_ASSIGN_OR_RETURN(InodeId id,
+                      allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
   Inode node;
   node.id = id;
   node.type = FileType::kSymlink;
@@ -538,7 +555,8 @@ Result<Inode> MetaService::link(const Caller& caller, InodeId id, InodeId new_pa
   Inode linked;
   FF_RETURN_IF_ERROR(run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
-    if (inode.type == FileType::kDirectory) return error(EPERM, fmt::format("inode {} is a directory: no hard links", id));
+    if (inode.type == FileType::kDirectory)
+      return error(EPERM, fmt::format("inode {} is a directory: no hard links", id));
     if (inode.nlink == 0) return error(ENOENT, fmt::format("inode {} was unlinked; it cannot get a new name", id));
     FF_ASSIGN_OR_RETURN(Inode dir, load_dir(txn, new_parent));
     FF_RETURN_IF_ERROR(check_access(caller, dir, kWrite | kExec));
@@ -633,11 +651,12 @@ Status MetaService::rename(const Caller& caller, InodeId parent, std::string_vie
       InodeId ancestor = new_parent;
       for (int depth = 0;; ++depth) {
         if (ancestor == moved.id) {
-          return error(EINVAL, fmt::format("cannot move directory '{}' ({}) into its own subtree (directory {})",
-                                           name, moved.id, new_parent));
+          return error(EINVAL, fmt::format("cannot move directory '{}' ({}) into its own subtree (directory {})", name,
+                                           moved.id, new_parent));
         }
         if (ancestor == kRootInode) break;
-        if (depth >= kMaxDepth) return error(ELOOP, fmt::format("directory {} is nested deeper than {}", new_parent, kMaxDepth));
+        if (depth >= kMaxDepth)
+          return error(ELOOP, fmt::format("directory {} is nested deeper than {}", new_parent, kMaxDepth));
         FF_ASSIGN_OR_RETURN(Inode up, load_inode(txn, ancestor));
         ancestor = up.parent;
       }
@@ -868,7 +887,8 @@ Status MetaService::close(InodeId id, uint64_t session, uint64_t length_hint) {
   }
   return run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::session_key(id, session)));
-    if (!bytes) return error(EBADF, fmt::format("inode {} has no open session {:#x} (closed or reclaimed)", id, session));
+    if (!bytes)
+      return error(EBADF, fmt::format("inode {} has no open session {:#x} (closed or reclaimed)", id, session));
     txn.clear(codec::session_key(id, session));
     txn.clear(codec::client_session_key(record->client, id, session));
     FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
@@ -1042,9 +1062,9 @@ Result<MetaService::FsckReport> MetaService::fsck() {
       FF_ASSIGN_OR_RETURN(Inode inode, codec::decode_inode(row.value));
       inodes.emplace(inode.id, std::move(inode));
     }
-    std::map<InodeId, uint32_t> names;       // inode -> entries naming it
-    std::map<InodeId, uint32_t> subdirs;     // directory -> subdirectories
-    std::map<InodeId, InodeId> named_from;   // directory -> the directory whose entry names it
+    std::map<InodeId, uint32_t> names;      // inode -> entries naming it
+    std::map<InodeId, uint32_t> subdirs;    // directory -> subdirectories
+    std::map<InodeId, InodeId> named_from;  // directory -> the directory whose entry names it
     FF_ASSIGN_OR_RETURN(auto entry_rows, txn.range("D", kv::prefix_end("D"), 0));
     for (const auto& row : entry_rows) {
       InodeId parent = codec::get_u64_be(std::string_view(row.key).substr(1, 8));

@@ -89,7 +89,7 @@ TEST_P(KvConformance, UncommittedWritesAreInvisibleAndDiscarded) {
     auto transaction = begin();
     transaction->set("k", "v");
     EXPECT_EQ(read("k"), std::nullopt);  // another transaction does not see it
-  }  // destroyed without commit
+  }                                      // destroyed without commit
   EXPECT_EQ(read("k"), std::nullopt);
 }
 
@@ -280,11 +280,14 @@ TEST_P(KvConformance, RunTransactionRetriesConflictsCounter) {
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&] {
       for (int i = 0; i < increments; ++i) {
-        Status status = run_transaction(*engine_, [](Transaction& transaction) -> Status {
-          FF_ASSIGN_OR_RETURN(auto value, transaction.get("counter"));
-          transaction.set("counter", std::to_string(std::stoi(value.value_or("0")) + 1));
-          return Status::ok();
-        }, RetryOptions{.max_attempts = 1000});
+        Status status = run_transaction(
+            *engine_,
+            [](Transaction& transaction) -> Status {
+              FF_ASSIGN_OR_RETURN(auto value, transaction.get("counter"));
+              transaction.set("counter", std::to_string(std::stoi(value.value_or("0")) + 1));
+              return Status::ok();
+            },
+            RetryOptions{.max_attempts = 1000});
         if (!status.is_ok()) ++failures;
       }
     });
@@ -308,10 +311,13 @@ TEST_P(KvConformance, RunTransactionReturnsBodyErrorsWithoutRetry) {
 
 TEST_P(KvConformance, RunTransactionGivesUpAfterMaxAttempts) {
   int calls = 0;
-  Status status = run_transaction(*engine_, [&](Transaction&) -> Status {
-    ++calls;
-    return kv_conflict("always");
-  }, RetryOptions{.max_attempts = 3, .initial_backoff_us = 10});
+  Status status = run_transaction(
+      *engine_,
+      [&](Transaction&) -> Status {
+        ++calls;
+        return kv_conflict("always");
+      },
+      RetryOptions{.max_attempts = 3, .initial_backoff_us = 10});
   EXPECT_EQ(status.code(), StatusCode::kAborted);
   EXPECT_NE(status.message().find("3 attempts"), std::string::npos) << status;
   EXPECT_EQ(calls, 3);
@@ -337,13 +343,16 @@ TEST_P(KvConformance, BankTransfersKeepTheTotal) {
         int from = (t + i) % accounts;
         int to = (t * 3 + i * 7 + 1) % accounts;
         if (from == to) to = (to + 1) % accounts;
-        Status status = run_transaction(*engine_, [&](Transaction& transaction) -> Status {
-          FF_ASSIGN_OR_RETURN(auto a, transaction.get(fmt::format("bank/{}", from)));
-          FF_ASSIGN_OR_RETURN(auto b, transaction.get(fmt::format("bank/{}", to)));
-          transaction.set(fmt::format("bank/{}", from), std::to_string(std::stoi(*a) - 7));
-          transaction.set(fmt::format("bank/{}", to), std::to_string(std::stoi(*b) + 7));
-          return Status::ok();
-        }, RetryOptions{.max_attempts = 1000});
+        Status status = run_transaction(
+            *engine_,
+            [&](Transaction& transaction) -> Status {
+              FF_ASSIGN_OR_RETURN(auto a, transaction.get(fmt::format("bank/{}", from)));
+              FF_ASSIGN_OR_RETURN(auto b, transaction.get(fmt::format("bank/{}", to)));
+              transaction.set(fmt::format("bank/{}", from), std::to_string(std::stoi(*a) - 7));
+              transaction.set(fmt::format("bank/{}", to), std::to_string(std::stoi(*b) + 7));
+              return Status::ok();
+            },
+            RetryOptions{.max_attempts = 1000});
         if (!status.is_ok()) ++failures;
       }
     });

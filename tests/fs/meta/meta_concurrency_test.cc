@@ -153,8 +153,8 @@ TEST_P(MetaConcurrency, OneWinnerPerName) {
     std::string name = fmt::format("contended{}", round);
     for (int t = 0; t < threads; ++t) {
       workers.emplace_back([&, t] {
-        auto result = (t % 2 == 0) ? meta_->create(kRoot, kRootInode, name, 0644)
-                                   : meta_->mkdir(kRoot, kRootInode, name, 0755);
+        auto result =
+            (t % 2 == 0) ? meta_->create(kRoot, kRootInode, name, 0644) : meta_->mkdir(kRoot, kRootInode, name, 0755);
         if (result.is_ok()) {
           ++created;
         } else if (errno_of(result.status()) == EEXIST) {

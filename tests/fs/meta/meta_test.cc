@@ -257,7 +257,8 @@ TEST_F(MetaTest, ReaddirPagesWithCursor) {
   std::vector<std::string> names;
   for (int i = 0; i < 25; ++i) {
     names.push_back(fmt::format("entry-{:02}", i));
-    must(i % 5 == 0 ? meta().mkdir(kRoot, dir.id, names.back(), 0755) : meta().create(kRoot, dir.id, names.back(), 0644));
+    must(i % 5 == 0 ? meta().mkdir(kRoot, dir.id, names.back(), 0755)
+                    : meta().create(kRoot, dir.id, names.back(), 0644));
   }
   std::vector<std::string> seen;
   std::string cursor;
@@ -268,8 +269,8 @@ TEST_F(MetaTest, ReaddirPagesWithCursor) {
     ++pages;
     for (const auto& entry : page->entries) {
       seen.push_back(entry.name);
-      EXPECT_EQ(entry.type, entry.name.ends_with("0") || entry.name.ends_with("5") ? FileType::kDirectory
-                                                                                     : FileType::kRegular);
+      EXPECT_EQ(entry.type,
+                entry.name.ends_with("0") || entry.name.ends_with("5") ? FileType::kDirectory : FileType::kRegular);
     }
     if (!page->more) break;
     cursor = page->entries.back().name;
@@ -391,7 +392,7 @@ TEST_F(MetaTest, LengthsFromReportsAndExactOnCloseAndSync) {
   ASSERT_TRUE(session.is_ok());
   storage.lengths[exact.id] = 3 * (1 << 20) + 5;
   EXPECT_EQ(must(meta().sync(exact.id, 1)).length, 3u * (1 << 20) + 5);  // storage wins over the hint
-  storage.lengths[exact.id] = 42;  // e.g. after a truncate by another client
+  storage.lengths[exact.id] = 42;                                        // e.g. after a truncate by another client
   ASSERT_TRUE(meta().close(exact.id, session->session, 9999).is_ok());
   EXPECT_EQ(must(meta().getattr(exact.id)).length, 42u);
   // Truncate cuts storage first, then the metadata; O_TRUNC too.
@@ -409,9 +410,9 @@ TEST_F(MetaTest, CrashedClientsSessionsAreReclaimedAfterTheLease) {
   open_service(&storage);
   Inode kept = must(meta().create(kRoot, kRootInode, "kept", 0644));
   Inode doomed = must(meta().create(kRoot, kRootInode, "doomed", 0644));
-  ASSERT_TRUE(meta().open(kRoot, kept.id, kOpenWrite, 100).is_ok());    // client 100 crashes
+  ASSERT_TRUE(meta().open(kRoot, kept.id, kOpenWrite, 100).is_ok());  // client 100 crashes
   ASSERT_TRUE(meta().open(kRoot, doomed.id, kOpenRead, 100).is_ok());
-  auto live = meta().open(kRoot, kept.id, kOpenRead, 200);               // client 200 keeps renewing
+  auto live = meta().open(kRoot, kept.id, kOpenRead, 200);  // client 200 keeps renewing
   ASSERT_TRUE(live.is_ok());
   ASSERT_TRUE(meta().unlink(kRoot, kRootInode, "doomed").is_ok());
   storage.lengths[kept.id] = 4321;

@@ -50,7 +50,7 @@ class EtcdTransaction final : public Transaction {
   uint64_t committed_version_ = 0;
   WriteBuffer writes_;
   std::map<std::string, int64_t> read_keys_;  // unprefixed key -> mod revision seen (0: absent)
-  std::vector<KeyRange> read_ranges_;          // unprefixed
+  std::vector<KeyRange> read_ranges_;         // unprefixed
 };
 
 class EtcdKv final : public KvEngine {
@@ -58,7 +58,9 @@ class EtcdKv final : public KvEngine {
   EtcdKv(EtcdKvOptions options, std::shared_ptr<grpc::Channel> channel)
       : options_(std::move(options)), channel_(std::move(channel)), stub_(etcdserverpb::KV::NewStub(channel_)) {}
 
-  Result<std::unique_ptr<Transaction>> begin() override { return std::unique_ptr<Transaction>(new EtcdTransaction(*this)); }
+  Result<std::unique_ptr<Transaction>> begin() override {
+    return std::unique_ptr<Transaction>(new EtcdTransaction(*this));
+  }
   std::string_view name() const override { return "etcd"; }
 
  private:
@@ -211,7 +213,8 @@ Status EtcdTransaction::commit() {
       op->set_value(*value);
     } else {
       bool covered = false;
-      for (const auto& range : writes_.cleared_ranges()) covered = covered || internal::in_range(key, range.begin, range.end);
+      for (const auto& range : writes_.cleared_ranges())
+        covered = covered || internal::in_range(key, range.begin, range.end);
       if (covered) continue;
       auto* op = request.add_success()->mutable_request_delete_range();
       op->set_key(engine_.store_key(key));

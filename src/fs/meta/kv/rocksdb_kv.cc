@@ -110,8 +110,8 @@ class RocksKv final : public KvEngine {
   std::unique_ptr<rocksdb::DB> db_;
   std::mutex mutex_;  // guards everything below; never held across a RocksDB write
   std::condition_variable applied_;
-  uint64_t applied_version_;   // every commit <= this is durable and visible
-  uint64_t assigned_version_;  // last version handed to a committer
+  uint64_t applied_version_;           // every commit <= this is durable and visible
+  uint64_t assigned_version_;          // last version handed to a committer
   uint64_t failed_from_ = UINT64_MAX;  // versions >= this whose group write failed (io error)
   Status failure_;
   bool leader_active_ = false;
@@ -190,8 +190,8 @@ Status RocksKv::commit(uint64_t snapshot_version, const ReadSet& reads, const Wr
     // A leader is writing an earlier group; it (or the next leader) writes ours.
     bool done = applied_.wait_for(lock, std::chrono::milliseconds(kCommitWaitTimeoutMs),
                                   [&] { return applied_version_ >= version || failed_from_ <= version; });
-    if (!done) return deadline_exceeded("rocksdb commit of version {} not written after {} ms", version,
-                                        kCommitWaitTimeoutMs);
+    if (!done)
+      return deadline_exceeded("rocksdb commit of version {} not written after {} ms", version, kCommitWaitTimeoutMs);
     if (applied_version_ >= version) {
       *version_out = version;
       return Status::ok();
@@ -231,8 +231,8 @@ Status RocksKv::commit(uint64_t snapshot_version, const ReadSet& reads, const Wr
       // NOTE: the versions after a failed write would be out of order with it; the engine stops
       // accepting commits (every later commit fails) rather than risk a lost update.
       failed_from_ = group.front().version;
-      failure_ = io_error("rocksdb commit of versions {}..{} failed: {}", group.front().version,
-                          group.back().version, status.ToString());
+      failure_ = io_error("rocksdb commit of versions {}..{} failed: {}", group.front().version, group.back().version,
+                          status.ToString());
     }
     applied_.notify_all();
   }

@@ -30,8 +30,7 @@ std::string prefix_end(std::string_view prefix) {
   return end;  // "": unbounded
 }
 
-Status run_transaction(KvEngine& engine, const std::function<Status(Transaction&)>& body,
-                       const RetryOptions& options) {
+Status run_transaction(KvEngine& engine, const std::function<Status(Transaction&)>& body, const RetryOptions& options) {
   FF_ASSERT(options.max_attempts > 0);
   // Jitter keeps colliding transactions from retrying in lock step; seeded per thread.
   thread_local std::minstd_rand random(static_cast<uint32_t>(std::hash<std::thread::id>()(std::this_thread::get_id())));
@@ -189,8 +188,8 @@ Status ConflictLog::check(uint64_t read_version, const ReadSet& reads) const {
       }
       for (const auto& range : it->ranges) {
         if (in_range(key, range.begin, range.end)) {
-          return kv_conflict(fmt::format("key '{}' read at version {} was cleared at version {}",
-                                         printable_key(key), read_version, it->version));
+          return kv_conflict(fmt::format("key '{}' read at version {} was cleared at version {}", printable_key(key),
+                                         read_version, it->version));
         }
       }
     }
