@@ -48,6 +48,7 @@ enum class ChunkFaultPoint {
   kBeforeCommitBatch,  // commit: about to write the commit batch
   kAfterCommitBatch,   // commit / put_full_replacement: batch durable, old block not yet released
   kBeforeDataRead,     // read: metadata read, data not yet read
+  kAfterPatchApply,    // commit of a patched version: patch copied into the block, patch not yet dropped
 };
 std::string_view chunk_fault_point_name(ChunkFaultPoint point);
 
@@ -85,6 +86,7 @@ struct ChunkEngineStats {
   uint64_t write_bytes = 0;  // bytes written to data files
   uint64_t commits = 0;
   uint64_t inplace_appends = 0;  // put_pending calls that took the in-place fast path
+  uint64_t patched_writes = 0;   // put_pending calls stored as a patch of the touched crc segments
   uint64_t corruptions = 0;      // reads that found a CRC mismatch
   bool direct_io = false;        // O_DIRECT in use
   bool io_uring = false;         // io_uring in use

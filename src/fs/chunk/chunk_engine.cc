@@ -42,6 +42,7 @@ using chunk_internal::IoContext;
 using chunk_internal::IoContextPool;
 using chunk_internal::IoOp;
 using chunk_internal::kIoAlignment;
+using chunk_internal::PatchRecord;
 using chunk_internal::VersionRecord;
 
 std::string_view chunk_fault_point_name(ChunkFaultPoint point) {
@@ -51,6 +52,7 @@ std::string_view chunk_fault_point_name(ChunkFaultPoint point) {
     case ChunkFaultPoint::kBeforeCommitBatch: return "before_commit_batch";
     case ChunkFaultPoint::kAfterCommitBatch: return "after_commit_batch";
     case ChunkFaultPoint::kBeforeDataRead: return "before_data_read";
+    case ChunkFaultPoint::kAfterPatchApply: return "after_patch_apply";
   }
   return "unknown";
 }
@@ -141,6 +143,7 @@ struct ChunkEngine::Impl {
   std::atomic<uint64_t> write_bytes{0};
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> inplace_appends{0};
+  std::atomic<uint64_t> patched_writes{0};
   std::atomic<uint64_t> corruptions{0};
 
   ~Impl() {
@@ -170,8 +173,27 @@ struct ChunkEngine::Impl {
     return std::optional<ChunkRecord>(std::move(record));
   }
 
+  // Patch blocks whose record no longer references them, by a batch written without sync: free only once
+  // a later synced batch made that batch durable (the WAL is ordered), since a crash before then brings
+  // the reference back and open() re-applies the patch from the block.
+  std::mutex deferred_mutex;
+  std::vector<BlockLocation> deferred;  // guarded by deferred_mutex
+
   Status write_batch(rocksdb::WriteBatch& batch, const ChunkId& id) {
-    return rocks_status(db->Write(write_options, &batch), fmt::format("metadata batch of chunk {}", id.to_string()));
+    std::vector<BlockLocation> durable_after;
+    if (write_options.sync) {
+      std::lock_guard lock(deferred_mutex);
+      durable_after.swap(deferred);
+    }
+    const Status status =
+        rocks_status(db->Write(write_options, &batch), fmt::format("metadata batch of chunk {}", id.to_string()));
+    if (!status.is_ok()) {
+      std::lock_guard lock(deferred_mutex);
+      deferred.insert(deferred.end(), durable_after.begin(), durable_after.end());
+      return status;
+    }
+    for (BlockLocation location : durable_after) release(location);
+    return status;
   }
 
   // The smallest class whose blocks hold `length` bytes (length > 0 and <= max_block_bytes).
@@ -396,6 +418,149 @@ struct ChunkEngine::Impl {
     return sync_data_file(target);
   }
 
+  // Writes the patch of a small overwrite: version positions [from, to) of the new version (the
+  // committed bytes, overlaid with `data` at data_offset, zeros past the committed length) into block
+  // `patch_block` from its position 0, and sets `segments`/`whole` to the new version's CRCs (the
+  // committed segment CRCs with those of [from, to) replaced; the whole CRC folded from the segment
+  // CRCs with crc32c_combine, so the untouched bytes are neither read nor written).
+  Status write_patch(IoContext& context, const ChunkId& id, const VersionRecord& committed, uint64_t from, uint64_t to,
+                     uint64_t new_length, uint64_t data_offset, std::span<const std::byte> data,
+                     BlockLocation patch_block, std::vector<uint32_t>& segments, uint32_t& whole) {
+    const uint64_t segment = options.crc_segment_bytes;
+    std::span<std::byte> buffer = context.buffer();
+    const uint64_t aligned = align_up(to - from, kIoAlignment);
+    FF_ASSERT(from % segment == 0 && to > from && aligned <= buffer.size() && to <= new_length);
+    const uint64_t data_end = data_offset + data.size();
+    const int old_fd = classes[committed.location.block_class]->fd;
+    // Old bytes of the first and last segment when the update covers them only partly (every segment in
+    // between is covered by the update).
+    const auto read_old = [&](uint64_t start) -> Status {
+      const uint64_t end = std::min(start + segment, committed.length);
+      if (start >= end || (data_offset <= start && data_end >= end)) return Status::ok();
+      const Status status = context.run_one(IoOp{old_fd, file_offset(committed.location, start),
+                                                 buffer.data() + (start - from), align_up(end, kIoAlignment) - start, false});
+      if (!status.is_ok()) {
+        return checksum_mismatch("chunk {} on target {}: cannot read version {} to patch it: {}", id.to_string(),
+                                 options.directory, committed.version, status.to_string());
+      }
+      return verify(id, committed, from, buffer.data(), start, end);
+    };
+    FF_RETURN_IF_ERROR(read_old(from));
+    const uint64_t last = align_down(to - 1, segment);
+    if (last != from) FF_RETURN_IF_ERROR(read_old(last));
+    const uint64_t zero_from = std::max(from, std::min(committed.length, from + aligned));
+    if (zero_from < from + aligned) std::memset(buffer.data() + (zero_from - from), 0, from + aligned - zero_from);
+    const uint64_t copy_from = std::max(from, data_offset);
+    const uint64_t copy_to = std::min(to, data_end);
+    if (copy_from < copy_to) {
+      std::memcpy(buffer.data() + (copy_from - from), data.data() + (copy_from - data_offset), copy_to - copy_from);
+    }
+    segments = committed.segment_crcs;
+    segments.resize((new_length + segment - 1) / segment, 0);
+    for (uint64_t start = from; start < to; start += segment) {
+      const uint64_t end = std::min(start + segment, new_length);
+      segments[start / segment] = crc32c(std::span<const std::byte>(buffer.data() + (start - from), end - start));
+    }
+    whole = segments.empty() ? 0 : segments[0];
+    for (size_t index = 1; index < segments.size(); ++index) {
+      whole = crc32c_combine(whole, segments[index], std::min<uint64_t>(segment, new_length - index * segment));
+    }
+    const Status status =
+        context.run_one(IoOp{classes[patch_block.block_class]->fd, file_offset(patch_block, 0), buffer.data(), aligned, true});
+    if (!status.is_ok()) {
+      return io_error("chunk {} on target {}: write of the patch of bytes [{}, {}) failed: {}", id.to_string(),
+                      options.directory, from, to, status.to_string());
+    }
+    write_bytes.fetch_add(aligned, std::memory_order_relaxed);
+    return sync_data_file(patch_block);
+  }
+
+  // Copies the committed version's patch into the version's own block (verifying it on the way), then
+  // drops the patch with a synced batch and frees its block. Idempotent: after a crash anywhere in
+  // here, open() runs it again. The caller holds the chunk's write stripe and keeps readers out.
+  Status settle_patch(const ChunkId& id, ChunkRecord& record) {
+    VersionRecord& version = record.committed;
+    const PatchRecord patch = version.patch;
+    if (!patch.present()) return Status::ok();
+    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, io->borrow());
+    std::span<std::byte> buffer = context->buffer();
+    const int patch_fd = classes[patch.location.block_class]->fd;
+    const int fd = classes[version.location.block_class]->fd;
+    const uint64_t end = patch.offset + patch.length;
+    for (uint64_t start = patch.offset; start < end; start += buffer.size()) {
+      const uint64_t piece_end = std::min<uint64_t>(start + buffer.size(), end);
+      const uint64_t io_bytes = align_up(piece_end - start, kIoAlignment);
+      Status status = context->run_one(
+          IoOp{patch_fd, file_offset(patch.location, start - patch.offset), buffer.data(), io_bytes, false});
+      if (!status.is_ok()) {
+        return checksum_mismatch("chunk {} on target {}: cannot read the patch of version {}: {}", id.to_string(),
+                                 options.directory, version.version, status.to_string());
+      }
+      FF_RETURN_IF_ERROR(verify(id, version, start, buffer.data(), start, piece_end));
+      status = context->run_one(IoOp{fd, file_offset(version.location, start), buffer.data(), io_bytes, true});
+      if (!status.is_ok()) {
+        return io_error("chunk {} on target {}: applying the patch of version {} failed: {}", id.to_string(),
+                        options.directory, version.version, status.to_string());
+      }
+      write_bytes.fetch_add(io_bytes, std::memory_order_relaxed);
+    }
+    FF_RETURN_IF_ERROR(sync_data_file(version.location));
+    FF_RETURN_IF_ERROR(hook(ChunkFaultPoint::kAfterPatchApply, id));
+    version.patch = PatchRecord{};
+    rocksdb::WriteBatch batch;
+    batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
+    if (!write_options.sync) {
+      FF_RETURN_IF_ERROR(write_batch(batch, id));
+      release(patch.location);
+      return Status::ok();
+    }
+    // NOTE: dropping the patch need not be durable now (re-applying it is harmless), so this batch is
+    // not synced, saving an fsync per patched commit; the block is freed by the next synced batch.
+    rocksdb::WriteOptions no_sync = write_options;
+    no_sync.sync = false;
+    FF_RETURN_IF_ERROR(rocks_status(db->Write(no_sync, &batch), fmt::format("drop the patch of chunk {}", id.to_string())));
+    std::lock_guard lock(deferred_mutex);
+    deferred.push_back(patch.location);
+    return Status::ok();
+  }
+
+  // Makes every metadata write durable (WAL sync), then frees the deferred patch blocks.
+  Status flush_deferred() {
+    std::vector<BlockLocation> durable_after;
+    {
+      std::lock_guard lock(deferred_mutex);
+      durable_after.swap(deferred);
+    }
+    const Status status = rocks_status(db->SyncWAL(), "sync metadata log");
+    if (!status.is_ok()) {
+      std::lock_guard lock(deferred_mutex);
+      deferred.insert(deferred.end(), durable_after.begin(), durable_after.end());
+      return status;
+    }
+    for (BlockLocation location : durable_after) release(location);
+    return status;
+  }
+
+  // open(): settles every committed version that still has a patch (a crash after its commit batch).
+  Status settle_patches() {
+    std::vector<ChunkId> ids;
+    {
+      std::unique_ptr<rocksdb::Iterator> iterator(db->NewIterator(rocksdb::ReadOptions()));
+      for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
+        FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
+        FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
+        if (record.committed.patch.present()) ids.push_back(id);
+      }
+      FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
+    }
+    for (const ChunkId& id : ids) {
+      FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, load(id));
+      if (record) FF_RETURN_IF_ERROR(settle_patch(id, *record));
+    }
+    if (!ids.empty()) FF_LOG_INFO("chunk engine {}: applied {} committed patches at open", options.directory, ids.size());
+    return flush_deferred();
+  }
+
   Status open_files();
   Status recover_allocator(uint64_t* chunks);
 };
@@ -463,14 +628,24 @@ Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks) {
     block_class.used[version.location.block] = true;
     return Status::ok();
   };
+  const auto mark_patch = [&](const ChunkId& id, const VersionRecord& version) -> Status {
+    if (!version.present() || !version.patch.present()) return Status::ok();
+    VersionRecord as_version;
+    as_version.version = version.version;
+    as_version.length = version.patch.length;
+    as_version.location = version.patch.location;
+    return mark(id, as_version);
+  };
   for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
     FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
     FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
     FF_RETURN_IF_ERROR(mark(id, record.committed));
-    // An in-place append's pending version shares the committed block.
+    // An in-place append's (or a patched) pending version shares the committed block.
     if (!(record.pending.location == record.committed.location && record.committed.present())) {
       FF_RETURN_IF_ERROR(mark(id, record.pending));
     }
+    FF_RETURN_IF_ERROR(mark_patch(id, record.committed));
+    FF_RETURN_IF_ERROR(mark_patch(id, record.pending));
     ++*chunks;
   }
   FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
@@ -569,6 +744,7 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
   if (options.use_io_uring && !impl->io->uring()) {
     FF_LOG_WARN("chunk engine {}: io_uring is unavailable; using pread/pwrite", options.directory);
   }
+  FF_RETURN_IF_ERROR(impl->settle_patches());
   FF_LOG_INFO("chunk engine {}: {} chunks, {} block classes {}..{} bytes, direct_io={}, io_uring={}", options.directory,
               chunks, impl->classes.size(), options.min_block_bytes, options.max_block_bytes, impl->direct_io,
               impl->io->uring());
@@ -646,9 +822,15 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
     return oversize("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes", id.to_string(),
                     update.data.size(), update.offset, max_bytes);
   }
-  std::lock_guard write_lock(impl.write_locks[Impl::stripe(id)]);
+  const size_t stripe = Impl::stripe(id);
+  std::lock_guard write_lock(impl.write_locks[stripe]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
   ChunkRecord record = loaded.value_or(ChunkRecord{});
+  if (record.committed.patch.present()) {
+    // Only after a commit whose patch could not be applied (an I/O error): apply it now.
+    std::unique_lock readers(impl.read_locks[stripe]);
+    FF_RETURN_IF_ERROR(impl.settle_patch(id, record));
+  }
   const VersionRecord& committed = record.committed;
   if (update.version != committed.version + 1) {
     return version_mismatch("chunk {}: update creates version {}, but the committed version is {} (expected {})",
@@ -663,11 +845,30 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   const bool in_place = !update.full_replacement && committed.present() && committed.location.valid() &&
                         update.offset >= committed.length && new_length <= impl.block_bytes(committed.location);
 
+  // A small overwrite inside the committed version: only the crc segments it touches are written, into
+  // a patch block; the pending version shares the committed block (see PatchRecord).
+  const uint64_t segment = impl.options.crc_segment_bytes;
+  const uint64_t patch_from = align_down(update.offset, segment);
+  const uint64_t patch_to = std::min(align_up(update_end, segment), new_length);
+  const bool patched = !in_place && !update.full_replacement && committed.present() && committed.location.valid() &&
+                       !update.data.empty() && update.offset < committed.length &&
+                       new_length <= impl.block_bytes(committed.location) &&
+                       (patch_to - patch_from) * 2 <= committed.length &&
+                       align_up(patch_to - patch_from, kIoAlignment) <= impl.options.io_buffer_bytes;
+
   FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl.io->borrow());
   CrcState crc;
   BlockLocation target;
+  PatchRecord patch;
   Status status;
-  if (in_place) {
+  if (patched) {
+    target = committed.location;
+    FF_ASSIGN_OR_RETURN(patch.location, impl.allocate(patch_to - patch_from));
+    patch.offset = patch_from;
+    patch.length = patch_to - patch_from;
+    status = impl.write_patch(*context, id, committed, patch_from, patch_to, new_length, update.offset, update.data,
+                              patch.location, crc.segments, crc.whole);
+  } else if (in_place) {
     // Only bytes beyond the committed length change; the committed version's bytes, length and CRCs stay.
     target = committed.location;
     crc.length = committed.length;
@@ -688,23 +889,30 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   }
   if (status.is_ok()) status = impl.hook(ChunkFaultPoint::kAfterDataWrite, id);
   const BlockLocation replaced_pending = record.pending.location;
+  const BlockLocation replaced_patch = record.pending.patch.location;
   if (status.is_ok()) {
-    record.pending = VersionRecord{update.version, new_length, crc.whole, target, std::move(crc.segments)};
+    record.pending = VersionRecord{update.version, new_length, crc.whole, target, std::move(crc.segments), patch};
     record.chain_version = update.chain_version;
     rocksdb::WriteBatch batch;
     batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
     status = impl.write_batch(batch, id);
   }
   if (!status.is_ok()) {
-    if (!in_place) impl.release(target);
+    if (patched) {
+      impl.release(patch.location);
+    } else if (!in_place) {
+      impl.release(target);
+    }
     return status;
   }
   // A replaced pending version is never read, so its block is released without draining readers.
   if (replaced_pending.valid() && replaced_pending != target && replaced_pending != committed.location) {
     impl.release(replaced_pending);
   }
+  impl.release(replaced_patch);
   impl.writes.fetch_add(1, std::memory_order_relaxed);
   if (in_place) impl.inplace_appends.fetch_add(1, std::memory_order_relaxed);
+  if (patched) impl.patched_writes.fetch_add(1, std::memory_order_relaxed);
   return impl.hook(ChunkFaultPoint::kAfterPendingBatch, id);
 }
 
@@ -721,6 +929,10 @@ Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
   if (record.pending.present() && record.pending.version == version) {
     FF_RETURN_IF_ERROR(impl.hook(ChunkFaultPoint::kBeforeCommitBatch, id));
     const BlockLocation old = record.committed.location;
+    // A patched version: readers stay out from before the commit batch until the patch is applied, so
+    // no reader ever sees a committed version with a patch (reads do not look at patches).
+    std::unique_lock<std::shared_mutex> readers;
+    if (record.pending.patch.present()) readers = std::unique_lock(impl.read_locks[stripe]);
     record.committed = std::move(record.pending);
     record.pending = VersionRecord{};
     rocksdb::WriteBatch batch;
@@ -728,6 +940,10 @@ Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
     FF_RETURN_IF_ERROR(impl.write_batch(batch, id));
     impl.commits.fetch_add(1, std::memory_order_relaxed);
     const Status hook_status = impl.hook(ChunkFaultPoint::kAfterCommitBatch, id);
+    if (readers.owns_lock()) {
+      FF_RETURN_IF_ERROR(impl.settle_patch(id, record));
+      return hook_status;
+    }
     if (old.valid() && old != record.committed.location) {
       impl.drain_readers(stripe);
       impl.release(old);
@@ -766,6 +982,8 @@ Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, ui
   if (status.is_ok()) status = impl.hook(ChunkFaultPoint::kAfterDataWrite, id);
   const BlockLocation old_committed = record.committed.location;
   const BlockLocation old_pending = record.pending.location;
+  const BlockLocation old_committed_patch = record.committed.patch.location;
+  const BlockLocation old_pending_patch = record.pending.patch.location;
   if (status.is_ok()) {
     record.committed = VersionRecord{version, data.size(), crc.whole, target, std::move(crc.segments)};
     record.pending = VersionRecord{};
@@ -783,6 +1001,8 @@ Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, ui
   impl.drain_readers(stripe);
   impl.release(old_committed);
   if (old_pending != old_committed) impl.release(old_pending);
+  impl.release(old_committed_patch);
+  impl.release(old_pending_patch);
   return hook_status;
 }
 
@@ -795,6 +1015,7 @@ Status ChunkEngine::abort_pending(const ChunkId& id, uint32_t version) {
   if (!loaded || !loaded->pending.present() || loaded->pending.version != version) return Status::ok();
   ChunkRecord record = std::move(*loaded);
   const BlockLocation pending = record.pending.location;
+  const BlockLocation pending_patch = record.pending.patch.location;
   record.pending = VersionRecord{};
   rocksdb::WriteBatch batch;
   if (record.committed.present()) {
@@ -804,6 +1025,7 @@ Status ChunkEngine::abort_pending(const ChunkId& id, uint32_t version) {
   }
   FF_RETURN_IF_ERROR(impl.write_batch(batch, id));
   if (pending != record.committed.location) impl.release(pending);
+  impl.release(pending_patch);
   return Status::ok();
 }
 
@@ -843,6 +1065,8 @@ Result<uint64_t> ChunkEngine::remove_range(const ChunkId& begin, const ChunkId& 
       batch.Delete(chunk_internal::chunk_key(id));
       blocks.push_back(record->committed.location);
       if (record->pending.location != record->committed.location) blocks.push_back(record->pending.location);
+      blocks.push_back(record->committed.patch.location);
+      blocks.push_back(record->pending.patch.location);
       ++batch_removed;
     }
     FF_RETURN_IF_ERROR(rocks_status(impl.db->Write(impl.write_options, &batch), "remove chunk metadata"));
@@ -872,7 +1096,7 @@ Status ChunkEngine::sync() {
   for (auto& block_class : impl_->classes) {
     if (::fdatasync(block_class->fd) != 0) return errno_error(errno, fmt::format("fdatasync {}", block_class->path));
   }
-  return rocks_status(impl_->db->SyncWAL(), "sync metadata log");
+  return impl_->flush_deferred();
 }
 
 Status ChunkEngine::check_allocator() {
@@ -901,6 +1125,13 @@ Status ChunkEngine::check_allocator() {
     referenced[location.block_class][location.block] = true;
     return Status::ok();
   };
+  const auto mark_patch = [&](const ChunkId& id, const VersionRecord& version) -> Status {
+    if (!version.present() || !version.patch.present()) return Status::ok();
+    VersionRecord as_version;
+    as_version.version = version.version;
+    as_version.location = version.patch.location;
+    return mark(id, as_version);
+  };
   for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
     FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
     FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
@@ -908,8 +1139,19 @@ Status ChunkEngine::check_allocator() {
     if (!(record.pending.location == record.committed.location && record.committed.present())) {
       FF_RETURN_IF_ERROR(mark(id, record.pending));
     }
+    FF_RETURN_IF_ERROR(mark_patch(id, record.committed));
+    FF_RETURN_IF_ERROR(mark_patch(id, record.pending));
   }
   FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
+  {
+    // Patch blocks waiting for a synced batch are still in use.
+    std::lock_guard lock(impl.deferred_mutex);
+    for (BlockLocation location : impl.deferred) {
+      if (location.block_class < referenced.size() && location.block < referenced[location.block_class].size()) {
+        referenced[location.block_class][location.block] = true;
+      }
+    }
+  }
   for (size_t index = 0; index < impl.classes.size(); ++index) {
     BlockClass& block_class = *impl.classes[index];
     std::lock_guard lock(block_class.mutex);
@@ -937,6 +1179,7 @@ ChunkEngineStats ChunkEngine::stats() const {
   stats.write_bytes = impl_->write_bytes.load(std::memory_order_relaxed);
   stats.commits = impl_->commits.load(std::memory_order_relaxed);
   stats.inplace_appends = impl_->inplace_appends.load(std::memory_order_relaxed);
+  stats.patched_writes = impl_->patched_writes.load(std::memory_order_relaxed);
   stats.corruptions = impl_->corruptions.load(std::memory_order_relaxed);
   stats.direct_io = impl_->direct_io;
   stats.io_uring = impl_->io->uring();

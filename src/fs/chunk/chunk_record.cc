@@ -5,7 +5,9 @@
 namespace ff::fs::chunk_internal {
 namespace {
 
-constexpr uint8_t kRecordFormat = 1;
+// Format 1: no patch fields; format 2 (written now) adds one patch per version. Both are read.
+constexpr uint8_t kRecordFormatV1 = 1;
+constexpr uint8_t kRecordFormat = 2;
 
 void put_u8(std::string& out, uint8_t value) { out.push_back(static_cast<char>(value)); }
 void put_u32(std::string& out, uint32_t value) {
@@ -45,9 +47,13 @@ void encode_version(std::string& out, const VersionRecord& version) {
   put_u32(out, version.location.block);
   put_u32(out, static_cast<uint32_t>(version.segment_crcs.size()));
   for (uint32_t crc : version.segment_crcs) put_u32(out, crc);
+  put_u8(out, version.patch.location.block_class);
+  put_u32(out, version.patch.location.block);
+  put_u64(out, version.patch.offset);
+  put_u64(out, version.patch.length);
 }
 
-void decode_version(Reader& reader, VersionRecord& version) {
+void decode_version(Reader& reader, VersionRecord& version, bool with_patch) {
   version.version = static_cast<uint32_t>(reader.get(4));
   version.length = reader.get(8);
   version.crc32c = static_cast<uint32_t>(reader.get(4));
@@ -60,6 +66,11 @@ void decode_version(Reader& reader, VersionRecord& version) {
   }
   version.segment_crcs.resize(segments);
   for (uint64_t i = 0; i < segments; ++i) version.segment_crcs[i] = static_cast<uint32_t>(reader.get(4));
+  if (!with_patch) return;
+  version.patch.location.block_class = static_cast<uint8_t>(reader.get(1));
+  version.patch.location.block = static_cast<uint32_t>(reader.get(4));
+  version.patch.offset = reader.get(8);
+  version.patch.length = reader.get(8);
 }
 
 }  // namespace
@@ -83,7 +94,7 @@ Result<ChunkId> decode_chunk_key(std::string_view key) {
 
 std::string encode(const ChunkRecord& record) {
   std::string out;
-  out.reserve(64 + 4 * (record.committed.segment_crcs.size() + record.pending.segment_crcs.size()));
+  out.reserve(100 + 4 * (record.committed.segment_crcs.size() + record.pending.segment_crcs.size()));
   put_u8(out, kRecordFormat);
   put_u32(out, record.chain_version);
   encode_version(out, record.committed);
@@ -94,13 +105,15 @@ std::string encode(const ChunkRecord& record) {
 Result<ChunkRecord> decode(const ChunkId& id, std::string_view value) {
   Reader reader{value};
   const uint64_t format = reader.get(1);
-  if (format != kRecordFormat) {
-    return data_loss("chunk {}: metadata record format {} (expected {})", id.to_string(), format, kRecordFormat);
+  if (format != kRecordFormat && format != kRecordFormatV1) {
+    return data_loss("chunk {}: metadata record format {} (expected {} or {})", id.to_string(), format,
+                     kRecordFormatV1, kRecordFormat);
   }
+  const bool with_patch = format == kRecordFormat;
   ChunkRecord record;
   record.chain_version = static_cast<uint32_t>(reader.get(4));
-  decode_version(reader, record.committed);
-  decode_version(reader, record.pending);
+  decode_version(reader, record.committed, with_patch);
+  decode_version(reader, record.pending, with_patch);
   if (reader.overrun || reader.position != value.size()) {
     return data_loss("chunk {}: malformed metadata record of {} bytes", id.to_string(), value.size());
   }

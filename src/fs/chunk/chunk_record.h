@@ -24,12 +24,25 @@ struct BlockLocation {
   friend bool operator==(const BlockLocation&, const BlockLocation&) = default;
 };
 
+// Bytes [offset, offset + length) of a version that live in their own block (from its position 0)
+// instead of in the version's block: how a small overwrite is stored without copying the chunk.
+// A pending version with a patch shares the committed version's block; commit applies the patch to
+// that block in place (after the commit batch, redone at open after a crash) and then drops it.
+struct PatchRecord {
+  uint64_t offset = 0;  // a multiple of the crc segment size
+  uint64_t length = 0;
+  BlockLocation location;
+  bool present() const { return location.valid(); }
+  friend bool operator==(const PatchRecord&, const PatchRecord&) = default;
+};
+
 struct VersionRecord {
   uint32_t version = 0;  // 0: absent
   uint64_t length = 0;
   uint32_t crc32c = 0;  // of the whole version
   BlockLocation location;
   std::vector<uint32_t> segment_crcs;  // CRC32C of each crc segment (the last one may be partial)
+  PatchRecord patch;                   // none for most versions
   bool present() const { return version != 0; }
 };
 

@@ -35,4 +35,53 @@ uint32_t crc32c_extend_zeros(uint32_t crc, uint64_t count) {
   return crc;
 }
 
+namespace {
+
+constexpr uint32_t kPolyReflected = 0x82F63B78;  // CRC32C, bit-reflected
+
+// a * b modulo the CRC polynomial (bit-reflected representation; x^0 is bit 31).
+uint32_t multmodp(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31;
+  uint32_t p = 0;
+  for (;;) {
+    if ((a & m) != 0) {
+      p ^= b;
+      if ((a & (m - 1)) == 0) break;
+    }
+    m >>= 1;
+    b = (b & 1) != 0 ? (b >> 1) ^ kPolyReflected : b >> 1;
+  }
+  return p;
+}
+
+// x^(2^k) modulo the polynomial, k = 0..31.
+const std::array<uint32_t, 32>& x2n_table() {
+  static const std::array<uint32_t, 32> table = [] {
+    std::array<uint32_t, 32> t{};
+    uint32_t p = 1u << 30;  // x^1
+    t[0] = p;
+    for (size_t k = 1; k < t.size(); ++k) t[k] = p = multmodp(p, p);
+    return t;
+  }();
+  return table;
+}
+
+// x^(n * 2^k) modulo the polynomial.
+uint32_t x2nmodp(uint64_t n, unsigned k) {
+  const auto& table = x2n_table();
+  uint32_t p = 1u << 31;  // x^0
+  while (n != 0) {
+    if ((n & 1) != 0) p = multmodp(table[k & 31], p);
+    n >>= 1;
+    ++k;
+  }
+  return p;
+}
+
+}  // namespace
+
+uint32_t crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+  return multmodp(x2nmodp(length_b, 3), crc_a) ^ crc_b;
+}
+
 }  // namespace ff::fs

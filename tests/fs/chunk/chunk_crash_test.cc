@@ -21,7 +21,8 @@ namespace {
 using testing::pattern_bytes;
 using testing::TempDir;
 
-enum class Update { kOverwrite, kAppend, kFullReplacement };
+// kPatch: a small overwrite inside the chunk, stored as a patch of the touched crc segments.
+enum class Update { kOverwrite, kAppend, kFullReplacement, kPatch };
 
 struct CrashCase {
   const char* name;
@@ -54,7 +55,10 @@ TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
   const ChunkId id{0x2a, 17};
   const ChunkId other{0x2a, 18};
   const auto v1 = pattern_bytes(70001, 1);  // 128 KiB class: room for an in-place append
-  const auto v2_data = crash.update == Update::kAppend ? pattern_bytes(20000, 2) : pattern_bytes(150000, 2);
+  const auto v2_data = crash.update == Update::kAppend  ? pattern_bytes(20000, 2)
+                       : crash.update == Update::kPatch ? pattern_bytes(5000, 2)
+                                                        : pattern_bytes(150000, 2);
+  const uint64_t v2_offset = crash.update == Update::kAppend ? v1.size() : crash.update == Update::kPatch ? 10000 : 1000;
   uint64_t free_before = 0;
   {
     auto engine = ChunkEngine::open(options);
@@ -79,8 +83,7 @@ TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
     if (crash.update == Update::kFullReplacement) {
       status = (*engine)->put_full_replacement(id, 2, 2, v2_data);
     } else {
-      const uint64_t offset = crash.update == Update::kAppend ? v1.size() : 1000;
-      ChunkUpdate update{id, 2, 2, offset, v2_data, false};
+      ChunkUpdate update{id, 2, 2, v2_offset, v2_data, false};
       status = (*engine)->put_pending(update);
       if (status.is_ok() && crash.commit) status = (*engine)->commit(id, 2);
     }
@@ -102,9 +105,8 @@ TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
     v2 = v2_data;
   } else {
     v2 = v1;
-    const uint64_t offset = crash.update == Update::kAppend ? v1.size() : 1000;
-    if (v2.size() < offset + v2_data.size()) v2.resize(offset + v2_data.size());
-    std::memcpy(v2.data() + offset, v2_data.data(), v2_data.size());
+    if (v2.size() < v2_offset + v2_data.size()) v2.resize(v2_offset + v2_data.size());
+    std::memcpy(v2.data() + v2_offset, v2_data.data(), v2_data.size());
   }
   auto read = reopened.read(id, 0, UINT64_MAX, ReadMode::kRelaxed);
   ASSERT_TRUE(read.is_ok()) << read.status();
@@ -154,7 +156,12 @@ INSTANTIATE_TEST_SUITE_P(
         CrashCase{"replacement_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kFullReplacement, false,
                   false},
         CrashCase{"replacement_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kFullReplacement, false,
-                  true}),
+                  true},
+        CrashCase{"patch_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kPatch, false, false},
+        CrashCase{"patch_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kPatch, false, false},
+        CrashCase{"patch_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kPatch, true, false},
+        CrashCase{"patch_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kPatch, true, true},
+        CrashCase{"patch_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatch, true, true}),
     [](const ::testing::TestParamInfo<CrashCase>& info) { return std::string(info.param.name); });
 
 }  // namespace

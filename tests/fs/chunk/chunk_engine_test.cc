@@ -310,11 +310,60 @@ TEST_P(ChunkEngineTest, ChunkSizeHintMakesFrontToBackWritesInPlace) {
   expect_allocator_ok();
 }
 
-TEST_P(ChunkEngineTest, OverwriteIsCopyOnWrite) {
+TEST_P(ChunkEngineTest, SmallOverwriteIsAPatch) {
   const ChunkId id{8, 0};
   std::vector<std::byte> expected = pattern_bytes(300000, 1);
   write_commit(id, 0, expected);
   const auto patch = pattern_bytes(7000, 2);
+  const uint64_t patched_before = engine_->stats().patched_writes;
+  const uint64_t written_before = engine_->stats().write_bytes;
+  ChunkUpdate update{id, 2, 1, 123457, patch, false};
+  ASSERT_TRUE(engine_->put_pending(update).is_ok());
+  // Two blocks in use now: the committed version and the pending version's patch (the two 4 KiB
+  // segments the update touches), not a copy of the chunk.
+  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 2u);
+  EXPECT_EQ(engine_->stats().patched_writes - patched_before, 1u);
+  EXPECT_EQ(engine_->stats().write_bytes - written_before, 8192u);
+  auto meta = engine_->stat(id);
+  ASSERT_TRUE(meta.is_ok());
+  std::vector<std::byte> next = expected;
+  std::memcpy(next.data() + 123457, patch.data(), patch.size());
+  EXPECT_EQ(meta->pending_crc32c, crc32c(next)) << "whole CRC folded from the segment CRCs";
+  EXPECT_EQ(read_all(id), expected);
+  ASSERT_TRUE(engine_->commit(id, 2).is_ok());
+  // The patch block is freed once a synced batch made the unsynced batch that dropped it durable.
+  ASSERT_TRUE(engine_->sync().is_ok());
+  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 1u);
+  EXPECT_EQ(read_all(id), next);
+  EXPECT_EQ(engine_->stat(id)->committed_crc32c, crc32c(next));
+  // Patches at the very start, across the version's end (growing it), and an abort.
+  std::vector<std::byte> head = pattern_bytes(100, 5);
+  ChunkUpdate at_start{id, 3, 1, 0, head, false};
+  ASSERT_TRUE(engine_->put_pending(at_start).is_ok());
+  ASSERT_TRUE(engine_->commit(id, 3).is_ok());
+  std::memcpy(next.data(), head.data(), head.size());
+  const auto tail = pattern_bytes(9000, 6);
+  ChunkUpdate across_end{id, 4, 1, next.size() - 1000, tail, false};
+  ASSERT_TRUE(engine_->put_pending(across_end).is_ok());
+  EXPECT_EQ(engine_->stats().patched_writes - patched_before, 3u);
+  ASSERT_TRUE(engine_->abort_pending(id, 4).is_ok());
+  ASSERT_TRUE(engine_->sync().is_ok());
+  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 1u);
+  ASSERT_TRUE(engine_->put_pending(across_end).is_ok());
+  ASSERT_TRUE(engine_->commit(id, 4).is_ok());
+  next.resize(next.size() - 1000);
+  next.insert(next.end(), tail.begin(), tail.end());
+  EXPECT_EQ(read_all(id), next);
+  EXPECT_EQ(engine_->stat(id)->committed_crc32c, crc32c(next));
+  expect_allocator_ok();
+}
+
+TEST_P(ChunkEngineTest, OverwriteIsCopyOnWrite) {
+  const ChunkId id{8, 1};
+  std::vector<std::byte> expected = pattern_bytes(300000, 1);
+  write_commit(id, 0, expected);
+  // Half the chunk or more: copy-on-write into a new block.
+  const auto patch = pattern_bytes(160000, 2);
   ChunkUpdate update{id, 2, 1, 123457, patch, false};
   ASSERT_TRUE(engine_->put_pending(update).is_ok());
   // Two blocks in use now: the committed and the pending version.
@@ -435,14 +484,19 @@ TEST_P(ChunkEngineTest, CorruptionIsDetectedAndRepaired) {
   // A read of other segments is still served (each read verifies the segments it touches).
   auto head = engine_->read(id, 0, 4096, ReadMode::kStrict);
   ASSERT_TRUE(head.is_ok()) << head.status();
-  // A copy-on-write update that needs the corrupt bytes fails too, instead of spreading them.
+  // An update that needs the corrupt bytes fails too, instead of spreading them (a small one is a patch
+  // that reads the old bytes of the segments it only partly covers: here the corrupt one).
   const auto update_data = pattern_bytes(10, 1);  // the update's span must outlive it
-  ChunkUpdate update{id, 2, 1, 0, update_data, false};
+  ChunkUpdate update{id, 2, 1, 149000, update_data, false};
   EXPECT_EQ(engine_->put_pending(update).code(), StatusCode::kDataLoss);
+  // So does a copy-on-write update (more than half the chunk) that copies the corrupt segment.
+  const auto big_data = pattern_bytes(120000, 2);
+  ChunkUpdate big_update{id, 2, 1, 0, big_data, false};
+  EXPECT_EQ(engine_->put_pending(big_update).code(), StatusCode::kDataLoss);
   // Repair from a replica: a full replacement.
   ASSERT_TRUE(engine_->put_full_replacement(id, 1, 1, data).is_ok());
   EXPECT_EQ(read_all(id), data);
-  EXPECT_EQ(engine_->stats().corruptions, 2u);
+  EXPECT_EQ(engine_->stats().corruptions, 3u);
   expect_allocator_ok();
 }
 

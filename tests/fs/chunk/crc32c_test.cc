@@ -36,5 +36,22 @@ TEST(Crc32c, ExtendZeros) {
   EXPECT_EQ(crc32c_extend_zeros(crc32c(std::span<const std::byte>(data).first(3)), data.size() - 3), crc32c(data));
 }
 
+TEST(Crc32c, CombineEqualsWhole) {
+  const std::string_view text = "The quick brown fox jumps over the lazy dog, 0123456789 times.";
+  for (size_t split = 0; split <= text.size(); ++split) {
+    const uint32_t head = crc32c(bytes_of(text.substr(0, split)));
+    const uint32_t tail = crc32c(bytes_of(text.substr(split)));
+    EXPECT_EQ(crc32c_combine(head, tail, text.size() - split), crc32c(bytes_of(text))) << "split at " << split;
+  }
+  // Long second parts (a 4 KiB segment, a 1 MiB piece) and a third part folded in.
+  std::vector<std::byte> data((1u << 20) + 4096 + 77);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>((i * 2654435761u) >> 13);
+  std::span<const std::byte> all(data);
+  uint32_t folded = crc32c(all.first(77));
+  folded = crc32c_combine(folded, crc32c(all.subspan(77, 4096)), 4096);
+  folded = crc32c_combine(folded, crc32c(all.subspan(77 + 4096)), 1u << 20);
+  EXPECT_EQ(folded, crc32c(all));
+}
+
 }  // namespace
 }  // namespace ff::fs
