@@ -69,6 +69,9 @@ struct ChunkEngineOptions {
   // CRC32C granularity: besides the whole-version CRC, every crc segment of a version has its own CRC so
   // a partial read verifies only the segments it touches (power of two, >= 4 KiB).
   uint64_t crc_segment_bytes = 4096;
+  // A small overwrite's patch up to this size lives in its metadata record (one synced RocksDB batch makes
+  // data and metadata durable together) instead of in a patch block (a data write + the batch). 0: never.
+  uint64_t inline_patch_bytes = 64ull << 10;
   uint32_t io_timeout_ms = 30000;  // bound on waiting for one I/O completion or for a free I/O context
   std::function<Status(ChunkFaultPoint, const ChunkId&)> fault_hook;  // test-only fault injection
 };

@@ -425,7 +425,8 @@ struct ChunkEngine::Impl {
   // CRCs with crc32c_combine, so the untouched bytes are neither read nor written).
   Status write_patch(IoContext& context, const ChunkId& id, const VersionRecord& committed, uint64_t from, uint64_t to,
                      uint64_t new_length, uint64_t data_offset, std::span<const std::byte> data,
-                     BlockLocation patch_block, std::vector<uint32_t>& segments, uint32_t& whole) {
+                     BlockLocation patch_block, std::string* inline_bytes, std::vector<uint32_t>& segments,
+                     uint32_t& whole) {
     const uint64_t segment = options.crc_segment_bytes;
     std::span<std::byte> buffer = context.buffer();
     const uint64_t aligned = align_up(to - from, kIoAlignment);
@@ -465,6 +466,10 @@ struct ChunkEngine::Impl {
     for (size_t index = 1; index < segments.size(); ++index) {
       whole = crc32c_combine(whole, segments[index], std::min<uint64_t>(segment, new_length - index * segment));
     }
+    if (!patch_block.valid()) {
+      inline_bytes->assign(reinterpret_cast<const char*>(buffer.data()), to - from);
+      return Status::ok();
+    }
     const Status status =
         context.run_one(IoOp{classes[patch_block.block_class]->fd, file_offset(patch_block, 0), buffer.data(), aligned, true});
     if (!status.is_ok()) {
@@ -484,14 +489,24 @@ struct ChunkEngine::Impl {
     if (!patch.present()) return Status::ok();
     FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, io->borrow());
     std::span<std::byte> buffer = context->buffer();
-    const int patch_fd = classes[patch.location.block_class]->fd;
     const int fd = classes[version.location.block_class]->fd;
     const uint64_t end = patch.offset + patch.length;
+    if (!patch.location.valid() && (patch.bytes.size() != patch.length || align_up(patch.length, kIoAlignment) > buffer.size())) {
+      return data_loss("chunk {} on target {}: inline patch of version {} has {} bytes, expected {} (at most {})",
+                       id.to_string(), options.directory, version.version, patch.bytes.size(), patch.length,
+                       buffer.size());
+    }
     for (uint64_t start = patch.offset; start < end; start += buffer.size()) {
       const uint64_t piece_end = std::min<uint64_t>(start + buffer.size(), end);
       const uint64_t io_bytes = align_up(piece_end - start, kIoAlignment);
-      Status status = context->run_one(
-          IoOp{patch_fd, file_offset(patch.location, start - patch.offset), buffer.data(), io_bytes, false});
+      Status status = Status::ok();
+      if (patch.location.valid()) {
+        status = context->run_one(IoOp{classes[patch.location.block_class]->fd,
+                                       file_offset(patch.location, start - patch.offset), buffer.data(), io_bytes, false});
+      } else {
+        std::memcpy(buffer.data(), patch.bytes.data(), patch.length);
+        std::memset(buffer.data() + patch.length, 0, io_bytes - patch.length);
+      }
       if (!status.is_ok()) {
         return checksum_mismatch("chunk {} on target {}: cannot read the patch of version {}: {}", id.to_string(),
                                  options.directory, version.version, status.to_string());
@@ -509,7 +524,13 @@ struct ChunkEngine::Impl {
     version.patch = PatchRecord{};
     rocksdb::WriteBatch batch;
     batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
-    if (!write_options.sync) {
+    if (!write_options.sync || !patch.location.valid()) {
+      // Without a patch block there is nothing to free: a lost drop only makes open() re-apply it.
+      if (write_options.sync) {
+        rocksdb::WriteOptions no_sync = write_options;
+        no_sync.sync = false;
+        return rocks_status(db->Write(no_sync, &batch), fmt::format("drop the patch of chunk {}", id.to_string()));
+      }
       FF_RETURN_IF_ERROR(write_batch(batch, id));
       release(patch.location);
       return Status::ok();
@@ -629,7 +650,7 @@ Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks) {
     return Status::ok();
   };
   const auto mark_patch = [&](const ChunkId& id, const VersionRecord& version) -> Status {
-    if (!version.present() || !version.patch.present()) return Status::ok();
+    if (!version.present() || !version.patch.location.valid()) return Status::ok();
     VersionRecord as_version;
     as_version.version = version.version;
     as_version.length = version.patch.length;
@@ -863,11 +884,13 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   Status status;
   if (patched) {
     target = committed.location;
-    FF_ASSIGN_OR_RETURN(patch.location, impl.allocate(patch_to - patch_from));
+    if (patch_to - patch_from > impl.options.inline_patch_bytes) {
+      FF_ASSIGN_OR_RETURN(patch.location, impl.allocate(patch_to - patch_from));
+    }
     patch.offset = patch_from;
     patch.length = patch_to - patch_from;
     status = impl.write_patch(*context, id, committed, patch_from, patch_to, new_length, update.offset, update.data,
-                              patch.location, crc.segments, crc.whole);
+                              patch.location, &patch.bytes, crc.segments, crc.whole);
   } else if (in_place) {
     // Only bytes beyond the committed length change; the committed version's bytes, length and CRCs stay.
     target = committed.location;
@@ -891,7 +914,8 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   const BlockLocation replaced_pending = record.pending.location;
   const BlockLocation replaced_patch = record.pending.patch.location;
   if (status.is_ok()) {
-    record.pending = VersionRecord{update.version, new_length, crc.whole, target, std::move(crc.segments), patch};
+    record.pending = VersionRecord{update.version, new_length, crc.whole, target, std::move(crc.segments),
+                                   std::move(patch)};
     record.chain_version = update.chain_version;
     rocksdb::WriteBatch batch;
     batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
@@ -1126,7 +1150,7 @@ Status ChunkEngine::check_allocator() {
     return Status::ok();
   };
   const auto mark_patch = [&](const ChunkId& id, const VersionRecord& version) -> Status {
-    if (!version.present() || !version.patch.present()) return Status::ok();
+    if (!version.present() || !version.patch.location.valid()) return Status::ok();
     VersionRecord as_version;
     as_version.version = version.version;
     as_version.location = version.patch.location;

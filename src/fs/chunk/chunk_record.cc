@@ -51,6 +51,8 @@ void encode_version(std::string& out, const VersionRecord& version) {
   put_u32(out, version.patch.location.block);
   put_u64(out, version.patch.offset);
   put_u64(out, version.patch.length);
+  put_u32(out, static_cast<uint32_t>(version.patch.bytes.size()));
+  out.append(version.patch.bytes);
 }
 
 void decode_version(Reader& reader, VersionRecord& version, bool with_patch) {
@@ -71,6 +73,13 @@ void decode_version(Reader& reader, VersionRecord& version, bool with_patch) {
   version.patch.location.block = static_cast<uint32_t>(reader.get(4));
   version.patch.offset = reader.get(8);
   version.patch.length = reader.get(8);
+  const uint64_t inline_bytes = reader.get(4);
+  if (reader.overrun || inline_bytes > reader.data.size() - reader.position) {
+    reader.overrun = true;
+    return;
+  }
+  version.patch.bytes.assign(reader.data.substr(reader.position, inline_bytes));
+  reader.position += inline_bytes;
 }
 
 }  // namespace
@@ -94,7 +103,8 @@ Result<ChunkId> decode_chunk_key(std::string_view key) {
 
 std::string encode(const ChunkRecord& record) {
   std::string out;
-  out.reserve(100 + 4 * (record.committed.segment_crcs.size() + record.pending.segment_crcs.size()));
+  out.reserve(100 + 4 * (record.committed.segment_crcs.size() + record.pending.segment_crcs.size()) +
+              record.committed.patch.bytes.size() + record.pending.patch.bytes.size());
   put_u8(out, kRecordFormat);
   put_u32(out, record.chain_version);
   encode_version(out, record.committed);

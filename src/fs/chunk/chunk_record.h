@@ -28,11 +28,14 @@ struct BlockLocation {
 // instead of in the version's block: how a small overwrite is stored without copying the chunk.
 // A pending version with a patch shares the committed version's block; commit applies the patch to
 // that block in place (after the commit batch, redone at open after a crash) and then drops it.
+// A patch of at most ChunkEngineOptions::inline_patch_bytes is kept inline, in the record itself (then
+// `location` is invalid): its bytes become durable with the batch, without a separate data write.
 struct PatchRecord {
   uint64_t offset = 0;  // a multiple of the crc segment size
   uint64_t length = 0;
   BlockLocation location;
-  bool present() const { return location.valid(); }
+  std::string bytes;  // an inline patch's `length` bytes
+  bool present() const { return location.valid() || !bytes.empty(); }
   friend bool operator==(const PatchRecord&, const PatchRecord&) = default;
 };
 

@@ -21,8 +21,9 @@ namespace {
 using testing::pattern_bytes;
 using testing::TempDir;
 
-// kPatch: a small overwrite inside the chunk, stored as a patch of the touched crc segments.
-enum class Update { kOverwrite, kAppend, kFullReplacement, kPatch };
+// kPatch: a small overwrite inside the chunk, stored as a patch of the touched crc segments, inline in
+// the metadata record; kPatchBlock: the same in a patch block (inline patches disabled).
+enum class Update { kOverwrite, kAppend, kFullReplacement, kPatch, kPatchBlock };
 
 struct CrashCase {
   const char* name;
@@ -51,14 +52,16 @@ class ChunkCrashTest : public ::testing::TestWithParam<CrashCase> {};
 TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
   const CrashCase& crash = GetParam();
   TempDir dir;
-  const ChunkEngineOptions options = testing::small_options(dir.path());
+  ChunkEngineOptions options = testing::small_options(dir.path());
+  if (crash.update == Update::kPatchBlock) options.inline_patch_bytes = 0;
+  const bool patch = crash.update == Update::kPatch || crash.update == Update::kPatchBlock;
   const ChunkId id{0x2a, 17};
   const ChunkId other{0x2a, 18};
   const auto v1 = pattern_bytes(70001, 1);  // 128 KiB class: room for an in-place append
   const auto v2_data = crash.update == Update::kAppend  ? pattern_bytes(20000, 2)
-                       : crash.update == Update::kPatch ? pattern_bytes(5000, 2)
+                       : patch                          ? pattern_bytes(5000, 2)
                                                         : pattern_bytes(150000, 2);
-  const uint64_t v2_offset = crash.update == Update::kAppend ? v1.size() : crash.update == Update::kPatch ? 10000 : 1000;
+  const uint64_t v2_offset = crash.update == Update::kAppend ? v1.size() : patch ? 10000 : 1000;
   uint64_t free_before = 0;
   {
     auto engine = ChunkEngine::open(options);
@@ -122,7 +125,8 @@ TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
   EXPECT_EQ(other_read->data, pattern_bytes(5000, 3));
   // No leak: blocks in use are exactly those of the versions that metadata references.
   const uint64_t used_now = testing::total_used_blocks(reopened.stats());
-  const bool pending_separate = meta->pending_version != 0 && crash.update != Update::kAppend;
+  const bool pending_separate =
+      meta->pending_version != 0 && crash.update != Update::kAppend && crash.update != Update::kPatch;
   EXPECT_EQ(used_now, 2u + (pending_separate ? 1u : 0u));
   if (!pending_separate && !crash.new_committed) {
     EXPECT_EQ(testing::total_free_blocks(reopened.stats()), free_before);
@@ -161,7 +165,13 @@ INSTANTIATE_TEST_SUITE_P(
         CrashCase{"patch_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kPatch, false, false},
         CrashCase{"patch_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kPatch, true, false},
         CrashCase{"patch_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kPatch, true, true},
-        CrashCase{"patch_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatch, true, true}),
+        CrashCase{"patch_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatch, true, true},
+        CrashCase{"patchblock_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kPatchBlock, false, false},
+        CrashCase{"patchblock_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kPatchBlock, false,
+                  false},
+        CrashCase{"patchblock_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kPatchBlock, true, true},
+        CrashCase{"patchblock_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatchBlock, true,
+                  true}),
     [](const ::testing::TestParamInfo<CrashCase>& info) { return std::string(info.param.name); });
 
 }  // namespace
