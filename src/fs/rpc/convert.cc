@@ -130,10 +130,13 @@ void to(const ReadReq& v, pb::ReadReq* p) {
   p->set_chain(v.chain); p->set_chain_version(v.chain_version); p->set_target(v.target);
   to(v.chunk, p->mutable_chunk());
   p->set_offset(v.offset); p->set_length(v.length); p->set_mode(static_cast<uint32_t>(v.mode));
+  p->set_any_state(v.any_state);
 }
 Result<ReadReq> from(const pb::ReadReq& p) {
   FF_ASSIGN_OR_RETURN(ReadMode mode, enum_from<ReadMode>(p.mode(), 1, "read mode"));
-  return ReadReq{p.chain(), p.chain_version(), p.target(), from(p.chunk()), p.offset(), p.length(), mode};
+  ReadReq read{p.chain(), p.chain_version(), p.target(), from(p.chunk()), p.offset(), p.length(), mode};
+  read.any_state = p.any_state();
+  return read;
 }
 void to(ReadRsp&& v, pb::ReadRsp* p) {
   to(v.meta, p->mutable_meta());
@@ -198,6 +201,7 @@ void request_to_proto(Request&& request, pb::Envelope* out) {
           p->set_full_replacement(r.full_replacement); p->set_expected_crc32c(r.expected_crc32c);
           p->set_expected_length(r.expected_length); p->set_remove(r.remove);
           to(r.remove_end, p->mutable_remove_end());
+          p->set_resolve_pending(r.resolve_pending);
         } else if constexpr (std::is_same_v<T, SyncDumpMetaReq>) {
           auto* p = out->mutable_sync_dump_meta_req();
           p->set_chain(r.chain); p->set_chain_version(r.chain_version); p->set_target(r.target);
@@ -272,9 +276,11 @@ Result<Request> request_from_proto(pb::Envelope&& e) {
     }
     case B::kForwardReq: {
       const auto& p = e.forward_req();
-      return Request(ForwardReq{from(p.request_id()), p.chain(), p.chain_version(), p.target(), from(p.chunk()),
-                                p.version(), p.offset(), bytes_from(p.data()), p.full_replacement(),
-                                p.expected_crc32c(), p.expected_length(), p.remove(), from(p.remove_end())});
+      ForwardReq forward{from(p.request_id()), p.chain(), p.chain_version(), p.target(), from(p.chunk()),
+                         p.version(), p.offset(), bytes_from(p.data()), p.full_replacement(),
+                         p.expected_crc32c(), p.expected_length(), p.remove(), from(p.remove_end())};
+      forward.resolve_pending = p.resolve_pending();
+      return Request(std::move(forward));
     }
     case B::kSyncDumpMetaReq: {
       const auto& p = e.sync_dump_meta_req();
