@@ -5,6 +5,7 @@ bench/results/fs_storage_cpu.json. Targets (issue 5): read >= 0.9x fio, write >=
 is written three times on the same disk).
 
 Usage: bench/fs/bench_storage.py [--build-dir build] [--seconds 3] [--file-mb 256] [--depths 1,8]
+       [--blocks 4096,1048576,4194304] [--ops write,read] [--patterns seq,rand] [--out FILE]
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--file-mb", type=int, default=128)
     parser.add_argument("--depths", default="1,8")
+    parser.add_argument("--blocks", default=",".join(str(b) for b in BLOCKS))
+    parser.add_argument("--ops", default="write,read")
+    parser.add_argument("--patterns", default="seq,rand")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
@@ -68,9 +72,9 @@ def main() -> None:
         # Prefill the file (4 MiB chunks) so reads find data.
         bench("--op", "write", "--pattern", "seq", "--block-bytes", str(4 << 20), "--queue-depth", "8",
               "--file-bytes", str(args.file_mb << 20), "--seconds", "600", "--max-ops", str(args.file_mb // 4))
-        for block in BLOCKS:
-            for op in ("write", "read"):
-                for pattern in ("seq", "rand"):
+        for block in [int(b) for b in args.blocks.split(",")]:
+            for op in args.ops.split(","):
+                for pattern in args.patterns.split(","):
                     for depth in depths:
                         ours = bench("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
                                      str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds", str(args.seconds))
@@ -84,7 +88,9 @@ def main() -> None:
     document = {
         "benchmark": "fs storage: ff-bench-storage (StorageClient over gRPC, 3 ff-storage at replication 3, "
                      "ChunkEngine O_DIRECT+io_uring, sync data) vs fio (io_uring, O_DIRECT, dsync writes) on the same disk",
-        "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores; disk "
+        "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
+                  f"the client and fio (and anything else running: load average at the end "
+                  f"{os.getloadavg()[0]:.1f}); disk "
                   + subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds_per_case": args.seconds, "file_mb": args.file_mb,
