@@ -438,8 +438,9 @@ struct ChunkEngine::Impl {
     const auto read_old = [&](uint64_t start) -> Status {
       const uint64_t end = std::min(start + segment, committed.length);
       if (start >= end || (data_offset <= start && data_end >= end)) return Status::ok();
-      const Status status = context.run_one(IoOp{old_fd, file_offset(committed.location, start),
-                                                 buffer.data() + (start - from), align_up(end, kIoAlignment) - start, false});
+      const Status status =
+          context.run_one(IoOp{old_fd, file_offset(committed.location, start), buffer.data() + (start - from),
+                               align_up(end, kIoAlignment) - start, false});
       if (!status.is_ok()) {
         return checksum_mismatch("chunk {} on target {}: cannot read version {} to patch it: {}", id.to_string(),
                                  options.directory, committed.version, status.to_string());
@@ -470,8 +471,8 @@ struct ChunkEngine::Impl {
       inline_bytes->assign(reinterpret_cast<const char*>(buffer.data()), to - from);
       return Status::ok();
     }
-    const Status status =
-        context.run_one(IoOp{classes[patch_block.block_class]->fd, file_offset(patch_block, 0), buffer.data(), aligned, true});
+    const Status status = context.run_one(
+        IoOp{classes[patch_block.block_class]->fd, file_offset(patch_block, 0), buffer.data(), aligned, true});
     if (!status.is_ok()) {
       return io_error("chunk {} on target {}: write of the patch of bytes [{}, {}) failed: {}", id.to_string(),
                       options.directory, from, to, status.to_string());
@@ -491,7 +492,8 @@ struct ChunkEngine::Impl {
     std::span<std::byte> buffer = context->buffer();
     const int fd = classes[version.location.block_class]->fd;
     const uint64_t end = patch.offset + patch.length;
-    if (!patch.location.valid() && (patch.bytes.size() != patch.length || align_up(patch.length, kIoAlignment) > buffer.size())) {
+    if (!patch.location.valid() &&
+        (patch.bytes.size() != patch.length || align_up(patch.length, kIoAlignment) > buffer.size())) {
       return data_loss("chunk {} on target {}: inline patch of version {} has {} bytes, expected {} (at most {})",
                        id.to_string(), options.directory, version.version, patch.bytes.size(), patch.length,
                        buffer.size());
@@ -501,8 +503,9 @@ struct ChunkEngine::Impl {
       const uint64_t io_bytes = align_up(piece_end - start, kIoAlignment);
       Status status = Status::ok();
       if (patch.location.valid()) {
-        status = context->run_one(IoOp{classes[patch.location.block_class]->fd,
-                                       file_offset(patch.location, start - patch.offset), buffer.data(), io_bytes, false});
+        status =
+            context->run_one(IoOp{classes[patch.location.block_class]->fd,
+                                  file_offset(patch.location, start - patch.offset), buffer.data(), io_bytes, false});
       } else {
         std::memcpy(buffer.data(), patch.bytes.data(), patch.length);
         std::memset(buffer.data() + patch.length, 0, io_bytes - patch.length);
@@ -539,7 +542,8 @@ struct ChunkEngine::Impl {
     // not synced, saving an fsync per patched commit; the block is freed by the next synced batch.
     rocksdb::WriteOptions no_sync = write_options;
     no_sync.sync = false;
-    FF_RETURN_IF_ERROR(rocks_status(db->Write(no_sync, &batch), fmt::format("drop the patch of chunk {}", id.to_string())));
+    FF_RETURN_IF_ERROR(
+        rocks_status(db->Write(no_sync, &batch), fmt::format("drop the patch of chunk {}", id.to_string())));
     std::lock_guard lock(deferred_mutex);
     deferred.push_back(patch.location);
     return Status::ok();
@@ -578,7 +582,8 @@ struct ChunkEngine::Impl {
       FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, load(id));
       if (record) FF_RETURN_IF_ERROR(settle_patch(id, *record));
     }
-    if (!ids.empty()) FF_LOG_INFO("chunk engine {}: applied {} committed patches at open", options.directory, ids.size());
+    if (!ids.empty())
+      FF_LOG_INFO("chunk engine {}: applied {} committed patches at open", options.directory, ids.size());
     return flush_deferred();
   }
 
@@ -914,8 +919,8 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   const BlockLocation replaced_pending = record.pending.location;
   const BlockLocation replaced_patch = record.pending.patch.location;
   if (status.is_ok()) {
-    record.pending = VersionRecord{update.version, new_length, crc.whole, target, std::move(crc.segments),
-                                   std::move(patch)};
+    record.pending =
+        VersionRecord{update.version, new_length, crc.whole, target, std::move(crc.segments), std::move(patch)};
     record.chain_version = update.chain_version;
     rocksdb::WriteBatch batch;
     batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));

@@ -116,8 +116,8 @@ Result<ChunkRecord> decode(const ChunkId& id, std::string_view value) {
   Reader reader{value};
   const uint64_t format = reader.get(1);
   if (format != kRecordFormat && format != kRecordFormatV1) {
-    return data_loss("chunk {}: metadata record format {} (expected {} or {})", id.to_string(), format,
-                     kRecordFormatV1, kRecordFormat);
+    return data_loss("chunk {}: metadata record format {} (expected {} or {})", id.to_string(), format, kRecordFormatV1,
+                     kRecordFormat);
   }
   const bool with_patch = format == kRecordFormat;
   ChunkRecord record;

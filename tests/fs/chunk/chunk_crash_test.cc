@@ -58,9 +58,9 @@ TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
   const ChunkId id{0x2a, 17};
   const ChunkId other{0x2a, 18};
   const auto v1 = pattern_bytes(70001, 1);  // 128 KiB class: room for an in-place append
-  const auto v2_data = crash.update == Update::kAppend  ? pattern_bytes(20000, 2)
-                       : patch                          ? pattern_bytes(5000, 2)
-                                                        : pattern_bytes(150000, 2);
+  const auto v2_data = crash.update == Update::kAppend ? pattern_bytes(20000, 2)
+                       : patch                         ? pattern_bytes(5000, 2)
+                                                       : pattern_bytes(150000, 2);
   const uint64_t v2_offset = crash.update == Update::kAppend ? v1.size() : patch ? 10000 : 1000;
   uint64_t free_before = 0;
   {
@@ -170,8 +170,7 @@ INSTANTIATE_TEST_SUITE_P(
         CrashCase{"patchblock_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kPatchBlock, false,
                   false},
         CrashCase{"patchblock_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kPatchBlock, true, true},
-        CrashCase{"patchblock_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatchBlock, true,
-                  true}),
+        CrashCase{"patchblock_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatchBlock, true, true}),
     [](const ::testing::TestParamInfo<CrashCase>& info) { return std::string(info.param.name); });
 
 }  // namespace
