@@ -384,6 +384,11 @@ Status ShmBuffer::wait_for(int peer, const char* what, const std::function<bool(
     if (iteration % 256 == 255) {
       Status alive = check_peer_alive(peer);
       if (!alive.is_ok()) {
+        // A peer that failed first aborts the group and may exit before this rank looks: report the
+        // group's first error (the root cause), not the exit that followed it.
+        if (segment_->abort_state.load(std::memory_order_acquire) != 0) {
+          return aborted_status(*segment_, options_.group, options_.rank);
+        }
         return fail(unavailable("ep group '{}' rank {}: rank {} died while this rank waited for {} (call {}, {})",
                                 options_.group, options_.rank, peer, what, seq_, op_name(op_)));
       }
@@ -408,8 +413,12 @@ Status ShmBuffer::begin_call(int op) {
   // A dead peer fails the call at once, even if this call would not wait for it until later.
   for (int peer = 0; peer < options_.num_ranks; ++peer) {
     Status alive = check_peer_alive(peer);
-    if (!alive.is_ok())
-      return fail(alive.with_context(fmt::format("ep rank {} starting {}", options_.rank, op_name(op))));
+    if (alive.is_ok()) continue;
+    // As in wait_for: a peer may have aborted the group with the root cause and exited since the check above.
+    if (segment_->abort_state.load(std::memory_order_acquire) != 0) {
+      return aborted_status(*segment_, options_.group, options_.rank);
+    }
+    return fail(alive.with_context(fmt::format("ep rank {} starting {}", options_.rank, op_name(op))));
   }
   ++seq_;
   op_ = op;
