@@ -82,6 +82,19 @@ def test_etcd_standby_takes_over_within_bound(bin_dir: pathlib.Path, tmp_path: p
     mgmtds: list[subprocess.Popen] = []
     addresses = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     try:
+        # Start the mgmtds once etcd accepts connections. NOTE: an ff-mgmtd whose first connection to
+        # etcd was refused can keep failing to reconnect for many seconds on this machine (gRPC channel
+        # backoff under gVisor; docs/fs-operations.md), which is a startup-order problem, not takeover.
+        import socket
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "etcd.log").read_text()
+                time.sleep(0.1)
         for i, address in enumerate(addresses):
             config = tmp_path / f"mgmtd{i}.toml"
             config.write_text(f'[mgmtd]\nlisten = "{address}"\nid = "mgmtd-{i}"\n[store]\nkind = "etcd"\n'
