@@ -161,6 +161,11 @@ struct CudaBuffer::Impl {
 
   int n() const { return options.num_ranks; }
   int me() const { return options.rank; }
+  // The arguments every low-latency kernel shares, for call `seq` over `layout`.
+  cuda::LowLatencyCommon ll_common(const cuda::LowLatencyLayout& layout, uint64_t seq) const {
+    return {me(), n(), peers.as<uint8_t* const>(), self, layout, seq,
+            static_cast<uint64_t>(options.timeout_ms) * 1000000, error_device};
+  }
   int64_t data_bytes() const { return options.num_bytes - kControlBytes; }
 
   Status fail(Status status) {
@@ -801,14 +806,7 @@ Status CudaBuffer::low_latency_dispatch_send(const DeviceRows& x, const int64_t*
                             stream);
   ++s.ll_dispatch_seq;
   cuda::LowLatencyDispatchArgs args{};
-  args.common = {s.me(),
-                 n,
-                 s.peers.as<uint8_t* const>(),
-                 s.self,
-                 layout,
-                 s.ll_dispatch_seq,
-                 static_cast<uint64_t>(s.options.timeout_ms) * 1000000,
-                 s.error_device};
+  args.common = s.ll_common(layout, s.ll_dispatch_seq);
   args.x = x.data;
   args.x_dtype = x.dtype == DType::kFloat32 ? 0 : 1;
   args.use_fp8 = use_fp8;
@@ -846,14 +844,7 @@ Status CudaBuffer::low_latency_dispatch_receive(void* recv_x, float* recv_scales
   }
   const int64_t local_experts = s.ll_num_experts / s.n();
   cuda::LowLatencyDispatchRecvArgs args{};
-  args.common = {s.me(),
-                 s.n(),
-                 s.peers.as<uint8_t* const>(),
-                 s.self,
-                 s.ll_layout,
-                 s.ll_dispatch_seq,
-                 static_cast<uint64_t>(s.options.timeout_ms) * 1000000,
-                 s.error_device};
+  args.common = s.ll_common(s.ll_layout, s.ll_dispatch_seq);
   args.data_bytes = s.ll_use_fp8 ? s.ll_hidden : s.ll_hidden * (s.ll_x_dtype == 0 ? 4 : 2);
   args.num_scales = s.ll_use_fp8 ? s.ll_hidden / kFp8BlockSize : 0;
   args.num_local_experts = local_experts;
@@ -890,14 +881,7 @@ Status CudaBuffer::low_latency_combine_send(const DeviceRows& x, const int64_t* 
   if (!valid.is_ok()) return s.fail(valid.with_context(fmt::format("ep rank {} low_latency_combine", s.me())));
   ++s.ll_combine_seq;
   cuda::LowLatencyCombineArgs args{};
-  args.common = {s.me(),
-                 s.n(),
-                 s.peers.as<uint8_t* const>(),
-                 s.self,
-                 s.ll_layout,
-                 s.ll_combine_seq,
-                 static_cast<uint64_t>(s.options.timeout_ms) * 1000000,
-                 s.error_device};
+  args.common = s.ll_common(s.ll_layout, s.ll_combine_seq);
   args.x = x.data;
   args.dtype = x.dtype == DType::kFloat32 ? 0 : 1;
   args.hidden = x.hidden;
@@ -926,14 +910,7 @@ Status CudaBuffer::low_latency_combine_receive(void* combined_x, void* stream) {
     return s.fail(invalid_argument("ep rank {}: low_latency_combine receive needs combined_x", s.me()));
   }
   cuda::LowLatencyCombineRecvArgs args{};
-  args.common = {s.me(),
-                 s.n(),
-                 s.peers.as<uint8_t* const>(),
-                 s.self,
-                 s.ll_layout,
-                 s.ll_combine_seq,
-                 static_cast<uint64_t>(s.options.timeout_ms) * 1000000,
-                 s.error_device};
+  args.common = s.ll_common(s.ll_layout, s.ll_combine_seq);
   args.dtype = s.ll_combine_dtype;
   args.hidden = s.ll_combine_hidden;
   args.num_tokens = s.ll_num_tokens;

@@ -21,22 +21,19 @@ namespace ff::fs::kv {
 namespace {
 
 using internal::KeyRange;
+using internal::BufferedTransaction;
 using internal::WriteBuffer;
 
 class EtcdKv;
 
-class EtcdTransaction final : public Transaction {
+class EtcdTransaction final : public BufferedTransaction {
  public:
   explicit EtcdTransaction(EtcdKv& engine) : engine_(engine) {}
 
   Result<std::optional<std::string>> get(std::string_view key) override;
   Result<std::vector<KeyValue>> range(std::string_view begin, std::string_view end, size_t limit) override;
-  void set(std::string_view key, std::string_view value) override { writes_.set(key, value); }
-  void clear(std::string_view key) override { writes_.clear(key); }
-  void clear_range(std::string_view begin, std::string_view end) override { writes_.clear_range(begin, end); }
   Status add_read_conflict(std::string_view key) override;
   Status commit() override;
-  uint64_t committed_version() const override { return committed_version_; }
   uint64_t read_version() const override { return static_cast<uint64_t>(revision_); }
 
  private:
@@ -46,9 +43,6 @@ class EtcdTransaction final : public Transaction {
 
   EtcdKv& engine_;
   int64_t revision_ = 0;  // 0 until the first read
-  bool finished_ = false;
-  uint64_t committed_version_ = 0;
-  WriteBuffer writes_;
   std::map<std::string, int64_t> read_keys_;  // unprefixed key -> mod revision seen (0: absent)
   std::vector<KeyRange> read_ranges_;         // unprefixed
 };

@@ -17,36 +17,30 @@ using internal::ActiveSnapshots;
 using internal::ConflictLog;
 using internal::KeyRange;
 using internal::ReadSet;
+using internal::BufferedTransaction;
 using internal::WriteBuffer;
 
 constexpr int64_t kConflictWindowMs = 10'000;
 
 class MemoryKv;
 
-class MemoryTransaction final : public Transaction {
+class MemoryTransaction final : public BufferedTransaction {
  public:
   MemoryTransaction(MemoryKv& engine, uint64_t snapshot) : engine_(engine), snapshot_(snapshot) {}
   ~MemoryTransaction() override;
 
   Result<std::optional<std::string>> get(std::string_view key) override;
   Result<std::vector<KeyValue>> range(std::string_view begin, std::string_view end, size_t limit) override;
-  void set(std::string_view key, std::string_view value) override { writes_.set(key, value); }
-  void clear(std::string_view key) override { writes_.clear(key); }
-  void clear_range(std::string_view begin, std::string_view end) override { writes_.clear_range(begin, end); }
   Status add_read_conflict(std::string_view key) override {
     reads_.points.emplace_back(key);
     return Status::ok();
   }
   Status commit() override;
-  uint64_t committed_version() const override { return committed_version_; }
   uint64_t read_version() const override { return snapshot_; }
 
  private:
   MemoryKv& engine_;
   uint64_t snapshot_;
-  bool finished_ = false;
-  uint64_t committed_version_ = 0;
-  WriteBuffer writes_;
   ReadSet reads_;
 };
 

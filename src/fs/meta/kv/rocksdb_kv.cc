@@ -22,6 +22,7 @@ using internal::ActiveSnapshots;
 using internal::ConflictLog;
 using internal::KeyRange;
 using internal::ReadSet;
+using internal::BufferedTransaction;
 using internal::WriteBuffer;
 
 // The commit version is kept in the store too (written with every batch), so versions keep increasing
@@ -45,7 +46,7 @@ uint64_t decode_u64(std::string_view bytes) {
 
 class RocksKv;
 
-class RocksTransaction final : public Transaction {
+class RocksTransaction final : public BufferedTransaction {
  public:
   RocksTransaction(RocksKv& engine, uint64_t snapshot_version, const rocksdb::Snapshot* snapshot)
       : engine_(engine), snapshot_version_(snapshot_version), snapshot_(snapshot) {}
@@ -53,24 +54,17 @@ class RocksTransaction final : public Transaction {
 
   Result<std::optional<std::string>> get(std::string_view key) override;
   Result<std::vector<KeyValue>> range(std::string_view begin, std::string_view end, size_t limit) override;
-  void set(std::string_view key, std::string_view value) override { writes_.set(key, value); }
-  void clear(std::string_view key) override { writes_.clear(key); }
-  void clear_range(std::string_view begin, std::string_view end) override { writes_.clear_range(begin, end); }
   Status add_read_conflict(std::string_view key) override {
     reads_.points.emplace_back(key);
     return Status::ok();
   }
   Status commit() override;
-  uint64_t committed_version() const override { return committed_version_; }
   uint64_t read_version() const override { return snapshot_version_; }
 
  private:
   RocksKv& engine_;
   uint64_t snapshot_version_;
   const rocksdb::Snapshot* snapshot_;
-  bool finished_ = false;
-  uint64_t committed_version_ = 0;
-  WriteBuffer writes_;
   ReadSet reads_;
 };
 

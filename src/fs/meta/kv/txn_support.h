@@ -119,4 +119,19 @@ class ActiveSnapshots {
 // Human-readable key for messages: printable ASCII kept, other bytes as \xNN, cut at 80 characters.
 std::string printable_key(std::string_view key);
 
+// What every engine's transaction shares: buffered writes (read-your-writes), the finished flag and the
+// commit version. Engines add their read tracking and implement get, range, add_read_conflict and commit.
+class BufferedTransaction : public Transaction {
+ public:
+  void set(std::string_view key, std::string_view value) override { writes_.set(key, value); }
+  void clear(std::string_view key) override { writes_.clear(key); }
+  void clear_range(std::string_view begin, std::string_view end) override { writes_.clear_range(begin, end); }
+  uint64_t committed_version() const override { return committed_version_; }
+
+ protected:
+  WriteBuffer writes_;
+  bool finished_ = false;
+  uint64_t committed_version_ = 0;
+};
+
 }  // namespace ff::fs::kv::internal
