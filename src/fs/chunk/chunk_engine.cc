@@ -21,6 +21,7 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -123,6 +124,36 @@ Status version_mismatch(fmt::format_string<Args...> format, Args&&... args) {
 Status rocks_status(const rocksdb::Status& status, std::string_view what) {
   if (status.ok()) return Status::ok();
   return io_error("{}: rocksdb: {}", what, status.ToString());
+}
+
+
+// Calls `visit` for every block the chunk metadata references: each chunk's committed and pending
+// versions (an in-place append's or patched pending version shares the committed block and is visited
+// once) and their patch blocks (as a version of the patch's length). Counts the chunks in *chunks.
+Status visit_referenced_blocks(rocksdb::DB* db,
+                               const std::function<Status(const ChunkId&, const VersionRecord&)>& visit,
+                               uint64_t* chunks) {
+  const auto visit_patch = [&](const ChunkId& id, const VersionRecord& version) -> Status {
+    if (!version.present() || !version.patch.location.valid()) return Status::ok();
+    VersionRecord as_version;
+    as_version.version = version.version;
+    as_version.length = version.patch.length;
+    as_version.location = version.patch.location;
+    return visit(id, as_version);
+  };
+  std::unique_ptr<rocksdb::Iterator> iterator(db->NewIterator(rocksdb::ReadOptions()));
+  for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
+    FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
+    FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
+    FF_RETURN_IF_ERROR(visit(id, record.committed));
+    if (!(record.pending.location == record.committed.location && record.committed.present())) {
+      FF_RETURN_IF_ERROR(visit(id, record.pending));
+    }
+    FF_RETURN_IF_ERROR(visit_patch(id, record.committed));
+    FF_RETURN_IF_ERROR(visit_patch(id, record.pending));
+    ++*chunks;
+  }
+  return rocks_status(iterator->status(), "scan chunk metadata");
 }
 
 }  // namespace
@@ -631,7 +662,6 @@ Status ChunkEngine::Impl::open_files() {
 
 Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks) {
   // Every block referenced by a committed or pending version is in use; every other block is free.
-  std::unique_ptr<rocksdb::Iterator> iterator(db->NewIterator(rocksdb::ReadOptions()));
   *chunks = 0;
   for (auto& block_class : classes) block_class->used.assign(block_class->total_blocks, false);
   const auto mark = [&](const ChunkId& id, const VersionRecord& version) -> Status {
@@ -654,27 +684,7 @@ Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks) {
     block_class.used[version.location.block] = true;
     return Status::ok();
   };
-  const auto mark_patch = [&](const ChunkId& id, const VersionRecord& version) -> Status {
-    if (!version.present() || !version.patch.location.valid()) return Status::ok();
-    VersionRecord as_version;
-    as_version.version = version.version;
-    as_version.length = version.patch.length;
-    as_version.location = version.patch.location;
-    return mark(id, as_version);
-  };
-  for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
-    FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
-    FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
-    FF_RETURN_IF_ERROR(mark(id, record.committed));
-    // An in-place append's (or a patched) pending version shares the committed block.
-    if (!(record.pending.location == record.committed.location && record.committed.present())) {
-      FF_RETURN_IF_ERROR(mark(id, record.pending));
-    }
-    FF_RETURN_IF_ERROR(mark_patch(id, record.committed));
-    FF_RETURN_IF_ERROR(mark_patch(id, record.pending));
-    ++*chunks;
-  }
-  FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
+  FF_RETURN_IF_ERROR(visit_referenced_blocks(db.get(), mark, chunks));
   for (auto& block_class : classes) {
     block_class->free.clear();
     for (uint64_t block = block_class->total_blocks; block-- > 0;) {
@@ -1139,7 +1149,6 @@ Status ChunkEngine::check_allocator() {
     std::lock_guard lock(impl.classes[index]->mutex);
     referenced[index].assign(impl.classes[index]->total_blocks, false);
   }
-  std::unique_ptr<rocksdb::Iterator> iterator(impl.db->NewIterator(rocksdb::ReadOptions()));
   const auto mark = [&](const ChunkId& id, const VersionRecord& version) -> Status {
     if (!version.present() || !version.location.valid()) return Status::ok();
     const BlockLocation location = version.location;
@@ -1154,24 +1163,8 @@ Status ChunkEngine::check_allocator() {
     referenced[location.block_class][location.block] = true;
     return Status::ok();
   };
-  const auto mark_patch = [&](const ChunkId& id, const VersionRecord& version) -> Status {
-    if (!version.present() || !version.patch.location.valid()) return Status::ok();
-    VersionRecord as_version;
-    as_version.version = version.version;
-    as_version.location = version.patch.location;
-    return mark(id, as_version);
-  };
-  for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
-    FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
-    FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
-    FF_RETURN_IF_ERROR(mark(id, record.committed));
-    if (!(record.pending.location == record.committed.location && record.committed.present())) {
-      FF_RETURN_IF_ERROR(mark(id, record.pending));
-    }
-    FF_RETURN_IF_ERROR(mark_patch(id, record.committed));
-    FF_RETURN_IF_ERROR(mark_patch(id, record.pending));
-  }
-  FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
+  uint64_t chunks = 0;
+  FF_RETURN_IF_ERROR(visit_referenced_blocks(impl.db.get(), mark, &chunks));
   {
     // Patch blocks waiting for a synced batch are still in use.
     std::lock_guard lock(impl.deferred_mutex);
