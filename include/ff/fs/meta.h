@@ -162,7 +162,61 @@ Status meta_error(int errno_value, std::string message);
 int errno_of(const Status& status);
 std::string_view errno_name(int errno_value);  // "ENOENT"; "E?" for numbers it does not know
 
-class MetaService {
+// The metadata operations as an interface, so that the file client, ff-fuse and tools run the same
+// over an in-process MetaService (tests, single-process tools) and over RPC to ff-meta instances
+// (meta_rpc.h). Semantics, errors and thread-safety: as documented on MetaService below.
+class MetaApi {
+ public:
+  virtual ~MetaApi() = default;
+
+  // ---- names and attributes
+  virtual Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) = 0;
+  virtual Result<Inode> getattr(InodeId inode) = 0;
+  virtual Result<Inode> setattr(const Caller& caller, InodeId inode, const SetAttr& attr) = 0;
+  // Walks an absolute path from the root ("/a/b"), following symlinks in the middle (and at the end
+  // when follow_last), with search permission checks: ENOENT, ENOTDIR, ELOOP, EACCES.
+  virtual Result<Inode> resolve(const Caller& caller, std::string_view path, bool follow_last = true) = 0;
+
+  // ---- creating: each returns the new inode; EEXIST when the name exists.
+  virtual Result<Inode> create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) = 0;
+  virtual Result<Inode> mknod(const Caller& caller, InodeId parent, std::string_view name, FileType type, uint32_t mode,
+                              uint32_t rdev) = 0;
+  virtual Result<Inode> mkdir(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) = 0;
+  virtual Result<Inode> symlink(const Caller& caller, InodeId parent, std::string_view name,
+                                std::string_view target) = 0;
+  // A new name for an existing non-directory (EPERM for directories).
+  virtual Result<Inode> link(const Caller& caller, InodeId inode, InodeId new_parent, std::string_view new_name) = 0;
+  virtual Result<std::string> readlink(InodeId inode) = 0;
+
+  // ---- removing and renaming
+  virtual Status unlink(const Caller& caller, InodeId parent, std::string_view name) = 0;
+  virtual Status rmdir(const Caller& caller, InodeId parent, std::string_view name) = 0;
+  // Atomic. Replaces an existing destination per POSIX (a file by a file, an empty directory by a
+  // directory) unless no_replace (then EEXIST); EINVAL when a directory would move into its own
+  // subtree; renaming onto another name of the same inode does nothing.
+  virtual Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                        std::string_view new_name, bool no_replace = false) = 0;
+
+  // ---- listing: up to `limit` entries (1..4096) with names > `after` ("" from the start). The name of
+  // the last entry is the cursor of the next page (stable under concurrent changes, unlike an index).
+  virtual Result<ReadDirPage> readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit) = 0;
+  virtual Result<StatFs> statfs() = 0;
+
+  // ---- open files. Every open is a session recorded in the store under the client's id: an unlinked
+  // file stays readable (its inode and chunks are kept) until its last session closes. Write sessions
+  // make the length exact on close (FileStorage::file_length, else the client's report).
+  virtual Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client) = 0;
+  // length_hint: the end of the client's writes (0 when it did not write).
+  virtual Status close(InodeId inode, uint64_t session, uint64_t length_hint) = 0;
+  // fsync: makes the inode's length exact now; returns the updated inode.
+  virtual Result<Inode> sync(InodeId inode, uint64_t length_hint) = 0;
+  // A client's report that it wrote up to `length` (lengths only grow through reports).
+  virtual Status report_length(InodeId inode, uint64_t length) = 0;
+  // Keeps a client's sessions alive for config.client_lease_ms more.
+  virtual Status renew_client(uint64_t client) = 0;
+};
+
+class MetaService final : public MetaApi {
  public:
   // Opens the service over `engine`, creating the root directory (uid 0, mode 0755) when the store is
   // empty. `storage` may be null (tests, tools): lengths then come from clients' reports only, and
@@ -170,54 +224,38 @@ class MetaService {
   // instance on one store (nullptr: the wall clock, which is).
   static Result<std::unique_ptr<MetaService>> open(kv::KvEngine& engine, MetaConfig config,
                                                    FileStorage* storage = nullptr, Clock* clock = nullptr);
-  ~MetaService();
+  ~MetaService() override;
   MetaService(const MetaService&) = delete;
   MetaService& operator=(const MetaService&) = delete;
 
-  // ---- names and attributes
-  Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name);
-  Result<Inode> getattr(InodeId inode);
-  Result<Inode> setattr(const Caller& caller, InodeId inode, const SetAttr& attr);
-  // Walks an absolute path from the root ("/a/b"), following symlinks in the middle (and at the end
-  // when follow_last), with search permission checks: ENOENT, ENOTDIR, ELOOP, EACCES.
-  Result<Inode> resolve(const Caller& caller, std::string_view path, bool follow_last = true);
+  // ---- the MetaApi operations (documented there)
+  Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) override;
+  Result<Inode> getattr(InodeId inode) override;
+  Result<Inode> setattr(const Caller& caller, InodeId inode, const SetAttr& attr) override;
+  Result<Inode> resolve(const Caller& caller, std::string_view path, bool follow_last = true) override;
 
-  // ---- creating: each returns the new inode; EEXIST when the name exists.
-  Result<Inode> create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode);
+  Result<Inode> create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) override;
   Result<Inode> mknod(const Caller& caller, InodeId parent, std::string_view name, FileType type, uint32_t mode,
-                      uint32_t rdev);
-  Result<Inode> mkdir(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode);
-  Result<Inode> symlink(const Caller& caller, InodeId parent, std::string_view name, std::string_view target);
-  // A new name for an existing non-directory (EPERM for directories).
-  Result<Inode> link(const Caller& caller, InodeId inode, InodeId new_parent, std::string_view new_name);
-  Result<std::string> readlink(InodeId inode);
+                      uint32_t rdev) override;
+  Result<Inode> mkdir(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) override;
+  Result<Inode> symlink(const Caller& caller, InodeId parent, std::string_view name, std::string_view target) override;
+  Result<Inode> link(const Caller& caller, InodeId inode, InodeId new_parent, std::string_view new_name) override;
+  Result<std::string> readlink(InodeId inode) override;
 
-  // ---- removing and renaming
-  Status unlink(const Caller& caller, InodeId parent, std::string_view name);
-  Status rmdir(const Caller& caller, InodeId parent, std::string_view name);
-  // Atomic. Replaces an existing destination per POSIX (a file by a file, an empty directory by a
-  // directory) unless no_replace (then EEXIST); EINVAL when a directory would move into its own
-  // subtree; renaming onto another name of the same inode does nothing.
+  Status unlink(const Caller& caller, InodeId parent, std::string_view name) override;
+  Status rmdir(const Caller& caller, InodeId parent, std::string_view name) override;
   Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
-                std::string_view new_name, bool no_replace = false);
+                std::string_view new_name, bool no_replace = false) override;
 
-  // ---- listing: up to `limit` entries (1..4096) with names > `after` ("" from the start). The name of
-  // the last entry is the cursor of the next page (stable under concurrent changes, unlike an index).
-  Result<ReadDirPage> readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit);
-  Result<StatFs> statfs();
+  Result<ReadDirPage> readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit) override;
+  Result<StatFs> statfs() override;
 
-  // ---- open files. Every open is a session recorded in the store under the client's id: an unlinked
-  // file stays readable (its inode and chunks are kept) until its last session closes. Write sessions
-  // make the length exact on close (FileStorage::file_length, else the client's report).
-  Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client);
-  // length_hint: the end of the client's writes (0 when it did not write).
-  Status close(InodeId inode, uint64_t session, uint64_t length_hint);
-  // fsync: makes the inode's length exact now; returns the updated inode.
-  Result<Inode> sync(InodeId inode, uint64_t length_hint);
-  // A client's report that it wrote up to `length` (lengths only grow through reports).
-  Status report_length(InodeId inode, uint64_t length);
-  // Keeps a client's sessions alive for config.client_lease_ms more.
-  Status renew_client(uint64_t client);
+  Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client) override;
+  Status close(InodeId inode, uint64_t session, uint64_t length_hint) override;
+  Result<Inode> sync(InodeId inode, uint64_t length_hint) override;
+  Status report_length(InodeId inode, uint64_t length) override;
+  Status renew_client(uint64_t client) override;
+
   // Removes the sessions of clients whose lease ran out (and deletes inodes only they kept alive);
   // returns how many sessions were reclaimed. Run periodically by ff-meta.
   Result<size_t> reclaim_expired_sessions();
