@@ -1,0 +1,105 @@
+// FileClient: the native client library of fs (issue #6 item 3). Files are named by inode; names go
+// through the metadata service (meta::MetaApi: an in-process MetaService or the RPC client of ff-meta),
+// data goes straight between the client and storage: chunk i of a file is ChunkId{inode, i} on chain
+// inode.layout.chain_of(i), so no metadata call is on the data path except open, close, fsync and the
+// length reports.
+//
+//   auto client = FileClient::connect({.mgmtd_address = "127.0.0.1:9000"}, meta);
+//   FF_ASSIGN_OR_RETURN(auto fh, client->create(caller, meta::kRootInode, "a", 0644, meta::kOpenWrite));
+//   FF_RETURN_IF_ERROR(client->write(fh, 0, bytes).status());
+//   FF_RETURN_IF_ERROR(client->close(fh));
+//
+// Semantics:
+//   - read/write split at chunk boundaries and run up to max_parallel_chunks chunk I/Os at once over
+//     StorageClient, which retries across chain changes, dirty chunks and unreachable servers;
+//   - a write that ends past the known length reports the new end to meta (report_length) at most once
+//     per report_interval_ms, and exactly on fsync and close (which make the length exact);
+//   - reads stop at the file's length (short read at the end); holes read as zeros;
+//   - the client renews its sessions' lease every lease_renew_interval_ms; when it dies, meta reclaims
+//     its sessions after the lease runs out.
+// Errors are meta-style Status values (errno-tagged, meta::errno_of): EBADF for an unknown handle,
+// EACCES/EISDIR/ETXTBSY etc. from meta, EIO for storage failures after retries (the message names the
+// chunk, chain and the storage error).
+//
+// Thread-safety: every method may be called from any thread; one handle may be used by many threads at
+// once (positional I/O). close() while another thread uses the handle is the caller's bug (EBADF).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ff/common/result.h"
+#include "ff/fs/meta.h"
+#include "ff/fs/transport.h"
+
+namespace ff::fs {
+
+struct FileClientConfig {
+  std::string mgmtd_address;           // routing for storage (connect())
+  uint64_t client_id = 0;              // 0: a random id (session owner and write-dedupe key)
+  uint32_t max_parallel_chunks = 16;   // chunk I/Os in flight per call
+  int64_t rpc_timeout_ms = 5'000;      // one storage RPC
+  int64_t op_timeout_ms = 60'000;      // one chunk I/O, retries included
+  int64_t report_interval_ms = 1'000;  // length reports while writing
+  int64_t lease_renew_interval_ms = 10'000;
+};
+
+using FileHandle = uint64_t;
+
+class FileClient {
+ public:
+  // Starts the client's own executor and gRPC client for storage. `meta` must outlive the client.
+  static Result<std::unique_ptr<FileClient>> connect(FileClientConfig config, meta::MetaApi& meta);
+  // Over a caller's executor and RpcClient (tests with in-process services); all must outlive it.
+  static Result<std::unique_ptr<FileClient>> create(FileClientConfig config, meta::MetaApi& meta,
+                                                    Executor& executor, RpcClient& rpc);
+  // Closes the handles still open (best effort, errors logged).
+  ~FileClient();
+  FileClient(const FileClient&) = delete;
+  FileClient& operator=(const FileClient&) = delete;
+
+  meta::MetaApi& meta();
+  uint64_t client_id() const;
+
+  // flags: meta::OpenFlags (kOpenRead, kOpenWrite, kOpenTruncate).
+  Result<FileHandle> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags);
+  // Creates the file (EEXIST when the name exists) and opens it.
+  Result<FileHandle> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name,
+                            uint32_t mode, uint32_t flags);
+  // Returns the bytes read (short at the end of the file).
+  Result<size_t> read(FileHandle handle, uint64_t offset, std::span<std::byte> out);
+  // Returns data.size() or an error (a failed write may have written a prefix).
+  Result<size_t> write(FileHandle handle, uint64_t offset, std::span<const std::byte> data);
+  // Makes the written data's length exact in meta; returns the inode as meta now holds it.
+  Result<meta::Inode> fsync(FileHandle handle);
+  Status close(FileHandle handle);
+  // The inode as this handle knows it (length: the larger of meta's and this client's writes).
+  Result<meta::Inode> stat(FileHandle handle) const;
+
+  // Many I/Os on any open handles in one call: all their chunk I/Os run in parallel (bounded by
+  // max_parallel_chunks); results in request order. Used by the USRBIO-style ring API and the KV cache.
+  struct ReadOp {
+    FileHandle handle = 0;
+    uint64_t offset = 0;
+    std::span<std::byte> out;
+  };
+  struct WriteOp {
+    FileHandle handle = 0;
+    uint64_t offset = 0;
+    std::span<const std::byte> data;
+  };
+  std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops);
+  std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops);
+
+ private:
+  struct Impl;
+  explicit FileClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ff::fs
