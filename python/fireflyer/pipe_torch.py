@@ -18,8 +18,8 @@ Transfers are ``torch.distributed`` isend/irecv. Every rank knows every rank's o
 posts its receives from a peer in the order that peer sends (ahead of need when the schedule consumes
 out of order): messages match by order, which NCCL (no tags) needs, and gloo gets tags as well. Under
 NCCL each direction of each link gets its own two-rank communicator, so a rank's sends to a peer never
-queue behind its receives from that peer on one NCCL stream (that cycle deadlocks). Tested on CPU
-processes with gloo; the NCCL path is not yet verified (its first run on 2 GPUs failed, cause unknown).
+queue behind its receives from that peer on one NCCL stream (that cycle deadlocks), and the links'
+communicators are created up front in one global order (_warm_up_links).
 
 Differences from the anchor: weight gradients are deferred without a custom autograd function (an I
 runs ``autograd.backward(inputs=<stage inputs>, retain_graph=True)`` and its W runs the backward
@@ -101,7 +101,23 @@ class _ScheduledPipe(nn.Module, metaclass=abc.ABCMeta):
                     continue
                 members = sorted([self._global_rank(src), self._global_rank(dst)])
                 groups[(src, dst)] = dist.new_group(members, use_local_synchronization=True)
+        self._warm_up_links(groups)
         return groups
+
+    def _warm_up_links(self, groups) -> None:
+        """Creates each link's NCCL communicator now, every rank in the same global order of links.
+
+        NCCL creates a communicator at its first operation and blocks until both members arrive. Left
+        to the schedule, rank 0 may first send on link (0, 1) while rank 1 first sends on (1, 0): each
+        waits in the other link's creation forever. One message per link, in (src, dst) order, cannot
+        deadlock: the smallest link not yet warmed always has both members waiting on it."""
+        device = next(self.module[0].parameters()).device
+        for (src, dst) in sorted(groups):
+            probe = torch.zeros(1, device=device)
+            if self.rank == src:
+                dist.send(probe, dst=self._global_rank(dst), group=groups[(src, dst)])
+            else:
+                dist.recv(probe, src=self._global_rank(src), group=groups[(src, dst)])
 
     # --- schedule -------------------------------------------------------------------------------
     @abc.abstractmethod
