@@ -36,6 +36,7 @@
 #include "ff/common/result.h"
 #include "ff/fs/meta.h"
 #include "ff/fs/transport.h"
+#include "ff/fs/types.h"
 
 namespace ff::fs {
 
@@ -96,9 +97,53 @@ class FileClient {
   std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops);
   std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops);
 
+  // meta().setattr plus this client's view of the length: a truncate through here is seen at once by
+  // reads on this client's open handles of the inode (a truncate straight through meta() is seen only
+  // when a read crosses the old end, or after the next open/fsync). ff-fuse uses this for setattr.
+  Result<meta::Inode> setattr(const meta::Caller& caller, meta::InodeId inode, const meta::SetAttr& attr);
+
+  // The storage side of the metadata service (file lengths from storage, truncation, chunk removal)
+  // over this client's StorageClient, for an in-process MetaService (tests, EmbeddedFs, tools). Lives
+  // as long as the client; blocking; callable from any thread except the client's executor.
+  meta::FileStorage& file_storage();
+
+  // Open handles now (tests, tools).
+  size_t open_handles() const;
+
  private:
   struct Impl;
   explicit FileClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// A whole single-process client over a cluster: mgmtd's routing, an in-process MetaService on a KV
+// engine (RocksDB directory, or memory) whose FileStorage is the client's, and the FileClient. For the
+// Python bindings, the KV cache, benchmarks and tools when no ff-meta runs. Two processes must not open
+// one RocksDB directory (RocksDB's LOCK refuses the second); share metadata through ff-meta instead.
+// A background thread reclaims expired client sessions and removes deleted files' chunks.
+struct EmbeddedFsConfig {
+  std::string kv_path;                 // RocksDB directory (created when missing); empty: memory KV
+  bool kv_sync = true;                 // fsync RocksDB's WAL per commit
+  ChainTableId chain_table = 1;        // files are striped over this table's chains (from mgmtd)
+  uint32_t stripe = 0;                 // chains per file; 0: every chain of the table
+  uint32_t chunk_size = 4u << 20;      // bytes per chunk (the storage servers' max or less)
+  int64_t routing_timeout_ms = 30'000;  // waits this long for mgmtd and the chain table
+  int64_t gc_interval_ms = 1'000;       // session reclaim + garbage collection period
+};
+
+class EmbeddedFs {
+ public:
+  static Result<std::unique_ptr<EmbeddedFs>> open(FileClientConfig client_config, EmbeddedFsConfig config);
+  ~EmbeddedFs();
+  EmbeddedFs(const EmbeddedFs&) = delete;
+  EmbeddedFs& operator=(const EmbeddedFs&) = delete;
+
+  FileClient& client();
+  meta::MetaService& meta();
+
+ private:
+  struct Impl;
+  explicit EmbeddedFs(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

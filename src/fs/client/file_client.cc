@@ -1,0 +1,807 @@
+// FileClient: the native file client (include/ff/fs/file_client.h). See docs/fs-client.md.
+//
+// Threading. The StorageClient lives on one Executor (its methods and callbacks run there). A call
+// (read, write, batch) runs in the caller's thread as a bounded pipeline: the caller splits the I/O at
+// chunk boundaries, posts up to max_parallel_chunks chunk I/Os to the executor, and waits for their
+// completions, which the executor's callbacks hand back through a Pipeline (a queue under a mutex).
+// The caller copies payloads (into the user's buffer for reads, out of it for writes), so copies run in
+// parallel across calling threads and the executor only moves buffers. Callbacks never touch a user
+// buffer, so a caller that gives up waiting (deadline) leaves nothing behind that could write into
+// freed memory.
+//
+// Lock order: handles_mutex_ before an InodeState's mutex; a Pipeline's mutex is never held with
+// either.
+#include "ff/fs/file_client.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <future>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "ff/common/assert.h"
+#include "ff/common/log.h"
+#include "ff/fs/client.h"
+#include "ff/fs/rpc/grpc_transport.h"
+
+namespace ff::fs {
+
+namespace {
+
+using meta::meta_error;
+
+constexpr int64_t kNsPerMs = 1'000'000;
+
+uint64_t random_client_id() {
+  std::random_device device;
+  uint64_t id = 0;
+  while (id == 0) id = (static_cast<uint64_t>(device()) << 32) ^ device();
+  return id;
+}
+
+// Adds context to an errno-tagged Status, keeping the tag first (errno_of reads it there).
+Status with_errno_context(const Status& status, std::string_view context) {
+  std::string_view message = status.message();
+  if (message.starts_with("[E")) {
+    size_t close = message.find("] ");
+    if (close != std::string_view::npos) message.remove_prefix(close + 2);
+  }
+  return meta_error(meta::errno_of(status), fmt::format("{}: {}", context, message));
+}
+
+int64_t steady_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// One chunk I/O of a call: a byte range of one chunk, and where its bytes sit in the op's buffer.
+struct ChunkTask {
+  size_t op = 0;
+  ChainId chain = 0;
+  ChunkId chunk;
+  uint64_t chunk_offset = 0;
+  uint64_t length = 0;
+  uint64_t buffer_offset = 0;
+};
+
+// A finished chunk I/O, handed from the executor to the calling thread.
+struct ChunkDone {
+  size_t task = 0;
+  Status status;
+  Bytes data;  // reads: the bytes storage returned (short at the end of the chunk)
+};
+
+// Completions of one call's chunk I/Os. Shared by the caller and the callbacks (which may outlive an
+// abandoned call).
+struct Pipeline {
+  std::mutex mutex;  // guards done
+  std::condition_variable wake;
+  std::vector<ChunkDone> done;
+
+  void complete(ChunkDone item) {
+    {
+      std::lock_guard lock(mutex);
+      done.push_back(std::move(item));
+    }
+    wake.notify_one();
+  }
+};
+
+// What this client knows of one inode's length, shared by its open handles of that inode.
+// eof() = max(meta_length, unreported_end): meta's length as last seen, and the end of this client's
+// acknowledged writes that meta has not been told about yet.
+struct InodeState {
+  std::mutex mutex;  // guards everything below
+  meta::Inode inode;
+  uint64_t meta_length = 0;
+  uint64_t unreported_end = 0;
+  int64_t last_report_ns = 0;
+  size_t handles = 0;
+
+  uint64_t eof() const { return std::max(meta_length, unreported_end); }
+  void adopt_meta_length(uint64_t length) {
+    meta_length = length;
+    if (unreported_end <= meta_length) unreported_end = 0;
+  }
+};
+
+struct OpenHandle {
+  FileHandle id = 0;
+  meta::InodeId inode = 0;
+  uint64_t session = 0;
+  uint32_t flags = 0;
+  std::shared_ptr<InodeState> state;
+  std::mutex mutex;          // guards written_end
+  uint64_t written_end = 0;  // end of this handle's acknowledged writes (close's length hint)
+};
+
+}  // namespace
+
+struct FileClient::Impl {
+  FileClientConfig config;
+  meta::MetaApi& meta;
+  // Owned transport (connect()); null when the caller gave its own (create()).
+  std::unique_ptr<rpc::ThreadExecutor> owned_executor;
+  std::unique_ptr<rpc::GrpcRpcClient> owned_rpc;
+  Executor* executor = nullptr;
+  std::unique_ptr<StorageClient> storage;
+
+  mutable std::mutex handles_mutex;  // guards handles, inodes, next_handle
+  std::unordered_map<FileHandle, std::shared_ptr<OpenHandle>> handles;
+  std::unordered_map<meta::InodeId, std::shared_ptr<InodeState>> inodes;
+  FileHandle next_handle = 1;
+
+  // The background thread: length reports and lease renewal.
+  std::mutex background_mutex;  // guards stopping
+  std::condition_variable background_wake;
+  bool stopping = false;
+  std::thread background;
+
+  class StorageOps;
+  std::unique_ptr<StorageOps> storage_ops;
+
+  Impl(FileClientConfig c, meta::MetaApi& m) : config(std::move(c)), meta(m) {}
+
+  int64_t wait_budget_ns() const { return (config.op_timeout_ms + config.rpc_timeout_ms) * kNsPerMs + 5'000'000'000; }
+
+  // ---------------------------------------------------------------- handles
+  Result<std::shared_ptr<OpenHandle>> find(FileHandle handle) const {
+    std::lock_guard lock(handles_mutex);
+    auto it = handles.find(handle);
+    if (it == handles.end()) return meta_error(EBADF, fmt::format("file handle {} is not open", handle));
+    return it->second;
+  }
+
+  Result<FileHandle> open_inode(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) {
+    FF_ASSIGN_OR_RETURN(meta::OpenFile opened, meta.open(caller, inode, flags, config.client_id));
+    if (opened.inode.type != meta::FileType::kRegular) {
+      (void)meta.close(inode, opened.session, 0);
+      if (opened.inode.type == meta::FileType::kDirectory) {
+        return meta_error(EISDIR, fmt::format("inode {} is a directory", inode));
+      }
+      return meta_error(EINVAL, fmt::format("inode {} is a {}, not a regular file", inode,
+                                            meta::file_type_name(opened.inode.type)));
+    }
+    if (opened.inode.layout.chains.empty() || opened.inode.layout.chunk_size == 0) {
+      (void)meta.close(inode, opened.session, 0);
+      return meta_error(EIO, fmt::format("inode {} has no layout (chains {}, chunk size {})", inode,
+                                         opened.inode.layout.chains.size(), opened.inode.layout.chunk_size));
+    }
+    auto handle = std::make_shared<OpenHandle>();
+    handle->inode = inode;
+    handle->session = opened.session;
+    handle->flags = flags;
+    std::lock_guard lock(handles_mutex);
+    auto& state = inodes[inode];
+    if (!state) state = std::make_shared<InodeState>();
+    {
+      std::lock_guard state_lock(state->mutex);
+      state->inode = opened.inode;
+      if (flags & meta::kOpenTruncate) {
+        state->meta_length = opened.inode.length;
+        state->unreported_end = 0;
+      } else {
+        state->adopt_meta_length(opened.inode.length);
+      }
+      ++state->handles;
+    }
+    handle->state = state;
+    handle->id = next_handle++;
+    handles.emplace(handle->id, handle);
+    return handle->id;
+  }
+
+  // Drops a handle from the table (false when another thread closed it first); its InodeState goes
+  // with the inode's last handle.
+  bool forget(const std::shared_ptr<OpenHandle>& handle) {
+    std::lock_guard lock(handles_mutex);
+    if (handles.erase(handle->id) == 0) return false;
+    std::lock_guard state_lock(handle->state->mutex);
+    if (--handle->state->handles == 0) {
+      auto it = inodes.find(handle->inode);
+      if (it != inodes.end() && it->second == handle->state) inodes.erase(it);
+    }
+    return true;
+  }
+
+  Status close_handle(FileHandle id) {
+    FF_ASSIGN_OR_RETURN(auto handle, find(id));
+    if (!forget(handle)) return meta_error(EBADF, fmt::format("file handle {} is not open", id));
+    uint64_t hint = 0;
+    if (handle->flags & meta::kOpenWrite) {
+      std::lock_guard lock(handle->mutex);
+      hint = handle->written_end;
+    }
+    Status closed = meta.close(handle->inode, handle->session, hint);
+    if (!closed.is_ok()) return with_errno_context(closed, fmt::format("close of handle {} (inode {})", id, handle->inode));
+    return Status::ok();
+  }
+
+  void note_written(OpenHandle& handle, uint64_t end) {
+    {
+      std::lock_guard lock(handle.mutex);
+      handle.written_end = std::max(handle.written_end, end);
+    }
+    std::lock_guard lock(handle.state->mutex);
+    if (end > handle.state->meta_length) handle.state->unreported_end = std::max(handle.state->unreported_end, end);
+  }
+
+  // Asks meta for the inode's length again (a read crossing the end this client knows).
+  void refresh_length(InodeState& state, meta::InodeId inode) {
+    Result<meta::Inode> fresh = meta.getattr(inode);
+    if (!fresh.is_ok()) {
+      FF_LOG_DEBUG("fs client: getattr of inode {} failed: {}", inode, fresh.status());
+      return;
+    }
+    std::lock_guard lock(state.mutex);
+    state.adopt_meta_length(fresh->length);
+  }
+
+  // ---------------------------------------------------------------- the chunk pipeline
+  // Runs `count` chunk I/Os, at most max_parallel_chunks at once: issue(i, pipeline) starts I/O i
+  // (posting to the executor), consume(done) handles a completion in this thread. I/Os still
+  // unfinished when no completion arrived for the wait budget get `timeout` passed to consume.
+  void run_pipeline(size_t count, const std::function<void(size_t, const std::shared_ptr<Pipeline>&)>& issue,
+                    const std::function<void(ChunkDone&)>& consume) {
+    if (count == 0) return;
+    auto pipeline = std::make_shared<Pipeline>();
+    const size_t window = std::max<uint32_t>(config.max_parallel_chunks, 1);
+    size_t next = 0, in_flight = 0, completed = 0;
+    std::vector<bool> finished(count, false);
+    std::vector<ChunkDone> batch;
+    while (completed < count) {
+      while (next < count && in_flight < window) {
+        issue(next++, pipeline);
+        ++in_flight;
+      }
+      {
+        std::unique_lock lock(pipeline->mutex);
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(wait_budget_ns());
+        if (!pipeline->wake.wait_until(lock, deadline, [&] { return !pipeline->done.empty(); })) {
+          lock.unlock();
+          // NOTE: StorageClient bounds every operation by op_timeout, so this only fires when a
+          // completion got lost; the late callbacks then only touch the pipeline.
+          for (size_t i = 0; i < next; ++i) {
+            if (finished[i]) continue;
+            ChunkDone lost{i, meta_error(ETIMEDOUT, fmt::format("chunk I/O {} had no answer within {} ms", i,
+                                                                wait_budget_ns() / kNsPerMs)),
+                           {}};
+            consume(lost);
+          }
+          for (size_t i = next; i < count; ++i) {
+            ChunkDone skipped{i, meta_error(ETIMEDOUT, "not started: an earlier chunk I/O timed out"), {}};
+            consume(skipped);
+          }
+          return;
+        }
+        batch.swap(pipeline->done);
+      }
+      for (ChunkDone& item : batch) {
+        FF_ASSERT(item.task < count && !finished[item.task], "chunk I/O {} completed twice", item.task);
+        finished[item.task] = true;
+        consume(item);
+        ++completed;
+        --in_flight;
+      }
+      batch.clear();
+    }
+  }
+
+  // Splits [offset, offset + length) of a file into chunk tasks of op `op`.
+  static void split(const meta::Layout& layout, meta::InodeId inode, size_t op, uint64_t offset, uint64_t length,
+                    std::vector<ChunkTask>& tasks) {
+    const uint64_t chunk_size = layout.chunk_size;
+    uint64_t position = offset;
+    const uint64_t end = offset + length;
+    while (position < end) {
+      uint64_t index = position / chunk_size;
+      uint64_t in_chunk = position % chunk_size;
+      uint64_t take = std::min(end - position, chunk_size - in_chunk);
+      tasks.push_back(ChunkTask{.op = op,
+                                .chain = layout.chain_of(index),
+                                .chunk = ChunkId{inode, index},
+                                .chunk_offset = in_chunk,
+                                .length = take,
+                                .buffer_offset = position - offset});
+      position += take;
+    }
+  }
+
+  std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops) {
+    std::vector<Result<size_t>> results(ops.size(), Result<size_t>(size_t{0}));
+    std::vector<std::shared_ptr<OpenHandle>> op_handles(ops.size());
+    std::vector<ChunkTask> tasks;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const ReadOp& op = ops[i];
+      auto handle = find(op.handle);
+      if (!handle.is_ok()) {
+        results[i] = handle.status();
+        continue;
+      }
+      if (!((*handle)->flags & meta::kOpenRead)) {
+        results[i] = meta_error(EBADF, fmt::format("file handle {} is not open for reading", op.handle));
+        continue;
+      }
+      if (op.offset > UINT64_MAX - op.out.size()) {
+        results[i] = meta_error(EINVAL, fmt::format("read of {} bytes at offset {} overflows", op.out.size(), op.offset));
+        continue;
+      }
+      InodeState& state = *(*handle)->state;
+      uint64_t end = op.offset + op.out.size();
+      uint64_t eof;
+      meta::Layout layout;
+      {
+        std::lock_guard lock(state.mutex);
+        eof = state.eof();
+        layout = state.inode.layout;
+      }
+      if (end > eof) {
+        // The read crosses the end known here: another client may have written more since.
+        refresh_length(state, (*handle)->inode);
+        std::lock_guard lock(state.mutex);
+        eof = state.eof();
+      }
+      uint64_t length = op.offset >= eof ? 0 : std::min<uint64_t>(op.out.size(), eof - op.offset);
+      results[i] = static_cast<size_t>(length);
+      op_handles[i] = *handle;
+      split(layout, (*handle)->inode, i, op.offset, length, tasks);
+    }
+    StorageClient* storage_client = storage.get();
+    run_pipeline(
+        tasks.size(),
+        [&](size_t t, const std::shared_ptr<Pipeline>& pipeline) {
+          const ChunkTask& task = tasks[t];
+          executor->post([storage_client, pipeline, t, chain = task.chain, chunk = task.chunk,
+                          offset = task.chunk_offset, length = task.length] {
+            storage_client->read(chain, chunk, offset, length, ReadMode::kStrict,
+                                 [pipeline, t](Result<ReadRsp> rsp) {
+                                   if (rsp.is_ok()) {
+                                     pipeline->complete(ChunkDone{t, Status::ok(), std::move(rsp->data)});
+                                   } else {
+                                     pipeline->complete(ChunkDone{t, rsp.status(), {}});
+                                   }
+                                 });
+          });
+        },
+        [&](ChunkDone& done) {
+          const ChunkTask& task = tasks[done.task];
+          std::byte* out = ops[task.op].out.data() + task.buffer_offset;
+          if (!done.status.is_ok()) {
+            if (fs_error_of(done.status) == FsError::kChunkNotFound) {
+              std::memset(out, 0, task.length);  // a hole: no chunk was ever written there
+              return;
+            }
+            if (results[task.op].is_ok()) {
+              results[task.op] = meta_error(EIO, fmt::format("read of chunk {} [{}, +{}) on chain {} failed: {}",
+                                                             task.chunk.to_string(), task.chunk_offset, task.length,
+                                                             task.chain, done.status.to_string()));
+            }
+            return;
+          }
+          size_t got = std::min<size_t>(done.data.size(), task.length);
+          std::memcpy(out, done.data.data(), got);
+          // Short data inside the file's length: the chunk ends early (a hole up to the next write).
+          if (got < task.length) std::memset(out + got, 0, task.length - got);
+        });
+    return results;
+  }
+
+  std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops) {
+    std::vector<Result<size_t>> results(ops.size(), Result<size_t>(size_t{0}));
+    std::vector<std::shared_ptr<OpenHandle>> op_handles(ops.size());
+    std::vector<ChunkTask> tasks;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const WriteOp& op = ops[i];
+      auto handle = find(op.handle);
+      if (!handle.is_ok()) {
+        results[i] = handle.status();
+        continue;
+      }
+      if (!((*handle)->flags & meta::kOpenWrite)) {
+        results[i] = meta_error(EBADF, fmt::format("file handle {} is not open for writing", op.handle));
+        continue;
+      }
+      if (op.offset > UINT64_MAX - op.data.size()) {
+        results[i] = meta_error(EINVAL, fmt::format("write of {} bytes at offset {} overflows", op.data.size(), op.offset));
+        continue;
+      }
+      meta::Layout layout;
+      {
+        std::lock_guard lock((*handle)->state->mutex);
+        layout = (*handle)->state->inode.layout;
+      }
+      results[i] = op.data.size();
+      op_handles[i] = *handle;
+      split(layout, (*handle)->inode, i, op.offset, op.data.size(), tasks);
+    }
+    StorageClient* storage_client = storage.get();
+    run_pipeline(
+        tasks.size(),
+        [&](size_t t, const std::shared_ptr<Pipeline>& pipeline) {
+          const ChunkTask& task = tasks[t];
+          const std::byte* source = ops[task.op].data.data() + task.buffer_offset;
+          // The copy into the request happens here, in the caller's thread.
+          Bytes payload(source, source + task.length);
+          executor->post([storage_client, pipeline, t, chain = task.chain, chunk = task.chunk,
+                          offset = task.chunk_offset, payload = std::move(payload)]() mutable {
+            storage_client->write(chain, chunk, offset, std::move(payload), [pipeline, t](Result<WriteRsp> rsp) {
+              pipeline->complete(ChunkDone{t, rsp.is_ok() ? Status::ok() : rsp.status(), {}});
+            });
+          });
+        },
+        [&](ChunkDone& done) {
+          const ChunkTask& task = tasks[done.task];
+          if (!done.status.is_ok()) {
+            if (results[task.op].is_ok()) {
+              results[task.op] = meta_error(EIO, fmt::format("write of chunk {} [{}, +{}) on chain {} failed: {}",
+                                                             task.chunk.to_string(), task.chunk_offset, task.length,
+                                                             task.chain, done.status.to_string()));
+            }
+            return;
+          }
+          note_written(*op_handles[task.op], ops[task.op].offset + task.buffer_offset + task.length);
+        });
+    return results;
+  }
+
+  // ---------------------------------------------------------------- background: reports and leases
+  void report_lengths(bool force) {
+    std::vector<std::pair<meta::InodeId, std::shared_ptr<InodeState>>> states;
+    {
+      std::lock_guard lock(handles_mutex);
+      states.assign(inodes.begin(), inodes.end());
+    }
+    int64_t now = steady_now_ns();
+    for (auto& [inode, state] : states) {
+      uint64_t end;
+      {
+        std::lock_guard lock(state->mutex);
+        if (state->unreported_end <= state->meta_length) continue;
+        if (!force && now - state->last_report_ns < config.report_interval_ms * kNsPerMs) continue;
+        end = state->unreported_end;
+        state->last_report_ns = now;
+      }
+      Status reported = meta.report_length(inode, end);
+      if (!reported.is_ok()) {
+        FF_LOG_DEBUG("fs client: length report of inode {} ({} bytes) failed: {}", inode, end, reported);
+        continue;
+      }
+      std::lock_guard lock(state->mutex);
+      state->meta_length = std::max(state->meta_length, end);
+      if (state->unreported_end <= state->meta_length) state->unreported_end = 0;
+    }
+  }
+
+  void background_loop() {
+    int64_t tick_ms = std::max<int64_t>(10, std::min(config.report_interval_ms, config.lease_renew_interval_ms));
+    int64_t last_renew_ns = steady_now_ns();
+    std::unique_lock lock(background_mutex);
+    while (!stopping) {
+      background_wake.wait_for(lock, std::chrono::milliseconds(tick_ms), [&] { return stopping; });
+      if (stopping) break;
+      lock.unlock();
+      report_lengths(false);
+      int64_t now = steady_now_ns();
+      if (now - last_renew_ns >= config.lease_renew_interval_ms * kNsPerMs) {
+        last_renew_ns = now;
+        bool any_open;
+        {
+          std::lock_guard handles_lock(handles_mutex);
+          any_open = !handles.empty();
+        }
+        if (any_open) {
+          Status renewed = meta.renew_client(config.client_id);
+          if (!renewed.is_ok()) FF_LOG_WARN("fs client {:#x}: lease renewal failed: {}", config.client_id, renewed);
+        }
+      }
+      lock.lock();
+    }
+  }
+
+  // Runs fn on the executor (it starts async StorageClient work and calls done once) and waits for the
+  // result; for the FileStorage operations.
+  template <typename T>
+  Result<T> on_executor(std::function<void(std::function<void(Result<T>)>)> fn) {
+    auto promise = std::make_shared<std::promise<Result<T>>>();
+    auto future = promise->get_future();
+    executor->post([fn = std::move(fn), promise] {
+      fn([promise](Result<T> result) { promise->set_value(std::move(result)); });
+    });
+    if (future.wait_for(std::chrono::nanoseconds(wait_budget_ns())) != std::future_status::ready) {
+      return meta_error(ETIMEDOUT, fmt::format("storage operation had no answer within {} ms", wait_budget_ns() / kNsPerMs));
+    }
+    return future.get();
+  }
+
+  // Waits until every task posted to the executor before now has run.
+  void drain_executor() {
+    auto done = std::make_shared<std::promise<void>>();
+    auto future = done->get_future();
+    executor->post([done] { done->set_value(); });
+    if (future.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      FF_LOG_WARN("fs client: executor did not drain within 10 s");
+    }
+  }
+};
+
+// ---------------------------------------------------------------- FileStorage over StorageClient
+class FileClient::Impl::StorageOps final : public meta::FileStorage {
+ public:
+  explicit StorageOps(Impl& impl) : impl_(impl) {}
+
+  Result<uint64_t> file_length(const meta::Inode& inode) override {
+    FF_RETURN_IF_ERROR(check_layout(inode));
+    std::vector<ChainId> chains = distinct_chains(inode.layout);
+    StorageClient* storage = impl_.storage.get();
+    const uint64_t chunk_size = inode.layout.chunk_size;
+    const uint64_t id = inode.id;
+    return impl_.on_executor<uint64_t>([storage, chains, chunk_size, id](std::function<void(Result<uint64_t>)> done) {
+      struct Gather {
+        size_t left;
+        uint64_t length = 0;
+        Status error;
+        std::function<void(Result<uint64_t>)> done;
+      };
+      auto gather = std::make_shared<Gather>(Gather{chains.size(), 0, Status::ok(), std::move(done)});
+      for (ChainId chain : chains) {
+        storage->query_last_chunk(chain, id, 0, UINT64_MAX, [gather, chain, chunk_size](Result<QueryLastChunkRsp> rsp) {
+          if (!rsp.is_ok()) {
+            if (gather->error.is_ok()) gather->error = rsp.status().with_context(fmt::format("last chunk on chain {}", chain));
+          } else if (rsp->found) {
+            gather->length = std::max(gather->length, rsp->last.index * chunk_size + rsp->last_length);
+          }
+          if (--gather->left > 0) return;
+          if (!gather->error.is_ok()) return gather->done(meta_error(EIO, gather->error.to_string()));
+          gather->done(gather->length);
+        });
+      }
+    });
+  }
+
+  Status truncate(const meta::Inode& inode, uint64_t length) override {
+    FF_RETURN_IF_ERROR(check_layout(inode));
+    const uint64_t chunk_size = inode.layout.chunk_size;
+    // Chunks wholly past the new end go; the chunk holding the new end is cut (or extended) to it.
+    uint64_t keep_chunks = (length + chunk_size - 1) / chunk_size;
+    FF_RETURN_IF_ERROR(remove_from(inode, keep_chunks));
+    if (length == 0) return Status::ok();
+    uint64_t last = keep_chunks - 1;
+    uint64_t last_bytes = length - last * chunk_size;
+    ChainId chain = inode.layout.chain_of(last);
+    ChunkId chunk{inode.id, last};
+    StorageClient* storage = impl_.storage.get();
+    Result<ReadRsp> current = impl_.on_executor<ReadRsp>([storage, chain, chunk, chunk_size](auto done) {
+      storage->read(chain, chunk, 0, chunk_size, ReadMode::kStrict, std::move(done));
+    });
+    uint64_t have = 0;
+    if (current.is_ok()) {
+      have = current->data.size();
+    } else if (fs_error_of(current.status()) != FsError::kChunkNotFound) {
+      return meta_error(EIO, fmt::format("truncate of inode {}: reading chunk {}: {}", inode.id, chunk.to_string(),
+                                         current.status().to_string()));
+    }
+    if (have == last_bytes) return Status::ok();
+    Bytes payload;
+    uint64_t offset = 0;
+    if (have < last_bytes) {
+      // Growing (or a hole at the end): one zero byte at the new end makes storage's length match;
+      // the bytes before it read as zeros.
+      payload.assign(1, std::byte{0});
+      offset = last_bytes - 1;
+    } else {
+      // Shrinking inside the chunk: the protocol has no chunk truncate, so the chunk is removed and
+      // its first last_bytes bytes written back. NOTE: not atomic; a reader in between sees a hole.
+      payload.assign(current->data.begin(), current->data.begin() + static_cast<ptrdiff_t>(last_bytes));
+      FF_RETURN_IF_ERROR(remove_chunks(chain, chunk, ChunkId{inode.id, last + 1}));
+    }
+    Result<WriteRsp> written = impl_.on_executor<WriteRsp>([storage, chain, chunk, offset, payload](auto done) mutable {
+      storage->write(chain, chunk, offset, std::move(payload), std::move(done), 1);
+    });
+    if (!written.is_ok()) {
+      return meta_error(EIO, fmt::format("truncate of inode {}: writing chunk {}: {}", inode.id, chunk.to_string(),
+                                         written.status().to_string()));
+    }
+    return Status::ok();
+  }
+
+  Status remove_file(const meta::Inode& inode) override {
+    if (inode.layout.chains.empty()) return Status::ok();  // never had data
+    return remove_from(inode, 0);
+  }
+
+ private:
+  static Status check_layout(const meta::Inode& inode) {
+    if (inode.layout.chains.empty() || inode.layout.chunk_size == 0) {
+      return meta_error(EINVAL, fmt::format("inode {} has no layout", inode.id));
+    }
+    return Status::ok();
+  }
+
+  static std::vector<ChainId> distinct_chains(const meta::Layout& layout) {
+    std::vector<ChainId> chains = layout.chains;
+    std::sort(chains.begin(), chains.end());
+    chains.erase(std::unique(chains.begin(), chains.end()), chains.end());
+    return chains;
+  }
+
+  Status remove_chunks(ChainId chain, ChunkId begin, ChunkId end) {
+    StorageClient* storage = impl_.storage.get();
+    Result<RemoveChunksRsp> removed = impl_.on_executor<RemoveChunksRsp>([storage, chain, begin, end](auto done) {
+      storage->remove_range(chain, begin, end, std::move(done));
+    });
+    if (!removed.is_ok()) {
+      return meta_error(EIO, fmt::format("removing chunks [{}, {}) on chain {}: {}", begin.to_string(), end.to_string(),
+                                         chain, removed.status().to_string()));
+    }
+    return Status::ok();
+  }
+
+  // Removes chunks with index >= first of the file from every chain of its layout.
+  Status remove_from(const meta::Inode& inode, uint64_t first) {
+    for (ChainId chain : distinct_chains(inode.layout)) {
+      FF_RETURN_IF_ERROR(remove_chunks(chain, ChunkId{inode.id, first}, ChunkId{inode.id, UINT64_MAX}));
+    }
+    return Status::ok();
+  }
+
+  Impl& impl_;
+};
+
+// ---------------------------------------------------------------- FileClient
+
+Result<std::unique_ptr<FileClient>> FileClient::connect(FileClientConfig config, meta::MetaApi& meta) {
+  if (config.mgmtd_address.empty()) return invalid_argument("FileClientConfig.mgmtd_address is empty");
+  auto executor = std::make_unique<rpc::ThreadExecutor>("fs-client", 1);
+  auto rpc_client = std::make_unique<rpc::GrpcRpcClient>(*executor);
+  Result<std::unique_ptr<FileClient>> client = create(std::move(config), meta, *executor, *rpc_client);
+  if (!client.is_ok()) {
+    executor->stop();
+    return client.status();
+  }
+  (*client)->impl_->owned_executor = std::move(executor);
+  (*client)->impl_->owned_rpc = std::move(rpc_client);
+  return client;
+}
+
+Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, meta::MetaApi& meta, Executor& executor,
+                                                       RpcClient& rpc) {
+  if (config.max_parallel_chunks == 0) return invalid_argument("FileClientConfig.max_parallel_chunks is 0, expected >= 1");
+  if (config.rpc_timeout_ms <= 0 || config.op_timeout_ms <= 0) {
+    return invalid_argument("FileClientConfig timeouts must be positive (rpc {} ms, op {} ms)", config.rpc_timeout_ms,
+                            config.op_timeout_ms);
+  }
+  if (config.report_interval_ms <= 0 || config.lease_renew_interval_ms <= 0) {
+    return invalid_argument("FileClientConfig intervals must be positive (report {} ms, lease renewal {} ms)",
+                            config.report_interval_ms, config.lease_renew_interval_ms);
+  }
+  if (config.client_id == 0) config.client_id = random_client_id();
+  auto impl = std::make_unique<Impl>(config, meta);
+  impl->executor = &executor;
+  ClientConfig storage_config;
+  storage_config.client_id = config.client_id;
+  storage_config.mgmtd_address = config.mgmtd_address;
+  storage_config.rpc_timeout_ns = config.rpc_timeout_ms * kNsPerMs;
+  storage_config.op_timeout_ns = config.op_timeout_ms * kNsPerMs;
+  impl->storage = std::make_unique<StorageClient>(storage_config, executor, rpc);
+  impl->storage_ops = std::make_unique<Impl::StorageOps>(*impl);
+  Impl* raw = impl.get();
+  impl->background = std::thread([raw] { raw->background_loop(); });
+  return std::unique_ptr<FileClient>(new FileClient(std::move(impl)));
+}
+
+FileClient::FileClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+FileClient::~FileClient() {
+  {
+    std::lock_guard lock(impl_->background_mutex);
+    impl_->stopping = true;
+  }
+  impl_->background_wake.notify_all();
+  if (impl_->background.joinable()) impl_->background.join();
+  std::vector<FileHandle> open;
+  {
+    std::lock_guard lock(impl_->handles_mutex);
+    for (auto& [id, handle] : impl_->handles) open.push_back(id);
+  }
+  for (FileHandle id : open) {
+    Status closed = impl_->close_handle(id);
+    if (!closed.is_ok()) FF_LOG_WARN("fs client: closing handle {} at shutdown: {}", id, closed);
+  }
+  // Tasks posted before now call into the StorageClient: let them run before it goes. Their
+  // callbacks hold only shared state (the StorageClient's and the pipelines').
+  impl_->drain_executor();
+  if (impl_->owned_rpc) {
+    for (int i = 0; i < 250 && impl_->owned_rpc->in_flight() > 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    impl_->owned_executor->stop();
+  }
+  impl_->storage_ops.reset();
+  impl_->storage.reset();
+  impl_->owned_rpc.reset();
+  impl_->owned_executor.reset();
+}
+
+meta::MetaApi& FileClient::meta() { return impl_->meta; }
+uint64_t FileClient::client_id() const { return impl_->config.client_id; }
+
+Result<FileHandle> FileClient::open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) {
+  return impl_->open_inode(caller, inode, flags);
+}
+
+Result<FileHandle> FileClient::create(const meta::Caller& caller, meta::InodeId parent, std::string_view name,
+                                      uint32_t mode, uint32_t flags) {
+  FF_ASSIGN_OR_RETURN(meta::Inode created, impl_->meta.create(caller, parent, name, mode));
+  return impl_->open_inode(caller, created.id, flags);
+}
+
+Result<size_t> FileClient::read(FileHandle handle, uint64_t offset, std::span<std::byte> out) {
+  ReadOp op{handle, offset, out};
+  return std::move(impl_->read_batch(std::span<const ReadOp>(&op, 1))[0]);
+}
+
+Result<size_t> FileClient::write(FileHandle handle, uint64_t offset, std::span<const std::byte> data) {
+  WriteOp op{handle, offset, data};
+  return std::move(impl_->write_batch(std::span<const WriteOp>(&op, 1))[0]);
+}
+
+Result<meta::Inode> FileClient::fsync(FileHandle handle) {
+  FF_ASSIGN_OR_RETURN(auto open, impl_->find(handle));
+  uint64_t hint = 0;
+  {
+    std::lock_guard lock(open->mutex);
+    hint = open->written_end;
+  }
+  FF_ASSIGN_OR_RETURN(meta::Inode synced, impl_->meta.sync(open->inode, hint));
+  std::lock_guard lock(open->state->mutex);
+  open->state->inode = synced;
+  open->state->adopt_meta_length(synced.length);
+  return synced;
+}
+
+Status FileClient::close(FileHandle handle) { return impl_->close_handle(handle); }
+
+Result<meta::Inode> FileClient::stat(FileHandle handle) const {
+  FF_ASSIGN_OR_RETURN(auto open, impl_->find(handle));
+  std::lock_guard lock(open->state->mutex);
+  meta::Inode inode = open->state->inode;
+  inode.length = open->state->eof();
+  return inode;
+}
+
+std::vector<Result<size_t>> FileClient::read_batch(std::span<const ReadOp> ops) { return impl_->read_batch(ops); }
+std::vector<Result<size_t>> FileClient::write_batch(std::span<const WriteOp> ops) { return impl_->write_batch(ops); }
+
+Result<meta::Inode> FileClient::setattr(const meta::Caller& caller, meta::InodeId inode, const meta::SetAttr& attr) {
+  FF_ASSIGN_OR_RETURN(meta::Inode updated, impl_->meta.setattr(caller, inode, attr));
+  std::shared_ptr<InodeState> state;
+  {
+    std::lock_guard lock(impl_->handles_mutex);
+    auto it = impl_->inodes.find(inode);
+    if (it != impl_->inodes.end()) state = it->second;
+  }
+  if (state) {
+    std::lock_guard lock(state->mutex);
+    state->inode = updated;
+    state->meta_length = updated.length;
+    // Writes acknowledged before the truncate are cut by it.
+    if (attr.length) state->unreported_end = 0;
+  }
+  return updated;
+}
+
+meta::FileStorage& FileClient::file_storage() { return *impl_->storage_ops; }
+
+size_t FileClient::open_handles() const {
+  std::lock_guard lock(impl_->handles_mutex);
+  return impl_->handles.size();
+}
+
+}  // namespace ff::fs
