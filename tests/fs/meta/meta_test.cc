@@ -1,6 +1,8 @@
 // The metadata service on the in-memory KV: every operation, its errno cases (bad names, paths
 // through non-directories, rename loops, deleted inodes, permissions), open/close sessions with an
 // unlinked open file, exact lengths through a fake storage, and crashed clients' sessions reclaimed.
+// Parametrised by how the operations reach the service (meta_test.h, MetaSuiteParam): fs_meta_test
+// calls it in-process, fs_meta_rpc_test through RemoteMeta and a gRPC server.
 #include <sys/stat.h>
 
 #include <set>
@@ -37,10 +39,18 @@ const Caller kRoot{0, 0, {}};
 const Caller kAlice{1000, 1000, {}};
 const Caller kBob{1001, 1001, {}};
 
-class MetaTest : public ::testing::Test {
+using testing::MetaFrontend;
+using testing::MetaSuiteParam;
+
+class MetaTest : public ::testing::TestWithParam<MetaSuiteParam> {
  protected:
   void SetUp() override { open_service(nullptr); }
+  void TearDown() override {
+    frontend_.reset();
+    service_.reset();
+  }
   void open_service(FileStorage* storage) {
+    frontend_.reset();
     service_.reset();
     engine_ = kv::open_memory_kv();
     MetaConfig config;
@@ -51,14 +61,21 @@ class MetaTest : public ::testing::Test {
     auto service = MetaService::open(*engine_, config, storage, &clock_);
     ASSERT_TRUE(service.is_ok()) << service.status().to_string();
     service_ = std::move(*service);
+    if (GetParam().frontend) {
+      frontend_ = GetParam().frontend(*service_);
+      ASSERT_NE(frontend_, nullptr);
+    }
   }
-  MetaService& meta() { return *service_; }
+  // The operations under test (in-process or through the frontend); service() for what only the
+  // service itself offers (fsck, garbage collection, lease reclaim, session counts).
+  MetaApi& meta() { return frontend_ ? frontend_->api() : static_cast<MetaApi&>(*service_); }
+  MetaService& service() { return *service_; }
   Inode must(Result<Inode> result) {
     EXPECT_TRUE(result.is_ok()) << result.status().to_string();
     return result.is_ok() ? *result : Inode{};
   }
   void expect_consistent() {
-    auto report = meta().fsck();
+    auto report = service().fsck();
     ASSERT_TRUE(report.is_ok()) << report.status().to_string();
     for (const auto& problem : report->problems) ADD_FAILURE() << problem;
   }
@@ -66,9 +83,10 @@ class MetaTest : public ::testing::Test {
   ManualClock clock_{1'000'000'000, true};
   std::unique_ptr<kv::KvEngine> engine_;
   std::unique_ptr<MetaService> service_;
+  std::unique_ptr<MetaFrontend> frontend_;
 };
 
-TEST_F(MetaTest, CreateLookupGetattrAndLayout) {
+TEST_P(MetaTest, CreateLookupGetattrAndLayout) {
   ASSERT_TRUE(meta().setattr(kRoot, kRootInode, SetAttr{.mode = 0777}).is_ok());
   Inode root = must(meta().getattr(kRootInode));
   EXPECT_EQ(root.type, FileType::kDirectory);
@@ -100,7 +118,7 @@ TEST_F(MetaTest, CreateLookupGetattrAndLayout) {
   expect_consistent();
 }
 
-TEST_F(MetaTest, ExistingNamesAndMissingNames) {
+TEST_P(MetaTest, ExistingNamesAndMissingNames) {
   must(meta().create(kRoot, kRootInode, "x", 0644));
   EXPECT_ERRNO(meta().create(kRoot, kRootInode, "x", 0644), EEXIST);
   EXPECT_ERRNO(meta().mkdir(kRoot, kRootInode, "x", 0755), EEXIST);
@@ -113,7 +131,7 @@ TEST_F(MetaTest, ExistingNamesAndMissingNames) {
   EXPECT_ERRNO(meta().create(kRoot, 987654, "x", 0644), ENOENT);
 }
 
-TEST_F(MetaTest, BadNames) {
+TEST_P(MetaTest, BadNames) {
   EXPECT_ERRNO(meta().create(kRoot, kRootInode, "a/b", 0644), EINVAL);
   EXPECT_ERRNO(meta().create(kRoot, kRootInode, std::string("a\0b", 3), 0644), EINVAL);
   EXPECT_ERRNO(meta().create(kRoot, kRootInode, "", 0644), EINVAL);
@@ -128,7 +146,7 @@ TEST_F(MetaTest, BadNames) {
   expect_consistent();
 }
 
-TEST_F(MetaTest, PathsThroughNonDirectories) {
+TEST_P(MetaTest, PathsThroughNonDirectories) {
   Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
   EXPECT_ERRNO(meta().lookup(kRoot, file.id, "x"), ENOTDIR);
   EXPECT_ERRNO(meta().create(kRoot, file.id, "x", 0644), ENOTDIR);
@@ -140,7 +158,7 @@ TEST_F(MetaTest, PathsThroughNonDirectories) {
   EXPECT_EQ(must(meta().resolve(kRoot, "/f")).id, file.id);
 }
 
-TEST_F(MetaTest, SymlinksResolveAndLoopsAreCaught) {
+TEST_P(MetaTest, SymlinksResolveAndLoopsAreCaught) {
   Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
   Inode target = must(meta().create(kRoot, dir.id, "target", 0644));
   Inode absolute = must(meta().symlink(kRoot, kRootInode, "abs", "/d/target"));
@@ -162,7 +180,7 @@ TEST_F(MetaTest, SymlinksResolveAndLoopsAreCaught) {
   EXPECT_ERRNO(meta().open(kRoot, absolute.id, kOpenRead, 1), ELOOP);
 }
 
-TEST_F(MetaTest, UnlinkAndRmdirErrors) {
+TEST_P(MetaTest, UnlinkAndRmdirErrors) {
   Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
   Inode file = must(meta().create(kRoot, dir.id, "f", 0644));
   EXPECT_ERRNO(meta().unlink(kRoot, kRootInode, "d"), EISDIR);
@@ -183,7 +201,7 @@ TEST_F(MetaTest, UnlinkAndRmdirErrors) {
   expect_consistent();
 }
 
-TEST_F(MetaTest, RenameFilesAndReplace) {
+TEST_P(MetaTest, RenameFilesAndReplace) {
   Inode a = must(meta().mkdir(kRoot, kRootInode, "a", 0755));
   Inode b = must(meta().mkdir(kRoot, kRootInode, "b", 0755));
   Inode file = must(meta().create(kRoot, a.id, "f", 0644));
@@ -210,7 +228,7 @@ TEST_F(MetaTest, RenameFilesAndReplace) {
   expect_consistent();
 }
 
-TEST_F(MetaTest, RenameDirectories) {
+TEST_P(MetaTest, RenameDirectories) {
   Inode a = must(meta().mkdir(kRoot, kRootInode, "a", 0755));
   Inode sub = must(meta().mkdir(kRoot, a.id, "sub", 0755));
   Inode deep = must(meta().mkdir(kRoot, sub.id, "deep", 0755));
@@ -240,7 +258,7 @@ TEST_F(MetaTest, RenameDirectories) {
   expect_consistent();
 }
 
-TEST_F(MetaTest, HardLinks) {
+TEST_P(MetaTest, HardLinks) {
   Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
   Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
   EXPECT_EQ(must(meta().link(kRoot, file.id, dir.id, "g")).nlink, 2u);
@@ -252,7 +270,7 @@ TEST_F(MetaTest, HardLinks) {
   expect_consistent();
 }
 
-TEST_F(MetaTest, ReaddirPagesWithCursor) {
+TEST_P(MetaTest, ReaddirPagesWithCursor) {
   Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
   std::vector<std::string> names;
   for (int i = 0; i < 25; ++i) {
@@ -281,7 +299,7 @@ TEST_F(MetaTest, ReaddirPagesWithCursor) {
   EXPECT_TRUE(meta().readdir(kRoot, dir.id, "zzz", 10)->entries.empty());
 }
 
-TEST_F(MetaTest, PermissionChecks) {
+TEST_P(MetaTest, PermissionChecks) {
   Inode home = must(meta().mkdir(kRoot, kRootInode, "home", 0755));
   ASSERT_TRUE(meta().setattr(kRoot, home.id, SetAttr{.uid = 1000, .gid = 1000}).is_ok());
   Inode file = must(meta().create(kAlice, home.id, "secret", 0600));
@@ -327,7 +345,7 @@ TEST_F(MetaTest, PermissionChecks) {
   expect_consistent();
 }
 
-TEST_F(MetaTest, SetattrModeOwnerTimesTruncate) {
+TEST_P(MetaTest, SetattrModeOwnerTimesTruncate) {
   ASSERT_TRUE(meta().setattr(kRoot, kRootInode, SetAttr{.mode = 0777}).is_ok());
   Inode file = must(meta().create(kAlice, kRootInode, "f", 0644));
   Inode changed = must(meta().setattr(kAlice, file.id, SetAttr{.mode = 02755}));
@@ -348,14 +366,14 @@ TEST_F(MetaTest, SetattrModeOwnerTimesTruncate) {
   EXPECT_ERRNO(meta().setattr(kRoot, file.id, SetAttr{.mode = 010000}), EINVAL);
 }
 
-TEST_F(MetaTest, UnlinkedOpenFileStaysUntilClosed) {
+TEST_P(MetaTest, UnlinkedOpenFileStaysUntilClosed) {
   FakeStorage storage;
   open_service(&storage);
   Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
   auto reader = meta().open(kRoot, file.id, kOpenRead, 1);
   auto writer = meta().open(kRoot, file.id, kOpenWrite, 2);
   ASSERT_TRUE(reader.is_ok() && writer.is_ok());
-  EXPECT_EQ(*meta().session_count(file.id), 2u);
+  EXPECT_EQ(*service().session_count(file.id), 2u);
   ASSERT_TRUE(meta().unlink(kRoot, kRootInode, "f").is_ok());
   EXPECT_ERRNO(meta().lookup(kRoot, kRootInode, "f"), ENOENT);
   Inode still = must(meta().getattr(file.id));  // readable through its open sessions
@@ -368,13 +386,13 @@ TEST_F(MetaTest, UnlinkedOpenFileStaysUntilClosed) {
   EXPECT_ERRNO(meta().close(file.id, writer->session, 0), EBADF);
   ASSERT_TRUE(meta().close(file.id, reader->session, 0).is_ok());
   EXPECT_ERRNO(meta().getattr(file.id), ENOENT);
-  EXPECT_EQ(*meta().collect_garbage(), 1u);
+  EXPECT_EQ(*service().collect_garbage(), 1u);
   EXPECT_EQ(storage.removed, std::vector<InodeId>{file.id});
-  EXPECT_EQ(*meta().collect_garbage(), 0u);
+  EXPECT_EQ(*service().collect_garbage(), 0u);
   expect_consistent();
 }
 
-TEST_F(MetaTest, LengthsFromReportsAndExactOnCloseAndSync) {
+TEST_P(MetaTest, LengthsFromReportsAndExactOnCloseAndSync) {
   Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
   auto writer = meta().open(kRoot, file.id, kOpenWrite, 3);
   ASSERT_TRUE(writer.is_ok());
@@ -405,7 +423,7 @@ TEST_F(MetaTest, LengthsFromReportsAndExactOnCloseAndSync) {
   EXPECT_EQ(storage.truncated[1], std::make_pair(exact.id, uint64_t{0}));
 }
 
-TEST_F(MetaTest, CrashedClientsSessionsAreReclaimedAfterTheLease) {
+TEST_P(MetaTest, CrashedClientsSessionsAreReclaimedAfterTheLease) {
   FakeStorage storage;
   open_service(&storage);
   Inode kept = must(meta().create(kRoot, kRootInode, "kept", 0644));
@@ -416,21 +434,21 @@ TEST_F(MetaTest, CrashedClientsSessionsAreReclaimedAfterTheLease) {
   ASSERT_TRUE(live.is_ok());
   ASSERT_TRUE(meta().unlink(kRoot, kRootInode, "doomed").is_ok());
   storage.lengths[kept.id] = 4321;
-  EXPECT_EQ(*meta().reclaim_expired_sessions(), 0u);  // nobody expired yet
+  EXPECT_EQ(*service().reclaim_expired_sessions(), 0u);  // nobody expired yet
   clock_.advance_ns(600'000'000);
   ASSERT_TRUE(meta().renew_client(200).is_ok());
   clock_.advance_ns(600'000'000);  // 1.2 s: client 100's 1 s lease ran out, 200's did not
-  EXPECT_EQ(*meta().reclaim_expired_sessions(), 2u);
-  EXPECT_EQ(*meta().session_count(kept.id), 1u);
+  EXPECT_EQ(*service().reclaim_expired_sessions(), 2u);
+  EXPECT_EQ(*service().session_count(kept.id), 1u);
   EXPECT_EQ(must(meta().getattr(kept.id)).length, 4321u);  // the crashed writer's length made exact
   EXPECT_ERRNO(meta().getattr(doomed.id), ENOENT);         // only the crashed client kept it alive
-  EXPECT_EQ(*meta().collect_garbage(), 1u);
+  EXPECT_EQ(*service().collect_garbage(), 1u);
   EXPECT_TRUE(meta().close(kept.id, live->session, 0).is_ok());
-  EXPECT_EQ(*meta().reclaim_expired_sessions(), 0u);
+  EXPECT_EQ(*service().reclaim_expired_sessions(), 0u);
   expect_consistent();
 }
 
-TEST_F(MetaTest, OpenChecks) {
+TEST_P(MetaTest, OpenChecks) {
   Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
   EXPECT_ERRNO(meta().open(kRoot, dir.id, kOpenWrite, 1), EISDIR);
   EXPECT_TRUE(meta().open(kRoot, dir.id, kOpenRead, 1).is_ok());
@@ -441,7 +459,7 @@ TEST_F(MetaTest, OpenChecks) {
   EXPECT_TRUE(meta().open(kRoot, file.id, kOpenWrite, 1).is_ok());  // root ignores write bits
 }
 
-TEST_F(MetaTest, StatfsAndErrnoHelpers) {
+TEST_P(MetaTest, StatfsAndErrnoHelpers) {
   auto stat = meta().statfs();
   ASSERT_TRUE(stat.is_ok());
   EXPECT_EQ(stat->block_size, 1u << 20);
@@ -456,7 +474,7 @@ TEST_F(MetaTest, StatfsAndErrnoHelpers) {
   EXPECT_EQ(errno_name(EXDEV), "EXDEV");
 }
 
-TEST_F(MetaTest, ServiceStateSurvivesReopenOnRocksDb) {
+TEST_P(MetaTest, ServiceStateSurvivesReopenOnRocksDb) {
   rpc::testing::TempDir dir;
   InodeId file_id = 0;
   {
@@ -476,12 +494,15 @@ TEST_F(MetaTest, ServiceStateSurvivesReopenOnRocksDb) {
   EXPECT_GT(must((*service)->create(kRoot, kRootInode, "g", 0644)).id, file_id);
 }
 
-TEST_F(MetaTest, RejectsBadConfig) {
+TEST_P(MetaTest, RejectsBadConfig) {
   auto engine = kv::open_memory_kv();
   EXPECT_FALSE(MetaService::open(*engine, MetaConfig{.chains = {}}).is_ok());
   EXPECT_FALSE(MetaService::open(*engine, MetaConfig{.chains = {1}, .stripe = 2}).is_ok());
   EXPECT_FALSE(MetaService::open(*engine, MetaConfig{.chunk_size = 3000}).is_ok());
 }
+
+INSTANTIATE_TEST_SUITE_P(Via, MetaTest, ::testing::ValuesIn(testing::meta_suite_params()),
+                         [](const auto& info) { return info.param.name; });
 
 }  // namespace
 }  // namespace ff::fs::meta

@@ -2,7 +2,11 @@
 #pragma once
 
 #include <cerrno>
+#include <functional>
+#include <memory>
 #include <ostream>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -19,5 +23,19 @@ namespace ff::fs::meta::testing {
         << #expression << " returned " << ff_status_.to_string() << ", expected " \
         << ::ff::fs::meta::errno_name(expected_errno);                            \
   } while (false)
+
+// How the behaviour suite (meta_test.cc) reaches a MetaService: directly (frontend == nullptr), or
+// through something in front of it, e.g. RemoteMeta over gRPC to a MetaRpcServer (tests/fs/meta_rpc).
+// Each test binary that compiles meta_test.cc defines meta_suite_params() with the ways it runs.
+class MetaFrontend {
+ public:
+  virtual ~MetaFrontend() = default;
+  virtual MetaApi& api() = 0;
+};
+struct MetaSuiteParam {
+  std::string name;  // the gtest instantiation's name: letters, digits, '_'
+  std::function<std::unique_ptr<MetaFrontend>(MetaService& service)> frontend;
+};
+std::vector<MetaSuiteParam> meta_suite_params();
 
 }  // namespace ff::fs::meta::testing

@@ -1,0 +1,170 @@
+// The metadata service over the network (ff-meta, issue #6 item 2): the gRPC server that exposes a
+// meta::MetaApi (a MetaService in ff-meta), RemoteMeta, the MetaApi client over one or more ff-meta
+// addresses, and StorageFiles, the meta::FileStorage over fscore's StorageClient that makes file
+// lengths exact and removes chunks.
+//
+//   auto meta = RemoteMeta::connect({.addresses = {"10.0.0.1:9300", "10.0.0.2:9300"}});
+//   FF_ASSIGN_OR_RETURN(Inode file, (*meta)->create(caller, kRootInode, "a", 0644));
+//
+// Wire: one gRPC method Meta.Call (src/fs/meta_rpc/proto/ff/fs/meta.proto); each request carries the
+// caller (uid, gid, groups) and one operation; the operation's Status travels in the response with its
+// code and message, so meta::errno_of() gives the same errno as in-process.
+//
+// Failover and retries (RemoteMeta): ff-meta servers are stateless, so any of them serves any call. A
+// call that ends unavailable or past its per-attempt deadline is sent again to the next address, with a
+// growing pause once every address failed, until op_timeout_ms or max_attempts. Such a call may have
+// been executed (the reply was lost), so a repeated call of an operation that is not idempotent is
+// interpreted (docs/fs-meta.md, "RemoteMeta"):
+//   - create / mknod / mkdir / symlink answered EEXIST: the name is looked up; when it holds an inode
+//     of the asked type, owned by the caller, with the asked mode (symlinks: target), created since the
+//     first attempt began (ctime, minus recovery_clock_skew_ms), it is returned as created;
+//   - link answered EEXIST: success when the new name holds the linked inode;
+//   - unlink / rmdir answered ENOENT: success (the name is gone either way);
+//   - rename answered ENOENT: success when the source name is gone and the destination name exists;
+//   - close answered EBADF: success (the session is gone);
+//   - open: may leave a second session of this client on the inode (released when the client's
+//     lease runs out); everything else is idempotent and simply sent again.
+//
+// Thread-safety: every method of RemoteMeta and StorageFiles may be called from any number of threads;
+// MetaRpcServer's methods from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ff/common/result.h"
+#include "ff/fs/client.h"
+#include "ff/fs/meta.h"
+#include "ff/fs/rpc/metrics.h"
+#include "ff/fs/transport.h"
+
+namespace ff::fs::meta {
+
+// ---------------------------------------------------------------- server
+struct MetaServerOptions {
+  std::string listen = "127.0.0.1:0";  // host:port; port 0: the OS picks one (see address())
+  int max_threads = 512;               // gRPC handler threads (each runs one blocking MetaApi call)
+  rpc::MetricsRegistry* metrics = nullptr;  // optional: ff_meta_requests_total, latencies, errors
+};
+
+class MetaRpcServer {
+ public:
+  // Serves `api` (shared: replace_api() may swap it while serving).
+  static Result<std::unique_ptr<MetaRpcServer>> start(std::shared_ptr<MetaApi> api, MetaServerOptions options);
+  ~MetaRpcServer();
+  MetaRpcServer(const MetaRpcServer&) = delete;
+  MetaRpcServer& operator=(const MetaRpcServer&) = delete;
+
+  // host:port with the bound port.
+  const std::string& address() const;
+  uint16_t port() const;
+  // Requests that arrive later use `api`; running ones finish on the old one.
+  void replace_api(std::shared_ptr<MetaApi> api);
+  // Stops accepting calls; running calls get until timeout_ms, then are cancelled. Idempotent.
+  void shutdown(int64_t timeout_ms);
+
+  struct Stats {
+    uint64_t requests = 0;
+    uint64_t errors = 0;  // operations that returned an error Status (ENOENT, EEXIST, ... included)
+    uint64_t expired = 0; // requests whose deadline had passed before they ran (not executed)
+  };
+  Stats stats() const;
+
+ private:
+  struct Impl;
+  explicit MetaRpcServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---------------------------------------------------------------- client
+struct RemoteMetaOptions {
+  std::vector<std::string> addresses;   // ff-meta servers ("host:port"), tried in order from a random one
+  int64_t rpc_timeout_ms = 5'000;       // one attempt
+  int64_t op_timeout_ms = 30'000;       // one operation, failover and retries included
+  uint32_t max_attempts = 32;           // attempts per operation
+  int64_t retry_backoff_ms = 20;        // pause after every address failed once; doubles up to 1 s
+  int64_t recovery_clock_skew_ms = 5'000;  // tolerated clock difference client/servers (create recovery)
+  int max_message_bytes = 64 << 20;
+};
+
+class RemoteMeta final : public MetaApi {
+ public:
+  // Creates the channels (nothing is sent yet). Fails on an empty or malformed address list.
+  static Result<std::unique_ptr<RemoteMeta>> connect(RemoteMetaOptions options);
+  ~RemoteMeta() override;
+  RemoteMeta(const RemoteMeta&) = delete;
+  RemoteMeta& operator=(const RemoteMeta&) = delete;
+
+  Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) override;
+  Result<Inode> getattr(InodeId inode) override;
+  Result<Inode> setattr(const Caller& caller, InodeId inode, const SetAttr& attr) override;
+  Result<Inode> resolve(const Caller& caller, std::string_view path, bool follow_last = true) override;
+
+  Result<Inode> create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) override;
+  Result<Inode> mknod(const Caller& caller, InodeId parent, std::string_view name, FileType type, uint32_t mode,
+                      uint32_t rdev) override;
+  Result<Inode> mkdir(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) override;
+  Result<Inode> symlink(const Caller& caller, InodeId parent, std::string_view name, std::string_view target) override;
+  Result<Inode> link(const Caller& caller, InodeId inode, InodeId new_parent, std::string_view new_name) override;
+  Result<std::string> readlink(InodeId inode) override;
+
+  Status unlink(const Caller& caller, InodeId parent, std::string_view name) override;
+  Status rmdir(const Caller& caller, InodeId parent, std::string_view name) override;
+  Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                std::string_view new_name, bool no_replace = false) override;
+
+  Result<ReadDirPage> readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit) override;
+  Result<StatFs> statfs() override;
+
+  Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client) override;
+  Status close(InodeId inode, uint64_t session, uint64_t length_hint) override;
+  Result<Inode> sync(InodeId inode, uint64_t length_hint) override;
+  Status report_length(InodeId inode, uint64_t length) override;
+  Status renew_client(uint64_t client) override;
+
+  struct Stats {
+    uint64_t calls = 0;
+    uint64_t attempts = 0;
+    uint64_t failovers = 0;   // attempts sent again (to the next address) after unavailable/deadline
+    uint64_t recovered = 0;   // ambiguous outcomes interpreted as success (see the header comment)
+  };
+  Stats stats() const;
+
+  struct Impl;
+
+ private:
+  explicit RemoteMeta(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---------------------------------------------------------------- file storage over StorageClient
+struct StorageFilesOptions {
+  int64_t op_timeout_ms = 60'000;  // one FileStorage call (all its chunk operations)
+};
+
+// meta::FileStorage over fscore's StorageClient (asynchronous on `executor`; this class posts to it and
+// waits with a timeout):
+//   - file_length: query_last_chunk on every chain of the layout, the largest end wins;
+//   - truncate: removes the chunks past the new end (remove_range on every chain) and shortens the
+//     chunk holding the new end: storage has no truncate of one chunk, so its kept prefix is read,
+//     the chunk removed and the prefix written back. NOTE: a crash between that removal and the
+//     rewrite loses the kept bytes of that one chunk (docs/fs-meta.md, "what is left");
+//   - remove_file: remove_range over the whole inode on every chain of the layout.
+// client and executor must outlive it; client's methods are only called on executor.
+class StorageFiles final : public FileStorage {
+ public:
+  StorageFiles(StorageClient& client, Executor& executor, StorageFilesOptions options = {});
+  ~StorageFiles() override;
+  Result<uint64_t> file_length(const Inode& inode) override;
+  Status truncate(const Inode& inode, uint64_t length) override;
+  Status remove_file(const Inode& inode) override;
+
+ private:
+  StorageClient& client_;
+  Executor& executor_;
+  StorageFilesOptions options_;
+};
+
+}  // namespace ff::fs::meta

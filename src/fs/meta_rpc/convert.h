@@ -1,0 +1,24 @@
+// Conversions between the meta structs of include/ff/fs/meta.h and their protobuf twins (meta.proto).
+#pragma once
+
+#include "ff/common/status.h"
+#include "ff/fs/meta.h"
+#include "ff/fs/meta.pb.h"
+
+namespace ff::fs::meta::wire {
+
+void to_proto(const Caller& caller, pb::Caller* out);
+Caller from_proto(const pb::Caller& caller);
+void to_proto(const Inode& inode, pb::Inode* out);
+Inode from_proto(const pb::Inode& inode);
+void to_proto(const SetAttr& attr, pb::SetattrReq* out);
+SetAttr from_proto(const pb::SetattrReq& attr);
+
+// An operation's Status into / out of a response (code + message, tags intact).
+void set_status(const Status& status, pb::MetaResponse* out);
+Status status_of(const pb::MetaResponse& response);
+
+// "lookup", "create", ...: the oneof case's name, for logs and metrics.
+const char* op_name(pb::MetaRequest::OpCase op);
+
+}  // namespace ff::fs::meta::wire

@@ -1,0 +1,435 @@
+// RemoteMeta: MetaApi over gRPC to stateless ff-meta servers, with failover and the interpretation of
+// repeated non-idempotent calls described in include/ff/fs/meta_rpc.h.
+#include <chrono>
+#include <random>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "convert.h"
+#include "ff/common/assert.h"
+#include "ff/common/log.h"
+#include "ff/fs/meta.grpc.pb.h"
+#include "ff/fs/meta_rpc.h"
+#include "ff/fs/rpc/toml_config.h"
+
+namespace ff::fs::meta {
+
+namespace {
+
+int64_t steady_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t wall_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The transport outcomes after which the request may or may not have run on the server.
+bool is_retryable_transport(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
+}  // namespace
+
+struct RemoteMeta::Impl {
+  RemoteMetaOptions options;
+
+  struct Peer {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<pb::Meta::Stub> stub;
+  };
+  std::mutex mutex;  // guards peers and current
+  std::vector<std::shared_ptr<Peer>> peers;
+  size_t current = 0;
+
+  std::atomic<uint64_t> calls{0}, attempts{0}, failovers{0}, recovered{0};
+
+  std::shared_ptr<Peer> make_peer(const std::string& address) const {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(options.max_message_bytes);
+    args.SetMaxSendMessageSize(options.max_message_bytes);
+    // Own subchannels, so re-creating a channel really reconnects (see GrpcRpcClient).
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    auto peer = std::make_shared<Peer>();
+    peer->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    peer->stub = pb::Meta::NewStub(peer->channel);
+    return peer;
+  }
+
+  std::pair<size_t, std::shared_ptr<Peer>> pick() {
+    std::lock_guard lock(mutex);
+    return {current, peers[current]};
+  }
+
+  // After a failed attempt on peers[index]: move on to the next address (unless another thread already
+  // did), re-creating the failed channel when the server was unreachable: under gVisor a channel whose
+  // connection was refused was seen to stall reconnecting for seconds after the server came back.
+  void fail_over(size_t index, bool unreachable) {
+    std::lock_guard lock(mutex);
+    if (unreachable) peers[index] = make_peer(options.addresses[index]);
+    if (current == index) current = (current + 1) % peers.size();
+  }
+
+  // Sends `request` until a server answers (OK at the gRPC level: the operation's own Status is inside),
+  // or the attempts or the time run out. *ambiguous: some attempt may have run on a server without
+  // its reply reaching us.
+  Result<pb::MetaResponse> call(const pb::MetaRequest& request, bool* ambiguous) {
+    calls.fetch_add(1, std::memory_order_relaxed);
+    *ambiguous = false;
+    const int64_t start_ms = steady_now_ms();
+    const int64_t end_ms = start_ms + options.op_timeout_ms;
+    int64_t backoff_ms = options.retry_backoff_ms;
+    grpc::Status last;
+    std::string last_address;
+    uint32_t attempt = 0;
+    for (; attempt < options.max_attempts; ++attempt) {
+      int64_t now_ms = steady_now_ms();
+      if (now_ms >= end_ms) break;
+      if (attempt > 0 && attempt % options.addresses.size() == 0) {
+        // Every address failed once in this round: pause before the next round.
+        int64_t pause_ms = std::min(backoff_ms, end_ms - now_ms);
+        std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
+        backoff_ms = std::min<int64_t>(backoff_ms * 2, 1000);
+        now_ms = steady_now_ms();
+        if (now_ms >= end_ms) break;
+      }
+      auto [index, peer] = pick();
+      attempts.fetch_add(1, std::memory_order_relaxed);
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() +
+                           std::chrono::milliseconds(std::min(options.rpc_timeout_ms, end_ms - now_ms)));
+      pb::MetaResponse response;
+      grpc::Status status = peer->stub->Call(&context, request, &response);
+      if (status.ok()) return response;
+      last = status;
+      last_address = options.addresses[index];
+      if (!is_retryable_transport(status.error_code())) break;
+      // UNAVAILABLE before the connection existed is harmless, but gRPC does not say whether the
+      // request left: treat every retryable failure as possibly executed.
+      *ambiguous = true;
+      failovers.fetch_add(1, std::memory_order_relaxed);
+      fail_over(index, status.error_code() == grpc::StatusCode::UNAVAILABLE);
+    }
+    StatusCode code = last.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || last.ok()
+                          ? StatusCode::kDeadlineExceeded
+                          : StatusCode::kUnavailable;
+    return Status(code, fmt::format("meta {}: no ff-meta server answered within {} ms and {} attempts over {} "
+                                    "address(es) (last: {} from {})",
+                                    wire::op_name(request.op_case()), options.op_timeout_ms, attempt,
+                                    options.addresses.size(), last.ok() ? "timeout" : last.error_message(),
+                                    last_address.empty() ? "-" : last_address));
+  }
+
+  // The operation's outcome: the response's Status, and the response itself when OK.
+  Result<pb::MetaResponse> run(const pb::MetaRequest& request, bool* ambiguous) {
+    FF_ASSIGN_OR_RETURN(pb::MetaResponse response, call(request, ambiguous));
+    FF_RETURN_IF_ERROR(wire::status_of(response));
+    return response;
+  }
+
+  Result<Inode> inode_of(const pb::MetaRequest& request, bool* ambiguous) {
+    FF_ASSIGN_OR_RETURN(pb::MetaResponse response, run(request, ambiguous));
+    if (!response.has_inode()) return internal_error("meta {}: reply without an inode", wire::op_name(request.op_case()));
+    return wire::from_proto(response.inode());
+  }
+
+  Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) {
+    pb::MetaRequest request;
+    wire::to_proto(caller, request.mutable_caller());
+    request.mutable_lookup()->set_parent(parent);
+    request.mutable_lookup()->set_name(std::string(name));
+    bool ambiguous = false;
+    return inode_of(request, &ambiguous);
+  }
+
+  // A new directory in a setgid directory gets S_ISGID added to the asked mode.
+  static bool same_mode(const Inode& inode, uint32_t mode) {
+    uint32_t ignored = inode.type == FileType::kDirectory ? 02000u : 0u;
+    return (inode.mode & ~ignored) == (mode & 07777 & ~ignored);
+  }
+
+  // A create-like call (create, mknod, mkdir, symlink): after an ambiguous attempt, EEXIST is success
+  // when the name holds what we asked for, made since we began (see meta_rpc.h).
+  Result<Inode> create_like(const Caller& caller, const pb::MetaRequest& request, InodeId parent,
+                            std::string_view name, FileType type, uint32_t mode, std::string_view target) {
+    int64_t began_ns = wall_now_ns();
+    bool ambiguous = false;
+    Result<Inode> result = inode_of(request, &ambiguous);
+    if (result.is_ok() || !ambiguous || errno_of(result.status()) != EEXIST) return result;
+    auto existing = lookup(caller, parent, name);
+    if (!existing.is_ok()) return result;
+    bool ours = existing->type == type && existing->uid == caller.uid &&
+                (type == FileType::kSymlink ? existing->symlink_target == target : same_mode(*existing, mode)) &&
+                existing->ctime_ns >= began_ns - options.recovery_clock_skew_ms * 1'000'000;
+    if (!ours) return result;
+    recovered.fetch_add(1, std::memory_order_relaxed);
+    FF_LOG_INFO("meta {} '{}' in {}: a lost reply; the name holds inode {} made since the first attempt, taken "
+                "as ours",
+                wire::op_name(request.op_case()), name, parent, existing->id);
+    return existing;
+  }
+};
+
+RemoteMeta::RemoteMeta(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RemoteMeta::~RemoteMeta() = default;
+
+Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions options) {
+  if (options.addresses.empty()) return invalid_argument("RemoteMeta needs at least one ff-meta address");
+  for (const auto& address : options.addresses) {
+    auto parsed = rpc::parse_host_port(address);
+    if (!parsed.is_ok()) return invalid_argument("ff-meta address: {}", parsed.status().message());
+    if (parsed->port == 0) return invalid_argument("ff-meta address '{}' needs a port", address);
+  }
+  if (options.rpc_timeout_ms <= 0 || options.op_timeout_ms <= 0 || options.max_attempts == 0) {
+    return invalid_argument("RemoteMeta: rpc_timeout_ms = {}, op_timeout_ms = {}, max_attempts = {}: all must be "
+                            "positive",
+                            options.rpc_timeout_ms, options.op_timeout_ms, options.max_attempts);
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  for (const auto& address : impl->options.addresses) impl->peers.push_back(impl->make_peer(address));
+  // Spread clients over the servers: start at a random address.
+  impl->current = std::random_device{}() % impl->peers.size();
+  return std::unique_ptr<RemoteMeta>(new RemoteMeta(std::move(impl)));
+}
+
+RemoteMeta::Stats RemoteMeta::stats() const {
+  return Stats{impl_->calls.load(), impl_->attempts.load(), impl_->failovers.load(), impl_->recovered.load()};
+}
+
+namespace {
+pb::MetaRequest request_for(const Caller& caller) {
+  pb::MetaRequest request;
+  wire::to_proto(caller, request.mutable_caller());
+  return request;
+}
+const Caller kNobodyInParticular{};  // operations without a caller (getattr, close, ...)
+}  // namespace
+
+Result<Inode> RemoteMeta::lookup(const Caller& caller, InodeId parent, std::string_view name) {
+  return impl_->lookup(caller, parent, name);
+}
+
+Result<Inode> RemoteMeta::getattr(InodeId inode) {
+  pb::MetaRequest request = request_for(kNobodyInParticular);
+  request.mutable_getattr()->set_inode(inode);
+  bool ambiguous = false;
+  return impl_->inode_of(request, &ambiguous);
+}
+
+Result<Inode> RemoteMeta::setattr(const Caller& caller, InodeId inode, const SetAttr& attr) {
+  // Idempotent: every field is an absolute value (the "now" times just take a later now).
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_setattr()->set_inode(inode);
+  wire::to_proto(attr, request.mutable_setattr());
+  bool ambiguous = false;
+  return impl_->inode_of(request, &ambiguous);
+}
+
+Result<Inode> RemoteMeta::resolve(const Caller& caller, std::string_view path, bool follow_last) {
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_resolve()->set_path(std::string(path));
+  request.mutable_resolve()->set_follow_last(follow_last);
+  bool ambiguous = false;
+  return impl_->inode_of(request, &ambiguous);
+}
+
+Result<Inode> RemoteMeta::create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_create();
+  op->set_parent(parent);
+  op->set_name(std::string(name));
+  op->set_mode(mode);
+  return impl_->create_like(caller, request, parent, name, FileType::kRegular, mode, "");
+}
+
+Result<Inode> RemoteMeta::mknod(const Caller& caller, InodeId parent, std::string_view name, FileType type,
+                                uint32_t mode, uint32_t rdev) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_mknod();
+  op->set_parent(parent);
+  op->set_name(std::string(name));
+  op->set_type(static_cast<uint32_t>(type));
+  op->set_mode(mode);
+  op->set_rdev(rdev);
+  return impl_->create_like(caller, request, parent, name, type, mode, "");
+}
+
+Result<Inode> RemoteMeta::mkdir(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_mkdir();
+  op->set_parent(parent);
+  op->set_name(std::string(name));
+  op->set_mode(mode);
+  return impl_->create_like(caller, request, parent, name, FileType::kDirectory, mode, "");
+}
+
+Result<Inode> RemoteMeta::symlink(const Caller& caller, InodeId parent, std::string_view name,
+                                  std::string_view target) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_symlink();
+  op->set_parent(parent);
+  op->set_name(std::string(name));
+  op->set_target(std::string(target));
+  return impl_->create_like(caller, request, parent, name, FileType::kSymlink, 0777, target);
+}
+
+Result<Inode> RemoteMeta::link(const Caller& caller, InodeId inode, InodeId new_parent, std::string_view new_name) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_link();
+  op->set_inode(inode);
+  op->set_new_parent(new_parent);
+  op->set_new_name(std::string(new_name));
+  bool ambiguous = false;
+  Result<Inode> result = impl_->inode_of(request, &ambiguous);
+  if (result.is_ok() || !ambiguous || errno_of(result.status()) != EEXIST) return result;
+  auto existing = impl_->lookup(caller, new_parent, new_name);
+  if (existing.is_ok() && existing->id == inode) {
+    impl_->recovered.fetch_add(1, std::memory_order_relaxed);
+    return existing;
+  }
+  return result;
+}
+
+Result<std::string> RemoteMeta::readlink(InodeId inode) {
+  pb::MetaRequest request = request_for(kNobodyInParticular);
+  request.mutable_readlink()->set_inode(inode);
+  bool ambiguous = false;
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request, &ambiguous));
+  return response.text();
+}
+
+Status RemoteMeta::unlink(const Caller& caller, InodeId parent, std::string_view name) {
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_unlink()->set_parent(parent);
+  request.mutable_unlink()->set_name(std::string(name));
+  bool ambiguous = false;
+  Status status = impl_->run(request, &ambiguous).status();
+  if (!status.is_ok() && ambiguous && errno_of(status) == ENOENT) {
+    impl_->recovered.fetch_add(1, std::memory_order_relaxed);
+    return Status::ok();
+  }
+  return status;
+}
+
+Status RemoteMeta::rmdir(const Caller& caller, InodeId parent, std::string_view name) {
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_rmdir()->set_parent(parent);
+  request.mutable_rmdir()->set_name(std::string(name));
+  bool ambiguous = false;
+  Status status = impl_->run(request, &ambiguous).status();
+  if (!status.is_ok() && ambiguous && errno_of(status) == ENOENT) {
+    impl_->recovered.fetch_add(1, std::memory_order_relaxed);
+    return Status::ok();
+  }
+  return status;
+}
+
+Status RemoteMeta::rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                          std::string_view new_name, bool no_replace) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_rename();
+  op->set_parent(parent);
+  op->set_name(std::string(name));
+  op->set_new_parent(new_parent);
+  op->set_new_name(std::string(new_name));
+  op->set_no_replace(no_replace);
+  bool ambiguous = false;
+  Status status = impl_->run(request, &ambiguous).status();
+  if (status.is_ok() || !ambiguous) return status;
+  // A lost reply: the first attempt may have moved the name; the repeat then finds the source gone
+  // (ENOENT), or, with no_replace, the destination taken (EEXIST).
+  int error = errno_of(status);
+  if (error == ENOENT || (no_replace && error == EEXIST)) {
+    bool source_gone = errno_of(impl_->lookup(caller, parent, name).status()) == ENOENT;
+    bool destination_there = impl_->lookup(caller, new_parent, new_name).is_ok();
+    if (source_gone && destination_there) {
+      impl_->recovered.fetch_add(1, std::memory_order_relaxed);
+      return Status::ok();
+    }
+  }
+  return status;
+}
+
+Result<ReadDirPage> RemoteMeta::readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit) {
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_readdir()->set_dir(dir);
+  request.mutable_readdir()->set_after(std::string(after));
+  request.mutable_readdir()->set_limit(limit);
+  bool ambiguous = false;
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request, &ambiguous));
+  ReadDirPage page;
+  page.more = response.page().more();
+  page.entries.reserve(static_cast<size_t>(response.page().entries_size()));
+  for (const auto& entry : response.page().entries()) {
+    page.entries.push_back(DirEntry{entry.name(), entry.inode(), static_cast<FileType>(entry.type())});
+  }
+  return page;
+}
+
+Result<StatFs> RemoteMeta::statfs() {
+  pb::MetaRequest request = request_for(kNobodyInParticular);
+  request.mutable_statfs();
+  bool ambiguous = false;
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request, &ambiguous));
+  const auto& stat = response.statfs();
+  return StatFs{stat.block_size(), stat.total_bytes(), stat.free_bytes(), stat.inodes_allocated(),
+                stat.max_name_bytes()};
+}
+
+Result<OpenFile> RemoteMeta::open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client) {
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_open()->set_inode(inode);
+  request.mutable_open()->set_flags(flags);
+  request.mutable_open()->set_client(client);
+  bool ambiguous = false;
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request, &ambiguous));
+  if (!response.has_open()) return internal_error("meta open: reply without a session");
+  return OpenFile{wire::from_proto(response.open().inode()), response.open().session()};
+}
+
+Status RemoteMeta::close(InodeId inode, uint64_t session, uint64_t length_hint) {
+  pb::MetaRequest request = request_for(kNobodyInParticular);
+  request.mutable_close()->set_inode(inode);
+  request.mutable_close()->set_session(session);
+  request.mutable_close()->set_length_hint(length_hint);
+  bool ambiguous = false;
+  Status status = impl_->run(request, &ambiguous).status();
+  if (!status.is_ok() && ambiguous && errno_of(status) == EBADF) {
+    impl_->recovered.fetch_add(1, std::memory_order_relaxed);
+    return Status::ok();
+  }
+  return status;
+}
+
+Result<Inode> RemoteMeta::sync(InodeId inode, uint64_t length_hint) {
+  pb::MetaRequest request = request_for(kNobodyInParticular);
+  request.mutable_sync()->set_inode(inode);
+  request.mutable_sync()->set_length_hint(length_hint);
+  bool ambiguous = false;
+  return impl_->inode_of(request, &ambiguous);
+}
+
+Status RemoteMeta::report_length(InodeId inode, uint64_t length) {
+  pb::MetaRequest request = request_for(kNobodyInParticular);
+  request.mutable_report_length()->set_inode(inode);
+  request.mutable_report_length()->set_length(length);
+  bool ambiguous = false;
+  return impl_->run(request, &ambiguous).status();
+}
+
+Status RemoteMeta::renew_client(uint64_t client) {
+  pb::MetaRequest request = request_for(kNobodyInParticular);
+  request.mutable_renew_client()->set_client(client);
+  bool ambiguous = false;
+  return impl_->run(request, &ambiguous).status();
+}
+
+}  // namespace ff::fs::meta

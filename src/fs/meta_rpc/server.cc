@@ -1,0 +1,267 @@
+// MetaRpcServer: gRPC's synchronous server API. Every MetaApi call blocks (a KV transaction, maybe a
+// storage query), and the RocksDB engine's group commit only pays off with many commits in flight, so
+// each request runs on a gRPC handler thread of its own (up to max_threads), not on a serial executor
+// like the storage services.
+#include <chrono>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
+
+#include "convert.h"
+#include "ff/common/assert.h"
+#include "ff/common/log.h"
+#include "ff/fs/meta.grpc.pb.h"
+#include "ff/fs/meta_rpc.h"
+
+namespace ff::fs::meta {
+
+namespace {
+
+void put_inode(const Result<Inode>& result, pb::MetaResponse* response) {
+  wire::set_status(result.status(), response);
+  if (result.is_ok()) wire::to_proto(*result, response->mutable_inode());
+}
+
+void put_status(const Status& status, pb::MetaResponse* response) {
+  wire::set_status(status, response);
+  if (status.is_ok()) response->mutable_empty();
+}
+
+// Runs one request against `api`. Pure translation: no retries here (the service retries conflicts).
+void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* response) {
+  const Caller caller = wire::from_proto(request.caller());
+  switch (request.op_case()) {
+    case pb::MetaRequest::kLookup: {
+      const auto& op = request.lookup();
+      return put_inode(api.lookup(caller, op.parent(), op.name()), response);
+    }
+    case pb::MetaRequest::kGetattr: return put_inode(api.getattr(request.getattr().inode()), response);
+    case pb::MetaRequest::kSetattr: {
+      const auto& op = request.setattr();
+      return put_inode(api.setattr(caller, op.inode(), wire::from_proto(op)), response);
+    }
+    case pb::MetaRequest::kResolve: {
+      const auto& op = request.resolve();
+      return put_inode(api.resolve(caller, op.path(), op.follow_last()), response);
+    }
+    case pb::MetaRequest::kCreate: {
+      const auto& op = request.create();
+      return put_inode(api.create(caller, op.parent(), op.name(), op.mode()), response);
+    }
+    case pb::MetaRequest::kMknod: {
+      const auto& op = request.mknod();
+      if (op.type() < 1 || op.type() > static_cast<uint32_t>(FileType::kSocket)) {
+        return put_status(meta_error(EINVAL, fmt::format("mknod: file type {} is not one of 1..7", op.type())),
+                          response);
+      }
+      return put_inode(api.mknod(caller, op.parent(), op.name(), static_cast<FileType>(op.type()), op.mode(), op.rdev()),
+                       response);
+    }
+    case pb::MetaRequest::kMkdir: {
+      const auto& op = request.mkdir();
+      return put_inode(api.mkdir(caller, op.parent(), op.name(), op.mode()), response);
+    }
+    case pb::MetaRequest::kSymlink: {
+      const auto& op = request.symlink();
+      return put_inode(api.symlink(caller, op.parent(), op.name(), op.target()), response);
+    }
+    case pb::MetaRequest::kLink: {
+      const auto& op = request.link();
+      return put_inode(api.link(caller, op.inode(), op.new_parent(), op.new_name()), response);
+    }
+    case pb::MetaRequest::kReadlink: {
+      auto target = api.readlink(request.readlink().inode());
+      wire::set_status(target.status(), response);
+      if (target.is_ok()) response->set_text(*target);
+      return;
+    }
+    case pb::MetaRequest::kUnlink: {
+      const auto& op = request.unlink();
+      return put_status(api.unlink(caller, op.parent(), op.name()), response);
+    }
+    case pb::MetaRequest::kRmdir: {
+      const auto& op = request.rmdir();
+      return put_status(api.rmdir(caller, op.parent(), op.name()), response);
+    }
+    case pb::MetaRequest::kRename: {
+      const auto& op = request.rename();
+      return put_status(api.rename(caller, op.parent(), op.name(), op.new_parent(), op.new_name(), op.no_replace()),
+                        response);
+    }
+    case pb::MetaRequest::kReaddir: {
+      const auto& op = request.readdir();
+      auto page = api.readdir(caller, op.dir(), op.after(), static_cast<size_t>(op.limit()));
+      wire::set_status(page.status(), response);
+      if (page.is_ok()) {
+        pb::ReaddirRsp* out = response->mutable_page();
+        out->set_more(page->more);
+        for (const auto& entry : page->entries) {
+          pb::DirEntry* item = out->add_entries();
+          item->set_name(entry.name);
+          item->set_inode(entry.inode);
+          item->set_type(static_cast<uint32_t>(entry.type));
+        }
+      }
+      return;
+    }
+    case pb::MetaRequest::kStatfs: {
+      auto stat = api.statfs();
+      wire::set_status(stat.status(), response);
+      if (stat.is_ok()) {
+        pb::StatfsRsp* out = response->mutable_statfs();
+        out->set_block_size(stat->block_size);
+        out->set_total_bytes(stat->total_bytes);
+        out->set_free_bytes(stat->free_bytes);
+        out->set_inodes_allocated(stat->inodes_allocated);
+        out->set_max_name_bytes(stat->max_name_bytes);
+      }
+      return;
+    }
+    case pb::MetaRequest::kOpen: {
+      const auto& op = request.open();
+      auto opened = api.open(caller, op.inode(), op.flags(), op.client());
+      wire::set_status(opened.status(), response);
+      if (opened.is_ok()) {
+        wire::to_proto(opened->inode, response->mutable_open()->mutable_inode());
+        response->mutable_open()->set_session(opened->session);
+      }
+      return;
+    }
+    case pb::MetaRequest::kClose: {
+      const auto& op = request.close();
+      return put_status(api.close(op.inode(), op.session(), op.length_hint()), response);
+    }
+    case pb::MetaRequest::kSync: {
+      const auto& op = request.sync();
+      return put_inode(api.sync(op.inode(), op.length_hint()), response);
+    }
+    case pb::MetaRequest::kReportLength: {
+      const auto& op = request.report_length();
+      return put_status(api.report_length(op.inode(), op.length()), response);
+    }
+    case pb::MetaRequest::kRenewClient:
+      return put_status(api.renew_client(request.renew_client().client()), response);
+    case pb::MetaRequest::OP_NOT_SET: break;
+  }
+  put_status(invalid_argument("[malformed] meta request without an operation (a newer client?)"), response);
+}
+
+class MetaGrpcService final : public pb::Meta::Service {
+ public:
+  MetaGrpcService(std::shared_ptr<MetaApi> api, rpc::MetricsRegistry* metrics) : api_(std::move(api)) {
+    if (metrics != nullptr) {
+      requests_ = &metrics->counter("ff_meta_requests_total", "Meta requests received.");
+      errors_ = &metrics->counter("ff_meta_errors_total", "Meta operations that returned an error (any errno).");
+      latency_ = &metrics->histogram("ff_meta_server_seconds", "Time to execute one meta request.");
+    }
+  }
+
+  grpc::Status Call(grpc::ServerContext* context, const pb::MetaRequest* request,
+                    pb::MetaResponse* response) override {
+    requests_total.fetch_add(1, std::memory_order_relaxed);
+    if (requests_ != nullptr) requests_->add();
+    // A request whose caller already gave up is not executed: the caller will retry it elsewhere, and
+    // running it now would only add an outcome nobody hears about.
+    if (context->deadline() < std::chrono::system_clock::now()) {
+      expired_total.fetch_add(1, std::memory_order_relaxed);
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "meta request arrived after its deadline");
+    }
+    std::shared_ptr<MetaApi> api;
+    {
+      std::lock_guard lock(api_mutex_);
+      api = api_;
+    }
+    auto start = std::chrono::steady_clock::now();
+    execute(*api, *request, response);
+    if (latency_ != nullptr) {
+      latency_->record_us(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count()));
+    }
+    if (response->code() != 0) {
+      errors_total.fetch_add(1, std::memory_order_relaxed);
+      if (errors_ != nullptr) errors_->add();
+    }
+    return grpc::Status::OK;
+  }
+
+  void replace_api(std::shared_ptr<MetaApi> api) {
+    std::lock_guard lock(api_mutex_);
+    api_ = std::move(api);
+  }
+
+  std::atomic<uint64_t> requests_total{0};
+  std::atomic<uint64_t> errors_total{0};
+  std::atomic<uint64_t> expired_total{0};
+
+ private:
+  std::mutex api_mutex_;  // guards api_ (held only to copy the pointer)
+  std::shared_ptr<MetaApi> api_;
+  rpc::Counter* requests_ = nullptr;
+  rpc::Counter* errors_ = nullptr;
+  rpc::Histogram* latency_ = nullptr;
+};
+
+}  // namespace
+
+struct MetaRpcServer::Impl {
+  std::unique_ptr<MetaGrpcService> service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+  uint16_t port = 0;
+  std::mutex shutdown_mutex;  // guards shut_down
+  bool shut_down = false;
+};
+
+MetaRpcServer::MetaRpcServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<MetaRpcServer>> MetaRpcServer::start(std::shared_ptr<MetaApi> api, MetaServerOptions options) {
+  FF_ASSERT(api != nullptr, "MetaRpcServer::start needs an api");
+  size_t colon = options.listen.rfind(':');
+  if (colon == std::string::npos) return invalid_argument("meta listen address '{}' is not host:port", options.listen);
+  if (options.max_threads < 2) return invalid_argument("meta server max_threads = {}, expected >= 2", options.max_threads);
+  auto impl = std::make_unique<Impl>();
+  impl->service = std::make_unique<MetaGrpcService>(std::move(api), options.metrics);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  grpc::ResourceQuota quota("ff-meta");
+  quota.SetMaxThreads(options.max_threads);
+  builder.SetResourceQuota(quota);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxSendMessageSize(64 << 20);
+  builder.RegisterService(impl->service.get());
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr || port == 0) {
+    return unavailable("meta gRPC server could not listen on {} (address in use or not local?)", options.listen);
+  }
+  impl->port = static_cast<uint16_t>(port);
+  impl->address = options.listen.substr(0, colon) + ":" + std::to_string(port);
+  return std::unique_ptr<MetaRpcServer>(new MetaRpcServer(std::move(impl)));
+}
+
+MetaRpcServer::~MetaRpcServer() { shutdown(1000); }
+
+const std::string& MetaRpcServer::address() const { return impl_->address; }
+uint16_t MetaRpcServer::port() const { return impl_->port; }
+
+void MetaRpcServer::replace_api(std::shared_ptr<MetaApi> api) {
+  FF_ASSERT(api != nullptr, "replace_api needs an api");
+  impl_->service->replace_api(std::move(api));
+}
+
+void MetaRpcServer::shutdown(int64_t timeout_ms) {
+  {
+    std::lock_guard lock(impl_->shutdown_mutex);
+    if (impl_->shut_down) return;
+    impl_->shut_down = true;
+  }
+  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  impl_->server->Wait();
+}
+
+MetaRpcServer::Stats MetaRpcServer::stats() const {
+  return Stats{impl_->service->requests_total.load(), impl_->service->errors_total.load(),
+               impl_->service->expired_total.load()};
+}
+
+}  // namespace ff::fs::meta

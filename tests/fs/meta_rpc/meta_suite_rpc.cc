@@ -1,0 +1,42 @@
+// fs_meta_rpc_test runs the metadata behaviour suite (tests/fs/meta/meta_test.cc) through RemoteMeta
+// and a MetaRpcServer on 127.0.0.1: every operation and errno case crosses gRPC.
+#include "../meta/meta_test.h"
+#include "ff/common/assert.h"
+#include "ff/fs/meta_rpc.h"
+
+namespace ff::fs::meta::testing {
+
+namespace {
+
+class GrpcFrontend final : public MetaFrontend {
+ public:
+  explicit GrpcFrontend(MetaService& service) {
+    // The server must not own the service: the fixture does.
+    std::shared_ptr<MetaApi> api(&service, [](MetaApi*) {});
+    auto server = MetaRpcServer::start(api, MetaServerOptions{});
+    FF_ASSERT(server.is_ok(), "{}", server.status().to_string());
+    server_ = std::move(*server);
+    auto client = RemoteMeta::connect(RemoteMetaOptions{.addresses = {server_->address()}});
+    FF_ASSERT(client.is_ok(), "{}", client.status().to_string());
+    client_ = std::move(*client);
+  }
+  ~GrpcFrontend() override {
+    client_.reset();
+    server_->shutdown(1000);
+  }
+  MetaApi& api() override { return *client_; }
+
+ private:
+  std::unique_ptr<MetaRpcServer> server_;
+  std::unique_ptr<RemoteMeta> client_;
+};
+
+}  // namespace
+
+std::vector<MetaSuiteParam> meta_suite_params() {
+  return {MetaSuiteParam{"Grpc", [](MetaService& service) -> std::unique_ptr<MetaFrontend> {
+                           return std::make_unique<GrpcFrontend>(service);
+                         }}};
+}
+
+}  // namespace ff::fs::meta::testing

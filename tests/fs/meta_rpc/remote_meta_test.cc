@@ -1,0 +1,295 @@
+// RemoteMeta beyond the behaviour suite: errors identical to in-process ones, failover between two
+// servers on one store, bounded waits on unreachable and hung servers, and the interpretation of a
+// repeated create / mkdir / link / rename / unlink / close whose first reply was lost.
+#include <chrono>
+#include <thread>
+
+#include "../meta/meta_test.h"
+#include "../rpc/test_util.h"
+#include "ff/fs/kv_engines.h"
+#include "ff/fs/meta_rpc.h"
+
+namespace ff::fs::meta {
+namespace {
+
+const Caller kRoot{0, 0, {}};
+const Caller kAlice{1000, 1000, {}};
+const Caller kBob{1001, 1001, {}};
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Forwards to a MetaApi; can stall before executing (a hung server) or after executing (a reply that
+// arrives after the client's deadline: the operation happened, the caller does not learn it).
+class StallingApi final : public MetaApi {
+ public:
+  explicit StallingApi(MetaApi& inner) : inner_(inner) {}
+  std::atomic<int> stall_before_ms{0};
+  std::atomic<int> stall_after_ms{0};
+  std::atomic<int> stalls_after_left{0};  // how many calls stall after executing
+  std::atomic<int> calls{0};
+
+  template <typename F>
+  auto wrap(F&& body) {
+    ++calls;
+    if (int ms = stall_before_ms.load(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    auto result = body();
+    if (stalls_after_left.fetch_sub(1) > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(stall_after_ms.load()));
+    }
+    return result;
+  }
+
+  Result<Inode> lookup(const Caller& c, InodeId p, std::string_view n) override { return wrap([&] { return inner_.lookup(c, p, n); }); }
+  Result<Inode> getattr(InodeId i) override { return wrap([&] { return inner_.getattr(i); }); }
+  Result<Inode> setattr(const Caller& c, InodeId i, const SetAttr& a) override { return wrap([&] { return inner_.setattr(c, i, a); }); }
+  Result<Inode> resolve(const Caller& c, std::string_view p, bool f) override { return wrap([&] { return inner_.resolve(c, p, f); }); }
+  Result<Inode> create(const Caller& c, InodeId p, std::string_view n, uint32_t m) override { return wrap([&] { return inner_.create(c, p, n, m); }); }
+  Result<Inode> mknod(const Caller& c, InodeId p, std::string_view n, FileType t, uint32_t m, uint32_t r) override {
+    return wrap([&] { return inner_.mknod(c, p, n, t, m, r); });
+  }
+  Result<Inode> mkdir(const Caller& c, InodeId p, std::string_view n, uint32_t m) override { return wrap([&] { return inner_.mkdir(c, p, n, m); }); }
+  Result<Inode> symlink(const Caller& c, InodeId p, std::string_view n, std::string_view t) override {
+    return wrap([&] { return inner_.symlink(c, p, n, t); });
+  }
+  Result<Inode> link(const Caller& c, InodeId i, InodeId p, std::string_view n) override { return wrap([&] { return inner_.link(c, i, p, n); }); }
+  Result<std::string> readlink(InodeId i) override { return wrap([&] { return inner_.readlink(i); }); }
+  Status unlink(const Caller& c, InodeId p, std::string_view n) override { return wrap([&] { return inner_.unlink(c, p, n); }); }
+  Status rmdir(const Caller& c, InodeId p, std::string_view n) override { return wrap([&] { return inner_.rmdir(c, p, n); }); }
+  Status rename(const Caller& c, InodeId p, std::string_view n, InodeId np, std::string_view nn, bool nr) override {
+    return wrap([&] { return inner_.rename(c, p, n, np, nn, nr); });
+  }
+  Result<ReadDirPage> readdir(const Caller& c, InodeId d, std::string_view a, size_t l) override { return wrap([&] { return inner_.readdir(c, d, a, l); }); }
+  Result<StatFs> statfs() override { return wrap([&] { return inner_.statfs(); }); }
+  Result<OpenFile> open(const Caller& c, InodeId i, uint32_t f, uint64_t cl) override { return wrap([&] { return inner_.open(c, i, f, cl); }); }
+  Status close(InodeId i, uint64_t s, uint64_t l) override { return wrap([&] { return inner_.close(i, s, l); }); }
+  Result<Inode> sync(InodeId i, uint64_t l) override { return wrap([&] { return inner_.sync(i, l); }); }
+  Status report_length(InodeId i, uint64_t l) override { return wrap([&] { return inner_.report_length(i, l); }); }
+  Status renew_client(uint64_t c) override { return wrap([&] { return inner_.renew_client(c); }); }
+
+ private:
+  MetaApi& inner_;
+};
+
+std::shared_ptr<MetaApi> unowned(MetaApi& api) { return std::shared_ptr<MetaApi>(&api, [](MetaApi*) {}); }
+
+class RemoteMetaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    engine_ = kv::open_memory_kv();
+    MetaConfig config;
+    config.chains = {1, 2, 3};
+    auto service = MetaService::open(*engine_, config);
+    ASSERT_TRUE(service.is_ok()) << service.status().to_string();
+    service_ = std::move(*service);
+    stalling_ = std::make_unique<StallingApi>(*service_);
+    auto server = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{});
+    ASSERT_TRUE(server.is_ok()) << server.status().to_string();
+    server_ = std::move(*server);
+  }
+  void TearDown() override {
+    if (server_) server_->shutdown(2000);
+  }
+  std::unique_ptr<RemoteMeta> connect(std::vector<std::string> addresses, int64_t rpc_timeout_ms = 5000,
+                                      int64_t op_timeout_ms = 20000) {
+    auto client = RemoteMeta::connect(RemoteMetaOptions{
+        .addresses = std::move(addresses), .rpc_timeout_ms = rpc_timeout_ms, .op_timeout_ms = op_timeout_ms});
+    EXPECT_TRUE(client.is_ok()) << client.status().to_string();
+    return client.is_ok() ? std::move(*client) : nullptr;
+  }
+
+  std::unique_ptr<kv::KvEngine> engine_;
+  std::unique_ptr<MetaService> service_;
+  std::unique_ptr<StallingApi> stalling_;
+  std::unique_ptr<MetaRpcServer> server_;
+};
+
+TEST_F(RemoteMetaTest, ErrorsAreTheSameAsInProcess) {
+  auto remote = connect({server_->address()});
+  ASSERT_TRUE(service_->mkdir(kRoot, kRootInode, "d", 0700).is_ok());
+  ASSERT_TRUE(service_->create(kRoot, kRootInode, "f", 0644).is_ok());
+  auto d = service_->lookup(kRoot, kRootInode, "d");
+  ASSERT_TRUE(d.is_ok());
+  ASSERT_TRUE(service_->create(kRoot, d->id, "inside", 0644).is_ok());
+  // Each pair: the in-process outcome and the remote one must carry the same code, errno and message.
+  auto same = [](const Status& local, const Status& remote) {
+    EXPECT_FALSE(local.is_ok());
+    EXPECT_EQ(local.code(), remote.code()) << local.to_string() << " vs " << remote.to_string();
+    EXPECT_EQ(errno_of(local), errno_of(remote)) << remote.to_string();
+    EXPECT_EQ(local.message(), remote.message());
+  };
+  same(service_->lookup(kRoot, kRootInode, "missing").status(), remote->lookup(kRoot, kRootInode, "missing").status());
+  same(service_->create(kRoot, kRootInode, "f", 0644).status(), remote->create(kRoot, kRootInode, "f", 0644).status());
+  same(service_->rmdir(kRoot, kRootInode, "d"), remote->rmdir(kRoot, kRootInode, "d"));
+  same(service_->lookup(kAlice, d->id, "inside").status(), remote->lookup(kAlice, d->id, "inside").status());
+  same(service_->create(kRoot, kRootInode, std::string(300, 'x'), 0644).status(),
+       remote->create(kRoot, kRootInode, std::string(300, 'x'), 0644).status());
+  same(service_->rename(kRoot, kRootInode, "d", d->id, "x"), remote->rename(kRoot, kRootInode, "d", d->id, "x"));
+  same(service_->readlink(d->id).status(), remote->readlink(d->id).status());
+  EXPECT_ERRNO(remote->lookup(kRoot, kRootInode, "missing"), ENOENT);
+  EXPECT_ERRNO(remote->rmdir(kRoot, kRootInode, "d"), ENOTEMPTY);
+  EXPECT_ERRNO(remote->lookup(kBob, d->id, "inside"), EACCES);
+  EXPECT_ERRNO(remote->close(d->id, 12345, 0), EBADF);
+  // Names are bytes, not UTF-8.
+  std::string odd = "\xff\xfe odd \x01";
+  auto made = remote->create(kRoot, kRootInode, odd, 0600);
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  EXPECT_EQ(remote->lookup(kRoot, kRootInode, odd)->id, made->id);
+  EXPECT_EQ(remote->stats().failovers, 0u);
+}
+
+TEST_F(RemoteMetaTest, FailsOverBetweenTwoServersOnOneStore) {
+  // A second stateless instance on the same store behind its own server.
+  auto second = MetaService::open(*engine_, MetaConfig{.chains = {1, 2, 3}});
+  ASSERT_TRUE(second.is_ok());
+  auto server_b = MetaRpcServer::start(unowned(**second), MetaServerOptions{});
+  ASSERT_TRUE(server_b.is_ok());
+  const std::string address_a = server_->address();
+  auto remote = connect({address_a, (*server_b)->address()}, 2000, 20000);
+  auto create_batch = [&](int first, int count) {
+    for (int i = first; i < first + count; ++i) {
+      auto made = remote->create(kRoot, kRootInode, fmt::format("f{}", i), 0644);
+      ASSERT_TRUE(made.is_ok()) << "file " << i << ": " << made.status().to_string();
+    }
+  };
+  create_batch(0, 10);
+  server_->shutdown(1000);  // A goes away
+  create_batch(10, 10);
+  // A comes back on its port, then B goes away: the client must find A again.
+  auto restarted = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.listen = address_a});
+  ASSERT_TRUE(restarted.is_ok()) << restarted.status().to_string();
+  server_ = std::move(*restarted);
+  (*server_b)->shutdown(1000);
+  create_batch(20, 10);
+  // Whichever server the client started on, one of the two shutdowns hit it.
+  EXPECT_GE(remote->stats().failovers, 1u);
+  auto page = service_->readdir(kRoot, kRootInode, "", 100);
+  ASSERT_TRUE(page.is_ok());
+  EXPECT_EQ(page->entries.size(), 30u);
+  auto report = service_->fsck();
+  ASSERT_TRUE(report.is_ok());
+  EXPECT_TRUE(report->problems.empty());
+}
+
+TEST_F(RemoteMetaTest, UnreachableServersFailWithinTheOperationTimeout) {
+  auto remote = connect({"127.0.0.1:" + std::to_string(rpc::testing::free_port()),
+                         "127.0.0.1:" + std::to_string(rpc::testing::free_port())},
+                        300, 1500);
+  int64_t start = now_ms();
+  auto result = remote->getattr(kRootInode);
+  int64_t took = now_ms() - start;
+  ASSERT_FALSE(result.is_ok());
+  EXPECT_TRUE(result.status().code() == StatusCode::kUnavailable ||
+              result.status().code() == StatusCode::kDeadlineExceeded)
+      << result.status().to_string();
+  EXPECT_LT(took, 5000) << "an operation must end near its op_timeout_ms";
+  EXPECT_NE(result.status().message().find("no ff-meta server answered"), std::string::npos);
+  EXPECT_FALSE(RemoteMeta::connect(RemoteMetaOptions{}).is_ok());
+  EXPECT_FALSE(RemoteMeta::connect(RemoteMetaOptions{.addresses = {"no-port"}}).is_ok());
+}
+
+TEST_F(RemoteMetaTest, HungServerHitsTheDeadline) {
+  auto remote = connect({server_->address()}, 300, 1200);
+  stalling_->stall_before_ms = 2500;
+  int64_t start = now_ms();
+  auto result = remote->getattr(kRootInode);
+  int64_t took = now_ms() - start;
+  stalling_->stall_before_ms = 0;
+  ASSERT_FALSE(result.is_ok());
+  EXPECT_EQ(result.status().code(), StatusCode::kDeadlineExceeded) << result.status().to_string();
+  EXPECT_EQ(errno_of(result.status()), ETIMEDOUT);
+  EXPECT_LT(took, 2400);
+  EXPECT_GE(took, 1000);
+}
+
+TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
+  auto remote = connect({server_->address()}, 400, 20000);
+  ASSERT_TRUE(service_->setattr(kRoot, kRootInode, SetAttr{.mode = 0777}).is_ok());
+  // Each operation below runs on the server, whose reply then comes after the client's deadline; the
+  // client sends it again and gets EEXIST / ENOENT / EBADF, which it must recognise as its own doing.
+  auto lose_next_reply = [&] {
+    stalling_->stall_after_ms = 900;
+    stalling_->stalls_after_left = 1;
+  };
+  uint64_t recovered = 0;
+  lose_next_reply();
+  auto file = remote->create(kAlice, kRootInode, "file", 0640);
+  ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+  EXPECT_EQ(file->id, service_->lookup(kRoot, kRootInode, "file")->id);
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+
+  lose_next_reply();
+  auto dir = remote->mkdir(kAlice, kRootInode, "dir", 0750);
+  ASSERT_TRUE(dir.is_ok()) << dir.status().to_string();
+  EXPECT_EQ(dir->id, service_->lookup(kRoot, kRootInode, "dir")->id);
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+
+  lose_next_reply();
+  auto linked = remote->link(kAlice, file->id, dir->id, "hard");
+  ASSERT_TRUE(linked.is_ok()) << linked.status().to_string();
+  EXPECT_EQ(linked->id, file->id);
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+
+  lose_next_reply();
+  ASSERT_TRUE(remote->rename(kAlice, kRootInode, "file", dir->id, "moved").is_ok());
+  EXPECT_EQ(service_->lookup(kRoot, dir->id, "moved")->id, file->id);
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+
+  lose_next_reply();
+  ASSERT_TRUE(remote->unlink(kAlice, dir->id, "hard").is_ok());
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+
+  auto opened = remote->open(kAlice, file->id, kOpenWrite, 77);
+  ASSERT_TRUE(opened.is_ok());
+  lose_next_reply();
+  ASSERT_TRUE(remote->close(file->id, opened->session, 0).is_ok());
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+  EXPECT_EQ(*service_->session_count(file->id), 0u);
+
+  // Not ours: a name someone else made earlier stays EEXIST even after a lost reply.
+  ASSERT_TRUE(service_->create(kBob, kRootInode, "bobs", 0644).is_ok());
+  lose_next_reply();
+  EXPECT_ERRNO(remote->create(kAlice, kRootInode, "bobs", 0644), EEXIST);
+  // Nor is a name that existed before the call, even with our owner and mode.
+  ASSERT_TRUE(service_->create(kAlice, kRootInode, "old", 0640).is_ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto strict = RemoteMeta::connect(RemoteMetaOptions{
+      .addresses = {server_->address()}, .rpc_timeout_ms = 400, .recovery_clock_skew_ms = 0});
+  ASSERT_TRUE(strict.is_ok());
+  lose_next_reply();
+  EXPECT_ERRNO((*strict)->create(kAlice, kRootInode, "old", 0640), EEXIST);
+  // Without a lost reply, EEXIST is EEXIST.
+  EXPECT_ERRNO(remote->create(kAlice, kRootInode, "old", 0640), EEXIST);
+  EXPECT_EQ(remote->stats().recovered, recovered);
+  EXPECT_GT(remote->stats().failovers, 0u);
+  auto report = service_->fsck();
+  ASSERT_TRUE(report.is_ok());
+  EXPECT_TRUE(report->problems.empty());
+}
+
+TEST_F(RemoteMetaTest, ManyThreadsShareOneClient) {
+  auto remote = connect({server_->address()});
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      auto dir = remote->mkdir(kRoot, kRootInode, fmt::format("t{}", t), 0755);
+      if (!dir.is_ok()) return void(++failures);
+      for (int i = 0; i < 50; ++i) {
+        auto made = remote->create(kRoot, dir->id, fmt::format("f{}", i), 0644);
+        if (!made.is_ok() || !remote->lookup(kRoot, dir->id, fmt::format("f{}", i)).is_ok()) ++failures;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(server_->stats().requests, remote->stats().attempts);
+  auto report = service_->fsck();
+  ASSERT_TRUE(report.is_ok());
+  EXPECT_EQ(report->inodes, 1u + 8 + 8 * 50);
+}
+
+}  // namespace
+}  // namespace ff::fs::meta

@@ -1,0 +1,126 @@
+// StorageFiles (meta::FileStorage over StorageClient) on an in-process storage cluster: exact file
+// lengths from the chains' last chunks, truncate (whole chunks removed, the boundary chunk cut), file
+// removal, and a MetaService using it for close and garbage collection.
+#include <future>
+
+#include "ff/fs/kv_engines.h"
+#include "ff/fs/meta_rpc.h"
+#include "storage_cluster.h"
+
+namespace ff::fs::meta {
+namespace {
+
+const Caller kRoot{0, 0, {}};
+constexpr uint32_t kChunk = 64 << 10;
+
+class StorageFilesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Status started = cluster_.start(3, 2, 3);  // 3 nodes x 2 targets, replication 3: 2 chains
+    ASSERT_TRUE(started.is_ok()) << started.to_string();
+    ASSERT_EQ(cluster_.chains().size(), 2u);
+    files_ = std::make_unique<StorageFiles>(cluster_.client(), cluster_.client_executor(),
+                                            StorageFilesOptions{.op_timeout_ms = 20000});
+  }
+
+  // Writes `length` bytes of pattern (chunk index + offset) into chunk `index` of the inode.
+  void write_chunk(const Inode& inode, uint64_t index, uint64_t length) {
+    Bytes data(length);
+    for (uint64_t i = 0; i < length; ++i) data[i] = static_cast<std::byte>((index * 31 + i) & 0xff);
+    auto promise = std::make_shared<std::promise<Result<WriteRsp>>>();
+    auto future = promise->get_future();
+    cluster_.client_executor().post([&, promise, data = std::move(data)]() mutable {
+      cluster_.client().write(inode.layout.chain_of(index), ChunkId{inode.id, index}, 0, std::move(data),
+                              [promise](Result<WriteRsp> rsp) { promise->set_value(std::move(rsp)); });
+    });
+    ASSERT_EQ(future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    auto written = future.get();
+    ASSERT_TRUE(written.is_ok()) << written.status().to_string();
+  }
+  Result<ReadRsp> read_chunk(const Inode& inode, uint64_t index) {
+    auto promise = std::make_shared<std::promise<Result<ReadRsp>>>();
+    auto future = promise->get_future();
+    cluster_.client_executor().post([&, promise] {
+      cluster_.client().read(inode.layout.chain_of(index), ChunkId{inode.id, index}, 0, kChunk, ReadMode::kStrict,
+                             [promise](Result<ReadRsp> rsp) { promise->set_value(std::move(rsp)); });
+    });
+    if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return deadline_exceeded("read");
+    return future.get();
+  }
+  Inode file(InodeId id) {
+    Inode inode;
+    inode.id = id;
+    inode.layout.chain_table = 1;
+    inode.layout.chunk_size = kChunk;
+    inode.layout.chains = {cluster_.chains()[1], cluster_.chains()[0]};
+    return inode;
+  }
+
+  testing::StorageCluster cluster_;
+  std::unique_ptr<StorageFiles> files_;
+};
+
+TEST_F(StorageFilesTest, LengthTruncateAndRemove) {
+  Inode inode = file(1001);
+  EXPECT_EQ(*files_->file_length(inode), 0u);
+  write_chunk(inode, 0, kChunk);
+  write_chunk(inode, 1, kChunk);
+  write_chunk(inode, 2, 1000);
+  auto length = files_->file_length(inode);
+  ASSERT_TRUE(length.is_ok()) << length.status().to_string();
+  EXPECT_EQ(*length, 2u * kChunk + 1000);
+  // A sparse file: only chunk 5 (on the other chain than chunk 2... chain_of(5) == chains[1]).
+  Inode sparse = file(1002);
+  write_chunk(sparse, 5, 10);
+  EXPECT_EQ(*files_->file_length(sparse), 5u * kChunk + 10);
+
+  // Cut inside chunk 1: chunk 2 goes, chunk 1 keeps 500 bytes with their contents.
+  ASSERT_TRUE(files_->truncate(inode, kChunk + 500).is_ok());
+  EXPECT_EQ(*files_->file_length(inode), uint64_t{kChunk} + 500);
+  auto chunk1 = read_chunk(inode, 1);
+  ASSERT_TRUE(chunk1.is_ok()) << chunk1.status().to_string();
+  ASSERT_EQ(chunk1->data.size(), 500u);
+  for (uint64_t i = 0; i < 500; ++i) ASSERT_EQ(chunk1->data[i], static_cast<std::byte>((31 + i) & 0xff)) << i;
+  EXPECT_EQ(fs_error_of(read_chunk(inode, 2).status()), FsError::kChunkNotFound);
+  // On a chunk boundary: nothing to cut, chunk 1 goes.
+  ASSERT_TRUE(files_->truncate(inode, kChunk).is_ok());
+  EXPECT_EQ(*files_->file_length(inode), uint64_t{kChunk});
+  // Growing (past every chunk) changes nothing in storage.
+  ASSERT_TRUE(files_->truncate(inode, 10 * kChunk + 3).is_ok());
+  EXPECT_EQ(*files_->file_length(inode), uint64_t{kChunk});
+  ASSERT_TRUE(files_->remove_file(inode).is_ok());
+  EXPECT_EQ(*files_->file_length(inode), 0u);
+  EXPECT_EQ(*files_->file_length(sparse), 5u * kChunk + 10);  // other files untouched
+  Inode no_layout;
+  no_layout.id = 5;
+  EXPECT_FALSE(files_->file_length(no_layout).is_ok());
+}
+
+TEST_F(StorageFilesTest, MetaServiceUsesItForExactLengthsAndGarbage) {
+  auto engine = kv::open_memory_kv();
+  MetaConfig config;
+  config.chains = cluster_.chains();
+  config.stripe = 2;
+  config.chunk_size = kChunk;
+  auto service = MetaService::open(*engine, config, files_.get());
+  ASSERT_TRUE(service.is_ok()) << service.status().to_string();
+  MetaService& meta = **service;
+  auto created = meta.create(kRoot, kRootInode, "f", 0644);
+  ASSERT_TRUE(created.is_ok());
+  auto session = meta.open(kRoot, created->id, kOpenWrite, 9);
+  ASSERT_TRUE(session.is_ok());
+  write_chunk(*created, 0, kChunk);
+  write_chunk(*created, 1, 777);
+  // The client's hint is wrong on purpose: storage decides.
+  ASSERT_TRUE(meta.close(created->id, session->session, 5).is_ok());
+  EXPECT_EQ(meta.getattr(created->id)->length, uint64_t{kChunk} + 777);
+  auto cut = meta.setattr(kRoot, created->id, SetAttr{.length = 100});
+  ASSERT_TRUE(cut.is_ok()) << cut.status().to_string();
+  EXPECT_EQ(*files_->file_length(*created), 100u);
+  ASSERT_TRUE(meta.unlink(kRoot, kRootInode, "f").is_ok());
+  EXPECT_EQ(*meta.collect_garbage(), 1u);
+  EXPECT_EQ(*files_->file_length(*created), 0u);
+}
+
+}  // namespace
+}  // namespace ff::fs::meta
