@@ -239,7 +239,15 @@ struct Mgmtd::State {
       for (const TargetHeartbeat& target : req->targets) {
         auto it = map.targets.find(target.target);
         if (it == map.targets.end() || it->second.node != req->node) continue;
-        reported[target.target] = target.local_state;
+        LocalTargetState local = target.local_state;
+        // A syncing target's "up-to-date" counts only from a node that knows the current routing: the
+        // node then holds its sync-done flag for the chain version it syncs at (an older flag, from a
+        // sync before the target lost its predecessor, would promote it without the writes it missed).
+        if (local == LocalTargetState::kUpToDate && it->second.public_state == PublicTargetState::kSyncing &&
+            req->known_routing_version != map.routing_version) {
+          local = LocalTargetState::kOnline;
+        }
+        reported[target.target] = local;
       }
       if (changed) ++map.routing_version;
       scan();
@@ -317,8 +325,11 @@ Status Mgmtd::start() {
   // Grace: every known node gets a full lease from now. Nodes loaded as alive stay alive until then;
   // their targets' last reported state is unknown, so they count as online (serving stays serving).
   for (auto& [id, node] : s.map.nodes) s.leases[id].last_heartbeat_ns = s.now();
+  // A syncing target must report up-to-date again (its sync may not have finished at this version).
   for (auto& [id, target] : s.map.targets) {
-    if (target.local_state == LocalTargetState::kUpToDate) s.reported[id] = LocalTargetState::kUpToDate;
+    if (target.local_state == LocalTargetState::kUpToDate && target.public_state != PublicTargetState::kSyncing) {
+      s.reported[id] = LocalTargetState::kUpToDate;
+    }
   }
   s.running = true;
   ++s.generation;

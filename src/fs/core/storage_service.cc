@@ -60,6 +60,9 @@ struct StorageService::State {
   struct Target {
     std::shared_ptr<ChunkStore> store;
     bool up_to_date = false;
+    // While syncing: the chain version whose sync finished. up_to_date holds only at that version; a
+    // syncing target seen at another version needs its predecessor's sync at that version again.
+    ChainVersion synced_chain_version = 0;
   };
   std::map<TargetId, Target> targets;
 
@@ -926,6 +929,7 @@ struct StorageService::State {
       return reply(fs_error(FsError::kNotServing, fmt::format("target {} is not syncing", req.target)));
     }
     targets.at(req.target).up_to_date = true;
+    targets.at(req.target).synced_chain_version = req.chain_version;
     ++stats.syncs_done;
     FF_LOG_DEBUG("target {}: sync done (chain {} v{})", req.target, req.chain, req.chain_version);
     heartbeat_soon();
@@ -1081,8 +1085,11 @@ struct StorageService::State {
         case PublicTargetState::kServing:
           if (heartbeat_allowed) mine.up_to_date = true;
           break;
-        case PublicTargetState::kSyncing:
+        case PublicTargetState::kSyncing: {
+          const ChainInfo* chain = routing.chain(target.chain);
+          if (chain == nullptr || chain->version != mine.synced_chain_version) mine.up_to_date = false;
           break;
+        }
         default:
           mine.up_to_date = false;
           break;

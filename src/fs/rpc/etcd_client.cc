@@ -1,5 +1,6 @@
 #include "ff/fs/rpc/etcd_client.h"
 
+#include <mutex>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -10,10 +11,53 @@
 
 namespace ff::fs::rpc {
 
-struct EtcdClient::Impl {
+// The channel and its stubs, replaced together after an `unavailable` call: a channel whose first
+// connects were refused (etcd not yet listening) was seen to keep failing for many seconds after etcd
+// came up on the 2-core CPU machine, while a fresh channel connects at once.
+struct EtcdStubs {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<etcdserverpb::KV::Stub> kv;
   std::unique_ptr<etcdserverpb::Lease::Stub> lease;
+};
+
+struct EtcdClient::Impl {
+  std::string target;
+  std::mutex mutex;  // guards stubs (the pointer; the stubs themselves are thread-safe)
+  std::shared_ptr<EtcdStubs> stubs;
+
+  static std::shared_ptr<EtcdStubs> make_stubs(const std::string& target) {
+    // NOTE: short reconnect backoff: gRPC's default grows to 120 s, so a client that started before
+    // etcd (or saw it restart) would otherwise fail fast for seconds after etcd is back.
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    // The minimum backoff is also gRPC's connect timeout: keep it long enough for a loaded machine.
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+    auto stubs = std::make_shared<EtcdStubs>();
+    stubs->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    stubs->kv = etcdserverpb::KV::NewStub(stubs->channel);
+    stubs->lease = etcdserverpb::Lease::NewStub(stubs->channel);
+    return stubs;
+  }
+
+  std::shared_ptr<EtcdStubs> current() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return stubs;
+  }
+  // After `unavailable` on `used`: replaces the stubs, once per failed channel (concurrent failures
+  // of one channel replace it once), for the next call.
+  void replace_after(const grpc::Status& status, const std::shared_ptr<EtcdStubs>& used) {
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (stubs == used) stubs = make_stubs(target);
+  }
+  template <typename Fn>
+  grpc::Status call(Fn&& fn) {
+    std::shared_ptr<EtcdStubs> used = current();
+    grpc::Status status = fn(*used);
+    replace_after(status, used);
+    return status;
+  }
 };
 
 EtcdClient::EtcdClient(std::string endpoint, int64_t timeout_ms, std::unique_ptr<Impl> impl)
@@ -28,16 +72,8 @@ Result<std::unique_ptr<EtcdClient>> EtcdClient::connect(const std::string& endpo
   std::string target = endpoint;
   if (target.starts_with("http://")) target = target.substr(7);
   auto impl = std::make_unique<Impl>();
-  // NOTE: short reconnect backoff: gRPC's default grows to 120 s, so a client that started before etcd
-  // (or saw it restart) would otherwise fail fast for seconds after etcd is back.
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  // The minimum backoff is also gRPC's connect timeout: keep it long enough for a loaded machine.
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  impl->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  impl->kv = etcdserverpb::KV::NewStub(impl->channel);
-  impl->lease = etcdserverpb::Lease::NewStub(impl->channel);
+  impl->target = target;
+  impl->stubs = Impl::make_stubs(target);
   return std::unique_ptr<EtcdClient>(new EtcdClient(target, timeout_ms, std::move(impl)));
 }
 
@@ -82,7 +118,7 @@ Result<std::optional<EtcdKeyValue>> EtcdClient::get(const std::string& key) {
   etcdserverpb::RangeResponse response;
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  grpc::Status status = impl_->kv->Range(&context, request, &response);
+  grpc::Status status = impl_->call([&](EtcdStubs& stubs) { return stubs.kv->Range(&context, request, &response); });
   if (!status.ok()) return from_grpc_status(status, fmt::format("etcd {} Range {}", endpoint_, key));
   if (response.kvs_size() == 0) return std::optional<EtcdKeyValue>();
   return std::optional<EtcdKeyValue>(convert(response.kvs(0)));
@@ -98,7 +134,7 @@ Result<std::vector<EtcdKeyValue>> EtcdClient::range(const std::string& begin, co
   etcdserverpb::RangeResponse response;
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  grpc::Status status = impl_->kv->Range(&context, request, &response);
+  grpc::Status status = impl_->call([&](EtcdStubs& stubs) { return stubs.kv->Range(&context, request, &response); });
   if (!status.ok()) return from_grpc_status(status, fmt::format("etcd {} Range [{}, {})", endpoint_, begin, end));
   std::vector<EtcdKeyValue> result;
   result.reserve(static_cast<size_t>(response.kvs_size()));
@@ -114,7 +150,7 @@ Result<int64_t> EtcdClient::put(const std::string& key, const std::string& value
   etcdserverpb::PutResponse response;
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  grpc::Status status = impl_->kv->Put(&context, request, &response);
+  grpc::Status status = impl_->call([&](EtcdStubs& stubs) { return stubs.kv->Put(&context, request, &response); });
   if (!status.ok()) return from_grpc_status(status, fmt::format("etcd {} Put {}", endpoint_, key));
   return response.header().revision();
 }
@@ -126,7 +162,8 @@ Result<int64_t> EtcdClient::delete_range(const std::string& begin, const std::st
   etcdserverpb::DeleteRangeResponse response;
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  grpc::Status status = impl_->kv->DeleteRange(&context, request, &response);
+  grpc::Status status =
+      impl_->call([&](EtcdStubs& stubs) { return stubs.kv->DeleteRange(&context, request, &response); });
   if (!status.ok()) return from_grpc_status(status, fmt::format("etcd {} DeleteRange {}", endpoint_, begin));
   return response.deleted();
 }
@@ -145,7 +182,7 @@ Result<bool> EtcdClient::create_if_absent(const std::string& key, const std::str
   etcdserverpb::TxnResponse response;
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  grpc::Status status = impl_->kv->Txn(&context, request, &response);
+  grpc::Status status = impl_->call([&](EtcdStubs& stubs) { return stubs.kv->Txn(&context, request, &response); });
   if (!status.ok()) return from_grpc_status(status, fmt::format("etcd {} Txn create {}", endpoint_, key));
   return response.succeeded();
 }
@@ -170,7 +207,7 @@ Result<bool> EtcdClient::write_if_equal(const std::string& guard_key, const std:
   etcdserverpb::TxnResponse response;
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  grpc::Status status = impl_->kv->Txn(&context, request, &response);
+  grpc::Status status = impl_->call([&](EtcdStubs& stubs) { return stubs.kv->Txn(&context, request, &response); });
   if (!status.ok()) {
     return from_grpc_status(status, fmt::format("etcd {} Txn guarded by {}", endpoint_, guard_key));
   }
@@ -184,7 +221,8 @@ Result<int64_t> EtcdClient::lease_grant(int64_t ttl_s) {
   etcdserverpb::LeaseGrantResponse response;
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  grpc::Status status = impl_->lease->LeaseGrant(&context, request, &response);
+  grpc::Status status =
+      impl_->call([&](EtcdStubs& stubs) { return stubs.lease->LeaseGrant(&context, request, &response); });
   if (!status.ok()) return from_grpc_status(status, fmt::format("etcd {} LeaseGrant", endpoint_));
   if (!response.error().empty()) return unavailable("etcd {} LeaseGrant: {}", endpoint_, response.error());
   return response.id();
@@ -196,7 +234,8 @@ Status EtcdClient::lease_revoke(int64_t lease) {
   etcdserverpb::LeaseRevokeResponse response;
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  grpc::Status status = impl_->lease->LeaseRevoke(&context, request, &response);
+  grpc::Status status =
+      impl_->call([&](EtcdStubs& stubs) { return stubs.lease->LeaseRevoke(&context, request, &response); });
   if (!status.ok()) return from_grpc_status(status, fmt::format("etcd {} LeaseRevoke {:x}", endpoint_, lease));
   return Status::ok();
 }
@@ -204,13 +243,15 @@ Status EtcdClient::lease_revoke(int64_t lease) {
 Result<int64_t> EtcdClient::lease_keep_alive(int64_t lease) {
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  auto stream = impl_->lease->LeaseKeepAlive(&context);
+  std::shared_ptr<EtcdStubs> stubs = impl_->current();
+  auto stream = stubs->lease->LeaseKeepAlive(&context);
   etcdserverpb::LeaseKeepAliveRequest request;
   request.set_id(lease);
   etcdserverpb::LeaseKeepAliveResponse response;
   bool ok = stream->Write(request) && stream->Read(&response);
   stream->WritesDone();
   grpc::Status status = stream->Finish();
+  impl_->replace_after(status, stubs);
   if (!ok) {
     return from_grpc_status(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed") : status,
                             fmt::format("etcd {} LeaseKeepAlive {:x}", endpoint_, lease));

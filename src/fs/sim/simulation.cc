@@ -408,13 +408,17 @@ class Simulation {
         store->set_faults(MemChunkStoreFaults{0, 0, [this] { return world_.uniform(); }});
       });
     } else if (options_.corruption && !stores_.empty()) {
-      // Corrupt one replica of a chunk whose chain has every target serving, so a good copy exists.
+      // Corrupt one replica of a chunk whose chain has every target serving and whose committed
+      // version another target holds intact: the fault model is one bad replica while a good copy of
+      // the same version exists. (mgmtd's states alone are not enough: they lag behind a crash, and a
+      // tail's freshly committed version may still be pending everywhere else.)
       const ChunkKey& key = keys_[static_cast<size_t>(world_.between(0, static_cast<int64_t>(keys_.size()) - 1))];
       RoutingInfo routing = mgmtd_node_.up ? mgmtd_->routing() : RoutingInfo{};
       const ChainInfo* chain = routing.chain(key.chain);
       if (chain != nullptr && chain->serving().size() == chain->targets.size()) {
         TargetId target = chain->targets[static_cast<size_t>(world_.between(0, static_cast<int64_t>(chain->targets.size()) - 1))].target;
-        if (stores_.count(target) != 0 && stores_[target]->corrupt(key.chunk)) {
+        if (stores_.count(target) != 0 && has_good_copy_elsewhere(*chain, target, key.chunk) &&
+            stores_[target]->corrupt(key.chunk)) {
           log(fmt::format("corrupt chunk {} on target {}", key.chunk.to_string(), target));
           ++result_.corruptions;
           corrupted_.push_back({target, key});
@@ -425,6 +429,20 @@ class Simulation {
       }
     }
     world_.schedule(world_.now() + world_.between(50 * kMs, 400 * kMs), nullptr, [this] { fault_step(); });
+  }
+
+  // Whether a target of `chain` other than `target` holds `target`'s committed version of `chunk`
+  // with bytes that match its CRC (crashed nodes keep their stores, so the copy survives restarts).
+  bool has_good_copy_elsewhere(const ChainInfo& chain, TargetId target, const ChunkId& chunk) {
+    Result<ChunkMeta> mine = stores_[target]->stat(chunk);
+    if (!mine.is_ok() || mine->committed_version == 0) return false;
+    for (const auto& member : chain.targets) {
+      if (member.target == target || stores_.count(member.target) == 0) continue;
+      Result<ChunkMeta> theirs = stores_[member.target]->stat(chunk);
+      if (!theirs.is_ok() || theirs->committed_version != mine->committed_version) continue;
+      if (stores_[member.target]->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed).is_ok()) return true;
+    }
+    return false;
   }
 
   // Reads the replica (which repairs it from a good one) until its bytes match their CRC again.

@@ -77,5 +77,22 @@ TEST(EtcdClientErrorsTest, UnreachableEndpointFailsWithinTheDeadline) {
   EXPECT_FALSE(EtcdClient::connect("no-port", 100).is_ok());
 }
 
+// A client made before etcd listens (its first calls refused) must reach etcd soon after it starts:
+// it replaces its channel after `unavailable` instead of waiting out gRPC's reconnect backoff.
+TEST(EtcdClientErrorsTest, ClientStartedBeforeEtcdConnectsOnceItListens) {
+  if (!testing::have_etcd()) GTEST_SKIP() << "etcd is not installed";
+  uint16_t port = testing::free_port();
+  auto client = EtcdClient::connect("127.0.0.1:" + std::to_string(port), 1000);
+  ASSERT_TRUE(client.is_ok());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ((*client)->get("/x").status().code(), StatusCode::kUnavailable);
+  auto server = testing::EtcdServer::start(port);
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  auto start = std::chrono::steady_clock::now();
+  Status ready = (*client)->wait_ready(10'000);
+  ASSERT_TRUE(ready.is_ok()) << ready;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  ASSERT_TRUE((*client)->put("/after", "1").is_ok());
+}
+
 }  // namespace
 }  // namespace ff::fs::rpc

@@ -44,13 +44,13 @@ uint16_t free_port() {
 
 bool have_etcd() { return std::system("command -v etcd > /dev/null 2>&1") == 0; }
 
-Result<std::unique_ptr<EtcdServer>> EtcdServer::start() {
+Result<std::unique_ptr<EtcdServer>> EtcdServer::start(uint16_t client_port) {
   // Ports can be taken between free_port() and etcd's bind: try a few times.
   Status last;
   for (int attempt = 0; attempt < 3; ++attempt) {
     std::unique_ptr<EtcdServer> server(new EtcdServer());
     server->dir_ = std::make_unique<TempDir>();
-    server->client_port_ = free_port();
+    server->client_port_ = client_port != 0 ? client_port : free_port();
     uint16_t peer_port = free_port();
     std::string client_url = "http://127.0.0.1:" + std::to_string(server->client_port_);
     std::string peer_url = "http://127.0.0.1:" + std::to_string(peer_port);

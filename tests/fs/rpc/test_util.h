@@ -44,7 +44,8 @@ bool have_etcd();
 // One etcd member on 127.0.0.1; killed (SIGKILL) and its data removed on destruction.
 class EtcdServer {
  public:
-  static Result<std::unique_ptr<EtcdServer>> start();
+  // client_port 0: a free port (retried if taken); else exactly that port.
+  static Result<std::unique_ptr<EtcdServer>> start(uint16_t client_port = 0);
   ~EtcdServer();
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
 
