@@ -14,6 +14,7 @@
 
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
+#include "ff/fs/rpc/toml_config.h"
 
 namespace ff::fs::rpc {
 
@@ -207,6 +208,17 @@ void MetricsHttpServer::serve() {
     }
     ::close(client);
   }
+}
+
+Result<std::unique_ptr<MetricsHttpServer>> start_metrics_endpoint(const MetricsRegistry& registry,
+                                                                  const std::string& listen,
+                                                                  std::string_view program) {
+  auto address = parse_host_port(listen);
+  if (!address.is_ok()) return invalid_argument("metrics.listen: {}", address.status().message());
+  FF_ASSIGN_OR_RETURN(std::unique_ptr<MetricsHttpServer> server,
+                      MetricsHttpServer::start(&registry, address->host, address->port));
+  FF_LOG_INFO("{}: metrics at http://{}:{}/metrics", program, address->host, server->port());
+  return server;
 }
 
 Result<std::string> http_get(const std::string& host, uint16_t port, const std::string& path, int timeout_ms) {

@@ -74,17 +74,11 @@ Result<Config> load_config(const std::string& path) {
 
 int run(const Config& config) {
   MetricsRegistry metrics;
-  auto metrics_address = parse_host_port(config.metrics_listen);
-  if (!metrics_address.is_ok()) {
-    FF_LOG_ERROR("metrics.listen: {}", metrics_address.status());
-    return 2;
-  }
-  auto metrics_server = MetricsHttpServer::start(&metrics, metrics_address->host, metrics_address->port);
+  auto metrics_server = start_metrics_endpoint(metrics, config.metrics_listen, "ff-mgmtd " + config.id);
   if (!metrics_server.is_ok()) {
     FF_LOG_ERROR("{}", metrics_server.status());
-    return 1;
+    return metrics_server.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
-  FF_LOG_INFO("ff-mgmtd {}: metrics at http://{}:{}/metrics", config.id, metrics_address->host, (*metrics_server)->port());
   Gauge& is_primary = metrics.gauge("ff_mgmtd_primary", "1 while this mgmtd is the primary.");
 
   // Election (etcd only): hold the leader key under a lease before serving.

@@ -76,15 +76,11 @@ Result<Config> load_config(const std::string& path) {
 
 int run(const Config& config) {
   MetricsRegistry metrics;
-  auto metrics_address = parse_host_port(config.metrics_listen);
-  if (!metrics_address.is_ok()) {
-    FF_LOG_ERROR("metrics.listen: {}", metrics_address.status());
-    return 2;
-  }
-  auto metrics_server = MetricsHttpServer::start(&metrics, metrics_address->host, metrics_address->port);
+  auto metrics_server =
+      start_metrics_endpoint(metrics, config.metrics_listen, fmt::format("ff-storage node {}", config.node_id));
   if (!metrics_server.is_ok()) {
     FF_LOG_ERROR("{}", metrics_server.status());
-    return 1;
+    return metrics_server.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
 
   ThreadExecutor executor(fmt::format("storage-{}", config.node_id), config.worker_threads);
@@ -141,9 +137,8 @@ int run(const Config& config) {
     FF_LOG_ERROR("storage start: {}", ran.is_ok() ? started : ran);
     return 1;
   }
-  FF_LOG_INFO("ff-storage node {}: serving at {} with {} targets, mgmtd {}, metrics at http://{}:{}/metrics",
-              config.node_id, (*server)->address(), config.targets.size(), config.mgmtd, metrics_address->host,
-              (*metrics_server)->port());
+  FF_LOG_INFO("ff-storage node {}: serving at {} with {} targets, mgmtd {}", config.node_id, (*server)->address(),
+              config.targets.size(), config.mgmtd);
 
   Gauge& serving = metrics.gauge("ff_storage_serving", "1 while the service holds a lease from mgmtd.");
   Counter& read_bytes = metrics.counter("ff_storage_read_bytes_total", "Bytes returned by chunk reads.");

@@ -112,6 +112,13 @@ class MetricsHttpServer {
   std::thread thread_;
 };
 
+// The metrics start-up every fs program shares: parses `listen` ("host:port", port 0: any free port),
+// starts the endpoint and logs "<program>: metrics at http://host:port/metrics". Errors:
+// invalid_argument naming the bad address (a config error), or the server's own error.
+Result<std::unique_ptr<MetricsHttpServer>> start_metrics_endpoint(const MetricsRegistry& registry,
+                                                                  const std::string& listen,
+                                                                  std::string_view program);
+
 // GET http://host:port/path with a timeout; returns the body of a 200 response. For tests and ff-admin.
 Result<std::string> http_get(const std::string& host, uint16_t port, const std::string& path, int timeout_ms);
 
