@@ -41,6 +41,19 @@ TEST(MetricsTest, HttpEndpointServesMetricsOnLoopback) {
   EXPECT_FALSE(http_get("127.0.0.1", (*server)->port(), "/metrics", 500).is_ok());
 }
 
+TEST(MetricsTest, StartMetricsEndpointParsesTheAddress) {
+  MetricsRegistry registry;
+  registry.counter("ff_test_total", "A test counter.").add(3);
+  auto server = start_metrics_endpoint(registry, "127.0.0.1:0", "test");
+  ASSERT_TRUE(server.is_ok()) << server.status().to_string();
+  auto body = http_get("127.0.0.1", (*server)->port(), "/metrics", 2000);
+  ASSERT_TRUE(body.is_ok()) << body.status().to_string();
+  EXPECT_NE(body->find("ff_test_total 3"), std::string::npos);
+  auto bad = start_metrics_endpoint(registry, "no-port", "test");
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("metrics.listen"), std::string::npos);
+}
+
 TEST(MetricsTest, StatsReporterStopsPromptly) {
   std::atomic<int> lines{0};
   auto start = std::chrono::steady_clock::now();
