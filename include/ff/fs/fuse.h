@@ -1,0 +1,142 @@
+// ff::fs_fuse: the FUSE low-level file system under ff-fuse (issue #6 item 4). Names and attributes go
+// to the metadata service through meta::MetaApi (an in-process MetaService or the RPC client of
+// ff-meta); file data goes through a FileData (the native FileClient, or memory for tests and
+// single-process use). Inode numbers are meta's inode ids (the root is 1 in both).
+//
+//   auto data = fuse::file_client_data(*client);            // or fuse::open_memory_data(meta)
+//   FF_ASSIGN_OR_RETURN(auto fs, fuse::FuseFs::mount({.mountpoint = "/mnt/ff"}, meta, *data));
+//   FF_RETURN_IF_ERROR(fs->run());  // until unmounted, SIGTERM/SIGINT/SIGHUP, or exit()
+//
+// What the kernel sees: every MetaApi operation (lookup, getattr, setattr incl. truncate and times,
+// mknod, mkdir, unlink, rmdir, symlink, readlink, rename incl. RENAME_NOREPLACE, link, open, create,
+// read, write, flush, release, fsync, opendir, readdir/readdirplus, statfs, access); errors as the
+// errno meta::errno_of gives; 1 MiB reads and writes; entry and attribute timeouts; a multithreaded
+// session loop. Directory offsets: meta's readdir cursor is a name, so each open directory keeps a
+// table offset -> name of the entries it returned (offsets 1 and 2 are "." and "..").
+//
+// Thread-safety: FuseFs serves requests from many libfuse threads at once; the MetaApi and FileData
+// must be thread-safe and outlive the FuseFs. mount()/run()/exit() may be called from any thread,
+// run() by one thread at a time.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "ff/common/result.h"
+#include "ff/fs/meta.h"
+
+namespace ff::fs {
+class FileClient;
+}
+
+namespace ff::fs::fuse {
+
+// The data side of the file system: opened files. Handles are opaque to FuseFs; each holds a meta
+// session (an unlinked file stays readable until its handle closes). Errors: meta-style errno-tagged
+// Status values (meta::errno_of).
+class FileData {
+ public:
+  virtual ~FileData() = default;
+  // flags: meta::OpenFlags.
+  virtual Result<uint64_t> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) = 0;
+  // Creates the file (EEXIST when the name exists) and opens it.
+  virtual Result<uint64_t> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name,
+                                  uint32_t mode, uint32_t flags) = 0;
+  // Bytes read (short at the end of the file; holes read as zeros).
+  virtual Result<size_t> read(uint64_t handle, uint64_t offset, std::span<std::byte> out) = 0;
+  virtual Result<size_t> write(uint64_t handle, uint64_t offset, std::span<const std::byte> data) = 0;
+  // Makes the length exact in meta; returns the inode as meta now holds it.
+  virtual Result<meta::Inode> fsync(uint64_t handle) = 0;
+  virtual Status close(uint64_t handle) = 0;
+  // The inode as the handle knows it (length includes this handle's writes).
+  virtual Result<meta::Inode> stat(uint64_t handle) = 0;
+  // meta's setattr, through the data path so that a truncate is seen at once by open handles.
+  virtual Result<meta::Inode> setattr(const meta::Caller& caller, meta::InodeId inode, const meta::SetAttr& attr) = 0;
+};
+
+// File data in this process's memory, for tests and single-process use without storage servers. It
+// is also the meta::FileStorage of the MetaService it is used with (exact lengths, truncate, removal):
+// pass storage() to MetaService::open, then bind(meta). Nothing survives the process.
+class MemoryData final : public FileData, public meta::FileStorage {
+ public:
+  MemoryData();
+  ~MemoryData() override;
+  // The metadata service whose sessions handles open; must be called once before use.
+  void bind(meta::MetaApi& meta);
+
+  Result<uint64_t> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) override;
+  Result<uint64_t> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name, uint32_t mode,
+                          uint32_t flags) override;
+  Result<size_t> read(uint64_t handle, uint64_t offset, std::span<std::byte> out) override;
+  Result<size_t> write(uint64_t handle, uint64_t offset, std::span<const std::byte> data) override;
+  Result<meta::Inode> fsync(uint64_t handle) override;
+  Status close(uint64_t handle) override;
+  Result<meta::Inode> stat(uint64_t handle) override;
+  Result<meta::Inode> setattr(const meta::Caller& caller, meta::InodeId inode, const meta::SetAttr& attr) override;
+
+  Result<uint64_t> file_length(const meta::Inode& inode) override;
+  Status truncate(const meta::Inode& inode, uint64_t length) override;
+  Status remove_file(const meta::Inode& inode) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// FileData over the native client (file_client.h). Defined only when ff::fs_client is built (then
+// ff::fs_fuse has the compile definition FF_FUSE_HAVE_FILE_CLIENT). `client` must outlive the result.
+std::unique_ptr<FileData> file_client_data(FileClient& client);
+
+struct FuseOptions {
+  std::string mountpoint;
+  double entry_timeout_s = 1.0;      // how long the kernel may cache a name -> inode
+  double attr_timeout_s = 1.0;       // how long the kernel may cache attributes
+  double negative_timeout_s = 0.0;   // how long the kernel may cache "no such name"
+  uint32_t max_io_bytes = 1u << 20;  // max_read / max_write (1 MiB: the kernel's 256-page limit)
+  uint32_t max_threads = 16;         // libfuse worker threads
+  // The kernel checks permissions against cached attributes (default_permissions); meta checks
+  // again with the caller's ids. Off: meta alone decides, and access() asks meta's attributes.
+  bool kernel_permissions = true;
+  bool allow_other = true;  // users other than the mounter may use the mount (needs root or user_allow_other)
+  bool direct_io = false;   // bypass the page cache (every read and write reaches ff-fuse at the caller's size)
+  bool debug = false;       // libfuse's request trace on stderr
+};
+
+struct FuseStats {
+  uint64_t requests = 0;
+  uint64_t errors = 0;
+  uint64_t read_bytes = 0;
+  uint64_t write_bytes = 0;
+  uint64_t invalidations = 0;
+};
+
+class FuseFs {
+ public:
+  // Creates the session and mounts it (the mountpoint must exist). The file system serves once run()
+  // is called.
+  static Result<std::unique_ptr<FuseFs>> mount(FuseOptions options, meta::MetaApi& meta, FileData& data);
+  // Unmounts (if still mounted) and destroys the session.
+  ~FuseFs();
+  FuseFs(const FuseFs&) = delete;
+  FuseFs& operator=(const FuseFs&) = delete;
+
+  // Serves requests with a multithreaded loop until the file system is unmounted (fusermount3 -u),
+  // SIGINT/SIGTERM/SIGHUP arrive (handlers installed for the duration of run), or exit() is called;
+  // then unmounts. OK for a clean end.
+  Status run();
+  // Asks run() to return (async-signal-safe is NOT guaranteed; use from normal threads).
+  void exit();
+  FuseStats stats() const;
+
+  struct Impl;
+
+ private:
+  explicit FuseFs(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ff::fs::fuse

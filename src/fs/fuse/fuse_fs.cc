@@ -1,0 +1,896 @@
+// FuseFs: the FUSE low-level operations over MetaApi + FileData (include/ff/fs/fuse.h).
+//
+// Shape (after libfuse's passthrough_hp.cc): each operation is a small function that does its work and
+// replies once; errors reply with meta::errno_of(status). libfuse calls the operations from up to
+// options.max_threads threads at once.
+//
+// State kept here (everything else lives in meta):
+//   - OpenHandle (fi->fh of files): the FileData handle and whether it wrote since the last flush;
+//   - DirHandle (fi->fh of directories): offset -> name table, because meta's readdir cursor is a name;
+//   - open_inodes_: per inode with open handles, the end of this mount's writes, so getattr does not
+//     report a length that meta has not heard of yet (the kernel would shrink its cached size);
+//   - groups_: the caller's supplementary groups by pid, for 1 s (reading them costs a /proc read);
+//   - an invalidation thread: kernel notifications must not be sent from inside a related request
+//     (libfuse documents the deadlock), so they are queued (bounded) and sent from there.
+// Lookup counts are not tracked: inodes live in meta, nothing per inode is held here, so forget only
+// acknowledges.
+// Lock order: DirHandle::mutex -> open_mutex_; groups_mutex_ and invalidation_mutex_ are leaves.
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "ff/common/log.h"
+#include "ff/fs/fuse.h"
+
+namespace ff::fs::fuse {
+
+namespace {
+
+using meta::Inode;
+using meta::InodeId;
+
+struct OpenHandle {
+  uint64_t data_handle = 0;
+  InodeId inode = 0;
+  bool writable = false;
+  std::atomic<bool> wrote_since_flush{false};
+};
+
+struct DirHandle {
+  std::mutex mutex;
+  InodeId parent = meta::kRootInode;  // for ".."
+  // names[i] is the entry returned at offset i + 3 (1 and 2 are "." and ".."), so the kernel's offset
+  // of the last entry it consumed maps back to meta's name cursor.
+  std::vector<std::string> names;
+};
+
+struct OpenInode {
+  uint32_t handles = 0;
+  uint64_t written_end = 0;
+};
+
+struct CachedGroups {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  int64_t expires_ms = 0;
+  std::vector<uint32_t> groups;
+};
+
+struct Invalidation {
+  InodeId inode = 0;
+  InodeId parent = 0;  // nonzero: an entry invalidation of (parent, name)
+  std::string name;
+};
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t to_ns(const timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; }
+
+timespec to_timespec(int64_t ns) {
+  timespec t{};
+  t.tv_sec = ns / 1'000'000'000;
+  t.tv_nsec = ns % 1'000'000'000;
+  if (t.tv_nsec < 0) {
+    t.tv_nsec += 1'000'000'000;
+    t.tv_sec -= 1;
+  }
+  return t;
+}
+
+std::optional<meta::FileType> file_type_of_mode(mode_t mode) {
+  switch (mode & S_IFMT) {
+    case S_IFREG:
+    case 0: return meta::FileType::kRegular;
+    case S_IFDIR: return meta::FileType::kDirectory;
+    case S_IFLNK: return meta::FileType::kSymlink;
+    case S_IFIFO: return meta::FileType::kFifo;
+    case S_IFCHR: return meta::FileType::kCharDevice;
+    case S_IFBLK: return meta::FileType::kBlockDevice;
+    case S_IFSOCK: return meta::FileType::kSocket;
+    default: return std::nullopt;
+  }
+}
+
+uint32_t open_flags_of(int flags) {
+  uint32_t out = 0;
+  switch (flags & O_ACCMODE) {
+    case O_RDONLY: out = meta::kOpenRead; break;
+    case O_WRONLY: out = meta::kOpenWrite; break;
+    default: out = meta::kOpenRead | meta::kOpenWrite; break;
+  }
+  if (flags & O_TRUNC) out |= meta::kOpenTruncate;
+  return out;
+}
+
+}  // namespace
+
+struct FuseFs::Impl {
+  Impl(FuseOptions options_in, meta::MetaApi& meta_in, FileData& data_in)
+      : options(std::move(options_in)), meta(meta_in), data(data_in) {}
+
+  FuseOptions options;
+  meta::MetaApi& meta;
+  FileData& data;
+  fuse_session* session = nullptr;
+  bool mounted = false;
+  std::mutex run_mutex;  // one run() at a time
+
+  std::atomic<uint64_t> requests{0}, errors{0}, read_bytes{0}, write_bytes{0}, invalidations{0};
+
+  std::mutex open_mutex;  // guards open_inodes
+  std::unordered_map<InodeId, OpenInode> open_inodes;
+
+  std::mutex groups_mutex;  // guards groups
+  std::unordered_map<pid_t, CachedGroups> groups;
+
+  std::mutex invalidation_mutex;  // guards invalidation_queue, invalidation_stop
+  std::condition_variable invalidation_wake;
+  std::deque<Invalidation> invalidation_queue;
+  bool invalidation_stop = false;
+  std::thread invalidation_thread;
+  static constexpr size_t kMaxQueuedInvalidations = 4096;
+
+  // ---------------------------------------------------------------- helpers
+  meta::Caller caller_of(fuse_req_t req) {
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    meta::Caller caller{ctx->uid, ctx->gid, {}};
+    // The superuser passes every check; skip the /proc read.
+    if (ctx->uid == 0) return caller;
+    int64_t now = now_ms();
+    {
+      std::lock_guard lock(groups_mutex);
+      auto it = groups.find(ctx->pid);
+      if (it != groups.end() && it->second.uid == ctx->uid && it->second.gid == ctx->gid &&
+          it->second.expires_ms > now) {
+        caller.groups = it->second.groups;
+        return caller;
+      }
+    }
+    std::vector<gid_t> list(64);
+    int n = fuse_req_getgroups(req, static_cast<int>(list.size()), list.data());
+    if (n > static_cast<int>(list.size())) {
+      list.resize(static_cast<size_t>(n));
+      n = fuse_req_getgroups(req, static_cast<int>(list.size()), list.data());
+    }
+    if (n > 0) caller.groups.assign(list.begin(), list.begin() + std::min<int>(n, static_cast<int>(list.size())));
+    std::lock_guard lock(groups_mutex);
+    // Bounded: a cache of short-lived entries, dropped whole when it grows past its bound.
+    if (groups.size() >= 4096) groups.clear();
+    groups[ctx->pid] = CachedGroups{ctx->uid, ctx->gid, now + 1000, caller.groups};
+    return caller;
+  }
+
+  void reply_error(fuse_req_t req, const Status& status) {
+    int errno_value = meta::errno_of(status);
+    if (errno_value == 0) errno_value = EIO;
+    errors.fetch_add(1, std::memory_order_relaxed);
+    if (errno_value == EIO) FF_LOG_WARN("ff-fuse: {}", status);
+    fuse_reply_err(req, errno_value);
+  }
+
+  uint64_t visible_length(const Inode& inode) {
+    if (inode.type != meta::FileType::kRegular) return inode.length;
+    std::lock_guard lock(open_mutex);
+    auto it = open_inodes.find(inode.id);
+    return it == open_inodes.end() ? inode.length : std::max(inode.length, it->second.written_end);
+  }
+
+  void fill_stat(const Inode& inode, struct stat* st) {
+    std::memset(st, 0, sizeof(*st));
+    st->st_ino = inode.id;
+    st->st_mode = meta::file_type_mode_bits(inode.type) | (inode.mode & 07777);
+    st->st_nlink = inode.nlink;
+    st->st_uid = inode.uid;
+    st->st_gid = inode.gid;
+    st->st_size = static_cast<off_t>(visible_length(inode));
+    st->st_blksize = static_cast<blksize_t>(options.max_io_bytes);
+    st->st_blocks = static_cast<blkcnt_t>((st->st_size + 511) / 512);
+    st->st_atim = to_timespec(inode.atime_ns);
+    st->st_mtim = to_timespec(inode.mtime_ns);
+    st->st_ctim = to_timespec(inode.ctime_ns);
+    st->st_rdev = inode.rdev;
+  }
+
+  fuse_entry_param entry_of(const Inode& inode) {
+    fuse_entry_param entry{};
+    entry.ino = inode.id;
+    entry.generation = 1;
+    fill_stat(inode, &entry.attr);
+    entry.attr_timeout = options.attr_timeout_s;
+    entry.entry_timeout = options.entry_timeout_s;
+    return entry;
+  }
+
+  void reply_entry(fuse_req_t req, const Result<Inode>& inode) {
+    if (!inode.is_ok()) {
+      if (meta::errno_of(inode.status()) == ENOENT && options.negative_timeout_s > 0) {
+        // A negative entry: the kernel caches "no such name" for negative_timeout_s.
+        fuse_entry_param entry{};
+        entry.entry_timeout = options.negative_timeout_s;
+        fuse_reply_entry(req, &entry);
+        return;
+      }
+      reply_error(req, inode.status());
+      return;
+    }
+    fuse_entry_param entry = entry_of(*inode);
+    fuse_reply_entry(req, &entry);
+  }
+
+  void reply_attr(fuse_req_t req, const Result<Inode>& inode) {
+    if (!inode.is_ok()) {
+      reply_error(req, inode.status());
+      return;
+    }
+    struct stat st;
+    fill_stat(*inode, &st);
+    fuse_reply_attr(req, &st, options.attr_timeout_s);
+  }
+
+  void reply_status(fuse_req_t req, const Status& status) {
+    if (!status.is_ok()) {
+      reply_error(req, status);
+      return;
+    }
+    fuse_reply_err(req, 0);
+  }
+
+  static OpenHandle* file_handle(fuse_file_info* fi) { return reinterpret_cast<OpenHandle*>(fi->fh); }
+  static DirHandle* dir_handle(fuse_file_info* fi) { return reinterpret_cast<DirHandle*>(fi->fh); }
+
+  void track_open(InodeId inode) {
+    std::lock_guard lock(open_mutex);
+    open_inodes[inode].handles += 1;
+  }
+
+  void track_close(InodeId inode) {
+    std::lock_guard lock(open_mutex);
+    auto it = open_inodes.find(inode);
+    if (it == open_inodes.end()) return;
+    if (--it->second.handles == 0) open_inodes.erase(it);
+  }
+
+  void track_write(InodeId inode, uint64_t end) {
+    std::lock_guard lock(open_mutex);
+    auto it = open_inodes.find(inode);
+    if (it != open_inodes.end()) it->second.written_end = std::max(it->second.written_end, end);
+  }
+
+  void track_truncate(InodeId inode, uint64_t length) {
+    std::lock_guard lock(open_mutex);
+    auto it = open_inodes.find(inode);
+    if (it != open_inodes.end()) it->second.written_end = length;
+  }
+
+  // Queues a kernel notification: drop the inode's cached attributes (and its page cache when
+  // `data`), or the dentry (parent, name).
+  void invalidate_inode(InodeId inode) { queue_invalidation(Invalidation{inode, 0, {}}); }
+  void invalidate_entry(InodeId parent, std::string name) {
+    queue_invalidation(Invalidation{0, parent, std::move(name)});
+  }
+  void queue_invalidation(Invalidation invalidation) {
+    std::lock_guard lock(invalidation_mutex);
+    // Dropping one only lets the kernel keep a stale cache entry until its timeout runs out.
+    if (invalidation_queue.size() >= kMaxQueuedInvalidations) return;
+    invalidation_queue.push_back(std::move(invalidation));
+    invalidation_wake.notify_one();
+  }
+  void invalidation_loop() {
+    std::unique_lock lock(invalidation_mutex);
+    while (true) {
+      invalidation_wake.wait_for(lock, std::chrono::milliseconds(200),
+                                 [&] { return invalidation_stop || !invalidation_queue.empty(); });
+      if (invalidation_stop) return;
+      while (!invalidation_queue.empty()) {
+        Invalidation item = std::move(invalidation_queue.front());
+        invalidation_queue.pop_front();
+        lock.unlock();
+        int rc = item.parent != 0
+                     ? fuse_lowlevel_notify_inval_entry(session, item.parent, item.name.data(), item.name.size())
+                     : fuse_lowlevel_notify_inval_inode(session, item.inode, -1, 0);
+        // -ENOENT: the kernel no longer knows the inode or name, which is what we wanted.
+        if (rc != 0 && rc != -ENOENT) FF_LOG_DEBUG("ff-fuse: invalidation of inode {} failed: {}", item.inode, -rc);
+        invalidations.fetch_add(1, std::memory_order_relaxed);
+        lock.lock();
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- operations
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    reply_entry(req, meta.lookup(caller_of(req), parent, name));
+  }
+
+  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    if (fi != nullptr && fi->fh != 0) {
+      // fstat of a regular open file: the handle knows about its own writes.
+      OpenHandle* handle = file_handle(fi);
+      if (handle->inode == ino) {
+        reply_attr(req, data.stat(handle->data_handle));
+        return;
+      }
+    }
+    reply_attr(req, meta.getattr(ino));
+  }
+
+  void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* /*fi*/) {
+    meta::SetAttr change;
+    if (to_set & FUSE_SET_ATTR_MODE) change.mode = attr->st_mode & 07777;
+    if (to_set & FUSE_SET_ATTR_UID) change.uid = attr->st_uid;
+    if (to_set & FUSE_SET_ATTR_GID) change.gid = attr->st_gid;
+    if (to_set & FUSE_SET_ATTR_SIZE) change.length = static_cast<uint64_t>(attr->st_size);
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+      change.atime_now = true;
+    } else if (to_set & FUSE_SET_ATTR_ATIME) {
+      change.atime_ns = to_ns(attr->st_atim);
+    }
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+      change.mtime_now = true;
+    } else if (to_set & FUSE_SET_ATTR_MTIME) {
+      change.mtime_ns = to_ns(attr->st_mtim);
+    }
+    Result<Inode> result = data.setattr(caller_of(req), ino, change);
+    if (result.is_ok() && change.length) track_truncate(ino, *change.length);
+    reply_attr(req, result);
+  }
+
+  void readlink(fuse_req_t req, fuse_ino_t ino) {
+    Result<std::string> target = meta.readlink(ino);
+    if (!target.is_ok()) {
+      reply_error(req, target.status());
+      return;
+    }
+    fuse_reply_readlink(req, target->c_str());
+  }
+
+  void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+    std::optional<meta::FileType> type = file_type_of_mode(mode);
+    if (!type) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    meta::Caller caller = caller_of(req);
+    if (*type == meta::FileType::kRegular) {
+      reply_entry(req, meta.create(caller, parent, name, mode & 07777));
+    } else if (*type == meta::FileType::kDirectory) {
+      reply_entry(req, meta.mkdir(caller, parent, name, mode & 07777));
+    } else {
+      reply_entry(req, meta.mknod(caller, parent, name, *type, mode & 07777, static_cast<uint32_t>(rdev)));
+    }
+  }
+
+  void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    reply_entry(req, meta.mkdir(caller_of(req), parent, name, mode & 07777));
+  }
+
+  void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    reply_status(req, meta.unlink(caller_of(req), parent, name));
+  }
+
+  void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    reply_status(req, meta.rmdir(caller_of(req), parent, name));
+  }
+
+  void symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+    reply_entry(req, meta.symlink(caller_of(req), parent, name, link));
+  }
+
+  void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent, const char* new_name,
+              unsigned int flags) {
+    if (flags & ~static_cast<unsigned int>(RENAME_NOREPLACE)) {
+      // RENAME_EXCHANGE and RENAME_WHITEOUT are not implemented by meta.
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    reply_status(req, meta.rename(caller_of(req), parent, name, new_parent, new_name, (flags & RENAME_NOREPLACE) != 0));
+  }
+
+  void link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char* new_name) {
+    reply_entry(req, meta.link(caller_of(req), ino, new_parent, new_name));
+  }
+
+  void finish_open(fuse_req_t req, InodeId inode, uint64_t data_handle, uint32_t flags, fuse_file_info* fi,
+                   const Inode* created) {
+    auto handle = std::make_unique<OpenHandle>();
+    handle->data_handle = data_handle;
+    handle->inode = inode;
+    handle->writable = (flags & meta::kOpenWrite) != 0;
+    track_open(inode);
+    fi->fh = reinterpret_cast<uint64_t>(handle.get());
+    fi->direct_io = options.direct_io ? 1 : 0;
+    // The page cache is dropped at every open (close-to-open consistency across clients).
+    fi->keep_cache = 0;
+    if (created != nullptr) {
+      fuse_entry_param entry = entry_of(*created);
+      if (fuse_reply_create(req, &entry, fi) != 0) abandon_open(handle.release());
+    } else {
+      if (fuse_reply_open(req, fi) != 0) abandon_open(handle.release());
+    }
+    (void)handle.release();
+  }
+
+  // The kernel did not take the handle (the request was interrupted): no release will come.
+  void abandon_open(OpenHandle* handle) {
+    if (handle == nullptr) return;
+    Status closed = data.close(handle->data_handle);
+    if (!closed.is_ok()) FF_LOG_WARN("ff-fuse: closing an abandoned open of inode {}: {}", handle->inode, closed);
+    track_close(handle->inode);
+    delete handle;
+  }
+
+  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    uint32_t flags = open_flags_of(fi->flags);
+    Result<uint64_t> handle = data.open(caller_of(req), ino, flags);
+    if (!handle.is_ok()) {
+      reply_error(req, handle.status());
+      return;
+    }
+    if (flags & meta::kOpenTruncate) track_truncate(ino, 0);
+    finish_open(req, ino, *handle, flags, fi, nullptr);
+  }
+
+  void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+    uint32_t flags = open_flags_of(fi->flags);
+    Result<uint64_t> handle = data.create(caller_of(req), parent, name, mode & 07777, flags);
+    if (!handle.is_ok()) {
+      reply_error(req, handle.status());
+      return;
+    }
+    Result<Inode> inode = data.stat(*handle);
+    if (!inode.is_ok()) {
+      Status closed = data.close(*handle);
+      if (!closed.is_ok())
+        FF_LOG_WARN("ff-fuse: create '{}' in {}: close after a failed stat: {}", name, parent, closed);
+      reply_error(req, inode.status());
+      return;
+    }
+    finish_open(req, inode->id, *handle, flags, fi, &*inode);
+  }
+
+  void read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t offset, fuse_file_info* fi) {
+    // NOTE: one buffer per libfuse thread, grown to the largest request once: no allocation per read.
+    thread_local std::vector<std::byte> buffer;
+    if (buffer.size() < size) buffer.resize(std::max<size_t>(size, options.max_io_bytes));
+    OpenHandle* handle = file_handle(fi);
+    Result<size_t> n = data.read(handle->data_handle, static_cast<uint64_t>(offset), std::span(buffer.data(), size));
+    if (!n.is_ok()) {
+      reply_error(req, n.status());
+      return;
+    }
+    read_bytes.fetch_add(*n, std::memory_order_relaxed);
+    fuse_reply_buf(req, reinterpret_cast<const char*>(buffer.data()), *n);
+  }
+
+  void write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t offset, fuse_file_info* fi) {
+    OpenHandle* handle = file_handle(fi);
+    Result<size_t> n = data.write(handle->data_handle, static_cast<uint64_t>(offset),
+                                  std::span(reinterpret_cast<const std::byte*>(buf), size));
+    if (!n.is_ok()) {
+      reply_error(req, n.status());
+      return;
+    }
+    track_write(ino, static_cast<uint64_t>(offset) + *n);
+    handle->wrote_since_flush.store(true, std::memory_order_relaxed);
+    write_bytes.fetch_add(*n, std::memory_order_relaxed);
+    fuse_reply_write(req, *n);
+  }
+
+  // close(2) of a descriptor: tell meta how far this handle wrote, so other clients see the length at
+  // once (release, which makes it exact, arrives asynchronously after close returns).
+  void flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    OpenHandle* handle = file_handle(fi);
+    if (!handle->wrote_since_flush.exchange(false)) {
+      fuse_reply_err(req, 0);
+      return;
+    }
+    Result<Inode> inode = data.stat(handle->data_handle);
+    if (!inode.is_ok()) {
+      reply_error(req, inode.status());
+      return;
+    }
+    reply_status(req, meta.report_length(ino, inode->length));
+  }
+
+  void release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    OpenHandle* handle = file_handle(fi);
+    Status closed = data.close(handle->data_handle);
+    bool wrote = handle->writable;
+    track_close(handle->inode);
+    delete handle;
+    // The length is exact in meta now; a cached size from before (another client's view) is stale.
+    if (wrote) invalidate_inode(ino);
+    if (!closed.is_ok()) FF_LOG_WARN("ff-fuse: release of inode {}: {}", ino, closed);
+    reply_status(req, closed);
+  }
+
+  void fsync(fuse_req_t req, fuse_ino_t ino, int /*datasync*/, fuse_file_info* fi) {
+    OpenHandle* handle = file_handle(fi);
+    Result<Inode> inode = data.fsync(handle->data_handle);
+    if (inode.is_ok()) invalidate_inode(ino);
+    reply_status(req, inode.status());
+  }
+
+  void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    Result<Inode> dir = meta.getattr(ino);
+    if (!dir.is_ok()) {
+      reply_error(req, dir.status());
+      return;
+    }
+    if (dir->type != meta::FileType::kDirectory) {
+      fuse_reply_err(req, ENOTDIR);
+      return;
+    }
+    auto handle = std::make_unique<DirHandle>();
+    handle->parent = dir->parent == 0 ? ino : dir->parent;
+    fi->fh = reinterpret_cast<uint64_t>(handle.get());
+    // Listings change under other clients; do not let the kernel cache them.
+    fi->cache_readdir = 0;
+    if (fuse_reply_open(req, fi) == 0) (void)handle.release();
+  }
+
+  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi, bool plus) {
+    DirHandle* dir = dir_handle(fi);
+    meta::Caller caller = caller_of(req);
+    thread_local std::vector<char> buffer;
+    if (buffer.size() < size) buffer.resize(size);
+    size_t used = 0;
+    // Adds one entry if it fits; false when the buffer is full.
+    auto add = [&](const char* name, InodeId inode, uint32_t type_bits, const Inode* attributes, off_t next) -> bool {
+      size_t need;
+      if (plus) {
+        fuse_entry_param entry{};
+        if (attributes != nullptr) {
+          entry = entry_of(*attributes);
+        } else {
+          // "." and "..": no attributes, no lookup count (an ino of 0 tells the kernel so).
+          entry.attr.st_ino = inode;
+          entry.attr.st_mode = type_bits;
+        }
+        need = fuse_add_direntry_plus(req, buffer.data() + used, size - used, name, &entry, next);
+      } else {
+        struct stat st {};
+        st.st_ino = inode;
+        st.st_mode = type_bits;
+        need = fuse_add_direntry(req, buffer.data() + used, size - used, name, &st, next);
+      }
+      if (need > size - used) return false;
+      used += need;
+      return true;
+    };
+
+    std::lock_guard lock(dir->mutex);
+    if (offset < 0 || static_cast<size_t>(offset) > dir->names.size() + 2) {
+      fuse_reply_err(req, EINVAL);
+      return;
+    }
+    if (offset < 1 && !add(".", ino, S_IFDIR, nullptr, 1)) return (void)fuse_reply_buf(req, buffer.data(), used);
+    if (offset < 2 && !add("..", dir->parent, S_IFDIR, nullptr, 2)) {
+      return (void)fuse_reply_buf(req, buffer.data(), used);
+    }
+    size_t position = offset <= 2 ? 0 : static_cast<size_t>(offset) - 2;  // index in names of the next entry
+    std::string after = position == 0 ? std::string() : dir->names[position - 1];
+    // A page of about as many entries as fit (a short name costs about 32 bytes, 150 with attributes).
+    size_t limit = std::clamp<size_t>(size / (plus ? 150 : 32), 16, 4096);
+    bool full = false;
+    while (!full) {
+      Result<meta::ReadDirPage> page = meta.readdir(caller, ino, after, limit);
+      if (!page.is_ok()) {
+        if (used > 0) break;  // return what we have; the error comes back at the next call
+        reply_error(req, page.status());
+        return;
+      }
+      for (const meta::DirEntry& entry : page->entries) {
+        std::optional<Inode> attributes;
+        if (plus) {
+          Result<Inode> inode = meta.getattr(entry.inode);
+          if (!inode.is_ok()) {
+            // Removed since the listing was read: leave it out.
+            after = entry.name;
+            continue;
+          }
+          attributes = std::move(*inode);
+        }
+        off_t next = static_cast<off_t>(position + 3);
+        if (!add(entry.name.c_str(), entry.inode, meta::file_type_mode_bits(entry.type),
+                 attributes ? &*attributes : nullptr, next)) {
+          full = true;
+          break;
+        }
+        // Record offset -> name; reuse the table when the kernel re-reads a range it read before.
+        if (position < dir->names.size()) {
+          if (dir->names[position] != entry.name) {
+            dir->names.resize(position);
+            dir->names.push_back(entry.name);
+          }
+        } else {
+          dir->names.push_back(entry.name);
+        }
+        ++position;
+        after = entry.name;
+      }
+      if (!page->more) break;
+    }
+    fuse_reply_buf(req, buffer.data(), used);
+  }
+
+  void releasedir(fuse_req_t req, fuse_file_info* fi) {
+    delete dir_handle(fi);
+    fuse_reply_err(req, 0);
+  }
+
+  void statfs(fuse_req_t req) {
+    Result<meta::StatFs> stats = meta.statfs();
+    if (!stats.is_ok()) {
+      reply_error(req, stats.status());
+      return;
+    }
+    struct statvfs st {};
+    uint64_t block = std::max<uint64_t>(stats->block_size, 4096);
+    st.f_bsize = block;
+    st.f_frsize = block;
+    st.f_blocks = stats->total_bytes / block;
+    st.f_bfree = stats->free_bytes / block;
+    st.f_bavail = st.f_bfree;
+    // Inodes are 64-bit ids handed out without a limit: report plenty free.
+    st.f_files = stats->inodes_allocated + (uint64_t{1} << 32);
+    st.f_ffree = uint64_t{1} << 32;
+    st.f_favail = st.f_ffree;
+    st.f_namemax = stats->max_name_bytes;
+    fuse_reply_statfs(req, &st);
+  }
+
+  // access(2): POSIX permission bits against the caller's ids (meta has no access operation; the
+  // operations themselves check again).
+  void access(fuse_req_t req, fuse_ino_t ino, int mask) {
+    Result<Inode> inode = meta.getattr(ino);
+    if (!inode.is_ok()) {
+      reply_error(req, inode.status());
+      return;
+    }
+    if (mask == F_OK) {
+      fuse_reply_err(req, 0);
+      return;
+    }
+    meta::Caller caller = caller_of(req);
+    uint32_t mode = inode->mode;
+    if (caller.uid == 0) {
+      // root may read and write anything; execute needs some x bit (or a directory).
+      bool exec_ok = !(mask & X_OK) || inode->type == meta::FileType::kDirectory || (mode & 0111) != 0;
+      fuse_reply_err(req, exec_ok ? 0 : EACCES);
+      return;
+    }
+    uint32_t bits = caller.uid == inode->uid      ? (mode >> 6) & 7
+                    : caller.in_group(inode->gid) ? (mode >> 3) & 7
+                                                  : mode & 7;
+    uint32_t want = ((mask & R_OK) ? 4u : 0u) | ((mask & W_OK) ? 2u : 0u) | ((mask & X_OK) ? 1u : 0u);
+    fuse_reply_err(req, (bits & want) == want ? 0 : EACCES);
+  }
+
+  void init(fuse_conn_info* conn) {
+    conn->max_write = options.max_io_bytes;
+    conn->max_read = options.max_io_bytes;
+    conn->max_readahead = std::min<unsigned>(conn->max_readahead, options.max_io_bytes);
+    // O_TRUNC reaches open() (one meta transaction instead of setattr + open).
+    if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+    // Page-cache contents are dropped when another client changed the file's size or mtime.
+    if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    // Writes must reach storage before write(2) returns: no write-back caching in the kernel.
+    conn->want &= ~static_cast<unsigned>(FUSE_CAP_WRITEBACK_CACHE);
+    // POSIX and flock locks stay local to this kernel (no cluster-wide locks).
+    conn->want &= ~static_cast<unsigned>(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+    FF_LOG_INFO("ff-fuse: kernel protocol {}.{}, max_write {}, max_readahead {}", conn->proto_major, conn->proto_minor,
+                conn->max_write, conn->max_readahead);
+  }
+};
+
+namespace {
+
+FuseFs::Impl* impl_of(fuse_req_t req) { return static_cast<FuseFs::Impl*>(fuse_req_userdata(req)); }
+
+// The C callbacks: count, then forward to Impl.
+template <typename F>
+void serve(fuse_req_t req, F&& body) {
+  FuseFs::Impl* impl = impl_of(req);
+  impl->requests.fetch_add(1, std::memory_order_relaxed);
+  body(*impl);
+}
+
+fuse_lowlevel_ops make_operations() {
+  fuse_lowlevel_ops ops{};
+  ops.init = [](void* userdata, fuse_conn_info* conn) { static_cast<FuseFs::Impl*>(userdata)->init(conn); };
+  ops.lookup = [](fuse_req_t req, fuse_ino_t parent, const char* name) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.lookup(req, parent, name); });
+  };
+  ops.forget = [](fuse_req_t req, fuse_ino_t, uint64_t) { fuse_reply_none(req); };
+  ops.forget_multi = [](fuse_req_t req, size_t, fuse_forget_data*) { fuse_reply_none(req); };
+  ops.getattr = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.getattr(req, ino, fi); });
+  };
+  ops.setattr = [](fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.setattr(req, ino, attr, to_set, fi); });
+  };
+  ops.readlink = [](fuse_req_t req, fuse_ino_t ino) { serve(req, [&](FuseFs::Impl& fs) { fs.readlink(req, ino); }); };
+  ops.mknod = [](fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.mknod(req, parent, name, mode, rdev); });
+  };
+  ops.mkdir = [](fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.mkdir(req, parent, name, mode); });
+  };
+  ops.unlink = [](fuse_req_t req, fuse_ino_t parent, const char* name) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.unlink(req, parent, name); });
+  };
+  ops.rmdir = [](fuse_req_t req, fuse_ino_t parent, const char* name) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.rmdir(req, parent, name); });
+  };
+  ops.symlink = [](fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.symlink(req, link, parent, name); });
+  };
+  ops.rename = [](fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent, const char* new_name,
+                  unsigned int flags) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.rename(req, parent, name, new_parent, new_name, flags); });
+  };
+  ops.link = [](fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char* new_name) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.link(req, ino, new_parent, new_name); });
+  };
+  ops.open = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.open(req, ino, fi); });
+  };
+  ops.create = [](fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.create(req, parent, name, mode, fi); });
+  };
+  ops.read = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.read(req, ino, size, offset, fi); });
+  };
+  ops.write = [](fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t offset, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.write(req, ino, buf, size, offset, fi); });
+  };
+  ops.flush = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.flush(req, ino, fi); });
+  };
+  ops.release = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.release(req, ino, fi); });
+  };
+  ops.fsync = [](fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.fsync(req, ino, datasync, fi); });
+  };
+  ops.opendir = [](fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.opendir(req, ino, fi); });
+  };
+  ops.readdir = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.readdir(req, ino, size, offset, fi, false); });
+  };
+  ops.readdirplus = [](fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.readdir(req, ino, size, offset, fi, true); });
+  };
+  ops.releasedir = [](fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.releasedir(req, fi); });
+  };
+  // Directories hold no data of their own; meta's transactions are durable when they return.
+  ops.fsyncdir = [](fuse_req_t req, fuse_ino_t, int, fuse_file_info*) { fuse_reply_err(req, 0); };
+  ops.statfs = [](fuse_req_t req, fuse_ino_t) { serve(req, [&](FuseFs::Impl& fs) { fs.statfs(req); }); };
+  ops.access = [](fuse_req_t req, fuse_ino_t ino, int mask) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.access(req, ino, mask); });
+  };
+  return ops;
+}
+
+}  // namespace
+
+FuseFs::FuseFs(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<FuseFs>> FuseFs::mount(FuseOptions options, meta::MetaApi& meta, FileData& data) {
+  if (options.mountpoint.empty()) return invalid_argument("fuse: no mountpoint given");
+  struct stat st;
+  if (::stat(options.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return invalid_argument("fuse: mountpoint '{}' is not an existing directory", options.mountpoint);
+  }
+  if (options.max_io_bytes < 4096 || options.max_io_bytes > (1u << 20)) {
+    return invalid_argument("fuse: max_io_bytes = {} is outside 4096 .. 1048576 (the kernel's 256-page limit)",
+                            options.max_io_bytes);
+  }
+  if (options.max_threads == 0) return invalid_argument("fuse: max_threads must be >= 1");
+  auto impl = std::make_unique<Impl>(std::move(options), meta, data);
+  const FuseOptions& o = impl->options;
+
+  std::string mount_options = fmt::format("fsname=ff,subtype=ff,max_read={}", o.max_io_bytes);
+  if (o.kernel_permissions) mount_options += ",default_permissions";
+  if (o.allow_other) mount_options += ",allow_other";
+  std::vector<std::string> argv_strings = {"ff-fuse", "-o", mount_options};
+  if (o.debug) argv_strings.push_back("-d");
+  std::vector<char*> argv;
+  for (std::string& s : argv_strings) argv.push_back(s.data());
+  fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+
+  static const fuse_lowlevel_ops operations = make_operations();
+  impl->session = fuse_session_new(&args, &operations, sizeof(operations), impl.get());
+  fuse_opt_free_args(&args);
+  if (impl->session == nullptr) return internal_error("fuse: fuse_session_new failed (options '{}')", mount_options);
+  if (fuse_session_mount(impl->session, impl->options.mountpoint.c_str()) != 0) {
+    fuse_session_destroy(impl->session);
+    impl->session = nullptr;
+    return unavailable("fuse: mounting at '{}' failed (is /dev/fuse usable, the directory empty and not mounted?)",
+                       impl->options.mountpoint);
+  }
+  impl->mounted = true;
+  Impl* raw = impl.get();
+  impl->invalidation_thread = std::thread([raw] { raw->invalidation_loop(); });
+  FF_LOG_INFO("ff-fuse: mounted at {} ({})", impl->options.mountpoint, mount_options);
+  return std::unique_ptr<FuseFs>(new FuseFs(std::move(impl)));
+}
+
+FuseFs::~FuseFs() {
+  {
+    std::lock_guard lock(impl_->invalidation_mutex);
+    impl_->invalidation_stop = true;
+    impl_->invalidation_wake.notify_all();
+  }
+  if (impl_->invalidation_thread.joinable()) impl_->invalidation_thread.join();
+  if (impl_->session != nullptr) {
+    if (impl_->mounted) fuse_session_unmount(impl_->session);
+    fuse_session_destroy(impl_->session);
+  }
+}
+
+Status FuseFs::run() {
+  std::lock_guard run_lock(impl_->run_mutex);
+  if (!impl_->mounted) return failed_precondition("fuse: run() after the file system was unmounted");
+  fuse_session* session = impl_->session;
+  // For library users that leave these signals unblocked: a signal ends the loop (ff-fuse blocks
+  // them and calls exit() from its signal thread instead).
+  bool handlers = fuse_set_signal_handlers(session) == 0;
+  fuse_loop_config* config = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(config, impl_->options.max_threads);
+  fuse_loop_cfg_set_idle_threads(config, std::max<unsigned>(1, impl_->options.max_threads / 2));
+  int rc = fuse_session_loop_mt(session, config);
+  fuse_loop_cfg_destroy(config);
+  if (handlers) fuse_remove_signal_handlers(session);
+  fuse_session_unmount(session);
+  impl_->mounted = false;
+  FF_LOG_INFO("ff-fuse: unmounted {} after {} requests", impl_->options.mountpoint, impl_->requests.load());
+  // rc: 0 when unmounted or exited normally; a signal number or -errno otherwise.
+  if (rc < 0) return io_error("fuse: session loop at '{}' failed: {}", impl_->options.mountpoint, std::strerror(-rc));
+  return Status::ok();
+}
+
+void FuseFs::exit() {
+  if (impl_->session == nullptr) return;
+  fuse_session_exit(impl_->session);
+  // The loop threads sleep in read(/dev/fuse) and look at the exit flag only after a request: send one
+  // the kernel cannot answer from its caches (a lookup of a fresh name), from a thread of its own so a
+  // hung mount cannot block the caller.
+  std::string probe = fmt::format("{}/.ff-fuse-exit-{}", impl_->options.mountpoint, std::random_device{}());
+  std::thread([probe] {
+    struct stat st;
+    (void)::stat(probe.c_str(), &st);
+  }).detach();
+}
+
+FuseStats FuseFs::stats() const {
+  FuseStats stats;
+  stats.requests = impl_->requests.load();
+  stats.errors = impl_->errors.load();
+  stats.read_bytes = impl_->read_bytes.load();
+  stats.write_bytes = impl_->write_bytes.load();
+  stats.invalidations = impl_->invalidations.load();
+  return stats;
+}
+
+}  // namespace ff::fs::fuse
