@@ -1,0 +1,157 @@
+"""ff-meta as a real process: 1 ff-mgmtd + 3 ff-storage + ff-meta on RocksDB, a client workload
+(ff-meta-client: creates and renames through RemoteMeta, logging every acknowledged operation) while
+ff-meta is SIGKILLed and restarted; afterwards every acknowledged create and rename is visible and the
+namespace passes fsck. On etcd: two stateless ff-meta servers, one SIGKILLed mid-workload, the client
+fails over to the other."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_fs_support import LocalCluster, free_port  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bin_dir(build_dir: pathlib.Path) -> pathlib.Path:
+    path = build_dir / "bin"
+    for tool in ("ff-mgmtd", "ff-storage", "ff-admin", "ff-meta", "ff-meta-client"):
+        if not (path / tool).exists():
+            pytest.skip(f"{tool} is not built in {path} (fs needs its libraries: FF_BUILD_FS)")
+    return path
+
+
+def write_meta_config(cluster: LocalCluster, name: str, address: str, kv: str, etcd: str | None = None) -> pathlib.Path:
+    store = (f'kind = "rocksdb"\npath = "{cluster.dir}/{name}-db"\n' if kv == "rocksdb" else
+             f'kind = "etcd"\netcd_endpoints = ["{etcd}"]\netcd_prefix = "/test/meta/"\n')
+    config = cluster.dir / f"{name}.toml"
+    config.write_text(
+        f'[meta]\nlisten = "{address}"\nmgmtd = "{cluster.mgmtd_address}"\nchain_table = 1\nstripe = 2\n'
+        f'maintenance_interval_s = 1\nrouting_wait_s = 20\n[kv]\n{store}[metrics]\nstats_interval_s = 2\n')
+    return config
+
+
+def spawn_meta(cluster: LocalCluster, name: str, config: pathlib.Path, address: str, timeout_s: float = 30) -> None:
+    """Starts ff-meta (our own spawn, so this test does not depend on LocalCluster's ff-meta helpers) and waits
+    until it accepts connections."""
+    cluster._spawn(name, [str(cluster.bin / "ff-meta"), "--config", str(config)])
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            if cluster.processes[name].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not listen at {address} within {timeout_s} s:\n{cluster.logs()}")
+            time.sleep(0.1)
+
+
+def client(bin_dir: pathlib.Path, addresses: list[str], *args: str) -> list[str]:
+    return [str(bin_dir / "ff-meta-client"), "--meta", ",".join(addresses), "--rpc-timeout-ms", "1000",
+            "--op-timeout-ms", "30000", *args]
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_meta_sigkill_restart_loses_no_acknowledged_operation(bin_dir: pathlib.Path) -> None:
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=3.0) as cluster:
+        try:
+            cluster.start()
+            address = f"127.0.0.1:{free_port()}"
+            config = write_meta_config(cluster, "meta", address, "rocksdb")
+            spawn_meta(cluster, "meta", config, address)
+            log = cluster.dir / "ops.log"
+            workload = subprocess.Popen(client(bin_dir, [address], "workload", "--threads", "4", "--seconds", "12",
+                                               "--log", str(log)),
+                                        stdout=subprocess.PIPE, stderr=open(cluster.dir / "client.log", "wb"), text=True)
+            for _ in range(3):
+                time.sleep(2.5)
+                cluster.kill("meta")  # SIGKILL: no clean shutdown, RocksDB recovers from its WAL
+                time.sleep(0.5)
+                spawn_meta(cluster, "meta", config, address)
+            out, _ = workload.communicate(timeout=120)
+            assert workload.returncode == 0, f"workload failed: {out}\n{cluster.logs()}"
+            summary = last_json(out)
+            assert summary["creates"] > 50 and summary["renames"] > 20, summary
+            assert summary["errors"] == 0, summary  # every operation outlived the restarts (op timeout 30 s)
+            assert summary["failovers"] > 0, f"the kills must have been noticed: {summary}"
+            checked = subprocess.run(client(bin_dir, [address], "verify", "--log", str(log)), capture_output=True,
+                                     text=True, timeout=120)
+            assert checked.returncode == 0, f"verify: {checked.stdout}\n{checked.stderr[-3000:]}"
+            report = last_json(checked.stdout)
+            assert report["problems"] == 0 and report["checked"] == summary["creates"], report
+            # A clean stop on SIGTERM, then fsck of the store (RocksDB: one process at a time).
+            cluster.kill("meta", signal.SIGTERM)
+            assert cluster.processes["meta"].returncode == 0, cluster.logs()
+            fsck = subprocess.run([str(bin_dir / "ff-meta"), "--config", str(config), "--fsck"], capture_output=True,
+                                  text=True, timeout=60)
+            assert fsck.returncode == 0, f"fsck: {fsck.stdout}\n{fsck.stderr[-3000:]}"
+            fsck_report = last_json(fsck.stdout)
+            assert fsck_report["problems"] == []
+            assert fsck_report["inodes"] >= summary["creates"] + 1
+            print(f"workload {summary}, verify {report}, fsck {fsck_report}")
+        except BaseException:
+            print(cluster.logs())
+            raise
+
+
+def test_two_meta_servers_on_etcd_fail_over(bin_dir: pathlib.Path) -> None:
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian etcd-server)")
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=1, heartbeat_timeout_s=3.0) as cluster:
+        try:
+            etcd = cluster.start_etcd()
+            cluster.start()
+            addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+            for index, address in enumerate(addresses):
+                name = f"meta{index + 1}"
+                spawn_meta(cluster, name, write_meta_config(cluster, name, address, "etcd", etcd), address)
+            log = cluster.dir / "ops.log"
+            workload = subprocess.Popen(client(bin_dir, addresses, "workload", "--threads", "3", "--seconds", "8",
+                                               "--log", str(log)),
+                                        stdout=subprocess.PIPE, stderr=open(cluster.dir / "client.log", "wb"), text=True)
+            time.sleep(3)
+            cluster.kill("meta1")
+            time.sleep(1)
+            cluster.kill("meta2")  # both down for a moment, then meta1 back: the client finds it
+            spawn_meta(cluster, "meta1", cluster.dir / "meta1.toml", addresses[0])
+            out, _ = workload.communicate(timeout=120)
+            assert workload.returncode == 0, f"workload failed: {out}\n{cluster.logs()}"
+            summary = last_json(out)
+            assert summary["errors"] == 0 and summary["creates"] > 10 and summary["failovers"] > 0, summary
+            checked = subprocess.run(client(bin_dir, addresses, "verify", "--log", str(log)), capture_output=True,
+                                     text=True, timeout=120)
+            assert checked.returncode == 0, f"verify: {checked.stdout}\n{checked.stderr[-3000:]}"
+            cluster.kill("meta1", signal.SIGTERM)
+            fsck = subprocess.run([str(bin_dir / "ff-meta"), "--config", str(cluster.dir / "meta1.toml"), "--fsck"],
+                                  capture_output=True, text=True, timeout=60)
+            assert fsck.returncode == 0 and last_json(fsck.stdout)["problems"] == [], fsck.stdout + fsck.stderr
+            print(f"workload {summary}, verify {last_json(checked.stdout)}")
+        except BaseException:
+            print(cluster.logs())
+            raise
+
+
+def test_bad_config_is_named(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[meta]\nlisten = "127.0.0.1:0"\nstandalone_chains = 2\n[kv]\nkind = "foundationdb"\n')
+    result = subprocess.run([str(bin_dir / "ff-meta"), "--config", str(config)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert "kv.kind" in result.stdout + result.stderr and "foundationdb" in result.stdout + result.stderr
+    config.write_text('[meta]\nlisten = "127.0.0.1:0"\nstandalone_chains = 2\nstrip = 3\n[kv]\npath = "x"\n')
+    result = subprocess.run([str(bin_dir / "ff-meta"), "--config", str(config)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2 and "meta.strip" in result.stdout + result.stderr
