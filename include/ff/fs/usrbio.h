@@ -186,8 +186,9 @@ class Ior {
   // Consumer thread. Waits until at least min_results completions are ready (0: do not wait), then
   // reaps up to out.size() of them into `out` and returns how many. At the timeout it reaps nothing and
   // returns deadline_exceeded naming what it waited for and the server's state and heartbeat age (a
-  // dead server shows as an old heartbeat). invalid_argument when min_results > out.size() or more than
-  // the submitted, unreaped I/Os; unavailable when the server detached with I/Os outstanding.
+  // dead server shows as an old heartbeat, forgotten submits as "prepared but not submitted").
+  // invalid_argument when min_results > out.size() or > capacity(); unavailable when the server
+  // detached or broke before enough completions came.
   Result<size_t> wait_for_ios(std::span<Completion> out, size_t min_results, int64_t timeout_ms);
 
   // Registers the ring with the ff-fuse daemon serving `mount_path` (symlink in its kVirtualDir); the
@@ -229,27 +230,25 @@ class BatchIo {
   virtual std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops) = 0;
 };
 
-// BatchIo over a FileClient (which must outlive it). Header-only, so ff::fs_usrbio does not depend on
-// ff::fs_client; a user of this class links ff::fs_client.
+// BatchIo over a FileClient (which must outlive it). Defined in ff::fs_usrbio when ff::fs_client is
+// built (src/fs/usrbio/file_client_batch_io.cc).
 class FileClientBatchIo final : public BatchIo {
  public:
   explicit FileClientBatchIo(FileClient& client) : client_(client) {}
-  Result<FileHandle> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) override {
-    return client_.open(caller, inode, flags);
-  }
-  Status close(FileHandle handle) override { return client_.close(handle); }
-  std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops) override { return client_.read_batch(ops); }
-  std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops) override { return client_.write_batch(ops); }
+  Result<FileHandle> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) override;
+  Status close(FileHandle handle) override;
+  std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops) override;
+  std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops) override;
 
  private:
   FileClient& client_;
 };
 
 struct RingServerOptions {
-  meta::Caller caller;                    // files are opened as this user (the ring's owner)
-  int64_t heartbeat_interval_ms = 100;    // also the longest the thread sleeps between checks
-  uint32_t max_batch = 0;                 // entries per batch (0: all pending)
-  uint32_t max_open_files = 4096;         // per ring; more distinct files complete with -EMFILE
+  meta::Caller caller;                  // files are opened as this user (the ring's owner)
+  int64_t heartbeat_interval_ms = 100;  // also the longest the thread sleeps between checks
+  uint32_t max_batch = 0;               // entries per batch (0: all pending)
+  uint32_t max_open_files = 4096;       // per ring; more distinct files complete with -EMFILE
   // Process that owns the ring (0: none). When it is gone (or its start time changed: pid reuse) the
   // server stops by itself (UsrbioRegistry reaps it).
   pid_t owner_pid = 0;
@@ -281,10 +280,10 @@ class RingServer {
   const std::string& name() const;
 
   struct Stats {
-    uint64_t wakeups = 0;   // doorbells and heartbeats that found work
-    uint64_t batches = 0;   // BatchIo calls (read_batch + write_batch)
-    uint64_t entries = 0;   // entries completed
-    uint64_t errors = 0;    // entries completed with -errno
+    uint64_t wakeups = 0;  // doorbells and heartbeats that found work
+    uint64_t batches = 0;  // BatchIo calls (read_batch + write_batch)
+    uint64_t entries = 0;  // entries completed
+    uint64_t errors = 0;   // entries completed with -errno
     uint64_t bytes_read = 0;
     uint64_t bytes_written = 0;
     uint64_t max_batch_entries = 0;  // largest number of entries taken at one wake-up
@@ -322,8 +321,7 @@ class UsrbioRegistry {
 
   // link_name: the symlink's name; it must equal the ring name in the target. target:
   // "/dev/shm/ff-ior-<name>" (or "ff-ior-<name>"). pid: the creating process (0: not watched).
-  Status register_ring(std::string_view link_name, std::string_view target, const meta::Caller& caller,
-                       pid_t pid = 0);
+  Status register_ring(std::string_view link_name, std::string_view target, const meta::Caller& caller, pid_t pid = 0);
   Status unregister_ring(std::string_view link_name);
   Result<std::string> target_of(std::string_view link_name) const;
   std::vector<std::string> names() const;  // sorted

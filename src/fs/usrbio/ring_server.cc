@@ -1,0 +1,446 @@
+// RingServer: serves one Ior over a BatchIo (usrbio.h; layout and doorbell protocol in ring_layout.h).
+//
+// Threading: one worker thread per ring owns everything below except `stop_requested_`, `running_` and
+// the stats (atomics). The shared memory is untrusted input: entries are copied out before they are
+// validated, indices are checked against the capacity copied at attach, and the Iov's size is checked
+// before every batch.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <thread>
+#include <unordered_map>
+
+#include "ff/common/assert.h"
+#include "ff/common/log.h"
+#include "ring_layout.h"
+
+namespace ff::fs::usrbio {
+
+using internal::RingHeader;
+using State = ServerStatus::State;
+
+namespace {
+
+struct OpenHandles {
+  std::optional<FileHandle> read;
+  std::optional<FileHandle> write;
+};
+
+// The -errno an entry completes with for a BatchIo error.
+int64_t negative_errno(const Status& status) { return -static_cast<int64_t>(meta::errno_of(status)); }
+
+}  // namespace
+
+struct RingServer::Impl {
+  std::string name;
+  BatchIo* io = nullptr;
+  RingServerOptions options;
+  internal::Mapping ring;
+  internal::Mapping iov;
+  std::string iov_path;
+  RingHeader* header = nullptr;
+  const SubmitEntry* sq = nullptr;
+  Completion* cq = nullptr;
+  uint32_t entries = 0;
+  uint32_t mask = 0;
+  uint64_t iov_size = 0;
+  uint64_t owner_start_time = 0;
+
+  // Worker thread only.
+  uint32_t sq_head = 0;
+  uint32_t cq_tail = 0;
+  std::unordered_map<meta::InodeId, OpenHandles> files;
+  std::vector<SubmitEntry> batch;
+  std::vector<Completion> completions;
+
+  std::thread thread;
+  std::atomic<bool> stop_requested{false};
+  std::atomic<bool> running{false};
+
+  struct AtomicStats {
+    std::atomic<uint64_t> wakeups{0}, batches{0}, entries{0}, errors{0}, bytes_read{0}, bytes_written{0},
+        max_batch_entries{0};
+  } stats;
+
+  void run();
+  void beat() { header->server_heartbeat_ns.store(internal::monotonic_ns(), std::memory_order_release); }
+  bool owner_alive() const;
+  // Takes up to what the completion ring can hold; returns false when the ring is corrupt.
+  bool take(uint32_t& taken);
+  void process();
+  void publish();
+  void mark_broken(const std::string& why);
+  void close_all();
+  // The handle for (inode, write), opening it on first use; -errno on failure.
+  Result<FileHandle> handle_for(meta::InodeId inode, bool write, int64_t& error);
+};
+
+bool RingServer::Impl::owner_alive() const {
+  if (options.owner_pid <= 0) return true;
+  const uint64_t start = internal::process_start_time(options.owner_pid);
+  return start != 0 && start == owner_start_time;
+}
+
+void RingServer::Impl::mark_broken(const std::string& why) {
+  FF_LOG_ERROR("usrbio ring '{}' is broken and no longer served: {}", name, why);
+  header->server_state.store(static_cast<uint32_t>(State::kBroken), std::memory_order_release);
+  header->cq_seq.fetch_add(1, std::memory_order_seq_cst);
+  internal::futex_wake(header->cq_seq, INT_MAX);
+}
+
+bool RingServer::Impl::take(uint32_t& taken) {
+  taken = 0;
+  const uint32_t tail = header->sq_tail.load(std::memory_order_acquire);
+  const uint32_t pending = tail - sq_head;
+  if (pending > entries) {
+    mark_broken(
+        fmt::format("sq_tail {} is {} entries past sq_head {} in a ring of {}", tail, pending, sq_head, entries));
+    return false;
+  }
+  const uint32_t used = cq_tail - header->cq_head.load(std::memory_order_acquire);
+  if (used > entries) {
+    mark_broken(fmt::format("cq_head is {} entries behind cq_tail {} in a ring of {}", used, cq_tail, entries));
+    return false;
+  }
+  uint32_t count = std::min(pending, entries - used);
+  if (options.max_batch != 0) count = std::min(count, options.max_batch);
+  batch.resize(count);
+  // Copy out first: the client may scribble on its slots; we validate only our copy.
+  for (uint32_t i = 0; i < count; ++i) batch[i] = sq[(sq_head + i) & mask];
+  sq_head += count;
+  header->sq_head.store(sq_head, std::memory_order_release);
+  taken = count;
+  return true;
+}
+
+Result<FileHandle> RingServer::Impl::handle_for(meta::InodeId inode, bool write, int64_t& error) {
+  auto found = files.find(inode);
+  if (found != files.end()) {
+    auto& slot = write ? found->second.write : found->second.read;
+    if (slot) return *slot;
+  } else if (files.size() >= options.max_open_files) {
+    error = -EMFILE;
+    return resource_exhausted("ring '{}' has {} files open (max_open_files)", name, files.size());
+  }
+  auto opened = io->open(options.caller, inode, write ? meta::kOpenWrite : meta::kOpenRead);
+  if (!opened.is_ok()) {
+    const int code = meta::errno_of(opened.status());
+    // An inode that does not exist is a bad file id from the client's point of view.
+    error = code == ENOENT ? -EBADF : -static_cast<int64_t>(code);
+    return opened.status();
+  }
+  auto& handles = files[inode];
+  (write ? handles.write : handles.read) = *opened;
+  return *opened;
+}
+
+void RingServer::Impl::process() {
+  const size_t count = batch.size();
+  completions.assign(count, Completion{});
+  std::vector<BatchIo::ReadOp> reads;
+  std::vector<BatchIo::WriteOp> writes;
+  std::vector<size_t> read_index, write_index, close_index;
+  // The Iov must still be as large as at attach: a client that shrank it would make us fault.
+  struct stat info {};
+  const bool iov_intact = ::stat(iov_path.c_str(), &info) == 0 && static_cast<uint64_t>(info.st_size) >= iov_size;
+  std::unordered_map<meta::InodeId, int64_t> failed_opens;  // per batch: one open attempt per bad file
+  for (size_t i = 0; i < count; ++i) {
+    const SubmitEntry& entry = batch[i];
+    Completion& done = completions[i];
+    done.user_data = entry.user_data;
+    const auto op = static_cast<Op>(entry.op);
+    if (op != Op::kRead && op != Op::kWrite && op != Op::kClose) {
+      done.result = -EINVAL;
+      continue;
+    }
+    if (entry.file == 0) {
+      done.result = -EBADF;
+      continue;
+    }
+    if (op != Op::kClose) {
+      if (entry.length > internal::kMaxIoBytes || entry.iov_offset > iov_size ||
+          entry.length > iov_size - entry.iov_offset) {
+        done.result = -EINVAL;
+        continue;
+      }
+      if (!iov_intact) {
+        done.result = -EFAULT;
+        continue;
+      }
+      if (entry.length == 0) continue;  // result 0
+    }
+    meta::InodeId inode = entry.file;
+    if (options.map_file) {
+      auto mapped = options.map_file(entry.file);
+      if (!mapped.is_ok()) {
+        done.result = -EBADF;
+        continue;
+      }
+      inode = *mapped;
+    }
+    if (op == Op::kClose) {
+      close_index.push_back(i);
+      batch[i].file = inode;
+      continue;
+    }
+    const bool write = op == Op::kWrite;
+    if (auto bad = failed_opens.find(inode * 2 + (write ? 1 : 0)); bad != failed_opens.end()) {
+      done.result = bad->second;
+      continue;
+    }
+    int64_t error = 0;
+    auto handle = handle_for(inode, write, error);
+    if (!handle.is_ok()) {
+      failed_opens[inode * 2 + (write ? 1 : 0)] = error;
+      done.result = error;
+      continue;
+    }
+    std::byte* data = iov.data() + entry.iov_offset;
+    if (write) {
+      writes.push_back(
+          {.handle = *handle, .offset = entry.offset, .data = std::span<const std::byte>(data, entry.length)});
+      write_index.push_back(i);
+    } else {
+      reads.push_back({.handle = *handle, .offset = entry.offset, .out = std::span<std::byte>(data, entry.length)});
+      read_index.push_back(i);
+    }
+  }
+  // NOTE: all reads of the wake-up in ONE read_batch, all writes in ONE write_batch: the client library
+  // runs their chunk I/Os in parallel, and reads land straight in the Iov (no copy here).
+  if (!reads.empty()) {
+    auto results = io->read_batch(reads);
+    FF_ASSERT_EQ(results.size(), reads.size());
+    stats.batches.fetch_add(1, std::memory_order_relaxed);
+    for (size_t k = 0; k < results.size(); ++k) {
+      Completion& done = completions[read_index[k]];
+      if (results[k].is_ok()) {
+        done.result = static_cast<int64_t>(*results[k]);
+        stats.bytes_read.fetch_add(*results[k], std::memory_order_relaxed);
+      } else {
+        done.result = negative_errno(results[k].status());
+      }
+    }
+  }
+  if (!writes.empty()) {
+    auto results = io->write_batch(writes);
+    FF_ASSERT_EQ(results.size(), writes.size());
+    stats.batches.fetch_add(1, std::memory_order_relaxed);
+    for (size_t k = 0; k < results.size(); ++k) {
+      Completion& done = completions[write_index[k]];
+      if (results[k].is_ok()) {
+        done.result = static_cast<int64_t>(*results[k]);
+        stats.bytes_written.fetch_add(*results[k], std::memory_order_relaxed);
+      } else {
+        done.result = negative_errno(results[k].status());
+      }
+    }
+  }
+  // Closes run after the batch's I/O, so a close submitted with reads of the same file follows them.
+  for (size_t i : close_index) {
+    auto found = files.find(batch[i].file);
+    if (found == files.end()) {
+      completions[i].result = -EBADF;
+      continue;
+    }
+    int64_t result = 0;
+    for (auto& slot : {found->second.read, found->second.write}) {
+      if (!slot) continue;
+      Status closed = io->close(*slot);
+      if (!closed.is_ok() && result == 0) result = negative_errno(closed);
+    }
+    files.erase(found);
+    completions[i].result = result;
+  }
+  uint64_t errors = 0;
+  for (const Completion& done : completions) errors += done.result < 0 ? 1 : 0;
+  stats.errors.fetch_add(errors, std::memory_order_relaxed);
+}
+
+void RingServer::Impl::publish() {
+  for (size_t i = 0; i < completions.size(); ++i) cq[(cq_tail + i) & mask] = completions[i];
+  cq_tail += static_cast<uint32_t>(completions.size());
+  // Counted before publishing, so a client that saw its completions sees them in stats() too.
+  stats.entries.fetch_add(completions.size(), std::memory_order_relaxed);
+  header->cq_tail.store(cq_tail, std::memory_order_release);
+  header->cq_seq.fetch_add(1, std::memory_order_seq_cst);
+  if (header->client_waiting.load(std::memory_order_seq_cst) != 0) internal::futex_wake(header->cq_seq, INT_MAX);
+}
+
+void RingServer::Impl::close_all() {
+  for (auto& [inode, handles] : files) {
+    for (auto& slot : {handles.read, handles.write}) {
+      if (!slot) continue;
+      Status closed = io->close(*slot);
+      if (!closed.is_ok()) FF_LOG_WARN("usrbio ring '{}': closing inode {}: {}", name, inode, closed.to_string());
+    }
+  }
+  files.clear();
+}
+
+void RingServer::Impl::run() {
+  const int64_t heartbeat_ns = std::max<int64_t>(options.heartbeat_interval_ms, 1) * 1'000'000;
+  int64_t last_owner_check_ns = internal::monotonic_ns();
+  State final_state = State::kDetached;
+  while (!stop_requested.load(std::memory_order_acquire)) {
+    beat();
+    const int64_t now = internal::monotonic_ns();
+    if (now - last_owner_check_ns >= 1'000'000'000) {
+      last_owner_check_ns = now;
+      if (!owner_alive()) {
+        FF_LOG_INFO("usrbio ring '{}': owner pid {} is gone; stopping", name, options.owner_pid);
+        break;
+      }
+    }
+    const uint32_t doorbell = header->sq_doorbell.load(std::memory_order_seq_cst);
+    uint32_t taken = 0;
+    if (!take(taken)) {
+      final_state = State::kBroken;
+      break;
+    }
+    if (taken == 0) {
+      header->server_waiting.store(1, std::memory_order_seq_cst);
+      // Look once more after raising the flag: a submit that saw the flag down did not wake us.
+      if (header->sq_tail.load(std::memory_order_seq_cst) == sq_head) {
+        internal::futex_wait(header->sq_doorbell, doorbell, heartbeat_ns);
+      }
+      header->server_waiting.store(0, std::memory_order_relaxed);
+      continue;
+    }
+    stats.wakeups.fetch_add(1, std::memory_order_relaxed);
+    uint64_t largest = stats.max_batch_entries.load(std::memory_order_relaxed);
+    if (taken > largest) stats.max_batch_entries.store(taken, std::memory_order_relaxed);
+    process();
+    publish();
+  }
+  close_all();
+  if (final_state != State::kBroken) {
+    header->server_state.store(static_cast<uint32_t>(final_state), std::memory_order_release);
+    header->cq_seq.fetch_add(1, std::memory_order_seq_cst);
+    internal::futex_wake(header->cq_seq, INT_MAX);
+  }
+  running.store(false, std::memory_order_release);
+}
+
+Result<std::unique_ptr<RingServer>> RingServer::start(std::string_view ior_name, BatchIo& io,
+                                                      RingServerOptions options) {
+  if (Status valid = validate_name(ior_name); !valid.is_ok()) return meta::meta_error(EINVAL, valid.message());
+  auto impl = std::make_unique<Impl>();
+  impl->name = std::string(ior_name);
+  impl->io = &io;
+  const std::string ring_path = internal::ior_path(ior_name);
+  struct stat ring_info {};
+  auto ring = internal::Mapping::open(ring_path, &ring_info);
+  if (!ring.is_ok()) {
+    const StatusCode code = ring.status().code();
+    const int error = code == StatusCode::kNotFound ? ENOENT : code == StatusCode::kPermissionDenied ? EACCES : EINVAL;
+    return meta::meta_error(error, "usrbio ring '" + impl->name + "': " + ring.status().message());
+  }
+  impl->ring = std::move(*ring);
+  const uint32_t caller_uid = options.caller.uid;
+  if (caller_uid != 0 && ring_info.st_uid != caller_uid) {
+    return meta::meta_error(EACCES, fmt::format("usrbio ring '{}': {} belongs to uid {}, not to the caller (uid {})",
+                                                impl->name, ring_path, ring_info.st_uid, caller_uid));
+  }
+  if (impl->ring.bytes() < internal::kHeaderBytes) {
+    return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': {} has {} bytes, less than a ring header",
+                                                impl->name, ring_path, impl->ring.bytes()));
+  }
+  auto* header = reinterpret_cast<RingHeader*>(impl->ring.data());
+  if (header->magic.load(std::memory_order_acquire) != internal::kMagic || header->version != internal::kVersion) {
+    return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': {} is not a usrbio ring of version {}", impl->name,
+                                                ring_path, internal::kVersion));
+  }
+  const uint32_t entries = header->entries;
+  if (entries < 2 || entries > kMaxEntries || (entries & (entries - 1)) != 0 ||
+      header->sq_offset != internal::sq_offset() || header->cq_offset != internal::cq_offset(entries) ||
+      internal::ring_bytes(entries) > impl->ring.bytes()) {
+    return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': inconsistent layout (entries {}, {} bytes)",
+                                                impl->name, entries, impl->ring.bytes()));
+  }
+  const std::string iov_name(header->iov_name, strnlen(header->iov_name, internal::kMaxIovNameBytes));
+  if (Status valid = validate_name(iov_name); !valid.is_ok()) {
+    return meta::meta_error(EINVAL, "usrbio ring '" + impl->name + "': its Iov: " + valid.message());
+  }
+  impl->iov_path = internal::iov_path(iov_name);
+  struct stat iov_info {};
+  auto iov = internal::Mapping::open(impl->iov_path, &iov_info);
+  if (!iov.is_ok()) {
+    const int error = iov.status().code() == StatusCode::kNotFound ? ENOENT : EINVAL;
+    return meta::meta_error(error, "usrbio ring '" + impl->name + "': " + iov.status().message());
+  }
+  if (caller_uid != 0 && iov_info.st_uid != caller_uid) {
+    return meta::meta_error(EACCES, fmt::format("usrbio ring '{}': {} belongs to uid {}, not to the caller (uid {})",
+                                                impl->name, impl->iov_path, iov_info.st_uid, caller_uid));
+  }
+  impl->iov = std::move(*iov);
+  if (impl->iov.bytes() < header->iov_size) {
+    return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': Iov {} has {} bytes, the ring expects {}",
+                                                impl->name, impl->iov_path, impl->iov.bytes(), header->iov_size));
+  }
+  if (options.owner_pid > 0) {
+    impl->owner_start_time = internal::process_start_time(options.owner_pid);
+    if (impl->owner_start_time == 0) {
+      return meta::meta_error(
+          ENOENT, fmt::format("usrbio ring '{}': owner pid {} is not running", impl->name, options.owner_pid));
+    }
+  }
+  const auto state = static_cast<State>(header->server_state.load(std::memory_order_acquire));
+  if (state == State::kAttached) {
+    const int64_t beat = header->server_heartbeat_ns.load(std::memory_order_acquire);
+    const int64_t age_ms = (internal::monotonic_ns() - beat) / 1'000'000;
+    if (beat != 0 && age_ms < 5 * std::max<int64_t>(options.heartbeat_interval_ms, 100)) {
+      return meta::meta_error(EEXIST, fmt::format("usrbio ring '{}' already has a live server (pid {}, beat {} ms ago)",
+                                                  impl->name, header->server_pid.load(), age_ms));
+    }
+  }
+  impl->header = header;
+  impl->sq = reinterpret_cast<const SubmitEntry*>(impl->ring.data() + internal::sq_offset());
+  impl->cq = reinterpret_cast<Completion*>(impl->ring.data() + internal::cq_offset(entries));
+  impl->entries = entries;
+  impl->mask = entries - 1;
+  impl->iov_size = header->iov_size;
+  impl->options = std::move(options);
+  // A restarted server continues where the last one stopped: entries it took are lost (their
+  // completions never come; the client's wait times out naming the dead server), later ones are served.
+  impl->sq_head = header->sq_head.load(std::memory_order_acquire);
+  impl->cq_tail = header->cq_tail.load(std::memory_order_acquire);
+  header->server_pid.store(static_cast<uint32_t>(::getpid()), std::memory_order_relaxed);
+  impl->beat();
+  header->server_state.store(static_cast<uint32_t>(State::kAttached), std::memory_order_release);
+  impl->running.store(true, std::memory_order_release);
+  Impl* raw = impl.get();
+  impl->thread = std::thread([raw] { raw->run(); });
+  return std::unique_ptr<RingServer>(new RingServer(std::move(impl)));
+}
+
+RingServer::RingServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+RingServer::~RingServer() { stop(); }
+
+void RingServer::stop() {
+  if (!impl_->thread.joinable()) return;
+  impl_->stop_requested.store(true, std::memory_order_release);
+  // Wake the worker if it sleeps on the doorbell (a wake on a word it does not wait on is harmless).
+  impl_->header->sq_doorbell.fetch_add(1, std::memory_order_seq_cst);
+  internal::futex_wake(impl_->header->sq_doorbell, INT_MAX);
+  impl_->thread.join();
+}
+
+bool RingServer::running() const { return impl_->running.load(std::memory_order_acquire); }
+const std::string& RingServer::name() const { return impl_->name; }
+
+RingServer::Stats RingServer::stats() const {
+  const auto& s = impl_->stats;
+  return Stats{.wakeups = s.wakeups.load(),
+               .batches = s.batches.load(),
+               .entries = s.entries.load(),
+               .errors = s.errors.load(),
+               .bytes_read = s.bytes_read.load(),
+               .bytes_written = s.bytes_written.load(),
+               .max_batch_entries = s.max_batch_entries.load()};
+}
+
+}  // namespace ff::fs::usrbio

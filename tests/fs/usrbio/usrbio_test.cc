@@ -1,0 +1,521 @@
+// Tests of the usrbio rings (include/ff/fs/usrbio.h): names and Iovs, ring semantics (capacity,
+// wrap-around, timeouts), an in-process RingServer over a fake BatchIo (many I/Os per doorbell, bad
+// entries), a server in another process (fork) that is killed, owner death, and the registry.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "fake_batch_io.h"
+#include "ff/fs/usrbio.h"
+#include "src/fs/usrbio/ring_layout.h"
+
+namespace ff::fs::usrbio {
+namespace {
+
+using testing::FakeBatchIo;
+using testing::pattern;
+
+// Unique per process and test, so parallel ctest runs never collide in /dev/shm.
+std::string unique_name(std::string_view what) {
+  static std::atomic<int> counter{0};
+  return fmt::format("t{}-{}-{}", ::getpid(), what, counter.fetch_add(1));
+}
+
+bool same_bytes(const std::byte* a, const std::byte* b, size_t size) { return std::memcmp(a, b, size) == 0; }
+
+TEST(UsrbioNames, RejectsBadNames) {
+  EXPECT_TRUE(validate_name("ok-name_1.2").is_ok());
+  for (std::string_view bad : {"", ".", "..", "a/b", "a b", "x\n"}) {
+    Status status = validate_name(bad);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << bad;
+  }
+  EXPECT_FALSE(validate_name(std::string(101, 'a')).is_ok());
+  auto iov = Iov::create("bad/name", 4096);
+  ASSERT_FALSE(iov.is_ok());
+  EXPECT_NE(iov.status().message().find("bad/name"), std::string::npos) << iov.status().to_string();
+}
+
+TEST(UsrbioIov, CreateOpenShareAndUnlink) {
+  const std::string name = unique_name("iov");
+  auto created = Iov::create(name, 1 << 20);
+  ASSERT_TRUE(created.is_ok()) << created.status().to_string();
+  EXPECT_EQ(created->path(), "/dev/shm/ff-iov-" + name);
+  auto again = Iov::create(name, 4096);
+  ASSERT_FALSE(again.is_ok());
+  EXPECT_EQ(again.status().code(), StatusCode::kAlreadyExists) << again.status().to_string();
+  {
+    auto opened = Iov::open(name);
+    ASSERT_TRUE(opened.is_ok()) << opened.status().to_string();
+    EXPECT_EQ(opened->size(), 1u << 20);
+    std::memcpy(opened->data() + 100, "hello", 5);  // a second mapping of the same memory
+  }
+  EXPECT_TRUE(same_bytes(created->data() + 100, reinterpret_cast<const std::byte*>("hello"), 5));
+  EXPECT_FALSE(created->range(1 << 20, 1).is_ok());
+  EXPECT_TRUE(created->range((1 << 20) - 1, 1).is_ok());
+  const std::string path = created->path();
+  *created = Iov();  // the creator unlinks its name
+  EXPECT_NE(::access(path.c_str(), F_OK), 0);
+  EXPECT_EQ(Iov::open(name).status().code(), StatusCode::kNotFound);
+}
+
+TEST(UsrbioIov, HugeIovIsSparse) {
+  const std::string name = unique_name("huge");
+  auto iov = Iov::create(name, 64ull << 30);  // 64 GiB: only touched pages cost memory
+  ASSERT_TRUE(iov.is_ok()) << iov.status().to_string();
+  iov->data()[(64ull << 30) - 1] = std::byte{7};
+  EXPECT_EQ(iov->data()[(64ull << 30) - 1], std::byte{7});
+  EXPECT_FALSE(Iov::create(unique_name("toobig"), (1ull << 40) + 1).is_ok());
+}
+
+struct Ring {
+  Iov iov;
+  Ior ior;
+};
+
+Ring make_ring(uint64_t iov_bytes, IorOptions options = {}) {
+  const std::string name = unique_name("ring");
+  auto iov = Iov::create(name, iov_bytes);
+  FF_ASSERT(iov.is_ok(), "{}", iov.status().to_string());
+  auto ior = Ior::create(name, *iov, options);
+  FF_ASSERT(ior.is_ok(), "{}", ior.status().to_string());
+  return Ring{std::move(*iov), std::move(*ior)};
+}
+
+TEST(UsrbioRing, ClientSideChecksWithoutServer) {
+  Ring ring = make_ring(1 << 16, {.entries = 4});
+  Ior& ior = ring.ior;
+  EXPECT_EQ(Ior::create("x", ring.iov, {.entries = 3}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ior.prep_read(0, 0, 10, 0, 0).status().code(), StatusCode::kInvalidArgument);              // file 0
+  EXPECT_EQ(ior.prep_read(5, 0, 0, 0, 0).status().code(), StatusCode::kInvalidArgument);               // length 0
+  EXPECT_EQ(ior.prep_read(5, 0, 16, (1 << 16) - 8, 0).status().code(), StatusCode::kInvalidArgument);  // iov range
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(ior.prep_read(5, 0, 16, 0, i).is_ok());
+  auto full = ior.prep_read(5, 0, 16, 0, 9);
+  EXPECT_EQ(full.status().code(), StatusCode::kResourceExhausted) << full.status().to_string();
+  EXPECT_EQ(ior.in_flight(), 4u);
+  EXPECT_EQ(ior.prepared(), 4u);
+  std::vector<Completion> out(8);
+  // More than the ring can ever hold is refused at once; a wait for unsubmitted entries says so.
+  auto refused = ior.wait_for_ios(out, 5, 10);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status().to_string();
+  auto forgot = ior.wait_for_ios(out, 1, 10);
+  ASSERT_EQ(forgot.status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_NE(forgot.status().message().find("4 prepared but not submitted"), std::string::npos)
+      << forgot.status().to_string();
+  ASSERT_EQ(*ior.submit(), 4u);
+  EXPECT_EQ(*ior.submit(), 0u);
+  auto start = std::chrono::steady_clock::now();
+  auto timed_out = ior.wait_for_ios(out, 1, 200);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  ASSERT_EQ(timed_out.status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_GE(waited, std::chrono::milliseconds(190));
+  EXPECT_LT(waited, std::chrono::seconds(5));
+  EXPECT_NE(timed_out.status().message().find("never beat"), std::string::npos) << timed_out.status().to_string();
+  auto polled = ior.wait_for_ios(out, 0, 0);  // min 0: a poll
+  ASSERT_TRUE(polled.is_ok()) << polled.status().to_string();
+  EXPECT_EQ(*polled, 0u);
+}
+
+class ServedRing : public ::testing::Test {
+ protected:
+  void start(uint64_t iov_bytes, IorOptions options = {}, RingServerOptions server_options = {}) {
+    ring_ = make_ring(iov_bytes, options);
+    if (::getuid() == 0 && server_options.caller.uid != 0) {
+      // The server requires a non-root caller to own the ring's files, as a real client would.
+      ASSERT_EQ(::chown(ring_.ior.path().c_str(), server_options.caller.uid, server_options.caller.gid), 0);
+      ASSERT_EQ(::chown(ring_.iov.path().c_str(), server_options.caller.uid, server_options.caller.gid), 0);
+    }
+    auto server = RingServer::start(ring_.ior.name(), io_, std::move(server_options));
+    ASSERT_TRUE(server.is_ok()) << server.status().to_string();
+    server_ = std::move(*server);
+  }
+  // Waits for exactly `count` completions (bounded), in any order.
+  std::vector<Completion> reap(size_t count, int64_t timeout_ms = 10'000) {
+    std::vector<Completion> all;
+    std::vector<Completion> out(count);
+    while (all.size() < count) {
+      auto got = ring_.ior.wait_for_ios(std::span(out).first(count - all.size()), 1, timeout_ms);
+      FF_ASSERT(got.is_ok(), "{}", got.status().to_string());
+      all.insert(all.end(), out.begin(), out.begin() + static_cast<ptrdiff_t>(*got));
+    }
+    return all;
+  }
+  FakeBatchIo io_;
+  Ring ring_;
+  std::unique_ptr<RingServer> server_;
+};
+
+TEST_F(ServedRing, ManyReadsPerDoorbellLandInTheIov) {
+  constexpr size_t kBlock = 4096;
+  constexpr size_t kCount = 64;
+  const auto data = pattern(kBlock * kCount + 100, 1);
+  io_.add_file(42, data);
+  start(kBlock * kCount, {.entries = 128});
+  // Reads in reverse order: entry i reads file block i into iov block (kCount - 1 - i).
+  for (size_t i = 0; i < kCount; ++i) {
+    ASSERT_TRUE(ring_.ior.prep_read(42, i * kBlock, kBlock, (kCount - 1 - i) * kBlock, 1000 + i).is_ok());
+  }
+  ASSERT_EQ(*ring_.ior.submit(), kCount);
+  auto done = reap(kCount);
+  std::vector<bool> seen(kCount, false);
+  for (const Completion& c : done) {
+    ASSERT_GE(c.user_data, 1000u);
+    const size_t i = c.user_data - 1000;
+    ASSERT_LT(i, kCount);
+    EXPECT_FALSE(seen[i]);
+    seen[i] = true;
+    EXPECT_EQ(c.result, static_cast<int64_t>(kBlock));
+    EXPECT_TRUE(same_bytes(ring_.iov.data() + (kCount - 1 - i) * kBlock, data.data() + i * kBlock, kBlock)) << i;
+  }
+  // One doorbell, one wake-up, one read_batch with all 64 reads.
+  EXPECT_EQ(io_.batch_sizes(), std::vector<size_t>{kCount});
+  EXPECT_EQ(server_->stats().max_batch_entries, kCount);
+  EXPECT_EQ(server_->stats().bytes_read, kBlock * kCount);
+  EXPECT_EQ(io_.opens(), 1u);  // the file is opened once per ring
+  EXPECT_EQ(ring_.ior.in_flight(), 0u);
+}
+
+TEST_F(ServedRing, ShortReadAtEndOfFileAndWritesReadBack) {
+  io_.add_file(7, pattern(1000, 2));
+  io_.add_file(8, {});
+  start(1 << 16, {.entries = 8});
+  ASSERT_TRUE(ring_.ior.prep_read(7, 900, 4096, 0, 1).is_ok());  // 100 bytes left in the file
+  const auto payload = pattern(5000, 3);
+  std::memcpy(ring_.iov.data() + 8192, payload.data(), payload.size());
+  ASSERT_TRUE(ring_.ior.prep_write(8, 10, payload.size(), 8192, 2).is_ok());
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  for (const Completion& c : reap(2)) {
+    if (c.user_data == 1) {
+      EXPECT_EQ(c.result, 100);
+    } else {
+      EXPECT_EQ(c.result, 5000);
+    }
+  }
+  const auto file = io_.file(8);
+  ASSERT_EQ(file.size(), 5010u);
+  EXPECT_TRUE(same_bytes(file.data() + 10, payload.data(), payload.size()));
+  // Close: the server drops its handles of the file; a read after it opens the file again.
+  ASSERT_TRUE(ring_.ior.prep_close(8, 3).is_ok());
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  auto closed = reap(1);
+  EXPECT_EQ(closed[0].result, 0);
+  EXPECT_EQ(io_.open_handles(), 1u);  // file 7's read handle stays open
+  ASSERT_TRUE(ring_.ior.prep_close(8, 4).is_ok());
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  EXPECT_EQ(reap(1)[0].result, -EBADF);  // nothing open for it any more
+  server_.reset();
+  EXPECT_EQ(io_.open_handles(), 0u);  // a stopped server closes what it opened
+}
+
+TEST_F(ServedRing, WrapAroundOfIndicesAndSlots) {
+  constexpr size_t kBlock = 512;
+  const auto data = pattern(kBlock * 64, 4);
+  io_.add_file(3, data);
+  // Indices start 5 below 2^32: the ring crosses the uint32 wrap and every slot many times.
+  start(kBlock * 8, {.entries = 8, .start_index = UINT32_MAX - 5});
+  uint64_t next = 0;
+  for (int round = 0; round < 60; ++round) {
+    const size_t count = 1 + static_cast<size_t>(round % 8);
+    for (size_t k = 0; k < count; ++k, ++next) {
+      ASSERT_TRUE(ring_.ior.prep_read(3, (next % 64) * kBlock, kBlock, k * kBlock, next).is_ok());
+    }
+    ASSERT_TRUE(ring_.ior.submit().is_ok());
+    for (const Completion& c : reap(count)) {
+      ASSERT_EQ(c.result, static_cast<int64_t>(kBlock));
+      const size_t slot = c.user_data - (next - count);
+      ASSERT_LT(slot, count);
+      ASSERT_TRUE(same_bytes(ring_.iov.data() + slot * kBlock, data.data() + (c.user_data % 64) * kBlock, kBlock))
+          << "round " << round << " io " << c.user_data;
+    }
+  }
+  EXPECT_EQ(server_->stats().entries, next);
+}
+
+TEST_F(ServedRing, ReapingFreesCapacityAndPartialWaits) {
+  io_.add_file(3, pattern(1 << 16, 5));
+  start(1 << 16, {.entries = 4});
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(ring_.ior.prep_read(3, 0, 100, 0, i).is_ok());
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  std::vector<Completion> two(2);
+  auto got = ring_.ior.wait_for_ios(two, 2, 10'000);  // reaps at most the output's size
+  ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+  EXPECT_EQ(*got, 2u);
+  EXPECT_EQ(ring_.ior.in_flight(), 2u);
+  ASSERT_TRUE(ring_.ior.prep_read(3, 0, 100, 0, 10).is_ok());
+  ASSERT_TRUE(ring_.ior.prep_read(3, 0, 100, 0, 11).is_ok());
+  EXPECT_EQ(ring_.ior.prep_read(3, 0, 100, 0, 12).status().code(), StatusCode::kResourceExhausted);
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  EXPECT_EQ(reap(4).size(), 4u);
+}
+
+// Overwrites the submission slot `index` in shared memory, the way a buggy client could.
+void scribble(const Ior& ior, uint32_t index, const SubmitEntry& entry) {
+  struct stat info {};
+  auto mapping = internal::Mapping::open(ior.path(), &info);
+  FF_ASSERT(mapping.is_ok());
+  auto* slots = reinterpret_cast<SubmitEntry*>(mapping->data() + internal::sq_offset());
+  slots[index & (ior.capacity() - 1)] = entry;
+}
+
+TEST_F(ServedRing, BadEntriesFailAloneWithErrno) {
+  const auto data = pattern(8192, 6);
+  io_.add_file(5, data);
+  io_.add_file(6, pattern(100, 7), /*owner_uid=*/1234, /*mode=*/0600);
+  const uint32_t uid = ::getuid() == 0 ? 1000 : ::getuid();
+  ASSERT_NE(uid, 1234u);
+  start(8192, {.entries = 16}, {.caller = meta::Caller{.uid = uid, .gid = uid}});
+  ASSERT_TRUE(ring_.ior.prep_read(5, 0, 4096, 0, 1).is_ok());        // good
+  ASSERT_TRUE(ring_.ior.prep_read(999, 0, 100, 0, 2).is_ok());       // unknown inode -> EBADF
+  ASSERT_TRUE(ring_.ior.prep_read(6, 0, 100, 0, 3).is_ok());         // not ours, mode 0600 -> EACCES
+  auto bad_range = ring_.ior.prep_read(5, 0, 100, 0, 4);             // made out of range below
+  auto bad_op = ring_.ior.prep_read(5, 0, 100, 0, 5);                // op 77 below
+  auto zero_file = ring_.ior.prep_read(5, 0, 100, 0, 6);             // file 0 below
+  ASSERT_TRUE(ring_.ior.prep_read(5, 4096, 4096, 4096, 7).is_ok());  // good
+  ASSERT_TRUE(bad_range.is_ok() && bad_op.is_ok() && zero_file.is_ok());
+  scribble(ring_.ior, *bad_range,
+           {.file = 5, .offset = 0, .length = 4096, .iov_offset = 8000, .user_data = 4, .op = 1});
+  scribble(ring_.ior, *bad_op, {.file = 5, .offset = 0, .length = 1, .iov_offset = 0, .user_data = 5, .op = 77});
+  scribble(ring_.ior, *zero_file, {.file = 0, .offset = 0, .length = 1, .iov_offset = 0, .user_data = 6, .op = 1});
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  std::map<uint64_t, int64_t> results;
+  for (const Completion& c : reap(7)) results[c.user_data] = c.result;
+  EXPECT_EQ(results[1], 4096);
+  EXPECT_EQ(results[2], -EBADF);
+  EXPECT_EQ(results[3], -EACCES);
+  EXPECT_EQ(results[4], -EINVAL);
+  EXPECT_EQ(results[5], -EINVAL);
+  EXPECT_EQ(results[6], -EBADF);
+  EXPECT_EQ(results[7], 4096);
+  EXPECT_TRUE(same_bytes(ring_.iov.data(), data.data(), 8192));
+  EXPECT_EQ(server_->stats().errors, 5u);
+  EXPECT_TRUE(server_->running());
+  // The ring keeps working after bad entries.
+  ASSERT_TRUE(ring_.ior.prep_read(5, 0, 10, 0, 8).is_ok());
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  EXPECT_EQ(reap(1)[0].result, 10);
+}
+
+TEST_F(ServedRing, CorruptIndicesMarkTheRingBroken) {
+  io_.add_file(5, pattern(100, 8));
+  start(4096, {.entries = 4});
+  {
+    struct stat info {};
+    auto mapping = internal::Mapping::open(ring_.ior.path(), &info);
+    ASSERT_TRUE(mapping.is_ok());
+    auto* header = reinterpret_cast<internal::RingHeader*>(mapping->data());
+    header->sq_tail.store(header->sq_tail.load() + 1000);  // 1000 entries in a ring of 4
+    header->sq_doorbell.fetch_add(1);
+    internal::futex_wake(header->sq_doorbell, 1);
+  }
+  for (int i = 0; i < 200 && server_->running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_FALSE(server_->running());
+  EXPECT_EQ(ring_.ior.server_status().state, ServerStatus::State::kBroken);
+  ASSERT_TRUE(ring_.ior.prep_read(5, 0, 10, 0, 1).is_ok());
+  EXPECT_EQ(ring_.ior.submit().status().code(), StatusCode::kUnavailable);
+}
+
+TEST_F(ServedRing, StoppedServerFailsWaitsFast) {
+  io_.add_file(5, pattern(100, 9));
+  io_.set_batch_delay_ms(300);
+  start(4096, {.entries = 4});
+  ASSERT_TRUE(ring_.ior.prep_read(5, 0, 10, 0, 1).is_ok());
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the server is inside the batch
+  server_->stop();                                             // finishes the batch, then detaches
+  EXPECT_EQ(reap(1)[0].result, 10);
+  ASSERT_TRUE(ring_.ior.prep_read(5, 0, 10, 0, 2).is_ok());
+  auto refused = ring_.ior.submit();
+  ASSERT_EQ(refused.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(refused.status().message().find("detached"), std::string::npos) << refused.status().to_string();
+}
+
+TEST_F(ServedRing, ConsumerOnAnotherThread) {
+  constexpr int kTotal = 2000;
+  io_.add_file(9, pattern(1 << 16, 10));
+  start(1 << 16, {.entries = 64});
+  std::atomic<int> reaped{0};
+  std::atomic<bool> failed{false};
+  std::thread consumer([&] {
+    std::vector<Completion> out(64);
+    int64_t expected_sum = 0, sum = 0;
+    for (int i = 0; i < kTotal; ++i) expected_sum += i;
+    while (reaped.load() < kTotal && !failed.load()) {
+      auto got = ring_.ior.wait_for_ios(out, 1, 10'000);
+      if (!got.is_ok()) {
+        failed = true;
+        ADD_FAILURE() << got.status().to_string();
+        return;
+      }
+      for (size_t k = 0; k < *got; ++k) {
+        if (out[k].result != 64) failed = true;
+        sum += static_cast<int64_t>(out[k].user_data);
+      }
+      reaped += static_cast<int>(*got);
+    }
+    EXPECT_EQ(sum, expected_sum);
+  });
+  int submitted = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (submitted < kTotal && !failed.load() && std::chrono::steady_clock::now() < deadline) {
+    auto prepared = ring_.ior.prep_read(9, (submitted % 1000) * 64, 64, (submitted % 64) * 64, submitted);
+    // No ASSERT here: returning early would leave the consumer thread unjoined.
+    if (prepared.is_ok()) {
+      ++submitted;
+      if (submitted % 7 == 0 || submitted == kTotal) {
+        if (!ring_.ior.submit().is_ok()) failed = true;
+      }
+    } else {
+      if (prepared.status().code() != StatusCode::kResourceExhausted) failed = true;
+      if (!ring_.ior.submit().is_ok()) failed = true;
+      std::this_thread::yield();
+    }
+  }
+  consumer.join();
+  EXPECT_FALSE(failed.load());
+  EXPECT_EQ(reaped.load(), kTotal);
+  // Fewer wake-ups than entries: the server takes what accumulated while it worked.
+  EXPECT_LT(server_->stats().wakeups, static_cast<uint64_t>(kTotal));
+}
+
+// A server in another process: data crosses processes through the shared memory; then the server is
+// SIGKILLed and the client's wait times out with a message that names the dead server.
+TEST(UsrbioProcess, ServerInAnotherProcessThenKilled) {
+  constexpr size_t kBlock = 1 << 16;
+  constexpr size_t kCount = 32;
+  Ring ring = make_ring(kBlock * kCount, {.entries = 64});
+  const std::string name = ring.ior.name();
+  const auto data = pattern(kBlock * kCount, 11);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // The server process: its own BatchIo with the same file content; serves until killed.
+    FakeBatchIo io;
+    io.add_file(77, data);
+    auto server = RingServer::start(name, io, {.heartbeat_interval_ms = 20});
+    if (!server.is_ok()) ::_exit(3);
+    for (int i = 0; i < 600; ++i) ::usleep(100'000);  // at most 60 s, then exit (never a stray process)
+    ::_exit(0);
+  }
+  auto kill_child = [&] {
+    ::kill(child, SIGKILL);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+  };
+  // Wait for the other process to attach (bounded).
+  for (int i = 0; i < 500 && ring.ior.server_status().state != ServerStatus::State::kAttached; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(ring.ior.server_status().state, ServerStatus::State::kAttached) << "server process did not attach";
+  EXPECT_EQ(ring.ior.server_status().server_pid, static_cast<uint32_t>(child));
+  for (size_t i = 0; i < kCount; ++i) ASSERT_TRUE(ring.ior.prep_read(77, i * kBlock, kBlock, i * kBlock, i).is_ok());
+  ASSERT_TRUE(ring.ior.submit().is_ok());
+  std::vector<Completion> out(kCount);
+  size_t total = 0;
+  while (total < kCount) {
+    auto got = ring.ior.wait_for_ios(std::span(out).first(kCount - total), 1, 10'000);
+    if (!got.is_ok()) kill_child();
+    ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+    for (size_t k = 0; k < *got; ++k) {
+      EXPECT_EQ(out[k].result, static_cast<int64_t>(kBlock));
+    }
+    total += *got;
+  }
+  EXPECT_TRUE(same_bytes(ring.iov.data(), data.data(), data.size()));
+
+  kill_child();
+  ASSERT_TRUE(ring.ior.prep_read(77, 0, kBlock, 0, 99).is_ok());
+  ASSERT_TRUE(ring.ior.submit().is_ok());  // a killed server cannot say it left: the ring still says attached
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto timed_out = ring.ior.wait_for_ios(out, 1, 300);
+  ASSERT_EQ(timed_out.status().code(), StatusCode::kDeadlineExceeded);
+  const std::string& message = timed_out.status().message();
+  EXPECT_NE(message.find(fmt::format("pid {}", child)), std::string::npos) << message;
+  EXPECT_NE(message.find("last beat"), std::string::npos) << message;
+  EXPECT_GE(ring.ior.server_status().heartbeat_age_ms, 400);
+}
+
+// The ring's owner dies: the server notices (pid gone) and stops; the registry reaps it.
+TEST(UsrbioRegistryTest, OwnerDeathAndRegistryErrors) {
+  FakeBatchIo io;
+  UsrbioRegistry registry(io, {.reap_interval_ms = 100});
+  const std::string name = unique_name("owned");
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto iov = Iov::create(name, 4096);
+    auto ior = iov.is_ok() ? Ior::create(name, *iov, {.entries = 4}) : Result<Ior>(iov.status());
+    const char byte = ior.is_ok() ? 'y' : 'n';
+    (void)!::write(ready[1], &byte, 1);
+    for (int i = 0; i < 600; ++i) ::usleep(100'000);
+    ::_exit(0);
+  }
+  char byte = 0;
+  ASSERT_EQ(::read(ready[0], &byte, 1), 1);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  ASSERT_EQ(byte, 'y');
+  const meta::Caller caller{.uid = ::getuid(), .gid = ::getgid()};
+  const std::string target = "/dev/shm/ff-ior-" + name;
+  // Bad registrations, with the errno ff-fuse replies with.
+  EXPECT_EQ(meta::errno_of(registry.register_ring("a/b", target, caller, child)), EINVAL);
+  EXPECT_EQ(meta::errno_of(registry.register_ring(name, "/tmp/evil", caller, child)), EINVAL);
+  EXPECT_EQ(meta::errno_of(registry.register_ring(name, "/dev/shm/ff-ior-other", caller, child)), EINVAL);
+  EXPECT_EQ(meta::errno_of(registry.register_ring("nosuch", "ff-ior-nosuch", caller, child)), ENOENT);
+  EXPECT_EQ(meta::errno_of(registry.unregister_ring("nosuch")), ENOENT);
+  if (::getuid() == 0) {
+    // Another user may not register a root-owned ring.
+    EXPECT_EQ(meta::errno_of(registry.register_ring(name, target, meta::Caller{.uid = 4321, .gid = 4321}, child)),
+              EACCES);
+  }
+  ASSERT_TRUE(registry.register_ring(name, target, caller, child).is_ok());
+  EXPECT_EQ(meta::errno_of(registry.register_ring(name, target, caller, child)), EEXIST);
+  EXPECT_EQ(registry.names(), std::vector<std::string>{name});
+  EXPECT_EQ(*registry.target_of(name), target);
+
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  // The server checks its owner once a second; the registry reaps every 100 ms.
+  for (int i = 0; i < 500 && !registry.names().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(registry.names().empty());
+  EXPECT_TRUE(Iov::remove_stale(name).is_ok());  // the killed owner left its shm files
+}
+
+TEST(UsrbioRegistryTest, RegisterServeUnregister) {
+  FakeBatchIo io;
+  io.add_file(12, pattern(4096, 12));
+  UsrbioRegistry registry(io);
+  Ring ring = make_ring(4096, {.entries = 4});
+  const std::string name = ring.ior.name();
+  ASSERT_TRUE(registry.register_ring(name, "ff-ior-" + name, meta::Caller{}, ::getpid()).is_ok());
+  ASSERT_TRUE(ring.ior.prep_read(12, 0, 4096, 0, 1).is_ok());
+  ASSERT_TRUE(ring.ior.submit().is_ok());
+  std::vector<Completion> out(1);
+  auto got = ring.ior.wait_for_ios(out, 1, 10'000);
+  ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+  EXPECT_EQ(out[0].result, 4096);
+  // A second server on the same live ring is refused.
+  auto second = RingServer::start(name, io);
+  EXPECT_EQ(meta::errno_of(second.status()), EEXIST) << second.status().to_string();
+  ASSERT_TRUE(registry.unregister_ring(name).is_ok());
+  EXPECT_EQ(ring.ior.server_status().state, ServerStatus::State::kDetached);
+  EXPECT_TRUE(registry.names().empty());
+  // Re-registering attaches a new server that continues where the last one stopped.
+  ASSERT_TRUE(registry.register_ring(name, "ff-ior-" + name, meta::Caller{}, ::getpid()).is_ok());
+  ASSERT_TRUE(ring.ior.prep_read(12, 100, 10, 0, 2).is_ok());
+  ASSERT_TRUE(ring.ior.submit().is_ok());
+  got = ring.ior.wait_for_ios(out, 1, 10'000);
+  ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+  EXPECT_EQ(out[0].user_data, 2u);
+  EXPECT_EQ(out[0].result, 10);
+}
+
+}  // namespace
+}  // namespace ff::fs::usrbio
