@@ -1,0 +1,171 @@
+"""fireflyer.fs over a real local cluster (ff-mgmtd + 3 ff-storage processes, LocalCluster) with the
+metadata service in-process on RocksDB: paths, files, bytes and buffers, errno mapping, threads, and
+a second client process reopening the same metadata directory."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_fs_support import LocalCluster  # noqa: E402
+
+from fireflyer import fs  # noqa: E402
+
+CHUNK = 256 << 10
+
+
+@pytest.fixture(scope="module")
+def cluster(build_dir: pathlib.Path):
+    if not fs.available():
+        pytest.skip("fireflyer._fs is not built (fs needs its libraries: FF_BUILD_FS)")
+    bin_dir = build_dir / "bin"
+    for tool in ("ff-mgmtd", "ff-storage", "ff-admin"):
+        if not (bin_dir / tool).exists():
+            pytest.skip(f"{tool} is not built in {bin_dir}")
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10.0, direct_io=False) as c:
+        try:
+            c.start()
+        except BaseException:
+            print(c.logs())
+            raise
+        yield c
+
+
+@pytest.fixture()
+def client(cluster: LocalCluster, tmp_path: pathlib.Path):
+    with fs.Client(cluster.mgmtd_address, meta_db=str(tmp_path / "meta"), chunk_size=CHUNK, meta_db_sync=False) as c:
+        yield c
+
+
+def test_files_paths_and_buffers(client: fs.Client) -> None:
+    client.mkdir("/data/sub", parents=True)
+    assert client.listdir("/") == ["data"]
+    payload = np.random.default_rng(1).integers(0, 256, 3 * CHUNK + 12345, dtype=np.uint8)
+    with client.open("/data/a.bin", "w") as f:
+        assert f.write(payload) == payload.size          # numpy in place
+        assert f.write(b"tail") == 4                      # bytes
+        assert f.write(bytearray(b"xyz")) == 3            # bytearray through memoryview
+    st = client.stat("/data/a.bin")
+    assert st.st_size == payload.size + 7 and st.type == "regular file" and st.chunk_size == CHUNK
+    assert len(st.chains) == 2  # 3 nodes x 2 targets at replication 3: 2 chains, all striped over
+    with client.open("/data/a.bin") as f:
+        data = f.read()
+        assert len(data) == payload.size + 7
+        assert data[: payload.size] == payload.tobytes() and data[payload.size:] == b"tailxyz"
+        out = np.zeros(CHUNK + 10, dtype=np.uint8)
+        assert f.readinto_at(out, CHUNK - 5) == CHUNK + 10
+        assert np.array_equal(out, payload[CHUNK - 5: 2 * CHUNK + 5])
+        view = bytearray(100)
+        assert f.readinto_at(view, payload.size) == 7 and bytes(view[:7]) == b"tailxyz"   # short at the end
+        assert f.pread(10, payload.size + 100) == b""
+        f.seek(-3, os.SEEK_END)
+        assert f.read() == b"xyz"
+    # Holes, append, truncate, rename, unlink.
+    with client.open("/data/holes", "w+") as f:
+        f.pwrite(b"end", 2 * CHUNK)
+        assert f.pread(2 * CHUNK + 3, 0) == b"\0" * (2 * CHUNK) + b"end"
+    with client.open("/data/holes", "a") as f:
+        f.write(b"++")
+    assert client.read_file("/data/holes")[-5:] == b"end++"
+    client.truncate("/data/holes", 10)
+    assert client.read_file("/data/holes") == b"\0" * 10
+    client.rename("/data/holes", "/data/sub/moved")
+    assert client.listdir("/data/sub") == ["moved"]
+    client.unlink("/data/sub/moved")
+    assert client.listdir("/data/sub") == []
+    client.rmdir("/data/sub")
+    assert client.open_handles() == 0
+
+
+def test_errors_are_oserrors_with_errno(client: fs.Client) -> None:
+    with pytest.raises(FileNotFoundError):
+        client.open("/nope")
+    with pytest.raises(FileNotFoundError):
+        client.stat("/a/b")
+    client.write_file("/f", b"1")
+    with pytest.raises(FileExistsError):
+        client.open("/f", "x")
+    with pytest.raises(FileExistsError):
+        client.mkdir("/f")
+    client.mkdir("/d")
+    with pytest.raises(IsADirectoryError):
+        client.open("/d", "r+")
+    with pytest.raises(OSError) as error:
+        client.rmdir("/f")
+    assert error.value.errno == errno.ENOTDIR
+    with pytest.raises(OSError) as error:
+        client.mkdir("/" + "n" * 300)
+    assert error.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(ValueError):
+        client.open("/f", "rw")
+    f = client.open("/f")
+    f.close()
+    with pytest.raises(ValueError):
+        f.read()
+
+
+def test_permissions_by_uid(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    # One RocksDB directory admits one process (and one Client) at a time: root prepares, then closes.
+    db = str(tmp_path / "meta")
+    with fs.Client(cluster.mgmtd_address, meta_db=db, meta_db_sync=False, uid=0, gid=0) as root:
+        root.mkdir("/shared", 0o777)
+        with root.open("/private", "w", perm=0o600) as f:
+            f.write(b"secret")
+    with fs.Client(cluster.mgmtd_address, meta_db=db, meta_db_sync=False, uid=1000, gid=1000) as alice:
+        with pytest.raises(PermissionError):
+            alice.open("/private")
+        alice.write_file("/shared/mine", b"ok")
+        assert alice.stat("/shared/mine").st_uid == 1000
+        assert alice.read_file("/shared/mine") == b"ok"
+        with pytest.raises(PermissionError):
+            alice.unlink("/private")  # the root directory is 0755, owned by root
+
+
+def test_threads_and_reopen_keep_data(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    db = str(tmp_path / "meta")
+    blobs = {i: np.random.default_rng(10 + i).integers(0, 256, CHUNK + 1000 * i, dtype=np.uint8) for i in range(6)}
+    errors: list[BaseException] = []
+    with fs.Client(cluster.mgmtd_address, meta_db=db, chunk_size=CHUNK) as client:
+        def work(i: int) -> None:
+            try:
+                with client.open(f"/t{i}", "w") as f:
+                    f.write(blobs[i])
+                assert client.read_file(f"/t{i}") == blobs[i].tobytes()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors
+    # Another process opens the same metadata directory and reads everything back.
+    script = (
+        "import sys, hashlib; sys.path.insert(0, sys.argv[3]); from fireflyer import fs\n"
+        "with fs.Client(sys.argv[1], meta_db=sys.argv[2]) as c:\n"
+        "    print(' '.join(hashlib.sha256(c.read_file(f'/t{i}')).hexdigest() for i in range(6)))\n")
+    out = subprocess.run([sys.executable, "-c", script, cluster.mgmtd_address, db,
+                          str(pathlib.Path(fs.__file__).resolve().parents[1])],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import hashlib
+
+    assert out.stdout.split() == [hashlib.sha256(blobs[i].tobytes()).hexdigest() for i in range(6)]
+
+
+def test_client_arguments_are_checked(cluster: LocalCluster) -> None:
+    with pytest.raises(ValueError):
+        fs.Client(cluster.mgmtd_address)  # no meta
+    with pytest.raises(ValueError):
+        fs.Client(cluster.mgmtd_address, meta_memory=True, meta_db="/tmp/x")
+    with tempfile.TemporaryDirectory() as d, pytest.raises(OSError):
+        fs.Client("127.0.0.1:1", meta_db=d, timeout_s=0.5)  # no mgmtd there
