@@ -77,7 +77,11 @@ bool expected_race_errno(int value) {
 
 TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
   const int threads = 6;
-  const int ops_per_thread = GetParam() == "memory" ? 3000 : GetParam() == "rocksdb" ? 300 : 60;
+  // etcd: 100, not fewer. With 60 operations per thread the rename floor below (then a fixed 20) sat
+  // inside the spread of successful renames on etcd (19..33 in 18 loaded runs), so the test failed now
+  // and then though the service was right: the test's fault, not a retry budget or compaction issue
+  // (no unexpected errno in any failed run).
+  const int ops_per_thread = GetParam() == "memory" ? 3000 : GetParam() == "rocksdb" ? 300 : 100;
   std::mutex dirs_mutex;
   std::vector<InodeId> dirs = {kRootInode};
   for (int i = 0; i < 3; ++i) {
@@ -136,9 +140,11 @@ TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
   }
   for (auto& worker : workers) worker.join();
   EXPECT_EQ(unexpected.load(), 0);
-  // The workload must actually have exercised the races it claims to.
+  // The workload must actually have exercised the races it claims to. Floors scale with the workload:
+  // about 7% of operations are successful renames (memory 7.5%, RocksDB 7%, etcd 6%), so 1 in 30 is
+  // far below every observed run and still proves renames raced.
   EXPECT_GT(succeeded.load(), threads * ops_per_thread / 5);
-  EXPECT_GT(renamed.load(), 20);
+  EXPECT_GT(renamed.load(), threads * ops_per_thread / 30);
   EXPECT_GT(dir_renames.load(), 0);
   size_t inodes = 0;
   expect_consistent(&inodes);
