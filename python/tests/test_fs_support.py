@@ -1,5 +1,7 @@
 """(Support module, no tests.) LocalCluster: ff-mgmtd + N ff-storage processes on 127.0.0.1 (free ports, a temporary directory),
-always cleaned up. Used by python/tests/test_fs_cluster.py and bench/fs/bench_storage.py."""
+always cleaned up; optionally etcd, ff-meta (metadata on RocksDB or etcd) and ff-fuse mounts (start_meta, start_fuse,
+start_all). Used by python/tests/test_fs_cluster.py, test_fs_fuse.py, bench/fs/bench_*.py, deploy/local-cluster and
+the demo."""
 
 from __future__ import annotations
 
@@ -22,17 +24,28 @@ def free_port() -> int:
 
 class LocalCluster:
     def __init__(self, bin_dir: pathlib.Path, nodes: int = 3, targets_per_node: int = 2, heartbeat_timeout_s: float = 4.0,
-                 data_dir: str | None = None, direct_io: bool = True, stats_interval_s: float = 5.0):
+                 data_dir: str | None = None, direct_io: bool = True, stats_interval_s: float = 5.0,
+                 path: str | os.PathLike | None = None, keep: bool = False):
+        """path: use exactly this directory (created) instead of a fresh temporary one under data_dir;
+        keep: stop() leaves the directory in place (as FF_KEEP_CLUSTER=1 does)."""
         self.bin = pathlib.Path(bin_dir)
         self.nodes = nodes
         self.targets_per_node = targets_per_node
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.direct_io = direct_io
         self.stats_interval_s = stats_interval_s
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="ff_fs_cluster_", dir=data_dir))
+        if path is not None:
+            self.dir = pathlib.Path(path).resolve()
+            self.dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.dir = pathlib.Path(tempfile.mkdtemp(prefix="ff_fs_cluster_", dir=data_dir))
+        self.keep = keep
         self.mgmtd_address = f"127.0.0.1:{free_port()}"
         self.storage_ports = {node: free_port() for node in range(1, nodes + 1)}
         self.processes: dict[str, subprocess.Popen] = {}
+        self.etcd_address: str | None = None
+        self.meta_addresses: dict[str, str] = {}  # ff-meta instance name -> host:port
+        self.mounts: dict[str, pathlib.Path] = {}  # ff-fuse instance name -> mountpoint
 
     # ------------------------------------------------------------------ processes
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -61,11 +74,15 @@ class LocalCluster:
             f'[metrics]\nstats_interval_s = {self.stats_interval_s}\n')
         self._spawn(f"storage{node}", [str(self.bin / "ff-storage"), "--config", str(config)])
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout_s: float = 20) -> None:
         process = self.processes.get(name)
         if process is not None and process.poll() is None:
             process.send_signal(sig)
-            process.wait(timeout=20)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
     def run_tool(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.bin / tool), "--mgmtd", self.mgmtd_address, *args], capture_output=True,
@@ -98,7 +115,8 @@ class LocalCluster:
         if create_table:
             result = self.admin("create-chain-table", "--table", "1", "--replication", "3", "--targets-per-node",
                                 str(self.targets_per_node), "--nodes", ",".join(map(str, self.storage_ports)))
-            if result.returncode != 0:
+            # A cluster restarted on its old directory (deploy/local-cluster) already has its table.
+            if result.returncode != 0 and "already exists" not in result.stderr:
                 raise RuntimeError(f"create-chain-table failed: {result.stderr}")
             self.wait_serving(30)
 
@@ -108,20 +126,138 @@ class LocalCluster:
             raise RuntimeError(f"chains not all serving within {timeout_s} s: {result.stderr}\n{self.admin('routing').stdout}")
 
     def logs(self) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.dir.glob("*.log")))
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.dir.glob("*.log")))
+
+    # ------------------------------------------------------------------ etcd, ff-meta, ff-fuse
+    def start_etcd(self, timeout_s: float = 30) -> str:
+        """etcd on 127.0.0.1 (random ports, data in the scratch directory); returns its client address once it
+        accepts connections (ff-meta and ff-mgmtd reconnect badly to an etcd that refused them at first)."""
+        client_port, peer_port = free_port(), free_port()
+        self._spawn("etcd", [
+            "etcd", "--name=ff", f"--data-dir={self.dir}/etcd", f"--listen-client-urls=http://127.0.0.1:{client_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{client_port}", f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=ff=http://127.0.0.1:{peer_port}"])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
+                break
+            except OSError:
+                if self.processes["etcd"].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd did not accept connections within {timeout_s} s: {self.logs()}")
+                time.sleep(0.1)
+        self.etcd_address = f"127.0.0.1:{client_port}"
+        return self.etcd_address
+
+    def meta_config(self, name: str, kv: str, address: str) -> pathlib.Path:
+        config = self.dir / f"{name}.toml"
+        if kv == "rocksdb":
+            store = f'kind = "rocksdb"\npath = "{self.dir}/{name}-db"\n'
+        elif kv == "etcd":
+            if self.etcd_address is None:
+                raise RuntimeError("start_etcd() first: ff-meta on etcd needs it")
+            store = f'kind = "etcd"\netcd_endpoints = ["{self.etcd_address}"]\n'
+        else:
+            raise ValueError(f"kv = {kv!r}: expected 'rocksdb' or 'etcd'")
+        config.write_text(
+            f'[meta]\nlisten = "{address}"\nmgmtd = "{self.mgmtd_address}"\nchain_table = 1\n'
+            f'[kv]\n{store}[metrics]\nstats_interval_s = {self.stats_interval_s}\n')
+        return config
+
+    def start_meta(self, name: str = "meta1", kv: str = "rocksdb", timeout_s: float = 30) -> str:
+        """ff-meta (same address and store again when restarted under the same name); waits until it accepts
+        connections and returns its address."""
+        address = self.meta_addresses.get(name) or f"127.0.0.1:{free_port()}"
+        config = self.meta_config(name, kv, address)
+        self._spawn(name, [str(self.bin / "ff-meta"), "--config", str(config)])
+        host, port = address.rsplit(":", 1)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                break
+            except OSError:
+                if self.processes[name].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not listen at {address} within {timeout_s} s:\n{self.logs()}")
+                time.sleep(0.1)
+        self.meta_addresses[name] = address
+        return address
+
+    def start_fuse(self, mountpoint: str | os.PathLike | None = None, name: str = "fuse", meta: str = "remote",
+                   data: str = "cluster", extra: list[str] | None = None, timeout_s: float = 30) -> pathlib.Path:
+        """ff-fuse mounted at mountpoint (default: <dir>/mnt). meta: "remote" (the started ff-meta instances),
+        "embedded" (RocksDB in <dir>/<name>-meta) or "memory"; data: "cluster" (through mgmtd) or "memory".
+        Waits until the mount is there."""
+        mount = pathlib.Path(mountpoint) if mountpoint is not None else self.dir / "mnt"
+        mount.mkdir(parents=True, exist_ok=True)
+        if mountpoint is None:
+            # mkdtemp made the scratch directory 0700: other users could not reach the mount inside it.
+            os.chmod(self.dir, 0o755)
+        argv = [str(self.bin / "ff-fuse"), "--mount", str(mount)]
+        if meta == "remote":
+            if not self.meta_addresses:
+                raise RuntimeError("start_meta() first (or meta='embedded')")
+            argv += ["--meta", ",".join(self.meta_addresses.values())]
+        elif meta == "embedded":
+            argv += ["--embedded-meta", str(self.dir / f"{name}-meta")]
+        elif meta == "memory":
+            argv += ["--embedded-meta", ":memory:"]
+        else:
+            raise ValueError(f"meta = {meta!r}: expected 'remote', 'embedded' or 'memory'")
+        argv += ["--memory-data"] if data == "memory" else ["--mgmtd", self.mgmtd_address]
+        self._spawn(name, argv + list(extra or []))
+        deadline = time.monotonic() + timeout_s
+        while not os.path.ismount(mount):
+            if self.processes[name].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ff-fuse did not mount {mount} within {timeout_s} s:\n{self.logs()}")
+            time.sleep(0.05)
+        self.mounts[name] = mount
+        return mount
+
+    def start_all(self, kv: str = "rocksdb", mountpoint: str | os.PathLike | None = None) -> pathlib.Path:
+        """The whole local cluster: mgmtd, storage servers, the chain table, etcd when kv == "etcd", ff-meta when
+        built (else ff-fuse keeps the metadata in-process on RocksDB), and an ff-fuse mount; returns the mount."""
+        if kv == "etcd":
+            self.start_etcd()
+        self.start()
+        if (self.bin / "ff-meta").exists():
+            self.start_meta(kv=kv)
+            return self.start_fuse(mountpoint, meta="remote")
+        if kv != "rocksdb":
+            raise RuntimeError("--kv etcd needs ff-meta, which is not built")
+        return self.start_fuse(mountpoint, meta="embedded")
+
+    def unmount(self, name: str = "fuse", timeout_s: float = 15) -> None:
+        """SIGTERM to ff-fuse (it unmounts), then a lazy unmount if the mount is still there."""
+        mount = self.mounts.get(name)
+        self.kill(name, signal.SIGTERM, timeout_s=timeout_s)
+        if mount is not None and os.path.ismount(mount):
+            subprocess.run(["fusermount3", "-u", "-z", str(mount)], capture_output=True, timeout=30)
+        self.mounts.pop(name, None)
 
     def stop(self) -> None:
-        for name in list(self.processes):
-            process = self.processes[name]
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for name, process in self.processes.items():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if not os.environ.get("FF_KEEP_CLUSTER"):
+        # Mounts first (their last releases need meta and storage), then ff-meta, then the rest, etcd last.
+        def rank(name: str) -> int:
+            return 0 if name in self.mounts or name.startswith("fuse") else 1 if name.startswith("meta") else \
+                3 if name == "etcd" else 2
+        for group in sorted({rank(name) for name in self.processes}):
+            names = [name for name in self.processes if rank(name) == group]
+            for name in names:
+                if self.processes[name].poll() is None:
+                    self.processes[name].send_signal(signal.SIGTERM)
+            for name in names:
+                process = self.processes[name]
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+        for mount in self.mounts.values():
+            if os.path.ismount(mount):
+                subprocess.run(["fusermount3", "-u", "-z", str(mount)], capture_output=True, timeout=30)
+        self.mounts.clear()
+        if not self.keep and not os.environ.get("FF_KEEP_CLUSTER"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
@@ -129,3 +265,12 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def fuse_unavailable_reason() -> str | None:
+    """Why FUSE mounts cannot work here (None when they can): no /dev/fuse, or neither root nor fusermount3."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        return "not root and no fusermount3"
+    return None

@@ -545,57 +545,28 @@ struct FuseFs::Impl {
     if (fuse_reply_open(req, fi) == 0) (void)handle.release();
   }
 
-  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi, bool plus) {
-    DirHandle* dir = dir_handle(fi);
-    meta::Caller caller = caller_of(req);
-    thread_local std::vector<char> buffer;
-    if (buffer.size() < size) buffer.resize(size);
-    size_t used = 0;
-    // Adds one entry if it fits; false when the buffer is full.
-    auto add = [&](const char* name, InodeId inode, uint32_t type_bits, const Inode* attributes, off_t next) -> bool {
-      size_t need;
-      if (plus) {
-        fuse_entry_param entry{};
-        if (attributes != nullptr) {
-          entry = entry_of(*attributes);
-        } else {
-          // "." and "..": no attributes, no lookup count (an ino of 0 tells the kernel so).
-          entry.attr.st_ino = inode;
-          entry.attr.st_mode = type_bits;
-        }
-        need = fuse_add_direntry_plus(req, buffer.data() + used, size - used, name, &entry, next);
-      } else {
-        struct stat st {};
-        st.st_ino = inode;
-        st.st_mode = type_bits;
-        need = fuse_add_direntry(req, buffer.data() + used, size - used, name, &st, next);
-      }
-      if (need > size - used) return false;
-      used += need;
-      return true;
-    };
+  // A page of about as many entries as fit (a short name costs about 32 bytes, 150 with attributes).
+  static size_t limit_for(size_t size, bool plus) { return std::clamp<size_t>(size / (plus ? 150 : 32), 16, 4096); }
 
+  // Adds the entries from `offset` on through `add` (false once the reply buffer is full), recording
+  // offset -> name in `dir`.
+  template <typename Add>
+  Status fill_directory(fuse_ino_t ino, DirHandle* dir, off_t offset, bool plus, size_t limit, Add& add,
+                        const meta::Caller& caller) {
     std::lock_guard lock(dir->mutex);
     if (offset < 0 || static_cast<size_t>(offset) > dir->names.size() + 2) {
-      fuse_reply_err(req, EINVAL);
-      return;
+      return meta::meta_error(
+          EINVAL, fmt::format("readdir offset {} of a listing with {} entries so far", offset, dir->names.size()));
     }
-    if (offset < 1 && !add(".", ino, S_IFDIR, nullptr, 1)) return (void)fuse_reply_buf(req, buffer.data(), used);
-    if (offset < 2 && !add("..", dir->parent, S_IFDIR, nullptr, 2)) {
-      return (void)fuse_reply_buf(req, buffer.data(), used);
-    }
+    if (offset < 1 && !add(".", ino, S_IFDIR, nullptr, 1)) return Status::ok();
+    if (offset < 2 && !add("..", dir->parent, S_IFDIR, nullptr, 2)) return Status::ok();
     size_t position = offset <= 2 ? 0 : static_cast<size_t>(offset) - 2;  // index in names of the next entry
     std::string after = position == 0 ? std::string() : dir->names[position - 1];
-    // A page of about as many entries as fit (a short name costs about 32 bytes, 150 with attributes).
-    size_t limit = std::clamp<size_t>(size / (plus ? 150 : 32), 16, 4096);
     bool full = false;
     while (!full) {
       Result<meta::ReadDirPage> page = meta.readdir(caller, ino, after, limit);
-      if (!page.is_ok()) {
-        if (used > 0) break;  // return what we have; the error comes back at the next call
-        reply_error(req, page.status());
-        return;
-      }
+      // With entries already in the buffer they go out; the error comes back at the next call.
+      if (!page.is_ok()) return page.status();
       for (const meta::DirEntry& entry : page->entries) {
         std::optional<Inode> attributes;
         if (plus) {
@@ -626,6 +597,46 @@ struct FuseFs::Impl {
         after = entry.name;
       }
       if (!page->more) break;
+    }
+    return Status::ok();
+  }
+
+  void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi, bool plus) {
+    DirHandle* dir = dir_handle(fi);
+    meta::Caller caller = caller_of(req);
+    thread_local std::vector<char> buffer;
+    if (buffer.size() < size) buffer.resize(size);
+    size_t used = 0;
+    // Adds one entry if it fits; false when the buffer is full.
+    auto add = [&](const char* name, InodeId inode, uint32_t type_bits, const Inode* attributes, off_t next) -> bool {
+      size_t need;
+      if (plus) {
+        fuse_entry_param entry{};
+        if (attributes != nullptr) {
+          entry = entry_of(*attributes);
+        } else {
+          // "." and "..": no attributes, no lookup count (an ino of 0 tells the kernel so).
+          entry.attr.st_ino = inode;
+          entry.attr.st_mode = type_bits;
+        }
+        need = fuse_add_direntry_plus(req, buffer.data() + used, size - used, name, &entry, next);
+      } else {
+        struct stat st {};
+        st.st_ino = inode;
+        st.st_mode = type_bits;
+        need = fuse_add_direntry(req, buffer.data() + used, size - used, name, &st, next);
+      }
+      if (need > size - used) return false;
+      used += need;
+      return true;
+    };
+
+    // NOTE: the reply goes out after the lock is released: once the kernel has the reply, the caller
+    // may close the directory, and releasedir (another thread) frees `dir` with its mutex.
+    Status filled = fill_directory(ino, dir, offset, plus, limit_for(size, plus), add, caller);
+    if (!filled.is_ok() && used == 0) {
+      reply_error(req, filled);
+      return;
     }
     fuse_reply_buf(req, buffer.data(), used);
   }

@@ -1,0 +1,436 @@
+"""ff-fuse through a real mount: a local cluster (ff-mgmtd, 3 ff-storage x 2 targets at replication 3, ff-meta when
+built, else metadata inside ff-fuse on RocksDB) with ff-fuse mounted, exercised with ordinary system calls.
+Skips when fs is not built or FUSE is unavailable. FF_FUSE_BIG_MB sets the size of the large-file test (default
+1024: the issue's 1 GiB)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_fs_support import LocalCluster, fuse_unavailable_reason  # noqa: E402
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def bin_dir(build_dir: pathlib.Path) -> pathlib.Path:
+    path = build_dir / "bin"
+    for tool in ("ff-mgmtd", "ff-storage", "ff-admin", "ff-fuse"):
+        if not (path / tool).exists():
+            pytest.skip(f"{tool} is not built in {path} (fs needs its libraries: FF_BUILD_FS)")
+    reason = fuse_unavailable_reason()
+    if reason:
+        pytest.skip(f"FUSE is unavailable: {reason}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster(bin_dir: pathlib.Path):
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10, stats_interval_s=30) as c:
+        try:
+            c.start_all()
+            yield c
+        except BaseException:
+            print(c.logs())
+            raise
+
+
+@pytest.fixture
+def mnt(cluster: LocalCluster, request) -> pathlib.Path:
+    """A fresh directory on the mount for each test."""
+    path = cluster.mounts["fuse"] / request.node.name
+    path.mkdir()
+    return path
+
+
+def pattern(seed: int, index: int, size: int = MiB) -> bytes:
+    """Deterministic block `index` of stream `seed` (unique per block, cheap to make)."""
+    head = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return (head * (size // len(head) + 1))[:size]
+
+
+# ---------------------------------------------------------------------------------------------------- basics
+def test_create_read_write_truncate(mnt: pathlib.Path) -> None:
+    path = mnt / "a.bin"
+    data = os.urandom(3 * MiB + 12345)
+    path.write_bytes(data)
+    assert path.stat().st_size == len(data)
+    assert path.read_bytes() == data
+    # Overwrite in the middle, across a 1 MiB boundary.
+    with open(path, "r+b") as f:
+        f.seek(MiB - 100)
+        f.write(b"x" * 200)
+    expected = data[:MiB - 100] + b"x" * 200 + data[MiB + 100:]
+    assert path.read_bytes() == expected
+    # Shrink, then grow: the grown part reads as zeros.
+    os.truncate(path, 1000)
+    assert path.stat().st_size == 1000
+    assert path.read_bytes() == expected[:1000]
+    os.truncate(path, 5000)
+    assert path.read_bytes() == expected[:1000] + bytes(4000)
+    # O_TRUNC on open.
+    with open(path, "wb") as f:
+        f.write(b"new")
+    assert path.read_bytes() == b"new"
+    # Exclusive create of an existing name.
+    with pytest.raises(FileExistsError):
+        os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    # Times and modes.
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+    os.chmod(path, 0o640)
+    st = path.stat()
+    assert (st.st_atime_ns, st.st_mtime_ns, st.st_mode & 0o7777) == (1_000_000_000, 2_000_000_000, 0o640)
+
+
+def test_symlink_hardlink_and_errors(mnt: pathlib.Path) -> None:
+    (mnt / "f").write_bytes(b"hello")
+    os.symlink("f", mnt / "s")
+    assert os.readlink(mnt / "s") == "f"
+    assert (mnt / "s").read_bytes() == b"hello"
+    os.link(mnt / "f", mnt / "h")
+    assert (mnt / "f").stat().st_nlink == 2
+    os.unlink(mnt / "f")
+    assert (mnt / "h").read_bytes() == b"hello" and (mnt / "h").stat().st_nlink == 1
+    with pytest.raises(FileNotFoundError):
+        os.stat(mnt / "f")
+    (mnt / "d").mkdir()
+    (mnt / "d" / "x").write_bytes(b"")
+    with pytest.raises(OSError) as info:
+        os.rmdir(mnt / "d")
+    assert info.value.errno == errno.ENOTEMPTY
+    with pytest.raises(OSError) as info:
+        (mnt / ("n" * 256)).write_bytes(b"")
+    assert info.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(NotADirectoryError):
+        os.stat(mnt / "h" / "x")
+    with pytest.raises(IsADirectoryError):
+        os.unlink(mnt / "d")
+
+
+def renameat2(old: pathlib.Path, new: pathlib.Path, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, str(old).encode(), at_fdcwd, str(new).encode(), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(new))
+
+
+def test_rename(mnt: pathlib.Path) -> None:
+    (mnt / "a").write_bytes(b"A")
+    (mnt / "b").write_bytes(b"B")
+    os.rename(mnt / "a", mnt / "c")
+    assert not (mnt / "a").exists() and (mnt / "c").read_bytes() == b"A"
+    # Over an existing file: replaced atomically.
+    os.rename(mnt / "c", mnt / "b")
+    assert (mnt / "b").read_bytes() == b"A" and not (mnt / "c").exists()
+    # RENAME_NOREPLACE refuses an existing destination.
+    (mnt / "z").write_bytes(b"Z")
+    with pytest.raises(OSError) as info:
+        renameat2(mnt / "z", mnt / "b", 1)
+    assert info.value.errno == errno.EEXIST
+    renameat2(mnt / "z", mnt / "y", 1)
+    assert (mnt / "y").read_bytes() == b"Z"
+    # Directories with contents, into another directory; never into their own subtree.
+    (mnt / "d1" / "sub").mkdir(parents=True)
+    (mnt / "d1" / "sub" / "f").write_bytes(b"deep")
+    (mnt / "d2").mkdir()
+    os.rename(mnt / "d1", mnt / "d2" / "moved")
+    assert (mnt / "d2" / "moved" / "sub" / "f").read_bytes() == b"deep"
+    assert not (mnt / "d1").exists()
+    with pytest.raises(OSError) as info:
+        os.rename(mnt / "d2", mnt / "d2" / "moved" / "inside")
+    assert info.value.errno == errno.EINVAL
+    # A directory over an empty directory replaces it; over a non-empty one fails.
+    (mnt / "empty").mkdir()
+    os.rename(mnt / "d2", mnt / "empty")
+    assert (mnt / "empty" / "moved" / "sub" / "f").read_bytes() == b"deep"
+    (mnt / "other").mkdir()
+    with pytest.raises(OSError) as info:
+        os.rename(mnt / "other", mnt / "empty")
+    assert info.value.errno in (errno.ENOTEMPTY, errno.EEXIST)
+
+
+# ---------------------------------------------------------------------------------------------------- listing
+class _Dir:
+    """opendir/readdir/telldir/seekdir through libc (Python has no telldir)."""
+
+    class Dirent(ctypes.Structure):
+        _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64), ("d_reclen", ctypes.c_ushort),
+                    ("d_type", ctypes.c_ubyte), ("d_name", ctypes.c_char * 256)]
+
+    def __init__(self, path: pathlib.Path):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.opendir.restype = ctypes.c_void_p
+        self.libc.readdir64.restype = ctypes.POINTER(self.Dirent)
+        self.libc.readdir64.argtypes = [ctypes.c_void_p]
+        self.libc.telldir.restype = ctypes.c_long
+        self.libc.telldir.argtypes = [ctypes.c_void_p]
+        self.libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+        self.libc.closedir.argtypes = [ctypes.c_void_p]
+        self.handle = self.libc.opendir(str(path).encode())
+        assert self.handle, os.strerror(ctypes.get_errno())
+
+    def read(self, n: int | None = None) -> list[str]:
+        names = []
+        while n is None or len(names) < n:
+            entry = self.libc.readdir64(self.handle)
+            if not entry:
+                break
+            name = entry.contents.d_name.decode()
+            if name not in (".", ".."):
+                names.append(name)
+        return names
+
+    def tell(self) -> int:
+        return self.libc.telldir(self.handle)
+
+    def seek(self, position: int) -> None:
+        self.libc.seekdir(self.handle, position)
+
+    def close(self) -> None:
+        self.libc.closedir(self.handle)
+
+
+def test_readdir_many_entries_and_offsets(mnt: pathlib.Path) -> None:
+    count = 600
+    names = [f"entry-{i:05d}-{'x' * (i % 40)}" for i in range(count)]
+    for name in names:
+        os.mknod(mnt / name, 0o644)
+    assert sorted(os.listdir(mnt)) == sorted(names)
+    # Offsets: remember a position part-way, read on, seek back; the same names follow.
+    d = _Dir(mnt)
+    first = d.read(250)
+    position = d.tell()
+    rest = d.read()
+    d.seek(position)
+    again = d.read()
+    d.close()
+    assert again == rest
+    assert sorted(first + rest) == sorted(names)
+    # Removing entries during a listing: every entry that stays is listed exactly once.
+    d = _Dir(mnt)
+    seen = d.read(100)
+    removed = {n for n in names[::3] if n not in seen}
+    for name in removed:
+        os.unlink(mnt / name)
+    seen += d.read()
+    d.close()
+    assert len(seen) == len(set(seen)), "an entry was listed twice"
+    assert set(names) - removed <= set(seen)
+    # ls -l style listing (readdirplus) sees the attributes.
+    with os.scandir(mnt) as it:
+        sizes = {e.name: e.stat().st_size for e in it}
+    assert len(sizes) == count - len(removed) and set(sizes.values()) == {0}
+
+
+# ---------------------------------------------------------------------------------------------------- permissions
+def _as_user(uid: int, gid: int, action) -> int | None:
+    """Runs action() in a forked child with uid/gid; returns the errno it raised, or None."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            action()
+        except OSError as e:
+            code = e.errno
+        except BaseException:
+            code = 255
+        os.write(write_end, code.to_bytes(2, "little"))
+        os._exit(0)
+    os.close(write_end)
+    result = os.read(read_end, 2)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    code = int.from_bytes(result, "little")
+    return None if code == 0 else code
+
+
+def test_permissions_as_another_user(mnt: pathlib.Path) -> None:
+    nobody = 65534
+    os.chmod(mnt, 0o755)
+    secret = mnt / "secret"
+    secret.write_bytes(b"s")
+    os.chmod(secret, 0o600)
+    public = mnt / "public"
+    public.write_bytes(b"p")
+    os.chmod(public, 0o644)
+    shared = mnt / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    assert _as_user(nobody, nobody, lambda: secret.read_bytes()) == errno.EACCES
+    assert _as_user(nobody, nobody, lambda: public.read_bytes()) is None
+    assert _as_user(nobody, nobody, lambda: public.write_bytes(b"no")) == errno.EACCES
+    assert _as_user(nobody, nobody, lambda: (mnt / "new").write_bytes(b"x")) == errno.EACCES
+    assert _as_user(nobody, nobody, lambda: os.chmod(public, 0o777)) == errno.EPERM
+    assert _as_user(nobody, nobody, lambda: (shared / "mine").write_bytes(b"ok")) is None
+    st = (shared / "mine").stat()
+    assert (st.st_uid, st.st_gid) == (nobody, nobody)
+    assert (shared / "mine").read_bytes() == b"ok"
+    # Group access through the file's group.
+    os.chown(secret, 0, 1234)
+    os.chmod(secret, 0o640)
+    assert _as_user(nobody, 1234, lambda: secret.read_bytes()) is None
+    assert _as_user(nobody, nobody, lambda: secret.read_bytes()) == errno.EACCES
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def test_large_file_streamed_checksum(mnt: pathlib.Path) -> None:
+    """FF_FUSE_BIG_MB (default 1024) MiB written in 1 MiB blocks, then read back; sha256 compared, memory small."""
+    size_mb = int(os.environ.get("FF_FUSE_BIG_MB", "1024"))
+    path = mnt / "big.bin"
+    written = hashlib.sha256()
+    started = time.monotonic()
+    with open(path, "wb", buffering=0) as f:
+        for i in range(size_mb):
+            block = pattern(7, i)
+            written.update(block)
+            assert f.write(block) == MiB
+    write_s = time.monotonic() - started
+    assert path.stat().st_size == size_mb * MiB
+    read = hashlib.sha256()
+    started = time.monotonic()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(MiB):
+            read.update(chunk)
+    read_s = time.monotonic() - started
+    print(f"{size_mb} MiB through the mount: write {size_mb / write_s:.1f} MiB/s, read {size_mb / read_s:.1f} MiB/s")
+    assert read.hexdigest() == written.hexdigest()
+    os.unlink(path)
+
+
+def test_concurrent_writers_and_readers_during_writes(mnt: pathlib.Path) -> None:
+    writers, blocks = 4, 8
+    errors: list[str] = []
+    growing = mnt / "growing.bin"
+    growing.write_bytes(b"")
+    done = threading.Event()
+
+    def writer(w: int) -> None:
+        try:
+            with open(mnt / f"w{w}.bin", "wb", buffering=0) as f:
+                for i in range(blocks):
+                    f.write(pattern(100 + w, i, 256 << 10))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(f"writer {w}: {e!r}")
+
+    def appender() -> None:
+        try:
+            with open(growing, "ab", buffering=0) as f:
+                for i in range(24):
+                    f.write(pattern(200, i, 64 << 10))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(f"appender: {e!r}")
+        finally:
+            done.set()
+
+    def reader() -> None:
+        # Whatever a reader sees of the growing file is a prefix of what the appender writes.
+        checks = 0
+        try:
+            while not done.is_set() or checks == 0:
+                data = growing.read_bytes()
+                whole = len(data) // (64 << 10)
+                for i in range(whole):
+                    if data[i * (64 << 10):(i + 1) * (64 << 10)] != pattern(200, i, 64 << 10):
+                        errors.append(f"reader saw wrong bytes in block {i} of {len(data)}")
+                        return
+                checks += 1
+        except BaseException as e:  # noqa: BLE001
+            errors.append(f"reader: {e!r}")
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    threads += [threading.Thread(target=appender), threading.Thread(target=reader), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive(), "a thread hung"
+    assert not errors, errors
+    for w in range(writers):
+        assert (mnt / f"w{w}.bin").read_bytes() == b"".join(pattern(100 + w, i, 256 << 10) for i in range(blocks))
+    assert growing.read_bytes() == b"".join(pattern(200, i, 64 << 10) for i in range(24))
+
+
+def test_unlinked_open_file_stays_readable(mnt: pathlib.Path) -> None:
+    path = mnt / "ghost"
+    data = os.urandom(MiB + 7)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.unlink(path)
+        assert not path.exists()
+        assert os.pread(fd, len(data) + 10, 0) == data
+        os.pwrite(fd, b"more", len(data))
+        assert os.pread(fd, 100, len(data) - 3) == data[-3:] + b"more"
+        assert os.fstat(fd).st_size == len(data) + 4
+    finally:
+        os.close(fd)
+    assert not path.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- lifecycle
+def test_sigterm_unmounts_cleanly(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    """A second ff-fuse (metadata and data in its memory): SIGTERM ends it with status 0 and no mount left."""
+    mount = cluster.start_fuse(tmp_path / "m2", name="fuse-sigterm", meta="memory", data="memory")
+    (mount / "x").write_bytes(b"data")
+    assert (mount / "x").read_bytes() == b"data"
+    process = cluster.processes["fuse-sigterm"]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0, cluster.logs()
+    assert not os.path.ismount(mount)
+    assert not (mount / "x").exists()
+    cluster.mounts.pop("fuse-sigterm", None)
+
+
+def test_meta_killed_and_restarted_loses_nothing_acknowledged(cluster: LocalCluster, mnt: pathlib.Path) -> None:
+    if "meta1" not in cluster.processes:
+        pytest.skip("ff-meta is not built: metadata lives inside ff-fuse")
+    acknowledged: list[tuple[str, bytes]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def workload() -> None:
+        i = 0
+        while not stop.is_set() and i < 400:
+            name = f"f{i:04d}"
+            data = pattern(300, i, 4096 + i)
+            try:
+                with open(mnt / name, "wb") as f:
+                    f.write(data)
+                os.rename(mnt / name, mnt / f"done-{name}")
+                acknowledged.append((f"done-{name}", data))
+            except OSError as e:
+                errors.append(f"{name}: {e!r}")
+            i += 1
+
+    thread = threading.Thread(target=workload)
+    thread.start()
+    time.sleep(1.5)
+    cluster.kill("meta1", signal.SIGKILL)
+    time.sleep(1.0)
+    cluster.start_meta("meta1")
+    time.sleep(2.0)
+    stop.set()
+    thread.join(timeout=90)
+    assert not thread.is_alive()
+    assert len(acknowledged) > 10, (acknowledged, errors)
+    for name, data in acknowledged:
+        assert (mnt / name).read_bytes() == data, name
+    # Operations during the outage waited for the restarted server instead of failing.
+    assert not errors, errors[:5]
