@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""fs native client benchmark: fs_bench_client (FileClient, in-process meta on RocksDB, 3 ff-storage at
+replication 3 on this machine) beside fio on the same disk with the same block size and parallelism, in
+one run. One JSON line per case; writes bench/results/fs_client_<machine>.json. Targets (issue 6):
+native read >= 0.9x fio; writes are reported against fio/3 (every byte is written three times on the
+same disk), as bench_storage.py does.
+
+Usage: bench/fs/bench_client.py [--build-dir build] [--seconds 3] [--file-mb 128] [--parallelism 1,4,16]
+       [--blocks 1048576,4194304] [--ops write,read] [--patterns seq,rand] [--machine cpu] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "python" / "tests"))
+sys.path.insert(0, str(REPO / "bench" / "fs"))
+from bench_storage import fio  # noqa: E402
+from test_fs_support import LocalCluster  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build-dir", default=os.environ.get("FF_BUILD_DIR", "build"))
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--file-mb", type=int, default=128)
+    parser.add_argument("--parallelism", default="1,4,16")
+    parser.add_argument("--blocks", default=f"{1 << 20},{4 << 20}")
+    parser.add_argument("--ops", default="write,read")
+    parser.add_argument("--patterns", default="seq,rand")
+    parser.add_argument("--machine", default="cpu")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    build = REPO / args.build_dir
+    bench_bin = build / "bench-bin" / "fs_bench_client"
+    if not bench_bin.exists():
+        sys.exit(f"{bench_bin} is not built (cmake --build {build} --target fs_bench_client)")
+    out_path = pathlib.Path(args.out or REPO / "bench" / "results" / f"fs_client_{args.machine}.json")
+    data_dir = tempfile.mkdtemp(prefix="ff_fs_client_bench_")
+    results = []
+    with LocalCluster(build / "bin", nodes=3, targets_per_node=1, heartbeat_timeout_s=10, data_dir=data_dir,
+                      stats_interval_s=30) as cluster:
+        cluster.start()
+        ours: dict[tuple, dict] = {}
+        run = subprocess.run(
+            [str(bench_bin), "--mgmtd", cluster.mgmtd_address, "--meta-db", str(cluster.dir / "meta"),
+             "--file-mb", str(args.file_mb), "--seconds", str(args.seconds), "--ops", args.ops,
+             "--patterns", args.patterns, "--blocks", args.blocks, "--parallelism", args.parallelism],
+            capture_output=True, text=True, timeout=3600)
+        print(run.stderr.strip(), file=sys.stderr)
+        if run.returncode != 0:
+            print(cluster.logs(), file=sys.stderr)
+            sys.exit(f"fs_bench_client failed ({run.returncode})")
+        for line in run.stdout.splitlines():
+            case = json.loads(line)
+            ours[(case["op"], case["pattern"], case["block_bytes"], case["parallel"])] = case
+        for (op, pattern, block, parallel), case in ours.items():
+            fio_mb = fio(cluster.dir, op, pattern, block, parallel, args.seconds, args.file_mb)
+            target = 0.9 * fio_mb if op == "read" else 0.9 * fio_mb / 3
+            line = {**case, "MB_per_s": round(case["MB_per_s"], 1), "fio_MB_per_s": round(fio_mb, 1),
+                    "ratio_vs_fio": round(case["MB_per_s"] / fio_mb, 3) if fio_mb else None,
+                    "target_MB_per_s": round(target, 1), "meets_target": case["MB_per_s"] >= target}
+            print(json.dumps(line), flush=True)
+            results.append(line)
+    disk = subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip()
+    document = {
+        "benchmark": "fs native client: FileClient (in-process meta on RocksDB; 3 ff-storage at replication 3, "
+                     "ChunkEngine O_DIRECT+io_uring, sync data; P threads x 1 I/O in flight) vs fio (io_uring, "
+                     "O_DIRECT, iodepth P, dsync writes) on the same disk",
+        "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
+                  f"the client and fio (load average at the end {os.getloadavg()[0]:.1f}); disk {disk}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds_per_case": args.seconds, "file_mb": args.file_mb,
+        "results": results,
+    }
+    shutil.rmtree(data_dir, ignore_errors=True)
+    out_path.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"wrote {out_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
