@@ -169,3 +169,28 @@ def test_client_arguments_are_checked(cluster: LocalCluster) -> None:
         fs.Client(cluster.mgmtd_address, meta_memory=True, meta_db="/tmp/x")
     with tempfile.TemporaryDirectory() as d, pytest.raises(OSError):
         fs.Client("127.0.0.1:1", meta_db=d, timeout_s=0.5)  # no mgmtd there
+
+
+def test_remote_meta_shared_by_two_clients(cluster: LocalCluster) -> None:
+    from fireflyer import _fs
+
+    if not _fs.HAVE_REMOTE_META:
+        pytest.skip("this build has no RemoteMeta (ff::fs_meta_rpc)")
+    if not (cluster.bin / "ff-meta").exists():
+        pytest.skip(f"ff-meta is not built in {cluster.bin}")
+    address = cluster.start_meta("meta-client-test")
+    payload = np.random.default_rng(5).integers(0, 256, 5 << 20, dtype=np.uint8)  # > one 4 MiB chunk
+    with fs.Client(cluster.mgmtd_address, meta=address, uid=0, gid=0) as a, \
+            fs.Client(cluster.mgmtd_address, meta=[address], uid=0, gid=0) as b:
+        a.mkdir("/remote", exist_ok=True)
+        with a.open("/remote/x", "w") as f:
+            f.write(payload)
+        assert b.stat("/remote/x").st_size == payload.size   # exact after a's close
+        assert b.read_file("/remote/x") == payload.tobytes()
+        with b.open("/remote/x", "r+") as f:
+            f.pwrite(b"B", 7)
+        with a.open("/remote/x") as f:
+            assert f.pread(3, 6) == payload[6:7].tobytes() + b"B" + payload[8:9].tobytes()
+        b.unlink("/remote/x")
+        with pytest.raises(FileNotFoundError):
+            a.open("/remote/x")
