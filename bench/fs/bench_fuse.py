@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""FUSE benchmark: fio ON an ff-fuse mount of the local cluster (3 ff-storage x 2 targets at replication 3, ff-meta
+when built) beside the same fio on the backing disk, in one run; then metadata operations per second through the
+mount (create = open(O_CREAT)+close, stat, readdir, unlink; N threads, a directory each, like mdtest -u) beside the
+same on the local file system. One JSON line per case; writes bench/results/fs_fuse_<machine>.json.
+Target (issue 6): FUSE read >= 0.7x fio on the backing disk.
+
+Usage: bench/fs/bench_fuse.py [--build-dir build] [--seconds 5] [--jobs 4] [--file-mb 128] [--md-threads 8]
+       [--md-files 200] [--machine cpu] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "python" / "tests"))
+from test_fs_support import LocalCluster, fuse_unavailable_reason  # noqa: E402
+
+
+def fio(directory: pathlib.Path, rw: str, jobs: int, file_mb: int, seconds: float) -> dict:
+    """fio with 1 MiB blocks, `jobs` jobs (a file each), O_DIRECT (no page cache on either side), psync."""
+    command = ["fio", "--name=ff", f"--directory={directory}", f"--rw={rw}", "--bs=1M", f"--size={file_mb}M",
+               f"--numjobs={jobs}", "--ioengine=psync", "--direct=1", f"--runtime={seconds}", "--time_based",
+               "--group_reporting", "--output-format=json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 4 + 600)
+    if result.returncode != 0:
+        raise RuntimeError(f"fio {rw} in {directory} failed: {result.stderr[-2000:]}")
+    job = json.loads(result.stdout)["jobs"][0]
+    side = job["read" if "read" in rw else "write"]
+    return {"MB_per_s": side["bw_bytes"] / 1e6, "iops": side["iops"],
+            "lat_p50_ms": side["clat_ns"]["percentile"].get("50.000000", 0) / 1e6}
+
+
+def metadata_phases(root: pathlib.Path, threads: int, files: int) -> dict[str, float]:
+    """ops/s of create (open O_CREAT + close), stat, readdir (entries/s), unlink; each thread in its own directory."""
+    dirs = [root / f"md{t}" for t in range(threads)]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+
+    def create(d: pathlib.Path) -> None:
+        for i in range(files):
+            os.close(os.open(d / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+
+    def stat(d: pathlib.Path) -> None:
+        for i in range(files):
+            os.stat(d / f"f{i}")
+
+    def readdir(d: pathlib.Path) -> None:
+        assert len(os.listdir(d)) == files
+
+    def unlink(d: pathlib.Path) -> None:
+        for i in range(files):
+            os.unlink(d / f"f{i}")
+
+    rates = {}
+    for name, body in (("create", create), ("stat", stat), ("readdir", readdir), ("unlink", unlink)):
+        workers = [threading.Thread(target=body, args=(d,)) for d in dirs]
+        started = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        rates[name] = threads * files / (time.perf_counter() - started)
+    for d in dirs:
+        d.rmdir()
+    return rates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build-dir", default=os.environ.get("FF_BUILD_DIR", "build"))
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--file-mb", type=int, default=128)
+    parser.add_argument("--md-threads", type=int, default=8)
+    parser.add_argument("--md-files", type=int, default=200)
+    parser.add_argument("--machine", default="cpu", help="names the results file fs_fuse_<machine>.json")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    bin_dir = REPO / args.build_dir / "bin"
+    missing = [t for t in ("ff-mgmtd", "ff-storage", "ff-admin", "ff-fuse") if not (bin_dir / t).exists()]
+    reason = (f"{', '.join(missing)} not built in {bin_dir}" if missing else
+              fuse_unavailable_reason() or (None if shutil.which("fio") else "fio is not installed"))
+    if reason:
+        print(json.dumps({"benchmark": "fs_fuse", "skipped": reason}))
+        return 0
+    out = pathlib.Path(args.out or REPO / "bench" / "results" / f"fs_fuse_{args.machine}.json")
+    data_dir = tempfile.mkdtemp(prefix="ff_fs_bench_fuse_")
+    results = []
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10, data_dir=data_dir,
+                      stats_interval_s=30) as cluster:
+        try:
+            mount = cluster.start_all()
+            meta = "ff-meta (gRPC, RocksDB)" if cluster.meta_addresses else "in ff-fuse (RocksDB)"
+            local = cluster.dir / "local"
+            local.mkdir()
+            (mount / "fio").mkdir()
+            # Writes first (they also lay out the files the reads use), FUSE and disk back to back per case.
+            for rw in ("write", "randwrite", "read", "randread"):
+                ours = fio(mount / "fio", rw, args.jobs, args.file_mb, args.seconds)
+                disk = fio(local, rw, args.jobs, args.file_mb, args.seconds)
+                target = 0.7 if "read" in rw else None
+                ratio = ours["MB_per_s"] / disk["MB_per_s"] if disk["MB_per_s"] else None
+                line = {"case": f"fio {rw} bs=1MiB jobs={args.jobs} direct psync", "fuse_MB_per_s": round(ours["MB_per_s"], 1),
+                        "disk_MB_per_s": round(disk["MB_per_s"], 1), "ratio_vs_disk": round(ratio, 3) if ratio else None,
+                        "fuse_lat_p50_ms": round(ours["lat_p50_ms"], 2), "disk_lat_p50_ms": round(disk["lat_p50_ms"], 2),
+                        "target_ratio": target, "meets_target": (ratio >= target) if (target and ratio) else None}
+                print(json.dumps(line), flush=True)
+                results.append(line)
+            shutil.rmtree(mount / "fio", ignore_errors=True)
+            fuse_md = metadata_phases(mount / "md", args.md_threads, args.md_files)
+            local_md = metadata_phases(local / "md", args.md_threads, args.md_files)
+            for op in fuse_md:
+                line = {"case": f"metadata {op} threads={args.md_threads} files/thread={args.md_files}",
+                        "fuse_ops_per_s": round(fuse_md[op]), "local_fs_ops_per_s": round(local_md[op]),
+                        "ratio_vs_local": round(fuse_md[op] / local_md[op], 3)}
+                print(json.dumps(line), flush=True)
+                results.append(line)
+            creates_stats = 2 / (1 / fuse_md["create"] + 1 / fuse_md["stat"])
+            line = {"case": "metadata creates+stats per second through the mount", "fuse_ops_per_s": round(creates_stats),
+                    "target_ops_per_s": 10000, "meets_target": creates_stats >= 10000}
+            print(json.dumps(line), flush=True)
+            results.append(line)
+        except BaseException:
+            print(cluster.logs(), file=sys.stderr)
+            raise
+    disk = subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1]
+    document = {
+        "benchmark": "fs FUSE: fio on an ff-fuse mount (local cluster, 3 ff-storage x 2 targets, replication 3, metadata "
+                     f"{meta}) beside fio on the backing disk; metadata ops through the mount beside the local file "
+                     "system. Kernel caches on the mount: entry and attribute timeout 1 s (stats may be answered by the "
+                     "kernel), page cache bypassed by O_DIRECT in fio.",
+        "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by every process of the "
+                  f"cluster, fio and anything else running (load average at the end {os.getloadavg()[0]:.1f}); disk "
+                  f"{disk.strip()}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds_per_case": args.seconds, "jobs": args.jobs, "file_mb_per_job": args.file_mb,
+        "results": results,
+    }
+    shutil.rmtree(data_dir, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
