@@ -16,6 +16,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <cerrno>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -435,6 +436,9 @@ std::vector<std::string> py_prefix_hashes(nb::ndarray<const int32_t, nb::ndim<1>
 }
 
 }  // namespace
+
+// fireflyer._fs.usrbio (python/src/fs/usrbio_binding.cc): shared-memory I/O rings.
+void bind_usrbio(nb::module_& module, std::function<FileClient&(nb::handle)> file_client_of);
 }  // namespace ff::fs::python
 
 NB_MODULE(_fs, module) {
@@ -490,6 +494,7 @@ NB_MODULE(_fs, module) {
       .def("stats", &PyKvCache::stats)
       .def("close", &PyKvCache::close);
 
+  bind_usrbio(module, [](nb::handle client) -> ff::fs::FileClient& { return nb::cast<PyClient&>(client).client(); });
   module.def("prefix_hashes", &py_prefix_hashes, nb::arg("tokens"), nb::arg("block_tokens"),
              nb::arg("parent") = nb::none(), nb::arg("extra") = 0);
 }

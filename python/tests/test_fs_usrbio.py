@@ -1,0 +1,195 @@
+"""fireflyer._fs.usrbio: shared-memory I/O rings from Python (docs/fs-usrbio.md).
+
+Without a server: the Iov's numpy view is shared memory, ring limits and timeouts raise the right
+exceptions. With a server: an in-process RingServer over a fireflyer.fs Client on a real local cluster
+(ff-mgmtd + 3 ff-storage), and, where ff-fuse is built, FUSE works here and ff-fuse serves the
+.ff/usrbio directory, a ring registered with the mount and served by the ff-fuse daemon."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_fs_support import LocalCluster, fuse_unavailable_reason  # noqa: E402
+
+from fireflyer import fs  # noqa: E402
+
+CHUNK = 256 << 10
+
+
+def usrbio():
+    if not fs.available():
+        pytest.skip("fireflyer._fs is not built (fs needs its libraries: FF_BUILD_FS)")
+    from fireflyer import _fs
+
+    if not hasattr(_fs, "usrbio"):
+        pytest.skip("this build of fireflyer._fs has no usrbio submodule")
+    return _fs.usrbio
+
+
+_counter = [0]
+
+
+def unique(what: str) -> str:
+    _counter[0] += 1
+    return f"py{os.getpid()}-{what}-{_counter[0]}"
+
+
+def test_iov_is_shared_memory_with_a_numpy_view() -> None:
+    u = usrbio()
+    name = unique("iov")
+    iov = u.Iov(name, 1 << 20)
+    try:
+        assert iov.path == f"/dev/shm/ff-iov-{name}"
+        view = iov.array()
+        assert view.dtype == np.uint8 and view.shape == (1 << 20,)
+        view[:5] = np.frombuffer(b"hello", dtype=np.uint8)
+        other = u.Iov.open(name)  # a second mapping of the same pages
+        assert bytes(other.array()[:5]) == b"hello"
+        other.close()
+        with pytest.raises(FileExistsError):
+            u.Iov(name, 4096)
+    finally:
+        iov.close()
+    assert not os.path.exists(f"/dev/shm/ff-iov-{name}")
+    with pytest.raises(ValueError, match="bad/name"):
+        u.Iov("bad/name", 4096)
+
+
+def test_ring_limits_and_timeouts_without_server() -> None:
+    u = usrbio()
+    name = unique("ring")
+    iov = u.Iov(name, 1 << 16)
+    ior = u.Ior(name, iov, entries=4)
+    try:
+        with pytest.raises(ValueError):
+            u.Ior(unique("x"), iov, entries=3)
+        with pytest.raises(ValueError, match="outside"):
+            ior.prep_read(5, 0, 100, (1 << 16) - 10)
+        for i in range(4):
+            ior.prep_read(5, 0, 16, 0, i)
+        with pytest.raises(BlockingIOError):
+            ior.prep_read(5, 0, 16, 0, 9)
+        assert ior.submit() == 4
+        with pytest.raises(TimeoutError, match="never beat"):
+            ior.wait(1, timeout_ms=100)
+        assert ior.wait(0, timeout_ms=0) == []
+        assert ior.server_status()["state"].startswith("none")
+    finally:
+        ior.close()
+        iov.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(build_dir: pathlib.Path):
+    usrbio()
+    bin_dir = build_dir / "bin"
+    for tool in ("ff-mgmtd", "ff-storage", "ff-admin"):
+        if not (bin_dir / tool).exists():
+            pytest.skip(f"{tool} is not built in {bin_dir}")
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10.0, direct_io=False) as c:
+        try:
+            c.start()
+        except BaseException:
+            print(c.logs())
+            raise
+        yield c
+
+
+def test_in_process_ring_server_over_the_cluster(cluster: LocalCluster) -> None:
+    u = usrbio()
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 256, size=3 * CHUNK + 1234, dtype=np.uint8)
+    with fs.Client(cluster.mgmtd_address, meta_memory=True, chunk_size=CHUNK) as client:
+        with client.open("/data.bin", "w") as f:
+            f.write(data)
+        ino = client.stat("/data.bin").st_ino
+        name = unique("served")
+        block = 100_000  # unaligned: reads cross chunk boundaries
+        count = (len(data) + block - 1) // block
+        iov = u.Iov(name, count * block + block)
+        ior = u.Ior(name, iov, entries=64)
+        server = u.RingServer(client._native, name)
+        try:
+            for i in range(count):
+                ior.prep_read(ino, i * block, block, i * block, i)
+            assert ior.submit() == count  # one doorbell
+            done = []
+            while len(done) < count:
+                done += ior.wait(1, timeout_ms=30_000)
+            results = dict((user, res) for res, user in done)
+            assert results[count - 1] == len(data) - (count - 1) * block  # short read at the end
+            assert all(results[i] == block for i in range(count - 1))
+            assert np.array_equal(iov.array()[: len(data)], data)
+            stats = server.stats()
+            assert stats["max_batch_entries"] == count and stats["bytes_read"] == len(data)
+
+            # A write from the Iov, then an unknown file: per-entry results, the ring goes on.
+            client.open("/out.bin", "w").close()
+            out_ino = client.stat("/out.bin").st_ino
+            iov.array()[:1000] = 42
+            ior.prep_write(out_ino, 10, 1000, 0, 1)
+            ior.prep_read(987654321, 0, 10, 0, 2)
+            ior.prep_close(out_ino, 3)
+            ior.submit()
+            got = {}
+            while len(got) < 3:
+                got.update((user, res) for res, user in ior.wait(1, timeout_ms=30_000))
+            assert got[1] == 1000 and got[2] == -9 and got[3] == 0  # -EBADF for the unknown inode
+            with client.open("/out.bin") as f:
+                back = f.read()
+            assert back[:10] == bytes(10) and back[10:] == bytes([42]) * 1000
+        finally:
+            server.stop()
+            assert ior.server_status()["state"] == "detached"
+            ior.close()
+            iov.close()
+
+
+def test_ring_served_by_ff_fuse(cluster: LocalCluster, build_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    u = usrbio()
+    reason = fuse_unavailable_reason()
+    if reason:
+        pytest.skip(f"FUSE is not usable here: {reason}")
+    if not (build_dir / "bin" / "ff-fuse").exists():
+        pytest.skip("ff-fuse is not built")
+    mount = cluster.start_fuse(tmp_path / "mnt", meta="embedded")
+    try:
+        if not os.path.isdir(os.path.join(mount, u.VIRTUAL_DIR)):
+            pytest.skip(f"this ff-fuse does not serve {u.VIRTUAL_DIR} (usrbio registry not wired in)")
+        payload = np.arange(5 * CHUNK, dtype=np.uint32).view(np.uint8)
+        with open(os.path.join(mount, "f.bin"), "wb") as f:
+            f.write(payload.tobytes())
+        name = unique("fuse")
+        iov = u.Iov(name, len(payload))
+        ior = u.Ior(name, iov, entries=256)
+        try:
+            ior.register_with_mount(str(mount))
+            assert name in os.listdir(os.path.join(mount, u.VIRTUAL_DIR))
+            fd = os.open(os.path.join(mount, "f.bin"), os.O_RDONLY)
+            try:
+                file_id = u.register_fd(fd, str(mount))
+                block = 1 << 20
+                n = len(payload) // block
+                for i in range(n):
+                    ior.prep_read(file_id, i * block, block, i * block, i)
+                ior.submit()
+                done = []
+                while len(done) < n:
+                    done += ior.wait(1, timeout_ms=30_000)
+                assert sorted(res for res, _ in done) == [block] * n
+                assert np.array_equal(iov.array(), payload)
+            finally:
+                os.close(fd)
+            ior.unregister_from_mount()
+            assert name not in os.listdir(os.path.join(mount, u.VIRTUAL_DIR))
+        finally:
+            ior.close()
+            iov.close()
+    finally:
+        cluster.unmount()
