@@ -1,9 +1,12 @@
-// An mdtest-like benchmark of the metadata service library: N threads each create F files in a
-// directory of their own (or one shared directory), stat them, list the directory, and unlink them;
-// the same four phases run on the local file system (a scratch directory on the same disk) as the
-// baseline. One JSON line per phase; --out writes them all as one JSON document.
+// An mdtest-like benchmark of the metadata service: N threads each create F files in a directory of
+// their own (or one shared directory), stat them, list the directory, and unlink them; the same four
+// phases run on the local file system (a scratch directory on the same disk) as the baseline. The
+// service is either the library in this process (--kv rocksdb|memory) or ff-meta servers over gRPC
+// (--meta host:port[,host:port]: RemoteMeta, --clients gRPC channels shared by the threads).
+// One JSON line per phase; --out writes them all as one JSON document.
 //
 //   fs_mdtest --threads 8 --files 2000 --kv rocksdb --sync 1 --scratch /tmp --out bench/results/fs_meta_cpu.json
+//   fs_mdtest --threads 64 --files 300 --meta 127.0.0.1:9300 --clients 4
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -22,11 +25,15 @@
 
 #include "ff/fs/kv_engines.h"
 #include "ff/fs/meta.h"
+#ifdef FF_MDTEST_RPC
+#include "ff/fs/meta_rpc.h"
+#endif
 
 namespace {
 
 using ff::fs::meta::Caller;
 using ff::fs::meta::InodeId;
+using ff::fs::meta::MetaApi;
 using ff::fs::meta::MetaService;
 
 const Caller kCaller{0, 0, {}};
@@ -39,6 +46,8 @@ struct Options {
   bool shared_dir = false;
   std::string scratch = "/tmp";
   std::string out;
+  std::vector<std::string> meta;  // ff-meta addresses: benchmark over gRPC instead of in-process
+  int clients = 1;                // RemoteMeta instances (gRPC channels) the threads share
 };
 
 // Runs body(thread) on every thread; returns the seconds from the first start to the last finish.
@@ -57,9 +66,11 @@ struct PhaseTimes {
   std::atomic<int> errors{0};
 };
 
-void run_meta(const Options& options, MetaService& meta, PhaseTimes* times) {
+// apis[t % apis.size()] serves thread t.
+void run_meta(const Options& options, const std::vector<MetaApi*>& apis, PhaseTimes* times) {
+  MetaApi& meta = *apis.front();
   std::vector<InodeId> dirs(static_cast<size_t>(options.threads));
-  auto top = meta.mkdir(kCaller, ff::fs::meta::kRootInode, "mdtest", 0755);
+  auto top = meta.mkdir(kCaller, ff::fs::meta::kRootInode, "mdtest." + std::to_string(::getpid()), 0755);
   if (!top.is_ok()) {
     std::fprintf(stderr, "mkdir: %s\n", top.status().to_string().c_str());
     std::exit(1);
@@ -79,16 +90,18 @@ void run_meta(const Options& options, MetaService& meta, PhaseTimes* times) {
     }
   };
   times->create = timed(options.threads, [&](int t) {
-    for (int i = 0; i < options.files; ++i) check(meta.create(kCaller, dirs[t], file_name(t, i), 0644).status());
+    MetaApi& api = *apis[static_cast<size_t>(t) % apis.size()];
+    for (int i = 0; i < options.files; ++i) check(api.create(kCaller, dirs[t], file_name(t, i), 0644).status());
   });
   times->stat = timed(options.threads, [&](int t) {
-    for (int i = 0; i < options.files; ++i) check(meta.lookup(kCaller, dirs[t], file_name(t, i)).status());
+    MetaApi& api = *apis[static_cast<size_t>(t) % apis.size()];
+    for (int i = 0; i < options.files; ++i) check(api.lookup(kCaller, dirs[t], file_name(t, i)).status());
   });
   times->readdir = timed(options.threads, [&](int t) {
     std::string cursor;
     size_t seen = 0;
     while (true) {
-      auto page = meta.readdir(kCaller, dirs[t], cursor, 1024);
+      auto page = apis[static_cast<size_t>(t) % apis.size()]->readdir(kCaller, dirs[t], cursor, 1024);
       check(page.status());
       if (!page.is_ok()) break;
       seen += page->entries.size();
@@ -99,7 +112,8 @@ void run_meta(const Options& options, MetaService& meta, PhaseTimes* times) {
     if (seen != expected) check(ff::internal_error("readdir saw {} entries, expected {}", seen, expected));
   });
   times->unlink = timed(options.threads, [&](int t) {
-    for (int i = 0; i < options.files; ++i) check(meta.unlink(kCaller, dirs[t], file_name(t, i)));
+    MetaApi& api = *apis[static_cast<size_t>(t) % apis.size()];
+    for (int i = 0; i < options.files; ++i) check(api.unlink(kCaller, dirs[t], file_name(t, i)));
   });
 }
 
@@ -158,32 +172,59 @@ int main(int argc, char** argv) {
   app.add_flag("--shared-dir", options.shared_dir, "all threads in one directory (mdtest without -u)");
   app.add_option("--scratch", options.scratch, "directory for the RocksDB store and the local-fs baseline");
   app.add_option("--out", options.out, "also write every line as one JSON document here");
+#ifdef FF_MDTEST_RPC
+  app.add_option("--meta", options.meta, "ff-meta addresses (host:port, comma-separated): run over gRPC")
+      ->delimiter(',');
+  app.add_option("--clients", options.clients, "RemoteMeta instances (gRPC channels) shared by the threads")
+      ->check(CLI::Range(1, 256));
+#endif
   CLI11_PARSE(app, argc, argv);
 
   std::string scratch = options.scratch + "/ff-mdtest-" + std::to_string(::getpid());
   std::filesystem::create_directories(scratch);
   std::unique_ptr<ff::fs::kv::KvEngine> engine;
-  if (options.kv == "memory") {
-    engine = ff::fs::kv::open_memory_kv();
+  std::unique_ptr<MetaService> service;
+  std::vector<std::unique_ptr<MetaApi>> remotes;
+  std::vector<MetaApi*> apis;
+  PhaseTimes ours, local;
+  if (!options.meta.empty()) {
+#ifdef FF_MDTEST_RPC
+    for (int c = 0; c < options.clients; ++c) {
+      auto remote = ff::fs::meta::RemoteMeta::connect({.addresses = options.meta});
+      if (!remote.is_ok()) {
+        std::fprintf(stderr, "%s\n", remote.status().to_string().c_str());
+        return 1;
+      }
+      apis.push_back(remote->get());
+      remotes.push_back(std::move(*remote));
+    }
+#endif
   } else {
-    auto opened = ff::fs::kv::open_rocksdb_kv({.path = scratch + "/kv", .sync = options.sync});
-    if (!opened.is_ok()) {
-      std::fprintf(stderr, "%s\n", opened.status().to_string().c_str());
+    if (options.kv == "memory") {
+      engine = ff::fs::kv::open_memory_kv();
+    } else {
+      auto opened = ff::fs::kv::open_rocksdb_kv({.path = scratch + "/kv", .sync = options.sync});
+      if (!opened.is_ok()) {
+        std::fprintf(stderr, "%s\n", opened.status().to_string().c_str());
+        return 1;
+      }
+      engine = std::move(*opened);
+    }
+    ff::fs::meta::MetaConfig config;
+    config.inode_batch = 4096;
+    auto meta = MetaService::open(*engine, config);
+    if (!meta.is_ok()) {
+      std::fprintf(stderr, "%s\n", meta.status().to_string().c_str());
       return 1;
     }
-    engine = std::move(*opened);
+    service = std::move(*meta);
+    apis.push_back(service.get());
   }
-  ff::fs::meta::MetaConfig config;
-  config.inode_batch = 4096;
-  auto meta = MetaService::open(*engine, config);
-  if (!meta.is_ok()) {
-    std::fprintf(stderr, "%s\n", meta.status().to_string().c_str());
-    return 1;
-  }
-  PhaseTimes ours, local;
-  run_meta(options, **meta, &ours);
+  run_meta(options, apis, &ours);
   run_local(options, scratch + "/local", &local);
-  meta->reset();
+  apis.clear();
+  remotes.clear();
+  service.reset();
   engine.reset();
   std::filesystem::remove_all(scratch);
 
@@ -192,8 +233,9 @@ int main(int argc, char** argv) {
   auto emit = [&](const char* phase, double ours_s, double local_s, double count) {
     nlohmann::json line = {{"bench", "fs_meta"},
                            {"phase", phase},
-                           {"kv", options.kv},
-                           {"sync", options.kv == "rocksdb" && options.sync},
+                           {"kv", options.meta.empty() ? options.kv : "ff-meta over gRPC"},
+                           {"clients", options.meta.empty() ? 0 : options.clients},
+                           {"sync", options.meta.empty() && options.kv == "rocksdb" && options.sync},
                            {"threads", options.threads},
                            {"files_per_thread", options.files},
                            {"shared_dir", options.shared_dir},

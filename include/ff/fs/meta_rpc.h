@@ -45,7 +45,11 @@ namespace ff::fs::meta {
 // ---------------------------------------------------------------- server
 struct MetaServerOptions {
   std::string listen = "127.0.0.1:0";  // host:port; port 0: the OS picks one (see address())
-  int max_threads = 512;               // gRPC handler threads (each runs one blocking MetaApi call)
+  int max_threads = 256;               // worker threads, each running one blocking MetaApi call at a time
+  // Run reads (lookup, getattr, resolve, readlink, readdir, statfs) on the gRPC thread that received
+  // them instead of a worker: right for stores whose reads do not wait on the network (RocksDB, memory),
+  // wrong for etcd (a read there blocks a gRPC polling thread for an etcd round trip).
+  bool inline_reads = false;
   rpc::MetricsRegistry* metrics = nullptr;  // optional: ff_meta_requests_total, latencies, errors
 };
 

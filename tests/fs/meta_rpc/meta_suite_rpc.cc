@@ -10,10 +10,10 @@ namespace {
 
 class GrpcFrontend final : public MetaFrontend {
  public:
-  explicit GrpcFrontend(MetaService& service) {
+  GrpcFrontend(MetaService& service, bool inline_reads) {
     // The server must not own the service: the fixture does.
     std::shared_ptr<MetaApi> api(&service, [](MetaApi*) {});
-    auto server = MetaRpcServer::start(api, MetaServerOptions{});
+    auto server = MetaRpcServer::start(api, MetaServerOptions{.inline_reads = inline_reads});
     FF_ASSERT(server.is_ok(), "{}", server.status().to_string());
     server_ = std::move(*server);
     auto client = RemoteMeta::connect(RemoteMetaOptions{.addresses = {server_->address()}});
@@ -34,8 +34,12 @@ class GrpcFrontend final : public MetaFrontend {
 }  // namespace
 
 std::vector<MetaSuiteParam> meta_suite_params() {
+  // Reads on worker threads (etcd's setting) and inline on gRPC's threads (RocksDB's).
   return {MetaSuiteParam{"Grpc", [](MetaService& service) -> std::unique_ptr<MetaFrontend> {
-                           return std::make_unique<GrpcFrontend>(service);
+                           return std::make_unique<GrpcFrontend>(service, false);
+                         }},
+          MetaSuiteParam{"GrpcInlineReads", [](MetaService& service) -> std::unique_ptr<MetaFrontend> {
+                           return std::make_unique<GrpcFrontend>(service, true);
                          }}};
 }
 

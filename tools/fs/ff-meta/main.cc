@@ -48,7 +48,7 @@ struct Config {
   double routing_refresh_s = 10;
   double routing_wait_s = 60;
   double storage_timeout_s = 30;
-  uint32_t rpc_threads = 512;
+  uint32_t rpc_threads = 256;
   std::string kv_kind = "rocksdb";
   std::string kv_path;
   bool kv_sync = true;
@@ -240,6 +240,7 @@ int serve(const Config& config) {
 
   auto server = meta::MetaRpcServer::start(
       service, meta::MetaServerOptions{.listen = config.listen, .max_threads = static_cast<int>(config.rpc_threads),
+                                       .inline_reads = config.kv_kind == "rocksdb",
                                        .metrics = &metrics});
   if (!server.is_ok()) {
     FF_LOG_ERROR("ff-meta: {}", server.status());
