@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   double seconds = 3;
   uint32_t chunk_size = 4u << 20;
   uint32_t max_parallel_chunks = 16;
+  uint32_t read_split_bytes = 1u << 20;
   app.add_option("--mgmtd", mgmtd, "mgmtd host:port")->required();
   app.add_option("--meta-db", meta_db, "RocksDB directory for the in-process meta (created)")->required();
   app.add_option("--file-mb", file_mb, "file size in MiB (prefilled)");
@@ -53,11 +54,13 @@ int main(int argc, char** argv) {
   app.add_option("--parallelism", parallelism, "threads, each with one I/O in flight");
   app.add_option("--chunk-size", chunk_size, "file chunk size");
   app.add_option("--max-parallel-chunks", max_parallel_chunks, "chunk I/Os in flight per call");
+  app.add_option("--read-split-bytes", read_split_bytes, "chunk reads longer than this are split (0: off)");
   CLI11_PARSE(app, argc, argv);
 
   ff::fs::FileClientConfig client_config;
   client_config.mgmtd_address = mgmtd;
   client_config.max_parallel_chunks = max_parallel_chunks;
+  client_config.read_split_bytes = read_split_bytes;
   client_config.rpc_timeout_ms = 30'000;
   client_config.op_timeout_ms = 120'000;
   ff::fs::EmbeddedFsConfig fs_config;

@@ -48,6 +48,9 @@ struct FileClientConfig {
   int64_t op_timeout_ms = 60'000;      // one chunk I/O, retries included
   int64_t report_interval_ms = 1'000;  // length reports while writing
   int64_t lease_renew_interval_ms = 10'000;
+  // Chunk reads longer than this are split into pieces read in parallel (StorageClient spreads them
+  // over the chain's serving replicas), so one large read is not served by one server alone. 0: off.
+  uint32_t read_split_bytes = 1u << 20;
 };
 
 using FileHandle = uint64_t;

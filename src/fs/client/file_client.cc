@@ -295,8 +295,9 @@ struct FileClient::Impl {
   }
 
   // Splits [offset, offset + length) of a file into chunk tasks of op `op`.
+  // piece_bytes > 0 cuts each chunk's range further into pieces of at most that many bytes.
   static void split(const meta::Layout& layout, meta::InodeId inode, size_t op, uint64_t offset, uint64_t length,
-                    std::vector<ChunkTask>& tasks) {
+                    std::vector<ChunkTask>& tasks, uint64_t piece_bytes = 0) {
     const uint64_t chunk_size = layout.chunk_size;
     uint64_t position = offset;
     const uint64_t end = offset + length;
@@ -304,6 +305,7 @@ struct FileClient::Impl {
       uint64_t index = position / chunk_size;
       uint64_t in_chunk = position % chunk_size;
       uint64_t take = std::min(end - position, chunk_size - in_chunk);
+      if (piece_bytes > 0) take = std::min(take, piece_bytes);
       tasks.push_back(ChunkTask{.op = op,
                                 .chain = layout.chain_of(index),
                                 .chunk = ChunkId{inode, index},
@@ -351,7 +353,7 @@ struct FileClient::Impl {
       uint64_t length = op.offset >= eof ? 0 : std::min<uint64_t>(op.out.size(), eof - op.offset);
       results[i] = static_cast<size_t>(length);
       op_handles[i] = *handle;
-      split(layout, (*handle)->inode, i, op.offset, length, tasks);
+      split(layout, (*handle)->inode, i, op.offset, length, tasks, config.read_split_bytes);
     }
     StorageClient* storage_client = storage.get();
     run_pipeline(
