@@ -229,7 +229,7 @@ def main() -> int:
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "torch": torch.__version__,
                 "timing": f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats}",
-                "kernel": "phase 1: mma.sync m16n8k16 + cp.async 2-stage pipeline (docs/mla.md)",
+                "kernel": "mma.sync m16n8k16 + cp.async; FP8 with <= 32 rows: MMAs fed from 4 raw FP8 stages (docs/mla.md)",
                 "seconds": round(time.time() - started, 1),
                 "cases": cases,
             }

@@ -138,6 +138,30 @@ def test_fp8_cache(causal):
         check(out, lse, ref_out, ref_lse, lse_tolerance=6e-3)
 
 
+@pytest.mark.parametrize("h_q, s_q, h_kv, dtype, q_gain", [
+    (16, 1, 1, torch.bfloat16, 1.0),
+    (16, 2, 1, torch.bfloat16, 30.0),
+    (32, 1, 1, torch.bfloat16, 0.01),
+    (32, 1, 2, torch.float16, 1.0),
+    (16, 2, 1, torch.float16, 4.0),
+])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fp8_cache_few_rows(h_q, s_q, h_kv, dtype, q_gain, causal):
+    """<= 32 query rows per KV head: the kernel whose MMAs read the raw FP8 tiles. q is scaled up and
+    down (its rows are rescaled by powers of two into f16 range there); the scores use the exact e4m3
+    values, so the lse bound is the bf16 one."""
+    seqlens = [1, 63, 65, 200, 0, 700, 130, 1500]
+    q, cache, block_table, lengths = make_case(seqlens, s_q, h_q, seed=40 + h_q + s_q + h_kv, h_kv=h_kv, dtype=dtype)
+    q = (q.float() * q_gain).to(dtype)
+    cache_fp8 = mla.quantize_kvcache_fp8(cache.to(torch.bfloat16))  # the FP8 layout's RoPE is bf16
+    values = dequantize(cache_fp8)
+    ref_out, ref_lse = reference(q, lambda i, k: gather_keys(values, block_table, lengths, i, k), lengths, h_kv, causal)
+    for num_sms in (132, 7):
+        out, lse = run(q, cache_fp8, block_table, lengths, causal, fp8=True, num_sms=num_sms, h_kv=h_kv)
+        assert out.dtype == dtype
+        check(out, lse, ref_out, ref_lse)
+
+
 def test_matches_the_cpu_implementation():
     q, cache, block_table, lengths = make_case([500, 77, 64], 1, 16, seed=3)
     metadata, splits = mla.get_mla_metadata(lengths.cpu(), 16, 1, num_sms=5)

@@ -25,9 +25,11 @@
 // row, the 16-byte chunk c of row r stored at chunk c ^ (r & 7), so the 8 row addresses of an ldmatrix
 // hit 8 different bank groups.
 //   bf16 / fp16 cache: Q tile | KV tile 0 | KV tile 1 | row reduction buffer       = 222,720 bytes
-//   FP8 cache:         Q tile | KV tile (dequantized) | raw tile 0 | raw tile 1 | … = 231,936 bytes
+//   FP8 cache, > 32 rows: Q tile | KV tile (dequantized) | raw tile 0 | raw tile 1 | … = 231,936 bytes
 // The raw FP8 tiles hold the 656-byte tokens as stored; every block is dequantized (e4m3 * scale ->
-// bf16 / fp16, RoPE copied) into the KV tile before its MMAs.
+// bf16 / fp16, RoPE copied) into the KV tile before its MMAs (Decoder<., true, 1>). With at most 32
+// rows per KV head (the memory-bound shapes) Fp8Decoder instead feeds its MMAs straight from four raw
+// stages (see its comment).
 //
 // Never reads past the length: tokens at or past a piece's end are zero-filled by cp.async with a source
 // size of 0 (no global read), blocks past it are not loaded, and a block id outside the cache or a
@@ -151,6 +153,58 @@ struct Piece {
   bool only_piece;
 };
 
+// kSplit > 1: folds the softmax states of slices 1.. into the slice-0 warps with the same rows and
+// half, through shared memory (`scratch`: the KV stages, idle once the pipeline has drained; 135 KB):
+// m = max(m_a, m_b), sum = sum_a 2^(m_a - m) + sum_b 2^(m_b - m), acc likewise. The layout of `acc`
+// does not matter as long as every warp uses the same one.
+template <int kSplit>
+__device__ void merge_slice_states(float (&acc)[32][4], RowState& state, float* scratch, bool active, int slice,
+                                   int row_group, int half, int lane) {
+  constexpr int kRowGroups = 4 / kSplit;
+  constexpr int kWarpFloats = 32 * 4 * 32 + 4 * 32;  // acc, then max0, max1, sum0, sum1; lane-minor
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  __syncthreads();  // every warp is done with the tiles
+  if (active && slice > 0) {
+    float* mine = scratch + warp * kWarpFloats;
+#pragma unroll
+    for (int n = 0; n < 32; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) mine[(n * 4 + e) * 32 + lane] = acc[n][e];
+    }
+    mine[4096 + lane] = state.max_log2[0];
+    mine[4096 + 32 + lane] = state.max_log2[1];
+    mine[4096 + 64 + lane] = state.sum[0];
+    mine[4096 + 96 + lane] = state.sum[1];
+  }
+  __syncthreads();
+  if (active && slice == 0) {
+#pragma unroll 1
+    for (int other_slice = 1; other_slice < kSplit; ++other_slice) {
+      const int other_warp = (row_group + kRowGroups * other_slice) + 4 * half;
+      const float* theirs = scratch + other_warp * kWarpFloats;
+      float mine_scale[2], their_scale[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float their_max = theirs[4096 + 32 * i + lane];
+        const float new_max = fmaxf(state.max_log2[i], their_max);
+        const float base = new_max == -INFINITY ? 0.0f : new_max;
+        mine_scale[i] = exp2f(state.max_log2[i] - base);
+        their_scale[i] = exp2f(their_max - base);
+        state.sum[i] = state.sum[i] * mine_scale[i] + theirs[4096 + 64 + 32 * i + lane] * their_scale[i];
+        state.max_log2[i] = new_max;
+      }
+#pragma unroll
+      for (int n = 0; n < 32; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          acc[n][e] = acc[n][e] * mine_scale[e / 2] + theirs[(n * 4 + e) * 32 + lane] * their_scale[e / 2];
+        }
+      }
+    }
+  }
+}
+constexpr int kMergeScratchBytes = 8 * (32 * 4 * 32 + 4 * 32) * 4;
+
 // kSplit: token slices per 64-token block. With few query rows (h_q 16: one row group of 16), the
 // four warp pairs would otherwise idle but one: with kSplit = 4 (<= 16 rows) or 2 (<= 32 rows), pair
 // (row group, slice) takes rows of row group `rg % (4 / kSplit)` and the slice `rg / (4 / kSplit)` of
@@ -165,6 +219,8 @@ class Decoder {
   static constexpr int kKSteps = kSliceTokens / 16;        // k-steps of O += P V per block (4, 2, 1)
 
  public:
+  static constexpr int kSmemBytes = kFp8 ? kSmemBytesFp8 : kSmemBytes16;
+
   __device__ Decoder(const DecodeParams& p, char* smem) : p_(p) {
     sq_ = smem_address(smem);
     skv_ = sq_ + kTileBytes;
@@ -471,52 +527,10 @@ class Decoder {
     }
   }
 
-  // kSplit > 1: folds the softmax states of slices 1.. into the slice-0 warps with the same rows and
-  // half, through shared memory (the KV stages, idle once the pipeline has drained):
-  // m = max(m_a, m_b), sum = sum_a 2^(m_a - m) + sum_b 2^(m_b - m), acc likewise.
   __device__ void merge_slices(float (&acc)[32][4], RowState& state) {
-    constexpr int kWarpFloats = 32 * 4 * 32 + 4 * 32;  // acc, then max0, max1, sum0, sum1; lane-minor
-    float* scratch = reinterpret_cast<float*>(kv_tile_);
-    static_assert(8 * kWarpFloats * 4 <= 2 * kTileBytes, "the merge scratch fits in the KV stages");
-    __syncthreads();  // every warp is done with the tiles
-    if (active_ && slice_ > 0) {
-      float* mine = scratch + warp_ * kWarpFloats;
-#pragma unroll
-      for (int n = 0; n < 32; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) mine[(n * 4 + e) * 32 + lane_] = acc[n][e];
-      }
-      mine[4096 + lane_] = state.max_log2[0];
-      mine[4096 + 32 + lane_] = state.max_log2[1];
-      mine[4096 + 64 + lane_] = state.sum[0];
-      mine[4096 + 96 + lane_] = state.sum[1];
-    }
-    __syncthreads();
-    if (active_ && slice_ == 0) {
-#pragma unroll 1
-      for (int other_slice = 1; other_slice < kSplit; ++other_slice) {
-        const int other_warp = (row_group_ + kRowGroups * other_slice) + 4 * half_;
-        const float* theirs = scratch + other_warp * kWarpFloats;
-        float mine_scale[2], their_scale[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const float their_max = theirs[4096 + 32 * i + lane_];
-          const float new_max = fmaxf(state.max_log2[i], their_max);
-          const float base = new_max == -INFINITY ? 0.0f : new_max;
-          mine_scale[i] = exp2f(state.max_log2[i] - base);
-          their_scale[i] = exp2f(their_max - base);
-          state.sum[i] = state.sum[i] * mine_scale[i] + theirs[4096 + 64 + 32 * i + lane_] * their_scale[i];
-          state.max_log2[i] = new_max;
-        }
-#pragma unroll
-        for (int n = 0; n < 32; ++n) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            acc[n][e] = acc[n][e] * mine_scale[e / 2] + theirs[(n * 4 + e) * 32 + lane_] * their_scale[e / 2];
-          }
-        }
-      }
-    }
+    static_assert(kMergeScratchBytes <= 2 * kTileBytes, "the merge scratch fits in the KV stages");
+    merge_slice_states<kSplit>(acc, state, reinterpret_cast<float*>(kv_tile_), active_, slice_, row_group_, half_,
+                               lane_);
   }
 
   // Normalizes and writes the piece's rows: to out / softmax_lse when it is the sequence's only piece,
@@ -582,10 +596,625 @@ class Decoder {
   bool active_ = false;
 };
 
-template <bool kFp16, bool kFp8, int kSplit>
+// The FP8 cache with few query rows (kSplit 4: <= 16 rows, kSplit 2: <= 32; the memory-bound shapes):
+// the MMAs read their K and V operands straight from the raw 656-byte tokens, converted in registers,
+// so no 16-bit KV tile exists and four raw stages (168 KB) stay in flight. The warp roles are
+// Decoder's (pairs = (row group, token slice), halves split the tokens in S and the channels in O).
+//   S = Q K^T   f16 MMAs on the latent channels: e4m3 -> f16 is exact (cvt.rn.f16x2.e4m3x2), Q is
+//               converted once per piece to f16 after scaling each row by a power of two (exact;
+//               keeps large or small q in f16 range), per 128-channel group g the partial
+//               dot products are multiplied by the token's scale_g; the RoPE channels use MMAs of
+//               q's dtype on the bf16 RoPE of the raw token. The latent channels of Q and K are
+//               permuted alike (a dot product does not care): thread quad q4 reads 16 consecutive
+//               bytes of a token for 4 k-steps, the Q tile is stored so that ldmatrix returns the
+//               matching channels.
+//   O += P V    f16 MMAs: V's e4m3 bytes of two tokens are paired (prmt) and converted exactly to f16;
+//               the per-token, per-group scale goes into P, written as 4 planes (one per 128-channel
+//               group g) of P * scale_g / group_max_g in f16, where group_max_g is the largest scale
+//               of group g seen so far in the piece (the same in every warp, from a block-wide
+//               maximum), so the f16 operand stays in [0, 1]; the accumulators are in units of
+//               group_max_g and are rescaled with the softmax when it grows. The tokens of a k-step
+//               are permuted (thread quad q4 reads tokens 4 q4 .. 4 q4 + 3 of a 16-token step) and P
+//               is stored to match.
+// Shared memory: raw tile s (4 stages) | Q tile (16-bit, kQRows x 1152 B) | P planes | buffers. In the
+// raw tiles latent chunk c (16 bytes) of token t sits at chunk c ^ (2 ((t >> 3) & 1)): with the
+// 656-byte token stride (16 mod 128) this makes both the S loads (2 tokens x 4 chunks per 8 lanes) and
+// the V loads (4 tokens x 2 chunks) hit 8 different 16-byte bank groups.
+template <bool kFp16, int kSplit>
+class Fp8Decoder {
+  static_assert(kSplit == 2 || kSplit == 4, "the direct FP8 path serves 16 or 32 query rows");
+  static constexpr int kRowGroups = 4 / kSplit;
+  static constexpr int kQRows = 16 * kRowGroups;           // query rows held (16 or 32)
+  static constexpr int kSliceTokens = kTileRows / kSplit;  // tokens of a block per warp pair (16, 32)
+  static constexpr int kWarpTokens = kSliceTokens / 2;     // tokens per warp in S (8, 16)
+  static constexpr int kNTiles = kWarpTokens / 8;          // m16n8 tiles of S per warp (1, 2)
+  static constexpr int kKSteps = kSliceTokens / 16;        // k-steps of O += P V per block (1, 2)
+  static constexpr int kChains = 2 / kNTiles;              // independent MMA chains per n-tile of S
+  static constexpr int kStages = 4;
+  static constexpr int kQBytes = kQRows * kRowBytes;
+  static constexpr int kPlaneBytes = kQRows * kTileRows * 2;  // P * scale_g of one group, bf16
+  static constexpr int kRawOffset = 0;
+  static constexpr int kQOffset = kStages * kRawTileBytes;
+  static constexpr int kPOffset = kQOffset + kQBytes;
+  static constexpr int kReductionOffset = kPOffset + 4 * kPlaneBytes;
+  static constexpr int kScaleMaxOffset = kReductionOffset + kReductionBytes;  // 8 warps x 4 groups
+  static constexpr int kFactorOffset = kScaleMaxOffset + 8 * 4 * 4;
+
+ public:
+  static constexpr int kSmemBytes = kFactorOffset + kQRows * 4;
+  static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
+  static_assert(kMergeScratchBytes <= kStages * kRawTileBytes, "the merge scratch fits in the raw stages");
+  static_assert(kRawTileBytes % 128 == 0 && kQOffset % 128 == 0 && kPOffset % 128 == 0, "aligned regions");
+
+  __device__ Fp8Decoder(const DecodeParams& p, char* smem) : p_(p), smem_(smem) {
+    sq_ = smem_address(smem + kQOffset);
+    sp_ = smem_address(smem + kPOffset);
+    reduction_ = reinterpret_cast<float*>(smem + kReductionOffset);
+    row_factor_ = reinterpret_cast<float*>(smem + kFactorOffset);
+    block_scale_max_ = reinterpret_cast<float*>(smem + kScaleMaxOffset);
+    warp_ = static_cast<int>(threadIdx.x) / 32;
+    lane_ = static_cast<int>(threadIdx.x) % 32;
+    pair_ = warp_ & 3;
+    row_group_ = pair_ % kRowGroups;
+    slice_ = pair_ / kRowGroups;
+    half_ = warp_ >> 2;
+    head_k_ = static_cast<int>(blockIdx.y);
+    m_block_ = static_cast<int>(blockIdx.x);
+    const int tile_rows = min(kTileRows, p.rows - m_block_ * kTileRows);
+    active_ = row_group_ * 16 < tile_rows;
+  }
+
+  __device__ void run_piece(const Piece& piece) {
+    const int num_kv_blocks =
+        piece.token_end > piece.token_begin ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows : 0;
+    const int first_block = piece.token_begin / kTileRows;
+    float acc[32][4];
+#pragma unroll
+    for (int n = 0; n < 32; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    RowState state;
+    state.max_log2[0] = state.max_log2[1] = -INFINITY;
+    state.sum[0] = state.sum[1] = 0.0f;
+#pragma unroll
+    for (int group = 0; group < 4; ++group) group_max_[group] = 0.0f;
+
+      // Prologue: kStages - 1 groups of one block each (possibly empty), then Q (plain loads, converted).
+#pragma unroll
+    for (int stage = 0; stage < kStages - 1; ++stage) {
+      if (stage < num_kv_blocks)
+        load_block(piece, first_block + stage, stage, physical_block(piece, first_block + stage));
+      cp_async_commit();
+    }
+    // NOTE: the block-table entry of the next block to load is read one iteration ahead, so the
+    // cp.async issue never waits for a global load.
+    int next_physical = kStages - 1 < num_kv_blocks ? physical_block(piece, first_block + kStages - 1) : -1;
+    load_q(piece.batch);
+
+    for (int j = 0; j < num_kv_blocks; ++j) {
+      // Groups committed so far: kStages - 1 + j; all but the newest kStages - 2 are complete.
+      cp_async_wait<kStages - 2>();
+      __syncthreads();  // block j (and Q) visible to all; every warp is done with block j - 1's stage
+      if (j + kStages - 1 < num_kv_blocks) {
+        load_block(piece, first_block + j + kStages - 1, (j + kStages - 1) % kStages, next_physical);
+      }
+      cp_async_commit();
+      next_physical = j + kStages < num_kv_blocks ? physical_block(piece, first_block + j + kStages) : -1;
+      if (!p_.probe_loads_only) {
+        compute_block(smem_ + kRawOffset + (j % kStages) * kRawTileBytes, (first_block + j) * kTileRows, piece, acc,
+                      state);
+      }
+    }
+    cp_async_wait<0>();
+    merge_slice_states<kSplit>(acc, state, reinterpret_cast<float*>(smem_ + kRawOffset), active_, slice_, row_group_,
+                               half_, lane_);
+    finish_piece(piece, acc, state);
+    __syncthreads();  // the next piece reuses every buffer
+  }
+
+ private:
+  // Physical 16-byte chunk of chunk c of token t in a raw tile (the latent chunks 0..31 swizzled).
+  __device__ static __forceinline__ int raw_chunk(int token, int chunk) {
+    return chunk < kDimV / 16 ? chunk ^ (((token >> 3) & 1) << 1) : chunk;
+  }
+
+  // The Q rows of this CTA (kQRows; rows past p.rows are zero) into the Q tile: the latent channels
+  // as f16 times 2^k_row (k_row puts the row's largest |q| in [2^13, 2^14)) at the permuted places
+  // the S loads expect, the RoPE channels in q's dtype, likewise permuted; row_factor_ = 2^-k_row.
+  // Logical latent channel 64 j + 16 q + 4 s + e (e < 4) is stored at 64 j + 16 s + 8 (e / 2) + 2 q + e % 2;
+  // RoPE channel 32 h + 8 q + 4 s + e at 512 + 16 (2 h + s) + 8 (e / 2) + 2 q + e % 2.
+  __device__ void load_q(int batch) {
+    const auto* q = static_cast<const uint16_t*>(p_.q);
+    for (int row = warp_; row < kQRows; row += 8) {
+      const int r = m_block_ * kTileRows + row;
+      const bool valid = r < p_.rows;
+      uint4 latent[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+      uint4 rope = make_uint4(0, 0, 0, 0);
+      if (valid) {
+        const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+        const uint16_t* source = q + batch * p_.q_batch_stride + token * p_.q_token_stride + head * p_.q_head_stride;
+        latent[0] = *reinterpret_cast<const uint4*>(source + 16 * lane_);
+        latent[1] = *reinterpret_cast<const uint4*>(source + 16 * lane_ + 8);
+        if (lane_ < 8) rope = *reinterpret_cast<const uint4*>(source + kDimV + 8 * lane_);
+      }
+      float values[16];
+      const uint32_t words[8] = {latent[0].x, latent[0].y, latent[0].z, latent[0].w,
+                                 latent[1].x, latent[1].y, latent[1].z, latent[1].w};
+      float largest = 0.0f;
+#pragma unroll
+      for (int w = 0; w < 8; ++w) {
+        if constexpr (kFp16) {
+          const float2 pair = __half22float2(*reinterpret_cast<const __half2*>(&words[w]));
+          values[2 * w] = pair.x;
+          values[2 * w + 1] = pair.y;
+        } else {
+          values[2 * w] = __uint_as_float(words[w] << 16);
+          values[2 * w + 1] = __uint_as_float(words[w] & 0xffff0000u);
+        }
+        largest = fmaxf(largest, fmaxf(fabsf(values[2 * w]), fabsf(values[2 * w + 1])));
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) {
+        largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+      }
+      int exponent = 0;
+      if (largest > 0.0f && largest <= 3.0e38f) {
+        int e;
+        frexpf(largest, &e);  // largest = m 2^e, m in [0.5, 1)
+        exponent = 14 - e;
+      }
+      const float up = ldexpf(1.0f, exponent);
+      if (lane_ == 0) row_factor_[row] = ldexpf(1.0f, -exponent);
+      // Lane l holds logical channels 16 l .. 16 l + 15: j = l / 4, q = l % 4.
+      const int j = lane_ >> 2, qq = lane_ & 3;
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int c = 4 * s + 2 * half;  // values[c], values[c + 1]
+          const __half2 h = __floats2half2_rn(values[c] * up, values[c + 1] * up);
+          const uint32_t word = *reinterpret_cast<const uint32_t*>(&h);
+          const uint32_t address = sq_ + tile_offset(row, 8 * j + 2 * s + half) + 4 * qq;
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(word) : "memory");
+        }
+      }
+      if (lane_ < 8) {
+        // Lane l holds RoPE channels 8 l .. 8 l + 7: h = l / 4, q = l % 4, s = 0, 1.
+        const int h = lane_ >> 2;
+        const uint32_t rope_words[4] = {rope.x, rope.y, rope.z, rope.w};
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const uint32_t address = sq_ + tile_offset(row, 64 + 2 * (2 * h + s) + half) + 4 * qq;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(rope_words[2 * s + half]) : "memory");
+          }
+        }
+      }
+    }
+  }
+
+  // KV block `block` (64 raw tokens) into stage `stage`; tokens at or past the piece's end are
+  // zero-filled without being read (scale 0, so they stay 0).
+  __device__ int physical_block(const Piece& piece, int block) const {
+    return block < p_.max_blocks
+               ? p_.block_table[piece.batch * p_.block_table_batch_stride + block * p_.block_table_column_stride]
+               : -1;
+  }
+
+  // `physical`: the block-table entry of `block` (physical_block), -1 for none.
+  __device__ void load_block(const Piece& piece, int block, int stage, int physical) {
+    const bool block_ok = physical >= 0 && physical < p_.num_blocks;
+    const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
+    const auto* cache = static_cast<const uint8_t*>(p_.k_cache);
+    const uint8_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+    const uint32_t destination = smem_address(smem_ + kRawOffset + stage * kRawTileBytes);
+    // Thread t copies chunk t % 64 (if < 41) of tokens t / 64 + 4 i, i < 16: the swizzle of token
+    // t / 64 + 4 i is 2 ((i >> 1) & 1), so every address but the source stride is a constant.
+    const int chunk = static_cast<int>(threadIdx.x) & 63, token0 = static_cast<int>(threadIdx.x) >> 6;
+    static_assert(kThreads == 256 && kTileRows == 64, "4 tokens x 64 chunk lanes per round");
+    if (chunk < kFp8TokenChunks) {
+      const uint8_t* source = base + token0 * p_.k_token_stride + chunk * 16;
+      const int64_t step = 4 * p_.k_token_stride;
+      const uint32_t first = destination + token0 * kFp8TokenBytes;
+      const uint32_t straight = first + chunk * 16, swizzled = first + raw_chunk(8, chunk) * 16;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const bool valid = token0 + 4 * i < valid_tokens;
+        cp_async_16(((i >> 1) & 1 ? swizzled : straight) + 4 * i * kFp8TokenBytes, valid ? source : cache, valid);
+        source += step;
+      }
+    }
+  }
+
+  // Bytes 0, 1 and 2, 3 of x (e4m3) -> two f16x2 (exact).
+  __device__ static __forceinline__ void e4m3x4_to_f16x2x2(uint32_t x, uint32_t& low, uint32_t& high) {
+    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(low), "=r"(high)
+        : "r"(x));
+  }
+
+  // One 64-token block from the raw tile at `raw`: S = Q K^T, online softmax, O += P V.
+  __device__ void compute_block(const char* raw, int block_start, const Piece& piece, float (&acc)[32][4],
+                                RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const int warp_token0 = slice_ * kSliceTokens + half_ * kWarpTokens;
+    // Scores: element (n, i, e) is row g + 8 i, token warp_token0 + 8 n + q4 + 4 e (column 2 q4 + e of
+    // n-tile n, whose column c is token (c >> 1) + 4 (c & 1)).
+    float s[kNTiles][4];
+    float4 scales[kNTiles][2];  // of the tokens of columns 2 q4 + e
+#pragma unroll
+    for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        scales[n][e] =
+            *reinterpret_cast<const float4*>(raw + (warp_token0 + 8 * n + q4 + 4 * e) * kFp8TokenBytes + kDimV);
+      }
+    }
+    if (active_) {
+      const int a_row = row_group_ * 16 + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+      // NOTE: chunk 2k + c of row r sits at 8 (k / 4) + ((2 (k % 4) + c) ^ (r & 7)): four per-lane offsets
+      // plus a compile-time 128 (k / 4), instead of the swizzle arithmetic at every k-step.
+      uint32_t a_offset[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a_offset[i] = sq_ + a_row * kRowBytes + (((2 * i + (lane_ >> 4)) ^ (a_row & 7)) << 4);
+      const auto a_address = [&](int k) { return a_offset[k % 4] + 128 * (k / 4); };
+      const int b_token_local = (g >> 1) + 4 * (g & 1);
+      const float row_factor[2] = {row_factor_[row_group_ * 16 + g], row_factor_[row_group_ * 16 + g + 8]};
+      // NOTE: kChains independent accumulators per n-tile (k-step k feeds chain k % kChains): one chain
+      // would serialize the 36 MMAs of a block on the MMA latency.
+      float rope[kChains][kNTiles][4], latent[kNTiles][4];
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          latent[n][e] = 0.0f;
+#pragma unroll
+          for (int c = 0; c < kChains; ++c) rope[c][n][e] = 0.0f;
+        }
+      }
+      // RoPE: MMAs of q's dtype on chunks 33 + q4 and 37 + q4 of the token (bf16; f16 for f16 q).
+      {
+        uint4 k_rope[kNTiles][2];
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n) {
+          const char* token_row = raw + (warp_token0 + 8 * n + b_token_local) * kFp8TokenBytes;
+          k_rope[n][0] = *reinterpret_cast<const uint4*>(token_row + (33 + q4) * 16);
+          k_rope[n][1] = *reinterpret_cast<const uint4*>(token_row + (37 + q4) * 16);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          uint32_t a[4];
+          ldmatrix_x4(a, a_address(32 + k));
+#pragma unroll
+          for (int n = 0; n < kNTiles; ++n) {
+            const uint4 words = k_rope[n][k / 2];
+            uint32_t b0 = (k % 2) ? words.z : words.x, b1 = (k % 2) ? words.w : words.y;
+            if constexpr (kFp16) {
+              b0 = pack2<true>(__uint_as_float(b0 << 16), __uint_as_float(b0 & 0xffff0000u));
+              b1 = pack2<true>(__uint_as_float(b1 << 16), __uint_as_float(b1 & 0xffff0000u));
+            }
+            mma_16816<kFp16>(rope[k % kChains][n], a, b0, b1);
+          }
+        }
+      }
+      // Latent: per 128-channel group, f16 MMAs into `part`, then latent += scale_g * part.
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        float part[kChains][kNTiles][4];
+#pragma unroll
+        for (int c = 0; c < kChains; ++c) {
+#pragma unroll
+          for (int n = 0; n < kNTiles; ++n) part[c][n][0] = part[c][n][1] = part[c][n][2] = part[c][n][3] = 0.0f;
+        }
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const int j = 2 * group + jj;
+          uint4 k_bytes[kNTiles];
+#pragma unroll
+          for (int n = 0; n < kNTiles; ++n) {
+            const int token = warp_token0 + 8 * n + b_token_local;
+            k_bytes[n] =
+                *reinterpret_cast<const uint4*>(raw + token * kFp8TokenBytes + raw_chunk(token, 4 * j + q4) * 16);
+          }
+#pragma unroll
+          for (int sub = 0; sub < 4; ++sub) {
+            uint32_t a[4];
+            ldmatrix_x4(a, a_address(4 * j + sub));
+#pragma unroll
+            for (int n = 0; n < kNTiles; ++n) {
+              const uint32_t x = sub == 0   ? k_bytes[n].x
+                                 : sub == 1 ? k_bytes[n].y
+                                 : sub == 2 ? k_bytes[n].z
+                                            : k_bytes[n].w;
+              uint32_t b0, b1;
+              e4m3x4_to_f16x2x2(x, b0, b1);
+              mma_16816<true>(part[(4 * jj + sub) % kChains][n], a, b0, b1);
+            }
+          }
+        }
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float4 sc = scales[n][e & 1];
+            const float scale = group == 0 ? sc.x : group == 1 ? sc.y : group == 2 ? sc.z : sc.w;
+            float total = part[0][n][e];
+#pragma unroll
+            for (int c = 1; c < kChains; ++c) total += part[c][n][e];
+            latent[n][e] = fmaf(scale, total, latent[n][e]);
+          }
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float rope_total = rope[0][n][e];
+#pragma unroll
+          for (int c = 1; c < kChains; ++c) rope_total += rope[c][n][e];
+          s[n][e] = fmaf(row_factor[e / 2], latent[n][e], rope_total);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    }
+
+    // Scale and mask.
+    float local_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = m_block_ * kTileRows + row_group_ * 16 + g + 8 * i;
+      int limit = piece.token_end;
+      if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int position = block_start + warp_token0 + n * 8 + q4 + 4 * e;
+          float& value = s[n][2 * i + e];
+          value = position < limit ? value * p_.scale_log2 : -INFINITY;
+          local_max[i] = fmaxf(local_max[i], value);
+        }
+      }
+      local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 1));
+      local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 2));
+    }
+    // The largest scale of each group among this warp's tokens (every lane of a quad has the same).
+    float scale_max[4];
+    {
+      const auto component = [](const float4& v, int group) {
+        return group == 0 ? v.x : group == 1 ? v.y : group == 2 ? v.z : v.w;
+      };
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        float m = 0.0f;
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n)
+          m = fmaxf(m, fmaxf(component(scales[n][0], group), component(scales[n][1], group)));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        scale_max[group] = m;
+      }
+    }
+    if (active_ && q4 == 0) {
+      reduction_[half_ * kTileRows + pair_ * 16 + g] = local_max[0];
+      reduction_[half_ * kTileRows + pair_ * 16 + g + 8] = local_max[1];
+    }
+    if (lane_ == 0) {
+      *reinterpret_cast<float4*>(block_scale_max_ + 4 * warp_) =
+          make_float4(scale_max[0], scale_max[1], scale_max[2], scale_max[3]);
+    }
+    __syncthreads();
+
+    // Running largest scale per group over every token of the piece so far, the same in every warp:
+    // P * scale_g / group_max_g <= 1 is what the f16 MMAs see, and acc is in units of group_max_g.
+    float group_ratio[2];  // old / new group_max of this half's two groups (1 if both are 0)
+    float inverse_group_max[4];
+    {
+      float block_max[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int w = 0; w < 8; ++w) {
+        const float4 v = *reinterpret_cast<const float4*>(block_scale_max_ + 4 * w);
+        block_max[0] = fmaxf(block_max[0], v.x);
+        block_max[1] = fmaxf(block_max[1], v.y);
+        block_max[2] = fmaxf(block_max[2], v.z);
+        block_max[3] = fmaxf(block_max[3], v.w);
+      }
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        const float old_max = group_max_[group];
+        const float new_max = fmaxf(old_max, block_max[group]);
+        group_max_[group] = new_max;
+        // NOTE: fast divisions (2 ulp): every warp computes the same values, which is all the units need.
+        inverse_group_max[group] = new_max > 0.0f ? __fdividef(1.0f, new_max) : 0.0f;
+        if (group / 2 == half_) group_ratio[group % 2] = new_max > 0.0f ? __fdividef(old_max, new_max) : 1.0f;
+      }
+    }
+
+    if (active_) {
+      float rescale[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float other = reduction_[(1 - half_) * kTileRows + pair_ * 16 + g + 8 * i];
+        const float new_max = fmaxf(state.max_log2[i], fmaxf(local_max[i], other));
+        const float base = new_max == -INFINITY ? 0.0f : new_max;
+        rescale[i] = exp2f(state.max_log2[i] - base);
+        state.max_log2[i] = new_max;
+        float block_sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& value = s[n][2 * i + e];
+            value = exp2f(value - base);
+            block_sum += value;
+          }
+        }
+        state.sum[i] = state.sum[i] * rescale[i] + block_sum;
+      }
+      // NOTE: the accumulators are rescaled only when some factor moved (the running maxima settle
+      // after a few blocks), which saves 128 multiplications per thread per block.
+      const bool moved = rescale[0] != 1.0f || rescale[1] != 1.0f || group_ratio[0] != 1.0f || group_ratio[1] != 1.0f;
+      if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+#pragma unroll
+          for (int n = 0; n < 16; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[16 * m + n][e] *= rescale[e / 2] * group_ratio[m];
+          }
+        }
+      }
+      // P * scale_g / group_max_g (f16) into plane g: row row_group * 16 + g + 8 i, the token's place.
+      // Token 16 b + 4 u + v (v < 4) of the block sits at 16 b + 2 u + 8 (v / 2) + v % 2 (what the V
+      // loads expect).
+#pragma unroll
+      for (int n = 0; n < kNTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int token = warp_token0 + 8 * n + q4 + 4 * e;
+          const int within = token & 15, u = within >> 2, v = within & 3;
+          const int place = (token & ~15) + 2 * u + 8 * (v >> 1) + (v & 1);
+          const float4 sc = scales[n][e];
+          const float weight[4] = {sc.x * inverse_group_max[0], sc.y * inverse_group_max[1],
+                                   sc.z * inverse_group_max[2], sc.w * inverse_group_max[3]};
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const int row = row_group_ * 16 + g + 8 * i;
+            const uint32_t offset = row * (kTileRows * 2) + (((place >> 3) ^ (row & 7)) << 4) + (place & 7) * 2;
+            const float p = s[n][2 * i + e];
+#pragma unroll
+            for (int group = 0; group < 4; ++group) {
+              const __half value = __float2half_rn(p * weight[group]);
+              const uint16_t bits = *reinterpret_cast<const uint16_t*>(&value);
+              asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(sp_ + group * kPlaneBytes + offset), "h"(bits) : "memory");
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+
+    if (active_) {
+      const int p_row = row_group_ * 16 + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+#pragma unroll
+      for (int k = 0; k < kKSteps; ++k) {
+        const int step_token0 = slice_ * kSliceTokens + 16 * k;  // first token of this k-step
+        const int chunk = (step_token0 >> 3) + (lane_ >> 4);
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const int group = 2 * half_ + m;
+          uint32_t a[4];
+          ldmatrix_x4(a, sp_ + group * kPlaneBytes + p_row * (kTileRows * 2) + ((chunk ^ (p_row & 7)) << 4));
+          uint4 v[4];  // tokens step_token0 + 4 q4 + t, latent chunk 8 group + g
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            const int token = step_token0 + 4 * q4 + t;
+            v[t] = *reinterpret_cast<const uint4*>(raw + token * kFp8TokenBytes + raw_chunk(token, 8 * group + g) * 16);
+          }
+          const uint32_t w0[4] = {v[0].x, v[0].y, v[0].z, v[0].w}, w1[4] = {v[1].x, v[1].y, v[1].z, v[1].w};
+          const uint32_t w2[4] = {v[2].x, v[2].y, v[2].z, v[2].w}, w3[4] = {v[3].x, v[3].y, v[3].z, v[3].w};
+          // n-tile 16 m + i: column c = channel 128 group + 16 c + i. b0 = tokens 4 q4 + 0, 1; b1 = + 2, 3.
+#pragma unroll
+          for (int word = 0; word < 4; ++word) {
+            uint32_t b0[4], b1[4];
+            e4m3x4_to_f16x2x2(__byte_perm(w0[word], w1[word], 0x5140), b0[0], b0[1]);
+            e4m3x4_to_f16x2x2(__byte_perm(w0[word], w1[word], 0x7362), b0[2], b0[3]);
+            e4m3x4_to_f16x2x2(__byte_perm(w2[word], w3[word], 0x5140), b1[0], b1[1]);
+            e4m3x4_to_f16x2x2(__byte_perm(w2[word], w3[word], 0x7362), b1[2], b1[3]);
+#pragma unroll
+            for (int byte = 0; byte < 4; ++byte) mma_16816<true>(acc[16 * m + 4 * word + byte], a, b0[byte], b1[byte]);
+          }
+        }
+      }
+    }
+  }
+
+  // Normalizes and writes the piece's rows (see Decoder::finish_piece). Accumulator (16 m + i, 2 r + e)
+  // is row g + 8 r, channel 128 (2 half + m) + 32 q4 + 16 e + i, in units of group_max_[2 half + m].
+  __device__ void finish_piece(const Piece& piece, float (&acc)[32][4], RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 1);
+      state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 2);
+    }
+    __syncthreads();
+    const bool writer = active_ && slice_ == 0;
+    if (writer && q4 == 0) {
+      reduction_[half_ * kTileRows + row_group_ * 16 + g] = state.sum[0];
+      reduction_[half_ * kTileRows + row_group_ * 16 + g + 8] = state.sum[1];
+    }
+    __syncthreads();
+    if (!writer) return;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int tile_row = row_group_ * 16 + g + 8 * i;
+      const int r = m_block_ * kTileRows + tile_row;
+      if (r >= p_.rows) continue;
+      const float sum = state.sum[i] + reduction_[(1 - half_) * kTileRows + tile_row];
+      const float inverse = sum == 0.0f ? 0.0f : 1.0f / sum;
+      const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+      if (piece.only_piece) {
+        uint16_t* out = static_cast<uint16_t*>(p_.out) + piece.batch * p_.out_batch_stride +
+                        token * p_.out_token_stride + head * p_.out_head_stride;
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const float factor = inverse * (half_ == 0 ? group_max_[m] : group_max_[2 + m]);  // acc: units of group_max
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            uint16_t* destination = out + 128 * (2 * half_ + m) + 32 * q4 + 16 * e;
+#pragma unroll
+            for (int c = 0; c < 16; c += 4) {
+              const uint2 packed = make_uint2(
+                  pack2<kFp16>(acc[16 * m + c][2 * i + e] * factor, acc[16 * m + c + 1][2 * i + e] * factor),
+                  pack2<kFp16>(acc[16 * m + c + 2][2 * i + e] * factor, acc[16 * m + c + 3][2 * i + e] * factor));
+              *reinterpret_cast<uint2*>(destination + c) = packed;
+            }
+          }
+        }
+        if (half_ == 0 && q4 == 0) {
+          p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride + token * p_.lse_token_stride] =
+              sum == 0.0f ? INFINITY : (log2f(sum) + state.max_log2[i]) / kLog2e;
+        }
+      } else {
+        const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k_) * p_.rows + r;
+        float* out = p_.out_accum + slot_row * kDimV;
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const float factor = inverse * (half_ == 0 ? group_max_[m] : group_max_[2 + m]);  // acc: units of group_max
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float* destination = out + 128 * (2 * half_ + m) + 32 * q4 + 16 * e;
+#pragma unroll
+            for (int c = 0; c < 16; c += 4) {
+              *reinterpret_cast<float4*>(destination + c) =
+                  make_float4(acc[16 * m + c][2 * i + e] * factor, acc[16 * m + c + 1][2 * i + e] * factor,
+                              acc[16 * m + c + 2][2 * i + e] * factor, acc[16 * m + c + 3][2 * i + e] * factor);
+            }
+          }
+        }
+        if (half_ == 0 && q4 == 0) p_.lse_accum[slot_row] = sum == 0.0f ? -INFINITY : log2f(sum) + state.max_log2[i];
+      }
+    }
+  }
+
+  const DecodeParams& p_;
+  char* smem_ = nullptr;
+  uint32_t sq_ = 0, sp_ = 0;
+  float* reduction_ = nullptr;
+  float* row_factor_ = nullptr;
+  float* block_scale_max_ = nullptr;
+  float group_max_[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // running largest scale per group in the piece
+  int warp_ = 0, lane_ = 0, pair_ = 0, row_group_ = 0, slice_ = 0, half_ = 0;
+  int head_k_ = 0, m_block_ = 0;
+  bool active_ = false;
+};
+
+template <class DecoderType>
 __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_constant__ DecodeParams params) {
   extern __shared__ __align__(128) char smem[];
-  Decoder<kFp16, kFp8, kSplit> decoder(params, smem);
+  DecoderType decoder(params, smem);
   const int part = static_cast<int>(blockIdx.z);
   const int32_t* row = params.tile_scheduler_metadata + part * params.metadata_row_stride;
   const int begin_batch = row[0], begin_token = row[params.metadata_column_stride];
@@ -661,15 +1290,15 @@ __global__ void __launch_bounds__(256) mla_combine_kernel(const __grid_constant_
   }
 }
 
-template <bool kFp16, bool kFp8, int kSplit>
+template <class DecoderType, bool kFp16>
 cudaError_t launch(const DecodeParams& params, cudaStream_t stream) {
-  constexpr int smem_bytes = kFp8 ? kSmemBytesFp8 : kSmemBytes16;
+  constexpr int smem_bytes = DecoderType::kSmemBytes;
   // NOTE: a function-local static sets the attribute once per instantiation (thread-safe init).
-  static const cudaError_t attribute_status = cudaFuncSetAttribute(
-      mla_decode_kernel<kFp16, kFp8, kSplit>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+  static const cudaError_t attribute_status =
+      cudaFuncSetAttribute(mla_decode_kernel<DecoderType>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (attribute_status != cudaSuccess) return attribute_status;
   const dim3 grid(params.num_m_blocks, params.h_kv, params.num_sm_parts);
-  mla_decode_kernel<kFp16, kFp8, kSplit><<<grid, kThreads, smem_bytes, stream>>>(params);
+  mla_decode_kernel<DecoderType><<<grid, kThreads, smem_bytes, stream>>>(params);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   const dim3 combine_grid(params.batch_size, (params.h_kv * params.rows + 7) / 8);
@@ -678,11 +1307,20 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream) {
 }
 
 // Token slices per block from the query rows per KV head: every warp pair busy where rows are few.
+// The FP8 cache with at most 32 rows (the memory-bound shapes) takes Fp8Decoder, whose MMAs read the
+// raw FP8 tiles; with more rows every block's K/V feeds 4 row groups, and dequantizing it once into
+// a 16-bit tile (Decoder<., true, 1>) costs less than four conversions in registers.
 template <bool kFp16, bool kFp8>
 cudaError_t launch_split(const DecodeParams& params, cudaStream_t stream) {
-  if (params.rows <= 16) return launch<kFp16, kFp8, 4>(params, stream);
-  if (params.rows <= 32) return launch<kFp16, kFp8, 2>(params, stream);
-  return launch<kFp16, kFp8, 1>(params, stream);
+  if constexpr (kFp8) {
+    if (params.rows <= 16) return launch<Fp8Decoder<kFp16, 4>, kFp16>(params, stream);
+    if (params.rows <= 32) return launch<Fp8Decoder<kFp16, 2>, kFp16>(params, stream);
+    return launch<Decoder<kFp16, true, 1>, kFp16>(params, stream);
+  } else {
+    if (params.rows <= 16) return launch<Decoder<kFp16, false, 4>, kFp16>(params, stream);
+    if (params.rows <= 32) return launch<Decoder<kFp16, false, 2>, kFp16>(params, stream);
+    return launch<Decoder<kFp16, false, 1>, kFp16>(params, stream);
+  }
 }
 
 }  // namespace
