@@ -71,8 +71,8 @@ class MetaRpcServer {
 
   struct Stats {
     uint64_t requests = 0;
-    uint64_t errors = 0;  // operations that returned an error Status (ENOENT, EEXIST, ... included)
-    uint64_t expired = 0; // requests whose deadline had passed before they ran (not executed)
+    uint64_t errors = 0;   // operations that returned an error Status (ENOENT, EEXIST, ... included)
+    uint64_t expired = 0;  // requests whose deadline had passed before they ran (not executed)
   };
   Stats stats() const;
 
@@ -84,11 +84,11 @@ class MetaRpcServer {
 
 // ---------------------------------------------------------------- client
 struct RemoteMetaOptions {
-  std::vector<std::string> addresses;   // ff-meta servers ("host:port"), tried in order from a random one
-  int64_t rpc_timeout_ms = 5'000;       // one attempt
-  int64_t op_timeout_ms = 30'000;       // one operation, failover and retries included
-  uint32_t max_attempts = 32;           // attempts per operation
-  int64_t retry_backoff_ms = 20;        // pause after every address failed once; doubles up to 1 s
+  std::vector<std::string> addresses;      // ff-meta servers ("host:port"), tried in order from a random one
+  int64_t rpc_timeout_ms = 5'000;          // one attempt
+  int64_t op_timeout_ms = 30'000;          // one operation, failover and retries included
+  uint32_t max_attempts = 32;              // attempts per operation
+  int64_t retry_backoff_ms = 20;           // pause after every address failed once; doubles up to 1 s
   int64_t recovery_clock_skew_ms = 5'000;  // tolerated clock difference client/servers (create recovery)
   int max_message_bytes = 64 << 20;
 };
@@ -131,8 +131,8 @@ class RemoteMeta final : public MetaApi {
   struct Stats {
     uint64_t calls = 0;
     uint64_t attempts = 0;
-    uint64_t failovers = 0;   // attempts sent again (to the next address) after unavailable/deadline
-    uint64_t recovered = 0;   // ambiguous outcomes interpreted as success (see the header comment)
+    uint64_t failovers = 0;  // attempts sent again (to the next address) after unavailable/deadline
+    uint64_t recovered = 0;  // ambiguous outcomes interpreted as success (see the header comment)
   };
   Stats stats() const;
 

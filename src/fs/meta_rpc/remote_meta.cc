@@ -120,11 +120,11 @@ struct RemoteMeta::Impl {
     StatusCode code = last.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED || last.ok()
                           ? StatusCode::kDeadlineExceeded
                           : StatusCode::kUnavailable;
-    return Status(code, fmt::format("meta {}: no ff-meta server answered within {} ms and {} attempts over {} "
-                                    "address(es) (last: {} from {})",
-                                    wire::op_name(request.op_case()), options.op_timeout_ms, attempt,
-                                    options.addresses.size(), last.ok() ? "timeout" : last.error_message(),
-                                    last_address.empty() ? "-" : last_address));
+    return Status(
+        code, fmt::format("meta {}: no ff-meta server answered within {} ms and {} attempts over {} "
+                          "address(es) (last: {} from {})",
+                          wire::op_name(request.op_case()), options.op_timeout_ms, attempt, options.addresses.size(),
+                          last.ok() ? "timeout" : last.error_message(), last_address.empty() ? "-" : last_address));
   }
 
   // The operation's outcome: the response's Status, and the response itself when OK.
@@ -136,7 +136,8 @@ struct RemoteMeta::Impl {
 
   Result<Inode> inode_of(const pb::MetaRequest& request, bool* ambiguous) {
     FF_ASSIGN_OR_RETURN(pb::MetaResponse response, run(request, ambiguous));
-    if (!response.has_inode()) return internal_error("meta {}: reply without an inode", wire::op_name(request.op_case()));
+    if (!response.has_inode())
+      return internal_error("meta {}: reply without an inode", wire::op_name(request.op_case()));
     return wire::from_proto(response.inode());
   }
 
@@ -157,8 +158,8 @@ struct RemoteMeta::Impl {
 
   // A create-like call (create, mknod, mkdir, symlink): after an ambiguous attempt, EEXIST is success
   // when the name holds what we asked for, made since we began (see meta_rpc.h).
-  Result<Inode> create_like(const Caller& caller, const pb::MetaRequest& request, InodeId parent,
-                            std::string_view name, FileType type, uint32_t mode, std::string_view target) {
+  Result<Inode> create_like(const Caller& caller, const pb::MetaRequest& request, InodeId parent, std::string_view name,
+                            FileType type, uint32_t mode, std::string_view target) {
     int64_t began_ns = wall_now_ns();
     bool ambiguous = false;
     Result<Inode> result = inode_of(request, &ambiguous);
@@ -170,9 +171,10 @@ struct RemoteMeta::Impl {
                 existing->ctime_ns >= began_ns - options.recovery_clock_skew_ms * 1'000'000;
     if (!ours) return result;
     recovered.fetch_add(1, std::memory_order_relaxed);
-    FF_LOG_INFO("meta {} '{}' in {}: a lost reply; the name holds inode {} made since the first attempt, taken "
-                "as ours",
-                wire::op_name(request.op_case()), name, parent, existing->id);
+    FF_LOG_INFO(
+        "meta {} '{}' in {}: a lost reply; the name holds inode {} made since the first attempt, taken "
+        "as ours",
+        wire::op_name(request.op_case()), name, parent, existing->id);
     return existing;
   }
 };
@@ -188,9 +190,10 @@ Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions option
     if (parsed->port == 0) return invalid_argument("ff-meta address '{}' needs a port", address);
   }
   if (options.rpc_timeout_ms <= 0 || options.op_timeout_ms <= 0 || options.max_attempts == 0) {
-    return invalid_argument("RemoteMeta: rpc_timeout_ms = {}, op_timeout_ms = {}, max_attempts = {}: all must be "
-                            "positive",
-                            options.rpc_timeout_ms, options.op_timeout_ms, options.max_attempts);
+    return invalid_argument(
+        "RemoteMeta: rpc_timeout_ms = {}, op_timeout_ms = {}, max_attempts = {}: all must be "
+        "positive",
+        options.rpc_timeout_ms, options.op_timeout_ms, options.max_attempts);
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);

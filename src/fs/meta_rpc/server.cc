@@ -59,8 +59,8 @@ void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* res
         return put_status(meta_error(EINVAL, fmt::format("mknod: file type {} is not one of 1..7", op.type())),
                           response);
       }
-      return put_inode(api.mknod(caller, op.parent(), op.name(), static_cast<FileType>(op.type()), op.mode(), op.rdev()),
-                       response);
+      return put_inode(
+          api.mknod(caller, op.parent(), op.name(), static_cast<FileType>(op.type()), op.mode(), op.rdev()), response);
     }
     case pb::MetaRequest::kMkdir: {
       const auto& op = request.mkdir();
@@ -144,8 +144,7 @@ void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* res
       const auto& op = request.report_length();
       return put_status(api.report_length(op.inode(), op.length()), response);
     }
-    case pb::MetaRequest::kRenewClient:
-      return put_status(api.renew_client(request.renew_client().client()), response);
+    case pb::MetaRequest::kRenewClient: return put_status(api.renew_client(request.renew_client().client()), response);
     case pb::MetaRequest::OP_NOT_SET: break;
   }
   put_status(invalid_argument("[malformed] meta request without an operation (a newer client?)"), response);
@@ -219,7 +218,8 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
       : api_(std::move(api)), inline_reads_(options.inline_reads), pool_(options.max_threads, 64 * 1024) {
     if (options.metrics != nullptr) {
       requests_ = &options.metrics->counter("ff_meta_requests_total", "Meta requests received.");
-      errors_ = &options.metrics->counter("ff_meta_errors_total", "Meta operations that returned an error (any errno).");
+      errors_ =
+          &options.metrics->counter("ff_meta_errors_total", "Meta operations that returned an error (any errno).");
       latency_ = &options.metrics->histogram("ff_meta_server_seconds", "Time to execute one meta request.");
     }
   }
@@ -300,7 +300,8 @@ Result<std::unique_ptr<MetaRpcServer>> MetaRpcServer::start(std::shared_ptr<Meta
   FF_ASSERT(api != nullptr, "MetaRpcServer::start needs an api");
   size_t colon = options.listen.rfind(':');
   if (colon == std::string::npos) return invalid_argument("meta listen address '{}' is not host:port", options.listen);
-  if (options.max_threads < 2) return invalid_argument("meta server max_threads = {}, expected >= 2", options.max_threads);
+  if (options.max_threads < 2)
+    return invalid_argument("meta server max_threads = {}, expected >= 2", options.max_threads);
   auto impl = std::make_unique<Impl>();
   impl->service = std::make_unique<MetaGrpcService>(std::move(api), options);
   grpc::ServerBuilder builder;

@@ -43,8 +43,8 @@ std::vector<Result<T>> run_all(Executor& executor, size_t count, int64_t timeout
     if (gather->results[i]) {
       out.push_back(std::move(*gather->results[i]));
     } else {
-      out.push_back(deadline_exceeded("storage {} (operation {} of {}) did not finish within {} ms", what, i + 1,
-                                      count, timeout_ms));
+      out.push_back(deadline_exceeded("storage {} (operation {} of {}) did not finish within {} ms", what, i + 1, count,
+                                      timeout_ms));
     }
   }
   return out;
@@ -52,8 +52,8 @@ std::vector<Result<T>> run_all(Executor& executor, size_t count, int64_t timeout
 
 Status check_layout(const Inode& inode) {
   if (inode.layout.chains.empty() || inode.layout.chunk_size == 0) {
-    return invalid_argument("inode {} has no layout (chains {}, chunk size {})", inode.id,
-                            inode.layout.chains.size(), inode.layout.chunk_size);
+    return invalid_argument("inode {} has no layout (chains {}, chunk size {})", inode.id, inode.layout.chains.size(),
+                            inode.layout.chunk_size);
   }
   return Status::ok();
 }
@@ -80,11 +80,11 @@ Result<uint64_t> StorageFiles::file_length(const Inode& inode) {
   std::vector<ChainId> chains = distinct_chains(inode.layout);
   StorageClient& client = client_;
   uint64_t id = inode.id;
-  auto results = run_all<QueryLastChunkRsp>(
-      executor_, chains.size(), options_.op_timeout_ms, "query_last_chunk",
-      [&client, chains, id](size_t i, StorageClient::Callback<QueryLastChunkRsp> done) {
-        client.query_last_chunk(chains[i], id, 0, UINT64_MAX, std::move(done));
-      });
+  auto results =
+      run_all<QueryLastChunkRsp>(executor_, chains.size(), options_.op_timeout_ms, "query_last_chunk",
+                                 [&client, chains, id](size_t i, StorageClient::Callback<QueryLastChunkRsp> done) {
+                                   client.query_last_chunk(chains[i], id, 0, UINT64_MAX, std::move(done));
+                                 });
   uint64_t length = 0;
   for (size_t i = 0; i < results.size(); ++i) {
     if (!results[i].is_ok()) {
@@ -136,20 +136,21 @@ Status StorageFiles::truncate(const Inode& inode, uint64_t length) {
   if (read[0]->meta.committed_length <= keep) return Status::ok();  // already short enough
   Bytes prefix = std::move(read[0]->data);
   prefix.resize(keep);  // a hole inside the chunk reads as zeros up to its length
-  auto cut = run_all<RemoveChunksRsp>(executor_, 1, options_.op_timeout_ms, "remove_range",
-                                      [&client, chain, chunk](size_t, StorageClient::Callback<RemoveChunksRsp> done) {
-                                        client.remove_range(chain, chunk, ChunkId{chunk.inode, chunk.index + 1},
-                                                            std::move(done));
-                                      });
+  auto cut = run_all<RemoveChunksRsp>(
+      executor_, 1, options_.op_timeout_ms, "remove_range",
+      [&client, chain, chunk](size_t, StorageClient::Callback<RemoveChunksRsp> done) {
+        client.remove_range(chain, chunk, ChunkId{chunk.inode, chunk.index + 1}, std::move(done));
+      });
   if (!cut[0].is_ok()) {
     return Status(cut[0].status().code(), fmt::format("truncate inode {} to {}: removing chunk {}: {}", inode.id,
                                                       length, chunk.to_string(), cut[0].status().message()));
   }
   auto shared_prefix = std::make_shared<Bytes>(std::move(prefix));
-  auto written = run_all<WriteRsp>(executor_, 1, options_.op_timeout_ms, "write",
-                                   [&client, chain, chunk, shared_prefix](size_t, StorageClient::Callback<WriteRsp> done) {
-                                     client.write(chain, chunk, 0, std::move(*shared_prefix), std::move(done));
-                                   });
+  auto written =
+      run_all<WriteRsp>(executor_, 1, options_.op_timeout_ms, "write",
+                        [&client, chain, chunk, shared_prefix](size_t, StorageClient::Callback<WriteRsp> done) {
+                          client.write(chain, chunk, 0, std::move(*shared_prefix), std::move(done));
+                        });
   if (!written[0].is_ok()) {
     FF_LOG_ERROR("truncate inode {} to {}: chunk {} was removed but its first {} bytes could not be written back: {}",
                  inode.id, length, chunk.to_string(), keep, written[0].status());
@@ -171,8 +172,8 @@ Status StorageFiles::remove_file(const Inode& inode) {
       });
   for (size_t i = 0; i < removed.size(); ++i) {
     if (!removed[i].is_ok()) {
-      return Status(removed[i].status().code(), fmt::format("remove inode {}: chain {}: {}", inode.id, chains[i],
-                                                            removed[i].status().message()));
+      return Status(removed[i].status().code(),
+                    fmt::format("remove inode {}: chain {}: {}", inode.id, chains[i], removed[i].status().message()));
     }
   }
   return Status::ok();

@@ -35,7 +35,8 @@ class GrpcFrontend final : public MetaFrontend {
 
 std::vector<MetaSuiteParam> meta_suite_params() {
   // Reads on worker threads (etcd's setting) and inline on gRPC's threads (RocksDB's).
-  return {MetaSuiteParam{"Grpc", [](MetaService& service) -> std::unique_ptr<MetaFrontend> {
+  return {MetaSuiteParam{"Grpc",
+                         [](MetaService& service) -> std::unique_ptr<MetaFrontend> {
                            return std::make_unique<GrpcFrontend>(service, false);
                          }},
           MetaSuiteParam{"GrpcInlineReads", [](MetaService& service) -> std::unique_ptr<MetaFrontend> {

@@ -42,38 +42,74 @@ class StallingApi final : public MetaApi {
     return result;
   }
 
-  Result<Inode> lookup(const Caller& c, InodeId p, std::string_view n) override { return wrap([&] { return inner_.lookup(c, p, n); }); }
-  Result<Inode> getattr(InodeId i) override { return wrap([&] { return inner_.getattr(i); }); }
-  Result<Inode> setattr(const Caller& c, InodeId i, const SetAttr& a) override { return wrap([&] { return inner_.setattr(c, i, a); }); }
-  Result<Inode> resolve(const Caller& c, std::string_view p, bool f) override { return wrap([&] { return inner_.resolve(c, p, f); }); }
-  Result<Inode> create(const Caller& c, InodeId p, std::string_view n, uint32_t m) override { return wrap([&] { return inner_.create(c, p, n, m); }); }
+  Result<Inode> lookup(const Caller& c, InodeId p, std::string_view n) override {
+    return wrap([&] { return inner_.lookup(c, p, n); });
+  }
+  Result<Inode> getattr(InodeId i) override {
+    return wrap([&] { return inner_.getattr(i); });
+  }
+  Result<Inode> setattr(const Caller& c, InodeId i, const SetAttr& a) override {
+    return wrap([&] { return inner_.setattr(c, i, a); });
+  }
+  Result<Inode> resolve(const Caller& c, std::string_view p, bool f) override {
+    return wrap([&] { return inner_.resolve(c, p, f); });
+  }
+  Result<Inode> create(const Caller& c, InodeId p, std::string_view n, uint32_t m) override {
+    return wrap([&] { return inner_.create(c, p, n, m); });
+  }
   Result<Inode> mknod(const Caller& c, InodeId p, std::string_view n, FileType t, uint32_t m, uint32_t r) override {
     return wrap([&] { return inner_.mknod(c, p, n, t, m, r); });
   }
-  Result<Inode> mkdir(const Caller& c, InodeId p, std::string_view n, uint32_t m) override { return wrap([&] { return inner_.mkdir(c, p, n, m); }); }
+  Result<Inode> mkdir(const Caller& c, InodeId p, std::string_view n, uint32_t m) override {
+    return wrap([&] { return inner_.mkdir(c, p, n, m); });
+  }
   Result<Inode> symlink(const Caller& c, InodeId p, std::string_view n, std::string_view t) override {
     return wrap([&] { return inner_.symlink(c, p, n, t); });
   }
-  Result<Inode> link(const Caller& c, InodeId i, InodeId p, std::string_view n) override { return wrap([&] { return inner_.link(c, i, p, n); }); }
-  Result<std::string> readlink(InodeId i) override { return wrap([&] { return inner_.readlink(i); }); }
-  Status unlink(const Caller& c, InodeId p, std::string_view n) override { return wrap([&] { return inner_.unlink(c, p, n); }); }
-  Status rmdir(const Caller& c, InodeId p, std::string_view n) override { return wrap([&] { return inner_.rmdir(c, p, n); }); }
+  Result<Inode> link(const Caller& c, InodeId i, InodeId p, std::string_view n) override {
+    return wrap([&] { return inner_.link(c, i, p, n); });
+  }
+  Result<std::string> readlink(InodeId i) override {
+    return wrap([&] { return inner_.readlink(i); });
+  }
+  Status unlink(const Caller& c, InodeId p, std::string_view n) override {
+    return wrap([&] { return inner_.unlink(c, p, n); });
+  }
+  Status rmdir(const Caller& c, InodeId p, std::string_view n) override {
+    return wrap([&] { return inner_.rmdir(c, p, n); });
+  }
   Status rename(const Caller& c, InodeId p, std::string_view n, InodeId np, std::string_view nn, bool nr) override {
     return wrap([&] { return inner_.rename(c, p, n, np, nn, nr); });
   }
-  Result<ReadDirPage> readdir(const Caller& c, InodeId d, std::string_view a, size_t l) override { return wrap([&] { return inner_.readdir(c, d, a, l); }); }
-  Result<StatFs> statfs() override { return wrap([&] { return inner_.statfs(); }); }
-  Result<OpenFile> open(const Caller& c, InodeId i, uint32_t f, uint64_t cl) override { return wrap([&] { return inner_.open(c, i, f, cl); }); }
-  Status close(InodeId i, uint64_t s, uint64_t l) override { return wrap([&] { return inner_.close(i, s, l); }); }
-  Result<Inode> sync(InodeId i, uint64_t l) override { return wrap([&] { return inner_.sync(i, l); }); }
-  Status report_length(InodeId i, uint64_t l) override { return wrap([&] { return inner_.report_length(i, l); }); }
-  Status renew_client(uint64_t c) override { return wrap([&] { return inner_.renew_client(c); }); }
+  Result<ReadDirPage> readdir(const Caller& c, InodeId d, std::string_view a, size_t l) override {
+    return wrap([&] { return inner_.readdir(c, d, a, l); });
+  }
+  Result<StatFs> statfs() override {
+    return wrap([&] { return inner_.statfs(); });
+  }
+  Result<OpenFile> open(const Caller& c, InodeId i, uint32_t f, uint64_t cl) override {
+    return wrap([&] { return inner_.open(c, i, f, cl); });
+  }
+  Status close(InodeId i, uint64_t s, uint64_t l) override {
+    return wrap([&] { return inner_.close(i, s, l); });
+  }
+  Result<Inode> sync(InodeId i, uint64_t l) override {
+    return wrap([&] { return inner_.sync(i, l); });
+  }
+  Status report_length(InodeId i, uint64_t l) override {
+    return wrap([&] { return inner_.report_length(i, l); });
+  }
+  Status renew_client(uint64_t c) override {
+    return wrap([&] { return inner_.renew_client(c); });
+  }
 
  private:
   MetaApi& inner_;
 };
 
-std::shared_ptr<MetaApi> unowned(MetaApi& api) { return std::shared_ptr<MetaApi>(&api, [](MetaApi*) {}); }
+std::shared_ptr<MetaApi> unowned(MetaApi& api) {
+  return std::shared_ptr<MetaApi>(&api, [](MetaApi*) {});
+}
 
 class RemoteMetaTest : public ::testing::Test {
  protected:
@@ -255,8 +291,8 @@ TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
   // Nor is a name that existed before the call, even with our owner and mode.
   ASSERT_TRUE(service_->create(kAlice, kRootInode, "old", 0640).is_ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  auto strict = RemoteMeta::connect(RemoteMetaOptions{
-      .addresses = {server_->address()}, .rpc_timeout_ms = 400, .recovery_clock_skew_ms = 0});
+  auto strict = RemoteMeta::connect(
+      RemoteMetaOptions{.addresses = {server_->address()}, .rpc_timeout_ms = 400, .recovery_clock_skew_ms = 0});
   ASSERT_TRUE(strict.is_ok());
   lose_next_reply();
   EXPECT_ERRNO((*strict)->create(kAlice, kRootInode, "old", 0640), EEXIST);

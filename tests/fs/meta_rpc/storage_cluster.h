@@ -37,10 +37,9 @@ class StorageCluster {
     Status started;
     FF_RETURN_IF_ERROR(mgmtd_executor_->run_sync([&] { started = mgmtd_->start(); }, 10000));
     FF_RETURN_IF_ERROR(started);
-    auto mgmtd_server = rpc::GrpcServer::start("127.0.0.1:0", *mgmtd_executor_,
-                                               [this](const ServerContext& c, Request r, Reply reply) {
-                                                 mgmtd_->handle(c, std::move(r), std::move(reply));
-                                               });
+    auto mgmtd_server = rpc::GrpcServer::start(
+        "127.0.0.1:0", *mgmtd_executor_,
+        [this](const ServerContext& c, Request r, Reply reply) { mgmtd_->handle(c, std::move(r), std::move(reply)); });
     FF_RETURN_IF_ERROR(mgmtd_server.status());
     mgmtd_server_ = std::move(*mgmtd_server);
     for (uint32_t i = 0; i < nodes; ++i) {

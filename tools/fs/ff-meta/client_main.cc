@@ -79,9 +79,8 @@ int workload(RemoteMeta& meta, int threads, double seconds, const std::string& l
   for (auto& worker : workers) worker.join();
   std::fclose(log);
   RemoteMeta::Stats stats = meta.stats();
-  nlohmann::json out = {{"creates", creates.load()},     {"renames", renames.load()},
-                        {"errors", errors.load()},       {"calls", stats.calls},
-                        {"attempts", stats.attempts},    {"failovers", stats.failovers},
+  nlohmann::json out = {{"creates", creates.load()},   {"renames", renames.load()},  {"errors", errors.load()},
+                        {"calls", stats.calls},        {"attempts", stats.attempts}, {"failovers", stats.failovers},
                         {"recovered", stats.recovered}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
@@ -128,7 +127,8 @@ int verify(RemoteMeta& meta, const std::string& log_path, const std::string& pre
     auto created = meta.lookup(kCaller, dir, created_name(index));
     auto renamed = meta.lookup(kCaller, dir, renamed_name(index));
     if (file.inode == 0) {
-      problems.push_back(fmt::format("thread {} file {}: renamed but its create was never acknowledged", thread, index));
+      problems.push_back(
+          fmt::format("thread {} file {}: renamed but its create was never acknowledged", thread, index));
     } else if (file.renamed) {
       // The rename was acknowledged: only the new name may exist, naming the created inode.
       if (!renamed.is_ok() || renamed->id != file.inode) {
@@ -141,8 +141,8 @@ int verify(RemoteMeta& meta, const std::string& log_path, const std::string& pre
       // Created (a rename may have happened without its acknowledgement).
       bool found = (created.is_ok() && created->id == file.inode) || (renamed.is_ok() && renamed->id == file.inode);
       if (!found) {
-        problems.push_back(fmt::format("thread {} file {}: acknowledged create (inode {}) is not visible", thread,
-                                       index, file.inode));
+        problems.push_back(
+            fmt::format("thread {} file {}: acknowledged create (inode {}) is not visible", thread, index, file.inode));
       }
     }
   }

@@ -86,9 +86,10 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(parse_host_port(c.listen).status());
   if (c.mgmtd.empty()) {
     if (c.standalone_chains == 0) {
-      return invalid_argument("{}: meta.mgmtd is empty and meta.standalone_chains = 0: name mgmtd's address (the "
-                              "chain table's chains come from its routing) or, without storage, a chain count",
-                              path);
+      return invalid_argument(
+          "{}: meta.mgmtd is empty and meta.standalone_chains = 0: name mgmtd's address (the "
+          "chain table's chains come from its routing) or, without storage, a chain count",
+          path);
     }
   } else {
     FF_RETURN_IF_ERROR(parse_host_port(c.mgmtd).status());
@@ -142,7 +143,8 @@ struct Storage {
     client_config.op_timeout_ns = static_cast<int64_t>(config.storage_timeout_s * 1e9);
     client = std::make_unique<StorageClient>(client_config, executor, rpc);
     files = std::make_unique<meta::StorageFiles>(
-        *client, executor, meta::StorageFilesOptions{.op_timeout_ms = static_cast<int64_t>(config.storage_timeout_s * 1000)});
+        *client, executor,
+        meta::StorageFilesOptions{.op_timeout_ms = static_cast<int64_t>(config.storage_timeout_s * 1000)});
   }
   ~Storage() {
     for (int i = 0; i < 100 && rpc.in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -208,9 +210,10 @@ int serve(const Config& config) {
   std::vector<ChainId> chains;
   if (config.mgmtd.empty()) {
     for (ChainId chain = 1; chain <= config.standalone_chains; ++chain) chains.push_back(chain);
-    FF_LOG_WARN("ff-meta: no mgmtd configured: {} standalone chains, lengths from client reports only, removed "
-                "files' chunks are not deleted",
-                chains.size());
+    FF_LOG_WARN(
+        "ff-meta: no mgmtd configured: {} standalone chains, lengths from client reports only, removed "
+        "files' chunks are not deleted",
+        chains.size());
   } else {
     storage = std::make_unique<Storage>(config);
     int64_t give_up_ms = system_clock().now_ms() + static_cast<int64_t>(config.routing_wait_s * 1000);
@@ -238,10 +241,11 @@ int serve(const Config& config) {
   std::shared_ptr<meta::MetaService> service = std::move(*opened);
   std::mutex service_mutex;  // guards service (swapped when the chain table changes)
 
-  auto server = meta::MetaRpcServer::start(
-      service, meta::MetaServerOptions{.listen = config.listen, .max_threads = static_cast<int>(config.rpc_threads),
-                                       .inline_reads = config.kv_kind == "rocksdb",
-                                       .metrics = &metrics});
+  auto server =
+      meta::MetaRpcServer::start(service, meta::MetaServerOptions{.listen = config.listen,
+                                                                  .max_threads = static_cast<int>(config.rpc_threads),
+                                                                  .inline_reads = config.kv_kind == "rocksdb",
+                                                                  .metrics = &metrics});
   if (!server.is_ok()) {
     FF_LOG_ERROR("ff-meta: {}", server.status());
     return 1;
@@ -317,11 +321,11 @@ int serve(const Config& config) {
   RateMeter request_rate;
   auto stats_line = [&] {
     meta::MetaRpcServer::Stats stats = (*server)->stats();
-    return fmt::format("req/s={:.0f} requests={} errors={} expired={} p50_us={} p99_us={} sessions_reclaimed={} "
-                       "files_collected={} chains={}",
-                       request_rate.rate_per_s(stats.requests, system_clock().now_ns()), stats.requests, stats.errors,
-                       stats.expired, latency.quantile_us(0.5), latency.quantile_us(0.99), reclaimed.value(),
-                       collected.value(), chain_count.value());
+    return fmt::format(
+        "req/s={:.0f} requests={} errors={} expired={} p50_us={} p99_us={} sessions_reclaimed={} "
+        "files_collected={} chains={}",
+        request_rate.rate_per_s(stats.requests, system_clock().now_ns()), stats.requests, stats.errors, stats.expired,
+        latency.quantile_us(0.5), latency.quantile_us(0.99), reclaimed.value(), collected.value(), chain_count.value());
   };
   StatsReporter stats(static_cast<int64_t>(config.stats_interval_s * 1000), stats_line);
 
