@@ -37,5 +37,7 @@ struct MetaSuiteParam {
   std::function<std::unique_ptr<MetaFrontend>(MetaService& service)> frontend;
 };
 std::vector<MetaSuiteParam> meta_suite_params();
+// gtest (and ctest's test list) prints the parameter by its name.
+inline void PrintTo(const MetaSuiteParam& param, std::ostream* out) { *out << param.name; }
 
 }  // namespace ff::fs::meta::testing
