@@ -70,7 +70,8 @@ int main(int argc, char** argv) {
   if (!embedded.is_ok()) return fail(embedded.status(), "open");
   ff::fs::FileClient& client = (*embedded)->client();
   ff::fs::meta::Caller root;
-  auto fh = client.create(root, ff::fs::meta::kRootInode, "bench.dat", 0644, ff::fs::meta::kOpenRead | ff::fs::meta::kOpenWrite);
+  auto fh = client.create(root, ff::fs::meta::kRootInode, "bench.dat", 0644,
+                          ff::fs::meta::kOpenRead | ff::fs::meta::kOpenWrite);
   if (!fh.is_ok()) return fail(fh.status(), "create");
   const uint64_t file_bytes = file_mb << 20;
   {
@@ -84,7 +85,8 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (int t = 0; t < 4; ++t) {
       threads.emplace_back([&] {
-        for (uint64_t offset = next.fetch_add(block.size()); offset < file_bytes; offset = next.fetch_add(block.size())) {
+        for (uint64_t offset = next.fetch_add(block.size()); offset < file_bytes;
+             offset = next.fetch_add(block.size())) {
           size_t n = std::min<uint64_t>(block.size(), file_bytes - offset);
           if (!client.write(*fh, offset, std::span(block).first(n)).is_ok()) failed = true;
         }
@@ -123,9 +125,11 @@ int main(int argc, char** argv) {
               uint64_t position = (t * slice) % blocks_in_file;
               uint64_t step = 0;
               while (!stop.load(std::memory_order_relaxed)) {
-                uint64_t index = pattern == "seq" ? (position + step++ % slice) % blocks_in_file : rng() % blocks_in_file;
+                uint64_t index =
+                    pattern == "seq" ? (position + step++ % slice) % blocks_in_file : rng() % blocks_in_file;
                 uint64_t offset = index * block;
-                bool ok = op == "read" ? client.read(*fh, offset, buffer).is_ok() : client.write(*fh, offset, buffer).is_ok();
+                bool ok =
+                    op == "read" ? client.read(*fh, offset, buffer).is_ok() : client.write(*fh, offset, buffer).is_ok();
                 ++(ok ? ios : errors);
               }
             });

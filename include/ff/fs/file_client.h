@@ -60,8 +60,8 @@ class FileClient {
   // Starts the client's own executor and gRPC client for storage. `meta` must outlive the client.
   static Result<std::unique_ptr<FileClient>> connect(FileClientConfig config, meta::MetaApi& meta);
   // Over a caller's executor and RpcClient (tests with in-process services); all must outlive it.
-  static Result<std::unique_ptr<FileClient>> create(FileClientConfig config, meta::MetaApi& meta,
-                                                    Executor& executor, RpcClient& rpc);
+  static Result<std::unique_ptr<FileClient>> create(FileClientConfig config, meta::MetaApi& meta, Executor& executor,
+                                                    RpcClient& rpc);
   // Closes the handles still open (best effort, errors logged).
   ~FileClient();
   FileClient(const FileClient&) = delete;
@@ -73,8 +73,8 @@ class FileClient {
   // flags: meta::OpenFlags (kOpenRead, kOpenWrite, kOpenTruncate).
   Result<FileHandle> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags);
   // Creates the file (EEXIST when the name exists) and opens it.
-  Result<FileHandle> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name,
-                            uint32_t mode, uint32_t flags);
+  Result<FileHandle> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name, uint32_t mode,
+                            uint32_t flags);
   // Returns the bytes read (short at the end of the file).
   Result<size_t> read(FileHandle handle, uint64_t offset, std::span<std::byte> out);
   // Returns data.size() or an error (a failed write may have written a prefix).
@@ -125,11 +125,11 @@ class FileClient {
 // one RocksDB directory (RocksDB's LOCK refuses the second); share metadata through ff-meta instead.
 // A background thread reclaims expired client sessions and removes deleted files' chunks.
 struct EmbeddedFsConfig {
-  std::string kv_path;                 // RocksDB directory (created when missing); empty: memory KV
-  bool kv_sync = true;                 // fsync RocksDB's WAL per commit
-  ChainTableId chain_table = 1;        // files are striped over this table's chains (from mgmtd)
-  uint32_t stripe = 0;                 // chains per file; 0: every chain of the table
-  uint32_t chunk_size = 4u << 20;      // bytes per chunk (the storage servers' max or less)
+  std::string kv_path;                  // RocksDB directory (created when missing); empty: memory KV
+  bool kv_sync = true;                  // fsync RocksDB's WAL per commit
+  ChainTableId chain_table = 1;         // files are striped over this table's chains (from mgmtd)
+  uint32_t stripe = 0;                  // chains per file; 0: every chain of the table
+  uint32_t chunk_size = 4u << 20;       // bytes per chunk (the storage servers' max or less)
   int64_t routing_timeout_ms = 30'000;  // waits this long for mgmtd and the chain table
   int64_t gc_interval_ms = 1'000;       // session reclaim + garbage collection period
 };

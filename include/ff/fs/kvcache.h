@@ -56,15 +56,15 @@ std::vector<KvCacheKey> prefix_hashes(std::span<const int32_t> tokens, size_t bl
                                       uint64_t extra = 0);
 
 struct KvCacheConfig {
-  std::string root = "/kvcache";     // absolute directory path in the fs; created with parents if missing
-  uint32_t fanout = 256;             // subdirectories (1..256)
-  uint64_t capacity_bytes = 0;       // 0: unlimited
-  double evict_to = 0.9;             // capacity eviction stops at this fraction of capacity_bytes
-  int64_t ttl_ms = 0;                // 0: entries never expire
+  std::string root = "/kvcache";  // absolute directory path in the fs; created with parents if missing
+  uint32_t fanout = 256;          // subdirectories (1..256)
+  uint64_t capacity_bytes = 0;    // 0: unlimited
+  double evict_to = 0.9;          // capacity eviction stops at this fraction of capacity_bytes
+  int64_t ttl_ms = 0;             // 0: entries never expire
   int64_t eviction_interval_ms = 1'000;
-  bool index_existing = true;        // at open, index the entries already under root
-  uint32_t mode = 0644;              // of entry files (directories: 0755)
-  meta::Caller caller;               // who reads and writes (uid 0 by default)
+  bool index_existing = true;  // at open, index the entries already under root
+  uint32_t mode = 0644;        // of entry files (directories: 0755)
+  meta::Caller caller;         // who reads and writes (uid 0 by default)
 };
 
 class KvCache {
@@ -90,9 +90,9 @@ class KvCache {
     uint64_t hits = 0;
     uint64_t misses = 0;
     uint64_t puts = 0;
-    uint64_t evictions = 0;   // removed for capacity
-    uint64_t expirations = 0; // removed for age (ttl)
-    uint64_t bytes = 0;       // bytes of the entries in this instance's index
+    uint64_t evictions = 0;    // removed for capacity
+    uint64_t expirations = 0;  // removed for age (ttl)
+    uint64_t bytes = 0;        // bytes of the entries in this instance's index
     uint64_t entries = 0;
   };
   Stats stats() const;

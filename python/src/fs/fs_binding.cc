@@ -117,7 +117,8 @@ class PyClient {
       throw nb::value_error("this build has no ff-meta client (RemoteMeta): pass meta_db= for an in-process meta");
 #endif
     } else {
-      if (meta_db.empty() && !meta_memory) throw nb::value_error("give meta (ff-meta addresses) or meta_db (a RocksDB directory)");
+      if (meta_db.empty() && !meta_memory)
+        throw nb::value_error("give meta (ff-meta addresses) or meta_db (a RocksDB directory)");
       EmbeddedFsConfig embedded;
       embedded.kv_path = meta_db;
       embedded.kv_sync = kv_sync;
@@ -180,7 +181,8 @@ class PyClient {
     std::string after;
     while (true) {
       meta::ReadDirPage page = value_of(meta().readdir(caller_, dir.id, after, 1024));
-      for (auto& entry : page.entries) out.emplace_back(entry.name, entry.inode, std::string(meta::file_type_name(entry.type)));
+      for (auto& entry : page.entries)
+        out.emplace_back(entry.name, entry.inode, std::string(meta::file_type_name(entry.type)));
       if (!page.more || page.entries.empty()) break;
       after = page.entries.back().name;
     }
@@ -240,8 +242,9 @@ class PyClient {
     nb::object owner = nb::steal(bytes);
     Result<size_t> got = [&] {
       nb::gil_scoped_release release;
-      return client().read(handle, offset, std::span<std::byte>(reinterpret_cast<std::byte*>(PyBytes_AS_STRING(bytes)),
-                                                                  static_cast<size_t>(size)));
+      return client().read(
+          handle, offset,
+          std::span<std::byte>(reinterpret_cast<std::byte*>(PyBytes_AS_STRING(bytes)), static_cast<size_t>(size)));
     }();
     size_t n = value_of(std::move(got));
     if (n != static_cast<size_t>(size)) {
@@ -346,7 +349,8 @@ class PyKvCache {
 
   void put(const nb::handle& key, ReadOnlyBuffer value) {
     KvCacheKey k = key_of(key);
-    std::span<const std::byte> in(static_cast<const std::byte*>(value.data()), nbytes_of(value.size(), value.itemsize()));
+    std::span<const std::byte> in(static_cast<const std::byte*>(value.data()),
+                                  nbytes_of(value.size(), value.itemsize()));
     nb::gil_scoped_release release;
     check(cache()->put(k, in));
   }

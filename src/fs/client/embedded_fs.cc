@@ -51,15 +51,15 @@ Result<std::vector<ChainId>> fetch_chains(const std::string& mgmtd, ChainTableId
     rpc::GrpcRpcClient client(executor);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (true) {
-      auto rsp = response_as<GetRoutingRsp>(
-          rpc::call_blocking(client, mgmtd, Request{GetRoutingReq{}}, 2'000'000'000));
+      auto rsp = response_as<GetRoutingRsp>(rpc::call_blocking(client, mgmtd, Request{GetRoutingReq{}}, 2'000'000'000));
       if (rsp.is_ok() && rsp->routing) {
         auto it = rsp->routing->chain_tables.find(table);
         if (it != rsp->routing->chain_tables.end() && !it->second.chains.empty()) {
           chains = it->second.chains;
           break;
         }
-        last = not_found("mgmtd at {} has no chain table {} (create it with ff-admin create-chain-table)", mgmtd, table);
+        last =
+            not_found("mgmtd at {} has no chain table {} (create it with ff-admin create-chain-table)", mgmtd, table);
       } else if (!rsp.is_ok()) {
         last = rsp.status();
       }
@@ -102,7 +102,8 @@ struct EmbeddedFs::Impl {
 };
 
 Result<std::unique_ptr<EmbeddedFs>> EmbeddedFs::open(FileClientConfig client_config, EmbeddedFsConfig config) {
-  if (config.gc_interval_ms <= 0) return invalid_argument("EmbeddedFsConfig.gc_interval_ms is {}, expected > 0", config.gc_interval_ms);
+  if (config.gc_interval_ms <= 0)
+    return invalid_argument("EmbeddedFsConfig.gc_interval_ms is {}, expected > 0", config.gc_interval_ms);
   FF_ASSIGN_OR_RETURN(std::vector<ChainId> chains,
                       fetch_chains(client_config.mgmtd_address, config.chain_table, config.routing_timeout_ms));
   if (config.stripe > chains.size()) {

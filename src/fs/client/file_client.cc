@@ -166,8 +166,8 @@ struct FileClient::Impl {
       if (opened.inode.type == meta::FileType::kDirectory) {
         return meta_error(EISDIR, fmt::format("inode {} is a directory", inode));
       }
-      return meta_error(EINVAL, fmt::format("inode {} is a {}, not a regular file", inode,
-                                            meta::file_type_name(opened.inode.type)));
+      return meta_error(
+          EINVAL, fmt::format("inode {} is a {}, not a regular file", inode, meta::file_type_name(opened.inode.type)));
     }
     if (opened.inode.layout.chains.empty() || opened.inode.layout.chunk_size == 0) {
       (void)meta.close(inode, opened.session, 0);
@@ -220,7 +220,8 @@ struct FileClient::Impl {
       hint = handle->written_end;
     }
     Status closed = meta.close(handle->inode, handle->session, hint);
-    if (!closed.is_ok()) return with_errno_context(closed, fmt::format("close of handle {} (inode {})", id, handle->inode));
+    if (!closed.is_ok())
+      return with_errno_context(closed, fmt::format("close of handle {} (inode {})", id, handle->inode));
     return Status::ok();
   }
 
@@ -270,8 +271,9 @@ struct FileClient::Impl {
           // completion got lost; the late callbacks then only touch the pipeline.
           for (size_t i = 0; i < next; ++i) {
             if (finished[i]) continue;
-            ChunkDone lost{i, meta_error(ETIMEDOUT, fmt::format("chunk I/O {} had no answer within {} ms", i,
-                                                                wait_budget_ns() / kNsPerMs)),
+            ChunkDone lost{i,
+                           meta_error(ETIMEDOUT, fmt::format("chunk I/O {} had no answer within {} ms", i,
+                                                             wait_budget_ns() / kNsPerMs)),
                            {}};
             consume(lost);
           }
@@ -332,7 +334,8 @@ struct FileClient::Impl {
         continue;
       }
       if (op.offset > UINT64_MAX - op.out.size()) {
-        results[i] = meta_error(EINVAL, fmt::format("read of {} bytes at offset {} overflows", op.out.size(), op.offset));
+        results[i] =
+            meta_error(EINVAL, fmt::format("read of {} bytes at offset {} overflows", op.out.size(), op.offset));
         continue;
       }
       InodeState& state = *(*handle)->state;
@@ -362,14 +365,13 @@ struct FileClient::Impl {
           const ChunkTask& task = tasks[t];
           executor->post([storage_client, pipeline, t, chain = task.chain, chunk = task.chunk,
                           offset = task.chunk_offset, length = task.length] {
-            storage_client->read(chain, chunk, offset, length, ReadMode::kStrict,
-                                 [pipeline, t](Result<ReadRsp> rsp) {
-                                   if (rsp.is_ok()) {
-                                     pipeline->complete(ChunkDone{t, Status::ok(), std::move(rsp->data)});
-                                   } else {
-                                     pipeline->complete(ChunkDone{t, rsp.status(), {}});
-                                   }
-                                 });
+            storage_client->read(chain, chunk, offset, length, ReadMode::kStrict, [pipeline, t](Result<ReadRsp> rsp) {
+              if (rsp.is_ok()) {
+                pipeline->complete(ChunkDone{t, Status::ok(), std::move(rsp->data)});
+              } else {
+                pipeline->complete(ChunkDone{t, rsp.status(), {}});
+              }
+            });
           });
         },
         [&](ChunkDone& done) {
@@ -381,9 +383,9 @@ struct FileClient::Impl {
               return;
             }
             if (results[task.op].is_ok()) {
-              results[task.op] = meta_error(EIO, fmt::format("read of chunk {} [{}, +{}) on chain {} failed: {}",
-                                                             task.chunk.to_string(), task.chunk_offset, task.length,
-                                                             task.chain, done.status.to_string()));
+              results[task.op] = meta_error(
+                  EIO, fmt::format("read of chunk {} [{}, +{}) on chain {} failed: {}", task.chunk.to_string(),
+                                   task.chunk_offset, task.length, task.chain, done.status.to_string()));
             }
             return;
           }
@@ -411,7 +413,8 @@ struct FileClient::Impl {
         continue;
       }
       if (op.offset > UINT64_MAX - op.data.size()) {
-        results[i] = meta_error(EINVAL, fmt::format("write of {} bytes at offset {} overflows", op.data.size(), op.offset));
+        results[i] =
+            meta_error(EINVAL, fmt::format("write of {} bytes at offset {} overflows", op.data.size(), op.offset));
         continue;
       }
       meta::Layout layout;
@@ -442,9 +445,9 @@ struct FileClient::Impl {
           const ChunkTask& task = tasks[done.task];
           if (!done.status.is_ok()) {
             if (results[task.op].is_ok()) {
-              results[task.op] = meta_error(EIO, fmt::format("write of chunk {} [{}, +{}) on chain {} failed: {}",
-                                                             task.chunk.to_string(), task.chunk_offset, task.length,
-                                                             task.chain, done.status.to_string()));
+              results[task.op] = meta_error(
+                  EIO, fmt::format("write of chunk {} [{}, +{}) on chain {} failed: {}", task.chunk.to_string(),
+                                   task.chunk_offset, task.length, task.chain, done.status.to_string()));
             }
             return;
           }
@@ -513,11 +516,11 @@ struct FileClient::Impl {
   Result<T> on_executor(std::function<void(std::function<void(Result<T>)>)> fn) {
     auto promise = std::make_shared<std::promise<Result<T>>>();
     auto future = promise->get_future();
-    executor->post([fn = std::move(fn), promise] {
-      fn([promise](Result<T> result) { promise->set_value(std::move(result)); });
-    });
+    executor->post(
+        [fn = std::move(fn), promise] { fn([promise](Result<T> result) { promise->set_value(std::move(result)); }); });
     if (future.wait_for(std::chrono::nanoseconds(wait_budget_ns())) != std::future_status::ready) {
-      return meta_error(ETIMEDOUT, fmt::format("storage operation had no answer within {} ms", wait_budget_ns() / kNsPerMs));
+      return meta_error(ETIMEDOUT,
+                        fmt::format("storage operation had no answer within {} ms", wait_budget_ns() / kNsPerMs));
     }
     return future.get();
   }
@@ -555,7 +558,8 @@ class FileClient::Impl::StorageOps final : public meta::FileStorage {
       for (ChainId chain : chains) {
         storage->query_last_chunk(chain, id, 0, UINT64_MAX, [gather, chain, chunk_size](Result<QueryLastChunkRsp> rsp) {
           if (!rsp.is_ok()) {
-            if (gather->error.is_ok()) gather->error = rsp.status().with_context(fmt::format("last chunk on chain {}", chain));
+            if (gather->error.is_ok())
+              gather->error = rsp.status().with_context(fmt::format("last chunk on chain {}", chain));
           } else if (rsp->found) {
             gather->length = std::max(gather->length, rsp->last.index * chunk_size + rsp->last_length);
           }
@@ -635,9 +639,8 @@ class FileClient::Impl::StorageOps final : public meta::FileStorage {
 
   Status remove_chunks(ChainId chain, ChunkId begin, ChunkId end) {
     StorageClient* storage = impl_.storage.get();
-    Result<RemoveChunksRsp> removed = impl_.on_executor<RemoveChunksRsp>([storage, chain, begin, end](auto done) {
-      storage->remove_range(chain, begin, end, std::move(done));
-    });
+    Result<RemoveChunksRsp> removed = impl_.on_executor<RemoveChunksRsp>(
+        [storage, chain, begin, end](auto done) { storage->remove_range(chain, begin, end, std::move(done)); });
     if (!removed.is_ok()) {
       return meta_error(EIO, fmt::format("removing chunks [{}, {}) on chain {}: {}", begin.to_string(), end.to_string(),
                                          chain, removed.status().to_string()));
@@ -674,7 +677,8 @@ Result<std::unique_ptr<FileClient>> FileClient::connect(FileClientConfig config,
 
 Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, meta::MetaApi& meta, Executor& executor,
                                                        RpcClient& rpc) {
-  if (config.max_parallel_chunks == 0) return invalid_argument("FileClientConfig.max_parallel_chunks is 0, expected >= 1");
+  if (config.max_parallel_chunks == 0)
+    return invalid_argument("FileClientConfig.max_parallel_chunks is 0, expected >= 1");
   if (config.rpc_timeout_ms <= 0 || config.op_timeout_ms <= 0) {
     return invalid_argument("FileClientConfig timeouts must be positive (rpc {} ms, op {} ms)", config.rpc_timeout_ms,
                             config.op_timeout_ms);

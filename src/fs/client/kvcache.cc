@@ -69,7 +69,8 @@ struct KeyHash {
 std::string KvCacheKey::hex() const { return fmt::format("{:016x}{:016x}", hi, lo); }
 
 Result<KvCacheKey> KvCacheKey::from_hex(std::string_view text) {
-  if (text.size() != 32) return invalid_argument("KV cache key '{}' has {} characters, expected 32 hex digits", text, text.size());
+  if (text.size() != 32)
+    return invalid_argument("KV cache key '{}' has {} characters, expected 32 hex digits", text, text.size());
   KvCacheKey key;
   for (size_t i = 0; i < 32; ++i) {
     char c = text[i];
@@ -141,7 +142,8 @@ struct KvCache::Impl {
     if (errno_of(made.status()) != EEXIST) return made.status();
     FF_ASSIGN_OR_RETURN(meta::Inode found, meta.lookup(config.caller, parent, name));
     if (found.type != meta::FileType::kDirectory) {
-      return meta_error(ENOTDIR, fmt::format("KV cache path component '{}' is a {}", name, meta::file_type_name(found.type)));
+      return meta_error(ENOTDIR,
+                        fmt::format("KV cache path component '{}' is a {}", name, meta::file_type_name(found.type)));
     }
     return found.id;
   }
@@ -241,7 +243,8 @@ struct KvCache::Impl {
   }
 
   std::vector<Result<std::vector<std::byte>>> get_batch(std::span<const KvCacheKey> keys) {
-    std::vector<Result<std::vector<std::byte>>> results(keys.size(), Result<std::vector<std::byte>>(std::vector<std::byte>{}));
+    std::vector<Result<std::vector<std::byte>>> results(keys.size(),
+                                                        Result<std::vector<std::byte>>(std::vector<std::byte>{}));
     std::vector<FileHandle> handles(keys.size(), 0);
     std::vector<FileClient::ReadOp> reads;
     std::vector<size_t> read_key;
@@ -395,8 +398,10 @@ struct KvCache::Impl {
 };
 
 Result<std::unique_ptr<KvCache>> KvCache::open(FileClient& client, KvCacheConfig config) {
-  if (config.fanout == 0 || config.fanout > 256) return invalid_argument("KvCacheConfig.fanout is {}, expected 1..256", config.fanout);
-  if (!config.root.starts_with("/")) return invalid_argument("KvCacheConfig.root '{}' is not an absolute path", config.root);
+  if (config.fanout == 0 || config.fanout > 256)
+    return invalid_argument("KvCacheConfig.fanout is {}, expected 1..256", config.fanout);
+  if (!config.root.starts_with("/"))
+    return invalid_argument("KvCacheConfig.root '{}' is not an absolute path", config.root);
   if (config.eviction_interval_ms <= 0) {
     return invalid_argument("KvCacheConfig.eviction_interval_ms is {}, expected > 0", config.eviction_interval_ms);
   }

@@ -60,7 +60,8 @@ class InProcessCluster {
     if (mgmtd_server_) mgmtd_server_->shutdown(500);
     if (mgmtd_) (void)mgmtd_executor_->run_sync([&] { mgmtd_->stop(); }, 5000);
     if (client_rpc_) {
-      for (int i = 0; i < 100 && client_rpc_->in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      for (int i = 0; i < 100 && client_rpc_->in_flight() > 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (client_executor_) client_executor_->stop();
     for (auto& dead : graveyard_) {
@@ -218,20 +219,20 @@ class InProcessCluster {
     config.heartbeat_timeout_ns = options_.heartbeat_timeout_ns;
     auto stores = node.stores;
     const uint64_t max_chunk = options_.chunk_size;
-    parts->service = std::make_unique<StorageService>(config, *parts->executor, *parts->rpc,
-                                                      [stores, max_chunk](TargetId target) {
-                                                        auto& slot = (*stores)[target];
-                                                        if (!slot) slot = std::make_shared<MemChunkStore>(max_chunk);
-                                                        return Result<std::shared_ptr<ChunkStore>>(
-                                                            std::shared_ptr<ChunkStore>(slot));
-                                                      });
+    parts->service =
+        std::make_unique<StorageService>(config, *parts->executor, *parts->rpc, [stores, max_chunk](TargetId target) {
+          auto& slot = (*stores)[target];
+          if (!slot) slot = std::make_shared<MemChunkStore>(max_chunk);
+          return Result<std::shared_ptr<ChunkStore>>(std::shared_ptr<ChunkStore>(slot));
+        });
     StorageService* service = parts->service.get();
     // A port just released may take a moment to bind again.
     Result<std::unique_ptr<rpc::GrpcServer>> server = internal_error("not tried");
     for (int attempt = 0; attempt < 50; ++attempt) {
-      server = rpc::GrpcServer::start(node.address, *parts->executor, [service](const ServerContext& c, Request r, Reply reply) {
-        service->handle(c, std::move(r), std::move(reply));
-      });
+      server = rpc::GrpcServer::start(node.address, *parts->executor,
+                                      [service](const ServerContext& c, Request r, Reply reply) {
+                                        service->handle(c, std::move(r), std::move(reply));
+                                      });
       if (server.is_ok()) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }

@@ -218,8 +218,8 @@ TEST_F(FileClientTest, ManyThreadsOnOneHandleAndOnDifferentFiles) {
       auto r = client_->read(shared, t * kSlice, back);
       if (!r.is_ok() || *r != kSlice || back != data) ++failures;
       // And a file of its own.
-      auto own = client_->create(kRoot, meta::kRootInode, "own" + std::to_string(t), 0644,
-                                 meta::kOpenRead | meta::kOpenWrite);
+      auto own =
+          client_->create(kRoot, meta::kRootInode, "own" + std::to_string(t), 0644, meta::kOpenRead | meta::kOpenWrite);
       if (!own.is_ok()) {
         ++failures;
         return;
