@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ff/common/result.h"
 #include "ff/fs/meta.h"
@@ -91,6 +92,25 @@ class MemoryData final : public FileData, public meta::FileStorage {
 // ff::fs_fuse has the compile definition FF_FUSE_HAVE_FILE_CLIENT). `client` must outlive the result.
 std::unique_ptr<FileData> file_client_data(FileClient& client);
 
+// The registry behind the virtual directory <mount>/.ff/usrbio/ (USRBIO rings, docs/fs-usrbio.md):
+// symlink(2) there registers a ring, unlink(2) unregisters it, readdir/readlink list them. ff-fuse
+// adapts usrbio::UsrbioRegistry to it. Errors are errno-tagged. Thread-safe.
+class RingRegistry {
+ public:
+  virtual ~RingRegistry() = default;
+  // pid: the registering process (the ring stops when it exits).
+  virtual Status register_ring(std::string_view name, std::string_view target, const meta::Caller& caller,
+                               int32_t pid) = 0;
+  virtual Status unregister_ring(std::string_view name) = 0;
+  virtual Result<std::string> target_of(std::string_view name) const = 0;
+  virtual std::vector<std::string> names() const = 0;
+};
+
+// Inode numbers of the virtual directory (far above any id meta hands out).
+inline constexpr meta::InodeId kVirtualInodeBase = meta::InodeId{1} << 62;
+inline constexpr meta::InodeId kVirtualFfDir = kVirtualInodeBase + 1;     // <mount>/.ff
+inline constexpr meta::InodeId kVirtualRingsDir = kVirtualInodeBase + 2;  // <mount>/.ff/usrbio
+
 struct FuseOptions {
   std::string mountpoint;
   double entry_timeout_s = 1.0;      // how long the kernel may cache a name -> inode
@@ -117,8 +137,9 @@ struct FuseStats {
 class FuseFs {
  public:
   // Creates the session and mounts it (the mountpoint must exist). The file system serves once run()
-  // is called.
-  static Result<std::unique_ptr<FuseFs>> mount(FuseOptions options, meta::MetaApi& meta, FileData& data);
+  // is called. `rings` (optional, must outlive the FuseFs): serve the virtual directory .ff/usrbio/.
+  static Result<std::unique_ptr<FuseFs>> mount(FuseOptions options, meta::MetaApi& meta, FileData& data,
+                                               RingRegistry* rings = nullptr);
   // Unmounts (if still mounted) and destroys the session.
   ~FuseFs();
   FuseFs(const FuseFs&) = delete;

@@ -122,12 +122,13 @@ uint32_t open_flags_of(int flags) {
 }  // namespace
 
 struct FuseFs::Impl {
-  Impl(FuseOptions options_in, meta::MetaApi& meta_in, FileData& data_in)
-      : options(std::move(options_in)), meta(meta_in), data(data_in) {}
+  Impl(FuseOptions options_in, meta::MetaApi& meta_in, FileData& data_in, RingRegistry* rings_in)
+      : options(std::move(options_in)), meta(meta_in), data(data_in), rings(rings_in) {}
 
   FuseOptions options;
   meta::MetaApi& meta;
   FileData& data;
+  RingRegistry* rings;  // null: no virtual directory
   fuse_session* session = nullptr;
   bool mounted = false;
   std::mutex run_mutex;  // one run() at a time
@@ -139,6 +140,19 @@ struct FuseFs::Impl {
 
   std::mutex groups_mutex;  // guards groups
   std::unordered_map<pid_t, CachedGroups> groups;
+
+  // The virtual directory's symlinks: inode numbers handed out per ring name (kept for the mount's
+  // life, so a name keeps its number) and the registrant's ids (the sticky directory lets only them
+  // unlink it).
+  struct VirtualLink {
+    InodeId inode = 0;
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+  };
+  std::mutex virtual_mutex;  // guards links, link_names, next_link (a leaf)
+  std::unordered_map<std::string, VirtualLink> links;
+  std::unordered_map<InodeId, std::string> link_names;
+  InodeId next_link = kVirtualInodeBase + 16;
 
   std::mutex invalidation_mutex;  // guards invalidation_queue, invalidation_stop
   std::condition_variable invalidation_wake;
@@ -313,12 +327,96 @@ struct FuseFs::Impl {
     }
   }
 
+  // ---------------------------------------------------------------- the virtual directory .ff/usrbio
+  static bool is_virtual(InodeId inode) { return inode >= kVirtualInodeBase; }
+
+  Inode virtual_dir(InodeId id) {
+    Inode inode;
+    inode.id = id;
+    inode.type = meta::FileType::kDirectory;
+    // .ff/usrbio is world-writable and sticky like /tmp: anyone registers a ring, only its owner removes it.
+    inode.mode = id == kVirtualRingsDir ? 01777 : 0755;
+    inode.nlink = id == kVirtualFfDir ? 3 : 2;
+    inode.parent = id == kVirtualFfDir ? meta::kRootInode : kVirtualFfDir;
+    return inode;
+  }
+
+  VirtualLink link_of(const std::string& name, const meta::Caller* creator) {
+    std::lock_guard lock(virtual_mutex);
+    auto [it, added] = links.try_emplace(name);
+    if (added) {
+      it->second.inode = next_link++;
+      link_names[it->second.inode] = name;
+    }
+    if (creator != nullptr) {
+      it->second.uid = creator->uid;
+      it->second.gid = creator->gid;
+    }
+    return it->second;
+  }
+
+  Result<Inode> virtual_link(const std::string& name) {
+    FF_ASSIGN_OR_RETURN(std::string target, rings->target_of(name));
+    VirtualLink link = link_of(name, nullptr);
+    Inode inode;
+    inode.id = link.inode;
+    inode.type = meta::FileType::kSymlink;
+    inode.mode = 0777;
+    inode.uid = link.uid;
+    inode.gid = link.gid;
+    inode.nlink = 1;
+    inode.length = target.size();
+    inode.symlink_target = std::move(target);
+    return inode;
+  }
+
+  Result<std::string> virtual_link_name(InodeId inode) {
+    std::lock_guard lock(virtual_mutex);
+    auto it = link_names.find(inode);
+    if (it == link_names.end()) return meta::meta_error(ENOENT, fmt::format("no virtual inode {}", inode));
+    return it->second;
+  }
+
+  Result<Inode> virtual_getattr(InodeId inode) {
+    if (inode == kVirtualFfDir || inode == kVirtualRingsDir) return virtual_dir(inode);
+    FF_ASSIGN_OR_RETURN(std::string name, virtual_link_name(inode));
+    return virtual_link(name);
+  }
+
+  // lookup of ".ff" in the root and of names below it; nullopt when not virtual.
+  std::optional<Result<Inode>> virtual_lookup(InodeId parent, const char* name) {
+    if (rings == nullptr) return std::nullopt;
+    if (parent == meta::kRootInode && std::strcmp(name, ".ff") == 0) return Result<Inode>(virtual_dir(kVirtualFfDir));
+    if (parent == kVirtualFfDir) {
+      if (std::strcmp(name, "usrbio") == 0) return Result<Inode>(virtual_dir(kVirtualRingsDir));
+      return Result<Inode>(meta::meta_error(ENOENT, fmt::format("no '{}' in .ff", name)));
+    }
+    if (parent == kVirtualRingsDir) return virtual_link(name);
+    return std::nullopt;
+  }
+
+  // The names listed in a virtual directory, in order.
+  std::vector<std::pair<std::string, Inode>> virtual_entries(InodeId dir) {
+    std::vector<std::pair<std::string, Inode>> out;
+    if (dir == kVirtualFfDir) {
+      out.emplace_back("usrbio", virtual_dir(kVirtualRingsDir));
+    } else {
+      for (const std::string& name : rings->names()) {
+        Result<Inode> link = virtual_link(name);
+        if (link.is_ok()) out.emplace_back(name, std::move(*link));
+      }
+    }
+    return out;
+  }
+
   // ---------------------------------------------------------------- operations
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    if (auto virtual_entry = virtual_lookup(parent, name)) return reply_entry(req, *virtual_entry);
     reply_entry(req, meta.lookup(caller_of(req), parent, name));
   }
 
   void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    if (is_virtual(ino)) return reply_attr(req, virtual_getattr(ino));
     if (fi != nullptr && fi->fh != 0) {
       // fstat of a regular open file: the handle knows about its own writes.
       OpenHandle* handle = file_handle(fi);
@@ -331,6 +429,7 @@ struct FuseFs::Impl {
   }
 
   void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* /*fi*/) {
+    if (is_virtual(ino)) return (void)fuse_reply_err(req, EPERM);
     meta::SetAttr change;
     if (to_set & FUSE_SET_ATTR_MODE) change.mode = attr->st_mode & 07777;
     if (to_set & FUSE_SET_ATTR_UID) change.uid = attr->st_uid;
@@ -352,7 +451,11 @@ struct FuseFs::Impl {
   }
 
   void readlink(fuse_req_t req, fuse_ino_t ino) {
-    Result<std::string> target = meta.readlink(ino);
+    Result<std::string> target = is_virtual(ino) ? [&]() -> Result<std::string> {
+      FF_ASSIGN_OR_RETURN(Inode link, virtual_getattr(ino));
+      return link.symlink_target;
+    }()
+        : meta.readlink(ino);
     if (!target.is_ok()) {
       reply_error(req, target.status());
       return;
@@ -361,6 +464,7 @@ struct FuseFs::Impl {
   }
 
   void mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
+    if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
     std::optional<meta::FileType> type = file_type_of_mode(mode);
     if (!type) {
       fuse_reply_err(req, EINVAL);
@@ -377,23 +481,41 @@ struct FuseFs::Impl {
   }
 
   void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
     reply_entry(req, meta.mkdir(caller_of(req), parent, name, mode & 07777));
   }
 
   void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    if (parent == kVirtualRingsDir && rings != nullptr) return reply_status(req, rings->unregister_ring(name));
+    if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
     reply_status(req, meta.unlink(caller_of(req), parent, name));
   }
 
   void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
     reply_status(req, meta.rmdir(caller_of(req), parent, name));
   }
 
   void symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+    if (parent == kVirtualRingsDir && rings != nullptr) {
+      // Registers a USRBIO ring: the server runs before the reply, so the client may submit at once.
+      meta::Caller caller = caller_of(req);
+      Status registered = rings->register_ring(name, link, caller, fuse_req_ctx(req)->pid);
+      if (!registered.is_ok()) return reply_error(req, registered);
+      link_of(name, &caller);
+      return reply_entry(req, virtual_link(name));
+    }
+    if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
     reply_entry(req, meta.symlink(caller_of(req), parent, name, link));
   }
 
   void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent, const char* new_name,
               unsigned int flags) {
+    if (is_virtual(parent) || is_virtual(new_parent) || virtual_lookup(parent, name) ||
+        virtual_lookup(new_parent, new_name)) {
+      fuse_reply_err(req, EPERM);
+      return;
+    }
     if (flags & ~static_cast<unsigned int>(RENAME_NOREPLACE)) {
       // RENAME_EXCHANGE and RENAME_WHITEOUT are not implemented by meta.
       fuse_reply_err(req, EINVAL);
@@ -403,6 +525,9 @@ struct FuseFs::Impl {
   }
 
   void link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char* new_name) {
+    if (is_virtual(ino) || is_virtual(new_parent) || virtual_lookup(new_parent, new_name)) {
+      return (void)fuse_reply_err(req, EPERM);
+    }
     reply_entry(req, meta.link(caller_of(req), ino, new_parent, new_name));
   }
 
@@ -436,6 +561,7 @@ struct FuseFs::Impl {
   }
 
   void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    if (is_virtual(ino)) return (void)fuse_reply_err(req, EPERM);
     uint32_t flags = open_flags_of(fi->flags);
     Result<uint64_t> handle = data.open(caller_of(req), ino, flags);
     if (!handle.is_ok()) {
@@ -447,6 +573,7 @@ struct FuseFs::Impl {
   }
 
   void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+    if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
     uint32_t flags = open_flags_of(fi->flags);
     Result<uint64_t> handle = data.create(caller_of(req), parent, name, mode & 07777, flags);
     if (!handle.is_ok()) {
@@ -528,7 +655,7 @@ struct FuseFs::Impl {
   }
 
   void opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-    Result<Inode> dir = meta.getattr(ino);
+    Result<Inode> dir = is_virtual(ino) ? virtual_getattr(ino) : meta.getattr(ino);
     if (!dir.is_ok()) {
       reply_error(req, dir.status());
       return;
@@ -553,6 +680,20 @@ struct FuseFs::Impl {
   template <typename Add>
   Status fill_directory(fuse_ino_t ino, DirHandle* dir, off_t offset, bool plus, size_t limit, Add& add,
                         const meta::Caller& caller) {
+    if (is_virtual(ino)) {
+      // A few names, listed whole each time: an offset is an index (3 = the first name).
+      if (offset < 1 && !add(".", ino, S_IFDIR, nullptr, 1)) return Status::ok();
+      if (offset < 2 && !add("..", dir->parent, S_IFDIR, nullptr, 2)) return Status::ok();
+      auto entries = virtual_entries(ino);
+      for (size_t i = offset <= 2 ? 0 : static_cast<size_t>(offset) - 2; i < entries.size(); ++i) {
+        const auto& [name, inode] = entries[i];
+        if (!add(name.c_str(), inode.id, meta::file_type_mode_bits(inode.type), plus ? &inode : nullptr,
+                 static_cast<off_t>(i + 3))) {
+          break;
+        }
+      }
+      return Status::ok();
+    }
     std::lock_guard lock(dir->mutex);
     if (offset < 0 || static_cast<size_t>(offset) > dir->names.size() + 2) {
       return meta::meta_error(
@@ -670,7 +811,7 @@ struct FuseFs::Impl {
   // access(2): POSIX permission bits against the caller's ids (meta has no access operation; the
   // operations themselves check again).
   void access(fuse_req_t req, fuse_ino_t ino, int mask) {
-    Result<Inode> inode = meta.getattr(ino);
+    Result<Inode> inode = is_virtual(ino) ? virtual_getattr(ino) : meta.getattr(ino);
     if (!inode.is_ok()) {
       reply_error(req, inode.status());
       return;
@@ -807,7 +948,8 @@ fuse_lowlevel_ops make_operations() {
 
 FuseFs::FuseFs(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Result<std::unique_ptr<FuseFs>> FuseFs::mount(FuseOptions options, meta::MetaApi& meta, FileData& data) {
+Result<std::unique_ptr<FuseFs>> FuseFs::mount(FuseOptions options, meta::MetaApi& meta, FileData& data,
+                                              RingRegistry* rings) {
   if (options.mountpoint.empty()) return invalid_argument("fuse: no mountpoint given");
   struct stat st;
   if (::stat(options.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -818,7 +960,7 @@ Result<std::unique_ptr<FuseFs>> FuseFs::mount(FuseOptions options, meta::MetaApi
                             options.max_io_bytes);
   }
   if (options.max_threads == 0) return invalid_argument("fuse: max_threads must be >= 1");
-  auto impl = std::make_unique<Impl>(std::move(options), meta, data);
+  auto impl = std::make_unique<Impl>(std::move(options), meta, data, rings);
   const FuseOptions& o = impl->options;
 
   std::string mount_options = fmt::format("fsname=ff,subtype=ff,max_read={}", o.max_io_bytes);

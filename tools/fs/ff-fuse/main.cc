@@ -26,6 +26,9 @@
 #ifdef FF_FUSE_HAVE_REMOTE_META
 #include "ff/fs/meta_rpc.h"
 #endif
+#ifdef FF_FUSE_HAVE_USRBIO
+#include "ff/fs/usrbio.h"
+#endif
 
 namespace {
 
@@ -120,8 +123,32 @@ class SignalThread {
   std::thread thread_;
 };
 
-int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data) {
-  auto fs = fuse::FuseFs::mount(config.fuse, meta, data);
+#ifdef FF_FUSE_HAVE_USRBIO
+// The virtual directory .ff/usrbio/ over fsusrbio's registry: rings of other processes served with
+// batched I/O through this daemon's FileClient.
+class UsrbioRings final : public fuse::RingRegistry {
+ public:
+  explicit UsrbioRings(FileClient& client) : io_(client), registry_(io_) {}
+  Status register_ring(std::string_view name, std::string_view target, const meta::Caller& caller,
+                       int32_t pid) override {
+    return registry_.register_ring(name, target, caller, pid);
+  }
+  Status unregister_ring(std::string_view name) override { return registry_.unregister_ring(name); }
+  Result<std::string> target_of(std::string_view name) const override { return registry_.target_of(name); }
+  std::vector<std::string> names() const override { return registry_.names(); }
+
+ private:
+  usrbio::FileClientBatchIo io_;
+  usrbio::UsrbioRegistry registry_;
+};
+
+std::unique_ptr<fuse::RingRegistry> make_rings(FileClient& client) { return std::make_unique<UsrbioRings>(client); }
+#elif defined(FF_FUSE_HAVE_FILE_CLIENT)
+std::unique_ptr<fuse::RingRegistry> make_rings(FileClient&) { return nullptr; }
+#endif
+
+int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse::RingRegistry* rings = nullptr) {
+  auto fs = fuse::FuseFs::mount(config.fuse, meta, data, rings);
   if (!fs.is_ok()) {
     FF_LOG_ERROR("{}", fs.status());
     return 1;
@@ -225,9 +252,10 @@ int run_storage(const Config& config) {
       return 1;
     }
     auto data = fuse::file_client_data((*fs)->client());
+    auto rings = make_rings((*fs)->client());
     FF_LOG_INFO("ff-fuse: metadata in this process ({}), data on the cluster of mgmtd {}", config.embedded_meta,
                 config.mgmtd);
-    return serve(config, (*fs)->meta(), *data);
+    return serve(config, (*fs)->meta(), *data, rings.get());
   }
 #ifdef FF_FUSE_HAVE_REMOTE_META
   meta::RemoteMetaOptions remote_options;
@@ -243,9 +271,11 @@ int run_storage(const Config& config) {
     return 1;
   }
   auto data = fuse::file_client_data(**client);
+  auto rings = make_rings(**client);
   FF_LOG_INFO("ff-fuse: metadata from ff-meta {}, data on the cluster of mgmtd {}",
               fmt::join(config.meta_addresses, ","), config.mgmtd);
-  int rc = serve(config, **remote, *data);
+  int rc = serve(config, **remote, *data, rings.get());
+  rings.reset();
   data.reset();
   client->reset();
   return rc;
