@@ -79,6 +79,9 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool 
   const int src_size = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_size) : "memory");
 }
+__device__ __forceinline__ void cp_async_16_always(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
@@ -637,8 +640,8 @@ class Fp8Decoder {
   static constexpr int kQOffset = kStages * kRawTileBytes;
   static constexpr int kPOffset = kQOffset + kQBytes;
   static constexpr int kReductionOffset = kPOffset + 4 * kPlaneBytes;
-  static constexpr int kScaleMaxOffset = kReductionOffset + kReductionBytes;  // 8 warps x 4 groups
-  static constexpr int kFactorOffset = kScaleMaxOffset + 8 * 4 * 4;
+  static constexpr int kScaleMaxOffset = kReductionOffset + kReductionBytes;  // 2 (parity) x 4 groups
+  static constexpr int kFactorOffset = kScaleMaxOffset + 2 * 4 * 4;
 
  public:
   static constexpr int kSmemBytes = kFactorOffset + kQRows * 4;
@@ -651,7 +654,7 @@ class Fp8Decoder {
     sp_ = smem_address(smem + kPOffset);
     reduction_ = reinterpret_cast<float*>(smem + kReductionOffset);
     row_factor_ = reinterpret_cast<float*>(smem + kFactorOffset);
-    block_scale_max_ = reinterpret_cast<float*>(smem + kScaleMaxOffset);
+    block_scale_max_ = reinterpret_cast<int*>(smem + kScaleMaxOffset);
     warp_ = static_cast<int>(threadIdx.x) / 32;
     lane_ = static_cast<int>(threadIdx.x) % 32;
     pair_ = warp_ & 3;
@@ -676,6 +679,7 @@ class Fp8Decoder {
     state.sum[0] = state.sum[1] = 0.0f;
 #pragma unroll
     for (int group = 0; group < 4; ++group) group_max_[group] = 0.0f;
+    if (threadIdx.x < 8) block_scale_max_[threadIdx.x] = 0;  // visible after the first barrier below
 
       // Prologue: kStages - 1 groups of one block each (possibly empty), then Q (plain loads, converted).
 #pragma unroll
@@ -699,8 +703,8 @@ class Fp8Decoder {
       cp_async_commit();
       next_physical = j + kStages < num_kv_blocks ? physical_block(piece, first_block + j + kStages) : -1;
       if (!p_.probe_loads_only) {
-        compute_block(smem_ + kRawOffset + (j % kStages) * kRawTileBytes, (first_block + j) * kTileRows, piece, acc,
-                      state);
+        compute_block(smem_ + kRawOffset + (j % kStages) * kRawTileBytes, (first_block + j) * kTileRows, j & 1, piece,
+                      acc, state);
       }
     }
     cp_async_wait<0>();
@@ -816,13 +820,28 @@ class Fp8Decoder {
       const int64_t step = 4 * p_.k_token_stride;
       const uint32_t first = destination + token0 * kFp8TokenBytes;
       const uint32_t straight = first + chunk * 16, swizzled = first + raw_chunk(8, chunk) * 16;
+      if (valid_tokens == kTileRows) {  // NOTE: the common case, without a predicate per copy
 #pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const bool valid = token0 + 4 * i < valid_tokens;
-        cp_async_16(((i >> 1) & 1 ? swizzled : straight) + 4 * i * kFp8TokenBytes, valid ? source : cache, valid);
-        source += step;
+        for (int i = 0; i < 16; ++i) {
+          cp_async_16_always(((i >> 1) & 1 ? swizzled : straight) + 4 * i * kFp8TokenBytes, source);
+          source += step;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          const bool valid = token0 + 4 * i < valid_tokens;
+          cp_async_16(((i >> 1) & 1 ? swizzled : straight) + 4 * i * kFp8TokenBytes, valid ? source : cache, valid);
+          source += step;
+        }
       }
     }
+  }
+
+  // 2^x (ex2.approx.ftz: 2 ulp, -inf -> 0), as flash attention kernels use it.
+  __device__ static __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
   }
 
   // Bytes 0, 1 and 2, 3 of x (e4m3) -> two f16x2 (exact).
@@ -833,7 +852,7 @@ class Fp8Decoder {
   }
 
   // One 64-token block from the raw tile at `raw`: S = Q K^T, online softmax, O += P V.
-  __device__ void compute_block(const char* raw, int block_start, const Piece& piece, float (&acc)[32][4],
+  __device__ void compute_block(const char* raw, int block_start, int parity, const Piece& piece, float (&acc)[32][4],
                                 RowState& state) {
     const int g = lane_ >> 2, q4 = lane_ & 3;
     const int warp_token0 = slice_ * kSliceTokens + half_ * kWarpTokens;
@@ -1000,9 +1019,12 @@ class Fp8Decoder {
       reduction_[half_ * kTileRows + pair_ * 16 + g] = local_max[0];
       reduction_[half_ * kTileRows + pair_ * 16 + g + 8] = local_max[1];
     }
-    if (lane_ == 0) {
-      *reinterpret_cast<float4*>(block_scale_max_ + 4 * warp_) =
-          make_float4(scale_max[0], scale_max[1], scale_max[2], scale_max[3]);
+    if (lane_ < 4) {
+      const float mine = lane_ == 0   ? scale_max[0]
+                         : lane_ == 1 ? scale_max[1]
+                         : lane_ == 2 ? scale_max[2]
+                                      : scale_max[3];
+      atomicMax(block_scale_max_ + 4 * parity + lane_, __float_as_int(mine));
     }
     __syncthreads();
 
@@ -1011,15 +1033,9 @@ class Fp8Decoder {
     float group_ratio[2];  // old / new group_max of this half's two groups (1 if both are 0)
     float inverse_group_max[4];
     {
-      float block_max[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int w = 0; w < 8; ++w) {
-        const float4 v = *reinterpret_cast<const float4*>(block_scale_max_ + 4 * w);
-        block_max[0] = fmaxf(block_max[0], v.x);
-        block_max[1] = fmaxf(block_max[1], v.y);
-        block_max[2] = fmaxf(block_max[2], v.z);
-        block_max[3] = fmaxf(block_max[3], v.w);
-      }
+      const int4 bits = *reinterpret_cast<const int4*>(block_scale_max_ + 4 * parity);
+      const float block_max[4] = {__int_as_float(bits.x), __int_as_float(bits.y), __int_as_float(bits.z),
+                                  __int_as_float(bits.w)};
 #pragma unroll
       for (int group = 0; group < 4; ++group) {
         const float old_max = group_max_[group];
@@ -1038,7 +1054,7 @@ class Fp8Decoder {
         const float other = reduction_[(1 - half_) * kTileRows + pair_ * 16 + g + 8 * i];
         const float new_max = fmaxf(state.max_log2[i], fmaxf(local_max[i], other));
         const float base = new_max == -INFINITY ? 0.0f : new_max;
-        rescale[i] = exp2f(state.max_log2[i] - base);
+        rescale[i] = fast_exp2(state.max_log2[i] - base);
         state.max_log2[i] = new_max;
         float block_sum = 0.0f;
 #pragma unroll
@@ -1046,7 +1062,7 @@ class Fp8Decoder {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& value = s[n][2 * i + e];
-            value = exp2f(value - base);
+            value = fast_exp2(value - base);
             block_sum += value;
           }
         }
@@ -1094,6 +1110,9 @@ class Fp8Decoder {
       }
     }
     __syncthreads();
+    // Every thread has read this block's scale maxima (before the barrier above): clear them for block
+    // j + 2; block j + 1 uses the other half, and its atomics come after the next loop barrier.
+    if (threadIdx.x < 4) block_scale_max_[4 * parity + threadIdx.x] = 0;
 
     if (active_) {
       const int p_row = row_group_ * 16 + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
@@ -1204,7 +1223,9 @@ class Fp8Decoder {
   uint32_t sq_ = 0, sp_ = 0;
   float* reduction_ = nullptr;
   float* row_factor_ = nullptr;
-  float* block_scale_max_ = nullptr;
+  // Per block parity, the 4 groups' largest scale of the block as int bits (scales are >= 0, so their
+  // bits order like the values), reduced with atomicMax; block j's half is cleared during its O += P V.
+  int* block_scale_max_ = nullptr;
   float group_max_[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // running largest scale per group in the piece
   int warp_ = 0, lane_ = 0, pair_ = 0, row_group_ = 0, slice_ = 0, half_ = 0;
   int head_k_ = 0, m_block_ = 0;
