@@ -8,10 +8,12 @@
 // Runs in the foreground until unmounted (fusermount3 -u) or SIGTERM/SIGINT/SIGHUP, then unmounts and
 // exits 0. Exit 2: bad arguments or config; 1: start failed.
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
 #include <thread>
 
@@ -345,6 +347,17 @@ int main(int argc, char** argv) {
   if (threads > 0) config.fuse.max_threads = threads;
   if (direct_io) config.fuse.direct_io = true;
   if (debug) config.fuse.debug = true;
+  if (config.fuse.allow_other && geteuid() != 0) {
+    // fusermount3 refuses allow_other for users unless /etc/fuse.conf says user_allow_other.
+    std::ifstream conf("/etc/fuse.conf");
+    std::string line;
+    bool allowed = false;
+    while (std::getline(conf, line)) allowed |= line.rfind("user_allow_other", 0) == 0;
+    if (!allowed) {
+      FF_LOG_WARN("ff-fuse: not root and /etc/fuse.conf lacks user_allow_other: only this user may use the mount");
+      config.fuse.allow_other = false;
+    }
+  }
   Status valid = validate(config);
   if (!valid.is_ok()) {
     FF_LOG_ERROR("{}", valid);
