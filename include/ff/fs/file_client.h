@@ -132,6 +132,7 @@ struct EmbeddedFsConfig {
   uint32_t chunk_size = 4u << 20;       // bytes per chunk (the storage servers' max or less)
   int64_t routing_timeout_ms = 30'000;  // waits this long for mgmtd and the chain table
   int64_t gc_interval_ms = 1'000;       // session reclaim + garbage collection period
+  int64_t client_lease_ms = 60'000;     // a client silent this long loses its sessions
 };
 
 class EmbeddedFs {

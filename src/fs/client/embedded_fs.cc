@@ -122,6 +122,7 @@ Result<std::unique_ptr<EmbeddedFs>> EmbeddedFs::open(FileClientConfig client_con
   meta_config.chains = chains;
   meta_config.stripe = config.stripe == 0 ? static_cast<uint32_t>(chains.size()) : config.stripe;
   meta_config.chunk_size = config.chunk_size;
+  meta_config.client_lease_ms = config.client_lease_ms;
   FF_ASSIGN_OR_RETURN(impl->meta, meta::MetaService::open(*impl->engine, meta_config, &impl->storage));
   FF_ASSIGN_OR_RETURN(impl->client, FileClient::connect(std::move(client_config), *impl->meta));
   impl->storage.set(&impl->client->file_storage());

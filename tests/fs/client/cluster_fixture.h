@@ -41,7 +41,8 @@ struct InProcessClusterOptions {
   // Long enough that a loaded CI machine does not lapse leases; a restarted node re-registers with a
   // new incarnation, which ends its old lease at once anyway.
   int64_t heartbeat_timeout_ns = 10'000'000'000;
-  FileClientConfig client;  // defaults for make_client() and the embedded meta's own client
+  FileClientConfig client;           // defaults for make_client() and the embedded meta's own client
+  int64_t client_lease_ms = 60'000;  // the embedded meta's client lease (sessions reclaimed every 200 ms)
 };
 
 class InProcessCluster {
@@ -202,6 +203,7 @@ class InProcessCluster {
     embedded.chunk_size = options_.chunk_size;
     embedded.stripe = options_.stripe;
     embedded.gc_interval_ms = 200;
+    embedded.client_lease_ms = options_.client_lease_ms;
     FF_ASSIGN_OR_RETURN(embedded_, EmbeddedFs::open(client, embedded));
     return Status::ok();
   }

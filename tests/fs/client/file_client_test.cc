@@ -431,3 +431,36 @@ TEST_F(FileClientTest, StorageNodeRestartMidWriteKeepsAcknowledgedData) {
 
 }  // namespace
 }  // namespace ff::fs
+
+namespace ff::fs {
+namespace {
+
+// A live client keeps its sessions by renewing its lease; a silent one (crashed) loses them when the
+// lease runs out, and meta reclaims them.
+TEST(FileClientLeaseTest, RenewedSessionsSurviveAndSilentOnesAreReclaimed) {
+  testing::InProcessClusterOptions options;
+  options.client_lease_ms = 600;
+  options.client.lease_renew_interval_ms = 100;
+  auto cluster = testing::InProcessCluster::start(options);
+  ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+  auto live = (*cluster)->make_client();
+  FileClientConfig silent_config = options.client;
+  silent_config.lease_renew_interval_ms = 600'000;
+  auto silent = (*cluster)->make_client(silent_config);
+  ASSERT_TRUE(live.is_ok() && silent.is_ok());
+  auto kept = (*live)->create(kRoot, meta::kRootInode, "kept", 0644, meta::kOpenWrite);
+  auto lost = (*silent)->create(kRoot, meta::kRootInode, "lost", 0644, meta::kOpenWrite);
+  ASSERT_TRUE(kept.is_ok() && lost.is_ok());
+  auto lost_inode = (*silent)->stat(*lost);
+  ASSERT_TRUE(lost_inode.is_ok());
+  // Unlinked while open: only the session keeps the inode alive.
+  ASSERT_TRUE((*cluster)->meta().unlink(kRoot, meta::kRootInode, "lost").is_ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2000));  // > 3 leases; reclaim runs every 200 ms
+  EXPECT_TRUE((*live)->close(*kept).is_ok()) << "the renewed session is still there";
+  EXPECT_EQ(errno_of((*silent)->close(*lost)), EBADF) << "the silent client's session was reclaimed";
+  EXPECT_EQ(errno_of((*cluster)->meta().getattr(lost_inode->id).status()), ENOENT)
+      << "the unlinked file only its session kept alive is gone";
+}
+
+}  // namespace
+}  // namespace ff::fs
