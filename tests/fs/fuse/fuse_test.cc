@@ -1,0 +1,225 @@
+// FuseFs in this process: a MetaService on the memory KV with MemoryData, mounted in a temporary
+// directory and used through ordinary system calls. Skipped when /dev/fuse cannot be opened.
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "ff/fs/fuse.h"
+#include "ff/fs/kv_engines.h"
+
+namespace ff::fs::fuse {
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+
+class FuseTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int fd = ::open("/dev/fuse", O_RDWR);
+    if (fd < 0) GTEST_SKIP() << "/dev/fuse cannot be opened: " << std::strerror(errno);
+    ::close(fd);
+    char pattern[] = "/tmp/ff_fuse_test_XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern), nullptr);
+    dir_ = pattern;
+    ::chmod(dir_.c_str(), 0755);
+    mount_ = dir_ + "/mnt";
+    ASSERT_EQ(::mkdir(mount_.c_str(), 0755), 0);
+    engine_ = kv::open_memory_kv();
+    auto service = meta::MetaService::open(*engine_, meta::MetaConfig{}, &data_);
+    ASSERT_TRUE(service.is_ok()) << service.status().to_string();
+    meta_ = std::move(*service);
+    data_.bind(*meta_);
+  }
+
+  void Mount(FuseOptions options) {
+    options.mountpoint = mount_;
+    auto fs = FuseFs::mount(options, *meta_, data_);
+    ASSERT_TRUE(fs.is_ok()) << fs.status().to_string();
+    fs_ = std::move(*fs);
+    loop_ = std::thread([this] { run_status_ = fs_->run(); });
+  }
+
+  void TearDown() override {
+    if (fs_) {
+      fs_->exit();
+      loop_.join();
+      fs_.reset();
+    }
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  bool Mounted() {
+    struct stat mount_stat, parent_stat;
+    return ::stat(mount_.c_str(), &mount_stat) == 0 && ::stat(dir_.c_str(), &parent_stat) == 0 &&
+           mount_stat.st_dev != parent_stat.st_dev;
+  }
+
+  // Waits until the daemon has sent `count` kernel invalidations (they are queued, sent by a thread).
+  void WaitInvalidations(uint64_t count) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (fs_->stats().invalidations < count) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "invalidations sent: " << fs_->stats().invalidations;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
+  std::string dir_, mount_;
+  std::unique_ptr<kv::KvEngine> engine_;
+  MemoryData data_;
+  std::unique_ptr<meta::MetaService> meta_;
+  std::unique_ptr<FuseFs> fs_;
+  std::thread loop_;
+  Status run_status_;
+};
+
+TEST_F(FuseTest, FilesDirectoriesAndErrnos) {
+  Mount({});
+  ASSERT_TRUE(Mounted());
+  std::string a = mount_ + "/a";
+  write_file(a, "hello");
+  EXPECT_EQ(read_file(a), "hello");
+  ASSERT_EQ(::mkdir((mount_ + "/d").c_str(), 0750), 0);
+  ASSERT_EQ(::rename(a.c_str(), (mount_ + "/d/b").c_str()), 0);
+  struct stat st;
+  EXPECT_EQ(::stat(a.c_str(), &st), -1);
+  EXPECT_EQ(errno, ENOENT);
+  ASSERT_EQ(::stat((mount_ + "/d/b").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 5);
+  ASSERT_EQ(::stat((mount_ + "/d").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  EXPECT_EQ(::rmdir((mount_ + "/d").c_str()), -1);
+  EXPECT_EQ(errno, ENOTEMPTY);
+  // RENAME_NOREPLACE reaches meta's no_replace.
+  write_file(mount_ + "/c", "c");
+  EXPECT_EQ(::renameat2(AT_FDCWD, (mount_ + "/c").c_str(), AT_FDCWD, (mount_ + "/d/b").c_str(), RENAME_NOREPLACE), -1);
+  EXPECT_EQ(errno, EEXIST);
+  EXPECT_EQ(::symlink("d/b", (mount_ + "/s").c_str()), 0);
+  EXPECT_EQ(read_file(mount_ + "/s"), "hello");
+  EXPECT_EQ(::truncate((mount_ + "/d/b").c_str(), 2), 0);
+  EXPECT_EQ(read_file(mount_ + "/d/b"), "he");
+  std::string long_name(256, 'n');
+  EXPECT_EQ(::mknod((mount_ + "/" + long_name).c_str(), S_IFREG | 0644, 0), -1);
+  EXPECT_EQ(errno, ENAMETOOLONG);
+  EXPECT_GT(fs_->stats().requests, 10u);
+}
+
+TEST_F(FuseTest, DirectoryOffsetsMapToNames) {
+  Mount({});
+  for (int i = 0; i < 300; ++i) {
+    std::string path = fmt::format("{}/file-{:04d}-{}", mount_, i, std::string(i % 50, 'x'));
+    ASSERT_EQ(::mknod(path.c_str(), S_IFREG | 0644, 0), 0) << path;
+  }
+  DIR* dir = ::opendir(mount_.c_str());
+  ASSERT_NE(dir, nullptr);
+  std::vector<std::string> first, rest, again;
+  auto next = [&]() -> std::optional<std::string> {
+    while (dirent* entry = ::readdir(dir)) {
+      std::string name = entry->d_name;
+      if (name != "." && name != "..") return name;
+    }
+    return std::nullopt;
+  };
+  for (int i = 0; i < 120; ++i) first.push_back(*next());
+  long position = ::telldir(dir);
+  while (auto name = next()) rest.push_back(*name);
+  ::seekdir(dir, position);
+  while (auto name = next()) again.push_back(*name);
+  ::closedir(dir);
+  EXPECT_EQ(again, rest);
+  std::set<std::string> all(first.begin(), first.end());
+  all.insert(rest.begin(), rest.end());
+  EXPECT_EQ(all.size(), 300u);
+  EXPECT_EQ(first.size() + rest.size(), 300u) << "an entry was listed twice";
+}
+
+TEST_F(FuseTest, AttributeCacheInvalidatedByFsyncAndRelease) {
+  FuseOptions options;
+  options.attr_timeout_s = 60;  // without invalidation the kernel would trust cached sizes for a minute
+  options.entry_timeout_s = 60;
+  Mount(options);
+  std::string path = mount_ + "/f";
+  write_file(path, "0123456789");
+  WaitInvalidations(1);  // the release of the writing handle
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  ASSERT_EQ(st.st_size, 10);
+  // Another client (not through this mount) makes the file 100 bytes long.
+  auto inode = meta_->resolve(meta::Caller{}, "/f");
+  ASSERT_TRUE(inode.is_ok()) << inode.status().to_string();
+  auto handle = data_.open(meta::Caller{}, inode->id, meta::kOpenWrite);
+  ASSERT_TRUE(handle.is_ok()) << handle.status().to_string();
+  std::string bytes(100, 'z');
+  ASSERT_TRUE(data_.write(*handle, 0, std::as_bytes(std::span(bytes))).is_ok());
+  ASSERT_TRUE(data_.close(*handle).is_ok());
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 10) << "the kernel should still answer from its attribute cache";
+  // fsync through the mount makes the length exact and drops the cached attributes.
+  int fd = ::open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::fsync(fd), 0);
+  WaitInvalidations(2);
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 100);
+  ::close(fd);
+}
+
+TEST_F(FuseTest, UnlinkedOpenFileStaysReadable) {
+  Mount({});
+  std::string path = mount_ + "/ghost";
+  write_file(path, "still here");
+  int fd = ::open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::unlink(path.c_str()), 0);
+  char buffer[32] = {};
+  EXPECT_EQ(::pread(fd, buffer, sizeof(buffer), 0), 10);
+  EXPECT_STREQ(buffer, "still here");
+  ::close(fd);
+}
+
+TEST_F(FuseTest, ExitUnmounts) {
+  Mount({});
+  ASSERT_TRUE(Mounted());
+  fs_->exit();
+  loop_.join();
+  EXPECT_TRUE(run_status_.is_ok()) << run_status_.to_string();
+  EXPECT_FALSE(Mounted());
+  fs_.reset();
+}
+
+TEST(FuseMountTest, RejectsBadOptions) {
+  auto engine = kv::open_memory_kv();
+  MemoryData data;
+  auto service = meta::MetaService::open(*engine, meta::MetaConfig{}, &data);
+  ASSERT_TRUE(service.is_ok());
+  data.bind(**service);
+  EXPECT_FALSE(FuseFs::mount({.mountpoint = "/nonexistent/ff"}, **service, data).is_ok());
+  FuseOptions options;
+  options.mountpoint = "/tmp";
+  options.max_io_bytes = 2u << 20;
+  auto fs = FuseFs::mount(options, **service, data);
+  ASSERT_FALSE(fs.is_ok());
+  EXPECT_NE(fs.status().message().find("1048576"), std::string::npos) << fs.status().to_string();
+}
+
+}  // namespace
+}  // namespace ff::fs::fuse
