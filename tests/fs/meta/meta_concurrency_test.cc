@@ -1,7 +1,9 @@
 // Many threads creating, linking, renaming and removing in a small shared tree, on the in-memory and
 // RocksDB engines; afterwards fsck must find no orphan inode, no cycle, right link counts and every
 // entry naming a live inode of its type. Plus targeted races: one winner per name, crossing directory
-// renames that would close a cycle.
+// renames that would close a cycle. Like meta_test.cc, run in-process by fs_meta_test and through
+// gRPC (a MetaRpcServer + RemoteMeta in front of each service instance) by fs_meta_rpc_test
+// (meta_test.h, concurrency_suite()).
 #include <atomic>
 #include <mutex>
 #include <random>
@@ -18,10 +20,12 @@ const Caller kRoot{0, 0, {}};
 
 class MetaConcurrency : public ::testing::TestWithParam<std::string> {
  protected:
+  // The engine of the parameter ("rocksdb_grpc" -> "rocksdb").
+  std::string engine() const { return GetParam().substr(0, GetParam().find('_')); }
   void SetUp() override {
-    if (GetParam() == "memory") {
+    if (engine() == "memory") {
       engine_ = kv::open_memory_kv();
-    } else if (GetParam() == "etcd") {
+    } else if (engine() == "etcd") {
       if (!rpc::testing::have_etcd()) GTEST_SKIP() << "etcd is not installed (Debian etcd-server); skipping";
       auto server = rpc::testing::EtcdServer::start();
       ASSERT_TRUE(server.is_ok()) << server.status().to_string();
@@ -46,8 +50,18 @@ class MetaConcurrency : public ::testing::TestWithParam<std::string> {
     auto second = MetaService::open(*engine_, config);
     ASSERT_TRUE(second.is_ok()) << second.status().to_string();
     second_ = std::move(*second);
+    api_ = meta_.get();
+    second_api_ = second_.get();
+    if (auto frontend = testing::concurrency_suite().frontend) {
+      front_ = frontend(*meta_);
+      second_front_ = frontend(*second_);
+      api_ = &front_->api();
+      second_api_ = &second_front_->api();
+    }
   }
   void TearDown() override {
+    front_.reset();
+    second_front_.reset();
     meta_.reset();
     second_.reset();
     engine_.reset();
@@ -66,6 +80,9 @@ class MetaConcurrency : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<kv::KvEngine> engine_;
   std::unique_ptr<MetaService> meta_;
   std::unique_ptr<MetaService> second_;
+  std::unique_ptr<testing::MetaFrontend> front_, second_front_;
+  MetaApi* api_ = nullptr;         // the operations go through these (a service or its frontend);
+  MetaApi* second_api_ = nullptr;  // fsck always asks meta_ itself
 };
 
 // Errnos a racing namespace operation may legitimately get; anything else (EIO, EAGAIN after the retry
@@ -81,11 +98,11 @@ TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
   // inside the spread of successful renames on etcd (19..33 in 18 loaded runs), so the test failed now
   // and then though the service was right: the test's fault, not a retry budget or compaction issue
   // (no unexpected errno in any failed run).
-  const int ops_per_thread = GetParam() == "memory" ? 3000 : GetParam() == "rocksdb" ? 300 : 100;
+  const int ops_per_thread = engine() == "memory" ? 3000 : engine() == "rocksdb" ? 300 : 100;
   std::mutex dirs_mutex;
   std::vector<InodeId> dirs = {kRootInode};
   for (int i = 0; i < 3; ++i) {
-    auto dir = meta_->mkdir(kRoot, kRootInode, fmt::format("top{}", i), 0755);
+    auto dir = api_->mkdir(kRoot, kRootInode, fmt::format("top{}", i), 0755);
     ASSERT_TRUE(dir.is_ok());
     dirs.push_back(dir->id);
   }
@@ -93,7 +110,7 @@ TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
-      MetaService* meta = t % 2 == 0 ? meta_.get() : second_.get();  // half the threads use instance 2
+      MetaApi* meta = t % 2 == 0 ? api_ : second_api_;  // half the threads use instance 2
       std::mt19937 random(1234 + t);
       auto pick_dir = [&] {
         std::lock_guard lock(dirs_mutex);
@@ -160,7 +177,7 @@ TEST_P(MetaConcurrency, OneWinnerPerName) {
     for (int t = 0; t < threads; ++t) {
       workers.emplace_back([&, t] {
         auto result =
-            (t % 2 == 0) ? meta_->create(kRoot, kRootInode, name, 0644) : meta_->mkdir(kRoot, kRootInode, name, 0755);
+            (t % 2 == 0) ? api_->create(kRoot, kRootInode, name, 0644) : api_->mkdir(kRoot, kRootInode, name, 0755);
         if (result.is_ok()) {
           ++created;
         } else if (errno_of(result.status()) == EEXIST) {
@@ -179,12 +196,12 @@ TEST_P(MetaConcurrency, OneWinnerPerName) {
 
 TEST_P(MetaConcurrency, CrossingDirectoryRenamesNeverMakeACycle) {
   for (int round = 0; round < 15; ++round) {
-    auto a = meta_->mkdir(kRoot, kRootInode, "a", 0755);
-    auto b = meta_->mkdir(kRoot, kRootInode, "b", 0755);
+    auto a = api_->mkdir(kRoot, kRootInode, "a", 0755);
+    auto b = api_->mkdir(kRoot, kRootInode, "b", 0755);
     ASSERT_TRUE(a.is_ok() && b.is_ok());
     Status a_into_b, b_into_a;
-    std::thread first([&] { a_into_b = meta_->rename(kRoot, kRootInode, "a", b->id, "a"); });
-    std::thread second([&] { b_into_a = meta_->rename(kRoot, kRootInode, "b", a->id, "b"); });
+    std::thread first([&] { a_into_b = api_->rename(kRoot, kRootInode, "a", b->id, "a"); });
+    std::thread second([&] { b_into_a = api_->rename(kRoot, kRootInode, "b", a->id, "b"); });
     first.join();
     second.join();
     // Both may fail (each sees the other already moved: ENOENT), never both succeed.
@@ -197,45 +214,45 @@ TEST_P(MetaConcurrency, CrossingDirectoryRenamesNeverMakeACycle) {
     expect_consistent();
     // Clean up whichever shape resulted.
     if (a_into_b.is_ok()) {
-      ASSERT_TRUE(meta_->rmdir(kRoot, b->id, "a").is_ok());
-      ASSERT_TRUE(meta_->rmdir(kRoot, kRootInode, "b").is_ok());
+      ASSERT_TRUE(api_->rmdir(kRoot, b->id, "a").is_ok());
+      ASSERT_TRUE(api_->rmdir(kRoot, kRootInode, "b").is_ok());
     } else if (b_into_a.is_ok()) {
-      ASSERT_TRUE(meta_->rmdir(kRoot, a->id, "b").is_ok());
-      ASSERT_TRUE(meta_->rmdir(kRoot, kRootInode, "a").is_ok());
+      ASSERT_TRUE(api_->rmdir(kRoot, a->id, "b").is_ok());
+      ASSERT_TRUE(api_->rmdir(kRoot, kRootInode, "a").is_ok());
     } else {
-      ASSERT_TRUE(meta_->rmdir(kRoot, kRootInode, "a").is_ok());
-      ASSERT_TRUE(meta_->rmdir(kRoot, kRootInode, "b").is_ok());
+      ASSERT_TRUE(api_->rmdir(kRoot, kRootInode, "a").is_ok());
+      ASSERT_TRUE(api_->rmdir(kRoot, kRootInode, "b").is_ok());
     }
   }
 }
 
 TEST_P(MetaConcurrency, CreatesRacingRmdirLeaveNoOrphans) {
   for (int round = 0; round < 10; ++round) {
-    auto dir = meta_->mkdir(kRoot, kRootInode, "victim", 0755);
+    auto dir = api_->mkdir(kRoot, kRootInode, "victim", 0755);
     ASSERT_TRUE(dir.is_ok());
     std::atomic<int> created{0};
     std::vector<std::thread> workers;
     for (int t = 0; t < 4; ++t) {
       workers.emplace_back([&, t] {
-        if (meta_->create(kRoot, dir->id, fmt::format("f{}", t), 0644).is_ok()) ++created;
+        if (api_->create(kRoot, dir->id, fmt::format("f{}", t), 0644).is_ok()) ++created;
       });
     }
     Status removed;
-    workers.emplace_back([&] { removed = meta_->rmdir(kRoot, kRootInode, "victim"); });
+    workers.emplace_back([&] { removed = api_->rmdir(kRoot, kRootInode, "victim"); });
     for (auto& worker : workers) worker.join();
     if (removed.is_ok()) {
       // rmdir won: every create that succeeded must have come before it... which would make rmdir fail.
       EXPECT_EQ(created.load(), 0) << "round " << round;
     } else {
       EXPECT_EQ(errno_of(removed), ENOTEMPTY) << removed.to_string();
-      for (int t = 0; t < 4; ++t) (void)meta_->unlink(kRoot, dir->id, fmt::format("f{}", t));
-      ASSERT_TRUE(meta_->rmdir(kRoot, kRootInode, "victim").is_ok());
+      for (int t = 0; t < 4; ++t) (void)api_->unlink(kRoot, dir->id, fmt::format("f{}", t));
+      ASSERT_TRUE(api_->rmdir(kRoot, kRootInode, "victim").is_ok());
     }
     expect_consistent();
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Engines, MetaConcurrency, ::testing::Values("memory", "rocksdb", "etcd"),
+INSTANTIATE_TEST_SUITE_P(Engines, MetaConcurrency, ::testing::ValuesIn(testing::concurrency_suite().engines),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

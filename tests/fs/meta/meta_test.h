@@ -37,6 +37,15 @@ struct MetaSuiteParam {
   std::function<std::unique_ptr<MetaFrontend>(MetaService& service)> frontend;
 };
 std::vector<MetaSuiteParam> meta_suite_params();
+// The concurrency suite (meta_concurrency_test.cc): the engines it runs on ("memory", "rocksdb",
+// "etcd", optionally with a suffix after '_' that names the variant, so test names differ between
+// binaries), and what to put in front of each service instance (null: nothing).
+struct ConcurrencySuite {
+  std::vector<std::string> engines;
+  std::function<std::unique_ptr<MetaFrontend>(MetaService& service)> frontend;
+};
+ConcurrencySuite concurrency_suite();
+
 // gtest (and ctest's test list) prints the parameter by its name.
 inline void PrintTo(const MetaSuiteParam& param, std::ostream* out) { *out << param.name; }
 

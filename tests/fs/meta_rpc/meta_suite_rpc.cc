@@ -1,5 +1,6 @@
-// fs_meta_rpc_test runs the metadata behaviour suite (tests/fs/meta/meta_test.cc) through RemoteMeta
-// and a MetaRpcServer on 127.0.0.1: every operation and errno case crosses gRPC.
+// fs_meta_rpc_test runs the metadata behaviour and concurrency suites (tests/fs/meta/meta_test.cc,
+// meta_concurrency_test.cc) through RemoteMeta and a MetaRpcServer on 127.0.0.1: every operation and
+// errno case, and the racing threads, cross gRPC.
 #include "../meta/meta_test.h"
 #include "ff/common/assert.h"
 #include "ff/fs/meta_rpc.h"
@@ -42,6 +43,13 @@ std::vector<MetaSuiteParam> meta_suite_params() {
           MetaSuiteParam{"GrpcInlineReads", [](MetaService& service) -> std::unique_ptr<MetaFrontend> {
                            return std::make_unique<GrpcFrontend>(service, true);
                          }}};
+}
+
+// Memory and RocksDB (etcd's races are the same service code; its case stays in fs_meta_test).
+ConcurrencySuite concurrency_suite() {
+  return {{"memory_grpc", "rocksdb_grpc"}, [](MetaService& service) -> std::unique_ptr<MetaFrontend> {
+            return std::make_unique<GrpcFrontend>(service, true);
+          }};
 }
 
 }  // namespace ff::fs::meta::testing
