@@ -118,6 +118,9 @@ struct FuseOptions {
   double negative_timeout_s = 0.0;   // how long the kernel may cache "no such name"
   uint32_t max_io_bytes = 1u << 20;  // max_read / max_write (1 MiB: the kernel's 256-page limit)
   uint32_t max_threads = 16;         // libfuse worker threads
+  // Kernel readahead of the mount (its bdi's read_ahead_kb, set after mounting when we may: root). The
+  // kernel's default, 128 KiB, splits sequential buffered reads into 128 KiB requests; 0 leaves it.
+  uint32_t read_ahead_bytes = 1u << 20;
   // The kernel checks permissions against cached attributes (default_permissions); meta checks
   // again with the caller's ids. Off: meta alone decides, and access() asks meta's attributes.
   bool kernel_permissions = true;

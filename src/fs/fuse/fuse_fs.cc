@@ -26,9 +26,11 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -119,6 +121,27 @@ uint32_t open_flags_of(int flags) {
   return out;
 }
 
+// Sets the read_ahead_kb of the file system mounted at `mountpoint` (its bdi is named by the device
+// number, found in /proc/self/mountinfo: a stat of the mount would wait for the not yet running loop).
+Status set_read_ahead(const std::string& mountpoint, uint32_t bytes) {
+  std::ifstream mountinfo("/proc/self/mountinfo");
+  std::string line, device;
+  while (std::getline(mountinfo, line)) {
+    // "36 35 0:40 / /mnt/ff rw,... - fuse.ff ff rw,...": field 3 is major:minor, field 5 the mountpoint.
+    std::istringstream fields(line);
+    std::string id, parent, dev, root, point;
+    fields >> id >> parent >> dev >> root >> point;
+    if (point == mountpoint) device = dev;  // the last match is the newest mount
+  }
+  if (device.empty()) return not_found("fuse: {} is not in /proc/self/mountinfo", mountpoint);
+  std::string path = "/sys/class/bdi/" + device + "/read_ahead_kb";
+  std::ofstream out(path);
+  out << bytes / 1024 << "\n";
+  out.flush();
+  if (!out) return errno_error(errno, "write " + path);
+  return Status::ok();
+}
+
 }  // namespace
 
 struct FuseFs::Impl {
@@ -158,6 +181,8 @@ struct FuseFs::Impl {
   std::condition_variable invalidation_wake;
   std::deque<Invalidation> invalidation_queue;
   bool invalidation_stop = false;
+  bool read_ahead_done = false;            // read_ahead_kb set (or not wanted)
+  std::atomic<int64_t> initialized_ms{0};  // when INIT was answered (0: not yet)
   std::thread invalidation_thread;
   static constexpr size_t kMaxQueuedInvalidations = 4096;
 
@@ -309,9 +334,17 @@ struct FuseFs::Impl {
   void invalidation_loop() {
     std::unique_lock lock(invalidation_mutex);
     while (true) {
-      invalidation_wake.wait_for(lock, std::chrono::milliseconds(200),
+      invalidation_wake.wait_for(lock,
+                                 std::chrono::milliseconds(initialized_ms.load() != 0 && !read_ahead_done ? 20 : 200),
                                  [&] { return invalidation_stop || !invalidation_queue.empty(); });
       if (invalidation_stop) return;
+      if (!read_ahead_done && initialized_ms.load() != 0 && now_ms() - initialized_ms.load() >= 50) {
+        // After the INIT reply (the kernel lowers read_ahead_kb to the reply's max_readahead then);
+        // needs root. Without it sequential buffered reads arrive as 128 KiB requests.
+        read_ahead_done = true;
+        Status set = set_read_ahead(options.mountpoint, options.read_ahead_bytes);
+        if (!set.is_ok()) FF_LOG_INFO("ff-fuse: kernel readahead left at its default: {}", set);
+      }
       while (!invalidation_queue.empty()) {
         Invalidation item = std::move(invalidation_queue.front());
         invalidation_queue.pop_front();
@@ -850,6 +883,12 @@ struct FuseFs::Impl {
     conn->want &= ~static_cast<unsigned>(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
     FF_LOG_INFO("ff-fuse: kernel protocol {}.{}, max_write {}, max_readahead {}", conn->proto_major, conn->proto_minor,
                 conn->max_write, conn->max_readahead);
+    {
+      std::lock_guard lock(invalidation_mutex);
+      read_ahead_done = options.read_ahead_bytes == 0;
+    }
+    initialized_ms.store(now_ms());
+    invalidation_wake.notify_all();
   }
 };
 

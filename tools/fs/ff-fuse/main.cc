@@ -59,6 +59,7 @@ Status load_toml(const std::string& path, Config* c) {
   FF_RETURN_IF_ERROR(reader.read("fuse.negative_timeout_s", &c->fuse.negative_timeout_s));
   FF_RETURN_IF_ERROR(reader.read("fuse.max_io_bytes", &c->fuse.max_io_bytes));
   FF_RETURN_IF_ERROR(reader.read("fuse.max_threads", &c->fuse.max_threads));
+  FF_RETURN_IF_ERROR(reader.read("fuse.read_ahead_bytes", &c->fuse.read_ahead_bytes));
   FF_RETURN_IF_ERROR(reader.read("fuse.kernel_permissions", &c->fuse.kernel_permissions));
   FF_RETURN_IF_ERROR(reader.read("fuse.allow_other", &c->fuse.allow_other));
   FF_RETURN_IF_ERROR(reader.read("fuse.direct_io", &c->fuse.direct_io));
