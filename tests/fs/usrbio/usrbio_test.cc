@@ -121,7 +121,7 @@ TEST(UsrbioRing, ClientSideChecksWithoutServer) {
   EXPECT_EQ(*polled, 0u);
 }
 
-class ServedRing : public ::testing::Test {
+class UsrbioServedRing : public ::testing::Test {
  protected:
   void start(uint64_t iov_bytes, IorOptions options = {}, RingServerOptions server_options = {}) {
     ring_ = make_ring(iov_bytes, options);
@@ -150,7 +150,7 @@ class ServedRing : public ::testing::Test {
   std::unique_ptr<RingServer> server_;
 };
 
-TEST_F(ServedRing, ManyReadsPerDoorbellLandInTheIov) {
+TEST_F(UsrbioServedRing, ManyReadsPerDoorbellLandInTheIov) {
   constexpr size_t kBlock = 4096;
   constexpr size_t kCount = 64;
   const auto data = pattern(kBlock * kCount + 100, 1);
@@ -180,7 +180,7 @@ TEST_F(ServedRing, ManyReadsPerDoorbellLandInTheIov) {
   EXPECT_EQ(ring_.ior.in_flight(), 0u);
 }
 
-TEST_F(ServedRing, ShortReadAtEndOfFileAndWritesReadBack) {
+TEST_F(UsrbioServedRing, ShortReadAtEndOfFileAndWritesReadBack) {
   io_.add_file(7, pattern(1000, 2));
   io_.add_file(8, {});
   start(1 << 16, {.entries = 8});
@@ -212,7 +212,7 @@ TEST_F(ServedRing, ShortReadAtEndOfFileAndWritesReadBack) {
   EXPECT_EQ(io_.open_handles(), 0u);  // a stopped server closes what it opened
 }
 
-TEST_F(ServedRing, WrapAroundOfIndicesAndSlots) {
+TEST_F(UsrbioServedRing, WrapAroundOfIndicesAndSlots) {
   constexpr size_t kBlock = 512;
   const auto data = pattern(kBlock * 64, 4);
   io_.add_file(3, data);
@@ -236,7 +236,7 @@ TEST_F(ServedRing, WrapAroundOfIndicesAndSlots) {
   EXPECT_EQ(server_->stats().entries, next);
 }
 
-TEST_F(ServedRing, ReapingFreesCapacityAndPartialWaits) {
+TEST_F(UsrbioServedRing, ReapingFreesCapacityAndPartialWaits) {
   io_.add_file(3, pattern(1 << 16, 5));
   start(1 << 16, {.entries = 4});
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(ring_.ior.prep_read(3, 0, 100, 0, i).is_ok());
@@ -262,7 +262,7 @@ void scribble(const Ior& ior, uint32_t index, const SubmitEntry& entry) {
   slots[index & (ior.capacity() - 1)] = entry;
 }
 
-TEST_F(ServedRing, BadEntriesFailAloneWithErrno) {
+TEST_F(UsrbioServedRing, BadEntriesFailAloneWithErrno) {
   const auto data = pattern(8192, 6);
   io_.add_file(5, data);
   io_.add_file(6, pattern(100, 7), /*owner_uid=*/1234, /*mode=*/0600);
@@ -300,7 +300,7 @@ TEST_F(ServedRing, BadEntriesFailAloneWithErrno) {
   EXPECT_EQ(reap(1)[0].result, 10);
 }
 
-TEST_F(ServedRing, CorruptIndicesMarkTheRingBroken) {
+TEST_F(UsrbioServedRing, CorruptIndicesMarkTheRingBroken) {
   io_.add_file(5, pattern(100, 8));
   start(4096, {.entries = 4});
   {
@@ -319,7 +319,7 @@ TEST_F(ServedRing, CorruptIndicesMarkTheRingBroken) {
   EXPECT_EQ(ring_.ior.submit().status().code(), StatusCode::kUnavailable);
 }
 
-TEST_F(ServedRing, StoppedServerFailsWaitsFast) {
+TEST_F(UsrbioServedRing, StoppedServerFailsWaitsFast) {
   io_.add_file(5, pattern(100, 9));
   io_.set_batch_delay_ms(300);
   start(4096, {.entries = 4});
@@ -334,7 +334,7 @@ TEST_F(ServedRing, StoppedServerFailsWaitsFast) {
   EXPECT_NE(refused.status().message().find("detached"), std::string::npos) << refused.status().to_string();
 }
 
-TEST_F(ServedRing, ConsumerOnAnotherThread) {
+TEST_F(UsrbioServedRing, ConsumerOnAnotherThread) {
   constexpr int kTotal = 2000;
   io_.add_file(9, pattern(1 << 16, 10));
   start(1 << 16, {.entries = 64});
