@@ -44,8 +44,9 @@ namespace ff::fs::meta {
 
 // ---------------------------------------------------------------- server
 struct MetaServerOptions {
-  std::string listen = "127.0.0.1:0";  // host:port; port 0: the OS picks one (see address())
-  int max_threads = 256;               // worker threads, each running one blocking MetaApi call at a time
+  // host:port (port 0: the OS picks one, see address()), or unix:/path for clients on this host.
+  std::string listen = "127.0.0.1:0";
+  int max_threads = 256;  // worker threads, each running one blocking MetaApi call at a time
   // Run reads (lookup, getattr, resolve, readlink, readdir, statfs) on the gRPC thread that received
   // them instead of a worker: right for stores whose reads do not wait on the network (RocksDB, memory),
   // wrong for etcd (a read there blocks a gRPC polling thread for an etcd round trip).
@@ -84,7 +85,7 @@ class MetaRpcServer {
 
 // ---------------------------------------------------------------- client
 struct RemoteMetaOptions {
-  std::vector<std::string> addresses;      // ff-meta servers ("host:port"), tried in order from a random one
+  std::vector<std::string> addresses;      // ff-meta servers ("host:port", "unix:/path"), from a random one on
   int64_t rpc_timeout_ms = 5'000;          // one attempt
   int64_t op_timeout_ms = 30'000;          // one operation, failover and retries included
   uint32_t max_attempts = 32;              // attempts per operation

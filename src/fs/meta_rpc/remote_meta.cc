@@ -185,6 +185,7 @@ RemoteMeta::~RemoteMeta() = default;
 Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions options) {
   if (options.addresses.empty()) return invalid_argument("RemoteMeta needs at least one ff-meta address");
   for (const auto& address : options.addresses) {
+    if (address.starts_with("unix:")) continue;  // a Unix-domain socket (a client on the meta host)
     auto parsed = rpc::parse_host_port(address);
     if (!parsed.is_ok()) return invalid_argument("ff-meta address: {}", parsed.status().message());
     if (parsed->port == 0) return invalid_argument("ff-meta address '{}' needs a port", address);

@@ -298,6 +298,7 @@ MetaRpcServer::MetaRpcServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)
 
 Result<std::unique_ptr<MetaRpcServer>> MetaRpcServer::start(std::shared_ptr<MetaApi> api, MetaServerOptions options) {
   FF_ASSERT(api != nullptr, "MetaRpcServer::start needs an api");
+  const bool unix_socket = options.listen.starts_with("unix:");
   size_t colon = options.listen.rfind(':');
   if (colon == std::string::npos) return invalid_argument("meta listen address '{}' is not host:port", options.listen);
   if (options.max_threads < 2)
@@ -306,16 +307,16 @@ Result<std::unique_ptr<MetaRpcServer>> MetaRpcServer::start(std::shared_ptr<Meta
   impl->service = std::make_unique<MetaGrpcService>(std::move(api), options);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), unix_socket ? nullptr : &port);
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.SetMaxSendMessageSize(64 << 20);
   builder.RegisterService(impl->service.get());
   impl->server = builder.BuildAndStart();
-  if (impl->server == nullptr || port == 0) {
+  if (impl->server == nullptr || (!unix_socket && port == 0)) {
     return unavailable("meta gRPC server could not listen on {} (address in use or not local?)", options.listen);
   }
   impl->port = static_cast<uint16_t>(port);
-  impl->address = options.listen.substr(0, colon) + ":" + std::to_string(port);
+  impl->address = unix_socket ? options.listen : options.listen.substr(0, colon) + ":" + std::to_string(port);
   return std::unique_ptr<MetaRpcServer>(new MetaRpcServer(std::move(impl)));
 }
 

@@ -306,6 +306,19 @@ TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
   EXPECT_TRUE(report->problems.empty());
 }
 
+TEST_F(RemoteMetaTest, UnixDomainSocket) {
+  rpc::testing::TempDir dir;
+  const std::string address = "unix:" + dir.path() + "/meta.sock";
+  auto server = MetaRpcServer::start(unowned(*service_), MetaServerOptions{.listen = address, .inline_reads = true});
+  ASSERT_TRUE(server.is_ok()) << server.status().to_string();
+  EXPECT_EQ((*server)->address(), address);
+  auto remote = connect({address});
+  auto made = remote->create(kRoot, kRootInode, "over-uds", 0644);
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  EXPECT_EQ(remote->lookup(kRoot, kRootInode, "over-uds")->id, made->id);
+  (*server)->shutdown(1000);
+}
+
 TEST_F(RemoteMetaTest, ManyThreadsShareOneClient) {
   auto remote = connect({server_->address()});
   std::vector<std::thread> threads;

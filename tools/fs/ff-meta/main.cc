@@ -83,7 +83,7 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("metrics.listen", &c.metrics_listen));
   FF_RETURN_IF_ERROR(reader.read("metrics.stats_interval_s", &c.stats_interval_s));
   FF_RETURN_IF_ERROR(reader.finish());
-  FF_RETURN_IF_ERROR(parse_host_port(c.listen).status());
+  if (!c.listen.starts_with("unix:")) FF_RETURN_IF_ERROR(parse_host_port(c.listen).status());
   if (c.mgmtd.empty()) {
     if (c.standalone_chains == 0) {
       return invalid_argument(
