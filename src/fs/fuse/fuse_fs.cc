@@ -252,8 +252,11 @@ struct FuseFs::Impl {
     entry.ino = inode.id;
     entry.generation = 1;
     fill_stat(inode, &entry.attr);
-    entry.attr_timeout = options.attr_timeout_s;
-    entry.entry_timeout = options.entry_timeout_s;
+    // The virtual directory's rings come and go (a dead owner's ring is reaped) without a request the
+    // kernel would see: its entries are never cached.
+    bool cache = inode.id < kVirtualInodeBase;
+    entry.attr_timeout = cache ? options.attr_timeout_s : 0;
+    entry.entry_timeout = cache ? options.entry_timeout_s : 0;
     return entry;
   }
 
@@ -442,6 +445,18 @@ struct FuseFs::Impl {
     return out;
   }
 
+  // A name operation failed because the name is not what the kernel believed (ENOENT: another client
+  // removed it; EEXIST: another client created it while the kernel cached "no such name"): drop the
+  // kernel's stale dentry so the next access looks it up again.
+  template <typename R>
+  const R& check_entry(const R& result, InodeId parent, const char* name) {
+    if (!result.is_ok()) {
+      int errno_value = meta::errno_of(internal::status_of(result));
+      if (errno_value == ENOENT || errno_value == EEXIST) invalidate_entry(parent, name);
+    }
+    return result;
+  }
+
   // ---------------------------------------------------------------- operations
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (auto virtual_entry = virtual_lookup(parent, name)) return reply_entry(req, *virtual_entry);
@@ -505,9 +520,9 @@ struct FuseFs::Impl {
     }
     meta::Caller caller = caller_of(req);
     if (*type == meta::FileType::kRegular) {
-      reply_entry(req, meta.create(caller, parent, name, mode & 07777));
+      reply_entry(req, check_entry(meta.create(caller, parent, name, mode & 07777), parent, name));
     } else if (*type == meta::FileType::kDirectory) {
-      reply_entry(req, meta.mkdir(caller, parent, name, mode & 07777));
+      reply_entry(req, check_entry(meta.mkdir(caller, parent, name, mode & 07777), parent, name));
     } else {
       reply_entry(req, meta.mknod(caller, parent, name, *type, mode & 07777, static_cast<uint32_t>(rdev)));
     }
@@ -515,18 +530,18 @@ struct FuseFs::Impl {
 
   void mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
     if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
-    reply_entry(req, meta.mkdir(caller_of(req), parent, name, mode & 07777));
+    reply_entry(req, check_entry(meta.mkdir(caller_of(req), parent, name, mode & 07777), parent, name));
   }
 
   void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (parent == kVirtualRingsDir && rings != nullptr) return reply_status(req, rings->unregister_ring(name));
     if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
-    reply_status(req, meta.unlink(caller_of(req), parent, name));
+    reply_status(req, check_entry(meta.unlink(caller_of(req), parent, name), parent, name));
   }
 
   void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
-    reply_status(req, meta.rmdir(caller_of(req), parent, name));
+    reply_status(req, check_entry(meta.rmdir(caller_of(req), parent, name), parent, name));
   }
 
   void symlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
@@ -539,7 +554,7 @@ struct FuseFs::Impl {
       return reply_entry(req, virtual_link(name));
     }
     if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
-    reply_entry(req, meta.symlink(caller_of(req), parent, name, link));
+    reply_entry(req, check_entry(meta.symlink(caller_of(req), parent, name, link), parent, name));
   }
 
   void rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent, const char* new_name,
@@ -554,14 +569,17 @@ struct FuseFs::Impl {
       fuse_reply_err(req, EINVAL);
       return;
     }
-    reply_status(req, meta.rename(caller_of(req), parent, name, new_parent, new_name, (flags & RENAME_NOREPLACE) != 0));
+    Status renamed = meta.rename(caller_of(req), parent, name, new_parent, new_name, (flags & RENAME_NOREPLACE) != 0);
+    if (meta::errno_of(renamed) == ENOENT) invalidate_entry(parent, name);
+    if (meta::errno_of(renamed) == EEXIST) invalidate_entry(new_parent, new_name);
+    reply_status(req, renamed);
   }
 
   void link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t new_parent, const char* new_name) {
     if (is_virtual(ino) || is_virtual(new_parent) || virtual_lookup(new_parent, new_name)) {
       return (void)fuse_reply_err(req, EPERM);
     }
-    reply_entry(req, meta.link(caller_of(req), ino, new_parent, new_name));
+    reply_entry(req, check_entry(meta.link(caller_of(req), ino, new_parent, new_name), new_parent, new_name));
   }
 
   void finish_open(fuse_req_t req, InodeId inode, uint64_t data_handle, uint32_t flags, fuse_file_info* fi,
@@ -608,7 +626,7 @@ struct FuseFs::Impl {
   void create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
     if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
     uint32_t flags = open_flags_of(fi->flags);
-    Result<uint64_t> handle = data.create(caller_of(req), parent, name, mode & 07777, flags);
+    Result<uint64_t> handle = check_entry(data.create(caller_of(req), parent, name, mode & 07777, flags), parent, name);
     if (!handle.is_ok()) {
       reply_error(req, handle.status());
       return;

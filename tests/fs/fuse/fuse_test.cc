@@ -183,6 +183,27 @@ TEST_F(FuseTest, AttributeCacheInvalidatedByFsyncAndRelease) {
   ::close(fd);
 }
 
+TEST_F(FuseTest, StaleEntryDroppedWhenMetaSaysTheNameIsGone) {
+  FuseOptions options;
+  options.attr_timeout_s = 60;
+  options.entry_timeout_s = 60;
+  Mount(options);
+  std::string path = mount_ + "/f";
+  write_file(path, "x");
+  WaitInvalidations(1);  // the release of the writing handle
+  struct stat st;
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  // Another client removes the name; the kernel still believes in it for a minute.
+  ASSERT_TRUE(meta_->unlink(meta::Caller{}, meta::kRootInode, "f").is_ok());
+  EXPECT_EQ(::stat(path.c_str(), &st), 0) << "the kernel should still answer from its entry cache";
+  // An operation on the name learns from meta that it is gone, and the kernel's entry is dropped.
+  EXPECT_EQ(::unlink(path.c_str()), -1);
+  EXPECT_EQ(errno, ENOENT);
+  WaitInvalidations(2);
+  EXPECT_EQ(::stat(path.c_str(), &st), -1);
+  EXPECT_EQ(errno, ENOENT);
+}
+
 TEST_F(FuseTest, UnlinkedOpenFileStaysReadable) {
   Mount({});
   std::string path = mount_ + "/ghost";
