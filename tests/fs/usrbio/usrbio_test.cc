@@ -300,6 +300,20 @@ TEST_F(UsrbioServedRing, BadEntriesFailAloneWithErrno) {
   EXPECT_EQ(reap(1)[0].result, 10);
 }
 
+TEST_F(UsrbioServedRing, ShrunkIovFailsEntriesInsteadOfFaulting) {
+  io_.add_file(5, pattern(8192, 13));
+  start(8192, {.entries = 4});
+  // The client shrinks its Iov under the server: touching the lost pages would be SIGBUS in the server.
+  ASSERT_EQ(::truncate(ring_.iov.path().c_str(), 4096), 0);
+  ASSERT_TRUE(ring_.ior.prep_read(5, 0, 100, 0, 1).is_ok());
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  EXPECT_EQ(reap(1)[0].result, -EFAULT);
+  ASSERT_EQ(::truncate(ring_.iov.path().c_str(), 8192), 0);
+  ASSERT_TRUE(ring_.ior.prep_read(5, 0, 100, 0, 2).is_ok());
+  ASSERT_TRUE(ring_.ior.submit().is_ok());
+  EXPECT_EQ(reap(1)[0].result, 100);
+}
+
 TEST_F(UsrbioServedRing, CorruptIndicesMarkTheRingBroken) {
   io_.add_file(5, pattern(100, 8));
   start(4096, {.entries = 4});
@@ -437,6 +451,21 @@ TEST(UsrbioProcess, ServerInAnotherProcessThenKilled) {
   EXPECT_NE(message.find(fmt::format("pid {}", child)), std::string::npos) << message;
   EXPECT_NE(message.find("last beat"), std::string::npos) << message;
   EXPECT_GE(ring.ior.server_status().heartbeat_age_ms, 400);
+
+  // A new server (here in this process) takes over the ring from the shared indices and serves the entry
+  // the dead one never took; a live server would have been refused (EEXIST), a silent one is not.
+  // A server counts as live while its heartbeat is younger than 5 intervals (500 ms here).
+  for (int i = 0; i < 100 && ring.ior.server_status().heartbeat_age_ms <= 600; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  FakeBatchIo io;
+  io.add_file(77, data);
+  auto replacement = RingServer::start(name, io, {});
+  ASSERT_TRUE(replacement.is_ok()) << replacement.status().to_string();
+  auto recovered = ring.ior.wait_for_ios(out, 1, 10'000);
+  ASSERT_TRUE(recovered.is_ok()) << recovered.status().to_string();
+  EXPECT_EQ(out[0].user_data, 99u);
+  EXPECT_EQ(out[0].result, static_cast<int64_t>(kBlock));
 }
 
 // The ring's owner dies: the server notices (pid gone) and stops; the registry reaps it.
