@@ -298,11 +298,11 @@ class PyClient {
 
  private:
   meta::Caller caller_;
+#ifdef FF_FS_HAVE_META_RPC
+  std::unique_ptr<meta::RemoteMeta> remote_;  // declared before client_: destroyed after it (its meta)
+#endif
   std::unique_ptr<EmbeddedFs> embedded_;
   std::unique_ptr<FileClient> client_;
-#ifdef FF_FS_HAVE_META_RPC
-  std::unique_ptr<meta::RemoteMeta> remote_;
-#endif
 };
 
 KvCacheKey key_of(const nb::handle& key) {
