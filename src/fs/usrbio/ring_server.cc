@@ -53,8 +53,12 @@ struct RingServer::Impl {
   uint32_t sq_head = 0;
   uint32_t cq_tail = 0;
   std::unordered_map<meta::InodeId, OpenHandles> files;
+  // Per-batch scratch, kept across batches so a steady stream of batches allocates nothing.
   std::vector<SubmitEntry> batch;
   std::vector<Completion> completions;
+  std::vector<BatchIo::ReadOp> reads;
+  std::vector<BatchIo::WriteOp> writes;
+  std::vector<size_t> read_index, write_index, close_index;
 
   std::thread thread;
   std::atomic<bool> stop_requested{false};
@@ -140,9 +144,11 @@ Result<FileHandle> RingServer::Impl::handle_for(meta::InodeId inode, bool write,
 void RingServer::Impl::process() {
   const size_t count = batch.size();
   completions.assign(count, Completion{});
-  std::vector<BatchIo::ReadOp> reads;
-  std::vector<BatchIo::WriteOp> writes;
-  std::vector<size_t> read_index, write_index, close_index;
+  reads.clear();
+  writes.clear();
+  read_index.clear();
+  write_index.clear();
+  close_index.clear();
   // The Iov must still be as large as at attach: a client that shrank it would make us fault.
   struct stat info {};
   const bool iov_intact = ::stat(iov_path.c_str(), &info) == 0 && static_cast<uint64_t>(info.st_size) >= iov_size;
