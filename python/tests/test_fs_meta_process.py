@@ -1,6 +1,7 @@
 """ff-meta as a real process: 1 ff-mgmtd + 3 ff-storage + ff-meta on RocksDB, a client workload
-(ff-meta-client: creates and renames through RemoteMeta, logging every acknowledged operation) while
-ff-meta is SIGKILLed and restarted; afterwards every acknowledged create and rename is visible and the
+(ff-meta-client: creates, renames, write sessions whose close asks the storage servers for the length, and
+unlinks, through RemoteMeta, logging every acknowledged operation) while
+ff-meta is SIGKILLed and restarted; afterwards every acknowledged operation is visible and the
 namespace passes fsck. On etcd: two stateless ff-meta servers, one SIGKILLed mid-workload, the client
 fails over to the other."""
 
@@ -85,6 +86,8 @@ def test_meta_sigkill_restart_loses_no_acknowledged_operation(bin_dir: pathlib.P
             assert workload.returncode == 0, f"workload failed: {out}\n{cluster.logs()}"
             summary = last_json(out)
             assert summary["creates"] > 50 and summary["renames"] > 20, summary
+            # Write sessions closed (exact lengths asked of the storage servers) and unlinks (chunks collected).
+            assert summary["sessions"] > 10 and summary["unlinks"] > 5, summary
             assert summary["errors"] == 0, summary  # every operation outlived the restarts (op timeout 30 s)
             assert summary["failovers"] > 0, f"the kills must have been noticed: {summary}"
             checked = subprocess.run(client(bin_dir, [address], "verify", "--log", str(log)), capture_output=True,
@@ -100,7 +103,7 @@ def test_meta_sigkill_restart_loses_no_acknowledged_operation(bin_dir: pathlib.P
             assert fsck.returncode == 0, f"fsck: {fsck.stdout}\n{fsck.stderr[-3000:]}"
             fsck_report = last_json(fsck.stdout)
             assert fsck_report["problems"] == []
-            assert fsck_report["inodes"] >= summary["creates"] + 1
+            assert fsck_report["inodes"] >= summary["creates"] - summary["unlinks"] + 1
             print(f"workload {summary}, verify {report}, fsck {fsck_report}")
         except BaseException:
             print(cluster.logs())

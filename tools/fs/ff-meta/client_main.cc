@@ -1,10 +1,12 @@
 // ff-meta-client: drives ff-meta servers through RemoteMeta, for the kill/restart test and by hand.
 //
 //   ff-meta-client --meta 127.0.0.1:9300 workload --threads 4 --seconds 15 --log ops.log
-//       each thread creates files in its own directory and renames every second one; every
-//       acknowledged operation is appended to the log ("C <thread> <index> <inode>", "R <thread> <index>")
+//       each thread creates files in its own directory, renames every second one, opens every fourth
+//       for writing and closes it, and unlinks every eighth; every acknowledged operation is appended
+//       to the log ("C <thread> <index> <inode>", "R <thread> <index>", "U <thread> <index>")
 //   ff-meta-client --meta 127.0.0.1:9300 verify --log ops.log
-//       checks that every acknowledged create and rename is visible; prints a JSON report, exit 1 if not
+//       checks that every acknowledged create, rename and unlink is visible; prints a JSON report, exit 1
+//       if not
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -14,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -44,7 +47,8 @@ int workload(RemoteMeta& meta, int threads, double seconds, const std::string& l
     std::fputc('\n', log);
     std::fflush(log);
   };
-  std::atomic<uint64_t> creates{0}, renames{0}, errors{0};
+  std::atomic<uint64_t> creates{0}, renames{0}, unlinks{0}, sessions{0}, errors{0};
+  const uint64_t client_id = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
   auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
@@ -64,6 +68,27 @@ int workload(RemoteMeta& meta, int threads, double seconds, const std::string& l
         }
         ++creates;
         record(fmt::format("C {} {} {}", t, i, made->id));
+        if (i % 4 == 0) {
+          // A write session: its close asks storage for the exact length (ff-meta's StorageFiles).
+          auto opened = meta.open(kCaller, made->id, kOpenWrite, client_id);
+          Status closed = opened.is_ok() ? meta.close(made->id, opened->session, 0) : opened.status();
+          if (!closed.is_ok()) {
+            if (errors.fetch_add(1) < 20) FF_LOG_WARN("thread {} open/close {}: {}", t, i, closed);
+            continue;
+          }
+          ++sessions;
+        }
+        if (i % 8 == 4) {
+          // Removed: its chunks are collected through storage later.
+          Status removed = meta.unlink(kCaller, dir->id, created_name(i));
+          if (!removed.is_ok()) {
+            if (errors.fetch_add(1) < 20) FF_LOG_WARN("thread {} unlink {}: {}", t, i, removed);
+            continue;
+          }
+          ++unlinks;
+          record(fmt::format("U {} {}", t, i));
+          continue;
+        }
         if (i % 2 == 1) {
           Status moved = meta.rename(kCaller, dir->id, created_name(i), dir->id, renamed_name(i));
           if (!moved.is_ok()) {
@@ -79,9 +104,9 @@ int workload(RemoteMeta& meta, int threads, double seconds, const std::string& l
   for (auto& worker : workers) worker.join();
   std::fclose(log);
   RemoteMeta::Stats stats = meta.stats();
-  nlohmann::json out = {{"creates", creates.load()},   {"renames", renames.load()},  {"errors", errors.load()},
-                        {"calls", stats.calls},        {"attempts", stats.attempts}, {"failovers", stats.failovers},
-                        {"recovered", stats.recovered}};
+  nlohmann::json out = {{"creates", creates.load()},   {"renames", renames.load()},    {"unlinks", unlinks.load()},
+                        {"sessions", sessions.load()}, {"errors", errors.load()},      {"calls", stats.calls},
+                        {"attempts", stats.attempts},  {"failovers", stats.failovers}, {"recovered", stats.recovered}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
@@ -95,6 +120,7 @@ int verify(RemoteMeta& meta, const std::string& log_path, const std::string& pre
   struct File {
     InodeId inode = 0;
     bool renamed = false;
+    bool unlinked = false;
   };
   std::map<std::pair<int, int>, File> files;
   std::string line;
@@ -107,6 +133,8 @@ int verify(RemoteMeta& meta, const std::string& log_path, const std::string& pre
       fields >> files[{thread, index}].inode;
     } else if (kind == 'R') {
       files[{thread, index}].renamed = true;
+    } else if (kind == 'U') {
+      files[{thread, index}].unlinked = true;
     }
   }
   std::vector<std::string> problems;
@@ -128,7 +156,11 @@ int verify(RemoteMeta& meta, const std::string& log_path, const std::string& pre
     auto renamed = meta.lookup(kCaller, dir, renamed_name(index));
     if (file.inode == 0) {
       problems.push_back(
-          fmt::format("thread {} file {}: renamed but its create was never acknowledged", thread, index));
+          fmt::format("thread {} file {}: renamed/removed but its create was never acknowledged", thread, index));
+    } else if (file.unlinked) {
+      if (created.is_ok() || renamed.is_ok()) {
+        problems.push_back(fmt::format("thread {} file {}: acknowledged unlink, but the name exists", thread, index));
+      }
     } else if (file.renamed) {
       // The rename was acknowledged: only the new name may exist, naming the created inode.
       if (!renamed.is_ok() || renamed->id != file.inode) {
