@@ -114,6 +114,80 @@ void emit(const Args& args, const std::string& name, const Measure& m, const std
   std::fflush(stdout);
 }
 
+// A BatchIo that moves no data: what is left is the ring's own cost (doorbell, wake-up, copies of
+// entries and completions, validation).
+class NullBatchIo final : public usrbio::BatchIo {
+ public:
+  Result<FileHandle> open(const meta::Caller&, meta::InodeId inode, uint32_t) override { return inode; }
+  Status close(FileHandle) override { return Status::ok(); }
+  std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops) override {
+    std::vector<Result<size_t>> results;
+    results.reserve(ops.size());
+    for (const ReadOp& op : ops) results.emplace_back(op.out.size());
+    return results;
+  }
+  std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops) override {
+    std::vector<Result<size_t>> results;
+    results.reserve(ops.size());
+    for (const WriteOp& op : ops) results.emplace_back(op.data.size());
+    return results;
+  }
+};
+
+// The ring alone: doorbells per second and round-trip latency (submit -> all completions reaped) for a
+// few batch sizes, over NullBatchIo in this process (the futex wake-ups are the same across processes).
+int run_ring_overhead(const Args& args) {
+  NullBatchIo io;
+  for (uint32_t per_doorbell : {1u, 16u, 256u}) {
+    const std::string name = fmt::format("bench{}-null{}", ::getpid(), per_doorbell);
+    auto iov = usrbio::Iov::create(name, 1 << 20);
+    auto ior = iov.is_ok() ? usrbio::Ior::create(name, *iov, {.entries = 256}) : Result<usrbio::Ior>(iov.status());
+    if (!ior.is_ok()) {
+      FF_LOG_ERROR("{}", ior.status().to_string());
+      return 2;
+    }
+    auto server = usrbio::RingServer::start(name, io, {});
+    if (!server.is_ok()) {
+      FF_LOG_ERROR("{}", server.status().to_string());
+      return 2;
+    }
+    std::vector<usrbio::Completion> done(256);
+    std::vector<double> round_trip_us;
+    uint64_t entries = 0;
+    const auto start = Clock::now();
+    while (std::chrono::duration<double>(Clock::now() - start).count() < args.seconds) {
+      const auto t0 = Clock::now();
+      for (uint32_t i = 0; i < per_doorbell; ++i) (void)ior->prep_read(1, 0, 4096, (i % 256) * 4096, i);
+      (void)ior->submit();
+      uint32_t reaped = 0;
+      while (reaped < per_doorbell) {
+        auto got = ior->wait_for_ios(std::span(done).first(per_doorbell - reaped), 1, 10'000);
+        if (!got.is_ok()) {
+          FF_LOG_ERROR("{}", got.status().to_string());
+          return 2;
+        }
+        reaped += static_cast<uint32_t>(*got);
+      }
+      round_trip_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      entries += per_doorbell;
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    std::sort(round_trip_us.begin(), round_trip_us.end());
+    nlohmann::json line;
+    line["bench"] = "fs_usrbio";
+    line["case"] = "ring_overhead";
+    line["via"] = "in-process RingServer over a BatchIo that moves no data";
+    line["per_doorbell"] = per_doorbell;
+    line["doorbells"] = round_trip_us.size();
+    line["entries_per_s"] = std::round(entries / seconds);
+    line["round_trip_p50_us"] = std::round(round_trip_us[round_trip_us.size() / 2] * 10) / 10;
+    line["round_trip_p99_us"] = std::round(round_trip_us[round_trip_us.size() * 99 / 100] * 10) / 10;
+    std::printf("%s\n", line.dump().c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int run(const Args& args) {
   meta::RemoteMetaOptions meta_options;
   meta_options.addresses = {args.meta};
@@ -321,9 +395,9 @@ int run(const Args& args) {
 int main(int argc, char** argv) {
   CLI::App app("fs_usrbio_bench: reads per doorbell through usrbio rings vs FileClient and FUSE read(2)");
   Args args;
-  app.add_option("--mgmtd", args.mgmtd, "mgmtd address")->required();
-  app.add_option("--meta", args.meta, "ff-meta address")->required();
-  app.add_option("--path", args.path, "file path in the file system (and under --mount)")->required();
+  app.add_option("--mgmtd", args.mgmtd, "mgmtd address");
+  app.add_option("--meta", args.meta, "ff-meta address");
+  app.add_option("--path", args.path, "file path in the file system (and under --mount)");
   app.add_option("--mount", args.mount, "ff-fuse mount point (FUSE cases are skipped without it)");
   app.add_option("--block", args.block, "bytes per read");
   app.add_option("--per-doorbell", args.per_doorbell, "reads per doorbell / batch");
@@ -331,6 +405,13 @@ int main(int argc, char** argv) {
   app.add_option("--pread-threads", args.pread_threads, "threads of the fuse_pread_threads case");
   app.add_option("--cases", args.cases, "comma-separated cases");
   app.add_option("--seed", args.seed, "offsets seed");
+  bool ring_overhead = false;
+  app.add_flag("--ring-overhead", ring_overhead, "measure the ring alone (no cluster; other options unused)");
   CLI11_PARSE(app, argc, argv);
+  if (ring_overhead) return run_ring_overhead(args);
+  if (args.mgmtd.empty() || args.meta.empty() || args.path.empty()) {
+    std::fprintf(stderr, "--mgmtd, --meta and --path are required (or --ring-overhead)\n");
+    return 2;
+  }
   return run(args);
 }

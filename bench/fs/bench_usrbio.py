@@ -57,6 +57,16 @@ def main() -> int:
         print(json.dumps({"bench": "fs_usrbio", "skipped": f"FUSE unavailable: {reason}"}))
         return 0
     results = []
+    # The ring alone (no cluster): doorbells/s and round trips over a BatchIo that moves no data.
+    run = subprocess.run([str(bench), "--ring-overhead", "--seconds", str(min(args.seconds, 2.0))],
+                         capture_output=True, text=True, timeout=300)
+    if run.returncode != 0:
+        print(run.stderr[-4000:], file=sys.stderr)
+        raise RuntimeError(f"fs_usrbio_bench --ring-overhead failed with {run.returncode}")
+    for line in run.stdout.splitlines():
+        if line.startswith("{"):
+            print(line, flush=True)
+            results.append(json.loads(line))
     with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10.0, direct_io=False) as cluster:
         try:
             cluster.start()
