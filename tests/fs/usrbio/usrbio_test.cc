@@ -548,3 +548,62 @@ TEST(UsrbioRegistryTest, RegisterServeUnregister) {
 
 }  // namespace
 }  // namespace ff::fs::usrbio
+
+namespace ff::fs::usrbio {
+namespace {
+
+// Several rings of one registry at once, each driven by its own client thread: every ring's data is
+// its own (the servers share only the BatchIo).
+TEST(UsrbioRegistryTest, ManyRingsServeConcurrently) {
+  constexpr int kRings = 4;
+  constexpr int kRounds = 150;
+  constexpr size_t kBlock = 1024;
+  FakeBatchIo io;
+  for (int r = 0; r < kRings; ++r) io.add_file(100 + r, pattern(64 * kBlock, 30 + r));
+  UsrbioRegistry registry(io);
+  std::vector<Ring> rings;
+  for (int r = 0; r < kRings; ++r) {
+    rings.push_back(make_ring(8 * kBlock, {.entries = 8}));
+    const std::string name = rings.back().ior.name();
+    ASSERT_TRUE(registry.register_ring(name, "ff-ior-" + name, meta::Caller{}, ::getpid()).is_ok());
+  }
+  EXPECT_EQ(registry.names().size(), static_cast<size_t>(kRings));
+  std::atomic<int> bad{0};
+  std::vector<std::thread> clients;
+  for (int r = 0; r < kRings; ++r) {
+    clients.emplace_back([&, r] {
+      Ior& ior = rings[r].ior;
+      const auto expected = pattern(64 * kBlock, 30 + r);
+      std::vector<Completion> out(8);
+      for (int round = 0; round < kRounds && bad.load() == 0; ++round) {
+        for (size_t k = 0; k < 8; ++k) {
+          if (!ior.prep_read(100 + r, ((round + k) % 64) * kBlock, kBlock, k * kBlock, k).is_ok()) ++bad;
+        }
+        if (!ior.submit().is_ok()) ++bad;
+        size_t reaped = 0;
+        while (reaped < 8 && bad.load() == 0) {
+          auto got = ior.wait_for_ios(std::span(out).first(8 - reaped), 1, 10'000);
+          if (!got.is_ok()) {
+            ++bad;
+            break;
+          }
+          for (size_t k = 0; k < *got; ++k) {
+            const uint64_t slot = out[k].user_data;
+            if (out[k].result != static_cast<int64_t>(kBlock) ||
+                !same_bytes(rings[r].iov.data() + slot * kBlock, expected.data() + ((round + slot) % 64) * kBlock,
+                            kBlock)) {
+              ++bad;
+            }
+          }
+          reaped += *got;
+        }
+      }
+    });
+  }
+  for (auto& thread : clients) thread.join();
+  EXPECT_EQ(bad.load(), 0);
+  for (const Ring& ring : rings) EXPECT_TRUE(registry.unregister_ring(ring.ior.name()).is_ok());
+}
+
+}  // namespace
+}  // namespace ff::fs::usrbio
