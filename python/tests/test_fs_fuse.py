@@ -19,7 +19,7 @@ import time
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from test_fs_support import LocalCluster, fuse_unavailable_reason  # noqa: E402
+from test_fs_support import LocalCluster, fuse_unavailable_reason, is_mounted  # noqa: E402
 
 MiB = 1 << 20
 
@@ -396,6 +396,24 @@ def test_sigterm_unmounts_cleanly(cluster: LocalCluster, tmp_path: pathlib.Path)
     assert not os.path.ismount(mount)
     assert not (mount / "x").exists()
     cluster.mounts.pop("fuse-sigterm", None)
+
+
+def test_sigkilled_daemon_leaves_a_dead_mount_that_unmount_clears(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    mount = cluster.start_fuse(tmp_path / "m3", name="fuse-killed", meta="memory", data="memory")
+    cluster.kill("fuse-killed", signal.SIGKILL)
+    assert is_mounted(mount)
+    with pytest.raises(OSError) as info:
+        os.listdir(mount)
+    assert info.value.errno == errno.ENOTCONN
+    # A new daemon refuses the dead mount with a message that says what to do.
+    again = subprocess.run([str(cluster.bin / "ff-fuse"), "--mount", str(mount), "--embedded-meta", ":memory:",
+                            "--memory-data"], capture_output=True, text=True, timeout=30)
+    assert again.returncode == 1 and "fusermount3 -u -z" in again.stdout + again.stderr
+    cluster.unmount("fuse-killed")
+    assert not is_mounted(mount)
+    mount = cluster.start_fuse(mount, name="fuse-killed", meta="memory", data="memory")
+    (mount / "x").write_bytes(b"back")
+    cluster.unmount("fuse-killed")
 
 
 def test_meta_killed_and_restarted_loses_nothing_acknowledged(cluster: LocalCluster, mnt: pathlib.Path) -> None:

@@ -16,6 +16,15 @@ import tempfile
 import time
 
 
+def is_mounted(path: str | os.PathLike) -> bool:
+    """True while something is mounted at path, also a FUSE mount whose daemon died (os.path.ismount says False
+    there: stat fails with ENOTCONN)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as mounts:
+        # Fields are space-separated with spaces in paths escaped as \040.
+        return any(line.split()[1].replace("\\040", " ") == target for line in mounts)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -232,7 +241,7 @@ class LocalCluster:
         """SIGTERM to ff-fuse (it unmounts), then a lazy unmount if the mount is still there."""
         mount = self.mounts.get(name)
         self.kill(name, signal.SIGTERM, timeout_s=timeout_s)
-        if mount is not None and os.path.ismount(mount):
+        if mount is not None and is_mounted(mount):
             subprocess.run(["fusermount3", "-u", "-z", str(mount)], capture_output=True, timeout=30)
         self.mounts.pop(name, None)
 
@@ -254,7 +263,7 @@ class LocalCluster:
                     process.kill()
                     process.wait(timeout=10)
         for mount in self.mounts.values():
-            if os.path.ismount(mount):
+            if is_mounted(mount):
                 subprocess.run(["fusermount3", "-u", "-z", str(mount)], capture_output=True, timeout=30)
         self.mounts.clear()
         if not self.keep and not os.environ.get("FF_KEEP_CLUSTER"):

@@ -16,6 +16,7 @@
 // acknowledges.
 // Lock order: DirHandle::mutex -> open_mutex_; groups_mutex_ and invalidation_mutex_ are leaves.
 #define FUSE_USE_VERSION 312
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -1008,6 +1009,14 @@ FuseFs::FuseFs(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Result<std::unique_ptr<FuseFs>> FuseFs::mount(FuseOptions options, meta::MetaApi& meta, FileData& data,
                                               RingRegistry* rings) {
   if (options.mountpoint.empty()) return invalid_argument("fuse: no mountpoint given");
+  // Opening the directory reaches a FUSE daemon if one is mounted there (a stat may be answered from
+  // the kernel's attribute cache): a dead one answers ENOTCONN.
+  int probe = ::open(options.mountpoint.c_str(), O_RDONLY | O_DIRECTORY);
+  if (probe < 0 && errno == ENOTCONN) {
+    return failed_precondition("fuse: a FUSE mount whose daemon is gone is still at '{}': fusermount3 -u -z {}",
+                               options.mountpoint, options.mountpoint);
+  }
+  if (probe >= 0) ::close(probe);
   struct stat st;
   if (::stat(options.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return invalid_argument("fuse: mountpoint '{}' is not an existing directory", options.mountpoint);
