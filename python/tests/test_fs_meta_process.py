@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -95,6 +97,13 @@ def test_meta_sigkill_restart_loses_no_acknowledged_operation(bin_dir: pathlib.P
             assert checked.returncode == 0, f"verify: {checked.stdout}\n{checked.stderr[-3000:]}"
             report = last_json(checked.stdout)
             assert report["problems"] == 0 and report["checked"] == summary["creates"], report
+            # The running instance's metrics endpoint counts the verifier's requests.
+            port = re.findall(r"ff-meta: metrics at http://127\.0\.0\.1:(\d+)/metrics",
+                              (cluster.dir / "meta.log").read_text(errors="replace"))[-1]
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            requests = re.search(r"^ff_meta_requests_total (\d+)", metrics, re.MULTILINE)
+            assert requests is not None and int(requests.group(1)) >= report["checked"], metrics[:2000]
+            assert "ff_meta_server_seconds_bucket" in metrics
             # A clean stop on SIGTERM, then fsck of the store (RocksDB: one process at a time).
             cluster.kill("meta", signal.SIGTERM)
             assert cluster.processes["meta"].returncode == 0, cluster.logs()
