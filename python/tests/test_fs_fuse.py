@@ -229,7 +229,7 @@ def test_readdir_many_entries_and_offsets(mnt: pathlib.Path) -> None:
     d.close()
     assert len(seen) == len(set(seen)), "an entry was listed twice"
     assert set(names) - removed <= set(seen)
-    # ls -l style listing (readdirplus) sees the attributes.
+    # ls -l style listing (scandir + stat) sees the attributes.
     with os.scandir(mnt) as it:
         sizes = {e.name: e.stat().st_size for e in it}
     assert len(sizes) == count - len(removed) and set(sizes.values()) == {0}

@@ -126,7 +126,11 @@ struct FuseOptions {
   bool kernel_permissions = true;
   bool allow_other = true;  // users other than the mounter may use the mount (needs root or user_allow_other)
   bool direct_io = false;   // bypass the page cache (every read and write reaches ff-fuse at the caller's size)
-  bool debug = false;       // libfuse's request trace on stderr
+  // readdirplus: listings carry each entry's attributes, one meta getattr per entry. Off by default:
+  // meta has no batched attribute read, so a plain listing would cost one call per entry, while
+  // `ls -l` without it costs the same calls as lookups.
+  bool readdirplus = false;
+  bool debug = false;  // libfuse's request trace on stderr
 };
 
 struct FuseStats {

@@ -896,6 +896,11 @@ struct FuseFs::Impl {
     // Page-cache contents are dropped when another client changed the file's size or mtime.
     if (conn->capable & FUSE_CAP_AUTO_INVAL_DATA) conn->want |= FUSE_CAP_AUTO_INVAL_DATA;
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS) conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    if (!options.readdirplus) {
+      conn->want &= ~static_cast<unsigned>(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+    } else if (conn->capable & FUSE_CAP_READDIRPLUS) {
+      conn->want |= FUSE_CAP_READDIRPLUS | (conn->capable & FUSE_CAP_READDIRPLUS_AUTO);
+    }
     // Writes must reach storage before write(2) returns: no write-back caching in the kernel.
     conn->want &= ~static_cast<unsigned>(FUSE_CAP_WRITEBACK_CACHE);
     // POSIX and flock locks stay local to this kernel (no cluster-wide locks).

@@ -123,8 +123,12 @@ TEST_F(FuseTest, FilesDirectoriesAndErrnos) {
   EXPECT_GT(fs_->stats().requests, 10u);
 }
 
-TEST_F(FuseTest, DirectoryOffsetsMapToNames) {
-  Mount({});
+class FuseListingTest : public FuseTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(FuseListingTest, DirectoryOffsetsMapToNames) {
+  FuseOptions options;
+  options.readdirplus = GetParam();
+  Mount(options);
   for (int i = 0; i < 300; ++i) {
     std::string path = fmt::format("{}/file-{:04d}-{}", mount_, i, std::string(i % 50, 'x'));
     ASSERT_EQ(::mknod(path.c_str(), S_IFREG | 0644, 0), 0) << path;
@@ -151,6 +155,9 @@ TEST_F(FuseTest, DirectoryOffsetsMapToNames) {
   EXPECT_EQ(all.size(), 300u);
   EXPECT_EQ(first.size() + rest.size(), 300u) << "an entry was listed twice";
 }
+
+INSTANTIATE_TEST_SUITE_P(PlainAndPlus, FuseListingTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? std::string("Plus") : std::string("Plain"); });
 
 TEST_F(FuseTest, AttributeCacheInvalidatedByFsyncAndRelease) {
   FuseOptions options;

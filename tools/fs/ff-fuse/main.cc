@@ -63,6 +63,7 @@ Status load_toml(const std::string& path, Config* c) {
   FF_RETURN_IF_ERROR(reader.read("fuse.kernel_permissions", &c->fuse.kernel_permissions));
   FF_RETURN_IF_ERROR(reader.read("fuse.allow_other", &c->fuse.allow_other));
   FF_RETURN_IF_ERROR(reader.read("fuse.direct_io", &c->fuse.direct_io));
+  FF_RETURN_IF_ERROR(reader.read("fuse.readdirplus", &c->fuse.readdirplus));
   FF_RETURN_IF_ERROR(reader.read("fuse.debug", &c->fuse.debug));
   FF_RETURN_IF_ERROR(reader.read("fuse.stats_interval_s", &c->stats_interval_s));
   FF_RETURN_IF_ERROR(reader.read("meta.addresses", &c->meta_addresses));
@@ -319,6 +320,8 @@ int main(int argc, char** argv) {
   app.add_option("--attr-timeout-s", attr_timeout_s, "kernel attribute cache timeout");
   app.add_option("--threads", threads, "libfuse worker threads");
   app.add_flag("--direct-io", direct_io, "bypass the kernel page cache");
+  bool readdirplus = false;
+  app.add_flag("--readdirplus", readdirplus, "listings carry attributes (one meta getattr per entry)");
   app.add_flag("--debug", debug, "libfuse request trace on stderr");
   CLI11_PARSE(app, argc, argv);
 
@@ -347,6 +350,7 @@ int main(int argc, char** argv) {
   if (attr_timeout_s >= 0) config.fuse.attr_timeout_s = attr_timeout_s;
   if (threads > 0) config.fuse.max_threads = threads;
   if (direct_io) config.fuse.direct_io = true;
+  if (readdirplus) config.fuse.readdirplus = true;
   if (debug) config.fuse.debug = true;
   if (config.fuse.allow_other && geteuid() != 0) {
     // fusermount3 refuses allow_other for users unless /etc/fuse.conf says user_allow_other.
