@@ -420,6 +420,12 @@ struct FuseFs::Impl {
     return virtual_link(name);
   }
 
+  Result<std::string> virtual_readlink(InodeId inode) {
+    FF_ASSIGN_OR_RETURN(Inode link, virtual_getattr(inode));
+    if (link.type != meta::FileType::kSymlink) return meta::meta_error(EINVAL, "not a symlink");
+    return link.symlink_target;
+  }
+
   // lookup of ".ff" in the root and of names below it; nullopt when not virtual.
   std::optional<Result<Inode>> virtual_lookup(InodeId parent, const char* name) {
     if (rings == nullptr) return std::nullopt;
@@ -500,11 +506,7 @@ struct FuseFs::Impl {
   }
 
   void readlink(fuse_req_t req, fuse_ino_t ino) {
-    Result<std::string> target = is_virtual(ino) ? [&]() -> Result<std::string> {
-      FF_ASSIGN_OR_RETURN(Inode link, virtual_getattr(ino));
-      return link.symlink_target;
-    }()
-        : meta.readlink(ino);
+    Result<std::string> target = is_virtual(ino) ? virtual_readlink(ino) : meta.readlink(ino);
     if (!target.is_ok()) {
       reply_error(req, target.status());
       return;
