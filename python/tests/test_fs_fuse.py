@@ -87,9 +87,15 @@ def test_create_read_write_truncate(mnt: pathlib.Path) -> None:
     # Exclusive create of an existing name.
     with pytest.raises(FileExistsError):
         os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    # Times and modes.
+    # Times and modes; fstat of an open file sees a chmod made after the open, and its own writes.
     os.utime(path, ns=(1_000_000_000, 2_000_000_000))
+    fd = os.open(path, os.O_RDWR)
     os.chmod(path, 0o640)
+    os.pwrite(fd, b"four", 3)
+    st = os.fstat(fd)
+    os.close(fd)
+    assert (st.st_mode & 0o7777, st.st_size) == (0o640, 7)
+    os.utime(path, ns=(1_000_000_000, 2_000_000_000))
     st = path.stat()
     assert (st.st_atime_ns, st.st_mtime_ns, st.st_mode & 0o7777) == (1_000_000_000, 2_000_000_000, 0o640)
 

@@ -470,16 +470,11 @@ struct FuseFs::Impl {
     reply_entry(req, meta.lookup(caller_of(req), parent, name));
   }
 
-  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  // fstat passes the open file (fi) too; meta's attributes are used all the same (the handle's copy is
+  // from open time: a chmod since would come back stale), with the length raised to this mount's
+  // writes (visible_length).
+  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
     if (is_virtual(ino)) return reply_attr(req, virtual_getattr(ino));
-    if (fi != nullptr && fi->fh != 0) {
-      // fstat of a regular open file: the handle knows about its own writes.
-      OpenHandle* handle = file_handle(fi);
-      if (handle->inode == ino) {
-        reply_attr(req, data.stat(handle->data_handle));
-        return;
-      }
-    }
     reply_attr(req, meta.getattr(ino));
   }
 

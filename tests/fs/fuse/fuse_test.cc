@@ -211,6 +211,20 @@ TEST_F(FuseTest, StaleEntryDroppedWhenMetaSaysTheNameIsGone) {
   EXPECT_EQ(errno, ENOENT);
 }
 
+TEST_F(FuseTest, FstatOfAnOpenFileSeesLaterChanges) {
+  Mount({});
+  std::string path = mount_ + "/f";
+  int fd = ::open(path.c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, "abc", 3), 3);
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  struct stat st;
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  EXPECT_EQ(st.st_size, 3) << "this mount's writes count before meta hears of them";
+  ::close(fd);
+}
+
 TEST_F(FuseTest, UnlinkedOpenFileStaysReadable) {
   Mount({});
   std::string path = mount_ + "/ghost";
