@@ -280,6 +280,10 @@ def fuse_unavailable_reason() -> str | None:
     """Why FUSE mounts cannot work here (None when they can): no /dev/fuse, or neither root nor fusermount3."""
     if not os.path.exists("/dev/fuse"):
         return "/dev/fuse is missing"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as e:
+        return f"/dev/fuse cannot be opened: {e.strerror}"
     if os.geteuid() != 0 and shutil.which("fusermount3") is None:
         return "not root and no fusermount3"
     return None
