@@ -7,14 +7,20 @@
 // State kept here (everything else lives in meta):
 //   - OpenHandle (fi->fh of files): the FileData handle and whether it wrote since the last flush;
 //   - DirHandle (fi->fh of directories): offset -> name table, because meta's readdir cursor is a name;
-//   - open_inodes_: per inode with open handles, the end of this mount's writes, so getattr does not
+//   - open_inodes: per inode with open handles, the end of this mount's writes, so getattr does not
 //     report a length that meta has not heard of yet (the kernel would shrink its cached size);
-//   - groups_: the caller's supplementary groups by pid, for 1 s (reading them costs a /proc read);
+//   - groups: the caller's supplementary groups by pid, for 1 s (reading them costs a /proc read);
 //   - an invalidation thread: kernel notifications must not be sent from inside a related request
-//     (libfuse documents the deadlock), so they are queued (bounded) and sent from there.
+//     (libfuse documents the deadlock), so they are queued (bounded) and sent from there: inode
+//     attributes after fsync and after a writing handle's release (meta's length is exact then), and
+//     dentries when meta answers ENOENT/EEXIST for a name the kernel believed in. The same thread sets
+//     the mount's readahead once INIT is answered;
+//   - the virtual directory .ff/usrbio/ (RingRegistry): inode numbers from kVirtualInodeBase up.
 // Lookup counts are not tracked: inodes live in meta, nothing per inode is held here, so forget only
-// acknowledges.
-// Lock order: DirHandle::mutex -> open_mutex_; groups_mutex_ and invalidation_mutex_ are leaves.
+// acknowledges. Replies go out after every lock is released: once the kernel has a reply, the caller
+// may close the file or directory, and release/releasedir (another thread) frees its handle.
+// Lock order: DirHandle::mutex -> open_mutex; groups_mutex, virtual_mutex and invalidation_mutex are
+// leaves.
 #define FUSE_USE_VERSION 312
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
@@ -306,7 +312,7 @@ struct FuseFs::Impl {
   void track_close(InodeId inode) {
     std::lock_guard lock(open_mutex);
     auto it = open_inodes.find(inode);
-    if (it == open_inodes.end()) return;
+    FF_ASSERT(it != open_inodes.end() && it->second.handles > 0, "inode {} closed more often than opened", inode);
     if (--it->second.handles == 0) open_inodes.erase(it);
   }
 
@@ -751,6 +757,7 @@ struct FuseFs::Impl {
     if (offset < 1 && !add(".", ino, S_IFDIR, nullptr, 1)) return Status::ok();
     if (offset < 2 && !add("..", dir->parent, S_IFDIR, nullptr, 2)) return Status::ok();
     size_t position = offset <= 2 ? 0 : static_cast<size_t>(offset) - 2;  // index in names of the next entry
+    FF_ASSERT_LE(position, dir->names.size());
     std::string after = position == 0 ? std::string() : dir->names[position - 1];
     bool full = false;
     while (!full) {
