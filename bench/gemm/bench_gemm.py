@@ -5,8 +5,12 @@ Cases (DeepGEMM's, issue #8): dense m in {64, 128, 4096} x (n, k) in 6 DeepSeek-
 (groups, m per group, n, k) x 4; grouped masked (groups, m, n, k) x 6. Beside each: torch._scaled_mm (cuBLASLt FP8
 with row-wise fp32 scales, scale_a [m, 1], scale_b [1, n], bf16 out) and bf16 torch.matmul (cuBLAS), for grouped
 cases one call per group captured together. Every figure is timed the same way in the same run: a CUDA graph of
-ITERS launches, replayed REPEATS times, median of cudaEvent times. Dense cases also time every tile configuration
-(FF_GEMM_TILE_CONFIG) to check the heuristic. Skips (exit 0) without torch or a CUDA GPU.
+ITERS launches, replayed WARMUP_REPLAYS times untimed and then REPEATS times, median of cudaEvent times. Dense cases also time
+every tile configuration (FF_GEMM_TILE_CONFIG) to check the heuristic, grouped cases every grouped configuration;
+large cases also the tile-scheduler walks in SCHEDULES (FF_GEMM_SCHEDULE). Contiguous A scales are passed in
+DeepGEMM's TMA-aligned column-major layout (the indexed kernels' own layout; the ptr-array ones repack it), and
+the heuristic's choice is also timed with row-major scales (repacked for the indexed kernels). Skips (exit 0)
+without torch or a CUDA GPU.
 
 Run from the repository root after a build: PYTHONPATH=python python3 bench/gemm/bench_gemm.py [--quick]
 """
@@ -30,8 +34,14 @@ CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168
 MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
           (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
 CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1"]
+CONTIGUOUS_CONFIGS = ["cooperative_128x128", "cooperative_128x128_cluster2x1", "indexed_128x128",
+                      "indexed_128x128_cluster1x2"]
+MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1"]
+# Tile-scheduler walks timed beside the default (FF_GEMM_SCHEDULE=<raster>[:<swizzle>]) for the large shapes.
+SCHEDULES = ["m", "n", "m:2", "n:2", "m:8", "n:8"]
 ITERS = 10
-REPEATS = 5
+REPEATS = 9
+WARMUP_REPLAYS = 3
 
 
 def time_graph(torch, fn) -> float:
@@ -46,7 +56,8 @@ def time_graph(torch, fn) -> float:
     with torch.cuda.graph(graph):
         for _ in range(ITERS):
             fn()
-    graph.replay()
+    for _ in range(WARMUP_REPLAYS):  # let clocks and caches settle before timing
+        graph.replay()
     torch.cuda.synchronize()
     times = []
     for _ in range(REPEATS):
@@ -84,6 +95,32 @@ def row_scales(torch, x):
     """Row-wise fp8 for the _scaled_mm baseline: one scale per row."""
     amax = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-4)
     return (x.float() * (448.0 / amax)).to(torch.float8_e4m3fn), (amax / 448.0).float()
+
+
+def per_schedule(torch, flop, fn) -> dict:
+    """TFLOPS of fn under each FF_GEMM_SCHEDULE variant (the tile configuration as the caller left it)."""
+    result = {}
+    for schedule in SCHEDULES:
+        os.environ["FF_GEMM_SCHEDULE"] = schedule
+        result[schedule] = round(flop / time_graph(torch, fn) / 1e12, 1)
+    os.environ.pop("FF_GEMM_SCHEDULE", None)
+    return result
+
+
+def grouped_diff(torch, a, sa_rows, b, sb, out, segments) -> float:
+    """calc_diff of out against the float32 product of the dequantised inputs over (row_begin, row_end, group)."""
+    num, den = 0.0, 0.0
+    k = a.shape[1]
+    for begin, end, g in segments:
+        deq_a = (a[begin:end].float().view(end - begin, k // 128, 128) * sa_rows[begin:end].unsqueeze(2)).view(
+            end - begin, k)
+        n = b.shape[1]
+        deq_b = b[g].float() * sb[g].repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)
+        ref = (deq_a @ deq_b.t()).double()
+        o = out[begin:end].double()
+        num += (o * ref).sum().item()
+        den += ((o * o) + (ref * ref)).sum().item()
+    return 1 - 2 * num / den
 
 
 def figures(flop: float, bytes_moved: float, seconds: float) -> dict:
@@ -140,6 +177,8 @@ def main() -> int:
                 per_config[config] = round(
                     flop / time_graph(torch, lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)) / 1e12, 1)
             os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+            schedules = per_schedule(torch, flop, lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)) \
+                if m >= 4096 else None
             a_row, s_row = row_scales(torch, x)
             b_row, t_row = row_scales(torch, w)
             t_row = t_row.view(1, n)
@@ -152,7 +191,8 @@ def main() -> int:
                   "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
                   "bf16_matmul": figures(flop, 2 * bytes_moved, bf16),
                   "ratio_vs_scaled_mm": round(scaled / ours, 3), "ratio_vs_bf16": round(bf16 / ours, 3),
-                  "calc_diff_vs_dequantised": diff, "tflops_per_config": per_config})
+                  "calc_diff_vs_dequantised": diff, "tflops_per_config": per_config,
+                  "tflops_per_schedule": schedules})
             del x, w, a, b, out, deq_a, deq_b, ref, o
 
     contiguous = CONTIGUOUS[:1] if args.quick else CONTIGUOUS
@@ -160,7 +200,8 @@ def main() -> int:
         m = groups * m_per
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
-        a, sa = quantize_rows(torch, x)
+        a, sa_rows = quantize_rows(torch, x)
+        sa = gemm.get_col_major_tma_aligned_tensor(sa_rows)
         qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
         b = torch.stack([q for q, _ in qs])
         sb = torch.stack([s for _, s in qs])
@@ -168,8 +209,22 @@ def main() -> int:
         out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         flop = 2.0 * m * n * k
         bytes_moved = m * k + groups * n * k + 2 * m * n
+        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
         ours = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b, sb), out,
                                                                                           m_indices))
+        # Correctness of the timed output against the dequantised product, per group.
+        diff = grouped_diff(torch, a, sa_rows, b, sb, out, [(g * m_per, (g + 1) * m_per, g) for g in range(groups)])
+        ours_rows = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa_rows), (b, sb),
+                                                                                               out, m_indices))
+        per_config = {}
+        for config in CONTIGUOUS_CONFIGS:
+            os.environ["FF_GEMM_TILE_CONFIG"] = config
+            per_config[config] = round(flop / time_graph(
+                torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b, sb), out, m_indices))
+                / 1e12, 1)
+        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+        schedules = per_schedule(torch, flop, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
+            (a, sa), (b, sb), out, m_indices))
         rows = [row_scales(torch, x[g * m_per:(g + 1) * m_per]) for g in range(groups)]
         cols = [row_scales(torch, w[g]) for g in range(groups)]
 
@@ -187,7 +242,9 @@ def main() -> int:
         emit({"case": "contiguous", "groups": groups, "m_per_group": m_per, "n": n, "k": k, "device": device,
               "ours": figures(flop, bytes_moved, ours), "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
               "bf16_matmul": figures(flop, 2 * bytes_moved, bf16), "ratio_vs_scaled_mm": round(scaled / ours, 3),
-              "ratio_vs_bf16": round(bf16 / ours, 3)})
+              "ratio_vs_bf16": round(bf16 / ours, 3), "calc_diff_vs_dequantised": diff,
+              "ours_row_major_scales": figures(flop, bytes_moved, ours_rows), "tflops_per_config": per_config,
+              "tflops_per_schedule": schedules})
         del x, w, a, b, out
 
     masked = MASKED[:1] if args.quick else MASKED
@@ -204,8 +261,20 @@ def main() -> int:
         out = torch.empty(groups, m_max, n, device="cuda", dtype=torch.bfloat16)
         flop = 2.0 * groups * m_max * n * k
         bytes_moved = groups * (m_max * k + n * k + 2 * m_max * n)
+        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
         ours = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m,
                                                                                       m_max))
+        diff = grouped_diff(torch, a.view(groups * m_max, k), sa.view(groups * m_max, k // 128), b, sb,
+                            out.view(groups * m_max, n), [(g * m_max, (g + 1) * m_max, g) for g in range(groups)])
+        per_config = {}
+        for config in MASKED_CONFIGS:
+            os.environ["FF_GEMM_TILE_CONFIG"] = config
+            per_config[config] = round(flop / time_graph(
+                torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m, m_max))
+                / 1e12, 1)
+        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+        schedules = per_schedule(torch, flop, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked(
+            (a, sa), (b, sb), out, masked_m, m_max))
         rows = [row_scales(torch, x[g]) for g in range(groups)]
         cols = [row_scales(torch, w[g]) for g in range(groups)]
 
@@ -223,7 +292,8 @@ def main() -> int:
         emit({"case": "masked", "groups": groups, "m": m_max, "n": n, "k": k, "device": device,
               "ours": figures(flop, bytes_moved, ours), "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
               "bf16_matmul": figures(flop, 2 * bytes_moved, bf16), "ratio_vs_scaled_mm": round(scaled / ours, 3),
-              "ratio_vs_bf16": round(bf16 / ours, 3)})
+              "ratio_vs_bf16": round(bf16 / ours, 3), "calc_diff_vs_dequantised": diff,
+              "tflops_per_config": per_config, "tflops_per_schedule": schedules})
         del x, w, a, b, out
 
     dense = [r for r in results if r["case"] == "dense"]
@@ -232,7 +302,11 @@ def main() -> int:
         "geomean_ratio_vs_scaled_mm_dense": round(
             math.exp(statistics.fmean(math.log(r["ratio_vs_scaled_mm"]) for r in dense)), 3) if dense else None,
         "max_tflops_dense": max((r["ours"]["tflops"] for r in dense), default=None),
-        "method": f"CUDA graph of {ITERS} calls, {REPEATS} replays, median; same run for all columns",
+        "min_tflops_contiguous": min((r["ours"]["tflops"] for r in results if r["case"] == "contiguous"),
+                                     default=None),
+        "min_tflops_masked": min((r["ours"]["tflops"] for r in results if r["case"] == "masked"), default=None),
+        "method": f"CUDA graph of {ITERS} calls, {WARMUP_REPLAYS} untimed then {REPEATS} timed replays, median; "
+                  "same run for all columns",
     }
     print(json.dumps({"summary": summary}), flush=True)
     slug = "h200" if "H200" in device else device.lower().replace(" ", "_")

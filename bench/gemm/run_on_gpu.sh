@@ -19,8 +19,21 @@ timeout 90 build-dev/tests/gemm/gemm_cuda_test >"$OUT/gtest.log" 2>&1
 grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|Failure|Expected|Which is|config" "$OUT/gtest.log" | head -30
 timeout 30 build-dev/tests/gemm/gemm_test >"$OUT/gtest_cpu.log" 2>&1; tail -1 "$OUT/gtest_cpu.log"
 step bench
-timeout 150 python3 bench/gemm/bench_gemm.py --out "$OUT/gemm_h200.json" >"$OUT/bench.log" 2>&1
-tail -2 "$OUT/bench.log" | cut -c1-600
+timeout 240 python3 bench/gemm/bench_gemm.py --out "$OUT/gemm_h200.json" >"$OUT/bench.log" 2>&1
+tail -1 "$OUT/bench.log" | cut -c1-600
+# Grouped rows: ours (heuristic), per-configuration TFLOPS, _scaled_mm, ratio.
+python3 - "$OUT/gemm_h200.json" <<'PY' 2>&1 | head -30
+import json, sys
+for r in json.load(open(sys.argv[1]))["cases"]:
+    if r["case"] != "dense":
+        print(r["case"][:4], r["groups"], r.get("m_per_group", r.get("m")), r["n"], r["k"], r["ours"]["tflops"],
+              r["scaled_mm_rowwise"]["tflops"], r["ratio_vs_scaled_mm"], r.get("tflops_per_config"),
+              "%.1e" % r["calc_diff_vs_dequantised"], r.get("ours_row_major_scales", {}).get("tflops", ""),
+              r.get("tflops_per_schedule"))
+    elif r["m"] == 4096:
+        print("dense", r["m"], r["n"], r["k"], r["ours"]["tflops"], r["scaled_mm_rowwise"]["tflops"],
+              r["ratio_vs_scaled_mm"], r["tflops_per_config"], r.get("tflops_per_schedule"))
+PY
 step pytest
 timeout 60 python3 -m pytest -q -x python/tests/test_gemm_cuda.py python/tests/test_gemm.py >"$OUT/pytest.log" 2>&1
 tail -4 "$OUT/pytest.log"
@@ -28,7 +41,7 @@ step demo
 timeout 40 python3 -c "import pathlib; from fireflyer.demo import Demo; Demo(pathlib.Path('build-dev'), pathlib.Path('/tmp')).gemm_on_gpu()" 2>&1 | tail -3
 step sanitizer
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-timeout 90 "$sanitizer" --tool memcheck --error-exitcode 3 build-dev/tests/gemm/gemm_cuda_test \
+timeout 150 "$sanitizer" --tool memcheck --error-exitcode 3 build-dev/tests/gemm/gemm_cuda_test \
   --gtest_filter='Shapes/DenseCuda.*/0:Shapes/DenseCuda.*/1:GroupedCuda.*' >"$OUT/sanitizer.log" 2>&1
 echo "sanitizer exit $?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/sanitizer.log" | tail -4
 step done

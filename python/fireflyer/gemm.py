@@ -111,7 +111,8 @@ def m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(lhs, rhs, out, m_indices) -> None:
 
     b is (num_groups, n, k) with scales (num_groups, ceil(n/128), ceil(k/128)); m_indices int32 (m_sum); each
     group's segment starts at a multiple of get_m_alignment_for_contiguous_layout() (128); rows with index -1 are
-    padding and come out zero.
+    padding and come out zero (the GPU kernel reads their A rows: allocate them). a_scales may be row-major or
+    TMA-aligned column-major (get_col_major_tma_aligned_tensor: the GPU kernel's own layout, no repack).
     """
     a, sa = _pair(lhs, "a")
     b, sb = _pair(rhs, "b")

@@ -85,7 +85,14 @@ class ForcedConfig {
 
 const std::vector<std::string> kDenseConfigs = {"", "pingpong_64x128", "cooperative_128x128",
                                                 "cooperative_128x128_cluster2x1"};
-const std::vector<std::string> kGroupedConfigs = {"", "pingpong_64x128", "cooperative_128x128"};
+const std::vector<std::string> kMaskedConfigs = {"", "pingpong_64x128", "cooperative_128x128",
+                                                 "cooperative_128x128_cluster2x1"};
+const std::vector<std::string> kContiguousConfigs = {"",
+                                                     "pingpong_64x128",
+                                                     "cooperative_128x128",
+                                                     "cooperative_128x128_cluster2x1",
+                                                     "indexed_128x128",
+                                                     "indexed_128x128_cluster1x2"};
 
 struct Operands {
   std::vector<uint8_t> a, b;
@@ -160,11 +167,55 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseCuda,
                                            std::make_tuple(129, 256, 384), std::make_tuple(64, 1024, 1024),
                                            std::make_tuple(1000, 512, 512), std::make_tuple(300, 2112, 768)));
 
-TEST(GroupedCuda, ContiguousMatchesCpuAndZeroFillsPadding) {
+// FF_GEMM_SCHEDULE (tile scheduler raster order and swizzle) changes only the order tiles are computed in.
+TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
   SKIP_WITHOUT_GPU();
-  // Segments of 65, 129 and 1 rows (groups 2, 0, 1), each padded with -1 to a multiple of 128, plus one block of
-  // pure padding between them.
-  const int64_t groups = 3, n = 256, k = 384, kb = 3;
+  const int64_t m = 1000, n = 2112, k = 512, kb = 4;
+  Operands o = random_operands(m, n, k, 1, 5);
+  std::vector<uint16_t> expected(static_cast<size_t>(m * n), kSentinel);
+  ASSERT_TRUE(gemm_fp8_fp8_bf16_nt({TensorView::contiguous(o.a.data(), DType::kFloat8E4M3, {m, k}),
+                                    TensorView::contiguous(o.sa.data(), DType::kFloat32, {m, kb})},
+                                   {TensorView::contiguous(o.b.data(), DType::kFloat8E4M3, {n, k}),
+                                    TensorView::contiguous(o.sb.data(), DType::kFloat32, {ceil_div(n, 128), kb})},
+                                   TensorView::contiguous(expected.data(), DType::kBFloat16, {m, n}))
+                  .is_ok());
+  DeviceBuffer<uint8_t> a(o.a), b(o.b);
+  DeviceBuffer<float> sa(o.sa), sb(o.sb);
+  auto call = [&](DeviceBuffer<uint16_t>& out) {
+    return gemm_fp8_fp8_bf16_nt(
+        {device_view(a.data, DType::kFloat8E4M3, {m, k}), device_view(sa.data, DType::kFloat32, {m, kb})},
+        {device_view(b.data, DType::kFloat8E4M3, {n, k}),
+         device_view(sb.data, DType::kFloat32, {ceil_div(n, 128), kb})},
+        device_view(out.data, DType::kBFloat16, {m, n}));
+  };
+  for (const std::string config : {"cooperative_128x128", "cooperative_128x128_cluster2x1"}) {
+    for (const char* schedule : {"m", "n:2", "m:8", "default:4"}) {
+      ForcedConfig forced(config);
+      setenv("FF_GEMM_SCHEDULE", schedule, 1);
+      DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
+      const Status status = call(out);
+      unsetenv("FF_GEMM_SCHEDULE");
+      ASSERT_TRUE(status.is_ok()) << status.to_string();
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const std::vector<uint16_t> actual = out.to_host();
+      for (size_t i = 0; i < actual.size(); ++i) ASSERT_NE(actual[i], kSentinel) << "element " << i << " unwritten";
+      EXPECT_LT(calc_diff(as_doubles(actual), as_doubles(expected)), 1e-3) << config << " " << schedule;
+    }
+  }
+  setenv("FF_GEMM_SCHEDULE", "n:3", 1);
+  DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
+  const Status status = call(out);
+  unsetenv("FF_GEMM_SCHEDULE");
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("swizzle '3' is not one of 1, 2, 4, 8"));
+}
+
+// Contiguous: segments of 65, 129 and 1 rows (groups 2, 0, 1), each padded with -1 to a multiple of 128, plus one
+// block of pure padding between them; n = 384 is an odd number of 128-wide tiles (the 1x2 cluster's second CTA
+// of the last pair lies outside). Graph case: captured while m_indices is all -1, replayed after the real
+// indices are written into the same buffer, so the kernels must read them on the device at run time.
+void run_contiguous_case(bool capture_in_graph) {
+  const int64_t groups = 3, n = 384, k = 384, kb = 3;
   std::vector<int32_t> indices;
   for (auto [group, rows] : {std::pair{2, 65}, std::pair{-1, 0}, std::pair{0, 129}, std::pair{1, 1}}) {
     const int64_t padded = rows == 0 ? 128 : ceil_div(rows, 128) * 128;
@@ -185,21 +236,47 @@ TEST(GroupedCuda, ContiguousMatchesCpuAndZeroFillsPadding) {
   DeviceBuffer<float> sa_rows(o.sa), sb(o.sb);
   int64_t ld = 0;
   DeviceBuffer<float> sa_cols(to_column_major(o.sa, m, kb, &ld));
-  DeviceBuffer<int32_t> m_indices(indices);
-  for (const std::string& config : kGroupedConfigs) {
+  DeviceBuffer<int32_t> m_indices(capture_in_graph ? std::vector<int32_t>(indices.size(), -1) : indices);
+  for (const std::string& config : kContiguousConfigs) {
     for (bool column_major : {false, true}) {
       ForcedConfig forced(config);
       DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
       const TensorView sa_view = column_major
                                      ? with_strides(device_view(sa_cols.data, DType::kFloat32, {m, kb}), {1, ld})
                                      : device_view(sa_rows.data, DType::kFloat32, {m, kb});
-      const Status status = m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
-          {device_view(a.data, DType::kFloat8E4M3, {m, k}), sa_view},
-          {device_view(b.data, DType::kFloat8E4M3, {groups, n, k}),
-           device_view(sb.data, DType::kFloat32, {groups, n / 128, kb})},
-          device_view(out.data, DType::kBFloat16, {m, n}), device_view(m_indices.data, DType::kInt32, {m}));
-      ASSERT_TRUE(status.is_ok()) << status.to_string();
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      cudaStream_t stream = nullptr;
+      ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+      auto call = [&] {
+        return m_grouped_gemm_fp8_fp8_bf16_nt_contiguous({device_view(a.data, DType::kFloat8E4M3, {m, k}), sa_view},
+                                                         {device_view(b.data, DType::kFloat8E4M3, {groups, n, k}),
+                                                          device_view(sb.data, DType::kFloat32, {groups, n / 128, kb})},
+                                                         device_view(out.data, DType::kBFloat16, {m, n}),
+                                                         device_view(m_indices.data, DType::kInt32, {m}),
+                                                         LaunchOptions{stream});
+      };
+      if (capture_in_graph) {
+        ASSERT_EQ(cudaMemcpy(m_indices.data, std::vector<int32_t>(indices.size(), -1).data(),
+                             sizeof(int32_t) * indices.size(), cudaMemcpyHostToDevice),
+                  cudaSuccess);
+        cudaGraph_t graph = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        const Status status = call();
+        ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+        ASSERT_TRUE(status.is_ok()) << status.to_string();
+        ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(m_indices.data, indices.data(), sizeof(int32_t) * indices.size(), cudaMemcpyHostToDevice),
+                  cudaSuccess);
+        ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(graph);
+      } else {
+        const Status status = call();
+        ASSERT_TRUE(status.is_ok()) << status.to_string();
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      }
+      cudaStreamDestroy(stream);
       const std::vector<uint16_t> actual = out.to_host();
       for (int64_t row = 0; row < m; ++row) {
         for (int64_t col = 0; col < n; ++col) {
@@ -211,9 +288,20 @@ TEST(GroupedCuda, ContiguousMatchesCpuAndZeroFillsPadding) {
           }
         }
       }
-      EXPECT_LT(calc_diff(as_doubles(actual), as_doubles(expected)), 1e-3) << "config '" << config << "'";
+      EXPECT_LT(calc_diff(as_doubles(actual), as_doubles(expected)), 1e-3)
+          << "config '" << config << "', column-major scales " << column_major;
     }
   }
+}
+
+TEST(GroupedCuda, ContiguousMatchesCpuAndZeroFillsPadding) {
+  SKIP_WITHOUT_GPU();
+  run_contiguous_case(/*capture_in_graph=*/false);
+}
+
+TEST(GroupedCuda, ContiguousRunsInsideACudaGraphReadingIndicesAtReplay) {
+  SKIP_WITHOUT_GPU();
+  run_contiguous_case(/*capture_in_graph=*/true);
 }
 
 struct MaskedCase {
@@ -240,7 +328,7 @@ void run_masked_case(const MaskedCase& c, bool capture_in_graph) {
   // Graph case: capture with all-zero counts, then write the real counts into the same device buffer before
   // replaying: the kernel must read masked_m on the device at run time.
   DeviceBuffer<int32_t> masked_m(capture_in_graph ? std::vector<int32_t>(c.masked_m.size(), 0) : c.masked_m);
-  for (const std::string& config : kGroupedConfigs) {
+  for (const std::string& config : kMaskedConfigs) {
     ForcedConfig forced(config);
     DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(rows * c.n), kSentinel));
     cudaStream_t stream = nullptr;
@@ -318,6 +406,27 @@ TEST(GemmCuda, BadLayoutIsRejectedBeforeLaunch) {
       device_view(out.data, DType::kBFloat16, {64, 64}));
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), ::testing::HasSubstr("k=200 is not a multiple of 128"));
+}
+
+TEST(GemmCuda, IndexedConfigOutsideContiguousIsRejected) {
+  SKIP_WITHOUT_GPU();
+  DeviceBuffer<uint8_t> a(std::vector<uint8_t>(64 * 128)), b(std::vector<uint8_t>(128 * 128));
+  DeviceBuffer<float> sa(std::vector<float>(64, 1.0f)), sb(std::vector<float>(1, 1.0f));
+  DeviceBuffer<uint16_t> out(std::vector<uint16_t>(64 * 128));
+  DeviceBuffer<int32_t> masked_m(std::vector<int32_t>{64});
+  ForcedConfig forced("indexed_128x128");
+  Status status = gemm_fp8_fp8_bf16_nt(
+      {device_view(a.data, DType::kFloat8E4M3, {64, 128}), device_view(sa.data, DType::kFloat32, {64, 1})},
+      {device_view(b.data, DType::kFloat8E4M3, {128, 128}), device_view(sb.data, DType::kFloat32, {1, 1})},
+      device_view(out.data, DType::kBFloat16, {64, 128}));
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("only the contiguous grouped GEMM"));
+  status = m_grouped_gemm_fp8_fp8_bf16_nt_masked(
+      {device_view(a.data, DType::kFloat8E4M3, {1, 64, 128}), device_view(sa.data, DType::kFloat32, {1, 64, 1})},
+      {device_view(b.data, DType::kFloat8E4M3, {1, 128, 128}), device_view(sb.data, DType::kFloat32, {1, 1, 1})},
+      device_view(out.data, DType::kBFloat16, {1, 64, 128}), device_view(masked_m.data, DType::kInt32, {1}), 64);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("only the contiguous grouped GEMM"));
 }
 
 }  // namespace

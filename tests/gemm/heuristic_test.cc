@@ -31,9 +31,17 @@ TEST(Heuristic, LargeMUsesTheClusteredCooperativeKernel) {
 }
 
 TEST(Heuristic, GroupedChoices) {
-  EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 4096, 4, kH100Sms), TileConfig::kCooperative128x128);
+  // Contiguous: always the indexed dense kernel (any rows per group: segments are 128-aligned).
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 4096, 4, kH100Sms), TileConfig::kIndexed128x128);
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 32, 7168, 64, kH100Sms), TileConfig::kIndexed128x128);
+  EXPECT_TRUE(is_indexed(choose_grouped_config(GroupedKind::kContiguous, 4096, 7168, 8, kH100Sms)));
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 32, 4096, 8, kH100Sms), TileConfig::kPingpong64x128);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 1024, 7168, 1, kH100Sms), TileConfig::kCooperative128x128);
+  // Masked never gets an indexed (contiguous-only) kernel, and dense never does either.
+  for (int64_t rows : {1, 64, 256, 1024, 8192}) {
+    EXPECT_FALSE(is_indexed(choose_grouped_config(GroupedKind::kMasked, rows, 4096, 4, kH100Sms))) << rows;
+    EXPECT_FALSE(is_indexed(choose_dense_config(rows, 4096, kH100Sms))) << rows;
+  }
 }
 
 TEST(Heuristic, ConfigNamesRoundTrip) {

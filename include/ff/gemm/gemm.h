@@ -64,7 +64,9 @@ Status gemm_fp8_fp8_bf16_nt(const ScaledTensor& a, const ScaledTensor& b, const 
 // expert's segment starts at a multiple of get_m_alignment_for_contiguous_layout(); pad with -1 rows).
 // Padding rows are zero-filled in out: the rows a dispatch leaves unused hold uninitialised A data (possibly
 // NaN), and zeros let the combine step sum or copy whole tiles without masking; the GPU kernel writes whole
-// tiles in its epilogue anyway, so zeros cost it nothing.
+// tiles in its epilogue anyway, so zeros cost it nothing. The GPU kernel also reads the A rows (and scales) of
+// padding rows, so they must be allocated (any values). a.scales: any strides; the GPU kernel reads the
+// TMA-aligned column-major layout directly and repacks others.
 Status m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
                                                  const TensorView& m_indices, const LaunchOptions& options = {});
 

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "heuristic.h"
 #include "launch.h"
@@ -29,12 +30,40 @@ Result<TileConfig> forced_or(TileConfig chosen) {
   if (forced == nullptr || *forced == '\0') return chosen;
   const std::optional<TileConfig> parsed = parse_tile_config(forced);
   if (!parsed) {
-    return invalid_argument(
-        "FF_GEMM_TILE_CONFIG={} names no kernel; expected pingpong_64x128, cooperative_128x128 or "
-        "cooperative_128x128_cluster2x1",
-        forced);
+    std::string names;
+    for (int i = 0; i < kNumTileConfigs; ++i) {
+      names += std::string(i == 0 ? "" : ", ") + tile_config_name(static_cast<TileConfig>(i));
+    }
+    return invalid_argument("FF_GEMM_TILE_CONFIG={} names no kernel; expected one of {}", forced, names);
   }
   return *parsed;
+}
+
+// FF_GEMM_SCHEDULE=<raster>[:<swizzle>] (raster: default, m or n; swizzle: 1, 2, 4 or 8) overrides the tile
+// scheduler's walk (experiments; bench_gemm.py times the variants). Unset: CUTLASS's defaults.
+Result<Schedule> forced_schedule() {
+  const char* forced = std::getenv("FF_GEMM_SCHEDULE");
+  Schedule schedule;
+  if (forced == nullptr || *forced == '\0') return schedule;
+  const std::string_view text(forced);
+  const size_t colon = text.find(':');
+  const std::string_view raster = text.substr(0, colon);
+  if (raster == "m") {
+    schedule.raster = 1;
+  } else if (raster == "n") {
+    schedule.raster = 2;
+  } else if (raster != "default") {
+    return invalid_argument("FF_GEMM_SCHEDULE={}: raster '{}' is not one of default, m, n", forced, raster);
+  }
+  if (colon != std::string_view::npos) {
+    const std::string_view swizzle = text.substr(colon + 1);
+    if (swizzle == "1" || swizzle == "2" || swizzle == "4" || swizzle == "8") {
+      schedule.swizzle = swizzle[0] - '0';
+    } else {
+      return invalid_argument("FF_GEMM_SCHEDULE={}: swizzle '{}' is not one of 1, 2, 4, 8", forced, swizzle);
+    }
+  }
+  return schedule;
 }
 
 Status from_launch(std::string_view function, const std::string& error) {
@@ -64,6 +93,38 @@ struct ScratchScales {
   ~ScratchScales() { free_async(memory, stream); }
 };
 
+// Points *sa / *ld at A's scales in the M-major layout the dense and indexed kernels read (element (row, kb) at
+// sa[row + kb * ld], ld a multiple of 4 floats, >= rows rounded up to 4): the caller's tensor when it already is
+// so laid out (DeepGEMM's TMA-aligned column-major layout always is), else a repacked copy in `scratch`.
+Status m_major_scales(std::string_view function, const TensorView& sa, int64_t rows, int64_t k_blocks, void* stream,
+                      ScratchScales& scratch, const float** out, int64_t* ld_out) {
+  const int64_t ld = k_blocks > 1 ? sa.stride(1) : (rows + 3) / 4 * 4;
+  // The kernels read each column up to rows rounded up to 4 (sm90_fp8_gemm.cuh), so the direct path needs
+  // ld >= that.
+  if (has_strides(sa, {1}) && ld >= (rows + 3) / 4 * 4 && ld % 4 == 0 && aligned_16(sa.data)) {
+    *out = static_cast<const float*>(sa.data);
+    *ld_out = ld;
+    return Status::ok();
+  }
+  RepackArgs repack;
+  repack.src = static_cast<const float*>(sa.data);
+  repack.rows = rows;
+  repack.cols = k_blocks;
+  repack.src_strides[1] = sa.stride(0);
+  repack.src_strides[2] = sa.stride(1);
+  *ld_out = (rows + 3) / 4 * 4;
+  repack.dst_strides[1] = 1;
+  repack.dst_strides[2] = *ld_out;
+  repack.stream = stream;
+  scratch.stream = stream;
+  FF_RETURN_IF_ERROR(
+      from_launch(function, allocate_async(&scratch.memory, sizeof(float) * *ld_out * k_blocks, stream)));
+  repack.dst = static_cast<float*>(scratch.memory);
+  FF_RETURN_IF_ERROR(from_launch(function, repack_scales(repack)));
+  *out = repack.dst;
+  return Status::ok();
+}
+
 }  // namespace
 
 Status dense(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const internal::GemmShape& shape,
@@ -83,49 +144,41 @@ Status dense(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out
   args.num_sms = get_num_sms();
   args.stream = options.stream;
 
-  // The kernel reads sa M-major (DeepGEMM's TMA-aligned column-major layout): element (row, kb) at
-  // sa[row + kb * ld] with ld a multiple of 4 floats. Other layouts are copied into it first.
-  const TensorView& sa = a.scales;
-  const int64_t ld = k_blocks > 1 ? sa.stride(1) : (shape.m + 3) / 4 * 4;
+  // The kernel reads sa M-major (DeepGEMM's TMA-aligned column-major layout); other layouts are repacked.
   ScratchScales scratch;
-  // The kernel reads each column up to m rounded up to 4 (sm90_fp8_gemm.cuh), so the direct path needs
-  // ld >= that: DeepGEMM's layout (ld = get_tma_aligned_size(m, 4)) always qualifies.
-  if (has_strides(sa, {1}) && ld >= (shape.m + 3) / 4 * 4 && ld % 4 == 0 && aligned_16(sa.data)) {
-    args.sa = static_cast<const float*>(sa.data);
-    args.sa_ld = ld;
-  } else {
-    RepackArgs repack;
-    repack.src = static_cast<const float*>(sa.data);
-    repack.rows = shape.m;
-    repack.cols = k_blocks;
-    repack.src_strides[1] = sa.stride(0);
-    repack.src_strides[2] = sa.stride(1);
-    args.sa_ld = (shape.m + 3) / 4 * 4;
-    repack.dst_strides[1] = 1;
-    repack.dst_strides[2] = args.sa_ld;
-    repack.stream = options.stream;
-    scratch.stream = options.stream;
-    FF_RETURN_IF_ERROR(
-        from_launch("gemm_fp8_fp8_bf16_nt",
-                    allocate_async(&scratch.memory, sizeof(float) * args.sa_ld * k_blocks, options.stream)));
-    repack.dst = static_cast<float*>(scratch.memory);
-    FF_RETURN_IF_ERROR(from_launch("gemm_fp8_fp8_bf16_nt", repack_scales(repack)));
-    args.sa = repack.dst;
-  }
+  FF_RETURN_IF_ERROR(m_major_scales("gemm_fp8_fp8_bf16_nt", a.scales, shape.m, k_blocks, options.stream, scratch,
+                                    &args.sa, &args.sa_ld));
   FF_ASSIGN_OR_RETURN(const TileConfig config, forced_or(choose_dense_config(shape.m, shape.n, args.num_sms)));
+  FF_ASSIGN_OR_RETURN(args.schedule, forced_schedule());
+  if (is_indexed(config)) {
+    return invalid_argument("FF_GEMM_TILE_CONFIG={}: the indexed kernels serve only the contiguous grouped GEMM",
+                            tile_config_name(config));
+  }
   return from_launch("gemm_fp8_fp8_bf16_nt", run_dense(config, args));
 }
 
 namespace {
 
-// The grouped kernels read sa row-major: (m, kb) with strides (kb, 1), or (G, m, kb) with (m * kb, kb, 1).
+// The ptr-array kernels read sa row-major: (m, kb) with strides (kb, 1), or (G, m, kb) with (m * kb, kb, 1); the
+// indexed contiguous kernels read it M-major like the dense kernel. Other layouts are repacked.
 Status grouped(std::string_view function, GroupedArgs& args, const TensorView& sa, int64_t rows_per_group) {
   DeviceGuard guard(sa.device_index);
   FF_RETURN_IF_ERROR(from_launch(function, guard.error()));
+  FF_ASSIGN_OR_RETURN(const TileConfig config, forced_or(choose_grouped_config(args.kind, rows_per_group, args.n,
+                                                                               args.num_groups, args.num_sms)));
+  FF_ASSIGN_OR_RETURN(args.schedule, forced_schedule());
+  if (is_indexed(config) && args.kind != GroupedKind::kContiguous) {
+    return invalid_argument("FF_GEMM_TILE_CONFIG={}: the indexed kernels serve only the contiguous grouped GEMM",
+                            tile_config_name(config));
+  }
   const int64_t k_blocks = ceil_div(args.k, kScaleBlock);
+  ScratchScales scratch;
+  if (is_indexed(config)) {
+    FF_RETURN_IF_ERROR(m_major_scales(function, sa, args.m, k_blocks, args.stream, scratch, &args.sa, &args.sa_ld));
+    return from_launch(function, run_grouped(config, args));
+  }
   const bool is_3d = sa.ndim == 3;
   const bool row_major = is_3d ? has_strides(sa, {args.m * k_blocks, k_blocks, 1}) : has_strides(sa, {k_blocks, 1});
-  ScratchScales scratch;
   if (row_major) {
     args.sa = static_cast<const float*>(sa.data);
   } else {
@@ -147,12 +200,6 @@ Status grouped(std::string_view function, GroupedArgs& args, const TensorView& s
     repack.dst = static_cast<float*>(scratch.memory);
     FF_RETURN_IF_ERROR(from_launch(function, repack_scales(repack)));
     args.sa = repack.dst;
-  }
-  FF_ASSIGN_OR_RETURN(const TileConfig config, forced_or(choose_grouped_config(args.kind, rows_per_group, args.n,
-                                                                               args.num_groups, args.num_sms)));
-  if (config == TileConfig::kCooperative128x128Cluster2x1) {
-    return invalid_argument("FF_GEMM_TILE_CONFIG={}: the grouped GEMMs are built without clusters",
-                            tile_config_name(config));
   }
   return from_launch(function, run_grouped(config, args));
 }

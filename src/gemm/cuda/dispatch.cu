@@ -11,21 +11,32 @@ std::string run_dense_cooperative_128x128(const DenseArgs& args);
 std::string run_dense_cooperative_128x128_cluster2x1(const DenseArgs& args);
 std::string run_grouped_pingpong_64x128(const GroupedArgs& args);
 std::string run_grouped_cooperative_128x128(const GroupedArgs& args);
+std::string run_grouped_cooperative_128x128_cluster2x1(const GroupedArgs& args);
+std::string run_contiguous_indexed_128x128(const GroupedArgs& args);
+std::string run_contiguous_indexed_128x128_cluster1x2(const GroupedArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
     case TileConfig::kPingpong64x128: return run_dense_pingpong_64x128(args);
     case TileConfig::kCooperative128x128: return run_dense_cooperative_128x128(args);
     case TileConfig::kCooperative128x128Cluster2x1: return run_dense_cooperative_128x128_cluster2x1(args);
+    case TileConfig::kIndexed128x128:
+    case TileConfig::kIndexed128x128Cluster1x2: break;
   }
-  return "unknown dense tile config";
+  return std::string("no dense kernel for tile config ") + tile_config_name(config);
 }
 
 std::string run_grouped(TileConfig config, const GroupedArgs& args) {
   switch (config) {
     case TileConfig::kPingpong64x128: return run_grouped_pingpong_64x128(args);
     case TileConfig::kCooperative128x128: return run_grouped_cooperative_128x128(args);
-    case TileConfig::kCooperative128x128Cluster2x1: break;
+    case TileConfig::kCooperative128x128Cluster2x1: return run_grouped_cooperative_128x128_cluster2x1(args);
+    case TileConfig::kIndexed128x128:
+      if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x128(args);
+      break;
+    case TileConfig::kIndexed128x128Cluster1x2:
+      if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x128_cluster1x2(args);
+      break;
   }
   return std::string("no grouped kernel for tile config ") + tile_config_name(config);
 }

@@ -13,6 +13,8 @@ double relative_tile_time(TileConfig config) {
     case TileConfig::kPingpong64x128: return 0.6;
     case TileConfig::kCooperative128x128: return 1.0;
     case TileConfig::kCooperative128x128Cluster2x1: return 1.0;
+    case TileConfig::kIndexed128x128: return 1.0;
+    case TileConfig::kIndexed128x128Cluster1x2: return 1.0;
   }
   return 1.0;
 }
@@ -26,6 +28,8 @@ const char* tile_config_name(TileConfig config) {
     case TileConfig::kPingpong64x128: return "pingpong_64x128";
     case TileConfig::kCooperative128x128: return "cooperative_128x128";
     case TileConfig::kCooperative128x128Cluster2x1: return "cooperative_128x128_cluster2x1";
+    case TileConfig::kIndexed128x128: return "indexed_128x128";
+    case TileConfig::kIndexed128x128Cluster1x2: return "indexed_128x128_cluster1x2";
   }
   return "?";
 }
@@ -49,7 +53,7 @@ TileConfig choose_dense_config(int64_t m, int64_t n, int num_sms) {
 }
 
 TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t num_groups, int num_sms) {
-  if (kind == GroupedKind::kContiguous) return TileConfig::kCooperative128x128;
+  if (kind == GroupedKind::kContiguous) return TileConfig::kIndexed128x128;
   const TileEstimate small = estimate_tiles(TileConfig::kPingpong64x128, rows_per_group, n, num_groups, num_sms);
   const TileEstimate large = estimate_tiles(TileConfig::kCooperative128x128, rows_per_group, n, num_groups, num_sms);
   return small.cost < large.cost ? TileConfig::kPingpong64x128 : TileConfig::kCooperative128x128;

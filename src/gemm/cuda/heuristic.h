@@ -24,9 +24,10 @@ TileEstimate estimate_tiles(TileConfig config, int64_t rows, int64_t n, int64_t 
 // With 128-row tiles and at least 8 row tiles, the 2x1 cluster (B multicast) replaces the plain 128x128 tile.
 TileConfig choose_dense_config(int64_t m, int64_t n, int num_sms);
 
-// Grouped: `rows_per_group` is expected_m (masked) or m_sum / num_groups (contiguous). Contiguous always uses
-// 128-row tiles (segments are 128-aligned, so 64-row tiles would only add tiles); masked uses 64-row tiles when
-// their cost is lower (few rows per group).
+// Grouped: `rows_per_group` is expected_m (masked) or m_sum / num_groups (contiguous). Contiguous always uses the
+// indexed 128-row kernel (the dense kernel over all rows, B picked per 128-row block; segments are 128-aligned,
+// so 64-row tiles would only add tiles); masked uses the ptr-array kernels, 64-row tiles when their cost is lower
+// (few rows per group).
 TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t num_groups, int num_sms);
 
 // FF_GEMM_TILE_CONFIG, when set to a tile_config_name(), forces that configuration (benchmarks and tests compare

@@ -14,11 +14,28 @@ enum class TileConfig : int {
   kPingpong64x128 = 0,            // 64x128x128 tile, one consumer warpgroup per tile, two tiles in flight: small m
   kCooperative128x128,            // 128x128x128 tile, two consumer warpgroups split the tile's rows
   kCooperative128x128Cluster2x1,  // as above, 2-CTA cluster along M sharing each B tile by TMA multicast
+  // Contiguous grouped GEMM only: the dense (non-ptr-array) kernel over all m_sum rows, each 128-row block taking
+  // B and its scales from the group its m_indices name (looked up on the device per tile); no per-problem TMA
+  // descriptor updates. 128x128x128 cooperative, cluster 1x1 or 1x2 (two N-adjacent CTAs share the A tile by
+  // TMA multicast; a 2x1 cluster would need 256-row segments to share B).
+  kIndexed128x128,
+  kIndexed128x128Cluster1x2,
 };
-inline constexpr int kNumTileConfigs = 3;
+inline constexpr int kNumTileConfigs = 5;
+inline constexpr bool is_indexed(TileConfig config) {
+  return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2;
+}
 const char* tile_config_name(TileConfig config);
 inline constexpr int tile_m(TileConfig config) { return config == TileConfig::kPingpong64x128 ? 64 : 128; }
 inline constexpr int tile_n(TileConfig) { return 128; }
+
+// The persistent tile scheduler's walk over output tiles (CUTLASS's raster order and swizzle). Defaults (0) keep
+// CUTLASS's choice: dense and indexed kernels raster along the longer side (heuristic), ptr-array kernels along M;
+// swizzle 1. FF_GEMM_SCHEDULE overrides it for experiments (backend.cc).
+struct Schedule {
+  int raster = 0;   // 0: CUTLASS's default, 1: along M, 2: along N
+  int swizzle = 0;  // 0: default (1); else 1, 2, 4 or 8
+};
 
 // D (m, n) bf16 row-major = A (m, k) e4m3 row-major * B (n, k)^T e4m3 row-major, scaled per 128-wide K block.
 // sa is M-major: element (row, kb) at sa[row + kb * sa_ld], sa_ld >= m and a multiple of 4 (16 bytes);
@@ -32,6 +49,7 @@ struct DenseArgs {
   void* out = nullptr;
   int m = 0, n = 0, k = 0;
   int num_sms = 0;
+  Schedule schedule;
   void* stream = nullptr;
 };
 std::string run_dense(TileConfig config, const DenseArgs& args);
@@ -39,12 +57,15 @@ std::string run_dense(TileConfig config, const DenseArgs& args);
 // Grouped GEMMs over a ptr-array of per-group problems built on the device (no host synchronisation):
 //   contiguous: a (m, k), sa (m, ceil(k/128)) row-major, out (m, n), indices = m_indices (m) int32;
 //   masked:     a (G, m, k), sa (G, m, ceil(k/128)) row-major, out (G, m, n), indices = masked_m (G) int32.
-// b is (G, n, k) and sb (G, ceil(n/128), ceil(k/128)), both row-major.
+// b is (G, n, k) and sb (G, ceil(n/128), ceil(k/128)), both row-major. The indexed configurations (contiguous
+// only) read sa M-major instead: element (row, kb) at sa[row + kb * sa_ld], sa_ld >= m rounded up to 4 and a
+// multiple of 4 (DeepGEMM's TMA-aligned column-major layout, as the dense kernel).
 enum class GroupedKind : int { kContiguous, kMasked };
 struct GroupedArgs {
   GroupedKind kind = GroupedKind::kContiguous;
   const void* a = nullptr;
   const float* sa = nullptr;
+  int64_t sa_ld = 0;  // indexed configurations: M-major leading dimension of sa
   const void* b = nullptr;
   const float* sb = nullptr;
   void* out = nullptr;
@@ -52,6 +73,7 @@ struct GroupedArgs {
   int num_groups = 0;
   int m = 0, n = 0, k = 0;
   int num_sms = 0;
+  Schedule schedule;
   void* stream = nullptr;
 };
 std::string run_grouped(TileConfig config, const GroupedArgs& args);

@@ -47,6 +47,15 @@ using DenseScaleConfig =
 using GroupedScaleConfig =
     cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::K, cute::GMMA::Major::K>;
 
+// Applies a Schedule to CUTLASS's tile scheduler arguments (any scheduler with raster_order / max_swizzle_size).
+template <class SchedulerArguments>
+void apply_schedule(SchedulerArguments& scheduler, const Schedule& schedule) {
+  using Raster = decltype(scheduler.raster_order);
+  if (schedule.raster == 1) scheduler.raster_order = Raster::AlongM;
+  if (schedule.raster == 2) scheduler.raster_order = Raster::AlongN;
+  if (schedule.swizzle > 0) scheduler.max_swizzle_size = schedule.swizzle;
+}
+
 inline std::string cutlass_error(const char* what, cutlass::Status status) {
   return std::string(what) + ": " + cutlass::cutlassGetStatusString(status);
 }
@@ -113,6 +122,7 @@ struct DenseGemm {
         hw_info};
     arguments.epilogue.thread.alpha = 1.0f;
     arguments.epilogue.thread.beta = 0.0f;
+    detail::apply_schedule(arguments.scheduler, args.schedule);
 
     Gemm gemm;
     cutlass::Status status = gemm.can_implement(arguments);
@@ -176,6 +186,30 @@ __device__ void write_problem(const Problems& p, int index, int rows, int group,
   p.layout_sfb[index] = GroupedScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(rows, n, k, 1));
 }
 
+// Contiguous: the group of 128-row block `block` (called by a whole warp): the largest m_indices entry in it, -1
+// when that is not a valid group (all padding, or >= num_groups), as DeepGEMM trusts device-resident indices.
+__device__ inline int warp_block_group(const GroupedArgs& args, int block, int lane) {
+  int group = -1;
+  for (int row = block * kRowBlock + lane; row < min(args.m, (block + 1) * kRowBlock); row += 32) {
+    group = max(group, args.indices[row]);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) group = max(group, __shfl_xor_sync(0xffffffffu, group, offset));
+  return group < args.num_groups ? group : -1;
+}
+
+// Contiguous, indexed kernels: block_group[b] = the group of 128-row block b. One warp per block. (A template, so
+// that every .cu including this header may hold it without an ODR clash at link time.)
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) build_block_groups(int32_t* block_group, GroupedArgs args) {
+  const int num_blocks = (args.m + kRowBlock - 1) / kRowBlock;
+  const int lane = threadIdx.x % 32;
+  for (int block = (blockIdx.x * blockDim.x + threadIdx.x) / 32; block < num_blocks;
+       block += gridDim.x * blockDim.x / 32) {
+    const int group = warp_block_group(args, block, lane);
+    if (lane == 0) block_group[block] = group;
+  }
+}
+
 // Masked: problem g = (masked_m[g], n, k) over group g's slab. One thread per group.
 template <class Problems>
 __global__ void build_masked_problems(Problems problems, GroupedArgs args) {
@@ -196,12 +230,8 @@ __global__ void __launch_bounds__(kSetupThreads) build_contiguous_problems(Probl
   const int num_blocks = (args.m + kRowBlock - 1) / kRowBlock;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int block = warp; block < num_blocks; block += kSetupThreads / 32) {
-    int group = -1;
-    for (int row = block * kRowBlock + lane; row < min(args.m, (block + 1) * kRowBlock); row += 32) {
-      group = max(group, args.indices[row]);
-    }
-    for (int offset = 16; offset > 0; offset /= 2) group = max(group, __shfl_xor_sync(0xffffffffu, group, offset));
-    if (lane == 0) problems.block_group[block] = group < args.num_groups ? group : -1;
+    const int group = warp_block_group(args, block, lane);
+    if (lane == 0) problems.block_group[block] = group;
   }
   __syncthreads();
   for (int block = threadIdx.x; block < num_blocks; block += kSetupThreads) {
@@ -253,7 +283,8 @@ struct GroupedGemm {
   using Problems = detail::GroupedProblems<typename ProblemShape::UnderlyingProblemShape, StrideA, StrideB, StrideD,
                                            LayoutSFA, LayoutSFB>;
 
-  static typename Gemm::Arguments make_arguments(const Problems& p, int num_problems, int num_sms) {
+  static typename Gemm::Arguments make_arguments(const Problems& p, int num_problems, int num_sms,
+                                                 const Schedule& schedule) {
     cutlass::KernelHardwareInfo hw_info;
     hw_info.device_id = 0;
     cudaGetDevice(&hw_info.device_id);
@@ -273,6 +304,7 @@ struct GroupedGemm {
     fusion.beta_ptr_array = nullptr;
     fusion.dAlpha = {cute::_0{}, cute::_0{}, 0};
     fusion.dBeta = {cute::_0{}, cute::_0{}, 0};
+    detail::apply_schedule(arguments.scheduler, schedule);
     return arguments;
   }
 
@@ -292,7 +324,8 @@ struct GroupedGemm {
                               sizeof(*p.layout_sfa) * count, sizeof(*p.layout_sfb) * count, sizeof(int32_t) * count};
     offsets[0] = 0;
     for (int i = 0; i < 12; ++i) offsets[i + 1] = offsets[i] + detail::align_up(sizes[i]);
-    const size_t cutlass_workspace = Gemm::get_workspace_size(make_arguments(p, num_problems, args.num_sms));
+    const size_t cutlass_workspace =
+        Gemm::get_workspace_size(make_arguments(p, num_problems, args.num_sms, args.schedule));
     void* base = nullptr;
     std::string error = allocate_async(&base, offsets[12] + cutlass_workspace, args.stream);
     if (!error.empty()) return error;
@@ -322,7 +355,7 @@ struct GroupedGemm {
     if (launched != cudaSuccess) {
       result = std::string("problem setup launch: ") + cudaGetErrorString(launched);
     } else {
-      auto arguments = make_arguments(p, num_problems, args.num_sms);
+      auto arguments = make_arguments(p, num_problems, args.num_sms, args.schedule);
       Gemm gemm;
       cutlass::Status status = gemm.can_implement(arguments);
       if (status == cutlass::Status::kSuccess) status = gemm.initialize(arguments, workspace, stream);
@@ -336,6 +369,219 @@ struct GroupedGemm {
       if (result.empty() && launched != cudaSuccess) result = std::string("launch: ") + cudaGetErrorString(launched);
     }
     free_async(base, args.stream);
+    return result;
+  }
+};
+
+
+// The mainloop of the indexed contiguous kernels: CUTLASS's dense blockwise-FP8 collective (`Base`), with B and its
+// scales addressed as a batch of G groups and each tile's batch index taken from block_group[m tile] instead of
+// the tile scheduler's L coordinate (which is 0: the kernel runs one (m_sum, n, k) problem). A, its scales and D
+// keep the dense layouts. Only the A/B/scale-A producer (load) is re-written; the scale-B producer
+// (load_auxiliary, cp.async) is the base's with the group substituted for L; the consumers are untouched. All
+// tiles of a CTA pair in a 1x2 cluster share m, hence the group, so A multicast stays valid; a 2x1 cluster (B
+// multicast) is rejected, since the two M tiles may belong to different groups.
+template <class Base>
+struct GroupIndexedMainloop : Base {
+  using TileShape = typename Base::TileShape;
+  using ClusterShape = typename Base::DispatchPolicy::ClusterShape;
+  using MainloopPipeline = typename Base::MainloopPipeline;
+  using PipelineState = typename Base::PipelineState;
+  using TensorStorage = typename Base::TensorStorage;
+  using GmemTiledCopyA = typename Base::GmemTiledCopyA;
+  using GmemTiledCopyB = typename Base::GmemTiledCopyB;
+  static_assert(cute::size<0>(ClusterShape{}) == 1, "B multicast across M tiles of different groups is invalid");
+  static_assert(Base::IsTmaLoadSFA && !Base::IsTmaLoadSFB, "expects M-major A scales loaded by TMA");
+
+  struct Arguments : Base::Arguments {
+    const int32_t* block_group;  // (ceil(m / 128)) groups, -1 for padding blocks
+    int num_groups;
+  };
+  struct Params : Base::Params {
+    const int32_t* block_group;
+    int num_groups;
+  };
+
+  template <class ProblemShape>
+  static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void* workspace) {
+    Params params{Base::to_underlying_arguments(problem_shape, args, workspace), args.block_group, args.num_groups};
+    auto problem_shape_mnkl = cute::append<4>(problem_shape, 1);
+    const auto n = cute::get<1>(problem_shape_mnkl);
+    const auto k = cute::get<2>(problem_shape_mnkl);
+    // B as (n, k, G): the batch stride of args.dB steps over groups.
+    auto tensor_b = cute::make_tensor(args.ptr_B, cute::make_layout(cute::make_shape(n, k, args.num_groups), args.dB));
+    params.tma_load_b = cute::make_tma_copy_B_sm90(GmemTiledCopyB{}, tensor_b,
+                                                   typename Base::SmemLayoutB{}(cute::_, cute::_, cute::Int<0>{}),
+                                                   TileShape{}, ClusterShape{});
+    return params;
+  }
+
+  template <class ProblemShape_MNKL>
+  CUTLASS_DEVICE auto load_init(ProblemShape_MNKL const& problem_shape_mnkl, Params const& params) const {
+    auto inputs = Base::load_init(problem_shape_mnkl, params);
+    cute::Tensor m_b = params.tma_load_b.get_tma_tensor(
+        cute::make_shape(cute::get<1>(problem_shape_mnkl), cute::get<2>(problem_shape_mnkl), params.num_groups));
+    cute::Tensor g_b = cute::local_tile(m_b, TileShape{}, cute::make_coord(cute::_, cute::_, cute::_),
+                                        cute::Step<cute::Underscore, cute::_1, cute::_1>{});  // (BLK_N,BLK_K,n,k,G)
+    return cute::make_tuple(cute::get<0>(inputs), g_b, cute::get<2>(inputs), cute::get<3>(inputs));
+  }
+
+  CUTLASS_DEVICE static int group_of_tile(Params const& params, int m_tile) {
+    const int group = params.block_group[m_tile];
+    // Padding blocks (-1) compute with group 0; their rows are zero-filled afterwards.
+    return group < 0 || group >= params.num_groups ? 0 : group;
+  }
+
+  template <class TensorA, class TensorB, class TensorSFA, class TensorSFB, class KTileIterator, class BlockCoord>
+  CUTLASS_DEVICE void load(Params const& params, MainloopPipeline pipeline, PipelineState smem_pipe_write,
+                           cute::tuple<TensorA, TensorB, TensorSFA, TensorSFB> const& load_inputs,
+                           BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count, int thread_idx,
+                           uint32_t block_rank_in_cluster, TensorStorage& shared_tensors) {
+    using namespace cute;
+    (void)thread_idx;
+    const int lane_predicate = cute::elect_one_sync();
+    Tensor s_a = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), typename Base::SmemLayoutA{});
+    Tensor s_b = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), typename Base::SmemLayoutB{});
+    Tensor s_sfa =
+        make_tensor(make_smem_ptr(shared_tensors.smem_SFA.data()), filter_zeros(typename Base::SmemLayoutSFA{}));
+
+    // Cluster shape is (1, c): every CTA of a cluster has the same m tile, the y index picks the A slice it loads.
+    const uint32_t cluster_y = block_rank_in_cluster;
+    auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
+    const int group = group_of_tile(params, m_coord);
+
+    Tensor g_a = get<0>(load_inputs)(_, _, m_coord, _, l_coord);  // (BLK_M,BLK_K,k)
+    Tensor g_b = get<1>(load_inputs)(_, _, n_coord, _, group);     // (BLK_N,BLK_K,k)
+    Tensor g_sfa = local_tile(get<2>(load_inputs), make_tile(Int<Base::ScaleMsPerTile>{}, Int<1>{}),
+                              make_coord(m_coord, _, l_coord));
+
+    auto block_tma_a = params.tma_load_a.get_slice(cluster_y);
+    auto block_tma_b = params.tma_load_b.get_slice(0);
+    auto block_tma_sfa = params.tma_load_sfa.get_slice(0);
+    Tensor t_ag = block_tma_a.partition_S(g_a);
+    Tensor t_as = block_tma_a.partition_D(s_a);
+    Tensor t_bg = block_tma_b.partition_S(g_b);
+    Tensor t_bs = block_tma_b.partition_D(s_b);
+    Tensor t_sfag = block_tma_sfa.partition_S(g_sfa);
+    Tensor t_sfas = block_tma_sfa.partition_D(s_sfa);
+
+    uint16_t mcast_mask_a = 0;
+    if constexpr (cute::is_same_v<GmemTiledCopyA, SM90_TMA_LOAD_MULTICAST>) {
+      for (int n = 0; n < size<1>(ClusterShape{}); ++n) mcast_mask_a |= uint16_t(1) << n;
+    }
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (; k_tile_count > 0; --k_tile_count) {
+      pipeline.producer_acquire(smem_pipe_write);
+      const int stage = smem_pipe_write.index();
+      auto* barrier = pipeline.producer_get_barrier(smem_pipe_write);
+      if (lane_predicate) {
+        copy(params.tma_load_a.with(*barrier, mcast_mask_a), t_ag(_, _, _, *k_tile_iter), t_as(_, _, _, stage));
+        copy(params.tma_load_b.with(*barrier, uint16_t(0)), t_bg(_, _, _, *k_tile_iter), t_bs(_, _, _, stage));
+        copy(params.tma_load_sfa.with(*barrier, uint16_t(0)), t_sfag(_, _, _, *k_tile_iter),
+             t_sfas(_, _, _, stage));
+      }
+      ++k_tile_iter;
+      ++smem_pipe_write;
+    }
+  }
+
+  template <class TensorA, class TensorB, class TensorSFA, class TensorSFB, class KTileIterator, class BlockCoord>
+  CUTLASS_DEVICE void load_auxiliary(Params const& params, MainloopPipeline pipeline, PipelineState smem_pipe_write,
+                                     cute::tuple<TensorA, TensorB, TensorSFA, TensorSFB> const& load_inputs,
+                                     BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count,
+                                     int thread_idx, uint32_t block_rank_in_cluster, TensorStorage& shared_tensors) {
+    auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
+    (void)l_coord;
+    Base::load_auxiliary(params, pipeline, smem_pipe_write, load_inputs,
+                         cute::make_coord(m_coord, n_coord, k_coord, group_of_tile(params, m_coord)), k_tile_iter,
+                         k_tile_count, thread_idx, block_rank_in_cluster, shared_tensors);
+  }
+};
+
+// Contiguous grouped GEMM on the dense kernel with GroupIndexedMainloop (TileConfig::kIndexed*): one launch over
+// the whole (m_sum, n, k) problem, so no problem arrays, no per-problem tensor-map updates and the dense kernel's
+// TMA-loaded M-major A scales. A one-warp-per-block setup kernel writes each 128-row block's group.
+template <class TileShape, class ClusterShape>
+struct IndexedGemm {
+  using ScaleConfig = detail::DenseScaleConfig;
+  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
+  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+  using Dense = DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
+                          cutlass::epilogue::TmaWarpSpecializedCooperative>;
+  using CollectiveMainloop = GroupIndexedMainloop<typename Dense::CollectiveMainloop>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
+                                                      typename Dense::CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static std::string run(const GroupedArgs& args) {
+    using StrideA = typename Kernel::StrideA;
+    using StrideB = typename Kernel::StrideB;
+    using StrideD = typename Kernel::StrideD;
+    const int m = args.m, n = args.n, k = args.k;
+    const int num_blocks = (m + detail::kRowBlock - 1) / detail::kRowBlock;
+    StrideA stride_a = cute::make_stride(int64_t(k), cute::Int<1>{}, int64_t(0));
+    StrideB stride_b = cute::make_stride(int64_t(k), cute::Int<1>{}, int64_t(n) * k);  // batch = group
+    StrideD stride_d = cute::make_stride(int64_t(n), cute::Int<1>{}, int64_t(0));
+    const int32_t k_blocks = (k + 127) / 128;
+    const auto sa_ld = static_cast<int32_t>(args.sa_ld);
+    const int32_t m_padded = (m + 3) / 4 * 4;  // as DenseGemm: TMA needs whole 16-byte units
+    LayoutSFA layout_sfa = cute::make_layout(
+        cute::make_shape(cute::make_shape(cute::Int<1>{}, m_padded), cute::make_shape(cute::Int<128>{}, k_blocks),
+                         1),
+        cute::make_stride(cute::make_stride(cute::Int<0>{}, cute::Int<1>{}), cute::make_stride(cute::Int<0>{}, sa_ld),
+                          sa_ld * k_blocks));
+    LayoutSFB layout_sfb = ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(m, n, k, args.num_groups));
+
+    void* block_group = nullptr;
+    std::string error = allocate_async(&block_group, sizeof(int32_t) * num_blocks, args.stream);
+    if (!error.empty()) return error;
+    const auto stream = static_cast<cudaStream_t>(args.stream);
+    constexpr int kSetupThreads = 256;
+    const int setup_ctas = (num_blocks * 32 + kSetupThreads - 1) / kSetupThreads;
+    detail::build_block_groups<kSetupThreads><<<setup_ctas < 1024 ? setup_ctas : 1024, kSetupThreads, 0, stream>>>(
+        static_cast<int32_t*>(block_group), args);
+    cudaError_t launched = cudaGetLastError();
+    if (launched != cudaSuccess) {
+      free_async(block_group, args.stream);
+      return std::string("block group setup launch: ") + cudaGetErrorString(launched);
+    }
+
+    cutlass::KernelHardwareInfo hw_info;
+    hw_info.device_id = 0;
+    cudaGetDevice(&hw_info.device_id);
+    hw_info.sm_count = args.num_sms;
+    typename CollectiveMainloop::Arguments mainloop{
+        {static_cast<const detail::ElementA*>(args.a), stride_a, static_cast<const detail::ElementB*>(args.b),
+         stride_b, args.sa, layout_sfa, args.sb, layout_sfb},
+        static_cast<const int32_t*>(block_group),
+        args.num_groups};
+    typename Gemm::Arguments arguments{cutlass::gemm::GemmUniversalMode::kGemm,
+                                       {m, n, k, 1},
+                                       mainloop,
+                                       {{}, nullptr, stride_d, static_cast<detail::ElementD*>(args.out), stride_d},
+                                       hw_info};
+    arguments.epilogue.thread.alpha = 1.0f;
+    arguments.epilogue.thread.beta = 0.0f;
+    detail::apply_schedule(arguments.scheduler, args.schedule);
+
+    std::string result;
+    Gemm gemm;
+    cutlass::Status status = gemm.can_implement(arguments);
+    void* workspace = nullptr;
+    if (status == cutlass::Status::kSuccess) {
+      const size_t workspace_bytes = Gemm::get_workspace_size(arguments);
+      if (workspace_bytes > 0) result = allocate_async(&workspace, workspace_bytes, args.stream);
+      if (result.empty()) {
+        status = gemm.initialize(arguments, workspace, stream);
+        if (status == cutlass::Status::kSuccess) status = gemm.run(stream);
+      }
+    }
+    if (result.empty() && status != cutlass::Status::kSuccess) result = detail::cutlass_error("indexed gemm", status);
+    if (result.empty()) result = zero_padding_rows(args);
+    launched = cudaGetLastError();
+    if (result.empty() && launched != cudaSuccess) result = std::string("launch: ") + cudaGetErrorString(launched);
+    free_async(workspace, args.stream);
+    free_async(block_group, args.stream);
     return result;
   }
 };
