@@ -106,8 +106,9 @@ class FileClient {
   Result<meta::Inode> setattr(const meta::Caller& caller, meta::InodeId inode, const meta::SetAttr& attr);
 
   // The storage side of the metadata service (file lengths from storage, truncation, chunk removal)
-  // over this client's StorageClient, for an in-process MetaService (tests, EmbeddedFs, tools). Lives
-  // as long as the client; blocking; callable from any thread except the client's executor.
+  // over this client's StorageClient (a meta::StorageFiles, ff/fs/storage_files.h), for an in-process
+  // MetaService (tests, EmbeddedFs, tools). Lives as long as the client; blocking; callable from any
+  // thread except the client's executor.
   meta::FileStorage& file_storage();
 
   // Open handles now (tests, tools).

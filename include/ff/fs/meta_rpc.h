@@ -38,6 +38,7 @@
 #include "ff/fs/client.h"
 #include "ff/fs/meta.h"
 #include "ff/fs/rpc/metrics.h"
+#include "ff/fs/storage_files.h"
 #include "ff/fs/transport.h"
 
 namespace ff::fs::meta {
@@ -144,32 +145,6 @@ class RemoteMeta final : public MetaApi {
   std::unique_ptr<Impl> impl_;
 };
 
-// ---------------------------------------------------------------- file storage over StorageClient
-struct StorageFilesOptions {
-  int64_t op_timeout_ms = 60'000;  // one FileStorage call (all its chunk operations)
-};
-
-// meta::FileStorage over fscore's StorageClient (asynchronous on `executor`; this class posts to it and
-// waits with a timeout):
-//   - file_length: query_last_chunk on every chain of the layout, the largest end wins;
-//   - truncate: removes the chunks past the new end (remove_range on every chain) and shortens the
-//     chunk holding the new end: storage has no truncate of one chunk, so its kept prefix is read,
-//     the chunk removed and the prefix written back. NOTE: a crash between that removal and the
-//     rewrite loses the kept bytes of that one chunk (docs/fs-meta.md, "what is left");
-//   - remove_file: remove_range over the whole inode on every chain of the layout.
-// client and executor must outlive it; client's methods are only called on executor.
-class StorageFiles final : public FileStorage {
- public:
-  StorageFiles(StorageClient& client, Executor& executor, StorageFilesOptions options = {});
-  ~StorageFiles() override;
-  Result<uint64_t> file_length(const Inode& inode) override;
-  Status truncate(const Inode& inode, uint64_t length) override;
-  Status remove_file(const Inode& inode) override;
-
- private:
-  StorageClient& client_;
-  Executor& executor_;
-  StorageFilesOptions options_;
-};
+// StorageFiles (meta::FileStorage over StorageClient) is declared in ff/fs/storage_files.h.
 
 }  // namespace ff::fs::meta

@@ -30,6 +30,7 @@
 #include "ff/common/log.h"
 #include "ff/fs/client.h"
 #include "ff/fs/rpc/grpc_transport.h"
+#include "ff/fs/storage_files.h"
 
 namespace ff::fs {
 
@@ -144,8 +145,8 @@ struct FileClient::Impl {
   bool stopping = false;
   std::thread background;
 
-  class StorageOps;
-  std::unique_ptr<StorageOps> storage_ops;
+  // meta::FileStorage over `storage` (file_storage()).
+  std::unique_ptr<meta::StorageFiles> storage_files;
 
   Impl(FileClientConfig c, meta::MetaApi& m) : config(std::move(c)), meta(m) {}
 
@@ -510,21 +511,6 @@ struct FileClient::Impl {
     }
   }
 
-  // Runs fn on the executor (it starts async StorageClient work and calls done once) and waits for the
-  // result; for the FileStorage operations.
-  template <typename T>
-  Result<T> on_executor(std::function<void(std::function<void(Result<T>)>)> fn) {
-    auto promise = std::make_shared<std::promise<Result<T>>>();
-    auto future = promise->get_future();
-    executor->post(
-        [fn = std::move(fn), promise] { fn([promise](Result<T> result) { promise->set_value(std::move(result)); }); });
-    if (future.wait_for(std::chrono::nanoseconds(wait_budget_ns())) != std::future_status::ready) {
-      return meta_error(ETIMEDOUT,
-                        fmt::format("storage operation had no answer within {} ms", wait_budget_ns() / kNsPerMs));
-    }
-    return future.get();
-  }
-
   // Waits until every task posted to the executor before now has run.
   void drain_executor() {
     auto done = std::make_shared<std::promise<void>>();
@@ -534,129 +520,6 @@ struct FileClient::Impl {
       FF_LOG_WARN("fs client: executor did not drain within 10 s");
     }
   }
-};
-
-// ---------------------------------------------------------------- FileStorage over StorageClient
-class FileClient::Impl::StorageOps final : public meta::FileStorage {
- public:
-  explicit StorageOps(Impl& impl) : impl_(impl) {}
-
-  Result<uint64_t> file_length(const meta::Inode& inode) override {
-    FF_RETURN_IF_ERROR(check_layout(inode));
-    std::vector<ChainId> chains = distinct_chains(inode.layout);
-    StorageClient* storage = impl_.storage.get();
-    const uint64_t chunk_size = inode.layout.chunk_size;
-    const uint64_t id = inode.id;
-    return impl_.on_executor<uint64_t>([storage, chains, chunk_size, id](std::function<void(Result<uint64_t>)> done) {
-      struct Gather {
-        size_t left;
-        uint64_t length = 0;
-        Status error;
-        std::function<void(Result<uint64_t>)> done;
-      };
-      auto gather = std::make_shared<Gather>(Gather{chains.size(), 0, Status::ok(), std::move(done)});
-      for (ChainId chain : chains) {
-        storage->query_last_chunk(chain, id, 0, UINT64_MAX, [gather, chain, chunk_size](Result<QueryLastChunkRsp> rsp) {
-          if (!rsp.is_ok()) {
-            if (gather->error.is_ok())
-              gather->error = rsp.status().with_context(fmt::format("last chunk on chain {}", chain));
-          } else if (rsp->found) {
-            gather->length = std::max(gather->length, rsp->last.index * chunk_size + rsp->last_length);
-          }
-          if (--gather->left > 0) return;
-          if (!gather->error.is_ok()) return gather->done(meta_error(EIO, gather->error.to_string()));
-          gather->done(gather->length);
-        });
-      }
-    });
-  }
-
-  Status truncate(const meta::Inode& inode, uint64_t length) override {
-    FF_RETURN_IF_ERROR(check_layout(inode));
-    const uint64_t chunk_size = inode.layout.chunk_size;
-    // Chunks wholly past the new end go; the chunk holding the new end is cut (or extended) to it.
-    uint64_t keep_chunks = (length + chunk_size - 1) / chunk_size;
-    FF_RETURN_IF_ERROR(remove_from(inode, keep_chunks));
-    if (length == 0) return Status::ok();
-    uint64_t last = keep_chunks - 1;
-    uint64_t last_bytes = length - last * chunk_size;
-    ChainId chain = inode.layout.chain_of(last);
-    ChunkId chunk{inode.id, last};
-    StorageClient* storage = impl_.storage.get();
-    Result<ReadRsp> current = impl_.on_executor<ReadRsp>([storage, chain, chunk, chunk_size](auto done) {
-      storage->read(chain, chunk, 0, chunk_size, ReadMode::kStrict, std::move(done));
-    });
-    uint64_t have = 0;
-    if (current.is_ok()) {
-      have = current->data.size();
-    } else if (fs_error_of(current.status()) != FsError::kChunkNotFound) {
-      return meta_error(EIO, fmt::format("truncate of inode {}: reading chunk {}: {}", inode.id, chunk.to_string(),
-                                         current.status().to_string()));
-    }
-    if (have == last_bytes) return Status::ok();
-    Bytes payload;
-    uint64_t offset = 0;
-    if (have < last_bytes) {
-      // Growing (or a hole at the end): one zero byte at the new end makes storage's length match;
-      // the bytes before it read as zeros.
-      payload.assign(1, std::byte{0});
-      offset = last_bytes - 1;
-    } else {
-      // Shrinking inside the chunk: the protocol has no chunk truncate, so the chunk is removed and
-      // its first last_bytes bytes written back. NOTE: not atomic; a reader in between sees a hole.
-      payload.assign(current->data.begin(), current->data.begin() + static_cast<ptrdiff_t>(last_bytes));
-      FF_RETURN_IF_ERROR(remove_chunks(chain, chunk, ChunkId{inode.id, last + 1}));
-    }
-    Result<WriteRsp> written = impl_.on_executor<WriteRsp>([storage, chain, chunk, offset, payload](auto done) mutable {
-      storage->write(chain, chunk, offset, std::move(payload), std::move(done), 1);
-    });
-    if (!written.is_ok()) {
-      return meta_error(EIO, fmt::format("truncate of inode {}: writing chunk {}: {}", inode.id, chunk.to_string(),
-                                         written.status().to_string()));
-    }
-    return Status::ok();
-  }
-
-  Status remove_file(const meta::Inode& inode) override {
-    if (inode.layout.chains.empty()) return Status::ok();  // never had data
-    return remove_from(inode, 0);
-  }
-
- private:
-  static Status check_layout(const meta::Inode& inode) {
-    if (inode.layout.chains.empty() || inode.layout.chunk_size == 0) {
-      return meta_error(EINVAL, fmt::format("inode {} has no layout", inode.id));
-    }
-    return Status::ok();
-  }
-
-  static std::vector<ChainId> distinct_chains(const meta::Layout& layout) {
-    std::vector<ChainId> chains = layout.chains;
-    std::sort(chains.begin(), chains.end());
-    chains.erase(std::unique(chains.begin(), chains.end()), chains.end());
-    return chains;
-  }
-
-  Status remove_chunks(ChainId chain, ChunkId begin, ChunkId end) {
-    StorageClient* storage = impl_.storage.get();
-    Result<RemoveChunksRsp> removed = impl_.on_executor<RemoveChunksRsp>(
-        [storage, chain, begin, end](auto done) { storage->remove_range(chain, begin, end, std::move(done)); });
-    if (!removed.is_ok()) {
-      return meta_error(EIO, fmt::format("removing chunks [{}, {}) on chain {}: {}", begin.to_string(), end.to_string(),
-                                         chain, removed.status().to_string()));
-    }
-    return Status::ok();
-  }
-
-  // Removes chunks with index >= first of the file from every chain of its layout.
-  Status remove_from(const meta::Inode& inode, uint64_t first) {
-    for (ChainId chain : distinct_chains(inode.layout)) {
-      FF_RETURN_IF_ERROR(remove_chunks(chain, ChunkId{inode.id, first}, ChunkId{inode.id, UINT64_MAX}));
-    }
-    return Status::ok();
-  }
-
-  Impl& impl_;
 };
 
 // ---------------------------------------------------------------- FileClient
@@ -696,7 +559,10 @@ Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, 
   storage_config.rpc_timeout_ns = config.rpc_timeout_ms * kNsPerMs;
   storage_config.op_timeout_ns = config.op_timeout_ms * kNsPerMs;
   impl->storage = std::make_unique<StorageClient>(storage_config, executor, rpc);
-  impl->storage_ops = std::make_unique<Impl::StorageOps>(*impl);
+  // Each step of a FileStorage call waits as long as a chunk I/O of the data path may.
+  impl->storage_files = std::make_unique<meta::StorageFiles>(
+      *impl->storage, executor,
+      meta::StorageFilesOptions{.op_timeout_ms = impl->wait_budget_ns() / kNsPerMs, .write_channel = 1});
   Impl* raw = impl.get();
   impl->background = std::thread([raw] { raw->background_loop(); });
   return std::unique_ptr<FileClient>(new FileClient(std::move(impl)));
@@ -729,7 +595,7 @@ FileClient::~FileClient() {
     }
     impl_->owned_executor->stop();
   }
-  impl_->storage_ops.reset();
+  impl_->storage_files.reset();
   impl_->storage.reset();
   impl_->owned_rpc.reset();
   impl_->owned_executor.reset();
@@ -803,7 +669,7 @@ Result<meta::Inode> FileClient::setattr(const meta::Caller& caller, meta::InodeI
   return updated;
 }
 
-meta::FileStorage& FileClient::file_storage() { return *impl_->storage_ops; }
+meta::FileStorage& FileClient::file_storage() { return *impl_->storage_files; }
 
 size_t FileClient::open_handles() const {
   std::lock_guard lock(impl_->handles_mutex);

@@ -1,11 +1,18 @@
-// StorageFiles: meta::FileStorage over StorageClient. StorageClient lives on its executor, so each
-// call posts its chunk operations there and waits (bounded by op_timeout_ms) for all of them.
+// StorageFiles: meta::FileStorage over StorageClient (include/ff/fs/storage_files.h). StorageClient
+// lives on its executor, so each step posts its chunk operations there and waits (bounded by
+// op_timeout_ms) for all of them.
+#include "ff/fs/storage_files.h"
+
+#include <algorithm>
 #include <condition_variable>
+#include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
+#include <vector>
 
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
-#include "ff/fs/meta_rpc.h"
 
 namespace ff::fs::meta {
 
@@ -98,85 +105,93 @@ Result<uint64_t> StorageFiles::file_length(const Inode& inode) {
   return length;
 }
 
-Status StorageFiles::truncate(const Inode& inode, uint64_t length) {
-  FF_RETURN_IF_ERROR(check_layout(inode));
-  const uint64_t chunk_size = inode.layout.chunk_size;
-  // Chunks wholly past the end go: [first_removed, end) on every chain.
-  const uint64_t first_removed = (length + chunk_size - 1) / chunk_size;
+Status StorageFiles::remove_from(const Inode& inode, uint64_t first, std::string_view what) {
   std::vector<ChainId> chains = distinct_chains(inode.layout);
   StorageClient& client = client_;
   uint64_t id = inode.id;
   auto removed = run_all<RemoveChunksRsp>(
       executor_, chains.size(), options_.op_timeout_ms, "remove_range",
-      [&client, chains, id, first_removed](size_t i, StorageClient::Callback<RemoveChunksRsp> done) {
-        client.remove_range(chains[i], ChunkId{id, first_removed}, ChunkId{id, UINT64_MAX}, std::move(done));
+      [&client, chains, id, first](size_t i, StorageClient::Callback<RemoveChunksRsp> done) {
+        client.remove_range(chains[i], ChunkId{id, first}, ChunkId{id, UINT64_MAX}, std::move(done));
       });
   for (size_t i = 0; i < removed.size(); ++i) {
     if (!removed[i].is_ok()) {
-      return Status(removed[i].status().code(), fmt::format("truncate inode {} to {}: chain {}: {}", inode.id, length,
-                                                            chains[i], removed[i].status().message()));
+      return Status(removed[i].status().code(), fmt::format("{}: removing chunks from index {} on chain {}: {}", what,
+                                                            first, chains[i], removed[i].status().message()));
     }
   }
-  const uint64_t keep = length % chunk_size;
-  if (keep == 0) return Status::ok();
-  // The chunk holding the new end keeps `keep` bytes. Storage has no per-chunk truncate: read the
-  // prefix, remove the chunk, write the prefix back (see the NOTE in meta_rpc.h).
-  const uint64_t index = length / chunk_size;
+  return Status::ok();
+}
+
+Status StorageFiles::truncate(const Inode& inode, uint64_t length) {
+  FF_RETURN_IF_ERROR(check_layout(inode));
+  const std::string what = fmt::format("truncate inode {} to {}", inode.id, length);
+  const uint64_t chunk_size = inode.layout.chunk_size;
+  // Chunks wholly past the new end go.
+  const uint64_t keep_chunks = length / chunk_size + (length % chunk_size != 0 ? 1 : 0);
+  FF_RETURN_IF_ERROR(remove_from(inode, keep_chunks, what));
+  if (length == 0) return Status::ok();
+  // The chunk holding the new end must end exactly there (last_bytes in 1..chunk_size).
+  const uint64_t index = keep_chunks - 1;
+  const uint64_t last_bytes = length - index * chunk_size;
   const ChainId chain = inode.layout.chain_of(index);
-  const ChunkId chunk{id, index};
+  const ChunkId chunk{inode.id, index};
+  StorageClient& client = client_;
   auto read = run_all<ReadRsp>(executor_, 1, options_.op_timeout_ms, "read",
-                               [&client, chain, chunk, keep](size_t, StorageClient::Callback<ReadRsp> done) {
-                                 client.read(chain, chunk, 0, keep, ReadMode::kStrict, std::move(done));
+                               [&client, chain, chunk, last_bytes](size_t, StorageClient::Callback<ReadRsp> done) {
+                                 client.read(chain, chunk, 0, last_bytes, ReadMode::kStrict, std::move(done));
                                });
-  if (!read[0].is_ok()) {
-    if (fs_error_of(read[0].status()) == FsError::kChunkNotFound) return Status::ok();  // a hole: nothing to cut
-    return Status(read[0].status().code(), fmt::format("truncate inode {} to {}: reading chunk {}: {}", inode.id,
-                                                       length, chunk.to_string(), read[0].status().message()));
+  uint64_t have = 0;  // the chunk's stored length (0: no chunk, a hole at the new end)
+  if (read[0].is_ok()) {
+    have = read[0]->meta.committed_length;
+  } else if (fs_error_of(read[0].status()) != FsError::kChunkNotFound) {
+    return Status(read[0].status().code(), fmt::format("{}: reading chunk {} on chain {}: {}", what, chunk.to_string(),
+                                                       chain, read[0].status().message()));
   }
-  if (read[0]->meta.committed_length <= keep) return Status::ok();  // already short enough
-  Bytes prefix = std::move(read[0]->data);
-  prefix.resize(keep);  // a hole inside the chunk reads as zeros up to its length
-  auto cut = run_all<RemoveChunksRsp>(
-      executor_, 1, options_.op_timeout_ms, "remove_range",
-      [&client, chain, chunk](size_t, StorageClient::Callback<RemoveChunksRsp> done) {
-        client.remove_range(chain, chunk, ChunkId{chunk.inode, chunk.index + 1}, std::move(done));
+  if (have == last_bytes) return Status::ok();
+  Bytes payload;
+  uint64_t offset = 0;
+  if (have < last_bytes) {
+    // Growing (or a hole at the new end): one zero byte at the new end makes storage's length agree
+    // with meta's; the bytes before it read as zeros.
+    payload.assign(1, std::byte{0});
+    offset = last_bytes - 1;
+  } else {
+    // Shrinking inside the chunk: no per-chunk truncate in storage, so remove the chunk and write its
+    // kept prefix back. NOTE: not atomic (see storage_files.h).
+    payload = std::move(read[0]->data);
+    payload.resize(last_bytes);  // a hole inside the chunk reads as zeros up to its length
+    auto cut = run_all<RemoveChunksRsp>(
+        executor_, 1, options_.op_timeout_ms, "remove_range",
+        [&client, chain, chunk](size_t, StorageClient::Callback<RemoveChunksRsp> done) {
+          client.remove_range(chain, chunk, ChunkId{chunk.inode, chunk.index + 1}, std::move(done));
+        });
+    if (!cut[0].is_ok()) {
+      return Status(cut[0].status().code(), fmt::format("{}: removing chunk {} on chain {}: {}", what,
+                                                        chunk.to_string(), chain, cut[0].status().message()));
+    }
+  }
+  auto shared_payload = std::make_shared<Bytes>(std::move(payload));
+  const uint32_t channel = options_.write_channel;
+  auto written = run_all<WriteRsp>(
+      executor_, 1, options_.op_timeout_ms, "write",
+      [&client, chain, chunk, offset, shared_payload, channel](size_t, StorageClient::Callback<WriteRsp> done) {
+        client.write(chain, chunk, offset, std::move(*shared_payload), std::move(done), channel);
       });
-  if (!cut[0].is_ok()) {
-    return Status(cut[0].status().code(), fmt::format("truncate inode {} to {}: removing chunk {}: {}", inode.id,
-                                                      length, chunk.to_string(), cut[0].status().message()));
-  }
-  auto shared_prefix = std::make_shared<Bytes>(std::move(prefix));
-  auto written =
-      run_all<WriteRsp>(executor_, 1, options_.op_timeout_ms, "write",
-                        [&client, chain, chunk, shared_prefix](size_t, StorageClient::Callback<WriteRsp> done) {
-                          client.write(chain, chunk, 0, std::move(*shared_prefix), std::move(done));
-                        });
   if (!written[0].is_ok()) {
-    FF_LOG_ERROR("truncate inode {} to {}: chunk {} was removed but its first {} bytes could not be written back: {}",
-                 inode.id, length, chunk.to_string(), keep, written[0].status());
-    return Status(written[0].status().code(), fmt::format("truncate inode {} to {}: rewriting chunk {}: {}", inode.id,
-                                                          length, chunk.to_string(), written[0].status().message()));
+    if (have > last_bytes) {
+      FF_LOG_ERROR("{}: chunk {} was removed but its first {} bytes could not be written back: {}", what,
+                   chunk.to_string(), last_bytes, written[0].status());
+    }
+    return Status(written[0].status().code(), fmt::format("{}: writing chunk {} on chain {}: {}", what,
+                                                          chunk.to_string(), chain, written[0].status().message()));
   }
   return Status::ok();
 }
 
 Status StorageFiles::remove_file(const Inode& inode) {
-  FF_RETURN_IF_ERROR(check_layout(inode));
-  std::vector<ChainId> chains = distinct_chains(inode.layout);
-  StorageClient& client = client_;
-  uint64_t id = inode.id;
-  auto removed = run_all<RemoveChunksRsp>(
-      executor_, chains.size(), options_.op_timeout_ms, "remove_range",
-      [&client, chains, id](size_t i, StorageClient::Callback<RemoveChunksRsp> done) {
-        client.remove_range(chains[i], ChunkId{id, 0}, ChunkId{id, UINT64_MAX}, std::move(done));
-      });
-  for (size_t i = 0; i < removed.size(); ++i) {
-    if (!removed[i].is_ok()) {
-      return Status(removed[i].status().code(),
-                    fmt::format("remove inode {}: chain {}: {}", inode.id, chains[i], removed[i].status().message()));
-    }
-  }
-  return Status::ok();
+  if (inode.layout.chains.empty()) return Status::ok();  // never had data
+  return remove_from(inode, 0, fmt::format("remove inode {}", inode.id));
 }
 
 }  // namespace ff::fs::meta

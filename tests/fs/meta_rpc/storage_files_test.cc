@@ -85,9 +85,29 @@ TEST_F(StorageFilesTest, LengthTruncateAndRemove) {
   // On a chunk boundary: nothing to cut, chunk 1 goes.
   ASSERT_TRUE(files_->truncate(inode, kChunk).is_ok());
   EXPECT_EQ(*files_->file_length(inode), uint64_t{kChunk});
-  // Growing (past every chunk) changes nothing in storage.
+  // Growing inside the last chunk and past every chunk: one zero byte at the new end makes storage's
+  // length agree with meta's (a write session's close takes storage's length), the kept bytes stay.
+  ASSERT_TRUE(files_->truncate(inode, kChunk + 20).is_ok());
+  EXPECT_EQ(*files_->file_length(inode), uint64_t{kChunk} + 20);
   ASSERT_TRUE(files_->truncate(inode, 10 * kChunk + 3).is_ok());
-  EXPECT_EQ(*files_->file_length(inode), uint64_t{kChunk});
+  EXPECT_EQ(*files_->file_length(inode), 10u * kChunk + 3);
+  auto chunk0 = read_chunk(inode, 0);
+  ASSERT_TRUE(chunk0.is_ok()) << chunk0.status().to_string();
+  ASSERT_EQ(chunk0->data.size(), uint64_t{kChunk});
+  for (uint64_t i = 0; i < kChunk; ++i) ASSERT_EQ(chunk0->data[i], static_cast<std::byte>(i & 0xff)) << i;
+  auto grown1 = read_chunk(inode, 1);
+  ASSERT_TRUE(grown1.is_ok()) << grown1.status().to_string();
+  ASSERT_EQ(grown1->data.size(), 20u);
+  for (std::byte b : grown1->data) ASSERT_EQ(b, std::byte{0});
+  EXPECT_EQ(fs_error_of(read_chunk(inode, 9).status()), FsError::kChunkNotFound);  // a hole between
+  // Shrinking back to a point inside a hole chunk: the hole's chunk gets its end byte.
+  ASSERT_TRUE(files_->truncate(inode, 5 * kChunk + 7).is_ok());
+  EXPECT_EQ(*files_->file_length(inode), 5u * kChunk + 7);
+  EXPECT_EQ(fs_error_of(read_chunk(inode, 9).status()), FsError::kChunkNotFound);
+  // A file without chains never had data: nothing to remove.
+  Inode chainless;
+  chainless.id = 6;
+  EXPECT_TRUE(files_->remove_file(chainless).is_ok());
   ASSERT_TRUE(files_->remove_file(inode).is_ok());
   EXPECT_EQ(*files_->file_length(inode), 0u);
   EXPECT_EQ(*files_->file_length(sparse), 5u * kChunk + 10);  // other files untouched

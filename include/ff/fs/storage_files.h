@@ -1,0 +1,62 @@
+// meta::FileStorage over fscore's StorageClient: the one implementation used by ff-meta (through
+// meta_rpc.h) and by the native FileClient (FileClient::file_storage(), hence EmbeddedFs and ff-fuse's
+// embedded metadata). Library ff::fs_storage_files (src/fs/meta_rpc/storage_files.cc).
+//
+//   StorageFiles files(storage_client, executor, {.op_timeout_ms = 30'000});
+//   auto meta = MetaService::open(engine, config, &files);
+//
+//   - file_length: query_last_chunk on every distinct chain of the layout (in parallel), the largest
+//     `index * chunk_size + length` wins (0 when no chunk exists);
+//   - truncate(length): removes the chunks wholly past the new end (remove_range on every chain), then
+//     makes the chunk holding the new end exactly as long as the file's end in it:
+//       * shrinking inside the chunk: storage has no per-chunk truncate, so the kept prefix is read,
+//         the chunk removed and the prefix written back. NOTE: a crash between that removal and the
+//         rewrite loses the kept bytes of that one chunk (docs/fs-meta.md), a reader in between sees a
+//         hole;
+//       * growing (or the chunk holding the new end is a hole): one zero byte is written at the new
+//         end, so storage's length agrees with meta's. Meta makes a write session's length exact from
+//         file_length() on close/fsync; without that byte a grown file would shrink back on the next
+//         close (a FUSE ftruncate-up then close did exactly that before the two implementations were
+//         merged);
+//   - remove_file: remove_range over the whole inode on every chain (nothing for a file without
+//     chains: it never had data).
+// Errors keep the StorageClient's code (meta::errno_of: deadline -> ETIMEDOUT, else EIO) and name the
+// inode, the chain or chunk, and the step. Every wait is bounded by op_timeout_ms per step.
+//
+// Thread-safety: any number of threads. `client` and `executor` must outlive it; the client's methods
+// are only called on `executor`.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "ff/common/result.h"
+#include "ff/fs/client.h"
+#include "ff/fs/meta.h"
+#include "ff/fs/transport.h"
+
+namespace ff::fs::meta {
+
+struct StorageFilesOptions {
+  int64_t op_timeout_ms = 60'000;  // one step of a FileStorage call (all its parallel chunk operations)
+  uint32_t write_channel = 0;      // StorageClient write channel for truncate's rewrites
+};
+
+class StorageFiles final : public FileStorage {
+ public:
+  StorageFiles(StorageClient& client, Executor& executor, StorageFilesOptions options = {});
+  ~StorageFiles() override;
+  Result<uint64_t> file_length(const Inode& inode) override;
+  Status truncate(const Inode& inode, uint64_t length) override;
+  Status remove_file(const Inode& inode) override;
+
+ private:
+  // Removes chunks [first, end of file) of the inode on every distinct chain of its layout.
+  Status remove_from(const Inode& inode, uint64_t first, std::string_view what);
+
+  StorageClient& client_;
+  Executor& executor_;
+  StorageFilesOptions options_;
+};
+
+}  // namespace ff::fs::meta
