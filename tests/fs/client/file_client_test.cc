@@ -9,7 +9,7 @@
 #include <random>
 #include <thread>
 
-#include "cluster_fixture.h"
+#include "fs/testing/cluster_fixture.h"
 
 namespace ff::fs {
 namespace {

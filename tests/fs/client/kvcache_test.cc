@@ -8,7 +8,7 @@
 #include <set>
 #include <thread>
 
-#include "cluster_fixture.h"
+#include "fs/testing/cluster_fixture.h"
 #include "ff/fs/kvcache.h"
 
 namespace ff::fs {

@@ -3,9 +3,11 @@
 // removal, and a MetaService using it for close and garbage collection.
 #include <future>
 
+#include <gtest/gtest.h>
+
 #include "ff/fs/kv_engines.h"
 #include "ff/fs/meta_rpc.h"
-#include "storage_cluster.h"
+#include "fs/testing/storage_cluster.h"
 
 namespace ff::fs::meta {
 namespace {
@@ -16,10 +18,12 @@ constexpr uint32_t kChunk = 64 << 10;
 class StorageFilesTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    Status started = cluster_.start(3, 2, 3);  // 3 nodes x 2 targets, replication 3: 2 chains
-    ASSERT_TRUE(started.is_ok()) << started.to_string();
-    ASSERT_EQ(cluster_.chains().size(), 2u);
-    files_ = std::make_unique<StorageFiles>(cluster_.client(), cluster_.client_executor(),
+    // 3 nodes x 2 targets, replication 3: 2 chains.
+    auto started = fs::testing::StorageCluster::start({.nodes = 3, .targets_per_node = 2, .replication = 3});
+    ASSERT_TRUE(started.is_ok()) << started.status().to_string();
+    cluster_ = std::move(*started);
+    ASSERT_EQ(cluster_->chains().size(), 2u);
+    files_ = std::make_unique<StorageFiles>(cluster_->storage_client(), cluster_->client_executor(),
                                             StorageFilesOptions{.op_timeout_ms = 20000});
   }
 
@@ -29,9 +33,9 @@ class StorageFilesTest : public ::testing::Test {
     for (uint64_t i = 0; i < length; ++i) data[i] = static_cast<std::byte>((index * 31 + i) & 0xff);
     auto promise = std::make_shared<std::promise<Result<WriteRsp>>>();
     auto future = promise->get_future();
-    cluster_.client_executor().post([&, promise, data = std::move(data)]() mutable {
-      cluster_.client().write(inode.layout.chain_of(index), ChunkId{inode.id, index}, 0, std::move(data),
-                              [promise](Result<WriteRsp> rsp) { promise->set_value(std::move(rsp)); });
+    cluster_->client_executor().post([&, promise, data = std::move(data)]() mutable {
+      cluster_->storage_client().write(inode.layout.chain_of(index), ChunkId{inode.id, index}, 0, std::move(data),
+                                       [promise](Result<WriteRsp> rsp) { promise->set_value(std::move(rsp)); });
     });
     ASSERT_EQ(future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
     auto written = future.get();
@@ -40,9 +44,10 @@ class StorageFilesTest : public ::testing::Test {
   Result<ReadRsp> read_chunk(const Inode& inode, uint64_t index) {
     auto promise = std::make_shared<std::promise<Result<ReadRsp>>>();
     auto future = promise->get_future();
-    cluster_.client_executor().post([&, promise] {
-      cluster_.client().read(inode.layout.chain_of(index), ChunkId{inode.id, index}, 0, kChunk, ReadMode::kStrict,
-                             [promise](Result<ReadRsp> rsp) { promise->set_value(std::move(rsp)); });
+    cluster_->client_executor().post([&, promise] {
+      cluster_->storage_client().read(inode.layout.chain_of(index), ChunkId{inode.id, index}, 0, kChunk,
+                                      ReadMode::kStrict,
+                                      [promise](Result<ReadRsp> rsp) { promise->set_value(std::move(rsp)); });
     });
     if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return deadline_exceeded("read");
     return future.get();
@@ -52,11 +57,16 @@ class StorageFilesTest : public ::testing::Test {
     inode.id = id;
     inode.layout.chain_table = 1;
     inode.layout.chunk_size = kChunk;
-    inode.layout.chains = {cluster_.chains()[1], cluster_.chains()[0]};
+    inode.layout.chains = {cluster_->chains()[1], cluster_->chains()[0]};
     return inode;
   }
 
-  testing::StorageCluster cluster_;
+  void TearDown() override {
+    files_.reset();
+    cluster_.reset();
+  }
+
+  std::unique_ptr<fs::testing::StorageCluster> cluster_;
   std::unique_ptr<StorageFiles> files_;
 };
 
@@ -119,7 +129,7 @@ TEST_F(StorageFilesTest, LengthTruncateAndRemove) {
 TEST_F(StorageFilesTest, MetaServiceUsesItForExactLengthsAndGarbage) {
   auto engine = kv::open_memory_kv();
   MetaConfig config;
-  config.chains = cluster_.chains();
+  config.chains = cluster_->chains();
   config.stripe = 2;
   config.chunk_size = kChunk;
   auto service = MetaService::open(*engine, config, files_.get());

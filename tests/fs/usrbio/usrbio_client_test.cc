@@ -1,12 +1,12 @@
 // usrbio end to end over the real native client: a RingServer whose BatchIo is FileClientBatchIo over
-// an in-process cluster (mgmtd + 3 storage services over gRPC on 127.0.0.1, tests/fs/client's fixture).
+// an in-process cluster (mgmtd + 3 storage services over gRPC on 127.0.0.1, tests/fs/testing/cluster_fixture.h).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <map>
 
-#include "../client/cluster_fixture.h"
+#include "fs/testing/cluster_fixture.h"
 #include "fake_batch_io.h"
 #include "ff/fs/usrbio.h"
 
