@@ -22,9 +22,9 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <new>
 #include <sstream>
+#include <string_view>
 
 #include "ff/common/clock.h"
 #include "ff/gemm/numeric.h"
@@ -124,8 +124,17 @@ bool process_alive(int32_t pid) {
   if (pid <= 0) return true;  // not joined yet: nothing to check
   if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
   // A killed child that its parent has not reaped yet is a zombie: kill(pid, 0) still succeeds.
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  // Plain read(2): the process can be reaped between the two checks, and then the read fails with
+  // ESRCH (std::ifstream turned that into an exception, seen under load).
+  const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno != ENOENT && errno != ESRCH;
+  char buffer[512];
+  const ssize_t got = ::read(fd, buffer, sizeof(buffer));
+  const int read_errno = errno;
+  ::close(fd);
+  if (got < 0) return read_errno != ESRCH && read_errno != ENOENT;
+  const std::string_view text(buffer, static_cast<size_t>(got));
   const size_t paren = text.rfind(')');
   if (paren == std::string::npos || paren + 2 >= text.size()) return true;
   const char state = text[paren + 2];
