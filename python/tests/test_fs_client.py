@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import fs_testing  # noqa: E402
 from test_fs_support import LocalCluster  # noqa: E402
 
 from fireflyer import fs  # noqa: E402
@@ -25,18 +26,7 @@ CHUNK = 256 << 10
 
 @pytest.fixture(scope="module")
 def cluster(build_dir: pathlib.Path):
-    if not fs.available():
-        pytest.skip("fireflyer._fs is not built (fs needs its libraries: FF_BUILD_FS)")
-    bin_dir = build_dir / "bin"
-    for tool in ("ff-mgmtd", "ff-storage", "ff-admin"):
-        if not (bin_dir / tool).exists():
-            pytest.skip(f"{tool} is not built in {bin_dir}")
-    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10.0, direct_io=False) as c:
-        try:
-            c.start()
-        except BaseException:
-            print(c.logs())
-            raise
+    with fs_testing.local_cluster(build_dir) as c:
         yield c
 
 

@@ -12,33 +12,21 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from test_fs_support import LocalCluster  # noqa: E402
+import fs_testing  # noqa: E402
 
 from fireflyer import fs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client(build_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory):
-    if not fs.available():
-        pytest.skip("fireflyer._fs is not built (fs needs its libraries: FF_BUILD_FS)")
-    bin_dir = build_dir / "bin"
-    for tool in ("ff-mgmtd", "ff-storage", "ff-admin"):
-        if not (bin_dir / tool).exists():
-            pytest.skip(f"{tool} is not built in {bin_dir}")
-    with LocalCluster(bin_dir, nodes=3, targets_per_node=1, heartbeat_timeout_s=10.0, direct_io=False) as cluster:
-        try:
-            cluster.start()
-        except BaseException:
-            print(cluster.logs())
-            raise
+    with fs_testing.local_cluster(build_dir, targets_per_node=1) as cluster:
         meta_db = tmp_path_factory.mktemp("kvmeta") / "meta"
         with fs.Client(cluster.mgmtd_address, meta_db=str(meta_db), chunk_size=256 << 10, meta_db_sync=False) as c:
             yield c
 
 
 def test_prefix_hashes() -> None:
-    if not fs.available():
-        pytest.skip("fireflyer._fs is not built")
+    fs_testing.require_fs()
     tokens = np.arange(1000, dtype=np.int32)
     keys = fs.prefix_hashes(tokens, 256)
     assert len(keys) == 3 and all(len(k) == 32 for k in keys)

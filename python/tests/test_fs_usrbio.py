@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import fs_testing  # noqa: E402
 from test_fs_support import LocalCluster, fuse_unavailable_reason  # noqa: E402
 
 from fireflyer import fs  # noqa: E402
@@ -23,8 +24,7 @@ CHUNK = 256 << 10
 
 
 def usrbio():
-    if not fs.available():
-        pytest.skip("fireflyer._fs is not built (fs needs its libraries: FF_BUILD_FS)")
+    fs_testing.require_fs()
     from fireflyer import _fs
 
     if not hasattr(_fs, "usrbio"):
@@ -88,16 +88,7 @@ def test_ring_limits_and_timeouts_without_server() -> None:
 @pytest.fixture(scope="module")
 def cluster(build_dir: pathlib.Path):
     usrbio()
-    bin_dir = build_dir / "bin"
-    for tool in ("ff-mgmtd", "ff-storage", "ff-admin"):
-        if not (bin_dir / tool).exists():
-            pytest.skip(f"{tool} is not built in {bin_dir}")
-    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10.0, direct_io=False) as c:
-        try:
-            c.start()
-        except BaseException:
-            print(c.logs())
-            raise
+    with fs_testing.local_cluster(build_dir) as c:
         yield c
 
 

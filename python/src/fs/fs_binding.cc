@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "binding_common.h"
 #include "ff/fs/file_client.h"
 #include "ff/fs/kvcache.h"
 #ifdef FF_FS_HAVE_META_RPC
@@ -32,45 +33,6 @@ namespace nb = nanobind;
 
 namespace ff::fs::python {
 namespace {
-
-// A Status on its way to Python. Thrown anywhere (also with the GIL released); the translator
-// registered in the module turns it into the Python exception once the GIL is held again.
-struct StatusError {
-  bool value_error = false;
-  int number = 0;
-  std::string message;
-};
-
-[[noreturn]] void raise(const Status& status) {
-  const std::string& message = status.message();
-  if (status.code() == StatusCode::kInvalidArgument && !message.starts_with("[E")) throw StatusError{true, 0, message};
-  throw StatusError{false, meta::errno_of(status), message};
-}
-
-void translate(const std::exception_ptr& pointer, void*) {
-  try {
-    std::rethrow_exception(pointer);
-  } catch (const StatusError& error) {
-    if (error.value_error) {
-      PyErr_SetString(PyExc_ValueError, error.message.c_str());
-      return;
-    }
-    PyObject* exception = PyObject_CallFunction(PyExc_OSError, "is", error.number, error.message.c_str());
-    if (exception == nullptr) return;  // the failed call set an error already
-    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exception)), exception);
-    Py_DECREF(exception);
-  }
-}
-
-void check(const Status& status) {
-  if (!status.is_ok()) raise(status);
-}
-
-template <typename T>
-T value_of(Result<T> result) {
-  if (!result.is_ok()) raise(result.status());
-  return std::move(result).value();
-}
 
 nb::dict inode_dict(const meta::Inode& inode) {
   nb::dict d;
@@ -441,8 +403,6 @@ std::vector<std::string> py_prefix_hashes(nb::ndarray<const int32_t, nb::ndim<1>
 
 }  // namespace
 
-// fireflyer._fs.usrbio (python/src/fs/usrbio_binding.cc): shared-memory I/O rings.
-void bind_usrbio(nb::module_& module, std::function<FileClient&(nb::handle)> file_client_of);
 }  // namespace ff::fs::python
 
 NB_MODULE(_fs, module) {

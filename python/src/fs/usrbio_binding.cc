@@ -29,53 +29,33 @@
 #include <tuple>
 #include <vector>
 
+#include "binding_common.h"
 #include "ff/fs/usrbio.h"
 
 namespace nb = nanobind;
 
 namespace ff::fs::python {
 
-// How bind_usrbio gets the FileClient of a fireflyer._fs.Client object (given by the module that owns
-// that class).
-using FileClientOf = std::function<FileClient&(nb::handle)>;
-void bind_usrbio(nb::module_& module, FileClientOf file_client_of);
-
 namespace {
 
-// Raised with the GIL held (every caller re-acquires it before checking).
-[[noreturn]] void raise(const Status& status) {
-  const std::string& message = status.message();
-  PyObject* type = PyExc_OSError;
-  int number = 0;
+// Ring errors by code where they carry no errno tag: a wait past its timeout is TimeoutError, a full
+// ring BlockingIOError, a detached server or broken ring BrokenPipeError.
+int ring_errno(const Status& status) {
+  if (status.message().starts_with("[E")) return meta::errno_of(status);
   switch (status.code()) {
-    case StatusCode::kInvalidArgument:
-      if (!message.starts_with("[E")) throw nb::value_error(message.c_str());
-      number = meta::errno_of(status);
-      break;
-    case StatusCode::kDeadlineExceeded: number = ETIMEDOUT; break;
-    case StatusCode::kResourceExhausted: number = EAGAIN; break;
-    case StatusCode::kUnavailable: number = EPIPE; break;
-    case StatusCode::kAlreadyExists: number = EEXIST; break;
-    case StatusCode::kNotFound: number = ENOENT; break;
-    case StatusCode::kPermissionDenied: number = EACCES; break;
-    default: number = meta::errno_of(status); break;
+    case StatusCode::kDeadlineExceeded: return ETIMEDOUT;
+    case StatusCode::kResourceExhausted: return EAGAIN;
+    case StatusCode::kUnavailable: return EPIPE;
+    case StatusCode::kAlreadyExists: return EEXIST;
+    case StatusCode::kNotFound: return ENOENT;
+    case StatusCode::kPermissionDenied: return EACCES;
+    default: return meta::errno_of(status);
   }
-  // OSError(errno, message) picks the subclass (TimeoutError, BlockingIOError, BrokenPipeError, ...).
-  PyObject* exception = PyObject_CallFunction(type, "is", number, message.c_str());
-  if (exception != nullptr) {
-    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exception)), exception);
-    Py_DECREF(exception);
-  }
-  throw nb::python_error();
 }
-
-void check(const Status& status) {
-  if (!status.is_ok()) raise(status);
-}
+void ring_check(const Status& status) { check(status, &ring_errno); }
 template <typename T>
-T value_of(Result<T> result) {
-  if (!result.is_ok()) raise(result.status());
-  return std::move(result).value();
+T ring_value(Result<T> result) {
+  return value_of(std::move(result), &ring_errno);
 }
 
 struct PyIov {
@@ -119,14 +99,14 @@ void bind_usrbio(nb::module_& parent, FileClientOf file_client_of) {
       .def(
           "__init__",
           [](PyIov* self, const std::string& name, uint64_t size) {
-            new (self) PyIov{value_of(usrbio::Iov::create(name, size))};
+            new (self) PyIov{ring_value(usrbio::Iov::create(name, size))};
           },
           nb::arg("name"), nb::arg("size"), "Creates the buffer (sparse: pages cost memory when touched).")
       .def_static(
-          "open", [](const std::string& name) { return new PyIov{value_of(usrbio::Iov::open(name))}; }, nb::arg("name"),
-          "Maps an existing buffer (another process's).")
+          "open", [](const std::string& name) { return new PyIov{ring_value(usrbio::Iov::open(name))}; },
+          nb::arg("name"), "Maps an existing buffer (another process's).")
       .def_static(
-          "remove_stale", [](const std::string& name) { check(usrbio::Iov::remove_stale(name)); }, nb::arg("name"),
+          "remove_stale", [](const std::string& name) { ring_check(usrbio::Iov::remove_stale(name)); }, nb::arg("name"),
           "Removes /dev/shm/ff-iov-<name> and /dev/shm/ff-ior-<name> left by a crashed process.")
       .def_prop_ro("name", [](PyIov& self) { return self.get().name(); })
       .def_prop_ro("size", [](PyIov& self) { return self.get().size(); })
@@ -150,30 +130,30 @@ void bind_usrbio(nb::module_& parent, FileClientOf file_client_of) {
       .def(
           "__init__",
           [](PyIor* self, const std::string& name, PyIov& iov, uint32_t entries) {
-            new (self) PyIor{value_of(usrbio::Ior::create(name, iov.get(), {.entries = entries}))};
+            new (self) PyIor{ring_value(usrbio::Ior::create(name, iov.get(), {.entries = entries}))};
           },
           nb::arg("name"), nb::arg("iov"), nb::arg("entries") = 1024, nb::keep_alive<1, 3>(),
           "entries: a power of two, 2 .. MAX_ENTRIES. One thread submits, one thread waits.")
       .def(
           "prep_read",
           [](PyIor& self, uint64_t file, uint64_t offset, uint64_t length, uint64_t iov_offset, uint64_t user_data) {
-            return value_of(self.get().prep_read(file, offset, length, iov_offset, user_data));
+            return ring_value(self.get().prep_read(file, offset, length, iov_offset, user_data));
           },
           nb::arg("file"), nb::arg("offset"), nb::arg("length"), nb::arg("iov_offset"), nb::arg("user_data") = 0)
       .def(
           "prep_write",
           [](PyIor& self, uint64_t file, uint64_t offset, uint64_t length, uint64_t iov_offset, uint64_t user_data) {
-            return value_of(self.get().prep_write(file, offset, length, iov_offset, user_data));
+            return ring_value(self.get().prep_write(file, offset, length, iov_offset, user_data));
           },
           nb::arg("file"), nb::arg("offset"), nb::arg("length"), nb::arg("iov_offset"), nb::arg("user_data") = 0)
       .def(
           "prep_close",
           [](PyIor& self, uint64_t file, uint64_t user_data) {
-            return value_of(self.get().prep_close(file, user_data));
+            return ring_value(self.get().prep_close(file, user_data));
           },
           nb::arg("file"), nb::arg("user_data") = 0)
       .def(
-          "submit", [](PyIor& self) { return value_of(self.get().submit()); },
+          "submit", [](PyIor& self) { return ring_value(self.get().submit()); },
           "Publishes every prepared entry with one doorbell; returns how many.")
       .def(
           "wait",
@@ -186,7 +166,7 @@ void bind_usrbio(nb::module_& parent, FileClientOf file_client_of) {
               nb::gil_scoped_release release;
               return ior.wait_for_ios(out, min_results, timeout_ms);
             }();
-            const size_t count = value_of(std::move(got));
+            const size_t count = ring_value(std::move(got));
             std::vector<std::tuple<int64_t, uint64_t>> results;
             results.reserve(count);
             for (size_t i = 0; i < count; ++i) results.emplace_back(out[i].result, out[i].user_data);
@@ -196,9 +176,9 @@ void bind_usrbio(nb::module_& parent, FileClientOf file_client_of) {
           "Waits for at least min_results completions; returns [(bytes or -errno, user_data), ...].")
       .def(
           "register_with_mount",
-          [](PyIor& self, const std::string& mount) { check(self.get().register_with_mount(mount)); }, nb::arg("mount"),
-          "Makes the ff-fuse daemon of `mount` serve this ring (symlink in mount/.ff/usrbio).")
-      .def("unregister_from_mount", [](PyIor& self) { check(self.get().unregister_from_mount()); })
+          [](PyIor& self, const std::string& mount) { ring_check(self.get().register_with_mount(mount)); },
+          nb::arg("mount"), "Makes the ff-fuse daemon of `mount` serve this ring (symlink in mount/.ff/usrbio).")
+      .def("unregister_from_mount", [](PyIor& self) { ring_check(self.get().unregister_from_mount()); })
       .def_prop_ro("name", [](PyIor& self) { return self.get().name(); })
       .def_prop_ro("path", [](PyIor& self) { return self.get().path(); })
       .def_prop_ro("capacity", [](PyIor& self) { return self.get().capacity(); })
@@ -216,7 +196,7 @@ void bind_usrbio(nb::module_& parent, FileClientOf file_client_of) {
           "close", [](PyIor& self) { self.ior = usrbio::Ior(); }, "Unregisters and unlinks the ring.");
 
   module.def(
-      "register_fd", [](int fd, const std::string& mount) { return value_of(usrbio::register_fd(fd, mount)); },
+      "register_fd", [](int fd, const std::string& mount) { return ring_value(usrbio::register_fd(fd, mount)); },
       nb::arg("fd"), nb::arg("mount") = "", "The file id (st_ino, our inode id) of an fd opened through the mount.");
 
   nb::class_<PyRingServer>(module, "RingServer", "Serves a ring in this process over a fireflyer.fs Client")
@@ -234,7 +214,7 @@ void bind_usrbio(nb::module_& parent, FileClientOf file_client_of) {
               nb::gil_scoped_release release;
               return usrbio::RingServer::start(name, *io, std::move(options));
             }();
-            new (self) PyRingServer{std::move(io), value_of(std::move(server))};
+            new (self) PyRingServer{std::move(io), ring_value(std::move(server))};
           },
           nb::arg("client"), nb::arg("name"), nb::arg("uid") = 0, nb::arg("gid") = 0, nb::arg("max_batch") = 0,
           nb::keep_alive<1, 2>(), "client: the native client of a fireflyer.fs.Client (Client._native).")

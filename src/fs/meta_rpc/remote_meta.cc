@@ -134,11 +134,35 @@ struct RemoteMeta::Impl {
     return response;
   }
 
+  // The same for a call that needs no lost-reply interpretation (idempotent operations).
+  Result<pb::MetaResponse> run(const pb::MetaRequest& request) {
+    bool ambiguous = false;
+    return run(request, &ambiguous);
+  }
+
   Result<Inode> inode_of(const pb::MetaRequest& request, bool* ambiguous) {
     FF_ASSIGN_OR_RETURN(pb::MetaResponse response, run(request, ambiguous));
     if (!response.has_inode())
       return internal_error("meta {}: reply without an inode", wire::op_name(request.op_case()));
     return wire::from_proto(response.inode());
+  }
+  Result<Inode> inode_of(const pb::MetaRequest& request) {
+    bool ambiguous = false;
+    return inode_of(request, &ambiguous);
+  }
+
+  void note_recovered() { recovered.fetch_add(1, std::memory_order_relaxed); }
+
+  // A removal-like call (unlink, rmdir: ENOENT; close: EBADF): once a first attempt ran, the repeat
+  // answers `gone_errno`, so that answer after an ambiguous attempt is success (see meta_rpc.h).
+  Status run_removal(const pb::MetaRequest& request, int gone_errno) {
+    bool ambiguous = false;
+    Status status = run(request, &ambiguous).status();
+    if (!status.is_ok() && ambiguous && errno_of(status) == gone_errno) {
+      note_recovered();
+      return Status::ok();
+    }
+    return status;
   }
 
   Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) {
@@ -146,8 +170,7 @@ struct RemoteMeta::Impl {
     wire::to_proto(caller, request.mutable_caller());
     request.mutable_lookup()->set_parent(parent);
     request.mutable_lookup()->set_name(std::string(name));
-    bool ambiguous = false;
-    return inode_of(request, &ambiguous);
+    return inode_of(request);
   }
 
   // A new directory in a setgid directory gets S_ISGID added to the asked mode.
@@ -170,7 +193,7 @@ struct RemoteMeta::Impl {
                 (type == FileType::kSymlink ? existing->symlink_target == target : same_mode(*existing, mode)) &&
                 existing->ctime_ns >= began_ns - options.recovery_clock_skew_ms * 1'000'000;
     if (!ours) return result;
-    recovered.fetch_add(1, std::memory_order_relaxed);
+    note_recovered();
     FF_LOG_INFO(
         "meta {} '{}' in {}: a lost reply; the name holds inode {} made since the first attempt, taken "
         "as ours",
@@ -224,8 +247,7 @@ Result<Inode> RemoteMeta::lookup(const Caller& caller, InodeId parent, std::stri
 Result<Inode> RemoteMeta::getattr(InodeId inode) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_getattr()->set_inode(inode);
-  bool ambiguous = false;
-  return impl_->inode_of(request, &ambiguous);
+  return impl_->inode_of(request);
 }
 
 Result<Inode> RemoteMeta::setattr(const Caller& caller, InodeId inode, const SetAttr& attr) {
@@ -233,16 +255,14 @@ Result<Inode> RemoteMeta::setattr(const Caller& caller, InodeId inode, const Set
   pb::MetaRequest request = request_for(caller);
   request.mutable_setattr()->set_inode(inode);
   wire::to_proto(attr, request.mutable_setattr());
-  bool ambiguous = false;
-  return impl_->inode_of(request, &ambiguous);
+  return impl_->inode_of(request);
 }
 
 Result<Inode> RemoteMeta::resolve(const Caller& caller, std::string_view path, bool follow_last) {
   pb::MetaRequest request = request_for(caller);
   request.mutable_resolve()->set_path(std::string(path));
   request.mutable_resolve()->set_follow_last(follow_last);
-  bool ambiguous = false;
-  return impl_->inode_of(request, &ambiguous);
+  return impl_->inode_of(request);
 }
 
 Result<Inode> RemoteMeta::create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) {
@@ -296,7 +316,7 @@ Result<Inode> RemoteMeta::link(const Caller& caller, InodeId inode, InodeId new_
   if (result.is_ok() || !ambiguous || errno_of(result.status()) != EEXIST) return result;
   auto existing = impl_->lookup(caller, new_parent, new_name);
   if (existing.is_ok() && existing->id == inode) {
-    impl_->recovered.fetch_add(1, std::memory_order_relaxed);
+    impl_->note_recovered();
     return existing;
   }
   return result;
@@ -305,8 +325,7 @@ Result<Inode> RemoteMeta::link(const Caller& caller, InodeId inode, InodeId new_
 Result<std::string> RemoteMeta::readlink(InodeId inode) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_readlink()->set_inode(inode);
-  bool ambiguous = false;
-  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request, &ambiguous));
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
   return response.text();
 }
 
@@ -314,26 +333,14 @@ Status RemoteMeta::unlink(const Caller& caller, InodeId parent, std::string_view
   pb::MetaRequest request = request_for(caller);
   request.mutable_unlink()->set_parent(parent);
   request.mutable_unlink()->set_name(std::string(name));
-  bool ambiguous = false;
-  Status status = impl_->run(request, &ambiguous).status();
-  if (!status.is_ok() && ambiguous && errno_of(status) == ENOENT) {
-    impl_->recovered.fetch_add(1, std::memory_order_relaxed);
-    return Status::ok();
-  }
-  return status;
+  return impl_->run_removal(request, ENOENT);
 }
 
 Status RemoteMeta::rmdir(const Caller& caller, InodeId parent, std::string_view name) {
   pb::MetaRequest request = request_for(caller);
   request.mutable_rmdir()->set_parent(parent);
   request.mutable_rmdir()->set_name(std::string(name));
-  bool ambiguous = false;
-  Status status = impl_->run(request, &ambiguous).status();
-  if (!status.is_ok() && ambiguous && errno_of(status) == ENOENT) {
-    impl_->recovered.fetch_add(1, std::memory_order_relaxed);
-    return Status::ok();
-  }
-  return status;
+  return impl_->run_removal(request, ENOENT);
 }
 
 Status RemoteMeta::rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
@@ -355,7 +362,7 @@ Status RemoteMeta::rename(const Caller& caller, InodeId parent, std::string_view
     bool source_gone = errno_of(impl_->lookup(caller, parent, name).status()) == ENOENT;
     bool destination_there = impl_->lookup(caller, new_parent, new_name).is_ok();
     if (source_gone && destination_there) {
-      impl_->recovered.fetch_add(1, std::memory_order_relaxed);
+      impl_->note_recovered();
       return Status::ok();
     }
   }
@@ -367,8 +374,7 @@ Result<ReadDirPage> RemoteMeta::readdir(const Caller& caller, InodeId dir, std::
   request.mutable_readdir()->set_dir(dir);
   request.mutable_readdir()->set_after(std::string(after));
   request.mutable_readdir()->set_limit(limit);
-  bool ambiguous = false;
-  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request, &ambiguous));
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
   ReadDirPage page;
   page.more = response.page().more();
   page.entries.reserve(static_cast<size_t>(response.page().entries_size()));
@@ -381,8 +387,7 @@ Result<ReadDirPage> RemoteMeta::readdir(const Caller& caller, InodeId dir, std::
 Result<StatFs> RemoteMeta::statfs() {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_statfs();
-  bool ambiguous = false;
-  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request, &ambiguous));
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
   const auto& stat = response.statfs();
   return StatFs{stat.block_size(), stat.total_bytes(), stat.free_bytes(), stat.inodes_allocated(),
                 stat.max_name_bytes()};
@@ -393,8 +398,7 @@ Result<OpenFile> RemoteMeta::open(const Caller& caller, InodeId inode, uint32_t 
   request.mutable_open()->set_inode(inode);
   request.mutable_open()->set_flags(flags);
   request.mutable_open()->set_client(client);
-  bool ambiguous = false;
-  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request, &ambiguous));
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
   if (!response.has_open()) return internal_error("meta open: reply without a session");
   return OpenFile{wire::from_proto(response.open().inode()), response.open().session()};
 }
@@ -404,36 +408,27 @@ Status RemoteMeta::close(InodeId inode, uint64_t session, uint64_t length_hint) 
   request.mutable_close()->set_inode(inode);
   request.mutable_close()->set_session(session);
   request.mutable_close()->set_length_hint(length_hint);
-  bool ambiguous = false;
-  Status status = impl_->run(request, &ambiguous).status();
-  if (!status.is_ok() && ambiguous && errno_of(status) == EBADF) {
-    impl_->recovered.fetch_add(1, std::memory_order_relaxed);
-    return Status::ok();
-  }
-  return status;
+  return impl_->run_removal(request, EBADF);
 }
 
 Result<Inode> RemoteMeta::sync(InodeId inode, uint64_t length_hint) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_sync()->set_inode(inode);
   request.mutable_sync()->set_length_hint(length_hint);
-  bool ambiguous = false;
-  return impl_->inode_of(request, &ambiguous);
+  return impl_->inode_of(request);
 }
 
 Status RemoteMeta::report_length(InodeId inode, uint64_t length) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_report_length()->set_inode(inode);
   request.mutable_report_length()->set_length(length);
-  bool ambiguous = false;
-  return impl_->run(request, &ambiguous).status();
+  return impl_->run(request).status();
 }
 
 Status RemoteMeta::renew_client(uint64_t client) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_renew_client()->set_client(client);
-  bool ambiguous = false;
-  return impl_->run(request, &ambiguous).status();
+  return impl_->run(request).status();
 }
 
 }  // namespace ff::fs::meta
