@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -184,3 +185,50 @@ def test_ring_served_by_ff_fuse(cluster: LocalCluster, build_dir: pathlib.Path, 
             iov.close()
     finally:
         cluster.unmount()
+
+
+CLOSE_WITH_SERVERS_RUNNING = r"""
+import sys
+import numpy as np
+from fireflyer import fs
+from fireflyer._fs import usrbio as u
+
+mgmtd, prefix, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data = np.arange(1 << 20, dtype=np.uint8)
+for r in range(rounds):
+    client = fs.Client(mgmtd, meta_memory=True, chunk_size=64 << 10)
+    with client.open("/f.bin", "w") as f:
+        f.write(data)
+    ino = client.stat("/f.bin").st_ino
+    name = f"{prefix}-{r}"
+    iov = u.Iov(name, len(data))
+    ior = u.Ior(name, iov, entries=64)
+    servers = [u.RingServer(client._native, name)]
+    for i in range(16):
+        ior.prep_read(ino, i << 16, 1 << 16, i << 16, i)
+    ior.submit()
+    client.close()  # with the server running and (likely) inside its batch: it is stopped first
+    assert not servers[0].running, "closing the client must stop its ring servers"
+    assert ior.server_status()["state"] == "detached", ior.server_status()
+    done = []
+    try:
+        while len(done) < 16:
+            done += ior.wait(1, timeout_ms=5000)
+    except BrokenPipeError:
+        pass  # the server stopped before taking (some of) the entries
+    assert all(res == 1 << 16 for res, _ in done), done
+    servers[0].stop()  # a second stop is harmless
+    ior.close()
+    iov.close()
+print("ok")
+"""
+
+
+def test_closing_the_client_stops_its_ring_servers(cluster: LocalCluster) -> None:
+    # Before the fix, closing a Client whose RingServer still ran destroyed the FileClient under the
+    # server's thread. A child process, so that a crash fails this test instead of killing pytest.
+    usrbio()
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(fs.__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-c", CLOSE_WITH_SERVERS_RUNNING, cluster.mgmtd_address, unique("close"),
+                           "4"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stdout, proc.stderr[-3000:])

@@ -1,12 +1,15 @@
 // What fs_binding.cc (fireflyer._fs) and usrbio_binding.cc (fireflyer._fs.usrbio) share: Status ->
-// Python exception translation, and how usrbio gets at a Client's FileClient.
+// Python exception translation, and the hook through which objects built on a Client's FileClient (an
+// in-process RingServer) are stopped before that client closes.
 #pragma once
 
 #include <nanobind/nanobind.h>
 
 #include <exception>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -62,10 +65,44 @@ inline void translate(const std::exception_ptr& pointer, void*) {
   }
 }
 
-// How bind_usrbio gets the FileClient of a fireflyer._fs.Client object.
-using FileClientOf = std::function<FileClient&(nb::handle)>;
+// Objects that use a Client's FileClient and must be stopped before it is destroyed. The Client calls
+// stop_all() at the start of close(); a user registers a stop function and unregisters it when it
+// stops on its own. Thread-safe; stop functions run without the lock held (they may unregister).
+class ClientUsers {
+ public:
+  uint64_t add(std::function<void()> stop) {
+    std::lock_guard lock(mutex_);
+    users_.emplace(++next_, std::move(stop));
+    return next_;
+  }
+  void remove(uint64_t id) {
+    std::lock_guard lock(mutex_);
+    users_.erase(id);
+  }
+  void stop_all() {
+    std::map<uint64_t, std::function<void()>> users;
+    {
+      std::lock_guard lock(mutex_);
+      users.swap(users_);
+    }
+    for (auto& [id, stop] : users) stop();
+  }
+
+ private:
+  std::mutex mutex_;  // guards users_, next_
+  std::map<uint64_t, std::function<void()>> users_;
+  uint64_t next_ = 0;
+};
+
+// What usrbio_binding needs of a fireflyer._fs.Client object: its FileClient (valid until the client
+// closes) and its ClientUsers, where a RingServer registers to be stopped first.
+struct ClientRef {
+  FileClient* client = nullptr;
+  std::shared_ptr<ClientUsers> users;
+};
+using ClientRefOf = std::function<ClientRef(nb::handle)>;
 
 // fireflyer._fs.usrbio (usrbio_binding.cc).
-void bind_usrbio(nb::module_& module, FileClientOf file_client_of);
+void bind_usrbio(nb::module_& module, ClientRefOf client_ref_of);
 
 }  // namespace ff::fs::python

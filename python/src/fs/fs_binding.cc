@@ -102,6 +102,8 @@ class PyClient {
   void close() {
     if (open_caches > 0) throw nb::value_error("close the KVCache objects over this client first");
     nb::gil_scoped_release release;
+    // In-process RingServers use the FileClient: they stop (finishing their batch) before it goes.
+    users_->stop_all();
     client_.reset();
     embedded_.reset();
 #ifdef FF_FS_HAVE_META_RPC
@@ -109,6 +111,7 @@ class PyClient {
 #endif
   }
   bool closed() const { return !client_ && !embedded_; }
+  const std::shared_ptr<ClientUsers>& users() const { return users_; }
 
   // ---- metadata by path
   meta::Inode resolve(const std::string& path, bool follow = true) {
@@ -259,6 +262,7 @@ class PyClient {
   int open_caches = 0;  // KVCache objects open over this client (under the GIL)
 
  private:
+  std::shared_ptr<ClientUsers> users_ = std::make_shared<ClientUsers>();  // stopped by close()
   meta::Caller caller_;
 #ifdef FF_FS_HAVE_META_RPC
   std::unique_ptr<meta::RemoteMeta> remote_;  // declared before client_: destroyed after it (its meta)
@@ -458,7 +462,10 @@ NB_MODULE(_fs, module) {
       .def("stats", &PyKvCache::stats)
       .def("close", &PyKvCache::close);
 
-  bind_usrbio(module, [](nb::handle client) -> ff::fs::FileClient& { return nb::cast<PyClient&>(client).client(); });
+  bind_usrbio(module, [](nb::handle handle) {
+    PyClient& client = nb::cast<PyClient&>(handle);
+    return ClientRef{&client.client(), client.users()};
+  });
   module.def("prefix_hashes", &py_prefix_hashes, nb::arg("tokens"), nb::arg("block_tokens"),
              nb::arg("parent") = nb::none(), nb::arg("extra") = 0);
 }

@@ -25,6 +25,7 @@
 #include <cerrno>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -74,23 +75,55 @@ struct PyIor {
   }
 };
 
+// An in-process server over a Client's FileClient. It is registered with the Client (ClientUsers), whose
+// close() stops it first, so the FileClient never goes while the server uses it (whichever of
+// RingServer.stop() and Client.close() comes first; keep_alive keeps the Client object alive as long).
 struct PyRingServer {
-  std::unique_ptr<usrbio::FileClientBatchIo> io;
-  std::unique_ptr<usrbio::RingServer> server;
-  usrbio::RingServer& get() {
-    if (!server) throw nb::value_error("the RingServer is stopped");
-    return *server;
+  struct State {
+    std::mutex mutex;  // guards io, server
+    std::unique_ptr<usrbio::FileClientBatchIo> io;
+    std::unique_ptr<usrbio::RingServer> server;
+  };
+  std::shared_ptr<State> state;
+  std::shared_ptr<ClientUsers> users;
+  uint64_t user_id = 0;
+
+  PyRingServer(std::shared_ptr<State> s, std::shared_ptr<ClientUsers> u) : state(std::move(s)), users(std::move(u)) {
+    std::weak_ptr<State> weak = state;
+    user_id = users->add([weak] {
+      if (auto alive = weak.lock()) stop_state(*alive);
+    });
+  }
+  // The server's threads never take the GIL, so joining them with it held cannot deadlock.
+  ~PyRingServer() {
+    users->remove(user_id);
+    stop_state(*state);
+  }
+  // Finishes the current batch, closes the ring's files, detaches.
+  static void stop_state(State& s) {
+    std::lock_guard lock(s.mutex);
+    s.server.reset();
+    s.io.reset();
   }
   void stop() {
+    users->remove(user_id);
     nb::gil_scoped_release release;
-    server.reset();
-    io.reset();
+    stop_state(*state);
+  }
+  bool running() {
+    std::lock_guard lock(state->mutex);
+    return state->server && state->server->running();
+  }
+  usrbio::RingServer::Stats stats() {
+    std::lock_guard lock(state->mutex);
+    if (!state->server) throw nb::value_error("the RingServer is stopped");
+    return state->server->stats();
   }
 };
 
 }  // namespace
 
-void bind_usrbio(nb::module_& parent, FileClientOf file_client_of) {
+void bind_usrbio(nb::module_& parent, ClientRefOf client_ref_of) {
   nb::module_ module = parent.def_submodule("usrbio", "USRBIO-style shared-memory I/O rings (docs/fs-usrbio.md)");
   module.attr("VIRTUAL_DIR") = std::string(usrbio::kVirtualDir);
   module.attr("MAX_ENTRIES") = usrbio::kMaxEntries;
@@ -202,26 +235,30 @@ void bind_usrbio(nb::module_& parent, FileClientOf file_client_of) {
   nb::class_<PyRingServer>(module, "RingServer", "Serves a ring in this process over a fireflyer.fs Client")
       .def(
           "__init__",
-          [file_client_of](PyRingServer* self, nb::handle client, const std::string& name, uint32_t uid, uint32_t gid,
-                           uint32_t max_batch) {
-            FileClient& file_client = file_client_of(client);
-            auto io = std::make_unique<usrbio::FileClientBatchIo>(file_client);
+          [client_ref_of](PyRingServer* self, nb::handle client, const std::string& name, uint32_t uid, uint32_t gid,
+                          uint32_t max_batch) {
+            ClientRef ref = client_ref_of(client);
+            auto state = std::make_shared<PyRingServer::State>();
+            state->io = std::make_unique<usrbio::FileClientBatchIo>(*ref.client);
             usrbio::RingServerOptions options;
             options.caller.uid = uid;
             options.caller.gid = gid;
             options.max_batch = max_batch;
             auto server = [&] {
               nb::gil_scoped_release release;
-              return usrbio::RingServer::start(name, *io, std::move(options));
+              return usrbio::RingServer::start(name, *state->io, std::move(options));
             }();
-            new (self) PyRingServer{std::move(io), ring_value(std::move(server))};
+            state->server = ring_value(std::move(server));
+            new (self) PyRingServer(std::move(state), std::move(ref.users));
           },
           nb::arg("client"), nb::arg("name"), nb::arg("uid") = 0, nb::arg("gid") = 0, nb::arg("max_batch") = 0,
-          nb::keep_alive<1, 2>(), "client: the native client of a fireflyer.fs.Client (Client._native).")
+          nb::keep_alive<1, 2>(),
+          "client: the native client of a fireflyer.fs.Client (Client._native). Closing that Client stops "
+          "this server first.")
       .def("stop", &PyRingServer::stop, "Finishes the current batch, closes its files, detaches.")
-      .def_prop_ro("running", [](PyRingServer& self) { return self.server && self.server->running(); })
+      .def_prop_ro("running", &PyRingServer::running)
       .def("stats", [](PyRingServer& self) {
-        const usrbio::RingServer::Stats s = self.get().stats();
+        const usrbio::RingServer::Stats s = self.stats();
         nb::dict d;
         d["wakeups"] = s.wakeups;
         d["batches"] = s.batches;
