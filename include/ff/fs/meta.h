@@ -206,7 +206,8 @@ class MetaApi {
   // file stays readable (its inode and chunks are kept) until its last session closes. Write sessions
   // make the length exact on close (FileStorage::file_length, else the client's report).
   virtual Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client) = 0;
-  // length_hint: the end of the client's writes (0 when it did not write).
+  // length_hint: the end of the client's writes; 0 when it did not write (then the length is left as it is,
+  // without asking storage).
   virtual Status close(InodeId inode, uint64_t session, uint64_t length_hint) = 0;
   // fsync: makes the inode's length exact now; returns the updated inode.
   virtual Result<Inode> sync(InodeId inode, uint64_t length_hint) = 0;

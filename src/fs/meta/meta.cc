@@ -881,8 +881,11 @@ Status MetaService::close(InodeId id, uint64_t session, uint64_t length_hint) {
     FF_ASSIGN_OR_RETURN(before, load_inode(txn, id));
     return Status::ok();
   }));
+  // A write session whose client wrote nothing (length_hint 0) cannot have changed the length: no
+  // storage query (it made every create through ff-fuse pay one), no length or mtime update.
+  const bool wrote = record->write && length_hint > 0;
   uint64_t length = before.length;
-  if (record->write) {
+  if (wrote) {
     FF_ASSIGN_OR_RETURN(length, exact_length(impl_->storage, before, length_hint));
   }
   return run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
@@ -892,7 +895,7 @@ Status MetaService::close(InodeId id, uint64_t session, uint64_t length_hint) {
     txn.clear(codec::session_key(id, session));
     txn.clear(codec::client_session_key(record->client, id, session));
     FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
-    if (record->write && inode.type == FileType::kRegular) {
+    if (wrote && inode.type == FileType::kRegular) {
       if (inode.length != length) inode.mtime_ns = wall_now_ns();
       inode.length = impl_->storage != nullptr ? length : std::max(inode.length, length);
     }

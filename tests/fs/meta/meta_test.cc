@@ -421,6 +421,15 @@ TEST_P(MetaTest, LengthsFromReportsAndExactOnCloseAndSync) {
   ASSERT_EQ(storage.truncated.size(), 2u);
   EXPECT_EQ(storage.truncated[0], std::make_pair(exact.id, uint64_t{7}));
   EXPECT_EQ(storage.truncated[1], std::make_pair(exact.id, uint64_t{0}));
+  // A write session that wrote nothing (hint 0) leaves the length alone without asking storage.
+  ASSERT_TRUE(meta().close(exact.id, truncating->session, 0).is_ok());
+  auto idle = meta().open(kRoot, exact.id, kOpenWrite, 3);
+  ASSERT_TRUE(idle.is_ok());
+  storage.lengths[exact.id] = 77;  // would be taken if storage were asked
+  const int queries = storage.length_queries;
+  ASSERT_TRUE(meta().close(exact.id, idle->session, 0).is_ok());
+  EXPECT_EQ(storage.length_queries, queries);
+  EXPECT_EQ(must(meta().getattr(exact.id)).length, 0u);
 }
 
 TEST_P(MetaTest, CrashedClientsSessionsAreReclaimedAfterTheLease) {
