@@ -160,13 +160,26 @@ struct GrpcRpcClient::Impl {
     std::unique_ptr<pb::Fs::Stub> stub;
     int64_t created_ns = 0;
   };
-  std::mutex mutex;  // guards peers
+  std::mutex mutex;  // guards peers, retired
   std::map<std::string, std::shared_ptr<Peer>> peers;
+  // Peers replaced by reset_peer, kept until no call uses them: a channel must never be destroyed on
+  // a gRPC callback thread (the completion of its own last call), which can tear down the callback
+  // queue from inside itself (seen as an abort in grpc_cq_internal_unref). Pruned on callers' threads.
+  std::vector<std::shared_ptr<Peer>> retired;
 
   Impl(Executor& e, GrpcClientOptions o) : executor(e), options(o) {}
 
   std::shared_ptr<Peer> peer(const std::string& address) {
+    std::vector<std::shared_ptr<Peer>> unused;  // destroyed after the lock, on this thread
     std::lock_guard lock(mutex);
+    for (auto it = retired.begin(); it != retired.end();) {
+      if (it->use_count() == 1) {
+        unused.push_back(std::move(*it));
+        it = retired.erase(it);
+      } else {
+        ++it;
+      }
+    }
     auto& slot = peers[address];
     if (!slot) slot = make_peer(address);
     return slot;
@@ -186,6 +199,7 @@ struct GrpcRpcClient::Impl {
     auto it = peers.find(address);
     if (it == peers.end() || it->second != used) return;
     if (system_clock().now_ns() - used->created_ns < 200'000'000) return;
+    retired.push_back(std::move(it->second));
     it->second = make_peer(address);
   }
 };
