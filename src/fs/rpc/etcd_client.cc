@@ -2,7 +2,9 @@
 
 #include <mutex>
 #include <thread>
+#include <vector>
 
+#include <fmt/ranges.h>
 #include <grpcpp/grpcpp.h>
 
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
@@ -21,9 +23,10 @@ struct EtcdStubs {
 };
 
 struct EtcdClient::Impl {
-  std::string target;
-  std::mutex mutex;  // guards stubs (the pointer; the stubs themselves are thread-safe)
+  std::vector<std::string> targets;  // the cluster's members; one is used at a time
+  std::mutex mutex;                  // guards stubs and index (the stubs themselves are thread-safe)
   std::shared_ptr<EtcdStubs> stubs;
+  size_t index = 0;  // targets[index] is the member `stubs` talks to
 
   static std::shared_ptr<EtcdStubs> make_stubs(const std::string& target) {
     // NOTE: short reconnect backoff: gRPC's default grows to 120 s, so a client that started before
@@ -44,12 +47,15 @@ struct EtcdClient::Impl {
     std::lock_guard<std::mutex> lock(mutex);
     return stubs;
   }
-  // After `unavailable` on `used`: replaces the stubs, once per failed channel (concurrent failures
-  // of one channel replace it once), for the next call.
+  // After `unavailable` on `used`: replaces the stubs with a fresh channel to the next member (the
+  // same one when there is one), once per failed channel (concurrent failures of one channel replace
+  // it once), for the next call.
   void replace_after(const grpc::Status& status, const std::shared_ptr<EtcdStubs>& used) {
     if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return;
     std::lock_guard<std::mutex> lock(mutex);
-    if (stubs == used) stubs = make_stubs(target);
+    if (stubs != used) return;
+    index = (index + 1) % targets.size();
+    stubs = make_stubs(targets[index]);
   }
   template <typename Fn>
   grpc::Status call(Fn&& fn) {
@@ -65,16 +71,23 @@ EtcdClient::EtcdClient(std::string endpoint, int64_t timeout_ms, std::unique_ptr
 EtcdClient::~EtcdClient() = default;
 
 Result<std::unique_ptr<EtcdClient>> EtcdClient::connect(const std::string& endpoint, int64_t timeout_ms) {
-  if (endpoint.empty() || endpoint.find(':') == std::string::npos) {
-    return invalid_argument("etcd endpoint '{}' is not host:port (e.g. 127.0.0.1:2379)", endpoint);
-  }
+  return connect(std::vector<std::string>{endpoint}, timeout_ms);
+}
+
+Result<std::unique_ptr<EtcdClient>> EtcdClient::connect(const std::vector<std::string>& endpoints, int64_t timeout_ms) {
+  if (endpoints.empty())
+    return invalid_argument("etcd endpoints: none given (expected host:port, e.g. 127.0.0.1:2379)");
   if (timeout_ms <= 0) return invalid_argument("etcd timeout_ms={} must be positive", timeout_ms);
-  std::string target = endpoint;
-  if (target.starts_with("http://")) target = target.substr(7);
   auto impl = std::make_unique<Impl>();
-  impl->target = target;
-  impl->stubs = Impl::make_stubs(target);
-  return std::unique_ptr<EtcdClient>(new EtcdClient(target, timeout_ms, std::move(impl)));
+  for (const std::string& endpoint : endpoints) {
+    if (endpoint.empty() || endpoint.find(':') == std::string::npos) {
+      return invalid_argument("etcd endpoint '{}' is not host:port (e.g. 127.0.0.1:2379)", endpoint);
+    }
+    impl->targets.push_back(endpoint.starts_with("http://") ? endpoint.substr(7) : endpoint);
+  }
+  impl->stubs = Impl::make_stubs(impl->targets[0]);
+  std::string names = fmt::format("{}", fmt::join(impl->targets, ","));
+  return std::unique_ptr<EtcdClient>(new EtcdClient(std::move(names), timeout_ms, std::move(impl)));
 }
 
 namespace {

@@ -94,5 +94,22 @@ TEST(EtcdClientErrorsTest, ClientStartedBeforeEtcdConnectsOnceItListens) {
   ASSERT_TRUE((*client)->put("/after", "1").is_ok());
 }
 
+// With several members, a member that does not answer moves the client to the next one.
+TEST(EtcdClientErrorsTest, DeadMemberFailsOverToTheNextEndpoint) {
+  if (!testing::have_etcd()) GTEST_SKIP() << "etcd is not installed";
+  auto server = testing::EtcdServer::start();
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  const std::string dead = "127.0.0.1:" + std::to_string(testing::free_port());
+  auto client = EtcdClient::connect(std::vector<std::string>{dead, (*server)->endpoint()}, 1000);
+  ASSERT_TRUE(client.is_ok()) << client.status();
+  EXPECT_EQ((*client)->endpoint(), dead + "," + (*server)->endpoint());
+  EXPECT_EQ((*client)->get("/x").status().code(), StatusCode::kUnavailable);  // the dead one answers first
+  Status ready = (*client)->wait_ready(5'000);
+  ASSERT_TRUE(ready.is_ok()) << ready;
+  ASSERT_TRUE((*client)->put("/after", "1").is_ok());
+  EXPECT_FALSE(EtcdClient::connect(std::vector<std::string>{}, 100).is_ok());
+  EXPECT_FALSE(EtcdClient::connect(std::vector<std::string>{(*server)->endpoint(), "no-port"}, 100).is_ok());
+}
+
 }  // namespace
 }  // namespace ff::fs::rpc

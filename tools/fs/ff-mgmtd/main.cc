@@ -59,7 +59,8 @@ Result<Config> load_config(const std::string& path) {
   if (c.heartbeat_timeout_s <= 0) {
     return invalid_argument("{}: mgmtd.heartbeat_timeout_s = {} must be positive", path, c.heartbeat_timeout_s);
   }
-  if (c.scan_interval_s <= 0) return invalid_argument("{}: mgmtd.scan_interval_s = {} must be positive", path, c.scan_interval_s);
+  if (c.scan_interval_s <= 0)
+    return invalid_argument("{}: mgmtd.scan_interval_s = {} must be positive", path, c.scan_interval_s);
   if (c.store == "rocksdb") {
     if (c.path.empty()) return invalid_argument("{}: store.kind = \"rocksdb\" needs store.path", path);
   } else if (c.store == "etcd") {
@@ -87,7 +88,7 @@ int run(const Config& config) {
   std::string leader_key = config.etcd_prefix + "mgmtd_leader";
   std::atomic<bool> lost_leadership{false};
   if (config.store == "etcd") {
-    auto client = EtcdClient::connect(config.etcd_endpoints.front(), 2000);
+    auto client = EtcdClient::connect(config.etcd_endpoints, 2000);
     if (!client.is_ok()) {
       FF_LOG_ERROR("{}", client.status());
       return 1;

@@ -31,6 +31,10 @@ class EtcdClient {
   // endpoint: "host:port" of one etcd member (its client URL without scheme). Nothing is sent until
   // the first call; use wait_ready() to check the member answers.
   static Result<std::unique_ptr<EtcdClient>> connect(const std::string& endpoint, int64_t timeout_ms);
+  // Several members of one etcd cluster: calls go to one member at a time; a call answered
+  // `unavailable` moves the client to the next member for the calls after it (callers retry, as
+  // mgmtd's election and map store do).
+  static Result<std::unique_ptr<EtcdClient>> connect(const std::vector<std::string>& endpoints, int64_t timeout_ms);
   ~EtcdClient();
 
   // Waits up to timeout_ms until a Range call succeeds.
@@ -63,6 +67,7 @@ class EtcdClient {
   // Sends one keep-alive; returns the remaining TTL in seconds, not_found when the lease expired.
   Result<int64_t> lease_keep_alive(int64_t lease);
 
+  // The members, comma-separated (for messages).
   const std::string& endpoint() const { return endpoint_; }
 
   // The smallest key greater than every key with this prefix (etcd's range_end for a prefix).
