@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ff/common/result.h"
 #include "ff/fs/kv.h"
@@ -27,7 +28,9 @@ struct RocksDbKvOptions {
 Result<std::unique_ptr<KvEngine>> open_rocksdb_kv(const RocksDbKvOptions& options);
 
 struct EtcdKvOptions {
-  std::string endpoint;            // "host:port" of an etcd v3 member (client URL without scheme)
+  std::string endpoint;  // "host:port" of an etcd v3 member (client URL without scheme)
+  // Other members of the same cluster: after an `unavailable` call the engine moves to the next.
+  std::vector<std::string> more_endpoints;
   std::string prefix = "/ff/kv/";  // every key is stored under this prefix
   int64_t timeout_ms = 5'000;      // deadline of each RPC
   // etcd's --max-txn-ops (128 by default): a commit needing more compares or writes than this fails

@@ -1,68 +1,22 @@
 #include "ff/fs/rpc/etcd_client.h"
 
-#include <mutex>
 #include <thread>
 #include <vector>
 
-#include <fmt/ranges.h>
 #include <grpcpp/grpcpp.h>
 
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
 #include "ff/common/clock.h"
+#include "ff/fs/rpc/etcd_channel.h"
 #include "ff/fs/rpc/grpc_status.h"
 
 namespace ff::fs::rpc {
 
-// The channel and its stubs, replaced together after an `unavailable` call: a channel whose first
-// connects were refused (etcd not yet listening) was seen to keep failing for many seconds after etcd
-// came up on the 2-core CPU machine, while a fresh channel connects at once.
-struct EtcdStubs {
-  std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<etcdserverpb::KV::Stub> kv;
-  std::unique_ptr<etcdserverpb::Lease::Stub> lease;
-};
-
 struct EtcdClient::Impl {
-  std::vector<std::string> targets;  // the cluster's members; one is used at a time
-  std::mutex mutex;                  // guards stubs and index (the stubs themselves are thread-safe)
-  std::shared_ptr<EtcdStubs> stubs;
-  size_t index = 0;  // targets[index] is the member `stubs` talks to
-
-  static std::shared_ptr<EtcdStubs> make_stubs(const std::string& target) {
-    // NOTE: short reconnect backoff: gRPC's default grows to 120 s, so a client that started before
-    // etcd (or saw it restart) would otherwise fail fast for seconds after etcd is back.
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    // The minimum backoff is also gRPC's connect timeout: keep it long enough for a loaded machine.
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-    auto stubs = std::make_shared<EtcdStubs>();
-    stubs->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-    stubs->kv = etcdserverpb::KV::NewStub(stubs->channel);
-    stubs->lease = etcdserverpb::Lease::NewStub(stubs->channel);
-    return stubs;
-  }
-
-  std::shared_ptr<EtcdStubs> current() {
-    std::lock_guard<std::mutex> lock(mutex);
-    return stubs;
-  }
-  // After `unavailable` on `used`: replaces the stubs with a fresh channel to the next member (the
-  // same one when there is one), once per failed channel (concurrent failures of one channel replace
-  // it once), for the next call.
-  void replace_after(const grpc::Status& status, const std::shared_ptr<EtcdStubs>& used) {
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return;
-    std::lock_guard<std::mutex> lock(mutex);
-    if (stubs != used) return;
-    index = (index + 1) % targets.size();
-    stubs = make_stubs(targets[index]);
-  }
+  std::unique_ptr<EtcdChannel> channel;
   template <typename Fn>
   grpc::Status call(Fn&& fn) {
-    std::shared_ptr<EtcdStubs> used = current();
-    grpc::Status status = fn(*used);
-    replace_after(status, used);
-    return status;
+    return channel->call(std::forward<Fn>(fn));
   }
 };
 
@@ -75,18 +29,10 @@ Result<std::unique_ptr<EtcdClient>> EtcdClient::connect(const std::string& endpo
 }
 
 Result<std::unique_ptr<EtcdClient>> EtcdClient::connect(const std::vector<std::string>& endpoints, int64_t timeout_ms) {
-  if (endpoints.empty())
-    return invalid_argument("etcd endpoints: none given (expected host:port, e.g. 127.0.0.1:2379)");
   if (timeout_ms <= 0) return invalid_argument("etcd timeout_ms={} must be positive", timeout_ms);
   auto impl = std::make_unique<Impl>();
-  for (const std::string& endpoint : endpoints) {
-    if (endpoint.empty() || endpoint.find(':') == std::string::npos) {
-      return invalid_argument("etcd endpoint '{}' is not host:port (e.g. 127.0.0.1:2379)", endpoint);
-    }
-    impl->targets.push_back(endpoint.starts_with("http://") ? endpoint.substr(7) : endpoint);
-  }
-  impl->stubs = Impl::make_stubs(impl->targets[0]);
-  std::string names = fmt::format("{}", fmt::join(impl->targets, ","));
+  FF_ASSIGN_OR_RETURN(impl->channel, EtcdChannel::open(endpoints));
+  std::string names = impl->channel->names();
   return std::unique_ptr<EtcdClient>(new EtcdClient(std::move(names), timeout_ms, std::move(impl)));
 }
 
@@ -256,7 +202,7 @@ Status EtcdClient::lease_revoke(int64_t lease) {
 Result<int64_t> EtcdClient::lease_keep_alive(int64_t lease) {
   grpc::ClientContext context;
   set_deadline(&context, timeout_ms_);
-  std::shared_ptr<EtcdStubs> stubs = impl_->current();
+  std::shared_ptr<EtcdStubs> stubs = impl_->channel->current();
   auto stream = stubs->lease->LeaseKeepAlive(&context);
   etcdserverpb::LeaseKeepAliveRequest request;
   request.set_id(lease);
@@ -264,7 +210,7 @@ Result<int64_t> EtcdClient::lease_keep_alive(int64_t lease) {
   bool ok = stream->Write(request) && stream->Read(&response);
   stream->WritesDone();
   grpc::Status status = stream->Finish();
-  impl_->replace_after(status, stubs);
+  impl_->channel->replace_after(status, stubs);
   if (!ok) {
     return from_grpc_status(status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream closed") : status,
                             fmt::format("etcd {} LeaseKeepAlive {:x}", endpoint_, lease));

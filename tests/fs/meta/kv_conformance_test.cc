@@ -416,6 +416,30 @@ TEST(EtcdKv, RejectsBadOptions) {
   EXPECT_EQ(open_etcd_kv(EtcdKvOptions{.endpoint = "nohost"}).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(open_etcd_kv(EtcdKvOptions{.endpoint = "127.0.0.1:1", .prefix = ""}).status().code(),
             StatusCode::kInvalidArgument);
+  EXPECT_EQ(open_etcd_kv(EtcdKvOptions{.endpoint = "127.0.0.1:1", .more_endpoints = {"nohost"}}).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+// A dead member among the endpoints: its `unavailable` moves the engine to the next member.
+TEST(EtcdKv, DeadMemberFailsOverToTheNextEndpoint) {
+  if (!rpc::testing::have_etcd()) GTEST_SKIP() << "etcd is not installed (Debian etcd-server); skipping";
+  auto server = EtcdServer::start();
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  const std::string dead = "127.0.0.1:" + std::to_string(rpc::testing::free_port());
+  auto engine = open_etcd_kv(
+      EtcdKvOptions{.endpoint = dead, .more_endpoints = {(*server)->endpoint()}, .prefix = "/failover/", .timeout_ms = 2000});
+  ASSERT_TRUE(engine.is_ok()) << engine.status();
+  auto first = (*engine)->begin();
+  ASSERT_TRUE(first.is_ok());
+  auto refused = (*first)->get("k");
+  ASSERT_FALSE(refused.is_ok());
+  EXPECT_EQ(refused.status().code(), StatusCode::kUnavailable) << refused.status();
+  EXPECT_NE(refused.status().message().find(dead), std::string::npos) << refused.status();
+  auto second = (*engine)->begin();
+  ASSERT_TRUE(second.is_ok());
+  (*second)->set("k", "v");
+  Status committed = (*second)->commit();
+  ASSERT_TRUE(committed.is_ok()) << committed;
 }
 
 }  // namespace

@@ -115,7 +115,9 @@ Result<Config> load_config(const std::string& path) {
 Result<std::unique_ptr<kv::KvEngine>> open_kv(const Config& config) {
   if (config.kv_kind == "rocksdb") return kv::open_rocksdb_kv({.path = config.kv_path, .sync = config.kv_sync});
   // NOTE: the etcd engine talks to one member; the others of the list are not used yet.
-  return kv::open_etcd_kv({.endpoint = config.kv_endpoints.front(), .prefix = config.kv_prefix});
+  return kv::open_etcd_kv({.endpoint = config.kv_endpoints.front(),
+                           .more_endpoints = {config.kv_endpoints.begin() + 1, config.kv_endpoints.end()},
+                           .prefix = config.kv_prefix});
 }
 
 meta::MetaConfig meta_config(const Config& config, std::vector<ChainId> chains) {

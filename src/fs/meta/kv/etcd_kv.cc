@@ -14,14 +14,15 @@
 #include "etcd/etcdserverpb/rpc.grpc.pb.h"
 #include "ff/common/assert.h"
 #include "ff/fs/kv_engines.h"
+#include "ff/fs/rpc/etcd_channel.h"
 #include "ff/fs/rpc/grpc_status.h"
 #include "txn_support.h"
 
 namespace ff::fs::kv {
 namespace {
 
-using internal::KeyRange;
 using internal::BufferedTransaction;
+using internal::KeyRange;
 using internal::WriteBuffer;
 
 class EtcdKv;
@@ -42,15 +43,15 @@ class EtcdTransaction final : public BufferedTransaction {
   void note_read(const std::string& key, int64_t mod_revision) { read_keys_.emplace(key, mod_revision); }
 
   EtcdKv& engine_;
-  int64_t revision_ = 0;  // 0 until the first read
+  int64_t revision_ = 0;                      // 0 until the first read
   std::map<std::string, int64_t> read_keys_;  // unprefixed key -> mod revision seen (0: absent)
   std::vector<KeyRange> read_ranges_;         // unprefixed
 };
 
 class EtcdKv final : public KvEngine {
  public:
-  EtcdKv(EtcdKvOptions options, std::shared_ptr<grpc::Channel> channel)
-      : options_(std::move(options)), channel_(std::move(channel)), stub_(etcdserverpb::KV::NewStub(channel_)) {}
+  EtcdKv(EtcdKvOptions options, std::unique_ptr<rpc::EtcdChannel> channel)
+      : options_(std::move(options)), channel_(std::move(channel)) {}
 
   Result<std::unique_ptr<Transaction>> begin() override {
     return std::unique_ptr<Transaction>(new EtcdTransaction(*this));
@@ -70,14 +71,13 @@ class EtcdKv final : public KvEngine {
   Status convert(const grpc::Status& status, std::string_view what) const {
     // A snapshot revision compacted away: the transaction can only start over.
     if (status.error_message().find("compacted") != std::string::npos) {
-      return kv_conflict(fmt::format("etcd {} {}: {}", options_.endpoint, what, status.error_message()));
+      return kv_conflict(fmt::format("etcd {} {}: {}", channel_->names(), what, status.error_message()));
     }
-    return rpc::from_grpc_status(status, fmt::format("etcd {} {}", options_.endpoint, what));
+    return rpc::from_grpc_status(status, fmt::format("etcd {} {}", channel_->names(), what));
   }
 
   EtcdKvOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<etcdserverpb::KV::Stub> stub_;
+  std::unique_ptr<rpc::EtcdChannel> channel_;
 };
 
 Result<std::vector<mvccpb::KeyValue>> EtcdTransaction::read(std::string_view begin, std::string_view end,
@@ -92,7 +92,8 @@ Result<std::vector<mvccpb::KeyValue>> EtcdTransaction::read(std::string_view beg
   etcdserverpb::RangeResponse response;
   grpc::ClientContext context;
   engine_.set_deadline(&context);
-  grpc::Status status = engine_.stub_->Range(&context, request, &response);
+  grpc::Status status =
+      engine_.channel_->call([&](rpc::EtcdStubs& stubs) { return stubs.kv->Range(&context, request, &response); });
   if (!status.ok()) return engine_.convert(status, fmt::format("Range '{}'", internal::printable_key(begin)));
   if (revision_ == 0) revision_ = response.header().revision();
   std::vector<mvccpb::KeyValue> rows(response.kvs().begin(), response.kvs().end());
@@ -120,7 +121,8 @@ Result<std::optional<std::string>> EtcdTransaction::get(std::string_view key) {
   etcdserverpb::RangeResponse response;
   grpc::ClientContext context;
   engine_.set_deadline(&context);
-  grpc::Status status = engine_.stub_->Range(&context, request, &response);
+  grpc::Status status =
+      engine_.channel_->call([&](rpc::EtcdStubs& stubs) { return stubs.kv->Range(&context, request, &response); });
   if (!status.ok()) return engine_.convert(status, fmt::format("Range '{}'", internal::printable_key(key)));
   if (revision_ == 0) revision_ = response.header().revision();
   if (response.kvs_size() == 0) {
@@ -224,7 +226,8 @@ Status EtcdTransaction::commit() {
   etcdserverpb::TxnResponse response;
   grpc::ClientContext context;
   engine_.set_deadline(&context);
-  grpc::Status status = engine_.stub_->Txn(&context, request, &response);
+  grpc::Status status =
+      engine_.channel_->call([&](rpc::EtcdStubs& stubs) { return stubs.kv->Txn(&context, request, &response); });
   if (!status.ok()) return engine_.convert(status, "Txn");
   if (!response.succeeded()) {
     return kv_conflict(fmt::format("etcd: a key or range among {} compares changed after revision {}",
@@ -237,22 +240,13 @@ Status EtcdTransaction::commit() {
 }  // namespace
 
 Result<std::unique_ptr<KvEngine>> open_etcd_kv(const EtcdKvOptions& options) {
-  std::string target = options.endpoint;
-  if (target.starts_with("http://")) target = target.substr(7);
-  if (target.empty() || target.find(':') == std::string::npos) {
-    return invalid_argument("etcd endpoint '{}' is not host:port (e.g. 127.0.0.1:2379)", options.endpoint);
-  }
   if (options.prefix.empty()) return invalid_argument("etcd KV prefix is empty; use e.g. \"/ff/kv/\"");
   if (options.timeout_ms <= 0) return invalid_argument("etcd KV timeout_ms={} must be positive", options.timeout_ms);
   if (options.max_txn_ops == 0) return invalid_argument("etcd KV max_txn_ops must be positive");
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  EtcdKvOptions normalized = options;
-  normalized.endpoint = target;
-  return std::unique_ptr<KvEngine>(new EtcdKv(std::move(normalized), std::move(channel)));
+  std::vector<std::string> endpoints{options.endpoint};
+  endpoints.insert(endpoints.end(), options.more_endpoints.begin(), options.more_endpoints.end());
+  FF_ASSIGN_OR_RETURN(std::unique_ptr<rpc::EtcdChannel> channel, rpc::EtcdChannel::open(endpoints));
+  return std::unique_ptr<KvEngine>(new EtcdKv(options, std::move(channel)));
 }
 
 }  // namespace ff::fs::kv
