@@ -478,7 +478,7 @@ def test_usrbio_ring_registered_through_the_mount(cluster: LocalCluster, mnt: pa
     assert os.listdir(mount / ".ff") == ["usrbio"]
     data = os.urandom(8 * MiB)
     (mnt / "ring.bin").write_bytes(data)
-    name = f"fsfuse-test-{os.getpid()}"
+    name = f"ff-fuse-test-{os.getpid()}"
     iov = usrbio.Iov(name, 16 * MiB)
     ior = usrbio.Ior(name, iov, entries=64)
     fd = os.open(mnt / "ring.bin", os.O_RDONLY)

@@ -92,7 +92,7 @@ struct Caller {
   bool in_group(uint32_t group) const;
 };
 
-// Storage-side operations the metadata service needs; implemented over fscore's StorageClient (its
+// Storage-side operations the metadata service needs; implemented over the storage layer's StorageClient (its
 // query_last_chunk / remove_range) by the client library, and by fakes in tests. Calls happen outside
 // KV transactions and may block on I/O.
 class FileStorage {

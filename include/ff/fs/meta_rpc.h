@@ -1,6 +1,6 @@
 // The metadata service over the network (ff-meta, issue #6 item 2): the gRPC server that exposes a
 // meta::MetaApi (a MetaService in ff-meta), RemoteMeta, the MetaApi client over one or more ff-meta
-// addresses, and StorageFiles, the meta::FileStorage over fscore's StorageClient that makes file
+// addresses, and StorageFiles, the meta::FileStorage over the storage layer's StorageClient that makes file
 // lengths exact and removes chunks.
 //
 //   auto meta = RemoteMeta::connect({.addresses = {"10.0.0.1:9300", "10.0.0.2:9300"}});

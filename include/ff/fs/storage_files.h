@@ -1,4 +1,4 @@
-// meta::FileStorage over fscore's StorageClient: the one implementation used by ff-meta (through
+// meta::FileStorage over the storage layer's StorageClient: the one implementation used by ff-meta (through
 // meta_rpc.h) and by the native FileClient (FileClient::file_storage(), hence EmbeddedFs and ff-fuse's
 // embedded metadata). Library ff::fs_storage_files (src/fs/meta_rpc/storage_files.cc).
 //

@@ -128,7 +128,7 @@ class SignalThread {
 };
 
 #ifdef FF_FUSE_HAVE_USRBIO
-// The virtual directory .ff/usrbio/ over fsusrbio's registry: rings of other processes served with
+// The virtual directory .ff/usrbio/ over the USRBIO registry: rings of other processes served with
 // batched I/O through this daemon's FileClient.
 class UsrbioRings final : public fuse::RingRegistry {
  public:
