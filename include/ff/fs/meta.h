@@ -206,6 +206,13 @@ class MetaApi {
   // file stays readable (its inode and chunks are kept) until its last session closes. Write sessions
   // make the length exact on close (FileStorage::file_length, else the client's report).
   virtual Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client) = 0;
+  // create + open in one transaction: the new regular file (as create), opened with `flags` (kOpenRead /
+  // kOpenWrite; kOpenTruncate first clears storage under the new id, as create + open(O_TRUNC) did) for
+  // `client`. The creating open is not checked against the new
+  // file's mode (POSIX: open(O_CREAT) of a 0444 file for writing succeeds for its creator).
+  // Default: create, then open (two transactions, and open checks the mode).
+  virtual Result<OpenFile> create_open(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode,
+                                       uint32_t flags, uint64_t client);
   // length_hint: the end of the client's writes; 0 when it did not write (then the length is left as it is,
   // without asking storage).
   virtual Status close(InodeId inode, uint64_t session, uint64_t length_hint) = 0;
@@ -252,6 +259,8 @@ class MetaService final : public MetaApi {
   Result<StatFs> statfs() override;
 
   Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client) override;
+  Result<OpenFile> create_open(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode,
+                               uint32_t flags, uint64_t client) override;
   Status close(InodeId inode, uint64_t session, uint64_t length_hint) override;
   Result<Inode> sync(InodeId inode, uint64_t length_hint) override;
   Status report_length(InodeId inode, uint64_t length) override;
@@ -283,6 +292,11 @@ class MetaService final : public MetaApi {
  private:
   struct Impl;
   MetaService(MetaConfig config, std::unique_ptr<Impl> impl);
+  // A regular file's inode (id, mode, times, layout) not yet in the store.
+  Result<Inode> new_file_node(uint32_t mode);
+  static Status check_open_flags(uint32_t flags, uint64_t client);
+  uint64_t new_session_id();
+  void record_session(kv::Transaction& txn, InodeId id, uint64_t session, uint64_t client, bool write);
   MetaConfig config_;
   std::unique_ptr<Impl> impl_;
 };

@@ -125,6 +125,8 @@ class RemoteMeta final : public MetaApi {
   Result<StatFs> statfs() override;
 
   Result<OpenFile> open(const Caller& caller, InodeId inode, uint32_t flags, uint64_t client) override;
+  Result<OpenFile> create_open(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode,
+                               uint32_t flags, uint64_t client) override;
   Status close(InodeId inode, uint64_t session, uint64_t length_hint) override;
   Result<Inode> sync(InodeId inode, uint64_t length_hint) override;
   Status report_length(InodeId inode, uint64_t length) override;

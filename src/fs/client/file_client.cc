@@ -162,6 +162,12 @@ struct FileClient::Impl {
 
   Result<FileHandle> open_inode(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) {
     FF_ASSIGN_OR_RETURN(meta::OpenFile opened, meta.open(caller, inode, flags, config.client_id));
+    return adopt(std::move(opened), flags);
+  }
+
+  // A handle for a session meta opened (open or create_open).
+  Result<FileHandle> adopt(meta::OpenFile opened, uint32_t flags) {
+    const meta::InodeId inode = opened.inode.id;
     if (opened.inode.type != meta::FileType::kRegular) {
       (void)meta.close(inode, opened.session, 0);
       if (opened.inode.type == meta::FileType::kDirectory) {
@@ -610,8 +616,10 @@ Result<FileHandle> FileClient::open(const meta::Caller& caller, meta::InodeId in
 
 Result<FileHandle> FileClient::create(const meta::Caller& caller, meta::InodeId parent, std::string_view name,
                                       uint32_t mode, uint32_t flags) {
-  FF_ASSIGN_OR_RETURN(meta::Inode created, impl_->meta.create(caller, parent, name, mode));
-  return impl_->open_inode(caller, created.id, flags);
+  // One meta transaction for both (the creating open is not checked against the new file's mode).
+  FF_ASSIGN_OR_RETURN(meta::OpenFile opened,
+                      impl_->meta.create_open(caller, parent, name, mode, flags, impl_->config.client_id));
+  return impl_->adopt(std::move(opened), flags);
 }
 
 Result<size_t> FileClient::read(FileHandle handle, uint64_t offset, std::span<std::byte> out) {

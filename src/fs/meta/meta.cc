@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -415,8 +416,9 @@ Result<Inode> MetaService::resolve(const Caller& caller, std::string_view path, 
 }
 
 namespace {
+// in_txn (optional) adds its writes to the same transaction (create_open's session).
 Status make_node(kv::KvEngine& engine, const kv::RetryOptions& retry, const Caller& caller, InodeId parent,
-                 std::string_view name, Inode& node) {
+                 std::string_view name, Inode& node, const std::function<void(Transaction&)>& in_txn = {}) {
   return run(engine, retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(Inode dir, load_dir(txn, parent));
     FF_RETURN_IF_ERROR(check_access(caller, dir, kWrite | kExec));
@@ -437,6 +439,7 @@ Status make_node(kv::KvEngine& engine, const kv::RetryOptions& retry, const Call
     }
     store_inode(txn, node);
     txn.set(codec::dentry_key(parent, name), codec::encode_dentry({node.id, node.type}));
+    if (in_txn) in_txn(txn);
     return Status::ok();
   });
 }
@@ -465,6 +468,29 @@ static Result<InodeId> allocate_inode_id(kv::KvEngine& engine, const MetaConfig&
 
 Result<Inode> MetaService::create(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) {
   FF_RETURN_IF_ERROR(validate_name(name));
+  FF_ASSIGN_OR_RETURN(Inode node, new_file_node(mode));
+  FF_RETURN_IF_ERROR(make_node(impl_->engine, config_.retry, caller, parent, name, node));
+  return node;
+}
+
+Result<OpenFile> MetaService::create_open(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode,
+                                          uint32_t flags, uint64_t client) {
+  FF_RETURN_IF_ERROR(validate_name(name));
+  FF_RETURN_IF_ERROR(check_open_flags(flags, client));
+  FF_ASSIGN_OR_RETURN(Inode node, new_file_node(mode));
+  if ((flags & kOpenTruncate) && impl_->storage != nullptr) {
+    // Within one namespace a new inode id has no data; O_TRUNC still clears whatever storage holds
+    // under it (another namespace on the same storage cluster), as create + open(O_TRUNC) did.
+    FF_RETURN_IF_ERROR(impl_->storage->truncate(node, 0));
+  }
+  const bool write = (flags & kOpenWrite) != 0;
+  const uint64_t session = new_session_id();
+  FF_RETURN_IF_ERROR(make_node(impl_->engine, config_.retry, caller, parent, name, node,
+                               [&](Transaction& txn) { record_session(txn, node.id, session, client, write); }));
+  return OpenFile{node, session};
+}
+
+Result<Inode> MetaService::new_file_node(uint32_t mode) {
   FF_ASSIGN_OR_RETURN(InodeId id,
                       allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
   Inode node;
@@ -489,7 +515,6 @@ Result<Inode> MetaService::create(const Caller& caller, InodeId parent, std::str
   for (size_t i = node.layout.chains.size(); i > 1; --i) {
     std::swap(node.layout.chains[i - 1], node.layout.chains[shuffle() % i]);
   }
-  FF_RETURN_IF_ERROR(make_node(impl_->engine, config_.retry, caller, parent, name, node));
   return node;
 }
 
@@ -830,10 +855,33 @@ Result<Inode> MetaService::setattr(const Caller& caller, InodeId id, const SetAt
 
 // ---------------------------------------------------------------------------------------- open files
 
-Result<OpenFile> MetaService::open(const Caller& caller, InodeId id, uint32_t flags, uint64_t client) {
+Result<OpenFile> MetaApi::create_open(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode,
+                                      uint32_t flags, uint64_t client) {
+  FF_ASSIGN_OR_RETURN(Inode created, create(caller, parent, name, mode));
+  return open(caller, created.id, flags, client);
+}
+
+Status MetaService::check_open_flags(uint32_t flags, uint64_t client) {
   if ((flags & (kOpenRead | kOpenWrite)) == 0) return error(EINVAL, "open flags name neither read nor write");
   if ((flags & kOpenTruncate) && !(flags & kOpenWrite)) return error(EINVAL, "O_TRUNC needs write access");
   if (client == 0) return error(EINVAL, "client id 0 is reserved");
+  return Status::ok();
+}
+
+uint64_t MetaService::new_session_id() {
+  return impl_->session_base | (impl_->session_counter.fetch_add(1) & 0xffffffffull);
+}
+
+void MetaService::record_session(Transaction& txn, InodeId id, uint64_t session, uint64_t client, bool write) {
+  const int64_t lease_until = impl_->clock->now_ms() + config_.client_lease_ms;
+  codec::Session record{client, write, impl_->clock->now_ms()};
+  txn.set(codec::session_key(id, session), codec::encode_session(record));
+  txn.set(codec::client_session_key(client, id, session), "");
+  txn.set(codec::lease_key(client), codec::encode_u64(static_cast<uint64_t>(lease_until)));
+}
+
+Result<OpenFile> MetaService::open(const Caller& caller, InodeId id, uint32_t flags, uint64_t client) {
+  FF_RETURN_IF_ERROR(check_open_flags(flags, client));
   bool write = (flags & kOpenWrite) != 0;
   if (flags & kOpenTruncate) {
     SetAttr truncate;
@@ -841,8 +889,7 @@ Result<OpenFile> MetaService::open(const Caller& caller, InodeId id, uint32_t fl
     FF_ASSIGN_OR_RETURN(Inode ignored, setattr(caller, id, truncate));
     (void)ignored;
   }
-  uint64_t session = impl_->session_base | (impl_->session_counter.fetch_add(1) & 0xffffffffull);
-  int64_t lease_until = impl_->clock->now_ms() + config_.client_lease_ms;
+  const uint64_t session = new_session_id();
   OpenFile opened;
   FF_RETURN_IF_ERROR(run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
@@ -851,10 +898,7 @@ Result<OpenFile> MetaService::open(const Caller& caller, InodeId id, uint32_t fl
     if (inode.nlink == 0) return error(ENOENT, fmt::format("inode {} was unlinked", id));
     uint32_t mask = ((flags & kOpenRead) ? kRead : 0) | (write ? kWrite : 0);
     FF_RETURN_IF_ERROR(check_access(caller, inode, mask));
-    codec::Session record{client, write, impl_->clock->now_ms()};
-    txn.set(codec::session_key(id, session), codec::encode_session(record));
-    txn.set(codec::client_session_key(client, id, session), "");
-    txn.set(codec::lease_key(client), codec::encode_u64(static_cast<uint64_t>(lease_until)));
+    record_session(txn, id, session, client, write);
     opened = OpenFile{inode, session};
     return Status::ok();
   }));

@@ -123,6 +123,7 @@ const char* op_name(pb::MetaRequest::OpCase op) {
     case pb::MetaRequest::kSync: return "sync";
     case pb::MetaRequest::kReportLength: return "report_length";
     case pb::MetaRequest::kRenewClient: return "renew_client";
+    case pb::MetaRequest::kCreateOpen: return "create_open";
     case pb::MetaRequest::OP_NOT_SET: return "none";
   }
   return "unknown";

@@ -179,6 +179,14 @@ struct RemoteMeta::Impl {
     return (inode.mode & ~ignored) == (mode & 07777 & ~ignored);
   }
 
+  // Whether `existing` is what a create-like call of `caller` that began at began_ns asked for.
+  bool made_by(const Caller& caller, const Inode& existing, FileType type, uint32_t mode, std::string_view target,
+               int64_t began_ns) const {
+    return existing.type == type && existing.uid == caller.uid &&
+           (type == FileType::kSymlink ? existing.symlink_target == target : same_mode(existing, mode)) &&
+           existing.ctime_ns >= began_ns - options.recovery_clock_skew_ms * 1'000'000;
+  }
+
   // A create-like call (create, mknod, mkdir, symlink): after an ambiguous attempt, EEXIST is success
   // when the name holds what we asked for, made since we began (see meta_rpc.h).
   Result<Inode> create_like(const Caller& caller, const pb::MetaRequest& request, InodeId parent, std::string_view name,
@@ -188,11 +196,7 @@ struct RemoteMeta::Impl {
     Result<Inode> result = inode_of(request, &ambiguous);
     if (result.is_ok() || !ambiguous || errno_of(result.status()) != EEXIST) return result;
     auto existing = lookup(caller, parent, name);
-    if (!existing.is_ok()) return result;
-    bool ours = existing->type == type && existing->uid == caller.uid &&
-                (type == FileType::kSymlink ? existing->symlink_target == target : same_mode(*existing, mode)) &&
-                existing->ctime_ns >= began_ns - options.recovery_clock_skew_ms * 1'000'000;
-    if (!ours) return result;
+    if (!existing.is_ok() || !made_by(caller, *existing, type, mode, target, began_ns)) return result;
     note_recovered();
     FF_LOG_INFO(
         "meta {} '{}' in {}: a lost reply; the name holds inode {} made since the first attempt, taken "
@@ -401,6 +405,35 @@ Result<OpenFile> RemoteMeta::open(const Caller& caller, InodeId inode, uint32_t 
   FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
   if (!response.has_open()) return internal_error("meta open: reply without a session");
   return OpenFile{wire::from_proto(response.open().inode()), response.open().session()};
+}
+
+// After a lost reply, EEXIST means the first attempt may have made the file (and a session that its
+// lease will reclaim): when the name holds our new file (create's rule), it is opened with a plain open.
+Result<OpenFile> RemoteMeta::create_open(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode,
+                                         uint32_t flags, uint64_t client) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_create_open();
+  op->set_parent(parent);
+  op->set_name(std::string(name));
+  op->set_mode(mode);
+  op->set_flags(flags);
+  op->set_client(client);
+  const int64_t began_ns = wall_now_ns();
+  bool ambiguous = false;
+  Result<pb::MetaResponse> response = impl_->run(request, &ambiguous);
+  if (response.is_ok()) {
+    if (!response->has_open()) return internal_error("meta create_open: reply without a session");
+    return OpenFile{wire::from_proto(response->open().inode()), response->open().session()};
+  }
+  if (!ambiguous || errno_of(response.status()) != EEXIST) return response.status();
+  auto existing = lookup(caller, parent, name);
+  if (!existing.is_ok() || !impl_->made_by(caller, *existing, FileType::kRegular, mode, "", began_ns)) {
+    return response.status();
+  }
+  impl_->note_recovered();
+  FF_LOG_INFO("meta create_open '{}' in {}: a lost reply; inode {} made since the first attempt, opened again", name,
+              parent, existing->id);
+  return open(caller, existing->id, flags, client);
 }
 
 Status RemoteMeta::close(InodeId inode, uint64_t session, uint64_t length_hint) {

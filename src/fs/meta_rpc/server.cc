@@ -32,6 +32,13 @@ void put_status(const Status& status, pb::MetaResponse* response) {
   if (status.is_ok()) response->mutable_empty();
 }
 
+void put_open(const Result<OpenFile>& opened, pb::MetaResponse* response) {
+  wire::set_status(opened.status(), response);
+  if (!opened.is_ok()) return;
+  wire::to_proto(opened->inode, response->mutable_open()->mutable_inode());
+  response->mutable_open()->set_session(opened->session);
+}
+
 // Runs one request against `api`. Pure translation: no retries here (the service retries conflicts).
 void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* response) {
   const Caller caller = wire::from_proto(request.caller());
@@ -124,13 +131,11 @@ void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* res
     }
     case pb::MetaRequest::kOpen: {
       const auto& op = request.open();
-      auto opened = api.open(caller, op.inode(), op.flags(), op.client());
-      wire::set_status(opened.status(), response);
-      if (opened.is_ok()) {
-        wire::to_proto(opened->inode, response->mutable_open()->mutable_inode());
-        response->mutable_open()->set_session(opened->session);
-      }
-      return;
+      return put_open(api.open(caller, op.inode(), op.flags(), op.client()), response);
+    }
+    case pb::MetaRequest::kCreateOpen: {
+      const auto& op = request.create_open();
+      return put_open(api.create_open(caller, op.parent(), op.name(), op.mode(), op.flags(), op.client()), response);
     }
     case pb::MetaRequest::kClose: {
       const auto& op = request.close();

@@ -308,6 +308,17 @@ TEST_F(FileClientTest, ErrnoCases) {
   EXPECT_EQ(errno_of(client_->open(kRoot, dir->id, meta::kOpenRead | meta::kOpenWrite).status()), EISDIR);
   EXPECT_EQ(errno_of(client_->open(kRoot, dir->id, meta::kOpenRead).status()), EISDIR);
   EXPECT_EQ(errno_of(client_->open(kRoot, 987654321, meta::kOpenRead).status()), ENOENT);
+
+  // POSIX: the creating open may write a file whose new mode denies writing; a later open may not.
+  auto read_only = client_->create(alice, dir->id, "read-only", 0444, meta::kOpenWrite);
+  ASSERT_TRUE(read_only.is_ok()) << read_only.status();
+  auto written = client_->write(*read_only, 0, buffer);
+  ASSERT_TRUE(written.is_ok()) << written.status();
+  ASSERT_TRUE(client_->close(*read_only).is_ok());
+  auto made = cluster_->meta().lookup(alice, dir->id, "read-only");
+  ASSERT_TRUE(made.is_ok());
+  EXPECT_EQ(made->length, buffer.size());
+  EXPECT_EQ(errno_of(client_->open(alice, made->id, meta::kOpenWrite).status()), EACCES);
 }
 
 TEST_F(FileClientTest, UnlinkedOpenFileStaysReadableUntilClosed) {

@@ -468,6 +468,30 @@ TEST_P(MetaTest, OpenChecks) {
   EXPECT_TRUE(meta().open(kRoot, file.id, kOpenWrite, 1).is_ok());  // root ignores write bits
 }
 
+// create_open: the file and its session in one step; the creating open ignores the new file's mode.
+TEST_P(MetaTest, CreateOpenMakesTheFileAndItsSession) {
+  Inode dir = must(meta().mkdir(kRoot, kRootInode, "shared", 0777));
+  auto opened = meta().create_open(kAlice, dir.id, "ro", 0444, kOpenWrite, 7);
+  ASSERT_TRUE(opened.is_ok()) << opened.status();
+  EXPECT_EQ(opened->inode.type, FileType::kRegular);
+  EXPECT_EQ(opened->inode.mode, 0444u);
+  EXPECT_EQ(opened->inode.uid, kAlice.uid);
+  EXPECT_FALSE(opened->inode.layout.chains.empty());
+  EXPECT_EQ(must(meta().lookup(kAlice, dir.id, "ro")).id, opened->inode.id);
+  EXPECT_EQ(*service().session_count(opened->inode.id), 1u);
+  EXPECT_ERRNO(meta().open(kAlice, opened->inode.id, kOpenWrite, 7), EACCES);  // a later open is checked
+  ASSERT_TRUE(meta().close(opened->inode.id, opened->session, 0).is_ok());
+  EXPECT_EQ(*service().session_count(opened->inode.id), 0u);
+  EXPECT_ERRNO(meta().create_open(kAlice, dir.id, "ro", 0644, kOpenWrite, 7), EEXIST);
+  EXPECT_ERRNO(meta().create_open(kAlice, dir.id, "x", 0644, 0, 7), EINVAL);
+  EXPECT_ERRNO(meta().create_open(kAlice, dir.id, "x", 0644, kOpenWrite, 0), EINVAL);
+  EXPECT_ERRNO(meta().create_open(kAlice, dir.id, "a/b", 0644, kOpenWrite, 7), EINVAL);
+  Inode closed = must(meta().mkdir(kRoot, kRootInode, "closed", 0755));
+  EXPECT_ERRNO(meta().create_open(kAlice, closed.id, "x", 0644, kOpenWrite, 7), EACCES);
+  EXPECT_ERRNO(meta().lookup(kRoot, closed.id, "x"), ENOENT);  // nothing left behind
+  expect_consistent();
+}
+
 TEST_P(MetaTest, StatfsAndErrnoHelpers) {
   auto stat = meta().statfs();
   ASSERT_TRUE(stat.is_ok());

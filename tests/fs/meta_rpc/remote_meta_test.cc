@@ -57,6 +57,10 @@ class StallingApi final : public MetaApi {
   Result<Inode> create(const Caller& c, InodeId p, std::string_view n, uint32_t m) override {
     return wrap([&] { return inner_.create(c, p, n, m); });
   }
+  Result<OpenFile> create_open(const Caller& c, InodeId p, std::string_view n, uint32_t m, uint32_t f,
+                               uint64_t client) override {
+    return wrap([&] { return inner_.create_open(c, p, n, m, f, client); });
+  }
   Result<Inode> mknod(const Caller& c, InodeId p, std::string_view n, FileType t, uint32_t m, uint32_t r) override {
     return wrap([&] { return inner_.mknod(c, p, n, t, m, r); });
   }
@@ -284,6 +288,16 @@ TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
   ASSERT_TRUE(remote->close(file->id, opened->session, 0).is_ok());
   EXPECT_EQ(remote->stats().recovered, ++recovered);
   EXPECT_EQ(*service_->session_count(file->id), 0u);
+
+  // create_open: the first attempt made the file and a session; the repeat's EEXIST is taken as ours
+  // and the file opened again (the first session stays until the client's lease ends).
+  lose_next_reply();
+  auto made = remote->create_open(kAlice, kRootInode, "made-open", 0600, kOpenWrite, 77);
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  EXPECT_EQ(made->inode.id, service_->lookup(kRoot, kRootInode, "made-open")->id);
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+  EXPECT_EQ(*service_->session_count(made->inode.id), 2u);
+  ASSERT_TRUE(remote->close(made->inode.id, made->session, 0).is_ok());
 
   // Not ours: a name someone else made earlier stays EEXIST even after a lost reply.
   ASSERT_TRUE(service_->create(kBob, kRootInode, "bobs", 0644).is_ok());
