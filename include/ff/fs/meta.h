@@ -292,7 +292,9 @@ class MetaService final : public MetaApi {
  private:
   struct Impl;
   MetaService(MetaConfig config, std::unique_ptr<Impl> impl);
-  // A regular file's inode (id, mode, times, layout) not yet in the store.
+  // An inode not yet in the store: a fresh id, type, mode (07777 bits), link count, times now.
+  Result<Inode> new_node(FileType type, uint32_t mode, uint32_t nlink);
+  // A regular file's inode with its layout, not yet in the store.
   Result<Inode> new_file_node(uint32_t mode);
   static Status check_open_flags(uint32_t flags, uint64_t client);
   uint64_t new_session_id();

@@ -490,15 +490,20 @@ Result<OpenFile> MetaService::create_open(const Caller& caller, InodeId parent, 
   return OpenFile{node, session};
 }
 
-Result<Inode> MetaService::new_file_node(uint32_t mode) {
+Result<Inode> MetaService::new_node(FileType type, uint32_t mode, uint32_t nlink) {
   FF_ASSIGN_OR_RETURN(InodeId id,
                       allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
   Inode node;
   node.id = id;
-  node.type = FileType::kRegular;
+  node.type = type;
   node.mode = mode & 07777;
-  node.nlink = 1;
+  node.nlink = nlink;
   node.atime_ns = node.mtime_ns = node.ctime_ns = wall_now_ns();
+  return node;
+}
+
+Result<Inode> MetaService::new_file_node(uint32_t mode) {
+  FF_ASSIGN_OR_RETURN(Inode node, new_node(FileType::kRegular, mode, 1));
   // Layout: `stripe` chains from a round-robin start, shuffled by the file's own seed.
   node.layout.chain_table = config_.chain_table;
   node.layout.chunk_size = config_.chunk_size;
@@ -528,29 +533,15 @@ Result<Inode> MetaService::mknod(const Caller& caller, InodeId parent, std::stri
   if ((type == FileType::kCharDevice || type == FileType::kBlockDevice) && caller.uid != 0) {
     return error(EPERM, fmt::format("uid {} may not create device files", caller.uid));
   }
-  FF_ASSIGN_OR_RETURN(InodeId id,
-                      allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
-  Inode node;
-  node.id = id;
-  node.type = type;
-  node.mode = mode & 07777;
-  node.nlink = 1;
+  FF_ASSIGN_OR_RETURN(Inode node, new_node(type, mode, 1));
   node.rdev = rdev;
-  node.atime_ns = node.mtime_ns = node.ctime_ns = wall_now_ns();
   FF_RETURN_IF_ERROR(make_node(impl_->engine, config_.retry, caller, parent, name, node));
   return node;
 }
 
 Result<Inode> MetaService::mkdir(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode) {
   FF_RETURN_IF_ERROR(validate_name(name));
-  FF_ASSIGN_OR_RETURN(InodeId id,
-                      allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
-  Inode node;
-  node.id = id;
-  node.type = FileType::kDirectory;
-  node.mode = mode & 07777;
-  node.nlink = 2;
-  node.atime_ns = node.mtime_ns = node.ctime_ns = wall_now_ns();
+  FF_ASSIGN_OR_RETURN(Inode node, new_node(FileType::kDirectory, mode, 2));
   FF_RETURN_IF_ERROR(make_node(impl_->engine, config_.retry, caller, parent, name, node));
   return node;
 }
@@ -561,16 +552,9 @@ Result<Inode> MetaService::symlink(const Caller& caller, InodeId parent, std::st
   if (target.empty()) return error(ENOENT, "symlink target is empty");
   if (target.size() > 4095) return error(ENAMETOOLONG, fmt::format("symlink target of {} bytes > 4095", target.size()));
   if (target.find('\0') != std::string_view::npos) return error(EINVAL, "symlink target contains a NUL byte");
-  FF_ASSIGN_OR_RETURN(InodeId id,
-                      allocate_inode_id(impl_->engine, config_, impl_->id_mutex, impl_->next_id, impl_->end_id));
-  Inode node;
-  node.id = id;
-  node.type = FileType::kSymlink;
-  node.mode = 0777;
-  node.nlink = 1;
+  FF_ASSIGN_OR_RETURN(Inode node, new_node(FileType::kSymlink, 0777, 1));
   node.symlink_target = std::string(target);
   node.length = target.size();
-  node.atime_ns = node.mtime_ns = node.ctime_ns = wall_now_ns();
   FF_RETURN_IF_ERROR(make_node(impl_->engine, config_.retry, caller, parent, name, node));
   return node;
 }
