@@ -91,6 +91,7 @@ def cos_diff(x, y) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="lengths 4K and 8K, fixed only")
+    parser.add_argument("--h-q", type=int, nargs="+", default=[16, 128], help="query heads to run")
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=pathlib.Path, default=None)
@@ -147,7 +148,7 @@ def main() -> int:
             valid = positions[None, :] < seqlens_gpu[:, None]  # (b, L_max)
             dense.masked_fill_(~valid[:, None, :, None], 0)
             for s_q in (1, 2):
-                for h_q in (16, 128):
+                for h_q in args.h_q:
                     q = torch.randn((BATCH, s_q, h_q, 576), dtype=torch.bfloat16, device="cuda")
                     metadata, splits = mla.get_mla_metadata(seqlens_gpu, s_q * h_q, 1, num_sms=num_sms)
                     flops = 2.0 * s_q * total * h_q * (576 + 512)
@@ -180,21 +181,32 @@ def main() -> int:
                         return torch.bmm(weights, keys[..., :512])
 
                     figures = {}
-                    for name, function, kv_bytes_per_token in (
-                        ("ours_bf16", lambda: ours(False), 576 * 2),
-                        ("ours_fp8", lambda: ours(True), 656),
-                        ("torch_sdpa", sdpa, 576 * 2),
-                        ("torch_bmm_softmax", bmm_softmax, 576 * 2),
-                    ):
+                    candidates = [
+                        ("ours_bf16", lambda: ours(False), 576 * 2, None),
+                        ("ours_fp8", lambda: ours(True), 656, None),
+                        ("torch_sdpa", sdpa, 576 * 2, None),
+                        ("torch_bmm_softmax", bmm_softmax, 576 * 2, None),
+                    ]
+                    if s_q * h_q >= 64:
+                        # The mma.sync kernels on the shapes the WGMMA kernel now takes (FF_MLA_KERNEL).
+                        candidates += [("ours_bf16_mma_sync", lambda: ours(False), 576 * 2, "mma_sync"),
+                                       ("ours_fp8_mma_sync", lambda: ours(True), 656, "mma_sync")]
+                    for name, function, kv_bytes_per_token, forced_kernel in candidates:
+                        if forced_kernel:
+                            os.environ["FF_MLA_KERNEL"] = forced_kernel
                         try:
                             ms = time_graph(function, args.calls, args.repeats)
                         except Exception as error:  # a baseline that cannot run this shape is reported, not fatal
                             figures[name] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
                             torch.cuda.synchronize()
                             continue
+                        finally:
+                            os.environ.pop("FF_MLA_KERNEL", None)
                         moved = total * kv_bytes_per_token + io_bytes
                         figures[name] = {"ms": round(ms, 4), "GB/s": round(moved / ms / 1e6, 1),
                                          "TFLOPS": round(flops / ms / 1e9, 1)}
+                        if name.startswith("ours"):
+                            figures[name]["kernel"] = mla.last_cuda_kernel()
                     if args.probe and s_q == 1:
                         # The load pipeline alone (FF_MLA_PROBE_LOADS_ONLY): the memory ceiling of the design.
                         os.environ["FF_MLA_PROBE_LOADS_ONLY"] = "1"
@@ -229,7 +241,9 @@ def main() -> int:
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "torch": torch.__version__,
                 "timing": f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats}",
-                "kernel": "mma.sync m16n8k16 + cp.async; FP8 with <= 32 rows: MMAs fed from 4 raw FP8 stages (docs/mla.md)",
+                "kernel": ("s_q * h_q >= 64: WGMMA (m64n32k16 QK^T, m64n256k16 PV) + cp.async; fewer rows: mma.sync "
+                           "m16n8k16 + cp.async, FP8 with <= 32 rows fed from 4 raw FP8 stages (docs/mla.md); "
+                           "*_mma_sync: the mma.sync kernel forced on the WGMMA shapes"),
                 "seconds": round(time.time() - started, 1),
                 "cases": cases,
             }

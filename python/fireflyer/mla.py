@@ -35,7 +35,8 @@ import numpy as np
 
 from fireflyer import _C
 
-__all__ = ["get_mla_metadata", "flash_mla_with_kvcache", "quantize_kvcache_fp8", "PAGE_BLOCK_SIZE", "FP8_BYTES_PER_TOKEN"]
+__all__ = ["get_mla_metadata", "flash_mla_with_kvcache", "quantize_kvcache_fp8", "last_cuda_kernel", "PAGE_BLOCK_SIZE",
+           "FP8_BYTES_PER_TOKEN"]
 
 PAGE_BLOCK_SIZE = _C.mla.PAGE_BLOCK_SIZE
 FP8_BYTES_PER_TOKEN = _C.mla.FP8_BYTES_PER_TOKEN
@@ -240,3 +241,10 @@ def quantize_kvcache_fp8(k_cache: Any):
 
         return torch.from_numpy(out).to(k_cache.device)
     return out
+
+
+def last_cuda_kernel() -> str:
+    """The kernel the last GPU call in this process launched: ``"wgmma"`` (>= 64 query rows per KV head,
+    ``s_q * h_q // h_kv``), ``"mma_sync"`` or ``"mma_sync_fp8_direct"`` (FP8 cache, <= 32 rows); ``""``
+    before any. ``FF_MLA_KERNEL=mma_sync`` in the environment makes GPU calls take the mma.sync kernels."""
+    return _C.mla.last_cuda_kernel()

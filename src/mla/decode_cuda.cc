@@ -1,8 +1,10 @@
 // Backend::kCuda of flash_mla_with_kvcache: host-side checks, workspace, and the launch of the sm_90a
 // kernels (cuda/sm90_mla_decode.cu). Compiled in every build; without FF_MLA_HAVE_CUDA (no nvcc, or
 // FF_CUDA_COMPONENTS leaves mla out) the backend reports that it was not built.
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <string_view>
 #include <vector>
 
 #include "cuda/decode_params.h"
@@ -18,6 +20,22 @@ namespace ff::mla {
 int64_t flash_mla_workspace_bytes(int64_t batch_size, int64_t s_q, int64_t h_q, int64_t h_kv, int64_t num_sm_parts) {
   const int64_t rows = h_kv > 0 ? s_q * (h_q / h_kv) : 0;
   return cuda::workspace_bytes(batch_size, rows, h_kv, num_sm_parts);
+}
+
+#ifdef FF_MLA_HAVE_CUDA
+namespace {
+// The cuda::KernelKind of the last launch in this process (0: none yet).
+std::atomic<int> last_kernel{0};
+}  // namespace
+#endif
+
+std::string_view last_cuda_kernel() {
+#ifdef FF_MLA_HAVE_CUDA
+  const int kind = last_kernel.load(std::memory_order_relaxed);
+  return kind == 0 ? std::string_view() : std::string_view(cuda::kernel_name(static_cast<cuda::KernelKind>(kind)));
+#else
+  return {};
+#endif
 }
 
 namespace internal {
@@ -206,6 +224,9 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.fp16 = args.q.dtype == DType::kFloat16;
   params.fp8_cache = args.is_fp8_kvcache;
   params.probe_loads_only = std::getenv("FF_MLA_PROBE_LOADS_ONLY") != nullptr;
+  const char* forced = std::getenv("FF_MLA_KERNEL");
+  params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
+  last_kernel.store(static_cast<int>(cuda::select_kernel(params)), std::memory_order_relaxed);
 
   const auto launch_error = static_cast<cudaError_t>(cuda::launch_decode(params, args.stream));
   if (owned) {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -186,6 +187,7 @@ struct Case {
   int num_sms = kDefaultNumSms;
   int num_threads = 1;
   int extra_columns = 1;  // block_table columns beyond what the longest sequence needs (left as -1)
+  bool force_mma_sync = false;  // CUDA: FF_MLA_KERNEL=mma_sync for this call
 };
 
 // Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
@@ -608,9 +610,21 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   args.out = on_device(args.out, out.data());
   args.softmax_lse = on_device(args.softmax_lse, lse.data());
   args.check_values = check_values;
+  if (config.force_mma_sync) {
+    ASSERT_EQ(setenv("FF_MLA_KERNEL", "mma_sync", 1), 0);
+  }
   const Status status = flash_mla_with_kvcache(args, Backend::kCuda);
+  if (config.force_mma_sync) {
+    ASSERT_EQ(unsetenv("FF_MLA_KERNEL"), 0);
+  }
   ASSERT_TRUE(status.is_ok()) << status.to_string();
   FF_CUDA_CHECK(cudaDeviceSynchronize());
+  // The dispatch: WGMMA from 64 query rows per KV head on (unless forced off), else mma.sync.
+  const int rows = config.s_q * (config.h_q / config.h_kv);
+  const char* expected_kernel = !config.force_mma_sync && rows >= 64 ? "wgmma"
+                                : config.fp8 && rows <= 32         ? "mma_sync_fp8_direct"
+                                                                   : "mma_sync";
+  EXPECT_EQ(last_cuda_kernel(), expected_kernel) << rows << " rows per KV head";
   const std::vector<uint16_t> gpu_out = out.to_host();
   const std::vector<float> gpu_lse = lse.to_host();
 
@@ -684,6 +698,40 @@ TEST(CudaDecode, Fp8CacheCausalFp16) {
   run_cuda_and_compare(
       {.seqlens = {100, 260}, .s_q = 2, .h_q = 16, .causal = true, .dtype = DType::kFloat16, .fp8 = true, .num_sms = 5},
       27);
+}
+
+// The WGMMA kernel (>= 64 rows per KV head): long and ragged lengths (0, 1, block edges), unsplit and
+// split schedules, causal, two KV heads, fp16, a partial second row tile, the FP8 cache; the mma.sync
+// kernel on the same shapes when forced.
+TEST(CudaDecode, WgmmaBf16VariableLengths128Heads) {
+  run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128}, 40);
+}
+
+TEST(CudaDecode, WgmmaBf16SplitsCausalTwoQueries) {
+  run_cuda_and_compare({.seqlens = {700, 65, 1000, 3, 2}, .s_q = 2, .h_q = 64, .causal = true, .num_sms = 8}, 41);
+}
+
+TEST(CudaDecode, WgmmaFp16TwoKvHeadsCausal) {
+  run_cuda_and_compare({.seqlens = {200, 64, 5, 450},
+                        .s_q = 1,
+                        .h_q = 128,
+                        .h_kv = 2,
+                        .causal = true,
+                        .dtype = DType::kFloat16,
+                        .num_sms = 7},
+                       42);
+}
+
+TEST(CudaDecode, WgmmaPartialRowTile) {
+  run_cuda_and_compare({.seqlens = {513, 31, 128}, .s_q = 2, .h_q = 48, .causal = true, .num_sms = 5}, 43);
+}
+
+TEST(CudaDecode, WgmmaFp8CacheTwoQueries) {
+  run_cuda_and_compare({.seqlens = {600, 1, 64, 190}, .s_q = 2, .h_q = 64, .fp8 = true, .num_sms = 6}, 44);
+}
+
+TEST(CudaDecode, MmaSyncForcedOn128Heads) {
+  run_cuda_and_compare({.seqlens = {1, 300, 0, 129}, .s_q = 1, .h_q = 128, .num_sms = 9, .force_mma_sync = true}, 45);
 }
 
 TEST(CudaDecode, ErrorsNameTheBadValue) {

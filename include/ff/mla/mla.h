@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "ff/common/result.h"
@@ -126,6 +127,12 @@ int64_t flash_mla_workspace_bytes(int64_t batch_size, int64_t s_q, int64_t h_q, 
 // a non-unit last stride, lengths beyond the block table, block ids outside the cache, h_q not a
 // multiple of h_kv, head_dim_v != 512, metadata of the wrong shape or computed for other lengths.
 Status flash_mla_with_kvcache(const FlashMlaArgs& args, Backend backend = Backend::kCpu);
+
+// The kernel the last Backend::kCuda call in this process launched: "wgmma" (>= 64 query rows per KV
+// head), "mma_sync" or "mma_sync_fp8_direct"; empty before the first call or without the kernels.
+// FF_MLA_KERNEL=mma_sync in the environment makes the CUDA backend take the mma.sync kernels
+// everywhere (for comparisons). For tests and benchmarks.
+std::string_view last_cuda_kernel();
 
 // Quantizes a bf16 cache (num_blocks, 64, h_kv, 576) into the FP8 layout (num_blocks, 64, h_kv, 656):
 // per token and 128-channel group, scale = max|x| / 448 (1 for an all-zero group), e4m3 = round(x /

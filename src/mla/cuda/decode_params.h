@@ -47,7 +47,23 @@ struct DecodeParams {
   // the arithmetic, so a benchmark can tell the memory ceiling of the pipeline from the kernel's time.
   // The outputs are then meaningless.
   bool probe_loads_only = false;
+  // Take the mma.sync kernels even where the WGMMA kernel applies (FF_MLA_KERNEL=mma_sync in the
+  // environment): for benchmarks beside the older path and for tests of both.
+  bool force_mma_sync = false;
 };
+
+// The decode kernels launch_decode chooses between.
+enum class KernelKind : int {
+  kMmaSync = 1,           // Decoder: mma.sync m16n8k16 (FP8: dequantized into a 16-bit tile)
+  kMmaSyncFp8Direct = 2,  // Fp8Decoder: FP8 cache with <= 32 rows, MMAs on the raw e4m3 bytes
+  kWgmma = 3,             // WgmmaDecoder: >= kWgmmaMinRows rows per KV head, wgmma m64nNk16
+};
+constexpr int kWgmmaMinRows = 64;
+
+// The kernel launch_decode enqueues for these parameters, and its name ("wgmma", "mma_sync",
+// "mma_sync_fp8_direct").
+KernelKind select_kernel(const DecodeParams& params);
+const char* kernel_name(KernelKind kind);
 
 // Bytes of split-KV workspace a call needs: out_accum, then lse_accum at out_accum_bytes(...).
 constexpr int64_t out_accum_bytes(int64_t batch_size, int64_t rows, int64_t h_kv, int64_t num_sm_parts) {

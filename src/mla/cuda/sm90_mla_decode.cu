@@ -1232,6 +1232,478 @@ class Fp8Decoder {
   bool active_ = false;
 };
 
+// ---------------------------------------------------------------------------------------------------
+// WGMMA path: >= 64 query rows per KV head (the compute-bound shapes), bf16 / fp16, and the FP8 cache
+// dequantized into the same 16-bit tile. Two warpgroups; per 64-token block:
+//   S = Q K^T   warpgroup w computes the 64 rows x tokens 32 w .. 32 w + 31 (wgmma m64n32k16, A = the
+//               Q tile, B = the KV tile, both K-major from 128B-swizzled shared memory, 36 k-steps);
+//   softmax     row maxima exchanged between the warpgroups through shared memory, log2 domain; each
+//               warpgroup keeps partial row sums over its tokens (merged once per piece);
+//   P           both halves of P (bf16 / fp16) go into the RoPE channels 512..575 of the KV tile, dead
+//               after S; that 64 x 64 region has exactly the K-major swizzled layout of an A operand;
+//   O += P V    warpgroup w accumulates the 64 rows x value channels 256 w .. 256 w + 255 (wgmma
+//               m64n256k16, B = channels of the KV tile read MN-major: 4 k-steps of 16 tokens).
+// Tiles (Q, KV): 9 column blocks of 64 channels, each 64 rows x 128 B, the 16-byte chunk c of row r at
+// chunk c ^ (r & 7) (the hardware's 128-byte swizzle; every block 1024-byte aligned). Loads are
+// cp.async (as the mma.sync kernel), two KV stages for bf16 / fp16; the FP8 cache keeps two raw
+// stages and dequantizes each block into one 16-bit KV tile.
+constexpr int kColumnBlockBytes = kTileRows * 128;  // 64 rows x 64 channels of 16 bits
+constexpr int kColumnBlocks = kDimQk / 64;          // 9; block 8 holds the RoPE channels (and later P)
+static_assert(kColumnBlocks * kColumnBlockBytes == kTileBytes, "the WGMMA tile has the mma.sync tile's size");
+
+__device__ __forceinline__ uint32_t wgmma_tile_offset(int row, int chunk) {
+  return static_cast<uint32_t>((chunk >> 3) * kColumnBlockBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+}
+
+// A shared-memory matrix descriptor with the 128-byte swizzle: start address, leading and stride byte
+// offsets (see the PTX ISA, "Matrix Descriptor Format"). K-major operands: rows 128 B apart, groups of
+// 8 rows `stride` apart (the leading offset is unused). MN-major: 64 elements per 128-byte row,
+// `leading` between 64-element column blocks, `stride` between groups of 8 rows along K.
+__device__ __forceinline__ uint64_t gmma_descriptor(uint32_t address, uint32_t leading, uint32_t stride) {
+  return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | (static_cast<uint64_t>(leading >> 4) << 16) |
+         (static_cast<uint64_t>(stride >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving accesses of an accumulator register across the asynchronous MMAs.
+__device__ __forceinline__ void fence_operand(float& value) { asm volatile("" : "+f"(value)::"memory"); }
+// Generic-proxy writes of shared memory (st.shared, cp.async) before the tensor cores read them.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// d (64 x 32, the m64n32 accumulator layout) = (scale_d ? d : 0) + A (64 x 16, K-major) * B (16 x 32, K-major).
+template <bool kFp16>
+__device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  if constexpr (kFp16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+        "%16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+}
+
+// d (64 x 256) = (scale_d ? d : 0) + A (64 x 16, K-major) * B (16 x 256, MN-major: the V tile's token rows).
+// d[n][e] is n8 tile n, element e of the m64n256 accumulator layout (the m16n8 layout per warp).
+template <bool kFp16>
+__device__ __forceinline__ void wgmma_m64n256k16_mn(float (&d)[32][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  if constexpr (kFp16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
+          "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
+          "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+          "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
+          "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]), "+f"(d[16][0]), "+f"(d[16][1]),
+          "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]),
+          "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]),
+          "+f"(d[19][2]), "+f"(d[19][3]), "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]),
+          "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), "+f"(d[22][0]), "+f"(d[22][1]),
+          "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]),
+          "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]),
+          "+f"(d[25][2]), "+f"(d[25][3]), "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]),
+          "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), "+f"(d[28][0]), "+f"(d[28][1]),
+          "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]),
+          "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]),
+          "+f"(d[31][2]), "+f"(d[31][3])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1, 0, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
+          "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
+          "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+          "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
+          "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]), "+f"(d[16][0]), "+f"(d[16][1]),
+          "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]),
+          "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]),
+          "+f"(d[19][2]), "+f"(d[19][3]), "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]),
+          "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), "+f"(d[22][0]), "+f"(d[22][1]),
+          "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]),
+          "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]),
+          "+f"(d[25][2]), "+f"(d[25][3]), "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]),
+          "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), "+f"(d[28][0]), "+f"(d[28][1]),
+          "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]),
+          "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]),
+          "+f"(d[31][2]), "+f"(d[31][3])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+}
+
+template <bool kFp16, bool kFp8>
+class WgmmaDecoder {
+  static constexpr int kQOffset = 0;
+  static constexpr int kKvOffset = kTileBytes;  // bf16 / fp16: two stages; FP8: the dequantized tile
+  static constexpr int kRawOffset = 2 * kTileBytes;  // FP8 only: two raw stages
+  static constexpr int kReductionOffset = kFp8 ? 2 * kTileBytes + 2 * kRawTileBytes : 3 * kTileBytes;
+  // bf16 / fp16 have room to align the tiles to 1024 bytes themselves; the FP8 layout needs the
+  // dynamic shared memory to start 1024-byte aligned (it does on sm_90: checked at run time).
+  static constexpr int kAlignSlack = kFp8 ? 0 : 1024;
+
+ public:
+  static constexpr int kSmemBytes = kReductionOffset + kReductionBytes + kAlignSlack;
+  static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
+
+  __device__ WgmmaDecoder(const DecodeParams& p, char* smem) : p_(p) {
+    const uint32_t base = smem_address(smem);
+    const uint32_t pad = (1024 - base % 1024) % 1024;
+    if (pad > static_cast<uint32_t>(kAlignSlack)) __trap();  // FP8: shared memory not 1024-byte aligned
+    char* aligned = smem + pad;
+    sq_ = base + pad + kQOffset;
+    skv_ = base + pad + kKvOffset;
+    kv_tile_ = aligned + kKvOffset;
+    raw_ = aligned + kRawOffset;
+    reduction_ = reinterpret_cast<float*>(aligned + kReductionOffset);
+    const int thread = static_cast<int>(threadIdx.x);
+    warpgroup_ = thread / 128;
+    warp_ = (thread / 32) % 4;
+    lane_ = thread % 32;
+    head_k_ = static_cast<int>(blockIdx.y);
+    m_block_ = static_cast<int>(blockIdx.x);
+  }
+
+  __device__ void run_piece(const Piece& piece) {
+    const int num_kv_blocks =
+        piece.token_end > piece.token_begin ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows : 0;
+    const int first_block = piece.token_begin / kTileRows;
+    float acc[32][4];
+#pragma unroll
+    for (int n = 0; n < 32; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    RowState state;
+    state.max_log2[0] = state.max_log2[1] = -INFINITY;
+    state.sum[0] = state.sum[1] = 0.0f;
+
+    // Prologue: group 0 = Q + block 0, group 1 = block 1 (either may be empty).
+    load_q(piece.batch);
+    if (num_kv_blocks > 0) load_block(piece, first_block, 0);
+    cp_async_commit();
+    if (num_kv_blocks > 1) load_block(piece, first_block + 1, 1);
+    cp_async_commit();
+
+    for (int j = 0; j < num_kv_blocks; ++j) {
+      cp_async_wait<1>();  // block j (and Q) landed; block j + 1 may be in flight
+      fence_proxy_async();
+      __syncthreads();  // also: both warpgroups are done with block j - 1 (its O += P V waited)
+      uint32_t tile;
+      if constexpr (kFp8) {
+        dequantize(raw_ + (j & 1) * kRawTileBytes);
+        fence_proxy_async();
+        __syncthreads();  // the raw stage is free again and the KV tile is complete
+        if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
+        cp_async_commit();
+        tile = skv_;
+      } else {
+        tile = skv_ + (j & 1) * kTileBytes;
+      }
+      if (!p_.probe_loads_only) compute_block(tile, (first_block + j) * kTileRows, piece, acc, state);
+      if constexpr (!kFp8) {
+        __syncthreads();  // both warpgroups are done with this stage before it is refilled
+        if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
+        cp_async_commit();
+      }
+    }
+    cp_async_wait<0>();
+    finish_piece(piece, acc, state);
+    __syncthreads();  // the next piece reuses every buffer
+  }
+
+ private:
+  __device__ void load_q(int batch) {
+    const auto* q = static_cast<const uint16_t*>(p_.q);
+    for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kChunks; task += kThreads) {
+      const int row = task / kChunks, chunk = task % kChunks;
+      const int r = m_block_ * kTileRows + row;
+      const bool valid = r < p_.rows;
+      const uint16_t* source = q;
+      if (valid) {
+        const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+        source = q + batch * p_.q_batch_stride + token * p_.q_token_stride + head * p_.q_head_stride + chunk * 8;
+      }
+      cp_async_16(sq_ + wgmma_tile_offset(row, chunk), source, valid);
+    }
+  }
+
+  // As Decoder::load_block, into the swizzled column blocks (16-bit) or a raw stage (FP8).
+  __device__ void load_block(const Piece& piece, int block, int stage) {
+    int physical = -1;
+    if (block < p_.max_blocks) {
+      physical = p_.block_table[piece.batch * p_.block_table_batch_stride + block * p_.block_table_column_stride];
+    }
+    const bool block_ok = physical >= 0 && physical < p_.num_blocks;
+    const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
+    if constexpr (kFp8) {
+      const auto* cache = static_cast<const uint8_t*>(p_.k_cache);
+      const uint8_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+      const uint32_t destination = smem_address(raw_ + stage * kRawTileBytes);
+      for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kFp8TokenChunks; task += kThreads) {
+        const int token = task / kFp8TokenChunks, chunk = task % kFp8TokenChunks;
+        const bool valid = token < valid_tokens;
+        const uint8_t* source = valid ? base + token * p_.k_token_stride + chunk * 16 : cache;
+        cp_async_16(destination + token * kFp8TokenBytes + chunk * 16, source, valid);
+      }
+    } else {
+      const auto* cache = static_cast<const uint16_t*>(p_.k_cache);
+      const uint16_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+      const uint32_t destination = skv_ + stage * kTileBytes;
+      for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kChunks; task += kThreads) {
+        const int token = task / kChunks, chunk = task % kChunks;
+        const bool valid = token < valid_tokens;
+        const uint16_t* source = valid ? base + token * p_.k_token_stride + chunk * 8 : cache;
+        cp_async_16(destination + wgmma_tile_offset(token, chunk), source, valid);
+      }
+    }
+  }
+
+  // As Decoder::dequantize, into the swizzled 16-bit KV tile. Zero-filled tokens stay 0.
+  __device__ void dequantize(const char* raw) {
+    for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kChunks; task += kThreads) {
+      const int token = task / kChunks, chunk = task % kChunks;
+      const char* source = raw + token * kFp8TokenBytes;
+      uint4 packed;
+      if (chunk < kDimV / 8) {
+        const uint2 bytes = *reinterpret_cast<const uint2*>(source + chunk * 8);
+        const float scale = *reinterpret_cast<const float*>(source + kDimV + (chunk / 16) * 4);
+        uint32_t words[4];
+        const uint32_t in[2] = {bytes.x, bytes.y};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint16_t pair = static_cast<uint16_t>(in[i / 2] >> ((i % 2) * 16));
+          const float2 value = e4m3x2_to_float2(pair);
+          words[i] = pack2<kFp16>(value.x * scale, value.y * scale);
+        }
+        packed = make_uint4(words[0], words[1], words[2], words[3]);
+      } else {
+        packed = *reinterpret_cast<const uint4*>(source + kDimV + 16 + (chunk - kDimV / 8) * 16);
+        if constexpr (kFp16) {
+          uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float low = __uint_as_float(words[i] << 16), high = __uint_as_float(words[i] & 0xffff0000u);
+            words[i] = pack2<true>(low, high);
+          }
+          packed = make_uint4(words[0], words[1], words[2], words[3]);
+        }
+      }
+      *reinterpret_cast<uint4*>(kv_tile_ + wgmma_tile_offset(token, chunk)) = packed;
+    }
+  }
+
+  // One 64-token block. The thread holds rows 16 warp + g and + 8 (g = lane / 4) of S (tokens
+  // 32 warpgroup + 8 n + 2 q4 + {0, 1}) and of O (channels 256 warpgroup + 8 n + 2 q4 + {0, 1}).
+  __device__ void compute_block(uint32_t tile, int block_start, const Piece& piece, float (&acc)[32][4],
+                                RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    float s[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) s[i] = 0.0f;
+    {
+      const uint64_t a_desc = gmma_descriptor(sq_, 16, 1024);
+      const uint64_t b_desc = gmma_descriptor(tile + warpgroup_ * 32 * 128, 16, 1024);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) fence_operand(s[i]);
+      wgmma_fence();
+#pragma unroll
+      for (int k = 0; k < kDimQk / 16; ++k) {
+        // k-step k: column block k / 4, bytes 32 (k % 4) of its 128-byte rows (the swizzle is applied
+        // by the hardware on the address, so advancing the start address selects the k-slice).
+        const uint64_t offset = static_cast<uint64_t>(((k / 4) * kColumnBlockBytes + (k % 4) * 32) >> 4);
+        wgmma_m64n32k16<kFp16>(s, a_desc + offset, b_desc + offset, 1);
+      }
+      wgmma_commit();
+      wgmma_wait_all();
+#pragma unroll
+      for (int i = 0; i < 16; ++i) fence_operand(s[i]);
+    }
+
+    // Scale and mask: s[4 n + 2 i + e] is row 16 warp + g + 8 i, token 32 warpgroup + 8 n + 2 q4 + e.
+    float local_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = m_block_ * kTileRows + warp_ * 16 + g + 8 * i;
+      int limit = piece.token_end;
+      if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int position = block_start + warpgroup_ * 32 + n * 8 + 2 * q4 + e;
+          float& value = s[4 * n + 2 * i + e];
+          value = position < limit ? value * p_.scale_log2 : -INFINITY;
+          local_max[i] = fmaxf(local_max[i], value);
+        }
+      }
+      local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 1));
+      local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 2));
+    }
+    if (q4 == 0) {
+      reduction_[warpgroup_ * kTileRows + warp_ * 16 + g] = local_max[0];
+      reduction_[warpgroup_ * kTileRows + warp_ * 16 + g + 8] = local_max[1];
+    }
+    __syncthreads();  // also: both warpgroups' S is done, so the RoPE block of the tile is free for P
+
+    const uint32_t p_tile = tile + 8 * kColumnBlockBytes;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = warp_ * 16 + g + 8 * i;
+      const float other = reduction_[(1 - warpgroup_) * kTileRows + row];
+      const float new_max = fmaxf(state.max_log2[i], fmaxf(local_max[i], other));
+      // A row with nothing visible yet keeps max -inf; subtracting 0 instead keeps exp2 from NaN.
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      const float rescale = exp2f(state.max_log2[i] - base);
+      state.max_log2[i] = new_max;
+      float block_sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 4; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& value = s[4 * n + 2 * i + e];
+          value = exp2f(value - base);
+          block_sum += value;
+        }
+        const int token = warpgroup_ * 32 + n * 8 + 2 * q4;
+        const uint32_t address = p_tile + row * 128 + ((((token >> 3) ^ (row & 7))) << 4) + (token & 7) * 2;
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]))
+                     : "memory");
+      }
+      state.sum[i] = state.sum[i] * rescale + block_sum;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) {
+        acc[n][2 * i] *= rescale;
+        acc[n][2 * i + 1] *= rescale;
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();  // P complete
+
+    const uint64_t p_desc = gmma_descriptor(p_tile, 16, 1024);
+    const uint64_t v_desc = gmma_descriptor(tile + warpgroup_ * 4 * kColumnBlockBytes, kColumnBlockBytes, 1024);
+#pragma unroll
+    for (int n = 0; n < 32; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) fence_operand(acc[n][e]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kTileRows / 16; ++k) {
+      // k-step k: P's tokens 16 k .. (bytes 32 k of its rows), V's token rows 16 k .. (2048 k bytes on).
+      wgmma_m64n256k16_mn<kFp16>(acc, p_desc + ((32 * k) >> 4), v_desc + ((16 * k * 128) >> 4), 1);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+#pragma unroll
+    for (int n = 0; n < 32; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) fence_operand(acc[n][e]);
+    }
+  }
+
+  // As Decoder::finish_piece with half = warpgroup, row group = warp: every thread writes.
+  __device__ void finish_piece(const Piece& piece, float (&acc)[32][4], RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 1);
+      state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 2);
+    }
+    __syncthreads();  // the last block's readers of the reduction buffer are done
+    if (q4 == 0) {
+      reduction_[warpgroup_ * kTileRows + warp_ * 16 + g] = state.sum[0];
+      reduction_[warpgroup_ * kTileRows + warp_ * 16 + g + 8] = state.sum[1];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int tile_row = warp_ * 16 + g + 8 * i;
+      const int r = m_block_ * kTileRows + tile_row;
+      if (r >= p_.rows) continue;
+      const float sum = state.sum[i] + reduction_[(1 - warpgroup_) * kTileRows + tile_row];
+      const float inverse = sum == 0.0f ? 0.0f : 1.0f / sum;  // an empty row's output is 0
+      const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+      if (piece.only_piece) {
+        uint16_t* out = static_cast<uint16_t*>(p_.out) + piece.batch * p_.out_batch_stride +
+                        token * p_.out_token_stride + head * p_.out_head_stride + warpgroup_ * 256 + 2 * q4;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<uint32_t*>(out + n * 8) =
+              pack2<kFp16>(acc[n][2 * i] * inverse, acc[n][2 * i + 1] * inverse);
+        }
+        if (warpgroup_ == 0 && q4 == 0) {
+          p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride + token * p_.lse_token_stride] =
+              sum == 0.0f ? INFINITY : (log2f(sum) + state.max_log2[i]) / kLog2e;
+        }
+      } else {
+        const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k_) * p_.rows + r;
+        float* out = p_.out_accum + slot_row * kDimV + warpgroup_ * 256 + 2 * q4;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<float2*>(out + n * 8) = make_float2(acc[n][2 * i] * inverse, acc[n][2 * i + 1] * inverse);
+        }
+        if (warpgroup_ == 0 && q4 == 0) {
+          p_.lse_accum[slot_row] = sum == 0.0f ? -INFINITY : log2f(sum) + state.max_log2[i];
+        }
+      }
+    }
+  }
+
+  const DecodeParams& p_;
+  uint32_t sq_ = 0, skv_ = 0;
+  char* kv_tile_ = nullptr;
+  char* raw_ = nullptr;
+  float* reduction_ = nullptr;
+  int warpgroup_ = 0, warp_ = 0, lane_ = 0;
+  int head_k_ = 0, m_block_ = 0;
+};
+
+
 template <class DecoderType>
 __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_constant__ DecodeParams params) {
   extern __shared__ __align__(128) char smem[];
@@ -1330,9 +1802,11 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream) {
 // Token slices per block from the query rows per KV head: every warp pair busy where rows are few.
 // The FP8 cache with at most 32 rows (the memory-bound shapes) takes Fp8Decoder, whose MMAs read the
 // raw FP8 tiles; with more rows every block's K/V feeds 4 row groups, and dequantizing it once into
-// a 16-bit tile (Decoder<., true, 1>) costs less than four conversions in registers.
+// a 16-bit tile (Decoder<., true, 1>) costs less than four conversions in registers. The WGMMA
+// kernel (WgmmaDecoder) takes every case with >= 64 rows unless the caller forces mma.sync.
 template <bool kFp16, bool kFp8>
-cudaError_t launch_split(const DecodeParams& params, cudaStream_t stream) {
+cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream_t stream) {
+  if (kind == KernelKind::kWgmma) return launch<WgmmaDecoder<kFp16, kFp8>, kFp16>(params, stream);
   if constexpr (kFp8) {
     if (params.rows <= 16) return launch<Fp8Decoder<kFp16, 4>, kFp16>(params, stream);
     if (params.rows <= 32) return launch<Fp8Decoder<kFp16, 2>, kFp16>(params, stream);
@@ -1346,15 +1820,34 @@ cudaError_t launch_split(const DecodeParams& params, cudaStream_t stream) {
 
 }  // namespace
 
+KernelKind select_kernel(const DecodeParams& params) {
+  if (!params.force_mma_sync && params.rows >= kWgmmaMinRows) return KernelKind::kWgmma;
+  if (params.fp8_cache && params.rows <= 32) return KernelKind::kMmaSyncFp8Direct;
+  return KernelKind::kMmaSync;
+}
+
+const char* kernel_name(KernelKind kind) {
+  switch (kind) {
+    case KernelKind::kWgmma:
+      return "wgmma";
+    case KernelKind::kMmaSyncFp8Direct:
+      return "mma_sync_fp8_direct";
+    case KernelKind::kMmaSync:
+      return "mma_sync";
+  }
+  return "";
+}
+
 int launch_decode(const DecodeParams& params, void* stream) {
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
+  const KernelKind kind = select_kernel(params);
   cudaError_t status;
   if (params.fp16) {
-    status = params.fp8_cache ? launch_split<true, true>(params, cuda_stream)
-                              : launch_split<true, false>(params, cuda_stream);
+    status = params.fp8_cache ? launch_split<true, true>(params, kind, cuda_stream)
+                              : launch_split<true, false>(params, kind, cuda_stream);
   } else {
-    status = params.fp8_cache ? launch_split<false, true>(params, cuda_stream)
-                              : launch_split<false, false>(params, cuda_stream);
+    status = params.fp8_cache ? launch_split<false, true>(params, kind, cuda_stream)
+                              : launch_split<false, false>(params, kind, cuda_stream);
   }
   return static_cast<int>(status);
 }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One device session for the mla kernels (build, GPU tests, memcheck, benchmark), as run through the
+# device tool: `bash bench/mla/device_session.sh STEPS...` with $OUT set; logs and JSON land in $OUT.
+# Steps: build, sass, gtest, pytest, memcheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/mla_out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1
+for step in "$@"; do
+  echo "=== $step ($(date +%T))"
+  case "$step" in
+    build)
+      cmake -G Ninja -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DFF_CUDA=ON -DFF_CUDA_COMPONENTS=mla \
+        -DFF_CUTLASS_INCLUDE_DIR="$PWD/third_party/cutlass/include" >"$OUT/configure.log" 2>&1 || tail -20 "$OUT/configure.log"
+      cmake --build build-dev -j16 --target mla_test _C >"$OUT/build.log" 2>&1 || tail -40 "$OUT/build.log"
+      grep -iE "C75[0-9]{2}|serializ" "$OUT/build.log" | head -5
+      ;;
+    sass)
+      cuobjdump -sass build-dev/src/mla/CMakeFiles/ff_mla.dir/cuda/sm90_mla_decode.cu.o >"$OUT/sass.txt" 2>&1
+      echo "HGMMA instructions: $(grep -c HGMMA "$OUT/sass.txt")"
+      ;;
+    gtest)
+      timeout 300 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
+      grep -E "^\[  (FAILED|PASSED|  OK) |Failure|Expected|Which is|error" "$OUT/gtest.log" | head -60
+      ;;
+    pytest)
+      timeout 400 python3 -m pytest -q python/tests/test_mla_cuda.py >"$OUT/pytest.log" 2>&1
+      grep -E "passed|failed|Error|assert" "$OUT/pytest.log" | head -30
+      ;;
+    memcheck)
+      timeout 300 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
+        --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaFp8CacheTwoQueries:CudaDecode.WgmmaBf16SplitsCausalTwoQueries' \
+        >"$OUT/memcheck.log" 2>&1
+      grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head
+      ;;
+    quick)
+      timeout 300 python3 bench/mla/bench_mla.py --quick --h-q 128 --out "$OUT/quick.json" 2>&1 | tail -4 | cut -c1-900
+      ;;
+    bench)
+      timeout 500 python3 bench/mla/bench_mla.py --out "$OUT/mla_h200.json" >"$OUT/bench.log" 2>&1
+      tail -2 "$OUT/bench.log" | cut -c1-600
+      ;;
+  esac
+done
+echo "=== end ($(date +%T))"
