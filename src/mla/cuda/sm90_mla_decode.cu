@@ -1267,6 +1267,10 @@ __device__ __forceinline__ uint64_t gmma_descriptor(uint32_t address, uint32_t l
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
 // Keeps the compiler from moving accesses of an accumulator register across the asynchronous MMAs.
 __device__ __forceinline__ void fence_operand(float& value) { asm volatile("" : "+f"(value)::"memory"); }
 // Generic-proxy writes of shared memory (st.shared, cp.async) before the tensor cores read them.
@@ -1704,6 +1708,464 @@ class WgmmaDecoder {
 };
 
 
+// d (64 x 64) = (scale_d ? d : 0) + A (64 x 16, K-major) * B (16 x 64, K-major), both from shared memory.
+template <bool kFp16>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  if constexpr (kFp16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+        "%32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+}
+
+// d (64 x 256) = (scale_d ? d : 0) + A (64 x 16, registers: the m16n8k16 A fragment of the warp's 16 rows)
+// * B (16 x 256, MN-major from shared memory).
+template <bool kFp16>
+__device__ __forceinline__ void wgmma_m64n256k16_rs(float (&d)[32][4], const uint32_t (&a)[4], uint64_t desc_b,
+                                                    int scale_d) {
+  if constexpr (kFp16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "{%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
+          "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
+          "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+          "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
+          "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]), "+f"(d[16][0]), "+f"(d[16][1]),
+          "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]),
+          "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]),
+          "+f"(d[19][2]), "+f"(d[19][3]), "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]),
+          "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), "+f"(d[22][0]), "+f"(d[22][1]),
+          "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]),
+          "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]),
+          "+f"(d[25][2]), "+f"(d[25][3]), "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]),
+          "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), "+f"(d[28][0]), "+f"(d[28][1]),
+          "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]),
+          "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]),
+          "+f"(d[31][2]), "+f"(d[31][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "{%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
+          "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
+          "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+          "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
+          "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]), "+f"(d[16][0]), "+f"(d[16][1]),
+          "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]),
+          "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]),
+          "+f"(d[19][2]), "+f"(d[19][3]), "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]),
+          "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), "+f"(d[22][0]), "+f"(d[22][1]),
+          "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]),
+          "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]),
+          "+f"(d[25][2]), "+f"(d[25][3]), "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]),
+          "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), "+f"(d[28][0]), "+f"(d[28][1]),
+          "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]),
+          "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]),
+          "+f"(d[31][2]), "+f"(d[31][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+  }
+}
+
+// Named barriers between the two warpgroups of WgmmaPipelinedDecoder (0 is __syncthreads): both
+// warpgroups pass each once per block, in the same order (P_READY, KV_FULL, STAGE_FREE), so none can
+// deadlock; the side that only hands data over seldom waits there.
+constexpr int kBarrierKvFull = 1;     // warpgroup 1 -> 0: the next KV block has landed
+constexpr int kBarrierPReady = 2;     // warpgroup 0 -> 1: P and the row rescale factors of this block
+constexpr int kBarrierStageFree = 3;  // warpgroup 0 -> 1: warpgroup 0's O += P V of this block is done
+__device__ __forceinline__ void named_barrier_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+
+// bf16 / fp16 cache with >= 64 rows: the two warpgroups take different roles so that the tensor cores
+// run one warpgroup's MMAs while the other does its softmax or loads (FlashMLA's split):
+//   warpgroup 0  S = Q K^T for all 64 tokens (wgmma m64n64k16, A and B from shared memory); the online
+//                softmax on whole rows (no exchange); P goes to registers (the A operand of its own
+//                O[:, 0:256] += P V, wgmma m64n256k16 with A from registers) and into the RoPE block of
+//                the KV tile, with the rows' rescale factors, for warpgroup 1; then it issues the next
+//                block's S right behind its P V.
+//   warpgroup 1  loads (cp.async: Q, every KV block), and O[:, 256:512] += P V with P from shared memory
+//                after rescaling by warpgroup 0's factors.
+// Per block j (KV stage j % 2):
+//   wg0: softmax(j) -> P, factors | P_READY | P V(j) | KV_FULL; S(j+1) | P V(j) done | STAGE_FREE |
+//        S(j+1) done
+//   wg1: P_READY | rescale, P V(j), done | block j+1 landed | KV_FULL | STAGE_FREE | load block j+2
+//        into stage j % 2
+template <bool kFp16>
+class WgmmaPipelinedDecoder {
+  static constexpr int kQOffset = 0;
+  static constexpr int kKvOffset = kTileBytes;
+  static constexpr int kFactorOffset = 3 * kTileBytes;                // (2 parities, 64 rows) floats
+  static constexpr int kFinishOffset = kFactorOffset + 2 * kTileRows * 4;  // 64 row inverses
+
+ public:
+  static constexpr int kSmemBytes = kFinishOffset + kTileRows * 4 + 1024;  // + alignment slack
+  static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
+
+  __device__ WgmmaPipelinedDecoder(const DecodeParams& p, char* smem) : p_(p) {
+    const uint32_t base = smem_address(smem);
+    const uint32_t pad = (1024 - base % 1024) % 1024;
+    char* aligned = smem + pad;
+    sq_ = base + pad + kQOffset;
+    skv_ = base + pad + kKvOffset;
+    factor_ = reinterpret_cast<float*>(aligned + kFactorOffset);
+    finish_ = reinterpret_cast<float*>(aligned + kFinishOffset);
+    const int thread = static_cast<int>(threadIdx.x);
+    warpgroup_ = thread / 128;
+    warp_ = (thread / 32) % 4;
+    lane_ = thread % 32;
+    head_k_ = static_cast<int>(blockIdx.y);
+    m_block_ = static_cast<int>(blockIdx.x);
+  }
+
+  __device__ void run_piece(const Piece& piece) {
+    const int num_kv_blocks =
+        piece.token_end > piece.token_begin ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows : 0;
+    const int first_block = piece.token_begin / kTileRows;
+    float acc[32][4];
+#pragma unroll
+    for (int n = 0; n < 32; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    RowState state;  // warpgroup 0: whole rows, reduced over the quad
+    state.max_log2[0] = state.max_log2[1] = -INFINITY;
+    state.sum[0] = state.sum[1] = 0.0f;
+    if (warpgroup_ == 0) {
+      run_softmax_warpgroup(piece, num_kv_blocks, first_block, acc, state);
+    } else {
+      run_load_warpgroup(piece, num_kv_blocks, first_block, acc);
+    }
+    finish_piece(piece, acc, state);
+    __syncthreads();  // the next piece reuses every buffer
+  }
+
+ private:
+  __device__ void run_softmax_warpgroup(const Piece& piece, int num_kv_blocks, int first_block,
+                                        float (&acc)[32][4], RowState& state) {
+    if (num_kv_blocks == 0) return;
+    float s[32];
+    named_barrier_sync(kBarrierKvFull);  // Q and block 0
+    issue_s(skv_, s);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_s(s);
+    // NOTE: the last block is peeled off so that no wgmma is issued under a branch while others are in
+    // flight (ptxas then serializes every wgmma of the kernel, warning C7520).
+    for (int j = 0; j + 1 < num_kv_blocks; ++j) softmax_step<true>(piece, j, first_block, s, acc, state);
+    softmax_step<false>(piece, num_kv_blocks - 1, first_block, s, acc, state);
+  }
+
+  // Block j: softmax(j), hand P to warpgroup 1, O[:, 0:256] += P V(j) and, when kNext, S(j + 1) behind it.
+  template <bool kNext>
+  __device__ __forceinline__ void softmax_step(const Piece& piece, int j, int first_block, float (&s)[32],
+                                               float (&acc)[32][4], RowState& state) {
+    const uint32_t tile = skv_ + (j & 1) * kTileBytes;
+    uint32_t p[4][4];  // P as the A fragments of the 4 k-steps of 16 tokens
+    softmax(s, p, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
+    fence_proxy_async();
+    named_barrier_sync(kBarrierPReady);
+    fence_acc(acc);
+    wgmma_fence();
+    const uint64_t v_desc = gmma_descriptor(tile, kColumnBlockBytes, 1024);
+#pragma unroll
+    for (int k = 0; k < kTileRows / 16; ++k) {
+      wgmma_m64n256k16_rs<kFp16>(acc, p[k], v_desc + ((16 * k * 128) >> 4), 1);
+    }
+    wgmma_commit();
+    if constexpr (kNext) {
+      named_barrier_sync(kBarrierKvFull);
+      issue_s(skv_ + ((j + 1) & 1) * kTileBytes, s);
+      wgmma_commit();
+      wgmma_wait<1>();  // P V(j) done (groups complete in order); S(j + 1) may run on
+    } else {
+      wgmma_wait<0>();
+    }
+    fence_acc(acc);
+    fence_p(p);  // p[] is read by the asynchronous P V(j): live until here
+    named_barrier_sync(kBarrierStageFree);
+    if constexpr (kNext) {
+      wgmma_wait<0>();
+      fence_s(s);
+    }
+  }
+
+  __device__ void run_load_warpgroup(const Piece& piece, int num_kv_blocks, int first_block, float (&acc)[32][4]) {
+    // Prologue: group 0 = Q + block 0, group 1 = block 1 (either may be empty).
+    load_q(piece.batch);
+    if (num_kv_blocks > 0) load_block(piece, first_block, 0);
+    cp_async_commit();
+    if (num_kv_blocks > 1) load_block(piece, first_block + 1, 1);
+    cp_async_commit();
+    if (num_kv_blocks > 0) {
+      cp_async_wait<1>();
+      fence_proxy_async();
+      named_barrier_sync(kBarrierKvFull);
+    }
+    for (int j = 0; j < num_kv_blocks; ++j) {
+      const uint32_t tile = skv_ + (j & 1) * kTileBytes;
+      named_barrier_sync(kBarrierPReady);
+      const int g = lane_ >> 2;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const float factor = factor_[(j & 1) * kTileRows + warp_ * 16 + g + 8 * i];
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          acc[n][2 * i] *= factor;
+          acc[n][2 * i + 1] *= factor;
+        }
+      }
+      fence_acc(acc);
+      wgmma_fence();
+      const uint64_t p_desc = gmma_descriptor(tile + 8 * kColumnBlockBytes, 16, 1024);
+      const uint64_t v_desc = gmma_descriptor(tile + 4 * kColumnBlockBytes, kColumnBlockBytes, 1024);
+#pragma unroll
+      for (int k = 0; k < kTileRows / 16; ++k) {
+        wgmma_m64n256k16_mn<kFp16>(acc, p_desc + ((32 * k) >> 4), v_desc + ((16 * k * 128) >> 4), 1);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_acc(acc);
+      if (j + 1 < num_kv_blocks) {
+        cp_async_wait<0>();  // block j + 1, the only group in flight
+        fence_proxy_async();
+        named_barrier_sync(kBarrierKvFull);
+      }
+      named_barrier_sync(kBarrierStageFree);  // both warpgroups are done with stage j % 2
+      if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
+      cp_async_commit();
+    }
+    cp_async_wait<0>();
+  }
+
+  // S = Q K^T of the KV tile at `tile` (all 64 tokens), issued, not waited for.
+  __device__ void issue_s(uint32_t tile, float (&s)[32]) {
+    const uint64_t a_desc = gmma_descriptor(sq_, 16, 1024);
+    const uint64_t b_desc = gmma_descriptor(tile, 16, 1024);
+    fence_s(s);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kDimQk / 16; ++k) {
+      const uint64_t offset = static_cast<uint64_t>(((k / 4) * kColumnBlockBytes + (k % 4) * 32) >> 4);
+      wgmma_m64n64k16<kFp16>(s, a_desc + offset, b_desc + offset, k > 0 ? 1 : 0);
+    }
+  }
+
+  // Scale, mask, online softmax of S (s[4 n + 2 i + e]: row 16 warp + g + 8 i, token 8 n + 2 q4 + e);
+  // P into registers (A fragments) and into the RoPE block of the tile, the rescale factors into
+  // factor_[parity]; warpgroup 0's accumulators rescaled.
+  __device__ void softmax(float (&s)[32], uint32_t (&p)[4][4], uint32_t tile, int block_start, int parity,
+                          const Piece& piece, float (&acc)[32][4], RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const uint32_t p_tile = tile + 8 * kColumnBlockBytes;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = warp_ * 16 + g + 8 * i;
+      const int r = m_block_ * kTileRows + row;
+      int limit = piece.token_end;
+      if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+      float local_max = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int position = block_start + n * 8 + 2 * q4 + e;
+          float& value = s[4 * n + 2 * i + e];
+          value = position < limit ? value * p_.scale_log2 : -INFINITY;
+          local_max = fmaxf(local_max, value);
+        }
+      }
+      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 1));
+      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 2));
+      const float new_max = fmaxf(state.max_log2[i], local_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;  // nothing visible yet: no NaN
+      const float rescale = exp2f(state.max_log2[i] - base);
+      state.max_log2[i] = new_max;
+      float block_sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& value = s[4 * n + 2 * i + e];
+          value = exp2f(value - base);
+          block_sum += value;
+        }
+        const uint32_t word = pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]);
+        // A fragment of k-step n / 2: a[i + 2 (n % 2)] holds row g + 8 i, tokens 16 (n / 2) + 8 (n % 2) + 2 q4.
+        p[n / 2][i + 2 * (n % 2)] = word;
+        const int token = n * 8 + 2 * q4;
+        const uint32_t address = p_tile + row * 128 + (((token >> 3) ^ (row & 7)) << 4) + (token & 7) * 2;
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(word) : "memory");
+      }
+      state.sum[i] = state.sum[i] * rescale + block_sum;  // partial over the quad's tokens
+      if (q4 == 0) factor_[parity * kTileRows + row] = rescale;
+#pragma unroll
+      for (int n = 0; n < 32; ++n) {
+        acc[n][2 * i] *= rescale;
+        acc[n][2 * i + 1] *= rescale;
+      }
+    }
+  }
+
+  __device__ void load_q(int batch) {
+    const auto* q = static_cast<const uint16_t*>(p_.q);
+    for (int task = static_cast<int>(threadIdx.x) - 128; task < kTileRows * kChunks; task += 128) {
+      const int row = task / kChunks, chunk = task % kChunks;
+      const int r = m_block_ * kTileRows + row;
+      const bool valid = r < p_.rows;
+      const uint16_t* source = q;
+      if (valid) {
+        const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+        source = q + batch * p_.q_batch_stride + token * p_.q_token_stride + head * p_.q_head_stride + chunk * 8;
+      }
+      cp_async_16(sq_ + wgmma_tile_offset(row, chunk), source, valid);
+    }
+  }
+
+  // As Decoder::load_block (tokens at or past the piece's end zero-filled, not read), by warpgroup 1.
+  __device__ void load_block(const Piece& piece, int block, int stage) {
+    int physical = -1;
+    if (block < p_.max_blocks) {
+      physical = p_.block_table[piece.batch * p_.block_table_batch_stride + block * p_.block_table_column_stride];
+    }
+    const bool block_ok = physical >= 0 && physical < p_.num_blocks;
+    const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
+    const auto* cache = static_cast<const uint16_t*>(p_.k_cache);
+    const uint16_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+    const uint32_t destination = skv_ + stage * kTileBytes;
+    for (int task = static_cast<int>(threadIdx.x) - 128; task < kTileRows * kChunks; task += 128) {
+      const int token = task / kChunks, chunk = task % kChunks;
+      const bool valid = token < valid_tokens;
+      const uint16_t* source = valid ? base + token * p_.k_token_stride + chunk * 8 : cache;
+      cp_async_16(destination + wgmma_tile_offset(token, chunk), source, valid);
+    }
+  }
+
+  // Warpgroup 0 holds the rows' max and partial sums: it writes the lse and hands 1 / sum to
+  // warpgroup 1 through shared memory; each warpgroup writes its 256 channels.
+  __device__ void finish_piece(const Piece& piece, float (&acc)[32][4], RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    if (warpgroup_ == 0) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 1);
+        state.sum[i] += __shfl_xor_sync(0xffffffffu, state.sum[i], 2);
+        if (q4 == 0) finish_[warp_ * 16 + g + 8 * i] = state.sum[i] == 0.0f ? 0.0f : 1.0f / state.sum[i];
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int tile_row = warp_ * 16 + g + 8 * i;
+      const int r = m_block_ * kTileRows + tile_row;
+      if (r >= p_.rows) continue;
+      const float inverse = finish_[tile_row];  // an empty row's output is 0
+      const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+      if (piece.only_piece) {
+        uint16_t* out = static_cast<uint16_t*>(p_.out) + piece.batch * p_.out_batch_stride +
+                        token * p_.out_token_stride + head * p_.out_head_stride + warpgroup_ * 256 + 2 * q4;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<uint32_t*>(out + n * 8) =
+              pack2<kFp16>(acc[n][2 * i] * inverse, acc[n][2 * i + 1] * inverse);
+        }
+        if (warpgroup_ == 0 && q4 == 0) {
+          const float sum = state.sum[i];
+          p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride + token * p_.lse_token_stride] =
+              sum == 0.0f ? INFINITY : (log2f(sum) + state.max_log2[i]) / kLog2e;
+        }
+      } else {
+        const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k_) * p_.rows + r;
+        float* out = p_.out_accum + slot_row * kDimV + warpgroup_ * 256 + 2 * q4;
+#pragma unroll
+        for (int n = 0; n < 32; ++n) {
+          *reinterpret_cast<float2*>(out + n * 8) = make_float2(acc[n][2 * i] * inverse, acc[n][2 * i + 1] * inverse);
+        }
+        if (warpgroup_ == 0 && q4 == 0) {
+          const float sum = state.sum[i];
+          p_.lse_accum[slot_row] = sum == 0.0f ? -INFINITY : log2f(sum) + state.max_log2[i];
+        }
+      }
+    }
+  }
+
+  static __device__ __forceinline__ void fence_s(float (&s)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) fence_operand(s[i]);
+  }
+  static __device__ __forceinline__ void fence_acc(float (&acc)[32][4]) {
+#pragma unroll
+    for (int n = 0; n < 32; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) fence_operand(acc[n][e]);
+    }
+  }
+  static __device__ __forceinline__ void fence_p(uint32_t (&p)[4][4]) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(p[k][e])::"memory");
+    }
+  }
+
+  const DecodeParams& p_;
+  uint32_t sq_ = 0, skv_ = 0;
+  float* factor_ = nullptr;
+  float* finish_ = nullptr;
+  int warpgroup_ = 0, warp_ = 0, lane_ = 0;
+  int head_k_ = 0, m_block_ = 0;
+};
+
 template <class DecoderType>
 __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_constant__ DecodeParams params) {
   extern __shared__ __align__(128) char smem[];
@@ -1806,7 +2268,13 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream) {
 // kernel (WgmmaDecoder) takes every case with >= 64 rows unless the caller forces mma.sync.
 template <bool kFp16, bool kFp8>
 cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream_t stream) {
-  if (kind == KernelKind::kWgmma) return launch<WgmmaDecoder<kFp16, kFp8>, kFp16>(params, stream);
+  if (kind == KernelKind::kWgmma) {
+    if constexpr (kFp8) {
+      return launch<WgmmaDecoder<kFp16, true>, kFp16>(params, stream);
+    } else {
+      return launch<WgmmaPipelinedDecoder<kFp16>, kFp16>(params, stream);
+    }
+  }
   if constexpr (kFp8) {
     if (params.rows <= 16) return launch<Fp8Decoder<kFp16, 4>, kFp16>(params, stream);
     if (params.rows <= 32) return launch<Fp8Decoder<kFp16, 2>, kFp16>(params, stream);
