@@ -2,7 +2,9 @@
 
 Shapes (issue #7): b = 128, s_q 1 and 2, h_q 16 and 128, h_kv 1, d_qk 576, d_v 512, page 64; cache
 lengths 1K, 4K, 8K, 16K, 32K, fixed (every sequence that long) and variable (uniform in [L/2, 3L/2],
-seeded); non-causal; our kernel on the paged bf16 cache and on the FP8 cache (656 bytes per token).
+seeded); non-causal; our kernel on the paged bf16 cache and on the FP8 cache (656 bytes per token);
+where s_q * h_q >= 64 (the WGMMA kernels) also the mma.sync kernels on the same shapes
+(FF_MLA_KERNEL=mma_sync: `ours_*_mma_sync`); `kernel` names the kernel that ran.
 Baselines, on a contiguous (b, L_max, 576) copy of the same cache (a layout that favours them):
 torch SDPA (F.scaled_dot_product_attention over one head of s_q * h_q query rows, since h_kv = 1; a
 boolean mask for variable lengths) and
@@ -96,7 +98,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--probe", action="store_true",
-                        help="also time the load pipeline alone (s_q 1), a diagnostic of the memory ceiling")
+                        help="also time the load pipeline alone (s_q 1, h_q 16) and the WGMMA kernel without "
+                             "its S MMAs, P V MMAs or softmax (FF_MLA_PROBE_SKIP), diagnostics")
     args = parser.parse_args()
     try:
         import torch
@@ -207,7 +210,16 @@ def main() -> int:
                                          "TFLOPS": round(flops / ms / 1e9, 1)}
                         if name.startswith("ours"):
                             figures[name]["kernel"] = mla.last_cuda_kernel()
-                    if args.probe and s_q == 1:
+                    if args.probe and s_q * h_q >= 64:
+                        # The bf16 WGMMA kernel without its S MMAs (1), P V MMAs (2), softmax (4), all (7).
+                        for skip in (1, 2, 4, 7):
+                            os.environ["FF_MLA_PROBE_SKIP"] = str(skip)
+                            try:
+                                ms = time_graph(lambda: ours(False), args.calls, args.repeats)
+                            finally:
+                                del os.environ["FF_MLA_PROBE_SKIP"]
+                            figures[f"probe_skip_{skip}_bf16"] = {"ms": round(ms, 4)}
+                    if args.probe and s_q == 1 and h_q < 64:
                         # The load pipeline alone (FF_MLA_PROBE_LOADS_ONLY): the memory ceiling of the design.
                         os.environ["FF_MLA_PROBE_LOADS_ONLY"] = "1"
                         try:

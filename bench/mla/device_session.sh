@@ -40,7 +40,7 @@ for step in "$@"; do
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck.log" | head
       ;;
     quick)
-      timeout 300 python3 bench/mla/bench_mla.py --quick --h-q 128 --out "$OUT/quick.json" 2>&1 | tail -4 | cut -c1-900
+      timeout 300 python3 bench/mla/bench_mla.py --quick --h-q 128 --probe --out "$OUT/quick.json" 2>&1 | tail -4 | cut -c1-1200
       ;;
     bench)
       timeout 500 python3 bench/mla/bench_mla.py --out "$OUT/mla_h200.json" >"$OUT/bench.log" 2>&1

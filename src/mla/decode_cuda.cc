@@ -224,6 +224,8 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.fp16 = args.q.dtype == DType::kFloat16;
   params.fp8_cache = args.is_fp8_kvcache;
   params.probe_loads_only = std::getenv("FF_MLA_PROBE_LOADS_ONLY") != nullptr;
+  const char* probe_skip = std::getenv("FF_MLA_PROBE_SKIP");
+  params.probe_skip = probe_skip != nullptr ? std::atoi(probe_skip) : 0;
   const char* forced = std::getenv("FF_MLA_KERNEL");
   params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
   last_kernel.store(static_cast<int>(cuda::select_kernel(params)), std::memory_order_relaxed);

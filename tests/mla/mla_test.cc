@@ -186,7 +186,7 @@ struct Case {
   bool fp8 = false;
   int num_sms = kDefaultNumSms;
   int num_threads = 1;
-  int extra_columns = 1;  // block_table columns beyond what the longest sequence needs (left as -1)
+  int extra_columns = 1;        // block_table columns beyond what the longest sequence needs (left as -1)
   bool force_mma_sync = false;  // CUDA: FF_MLA_KERNEL=mma_sync for this call
 };
 
@@ -622,8 +622,8 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   // The dispatch: WGMMA from 64 query rows per KV head on (unless forced off), else mma.sync.
   const int rows = config.s_q * (config.h_q / config.h_kv);
   const char* expected_kernel = !config.force_mma_sync && rows >= 64 ? "wgmma"
-                                : config.fp8 && rows <= 32         ? "mma_sync_fp8_direct"
-                                                                   : "mma_sync";
+                                : config.fp8 && rows <= 32           ? "mma_sync_fp8_direct"
+                                                                     : "mma_sync";
   EXPECT_EQ(last_cuda_kernel(), expected_kernel) << rows << " rows per KV head";
   const std::vector<uint16_t> gpu_out = out.to_host();
   const std::vector<float> gpu_lse = lse.to_host();

@@ -47,6 +47,10 @@ struct DecodeParams {
   // the arithmetic, so a benchmark can tell the memory ceiling of the pipeline from the kernel's time.
   // The outputs are then meaningless.
   bool probe_loads_only = false;
+  // Measurement probe of the bf16 WGMMA kernel (FF_MLA_PROBE_SKIP=1, 2, 4 or 7): leaves out the S MMAs,
+  // the P V MMAs, the softmax arithmetic, or all three (loads and synchronization only). The outputs
+  // are then meaningless.
+  int probe_skip = 0;
   // Take the mma.sync kernels even where the WGMMA kernel applies (FF_MLA_KERNEL=mma_sync in the
   // environment): for benchmarks beside the older path and for tests of both.
   bool force_mma_sync = false;

@@ -1,6 +1,8 @@
-// sm90 MLA decode over a paged KV cache (bf16 / fp16, and the FP8 e4m3 cache), phase 1: warp-level
-// tensor-core MMA (mma.sync m16n8k16, ldmatrix) fed by a two-stage cp.async pipeline, then a combine
-// kernel for sequences split over several SM parts. The design and its numbers are in docs/mla.md.
+// sm90 MLA decode over a paged KV cache (bf16 / fp16, and the FP8 e4m3 cache): with >= 64 query rows
+// per KV head, warpgroup MMAs (wgmma, WgmmaPipelinedDecoder / WgmmaFp8Decoder, further down); with
+// fewer, warp-level tensor-core MMA (mma.sync m16n8k16, ldmatrix); both fed by cp.async pipelines, then
+// a combine kernel for sequences split over several SM parts. The design and its numbers are in
+// docs/mla.md. The comments up to the WGMMA section describe the mma.sync kernels.
 //
 // Work decomposition (FlashMLA's): grid (m_blocks, h_kv, num_sm_parts). A CTA takes the 64 query rows
 // of one m-block of one KV head (row r of a KV head is query token r / group, head r % group) and
@@ -1233,20 +1235,20 @@ class Fp8Decoder {
 };
 
 // ---------------------------------------------------------------------------------------------------
-// WGMMA path: >= 64 query rows per KV head (the compute-bound shapes), bf16 / fp16, and the FP8 cache
-// dequantized into the same 16-bit tile. Two warpgroups; per 64-token block:
-//   S = Q K^T   warpgroup w computes the 64 rows x tokens 32 w .. 32 w + 31 (wgmma m64n32k16, A = the
-//               Q tile, B = the KV tile, both K-major from 128B-swizzled shared memory, 36 k-steps);
-//   softmax     row maxima exchanged between the warpgroups through shared memory, log2 domain; each
-//               warpgroup keeps partial row sums over its tokens (merged once per piece);
-//   P           both halves of P (bf16 / fp16) go into the RoPE channels 512..575 of the KV tile, dead
-//               after S; that 64 x 64 region has exactly the K-major swizzled layout of an A operand;
-//   O += P V    warpgroup w accumulates the 64 rows x value channels 256 w .. 256 w + 255 (wgmma
-//               m64n256k16, B = channels of the KV tile read MN-major: 4 k-steps of 16 tokens).
-// Tiles (Q, KV): 9 column blocks of 64 channels, each 64 rows x 128 B, the 16-byte chunk c of row r at
-// chunk c ^ (r & 7) (the hardware's 128-byte swizzle; every block 1024-byte aligned). Loads are
-// cp.async (as the mma.sync kernel), two KV stages for bf16 / fp16; the FP8 cache keeps two raw
-// stages and dequantizes each block into one 16-bit KV tile.
+// WGMMA kernels: >= 64 query rows per KV head (the compute-bound shapes). Common to both: 256 threads
+// = two warpgroups; tiles (Q, KV) of 9 column blocks of 64 channels, each 64 rows x 128 B with the
+// 16-byte chunk c of row r at chunk c ^ (r & 7) (the hardware's 128-byte swizzle; every block 1024-byte
+// aligned), so that Q and K are K-major wgmma operands and V (channels of the same tile) an MN-major
+// one; P (bf16 / fp16) goes into the RoPE block (channels 512..575) of the KV tile, dead after S, whose
+// 64 x 64 layout is exactly that of a K-major A operand; loads are cp.async (as the mma.sync kernel).
+//   WgmmaPipelinedDecoder (bf16 / fp16 cache, below): warpgroup roles as FlashMLA, two KV stages.
+//   WgmmaFp8Decoder (FP8 cache): dequantizes each block into one 16-bit tile, then, symmetric:
+//     S = Q K^T   warpgroup w computes the 64 rows x tokens 32 w .. 32 w + 31 (wgmma m64n32k16, A = the
+//                 Q tile, B = the KV tile, both from shared memory, 36 k-steps);
+//     softmax     row maxima exchanged between the warpgroups through shared memory, log2 domain; each
+//                 warpgroup keeps partial row sums over its tokens (merged once per piece);
+//     O += P V    warpgroup w accumulates the 64 rows x value channels 256 w .. 256 w + 255 (wgmma
+//                 m64n256k16, A = P, B = the tile read MN-major: 4 k-steps of 16 tokens).
 constexpr int kColumnBlockBytes = kTileRows * 128;  // 64 rows x 64 channels of 16 bits
 constexpr int kColumnBlocks = kDimQk / 64;          // 9; block 8 holds the RoPE channels (and later P)
 static_assert(kColumnBlocks * kColumnBlockBytes == kTileBytes, "the WGMMA tile has the mma.sync tile's size");
@@ -1274,9 +1276,7 @@ __device__ __forceinline__ void wgmma_wait() {
 // Keeps the compiler from moving accesses of an accumulator register across the asynchronous MMAs.
 __device__ __forceinline__ void fence_operand(float& value) { asm volatile("" : "+f"(value)::"memory"); }
 // Generic-proxy writes of shared memory (st.shared, cp.async) before the tensor cores read them.
-__device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // d (64 x 32, the m64n32 accumulator layout) = (scale_d ? d : 0) + A (64 x 16, K-major) * B (16 x 32, K-major).
 template <bool kFp16>
@@ -1287,9 +1287,8 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t desc_a,
         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
         "%16, %17, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   } else {
     asm volatile(
@@ -1297,9 +1296,8 @@ __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint64_t desc_a,
         "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
         "%16, %17, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   }
 }
@@ -1321,13 +1319,12 @@ __device__ __forceinline__ void wgmma_m64n256k16_mn(float (&d)[32][4], uint64_t 
         "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
         "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
         "%128, %129, p, 1, 1, 0, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
-          "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
-          "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
-          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+          "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+          "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),
+          "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]),
+          "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
           "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
           "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
           "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
@@ -1357,13 +1354,12 @@ __device__ __forceinline__ void wgmma_m64n256k16_mn(float (&d)[32][4], uint64_t 
         "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
         "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
         "%128, %129, p, 1, 1, 0, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
-          "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
-          "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
-          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),
+          "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]),
+          "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),
+          "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+          "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]),
+          "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
           "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
           "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
           "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
@@ -1383,24 +1379,23 @@ __device__ __forceinline__ void wgmma_m64n256k16_mn(float (&d)[32][4], uint64_t 
   }
 }
 
-template <bool kFp16, bool kFp8>
-class WgmmaDecoder {
+template <bool kFp16>
+class WgmmaFp8Decoder {
   static constexpr int kQOffset = 0;
-  static constexpr int kKvOffset = kTileBytes;  // bf16 / fp16: two stages; FP8: the dequantized tile
-  static constexpr int kRawOffset = 2 * kTileBytes;  // FP8 only: two raw stages
-  static constexpr int kReductionOffset = kFp8 ? 2 * kTileBytes + 2 * kRawTileBytes : 3 * kTileBytes;
-  // bf16 / fp16 have room to align the tiles to 1024 bytes themselves; the FP8 layout needs the
-  // dynamic shared memory to start 1024-byte aligned (it does on sm_90: checked at run time).
-  static constexpr int kAlignSlack = kFp8 ? 0 : 1024;
+  static constexpr int kKvOffset = kTileBytes;       // the dequantized 16-bit KV tile
+  static constexpr int kRawOffset = 2 * kTileBytes;  // two raw FP8 stages
+  static constexpr int kReductionOffset = 2 * kTileBytes + 2 * kRawTileBytes;
 
  public:
-  static constexpr int kSmemBytes = kReductionOffset + kReductionBytes + kAlignSlack;
+  static constexpr int kSmemBytes = kReductionOffset + kReductionBytes;
   static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
 
-  __device__ WgmmaDecoder(const DecodeParams& p, char* smem) : p_(p) {
+  __device__ WgmmaFp8Decoder(const DecodeParams& p, char* smem) : p_(p) {
     const uint32_t base = smem_address(smem);
+    // No room for alignment slack: the swizzled tiles need the dynamic shared memory to start 1024-byte
+    // aligned, which it does on sm_90 (checked here; the bf16 kernel aligns itself).
     const uint32_t pad = (1024 - base % 1024) % 1024;
-    if (pad > static_cast<uint32_t>(kAlignSlack)) __trap();  // FP8: shared memory not 1024-byte aligned
+    if (pad != 0) __trap();
     char* aligned = smem + pad;
     sq_ = base + pad + kQOffset;
     skv_ = base + pad + kKvOffset;
@@ -1437,23 +1432,12 @@ class WgmmaDecoder {
       cp_async_wait<1>();  // block j (and Q) landed; block j + 1 may be in flight
       fence_proxy_async();
       __syncthreads();  // also: both warpgroups are done with block j - 1 (its O += P V waited)
-      uint32_t tile;
-      if constexpr (kFp8) {
-        dequantize(raw_ + (j & 1) * kRawTileBytes);
-        fence_proxy_async();
-        __syncthreads();  // the raw stage is free again and the KV tile is complete
-        if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
-        cp_async_commit();
-        tile = skv_;
-      } else {
-        tile = skv_ + (j & 1) * kTileBytes;
-      }
-      if (!p_.probe_loads_only) compute_block(tile, (first_block + j) * kTileRows, piece, acc, state);
-      if constexpr (!kFp8) {
-        __syncthreads();  // both warpgroups are done with this stage before it is refilled
-        if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
-        cp_async_commit();
-      }
+      dequantize(raw_ + (j & 1) * kRawTileBytes);
+      fence_proxy_async();
+      __syncthreads();  // the raw stage is free again and the KV tile is complete
+      if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
+      cp_async_commit();
+      if (!p_.probe_loads_only) compute_block(skv_, (first_block + j) * kTileRows, piece, acc, state);
     }
     cp_async_wait<0>();
     finish_piece(piece, acc, state);
@@ -1476,7 +1460,8 @@ class WgmmaDecoder {
     }
   }
 
-  // As Decoder::load_block, into the swizzled column blocks (16-bit) or a raw stage (FP8).
+  // As Decoder::load_block for the FP8 cache: raw tokens into a raw stage, tokens at or past the
+  // piece's end zero-filled without being read.
   __device__ void load_block(const Piece& piece, int block, int stage) {
     int physical = -1;
     if (block < p_.max_blocks) {
@@ -1484,26 +1469,14 @@ class WgmmaDecoder {
     }
     const bool block_ok = physical >= 0 && physical < p_.num_blocks;
     const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
-    if constexpr (kFp8) {
-      const auto* cache = static_cast<const uint8_t*>(p_.k_cache);
-      const uint8_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
-      const uint32_t destination = smem_address(raw_ + stage * kRawTileBytes);
-      for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kFp8TokenChunks; task += kThreads) {
-        const int token = task / kFp8TokenChunks, chunk = task % kFp8TokenChunks;
-        const bool valid = token < valid_tokens;
-        const uint8_t* source = valid ? base + token * p_.k_token_stride + chunk * 16 : cache;
-        cp_async_16(destination + token * kFp8TokenBytes + chunk * 16, source, valid);
-      }
-    } else {
-      const auto* cache = static_cast<const uint16_t*>(p_.k_cache);
-      const uint16_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
-      const uint32_t destination = skv_ + stage * kTileBytes;
-      for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kChunks; task += kThreads) {
-        const int token = task / kChunks, chunk = task % kChunks;
-        const bool valid = token < valid_tokens;
-        const uint16_t* source = valid ? base + token * p_.k_token_stride + chunk * 8 : cache;
-        cp_async_16(destination + wgmma_tile_offset(token, chunk), source, valid);
-      }
+    const auto* cache = static_cast<const uint8_t*>(p_.k_cache);
+    const uint8_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+    const uint32_t destination = smem_address(raw_ + stage * kRawTileBytes);
+    for (int task = static_cast<int>(threadIdx.x); task < kTileRows * kFp8TokenChunks; task += kThreads) {
+      const int token = task / kFp8TokenChunks, chunk = task % kFp8TokenChunks;
+      const bool valid = token < valid_tokens;
+      const uint8_t* source = valid ? base + token * p_.k_token_stride + chunk * 16 : cache;
+      cp_async_16(destination + token * kFp8TokenBytes + chunk * 16, source, valid);
     }
   }
 
@@ -1615,7 +1588,8 @@ class WgmmaDecoder {
         }
         const int token = warpgroup_ * 32 + n * 8 + 2 * q4;
         const uint32_t address = p_tile + row * 128 + ((((token >> 3) ^ (row & 7))) << 4) + (token & 7) * 2;
-        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]))
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address),
+                     "r"(pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]))
                      : "memory");
       }
       state.sum[i] = state.sum[i] * rescale + block_sum;
@@ -1707,7 +1681,6 @@ class WgmmaDecoder {
   int head_k_ = 0, m_block_ = 0;
 };
 
-
 // d (64 x 64) = (scale_d ? d : 0) + A (64 x 16, K-major) * B (16 x 64, K-major), both from shared memory.
 template <bool kFp16>
 __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
@@ -1718,12 +1691,10 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a,
         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
         "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31])
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+          "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   } else {
     asm volatile(
@@ -1732,93 +1703,11 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a,
         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
         "%32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31])
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+          "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+          "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  }
-}
-
-// d (64 x 256) = (scale_d ? d : 0) + A (64 x 16, registers: the m16n8k16 A fragment of the warp's 16 rows)
-// * B (16 x 256, MN-major from shared memory).
-template <bool kFp16>
-__device__ __forceinline__ void wgmma_m64n256k16_rs(float (&d)[32][4], const uint32_t (&a)[4], uint64_t desc_b,
-                                                    int scale_d) {
-  if constexpr (kFp16) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
-        "{%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
-          "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
-          "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
-          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
-          "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
-          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
-          "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
-          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]), "+f"(d[16][0]), "+f"(d[16][1]),
-          "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]),
-          "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]),
-          "+f"(d[19][2]), "+f"(d[19][3]), "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]),
-          "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), "+f"(d[22][0]), "+f"(d[22][1]),
-          "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]),
-          "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]),
-          "+f"(d[25][2]), "+f"(d[25][3]), "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]),
-          "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), "+f"(d[28][0]), "+f"(d[28][1]),
-          "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]),
-          "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]),
-          "+f"(d[31][2]), "+f"(d[31][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-  } else {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
-        "{%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
-          "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-          "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
-          "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-          "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
-          "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-          "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
-          "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
-          "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]),
-          "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
-          "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3]), "+f"(d[16][0]), "+f"(d[16][1]),
-          "+f"(d[16][2]), "+f"(d[16][3]), "+f"(d[17][0]), "+f"(d[17][1]), "+f"(d[17][2]), "+f"(d[17][3]),
-          "+f"(d[18][0]), "+f"(d[18][1]), "+f"(d[18][2]), "+f"(d[18][3]), "+f"(d[19][0]), "+f"(d[19][1]),
-          "+f"(d[19][2]), "+f"(d[19][3]), "+f"(d[20][0]), "+f"(d[20][1]), "+f"(d[20][2]), "+f"(d[20][3]),
-          "+f"(d[21][0]), "+f"(d[21][1]), "+f"(d[21][2]), "+f"(d[21][3]), "+f"(d[22][0]), "+f"(d[22][1]),
-          "+f"(d[22][2]), "+f"(d[22][3]), "+f"(d[23][0]), "+f"(d[23][1]), "+f"(d[23][2]), "+f"(d[23][3]),
-          "+f"(d[24][0]), "+f"(d[24][1]), "+f"(d[24][2]), "+f"(d[24][3]), "+f"(d[25][0]), "+f"(d[25][1]),
-          "+f"(d[25][2]), "+f"(d[25][3]), "+f"(d[26][0]), "+f"(d[26][1]), "+f"(d[26][2]), "+f"(d[26][3]),
-          "+f"(d[27][0]), "+f"(d[27][1]), "+f"(d[27][2]), "+f"(d[27][3]), "+f"(d[28][0]), "+f"(d[28][1]),
-          "+f"(d[28][2]), "+f"(d[28][3]), "+f"(d[29][0]), "+f"(d[29][1]), "+f"(d[29][2]), "+f"(d[29][3]),
-          "+f"(d[30][0]), "+f"(d[30][1]), "+f"(d[30][2]), "+f"(d[30][3]), "+f"(d[31][0]), "+f"(d[31][1]),
-          "+f"(d[31][2]), "+f"(d[31][3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
   }
 }
 
@@ -1833,10 +1722,9 @@ __device__ __forceinline__ void named_barrier_sync(int id) { asm volatile("bar.s
 // bf16 / fp16 cache with >= 64 rows: the two warpgroups take different roles so that the tensor cores
 // run one warpgroup's MMAs while the other does its softmax or loads (FlashMLA's split):
 //   warpgroup 0  S = Q K^T for all 64 tokens (wgmma m64n64k16, A and B from shared memory); the online
-//                softmax on whole rows (no exchange); P goes to registers (the A operand of its own
-//                O[:, 0:256] += P V, wgmma m64n256k16 with A from registers) and into the RoPE block of
-//                the KV tile, with the rows' rescale factors, for warpgroup 1; then it issues the next
-//                block's S right behind its P V.
+//                softmax on whole rows (no exchange); P (bf16 / fp16) into the RoPE block of the KV tile,
+//                the rows' rescale factors beside it; its own O[:, 0:256] += P V (wgmma m64n256k16, both
+//                operands from shared memory); then it issues the next block's S right behind that.
 //   warpgroup 1  loads (cp.async: Q, every KV block), and O[:, 256:512] += P V with P from shared memory
 //                after rescaling by warpgroup 0's factors.
 // Per block j (KV stage j % 2):
@@ -1844,11 +1732,13 @@ __device__ __forceinline__ void named_barrier_sync(int id) { asm volatile("bar.s
 //        S(j+1) done
 //   wg1: P_READY | rescale, P V(j), done | block j+1 landed | KV_FULL | STAGE_FREE | load block j+2
 //        into stage j % 2
-template <bool kFp16>
+// kSkip (measurement probes, FF_MLA_PROBE_SKIP; results meaningless): bit 1 leaves out the S MMAs, 2
+// the P V MMAs, 4 the softmax arithmetic, so that timings tell where a block's time goes.
+template <bool kFp16, int kSkip = 0>
 class WgmmaPipelinedDecoder {
   static constexpr int kQOffset = 0;
   static constexpr int kKvOffset = kTileBytes;
-  static constexpr int kFactorOffset = 3 * kTileBytes;                // (2 parities, 64 rows) floats
+  static constexpr int kFactorOffset = 3 * kTileBytes;                     // (2 parities, 64 rows) floats
   static constexpr int kFinishOffset = kFactorOffset + 2 * kTileRows * 4;  // 64 row inverses
 
  public:
@@ -1891,8 +1781,8 @@ class WgmmaPipelinedDecoder {
   }
 
  private:
-  __device__ void run_softmax_warpgroup(const Piece& piece, int num_kv_blocks, int first_block,
-                                        float (&acc)[32][4], RowState& state) {
+  __device__ void run_softmax_warpgroup(const Piece& piece, int num_kv_blocks, int first_block, float (&acc)[32][4],
+                                        RowState& state) {
     if (num_kv_blocks == 0) return;
     float s[32];
     named_barrier_sync(kBarrierKvFull);  // Q and block 0
@@ -1911,16 +1801,20 @@ class WgmmaPipelinedDecoder {
   __device__ __forceinline__ void softmax_step(const Piece& piece, int j, int first_block, float (&s)[32],
                                                float (&acc)[32][4], RowState& state) {
     const uint32_t tile = skv_ + (j & 1) * kTileBytes;
-    uint32_t p[4][4];  // P as the A fragments of the 4 k-steps of 16 tokens
-    softmax(s, p, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
+    softmax(s, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
     fence_proxy_async();
     named_barrier_sync(kBarrierPReady);
     fence_acc(acc);
     wgmma_fence();
+    // NOTE: P is read back from shared memory rather than kept as register A fragments: 16 registers
+    // fewer in the warpgroup that also holds S and O (the kernel is at 255).
+    const uint64_t p_desc = gmma_descriptor(tile + 8 * kColumnBlockBytes, 16, 1024);
     const uint64_t v_desc = gmma_descriptor(tile, kColumnBlockBytes, 1024);
+    if constexpr ((kSkip & 2) == 0) {
 #pragma unroll
-    for (int k = 0; k < kTileRows / 16; ++k) {
-      wgmma_m64n256k16_rs<kFp16>(acc, p[k], v_desc + ((16 * k * 128) >> 4), 1);
+      for (int k = 0; k < kTileRows / 16; ++k) {
+        wgmma_m64n256k16_mn<kFp16>(acc, p_desc + ((32 * k) >> 4), v_desc + ((16 * k * 128) >> 4), 1);
+      }
     }
     wgmma_commit();
     if constexpr (kNext) {
@@ -1932,7 +1826,6 @@ class WgmmaPipelinedDecoder {
       wgmma_wait<0>();
     }
     fence_acc(acc);
-    fence_p(p);  // p[] is read by the asynchronous P V(j): live until here
     named_barrier_sync(kBarrierStageFree);
     if constexpr (kNext) {
       wgmma_wait<0>();
@@ -1947,45 +1840,64 @@ class WgmmaPipelinedDecoder {
     cp_async_commit();
     if (num_kv_blocks > 1) load_block(piece, first_block + 1, 1);
     cp_async_commit();
-    if (num_kv_blocks > 0) {
-      cp_async_wait<1>();
-      fence_proxy_async();
-      named_barrier_sync(kBarrierKvFull);
+    if (num_kv_blocks == 0) {
+      cp_async_wait<0>();
+      return;
     }
-    for (int j = 0; j < num_kv_blocks; ++j) {
-      const uint32_t tile = skv_ + (j & 1) * kTileBytes;
-      named_barrier_sync(kBarrierPReady);
-      const int g = lane_ >> 2;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const float factor = factor_[(j & 1) * kTileRows + warp_ * 16 + g + 8 * i];
-#pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          acc[n][2 * i] *= factor;
-          acc[n][2 * i + 1] *= factor;
-        }
-      }
-      fence_acc(acc);
-      wgmma_fence();
-      const uint64_t p_desc = gmma_descriptor(tile + 8 * kColumnBlockBytes, 16, 1024);
-      const uint64_t v_desc = gmma_descriptor(tile + 4 * kColumnBlockBytes, kColumnBlockBytes, 1024);
+    cp_async_wait<1>();
+    fence_proxy_async();
+    named_barrier_sync(kBarrierKvFull);
+    // As in the softmax warpgroup, the last block is peeled off (no wgmma under a branch).
+    for (int j = 0; j + 1 < num_kv_blocks; ++j) load_step<true>(piece, j, num_kv_blocks, first_block, acc);
+    load_step<false>(piece, num_kv_blocks - 1, num_kv_blocks, first_block, acc);
+    cp_async_wait<0>();
+  }
+
+  // Block j: O[:, 256:512] += P V(j) after warpgroup 0's rescale factors; when kNext, block j + 1 handed
+  // over while it runs; then block j + 2 loaded into the freed stage.
+  template <bool kNext>
+  __device__ __forceinline__ void load_step(const Piece& piece, int j, int num_kv_blocks, int first_block,
+                                            float (&acc)[32][4]) {
+    const uint32_t tile = skv_ + (j & 1) * kTileBytes;
+    named_barrier_sync(kBarrierPReady);
+    const int g = lane_ >> 2;
+    const float factor0 = factor_[(j & 1) * kTileRows + warp_ * 16 + g];
+    const float factor1 = factor_[(j & 1) * kTileRows + warp_ * 16 + g + 8];
+    rescale_rows(acc, factor0, factor1);
+    fence_acc(acc);
+    wgmma_fence();
+    const uint64_t p_desc = gmma_descriptor(tile + 8 * kColumnBlockBytes, 16, 1024);
+    const uint64_t v_desc = gmma_descriptor(tile + 4 * kColumnBlockBytes, kColumnBlockBytes, 1024);
+    if constexpr ((kSkip & 2) == 0) {
 #pragma unroll
       for (int k = 0; k < kTileRows / 16; ++k) {
         wgmma_m64n256k16_mn<kFp16>(acc, p_desc + ((32 * k) >> 4), v_desc + ((16 * k * 128) >> 4), 1);
       }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_acc(acc);
-      if (j + 1 < num_kv_blocks) {
-        cp_async_wait<0>();  // block j + 1, the only group in flight
-        fence_proxy_async();
-        named_barrier_sync(kBarrierKvFull);
-      }
-      named_barrier_sync(kBarrierStageFree);  // both warpgroups are done with stage j % 2
-      if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
-      cp_async_commit();
     }
-    cp_async_wait<0>();
+    wgmma_commit();
+    if constexpr (kNext) {
+      cp_async_wait<0>();  // block j + 1, the only group in flight
+      fence_proxy_async();
+      named_barrier_sync(kBarrierKvFull);
+    }
+    wgmma_wait<0>();
+    fence_acc(acc);
+    named_barrier_sync(kBarrierStageFree);  // both warpgroups are done with stage j % 2
+    if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
+    cp_async_commit();
+  }
+
+  // acc rows g (factor0) and g + 8 (factor1) of the warp; skipped when the whole warp's factors are 1
+  // (the running maxima did not move, the common case after the first blocks).
+  __device__ __forceinline__ void rescale_rows(float (&acc)[32][4], float factor0, float factor1) {
+    if (__all_sync(0xffffffffu, factor0 == 1.0f && factor1 == 1.0f)) return;
+#pragma unroll
+    for (int n = 0; n < 32; ++n) {
+      acc[n][0] *= factor0;
+      acc[n][1] *= factor0;
+      acc[n][2] *= factor1;
+      acc[n][3] *= factor1;
+    }
   }
 
   // S = Q K^T of the KV tile at `tile` (all 64 tokens), issued, not waited for.
@@ -1994,67 +1906,70 @@ class WgmmaPipelinedDecoder {
     const uint64_t b_desc = gmma_descriptor(tile, 16, 1024);
     fence_s(s);
     wgmma_fence();
+    if constexpr ((kSkip & 1) == 0) {
 #pragma unroll
-    for (int k = 0; k < kDimQk / 16; ++k) {
-      const uint64_t offset = static_cast<uint64_t>(((k / 4) * kColumnBlockBytes + (k % 4) * 32) >> 4);
-      wgmma_m64n64k16<kFp16>(s, a_desc + offset, b_desc + offset, k > 0 ? 1 : 0);
+      for (int k = 0; k < kDimQk / 16; ++k) {
+        const uint64_t offset = static_cast<uint64_t>(((k / 4) * kColumnBlockBytes + (k % 4) * 32) >> 4);
+        wgmma_m64n64k16<kFp16>(s, a_desc + offset, b_desc + offset, k > 0 ? 1 : 0);
+      }
     }
   }
 
   // Scale, mask, online softmax of S (s[4 n + 2 i + e]: row 16 warp + g + 8 i, token 8 n + 2 q4 + e);
   // P into registers (A fragments) and into the RoPE block of the tile, the rescale factors into
   // factor_[parity]; warpgroup 0's accumulators rescaled.
-  __device__ void softmax(float (&s)[32], uint32_t (&p)[4][4], uint32_t tile, int block_start, int parity,
-                          const Piece& piece, float (&acc)[32][4], RowState& state) {
+  __device__ void softmax(float (&s)[32], uint32_t tile, int block_start, int parity, const Piece& piece,
+                          float (&acc)[32][4], RowState& state) {
     const int g = lane_ >> 2, q4 = lane_ & 3;
     const uint32_t p_tile = tile + 8 * kColumnBlockBytes;
+    float rescale[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const int row = warp_ * 16 + g + 8 * i;
       const int r = m_block_ * kTileRows + row;
       int limit = piece.token_end;
       if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
-      float local_max = -INFINITY;
+      rescale[i] = 1.0f;
+      if constexpr ((kSkip & 4) == 0) {
+        float local_max = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
+        for (int n = 0; n < 8; ++n) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int position = block_start + n * 8 + 2 * q4 + e;
-          float& value = s[4 * n + 2 * i + e];
-          value = position < limit ? value * p_.scale_log2 : -INFINITY;
-          local_max = fmaxf(local_max, value);
+          for (int e = 0; e < 2; ++e) {
+            const int position = block_start + n * 8 + 2 * q4 + e;
+            float& value = s[4 * n + 2 * i + e];
+            value = position < limit ? value * p_.scale_log2 : -INFINITY;
+            local_max = fmaxf(local_max, value);
+          }
         }
+        local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 1));
+        local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 2));
+        const float new_max = fmaxf(state.max_log2[i], local_max);
+        const float base = new_max == -INFINITY ? 0.0f : new_max;  // nothing visible yet: no NaN
+        rescale[i] = exp2f(state.max_log2[i] - base);
+        state.max_log2[i] = new_max;
+        float block_sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& value = s[4 * n + 2 * i + e];
+            value = exp2f(value - base);
+            block_sum += value;
+          }
+        }
+        state.sum[i] = state.sum[i] * rescale[i] + block_sum;  // partial over the quad's tokens
       }
-      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 1));
-      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 2));
-      const float new_max = fmaxf(state.max_log2[i], local_max);
-      const float base = new_max == -INFINITY ? 0.0f : new_max;  // nothing visible yet: no NaN
-      const float rescale = exp2f(state.max_log2[i] - base);
-      state.max_log2[i] = new_max;
-      float block_sum = 0.0f;
 #pragma unroll
       for (int n = 0; n < 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float& value = s[4 * n + 2 * i + e];
-          value = exp2f(value - base);
-          block_sum += value;
-        }
         const uint32_t word = pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]);
-        // A fragment of k-step n / 2: a[i + 2 (n % 2)] holds row g + 8 i, tokens 16 (n / 2) + 8 (n % 2) + 2 q4.
-        p[n / 2][i + 2 * (n % 2)] = word;
         const int token = n * 8 + 2 * q4;
         const uint32_t address = p_tile + row * 128 + (((token >> 3) ^ (row & 7)) << 4) + (token & 7) * 2;
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(word) : "memory");
       }
-      state.sum[i] = state.sum[i] * rescale + block_sum;  // partial over the quad's tokens
-      if (q4 == 0) factor_[parity * kTileRows + row] = rescale;
-#pragma unroll
-      for (int n = 0; n < 32; ++n) {
-        acc[n][2 * i] *= rescale;
-        acc[n][2 * i + 1] *= rescale;
-      }
+      if (q4 == 0) factor_[parity * kTileRows + row] = rescale[i];
     }
+    rescale_rows(acc, rescale[0], rescale[1]);
   }
 
   __device__ void load_q(int batch) {
@@ -2150,14 +2065,6 @@ class WgmmaPipelinedDecoder {
       for (int e = 0; e < 4; ++e) fence_operand(acc[n][e]);
     }
   }
-  static __device__ __forceinline__ void fence_p(uint32_t (&p)[4][4]) {
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(p[k][e])::"memory");
-    }
-  }
-
   const DecodeParams& p_;
   uint32_t sq_ = 0, skv_ = 0;
   float* factor_ = nullptr;
@@ -2265,13 +2172,23 @@ cudaError_t launch(const DecodeParams& params, cudaStream_t stream) {
 // The FP8 cache with at most 32 rows (the memory-bound shapes) takes Fp8Decoder, whose MMAs read the
 // raw FP8 tiles; with more rows every block's K/V feeds 4 row groups, and dequantizing it once into
 // a 16-bit tile (Decoder<., true, 1>) costs less than four conversions in registers. The WGMMA
-// kernel (WgmmaDecoder) takes every case with >= 64 rows unless the caller forces mma.sync.
+// kernels (WgmmaPipelinedDecoder, WgmmaFp8Decoder) take every case with >= 64 rows unless the caller
+// forces mma.sync.
 template <bool kFp16, bool kFp8>
 cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream_t stream) {
   if (kind == KernelKind::kWgmma) {
     if constexpr (kFp8) {
-      return launch<WgmmaDecoder<kFp16, true>, kFp16>(params, stream);
+      return launch<WgmmaFp8Decoder<kFp16>, kFp16>(params, stream);
     } else {
+      if constexpr (!kFp16) {
+        switch (params.probe_skip) {
+          case 1: return launch<WgmmaPipelinedDecoder<false, 1>, false>(params, stream);
+          case 2: return launch<WgmmaPipelinedDecoder<false, 2>, false>(params, stream);
+          case 4: return launch<WgmmaPipelinedDecoder<false, 4>, false>(params, stream);
+          case 7: return launch<WgmmaPipelinedDecoder<false, 7>, false>(params, stream);
+          default: break;
+        }
+      }
       return launch<WgmmaPipelinedDecoder<kFp16>, kFp16>(params, stream);
     }
   }
@@ -2296,12 +2213,9 @@ KernelKind select_kernel(const DecodeParams& params) {
 
 const char* kernel_name(KernelKind kind) {
   switch (kind) {
-    case KernelKind::kWgmma:
-      return "wgmma";
-    case KernelKind::kMmaSyncFp8Direct:
-      return "mma_sync_fp8_direct";
-    case KernelKind::kMmaSync:
-      return "mma_sync";
+    case KernelKind::kWgmma: return "wgmma";
+    case KernelKind::kMmaSyncFp8Direct: return "mma_sync_fp8_direct";
+    case KernelKind::kMmaSync: return "mma_sync";
   }
   return "";
 }
