@@ -110,6 +110,9 @@ class ChunkEngine final : public ChunkStore {
   uint64_t max_chunk_bytes() const override;
   Result<ChunkMeta> stat(const ChunkId& id) override;
   Result<ChunkRead> read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
+  // Into a fresh 4 KiB-aligned buffer (rounded up to 4 KiB): ranges on crc-segment boundaries go from
+  // the disk straight into it (read_into's zero-copy path), others through the bounce buffer.
+  Result<SharedChunkRead> read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
   Status put_pending(const ChunkUpdate& update) override;
   Status commit(const ChunkId& id, uint32_t version) override;
   Status put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -82,6 +83,33 @@ struct ChunkRead {
   bool dirty = false;           // a pending version exists (strict reads then carry no data)
 };
 
+// Immutable bytes shared between owners without copying: a write's payload stored locally and forwarded
+// to the successor, a read's buffer handed to the RPC layer. `owner` keeps `bytes` alive; a SharedBytes
+// whose owner is null is "not set" (messages then carry their payload in their Bytes field).
+//
+// Thread-safety: the bytes are never written after construction; copies may live on any thread.
+struct SharedBytes {
+  std::shared_ptr<const void> owner;
+  std::span<const std::byte> bytes;
+
+  bool is_set() const { return owner != nullptr; }
+  size_t size() const { return bytes.size(); }
+  // Takes ownership of a vector (no copy of its bytes).
+  static SharedBytes adopt(std::vector<std::byte>&& data) {
+    auto held = std::make_shared<const std::vector<std::byte>>(std::move(data));
+    std::span<const std::byte> view(held->data(), held->size());
+    return SharedBytes{std::move(held), view};
+  }
+  std::vector<std::byte> to_vector() const { return std::vector<std::byte>(bytes.begin(), bytes.end()); }
+};
+
+// read_shared()'s answer: as ChunkRead, with the bytes in a buffer the store allocated.
+struct SharedChunkRead {
+  ChunkMeta meta;
+  SharedBytes data;    // always set (possibly empty) on success
+  bool dirty = false;
+};
+
 class ChunkStore {
  public:
   virtual ~ChunkStore() = default;
@@ -96,6 +124,14 @@ class ChunkStore {
   // version. A pending version sets ChunkRead::dirty (strict reads then return no data). Errors:
   // not_found (no committed version), data_loss (CRC mismatch or unreadable data, naming the chunk).
   virtual Result<ChunkRead> read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) = 0;
+
+  // read() into a buffer the store chooses and shares (ChunkEngine: a 4 KiB-aligned buffer the disk
+  // DMAs into, no bounce copy), so the caller can hand it on (an RPC reply) without copying. Same
+  // semantics and errors as read(). The default adopts read()'s vector.
+  virtual Result<SharedChunkRead> read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
+    FF_ASSIGN_OR_RETURN(ChunkRead read_result, read(id, offset, length, mode));
+    return SharedChunkRead{read_result.meta, SharedBytes::adopt(std::move(read_result.data)), read_result.dirty};
+  }
 
   // Stores an update as the pending version (copy-on-write: the committed version stays readable).
   // update.version must be committed_version + 1; an existing pending version with the same number is

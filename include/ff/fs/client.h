@@ -52,6 +52,11 @@ class StorageClient {
   // write stream (request ids are (client_id, channel, seq)).
   void write(ChainId chain, const ChunkId& chunk, uint64_t offset, Bytes data, Callback<WriteRsp> done,
              uint32_t channel = 0);
+  // The same with a shared payload (sent without copying it; the caller may keep using the bytes) and
+  // the file's chunk size (WriteReq::chunk_size; 0: unknown), so the first write of a chunk reserves its
+  // final block class.
+  void write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data, Callback<WriteRsp> done,
+             uint32_t channel, uint64_t chunk_size);
   // Reads committed data. kRelaxed returns committed bytes even while a write is pending.
   void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
             Callback<ReadRsp> done);

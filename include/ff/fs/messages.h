@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <variant>
 #include <vector>
@@ -97,6 +98,13 @@ struct WriteReq {
   ChunkId chunk;
   uint64_t offset = 0;
   Bytes data;
+  // Optional, instead of `data` (in-process senders share their buffer; the wire carries either the
+  // same way, receivers over RPC get `data`). payload() picks the one that is set.
+  SharedBytes shared_data;
+  // Optional (0: unknown): the file's chunk size (ChunkUpdate::chunk_size), so the first write of a
+  // chunk reserves the block class the chunk will grow to.
+  uint64_t chunk_size = 0;
+  std::span<const std::byte> payload() const { return shared_data.is_set() ? shared_data.bytes : std::span<const std::byte>(data); }
 };
 // The acknowledgement: the version the write created, committed on every target of the write chain.
 struct WriteRsp {
@@ -124,6 +132,10 @@ struct ReadRsp {
   ChunkMeta meta;   // metadata of the chunk on that target (committed version, length, CRC, pending)
   Bytes data;       // short at the end of the chunk
   bool dirty = false;  // relaxed reads: a newer pending version exists
+  // Optional, instead of `data`: set only by a storage service answering a transport that asked for
+  // shared payloads (ServerContext::shared_payloads); receivers over RPC get `data`.
+  SharedBytes shared_data;
+  std::span<const std::byte> payload() const { return shared_data.is_set() ? shared_data.bytes : std::span<const std::byte>(data); }
 };
 
 // Batches: items are independent; each has its own status. One batch goes to one node.
@@ -202,6 +214,9 @@ struct ForwardReq {
   // that never stored that version answers [version_mismatch] (then no target downstream committed it
   // and the head may drop it).
   bool resolve_pending = false;
+  SharedBytes shared_data;  // optional, instead of `data` (as WriteReq::shared_data)
+  uint64_t chunk_size = 0;  // as WriteReq::chunk_size
+  std::span<const std::byte> payload() const { return shared_data.is_set() ? shared_data.bytes : std::span<const std::byte>(data); }
 };
 struct ForwardRsp {
   uint32_t committed_version = 0;

@@ -52,6 +52,7 @@ struct StorageBugs {
   bool tail_acks_without_storing = false;  // the tail acknowledges a write it did not store
   bool skip_sync = false;                  // recovery sends SyncDone without transferring chunks
   bool ignore_chain_version = false;       // accept requests with any chain version
+  bool commit_before_ack = false;          // not a bug: the protocol before ack_then_commit (for A/B runs)
 };
 
 // Observer of committed versions, for the simulation's checkers. Called on the executor.
@@ -76,6 +77,14 @@ class StorageService {
 
   // The RPC entry point for every storage request. Executor thread.
   void handle(const ServerContext& context, Request request, Reply reply);
+
+  // Any thread (a transport's receiving thread, before it posts to the executor): serves a plain
+  // strict/relaxed ReadReq without the executor when the transport's Reply works from any thread: the
+  // checks of handle() (serving, lease, chain version, target serving) against a snapshot the executor
+  // publishes, the read on an offload worker, the reply from there. Returns false, leaving request and
+  // reply untouched, when the request must go through handle() (any other request, a failed check,
+  // which handle() then answers with its error).
+  bool try_handle_read(const ServerContext& context, Request& request, Reply& reply);
 
   // State for tests and the stats line. Executor thread.
   bool serving() const;

@@ -38,6 +38,7 @@ class Executor {
   // Runs `work` off the executor (a worker thread; may run concurrently with the executor and with
   // other work), then posts `done` to the executor. For blocking calls into a ChunkStore. `work` must
   // not touch the service's state; it communicates through what its lambda captures.
+  // An empty `done` posts nothing (work that answers by itself, e.g. a read replying from the worker).
   // NOTE: the simulation runs work inline and delays done by a simulated disk latency.
   virtual void offload(Task work, Task done) = 0;
 };
@@ -62,10 +63,17 @@ struct ServerContext {
   // and forwards it (as remaining time) to the calls it makes on the request's behalf.
   int64_t deadline_ns = INT64_MAX;
   std::string peer;  // for logs
+  // Set by transports that carry SharedBytes payloads themselves (fs/rpc): a service may answer with
+  // ReadRsp::shared_data instead of copying into ReadRsp::data.
+  bool shared_payloads = false;
+  // Set by transports whose Reply may be called from any thread (fs/rpc): a service may then answer
+  // from an offload worker instead of posting back to its executor first.
+  bool reply_from_any_thread = false;
 };
 
-// Sends a response. Must be called exactly once per request, on the service's executor. May be called
-// after the handler returned (asynchronous handlers, e.g. a write waiting for the chain's ack).
+// Sends a response. Must be called exactly once per request, on the service's executor (or on any
+// thread when ServerContext::reply_from_any_thread is set). May be called after the handler returned
+// (asynchronous handlers, e.g. a write waiting for the chain's ack).
 using Reply = std::function<void(Result<Response>)>;
 
 // The server side: a transport delivers each request to a handler on the service's executor. Services

@@ -16,6 +16,7 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <array>
 #include <atomic>
 #include <bit>
@@ -817,6 +818,36 @@ Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId& id, uint64_t
     FF_RETURN_IF_ERROR(impl_->read_version(*context, id, record->committed, offset, out.data(), count));
   }
   result.bytes_read = count;
+  impl_->reads.fetch_add(1, std::memory_order_relaxed);
+  impl_->read_bytes.fetch_add(count, std::memory_order_relaxed);
+  return result;
+}
+
+Result<SharedChunkRead> ChunkEngine::read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
+  std::shared_lock read_lock(impl_->read_locks[Impl::stripe(id)]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
+  if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
+  SharedChunkRead result;
+  result.meta = chunk_internal::to_meta(id, *record);
+  result.dirty = record->pending.present();
+  result.data = SharedBytes{std::make_shared<int>(0), {}};
+  if (!record->committed.present()) {
+    return chunk_not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
+                           impl_->options.directory, record->pending.version);
+  }
+  if (result.dirty && mode == ReadMode::kStrict) return result;
+  const uint64_t chunk_length = record->committed.length;
+  const uint64_t count = offset >= chunk_length ? 0 : std::min<uint64_t>(length, chunk_length - offset);
+  if (count > 0) {
+    // A fresh 4 KiB-aligned buffer the caller keeps: whole crc segments are DMA'd straight into it.
+    constexpr uint64_t kAlign = 4096;
+    void* raw = std::aligned_alloc(kAlign, (count + kAlign - 1) / kAlign * kAlign);
+    if (raw == nullptr) return resource_exhausted("chunk {}: cannot allocate a {} byte read buffer", id.to_string(), count);
+    std::shared_ptr<std::byte> buffer(static_cast<std::byte*>(raw), [](std::byte* p) { std::free(p); });
+    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl_->io->borrow());
+    FF_RETURN_IF_ERROR(impl_->read_version(*context, id, record->committed, offset, buffer.get(), count));
+    result.data = SharedBytes{buffer, std::span<const std::byte>(buffer.get(), count)};
+  }
   impl_->reads.fetch_add(1, std::memory_order_relaxed);
   impl_->read_bytes.fetch_add(count, std::memory_order_relaxed);
   return result;

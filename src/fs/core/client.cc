@@ -155,17 +155,22 @@ void StorageClient::refresh_routing(Callback<RoutingVersion> done) {
 const RoutingInfo& StorageClient::routing() const { return state_->routing; }
 
 void StorageClient::write(ChainId chain, const ChunkId& chunk, uint64_t offset, Bytes data, Callback<WriteRsp> done, uint32_t channel) {
+  write(chain, chunk, offset, SharedBytes::adopt(std::move(data)), std::move(done), channel, 0);
+}
+
+void StorageClient::write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data, Callback<WriteRsp> done,
+                          uint32_t channel, uint64_t chunk_size) {
   auto state = state_;
   ClientRequestId id{state->config.client_id, channel, ++state->next_seq[channel]};
-  auto payload = std::make_shared<Bytes>(std::move(data));
   state->start<WriteRsp>(
-      [state, id, chain, chunk, offset, payload](std::function<void(Result<WriteRsp>)> attempt_done) {
+      [state, id, chain, chunk, offset, payload = std::move(data), chunk_size](std::function<void(Result<WriteRsp>)> attempt_done) {
         Result<TargetId> head = state->head(chain);
         if (!head.is_ok()) return attempt_done(head.status());
         Result<std::string> address = state->address(*head);
         if (!address.is_ok()) return attempt_done(address.status());
+        // Every attempt shares the payload (no copy per attempt).
         WriteReq req{.request_id = id, .chain = chain, .chain_version = state->routing.chain(chain)->version,
-                     .chunk = chunk, .offset = offset, .data = *payload};
+                     .chunk = chunk, .offset = offset, .data = {}, .shared_data = payload, .chunk_size = chunk_size};
         state->rpc.call(*address, Request{std::move(req)}, state->attempt_timeout(),
                         [attempt_done](Result<Response> response) { attempt_done(response_as<WriteRsp>(std::move(response))); });
       },

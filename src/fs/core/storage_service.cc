@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <atomic>
 #include <deque>
+#include <mutex>
+#include <optional>
 #include <set>
 
 #include "ff/common/assert.h"
@@ -31,10 +34,27 @@ bool retryable(const Status& status) {
 }
 
 // The chunk after applying an update to `committed` (holes read as zero).
-Bytes apply_update(Bytes committed, uint64_t offset, const Bytes& data) {
+Bytes apply_update(Bytes committed, uint64_t offset, std::span<const std::byte> data) {
   if (committed.size() < offset + data.size()) committed.resize(offset + data.size());
   if (!data.empty()) std::memcpy(committed.data() + offset, data.data(), data.size());
   return committed;
+}
+
+// How a read answers: `shared` keeps the store's buffer (ReadRsp::shared_data, for a transport that
+// sends it without copying); `fast`, when set, answers a successful read from the offload worker
+// (the transport's Reply is thread-safe), saving the hand-off back to the executor. Errors, dirty
+// answers and repairs always go through the executor.
+struct ReadAnswer {
+  bool shared = false;
+  std::function<void(ReadRsp)> fast;
+};
+
+// A message's payload as shared bytes: its shared_data when the sender shared a buffer (in-process),
+// else its data, adopted without a copy.
+template <typename M>
+SharedBytes take_payload(M& message) {
+  if (message.shared_data.is_set()) return std::move(message.shared_data);
+  return SharedBytes::adopt(std::move(message.data));
 }
 
 }  // namespace
@@ -86,6 +106,36 @@ struct StorageService::State {
 
   State(StorageConfig c, Executor& e, RpcClient& r, ChunkStoreFactory f)
       : config(std::move(c)), executor(e), rpc(r), factory(std::move(f)) {}
+
+  // ------------------------------------------------------------------ read fast lane (any thread)
+  // What try_handle_read checks, published by the executor after every change of it.
+  struct ReadView {
+    bool up = false;  // running && registered && heartbeat_allowed (the lease is checked separately)
+    RoutingInfo routing;
+    std::map<TargetId, std::shared_ptr<ChunkStore>> stores;
+  };
+  mutable std::mutex view_mutex;
+  std::shared_ptr<const ReadView> view = std::make_shared<ReadView>();
+  std::atomic<int64_t> view_mgmtd_ok_ns{INT64_MIN / 2};
+  std::atomic<uint64_t> fast_reads{0}, fast_dirty_reads{0};
+  // Chunks whose pending version was acknowledged upstream before it was committed here
+  // (ack_then_commit): target+chunk -> version. Written on the executor, read by the read fast lane.
+  mutable std::mutex marks_mutex;
+  std::map<LockKey, uint32_t> acked_pending;
+
+  void publish() {
+    auto next = std::make_shared<ReadView>();
+    next->up = running && registered && heartbeat_allowed;
+    next->routing = routing;
+    for (const auto& [id, target] : targets) next->stores[id] = target.store;
+    view_mgmtd_ok_ns.store(last_mgmtd_ok_ns);
+    std::lock_guard lock(view_mutex);
+    view = std::move(next);
+  }
+  std::shared_ptr<const ReadView> snapshot() const {
+    std::lock_guard lock(view_mutex);
+    return view;
+  }
 
   int64_t now() const { return executor.clock().now_ns(); }
   bool lease_ok() const { return now() - last_mgmtd_ok_ns < config.heartbeat_timeout_ns / 2; }
@@ -166,7 +216,8 @@ struct StorageService::State {
     TargetId target = 0;  // my target
     ChunkId chunk;
     uint64_t offset = 0;
-    Bytes data;
+    SharedBytes data;         // shared by the local store call and the forward (no copy per hop)
+    uint64_t chunk_size = 0;  // the file's chunk size when the client gave it (ChunkUpdate::chunk_size)
     bool full_replacement = false;
     uint32_t version = 0;  // set at the head; given by the predecessor otherwise
     uint32_t crc = 0;      // expected CRC32C after the update
@@ -265,7 +316,8 @@ struct StorageService::State {
     auto result = std::make_shared<Status>();
     auto meta = std::make_shared<ChunkMeta>();
     ChunkUpdate chunk_update{.id = update->chunk, .version = 0, .chain_version = routing.chain(update->chain)->version,
-                             .offset = update->offset, .data = update->data, .full_replacement = false};
+                             .offset = update->offset, .data = update->data.bytes, .full_replacement = false,
+                             .chunk_size = update->chunk_size};
     executor.offload(
         [store_ptr, result, meta, chunk_update]() mutable {
           Result<ChunkMeta> current = store_ptr->stat(chunk_update.id);
@@ -328,8 +380,9 @@ struct StorageService::State {
       auto store_ptr = targets.at(update->target).store;
       auto content = std::make_shared<Result<Bytes>>(Bytes{});
       executor.offload(
-          [store_ptr, content, update_copy = *update]() {
-            Result<ChunkRead> read = store_ptr->read(update_copy.chunk, 0, UINT64_MAX, ReadMode::kRelaxed);
+          [store_ptr, content, chunk = update->chunk, full_replacement = update->full_replacement, offset = update->offset,
+           data = update->data]() {
+            Result<ChunkRead> read = store_ptr->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed);
             Bytes base;
             if (read.is_ok()) {
               base = std::move(read->data);
@@ -337,24 +390,24 @@ struct StorageService::State {
               *content = read.status();
               return;
             }
-            *content = update_copy.full_replacement ? update_copy.data : apply_update(std::move(base), update_copy.offset, update_copy.data);
+            *content = full_replacement ? data.to_vector() : apply_update(std::move(base), offset, data.bytes);
           },
           [this, update, content, next, chain_version = chain->version] {
             if (!content->is_ok()) return finish(update, content->status());
-            send_forward(update, next, chain_version, true, std::move(**content));
+            send_forward(update, next, chain_version, true, SharedBytes::adopt(std::move(**content)));
           });
       return;
     }
     send_forward(update, next, chain->version, false, update->data);
   }
 
-  void send_forward(UpdatePtr update, TargetId next, ChainVersion chain_version, bool full, Bytes data) {
+  void send_forward(UpdatePtr update, TargetId next, ChainVersion chain_version, bool full, SharedBytes data) {
     auto address = routing.address_of(next);
     ForwardReq req{.request_id = update->request_id, .chain = update->chain, .chain_version = chain_version,
                    .target = next, .chunk = update->chunk, .version = update->version,
-                   .offset = full ? 0 : update->offset, .data = std::move(data), .full_replacement = full,
+                   .offset = full ? 0 : update->offset, .data = {}, .full_replacement = full,
                    .expected_crc32c = update->crc, .expected_length = update->length, .remove = false, .remove_end = {},
-                   .resolve_pending = update->resolve};
+                   .resolve_pending = update->resolve, .shared_data = std::move(data), .chunk_size = update->chunk_size};
     int64_t timeout = std::min(config.rpc_timeout_ns, update->deadline_ns - now());
     ++stats.forwards;
     rpc.call(address.value_or(""), Request{std::move(req)}, timeout,
@@ -414,7 +467,7 @@ struct StorageService::State {
                auto result = std::make_shared<Status>();
                executor.offload(
                    [store_ptr, result, chunk = update->chunk, rsp = std::move(*rsp)] {
-                     *result = store_ptr->put_full_replacement(chunk, rsp.meta.committed_version, rsp.meta.chain_version, rsp.data);
+                     *result = store_ptr->put_full_replacement(chunk, rsp.meta.committed_version, rsp.meta.chain_version, rsp.payload());
                    },
                    [this, update, result, next] {
                      if (!result->is_ok()) return finish(update, *result);
@@ -456,7 +509,7 @@ struct StorageService::State {
 
   // Commit here (the tail, or on the successor's acknowledgement) and acknowledge.
   void commit_local(UpdatePtr update, bool acknowledged) {
-    (void)acknowledged;
+    if (acknowledged && !update->resolve && update->owns_lock && !bugs.commit_before_ack) return ack_then_commit(update);
     auto store_ptr = targets.at(update->target).store;
     auto result = std::make_shared<Status>();
     executor.offload([store_ptr, result, chunk = update->chunk, version = update->version] { *result = store_ptr->commit(chunk, version); },
@@ -465,6 +518,63 @@ struct StorageService::State {
                        observe(update->target, update->chunk, update->version, update->crc);
                        finish(update, ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
                      });
+  }
+
+  // The successor acknowledged: the version is committed at the tail, so it is committed in the chain,
+  // and it is durable here as pending. Acknowledge upstream at once and commit here off the critical
+  // path, keeping the chunk lock until the commit is done (the next update of the chunk, a sync or a
+  // repair waits for it). Meanwhile this chunk is marked: reads here answer [chunk_dirty], strict or
+  // relaxed, since the committed version here is older than one already acknowledged. A crash before
+  // the commit leaves the pending version, which recovery replaces or the orphan resolution rolls
+  // forward (docs/fs.md, "Acknowledge, then commit").
+  void ack_then_commit(UpdatePtr update) {
+    mark_acked(update->target, update->chunk, update->version);
+    auto done = std::move(update->done);
+    update->done = [](Result<ForwardRsp>) {};
+    done(ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
+    commit_after_ack(update, 0);
+  }
+
+  void commit_after_ack(UpdatePtr update, int attempt) {
+    auto store_ptr = targets.at(update->target).store;
+    auto result = std::make_shared<Status>();
+    executor.offload([store_ptr, result, chunk = update->chunk, version = update->version] { *result = store_ptr->commit(chunk, version); },
+                     [this, update, result, attempt, gen = generation] {
+                       if (gen != generation) return;  // stopped: a restarted service recovers the chunk
+                       if (result->is_ok()) {
+                         observe(update->target, update->chunk, update->version, update->crc);
+                         unmark_acked(update->target, update->chunk);
+                         unlock({update->target, update->chunk});
+                         return;
+                       }
+                       // The version is committed downstream: retry until the commit lands (a failing
+                       // disk keeps the chunk locked and dirty here rather than serving an old version).
+                       if (attempt >= 2) {
+                         FF_LOG_WARN("target {}: commit of chunk {} v{} after its acknowledgement failed (attempt {}): {}", update->target,
+                                     update->chunk.to_string(), update->version, attempt + 1, *result);
+                       }
+                       int64_t backoff = config.retry_backoff_ns * std::min(1 << std::min(attempt, 5), 20);
+                       executor.post_after(backoff, [this, update, attempt, gen] {
+                         if (gen != generation) return;
+                         commit_after_ack(update, attempt + 1);
+                       });
+                     });
+  }
+
+  void mark_acked(TargetId target, const ChunkId& chunk, uint32_t version) {
+    std::lock_guard lock(marks_mutex);
+    acked_pending[{target, chunk}] = version;
+  }
+  void unmark_acked(TargetId target, const ChunkId& chunk) {
+    std::lock_guard lock(marks_mutex);
+    acked_pending.erase({target, chunk});
+  }
+  // Any thread.
+  std::optional<uint32_t> acked_version(TargetId target, const ChunkId& chunk) const {
+    std::lock_guard lock(marks_mutex);
+    auto it = acked_pending.find({target, chunk});
+    if (it == acked_pending.end()) return std::nullopt;
+    return it->second;
   }
 
   // A forward arrived (lock held): check versions, store, and continue.
@@ -478,7 +588,8 @@ struct StorageService::State {
     auto outcome = std::make_shared<int>(0);  // 0: stored pending, 1: already committed, 2: replaced (syncing tail)
     ChunkUpdate chunk_update{.id = update->chunk, .version = update->version,
                              .chain_version = routing.chain(update->chain)->version, .offset = update->offset,
-                             .data = update->data, .full_replacement = update->full_replacement};
+                             .data = update->data.bytes, .full_replacement = update->full_replacement,
+                             .chunk_size = update->chunk_size};
     uint32_t expected_crc = update->crc;
     bool resolve = update->resolve;
     executor.offload(
@@ -557,8 +668,8 @@ struct StorageService::State {
       return reply(fs_error(FsError::kNotHead, fmt::format("node {} is not the head of chain {}", config.node, req.chain)));
     }
     uint64_t max_bytes = store(head).max_chunk_bytes();
-    if (req.offset > max_bytes || req.data.size() > max_bytes - req.offset) {
-      return reply(fs_error(FsError::kOversize, fmt::format("write of {} bytes at offset {} exceeds chunk size {}", req.data.size(), req.offset, max_bytes)));
+    if (req.offset > max_bytes || req.payload().size() > max_bytes - req.offset) {
+      return reply(fs_error(FsError::kOversize, fmt::format("write of {} bytes at offset {} exceeds chunk size {}", req.payload().size(), req.offset, max_bytes)));
     }
     if (auto done = done_writes.find(req.request_id); done != done_writes.end()) {
       ++stats.dedupe_hits;
@@ -578,7 +689,8 @@ struct StorageService::State {
     update->target = head;
     update->chunk = req.chunk;
     update->offset = req.offset;
-    update->data = std::move(req.data);
+    update->data = take_payload(req);
+    update->chunk_size = req.chunk_size;
     // As in 3FS, the head keeps driving a write it has started (retrying the forward with the latest
     // routing) until it commits or this target leaves the write chain (chain change, lost lease), not
     // just until the client's deadline: a write abandoned half-way could be committed at the tail and
@@ -644,7 +756,8 @@ struct StorageService::State {
     update->target = req.target;
     update->chunk = req.chunk;
     update->offset = req.offset;
-    update->data = std::move(req.data);
+    update->data = take_payload(req);
+    update->chunk_size = req.chunk_size;
     update->full_replacement = req.full_replacement;
     update->resolve = req.resolve_pending;
     update->version = req.version;
@@ -717,7 +830,7 @@ struct StorageService::State {
   }
 
   // ------------------------------------------------------------------ reads
-  void read_one(ReadReq req, std::function<void(Result<ReadRsp>)> done, bool repaired = false) {
+  void read_one(ReadReq req, std::function<void(Result<ReadRsp>)> done, bool repaired = false, ReadAnswer answer = {}) {
     ++stats.reads;
     if (req.any_state) {
       // A repair fetch: the caller checks version and CRC, so neither the chain version nor the
@@ -734,23 +847,50 @@ struct StorageService::State {
       if (state_of(**chain_or, req.target) != PublicTargetState::kServing) {
         return done(fs_error(FsError::kNotServing, fmt::format("target {} is {}", req.target, state_of(**chain_or, req.target))));
       }
+      if (auto acked = acked_version(req.target, req.chunk)) {
+        ++stats.dirty_reads;
+        return done(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {}: v{} is acknowledged, its commit here is in progress",
+                                                               req.chunk.to_string(), req.target, *acked)));
+      }
     }
     auto store_ptr = targets.at(req.target).store;
-    auto read = std::make_shared<Result<ChunkRead>>(Status(StatusCode::kInternal, "unset"));
-    executor.offload([store_ptr, read, req] { *read = store_ptr->read(req.chunk, req.offset, req.length, req.mode); },
-                     [this, req, read, done, repaired] {
-                       if (!read->is_ok()) {
-                         if (read->status().code() == StatusCode::kDataLoss && !repaired) return repair(req, done);
-                         return done(read->status());
-                       }
-                       ChunkRead& chunk_read = **read;
-                       if (chunk_read.dirty && req.mode == ReadMode::kStrict) {
-                         ++stats.dirty_reads;
-                         return done(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}",
-                                                                                req.chunk.to_string(), req.target, chunk_read.meta.pending_version)));
-                       }
-                       done(ReadRsp{.meta = chunk_read.meta, .data = std::move(chunk_read.data), .dirty = chunk_read.dirty});
-                     });
+    struct Outcome {
+      Result<ChunkRead> plain = Status(StatusCode::kInternal, "unset");
+      Result<SharedChunkRead> shared = Status(StatusCode::kInternal, "unset");
+      bool answered = false;  // answered from the worker (ReadAnswer::fast)
+    };
+    auto outcome = std::make_shared<Outcome>();
+    bool shared = answer.shared;
+    executor.offload(
+        [store_ptr, outcome, req, shared, fast = std::move(answer.fast)] {
+          if (!shared) {
+            outcome->plain = store_ptr->read(req.chunk, req.offset, req.length, req.mode);
+            return;
+          }
+          outcome->shared = store_ptr->read_shared(req.chunk, req.offset, req.length, req.mode);
+          if (fast && outcome->shared.is_ok() && !(outcome->shared->dirty && req.mode == ReadMode::kStrict)) {
+            outcome->answered = true;
+            SharedChunkRead& read = *outcome->shared;
+            fast(ReadRsp{.meta = read.meta, .data = {}, .dirty = read.dirty, .shared_data = std::move(read.data)});
+          }
+        },
+        [this, req, outcome, done, repaired, shared] {
+          if (outcome->answered) return;
+          const Status& status = shared ? outcome->shared.status() : outcome->plain.status();
+          if (!status.is_ok()) {
+            if (status.code() == StatusCode::kDataLoss && !repaired) return repair(req, done);
+            return done(status);
+          }
+          const ChunkMeta& meta = shared ? outcome->shared->meta : outcome->plain->meta;
+          bool dirty = shared ? outcome->shared->dirty : outcome->plain->dirty;
+          if (dirty && req.mode == ReadMode::kStrict) {
+            ++stats.dirty_reads;
+            return done(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}",
+                                                                   req.chunk.to_string(), req.target, meta.pending_version)));
+          }
+          if (shared) return done(ReadRsp{.meta = meta, .data = {}, .dirty = dirty, .shared_data = std::move(outcome->shared->data)});
+          done(ReadRsp{.meta = meta, .data = std::move(outcome->plain->data), .dirty = dirty});
+        });
   }
 
   // A read found corruption: under the chunk lock, fetch the same committed version from another
@@ -798,7 +938,7 @@ struct StorageService::State {
     rpc.call(routing.address_of(source).value_or(""), Request{fetch}, config.rpc_timeout_ns,
              [this, chain_id, mine, chunk, meta, sources, index, done, source](Result<Response> response) {
                Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
-               if (!rsp.is_ok() || rsp->meta.committed_version != meta.committed_version || crc32c(rsp->data) != meta.committed_crc32c) {
+               if (!rsp.is_ok() || rsp->meta.committed_version != meta.committed_version || crc32c(rsp->payload()) != meta.committed_crc32c) {
                  FF_LOG_DEBUG("target {}: repair of chunk {} v{}: target {} is no source ({})", mine, chunk.to_string(),
                               meta.committed_version, source, rsp.is_ok() ? fmt::format("has v{}", rsp->meta.committed_version) : rsp.status().to_string());
                  return repair_from(chain_id, mine, chunk, meta, sources, index + 1, done);
@@ -806,7 +946,8 @@ struct StorageService::State {
                auto store_ptr = targets.at(mine).store;
                auto result = std::make_shared<Status>();
                executor.offload(
-                   [store_ptr, result, chunk, meta, data = std::move(rsp->data)] {
+                   [store_ptr, result, chunk, meta, fetched = std::move(*rsp)] {
+                     std::span<const std::byte> data = fetched.payload();
                      Result<ChunkMeta> now_meta = store_ptr->stat(chunk);
                      if (now_meta.is_ok() && (now_meta->committed_version != meta.committed_version || now_meta->pending_version != 0)) {
                        *result = data_loss("chunk {} changed during its repair (v{} -> v{})", chunk.to_string(), meta.committed_version,
@@ -824,6 +965,49 @@ struct StorageService::State {
              });
   }
 
+  bool try_read(const ServerContext& context, ReadReq& req, Reply& reply) {
+    if (!context.reply_from_any_thread || req.any_state) return false;
+    std::shared_ptr<const ReadView> snap = snapshot();
+    if (!snap->up || now() - view_mgmtd_ok_ns.load() >= config.heartbeat_timeout_ns / 2) return false;
+    const ChainInfo* chain = snap->routing.chain(req.chain);
+    if (chain == nullptr || (chain->version != req.chain_version && !bugs.ignore_chain_version)) return false;
+    const TargetInfo* info = snap->routing.target(req.target);
+    if (info == nullptr || info->node != config.node || chain->index_of(req.target) < 0) return false;
+    if (state_of(*chain, req.target) != PublicTargetState::kServing) return false;
+    auto store_it = snap->stores.find(req.target);
+    if (store_it == snap->stores.end() || store_it->second == nullptr) return false;
+    if (acked_version(req.target, req.chunk)) return false;  // handle() answers [chunk_dirty]
+    fast_reads.fetch_add(1, std::memory_order_relaxed);
+    bool shared = context.shared_payloads;
+    executor.offload(
+        [this, store_ptr = store_it->second, req, reply = std::move(reply), shared, context]() mutable {
+          Result<SharedChunkRead> read = store_ptr->read_shared(req.chunk, req.offset, req.length, req.mode);
+          if (read.is_ok()) {
+            if (read->dirty && req.mode == ReadMode::kStrict) {
+              fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
+              return reply(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
+                                                                       req.target, read->meta.pending_version)));
+            }
+            ReadRsp rsp{.meta = read->meta, .data = {}, .dirty = read->dirty, .shared_data = std::move(read->data)};
+            if (!shared) {
+              rsp.data = rsp.shared_data.to_vector();
+              rsp.shared_data = {};
+            }
+            return reply(Response{std::move(rsp)});
+          }
+          if (read.status().code() != StatusCode::kDataLoss) return reply(read.status());
+          // Corruption: the executor's read path repairs the chunk from a replica and reads again.
+          executor.post([this, context, req, reply = std::move(reply)]() mutable {
+            read_one(req, [reply](Result<ReadRsp> rsp) {
+              if (!rsp.is_ok()) return reply(rsp.status());
+              reply(Response{std::move(*rsp)});
+            });
+          });
+        },
+        {});
+    return true;
+  }
+
   void handle_query_last(QueryLastChunkReq req, Reply reply) {
     auto chain_or = check_target(req.chain, req.chain_version, req.target);
     if (!chain_or.is_ok()) return reply(chain_or.status());
@@ -833,10 +1017,22 @@ struct StorageService::State {
     auto store_ptr = targets.at(req.target).store;
     auto result = std::make_shared<Result<QueryLastChunkRsp>>(QueryLastChunkRsp{});
     executor.offload(
-        [store_ptr, result, req] {
+        [this, store_ptr, result, req] {
           QueryLastChunkRsp rsp;
           ChunkId begin{req.inode, req.begin_index};
           ChunkId end = req.end_index == UINT64_MAX ? ChunkId{req.inode + 1, 0} : ChunkId{req.inode, req.end_index};
+          // Versions acknowledged but not yet committed here (ack_then_commit) are committed in the
+          // chain: their pending length is the length. Taken before listing: a mark that is gone by
+          // then belongs to a commit that the listing shows.
+          std::map<ChunkId, uint32_t> acked;
+          {
+            std::lock_guard lock(marks_mutex);
+            for (auto it = acked_pending.lower_bound({req.target, begin}); it != acked_pending.end() && it->first.first == req.target &&
+                                                                            it->first.second < end;
+                 ++it) {
+              acked[it->first.second] = it->second;
+            }
+          }
           constexpr uint64_t kBatch = 1024;
           for (int round = 0; round < 1 << 20; ++round) {  // bounded: 1G chunks
             Result<std::vector<ChunkMeta>> metas = store_ptr->list(begin, end, kBatch);
@@ -845,10 +1041,12 @@ struct StorageService::State {
               return;
             }
             for (const ChunkMeta& meta : *metas) {
-              if (meta.committed_version == 0) continue;
+              auto mark = acked.find(meta.id);
+              bool acked_pending_version = mark != acked.end() && meta.pending_version == mark->second;
+              if (meta.committed_version == 0 && !acked_pending_version) continue;
               rsp.found = true;
               rsp.last = meta.id;
-              rsp.last_length = meta.committed_length;
+              rsp.last_length = acked_pending_version ? meta.pending_length : meta.committed_length;
               ++rsp.chunk_count;
             }
             if (metas->size() < kBatch) break;
@@ -1105,6 +1303,7 @@ struct StorageService::State {
         heartbeat_soon();
       }
     }
+    publish();
     if (serving()) {
       maybe_start_syncs();
       maybe_resolve_orphans();
@@ -1130,6 +1329,7 @@ struct StorageService::State {
         complete();
         if (response.is_ok()) {
           registered = true;
+          publish();
           heartbeat_soon();
         }
       });
@@ -1156,11 +1356,15 @@ struct StorageService::State {
                complete();
                Result<HeartbeatRsp> rsp = response_as<HeartbeatRsp>(std::move(response));
                if (!rsp.is_ok()) {
-                 if (fs_error_of(rsp.status()) == FsError::kUnknownTarget) registered = false;
+                 if (fs_error_of(rsp.status()) == FsError::kUnknownTarget) {
+                   registered = false;
+                   publish();
+                 }
                  return;
                }
                // The lease counts from when the heartbeat was sent, not when the answer came.
                last_mgmtd_ok_ns = std::max(last_mgmtd_ok_ns, sent_ns);
+               view_mgmtd_ok_ns.store(last_mgmtd_ok_ns);
                if (rsp->routing) {
                  apply_routing(std::move(*rsp->routing));
                } else if (serving()) {
@@ -1256,6 +1460,7 @@ Status StorageService::start() {
   s.incarnation = static_cast<uint64_t>(s.now()) + 1;
   s.registered = false;
   s.heartbeat_allowed = false;
+  s.publish();
   s.heartbeat();
   s.schedule_heartbeat(s.generation);
   return Status::ok();
@@ -1264,6 +1469,7 @@ Status StorageService::start() {
 void StorageService::stop() {
   state_->running = false;
   ++state_->generation;
+  state_->publish();
 }
 
 void StorageService::handle(const ServerContext& context, Request request, Reply reply) {
@@ -1277,10 +1483,15 @@ void StorageService::handle(const ServerContext& context, Request request, Reply
         } else if constexpr (std::is_same_v<T, ForwardReq>) {
           s.handle_forward(context, std::move(req), std::move(reply));
         } else if constexpr (std::is_same_v<T, ReadReq>) {
-          s.read_one(std::move(req), [reply](Result<ReadRsp> rsp) {
-            if (!rsp.is_ok()) return reply(rsp.status());
-            reply(Response{std::move(*rsp)});
-          });
+          ReadAnswer answer{.shared = context.shared_payloads, .fast = nullptr};
+          if (context.reply_from_any_thread) answer.fast = [reply](ReadRsp rsp) { reply(Response{std::move(rsp)}); };
+          s.read_one(
+              std::move(req),
+              [reply](Result<ReadRsp> rsp) {
+                if (!rsp.is_ok()) return reply(rsp.status());
+                reply(Response{std::move(*rsp)});
+              },
+              false, std::move(answer));
         } else if constexpr (std::is_same_v<T, BatchReadReq>) {
           auto results = std::make_shared<BatchReadRsp>();
           results->results.resize(req.reads.size());
@@ -1342,6 +1553,16 @@ std::shared_ptr<ChunkStore> StorageService::store(TargetId target) const {
 }
 void StorageService::set_bugs(const StorageBugs& bugs) { state_->bugs = bugs; }
 void StorageService::set_commit_observer(CommitObserver observer) { state_->observer = std::move(observer); }
-StorageService::Stats StorageService::stats() const { return state_->stats; }
+StorageService::Stats StorageService::stats() const {
+  Stats stats = state_->stats;
+  stats.reads += state_->fast_reads.load(std::memory_order_relaxed);
+  stats.dirty_reads += state_->fast_dirty_reads.load(std::memory_order_relaxed);
+  return stats;
+}
+
+bool StorageService::try_handle_read(const ServerContext& context, Request& request, Reply& reply) {
+  auto* read = std::get_if<ReadReq>(&request);
+  return read != nullptr && state_->try_read(context, *read, reply);
+}
 
 }  // namespace ff::fs

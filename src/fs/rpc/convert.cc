@@ -1,6 +1,7 @@
 #include "convert.h"
 
 #include <cstring>
+#include <utility>
 
 namespace ff::fs::rpc {
 
@@ -10,7 +11,7 @@ namespace {
 // NOTE: protobuf 3.21 keeps `bytes` in std::string; one copy each way between Bytes and the string is
 // the cost of the generated API (docs/fs-operations.md measures it).
 // Both copy without zero-filling the destination first (resize() + memcpy touched every byte twice).
-void bytes_to(const Bytes& bytes, std::string* out) {
+void bytes_to(std::span<const std::byte> bytes, std::string* out) {
   out->assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 Bytes bytes_from(const std::string& text) {
@@ -118,10 +119,13 @@ void to(WriteReq&& v, pb::WriteReq* p) {
   p->set_chain(v.chain); p->set_chain_version(v.chain_version);
   to(v.chunk, p->mutable_chunk());
   p->set_offset(v.offset);
-  bytes_to(v.data, p->mutable_data());
+  bytes_to(v.payload(), p->mutable_data());
+  p->set_chunk_size(v.chunk_size);
 }
 WriteReq from(pb::WriteReq&& p) {
-  return WriteReq{from(p.request_id()), p.chain(), p.chain_version(), from(p.chunk()), p.offset(), bytes_from(p.data())};
+  WriteReq write{from(p.request_id()), p.chain(), p.chain_version(), from(p.chunk()), p.offset(), bytes_from(p.data())};
+  write.chunk_size = p.chunk_size();
+  return write;
 }
 void to(const WriteRsp& v, pb::WriteRsp* p) { p->set_version(v.version); p->set_crc32c(v.crc32c); p->set_length(v.length); }
 WriteRsp from(const pb::WriteRsp& p) { return WriteRsp{p.version(), p.crc32c(), p.length()}; }
@@ -139,7 +143,7 @@ Result<ReadReq> from(const pb::ReadReq& p) {
 }
 void to(ReadRsp&& v, pb::ReadRsp* p) {
   to(v.meta, p->mutable_meta());
-  bytes_to(v.data, p->mutable_data());
+  bytes_to(v.payload(), p->mutable_data());
   p->set_dirty(v.dirty);
 }
 ReadRsp from(pb::ReadRsp&& p) { return ReadRsp{from(p.meta()), bytes_from(p.data()), p.dirty()}; }
@@ -196,7 +200,8 @@ void request_to_proto(Request&& request, pb::Envelope* out) {
           p->set_chain(r.chain); p->set_chain_version(r.chain_version); p->set_target(r.target);
           to(r.chunk, p->mutable_chunk());
           p->set_version(r.version); p->set_offset(r.offset);
-          bytes_to(r.data, p->mutable_data());
+          bytes_to(r.payload(), p->mutable_data());
+          p->set_chunk_size(r.chunk_size);
           p->set_full_replacement(r.full_replacement); p->set_expected_crc32c(r.expected_crc32c);
           p->set_expected_length(r.expected_length); p->set_remove(r.remove);
           to(r.remove_end, p->mutable_remove_end());
@@ -279,6 +284,7 @@ Result<Request> request_from_proto(pb::Envelope&& e) {
                          p.version(), p.offset(), bytes_from(p.data()), p.full_replacement(),
                          p.expected_crc32c(), p.expected_length(), p.remove(), from(p.remove_end())};
       forward.resolve_pending = p.resolve_pending();
+      forward.chunk_size = p.chunk_size();
       return Request(std::move(forward));
     }
     case B::kSyncDumpMetaReq: {
@@ -423,6 +429,61 @@ Result<Response> response_from_proto(pb::Envelope&& e) {
     case B::BODY_NOT_SET: return malformed("response envelope has no body");
     default: return malformed(fmt::format("envelope field {} is not a response", static_cast<int>(e.body_case())));
   }
+}
+
+}  // namespace ff::fs::rpc
+
+namespace ff::fs::rpc {
+
+namespace {
+
+template <typename M>
+SharedBytes take_payload_of(M& message) {
+  if (message.shared_data.is_set()) return std::exchange(message.shared_data, SharedBytes{});
+  if (message.data.empty()) return SharedBytes{};
+  return SharedBytes::adopt(std::move(message.data));
+}
+
+}  // namespace
+
+SharedBytes take_request_payload(Request& request) {
+  if (auto* write = std::get_if<WriteReq>(&request)) return take_payload_of(*write);
+  if (auto* forward = std::get_if<ForwardReq>(&request)) return take_payload_of(*forward);
+  if (auto* replace = std::get_if<SyncReplaceReq>(&request)) {
+    if (replace->data.empty()) return SharedBytes{};
+    return SharedBytes::adopt(std::move(replace->data));
+  }
+  return SharedBytes{};
+}
+
+SharedBytes take_response_payload(Response& response) {
+  if (auto* read = std::get_if<ReadRsp>(&response)) return take_payload_of(*read);
+  return SharedBytes{};
+}
+
+Status put_request_payload(Request& request, Bytes&& payload) {
+  if (payload.empty()) return Status::ok();
+  if (auto* write = std::get_if<WriteReq>(&request)) {
+    write->data = std::move(payload);
+  } else if (auto* forward = std::get_if<ForwardReq>(&request)) {
+    forward->data = std::move(payload);
+  } else if (auto* replace = std::get_if<SyncReplaceReq>(&request)) {
+    replace->data = std::move(payload);
+  } else {
+    return malformed(fmt::format("frame carries {} payload bytes for {}, which has no payload", payload.size(),
+                                 request_name(request)));
+  }
+  return Status::ok();
+}
+
+Status put_response_payload(Response& response, Bytes&& payload) {
+  if (payload.empty()) return Status::ok();
+  if (auto* read = std::get_if<ReadRsp>(&response)) {
+    read->data = std::move(payload);
+    return Status::ok();
+  }
+  return malformed(fmt::format("frame carries {} payload bytes for response alternative {}, which has no payload",
+                               payload.size(), response.index()));
 }
 
 }  // namespace ff::fs::rpc

@@ -15,4 +15,13 @@ void response_to_proto(Response&& response, pb::Envelope* out);
 Result<Request> request_from_proto(pb::Envelope&& envelope);
 Result<Response> response_from_proto(pb::Envelope&& envelope);
 
+// The Fs.Frame method carries a message's payload beside its envelope (fs.proto). take_* moves the
+// payload (WriteReq, ForwardReq, SyncReplaceReq, ReadRsp; shared_data or data) out of the message,
+// leaving the payload fields empty, and returns it unset when there is none; put_* installs a received
+// payload as the message's `data` ([malformed] when the message has no payload field).
+SharedBytes take_request_payload(Request& request);
+SharedBytes take_response_payload(Response& response);
+Status put_request_payload(Request& request, Bytes&& payload);
+Status put_response_payload(Response& response, Bytes&& payload);
+
 }  // namespace ff::fs::rpc

@@ -1,8 +1,10 @@
 #include "ff/fs/rpc/grpc_transport.h"
 
+#include <cstring>
 #include <future>
 #include <map>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "convert.h"
@@ -101,7 +103,7 @@ void ThreadExecutor::work() {
     lock.unlock();
     task();
     task = nullptr;
-    post(std::move(done));
+    if (done) post(std::move(done));
     lock.lock();
   }
 }
@@ -128,6 +130,111 @@ Status ThreadExecutor::run_sync(const std::function<void()>& task, int64_t timeo
   }
   return Status::ok();
 }
+
+// ---------------------------------------------------------------- frames (fs.proto, Fs.Frame)
+
+namespace {
+
+constexpr const char* kFrameMethod = "/ff.fs.pb.Fs/Frame";
+
+// [fixed32 LE header length][header][payload]: the header is copied once (small); the payload becomes
+// its own slice over the message's buffer, which the slice keeps alive (no copy).
+grpc::ByteBuffer encode_frame(const pb::Envelope& header, SharedBytes payload) {
+  std::string head(4, '\0');
+  header.AppendToString(&head);
+  auto length = static_cast<uint32_t>(head.size() - 4);
+  for (int i = 0; i < 4; ++i) head[static_cast<size_t>(i)] = static_cast<char>((length >> (8 * i)) & 0xff);
+  grpc::Slice slices[2] = {grpc::Slice(head), grpc::Slice()};
+  size_t count = 1;
+  if (payload.size() > 0) {
+    auto* holder = new SharedBytes(std::move(payload));
+    // NOTE: gRPC's slice API takes a mutable pointer; it never writes through it.
+    slices[1] = grpc::Slice(const_cast<std::byte*>(holder->bytes.data()), holder->bytes.size(),
+                            [](void* user) { delete static_cast<SharedBytes*>(user); }, holder);
+    count = 2;
+  }
+  return grpc::ByteBuffer(slices, count);
+}
+
+struct DecodedFrame {
+  pb::Envelope header;
+  Bytes payload;
+};
+
+// Copies the payload out of the received slices once (into the Bytes the messages carry).
+Result<DecodedFrame> decode_frame(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return fs_error(FsError::kMalformed, "frame: unreadable gRPC buffer");
+  size_t total = 0;
+  for (const auto& slice : slices) total += slice.size();
+  size_t slice_index = 0, slice_offset = 0;
+  auto read = [&](std::byte* out, size_t n) {  // caller checked that n bytes are left
+    while (n > 0) {
+      const grpc::Slice& slice = slices[slice_index];
+      size_t take = std::min(n, slice.size() - slice_offset);
+      std::memcpy(out, slice.begin() + slice_offset, take);
+      out += take;
+      n -= take;
+      slice_offset += take;
+      if (slice_offset == slice.size()) {
+        ++slice_index;
+        slice_offset = 0;
+      }
+    }
+  };
+  if (total < 4) return fs_error(FsError::kMalformed, fmt::format("frame of {} bytes has no header length", total));
+  std::byte raw[4];
+  read(raw, 4);
+  uint32_t length = 0;
+  for (int i = 0; i < 4; ++i) length |= static_cast<uint32_t>(raw[i]) << (8 * i);
+  if (length > total - 4) {
+    return fs_error(FsError::kMalformed, fmt::format("frame header of {} bytes, but only {} bytes follow", length, total - 4));
+  }
+  std::string header(length, '\0');
+  read(reinterpret_cast<std::byte*>(header.data()), length);
+  DecodedFrame frame;
+  if (!frame.header.ParseFromString(header)) return fs_error(FsError::kMalformed, "frame header is not an Envelope");
+  size_t rest = total - 4 - length;
+  frame.payload.reserve(rest);
+  while (slice_index < slices.size()) {
+    const grpc::Slice& slice = slices[slice_index];
+    const auto* begin = reinterpret_cast<const std::byte*>(slice.begin()) + slice_offset;
+    frame.payload.insert(frame.payload.end(), begin, reinterpret_cast<const std::byte*>(slice.end()));
+    ++slice_index;
+    slice_offset = 0;
+  }
+  return frame;
+}
+
+grpc::ByteBuffer encode_request_frame(Request&& request) {
+  SharedBytes payload = take_request_payload(request);
+  pb::Envelope header;
+  request_to_proto(std::move(request), &header);
+  return encode_frame(header, std::move(payload));
+}
+
+grpc::ByteBuffer encode_response_frame(Response&& response) {
+  SharedBytes payload = take_response_payload(response);
+  pb::Envelope header;
+  response_to_proto(std::move(response), &header);
+  return encode_frame(header, std::move(payload));
+}
+
+Result<Request> decode_request_frame(const grpc::ByteBuffer& buffer) {
+  FF_ASSIGN_OR_RETURN(DecodedFrame frame, decode_frame(buffer));
+  FF_ASSIGN_OR_RETURN(Request request, request_from_proto(std::move(frame.header)));
+  FF_RETURN_IF_ERROR(put_request_payload(request, std::move(frame.payload)));
+  return request;
+}
+
+Result<Response> decode_response_frame(const grpc::ByteBuffer& buffer) {
+  FF_ASSIGN_OR_RETURN(DecodedFrame frame, decode_frame(buffer));
+  FF_ASSIGN_OR_RETURN(Response response, response_from_proto(std::move(frame.header)));
+  FF_RETURN_IF_ERROR(put_response_payload(response, std::move(frame.payload)));
+  return response;
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------- client
 
@@ -157,7 +264,7 @@ struct GrpcRpcClient::Impl {
 
   struct Peer {
     std::shared_ptr<grpc::Channel> channel;
-    std::unique_ptr<pb::Fs::Stub> stub;
+    std::unique_ptr<grpc::GenericStub> stub;  // calls Fs.Frame
     int64_t created_ns = 0;
   };
   std::mutex mutex;  // guards peers, retired
@@ -188,7 +295,7 @@ struct GrpcRpcClient::Impl {
     auto peer = std::make_shared<Peer>();
     peer->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
                                               channel_arguments(options.max_message_bytes));
-    peer->stub = pb::Fs::NewStub(peer->channel);
+    peer->stub = std::make_unique<grpc::GenericStub>(peer->channel);
     peer->created_ns = system_clock().now_ns();
     return peer;
   }
@@ -225,8 +332,8 @@ int64_t GrpcRpcClient::in_flight() const { return impl_->in_flight.load(); }
 void GrpcRpcClient::call(const std::string& address, Request request, int64_t timeout_ns, Done done) {
   struct Call {
     grpc::ClientContext context;
-    pb::Envelope request;
-    pb::Envelope response;
+    grpc::ByteBuffer request;
+    grpc::ByteBuffer response;
     Done done;
     std::string address;
     std::string_view name;
@@ -239,15 +346,16 @@ void GrpcRpcClient::call(const std::string& address, Request request, int64_t ti
   call->address = address;
   call->start_ns = system_clock().now_ns();
   call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(timeout_ns, 1)));
-  request_to_proto(std::move(request), &call->request);
+  call->request = encode_request_frame(std::move(request));
   call->peer = impl_->peer(address);
   impl_->in_flight.fetch_add(1);
   if (impl_->calls != nullptr) impl_->calls->add();
   Impl* impl = impl_.get();
-  call->peer->stub->async()->Call(&call->context, &call->request, &call->response, [impl, call](grpc::Status status) {
+  call->peer->stub->UnaryCall(&call->context, kFrameMethod, grpc::StubOptions(), &call->request, &call->response,
+                              [impl, call](grpc::Status status) {
     Result<Response> result = internal_error("unset");
     if (status.ok()) {
-      result = response_from_proto(std::move(call->response));
+      result = decode_response_frame(call->response);
     } else {
       result = from_grpc_status(status, fmt::format("{} to {}", call->name, call->address));
       if (status.error_code() == grpc::StatusCode::UNAVAILABLE) impl->reset_peer(call->address, call->peer);
@@ -267,8 +375,9 @@ namespace {
 // Finishes a call exactly once; if the handler drops every copy of its Reply without calling it (a
 // stopped service drops in-flight requests), the call ends [not_serving] instead of hanging.
 struct ReplyState {
-  grpc::ServerUnaryReactor* reactor;
-  pb::Envelope* response;
+  grpc::ServerUnaryReactor* reactor = nullptr;
+  pb::Envelope* response = nullptr;       // Fs.Call
+  grpc::ByteBuffer* frame = nullptr;      // Fs.Frame
   std::atomic<bool> finished{false};
   Histogram* latency = nullptr;
   int64_t start_ns = 0;
@@ -276,7 +385,11 @@ struct ReplyState {
     if (finished.exchange(true)) return;
     if (latency != nullptr) latency->record_us(static_cast<uint64_t>((system_clock().now_ns() - start_ns) / 1000));
     if (result.is_ok()) {
-      response_to_proto(std::move(*result), response);
+      if (frame != nullptr) {
+        *frame = encode_response_frame(std::move(*result));
+      } else {
+        response_to_proto(std::move(*result), response);
+      }
       reactor->Finish(grpc::Status::OK);
     } else {
       reactor->Finish(to_grpc_status(result.status()));
@@ -287,10 +400,10 @@ struct ReplyState {
   }
 };
 
-class FsService final : public pb::Fs::CallbackService {
+class FsService final : public pb::Fs::WithRawCallbackMethod_Frame<pb::Fs::CallbackService> {
  public:
-  FsService(Executor& executor, Handler handler, MetricsRegistry* metrics)
-      : executor_(executor), handler_(std::move(handler)) {
+  FsService(Executor& executor, Handler handler, MetricsRegistry* metrics, FastHandler fast)
+      : executor_(executor), handler_(std::move(handler)), fast_(std::move(fast)) {
     if (metrics != nullptr) {
       requests_ = &metrics->counter("ff_rpc_server_requests_total", "RPC requests received.");
       malformed_ = &metrics->counter("ff_rpc_server_malformed_total", "Requests that could not be decoded.");
@@ -305,8 +418,27 @@ class FsService final : public pb::Fs::CallbackService {
     // NOTE: the request message belongs to this call and is read by no one else: moving its payload
     // out saves a copy of the bytes.
     auto decoded = request_from_proto(std::move(*const_cast<pb::Envelope*>(request)));
+    auto state = std::make_shared<ReplyState>();
+    state->response = response;
+    return dispatch(context, reactor, std::move(decoded), std::move(state), false);
+  }
+
+  grpc::ServerUnaryReactor* Frame(grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override {
+    auto* reactor = context->DefaultReactor();
+    if (requests_ != nullptr) requests_->add();
+    auto decoded = decode_request_frame(*request);
+    auto state = std::make_shared<ReplyState>();
+    state->frame = response;
+    return dispatch(context, reactor, std::move(decoded), std::move(state), true);
+  }
+
+ private:
+  grpc::ServerUnaryReactor* dispatch(grpc::CallbackServerContext* context, grpc::ServerUnaryReactor* reactor,
+                                     Result<Request> decoded, std::shared_ptr<ReplyState> state, bool frame) {
     if (!decoded.is_ok()) {
       if (malformed_ != nullptr) malformed_->add();
+      state->finished = true;
       reactor->Finish(to_grpc_status(decoded.status()));
       return reactor;
     }
@@ -318,11 +450,16 @@ class FsService final : public pb::Fs::CallbackService {
           executor_.clock().now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(remaining).count();
     }
     server_context.peer = context->peer();
-    auto state = std::make_shared<ReplyState>();
+    // ReplyState::finish is thread-safe and Frame carries shared payloads without copying them.
+    server_context.reply_from_any_thread = true;
+    server_context.shared_payloads = frame;
     state->reactor = reactor;
-    state->response = response;
     state->latency = latency_;
     state->start_ns = system_clock().now_ns();
+    if (fast_) {
+      Reply reply = [state](Result<Response> result) { state->finish(std::move(result)); };
+      if (fast_(server_context, *decoded, reply)) return reactor;
+    }
     executor_.post([this, server_context = std::move(server_context), request = std::move(*decoded), state]() mutable {
       Reply reply = [state](Result<Response> result) { state->finish(std::move(result)); };
       state.reset();
@@ -334,6 +471,7 @@ class FsService final : public pb::Fs::CallbackService {
  private:
   Executor& executor_;
   Handler handler_;
+  FastHandler fast_;
   Counter* requests_ = nullptr;
   Counter* malformed_ = nullptr;
   Histogram* latency_ = nullptr;
@@ -348,12 +486,12 @@ struct GrpcServer::Impl {
 };
 
 Result<std::unique_ptr<GrpcServer>> GrpcServer::start(const std::string& listen, Executor& executor, Handler handler,
-                                                      MetricsRegistry* metrics, int max_message_bytes) {
+                                                      MetricsRegistry* metrics, int max_message_bytes, FastHandler fast) {
   size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return invalid_argument("listen address '{}' is not host:port", listen);
   std::unique_ptr<GrpcServer> server(new GrpcServer());
   server->impl_ = std::make_unique<Impl>();
-  server->impl_->service = std::make_unique<FsService>(executor, std::move(handler), metrics);
+  server->impl_->service = std::make_unique<FsService>(executor, std::move(handler), metrics, std::move(fast));
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);

@@ -88,6 +88,7 @@ class SimExecutor final : public Executor {
     // The disk does the work at once (durable when it returns); the service hears back after a
     // simulated latency, or never if the node crashes first.
     work();
+    if (!done) return;
     world_.schedule(world_.now() + world_.between(5'000, 200'000), token_, std::move(done));
   }
   const World::Token& token() const { return token_; }

@@ -172,7 +172,8 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
     FF_LOG_ERROR("file_bytes {} < block_bytes {}", c.file_bytes, c.block_bytes);
     return 1;
   }
-  Bytes payload = chunk_contents(c.inode, 0, c.block_bytes);
+  // One payload shared by every write (sent without a copy per operation).
+  SharedBytes payload = SharedBytes::adopt(chunk_contents(c.inode, 0, c.block_bytes));
   struct Shared {
     std::mutex mutex;
     std::condition_variable done;
@@ -212,10 +213,13 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
         if (shared->stop && shared->in_flight == 0) shared->done.notify_all();
       };
       if (c.op == "write") {
-        client.write(chain, chunk, in_chunk, payload, [finish, issue](Result<WriteRsp> rsp) {
-          finish(rsp.is_ok() ? Status::ok() : rsp.status());
-          issue();
-        });
+        client.write(
+            chain, chunk, in_chunk, payload,
+            [finish, issue](Result<WriteRsp> rsp) {
+              finish(rsp.is_ok() ? Status::ok() : rsp.status());
+              issue();
+            },
+            0, chunk_bytes);
       } else {
         client.read(chain, chunk, in_chunk, c.block_bytes, ReadMode::kStrict, [finish, issue](Result<ReadRsp> rsp) {
           finish(rsp.is_ok() ? Status::ok() : rsp.status());

@@ -126,7 +126,14 @@ int run(const Config& config) {
         requests.add();
         service.handle(context, std::move(request), std::move(reply));
       },
-      &metrics);
+      &metrics, 256 << 20,
+      // Plain reads skip the executor: checked against the service's published snapshot on gRPC's
+      // thread, read and answered on an offload worker.
+      [&](const ServerContext& context, Request& request, Reply& reply) {
+        if (!service.try_handle_read(context, request, reply)) return false;
+        requests.add();
+        return true;
+      });
   if (!server.is_ok()) {
     FF_LOG_ERROR("{}", server.status());
     return 1;

@@ -97,13 +97,18 @@ class GrpcRpcClient final : public RpcClient {
   std::unique_ptr<Impl> impl_;
 };
 
+// Called on gRPC's thread with a decoded request before it is posted to the executor; returns true
+// when it took the request (and will call reply), false to leave both untouched (then `handler` runs on
+// the executor as usual). E.g. StorageService::try_handle_read.
+using FastHandler = std::function<bool(const ServerContext&, Request&, Reply&)>;
+
 // The gRPC server: decodes each request and runs `handler` on `executor`.
 class GrpcServer {
  public:
   // listen: "host:port" (port 0: the OS picks one, see port()).
   static Result<std::unique_ptr<GrpcServer>> start(const std::string& listen, Executor& executor, Handler handler,
                                                    MetricsRegistry* metrics = nullptr,
-                                                   int max_message_bytes = 256 << 20);
+                                                   int max_message_bytes = 256 << 20, FastHandler fast = nullptr);
   ~GrpcServer();
   uint16_t port() const { return port_; }
   // host:port with the bound port.
