@@ -5,14 +5,17 @@ Cases (DeepGEMM's, issue #8): dense m in {64, 128, 4096} x (n, k) in 6 DeepSeek-
 (groups, m per group, n, k) x 4; grouped masked (groups, m, n, k) x 6. Beside each: torch._scaled_mm (cuBLASLt FP8
 with row-wise fp32 scales, scale_a [m, 1], scale_b [1, n], bf16 out) and bf16 torch.matmul (cuBLAS), for grouped
 cases one call per group captured together. Every figure is timed the same way in the same run: a CUDA graph of
-ITERS launches, replayed WARMUP_REPLAYS times untimed and then REPEATS times, median of cudaEvent times. Dense cases also time
-every tile configuration (FF_GEMM_TILE_CONFIG) to check the heuristic, grouped cases every grouped configuration;
-large cases also the tile-scheduler walks in SCHEDULES (FF_GEMM_SCHEDULE). Contiguous A scales are passed in
-DeepGEMM's TMA-aligned column-major layout (the indexed kernels' own layout; the ptr-array ones repack it), and
-the heuristic's choice is also timed with row-major scales (repacked for the indexed kernels). Skips (exit 0)
-without torch or a CUDA GPU.
+ITERS launches, replayed untimed (at least WARMUP_REPLAYS times and WARMUP_SECONDS) and then REPEATS times, median
+of cudaEvent times. Each record names the heuristic's choice ("heuristic"); grouped cases time it again at the end
+("ours_again"). Unless --no-sweep: dense cases also time every tile configuration (FF_GEMM_TILE_CONFIG) to check
+the heuristic, grouped cases every grouped configuration; large cases also the tile-scheduler walks in SCHEDULES
+(FF_GEMM_SCHEDULE) under each configuration of SWEEP_CONFIGS. Contiguous A scales are passed in DeepGEMM's
+TMA-aligned column-major layout (the indexed kernels' own layout; the ptr-array ones repack it), and the
+heuristic's choice is also timed with row-major scales (repacked for the indexed kernels). Skips (exit 0) without
+torch or a CUDA GPU.
 
-Run from the repository root after a build: PYTHONPATH=python python3 bench/gemm/bench_gemm.py [--quick]
+Run from the repository root after a build:
+  PYTHONPATH=python python3 bench/gemm/bench_gemm.py [--quick] [--no-sweep] [--out PATH]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import pathlib
 import statistics
 import sys
+import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "python"))
@@ -33,15 +37,19 @@ DENSE_M = [64, 128, 4096]
 CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048)]
 MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
           (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
-CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1"]
-CONTIGUOUS_CONFIGS = ["cooperative_128x128", "cooperative_128x128_cluster2x1", "indexed_128x128",
-                      "indexed_128x128_cluster1x2"]
-MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1"]
-# Tile-scheduler walks timed beside the default (FF_GEMM_SCHEDULE=<raster>[:<swizzle>]) for the large shapes.
-SCHEDULES = ["m", "n", "m:2", "n:2", "m:8", "n:8"]
+CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192"]
+CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128_cluster1x2", "indexed_128x192"]
+MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192"]
+# Tile-scheduler walks (FF_GEMM_SCHEDULE=<raster>[:<swizzle>]; "default" = CUTLASS's own choice) timed for the large
+# shapes, each under the configurations of SWEEP_CONFIGS (the 128-row tiles the heuristic may pick there).
+SCHEDULES = ["default", "m", "n", "m:2", "n:2", "m:4", "n:4", "m:8", "n:8"]
+SWEEP_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x192"],
+                 "contiguous": ["indexed_128x128", "indexed_128x192"],
+                 "masked": ["cooperative_128x128", "cooperative_128x192"]}
 ITERS = 10
-REPEATS = 9
+REPEATS = 11
 WARMUP_REPLAYS = 3
+WARMUP_SECONDS = 0.06  # replays before timing: the first timing of a case ran up to 22% low with 3 replays only
 
 
 def time_graph(torch, fn) -> float:
@@ -56,8 +64,14 @@ def time_graph(torch, fn) -> float:
     with torch.cuda.graph(graph):
         for _ in range(ITERS):
             fn()
-    for _ in range(WARMUP_REPLAYS):  # let clocks and caches settle before timing
+    # Let clocks and caches settle before timing: at least WARMUP_REPLAYS replays and WARMUP_SECONDS of them.
+    begin = time.perf_counter()
+    replays = 0
+    while replays < WARMUP_REPLAYS or time.perf_counter() - begin < WARMUP_SECONDS:
         graph.replay()
+        replays += 1
+        if replays % 2 == 0:
+            torch.cuda.synchronize()
     torch.cuda.synchronize()
     times = []
     for _ in range(REPEATS):
@@ -97,13 +111,27 @@ def row_scales(torch, x):
     return (x.float() * (448.0 / amax)).to(torch.float8_e4m3fn), (amax / 448.0).float()
 
 
-def per_schedule(torch, flop, fn) -> dict:
-    """TFLOPS of fn under each FF_GEMM_SCHEDULE variant (the tile configuration as the caller left it)."""
+def per_schedule(torch, flop, fn, configs) -> dict:
+    """{config: {schedule: TFLOPS}} of fn under each FF_GEMM_SCHEDULE variant for each forced configuration."""
     result = {}
-    for schedule in SCHEDULES:
-        os.environ["FF_GEMM_SCHEDULE"] = schedule
-        result[schedule] = round(flop / time_graph(torch, fn) / 1e12, 1)
+    for config in configs:
+        os.environ["FF_GEMM_TILE_CONFIG"] = config
+        result[config] = {}
+        for schedule in SCHEDULES:
+            os.environ["FF_GEMM_SCHEDULE"] = schedule
+            result[config][schedule] = round(flop / time_graph(torch, fn) / 1e12, 1)
     os.environ.pop("FF_GEMM_SCHEDULE", None)
+    os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+    return result
+
+
+def per_config(torch, flop, fn, configs) -> dict:
+    """{config: TFLOPS} of fn under each forced configuration (the heuristic's schedule for it)."""
+    result = {}
+    for config in configs:
+        os.environ["FF_GEMM_TILE_CONFIG"] = config
+        result[config] = round(flop / time_graph(torch, fn) / 1e12, 1)
+    os.environ.pop("FF_GEMM_TILE_CONFIG", None)
     return result
 
 
@@ -123,6 +151,11 @@ def grouped_diff(torch, a, sa_rows, b, sb, out, segments) -> float:
     return 1 - 2 * num / den
 
 
+def heuristic_choice(gemm, kind, rows, n, k, groups, num_sms):
+    """The heuristic's '<configuration> <raster>:<swizzle>' for the case."""
+    return gemm.heuristic_choice(kind, rows, n, k, groups, num_sms)
+
+
 def figures(flop: float, bytes_moved: float, seconds: float) -> dict:
     return {"us": round(seconds * 1e6, 2), "tflops": round(flop / seconds / 1e12, 1),
             "gbps": round(bytes_moved / seconds / 1e9, 1)}
@@ -132,6 +165,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="the first shape of each family only")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/gemm_<device>.json)")
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false",
+                        help="time only the heuristic's choice and the baselines (no per-configuration/schedule sweep)")
     args = parser.parse_args()
     try:
         import torch
@@ -144,6 +179,7 @@ def main() -> int:
     from fireflyer import gemm
 
     device = torch.cuda.get_device_name()
+    num_sms = gemm.get_num_sms()
     torch.manual_seed(0)
     results = []
 
@@ -165,20 +201,16 @@ def main() -> int:
             bytes_moved = m * k + n * k + 2 * m * n
             os.environ.pop("FF_GEMM_TILE_CONFIG", None)
             ours = time_graph(torch, lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out))
+            choice = heuristic_choice(gemm, "dense", m, n, k, 1, num_sms)
             # Correctness of the timed output against bf16 matmul of the dequantised inputs.
             deq_a = (a.float().view(m, k // 128, 128) * sa.unsqueeze(2)).view(m, k)
             deq_b = b.float() * sb.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)
             ref = deq_a @ deq_b.t()
             o = out.double()
             diff = 1 - 2 * (o * ref.double()).sum().item() / ((o * o) + (ref.double() ** 2)).sum().item()
-            per_config = {}
-            for config in CONFIGS:
-                os.environ["FF_GEMM_TILE_CONFIG"] = config
-                per_config[config] = round(
-                    flop / time_graph(torch, lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)) / 1e12, 1)
-            os.environ.pop("FF_GEMM_TILE_CONFIG", None)
-            schedules = per_schedule(torch, flop, lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)) \
-                if m >= 4096 else None
+            call = lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)  # noqa: E731
+            configs = per_config(torch, flop, call, CONFIGS) if args.sweep else None
+            schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["dense"]) if args.sweep and m >= 4096 else None
             a_row, s_row = row_scales(torch, x)
             b_row, t_row = row_scales(torch, w)
             t_row = t_row.view(1, n)
@@ -191,7 +223,7 @@ def main() -> int:
                   "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
                   "bf16_matmul": figures(flop, 2 * bytes_moved, bf16),
                   "ratio_vs_scaled_mm": round(scaled / ours, 3), "ratio_vs_bf16": round(bf16 / ours, 3),
-                  "calc_diff_vs_dequantised": diff, "tflops_per_config": per_config,
+                  "calc_diff_vs_dequantised": diff, "heuristic": choice, "tflops_per_config": configs,
                   "tflops_per_schedule": schedules})
             del x, w, a, b, out, deq_a, deq_b, ref, o
 
@@ -216,15 +248,11 @@ def main() -> int:
         diff = grouped_diff(torch, a, sa_rows, b, sb, out, [(g * m_per, (g + 1) * m_per, g) for g in range(groups)])
         ours_rows = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa_rows), (b, sb),
                                                                                                out, m_indices))
-        per_config = {}
-        for config in CONTIGUOUS_CONFIGS:
-            os.environ["FF_GEMM_TILE_CONFIG"] = config
-            per_config[config] = round(flop / time_graph(
-                torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b, sb), out, m_indices))
-                / 1e12, 1)
-        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
-        schedules = per_schedule(torch, flop, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
-            (a, sa), (b, sb), out, m_indices))
+        call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b, sb), out, m_indices)  # noqa: E731
+        configs = per_config(torch, flop, call, CONTIGUOUS_CONFIGS) if args.sweep else None
+        schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["contiguous"]) if args.sweep else None
+        again = time_graph(torch, call)
+        choice = heuristic_choice(gemm, "contiguous", m_per, n, k, groups, num_sms)
         rows = [row_scales(torch, x[g * m_per:(g + 1) * m_per]) for g in range(groups)]
         cols = [row_scales(torch, w[g]) for g in range(groups)]
 
@@ -243,8 +271,9 @@ def main() -> int:
               "ours": figures(flop, bytes_moved, ours), "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
               "bf16_matmul": figures(flop, 2 * bytes_moved, bf16), "ratio_vs_scaled_mm": round(scaled / ours, 3),
               "ratio_vs_bf16": round(bf16 / ours, 3), "calc_diff_vs_dequantised": diff,
-              "ours_row_major_scales": figures(flop, bytes_moved, ours_rows), "tflops_per_config": per_config,
-              "tflops_per_schedule": schedules})
+              "ours_row_major_scales": figures(flop, bytes_moved, ours_rows),
+              "ours_again": figures(flop, bytes_moved, again), "heuristic": choice,
+              "tflops_per_config": configs, "tflops_per_schedule": schedules})
         del x, w, a, b, out
 
     masked = MASKED[:1] if args.quick else MASKED
@@ -266,15 +295,11 @@ def main() -> int:
                                                                                       m_max))
         diff = grouped_diff(torch, a.view(groups * m_max, k), sa.view(groups * m_max, k // 128), b, sb,
                             out.view(groups * m_max, n), [(g * m_max, (g + 1) * m_max, g) for g in range(groups)])
-        per_config = {}
-        for config in MASKED_CONFIGS:
-            os.environ["FF_GEMM_TILE_CONFIG"] = config
-            per_config[config] = round(flop / time_graph(
-                torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m, m_max))
-                / 1e12, 1)
-        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
-        schedules = per_schedule(torch, flop, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked(
-            (a, sa), (b, sb), out, masked_m, m_max))
+        call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m, m_max)  # noqa: E731
+        configs = per_config(torch, flop, call, MASKED_CONFIGS) if args.sweep else None
+        schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["masked"]) if args.sweep else None
+        again = time_graph(torch, call)
+        choice = heuristic_choice(gemm, "masked", m_max, n, k, groups, num_sms)
         rows = [row_scales(torch, x[g]) for g in range(groups)]
         cols = [row_scales(torch, w[g]) for g in range(groups)]
 
@@ -293,7 +318,8 @@ def main() -> int:
               "ours": figures(flop, bytes_moved, ours), "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
               "bf16_matmul": figures(flop, 2 * bytes_moved, bf16), "ratio_vs_scaled_mm": round(scaled / ours, 3),
               "ratio_vs_bf16": round(bf16 / ours, 3), "calc_diff_vs_dequantised": diff,
-              "tflops_per_config": per_config, "tflops_per_schedule": schedules})
+              "ours_again": figures(flop, bytes_moved, again), "heuristic": choice,
+              "tflops_per_config": configs, "tflops_per_schedule": schedules})
         del x, w, a, b, out
 
     dense = [r for r in results if r["case"] == "dense"]

@@ -39,6 +39,7 @@ __all__ = [
     "get_m_alignment_for_contiguous_layout",
     "set_num_sms",
     "get_num_sms",
+    "heuristic_choice",
     "e4m3_to_float32",
     "float32_to_e4m3",
     "bf16_to_float32",
@@ -50,6 +51,7 @@ get_tma_aligned_size = _C.gemm.get_tma_aligned_size
 get_m_alignment_for_contiguous_layout = _C.gemm.get_m_alignment_for_contiguous_layout
 set_num_sms = _C.gemm.set_num_sms
 get_num_sms = _C.gemm.get_num_sms
+heuristic_choice = _C.gemm.heuristic_choice
 e4m3_to_float32 = _C.gemm.e4m3_to_float32
 float32_to_e4m3 = _C.gemm.float32_to_e4m3
 bf16_to_float32 = _C.gemm.bf16_to_float32

@@ -5,6 +5,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/string_view.h>
 
 #include <cstdint>
 #include <string>
@@ -206,6 +207,13 @@ void bind_gemm(nb::module_& module) {
   module.def(
       "set_num_sms", [](int num_sms) { throw_if_error(gemm::set_num_sms(num_sms)); }, nb::arg("num_sms"));
   module.def("get_num_sms", &gemm::get_num_sms);
+  module.def(
+      "heuristic_choice",
+      [](std::string_view kind, int64_t rows, int64_t n, int64_t k, int64_t groups, int num_sms) {
+        return value_or_throw(gemm::cuda_kernel_choice(kind, rows, n, k, groups, num_sms));
+      },
+      nb::arg("kind"), nb::arg("rows"), nb::arg("n"), nb::arg("k"), nb::arg("groups"), nb::arg("num_sms"),
+      "The CUDA backend's heuristic kernel choice, '<tile configuration> <raster>:<swizzle>' (no GPU needed).");
   module.def(
       "e4m3_to_float32", [](const Bytes& codes) { return convert<float>(codes, gemm::e4m3_to_float); },
       nb::arg("codes"), "float32 values of e4m3fn bit patterns (uint8).");

@@ -65,9 +65,20 @@ def cpu_result(fn, *arrays):
     return converted
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 128, 128), (65, 200, 256), (129, 256, 384), (256, 2112, 7168)])
+def force_config(monkeypatch, config: str) -> None:
+    """FF_GEMM_TILE_CONFIG for one test ("" = the heuristic's choice)."""
+    if config:
+        monkeypatch.setenv("FF_GEMM_TILE_CONFIG", config)
+    else:
+        monkeypatch.delenv("FF_GEMM_TILE_CONFIG", raising=False)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 128, 128), (65, 200, 256), (129, 256, 384), (256, 2112, 7168),
+                                   (257, 320, 640)])
 @pytest.mark.parametrize("layout", ["row_major", "tma_column_major"])
-def test_dense_matches_cpu_and_dequantised_matmul(m, n, k, layout):
+@pytest.mark.parametrize("config", ["", "cooperative_128x192"])
+def test_dense_matches_cpu_and_dequantised_matmul(m, n, k, layout, config, monkeypatch):
+    force_config(monkeypatch, config)
     torch.manual_seed(m + n + k)
     x = torch.randn(m, k, device="cuda")
     w = torch.randn(n, k, device="cuda")
@@ -87,7 +98,9 @@ def test_dense_matches_cpu_and_dequantised_matmul(m, n, k, layout):
     assert diff(out.float().cpu(), cpu) < 1e-3
 
 
-def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding():
+@pytest.mark.parametrize("config", ["", "indexed_128x192", "cooperative_128x192"])
+def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding(config, monkeypatch):
+    force_config(monkeypatch, config)
     torch.manual_seed(1)
     groups, n, k = 3, 256, 512
     segments = [(1, 100), (0, 128), (2, 3)]
@@ -111,7 +124,9 @@ def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding():
     assert (out[padding] == 0).all()
 
 
-def test_masked_leaves_rows_beyond_masked_m_untouched():
+@pytest.mark.parametrize("config", ["", "cooperative_128x192"])
+def test_masked_leaves_rows_beyond_masked_m_untouched(config, monkeypatch):
+    force_config(monkeypatch, config)
     torch.manual_seed(2)
     groups, m_max, n, k = 4, 96, 384, 256
     masked = [0, 1, 50, 96]

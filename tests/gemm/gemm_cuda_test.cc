@@ -84,15 +84,17 @@ class ForcedConfig {
 };
 
 const std::vector<std::string> kDenseConfigs = {"", "pingpong_64x128", "cooperative_128x128",
-                                                "cooperative_128x128_cluster2x1"};
+                                                "cooperative_128x128_cluster2x1", "cooperative_128x192"};
 const std::vector<std::string> kMaskedConfigs = {"", "pingpong_64x128", "cooperative_128x128",
-                                                 "cooperative_128x128_cluster2x1"};
+                                                 "cooperative_128x128_cluster2x1", "cooperative_128x192"};
 const std::vector<std::string> kContiguousConfigs = {"",
                                                      "pingpong_64x128",
                                                      "cooperative_128x128",
                                                      "cooperative_128x128_cluster2x1",
+                                                     "cooperative_128x192",
                                                      "indexed_128x128",
-                                                     "indexed_128x128_cluster1x2"};
+                                                     "indexed_128x128_cluster1x2",
+                                                     "indexed_128x192"};
 
 struct Operands {
   std::vector<uint8_t> a, b;
@@ -165,7 +167,9 @@ TEST_P(DenseCuda, MatchesCpuForEveryConfigAndScaleLayout) {
 INSTANTIATE_TEST_SUITE_P(Shapes, DenseCuda,
                          ::testing::Values(std::make_tuple(1, 128, 128), std::make_tuple(65, 200, 256),
                                            std::make_tuple(129, 256, 384), std::make_tuple(64, 1024, 1024),
-                                           std::make_tuple(1000, 512, 512), std::make_tuple(300, 2112, 768)));
+                                           std::make_tuple(1000, 512, 512), std::make_tuple(300, 2112, 768),
+                                           // 192-wide tiles: n = 320 = 5 B-scale blocks of 64 over 3 of 128.
+                                           std::make_tuple(257, 320, 640)));
 
 // FF_GEMM_SCHEDULE (tile scheduler raster order and swizzle) changes only the order tiles are computed in.
 TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
@@ -188,7 +192,7 @@ TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
          device_view(sb.data, DType::kFloat32, {ceil_div(n, 128), kb})},
         device_view(out.data, DType::kBFloat16, {m, n}));
   };
-  for (const std::string config : {"cooperative_128x128", "cooperative_128x128_cluster2x1"}) {
+  for (const std::string config : {"cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192"}) {
     for (const char* schedule : {"m", "n:2", "m:8", "default:4"}) {
       ForcedConfig forced(config);
       setenv("FF_GEMM_SCHEDULE", schedule, 1);
@@ -414,19 +418,21 @@ TEST(GemmCuda, IndexedConfigOutsideContiguousIsRejected) {
   DeviceBuffer<float> sa(std::vector<float>(64, 1.0f)), sb(std::vector<float>(1, 1.0f));
   DeviceBuffer<uint16_t> out(std::vector<uint16_t>(64 * 128));
   DeviceBuffer<int32_t> masked_m(std::vector<int32_t>{64});
-  ForcedConfig forced("indexed_128x128");
-  Status status = gemm_fp8_fp8_bf16_nt(
-      {device_view(a.data, DType::kFloat8E4M3, {64, 128}), device_view(sa.data, DType::kFloat32, {64, 1})},
-      {device_view(b.data, DType::kFloat8E4M3, {128, 128}), device_view(sb.data, DType::kFloat32, {1, 1})},
-      device_view(out.data, DType::kBFloat16, {64, 128}));
-  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), ::testing::HasSubstr("only the contiguous grouped GEMM"));
-  status = m_grouped_gemm_fp8_fp8_bf16_nt_masked(
-      {device_view(a.data, DType::kFloat8E4M3, {1, 64, 128}), device_view(sa.data, DType::kFloat32, {1, 64, 1})},
-      {device_view(b.data, DType::kFloat8E4M3, {1, 128, 128}), device_view(sb.data, DType::kFloat32, {1, 1, 1})},
-      device_view(out.data, DType::kBFloat16, {1, 64, 128}), device_view(masked_m.data, DType::kInt32, {1}), 64);
-  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(status.message(), ::testing::HasSubstr("only the contiguous grouped GEMM"));
+  for (const char* config : {"indexed_128x128", "indexed_128x192"}) {
+    ForcedConfig forced(config);
+    Status status = gemm_fp8_fp8_bf16_nt(
+        {device_view(a.data, DType::kFloat8E4M3, {64, 128}), device_view(sa.data, DType::kFloat32, {64, 1})},
+        {device_view(b.data, DType::kFloat8E4M3, {128, 128}), device_view(sb.data, DType::kFloat32, {1, 1})},
+        device_view(out.data, DType::kBFloat16, {64, 128}));
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), ::testing::HasSubstr("only the contiguous grouped GEMM"));
+    status = m_grouped_gemm_fp8_fp8_bf16_nt_masked(
+        {device_view(a.data, DType::kFloat8E4M3, {1, 64, 128}), device_view(sa.data, DType::kFloat32, {1, 64, 1})},
+        {device_view(b.data, DType::kFloat8E4M3, {1, 128, 128}), device_view(sb.data, DType::kFloat32, {1, 1, 1})},
+        device_view(out.data, DType::kBFloat16, {1, 64, 128}), device_view(masked_m.data, DType::kInt32, {1}), 64);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+    EXPECT_THAT(status.message(), ::testing::HasSubstr("only the contiguous grouped GEMM"));
+  }
 }
 
 }  // namespace

@@ -3,45 +3,91 @@
 
 #include <gtest/gtest.h>
 
+#include "ff/gemm/gemm.h"
+
 namespace ff::gemm::cuda {
 namespace {
 
 constexpr int kH100Sms = 132;
 
 TEST(Heuristic, SmallMUses64RowTiles) {
-  EXPECT_EQ(choose_dense_config(1, 7168, kH100Sms), TileConfig::kPingpong64x128);
-  EXPECT_EQ(choose_dense_config(64, 2112, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_dense_config(1, 7168, 2048, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_dense_config(64, 2112, 7168, kH100Sms), TileConfig::kPingpong64x128);
 }
 
 TEST(Heuristic, WaveQuantisationDecidesMidSizes) {
   // m=128, n=4096: 32 tiles of 128x128 (one wave) beat 64 tiles of 64x128 (also one wave, 0.6 each is cheaper)?
   // Both fit one wave, so the cost is one tile time each: 0.6 < 1.0, the 64-row tiles finish first.
-  EXPECT_EQ(choose_dense_config(128, 4096, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_dense_config(128, 4096, 7168, kH100Sms), TileConfig::kPingpong64x128);
   // m=128, n=24576: 192 tiles of 128x128 = 2 waves (cost 2) vs 384 of 64x128 = 3 waves (cost 1.8).
   EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x128, 128, 24576, 1, kH100Sms).waves, 2);
   EXPECT_EQ(estimate_tiles(TileConfig::kPingpong64x128, 128, 24576, 1, kH100Sms).waves, 3);
-  EXPECT_EQ(choose_dense_config(128, 24576, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_dense_config(128, 24576, 1536, kH100Sms), TileConfig::kPingpong64x128);
 }
 
-TEST(Heuristic, LargeMUsesTheClusteredCooperativeKernel) {
-  EXPECT_EQ(choose_dense_config(4096, 7168, kH100Sms), TileConfig::kCooperative128x128Cluster2x1);
-  EXPECT_EQ(choose_dense_config(4096, 2112, kH100Sms), TileConfig::kCooperative128x128Cluster2x1);
-  // 512 rows: 4 row tiles, below the cluster threshold.
-  EXPECT_EQ(choose_dense_config(512, 16384, kH100Sms), TileConfig::kCooperative128x128);
+TEST(Heuristic, LargeMUsesCooperativeTiles) {
+  EXPECT_EQ(choose_dense_config(4096, 7168, 16384, kH100Sms), TileConfig::kCooperative128x128);
+  EXPECT_EQ(choose_dense_config(512, 16384, 7168, kH100Sms), TileConfig::kCooperative128x128);
+  // n = 2112: 17 column tiles of 128 (544 tiles, 5 waves: cost 5) vs 11 of 192 (352 tiles, 3 waves x 1.5 = 4.5).
+  EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x192, 4096, 2112, 1, kH100Sms).waves, 3);
+  EXPECT_EQ(choose_dense_config(4096, 2112, 7168, kH100Sms), TileConfig::kCooperative128x192);
+  // n = 7168: 14 waves of 128x128 (cost 14) vs 10 of 128x192 (cost 15).
+  EXPECT_EQ(choose_dense_config(4096, 7168, 2048, kH100Sms), TileConfig::kCooperative128x128);
+}
+
+TEST(Heuristic, ShortKUsesThePingpongKernelWhenThereAreManyTiles) {
+  // k = 512 (4 K blocks): 63 waves of 128x128 tiles -> ping-pong; at m = 128 only 2 waves -> the cheaper 128x128.
+  EXPECT_EQ(choose_dense_config(4096, 32768, 512, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_dense_config(128, 32768, 512, kH100Sms), TileConfig::kCooperative128x128);
+  EXPECT_EQ(choose_dense_config(4096, 32768, 640, kH100Sms), TileConfig::kCooperative128x128);
 }
 
 TEST(Heuristic, GroupedChoices) {
-  // Contiguous: always the indexed dense kernel (any rows per group: segments are 128-aligned).
-  EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 4096, 4, kH100Sms), TileConfig::kIndexed128x128);
-  EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 32, 7168, 64, kH100Sms), TileConfig::kIndexed128x128);
-  EXPECT_TRUE(is_indexed(choose_grouped_config(GroupedKind::kContiguous, 4096, 7168, 8, kH100Sms)));
-  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 32, 4096, 8, kH100Sms), TileConfig::kPingpong64x128);
-  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 1024, 7168, 1, kH100Sms), TileConfig::kCooperative128x128);
+  // Contiguous: always an indexed dense kernel (any rows per group: segments are 128-aligned).
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 4096, 7168, 4, kH100Sms),
+            TileConfig::kIndexed128x128);
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 32, 7168, 2048, 64, kH100Sms),
+            TileConfig::kIndexed128x128);
+  EXPECT_TRUE(is_indexed(choose_grouped_config(GroupedKind::kContiguous, 4096, 7168, 2048, 8, kH100Sms)));
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 32, 4096, 7168, 8, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 1024, 7168, 2048, 1, kH100Sms),
+            TileConfig::kCooperative128x128);
   // Masked never gets an indexed (contiguous-only) kernel, and dense never does either.
   for (int64_t rows : {1, 64, 256, 1024, 8192}) {
-    EXPECT_FALSE(is_indexed(choose_grouped_config(GroupedKind::kMasked, rows, 4096, 4, kH100Sms))) << rows;
-    EXPECT_FALSE(is_indexed(choose_dense_config(rows, 4096, kH100Sms))) << rows;
+    EXPECT_FALSE(is_indexed(choose_grouped_config(GroupedKind::kMasked, rows, 4096, 7168, 4, kH100Sms))) << rows;
+    EXPECT_FALSE(is_indexed(choose_dense_config(rows, 4096, 7168, kH100Sms))) << rows;
   }
+}
+
+TEST(Heuristic, ScheduleSwizzlesLongKOnlyWithoutPaddingTiles) {
+  // k = 16384, 32 x 56 tiles: both divisible by 8 -> swizzle 8, CUTLASS's raster.
+  Schedule s = choose_schedule(TileConfig::kCooperative128x128, false, 4096, 7168, 16384, 1, kH100Sms);
+  EXPECT_EQ(s.raster, 0);
+  EXPECT_EQ(s.swizzle, 8);
+  // n = 2112: 17 column tiles of 128; any swizzle would pad them -> CUTLASS's default walk.
+  s = choose_schedule(TileConfig::kCooperative128x128, false, 4096, 2112, 7168, 1, kH100Sms);
+  EXPECT_EQ(s.swizzle, 0);
+  // 128x192 on n = 7168: 38 column tiles -> swizzle 2.
+  EXPECT_EQ(choose_schedule(TileConfig::kCooperative128x192, false, 4096, 7168, 16384, 1, kH100Sms).swizzle, 2);
+  // Short K: no swizzle.
+  EXPECT_EQ(choose_schedule(TileConfig::kCooperative128x128, false, 4096, 7168, 2048, 1, kH100Sms).swizzle, 0);
+  // Contiguous (indexed, one problem over all groups' rows): 4 x 8192 rows -> 256 row tiles.
+  EXPECT_EQ(choose_schedule(TileConfig::kIndexed128x128, true, 8192, 4096, 7168, 4, kH100Sms).swizzle, 8);
+  // Masked (ptr-array, per-problem scheduling): CUTLASS's walk.
+  EXPECT_EQ(choose_schedule(TileConfig::kCooperative128x128, true, 1024, 4096, 7168, 1, kH100Sms).swizzle, 0);
+  // The 2x1 cluster needs the row tiles to divide by 2 x swizzle.
+  EXPECT_EQ(choose_schedule(TileConfig::kCooperative128x128Cluster2x1, false, 128 * 24, 1024, 8192, 1, kH100Sms)
+                .swizzle,
+            4);
+}
+
+TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
+  EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_128x128 default:8");
+  EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x128 default:0");
+  EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_128x128 default:8");
+  EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "cooperative_128x128 default:0");
+  EXPECT_FALSE(cuda_kernel_choice("sparse", 1, 1, 1, 1, kH100Sms).is_ok());
+  EXPECT_FALSE(cuda_kernel_choice("dense", 1, 1, 1, 1, 0).is_ok());
 }
 
 TEST(Heuristic, ConfigNamesRoundTrip) {

@@ -19,6 +19,8 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
+#include <string_view>
 
 #include "ff/common/result.h"
 #include "ff/common/status.h"
@@ -102,5 +104,12 @@ Result<int64_t> col_major_tma_aligned_elements(int ndim, const std::array<int64_
 // its thread limit. set_num_sms rejects num_sms < 1 and, with a GPU present, more than its SM count.
 Status set_num_sms(int num_sms);
 int get_num_sms();
+
+// The CUDA backend's heuristic choice for a GEMM of `rows` (per group; expected_m for masked) x n x k over `groups`
+// groups on num_sms SMs, as "<tile configuration> <raster>:<swizzle>" (raster default, m or n; swizzle 0 =
+// CUTLASS's default), e.g. "cooperative_128x128 n:8": what benchmarks and logs report. `kind` is "dense",
+// "contiguous" or "masked". Ignores the FF_GEMM_TILE_CONFIG / FF_GEMM_SCHEDULE overrides; needs no GPU.
+Result<std::string> cuda_kernel_choice(std::string_view kind, int64_t rows, int64_t n, int64_t k, int64_t groups,
+                                       int num_sms);
 
 }  // namespace ff::gemm

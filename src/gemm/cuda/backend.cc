@@ -40,11 +40,12 @@ Result<TileConfig> forced_or(TileConfig chosen) {
 }
 
 // FF_GEMM_SCHEDULE=<raster>[:<swizzle>] (raster: default, m or n; swizzle: 1, 2, 4 or 8) overrides the tile
-// scheduler's walk (experiments; bench_gemm.py times the variants). Unset: CUTLASS's defaults.
-Result<Schedule> forced_schedule() {
+// scheduler's walk (experiments; bench_gemm.py times the variants; "default" is CUTLASS's own choice). Unset: the
+// heuristic's `chosen` walk.
+Result<Schedule> forced_schedule_or(Schedule chosen) {
   const char* forced = std::getenv("FF_GEMM_SCHEDULE");
+  if (forced == nullptr || *forced == '\0') return chosen;
   Schedule schedule;
-  if (forced == nullptr || *forced == '\0') return schedule;
   const std::string_view text(forced);
   const size_t colon = text.find(':');
   const std::string_view raster = text.substr(0, colon);
@@ -148,8 +149,10 @@ Status dense(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out
   ScratchScales scratch;
   FF_RETURN_IF_ERROR(m_major_scales("gemm_fp8_fp8_bf16_nt", a.scales, shape.m, k_blocks, options.stream, scratch,
                                     &args.sa, &args.sa_ld));
-  FF_ASSIGN_OR_RETURN(const TileConfig config, forced_or(choose_dense_config(shape.m, shape.n, args.num_sms)));
-  FF_ASSIGN_OR_RETURN(args.schedule, forced_schedule());
+  FF_ASSIGN_OR_RETURN(const TileConfig config,
+                      forced_or(choose_dense_config(shape.m, shape.n, shape.k, args.num_sms)));
+  FF_ASSIGN_OR_RETURN(args.schedule,
+                      forced_schedule_or(choose_schedule(config, false, shape.m, shape.n, shape.k, 1, args.num_sms)));
   if (is_indexed(config)) {
     return invalid_argument("FF_GEMM_TILE_CONFIG={}: the indexed kernels serve only the contiguous grouped GEMM",
                             tile_config_name(config));
@@ -165,8 +168,10 @@ Status grouped(std::string_view function, GroupedArgs& args, const TensorView& s
   DeviceGuard guard(sa.device_index);
   FF_RETURN_IF_ERROR(from_launch(function, guard.error()));
   FF_ASSIGN_OR_RETURN(const TileConfig config, forced_or(choose_grouped_config(args.kind, rows_per_group, args.n,
-                                                                               args.num_groups, args.num_sms)));
-  FF_ASSIGN_OR_RETURN(args.schedule, forced_schedule());
+                                                                               args.k, args.num_groups, args.num_sms)));
+  FF_ASSIGN_OR_RETURN(args.schedule,
+                      forced_schedule_or(choose_schedule(config, true, rows_per_group, args.n, args.k,
+                                                         args.num_groups, args.num_sms)));
   if (is_indexed(config) && args.kind != GroupedKind::kContiguous) {
     return invalid_argument("FF_GEMM_TILE_CONFIG={}: the indexed kernels serve only the contiguous grouped GEMM",
                             tile_config_name(config));

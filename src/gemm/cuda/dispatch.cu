@@ -14,14 +14,19 @@ std::string run_grouped_cooperative_128x128(const GroupedArgs& args);
 std::string run_grouped_cooperative_128x128_cluster2x1(const GroupedArgs& args);
 std::string run_contiguous_indexed_128x128(const GroupedArgs& args);
 std::string run_contiguous_indexed_128x128_cluster1x2(const GroupedArgs& args);
+std::string run_dense_cooperative_128x192(const DenseArgs& args);
+std::string run_grouped_cooperative_128x192(const GroupedArgs& args);
+std::string run_contiguous_indexed_128x192(const GroupedArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
     case TileConfig::kPingpong64x128: return run_dense_pingpong_64x128(args);
     case TileConfig::kCooperative128x128: return run_dense_cooperative_128x128(args);
     case TileConfig::kCooperative128x128Cluster2x1: return run_dense_cooperative_128x128_cluster2x1(args);
+    case TileConfig::kCooperative128x192: return run_dense_cooperative_128x192(args);
     case TileConfig::kIndexed128x128:
-    case TileConfig::kIndexed128x128Cluster1x2: break;
+    case TileConfig::kIndexed128x128Cluster1x2:
+    case TileConfig::kIndexed128x192: break;
   }
   return std::string("no dense kernel for tile config ") + tile_config_name(config);
 }
@@ -31,6 +36,10 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
     case TileConfig::kPingpong64x128: return run_grouped_pingpong_64x128(args);
     case TileConfig::kCooperative128x128: return run_grouped_cooperative_128x128(args);
     case TileConfig::kCooperative128x128Cluster2x1: return run_grouped_cooperative_128x128_cluster2x1(args);
+    case TileConfig::kCooperative128x192: return run_grouped_cooperative_128x192(args);
+    case TileConfig::kIndexed128x192:
+      if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x192(args);
+      break;
     case TileConfig::kIndexed128x128:
       if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x128(args);
       break;
@@ -67,7 +76,40 @@ __global__ void zero_padding_rows_kernel(GroupedArgs args) {
   }
 }
 
+struct ExpandArgs {
+  const float* src;
+  float* dst;
+  int64_t groups, in_blocks, out_blocks, k_blocks;
+  int ratio;  // 128 / granularity
+};
+
+__global__ void expand_b_scales_kernel(ExpandArgs args) {
+  const int64_t total = args.groups * args.out_blocks * args.k_blocks;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t kb = i % args.k_blocks;
+    const int64_t block = (i / args.k_blocks) % args.out_blocks;
+    const int64_t group = i / (args.k_blocks * args.out_blocks);
+    const int64_t source = block / args.ratio < args.in_blocks ? block / args.ratio : args.in_blocks - 1;
+    args.dst[i] = args.src[(group * args.in_blocks + source) * args.k_blocks + kb];
+  }
+}
+
 }  // namespace
+
+std::string expand_b_scales(const float* src, float* dst, int64_t groups, int64_t n, int64_t out_blocks,
+                            int64_t k_blocks, int granularity, void* stream) {
+  if (granularity <= 0 || 128 % granularity != 0) {
+    return "expand_b_scales: granularity " + std::to_string(granularity) + " does not divide 128";
+  }
+  ExpandArgs args{src, dst, groups, (n + 127) / 128, out_blocks, k_blocks, 128 / granularity};
+  const int64_t total = groups * args.out_blocks * k_blocks;
+  if (total == 0) return {};
+  const int64_t blocks = (total + 255) / 256;
+  expand_b_scales_kernel<<<static_cast<unsigned>(blocks < 1024 ? blocks : 1024), 256, 0,
+                           static_cast<cudaStream_t>(stream)>>>(args);
+  const cudaError_t launched = cudaGetLastError();
+  return launched == cudaSuccess ? std::string() : std::string("expand_b_scales: ") + cudaGetErrorString(launched);
+}
 
 std::string zero_padding_rows(const GroupedArgs& args) {
   if (args.m == 0) return {};

@@ -20,15 +20,24 @@ struct TileEstimate {
 // The estimate of one configuration for `rows` output rows (per group) x n, over `groups` independent groups.
 TileEstimate estimate_tiles(TileConfig config, int64_t rows, int64_t n, int64_t groups, int num_sms);
 
-// Dense: the configuration with the least cost (wave quantisation over the SMs); ties go to the larger tile.
-// With 128-row tiles and at least 8 row tiles, the 2x1 cluster (B multicast) replaces the plain 128x128 tile.
-TileConfig choose_dense_config(int64_t m, int64_t n, int num_sms);
+// Dense: the configuration with the least cost (wave quantisation over the SMs); ties go to the larger tile; short
+// K (at most 4 K blocks) with at least 4 waves of 128x128 tiles takes the ping-pong kernel (overlapped epilogue).
+// Between the 128x128 and 128x192 tiles the lower cost wins, ties to 128x128. The 2x1 cluster is not chosen
+// (docs/gemm.md "Heuristic": not faster in the measurements).
+TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms);
 
-// Grouped: `rows_per_group` is expected_m (masked) or m_sum / num_groups (contiguous). Contiguous always uses the
-// indexed 128-row kernel (the dense kernel over all rows, B picked per 128-row block; segments are 128-aligned,
-// so 64-row tiles would only add tiles); masked uses the ptr-array kernels, 64-row tiles when their cost is lower
-// (few rows per group).
-TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t num_groups, int num_sms);
+// Grouped: `rows_per_group` is expected_m (masked) or m_sum / num_groups (contiguous). Contiguous always uses an
+// indexed kernel (the dense kernel over all rows, B picked per 128-row block; segments are 128-aligned, so 64-row
+// tiles would only add tiles); masked uses the ptr-array kernels, 64-row tiles when their cost is lower (few rows
+// per group).
+TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t k, int64_t num_groups,
+                                 int num_sms);
+
+// The tile scheduler's walk (raster order, swizzle) for `config` on `rows` (per group) x n x k over `groups`
+// groups; `grouped` for the grouped GEMMs. {0, 0} keeps CUTLASS's choice. Rule and measurements: docs/gemm.md
+// "Heuristic", docs/decisions.md.
+Schedule choose_schedule(TileConfig config, bool grouped, int64_t rows, int64_t n, int64_t k, int64_t groups,
+                         int num_sms);
 
 // FF_GEMM_TILE_CONFIG, when set to a tile_config_name(), forces that configuration (benchmarks and tests compare
 // configurations with it); nullopt when unset. An unknown name is an error the caller reports.

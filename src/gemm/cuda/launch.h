@@ -20,14 +20,23 @@ enum class TileConfig : int {
   // TMA multicast; a 2x1 cluster would need 256-row segments to share B).
   kIndexed128x128,
   kIndexed128x128Cluster1x2,
+  // 128x192x128 cooperative tiles (two consumer warpgroups of 64x192: 96 fp32 accumulators each for the tensor
+  // cores' block sum and 96 for the scaled total), B scales read at a 64-row granularity (expanded from the
+  // caller's 128x128 blocks). kCooperative128x192 serves dense and grouped (ptr-array) GEMMs like
+  // kCooperative128x128; kIndexed128x192 is the contiguous-only indexed kernel with that tile.
+  kCooperative128x192,
+  kIndexed128x192,
 };
-inline constexpr int kNumTileConfigs = 5;
+inline constexpr int kNumTileConfigs = 7;
 inline constexpr bool is_indexed(TileConfig config) {
-  return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2;
+  return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
+         config == TileConfig::kIndexed128x192;
 }
 const char* tile_config_name(TileConfig config);
 inline constexpr int tile_m(TileConfig config) { return config == TileConfig::kPingpong64x128 ? 64 : 128; }
-inline constexpr int tile_n(TileConfig) { return 128; }
+inline constexpr int tile_n(TileConfig config) {
+  return config == TileConfig::kCooperative128x192 || config == TileConfig::kIndexed128x192 ? 192 : 128;
+}
 
 // The persistent tile scheduler's walk over output tiles (CUTLASS's raster order and swizzle). Defaults (0) keep
 // CUTLASS's choice: dense and indexed kernels raster along the longer side (heuristic), ptr-array kernels along M;
@@ -92,6 +101,13 @@ struct RepackArgs {
   void* stream = nullptr;
 };
 std::string repack_scales(const RepackArgs& args);
+
+// B's scales (groups, ceil(n/128), k_blocks) row-major -> dst (groups, out_blocks, k_blocks) row-major, each
+// 128-row block's scale repeated 128/granularity times along n (granularity dividing 128), blocks past the last
+// one (out_blocks > ceil(n/granularity): padding to whole tiles) repeating the last, on `stream`: the layout of the
+// kernels whose tile N is not a multiple of 128 (kCooperative128x192, kIndexed128x192).
+std::string expand_b_scales(const float* src, float* dst, int64_t groups, int64_t n, int64_t out_blocks,
+                            int64_t k_blocks, int granularity, void* stream);
 
 // Stream-ordered scratch memory (cudaMallocAsync / cudaFreeAsync): safe under CUDA graph capture and across
 // concurrent streams.

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <type_traits>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -42,10 +43,54 @@ inline constexpr int kAlignmentD = 8;
 // ptr-array collective derives each group's scale layout from that group's problem shape, so an M-major layout
 // would need a leading dimension equal to each group's m (masked_m[g] or the segment length), which no caller
 // has. B's scales are K-major (row-major) everywhere.
-using DenseScaleConfig =
-    cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>;
-using GroupedScaleConfig =
-    cutlass::detail::Sm90BlockwiseScaleConfig<1, 128, 128, cute::GMMA::Major::K, cute::GMMA::Major::K>;
+//
+// kScaleN is the B-scale granularity along n the kernel reads: 128 (the caller's 128x128 blocks) for tiles whose N
+// is a multiple of 128, 64 for the 192-wide tiles (CUTLASS requires the tile's N to be a multiple of it). At 64,
+// B's scales are first expanded into (ceil(n/64), kb) with each 128-row block's scale twice (ScalesB below).
+template <int kScaleN>
+using DenseScaleConfigN =
+    cutlass::detail::Sm90BlockwiseScaleConfig<1, kScaleN, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>;
+template <int kScaleN>
+using GroupedScaleConfigN =
+    cutlass::detail::Sm90BlockwiseScaleConfig<1, kScaleN, 128, cute::GMMA::Major::K, cute::GMMA::Major::K>;
+using DenseScaleConfig = DenseScaleConfigN<128>;
+using GroupedScaleConfig = GroupedScaleConfigN<128>;
+
+// B's scales as a kernel with B-scale granularity kScaleN and tile width kTileN reads them: the caller's sb for 128,
+// else a copy expanded to (groups, scale_n(n) / kScaleN, kb) in stream-ordered scratch memory, freed
+// (stream-ordered, after the kernels enqueued before) when this goes out of scope. scale_n(n) rounds n up to whole
+// tiles, so a tile reads every scale block it covers inside its own group's rows (the ptr-array kernel's scale
+// loads are not bounded by n: without the padding they read past the last group, found by compute-sanitizer);
+// the padding repeats the last 128-row block's scale and only feeds output columns >= n, which are not stored.
+template <int kScaleN, int kTileN>
+struct ScalesB {
+  static_assert(128 % kScaleN == 0, "B-scale granularity must divide the 128-row scale block");
+  static_assert(kTileN % kScaleN == 0, "the tile must hold whole scale blocks");
+  static constexpr int kScaleBlock = kScaleN;
+  __host__ __device__ static int scale_n(int n) { return kScaleN == 128 ? n : (n + kTileN - 1) / kTileN * kTileN; }
+  const float* sb = nullptr;
+  void* scratch = nullptr;
+  void* stream = nullptr;
+  ScalesB() = default;
+  ScalesB(const ScalesB&) = delete;
+  ScalesB& operator=(const ScalesB&) = delete;
+  ~ScalesB() { free_async(scratch, stream); }
+
+  std::string prepare(const float* src, int64_t groups, int n, int k, void* on_stream) {
+    stream = on_stream;
+    if constexpr (kScaleN == 128) {
+      sb = src;
+      return {};
+    } else {
+      const int64_t k_blocks = (k + 127) / 128;
+      const int64_t n_blocks = scale_n(n) / kScaleN;
+      std::string error = allocate_async(&scratch, sizeof(float) * groups * n_blocks * k_blocks, stream);
+      if (!error.empty()) return error;
+      sb = static_cast<const float*>(scratch);
+      return expand_b_scales(src, static_cast<float*>(scratch), groups, n, n_blocks, k_blocks, kScaleN, stream);
+    }
+  }
+};
 
 // Applies a Schedule to CUTLASS's tile scheduler arguments (any scheduler with raster_order / max_swizzle_size).
 template <class SchedulerArguments>
@@ -62,322 +107,99 @@ inline std::string cutlass_error(const char* what, cutlass::Status status) {
 
 }  // namespace detail
 
-// Dense GEMM type for one tile configuration.
-template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule>
-struct DenseGemm {
-  using ScaleConfig = detail::DenseScaleConfig;
-  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
-  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+// The consumer side for tiles with several B-scale blocks along N (ScaleNsPerTile > 1, the 192-wide tiles): CUTLASS's
+// mma for that case cannot partition the (64, 3) scale mode like the accumulators (static_assert) and scales each
+// element by (block sum * sa) * sb, two multiplies. This one keeps CUTLASS's pipeline protocol (stage i released
+// after stage i+1's MMAs completed, the last one by the base's mma_tail) and its per-K-block promotion: one K block
+// (128) of WGMMAs into `block`, wait, then total += block * (sa * sb), where the product is formed once per
+// distinct (row, 64-column group) pair held by the thread (the scale fragments broadcast over the others, so
+// identical products fold) and each element costs one FFMA.
+template <class Base>
+struct WideTileMma : Base {
+  static_assert(Base::ScaleNsPerTile > 1 && Base::ScaleMsPerTile > 1, "for per-row A and multi-block B scales");
+  static_assert(cute::size<2>(typename Base::TileShape{}) == Base::ScaleGranularityK,
+                "one promotion per K tile: the tile's K is the scale block");
 
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, detail::LayoutD, detail::kAlignmentD,
-      detail::ElementD, detail::LayoutD, detail::kAlignmentD, EpilogueSchedule>::CollectiveOp;
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma(typename Base::MainloopPipeline pipeline, typename Base::PipelineState smem_pipe_read,
+                          FrgTensorC& accum, int k_tile_count, int thread_idx,
+                          typename Base::TensorStorage& shared_tensors, typename Base::Params const& params) {
+    using namespace cute;
+    using TileShape = typename Base::TileShape;
+    using SmemLayoutSFA = typename Base::SmemLayoutSFA;
+    using SmemLayoutSFB = typename Base::SmemLayoutSFB;
+    (void)params;
+    Tensor s_a = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), typename Base::SmemLayoutA{});
+    Tensor s_b = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), typename Base::SmemLayoutB{});
+    // The per-stage scale vectors broadcast over the tile: (BLK_M, BLK_N, (1, PIPE)).
+    Tensor s_sfa = make_tensor(
+        make_smem_ptr(shared_tensors.smem_SFA.data()),
+        make_layout(make_shape(shape<0>(SmemLayoutSFA{}), get<1>(TileShape{}),
+                               make_shape(shape<1>(SmemLayoutSFA{}), shape<2>(SmemLayoutSFA{}))),
+                    make_stride(stride<0>(SmemLayoutSFA{}), _0{},
+                                make_stride(stride<1>(SmemLayoutSFA{}), stride<2>(SmemLayoutSFA{})))));
+    Tensor s_sfb = make_tensor(
+        make_smem_ptr(shared_tensors.smem_SFB.data()),
+        make_layout(make_shape(get<0>(TileShape{}), shape<0>(SmemLayoutSFB{}),
+                               make_shape(shape<1>(SmemLayoutSFB{}), shape<2>(SmemLayoutSFB{}))),
+                    make_stride(_0{}, stride<0>(SmemLayoutSFB{}),
+                                make_stride(stride<1>(SmemLayoutSFB{}), stride<2>(SmemLayoutSFB{})))));
 
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, detail::ElementA, cute::tuple<detail::LayoutA, LayoutSFA>,
-      detail::kAlignmentAB, detail::ElementB, cute::tuple<detail::LayoutB, LayoutSFB>, detail::kAlignmentAB, float,
-      TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      MainloopSchedule>::CollectiveOp;
+    typename Base::TiledMma tiled_mma;
+    constexpr int kWarpGroupThreads = cutlass::NumThreadsPerWarpGroup;
+    constexpr int kWarpGroups = size(typename Base::TiledMma{}) / kWarpGroupThreads;
+    const Layout warp_group_thread_layout = make_layout(Int<kWarpGroups>{}, Int<kWarpGroupThreads>{});
+    const int warp_group = __shfl_sync(0xffffffff, thread_idx / kWarpGroupThreads, 0);
+    auto thread_mma = tiled_mma.get_slice(warp_group_thread_layout(warp_group));
+    Tensor t_sfa = tiled_mma.get_slice(thread_idx).partition_C(s_sfa);  // (MMA, MMA_M, MMA_N, (1, PIPE))
+    Tensor t_sfb = tiled_mma.get_slice(thread_idx).partition_C(s_sfb);
+    Tensor t_a = thread_mma.make_fragment_A(thread_mma.partition_A(s_a));  // (MMA, MMA_M, MMA_K, PIPE)
+    Tensor t_b = thread_mma.make_fragment_B(thread_mma.partition_B(s_b));  // (MMA, MMA_N, MMA_K, PIPE)
+    Tensor sfa = make_tensor_like<float>(t_sfa(_, _, _, _0{}));  // broadcast: one register per distinct row
+    Tensor sfb = make_tensor_like<float>(t_sfb(_, _, _, _0{}));  // one per distinct 64-column group
+    CUTE_STATIC_ASSERT_V(size(sfa) == size(accum) && size(sfb) == size(accum));
+    Tensor block = make_fragment_like(accum);
 
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
-                                                      CollectiveEpilogue>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-
-  static std::string run(const DenseArgs& args) {
-    using StrideA = typename Kernel::StrideA;
-    using StrideB = typename Kernel::StrideB;
-    using StrideD = typename Kernel::StrideD;
-    const int m = args.m, n = args.n, k = args.k;
-    StrideA stride_a = cute::make_stride(int64_t(k), cute::Int<1>{}, int64_t(0));
-    StrideB stride_b = cute::make_stride(int64_t(k), cute::Int<1>{}, int64_t(0));
-    StrideD stride_d = cute::make_stride(int64_t(n), cute::Int<1>{}, int64_t(0));
-    // (m, kb) M-major with leading dimension sa_ld (>= m): ((1, m), (128, kb), l) : ((0, 1), (0, sa_ld), ...).
-    const int32_t k_blocks = (k + 127) / 128;
-    const auto sa_ld = static_cast<int32_t>(args.sa_ld);
-    // NOTE: the M extent is m rounded up to 4 (<= sa_ld): the kernel loads the scales by TMA, which needs the
-    // contiguous extent in whole 16-byte units (can_implement rejects m % 4 != 0 otherwise). The padding rows
-    // lie inside the TMA-aligned layout's columns and only feed output rows >= m, which are never stored.
-    const int32_t m_padded = (m + 3) / 4 * 4;
-    LayoutSFA layout_sfa = cute::make_layout(
-        cute::make_shape(cute::make_shape(cute::Int<1>{}, m_padded), cute::make_shape(cute::Int<128>{}, k_blocks),
-                         1),
-        cute::make_stride(cute::make_stride(cute::Int<0>{}, cute::Int<1>{}), cute::make_stride(cute::Int<0>{}, sa_ld),
-                          sa_ld * k_blocks));
-    LayoutSFB layout_sfb = ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(m, n, k, 1));
-
-    cutlass::KernelHardwareInfo hw_info;
-    hw_info.device_id = 0;
-    cudaGetDevice(&hw_info.device_id);
-    hw_info.sm_count = args.num_sms;
-
-    typename Gemm::Arguments arguments{
-        cutlass::gemm::GemmUniversalMode::kGemm,
-        {m, n, k, 1},
-        {static_cast<const detail::ElementA*>(args.a), stride_a, static_cast<const detail::ElementB*>(args.b),
-         stride_b, args.sa, layout_sfa, args.sb, layout_sfb},
-        {{}, nullptr, stride_d, static_cast<detail::ElementD*>(args.out), stride_d},
-        hw_info};
-    arguments.epilogue.thread.alpha = 1.0f;
-    arguments.epilogue.thread.beta = 0.0f;
-    detail::apply_schedule(arguments.scheduler, args.schedule);
-
-    Gemm gemm;
-    cutlass::Status status = gemm.can_implement(arguments);
-    if (status != cutlass::Status::kSuccess) return detail::cutlass_error("can_implement", status);
-    const size_t workspace_bytes = Gemm::get_workspace_size(arguments);
-    void* workspace = nullptr;
-    if (workspace_bytes > 0) {
-      std::string error = allocate_async(&workspace, workspace_bytes, args.stream);
-      if (!error.empty()) return error;
-    }
-    const auto stream = static_cast<cudaStream_t>(args.stream);
-    status = gemm.initialize(arguments, workspace, stream);
-    if (status == cutlass::Status::kSuccess) status = gemm.run(stream);
-    if (workspace != nullptr) free_async(workspace, args.stream);
-    if (status != cutlass::Status::kSuccess) return detail::cutlass_error("launch", status);
-    const cudaError_t launched = cudaGetLastError();
-    if (launched != cudaSuccess) return std::string("launch: ") + cudaGetErrorString(launched);
-    return {};
-  }
-};
-
-
-namespace detail {
-
-// The per-problem arrays the ptr-array kernel reads, carved out of one stream-ordered allocation.
-template <class ProblemShape, class StrideA, class StrideB, class StrideD, class LayoutSFA, class LayoutSFB>
-struct GroupedProblems {
-  ProblemShape* shapes;
-  const ElementA** a;
-  const ElementB** b;
-  const float** sa;
-  const float** sb;
-  ElementD** d;
-  StrideA* stride_a;
-  StrideB* stride_b;
-  StrideD* stride_d;
-  LayoutSFA* layout_sfa;
-  LayoutSFB* layout_sfb;
-  int32_t* block_group;  // contiguous only: the group of each 128-row block, -1 for padding
-};
-
-inline constexpr int kSetupThreads = 1024;
-inline constexpr int kRowBlock = 128;  // get_m_alignment_for_contiguous_layout()
-
-template <class Problems>
-__device__ void write_problem(const Problems& p, int index, int rows, int group, int64_t first_row,
-                              const GroupedArgs& args) {
-  const int n = args.n, k = args.k;
-  const int k_blocks = (k + 127) / 128, n_blocks = (n + 127) / 128;
-  p.shapes[index] = cute::make_shape(rows, n, k);
-  p.a[index] = static_cast<const ElementA*>(args.a) + first_row * k;
-  p.sa[index] = args.sa + first_row * k_blocks;
-  p.d[index] = static_cast<ElementD*>(args.out) + first_row * n;
-  const int g = group < 0 ? 0 : group;  // rows == 0 problems still point at valid memory
-  p.b[index] = static_cast<const ElementB*>(args.b) + int64_t(g) * n * k;
-  p.sb[index] = args.sb + int64_t(g) * n_blocks * k_blocks;
-  p.stride_a[index] = cute::make_stride(int64_t(k), cute::Int<1>{}, cute::Int<0>{});
-  p.stride_b[index] = cute::make_stride(int64_t(k), cute::Int<1>{}, cute::Int<0>{});
-  p.stride_d[index] = cute::make_stride(int64_t(n), cute::Int<1>{}, cute::Int<0>{});
-  p.layout_sfa[index] = GroupedScaleConfig::tile_atom_to_shape_SFA(cute::make_shape(rows, n, k, 1));
-  p.layout_sfb[index] = GroupedScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(rows, n, k, 1));
-}
-
-// Contiguous: the group of 128-row block `block` (called by a whole warp): the largest m_indices entry in it, -1
-// when that is not a valid group (all padding, or >= num_groups), as DeepGEMM trusts device-resident indices.
-__device__ inline int warp_block_group(const GroupedArgs& args, int block, int lane) {
-  int group = -1;
-  for (int row = block * kRowBlock + lane; row < min(args.m, (block + 1) * kRowBlock); row += 32) {
-    group = max(group, args.indices[row]);
-  }
-  for (int offset = 16; offset > 0; offset /= 2) group = max(group, __shfl_xor_sync(0xffffffffu, group, offset));
-  return group < args.num_groups ? group : -1;
-}
-
-// Contiguous, indexed kernels: block_group[b] = the group of 128-row block b. One warp per block. (A template, so
-// that every .cu including this header may hold it without an ODR clash at link time.)
-template <int kThreads>
-__global__ void __launch_bounds__(kThreads) build_block_groups(int32_t* block_group, GroupedArgs args) {
-  const int num_blocks = (args.m + kRowBlock - 1) / kRowBlock;
-  const int lane = threadIdx.x % 32;
-  for (int block = (blockIdx.x * blockDim.x + threadIdx.x) / 32; block < num_blocks;
-       block += gridDim.x * blockDim.x / 32) {
-    const int group = warp_block_group(args, block, lane);
-    if (lane == 0) block_group[block] = group;
-  }
-}
-
-// Masked: problem g = (masked_m[g], n, k) over group g's slab. One thread per group.
-template <class Problems>
-__global__ void build_masked_problems(Problems problems, GroupedArgs args) {
-  for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < args.num_groups; g += gridDim.x * blockDim.x) {
-    int rows = args.indices[g];
-    rows = rows < 0 ? 0 : (rows > args.m ? args.m : rows);  // the kernel trusts device-resident counts; clamp
-    write_problem(problems, g, rows, g, int64_t(g) * args.m, args);
-  }
-}
-
-// Contiguous: one problem per maximal run of 128-row blocks of the same group (a group's whole segment in the
-// usual layout), indexed by the run's first block; every other block's problem is empty (0 rows), so the
-// problem count (ceil(m / 128)) is known on the host without reading m_indices. A run's rows end after its last
-// row with a valid index, so trailing padding rows are not even read. One CTA: the scans are tiny next to the
-// GEMM (m / 128 entries).
-template <class Problems>
-__global__ void __launch_bounds__(kSetupThreads) build_contiguous_problems(Problems problems, GroupedArgs args) {
-  const int num_blocks = (args.m + kRowBlock - 1) / kRowBlock;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int block = warp; block < num_blocks; block += kSetupThreads / 32) {
-    const int group = warp_block_group(args, block, lane);
-    if (lane == 0) problems.block_group[block] = group;
-  }
-  __syncthreads();
-  for (int block = threadIdx.x; block < num_blocks; block += kSetupThreads) {
-    const int group = problems.block_group[block];
-    const bool starts_run = group >= 0 && (block == 0 || problems.block_group[block - 1] != group);
-    int rows = 0;
-    if (starts_run) {
-      int end = block + 1;
-      while (end < num_blocks && problems.block_group[end] == group) ++end;
-      // Trim trailing padding rows of the run's last block.
-      int last_row = min(args.m, end * kRowBlock) - 1;
-      while (last_row > (end - 1) * kRowBlock && args.indices[last_row] != group) --last_row;
-      rows = last_row + 1 - block * kRowBlock;
-    }
-    write_problem(problems, block, rows, group, int64_t(block) * kRowBlock, args);
-  }
-}
-
-inline size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
-}  // namespace detail
-
-// Grouped (ptr-array) GEMM type for one tile configuration; serves the contiguous and the masked layouts.
-template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule>
-struct GroupedGemm {
-  using ScaleConfig = detail::GroupedScaleConfig;
-  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
-  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
-  using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;
-
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, detail::LayoutD*, detail::kAlignmentD,
-      detail::ElementD, detail::LayoutD*, detail::kAlignmentD, EpilogueSchedule>::CollectiveOp;
-
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, detail::ElementA,
-      cute::tuple<detail::LayoutA*, LayoutSFA*>, detail::kAlignmentAB, detail::ElementB,
-      cute::tuple<detail::LayoutB*, LayoutSFB*>, detail::kAlignmentAB, float, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      MainloopSchedule>::CollectiveOp;
-
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-  using StrideA = typename Kernel::InternalStrideA;
-  using StrideB = typename Kernel::InternalStrideB;
-  using StrideD = typename Kernel::InternalStrideD;
-  using Problems = detail::GroupedProblems<typename ProblemShape::UnderlyingProblemShape, StrideA, StrideB, StrideD,
-                                           LayoutSFA, LayoutSFB>;
-
-  static typename Gemm::Arguments make_arguments(const Problems& p, int num_problems, int num_sms,
-                                                 const Schedule& schedule) {
-    cutlass::KernelHardwareInfo hw_info;
-    hw_info.device_id = 0;
-    cudaGetDevice(&hw_info.device_id);
-    hw_info.sm_count = num_sms;
-    typename Gemm::Arguments arguments{
-        cutlass::gemm::GemmUniversalMode::kGrouped,
-        {num_problems, p.shapes, nullptr},
-        {p.a, p.stride_a, p.b, p.stride_b, p.sa, p.layout_sfa, p.sb, p.layout_sfb},
-        {{}, nullptr, p.stride_d, p.d, p.stride_d},
-        hw_info};
-    auto& fusion = arguments.epilogue.thread;
-    fusion.alpha = 1.0f;
-    fusion.beta = 0.0f;
-    fusion.alpha_ptr = nullptr;
-    fusion.beta_ptr = nullptr;
-    fusion.alpha_ptr_array = nullptr;
-    fusion.beta_ptr_array = nullptr;
-    fusion.dAlpha = {cute::_0{}, cute::_0{}, 0};
-    fusion.dBeta = {cute::_0{}, cute::_0{}, 0};
-    detail::apply_schedule(arguments.scheduler, schedule);
-    return arguments;
-  }
-
-  static std::string run(const GroupedArgs& args) {
-    const bool contiguous = args.kind == GroupedKind::kContiguous;
-    const int num_blocks = (args.m + detail::kRowBlock - 1) / detail::kRowBlock;
-    const int num_problems = contiguous ? num_blocks : args.num_groups;
-    if (num_problems == 0) return {};
-    const auto count = static_cast<size_t>(num_problems);
-
-    // One allocation: the problem arrays, then CUTLASS's workspace (per-SM tensor maps).
-    Problems p{};
-    size_t offsets[13];
-    const size_t sizes[12] = {sizeof(*p.shapes) * count,     sizeof(*p.a) * count,          sizeof(*p.b) * count,
-                              sizeof(*p.sa) * count,         sizeof(*p.sb) * count,         sizeof(*p.d) * count,
-                              sizeof(*p.stride_a) * count,   sizeof(*p.stride_b) * count,   sizeof(*p.stride_d) * count,
-                              sizeof(*p.layout_sfa) * count, sizeof(*p.layout_sfb) * count, sizeof(int32_t) * count};
-    offsets[0] = 0;
-    for (int i = 0; i < 12; ++i) offsets[i + 1] = offsets[i] + detail::align_up(sizes[i]);
-    const size_t cutlass_workspace =
-        Gemm::get_workspace_size(make_arguments(p, num_problems, args.num_sms, args.schedule));
-    void* base = nullptr;
-    std::string error = allocate_async(&base, offsets[12] + cutlass_workspace, args.stream);
-    if (!error.empty()) return error;
-    auto* bytes = static_cast<char*>(base);
-    p.shapes = reinterpret_cast<decltype(p.shapes)>(bytes + offsets[0]);
-    p.a = reinterpret_cast<decltype(p.a)>(bytes + offsets[1]);
-    p.b = reinterpret_cast<decltype(p.b)>(bytes + offsets[2]);
-    p.sa = reinterpret_cast<decltype(p.sa)>(bytes + offsets[3]);
-    p.sb = reinterpret_cast<decltype(p.sb)>(bytes + offsets[4]);
-    p.d = reinterpret_cast<decltype(p.d)>(bytes + offsets[5]);
-    p.stride_a = reinterpret_cast<decltype(p.stride_a)>(bytes + offsets[6]);
-    p.stride_b = reinterpret_cast<decltype(p.stride_b)>(bytes + offsets[7]);
-    p.stride_d = reinterpret_cast<decltype(p.stride_d)>(bytes + offsets[8]);
-    p.layout_sfa = reinterpret_cast<decltype(p.layout_sfa)>(bytes + offsets[9]);
-    p.layout_sfb = reinterpret_cast<decltype(p.layout_sfb)>(bytes + offsets[10]);
-    p.block_group = reinterpret_cast<int32_t*>(bytes + offsets[11]);
-    void* workspace = bytes + offsets[12];
-
-    const auto stream = static_cast<cudaStream_t>(args.stream);
-    if (contiguous) {
-      detail::build_contiguous_problems<<<1, detail::kSetupThreads, 0, stream>>>(p, args);
-    } else {
-      detail::build_masked_problems<<<(num_problems + 255) / 256, 256, 0, stream>>>(p, args);
-    }
-    cudaError_t launched = cudaGetLastError();
-    std::string result;
-    if (launched != cudaSuccess) {
-      result = std::string("problem setup launch: ") + cudaGetErrorString(launched);
-    } else {
-      auto arguments = make_arguments(p, num_problems, args.num_sms, args.schedule);
-      Gemm gemm;
-      cutlass::Status status = gemm.can_implement(arguments);
-      if (status == cutlass::Status::kSuccess) status = gemm.initialize(arguments, workspace, stream);
-      if (status == cutlass::Status::kSuccess) status = gemm.run(stream);
-      if (status != cutlass::Status::kSuccess) {
-        result = detail::cutlass_error("grouped gemm", status);
-      } else if (contiguous) {
-        result = zero_padding_rows(args);
+    clear(accum);
+    typename Base::PipelineState smem_pipe_release = smem_pipe_read;
+    auto barrier_token = pipeline.consumer_try_wait(smem_pipe_read);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int k_tile = 0; k_tile < k_tile_count; ++k_tile) {
+      pipeline.consumer_wait(smem_pipe_read, barrier_token);
+      const int stage = smem_pipe_read.index();
+      copy(t_sfa(_, _, _, make_coord(_0{}, stage)), sfa);
+      copy(t_sfb(_, _, _, make_coord(_0{}, stage)), sfb);
+      tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+      warpgroup_fence_operand(block);
+      warpgroup_arrive();
+      CUTLASS_PRAGMA_UNROLL
+      for (int k_block = 0; k_block < size<2>(t_a); ++k_block) {
+        cute::gemm(tiled_mma, t_a(_, _, k_block, stage), t_b(_, _, k_block, stage), block);
+        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
       }
-      launched = cudaGetLastError();
-      if (result.empty() && launched != cudaSuccess) result = std::string("launch: ") + cudaGetErrorString(launched);
+      warpgroup_commit_batch();
+      warpgroup_fence_operand(block);
+      warpgroup_wait<0>();
+      if (k_tile > 0) {  // the previous stage; the last one is released by mma_tail, as CUTLASS's mma does
+        pipeline.consumer_release(smem_pipe_release);
+        ++smem_pipe_release;
+      }
+      ++smem_pipe_read;
+      if (k_tile + 1 < k_tile_count) barrier_token = pipeline.consumer_try_wait(smem_pipe_read);
+      warpgroup_fence_operand(accum);
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(accum); ++i) accum(i) += block(i) * (sfa(i) * sfb(i));
+      warpgroup_fence_operand(accum);
     }
-    free_async(base, args.stream);
-    return result;
   }
 };
-
 
 // The mainloop of the indexed contiguous kernels: CUTLASS's dense blockwise-FP8 collective (`Base`), with B and its
 // scales addressed as a batch of G groups and each tile's batch index taken from block_group[m tile] instead of
 // the tile scheduler's L coordinate (which is 0: the kernel runs one (m_sum, n, k) problem). A, its scales and D
-// keep the dense layouts. Only the A/B/scale-A producer (load) is re-written; the scale-B producer
+// keep the dense layouts. With block_group == nullptr and one group it is a plain dense mainloop whose producer
+// does not tile B's scales for TMA (which CUTLASS's does, and cannot for 3 scale blocks per tile): DenseGemm's
+// 192-wide tiles use it that way. Only the A/B/scale-A producer (load) is re-written; the scale-B producer
 // (load_auxiliary, cp.async) is the base's with the group substituted for L; the consumers are untouched. All
 // tiles of a CTA pair in a 1x2 cluster share m, hence the group, so A multicast stays valid; a 2x1 cluster (B
 // multicast) is rejected, since the two M tiles may belong to different groups.
@@ -427,6 +249,7 @@ struct GroupIndexedMainloop : Base {
   }
 
   CUTLASS_DEVICE static int group_of_tile(Params const& params, int m_tile) {
+    if (params.block_group == nullptr) return 0;  // a dense GEMM (DenseGemm's 192-wide tiles): one group
     const int group = params.block_group[m_tile];
     // Padding blocks (-1) compute with group 0; their rows are zero-filled afterwards.
     return group < 0 || group >= params.num_groups ? 0 : group;
@@ -498,17 +321,359 @@ struct GroupIndexedMainloop : Base {
   }
 };
 
+// Dense GEMM type for one tile configuration.
+template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128>
+struct DenseGemm {
+  using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
+  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
+  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, detail::LayoutD, detail::kAlignmentD,
+      detail::ElementD, detail::LayoutD, detail::kAlignmentD, EpilogueSchedule>::CollectiveOp;
+
+  using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, detail::ElementA, cute::tuple<detail::LayoutA, LayoutSFA>,
+      detail::kAlignmentAB, detail::ElementB, cute::tuple<detail::LayoutB, LayoutSFB>, detail::kAlignmentAB, float,
+      TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+  // 192-wide tiles (kScaleN 64): WideTileMma's consumer, and GroupIndexedMainloop's producer over one group.
+  static constexpr bool kWide = kScaleN != 128;
+  using MmaMainloop = std::conditional_t<kWide, WideTileMma<BuiltMainloop>, BuiltMainloop>;
+  using CollectiveMainloop = std::conditional_t<kWide, GroupIndexedMainloop<MmaMainloop>, BuiltMainloop>;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
+                                                      CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static std::string run(const DenseArgs& args) {
+    using StrideA = typename Kernel::StrideA;
+    using StrideB = typename Kernel::StrideB;
+    using StrideD = typename Kernel::StrideD;
+    const int m = args.m, n = args.n, k = args.k;
+    StrideA stride_a = cute::make_stride(int64_t(k), cute::Int<1>{}, int64_t(0));
+    StrideB stride_b = cute::make_stride(int64_t(k), cute::Int<1>{}, int64_t(0));
+    StrideD stride_d = cute::make_stride(int64_t(n), cute::Int<1>{}, int64_t(0));
+    // (m, kb) M-major with leading dimension sa_ld (>= m): ((1, m), (128, kb), l) : ((0, 1), (0, sa_ld), ...).
+    const int32_t k_blocks = (k + 127) / 128;
+    const auto sa_ld = static_cast<int32_t>(args.sa_ld);
+    // NOTE: the M extent is m rounded up to 4 (<= sa_ld): the kernel loads the scales by TMA, which needs the
+    // contiguous extent in whole 16-byte units (can_implement rejects m % 4 != 0 otherwise). The padding rows
+    // lie inside the TMA-aligned layout's columns and only feed output rows >= m, which are never stored.
+    const int32_t m_padded = (m + 3) / 4 * 4;
+    LayoutSFA layout_sfa = cute::make_layout(
+        cute::make_shape(cute::make_shape(cute::Int<1>{}, m_padded), cute::make_shape(cute::Int<128>{}, k_blocks),
+                         1),
+        cute::make_stride(cute::make_stride(cute::Int<0>{}, cute::Int<1>{}), cute::make_stride(cute::Int<0>{}, sa_ld),
+                          sa_ld * k_blocks));
+    using Scales = detail::ScalesB<kScaleN, decltype(cute::size<1>(TileShape{}))::value>;
+    LayoutSFB layout_sfb = ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(m, Scales::scale_n(n), k, 1));
+
+    Scales scales_b;
+    std::string scale_error = scales_b.prepare(args.sb, 1, n, k, args.stream);
+    if (!scale_error.empty()) return scale_error;
+
+    cutlass::KernelHardwareInfo hw_info;
+    hw_info.device_id = 0;
+    cudaGetDevice(&hw_info.device_id);
+    hw_info.sm_count = args.num_sms;
+
+    typename BuiltMainloop::Arguments built{static_cast<const detail::ElementA*>(args.a), stride_a,
+                                            static_cast<const detail::ElementB*>(args.b), stride_b, args.sa,
+                                            layout_sfa, scales_b.sb, layout_sfb};
+    typename CollectiveMainloop::Arguments mainloop{};
+    if constexpr (kWide) {
+      mainloop = {built, nullptr, 1};
+    } else {
+      mainloop = built;
+    }
+    typename Gemm::Arguments arguments{cutlass::gemm::GemmUniversalMode::kGemm,
+                                       {m, n, k, 1},
+                                       mainloop,
+                                       {{}, nullptr, stride_d, static_cast<detail::ElementD*>(args.out), stride_d},
+                                       hw_info};
+    arguments.epilogue.thread.alpha = 1.0f;
+    arguments.epilogue.thread.beta = 0.0f;
+    detail::apply_schedule(arguments.scheduler, args.schedule);
+
+    Gemm gemm;
+    cutlass::Status status = gemm.can_implement(arguments);
+    if (status != cutlass::Status::kSuccess) return detail::cutlass_error("can_implement", status);
+    const size_t workspace_bytes = Gemm::get_workspace_size(arguments);
+    void* workspace = nullptr;
+    if (workspace_bytes > 0) {
+      std::string error = allocate_async(&workspace, workspace_bytes, args.stream);
+      if (!error.empty()) return error;
+    }
+    const auto stream = static_cast<cudaStream_t>(args.stream);
+    status = gemm.initialize(arguments, workspace, stream);
+    if (status == cutlass::Status::kSuccess) status = gemm.run(stream);
+    if (workspace != nullptr) free_async(workspace, args.stream);
+    if (status != cutlass::Status::kSuccess) return detail::cutlass_error("launch", status);
+    const cudaError_t launched = cudaGetLastError();
+    if (launched != cudaSuccess) return std::string("launch: ") + cudaGetErrorString(launched);
+    return {};
+  }
+};
+
+
+namespace detail {
+
+// The per-problem arrays the ptr-array kernel reads, carved out of one stream-ordered allocation.
+template <class ProblemShape, class StrideA, class StrideB, class StrideD, class LayoutSFA, class LayoutSFB,
+          class ScalesB_ = ScalesB<128, 128>>
+struct GroupedProblems {
+  using ScalesB = ScalesB_;  // B-scale granularity along n (sb expanded to it) and padding
+  ProblemShape* shapes;
+  const ElementA** a;
+  const ElementB** b;
+  const float** sa;
+  const float** sb;
+  ElementD** d;
+  StrideA* stride_a;
+  StrideB* stride_b;
+  StrideD* stride_d;
+  LayoutSFA* layout_sfa;
+  LayoutSFB* layout_sfb;
+  int32_t* block_group;  // contiguous only: the group of each 128-row block, -1 for padding
+};
+
+inline constexpr int kSetupThreads = 1024;
+inline constexpr int kRowBlock = 128;  // get_m_alignment_for_contiguous_layout()
+
+template <class Problems>
+__device__ void write_problem(const Problems& p, int index, int rows, int group, int64_t first_row,
+                              const GroupedArgs& args) {
+  const int n = args.n, k = args.k;
+  constexpr int kScaleN = Problems::ScalesB::kScaleBlock;
+  using ScaleConfig = GroupedScaleConfigN<kScaleN>;
+  const int scale_n = Problems::ScalesB::scale_n(n);
+  const int k_blocks = (k + 127) / 128, n_blocks = scale_n / kScaleN;
+  p.shapes[index] = cute::make_shape(rows, n, k);
+  p.a[index] = static_cast<const ElementA*>(args.a) + first_row * k;
+  p.sa[index] = args.sa + first_row * k_blocks;
+  p.d[index] = static_cast<ElementD*>(args.out) + first_row * n;
+  const int g = group < 0 ? 0 : group;  // rows == 0 problems still point at valid memory
+  p.b[index] = static_cast<const ElementB*>(args.b) + int64_t(g) * n * k;
+  p.sb[index] = args.sb + int64_t(g) * n_blocks * k_blocks;
+  p.stride_a[index] = cute::make_stride(int64_t(k), cute::Int<1>{}, cute::Int<0>{});
+  p.stride_b[index] = cute::make_stride(int64_t(k), cute::Int<1>{}, cute::Int<0>{});
+  p.stride_d[index] = cute::make_stride(int64_t(n), cute::Int<1>{}, cute::Int<0>{});
+  p.layout_sfa[index] = ScaleConfig::tile_atom_to_shape_SFA(cute::make_shape(rows, n, k, 1));
+  p.layout_sfb[index] = ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(rows, scale_n, k, 1));
+}
+
+// Contiguous: the group of 128-row block `block` (called by a whole warp): the largest m_indices entry in it, -1
+// when that is not a valid group (all padding, or >= num_groups), as DeepGEMM trusts device-resident indices.
+__device__ inline int warp_block_group(const GroupedArgs& args, int block, int lane) {
+  int group = -1;
+  for (int row = block * kRowBlock + lane; row < min(args.m, (block + 1) * kRowBlock); row += 32) {
+    group = max(group, args.indices[row]);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) group = max(group, __shfl_xor_sync(0xffffffffu, group, offset));
+  return group < args.num_groups ? group : -1;
+}
+
+// Contiguous, indexed kernels: block_group[b] = the group of 128-row block b. One warp per block. (A template, so
+// that every .cu including this header may hold it without an ODR clash at link time.)
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) build_block_groups(int32_t* block_group, GroupedArgs args) {
+  const int num_blocks = (args.m + kRowBlock - 1) / kRowBlock;
+  const int lane = threadIdx.x % 32;
+  for (int block = (blockIdx.x * blockDim.x + threadIdx.x) / 32; block < num_blocks;
+       block += gridDim.x * blockDim.x / 32) {
+    const int group = warp_block_group(args, block, lane);
+    if (lane == 0) block_group[block] = group;
+  }
+}
+
+// Masked: problem g = (masked_m[g], n, k) over group g's slab. One thread per group.
+template <class Problems>
+__global__ void build_masked_problems(Problems problems, GroupedArgs args) {
+  for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < args.num_groups; g += gridDim.x * blockDim.x) {
+    int rows = args.indices[g];
+    rows = rows < 0 ? 0 : (rows > args.m ? args.m : rows);  // the kernel trusts device-resident counts; clamp
+    write_problem(problems, g, rows, g, int64_t(g) * args.m, args);
+  }
+}
+
+// Contiguous: one problem per maximal run of 128-row blocks of the same group (a group's whole segment in the
+// usual layout), indexed by the run's first block; every other block's problem is empty (0 rows), so the
+// problem count (ceil(m / 128)) is known on the host without reading m_indices. A run's rows end after its last
+// row with a valid index, so trailing padding rows are not even read. One CTA: the scans are tiny next to the
+// GEMM (m / 128 entries).
+template <class Problems>
+__global__ void __launch_bounds__(kSetupThreads) build_contiguous_problems(Problems problems, GroupedArgs args) {
+  const int num_blocks = (args.m + kRowBlock - 1) / kRowBlock;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int block = warp; block < num_blocks; block += kSetupThreads / 32) {
+    const int group = warp_block_group(args, block, lane);
+    if (lane == 0) problems.block_group[block] = group;
+  }
+  __syncthreads();
+  for (int block = threadIdx.x; block < num_blocks; block += kSetupThreads) {
+    const int group = problems.block_group[block];
+    const bool starts_run = group >= 0 && (block == 0 || problems.block_group[block - 1] != group);
+    int rows = 0;
+    if (starts_run) {
+      int end = block + 1;
+      while (end < num_blocks && problems.block_group[end] == group) ++end;
+      // Trim trailing padding rows of the run's last block.
+      int last_row = min(args.m, end * kRowBlock) - 1;
+      while (last_row > (end - 1) * kRowBlock && args.indices[last_row] != group) --last_row;
+      rows = last_row + 1 - block * kRowBlock;
+    }
+    write_problem(problems, block, rows, group, int64_t(block) * kRowBlock, args);
+  }
+}
+
+inline size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace detail
+
+// Grouped (ptr-array) GEMM type for one tile configuration; serves the contiguous and the masked layouts.
+template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128>
+struct GroupedGemm {
+  using ScaleConfig = detail::GroupedScaleConfigN<kScaleN>;
+  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
+  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+  using ProblemShape = cutlass::gemm::GroupProblemShape<cute::Shape<int, int, int>>;
+
+  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, detail::LayoutD*, detail::kAlignmentD,
+      detail::ElementD, detail::LayoutD*, detail::kAlignmentD, EpilogueSchedule>::CollectiveOp;
+
+  using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, detail::ElementA,
+      cute::tuple<detail::LayoutA*, LayoutSFA*>, detail::kAlignmentAB, detail::ElementB,
+      cute::tuple<detail::LayoutB*, LayoutSFB*>, detail::kAlignmentAB, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename CollectiveEpilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+  using CollectiveMainloop = std::conditional_t<kScaleN != 128, WideTileMma<BuiltMainloop>, BuiltMainloop>;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideA = typename Kernel::InternalStrideA;
+  using StrideB = typename Kernel::InternalStrideB;
+  using StrideD = typename Kernel::InternalStrideD;
+  using Scales = detail::ScalesB<kScaleN, decltype(cute::size<1>(TileShape{}))::value>;
+  using Problems = detail::GroupedProblems<typename ProblemShape::UnderlyingProblemShape, StrideA, StrideB, StrideD,
+                                           LayoutSFA, LayoutSFB, Scales>;
+
+  static typename Gemm::Arguments make_arguments(const Problems& p, int num_problems, int num_sms,
+                                                 const Schedule& schedule) {
+    cutlass::KernelHardwareInfo hw_info;
+    hw_info.device_id = 0;
+    cudaGetDevice(&hw_info.device_id);
+    hw_info.sm_count = num_sms;
+    typename Gemm::Arguments arguments{
+        cutlass::gemm::GemmUniversalMode::kGrouped,
+        {num_problems, p.shapes, nullptr},
+        {p.a, p.stride_a, p.b, p.stride_b, p.sa, p.layout_sfa, p.sb, p.layout_sfb},
+        {{}, nullptr, p.stride_d, p.d, p.stride_d},
+        hw_info};
+    auto& fusion = arguments.epilogue.thread;
+    fusion.alpha = 1.0f;
+    fusion.beta = 0.0f;
+    fusion.alpha_ptr = nullptr;
+    fusion.beta_ptr = nullptr;
+    fusion.alpha_ptr_array = nullptr;
+    fusion.beta_ptr_array = nullptr;
+    fusion.dAlpha = {cute::_0{}, cute::_0{}, 0};
+    fusion.dBeta = {cute::_0{}, cute::_0{}, 0};
+    detail::apply_schedule(arguments.scheduler, schedule);
+    return arguments;
+  }
+
+  static std::string run(const GroupedArgs& caller_args) {
+    const bool contiguous = caller_args.kind == GroupedKind::kContiguous;
+    // The problem setup kernels point each problem at its group's slice of the (expanded) B scales.
+    Scales scales_b;
+    std::string scale_error =
+        scales_b.prepare(caller_args.sb, caller_args.num_groups, caller_args.n, caller_args.k, caller_args.stream);
+    if (!scale_error.empty()) return scale_error;
+    GroupedArgs args = caller_args;
+    args.sb = scales_b.sb;
+    const int num_blocks = (args.m + detail::kRowBlock - 1) / detail::kRowBlock;
+    const int num_problems = contiguous ? num_blocks : args.num_groups;
+    if (num_problems == 0) return {};
+    const auto count = static_cast<size_t>(num_problems);
+
+    // One allocation: the problem arrays, then CUTLASS's workspace (per-SM tensor maps).
+    Problems p{};
+    size_t offsets[13];
+    const size_t sizes[12] = {sizeof(*p.shapes) * count,     sizeof(*p.a) * count,          sizeof(*p.b) * count,
+                              sizeof(*p.sa) * count,         sizeof(*p.sb) * count,         sizeof(*p.d) * count,
+                              sizeof(*p.stride_a) * count,   sizeof(*p.stride_b) * count,   sizeof(*p.stride_d) * count,
+                              sizeof(*p.layout_sfa) * count, sizeof(*p.layout_sfb) * count, sizeof(int32_t) * count};
+    offsets[0] = 0;
+    for (int i = 0; i < 12; ++i) offsets[i + 1] = offsets[i] + detail::align_up(sizes[i]);
+    const size_t cutlass_workspace =
+        Gemm::get_workspace_size(make_arguments(p, num_problems, args.num_sms, args.schedule));
+    void* base = nullptr;
+    std::string error = allocate_async(&base, offsets[12] + cutlass_workspace, args.stream);
+    if (!error.empty()) return error;
+    auto* bytes = static_cast<char*>(base);
+    p.shapes = reinterpret_cast<decltype(p.shapes)>(bytes + offsets[0]);
+    p.a = reinterpret_cast<decltype(p.a)>(bytes + offsets[1]);
+    p.b = reinterpret_cast<decltype(p.b)>(bytes + offsets[2]);
+    p.sa = reinterpret_cast<decltype(p.sa)>(bytes + offsets[3]);
+    p.sb = reinterpret_cast<decltype(p.sb)>(bytes + offsets[4]);
+    p.d = reinterpret_cast<decltype(p.d)>(bytes + offsets[5]);
+    p.stride_a = reinterpret_cast<decltype(p.stride_a)>(bytes + offsets[6]);
+    p.stride_b = reinterpret_cast<decltype(p.stride_b)>(bytes + offsets[7]);
+    p.stride_d = reinterpret_cast<decltype(p.stride_d)>(bytes + offsets[8]);
+    p.layout_sfa = reinterpret_cast<decltype(p.layout_sfa)>(bytes + offsets[9]);
+    p.layout_sfb = reinterpret_cast<decltype(p.layout_sfb)>(bytes + offsets[10]);
+    p.block_group = reinterpret_cast<int32_t*>(bytes + offsets[11]);
+    void* workspace = bytes + offsets[12];
+
+    const auto stream = static_cast<cudaStream_t>(args.stream);
+    if (contiguous) {
+      detail::build_contiguous_problems<<<1, detail::kSetupThreads, 0, stream>>>(p, args);
+    } else {
+      detail::build_masked_problems<<<(num_problems + 255) / 256, 256, 0, stream>>>(p, args);
+    }
+    cudaError_t launched = cudaGetLastError();
+    std::string result;
+    if (launched != cudaSuccess) {
+      result = std::string("problem setup launch: ") + cudaGetErrorString(launched);
+    } else {
+      auto arguments = make_arguments(p, num_problems, args.num_sms, args.schedule);
+      Gemm gemm;
+      cutlass::Status status = gemm.can_implement(arguments);
+      if (status == cutlass::Status::kSuccess) status = gemm.initialize(arguments, workspace, stream);
+      if (status == cutlass::Status::kSuccess) status = gemm.run(stream);
+      if (status != cutlass::Status::kSuccess) {
+        result = detail::cutlass_error("grouped gemm", status);
+      } else if (contiguous) {
+        result = zero_padding_rows(args);
+      }
+      launched = cudaGetLastError();
+      if (result.empty() && launched != cudaSuccess) result = std::string("launch: ") + cudaGetErrorString(launched);
+    }
+    free_async(base, args.stream);
+    return result;
+  }
+};
+
+
 // Contiguous grouped GEMM on the dense kernel with GroupIndexedMainloop (TileConfig::kIndexed*): one launch over
 // the whole (m_sum, n, k) problem, so no problem arrays, no per-problem tensor-map updates and the dense kernel's
 // TMA-loaded M-major A scales. A one-warp-per-block setup kernel writes each 128-row block's group.
-template <class TileShape, class ClusterShape>
+template <class TileShape, class ClusterShape, int kScaleN = 128>
 struct IndexedGemm {
-  using ScaleConfig = detail::DenseScaleConfig;
+  using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
   using Dense = DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
-                          cutlass::epilogue::TmaWarpSpecializedCooperative>;
-  using CollectiveMainloop = GroupIndexedMainloop<typename Dense::CollectiveMainloop>;
+                          cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN>;
+  using CollectiveMainloop = GroupIndexedMainloop<typename Dense::MmaMainloop>;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
                                                       typename Dense::CollectiveEpilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
@@ -530,10 +695,15 @@ struct IndexedGemm {
                          1),
         cute::make_stride(cute::make_stride(cute::Int<0>{}, cute::Int<1>{}), cute::make_stride(cute::Int<0>{}, sa_ld),
                           sa_ld * k_blocks));
-    LayoutSFB layout_sfb = ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(m, n, k, args.num_groups));
+    using Scales = detail::ScalesB<kScaleN, decltype(cute::size<1>(TileShape{}))::value>;
+    LayoutSFB layout_sfb =
+        ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(m, Scales::scale_n(n), k, args.num_groups));
 
+    Scales scales_b;
+    std::string error = scales_b.prepare(args.sb, args.num_groups, n, k, args.stream);
+    if (!error.empty()) return error;
     void* block_group = nullptr;
-    std::string error = allocate_async(&block_group, sizeof(int32_t) * num_blocks, args.stream);
+    error = allocate_async(&block_group, sizeof(int32_t) * num_blocks, args.stream);
     if (!error.empty()) return error;
     const auto stream = static_cast<cudaStream_t>(args.stream);
     constexpr int kSetupThreads = 256;
@@ -552,7 +722,7 @@ struct IndexedGemm {
     hw_info.sm_count = args.num_sms;
     typename CollectiveMainloop::Arguments mainloop{
         {static_cast<const detail::ElementA*>(args.a), stride_a, static_cast<const detail::ElementB*>(args.b),
-         stride_b, args.sa, layout_sfa, args.sb, layout_sfb},
+         stride_b, args.sa, layout_sfa, scales_b.sb, layout_sfb},
         static_cast<const int32_t*>(block_group),
         args.num_groups};
     typename Gemm::Arguments arguments{cutlass::gemm::GemmUniversalMode::kGemm,
