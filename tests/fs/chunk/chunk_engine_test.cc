@@ -400,6 +400,41 @@ TEST_P(ChunkEngineTest, ReadIntoZeroCopyAndUnaligned) {
   std::free(memory);
 }
 
+TEST_P(ChunkEngineTest, ReadSharedMatchesReadInAnAlignedBuffer) {
+  const ChunkId id{9, 1};
+  const auto data = pattern_bytes((2u << 20) + 777, 4);
+  write_commit(id, 0, data);
+  struct Range {
+    uint64_t offset, length;
+  };
+  // Whole segments (zero-copy), unaligned (bounce), past the end (short), beyond the end (empty).
+  for (Range range : {Range{4096 * 3, 1u << 20}, Range{12345, 100000}, Range{data.size() - 5000, 8192},
+                      Range{data.size() + 10, 4096}}) {
+    auto shared = engine_->read_shared(id, range.offset, range.length, ReadMode::kStrict);
+    auto plain = engine_->read(id, range.offset, range.length, ReadMode::kStrict);
+    ASSERT_TRUE(shared.is_ok()) << shared.status();
+    ASSERT_TRUE(plain.is_ok()) << plain.status();
+    ASSERT_TRUE(shared->data.is_set());
+    EXPECT_EQ(shared->data.to_vector(), plain->data) << "offset " << range.offset;
+    EXPECT_EQ(shared->meta.committed_version, plain->meta.committed_version);
+    if (shared->data.size() > 0) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(shared->data.bytes.data()) % 4096, 0u);
+    }
+  }
+  // A pending version: strict reads are dirty without data, relaxed ones return the committed bytes.
+  const auto update_data = pattern_bytes(4096, 5);
+  ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 2, 1, 0, update_data, false}).is_ok());
+  auto dirty = engine_->read_shared(id, 0, 4096, ReadMode::kStrict);
+  ASSERT_TRUE(dirty.is_ok());
+  EXPECT_TRUE(dirty->dirty);
+  EXPECT_EQ(dirty->data.size(), 0u);
+  auto relaxed = engine_->read_shared(id, 0, 4096, ReadMode::kRelaxed);
+  ASSERT_TRUE(relaxed.is_ok());
+  EXPECT_TRUE(relaxed->dirty);
+  EXPECT_EQ(relaxed->data.to_vector(), std::vector<std::byte>(data.begin(), data.begin() + 4096));
+  EXPECT_EQ(engine_->read_shared(ChunkId{9, 99}, 0, 1, ReadMode::kStrict).status().code(), StatusCode::kNotFound);
+}
+
 TEST_P(ChunkEngineTest, RemoveRangeAndList) {
   for (uint64_t inode = 10; inode < 13; ++inode) {
     for (uint64_t index = 0; index < 5; ++index)
