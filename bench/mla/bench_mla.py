@@ -3,8 +3,9 @@
 Shapes (issue #7): b = 128, s_q 1 and 2, h_q 16 and 128, h_kv 1, d_qk 576, d_v 512, page 64; cache
 lengths 1K, 4K, 8K, 16K, 32K, fixed (every sequence that long) and variable (uniform in [L/2, 3L/2],
 seeded); non-causal; our kernel on the paged bf16 cache and on the FP8 cache (656 bytes per token);
-where s_q * h_q >= 64 (the WGMMA kernels) also the mma.sync kernels on the same shapes
-(FF_MLA_KERNEL=mma_sync: `ours_*_mma_sync`); `kernel` names the kernel that ran.
+where s_q * h_q >= 64 (the WGMMA kernels) also the bf16 WGMMA kernel with its former cp.async loads
+instead of TMA (FF_MLA_LOADS=cp_async: `ours_bf16_cp_async`) and the mma.sync kernels on the same
+shapes (FF_MLA_KERNEL=mma_sync: `ours_*_mma_sync`); `kernel` names the kernel that ran.
 Baselines, on a contiguous (b, L_max, 576) copy of the same cache (a layout that favours them):
 torch SDPA (F.scaled_dot_product_attention over one head of s_q * h_q query rows, since h_kv = 1; a
 boolean mask for variable lengths) and
@@ -185,18 +186,20 @@ def main() -> int:
 
                     figures = {}
                     candidates = [
-                        ("ours_bf16", lambda: ours(False), 576 * 2, None),
-                        ("ours_fp8", lambda: ours(True), 656, None),
-                        ("torch_sdpa", sdpa, 576 * 2, None),
-                        ("torch_bmm_softmax", bmm_softmax, 576 * 2, None),
+                        ("ours_bf16", lambda: ours(False), 576 * 2, {}),
+                        ("ours_fp8", lambda: ours(True), 656, {}),
+                        ("torch_sdpa", sdpa, 576 * 2, {}),
+                        ("torch_bmm_softmax", bmm_softmax, 576 * 2, {}),
                     ]
                     if s_q * h_q >= 64:
-                        # The mma.sync kernels on the shapes the WGMMA kernel now takes (FF_MLA_KERNEL).
-                        candidates += [("ours_bf16_mma_sync", lambda: ours(False), 576 * 2, "mma_sync"),
-                                       ("ours_fp8_mma_sync", lambda: ours(True), 656, "mma_sync")]
-                    for name, function, kv_bytes_per_token, forced_kernel in candidates:
-                        if forced_kernel:
-                            os.environ["FF_MLA_KERNEL"] = forced_kernel
+                        # The WGMMA kernel with cp.async loads (FF_MLA_LOADS), and the mma.sync kernels on the
+                        # shapes the WGMMA kernel now takes (FF_MLA_KERNEL).
+                        candidates += [
+                            ("ours_bf16_cp_async", lambda: ours(False), 576 * 2, {"FF_MLA_LOADS": "cp_async"}),
+                            ("ours_bf16_mma_sync", lambda: ours(False), 576 * 2, {"FF_MLA_KERNEL": "mma_sync"}),
+                            ("ours_fp8_mma_sync", lambda: ours(True), 656, {"FF_MLA_KERNEL": "mma_sync"})]
+                    for name, function, kv_bytes_per_token, environment in candidates:
+                        os.environ.update(environment)
                         try:
                             ms = time_graph(function, args.calls, args.repeats)
                         except Exception as error:  # a baseline that cannot run this shape is reported, not fatal
@@ -204,14 +207,16 @@ def main() -> int:
                             torch.cuda.synchronize()
                             continue
                         finally:
-                            os.environ.pop("FF_MLA_KERNEL", None)
+                            for name_of_variable in environment:
+                                os.environ.pop(name_of_variable, None)
                         moved = total * kv_bytes_per_token + io_bytes
                         figures[name] = {"ms": round(ms, 4), "GB/s": round(moved / ms / 1e6, 1),
                                          "TFLOPS": round(flops / ms / 1e9, 1)}
                         if name.startswith("ours"):
                             figures[name]["kernel"] = mla.last_cuda_kernel()
                     if args.probe and s_q * h_q >= 64:
-                        # The bf16 WGMMA kernel without its S MMAs (1), P V MMAs (2), softmax (4), all (7).
+                        # The bf16 WGMMA kernel (TMA loads) without its S MMAs (1), P V MMAs (2), softmax (4),
+                        # all (7).
                         for skip in (1, 2, 4, 7):
                             os.environ["FF_MLA_PROBE_SKIP"] = str(skip)
                             try:
@@ -253,9 +258,10 @@ def main() -> int:
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "torch": torch.__version__,
                 "timing": f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats}",
-                "kernel": ("s_q * h_q >= 64: WGMMA (m64n32k16 QK^T, m64n256k16 PV) + cp.async; fewer rows: mma.sync "
-                           "m16n8k16 + cp.async, FP8 with <= 32 rows fed from 4 raw FP8 stages (docs/mla.md); "
-                           "*_mma_sync: the mma.sync kernel forced on the WGMMA shapes"),
+                "kernel": ("s_q * h_q >= 64: WGMMA (m64n64k16 QK^T, m64n256k16 PV), bf16 cache loaded by TMA "
+                           "(FP8: cp.async); fewer rows: mma.sync m16n8k16 + cp.async, FP8 with <= 32 rows fed from "
+                           "4 raw FP8 stages (docs/mla.md); *_cp_async: the bf16 WGMMA kernel with its cp.async "
+                           "loads; *_mma_sync: the mma.sync kernel forced on the WGMMA shapes"),
                 "seconds": round(time.time() - started, 1),
                 "cases": cases,
             }

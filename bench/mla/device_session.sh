@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device session for the mla kernels (build, GPU tests, memcheck, benchmark), as run through the
 # device tool: `bash bench/mla/device_session.sh STEPS...` with $OUT set; logs and JSON land in $OUT.
-# Steps: build, sass, gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark).
+# Steps: build, sass, gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
+# ncu (h_q 128 8K counters, TMA and cp.async loads).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mla_out}
@@ -21,8 +22,10 @@ for step in "$@"; do
       echo "HGMMA instructions: $(grep -c HGMMA "$OUT/sass.txt")"
       ;;
     gtest)
-      timeout 300 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
+      timeout 90 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
+      rc=$?
       grep -E "^\[  (FAILED|PASSED|  OK) |Failure|Expected|Which is|error" "$OUT/gtest.log" | head -60
+      if [ $rc -eq 124 ]; then echo "gtest timed out (a hang?): stopping"; tail -3 "$OUT/gtest.log"; exit 1; fi
       ;;
     pytest)
       timeout 400 python3 -m pytest -q python/tests/test_mla_cuda.py >"$OUT/pytest.log" 2>&1
@@ -30,7 +33,7 @@ for step in "$@"; do
       ;;
     memcheck)
       timeout 300 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaFp8CacheTwoQueries:CudaDecode.WgmmaBf16SplitsCausalTwoQueries' \
+        --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaFp8CacheTwoQueries:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal' \
         >"$OUT/memcheck.log" 2>&1
       grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head
       ;;
@@ -40,7 +43,16 @@ for step in "$@"; do
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck.log" | head
       ;;
     quick)
-      timeout 300 python3 bench/mla/bench_mla.py --quick --h-q 128 --probe --out "$OUT/quick.json" 2>&1 | tail -4 | cut -c1-1200
+      timeout 120 python3 bench/mla/bench_mla.py --quick --h-q 128 --probe --out "$OUT/quick.json" 2>&1 | tail -4 | cut -c1-1500
+      ;;
+    ncu)
+      # h_q 128, 8K, bf16: the kernel's DRAM bytes, L2 traffic and hit rate, with TMA and with cp.async loads.
+      for loads in tma cp_async; do
+        FF_MLA_LOADS=$loads timeout 60 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 \
+          --metrics gpu__time_duration.sum,dram__bytes_read.sum,lts__t_bytes.sum,lts__t_sector_hit_rate.pct \
+          python3 bench/mla/profile_mla.py --h-q 128 --kinds bf16 >"$OUT/ncu_$loads.log" 2>&1
+        echo "loads=$loads"; grep -E "gpu__time|dram__|lts__" "$OUT/ncu_$loads.log"
+      done
       ;;
     bench)
       timeout 500 python3 bench/mla/bench_mla.py --out "$OUT/mla_h200.json" >"$OUT/bench.log" 2>&1

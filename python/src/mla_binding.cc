@@ -219,7 +219,8 @@ void bind_mla(nb::module_& module) {
              "sm_90a MLA decode on CUDA arrays, into out / softmax_lse, enqueued on `stream`.");
   module.def(
       "last_cuda_kernel", [] { return std::string(mla::last_cuda_kernel()); },
-      "The kernel the last GPU call launched: 'wgmma', 'mma_sync', 'mma_sync_fp8_direct' ('' before any).");
+      "The kernel the last GPU call launched: 'wgmma_tma', 'wgmma', 'mma_sync', 'mma_sync_fp8_direct' ('' before "
+      "any).");
   module.def("get_mla_metadata", &get_mla_metadata, nb::arg("cache_seqlens"), nb::arg("num_q_tokens_per_head_k"),
              nb::arg("num_heads_k"), nb::arg("num_sms") = mla::kDefaultNumSms,
              "Split-KV schedule: (tile_scheduler_metadata int32 (num_sm_parts, 8), num_splits int32 (b + 1)).");

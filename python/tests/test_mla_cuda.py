@@ -102,25 +102,28 @@ def test_matches_float64(h_q, s_q, causal):
     # Few SMs force split sequences through the combine kernel; 132 leaves most unsplit.
     for num_sms in (132, 7):
         out, lse = run(q, cache, block_table, lengths, causal, num_sms=num_sms)
-        # >= 64 query rows per KV head take the WGMMA kernel.
-        assert mla.last_cuda_kernel() == ("wgmma" if s_q * h_q >= 64 else "mma_sync")
+        # >= 64 query rows per KV head take the WGMMA kernel (TMA loads for a bf16 / fp16 cache).
+        assert mla.last_cuda_kernel() == ("wgmma_tma" if s_q * h_q >= 64 else "mma_sync")
         ref_out, ref_lse = reference(q, lambda i, k: gather_keys(cache, block_table, lengths, i, k), lengths, 1, causal)
         check(out, lse, ref_out, ref_lse)
 
 
 @pytest.mark.parametrize("h_q", [64, 128])
 def test_wgmma_and_mma_sync_agree(h_q, monkeypatch):
-    """The same inputs through the WGMMA kernel and, forced by FF_MLA_KERNEL, the mma.sync kernel."""
+    """The same inputs through the WGMMA kernel with TMA loads, with cp.async loads (FF_MLA_LOADS) and,
+    forced by FF_MLA_KERNEL, the mma.sync kernel."""
     q, cache, block_table, lengths = make_case([1, 64, 65, 1500, 0, 333], 1, h_q, seed=h_q + 77)
     out, lse = run(q, cache, block_table, lengths, False, num_sms=11)
-    assert mla.last_cuda_kernel() == "wgmma"
-    monkeypatch.setenv("FF_MLA_KERNEL", "mma_sync")
-    old_out, old_lse = run(q, cache, block_table, lengths, False, num_sms=11)
-    assert mla.last_cuda_kernel() == "mma_sync"
+    assert mla.last_cuda_kernel() == "wgmma_tma"
     ref_out, ref_lse = reference(q, lambda i, k: gather_keys(cache, block_table, lengths, i, k), lengths, 1, False)
     check(out, lse, ref_out, ref_lse)
-    check(old_out, old_lse, ref_out, ref_lse)
-    assert cos_diff(out, old_out) < 1e-5
+    for variable, value, kernel in (("FF_MLA_LOADS", "cp_async", "wgmma"), ("FF_MLA_KERNEL", "mma_sync", "mma_sync")):
+        monkeypatch.setenv(variable, value)
+        other_out, other_lse = run(q, cache, block_table, lengths, False, num_sms=11)
+        monkeypatch.delenv(variable)
+        assert mla.last_cuda_kernel() == kernel
+        check(other_out, other_lse, ref_out, ref_lse)
+        assert cos_diff(out, other_out) < 1e-5
 
 
 def test_fp16_two_kv_heads_and_softmax_scale():

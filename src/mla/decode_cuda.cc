@@ -228,9 +228,12 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.probe_skip = probe_skip != nullptr ? std::atoi(probe_skip) : 0;
   const char* forced = std::getenv("FF_MLA_KERNEL");
   params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
-  last_kernel.store(static_cast<int>(cuda::select_kernel(params)), std::memory_order_relaxed);
+  const char* loads = std::getenv("FF_MLA_LOADS");
+  params.tma_loads = loads == nullptr || std::string_view(loads) != "cp_async";
 
-  const auto launch_error = static_cast<cudaError_t>(cuda::launch_decode(params, args.stream));
+  cuda::KernelKind launched = cuda::select_kernel(params);
+  const auto launch_error = static_cast<cudaError_t>(cuda::launch_decode(params, args.stream, &launched));
+  last_kernel.store(static_cast<int>(launched), std::memory_order_relaxed);
   if (owned) {
     const cudaError_t error = cudaFreeAsync(workspace, stream);
     if (launch_error == cudaSuccess && error != cudaSuccess) return cuda_error(error, "cudaFreeAsync of the workspace");

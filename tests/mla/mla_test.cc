@@ -188,6 +188,7 @@ struct Case {
   int num_threads = 1;
   int extra_columns = 1;        // block_table columns beyond what the longest sequence needs (left as -1)
   bool force_mma_sync = false;  // CUDA: FF_MLA_KERNEL=mma_sync for this call
+  bool cp_async_loads = false;  // CUDA: FF_MLA_LOADS=cp_async (the WGMMA kernel without TMA) for this call
 };
 
 // Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
@@ -613,17 +614,26 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   if (config.force_mma_sync) {
     ASSERT_EQ(setenv("FF_MLA_KERNEL", "mma_sync", 1), 0);
   }
+  if (config.cp_async_loads) {
+    ASSERT_EQ(setenv("FF_MLA_LOADS", "cp_async", 1), 0);
+  }
   const Status status = flash_mla_with_kvcache(args, Backend::kCuda);
   if (config.force_mma_sync) {
     ASSERT_EQ(unsetenv("FF_MLA_KERNEL"), 0);
   }
+  if (config.cp_async_loads) {
+    ASSERT_EQ(unsetenv("FF_MLA_LOADS"), 0);
+  }
   ASSERT_TRUE(status.is_ok()) << status.to_string();
   FF_CUDA_CHECK(cudaDeviceSynchronize());
-  // The dispatch: WGMMA from 64 query rows per KV head on (unless forced off), else mma.sync.
+  // The dispatch: WGMMA from 64 query rows per KV head on (unless forced off), with TMA loads for a
+  // bf16 / fp16 cache (unless forced off), else mma.sync.
   const int rows = config.s_q * (config.h_q / config.h_kv);
-  const char* expected_kernel = !config.force_mma_sync && rows >= 64 ? "wgmma"
-                                : config.fp8 && rows <= 32           ? "mma_sync_fp8_direct"
-                                                                     : "mma_sync";
+  const bool wgmma = !config.force_mma_sync && rows >= 64;
+  const char* expected_kernel = wgmma && !config.fp8 && !config.cp_async_loads ? "wgmma_tma"
+                                : wgmma                                        ? "wgmma"
+                                : config.fp8 && rows <= 32                     ? "mma_sync_fp8_direct"
+                                                                               : "mma_sync";
   EXPECT_EQ(last_cuda_kernel(), expected_kernel) << rows << " rows per KV head";
   const std::vector<uint16_t> gpu_out = out.to_host();
   const std::vector<float> gpu_lse = lse.to_host();
@@ -728,6 +738,44 @@ TEST(CudaDecode, WgmmaPartialRowTile) {
 
 TEST(CudaDecode, WgmmaFp8CacheTwoQueries) {
   run_cuda_and_compare({.seqlens = {600, 1, 64, 190}, .s_q = 2, .h_q = 64, .fp8 = true, .num_sms = 6}, 44);
+}
+
+TEST(CudaDecode, WgmmaCpAsyncLoadsForced) {
+  run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .cp_async_loads = true},
+                       46);
+}
+
+// Long runs of full blocks (TMA) with splits, and sequences whose last block is partial (cp.async).
+TEST(CudaDecode, WgmmaTmaLongSplitSequences) {
+  run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11}, 47);
+}
+
+// A bad block id without the value check: the TMA path reads nothing outside the cache (zeros).
+TEST(CudaDecode, WgmmaTmaBadBlockIdsLoadZeros) {
+  if (!have_gpu()) {
+    GTEST_SKIP() << "no CUDA device";
+  }
+  Inputs inputs = make_inputs({.seqlens = {640, 300}, .s_q = 1, .h_q = 128}, 48);
+  inputs.block_table[0 * inputs.max_blocks + 2] = 1 << 30;
+  inputs.block_table[1 * inputs.max_blocks + 1] = -7;
+  DeviceBuffer<uint16_t> q(inputs.q), cache(inputs.cache), out(inputs.out);
+  DeviceBuffer<int32_t> block_table(inputs.block_table), seqlens(inputs.config.seqlens),
+      metadata(inputs.metadata.tile_scheduler_metadata), splits(inputs.metadata.num_splits);
+  DeviceBuffer<float> lse(inputs.lse);
+  FlashMlaArgs args = inputs.args();
+  args.q = on_device(args.q, q.data());
+  args.k_cache = on_device(args.k_cache, cache.data());
+  args.block_table = on_device(args.block_table, block_table.data());
+  args.cache_seqlens = on_device(args.cache_seqlens, seqlens.data());
+  args.tile_scheduler_metadata = on_device(args.tile_scheduler_metadata, metadata.data());
+  args.num_splits = on_device(args.num_splits, splits.data());
+  args.out = on_device(args.out, out.data());
+  args.softmax_lse = on_device(args.softmax_lse, lse.data());
+  args.check_values = false;
+  ASSERT_TRUE(flash_mla_with_kvcache(args, Backend::kCuda).is_ok());
+  FF_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(last_cuda_kernel(), "wgmma_tma");
+  for (const uint16_t bits : out.to_host()) ASSERT_TRUE(std::isfinite(bf16_to_float(bits)));
 }
 
 TEST(CudaDecode, MmaSyncForcedOn128Heads) {

@@ -54,18 +54,25 @@ struct DecodeParams {
   // Take the mma.sync kernels even where the WGMMA kernel applies (FF_MLA_KERNEL=mma_sync in the
   // environment): for benchmarks beside the older path and for tests of both.
   bool force_mma_sync = false;
+  // The bf16 / fp16 WGMMA kernel loads full KV blocks by TMA (default); false (FF_MLA_LOADS=cp_async in
+  // the environment) keeps its cp.async pipeline, for benchmarks and tests of both.
+  bool tma_loads = true;
+  // The cache as a 4-D TMA tensor map (channels, KV heads, tokens, blocks), an opaque CUtensorMap that
+  // launch_decode encodes; the kernel reads it from its __grid_constant__ parameter.
+  alignas(64) unsigned char k_tensor_map[128] = {};
 };
 
 // The decode kernels launch_decode chooses between.
 enum class KernelKind : int {
   kMmaSync = 1,           // Decoder: mma.sync m16n8k16 (FP8: dequantized into a 16-bit tile)
   kMmaSyncFp8Direct = 2,  // Fp8Decoder: FP8 cache with <= 32 rows, MMAs on the raw e4m3 bytes
-  kWgmma = 3,             // WgmmaDecoder: >= kWgmmaMinRows rows per KV head, wgmma m64nNk16
+  kWgmma = 3,             // WGMMA kernels: >= kWgmmaMinRows rows per KV head, wgmma m64nNk16, cp.async loads
+  kWgmmaTma = 4,          // the bf16 / fp16 WGMMA kernel with TMA loads of full KV blocks
 };
 constexpr int kWgmmaMinRows = 64;
 
-// The kernel launch_decode enqueues for these parameters, and its name ("wgmma", "mma_sync",
-// "mma_sync_fp8_direct").
+// The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
+// kWgmmaTma becomes kWgmma), and its name ("wgmma_tma", "wgmma", "mma_sync", "mma_sync_fp8_direct").
 KernelKind select_kernel(const DecodeParams& params);
 const char* kernel_name(KernelKind kind);
 
@@ -79,7 +86,8 @@ constexpr int64_t workspace_bytes(int64_t batch_size, int64_t rows, int64_t h_kv
 }
 
 // Enqueues the decode kernel and, when some sequence has several splits, the combine kernel on
-// `stream` (a cudaStream_t). Returns the cudaError_t of the launches (0 on success). Asynchronous.
-int launch_decode(const DecodeParams& params, void* stream);
+// `stream` (a cudaStream_t); encodes k_tensor_map first where the kernel loads by TMA. Returns the
+// cudaError_t of the launches (0 on success) and, in `launched`, the kernel enqueued. Asynchronous.
+int launch_decode(const DecodeParams& params, void* stream, KernelKind* launched);
 
 }  // namespace ff::mla::cuda

@@ -37,12 +37,14 @@
 // size of 0 (no global read), blocks past it are not loaded, and a block id outside the cache or a
 // column outside the block table loads zeros instead of faulting (the host rejects such input first
 // when asked to check values).
+#include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime's entry-point query
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "decode_params.h"
 
@@ -1717,7 +1719,61 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a,
 constexpr int kBarrierKvFull = 1;     // warpgroup 1 -> 0: the next KV block has landed
 constexpr int kBarrierPReady = 2;     // warpgroup 0 -> 1: P and the row rescale factors of this block
 constexpr int kBarrierStageFree = 3;  // warpgroup 0 -> 1: warpgroup 0's O += P V of this block is done
+constexpr int kBarrierLoaders = 4;    // warpgroup 1 alone (128 threads): its cp.async copies are tracked
 __device__ __forceinline__ void named_barrier_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void loaders_barrier_sync() {
+  asm volatile("bar.sync %0, 128;\n" ::"n"(kBarrierLoaders) : "memory");
+}
+
+// mbarriers (shared memory, 8 bytes each) and TMA (the bulk tensor copy engine), for the TMA loads of
+// WgmmaPipelinedDecoder<., ., true>.
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialized mbarriers visible to the other threads and to the copy engine (async proxy).
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// Holds the barrier's current phase open until every cp.async this thread issued so far has landed
+// (the pending count is raised now and lowered when they complete: no arrival of its own).
+__device__ __forceinline__ void cp_async_mbarrier_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Spins until the phase of parity `parity` has completed. The loop lives inside one asm block and its
+// branch is uniform (every lane of a warp reads the same barrier at once), so the compiler sees no
+// divergent path between the wgmma instructions around a wait (which would serialize them).
+// NOTE: no timeout: a lost arrival would hang the kernel, as a lost named-barrier arrival would.
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT_AGAIN:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra.uni WAIT_AGAIN;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// Box (c0, c1, c2, c3) of the 4-D tensor map at `map` (a __grid_constant__ parameter) into shared
+// memory at `dst`, after one arrival on the mbarrier `bar` that adds the box's `bytes`, which the copy
+// then completes. Coordinates outside the tensor are filled with zeros and never read. Only where
+// `issue` is nonzero: a predicate rather than a branch, so that the calling warpgroup has no divergent
+// path near its wgmma (mbarrier_arrive_if likewise).
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, uint32_t bar, int c0, int c1, int c2,
+                                            int c3, uint32_t bytes, int issue) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %8, 0;\n"
+      "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [%2], %7;\n"
+      "@p cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
+      "[%2];\n}\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bytes), "r"(issue)
+      : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_if(uint32_t bar, int issue) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"
+      "@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
+      "r"(issue)
+      : "memory");
+}
 
 // bf16 / fp16 cache with >= 64 rows: the two warpgroups take different roles so that the tensor cores
 // run one warpgroup's MMAs while the other does its softmax or loads (FlashMLA's split):
@@ -1727,22 +1783,34 @@ __device__ __forceinline__ void named_barrier_sync(int id) { asm volatile("bar.s
 //                operands from shared memory); then it issues the next block's S right behind that.
 //   warpgroup 1  loads (cp.async: Q, every KV block), and O[:, 256:512] += P V with P from shared memory
 //                after rescaling by warpgroup 0's factors.
-// Per block j (KV stage j % 2):
+// Per block j (KV stage j % 2), kTma = false (cp.async loads by all of warpgroup 1):
 //   wg0: softmax(j) -> P, factors | P_READY | P V(j) | KV_FULL; S(j+1) | P V(j) done | STAGE_FREE |
 //        S(j+1) done
 //   wg1: P_READY | rescale, P V(j), done | block j+1 landed | KV_FULL | STAGE_FREE | load block j+2
 //        into stage j % 2
+// There block j+2 is only requested once block j+1 has landed (wg1 waits for it before STAGE_FREE), so
+// at most one 72 KB block per SM is in flight: the loads are latency-bound (docs/mla.md).
+// kTma = true: full blocks come by TMA (9 boxes of 64 tokens x 64 channels, 128-byte swizzle, issued
+// by one thread of wg1), each 64-channel column block with its own mbarrier per stage, so that S(j)
+// starts on the first column blocks while the others land; a block that ends inside the piece (the
+// tail of a sequence) and Q keep cp.async with zero-fill (nothing past the length is read), tracked on
+// the same mbarriers (cp.async.mbarrier.arrive). Stage j % 2 is handed back as soon as both P V(j) are
+// done, before anything waits for block j+1, so block j+2 is requested while j+1 is still in flight:
+//   wg0: softmax(j) -> P, factors | P_READY | P V(j), done | STAGE_FREE | S(j+1), waiting per column
+//        block | S(j+1) done
+//   wg1: P_READY | rescale, P V(j), done | STAGE_FREE | request block j+2 into stage j % 2
 // kSkip (measurement probes, FF_MLA_PROBE_SKIP; results meaningless): bit 1 leaves out the S MMAs, 2
 // the P V MMAs, 4 the softmax arithmetic, so that timings tell where a block's time goes.
-template <bool kFp16, int kSkip = 0>
+template <bool kFp16, int kSkip = 0, bool kTma = false>
 class WgmmaPipelinedDecoder {
   static constexpr int kQOffset = 0;
   static constexpr int kKvOffset = kTileBytes;
   static constexpr int kFactorOffset = 3 * kTileBytes;                     // (2 parities, 64 rows) floats
   static constexpr int kFinishOffset = kFactorOffset + 2 * kTileRows * 4;  // 64 row inverses
+  static constexpr int kBarrierOffset = kFinishOffset + kTileRows * 4;     // (2 stages, 9 column blocks) mbarriers
 
  public:
-  static constexpr int kSmemBytes = kFinishOffset + kTileRows * 4 + 1024;  // + alignment slack
+  static constexpr int kSmemBytes = kBarrierOffset + 2 * kColumnBlocks * 8 + 1024;  // + alignment slack
   static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
 
   __device__ WgmmaPipelinedDecoder(const DecodeParams& p, char* smem) : p_(p) {
@@ -1759,6 +1827,14 @@ class WgmmaPipelinedDecoder {
     lane_ = thread % 32;
     head_k_ = static_cast<int>(blockIdx.y);
     m_block_ = static_cast<int>(blockIdx.x);
+    full_ = base + pad + kBarrierOffset;
+    if constexpr (kTma) {
+      if (thread == 0) {
+        for (int i = 0; i < 2 * kColumnBlocks; ++i) mbarrier_init(full_ + 8 * i, 1);
+        fence_mbarrier_init();
+      }
+      __syncthreads();
+    }
   }
 
   __device__ void run_piece(const Piece& piece) {
@@ -1785,8 +1861,8 @@ class WgmmaPipelinedDecoder {
                                         RowState& state) {
     if (num_kv_blocks == 0) return;
     float s[32];
-    named_barrier_sync(kBarrierKvFull);  // Q and block 0
-    issue_s(skv_, s);
+    if constexpr (!kTma) named_barrier_sync(kBarrierKvFull);  // Q and block 0
+    issue_s(skv_, s, 0);
     wgmma_commit();
     wgmma_wait<0>();
     fence_s(s);
@@ -1817,23 +1893,47 @@ class WgmmaPipelinedDecoder {
       }
     }
     wgmma_commit();
-    if constexpr (kNext) {
-      named_barrier_sync(kBarrierKvFull);
-      issue_s(skv_ + ((j + 1) & 1) * kTileBytes, s);
-      wgmma_commit();
-      wgmma_wait<1>();  // P V(j) done (groups complete in order); S(j + 1) may run on
+    if constexpr (kTma) {
+      // Hand stage j % 2 back before waiting for block j + 1, so that block j + 2 is requested now.
+      wgmma_wait<0>();
+      fence_acc(acc);
+      named_barrier_sync(kBarrierStageFree);
+      if constexpr (kNext) {
+        issue_s(skv_ + ((j + 1) & 1) * kTileBytes, s, (j + 1) & 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_s(s);
+      }
     } else {
-      wgmma_wait<0>();
-    }
-    fence_acc(acc);
-    named_barrier_sync(kBarrierStageFree);
-    if constexpr (kNext) {
-      wgmma_wait<0>();
-      fence_s(s);
+      if constexpr (kNext) {
+        named_barrier_sync(kBarrierKvFull);
+        issue_s(skv_ + ((j + 1) & 1) * kTileBytes, s, (j + 1) & 1);
+        wgmma_commit();
+        wgmma_wait<1>();  // P V(j) done (groups complete in order); S(j + 1) may run on
+      } else {
+        wgmma_wait<0>();
+      }
+      fence_acc(acc);
+      named_barrier_sync(kBarrierStageFree);
+      if constexpr (kNext) {
+        wgmma_wait<0>();
+        fence_s(s);
+      }
     }
   }
 
   __device__ void run_load_warpgroup(const Piece& piece, int num_kv_blocks, int first_block, float (&acc)[32][4]) {
+    if constexpr (kTma) {
+      if (num_kv_blocks == 0) return;  // nothing to load (Q is not needed either)
+      // Prologue: Q + block 0 into stage 0, block 1 into stage 1.
+      const int last = first_block + num_kv_blocks - 1;
+      const int id0 = block_id(piece, first_block, last), id1 = block_id(piece, first_block + 1, last);
+      fill_stage(piece, first_block, 0, true, id0);
+      if (num_kv_blocks > 1) fill_stage(piece, first_block + 1, 1, false, id1);
+      for (int j = 0; j + 1 < num_kv_blocks; ++j) load_step<true>(piece, j, num_kv_blocks, first_block, acc);
+      load_step<false>(piece, num_kv_blocks - 1, num_kv_blocks, first_block, acc);
+      return;
+    }
     // Prologue: group 0 = Q + block 0, group 1 = block 1 (either may be empty).
     load_q(piece.batch);
     if (num_kv_blocks > 0) load_block(piece, first_block, 0);
@@ -1859,7 +1959,19 @@ class WgmmaPipelinedDecoder {
   __device__ __forceinline__ void load_step(const Piece& piece, int j, int num_kv_blocks, int first_block,
                                             float (&acc)[32][4]) {
     const uint32_t tile = skv_ + (j & 1) * kTileBytes;
+    // Block j + 2 is looked up before the waits, so its request goes out right at STAGE_FREE (every
+    // thread reads the same entry: no divergent path).
+    const int next_id = kTma ? block_id(piece, first_block + j + 2, first_block + num_kv_blocks - 1) : -1;
     named_barrier_sync(kBarrierPReady);
+    if constexpr (kTma) {
+      // V(j)'s column blocks 4..7 (landed: warpgroup 0 waited for them before S(j)); this thread's own
+      // wait makes them visible to its MMAs, the fence covers a tail block that came by cp.async.
+      const uint32_t parity = (phase_bits_ >> (j & 1)) & 1;
+#pragma unroll
+      for (int c = 4; c < 8; ++c) mbarrier_wait(full_bar(j & 1, c), parity);
+      phase_bits_ ^= 1u << (j & 1);
+      fence_proxy_async();
+    }
     const int g = lane_ >> 2;
     const float factor0 = factor_[(j & 1) * kTileRows + warp_ * 16 + g];
     const float factor1 = factor_[(j & 1) * kTileRows + warp_ * 16 + g + 8];
@@ -1875,6 +1987,13 @@ class WgmmaPipelinedDecoder {
       }
     }
     wgmma_commit();
+    if constexpr (kTma) {
+      wgmma_wait<0>();
+      fence_acc(acc);
+      named_barrier_sync(kBarrierStageFree);  // both warpgroups are done with stage j % 2
+      if (j + 2 < num_kv_blocks) fill_stage(piece, first_block + j + 2, j & 1, false, next_id);
+      return;
+    }
     if constexpr (kNext) {
       cp_async_wait<0>();  // block j + 1, the only group in flight
       fence_proxy_async();
@@ -1885,6 +2004,44 @@ class WgmmaPipelinedDecoder {
     named_barrier_sync(kBarrierStageFree);  // both warpgroups are done with stage j % 2
     if (j + 2 < num_kv_blocks) load_block(piece, first_block + j + 2, j & 1);
     cp_async_commit();
+  }
+
+  // The mbarrier of column block c of stage `stage` (kTma).
+  __device__ __forceinline__ uint32_t full_bar(int stage, int c) const {
+    return full_ + 8 * (stage * kColumnBlocks + c);
+  }
+
+  // The cache block holding logical block `block` of the piece's sequence (an id outside the cache
+  // makes TMA fill zeros: the tensor map spans exactly the cache). Past the piece's last block (where
+  // the caller discards the value) it reads the last block's column, never a column past the length.
+  __device__ __forceinline__ int block_id(const Piece& piece, int block, int last_block) const {
+    const int column = min(block, last_block);
+    return p_.block_table[piece.batch * p_.block_table_batch_stride + column * p_.block_table_column_stride];
+  }
+
+  // kTma: requests logical block `block` (cache block `id`, read by the loader thread) into `stage`,
+  // with Q first when `with_q`. Called by all of warpgroup 1 in step (it contains a barrier of its
+  // threads). A full block: 9 TMA boxes, each completing its column block's mbarrier. A block that the
+  // piece ends inside: cp.async with zero-fill past the end (load_block), like Q; every thread then
+  // ties its copies to all 9 mbarriers, and only after all have done so does the loader thread arrive,
+  // so no phase can complete before every copy has landed.
+  __device__ void fill_stage(const Piece& piece, int block, int stage, bool with_q, int id) {
+    const bool full = piece.token_end - block * kTileRows >= kTileRows;
+    if (with_q) load_q(piece.batch);
+    if (!full) load_block(piece, block, stage);
+    if (with_q || !full) {
+#pragma unroll
+      for (int c = 0; c < kColumnBlocks; ++c) cp_async_mbarrier_arrive(full_bar(stage, c));
+      loaders_barrier_sync();
+    }
+    const int loader = threadIdx.x == 128;  // the first thread of warpgroup 1 issues the TMA copies
+    const uint32_t destination = skv_ + stage * kTileBytes;
+#pragma unroll
+    for (int c = 0; c < kColumnBlocks; ++c) {
+      tma_load_4d(destination + c * kColumnBlockBytes, p_.k_tensor_map, full_bar(stage, c), c * 64, head_k_, 0, id,
+                  kColumnBlockBytes, loader & full);
+      mbarrier_arrive_if(full_bar(stage, c), loader & !full);
+    }
   }
 
   // acc rows g (factor0) and g + 8 (factor1) of the warp; skipped when the whole warp's factors are 1
@@ -1900,19 +2057,30 @@ class WgmmaPipelinedDecoder {
     }
   }
 
-  // S = Q K^T of the KV tile at `tile` (all 64 tokens), issued, not waited for.
-  __device__ void issue_s(uint32_t tile, float (&s)[32]) {
+  // S = Q K^T of the KV tile at `tile` (stage `stage`, all 64 tokens), issued, not waited for. kTma:
+  // the 4 k-steps of each 64-channel column block go out as soon as that block has landed.
+  __device__ void issue_s(uint32_t tile, float (&s)[32], int stage) {
     const uint64_t a_desc = gmma_descriptor(sq_, 16, 1024);
     const uint64_t b_desc = gmma_descriptor(tile, 16, 1024);
+    const uint32_t parity = (phase_bits_ >> stage) & 1;
     fence_s(s);
     wgmma_fence();
-    if constexpr ((kSkip & 1) == 0) {
 #pragma unroll
-      for (int k = 0; k < kDimQk / 16; ++k) {
+    for (int k = 0; k < kDimQk / 16; ++k) {
+      if constexpr (kTma) {
+        if (k % 4 == 0) {
+          mbarrier_wait(full_bar(stage, k / 4), parity);
+          // Q and a tail block come by cp.async (generic proxy); column block 0's phase completes only
+          // after every such copy of the stage has landed.
+          if (k == 0) fence_proxy_async();
+        }
+      }
+      if constexpr ((kSkip & 1) == 0) {
         const uint64_t offset = static_cast<uint64_t>(((k / 4) * kColumnBlockBytes + (k % 4) * 32) >> 4);
         wgmma_m64n64k16<kFp16>(s, a_desc + offset, b_desc + offset, k > 0 ? 1 : 0);
       }
     }
+    if constexpr (kTma) phase_bits_ ^= 1u << stage;
   }
 
   // Scale, mask, online softmax of S (s[4 n + 2 i + e]: row 16 warp + g + 8 i, token 8 n + 2 q4 + e);
@@ -2066,7 +2234,8 @@ class WgmmaPipelinedDecoder {
     }
   }
   const DecodeParams& p_;
-  uint32_t sq_ = 0, skv_ = 0;
+  uint32_t sq_ = 0, skv_ = 0, full_ = 0;
+  uint32_t phase_bits_ = 0;  // kTma: bit s = parity of the next phase of stage s's mbarriers
   float* factor_ = nullptr;
   float* finish_ = nullptr;
   int warpgroup_ = 0, warp_ = 0, lane_ = 0;
@@ -2180,16 +2349,21 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
     if constexpr (kFp8) {
       return launch<WgmmaFp8Decoder<kFp16>, kFp16>(params, stream);
     } else {
-      if constexpr (!kFp16) {
+      return launch<WgmmaPipelinedDecoder<kFp16, 0, false>, kFp16>(params, stream);
+    }
+  }
+  if (kind == KernelKind::kWgmmaTma) {
+    if constexpr (!kFp8) {
+      if constexpr (!kFp16) {  // the probes, of the TMA kernel only
         switch (params.probe_skip) {
-          case 1: return launch<WgmmaPipelinedDecoder<false, 1>, false>(params, stream);
-          case 2: return launch<WgmmaPipelinedDecoder<false, 2>, false>(params, stream);
-          case 4: return launch<WgmmaPipelinedDecoder<false, 4>, false>(params, stream);
-          case 7: return launch<WgmmaPipelinedDecoder<false, 7>, false>(params, stream);
+          case 1: return launch<WgmmaPipelinedDecoder<false, 1, true>, false>(params, stream);
+          case 2: return launch<WgmmaPipelinedDecoder<false, 2, true>, false>(params, stream);
+          case 4: return launch<WgmmaPipelinedDecoder<false, 4, true>, false>(params, stream);
+          case 7: return launch<WgmmaPipelinedDecoder<false, 7, true>, false>(params, stream);
           default: break;
         }
       }
-      return launch<WgmmaPipelinedDecoder<kFp16>, kFp16>(params, stream);
+      return launch<WgmmaPipelinedDecoder<kFp16, 0, true>, kFp16>(params, stream);
     }
   }
   if constexpr (kFp8) {
@@ -2203,16 +2377,65 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
   }
 }
 
+// cuTensorMapEncodeTiled, from the driver through the runtime (no link against libcuda).
+using EncodeTiledFunction = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                         const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                         CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFunction encode_tiled_function() {
+  // NOTE: a function-local static resolves the entry point once per process (thread-safe init).
+  static const EncodeTiledFunction function = [] {
+    void* pointer = nullptr;
+    cudaDriverEntryPointQueryResult query = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t error =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &pointer, 12000, cudaEnableDefault, &query);
+    return error == cudaSuccess && query == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiledFunction>(pointer)
+                                                                        : nullptr;
+  }();
+  return function;
+}
+
+// The bf16 / fp16 cache (num_blocks, 64, h_kv, 576) as a 4-D tensor map, innermost first: channels,
+// KV heads, tokens, blocks, strides as given; boxes of 64 channels x 1 head x 64 tokens x 1 block
+// (8 KB, one 64-channel column block of a KV tile), 128-byte swizzle, which is the tile layout the
+// kernel's wgmma descriptors expect. Out-of-range coordinates (a bad block id) read nothing and fill
+// zeros. False when the driver has no encoder or rejects the layout (the caller then keeps cp.async).
+bool encode_k_tensor_map(DecodeParams& params) {
+  static_assert(sizeof(CUtensorMap) == sizeof(params.k_tensor_map), "CUtensorMap is 128 bytes");
+  const EncodeTiledFunction encode = encode_tiled_function();
+  if (encode == nullptr) return false;
+  const auto bytes = [](int64_t elements) { return static_cast<cuuint64_t>(elements) * 2; };
+  // A stride of an extent-1 dimension is never used; any multiple of 16 bytes keeps the encoder content.
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(kDimQk), static_cast<cuuint64_t>(params.h_kv),
+                              static_cast<cuuint64_t>(kTileRows), static_cast<cuuint64_t>(params.num_blocks)};
+  const cuuint64_t strides[3] = {params.h_kv > 1 ? bytes(params.k_head_stride) : bytes(kDimQk),
+                                 bytes(params.k_token_stride),
+                                 params.num_blocks > 1 ? bytes(params.k_block_stride) : bytes(kTileRows * kDimQk)};
+  const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(kTileRows), 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult result =
+      encode(&map, params.fp16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4,
+             const_cast<void*>(params.k_cache), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (result != CUDA_SUCCESS) return false;
+  std::memcpy(params.k_tensor_map, &map, sizeof(map));
+  return true;
+}
+
 }  // namespace
 
 KernelKind select_kernel(const DecodeParams& params) {
-  if (!params.force_mma_sync && params.rows >= kWgmmaMinRows) return KernelKind::kWgmma;
+  if (!params.force_mma_sync && params.rows >= kWgmmaMinRows) {
+    return params.tma_loads && !params.fp8_cache ? KernelKind::kWgmmaTma : KernelKind::kWgmma;
+  }
   if (params.fp8_cache && params.rows <= 32) return KernelKind::kMmaSyncFp8Direct;
   return KernelKind::kMmaSync;
 }
 
 const char* kernel_name(KernelKind kind) {
   switch (kind) {
+    case KernelKind::kWgmmaTma: return "wgmma_tma";
     case KernelKind::kWgmma: return "wgmma";
     case KernelKind::kMmaSyncFp8Direct: return "mma_sync_fp8_direct";
     case KernelKind::kMmaSync: return "mma_sync";
@@ -2220,16 +2443,22 @@ const char* kernel_name(KernelKind kind) {
   return "";
 }
 
-int launch_decode(const DecodeParams& params, void* stream) {
+int launch_decode(const DecodeParams& params, void* stream, KernelKind* launched) {
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
-  const KernelKind kind = select_kernel(params);
+  KernelKind kind = select_kernel(params);
+  DecodeParams local = params;
+  if (kind == KernelKind::kWgmmaTma && !encode_k_tensor_map(local)) {
+    local.tma_loads = false;
+    kind = select_kernel(local);
+  }
+  if (launched != nullptr) *launched = kind;
   cudaError_t status;
-  if (params.fp16) {
-    status = params.fp8_cache ? launch_split<true, true>(params, kind, cuda_stream)
-                              : launch_split<true, false>(params, kind, cuda_stream);
+  if (local.fp16) {
+    status = local.fp8_cache ? launch_split<true, true>(local, kind, cuda_stream)
+                             : launch_split<true, false>(local, kind, cuda_stream);
   } else {
-    status = params.fp8_cache ? launch_split<false, true>(params, kind, cuda_stream)
-                              : launch_split<false, false>(params, kind, cuda_stream);
+    status = local.fp8_cache ? launch_split<false, true>(local, kind, cuda_stream)
+                             : launch_split<false, false>(local, kind, cuda_stream);
   }
   return static_cast<int>(status);
 }
