@@ -70,6 +70,12 @@ struct ChunkUpdate {
   // UpdateIO.chunkSize). A store may reserve that much room when it places a new version, so a chunk
   // written front to back is not copied into a bigger block at every step. Never limits the update.
   uint64_t chunk_size = 0;
+  // The caller commits this version right after storing it (the chain's tail): a store may then make
+  // the pending metadata durable only with the commit (ChunkEngine: an unsynced batch, made durable by
+  // the commit's synced one, since RocksDB's WAL is ordered). put_pending then returns before the
+  // pending version is durable; a crash before the commit may lose it (it was never acknowledged).
+  // The data bytes are still durable before put_pending returns.
+  bool defer_metadata_sync = false;
 };
 
 enum class ReadMode {

@@ -211,7 +211,14 @@ struct ChunkEngine::Impl {
   std::mutex deferred_mutex;
   std::vector<BlockLocation> deferred;  // guarded by deferred_mutex
 
-  Status write_batch(rocksdb::WriteBatch& batch, const ChunkId& id) {
+  // sync = false: an unsynced batch even when metadata is synced (ChunkUpdate::defer_metadata_sync);
+  // the next synced batch makes it durable.
+  Status write_batch(rocksdb::WriteBatch& batch, const ChunkId& id, bool sync = true) {
+    if (!sync && write_options.sync) {
+      rocksdb::WriteOptions no_sync = write_options;
+      no_sync.sync = false;
+      return rocks_status(db->Write(no_sync, &batch), fmt::format("metadata batch of chunk {}", id.to_string()));
+    }
     std::vector<BlockLocation> durable_after;
     if (write_options.sync) {
       std::lock_guard lock(deferred_mutex);
@@ -965,7 +972,10 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
     record.chain_version = update.chain_version;
     rocksdb::WriteBatch batch;
     batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
-    status = impl.write_batch(batch, id);
+    // Deferring the sync is only safe when no block is released below: a crash could bring back the
+    // record that references it.
+    const bool sync = !update.defer_metadata_sync || replaced_pending.valid() || replaced_patch.valid();
+    status = impl.write_batch(batch, id, sync);
   }
   if (!status.is_ok()) {
     if (patched) {

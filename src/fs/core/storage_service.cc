@@ -586,10 +586,13 @@ struct StorageService::State {
     auto store_ptr = targets.at(update->target).store;
     auto result = std::make_shared<Status>();
     auto outcome = std::make_shared<int>(0);  // 0: stored pending, 1: already committed, 2: replaced (syncing tail)
+    // The tail commits right after storing: its pending batch becomes durable with the commit batch
+    // (one synced batch instead of two on the critical path).
     ChunkUpdate chunk_update{.id = update->chunk, .version = update->version,
                              .chain_version = routing.chain(update->chain)->version, .offset = update->offset,
                              .data = update->data.bytes, .full_replacement = update->full_replacement,
-                             .chunk_size = update->chunk_size};
+                             .chunk_size = update->chunk_size,
+                             .defer_metadata_sync = tail && !update->resolve && !bugs.commit_before_ack};
     uint32_t expected_crc = update->crc;
     bool resolve = update->resolve;
     executor.offload(
