@@ -1,7 +1,8 @@
 // sm90 MLA decode over a paged KV cache (bf16 / fp16, and the FP8 e4m3 cache): with >= 64 query rows
 // per KV head, warpgroup MMAs (wgmma, WgmmaPipelinedDecoder / WgmmaFp8Decoder, further down); with
-// fewer, warp-level tensor-core MMA (mma.sync m16n8k16, ldmatrix); both fed by cp.async pipelines, then
-// a combine kernel for sequences split over several SM parts. The design and its numbers are in
+// fewer, warp-level tensor-core MMA (mma.sync m16n8k16, ldmatrix); fed by cp.async pipelines (the bf16 /
+// fp16 WGMMA kernel: full KV blocks by TMA), then a combine kernel for sequences split over several SM
+// parts. The design and its numbers are in
 // docs/mla.md. The comments up to the WGMMA section describe the mma.sync kernels.
 //
 // Work decomposition (FlashMLA's): grid (m_blocks, h_kv, num_sm_parts). A CTA takes the 64 query rows
