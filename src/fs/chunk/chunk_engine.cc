@@ -502,10 +502,7 @@ struct ChunkEngine::Impl {
       const uint64_t end = std::min(start + segment, new_length);
       segments[start / segment] = crc32c(std::span<const std::byte>(buffer.data() + (start - from), end - start));
     }
-    whole = segments.empty() ? 0 : segments[0];
-    for (size_t index = 1; index < segments.size(); ++index) {
-      whole = crc32c_combine(whole, segments[index], std::min<uint64_t>(segment, new_length - index * segment));
-    }
+    whole = segments.empty() ? 0 : crc32c_fold(segments, segment, new_length - (segments.size() - 1) * segment);
     if (!patch_block.valid()) {
       inline_bytes->assign(reinterpret_cast<const char*>(buffer.data()), to - from);
       return Status::ok();

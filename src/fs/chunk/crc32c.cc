@@ -84,4 +84,29 @@ uint32_t crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
   return multmodp(x2nmodp(length_b, 3), crc_a) ^ crc_b;
 }
 
+uint32_t crc32c_fold(std::span<const uint32_t> crcs, uint64_t piece_length, uint64_t last_length) {
+  if (crcs.empty()) return 0;
+  if (crcs.size() == 1) return crcs[0];
+  // Shifting a CRC by piece_length bytes multiplies it by x^(8 * piece_length) mod P, which is linear
+  // in the CRC: one table per byte of it.
+  struct Shift {
+    uint64_t length = 0;
+    std::array<std::array<uint32_t, 256>, 4> table{};
+  };
+  thread_local Shift shift;
+  if (shift.length != piece_length) {
+    const uint32_t op = x2nmodp(piece_length, 3);
+    for (unsigned byte = 0; byte < 4; ++byte) {
+      for (uint32_t value = 0; value < 256; ++value) shift.table[byte][value] = multmodp(op, value << (8 * byte));
+    }
+    shift.length = piece_length;
+  }
+  uint32_t whole = crcs[0];
+  for (size_t index = 1; index + 1 < crcs.size(); ++index) {
+    whole = shift.table[0][whole & 0xff] ^ shift.table[1][(whole >> 8) & 0xff] ^ shift.table[2][(whole >> 16) & 0xff] ^
+            shift.table[3][whole >> 24] ^ crcs[index];
+  }
+  return crc32c_combine(whole, crcs.back(), last_length);
+}
+
 }  // namespace ff::fs

@@ -53,5 +53,21 @@ TEST(Crc32c, CombineEqualsWhole) {
   EXPECT_EQ(folded, crc32c(all));
 }
 
+TEST(Crc32c, FoldEqualsWhole) {
+  std::vector<std::byte> data(300 * 1000 + 123);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>((i * 2654435761u) >> 11);
+  std::span<const std::byte> all(data);
+  for (uint64_t piece : {1ull, 7ull, 4096ull, 65536ull}) {
+    for (uint64_t length : {uint64_t{1}, piece, piece + 1, 5 * piece + 3, uint64_t{data.size()}}) {
+      length = std::min<uint64_t>(length, data.size());
+      std::vector<uint32_t> crcs;
+      for (uint64_t start = 0; start < length; start += piece) crcs.push_back(crc32c(all.subspan(start, std::min(piece, length - start))));
+      const uint64_t last = length - (crcs.size() - 1) * piece;
+      EXPECT_EQ(crc32c_fold(crcs, piece, last), crc32c(all.first(length))) << "piece " << piece << " length " << length;
+    }
+  }
+  EXPECT_EQ(crc32c_fold({}, 4096, 0), 0u);
+}
+
 }  // namespace
 }  // namespace ff::fs
