@@ -15,30 +15,30 @@ for step in "$@"; do
       cmake -G Ninja -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DFF_CUDA=ON -DFF_CUDA_COMPONENTS=mla \
         -DFF_CUTLASS_INCLUDE_DIR="$PWD/third_party/cutlass/include" -DCMAKE_CXX_FLAGS=-Wno-error=range-loop-construct >"$OUT/configure.log" 2>&1 || tail -20 "$OUT/configure.log"
       cmake --build build-dev -j16 --target mla_test _C -- -k 0 >"$OUT/build.log" 2>&1 || tail -40 "$OUT/build.log"
-      grep -iE "C75[0-9]{2}|serializ" "$OUT/build.log" | head -5
+      grep -iE "C75[0-9]{2}|serializ" "$OUT/build.log" | grep -v C7519 | head -5
       ;;
     sass)
       cuobjdump -sass build-dev/src/mla/CMakeFiles/ff_mla.dir/cuda/sm90_mla_decode.cu.o >"$OUT/sass.txt" 2>&1
       echo "HGMMA instructions: $(grep -c HGMMA "$OUT/sass.txt")"
       ;;
     gtest)
-      timeout 90 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
+      timeout 60 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
       rc=$?
       grep -E "^\[  (FAILED|PASSED|  OK) |Failure|Expected|Which is|error" "$OUT/gtest.log" | head -60
       if [ $rc -eq 124 ]; then echo "gtest timed out (a hang?): stopping"; tail -3 "$OUT/gtest.log"; exit 1; fi
       ;;
     pytest)
-      timeout 400 python3 -m pytest -q python/tests/test_mla_cuda.py >"$OUT/pytest.log" 2>&1
+      timeout 120 python3 -m pytest -q python/tests/test_mla_cuda.py >"$OUT/pytest.log" 2>&1
       grep -E "passed|failed|Error|assert" "$OUT/pytest.log" | head -30
       ;;
     memcheck)
       timeout 300 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaFp8CacheTwoQueries:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal' \
+        --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaFp8CacheTwoQueries:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal:CudaDecode.WgmmaSeesawBlockCounts' \
         >"$OUT/memcheck.log" 2>&1
       grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head
       ;;
     racecheck)
-      timeout 300 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
+      timeout 60 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
         --gtest_filter='CudaDecode.WgmmaPartialRowTile' >"$OUT/racecheck.log" 2>&1
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck.log" | head
       ;;

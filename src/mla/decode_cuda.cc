@@ -230,6 +230,9 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
   const char* loads = std::getenv("FF_MLA_LOADS");
   params.tma_loads = loads == nullptr || std::string_view(loads) != "cp_async";
+  const char* schedule = std::getenv("FF_MLA_SCHEDULE");
+  if (schedule != nullptr && std::string_view(schedule) == "pipelined") params.schedule = cuda::Schedule::kPipelined;
+  if (schedule != nullptr && std::string_view(schedule) == "seesaw") params.schedule = cuda::Schedule::kSeesaw;
 
   cuda::KernelKind launched = cuda::select_kernel(params);
   const auto launch_error = static_cast<cudaError_t>(cuda::launch_decode(params, args.stream, &launched));

@@ -27,6 +27,9 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+// The kernel the dispatch takes for a bf16 / fp16 cache with >= 64 rows per KV head and TMA loads
+// (cuda::kDefaultSchedule: the faster schedule on the H200, the pipelined one).
+constexpr const char* kDefaultTmaKernel = "wgmma_tma";
 
 // ---------------------------------------------------------------------------------------------
 // Numerics
@@ -189,6 +192,7 @@ struct Case {
   int extra_columns = 1;        // block_table columns beyond what the longest sequence needs (left as -1)
   bool force_mma_sync = false;  // CUDA: FF_MLA_KERNEL=mma_sync for this call
   bool cp_async_loads = false;  // CUDA: FF_MLA_LOADS=cp_async (the WGMMA kernel without TMA) for this call
+  bool seesaw = false;          // CUDA: FF_MLA_SCHEDULE=seesaw (the TMA WGMMA kernel's seesaw schedule)
 };
 
 // Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
@@ -617,6 +621,9 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   if (config.cp_async_loads) {
     ASSERT_EQ(setenv("FF_MLA_LOADS", "cp_async", 1), 0);
   }
+  if (config.seesaw) {
+    ASSERT_EQ(setenv("FF_MLA_SCHEDULE", "seesaw", 1), 0);
+  }
   const Status status = flash_mla_with_kvcache(args, Backend::kCuda);
   if (config.force_mma_sync) {
     ASSERT_EQ(unsetenv("FF_MLA_KERNEL"), 0);
@@ -624,13 +631,17 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   if (config.cp_async_loads) {
     ASSERT_EQ(unsetenv("FF_MLA_LOADS"), 0);
   }
+  if (config.seesaw) {
+    ASSERT_EQ(unsetenv("FF_MLA_SCHEDULE"), 0);
+  }
   ASSERT_TRUE(status.is_ok()) << status.to_string();
   FF_CUDA_CHECK(cudaDeviceSynchronize());
   // The dispatch: WGMMA from 64 query rows per KV head on (unless forced off), with TMA loads for a
   // bf16 / fp16 cache (unless forced off), else mma.sync.
   const int rows = config.s_q * (config.h_q / config.h_kv);
   const bool wgmma = !config.force_mma_sync && rows >= 64;
-  const char* expected_kernel = wgmma && !config.fp8 && !config.cp_async_loads ? "wgmma_tma"
+  const char* tma_kernel = config.seesaw ? "wgmma_seesaw" : kDefaultTmaKernel;
+  const char* expected_kernel = wgmma && !config.fp8 && !config.cp_async_loads ? tma_kernel
                                 : wgmma                                        ? "wgmma"
                                 : config.fp8 && rows <= 32                     ? "mma_sync_fp8_direct"
                                                                                : "mma_sync";
@@ -740,6 +751,33 @@ TEST(CudaDecode, WgmmaFp8CacheTwoQueries) {
   run_cuda_and_compare({.seqlens = {600, 1, 64, 190}, .s_q = 2, .h_q = 64, .fp8 = true, .num_sms = 6}, 44);
 }
 
+// The TMA WGMMA kernel's seesaw schedule (FF_MLA_SCHEDULE=seesaw; not the default, it measured slower).
+TEST(CudaDecode, WgmmaSeesawScheduleForced) {
+  run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .seesaw = true}, 49);
+  run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11, .seesaw = true}, 50);
+}
+
+// The seesaw schedule alternates blocks between the warpgroups: pieces of 1 to 6 blocks (odd and even
+// counts, a partial last block or not), split and unsplit, fp16 and causal with two query tokens.
+TEST(CudaDecode, WgmmaSeesawBlockCounts) {
+  run_cuda_and_compare(
+      {.seqlens = {64, 128, 192, 256, 320, 384, 100, 170, 250, 330}, .s_q = 1, .h_q = 128, .seesaw = true}, 51);
+  run_cuda_and_compare({.seqlens = {64, 128, 192, 256, 320, 384, 100, 170, 250, 330},
+                        .s_q = 1,
+                        .h_q = 128,
+                        .num_sms = 5,
+                        .seesaw = true},
+                       52);
+  run_cuda_and_compare({.seqlens = {383, 64, 129, 7},
+                        .s_q = 2,
+                        .h_q = 64,
+                        .causal = true,
+                        .dtype = DType::kFloat16,
+                        .num_sms = 7,
+                        .seesaw = true},
+                       53);
+}
+
 TEST(CudaDecode, WgmmaCpAsyncLoadsForced) {
   run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .cp_async_loads = true},
                        46);
@@ -774,7 +812,7 @@ TEST(CudaDecode, WgmmaTmaBadBlockIdsLoadZeros) {
   args.check_values = false;
   ASSERT_TRUE(flash_mla_with_kvcache(args, Backend::kCuda).is_ok());
   FF_CUDA_CHECK(cudaDeviceSynchronize());
-  EXPECT_EQ(last_cuda_kernel(), "wgmma_tma");
+  EXPECT_EQ(last_cuda_kernel(), kDefaultTmaKernel);
   for (const uint16_t bits : out.to_host()) ASSERT_TRUE(std::isfinite(bf16_to_float(bits)));
 }
 

@@ -129,11 +129,13 @@ int64_t flash_mla_workspace_bytes(int64_t batch_size, int64_t s_q, int64_t h_q, 
 Status flash_mla_with_kvcache(const FlashMlaArgs& args, Backend backend = Backend::kCpu);
 
 // The kernel the last Backend::kCuda call in this process launched: "wgmma_tma" (>= 64 query rows per
-// KV head, bf16 / fp16 cache: full KV blocks loaded by TMA), "wgmma" (the same kernel with cp.async
-// loads, and the FP8 cache), "mma_sync" or "mma_sync_fp8_direct"; empty before the first call or
-// without the kernels. In the environment, FF_MLA_KERNEL=mma_sync makes the CUDA backend take the
-// mma.sync kernels everywhere and FF_MLA_LOADS=cp_async keeps the WGMMA kernel on cp.async loads (for
-// comparisons). For tests and benchmarks.
+// KV head, bf16 / fp16 cache: full KV blocks loaded by TMA, pipelined warpgroup schedule),
+// "wgmma_seesaw" (the same loads, seesaw schedule: only when asked for), "wgmma" (the WGMMA kernel with
+// cp.async loads, and the FP8 cache), "mma_sync" or "mma_sync_fp8_direct"; empty before the first call
+// or without the kernels. In the environment, FF_MLA_KERNEL=mma_sync makes the CUDA backend take the
+// mma.sync kernels everywhere, FF_MLA_LOADS=cp_async keeps the WGMMA kernel on cp.async loads and
+// FF_MLA_SCHEDULE=seesaw (or pipelined) picks the TMA kernel's schedule (for comparisons). For tests
+// and benchmarks.
 std::string_view last_cuda_kernel();
 
 // Quantizes a bf16 cache (num_blocks, 64, h_kv, 576) into the FP8 layout (num_blocks, 64, h_kv, 656):

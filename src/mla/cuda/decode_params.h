@@ -10,6 +10,13 @@
 
 namespace ff::mla::cuda {
 
+// Warpgroup schedules of the bf16 / fp16 WGMMA kernel with TMA loads (docs/mla.md):
+//   kPipelined  WgmmaPipelinedDecoder<., ., true>: warpgroup 0 computes S and the softmax of every
+//               block, warpgroup 1 loads; each accumulates half of O ("wgmma_tma");
+//   kSeesaw     WgmmaSeesawDecoder: the warpgroups take alternate blocks for S and the softmax, so the
+//               softmax of one overlaps the MMAs of the other; each accumulates half of O ("wgmma_seesaw").
+enum class Schedule : int { kDefault = 0, kPipelined = 1, kSeesaw = 2 };
+
 struct DecodeParams {
   const void* q = nullptr;  // (b, s_q, h_q, 576) bf16 / fp16
   int64_t q_batch_stride = 0, q_token_stride = 0, q_head_stride = 0;
@@ -57,6 +64,9 @@ struct DecodeParams {
   // The bf16 / fp16 WGMMA kernel loads full KV blocks by TMA (default); false (FF_MLA_LOADS=cp_async in
   // the environment) keeps its cp.async pipeline, for benchmarks and tests of both.
   bool tma_loads = true;
+  // The bf16 / fp16 TMA WGMMA kernel's schedule (FF_MLA_SCHEDULE=pipelined or seesaw in the
+  // environment; kDefault takes kDefaultSchedule below), for benchmarks and tests of both.
+  Schedule schedule = Schedule::kDefault;
   // The cache as a 4-D TMA tensor map (channels, KV heads, tokens, blocks), an opaque CUtensorMap that
   // launch_decode encodes; the kernel reads it from its __grid_constant__ parameter.
   alignas(64) unsigned char k_tensor_map[128] = {};
@@ -67,12 +77,18 @@ enum class KernelKind : int {
   kMmaSync = 1,           // Decoder: mma.sync m16n8k16 (FP8: dequantized into a 16-bit tile)
   kMmaSyncFp8Direct = 2,  // Fp8Decoder: FP8 cache with <= 32 rows, MMAs on the raw e4m3 bytes
   kWgmma = 3,             // WGMMA kernels: >= kWgmmaMinRows rows per KV head, wgmma m64nNk16, cp.async loads
-  kWgmmaTma = 4,          // the bf16 / fp16 WGMMA kernel with TMA loads of full KV blocks
+  kWgmmaTma = 4,          // the bf16 / fp16 WGMMA kernel with TMA loads of full KV blocks, pipelined schedule
+  kWgmmaSeesaw = 5,       // the same loads, seesaw schedule (WgmmaSeesawDecoder)
 };
 constexpr int kWgmmaMinRows = 64;
+// The schedule the dispatch takes when the environment names none: the faster one on the H200
+// (bench/results/mla_h200.json, both in the same run: the seesaw schedule was 3-8% slower in 18 of 20
+// h_q 128 shapes, see docs/mla.md, so it stays selectable by FF_MLA_SCHEDULE=seesaw only).
+constexpr Schedule kDefaultSchedule = Schedule::kPipelined;
 
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
-// kWgmmaTma becomes kWgmma), and its name ("wgmma_tma", "wgmma", "mma_sync", "mma_sync_fp8_direct").
+// kWgmmaTma and kWgmmaSeesaw become kWgmma), and its name ("wgmma_seesaw", "wgmma_tma", "wgmma",
+// "mma_sync", "mma_sync_fp8_direct").
 KernelKind select_kernel(const DecodeParams& params);
 const char* kernel_name(KernelKind kind);
 

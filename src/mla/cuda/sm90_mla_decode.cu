@@ -1,5 +1,6 @@
 // sm90 MLA decode over a paged KV cache (bf16 / fp16, and the FP8 e4m3 cache): with >= 64 query rows
-// per KV head, warpgroup MMAs (wgmma, WgmmaPipelinedDecoder / WgmmaFp8Decoder, further down); with
+// per KV head, warpgroup MMAs (wgmma, WgmmaPipelinedDecoder / WgmmaFp8Decoder, and the opt-in
+// WgmmaSeesawDecoder, further down); with
 // fewer, warp-level tensor-core MMA (mma.sync m16n8k16, ldmatrix); fed by cp.async pipelines (the bf16 /
 // fp16 WGMMA kernel: full KV blocks by TMA), then a combine kernel for sequences split over several SM
 // parts. The design and its numbers are in
@@ -2243,6 +2244,458 @@ class WgmmaPipelinedDecoder {
   int head_k_ = 0, m_block_ = 0;
 };
 
+// Named barriers of WgmmaSeesawDecoder (0 is __syncthreads; the pipelined decoder's ids are not used
+// in the same kernel). Per KV stage s (warpgroup s owns it: the stage holds blocks j with j % 2 == s):
+//   P_READY + s   owner -> other: P(j), the rows' rescale factors and running max of block j are in
+//                 shared memory (owner bar.arrive, other bar.sync: the owner never waits there);
+//   EMPTY + s     other -> owner: the other warpgroup's P V(j) is done, the owner may refill stage s
+//                 (other bar.arrive, owner bar.sync), only where a block j + 2 follows;
+//   GROUP + w     warpgroup w's own 128 threads (its cp.async copies are tied to an mbarrier).
+constexpr int kSeesawPReady = 1;
+constexpr int kSeesawEmpty = 3;
+constexpr int kSeesawGroup = 5;
+__device__ __forceinline__ void named_barrier_arrive_if(int id, int issue) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"
+      "@p bar.arrive %0, 256;\n}\n" ::"r"(id),
+      "r"(issue)
+      : "memory");
+}
+__device__ __forceinline__ void group_barrier_sync(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
+
+// bf16 / fp16 cache with >= 64 rows, TMA loads: the "seesaw" schedule of FlashMLA's newer kernel, so
+// that one warpgroup's softmax runs while the other's MMAs keep the tensor cores busy. Correct, but
+// measured 3-8% slower than the pipelined schedule on the H200 (docs/mla.md: 255 registers with
+// spills, and the wait ptxas adds before O is rescaled), so it runs only with FF_MLA_SCHEDULE=seesaw. Each warpgroup
+// w owns O[:, 256 w .. 256 w + 255] (wgmma m64n256k16) and KV stage w, i.e. the blocks j with
+// j % 2 == w: it loads them (one thread issues the 9 TMA boxes; a block the piece ends inside comes by
+// cp.async with zero-fill, by the warpgroup's 128 threads), computes S(j) = Q K(j)^T (all 64 tokens,
+// m64n64k16, waiting per 64-channel column block) and the online softmax of block j, whose running max
+// continues the other warpgroup's block j - 1 (read from shared memory). It hands P(j) (bf16 / fp16,
+// into the RoPE block of the stage, dead after S), the rows' rescale factors and the new max to the
+// other warpgroup, and both accumulate their half of O += P(j) V(j). Per warpgroup, in block order:
+//   own block j:   softmax(j) -> P, factors, max | P_READY(j) | O *= factor, P V(j), done |
+//                  EMPTY(j): refill stage w with block j + 2
+//   other block j: S(j + 1) issued (its block has been requested one block earlier) | P_READY(j) |
+//                  O *= factor(j), P V(j) | both done | EMPTY(j) (arrive)
+// so S(j + 1) of one warpgroup runs on the tensor cores during softmax(j) of the other, and the
+// softmaxes of consecutive blocks alternate between the warpgroups. Each warpgroup keeps partial row
+// sums over its own blocks, rescaled by every block's factor; they are added at the end of the piece.
+// Q comes by cp.async (warpgroup 0) on its own mbarrier, awaited by both warpgroups.
+// NOTE: no wgmma is issued under a branch while another is in flight (ptxas would serialize them all,
+// warning C7520): the loops hold whole (other block, own block) pairs and the odd block at the end of
+// a piece is peeled off; in an other-block step, where S(j + 1) is in flight, O is rescaled without a
+// branch.
+template <bool kFp16>
+class WgmmaSeesawDecoder {
+  static constexpr int kQOffset = 0;
+  static constexpr int kKvOffset = kTileBytes;
+  static constexpr int kFactorOffset = 3 * kTileBytes;                  // (2 stages, 64 rows) floats
+  static constexpr int kMaxOffset = kFactorOffset + 2 * kTileRows * 4;  // (2 stages, 64 rows) running max
+  static constexpr int kSumOffset = kMaxOffset + 2 * kTileRows * 4;     // (2 warpgroups, 64 rows) row sums
+  static constexpr int kScaleOffset = kSumOffset + 2 * kTileRows * 4;  // scale_log2 (see softmax)
+  static constexpr int kBarrierOffset = kScaleOffset + 8;               // (2 stages x 9) + Q mbarriers
+
+ public:
+  static constexpr int kSmemBytes = kBarrierOffset + (2 * kColumnBlocks + 1) * 8 + 1024;  // + alignment slack
+  static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
+
+  // NOTE: the one shared-memory base address is the only pointer kept in a register, and thread and
+  // block indices are read again where needed: every register counts in a warpgroup that holds S (32)
+  // and its half of O (128) at once.
+  __device__ WgmmaSeesawDecoder(const DecodeParams& p, char* smem) : p_(p) {
+    const uint32_t address = smem_address(smem);
+    base_ = address + (1024 - address % 1024) % 1024;
+    if (threadIdx.x == 0) {
+      st_shared_f32(base_ + kScaleOffset, p.scale_log2);
+      st_shared_f32(base_ + kScaleOffset + 4, 0.0f);  // the zero of softmax
+      for (int i = 0; i < 2 * kColumnBlocks + 1; ++i) mbarrier_init(base_ + kBarrierOffset + 8 * i, 1);
+      fence_mbarrier_init();
+    }
+    __syncthreads();
+  }
+
+  __device__ void run_piece(const Piece& piece) {
+    const int n =
+        piece.token_end > piece.token_begin ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows : 0;
+    const int first_block = piece.token_begin / kTileRows;
+    float acc[32][4];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    float sum[2] = {0.0f, 0.0f};  // this thread's partial row sums over its warpgroup's blocks
+    if (n > 0) {
+      if (warpgroup() == 0) {
+        run<0>(piece, n, first_block, acc, sum);
+      } else {
+        run<1>(piece, n, first_block, acc, sum);
+      }
+    }
+    finish_piece(piece, n, acc, sum);
+    __syncthreads();  // the next piece reuses every buffer
+  }
+
+ private:
+  template <int kW>
+  __device__ void run(const Piece& piece, int n, int first_block, float (&acc)[32][4], float (&sum)[2]) {
+    const int last = first_block + n - 1;
+    // Prologue: warpgroup 0 loads Q and block 0 into stage 0, warpgroup 1 block 1 into stage 1.
+    if constexpr (kW == 0) {
+      const int id = block_id(piece, first_block, last);
+      load_q(piece.batch);
+      fill_stage<0>(piece, first_block, id);
+    } else {
+      const int id = block_id(piece, first_block + 1, last);
+      if (n > 1) fill_stage<1>(piece, first_block + 1, id);
+    }
+    mbarrier_wait(q_bar(), q_phase_);
+    q_phase_ ^= 1u;
+    fence_proxy_async();  // Q came by cp.async (generic proxy)
+    float s[32];
+    if constexpr (kW == 0) {
+      issue_s(0, s);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_s(s);
+      own_step<0>(piece, 0, n, first_block, s, acc, sum);
+      for (int k = 1; k + 1 < n; k += 2) {
+        other_step<0, true>(piece, k, n, s, acc, sum);
+        own_step<0>(piece, k + 1, n, first_block, s, acc, sum);
+      }
+      if (n % 2 == 0) other_step<0, false>(piece, n - 1, n, s, acc, sum);
+    } else {
+      for (int k = 0; k + 1 < n; k += 2) {
+        other_step<1, true>(piece, k, n, s, acc, sum);
+        own_step<1>(piece, k + 1, n, first_block, s, acc, sum);
+      }
+      if (n % 2 == 1) other_step<1, false>(piece, n - 1, n, s, acc, sum);
+    }
+  }
+
+  // Block k of the piece, k % 2 == this warpgroup: S(k) has completed (in s).
+  template <int kW>
+  __device__ __forceinline__ void own_step(const Piece& piece, int k, int n, int first_block, float (&s)[32],
+                                           float (&acc)[32][4], float (&sum)[2]) {
+    constexpr int stage = kW;
+    const uint32_t tile = skv(stage);
+    const int next_id = block_id(piece, first_block + k + 2, first_block + n - 1);  // read early
+    float rescale[2];
+    softmax(s, tile, (first_block + k) * kTileRows, stage, k == 0, piece, sum, rescale);
+    fence_proxy_async();  // P (st.shared) before the tensor cores of both warpgroups read it
+    named_barrier_arrive_if(kSeesawPReady + stage, 1);
+    rescale_rows(acc, rescale[0], rescale[1]);  // nothing in flight: the branch inside is harmless
+    issue_pv<kW>(tile, acc);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(acc);
+    if (k + 2 < n) {
+      named_barrier_sync(kSeesawEmpty + stage);  // the other warpgroup's P V(k) is done too
+      fill_stage<kW>(piece, first_block + k + 2, next_id);
+    }
+  }
+
+  // Block k, k % 2 != this warpgroup; when kNextS, S(k + 1) (this warpgroup's next block) goes out first.
+  template <int kW, bool kNextS>
+  __device__ __forceinline__ void other_step(const Piece& piece, int k, int n, float (&s)[32], float (&acc)[32][4],
+                                             float (&sum)[2]) {
+    constexpr int stage = 1 - kW;
+    const uint32_t tile = skv(stage);
+    if constexpr (kNextS) {
+      issue_s(kW, s);
+      wgmma_commit();
+    }
+    named_barrier_sync(kSeesawPReady + stage);
+    // This warpgroup's V(k) column blocks: its own wait makes the copies (TMA, or cp.async for a tail
+    // block) visible to its MMAs.
+    const uint32_t parity = (phase_bits_ >> stage) & 1;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) mbarrier_wait(full_bar(stage, 4 * kW + c), parity);
+    phase_bits_ ^= 1u << stage;
+    fence_proxy_async();
+    const int row = warp() * 16 + (lane() >> 2);
+    const float factor0 = ld_shared_f32(base_ + kFactorOffset + 4 * (stage * kTileRows + row));
+    const float factor1 = ld_shared_f32(base_ + kFactorOffset + 4 * (stage * kTileRows + row + 8));
+    sum[0] *= factor0;
+    sum[1] *= factor1;
+    // NOTE: ptxas waits for S(k + 1) before any instruction that writes O while it is in flight
+    // (C7517, "to allow use of registers defined by GMMA"); the rescale is skipped when every factor
+    // of the warp is 1 (the running max did not move: most blocks), so the wait is taken only then.
+    rescale_rows(acc, factor0, factor1);
+    issue_pv<kW>(tile, acc);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(acc);
+    if constexpr (kNextS) fence_s(s);
+    named_barrier_arrive_if(kSeesawEmpty + stage, k + 2 < n);
+  }
+
+  // O[:, 256 w .. 256 w + 255] += P V of the tile at `tile` (P from its RoPE block), issued.
+  template <int kW>
+  __device__ __forceinline__ void issue_pv(uint32_t tile, float (&acc)[32][4]) {
+    fence_acc(acc);
+    wgmma_fence();
+    const uint64_t p_desc = gmma_descriptor(tile + 8 * kColumnBlockBytes, 16, 1024);
+    const uint64_t v_desc = gmma_descriptor(tile + kW * 4 * kColumnBlockBytes, kColumnBlockBytes, 1024);
+#pragma unroll
+    for (int k = 0; k < kTileRows / 16; ++k) {
+      wgmma_m64n256k16_mn<kFp16>(acc, p_desc + ((32 * k) >> 4), v_desc + ((16 * k * 128) >> 4), 1);
+    }
+  }
+
+  // S = Q K^T of stage `stage` (all 64 tokens), issued, not waited for; the 4 k-steps of each
+  // 64-channel column block go out as soon as that block has landed.
+  __device__ __forceinline__ void issue_s(int stage, float (&s)[32]) {
+    const uint32_t tile = skv(stage);
+    const uint64_t a_desc = gmma_descriptor(base_ + kQOffset, 16, 1024);
+    const uint64_t b_desc = gmma_descriptor(tile, 16, 1024);
+    const uint32_t parity = (phase_bits_ >> stage) & 1;
+    fence_s(s);
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kDimQk / 16; ++k) {
+      if (k % 4 == 0) {
+        mbarrier_wait(full_bar(stage, k / 4), parity);
+        if (k == 0) fence_proxy_async();  // a tail block comes by cp.async (generic proxy)
+      }
+      const uint64_t offset = static_cast<uint64_t>(((k / 4) * kColumnBlockBytes + (k % 4) * 32) >> 4);
+      wgmma_m64n64k16<kFp16>(s, a_desc + offset, b_desc + offset, k > 0 ? 1 : 0);
+    }
+    phase_bits_ ^= 1u << stage;
+  }
+
+  // Scale, mask, online softmax of S (s[4 n + 2 i + e]: row 16 warp + g + 8 i, token 8 n + 2 q4 + e),
+  // continuing the running max of the previous block (the other warpgroup's, in max_; none when
+  // `first`); P into the RoPE block of the tile; the factors and the new max into shared memory.
+  __device__ __forceinline__ void softmax(float (&s)[32], uint32_t tile, int block_start, int stage, bool first,
+                                          const Piece& piece, float (&sum)[2], float (&rescale)[2]) {
+    const int g = lane() >> 2, q4 = lane() & 3;
+    const uint32_t p_tile = tile + 8 * kColumnBlockBytes;
+    // NOTE: the scale and a zero added to the mask bound come from shared memory, read here: a load
+    // cannot move above the barrier before this step, so ptxas cannot hoist the scaling and masking
+    // of S into the previous step, where S is still in flight (with the kernel parameter it did, ran
+    // out of registers there and waited for S early: C7517).
+    const float scale_log2 = ld_shared_f32(base_ + kScaleOffset);
+    const int zero = __float_as_int(ld_shared_f32(base_ + kScaleOffset + 4));
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = warp() * 16 + g + 8 * i;
+      const int r = static_cast<int>(blockIdx.x) * kTileRows + row;
+      int limit = piece.token_end;
+      if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+      const int bound = limit - block_start - 2 * q4 + zero;  // token 8 n + e of the quad is visible below it
+      const float stored = ld_shared_f32(base_ + kMaxOffset + 4 * ((1 - stage) * kTileRows + row));
+      const float previous = first ? -INFINITY : stored;
+      float local_max = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& value = s[4 * n + 2 * i + e];
+          value = n * 8 + e < bound ? value * scale_log2 : -INFINITY;
+          local_max = fmaxf(local_max, value);
+        }
+      }
+      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 1));
+      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 2));
+      const float new_max = fmaxf(previous, local_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;  // nothing visible yet: no NaN
+      rescale[i] = fast_exp2(previous - base);
+      float block_sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& value = s[4 * n + 2 * i + e];
+          value = fast_exp2(value - base);
+          block_sum += value;
+        }
+      }
+      sum[i] = sum[i] * rescale[i] + block_sum;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const uint32_t word = pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]);
+        const int token = n * 8 + 2 * q4;
+        const uint32_t address = p_tile + row * 128 + (((token >> 3) ^ (row & 7)) << 4) + (token & 7) * 2;
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(word) : "memory");
+      }
+      if (q4 == 0) {
+        st_shared_f32(base_ + kFactorOffset + 4 * (stage * kTileRows + row), rescale[i]);
+        st_shared_f32(base_ + kMaxOffset + 4 * (stage * kTileRows + row), new_max);
+      }
+    }
+  }
+
+  // Requests logical block `block` (cache block `id`) into `stage`, by the owning warpgroup (all its
+  // threads, in step). A full block: 9 TMA boxes by its first thread, each completing its column
+  // block's mbarrier. A block the piece ends inside: cp.async with zero-fill past the end by all 128
+  // threads, tied to the 9 mbarriers, then the first thread's arrival (after a barrier of the
+  // warpgroup, so no phase completes before every copy has landed).
+  template <int kW>
+  __device__ void fill_stage(const Piece& piece, int block, int id) {
+    constexpr int stage = kW;
+    const bool full = piece.token_end - block * kTileRows >= kTileRows;
+    if (!full) {
+      load_block(piece, block, stage);
+#pragma unroll
+      for (int c = 0; c < kColumnBlocks; ++c) cp_async_mbarrier_arrive(full_bar(stage, c));
+      group_barrier_sync(kSeesawGroup + kW);
+    }
+    const int loader = threadIdx.x % 128 == 0;
+    const uint32_t destination = skv(stage);
+#pragma unroll
+    for (int c = 0; c < kColumnBlocks; ++c) {
+      tma_load_4d(destination + c * kColumnBlockBytes, p_.k_tensor_map, full_bar(stage, c), c * 64,
+                  static_cast<int>(blockIdx.y), 0, id,
+                  kColumnBlockBytes, loader & full);
+      mbarrier_arrive_if(full_bar(stage, c), loader & !full);
+    }
+  }
+
+  // Q by warpgroup 0's cp.async (zero rows past `rows`), completing q_bar_.
+  __device__ void load_q(int batch) {
+    const auto* q = static_cast<const uint16_t*>(p_.q);
+    for (int task = static_cast<int>(threadIdx.x % 128); task < kTileRows * kChunks; task += 128) {
+      const int row = task / kChunks, chunk = task % kChunks;
+      const int r = static_cast<int>(blockIdx.x) * kTileRows + row;
+      const bool valid = r < p_.rows;
+      const uint16_t* source = q;
+      if (valid) {
+        const int token = r / p_.group, head = static_cast<int>(blockIdx.y) * p_.group + r % p_.group;
+        source = q + batch * p_.q_batch_stride + token * p_.q_token_stride + head * p_.q_head_stride + chunk * 8;
+      }
+      cp_async_16(base_ + kQOffset + wgmma_tile_offset(row, chunk), source, valid);
+    }
+    cp_async_mbarrier_arrive(q_bar());
+    group_barrier_sync(kSeesawGroup);  // warpgroup 0
+    mbarrier_arrive_if(q_bar(), threadIdx.x == 0);
+  }
+
+  // A block the piece ends inside (tokens at or past the end zero-filled, never read), by the
+  // calling warpgroup; a block id outside the cache or a column past the table loads zeros.
+  __device__ void load_block(const Piece& piece, int block, int stage) {
+    int physical = -1;
+    if (block < p_.max_blocks) {
+      physical = p_.block_table[piece.batch * p_.block_table_batch_stride + block * p_.block_table_column_stride];
+    }
+    const bool block_ok = physical >= 0 && physical < p_.num_blocks;
+    const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
+    const auto* cache = static_cast<const uint16_t*>(p_.k_cache);
+    const uint16_t* base =
+        cache + (block_ok ? physical * p_.k_block_stride + static_cast<int>(blockIdx.y) * p_.k_head_stride : 0);
+    const uint32_t destination = skv(stage);
+    for (int task = static_cast<int>(threadIdx.x % 128); task < kTileRows * kChunks; task += 128) {
+      const int token = task / kChunks, chunk = task % kChunks;
+      const bool valid = token < valid_tokens;
+      const uint16_t* source = valid ? base + token * p_.k_token_stride + chunk * 8 : cache;
+      cp_async_16(destination + wgmma_tile_offset(token, chunk), source, valid);
+    }
+  }
+
+  __device__ __forceinline__ uint32_t full_bar(int stage, int c) const {
+    return base_ + kBarrierOffset + 8 * (stage * kColumnBlocks + c);
+  }
+  __device__ __forceinline__ uint32_t q_bar() const { return base_ + kBarrierOffset + 8 * 2 * kColumnBlocks; }
+  __device__ __forceinline__ uint32_t skv(int stage) const { return base_ + kKvOffset + stage * kTileBytes; }
+  static __device__ __forceinline__ int warpgroup() { return static_cast<int>(threadIdx.x) / 128; }
+  static __device__ __forceinline__ int warp() { return static_cast<int>(threadIdx.x / 32) % 4; }
+  static __device__ __forceinline__ int lane() { return static_cast<int>(threadIdx.x) % 32; }
+  // 2^x (ex2.approx.ftz: 2 ulp, -inf -> 0), as Fp8Decoder and flash attention kernels use it.
+  static __device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+  }
+  static __device__ __forceinline__ float ld_shared_f32(uint32_t address) {
+    float value;
+    asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(value) : "r"(address) : "memory");
+    return value;
+  }
+  static __device__ __forceinline__ void st_shared_f32(uint32_t address, float value) {
+    asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(address), "f"(value) : "memory");
+  }
+
+  // As WgmmaPipelinedDecoder::block_id: past the piece's last block it reads the last block's column.
+  __device__ __forceinline__ int block_id(const Piece& piece, int block, int last_block) const {
+    const int column = min(block, last_block);
+    return p_.block_table[piece.batch * p_.block_table_batch_stride + column * p_.block_table_column_stride];
+  }
+
+  __device__ __forceinline__ void rescale_rows(float (&acc)[32][4], float factor0, float factor1) {
+    if (__all_sync(0xffffffffu, factor0 == 1.0f && factor1 == 1.0f)) return;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+      acc[i][0] *= factor0;
+      acc[i][1] *= factor0;
+      acc[i][2] *= factor1;
+      acc[i][3] *= factor1;
+    }
+  }
+
+  // Both warpgroups' partial row sums are added; the row max is that of the piece's last block (the
+  // warpgroup owning it stored it). Each warpgroup writes its 256 channels; warpgroup 0 the lse.
+  __device__ void finish_piece(const Piece& piece, int n, float (&acc)[32][4], float (&sum)[2]) {
+    const int g = lane() >> 2, q4 = lane() & 3, w = warpgroup();
+    const int head_k = static_cast<int>(blockIdx.y);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+      sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+      if (q4 == 0) st_shared_f32(base_ + kSumOffset + 4 * (w * kTileRows + warp() * 16 + g + 8 * i), sum[i]);
+    }
+    __syncthreads();
+    const int last_stage = n > 0 ? (n - 1) % 2 : 0;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int tile_row = warp() * 16 + g + 8 * i;
+      const int r = static_cast<int>(blockIdx.x) * kTileRows + tile_row;
+      if (r >= p_.rows) continue;
+      const float total = ld_shared_f32(base_ + kSumOffset + 4 * tile_row) +
+                          ld_shared_f32(base_ + kSumOffset + 4 * (kTileRows + tile_row));
+      const float inverse = total == 0.0f ? 0.0f : 1.0f / total;  // an empty row's output is 0
+      const float row_max = ld_shared_f32(base_ + kMaxOffset + 4 * (last_stage * kTileRows + tile_row));
+      const int token = r / p_.group, head = head_k * p_.group + r % p_.group;
+      if (piece.only_piece) {
+        uint16_t* out = static_cast<uint16_t*>(p_.out) + piece.batch * p_.out_batch_stride +
+                        token * p_.out_token_stride + head * p_.out_head_stride + w * 256 + 2 * q4;
+#pragma unroll
+        for (int c = 0; c < 32; ++c) {
+          *reinterpret_cast<uint32_t*>(out + c * 8) =
+              pack2<kFp16>(acc[c][2 * i] * inverse, acc[c][2 * i + 1] * inverse);
+        }
+        if (w == 0 && q4 == 0) {
+          p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride + token * p_.lse_token_stride] =
+              total == 0.0f ? INFINITY : (log2f(total) + row_max) / kLog2e;
+        }
+      } else {
+        const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k) * p_.rows + r;
+        float* out = p_.out_accum + slot_row * kDimV + w * 256 + 2 * q4;
+#pragma unroll
+        for (int c = 0; c < 32; ++c) {
+          *reinterpret_cast<float2*>(out + c * 8) = make_float2(acc[c][2 * i] * inverse, acc[c][2 * i + 1] * inverse);
+        }
+        if (w == 0 && q4 == 0) {
+          p_.lse_accum[slot_row] = total == 0.0f ? -INFINITY : log2f(total) + row_max;
+        }
+      }
+    }
+  }
+
+  static __device__ __forceinline__ void fence_s(float (&s)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) fence_operand(s[i]);
+  }
+  static __device__ __forceinline__ void fence_acc(float (&acc)[32][4]) {
+#pragma unroll
+    for (int i = 0; i < 32; ++i) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) fence_operand(acc[i][e]);
+    }
+  }
+  const DecodeParams& p_;
+  uint32_t base_ = 0;        // shared memory, 1024-byte aligned
+  uint32_t phase_bits_ = 0;  // bit s: parity of the next phase of stage s's mbarriers (this thread's view)
+  uint32_t q_phase_ = 0;
+};
+
 template <class DecoderType>
 __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_constant__ DecodeParams params) {
   extern __shared__ __align__(128) char smem[];
@@ -2353,6 +2806,9 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
       return launch<WgmmaPipelinedDecoder<kFp16, 0, false>, kFp16>(params, stream);
     }
   }
+  if (kind == KernelKind::kWgmmaSeesaw) {
+    if constexpr (!kFp8) return launch<WgmmaSeesawDecoder<kFp16>, kFp16>(params, stream);
+  }
   if (kind == KernelKind::kWgmmaTma) {
     if constexpr (!kFp8) {
       if constexpr (!kFp16) {  // the probes, of the TMA kernel only
@@ -2428,7 +2884,12 @@ bool encode_k_tensor_map(DecodeParams& params) {
 
 KernelKind select_kernel(const DecodeParams& params) {
   if (!params.force_mma_sync && params.rows >= kWgmmaMinRows) {
-    return params.tma_loads && !params.fp8_cache ? KernelKind::kWgmmaTma : KernelKind::kWgmma;
+    if (!params.tma_loads || params.fp8_cache) return KernelKind::kWgmma;
+    // The probes exist for the pipelined schedule only.
+    const bool seesaw = params.schedule == Schedule::kSeesaw ||
+                        (params.schedule == Schedule::kDefault && kDefaultSchedule == Schedule::kSeesaw &&
+                         params.probe_skip == 0);
+    return seesaw ? KernelKind::kWgmmaSeesaw : KernelKind::kWgmmaTma;
   }
   if (params.fp8_cache && params.rows <= 32) return KernelKind::kMmaSyncFp8Direct;
   return KernelKind::kMmaSync;
@@ -2436,6 +2897,7 @@ KernelKind select_kernel(const DecodeParams& params) {
 
 const char* kernel_name(KernelKind kind) {
   switch (kind) {
+    case KernelKind::kWgmmaSeesaw: return "wgmma_seesaw";
     case KernelKind::kWgmmaTma: return "wgmma_tma";
     case KernelKind::kWgmma: return "wgmma";
     case KernelKind::kMmaSyncFp8Direct: return "mma_sync_fp8_direct";
@@ -2448,7 +2910,7 @@ int launch_decode(const DecodeParams& params, void* stream, KernelKind* launched
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
   KernelKind kind = select_kernel(params);
   DecodeParams local = params;
-  if (kind == KernelKind::kWgmmaTma && !encode_k_tensor_map(local)) {
+  if ((kind == KernelKind::kWgmmaTma || kind == KernelKind::kWgmmaSeesaw) && !encode_k_tensor_map(local)) {
     local.tma_loads = false;
     kind = select_kernel(local);
   }
