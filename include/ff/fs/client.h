@@ -58,8 +58,12 @@ class StorageClient {
   void write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data, Callback<WriteRsp> done,
              uint32_t channel, uint64_t chunk_size);
   // Reads committed data. kRelaxed returns committed bytes even while a write is pending.
+  // accept_pieces: the answer's bytes may come in ReadRsp::pieces (left where the transport received
+  // them) instead of `data`; the caller reads whichever is set. Then `done` of a successful read may
+  // also run on the transport's thread instead of the executor (it must be thread-safe); failures
+  // and retries stay on the executor.
   void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
-            Callback<ReadRsp> done);
+            Callback<ReadRsp> done, bool accept_pieces = false);
   // Batches: each item is retried independently; results in request order.
   void batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done);
   void batch_read(std::vector<ReadReq> reads, Callback<std::vector<ReadResult>> done);

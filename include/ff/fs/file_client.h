@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "ff/common/result.h"
+#include "ff/fs/chunk_store.h"
 #include "ff/fs/meta.h"
 #include "ff/fs/transport.h"
 #include "ff/fs/types.h"
@@ -77,6 +78,10 @@ class FileClient {
                             uint32_t flags);
   // Returns the bytes read (short at the end of the file).
   Result<size_t> read(FileHandle handle, uint64_t offset, std::span<std::byte> out);
+  // The same read without copying the bytes anywhere: up to `length` bytes as pieces in file order,
+  // left where the transport received them (gRPC's slices); holes are pieces of a shared zero buffer.
+  // Each piece keeps its own bytes alive. ff-fuse replies with them as one iovec list.
+  Result<std::vector<SharedBytes>> read_pieces(FileHandle handle, uint64_t offset, size_t length);
   // Returns data.size() or an error (a failed write may have written a prefix).
   Result<size_t> write(FileHandle handle, uint64_t offset, std::span<const std::byte> data);
   // Makes the written data's length exact in meta; returns the inode as meta now holds it.

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "ff/common/result.h"
+#include "ff/fs/chunk_store.h"
 #include "ff/fs/meta.h"
 
 namespace ff::fs {
@@ -49,6 +50,13 @@ class FileData {
                                   uint32_t mode, uint32_t flags) = 0;
   // Bytes read (short at the end of the file; holes read as zeros).
   virtual Result<size_t> read(uint64_t handle, uint64_t offset, std::span<std::byte> out) = 0;
+  // The same read as pieces in file order that stay valid while the returned values live (no copy
+  // into a buffer: FuseFs replies with them as an iovec list). False when this FileData cannot (the
+  // default): FuseFs then calls read().
+  virtual bool has_read_pieces() const { return false; }
+  virtual Result<std::vector<SharedBytes>> read_pieces(uint64_t /*handle*/, uint64_t /*offset*/, size_t /*length*/) {
+    return unimplemented("read_pieces is not supported by this FileData");
+  }
   virtual Result<size_t> write(uint64_t handle, uint64_t offset, std::span<const std::byte> data) = 0;
   // Makes the length exact in meta; returns the inode as meta now holds it.
   virtual Result<meta::Inode> fsync(uint64_t handle) = 0;
@@ -137,6 +145,8 @@ struct FuseStats {
   uint64_t requests = 0;
   uint64_t errors = 0;
   uint64_t read_bytes = 0;
+  uint64_t reads = 0;                 // READ requests (read_bytes / reads: the kernel's request size)
+  uint64_t most_concurrent_reads = 0;  // the most READ requests served at once (worker threads busy reading)
   uint64_t write_bytes = 0;
   uint64_t invalidations = 0;
 };

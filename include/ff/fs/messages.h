@@ -9,8 +9,11 @@
 // Thread-safety: plain values.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -127,6 +130,35 @@ struct ReadReq {
   // state (syncing, waiting: a returning target may hold the only good copy of a corrupted chunk) and
   // under any chain version; the reader checks version and CRC32C itself. Never repairs in turn.
   bool any_state = false;
+  // Local to the caller, never sent: the caller accepts the answer's bytes in ReadRsp::pieces (a
+  // transport that can leaves them where it received them instead of copying them into `data`), and
+  // a successful answer's completion on the transport's own thread (fs/rpc then skips the hop to the
+  // caller's executor; failures still complete there).
+  bool accept_pieces = false;
+};
+// A received payload left in the pieces the transport received it in (gRPC's slices), in order;
+// `owner` keeps every piece alive. No copy into one buffer.
+struct PayloadPieces {
+  std::shared_ptr<const void> owner;
+  std::vector<std::span<const std::byte>> pieces;
+  size_t size = 0;  // sum of the pieces' sizes
+
+  bool is_set() const { return owner != nullptr; }
+  // Copies the payload's bytes [offset, offset + out.size()) into out; the range must be inside.
+  void copy_to(size_t offset, std::span<std::byte> out) const {
+    size_t done = 0;
+    for (std::span<const std::byte> piece : pieces) {
+      if (done == out.size()) return;
+      if (offset >= piece.size()) {
+        offset -= piece.size();
+        continue;
+      }
+      size_t take = std::min(piece.size() - offset, out.size() - done);
+      std::memcpy(out.data() + done, piece.data() + offset, take);
+      done += take;
+      offset = 0;
+    }
+  }
 };
 struct ReadRsp {
   ChunkMeta meta;   // metadata of the chunk on that target (committed version, length, CRC, pending)
@@ -135,6 +167,9 @@ struct ReadRsp {
   // Optional, instead of `data`: set only by a storage service answering a transport that asked for
   // shared payloads (ServerContext::shared_payloads); receivers over RPC get `data`.
   SharedBytes shared_data;
+  // Optional, instead of `data`: set only for a request with accept_pieces, by a transport that keeps
+  // received payloads in pieces (fs/rpc's Fs/Frame); payload() is then empty.
+  PayloadPieces pieces;
   std::span<const std::byte> payload() const { return shared_data.is_set() ? shared_data.bytes : std::span<const std::byte>(data); }
 };
 

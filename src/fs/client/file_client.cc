@@ -76,8 +76,37 @@ struct ChunkTask {
 struct ChunkDone {
   size_t task = 0;
   Status status;
-  Bytes data;  // reads: the bytes storage returned (short at the end of the chunk)
+  // Reads: the bytes storage returned (short at the end of the chunk), in `pieces` where the transport
+  // left them in what it received (gRPC), else in `data`.
+  Bytes data;
+  PayloadPieces pieces;
+
+  size_t size() const { return pieces.is_set() ? pieces.size : data.size(); }
+  void copy_to(std::span<std::byte> out) const {
+    if (pieces.is_set()) {
+      pieces.copy_to(0, out);
+    } else {
+      std::memcpy(out.data(), data.data(), out.size());
+    }
+  }
 };
+
+// Zeros that holes and short chunks of read_pieces() point into.
+constexpr size_t kZeroBytes = 1u << 20;
+const std::shared_ptr<const void>& zero_buffer() {
+  static const std::shared_ptr<const void> zeros(new std::byte[kZeroBytes](), [](const void* p) {
+    delete[] static_cast<const std::byte*>(p);
+  });
+  return zeros;
+}
+void append_zeros(std::vector<SharedBytes>& out, size_t n) {
+  const auto* zeros = static_cast<const std::byte*>(zero_buffer().get());
+  while (n > 0) {
+    size_t take = std::min(n, kZeroBytes);
+    out.push_back(SharedBytes{zero_buffer(), std::span<const std::byte>(zeros, take)});
+    n -= take;
+  }
+}
 
 // Completions of one call's chunk I/Os. Shared by the caller and the callbacks (which may outlive an
 // abandoned call).
@@ -281,11 +310,12 @@ struct FileClient::Impl {
             ChunkDone lost{i,
                            meta_error(ETIMEDOUT, fmt::format("chunk I/O {} had no answer within {} ms", i,
                                                              wait_budget_ns() / kNsPerMs)),
+                           {},
                            {}};
             consume(lost);
           }
           for (size_t i = next; i < count; ++i) {
-            ChunkDone skipped{i, meta_error(ETIMEDOUT, "not started: an earlier chunk I/O timed out"), {}};
+            ChunkDone skipped{i, meta_error(ETIMEDOUT, "not started: an earlier chunk I/O timed out"), {}, {}};
             consume(skipped);
           }
           return;
@@ -325,12 +355,74 @@ struct FileClient::Impl {
     }
   }
 
+  // A read of `length` bytes at `offset` through `handle` (read_batch's ReadOp without the buffer).
+  struct ReadRange {
+    FileHandle handle = 0;
+    uint64_t offset = 0;
+    size_t length = 0;
+  };
+  // What a read does with a chunk's answer, in the calling thread: deliver(t, task, done) for data
+  // (done.size() may be short of task.length: the rest is a hole), hole(t, task) for a missing chunk.
+  // t is the task's index: a range's tasks are numbered in file order.
+  struct ReadSink {
+    std::function<void(size_t, const ChunkTask&, ChunkDone&)> deliver;
+    std::function<void(size_t, const ChunkTask&)> hole;
+  };
+
   std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops) {
+    std::vector<ReadRange> ranges(ops.size());
+    for (size_t i = 0; i < ops.size(); ++i) ranges[i] = ReadRange{ops[i].handle, ops[i].offset, ops[i].out.size()};
+    return read_ranges(ranges, ReadSink{
+      .deliver = [&](size_t, const ChunkTask& task, ChunkDone& done) {
+        std::byte* out = ops[task.op].out.data() + task.buffer_offset;
+        size_t got = std::min<size_t>(done.size(), task.length);
+        done.copy_to(std::span(out, got));
+        // Short data inside the file's length: the chunk ends early (a hole up to the next write).
+        if (got < task.length) std::memset(out + got, 0, task.length - got);
+      },
+      .hole = [&](size_t, const ChunkTask& task) {
+        std::memset(ops[task.op].out.data() + task.buffer_offset, 0, task.length);  // no chunk was ever written there
+      }});
+  }
+
+  Result<std::vector<SharedBytes>> read_pieces(FileHandle handle, uint64_t offset, size_t length) {
+    // Each task's pieces by task index (= file order), assembled once every task is in.
+    std::map<size_t, std::vector<SharedBytes>> by_task;
+    ReadRange range{handle, offset, length};
+    std::vector<Result<size_t>> results = read_ranges(std::span(&range, 1), ReadSink{
+      .deliver = [&](size_t t, const ChunkTask& task, ChunkDone& done) {
+        std::vector<SharedBytes>& out = by_task[t];
+        size_t got = std::min<size_t>(done.size(), task.length);
+        if (done.pieces.is_set()) {
+          size_t left = got;
+          for (std::span<const std::byte> piece : done.pieces.pieces) {
+            if (left == 0) break;
+            size_t take = std::min(left, piece.size());
+            out.push_back(SharedBytes{done.pieces.owner, piece.first(take)});
+            left -= take;
+          }
+        } else if (got > 0) {
+          SharedBytes held = SharedBytes::adopt(std::move(done.data));
+          held.bytes = held.bytes.first(got);
+          out.push_back(std::move(held));
+        }
+        if (got < task.length) append_zeros(out, task.length - got);
+      },
+      .hole = [&](size_t t, const ChunkTask& task) { append_zeros(by_task[t], task.length); }});
+    if (!results[0].is_ok()) return results[0].status();
+    std::vector<SharedBytes> pieces;
+    for (auto& [t, task_pieces] : by_task) {
+      for (SharedBytes& piece : task_pieces) pieces.push_back(std::move(piece));
+    }
+    return pieces;
+  }
+
+  std::vector<Result<size_t>> read_ranges(std::span<const ReadRange> ops, const ReadSink& sink) {
     std::vector<Result<size_t>> results(ops.size(), Result<size_t>(size_t{0}));
     std::vector<std::shared_ptr<OpenHandle>> op_handles(ops.size());
     std::vector<ChunkTask> tasks;
     for (size_t i = 0; i < ops.size(); ++i) {
-      const ReadOp& op = ops[i];
+      const ReadRange& op = ops[i];
       auto handle = find(op.handle);
       if (!handle.is_ok()) {
         results[i] = handle.status();
@@ -340,13 +432,12 @@ struct FileClient::Impl {
         results[i] = meta_error(EBADF, fmt::format("file handle {} is not open for reading", op.handle));
         continue;
       }
-      if (op.offset > UINT64_MAX - op.out.size()) {
-        results[i] =
-            meta_error(EINVAL, fmt::format("read of {} bytes at offset {} overflows", op.out.size(), op.offset));
+      if (op.offset > UINT64_MAX - op.length) {
+        results[i] = meta_error(EINVAL, fmt::format("read of {} bytes at offset {} overflows", op.length, op.offset));
         continue;
       }
       InodeState& state = *(*handle)->state;
-      uint64_t end = op.offset + op.out.size();
+      uint64_t end = op.offset + op.length;
       uint64_t eof;
       meta::Layout layout;
       {
@@ -360,7 +451,7 @@ struct FileClient::Impl {
         std::lock_guard lock(state.mutex);
         eof = state.eof();
       }
-      uint64_t length = op.offset >= eof ? 0 : std::min<uint64_t>(op.out.size(), eof - op.offset);
+      uint64_t length = op.offset >= eof ? 0 : std::min<uint64_t>(op.length, eof - op.offset);
       results[i] = static_cast<size_t>(length);
       op_handles[i] = *handle;
       split(layout, (*handle)->inode, i, op.offset, length, tasks, config.read_split_bytes);
@@ -372,21 +463,23 @@ struct FileClient::Impl {
           const ChunkTask& task = tasks[t];
           executor->post([storage_client, pipeline, t, chain = task.chain, chunk = task.chunk,
                           offset = task.chunk_offset, length = task.length] {
-            storage_client->read(chain, chunk, offset, length, ReadMode::kStrict, [pipeline, t](Result<ReadRsp> rsp) {
-              if (rsp.is_ok()) {
-                pipeline->complete(ChunkDone{t, Status::ok(), std::move(rsp->data)});
-              } else {
-                pipeline->complete(ChunkDone{t, rsp.status(), {}});
-              }
-            });
+            storage_client->read(
+                chain, chunk, offset, length, ReadMode::kStrict,
+                [pipeline, t](Result<ReadRsp> rsp) {
+                  if (rsp.is_ok()) {
+                    pipeline->complete(ChunkDone{t, Status::ok(), std::move(rsp->data), std::move(rsp->pieces)});
+                  } else {
+                    pipeline->complete(ChunkDone{t, rsp.status(), {}, {}});
+                  }
+                },
+                /*accept_pieces=*/true);
           });
         },
         [&](ChunkDone& done) {
           const ChunkTask& task = tasks[done.task];
-          std::byte* out = ops[task.op].out.data() + task.buffer_offset;
           if (!done.status.is_ok()) {
             if (fs_error_of(done.status) == FsError::kChunkNotFound) {
-              std::memset(out, 0, task.length);  // a hole: no chunk was ever written there
+              if (results[task.op].is_ok()) sink.hole(done.task, task);  // no chunk was ever written there
               return;
             }
             if (results[task.op].is_ok()) {
@@ -396,10 +489,7 @@ struct FileClient::Impl {
             }
             return;
           }
-          size_t got = std::min<size_t>(done.data.size(), task.length);
-          std::memcpy(out, done.data.data(), got);
-          // Short data inside the file's length: the chunk ends early (a hole up to the next write).
-          if (got < task.length) std::memset(out + got, 0, task.length - got);
+          if (results[task.op].is_ok()) sink.deliver(done.task, task, done);
         });
     return results;
   }
@@ -444,7 +534,7 @@ struct FileClient::Impl {
           executor->post([storage_client, pipeline, t, chain = task.chain, chunk = task.chunk,
                           offset = task.chunk_offset, payload = std::move(payload)]() mutable {
             storage_client->write(chain, chunk, offset, std::move(payload), [pipeline, t](Result<WriteRsp> rsp) {
-              pipeline->complete(ChunkDone{t, rsp.is_ok() ? Status::ok() : rsp.status(), {}});
+              pipeline->complete(ChunkDone{t, rsp.is_ok() ? Status::ok() : rsp.status(), {}, {}});
             });
           });
         },
@@ -625,6 +715,10 @@ Result<FileHandle> FileClient::create(const meta::Caller& caller, meta::InodeId 
 Result<size_t> FileClient::read(FileHandle handle, uint64_t offset, std::span<std::byte> out) {
   ReadOp op{handle, offset, out};
   return std::move(impl_->read_batch(std::span<const ReadOp>(&op, 1))[0]);
+}
+
+Result<std::vector<SharedBytes>> FileClient::read_pieces(FileHandle handle, uint64_t offset, size_t length) {
+  return impl_->read_pieces(handle, offset, length);
 }
 
 Result<size_t> FileClient::write(FileHandle handle, uint64_t offset, std::span<const std::byte> data) {

@@ -177,11 +177,12 @@ void StorageClient::write(ChainId chain, const ChunkId& chunk, uint64_t offset, 
       std::move(done));
 }
 
-void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode, Callback<ReadRsp> done) {
+void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode, Callback<ReadRsp> done,
+                         bool accept_pieces) {
   auto state = state_;
   auto dirty_seen = std::make_shared<uint32_t>(0);
   state->start<ReadRsp>(
-      [state, chain, chunk, offset, length, mode, dirty_seen](std::function<void(Result<ReadRsp>)> attempt_done) {
+      [state, chain, chunk, offset, length, mode, dirty_seen, accept_pieces](std::function<void(Result<ReadRsp>)> attempt_done) {
         // After repeated dirty answers, ask the tail: in CRAQ it commits first, so its committed
         // version is the latest committed one (relaxed there returns exactly that).
         bool tail = *dirty_seen >= state->config.dirty_retries_before_tail;
@@ -191,7 +192,8 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
         if (!address.is_ok()) return attempt_done(address.status());
         if (tail) ++state->stats.tail_fallbacks;
         ReadReq req{.chain = chain, .chain_version = state->routing.chain(chain)->version, .target = *target, .chunk = chunk,
-                    .offset = offset, .length = length, .mode = tail ? ReadMode::kRelaxed : mode};
+                    .offset = offset, .length = length, .mode = tail ? ReadMode::kRelaxed : mode,
+                    .accept_pieces = accept_pieces};
         state->rpc.call(*address, Request{req}, state->attempt_timeout(),
                         [state, attempt_done, dirty_seen](Result<Response> response) {
                           Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));

@@ -21,6 +21,10 @@ class FileClientData final : public FileData {
   Result<size_t> read(uint64_t handle, uint64_t offset, std::span<std::byte> out) override {
     return client_.read(handle, offset, out);
   }
+  bool has_read_pieces() const override { return true; }
+  Result<std::vector<SharedBytes>> read_pieces(uint64_t handle, uint64_t offset, size_t length) override {
+    return client_.read_pieces(handle, offset, length);
+  }
   Result<size_t> write(uint64_t handle, uint64_t offset, std::span<const std::byte> data) override {
     return client_.write(handle, offset, data);
   }

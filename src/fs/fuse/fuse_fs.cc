@@ -26,6 +26,7 @@
 #include <fuse_lowlevel.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -84,6 +85,10 @@ struct Invalidation {
   InodeId parent = 0;  // nonzero: an entry invalidation of (parent, name)
   std::string name;
 };
+
+// The most pieces one read reply passes to writev (below the kernel's UIO_MAXIOV of 1024, leaving
+// room for libfuse's header).
+constexpr size_t kMaxReplyPieces = 1000;
 
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -164,6 +169,7 @@ struct FuseFs::Impl {
   std::mutex run_mutex;  // one run() at a time
 
   std::atomic<uint64_t> requests{0}, errors{0}, read_bytes{0}, write_bytes{0}, invalidations{0};
+  std::atomic<uint64_t> reads{0}, reads_in_flight{0}, most_concurrent_reads{0};
 
   std::mutex open_mutex;  // guards open_inodes
   std::unordered_map<InodeId, OpenInode> open_inodes;
@@ -646,11 +652,53 @@ struct FuseFs::Impl {
     finish_open(req, inode->id, *handle, flags, fi, &*inode);
   }
 
+  // Counts a READ while it is served (FuseStats::reads, most_concurrent_reads).
+  struct ReadInFlight {
+    Impl& fs;
+    explicit ReadInFlight(Impl& f) : fs(f) {
+      fs.reads.fetch_add(1, std::memory_order_relaxed);
+      uint64_t now = fs.reads_in_flight.fetch_add(1, std::memory_order_relaxed) + 1;
+      uint64_t most = fs.most_concurrent_reads.load(std::memory_order_relaxed);
+      while (now > most && !fs.most_concurrent_reads.compare_exchange_weak(most, now, std::memory_order_relaxed)) {
+      }
+    }
+    ~ReadInFlight() { fs.reads_in_flight.fetch_sub(1, std::memory_order_relaxed); }
+  };
+
   void read(fuse_req_t req, fuse_ino_t /*ino*/, size_t size, off_t offset, fuse_file_info* fi) {
+    ReadInFlight counted(*this);
+    OpenHandle* handle = file_handle(fi);
+    if (data.has_read_pieces()) {
+      // The bytes stay where the client received them (gRPC's slices): the kernel copies them
+      // straight from there into the reader's pages (one writev of the pieces).
+      Result<std::vector<SharedBytes>> pieces = data.read_pieces(handle->data_handle, static_cast<uint64_t>(offset), size);
+      if (!pieces.is_ok()) {
+        reply_error(req, pieces.status());
+        return;
+      }
+      if (pieces->size() <= kMaxReplyPieces) {
+        thread_local std::vector<iovec> iov;
+        iov.clear();
+        size_t n = 0;
+        for (const SharedBytes& piece : *pieces) {
+          iov.push_back(iovec{const_cast<std::byte*>(piece.bytes.data()), piece.bytes.size()});
+          n += piece.bytes.size();
+        }
+        read_bytes.fetch_add(n, std::memory_order_relaxed);
+        fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+        return;
+      }
+      // NOTE: more pieces than one writev takes (UIO_MAXIOV): gather them (not expected for 1 MiB).
+      thread_local std::vector<std::byte> gathered;
+      gathered.clear();
+      for (const SharedBytes& piece : *pieces) gathered.insert(gathered.end(), piece.bytes.begin(), piece.bytes.end());
+      read_bytes.fetch_add(gathered.size(), std::memory_order_relaxed);
+      fuse_reply_buf(req, reinterpret_cast<const char*>(gathered.data()), gathered.size());
+      return;
+    }
     // NOTE: one buffer per libfuse thread, grown to the largest request once: no allocation per read.
     thread_local std::vector<std::byte> buffer;
     if (buffer.size() < size) buffer.resize(std::max<size_t>(size, options.max_io_bytes));
-    OpenHandle* handle = file_handle(fi);
     Result<size_t> n = data.read(handle->data_handle, static_cast<uint64_t>(offset), std::span(buffer.data(), size));
     if (!n.is_ok()) {
       reply_error(req, n.status());
@@ -1092,7 +1140,10 @@ Status FuseFs::run() {
   if (handlers) fuse_remove_signal_handlers(session);
   fuse_session_unmount(session);
   impl_->mounted = false;
-  FF_LOG_INFO("ff-fuse: unmounted {} after {} requests", impl_->options.mountpoint, impl_->requests.load());
+  uint64_t reads = impl_->reads.load();
+  FF_LOG_INFO("ff-fuse: unmounted {} after {} requests ({} reads of {:.0f} KiB on average, at most {} at once)",
+              impl_->options.mountpoint, impl_->requests.load(), reads,
+              reads ? impl_->read_bytes.load() / 1024.0 / reads : 0.0, impl_->most_concurrent_reads.load());
   // rc: 0 when unmounted or exited normally; a signal number or -errno otherwise.
   if (rc < 0) return io_error("fuse: session loop at '{}' failed: {}", impl_->options.mountpoint, std::strerror(-rc));
   return Status::ok();
@@ -1116,6 +1167,8 @@ FuseStats FuseFs::stats() const {
   stats.requests = impl_->requests.load();
   stats.errors = impl_->errors.load();
   stats.read_bytes = impl_->read_bytes.load();
+  stats.reads = impl_->reads.load();
+  stats.most_concurrent_reads = impl_->most_concurrent_reads.load();
   stats.write_bytes = impl_->write_bytes.load();
   stats.invalidations = impl_->invalidations.load();
   return stats;

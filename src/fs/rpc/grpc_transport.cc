@@ -159,10 +159,12 @@ grpc::ByteBuffer encode_frame(const pb::Envelope& header, SharedBytes payload) {
 struct DecodedFrame {
   pb::Envelope header;
   Bytes payload;
+  PayloadPieces pieces;  // instead of payload when asked for
 };
 
-// Copies the payload out of the received slices once (into the Bytes the messages carry).
-Result<DecodedFrame> decode_frame(const grpc::ByteBuffer& buffer) {
+// Copies the payload out of the received slices once (into the Bytes the messages carry), or with
+// keep_pieces leaves it in the slices (their references keep the bytes alive; no copy).
+Result<DecodedFrame> decode_frame(const grpc::ByteBuffer& buffer, bool keep_pieces = false) {
   std::vector<grpc::Slice> slices;
   if (!buffer.Dump(&slices).ok()) return fs_error(FsError::kMalformed, "frame: unreadable gRPC buffer");
   size_t total = 0;
@@ -195,6 +197,20 @@ Result<DecodedFrame> decode_frame(const grpc::ByteBuffer& buffer) {
   DecodedFrame frame;
   if (!frame.header.ParseFromString(header)) return fs_error(FsError::kMalformed, "frame header is not an Envelope");
   size_t rest = total - 4 - length;
+  if (keep_pieces) {
+    if (rest == 0) return frame;
+    auto held = std::make_shared<std::vector<grpc::Slice>>(std::move(slices));
+    frame.pieces.size = rest;
+    for (size_t i = slice_index; i < held->size(); ++i) {
+      const grpc::Slice& slice = (*held)[i];
+      size_t skip = i == slice_index ? slice_offset : 0;
+      if (slice.size() > skip) {
+        frame.pieces.pieces.emplace_back(reinterpret_cast<const std::byte*>(slice.begin()) + skip, slice.size() - skip);
+      }
+    }
+    frame.pieces.owner = std::move(held);
+    return frame;
+  }
   frame.payload.reserve(rest);
   while (slice_index < slices.size()) {
     const grpc::Slice& slice = slices[slice_index];
@@ -227,9 +243,21 @@ Result<Request> decode_request_frame(const grpc::ByteBuffer& buffer) {
   return request;
 }
 
-Result<Response> decode_response_frame(const grpc::ByteBuffer& buffer) {
-  FF_ASSIGN_OR_RETURN(DecodedFrame frame, decode_frame(buffer));
+// pieces: the request was a ReadReq with accept_pieces; a ReadRsp's payload then stays in the
+// received slices (ReadRsp::pieces).
+Result<Response> decode_response_frame(const grpc::ByteBuffer& buffer, bool pieces = false) {
+  FF_ASSIGN_OR_RETURN(DecodedFrame frame, decode_frame(buffer, pieces));
   FF_ASSIGN_OR_RETURN(Response response, response_from_proto(std::move(frame.header)));
+  if (frame.pieces.is_set()) {
+    auto* read = std::get_if<ReadRsp>(&response);
+    if (read == nullptr) {
+      return fs_error(FsError::kMalformed, fmt::format("frame carries {} payload bytes for response alternative {}, "
+                                                       "which is not a ReadRsp",
+                                                       frame.pieces.size, response.index()));
+    }
+    read->pieces = std::move(frame.pieces);
+    return response;
+  }
   FF_RETURN_IF_ERROR(put_response_payload(response, std::move(frame.payload)));
   return response;
 }
@@ -339,9 +367,11 @@ void GrpcRpcClient::call(const std::string& address, Request request, int64_t ti
     std::string_view name;
     std::shared_ptr<Impl::Peer> peer;
     int64_t start_ns;
+    bool pieces = false;  // a ReadReq with accept_pieces: the answer's payload stays in gRPC's slices
   };
   auto* call = new Call();
   call->name = request_name(request);
+  if (const auto* read = std::get_if<ReadReq>(&request)) call->pieces = read->accept_pieces;
   call->done = std::move(done);
   call->address = address;
   call->start_ns = system_clock().now_ns();
@@ -355,14 +385,20 @@ void GrpcRpcClient::call(const std::string& address, Request request, int64_t ti
                               [impl, call](grpc::Status status) {
     Result<Response> result = internal_error("unset");
     if (status.ok()) {
-      result = decode_response_frame(call->response);
+      result = decode_response_frame(call->response, call->pieces);
     } else {
       result = from_grpc_status(status, fmt::format("{} to {}", call->name, call->address));
       if (status.error_code() == grpc::StatusCode::UNAVAILABLE) impl->reset_peer(call->address, call->peer);
     }
     if (impl->latency != nullptr) impl->latency->record_us(static_cast<uint64_t>((system_clock().now_ns() - call->start_ns) / 1000));
     if (!result.is_ok() && impl->failures != nullptr) impl->failures->add();
-    impl->executor.post([done = std::move(call->done), result = std::move(result)]() mutable { done(std::move(result)); });
+    if (call->pieces && result.is_ok() && std::holds_alternative<ReadRsp>(*result)) {
+      // ReadReq::accept_pieces: the caller takes a successful read's completion on this thread (one
+      // thread hand-off fewer per read).
+      call->done(std::move(result));
+    } else {
+      impl->executor.post([done = std::move(call->done), result = std::move(result)]() mutable { done(std::move(result)); });
+    }
     delete call;
     impl->in_flight.fetch_sub(1);
   });

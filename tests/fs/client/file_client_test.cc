@@ -152,6 +152,50 @@ TEST_F(FileClientTest, HolesReadAsZerosAndReadsStopAtTheEnd) {
   EXPECT_EQ(inode->length, 5 * kChunk + 510u) << "close makes the length exact (from storage)";
 }
 
+// read_pieces returns what read() does, as pieces left in gRPC's received slices (and zero pieces for
+// holes), in file order, across chunk boundaries, holes, short chunks and the end of the file.
+TEST_F(FileClientTest, ReadPiecesMatchRead) {
+  FileHandle fh = create("pieces");
+  auto head = random_bytes(2 * kChunk + 333, 11);
+  write_all(fh, 0, head);
+  auto tail = random_bytes(kChunk / 2, 12);
+  const uint64_t tail_at = 4 * kChunk + 1000;  // [2 * kChunk + 333, tail_at): a hole, part of it a whole chunk
+  write_all(fh, tail_at, tail);
+  const uint64_t end = tail_at + tail.size();
+  auto concat = [&](uint64_t offset, size_t length) {
+    auto pieces = client_->read_pieces(fh, offset, length);
+    EXPECT_TRUE(pieces.is_ok()) << pieces.status();
+    std::vector<std::byte> out;
+    if (!pieces.is_ok()) return out;
+    for (const SharedBytes& piece : *pieces) {
+      EXPECT_TRUE(piece.is_set());
+      EXPECT_GT(piece.size(), 0u) << "no empty pieces";
+      out.insert(out.end(), piece.bytes.begin(), piece.bytes.end());
+    }
+    return out;
+  };
+  std::mt19937_64 rng(13);
+  std::vector<std::pair<uint64_t, size_t>> cases = {
+      {0, end + 100}, {0, kChunk}, {kChunk - 5, 10}, {2 * kChunk, kChunk}, {3 * kChunk, 2 * kChunk},
+      {end - 1, 5},   {end, 10},   {end + 1000, 10}, {100, 0}};
+  for (int i = 0; i < 20; ++i) cases.emplace_back(rng() % (end + 10), 1 + rng() % (3 * kChunk));
+  for (auto [offset, length] : cases) {
+    EXPECT_EQ(concat(offset, length), read_range(fh, offset, length)) << "offset " << offset << " length " << length;
+  }
+  // The pieces outlive the read and keep their bytes (owners held by each piece).
+  auto pieces = client_->read_pieces(fh, 0, kChunk);
+  ASSERT_TRUE(pieces.is_ok());
+  std::vector<std::byte> kept;
+  for (const SharedBytes& piece : *pieces) kept.insert(kept.end(), piece.bytes.begin(), piece.bytes.end());
+  EXPECT_TRUE(std::equal(kept.begin(), kept.end(), head.begin()));
+  // Errors as read(): a closed handle, a handle not open for reading.
+  FileHandle write_only = create("pieces-wo", meta::kOpenWrite);
+  EXPECT_EQ(errno_of(client_->read_pieces(write_only, 0, 10).status()), EBADF);
+  ASSERT_TRUE(client_->close(write_only).is_ok());
+  ASSERT_TRUE(client_->close(fh).is_ok());
+  EXPECT_EQ(errno_of(client_->read_pieces(fh, 0, 10).status()), EBADF);
+}
+
 TEST_F(FileClientTest, OverwriteAndTruncate) {
   FileHandle fh = create("t");
   auto data = random_bytes(3 * kChunk, 5);

@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -50,9 +52,10 @@ class FuseTest : public ::testing::Test {
     data_.bind(*meta_);
   }
 
-  void Mount(FuseOptions options) {
+  // data: the FileData FuseFs uses (default: data_, which is also meta's FileStorage).
+  void Mount(FuseOptions options, FileData* data = nullptr) {
     options.mountpoint = mount_;
-    auto fs = FuseFs::mount(options, *meta_, data_);
+    auto fs = FuseFs::mount(options, *meta_, data != nullptr ? *data : data_);
     ASSERT_TRUE(fs.is_ok()) << fs.status().to_string();
     fs_ = std::move(*fs);
     loop_ = std::thread([this] { run_status_ = fs_->run(); });
@@ -237,6 +240,84 @@ TEST_F(FuseTest, UnlinkedOpenFileStaysReadable) {
   EXPECT_STREQ(buffer, "still here");
   ::close(fd);
 }
+
+// A FileData over MemoryData whose reads come as pieces of `piece` bytes (FileClient's come as gRPC's
+// slices): FuseFs replies with them as an iovec list, or gathers them when there are too many.
+class PiecesData final : public FileData {
+ public:
+  PiecesData(MemoryData& data, size_t piece) : data_(data), piece_(piece) {}
+  Result<uint64_t> open(const meta::Caller& c, meta::InodeId inode, uint32_t flags) override { return data_.open(c, inode, flags); }
+  Result<uint64_t> create(const meta::Caller& c, meta::InodeId parent, std::string_view name, uint32_t mode,
+                          uint32_t flags) override {
+    return data_.create(c, parent, name, mode, flags);
+  }
+  Result<size_t> read(uint64_t, uint64_t, std::span<std::byte>) override {
+    ADD_FAILURE() << "read() called although read_pieces() is offered";
+    return unimplemented("read");
+  }
+  bool has_read_pieces() const override { return true; }
+  Result<std::vector<SharedBytes>> read_pieces(uint64_t handle, uint64_t offset, size_t length) override {
+    std::vector<std::byte> bytes(length);
+    FF_ASSIGN_OR_RETURN(size_t n, data_.read(handle, offset, bytes));
+    bytes.resize(n);
+    SharedBytes all = SharedBytes::adopt(std::move(bytes));
+    std::vector<SharedBytes> pieces;
+    for (size_t at = 0; at < all.size(); at += piece_) {
+      pieces.push_back(SharedBytes{all.owner, all.bytes.subspan(at, std::min(piece_, all.size() - at))});
+    }
+    calls_.fetch_add(1);
+    most_pieces_ = std::max<size_t>(most_pieces_.load(), pieces.size());
+    return pieces;
+  }
+  Result<size_t> write(uint64_t handle, uint64_t offset, std::span<const std::byte> data) override {
+    return data_.write(handle, offset, data);
+  }
+  Result<meta::Inode> fsync(uint64_t handle) override { return data_.fsync(handle); }
+  Status close(uint64_t handle) override { return data_.close(handle); }
+  Result<meta::Inode> stat(uint64_t handle) override { return data_.stat(handle); }
+  Result<meta::Inode> setattr(const meta::Caller& c, meta::InodeId inode, const meta::SetAttr& attr) override {
+    return data_.setattr(c, inode, attr);
+  }
+  std::atomic<uint64_t> calls_{0};
+  std::atomic<size_t> most_pieces_{0};
+
+ private:
+  MemoryData& data_;
+  size_t piece_;
+};
+
+class FusePiecesTest : public FuseTest, public ::testing::WithParamInterface<size_t> {};
+
+TEST_P(FusePiecesTest, ReadsRepliedFromPieces) {
+  PiecesData pieces(data_, GetParam());
+  Mount({}, &pieces);
+  std::string content(3 * (1 << 20) + 12345, '\0');
+  for (size_t i = 0; i < content.size(); ++i) content[i] = static_cast<char>((i * 131 + i / 4096) & 0xff);
+  write_file(mount_ + "/big", content);
+  EXPECT_EQ(read_file(mount_ + "/big"), content);
+  // Positional reads at odd places, and past the end.
+  int fd = ::open((mount_ + "/big").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  std::string buffer(1 << 20, 'x');
+  for (off_t offset : {off_t{0}, off_t{4095}, off_t{(1 << 20) + 7}, static_cast<off_t>(content.size()) - 100}) {
+    ssize_t n = ::pread(fd, buffer.data(), buffer.size(), offset);
+    ASSERT_EQ(n, std::min<ssize_t>(buffer.size(), static_cast<ssize_t>(content.size()) - offset));
+    EXPECT_EQ(buffer.substr(0, static_cast<size_t>(n)), content.substr(static_cast<size_t>(offset), static_cast<size_t>(n)));
+  }
+  EXPECT_EQ(::pread(fd, buffer.data(), 10, static_cast<off_t>(content.size())), 0);
+  ::close(fd);
+  EXPECT_GT(pieces.calls_.load(), 0u);
+  FuseStats stats = fs_->stats();
+  EXPECT_EQ(stats.reads, pieces.calls_.load());
+  EXPECT_GE(stats.most_concurrent_reads, 1u);
+  EXPECT_GE(stats.read_bytes, content.size());
+  if (GetParam() < 1024) {
+    EXPECT_GT(pieces.most_pieces_.load(), 1000u) << "the gathering path was not exercised";
+  }
+}
+
+// 16 KiB pieces (gRPC's frame size), and 100-byte ones (more than one writev takes: gathered).
+INSTANTIATE_TEST_SUITE_P(PieceSizes, FusePiecesTest, ::testing::Values(size_t{16384}, size_t{100}));
 
 TEST_F(FuseTest, ExitUnmounts) {
   Mount({});

@@ -162,8 +162,11 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
     fuse::FuseFs* raw = fs->get();
     reporter = std::make_unique<rpc::StatsReporter>(static_cast<int64_t>(config.stats_interval_s * 1000), [raw] {
       fuse::FuseStats s = raw->stats();
-      return fmt::format("fuse requests={} errors={} read_MB={:.1f} write_MB={:.1f} invalidations={}", s.requests,
-                         s.errors, s.read_bytes / 1e6, s.write_bytes / 1e6, s.invalidations);
+      return fmt::format(
+          "fuse requests={} errors={} read_MB={:.1f} write_MB={:.1f} invalidations={} reads={} read_KiB_avg={:.0f} "
+          "most_concurrent_reads={}",
+          s.requests, s.errors, s.read_bytes / 1e6, s.write_bytes / 1e6, s.invalidations, s.reads,
+          s.reads ? s.read_bytes / 1024.0 / s.reads : 0.0, s.most_concurrent_reads);
     });
   }
   Status ran;
