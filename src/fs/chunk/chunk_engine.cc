@@ -16,14 +16,14 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <array>
 #include <atomic>
 #include <bit>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
@@ -127,7 +127,6 @@ Status rocks_status(const rocksdb::Status& status, std::string_view what) {
   return io_error("{}: rocksdb: {}", what, status.ToString());
 }
 
-
 // Calls `visit` for every block the chunk metadata references: each chunk's committed and pending
 // versions (an in-place append's or patched pending version shares the committed block and is visited
 // once) and their patch blocks (as a version of the patch's length). Counts the chunks in *chunks.
@@ -204,6 +203,10 @@ struct ChunkEngine::Impl {
     FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, value));
     return std::optional<ChunkRecord>(std::move(record));
   }
+
+  template <class ReadResult, class Destination>
+  Status read_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode, ReadResult& result,
+                        Destination destination);
 
   // Patch blocks whose record no longer references them, by a batch written without sync: free only once
   // a later synced batch made that batch durable (the WAL is ordered), since a crash before then brings
@@ -802,82 +805,69 @@ Result<ChunkMeta> ChunkEngine::stat(const ChunkId& id) {
   return chunk_internal::to_meta(id, *record);
 }
 
-Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId& id, uint64_t offset, std::span<std::byte> out,
-                                                     ReadMode mode) {
-  std::shared_lock read_lock(impl_->read_locks[Impl::stripe(id)]);
-  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
-  if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
-  ReadInto result;
+// The one read path behind read_into, read_shared and read: under the chunk's read lock, loads its
+// record, fills result.meta and result.dirty, stops there for a strict read of a chunk with a pending
+// version, else reads the committed bytes of [offset, offset + length) (clipped to the chunk) into the
+// buffer `destination(count)` returns (called once, also with count 0; may return nullptr then).
+template <class ReadResult, class Destination>
+Status ChunkEngine::Impl::read_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode,
+                                         ReadResult& result, Destination destination) {
+  std::shared_lock read_lock(read_locks[stripe(id)]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, load(id));
+  if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), options.directory);
   result.meta = chunk_internal::to_meta(id, *record);
   result.dirty = record->pending.present();
   if (!record->committed.present()) {
     return chunk_not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
-                           impl_->options.directory, record->pending.version);
+                           options.directory, record->pending.version);
   }
-  if (result.dirty && mode == ReadMode::kStrict) return result;
-  const uint64_t length = record->committed.length;
-  const uint64_t count = offset >= length ? 0 : std::min<uint64_t>(out.size(), length - offset);
+  if (result.dirty && mode == ReadMode::kStrict) return Status::ok();
+  const uint64_t chunk_length = record->committed.length;
+  const uint64_t count = offset >= chunk_length ? 0 : std::min<uint64_t>(length, chunk_length - offset);
+  FF_ASSIGN_OR_RETURN(std::byte * out, destination(count));
   if (count > 0) {
-    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl_->io->borrow());
-    FF_RETURN_IF_ERROR(impl_->read_version(*context, id, record->committed, offset, out.data(), count));
+    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, io->borrow());
+    FF_RETURN_IF_ERROR(read_version(*context, id, record->committed, offset, out, count));
   }
-  result.bytes_read = count;
-  impl_->reads.fetch_add(1, std::memory_order_relaxed);
-  impl_->read_bytes.fetch_add(count, std::memory_order_relaxed);
+  reads.fetch_add(1, std::memory_order_relaxed);
+  read_bytes.fetch_add(count, std::memory_order_relaxed);
+  return Status::ok();
+}
+
+Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId& id, uint64_t offset, std::span<std::byte> out,
+                                                     ReadMode mode) {
+  ReadInto result;
+  FF_RETURN_IF_ERROR(
+      impl_->read_committed(id, offset, out.size(), mode, result, [&](uint64_t count) -> Result<std::byte*> {
+        result.bytes_read = count;
+        return out.data();
+      }));
   return result;
 }
 
 Result<SharedChunkRead> ChunkEngine::read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
-  std::shared_lock read_lock(impl_->read_locks[Impl::stripe(id)]);
-  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
-  if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
   SharedChunkRead result;
-  result.meta = chunk_internal::to_meta(id, *record);
-  result.dirty = record->pending.present();
   result.data = SharedBytes{std::make_shared<int>(0), {}};
-  if (!record->committed.present()) {
-    return chunk_not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
-                           impl_->options.directory, record->pending.version);
-  }
-  if (result.dirty && mode == ReadMode::kStrict) return result;
-  const uint64_t chunk_length = record->committed.length;
-  const uint64_t count = offset >= chunk_length ? 0 : std::min<uint64_t>(length, chunk_length - offset);
-  if (count > 0) {
+  FF_RETURN_IF_ERROR(impl_->read_committed(id, offset, length, mode, result, [&](uint64_t count) -> Result<std::byte*> {
+    if (count == 0) return static_cast<std::byte*>(nullptr);
     // A fresh 4 KiB-aligned buffer the caller keeps: whole crc segments are DMA'd straight into it.
     constexpr uint64_t kAlign = 4096;
     void* raw = std::aligned_alloc(kAlign, (count + kAlign - 1) / kAlign * kAlign);
-    if (raw == nullptr) return resource_exhausted("chunk {}: cannot allocate a {} byte read buffer", id.to_string(), count);
+    if (raw == nullptr)
+      return resource_exhausted("chunk {}: cannot allocate a {} byte read buffer", id.to_string(), count);
     std::shared_ptr<std::byte> buffer(static_cast<std::byte*>(raw), [](std::byte* p) { std::free(p); });
-    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl_->io->borrow());
-    FF_RETURN_IF_ERROR(impl_->read_version(*context, id, record->committed, offset, buffer.get(), count));
     result.data = SharedBytes{buffer, std::span<const std::byte>(buffer.get(), count)};
-  }
-  impl_->reads.fetch_add(1, std::memory_order_relaxed);
-  impl_->read_bytes.fetch_add(count, std::memory_order_relaxed);
+    return buffer.get();
+  }));
   return result;
 }
 
 Result<ChunkRead> ChunkEngine::read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
-  std::shared_lock read_lock(impl_->read_locks[Impl::stripe(id)]);
-  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, impl_->load(id));
-  if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), impl_->options.directory);
   ChunkRead result;
-  result.meta = chunk_internal::to_meta(id, *record);
-  result.dirty = record->pending.present();
-  if (!record->committed.present()) {
-    return chunk_not_found("chunk {} on target {} has no committed version (pending version {})", id.to_string(),
-                           impl_->options.directory, record->pending.version);
-  }
-  if (result.dirty && mode == ReadMode::kStrict) return result;
-  const uint64_t chunk_length = record->committed.length;
-  const uint64_t count = offset >= chunk_length ? 0 : std::min<uint64_t>(length, chunk_length - offset);
-  result.data.resize(count);
-  if (count > 0) {
-    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl_->io->borrow());
-    FF_RETURN_IF_ERROR(impl_->read_version(*context, id, record->committed, offset, result.data.data(), count));
-  }
-  impl_->reads.fetch_add(1, std::memory_order_relaxed);
-  impl_->read_bytes.fetch_add(count, std::memory_order_relaxed);
+  FF_RETURN_IF_ERROR(impl_->read_committed(id, offset, length, mode, result, [&](uint64_t count) -> Result<std::byte*> {
+    result.data.resize(count);
+    return result.data.data();
+  }));
   return result;
 }
 
