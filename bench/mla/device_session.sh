@@ -2,11 +2,20 @@
 # One device session for the mla kernels (build, GPU tests, memcheck, benchmark), as run through the
 # device tool: `bash bench/mla/device_session.sh STEPS...` with $OUT set; logs and JSON land in $OUT.
 # Steps: build, sass, gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
-# ncu (h_q 128 8K counters, TMA and cp.async loads).
+# ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
+# tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/mla_out}
 mkdir -p "$OUT"
+# MLA_BUNDLE=1: at most 8 files come back from the device tool, so the logs go to a scratch folder that
+# is archived into $OUT/mla_bundle.tgz after every step (a run cut short by its time limit still
+# returns what the finished steps wrote).
+BUNDLE_OUT=$OUT
+if [ "${MLA_BUNDLE:-0}" = 1 ]; then
+  OUT=/tmp/mla_logs
+  mkdir -p "$OUT"
+fi
 export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1
 for step in "$@"; do
   echo "=== $step ($(date +%T))"
@@ -33,7 +42,7 @@ for step in "$@"; do
       ;;
     memcheck)
       timeout 300 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaFp8CacheTwoQueries:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal:CudaDecode.WgmmaSeesawBlockCounts' \
+        --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal' \
         >"$OUT/memcheck.log" 2>&1
       grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head
       ;;
@@ -54,10 +63,24 @@ for step in "$@"; do
         echo "loads=$loads"; grep -E "gpu__time|dram__|lts__" "$OUT/ncu_$loads.log"
       done
       ;;
+    ncusec)
+      # The default kernel (TMA, pipelined unless FF_MLA_SCHEDULE says otherwise): where it stalls.
+      timeout 150 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 --import-source no \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis_Tables --section WarpStateStats --section SchedulerStats \
+        --section InstructionStats --section Occupancy --section LaunchStats --section SourceCounters \
+        -o "$OUT/ncu_default" python3 bench/mla/profile_mla.py --h-q 128 --kinds bf16 >"$OUT/ncusec_run.log" 2>&1
+      ncu -i "$OUT/ncu_default.ncu-rep" --page details >"$OUT/ncusec.log" 2>&1
+      ncu -i "$OUT/ncu_default.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu_sass.csv" 2>"$OUT/ncu_sass.err" || true
+      grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Shared|Executed Ipc|Issue Slots|Stall|Warp Cycles|No Eligible|Registers|gmma|Tensor" "$OUT/ncusec.log" | head -60
+      ;;
     bench)
       timeout 500 python3 bench/mla/bench_mla.py --out "$OUT/mla_h200.json" >"$OUT/bench.log" 2>&1
       tail -2 "$OUT/bench.log" | cut -c1-600
       ;;
   esac
+  if [ "${MLA_BUNDLE:-0}" = 1 ]; then
+    tar czf /tmp/mla_bundle.tgz -C "$OUT" . && mv /tmp/mla_bundle.tgz "$BUNDLE_OUT/"
+  fi
 done
 echo "=== end ($(date +%T))"

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 # The kernel the dispatch takes for a bf16 / fp16 cache with >= 64 query rows per KV head (TMA loads;
-# the faster schedule on the H200, the pipelined one: docs/mla.md).
-DEFAULT_TMA_KERNEL = "wgmma_tma"
+# the fastest schedule on the H200, the lean pipelined one: docs/mla.md).
+DEFAULT_TMA_KERNEL = "wgmma_tma_lean"
 
 
 def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -114,7 +114,7 @@ def test_matches_float64(h_q, s_q, causal):
 
 @pytest.mark.parametrize("h_q", [64, 128])
 def test_wgmma_and_mma_sync_agree(h_q, monkeypatch):
-    """The same inputs through the WGMMA kernel with TMA loads (the default, pipelined schedule), both
+    """The same inputs through the WGMMA kernel with TMA loads (the default, lean pipelined schedule), the
     schedules named by FF_MLA_SCHEDULE, with cp.async loads (FF_MLA_LOADS) and, forced by FF_MLA_KERNEL,
     the mma.sync kernel."""
     q, cache, block_table, lengths = make_case([1, 64, 65, 1500, 0, 333], 1, h_q, seed=h_q + 77)
@@ -123,6 +123,7 @@ def test_wgmma_and_mma_sync_agree(h_q, monkeypatch):
     ref_out, ref_lse = reference(q, lambda i, k: gather_keys(cache, block_table, lengths, i, k), lengths, 1, False)
     check(out, lse, ref_out, ref_lse)
     for variable, value, kernel in (("FF_MLA_SCHEDULE", "pipelined", "wgmma_tma"), ("FF_MLA_SCHEDULE", "seesaw", "wgmma_seesaw"),
+                                    ("FF_MLA_SCHEDULE", "lean", "wgmma_tma_lean"),
                                     ("FF_MLA_LOADS", "cp_async", "wgmma"), ("FF_MLA_KERNEL", "mma_sync", "mma_sync")):
         monkeypatch.setenv(variable, value)
         other_out, other_lse = run(q, cache, block_table, lengths, False, num_sms=11)

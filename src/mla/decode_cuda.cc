@@ -233,6 +233,7 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   const char* schedule = std::getenv("FF_MLA_SCHEDULE");
   if (schedule != nullptr && std::string_view(schedule) == "pipelined") params.schedule = cuda::Schedule::kPipelined;
   if (schedule != nullptr && std::string_view(schedule) == "seesaw") params.schedule = cuda::Schedule::kSeesaw;
+  if (schedule != nullptr && std::string_view(schedule) == "lean") params.schedule = cuda::Schedule::kLean;
 
   cuda::KernelKind launched = cuda::select_kernel(params);
   const auto launch_error = static_cast<cudaError_t>(cuda::launch_decode(params, args.stream, &launched));

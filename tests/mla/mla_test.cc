@@ -13,6 +13,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string_view>
 #include <vector>
 
 #include "ff/mla/numerics.h"
@@ -28,8 +29,8 @@ using ::testing::HasSubstr;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // The kernel the dispatch takes for a bf16 / fp16 cache with >= 64 rows per KV head and TMA loads
-// (cuda::kDefaultSchedule: the faster schedule on the H200, the pipelined one).
-constexpr const char* kDefaultTmaKernel = "wgmma_tma";
+// (cuda::kDefaultSchedule: the fastest schedule on the H200, the lean pipelined one).
+constexpr const char* kDefaultTmaKernel = "wgmma_tma_lean";
 
 // ---------------------------------------------------------------------------------------------
 // Numerics
@@ -192,7 +193,9 @@ struct Case {
   int extra_columns = 1;        // block_table columns beyond what the longest sequence needs (left as -1)
   bool force_mma_sync = false;  // CUDA: FF_MLA_KERNEL=mma_sync for this call
   bool cp_async_loads = false;  // CUDA: FF_MLA_LOADS=cp_async (the WGMMA kernel without TMA) for this call
-  bool seesaw = false;          // CUDA: FF_MLA_SCHEDULE=seesaw (the TMA WGMMA kernel's seesaw schedule)
+  // CUDA: FF_MLA_SCHEDULE for this call (the TMA WGMMA kernel's schedule: "pipelined", "seesaw",
+  // "lean"); nullptr: the default.
+  const char* schedule = nullptr;
 };
 
 // Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
@@ -621,8 +624,8 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   if (config.cp_async_loads) {
     ASSERT_EQ(setenv("FF_MLA_LOADS", "cp_async", 1), 0);
   }
-  if (config.seesaw) {
-    ASSERT_EQ(setenv("FF_MLA_SCHEDULE", "seesaw", 1), 0);
+  if (config.schedule != nullptr) {
+    ASSERT_EQ(setenv("FF_MLA_SCHEDULE", config.schedule, 1), 0);
   }
   const Status status = flash_mla_with_kvcache(args, Backend::kCuda);
   if (config.force_mma_sync) {
@@ -631,7 +634,7 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   if (config.cp_async_loads) {
     ASSERT_EQ(unsetenv("FF_MLA_LOADS"), 0);
   }
-  if (config.seesaw) {
+  if (config.schedule != nullptr) {
     ASSERT_EQ(unsetenv("FF_MLA_SCHEDULE"), 0);
   }
   ASSERT_TRUE(status.is_ok()) << status.to_string();
@@ -640,7 +643,11 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   // bf16 / fp16 cache (unless forced off), else mma.sync.
   const int rows = config.s_q * (config.h_q / config.h_kv);
   const bool wgmma = !config.force_mma_sync && rows >= 64;
-  const char* tma_kernel = config.seesaw ? "wgmma_seesaw" : kDefaultTmaKernel;
+  const std::string_view schedule = config.schedule != nullptr ? config.schedule : "";
+  const char* tma_kernel = schedule == "seesaw"      ? "wgmma_seesaw"
+                           : schedule == "pipelined" ? "wgmma_tma"
+                           : schedule == "lean"      ? "wgmma_tma_lean"
+                                                     : kDefaultTmaKernel;
   const char* expected_kernel = wgmma && !config.fp8 && !config.cp_async_loads ? tma_kernel
                                 : wgmma                                        ? "wgmma"
                                 : config.fp8 && rows <= 32                     ? "mma_sync_fp8_direct"
@@ -753,20 +760,20 @@ TEST(CudaDecode, WgmmaFp8CacheTwoQueries) {
 
 // The TMA WGMMA kernel's seesaw schedule (FF_MLA_SCHEDULE=seesaw; not the default, it measured slower).
 TEST(CudaDecode, WgmmaSeesawScheduleForced) {
-  run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .seesaw = true}, 49);
-  run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11, .seesaw = true}, 50);
+  run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .schedule = "seesaw"}, 49);
+  run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11, .schedule = "seesaw"}, 50);
 }
 
 // The seesaw schedule alternates blocks between the warpgroups: pieces of 1 to 6 blocks (odd and even
 // counts, a partial last block or not), split and unsplit, fp16 and causal with two query tokens.
 TEST(CudaDecode, WgmmaSeesawBlockCounts) {
   run_cuda_and_compare(
-      {.seqlens = {64, 128, 192, 256, 320, 384, 100, 170, 250, 330}, .s_q = 1, .h_q = 128, .seesaw = true}, 51);
+      {.seqlens = {64, 128, 192, 256, 320, 384, 100, 170, 250, 330}, .s_q = 1, .h_q = 128, .schedule = "seesaw"}, 51);
   run_cuda_and_compare({.seqlens = {64, 128, 192, 256, 320, 384, 100, 170, 250, 330},
                         .s_q = 1,
                         .h_q = 128,
                         .num_sms = 5,
-                        .seesaw = true},
+                        .schedule = "seesaw"},
                        52);
   run_cuda_and_compare({.seqlens = {383, 64, 129, 7},
                         .s_q = 2,
@@ -774,8 +781,28 @@ TEST(CudaDecode, WgmmaSeesawBlockCounts) {
                         .causal = true,
                         .dtype = DType::kFloat16,
                         .num_sms = 7,
-                        .seesaw = true},
+                        .schedule = "seesaw"},
                        53);
+}
+
+// The pipelined schedule without the lean changes (FF_MLA_SCHEDULE=pipelined; the default before them),
+// and the lean one named explicitly, on the same cases.
+TEST(CudaDecode, WgmmaPipelinedAndLeanSchedulesForced) {
+  for (const char* schedule : {"pipelined", "lean"}) {
+    SCOPED_TRACE(schedule);
+    run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .schedule = schedule},
+                         54);
+    run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11, .schedule = schedule},
+                         55);
+    run_cuda_and_compare({.seqlens = {383, 64, 129, 7, 640},
+                          .s_q = 2,
+                          .h_q = 64,
+                          .causal = true,
+                          .dtype = DType::kFloat16,
+                          .num_sms = 7,
+                          .schedule = schedule},
+                         56);
+  }
 }
 
 TEST(CudaDecode, WgmmaCpAsyncLoadsForced) {

@@ -14,8 +14,11 @@ namespace ff::mla::cuda {
 //   kPipelined  WgmmaPipelinedDecoder<., ., true>: warpgroup 0 computes S and the softmax of every
 //               block, warpgroup 1 loads; each accumulates half of O ("wgmma_tma");
 //   kSeesaw     WgmmaSeesawDecoder: the warpgroups take alternate blocks for S and the softmax, so the
-//               softmax of one overlaps the MMAs of the other; each accumulates half of O ("wgmma_seesaw").
-enum class Schedule : int { kDefault = 0, kPipelined = 1, kSeesaw = 2 };
+//               softmax of one overlaps the MMAs of the other; each accumulates half of O ("wgmma_seesaw");
+//   kLean       WgmmaPipelinedDecoder<., 0, true, true>: the pipelined schedule with a shorter chain per
+//               block (warpgroup 0 does not wait at STAGE_FREE, a lighter softmax, 32-bit descriptor
+//               arithmetic; "wgmma_tma_lean").
+enum class Schedule : int { kDefault = 0, kPipelined = 1, kSeesaw = 2, kLean = 3 };
 
 struct DecodeParams {
   const void* q = nullptr;  // (b, s_q, h_q, 576) bf16 / fp16
@@ -79,16 +82,18 @@ enum class KernelKind : int {
   kWgmma = 3,             // WGMMA kernels: >= kWgmmaMinRows rows per KV head, wgmma m64nNk16, cp.async loads
   kWgmmaTma = 4,          // the bf16 / fp16 WGMMA kernel with TMA loads of full KV blocks, pipelined schedule
   kWgmmaSeesaw = 5,       // the same loads, seesaw schedule (WgmmaSeesawDecoder)
+  kWgmmaTmaLean = 6,      // the same loads, pipelined schedule with the lean block chain (kLean)
 };
 constexpr int kWgmmaMinRows = 64;
-// The schedule the dispatch takes when the environment names none: the faster one on the H200
-// (bench/results/mla_h200.json, both in the same run: the seesaw schedule was 3-8% slower in 18 of 20
-// h_q 128 shapes, see docs/mla.md, so it stays selectable by FF_MLA_SCHEDULE=seesaw only).
-constexpr Schedule kDefaultSchedule = Schedule::kPipelined;
+// The schedule the dispatch takes when the environment names none: the fastest on the H200
+// (bench/results/mla_h200.json, all in the same run, docs/mla.md; the seesaw schedule was 3-8% slower
+// than the pipelined one in 18 of 20 h_q 128 shapes, so it stays selectable by FF_MLA_SCHEDULE=seesaw
+// only; FF_MLA_SCHEDULE=pipelined keeps the pipelined kernel without the lean changes).
+constexpr Schedule kDefaultSchedule = Schedule::kLean;
 
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
-// kWgmmaTma and kWgmmaSeesaw become kWgmma), and its name ("wgmma_seesaw", "wgmma_tma", "wgmma",
-// "mma_sync", "mma_sync_fp8_direct").
+// kWgmmaTma, kWgmmaTmaLean and kWgmmaSeesaw become kWgmma), and its name ("wgmma_tma_lean",
+// "wgmma_seesaw", "wgmma_tma", "wgmma", "mma_sync", "mma_sync_fp8_direct").
 KernelKind select_kernel(const DecodeParams& params);
 const char* kernel_name(KernelKind kind);
 

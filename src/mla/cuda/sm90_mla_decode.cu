@@ -1270,6 +1270,29 @@ __device__ __forceinline__ uint64_t gmma_descriptor(uint32_t address, uint32_t l
          (static_cast<uint64_t>(stride >> 4) << 32) | (1ull << 62);
 }
 
+// The lean kernel (WgmmaPipelinedDecoder<., 0, true, true>) builds descriptors from their lower 32 bits:
+// every descriptor of these tiles has the same upper half (stride 1024 B, 128-byte swizzle), and the
+// lower half holds the start address (bits 0-13, address >> 4) and the leading offset (bits 16-29), so a
+// k-step, column-block or stage offset is one 32-bit add that never carries out of the address field
+// (shared addresses are < 232 KB < 256 KB). The 64-bit adds of gmma_descriptor() + offset cost a
+// carry chain and register moves per wgmma (ptxas kept all 36 S descriptors in registers).
+constexpr uint32_t kGmmaDescriptorHigh = (1024u >> 4) | (1u << 30);
+__device__ __forceinline__ uint32_t gmma_descriptor_low(uint32_t address, uint32_t leading) {
+  return ((address & 0x3FFFF) >> 4) | ((leading >> 4) << 16);
+}
+// volatile: computed where it is used, not hoisted into registers that live across the whole loop.
+__device__ __forceinline__ uint64_t gmma_descriptor_join(uint32_t low) {
+  uint64_t descriptor;
+  asm volatile("mov.b64 %0, {%1, %2};\n" : "=l"(descriptor) : "r"(low), "n"(kGmmaDescriptorHigh));
+  return descriptor;
+}
+// 2^x with one MUFU.EX2 (flushes subnormal results to 0; exp2f adds a range fix-up of 3 instructions).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
@@ -1723,6 +1746,10 @@ constexpr int kBarrierPReady = 2;     // warpgroup 0 -> 1: P and the row rescale
 constexpr int kBarrierStageFree = 3;  // warpgroup 0 -> 1: warpgroup 0's O += P V of this block is done
 constexpr int kBarrierLoaders = 4;    // warpgroup 1 alone (128 threads): its cp.async copies are tracked
 __device__ __forceinline__ void named_barrier_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+// Arrives without waiting (the lean kernel's warpgroup 0 at STAGE_FREE, see WgmmaPipelinedDecoder).
+__device__ __forceinline__ void named_barrier_arrive(int id) {
+  asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
 __device__ __forceinline__ void loaders_barrier_sync() {
   asm volatile("bar.sync %0, 128;\n" ::"n"(kBarrierLoaders) : "memory");
 }
@@ -1803,8 +1830,20 @@ __device__ __forceinline__ void mbarrier_arrive_if(uint32_t bar, int issue) {
 //   wg1: P_READY | rescale, P V(j), done | STAGE_FREE | request block j+2 into stage j % 2
 // kSkip (measurement probes, FF_MLA_PROBE_SKIP; results meaningless): bit 1 leaves out the S MMAs, 2
 // the P V MMAs, 4 the softmax arithmetic, so that timings tell where a block's time goes.
-template <bool kFp16, int kSkip = 0, bool kTma = false>
+// kLean (with kTma; kernel name "wgmma_tma_lean", FF_MLA_SCHEDULE=lean): the same schedule with a
+// shorter chain per block, after ncu's per-instruction stall samples of the kTma kernel (H200, h_q 128,
+// 8K: warpgroup 0 spent 35% of its loop in the softmax, ~790 instructions per warp and block, a quarter
+// of its samples there waiting for instruction fetch; 37% in S, where each wgmma cost ~10 instructions
+// of 64-bit descriptor arithmetic; 15% waiting at STAGE_FREE for warpgroup 1's P V):
+//   - warpgroup 0 only arrives at STAGE_FREE (bar.arrive; warpgroup 1 still waits there), so it issues
+//     S(j+1) as soon as its own P V(j) is done. Safe: its next arrival there follows P_READY(j+1), a
+//     bar.sync that warpgroup 1 reaches only after its STAGE_FREE(j);
+//   - the softmax masks only where some row of the tile can see a token at or past its limit (the
+//     block a piece ends inside, the causal tail; a CTA-uniform test), and uses ex2.approx.ftz;
+//   - wgmma descriptors as 32-bit adds on their lower halves (gmma_descriptor_low / _join).
+template <bool kFp16, int kSkip = 0, bool kTma = false, bool kLean = false>
 class WgmmaPipelinedDecoder {
+  static_assert(!kLean || (kTma && kSkip == 0), "the lean kernel loads by TMA and has no probes");
   static constexpr int kQOffset = 0;
   static constexpr int kKvOffset = kTileBytes;
   static constexpr int kFactorOffset = 3 * kTileBytes;                     // (2 parities, 64 rows) floats
@@ -1879,27 +1918,28 @@ class WgmmaPipelinedDecoder {
   __device__ __forceinline__ void softmax_step(const Piece& piece, int j, int first_block, float (&s)[32],
                                                float (&acc)[32][4], RowState& state) {
     const uint32_t tile = skv_ + (j & 1) * kTileBytes;
-    softmax(s, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
+    if constexpr (kLean) {
+      softmax_lean(s, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
+    } else {
+      softmax(s, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
+    }
     fence_proxy_async();
     named_barrier_sync(kBarrierPReady);
     fence_acc(acc);
     wgmma_fence();
     // NOTE: P is read back from shared memory rather than kept as register A fragments: 16 registers
     // fewer in the warpgroup that also holds S and O (the kernel is at 255).
-    const uint64_t p_desc = gmma_descriptor(tile + 8 * kColumnBlockBytes, 16, 1024);
-    const uint64_t v_desc = gmma_descriptor(tile, kColumnBlockBytes, 1024);
-    if constexpr ((kSkip & 2) == 0) {
-#pragma unroll
-      for (int k = 0; k < kTileRows / 16; ++k) {
-        wgmma_m64n256k16_mn<kFp16>(acc, p_desc + ((32 * k) >> 4), v_desc + ((16 * k * 128) >> 4), 1);
-      }
-    }
+    issue_pv(tile, 0, acc);
     wgmma_commit();
     if constexpr (kTma) {
       // Hand stage j % 2 back before waiting for block j + 1, so that block j + 2 is requested now.
       wgmma_wait<0>();
       fence_acc(acc);
-      named_barrier_sync(kBarrierStageFree);
+      if constexpr (kLean) {
+        named_barrier_arrive(kBarrierStageFree);
+      } else {
+        named_barrier_sync(kBarrierStageFree);
+      }
       if constexpr (kNext) {
         issue_s(skv_ + ((j + 1) & 1) * kTileBytes, s, (j + 1) & 1);
         wgmma_commit();
@@ -1980,14 +2020,7 @@ class WgmmaPipelinedDecoder {
     rescale_rows(acc, factor0, factor1);
     fence_acc(acc);
     wgmma_fence();
-    const uint64_t p_desc = gmma_descriptor(tile + 8 * kColumnBlockBytes, 16, 1024);
-    const uint64_t v_desc = gmma_descriptor(tile + 4 * kColumnBlockBytes, kColumnBlockBytes, 1024);
-    if constexpr ((kSkip & 2) == 0) {
-#pragma unroll
-      for (int k = 0; k < kTileRows / 16; ++k) {
-        wgmma_m64n256k16_mn<kFp16>(acc, p_desc + ((32 * k) >> 4), v_desc + ((16 * k * 128) >> 4), 1);
-      }
-    }
+    issue_pv(tile, 4, acc);
     wgmma_commit();
     if constexpr (kTma) {
       wgmma_wait<0>();
@@ -2059,11 +2092,37 @@ class WgmmaPipelinedDecoder {
     }
   }
 
+  // O[:, 64 first_column_block ..] += P V of the tile at `tile`: 4 k-steps of 16 tokens, P from the
+  // RoPE block, V = column blocks first_column_block .. + 3 read MN-major. Issued, not committed.
+  __device__ __forceinline__ void issue_pv(uint32_t tile, int first_column_block, float (&acc)[32][4]) {
+    if constexpr ((kSkip & 2) != 0) return;
+    const uint32_t p_address = tile + 8 * kColumnBlockBytes;
+    const uint32_t v_address = tile + first_column_block * kColumnBlockBytes;
+    if constexpr (kLean) {
+      const uint32_t p_low = gmma_descriptor_low(p_address, 16);
+      const uint32_t v_low = gmma_descriptor_low(v_address, kColumnBlockBytes);
+#pragma unroll
+      for (int k = 0; k < kTileRows / 16; ++k) {
+        wgmma_m64n256k16_mn<kFp16>(acc, gmma_descriptor_join(p_low + ((32 * k) >> 4)),
+                                   gmma_descriptor_join(v_low + ((16 * k * 128) >> 4)), 1);
+      }
+    } else {
+      const uint64_t p_desc = gmma_descriptor(p_address, 16, 1024);
+      const uint64_t v_desc = gmma_descriptor(v_address, kColumnBlockBytes, 1024);
+#pragma unroll
+      for (int k = 0; k < kTileRows / 16; ++k) {
+        wgmma_m64n256k16_mn<kFp16>(acc, p_desc + ((32 * k) >> 4), v_desc + ((16 * k * 128) >> 4), 1);
+      }
+    }
+  }
+
   // S = Q K^T of the KV tile at `tile` (stage `stage`, all 64 tokens), issued, not waited for. kTma:
   // the 4 k-steps of each 64-channel column block go out as soon as that block has landed.
   __device__ void issue_s(uint32_t tile, float (&s)[32], int stage) {
-    const uint64_t a_desc = gmma_descriptor(sq_, 16, 1024);
-    const uint64_t b_desc = gmma_descriptor(tile, 16, 1024);
+    [[maybe_unused]] const uint64_t a_desc = gmma_descriptor(sq_, 16, 1024);
+    [[maybe_unused]] const uint64_t b_desc = gmma_descriptor(tile, 16, 1024);
+    [[maybe_unused]] const uint32_t a_low = gmma_descriptor_low(sq_, 16);
+    [[maybe_unused]] const uint32_t b_low = gmma_descriptor_low(tile, 16);
     const uint32_t parity = (phase_bits_ >> stage) & 1;
     fence_s(s);
     wgmma_fence();
@@ -2077,7 +2136,11 @@ class WgmmaPipelinedDecoder {
           if (k == 0) fence_proxy_async();
         }
       }
-      if constexpr ((kSkip & 1) == 0) {
+      if constexpr (kLean) {
+        const uint32_t offset = static_cast<uint32_t>(((k / 4) * kColumnBlockBytes + (k % 4) * 32) >> 4);
+        wgmma_m64n64k16<kFp16>(s, gmma_descriptor_join(a_low + offset), gmma_descriptor_join(b_low + offset),
+                               k > 0 ? 1 : 0);
+      } else if constexpr ((kSkip & 1) == 0) {
         const uint64_t offset = static_cast<uint64_t>(((k / 4) * kColumnBlockBytes + (k % 4) * 32) >> 4);
         wgmma_m64n64k16<kFp16>(s, a_desc + offset, b_desc + offset, k > 0 ? 1 : 0);
       }
@@ -2135,6 +2198,72 @@ class WgmmaPipelinedDecoder {
         const uint32_t word = pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]);
         const int token = n * 8 + 2 * q4;
         const uint32_t address = p_tile + row * 128 + (((token >> 3) ^ (row & 7)) << 4) + (token & 7) * 2;
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(word) : "memory");
+      }
+      if (q4 == 0) factor_[parity * kTileRows + row] = rescale[i];
+    }
+    rescale_rows(acc, rescale[0], rescale[1]);
+  }
+
+  // kLean: softmax() with fewer instructions per block (same results up to ex2.approx rounding): the
+  // scores are scaled, then masked only where the CTA-uniform test says some row of the tile can see a
+  // token at or past its limit (the block a piece ends inside; with causal masking, the blocks past
+  // the limit of the tile's first row), so full blocks skip the 32 compares and selects; masked
+  // scores (NaN from an unused slot included) become -inf. ex2.approx.ftz for 2^x (a factor whose max
+  // did not move is exactly 1, so warps whose rows' maxima all stayed skip the rescale).
+  __device__ void softmax_lean(float (&s)[32], uint32_t tile, int block_start, int parity, const Piece& piece,
+                               float (&acc)[32][4], RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const uint32_t p_tile = tile + 8 * kColumnBlockBytes;
+    int tile_limit = piece.token_end;  // the smallest limit of the tile's rows: its first row's
+    if (p_.causal) tile_limit = min(tile_limit, piece.seqlen - p_.s_q + (m_block_ * kTileRows) / p_.group + 1);
+    const float scale = p_.scale_log2;
+#pragma unroll
+    for (int v = 0; v < 32; ++v) s[v] *= scale;
+    if (block_start + kTileRows > tile_limit) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = m_block_ * kTileRows + warp_ * 16 + g + 8 * i;
+        int limit = piece.token_end;
+        if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+        const int visible = limit - block_start - 2 * q4;  // token 8 n + 2 q4 + e is seen iff 8 n + e < visible
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (n * 8 + e >= visible) s[4 * n + 2 * i + e] = -INFINITY;
+          }
+        }
+      }
+    }
+    float rescale[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = warp_ * 16 + g + 8 * i;
+      float local_max = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) local_max = fmaxf(local_max, fmaxf(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]));
+      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 1));
+      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 2));
+      const float new_max = fmaxf(state.max_log2[i], local_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;  // nothing visible yet: no NaN
+      rescale[i] = new_max == state.max_log2[i] ? 1.0f : fast_exp2(state.max_log2[i] - base);
+      state.max_log2[i] = new_max;
+      float block_sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& value = s[4 * n + 2 * i + e];
+          value = fast_exp2(value - base);
+          block_sum += value;
+        }
+      }
+      state.sum[i] = state.sum[i] * rescale[i] + block_sum;  // partial over the quad's tokens
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const uint32_t word = pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]);
+        const uint32_t address = p_tile + row * 128 + ((n ^ (row & 7)) << 4) + q4 * 4;
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(word) : "memory");
       }
       if (q4 == 0) factor_[parity * kTileRows + row] = rescale[i];
@@ -2809,6 +2938,9 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
   if (kind == KernelKind::kWgmmaSeesaw) {
     if constexpr (!kFp8) return launch<WgmmaSeesawDecoder<kFp16>, kFp16>(params, stream);
   }
+  if (kind == KernelKind::kWgmmaTmaLean) {
+    if constexpr (!kFp8) return launch<WgmmaPipelinedDecoder<kFp16, 0, true, true>, kFp16>(params, stream);
+  }
   if (kind == KernelKind::kWgmmaTma) {
     if constexpr (!kFp8) {
       if constexpr (!kFp16) {  // the probes, of the TMA kernel only
@@ -2885,11 +3017,12 @@ bool encode_k_tensor_map(DecodeParams& params) {
 KernelKind select_kernel(const DecodeParams& params) {
   if (!params.force_mma_sync && params.rows >= kWgmmaMinRows) {
     if (!params.tma_loads || params.fp8_cache) return KernelKind::kWgmma;
-    // The probes exist for the pipelined schedule only.
-    const bool seesaw = params.schedule == Schedule::kSeesaw ||
-                        (params.schedule == Schedule::kDefault && kDefaultSchedule == Schedule::kSeesaw &&
-                         params.probe_skip == 0);
-    return seesaw ? KernelKind::kWgmmaSeesaw : KernelKind::kWgmmaTma;
+    // The probes exist for the pipelined schedule only (without the lean changes).
+    Schedule schedule = params.schedule;
+    if (schedule == Schedule::kDefault) schedule = params.probe_skip != 0 ? Schedule::kPipelined : kDefaultSchedule;
+    if (schedule == Schedule::kSeesaw) return KernelKind::kWgmmaSeesaw;
+    if (schedule == Schedule::kLean) return KernelKind::kWgmmaTmaLean;
+    return KernelKind::kWgmmaTma;
   }
   if (params.fp8_cache && params.rows <= 32) return KernelKind::kMmaSyncFp8Direct;
   return KernelKind::kMmaSync;
@@ -2898,6 +3031,7 @@ KernelKind select_kernel(const DecodeParams& params) {
 const char* kernel_name(KernelKind kind) {
   switch (kind) {
     case KernelKind::kWgmmaSeesaw: return "wgmma_seesaw";
+    case KernelKind::kWgmmaTmaLean: return "wgmma_tma_lean";
     case KernelKind::kWgmmaTma: return "wgmma_tma";
     case KernelKind::kWgmma: return "wgmma";
     case KernelKind::kMmaSyncFp8Direct: return "mma_sync_fp8_direct";
@@ -2910,7 +3044,8 @@ int launch_decode(const DecodeParams& params, void* stream, KernelKind* launched
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
   KernelKind kind = select_kernel(params);
   DecodeParams local = params;
-  if ((kind == KernelKind::kWgmmaTma || kind == KernelKind::kWgmmaSeesaw) && !encode_k_tensor_map(local)) {
+  if ((kind == KernelKind::kWgmmaTma || kind == KernelKind::kWgmmaTmaLean || kind == KernelKind::kWgmmaSeesaw) &&
+      !encode_k_tensor_map(local)) {
     local.tma_loads = false;
     kind = select_kernel(local);
   }
