@@ -73,6 +73,9 @@ struct ChunkEngineOptions {
   // data and metadata durable together) instead of in a patch block (a data write + the batch). 0: never.
   uint64_t inline_patch_bytes = 64ull << 10;
   uint32_t io_timeout_ms = 30000;  // bound on waiting for one I/O completion or for a free I/O context
+  // read_shared's buffers are recycled through a pool (a fresh 1-4 MiB buffer per read costs a page fault
+  // and a zeroed page per 4 KiB); this bounds the bytes of idle buffers it keeps. 0: a fresh buffer each time.
+  uint64_t read_buffer_pool_bytes = 64ull << 20;
   std::function<Status(ChunkFaultPoint, const ChunkId&)> fault_hook;  // test-only fault injection
 };
 
@@ -91,6 +94,8 @@ struct ChunkEngineStats {
   uint64_t inplace_appends = 0;  // put_pending calls that took the in-place fast path
   uint64_t patched_writes = 0;   // put_pending calls stored as a patch of the touched crc segments
   uint64_t corruptions = 0;      // reads that found a CRC mismatch
+  uint64_t read_buffers = 0;         // buffers read_shared took
+  uint64_t read_buffers_reused = 0;  // of those, recycled from the pool
   bool direct_io = false;        // O_DIRECT in use
   bool io_uring = false;         // io_uring in use
   std::vector<ChunkEngineClassStats> classes;
@@ -110,8 +115,10 @@ class ChunkEngine final : public ChunkStore {
   uint64_t max_chunk_bytes() const override;
   Result<ChunkMeta> stat(const ChunkId& id) override;
   Result<ChunkRead> read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
-  // Into a fresh 4 KiB-aligned buffer (rounded up to 4 KiB): ranges on crc-segment boundaries go from
-  // the disk straight into it (read_into's zero-copy path), others through the bounce buffer.
+  // Into a 4 KiB-aligned buffer (rounded up to 4 KiB) from the engine's pool (recycled when the caller
+  // drops the last reference; see ChunkEngineOptions::read_buffer_pool_bytes): ranges on crc-segment
+  // boundaries go from the disk straight into it (read_into's zero-copy path), others through the
+  // bounce buffer.
   Result<SharedChunkRead> read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
   Status put_pending(const ChunkUpdate& update) override;
   Status commit(const ChunkId& id, uint32_t version) override;

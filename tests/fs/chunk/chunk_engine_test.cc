@@ -435,6 +435,65 @@ TEST_P(ChunkEngineTest, ReadSharedMatchesReadInAnAlignedBuffer) {
   EXPECT_EQ(engine_->read_shared(ChunkId{9, 99}, 0, 1, ReadMode::kStrict).status().code(), StatusCode::kNotFound);
 }
 
+TEST_P(ChunkEngineTest, ReadSharedRecyclesItsBuffersWithinTheBound) {
+  const ChunkId a{10, 1}, b{10, 2};
+  const auto data_a = pattern_bytes(1u << 20, 6);
+  const auto data_b = pattern_bytes(1u << 20, 7);
+  write_commit(a, 0, data_a);
+  write_commit(b, 0, data_b);
+  const ChunkEngineStats before = engine_->stats();
+  const std::byte* first_buffer = nullptr;
+  {
+    auto first = engine_->read_shared(a, 0, 1u << 20, ReadMode::kStrict);
+    ASSERT_TRUE(first.is_ok()) << first.status();
+    first_buffer = first->data.bytes.data();
+    // While the first buffer is held, a second read gets another one.
+    auto second = engine_->read_shared(b, 0, 1u << 20, ReadMode::kStrict);
+    ASSERT_TRUE(second.is_ok()) << second.status();
+    EXPECT_NE(second->data.bytes.data(), first_buffer);
+    EXPECT_EQ(first->data.to_vector(), data_a);
+    EXPECT_EQ(second->data.to_vector(), data_b);
+  }
+  // Both went back to the pool: the next read of the same size reuses one and holds the new bytes
+  // (a recycled buffer's old contents must not leak into a shorter read either).
+  SharedBytes kept;
+  {
+    auto again = engine_->read_shared(b, 0, 1u << 20, ReadMode::kStrict);
+    ASSERT_TRUE(again.is_ok()) << again.status();
+    EXPECT_EQ(again->data.to_vector(), data_b);
+    kept = again->data;
+  }
+  auto shorter = engine_->read_shared(a, 4096, 1000000, ReadMode::kStrict);
+  ASSERT_TRUE(shorter.is_ok()) << shorter.status();
+  EXPECT_EQ(shorter->data.to_vector(), std::vector<std::byte>(data_a.begin() + 4096, data_a.begin() + 4096 + 1000000));
+  const ChunkEngineStats after = engine_->stats();
+  EXPECT_EQ(after.read_buffers - before.read_buffers, 4u);
+  EXPECT_EQ(after.read_buffers_reused - before.read_buffers_reused, 2u);
+  // A buffer may outlive its engine (gRPC releases reply slices whenever it is done with them).
+  engine_.reset();
+  EXPECT_EQ(kept.to_vector(), data_b);
+  kept = SharedBytes{};
+  open_engine();
+}
+
+TEST_P(ChunkEngineTest, ReadSharedWithoutAPoolAllocatesEachTime) {
+  ChunkEngineOptions no_pool = options();
+  no_pool.read_buffer_pool_bytes = 0;
+  engine_.reset();
+  auto engine = ChunkEngine::open(no_pool);
+  ASSERT_TRUE(engine.is_ok()) << engine.status();
+  engine_ = std::move(*engine);
+  const ChunkId id{11, 1};
+  const auto data = pattern_bytes(256u << 10, 8);
+  write_commit(id, 0, data);
+  for (int i = 0; i < 3; ++i) {
+    auto read = engine_->read_shared(id, 0, data.size(), ReadMode::kStrict);
+    ASSERT_TRUE(read.is_ok()) << read.status();
+    EXPECT_EQ(read->data.to_vector(), data);
+  }
+  EXPECT_EQ(engine_->stats().read_buffers_reused, 0u);
+}
+
 TEST_P(ChunkEngineTest, DeferredPendingSyncCommitsDurably) {
   // The tail's path: put_pending with defer_metadata_sync, then commit: every path (copy-on-write,
   // in-place append, inline patch) reads back after a reopen, and the allocator stays consistent.
