@@ -2,21 +2,27 @@
 one process per GPU over NVLink, rank r on GPU r % device_count.
 
 Normal mode: 4096 tokens per rank, hidden 7168, top-8 of 256 experts, FP8 dispatch (per-128 scales) and
-BF16 combine. Low-latency mode: 128 tokens per rank, FP8 dispatch, BF16 combine. Byte accounting as
-DeepEP's tests: normal dispatch = received rows x hidden x 2 x (1 + 4/128)/2 (FP8 with scales), combine
-= received rows x hidden x 2; low-latency dispatch = selections x (hidden + hidden/128 x 4 + 16),
-combine = selections x hidden x 2, where selections are this rank's valid (token, expert) pairs.
-GB/s is per rank (bytes / time), as DeepEP prints it; the time is the rank's wall time per call
-(torch.cuda.synchronize around a loop), averaged over ranks.
+BF16 combine. Low-latency mode: 128 tokens per rank, FP8 dispatch, BF16 combine, in the loop a model runs:
+dispatch -> receive hook -> combine -> receive hook per iteration. Byte accounting as DeepEP's tests:
+normal dispatch = received rows x (hidden + hidden/128 x 4) (FP8 with scales), combine = received rows x
+hidden x 2; low-latency dispatch = selections x (hidden + hidden/128 x 4 + 16), combine = selections x
+hidden x 2, where selections are this rank's valid (token, expert) pairs. GB/s is per rank.
 
-On one GPU, all N processes share it: this measures HBM-to-HBM copies and the protocol's overheads (host
-barriers, time-sliced kernels of different processes), NOT NVLink. Spread over GPUs, the same kernels
-write into peers' memory over NVLink, and the NCCL baseline runs and is timed (one rank per GPU). The baseline in the same run is
-torch.distributed.all_to_all_single over NCCL where it runs (NCCL refuses two ranks on one GPU; the
-refusal is recorded), and a single-process torch copy (index_select) of the same total bytes, the HBM
-ceiling for moving these rows on this GPU.
+Timing, per rank, medians over the timed iterations after warm-ups, averaged over ranks:
+- whole call (`us`, `gb_per_s_per_rank`): CUDA events recorded on the stream before and after the Python
+  call, the stream synchronised after each iteration, so host work inside the call (planning, waits) counts;
+- host wall time of the call (`host_us`);
+- kernels (`kernels_us`): the library's own CUDA events around each phase's kernels (notify, dispatch_send,
+  dispatch_recv, combine_send, combine_recv, ll_*); kernel-only GB/s = bytes / (send + receive kernels),
+  so the host overhead is the whole call minus the kernels;
+- back to back (`loop_us`): the mean per iteration of a loop with no synchronisation in it.
+NCCL torch.distributed.all_to_all_single is timed the same way in the same run (one rank per GPU; NCCL
+refuses two ranks on one GPU, and the refusal is recorded).
 
-Writes one JSON line per case and bench/results/ep_<device>.json. Exits 0 with a skip line without a GPU.
+Environment: EP_BENCH_SPREAD=1, EP_BENCH_RANKS (default 2,4,8), EP_NUM_SMS (comma list, default 24: the
+normal mode runs once per value), EP_BENCH_ITERS (20), EP_BENCH_HOST_LAYOUT=1 (also run the host-planned
+normal mode, FF_EP_NORMAL_LAYOUT=host), EP_BENCH_OUT. Writes one JSON line per case and
+bench/results/ep_<device>[_x<gpus>].json. Exits 0 with a skip line without a GPU.
 """
 
 from __future__ import annotations
@@ -32,13 +38,55 @@ import uuid
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python"))
 
-_WORKER = r'''
-import json, os, sys, time
+_TIMING = r"""
+import statistics, time
 import torch
+
+def median(values):
+    return statistics.median(values) if values else None
+
+def timed(fn, iterations, warmup=5, kernels=None):
+    # Whole call (events around it, synchronised per iteration), host wall time, library kernel phases.
+    for _ in range(warmup):
+        fn()
+        torch.cuda.synchronize()
+    if kernels is not None:
+        kernels()
+    whole, host, phases = [], [], {}
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(iterations):
+        start.record()
+        began = time.perf_counter()
+        fn()
+        host.append((time.perf_counter() - began) * 1e6)
+        end.record()
+        torch.cuda.synchronize()
+        whole.append(start.elapsed_time(end) * 1e3)
+        if kernels is not None:
+            for name, us in kernels().items():
+                phases.setdefault(name, []).append(us)
+    return dict(us=median(whole), host_us=median(host), kernels_us={k: median(v) for k, v in phases.items()})
+
+def loop(fn, iterations):
+    # Back to back, no synchronisation inside: mean per iteration.
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iterations):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / iterations
+"""
+
+_WORKER = _TIMING + r"""
+import json, os, sys
 from fireflyer import ep
 
 group, rank, num_ranks, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-num_sms = int(os.environ.get("EP_NUM_SMS", "24"))
+num_sms = int(os.environ.get("EP_NUM_SMS_ONE", "24"))
+iterations = int(os.environ.get("EP_BENCH_ITERS", "20"))
 hidden, num_topk, num_experts = 7168, 8, 256
 spread = os.environ.get("EP_BENCH_SPREAD") == "1"
 device = torch.device("cuda", rank % torch.cuda.device_count() if spread else 0)
@@ -51,18 +99,10 @@ def routing(num_tokens):
     topk_weights = torch.rand((num_tokens, num_topk), device=device)
     return topk_idx, topk_weights
 
-def timed(fn, iterations):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iterations
-
 ep.Buffer.set_num_sms(num_sms)
 buffer = ep.Buffer((group, rank, num_ranks), num_nvl_bytes=1 << 30, timeout_s=60, backend="cuda")
+buffer.set_profiling(True)
+kernels = buffer.kernel_times_us
 results = {}
 if mode == "normal":
     num_tokens = 4096
@@ -77,34 +117,83 @@ if mode == "normal":
                 num_tokens_per_expert=per_expert)
     recv, recv_idx, recv_w, counts, handle = buffer.dispatch((codes, scales), **args)
     num_recv = recv[0].shape[0]
-    t_dispatch = timed(lambda: buffer.dispatch((codes, scales), **args), 10)
-    t_cached = timed(lambda: buffer.dispatch((codes, scales), handle=handle), 10)
     recv_bf16 = torch.randn((num_recv, hidden), device=device, dtype=torch.bfloat16)
-    t_combine = timed(lambda: buffer.combine(recv_bf16, handle, topk_weights=recv_w), 10)
-    bf16_bytes = num_recv * hidden * 2
-    results = dict(num_recv_tokens=num_recv, dispatch_us=t_dispatch * 1e6, cached_dispatch_us=t_cached * 1e6,
-                   combine_us=t_combine * 1e6, dispatch_bytes=bf16_bytes * (1 + 4 / 128) / 2, combine_bytes=bf16_bytes)
+    dispatch = lambda: buffer.dispatch((codes, scales), **args)
+    cached = lambda: buffer.dispatch((codes, scales), handle=handle)
+    combine = lambda: buffer.combine(recv_bf16, handle, topk_weights=recv_w)
+    for name, fn in (("dispatch", dispatch), ("cached_dispatch", cached), ("combine", combine)):
+        results[name] = timed(fn, iterations, kernels=kernels)
+        results[name]["loop_us"] = loop(fn, iterations)
+    results["num_recv_tokens"] = num_recv
+    results["dispatch_bytes"] = num_recv * (hidden + hidden // 128 * 4)
+    results["combine_bytes"] = num_recv * hidden * 2
 else:
     num_tokens = 128
     x = torch.randn((num_tokens, hidden), device=device, dtype=torch.bfloat16)
     topk_idx, topk_weights = routing(num_tokens)
-    recv, count, handle, event, hook = buffer.low_latency_dispatch(x, topk_idx, num_tokens, num_experts, use_fp8=True)
     expert_out = torch.randn((num_experts // num_ranks, num_tokens * num_ranks, hidden), device=device,
                              dtype=torch.bfloat16)
-    t_dispatch = timed(lambda: buffer.low_latency_dispatch(x, topk_idx, num_tokens, num_experts, use_fp8=True), 50)
-    # The combine needs the layout of the latest dispatch, which the timed dispatches above left.
-    t_combine = timed(lambda: buffer.low_latency_combine(expert_out, topk_idx, topk_weights, handle), 50)
+    state = {}
+
+    def dispatch_send():
+        state["d"] = buffer.low_latency_dispatch(x, topk_idx, num_tokens, num_experts, use_fp8=True,
+                                                 return_recv_hook=True)
+
+    def dispatch_hook():
+        state["d"][4]()
+
+    def combine_send():
+        state["c"] = buffer.low_latency_combine(expert_out, topk_idx, topk_weights, state["d"][2],
+                                                return_recv_hook=True)
+
+    def combine_hook():
+        state["c"][2]()
+
+    steps = {"dispatch_send": dispatch_send, "dispatch_hook": dispatch_hook, "combine_send": combine_send,
+             "combine_hook": combine_hook}
+
+    def iteration():
+        for step in steps.values():
+            step()
+
+    for _ in range(5):
+        iteration()
+    torch.cuda.synchronize()
+    kernels()
+    samples = {name: [] for name in steps}
+    host = {name: [] for name in steps}
+    phases = {}
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(len(steps) + 1)]
+    for _ in range(iterations * 5):
+        events[0].record()
+        for i, (name, step) in enumerate(steps.items()):
+            began = time.perf_counter()
+            step()
+            host[name].append((time.perf_counter() - began) * 1e6)
+            events[i + 1].record()
+        torch.cuda.synchronize()
+        for i, name in enumerate(steps):
+            samples[name].append(events[i].elapsed_time(events[i + 1]) * 1e3)
+        for name, us in kernels().items():
+            phases.setdefault(name, []).append(us)
+    for op in ("dispatch", "combine"):
+        whole = [a + b for a, b in zip(samples[op + "_send"], samples[op + "_hook"])]
+        results[op] = dict(us=median(whole), send_us=median(samples[op + "_send"]),
+                           hook_us=median(samples[op + "_hook"]),
+                           host_us=median(host[op + "_send"]) + median(host[op + "_hook"]),
+                           kernels_us={k: median(v) for k, v in phases.items() if k.startswith("ll_" + op)})
+    results["iteration_loop_us"] = loop(iteration, iterations * 5)
     selections = int((topk_idx != -1).sum())
-    results = dict(dispatch_us=t_dispatch * 1e6, combine_us=t_combine * 1e6,
-                   dispatch_bytes=selections * (hidden + hidden / 128 * 4 + 16), combine_bytes=selections * hidden * 2)
+    results["dispatch_bytes"] = selections * (hidden + hidden / 128 * 4 + 16)
+    results["combine_bytes"] = selections * hidden * 2
 buffer.synchronize()
 buffer.close()
 print("RESULT " + json.dumps(results), flush=True)
-'''
+"""
 
-_NCCL_WORKER = r'''
-import json, os, sys, time
-import torch, torch.distributed as dist
+_NCCL_WORKER = _TIMING + r"""
+import json, os, sys
+import torch.distributed as dist
 rank, num_ranks, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 spread = os.environ.get("EP_BENCH_SPREAD") == "1"
@@ -116,18 +205,14 @@ dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank
 rows = int(os.environ.get("EP_NCCL_ROWS", "8192")) // num_ranks * num_ranks
 x = torch.randn((rows, 7168), device=device, dtype=torch.bfloat16)
 out = torch.empty_like(x)
-for _ in range(3):
-    dist.all_to_all_single(out, x)
-torch.cuda.synchronize()
 dist.barrier()
-start = time.perf_counter()
-for _ in range(10):
-    dist.all_to_all_single(out, x)
-torch.cuda.synchronize()
-seconds = (time.perf_counter() - start) / 10
+result = timed(lambda: dist.all_to_all_single(out, x), int(os.environ.get("EP_BENCH_ITERS", "20")))
+result["loop_us"] = loop(lambda: dist.all_to_all_single(out, x), 20)
+result["bytes_to_peers"] = x.numel() * 2 * (num_ranks - 1) / num_ranks
+result["bytes_total"] = x.numel() * 2
 dist.destroy_process_group()
-print("RESULT " + json.dumps(dict(us=seconds * 1e6, bytes=x.numel() * 2 * (num_ranks - 1) / num_ranks)), flush=True)
-'''
+print("RESULT " + json.dumps(result), flush=True)
+"""
 
 
 def _run(script: str, args_per_rank: list[list[str]], env: dict, timeout_s: float) -> list[tuple[int, str, str]]:
@@ -147,22 +232,54 @@ def _run(script: str, args_per_rank: list[list[str]], env: dict, timeout_s: floa
     return outputs
 
 
-def _copy_baseline(total_rows: int, row_bytes: int) -> float:
-    """Seconds for one process to gather total_rows rows of row_bytes (uint8) on the GPU (CUDA events)."""
-    import torch
+def _mean(results: list[dict], *keys: str) -> float | None:
+    values = []
+    for result in results:
+        value = result
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            return None
+        values.append(value)
+    return sum(values) / len(values)
 
-    rows = torch.randint(0, 255, (8192, row_bytes), dtype=torch.uint8, device="cuda")
-    index = torch.randint(0, 8192, (total_rows,), device="cuda")
-    out = torch.empty((total_rows, row_bytes), dtype=torch.uint8, device="cuda")
-    for _ in range(3):
-        torch.index_select(rows, 0, index, out=out)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        torch.index_select(rows, 0, index, out=out)
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 20 / 1000
+
+def _gb(num_bytes: float | None, us: float | None) -> float | None:
+    return None if not us or num_bytes is None else round(num_bytes / us / 1e3, 2)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _case(results: list[dict], mode: str) -> dict:
+    """Per-op figures averaged over ranks."""
+    case = {}
+    ops = ("dispatch", "cached_dispatch", "combine") if mode == "normal" else ("dispatch", "combine")
+    for op in ops:
+        num_bytes = _mean(results, ("dispatch" if op == "cached_dispatch" else op) + "_bytes")
+        whole = _mean(results, op, "us")
+        row = {"us": _round(whole), "gb_per_s_per_rank": _gb(num_bytes, whole),
+               "host_us": _round(_mean(results, op, "host_us"))}
+        if mode == "normal":
+            row["loop_us"] = _round(_mean(results, op, "loop_us"))
+            row["loop_gb_per_s_per_rank"] = _gb(num_bytes, row["loop_us"])
+        else:
+            row["send_us"] = _round(_mean(results, op, "send_us"))
+            row["hook_us"] = _round(_mean(results, op, "hook_us"))
+        names = sorted({name for result in results for name in result[op]["kernels_us"]})
+        row["kernels_us"] = {name: _round(_mean(results, op, "kernels_us", name)) for name in names}
+        # Kernel-only: the send and receive kernels of the op (the notify kernel is the layout, shown apart).
+        moving = [us for name, us in row["kernels_us"].items() if us is not None and name != "notify"]
+        if moving:
+            row["kernel_only_us"] = round(sum(moving), 1)
+            row["kernel_only_gb_per_s_per_rank"] = _gb(num_bytes, sum(moving))
+            send = [us for name, us in row["kernels_us"].items() if name.endswith("_send") and us]
+            if send:
+                row["send_kernel_gb_per_s_per_rank"] = _gb(num_bytes, send[0])
+        row["bytes_per_rank"] = num_bytes
+        case[op] = row
+    return case
 
 
 def main() -> int:
@@ -178,53 +295,53 @@ def main() -> int:
     device_name = torch.cuda.get_device_name(0)
     spread = os.environ.get("EP_BENCH_SPREAD") == "1"
     num_gpus = torch.cuda.device_count() if spread else 1
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), PYTHONUNBUFFERED="1")
+    base_env = dict(os.environ, PYTHONPATH=str(ROOT / "python"), PYTHONUNBUFFERED="1")
     rank_counts = [int(n) for n in os.environ.get("EP_BENCH_RANKS", "2,4,8").split(",")]
+    sms_list = [int(n) for n in os.environ.get("EP_NUM_SMS", "24").split(",")]
+    runs = [("normal", sms, {}) for sms in sms_list] + [("low_latency", sms_list[0], {})]
+    if os.environ.get("EP_BENCH_HOST_LAYOUT") == "1":
+        runs.append(("normal", sms_list[0], {"FF_EP_NORMAL_LAYOUT": "host"}))
     cases = []
     for num_ranks in rank_counts:
-        for mode in ("normal", "low_latency"):
+        for mode, sms, extra_env in runs:
+            env = dict(base_env, EP_NUM_SMS_ONE=str(sms), **extra_env)
             group = f"bench_{mode}_{uuid.uuid4().hex[:8]}"
             outputs = _run(_WORKER, [[group, str(r), str(num_ranks), mode] for r in range(num_ranks)], env, 300)
             results = []
             for code, stdout, stderr in outputs:
                 line = [row for row in stdout.splitlines() if row.startswith("RESULT ")]
                 if code != 0 or not line:
-                    print(json.dumps({"bench": "ep", "mode": mode, "num_ranks": num_ranks, "error": stderr[-2000:]}))
+                    print(json.dumps({"bench": "ep", "mode": mode, "num_ranks": num_ranks, "error": stderr[-3000:]}))
                     return 1
                 results.append(json.loads(line[0][len("RESULT "):]))
-            mean = lambda key: sum(r[key] for r in results) / len(results)
             case = {"bench": "ep", "device": device_name, "mode": mode, "num_ranks": num_ranks,
+                    "normal_layout": extra_env.get("FF_EP_NORMAL_LAYOUT", "gpu") if mode == "normal" else None,
                     "ranks_share_one_gpu": num_gpus < num_ranks, "num_gpus": min(num_gpus, num_ranks),
-                    "num_sms": int(os.environ.get("EP_NUM_SMS", "24")),
-                    "hidden": 7168, "num_topk": 8, "num_experts": 256,
+                    "num_sms": sms, "hidden": 7168, "num_topk": 8, "num_experts": 256,
                     "tokens_per_rank": 4096 if mode == "normal" else 128}
-            for op in ("dispatch", "combine"):
-                seconds = mean(f"{op}_us") / 1e6
-                case[f"{op}_us"] = round(seconds * 1e6, 1)
-                case[f"{op}_gb_per_s_per_rank"] = round(mean(f"{op}_bytes") / seconds / 1e9, 2)
-                # Baseline: one process gathering every rank's rows at once (the HBM ceiling of the copy).
-                total_bytes = sum(r[f"{op}_bytes"] for r in results)
-                row_bytes = 7168 * 2 if op == "combine" else 7168 + 7168 // 128 * 4
-                baseline_s = _copy_baseline(int(total_bytes // row_bytes), row_bytes)
-                case[f"{op}_baseline_torch_copy_us"] = round(baseline_s * 1e6, 1)
-                case[f"{op}_ratio_to_copy"] = round(baseline_s / seconds, 3)
+            case.update(_case(results, mode))
             if mode == "normal":
-                case["cached_dispatch_us"] = round(mean("cached_dispatch_us"), 1)
-                case["num_recv_tokens_mean"] = round(mean("num_recv_tokens"), 1)
+                case["num_recv_tokens_mean"] = round(_mean(results, "num_recv_tokens"), 1)
+            else:
+                case["iteration_loop_us"] = _round(_mean(results, "iteration_loop_us"))
             cases.append(case)
             print(json.dumps(case), flush=True)
 
     # torch.distributed all_to_all_single over NCCL: one rank per GPU when spread, else 2 ranks on this GPU.
     port = str(29500 + os.getpid() % 1000)
     nccl_ranks = max(2, num_gpus)
-    outputs = _run(_NCCL_WORKER, [[str(r), str(nccl_ranks), port] for r in range(nccl_ranks)], env, 60)
+    outputs = _run(_NCCL_WORKER, [[str(r), str(nccl_ranks), port] for r in range(nccl_ranks)], base_env, 120)
     lines = [[row for row in stdout.splitlines() if row.startswith("RESULT ")] for _, stdout, _ in outputs]
     if all(code == 0 for code, _, _ in outputs) and all(lines):
         timings = [json.loads(line[0][len("RESULT "):]) for line in lines]
-        seconds = sum(t["us"] for t in timings) / len(timings) / 1e6
+        whole = _mean(timings, "us")
+        loop_us = _mean(timings, "loop_us")
         nccl = {"baseline": "torch.distributed.all_to_all_single (NCCL)", "ran": True, "num_ranks": nccl_ranks,
                 "num_gpus": num_gpus, "rows_bf16_hidden_7168": int(os.environ.get("EP_NCCL_ROWS", "8192")),
-                "us": round(seconds * 1e6, 1), "gb_per_s_per_rank": round(timings[0]["bytes"] / seconds / 1e9, 2)}
+                "us": _round(whole), "host_us": _round(_mean(timings, "host_us")), "loop_us": _round(loop_us),
+                "gb_per_s_per_rank_to_peers": _gb(timings[0]["bytes_to_peers"], whole),
+                "gb_per_s_per_rank_total": _gb(timings[0]["bytes_total"], whole),
+                "loop_gb_per_s_per_rank_total": _gb(timings[0]["bytes_total"], loop_us)}
     else:
         def reason(code: int, stderr: str) -> str:
             lines = [line for line in stderr.splitlines() if "rror" in line and "destroy_process_group" not in line]
@@ -233,17 +350,27 @@ def main() -> int:
         errors = [reason(code, stderr) for code, _, stderr in outputs]
         nccl = {"baseline": "torch.distributed.all_to_all_single (NCCL)", "ran": False, "errors": errors[:2]}
     print(json.dumps(nccl), flush=True)
+    # Ratio to NCCL in the same run: our whole-call GB/s over NCCL's, both counting a rank's rows to itself
+    # (DeepEP's accounting for ours; all of all_to_all_single's input for NCCL's).
+    if nccl.get("ran"):
+        for case in cases:
+            for op in ("dispatch", "cached_dispatch", "combine"):
+                if case["mode"] == "normal" and case.get(op, {}).get("gb_per_s_per_rank"):
+                    case[op]["ratio_to_nccl"] = round(case[op]["gb_per_s_per_rank"] / nccl["gb_per_s_per_rank_total"],
+                                                      3)
     short = device_name.lower().replace("nvidia ", "").split()[0]
     suffix = f"_x{num_gpus}" if spread else ""
     out = pathlib.Path(os.environ.get("EP_BENCH_OUT", ROOT / "bench" / "results" / f"ep_{short}{suffix}.json"))
     out.write_text(json.dumps({
         "device": device_name,
-        "note": (f"Ranks spread over {num_gpus} GPUs (rank r on GPU r % {num_gpus}), peers written over NVLink. " if spread
-                 else "") + ("N rank processes share ONE GPU where ranks > GPUs: figures are HBM-to-HBM copies plus protocol overheads (host "
-                 "barriers, time-sliced kernels of different processes), not NVLink. Normal mode: 4096 tokens per "
-                 "rank, hidden 7168, top-8 of 256 experts, FP8 dispatch, BF16 combine; low-latency: 128 tokens per "
-                 "rank. Bytes as DeepEP's tests; GB/s per rank. Baseline: one process gathering all ranks' rows "
-                 "with torch.index_select (CUDA events), same bytes."),
+        "note": (f"Ranks spread over {num_gpus} GPUs (rank r on GPU r % {num_gpus}), peers written over NVLink. "
+                 if spread else "N rank processes share ONE GPU: HBM-to-HBM copies plus protocol overheads, not "
+                 "NVLink. ") + ("Normal mode: 4096 tokens per rank, hidden 7168, top-8 of 256 experts, FP8 "
+                 "dispatch, BF16 combine; low-latency: 128 tokens per rank, loop dispatch -> hook -> combine -> "
+                 "hook. Bytes as DeepEP's tests (a rank's rows to itself included); GB/s per rank. 'us' = CUDA "
+                 "events around the whole call (host work included), stream synchronised per iteration, median; "
+                 "'kernels_us' = the library's events around each phase's kernels; 'loop_us' = back-to-back loop "
+                 "mean. NCCL all_to_all_single timed the same way in the same run."),
         "cases": cases,
         "nccl_all_to_all_single": nccl,
     }, indent=2) + "\n")

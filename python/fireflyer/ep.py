@@ -241,6 +241,16 @@ class Buffer:
         if self._cuda is not None:
             self._cuda.synchronize(_stream())
 
+    def set_profiling(self, enabled: bool) -> None:
+        """Benchmark aid (CUDA backend): record CUDA events around each phase's kernels."""
+        self._cuda_buffer().set_profiling(bool(enabled))
+
+    def kernel_times_us(self) -> dict:
+        """Benchmark aid (CUDA backend): {phase: microseconds} of the kernels of each phase recorded since the
+        last call (notify, dispatch_send, dispatch_recv, combine_send, combine_recv, ll_dispatch_send, ...).
+        Call it after the stream is synchronised; phases not yet complete are left out."""
+        return dict(self._cuda_buffer().kernel_times_us())
+
     def close(self) -> None:
         """Releases the buffers (the CUDA one after a bounded barrier with the other ranks)."""
         if self._cuda is not None:

@@ -433,6 +433,12 @@ class PyCudaBuffer {
 
   void set_num_sms(int num_sms) { get().set_num_sms(num_sms); }
   int num_sms() { return get().num_sms(); }
+  void set_profiling(bool enabled) { get().set_profiling(enabled); }
+  nb::dict kernel_times_us() {
+    nb::dict times;
+    for (const auto& [name, us] : get().kernel_times_us()) times[name.c_str()] = us;
+    return times;
+  }
 
  private:
   std::unique_ptr<ep::CudaBuffer> buffer_;
@@ -489,7 +495,11 @@ void bind_ep(nb::module_& module) {
            nb::arg("stream"))
       .def("synchronize", &PyCudaBuffer::synchronize, nb::arg("stream"))
       .def("set_num_sms", &PyCudaBuffer::set_num_sms, nb::arg("num_sms"))
-      .def("num_sms", &PyCudaBuffer::num_sms);
+      .def("num_sms", &PyCudaBuffer::num_sms)
+      .def("set_profiling", &PyCudaBuffer::set_profiling, nb::arg("enabled"),
+           "Benchmark aid: record CUDA events around each phase's kernels.")
+      .def("kernel_times_us", &PyCudaBuffer::kernel_times_us,
+           "{phase: microseconds} of the phases recorded since the last call (after a synchronize).");
   module.def("cuda_backend_built", &ep::cuda_backend_built, "True when this build has the ep CUDA backend.");
   module.def("get_dispatch_layout", &get_dispatch_layout, nb::arg("topk_idx"), nb::arg("num_experts"),
              nb::arg("num_ranks"),

@@ -47,7 +47,9 @@ group, rank, num_ranks, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), 
 timeout_s = float(os.environ.get("EP_TIMEOUT", "20"))
 hidden, num_topk, num_experts = 256, 3, 4 * num_ranks
 per_rank = num_experts // num_ranks
-device = torch.device("cuda")
+# EP_TEST_SPREAD=1: rank r on GPU r % device_count (peers over NVLink), else every rank on GPU 0.
+device = torch.device("cuda", rank % torch.cuda.device_count() if os.environ.get("EP_TEST_SPREAD") == "1" else 0)
+torch.cuda.set_device(device)
 
 def inputs(r, num_tokens, skew=False):
     rng = np.random.default_rng(1000 + r)
@@ -206,6 +208,18 @@ elif mode == "dead_rank":
         print("ERROR", error)
         sys.exit(42)
     raise AssertionError("dispatch succeeded with a dead rank")
+elif mode == "mismatch":
+    # The ranks dispatch rows of different widths: an error on every rank naming the other, not garbage.
+    topk_t = torch.from_numpy(inputs(rank, 8)[1]).to(device)
+    width = hidden if rank == 0 else 2 * hidden
+    try:
+        gpu.dispatch(torch.ones((8, width), device=device), topk_idx=topk_t,
+                     num_tokens_per_expert=gpu.get_dispatch_layout(topk_t, num_experts)[2])
+    except Exception as error:
+        assert f"rank {1 - rank}" in str(error) and "hidden" in str(error), str(error)
+        print("ERROR", error)
+        sys.exit(42)
+    raise AssertionError("dispatch succeeded with mismatched shapes")
 elif mode == "silent_rank":
     # One low-latency round with every rank, then the last rank stays alive but never makes the next call:
     # the others' receive kernels must time out on the GPU and report it, not hang.
@@ -261,8 +275,25 @@ def test_cuda_matches_cpu_backend(num_ranks: int) -> None:
     assert _run_ranks(num_ranks, "all") == [0] * num_ranks
 
 
+def test_cuda_host_layout_matches_cpu_backend() -> None:
+    # The host-planned normal mode (FF_EP_NORMAL_LAYOUT=host) stays correct too.
+    assert _run_ranks(2, "all", env_extra={"FF_EP_NORMAL_LAYOUT": "host"}) == [0, 0]
+
+
+def test_cuda_two_gpus_match_cpu_backend() -> None:
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs (one rank per GPU, peers over NVLink)")
+    assert _run_ranks(2, "all", env_extra={"EP_TEST_SPREAD": "1"}) == [0, 0]
+
+
 def test_cuda_killed_rank_is_an_error() -> None:
     assert _run_ranks(2, "dead_rank", env_extra={"EP_TIMEOUT": "10"}) == [42, -9]
+
+
+def test_cuda_mismatched_shapes_are_an_error() -> None:
+    assert _run_ranks(2, "mismatch", env_extra={"EP_TIMEOUT": "10"}) == [42, 42]
 
 
 def test_cuda_silent_rank_times_out_on_the_gpu() -> None:

@@ -28,6 +28,8 @@ int CudaBuffer::num_ranks() const { return 0; }
 int64_t CudaBuffer::num_bytes() const { return 0; }
 void CudaBuffer::set_num_sms(int) {}
 int CudaBuffer::num_sms() const { return 0; }
+void CudaBuffer::set_profiling(bool) {}
+std::vector<std::pair<std::string, double>> CudaBuffer::kernel_times_us() { return {}; }
 Result<CudaDispatchPlan> CudaBuffer::dispatch_send(const CudaDispatchInput&, void*) { return not_built(); }
 Status CudaBuffer::dispatch_receive(const CudaDispatchPlan&, const CudaDispatchOutputs&, void*) { return not_built(); }
 Status CudaBuffer::combine(const DeviceRows&, const CudaDispatchHandle&, const float*, void*, float*, void*) {

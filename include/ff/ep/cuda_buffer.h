@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ff/common/result.h"
@@ -104,6 +105,13 @@ class CudaBuffer {
   int64_t num_bytes() const;
   void set_num_sms(int num_sms);
   int num_sms() const;
+
+  // Benchmark aid: with profiling on, CUDA events are recorded around each phase's kernels (notify,
+  // dispatch_send, dispatch_recv, combine_send, combine_recv and the ll_* phases). kernel_times_us returns
+  // the microseconds of each phase recorded since the last call whose events completed (call it after the
+  // stream is synchronised) and forgets them.
+  void set_profiling(bool enabled);
+  std::vector<std::pair<std::string, double>> kernel_times_us();
 
   // Normal dispatch, two halves: the send half computes the layout, exchanges the counts, writes the
   // rows into the receivers' buffers and waits (bounded, on the host) until every rank has; the caller

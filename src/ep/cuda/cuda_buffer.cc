@@ -1,18 +1,22 @@
 // Host side of the ep CUDA intranode backend (see include/ff/ep/cuda_buffer.h and docs/ep.md).
 //
-// Normal mode, per call: (1) wait (bounded) for this rank's stream, so the previous call's receive kernels
-// no longer read this buffer; (2) exchange counts / shapes through the control ShmBuffer (a checked
-// barrier); (3) the send kernel writes rows into the receivers' buffers; (4) wait (bounded) for it, then a
-// host barrier: every rank's rows are in; (5) the receive kernels read this rank's own buffer on the
-// caller's stream. Low-latency mode: kernels only, ordered by device flags (low_latency_kernels.cu); a
-// switch from normal to low-latency calls first synchronises every rank once (both use the data area).
+// Normal mode (default, "GPU layout"): a dispatch without a handle launches the notify kernel (per
+// destination counts, token positions and per-expert counts computed on the GPU and written into the
+// peers' buffers), waits (bounded) for it and reads back only the counts it needs to size the outputs; the
+// send and receive kernels are then ordered by flags in device memory (every wait bounded on the GPU), so a
+// cached dispatch or a combine is kernels only. FF_EP_NORMAL_LAYOUT=host selects the earlier path: the
+// routing is planned on the host and the phases are separated by host barriers and stream waits.
+// Low-latency mode: kernels only, ordered by device flags (low_latency_kernels.cu); a switch between the
+// modes first synchronises every rank once (both use the data area).
 #include "ff/ep/cuda_buffer.h"
 
 #include <cuda_runtime.h>
 #include <time.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #include "ff/common/clock.h"
 #include "kernels.h"
@@ -105,7 +109,59 @@ struct CallShape {
   bool operator==(const CallShape&) const = default;
 };
 
-enum CallOp : int32_t { kOpDispatch = 1, kOpCachedDispatch = 2, kOpCombine = 3, kOpLowLatency = 4 };
+enum CallOp : int32_t { kOpDispatch = 1, kOpCachedDispatch = 2, kOpCombine = 3, kOpLowLatency = 4, kOpNormal = 5 };
+
+// The word a normal data phase's receivers compare with every source's (a rank in another call or with
+// other shapes is an error naming it, not garbage).
+uint64_t shape_word(const CallShape& shape) {
+  uint64_t word = 1469598103934665603ull;
+  for (int64_t part : {int64_t{shape.op}, int64_t{shape.dtype}, shape.hidden, shape.num_topk, shape.num_experts}) {
+    word = (word ^ static_cast<uint64_t>(part)) * 1099511628211ull;
+  }
+  return word | 1;  // never 0, the value of a buffer no source wrote yet
+}
+
+// Device memory of dispatch handles, recycled: a handle's block goes back here when the handle dies (a
+// cudaFree would synchronise the device). Blocks are reused in stream order (one stream per buffer).
+struct DevicePool {
+  std::mutex mutex;  // guards free_blocks; handles may die on any thread
+  std::vector<std::pair<void*, int64_t>> free_blocks;
+  ~DevicePool() {
+    for (auto& [pointer, bytes] : free_blocks) cudaFree(pointer);
+  }
+  Result<std::pair<void*, int64_t>> take(int64_t wanted) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      for (size_t i = 0; i < free_blocks.size(); ++i) {
+        if (free_blocks[i].second >= wanted) {
+          auto block = free_blocks[i];
+          free_blocks.erase(free_blocks.begin() + static_cast<std::ptrdiff_t>(i));
+          return block;
+        }
+      }
+    }
+    void* pointer = nullptr;
+    const int64_t bytes = std::max<int64_t>(wanted, 64 * 1024);
+    FF_EP_CUDA(cudaMalloc(&pointer, static_cast<size_t>(bytes)));
+    return std::pair<void*, int64_t>{pointer, bytes};
+  }
+  void give(void* pointer, int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (free_blocks.size() >= 8) {
+      cudaFree(pointer);
+      return;
+    }
+    free_blocks.emplace_back(pointer, bytes);
+  }
+};
+
+// Phases timed with CUDA events when profiling is on (benchmarks).
+enum Phase : int { kPhaseNotify, kPhaseDispatchSend, kPhaseDispatchRecv, kPhaseCombineSend, kPhaseCombineRecv,
+                   kPhaseLlDispatchSend, kPhaseLlDispatchRecv, kPhaseLlCombineSend, kPhaseLlCombineRecv, kNumPhases };
+constexpr const char* kPhaseNames[kNumPhases] = {"notify", "dispatch_send", "dispatch_recv", "combine_send",
+                                                 "combine_recv", "ll_dispatch_send", "ll_dispatch_recv",
+                                                 "ll_combine_send", "ll_combine_recv"};
+constexpr int64_t kReadbackBytes = 64 * 1024;
 
 }  // namespace
 
@@ -125,6 +181,20 @@ struct CudaDispatchHandle::Device {
   int32_t* rows = nullptr;
   int64_t num_send = 0;
   int64_t num_recv = 0;
+  // GPU layout: prefix (num_tokens, num_ranks), count_matrix (num_ranks, num_ranks), block_status
+  // (num_ranks), in a block of `pool`.
+  int32_t* prefix = nullptr;
+  int32_t* count_matrix = nullptr;
+  int32_t* block_status = nullptr;
+  std::shared_ptr<DevicePool> pool;
+  void* pooled = nullptr;
+  int64_t pooled_bytes = 0;
+  Device() = default;
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+  ~Device() {
+    if (pooled != nullptr) pool->give(pooled, pooled_bytes);
+  }
 };
 
 struct CudaBuffer::Impl {
@@ -140,6 +210,24 @@ struct CudaBuffer::Impl {
   PinnedArray pinned;
   bool failed = false;
   bool last_low_latency = false;
+  bool gpu_layout = true;  // FF_EP_NORMAL_LAYOUT=host: the host-planned normal mode
+  int sm_count = 132;
+  uint64_t normal_seq = 0;  // normal data phases (dispatch, cached dispatch, combine) on the GPU-layout path
+  uint64_t notify_seq = 0;  // non-cached dispatches on the GPU-layout path
+  uint64_t recv_shape_word = 0;
+  int64_t recv_num_recv = 0;
+  std::shared_ptr<DevicePool> pool = std::make_shared<DevicePool>();
+  int32_t* readback_host = nullptr;  // host-mapped, kReadbackBytes
+  int32_t* readback_device = nullptr;
+  bool profiling = false;
+  cudaEvent_t phase_events[kNumPhases][2] = {};
+  bool phase_recorded[kNumPhases] = {};
+
+  void mark(int phase, int which, void* stream) {
+    if (!profiling) return;
+    cudaEventRecord(phase_events[phase][which], static_cast<cudaStream_t>(stream));
+    if (which == 1) phase_recorded[phase] = true;
+  }
 
   // Low-latency state (device arrays kept between the halves and for the combine).
   uint64_t ll_dispatch_seq = 0;
@@ -170,6 +258,11 @@ struct CudaBuffer::Impl {
 
   Status fail(Status status) {
     failed = true;
+    // Kernels of this rank still waiting on the GPU see a non-zero error word and return.
+    if (error_host != nullptr) {
+      auto* code = reinterpret_cast<volatile int32_t*>(&error_host->code);
+      if (*code == 0) *code = 2;
+    }
     if (control) control->abort_group(status.to_string());
     return status;
   }
@@ -179,14 +272,30 @@ struct CudaBuffer::Impl {
   Status check(bool check_liveness = false) {
     if (error_host != nullptr) {
       const auto* volatile_error = reinterpret_cast<const volatile cuda::DeviceError*>(error_host);
-      if (volatile_error->code != 0) {
+      if (volatile_error->code == 1) {
         static constexpr const char* kWaits[] = {"?",
                                                  "to read its previous low-latency dispatch rows",
                                                  "to send its low-latency dispatch rows",
                                                  "to read its previous low-latency combine rows",
                                                  "to send its low-latency combine rows",
-                                                 "(slot overflow)"};
-        const int kind = std::clamp(static_cast<int>(volatile_error->kind), 0, 5);
+                                                 "(slot overflow)",
+                                                 "to read the rows of the previous normal-mode call",
+                                                 "to send its normal-mode rows",
+                                                 "to send its dispatch counts (notify)",
+                                                 "(shape mismatch)",
+                                                 "(bad expert id)"};
+        const int kind = std::clamp(static_cast<int>(volatile_error->kind), 0, 10);
+        if (kind == cuda::kShapeMismatch) {
+          return fail(invalid_argument(
+              "ep group '{}' rank {}: rank {} made another normal-mode call or used other shapes in call {}; every "
+              "rank must make the same calls with the same shapes",
+              options.group, me(), volatile_error->peer, volatile_error->seq));
+        }
+        if (kind == cuda::kBadExpert) {
+          return fail(invalid_argument(
+              "ep group '{}' rank {}: token {} of a low-latency dispatch has a top-k expert id >= num_experts",
+              options.group, me(), volatile_error->peer));
+        }
         if (kind == cuda::kWaitOverflow) {
           return fail(resource_exhausted(
               "ep group '{}' rank {}: a low-latency dispatch sent more than num_max_dispatch_tokens_per_rank rows "
@@ -265,9 +374,21 @@ struct CudaBuffer::Impl {
                                  what);
     }
     FF_RETURN_IF_ERROR(check());
-    FF_RETURN_IF_ERROR(wait_stream(stream, what));
+    if (!gpu_layout) {
+      FF_RETURN_IF_ERROR(wait_stream(stream, what));
+    } else if (last_low_latency) {
+      // The low-latency mode used the same data area: every rank's low-latency kernels must be done.
+      FF_RETURN_IF_ERROR(wait_stream(stream, what));
+      FF_ASSIGN_OR_RETURN(auto unused, exchange_shape(CallShape{kOpNormal, 0, 0, 0, 0}, "to switch to normal mode"));
+      (void)unused;
+    }
     last_low_latency = false;
     return Status::ok();
+  }
+
+  cuda::NormalCommon normal_common(uint64_t seq, uint64_t word) const {
+    return {me(), n(), peers.as<uint8_t* const>(), self, seq, word,
+            static_cast<uint64_t>(options.timeout_ms) * 1000000, error_device};
   }
 
   int num_blocks() const { return std::max(1, options.num_sms); }
@@ -304,7 +425,13 @@ CudaBuffer::~CudaBuffer() {
   }
   if (s.self != nullptr) cudaFree(s.self);
   if (s.error_host != nullptr) cudaFreeHost(s.error_host);
+  if (s.readback_host != nullptr) cudaFreeHost(s.readback_host);
   if (s.event != nullptr) cudaEventDestroy(s.event);
+  for (auto& pair : s.phase_events) {
+    for (cudaEvent_t event : pair) {
+      if (event != nullptr) cudaEventDestroy(event);
+    }
+  }
 }
 
 Result<std::unique_ptr<CudaBuffer>> CudaBuffer::create(const CudaBufferOptions& options) {
@@ -327,6 +454,16 @@ Result<std::unique_ptr<CudaBuffer>> CudaBuffer::create(const CudaBufferOptions& 
   std::memset(s.error_host, 0, sizeof(cuda::DeviceError));
   FF_EP_CUDA(cudaHostGetDevicePointer(reinterpret_cast<void**>(&s.error_device), s.error_host, 0));
   FF_EP_CUDA(cudaEventCreateWithFlags(&s.event, cudaEventDisableTiming));
+  FF_EP_CUDA(cudaHostAlloc(reinterpret_cast<void**>(&s.readback_host), kReadbackBytes, cudaHostAllocMapped));
+  std::memset(s.readback_host, 0, kReadbackBytes);
+  FF_EP_CUDA(cudaHostGetDevicePointer(reinterpret_cast<void**>(&s.readback_device), s.readback_host, 0));
+  FF_EP_CUDA(cudaDeviceGetAttribute(&s.sm_count, cudaDevAttrMultiProcessorCount, s.device));
+  for (auto& pair : s.phase_events) {
+    for (cudaEvent_t& event : pair) FF_EP_CUDA(cudaEventCreate(&event));
+  }
+  if (const char* layout = std::getenv("FF_EP_NORMAL_LAYOUT"); layout != nullptr && std::string_view(layout) == "host") {
+    s.gpu_layout = false;
+  }
   FF_EP_CUDA(cudaDeviceSynchronize());
 
   // The control group: one small slot per (source, destination) for handles, counts and barriers.
@@ -339,6 +476,7 @@ Result<std::unique_ptr<CudaBuffer>> CudaBuffer::create(const CudaBufferOptions& 
   std::vector<uint8_t> blob;
   put(blob, handle);
   put(blob, options.num_bytes);
+  put(blob, static_cast<int32_t>(s.gpu_layout));
   FF_ASSIGN_OR_RETURN(
       auto handles, s.control->exchange(std::vector<std::vector<uint8_t>>(static_cast<size_t>(options.num_ranks), blob),
                                         "to exchange CUDA IPC handles"));
@@ -347,9 +485,14 @@ Result<std::unique_ptr<CudaBuffer>> CudaBuffer::create(const CudaBufferOptions& 
     size_t offset = 0;
     const auto peer_handle = get<cudaIpcMemHandle_t>(handles[static_cast<size_t>(peer)], offset);
     const auto peer_bytes = get<int64_t>(handles[static_cast<size_t>(peer)], offset);
+    const auto peer_gpu_layout = get<int32_t>(handles[static_cast<size_t>(peer)], offset);
     if (peer_bytes != options.num_bytes) {
       return s.fail(invalid_argument("ep group '{}': rank {} has a {}-byte buffer, rank {} a {}-byte one",
                                      options.group, peer, peer_bytes, options.rank, options.num_bytes));
+    }
+    if (peer_gpu_layout != static_cast<int32_t>(s.gpu_layout)) {
+      return s.fail(invalid_argument("ep group '{}': rank {} and rank {} disagree on FF_EP_NORMAL_LAYOUT", options.group,
+                                     peer, options.rank));
     }
     if (peer == options.rank) {
       s.peer_bases[static_cast<size_t>(peer)] = s.self;
@@ -376,6 +519,23 @@ int CudaBuffer::rank() const { return impl_->me(); }
 int CudaBuffer::num_ranks() const { return impl_->n(); }
 int64_t CudaBuffer::num_bytes() const { return impl_->options.num_bytes; }
 void CudaBuffer::set_num_sms(int num_sms) { impl_->options.num_sms = std::max(1, num_sms); }
+void CudaBuffer::set_profiling(bool enabled) { impl_->profiling = enabled; }
+
+std::vector<std::pair<std::string, double>> CudaBuffer::kernel_times_us() {
+  Impl& s = *impl_;
+  std::vector<std::pair<std::string, double>> times;
+  for (int phase = 0; phase < kNumPhases; ++phase) {
+    if (!s.phase_recorded[phase]) continue;
+    s.phase_recorded[phase] = false;
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, s.phase_events[phase][0], s.phase_events[phase][1]) != cudaSuccess) {
+      (void)cudaGetLastError();  // not complete yet: left out
+      continue;
+    }
+    times.emplace_back(kPhaseNames[phase], static_cast<double>(ms) * 1000.0);
+  }
+  return times;
+}
 int CudaBuffer::num_sms() const { return impl_->options.num_sms; }
 
 Status CudaBuffer::synchronize(void* stream) {
@@ -385,6 +545,170 @@ Status CudaBuffer::synchronize(void* stream) {
 
 // ---------------------------------------------------------------------------------------------------
 // Normal dispatch
+
+// ---------------------------------------------------------------------------------------------------
+// Normal dispatch with the layout on the GPU
+
+namespace {
+
+Result<CudaDispatchPlan> dispatch_send_gpu(CudaBuffer::Impl& s, const CudaDispatchInput& in, void* stream) {
+  const int n = s.n();
+  const int me = s.me();
+  const DeviceRows& x = in.x;
+  const bool cached = in.handle != nullptr;
+  const int64_t num_tokens = x.num_rows;
+  const int64_t num_topk = cached ? in.handle->num_topk : in.num_topk;
+  const int64_t num_experts = cached ? in.handle->num_experts : in.num_experts;
+  const int64_t experts_per_rank = num_experts / n;
+  const CallShape shape{cached ? kOpCachedDispatch : kOpDispatch, static_cast<int32_t>(x.dtype), x.hidden, num_topk,
+                        num_experts};
+  std::shared_ptr<CudaDispatchHandle> handle;
+  if (cached) {
+    if (!in.handle->device || in.handle->device->prefix == nullptr) {
+      return s.fail(invalid_argument("ep rank {} dispatch: the handle was made by the host-planned normal mode", me));
+    }
+    handle = std::make_shared<CudaDispatchHandle>(*in.handle);
+  } else {
+    const int64_t readback_words = 1 + n * (cuda::kReadbackPerSource + n) + experts_per_rank;
+    if (cuda::notify_experts_offset(n) + experts_per_rank * 4 > cuda::notify_slot_bytes(n) ||
+        readback_words * 4 > kReadbackBytes || experts_per_rank * 4 > 48 * 1024) {
+      return s.fail(invalid_argument(
+          "ep rank {} dispatch: {} experts per rank on {} ranks do not fit the notify slots ({} bytes each)", me,
+          experts_per_rank, n, cuda::notify_slot_bytes(n)));
+    }
+    handle = std::make_shared<CudaDispatchHandle>();
+    auto device = std::make_shared<CudaDispatchHandle::Device>();
+    const int64_t words = num_tokens * n + n * n + n;
+    FF_ASSIGN_OR_RETURN(auto block, s.pool->take(std::max<int64_t>(words, 1) * 4));
+    device->pool = s.pool;
+    device->pooled = block.first;
+    device->pooled_bytes = block.second;
+    device->prefix = static_cast<int32_t*>(block.first);
+    device->count_matrix = device->prefix + num_tokens * n;
+    device->block_status = device->count_matrix + n * n;
+    ++s.notify_seq;
+    cuda::NotifyArgs notify{};
+    notify.common = s.normal_common(s.notify_seq, shape_word(shape));
+    notify.topk_idx = in.topk_idx;
+    notify.is_token_in_rank = reinterpret_cast<const uint8_t*>(in.is_token_in_rank);
+    notify.num_tokens_per_rank = in.num_tokens_per_rank;
+    notify.num_tokens = num_tokens;
+    notify.num_topk = num_topk;
+    notify.num_experts = num_experts;
+    const int32_t shape_words[5] = {shape.op, shape.dtype, static_cast<int32_t>(shape.hidden),
+                                    static_cast<int32_t>(shape.num_topk), static_cast<int32_t>(shape.num_experts)};
+    std::copy(shape_words, shape_words + 5, notify.shape);
+    notify.prefix = device->prefix;
+    notify.count_matrix = device->count_matrix;
+    notify.block_status = device->block_status;
+    notify.readback = s.readback_device;
+    s.mark(kPhaseNotify, 0, stream);
+    cuda::launch_notify(notify, stream);
+    s.mark(kPhaseNotify, 1, stream);
+    FF_EP_CUDA(cudaGetLastError());
+    // The one host synchronisation of a dispatch: the receive counts size the outputs (as in DeepEP).
+    FF_RETURN_IF_ERROR(s.wait_stream(stream, "the dispatch layout (notify) kernel"));
+    FF_RETURN_IF_ERROR(s.check());
+    const auto* readback = reinterpret_cast<const volatile int32_t*>(s.readback_host);
+    if (readback[0] != static_cast<int32_t>(s.notify_seq)) {
+      return s.fail(internal_error("ep rank {} dispatch: the notify kernel finished without its readback ({} != {})",
+                                   me, readback[0], static_cast<int32_t>(s.notify_seq)));
+    }
+    const int64_t per_source = cuda::kReadbackPerSource + n;
+    handle->count_matrix.assign(static_cast<size_t>(n * n), 0);
+    for (int src = 0; src < n; ++src) {
+      const volatile int32_t* words = readback + 1 + src * per_source;
+      const int32_t status = words[0];
+      if (status & cuda::kNotifyBadExpert) {
+        return s.fail(invalid_argument("ep dispatch: rank {}'s topk_idx has entries outside [0, {}) other than -1", src,
+                                       num_experts));
+      }
+      if (status & cuda::kNotifyBadPerRank) {
+        return s.fail(invalid_argument("ep dispatch: rank {}'s num_tokens_per_rank does not match is_token_in_rank", src));
+      }
+      const CallShape theirs{words[1], words[2], words[3], words[4], words[5]};
+      if (!(theirs == shape)) {
+        return s.fail(invalid_argument(
+            "ep group '{}': rank {} called {} (dtype {}, hidden {}, {} top-k, {} experts) but rank {} called {} "
+            "(dtype {}, hidden {}, {} top-k, {} experts); every rank must make the same calls with the same shapes",
+            s.options.group, me, shape.op, shape.dtype, shape.hidden, shape.num_topk, shape.num_experts, src, theirs.op,
+            theirs.dtype, theirs.hidden, theirs.num_topk, theirs.num_experts));
+      }
+      for (int r = 0; r < n; ++r) {
+        handle->count_matrix[static_cast<size_t>(src * n + r)] = words[cuda::kReadbackPerSource + r];
+      }
+    }
+    std::vector<int64_t> per_expert(static_cast<size_t>(experts_per_rank));
+    for (int64_t local = 0; local < experts_per_rank; ++local) {
+      per_expert[static_cast<size_t>(local)] = round_up(readback[1 + n * per_source + local], in.expert_alignment);
+    }
+    handle->num_topk = num_topk;
+    handle->num_experts = num_experts;
+    handle->host.num_ranks = n;
+    handle->host.num_tokens = num_tokens;
+    handle->host.num_recv_tokens_per_expert = std::move(per_expert);
+    handle->host.recv_counts.assign(static_cast<size_t>(n), 0);
+    int64_t num_send = 0, num_recv = 0;
+    for (int r = 0; r < n; ++r) {
+      handle->host.recv_counts[static_cast<size_t>(r)] = handle->count_matrix[static_cast<size_t>(r * n + me)];
+      num_recv += handle->count_matrix[static_cast<size_t>(r * n + me)];
+      num_send += handle->count_matrix[static_cast<size_t>(me * n + r)];
+    }
+    device->num_send = num_send;
+    device->num_recv = num_recv;
+    handle->device = std::move(device);
+  }
+  const auto count = [&](int src, int dst) { return handle->count_matrix[static_cast<size_t>(src * n + dst)]; };
+  // Capacity: every rank checks every destination with the same count matrix, so all ranks fail together.
+  const int64_t x_bytes = x.hidden * dtype_size(x.dtype);
+  const int64_t num_scales = x.dtype == DType::kFloat8E4M3 ? x.hidden / kFp8BlockSize : 0;
+  const int64_t row_bytes = x_bytes + num_scales * 4 + num_topk * 12;
+  const int64_t capacity = s.capacity_rows(row_bytes);
+  for (int dst = 0; dst < n; ++dst) {
+    int64_t rows = 0;
+    for (int src = 0; src < n; ++src) rows += count(src, dst);
+    if (rows > capacity) {
+      return s.fail(resource_exhausted(
+          "ep dispatch: rank {} receives {} rows of {} bytes, but a {}-byte buffer holds {}; give the buffer at "
+          "least {} bytes",
+          dst, rows, row_bytes, s.options.num_bytes, capacity, kControlBytes + 4 * kAlign + rows * row_bytes));
+    }
+  }
+  const cuda::NormalRegions regions = CudaBuffer::Impl::dispatch_regions(capacity, x_bytes, num_scales, num_topk);
+  ++s.normal_seq;
+  cuda::NormalSendArgs args{};
+  args.common = s.normal_common(s.normal_seq, shape_word(shape));
+  args.x = static_cast<const uint8_t*>(x.data);
+  args.x_bytes = x_bytes;
+  args.scales = x.scales;
+  args.num_scales = num_scales;
+  args.topk_idx = cached ? nullptr : in.topk_idx;
+  args.topk_weights = cached ? nullptr : in.topk_weights;
+  args.num_topk = cached ? 0 : num_topk;
+  args.num_tokens = num_tokens;
+  args.prefix = handle->device->prefix;
+  args.count_matrix = handle->device->count_matrix;
+  args.regions = regions;
+  s.mark(kPhaseDispatchSend, 0, stream);
+  cuda::launch_normal_dispatch_send(args, s.num_blocks(), stream);
+  s.mark(kPhaseDispatchSend, 1, stream);
+  FF_EP_CUDA(cudaGetLastError());
+  s.pending = 3;
+  s.recv_regions = regions;
+  s.recv_x_bytes = x_bytes;
+  s.recv_num_scales = num_scales;
+  s.recv_num_topk = cached ? 0 : num_topk;
+  s.recv_experts_per_rank = experts_per_rank;
+  s.recv_shape_word = shape_word(shape);
+  s.recv_num_recv = handle->device->num_recv;
+  CudaDispatchPlan plan;
+  plan.num_recv_tokens = handle->host.num_recv_tokens();
+  plan.num_recv_tokens_per_expert = handle->host.num_recv_tokens_per_expert;
+  plan.handle = std::move(handle);
+  return plan;
+}
+
+}  // namespace
 
 Result<CudaDispatchPlan> CudaBuffer::dispatch_send(const CudaDispatchInput& in, void* stream) {
   Impl& s = *impl_;
@@ -411,8 +735,11 @@ Result<CudaDispatchPlan> CudaBuffer::dispatch_send(const CudaDispatchInput& in, 
     valid = invalid_argument("dispatch without a handle needs topk_idx");
   } else if (in.expert_alignment < 1) {
     valid = invalid_argument("expert_alignment={} must be >= 1", in.expert_alignment);
+  } else if (cached && (!in.handle->device || (in.handle->device->prefix != nullptr) != s.gpu_layout)) {
+    valid = invalid_argument("the handle was made by the other normal-mode layout (FF_EP_NORMAL_LAYOUT)");
   }
   if (!valid.is_ok()) return s.fail(valid.with_context(fmt::format("ep rank {} dispatch", me)));
+  if (s.gpu_layout) return dispatch_send_gpu(s, in, stream);
   const int64_t experts_per_rank = num_experts / n;
 
   auto handle = std::make_shared<CudaDispatchHandle>();
@@ -611,7 +938,9 @@ Result<CudaDispatchPlan> CudaBuffer::dispatch_send(const CudaDispatchInput& in, 
   args.num_items = handle->device->num_send;
   args.peers = s.peers.as<uint8_t* const>();
   args.regions = regions;
+  s.mark(kPhaseDispatchSend, 0, stream);
   cuda::launch_dispatch_send(args, s.num_blocks(), stream);
+  s.mark(kPhaseDispatchSend, 1, stream);
   FF_EP_CUDA(cudaGetLastError());
   FF_RETURN_IF_ERROR(s.wait_stream(stream, "the dispatch send kernel"));
   FF_ASSIGN_OR_RETURN(auto unused, s.exchange_shape(shape, "to finish writing its dispatch rows"));
@@ -636,12 +965,33 @@ Status CudaBuffer::dispatch_receive(const CudaDispatchPlan& plan, const CudaDisp
   s.pending = 0;
   FF_RETURN_IF_ERROR(s.check());
   const int64_t num_recv = plan.num_recv_tokens;
-  if (num_recv == 0) return Status::ok();
-  if (out.recv_x == nullptr || (s.recv_num_scales > 0 && out.recv_scales == nullptr)) {
+  if (num_recv > 0 && (out.recv_x == nullptr || (s.recv_num_scales > 0 && out.recv_scales == nullptr))) {
     return s.fail(invalid_argument("ep rank {} dispatch_receive: recv_x{} missing", s.me(),
                                    s.recv_num_scales > 0 ? " or recv_scales" : ""));
   }
+  if (s.gpu_layout) {
+    // Always launched, also with nothing to receive: it acknowledges the phase to every source.
+    cuda::NormalRecvArgs args{};
+    args.common = s.normal_common(s.normal_seq, s.recv_shape_word);
+    args.regions = s.recv_regions;
+    args.num_recv = s.recv_num_recv;
+    args.x_bytes = s.recv_x_bytes;
+    args.num_scales = s.recv_num_scales;
+    args.num_topk = s.recv_num_topk;
+    args.first_expert = s.me() * s.recv_experts_per_rank;
+    args.num_local_experts = s.recv_experts_per_rank;
+    args.recv_x = out.recv_x;
+    args.recv_scales = out.recv_scales;
+    args.recv_topk_idx = out.recv_topk_idx;
+    args.recv_topk_weights = out.recv_topk_weights;
+    s.mark(kPhaseDispatchRecv, 0, stream);
+    cuda::launch_normal_dispatch_recv(args, 2 * s.sm_count, stream);
+    s.mark(kPhaseDispatchRecv, 1, stream);
+    return cuda_status(cudaGetLastError(), "dispatch receive");
+  }
+  if (num_recv == 0) return Status::ok();
   auto cu_stream = static_cast<cudaStream_t>(stream);
+  s.mark(kPhaseDispatchRecv, 0, stream);
   // Rows arrived grouped by source rank in rank order: the x and scales regions are the outputs as they are.
   FF_EP_CUDA(cudaMemcpyAsync(out.recv_x, s.self + s.recv_regions.x, static_cast<size_t>(num_recv * s.recv_x_bytes),
                              cudaMemcpyDeviceToDevice, cu_stream));
@@ -657,6 +1007,7 @@ Status CudaBuffer::dispatch_receive(const CudaDispatchPlan& plan, const CudaDisp
                                     s.recv_experts_per_rank, out.recv_topk_idx, out.recv_topk_weights, s.num_blocks(),
                                     stream);
   }
+  s.mark(kPhaseDispatchRecv, 1, stream);
   return cuda_status(cudaGetLastError(), "dispatch receive");
 }
 
@@ -678,12 +1029,16 @@ Status CudaBuffer::combine(const DeviceRows& x, const CudaDispatchHandle& handle
                              x.num_rows, handle.device ? handle.device->num_recv : -1, handle.host.num_ranks, n);
   } else if (handle.host.num_tokens > 0 && combined_x == nullptr) {
     valid = invalid_argument("combined_x is missing");
+  } else if (s.gpu_layout != (handle.device->prefix != nullptr)) {
+    valid = invalid_argument("the handle was made by the other normal-mode layout (FF_EP_NORMAL_LAYOUT)");
   }
   if (!valid.is_ok()) return s.fail(valid.with_context(fmt::format("ep rank {} combine", me)));
   const int64_t num_topk = handle.num_topk;
   const CallShape shape{kOpCombine, static_cast<int32_t>(x.dtype), x.hidden, num_topk, handle.num_experts};
-  FF_ASSIGN_OR_RETURN(auto started, s.exchange_shape(shape, "to start combine"));
-  (void)started;
+  if (!s.gpu_layout) {
+    FF_ASSIGN_OR_RETURN(auto started, s.exchange_shape(shape, "to start combine"));
+    (void)started;
+  }
   const auto count = [&](int src, int dst) { return handle.count_matrix[static_cast<size_t>(src * n + dst)]; };
   const int64_t x_bytes = x.hidden * dtype_size(x.dtype);
   const int64_t row_bytes = x_bytes + num_topk * 4;
@@ -701,6 +1056,38 @@ Status CudaBuffer::combine(const DeviceRows& x, const CudaDispatchHandle& handle
   cuda::NormalRegions regions;
   regions.x = kControlBytes;
   regions.topk_weights = round_up(regions.x + capacity * x_bytes, kAlign);
+  if (s.gpu_layout) {
+    ++s.normal_seq;
+    const uint64_t word = shape_word(shape);
+    cuda::NormalCombineSendArgs send{};
+    send.common = s.normal_common(s.normal_seq, word);
+    send.x = static_cast<const uint8_t*>(x.data);
+    send.x_bytes = x_bytes;
+    send.topk_weights = topk_weights;
+    send.num_topk = num_topk;
+    send.num_recv = handle.device->num_recv;
+    send.count_matrix = handle.device->count_matrix;
+    send.regions = regions;
+    s.mark(kPhaseCombineSend, 0, stream);
+    cuda::launch_normal_combine_send(send, s.num_blocks(), stream);
+    s.mark(kPhaseCombineSend, 1, stream);
+    FF_EP_CUDA(cudaGetLastError());
+    cuda::NormalCombineReduceArgs reduce{};
+    reduce.common = s.normal_common(s.normal_seq, word);
+    reduce.regions = regions;
+    reduce.prefix = handle.device->prefix;
+    reduce.count_matrix = handle.device->count_matrix;
+    reduce.num_tokens = handle.host.num_tokens;
+    reduce.hidden = x.hidden;
+    reduce.num_topk = num_topk;
+    reduce.dtype = x.dtype == DType::kFloat32 ? 0 : 1;
+    reduce.out = combined_x;
+    reduce.out_weights = combined_topk_weights;
+    s.mark(kPhaseCombineRecv, 0, stream);
+    cuda::launch_normal_combine_reduce(reduce, 4 * s.sm_count, stream);
+    s.mark(kPhaseCombineRecv, 1, stream);
+    return cuda_status(cudaGetLastError(), "combine reduce");
+  }
   cuda::CombineSendArgs args{};
   args.x = static_cast<const uint8_t*>(x.data);
   args.x_bytes = x_bytes;
@@ -711,7 +1098,9 @@ Status CudaBuffer::combine(const DeviceRows& x, const CudaDispatchHandle& handle
   args.num_items = handle.device->num_recv;
   args.peers = s.peers.as<uint8_t* const>();
   args.regions = regions;
+  s.mark(kPhaseCombineSend, 0, stream);
   cuda::launch_combine_send(args, s.num_blocks(), stream);
+  s.mark(kPhaseCombineSend, 1, stream);
   FF_EP_CUDA(cudaGetLastError());
   FF_RETURN_IF_ERROR(s.wait_stream(stream, "the combine send kernel"));
   FF_ASSIGN_OR_RETURN(auto finished, s.exchange_shape(shape, "to finish writing its combine rows"));
@@ -727,7 +1116,9 @@ Status CudaBuffer::combine(const DeviceRows& x, const CudaDispatchHandle& handle
   reduce.dtype = x.dtype == DType::kFloat32 ? 0 : 1;
   reduce.out = combined_x;
   reduce.out_weights = combined_topk_weights;
+  s.mark(kPhaseCombineRecv, 0, stream);
   cuda::launch_combine_reduce(reduce, std::max(s.num_blocks(), 132) * 4, stream);
+  s.mark(kPhaseCombineRecv, 1, stream);
   return cuda_status(cudaGetLastError(), "combine reduce");
 }
 
@@ -802,8 +1193,14 @@ Status CudaBuffer::low_latency_dispatch_send(const DeviceRows& x, const int64_t*
   FF_RETURN_IF_ERROR(s.ll_counts.reserve(num_experts * 4));
   FF_RETURN_IF_ERROR(s.ll_recv_count.reserve(local_experts * 4));
   FF_RETURN_IF_ERROR(s.ll_src_info.reserve(local_experts * n * max_tokens_per_rank * 12));
-  cuda::launch_ll_positions(topk_idx, entries, num_experts, s.ll_positions.as<int32_t>(), s.ll_counts.as<int32_t>(),
-                            stream);
+  // NOTE: the send kernel finds each entry's slot itself (the routing in shared memory), saving the launch and
+  // the round trip of a separate positions kernel; only routings too large for shared memory take that one.
+  const bool fused = entries <= cuda::kMaxFusedEntries && (entries + num_experts) * 4 <= 48 * 1024;
+  s.mark(kPhaseLlDispatchSend, 0, stream);
+  if (!fused) {
+    cuda::launch_ll_positions(topk_idx, entries, num_experts, s.ll_positions.as<int32_t>(), s.ll_counts.as<int32_t>(),
+                              stream);
+  }
   ++s.ll_dispatch_seq;
   cuda::LowLatencyDispatchArgs args{};
   args.common = s.ll_common(layout, s.ll_dispatch_seq);
@@ -816,9 +1213,10 @@ Status CudaBuffer::low_latency_dispatch_send(const DeviceRows& x, const int64_t*
   args.num_local_experts = local_experts;
   args.max_tokens = max_tokens_per_rank;
   args.topk_idx = topk_idx;
-  args.positions = s.ll_positions.as<int32_t>();
-  args.counts = s.ll_counts.as<int32_t>();
-  cuda::launch_ll_dispatch_send(args, s.num_blocks(), stream);
+  args.positions = fused ? nullptr : s.ll_positions.as<int32_t>();
+  args.counts = fused ? nullptr : s.ll_counts.as<int32_t>();
+  cuda::launch_ll_dispatch_send(args, s.sm_count, stream);
+  s.mark(kPhaseLlDispatchSend, 1, stream);
   FF_EP_CUDA(cudaGetLastError());
   s.ll_layout = layout;
   s.ll_hidden = x.hidden;
@@ -854,7 +1252,9 @@ Status CudaBuffer::low_latency_dispatch_receive(void* recv_x, float* recv_scales
   args.out_count = recv_count;
   args.recv_count = s.ll_recv_count.as<int32_t>();
   args.src_info = s.ll_src_info.as<int32_t>();
+  s.mark(kPhaseLlDispatchRecv, 0, stream);
   cuda::launch_ll_dispatch_recv(args, stream);
+  s.mark(kPhaseLlDispatchRecv, 1, stream);
   s.ll_have_dispatch = true;
   return cuda_status(cudaGetLastError(), "low-latency dispatch receive");
 }
@@ -890,7 +1290,9 @@ Status CudaBuffer::low_latency_combine_send(const DeviceRows& x, const int64_t* 
   args.max_tokens = s.ll_max_tokens;
   args.recv_count = s.ll_recv_count.as<int32_t>();
   args.src_info = s.ll_src_info.as<int32_t>();
-  cuda::launch_ll_combine_send(args, s.num_blocks(), stream);
+  s.mark(kPhaseLlCombineSend, 0, stream);
+  cuda::launch_ll_combine_send(args, s.sm_count, stream);
+  s.mark(kPhaseLlCombineSend, 1, stream);
   FF_EP_CUDA(cudaGetLastError());
   s.ll_combine_dtype = args.dtype;
   s.ll_combine_hidden = x.hidden;
@@ -918,7 +1320,9 @@ Status CudaBuffer::low_latency_combine_receive(void* combined_x, void* stream) {
   args.topk_idx = s.ll_combine_topk_idx;
   args.topk_weights = s.ll_combine_topk_weights;
   args.out = combined_x;
-  cuda::launch_ll_combine_recv(args, std::max(s.num_blocks(), 132) * 4, stream);
+  s.mark(kPhaseLlCombineRecv, 0, stream);
+  cuda::launch_ll_combine_recv(args, 2 * s.sm_count, stream);
+  s.mark(kPhaseLlCombineRecv, 1, stream);
   return cuda_status(cudaGetLastError(), "low-latency combine receive");
 }
 

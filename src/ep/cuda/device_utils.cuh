@@ -48,27 +48,36 @@ __device__ __forceinline__ void report_error(DeviceError* error, int32_t kind, i
 __device__ __forceinline__ bool wait_flag(const uint64_t* flag, uint64_t target, uint64_t timeout_ns,
                                           DeviceError* error, int32_t kind, int32_t peer) {
   const uint64_t start = global_timer_ns();
-  while (load_acquire_sys(flag) < target) {
-    if (*reinterpret_cast<volatile int32_t*>(&error->code) != 0) return false;  // an earlier wait failed
-    if (global_timer_ns() - start > timeout_ns) {
-      report_error(error, kind, peer, target);
-      return false;
+  // NOTE: the error word lives in host-mapped memory (a PCIe round trip per read) and the timer costs a
+  // special-register read: both are checked every 64 polls only; the flag itself is polled back to back
+  // for the first few thousand polls (microseconds) and with short sleeps after that.
+  for (uint32_t polls = 0;; ++polls) {
+    if (load_acquire_sys(flag) >= target) return true;
+    if ((polls & 63) == 63) {
+      if (*reinterpret_cast<volatile int32_t*>(&error->code) != 0) return false;  // an earlier wait failed
+      if (global_timer_ns() - start > timeout_ns) {
+        report_error(error, kind, peer, target);
+        return false;
+      }
     }
-    __nanosleep(256);
+    if (polls > 4096) __nanosleep(128);
   }
-  return true;
 }
 
-// Threads [0, num_ranks) of the block each wait for one rank's flag; every thread learns whether all
-// arrived. Must be called by every thread of the block.
+// One poller per rank's flag (lane 0 of warp r when the block has a warp per rank, so that pollers do not
+// diverge inside one warp; else thread r); every thread learns whether all arrived. Must be called by
+// every thread of the block.
 __device__ __forceinline__ bool block_wait_flags(const uint8_t* control, int64_t offset, int num_ranks, uint64_t target,
                                                  uint64_t timeout_ns, DeviceError* error, int32_t kind) {
   __shared__ int failed;
   if (threadIdx.x == 0) failed = 0;
   __syncthreads();
-  if (static_cast<int>(threadIdx.x) < num_ranks && target > 0) {
-    const auto* flag = reinterpret_cast<const uint64_t*>(control + offset) + threadIdx.x;
-    if (!wait_flag(flag, target, timeout_ns, error, kind, static_cast<int>(threadIdx.x))) atomicExch(&failed, 1);
+  const bool warp_each = num_ranks <= static_cast<int>(blockDim.x / 32);
+  const int poller = warp_each ? ((threadIdx.x % 32) == 0 ? static_cast<int>(threadIdx.x / 32) : -1)
+                               : static_cast<int>(threadIdx.x);
+  if (poller >= 0 && poller < num_ranks && target > 0) {
+    const auto* flag = reinterpret_cast<const uint64_t*>(control + offset) + poller;
+    if (!wait_flag(flag, target, timeout_ns, error, kind, poller)) atomicExch(&failed, 1);
   }
   __syncthreads();
   return failed == 0;
@@ -113,6 +122,35 @@ __device__ __forceinline__ void warp_copy(void* __restrict__ dst, const void* __
     auto* d = static_cast<uint8_t*>(dst);
     const auto* s = static_cast<const uint8_t*>(src);
     for (int64_t i = lane; i < bytes; i += 32) d[i] = s[i];
+  }
+}
+
+// Copies `bytes` with the whole warp, 16-byte accesses, four loads in flight per lane before the stores.
+// NOTE: issuing the loads of several chunks before their stores keeps more NVLink/HBM requests in flight
+// per warp than a load-store loop (the compiler does not reorder loads above stores to other addresses).
+__device__ __forceinline__ void warp_copy_16(uint8_t* __restrict__ dst, const uint8_t* __restrict__ src, int64_t bytes,
+                                             int lane) {
+  auto* d = reinterpret_cast<int4*>(dst);
+  const auto* s = reinterpret_cast<const int4*>(src);
+  const int64_t n = bytes / 16;
+  int64_t i = lane;
+  for (; i + 96 < n; i += 128) {
+    const int4 a = __ldg(s + i), b = __ldg(s + i + 32), c2 = __ldg(s + i + 64), e = __ldg(s + i + 96);
+    d[i] = a;
+    d[i + 32] = b;
+    d[i + 64] = c2;
+    d[i + 96] = e;
+  }
+  for (; i < n; i += 32) d[i] = __ldg(s + i);
+}
+
+__device__ __forceinline__ void warp_copy_any(uint8_t* dst, const uint8_t* src, int64_t bytes, int lane) {
+  const auto alignment =
+      reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) | static_cast<uintptr_t>(bytes);
+  if ((alignment & 15) == 0) {
+    warp_copy_16(dst, src, bytes, lane);
+  } else {
+    warp_copy(dst, src, bytes, lane);
   }
 }
 

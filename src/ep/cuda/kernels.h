@@ -10,13 +10,33 @@
 
 namespace ff::ep::cuda {
 
-inline constexpr int64_t kControlBytes = 4096;
+// (constexpr functions: callable from kernels under --expt-relaxed-constexpr.)
+// Control block: flags (first 4 KiB) and the notify slots of the normal mode's GPU layout (the rest).
+inline constexpr int64_t kControlBytes = 64 * 1024;
 // Byte offsets in the control block: uint64 arrays indexed by the peer rank that writes them.
 inline constexpr int64_t kDispatchFlagOffset = 0;    // [src] = low-latency dispatch seq whose rows src wrote here
 inline constexpr int64_t kDispatchAckOffset = 512;   // [dst] = low-latency dispatch seq dst finished reading
 inline constexpr int64_t kCombineFlagOffset = 1024;  // [src] = low-latency combine seq whose rows src wrote here
 inline constexpr int64_t kCombineAckOffset = 1536;   // [dst] = low-latency combine seq dst finished reading
-inline constexpr int64_t kDoneCounterOffset = 2048;  // uint32[8]: blocks finished, per kernel kind (own use)
+inline constexpr int64_t kDoneCounterOffset = 2048;  // uint32[16]: blocks finished, per kernel kind (own use)
+inline constexpr int64_t kNormalFlagOffset = 2560;   // [src] = normal data phase seq whose rows src wrote here
+inline constexpr int64_t kNormalAckOffset = 3072;    // [dst] = normal data phase seq dst finished reading
+inline constexpr int64_t kNormalShapeOffset = 3584;  // [src] = shape word of src's latest normal data phase
+inline constexpr int64_t kNotifyOffset = 4096;       // notify slots [parity][src], notify_slot_bytes each
+constexpr int64_t notify_slot_bytes(int num_ranks) { return (kControlBytes - kNotifyOffset) / (2 * num_ranks) / 64 * 64; }
+// A notify slot: uint64 seq (released last) | int32 status, op, dtype, hidden, num_topk, num_experts |
+// at kNotifyCountsOffset int32 counts[num_ranks] (rows the source sends to each rank) | at
+// notify_experts_offset int32 per-expert counts for the destination's local experts.
+inline constexpr int64_t kNotifyStatusOffset = 8;
+inline constexpr int64_t kNotifyCountsOffset = 64;
+constexpr int64_t notify_experts_offset(int num_ranks) { return kNotifyCountsOffset + (num_ranks * 4 + 15) / 16 * 16; }
+// Bits of a notify status word (the source's own input checks, seen by every rank).
+inline constexpr int32_t kNotifyBadExpert = 1;   // a top-k id outside [-1, num_experts)
+inline constexpr int32_t kNotifyBadPerRank = 2;  // num_tokens_per_rank disagrees with the routing
+// Host-mapped readback of a notify, int32 words: [0] = seq (low 32 bits, written last), then per source
+// kReadbackPerSource + num_ranks words (status, op, dtype, hidden, num_topk, num_experts, counts...), then
+// the per-local-expert sums over sources.
+inline constexpr int64_t kReadbackPerSource = 6;
 
 // Written into host-mapped memory by a kernel whose bounded wait expired; read by the host.
 struct DeviceError {
@@ -30,7 +50,12 @@ enum WaitKind : int32_t {
   kWaitDispatchFlag = 2,
   kWaitCombineAck = 3,
   kWaitCombineFlag = 4,
-  kWaitOverflow = 5
+  kWaitOverflow = 5,
+  kWaitNormalAck = 6,
+  kWaitNormalFlag = 7,
+  kWaitNotify = 8,
+  kShapeMismatch = 9,
+  kBadExpert = 10  // peer holds the token index
 };
 
 // Element types of x: 0 float32, 1 bfloat16, 2 e4m3 (the DType values).
@@ -87,6 +112,88 @@ struct CombineReduceArgs {
 };
 void launch_combine_reduce(const CombineReduceArgs& args, int num_blocks, void* stream);
 
+// Normal mode with the layout on the GPU (DeepEP's notify + send + receive, no host barrier): every
+// kernel waits on flags in device memory, bounded by the timeout, and reports into `error`.
+struct NormalCommon {
+  int rank;
+  int num_ranks;
+  uint8_t* const* peers;
+  uint8_t* self;
+  uint64_t seq;         // this data phase (dispatch, cached dispatch or combine), 1-based, the same on every rank
+  uint64_t shape_word;  // checked against every source's
+  uint64_t timeout_ns;
+  DeviceError* error;
+};
+
+struct NotifyArgs {
+  NormalCommon common;     // common.seq is the notify's own sequence (non-cached dispatches)
+  const int64_t* topk_idx;  // (num_tokens, num_topk)
+  const uint8_t* is_token_in_rank;   // (num_tokens, num_ranks) or null: from topk_idx
+  const int32_t* num_tokens_per_rank;  // (num_ranks) or null: checked when given
+  int64_t num_tokens, num_topk, num_experts;
+  int32_t shape[5];  // op, dtype, hidden, num_topk, num_experts
+  int32_t* prefix;    // (num_tokens, num_ranks) out: index of the token among this rank's rows to r, or -1
+  int32_t* count_matrix;  // (num_ranks, num_ranks) out: rows from s to r, every rank's
+  int32_t* block_status;  // (num_ranks) scratch
+  int32_t* readback;      // host-mapped
+};
+void launch_notify(const NotifyArgs& args, void* stream);
+
+struct NormalSendArgs {
+  NormalCommon common;
+  const uint8_t* x;
+  int64_t x_bytes;
+  const float* scales;
+  int64_t num_scales;
+  const int64_t* topk_idx;    // null for a cached dispatch
+  const float* topk_weights;  // may be null: zeros
+  int64_t num_topk;           // 0 for a cached dispatch
+  int64_t num_tokens;
+  const int32_t* prefix;
+  const int32_t* count_matrix;
+  NormalRegions regions;
+};
+void launch_normal_dispatch_send(const NormalSendArgs& args, int num_blocks, void* stream);
+
+struct NormalRecvArgs {
+  NormalCommon common;
+  NormalRegions regions;
+  int64_t num_recv;
+  int64_t x_bytes;
+  int64_t num_scales;
+  int64_t num_topk;  // 0: no top-k outputs
+  int64_t first_expert, num_local_experts;
+  void* recv_x;
+  float* recv_scales;
+  int64_t* recv_topk_idx;
+  float* recv_topk_weights;
+};
+void launch_normal_dispatch_recv(const NormalRecvArgs& args, int num_blocks, void* stream);
+
+struct NormalCombineSendArgs {
+  NormalCommon common;
+  const uint8_t* x;  // (num_recv, hidden)
+  int64_t x_bytes;
+  const float* topk_weights;  // (num_recv, num_topk) or null: zeros
+  int64_t num_topk;
+  int64_t num_recv;
+  const int32_t* count_matrix;
+  NormalRegions regions;
+};
+void launch_normal_combine_send(const NormalCombineSendArgs& args, int num_blocks, void* stream);
+
+struct NormalCombineReduceArgs {
+  NormalCommon common;
+  NormalRegions regions;
+  const int32_t* prefix;
+  const int32_t* count_matrix;
+  int64_t num_tokens, hidden, num_topk;
+  int32_t dtype;
+  void* out;
+  float* out_weights;
+};
+void launch_normal_combine_reduce(const NormalCombineReduceArgs& args, int num_blocks, void* stream);
+
 // Low-latency layout: byte offsets from a buffer's base, identical on every rank for one call shape.
 struct LowLatencyLayout {
   int64_t counts = 0;     // int32 [num_ranks src][num_local_experts]
@@ -122,9 +229,11 @@ struct LowLatencyDispatchArgs {
   int64_t num_local_experts;
   int64_t max_tokens;
   const int64_t* topk_idx;
-  const int32_t* positions;  // from launch_ll_positions
-  const int32_t* counts;     // (num_experts)
+  const int32_t* positions;  // from launch_ll_positions, or null: computed in the send kernel
+  const int32_t* counts;     // (num_experts), or null with positions
 };
+// The most (token, k) entries the send kernel computes positions for itself (shared memory).
+inline constexpr int64_t kMaxFusedEntries = 8192;
 void launch_ll_dispatch_send(const LowLatencyDispatchArgs& args, int num_blocks, void* stream);
 
 struct LowLatencyDispatchRecvArgs {

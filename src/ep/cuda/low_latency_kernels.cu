@@ -40,9 +40,82 @@ __global__ void positions_kernel(const int64_t* topk_idx, int64_t num_entries, i
   if (lane == 0) counts[expert] = running;
 }
 
+// Quantizes one row to e4m3 with per-128 scales (max(amax, 1e-4) / 448, no saturation: the CPU
+// reference's rule) and writes codes and scales. The whole warp; 256 elements per step when hidden allows
+// (each lane 8 consecutive values: one 16-byte load of bf16, 8-byte stores), else 128.
+template <typename T>
+__device__ __forceinline__ void quantize_row(const T* __restrict__ in, int64_t hidden, uint8_t* out, float* scales,
+                                             int lane) {
+  if (hidden % 256 == 0 && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
+    for (int64_t step = 0; step < hidden / 256; ++step) {
+      const int64_t first = step * 256 + lane * 8;
+      float values[8];
+      if constexpr (sizeof(T) == 2) {
+        const int4 packed = __ldg(reinterpret_cast<const int4*>(in + first));
+        const T* halves = reinterpret_cast<const T*>(&packed);
+#pragma unroll
+        for (int v = 0; v < 8; ++v) values[v] = to_float<T>(halves[v]);
+      } else {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(in + first));
+        const float4 b = __ldg(reinterpret_cast<const float4*>(in + first + 4));
+        values[0] = a.x, values[1] = a.y, values[2] = a.z, values[3] = a.w;
+        values[4] = b.x, values[5] = b.y, values[6] = b.z, values[7] = b.w;
+      }
+      float amax = 0.0f;
+#pragma unroll
+      for (int v = 0; v < 8; ++v) amax = fmaxf(amax, fabsf(values[v]));
+      // Lanes 0-15 hold one 128-block, 16-31 the next.
+#pragma unroll
+      for (int offset = 8; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+      const float scale = fmaxf(amax, 1e-4f) / 448.0f;
+      uint32_t packed[2] = {0, 0};
+#pragma unroll
+      for (int v = 0; v < 8; ++v) {
+        const auto code = static_cast<uint32_t>(__nv_cvt_float_to_fp8(values[v] / scale, __NV_NOSAT, __NV_E4M3));
+        packed[v / 4] |= code << (8 * (v % 4));
+      }
+      reinterpret_cast<uint2*>(out + first)[0] = make_uint2(packed[0], packed[1]);
+      if (lane % 16 == 0) scales[step * 2 + lane / 16] = scale;
+    }
+    return;
+  }
+  for (int64_t block = 0; block < hidden / 128; ++block) {
+    float values[4];
+    float amax = 0.0f;
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      values[v] = to_float<T>(in[block * 128 + lane * 4 + v]);
+      amax = fmaxf(amax, fabsf(values[v]));
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    const float scale = fmaxf(amax, 1e-4f) / 448.0f;
+    uint32_t packed = 0;
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const auto code = static_cast<uint32_t>(__nv_cvt_float_to_fp8(values[v] / scale, __NV_NOSAT, __NV_E4M3));
+      packed |= code << (8 * v);
+    }
+    reinterpret_cast<uint32_t*>(out + block * 128)[lane] = packed;
+    if (lane == 0) scales[block] = scale;
+  }
+}
+
+// One warp per (token, k) entry. With args.positions null (the usual case) each block first copies the
+// routing into shared memory and every warp finds its entry's slot among its expert's entries itself (a
+// ballot count over the entries before it), so no separate positions kernel runs; the last block counts
+// the entries per expert for the counts it publishes.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(LowLatencyDispatchArgs args) {
   const LowLatencyCommon& c = args.common;
+  extern __shared__ int32_t shared_routing[];  // fused: (num_entries) expert ids, then (num_experts) counts
+  const bool fused = args.positions == nullptr;
+  const int64_t num_items = args.num_tokens * args.num_topk;
+  if (fused) {
+    for (int64_t i = threadIdx.x; i < num_items; i += blockDim.x) {
+      shared_routing[i] = static_cast<int32_t>(__ldg(args.topk_idx + i));
+    }
+  }
   // The previous call's rows in each destination must have been read before they are overwritten.
   if (!block_wait_flags(c.self, kDispatchAckOffset, c.num_ranks, c.seq - 1, c.timeout_ns, c.error, kWaitDispatchAck)) {
     return;
@@ -50,18 +123,31 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(LowLatencyDispa
   const int lane = threadIdx.x % 32;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int64_t num_warps = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
-  const int64_t num_items = args.num_tokens * args.num_topk;
   const int64_t data_bytes = args.use_fp8 ? args.hidden : args.hidden * static_cast<int64_t>(sizeof(T));
   const int64_t num_scales = args.use_fp8 ? args.hidden / 128 : 0;
   const T* x = static_cast<const T*>(args.x);
   for (int64_t item = warp; item < num_items; item += num_warps) {
-    const int64_t expert = args.topk_idx[item];
+    const int64_t expert = fused ? shared_routing[item] : args.topk_idx[item];
     if (expert < 0) continue;
+    if (expert >= args.num_local_experts * c.num_ranks) {
+      if (lane == 0) report_error(c.error, kBadExpert, static_cast<int32_t>(item / args.num_topk), c.seq);
+      continue;
+    }
+    int64_t position;
+    if (fused) {
+      int32_t before = 0;
+      for (int64_t first = 0; first < item; first += 32) {
+        const int64_t j = first + lane;
+        before += __popc(__ballot_sync(0xffffffffu, j < item && shared_routing[j] == expert));
+      }
+      position = before;
+    } else {
+      position = args.positions[item];
+    }
     const int64_t token = item / args.num_topk;
     const int64_t k = item % args.num_topk;
     const int64_t dst = expert / args.num_local_experts;
     const int64_t local = expert % args.num_local_experts;
-    const int64_t position = args.positions[item];
     if (position >= args.max_tokens) {
       if (lane == 0) report_error(c.error, kWaitOverflow, static_cast<int32_t>(dst), c.seq);
       continue;
@@ -71,29 +157,9 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(LowLatencyDispa
     uint8_t* out = base + c.layout.x + row * data_bytes;
     const T* in = x + token * args.hidden;
     if (args.use_fp8) {
-      float* scales = reinterpret_cast<float*>(base + c.layout.scales) + row * num_scales;
-      for (int64_t block = 0; block < num_scales; ++block) {
-        float values[4];
-        float amax = 0.0f;
-#pragma unroll
-        for (int v = 0; v < 4; ++v) {
-          values[v] = to_float<T>(in[block * 128 + lane * 4 + v]);
-          amax = fmaxf(amax, fabsf(values[v]));
-        }
-#pragma unroll
-        for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-        const float scale = fmaxf(amax, 1e-4f) / 448.0f;  // as the CPU reference: max(amax, 1e-4) / 448
-        uint32_t packed = 0;
-#pragma unroll
-        for (int v = 0; v < 4; ++v) {
-          const auto code = static_cast<uint32_t>(__nv_cvt_float_to_fp8(values[v] / scale, __NV_NOSAT, __NV_E4M3));
-          packed |= code << (8 * v);
-        }
-        reinterpret_cast<uint32_t*>(out + block * 128)[lane] = packed;
-        if (lane == 0) scales[block] = scale;
-      }
+      quantize_row<T>(in, args.hidden, out, reinterpret_cast<float*>(base + c.layout.scales) + row * num_scales, lane);
     } else {
-      warp_copy(out, in, data_bytes, lane);
+      warp_copy_any(out, reinterpret_cast<const uint8_t*>(in), data_bytes, lane);
     }
     if (lane == 0) {
       auto* meta = reinterpret_cast<int32_t*>(base + c.layout.meta) + row * 2;
@@ -102,12 +168,26 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(LowLatencyDispa
     }
   }
   if (last_block_done(done_counter(c.self, kDispatchSendCounter))) {
-    for (int dst = threadIdx.x; dst < c.num_ranks; dst += blockDim.x) {
-      auto* counts = reinterpret_cast<int32_t*>(c.peers[dst] + c.layout.counts);
-      for (int64_t local = 0; local < args.num_local_experts; ++local) {
-        counts[c.rank * args.num_local_experts + local] = args.counts[dst * args.num_local_experts + local];
+    const int64_t num_experts = args.num_local_experts * c.num_ranks;
+    const int32_t* counts = args.counts;
+    if (fused) {
+      int32_t* expert_counts = shared_routing + num_items;
+      for (int64_t e = threadIdx.x; e < num_experts; e += blockDim.x) expert_counts[e] = 0;
+      __syncthreads();
+      for (int64_t i = threadIdx.x; i < num_items; i += blockDim.x) {
+        if (shared_routing[i] >= 0 && shared_routing[i] < num_experts) atomicAdd(&expert_counts[shared_routing[i]], 1);
       }
-      __threadfence_system();
+      __syncthreads();
+      counts = expert_counts;
+    }
+    for (int64_t i = threadIdx.x; i < num_experts; i += blockDim.x) {
+      const int64_t dst = i / args.num_local_experts;
+      const int64_t local = i % args.num_local_experts;
+      reinterpret_cast<int32_t*>(c.peers[dst] + c.layout.counts)[c.rank * args.num_local_experts + local] = counts[i];
+    }
+    __threadfence_system();
+    __syncthreads();
+    for (int dst = threadIdx.x; dst < c.num_ranks; dst += blockDim.x) {
       store_release_sys(control_word(c.peers[dst], kDispatchFlagOffset, c.rank), c.seq);
     }
   }
@@ -187,7 +267,8 @@ __global__ void __launch_bounds__(kThreads) combine_send_kernel(LowLatencyCombin
   }
 }
 
-// out[t] = sum over valid k of weight[t, k] * row(t, k), float32, rounded once.
+// out[t] = sum over valid k of weight[t, k] * row(t, k), float32, rounded once. One block per token
+// (grid-stride), 16-byte loads of the rows.
 template <typename T>
 __global__ void __launch_bounds__(256) combine_recv_kernel(LowLatencyCombineRecvArgs args) {
   const LowLatencyCommon& c = args.common;
@@ -196,15 +277,45 @@ __global__ void __launch_bounds__(256) combine_recv_kernel(LowLatencyCombineRecv
   }
   const auto* rows = reinterpret_cast<const T*>(c.self + c.layout.combine_x);
   auto* out = static_cast<T*>(args.out);
+  constexpr int kVector = 16 / sizeof(T);
+  const bool vectorized = args.hidden % kVector == 0;
+  __shared__ float weights[64];
   for (int64_t token = blockIdx.x; token < args.num_tokens; token += gridDim.x) {
-    for (int64_t h = threadIdx.x; h < args.hidden; h += blockDim.x) {
-      float sum = 0.0f;
-      for (int64_t k = 0; k < args.num_topk; ++k) {
-        const int64_t entry = token * args.num_topk + k;
-        if (args.topk_idx[entry] < 0) continue;
-        sum += args.topk_weights[entry] * to_float<T>(__ldcg(rows + entry * args.hidden + h));
+    __syncthreads();
+    for (int64_t k = threadIdx.x; k < args.num_topk && k < 64; k += blockDim.x) {
+      const int64_t entry = token * args.num_topk + k;
+      weights[k] = args.topk_idx[entry] < 0 ? 0.0f : args.topk_weights[entry];
+    }
+    __syncthreads();
+    if (vectorized && args.num_topk <= 64) {
+      for (int64_t chunk = threadIdx.x; chunk < args.hidden / kVector; chunk += blockDim.x) {
+        float sum[kVector];
+#pragma unroll
+        for (int v = 0; v < kVector; ++v) sum[v] = 0.0f;
+        for (int64_t k = 0; k < args.num_topk; ++k) {
+          const int64_t entry = token * args.num_topk + k;
+          if (args.topk_idx[entry] < 0) continue;
+          const int4 packed = __ldcg(reinterpret_cast<const int4*>(rows + entry * args.hidden) + chunk);
+          const T* values = reinterpret_cast<const T*>(&packed);
+#pragma unroll
+          for (int v = 0; v < kVector; ++v) sum[v] += weights[k] * to_float<T>(values[v]);
+        }
+        int4 result;
+        T* result_values = reinterpret_cast<T*>(&result);
+#pragma unroll
+        for (int v = 0; v < kVector; ++v) result_values[v] = from_float<T>(sum[v]);
+        reinterpret_cast<int4*>(out + token * args.hidden)[chunk] = result;
       }
-      out[token * args.hidden + h] = from_float<T>(sum);
+    } else {
+      for (int64_t h = threadIdx.x; h < args.hidden; h += blockDim.x) {
+        float sum = 0.0f;
+        for (int64_t k = 0; k < args.num_topk; ++k) {
+          const int64_t entry = token * args.num_topk + k;
+          if (args.topk_idx[entry] < 0) continue;
+          sum += args.topk_weights[entry] * to_float<T>(__ldcg(rows + entry * args.hidden + h));
+        }
+        out[token * args.hidden + h] = from_float<T>(sum);
+      }
     }
   }
   if (last_block_done(done_counter(c.self, kCombineRecvCounter))) {
@@ -225,10 +336,14 @@ void launch_ll_positions(const int64_t* topk_idx, int64_t num_entries, int64_t n
 }
 
 void launch_ll_dispatch_send(const LowLatencyDispatchArgs& args, int num_blocks, void* stream) {
+  const size_t shared = args.positions != nullptr
+                            ? 0
+                            : static_cast<size_t>(args.num_tokens * args.num_topk +
+                                                  args.num_local_experts * args.common.num_ranks) * 4;
   if (args.x_dtype == 0) {
-    dispatch_send_kernel<float><<<num_blocks, kThreads, 0, as_stream(stream)>>>(args);
+    dispatch_send_kernel<float><<<num_blocks, kThreads, shared, as_stream(stream)>>>(args);
   } else {
-    dispatch_send_kernel<__nv_bfloat16><<<num_blocks, kThreads, 0, as_stream(stream)>>>(args);
+    dispatch_send_kernel<__nv_bfloat16><<<num_blocks, kThreads, shared, as_stream(stream)>>>(args);
   }
 }
 
