@@ -15,7 +15,7 @@ heuristic's choice is also timed with row-major scales (repacked for the indexed
 torch or a CUDA GPU.
 
 Run from the repository root after a build:
-  PYTHONPATH=python python3 bench/gemm/bench_gemm.py [--quick] [--no-sweep] [--out PATH]
+  PYTHONPATH=python python3 bench/gemm/bench_gemm.py [--quick] [--no-sweep [--ab]] [--out PATH]
 """
 
 from __future__ import annotations
@@ -37,15 +37,24 @@ DENSE_M = [64, 128, 4096]
 CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048)]
 MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
           (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
-CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192"]
-CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128_cluster1x2", "indexed_128x192"]
-MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192"]
+CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
+           "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
+CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128_cluster1x2", "indexed_128x192",
+                      "indexed_128x128_overlap", "indexed_128x128_stagger"]
+MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
+                  "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
 # Tile-scheduler walks (FF_GEMM_SCHEDULE=<raster>[:<swizzle>]; "default" = CUTLASS's own choice) timed for the large
 # shapes, each under the configurations of SWEEP_CONFIGS (the 128-row tiles the heuristic may pick there).
 SCHEDULES = ["default", "m", "n", "m:2", "n:2", "m:4", "n:4", "m:8", "n:8"]
 SWEEP_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x192"],
                  "contiguous": ["indexed_128x128", "indexed_128x192"],
                  "masked": ["cooperative_128x128", "cooperative_128x192"]}
+# --ab (without the sweep): the 128x128 consumers A/B in the same run, each under the heuristic's walk for it: CUTLASS's
+# promotion after each K block's WGMMAs, two K blocks in flight per warpgroup ("overlap"), the two warpgroups
+# taking turns ("stagger"); for the large dense cases, all contiguous and all masked cases.
+AB_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"],
+              "contiguous": ["indexed_128x128", "indexed_128x128_overlap", "indexed_128x128_stagger"],
+              "masked": ["cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"]}
 ITERS = 10
 REPEATS = 11
 WARMUP_REPLAYS = 3
@@ -167,6 +176,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/gemm_<device>.json)")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="time only the heuristic's choice and the baselines (no per-configuration/schedule sweep)")
+    parser.add_argument("--ab", action="store_true",
+                        help="with --no-sweep: also time the 128x128 consumers of AB_CONFIGS (tflops_per_config)")
     args = parser.parse_args()
     try:
         import torch
@@ -210,6 +221,8 @@ def main() -> int:
             diff = 1 - 2 * (o * ref.double()).sum().item() / ((o * o) + (ref.double() ** 2)).sum().item()
             call = lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)  # noqa: E731
             configs = per_config(torch, flop, call, CONFIGS) if args.sweep else None
+            if not args.sweep and args.ab and m >= 4096:
+                configs = per_config(torch, flop, call, AB_CONFIGS["dense"])
             schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["dense"]) if args.sweep and m >= 4096 else None
             a_row, s_row = row_scales(torch, x)
             b_row, t_row = row_scales(torch, w)
@@ -250,6 +263,8 @@ def main() -> int:
                                                                                                out, m_indices))
         call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b, sb), out, m_indices)  # noqa: E731
         configs = per_config(torch, flop, call, CONTIGUOUS_CONFIGS) if args.sweep else None
+        if not args.sweep and args.ab:
+            configs = per_config(torch, flop, call, AB_CONFIGS["contiguous"])
         schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["contiguous"]) if args.sweep else None
         again = time_graph(torch, call)
         choice = heuristic_choice(gemm, "contiguous", m_per, n, k, groups, num_sms)
@@ -297,6 +312,8 @@ def main() -> int:
                             out.view(groups * m_max, n), [(g * m_max, (g + 1) * m_max, g) for g in range(groups)])
         call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m, m_max)  # noqa: E731
         configs = per_config(torch, flop, call, MASKED_CONFIGS) if args.sweep else None
+        if not args.sweep and args.ab:
+            configs = per_config(torch, flop, call, AB_CONFIGS["masked"])
         schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["masked"]) if args.sweep else None
         again = time_graph(torch, call)
         choice = heuristic_choice(gemm, "masked", m_max, n, k, groups, num_sms)

@@ -83,10 +83,14 @@ class ForcedConfig {
   ~ForcedConfig() { unsetenv("FF_GEMM_TILE_CONFIG"); }
 };
 
-const std::vector<std::string> kDenseConfigs = {"", "pingpong_64x128", "cooperative_128x128",
-                                                "cooperative_128x128_cluster2x1", "cooperative_128x192"};
-const std::vector<std::string> kMaskedConfigs = {"", "pingpong_64x128", "cooperative_128x128",
-                                                 "cooperative_128x128_cluster2x1", "cooperative_128x192"};
+const std::vector<std::string> kDenseConfigs = {"",
+                                                "pingpong_64x128",
+                                                "cooperative_128x128",
+                                                "cooperative_128x128_cluster2x1",
+                                                "cooperative_128x192",
+                                                "cooperative_128x128_overlap",
+                                                "cooperative_128x128_stagger"};
+const std::vector<std::string> kMaskedConfigs = kDenseConfigs;
 const std::vector<std::string> kContiguousConfigs = {"",
                                                      "pingpong_64x128",
                                                      "cooperative_128x128",
@@ -94,7 +98,37 @@ const std::vector<std::string> kContiguousConfigs = {"",
                                                      "cooperative_128x192",
                                                      "indexed_128x128",
                                                      "indexed_128x128_cluster1x2",
-                                                     "indexed_128x192"};
+                                                     "indexed_128x192",
+                                                     "cooperative_128x128_overlap",
+                                                     "cooperative_128x128_stagger",
+                                                     "indexed_128x128_overlap",
+                                                     "indexed_128x128_stagger"};
+
+// FF_GEMM_TEST_CONFIGS=<word>[,<word>...] keeps only the configurations whose name contains one of the words (the
+// heuristic's choice "" is kept too): compute-sanitizer runs on the GPU machine check new kernels without the
+// minutes the whole list takes under memcheck. Unset: every configuration.
+std::vector<std::string> selected(const std::vector<std::string>& configs) {
+  const char* filter = std::getenv("FF_GEMM_TEST_CONFIGS");
+  if (filter == nullptr || *filter == '\0') return configs;
+  std::vector<std::string> words;
+  std::string word;
+  for (const char* c = filter;; ++c) {
+    if (*c == ',' || *c == '\0') {
+      if (!word.empty()) words.push_back(word);
+      word.clear();
+      if (*c == '\0') break;
+    } else {
+      word += *c;
+    }
+  }
+  std::vector<std::string> kept;
+  for (const std::string& config : configs) {
+    bool keep = config.empty();
+    for (const std::string& w : words) keep = keep || config.find(w) != std::string::npos;
+    if (keep) kept.push_back(config);
+  }
+  return kept;
+}
 
 struct Operands {
   std::vector<uint8_t> a, b;
@@ -143,7 +177,7 @@ TEST_P(DenseCuda, MatchesCpuForEveryConfigAndScaleLayout) {
   DeviceBuffer<float> sa_rows(o.sa), sb(o.sb);
   int64_t ld = 0;
   DeviceBuffer<float> sa_cols(to_column_major(o.sa, m, kb, &ld));
-  for (const std::string& config : kDenseConfigs) {
+  for (const std::string& config : selected(kDenseConfigs)) {
     for (bool column_major : {true, false}) {
       ForcedConfig forced(config);
       DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
@@ -171,7 +205,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseCuda,
                                            // 192-wide tiles: n = 320 = 5 B-scale blocks of 64 over 3 of 128.
                                            std::make_tuple(257, 320, 640)));
 
-// FF_GEMM_SCHEDULE (tile scheduler raster order and swizzle) changes only the order tiles are computed in.
+// FF_GEMM_SCHEDULE (tile scheduler raster order and swizzle) changes only the order tiles are computed in; and
+// the 128x128 consumers give the same result when each CTA computes many tiles (set_num_sms(3)).
 TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
   SKIP_WITHOUT_GPU();
   const int64_t m = 1000, n = 2112, k = 512, kb = 4;
@@ -192,7 +227,8 @@ TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
          device_view(sb.data, DType::kFloat32, {ceil_div(n, 128), kb})},
         device_view(out.data, DType::kBFloat16, {m, n}));
   };
-  for (const std::string config : {"cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192"}) {
+  for (const std::string config : {"cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
+                                   "cooperative_128x128_overlap", "cooperative_128x128_stagger"}) {
     for (const char* schedule : {"m", "n:2", "m:8", "default:4"}) {
       ForcedConfig forced(config);
       setenv("FF_GEMM_SCHEDULE", schedule, 1);
@@ -212,6 +248,39 @@ TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
   unsetenv("FF_GEMM_SCHEDULE");
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), ::testing::HasSubstr("swizzle '3' is not one of 1, 2, 4, 8"));
+
+  // Many tiles per CTA (3 SMs: 45-46 tiles each), K blocks odd (5): the consumers' per-tile state (the staggered
+  // warpgroups' named barriers, the two in-flight K blocks) must carry over from tile to tile.
+  struct RestoreSms {
+    int saved = get_num_sms();
+    ~RestoreSms() { (void)set_num_sms(saved); }
+  } restore_sms;
+  ASSERT_TRUE(set_num_sms(3).is_ok());
+  const int64_t k5 = 640, kb5 = 5;
+  Operands o5 = random_operands(m, n, k5, 1, 6);
+  std::vector<uint16_t> expected5(static_cast<size_t>(m * n), kSentinel);
+  ASSERT_TRUE(gemm_fp8_fp8_bf16_nt({TensorView::contiguous(o5.a.data(), DType::kFloat8E4M3, {m, k5}),
+                                    TensorView::contiguous(o5.sa.data(), DType::kFloat32, {m, kb5})},
+                                   {TensorView::contiguous(o5.b.data(), DType::kFloat8E4M3, {n, k5}),
+                                    TensorView::contiguous(o5.sb.data(), DType::kFloat32, {ceil_div(n, 128), kb5})},
+                                   TensorView::contiguous(expected5.data(), DType::kBFloat16, {m, n}))
+                  .is_ok());
+  DeviceBuffer<uint8_t> a5(o5.a), b5(o5.b);
+  DeviceBuffer<float> sa5(o5.sa), sb5(o5.sb);
+  for (const std::string config : {"cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"}) {
+    ForcedConfig forced(config);
+    DeviceBuffer<uint16_t> out5(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
+    const Status run = gemm_fp8_fp8_bf16_nt(
+        {device_view(a5.data, DType::kFloat8E4M3, {m, k5}), device_view(sa5.data, DType::kFloat32, {m, kb5})},
+        {device_view(b5.data, DType::kFloat8E4M3, {n, k5}),
+         device_view(sb5.data, DType::kFloat32, {ceil_div(n, 128), kb5})},
+        device_view(out5.data, DType::kBFloat16, {m, n}));
+    ASSERT_TRUE(run.is_ok()) << run.to_string();
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << config;
+    const std::vector<uint16_t> actual = out5.to_host();
+    for (size_t i = 0; i < actual.size(); ++i) ASSERT_NE(actual[i], kSentinel) << "element " << i << " unwritten";
+    EXPECT_LT(calc_diff(as_doubles(actual), as_doubles(expected5)), 1e-3) << config << " on 3 SMs";
+  }
 }
 
 // Contiguous: segments of 65, 129 and 1 rows (groups 2, 0, 1), each padded with -1 to a multiple of 128, plus one
@@ -241,7 +310,7 @@ void run_contiguous_case(bool capture_in_graph) {
   int64_t ld = 0;
   DeviceBuffer<float> sa_cols(to_column_major(o.sa, m, kb, &ld));
   DeviceBuffer<int32_t> m_indices(capture_in_graph ? std::vector<int32_t>(indices.size(), -1) : indices);
-  for (const std::string& config : kContiguousConfigs) {
+  for (const std::string& config : selected(kContiguousConfigs)) {
     for (bool column_major : {false, true}) {
       ForcedConfig forced(config);
       DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
@@ -332,7 +401,7 @@ void run_masked_case(const MaskedCase& c, bool capture_in_graph) {
   // Graph case: capture with all-zero counts, then write the real counts into the same device buffer before
   // replaying: the kernel must read masked_m on the device at run time.
   DeviceBuffer<int32_t> masked_m(capture_in_graph ? std::vector<int32_t>(c.masked_m.size(), 0) : c.masked_m);
-  for (const std::string& config : kMaskedConfigs) {
+  for (const std::string& config : selected(kMaskedConfigs)) {
     ForcedConfig forced(config);
     DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(rows * c.n), kSentinel));
     cudaStream_t stream = nullptr;
@@ -418,7 +487,7 @@ TEST(GemmCuda, IndexedConfigOutsideContiguousIsRejected) {
   DeviceBuffer<float> sa(std::vector<float>(64, 1.0f)), sb(std::vector<float>(1, 1.0f));
   DeviceBuffer<uint16_t> out(std::vector<uint16_t>(64 * 128));
   DeviceBuffer<int32_t> masked_m(std::vector<int32_t>{64});
-  for (const char* config : {"indexed_128x128", "indexed_128x192"}) {
+  for (const char* config : {"indexed_128x128", "indexed_128x192", "indexed_128x128_overlap", "indexed_128x128_stagger"}) {
     ForcedConfig forced(config);
     Status status = gemm_fp8_fp8_bf16_nt(
         {device_view(a.data, DType::kFloat8E4M3, {64, 128}), device_view(sa.data, DType::kFloat32, {64, 1})},

@@ -44,10 +44,11 @@ TEST(Heuristic, ShortKUsesThePingpongKernelWhenThereAreManyTiles) {
 
 TEST(Heuristic, GroupedChoices) {
   // Contiguous: always an indexed dense kernel (any rows per group: segments are 128-aligned).
+  // Contiguous 128x128 tiles use the overlapped promotion (measured faster there); masked keeps CUTLASS's consumer.
   EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 4096, 7168, 4, kH100Sms),
-            TileConfig::kIndexed128x128);
+            TileConfig::kIndexed128x128Overlap);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 32, 7168, 2048, 64, kH100Sms),
-            TileConfig::kIndexed128x128);
+            TileConfig::kIndexed128x128Overlap);
   EXPECT_TRUE(is_indexed(choose_grouped_config(GroupedKind::kContiguous, 4096, 7168, 2048, 8, kH100Sms)));
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 32, 4096, 7168, 8, kH100Sms), TileConfig::kPingpong64x128);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 1024, 7168, 2048, 1, kH100Sms),
@@ -73,6 +74,7 @@ TEST(Heuristic, ScheduleSwizzlesLongKOnlyWithoutPaddingTiles) {
   EXPECT_EQ(choose_schedule(TileConfig::kCooperative128x128, false, 4096, 7168, 2048, 1, kH100Sms).swizzle, 0);
   // Contiguous (indexed, one problem over all groups' rows): 4 x 8192 rows -> 256 row tiles.
   EXPECT_EQ(choose_schedule(TileConfig::kIndexed128x128, true, 8192, 4096, 7168, 4, kH100Sms).swizzle, 8);
+  EXPECT_EQ(choose_schedule(TileConfig::kIndexed128x128Overlap, true, 8192, 4096, 7168, 4, kH100Sms).swizzle, 8);
   // Masked (ptr-array, per-problem scheduling): CUTLASS's walk.
   EXPECT_EQ(choose_schedule(TileConfig::kCooperative128x128, true, 1024, 4096, 7168, 1, kH100Sms).swizzle, 0);
   // The 2x1 cluster needs the row tiles to divide by 2 x swizzle.
@@ -84,7 +86,8 @@ TEST(Heuristic, ScheduleSwizzlesLongKOnlyWithoutPaddingTiles) {
 TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
   EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_128x128 default:8");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x128 default:0");
-  EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_128x128 default:8");
+  EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_128x128_overlap default:8");
+  EXPECT_EQ(*cuda_kernel_choice("contiguous", 4096, 7168, 2048, 8, kH100Sms), "indexed_128x128_overlap default:0");
   EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "cooperative_128x128 default:0");
   EXPECT_FALSE(cuda_kernel_choice("sparse", 1, 1, 1, 1, kH100Sms).is_ok());
   EXPECT_FALSE(cuda_kernel_choice("dense", 1, 1, 1, 1, 0).is_ok());

@@ -17,6 +17,12 @@ std::string run_contiguous_indexed_128x128_cluster1x2(const GroupedArgs& args);
 std::string run_dense_cooperative_128x192(const DenseArgs& args);
 std::string run_grouped_cooperative_128x192(const GroupedArgs& args);
 std::string run_contiguous_indexed_128x192(const GroupedArgs& args);
+std::string run_dense_cooperative_128x128_overlap(const DenseArgs& args);
+std::string run_dense_cooperative_128x128_stagger(const DenseArgs& args);
+std::string run_grouped_cooperative_128x128_overlap(const GroupedArgs& args);
+std::string run_grouped_cooperative_128x128_stagger(const GroupedArgs& args);
+std::string run_contiguous_indexed_128x128_overlap(const GroupedArgs& args);
+std::string run_contiguous_indexed_128x128_stagger(const GroupedArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
@@ -24,9 +30,13 @@ std::string run_dense(TileConfig config, const DenseArgs& args) {
     case TileConfig::kCooperative128x128: return run_dense_cooperative_128x128(args);
     case TileConfig::kCooperative128x128Cluster2x1: return run_dense_cooperative_128x128_cluster2x1(args);
     case TileConfig::kCooperative128x192: return run_dense_cooperative_128x192(args);
+    case TileConfig::kCooperative128x128Overlap: return run_dense_cooperative_128x128_overlap(args);
+    case TileConfig::kCooperative128x128Stagger: return run_dense_cooperative_128x128_stagger(args);
     case TileConfig::kIndexed128x128:
     case TileConfig::kIndexed128x128Cluster1x2:
-    case TileConfig::kIndexed128x192: break;
+    case TileConfig::kIndexed128x192:
+    case TileConfig::kIndexed128x128Overlap:
+    case TileConfig::kIndexed128x128Stagger: break;
   }
   return std::string("no dense kernel for tile config ") + tile_config_name(config);
 }
@@ -37,6 +47,14 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
     case TileConfig::kCooperative128x128: return run_grouped_cooperative_128x128(args);
     case TileConfig::kCooperative128x128Cluster2x1: return run_grouped_cooperative_128x128_cluster2x1(args);
     case TileConfig::kCooperative128x192: return run_grouped_cooperative_128x192(args);
+    case TileConfig::kCooperative128x128Overlap: return run_grouped_cooperative_128x128_overlap(args);
+    case TileConfig::kCooperative128x128Stagger: return run_grouped_cooperative_128x128_stagger(args);
+    case TileConfig::kIndexed128x128Overlap:
+      if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x128_overlap(args);
+      break;
+    case TileConfig::kIndexed128x128Stagger:
+      if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x128_stagger(args);
+      break;
     case TileConfig::kIndexed128x192:
       if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x192(args);
       break;

@@ -26,11 +26,21 @@ enum class TileConfig : int {
   // kCooperative128x128; kIndexed128x192 is the contiguous-only indexed kernel with that tile.
   kCooperative128x192,
   kIndexed128x192,
+  // 128x128x128 cooperative tiles whose consumer overlaps the promotion (scaling and adding a K block's sum on the
+  // CUDA cores) with tensor-core work (OverlappedPromotionMma in sm90_fp8_gemm.cuh): "overlap" keeps two K blocks'
+  // WGMMAs in flight per warpgroup (a second block accumulator), "stagger" has the two warpgroups take turns
+  // issuing K blocks so each promotes while the other's WGMMAs run. The cooperative ones serve dense and grouped
+  // (ptr-array) GEMMs, the indexed ones the contiguous GEMM.
+  kCooperative128x128Overlap,
+  kCooperative128x128Stagger,
+  kIndexed128x128Overlap,
+  kIndexed128x128Stagger,
 };
-inline constexpr int kNumTileConfigs = 7;
+inline constexpr int kNumTileConfigs = 11;
 inline constexpr bool is_indexed(TileConfig config) {
   return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
-         config == TileConfig::kIndexed128x192;
+         config == TileConfig::kIndexed128x192 || config == TileConfig::kIndexed128x128Overlap ||
+         config == TileConfig::kIndexed128x128Stagger;
 }
 const char* tile_config_name(TileConfig config);
 inline constexpr int tile_m(TileConfig config) { return config == TileConfig::kPingpong64x128 ? 64 : 128; }

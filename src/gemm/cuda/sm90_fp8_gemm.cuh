@@ -194,6 +194,179 @@ struct WideTileMma : Base {
   }
 };
 
+// How the consumer of the 128x128 tiles (one B-scale block per tile) overlaps the promotion (total += block · sa ·
+// sb on the CUDA cores) with tensor-core work. CUTLASS's consumer, like WideTileMma, issues a K block's WGMMAs,
+// waits for them and then promotes, and in the cooperative kernel both warpgroups do so at the same time, so the
+// tensor cores idle during every promotion.
+enum class Promotion : int {
+  kNone = 0,  // CUTLASS's consumer (WideTileMma for the 192-wide tiles): promote after waiting for the K block
+  // Two K blocks in flight per warpgroup: K block k+1's WGMMAs go into a second block accumulator before K block
+  // k's is promoted (wgmma.wait_group 1), so each warpgroup promotes while its own next WGMMAs run. 3 x 64 fp32
+  // accumulators per thread (total, two blocks); stage k is released as soon as its WGMMAs completed.
+  kOverlap = 1,
+  // The two warpgroups take turns issuing each K block (named barriers: warpgroup 1 issues K block k after
+  // warpgroup 0 did, warpgroup 0 issues k+1 after warpgroup 1 issued k), so the tensor cores run warpgroup 0's
+  // block, then warpgroup 1's, and each warpgroup promotes while the other's WGMMAs run.
+  kStagger = 2,
+};
+
+// The consumer for 128x128 tiles with an overlapped promotion (Promotion above). CUTLASS's pipeline protocol is
+// kept: stages 0..K-2 of a tile are released here, the last by the base's mma_tail. The promotion is one FFMA per
+// element with sa·sb formed once per distinct row of the thread (as WideTileMma).
+template <class Base, Promotion kMode>
+struct OverlappedPromotionMma : Base {
+  static_assert(Base::ScaleNsPerTile == 1 && Base::ScaleMsPerTile > 1, "for per-row A and one B-scale block per tile");
+  static_assert(cute::size<2>(typename Base::TileShape{}) == Base::ScaleGranularityK,
+                "one promotion per K tile: the tile's K is the scale block");
+  // User named barriers 0 and 1 (hardware ids 8 and 9; CUTLASS reserves 1-7): "warpgroup 0 issued K block k" and
+  // "warpgroup 1 issued K block k".
+  static constexpr uint32_t kFirstIssued = 0;
+  static constexpr uint32_t kSecondIssued = 1;
+
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma(typename Base::MainloopPipeline pipeline, typename Base::PipelineState smem_pipe_read,
+                          FrgTensorC& accum, int k_tile_count, int thread_idx,
+                          typename Base::TensorStorage& shared_tensors, typename Base::Params const& params) {
+    using namespace cute;
+    using TileShape = typename Base::TileShape;
+    using SmemLayoutSFA = typename Base::SmemLayoutSFA;
+    using SmemLayoutSFB = typename Base::SmemLayoutSFB;
+    (void)params;
+    Tensor s_a = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), typename Base::SmemLayoutA{});
+    Tensor s_b = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), typename Base::SmemLayoutB{});
+    Tensor s_sfa = make_tensor(
+        make_smem_ptr(shared_tensors.smem_SFA.data()),
+        make_layout(make_shape(shape<0>(SmemLayoutSFA{}), get<1>(TileShape{}),
+                               make_shape(shape<1>(SmemLayoutSFA{}), shape<2>(SmemLayoutSFA{}))),
+                    make_stride(stride<0>(SmemLayoutSFA{}), _0{},
+                                make_stride(stride<1>(SmemLayoutSFA{}), stride<2>(SmemLayoutSFA{})))));
+    Tensor s_sfb = make_tensor(
+        make_smem_ptr(shared_tensors.smem_SFB.data()),
+        make_layout(make_shape(get<0>(TileShape{}), shape<0>(SmemLayoutSFB{}),
+                               make_shape(shape<1>(SmemLayoutSFB{}), shape<2>(SmemLayoutSFB{}))),
+                    make_stride(_0{}, stride<0>(SmemLayoutSFB{}),
+                                make_stride(stride<1>(SmemLayoutSFB{}), stride<2>(SmemLayoutSFB{})))));
+
+    typename Base::TiledMma tiled_mma;
+    constexpr int kWarpGroupThreads = cutlass::NumThreadsPerWarpGroup;
+    constexpr int kWarpGroups = size(typename Base::TiledMma{}) / kWarpGroupThreads;
+    const Layout warp_group_thread_layout = make_layout(Int<kWarpGroups>{}, Int<kWarpGroupThreads>{});
+    const int warp_group = __shfl_sync(0xffffffff, thread_idx / kWarpGroupThreads, 0);
+    auto thread_mma = tiled_mma.get_slice(warp_group_thread_layout(warp_group));
+    Tensor t_sfa = tiled_mma.get_slice(thread_idx).partition_C(s_sfa);  // (MMA, MMA_M, MMA_N, (1, PIPE))
+    Tensor t_sfb = tiled_mma.get_slice(thread_idx).partition_C(s_sfb);
+    Tensor t_a = thread_mma.make_fragment_A(thread_mma.partition_A(s_a));  // (MMA, MMA_M, MMA_K, PIPE)
+    Tensor t_b = thread_mma.make_fragment_B(thread_mma.partition_B(s_b));  // (MMA, MMA_N, MMA_K, PIPE)
+    Tensor sfa0 = make_tensor_like<float>(t_sfa(_, _, _, _0{}));  // broadcast: one register per distinct row
+    Tensor sfb0 = make_tensor_like<float>(t_sfb(_, _, _, _0{}));  // broadcast: one register
+    CUTE_STATIC_ASSERT_V(size(sfa0) == size(accum) && size(sfb0) == size(accum));
+    Tensor block0 = make_fragment_like(accum);
+
+    // Waits for the next stage, reads its scales into (sfa, sfb) and issues its K block's WGMMAs into `block`.
+    auto issue = [&](auto& block, auto& sfa, auto& sfb) {
+      auto token = pipeline.consumer_try_wait(smem_pipe_read);
+      pipeline.consumer_wait(smem_pipe_read, token);
+      const int stage = smem_pipe_read.index();
+      copy(t_sfa(_, _, _, make_coord(_0{}, stage)), sfa);
+      copy(t_sfb(_, _, _, make_coord(_0{}, stage)), sfb);
+      tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+      warpgroup_fence_operand(block);
+      warpgroup_arrive();
+      CUTLASS_PRAGMA_UNROLL
+      for (int k_block = 0; k_block < size<2>(t_a); ++k_block) {
+        cute::gemm(tiled_mma, t_a(_, _, k_block, stage), t_b(_, _, k_block, stage), block);
+        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+      warpgroup_fence_operand(block);
+      ++smem_pipe_read;
+    };
+    auto promote = [&](auto& block, auto& sfa, auto& sfb) {
+      warpgroup_fence_operand(block);
+      warpgroup_fence_operand(accum);
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(accum); ++i) accum(i) += block(i) * (sfa(i) * sfb(i));
+      warpgroup_fence_operand(accum);
+    };
+
+    clear(accum);
+    typename Base::PipelineState smem_pipe_release = smem_pipe_read;
+    if constexpr (kMode == Promotion::kOverlap) {
+      Tensor sfa1 = make_tensor_like<float>(t_sfa(_, _, _, _0{}));
+      Tensor sfb1 = make_tensor_like<float>(t_sfb(_, _, _, _0{}));
+      Tensor block1 = make_fragment_like(accum);
+      // K block k: issue k+1 into the other buffers, wait for k (one batch left in flight), release k's stage
+      // (its scales are in registers), promote k. Unrolled by two so that the buffers are static registers, and
+      // peeled so that every path has block0's batch in flight at the loop head: with the steps under branches
+      // ptxas could not prove the promoted buffer idle and serialised the WGMMAs (C7514).
+      auto step = [&](auto& block, auto& sfa, auto& sfb, auto& next_block, auto& next_sfa, auto& next_sfb) {
+        issue(next_block, next_sfa, next_sfb);
+        warpgroup_wait<1>();
+        pipeline.consumer_release(smem_pipe_release);
+        ++smem_pipe_release;
+        promote(block, sfa, sfb);
+      };
+      issue(block0, sfa0, sfb0);
+      int k = 0;
+      CUTLASS_PRAGMA_NO_UNROLL
+      for (; k + 2 < k_tile_count; k += 2) {
+        step(block0, sfa0, sfb0, block1, sfa1, sfb1);
+        step(block1, sfa1, sfb1, block0, sfa0, sfb0);
+      }
+      if (k + 1 < k_tile_count) {  // two K blocks left
+        step(block0, sfa0, sfb0, block1, sfa1, sfb1);
+        warpgroup_wait<0>();  // the last stage is released by mma_tail
+        promote(block1, sfa1, sfb1);
+      } else {
+        warpgroup_wait<0>();
+        promote(block0, sfa0, sfb0);
+      }
+    } else {
+      static_assert(kMode == Promotion::kStagger);
+      static_assert(kWarpGroups == 2, "the staggered promotion pairs two consumer warpgroups");
+      constexpr uint32_t kPairThreads = 2 * kWarpGroupThreads;
+      const bool first = warp_group == 0;
+      CUTLASS_PRAGMA_NO_UNROLL
+      for (int k = 0; k < k_tile_count; ++k) {
+        // Per tile the arrivals and waits balance: kFirstIssued k_tile_count times, kSecondIssued k_tile_count-1.
+        if (first) {
+          if (k > 0) cutlass::arch::NamedBarrier::sync(kPairThreads, kSecondIssued);
+        } else {
+          cutlass::arch::NamedBarrier::sync(kPairThreads, kFirstIssued);
+        }
+        issue(block0, sfa0, sfb0);
+        if (first) {
+          cutlass::arch::NamedBarrier::arrive(kPairThreads, kFirstIssued);
+        } else if (k + 1 < k_tile_count) {
+          cutlass::arch::NamedBarrier::arrive(kPairThreads, kSecondIssued);
+        }
+        warpgroup_wait<0>();
+        if (k > 0) {  // the previous stage; the last one is released by mma_tail
+          pipeline.consumer_release(smem_pipe_release);
+          ++smem_pipe_release;
+        }
+        promote(block0, sfa0, sfb0);
+      }
+    }
+  }
+};
+
+// The consumer a kernel uses: CUTLASS's, WideTileMma for several B-scale blocks per tile, or an overlapped
+// promotion.
+template <class Built, bool kWide, Promotion kPromotion>
+struct SelectConsumer {
+  using type = OverlappedPromotionMma<Built, kPromotion>;
+};
+template <class Built, Promotion kPromotion>
+struct SelectConsumer<Built, true, kPromotion> {
+  static_assert(kPromotion == Promotion::kNone, "the 192-wide tiles have no overlapped promotion");
+  using type = WideTileMma<Built>;
+};
+template <class Built>
+struct SelectConsumer<Built, false, Promotion::kNone> {
+  using type = Built;
+};
+
 // The mainloop of the indexed contiguous kernels: CUTLASS's dense blockwise-FP8 collective (`Base`), with B and its
 // scales addressed as a batch of G groups and each tile's batch index taken from block_group[m tile] instead of
 // the tile scheduler's L coordinate (which is 0: the kernel runs one (m_sum, n, k) problem). A, its scales and D
@@ -322,7 +495,8 @@ struct GroupIndexedMainloop : Base {
 };
 
 // Dense GEMM type for one tile configuration.
-template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128>
+template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128,
+          Promotion kPromotion = Promotion::kNone>
 struct DenseGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
@@ -342,8 +516,8 @@ struct DenseGemm {
       MainloopSchedule>::CollectiveOp;
   // 192-wide tiles (kScaleN 64): WideTileMma's consumer, and GroupIndexedMainloop's producer over one group.
   static constexpr bool kWide = kScaleN != 128;
-  using MmaMainloop = std::conditional_t<kWide, WideTileMma<BuiltMainloop>, BuiltMainloop>;
-  using CollectiveMainloop = std::conditional_t<kWide, GroupIndexedMainloop<MmaMainloop>, BuiltMainloop>;
+  using MmaMainloop = typename SelectConsumer<BuiltMainloop, kWide, kPromotion>::type;
+  using CollectiveMainloop = std::conditional_t<kWide, GroupIndexedMainloop<MmaMainloop>, MmaMainloop>;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
                                                       CollectiveEpilogue>;
@@ -535,7 +709,8 @@ inline size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 }  // namespace detail
 
 // Grouped (ptr-array) GEMM type for one tile configuration; serves the contiguous and the masked layouts.
-template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128>
+template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128,
+          Promotion kPromotion = Promotion::kNone>
 struct GroupedGemm {
   using ScaleConfig = detail::GroupedScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
@@ -554,7 +729,7 @@ struct GroupedGemm {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
       MainloopSchedule>::CollectiveOp;
-  using CollectiveMainloop = std::conditional_t<kScaleN != 128, WideTileMma<BuiltMainloop>, BuiltMainloop>;
+  using CollectiveMainloop = typename SelectConsumer<BuiltMainloop, kScaleN != 128, kPromotion>::type;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, CollectiveMainloop, CollectiveEpilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
@@ -666,13 +841,13 @@ struct GroupedGemm {
 // Contiguous grouped GEMM on the dense kernel with GroupIndexedMainloop (TileConfig::kIndexed*): one launch over
 // the whole (m_sum, n, k) problem, so no problem arrays, no per-problem tensor-map updates and the dense kernel's
 // TMA-loaded M-major A scales. A one-warp-per-block setup kernel writes each 128-row block's group.
-template <class TileShape, class ClusterShape, int kScaleN = 128>
+template <class TileShape, class ClusterShape, int kScaleN = 128, Promotion kPromotion = Promotion::kNone>
 struct IndexedGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
   using Dense = DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
-                          cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN>;
+                          cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN, kPromotion>;
   using CollectiveMainloop = GroupIndexedMainloop<typename Dense::MmaMainloop>;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
                                                       typename Dense::CollectiveEpilogue>;

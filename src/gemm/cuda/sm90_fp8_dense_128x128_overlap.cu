@@ -1,0 +1,14 @@
+// Dense FP8 GEMM, 128x128x128 tiles, cooperative, 1x1 cluster, with the promotion overlapped with tensor-core work:
+// two K blocks in flight per warpgroup (Promotion::kOverlap).
+#include "sm90_fp8_gemm.cuh"
+
+namespace ff::gemm::cuda {
+
+std::string run_dense_cooperative_128x128_overlap(const DenseArgs& args) {
+  using Gemm = DenseGemm<cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_1, cute::_1, cute::_1>,
+                         cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
+                         cutlass::epilogue::TmaWarpSpecializedCooperative, 128, Promotion::kOverlap>;
+  return Gemm::run(args);
+}
+
+}  // namespace ff::gemm::cuda

@@ -1,0 +1,14 @@
+// Grouped FP8 GEMM (ptr-array: masked, forced contiguous), 128x128x128 tiles, cooperative, 1x1 cluster, with the
+// promotion overlapped with tensor-core work: two K blocks in flight per warpgroup (Promotion::kOverlap).
+#include "sm90_fp8_gemm.cuh"
+
+namespace ff::gemm::cuda {
+
+std::string run_grouped_cooperative_128x128_overlap(const GroupedArgs& args) {
+  using Gemm = GroupedGemm<cute::Shape<cute::_128, cute::_128, cute::_128>, cute::Shape<cute::_1, cute::_1, cute::_1>,
+                           cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise,
+                           cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, 128, Promotion::kOverlap>;
+  return Gemm::run(args);
+}
+
+}  // namespace ff::gemm::cuda
