@@ -53,6 +53,7 @@ struct StorageBugs {
   bool skip_sync = false;                  // recovery sends SyncDone without transferring chunks
   bool ignore_chain_version = false;       // accept requests with any chain version
   bool commit_before_ack = false;          // not a bug: the protocol before ack_then_commit (for A/B runs)
+  bool sequential_forward = false;         // not a bug: middle targets store before they forward (for A/B runs)
 };
 
 // Observer of committed versions, for the simulation's checkers. Called on the executor.
@@ -98,6 +99,7 @@ class StorageService {
   struct Stats {
     uint64_t writes = 0, forwards = 0, reads = 0, dirty_reads = 0, repairs = 0, syncs_done = 0,
              chunks_synced = 0, busy = 0, stale_chain = 0, dedupe_hits = 0;
+    uint64_t parallel_forwards = 0;  // forwards a middle target sent while storing the update itself
   };
   Stats stats() const;
 

@@ -401,7 +401,10 @@ struct StorageService::State {
     send_forward(update, next, chain->version, false, update->data);
   }
 
-  void send_forward(UpdatePtr update, TargetId next, ChainVersion chain_version, bool full, SharedBytes data) {
+  // Sends the update to `next`; its answer goes to on_response, or when none is given to
+  // on_forward_response (the update must then be stored here already).
+  void send_forward(UpdatePtr update, TargetId next, ChainVersion chain_version, bool full, SharedBytes data,
+                    std::function<void(Result<ForwardRsp>)> on_response = {}) {
     auto address = routing.address_of(next);
     ForwardReq req{.request_id = update->request_id, .chain = update->chain, .chain_version = chain_version,
                    .target = next, .chunk = update->chunk, .version = update->version,
@@ -410,40 +413,48 @@ struct StorageService::State {
                    .resolve_pending = update->resolve, .shared_data = std::move(data), .chunk_size = update->chunk_size};
     int64_t timeout = std::min(config.rpc_timeout_ns, update->deadline_ns - now());
     ++stats.forwards;
+    if (!on_response) {
+      on_response = [this, update, next](Result<ForwardRsp> rsp) { on_forward_response(update, next, std::move(rsp)); };
+    }
     rpc.call(address.value_or(""), Request{std::move(req)}, timeout,
-             [this, update, next](Result<Response> response) {
-               Result<ForwardRsp> rsp = response_as<ForwardRsp>(std::move(response));
-               if (rsp.is_ok()) {
-                 if (rsp->committed_version != update->version || rsp->committed_crc32c != update->crc) {
-                   // The successor holds a different committed version: treat as a conflict.
-                   return resolve_conflict(update, next);
-                 }
-                 return commit_local(update, true);
-               }
-               FsError error = fs_error_of(rsp.status());
-               if (error == FsError::kVersionConflict) return resolve_conflict(update, next);
-               if (error == FsError::kVersionMismatch) {
-                 // A resolve reached a target that never stored the version: tell the head.
-                 if (update->resolve) {
-                   // Nothing downstream committed the version: drop it here too (the head drops it as well).
-                   auto store_ptr = targets.at(update->target).store;
-                   auto status = std::make_shared<Status>(rsp.status());
-                   executor.offload([store_ptr, chunk = update->chunk, version = update->version] { (void)store_ptr->abort_pending(chunk, version); },
-                                    [this, update, status] { finish(update, *status); });
-                   return;
-                 }
-                 return push_committed(update, next);
-               }
-               FF_LOG_DEBUG("target {}: forward of chunk {} v{} to target {} failed: {}", update->target, update->chunk.to_string(),
-                            update->version, next, rsp.status());
-               if (!retryable(rsp.status()) || now() + config.retry_backoff_ns >= update->deadline_ns) {
-                 return finish(update, rsp.status().with_context(fmt::format("forward to target {}", next)));
-               }
-               executor.post_after(config.retry_backoff_ns, [this, update, gen = generation] {
-                 if (gen != generation) return;
-                 forward_or_commit(update);
-               });
+             [on_response = std::move(on_response)](Result<Response> response) {
+               on_response(response_as<ForwardRsp>(std::move(response)));
              });
+  }
+
+  // The successor answered a forward of an update that is stored here (pending): commit on its
+  // acknowledgement, else resolve a conflict, push our copy to a successor that is behind, or retry.
+  void on_forward_response(UpdatePtr update, TargetId next, Result<ForwardRsp> rsp) {
+    if (rsp.is_ok()) {
+      if (rsp->committed_version != update->version || rsp->committed_crc32c != update->crc) {
+        // The successor holds a different committed version: treat as a conflict.
+        return resolve_conflict(update, next);
+      }
+      return commit_local(update, true);
+    }
+    FsError error = fs_error_of(rsp.status());
+    if (error == FsError::kVersionConflict) return resolve_conflict(update, next);
+    if (error == FsError::kVersionMismatch) {
+      // A resolve reached a target that never stored the version: tell the head.
+      if (update->resolve) {
+        // Nothing downstream committed the version: drop it here too (the head drops it as well).
+        auto store_ptr = targets.at(update->target).store;
+        auto status = std::make_shared<Status>(rsp.status());
+        executor.offload([store_ptr, chunk = update->chunk, version = update->version] { (void)store_ptr->abort_pending(chunk, version); },
+                         [this, update, status] { finish(update, *status); });
+        return;
+      }
+      return push_committed(update, next);
+    }
+    FF_LOG_DEBUG("target {}: forward of chunk {} v{} to target {} failed: {}", update->target, update->chunk.to_string(),
+                 update->version, next, rsp.status());
+    if (!retryable(rsp.status()) || now() + config.retry_backoff_ns >= update->deadline_ns) {
+      return finish(update, rsp.status().with_context(fmt::format("forward to target {}", next)));
+    }
+    executor.post_after(config.retry_backoff_ns, [this, update, gen = generation] {
+      if (gen != generation) return;
+      forward_or_commit(update);
+    });
   }
 
   // The successor committed this version with other contents (or a newer one): adopt its committed
@@ -585,7 +596,7 @@ struct StorageService::State {
     }
     auto store_ptr = targets.at(update->target).store;
     auto result = std::make_shared<Status>();
-    auto outcome = std::make_shared<int>(0);  // 0: stored pending, 1: already committed, 2: replaced (syncing tail)
+    auto outcome = std::make_shared<int>(0);  // 0: stored pending, 1: already committed, 2: replaced (syncing tail), 3: to store while forwarding
     // The tail commits right after storing: its pending batch becomes durable with the commit batch
     // (one synced batch instead of two on the critical path).
     ChunkUpdate chunk_update{.id = update->chunk, .version = update->version,
@@ -595,8 +606,10 @@ struct StorageService::State {
                              .defer_metadata_sync = tail && !update->resolve && !bugs.commit_before_ack};
     uint32_t expected_crc = update->crc;
     bool resolve = update->resolve;
+    // A middle target stores while it forwards (store_and_forward): the worker only checks versions.
+    bool parallel = !tail && !resolve && !update->full_replacement && !bugs.sequential_forward;
     executor.offload(
-        [store_ptr, result, outcome, chunk_update, expected_crc, tail, resolve]() {
+        [store_ptr, result, outcome, chunk_update, expected_crc, tail, resolve, parallel]() {
           Result<ChunkMeta> current = store_ptr->stat(chunk_update.id);
           if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
             *result = current.status();
@@ -632,19 +645,14 @@ struct StorageService::State {
                                            meta.pending_version, meta.pending_crc32c));
             return;
           }
-          *result = store_ptr->put_pending(chunk_update);
-          if (!result->is_ok()) return;
-          Result<ChunkMeta> after = store_ptr->stat(chunk_update.id);
-          if (!after.is_ok()) {
-            *result = after.status();
-          } else if (after->pending_crc32c != expected_crc) {
-            (void)store_ptr->abort_pending(chunk_update.id, chunk_update.version);
-            *result = fs_error(FsError::kVersionConflict,
-                               fmt::format("chunk {} v{}: CRC after update {:#x}, expected {:#x}", chunk_update.id.to_string(),
-                                           chunk_update.version, after->pending_crc32c, expected_crc));
+          if (parallel && meta.committed_version + 1 == chunk_update.version) {
+            // Only a store that can succeed is run beside the forward (anything else fails here as before).
+            *outcome = 3;
+            return;
           }
+          *result = store_pending_checked(*store_ptr, chunk_update, expected_crc);
         },
-        [this, update, result, outcome, tail] {
+        [this, update, result, outcome, tail, chunk_update] {
           FF_LOG_DEBUG("target {}: forward of chunk {} v{} CRC {:#x} full={} tail={}: outcome {} {}", update->target, update->chunk.to_string(),
                        update->version, update->crc, update->full_replacement, tail, *outcome, *result);
           if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
@@ -656,9 +664,154 @@ struct StorageService::State {
             observe(update->target, update->chunk, update->version, update->crc);
             return finish(update, ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
           }
+          if (*outcome == 3) return store_and_forward(update, chunk_update);
           forward_or_commit(update);
         });
   }
+
+  // Stores `update` as pending and checks that the new version has the CRC the head computed (worker
+  // thread). A different CRC means this target's base differs from the head's: the version is dropped
+  // again and the answer is [version_conflict].
+  // already_stored_ok: a pending version with this number and CRC is kept as it is (a retried forward
+  // that found it stored; CRCs identify versions throughout the protocol).
+  static Status store_pending_checked(ChunkStore& store, const ChunkUpdate& update, uint32_t expected_crc,
+                                      bool already_stored_ok = false) {
+    if (already_stored_ok) {
+      Result<ChunkMeta> before = store.stat(update.id);
+      if (before.is_ok() && before->pending_version == update.version && before->pending_crc32c == expected_crc) return Status::ok();
+    }
+    FF_RETURN_IF_ERROR(store.put_pending(update));
+    FF_ASSIGN_OR_RETURN(ChunkMeta after, store.stat(update.id));
+    if (after.pending_crc32c != expected_crc) {
+      (void)store.abort_pending(update.id, update.version);
+      return fs_error(FsError::kVersionConflict, fmt::format("chunk {} v{}: CRC after update {:#x}, expected {:#x}", update.id.to_string(),
+                                                             update.version, after.pending_crc32c, expected_crc));
+    }
+    return Status::ok();
+  }
+
+  // A middle target (neither head nor tail) forwards the update downstream while its own pending
+  // version is being written, and handles the successor's answer once both are done: at replication 3
+  // the middle's synced batch leaves the write's critical path. Its acknowledgement upstream still
+  // means "stored here and committed at the tail". Once the forward is sent the version may be
+  // committed downstream, so this target must end up holding it (the orphan resolution relies on "a
+  // target that never stored a version means nothing downstream committed it"): a failed local store
+  // is retried, after repairing a corrupt base, while the chunk stays locked; it is never given up
+  // while this service runs (a restarted target is recovered by sync). docs/fs.md, "Forward while
+  // storing".
+  void store_and_forward(UpdatePtr update, ChunkUpdate chunk_update) {
+    const ChainInfo* chain = routing.chain(update->chain);
+    TargetId next = chain == nullptr ? 0 : successor(*chain, update->target);
+    bool parallel = chain != nullptr && next != 0 && running && serving() && chain->index_of(update->target) >= 0 &&
+                    receives_writes(state_of(*chain, update->target)) && state_of(*chain, next) != PublicTargetState::kSyncing &&
+                    now() < update->deadline_ns;
+    if (!parallel) {
+      // Not a plain middle hop any more (routing changed meanwhile): store, then the usual forward_or_commit.
+      auto store_ptr = targets.at(update->target).store;
+      auto result = std::make_shared<Status>();
+      executor.offload([store_ptr, result, chunk_update, crc = update->crc] { *result = store_pending_checked(*store_ptr, chunk_update, crc); },
+                       [this, update, result] {
+                         if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
+                         forward_or_commit(update);
+                       });
+      return;
+    }
+    struct Join {
+      bool stored = false;
+      std::optional<Result<ForwardRsp>> forwarded;
+    };
+    auto join = std::make_shared<Join>();
+    auto both_done = [this, update, join, next] {
+      if (!join->stored || !join->forwarded.has_value()) return;
+      on_forward_response(update, next, std::move(*join->forwarded));
+    };
+    ++stats.parallel_forwards;
+    send_forward(update, next, chain->version, false, update->data, [join, both_done](Result<ForwardRsp> rsp) {
+      join->forwarded = std::move(rsp);
+      both_done();
+    });
+    store_until_stored(update, next, std::move(chunk_update), 0, std::make_shared<std::function<void()>>([join, both_done] {
+      join->stored = true;
+      both_done();
+    }));
+  }
+
+  // store_and_forward's local store, retried until it lands (see there).
+  void store_until_stored(UpdatePtr update, TargetId next, ChunkUpdate chunk_update, int attempt, std::shared_ptr<std::function<void()>> stored) {
+    auto store_ptr = targets.at(update->target).store;
+    auto result = std::make_shared<Status>();
+    executor.offload(
+        [store_ptr, result, chunk_update, crc = update->crc] { *result = store_pending_checked(*store_ptr, chunk_update, crc, true); },
+        [this, update, next, result, chunk_update, attempt, stored, gen = generation] {
+          if (gen != generation) return;  // stopped: a restarted service recovers the chunk
+          if (result->is_ok()) return (*stored)();
+          FF_LOG_WARN("target {}: storing chunk {} v{} after forwarding it failed (attempt {}): {}", update->target,
+                      update->chunk.to_string(), update->version, attempt + 1, *result);
+          int64_t backoff = config.retry_backoff_ns * std::min(1 << std::min(attempt, 5), 20);
+          auto retry = [this, update, next, chunk_update, attempt, stored, gen, backoff] {
+            if (gen != generation) return;
+            executor.post_after(backoff, [this, update, next, chunk_update, attempt, stored, gen] {
+              if (gen != generation) return;
+              store_until_stored(update, next, chunk_update, attempt + 1, stored);
+            });
+          };
+          if (fs_error_of(*result) == FsError::kChecksumMismatch || result->code() == StatusCode::kDataLoss) {
+            // The committed base is corrupt here. The successor may have committed this very version
+            // already (and be the only intact copy left of the base's version): adopt its copy;
+            // else drop a stale pending version (this update replaces it anyway, and repair refuses a
+            // chunk with one), repair the base from a replica (the lock is ours) and retry.
+            return adopt_from_successor(update, next, [this, update, stored, retry, gen](Status adopted) {
+              if (gen != generation) return;
+              if (adopted.is_ok()) return (*stored)();
+              auto store_ptr = targets.at(update->target).store;
+              executor.offload(
+                  [store_ptr, chunk = update->chunk] {
+                    Result<ChunkMeta> meta = store_ptr->stat(chunk);
+                    if (meta.is_ok() && meta->pending_version != 0) (void)store_ptr->abort_pending(chunk, meta->pending_version);
+                  },
+                  [this, update, retry, gen] {
+                    if (gen != generation) return;
+                    repair_locked(update->chain, update->target, update->chunk, [retry](Status) { retry(); });
+                  });
+            });
+          }
+          retry();
+        });
+  }
+
+  // Installs the successor's committed copy of update->version (CRC update->crc) here as committed
+  // (a later commit of that version is then a no-op). Fails when the successor has another version.
+  void adopt_from_successor(UpdatePtr update, TargetId next, std::function<void(Status)> done) {
+    const ChainInfo* chain = routing.chain(update->chain);
+    if (chain == nullptr) return done(fs_error(FsError::kUnknownChain, fmt::format("chain {} unknown", update->chain)));
+    ReadReq req{.chain = update->chain, .chain_version = chain->version, .target = next, .chunk = update->chunk,
+                .offset = 0, .length = UINT64_MAX, .mode = ReadMode::kRelaxed, .any_state = true};
+    rpc.call(routing.address_of(next).value_or(""), Request{req}, config.rpc_timeout_ns,
+             [this, update, done](Result<Response> response) {
+               Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+               if (!rsp.is_ok()) return done(rsp.status());
+               if (rsp->meta.committed_version != update->version || rsp->meta.committed_crc32c != update->crc ||
+                   crc32c(rsp->payload()) != update->crc) {
+                 return done(fs_error(FsError::kVersionMismatch, fmt::format("successor has chunk {} v{}, not v{}", update->chunk.to_string(),
+                                                                             rsp->meta.committed_version, update->version)));
+               }
+               auto store_ptr = targets.at(update->target).store;
+               auto result = std::make_shared<Status>();
+               executor.offload(
+                   [store_ptr, result, chunk = update->chunk, rsp = std::move(*rsp)] {
+                     *result = store_ptr->put_full_replacement(chunk, rsp.meta.committed_version, rsp.meta.chain_version, rsp.payload());
+                   },
+                   [this, update, result, done] {
+                     if (result->is_ok()) {
+                       FF_LOG_INFO("target {}: adopted chunk {} v{} from its successor (local base corrupt)", update->target,
+                                   update->chunk.to_string(), update->version);
+                       observe(update->target, update->chunk, update->version, update->crc);
+                     }
+                     done(*result);
+                   });
+             });
+  }
+
 
   void handle_write(const ServerContext& context, WriteReq req, Reply reply) {
     ++stats.writes;
