@@ -168,6 +168,131 @@ def test_rename(mnt: pathlib.Path) -> None:
     assert info.value.errno in (errno.ENOTEMPTY, errno.EEXIST)
 
 
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+
+
+def test_rename_exchange(mnt: pathlib.Path) -> None:
+    (mnt / "a").write_bytes(b"A")
+    (mnt / "b").write_bytes(b"B")
+    renameat2(mnt / "a", mnt / "b", RENAME_EXCHANGE)
+    assert (mnt / "a").read_bytes() == b"B" and (mnt / "b").read_bytes() == b"A"
+    # A directory with contents and a file, across directories: link counts and ".." follow.
+    (mnt / "d" / "sub").mkdir(parents=True)
+    (mnt / "d" / "sub" / "f").write_bytes(b"deep")
+    (mnt / "e").mkdir()
+    (mnt / "e" / "file").write_bytes(b"F")
+    nlink_d, nlink_e = (mnt / "d").stat().st_nlink, (mnt / "e").stat().st_nlink
+    renameat2(mnt / "d" / "sub", mnt / "e" / "file", RENAME_EXCHANGE)
+    assert (mnt / "e" / "file" / "f").read_bytes() == b"deep"
+    assert (mnt / "d" / "sub").read_bytes() == b"F"
+    assert (mnt / "d").stat().st_nlink == nlink_d - 1 and (mnt / "e").stat().st_nlink == nlink_e + 1
+    assert os.stat(mnt / "e" / "file" / "..").st_ino == (mnt / "e").stat().st_ino
+    # Two directories: each keeps its contents under the other's name.
+    (mnt / "x").mkdir()
+    (mnt / "x" / "in-x").write_bytes(b"x")
+    renameat2(mnt / "x", mnt / "e" / "file", RENAME_EXCHANGE)
+    assert (mnt / "x" / "f").read_bytes() == b"deep" and (mnt / "e" / "file" / "in-x").read_bytes() == b"x"
+    # Refused: into its own subtree (EINVAL), a missing name (ENOENT), RENAME_WHITEOUT (EINVAL, or EPERM when the
+    # kernel refuses it first: it needs CAP_MKNOD).
+    for old, new, flags, expected in ((mnt / "x", mnt / "x" / "f", RENAME_EXCHANGE, (errno.EINVAL,)),
+                                      (mnt / "missing", mnt / "a", RENAME_EXCHANGE, (errno.ENOENT,)),
+                                      (mnt / "a", mnt / "w", RENAME_WHITEOUT, (errno.EINVAL, errno.EPERM))):
+        with pytest.raises(OSError) as info:
+            renameat2(old, new, flags)
+        assert info.value.errno in expected, (old, new, flags, info.value)
+    # Permissions as for rename: another user may not swap root's entries.
+    os.chmod(mnt, 0o755)
+    assert _as_user(65534, 65534, lambda: renameat2(mnt / "a", mnt / "b", RENAME_EXCHANGE)) == errno.EACCES
+    assert (mnt / "a").read_bytes() == b"B"
+
+
+def test_extended_attributes(mnt: pathlib.Path) -> None:
+    path = mnt / "f"
+    path.write_bytes(b"data")
+    os.setxattr(path, "user.color", b"blue", os.XATTR_CREATE)
+    with pytest.raises(OSError) as info:
+        os.setxattr(path, "user.color", b"red", os.XATTR_CREATE)
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as info:
+        os.setxattr(path, "user.absent", b"x", os.XATTR_REPLACE)
+    assert info.value.errno == errno.ENODATA
+    os.setxattr(path, "user.color", b"red", os.XATTR_REPLACE)
+    os.setxattr(path, "user.bin", bytes(range(256)))
+    assert os.getxattr(path, "user.color") == b"red"
+    assert os.getxattr(path, "user.bin") == bytes(range(256))
+    assert sorted(os.listxattr(path)) == ["user.bin", "user.color"]
+    with pytest.raises(OSError) as info:
+        os.getxattr(path, "user.absent")
+    assert info.value.errno == errno.ENODATA
+    # 64 KiB values (Python asks with a growing buffer: the size rules are exercised), E2BIG beyond, long names ERANGE.
+    big = os.urandom(64 * 1024)
+    os.setxattr(path, "user.big", big)
+    assert os.getxattr(path, "user.big") == big
+    with pytest.raises(OSError) as info:
+        os.setxattr(path, "user.big", big + b"x")
+    assert info.value.errno == errno.E2BIG
+    with pytest.raises(OSError) as info:
+        os.setxattr(path, "user." + "n" * 251, b"v")
+    assert info.value.errno == errno.ERANGE
+    # Namespaces: system.* unsupported; trusted.* for root only (here we are root), hidden from others.
+    with pytest.raises(OSError) as info:
+        os.setxattr(path, "system.other", b"v")
+    assert info.value.errno in (errno.EOPNOTSUPP, errno.ENOTSUP)
+    os.setxattr(path, "trusted.t", b"t")
+    assert os.getxattr(path, "trusted.t") == b"t"
+    os.chmod(path, 0o644)
+    assert _as_user(65534, 65534, lambda: os.setxattr(path, "user.nobody", b"v")) == errno.EACCES
+    assert _as_user(65534, 65534, lambda: os.setxattr(path, "trusted.x", b"v")) == errno.EPERM
+    assert _as_user(65534, 65534, lambda: os.getxattr(path, "user.color")) is None
+    assert _as_user(65534, 65534, lambda: os.getxattr(path, "trusted.t")) == errno.ENODATA
+    # They stay with the file through rename and link, and leave with removexattr.
+    os.rename(path, mnt / "g")
+    os.link(mnt / "g", mnt / "h")
+    assert os.getxattr(mnt / "h", "user.color") == b"red"
+    os.removexattr(mnt / "h", "user.color")
+    with pytest.raises(OSError) as info:
+        os.removexattr(mnt / "g", "user.color")
+    assert info.value.errno == errno.ENODATA
+    assert "user.color" not in os.listxattr(mnt / "g")
+    # Directories carry them too.
+    os.setxattr(mnt, "user.dir", b"d")
+    assert os.getxattr(mnt, "user.dir") == b"d"
+
+
+def test_posix_fallocate_and_directory_times(mnt: pathlib.Path) -> None:
+    path = mnt / "f"
+    with open(path, "wb") as f:
+        f.write(b"abc")
+        f.flush()
+        os.posix_fallocate(f.fileno(), 0, 3 * MiB + 5)
+        assert os.fstat(f.fileno()).st_size == 3 * MiB + 5
+        os.posix_fallocate(f.fileno(), 10, 100)  # inside: nothing changes
+        assert os.fstat(f.fileno()).st_size == 3 * MiB + 5
+    data = path.read_bytes()
+    assert len(data) == 3 * MiB + 5 and data[:3] == b"abc" and data[3:].count(0) == len(data) - 3
+    with open(path, "r+b") as f:
+        with pytest.raises(OSError) as info:
+            _fallocate(f.fileno(), 0x02 | 0x01, 0, 10)  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        assert info.value.errno == errno.EOPNOTSUPP
+    # A directory's mtime follows changes of its entries (ls -lt, make).
+    times = []
+    for change in (lambda: (mnt / "new").write_bytes(b""), lambda: os.rename(mnt / "new", mnt / "renamed"),
+                   lambda: os.unlink(mnt / "renamed"), lambda: (mnt / "sub").mkdir(), lambda: (mnt / "sub").rmdir()):
+        times.append(os.stat(mnt).st_mtime_ns)
+        time.sleep(0.002)
+        change()
+    times.append(os.stat(mnt).st_mtime_ns)
+    assert all(later > earlier for earlier, later in zip(times, times[1:])), times
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
 # ---------------------------------------------------------------------------------------------------- listing
 class _Dir:
     """opendir/readdir/telldir/seekdir through libc (Python has no telldir)."""

@@ -8,8 +8,9 @@
 //   FF_RETURN_IF_ERROR(fs->run());  // until unmounted, SIGTERM/SIGINT/SIGHUP, or exit()
 //
 // What the kernel sees: every MetaApi operation (lookup, getattr, setattr incl. truncate and times,
-// mknod, mkdir, unlink, rmdir, symlink, readlink, rename incl. RENAME_NOREPLACE, link, open, create,
-// read, write, flush, release, fsync, opendir, readdir/readdirplus, statfs, access); errors as the
+// mknod, mkdir, unlink, rmdir, symlink, readlink, rename incl. RENAME_NOREPLACE and RENAME_EXCHANGE, link,
+// open, create, read, write, flush, release, fsync, fallocate (mode 0 and KEEP_SIZE), opendir,
+// readdir/readdirplus, statfs, access, set/get/list/removexattr); errors as the
 // errno meta::errno_of gives; 1 MiB reads and writes; entry and attribute timeouts; a multithreaded
 // session loop. Directory offsets: meta's readdir cursor is a name, so each open directory keeps a
 // table offset -> name of the entries it returned (offsets 1 and 2 are "." and "..").

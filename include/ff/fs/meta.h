@@ -33,6 +33,15 @@ using InodeId = uint64_t;
 inline constexpr InodeId kRootInode = 1;
 inline constexpr size_t kMaxNameBytes = 255;
 inline constexpr int kMaxSymlinkFollows = 40;  // Linux's MAXSYMLINKS
+// Extended attributes, Linux's limits: XATTR_NAME_MAX, XATTR_SIZE_MAX, XATTR_LIST_MAX.
+inline constexpr size_t kMaxXattrNameBytes = 255;
+inline constexpr size_t kMaxXattrValueBytes = 64 * 1024;
+inline constexpr size_t kMaxXattrListBytes = 64 * 1024;
+// setxattr flags, with the values of <sys/xattr.h>'s XATTR_CREATE / XATTR_REPLACE.
+enum XattrFlags : uint32_t {
+  kXattrCreate = 1,   // fail with EEXIST when the attribute exists
+  kXattrReplace = 2,  // fail with ENODATA when it does not
+};
 
 enum class FileType : uint8_t {
   kRegular = 1,
@@ -197,6 +206,30 @@ class MetaApi {
   virtual Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
                         std::string_view new_name, bool no_replace = false) = 0;
 
+  // RENAME_EXCHANGE: atomically swaps the inodes two existing names refer to (files, directories, one
+  // of each, in one or two directories). ENOENT when either is missing; EINVAL when a directory would
+  // land inside its own subtree; permissions as rename (write+search on both directories, their
+  // sticky bits, write permission on a directory that changes parent). Two names of one inode, or one
+  // name twice: nothing happens.
+  virtual Status exchange(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                          std::string_view new_name) = 0;
+
+  // ---- extended attributes, one KV key each under the inode (they follow renames and links, and go
+  // with the inode). Names "namespace.rest" (1..255 bytes: ERANGE otherwise); user.* on regular files
+  // and directories with the file's read (get, list) / write (set, remove) permission (EPERM on other
+  // types and for non-owners of a sticky directory); trusted.* and security.* are written only by uid 0
+  // (EPERM), trusted.* read and listed only by uid 0 (others get ENODATA, as on Linux); system.* and
+  // unknown namespaces: EOPNOTSUPP. Values up to 64 KiB (E2BIG). Set and remove update the ctime.
+  // flags: XattrFlags (kXattrCreate: EEXIST if present; kXattrReplace: ENODATA if absent).
+  virtual Status setxattr(const Caller& caller, InodeId inode, std::string_view name, std::string_view value,
+                          uint32_t flags) = 0;
+  // The value; ENODATA when the attribute is absent.
+  virtual Result<std::string> getxattr(const Caller& caller, InodeId inode, std::string_view name) = 0;
+  // The names the caller may see, ascending (E2BIG when they need more than 64 KiB with their NULs).
+  virtual Result<std::vector<std::string>> listxattr(const Caller& caller, InodeId inode) = 0;
+  // ENODATA when the attribute is absent.
+  virtual Status removexattr(const Caller& caller, InodeId inode, std::string_view name) = 0;
+
   // ---- listing: up to `limit` entries (1..4096) with names > `after` ("" from the start). The name of
   // the last entry is the cursor of the next page (stable under concurrent changes, unlike an index).
   virtual Result<ReadDirPage> readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit) = 0;
@@ -254,6 +287,14 @@ class MetaService final : public MetaApi {
   Status rmdir(const Caller& caller, InodeId parent, std::string_view name) override;
   Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
                 std::string_view new_name, bool no_replace = false) override;
+
+  Status exchange(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                  std::string_view new_name) override;
+  Status setxattr(const Caller& caller, InodeId inode, std::string_view name, std::string_view value,
+                  uint32_t flags) override;
+  Result<std::string> getxattr(const Caller& caller, InodeId inode, std::string_view name) override;
+  Result<std::vector<std::string>> listxattr(const Caller& caller, InodeId inode) override;
+  Status removexattr(const Caller& caller, InodeId inode, std::string_view name) override;
 
   Result<ReadDirPage> readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit) override;
   Result<StatFs> statfs() override;

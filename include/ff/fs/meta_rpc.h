@@ -12,16 +12,22 @@
 //
 // Failover and retries (RemoteMeta): ff-meta servers are stateless, so any of them serves any call. A
 // call that ends unavailable or past its per-attempt deadline is sent again to the next address, with a
-// growing pause once every address failed, until op_timeout_ms or max_attempts. Such a call may have
-// been executed (the reply was lost), so a repeated call of an operation that is not idempotent is
-// interpreted (docs/fs-meta.md, "RemoteMeta"):
+// growing pause once every address failed, until op_timeout_ms or max_attempts. Non-idempotent calls
+// carry a request id; a server that saw it answers with the first outcome (MetaServerOptions::
+// dedupe_requests). A retry that reaches another server (or a restarted one) may still find the
+// operation executed (the reply was lost), so a repeated call of such an operation is interpreted
+// (docs/fs-meta.md, "RemoteMeta"):
 //   - create / mknod / mkdir / symlink answered EEXIST: the name is looked up; when it holds an inode
 //     of the asked type, owned by the caller, with the asked mode (symlinks: target), created since the
 //     first attempt began (ctime, minus recovery_clock_skew_ms), it is returned as created;
 //   - link answered EEXIST: success when the new name holds the linked inode;
 //   - unlink / rmdir answered ENOENT: success (the name is gone either way);
 //   - rename answered ENOENT: success when the source name is gone and the destination name exists;
-//   - close answered EBADF: success (the session is gone);
+//   - close answered EBADF, removexattr answered ENODATA: success (the session / attribute is gone);
+//   - setxattr with kXattrCreate answered EEXIST: success when the attribute holds the value sent;
+//   - exchange (its own inverse, so never resent blindly): the names' inodes are looked up before,
+//     each send is one attempt, and after a transport failure swapped names mean success, unchanged
+//     names a resend, anything else the transport error;
 //   - open: may leave a second session of this client on the inode (released when the client's
 //     lease runs out); everything else is idempotent and simply sent again.
 //
@@ -53,6 +59,13 @@ struct MetaServerOptions {
   // wrong for etcd (a read there blocks a gRPC polling thread for an etcd round trip).
   bool inline_reads = false;
   rpc::MetricsRegistry* metrics = nullptr;  // optional: ff_meta_requests_total, latencies, errors
+  // Remember the outcome of non-idempotent requests by their request id (RemoteMeta sends one), so a
+  // retry after a lost reply that reaches this server again gets the first outcome (or waits for the
+  // first attempt still running) instead of running twice. In memory: retries that fail over to
+  // another server, or reach this one after a restart, fall back to RemoteMeta's interpretation.
+  bool dedupe_requests = true;
+  int64_t dedupe_ttl_ms = 120'000;     // how long an outcome is kept (well past RemoteMeta's op_timeout_ms)
+  size_t dedupe_max_entries = 65'536;  // bound of the table; the oldest finished entries go first
 };
 
 class MetaRpcServer {
@@ -73,8 +86,9 @@ class MetaRpcServer {
 
   struct Stats {
     uint64_t requests = 0;
-    uint64_t errors = 0;   // operations that returned an error Status (ENOENT, EEXIST, ... included)
-    uint64_t expired = 0;  // requests whose deadline had passed before they ran (not executed)
+    uint64_t errors = 0;        // operations that returned an error Status (ENOENT, EEXIST, ... included)
+    uint64_t expired = 0;       // requests whose deadline had passed before they ran (not executed)
+    uint64_t deduplicated = 0;  // retries answered with the outcome of their first attempt
   };
   Stats stats() const;
 
@@ -120,6 +134,14 @@ class RemoteMeta final : public MetaApi {
   Status rmdir(const Caller& caller, InodeId parent, std::string_view name) override;
   Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
                 std::string_view new_name, bool no_replace = false) override;
+
+  Status exchange(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                  std::string_view new_name) override;
+  Status setxattr(const Caller& caller, InodeId inode, std::string_view name, std::string_view value,
+                  uint32_t flags) override;
+  Result<std::string> getxattr(const Caller& caller, InodeId inode, std::string_view name) override;
+  Result<std::vector<std::string>> listxattr(const Caller& caller, InodeId inode) override;
+  Status removexattr(const Caller& caller, InodeId inode, std::string_view name) override;
 
   Result<ReadDirPage> readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit) override;
   Result<StatFs> statfs() override;

@@ -574,8 +574,18 @@ struct FuseFs::Impl {
       fuse_reply_err(req, EPERM);
       return;
     }
+    if (flags == RENAME_EXCHANGE) {
+      Status exchanged = meta.exchange(caller_of(req), parent, name, new_parent, new_name);
+      if (meta::errno_of(exchanged) == ENOENT) {
+        invalidate_entry(parent, name);
+        invalidate_entry(new_parent, new_name);
+      }
+      return reply_status(req, exchanged);
+    }
     if (flags & ~static_cast<unsigned int>(RENAME_NOREPLACE)) {
-      // RENAME_EXCHANGE and RENAME_WHITEOUT are not implemented by meta.
+      // RENAME_WHITEOUT (leave a whiteout device where the source was) exists for overlayfs's upper
+      // layer; this file system is never one (no whiteouts to interpret), so it is EINVAL, as are
+      // combinations (RENAME_EXCHANGE with RENAME_NOREPLACE, which the kernel rejects first anyway).
       fuse_reply_err(req, EINVAL);
       return;
     }
@@ -748,6 +758,65 @@ struct FuseFs::Impl {
     if (wrote) invalidate_inode(ino);
     if (!closed.is_ok()) FF_LOG_WARN("ff-fuse: release of inode {}: {}", ino, closed);
     reply_status(req, closed);
+  }
+
+  // fallocate: mode 0 extends the file to offset + length (a truncate up through the data path, so
+  // open handles see it); FALLOC_FL_KEEP_SIZE has nothing to do: storage allocates chunks on write and
+  // reserves nothing ahead. Punching holes, zeroing, collapsing and inserting ranges: EOPNOTSUPP.
+  void fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, fuse_file_info* fi) {
+    if (mode & ~FALLOC_FL_KEEP_SIZE) return (void)fuse_reply_err(req, EOPNOTSUPP);
+    if (offset < 0 || length <= 0) return (void)fuse_reply_err(req, EINVAL);
+    if (mode & FALLOC_FL_KEEP_SIZE) return (void)fuse_reply_err(req, 0);
+    OpenHandle* handle = file_handle(fi);
+    Result<Inode> current = data.stat(handle->data_handle);
+    if (!current.is_ok()) return reply_error(req, current.status());
+    const uint64_t end = static_cast<uint64_t>(offset) + static_cast<uint64_t>(length);
+    if (end <= visible_length(*current)) return (void)fuse_reply_err(req, 0);
+    meta::SetAttr grow;
+    grow.length = end;
+    Result<Inode> grown = data.setattr(caller_of(req), ino, grow);
+    if (grown.is_ok()) track_truncate(ino, end);
+    reply_status(req, grown.status());
+  }
+
+  // ---------------------------------------------------------------- extended attributes
+  // The size rules of getxattr(2)/listxattr(2): size 0 asks for the size; a smaller buffer is ERANGE.
+  void reply_xattr_bytes(fuse_req_t req, const std::string& bytes, size_t size) {
+    if (size == 0) return (void)fuse_reply_xattr(req, bytes.size());
+    if (bytes.size() > size) return (void)fuse_reply_err(req, ERANGE);
+    fuse_reply_buf(req, bytes.data(), bytes.size());
+  }
+
+  void setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size, int flags) {
+    if (is_virtual(ino)) return (void)fuse_reply_err(req, EPERM);
+    // The kernel drops its cached attributes itself after a set or remove (the ctime changed).
+    reply_status(req,
+                 meta.setxattr(caller_of(req), ino, name, std::string_view(value, size), static_cast<uint32_t>(flags)));
+  }
+
+  void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+    if (is_virtual(ino)) return (void)fuse_reply_err(req, ENODATA);
+    Result<std::string> value = meta.getxattr(caller_of(req), ino, name);
+    if (!value.is_ok()) return reply_error(req, value.status());
+    reply_xattr_bytes(req, *value, size);
+  }
+
+  void listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+    std::string list;  // names, each followed by a NUL
+    if (!is_virtual(ino)) {
+      Result<std::vector<std::string>> names = meta.listxattr(caller_of(req), ino);
+      if (!names.is_ok()) return reply_error(req, names.status());
+      for (const std::string& name : *names) {
+        list += name;
+        list.push_back('\0');
+      }
+    }
+    reply_xattr_bytes(req, list, size);
+  }
+
+  void removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+    if (is_virtual(ino)) return (void)fuse_reply_err(req, EPERM);
+    reply_status(req, meta.removexattr(caller_of(req), ino, name));
   }
 
   void fsync(fuse_req_t req, fuse_ino_t ino, int /*datasync*/, fuse_file_info* fi) {
@@ -1055,6 +1124,21 @@ fuse_lowlevel_ops make_operations() {
   ops.statfs = [](fuse_req_t req, fuse_ino_t) { serve(req, [&](FuseFs::Impl& fs) { fs.statfs(req); }); };
   ops.access = [](fuse_req_t req, fuse_ino_t ino, int mask) {
     serve(req, [&](FuseFs::Impl& fs) { fs.access(req, ino, mask); });
+  };
+  ops.fallocate = [](fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length, fuse_file_info* fi) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.fallocate(req, ino, mode, offset, length, fi); });
+  };
+  ops.setxattr = [](fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size, int flags) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.setxattr(req, ino, name, value, size, flags); });
+  };
+  ops.getxattr = [](fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.getxattr(req, ino, name, size); });
+  };
+  ops.listxattr = [](fuse_req_t req, fuse_ino_t ino, size_t size) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.listxattr(req, ino, size); });
+  };
+  ops.removexattr = [](fuse_req_t req, fuse_ino_t ino, const char* name) {
+    serve(req, [&](FuseFs::Impl& fs) { fs.removexattr(req, ino, name); });
   };
   return ops;
 }

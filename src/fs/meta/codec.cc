@@ -102,6 +102,13 @@ std::string lease_key(uint64_t client) { return key_with_id('L', client); }
 std::string lease_prefix() { return "L"; }
 std::string garbage_key(InodeId inode) { return key_with_id('G', inode); }
 std::string garbage_prefix() { return "G"; }
+std::string xattr_prefix(InodeId inode) { return key_with_id('X', inode); }
+std::string xattr_key(InodeId inode, std::string_view name) {
+  std::string key = xattr_prefix(inode);
+  key.append(name);
+  return key;
+}
+std::string dir_change_key(InodeId dir) { return key_with_id('T', dir); }
 
 std::string encode_inode(const Inode& inode) {
   std::string out;

@@ -9,6 +9,8 @@
 //   "C" client inode session         -> ""                                  sessions by client
 //   "L" client                       -> lease expiry (i64 ms, system time)  client leases
 //   "G" inode                        -> Inode                               deleted files awaiting chunk removal
+//   "X" inode name                   -> value bytes                         extended attributes (one key each)
+//   "T" directory                    -> i64 ns                              last entry change of a directory
 //
 // Thread-safety: pure functions.
 #pragma once
@@ -35,6 +37,9 @@ std::string lease_key(uint64_t client);
 std::string lease_prefix();
 std::string garbage_key(InodeId inode);
 std::string garbage_prefix();
+std::string xattr_key(InodeId inode, std::string_view name);
+std::string xattr_prefix(InodeId inode);
+std::string dir_change_key(InodeId dir);
 
 void put_u64_be(std::string* out, uint64_t value);
 uint64_t get_u64_be(std::string_view bytes);  // exactly 8 bytes

@@ -64,6 +64,10 @@ constexpr ErrnoInfo kErrnos[] = {
     {ENOTEMPTY, "ENOTEMPTY", StatusCode::kFailedPrecondition},
     {ELOOP, "ELOOP", StatusCode::kInvalidArgument},
     {ETIMEDOUT, "ETIMEDOUT", StatusCode::kDeadlineExceeded},
+    {ENODATA, "ENODATA", StatusCode::kNotFound},
+    {ERANGE, "ERANGE", StatusCode::kOutOfRange},
+    {E2BIG, "E2BIG", StatusCode::kInvalidArgument},
+    {EOPNOTSUPP, "EOPNOTSUPP", StatusCode::kUnimplemented},
 };
 
 Status error(int errno_value, std::string message) { return meta_error(errno_value, std::move(message)); }
@@ -153,6 +157,33 @@ void store_inode(Transaction& txn, const Inode& inode) {
   txn.set(codec::inode_key(inode.id), codec::encode_inode(inode));
 }
 
+// A directory's entries changed (a non-directory created, linked or removed in it): its mtime and ctime
+// become `now`. NOTE: written blindly into the directory's own "T" key instead of its inode, so that
+// concurrent creates in one directory do not all conflict on (and serialize behind) the directory's
+// inode; replies fold it in (fold_dir_change). mkdir, rmdir, rename and exchange write the directory's
+// inode anyway and set its times there.
+void note_dir_change(Transaction& txn, InodeId dir, int64_t now) {
+  txn.set(codec::dir_change_key(dir), codec::encode_u64(static_cast<uint64_t>(now)));
+}
+
+// The times of a directory as replies show them: the later of its inode's and its "T" record's.
+Status fold_dir_change(Transaction& txn, Inode& inode) {
+  if (inode.type != FileType::kDirectory) return Status::ok();
+  FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::dir_change_key(inode.id)));
+  if (!bytes) return Status::ok();
+  FF_ASSIGN_OR_RETURN(uint64_t changed, codec::decode_u64(*bytes, "directory change time"));
+  inode.mtime_ns = std::max(inode.mtime_ns, static_cast<int64_t>(changed));
+  inode.ctime_ns = std::max(inode.ctime_ns, static_cast<int64_t>(changed));
+  return Status::ok();
+}
+
+// A deleted inode's extended attributes and directory change record go with it.
+void clear_inode_extras(Transaction& txn, InodeId id) {
+  std::string prefix = codec::xattr_prefix(id);
+  txn.clear_range(prefix, kv::prefix_end(prefix));
+  txn.clear(codec::dir_change_key(id));
+}
+
 Result<bool> has_sessions(Transaction& txn, InodeId id) {
   std::string prefix = codec::session_prefix(id);
   FF_ASSIGN_OR_RETURN(auto rows, txn.range(prefix, kv::prefix_end(prefix), 1));
@@ -172,6 +203,7 @@ Status finalize_inode(Transaction& txn, Inode& inode) {
     return Status::ok();
   }
   txn.clear(codec::inode_key(inode.id));
+  clear_inode_extras(txn, inode.id);
   if (inode.type == FileType::kRegular) txn.set(codec::garbage_key(inode.id), codec::encode_inode(inode));
   return Status::ok();
 }
@@ -329,16 +361,16 @@ Result<Inode> MetaService::lookup(const Caller& caller, InodeId parent, std::str
     FF_RETURN_IF_ERROR(check_access(caller, dir, kExec));
     if (name == ".") {
       found = dir;
-      return Status::ok();
+      return fold_dir_change(txn, found);
     }
     if (name == "..") {
       FF_ASSIGN_OR_RETURN(found, load_inode(txn, dir.parent));
-      return Status::ok();
+      return fold_dir_change(txn, found);
     }
     FF_ASSIGN_OR_RETURN(auto entry, find_entry(txn, parent, name));
     if (!entry) return error(ENOENT, fmt::format("no entry '{}' in directory {}", name, parent));
     FF_ASSIGN_OR_RETURN(found, load_inode(txn, entry->inode));
-    return Status::ok();
+    return fold_dir_change(txn, found);
   }));
   return found;
 }
@@ -347,7 +379,7 @@ Result<Inode> MetaService::getattr(InodeId id) {
   Inode found;
   FF_RETURN_IF_ERROR(run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(found, load_inode(txn, id));
-    return Status::ok();
+    return fold_dir_change(txn, found);
   }));
   return found;
 }
@@ -410,7 +442,7 @@ Result<Inode> MetaService::resolve(const Caller& caller, std::string_view path, 
       return error(ENOTDIR, fmt::format("path '{}' ends with '/' but names a {}", path, file_type_name(current.type)));
     }
     found = std::move(current);
-    return Status::ok();
+    return fold_dir_change(txn, found);
   }));
   return found;
 }
@@ -436,6 +468,8 @@ Status make_node(kv::KvEngine& engine, const kv::RetryOptions& retry, const Call
       dir.nlink += 1;
       dir.mtime_ns = dir.ctime_ns = node.ctime_ns;
       store_inode(txn, dir);
+    } else {
+      note_dir_change(txn, parent, node.ctime_ns);
     }
     store_inode(txn, node);
     txn.set(codec::dentry_key(parent, name), codec::encode_dentry({node.id, node.type}));
@@ -575,6 +609,7 @@ Result<Inode> MetaService::link(const Caller& caller, InodeId id, InodeId new_pa
     inode.ctime_ns = wall_now_ns();
     store_inode(txn, inode);
     txn.set(codec::dentry_key(new_parent, new_name), codec::encode_dentry({inode.id, inode.type}));
+    note_dir_change(txn, new_parent, inode.ctime_ns);
     linked = inode;
     return Status::ok();
   }));
@@ -605,6 +640,7 @@ Status MetaService::unlink(const Caller& caller, InodeId parent, std::string_vie
     FF_ASSERT(inode.nlink > 0, "inode {} named by '{}' has link count 0", inode.id, name);
     inode.nlink -= 1;
     inode.ctime_ns = wall_now_ns();
+    note_dir_change(txn, parent, inode.ctime_ns);
     return finalize_inode(txn, inode);
   });
 }
@@ -627,12 +663,28 @@ Status MetaService::rmdir(const Caller& caller, InodeId parent, std::string_view
     if (!children.empty()) return error(ENOTEMPTY, fmt::format("directory '{}' ({}) is not empty", name, child.id));
     txn.clear(codec::dentry_key(parent, name));
     txn.clear(codec::inode_key(child.id));
+    clear_inode_extras(txn, child.id);
     dir.nlink -= 1;
     dir.mtime_ns = dir.ctime_ns = wall_now_ns();
     store_inode(txn, dir);
     return Status::ok();
   });
 }
+
+namespace {
+// Whether directory `dir` is `top` or lies below it: walks dir's ancestors through their parent
+// fields, all of which go into the read set (so a concurrent move that would make a cycle conflicts).
+Result<bool> inside_subtree(Transaction& txn, InodeId dir, InodeId top) {
+  InodeId ancestor = dir;
+  for (int depth = 0;; ++depth) {
+    if (ancestor == top) return true;
+    if (ancestor == kRootInode) return false;
+    if (depth >= kMaxDepth) return error(ELOOP, fmt::format("directory {} is nested deeper than {}", dir, kMaxDepth));
+    FF_ASSIGN_OR_RETURN(Inode up, load_inode(txn, ancestor));
+    ancestor = up.parent;
+  }
+}
+}  // namespace
 
 Status MetaService::rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
                            std::string_view new_name, bool no_replace) {
@@ -657,17 +709,10 @@ Status MetaService::rename(const Caller& caller, InodeId parent, std::string_vie
     if (moved_is_dir && !same_dir) {
       // Moving a directory changes its "..": write permission on it, and no move into its own subtree.
       FF_RETURN_IF_ERROR(check_access(caller, moved, kWrite));
-      InodeId ancestor = new_parent;
-      for (int depth = 0;; ++depth) {
-        if (ancestor == moved.id) {
-          return error(EINVAL, fmt::format("cannot move directory '{}' ({}) into its own subtree (directory {})", name,
-                                           moved.id, new_parent));
-        }
-        if (ancestor == kRootInode) break;
-        if (depth >= kMaxDepth)
-          return error(ELOOP, fmt::format("directory {} is nested deeper than {}", new_parent, kMaxDepth));
-        FF_ASSIGN_OR_RETURN(Inode up, load_inode(txn, ancestor));
-        ancestor = up.parent;
+      FF_ASSIGN_OR_RETURN(bool inside, inside_subtree(txn, new_parent, moved.id));
+      if (inside) {
+        return error(EINVAL, fmt::format("cannot move directory '{}' ({}) into its own subtree (directory {})", name,
+                                         moved.id, new_parent));
       }
     }
     FF_ASSIGN_OR_RETURN(auto replaced_entry, find_entry(txn, new_parent, new_name));
@@ -708,6 +753,7 @@ Status MetaService::rename(const Caller& caller, InodeId parent, std::string_vie
       if (replaced->type == FileType::kDirectory) {
         target_delta -= 1;
         txn.clear(codec::inode_key(replaced->id));
+        clear_inode_extras(txn, replaced->id);
       } else {
         replaced->nlink -= 1;
         replaced->ctime_ns = now;
@@ -726,6 +772,246 @@ Status MetaService::rename(const Caller& caller, InodeId parent, std::string_vie
       store_inode(txn, target_dir);
     }
     store_inode(txn, moved);
+    return Status::ok();
+  });
+}
+
+Status MetaService::exchange(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                             std::string_view new_name) {
+  FF_RETURN_IF_ERROR(validate_name(name));
+  FF_RETURN_IF_ERROR(validate_name(new_name));
+  return run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
+    const int64_t now = wall_now_ns();
+    FF_ASSIGN_OR_RETURN(Inode source_dir, load_dir(txn, parent));
+    FF_RETURN_IF_ERROR(check_access(caller, source_dir, kWrite | kExec));
+    const bool same_dir = parent == new_parent;
+    Inode target_dir = source_dir;
+    if (!same_dir) {
+      FF_ASSIGN_OR_RETURN(target_dir, load_dir(txn, new_parent));
+      FF_RETURN_IF_ERROR(check_access(caller, target_dir, kWrite | kExec));
+    }
+    FF_ASSIGN_OR_RETURN(auto first_entry, find_entry(txn, parent, name));
+    if (!first_entry) return error(ENOENT, fmt::format("exchange: no entry '{}' in directory {}", name, parent));
+    FF_ASSIGN_OR_RETURN(auto second_entry, find_entry(txn, new_parent, new_name));
+    if (!second_entry) {
+      return error(ENOENT, fmt::format("exchange: no entry '{}' in directory {}", new_name, new_parent));
+    }
+    if (first_entry->inode == second_entry->inode) return Status::ok();  // one name twice, or two of one inode
+    FF_ASSIGN_OR_RETURN(Inode first, load_inode(txn, first_entry->inode));
+    FF_ASSIGN_OR_RETURN(Inode second, load_inode(txn, second_entry->inode));
+    FF_RETURN_IF_ERROR(check_sticky(caller, source_dir, first));
+    FF_RETURN_IF_ERROR(check_sticky(caller, target_dir, second));
+    const bool first_is_dir = first.type == FileType::kDirectory;
+    const bool second_is_dir = second.type == FileType::kDirectory;
+    if (!same_dir) {
+      // A directory that changes parent changes its "..": write permission on it, and it must not land
+      // inside its own subtree (each one moves into the other's old directory).
+      if (first_is_dir) {
+        FF_RETURN_IF_ERROR(check_access(caller, first, kWrite));
+        FF_ASSIGN_OR_RETURN(bool inside, inside_subtree(txn, new_parent, first.id));
+        if (inside) {
+          return error(EINVAL,
+                       fmt::format("exchange would move directory '{}' ({}) into its own subtree (directory {})", name,
+                                   first.id, new_parent));
+        }
+      }
+      if (second_is_dir) {
+        FF_RETURN_IF_ERROR(check_access(caller, second, kWrite));
+        FF_ASSIGN_OR_RETURN(bool inside, inside_subtree(txn, parent, second.id));
+        if (inside) {
+          return error(EINVAL,
+                       fmt::format("exchange would move directory '{}' ({}) into its own subtree (directory {})",
+                                   new_name, second.id, parent));
+        }
+      }
+    }
+    txn.set(codec::dentry_key(parent, name), codec::encode_dentry({second.id, second.type}));
+    txn.set(codec::dentry_key(new_parent, new_name), codec::encode_dentry({first.id, first.type}));
+    first.ctime_ns = second.ctime_ns = now;
+    source_dir.mtime_ns = source_dir.ctime_ns = now;
+    if (!same_dir) {
+      if (first_is_dir) first.parent = new_parent;
+      if (second_is_dir) second.parent = parent;
+      // Link counts: each directory gains the subdirectory it receives and loses the one it gives.
+      const int64_t delta = static_cast<int64_t>(second_is_dir) - static_cast<int64_t>(first_is_dir);
+      source_dir.nlink = static_cast<uint32_t>(static_cast<int64_t>(source_dir.nlink) + delta);
+      target_dir.nlink = static_cast<uint32_t>(static_cast<int64_t>(target_dir.nlink) - delta);
+      target_dir.mtime_ns = target_dir.ctime_ns = now;
+      store_inode(txn, target_dir);
+    }
+    store_inode(txn, source_dir);
+    store_inode(txn, first);
+    store_inode(txn, second);
+    return Status::ok();
+  });
+}
+
+// ---------------------------------------------------------------------------------- extended attributes
+
+namespace {
+
+enum class XattrSpace { kUser, kTrusted, kSecurity };
+
+// The namespace of an attribute name, after Linux's checks of the name (fs/xattr.c).
+Result<XattrSpace> xattr_space(std::string_view name) {
+  if (name.empty() || name.size() > kMaxXattrNameBytes) {
+    return error(ERANGE, fmt::format("extended attribute name of {} bytes is not within 1..{}", name.size(),
+                                     kMaxXattrNameBytes));
+  }
+  if (name.find('\0') != std::string_view::npos) return error(EINVAL, "extended attribute name contains a NUL byte");
+  struct Prefix {
+    std::string_view prefix;
+    std::optional<XattrSpace> space;  // nullopt: not supported
+  };
+  static constexpr Prefix kPrefixes[] = {{"user.", XattrSpace::kUser},
+                                         {"trusted.", XattrSpace::kTrusted},
+                                         {"security.", XattrSpace::kSecurity},
+                                         {"system.", std::nullopt}};
+  for (const Prefix& known : kPrefixes) {
+    if (!name.starts_with(known.prefix)) continue;
+    if (!known.space) {
+      return error(EOPNOTSUPP, fmt::format("extended attribute '{}': system.* attributes (POSIX ACLs) are not "
+                                           "supported",
+                                           name));
+    }
+    if (name.size() == known.prefix.size()) {
+      return error(EINVAL, fmt::format("extended attribute name '{}' has nothing after its namespace", name));
+    }
+    return *known.space;
+  }
+  return error(EOPNOTSUPP, fmt::format("extended attribute '{}' is in no known namespace (user., trusted., "
+                                       "security.)",
+                                       name));
+}
+
+// Linux's xattr_permission: trusted.* for the superuser only (others: EPERM to write, ENODATA to read,
+// as if absent); security.* written by the superuser only here (no security module decides), read by
+// anyone; user.* only on regular files and directories, not by non-owners on sticky directories, and
+// with the file's read or write permission.
+Status check_xattr_access(const Caller& caller, const Inode& inode, XattrSpace space, bool write,
+                          std::string_view name) {
+  switch (space) {
+    case XattrSpace::kTrusted:
+    case XattrSpace::kSecurity:
+      if (caller.uid == 0) return Status::ok();
+      if (write) {
+        return error(EPERM,
+                     fmt::format("uid {} may not change extended attribute '{}' (uid 0 only)", caller.uid, name));
+      }
+      if (space == XattrSpace::kTrusted) {
+        return error(ENODATA, fmt::format("no extended attribute '{}' on inode {} visible to uid {}", name, inode.id,
+                                          caller.uid));
+      }
+      return Status::ok();
+    case XattrSpace::kUser:
+      if (inode.type != FileType::kRegular && inode.type != FileType::kDirectory) {
+        if (!write)
+          return error(ENODATA,
+                       fmt::format("no extended attribute '{}' on {} {}", name, file_type_name(inode.type), inode.id));
+        return error(EPERM, fmt::format("user.* extended attributes are for regular files and directories, inode {} "
+                                        "is a {}",
+                                        inode.id, file_type_name(inode.type)));
+      }
+      if (write && inode.type == FileType::kDirectory && (inode.mode & S_ISVTX) && caller.uid != 0 &&
+          caller.uid != inode.uid) {
+        return error(EPERM, fmt::format("directory {} is sticky: uid {} does not own it", inode.id, caller.uid));
+      }
+      return check_access(caller, inode, write ? kWrite : kRead);
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Status MetaService::setxattr(const Caller& caller, InodeId id, std::string_view name, std::string_view value,
+                             uint32_t flags) {
+  FF_ASSIGN_OR_RETURN(XattrSpace space, xattr_space(name));
+  if (flags & ~static_cast<uint32_t>(kXattrCreate | kXattrReplace)) {
+    return error(EINVAL, fmt::format("setxattr flags {:#x} have bits beyond XATTR_CREATE|XATTR_REPLACE", flags));
+  }
+  if (value.size() > kMaxXattrValueBytes) {
+    return error(E2BIG, fmt::format("extended attribute value of {} bytes is larger than {}", value.size(),
+                                    kMaxXattrValueBytes));
+  }
+  return run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
+    FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
+    FF_RETURN_IF_ERROR(check_xattr_access(caller, inode, space, /*write=*/true, name));
+    const std::string key = codec::xattr_key(id, name);
+    FF_ASSIGN_OR_RETURN(auto existing, txn.get(key));
+    if (existing && (flags & kXattrCreate)) {
+      return error(EEXIST, fmt::format("extended attribute '{}' exists on inode {} (XATTR_CREATE)", name, id));
+    }
+    if (!existing && (flags & kXattrReplace)) {
+      return error(ENODATA, fmt::format("no extended attribute '{}' on inode {} to replace (XATTR_REPLACE)", name, id));
+    }
+    if (!existing) {
+      // Bound the names of one inode so that a listing always fits listxattr's 64 KiB.
+      std::string prefix = codec::xattr_prefix(id);
+      FF_ASSIGN_OR_RETURN(auto rows, txn.range(prefix, kv::prefix_end(prefix), 0));
+      size_t list_bytes = name.size() + 1;
+      for (const auto& row : rows) list_bytes += row.key.size() - prefix.size() + 1;
+      if (list_bytes > kMaxXattrListBytes) {
+        return error(ENOSPC, fmt::format("inode {} has {} extended attributes; their names would need {} bytes "
+                                         "(more than {})",
+                                         id, rows.size(), list_bytes, kMaxXattrListBytes));
+      }
+    }
+    txn.set(key, value);
+    inode.ctime_ns = wall_now_ns();
+    store_inode(txn, inode);
+    return Status::ok();
+  });
+}
+
+Result<std::string> MetaService::getxattr(const Caller& caller, InodeId id, std::string_view name) {
+  FF_ASSIGN_OR_RETURN(XattrSpace space, xattr_space(name));
+  std::string value;
+  FF_RETURN_IF_ERROR(run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
+    FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
+    FF_RETURN_IF_ERROR(check_xattr_access(caller, inode, space, /*write=*/false, name));
+    FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::xattr_key(id, name)));
+    if (!bytes) return error(ENODATA, fmt::format("no extended attribute '{}' on inode {}", name, id));
+    value = std::move(*bytes);
+    return Status::ok();
+  }));
+  return value;
+}
+
+Result<std::vector<std::string>> MetaService::listxattr(const Caller& caller, InodeId id) {
+  std::vector<std::string> names;
+  FF_RETURN_IF_ERROR(run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
+    names.clear();
+    FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
+    (void)inode;
+    std::string prefix = codec::xattr_prefix(id);
+    FF_ASSIGN_OR_RETURN(auto rows, txn.range(prefix, kv::prefix_end(prefix), 0));
+    size_t list_bytes = 0;
+    for (const auto& row : rows) {
+      std::string name = row.key.substr(prefix.size());
+      if (caller.uid != 0 && name.starts_with("trusted.")) continue;  // hidden, as on Linux
+      list_bytes += name.size() + 1;
+      names.push_back(std::move(name));
+    }
+    if (list_bytes > kMaxXattrListBytes) {
+      return error(E2BIG, fmt::format("the extended attribute names of inode {} need {} bytes, more than {}", id,
+                                      list_bytes, kMaxXattrListBytes));
+    }
+    return Status::ok();
+  }));
+  return names;
+}
+
+Status MetaService::removexattr(const Caller& caller, InodeId id, std::string_view name) {
+  FF_ASSIGN_OR_RETURN(XattrSpace space, xattr_space(name));
+  return run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
+    FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
+    FF_RETURN_IF_ERROR(check_xattr_access(caller, inode, space, /*write=*/true, name));
+    const std::string key = codec::xattr_key(id, name);
+    FF_ASSIGN_OR_RETURN(auto existing, txn.get(key));
+    if (!existing) return error(ENODATA, fmt::format("no extended attribute '{}' on inode {} to remove", name, id));
+    txn.clear(key);
+    inode.ctime_ns = wall_now_ns();
+    store_inode(txn, inode);
     return Status::ok();
   });
 }
@@ -811,6 +1097,11 @@ Result<Inode> MetaService::setattr(const Caller& caller, InodeId id, const SetAt
   FF_RETURN_IF_ERROR(run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
     FF_RETURN_IF_ERROR(check(inode));
+    if (inode.type == FileType::kDirectory) {
+      // The inode takes over the directory's change record, so explicit times below replace it.
+      FF_RETURN_IF_ERROR(fold_dir_change(txn, inode));
+      txn.clear(codec::dir_change_key(id));
+    }
     int64_t now = wall_now_ns();
     if (attr.mode) {
       inode.mode = *attr.mode;
@@ -1156,6 +1447,22 @@ Result<MetaService::FsckReport> MetaService::fsck() {
           FF_ASSIGN_OR_RETURN(bool open, has_sessions(txn, id));
           if (!open) report.problems.push_back(fmt::format("inode {} is an orphan (no name, no open session)", id));
         }
+      }
+    }
+    // Extended attributes and directory change records belong to live inodes (removed with them).
+    FF_ASSIGN_OR_RETURN(auto xattr_rows, txn.range("X", kv::prefix_end("X"), 0));
+    for (const auto& row : xattr_rows) {
+      InodeId owner = codec::get_u64_be(std::string_view(row.key).substr(1, 8));
+      if (!inodes.contains(owner)) {
+        report.problems.push_back(fmt::format("extended attribute '{}' of missing inode {}", row.key.substr(9), owner));
+      }
+    }
+    FF_ASSIGN_OR_RETURN(auto change_rows, txn.range("T", kv::prefix_end("T"), 0));
+    for (const auto& row : change_rows) {
+      InodeId owner = codec::get_u64_be(std::string_view(row.key).substr(1, 8));
+      auto it = inodes.find(owner);
+      if (it == inodes.end() || it->second.type != FileType::kDirectory) {
+        report.problems.push_back(fmt::format("directory change record of {}, which is not a live directory", owner));
       }
     }
     return Status::ok();

@@ -101,6 +101,26 @@ Status status_of(const pb::MetaResponse& response) {
   return Status(static_cast<StatusCode>(code), response.message());
 }
 
+bool deduplicated(pb::MetaRequest::OpCase op) {
+  switch (op) {
+    case pb::MetaRequest::kCreate:
+    case pb::MetaRequest::kMknod:
+    case pb::MetaRequest::kMkdir:
+    case pb::MetaRequest::kSymlink:
+    case pb::MetaRequest::kLink:
+    case pb::MetaRequest::kUnlink:
+    case pb::MetaRequest::kRmdir:
+    case pb::MetaRequest::kRename:
+    case pb::MetaRequest::kExchange:
+    case pb::MetaRequest::kOpen:
+    case pb::MetaRequest::kCreateOpen:
+    case pb::MetaRequest::kClose:
+    case pb::MetaRequest::kSetxattr:
+    case pb::MetaRequest::kRemovexattr: return true;
+    default: return false;
+  }
+}
+
 const char* op_name(pb::MetaRequest::OpCase op) {
   switch (op) {
     case pb::MetaRequest::kLookup: return "lookup";
@@ -124,6 +144,11 @@ const char* op_name(pb::MetaRequest::OpCase op) {
     case pb::MetaRequest::kReportLength: return "report_length";
     case pb::MetaRequest::kRenewClient: return "renew_client";
     case pb::MetaRequest::kCreateOpen: return "create_open";
+    case pb::MetaRequest::kExchange: return "exchange";
+    case pb::MetaRequest::kSetxattr: return "setxattr";
+    case pb::MetaRequest::kGetxattr: return "getxattr";
+    case pb::MetaRequest::kListxattr: return "listxattr";
+    case pb::MetaRequest::kRemovexattr: return "removexattr";
     case pb::MetaRequest::OP_NOT_SET: return "none";
   }
   return "unknown";

@@ -21,4 +21,8 @@ Status status_of(const pb::MetaResponse& response);
 // "lookup", "create", ...: the oneof case's name, for logs and metrics.
 const char* op_name(pb::MetaRequest::OpCase op);
 
+// Operations that are not idempotent: RemoteMeta gives them a request id, and the server remembers
+// their outcome by it for a while (a retry after a lost reply gets the first outcome).
+bool deduplicated(pb::MetaRequest::OpCase op);
+
 }  // namespace ff::fs::meta::wire

@@ -47,6 +47,14 @@ struct RemoteMeta::Impl {
   size_t current = 0;
 
   std::atomic<uint64_t> calls{0}, attempts{0}, failovers{0}, recovered{0};
+  // Request ids of non-idempotent calls: a random start per client, then consecutive (unique across
+  // clients with overwhelming probability; the server keys its table of recent outcomes by them).
+  std::atomic<uint64_t> next_request_id{0};
+
+  uint64_t new_request_id() {
+    uint64_t id = next_request_id.fetch_add(1, std::memory_order_relaxed);
+    return id != 0 ? id : next_request_id.fetch_add(1, std::memory_order_relaxed);
+  }
 
   std::shared_ptr<Peer> make_peer(const std::string& address) const {
     grpc::ChannelArguments args;
@@ -78,9 +86,20 @@ struct RemoteMeta::Impl {
   }
 
   // Sends `request` until a server answers (OK at the gRPC level: the operation's own Status is inside),
-  // or the attempts or the time run out. *ambiguous: some attempt may have run on a server without
-  // its reply reaching us.
-  Result<pb::MetaResponse> call(const pb::MetaRequest& request, bool* ambiguous) {
+  // or the attempts (max_attempts, 0: options.max_attempts) or the time run out. *ambiguous: some
+  // attempt may have run on a server without its reply reaching us.
+  Result<pb::MetaResponse> call(const pb::MetaRequest& request_in, bool* ambiguous, uint32_t max_attempts = 0) {
+    const uint32_t attempts_allowed = max_attempts != 0 ? max_attempts : options.max_attempts;
+    // Every attempt of a non-idempotent call carries the same request id (a caller that sends one
+    // request in several calls, like exchange, sets it itself).
+    pb::MetaRequest with_id;
+    const pb::MetaRequest* sending = &request_in;
+    if (request_in.request_id() == 0 && wire::deduplicated(request_in.op_case())) {
+      with_id = request_in;
+      with_id.set_request_id(new_request_id());
+      sending = &with_id;
+    }
+    const pb::MetaRequest& request = *sending;
     calls.fetch_add(1, std::memory_order_relaxed);
     *ambiguous = false;
     const int64_t start_ms = steady_now_ms();
@@ -89,7 +108,7 @@ struct RemoteMeta::Impl {
     grpc::Status last;
     std::string last_address;
     uint32_t attempt = 0;
-    for (; attempt < options.max_attempts; ++attempt) {
+    for (; attempt < attempts_allowed; ++attempt) {
       int64_t now_ms = steady_now_ms();
       if (now_ms >= end_ms) break;
       if (attempt > 0 && attempt % options.addresses.size() == 0) {
@@ -228,6 +247,8 @@ Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions option
   for (const auto& address : impl->options.addresses) impl->peers.push_back(impl->make_peer(address));
   // Spread clients over the servers: start at a random address.
   impl->current = std::random_device{}() % impl->peers.size();
+  std::random_device random;
+  impl->next_request_id = static_cast<uint64_t>(random()) << 32 | random();
   return std::unique_ptr<RemoteMeta>(new RemoteMeta(std::move(impl)));
 }
 
@@ -371,6 +392,88 @@ Status RemoteMeta::rename(const Caller& caller, InodeId parent, std::string_view
     }
   }
   return status;
+}
+
+// An exchange is its own inverse: sent twice, it undoes itself. So it is never simply sent again after
+// a lost reply: the two names' inodes are noted first, each send is a single attempt, and after a
+// transport failure the names are looked up again. Swapped: the attempt ran (success). Unchanged: it
+// did not run (a server drops a request whose deadline passed before it ran), so it is sent again
+// after a pause. Anything else (someone else changed the names meanwhile): the transport error.
+Status RemoteMeta::exchange(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
+                            std::string_view new_name) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_exchange();
+  op->set_parent(parent);
+  op->set_name(std::string(name));
+  op->set_new_parent(new_parent);
+  op->set_new_name(std::string(new_name));
+  // One id for every send: a server that already ran it answers with that outcome.
+  request.set_request_id(impl_->new_request_id());
+  FF_ASSIGN_OR_RETURN(Inode first, impl_->lookup(caller, parent, name));
+  FF_ASSIGN_OR_RETURN(Inode second, impl_->lookup(caller, new_parent, new_name));
+  const int64_t end_ms = steady_now_ms() + impl_->options.op_timeout_ms;
+  int64_t backoff_ms = impl_->options.retry_backoff_ms;
+  for (uint32_t attempt = 1;; ++attempt) {
+    bool ambiguous = false;
+    Result<pb::MetaResponse> response = impl_->call(request, &ambiguous, /*max_attempts=*/1);
+    if (response.is_ok()) return wire::status_of(*response);
+    if (!ambiguous) return response.status();
+    auto first_now = impl_->lookup(caller, parent, name);
+    auto second_now = impl_->lookup(caller, new_parent, new_name);
+    if (!first_now.is_ok() || !second_now.is_ok()) return response.status();
+    if (first_now->id == second.id && second_now->id == first.id && first.id != second.id) {
+      impl_->note_recovered();
+      return Status::ok();
+    }
+    if (first_now->id != first.id || second_now->id != second.id) return response.status();
+    const int64_t now_ms = steady_now_ms();
+    if (now_ms >= end_ms || attempt >= impl_->options.max_attempts) return response.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(backoff_ms, end_ms - now_ms)));
+    backoff_ms = std::min<int64_t>(backoff_ms * 2, 1000);
+  }
+}
+
+// XATTR_CREATE after a lost reply answers EEXIST: success when the attribute holds our value. A plain
+// or XATTR_REPLACE set is idempotent.
+Status RemoteMeta::setxattr(const Caller& caller, InodeId inode, std::string_view name, std::string_view value,
+                            uint32_t flags) {
+  pb::MetaRequest request = request_for(caller);
+  auto* op = request.mutable_setxattr();
+  op->set_inode(inode);
+  op->set_name(std::string(name));
+  op->set_value(std::string(value));
+  op->set_flags(flags);
+  bool ambiguous = false;
+  Status status = impl_->run(request, &ambiguous).status();
+  if (status.is_ok() || !ambiguous || errno_of(status) != EEXIST || !(flags & kXattrCreate)) return status;
+  auto stored = getxattr(caller, inode, name);
+  if (stored.is_ok() && *stored == value) {
+    impl_->note_recovered();
+    return Status::ok();
+  }
+  return status;
+}
+
+Result<std::string> RemoteMeta::getxattr(const Caller& caller, InodeId inode, std::string_view name) {
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_getxattr()->set_inode(inode);
+  request.mutable_getxattr()->set_name(std::string(name));
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
+  return std::move(*response.mutable_text());
+}
+
+Result<std::vector<std::string>> RemoteMeta::listxattr(const Caller& caller, InodeId inode) {
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_listxattr()->set_inode(inode);
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
+  return std::vector<std::string>(response.names().names().begin(), response.names().names().end());
+}
+
+Status RemoteMeta::removexattr(const Caller& caller, InodeId inode, std::string_view name) {
+  pb::MetaRequest request = request_for(caller);
+  request.mutable_removexattr()->set_inode(inode);
+  request.mutable_removexattr()->set_name(std::string(name));
+  return impl_->run_removal(request, ENODATA);
 }
 
 Result<ReadDirPage> RemoteMeta::readdir(const Caller& caller, InodeId dir, std::string_view after, size_t limit) {

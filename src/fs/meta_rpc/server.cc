@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <deque>
 #include <thread>
+#include <unordered_map>
 
 #include <grpcpp/grpcpp.h>
 
@@ -150,6 +151,34 @@ void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* res
       return put_status(api.report_length(op.inode(), op.length()), response);
     }
     case pb::MetaRequest::kRenewClient: return put_status(api.renew_client(request.renew_client().client()), response);
+    case pb::MetaRequest::kExchange: {
+      const auto& op = request.exchange();
+      return put_status(api.exchange(caller, op.parent(), op.name(), op.new_parent(), op.new_name()), response);
+    }
+    case pb::MetaRequest::kSetxattr: {
+      const auto& op = request.setxattr();
+      return put_status(api.setxattr(caller, op.inode(), op.name(), op.value(), op.flags()), response);
+    }
+    case pb::MetaRequest::kGetxattr: {
+      const auto& op = request.getxattr();
+      auto value = api.getxattr(caller, op.inode(), op.name());
+      wire::set_status(value.status(), response);
+      if (value.is_ok()) response->set_text(std::move(*value));
+      return;
+    }
+    case pb::MetaRequest::kListxattr: {
+      auto names = api.listxattr(caller, request.listxattr().inode());
+      wire::set_status(names.status(), response);
+      if (names.is_ok()) {
+        pb::NamesRsp* out = response->mutable_names();
+        for (auto& name : *names) out->add_names(std::move(name));
+      }
+      return;
+    }
+    case pb::MetaRequest::kRemovexattr: {
+      const auto& op = request.removexattr();
+      return put_status(api.removexattr(caller, op.inode(), op.name()), response);
+    }
     case pb::MetaRequest::OP_NOT_SET: break;
   }
   put_status(invalid_argument("[malformed] meta request without an operation (a newer client?)"), response);
@@ -162,6 +191,8 @@ bool is_read(pb::MetaRequest::OpCase op) {
     case pb::MetaRequest::kResolve:
     case pb::MetaRequest::kReadlink:
     case pb::MetaRequest::kReaddir:
+    case pb::MetaRequest::kGetxattr:
+    case pb::MetaRequest::kListxattr:
     case pb::MetaRequest::kStatfs: return true;
     default: return false;
   }
@@ -217,10 +248,114 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
+// The outcomes of recent non-idempotent requests by request id (MetaServerOptions::dedupe_requests):
+// a retry of a request whose reply was lost gets the first outcome, or, while the first attempt still
+// runs, waits for it. Bounded: entries expire after ttl_ms, and when max_entries are held the oldest
+// finished one is dropped; a request that finds the table full of running ones is not recorded.
+class RecentRequests {
+ public:
+  RecentRequests(int64_t ttl_ms, size_t max_entries) : ttl_ms_(ttl_ms), max_entries_(max_entries) {}
+
+  enum class Begin {
+    kRun,       // not seen: run it, then finish() (or abandon())
+    kAnswered,  // seen and finished: *response holds the first outcome; finish the call
+    kWaiting,   // the first attempt still runs: its finish() completes this call too
+  };
+  Begin begin(uint64_t id, grpc::ServerUnaryReactor* reactor, pb::MetaResponse* response) {
+    const int64_t now = steady_ms();
+    std::lock_guard lock(mutex_);
+    drop_front(now, /*make_room=*/false);
+    auto it = entries_.find(id);
+    if (it != entries_.end()) {
+      if (it->second.done) {
+        *response = it->second.response;
+        return Begin::kAnswered;
+      }
+      it->second.waiters.push_back({reactor, response});
+      return Begin::kWaiting;
+    }
+    drop_front(now, /*make_room=*/true);
+    if (entries_.size() >= max_entries_) return Begin::kRun;  // full of running requests: not recorded
+    entries_.emplace(id, Entry{});
+    order_.emplace_back(now + ttl_ms_, id);
+    return Begin::kRun;
+  }
+
+  // The first attempt's outcome: recorded, and sent to the retries waiting for it.
+  void finish(uint64_t id, const pb::MetaResponse& response) {
+    std::vector<Waiter> waiters;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = entries_.find(id);
+      if (it == entries_.end()) return;  // not recorded (the table was full)
+      it->second.done = true;
+      it->second.response = response;
+      waiters.swap(it->second.waiters);
+    }
+    for (const Waiter& waiter : waiters) {
+      *waiter.response = response;
+      waiter.reactor->Finish(grpc::Status::OK);
+    }
+  }
+
+  // The first attempt did not run (the worker queue was full): forget it; waiting retries get `status`.
+  void abandon(uint64_t id, const grpc::Status& status) {
+    std::vector<Waiter> waiters;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = entries_.find(id);
+      if (it == entries_.end() || it->second.done) return;
+      waiters.swap(it->second.waiters);
+      entries_.erase(it);  // its order_ record is skipped when it comes up
+    }
+    for (const Waiter& waiter : waiters) waiter.reactor->Finish(status);
+  }
+
+ private:
+  struct Waiter {
+    grpc::ServerUnaryReactor* reactor;
+    pb::MetaResponse* response;
+  };
+  struct Entry {
+    bool done = false;
+    pb::MetaResponse response;
+    std::vector<Waiter> waiters;
+  };
+  static int64_t steady_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  // Drops expired finished entries, and with make_room the oldest finished ones while the table is
+  // full. Entries are in order_ by expiry (constant ttl). A running entry at the front stops the sweep
+  // (it finishes soon: a worker runs it).
+  void drop_front(int64_t now, bool make_room) {
+    while (!order_.empty()) {
+      auto [expires, id] = order_.front();
+      auto it = entries_.find(id);
+      if (it == entries_.end()) {  // abandoned
+        order_.pop_front();
+        continue;
+      }
+      if (expires > now && !(make_room && entries_.size() >= max_entries_)) return;
+      if (!it->second.done) return;
+      entries_.erase(it);
+      order_.pop_front();
+    }
+  }
+  const int64_t ttl_ms_;
+  const size_t max_entries_;
+  std::mutex mutex_;  // guards entries_, order_ (a leaf: reactors are finished outside it)
+  std::unordered_map<uint64_t, Entry> entries_;
+  std::deque<std::pair<int64_t, uint64_t>> order_;  // (expiry, id), oldest first
+};
+
 class MetaGrpcService final : public pb::Meta::CallbackService {
  public:
   MetaGrpcService(std::shared_ptr<MetaApi> api, const MetaServerOptions& options)
       : api_(std::move(api)), inline_reads_(options.inline_reads), pool_(options.max_threads, 64 * 1024) {
+    if (options.dedupe_requests) {
+      recent_ = std::make_unique<RecentRequests>(options.dedupe_ttl_ms, options.dedupe_max_entries);
+    }
     if (options.metrics != nullptr) {
       requests_ = &options.metrics->counter("ff_meta_requests_total", "Meta requests received.");
       errors_ =
@@ -246,8 +381,19 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
       std::lock_guard lock(api_mutex_);
       api = api_;
     }
+    // A retry of a request this server ran or is running: the first outcome, not a second execution.
+    const uint64_t request_id =
+        recent_ != nullptr && wire::deduplicated(request->op_case()) ? request->request_id() : 0;
+    if (request_id != 0) {
+      RecentRequests::Begin begin = recent_->begin(request_id, reactor, response);
+      if (begin != RecentRequests::Begin::kRun) {
+        deduplicated_total.fetch_add(1, std::memory_order_relaxed);
+        if (begin == RecentRequests::Begin::kAnswered) reactor->Finish(grpc::Status::OK);
+        return reactor;
+      }
+    }
     // The request and response stay valid until Finish (the reactor's OnDone).
-    auto run = [this, api = std::move(api), request, response, reactor] {
+    auto run = [this, api = std::move(api), request, response, reactor, request_id] {
       auto start = std::chrono::steady_clock::now();
       execute(*api, *request, response);
       if (latency_ != nullptr) {
@@ -258,12 +404,15 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
         errors_total.fetch_add(1, std::memory_order_relaxed);
         if (errors_ != nullptr) errors_->add();
       }
+      if (request_id != 0) recent_->finish(request_id, *response);
       reactor->Finish(grpc::Status::OK);
     };
     if (inline_reads_ && is_read(request->op_case())) {
       run();
     } else if (!pool_.submit(std::move(run))) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "meta server queue is full"));
+      grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED, "meta server queue is full");
+      if (request_id != 0) recent_->abandon(request_id, busy);
+      reactor->Finish(busy);
     }
     return reactor;
   }
@@ -277,11 +426,13 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
   std::atomic<uint64_t> requests_total{0};
   std::atomic<uint64_t> errors_total{0};
   std::atomic<uint64_t> expired_total{0};
+  std::atomic<uint64_t> deduplicated_total{0};
 
  private:
   std::mutex api_mutex_;  // guards api_ (held only to copy the pointer)
   std::shared_ptr<MetaApi> api_;
   const bool inline_reads_;
+  std::unique_ptr<RecentRequests> recent_;  // null when dedupe_requests is off
   WorkerPool pool_;
   rpc::Counter* requests_ = nullptr;
   rpc::Counter* errors_ = nullptr;
@@ -349,7 +500,7 @@ void MetaRpcServer::shutdown(int64_t timeout_ms) {
 
 MetaRpcServer::Stats MetaRpcServer::stats() const {
   return Stats{impl_->service->requests_total.load(), impl_->service->errors_total.load(),
-               impl_->service->expired_total.load()};
+               impl_->service->expired_total.load(), impl_->service->deduplicated_total.load()};
 }
 
 }  // namespace ff::fs::meta

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -124,6 +125,139 @@ TEST_F(FuseTest, FilesDirectoriesAndErrnos) {
   EXPECT_EQ(::mknod((mount_ + "/" + long_name).c_str(), S_IFREG | 0644, 0), -1);
   EXPECT_EQ(errno, ENAMETOOLONG);
   EXPECT_GT(fs_->stats().requests, 10u);
+}
+
+TEST_F(FuseTest, RenameExchangeSwapsNamesAndWhiteoutIsRefused) {
+  Mount({});
+  ASSERT_EQ(::mkdir((mount_ + "/d").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((mount_ + "/d/sub").c_str(), 0755), 0);
+  write_file(mount_ + "/f", "file");
+  struct stat before_d, before_root, st;
+  ASSERT_EQ(::stat((mount_ + "/d").c_str(), &before_d), 0);
+  ASSERT_EQ(::stat(mount_.c_str(), &before_root), 0);
+  // A file and a directory across directories.
+  ASSERT_EQ(::renameat2(AT_FDCWD, (mount_ + "/f").c_str(), AT_FDCWD, (mount_ + "/d/sub").c_str(), RENAME_EXCHANGE), 0)
+      << std::strerror(errno);
+  EXPECT_EQ(read_file(mount_ + "/d/sub"), "file");
+  ASSERT_EQ(::stat((mount_ + "/f").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  ASSERT_EQ(::stat((mount_ + "/d").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, before_d.st_nlink - 1);
+  ASSERT_EQ(::stat(mount_.c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, before_root.st_nlink + 1);
+  // Into its own subtree: EINVAL; a missing name: ENOENT; RENAME_WHITEOUT: EINVAL.
+  write_file(mount_ + "/d/inner", "x");
+  EXPECT_EQ(::renameat2(AT_FDCWD, (mount_ + "/d").c_str(), AT_FDCWD, (mount_ + "/d/inner").c_str(), RENAME_EXCHANGE),
+            -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(::renameat2(AT_FDCWD, (mount_ + "/none").c_str(), AT_FDCWD, (mount_ + "/f").c_str(), RENAME_EXCHANGE), -1);
+  EXPECT_EQ(errno, ENOENT);
+  EXPECT_EQ(::renameat2(AT_FDCWD, (mount_ + "/d/inner").c_str(), AT_FDCWD, (mount_ + "/w").c_str(), RENAME_WHITEOUT),
+            -1);
+  EXPECT_TRUE(errno == EINVAL || errno == EPERM) << std::strerror(errno);  // the kernel may refuse first (EPERM)
+  auto report = meta_->fsck();
+  ASSERT_TRUE(report.is_ok());
+  EXPECT_TRUE(report->problems.empty()) << report->problems.front();
+}
+
+TEST_F(FuseTest, ExtendedAttributesWithTheSizeRules) {
+  Mount({});
+  std::string path = mount_ + "/x";
+  write_file(path, "x");
+  ASSERT_EQ(::setxattr(path.c_str(), "user.color", "blue", 4, XATTR_CREATE), 0) << std::strerror(errno);
+  EXPECT_EQ(::setxattr(path.c_str(), "user.color", "red", 3, XATTR_CREATE), -1);
+  EXPECT_EQ(errno, EEXIST);
+  EXPECT_EQ(::setxattr(path.c_str(), "user.size", "1", 1, XATTR_REPLACE), -1);
+  EXPECT_EQ(errno, ENODATA);
+  // getxattr: size 0 asks for the size, a short buffer is ERANGE, an absent name ENODATA.
+  EXPECT_EQ(::getxattr(path.c_str(), "user.color", nullptr, 0), 4);
+  char small[2];
+  EXPECT_EQ(::getxattr(path.c_str(), "user.color", small, sizeof(small)), -1);
+  EXPECT_EQ(errno, ERANGE);
+  char value[16] = {};
+  EXPECT_EQ(::getxattr(path.c_str(), "user.color", value, sizeof(value)), 4);
+  EXPECT_STREQ(value, "blue");
+  EXPECT_EQ(::getxattr(path.c_str(), "user.none", value, sizeof(value)), -1);
+  EXPECT_EQ(errno, ENODATA);
+  // listxattr: the same rules over "name\0name\0".
+  ASSERT_EQ(::setxattr(path.c_str(), "user.b", "", 0, 0), 0);
+  EXPECT_EQ(::listxattr(path.c_str(), nullptr, 0), static_cast<ssize_t>(sizeof("user.b") + sizeof("user.color")));
+  EXPECT_EQ(::listxattr(path.c_str(), small, sizeof(small)), -1);
+  EXPECT_EQ(errno, ERANGE);
+  char list[64] = {};
+  ASSERT_EQ(::listxattr(path.c_str(), list, sizeof(list)), 18);
+  EXPECT_EQ(std::string(list, 18), std::string("user.b\0user.color\0", 18));
+  ASSERT_EQ(::removexattr(path.c_str(), "user.b"), 0);
+  EXPECT_EQ(::removexattr(path.c_str(), "user.b"), -1);
+  EXPECT_EQ(errno, ENODATA);
+  // Namespaces and limits.
+  EXPECT_EQ(::setxattr(path.c_str(), "system.posix_acl_access", "", 0, 0), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  std::string big(64 * 1024, 'v');
+  EXPECT_EQ(::setxattr(path.c_str(), "user.big", big.data(), big.size(), 0), 0) << std::strerror(errno);
+  EXPECT_EQ(::getxattr(path.c_str(), "user.big", nullptr, 0), static_cast<ssize_t>(big.size()));
+  // The attribute stays with the file through a rename.
+  ASSERT_EQ(::rename(path.c_str(), (mount_ + "/y").c_str()), 0);
+  EXPECT_EQ(::getxattr((mount_ + "/y").c_str(), "user.color", value, sizeof(value)), 4);
+}
+
+TEST_F(FuseTest, FallocateExtendsOrKeepsTheSize) {
+  Mount({});
+  std::string path = mount_ + "/big";
+  int fd = ::open(path.c_str(), O_CREAT | O_RDWR, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, "abc", 3), 3);
+  ASSERT_EQ(::fallocate(fd, 0, 0, 10000), 0) << std::strerror(errno);
+  struct stat st;
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_EQ(st.st_size, 10000);
+  ASSERT_EQ(::fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 50000), 0);
+  ASSERT_EQ(::fallocate(fd, 0, 100, 200), 0);  // inside the file: nothing
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  EXPECT_EQ(st.st_size, 10000);
+  EXPECT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 10), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  EXPECT_EQ(::fallocate(fd, FALLOC_FL_ZERO_RANGE, 0, 10), -1);
+  EXPECT_EQ(errno, EOPNOTSUPP);
+  ::close(fd);
+  std::string bytes = read_file(path);
+  ASSERT_EQ(bytes.size(), 10000u);
+  EXPECT_EQ(bytes.substr(0, 3), "abc");
+  EXPECT_EQ(bytes.find_first_not_of('\0', 3), std::string::npos);
+  EXPECT_EQ(meta_->getattr(meta_->lookup(meta::Caller{}, meta::kRootInode, "big")->id)->length, 10000u);
+}
+
+TEST_F(FuseTest, DirectoryTimesMoveWithEntryChangesDespiteTheAttributeCache) {
+  FuseOptions options;
+  options.attr_timeout_s = 60;
+  options.entry_timeout_s = 60;
+  Mount(options);
+  std::string dir = mount_ + "/d";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
+  struct stat st;
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  int64_t last = int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+  auto expect_newer = [&](const char* what) {
+    struct stat now;
+    ASSERT_EQ(::stat(dir.c_str(), &now), 0);
+    int64_t mtime = int64_t{now.st_mtim.tv_sec} * 1'000'000'000 + now.st_mtim.tv_nsec;
+    EXPECT_GT(mtime, last) << what;
+    last = mtime;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  write_file(dir + "/f", "x");
+  expect_newer("create");
+  ASSERT_EQ(::rename((dir + "/f").c_str(), (dir + "/g").c_str()), 0);
+  expect_newer("rename");
+  ASSERT_EQ(::link((dir + "/g").c_str(), (dir + "/h").c_str()), 0);
+  expect_newer("link");
+  ASSERT_EQ(::unlink((dir + "/g").c_str()), 0);
+  expect_newer("unlink");
+  ASSERT_EQ(::mkdir((dir + "/s").c_str(), 0755), 0);
+  expect_newer("mkdir");
+  ASSERT_EQ(::rmdir((dir + "/s").c_str()), 0);
+  expect_newer("rmdir");
 }
 
 class FuseListingTest : public FuseTest, public ::testing::WithParamInterface<bool> {};

@@ -106,7 +106,7 @@ TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
     ASSERT_TRUE(dir.is_ok());
     dirs.push_back(dir->id);
   }
-  std::atomic<int> unexpected{0}, succeeded{0}, renamed{0}, dir_renames{0};
+  std::atomic<int> unexpected{0}, succeeded{0}, renamed{0}, dir_renames{0}, exchanged{0};
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
@@ -142,9 +142,27 @@ TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
             ++renamed;
             if (what.is_ok() && what->type == FileType::kDirectory) ++dir_renames;
           }
-        } else {
+        } else if (op < 95) {
           auto target = meta->lookup(kRoot, pick_dir(), name());
           status = target.is_ok() ? meta->link(kRoot, target->id, pick_dir(), name()).status() : target.status();
+        } else if (op < 98) {
+          // Swaps of files and directories across the tree: cycles and link counts are fsck's to check.
+          // Both names are taken from listings (random names would rarely both exist).
+          InodeId from = pick_dir(), to = pick_dir();
+          auto from_page = meta->readdir(kRoot, from, "", 8);
+          auto to_page = meta->readdir(kRoot, to, "", 8);
+          if (from_page.is_ok() && to_page.is_ok() && !from_page->entries.empty() && !to_page->entries.empty()) {
+            const std::string& from_name = from_page->entries[random() % from_page->entries.size()].name;
+            const std::string& to_name = to_page->entries[random() % to_page->entries.size()].name;
+            status = meta->exchange(kRoot, from, from_name, to, to_name);
+            if (status.is_ok()) ++exchanged;
+          } else {
+            status = !from_page.is_ok() ? from_page.status() : to_page.status();
+          }
+        } else {
+          // Attributes on inodes that others remove meanwhile: fsck finds any left behind.
+          auto target = meta->lookup(kRoot, pick_dir(), name());
+          status = target.is_ok() ? meta->setxattr(kRoot, target->id, "user.k", "v", 0) : target.status();
         }
         if (status.is_ok()) {
           ++succeeded;
@@ -163,6 +181,7 @@ TEST_P(MetaConcurrency, RandomNamespaceOperationsKeepInvariants) {
   EXPECT_GT(succeeded.load(), threads * ops_per_thread / 5);
   EXPECT_GT(renamed.load(), threads * ops_per_thread / 30);
   EXPECT_GT(dir_renames.load(), 0);
+  EXPECT_GT(exchanged.load(), 0);
   size_t inodes = 0;
   expect_consistent(&inodes);
   EXPECT_GT(inodes, 4u);

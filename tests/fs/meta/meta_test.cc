@@ -5,7 +5,10 @@
 // calls it in-process, fs_meta_rpc_test through RemoteMeta and a gRPC server.
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <chrono>
 #include <set>
+#include <thread>
 
 #include "../rpc/test_util.h"
 #include "ff/fs/kv_engines.h"
@@ -255,6 +258,234 @@ TEST_P(MetaTest, RenameDirectories) {
   EXPECT_ERRNO(meta().getattr(empty.id), ENOENT);
   EXPECT_EQ(must(meta().getattr(b.id)).nlink, 2u);
   EXPECT_EQ(must(meta().resolve(kRoot, "/empty/deep")).id, deep.id);
+  expect_consistent();
+}
+
+TEST_P(MetaTest, ExchangeSwapsFilesAndDirectories) {
+  Inode a = must(meta().mkdir(kRoot, kRootInode, "a", 0755));
+  Inode b = must(meta().mkdir(kRoot, kRootInode, "b", 0755));
+  Inode sub = must(meta().mkdir(kRoot, a.id, "sub", 0755));
+  Inode deep = must(meta().mkdir(kRoot, sub.id, "deep", 0755));
+  Inode f = must(meta().create(kRoot, b.id, "f", 0644));
+  Inode g = must(meta().create(kRoot, b.id, "g", 0600));
+  // Two files in one directory.
+  ASSERT_TRUE(meta().exchange(kRoot, b.id, "f", b.id, "g").is_ok());
+  EXPECT_EQ(must(meta().lookup(kRoot, b.id, "f")).id, g.id);
+  EXPECT_EQ(must(meta().lookup(kRoot, b.id, "g")).id, f.id);
+  EXPECT_EQ(must(meta().getattr(f.id)).nlink, 1u);
+  EXPECT_GT(must(meta().getattr(f.id)).ctime_ns, f.ctime_ns);
+  // A directory and a file across directories: a loses its subdirectory, b gains it; sub's ".." is b.
+  int64_t before_ns = must(meta().getattr(a.id)).mtime_ns;
+  ASSERT_TRUE(meta().exchange(kRoot, a.id, "sub", b.id, "f").is_ok());
+  EXPECT_EQ(must(meta().lookup(kRoot, a.id, "sub")).id, g.id);
+  EXPECT_EQ(must(meta().lookup(kRoot, b.id, "f")).id, sub.id);
+  EXPECT_EQ(must(meta().getattr(a.id)).nlink, 2u);
+  EXPECT_EQ(must(meta().getattr(b.id)).nlink, 3u);
+  EXPECT_EQ(must(meta().getattr(sub.id)).parent, b.id);
+  EXPECT_EQ(must(meta().lookup(kRoot, sub.id, "..")).id, b.id);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/b/f/deep")).id, deep.id);
+  EXPECT_GT(must(meta().getattr(a.id)).mtime_ns, before_ns);
+  expect_consistent();
+  // Two directories across directories: link counts stay, parents swap.
+  Inode c = must(meta().mkdir(kRoot, a.id, "c", 0755));
+  ASSERT_TRUE(meta().exchange(kRoot, a.id, "c", b.id, "f").is_ok());
+  EXPECT_EQ(must(meta().getattr(c.id)).parent, b.id);
+  EXPECT_EQ(must(meta().getattr(sub.id)).parent, a.id);
+  EXPECT_EQ(must(meta().getattr(a.id)).nlink, 3u);
+  EXPECT_EQ(must(meta().getattr(b.id)).nlink, 3u);
+  EXPECT_EQ(must(meta().resolve(kRoot, "/a/c/deep")).id, deep.id);
+  expect_consistent();
+  // Into its own subtree, in either orientation and at any depth: EINVAL. (/a/c is sub, /a/c/deep.)
+  must(meta().create(kRoot, deep.id, "x", 0644));
+  EXPECT_ERRNO(meta().exchange(kRoot, kRootInode, "a", deep.id, "x"), EINVAL);
+  EXPECT_ERRNO(meta().exchange(kRoot, deep.id, "x", kRootInode, "a"), EINVAL);
+  EXPECT_ERRNO(meta().exchange(kRoot, kRootInode, "a", a.id, "c"), EINVAL);
+  EXPECT_ERRNO(meta().exchange(kRoot, a.id, "c", kRootInode, "a"), EINVAL);
+  // Missing names, bad names; one inode under two names or one name twice: nothing happens.
+  EXPECT_ERRNO(meta().exchange(kRoot, a.id, "nope", b.id, "g"), ENOENT);
+  EXPECT_ERRNO(meta().exchange(kRoot, b.id, "g", a.id, "nope"), ENOENT);
+  EXPECT_ERRNO(meta().exchange(kRoot, a.id, "..", b.id, "g"), EINVAL);
+  must(meta().link(kRoot, f.id, a.id, "f2"));
+  ASSERT_TRUE(meta().exchange(kRoot, b.id, "g", a.id, "f2").is_ok());
+  ASSERT_TRUE(meta().exchange(kRoot, b.id, "g", b.id, "g").is_ok());
+  EXPECT_EQ(must(meta().lookup(kRoot, b.id, "g")).id, f.id);
+  EXPECT_EQ(must(meta().lookup(kRoot, a.id, "f2")).id, f.id);
+  expect_consistent();
+}
+
+TEST_P(MetaTest, ExchangePermissions) {
+  Inode open_dir = must(meta().mkdir(kRoot, kRootInode, "open", 0777));
+  Inode other_open = must(meta().mkdir(kRoot, kRootInode, "open2", 0777));
+  Inode closed = must(meta().mkdir(kRoot, kRootInode, "closed", 0755));
+  must(meta().create(kAlice, open_dir.id, "mine", 0644));
+  must(meta().create(kRoot, closed.id, "roots", 0644));
+  must(meta().create(kAlice, other_open.id, "mine2", 0644));
+  // Write permission on both directories.
+  EXPECT_ERRNO(meta().exchange(kAlice, open_dir.id, "mine", closed.id, "roots"), EACCES);
+  EXPECT_ERRNO(meta().exchange(kAlice, closed.id, "roots", open_dir.id, "mine"), EACCES);
+  // A directory that changes parent needs write permission on itself (its ".." changes).
+  must(meta().mkdir(kRoot, open_dir.id, "rootdir", 0755));
+  EXPECT_ERRNO(meta().exchange(kAlice, open_dir.id, "rootdir", other_open.id, "mine2"), EACCES);
+  // ... but not when it stays in its directory.
+  ASSERT_TRUE(meta().exchange(kAlice, open_dir.id, "rootdir", open_dir.id, "mine").is_ok());
+  // Sticky directory: Bob may not swap Alice's entry.
+  Inode sticky = must(meta().mkdir(kRoot, kRootInode, "sticky", 01777));
+  must(meta().create(kAlice, sticky.id, "alices", 0644));
+  must(meta().create(kBob, sticky.id, "bobs", 0644));
+  EXPECT_ERRNO(meta().exchange(kBob, sticky.id, "bobs", sticky.id, "alices"), EPERM);
+  ASSERT_TRUE(meta().exchange(kRoot, sticky.id, "bobs", sticky.id, "alices").is_ok());
+  expect_consistent();
+}
+
+TEST_P(MetaTest, ExtendedAttributes) {
+  ASSERT_TRUE(meta().setattr(kRoot, kRootInode, SetAttr{.mode = 0777}).is_ok());
+  Inode file = must(meta().create(kAlice, kRootInode, "f", 0644));
+  // Set, get, list, replace, remove; values are bytes (NULs included).
+  const std::string binary("a\0b\xff", 4);
+  ASSERT_TRUE(meta().setxattr(kAlice, file.id, "user.one", binary, 0).is_ok());
+  ASSERT_TRUE(meta().setxattr(kAlice, file.id, "user.two", "", 0).is_ok());
+  EXPECT_EQ(*meta().getxattr(kAlice, file.id, "user.one"), binary);
+  EXPECT_EQ(*meta().getxattr(kAlice, file.id, "user.two"), "");
+  EXPECT_EQ(*meta().listxattr(kAlice, file.id), (std::vector<std::string>{"user.one", "user.two"}));
+  EXPECT_GT(must(meta().getattr(file.id)).ctime_ns, file.ctime_ns);
+  EXPECT_ERRNO(meta().setxattr(kAlice, file.id, "user.one", "x", kXattrCreate), EEXIST);
+  EXPECT_ERRNO(meta().setxattr(kAlice, file.id, "user.three", "x", kXattrReplace), ENODATA);
+  ASSERT_TRUE(meta().setxattr(kAlice, file.id, "user.one", "new", kXattrReplace).is_ok());
+  ASSERT_TRUE(meta().setxattr(kAlice, file.id, "user.three", "3", kXattrCreate).is_ok());
+  EXPECT_EQ(*meta().getxattr(kAlice, file.id, "user.one"), "new");
+  EXPECT_ERRNO(meta().setxattr(kAlice, file.id, "user.one", "x", 4), EINVAL);
+  ASSERT_TRUE(meta().removexattr(kAlice, file.id, "user.three").is_ok());
+  EXPECT_ERRNO(meta().removexattr(kAlice, file.id, "user.three"), ENODATA);
+  EXPECT_ERRNO(meta().getxattr(kAlice, file.id, "user.three"), ENODATA);
+  // Names and values: 1..255 bytes (ERANGE), values up to 64 KiB (E2BIG); known namespaces only.
+  EXPECT_TRUE(meta().setxattr(kAlice, file.id, "user." + std::string(250, 'n'), "v", 0).is_ok());
+  EXPECT_ERRNO(meta().setxattr(kAlice, file.id, "user." + std::string(251, 'n'), "v", 0), ERANGE);
+  EXPECT_ERRNO(meta().getxattr(kAlice, file.id, "user." + std::string(251, 'n')), ERANGE);
+  EXPECT_ERRNO(meta().getxattr(kAlice, file.id, ""), ERANGE);
+  EXPECT_TRUE(meta().setxattr(kAlice, file.id, "user.big", std::string(kMaxXattrValueBytes, 'v'), 0).is_ok());
+  EXPECT_EQ(meta().getxattr(kAlice, file.id, "user.big")->size(), kMaxXattrValueBytes);
+  EXPECT_ERRNO(meta().setxattr(kAlice, file.id, "user.big", std::string(kMaxXattrValueBytes + 1, 'v'), 0), E2BIG);
+  EXPECT_ERRNO(meta().setxattr(kAlice, file.id, "user.", "v", 0), EINVAL);
+  EXPECT_ERRNO(meta().setxattr(kRoot, file.id, "system.posix_acl_access", "v", 0), EOPNOTSUPP);
+  EXPECT_ERRNO(meta().getxattr(kRoot, file.id, "system.posix_acl_access"), EOPNOTSUPP);
+  EXPECT_ERRNO(meta().setxattr(kRoot, file.id, "other.x", "v", 0), EOPNOTSUPP);
+  // trusted.* and security.*: written by root only; trusted.* hidden from others, security.* readable.
+  EXPECT_ERRNO(meta().setxattr(kAlice, file.id, "trusted.t", "v", 0), EPERM);
+  EXPECT_ERRNO(meta().setxattr(kAlice, file.id, "security.s", "v", 0), EPERM);
+  ASSERT_TRUE(meta().setxattr(kRoot, file.id, "trusted.t", "tv", 0).is_ok());
+  ASSERT_TRUE(meta().setxattr(kRoot, file.id, "security.s", "sv", 0).is_ok());
+  EXPECT_ERRNO(meta().getxattr(kAlice, file.id, "trusted.t"), ENODATA);
+  EXPECT_ERRNO(meta().removexattr(kAlice, file.id, "trusted.t"), EPERM);
+  EXPECT_EQ(*meta().getxattr(kRoot, file.id, "trusted.t"), "tv");
+  EXPECT_EQ(*meta().getxattr(kAlice, file.id, "security.s"), "sv");
+  auto as_alice = *meta().listxattr(kAlice, file.id);
+  auto as_root = *meta().listxattr(kRoot, file.id);
+  EXPECT_EQ(std::count(as_alice.begin(), as_alice.end(), "trusted.t"), 0);
+  EXPECT_EQ(std::count(as_root.begin(), as_root.end(), "trusted.t"), 1);
+  EXPECT_EQ(std::count(as_alice.begin(), as_alice.end(), "security.s"), 1);
+  EXPECT_EQ(as_root.size(), as_alice.size() + 1);
+  // user.*: the file's permission bits; only regular files and directories; sticky directories.
+  EXPECT_EQ(*meta().getxattr(kBob, file.id, "user.one"), "new");
+  EXPECT_ERRNO(meta().setxattr(kBob, file.id, "user.bob", "v", 0), EACCES);
+  EXPECT_ERRNO(meta().removexattr(kBob, file.id, "user.one"), EACCES);
+  ASSERT_TRUE(meta().setattr(kAlice, file.id, SetAttr{.mode = 0600}).is_ok());
+  EXPECT_ERRNO(meta().getxattr(kBob, file.id, "user.one"), EACCES);
+  Inode link = must(meta().symlink(kAlice, kRootInode, "s", "f"));
+  EXPECT_ERRNO(meta().setxattr(kAlice, link.id, "user.x", "v", 0), EPERM);
+  EXPECT_ERRNO(meta().getxattr(kAlice, link.id, "user.x"), ENODATA);
+  Inode sticky = must(meta().mkdir(kRoot, kRootInode, "sticky", 01777));
+  EXPECT_ERRNO(meta().setxattr(kAlice, sticky.id, "user.x", "v", 0), EPERM);
+  ASSERT_TRUE(meta().setxattr(kRoot, sticky.id, "user.x", "v", 0).is_ok());
+  EXPECT_EQ(*meta().getxattr(kAlice, sticky.id, "user.x"), "v");
+  EXPECT_ERRNO(meta().getxattr(kAlice, 999999, "user.x"), ENOENT);
+  // Attributes belong to the inode: they follow renames and hard links.
+  ASSERT_TRUE(meta().rename(kAlice, kRootInode, "f", kRootInode, "renamed").is_ok());
+  must(meta().link(kAlice, file.id, kRootInode, "hard"));
+  EXPECT_EQ(*meta().getxattr(kAlice, must(meta().lookup(kAlice, kRootInode, "hard")).id, "user.one"), "new");
+  expect_consistent();
+  // ... and go with it (fsck reports attributes of missing inodes): the last unlink, an rmdir, a
+  // directory replaced by rename, an unlinked file's last close.
+  ASSERT_TRUE(meta().unlink(kAlice, kRootInode, "renamed").is_ok());
+  ASSERT_TRUE(meta().unlink(kAlice, kRootInode, "hard").is_ok());
+  ASSERT_TRUE(meta().rmdir(kRoot, kRootInode, "sticky").is_ok());
+  Inode victim = must(meta().mkdir(kRoot, kRootInode, "victim", 0755));
+  must(meta().mkdir(kRoot, kRootInode, "mover", 0755));
+  ASSERT_TRUE(meta().setxattr(kRoot, victim.id, "user.x", "v", 0).is_ok());
+  ASSERT_TRUE(meta().rename(kRoot, kRootInode, "mover", kRootInode, "victim").is_ok());
+  Inode ghost = must(meta().create(kAlice, kRootInode, "ghost", 0644));
+  auto opened = meta().open(kAlice, ghost.id, kOpenRead, 7);
+  ASSERT_TRUE(opened.is_ok());
+  ASSERT_TRUE(meta().setxattr(kAlice, ghost.id, "user.x", "v", 0).is_ok());
+  ASSERT_TRUE(meta().unlink(kAlice, kRootInode, "ghost").is_ok());
+  EXPECT_EQ(*meta().getxattr(kAlice, ghost.id, "user.x"), "v") << "an unlinked open file keeps its attributes";
+  ASSERT_TRUE(meta().close(ghost.id, opened->session, 0).is_ok());
+  expect_consistent();
+}
+
+TEST_P(MetaTest, ExtendedAttributeNamesOfOneInodeFitOneListing) {
+  Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
+  // 256 names of 255 bytes fill listxattr's 64 KiB exactly (each with its NUL); one more does not fit.
+  for (int i = 0; i < 256; ++i) {
+    ASSERT_TRUE(meta().setxattr(kRoot, file.id, fmt::format("user.{:03}{}", i, std::string(247, 'x')), "", 0).is_ok());
+  }
+  EXPECT_ERRNO(meta().setxattr(kRoot, file.id, "user.more", "", 0), ENOSPC);
+  EXPECT_EQ(meta().listxattr(kRoot, file.id)->size(), 256u);
+  // Replacing an existing one still works.
+  EXPECT_TRUE(meta().setxattr(kRoot, file.id, fmt::format("user.000{}", std::string(247, 'x')), "v", 0).is_ok());
+}
+
+TEST_P(MetaTest, DirectoryTimesFollowEntryChanges) {
+  Inode dir = must(meta().mkdir(kRoot, kRootInode, "d", 0755));
+  Inode other = must(meta().mkdir(kRoot, kRootInode, "e", 0755));
+  int64_t last = dir.mtime_ns;
+  // Each change of d's entries moves its mtime and ctime forward, seen by getattr, lookup and resolve.
+  auto expect_changed = [&](const char* what) {
+    Inode by_getattr = must(meta().getattr(dir.id));
+    EXPECT_GT(by_getattr.mtime_ns, last) << what;
+    EXPECT_EQ(by_getattr.ctime_ns, by_getattr.mtime_ns) << what;
+    EXPECT_EQ(must(meta().lookup(kRoot, kRootInode, "d")).mtime_ns, by_getattr.mtime_ns) << what;
+    EXPECT_EQ(must(meta().resolve(kRoot, "/d")).mtime_ns, by_getattr.mtime_ns) << what;
+    EXPECT_EQ(must(meta().lookup(kRoot, dir.id, ".")).mtime_ns, by_getattr.mtime_ns) << what;
+    last = by_getattr.mtime_ns;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  };
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  Inode file = must(meta().create(kRoot, dir.id, "f", 0644));
+  expect_changed("create");
+  must(meta().symlink(kRoot, dir.id, "s", "f"));
+  expect_changed("symlink");
+  must(meta().mknod(kRoot, dir.id, "p", FileType::kFifo, 0644, 0));
+  expect_changed("mknod");
+  must(meta().link(kRoot, file.id, dir.id, "g"));
+  expect_changed("link");
+  ASSERT_TRUE(meta().unlink(kRoot, dir.id, "g").is_ok());
+  expect_changed("unlink");
+  must(meta().mkdir(kRoot, dir.id, "sub", 0755));
+  expect_changed("mkdir");
+  ASSERT_TRUE(meta().rmdir(kRoot, dir.id, "sub").is_ok());
+  expect_changed("rmdir");
+  ASSERT_TRUE(meta().rename(kRoot, dir.id, "f", dir.id, "f2").is_ok());
+  expect_changed("rename");
+  ASSERT_TRUE(meta().rename(kRoot, dir.id, "f2", other.id, "f").is_ok());
+  expect_changed("rename out");
+  must(meta().create(kRoot, dir.id, "f", 0644));
+  expect_changed("create");
+  ASSERT_TRUE(meta().exchange(kRoot, dir.id, "f", other.id, "f").is_ok());
+  expect_changed("exchange");
+  // Reads do not move it.
+  ASSERT_TRUE(meta().readdir(kRoot, dir.id, "", 10).is_ok());
+  must(meta().lookup(kRoot, dir.id, "f"));
+  EXPECT_EQ(must(meta().getattr(dir.id)).mtime_ns, last);
+  // Explicit times replace them (touch -d), and later changes move them again.
+  ASSERT_TRUE(meta().setattr(kRoot, dir.id, SetAttr{.mtime_ns = 1'000'000'000}).is_ok());
+  EXPECT_EQ(must(meta().getattr(dir.id)).mtime_ns, 1'000'000'000);
+  last = 1'000'000'000;
+  must(meta().create(kRoot, dir.id, "later", 0644));
+  expect_changed("create after setattr");
+  expect_consistent();
+  // The record goes with the directory.
+  ASSERT_TRUE(meta().unlink(kRoot, other.id, "f").is_ok());
+  ASSERT_TRUE(meta().rmdir(kRoot, kRootInode, "e").is_ok());
   expect_consistent();
 }
 

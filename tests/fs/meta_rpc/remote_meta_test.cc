@@ -4,9 +4,12 @@
 #include <chrono>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
 #include "../meta/meta_test.h"
 #include "../rpc/test_util.h"
 #include "ff/fs/kv_engines.h"
+#include "ff/fs/meta.grpc.pb.h"
 #include "ff/fs/meta_rpc.h"
 
 namespace ff::fs::meta {
@@ -31,19 +34,21 @@ class StallingApi final : public MetaApi {
   std::atomic<int> stalls_after_left{0};  // how many calls stall after executing
   std::atomic<int> calls{0};
 
+  std::atomic<bool> stall_reads{true};  // false: lookup and getxattr never stall after executing
+
   template <typename F>
-  auto wrap(F&& body) {
+  auto wrap(F&& body, bool read = false) {
     ++calls;
     if (int ms = stall_before_ms.load(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     auto result = body();
-    if (stalls_after_left.fetch_sub(1) > 0) {
+    if ((!read || stall_reads.load()) && stalls_after_left.fetch_sub(1) > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(stall_after_ms.load()));
     }
     return result;
   }
 
   Result<Inode> lookup(const Caller& c, InodeId p, std::string_view n) override {
-    return wrap([&] { return inner_.lookup(c, p, n); });
+    return wrap([&] { return inner_.lookup(c, p, n); }, /*read=*/true);
   }
   Result<Inode> getattr(InodeId i) override {
     return wrap([&] { return inner_.getattr(i); });
@@ -84,6 +89,21 @@ class StallingApi final : public MetaApi {
   }
   Status rename(const Caller& c, InodeId p, std::string_view n, InodeId np, std::string_view nn, bool nr) override {
     return wrap([&] { return inner_.rename(c, p, n, np, nn, nr); });
+  }
+  Status exchange(const Caller& c, InodeId p, std::string_view n, InodeId np, std::string_view nn) override {
+    return wrap([&] { return inner_.exchange(c, p, n, np, nn); });
+  }
+  Status setxattr(const Caller& c, InodeId i, std::string_view n, std::string_view v, uint32_t f) override {
+    return wrap([&] { return inner_.setxattr(c, i, n, v, f); });
+  }
+  Result<std::string> getxattr(const Caller& c, InodeId i, std::string_view n) override {
+    return wrap([&] { return inner_.getxattr(c, i, n); }, /*read=*/true);
+  }
+  Result<std::vector<std::string>> listxattr(const Caller& c, InodeId i) override {
+    return wrap([&] { return inner_.listxattr(c, i); });
+  }
+  Status removexattr(const Caller& c, InodeId i, std::string_view n) override {
+    return wrap([&] { return inner_.removexattr(c, i, n); });
   }
   Result<ReadDirPage> readdir(const Caller& c, InodeId d, std::string_view a, size_t l) override {
     return wrap([&] { return inner_.readdir(c, d, a, l); });
@@ -245,8 +265,12 @@ TEST_F(RemoteMetaTest, HungServerHitsTheDeadline) {
 }
 
 TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
+  // A server without the table of recent request ids: the repeat runs again, as it does on another
+  // server after a failover or on a restarted one, and the client interprets its answer.
+  auto plain = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.dedupe_requests = false});
+  ASSERT_TRUE(plain.is_ok()) << plain.status().to_string();
   // rpc timeout 700 ms: far above a normal call even on a loaded CI machine, far below the stall.
-  auto remote = connect({server_->address()}, 700, 20000);
+  auto remote = connect({(*plain)->address()}, 700, 20000);
   ASSERT_TRUE(service_->setattr(kRoot, kRootInode, SetAttr{.mode = 0777}).is_ok());
   // Each operation below runs on the server, whose reply then comes after the client's deadline; the
   // client sends it again and gets EEXIST / ENOENT / EBADF, which it must recognise as its own doing.
@@ -299,6 +323,32 @@ TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
   EXPECT_EQ(*service_->session_count(made->inode.id), 2u);
   ASSERT_TRUE(remote->close(made->inode.id, made->session, 0).is_ok());
 
+  // exchange is its own inverse: a blind resend would swap back. After the lost reply the names are
+  // found swapped, which is success, and they stay swapped. (Lookups are not stalled from here on: the
+  // client looks the names up before it sends.)
+  stalling_->stall_reads = false;
+  auto left = remote->create(kAlice, dir->id, "left", 0644);
+  auto right = remote->mkdir(kAlice, kRootInode, "right", 0755);
+  ASSERT_TRUE(left.is_ok() && right.is_ok());
+  lose_next_reply();
+  ASSERT_TRUE(remote->exchange(kAlice, dir->id, "left", kRootInode, "right").is_ok());
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+  EXPECT_EQ(service_->lookup(kRoot, dir->id, "left")->id, right->id);
+  EXPECT_EQ(service_->lookup(kRoot, kRootInode, "right")->id, left->id);
+  EXPECT_EQ(service_->getattr(right->id)->parent, dir->id);
+
+  // setxattr with XATTR_CREATE: the repeat's EEXIST is ours when the value is ours; removexattr's
+  // ENODATA after a lost reply is success.
+  lose_next_reply();
+  ASSERT_TRUE(remote->setxattr(kAlice, file->id, "user.k", "v1", kXattrCreate).is_ok());
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+  EXPECT_EQ(*service_->getxattr(kAlice, file->id, "user.k"), "v1");
+  EXPECT_ERRNO(remote->setxattr(kAlice, file->id, "user.k", "v2", kXattrCreate), EEXIST);
+  lose_next_reply();
+  ASSERT_TRUE(remote->removexattr(kAlice, file->id, "user.k").is_ok());
+  EXPECT_EQ(remote->stats().recovered, ++recovered);
+  EXPECT_ERRNO(service_->getxattr(kAlice, file->id, "user.k"), ENODATA);
+
   // Not ours: a name someone else made earlier stays EEXIST even after a lost reply.
   ASSERT_TRUE(service_->create(kBob, kRootInode, "bobs", 0644).is_ok());
   lose_next_reply();
@@ -307,7 +357,7 @@ TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
   ASSERT_TRUE(service_->create(kAlice, kRootInode, "old", 0640).is_ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   auto strict = RemoteMeta::connect(
-      RemoteMetaOptions{.addresses = {server_->address()}, .rpc_timeout_ms = 700, .recovery_clock_skew_ms = 0});
+      RemoteMetaOptions{.addresses = {(*plain)->address()}, .rpc_timeout_ms = 700, .recovery_clock_skew_ms = 0});
   ASSERT_TRUE(strict.is_ok());
   lose_next_reply();
   EXPECT_ERRNO((*strict)->create(kAlice, kRootInode, "old", 0640), EEXIST);
@@ -318,6 +368,83 @@ TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
   auto report = service_->fsck();
   ASSERT_TRUE(report.is_ok());
   EXPECT_TRUE(report->problems.empty());
+}
+
+TEST_F(RemoteMetaTest, ServerAnswersARetryWithTheFirstOutcome) {
+  // The fixture's server keeps recent request ids (the default). A reply lost after the operation ran:
+  // the retry reaches the same server, waits for the first attempt and gets its outcome, so nothing
+  // needs interpreting and nothing runs twice.
+  auto remote = connect({server_->address()}, 700, 20000);
+  ASSERT_TRUE(service_->setattr(kRoot, kRootInode, SetAttr{.mode = 0777}).is_ok());
+  auto lose_next_reply = [&] {
+    stalling_->stall_after_ms = 1500;
+    stalling_->stalls_after_left = 1;
+  };
+  lose_next_reply();
+  auto file = remote->create(kAlice, kRootInode, "file", 0640);
+  ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+  EXPECT_EQ(file->id, service_->lookup(kRoot, kRootInode, "file")->id);
+  // create_open and open: one session each (a second execution would have opened a second).
+  lose_next_reply();
+  auto made = remote->create_open(kAlice, kRootInode, "made", 0600, kOpenWrite, 77);
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  EXPECT_EQ(*service_->session_count(made->inode.id), 1u);
+  lose_next_reply();
+  auto opened = remote->open(kAlice, file->id, kOpenRead, 77);
+  ASSERT_TRUE(opened.is_ok()) << opened.status().to_string();
+  EXPECT_EQ(*service_->session_count(file->id), 1u);
+  lose_next_reply();
+  ASSERT_TRUE(remote->rename(kAlice, kRootInode, "file", kRootInode, "moved").is_ok());
+  lose_next_reply();
+  ASSERT_TRUE(remote->close(file->id, opened->session, 0).is_ok());
+  EXPECT_EQ(remote->stats().recovered, 0u) << "every retry should have been answered by the server";
+  EXPECT_GE(server_->stats().deduplicated, 5u);
+  EXPECT_GT(remote->stats().failovers, 0u);
+  // A new call with the same content is a new request: it runs (and fails) as usual.
+  EXPECT_ERRNO(remote->create(kAlice, kRootInode, "moved", 0640), EEXIST);
+  ASSERT_TRUE(remote->close(made->inode.id, made->session, 0).is_ok());
+  auto report = service_->fsck();
+  ASSERT_TRUE(report.is_ok());
+  EXPECT_TRUE(report->problems.empty());
+}
+
+TEST_F(RemoteMetaTest, RecentRequestTableIsBoundedAndExpires) {
+  // Raw requests with chosen ids against a server whose table holds 2 entries for 300 ms.
+  auto small =
+      MetaRpcServer::start(unowned(*service_), MetaServerOptions{.dedupe_ttl_ms = 300, .dedupe_max_entries = 2});
+  ASSERT_TRUE(small.is_ok()) << small.status().to_string();
+  auto channel = grpc::CreateChannel((*small)->address(), grpc::InsecureChannelCredentials());
+  auto stub = pb::Meta::NewStub(channel);
+  auto create = [&](uint64_t id, const std::string& name) -> pb::MetaResponse {
+    pb::MetaRequest request;
+    request.set_request_id(id);
+    request.mutable_create()->set_parent(kRootInode);
+    request.mutable_create()->set_name(name);
+    request.mutable_create()->set_mode(0644);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    pb::MetaResponse response;
+    grpc::Status status = stub->Call(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response;
+  };
+  pb::MetaResponse first = create(41, "a");
+  ASSERT_EQ(first.code(), 0) << first.message();
+  // The same id again: the first outcome, although the name exists now.
+  pb::MetaResponse again = create(41, "a");
+  EXPECT_EQ(again.code(), 0) << again.message();
+  EXPECT_EQ(again.inode().id(), first.inode().id());
+  // Another id with the same content runs: EEXIST.
+  EXPECT_EQ(create(42, "a").code(), static_cast<int>(StatusCode::kAlreadyExists));
+  // Two more ids push 41 out of the 2-entry table: then it runs again (EEXIST).
+  create(43, "b");
+  EXPECT_EQ(create(41, "a").code(), static_cast<int>(StatusCode::kAlreadyExists));
+  // Expiry: 43 is answered from the table now, and runs again once 300 ms passed.
+  EXPECT_EQ(create(43, "b").code(), 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(create(43, "b").code(), static_cast<int>(StatusCode::kAlreadyExists));
+  EXPECT_EQ((*small)->stats().deduplicated, 2u);
+  (*small)->shutdown(1000);
 }
 
 TEST_F(RemoteMetaTest, UnixDomainSocket) {

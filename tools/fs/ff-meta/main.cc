@@ -324,10 +324,11 @@ int serve(const Config& config) {
   auto stats_line = [&] {
     meta::MetaRpcServer::Stats stats = (*server)->stats();
     return fmt::format(
-        "req/s={:.0f} requests={} errors={} expired={} p50_us={} p99_us={} sessions_reclaimed={} "
+        "req/s={:.0f} requests={} errors={} expired={} deduplicated={} p50_us={} p99_us={} sessions_reclaimed={} "
         "files_collected={} chains={}",
         request_rate.rate_per_s(stats.requests, system_clock().now_ns()), stats.requests, stats.errors, stats.expired,
-        latency.quantile_us(0.5), latency.quantile_us(0.99), reclaimed.value(), collected.value(), chain_count.value());
+        stats.deduplicated, latency.quantile_us(0.5), latency.quantile_us(0.99), reclaimed.value(), collected.value(),
+        chain_count.value());
   };
   StatsReporter stats(static_cast<int64_t>(config.stats_interval_s * 1000), stats_line);
 
