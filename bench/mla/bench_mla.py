@@ -3,8 +3,10 @@
 Shapes (issue #7): b = 128, s_q 1 and 2, h_q 16 and 128, h_kv 1, d_qk 576, d_v 512, page 64; cache
 lengths 1K, 4K, 8K, 16K, 32K, fixed (every sequence that long) and variable (uniform in [L/2, 3L/2],
 seeded); non-causal; our kernel on the paged bf16 cache and on the FP8 cache (656 bytes per token);
-where s_q * h_q >= 64 (the WGMMA kernels) also the bf16 TMA WGMMA kernel with the pipelined warpgroup
-schedule without the lean changes instead of the default lean one (FF_MLA_SCHEDULE=pipelined:
+where s_q * h_q >= 64 (the WGMMA kernels) also the bf16 TMA WGMMA kernel with each lean schedule named
+(FF_MLA_SCHEDULE=lean, lean_bar3, lean_fold, lean2, lean2_early: `ours_bf16_<schedule>`; the default,
+`ours_bf16`, is one of them), with the pipelined warpgroup
+schedule without the lean changes (FF_MLA_SCHEDULE=pipelined:
 `ours_bf16_pipelined`), with the seesaw schedule (FF_MLA_SCHEDULE=seesaw: `ours_bf16_seesaw`), with
 its former cp.async loads instead of TMA (FF_MLA_LOADS=cp_async: `ours_bf16_cp_async`) and the mma.sync kernels on the same
 shapes (FF_MLA_KERNEL=mma_sync: `ours_*_mma_sync`); `kernel` names the kernel that ran.
@@ -197,6 +199,12 @@ def main() -> int:
                         # The WGMMA kernel with cp.async loads (FF_MLA_LOADS), and the mma.sync kernels on the
                         # shapes the WGMMA kernel now takes (FF_MLA_KERNEL).
                         candidates += [
+                            ("ours_bf16_lean", lambda: ours(False), 576 * 2, {"FF_MLA_SCHEDULE": "lean"}),
+                            ("ours_bf16_lean_bar3", lambda: ours(False), 576 * 2, {"FF_MLA_SCHEDULE": "lean_bar3"}),
+                            ("ours_bf16_lean_fold", lambda: ours(False), 576 * 2, {"FF_MLA_SCHEDULE": "lean_fold"}),
+                            ("ours_bf16_lean2", lambda: ours(False), 576 * 2, {"FF_MLA_SCHEDULE": "lean2"}),
+                            ("ours_bf16_lean2_early", lambda: ours(False), 576 * 2,
+                             {"FF_MLA_SCHEDULE": "lean2_early"}),
                             ("ours_bf16_pipelined", lambda: ours(False), 576 * 2, {"FF_MLA_SCHEDULE": "pipelined"}),
                             ("ours_bf16_seesaw", lambda: ours(False), 576 * 2, {"FF_MLA_SCHEDULE": "seesaw"}),
                             ("ours_bf16_cp_async", lambda: ours(False), 576 * 2, {"FF_MLA_LOADS": "cp_async"}),
@@ -266,7 +274,10 @@ def main() -> int:
                 "timing": f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats}",
                 "kernel": ("s_q * h_q >= 64: WGMMA (m64n64k16 QK^T, m64n256k16 PV), bf16 cache loaded by TMA "
                            "with the lean pipelined warpgroup schedule (FP8: cp.async); fewer rows: mma.sync m16n8k16 + cp.async, FP8 with <= 32 rows fed from "
-                           "4 raw FP8 stages (docs/mla.md); *_pipelined: the bf16 TMA WGMMA kernel with the pipelined "
+                           "4 raw FP8 stages (docs/mla.md); ours_bf16 names its kernel (the dispatch's default); "
+                           "*_lean, *_lean_bar3 (3 mbarriers per stage), *_lean_fold (scale folded into the softmax's "
+                           "FFMA, stmatrix stores of P), *_lean2 (both), *_lean2_early (both, S(j+1) issued behind "
+                           "P V(j)): the lean TMA kernel and its refinements; *_pipelined: the bf16 TMA WGMMA kernel with the pipelined "
                            "schedule without the lean changes; *_seesaw: the bf16 TMA WGMMA kernel with the seesaw "
                            "warpgroup schedule; *_cp_async: the bf16 WGMMA kernel with its cp.async "
                            "loads; *_mma_sync: the mma.sync kernel forced on the WGMMA shapes"),

@@ -31,7 +31,7 @@ for step in "$@"; do
       echo "HGMMA instructions: $(grep -c HGMMA "$OUT/sass.txt")"
       ;;
     gtest)
-      timeout 60 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
+      timeout 75 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
       rc=$?
       grep -E "^\[  (FAILED|PASSED|  OK) |Failure|Expected|Which is|error" "$OUT/gtest.log" | head -60
       if [ $rc -eq 124 ]; then echo "gtest timed out (a hang?): stopping"; tail -3 "$OUT/gtest.log"; exit 1; fi
@@ -41,15 +41,23 @@ for step in "$@"; do
       grep -E "passed|failed|Error|assert" "$OUT/pytest.log" | head -30
       ;;
     memcheck)
-      timeout 300 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal' \
-        >"$OUT/memcheck.log" 2>&1
-      grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | head
+      # The default kernel, then each schedule in MLA_SANITIZE_SCHEDULES (FF_MLA_SCHEDULE for the whole
+      # run: the tests expect the kernel it names).
+      for schedule in default ${MLA_SANITIZE_SCHEDULES:-}; do
+        [ "$schedule" = default ] && env_schedule= || env_schedule=$schedule
+        FF_MLA_SCHEDULE=$env_schedule timeout 120 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
+          --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal' \
+          >"$OUT/memcheck_$schedule.log" 2>&1
+        echo "memcheck $schedule:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck_$schedule.log" | head
+      done
       ;;
     racecheck)
-      timeout 60 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.WgmmaPartialRowTile' >"$OUT/racecheck.log" 2>&1
-      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck.log" | head
+      for schedule in default ${MLA_SANITIZE_SCHEDULES:-}; do
+        [ "$schedule" = default ] && env_schedule= || env_schedule=$schedule
+        FF_MLA_SCHEDULE=$env_schedule timeout 60 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
+          --gtest_filter='CudaDecode.WgmmaPartialRowTile' >"$OUT/racecheck_$schedule.log" 2>&1
+        echo "racecheck $schedule:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck_$schedule.log" | head
+      done
       ;;
     quick)
       timeout 120 python3 bench/mla/bench_mla.py --quick --h-q 128 --probe --out "$OUT/quick.json" 2>&1 | tail -4 | cut -c1-1500

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 # The kernel the dispatch takes for a bf16 / fp16 cache with >= 64 query rows per KV head (TMA loads;
-# the fastest schedule on the H200, the lean pipelined one: docs/mla.md).
-DEFAULT_TMA_KERNEL = "wgmma_tma_lean"
+# the fastest schedule on the H200, the lean kernel with grouped mbarriers and the folded softmax:
+# docs/mla.md) where softmax_scale > 0; with another scale it takes the lean kernel.
+DEFAULT_TMA_KERNEL = "wgmma_tma_lean2"
+NONPOSITIVE_SCALE_TMA_KERNEL = "wgmma_tma_lean"
 
 
 def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -124,6 +126,10 @@ def test_wgmma_and_mma_sync_agree(h_q, monkeypatch):
     check(out, lse, ref_out, ref_lse)
     for variable, value, kernel in (("FF_MLA_SCHEDULE", "pipelined", "wgmma_tma"), ("FF_MLA_SCHEDULE", "seesaw", "wgmma_seesaw"),
                                     ("FF_MLA_SCHEDULE", "lean", "wgmma_tma_lean"),
+                                    ("FF_MLA_SCHEDULE", "lean_bar3", "wgmma_tma_lean_bar3"),
+                                    ("FF_MLA_SCHEDULE", "lean_fold", "wgmma_tma_lean_fold"),
+                                    ("FF_MLA_SCHEDULE", "lean2", "wgmma_tma_lean2"),
+                                    ("FF_MLA_SCHEDULE", "lean2_early", "wgmma_tma_lean2_early"),
                                     ("FF_MLA_LOADS", "cp_async", "wgmma"), ("FF_MLA_KERNEL", "mma_sync", "mma_sync")):
         monkeypatch.setenv(variable, value)
         other_out, other_lse = run(q, cache, block_table, lengths, False, num_sms=11)
@@ -131,6 +137,18 @@ def test_wgmma_and_mma_sync_agree(h_q, monkeypatch):
         assert mla.last_cuda_kernel() == kernel
         check(other_out, other_lse, ref_out, ref_lse)
         assert cos_diff(out, other_out) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [-0.04, 0.02])
+def test_wgmma_softmax_scale_routes(scale):
+    """The folded softmax of the default kernel takes the row max on raw scores, so it needs a positive
+    softmax_scale: a negative one takes the lean kernel; both against float64 attention."""
+    q, cache, block_table, lengths = make_case([700, 1, 64, 130], 1, 128, seed=91)
+    out, lse = run(q, cache, block_table, lengths, False, num_sms=5, softmax_scale=scale)
+    assert mla.last_cuda_kernel() == (DEFAULT_TMA_KERNEL if scale > 0 else NONPOSITIVE_SCALE_TMA_KERNEL)
+    ref_out, ref_lse = reference(q, lambda i, k: gather_keys(cache, block_table, lengths, i, k), lengths, 1, False,
+                                 scale=scale)
+    check(out, lse, ref_out, ref_lse)
 
 
 def test_fp16_two_kv_heads_and_softmax_scale():

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "cuda/decode_params.h"
@@ -230,10 +231,16 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
   const char* loads = std::getenv("FF_MLA_LOADS");
   params.tma_loads = loads == nullptr || std::string_view(loads) != "cp_async";
-  const char* schedule = std::getenv("FF_MLA_SCHEDULE");
-  if (schedule != nullptr && std::string_view(schedule) == "pipelined") params.schedule = cuda::Schedule::kPipelined;
-  if (schedule != nullptr && std::string_view(schedule) == "seesaw") params.schedule = cuda::Schedule::kSeesaw;
-  if (schedule != nullptr && std::string_view(schedule) == "lean") params.schedule = cuda::Schedule::kLean;
+  if (const char* schedule = std::getenv("FF_MLA_SCHEDULE"); schedule != nullptr) {
+    static constexpr std::pair<std::string_view, cuda::Schedule> kSchedules[] = {
+        {"pipelined", cuda::Schedule::kPipelined}, {"seesaw", cuda::Schedule::kSeesaw},
+        {"lean", cuda::Schedule::kLean},           {"lean_bar3", cuda::Schedule::kLeanBar3},
+        {"lean_fold", cuda::Schedule::kLeanFold},  {"lean2", cuda::Schedule::kLean2},
+        {"lean2_early", cuda::Schedule::kLean2Early}};
+    for (const auto& [name, value] : kSchedules) {
+      if (std::string_view(schedule) == name) params.schedule = value;
+    }
+  }
 
   cuda::KernelKind launched = cuda::select_kernel(params);
   const auto launch_error = static_cast<cudaError_t>(cuda::launch_decode(params, args.stream, &launched));

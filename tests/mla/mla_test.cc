@@ -29,8 +29,9 @@ using ::testing::HasSubstr;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // The kernel the dispatch takes for a bf16 / fp16 cache with >= 64 rows per KV head and TMA loads
-// (cuda::kDefaultSchedule: the fastest schedule on the H200, the lean pipelined one).
-constexpr const char* kDefaultTmaKernel = "wgmma_tma_lean";
+// (cuda::kDefaultSchedule: the fastest schedule on the H200, the lean kernel with grouped mbarriers and
+// the folded softmax) where softmax_scale > 0.
+constexpr const char* kDefaultTmaKernel = "wgmma_tma_lean2";
 
 // ---------------------------------------------------------------------------------------------
 // Numerics
@@ -194,8 +195,9 @@ struct Case {
   bool force_mma_sync = false;  // CUDA: FF_MLA_KERNEL=mma_sync for this call
   bool cp_async_loads = false;  // CUDA: FF_MLA_LOADS=cp_async (the WGMMA kernel without TMA) for this call
   // CUDA: FF_MLA_SCHEDULE for this call (the TMA WGMMA kernel's schedule: "pipelined", "seesaw",
-  // "lean"); nullptr: the default.
+  // "lean", "lean_bar3", "lean_fold", "lean2", "lean2_early"); nullptr: the default.
   const char* schedule = nullptr;
+  double softmax_scale = 0.0;  // 0: the default, 1 / sqrt(576)
 };
 
 // Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
@@ -229,6 +231,7 @@ struct Inputs {
     args.out = TensorView::contiguous(out.data(), config.dtype, {b, config.s_q, config.h_q, kHeadDimV});
     args.softmax_lse = TensorView::contiguous(lse.data(), DType::kFloat32, {b, config.h_q, config.s_q});
     args.num_threads = config.num_threads;
+    if (config.softmax_scale != 0.0) args.softmax_scale = static_cast<float>(config.softmax_scale);
     return args;
   }
 };
@@ -318,7 +321,9 @@ Reference reference_attention(const Inputs& inputs) {
   const Case& config = inputs.config;
   const int64_t b = static_cast<int64_t>(config.seqlens.size());
   const int group = config.h_q / config.h_kv;
-  const double scale = 1.0 / std::sqrt(576.0);
+  // The scale as the library takes it (a float).
+  const double scale =
+      config.softmax_scale != 0.0 ? static_cast<double>(static_cast<float>(config.softmax_scale)) : 1.0 / std::sqrt(576.0);
   Reference reference;
   reference.out.assign(b * config.s_q * config.h_q * 512, 0.0);
   reference.lse.assign(b * config.h_q * config.s_q, 0.0);
@@ -589,6 +594,24 @@ TensorView on_device(TensorView view, void* data) {
   return view;
 }
 
+// The TMA kernel the dispatch takes for a bf16 / fp16 cache with >= 64 rows per KV head under the
+// schedule named by the case, else by the environment of the whole run (device_session.sh runs the
+// sanitizers on a refinement that way), else the default. The folded softmax (lean_fold, lean2,
+// lean2_early, the default) needs softmax_scale > 0 (`positive_scale`); the lean kernel runs otherwise.
+const char* expected_tma_kernel(const char* case_schedule, bool positive_scale) {
+  const char* name = case_schedule != nullptr ? case_schedule : std::getenv("FF_MLA_SCHEDULE");
+  const std::string_view schedule = name != nullptr ? name : "";
+  return schedule == "seesaw"        ? "wgmma_seesaw"
+         : schedule == "pipelined"   ? "wgmma_tma"
+         : schedule == "lean"        ? "wgmma_tma_lean"
+         : schedule == "lean_bar3"   ? "wgmma_tma_lean_bar3"
+         : !positive_scale           ? "wgmma_tma_lean"
+         : schedule == "lean_fold"   ? "wgmma_tma_lean_fold"
+         : schedule == "lean2"       ? "wgmma_tma_lean2"
+         : schedule == "lean2_early" ? "wgmma_tma_lean2_early"
+                                     : kDefaultTmaKernel;
+}
+
 // Runs the CPU backend and the CUDA backend (output poisoned with NaN first) on the same inputs and
 // compares both with each other and with float64 attention.
 void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values = true) {
@@ -643,11 +666,7 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   // bf16 / fp16 cache (unless forced off), else mma.sync.
   const int rows = config.s_q * (config.h_q / config.h_kv);
   const bool wgmma = !config.force_mma_sync && rows >= 64;
-  const std::string_view schedule = config.schedule != nullptr ? config.schedule : "";
-  const char* tma_kernel = schedule == "seesaw"      ? "wgmma_seesaw"
-                           : schedule == "pipelined" ? "wgmma_tma"
-                           : schedule == "lean"      ? "wgmma_tma_lean"
-                                                     : kDefaultTmaKernel;
+  const char* tma_kernel = expected_tma_kernel(config.schedule, config.softmax_scale >= 0.0);
   const char* expected_kernel = wgmma && !config.fp8 && !config.cp_async_loads ? tma_kernel
                                 : wgmma                                        ? "wgmma"
                                 : config.fp8 && rows <= 32                     ? "mma_sync_fp8_direct"
@@ -805,6 +824,40 @@ TEST(CudaDecode, WgmmaPipelinedAndLeanSchedulesForced) {
   }
 }
 
+// The refinements of the lean kernel (FF_MLA_SCHEDULE=lean_bar3, lean_fold, lean2, lean2_early):
+// lengths 0 to 1000, long split sequences, pieces of 1 to 6 blocks with full or partial last blocks
+// (the grouped mbarriers of a tail block on cp.async), fp16 causal with two query tokens, and a
+// negative softmax scale (the folded softmax needs a positive one: the dispatch takes the lean kernel).
+TEST(CudaDecode, WgmmaLeanRefinementsForced) {
+  for (const char* schedule : {"lean_bar3", "lean_fold", "lean2", "lean2_early"}) {
+    SCOPED_TRACE(schedule);
+    run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .schedule = schedule},
+                         57);
+    run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11, .schedule = schedule},
+                         58);
+    run_cuda_and_compare({.seqlens = {64, 128, 192, 256, 320, 384, 100, 170, 250, 330},
+                          .s_q = 1,
+                          .h_q = 128,
+                          .num_sms = 5,
+                          .schedule = schedule},
+                         59);
+    run_cuda_and_compare({.seqlens = {383, 64, 129, 7, 640},
+                          .s_q = 2,
+                          .h_q = 64,
+                          .causal = true,
+                          .dtype = DType::kFloat16,
+                          .num_sms = 7,
+                          .schedule = schedule},
+                         60);
+    run_cuda_and_compare(
+        {.seqlens = {700, 65, 3}, .s_q = 1, .h_q = 128, .num_sms = 4, .schedule = schedule, .softmax_scale = -0.03},
+        61);
+  }
+  // The default with a negative scale, and with a scale > 0 other than the default.
+  run_cuda_and_compare({.seqlens = {700, 65, 3}, .s_q = 1, .h_q = 128, .num_sms = 4, .softmax_scale = -0.03}, 62);
+  run_cuda_and_compare({.seqlens = {700, 65, 3}, .s_q = 2, .h_q = 64, .causal = true, .softmax_scale = 0.07}, 63);
+}
+
 TEST(CudaDecode, WgmmaCpAsyncLoadsForced) {
   run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .cp_async_loads = true},
                        46);
@@ -839,7 +892,7 @@ TEST(CudaDecode, WgmmaTmaBadBlockIdsLoadZeros) {
   args.check_values = false;
   ASSERT_TRUE(flash_mla_with_kvcache(args, Backend::kCuda).is_ok());
   FF_CUDA_CHECK(cudaDeviceSynchronize());
-  EXPECT_EQ(last_cuda_kernel(), kDefaultTmaKernel);
+  EXPECT_EQ(last_cuda_kernel(), std::string_view(expected_tma_kernel(nullptr, true)));
   for (const uint16_t bits : out.to_host()) ASSERT_TRUE(std::isfinite(bf16_to_float(bits)));
 }
 

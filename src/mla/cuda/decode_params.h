@@ -18,7 +18,23 @@ namespace ff::mla::cuda {
 //   kLean       WgmmaPipelinedDecoder<., 0, true, true>: the pipelined schedule with a shorter chain per
 //               block (warpgroup 0 does not wait at STAGE_FREE, a lighter softmax, 32-bit descriptor
 //               arithmetic; "wgmma_tma_lean").
-enum class Schedule : int { kDefault = 0, kPipelined = 1, kSeesaw = 2, kLean = 3 };
+//   kLeanBar3, kLeanFold, kLean2, kLean2Early: the lean kernel with one mbarrier per 3 column blocks
+//               (3 waits per block in S instead of 9; "wgmma_tma_lean_bar3"), with the softmax scale
+//               folded into one FFMA per score and P stored by stmatrix ("wgmma_tma_lean_fold"), with
+//               both ("wgmma_tma_lean2"), and with both plus S(j + 1) issued right behind warpgroup 0's
+//               P V(j) instead of after waiting for it ("wgmma_tma_lean2_early"). The folded softmax
+//               needs softmax_scale > 0 (the row max is taken on raw scores): with another scale the
+//               dispatch takes kLean instead.
+enum class Schedule : int {
+  kDefault = 0,
+  kPipelined = 1,
+  kSeesaw = 2,
+  kLean = 3,
+  kLeanBar3 = 4,
+  kLeanFold = 5,
+  kLean2 = 6,
+  kLean2Early = 7,
+};
 
 struct DecodeParams {
   const void* q = nullptr;  // (b, s_q, h_q, 576) bf16 / fp16
@@ -83,13 +99,23 @@ enum class KernelKind : int {
   kWgmmaTma = 4,          // the bf16 / fp16 WGMMA kernel with TMA loads of full KV blocks, pipelined schedule
   kWgmmaSeesaw = 5,       // the same loads, seesaw schedule (WgmmaSeesawDecoder)
   kWgmmaTmaLean = 6,      // the same loads, pipelined schedule with the lean block chain (kLean)
+  kWgmmaTmaLeanBar3 = 7,  // kLean with one mbarrier per 3 column blocks
+  kWgmmaTmaLeanFold = 8,  // kLean with the scale folded into the softmax's FFMA and stmatrix stores of P
+  kWgmmaTmaLean2 = 9,     // kLean with both
+  kWgmmaTmaLean2Early = 10,  // kLean2 with S(j + 1) issued behind warpgroup 0's P V(j)
 };
+// The lean TMA kernels (WgmmaPipelinedDecoder<., 0, true, true, flags>).
+constexpr bool is_lean_tma_kernel(KernelKind kind) {
+  return kind == KernelKind::kWgmmaTmaLean || kind == KernelKind::kWgmmaTmaLeanBar3 ||
+         kind == KernelKind::kWgmmaTmaLeanFold || kind == KernelKind::kWgmmaTmaLean2 ||
+         kind == KernelKind::kWgmmaTmaLean2Early;
+}
 constexpr int kWgmmaMinRows = 64;
 // The schedule the dispatch takes when the environment names none: the fastest on the H200
 // (bench/results/mla_h200.json, all in the same run, docs/mla.md; the seesaw schedule was 3-8% slower
 // than the pipelined one in 18 of 20 h_q 128 shapes, so it stays selectable by FF_MLA_SCHEDULE=seesaw
 // only; FF_MLA_SCHEDULE=pipelined keeps the pipelined kernel without the lean changes).
-constexpr Schedule kDefaultSchedule = Schedule::kLean;
+constexpr Schedule kDefaultSchedule = Schedule::kLean2;
 
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
 // kWgmmaTma, kWgmmaTmaLean and kWgmmaSeesaw become kWgmma), and its name ("wgmma_tma_lean",

@@ -1803,6 +1803,34 @@ __device__ __forceinline__ void mbarrier_arrive_if(uint32_t bar, int issue) {
       "r"(issue)
       : "memory");
 }
+// One arrival on `bar` that adds `bytes` to the transaction count of its phase, where `issue` is
+// nonzero (the grouped mbarriers of the lean kernels: one arrival announces the bytes of 3 boxes).
+__device__ __forceinline__ void mbarrier_arrive_expect_tx_if(uint32_t bar, uint32_t bytes, int issue) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n"
+      "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n}\n" ::"r"(bar),
+      "r"(bytes), "r"(issue)
+      : "memory");
+}
+// As tma_load_4d without the arrival: the copy only completes its bytes on `bar` (whose phase an
+// mbarrier_arrive_expect_tx_if announced them to).
+__device__ __forceinline__ void tma_load_4d_tx(uint32_t dst, const void* map, uint32_t bar, int c0, int c1, int c2,
+                                               int c3, int issue) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %7, 0;\n"
+      "@p cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
+      "[%2];\n}\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(issue)
+      : "memory");
+}
+// Four 8 x 8 matrices of 16-bit elements from the accumulator-layout registers of a warp into shared
+// memory (stmatrix): lanes 8 m .. 8 m + 7 give the row addresses of matrix m, register m of each lane
+// holds its row lane / 4, columns 2 (lane % 4) and + 1.
+__device__ __forceinline__ void stmatrix_x4(uint32_t address, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
 
 // bf16 / fp16 cache with >= 64 rows: the two warpgroups take different roles so that the tensor cores
 // run one warpgroup's MMAs while the other does its softmax or loads (FlashMLA's split):
@@ -1841,9 +1869,30 @@ __device__ __forceinline__ void mbarrier_arrive_if(uint32_t bar, int issue) {
 //   - the softmax masks only where some row of the tile can see a token at or past its limit (the
 //     block a piece ends inside, the causal tail; a CTA-uniform test), and uses ex2.approx.ftz;
 //   - wgmma descriptors as 32-bit adds on their lower halves (gmma_descriptor_low / _join).
-template <bool kFp16, int kSkip = 0, bool kTma = false, bool kLean = false>
+// kLeanFlags (with kLean; docs/mla.md has the measurements), refinements of the lean block chain:
+//   kLeanGroupedBarriers  one mbarrier per 3 column blocks (3 per stage): S waits 3 times per block
+//                         instead of 9; one arrival per mbarrier announces its 3 boxes' bytes;
+//   kLeanFoldedSoftmax    the row max on raw scores and softmax_scale * log2(e) folded into the FFMA
+//                         before each 2^x (32 multiplies fewer per thread and block; needs a scale > 0,
+//                         the dispatch checks it), P stored with 4 stmatrix.x4 instead of 16 st.shared;
+//   kLeanEarlyS           warpgroup 0 issues S(j + 1) right behind its P V(j) and arrives at STAGE_FREE
+//                         once P V(j) is done (wgmma.wait_group 1), so the tensor cores get S(j + 1)
+//                         without the gap of a wait, an arrival and the first mbarrier wait.
+constexpr int kLeanGroupedBarriers = 1;
+constexpr int kLeanFoldedSoftmax = 2;
+constexpr int kLeanEarlyS = 4;
+
+template <bool kFp16, int kSkip = 0, bool kTma = false, bool kLean = false, int kLeanFlags = 0>
 class WgmmaPipelinedDecoder {
   static_assert(!kLean || (kTma && kSkip == 0), "the lean kernel loads by TMA and has no probes");
+  static_assert(kLeanFlags == 0 || kLean, "the flags refine the lean kernel");
+  static constexpr bool kGroupedBarriers = (kLeanFlags & kLeanGroupedBarriers) != 0;
+  static constexpr bool kFoldedSoftmax = (kLeanFlags & kLeanFoldedSoftmax) != 0;
+  static constexpr bool kEarlyS = (kLeanFlags & kLeanEarlyS) != 0;
+  // Column blocks per mbarrier, mbarriers per stage.
+  static constexpr int kColumnsPerBarrier = kGroupedBarriers ? 3 : 1;
+  static constexpr int kBarriersPerStage = kColumnBlocks / kColumnsPerBarrier;
+  static_assert(kBarriersPerStage * kColumnsPerBarrier == kColumnBlocks, "whole groups of column blocks");
   static constexpr int kQOffset = 0;
   static constexpr int kKvOffset = kTileBytes;
   static constexpr int kFactorOffset = 3 * kTileBytes;                     // (2 parities, 64 rows) floats
@@ -1871,7 +1920,7 @@ class WgmmaPipelinedDecoder {
     full_ = base + pad + kBarrierOffset;
     if constexpr (kTma) {
       if (thread == 0) {
-        for (int i = 0; i < 2 * kColumnBlocks; ++i) mbarrier_init(full_ + 8 * i, 1);
+        for (int i = 0; i < 2 * kBarriersPerStage; ++i) mbarrier_init(full_ + 8 * i, 1);
         fence_mbarrier_init();
       }
       __syncthreads();
@@ -1918,7 +1967,9 @@ class WgmmaPipelinedDecoder {
   __device__ __forceinline__ void softmax_step(const Piece& piece, int j, int first_block, float (&s)[32],
                                                float (&acc)[32][4], RowState& state) {
     const uint32_t tile = skv_ + (j & 1) * kTileBytes;
-    if constexpr (kLean) {
+    if constexpr (kFoldedSoftmax) {
+      softmax_folded(s, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
+    } else if constexpr (kLean) {
       softmax_lean(s, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
     } else {
       softmax(s, tile, (first_block + j) * kTileRows, j & 1, piece, acc, state);
@@ -1931,7 +1982,18 @@ class WgmmaPipelinedDecoder {
     // fewer in the warpgroup that also holds S and O (the kernel is at 255).
     issue_pv(tile, 0, acc);
     wgmma_commit();
-    if constexpr (kTma) {
+    if constexpr (kEarlyS && kNext) {
+      // S(j + 1) queues on the tensor cores right behind P V(j) (no gap while this warpgroup waits);
+      // STAGE_FREE once P V(j) is done (groups complete in order), which may now follow the wait for
+      // block j + 1's column blocks.
+      issue_s(skv_ + ((j + 1) & 1) * kTileBytes, s, (j + 1) & 1);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_acc(acc);
+      named_barrier_arrive(kBarrierStageFree);
+      wgmma_wait<0>();
+      fence_s(s);
+    } else if constexpr (kTma) {
       // Hand stage j % 2 back before waiting for block j + 1, so that block j + 2 is requested now.
       wgmma_wait<0>();
       fence_acc(acc);
@@ -2010,7 +2072,7 @@ class WgmmaPipelinedDecoder {
       // wait makes them visible to its MMAs, the fence covers a tail block that came by cp.async.
       const uint32_t parity = (phase_bits_ >> (j & 1)) & 1;
 #pragma unroll
-      for (int c = 4; c < 8; ++c) mbarrier_wait(full_bar(j & 1, c), parity);
+      for (int b = 4 / kColumnsPerBarrier; b <= 7 / kColumnsPerBarrier; ++b) mbarrier_wait(full_bar(j & 1, b), parity);
       phase_bits_ ^= 1u << (j & 1);
       fence_proxy_async();
     }
@@ -2041,9 +2103,10 @@ class WgmmaPipelinedDecoder {
     cp_async_commit();
   }
 
-  // The mbarrier of column block c of stage `stage` (kTma).
-  __device__ __forceinline__ uint32_t full_bar(int stage, int c) const {
-    return full_ + 8 * (stage * kColumnBlocks + c);
+  // mbarrier b of stage `stage` (kTma); it tracks column blocks kColumnsPerBarrier b and the next
+  // kColumnsPerBarrier - 1.
+  __device__ __forceinline__ uint32_t full_bar(int stage, int b) const {
+    return full_ + 8 * (stage * kBarriersPerStage + b);
   }
 
   // The cache block holding logical block `block` of the piece's sequence (an id outside the cache
@@ -2066,16 +2129,30 @@ class WgmmaPipelinedDecoder {
     if (!full) load_block(piece, block, stage);
     if (with_q || !full) {
 #pragma unroll
-      for (int c = 0; c < kColumnBlocks; ++c) cp_async_mbarrier_arrive(full_bar(stage, c));
+      for (int b = 0; b < kBarriersPerStage; ++b) cp_async_mbarrier_arrive(full_bar(stage, b));
       loaders_barrier_sync();
     }
     const int loader = threadIdx.x == 128;  // the first thread of warpgroup 1 issues the TMA copies
     const uint32_t destination = skv_ + stage * kTileBytes;
+    if constexpr (kGroupedBarriers) {
+      // One arrival per mbarrier announces its 3 boxes' bytes; the boxes complete them.
 #pragma unroll
-    for (int c = 0; c < kColumnBlocks; ++c) {
-      tma_load_4d(destination + c * kColumnBlockBytes, p_.k_tensor_map, full_bar(stage, c), c * 64, head_k_, 0, id,
-                  kColumnBlockBytes, loader & full);
-      mbarrier_arrive_if(full_bar(stage, c), loader & !full);
+      for (int b = 0; b < kBarriersPerStage; ++b) {
+        mbarrier_arrive_expect_tx_if(full_bar(stage, b), kColumnsPerBarrier * kColumnBlockBytes, loader & full);
+#pragma unroll
+        for (int c = b * kColumnsPerBarrier; c < (b + 1) * kColumnsPerBarrier; ++c) {
+          tma_load_4d_tx(destination + c * kColumnBlockBytes, p_.k_tensor_map, full_bar(stage, b), c * 64, head_k_, 0,
+                         id, loader & full);
+        }
+        mbarrier_arrive_if(full_bar(stage, b), loader & !full);
+      }
+    } else {
+#pragma unroll
+      for (int c = 0; c < kColumnBlocks; ++c) {
+        tma_load_4d(destination + c * kColumnBlockBytes, p_.k_tensor_map, full_bar(stage, c), c * 64, head_k_, 0, id,
+                    kColumnBlockBytes, loader & full);
+        mbarrier_arrive_if(full_bar(stage, c), loader & !full);
+      }
     }
   }
 
@@ -2129,8 +2206,8 @@ class WgmmaPipelinedDecoder {
 #pragma unroll
     for (int k = 0; k < kDimQk / 16; ++k) {
       if constexpr (kTma) {
-        if (k % 4 == 0) {
-          mbarrier_wait(full_bar(stage, k / 4), parity);
+        if (k % (4 * kColumnsPerBarrier) == 0) {
+          mbarrier_wait(full_bar(stage, k / (4 * kColumnsPerBarrier)), parity);
           // Q and a tail block come by cp.async (generic proxy); column block 0's phase completes only
           // after every such copy of the stage has landed.
           if (k == 0) fence_proxy_async();
@@ -2267,6 +2344,74 @@ class WgmmaPipelinedDecoder {
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(word) : "memory");
       }
       if (q4 == 0) factor_[parity * kTileRows + row] = rescale[i];
+    }
+    rescale_rows(acc, rescale[0], rescale[1]);
+  }
+
+  // kFoldedSoftmax: softmax_lean() with the scale folded in (scale_log2 > 0, so the max of the scaled
+  // scores is the scaled max of the raw ones, exactly: rounding is monotonic): masked raw scores become
+  // -inf, the row max is taken on raw scores and scaled once, and each 2^x takes fma(s, scale, -max);
+  // P goes to shared memory by stmatrix (matrix m of a lane's x4: rows 8 (m & 1) .. of its warp's 16,
+  // tokens 8 (n + (m >> 1)) .., i.e. 16-byte chunk n + (m >> 1) of the row, swizzled by row & 7).
+  __device__ void softmax_folded(float (&s)[32], uint32_t tile, int block_start, int parity, const Piece& piece,
+                                 float (&acc)[32][4], RowState& state) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const uint32_t p_tile = tile + 8 * kColumnBlockBytes;
+    int tile_limit = piece.token_end;  // the smallest limit of the tile's rows: its first row's
+    if (p_.causal) tile_limit = min(tile_limit, piece.seqlen - p_.s_q + (m_block_ * kTileRows) / p_.group + 1);
+    if (block_start + kTileRows > tile_limit) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = m_block_ * kTileRows + warp_ * 16 + g + 8 * i;
+        int limit = piece.token_end;
+        if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+        const int visible = limit - block_start - 2 * q4;  // token 8 n + 2 q4 + e is seen iff 8 n + e < visible
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (n * 8 + e >= visible) s[4 * n + 2 * i + e] = -INFINITY;
+          }
+        }
+      }
+    }
+    const float scale = p_.scale_log2;
+    float rescale[2];
+    uint32_t words[2][8];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float local_max = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) local_max = fmaxf(local_max, fmaxf(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]));
+      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 1));
+      local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 2));
+      const float new_max = fmaxf(state.max_log2[i], local_max * scale);  // -inf stays -inf
+      const float base = new_max == -INFINITY ? 0.0f : new_max;            // nothing visible yet: no NaN
+      rescale[i] = new_max == state.max_log2[i] ? 1.0f : fast_exp2(state.max_log2[i] - base);
+      state.max_log2[i] = new_max;
+      const float neg_base = -base;
+      float block_sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& value = s[4 * n + 2 * i + e];
+          value = fast_exp2(fmaf(value, scale, neg_base));  // a masked -inf gives 0
+          block_sum += value;
+        }
+        words[i][n] = pack2<kFp16>(s[4 * n + 2 * i], s[4 * n + 2 * i + 1]);
+      }
+      state.sum[i] = state.sum[i] * rescale[i] + block_sum;  // partial over the quad's tokens
+      if (q4 == 0) factor_[parity * kTileRows + warp_ * 16 + g + 8 * i] = rescale[i];
+    }
+    // Lane l addresses row warp * 16 + 8 ((l >> 3) & 1) + (l & 7) of matrix l >> 3, at chunk
+    // n + (l >> 4) (n even), swizzled: (n + (l >> 4)) ^ (l & 7) = n ^ ((l >> 4) ^ (l & 7)). The row's
+    // offset has its low 7 bits zero (1024-aligned tile), so the chunk goes in by XOR.
+    const int row = warp_ * 16 + 8 * ((lane_ >> 3) & 1) + (lane_ & 7);
+    const uint32_t row_address = (p_tile + row * 128) | ((((lane_ >> 4) ^ lane_) & 7) << 4);
+#pragma unroll
+    for (int n = 0; n < 8; n += 2) {
+      stmatrix_x4(row_address ^ (n << 4), words[0][n], words[1][n], words[0][n + 1], words[1][n + 1]);
     }
     rescale_rows(acc, rescale[0], rescale[1]);
   }
@@ -2938,8 +3083,22 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
   if (kind == KernelKind::kWgmmaSeesaw) {
     if constexpr (!kFp8) return launch<WgmmaSeesawDecoder<kFp16>, kFp16>(params, stream);
   }
-  if (kind == KernelKind::kWgmmaTmaLean) {
-    if constexpr (!kFp8) return launch<WgmmaPipelinedDecoder<kFp16, 0, true, true>, kFp16>(params, stream);
+  if constexpr (!kFp8) {
+    switch (kind) {
+      case KernelKind::kWgmmaTmaLean: return launch<WgmmaPipelinedDecoder<kFp16, 0, true, true>, kFp16>(params, stream);
+      case KernelKind::kWgmmaTmaLeanBar3:
+        return launch<WgmmaPipelinedDecoder<kFp16, 0, true, true, kLeanGroupedBarriers>, kFp16>(params, stream);
+      case KernelKind::kWgmmaTmaLeanFold:
+        return launch<WgmmaPipelinedDecoder<kFp16, 0, true, true, kLeanFoldedSoftmax>, kFp16>(params, stream);
+      case KernelKind::kWgmmaTmaLean2:
+        return launch<WgmmaPipelinedDecoder<kFp16, 0, true, true, kLeanGroupedBarriers | kLeanFoldedSoftmax>, kFp16>(
+            params, stream);
+      case KernelKind::kWgmmaTmaLean2Early:
+        return launch<WgmmaPipelinedDecoder<kFp16, 0, true, true,
+                                            kLeanGroupedBarriers | kLeanFoldedSoftmax | kLeanEarlyS>,
+                      kFp16>(params, stream);
+      default: break;
+    }
   }
   if (kind == KernelKind::kWgmmaTma) {
     if constexpr (!kFp8) {
@@ -3020,9 +3179,17 @@ KernelKind select_kernel(const DecodeParams& params) {
     // The probes exist for the pipelined schedule only (without the lean changes).
     Schedule schedule = params.schedule;
     if (schedule == Schedule::kDefault) schedule = params.probe_skip != 0 ? Schedule::kPipelined : kDefaultSchedule;
-    if (schedule == Schedule::kSeesaw) return KernelKind::kWgmmaSeesaw;
-    if (schedule == Schedule::kLean) return KernelKind::kWgmmaTmaLean;
-    return KernelKind::kWgmmaTma;
+    // The folded softmax takes the row max on raw scores, which needs a positive scale.
+    const bool positive_scale = params.scale_log2 > 0.0f;
+    switch (schedule) {
+      case Schedule::kSeesaw: return KernelKind::kWgmmaSeesaw;
+      case Schedule::kLean: return KernelKind::kWgmmaTmaLean;
+      case Schedule::kLeanBar3: return KernelKind::kWgmmaTmaLeanBar3;
+      case Schedule::kLeanFold: return positive_scale ? KernelKind::kWgmmaTmaLeanFold : KernelKind::kWgmmaTmaLean;
+      case Schedule::kLean2: return positive_scale ? KernelKind::kWgmmaTmaLean2 : KernelKind::kWgmmaTmaLean;
+      case Schedule::kLean2Early: return positive_scale ? KernelKind::kWgmmaTmaLean2Early : KernelKind::kWgmmaTmaLean;
+      default: return KernelKind::kWgmmaTma;
+    }
   }
   if (params.fp8_cache && params.rows <= 32) return KernelKind::kMmaSyncFp8Direct;
   return KernelKind::kMmaSync;
@@ -3032,6 +3199,10 @@ const char* kernel_name(KernelKind kind) {
   switch (kind) {
     case KernelKind::kWgmmaSeesaw: return "wgmma_seesaw";
     case KernelKind::kWgmmaTmaLean: return "wgmma_tma_lean";
+    case KernelKind::kWgmmaTmaLeanBar3: return "wgmma_tma_lean_bar3";
+    case KernelKind::kWgmmaTmaLeanFold: return "wgmma_tma_lean_fold";
+    case KernelKind::kWgmmaTmaLean2: return "wgmma_tma_lean2";
+    case KernelKind::kWgmmaTmaLean2Early: return "wgmma_tma_lean2_early";
     case KernelKind::kWgmmaTma: return "wgmma_tma";
     case KernelKind::kWgmma: return "wgmma";
     case KernelKind::kMmaSyncFp8Direct: return "mma_sync_fp8_direct";
@@ -3044,7 +3215,7 @@ int launch_decode(const DecodeParams& params, void* stream, KernelKind* launched
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
   KernelKind kind = select_kernel(params);
   DecodeParams local = params;
-  if ((kind == KernelKind::kWgmmaTma || kind == KernelKind::kWgmmaTmaLean || kind == KernelKind::kWgmmaSeesaw) &&
+  if ((kind == KernelKind::kWgmmaTma || is_lean_tma_kernel(kind) || kind == KernelKind::kWgmmaSeesaw) &&
       !encode_k_tensor_map(local)) {
     local.tma_loads = false;
     kind = select_kernel(local);
