@@ -83,8 +83,9 @@ struct DecodeParams {
   // The bf16 / fp16 WGMMA kernel loads full KV blocks by TMA (default); false (FF_MLA_LOADS=cp_async in
   // the environment) keeps its cp.async pipeline, for benchmarks and tests of both.
   bool tma_loads = true;
-  // The bf16 / fp16 TMA WGMMA kernel's schedule (FF_MLA_SCHEDULE=pipelined or seesaw in the
-  // environment; kDefault takes kDefaultSchedule below), for benchmarks and tests of both.
+  // The bf16 / fp16 TMA WGMMA kernel's schedule (FF_MLA_SCHEDULE=lean2, lean, lean_bar3, lean_fold,
+  // lean2_early, pipelined or seesaw in the environment; kDefault takes kDefaultSchedule below), for
+  // benchmarks and tests of each.
   Schedule schedule = Schedule::kDefault;
   // The cache as a 4-D TMA tensor map (channels, KV heads, tokens, blocks), an opaque CUtensorMap that
   // launch_decode encodes; the kernel reads it from its __grid_constant__ parameter.
@@ -112,14 +113,16 @@ constexpr bool is_lean_tma_kernel(KernelKind kind) {
 }
 constexpr int kWgmmaMinRows = 64;
 // The schedule the dispatch takes when the environment names none: the fastest on the H200
-// (bench/results/mla_h200.json, all in the same run, docs/mla.md; the seesaw schedule was 3-8% slower
-// than the pipelined one in 18 of 20 h_q 128 shapes, so it stays selectable by FF_MLA_SCHEDULE=seesaw
-// only; FF_MLA_SCHEDULE=pipelined keeps the pipelined kernel without the lean changes).
+// (bench/results/mla_h200.json, all in the same run, docs/mla.md: lean2 was faster than lean in both of
+// its measurements in most h_q 128 shapes, lean2_early slower than lean2; the seesaw schedule was 3-8%
+// slower than the pipelined one, so it stays selectable by FF_MLA_SCHEDULE=seesaw only;
+// FF_MLA_SCHEDULE=lean and pipelined keep the kernels before these changes).
 constexpr Schedule kDefaultSchedule = Schedule::kLean2;
 
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
-// kWgmmaTma, kWgmmaTmaLean and kWgmmaSeesaw become kWgmma), and its name ("wgmma_tma_lean",
-// "wgmma_seesaw", "wgmma_tma", "wgmma", "mma_sync", "mma_sync_fp8_direct").
+// the TMA kernels become kWgmma), and its name ("wgmma_tma_lean2", "wgmma_tma_lean", "wgmma_tma_lean_bar3",
+// "wgmma_tma_lean_fold", "wgmma_tma_lean2_early", "wgmma_seesaw", "wgmma_tma", "wgmma", "mma_sync",
+// "mma_sync_fp8_direct").
 KernelKind select_kernel(const DecodeParams& params);
 const char* kernel_name(KernelKind kind);
 
