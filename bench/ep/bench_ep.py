@@ -10,7 +10,9 @@ hidden x 2, where selections are this rank's valid (token, expert) pairs. GB/s i
 
 Timing, per rank, medians over the timed iterations after warm-ups, averaged over ranks:
 - whole call (`us`, `gb_per_s_per_rank`): CUDA events recorded on the stream before and after the Python
-  call, the stream synchronised after each iteration, so host work inside the call (planning, waits) counts;
+  call, the stream synchronised after each iteration and the ranks aligned by a host barrier before it
+  (outside the timing), so host work inside the call (planning, waits) counts but another rank's lateness
+  mostly does not;
 - host wall time of the call (`host_us`);
 - kernels (`kernels_us`): the library's own CUDA events around each phase's kernels (notify, dispatch_send,
   dispatch_recv, combine_send, combine_recv, ll_*); kernel-only GB/s = bytes / (send + receive kernels),
@@ -21,8 +23,9 @@ refuses two ranks on one GPU, and the refusal is recorded).
 
 Environment: EP_BENCH_SPREAD=1, EP_BENCH_RANKS (default 2,4,8), EP_NUM_SMS (comma list, default 24: the
 normal mode runs once per value), EP_BENCH_ITERS (20), EP_BENCH_HOST_LAYOUT=1 (also run the host-planned
-normal mode, FF_EP_NORMAL_LAYOUT=host), EP_BENCH_OUT. Writes one JSON line per case and
-bench/results/ep_<device>[_x<gpus>].json. Exits 0 with a skip line without a GPU.
+normal mode, FF_EP_NORMAL_LAYOUT=host), EP_BENCH_MODES (default normal,low_latency), EP_BENCH_OUT.
+Writes one JSON line per case and bench/results/ep_<device>[_x<gpus>].json. Exits 0 with a skip line
+without a GPU.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ import torch
 def median(values):
     return statistics.median(values) if values else None
 
-def timed(fn, iterations, warmup=5, kernels=None):
-    # Whole call (events around it, synchronised per iteration), host wall time, library kernel phases.
+def timed(fn, iterations, warmup=5, kernels=None, barrier=None):
+    # Whole call (events around it, synchronised per iteration, the ranks aligned by a host barrier before
+    # each call so that one rank's lateness does not count as another's time), host wall time, library
+    # kernel phases.
     for _ in range(warmup):
         fn()
         torch.cuda.synchronize()
@@ -55,6 +60,9 @@ def timed(fn, iterations, warmup=5, kernels=None):
     whole, host, phases = [], [], {}
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for _ in range(iterations):
+        torch.cuda.synchronize()
+        if barrier is not None:
+            barrier()
         start.record()
         began = time.perf_counter()
         fn()
@@ -82,6 +90,7 @@ def loop(fn, iterations):
 
 _WORKER = _TIMING + r"""
 import json, os, sys
+import numpy as np
 from fireflyer import ep
 
 group, rank, num_ranks, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -103,6 +112,14 @@ ep.Buffer.set_num_sms(num_sms)
 buffer = ep.Buffer((group, rank, num_ranks), num_nvl_bytes=1 << 30, timeout_s=60, backend="cuda")
 buffer.set_profiling(True)
 kernels = buffer.kernel_times_us
+# Host barrier of the ranks (a one-row dispatch on a CPU-backend buffer of the same ranks), outside the timing.
+barrier_buffer = ep.Buffer((group + "_barrier", rank, num_ranks), num_nvl_bytes=1 << 20, timeout_s=60, backend="cpu")
+barrier_x = np.zeros((1, 128), np.float32)
+barrier_topk = np.zeros((1, 1), np.int64)
+barrier_per_expert = barrier_buffer.get_dispatch_layout(barrier_topk, num_ranks)[2]
+
+def barrier():
+    barrier_buffer.dispatch(barrier_x, topk_idx=barrier_topk, num_tokens_per_expert=barrier_per_expert)
 results = {}
 if mode == "normal":
     num_tokens = 4096
@@ -122,7 +139,7 @@ if mode == "normal":
     cached = lambda: buffer.dispatch((codes, scales), handle=handle)
     combine = lambda: buffer.combine(recv_bf16, handle, topk_weights=recv_w)
     for name, fn in (("dispatch", dispatch), ("cached_dispatch", cached), ("combine", combine)):
-        results[name] = timed(fn, iterations, kernels=kernels)
+        results[name] = timed(fn, iterations, kernels=kernels, barrier=barrier)
         results[name]["loop_us"] = loop(fn, iterations)
     results["num_recv_tokens"] = num_recv
     results["dispatch_bytes"] = num_recv * (hidden + hidden // 128 * 4)
@@ -165,6 +182,8 @@ else:
     phases = {}
     events = [torch.cuda.Event(enable_timing=True) for _ in range(len(steps) + 1)]
     for _ in range(iterations * 5):
+        torch.cuda.synchronize()
+        barrier()
         events[0].record()
         for i, (name, step) in enumerate(steps.items()):
             began = time.perf_counter()
@@ -188,6 +207,7 @@ else:
     results["combine_bytes"] = selections * hidden * 2
 buffer.synchronize()
 buffer.close()
+barrier_buffer.close()
 print("RESULT " + json.dumps(results), flush=True)
 """
 
@@ -206,7 +226,8 @@ rows = int(os.environ.get("EP_NCCL_ROWS", "8192")) // num_ranks * num_ranks
 x = torch.randn((rows, 7168), device=device, dtype=torch.bfloat16)
 out = torch.empty_like(x)
 dist.barrier()
-result = timed(lambda: dist.all_to_all_single(out, x), int(os.environ.get("EP_BENCH_ITERS", "20")))
+result = timed(lambda: dist.all_to_all_single(out, x), int(os.environ.get("EP_BENCH_ITERS", "20")),
+               barrier=dist.barrier)
 result["loop_us"] = loop(lambda: dist.all_to_all_single(out, x), 20)
 result["bytes_to_peers"] = x.numel() * 2 * (num_ranks - 1) / num_ranks
 result["bytes_total"] = x.numel() * 2
@@ -301,6 +322,8 @@ def main() -> int:
     runs = [("normal", sms, {}) for sms in sms_list] + [("low_latency", sms_list[0], {})]
     if os.environ.get("EP_BENCH_HOST_LAYOUT") == "1":
         runs.append(("normal", sms_list[0], {"FF_EP_NORMAL_LAYOUT": "host"}))
+    modes = os.environ.get("EP_BENCH_MODES", "normal,low_latency").split(",")
+    runs = [run for run in runs if run[0] in modes]
     cases = []
     for num_ranks in rank_counts:
         for mode, sms, extra_env in runs:

@@ -80,6 +80,17 @@ def _cuda_view(tensor: Any, name: str) -> Any:
     raise ValueError(f"{name} has dtype {tensor.dtype}; expected float32, bfloat16 or float8_e4m3fn")
 
 
+def _float_code(tensor: Any, name: str) -> int:
+    """0 for float32, 1 for bfloat16 (the native layer's codes for raw-pointer calls)."""
+    import torch
+
+    if tensor.dtype == torch.float32:
+        return 0
+    if tensor.dtype == torch.bfloat16:
+        return 1
+    raise ValueError(f"{name} has dtype {tensor.dtype}; expected float32 or bfloat16")
+
+
 def _stream() -> int:
     import torch
 
@@ -487,9 +498,15 @@ class Buffer:
         native = self._cuda_buffer()
         if x.dim() != 2:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (num_tokens, hidden)")
-        x_view = _cuda_view(x, "x")
+        x_view = x.contiguous()
         topk = topk_idx.long().contiguous()
-        native.low_latency_dispatch_send(x_view, topk, max_tokens, num_experts, use_fp8, _stream())
+        if topk.dim() != 2 or topk.shape[0] != x.shape[0] or topk.device != x.device:
+            raise ValueError("topk_idx must be int64 (num_tokens, num_topk) with x's number of rows, on x's device")
+        # Raw pointers: the shapes and dtypes are checked here (a DLPack conversion per tensor would cost
+        # more host time than the kernels).
+        native.low_latency_dispatch_send_ptr(x_view.data_ptr(), _float_code(x_view, "x"), x.shape[0], x.shape[1],
+                                             topk.data_ptr(), topk.shape[1], max_tokens, num_experts, use_fp8,
+                                             _stream())
         num_local = num_experts // self.group_size
         capacity = max_tokens * self.group_size
         hidden = x.shape[1]
@@ -505,7 +522,8 @@ class Buffer:
 
         def hook() -> None:
             nonlocal keep
-            native.low_latency_dispatch_receive(_cuda_view(recv_x, "recv_x"), recv_scales, recv_count, _stream())
+            scales_ptr = 0 if recv_scales is None else recv_scales.data_ptr()
+            native.low_latency_dispatch_receive_ptr(recv_x.data_ptr(), scales_ptr, recv_count.data_ptr(), _stream())
             handle.native = True
             keep = None
 
@@ -523,17 +541,20 @@ class Buffer:
         if x.dim() != 3:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (num_local_experts, max_tokens * num_ranks, "
                              "hidden)")
-        x_view = _cuda_view(x, "x").reshape(-1, x.shape[2])
+        x_view = x.contiguous()
         topk = topk_idx.long().contiguous()
         weights = topk_weights.float().contiguous()
-        native.low_latency_combine_send(x_view, topk, weights, _stream())
+        if topk.shape != weights.shape or topk.device != x.device or weights.device != x.device:
+            raise ValueError("topk_idx must be int64 and topk_weights float32 of the same shape, on x's device")
+        native.low_latency_combine_send_ptr(x_view.data_ptr(), _float_code(x_view, "x"), x.shape[0] * x.shape[1],
+                                            x.shape[2], topk.data_ptr(), weights.data_ptr(), _stream())
         combined = torch.empty((handle.num_tokens, x.shape[2]), dtype=x.dtype, device=x.device)
         event = _record_event()
         keep = (x_view, topk, weights)
 
         def hook() -> None:
             nonlocal keep
-            native.low_latency_combine_receive(_cuda_view(combined, "combined_x"), _stream())
+            native.low_latency_combine_receive_ptr(combined.data_ptr(), _stream())
             keep = None
 
         if not return_recv_hook:

@@ -427,6 +427,55 @@ class PyCudaBuffer {
     call_released([&] { return get().low_latency_combine_receive(combined_x.data(), as_stream(stream)); });
   }
 
+  // Low-latency calls with raw device pointers (the wrapper has checked dtypes, shapes, contiguity and the
+  // device). NOTE: a DLPack conversion costs microseconds per tensor and a low-latency round trip passes
+  // nine tensors; these keep the call's host work to the native call itself.
+  static ep::DType float_dtype(int code) {
+    if (code == 0) return ep::DType::kFloat32;
+    if (code == 1) return ep::DType::kBFloat16;
+    throw nb::value_error(fmt::format("dtype code {} must be 0 (float32) or 1 (bfloat16)", code).c_str());
+  }
+
+  void low_latency_dispatch_send_ptr(uintptr_t x, int dtype, int64_t num_tokens, int64_t hidden, uintptr_t topk_idx,
+                                     int64_t num_topk, int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8,
+                                     uintptr_t stream) {
+    ep::DeviceRows rows;
+    rows.data = reinterpret_cast<void*>(x);
+    rows.dtype = float_dtype(dtype);
+    rows.num_rows = num_tokens;
+    rows.hidden = hidden;
+    call_released([&] {
+      return get().low_latency_dispatch_send(rows, reinterpret_cast<const int64_t*>(topk_idx), num_topk,
+                                             max_tokens_per_rank, num_experts, use_fp8, as_stream(stream));
+    });
+  }
+
+  void low_latency_dispatch_receive_ptr(uintptr_t recv_x, uintptr_t recv_scales, uintptr_t recv_count,
+                                        uintptr_t stream) {
+    call_released([&] {
+      return get().low_latency_dispatch_receive(reinterpret_cast<void*>(recv_x), reinterpret_cast<float*>(recv_scales),
+                                                reinterpret_cast<int32_t*>(recv_count), as_stream(stream));
+    });
+  }
+
+  void low_latency_combine_send_ptr(uintptr_t x, int dtype, int64_t num_rows, int64_t hidden, uintptr_t topk_idx,
+                                    uintptr_t topk_weights, uintptr_t stream) {
+    ep::DeviceRows rows;
+    rows.data = reinterpret_cast<void*>(x);
+    rows.dtype = float_dtype(dtype);
+    rows.num_rows = num_rows;
+    rows.hidden = hidden;
+    call_released([&] {
+      return get().low_latency_combine_send(rows, reinterpret_cast<const int64_t*>(topk_idx),
+                                            reinterpret_cast<const float*>(topk_weights), as_stream(stream));
+    });
+  }
+
+  void low_latency_combine_receive_ptr(uintptr_t combined_x, uintptr_t stream) {
+    call_released(
+        [&] { return get().low_latency_combine_receive(reinterpret_cast<void*>(combined_x), as_stream(stream)); });
+  }
+
   void synchronize(uintptr_t stream) {
     call_released([&] { return get().synchronize(as_stream(stream)); });
   }
@@ -492,6 +541,15 @@ void bind_ep(nb::module_& module) {
       .def("low_latency_combine_send", &PyCudaBuffer::low_latency_combine_send, nb::arg("x"), nb::arg("topk_idx"),
            nb::arg("topk_weights"), nb::arg("stream"))
       .def("low_latency_combine_receive", &PyCudaBuffer::low_latency_combine_receive, nb::arg("combined_x"),
+           nb::arg("stream"))
+      .def("low_latency_dispatch_send_ptr", &PyCudaBuffer::low_latency_dispatch_send_ptr, nb::arg("x"),
+           nb::arg("dtype"), nb::arg("num_tokens"), nb::arg("hidden"), nb::arg("topk_idx"), nb::arg("num_topk"),
+           nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"), nb::arg("stream"))
+      .def("low_latency_dispatch_receive_ptr", &PyCudaBuffer::low_latency_dispatch_receive_ptr, nb::arg("recv_x"),
+           nb::arg("recv_scales"), nb::arg("recv_count"), nb::arg("stream"))
+      .def("low_latency_combine_send_ptr", &PyCudaBuffer::low_latency_combine_send_ptr, nb::arg("x"), nb::arg("dtype"),
+           nb::arg("num_rows"), nb::arg("hidden"), nb::arg("topk_idx"), nb::arg("topk_weights"), nb::arg("stream"))
+      .def("low_latency_combine_receive_ptr", &PyCudaBuffer::low_latency_combine_receive_ptr, nb::arg("combined_x"),
            nb::arg("stream"))
       .def("synchronize", &PyCudaBuffer::synchronize, nb::arg("stream"))
       .def("set_num_sms", &PyCudaBuffer::set_num_sms, nb::arg("num_sms"))

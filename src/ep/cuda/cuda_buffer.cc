@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -156,11 +157,21 @@ struct DevicePool {
 };
 
 // Phases timed with CUDA events when profiling is on (benchmarks).
-enum Phase : int { kPhaseNotify, kPhaseDispatchSend, kPhaseDispatchRecv, kPhaseCombineSend, kPhaseCombineRecv,
-                   kPhaseLlDispatchSend, kPhaseLlDispatchRecv, kPhaseLlCombineSend, kPhaseLlCombineRecv, kNumPhases };
-constexpr const char* kPhaseNames[kNumPhases] = {"notify", "dispatch_send", "dispatch_recv", "combine_send",
-                                                 "combine_recv", "ll_dispatch_send", "ll_dispatch_recv",
-                                                 "ll_combine_send", "ll_combine_recv"};
+enum Phase : int {
+  kPhaseNotify,
+  kPhaseDispatchSend,
+  kPhaseDispatchRecv,
+  kPhaseCombineSend,
+  kPhaseCombineRecv,
+  kPhaseLlDispatchSend,
+  kPhaseLlDispatchRecv,
+  kPhaseLlCombineSend,
+  kPhaseLlCombineRecv,
+  kNumPhases
+};
+constexpr const char* kPhaseNames[kNumPhases] = {"notify",           "dispatch_send",   "dispatch_recv",
+                                                 "combine_send",     "combine_recv",    "ll_dispatch_send",
+                                                 "ll_dispatch_recv", "ll_combine_send", "ll_combine_recv"};
 constexpr int64_t kReadbackBytes = 64 * 1024;
 
 }  // namespace
@@ -251,8 +262,14 @@ struct CudaBuffer::Impl {
   int me() const { return options.rank; }
   // The arguments every low-latency kernel shares, for call `seq` over `layout`.
   cuda::LowLatencyCommon ll_common(const cuda::LowLatencyLayout& layout, uint64_t seq) const {
-    return {me(), n(), peers.as<uint8_t* const>(), self, layout, seq,
-            static_cast<uint64_t>(options.timeout_ms) * 1000000, error_device};
+    return {me(),
+            n(),
+            peers.as<uint8_t* const>(),
+            self,
+            layout,
+            seq,
+            static_cast<uint64_t>(options.timeout_ms) * 1000000,
+            error_device};
   }
   int64_t data_bytes() const { return options.num_bytes - kControlBytes; }
 
@@ -323,6 +340,7 @@ struct CudaBuffer::Impl {
     FF_EP_CUDA(cudaEventRecord(event, static_cast<cudaStream_t>(stream)));
     // Kernels' own waits are bounded by timeout_ms each and report themselves: give them time to.
     const int64_t limit_ms = 2 * options.timeout_ms + 1000;
+    const int64_t started_ns = system_clock().now_ns();
     Deadline deadline(system_clock(), limit_ms * 1000000);
     for (int64_t iteration = 0;; ++iteration) {
       const cudaError_t state = cudaEventQuery(event);
@@ -334,7 +352,33 @@ struct CudaBuffer::Impl {
         return fail(deadline_exceeded("ep group '{}' rank {}: the GPU did not finish {} within {} ms", options.group,
                                       me(), what, limit_ms));
       }
-      if (iteration > 64) sleep_us(iteration < 1024 ? 2 : 20);
+      // NOTE: spin for the first millisecond: a sleep of a few microseconds lasts ~50-60 us on Linux (timer
+      // slack), which would be added to every short wait.
+      if (system_clock().now_ns() - started_ns > 1000000) sleep_us(20);
+    }
+  }
+
+  // Bounded wait until the notify kernel's readback carries `seq` (host-mapped memory, polled without a
+  // CUDA call): the counts are then readable; the stream keeps running.
+  Status wait_readback(uint64_t seq) {
+    const int64_t limit_ms = 2 * options.timeout_ms + 1000;
+    const int64_t started_ns = system_clock().now_ns();
+    Deadline deadline(system_clock(), limit_ms * 1000000);
+    const auto* word = reinterpret_cast<const volatile int32_t*>(readback_host);
+    for (int64_t iteration = 0;; ++iteration) {
+      if (*word == static_cast<int32_t>(seq)) {
+        std::atomic_thread_fence(std::memory_order_acquire);
+        return Status::ok();
+      }
+      if (iteration % 1024 == 1023) {
+        FF_RETURN_IF_ERROR(check(/*check_liveness=*/true));  // also a GPU-side timeout of the notify kernel
+        if (deadline.expired()) {
+          return fail(
+              deadline_exceeded("ep group '{}' rank {}: the dispatch layout (notify) did not finish within {} ms",
+                                options.group, me(), limit_ms));
+        }
+      }
+      if (system_clock().now_ns() - started_ns > 1000000) sleep_us(20);
     }
   }
 
@@ -387,8 +431,14 @@ struct CudaBuffer::Impl {
   }
 
   cuda::NormalCommon normal_common(uint64_t seq, uint64_t word) const {
-    return {me(), n(), peers.as<uint8_t* const>(), self, seq, word,
-            static_cast<uint64_t>(options.timeout_ms) * 1000000, error_device};
+    return {me(),
+            n(),
+            peers.as<uint8_t* const>(),
+            self,
+            seq,
+            word,
+            static_cast<uint64_t>(options.timeout_ms) * 1000000,
+            error_device};
   }
 
   int num_blocks() const { return std::max(1, options.num_sms); }
@@ -461,7 +511,8 @@ Result<std::unique_ptr<CudaBuffer>> CudaBuffer::create(const CudaBufferOptions& 
   for (auto& pair : s.phase_events) {
     for (cudaEvent_t& event : pair) FF_EP_CUDA(cudaEventCreate(&event));
   }
-  if (const char* layout = std::getenv("FF_EP_NORMAL_LAYOUT"); layout != nullptr && std::string_view(layout) == "host") {
+  if (const char* layout = std::getenv("FF_EP_NORMAL_LAYOUT");
+      layout != nullptr && std::string_view(layout) == "host") {
     s.gpu_layout = false;
   }
   FF_EP_CUDA(cudaDeviceSynchronize());
@@ -491,8 +542,8 @@ Result<std::unique_ptr<CudaBuffer>> CudaBuffer::create(const CudaBufferOptions& 
                                      options.group, peer, peer_bytes, options.rank, options.num_bytes));
     }
     if (peer_gpu_layout != static_cast<int32_t>(s.gpu_layout)) {
-      return s.fail(invalid_argument("ep group '{}': rank {} and rank {} disagree on FF_EP_NORMAL_LAYOUT", options.group,
-                                     peer, options.rank));
+      return s.fail(invalid_argument("ep group '{}': rank {} and rank {} disagree on FF_EP_NORMAL_LAYOUT",
+                                     options.group, peer, options.rank));
     }
     if (peer == options.rank) {
       s.peer_bases[static_cast<size_t>(peer)] = s.self;
@@ -607,8 +658,7 @@ Result<CudaDispatchPlan> dispatch_send_gpu(CudaBuffer::Impl& s, const CudaDispat
     s.mark(kPhaseNotify, 1, stream);
     FF_EP_CUDA(cudaGetLastError());
     // The one host synchronisation of a dispatch: the receive counts size the outputs (as in DeepEP).
-    FF_RETURN_IF_ERROR(s.wait_stream(stream, "the dispatch layout (notify) kernel"));
-    FF_RETURN_IF_ERROR(s.check());
+    FF_RETURN_IF_ERROR(s.wait_readback(s.notify_seq));
     const auto* readback = reinterpret_cast<const volatile int32_t*>(s.readback_host);
     if (readback[0] != static_cast<int32_t>(s.notify_seq)) {
       return s.fail(internal_error("ep rank {} dispatch: the notify kernel finished without its readback ({} != {})",
@@ -624,7 +674,8 @@ Result<CudaDispatchPlan> dispatch_send_gpu(CudaBuffer::Impl& s, const CudaDispat
                                        num_experts));
       }
       if (status & cuda::kNotifyBadPerRank) {
-        return s.fail(invalid_argument("ep dispatch: rank {}'s num_tokens_per_rank does not match is_token_in_rank", src));
+        return s.fail(
+            invalid_argument("ep dispatch: rank {}'s num_tokens_per_rank does not match is_token_in_rank", src));
       }
       const CallShape theirs{words[1], words[2], words[3], words[4], words[5]};
       if (!(theirs == shape)) {

@@ -49,11 +49,11 @@ __device__ __forceinline__ bool wait_flag(const uint64_t* flag, uint64_t target,
                                           DeviceError* error, int32_t kind, int32_t peer) {
   const uint64_t start = global_timer_ns();
   // NOTE: the error word lives in host-mapped memory (a PCIe round trip per read) and the timer costs a
-  // special-register read: both are checked every 64 polls only; the flag itself is polled back to back
+  // special-register read: both are checked every 256 polls only; the flag itself is polled back to back
   // for the first few thousand polls (microseconds) and with short sleeps after that.
   for (uint32_t polls = 0;; ++polls) {
     if (load_acquire_sys(flag) >= target) return true;
-    if ((polls & 63) == 63) {
+    if ((polls & 255) == 255) {
       if (*reinterpret_cast<volatile int32_t*>(&error->code) != 0) return false;  // an earlier wait failed
       if (global_timer_ns() - start > timeout_ns) {
         report_error(error, kind, peer, target);
@@ -73,8 +73,8 @@ __device__ __forceinline__ bool block_wait_flags(const uint8_t* control, int64_t
   if (threadIdx.x == 0) failed = 0;
   __syncthreads();
   const bool warp_each = num_ranks <= static_cast<int>(blockDim.x / 32);
-  const int poller = warp_each ? ((threadIdx.x % 32) == 0 ? static_cast<int>(threadIdx.x / 32) : -1)
-                               : static_cast<int>(threadIdx.x);
+  const int poller =
+      warp_each ? ((threadIdx.x % 32) == 0 ? static_cast<int>(threadIdx.x / 32) : -1) : static_cast<int>(threadIdx.x);
   if (poller >= 0 && poller < num_ranks && target > 0) {
     const auto* flag = reinterpret_cast<const uint64_t*>(control + offset) + poller;
     if (!wait_flag(flag, target, timeout_ns, error, kind, poller)) atomicExch(&failed, 1);
@@ -86,11 +86,15 @@ __device__ __forceinline__ bool block_wait_flags(const uint8_t* control, int64_t
 // Called by every thread of every block at the end of a kernel: the last block to finish returns true
 // (in every one of its threads) after a system fence, so what it then publishes is ordered after all
 // blocks' writes. The counter is reset for the next launch.
+// NOTE: one system fence per block, by the thread that then signals, after the barrier (the barrier orders
+// the block's writes before it, and the fence is cumulative over them), instead of one per thread: a
+// system-scope fence waits for the thread's outstanding NVLink writes, and hundreds of thousands of them
+// cost tens of microseconds per kernel.
 __device__ __forceinline__ bool last_block_done(uint32_t* counter) {
   __shared__ int last;
-  __threadfence_system();
   __syncthreads();
   if (threadIdx.x == 0) {
+    __threadfence_system();
     const uint32_t previous = atomicAdd(counter, 1u);
     last = previous == gridDim.x - 1;
     if (last) {

@@ -106,7 +106,6 @@ __global__ void combine_reduce_kernel(CombineReduceArgs args) {
   }
 }
 
-
 // ---------------------------------------------------------------------------------------------------
 // Normal mode with the layout on the GPU. Phases are ordered by flags in device memory: a sender waits
 // until every destination acknowledged the previous data phase (it no longer reads its buffer), writes,
@@ -268,7 +267,8 @@ __global__ void __launch_bounds__(kNotifyThreads) notify_kernel(NotifyArgs args)
     if (word < kReadbackPerSource) {
       value = *reinterpret_cast<const volatile int32_t*>(their_slot + kNotifyStatusOffset + word * 4);
     } else {
-      value = *reinterpret_cast<const volatile int32_t*>(their_slot + kNotifyCountsOffset + (word - kReadbackPerSource) * 4);
+      value = *reinterpret_cast<const volatile int32_t*>(their_slot + kNotifyCountsOffset +
+                                                         (word - kReadbackPerSource) * 4);
       args.count_matrix[s * R + (word - kReadbackPerSource)] = value;
     }
     args.readback[1 + i] = value;
@@ -374,7 +374,7 @@ __global__ void __launch_bounds__(kRecvThreads) normal_dispatch_recv_kernel(Norm
 __global__ void __launch_bounds__(kSendThreads) normal_combine_send_kernel(NormalCombineSendArgs args) {
   const NormalCommon& c = args.common;
   if (!wait_acks(c)) return;
-  __shared__ int32_t recv_begin[65];  // first received row of each source
+  __shared__ int32_t recv_begin[65];   // first received row of each source
   __shared__ int32_t return_base[64];  // rows source s gets back from ranks below this one
   const int R = c.num_ranks;
   if (threadIdx.x == 0) {

@@ -23,7 +23,9 @@ inline constexpr int64_t kNormalFlagOffset = 2560;   // [src] = normal data phas
 inline constexpr int64_t kNormalAckOffset = 3072;    // [dst] = normal data phase seq dst finished reading
 inline constexpr int64_t kNormalShapeOffset = 3584;  // [src] = shape word of src's latest normal data phase
 inline constexpr int64_t kNotifyOffset = 4096;       // notify slots [parity][src], notify_slot_bytes each
-constexpr int64_t notify_slot_bytes(int num_ranks) { return (kControlBytes - kNotifyOffset) / (2 * num_ranks) / 64 * 64; }
+constexpr int64_t notify_slot_bytes(int num_ranks) {
+  return (kControlBytes - kNotifyOffset) / (2 * num_ranks) / 64 * 64;
+}
 // A notify slot: uint64 seq (released last) | int32 status, op, dtype, hidden, num_topk, num_experts |
 // at kNotifyCountsOffset int32 counts[num_ranks] (rows the source sends to each rank) | at
 // notify_experts_offset int32 per-expert counts for the destination's local experts.
@@ -126,13 +128,13 @@ struct NormalCommon {
 };
 
 struct NotifyArgs {
-  NormalCommon common;     // common.seq is the notify's own sequence (non-cached dispatches)
-  const int64_t* topk_idx;  // (num_tokens, num_topk)
-  const uint8_t* is_token_in_rank;   // (num_tokens, num_ranks) or null: from topk_idx
+  NormalCommon common;                 // common.seq is the notify's own sequence (non-cached dispatches)
+  const int64_t* topk_idx;             // (num_tokens, num_topk)
+  const uint8_t* is_token_in_rank;     // (num_tokens, num_ranks) or null: from topk_idx
   const int32_t* num_tokens_per_rank;  // (num_ranks) or null: checked when given
   int64_t num_tokens, num_topk, num_experts;
-  int32_t shape[5];  // op, dtype, hidden, num_topk, num_experts
-  int32_t* prefix;    // (num_tokens, num_ranks) out: index of the token among this rank's rows to r, or -1
+  int32_t shape[5];       // op, dtype, hidden, num_topk, num_experts
+  int32_t* prefix;        // (num_tokens, num_ranks) out: index of the token among this rank's rows to r, or -1
   int32_t* count_matrix;  // (num_ranks, num_ranks) out: rows from s to r, every rank's
   int32_t* block_status;  // (num_ranks) scratch
   int32_t* readback;      // host-mapped

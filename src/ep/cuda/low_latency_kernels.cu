@@ -47,35 +47,45 @@ template <typename T>
 __device__ __forceinline__ void quantize_row(const T* __restrict__ in, int64_t hidden, uint8_t* out, float* scales,
                                              int lane) {
   if (hidden % 256 == 0 && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
-    for (int64_t step = 0; step < hidden / 256; ++step) {
-      const int64_t first = step * 256 + lane * 8;
-      float values[8];
-      if constexpr (sizeof(T) == 2) {
-        const int4 packed = __ldg(reinterpret_cast<const int4*>(in + first));
-        const T* halves = reinterpret_cast<const T*>(&packed);
+    // NOTE: the loads of four steps are issued before any of them is used, so a warp keeps four 16-byte
+    // (bf16) loads per lane in flight instead of waiting for each step's load in turn.
+    constexpr int kVectors = static_cast<int>(sizeof(T)) / 2;  // int4 per lane per step: 1 (bf16), 2 (float)
+    constexpr int kBatch = 4;
+    const int64_t num_steps = hidden / 256;
+    for (int64_t first_step = 0; first_step < num_steps; first_step += kBatch) {
+      int4 raw[kBatch][kVectors];
 #pragma unroll
-        for (int v = 0; v < 8; ++v) values[v] = to_float<T>(halves[v]);
-      } else {
-        const float4 a = __ldg(reinterpret_cast<const float4*>(in + first));
-        const float4 b = __ldg(reinterpret_cast<const float4*>(in + first + 4));
-        values[0] = a.x, values[1] = a.y, values[2] = a.z, values[3] = a.w;
-        values[4] = b.x, values[5] = b.y, values[6] = b.z, values[7] = b.w;
+      for (int u = 0; u < kBatch; ++u) {
+        if (first_step + u < num_steps) {
+          const auto* source = reinterpret_cast<const int4*>(in + (first_step + u) * 256 + lane * 8);
+#pragma unroll
+          for (int v = 0; v < kVectors; ++v) raw[u][v] = __ldg(source + v);
+        }
       }
-      float amax = 0.0f;
 #pragma unroll
-      for (int v = 0; v < 8; ++v) amax = fmaxf(amax, fabsf(values[v]));
-      // Lanes 0-15 hold one 128-block, 16-31 the next.
+      for (int u = 0; u < kBatch; ++u) {
+        if (first_step + u >= num_steps) break;
+        const int64_t step = first_step + u;
+        const T* typed = reinterpret_cast<const T*>(raw[u]);
+        float values[8];
 #pragma unroll
-      for (int offset = 8; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-      const float scale = fmaxf(amax, 1e-4f) / 448.0f;
-      uint32_t packed[2] = {0, 0};
+        for (int v = 0; v < 8; ++v) values[v] = to_float<T>(typed[v]);
+        float amax = 0.0f;
 #pragma unroll
-      for (int v = 0; v < 8; ++v) {
-        const auto code = static_cast<uint32_t>(__nv_cvt_float_to_fp8(values[v] / scale, __NV_NOSAT, __NV_E4M3));
-        packed[v / 4] |= code << (8 * (v % 4));
+        for (int v = 0; v < 8; ++v) amax = fmaxf(amax, fabsf(values[v]));
+          // Lanes 0-15 hold one 128-block, 16-31 the next.
+#pragma unroll
+        for (int offset = 8; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+        const float scale = fmaxf(amax, 1e-4f) / 448.0f;
+        uint32_t packed[2] = {0, 0};
+#pragma unroll
+        for (int v = 0; v < 8; ++v) {
+          const auto code = static_cast<uint32_t>(__nv_cvt_float_to_fp8(values[v] / scale, __NV_NOSAT, __NV_E4M3));
+          packed[v / 4] |= code << (8 * (v % 4));
+        }
+        reinterpret_cast<uint2*>(out + step * 256 + lane * 8)[0] = make_uint2(packed[0], packed[1]);
+        if (lane % 16 == 0) scales[step * 2 + lane / 16] = scale;
       }
-      reinterpret_cast<uint2*>(out + first)[0] = make_uint2(packed[0], packed[1]);
-      if (lane % 16 == 0) scales[step * 2 + lane / 16] = scale;
     }
     return;
   }
@@ -336,10 +346,10 @@ void launch_ll_positions(const int64_t* topk_idx, int64_t num_entries, int64_t n
 }
 
 void launch_ll_dispatch_send(const LowLatencyDispatchArgs& args, int num_blocks, void* stream) {
-  const size_t shared = args.positions != nullptr
-                            ? 0
-                            : static_cast<size_t>(args.num_tokens * args.num_topk +
-                                                  args.num_local_experts * args.common.num_ranks) * 4;
+  const size_t shared =
+      args.positions != nullptr
+          ? 0
+          : static_cast<size_t>(args.num_tokens * args.num_topk + args.num_local_experts * args.common.num_ranks) * 4;
   if (args.x_dtype == 0) {
     dispatch_send_kernel<float><<<num_blocks, kThreads, shared, as_stream(stream)>>>(args);
   } else {
