@@ -455,6 +455,35 @@ struct CudaBuffer::Impl {
   int64_t capacity_rows(int64_t row_bytes) const {
     return std::max<int64_t>(0, (data_bytes() - 4 * kAlign) / std::max<int64_t>(1, row_bytes));
   }
+
+  // Row geometry of a dispatch of `x` with `num_topk` ids per row, after checking that every receiver can
+  // hold its rows. Every rank checks every destination with the same count matrix, so all ranks fail together.
+  struct DispatchRows {
+    int64_t x_bytes = 0;
+    int64_t num_scales = 0;
+    int64_t row_bytes = 0;
+    int64_t capacity = 0;
+  };
+  Result<DispatchRows> dispatch_rows(const DeviceRows& x, int64_t num_topk, const std::vector<int64_t>& count_matrix) {
+    DispatchRows rows;
+    rows.x_bytes = x.hidden * dtype_size(x.dtype);
+    rows.num_scales = x.dtype == DType::kFloat8E4M3 ? x.hidden / kFp8BlockSize : 0;
+    rows.row_bytes = rows.x_bytes + rows.num_scales * 4 + num_topk * 12;
+    rows.capacity = capacity_rows(rows.row_bytes);
+    const int num_ranks = n();
+    for (int dst = 0; dst < num_ranks; ++dst) {
+      int64_t received = 0;
+      for (int src = 0; src < num_ranks; ++src) received += count_matrix[static_cast<size_t>(src * num_ranks + dst)];
+      if (received > rows.capacity) {
+        return fail(resource_exhausted(
+            "ep dispatch: rank {} receives {} rows of {} bytes, but a {}-byte buffer holds {}; give the buffer at "
+            "least {} bytes",
+            dst, received, rows.row_bytes, options.num_bytes, rows.capacity,
+            kControlBytes + 4 * kAlign + received * rows.row_bytes));
+      }
+    }
+    return rows;
+  }
 };
 
 CudaBuffer::CudaBuffer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -709,22 +738,8 @@ Result<CudaDispatchPlan> dispatch_send_gpu(CudaBuffer::Impl& s, const CudaDispat
     device->num_recv = num_recv;
     handle->device = std::move(device);
   }
-  const auto count = [&](int src, int dst) { return handle->count_matrix[static_cast<size_t>(src * n + dst)]; };
-  // Capacity: every rank checks every destination with the same count matrix, so all ranks fail together.
-  const int64_t x_bytes = x.hidden * dtype_size(x.dtype);
-  const int64_t num_scales = x.dtype == DType::kFloat8E4M3 ? x.hidden / kFp8BlockSize : 0;
-  const int64_t row_bytes = x_bytes + num_scales * 4 + num_topk * 12;
-  const int64_t capacity = s.capacity_rows(row_bytes);
-  for (int dst = 0; dst < n; ++dst) {
-    int64_t rows = 0;
-    for (int src = 0; src < n; ++src) rows += count(src, dst);
-    if (rows > capacity) {
-      return s.fail(resource_exhausted(
-          "ep dispatch: rank {} receives {} rows of {} bytes, but a {}-byte buffer holds {}; give the buffer at "
-          "least {} bytes",
-          dst, rows, row_bytes, s.options.num_bytes, capacity, kControlBytes + 4 * kAlign + rows * row_bytes));
-    }
-  }
+  FF_ASSIGN_OR_RETURN(const CudaBuffer::Impl::DispatchRows rows, s.dispatch_rows(x, num_topk, handle->count_matrix));
+  const auto [x_bytes, num_scales, row_bytes, capacity] = rows;
   const cuda::NormalRegions regions = CudaBuffer::Impl::dispatch_regions(capacity, x_bytes, num_scales, num_topk);
   ++s.normal_seq;
   cuda::NormalSendArgs args{};
@@ -891,21 +906,8 @@ Result<CudaDispatchPlan> CudaBuffer::dispatch_send(const CudaDispatchInput& in, 
   }
   const auto count = [&](int src, int dst) { return handle->count_matrix[static_cast<size_t>(src * n + dst)]; };
 
-  // Capacity: every rank checks every destination, so all ranks fail together.
-  const int64_t x_bytes = x.hidden * dtype_size(x.dtype);
-  const int64_t num_scales = x.dtype == DType::kFloat8E4M3 ? x.hidden / kFp8BlockSize : 0;
-  const int64_t row_bytes = x_bytes + num_scales * 4 + num_topk * 12;
-  const int64_t capacity = s.capacity_rows(row_bytes);
-  for (int dst = 0; dst < n; ++dst) {
-    int64_t rows = 0;
-    for (int src = 0; src < n; ++src) rows += count(src, dst);
-    if (rows > capacity) {
-      return s.fail(resource_exhausted(
-          "ep dispatch: rank {} receives {} rows of {} bytes, but a {}-byte buffer holds {}; give the buffer at "
-          "least {} bytes",
-          dst, rows, row_bytes, s.options.num_bytes, capacity, kControlBytes + 4 * kAlign + rows * row_bytes));
-    }
-  }
+  FF_ASSIGN_OR_RETURN(const Impl::DispatchRows rows, s.dispatch_rows(x, num_topk, handle->count_matrix));
+  const auto [x_bytes, num_scales, row_bytes, capacity] = rows;
 
   if (!cached) {
     // Device plan: send items, combine items and the reduction CSR, uploaded once per layout.
