@@ -8,7 +8,6 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <cstring>
 #include <fstream>
 #include <future>
 #include <iostream>
@@ -222,29 +221,10 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
             },
             0, chunk_bytes);
       } else {
-        // As a client reading into its own memory (FileClient, ff-fuse): the bytes stay in the
-        // transport's received pieces and are copied once into a buffer that is reused, so the figure
-        // is the storage path's, not the page faults of a fresh buffer per read.
-        const uint64_t want = c.block_bytes;
-        client.read(
-            chain, chunk, in_chunk, c.block_bytes, ReadMode::kStrict,
-            [finish, issue, want](Result<ReadRsp> rsp) {
-              Status status = rsp.is_ok() ? Status::ok() : rsp.status();
-              if (rsp.is_ok()) {
-                thread_local std::vector<std::byte> landing;
-                if (landing.size() < want) landing.resize(want);
-                const uint64_t got = rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size();
-                if (got <= want && rsp->pieces.is_set()) {
-                  rsp->pieces.copy_to(0, std::span<std::byte>(landing.data(), got));
-                } else if (got <= want && got > 0) {
-                  std::memcpy(landing.data(), rsp->payload().data(), got);
-                }
-                if (got != want) status = Status(StatusCode::kDataLoss, fmt::format("read returned {} bytes, expected {}", got, want));
-              }
-              finish(status);
-              issue();
-            },
-            /*accept_pieces=*/true);
+        client.read(chain, chunk, in_chunk, c.block_bytes, ReadMode::kStrict, [finish, issue](Result<ReadRsp> rsp) {
+          finish(rsp.is_ok() ? Status::ok() : rsp.status());
+          issue();
+        });
       }
     }
     std::lock_guard lock(shared->mutex);
