@@ -104,8 +104,7 @@ def main() -> None:
                 "a pending batch on the critical path and a commit batch after acknowledging, the tail one "
                 "commit batch), all three replicas on this one disk. fio_fdatasync_MB_per_s is fio with "
                 "--sync=dsync --fdatasync=1 (one data write + one fdatasync per write, as one replica "
-                "does); ratio_vs_fio and the target keep the issue's baseline (plain dsync fio). Reads "
-                "copy the received bytes once into a reused buffer (as FileClient does into the caller's).",
+                "does); ratio_vs_fio and the target keep the issue's baseline (plain dsync fio).",
         "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
                   f"the client and fio (and anything else running: load average at the end "
                   f"{os.getloadavg()[0]:.1f}); disk "
