@@ -102,6 +102,12 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=pathlib.Path, default=None)
+    parser.add_argument("--fp8-ab", action="store_true",
+                        help="only the FP8 A/B of issue #7: h_q 16, s_q 1 (and --s-q), fixed 4K-32K; the bf16 "
+                             "kernel and each FP8 kernel for <= 16 rows (FF_MLA_FP8=direct, pair, wide) in "
+                             "--rounds rounds of alternating order, medians over the rounds")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--s-q", type=int, nargs="+", default=[1], help="query tokens for --fp8-ab")
     parser.add_argument("--probe", action="store_true",
                         help="also time the load pipeline alone (s_q 1, h_q 16) and the WGMMA kernel without "
                              "its S MMAs, P V MMAs or softmax (FF_MLA_PROBE_SKIP), diagnostics")
@@ -122,6 +128,8 @@ def main() -> int:
     slug = "h200" if "H200" in device_name else "h100" if "H100" in device_name else device_name.lower().replace(" ", "_")
     out_path = args.out or REPO_ROOT / "bench" / "results" / f"mla_{slug}.json"
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if args.fp8_ab:
+        return fp8_ab(args, torch, mla, device_name, num_sms, out_path)
     lengths = [4096, 8192] if args.quick else [1024, 4096, 8192, 16384, 32768]
     variants = [False] if args.quick else [False, True]
     generator = torch.Generator().manual_seed(2025)
@@ -285,7 +293,104 @@ def main() -> int:
                 "cases": cases,
             }
             out_path.parent.mkdir(parents=True, exist_ok=True)
+            if out_path.exists():  # keep the FP8 A/B section (--fp8-ab) of an earlier run
+                earlier = json.loads(out_path.read_text())
+                if "fp8_ab" in earlier and "fp8_ab" not in result:
+                    result["fp8_ab"] = earlier["fp8_ab"]
             out_path.write_text(json.dumps(result, indent=2) + "\n")  # rewritten after every length
+    print(f"wrote {out_path} ({len(cases)} cases, {time.time() - started:.0f} s)", file=sys.stderr)
+    return 0
+
+
+FP8_AB_CANDIDATES = [
+    # (name, FP8 cache, environment)
+    ("bf16", False, {}),
+    ("fp8_direct", True, {"FF_MLA_FP8": "direct"}),
+    ("fp8_pair", True, {"FF_MLA_FP8": "pair"}),
+    ("fp8_wide", True, {"FF_MLA_FP8": "wide"}),
+]
+
+
+def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
+    """The FP8 kernels for <= 16 rows against each other and the bf16 kernel (issue #7's FP8 target):
+    b = 128, h_q 16, h_kv 1, fixed lengths 4K-32K; every candidate once per round, the order rotated
+    from round to round (the first-measured position moved figures by a few percent before), medians
+    over the rounds; cos_diff of each FP8 kernel's output against the direct one's."""
+    generator = torch.Generator().manual_seed(2026)
+    started = time.time()
+    cases = []
+    for length in (4096, 8192, 16384, 32768):
+        seqlens = torch.full((BATCH,), length, dtype=torch.int32)
+        blocks = length // PAGE
+        num_blocks = BATCH * blocks
+        block_table = torch.randperm(num_blocks, generator=generator).int().reshape(BATCH, blocks).cuda()
+        seqlens_gpu = seqlens.cuda()
+        cache = torch.randn((num_blocks, PAGE, 1, 576), dtype=torch.bfloat16, device="cuda")
+        cache_fp8 = quantize_fp8(cache)
+        total = BATCH * length
+        for s_q in args.s_q:
+            h_q = 16
+            q = torch.randn((BATCH, s_q, h_q, 576), dtype=torch.bfloat16, device="cuda")
+            metadata, splits = mla.get_mla_metadata(seqlens_gpu, s_q * h_q, 1, num_sms=num_sms)
+            io_bytes = q.numel() * 2 + BATCH * s_q * h_q * 512 * 2
+
+            def ours(fp8: bool):
+                return mla.flash_mla_with_kvcache(q, cache_fp8 if fp8 else cache, block_table, seqlens_gpu, 512,
+                                                  metadata, splits, is_fp8_kvcache=fp8, check_values=False)
+
+            samples = {name: [] for name, _, _ in FP8_AB_CANDIDATES}
+            kernels, outputs = {}, {}
+            for round_index in range(args.rounds):
+                shift = round_index % len(FP8_AB_CANDIDATES)
+                for name, fp8, environment in FP8_AB_CANDIDATES[shift:] + FP8_AB_CANDIDATES[:shift]:
+                    os.environ.update(environment)
+                    try:
+                        samples[name].append(time_graph(lambda: ours(fp8), args.calls, args.repeats))
+                        if round_index == 0:
+                            outputs[name] = ours(fp8)[0]
+                            kernels[name] = mla.last_cuda_kernel()
+                    finally:
+                        for variable in environment:
+                            os.environ.pop(variable, None)
+            case = {"b": BATCH, "s_q": s_q, "h_q": h_q, "h_kv": 1, "mean_len": length, "lengths": "fixed",
+                    "sum_len": total, "causal": False, "rounds": args.rounds}
+            for name, fp8, _ in FP8_AB_CANDIDATES:
+                ms = statistics.median(samples[name])
+                moved = total * (656 if fp8 else 1152) + io_bytes
+                case[name] = {"ms": round(ms, 4), "GB/s": round(moved / ms / 1e6, 1), "kernel": kernels[name],
+                              "ms_per_round": [round(x, 4) for x in samples[name]]}
+                if fp8:
+                    case[name]["speedup_vs_bf16"] = round(case["bf16"]["ms"] / ms, 3)
+                    case[name]["cos_diff_vs_fp8_direct"] = cos_diff(outputs[name], outputs["fp8_direct"])
+            case["cos_diff_fp8_direct_vs_bf16"] = cos_diff(outputs["fp8_direct"], outputs["bf16"])
+            print(json.dumps(case), file=sys.stderr, flush=True)
+            cases.append(case)
+            del q, metadata, splits, outputs
+        del cache, cache_fp8, block_table
+        torch.cuda.empty_cache()
+    result = {
+        "benchmark": "mla FP8 A/B (issue #7): FP8-cache kernels for <= 16 rows vs the bf16 kernel, h_q 16",
+        "device": device_name,
+        "num_sms": num_sms,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "timing": (f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats} replays; "
+                   f"{args.rounds} rounds, candidate order rotated each round, median over rounds"),
+        "seconds": round(time.time() - started, 1),
+        "cases": cases,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.out is None and out_path.exists():
+        # Without --out the A/B is the "fp8_ab" section of the device's results file.
+        merged = json.loads(out_path.read_text())
+        merged["fp8_ab"] = result
+        out_path.write_text(json.dumps(merged, indent=2) + "\n")
+    else:
+        out_path.write_text(json.dumps(result, indent=2) + "\n")
+    for case in cases:  # a short table last
+        print(f"s_q {case['s_q']} {case['mean_len'] // 1024}K: " + "  ".join(
+            f"{name} {case[name]['ms']:.4f} ms" + (f" ({case[name]['speedup_vs_bf16']:.2f}x)" if fp8 else "")
+            for name, fp8, _ in FP8_AB_CANDIDATES), flush=True)
     print(f"wrote {out_path} ({len(cases)} cases, {time.time() - started:.0f} s)", file=sys.stderr)
     return 0
 

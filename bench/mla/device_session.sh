@@ -2,6 +2,7 @@
 # One device session for the mla kernels (build, GPU tests, memcheck, benchmark), as run through the
 # device tool: `bash bench/mla/device_session.sh STEPS...` with $OUT set; logs and JSON land in $OUT.
 # Steps: build, sass, gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
+# gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck of the FP8 kernels for <= 16 rows), ab8 (the FP8 A/B),
 # ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
 # tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
 set -uo pipefail
@@ -22,8 +23,10 @@ for step in "$@"; do
   case "$step" in
     build)
       cmake -G Ninja -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DFF_CUDA=ON -DFF_CUDA_COMPONENTS=mla \
-        -DFF_CUTLASS_INCLUDE_DIR="$PWD/third_party/cutlass/include" -DCMAKE_CXX_FLAGS=-Wno-error=range-loop-construct >"$OUT/configure.log" 2>&1 || tail -20 "$OUT/configure.log"
-      cmake --build build-dev -j16 --target mla_test _C -- -k 0 >"$OUT/build.log" 2>&1 || tail -40 "$OUT/build.log"
+        -DFF_CUTLASS_INCLUDE_DIR="$PWD/third_party/cutlass/include" -DCMAKE_CXX_FLAGS=-Wno-error=range-loop-construct \
+        -DFF_MLA_SPLIT_COMPILE=ON >"$OUT/configure.log" 2>&1 || tail -20 "$OUT/configure.log"
+      timeout "${MLA_BUILD_TIMEOUT:-900}" cmake --build build-dev -j16 --target mla_test _C -- -k 0 >"$OUT/build.log" 2>&1 ||
+        tail -40 "$OUT/build.log"
       grep -iE "C75[0-9]{2}|serializ" "$OUT/build.log" | grep -v C7519 | head -5
       ;;
     sass)
@@ -35,6 +38,30 @@ for step in "$@"; do
       rc=$?
       grep -E "^\[  (FAILED|PASSED|  OK) |Failure|Expected|Which is|error" "$OUT/gtest.log" | head -60
       if [ $rc -eq 124 ]; then echo "gtest timed out (a hang?): stopping"; tail -3 "$OUT/gtest.log"; exit 1; fi
+      ;;
+    gtest8)
+      # The FP8 GPU tests only (every FP8 kernel forced, the default route).
+      timeout 40 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.Fp8*' >"$OUT/gtest8.log" 2>&1
+      rc=$?
+      grep -E "^\[  (FAILED|PASSED|  OK) |Failure|Expected|Which is|error" "$OUT/gtest8.log" | head -40
+      if [ $rc -eq 124 ]; then echo "gtest8 timed out (a hang?): stopping"; tail -3 "$OUT/gtest8.log"; exit 1; fi
+      ;;
+    pytest8)
+      timeout 45 python3 -m pytest -q -k "fp8" python/tests/test_mla_cuda.py >"$OUT/pytest8.log" 2>&1
+      grep -E "passed|failed|Error|assert" "$OUT/pytest8.log" | head -20
+      ;;
+    memcheck8)
+      # A small FP8 case (h_q 16, splits) with each FP8 kernel for <= 16 rows (FF_MLA_FP8 for the run).
+      for kernel in pair wide; do
+        FF_MLA_FP8=$kernel timeout 25 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
+          --gtest_filter='CudaDecode.Fp8CacheSixteenHeadsSplitTokens' >"$OUT/memcheck8_$kernel.log" 2>&1
+        echo "memcheck $kernel:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck8_$kernel.log" | head -4
+      done
+      ;;
+    ab8)
+      # The FP8 A/B (h_q 16, s_q 1, fixed 4K-32K): bf16, FP8 direct / pair / wide in rotated rounds.
+      timeout 50 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --out "$OUT/fp8_ab.json" >"$OUT/ab8.log" 2>&1
+      grep -E "^s_q|Error|error" "$OUT/ab8.log" | cut -c1-300 | tail -8
       ;;
     pytest)
       timeout 120 python3 -m pytest -q python/tests/test_mla_cuda.py >"$OUT/pytest.log" 2>&1

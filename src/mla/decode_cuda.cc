@@ -231,6 +231,13 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
   const char* loads = std::getenv("FF_MLA_LOADS");
   params.tma_loads = loads == nullptr || std::string_view(loads) != "cp_async";
+  if (const char* fp8_kernel = std::getenv("FF_MLA_FP8"); fp8_kernel != nullptr) {
+    const std::string_view name(fp8_kernel);
+    params.fp8_kernel = name == "direct" ? cuda::Fp8Kernel::kDirect
+                        : name == "pair" ? cuda::Fp8Kernel::kPair
+                        : name == "wide" ? cuda::Fp8Kernel::kWide
+                                         : cuda::Fp8Kernel::kDefault;
+  }
   if (const char* schedule = std::getenv("FF_MLA_SCHEDULE"); schedule != nullptr) {
     static constexpr std::pair<std::string_view, cuda::Schedule> kSchedules[] = {
         {"pipelined", cuda::Schedule::kPipelined}, {"seesaw", cuda::Schedule::kSeesaw},

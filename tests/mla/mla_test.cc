@@ -32,6 +32,10 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // (cuda::kDefaultSchedule: the fastest schedule on the H200, the lean kernel with grouped mbarriers and
 // the folded softmax) where softmax_scale > 0.
 constexpr const char* kDefaultTmaKernel = "wgmma_tma_lean2";
+// The FP8-cache kernels the dispatch takes with <= 16 and with 17..32 query rows per KV head
+// (cuda::kDefaultFp8FewRows16 / kDefaultFp8FewRows32).
+constexpr const char* kDefaultFp8Kernel16 = "mma_sync_fp8_pair";
+constexpr const char* kDefaultFp8Kernel32 = "mma_sync_fp8_direct";
 
 // ---------------------------------------------------------------------------------------------
 // Numerics
@@ -198,6 +202,9 @@ struct Case {
   // "lean", "lean_bar3", "lean_fold", "lean2", "lean2_early"); nullptr: the default.
   const char* schedule = nullptr;
   double softmax_scale = 0.0;  // 0: the default, 1 / sqrt(576)
+  // CUDA: FF_MLA_FP8 for this call (the FP8-cache kernel with <= 32 rows per KV head: "direct" or
+  // "pair"); nullptr: the default.
+  const char* fp8_kernel = nullptr;
 };
 
 // Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
@@ -612,6 +619,21 @@ const char* expected_tma_kernel(const char* case_schedule, bool positive_scale) 
                                      : kDefaultTmaKernel;
 }
 
+// The FP8-cache kernel the dispatch takes with <= 32 rows per KV head under the kernel named by the
+// case, else by the environment of the whole run, else the default; the pair and wide kernels exist
+// for <= 16 rows only (the direct one runs with more).
+const char* expected_fp8_few_rows_kernel(const char* case_kernel, int rows) {
+  const char* name = case_kernel != nullptr ? case_kernel : std::getenv("FF_MLA_FP8");
+  const std::string_view kernel = name != nullptr ? name : "";
+  const bool few_rows_only = kernel == "pair" || kernel == "wide";
+  return rows > 16 && few_rows_only ? "mma_sync_fp8_direct"
+         : kernel == "direct"       ? "mma_sync_fp8_direct"
+         : kernel == "pair"         ? "mma_sync_fp8_pair"
+         : kernel == "wide"         ? "mma_sync_fp8_wide"
+         : rows <= 16               ? kDefaultFp8Kernel16
+                                    : kDefaultFp8Kernel32;
+}
+
 // Runs the CPU backend and the CUDA backend (output poisoned with NaN first) on the same inputs and
 // compares both with each other and with float64 attention.
 void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values = true) {
@@ -650,7 +672,13 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   if (config.schedule != nullptr) {
     ASSERT_EQ(setenv("FF_MLA_SCHEDULE", config.schedule, 1), 0);
   }
+  if (config.fp8_kernel != nullptr) {
+    ASSERT_EQ(setenv("FF_MLA_FP8", config.fp8_kernel, 1), 0);
+  }
   const Status status = flash_mla_with_kvcache(args, Backend::kCuda);
+  if (config.fp8_kernel != nullptr) {
+    ASSERT_EQ(unsetenv("FF_MLA_FP8"), 0);
+  }
   if (config.force_mma_sync) {
     ASSERT_EQ(unsetenv("FF_MLA_KERNEL"), 0);
   }
@@ -669,7 +697,7 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   const char* tma_kernel = expected_tma_kernel(config.schedule, config.softmax_scale >= 0.0);
   const char* expected_kernel = wgmma && !config.fp8 && !config.cp_async_loads ? tma_kernel
                                 : wgmma                                        ? "wgmma"
-                                : config.fp8 && rows <= 32                     ? "mma_sync_fp8_direct"
+                                : config.fp8 && rows <= 32 ? expected_fp8_few_rows_kernel(config.fp8_kernel, rows)
                                                                                : "mma_sync";
   EXPECT_EQ(last_cuda_kernel(), expected_kernel) << rows << " rows per KV head";
   const std::vector<uint16_t> gpu_out = out.to_host();
@@ -745,6 +773,53 @@ TEST(CudaDecode, Fp8CacheCausalFp16) {
   run_cuda_and_compare(
       {.seqlens = {100, 260}, .s_q = 2, .h_q = 16, .causal = true, .dtype = DType::kFloat16, .fp8 = true, .num_sms = 5},
       27);
+}
+
+// The FP8-cache kernels for <= 32 rows per KV head (FF_MLA_FP8=direct, pair, wide): lengths 0 to 500 around
+// block and round edges (63..65, 127..129, 191..193) on 5 SMs (split pieces that start on odd blocks,
+// rounds whose second block lies past the piece), long split sequences, unsplit, two KV heads causal,
+// fp16 with two query tokens (32 rows, where "pair" and "wide" run the direct kernel) causal.
+TEST(CudaDecode, Fp8FewRowsKernelsForced) {
+  for (const char* kernel : {"direct", "pair", "wide"}) {
+    SCOPED_TRACE(kernel);
+    run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 127, 128, 129, 191, 192, 193, 300, 0, 500},
+                          .s_q = 1,
+                          .h_q = 16,
+                          .fp8 = true,
+                          .num_sms = 5,
+                          .fp8_kernel = kernel},
+                         64);
+    run_cuda_and_compare(
+        {.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 16, .fp8 = true, .num_sms = 11, .fp8_kernel = kernel}, 65);
+    run_cuda_and_compare({.seqlens = {1000, 64, 3, 130}, .s_q = 1, .h_q = 16, .fp8 = true, .fp8_kernel = kernel}, 66);
+    run_cuda_and_compare({.seqlens = {700, 2, 65, 191},
+                          .s_q = 1,
+                          .h_q = 32,
+                          .h_kv = 2,
+                          .causal = true,
+                          .fp8 = true,
+                          .num_sms = 4,
+                          .fp8_kernel = kernel},
+                         67);
+    run_cuda_and_compare({.seqlens = {100, 260, 129, 640},
+                          .s_q = 2,
+                          .h_q = 16,
+                          .causal = true,
+                          .dtype = DType::kFloat16,
+                          .fp8 = true,
+                          .num_sms = 5,
+                          .fp8_kernel = kernel},
+                         68);
+    run_cuda_and_compare({.seqlens = {100, 260, 129, 640, 1},
+                          .s_q = 2,
+                          .h_q = 8,
+                          .causal = true,
+                          .dtype = DType::kFloat16,
+                          .fp8 = true,
+                          .num_sms = 6,
+                          .fp8_kernel = kernel},
+                         69);
+  }
 }
 
 // The WGMMA kernel (>= 64 rows per KV head): long and ragged lengths (0, 1, block edges), unsplit and

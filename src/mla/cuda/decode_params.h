@@ -36,6 +36,20 @@ enum class Schedule : int {
   kLean2Early = 7,
 };
 
+// The FP8-cache kernel for <= 32 query rows per KV head (FF_MLA_FP8=direct, pair or wide in the environment;
+// kDefault takes kDefaultFp8FewRows16 / kDefaultFp8FewRows32 below):
+//   kDirect  Fp8Decoder<., ., 1>: one 64-token block per barrier round ("mma_sync_fp8_direct");
+//   kPair    Fp8Decoder<., 4, 2>: two blocks per round, one softmax and two barriers per 128 tokens
+//            ("mma_sync_fp8_pair"); <= 16 rows only (shared memory): with more, kDirect runs;
+//   kWide    Fp8WideDecoder: 16 warps sharing one softmax, each with 32 of the 512 output channels,
+//            two blocks per round ("mma_sync_fp8_wide"); <= 16 rows only, else kDirect.
+enum class Fp8Kernel : int {
+  kDefault = 0,
+  kDirect = 1,
+  kPair = 2,
+  kWide = 3,
+};
+
 struct DecodeParams {
   const void* q = nullptr;  // (b, s_q, h_q, 576) bf16 / fp16
   int64_t q_batch_stride = 0, q_token_stride = 0, q_head_stride = 0;
@@ -87,6 +101,9 @@ struct DecodeParams {
   // lean2_early, pipelined or seesaw in the environment; kDefault takes kDefaultSchedule below), for
   // benchmarks and tests of each.
   Schedule schedule = Schedule::kDefault;
+  // The FP8-cache kernel with <= 32 rows per KV head (FF_MLA_FP8=direct, pair or wide), for benchmarks
+  // and tests of each.
+  Fp8Kernel fp8_kernel = Fp8Kernel::kDefault;
   // The cache as a 4-D TMA tensor map (channels, KV heads, tokens, blocks), an opaque CUtensorMap that
   // launch_decode encodes; the kernel reads it from its __grid_constant__ parameter.
   alignas(64) unsigned char k_tensor_map[128] = {};
@@ -104,6 +121,8 @@ enum class KernelKind : int {
   kWgmmaTmaLeanFold = 8,  // kLean with the scale folded into the softmax's FFMA and stmatrix stores of P
   kWgmmaTmaLean2 = 9,     // kLean with both
   kWgmmaTmaLean2Early = 10,  // kLean2 with S(j + 1) issued behind warpgroup 0's P V(j)
+  kMmaSyncFp8Pair = 11,      // Fp8Decoder with two 64-token blocks per barrier round
+  kMmaSyncFp8Wide = 12,      // Fp8WideDecoder: 16 warps, one shared softmax, output channels split
 };
 // The lean TMA kernels (WgmmaPipelinedDecoder<., 0, true, true, flags>).
 constexpr bool is_lean_tma_kernel(KernelKind kind) {
@@ -118,11 +137,17 @@ constexpr int kWgmmaMinRows = 64;
 // slower than the pipelined one, so it stays selectable by FF_MLA_SCHEDULE=seesaw only;
 // FF_MLA_SCHEDULE=lean and pipelined keep the kernels before these changes).
 constexpr Schedule kDefaultSchedule = Schedule::kLean2;
+// The FP8-cache kernels the dispatch takes when the environment names none, for <= 16 and for 17..32
+// query rows per KV head: on the H200 (h_q 16, s_q 1, 4K-32K, 7 rotated rounds; docs/mla.md,
+// bench/results/mla_h200.json "fp8_ab") the pair kernel ran at 1.46-1.52x the bf16 kernel's speed, the
+// direct one at 1.10-1.12x, the wide one at 1.26-1.29x; with 17..32 rows only the direct kernel exists.
+constexpr Fp8Kernel kDefaultFp8FewRows16 = Fp8Kernel::kPair;
+constexpr Fp8Kernel kDefaultFp8FewRows32 = Fp8Kernel::kDirect;
 
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
 // the TMA kernels become kWgmma), and its name ("wgmma_tma_lean2", "wgmma_tma_lean", "wgmma_tma_lean_bar3",
 // "wgmma_tma_lean_fold", "wgmma_tma_lean2_early", "wgmma_seesaw", "wgmma_tma", "wgmma", "mma_sync",
-// "mma_sync_fp8_direct").
+// "mma_sync_fp8_direct", "mma_sync_fp8_pair", "mma_sync_fp8_wide").
 KernelKind select_kernel(const DecodeParams& params);
 const char* kernel_name(KernelKind kind);
 

@@ -33,7 +33,8 @@
 // The raw FP8 tiles hold the 656-byte tokens as stored; every block is dequantized (e4m3 * scale ->
 // bf16 / fp16, RoPE copied) into the KV tile before its MMAs (Decoder<., true, 1>). With at most 32
 // rows per KV head (the memory-bound shapes) Fp8Decoder instead feeds its MMAs straight from four raw
-// stages (see its comment).
+// stages (see its comment; with <= 16 rows by default two 64-token blocks per barrier round, and
+// Fp8WideDecoder is a 16-warp variant).
 //
 // Never reads past the length: tokens at or past a piece's end are zero-filled by cp.async with a source
 // size of 0 (no global read), blocks past it are not loaded, and a block id outside the cache or a
@@ -629,19 +630,31 @@ class Decoder {
 // raw tiles latent chunk c (16 bytes) of token t sits at chunk c ^ (2 ((t >> 3) & 1)): with the
 // 656-byte token stride (16 mod 128) this makes both the S loads (2 tokens x 4 chunks per 8 lanes) and
 // the V loads (4 tokens x 2 chunks) hit 8 different 16-byte bank groups.
-template <bool kFp16, int kSplit>
+//
+// kBlocks = 2 ('mma_sync_fp8_pair', FF_MLA_FP8=pair): a round takes two consecutive 64-token blocks,
+// which sit in two adjacent raw stages and so form one 128-token tile with the same swizzle (token t
+// of the round at raw + 656 t). Everything above then applies to the 128 tokens: one softmax, one
+// scale maximum and two barriers per round instead of per block, each warp's S on twice the tokens
+// (two independent n-tiles per Q fragment loaded) and its P V over two k-steps; the four raw stages
+// hold two rounds (the next one loads while this one computes). A block of a round past the piece's
+// last block loads zeros (nothing is read) and is masked. kBlocks = 1 is 'mma_sync_fp8_direct'. Only
+// with 16 rows (kSplit 4): with 32 the Q tile and the P planes would not fit beside four raw stages.
+template <bool kFp16, int kSplit, int kBlocks = 1>
 class Fp8Decoder {
   static_assert(kSplit == 2 || kSplit == 4, "the direct FP8 path serves 16 or 32 query rows");
+  static_assert(kBlocks == 1 || kBlocks == 2, "one or two 64-token blocks per round");
   static constexpr int kRowGroups = 4 / kSplit;
-  static constexpr int kQRows = 16 * kRowGroups;           // query rows held (16 or 32)
-  static constexpr int kSliceTokens = kTileRows / kSplit;  // tokens of a block per warp pair (16, 32)
-  static constexpr int kWarpTokens = kSliceTokens / 2;     // tokens per warp in S (8, 16)
-  static constexpr int kNTiles = kWarpTokens / 8;          // m16n8 tiles of S per warp (1, 2)
-  static constexpr int kKSteps = kSliceTokens / 16;        // k-steps of O += P V per block (1, 2)
-  static constexpr int kChains = 2 / kNTiles;              // independent MMA chains per n-tile of S
+  static constexpr int kQRows = 16 * kRowGroups;                 // query rows held (16 or 32)
+  static constexpr int kRoundTokens = kTileRows * kBlocks;       // tokens per round (64, 128)
+  static constexpr int kSliceTokens = kRoundTokens / kSplit;     // tokens of a round per warp pair
+  static constexpr int kWarpTokens = kSliceTokens / 2;           // tokens per warp in S
+  static constexpr int kNTiles = kWarpTokens / 8;                // m16n8 tiles of S per warp
+  static constexpr int kKSteps = kSliceTokens / 16;              // k-steps of O += P V per round
+  static constexpr int kChains = kNTiles >= 2 ? 1 : 2 / kNTiles;  // independent MMA chains per n-tile of S
   static constexpr int kStages = 4;
+  static constexpr int kRoundStages = kStages / kBlocks;  // rounds in the raw stages (4, 2)
   static constexpr int kQBytes = kQRows * kRowBytes;
-  static constexpr int kPlaneBytes = kQRows * kTileRows * 2;  // P * scale_g of one group, bf16
+  static constexpr int kPlaneBytes = kQRows * kRoundTokens * 2;  // P * scale_g of one group, f16
   static constexpr int kRawOffset = 0;
   static constexpr int kQOffset = kStages * kRawTileBytes;
   static constexpr int kPOffset = kQOffset + kQBytes;
@@ -687,30 +700,53 @@ class Fp8Decoder {
     for (int group = 0; group < 4; ++group) group_max_[group] = 0.0f;
     if (threadIdx.x < 8) block_scale_max_[threadIdx.x] = 0;  // visible after the first barrier below
 
-      // Prologue: kStages - 1 groups of one block each (possibly empty), then Q (plain loads, converted).
+    // Rounds of kBlocks blocks; round i sits in raw stages kBlocks (i % kRoundStages) ...
+    const int num_rounds = (num_kv_blocks + kBlocks - 1) / kBlocks;
+    const int end_block = first_block + num_kv_blocks;
+    // The block-table entry of block b of round i, -1 past the piece (never read there).
+    const auto round_physical = [&](int round, int b) {
+      const int block = first_block + round * kBlocks + b;
+      return block < end_block ? physical_block(piece, block) : -1;
+    };
+    // Prologue: kRoundStages - 1 groups of one round each (possibly empty), then Q (plain loads, converted).
 #pragma unroll
-    for (int stage = 0; stage < kStages - 1; ++stage) {
-      if (stage < num_kv_blocks)
-        load_block(piece, first_block + stage, stage, physical_block(piece, first_block + stage));
-      cp_async_commit();
-    }
-    // NOTE: the block-table entry of the next block to load is read one iteration ahead, so the
-    // cp.async issue never waits for a global load.
-    int next_physical = kStages - 1 < num_kv_blocks ? physical_block(piece, first_block + kStages - 1) : -1;
-    load_q(piece.batch);
-
-    for (int j = 0; j < num_kv_blocks; ++j) {
-      // Groups committed so far: kStages - 1 + j; all but the newest kStages - 2 are complete.
-      cp_async_wait<kStages - 2>();
-      __syncthreads();  // block j (and Q) visible to all; every warp is done with block j - 1's stage
-      if (j + kStages - 1 < num_kv_blocks) {
-        load_block(piece, first_block + j + kStages - 1, (j + kStages - 1) % kStages, next_physical);
+    for (int stage = 0; stage < kRoundStages - 1; ++stage) {
+      if (stage < num_rounds) {
+#pragma unroll
+        for (int b = 0; b < kBlocks; ++b) {
+          load_block(piece, first_block + stage * kBlocks + b, stage * kBlocks + b, round_physical(stage, b));
+        }
       }
       cp_async_commit();
-      next_physical = j + kStages < num_kv_blocks ? physical_block(piece, first_block + j + kStages) : -1;
+    }
+    // NOTE: the block-table entries of the next round to load are read one iteration ahead, so the
+    // cp.async issue never waits for a global load.
+    int next_physical[kBlocks];
+#pragma unroll
+    for (int b = 0; b < kBlocks; ++b) {
+      next_physical[b] = kRoundStages - 1 < num_rounds ? round_physical(kRoundStages - 1, b) : -1;
+    }
+    load_q(piece.batch);
+
+    for (int j = 0; j < num_rounds; ++j) {
+      // Groups committed so far: kRoundStages - 1 + j; all but the newest kRoundStages - 2 are complete.
+      cp_async_wait<kRoundStages - 2>();
+      __syncthreads();  // round j (and Q) visible to all; every warp is done with round j - 1's stages
+      if (j + kRoundStages - 1 < num_rounds) {
+        const int round = j + kRoundStages - 1;
+#pragma unroll
+        for (int b = 0; b < kBlocks; ++b) {
+          load_block(piece, first_block + round * kBlocks + b, (round % kRoundStages) * kBlocks + b, next_physical[b]);
+        }
+      }
+      cp_async_commit();
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b) {
+        next_physical[b] = j + kRoundStages < num_rounds ? round_physical(j + kRoundStages, b) : -1;
+      }
       if (!p_.probe_loads_only) {
-        compute_block(smem_ + kRawOffset + (j % kStages) * kRawTileBytes, (first_block + j) * kTileRows, j & 1, piece,
-                      acc, state);
+        compute_block(smem_ + kRawOffset + (j % kRoundStages) * kBlocks * kRawTileBytes,
+                      (first_block + j * kBlocks) * kTileRows, j & 1, piece, acc, state);
       }
     }
     cp_async_wait<0>();
@@ -1103,7 +1139,7 @@ class Fp8Decoder {
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
             const int row = row_group_ * 16 + g + 8 * i;
-            const uint32_t offset = row * (kTileRows * 2) + (((place >> 3) ^ (row & 7)) << 4) + (place & 7) * 2;
+            const uint32_t offset = row * (kRoundTokens * 2) + (((place >> 3) ^ (row & 7)) << 4) + (place & 7) * 2;
             const float p = s[n][2 * i + e];
 #pragma unroll
             for (int group = 0; group < 4; ++group) {
@@ -1130,7 +1166,7 @@ class Fp8Decoder {
         for (int m = 0; m < 2; ++m) {
           const int group = 2 * half_ + m;
           uint32_t a[4];
-          ldmatrix_x4(a, sp_ + group * kPlaneBytes + p_row * (kTileRows * 2) + ((chunk ^ (p_row & 7)) << 4));
+          ldmatrix_x4(a, sp_ + group * kPlaneBytes + p_row * (kRoundTokens * 2) + ((chunk ^ (p_row & 7)) << 4));
           uint4 v[4];  // tokens step_token0 + 4 q4 + t, latent chunk 8 group + g
 #pragma unroll
           for (int t = 0; t < 4; ++t) {
@@ -1236,6 +1272,556 @@ class Fp8Decoder {
   int warp_ = 0, lane_ = 0, pair_ = 0, row_group_ = 0, slice_ = 0, half_ = 0;
   int head_k_ = 0, m_block_ = 0;
   bool active_ = false;
+};
+
+// The FP8 cache with <= 16 query rows per KV head, 16 warps ('mma_sync_fp8_wide', FF_MLA_FP8=wide): the
+// direct kernel keeps 4 copies of the 16 x 512 output (one per token slice, 128 accumulators per
+// thread at 255 registers), so only 8 warps fit an SM and 2 per scheduler cannot hide the MMA,
+// shared-memory and barrier latencies. Here every warp shares one softmax and owns a slice of the
+// output channels instead: 512 threads, 16 accumulators each (<= 128 registers), 4 warps per scheduler.
+// A round is two 64-token blocks in adjacent raw stages (one 128-token tile, as the pair kernel):
+//   S = Q K^T   warp w: the 16 rows x tokens 8 w .. 8 w + 7 of the round over all 576 channels, as the
+//               direct kernel (f16 MMAs on the exact e4m3 values, scale_g per 128-channel group, RoPE
+//               in q's dtype, Q rows pre-scaled by powers of two);
+//   softmax     each warp's row maxima go to shared memory; after a barrier every warp takes the max
+//               over all 16, so all warps keep the same running max and their partial row sums and
+//               accumulators need no merge; P * scale_g / group_max_g into 4 f16 planes (as the
+//               direct kernel), then a barrier;
+//   O += P V    warp w: channels 128 G + 32 m .. + 31 (G = w / 4, m = w % 4) over the 128 tokens: 8
+//               k-steps x 4 n-tiles; n-tile i column c is channel 128 G + 32 m + 4 c + i, so a thread
+//               reads 4 consecutive bytes of each of its 4 tokens per k-step (one 32-bit load each) and
+//               pairs tokens with prmt for the exact cvt.rn.f16x2.e4m3x2, as the direct kernel.
+// Row sums are reduced over the 16 warps once per piece. Shared memory: 4 raw stages | Q tile (16 x
+// 1152 B) | 4 P planes (16 x 128 f16) | row maxima (16 x 20 floats) | row sums | scale maxima | row
+// factors.
+// Shared-memory accesses by 32-bit shared address (Fp8WideDecoder).
+__device__ __forceinline__ uint4 lds_u32x4(uint32_t address) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(address)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ float4 lds_f32x4(uint32_t address) {
+  const uint4 v = lds_u32x4(address);
+  return make_float4(__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z), __uint_as_float(v.w));
+}
+__device__ __forceinline__ uint32_t lds_u32(uint32_t address) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(address) : "memory");
+  return v;
+}
+__device__ __forceinline__ void sts_f32(uint32_t address, float value) {
+  asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(address), "f"(value) : "memory");
+}
+
+template <bool kFp16>
+class Fp8WideDecoder {
+  static constexpr int kWarps = 16;
+  static constexpr int kQRows = 16;
+  static constexpr int kBlocks = 2;
+  static constexpr int kRoundTokens = kTileRows * kBlocks;  // 128
+  static constexpr int kStages = 4;
+  static constexpr int kRoundStages = kStages / kBlocks;  // 2
+  static constexpr int kQBytes = kQRows * kRowBytes;
+  static constexpr int kPlaneBytes = kQRows * kRoundTokens * 2;
+  static constexpr int kRowPitch = 20;  // floats per row of the per-warp maxima / sums (16 used; no bank conflicts)
+  static constexpr int kRawOffset = 0;
+  static constexpr int kQOffset = kStages * kRawTileBytes;
+  static constexpr int kPOffset = kQOffset + kQBytes;
+  static constexpr int kMaxOffset = kPOffset + 4 * kPlaneBytes;
+  static constexpr int kSumOffset = kMaxOffset + kQRows * kRowPitch * 4;
+  static constexpr int kScaleMaxOffset = kSumOffset + kQRows * kRowPitch * 4;  // 2 (parity) x 4 groups
+  static constexpr int kFactorOffset = kScaleMaxOffset + 2 * 4 * 4;
+
+ public:
+  static constexpr int kCtaThreads = kWarps * 32;
+  static constexpr int kSmemBytes = kFactorOffset + kQRows * 4;
+  static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
+  static_assert(kRawTileBytes % 128 == 0 && kQOffset % 128 == 0 && kPOffset % 128 == 0, "aligned regions");
+  static_assert(kMaxOffset % 16 == 0 && kSumOffset % 16 == 0 && kScaleMaxOffset % 16 == 0, "aligned vectors");
+
+  __device__ Fp8WideDecoder(const DecodeParams& p, char* smem) : p_(p), smem_(smem) {
+    raw_ = smem_address(smem + kRawOffset);
+    max_address_ = smem_address(smem + kMaxOffset);
+    scale_max_address_ = smem_address(smem + kScaleMaxOffset);
+    sq_ = smem_address(smem + kQOffset);
+    sp_ = smem_address(smem + kPOffset);
+    row_sum_ = reinterpret_cast<float*>(smem + kSumOffset);
+    row_factor_ = reinterpret_cast<float*>(smem + kFactorOffset);
+    block_scale_max_ = reinterpret_cast<int*>(smem + kScaleMaxOffset);
+    warp_ = static_cast<int>(threadIdx.x) / 32;
+    lane_ = static_cast<int>(threadIdx.x) % 32;
+    head_k_ = static_cast<int>(blockIdx.y);
+    m_block_ = static_cast<int>(blockIdx.x);
+  }
+
+  __device__ void run_piece(const Piece& piece) {
+    const int num_kv_blocks =
+        piece.token_end > piece.token_begin ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows : 0;
+    const int first_block = piece.token_begin / kTileRows;
+    const int num_rounds = (num_kv_blocks + kBlocks - 1) / kBlocks;
+    const int end_block = first_block + num_kv_blocks;
+    const auto round_physical = [&](int round, int b) {
+      const int block = first_block + round * kBlocks + b;
+      return block < end_block ? physical_block(piece, block) : -1;
+    };
+    float acc[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    float max_log2[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int group = 0; group < 4; ++group) group_max_[group] = 0.0f;
+    if (threadIdx.x < 8) block_scale_max_[threadIdx.x] = 0;  // visible after the first barrier below
+    // The first position each of this thread's rows (g, g + 8) may not see: the piece's end, and with
+    // causal masking the row's own limit (computed once per piece: it holds a division).
+    int limit[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = m_block_ * kTileRows + (lane_ >> 2) + 8 * i;
+      limit[i] = piece.token_end;
+      if (p_.causal) limit[i] = min(limit[i], piece.seqlen - p_.s_q + r / p_.group + 1);
+    }
+
+    // Prologue: round 0 (possibly empty), then Q; the block-table entries of round 1 are read ahead.
+    if (num_rounds > 0) {
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b) load_block(piece, first_block + b, b, round_physical(0, b));
+    }
+    cp_async_commit();
+    int next_physical[kBlocks];
+#pragma unroll
+    for (int b = 0; b < kBlocks; ++b) next_physical[b] = 1 < num_rounds ? round_physical(1, b) : -1;
+    load_q(piece.batch);
+
+    for (int j = 0; j < num_rounds; ++j) {
+      cp_async_wait<0>();
+      __syncthreads();  // round j (and Q) visible to all; every warp is done with round j - 1's stages
+      if (j + 1 < num_rounds) {
+#pragma unroll
+        for (int b = 0; b < kBlocks; ++b) {
+          load_block(piece, first_block + (j + 1) * kBlocks + b, ((j + 1) % kRoundStages) * kBlocks + b,
+                     next_physical[b]);
+        }
+      }
+      cp_async_commit();
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b) next_physical[b] = j + 2 < num_rounds ? round_physical(j + 2, b) : -1;
+      if (!p_.probe_loads_only) {
+        compute_round(raw_ + (j % kRoundStages) * kBlocks * kRawTileBytes, (first_block + j * kBlocks) * kTileRows,
+                      j & 1, limit, acc, max_log2, sum);
+      }
+    }
+    cp_async_wait<0>();
+    finish_piece(piece, acc, max_log2, sum);
+    __syncthreads();  // the next piece reuses every buffer
+  }
+
+ private:
+  __device__ static __forceinline__ int raw_chunk(int token, int chunk) {
+    return chunk < kDimV / 16 ? chunk ^ (((token >> 3) & 1) << 1) : chunk;
+  }
+
+  // As Fp8Decoder::load_q, 16 rows over 16 warps.
+  __device__ void load_q(int batch) {
+    const auto* q = static_cast<const uint16_t*>(p_.q);
+    const int row = warp_;
+    const int r = m_block_ * kTileRows + row;
+    const bool valid = r < p_.rows;
+    uint4 latent[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+    uint4 rope = make_uint4(0, 0, 0, 0);
+    if (valid) {
+      const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+      const uint16_t* source = q + batch * p_.q_batch_stride + token * p_.q_token_stride + head * p_.q_head_stride;
+      latent[0] = *reinterpret_cast<const uint4*>(source + 16 * lane_);
+      latent[1] = *reinterpret_cast<const uint4*>(source + 16 * lane_ + 8);
+      if (lane_ < 8) rope = *reinterpret_cast<const uint4*>(source + kDimV + 8 * lane_);
+    }
+    float values[16];
+    const uint32_t words[8] = {latent[0].x, latent[0].y, latent[0].z, latent[0].w,
+                               latent[1].x, latent[1].y, latent[1].z, latent[1].w};
+    float largest = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 8; ++w) {
+      if constexpr (kFp16) {
+        const float2 pair = __half22float2(*reinterpret_cast<const __half2*>(&words[w]));
+        values[2 * w] = pair.x;
+        values[2 * w + 1] = pair.y;
+      } else {
+        values[2 * w] = __uint_as_float(words[w] << 16);
+        values[2 * w + 1] = __uint_as_float(words[w] & 0xffff0000u);
+      }
+      largest = fmaxf(largest, fmaxf(fabsf(values[2 * w]), fabsf(values[2 * w + 1])));
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+      largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+    }
+    int exponent = 0;
+    if (largest > 0.0f && largest <= 3.0e38f) {
+      int e;
+      frexpf(largest, &e);
+      exponent = 14 - e;
+    }
+    const float up = ldexpf(1.0f, exponent);
+    if (lane_ == 0) row_factor_[row] = ldexpf(1.0f, -exponent);
+    const int j = lane_ >> 2, qq = lane_ & 3;
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int c = 4 * s + 2 * half;
+        const __half2 h = __floats2half2_rn(values[c] * up, values[c + 1] * up);
+        const uint32_t word = *reinterpret_cast<const uint32_t*>(&h);
+        const uint32_t address = sq_ + tile_offset(row, 8 * j + 2 * s + half) + 4 * qq;
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(word) : "memory");
+      }
+    }
+    if (lane_ < 8) {
+      const int h = lane_ >> 2;
+      const uint32_t rope_words[4] = {rope.x, rope.y, rope.z, rope.w};
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const uint32_t address = sq_ + tile_offset(row, 64 + 2 * (2 * h + s) + half) + 4 * qq;
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(rope_words[2 * s + half]) : "memory");
+        }
+      }
+    }
+  }
+
+  __device__ int physical_block(const Piece& piece, int block) const {
+    return block < p_.max_blocks
+               ? p_.block_table[piece.batch * p_.block_table_batch_stride + block * p_.block_table_column_stride]
+               : -1;
+  }
+
+  // KV block `block` into raw stage `stage` (as Fp8Decoder::load_block, 512 threads: thread t copies
+  // chunk t % 64 (if < 41) of tokens t / 64 + 8 i, i < 8, whose swizzle is 2 (i & 1)).
+  __device__ void load_block(const Piece& piece, int block, int stage, int physical) {
+    const bool block_ok = physical >= 0 && physical < p_.num_blocks;
+    const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
+    const auto* cache = static_cast<const uint8_t*>(p_.k_cache);
+    const uint8_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+    const uint32_t destination = smem_address(smem_ + kRawOffset + stage * kRawTileBytes);
+    const int chunk = static_cast<int>(threadIdx.x) & 63, token0 = static_cast<int>(threadIdx.x) >> 6;
+    static_assert(kCtaThreads == 512 && kTileRows == 64, "8 tokens x 64 chunk lanes per round");
+    if (chunk < kFp8TokenChunks) {
+      const uint8_t* source = base + token0 * p_.k_token_stride + chunk * 16;
+      const int64_t step = 8 * p_.k_token_stride;
+      const uint32_t first = destination + token0 * kFp8TokenBytes;
+      const uint32_t straight = first + chunk * 16, swizzled = first + raw_chunk(8, chunk) * 16;
+      if (valid_tokens == kTileRows) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          cp_async_16_always(((i & 1) ? swizzled : straight) + 8 * i * kFp8TokenBytes, source);
+          source += step;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const bool valid = token0 + 8 * i < valid_tokens;
+          cp_async_16(((i & 1) ? swizzled : straight) + 8 * i * kFp8TokenBytes, valid ? source : cache, valid);
+          source += step;
+        }
+      }
+    }
+  }
+
+  __device__ static __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+  }
+
+  __device__ static __forceinline__ void e4m3x4_to_f16x2x2(uint32_t x, uint32_t& low, uint32_t& high) {
+    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(low), "=r"(high)
+        : "r"(x));
+  }
+
+  __device__ static __forceinline__ float component(const float4& v, int group) {
+    return group == 0 ? v.x : group == 1 ? v.y : group == 2 ? v.z : v.w;
+  }
+
+  // One round (128 tokens from the raw tiles at `raw`): S = Q K^T, online softmax, O += P V.
+  __device__ void compute_round(uint32_t raw, int round_start, int parity, const int (&limit)[2], float (&acc)[4][4],
+                                float (&max_log2)[2], float (&sum)[2]) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const int warp_token0 = 8 * warp_;
+    // Scores: element 2 i + e is row g + 8 i, token warp_token0 + q4 + 4 e.
+    float s[4];
+    float4 scales[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      scales[e] = lds_f32x4(raw + (warp_token0 + q4 + 4 * e) * kFp8TokenBytes + kDimV);
+    }
+    {
+      const int a_row = (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+      uint32_t a_offset[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a_offset[i] = sq_ + a_row * kRowBytes + (((2 * i + (lane_ >> 4)) ^ (a_row & 7)) << 4);
+      const auto a_address = [&](int k) { return a_offset[k % 4] + 128 * (k / 4); };
+      const int b_token = warp_token0 + (g >> 1) + 4 * (g & 1);
+      const uint32_t token_row = raw + b_token * kFp8TokenBytes;
+      const float row_factor[2] = {row_factor_[g], row_factor_[g + 8]};
+      float rope[2][4], latent[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) latent[e] = rope[0][e] = rope[1][e] = 0.0f;
+      {
+        const uint4 k_rope[2] = {lds_u32x4(token_row + (33 + q4) * 16), lds_u32x4(token_row + (37 + q4) * 16)};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          uint32_t a[4];
+          ldmatrix_x4(a, a_address(32 + k));
+          const uint4 words = k_rope[k / 2];
+          uint32_t b0 = (k % 2) ? words.z : words.x, b1 = (k % 2) ? words.w : words.y;
+          if constexpr (kFp16) {
+            b0 = pack2<true>(__uint_as_float(b0 << 16), __uint_as_float(b0 & 0xffff0000u));
+            b1 = pack2<true>(__uint_as_float(b1 << 16), __uint_as_float(b1 & 0xffff0000u));
+          }
+          mma_16816<kFp16>(rope[k % 2], a, b0, b1);
+        }
+      }
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        float part[2][4];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) part[c][0] = part[c][1] = part[c][2] = part[c][3] = 0.0f;
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const int j = 2 * group + jj;
+          const uint4 k_bytes = lds_u32x4(token_row + raw_chunk(b_token, 4 * j + q4) * 16);
+#pragma unroll
+          for (int sub = 0; sub < 4; ++sub) {
+            uint32_t a[4];
+            ldmatrix_x4(a, a_address(4 * j + sub));
+            const uint32_t x = sub == 0 ? k_bytes.x : sub == 1 ? k_bytes.y : sub == 2 ? k_bytes.z : k_bytes.w;
+            uint32_t b0, b1;
+            e4m3x4_to_f16x2x2(x, b0, b1);
+            mma_16816<true>(part[sub % 2], a, b0, b1);
+          }
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          latent[e] = fmaf(component(scales[e & 1], group), part[0][e] + part[1][e], latent[e]);
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[e] = fmaf(row_factor[e / 2], latent[e], rope[0][e] + rope[1][e]);
+    }
+
+    // Scale, mask, this warp's row maxima and largest scales per group.
+    float local_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int position = round_start + warp_token0 + q4 + 4 * e;
+        float& value = s[2 * i + e];
+        value = position < limit[i] ? value * p_.scale_log2 : -INFINITY;
+        local_max[i] = fmaxf(local_max[i], value);
+      }
+      local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 1));
+      local_max[i] = fmaxf(local_max[i], __shfl_xor_sync(0xffffffffu, local_max[i], 2));
+    }
+    float scale_max[4];
+#pragma unroll
+    for (int group = 0; group < 4; ++group) {
+      float m = fmaxf(component(scales[0], group), component(scales[1], group));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      scale_max[group] = m;
+    }
+    if (q4 == 0) {
+      sts_f32(max_address_ + (g * kRowPitch + warp_) * 4, local_max[0]);
+      sts_f32(max_address_ + ((g + 8) * kRowPitch + warp_) * 4, local_max[1]);
+    }
+    if (lane_ < 4) {
+      const float mine = lane_ == 0   ? scale_max[0]
+                         : lane_ == 1 ? scale_max[1]
+                         : lane_ == 2 ? scale_max[2]
+                                      : scale_max[3];
+      asm volatile("red.shared.max.s32 [%0], %1;\n" ::"r"(scale_max_address_ + (4 * parity + lane_) * 4),
+                   "r"(__float_as_int(mine))
+                   : "memory");
+    }
+    __syncthreads();
+
+    // The running largest scale per group (see Fp8Decoder); this warp's accumulators are in units of
+    // group_max_[warp / 4].
+    const int my_group = warp_ >> 2;
+    float group_ratio = 1.0f;
+    float inverse_group_max[4];
+    {
+      const uint4 bits = lds_u32x4(scale_max_address_ + 16 * parity);
+      const float block_max[4] = {__uint_as_float(bits.x), __uint_as_float(bits.y), __uint_as_float(bits.z),
+                                  __uint_as_float(bits.w)};
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        const float old_max = group_max_[group];
+        const float new_max = fmaxf(old_max, block_max[group]);
+        group_max_[group] = new_max;
+        inverse_group_max[group] = new_max > 0.0f ? __fdividef(1.0f, new_max) : 0.0f;
+        if (group == my_group) group_ratio = new_max > 0.0f ? __fdividef(old_max, new_max) : 1.0f;
+      }
+    }
+    float rescale[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float new_max = max_log2[i];
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const float4 m = lds_f32x4(max_address_ + ((g + 8 * i) * kRowPitch + 4 * v) * 4);
+        new_max = fmaxf(new_max, fmaxf(fmaxf(m.x, m.y), fmaxf(m.z, m.w)));
+      }
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      rescale[i] = fast_exp2(max_log2[i] - base);
+      max_log2[i] = new_max;
+      float block_sum = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& value = s[2 * i + e];
+        value = fast_exp2(value - base);
+        block_sum += value;
+      }
+      sum[i] = sum[i] * rescale[i] + block_sum;
+    }
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[n][e] *= rescale[e / 2] * group_ratio;
+    }
+    // P * scale_g / group_max_g (f16) into plane g, tokens permuted within each 16 as Fp8Decoder does.
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int token = warp_token0 + q4 + 4 * e;
+      const int within = token & 15, u = within >> 2, v = within & 3;
+      const int place = (token & ~15) + 2 * u + 8 * (v >> 1) + (v & 1);
+      const float4 sc = scales[e];
+      const float weight[4] = {sc.x * inverse_group_max[0], sc.y * inverse_group_max[1], sc.z * inverse_group_max[2],
+                               sc.w * inverse_group_max[3]};
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int row = g + 8 * i;
+        const uint32_t offset = row * (kRoundTokens * 2) + (((place >> 3) ^ (row & 7)) << 4) + (place & 7) * 2;
+        const float p = s[2 * i + e];
+#pragma unroll
+        for (int group = 0; group < 4; ++group) {
+          const __half value = __float2half_rn(p * weight[group]);
+          const uint16_t bits = *reinterpret_cast<const uint16_t*>(&value);
+          asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(sp_ + group * kPlaneBytes + offset), "h"(bits) : "memory");
+        }
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < 4) block_scale_max_[4 * parity + threadIdx.x] = 0;
+
+    // O += P V over the 8 k-steps of the round: this warp's 32 channels.
+    const int p_row = (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+    const int channel_chunk = 8 * my_group + 2 * (warp_ & 3) + (g >> 2);  // 16-byte latent chunk of the 4 bytes
+    const int byte_in_chunk = 4 * (g & 3);
+#pragma unroll
+    for (int k = 0; k < kRoundTokens / 16; ++k) {
+      const int chunk = 2 * k + (lane_ >> 4);
+      uint32_t a[4];
+      ldmatrix_x4(a, sp_ + my_group * kPlaneBytes + p_row * (kRoundTokens * 2) + ((chunk ^ (p_row & 7)) << 4));
+      uint32_t w[4];  // tokens 16 k + 4 q4 + t
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const int token = 16 * k + 4 * q4 + t;
+        w[t] = lds_u32(raw + token * kFp8TokenBytes + raw_chunk(token, channel_chunk) * 16 + byte_in_chunk);
+      }
+      // n-tile i, column g = channel 4 g + i of the warp's 32: byte i of each word. b0 = tokens 0, 1; b1 = 2, 3.
+      uint32_t b0[4], b1[4];
+      e4m3x4_to_f16x2x2(__byte_perm(w[0], w[1], 0x5140), b0[0], b0[1]);
+      e4m3x4_to_f16x2x2(__byte_perm(w[0], w[1], 0x7362), b0[2], b0[3]);
+      e4m3x4_to_f16x2x2(__byte_perm(w[2], w[3], 0x5140), b1[0], b1[1]);
+      e4m3x4_to_f16x2x2(__byte_perm(w[2], w[3], 0x7362), b1[2], b1[3]);
+#pragma unroll
+      for (int n = 0; n < 4; ++n) mma_16816<true>(acc[n], a, b0[n], b1[n]);
+    }
+  }
+
+  // Reduces the row sums over the 16 warps and writes the piece's rows. acc[n][2 r + e] is row g + 8 r,
+  // channel 128 G + 32 m + 4 (2 q4 + e) + n (G = warp / 4, m = warp % 4), in units of group_max_[G].
+  __device__ void finish_piece(const Piece& piece, float (&acc)[4][4], const float (&max_log2)[2], float (&sum)[2]) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 1);
+      sum[i] += __shfl_xor_sync(0xffffffffu, sum[i], 2);
+    }
+    __syncthreads();
+    if (q4 == 0) {
+      row_sum_[g * kRowPitch + warp_] = sum[0];
+      row_sum_[(g + 8) * kRowPitch + warp_] = sum[1];
+    }
+    __syncthreads();
+    const int group = warp_ >> 2;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int tile_row = g + 8 * i;
+      const int r = m_block_ * kTileRows + tile_row;
+      if (r >= p_.rows) continue;
+      const float4* sums = reinterpret_cast<const float4*>(row_sum_ + tile_row * kRowPitch);
+      float total = 0.0f;
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        const float4 x = sums[v];
+        total += (x.x + x.y) + (x.z + x.w);
+      }
+      const float inverse = total == 0.0f ? 0.0f : 1.0f / total;
+      // NOTE: group_max_ indexed by constants only (a run-time index put it in local memory).
+      float group_max = group_max_[0];
+#pragma unroll
+      for (int other = 1; other < 4; ++other) group_max = group == other ? group_max_[other] : group_max;
+      const float factor = inverse * group_max;
+      const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+      const int channel = 128 * group + 32 * (warp_ & 3) + 8 * q4;  // channels channel .. channel + 7
+      float values[8];
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+#pragma unroll
+        for (int n = 0; n < 4; ++n) values[4 * e + n] = acc[n][2 * i + e] * factor;
+      }
+      if (piece.only_piece) {
+        uint16_t* out = static_cast<uint16_t*>(p_.out) + piece.batch * p_.out_batch_stride +
+                        token * p_.out_token_stride + head * p_.out_head_stride;
+        // NOTE: two 8-byte stores: out rows need only 4-element alignment (check_alignment).
+        *reinterpret_cast<uint2*>(out + channel) =
+            make_uint2(pack2<kFp16>(values[0], values[1]), pack2<kFp16>(values[2], values[3]));
+        *reinterpret_cast<uint2*>(out + channel + 4) =
+            make_uint2(pack2<kFp16>(values[4], values[5]), pack2<kFp16>(values[6], values[7]));
+        if (warp_ == 0 && q4 == 0) {
+          p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride + token * p_.lse_token_stride] =
+              total == 0.0f ? INFINITY : (log2f(total) + max_log2[i]) / kLog2e;
+        }
+      } else {
+        const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k_) * p_.rows + r;
+        float* out = p_.out_accum + slot_row * kDimV + channel;
+        *reinterpret_cast<float4*>(out) = make_float4(values[0], values[1], values[2], values[3]);
+        *reinterpret_cast<float4*>(out + 4) = make_float4(values[4], values[5], values[6], values[7]);
+        if (warp_ == 0 && q4 == 0) p_.lse_accum[slot_row] = total == 0.0f ? -INFINITY : log2f(total) + max_log2[i];
+      }
+    }
+  }
+
+  const DecodeParams& p_;
+  char* smem_ = nullptr;
+  // NOTE: shared-memory reads of the round go through 32-bit shared addresses and ld.shared: with
+  // generic pointers ptxas emitted generic loads (LD) and atomics here.
+  uint32_t raw_ = 0, max_address_ = 0, scale_max_address_ = 0;
+  uint32_t sq_ = 0, sp_ = 0;
+  // max_address_: (16 rows, kRowPitch) floats, each warp's row maxima of the round.
+  float* row_sum_ = nullptr;  // (16 rows, kRowPitch): each warp's row sums of the piece
+  float* row_factor_ = nullptr;
+  int* block_scale_max_ = nullptr;
+  float group_max_[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  int warp_ = 0, lane_ = 0;
+  int head_k_ = 0, m_block_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -2970,9 +3556,9 @@ class WgmmaSeesawDecoder {
   uint32_t q_phase_ = 0;
 };
 
+// The CTA's scheduler part, piece by piece.
 template <class DecoderType>
-__global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_constant__ DecodeParams params) {
-  extern __shared__ __align__(128) char smem[];
+__device__ __forceinline__ void decode_part(const DecodeParams& params, char* smem) {
   DecoderType decoder(params, smem);
   const int part = static_cast<int>(blockIdx.z);
   const int32_t* row = params.tile_scheduler_metadata + part * params.metadata_row_stride;
@@ -2994,6 +3580,19 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_co
     piece.only_piece = count <= 1;
     decoder.run_piece(piece);
   }
+}
+
+template <class DecoderType>
+__global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_constant__ DecodeParams params) {
+  extern __shared__ __align__(128) char smem[];
+  decode_part<DecoderType>(params, smem);
+}
+
+// Fp8WideDecoder: 16 warps, so at most 128 registers per thread.
+template <class DecoderType>
+__global__ void __launch_bounds__(512, 1) mla_decode_wide_kernel(const __grid_constant__ DecodeParams params) {
+  extern __shared__ __align__(128) char smem[];
+  decode_part<DecoderType>(params, smem);
 }
 
 // Merges the split partials of each sequence with more than one split: one warp per (KV head, row),
@@ -3049,15 +3648,23 @@ __global__ void __launch_bounds__(256) mla_combine_kernel(const __grid_constant_
   }
 }
 
-template <class DecoderType, bool kFp16>
+template <class DecoderType, bool kFp16, bool kWide = false>
 cudaError_t launch(const DecodeParams& params, cudaStream_t stream) {
   constexpr int smem_bytes = DecoderType::kSmemBytes;
+  constexpr int threads = kWide ? 512 : kThreads;
+  const auto kernel = [] {
+    if constexpr (kWide) {
+      return mla_decode_wide_kernel<DecoderType>;
+    } else {
+      return mla_decode_kernel<DecoderType>;
+    }
+  }();
   // NOTE: a function-local static sets the attribute once per instantiation (thread-safe init).
   static const cudaError_t attribute_status =
-      cudaFuncSetAttribute(mla_decode_kernel<DecoderType>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (attribute_status != cudaSuccess) return attribute_status;
   const dim3 grid(params.num_m_blocks, params.h_kv, params.num_sm_parts);
-  mla_decode_kernel<DecoderType><<<grid, kThreads, smem_bytes, stream>>>(params);
+  kernel<<<grid, threads, smem_bytes, stream>>>(params);
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   const dim3 combine_grid(params.batch_size, (params.h_kv * params.rows + 7) / 8);
@@ -3115,6 +3722,15 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
     }
   }
   if constexpr (kFp8) {
+    // Two blocks per round with <= 16 rows only: with 32 the Q tile and the P planes double, and four
+    // raw stages no longer fit beside them.
+    if (kind == KernelKind::kMmaSyncFp8Pair && params.rows <= 16) {
+      return launch<Fp8Decoder<kFp16, 4, 2>, kFp16>(params, stream);
+    }
+    if (kind == KernelKind::kMmaSyncFp8Wide && params.rows <= 16) {
+      static_assert(Fp8WideDecoder<kFp16>::kCtaThreads == 512, "the wide kernel's launch bounds");
+      return launch<Fp8WideDecoder<kFp16>, kFp16, true>(params, stream);
+    }
     if (params.rows <= 16) return launch<Fp8Decoder<kFp16, 4>, kFp16>(params, stream);
     if (params.rows <= 32) return launch<Fp8Decoder<kFp16, 2>, kFp16>(params, stream);
     return launch<Decoder<kFp16, true, 1>, kFp16>(params, stream);
@@ -3191,7 +3807,14 @@ KernelKind select_kernel(const DecodeParams& params) {
       default: return KernelKind::kWgmmaTma;
     }
   }
-  if (params.fp8_cache && params.rows <= 32) return KernelKind::kMmaSyncFp8Direct;
+  if (params.fp8_cache && params.rows <= 32) {
+    Fp8Kernel fp8_kernel = params.fp8_kernel;
+    if (fp8_kernel == Fp8Kernel::kDefault) fp8_kernel = params.rows <= 16 ? kDefaultFp8FewRows16 : kDefaultFp8FewRows32;
+    // The pair and wide kernels exist for <= 16 rows only (shared memory; Fp8Decoder, Fp8WideDecoder).
+    if (params.rows <= 16 && fp8_kernel == Fp8Kernel::kPair) return KernelKind::kMmaSyncFp8Pair;
+    if (params.rows <= 16 && fp8_kernel == Fp8Kernel::kWide) return KernelKind::kMmaSyncFp8Wide;
+    return KernelKind::kMmaSyncFp8Direct;
+  }
   return KernelKind::kMmaSync;
 }
 
@@ -3206,6 +3829,8 @@ const char* kernel_name(KernelKind kind) {
     case KernelKind::kWgmmaTma: return "wgmma_tma";
     case KernelKind::kWgmma: return "wgmma";
     case KernelKind::kMmaSyncFp8Direct: return "mma_sync_fp8_direct";
+    case KernelKind::kMmaSyncFp8Pair: return "mma_sync_fp8_pair";
+    case KernelKind::kMmaSyncFp8Wide: return "mma_sync_fp8_wide";
     case KernelKind::kMmaSync: return "mma_sync";
   }
   return "";
