@@ -681,7 +681,8 @@ struct FuseFs::Impl {
     if (data.has_read_pieces()) {
       // The bytes stay where the client received them (gRPC's slices): the kernel copies them
       // straight from there into the reader's pages (one writev of the pieces).
-      Result<std::vector<SharedBytes>> pieces = data.read_pieces(handle->data_handle, static_cast<uint64_t>(offset), size);
+      Result<std::vector<SharedBytes>> pieces =
+          data.read_pieces(handle->data_handle, static_cast<uint64_t>(offset), size);
       if (!pieces.is_ok()) {
         reply_error(req, pieces.status());
         return;

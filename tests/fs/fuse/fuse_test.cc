@@ -380,7 +380,9 @@ TEST_F(FuseTest, UnlinkedOpenFileStaysReadable) {
 class PiecesData final : public FileData {
  public:
   PiecesData(MemoryData& data, size_t piece) : data_(data), piece_(piece) {}
-  Result<uint64_t> open(const meta::Caller& c, meta::InodeId inode, uint32_t flags) override { return data_.open(c, inode, flags); }
+  Result<uint64_t> open(const meta::Caller& c, meta::InodeId inode, uint32_t flags) override {
+    return data_.open(c, inode, flags);
+  }
   Result<uint64_t> create(const meta::Caller& c, meta::InodeId parent, std::string_view name, uint32_t mode,
                           uint32_t flags) override {
     return data_.create(c, parent, name, mode, flags);
@@ -436,7 +438,8 @@ TEST_P(FusePiecesTest, ReadsRepliedFromPieces) {
   for (off_t offset : {off_t{0}, off_t{4095}, off_t{(1 << 20) + 7}, static_cast<off_t>(content.size()) - 100}) {
     ssize_t n = ::pread(fd, buffer.data(), buffer.size(), offset);
     ASSERT_EQ(n, std::min<ssize_t>(buffer.size(), static_cast<ssize_t>(content.size()) - offset));
-    EXPECT_EQ(buffer.substr(0, static_cast<size_t>(n)), content.substr(static_cast<size_t>(offset), static_cast<size_t>(n)));
+    EXPECT_EQ(buffer.substr(0, static_cast<size_t>(n)),
+              content.substr(static_cast<size_t>(offset), static_cast<size_t>(n)));
   }
   EXPECT_EQ(::pread(fd, buffer.data(), 10, static_cast<off_t>(content.size())), 0);
   ::close(fd);
