@@ -601,6 +601,60 @@ TensorView on_device(TensorView view, void* data) {
   return view;
 }
 
+// Device copies of a case's inputs, the output and lse starting as `out` / `lse`, and `host`'s arguments
+// pointed at them (the FP8 or the 16-bit cache, as the case says).
+struct DeviceInputs {
+  DeviceInputs(const Inputs& inputs, const std::vector<uint16_t>& out_start, const std::vector<float>& lse_start)
+      : q(inputs.q),
+        cache(inputs.cache),
+        out(out_start),
+        cache_fp8(inputs.cache_fp8),
+        block_table(inputs.block_table),
+        seqlens(inputs.config.seqlens),
+        metadata(inputs.metadata.tile_scheduler_metadata),
+        splits(inputs.metadata.num_splits),
+        lse(lse_start),
+        fp8(inputs.config.fp8) {}
+
+  FlashMlaArgs args(FlashMlaArgs host) const {
+    host.q = on_device(host.q, q.data());
+    host.k_cache = on_device(host.k_cache, fp8 ? static_cast<void*>(cache_fp8.data()) : cache.data());
+    host.block_table = on_device(host.block_table, block_table.data());
+    host.cache_seqlens = on_device(host.cache_seqlens, seqlens.data());
+    host.tile_scheduler_metadata = on_device(host.tile_scheduler_metadata, metadata.data());
+    host.num_splits = on_device(host.num_splits, splits.data());
+    host.out = on_device(host.out, out.data());
+    host.softmax_lse = on_device(host.softmax_lse, lse.data());
+    return host;
+  }
+
+  DeviceBuffer<uint16_t> q, cache, out;
+  DeviceBuffer<uint8_t> cache_fp8;
+  DeviceBuffer<int32_t> block_table, seqlens, metadata, splits;
+  DeviceBuffer<float> lse;
+  bool fp8;
+};
+
+// Sets an environment variable for its lifetime when `value` is given (the dispatch's FF_MLA_* switches).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(value != nullptr ? name : nullptr) {
+    if (name_ != nullptr) {
+      EXPECT_EQ(setenv(name_, value, 1), 0) << name_;
+    }
+  }
+  ~ScopedEnv() {
+    if (name_ != nullptr) {
+      EXPECT_EQ(unsetenv(name_), 0) << name_;
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
 // The TMA kernel the dispatch takes for a bf16 / fp16 cache with >= 64 rows per KV head under the
 // schedule named by the case, else by the environment of the whole run (device_session.sh runs the
 // sanitizers on a refinement that way), else the default. The folded softmax (lean_fold, lean2,
@@ -647,46 +701,17 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   const std::vector<uint16_t> cpu_out = inputs.out;
   const std::vector<float> cpu_lse = inputs.lse;
 
-  DeviceBuffer<uint16_t> q(inputs.q), cache(inputs.cache),
-      out(std::vector<uint16_t>(inputs.out.size(), encode(kNaN, config.dtype)));
-  DeviceBuffer<uint8_t> cache_fp8(inputs.cache_fp8);
-  DeviceBuffer<int32_t> block_table(inputs.block_table), seqlens(config.seqlens),
-      metadata(inputs.metadata.tile_scheduler_metadata), splits(inputs.metadata.num_splits);
-  DeviceBuffer<float> lse(std::vector<float>(inputs.lse.size(), kNaN));
-  FlashMlaArgs args = host_args;
-  args.q = on_device(args.q, q.data());
-  args.k_cache = on_device(args.k_cache, config.fp8 ? static_cast<void*>(cache_fp8.data()) : cache.data());
-  args.block_table = on_device(args.block_table, block_table.data());
-  args.cache_seqlens = on_device(args.cache_seqlens, seqlens.data());
-  args.tile_scheduler_metadata = on_device(args.tile_scheduler_metadata, metadata.data());
-  args.num_splits = on_device(args.num_splits, splits.data());
-  args.out = on_device(args.out, out.data());
-  args.softmax_lse = on_device(args.softmax_lse, lse.data());
+  DeviceInputs device(inputs, std::vector<uint16_t>(inputs.out.size(), encode(kNaN, config.dtype)),
+                      std::vector<float>(inputs.lse.size(), kNaN));
+  FlashMlaArgs args = device.args(host_args);
   args.check_values = check_values;
-  if (config.force_mma_sync) {
-    ASSERT_EQ(setenv("FF_MLA_KERNEL", "mma_sync", 1), 0);
-  }
-  if (config.cp_async_loads) {
-    ASSERT_EQ(setenv("FF_MLA_LOADS", "cp_async", 1), 0);
-  }
-  if (config.schedule != nullptr) {
-    ASSERT_EQ(setenv("FF_MLA_SCHEDULE", config.schedule, 1), 0);
-  }
-  if (config.fp8_kernel != nullptr) {
-    ASSERT_EQ(setenv("FF_MLA_FP8", config.fp8_kernel, 1), 0);
-  }
-  const Status status = flash_mla_with_kvcache(args, Backend::kCuda);
-  if (config.fp8_kernel != nullptr) {
-    ASSERT_EQ(unsetenv("FF_MLA_FP8"), 0);
-  }
-  if (config.force_mma_sync) {
-    ASSERT_EQ(unsetenv("FF_MLA_KERNEL"), 0);
-  }
-  if (config.cp_async_loads) {
-    ASSERT_EQ(unsetenv("FF_MLA_LOADS"), 0);
-  }
-  if (config.schedule != nullptr) {
-    ASSERT_EQ(unsetenv("FF_MLA_SCHEDULE"), 0);
+  Status status;
+  {
+    const ScopedEnv kernel("FF_MLA_KERNEL", config.force_mma_sync ? "mma_sync" : nullptr);
+    const ScopedEnv loads("FF_MLA_LOADS", config.cp_async_loads ? "cp_async" : nullptr);
+    const ScopedEnv schedule("FF_MLA_SCHEDULE", config.schedule);
+    const ScopedEnv fp8_kernel("FF_MLA_FP8", config.fp8_kernel);
+    status = flash_mla_with_kvcache(args, Backend::kCuda);
   }
   ASSERT_TRUE(status.is_ok()) << status.to_string();
   FF_CUDA_CHECK(cudaDeviceSynchronize());
@@ -700,8 +725,8 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
                                 : config.fp8 && rows <= 32 ? expected_fp8_few_rows_kernel(config.fp8_kernel, rows)
                                                                                : "mma_sync";
   EXPECT_EQ(last_cuda_kernel(), expected_kernel) << rows << " rows per KV head";
-  const std::vector<uint16_t> gpu_out = out.to_host();
-  const std::vector<float> gpu_lse = lse.to_host();
+  const std::vector<uint16_t> gpu_out = device.out.to_host();
+  const std::vector<float> gpu_lse = device.lse.to_host();
 
   const Reference reference = reference_attention(inputs);
   std::vector<double> gpu(gpu_out.size()), cpu(cpu_out.size());
@@ -951,24 +976,13 @@ TEST(CudaDecode, WgmmaTmaBadBlockIdsLoadZeros) {
   Inputs inputs = make_inputs({.seqlens = {640, 300}, .s_q = 1, .h_q = 128}, 48);
   inputs.block_table[0 * inputs.max_blocks + 2] = 1 << 30;
   inputs.block_table[1 * inputs.max_blocks + 1] = -7;
-  DeviceBuffer<uint16_t> q(inputs.q), cache(inputs.cache), out(inputs.out);
-  DeviceBuffer<int32_t> block_table(inputs.block_table), seqlens(inputs.config.seqlens),
-      metadata(inputs.metadata.tile_scheduler_metadata), splits(inputs.metadata.num_splits);
-  DeviceBuffer<float> lse(inputs.lse);
-  FlashMlaArgs args = inputs.args();
-  args.q = on_device(args.q, q.data());
-  args.k_cache = on_device(args.k_cache, cache.data());
-  args.block_table = on_device(args.block_table, block_table.data());
-  args.cache_seqlens = on_device(args.cache_seqlens, seqlens.data());
-  args.tile_scheduler_metadata = on_device(args.tile_scheduler_metadata, metadata.data());
-  args.num_splits = on_device(args.num_splits, splits.data());
-  args.out = on_device(args.out, out.data());
-  args.softmax_lse = on_device(args.softmax_lse, lse.data());
+  const DeviceInputs device(inputs, inputs.out, inputs.lse);
+  FlashMlaArgs args = device.args(inputs.args());
   args.check_values = false;
   ASSERT_TRUE(flash_mla_with_kvcache(args, Backend::kCuda).is_ok());
   FF_CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_EQ(last_cuda_kernel(), std::string_view(expected_tma_kernel(nullptr, true)));
-  for (const uint16_t bits : out.to_host()) ASSERT_TRUE(std::isfinite(bf16_to_float(bits)));
+  for (const uint16_t bits : device.out.to_host()) ASSERT_TRUE(std::isfinite(bf16_to_float(bits)));
 }
 
 TEST(CudaDecode, MmaSyncForcedOn128Heads) {
@@ -981,19 +995,8 @@ TEST(CudaDecode, ErrorsNameTheBadValue) {
   }
   Inputs inputs = make_inputs({.seqlens = {300, 10}, .s_q = 1, .h_q = 16}, 28);
   inputs.block_table[1 * inputs.max_blocks] = 99;
-  DeviceBuffer<uint16_t> q(inputs.q), cache(inputs.cache), out(inputs.out);
-  DeviceBuffer<int32_t> block_table(inputs.block_table), seqlens(inputs.config.seqlens),
-      metadata(inputs.metadata.tile_scheduler_metadata), splits(inputs.metadata.num_splits);
-  DeviceBuffer<float> lse(inputs.lse);
-  FlashMlaArgs args = inputs.args();
-  args.q = on_device(args.q, q.data());
-  args.k_cache = on_device(args.k_cache, cache.data());
-  args.block_table = on_device(args.block_table, block_table.data());
-  args.cache_seqlens = on_device(args.cache_seqlens, seqlens.data());
-  args.tile_scheduler_metadata = on_device(args.tile_scheduler_metadata, metadata.data());
-  args.num_splits = on_device(args.num_splits, splits.data());
-  args.out = on_device(args.out, out.data());
-  args.softmax_lse = on_device(args.softmax_lse, lse.data());
+  const DeviceInputs device(inputs, inputs.out, inputs.lse);
+  FlashMlaArgs args = device.args(inputs.args());
   args.check_values = true;
   Status status = flash_mla_with_kvcache(args, Backend::kCuda);
   EXPECT_THAT(status.message(), HasSubstr("block_table[1][0] = 99 is outside k_cache's")) << status.to_string();
