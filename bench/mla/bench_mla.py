@@ -107,6 +107,8 @@ def main() -> int:
                              "kernel and each FP8 kernel for <= 16 rows (FF_MLA_FP8=direct, pair, wide) in "
                              "--rounds rounds of alternating order, medians over the rounds")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--candidates", default=FP8_AB_DEFAULT,
+                        help=f"--fp8-ab candidates, from {','.join(FP8_AB_KNOWN)} (the first is the bf16 reference)")
     parser.add_argument("--s-q", type=int, nargs="+", default=[1], help="query tokens for --fp8-ab")
     parser.add_argument("--probe", action="store_true",
                         help="also time the load pipeline alone (s_q 1, h_q 16) and the WGMMA kernel without "
@@ -302,13 +304,17 @@ def main() -> int:
     return 0
 
 
-FP8_AB_CANDIDATES = [
-    # (name, FP8 cache, environment)
-    ("bf16", False, {}),
-    ("fp8_direct", True, {"FF_MLA_FP8": "direct"}),
-    ("fp8_pair", True, {"FF_MLA_FP8": "pair"}),
-    ("fp8_wide", True, {"FF_MLA_FP8": "wide"}),
-]
+FP8_AB_KNOWN = {
+    # name: (FP8 cache, environment)
+    "bf16": (False, {}),
+    "fp8_direct": (True, {"FF_MLA_FP8": "direct"}),
+    "fp8_pair": (True, {"FF_MLA_FP8": "pair"}),
+    "fp8_wide": (True, {"FF_MLA_FP8": "wide"}),
+    # the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs of lazy rescaling
+    "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),
+    "fp8_pair_eager": (True, {"FF_MLA_FP8": "pair", "FF_MLA_LAZY": "0"}),
+}
+FP8_AB_DEFAULT = "bf16,fp8_direct,fp8_pair,fp8_wide"
 
 
 def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
@@ -318,6 +324,8 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
     over the rounds; cos_diff of each FP8 kernel's output against the direct one's."""
     generator = torch.Generator().manual_seed(2026)
     started = time.time()
+    candidates = [(name, *FP8_AB_KNOWN[name]) for name in args.candidates.split(",")]
+    reference = candidates[0][0]
     cases = []
     for length in (4096, 8192, 16384, 32768):
         seqlens = torch.full((BATCH,), length, dtype=torch.int32)
@@ -338,11 +346,11 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
                 return mla.flash_mla_with_kvcache(q, cache_fp8 if fp8 else cache, block_table, seqlens_gpu, 512,
                                                   metadata, splits, is_fp8_kvcache=fp8, check_values=False)
 
-            samples = {name: [] for name, _, _ in FP8_AB_CANDIDATES}
+            samples = {name: [] for name, _, _ in candidates}
             kernels, outputs = {}, {}
             for round_index in range(args.rounds):
-                shift = round_index % len(FP8_AB_CANDIDATES)
-                for name, fp8, environment in FP8_AB_CANDIDATES[shift:] + FP8_AB_CANDIDATES[:shift]:
+                shift = round_index % len(candidates)
+                for name, fp8, environment in candidates[shift:] + candidates[:shift]:
                     os.environ.update(environment)
                     try:
                         samples[name].append(time_graph(lambda: ours(fp8), args.calls, args.repeats))
@@ -354,15 +362,20 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
                             os.environ.pop(variable, None)
             case = {"b": BATCH, "s_q": s_q, "h_q": h_q, "h_kv": 1, "mean_len": length, "lengths": "fixed",
                     "sum_len": total, "causal": False, "rounds": args.rounds}
-            for name, fp8, _ in FP8_AB_CANDIDATES:
+            for name, fp8, _ in candidates:
                 ms = statistics.median(samples[name])
                 moved = total * (656 if fp8 else 1152) + io_bytes
                 case[name] = {"ms": round(ms, 4), "GB/s": round(moved / ms / 1e6, 1), "kernel": kernels[name],
                               "ms_per_round": [round(x, 4) for x in samples[name]]}
                 if fp8:
-                    case[name]["speedup_vs_bf16"] = round(case["bf16"]["ms"] / ms, 3)
-                    case[name]["cos_diff_vs_fp8_direct"] = cos_diff(outputs[name], outputs["fp8_direct"])
-            case["cos_diff_fp8_direct_vs_bf16"] = cos_diff(outputs["fp8_direct"], outputs["bf16"])
+                    case[name]["speedup_vs_bf16"] = round(case[reference]["ms"] / ms, 3)
+                    if "fp8_direct" in outputs:
+                        case[name]["cos_diff_vs_fp8_direct"] = cos_diff(outputs[name], outputs["fp8_direct"])
+                    case[name]["cos_diff_vs_bf16"] = cos_diff(outputs[name], outputs[reference])
+                else:
+                    case[name]["cos_diff_vs_bf16"] = cos_diff(outputs[name], outputs[reference])
+            if "fp8_direct" in outputs:
+                case["cos_diff_fp8_direct_vs_bf16"] = cos_diff(outputs["fp8_direct"], outputs[reference])
             print(json.dumps(case), file=sys.stderr, flush=True)
             cases.append(case)
             del q, metadata, splits, outputs
@@ -390,7 +403,7 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
     for case in cases:  # a short table last
         print(f"s_q {case['s_q']} {case['mean_len'] // 1024}K: " + "  ".join(
             f"{name} {case[name]['ms']:.4f} ms" + (f" ({case[name]['speedup_vs_bf16']:.2f}x)" if fp8 else "")
-            for name, fp8, _ in FP8_AB_CANDIDATES), flush=True)
+            for name, fp8, _ in candidates if name in case), flush=True)
     print(f"wrote {out_path} ({len(cases)} cases, {time.time() - started:.0f} s)", file=sys.stderr)
     return 0
 

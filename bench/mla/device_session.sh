@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session for the mla kernels (build, GPU tests, memcheck, benchmark), as run through the
 # device tool: `bash bench/mla/device_session.sh STEPS...` with $OUT set; logs and JSON land in $OUT.
-# Steps: build, sass, gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
+# Steps: build, sass, overhead (the fixed per-call cost at h_q 16), gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
 # gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck of the FP8 kernels for <= 16 rows), ab8 (the FP8 A/B),
 # ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
 # tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
@@ -57,11 +57,22 @@ for step in "$@"; do
           --gtest_filter='CudaDecode.Fp8CacheSixteenHeadsSplitTokens' >"$OUT/memcheck8_$kernel.log" 2>&1
         echo "memcheck $kernel:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck8_$kernel.log" | head -4
       done
+      for kernel in pair direct; do
+        FF_MLA_FP8=$kernel timeout 60 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
+          --gtest_filter='CudaDecode.Fp8CacheSixteenHeadsSplitTokens' >"$OUT/racecheck8_$kernel.log" 2>&1
+        echo "racecheck $kernel:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck8_$kernel.log" | head -4
+      done
       ;;
     ab8)
       # The FP8 A/B (h_q 16, s_q 1, fixed 4K-32K): bf16, FP8 direct / pair / wide in rotated rounds.
       timeout 50 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --out "$OUT/fp8_ab.json" >"$OUT/ab8.log" 2>&1
       grep -E "^s_q|Error|error" "$OUT/ab8.log" | cut -c1-300 | tail -8
+      ;;
+    abl)
+      # Lazy rescaling A/B (h_q 16, s_q 1, fixed 4K-32K): bf16 and the FP8 pair kernel, lazy and eager.
+      timeout 80 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --candidates bf16,bf16_eager,fp8_pair,fp8_pair_eager \
+        --out "$OUT/lazy_ab.json" >"$OUT/abl.log" 2>&1
+      grep -E "^s_q|Error|error" "$OUT/abl.log" | cut -c1-300 | tail -8
       ;;
     pytest)
       timeout 120 python3 -m pytest -q python/tests/test_mla_cuda.py >"$OUT/pytest.log" 2>&1
@@ -108,6 +119,30 @@ for step in "$@"; do
       ncu -i "$OUT/ncu_default.ncu-rep" --page details >"$OUT/ncusec.log" 2>&1
       ncu -i "$OUT/ncu_default.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu_sass.csv" 2>"$OUT/ncu_sass.err" || true
       grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Shared|Executed Ipc|Issue Slots|Stall|Warp Cycles|No Eligible|Registers|gmma|Tensor" "$OUT/ncusec.log" | head -60
+      ;;
+    overhead)
+      # The fixed per-call cost at h_q 16 (bf16 and FP8): default vs fewer parts, kernel timeline, probe.
+      timeout 120 python3 bench/mla/overhead_mla.py --out "$OUT/overhead.json" >"$OUT/overhead.log" 2>&1
+      cut -c1-400 "$OUT/overhead.log" | tail -12
+      ;;
+    ncu8)
+      # The FP8 kernel for <= 16 rows at h_q 16, 4K: pipes, warp states, instruction mix, stall sources.
+      timeout 150 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 --import-source no \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters \
+        --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_uniform.avg.pct_of_peak_sustained_active \
+        -o "$OUT/ncu_fp8" python3 bench/mla/profile_mla.py --h-q 16 --length 4096 --kinds fp8 >"$OUT/ncu8_run.log" 2>&1
+      ncu -i "$OUT/ncu_fp8.ncu-rep" --page details >"$OUT/ncu8.log" 2>&1
+      ncu -i "$OUT/ncu_fp8.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu8_sass.csv" 2>/dev/null || true
+      gzip -f "$OUT/ncu8_sass.csv"
+      grep -E "Duration|Throughput|Executed Ipc|Issue Slots|Stall|Warp Cycles|No Eligible|Registers|pipe|Pipe" "$OUT/ncu8.log" | head -60
+      ;;
+    sasssize)
+      # SASS instructions per kernel function (16 bytes each): the instruction-cache footprint.
+      find build-dev/src/mla -name "*.o" -exec cuobjdump -sass {} \; 2>/dev/null |
+        awk '/Function :/ {name=$3} /^ +\/\*[0-9a-f]+\*\// {count[name]++} END {for (n in count) print count[n], n}' |
+        sort -n | tail -45 >"$OUT/sasssize.txt"
+      grep -iE "Fp8Decoder|Decoder(ILb0ELb0ELi4)" "$OUT/sasssize.txt" | cut -c1-160
       ;;
     bench)
       timeout 500 python3 bench/mla/bench_mla.py --out "$OUT/mla_h200.json" >"$OUT/bench.log" 2>&1

@@ -68,6 +68,17 @@ constexpr int kReductionBytes = 2 * kTileRows * 4;         // (2 halves, 64 rows
 constexpr int kSmemBytes16 = 3 * kTileBytes + kReductionBytes;
 constexpr int kSmemBytesFp8 = 2 * kTileBytes + 2 * kRawTileBytes + kReductionBytes;
 constexpr float kLog2e = 1.4426950408889634f;
+// Lazy rescaling (the 16-bit mma.sync kernel, Decoder, params.lazy_rescale): a row's running max (log2
+// domain) moves only when a block's max exceeds it by more than kLazyMaxLog2, so most blocks leave the
+// accumulators alone; P = 2^(s - max) is then at most 2^8 instead of 1, which fp32 sums and 16-bit P
+// hold with the same relative precision. Softmax results do not depend on the reference max (lse adds
+// it back). Measured on the H200 (h_q 16, 4K-32K): bf16 1-2% faster. The FP8 kernel (Fp8Decoder), which
+// already skips unmoved rescales, got 0.7-2% slower with it at 8K-32K, so it keeps the eager rule.
+constexpr float kLazyMaxLog2 = 8.0f;
+// The new running max of a row from its old one and the block's (-inf: nothing visible yet).
+__device__ __forceinline__ float next_running_max(float old_max, float block_max, bool lazy) {
+  return lazy ? (block_max > old_max + kLazyMaxLog2 ? block_max : old_max) : fmaxf(old_max, block_max);
+}
 static_assert(kChunks % 8 == 0, "the XOR swizzle permutes chunks within groups of 8");
 static_assert(kFp8TokenBytes % 16 == 0, "FP8 tokens are copied in 16-byte chunks");
 static_assert(kSmemBytesFp8 <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
@@ -94,6 +105,58 @@ template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
+
+// mbarriers (shared memory, 8 bytes each) and the bulk copy engine (TMA), for the TMA loads of
+// WgmmaPipelinedDecoder<., ., true> and the bulk copies of Fp8Decoder.
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialized mbarriers visible to the other threads and to the copy engine (async proxy).
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// Holds the barrier's current phase open until every cp.async this thread issued so far has landed
+// (the pending count is raised now and lowered when they complete: no arrival of its own).
+__device__ __forceinline__ void cp_async_mbarrier_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Spins until the phase of parity `parity` has completed. The loop lives inside one asm block and its
+// branch is uniform (every lane of a warp reads the same barrier at once), so the compiler sees no
+// divergent path between the wgmma instructions around a wait (which would serialize them).
+// NOTE: no timeout: a lost arrival would hang the kernel, as a lost named-barrier arrival would.
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT_AGAIN:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra.uni WAIT_AGAIN;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_if(uint32_t bar, int issue) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"
+      "@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
+      "r"(issue)
+      : "memory");
+}
+// One arrival on `bar` that adds `bytes` to the transaction count of its phase, where `issue` is
+// nonzero (the grouped mbarriers of the lean kernels: one arrival announces the bytes of 3 boxes).
+__device__ __forceinline__ void mbarrier_arrive_expect_tx_if(uint32_t bar, uint32_t bytes, int issue) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n"
+      "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n}\n" ::"r"(bar),
+      "r"(bytes), "r"(issue)
+      : "memory");
+}
+// `bytes` (a multiple of 16) from global `src` to shared `dst` (both 16-byte aligned) by the bulk copy
+// engine; the copy completes its bytes on the mbarrier `bar` (announced there by an arrive.expect_tx).
+__device__ __forceinline__ void bulk_copy_to_shared(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -465,10 +528,10 @@ class Decoder {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const float other = reduction_[(1 - half_) * kTileRows + pair_ * 16 + g + 8 * i];
-        const float new_max = fmaxf(state.max_log2[i], fmaxf(local_max[i], other));
+        const float new_max = next_running_max(state.max_log2[i], fmaxf(local_max[i], other), p_.lazy_rescale);
         // A row with nothing visible yet keeps max -inf; subtracting 0 instead keeps exp2 from NaN.
         const float base = new_max == -INFINITY ? 0.0f : new_max;
-        const float rescale = exp2f(state.max_log2[i] - base);
+        const float rescale = new_max == state.max_log2[i] ? 1.0f : exp2f(state.max_log2[i] - base);
         state.max_log2[i] = new_max;
         float block_sum = 0.0f;
 #pragma unroll
@@ -481,10 +544,13 @@ class Decoder {
           }
         }
         state.sum[i] = state.sum[i] * rescale + block_sum;
+        // NOTE: skipped when no row of the warp moved its max (most blocks, with lazy rescaling).
+        if (__any_sync(0xffffffffu, rescale != 1.0f)) {
 #pragma unroll
-        for (int n = 0; n < 32; ++n) {
-          acc[n][2 * i] *= rescale;
-          acc[n][2 * i + 1] *= rescale;
+          for (int n = 0; n < 32; ++n) {
+            acc[n][2 * i] *= rescale;
+            acc[n][2 * i + 1] *= rescale;
+          }
         }
       }
       // P (row, token) of the pair lives in the RoPE chunks 64..71 of the KV tile's row 16 pair + row.
@@ -655,18 +721,25 @@ class Fp8Decoder {
   static constexpr int kRoundStages = kStages / kBlocks;  // rounds in the raw stages (4, 2)
   static constexpr int kQBytes = kQRows * kRowBytes;
   static constexpr int kPlaneBytes = kQRows * kRoundTokens * 2;  // P * scale_g of one group, f16
+  // A raw stage: token t of a block at t * 656 + 32 (t / 8), each token contiguous (one bulk copy per
+  // token, or per 8 tokens where the cache packs them), and the 32-byte step every 8 tokens keeps the
+  // operand loads free of bank conflicts (see token_offset).
+  static constexpr int kGroupPad = 32;
+  static constexpr int kRawStageBytes = kTileRows * kFp8TokenBytes + kTileRows / 8 * kGroupPad;  // 42,240
   static constexpr int kRawOffset = 0;
-  static constexpr int kQOffset = kStages * kRawTileBytes;
+  static constexpr int kQOffset = kStages * kRawStageBytes;
   static constexpr int kPOffset = kQOffset + kQBytes;
   static constexpr int kReductionOffset = kPOffset + 4 * kPlaneBytes;
   static constexpr int kScaleMaxOffset = kReductionOffset + kReductionBytes;  // 2 (parity) x 4 groups
   static constexpr int kFactorOffset = kScaleMaxOffset + 2 * 4 * 4;
+  static constexpr int kBarrierOffset = kFactorOffset + kQRows * 4;  // one mbarrier per raw stage
 
  public:
-  static constexpr int kSmemBytes = kFactorOffset + kQRows * 4;
+  static constexpr int kSmemBytes = kBarrierOffset + kStages * 8;
   static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
-  static_assert(kMergeScratchBytes <= kStages * kRawTileBytes, "the merge scratch fits in the raw stages");
-  static_assert(kRawTileBytes % 128 == 0 && kQOffset % 128 == 0 && kPOffset % 128 == 0, "aligned regions");
+  static_assert(kMergeScratchBytes <= kStages * kRawStageBytes, "the merge scratch fits in the raw stages");
+  static_assert(kRawStageBytes % 128 == 0 && kQOffset % 128 == 0 && kPOffset % 128 == 0 && kBarrierOffset % 8 == 0,
+                "aligned regions");
 
   __device__ Fp8Decoder(const DecodeParams& p, char* smem) : p_(p), smem_(smem) {
     sq_ = smem_address(smem + kQOffset);
@@ -684,6 +757,12 @@ class Fp8Decoder {
     m_block_ = static_cast<int>(blockIdx.x);
     const int tile_rows = min(kTileRows, p.rows - m_block_ * kTileRows);
     active_ = row_group_ * 16 < tile_rows;
+    barriers_ = smem_address(smem + kBarrierOffset);
+    if (threadIdx.x == 0) {
+      for (int stage = 0; stage < kStages; ++stage) mbarrier_init(barriers_ + 8 * stage, 1);
+      fence_mbarrier_init();
+    }
+    __syncthreads();  // the mbarriers are initialized before anyone waits on them or copies complete there
   }
 
   __device__ void run_piece(const Piece& piece) {
@@ -717,10 +796,9 @@ class Fp8Decoder {
           load_block(piece, first_block + stage * kBlocks + b, stage * kBlocks + b, round_physical(stage, b));
         }
       }
-      cp_async_commit();
     }
     // NOTE: the block-table entries of the next round to load are read one iteration ahead, so the
-    // cp.async issue never waits for a global load.
+    // copy issue never waits for a global load.
     int next_physical[kBlocks];
 #pragma unroll
     for (int b = 0; b < kBlocks; ++b) {
@@ -729,9 +807,9 @@ class Fp8Decoder {
     load_q(piece.batch);
 
     for (int j = 0; j < num_rounds; ++j) {
-      // Groups committed so far: kRoundStages - 1 + j; all but the newest kRoundStages - 2 are complete.
-      cp_async_wait<kRoundStages - 2>();
-      __syncthreads();  // round j (and Q) visible to all; every warp is done with round j - 1's stages
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b) wait_stage((j % kRoundStages) * kBlocks + b);
+      __syncthreads();  // Q visible to all; every warp is done with round j - 1's stages
       if (j + kRoundStages - 1 < num_rounds) {
         const int round = j + kRoundStages - 1;
 #pragma unroll
@@ -739,27 +817,36 @@ class Fp8Decoder {
           load_block(piece, first_block + round * kBlocks + b, (round % kRoundStages) * kBlocks + b, next_physical[b]);
         }
       }
-      cp_async_commit();
 #pragma unroll
       for (int b = 0; b < kBlocks; ++b) {
         next_physical[b] = j + kRoundStages < num_rounds ? round_physical(j + kRoundStages, b) : -1;
       }
       if (!p_.probe_loads_only) {
-        compute_block(smem_ + kRawOffset + (j % kRoundStages) * kBlocks * kRawTileBytes,
+        compute_block(smem_ + kRawOffset + (j % kRoundStages) * kBlocks * kRawStageBytes,
                       (first_block + j * kBlocks) * kTileRows, j & 1, piece, acc, state);
       }
     }
-    cp_async_wait<0>();
     merge_slice_states<kSplit>(acc, state, reinterpret_cast<float*>(smem_ + kRawOffset), active_, slice_, row_group_,
                                half_, lane_);
     finish_piece(piece, acc, state);
+    fence_proxy_async();  // the merge's plain stores into the raw stages come before the next piece's bulk copies
     __syncthreads();  // the next piece reuses every buffer
   }
 
  private:
-  // Physical 16-byte chunk of chunk c of token t in a raw tile (the latent chunks 0..31 swizzled).
-  __device__ static __forceinline__ int raw_chunk(int token, int chunk) {
-    return chunk < kDimV / 16 ? chunk ^ (((token >> 3) & 1) << 1) : chunk;
+  // Byte offset of token t in a raw stage, or in a round (its two stages are adjacent and the formula
+  // continues across them: 64 * 656 + 8 * 32 is the stage size). Bank-wise the 32-byte step of tokens
+  // 8..15 (mod 32) moves their 16-byte chunks by two, as the XOR swizzle it replaces did: the S loads
+  // (lanes: tokens t, t + 4 of one 8-token group x 4 chunks) and the V loads (tokens 4 q4 + t of one
+  // 16-token k-step x 2 chunks) both touch 8 distinct 16-byte bank groups per 8-lane phase.
+  __device__ static __forceinline__ int token_offset(int token) {
+    return token * kFp8TokenBytes + (token >> 3) * kGroupPad;
+  }
+  __device__ __forceinline__ uint32_t stage_barrier(int stage) const { return barriers_ + 8 * stage; }
+  // Waits until the copies into raw stage `stage` (the next use of it) have landed.
+  __device__ __forceinline__ void wait_stage(int stage) {
+    mbarrier_wait(stage_barrier(stage), (phase_bits_ >> stage) & 1u);
+    phase_bits_ ^= 1u << stage;
   }
 
   // The Q rows of this CTA (kQRows; rows past p.rows are zero) into the Q tile: the latent channels
@@ -846,36 +933,48 @@ class Fp8Decoder {
                : -1;
   }
 
-  // `physical`: the block-table entry of `block` (physical_block), -1 for none.
+  // `physical`: the block-table entry of `block` (physical_block), -1 for none. Called by every thread
+  // alike. The tokens before the piece's end go by bulk copies (warp 0: one per 8 tokens where the cache
+  // packs them, else one per token), completing on the stage's mbarrier; the rest of the stage is
+  // zeroed by all threads with plain stores (scale 0, so those tokens stay 0; nothing past the length is
+  // read), which the loop barrier before the stage's use makes visible.
   __device__ void load_block(const Piece& piece, int block, int stage, int physical) {
     const bool block_ok = physical >= 0 && physical < p_.num_blocks;
     const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
-    const auto* cache = static_cast<const uint8_t*>(p_.k_cache);
-    const uint8_t* base = cache + (block_ok ? physical * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
-    const uint32_t destination = smem_address(smem_ + kRawOffset + stage * kRawTileBytes);
-    // Thread t copies chunk t % 64 (if < 41) of tokens t / 64 + 4 i, i < 16: the swizzle of token
-    // t / 64 + 4 i is 2 ((i >> 1) & 1), so every address but the source stride is a constant.
-    const int chunk = static_cast<int>(threadIdx.x) & 63, token0 = static_cast<int>(threadIdx.x) >> 6;
-    static_assert(kThreads == 256 && kTileRows == 64, "4 tokens x 64 chunk lanes per round");
-    if (chunk < kFp8TokenChunks) {
-      const uint8_t* source = base + token0 * p_.k_token_stride + chunk * 16;
-      const int64_t step = 4 * p_.k_token_stride;
-      const uint32_t first = destination + token0 * kFp8TokenBytes;
-      const uint32_t straight = first + chunk * 16, swizzled = first + raw_chunk(8, chunk) * 16;
-      if (valid_tokens == kTileRows) {  // NOTE: the common case, without a predicate per copy
-#pragma unroll
-        for (int i = 0; i < 16; ++i) {
-          cp_async_16_always(((i >> 1) & 1 ? swizzled : straight) + 4 * i * kFp8TokenBytes, source);
-          source += step;
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < 16; ++i) {
-          const bool valid = token0 + 4 * i < valid_tokens;
-          cp_async_16(((i >> 1) & 1 ? swizzled : straight) + 4 * i * kFp8TokenBytes, valid ? source : cache, valid);
-          source += step;
+    const uint32_t destination = smem_address(smem_ + kRawOffset + stage * kRawStageBytes);
+    if (warp_ == 0) {
+      const uint32_t bar = stage_barrier(stage);
+      if (lane_ == 0) {
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
+                     "r"(valid_tokens * kFp8TokenBytes)
+                     : "memory");
+      }
+      __syncwarp();
+      if (valid_tokens > 0) {
+        const auto* base = static_cast<const uint8_t*>(p_.k_cache) + physical * p_.k_block_stride +
+                           static_cast<int64_t>(head_k_) * p_.k_head_stride;
+        if (valid_tokens == kTileRows && p_.k_token_stride == kFp8TokenBytes) {
+          if (lane_ < kTileRows / 8) {
+            bulk_copy_to_shared(destination + token_offset(8 * lane_), base + 8 * lane_ * kFp8TokenBytes,
+                                8 * kFp8TokenBytes, bar);
+          }
+        } else {
+          for (int token = lane_; token < valid_tokens; token += 32) {
+            bulk_copy_to_shared(destination + token_offset(token), base + token * p_.k_token_stride, kFp8TokenBytes,
+                                bar);
+          }
         }
       }
+    }
+    if (valid_tokens < kTileRows) {  // uniform: every thread computed the same
+      const int zero_chunks = (kTileRows - valid_tokens) * kFp8TokenChunks;
+      for (int i = static_cast<int>(threadIdx.x); i < zero_chunks; i += kThreads) {
+        const int token = valid_tokens + i / kFp8TokenChunks, chunk = i % kFp8TokenChunks;
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(destination + token_offset(token) + 16 * chunk),
+                     "r"(0)
+                     : "memory");
+      }
+      fence_proxy_async();  // these generic stores come before later bulk copies into the stage
     }
   }
 
@@ -907,7 +1006,7 @@ class Fp8Decoder {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         scales[n][e] =
-            *reinterpret_cast<const float4*>(raw + (warp_token0 + 8 * n + q4 + 4 * e) * kFp8TokenBytes + kDimV);
+            *reinterpret_cast<const float4*>(raw + token_offset(warp_token0 + 8 * n + q4 + 4 * e) + kDimV);
       }
     }
     if (active_) {
@@ -937,7 +1036,7 @@ class Fp8Decoder {
         uint4 k_rope[kNTiles][2];
 #pragma unroll
         for (int n = 0; n < kNTiles; ++n) {
-          const char* token_row = raw + (warp_token0 + 8 * n + b_token_local) * kFp8TokenBytes;
+          const char* token_row = raw + token_offset(warp_token0 + 8 * n + b_token_local);
           k_rope[n][0] = *reinterpret_cast<const uint4*>(token_row + (33 + q4) * 16);
           k_rope[n][1] = *reinterpret_cast<const uint4*>(token_row + (37 + q4) * 16);
         }
@@ -974,7 +1073,7 @@ class Fp8Decoder {
           for (int n = 0; n < kNTiles; ++n) {
             const int token = warp_token0 + 8 * n + b_token_local;
             k_bytes[n] =
-                *reinterpret_cast<const uint4*>(raw + token * kFp8TokenBytes + raw_chunk(token, 4 * j + q4) * 16);
+                *reinterpret_cast<const uint4*>(raw + token_offset(token) + (4 * j + q4) * 16);
           }
 #pragma unroll
           for (int sub = 0; sub < 4; ++sub) {
@@ -1171,7 +1270,7 @@ class Fp8Decoder {
 #pragma unroll
           for (int t = 0; t < 4; ++t) {
             const int token = step_token0 + 4 * q4 + t;
-            v[t] = *reinterpret_cast<const uint4*>(raw + token * kFp8TokenBytes + raw_chunk(token, 8 * group + g) * 16);
+            v[t] = *reinterpret_cast<const uint4*>(raw + token_offset(token) + (8 * group + g) * 16);
           }
           const uint32_t w0[4] = {v[0].x, v[0].y, v[0].z, v[0].w}, w1[4] = {v[1].x, v[1].y, v[1].z, v[1].w};
           const uint32_t w2[4] = {v[2].x, v[2].y, v[2].z, v[2].w}, w3[4] = {v[3].x, v[3].y, v[3].z, v[3].w};
@@ -1268,6 +1367,8 @@ class Fp8Decoder {
   // Per block parity, the 4 groups' largest scale of the block as int bits (scales are >= 0, so their
   // bits order like the values), reduced with atomicMax; block j's half is cleared during its O += P V.
   int* block_scale_max_ = nullptr;
+  uint32_t barriers_ = 0;     // kStages mbarriers, one per raw stage
+  uint32_t phase_bits_ = 0;   // bit s: the parity of raw stage s's next completion
   float group_max_[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // running largest scale per group in the piece
   int warp_ = 0, lane_ = 0, pair_ = 0, row_group_ = 0, slice_ = 0, half_ = 0;
   int head_k_ = 0, m_block_ = 0;
@@ -1889,7 +1990,6 @@ __device__ __forceinline__ void wgmma_wait() {
 // Keeps the compiler from moving accesses of an accumulator register across the asynchronous MMAs.
 __device__ __forceinline__ void fence_operand(float& value) { asm volatile("" : "+f"(value)::"memory"); }
 // Generic-proxy writes of shared memory (st.shared, cp.async) before the tensor cores read them.
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // d (64 x 32, the m64n32 accumulator layout) = (scale_d ? d : 0) + A (64 x 16, K-major) * B (16 x 32, K-major).
 template <bool kFp16>
@@ -2340,33 +2440,6 @@ __device__ __forceinline__ void loaders_barrier_sync() {
   asm volatile("bar.sync %0, 128;\n" ::"n"(kBarrierLoaders) : "memory");
 }
 
-// mbarriers (shared memory, 8 bytes each) and TMA (the bulk tensor copy engine), for the TMA loads of
-// WgmmaPipelinedDecoder<., ., true>.
-__device__ __forceinline__ void mbarrier_init(uint32_t bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-// Makes initialized mbarriers visible to the other threads and to the copy engine (async proxy).
-__device__ __forceinline__ void fence_mbarrier_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// Holds the barrier's current phase open until every cp.async this thread issued so far has landed
-// (the pending count is raised now and lowered when they complete: no arrival of its own).
-__device__ __forceinline__ void cp_async_mbarrier_arrive(uint32_t bar) {
-  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-// Spins until the phase of parity `parity` has completed. The loop lives inside one asm block and its
-// branch is uniform (every lane of a warp reads the same barrier at once), so the compiler sees no
-// divergent path between the wgmma instructions around a wait (which would serialize them).
-// NOTE: no timeout: a lost arrival would hang the kernel, as a lost named-barrier arrival would.
-__device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT_AGAIN:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra.uni WAIT_AGAIN;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
 // Box (c0, c1, c2, c3) of the 4-D tensor map at `map` (a __grid_constant__ parameter) into shared
 // memory at `dst`, after one arrival on the mbarrier `bar` that adds the box's `bytes`, which the copy
 // then completes. Coordinates outside the tensor are filled with zeros and never read. Only where
@@ -2380,22 +2453,6 @@ __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void* map, uint3
       "@p cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
       "[%2];\n}\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bytes), "r"(issue)
-      : "memory");
-}
-__device__ __forceinline__ void mbarrier_arrive_if(uint32_t bar, int issue) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n"
-      "@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
-      "r"(issue)
-      : "memory");
-}
-// One arrival on `bar` that adds `bytes` to the transaction count of its phase, where `issue` is
-// nonzero (the grouped mbarriers of the lean kernels: one arrival announces the bytes of 3 boxes).
-__device__ __forceinline__ void mbarrier_arrive_expect_tx_if(uint32_t bar, uint32_t bytes, int issue) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n"
-      "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n}\n" ::"r"(bar),
-      "r"(bytes), "r"(issue)
       : "memory");
 }
 // As tma_load_4d without the arrival: the copy only completes its bytes on `bar` (whose phase an
