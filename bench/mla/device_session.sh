@@ -147,6 +147,9 @@ for step in "$@"; do
     bench)
       timeout 500 python3 bench/mla/bench_mla.py --out "$OUT/mla_h200.json" >"$OUT/bench.log" 2>&1
       tail -2 "$OUT/bench.log" | cut -c1-600
+      # The FP8 A/B (s_q 1 and 2) merged into the same JSON as its "fp8_ab" entry.
+      timeout 120 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --s-q 1 2 --out "$OUT/mla_h200.json" >"$OUT/ab8_full.log" 2>&1
+      grep -E "^s_q|Error|error" "$OUT/ab8_full.log" | cut -c1-300 | tail -10
       ;;
   esac
   if [ "${MLA_BUNDLE:-0}" = 1 ]; then
