@@ -76,6 +76,16 @@ struct ChunkEngineOptions {
   // read_shared's buffers are recycled through a pool (a fresh 1-4 MiB buffer per read costs a page fault
   // and a zeroed page per 4 KiB); this bounds the bytes of idle buffers it keeps. 0: a fresh buffer each time.
   uint64_t read_buffer_pool_bytes = 64ull << 20;
+  // commit_lazily() writes an unsynced commit batch (durable with the next synced batch or WAL sync);
+  // false: it is commit().
+  bool lazy_commits = true;
+  // A patched version's commit leaves its patch in the committed record and a background thread
+  // applies it in place (after the commit batch is durable), off the caller's path; a read or update of
+  // the chunk that finds the patch first applies it itself. false: commit() applies it before returning.
+  bool settle_patches_in_background = true;
+  // The settler waits this long after the first queued patch, so several commits share one WAL sync
+  // (or the next synced batch of a write makes theirs durable for free).
+  uint32_t settle_delay_us = 2000;
   std::function<Status(ChunkFaultPoint, const ChunkId&)> fault_hook;  // test-only fault injection
 };
 
@@ -96,6 +106,19 @@ struct ChunkEngineStats {
   uint64_t corruptions = 0;      // reads that found a CRC mismatch
   uint64_t read_buffers = 0;         // buffers read_shared took
   uint64_t read_buffers_reused = 0;  // of those, recycled from the pool
+  // Synced I/O (docs/fs-operations.md, "Synced I/Os per write"):
+  uint64_t synced_batches = 0;     // RocksDB write batches written with sync=true
+  uint64_t unsynced_batches = 0;   // batches written without sync (deferred pending, lazy commits, patch drops)
+  uint64_t wal_syncs = 0;          // explicit WAL syncs (before applying lazily committed patches, idle flushes)
+  uint64_t dsync_data_writes = 0;  // O_DIRECT + RWF_DSYNC data writes (versions, patch blocks, in-place patches)
+  uint64_t data_fdatasyncs = 0;    // fdatasync of a data file (buffered mode)
+  uint64_t lazy_commits = 0;       // commits written as unsynced batches (commit_lazily)
+  uint64_t patches_settled = 0;    // committed patches applied in place
+  // RocksDB's own tickers: WAL file syncs (one per write group that asked for sync, plus SyncWAL) and
+  // writes done by the group leader itself vs. merged into another writer's group.
+  uint64_t rocksdb_wal_file_syncs = 0;
+  uint64_t rocksdb_writes_by_self = 0;
+  uint64_t rocksdb_writes_by_other = 0;
   bool direct_io = false;        // O_DIRECT in use
   bool io_uring = false;         // io_uring in use
   std::vector<ChunkEngineClassStats> classes;
@@ -122,6 +145,7 @@ class ChunkEngine final : public ChunkStore {
   Result<SharedChunkRead> read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
   Status put_pending(const ChunkUpdate& update) override;
   Status commit(const ChunkId& id, uint32_t version) override;
+  Status commit_lazily(const ChunkId& id, uint32_t version) override;
   Status put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,
                               std::span<const std::byte> data) override;
   Status abort_pending(const ChunkId& id, uint32_t version) override;

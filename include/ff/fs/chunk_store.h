@@ -148,6 +148,12 @@ class ChunkStore {
   // (idempotent, for retried acknowledgements); anything else is failed_precondition.
   virtual Status commit(const ChunkId& id, uint32_t version) = 0;
 
+  // commit() whose durability may wait for the store's next synced write (or sync()): a crash before
+  // then may lose it, leaving `version` pending as if the crash came before the commit. Reads see the
+  // commit at once. For targets that acknowledged before committing (docs/fs.md, "Lazy commits"); the
+  // tail commits with commit(). The default is commit().
+  virtual Status commit_lazily(const ChunkId& id, uint32_t version) { return commit(id, version); }
+
   // Recovery: installs `data` as committed version `version` directly (no pending step), dropping any
   // pending version. Used by the sync of a returning target and by repair of a corrupted chunk.
   virtual Status put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,

@@ -1,6 +1,7 @@
 // MemChunkStore: the ChunkStore contract (chunk_store.h) in memory, for the simulation and tests.
 // Crash semantics: put_pending and commit are durable when they return, so a simulated crash of the
-// storage service loses nothing stored here (keep the object, drop the service). Fault injection:
+// storage service loses nothing stored here (keep the object, drop the service), except lazy commits
+// (commit_lazily) that no synced write followed yet: lose_unsynced() undoes them. Fault injection:
 // failed writes and reads (io_error) with a probability, and silent corruption of a stored chunk that
 // the CRC32C check finds on the next read (data_loss).
 //
@@ -34,12 +35,16 @@ class MemChunkStore final : public ChunkStore {
   Result<ChunkRead> read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
   Status put_pending(const ChunkUpdate& update) override;
   Status commit(const ChunkId& id, uint32_t version) override;
+  // Committed at once; until the next synced write of this store (put_pending, commit,
+  // put_full_replacement, abort_pending, remove_range, sync) lose_unsynced() brings the version back
+  // to pending, as a crash loses the chunk engine's unsynced commit batch.
+  Status commit_lazily(const ChunkId& id, uint32_t version) override;
   Status put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,
                               std::span<const std::byte> data) override;
   Status abort_pending(const ChunkId& id, uint32_t version) override;
   Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) override;
   Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) override;
-  Status sync() override { return Status::ok(); }
+  Status sync() override;
 
   void set_faults(MemChunkStoreFaults faults);
   // Called whenever a version becomes committed (commit(), put_full_replacement()), at that instant,
@@ -54,6 +59,11 @@ class MemChunkStore final : public ChunkStore {
   std::vector<std::byte> committed_bytes(const ChunkId& id) const;
   // Every chunk's metadata, for checkers.
   std::vector<ChunkMeta> all() const;
+  // A crash: lazy commits not yet made durable by a synced write are undone (their versions are
+  // pending again). Returns how many.
+  uint64_t lose_unsynced();
+  // False while the committed version of `id` comes from a lazy commit a crash would undo.
+  bool commit_is_durable(const ChunkId& id) const;
 
  private:
   struct Chunk {
@@ -62,12 +72,14 @@ class MemChunkStore final : public ChunkStore {
     std::vector<std::byte> pending;
   };
   bool fail(double probability);
+  Status commit_locked(const ChunkId& id, uint32_t version, bool lazy);
 
   const uint64_t max_chunk_bytes_;
   mutable std::mutex mutex_;  // guards everything below
   std::map<ChunkId, Chunk> chunks_;
   MemChunkStoreFaults faults_;
   CommitHook commit_hook_;
+  std::map<ChunkId, Chunk> lazy_;  // chunks committed lazily since the last synced write: their state before
 };
 
 }  // namespace ff::fs

@@ -48,6 +48,7 @@ struct SimResult {
   std::vector<std::string> violations;  // empty when ok
   uint64_t writes_acked = 0, writes_failed = 0, reads_ok = 0, reads_failed = 0;
   uint64_t crashes = 0, mgmtd_crashes = 0, partitions = 0, corruptions = 0, repairs = 0, syncs = 0;
+  uint64_t lazy_commits_lost = 0;  // lazy commits undone by storage crashes (versions pending again)
   uint64_t events = 0;
   int64_t virtual_ns = 0;
   // One line: "seed=N ok writes=... " or the first violation and "reproduce with seed=N".

@@ -13,6 +13,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
+#include <rocksdb/statistics.h>
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
@@ -20,13 +21,17 @@
 #include <atomic>
 #include <bit>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
 #include <mutex>
+#include <map>
 #include <optional>
 #include <shared_mutex>
+#include <thread>
 
 #include "chunk_record.h"
 #include "ff/common/assert.h"
@@ -178,8 +183,32 @@ struct ChunkEngine::Impl {
   std::atomic<uint64_t> inplace_appends{0};
   std::atomic<uint64_t> patched_writes{0};
   std::atomic<uint64_t> corruptions{0};
+  // Synced I/O accounting (ChunkEngineStats).
+  std::atomic<uint64_t> synced_batches{0};
+  std::atomic<uint64_t> unsynced_batches{0};
+  std::atomic<uint64_t> wal_syncs{0};
+  std::atomic<uint64_t> dsync_data_writes{0};
+  std::atomic<uint64_t> data_fdatasyncs{0};
+  std::atomic<uint64_t> lazy_commits{0};
+  std::atomic<uint64_t> patches_settled{0};
+  std::shared_ptr<rocksdb::Statistics> db_statistics;
+
+  // Unsynced metadata batches are numbered in the order their Write() returned; every batch numbered
+  // <= durable_upto is known durable (a synced batch or a WAL sync that started after it returned covers
+  // it: RocksDB's WAL is one ordered log and a synced write syncs every earlier log record).
+  std::atomic<uint64_t> unsynced_written{0};
+  std::atomic<uint64_t> durable_upto{0};
+
+  // Committed patches waiting to be applied in place (ChunkEngineOptions::settle_patches_in_background).
+  std::mutex settle_mutex;
+  std::condition_variable settle_cv;
+  // chunk -> number of its unsynced commit batch (0: the commit batch was synced); guarded by settle_mutex
+  std::map<ChunkId, uint64_t> to_settle;
+  bool settle_stopping = false;    // guarded by settle_mutex
+  std::thread settler;
 
   ~Impl() {
+    stop_settler();
     db.reset();
     for (auto& block_class : classes) {
       if (block_class->fd >= 0) ::close(block_class->fd);
@@ -206,6 +235,8 @@ struct ChunkEngine::Impl {
     return std::optional<ChunkRecord>(std::move(record));
   }
 
+  Status commit(const ChunkId& id, uint32_t version, bool sync);
+
   template <class ReadResult, class Destination>
   Status read_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode, ReadResult& result,
                         Destination destination);
@@ -218,19 +249,26 @@ struct ChunkEngine::Impl {
 
   // sync = false: an unsynced batch even when metadata is synced (ChunkUpdate::defer_metadata_sync);
   // the next synced batch makes it durable.
-  Status write_batch(rocksdb::WriteBatch& batch, const ChunkId& id, bool sync = true) {
+  // *ticket (when given) is set to the batch's number when it is written unsynced, else 0.
+  Status write_batch(rocksdb::WriteBatch& batch, const ChunkId& id, bool sync = true, uint64_t* ticket = nullptr) {
+    if (ticket != nullptr) *ticket = 0;
     if (!sync && write_options.sync) {
       rocksdb::WriteOptions no_sync = write_options;
       no_sync.sync = false;
-      return rocks_status(db->Write(no_sync, &batch), fmt::format("metadata batch of chunk {}", id.to_string()));
+      return write_unsynced(no_sync, batch, fmt::format("metadata batch of chunk {}", id.to_string()), ticket);
     }
     std::vector<BlockLocation> durable_after;
     if (write_options.sync) {
       std::lock_guard lock(deferred_mutex);
       durable_after.swap(deferred);
     }
+    const uint64_t covers = unsynced_written.load(std::memory_order_acquire);
     const Status status =
         rocks_status(db->Write(write_options, &batch), fmt::format("metadata batch of chunk {}", id.to_string()));
+    if (status.is_ok() && write_options.sync) {
+      synced_batches.fetch_add(1, std::memory_order_relaxed);
+      note_durable(covers);
+    }
     if (!status.is_ok()) {
       std::lock_guard lock(deferred_mutex);
       deferred.insert(deferred.end(), durable_after.begin(), durable_after.end());
@@ -238,6 +276,47 @@ struct ChunkEngine::Impl {
     }
     for (BlockLocation location : durable_after) release(location);
     return status;
+  }
+
+  Status write_unsynced(const rocksdb::WriteOptions& no_sync, rocksdb::WriteBatch& batch, std::string_view what,
+                        uint64_t* ticket = nullptr) {
+    FF_RETURN_IF_ERROR(rocks_status(db->Write(no_sync, &batch), what));
+    unsynced_batches.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t number = unsynced_written.fetch_add(1, std::memory_order_acq_rel) + 1;
+    if (ticket != nullptr) *ticket = number;
+    return Status::ok();
+  }
+
+  // Makes unsynced batch number `ticket` durable (0: nothing to do): free when a synced batch or WAL
+  // sync that started after it already did, else one WAL sync.
+  Status ensure_durable(uint64_t ticket) {
+    if (ticket == 0 || durable_upto.load(std::memory_order_acquire) >= ticket) return Status::ok();
+    return sync_metadata_log();
+  }
+
+  void note_durable(uint64_t covers) {
+    uint64_t seen = durable_upto.load(std::memory_order_acquire);
+    while (seen < covers && !durable_upto.compare_exchange_weak(seen, covers, std::memory_order_acq_rel)) {
+    }
+  }
+
+  // Makes every metadata batch written so far durable: nothing to do when a later synced batch already
+  // did, else one WAL sync (shared by every lazy commit and patch drop before it).
+  Status sync_metadata_log() {
+    const uint64_t covers = unsynced_written.load(std::memory_order_acquire);
+    if (durable_upto.load(std::memory_order_acquire) >= covers) return Status::ok();
+    FF_RETURN_IF_ERROR(rocks_status(db->SyncWAL(), "sync metadata log"));
+    wal_syncs.fetch_add(1, std::memory_order_relaxed);
+    note_durable(covers);
+    return Status::ok();
+  }
+
+  // Frees a block that an unsynced batch stopped referencing, once a later synced batch made that batch
+  // durable (a crash before then brings the reference back).
+  void release_after_sync(BlockLocation location) {
+    if (!location.valid()) return;
+    std::lock_guard lock(deferred_mutex);
+    deferred.push_back(location);
   }
 
   // The smallest class whose blocks hold `length` bytes (length > 0 and <= max_block_bytes).
@@ -308,7 +387,12 @@ struct ChunkEngine::Impl {
     if (direct_io || !options.sync_data || !location.valid()) return Status::ok();
     const BlockClass& block_class = *classes[location.block_class];
     if (::fdatasync(block_class.fd) != 0) return errno_error(errno, fmt::format("fdatasync {}", block_class.path));
+    data_fdatasyncs.fetch_add(1, std::memory_order_relaxed);
     return Status::ok();
+  }
+
+  void count_data_write() {
+    if (direct_io && options.sync_data) dsync_data_writes.fetch_add(1, std::memory_order_relaxed);
   }
 
   // Checks the segment CRCs of `version` over bytes [from, to) held in `bytes`, which start at version
@@ -458,6 +542,7 @@ struct ChunkEngine::Impl {
                         options.directory, piece_start, piece_end, status.to_string());
       }
       write_bytes.fetch_add(aligned_end - piece_start, std::memory_order_relaxed);
+      count_data_write();
     }
     return sync_data_file(target);
   }
@@ -519,6 +604,7 @@ struct ChunkEngine::Impl {
                       options.directory, from, to, status.to_string());
     }
     write_bytes.fetch_add(aligned, std::memory_order_relaxed);
+    count_data_write();
     return sync_data_file(patch_block);
   }
 
@@ -562,8 +648,10 @@ struct ChunkEngine::Impl {
                         options.directory, version.version, status.to_string());
       }
       write_bytes.fetch_add(io_bytes, std::memory_order_relaxed);
+      count_data_write();
     }
     FF_RETURN_IF_ERROR(sync_data_file(version.location));
+    patches_settled.fetch_add(1, std::memory_order_relaxed);
     FF_RETURN_IF_ERROR(hook(ChunkFaultPoint::kAfterPatchApply, id));
     version.patch = PatchRecord{};
     rocksdb::WriteBatch batch;
@@ -573,7 +661,7 @@ struct ChunkEngine::Impl {
       if (write_options.sync) {
         rocksdb::WriteOptions no_sync = write_options;
         no_sync.sync = false;
-        return rocks_status(db->Write(no_sync, &batch), fmt::format("drop the patch of chunk {}", id.to_string()));
+        return write_unsynced(no_sync, batch, fmt::format("drop the patch of chunk {}", id.to_string()));
       }
       FF_RETURN_IF_ERROR(write_batch(batch, id));
       release(patch.location);
@@ -583,8 +671,7 @@ struct ChunkEngine::Impl {
     // not synced, saving an fsync per patched commit; the block is freed by the next synced batch.
     rocksdb::WriteOptions no_sync = write_options;
     no_sync.sync = false;
-    FF_RETURN_IF_ERROR(
-        rocks_status(db->Write(no_sync, &batch), fmt::format("drop the patch of chunk {}", id.to_string())));
+    FF_RETURN_IF_ERROR(write_unsynced(no_sync, batch, fmt::format("drop the patch of chunk {}", id.to_string())));
     std::lock_guard lock(deferred_mutex);
     deferred.push_back(patch.location);
     return Status::ok();
@@ -597,14 +684,112 @@ struct ChunkEngine::Impl {
       std::lock_guard lock(deferred_mutex);
       durable_after.swap(deferred);
     }
+    const uint64_t covers = unsynced_written.load(std::memory_order_acquire);
     const Status status = rocks_status(db->SyncWAL(), "sync metadata log");
     if (!status.is_ok()) {
       std::lock_guard lock(deferred_mutex);
       deferred.insert(deferred.end(), durable_after.begin(), durable_after.end());
       return status;
     }
+    wal_syncs.fetch_add(1, std::memory_order_relaxed);
+    note_durable(covers);
     for (BlockLocation location : durable_after) release(location);
     return status;
+  }
+
+  // Applies the committed patch of `id`, if it still has one: its commit batch is made durable first
+  // (it may have been written lazily: the block must not change while a crash could still bring back
+  // the version before it), then readers are kept out while the patch is copied in place.
+  Status settle_now(const ChunkId& id, uint64_t ticket) {
+    const size_t index = stripe(id);
+    std::lock_guard write_lock(write_locks[index]);
+    FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, load(id));
+    if (!record || !record->committed.patch.present()) return Status::ok();
+    FF_RETURN_IF_ERROR(ensure_durable(ticket));
+    std::unique_lock readers(read_locks[index]);
+    return settle_patch(id, *record);
+  }
+
+  void queue_settle(const ChunkId& id, uint64_t ticket) {
+    {
+      std::lock_guard lock(settle_mutex);
+      to_settle[id] = ticket;
+    }
+    settle_cv.notify_one();
+  }
+
+  // The commit batch number of a chunk whose committed patch is about to be applied outside the
+  // settler (a read, the next update): from the queue, else every batch so far (the settler may hold it).
+  uint64_t ticket_of(const ChunkId& id) {
+    std::lock_guard lock(settle_mutex);
+    auto it = to_settle.find(id);
+    return it != to_settle.end() ? it->second : unsynced_written.load(std::memory_order_acquire);
+  }
+
+  // The settler thread: waits settle_delay_us after the first queued patch (more commits gather, and
+  // the next synced batch of a write often makes their commit batches durable for free), then one WAL
+  // sync at most for all of them, then applies each in place. When idle, makes deferred block frees
+  // durable now and then. Patches it could not apply stay in their records (reads and the next update
+  // of the chunk apply them; open() too).
+  void settle_loop() {
+    std::unique_lock lock(settle_mutex);
+    while (!settle_stopping) {
+      settle_cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return settle_stopping || !to_settle.empty(); });
+      if (to_settle.empty()) {
+        if (settle_stopping) break;
+        lock.unlock();
+        bool have_deferred;
+        {
+          std::lock_guard deferred_lock(deferred_mutex);
+          have_deferred = !deferred.empty();
+        }
+        if (have_deferred) {
+          const Status status = flush_deferred();
+          if (!status.is_ok()) FF_LOG_WARN("chunk engine {}: {}", options.directory, status);
+        }
+        lock.lock();
+        continue;
+      }
+      if (!settle_stopping && options.settle_delay_us > 0) {
+        settle_cv.wait_for(lock, std::chrono::microseconds(options.settle_delay_us), [&] { return settle_stopping; });
+      }
+      std::map<ChunkId, uint64_t> batch;
+      batch.swap(to_settle);
+      lock.unlock();
+      settle_all(batch);
+      lock.lock();
+    }
+  }
+
+  void settle_all(const std::map<ChunkId, uint64_t>& ids) {
+    uint64_t newest = 0;
+    for (const auto& [id, ticket] : ids) newest = std::max(newest, ticket);
+    Status status = ensure_durable(newest);  // one WAL sync at most for the whole batch
+    for (const auto& [id, ticket] : ids) {
+      if (status.is_ok()) status = settle_now(id, 0);
+      if (!status.is_ok()) {
+        FF_LOG_WARN("chunk engine {}: committed patch of chunk {} not applied yet: {}", options.directory,
+                    id.to_string(), status);
+        status = Status::ok();
+      }
+    }
+  }
+
+  void stop_settler() {
+    if (!settler.joinable()) return;
+    {
+      std::lock_guard lock(settle_mutex);
+      settle_stopping = true;
+    }
+    settle_cv.notify_all();
+    settler.join();
+    // What is left is applied now, so a clean shutdown leaves no patch behind (open() would apply it).
+    std::map<ChunkId, uint64_t> rest;
+    {
+      std::lock_guard lock(settle_mutex);
+      rest.swap(to_settle);
+    }
+    settle_all(rest);
   }
 
   // open(): settles every committed version that still has a patch (a crash after its commit batch).
@@ -619,6 +804,9 @@ struct ChunkEngine::Impl {
       }
       FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
     }
+    // The commit batches may have been written lazily (and recovered from the log after a kill): make
+    // them durable before changing any block.
+    if (!ids.empty()) FF_RETURN_IF_ERROR(rocks_status(db->SyncWAL(), "sync metadata log"));
     for (const ChunkId& id : ids) {
       FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, load(id));
       if (record) FF_RETURN_IF_ERROR(settle_patch(id, *record));
@@ -745,6 +933,10 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
   db_options.create_if_missing = true;
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
+  // Tickers only (WAL syncs, writes grouped behind another writer): ChunkEngineStats reports them.
+  impl->db_statistics = rocksdb::CreateDBStatistics();
+  impl->db_statistics->set_stats_level(rocksdb::StatsLevel::kExceptTimers);
+  db_options.statistics = impl->db_statistics;
   rocksdb::DB* db = nullptr;
   FF_RETURN_IF_ERROR(rocks_status(rocksdb::DB::Open(db_options, options.directory + "/meta", &db),
                                   fmt::format("open metadata of target {}", options.directory)));
@@ -792,6 +984,10 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
     FF_LOG_WARN("chunk engine {}: io_uring is unavailable; using pread/pwrite", options.directory);
   }
   FF_RETURN_IF_ERROR(impl->settle_patches());
+  if (options.settle_patches_in_background) {
+    Impl* raw = impl.get();
+    impl->settler = std::thread([raw] { raw->settle_loop(); });
+  }
   FF_LOG_INFO("chunk engine {}: {} chunks, {} block classes {}..{} bytes, direct_io={}, io_uring={}", options.directory,
               chunks, impl->classes.size(), options.min_block_bytes, options.max_block_bytes, impl->direct_io,
               impl->io->uring());
@@ -817,6 +1013,17 @@ Status ChunkEngine::Impl::read_committed(const ChunkId& id, uint64_t offset, uin
                                          ReadResult& result, Destination destination) {
   std::shared_lock read_lock(read_locks[stripe(id)]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, load(id));
+  // A committed patch not applied in place yet (the settler is behind): apply it now, then read.
+  for (int attempt = 0; record && record->committed.patch.present(); ++attempt) {
+    if (attempt == 3) {
+      return internal_error("chunk {} on target {}: the committed patch of version {} is still not applied",
+                            id.to_string(), options.directory, record->committed.version);
+    }
+    read_lock.unlock();
+    FF_RETURN_IF_ERROR(settle_now(id, ticket_of(id)));
+    read_lock.lock();
+    FF_ASSIGN_OR_RETURN(record, load(id));
+  }
   if (!record) return chunk_not_found("chunk {} not found on target {}", id.to_string(), options.directory);
   result.meta = chunk_internal::to_meta(id, *record);
   result.dirty = record->pending.present();
@@ -890,7 +1097,9 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
   ChunkRecord record = loaded.value_or(ChunkRecord{});
   if (record.committed.patch.present()) {
-    // Only after a commit whose patch could not be applied (an I/O error): apply it now.
+    // The settler has not applied it yet (or could not: an I/O error): apply it now, after making its
+    // commit batch durable (it may have been written lazily).
+    FF_RETURN_IF_ERROR(impl.ensure_durable(impl.ticket_of(id)));
     std::unique_lock readers(impl.read_locks[stripe]);
     FF_RETURN_IF_ERROR(impl.settle_patch(id, record));
   }
@@ -985,10 +1194,16 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   return impl.hook(ChunkFaultPoint::kAfterPendingBatch, id);
 }
 
-Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
-  Impl& impl = *impl_;
-  const size_t stripe = Impl::stripe(id);
-  std::lock_guard write_lock(impl.write_locks[stripe]);
+Status ChunkEngine::commit(const ChunkId& id, uint32_t version) { return impl_->commit(id, version, /*sync=*/true); }
+
+Status ChunkEngine::commit_lazily(const ChunkId& id, uint32_t version) {
+  return impl_->commit(id, version, /*sync=*/!impl_->options.lazy_commits);
+}
+
+Status ChunkEngine::Impl::commit(const ChunkId& id, uint32_t version, bool sync) {
+  Impl& impl = *this;
+  const size_t stripe_index = Impl::stripe(id);
+  std::lock_guard write_lock(impl.write_locks[stripe_index]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
   if (!loaded) {
     return version_mismatch("commit of chunk {} version {}: the chunk does not exist on target {}", id.to_string(),
@@ -998,24 +1213,40 @@ Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
   if (record.pending.present() && record.pending.version == version) {
     FF_RETURN_IF_ERROR(impl.hook(ChunkFaultPoint::kBeforeCommitBatch, id));
     const BlockLocation old = record.committed.location;
-    // A patched version: readers stay out from before the commit batch until the patch is applied, so
-    // no reader ever sees a committed version with a patch (reads do not look at patches).
-    std::unique_lock<std::shared_mutex> readers;
-    if (record.pending.patch.present()) readers = std::unique_lock(impl.read_locks[stripe]);
+    const bool patched = record.pending.patch.present();
+    // A patched version: a reader that loads the record after the commit batch finds the committed
+    // patch and applies it (settle_now) before reading the block; one that loaded it before reads the
+    // old version's bytes, which stay untouched until the patch is applied with readers kept out.
     record.committed = std::move(record.pending);
     record.pending = VersionRecord{};
     rocksdb::WriteBatch batch;
     batch.Put(chunk_internal::chunk_key(id), chunk_internal::encode(record));
-    FF_RETURN_IF_ERROR(impl.write_batch(batch, id));
+    // NOTE: a lazy commit (sync false) is an unsynced batch: durable with the next synced batch or WAL
+    // sync of this target. Lost in a crash before that, the version is pending again, which the storage
+    // service treats like a crash before the commit (docs/fs.md, "Lazy commits").
+    uint64_t ticket = 0;
+    FF_RETURN_IF_ERROR(impl.write_batch(batch, id, sync, &ticket));
     impl.commits.fetch_add(1, std::memory_order_relaxed);
+    if (!sync && impl.write_options.sync) impl.lazy_commits.fetch_add(1, std::memory_order_relaxed);
     const Status hook_status = impl.hook(ChunkFaultPoint::kAfterCommitBatch, id);
-    if (readers.owns_lock()) {
+    if (patched) {
+      if (impl.settler.joinable()) {
+        impl.queue_settle(id, ticket);
+        return hook_status;
+      }
+      FF_RETURN_IF_ERROR(impl.ensure_durable(ticket));
+      std::unique_lock readers(impl.read_locks[stripe_index]);
       FF_RETURN_IF_ERROR(impl.settle_patch(id, record));
       return hook_status;
     }
     if (old.valid() && old != record.committed.location) {
-      impl.drain_readers(stripe);
-      impl.release(old);
+      impl.drain_readers(stripe_index);
+      // After a lazy commit the old block stays referenced until the batch is durable.
+      if (sync || !impl.write_options.sync) {
+        impl.release(old);
+      } else {
+        impl.release_after_sync(old);
+      }
     }
     return hook_status;
   }
@@ -1162,6 +1393,13 @@ Result<std::vector<ChunkMeta>> ChunkEngine::list(const ChunkId& begin, const Chu
 }
 
 Status ChunkEngine::sync() {
+  // Committed patches the settler has not applied yet are applied first, so their blocks are freed too.
+  std::map<ChunkId, uint64_t> queued;
+  {
+    std::lock_guard lock(impl_->settle_mutex);
+    queued.swap(impl_->to_settle);
+  }
+  impl_->settle_all(queued);
   for (auto& block_class : impl_->classes) {
     if (::fdatasync(block_class->fd) != 0) return errno_error(errno, fmt::format("fdatasync {}", block_class->path));
   }
@@ -1233,6 +1471,16 @@ ChunkEngineStats ChunkEngine::stats() const {
   stats.inplace_appends = impl_->inplace_appends.load(std::memory_order_relaxed);
   stats.patched_writes = impl_->patched_writes.load(std::memory_order_relaxed);
   stats.corruptions = impl_->corruptions.load(std::memory_order_relaxed);
+  stats.synced_batches = impl_->synced_batches.load(std::memory_order_relaxed);
+  stats.unsynced_batches = impl_->unsynced_batches.load(std::memory_order_relaxed);
+  stats.wal_syncs = impl_->wal_syncs.load(std::memory_order_relaxed);
+  stats.dsync_data_writes = impl_->dsync_data_writes.load(std::memory_order_relaxed);
+  stats.data_fdatasyncs = impl_->data_fdatasyncs.load(std::memory_order_relaxed);
+  stats.lazy_commits = impl_->lazy_commits.load(std::memory_order_relaxed);
+  stats.patches_settled = impl_->patches_settled.load(std::memory_order_relaxed);
+  stats.rocksdb_wal_file_syncs = impl_->db_statistics->getTickerCount(rocksdb::WAL_FILE_SYNCED);
+  stats.rocksdb_writes_by_self = impl_->db_statistics->getTickerCount(rocksdb::WRITE_DONE_BY_SELF);
+  stats.rocksdb_writes_by_other = impl_->db_statistics->getTickerCount(rocksdb::WRITE_DONE_BY_OTHER);
   const chunk_internal::ReadBufferPool::Stats pool = impl_->read_buffers->stats();
   stats.read_buffers = pool.acquired;
   stats.read_buffers_reused = pool.reused;

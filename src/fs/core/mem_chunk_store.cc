@@ -90,6 +90,7 @@ Status MemChunkStore::put_pending(const ChunkUpdate& update) {
     if (contents.size() < update.offset + update.data.size()) contents.resize(update.offset + update.data.size());
     if (!update.data.empty()) std::memcpy(contents.data() + update.offset, update.data.data(), update.data.size());
   }
+  lazy_.clear();  // a synced write: every earlier lazy commit is durable too
   chunk.pending = std::move(contents);
   chunk.meta.pending_version = update.version;
   chunk.meta.pending_length = chunk.pending.size();
@@ -98,7 +99,11 @@ Status MemChunkStore::put_pending(const ChunkUpdate& update) {
   return Status::ok();
 }
 
-Status MemChunkStore::commit(const ChunkId& id, uint32_t version) {
+Status MemChunkStore::commit(const ChunkId& id, uint32_t version) { return commit_locked(id, version, /*lazy=*/false); }
+
+Status MemChunkStore::commit_lazily(const ChunkId& id, uint32_t version) { return commit_locked(id, version, /*lazy=*/true); }
+
+Status MemChunkStore::commit_locked(const ChunkId& id, uint32_t version, bool lazy) {
   std::lock_guard lock(mutex_);
   auto it = chunks_.find(id);
   if (it != chunks_.end() && it->second.meta.committed_version == version && version != 0) return Status::ok();
@@ -110,6 +115,12 @@ Status MemChunkStore::commit(const ChunkId& id, uint32_t version) {
   }
   if (fail(faults_.write_error_probability)) return io_error("injected commit error on chunk {}", id.to_string());
   Chunk& chunk = it->second;
+  if (lazy) {
+    // Lost by a crash until the next synced write: keep what a crash brings back (the version pending).
+    if (lazy_.count(id) == 0) lazy_.emplace(id, chunk);
+  } else {
+    lazy_.clear();
+  }
   chunk.committed = std::move(chunk.pending);
   chunk.pending.clear();
   chunk.meta.committed_version = version;
@@ -131,6 +142,7 @@ Status MemChunkStore::put_full_replacement(const ChunkId& id, uint32_t version, 
                                                     id.to_string(), data.size(), max_chunk_bytes_));
   }
   if (fail(faults_.write_error_probability)) return io_error("injected write error on chunk {}", id.to_string());
+  lazy_.clear();
   Chunk& chunk = chunks_[id];
   chunk.meta = ChunkMeta{};
   chunk.meta.id = id;
@@ -148,6 +160,7 @@ Status MemChunkStore::abort_pending(const ChunkId& id, uint32_t version) {
   std::lock_guard lock(mutex_);
   auto it = chunks_.find(id);
   if (it == chunks_.end() || it->second.meta.pending_version != version) return Status::ok();
+  lazy_.clear();
   Chunk& chunk = it->second;
   chunk.pending.clear();
   chunk.meta.pending_version = 0;
@@ -160,6 +173,7 @@ Status MemChunkStore::abort_pending(const ChunkId& id, uint32_t version) {
 Result<uint64_t> MemChunkStore::remove_range(const ChunkId& begin, const ChunkId& end) {
   std::lock_guard lock(mutex_);
   if (fail(faults_.write_error_probability)) return io_error("injected error removing chunks from {}", begin.to_string());
+  lazy_.clear();
   uint64_t removed = 0;
   for (auto it = chunks_.lower_bound(begin); it != chunks_.end() && it->first < end;) {
     it = chunks_.erase(it);
@@ -175,6 +189,25 @@ Result<std::vector<ChunkMeta>> MemChunkStore::list(const ChunkId& begin, const C
     result.push_back(it->second.meta);
   }
   return result;
+}
+
+Status MemChunkStore::sync() {
+  std::lock_guard lock(mutex_);
+  lazy_.clear();
+  return Status::ok();
+}
+
+uint64_t MemChunkStore::lose_unsynced() {
+  std::lock_guard lock(mutex_);
+  const uint64_t lost = lazy_.size();
+  for (auto& [id, before] : lazy_) chunks_[id] = std::move(before);
+  lazy_.clear();
+  return lost;
+}
+
+bool MemChunkStore::commit_is_durable(const ChunkId& id) const {
+  std::lock_guard lock(mutex_);
+  return lazy_.count(id) == 0;
 }
 
 bool MemChunkStore::corrupt(const ChunkId& id) {

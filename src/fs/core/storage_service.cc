@@ -546,10 +546,15 @@ struct StorageService::State {
     commit_after_ack(update, 0);
   }
 
+  // The commit is lazy (ChunkStore::commit_lazily: durable with this target's next synced write): the
+  // version is already durable here as pending and committed at the tail, so losing the commit in a
+  // crash is the same as crashing before it (docs/fs.md, "Lazy commits").
   void commit_after_ack(UpdatePtr update, int attempt) {
     auto store_ptr = targets.at(update->target).store;
     auto result = std::make_shared<Status>();
-    executor.offload([store_ptr, result, chunk = update->chunk, version = update->version] { *result = store_ptr->commit(chunk, version); },
+    executor.offload([store_ptr, result, chunk = update->chunk, version = update->version, synced = bugs.synced_commit_after_ack] {
+                       *result = synced ? store_ptr->commit(chunk, version) : store_ptr->commit_lazily(chunk, version);
+                     },
                      [this, update, result, attempt, gen = generation] {
                        if (gen != generation) return;  // stopped: a restarted service recovers the chunk
                        if (result->is_ok()) {

@@ -21,9 +21,9 @@ namespace ff::fs {
 
 std::string SimResult::summary() const {
   std::string counts = fmt::format("writes={} (failed {}) reads={} (failed {}) crashes={} mgmtd_crashes={} partitions={} "
-                                   "corruptions={} repairs={} syncs={} events={} virtual={:.1f}s",
+                                   "corruptions={} repairs={} syncs={} lazy_commits_lost={} events={} virtual={:.1f}s",
                                    writes_acked, writes_failed, reads_ok, reads_failed, crashes, mgmtd_crashes, partitions,
-                                   corruptions, repairs, syncs, events, virtual_ns / 1e9);
+                                   corruptions, repairs, syncs, lazy_commits_lost, events, virtual_ns / 1e9);
   if (ok) return fmt::format("seed={} ok {}", seed, counts);
   return fmt::format("seed={} FAILED: {} ({} violations; {}) reproduce with seed={}", seed, violations.front(), violations.size(),
                      counts, seed);
@@ -371,6 +371,14 @@ class Simulation {
       log(fmt::format("crash storage {}", victim + 1));
       ++result_.crashes;
       kill(storage_nodes_[victim]);
+      // The crash also loses the node's lazy commits that no synced write has made durable yet (the
+      // engine's unsynced commit batches): those versions are pending again when it restarts.
+      for (auto& [target, store] : stores_) {
+        if ((target - 1) / kTargetsPerNodeLimit != victim + 1) continue;
+        const uint64_t lost = store->lose_unsynced();
+        result_.lazy_commits_lost += lost;
+        if (lost > 0) log(fmt::format("target {} loses {} lazy commits", target, lost));
+      }
       ++active_faults_;
       world_.schedule(world_.now() + world_.between(100 * kMs, 2000 * kMs), nullptr, [this, victim, log] {
         log(fmt::format("restart storage {}", victim + 1));
@@ -441,6 +449,7 @@ class Simulation {
       if (member.target == target || stores_.count(member.target) == 0) continue;
       Result<ChunkMeta> theirs = stores_[member.target]->stat(chunk);
       if (!theirs.is_ok() || theirs->committed_version != mine->committed_version) continue;
+      if (!stores_[member.target]->commit_is_durable(chunk)) continue;  // a crash could still lose it
       if (stores_[member.target]->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed).is_ok()) return true;
     }
     return false;

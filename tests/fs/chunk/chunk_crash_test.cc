@@ -89,6 +89,9 @@ TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
       ChunkUpdate update{id, 2, 2, v2_offset, v2_data, false};
       status = (*engine)->put_pending(update);
       if (status.is_ok() && crash.commit) status = (*engine)->commit(id, 2);
+      // A committed patch is applied in place by the engine's settler thread, or by the first read
+      // that finds it (this one, if the settler has not got there yet): either reaches after_patch_apply.
+      if (status.is_ok() && crash.commit) status = (*engine)->read(id, 0, 1, ReadMode::kRelaxed).status();
     }
     ::_exit(status.is_ok() ? 20 : 21);  // reaching here means the injection point was never hit
   }

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -528,6 +530,129 @@ TEST_P(ChunkEngineTest, DeferredPendingSyncCommitsDurably) {
   EXPECT_EQ(stat_or_zero(id).committed_version, 3u);
   EXPECT_EQ(stat_or_zero(id).pending_version, 0u);
   expect_allocator_ok();
+}
+
+TEST_P(ChunkEngineTest, LazyCommitIsReadAtOnceAndFreesTheOldBlockAfterASyncedBatch) {
+  const ChunkId id{22, 0};
+  std::vector<std::byte> expected = pattern_bytes(300000, 1);
+  write_commit(id, 0, expected);
+  // Copy-on-write (more than half the chunk), committed lazily: an unsynced batch.
+  const auto update_bytes = pattern_bytes(160000, 2);
+  ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 2, 1, 1000, update_bytes, false}).is_ok());
+  const ChunkEngineStats before = engine_->stats();
+  ASSERT_TRUE(engine_->commit_lazily(id, 2).is_ok());
+  const ChunkEngineStats after = engine_->stats();
+  EXPECT_EQ(after.lazy_commits - before.lazy_commits, 1u);
+  EXPECT_EQ(after.unsynced_batches - before.unsynced_batches, 1u);
+  EXPECT_EQ(after.synced_batches, before.synced_batches);
+  std::memcpy(expected.data() + 1000, update_bytes.data(), update_bytes.size());
+  EXPECT_EQ(read_all(id), expected);
+  EXPECT_EQ(stat_or_zero(id).committed_version, 2u);
+  // The old block stays referenced by the durable record until a synced batch covers the commit.
+  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 2u);
+  expect_allocator_ok();
+  // A synced batch of another chunk makes the commit durable (the WAL is ordered): the block is freed.
+  write_commit(ChunkId{22, 1}, 0, pattern_bytes(1000, 3));
+  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 2u);  // this chunk's block and the other's
+  expect_allocator_ok();
+  EXPECT_TRUE(engine_->commit_lazily(id, 2).is_ok()) << "retried commit of the committed version";
+  open_engine();
+  EXPECT_EQ(read_all(id), expected);
+  EXPECT_EQ(stat_or_zero(id).pending_version, 0u);
+  expect_allocator_ok();
+}
+
+TEST_P(ChunkEngineTest, CommittedPatchIsAppliedByTheSettlerOrTheNextRead) {
+  for (bool settler_waits : {true, false}) {
+    SCOPED_TRACE(settler_waits ? "read applies it" : "settler applies it");
+    ChunkEngineOptions custom = options();
+    custom.inline_patch_bytes = settler_waits ? 0 : custom.inline_patch_bytes;  // patch block / inline
+    custom.settle_delay_us = settler_waits ? 60'000'000 : 0;
+    engine_.reset();
+    auto opened = ChunkEngine::open(custom);
+    ASSERT_TRUE(opened.is_ok()) << opened.status();
+    engine_ = std::move(*opened);
+    const ChunkId id{23, settler_waits ? 0u : 1u};
+    std::vector<std::byte> expected = pattern_bytes(300000, 1);
+    write_commit(id, 0, expected);
+    const auto patch = pattern_bytes(5000, 2);
+    ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 2, 1, 70000, patch, false}).is_ok());
+    const uint64_t settled_before = engine_->stats().patches_settled;
+    ASSERT_TRUE(engine_->commit_lazily(id, 2).is_ok());
+    std::memcpy(expected.data() + 70000, patch.data(), patch.size());
+    if (!settler_waits) {
+      for (int i = 0; i < 500 && engine_->stats().patches_settled == settled_before; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      EXPECT_EQ(engine_->stats().patches_settled - settled_before, 1u) << "the settler applied it within 5 s";
+    } else {
+      EXPECT_EQ(engine_->stats().patches_settled, settled_before) << "the settler waits";
+    }
+    // The read finds the patch applied, or applies it itself (after a WAL sync: the commit was lazy).
+    EXPECT_EQ(read_all(id), expected);
+    EXPECT_EQ(engine_->stats().patches_settled - settled_before, 1u);
+    EXPECT_EQ(engine_->stat(id)->committed_crc32c, crc32c(expected));
+    // The next version of the chunk builds on the applied patch.
+    const auto second = pattern_bytes(3000, 4);
+    ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 3, 1, 200000, second, false}).is_ok());
+    ASSERT_TRUE(engine_->commit(id, 3).is_ok());
+    std::memcpy(expected.data() + 200000, second.data(), second.size());
+    EXPECT_EQ(read_all(id), expected);
+    ASSERT_TRUE(engine_->sync().is_ok());
+    // One block per chunk written so far (the first pass's chunk is still there in the second).
+    EXPECT_EQ(testing::total_used_blocks(engine_->stats()), settler_waits ? 1u : 2u) << "patch blocks freed";
+    expect_allocator_ok();
+    // Closing the engine applies a patch still queued (a clean shutdown leaves none behind).
+    ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 4, 1, 0, patch, false}).is_ok());
+    ASSERT_TRUE(engine_->commit_lazily(id, 4).is_ok());
+    std::memcpy(expected.data(), patch.data(), patch.size());
+    engine_.reset();
+    opened = ChunkEngine::open(custom);
+    ASSERT_TRUE(opened.is_ok()) << opened.status();
+    engine_ = std::move(*opened);
+    EXPECT_EQ(read_all(id), expected);
+    expect_allocator_ok();
+  }
+}
+
+TEST_P(ChunkEngineTest, SyncedIoCountersCountEachKindOfWrite) {
+  const ChunkId id{24, 0};
+  const bool direct = engine_->stats().direct_io;
+  auto delta = [&](auto&& action) {
+    const ChunkEngineStats before = engine_->stats();
+    action();
+    const ChunkEngineStats after = engine_->stats();
+    return std::array<uint64_t, 4>{after.synced_batches - before.synced_batches,
+                                   after.unsynced_batches - before.unsynced_batches,
+                                   after.dsync_data_writes - before.dsync_data_writes,
+                                   after.data_fdatasyncs - before.data_fdatasyncs};
+  };
+  using Counts = std::array<uint64_t, 4>;  // synced batches, unsynced batches, DSYNC writes, fdatasyncs
+  const Counts data_write = direct ? Counts{0, 0, 1, 0} : Counts{0, 0, 0, 1};
+  const auto first = pattern_bytes(200000, 1);
+  // A new version (copy-on-write): one data write, one synced batch.
+  EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 1, 1, 0, first, false}).is_ok()); }),
+            (Counts{1, 0, data_write[2], data_write[3]}));
+  EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->commit(id, 1).is_ok()); }), (Counts{1, 0, 0, 0}));
+  // An inline patch: the synced pending batch carries the bytes; the tail's deferred batch is unsynced.
+  const auto patch = pattern_bytes(4096, 2);
+  ChunkUpdate patched{id, 2, 1, 8192, patch, false};
+  patched.defer_metadata_sync = true;
+  EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->put_pending(patched).is_ok()); }), (Counts{0, 1, 0, 0}));
+  // Its commit (synced), then the patch applied in place (one data write) and dropped (unsynced).
+  EXPECT_EQ(delta([&] {
+              ASSERT_TRUE(engine_->commit(id, 2).is_ok());
+              ASSERT_EQ(read_all(id).size(), first.size());
+            }),
+            (Counts{1, 1, data_write[2], data_write[3]}));
+  // A lazy commit of an in-place append: one unsynced batch.
+  const auto append = pattern_bytes(1000, 3);
+  EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 3, 1, first.size(), append, false}).is_ok()); }),
+            (Counts{1, 0, data_write[2], data_write[3]}));
+  EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->commit_lazily(id, 3).is_ok()); }), (Counts{0, 1, 0, 0}));
+  const ChunkEngineStats stats = engine_->stats();
+  EXPECT_GE(stats.rocksdb_wal_file_syncs, 1u);
+  EXPECT_GE(stats.rocksdb_writes_by_self, stats.synced_batches);
 }
 
 TEST_P(ChunkEngineTest, RemoveRangeAndList) {

@@ -33,6 +33,8 @@ struct Config {
   bool sync_data = true;
   bool use_io_uring = true;
   uint64_t preallocate_mb = 64;
+  bool lazy_commits = true;                 // ChunkEngineOptions::lazy_commits
+  bool settle_patches_in_background = true; // ChunkEngineOptions::settle_patches_in_background
   std::string metrics_listen = "127.0.0.1:0";
   double stats_interval_s = 10;
 };
@@ -52,6 +54,8 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("chunk.sync_data", &c.sync_data));
   FF_RETURN_IF_ERROR(reader.read("chunk.use_io_uring", &c.use_io_uring));
   FF_RETURN_IF_ERROR(reader.read("chunk.preallocate_mb", &c.preallocate_mb));
+  FF_RETURN_IF_ERROR(reader.read("chunk.lazy_commits", &c.lazy_commits));
+  FF_RETURN_IF_ERROR(reader.read("chunk.settle_patches_in_background", &c.settle_patches_in_background));
   FF_RETURN_IF_ERROR(reader.read("metrics.listen", &c.metrics_listen));
   FF_RETURN_IF_ERROR(reader.read("metrics.stats_interval_s", &c.stats_interval_s));
   FF_RETURN_IF_ERROR(reader.finish());
@@ -101,6 +105,8 @@ int run(const Config& config) {
     options.sync_data = config.sync_data;
     options.use_io_uring = config.use_io_uring;
     options.preallocate_bytes_per_class = config.preallocate_mb << 20;
+    options.lazy_commits = config.lazy_commits;
+    options.settle_patches_in_background = config.settle_patches_in_background;
     FF_ASSIGN_OR_RETURN(std::unique_ptr<ChunkEngine> engine, ChunkEngine::open(options));
     std::shared_ptr<ChunkEngine> shared = std::move(engine);
     FF_LOG_INFO("target {}: chunk engine at {} (direct_io={}, io_uring={})", target, options.directory,
@@ -150,6 +156,28 @@ int run(const Config& config) {
   Gauge& serving = metrics.gauge("ff_storage_serving", "1 while the service holds a lease from mgmtd.");
   Counter& read_bytes = metrics.counter("ff_storage_read_bytes_total", "Bytes returned by chunk reads.");
   Counter& write_bytes = metrics.counter("ff_storage_write_bytes_total", "Bytes written to chunk data files.");
+  // Synced I/O of the chunk engines (docs/fs-operations.md, "Synced I/Os per write").
+  struct SyncCounter {
+    Counter* counter;
+    uint64_t ChunkEngineStats::*field;
+    uint64_t last = 0;
+  };
+  std::vector<SyncCounter> sync_counters = {
+      {&metrics.counter("ff_storage_synced_batches_total", "RocksDB batches written with sync=true."),
+       &ChunkEngineStats::synced_batches},
+      {&metrics.counter("ff_storage_unsynced_batches_total", "RocksDB batches written without sync."),
+       &ChunkEngineStats::unsynced_batches},
+      {&metrics.counter("ff_storage_wal_syncs_total", "Explicit RocksDB WAL syncs."), &ChunkEngineStats::wal_syncs},
+      {&metrics.counter("ff_storage_dsync_writes_total", "O_DIRECT+RWF_DSYNC data writes."),
+       &ChunkEngineStats::dsync_data_writes},
+      {&metrics.counter("ff_storage_lazy_commits_total", "Commits written as unsynced batches."),
+       &ChunkEngineStats::lazy_commits},
+      {&metrics.counter("ff_storage_rocksdb_wal_file_syncs_total", "RocksDB WAL file syncs (its WAL_FILE_SYNCED)."),
+       &ChunkEngineStats::rocksdb_wal_file_syncs},
+      {&metrics.counter("ff_storage_rocksdb_writes_grouped_total",
+                        "RocksDB writes merged into another writer's group (its WRITE_DONE_BY_OTHER)."),
+       &ChunkEngineStats::rocksdb_writes_by_other},
+  };
   RateMeter read_rate, write_rate, request_rate;
   uint64_t last_read = 0, last_write = 0;
   auto stats_line = [&] {
@@ -165,13 +193,19 @@ int run(const Config& config) {
         5000);
     serving.set(is_serving ? 1 : 0);
     uint64_t reads = 0, writes = 0;
+    ChunkEngineStats sums;
     {
       std::lock_guard lock(engines_mutex);
       for (const auto& [id, engine] : engines) {
         ChunkEngineStats engine_stats = engine->stats();
         reads += engine_stats.read_bytes;
         writes += engine_stats.write_bytes;
+        for (SyncCounter& sync : sync_counters) sums.*sync.field += engine_stats.*sync.field;
       }
+    }
+    for (SyncCounter& sync : sync_counters) {
+      sync.counter->add(sums.*sync.field - sync.last);
+      sync.last = sums.*sync.field;
     }
     read_bytes.add(reads - last_read);
     write_bytes.add(writes - last_write);
@@ -180,11 +214,14 @@ int run(const Config& config) {
     int64_t now = system_clock().now_ns();
     return fmt::format(
         "node={} serving={} routing_version={} req/s={:.0f} read_MB/s={:.1f} write_MB/s={:.1f} writes={} forwards={} "
-        "reads={} dirty={} syncs_done={} chunks_synced={} busy={} stale_chain={} dedupe_hits={}",
+        "reads={} dirty={} syncs_done={} chunks_synced={} busy={} stale_chain={} dedupe_hits={} synced_batches={} "
+        "unsynced_batches={} wal_syncs={} dsync_writes={} lazy_commits={} rocksdb_wal_file_syncs={} "
+        "rocksdb_writes_grouped={}",
         config.node_id, is_serving, version, request_rate.rate_per_s(requests.value(), now),
         read_rate.rate_per_s(reads, now) / 1e6, write_rate.rate_per_s(writes, now) / 1e6, stats.writes, stats.forwards,
         stats.reads, stats.dirty_reads, stats.syncs_done, stats.chunks_synced, stats.busy, stats.stale_chain,
-        stats.dedupe_hits);
+        stats.dedupe_hits, sums.synced_batches, sums.unsynced_batches, sums.wal_syncs, sums.dsync_data_writes,
+        sums.lazy_commits, sums.rocksdb_wal_file_syncs, sums.rocksdb_writes_by_other);
   };
   StatsReporter stats(static_cast<int64_t>(config.stats_interval_s * 1000), stats_line);
 
