@@ -144,6 +144,11 @@ class ChunkEngine final : public ChunkStore {
   // bounce buffer.
   Result<SharedChunkRead> read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
   Status put_pending(const ChunkUpdate& update) override;
+  // Without I/O for a new chunk written from 0, a full replacement or overwrite from 0 past the end,
+  // an append at the committed length; other overwrites read at most the first and last crc segment
+  // they touch (verified) and fold the segment CRCs. unimplemented while the committed version still
+  // has a patch to apply, or for an update that leaves a hole.
+  Result<ChunkMeta> preview_pending(const ChunkUpdate& update) override;
   Status commit(const ChunkId& id, uint32_t version) override;
   Status commit_lazily(const ChunkId& id, uint32_t version) override;
   Status put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,

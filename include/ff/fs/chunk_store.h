@@ -144,6 +144,15 @@ class ChunkStore {
   // replaced (a retried forward); other numbers are failed_precondition naming both versions.
   virtual Status put_pending(const ChunkUpdate& update) = 0;
 
+  // What put_pending(update) would store, without storing anything: the new version's number, length
+  // and CRC32C as ChunkMeta::pending_version / pending_length / pending_crc32c (the rest as stat()).
+  // Lets the chain's head forward an update while its own store runs. Errors as put_pending's for bad
+  // versions and sizes; unimplemented where the store cannot tell cheaply (the caller then stores
+  // first and takes the CRC from stat()). The default is unimplemented.
+  virtual Result<ChunkMeta> preview_pending(const ChunkUpdate& update) {
+    return unimplemented("chunk {}: this store does not preview updates", update.id.to_string());
+  }
+
   // Makes pending version `version` the committed one. Committing an already committed version is OK
   // (idempotent, for retried acknowledgements); anything else is failed_precondition.
   virtual Status commit(const ChunkId& id, uint32_t version) = 0;

@@ -34,6 +34,7 @@ class MemChunkStore final : public ChunkStore {
   Result<ChunkMeta> stat(const ChunkId& id) override;
   Result<ChunkRead> read(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
   Status put_pending(const ChunkUpdate& update) override;
+  Result<ChunkMeta> preview_pending(const ChunkUpdate& update) override;
   Status commit(const ChunkId& id, uint32_t version) override;
   // Committed at once; until the next synced write of this store (put_pending, commit,
   // put_full_replacement, abort_pending, remove_range, sync) lose_unsynced() brings the version back
@@ -72,6 +73,8 @@ class MemChunkStore final : public ChunkStore {
     std::vector<std::byte> pending;
   };
   bool fail(double probability);
+  // put_pending's checks and the new version's contents (mutex_ held).
+  Result<std::vector<std::byte>> new_contents(const ChunkUpdate& update);
   Status commit_locked(const ChunkId& id, uint32_t version, bool lazy);
 
   const uint64_t max_chunk_bytes_;

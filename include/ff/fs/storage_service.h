@@ -55,6 +55,7 @@ struct StorageBugs {
   bool commit_before_ack = false;          // not a bug: the protocol before ack_then_commit (for A/B runs)
   bool sequential_forward = false;         // not a bug: middle targets store before they forward (for A/B runs)
   bool synced_commit_after_ack = false;    // not a bug: commits after the acknowledgement are synced (for A/B runs)
+  bool sequential_head = false;            // not a bug: the head stores before it forwards (for A/B runs)
 };
 
 // Observer of committed versions, for the simulation's checkers. Called on the executor.

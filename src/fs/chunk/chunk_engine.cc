@@ -1080,6 +1080,95 @@ Result<ChunkRead> ChunkEngine::read(const ChunkId& id, uint64_t offset, uint64_t
   return result;
 }
 
+Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
+  Impl& impl = *impl_;
+  const ChunkId& id = update.id;
+  const uint64_t max_bytes = impl.options.max_block_bytes;
+  if (update.version == 0) return invalid_argument("chunk {}: update version 0 (versions start at 1)", id.to_string());
+  if (update.full_replacement && update.offset != 0) {
+    return invalid_argument("chunk {}: full replacement at offset {} (must be 0)", id.to_string(), update.offset);
+  }
+  if (update.offset > max_bytes || update.data.size() > max_bytes - update.offset) {
+    return oversize("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes", id.to_string(),
+                    update.data.size(), update.offset, max_bytes);
+  }
+  // Shared read lock: the committed bytes read below are not changed under it (a patch is applied in
+  // place with readers kept out). The caller serialises updates of the chunk (the service's lock).
+  std::shared_lock read_lock(impl.read_locks[Impl::stripe(id)]);
+  FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
+  ChunkRecord record = loaded.value_or(ChunkRecord{});
+  const VersionRecord& committed = record.committed;
+  if (update.version != committed.version + 1) {
+    return version_mismatch("chunk {}: update creates version {}, but the committed version is {} (expected {})",
+                            id.to_string(), update.version, committed.version, committed.version + 1);
+  }
+  if (record.pending.present() && record.pending.version != update.version) {
+    return version_mismatch("chunk {}: update creates version {}, but version {} is pending", id.to_string(),
+                            update.version, record.pending.version);
+  }
+  ChunkMeta meta = loaded ? chunk_internal::to_meta(id, record) : ChunkMeta{.id = id};
+  meta.pending_version = update.version;
+  const uint64_t update_end = update.offset + update.data.size();
+  const uint64_t old_length = committed.present() ? committed.length : 0;
+  if (update.full_replacement || (update.offset == 0 && update_end >= old_length)) {
+    meta.pending_length = update.data.size();
+    meta.pending_crc32c = crc32c(update.data);
+    return meta;
+  }
+  if (committed.patch.present()) {
+    return unimplemented("chunk {}: committed version {} has a patch still to apply", id.to_string(), committed.version);
+  }
+  if (update.offset > old_length) {
+    return unimplemented("chunk {}: update at {} leaves a hole after the committed length {}", id.to_string(),
+                         update.offset, old_length);
+  }
+  if (update.offset == old_length) {
+    meta.pending_length = update_end;
+    meta.pending_crc32c = crc32c_extend(committed.crc32c, update.data);
+    return meta;
+  }
+  // An overwrite inside the committed version (possibly past its end): the segment CRCs it touches are
+  // recomputed over the committed bytes overlaid with the update; the whole CRC is folded from them.
+  const uint64_t segment = impl.options.crc_segment_bytes;
+  const uint64_t new_length = std::max(old_length, update_end);
+  const uint64_t from = align_down(update.offset, segment);
+  const uint64_t to = std::min(align_up(update_end, segment), new_length);
+  std::vector<uint32_t> segments = committed.segment_crcs;
+  segments.resize((new_length + segment - 1) / segment, 0);
+  std::vector<std::byte> bytes;
+  std::optional<IoContextPool::Lease> context;
+  for (uint64_t start = from; start < to; start += segment) {
+    const uint64_t end = std::min(start + segment, new_length);
+    const bool covered = update.offset <= start && update_end >= end;
+    if (covered) {
+      segments[start / segment] =
+          crc32c(update.data.subspan(start - update.offset, std::min(end, update_end) - start));
+      continue;
+    }
+    // Partly covered (the first or the last segment): the committed bytes of it, overlaid.
+    bytes.assign(end - start, std::byte{0});
+    const uint64_t old_end = std::min(end, old_length);
+    if (start < old_end) {
+      if (!context) {
+        FF_ASSIGN_OR_RETURN(IoContextPool::Lease lease, impl.io->borrow());
+        context.emplace(std::move(lease));
+      }
+      FF_RETURN_IF_ERROR(impl.read_version(**context, id, committed, start, bytes.data(), old_end - start));
+    }
+    const uint64_t copy_from = std::max(start, update.offset);
+    const uint64_t copy_to = std::min(end, update_end);
+    if (copy_from < copy_to) {
+      std::memcpy(bytes.data() + (copy_from - start), update.data.data() + (copy_from - update.offset),
+                  copy_to - copy_from);
+    }
+    segments[start / segment] = crc32c(bytes);
+  }
+  meta.pending_length = new_length;
+  meta.pending_crc32c =
+      segments.empty() ? 0 : crc32c_fold(segments, segment, new_length - (segments.size() - 1) * segment);
+  return meta;
+}
+
 Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   Impl& impl = *impl_;
   const ChunkId& id = update.id;

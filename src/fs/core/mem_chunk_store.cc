@@ -59,8 +59,7 @@ Result<ChunkRead> MemChunkStore::read(const ChunkId& id, uint64_t offset, uint64
   return result;
 }
 
-Status MemChunkStore::put_pending(const ChunkUpdate& update) {
-  std::lock_guard lock(mutex_);
+Result<std::vector<std::byte>> MemChunkStore::new_contents(const ChunkUpdate& update) {
   if (update.full_replacement ? update.data.size() > max_chunk_bytes_
                               : update.offset > max_chunk_bytes_ || update.data.size() > max_chunk_bytes_ - update.offset) {
     return fs_error(FsError::kOversize, fmt::format("update of chunk {} at offset {} with {} bytes exceeds the chunk size {}",
@@ -75,21 +74,41 @@ Status MemChunkStore::put_pending(const ChunkUpdate& update) {
                                 update.id.to_string(), update.version, committed,
                                 it == chunks_.end() ? 0 : it->second.meta.pending_version));
   }
-  if (fail(faults_.write_error_probability)) return io_error("injected write error on chunk {}", update.id.to_string());
-  Chunk& chunk = chunks_[update.id];
-  chunk.meta.id = update.id;
   std::vector<std::byte> contents;
   if (update.full_replacement) {
     contents.assign(update.data.begin(), update.data.end());
-  } else {
+  } else if (it != chunks_.end()) {
+    const Chunk& chunk = it->second;
     if (crc32c(chunk.committed) != chunk.meta.committed_crc32c) {
       return fs_error(FsError::kChecksumMismatch, fmt::format("chunk {} version {}: CRC32C mismatch under a partial update",
                                                               update.id.to_string(), chunk.meta.committed_version));
     }
     contents = chunk.committed;
+  }
+  if (!update.full_replacement) {
     if (contents.size() < update.offset + update.data.size()) contents.resize(update.offset + update.data.size());
     if (!update.data.empty()) std::memcpy(contents.data() + update.offset, update.data.data(), update.data.size());
   }
+  return contents;
+}
+
+Result<ChunkMeta> MemChunkStore::preview_pending(const ChunkUpdate& update) {
+  std::lock_guard lock(mutex_);
+  FF_ASSIGN_OR_RETURN(std::vector<std::byte> contents, new_contents(update));
+  auto it = chunks_.find(update.id);
+  ChunkMeta meta = it == chunks_.end() ? ChunkMeta{.id = update.id} : it->second.meta;
+  meta.pending_version = update.version;
+  meta.pending_length = contents.size();
+  meta.pending_crc32c = crc32c(contents);
+  return meta;
+}
+
+Status MemChunkStore::put_pending(const ChunkUpdate& update) {
+  std::lock_guard lock(mutex_);
+  FF_ASSIGN_OR_RETURN(std::vector<std::byte> contents, new_contents(update));
+  if (fail(faults_.write_error_probability)) return io_error("injected write error on chunk {}", update.id.to_string());
+  Chunk& chunk = chunks_[update.id];
+  chunk.meta.id = update.id;
   lazy_.clear();  // a synced write: every earlier lazy commit is durable too
   chunk.pending = std::move(contents);
   chunk.meta.pending_version = update.version;

@@ -311,37 +311,54 @@ struct StorageService::State {
     forward_or_commit(resolve);
   }
 
+  // The head: with a store that can preview the new version (its number, length and CRC32C, which
+  // every forward carries), it forwards while its own pending version is written, as a middle target
+  // does (store_and_forward; docs/fs.md, "Forward while storing"); otherwise it stores, then forwards.
   void head_store(UpdatePtr update) {
     auto store_ptr = targets.at(update->target).store;
     auto result = std::make_shared<Status>();
     auto meta = std::make_shared<ChunkMeta>();
-    ChunkUpdate chunk_update{.id = update->chunk, .version = 0, .chain_version = routing.chain(update->chain)->version,
-                             .offset = update->offset, .data = update->data.bytes, .full_replacement = false,
-                             .chunk_size = update->chunk_size};
+    auto previewed = std::make_shared<bool>(false);
+    auto chunk_update = std::make_shared<ChunkUpdate>(
+        ChunkUpdate{.id = update->chunk, .version = 0, .chain_version = routing.chain(update->chain)->version,
+                    .offset = update->offset, .data = update->data.bytes, .full_replacement = false,
+                    .chunk_size = update->chunk_size});
+    const bool try_preview = !bugs.sequential_head && !bugs.sequential_forward;
     executor.offload(
-        [store_ptr, result, meta, chunk_update]() mutable {
-          Result<ChunkMeta> current = store_ptr->stat(chunk_update.id);
+        [store_ptr, result, meta, chunk_update, previewed, try_preview]() {
+          Result<ChunkMeta> current = store_ptr->stat(chunk_update->id);
           uint32_t committed = current.is_ok() ? current->committed_version : 0;
           if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
             *result = current.status();
             return;
           }
-          chunk_update.version = committed + 1;
-          *result = store_ptr->put_pending(chunk_update);
+          chunk_update->version = committed + 1;
+          if (try_preview && (!current.is_ok() || current->pending_version == 0)) {
+            Result<ChunkMeta> preview = store_ptr->preview_pending(*chunk_update);
+            if (preview.is_ok()) {
+              *meta = *preview;
+              *previewed = true;
+              return;
+            }
+            // Anything else (unimplemented, a corrupt base, ...): store first, which reports it as before.
+          }
+          *result = store_ptr->put_pending(*chunk_update);
           if (!result->is_ok()) return;
-          Result<ChunkMeta> after = store_ptr->stat(chunk_update.id);
+          Result<ChunkMeta> after = store_ptr->stat(chunk_update->id);
           if (!after.is_ok()) {
             *result = after.status();
             return;
           }
           *meta = *after;
         },
-        [this, update, result, meta] {
+        [this, update, result, meta, chunk_update, previewed] {
           if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
           update->version = meta->pending_version;
           update->crc = meta->pending_crc32c;
           update->length = meta->pending_length;
-          FF_LOG_DEBUG("target {}: head stores chunk {} v{} CRC {:#x} pending", update->target, update->chunk.to_string(), update->version, update->crc);
+          FF_LOG_DEBUG("target {}: head {} chunk {} v{} CRC {:#x}", update->target, *previewed ? "forwards while storing" : "stored",
+                       update->chunk.to_string(), update->version, update->crc);
+          if (*previewed) return store_and_forward(update, *chunk_update);
           forward_or_commit(update);
         });
   }

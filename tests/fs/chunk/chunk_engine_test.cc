@@ -655,6 +655,50 @@ TEST_P(ChunkEngineTest, SyncedIoCountersCountEachKindOfWrite) {
   EXPECT_GE(stats.rocksdb_writes_by_self, stats.synced_batches);
 }
 
+TEST_P(ChunkEngineTest, PreviewPendingMatchesWhatPutPendingStores) {
+  // The head forwards with the previewed CRC while it stores: every update shape must agree exactly.
+  const ChunkId id{25, 0};
+  struct Step {
+    uint64_t offset;
+    uint64_t size;
+    bool full_replacement;
+  };
+  const Step steps[] = {
+      {0, 100000, false},       // a new chunk
+      {100000, 5000, false},    // append at the committed length (unaligned)
+      {4096, 8192, false},      // aligned overwrite inside (a patch)
+      {1234, 10000, false},     // unaligned overwrite inside, first and last segment partly covered
+      {100000, 1, false},       // one byte
+      {95000, 30000, false},    // across the end
+      {0, 200000, false},       // from 0 past the end
+      {0, 50000, true},         // full replacement (shrinks)
+      {10, 40000, false},       // most of the chunk: copy-on-write
+      {49990, 3, false},        // the last partial segment
+  };
+  uint64_t seed = 10;
+  for (const Step& step : steps) {
+    const uint32_t version = stat_or_zero(id).committed_version + 1;
+    const auto data = pattern_bytes(step.size, ++seed);
+    ChunkUpdate update{id, version, 1, step.offset, data, step.full_replacement};
+    auto preview = engine_->preview_pending(update);
+    ASSERT_TRUE(preview.is_ok()) << preview.status() << " at offset " << step.offset;
+    ASSERT_TRUE(engine_->put_pending(update).is_ok());
+    const ChunkMeta stored = stat_or_zero(id);
+    EXPECT_EQ(preview->pending_version, stored.pending_version) << "offset " << step.offset;
+    EXPECT_EQ(preview->pending_length, stored.pending_length) << "offset " << step.offset;
+    EXPECT_EQ(preview->pending_crc32c, stored.pending_crc32c) << "offset " << step.offset;
+    ASSERT_TRUE(engine_->commit(id, version).is_ok());
+    ASSERT_TRUE(engine_->sync().is_ok());  // apply a patch now, so the next preview can read the block
+  }
+  // A hole after the committed length, and a wrong version: not previewed.
+  const auto data = pattern_bytes(10, 1);
+  const uint32_t next = stat_or_zero(id).committed_version + 1;
+  EXPECT_EQ(engine_->preview_pending(ChunkUpdate{id, next, 1, 60000, data, false}).status().code(),
+            StatusCode::kUnimplemented);
+  const Status wrong = engine_->preview_pending(ChunkUpdate{id, next + 1, 1, 0, data, false}).status();
+  EXPECT_EQ(wrong.message().rfind("[version_mismatch]", 0), 0u) << wrong;
+}
+
 TEST_P(ChunkEngineTest, RemoveRangeAndList) {
   for (uint64_t inode = 10; inode < 13; ++inode) {
     for (uint64_t index = 0; index < 5; ++index)
