@@ -310,11 +310,12 @@ FP8_AB_KNOWN = {
     "fp8_direct": (True, {"FF_MLA_FP8": "direct"}),
     "fp8_pair": (True, {"FF_MLA_FP8": "pair"}),
     "fp8_wide": (True, {"FF_MLA_FP8": "wide"}),
+    "fp8_channels": (True, {"FF_MLA_FP8": "channels"}),
     # the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs of lazy rescaling
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),
     "fp8_pair_eager": (True, {"FF_MLA_FP8": "pair", "FF_MLA_LAZY": "0"}),
 }
-FP8_AB_DEFAULT = "bf16,fp8_direct,fp8_pair,fp8_wide"
+FP8_AB_DEFAULT = "bf16,fp8_direct,fp8_pair,fp8_wide,fp8_channels"
 
 
 def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:

@@ -51,17 +51,14 @@ for step in "$@"; do
       grep -E "passed|failed|Error|assert" "$OUT/pytest8.log" | head -20
       ;;
     memcheck8)
-      # A small FP8 case (h_q 16, splits) with each FP8 kernel for <= 16 rows (FF_MLA_FP8 for the run).
-      for kernel in pair wide; do
-        FF_MLA_FP8=$kernel timeout 25 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
-          --gtest_filter='CudaDecode.Fp8CacheSixteenHeadsSplitTokens' >"$OUT/memcheck8_$kernel.log" 2>&1
-        echo "memcheck $kernel:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck8_$kernel.log" | head -4
-      done
-      for kernel in pair direct; do
-        FF_MLA_FP8=$kernel timeout 60 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
-          --gtest_filter='CudaDecode.Fp8CacheSixteenHeadsSplitTokens' >"$OUT/racecheck8_$kernel.log" 2>&1
-        echo "racecheck $kernel:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck8_$kernel.log" | head -4
-      done
+      # Every FP8 kernel for <= 32 rows (the forced-kernel test: 16 and 32 rows, splits, causal, fp16)
+      # under memcheck and racecheck.
+      timeout 120 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
+        --gtest_filter='CudaDecode.Fp8FewRowsKernelsForced' >"$OUT/memcheck8.log" 2>&1
+      echo "memcheck:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck8.log" | head -4
+      timeout 150 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
+        --gtest_filter='CudaDecode.Fp8FewRowsKernelsForced' >"$OUT/racecheck8.log" 2>&1
+      echo "racecheck:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck8.log" | head -4
       ;;
     ab8)
       # The FP8 A/B (h_q 16, s_q 1, fixed 4K-32K): bf16, FP8 direct / pair / wide in rotated rounds.

@@ -237,7 +237,8 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
     params.fp8_kernel = name == "direct" ? cuda::Fp8Kernel::kDirect
                         : name == "pair" ? cuda::Fp8Kernel::kPair
                         : name == "wide" ? cuda::Fp8Kernel::kWide
-                                         : cuda::Fp8Kernel::kDefault;
+                        : name == "channels" ? cuda::Fp8Kernel::kChannels
+                                             : cuda::Fp8Kernel::kDefault;
   }
   if (const char* schedule = std::getenv("FF_MLA_SCHEDULE"); schedule != nullptr) {
     static constexpr std::pair<std::string_view, cuda::Schedule> kSchedules[] = {

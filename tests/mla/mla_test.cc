@@ -34,8 +34,8 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr const char* kDefaultTmaKernel = "wgmma_tma_lean2";
 // The FP8-cache kernels the dispatch takes with <= 16 and with 17..32 query rows per KV head
 // (cuda::kDefaultFp8FewRows16 / kDefaultFp8FewRows32).
-constexpr const char* kDefaultFp8Kernel16 = "mma_sync_fp8_pair";
-constexpr const char* kDefaultFp8Kernel32 = "mma_sync_fp8_direct";
+constexpr const char* kDefaultFp8Kernel16 = "mma_sync_fp8_channels";
+constexpr const char* kDefaultFp8Kernel32 = "mma_sync_fp8_channels";
 
 // ---------------------------------------------------------------------------------------------
 // Numerics
@@ -675,7 +675,7 @@ const char* expected_tma_kernel(const char* case_schedule, bool positive_scale) 
 
 // The FP8-cache kernel the dispatch takes with <= 32 rows per KV head under the kernel named by the
 // case, else by the environment of the whole run, else the default; the pair and wide kernels exist
-// for <= 16 rows only (the direct one runs with more).
+// for <= 16 rows only (the direct one runs with more), the direct and channels ones for <= 32.
 const char* expected_fp8_few_rows_kernel(const char* case_kernel, int rows) {
   const char* name = case_kernel != nullptr ? case_kernel : std::getenv("FF_MLA_FP8");
   const std::string_view kernel = name != nullptr ? name : "";
@@ -684,6 +684,7 @@ const char* expected_fp8_few_rows_kernel(const char* case_kernel, int rows) {
          : kernel == "direct"       ? "mma_sync_fp8_direct"
          : kernel == "pair"         ? "mma_sync_fp8_pair"
          : kernel == "wide"         ? "mma_sync_fp8_wide"
+         : kernel == "channels"     ? "mma_sync_fp8_channels"
          : rows <= 16               ? kDefaultFp8Kernel16
                                     : kDefaultFp8Kernel32;
 }
@@ -800,12 +801,12 @@ TEST(CudaDecode, Fp8CacheCausalFp16) {
       27);
 }
 
-// The FP8-cache kernels for <= 32 rows per KV head (FF_MLA_FP8=direct, pair, wide): lengths 0 to 500 around
+// The FP8-cache kernels for <= 32 rows per KV head (FF_MLA_FP8=direct, pair, wide, channels): lengths 0 to 500 around
 // block and round edges (63..65, 127..129, 191..193) on 5 SMs (split pieces that start on odd blocks,
 // rounds whose second block lies past the piece), long split sequences, unsplit, two KV heads causal,
 // fp16 with two query tokens (32 rows, where "pair" and "wide" run the direct kernel) causal.
 TEST(CudaDecode, Fp8FewRowsKernelsForced) {
-  for (const char* kernel : {"direct", "pair", "wide"}) {
+  for (const char* kernel : {"direct", "pair", "wide", "channels"}) {
     SCOPED_TRACE(kernel);
     run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 127, 128, 129, 191, 192, 193, 300, 0, 500},
                           .s_q = 1,

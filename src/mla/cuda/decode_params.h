@@ -42,12 +42,16 @@ enum class Schedule : int {
 //   kPair    Fp8Decoder<., 4, 2>: two blocks per round, one softmax and two barriers per 128 tokens
 //            ("mma_sync_fp8_pair"); <= 16 rows only (shared memory): with more, kDirect runs;
 //   kWide    Fp8WideDecoder: 16 warps sharing one softmax, each with 32 of the 512 output channels,
-//            two blocks per round ("mma_sync_fp8_wide"); <= 16 rows only, else kDirect.
+//            two blocks per round ("mma_sync_fp8_wide"); <= 16 rows only, else kDirect;
+//   kChannels Fp8Decoder<., ., 2, true>: 8 warps sharing one softmax, S split by tokens, P V by output
+//            channels (64 per warp), every warp with all rows, so each K / V byte is converted once
+//            ("mma_sync_fp8_channels"); <= 32 rows.
 enum class Fp8Kernel : int {
   kDefault = 0,
   kDirect = 1,
   kPair = 2,
   kWide = 3,
+  kChannels = 4,
 };
 
 struct DecodeParams {
@@ -126,6 +130,7 @@ enum class KernelKind : int {
   kWgmmaTmaLean2Early = 10,  // kLean2 with S(j + 1) issued behind warpgroup 0's P V(j)
   kMmaSyncFp8Pair = 11,      // Fp8Decoder with two 64-token blocks per barrier round
   kMmaSyncFp8Wide = 12,      // Fp8WideDecoder: 16 warps, one shared softmax, output channels split
+  kMmaSyncFp8Channels = 13,  // Fp8Decoder in its channel-split mode: 8 warps, one shared softmax
 };
 // The lean TMA kernels (WgmmaPipelinedDecoder<., 0, true, true, flags>).
 constexpr bool is_lean_tma_kernel(KernelKind kind) {
@@ -141,11 +146,12 @@ constexpr int kWgmmaMinRows = 64;
 // FF_MLA_SCHEDULE=lean and pipelined keep the kernels before these changes).
 constexpr Schedule kDefaultSchedule = Schedule::kLean2;
 // The FP8-cache kernels the dispatch takes when the environment names none, for <= 16 and for 17..32
-// query rows per KV head: on the H200 (h_q 16, s_q 1, 4K-32K, 7 rotated rounds; docs/mla.md,
-// bench/results/mla_h200.json "fp8_ab") the pair kernel ran at 1.46-1.52x the bf16 kernel's speed, the
-// direct one at 1.10-1.12x, the wide one at 1.26-1.29x; with 17..32 rows only the direct kernel exists.
-constexpr Fp8Kernel kDefaultFp8FewRows16 = Fp8Kernel::kPair;
-constexpr Fp8Kernel kDefaultFp8FewRows32 = Fp8Kernel::kDirect;
+// query rows per KV head: on the H200 (h_q 16, b 128, 4K-32K, 7 rotated rounds in one run, 13:33Z;
+// docs/mla.md, bench/results/mla_h200.json "fp8_ab"), s_q 1: channels at 1.63-1.69x the bf16 kernel's
+// speed, pair 1.54-1.61x, wide 1.22-1.27x, direct 1.19-1.21x; s_q 2 (32 rows, where the pair and wide
+// kernels do not fit): channels 1.46-1.53x, direct 1.13-1.15x.
+constexpr Fp8Kernel kDefaultFp8FewRows16 = Fp8Kernel::kChannels;
+constexpr Fp8Kernel kDefaultFp8FewRows32 = Fp8Kernel::kChannels;
 
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
 // the TMA kernels become kWgmma), and its name ("wgmma_tma_lean2", "wgmma_tma_lean", "wgmma_tma_lean_bar3",

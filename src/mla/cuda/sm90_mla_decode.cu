@@ -705,10 +705,11 @@ class Decoder {
 // hold two rounds (the next one loads while this one computes). A block of a round past the piece's
 // last block loads zeros (nothing is read) and is masked. kBlocks = 1 is 'mma_sync_fp8_direct'. Only
 // with 16 rows (kSplit 4): with 32 the Q tile and the P planes would not fit beside four raw stages.
-template <bool kFp16, int kSplit, int kBlocks = 1>
+template <bool kFp16, int kSplit, int kBlocks = 1, bool kChannels = false>
 class Fp8Decoder {
   static_assert(kSplit == 2 || kSplit == 4, "the direct FP8 path serves 16 or 32 query rows");
   static_assert(kBlocks == 1 || kBlocks == 2, "one or two 64-token blocks per round");
+  static_assert(!kChannels || kBlocks == 2, "the channel-split mode takes rounds of two blocks");
   static constexpr int kRowGroups = 4 / kSplit;
   static constexpr int kQRows = 16 * kRowGroups;                 // query rows held (16 or 32)
   static constexpr int kRoundTokens = kTileRows * kBlocks;       // tokens per round (64, 128)
@@ -717,10 +718,19 @@ class Fp8Decoder {
   static constexpr int kNTiles = kWarpTokens / 8;                // m16n8 tiles of S per warp
   static constexpr int kKSteps = kSliceTokens / 16;              // k-steps of O += P V per round
   static constexpr int kChains = kNTiles >= 2 ? 1 : 2 / kNTiles;  // independent MMA chains per n-tile of S
+  // (The channel-split mode uses none of the five above; this keeps them referenced there too.)
+  static_assert(kSliceTokens >= 16 && kWarpTokens >= 8 && kNTiles >= 1 && kKSteps >= 1 && kChains >= 1,
+                "a warp's share of a round");
   static constexpr int kStages = 4;
   static constexpr int kRoundStages = kStages / kBlocks;  // rounds in the raw stages (4, 2)
   static constexpr int kQBytes = kQRows * kRowBytes;
   static constexpr int kPlaneBytes = kQRows * kRoundTokens * 2;  // P * scale_g of one group, f16
+  // kChannels (FF_MLA_FP8=channels): every warp holds all kQRows rows; S = Q K^T for 16 tokens of the
+  // round per warp, one softmax over the 8 warps' row maxima, one P plane (unscaled), the tokens' scale
+  // weights beside it, and O[:, 64 w .. 64 w + 63] += P V for warp w over all 128 tokens of the round.
+  static constexpr int kPlanes = kChannels ? 1 : 4;
+  static constexpr int kWeightBytes = 4 * kRoundTokens * 2;     // scale_g / group_max_g per token, f16
+  static constexpr int kExchangeBytes = kQRows * 8 * 4;         // a float per (row, warp)
   // A raw stage: token t of a block at t * 656 + 32 (t / 8), each token contiguous (one bulk copy per
   // token, or per 8 tokens where the cache packs them), and the 32-byte step every 8 tokens keeps the
   // operand loads free of bank conflicts (see token_offset).
@@ -729,8 +739,9 @@ class Fp8Decoder {
   static constexpr int kRawOffset = 0;
   static constexpr int kQOffset = kStages * kRawStageBytes;
   static constexpr int kPOffset = kQOffset + kQBytes;
-  static constexpr int kReductionOffset = kPOffset + 4 * kPlaneBytes;
-  static constexpr int kScaleMaxOffset = kReductionOffset + kReductionBytes;  // 2 (parity) x 4 groups
+  static constexpr int kReductionOffset = kPOffset + kPlanes * kPlaneBytes;  // kChannels: weights | exchange
+  static constexpr int kScaleMaxOffset =
+      kReductionOffset + (kChannels ? kWeightBytes + kExchangeBytes : kReductionBytes);  // 2 (parity) x 4 groups
   static constexpr int kFactorOffset = kScaleMaxOffset + 2 * 4 * 4;
   static constexpr int kBarrierOffset = kFactorOffset + kQRows * 4;  // one mbarrier per raw stage
 
@@ -772,9 +783,12 @@ class Fp8Decoder {
     float acc[32][4];
 #pragma unroll
     for (int n = 0; n < 32; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-    RowState state;
-    state.max_log2[0] = state.max_log2[1] = -INFINITY;
-    state.sum[0] = state.sum[1] = 0.0f;
+    RowState states[kChannels ? kRowGroups : 1];  // kChannels: one per row group, else this warp's
+#pragma unroll
+    for (auto& row_state : states) {
+      row_state.max_log2[0] = row_state.max_log2[1] = -INFINITY;
+      row_state.sum[0] = row_state.sum[1] = 0.0f;
+    }
 #pragma unroll
     for (int group = 0; group < 4; ++group) group_max_[group] = 0.0f;
     if (threadIdx.x < 8) block_scale_max_[threadIdx.x] = 0;  // visible after the first barrier below
@@ -822,13 +836,21 @@ class Fp8Decoder {
         next_physical[b] = j + kRoundStages < num_rounds ? round_physical(j + kRoundStages, b) : -1;
       }
       if (!p_.probe_loads_only) {
-        compute_block(smem_ + kRawOffset + (j % kRoundStages) * kBlocks * kRawStageBytes,
-                      (first_block + j * kBlocks) * kTileRows, j & 1, piece, acc, state);
+        const char* raw = smem_ + kRawOffset + (j % kRoundStages) * kBlocks * kRawStageBytes;
+        if constexpr (kChannels) {
+          compute_round_channels(raw, (first_block + j * kBlocks) * kTileRows, j & 1, piece, acc, states);
+        } else {
+          compute_block(raw, (first_block + j * kBlocks) * kTileRows, j & 1, piece, acc, states[0]);
+        }
       }
     }
-    merge_slice_states<kSplit>(acc, state, reinterpret_cast<float*>(smem_ + kRawOffset), active_, slice_, row_group_,
-                               half_, lane_);
-    finish_piece(piece, acc, state);
+    if constexpr (kChannels) {
+      finish_piece_channels(piece, acc, states);
+    } else {
+      merge_slice_states<kSplit>(acc, states[0], reinterpret_cast<float*>(smem_ + kRawOffset), active_, slice_,
+                                 row_group_, half_, lane_);
+      finish_piece(piece, acc, states[0]);
+    }
     fence_proxy_async();  // the merge's plain stores into the raw stages come before the next piece's bulk copies
     __syncthreads();  // the next piece reuses every buffer
   }
@@ -983,6 +1005,10 @@ class Fp8Decoder {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
+  }
+
+  __device__ static __forceinline__ float component(const float4& v, int group) {
+    return group == 0 ? v.x : group == 1 ? v.y : group == 2 ? v.z : v.w;
   }
 
   // Bytes 0, 1 and 2, 3 of x (e4m3) -> two f16x2 (exact).
@@ -1142,9 +1168,6 @@ class Fp8Decoder {
     // The largest scale of each group among this warp's tokens (every lane of a quad has the same).
     float scale_max[4];
     {
-      const auto component = [](const float4& v, int group) {
-        return group == 0 ? v.x : group == 1 ? v.y : group == 2 ? v.z : v.w;
-      };
 #pragma unroll
       for (int group = 0; group < 4; ++group) {
         float m = 0.0f;
@@ -1285,6 +1308,386 @@ class Fp8Decoder {
 #pragma unroll
             for (int byte = 0; byte < 4; ++byte) mma_16816<true>(acc[16 * m + 4 * word + byte], a, b0[byte], b1[byte]);
           }
+        }
+      }
+    }
+  }
+
+  // kChannels: one round (128 tokens at `raw`). Warp w: S for tokens 16 w .. 16 w + 15 and every row
+  // group (the K bytes converted once for all rows); the rows' maxima over the 8 warps through shared
+  // memory (every warp then holds the same running max); P into one plane and scale_g / group_max_g
+  // per token into the weights; then O[:, 64 w .. 64 w + 63] += P V over the round's 128 tokens, V
+  // converted exactly and multiplied by the token's weight (f16) before its MMA. acc[8 rg + i][e]: row
+  // 16 rg + g + 8 (e / 2), channel 64 w + 8 (2 q4 + e % 2) + i, in units of group_max_[w / 2].
+  __device__ void compute_round_channels(const char* raw, int round_start, int parity, const Piece& piece,
+                                         float (&acc)[32][4], RowState (&states)[kRowGroups]) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const int warp_token0 = 16 * warp_;
+    // Scores: s[rg][n][e] is row 16 rg + g + 8 (e / 2), token warp_token0 + 8 n + q4 + 4 (e % 2).
+    float s[kRowGroups][2][4];
+    float4 scales[2][2];  // of the tokens warp_token0 + 8 n + q4 + 4 e
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        scales[n][e] = *reinterpret_cast<const float4*>(raw + token_offset(warp_token0 + 8 * n + q4 + 4 * e) + kDimV);
+      }
+    }
+    {
+      const int a_row = (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+      uint32_t a_offset[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a_offset[i] = sq_ + a_row * kRowBytes + (((2 * i + (lane_ >> 4)) ^ (a_row & 7)) << 4);
+      // Row group rg is 16 rows further down the Q tile (same swizzle: a_row & 7 does not change).
+      const auto a_address = [&](int rg, int k) { return a_offset[k % 4] + 128 * (k / 4) + rg * 16 * kRowBytes; };
+      const int b_token_local = (g >> 1) + 4 * (g & 1);
+      float rope[kRowGroups][2][4], latent[kRowGroups][2][4];
+#pragma unroll
+      for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) rope[rg][n][e] = latent[rg][n][e] = 0.0f;
+        }
+      }
+      {  // RoPE: MMAs of q's dtype on chunks 33 + q4 and 37 + q4 of the token
+        uint4 k_rope[2][2];
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          const char* token_row = raw + token_offset(warp_token0 + 8 * n + b_token_local);
+          k_rope[n][0] = *reinterpret_cast<const uint4*>(token_row + (33 + q4) * 16);
+          k_rope[n][1] = *reinterpret_cast<const uint4*>(token_row + (37 + q4) * 16);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          uint32_t b[2][2];
+#pragma unroll
+          for (int n = 0; n < 2; ++n) {
+            const uint4 words = k_rope[n][k / 2];
+            b[n][0] = (k % 2) ? words.z : words.x;
+            b[n][1] = (k % 2) ? words.w : words.y;
+            if constexpr (kFp16) {
+              b[n][0] = pack2<true>(__uint_as_float(b[n][0] << 16), __uint_as_float(b[n][0] & 0xffff0000u));
+              b[n][1] = pack2<true>(__uint_as_float(b[n][1] << 16), __uint_as_float(b[n][1] & 0xffff0000u));
+            }
+          }
+#pragma unroll
+          for (int rg = 0; rg < kRowGroups; ++rg) {
+            uint32_t a[4];
+            ldmatrix_x4(a, a_address(rg, 32 + k));
+#pragma unroll
+            for (int n = 0; n < 2; ++n) mma_16816<kFp16>(rope[rg][n], a, b[n][0], b[n][1]);
+          }
+        }
+      }
+      // Latent: per 128-channel group, f16 MMAs into `part`, then latent += scale_g * part.
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        float part[kRowGroups][2][4];
+#pragma unroll
+        for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+          for (int n = 0; n < 2; ++n) part[rg][n][0] = part[rg][n][1] = part[rg][n][2] = part[rg][n][3] = 0.0f;
+        }
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const int j = 2 * group + jj;
+          uint4 k_bytes[2];
+#pragma unroll
+          for (int n = 0; n < 2; ++n) {
+            k_bytes[n] = *reinterpret_cast<const uint4*>(raw + token_offset(warp_token0 + 8 * n + b_token_local) +
+                                                         (4 * j + q4) * 16);
+          }
+#pragma unroll
+          for (int sub = 0; sub < 4; ++sub) {
+            uint32_t b[2][2];
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+              const uint32_t x = sub == 0   ? k_bytes[n].x
+                                 : sub == 1 ? k_bytes[n].y
+                                 : sub == 2 ? k_bytes[n].z
+                                            : k_bytes[n].w;
+              e4m3x4_to_f16x2x2(x, b[n][0], b[n][1]);
+            }
+#pragma unroll
+            for (int rg = 0; rg < kRowGroups; ++rg) {
+              uint32_t a[4];
+              ldmatrix_x4(a, a_address(rg, 4 * j + sub));
+#pragma unroll
+              for (int n = 0; n < 2; ++n) mma_16816<true>(part[rg][n], a, b[n][0], b[n][1]);
+            }
+          }
+        }
+#pragma unroll
+        for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+          for (int n = 0; n < 2; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float4 sc = scales[n][e & 1];
+              const float scale = group == 0 ? sc.x : group == 1 ? sc.y : group == 2 ? sc.z : sc.w;
+              latent[rg][n][e] = fmaf(scale, part[rg][n][e], latent[rg][n][e]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int rg = 0; rg < kRowGroups; ++rg) {
+        const float row_factor[2] = {row_factor_[16 * rg + g], row_factor_[16 * rg + g + 8]};
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[rg][n][e] = fmaf(row_factor[e / 2], latent[rg][n][e], rope[rg][n][e]);
+        }
+      }
+    }
+
+    // Scale and mask; this warp's row maxima into the exchange (row, warp).
+    float* exchange = reinterpret_cast<float*>(smem_ + kReductionOffset + kWeightBytes);
+#pragma unroll
+    for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int row = 16 * rg + g + 8 * i;
+        const int r = m_block_ * kTileRows + row;
+        int limit = piece.token_end;
+        if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+        float local_max = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int position = round_start + warp_token0 + 8 * n + q4 + 4 * e;
+            float& value = s[rg][n][2 * i + e];
+            value = position < limit ? value * p_.scale_log2 : -INFINITY;
+            local_max = fmaxf(local_max, value);
+          }
+        }
+        local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 1));
+        local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, 2));
+        if (q4 == 0) exchange[row * 8 + warp_] = local_max;
+      }
+    }
+    {  // the largest scale of each group among this warp's tokens
+      float scale_max[4];
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        float m = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          m = fmaxf(m, fmaxf(component(scales[n][0], group), component(scales[n][1], group)));
+        }
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        scale_max[group] = m;
+      }
+      if (lane_ < 4) {
+        const float mine = lane_ == 0   ? scale_max[0]
+                           : lane_ == 1 ? scale_max[1]
+                           : lane_ == 2 ? scale_max[2]
+                                        : scale_max[3];
+        atomicMax(block_scale_max_ + 4 * parity + lane_, __float_as_int(mine));
+      }
+    }
+    __syncthreads();
+
+    const int my_group = warp_ >> 1;  // the 128-channel group of this warp's 64 output channels
+    float group_ratio = 1.0f;         // old / new group_max of my_group
+    float inverse_group_max[4];
+    {
+      const int4 bits = *reinterpret_cast<const int4*>(block_scale_max_ + 4 * parity);
+      const float block_max[4] = {__int_as_float(bits.x), __int_as_float(bits.y), __int_as_float(bits.z),
+                                  __int_as_float(bits.w)};
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        const float old_max = group_max_[group];
+        const float new_max = fmaxf(old_max, block_max[group]);
+        group_max_[group] = new_max;
+        inverse_group_max[group] = new_max > 0.0f ? __fdividef(1.0f, new_max) : 0.0f;
+        if (group == my_group) group_ratio = new_max > 0.0f ? __fdividef(old_max, new_max) : 1.0f;
+      }
+    }
+    float rescale[kRowGroups][2];
+    bool moved = group_ratio != 1.0f;
+#pragma unroll
+    for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int row = 16 * rg + g + 8 * i;
+        const float4 low = *reinterpret_cast<const float4*>(exchange + row * 8);
+        const float4 high = *reinterpret_cast<const float4*>(exchange + row * 8 + 4);
+        const float block_max = fmaxf(fmaxf(fmaxf(low.x, low.y), fmaxf(low.z, low.w)),
+                                      fmaxf(fmaxf(high.x, high.y), fmaxf(high.z, high.w)));
+        RowState& state = states[rg];
+        const float new_max = fmaxf(state.max_log2[i], block_max);
+        const float base = new_max == -INFINITY ? 0.0f : new_max;
+        rescale[rg][i] = fast_exp2(state.max_log2[i] - base);
+        moved = moved || rescale[rg][i] != 1.0f;
+        state.max_log2[i] = new_max;
+        float block_sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& value = s[rg][n][2 * i + e];
+            value = fast_exp2(value - base);
+            block_sum += value;
+          }
+        }
+        state.sum[i] = state.sum[i] * rescale[rg][i] + block_sum;  // this thread's tokens only
+      }
+    }
+    // NOTE: the accumulators are rescaled only when some factor moved.
+    if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+      for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[8 * rg + n][e] *= rescale[rg][e / 2] * group_ratio;
+        }
+      }
+    }
+    // P (f16) into the plane, tokens placed as the V loads expect (Token 16 b + 4 u + v at 16 b + 2 u +
+    // 8 (v / 2) + v % 2); the weights scale_g / group_max_g of this warp's tokens, in token order.
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int token = warp_token0 + 8 * n + q4 + 4 * e;
+        const int within = token & 15, u = within >> 2, v = within & 3;
+        const int place = (token & ~15) + 2 * u + 8 * (v >> 1) + (v & 1);
+#pragma unroll
+        for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const int row = 16 * rg + g + 8 * i;
+            const uint32_t offset = row * (kRoundTokens * 2) + (((place >> 3) ^ (row & 7)) << 4) + (place & 7) * 2;
+            const __half value = __float2half_rn(s[rg][n][2 * i + e]);
+            asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(sp_ + offset), "h"(*reinterpret_cast<const uint16_t*>(&value))
+                         : "memory");
+          }
+        }
+        if (g == 0) {
+          const float4 sc = scales[n][e];
+          const float weight[4] = {sc.x * inverse_group_max[0], sc.y * inverse_group_max[1],
+                                   sc.z * inverse_group_max[2], sc.w * inverse_group_max[3]};
+          auto* weights = reinterpret_cast<__half*>(smem_ + kReductionOffset);
+#pragma unroll
+          for (int group = 0; group < 4; ++group) weights[group * kRoundTokens + token] = __float2half_rn(weight[group]);
+        }
+      }
+    }
+    __syncthreads();
+    // Every thread has read this round's scale maxima and row maxima: clear the scale maxima for round
+    // j + 2 (round j + 1 uses the other half, after the next loop barrier).
+    if (threadIdx.x < 4) block_scale_max_[4 * parity + threadIdx.x] = 0;
+
+    const char* weights = smem_ + kReductionOffset + my_group * kRoundTokens * 2;
+    const int channel0 = 64 * warp_ + 8 * g;  // this thread's 8 channels (n-tile i: channel0 + i)
+#pragma unroll
+    for (int k = 0; k < kRoundTokens / 16; ++k) {
+      uint32_t a[kRowGroups][4];
+#pragma unroll
+      for (int rg = 0; rg < kRowGroups; ++rg) {
+        const int p_row = 16 * rg + (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+        const int chunk = 2 * k + (lane_ >> 4);
+        ldmatrix_x4(a[rg], sp_ + p_row * (kRoundTokens * 2) + ((chunk ^ (p_row & 7)) << 4));
+      }
+      const int token0 = 16 * k + 4 * q4;  // this thread's tokens token0 .. token0 + 3
+      uint2 v[4];
+#pragma unroll
+      for (int t = 0; t < 4; ++t) v[t] = *reinterpret_cast<const uint2*>(raw + token_offset(token0 + t) + channel0);
+      const uint2 w = *reinterpret_cast<const uint2*>(weights + token0 * 2);  // f16 weights of the 4 tokens
+      const __half2 w01 = *reinterpret_cast<const __half2*>(&w.x), w23 = *reinterpret_cast<const __half2*>(&w.y);
+#pragma unroll
+      for (int word = 0; word < 2; ++word) {
+        const uint32_t x0 = word ? v[0].y : v[0].x, x1 = word ? v[1].y : v[1].x;
+        const uint32_t x2 = word ? v[2].y : v[2].x, x3 = word ? v[3].y : v[3].x;
+        uint32_t b0[4], b1[4];  // channel channel0 + 4 word + c: tokens 0, 1 (b0) and 2, 3 (b1)
+        e4m3x4_to_f16x2x2(__byte_perm(x0, x1, 0x5140), b0[0], b0[1]);
+        e4m3x4_to_f16x2x2(__byte_perm(x0, x1, 0x7362), b0[2], b0[3]);
+        e4m3x4_to_f16x2x2(__byte_perm(x2, x3, 0x5140), b1[0], b1[1]);
+        e4m3x4_to_f16x2x2(__byte_perm(x2, x3, 0x7362), b1[2], b1[3]);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const __half2 scaled0 = __hmul2(*reinterpret_cast<const __half2*>(&b0[c]), w01);
+          const __half2 scaled1 = __hmul2(*reinterpret_cast<const __half2*>(&b1[c]), w23);
+          const uint32_t s0 = *reinterpret_cast<const uint32_t*>(&scaled0);
+          const uint32_t s1 = *reinterpret_cast<const uint32_t*>(&scaled1);
+#pragma unroll
+          for (int rg = 0; rg < kRowGroups; ++rg) mma_16816<true>(acc[8 * rg + 4 * word + c], a[rg], s0, s1);
+        }
+      }
+    }
+  }
+
+  // kChannels: the row sums over the 8 warps, then every warp writes its 64 channels of every row.
+  __device__ void finish_piece_channels(const Piece& piece, float (&acc)[32][4], RowState (&states)[kRowGroups]) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    float* exchange = reinterpret_cast<float*>(smem_ + kReductionOffset + kWeightBytes);
+    __syncthreads();  // everyone is done with the exchange's row maxima
+#pragma unroll
+    for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float partial = states[rg].sum[i];
+        partial += __shfl_xor_sync(0xffffffffu, partial, 1);
+        partial += __shfl_xor_sync(0xffffffffu, partial, 2);
+        if (q4 == 0) exchange[(16 * rg + g + 8 * i) * 8 + warp_] = partial;
+      }
+    }
+    __syncthreads();
+    // acc is in units of this warp's group max (selected, not indexed: a runtime index into group_max_
+    // would put the decoder object in local memory).
+    const int my_group = warp_ >> 1;
+    const float factor_units = my_group == 0   ? group_max_[0]
+                               : my_group == 1 ? group_max_[1]
+                               : my_group == 2 ? group_max_[2]
+                                               : group_max_[3];
+#pragma unroll
+    for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int tile_row = 16 * rg + g + 8 * i;
+        const int r = m_block_ * kTileRows + tile_row;
+        if (r >= p_.rows) continue;
+        const float4 low = *reinterpret_cast<const float4*>(exchange + tile_row * 8);
+        const float4 high = *reinterpret_cast<const float4*>(exchange + tile_row * 8 + 4);
+        const float sum = (low.x + low.y) + (low.z + low.w) + (high.x + high.y) + (high.z + high.w);
+        const float max_log2 = states[rg].max_log2[i];
+        const float factor = (sum == 0.0f ? 0.0f : 1.0f / sum) * factor_units;
+        const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+        if (piece.only_piece) {
+          uint16_t* out = static_cast<uint16_t*>(p_.out) + piece.batch * p_.out_batch_stride +
+                          token * p_.out_token_stride + head * p_.out_head_stride;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {  // channels 64 w + 8 (2 q4 + e) + 0..7
+            float values[8];
+#pragma unroll
+            for (int n = 0; n < 8; ++n) values[n] = acc[8 * rg + n][2 * i + e] * factor;
+            const uint4 packed = make_uint4(pack2<kFp16>(values[0], values[1]), pack2<kFp16>(values[2], values[3]),
+                                            pack2<kFp16>(values[4], values[5]), pack2<kFp16>(values[6], values[7]));
+            *reinterpret_cast<uint4*>(out + 64 * warp_ + 8 * (2 * q4 + e)) = packed;
+          }
+          if (warp_ == 0 && q4 == 0) {
+            p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride +
+                           token * p_.lse_token_stride] = sum == 0.0f ? INFINITY : (log2f(sum) + max_log2) / kLog2e;
+          }
+        } else {
+          const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k_) * p_.rows + r;
+          float* out = p_.out_accum + slot_row * kDimV;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float* destination = out + 64 * warp_ + 8 * (2 * q4 + e);
+            *reinterpret_cast<float4*>(destination) =
+                make_float4(acc[8 * rg][2 * i + e] * factor, acc[8 * rg + 1][2 * i + e] * factor,
+                            acc[8 * rg + 2][2 * i + e] * factor, acc[8 * rg + 3][2 * i + e] * factor);
+            *reinterpret_cast<float4*>(destination + 4) =
+                make_float4(acc[8 * rg + 4][2 * i + e] * factor, acc[8 * rg + 5][2 * i + e] * factor,
+                            acc[8 * rg + 6][2 * i + e] * factor, acc[8 * rg + 7][2 * i + e] * factor);
+          }
+          if (warp_ == 0 && q4 == 0) p_.lse_accum[slot_row] = sum == 0.0f ? -INFINITY : log2f(sum) + max_log2;
         }
       }
     }
@@ -3784,6 +4187,10 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
     if (kind == KernelKind::kMmaSyncFp8Pair && params.rows <= 16) {
       return launch<Fp8Decoder<kFp16, 4, 2>, kFp16>(params, stream);
     }
+    if (kind == KernelKind::kMmaSyncFp8Channels) {
+      if (params.rows <= 16) return launch<Fp8Decoder<kFp16, 4, 2, true>, kFp16>(params, stream);
+      if (params.rows <= 32) return launch<Fp8Decoder<kFp16, 2, 2, true>, kFp16>(params, stream);
+    }
     if (kind == KernelKind::kMmaSyncFp8Wide && params.rows <= 16) {
       static_assert(Fp8WideDecoder<kFp16>::kCtaThreads == 512, "the wide kernel's launch bounds");
       return launch<Fp8WideDecoder<kFp16>, kFp16, true>(params, stream);
@@ -3870,6 +4277,7 @@ KernelKind select_kernel(const DecodeParams& params) {
     // The pair and wide kernels exist for <= 16 rows only (shared memory; Fp8Decoder, Fp8WideDecoder).
     if (params.rows <= 16 && fp8_kernel == Fp8Kernel::kPair) return KernelKind::kMmaSyncFp8Pair;
     if (params.rows <= 16 && fp8_kernel == Fp8Kernel::kWide) return KernelKind::kMmaSyncFp8Wide;
+    if (fp8_kernel == Fp8Kernel::kChannels) return KernelKind::kMmaSyncFp8Channels;
     return KernelKind::kMmaSyncFp8Direct;
   }
   return KernelKind::kMmaSync;
@@ -3888,6 +4296,7 @@ const char* kernel_name(KernelKind kind) {
     case KernelKind::kMmaSyncFp8Direct: return "mma_sync_fp8_direct";
     case KernelKind::kMmaSyncFp8Pair: return "mma_sync_fp8_pair";
     case KernelKind::kMmaSyncFp8Wide: return "mma_sync_fp8_wide";
+    case KernelKind::kMmaSyncFp8Channels: return "mma_sync_fp8_channels";
     case KernelKind::kMmaSync: return "mma_sync";
   }
   return "";
