@@ -47,8 +47,8 @@ def skip(message: str) -> int:
     return 0
 
 
-def time_graph(function, calls: int, repeats: int) -> float:
-    """Median milliseconds per call of `function`, captured `calls` times in one CUDA graph."""
+def capture_graph(function, calls: int):
+    """`function` warmed up on a side stream, then captured `calls` times in one CUDA graph, replayed once."""
     import torch
 
     stream = torch.cuda.Stream()
@@ -64,6 +64,14 @@ def time_graph(function, calls: int, repeats: int) -> float:
             function()
     graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+def time_graph(function, calls: int, repeats: int) -> float:
+    """Median milliseconds per call of `function`, captured `calls` times in one CUDA graph."""
+    import torch
+
+    graph = capture_graph(function, calls)
     samples = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

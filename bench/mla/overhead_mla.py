@@ -20,18 +20,13 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
 
-from bench_mla import BATCH, PAGE, quantize_fp8, time_graph  # noqa: E402
+from bench_mla import BATCH, PAGE, capture_graph, quantize_fp8, time_graph  # noqa: E402
 
 
 def kernel_timeline(torch, function, calls: int):
     """Kernel names, durations and the gaps between consecutive kernels (microseconds) over one
     replay of a graph of `calls` calls."""
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            function()
-    graph.replay()
-    torch.cuda.synchronize()
+    graph = capture_graph(function, calls)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -58,7 +53,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out")
     args = parser.parse_args()
-    import torch
+    try:
+        import torch
+    except ImportError:
+        print(json.dumps({"skipped": "torch is not installed"}))
+        return 0
 
     from fireflyer import mla
 
