@@ -100,9 +100,12 @@ def main() -> None:
         "benchmark": "fs storage: ff-bench-storage (StorageClient over gRPC, 3 ff-storage at replication 3, "
                      "ChunkEngine O_DIRECT+io_uring, sync data) vs fio (io_uring, O_DIRECT, dsync writes) on the same disk",
         "note": "Our writes sync more than fio's: each replica's data write is O_DSYNC like fio's, and each "
-                "replica also syncs a RocksDB batch per write (an fdatasync of its WAL; the head and middle "
-                "a pending batch on the critical path and a commit batch after acknowledging, the tail one "
-                "commit batch), all three replicas on this one disk. fio_fdatasync_MB_per_s is fio with "
+                "replica also syncs a RocksDB batch per write (an fdatasync of its WAL: the head's and "
+                "middle's pending batch, the tail's commit batch, all three at once since the head and the "
+                "middle forward while they store; the head's and middle's commits after acknowledging are "
+                "unsynced and ride on a later synced batch), all three replicas on this one disk; a small "
+                "overwrite is also copied in place later (one more O_DSYNC write per replica, off the "
+                "critical path). fio_fdatasync_MB_per_s is fio with "
                 "--sync=dsync --fdatasync=1 (one data write + one fdatasync per write, as one replica "
                 "does); ratio_vs_fio and the target keep the issue's baseline (plain dsync fio).",
         "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
