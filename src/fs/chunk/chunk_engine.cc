@@ -935,7 +935,7 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
   db_options.keep_log_file_num = 4;
   // Tickers only (WAL syncs, writes grouped behind another writer): ChunkEngineStats reports them.
   impl->db_statistics = rocksdb::CreateDBStatistics();
-  impl->db_statistics->set_stats_level(rocksdb::StatsLevel::kExceptTimers);
+  impl->db_statistics->set_stats_level(rocksdb::StatsLevel::kExceptHistogramOrTimers);
   db_options.statistics = impl->db_statistics;
   rocksdb::DB* db = nullptr;
   FF_RETURN_IF_ERROR(rocks_status(rocksdb::DB::Open(db_options, options.directory + "/meta", &db),
