@@ -27,8 +27,8 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
-#include <mutex>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <thread>
@@ -204,7 +204,7 @@ struct ChunkEngine::Impl {
   std::condition_variable settle_cv;
   // chunk -> number of its unsynced commit batch (0: the commit batch was synced); guarded by settle_mutex
   std::map<ChunkId, uint64_t> to_settle;
-  bool settle_stopping = false;    // guarded by settle_mutex
+  bool settle_stopping = false;  // guarded by settle_mutex
   std::thread settler;
 
   ~Impl() {
@@ -1116,7 +1116,8 @@ Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
     return meta;
   }
   if (committed.patch.present()) {
-    return unimplemented("chunk {}: committed version {} has a patch still to apply", id.to_string(), committed.version);
+    return unimplemented("chunk {}: committed version {} has a patch still to apply", id.to_string(),
+                         committed.version);
   }
   if (update.offset > old_length) {
     return unimplemented("chunk {}: update at {} leaves a hole after the committed length {}", id.to_string(),
@@ -1141,8 +1142,7 @@ Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
     const uint64_t end = std::min(start + segment, new_length);
     const bool covered = update.offset <= start && update_end >= end;
     if (covered) {
-      segments[start / segment] =
-          crc32c(update.data.subspan(start - update.offset, std::min(end, update_end) - start));
+      segments[start / segment] = crc32c(update.data.subspan(start - update.offset, std::min(end, update_end) - start));
       continue;
     }
     // Partly covered (the first or the last segment): the committed bytes of it, overlaid.

@@ -622,16 +622,17 @@ TEST_P(ChunkEngineTest, SyncedIoCountersCountEachKindOfWrite) {
     const ChunkEngineStats before = engine_->stats();
     action();
     const ChunkEngineStats after = engine_->stats();
-    return std::array<uint64_t, 4>{after.synced_batches - before.synced_batches,
-                                   after.unsynced_batches - before.unsynced_batches,
-                                   after.dsync_data_writes - before.dsync_data_writes,
-                                   after.data_fdatasyncs - before.data_fdatasyncs};
+    return std::array<uint64_t, 4>{
+        after.synced_batches - before.synced_batches, after.unsynced_batches - before.unsynced_batches,
+        after.dsync_data_writes - before.dsync_data_writes, after.data_fdatasyncs - before.data_fdatasyncs};
   };
   using Counts = std::array<uint64_t, 4>;  // synced batches, unsynced batches, DSYNC writes, fdatasyncs
   const Counts data_write = direct ? Counts{0, 0, 1, 0} : Counts{0, 0, 0, 1};
   const auto first = pattern_bytes(200000, 1);
   // A new version (copy-on-write): one data write, one synced batch.
-  EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 1, 1, 0, first, false}).is_ok()); }),
+  EXPECT_EQ(delta([&] {
+              ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 1, 1, 0, first, false}).is_ok());
+            }),
             (Counts{1, 0, data_write[2], data_write[3]}));
   EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->commit(id, 1).is_ok()); }), (Counts{1, 0, 0, 0}));
   // An inline patch: the synced pending batch carries the bytes; the tail's deferred batch is unsynced.
@@ -647,7 +648,9 @@ TEST_P(ChunkEngineTest, SyncedIoCountersCountEachKindOfWrite) {
             (Counts{1, 1, data_write[2], data_write[3]}));
   // A lazy commit of an in-place append: one unsynced batch.
   const auto append = pattern_bytes(1000, 3);
-  EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 3, 1, first.size(), append, false}).is_ok()); }),
+  EXPECT_EQ(delta([&] {
+              ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 3, 1, first.size(), append, false}).is_ok());
+            }),
             (Counts{1, 0, data_write[2], data_write[3]}));
   EXPECT_EQ(delta([&] { ASSERT_TRUE(engine_->commit_lazily(id, 3).is_ok()); }), (Counts{0, 1, 0, 0}));
   const ChunkEngineStats stats = engine_->stats();
@@ -664,16 +667,16 @@ TEST_P(ChunkEngineTest, PreviewPendingMatchesWhatPutPendingStores) {
     bool full_replacement;
   };
   const Step steps[] = {
-      {0, 100000, false},       // a new chunk
-      {100000, 5000, false},    // append at the committed length (unaligned)
-      {4096, 8192, false},      // aligned overwrite inside (a patch)
-      {1234, 10000, false},     // unaligned overwrite inside, first and last segment partly covered
-      {100000, 1, false},       // one byte
-      {95000, 30000, false},    // across the end
-      {0, 200000, false},       // from 0 past the end
-      {0, 50000, true},         // full replacement (shrinks)
-      {10, 40000, false},       // most of the chunk: copy-on-write
-      {49990, 3, false},        // the last partial segment
+      {0, 100000, false},     // a new chunk
+      {100000, 5000, false},  // append at the committed length (unaligned)
+      {4096, 8192, false},    // aligned overwrite inside (a patch)
+      {1234, 10000, false},   // unaligned overwrite inside, first and last segment partly covered
+      {100000, 1, false},     // one byte
+      {95000, 30000, false},  // across the end
+      {0, 200000, false},     // from 0 past the end
+      {0, 50000, true},       // full replacement (shrinks)
+      {10, 40000, false},     // most of the chunk: copy-on-write
+      {49990, 3, false},      // the last partial segment
   };
   uint64_t seed = 10;
   for (const Step& step : steps) {

@@ -33,8 +33,8 @@ struct Config {
   bool sync_data = true;
   bool use_io_uring = true;
   uint64_t preallocate_mb = 64;
-  bool lazy_commits = true;                 // ChunkEngineOptions::lazy_commits
-  bool settle_patches_in_background = true; // ChunkEngineOptions::settle_patches_in_background
+  bool lazy_commits = true;                  // ChunkEngineOptions::lazy_commits
+  bool settle_patches_in_background = true;  // ChunkEngineOptions::settle_patches_in_background
   std::string metrics_listen = "127.0.0.1:0";
   double stats_interval_s = 10;
 };
