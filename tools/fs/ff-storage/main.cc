@@ -35,6 +35,7 @@ struct Config {
   uint64_t preallocate_mb = 64;
   bool lazy_commits = true;                  // ChunkEngineOptions::lazy_commits
   bool settle_patches_in_background = true;  // ChunkEngineOptions::settle_patches_in_background
+  uint32_t settle_delay_us = ChunkEngineOptions{}.settle_delay_us;
   std::string metrics_listen = "127.0.0.1:0";
   double stats_interval_s = 10;
 };
@@ -56,6 +57,7 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("chunk.preallocate_mb", &c.preallocate_mb));
   FF_RETURN_IF_ERROR(reader.read("chunk.lazy_commits", &c.lazy_commits));
   FF_RETURN_IF_ERROR(reader.read("chunk.settle_patches_in_background", &c.settle_patches_in_background));
+  FF_RETURN_IF_ERROR(reader.read("chunk.settle_delay_us", &c.settle_delay_us));
   FF_RETURN_IF_ERROR(reader.read("metrics.listen", &c.metrics_listen));
   FF_RETURN_IF_ERROR(reader.read("metrics.stats_interval_s", &c.stats_interval_s));
   FF_RETURN_IF_ERROR(reader.finish());
@@ -107,6 +109,7 @@ int run(const Config& config) {
     options.preallocate_bytes_per_class = config.preallocate_mb << 20;
     options.lazy_commits = config.lazy_commits;
     options.settle_patches_in_background = config.settle_patches_in_background;
+    options.settle_delay_us = config.settle_delay_us;
     FF_ASSIGN_OR_RETURN(std::unique_ptr<ChunkEngine> engine, ChunkEngine::open(options));
     std::shared_ptr<ChunkEngine> shared = std::move(engine);
     FF_LOG_INFO("target {}: chunk engine at {} (direct_io={}, io_uring={})", target, options.directory,
