@@ -33,13 +33,14 @@
 // The raw FP8 tiles hold the 656-byte tokens as stored; every block is dequantized (e4m3 * scale ->
 // bf16 / fp16, RoPE copied) into the KV tile before its MMAs (Decoder<., true, 1>). With at most 32
 // rows per KV head (the memory-bound shapes) Fp8Decoder instead feeds its MMAs straight from four raw
-// stages (see its comment; with <= 16 rows by default two 64-token blocks per barrier round, and
-// Fp8WideDecoder is a 16-warp variant).
+// stages filled by bulk copies (see its comment; by default in its channel-split mode: 8 warps share
+// one softmax, S is split by tokens and P V by output channels, for 16 and 32 rows; the pair, direct
+// and Fp8WideDecoder (16-warp) variants stay selectable with FF_MLA_FP8).
 //
 // Never reads past the length: tokens at or past a piece's end are zero-filled by cp.async with a source
-// size of 0 (no global read), blocks past it are not loaded, and a block id outside the cache or a
-// column outside the block table loads zeros instead of faulting (the host rejects such input first
-// when asked to check values).
+// size of 0 (no global read), or, in Fp8Decoder, not copied and zeroed by plain stores; blocks past it
+// are not loaded, and a block id outside the cache or a column outside the block table loads zeros
+// instead of faulting (the host rejects such input first when asked to check values).
 #include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime's entry-point query
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -674,8 +675,9 @@ class Decoder {
 
 // The FP8 cache with few query rows (kSplit 4: <= 16 rows, kSplit 2: <= 32; the memory-bound shapes):
 // the MMAs read their K and V operands straight from the raw 656-byte tokens, converted in registers,
-// so no 16-bit KV tile exists and four raw stages (168 KB) stay in flight. The warp roles are
-// Decoder's (pairs = (row group, token slice), halves split the tokens in S and the channels in O).
+// so no 16-bit KV tile exists and four raw stages (4 x 42,240 B) stay in flight. The warp roles are
+// Decoder's (pairs = (row group, token slice), halves split the tokens in S and the channels in O),
+// except in the channel-split mode (kChannels, below).
 //   S = Q K^T   f16 MMAs on the latent channels: e4m3 -> f16 is exact (cvt.rn.f16x2.e4m3x2), Q is
 //               converted once per piece to f16 after scaling each row by a power of two (exact;
 //               keeps large or small q in f16 range), per 128-channel group g the partial
@@ -692,14 +694,16 @@ class Decoder {
 //               group_max_g and are rescaled with the softmax when it grows. The tokens of a k-step
 //               are permuted (thread quad q4 reads tokens 4 q4 .. 4 q4 + 3 of a 16-token step) and P
 //               is stored to match.
-// Shared memory: raw tile s (4 stages) | Q tile (16-bit, kQRows x 1152 B) | P planes | buffers. In the
-// raw tiles latent chunk c (16 bytes) of token t sits at chunk c ^ (2 ((t >> 3) & 1)): with the
-// 656-byte token stride (16 mod 128) this makes both the S loads (2 tokens x 4 chunks per 8 lanes) and
-// the V loads (4 tokens x 2 chunks) hit 8 different 16-byte bank groups.
+// Shared memory: raw stages (4) | Q tile (16-bit, kQRows x 1152 B) | P planes | buffers | mbarriers. In
+// a raw stage token t sits at 656 t + 32 (t / 8), whole (token_offset): warp 0 fills a stage by bulk
+// copies (one per 8 tokens where the cache packs them, else one per token) that complete on the
+// stage's mbarrier; the 32-byte step every 8 tokens makes both the S loads (2 tokens x 4 chunks per 8
+// lanes) and the V loads (4 tokens x 2 chunks) hit 8 different 16-byte bank groups, as an XOR swizzle
+// of the chunks did when 256 threads filled the stages with 16-byte cp.async copies.
 //
 // kBlocks = 2 ('mma_sync_fp8_pair', FF_MLA_FP8=pair): a round takes two consecutive 64-token blocks,
-// which sit in two adjacent raw stages and so form one 128-token tile with the same swizzle (token t
-// of the round at raw + 656 t). Everything above then applies to the 128 tokens: one softmax, one
+// which sit in two adjacent raw stages and so form one 128-token tile (token t of the round at
+// token_offset(t): the formula continues across the two stages). Everything above then applies to the 128 tokens: one softmax, one
 // scale maximum and two barriers per round instead of per block, each warp's S on twice the tokens
 // (two independent n-tiles per Q fragment loaded) and its P V over two k-steps; the four raw stages
 // hold two rounds (the next one loads while this one computes). A block of a round past the piece's
