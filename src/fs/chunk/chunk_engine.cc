@@ -1080,10 +1080,10 @@ Result<ChunkRead> ChunkEngine::read(const ChunkId& id, uint64_t offset, uint64_t
   return result;
 }
 
-Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
-  Impl& impl = *impl_;
+// The checks every update passes before it is previewed or stored: a version, a full replacement
+// from offset 0, and room in the largest block class.
+static Status check_update(const ChunkUpdate& update, uint64_t max_bytes) {
   const ChunkId& id = update.id;
-  const uint64_t max_bytes = impl.options.max_block_bytes;
   if (update.version == 0) return invalid_argument("chunk {}: update version 0 (versions start at 1)", id.to_string());
   if (update.full_replacement && update.offset != 0) {
     return invalid_argument("chunk {}: full replacement at offset {} (must be 0)", id.to_string(), update.offset);
@@ -1092,6 +1092,13 @@ Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
     return oversize("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes", id.to_string(),
                     update.data.size(), update.offset, max_bytes);
   }
+  return Status::ok();
+}
+
+Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
+  Impl& impl = *impl_;
+  const ChunkId& id = update.id;
+  FF_RETURN_IF_ERROR(check_update(update, impl.options.max_block_bytes));
   // Shared read lock: the committed bytes read below are not changed under it (a patch is applied in
   // place with readers kept out). The caller serialises updates of the chunk (the service's lock).
   std::shared_lock read_lock(impl.read_locks[Impl::stripe(id)]);
@@ -1173,14 +1180,7 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   Impl& impl = *impl_;
   const ChunkId& id = update.id;
   const uint64_t max_bytes = impl.options.max_block_bytes;
-  if (update.version == 0) return invalid_argument("chunk {}: update version 0 (versions start at 1)", id.to_string());
-  if (update.full_replacement && update.offset != 0) {
-    return invalid_argument("chunk {}: full replacement at offset {} (must be 0)", id.to_string(), update.offset);
-  }
-  if (update.offset > max_bytes || update.data.size() > max_bytes - update.offset) {
-    return oversize("chunk {}: update of {} bytes at offset {} exceeds the largest chunk, {} bytes", id.to_string(),
-                    update.data.size(), update.offset, max_bytes);
-  }
+  FF_RETURN_IF_ERROR(check_update(update, max_bytes));
   const size_t stripe = Impl::stripe(id);
   std::lock_guard write_lock(impl.write_locks[stripe]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
