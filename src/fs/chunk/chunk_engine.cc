@@ -1095,6 +1095,21 @@ static Status check_update(const ChunkUpdate& update, uint64_t max_bytes) {
   return Status::ok();
 }
 
+// An update must create the version after the committed one, and may only repeat a pending one.
+static Status check_update_version(const ChunkUpdate& update, const ChunkRecord& record) {
+  const ChunkId& id = update.id;
+  const VersionRecord& committed = record.committed;
+  if (update.version != committed.version + 1) {
+    return version_mismatch("chunk {}: update creates version {}, but the committed version is {} (expected {})",
+                            id.to_string(), update.version, committed.version, committed.version + 1);
+  }
+  if (record.pending.present() && record.pending.version != update.version) {
+    return version_mismatch("chunk {}: update creates version {}, but version {} is pending", id.to_string(),
+                            update.version, record.pending.version);
+  }
+  return Status::ok();
+}
+
 Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
   Impl& impl = *impl_;
   const ChunkId& id = update.id;
@@ -1105,14 +1120,7 @@ Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
   ChunkRecord record = loaded.value_or(ChunkRecord{});
   const VersionRecord& committed = record.committed;
-  if (update.version != committed.version + 1) {
-    return version_mismatch("chunk {}: update creates version {}, but the committed version is {} (expected {})",
-                            id.to_string(), update.version, committed.version, committed.version + 1);
-  }
-  if (record.pending.present() && record.pending.version != update.version) {
-    return version_mismatch("chunk {}: update creates version {}, but version {} is pending", id.to_string(),
-                            update.version, record.pending.version);
-  }
+  FF_RETURN_IF_ERROR(check_update_version(update, record));
   ChunkMeta meta = loaded ? chunk_internal::to_meta(id, record) : ChunkMeta{.id = id};
   meta.pending_version = update.version;
   const uint64_t update_end = update.offset + update.data.size();
@@ -1193,14 +1201,7 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
     FF_RETURN_IF_ERROR(impl.settle_patch(id, record));
   }
   const VersionRecord& committed = record.committed;
-  if (update.version != committed.version + 1) {
-    return version_mismatch("chunk {}: update creates version {}, but the committed version is {} (expected {})",
-                            id.to_string(), update.version, committed.version, committed.version + 1);
-  }
-  if (record.pending.present() && record.pending.version != update.version) {
-    return version_mismatch("chunk {}: update creates version {}, but version {} is pending", id.to_string(),
-                            update.version, record.pending.version);
-  }
+  FF_RETURN_IF_ERROR(check_update_version(update, record));
   const uint64_t update_end = update.offset + update.data.size();
   const uint64_t new_length = update.full_replacement ? update.data.size() : std::max(committed.length, update_end);
   const bool in_place = !update.full_replacement && committed.present() && committed.location.valid() &&
