@@ -251,24 +251,17 @@ struct StorageService::State {
     return !serving_targets.empty() && serving_targets.back() == target;
   }
 
-  // Head: stat; an orphaned pending version (the lock is ours, so no write drives it) is resolved first;
-  // then pick the version, store pending, and forward.
+  // Head: one offload stats the chunk and, when no orphaned pending version is there, picks the
+  // version and stores it (or previews it, head_store); an orphaned pending version (the lock is ours,
+  // so no write drives it) is resolved first, on the executor, and the write is prepared again. Stat
+  // and store share one worker hop (was: stat, back to the executor, then store: two hand-offs more
+  // per write on its critical path; docs/fs-operations.md, "Threads a request passes through").
   void head_prepare(UpdatePtr update) {
     if (now() >= update->deadline_ns) return finish(update, deadline_exceeded("write of chunk {} ran past its deadline", update->chunk.to_string()));
     if (++update->prepares > 16) {
       return finish(update, fs_error(FsError::kVersionConflict, fmt::format("chunk {}: write restarted too often", update->chunk.to_string())));
     }
-    auto store_ptr = targets.at(update->target).store;
-    auto meta = std::make_shared<Result<ChunkMeta>>(ChunkMeta{});
-    executor.offload([store_ptr, meta, chunk = update->chunk] { *meta = store_ptr->stat(chunk); },
-                     [this, update, meta] {
-                       if (!meta->is_ok() && fs_error_of(meta->status()) != FsError::kChunkNotFound) {
-                         return finish(update, meta->status().with_context(fmt::format("target {}", update->target)));
-                       }
-                       if (meta->is_ok() && (*meta)->pending_version != 0) return resolve_orphan(update, **meta);
-                       if (update->resolve_only) return finish(update, ForwardRsp{});
-                       head_store(update);
-                     });
+    head_store(update);
   }
 
   // A pending version nobody drives (its head crashed, or a forward gave up at its deadline) may have
@@ -324,12 +317,20 @@ struct StorageService::State {
                     .offset = update->offset, .data = update->data.bytes, .full_replacement = false,
                     .chunk_size = update->chunk_size});
     const bool try_preview = !bugs.sequential_head && !bugs.sequential_forward;
+    // Set by the worker when the stat alone decides: an orphaned pending version to resolve first
+    // (*meta holds the stat), or a resolve_only update with nothing pending.
+    auto stat_only = std::make_shared<bool>(false);
     executor.offload(
-        [store_ptr, result, meta, chunk_update, previewed, try_preview]() {
+        [store_ptr, result, meta, chunk_update, previewed, try_preview, stat_only, resolve_only = update->resolve_only]() {
           Result<ChunkMeta> current = store_ptr->stat(chunk_update->id);
           uint32_t committed = current.is_ok() ? current->committed_version : 0;
           if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
             *result = current.status();
+            return;
+          }
+          if ((current.is_ok() && current->pending_version != 0) || resolve_only) {
+            if (current.is_ok()) *meta = *current;
+            *stat_only = true;
             return;
           }
           chunk_update->version = committed + 1;
@@ -351,8 +352,12 @@ struct StorageService::State {
           }
           *meta = *after;
         },
-        [this, update, result, meta, chunk_update, previewed] {
+        [this, update, result, meta, chunk_update, previewed, stat_only] {
           if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
+          if (*stat_only) {
+            if (meta->pending_version != 0) return resolve_orphan(update, *meta);
+            return finish(update, ForwardRsp{});  // resolve_only, nothing pending
+          }
           update->version = meta->pending_version;
           update->crc = meta->pending_crc32c;
           update->length = meta->pending_length;

@@ -1,5 +1,7 @@
 #include "ff/fs/rpc/grpc_transport.h"
 
+#include <pthread.h>
+
 #include <cstring>
 #include <future>
 #include <map>
@@ -20,8 +22,18 @@ namespace ff::fs::rpc {
 
 ThreadExecutor::ThreadExecutor(std::string name, uint32_t offload_threads) : name_(std::move(name)) {
   FF_ASSERT(offload_threads > 0, "executor {} needs at least one offload thread", name_);
-  loop_ = std::thread([this] { loop(); });
-  for (uint32_t i = 0; i < offload_threads; ++i) workers_.emplace_back([this] { work(); });
+  // Named threads (ff-exec: the serial loop; ff-work: offload workers) so per-thread context switches
+  // and profiles can tell them apart (docs/fs-operations.md, "Threads a request passes through").
+  loop_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "ff-exec");
+    loop();
+  });
+  for (uint32_t i = 0; i < offload_threads; ++i) {
+    workers_.emplace_back([this] {
+      pthread_setname_np(pthread_self(), "ff-work");
+      work();
+    });
+  }
 }
 
 ThreadExecutor::~ThreadExecutor() { stop(); }
