@@ -84,6 +84,18 @@ def time_graph(function, calls: int, repeats: int) -> float:
     return statistics.median(samples)
 
 
+def result_header(benchmark: str, torch, device_name: str, num_sms: int, timing: str) -> dict:
+    """The fields every results file of this script starts with."""
+    return {
+        "benchmark": benchmark,
+        "device": device_name,
+        "num_sms": num_sms,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "timing": timing,
+    }
+
+
 def quantize_fp8(cache):
     """bf16 (blocks, 64, 1, 576) -> the 656-byte FP8 layout, on the GPU (the library's quantizer runs on
     the CPU; the tests check it, this only needs the layout)."""
@@ -112,7 +124,7 @@ def main() -> int:
     parser.add_argument("--out", type=pathlib.Path, default=None)
     parser.add_argument("--fp8-ab", action="store_true",
                         help="only the FP8 A/B of issue #7: h_q 16, s_q 1 (and --s-q), fixed 4K-32K; the bf16 "
-                             "kernel and each FP8 kernel for <= 16 rows (FF_MLA_FP8=direct, pair, wide) in "
+                             "kernel and each FP8 kernel for <= 32 rows (--candidates: FF_MLA_FP8=direct, pair, wide, channels) in "
                              "--rounds rounds of alternating order, medians over the rounds")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--candidates", default=FP8_AB_DEFAULT,
@@ -283,13 +295,10 @@ def main() -> int:
                     del q, metadata, splits
             del cache, cache_fp8, dense, valid
             torch.cuda.empty_cache()
-            result = {
-                "benchmark": "mla decode (flash_mla_with_kvcache) sm_90a kernel vs torch SDPA and bmm+softmax",
-                "device": device_name,
-                "num_sms": num_sms,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "torch": torch.__version__,
-                "timing": f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats}",
+            result = result_header(
+                "mla decode (flash_mla_with_kvcache) sm_90a kernel vs torch SDPA and bmm+softmax", torch, device_name,
+                num_sms, f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats}")
+            result |= {
                 "kernel": ("s_q * h_q >= 64: WGMMA (m64n64k16 QK^T, m64n256k16 PV), bf16 cache loaded by TMA "
                            "with the lean pipelined warpgroup schedule (FP8: cp.async); fewer rows: mma.sync m16n8k16 + cp.async, FP8 with <= 32 rows fed from "
                            "4 raw FP8 stages filled by bulk copies (docs/mla.md); ours_bf16 names its kernel (the dispatch's default); "
@@ -319,18 +328,19 @@ FP8_AB_KNOWN = {
     "fp8_pair": (True, {"FF_MLA_FP8": "pair"}),
     "fp8_wide": (True, {"FF_MLA_FP8": "wide"}),
     "fp8_channels": (True, {"FF_MLA_FP8": "channels"}),
-    # the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs of lazy rescaling
+    # the bf16 kernel with the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs
+    # of lazy rescaling (the FP8 kernels always keep the eager rule)
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),
-    "fp8_pair_eager": (True, {"FF_MLA_FP8": "pair", "FF_MLA_LAZY": "0"}),
 }
 FP8_AB_DEFAULT = "bf16,fp8_direct,fp8_pair,fp8_wide,fp8_channels"
 
 
 def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
-    """The FP8 kernels for <= 16 rows against each other and the bf16 kernel (issue #7's FP8 target):
+    """The FP8 kernels for <= 32 rows against each other and the bf16 kernel (issue #7's FP8 target):
     b = 128, h_q 16, h_kv 1, fixed lengths 4K-32K; every candidate once per round, the order rotated
     from round to round (the first-measured position moved figures by a few percent before), medians
-    over the rounds; cos_diff of each FP8 kernel's output against the direct one's."""
+    over the rounds; cos_diff of each kernel's output against the direct FP8 one's (when a candidate) and
+    the first candidate's (the bf16 reference)."""
     generator = torch.Generator().manual_seed(2026)
     started = time.time()
     candidates = [(name, *FP8_AB_KNOWN[name]) for name in args.candidates.split(",")]
@@ -390,14 +400,11 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
             del q, metadata, splits, outputs
         del cache, cache_fp8, block_table
         torch.cuda.empty_cache()
-    result = {
-        "benchmark": "mla FP8 A/B (issue #7): FP8-cache kernels for <= 16 rows vs the bf16 kernel, h_q 16",
-        "device": device_name,
-        "num_sms": num_sms,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-        "timing": (f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats} replays; "
-                   f"{args.rounds} rounds, candidate order rotated each round, median over rounds"),
+    result = result_header(
+        "mla FP8 A/B (issue #7): the FP8-cache kernels for <= 32 rows vs the bf16 kernel, h_q 16", torch, device_name,
+        num_sms, (f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats} replays; "
+                  f"{args.rounds} rounds, candidate order rotated each round, median over rounds"))
+    result |= {
         "seconds": round(time.time() - started, 1),
         "cases": cases,
     }

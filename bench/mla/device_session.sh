@@ -2,7 +2,7 @@
 # One device session for the mla kernels (build, GPU tests, memcheck, benchmark), as run through the
 # device tool: `bash bench/mla/device_session.sh STEPS...` with $OUT set; logs and JSON land in $OUT.
 # Steps: build, sass, overhead (the fixed per-call cost at h_q 16), gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
-# gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck of the FP8 kernels for <= 16 rows), ab8 (the FP8 A/B),
+# gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck and racecheck of the FP8 kernels for <= 32 rows), ab8 (the FP8 A/B),
 # ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
 # tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
 set -uo pipefail
@@ -66,8 +66,8 @@ for step in "$@"; do
       grep -E "^s_q|Error|error" "$OUT/ab8.log" | cut -c1-300 | tail -8
       ;;
     abl)
-      # Lazy rescaling A/B (h_q 16, s_q 1, fixed 4K-32K): bf16 and the FP8 pair kernel, lazy and eager.
-      timeout 80 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --candidates bf16,bf16_eager,fp8_pair,fp8_pair_eager \
+      # Lazy rescaling A/B (h_q 16, s_q 1, fixed 4K-32K): the bf16 kernel lazy and eager, the default FP8 kernel.
+      timeout 80 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --candidates bf16,bf16_eager,fp8_channels \
         --out "$OUT/lazy_ab.json" >"$OUT/abl.log" 2>&1
       grep -E "^s_q|Error|error" "$OUT/abl.log" | cut -c1-300 | tail -8
       ;;
@@ -123,7 +123,7 @@ for step in "$@"; do
       cut -c1-400 "$OUT/overhead.log" | tail -12
       ;;
     ncu8)
-      # The FP8 kernel for <= 16 rows at h_q 16, 4K: pipes, warp states, instruction mix, stall sources.
+      # The default FP8 kernel at h_q 16, 4K: pipes, warp states, instruction mix, stall sources.
       timeout 150 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 --import-source no \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters \

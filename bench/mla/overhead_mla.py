@@ -102,6 +102,8 @@ def main() -> int:
                         os.environ.pop("FF_MLA_PROBE_LOADS_ONLY")
                     # The default again after the variants (order effects).
                     case["ms_default_again"] = round(time_graph(call, args.calls, args.repeats), 4)
+            if kind == "fp8":  # beside its baseline: the bf16 case of the same length, measured just before
+                case["fp8_speedup_vs_bf16"] = round(results[-1][f"ms_parts{num_sms}"] / case[f"ms_parts{num_sms}"], 3)
             print(json.dumps({k: v for k, v in case.items() if not k.startswith("timeline")}), flush=True)
             results.append(case)
         del caches, cache

@@ -907,21 +907,28 @@ TEST(CudaDecode, WgmmaSeesawBlockCounts) {
 
 // The pipelined schedule without the lean changes (FF_MLA_SCHEDULE=pipelined; the default before them),
 // and the lean one named explicitly, on the same cases.
+// The cases every forced TMA schedule runs: h_q 128 with lengths 0 to 1000 (seed `short_seed`), long
+// split sequences on 11 SMs (`long_seed`), and fp16 causal with two query tokens at h_q 64 on 7 SMs
+// (`causal_seed`).
+void run_schedule_cases(const char* schedule, uint32_t short_seed, uint32_t long_seed, uint32_t causal_seed) {
+  run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .schedule = schedule},
+                       short_seed);
+  run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11, .schedule = schedule},
+                       long_seed);
+  run_cuda_and_compare({.seqlens = {383, 64, 129, 7, 640},
+                        .s_q = 2,
+                        .h_q = 64,
+                        .causal = true,
+                        .dtype = DType::kFloat16,
+                        .num_sms = 7,
+                        .schedule = schedule},
+                       causal_seed);
+}
+
 TEST(CudaDecode, WgmmaPipelinedAndLeanSchedulesForced) {
   for (const char* schedule : {"pipelined", "lean"}) {
     SCOPED_TRACE(schedule);
-    run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .schedule = schedule},
-                         54);
-    run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11, .schedule = schedule},
-                         55);
-    run_cuda_and_compare({.seqlens = {383, 64, 129, 7, 640},
-                          .s_q = 2,
-                          .h_q = 64,
-                          .causal = true,
-                          .dtype = DType::kFloat16,
-                          .num_sms = 7,
-                          .schedule = schedule},
-                         56);
+    run_schedule_cases(schedule, 54, 55, 56);
   }
 }
 
@@ -932,24 +939,13 @@ TEST(CudaDecode, WgmmaPipelinedAndLeanSchedulesForced) {
 TEST(CudaDecode, WgmmaLeanRefinementsForced) {
   for (const char* schedule : {"lean_bar3", "lean_fold", "lean2", "lean2_early"}) {
     SCOPED_TRACE(schedule);
-    run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .schedule = schedule},
-                         57);
-    run_cuda_and_compare({.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11, .schedule = schedule},
-                         58);
+    run_schedule_cases(schedule, 57, 58, 60);
     run_cuda_and_compare({.seqlens = {64, 128, 192, 256, 320, 384, 100, 170, 250, 330},
                           .s_q = 1,
                           .h_q = 128,
                           .num_sms = 5,
                           .schedule = schedule},
                          59);
-    run_cuda_and_compare({.seqlens = {383, 64, 129, 7, 640},
-                          .s_q = 2,
-                          .h_q = 64,
-                          .causal = true,
-                          .dtype = DType::kFloat16,
-                          .num_sms = 7,
-                          .schedule = schedule},
-                         60);
     run_cuda_and_compare(
         {.seqlens = {700, 65, 3}, .s_q = 1, .h_q = 128, .num_sms = 4, .schedule = schedule, .softmax_scale = -0.03},
         61);

@@ -91,7 +91,8 @@ struct DecodeParams {
   // the arithmetic, so a benchmark can tell the memory ceiling of the pipeline from the kernel's time.
   // The outputs are then meaningless.
   bool probe_loads_only = false;
-  // Lazy rescaling in the mma.sync kernels (see kLazyMaxLog2); FF_MLA_LAZY=0 in the environment turns
+  // Lazy rescaling in the 16-bit mma.sync kernel (Decoder; see kLazyMaxLog2; the FP8 kernels keep the
+  // eager rule); FF_MLA_LAZY=0 in the environment turns
   // it off (every block's max moves the running max, as before), for A/B runs.
   bool lazy_rescale = true;
   // Measurement probe of the bf16 WGMMA kernel (FF_MLA_PROBE_SKIP=1, 2, 4 or 7): leaves out the S MMAs,
