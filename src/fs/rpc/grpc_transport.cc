@@ -3,7 +3,9 @@
 #include <pthread.h>
 
 #include <cstring>
+#include <condition_variable>
 #include <future>
+#include <list>
 #include <map>
 
 #include <absl/synchronization/mutex.h>
@@ -435,9 +437,13 @@ void GrpcRpcClient::call(const std::string& address, Request request, int64_t ti
 
 namespace {
 
+class LiveCalls;
+
 // Finishes a call exactly once; if the handler drops every copy of its Reply without calling it (a
 // stopped service drops in-flight requests), the call ends [not_serving] instead of hanging.
 struct ReplyState {
+  std::shared_ptr<LiveCalls> live;  // unregisters the call when it goes away (may outlive the server)
+  std::list<std::weak_ptr<ReplyState>>::iterator entry;
   grpc::ServerUnaryReactor* reactor = nullptr;
   pb::Envelope* response = nullptr;       // Fs.Call
   grpc::ByteBuffer* frame = nullptr;      // Fs.Frame
@@ -458,10 +464,45 @@ struct ReplyState {
       reactor->Finish(to_grpc_status(result.status()));
     }
   }
-  ~ReplyState() {
-    if (!finished.load()) finish(fs_error(FsError::kNotServing, "the server dropped the request"));
-  }
+  ~ReplyState();
 };
+
+// The calls a server has accepted and not yet finished. A stopped service can keep a call's Reply
+// alive (a task queued on an executor that no longer runs, a reply waiting for a downstream ack that
+// never comes); gRPC's Shutdown waits for every call to finish, so at shutdown the server finishes
+// those itself, [not_serving], once its deadline has passed.
+class LiveCalls {
+ public:
+  static void add(const std::shared_ptr<LiveCalls>& live, const std::shared_ptr<ReplyState>& state) {
+    std::lock_guard lock(live->mutex_);
+    state->live = live;
+    state->entry = live->calls_.insert(live->calls_.end(), state);
+  }
+  void remove(ReplyState& state) {
+    std::lock_guard lock(mutex_);
+    calls_.erase(state.entry);
+  }
+  void finish_all() {
+    std::vector<std::shared_ptr<ReplyState>> open;
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& call : calls_) {
+        if (auto state = call.lock()) open.push_back(std::move(state));
+      }
+    }
+    // NOTE: outside the lock: the last owner of a state here runs its destructor, which takes it.
+    for (const auto& state : open) state->finish(fs_error(FsError::kNotServing, "the server is shutting down"));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::list<std::weak_ptr<ReplyState>> calls_;
+};
+
+ReplyState::~ReplyState() {
+  if (!finished.load()) finish(fs_error(FsError::kNotServing, "the server dropped the request"));
+  if (live != nullptr) live->remove(*this);
+}
 
 class FsService final : public pb::Fs::WithRawCallbackMethod_Frame<pb::Fs::CallbackService> {
  public:
@@ -473,6 +514,9 @@ class FsService final : public pb::Fs::WithRawCallbackMethod_Frame<pb::Fs::Callb
       latency_ = &metrics->histogram("ff_rpc_server_seconds", "Time from receiving a request to its reply.");
     }
   }
+
+  // Ends every call still open (GrpcServer::shutdown, after its deadline).
+  void finish_open_calls() { live_->finish_all(); }
 
   grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* context, const pb::Envelope* request,
                                  pb::Envelope* response) override {
@@ -519,6 +563,7 @@ class FsService final : public pb::Fs::WithRawCallbackMethod_Frame<pb::Fs::Callb
     state->reactor = reactor;
     state->latency = latency_;
     state->start_ns = system_clock().now_ns();
+    LiveCalls::add(live_, state);
     if (fast_) {
       Reply reply = [state](Result<Response> result) { state->finish(std::move(result)); };
       if (fast_(server_context, *decoded, reply)) return reactor;
@@ -538,6 +583,7 @@ class FsService final : public pb::Fs::WithRawCallbackMethod_Frame<pb::Fs::Callb
   Counter* requests_ = nullptr;
   Counter* malformed_ = nullptr;
   Histogram* latency_ = nullptr;
+  std::shared_ptr<LiveCalls> live_ = std::make_shared<LiveCalls>();
 };
 
 }  // namespace
@@ -576,8 +622,26 @@ GrpcServer::~GrpcServer() { shutdown(1000); }
 void GrpcServer::shutdown(int64_t timeout_ms) {
   if (impl_ == nullptr || impl_->shut_down) return;
   impl_->shut_down = true;
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  // Shutdown returns only when every call has finished: calls the service still holds after the
+  // deadline are finished here (LiveCalls), so a stopped service cannot hang it.
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  std::thread finisher([&] {
+    std::unique_lock lock(mutex);
+    if (done_cv.wait_until(lock, deadline, [&] { return done; })) return;
+    lock.unlock();
+    impl_->service->finish_open_calls();
+  });
+  impl_->server->Shutdown(deadline);
   impl_->server->Wait();
+  {
+    std::lock_guard lock(mutex);
+    done = true;
+  }
+  done_cv.notify_all();
+  finisher.join();
 }
 
 // ---------------------------------------------------------------- blocking helper

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -452,14 +453,30 @@ TEST_F(FileClientTest, StorageNodeRestartMidWriteKeepsAcknowledgedData) {
       acknowledged = i + 1;
     }
   });
-  while (acknowledged < 10) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Every wait below is bounded: a writer that stalls or fails shows up as a failure, not a hang.
+  const auto wait_for_acks = [&](uint64_t target) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (acknowledged < target && failed == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return acknowledged >= target;
+  };
+  const bool started = wait_for_acks(10);
+  if (!started) {
+    stop = true;
+    writer.join();
+    FAIL() << "the writer acknowledged " << acknowledged.load() << " of 10 pieces within 60 s (" << failed.load()
+           << " failed)";
+  }
   ASSERT_TRUE(cluster_->restart_storage(2, 300).is_ok());
   uint64_t at_restart = acknowledged;
   auto recovery = cluster_->wait_serving(30'000);
   // Keep writing a little after recovery, then stop.
-  while (acknowledged < at_restart + 10 && failed == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const bool resumed = wait_for_acks(at_restart + 10);
   stop = true;
   writer.join();
+  EXPECT_TRUE(resumed || failed > 0) << "no 10 more pieces within 60 s after the restart (" << acknowledged.load()
+                                     << " acknowledged, " << at_restart << " at the restart)";
   ASSERT_TRUE(recovery.is_ok()) << recovery;
   EXPECT_EQ(failed.load(), 0) << "writes retry across the chain change";
   uint64_t pieces = acknowledged;

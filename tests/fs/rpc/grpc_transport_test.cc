@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <future>
+#include <mutex>
+#include <vector>
 
 #include "ff/fs/mem_chunk_store.h"
 #include "ff/fs/mgmtd.h"
@@ -100,6 +102,38 @@ TEST(GrpcTransportTest, ErrorsKeepTheirCodeAndTag) {
   ASSERT_TRUE(dropping.is_ok());
   auto dropped = call_blocking(client, (*dropping)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
   EXPECT_EQ(fs_error_of(dropped.status()), FsError::kNotServing) << dropped.status().to_string();
+}
+
+// A service that holds a call's Reply and never answers (a stopped service whose queued work still
+// holds it) cannot hang the server's shutdown: the call ends, unavailable, once the deadline passes.
+TEST(GrpcTransportTest, ShutdownFinishesCallsTheServiceStillHolds) {
+  ThreadExecutor executor("server");
+  std::mutex mutex;
+  std::vector<Reply> held;  // released only after the shutdown
+  std::promise<void> received;
+  auto server = GrpcServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
+    std::lock_guard lock(mutex);
+    held.push_back(std::move(reply));
+    received.set_value();
+  });
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  GrpcRpcClient client(client_executor);
+  auto pending = std::async(std::launch::async, [&] {
+    return call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 30 * kSecond);
+  });
+  ASSERT_EQ(received.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  const auto start = std::chrono::steady_clock::now();
+  (*server)->shutdown(200);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  ASSERT_EQ(pending.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  // Ended by the server ([not_serving]) or by gRPC's cancellation at the deadline, whichever lands
+  // first: both are `unavailable`.
+  auto rsp = pending.get();
+  EXPECT_EQ(rsp.status().code(), StatusCode::kUnavailable) << rsp.status().to_string();
+  std::lock_guard lock(mutex);
+  held.front()(Response{GetRoutingRsp{}});  // a late answer after the shutdown does nothing
+  held.clear();
 }
 
 TEST(GrpcTransportTest, DeadlineExpiresAndUnreachableIsUnavailable) {
