@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
 import socket
@@ -25,10 +26,34 @@ def is_mounted(path: str | os.PathLike) -> bool:
         return any(line.split()[1].replace("\\040", " ") == target for line in mounts)
 
 
+_CHOSEN_PORTS: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a server started later, chosen below the kernel's ephemeral range: a port that
+    the kernel handed out for a bind to port 0 and took back here could be handed to another server
+    binding port 0 (the metrics endpoints do) before ours binds it. Never the same port twice in this
+    process."""
+    low = _ephemeral_low()
+    for _ in range(500):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        if port in _CHOSEN_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _CHOSEN_PORTS.add(port)
+        return port
+    raise RuntimeError(f"no free port found below {low}")
 
 
 class LocalCluster:
