@@ -648,7 +648,10 @@ def test_deploy_local_cluster_start_status_stop(bin_dir: pathlib.Path, tmp_path:
 
     try:
         started = run("start", "--kv", kv)
-        assert started.returncode == 0, started.stderr[-3000:]
+        if started.returncode != 0:
+            print(started.stderr)  # every server's log tail, shown with the failure
+        # The error comes first in start's stderr, the servers' logs after it.
+        assert started.returncode == 0, started.stderr[:2500]
         state = json.loads((directory / "cluster.json").read_text())
         assert ("etcd" in state["processes"]) == (kv == "etcd")
         status = run("status")
@@ -658,9 +661,16 @@ def test_deploy_local_cluster_start_status_stop(bin_dir: pathlib.Path, tmp_path:
         assert run("stop").returncode == 0
         assert not is_mounted(mount)
         assert run("status").returncode == 3
-        assert run("start", "--kv", kv).returncode == 0
+        restarted = run("start", "--kv", kv)
+        if restarted.returncode != 0:
+            print(restarted.stderr)  # every server's log tail, shown with the failure
+        assert restarted.returncode == 0, restarted.stderr[:2500]
         state = json.loads((directory / "cluster.json").read_text())
         assert (mount / "kept").read_bytes() == b"across restarts"
+    except BaseException:
+        for log in sorted(directory.glob("*.log")):  # shown with the failure
+            print(f"== {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        raise
     finally:
         stopped = run("stop")
     assert stopped.returncode == 0

@@ -156,6 +156,46 @@ def test_two_meta_servers_on_etcd_fail_over(bin_dir: pathlib.Path) -> None:
             raise
 
 
+def test_meta_waits_for_an_etcd_that_is_not_up_yet(bin_dir: pathlib.Path) -> None:
+    """ff-meta started before its etcd: it retries opening the store (a warning names the store and the error)
+    instead of exiting, and serves once etcd is healthy (deploy/local-cluster restarts depend on this)."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian etcd-server)")
+    with LocalCluster(bin_dir, nodes=1, targets_per_node=1) as cluster:
+        try:
+            etcd_port = free_port()
+            address = f"127.0.0.1:{free_port()}"
+            config = cluster.dir / "meta1.toml"
+            config.write_text(
+                f'[meta]\nlisten = "{address}"\nstandalone_chains = 2\nrouting_wait_s = 60\n'
+                f'[kv]\nkind = "etcd"\netcd_endpoints = ["127.0.0.1:{etcd_port}"]\n')
+            cluster._spawn("meta1", [str(bin_dir / "ff-meta"), "--config", str(config)])
+            log = cluster.dir / "meta1.log"
+            deadline = time.monotonic() + 30
+            while "not serving yet" not in log.read_text(errors="replace"):
+                assert cluster.processes["meta1"].poll() is None, f"ff-meta exited without etcd:\n{cluster.logs()}"
+                assert time.monotonic() < deadline, f"no retry warning within 30 s:\n{cluster.logs()}"
+                time.sleep(0.1)
+            assert "etcd store is not serving yet" in log.read_text(errors="replace")
+            cluster.start_etcd(client_port=etcd_port)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1).close()
+                    break
+                except OSError:
+                    assert cluster.processes["meta1"].poll() is None, f"ff-meta exited:\n{cluster.logs()}"
+                    assert time.monotonic() < deadline, f"ff-meta did not serve within 30 s of etcd:\n{cluster.logs()}"
+                    time.sleep(0.1)
+            created = subprocess.run(client(bin_dir, [address], "workload", "--threads", "1", "--seconds", "1",
+                                            "--log", str(cluster.dir / "ops.log")),
+                                     capture_output=True, text=True, timeout=60)
+            assert created.returncode == 0 and last_json(created.stdout)["creates"] > 0, created.stdout + created.stderr
+        except BaseException:
+            print(cluster.logs())
+            raise
+
+
 def test_bad_config_is_named(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[meta]\nlisten = "127.0.0.1:0"\nstandalone_chains = 2\n[kv]\nkind = "foundationdb"\n')

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 
 def is_mounted(path: str | os.PathLike) -> bool:
@@ -163,24 +164,30 @@ class LocalCluster:
         return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.dir.glob("*.log")))
 
     # ------------------------------------------------------------------ etcd, ff-meta, ff-fuse
-    def start_etcd(self, timeout_s: float = 30) -> str:
-        """etcd on 127.0.0.1 (random ports, data in the scratch directory); returns its client address once it
-        accepts connections (ff-meta and ff-mgmtd reconnect badly to an etcd that refused them at first)."""
-        client_port, peer_port = free_port(), free_port()
+    def start_etcd(self, timeout_s: float = 30, client_port: int | None = None) -> str:
+        """etcd on 127.0.0.1 (random ports unless client_port is given, data in the scratch directory); returns
+        its client address once it is healthy."""
+        client_port, peer_port = client_port or free_port(), free_port()
         self._spawn("etcd", [
             "etcd", "--name=ff", f"--data-dir={self.dir}/etcd", f"--listen-client-urls=http://127.0.0.1:{client_port}",
             f"--advertise-client-urls=http://127.0.0.1:{client_port}", f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
             f"--initial-cluster=ff=http://127.0.0.1:{peer_port}"])
+        # Healthy, not just listening: etcd restarted on its old data directory accepts connections before it
+        # has a leader, and its first requests then time out. /health answers true once a read went through raft.
         deadline = time.monotonic() + timeout_s
+        last = "no answer"
         while True:
             try:
-                socket.create_connection(("127.0.0.1", client_port), timeout=1).close()
-                break
-            except OSError:
-                if self.processes["etcd"].poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"etcd did not accept connections within {timeout_s} s: {self.logs()}")
-                time.sleep(0.1)
+                with urllib.request.urlopen(f"http://127.0.0.1:{client_port}/health", timeout=2) as response:
+                    last = response.read().decode(errors="replace")
+                if json.loads(last).get("health") == "true":
+                    break
+            except (OSError, ValueError) as error:
+                last = str(error)
+            if self.processes["etcd"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"etcd was not healthy within {timeout_s} s (last: {last}): {self.logs()}")
+            time.sleep(0.1)
         self.etcd_address = f"127.0.0.1:{client_port}"
         return self.etcd_address
 

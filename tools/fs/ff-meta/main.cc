@@ -235,7 +235,20 @@ int serve(const Config& config) {
     }
   }
   meta::FileStorage* file_storage = storage ? storage->files.get() : nullptr;
+  // Opening formats or reads the root inode. A store that is not serving yet (an etcd that restarted
+  // and has no leader yet, or whose connection was refused at first) is waited for, as the routing is.
+  int64_t kv_give_up_ms = system_clock().now_ms() + static_cast<int64_t>(config.routing_wait_s * 1000);
   auto opened = meta::MetaService::open(**engine, meta_config(config, chains), file_storage);
+  // (The transaction's bounded retry ends an unreachable store's run in kAborted, naming the last error.)
+  while (!opened.is_ok() &&
+         (opened.status().code() == StatusCode::kUnavailable || opened.status().code() == StatusCode::kAborted ||
+          opened.status().code() == StatusCode::kDeadlineExceeded) &&
+         system_clock().now_ms() < kv_give_up_ms) {
+    FF_LOG_WARN("ff-meta: the {} store is not serving yet ({}); retrying for up to {} s", config.kv_kind,
+                opened.status(), config.routing_wait_s);
+    if (wait_for_termination([] { return true; }, 500) != 0) return 0;
+    opened = meta::MetaService::open(**engine, meta_config(config, chains), file_storage);
+  }
   if (!opened.is_ok()) {
     FF_LOG_ERROR("ff-meta: {}", opened.status());
     return 1;
