@@ -46,7 +46,10 @@ std::shared_ptr<EtcdStubs> EtcdChannel::current() {
 }
 
 void EtcdChannel::replace_after(const grpc::Status& status, const std::shared_ptr<EtcdStubs>& used) {
-  if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return;
+  // A member that hangs (cut off from the majority, it cannot serve a linearizable request) shows as a
+  // deadline: with other members to try, that moves too. With one member a fresh channel buys nothing.
+  const bool hung = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && targets_.size() > 1;
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE && !hung) return;
   std::lock_guard<std::mutex> lock(mutex_);
   if (stubs_ != used) return;
   index_ = (index_ + 1) % targets_.size();

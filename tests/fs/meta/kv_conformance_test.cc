@@ -6,9 +6,11 @@
 #include <filesystem>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include "../rpc/test_util.h"
+#include "etcd/etcdserverpb/rpc.grpc.pb.h"
 #include "ff/fs/kv.h"
 #include "ff/fs/kv_engines.h"
 
@@ -440,6 +442,67 @@ TEST(EtcdKv, DeadMemberFailsOverToTheNextEndpoint) {
   (*second)->set("k", "v");
   Status committed = (*second)->commit();
   ASSERT_TRUE(committed.is_ok()) << committed;
+}
+
+// An etcd KV service that answers nothing until released (a member cut off from the majority: its
+// connection is fine, its requests wait).
+class SilentKv final : public etcdserverpb::KV::Service {
+ public:
+  grpc::Status Range(grpc::ServerContext* context, const etcdserverpb::RangeRequest*,
+                     etcdserverpb::RangeResponse*) override {
+    return wait(context);
+  }
+  grpc::Status Txn(grpc::ServerContext* context, const etcdserverpb::TxnRequest*,
+                   etcdserverpb::TxnResponse*) override {
+    return wait(context);
+  }
+  std::atomic<int> calls{0};
+  std::atomic<bool> released{false};
+
+ private:
+  grpc::Status wait(grpc::ServerContext* context) {
+    ++calls;
+    while (!released && !context->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "released");
+  }
+};
+
+// A member that hangs: the call ends at its deadline, and the engine moves to the
+// next endpoint (before, only `unavailable` moved it, so every later call went to the hung member).
+TEST(EtcdKv, HungMemberFailsOverAfterItsDeadline) {
+  if (!rpc::testing::have_etcd()) GTEST_SKIP() << "etcd is not installed (Debian etcd-server); skipping";
+  auto server = EtcdServer::start();
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  SilentKv silent;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&silent);
+  std::unique_ptr<grpc::Server> silent_server = builder.BuildAndStart();
+  ASSERT_TRUE(silent_server != nullptr && port > 0);
+  const std::string hung = "127.0.0.1:" + std::to_string(port);
+  auto engine = open_etcd_kv(
+      EtcdKvOptions{.endpoint = hung, .more_endpoints = {(*server)->endpoint()}, .prefix = "/hung/", .timeout_ms = 1000});
+  ASSERT_TRUE(engine.is_ok()) << engine.status();
+  auto first = (*engine)->begin();
+  ASSERT_TRUE(first.is_ok());
+  auto stuck = (*first)->get("k");
+  ASSERT_FALSE(stuck.is_ok());
+  EXPECT_EQ(stuck.status().code(), StatusCode::kDeadlineExceeded) << stuck.status();
+  EXPECT_EQ(silent.calls.load(), 1);
+  // The next transaction runs on the live member. (A loaded machine may make a call there miss its
+  // deadline too, which moves the engine back to the silent member and on again: a few attempts.)
+  Status committed;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    auto second = (*engine)->begin();
+    ASSERT_TRUE(second.is_ok());
+    (*second)->set("k", "v");
+    committed = (*second)->commit();
+    if (committed.is_ok()) break;
+  }
+  EXPECT_TRUE(committed.is_ok()) << committed << " (" << silent.calls.load() << " calls reached the silent member)";
+  silent.released = true;
+  silent_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // EtcdChannel: the gRPC channel to an etcd cluster that EtcdClient (etcd_client.h) and the etcd KV
-// engine (kv_engines.h) share: one member at a time; after an `unavailable` call a fresh channel to the
-// next member (the same one when there is one) serves the calls after it. A fresh channel, not gRPC's
+// engine (kv_engines.h) share: one member at a time; after an `unavailable` call (or a deadline, with
+// other members to try) a fresh channel to the next member (the same one when there is one) serves the
+// calls after it. A fresh channel, not gRPC's
 // reconnect: a channel whose first connects were refused (etcd not yet listening) was seen to keep
 // failing for many seconds after etcd came up on the 2-core CPU machine.
 //
@@ -34,8 +35,9 @@ class EtcdChannel {
 
   // The stubs calls use now; pass them back to replace_after with the call's status.
   std::shared_ptr<EtcdStubs> current();
-  // After `unavailable` on `used`: moves to the next member, once per failed channel (concurrent
-  // failures of one channel move once). Other statuses change nothing.
+  // After `unavailable` on `used`, or `deadline exceeded` when there are other members: moves to the
+  // next member, once per failed channel (concurrent failures of one channel move once). Other
+  // statuses change nothing.
   void replace_after(const grpc::Status& status, const std::shared_ptr<EtcdStubs>& used);
 
   // One unary call: fn(EtcdStubs&) -> grpc::Status.
