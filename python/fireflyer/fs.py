@@ -97,7 +97,8 @@ class Client:
                  meta_memory: bool = False, chunk_size: int = 4 << 20, stripe: int = 0,
                  max_parallel_chunks: int = 16, meta_db_sync: bool = True, timeout_s: float = 30.0,
                  uid: int | None = None, gid: int | None = None):
-        """mgmtd: "host:port" of the cluster manager. meta / meta_db / meta_memory: see the module doc.
+        """mgmtd: "host:port" of the cluster manager, or "host:port,host:port" for a primary and its standbys
+        (calls move to the next after one is unreachable). meta / meta_db / meta_memory: see the module doc.
         chunk_size and stripe (chains per file, 0: all) apply to files created by an in-process meta.
         uid/gid: who this client acts as for permission checks (default: this process's)."""
         native = _native()

@@ -5,6 +5,7 @@ every acknowledged chunk must read back correctly from EVERY replica."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -134,3 +135,76 @@ def test_etcd_standby_takes_over_within_bound(bin_dir: pathlib.Path, tmp_path: p
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def test_storage_and_clients_follow_a_mgmtd_takeover(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Two ff-mgmtd on etcd; three storage servers, ff-admin and a fireflyer.fs client all given both addresses
+    ("primary,standby"). After the primary is SIGKILLed the standby serves, the storage servers heartbeat to it
+    (still alive there two heartbeat timeouts later, every chain serving), and the client's writes and reads
+    go on without a restart."""
+    import shutil
+    import signal
+
+    from test_fs_support import LocalCluster, free_port
+
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed")
+    fs = pytest.importorskip("fireflyer.fs")
+    heartbeat_timeout_s = 4
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=1, heartbeat_timeout_s=heartbeat_timeout_s) as cluster:
+        try:
+            etcd = cluster.start_etcd()
+            addresses = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+            for i, address in enumerate(addresses):
+                config = cluster.dir / f"mgmtd{i}.toml"
+                config.write_text(
+                    f'[mgmtd]\nlisten = "{address}"\nid = "mgmtd-{i}"\nheartbeat_timeout_s = {heartbeat_timeout_s}\n'
+                    f'scan_interval_s = 0.2\n[store]\nkind = "etcd"\netcd_endpoints = ["{etcd}"]\nlease_ttl_s = 2\n')
+                cluster._spawn(f"mgmtd{i}", [str(bin_dir / "ff-mgmtd"), "--config", str(config)])
+            cluster.mgmtd_address = ",".join(addresses)  # storage configs and ff-admin get both
+            for node in cluster.storage_ports:
+                cluster.start_storage(node)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    routing = cluster.routing()
+                    if sum(n["status"] == "alive" for n in routing["nodes"]) == 3:
+                        break
+                except RuntimeError:
+                    pass
+                assert time.monotonic() < deadline, f"nodes did not register within 30 s:\n{cluster.logs()}"
+                time.sleep(0.2)
+            created = cluster.admin("create-chain-table", "--table", "1", "--replication", "3", "--targets-per-node", "1",
+                                    "--nodes", "1,2,3")
+            assert created.returncode == 0, created.stderr
+            cluster.wait_serving(30)
+
+            def serving(address: str) -> bool:
+                result = subprocess.run([str(bin_dir / "ff-admin"), "--mgmtd", address, "--rpc-timeout-s", "1", "routing",
+                                         "--json"], capture_output=True, text=True, timeout=30)
+                return result.returncode == 0
+
+            primary = [i for i, address in enumerate(addresses) if serving(address)]
+            assert len(primary) == 1, f"exactly one mgmtd serves: {primary}"
+            primary, standby = primary[0], 1 - primary[0]
+            payload = os.urandom(300_000)
+            with fs.Client(cluster.mgmtd_address, meta_db=str(tmp_path / "meta"), chunk_size=64 << 10,
+                           meta_db_sync=False) as client:
+                client.write_file("/before", payload)
+                cluster.kill(f"mgmtd{primary}")
+                killed = time.monotonic()
+                while not serving(addresses[standby]):
+                    assert time.monotonic() - killed < 15, cluster.logs()
+                    time.sleep(0.1)
+                # Two heartbeat timeouts on the new primary: a node that did not follow would be declared failed.
+                time.sleep(2 * heartbeat_timeout_s)
+                routing = cluster.routing()
+                alive = sorted(n["id"] for n in routing["nodes"] if n["status"] == "alive")
+                assert alive == [1, 2, 3], f"nodes alive on the new primary: {alive}\n{cluster.logs()}"
+                cluster.wait_serving(30)
+                client.write_file("/after", payload[::-1])
+                assert client.read_file("/before") == payload
+                assert client.read_file("/after") == payload[::-1]
+        except BaseException:
+            print(cluster.logs())
+            raise

@@ -8,6 +8,7 @@
 #include "ff/common/log.h"
 #include "ff/fs/file_client.h"
 #include "ff/fs/kv_engines.h"
+#include "ff/fs/mgmtd_addresses.h"
 #include "ff/fs/rpc/grpc_transport.h"
 
 namespace ff::fs {
@@ -49,9 +50,12 @@ Result<std::vector<ChainId>> fetch_chains(const std::string& mgmtd, ChainTableId
   std::vector<ChainId> chains;
   {
     rpc::GrpcRpcClient client(executor);
+    MgmtdAddresses addresses = MgmtdAddresses::unchecked(mgmtd);  // a primary and its standbys
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (true) {
-      auto rsp = response_as<GetRoutingRsp>(rpc::call_blocking(client, mgmtd, Request{GetRoutingReq{}}, 2'000'000'000));
+      const std::string address = addresses.current();
+      auto rsp = response_as<GetRoutingRsp>(rpc::call_blocking(client, address, Request{GetRoutingReq{}}, 2'000'000'000));
+      if (!rsp.is_ok()) addresses.failed(address, rsp.status());  // the next attempt goes to the next one
       if (rsp.is_ok() && rsp->routing) {
         auto it = rsp->routing->chain_tables.find(table);
         if (it != rsp->routing->chain_tables.end() && !it->second.chains.empty()) {

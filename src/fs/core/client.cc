@@ -4,6 +4,7 @@
 
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
+#include "ff/fs/mgmtd_addresses.h"
 
 namespace ff::fs {
 
@@ -45,7 +46,10 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   bool refreshing = false;
   std::vector<std::function<void()>> after_refresh;
 
-  State(ClientConfig c, Executor& e, RpcClient& r) : config(std::move(c)), executor(e), rpc(r) {}
+  MgmtdAddresses mgmtd;  // config.mgmtd_address: a primary and its standbys
+
+  State(ClientConfig c, Executor& e, RpcClient& r)
+      : config(std::move(c)), executor(e), rpc(r), mgmtd(MgmtdAddresses::unchecked(config.mgmtd_address)) {}
   int64_t now() const { return executor.clock().now_ns(); }
 
   void refresh(std::function<void()> then) {
@@ -54,9 +58,11 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
     refreshing = true;
     ++stats.routing_refreshes;
     auto self = shared_from_this();
-    rpc.call(config.mgmtd_address, Request{GetRoutingReq{routing.version}}, config.rpc_timeout_ns,
-             [self](Result<Response> response) {
+    const std::string& address = mgmtd.current();
+    rpc.call(address, Request{GetRoutingReq{routing.version}}, config.rpc_timeout_ns,
+             [self, address](Result<Response> response) {
                Result<GetRoutingRsp> rsp = response_as<GetRoutingRsp>(std::move(response));
+               if (!rsp.is_ok()) self->mgmtd.failed(address, rsp.status());
                if (rsp.is_ok() && rsp->routing && rsp->routing->version >= self->routing.version) {
                  self->routing = std::move(*rsp->routing);
                }
@@ -147,7 +153,7 @@ StorageClient::~StorageClient() = default;
 void StorageClient::refresh_routing(Callback<RoutingVersion> done) {
   auto state = state_;
   state_->refresh([state, done] {
-    if (state->routing.version == 0) return done(unavailable("no routing information from mgmtd at {}", state->config.mgmtd_address));
+    if (state->routing.version == 0) return done(unavailable("no routing information from mgmtd at {}", state->mgmtd.names()));
     done(state->routing.version);
   });
 }

@@ -11,6 +11,7 @@
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
 #include "ff/fs/crc32c.h"
+#include "ff/fs/mgmtd_addresses.h"
 
 namespace ff::fs {
 
@@ -104,8 +105,14 @@ struct StorageService::State {
   std::set<LockKey> suspects;
   static constexpr size_t kMaxSuspects = 4096;
 
+  MgmtdAddresses mgmtd;  // config.mgmtd_address: a primary and its standbys
+
   State(StorageConfig c, Executor& e, RpcClient& r, ChunkStoreFactory f)
-      : config(std::move(c)), executor(e), rpc(r), factory(std::move(f)) {}
+      : config(std::move(c)),
+        executor(e),
+        rpc(r),
+        factory(std::move(f)),
+        mgmtd(MgmtdAddresses::unchecked(config.mgmtd_address)) {}
 
   // ------------------------------------------------------------------ read fast lane (any thread)
   // What try_handle_read checks, published by the executor after every change of it.
@@ -1507,9 +1514,11 @@ struct StorageService::State {
     };
     if (!registered) {
       RegisterNodeReq req{.node = config.node, .type = NodeType::kStorage, .address = config.address, .incarnation = incarnation};
-      rpc.call(config.mgmtd_address, Request{req}, config.rpc_timeout_ns, [this, complete, gen = generation](Result<Response> response) {
+      const std::string& address = mgmtd.current();
+      rpc.call(address, Request{req}, config.rpc_timeout_ns, [this, complete, address, gen = generation](Result<Response> response) {
         if (gen != generation) return;
         complete();
+        if (!response.is_ok()) mgmtd.failed(address, response.status());
         if (response.is_ok()) {
           registered = true;
           publish();
@@ -1519,11 +1528,13 @@ struct StorageService::State {
       return;
     }
     if (!heartbeat_allowed) {
-      rpc.call(config.mgmtd_address, Request{GetRoutingReq{routing.version}}, config.rpc_timeout_ns,
-               [this, complete, gen = generation](Result<Response> response) {
+      const std::string& address = mgmtd.current();
+      rpc.call(address, Request{GetRoutingReq{routing.version}}, config.rpc_timeout_ns,
+               [this, complete, address, gen = generation](Result<Response> response) {
                  if (gen != generation) return;
                  complete();
                  Result<GetRoutingRsp> rsp = response_as<GetRoutingRsp>(std::move(response));
+                 if (!rsp.is_ok()) mgmtd.failed(address, rsp.status());
                  if (rsp.is_ok() && rsp->routing) apply_routing(std::move(*rsp->routing));
                });
       return;
@@ -1533,12 +1544,14 @@ struct StorageService::State {
     for (const auto& [id, target] : targets) {
       req.targets.push_back({id, target.up_to_date ? LocalTargetState::kUpToDate : LocalTargetState::kOnline});
     }
-    rpc.call(config.mgmtd_address, Request{std::move(req)}, config.rpc_timeout_ns,
-             [this, complete, gen = generation, sent_ns = now()](Result<Response> response) {
+    const std::string& address = mgmtd.current();
+    rpc.call(address, Request{std::move(req)}, config.rpc_timeout_ns,
+             [this, complete, address, gen = generation, sent_ns = now()](Result<Response> response) {
                if (gen != generation) return;
                complete();
                Result<HeartbeatRsp> rsp = response_as<HeartbeatRsp>(std::move(response));
                if (!rsp.is_ok()) {
+                 mgmtd.failed(address, rsp.status());
                  if (fs_error_of(rsp.status()) == FsError::kUnknownTarget) {
                    registered = false;
                    publish();
@@ -1638,6 +1651,7 @@ StorageService::~StorageService() = default;
 Status StorageService::start() {
   State& s = *state_;
   if (s.config.mgmtd_address.empty()) return invalid_argument("storage node {}: mgmtd_address is empty", s.config.node);
+  FF_RETURN_IF_ERROR(MgmtdAddresses::parse(s.config.mgmtd_address).status());
   s.running = true;
   ++s.generation;
   s.incarnation = static_cast<uint64_t>(s.now()) + 1;

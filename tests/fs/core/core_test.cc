@@ -6,6 +6,7 @@
 #include "ff/fs/map_store.h"
 #include "ff/fs/messages.h"
 #include "ff/fs/mem_chunk_store.h"
+#include "ff/fs/mgmtd_addresses.h"
 
 #include <cstring>
 #include <set>
@@ -118,6 +119,45 @@ TEST(MapStore, EncodingRoundTripsAndRejectsGarbage) {
   EXPECT_EQ(*decoded, map);
   EXPECT_EQ(fs_error_of(decode_cluster_map(bytes.substr(0, bytes.size() - 3)).status()), FsError::kMalformed);
   EXPECT_FALSE(decode_cluster_map("nonsense").is_ok());
+}
+
+
+TEST(MgmtdAddresses, ParsesListsAndNamesAnEmptyElement) {
+  auto one = MgmtdAddresses::parse("127.0.0.1:9000");
+  ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+  EXPECT_EQ(one->all(), std::vector<std::string>{"127.0.0.1:9000"});
+  auto two = MgmtdAddresses::parse("a:1, b:2");
+  ASSERT_TRUE(two.is_ok()) << two.status().to_string();
+  EXPECT_EQ(two->all(), (std::vector<std::string>{"a:1", "b:2"}));
+  EXPECT_EQ(two->names(), "a:1,b:2");
+  for (const char* bad : {"", "a:1,", ",a:1", "a:1,,b:2"}) {
+    auto parsed = MgmtdAddresses::parse(bad);
+    ASSERT_FALSE(parsed.is_ok()) << bad;
+    EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(parsed.status().message().find("is empty"), std::string::npos) << parsed.status().to_string();
+  }
+}
+
+TEST(MgmtdAddresses, MovesOnOnlyWhenTheCurrentOneIsUnreachableOrNotServing) {
+  MgmtdAddresses list = MgmtdAddresses::unchecked("primary:1,standby:2");
+  EXPECT_EQ(list.current(), "primary:1");
+  // Errors that say nothing about reachability keep the address.
+  EXPECT_FALSE(list.failed("primary:1", invalid_argument("bad request")));
+  EXPECT_FALSE(list.failed("primary:1", Status::ok()));
+  EXPECT_EQ(list.current(), "primary:1");
+  EXPECT_TRUE(list.failed("primary:1", unavailable("connection refused")));
+  EXPECT_EQ(list.current(), "standby:2");
+  // A late failure of the address already left does not move the list again.
+  EXPECT_FALSE(list.failed("primary:1", deadline_exceeded("late")));
+  EXPECT_EQ(list.current(), "standby:2");
+  EXPECT_TRUE(list.failed("standby:2", deadline_exceeded("silent")));
+  EXPECT_EQ(list.current(), "primary:1");  // wraps around
+  EXPECT_TRUE(list.failed("primary:1", fs_error(FsError::kNotServing, "standby")));
+  EXPECT_EQ(list.current(), "standby:2");
+  // One address never moves.
+  MgmtdAddresses single = MgmtdAddresses::unchecked("only:1");
+  EXPECT_FALSE(single.failed("only:1", unavailable("down")));
+  EXPECT_EQ(single.current(), "only:1");
 }
 
 }  // namespace

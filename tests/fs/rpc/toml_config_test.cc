@@ -101,5 +101,17 @@ TEST(ParseHostPortTest, AcceptsHostPortAndRejectsJunk) {
   EXPECT_FALSE(parse_host_port("127.0.0.1:x").is_ok());
 }
 
+TEST(ParseHostPortTest, ListsNameTheBadElement) {
+  EXPECT_TRUE(check_host_port_list("127.0.0.1:9000").is_ok());
+  EXPECT_TRUE(check_host_port_list("127.0.0.1:9000, 127.0.0.1:9001").is_ok());
+  for (const char* bad : {"127.0.0.1:9000,127.0.0.1", "127.0.0.1:9000,", "a:1,b:99999"}) {
+    Status status = check_host_port_list(bad);
+    ASSERT_FALSE(status.is_ok()) << bad;
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(status.message().find(bad), std::string::npos) << status;
+  }
+  EXPECT_NE(check_host_port_list("a:1,b:99999").message().find("'b:99999'"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace ff::fs::rpc

@@ -11,7 +11,9 @@
 
 #include "ff/common/log.h"
 #include "ff/fs/messages.h"
+#include "ff/fs/mgmtd_addresses.h"
 #include "ff/fs/rpc/grpc_transport.h"
+#include "ff/fs/rpc/toml_config.h"
 
 namespace {
 
@@ -69,12 +71,25 @@ void print_routing(const RoutingInfo& routing) {
   }
 }
 
-Result<RoutingInfo> get_routing(RpcClient& rpc, const std::string& mgmtd, int64_t timeout_ns) {
-  FF_ASSIGN_OR_RETURN(GetRoutingRsp rsp, response_as<GetRoutingRsp>(call_blocking(rpc, mgmtd, Request{GetRoutingReq{0}}, timeout_ns)));
+// One call to whichever mgmtd of the list serves: the next address after one that is unreachable,
+// silent or not serving (a standby does not listen), each tried once.
+Result<Response> call_mgmtd(RpcClient& rpc, MgmtdAddresses& mgmtd, Request request, int64_t timeout_ns) {
+  Result<Response> response = internal_error("no mgmtd address");
+  for (size_t tried = 0; tried < mgmtd.all().size(); ++tried) {
+    const std::string address = mgmtd.current();
+    response = call_blocking(rpc, address, request, timeout_ns);
+    if (response.is_ok() || !mgmtd.failed(address, response.status())) break;
+  }
+  return response;
+}
+
+Result<RoutingInfo> get_routing(RpcClient& rpc, MgmtdAddresses& mgmtd, int64_t timeout_ns) {
+  FF_ASSIGN_OR_RETURN(GetRoutingRsp rsp, response_as<GetRoutingRsp>(call_mgmtd(rpc, mgmtd, Request{GetRoutingReq{0}}, timeout_ns)));
   if (!rsp.routing) {
     // An empty cluster (routing version 0) has nothing newer than what we know.
     if (rsp.routing_version == 0) return RoutingInfo{};
-    return internal_error("mgmtd {} answered GetRouting (version {}) without routing", mgmtd, rsp.routing_version);
+    return internal_error("mgmtd {} answered GetRouting (version {}) without routing", mgmtd.current(),
+                          rsp.routing_version);
   }
   return *rsp.routing;
 }
@@ -86,7 +101,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string mgmtd = "127.0.0.1:9000";
   double timeout_s = 5;
-  app.add_option("--mgmtd", mgmtd, "ff-mgmtd address host:port");
+  app.add_option("--mgmtd", mgmtd, "ff-mgmtd address host:port, or a primary and its standbys: host:port,host:port");
   app.add_option("--rpc-timeout-s", timeout_s, "deadline of each call");
 
   auto* routing_cmd = app.add_subcommand("routing", "list nodes, targets, chains and their states");
@@ -111,12 +126,18 @@ int main(int argc, char** argv) {
   wait_cmd->add_option("--timeout-s", wait_timeout_s, "give up after this long (exit 1)");
   CLI11_PARSE(app, argc, argv);
 
+  Status checked = check_host_port_list(mgmtd);
+  if (!checked.is_ok()) {
+    FF_LOG_ERROR("--mgmtd: {}", checked);
+    return 2;
+  }
+  MgmtdAddresses mgmtd_list = MgmtdAddresses::unchecked(mgmtd);
   ThreadExecutor executor("admin", 1);
   GrpcRpcClient rpc(executor);
   int64_t timeout_ns = static_cast<int64_t>(timeout_s * 1e9);
   int code = 0;
   if (*routing_cmd) {
-    auto routing = get_routing(rpc, mgmtd, timeout_ns);
+    auto routing = get_routing(rpc, mgmtd_list, timeout_ns);
     if (!routing.is_ok()) {
       FF_LOG_ERROR("{}", routing.status());
       code = 1;
@@ -126,7 +147,7 @@ int main(int argc, char** argv) {
       print_routing(*routing);
     }
   } else if (*create_cmd) {
-    auto rsp = response_as<CreateChainTableRsp>(call_blocking(rpc, mgmtd, Request{create}, timeout_ns));
+    auto rsp = response_as<CreateChainTableRsp>(call_mgmtd(rpc, mgmtd_list, Request{create}, timeout_ns));
     if (!rsp.is_ok()) {
       FF_LOG_ERROR("create-chain-table: {}", rsp.status());
       code = 1;
@@ -135,7 +156,7 @@ int main(int argc, char** argv) {
     }
   } else if (*offline_cmd) {
     offline.offline = !clear;
-    auto rsp = response_as<SetTargetOfflineRsp>(call_blocking(rpc, mgmtd, Request{offline}, timeout_ns));
+    auto rsp = response_as<SetTargetOfflineRsp>(call_mgmtd(rpc, mgmtd_list, Request{offline}, timeout_ns));
     if (!rsp.is_ok()) {
       FF_LOG_ERROR("offline: {}", rsp.status());
       code = 1;
@@ -148,7 +169,7 @@ int main(int argc, char** argv) {
     code = 1;
     std::string last;
     while (system_clock().now_ms() < deadline) {
-      auto routing = get_routing(rpc, mgmtd, timeout_ns);
+      auto routing = get_routing(rpc, mgmtd_list, timeout_ns);
       if (routing.is_ok()) {
         bool all = !routing->chains.empty();
         for (const auto& [id, chain] : routing->chains) {

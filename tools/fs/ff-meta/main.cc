@@ -92,7 +92,7 @@ Result<Config> load_config(const std::string& path) {
           path);
     }
   } else {
-    FF_RETURN_IF_ERROR(parse_host_port(c.mgmtd).status());
+    FF_RETURN_IF_ERROR(check_host_port_list(c.mgmtd));
   }
   if (c.chain_table == 0) return invalid_argument("{}: meta.chain_table = 0 is invalid (ids start at 1)", path);
   if (c.stripe == 0) return invalid_argument("{}: meta.stripe = 0, expected >= 1", path);

@@ -67,7 +67,7 @@ Result<Config> load_config(const std::string& path) {
     return invalid_argument("{}: storage.listen = \"{}\" needs a fixed port (mgmtd and peers find the node there)",
                             path, c.listen);
   }
-  FF_RETURN_IF_ERROR(parse_host_port(c.mgmtd).status());
+  FF_RETURN_IF_ERROR(check_host_port_list(c.mgmtd));
   if (c.targets.empty() || c.targets.size() >= kTargetsPerNodeLimit) {
     return invalid_argument("{}: storage.targets has {} entries, expected 1 to {}", path, c.targets.size(),
                             kTargetsPerNodeLimit - 1);

@@ -74,5 +74,7 @@ struct HostPort {
   std::string to_string() const;
 };
 Result<HostPort> parse_host_port(std::string_view text);
+// Checks "host:port[,host:port...]" (e.g. a primary mgmtd and its standbys); the error names the bad element.
+Status check_host_port_list(std::string_view text);
 
 }  // namespace ff::fs::rpc
