@@ -164,16 +164,7 @@ def test_storage_and_clients_follow_a_mgmtd_takeover(bin_dir: pathlib.Path, tmp_
             cluster.mgmtd_address = ",".join(addresses)  # storage configs and ff-admin get both
             for node in cluster.storage_ports:
                 cluster.start_storage(node)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    routing = cluster.routing()
-                    if sum(n["status"] == "alive" for n in routing["nodes"]) == 3:
-                        break
-                except RuntimeError:
-                    pass
-                assert time.monotonic() < deadline, f"nodes did not register within 30 s:\n{cluster.logs()}"
-                time.sleep(0.2)
+            cluster.wait_registered(30)
             created = cluster.admin("create-chain-table", "--table", "1", "--replication", "3", "--targets-per-node", "1",
                                     "--nodes", "1,2,3")
             assert created.returncode == 0, created.stderr

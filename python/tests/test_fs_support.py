@@ -132,21 +132,25 @@ class LocalCluster:
             raise RuntimeError(f"ff-admin routing failed: {result.stderr}")
         return json.loads(result.stdout)
 
-    def start(self, create_table: bool = True) -> None:
-        self.start_mgmtd()
-        for node in self.storage_ports:
-            self.start_storage(node)
-        deadline = time.monotonic() + 30
+    def wait_registered(self, timeout_s: float = 30) -> None:
+        """Until mgmtd lists every storage node alive."""
+        deadline = time.monotonic() + timeout_s
         while True:
             try:
                 routing = self.routing()
                 if sum(n["status"] == "alive" for n in routing["nodes"]) == self.nodes:
-                    break
+                    return
             except (RuntimeError, json.JSONDecodeError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"storage nodes did not register within 30 s; logs in {self.dir}")
+                raise RuntimeError(f"storage nodes did not register within {timeout_s} s; logs in {self.dir}")
             time.sleep(0.2)
+
+    def start(self, create_table: bool = True) -> None:
+        self.start_mgmtd()
+        for node in self.storage_ports:
+            self.start_storage(node)
+        self.wait_registered(30)
         if create_table:
             result = self.admin("create-chain-table", "--table", "1", "--replication", "3", "--targets-per-node",
                                 str(self.targets_per_node), "--nodes", ",".join(map(str, self.storage_ports)))
