@@ -21,7 +21,7 @@ struct ChainLayout {
 };
 
 enum class ChainLayoutMethod : uint8_t {
-  kBalanced = 0,    // greedy balanced incomplete block design approximation (default)
+  kBalanced = 0,    // balanced incomplete block design approximation: greedy, then local search (default)
   kRoundRobin = 1,  // naive: chain i takes the i-th target of R consecutive nodes; for comparison
 };
 

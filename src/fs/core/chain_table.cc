@@ -28,6 +28,64 @@ Status validate(const std::vector<NodeId>& nodes, uint32_t targets_per_node, uin
   return Status::ok();
 }
 
+// Local search after the greedy pass: swap two nodes between two chains when that lowers the sum of
+// squared pair counts (with the total fixed, the most even spread has the smallest sum) and keeps
+// every chain on distinct nodes. Each node keeps its number of chains. First-improvement passes in a
+// fixed order (deterministic), until a pass finds nothing or the work budget is spent (large tables
+// keep the greedy result for the pairs not reached).
+void refine(std::vector<std::vector<size_t>>& groups, std::vector<std::vector<uint32_t>>& pairs) {
+  const size_t chains = groups.size();
+  if (chains < 2) return;
+  const size_t r = groups[0].size();
+  int64_t budget = 40'000'000;  // move evaluations (x ~2R pair updates each)
+  auto contains = [](const std::vector<size_t>& group, size_t node) {
+    return std::find(group.begin(), group.end(), node) != group.end();
+  };
+  // Change in sum of squares when pair (a, b) moves by d (both directions kept in `pairs`).
+  auto square_delta = [&](size_t a, size_t b, int d) {
+    int64_t now = pairs[a][b];
+    return (now + d) * (now + d) - now * now;
+  };
+  bool improved = true;
+  while (improved && budget > 0) {
+    improved = false;
+    for (size_t c1 = 0; c1 < chains && budget > 0; ++c1) {
+      for (size_t c2 = c1 + 1; c2 < chains && budget > 0; ++c2) {
+        for (size_t i = 0; i < r; ++i) {
+          for (size_t j = 0; j < r; ++j) {
+            --budget;
+            const size_t x = groups[c1][i], y = groups[c2][j];
+            if (x == y || contains(groups[c1], y) || contains(groups[c2], x)) continue;
+            // x leaves c1 for c2, y leaves c2 for c1. A node u in both chains sees no change (its pair
+            // with x and with y each goes down once and up once), so only nodes in one chain count.
+            int64_t delta = 0;
+            for (size_t u : groups[c1]) {
+              if (u == x || contains(groups[c2], u)) continue;
+              delta += square_delta(x, u, -1) + square_delta(y, u, +1);
+            }
+            for (size_t v : groups[c2]) {
+              if (v == y || contains(groups[c1], v)) continue;
+              delta += square_delta(y, v, -1) + square_delta(x, v, +1);
+            }
+            if (delta >= 0) continue;
+            for (size_t u : groups[c1]) {
+              if (u == x || contains(groups[c2], u)) continue;
+              --pairs[x][u], --pairs[u][x], ++pairs[y][u], ++pairs[u][y];
+            }
+            for (size_t v : groups[c2]) {
+              if (v == y || contains(groups[c1], v)) continue;
+              --pairs[y][v], --pairs[v][y], ++pairs[x][v], ++pairs[v][x];
+            }
+            groups[c1][i] = y;
+            groups[c2][j] = x;
+            improved = true;
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Result<ChainLayout> generate_chain_layout(const std::vector<NodeId>& nodes, uint32_t targets_per_node,
@@ -66,7 +124,8 @@ Result<ChainLayout> generate_chain_layout(const std::vector<NodeId>& nodes, uint
   // rule a valid completion always exists (sum of remaining = R x chains left, each <= chains left).
   std::vector<uint32_t> remaining(n, targets_per_node);
   std::vector<std::vector<uint32_t>> pairs(n, std::vector<uint32_t>(n, 0));
-  std::vector<uint32_t> heads(n, 0);
+  std::vector<std::vector<size_t>> groups;  // per chain: node indices
+  groups.reserve(chain_count);
   for (size_t c = 0; c < chain_count; ++c) {
     const uint32_t chains_left = static_cast<uint32_t>(chain_count - c);
     std::vector<size_t> picked;
@@ -96,17 +155,20 @@ Result<ChainLayout> generate_chain_layout(const std::vector<NodeId>& nodes, uint
       for (size_t b : picked) {
         if (a != b) ++pairs[a][b];
       }
+      --remaining[a];
     }
-    // Head: the picked node that has led the fewest chains, so head (write) load spreads too.
-    std::sort(picked.begin(), picked.end());
-    auto head = std::min_element(picked.begin(), picked.end(), [&](size_t a, size_t b) { return heads[a] < heads[b]; });
-    std::rotate(picked.begin(), head, picked.end());
-    ++heads[picked.front()];
+    groups.push_back(std::move(picked));
+  }
+  refine(groups, pairs);
+  // Head: per chain, the node that has led the fewest chains so far, so head (write) load spreads too.
+  std::vector<uint32_t> heads(n, 0);
+  for (auto& group : groups) {
+    std::sort(group.begin(), group.end());
+    auto head = std::min_element(group.begin(), group.end(), [&](size_t a, size_t b) { return heads[a] < heads[b]; });
+    std::rotate(group.begin(), head, group.end());
+    ++heads[group.front()];
     std::vector<TargetId> chain;
-    for (size_t i : picked) {
-      --remaining[i];
-      chain.push_back(make_target_id(nodes[i], next_index[i]++));
-    }
+    for (size_t i : group) chain.push_back(make_target_id(nodes[i], next_index[i]++));
     layout.chains.push_back(std::move(chain));
   }
   return layout;
