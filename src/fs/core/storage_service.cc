@@ -4,6 +4,7 @@
 #include <cstring>
 #include <atomic>
 #include <deque>
+#include <list>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -92,6 +93,23 @@ struct StorageService::State {
     std::deque<std::function<void()>> waiters;
   };
   std::map<LockKey, Lock> locks;
+
+  // Removals by range in progress at a head target: new writes of a chunk in the range wait for the
+  // removal (they run after it, in order), and the removal waits for the writes already holding a
+  // chunk lock in the range. So a removal never runs between a write's store at one replica and its
+  // store at the next: every replica sees the two in the same order.
+  struct Removal {
+    TargetId target = 0;
+    ChunkId begin, end;
+    std::vector<std::function<void()>> blocked;  // writes that arrived during the removal
+  };
+  std::list<Removal> removals;
+  Removal* removal_covering(TargetId target, const ChunkId& chunk) {
+    for (Removal& r : removals) {
+      if (r.target == target && !(chunk < r.begin) && chunk < r.end) return &r;
+    }
+    return nullptr;
+  }
 
   std::map<ClientRequestId, WriteRsp> done_writes;
   std::deque<ClientRequestId> done_order;
@@ -906,6 +924,15 @@ struct StorageService::State {
         for (Reply& r : replies) r(result.status());
       }
     };
+    head_lock(update, head);
+  }
+
+  // A write at the head takes its chunk lock, after any removal in progress over its chunk.
+  void head_lock(std::shared_ptr<Update> update, TargetId head) {
+    if (Removal* removal = removal_covering(head, update->chunk)) {
+      removal->blocked.push_back([this, update, head] { head_lock(update, head); });
+      return;
+    }
     if (!lock({head, update->chunk}, [this, update] { head_prepare(update); })) {
       ++stats.busy;
       auto done = std::move(update->done);
@@ -1013,10 +1040,44 @@ struct StorageService::State {
       return reply(fs_error(FsError::kNotHead, fmt::format("node {} is not the head of chain {}", config.node, req.chain)));
     }
     if (!(req.begin < req.end)) return reply(fs_error(FsError::kMalformed, "remove range is empty or reversed"));
-    remove_here(req.chain, head, req.begin, req.end, req.request_id, context.deadline_ns, [reply](Result<uint64_t> removed) {
+    // Block new writes in the range, then wait for the chunk locks held in it (writes in flight down the
+    // chain), taken in key order; the removal runs down the chain holding them.
+    auto removal = removals.insert(removals.end(), Removal{.target = head, .begin = req.begin, .end = req.end, .blocked = {}});
+    auto keys = std::make_shared<std::vector<LockKey>>();
+    for (auto it = locks.lower_bound({head, req.begin}); it != locks.end() && it->first.first == head && it->first.second < req.end;
+         ++it) {
+      keys->push_back(it->first);
+    }
+    auto held = std::make_shared<size_t>(0);
+    auto finish_removal = [this, removal, keys, held, reply](Result<uint64_t> removed) {
+      for (size_t i = 0; i < *held; ++i) unlock((*keys)[i]);
+      auto blocked = std::move(removal->blocked);
+      removals.erase(removal);
+      for (auto& write : blocked) executor.post(std::move(write));
       if (!removed.is_ok()) return reply(removed.status());
       reply(Response{RemoveChunksRsp{*removed}});
+    };
+    auto run = [this, chain = req.chain, head, begin = req.begin, end = req.end, id = req.request_id,
+                deadline_ns = context.deadline_ns, finish_removal] {
+      remove_here(chain, head, begin, end, id, deadline_ns, finish_removal);
+    };
+    acquire_in_order(keys, held, run, finish_removal);
+  }
+
+  // Takes the locks keys[*held..] one after another (each granted in turn), then runs `then`; if a lock
+  // has too many waiters, `failed` gets [busy] (with *held counting the locks taken so far).
+  void acquire_in_order(std::shared_ptr<std::vector<LockKey>> keys, std::shared_ptr<size_t> held, std::function<void()> then,
+                        std::function<void(Result<uint64_t>)> failed) {
+    if (*held == keys->size()) return then();
+    const LockKey key = (*keys)[*held];
+    bool queued = lock(key, [this, keys, held, then, failed] {
+      ++*held;
+      acquire_in_order(keys, held, then, failed);
     });
+    if (!queued) {
+      ++stats.busy;
+      failed(fs_error(FsError::kBusy, fmt::format("chunk {} has too many waiting writes", key.second.to_string())));
+    }
   }
 
   // ------------------------------------------------------------------ reads
