@@ -35,6 +35,9 @@ struct SimOptions {
   bool partitions = true;
   bool disk_errors = true;
   bool corruption = true;
+  // Besides the checked chunks, each chain has scratch chunks that clients write and remove by range
+  // concurrently; only replica identity is checked for them (a removal restarts their versions).
+  bool removals = true;
   // Node/network faults (crash, mgmtd crash, partition) active at once; 0 = unlimited. Disk errors and
   // corruption do not count.
   uint32_t max_concurrent_faults = 0;
@@ -47,6 +50,7 @@ struct SimResult {
   bool ok = true;
   std::vector<std::string> violations;  // empty when ok
   uint64_t writes_acked = 0, writes_failed = 0, reads_ok = 0, reads_failed = 0;
+  uint64_t removals_acked = 0, removals_failed = 0;  // removals by range of scratch chunks
   uint64_t crashes = 0, mgmtd_crashes = 0, partitions = 0, corruptions = 0, repairs = 0, syncs = 0;
   uint64_t lazy_commits_lost = 0;  // lazy commits undone by storage crashes (versions pending again)
   uint64_t events = 0;

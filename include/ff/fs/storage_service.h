@@ -56,6 +56,7 @@ struct StorageBugs {
   bool sequential_forward = false;         // not a bug: middle targets store before they forward (for A/B runs)
   bool synced_commit_after_ack = false;    // not a bug: commits after the acknowledgement are synced (for A/B runs)
   bool sequential_head = false;            // not a bug: the head stores before it forwards (for A/B runs)
+  bool unordered_removal = false;          // a removal by range ignores the writes in flight in its range
 };
 
 // Observer of committed versions, for the simulation's checkers. Called on the executor.

@@ -929,7 +929,8 @@ struct StorageService::State {
 
   // A write at the head takes its chunk lock, after any removal in progress over its chunk.
   void head_lock(std::shared_ptr<Update> update, TargetId head) {
-    if (Removal* removal = removal_covering(head, update->chunk)) {
+    Removal* removal = bugs.unordered_removal ? nullptr : removal_covering(head, update->chunk);
+    if (removal != nullptr) {
       removal->blocked.push_back([this, update, head] { head_lock(update, head); });
       return;
     }
@@ -1024,11 +1025,32 @@ struct StorageService::State {
   }
 
   void handle_forward_remove(const ServerContext& context, ForwardReq req, Reply reply) {
-    remove_here(req.chain, req.target, req.chunk, req.remove_end, req.request_id, context.deadline_ns,
-                [reply](Result<uint64_t> removed) {
-                  if (!removed.is_ok()) return reply(removed.status());
-                  reply(Response{ForwardRsp{.committed_version = 0, .committed_crc32c = 0, .removed = *removed}});
-                });
+    // Here too the removal waits for the chunk locks held in its range: an update acknowledged upstream
+    // keeps its lock until its commit here is done (ack_then_commit), and a removal running before that
+    // commit would leave it retrying against a removed chunk, holding the lock for good.
+    auto keys = held_locks(req.target, req.chunk, req.remove_end);
+    auto held = std::make_shared<size_t>(0);
+    auto finish_removal = [this, keys, held, reply](Result<uint64_t> removed) {
+      for (size_t i = 0; i < *held; ++i) unlock((*keys)[i]);
+      if (!removed.is_ok()) return reply(removed.status());
+      reply(Response{ForwardRsp{.committed_version = 0, .committed_crc32c = 0, .removed = *removed}});
+    };
+    auto run = [this, chain = req.chain, target = req.target, begin = req.chunk, end = req.remove_end, id = req.request_id,
+                deadline_ns = context.deadline_ns, finish_removal] {
+      remove_here(chain, target, begin, end, id, deadline_ns, finish_removal);
+    };
+    acquire_in_order(keys, held, run, finish_removal);
+  }
+
+  // The chunk locks of `target` held now in [begin, end), in key order (none with the injected
+  // unordered_removal bug).
+  std::shared_ptr<std::vector<LockKey>> held_locks(TargetId target, const ChunkId& begin, const ChunkId& end) const {
+    auto keys = std::make_shared<std::vector<LockKey>>();
+    for (auto it = locks.lower_bound({target, begin});
+         !bugs.unordered_removal && it != locks.end() && it->first.first == target && it->first.second < end; ++it) {
+      keys->push_back(it->first);
+    }
+    return keys;
   }
 
   void handle_remove(const ServerContext& context, RemoveChunksReq req, Reply reply) {
@@ -1043,11 +1065,7 @@ struct StorageService::State {
     // Block new writes in the range, then wait for the chunk locks held in it (writes in flight down the
     // chain), taken in key order; the removal runs down the chain holding them.
     auto removal = removals.insert(removals.end(), Removal{.target = head, .begin = req.begin, .end = req.end, .blocked = {}});
-    auto keys = std::make_shared<std::vector<LockKey>>();
-    for (auto it = locks.lower_bound({head, req.begin}); it != locks.end() && it->first.first == head && it->first.second < req.end;
-         ++it) {
-      keys->push_back(it->first);
-    }
+    auto keys = held_locks(head, req.begin, req.end);
     auto held = std::make_shared<size_t>(0);
     auto finish_removal = [this, removal, keys, held, reply](Result<uint64_t> removed) {
       for (size_t i = 0; i < *held; ++i) unlock((*keys)[i]);
@@ -1057,9 +1075,12 @@ struct StorageService::State {
       if (!removed.is_ok()) return reply(removed.status());
       reply(Response{RemoveChunksRsp{*removed}});
     };
-    auto run = [this, chain = req.chain, head, begin = req.begin, end = req.end, id = req.request_id,
-                deadline_ns = context.deadline_ns, finish_removal] {
-      remove_here(chain, head, begin, end, id, deadline_ns, finish_removal);
+    // As a write, the head drives the removal down the chain until every successor has it, past the
+    // client's deadline: a removal abandoned half-way would leave serving replicas different (a target
+    // that leaves the chain instead is put right by its sync, which removes what its predecessor lacks).
+    (void)context;
+    auto run = [this, chain = req.chain, head, begin = req.begin, end = req.end, id = req.request_id, finish_removal] {
+      remove_here(chain, head, begin, end, id, INT64_MAX, finish_removal);
     };
     acquire_in_order(keys, held, run, finish_removal);
   }

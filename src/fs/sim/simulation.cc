@@ -20,10 +20,12 @@
 namespace ff::fs {
 
 std::string SimResult::summary() const {
-  std::string counts = fmt::format("writes={} (failed {}) reads={} (failed {}) crashes={} mgmtd_crashes={} partitions={} "
-                                   "corruptions={} repairs={} syncs={} lazy_commits_lost={} events={} virtual={:.1f}s",
-                                   writes_acked, writes_failed, reads_ok, reads_failed, crashes, mgmtd_crashes, partitions,
-                                   corruptions, repairs, syncs, lazy_commits_lost, events, virtual_ns / 1e9);
+  std::string counts = fmt::format("writes={} (failed {}) reads={} (failed {}) removals={} (failed {}) crashes={} "
+                                   "mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} lazy_commits_lost={} "
+                                   "events={} virtual={:.1f}s",
+                                   writes_acked, writes_failed, reads_ok, reads_failed, removals_acked, removals_failed, crashes,
+                                   mgmtd_crashes, partitions, corruptions, repairs, syncs, lazy_commits_lost, events,
+                                   virtual_ns / 1e9);
   if (ok) return fmt::format("seed={} ok {}", seed, counts);
   return fmt::format("seed={} FAILED: {} ({} violations; {}) reproduce with seed={}", seed, violations.front(), violations.size(),
                      counts, seed);
@@ -276,6 +278,7 @@ class Simulation {
     auto chain = target_chain_.find(target);
     if (chain == target_chain_.end()) return;
     if (options_.verbose) FF_LOG_INFO("sim t={:.3f}s: target {} commits chunk {} v{} CRC {:#x}", world_.now() / 1e9, target, chunk.to_string(), version, crc);
+    if (scratch_.count(ChunkKey{chain->second, chunk}) != 0) return;  // versions restart after a removal
     auto& versions = history_[ChunkKey{chain->second, chunk}];
     auto [it, inserted] = versions.emplace(version, crc);
     if (!inserted && it->second != crc) {
@@ -288,10 +291,28 @@ class Simulation {
   void client_step(size_t index) {
     if (world_.now() >= workload_end_ns_) return;
     StorageClient* client = clients_[index].get();
-    const ChunkKey& key = keys_[static_cast<size_t>(world_.between(0, static_cast<int64_t>(keys_.size()) - 1))];
     auto next = [this, index] {
       clients_nodes_[index].executor->post_after(world_.between(1 * kMs, 20 * kMs), [this, index] { client_step(index); });
     };
+    if (!scratch_keys_.empty() && world_.uniform() < 0.2) {
+      // A scratch chunk: written, or removed together with the next one, by any client at any time.
+      const ChunkKey& key =
+          scratch_keys_[static_cast<size_t>(world_.between(0, static_cast<int64_t>(scratch_keys_.size()) - 1))];
+      if (world_.uniform() < 0.3) {
+        ChunkId end{key.chunk.inode, key.chunk.index + 2};
+        client->remove_range(key.chain, key.chunk, end, [this, next](Result<RemoveChunksRsp> rsp) {
+          ++(rsp.is_ok() ? result_.removals_acked : result_.removals_failed);
+          next();
+        });
+        return;
+      }
+      uint64_t length = static_cast<uint64_t>(world_.between(1, 4096));
+      Bytes data(length);
+      for (auto& byte : data) byte = static_cast<std::byte>(world_.rng()());
+      client->write(key.chain, key.chunk, 0, std::move(data), [next](Result<WriteRsp>) { next(); });
+      return;
+    }
+    const ChunkKey& key = keys_[static_cast<size_t>(world_.between(0, static_cast<int64_t>(keys_.size()) - 1))];
     if (world_.uniform() < 0.6) {
       uint64_t length = static_cast<uint64_t>(world_.between(1, 4096));
       uint64_t offset = static_cast<uint64_t>(world_.between(0, static_cast<int64_t>(options_.chunk_bytes - length)));
@@ -499,6 +520,8 @@ class Simulation {
   std::map<TargetId, std::shared_ptr<MemChunkStore>> stores_;
   std::map<TargetId, ChainId> target_chain_;
   std::vector<ChunkKey> keys_;
+  std::vector<ChunkKey> scratch_keys_;  // written and removed (SimOptions::removals)
+  std::set<ChunkKey> scratch_;
   std::map<ChunkKey, std::map<uint32_t, uint32_t>> history_;  // committed version -> CRC32C
   std::map<ChunkKey, uint32_t> acked_;                        // highest acknowledged version
   std::vector<std::pair<TargetId, ChunkKey>> corrupted_;
@@ -524,6 +547,11 @@ SimResult Simulation::run() {
   for (const auto& [id, target] : mgmtd_->routing().targets) target_chain_[id] = target.chain;
   for (ChainId chain : created->chains) {
     for (uint32_t c = 0; c < options_.chunks_per_chain; ++c) keys_.push_back(ChunkKey{chain, ChunkId{chain, c}});
+    for (uint32_t c = 0; options_.removals && c < 2; ++c) {
+      ChunkKey key{chain, ChunkId{chain, 1000 + c}};
+      scratch_keys_.push_back(key);
+      scratch_.insert(key);
+    }
   }
   storage_nodes_.resize(options_.storage_nodes);
   storage_.resize(options_.storage_nodes);
@@ -597,7 +625,10 @@ SimResult Simulation::run() {
 
 void Simulation::final_checks() {
   RoutingInfo routing = mgmtd_->routing();
-  for (const ChunkKey& key : keys_) {
+  std::vector<ChunkKey> checked = keys_;
+  checked.insert(checked.end(), scratch_keys_.begin(), scratch_keys_.end());
+  for (const ChunkKey& key : checked) {
+    const bool scratch = scratch_.count(key) != 0;
     const ChainInfo* chain = routing.chain(key.chain);
     std::optional<ChunkMeta> first;
     TargetId first_target = 0;
@@ -613,6 +644,7 @@ void Simulation::final_checks() {
                               key.chunk.to_string(), first_target, first->committed_version, first->committed_crc32c,
                               entry.target, value.committed_version, value.committed_crc32c));
       }
+      if (scratch) continue;  // only replica identity: a removal restarts versions
       uint32_t acked = acked_[key];
       if (value.committed_version < acked) {
         violation(fmt::format("acknowledged write lost: chunk {} v{} acknowledged, target {} has v{}", key.chunk.to_string(), acked,

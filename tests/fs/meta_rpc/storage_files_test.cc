@@ -5,6 +5,7 @@
 #include <atomic>
 #include <future>
 #include <iostream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -205,6 +206,19 @@ TEST(StorageRemovalTest, RacingWritesLeaveReplicasIdentical) {
     ASSERT_TRUE(routing.is_ok());
     const ChainInfo* info = routing->chain(chain);
     ASSERT_NE(info, nullptr);
+    // Acknowledged updates commit on the head and the middle just after their acknowledgement: let
+    // those land (no pending version anywhere) before comparing.
+    const auto settle_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (bool settled = false; !settled && std::chrono::steady_clock::now() < settle_deadline;) {
+      settled = true;
+      for (uint64_t k = 0; k < kChunks; ++k) {
+        for (const auto& entry : info->targets) {
+          auto meta = cluster.store(entry.target)->stat(ChunkId{inode, k});
+          settled = settled && (!meta.is_ok() || meta->pending_version == 0);
+        }
+      }
+      if (!settled) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     bool any = false;
     for (uint64_t k = 0; k < kChunks; ++k) {
       const ChunkId id{inode, k};

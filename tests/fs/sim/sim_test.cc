@@ -1,5 +1,7 @@
 // The deterministic simulation over >= 1000 seeds (split into cases that each stay well under 60 s),
 // and proof that its checkers catch injected protocol bugs.
+#include <iostream>
+
 #include <gtest/gtest.h>
 
 #include "ff/common/log.h"
@@ -101,6 +103,12 @@ TEST(FsSim, CatchesTailAckingWithoutStoring) {
 TEST(FsSim, CatchesSkippedSync) {
   uint64_t failed = failures_with(StorageBugs{.skip_sync = true}, 20);
   EXPECT_GE(failed, 10u) << "the checkers missed a recovery that transfers nothing";
+}
+
+TEST(FsSim, CatchesRemovalsUnorderedWithWrites) {
+  uint64_t failed = failures_with(StorageBugs{.unordered_removal = true}, 40);
+  std::cout << failed << " of 40 seeds failed with removals unordered with writes\n";
+  EXPECT_GE(failed, 1u) << "the checkers missed removals that run between a write's stores on two replicas";
 }
 
 }  // namespace
