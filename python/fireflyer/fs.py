@@ -21,6 +21,8 @@ Errors are ``OSError`` with the errno (``FileNotFoundError``, ``FileExistsError`
 ``PermissionError``, ``IsADirectoryError``, ...). Reads return ``bytes`` (filled in place) or fill a
 writable buffer (``readinto``: numpy arrays, bytearray, memoryview); writes take any C-contiguous
 buffer without copying it first. Calls release the GIL, so threads run I/O in parallel.
+
+``fs.usrbio`` holds the shared-memory I/O rings (``Iov``, ``Ior``, ``RingServer``; docs/fs-usrbio.md).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ except ImportError as error:  # pragma: no cover - exercised only where fs is no
 else:
     _IMPORT_ERROR = None
 
-__all__ = ["available", "Client", "File", "StatResult", "KVCache", "prefix_hashes"]
+# Shared-memory I/O rings (docs/fs-usrbio.md): Iov, Ior, RingServer; None where fs is not built.
+usrbio = getattr(_fs, "usrbio", None)
+
+__all__ = ["available", "Client", "File", "StatResult", "KVCache", "prefix_hashes", "usrbio"]
 
 
 def available() -> bool:

@@ -33,6 +33,15 @@ def usrbio():
     return _fs.usrbio
 
 
+def test_fireflyer_fs_exports_usrbio() -> None:
+    """fireflyer.fs.usrbio is the extension's ring module (Iov, Ior, RingServer)."""
+    rings = usrbio()
+    assert fs.usrbio is rings
+    assert "usrbio" in fs.__all__
+    for name in ("Iov", "Ior", "RingServer"):
+        assert hasattr(fs.usrbio, name), name
+
+
 _counter = [0]
 
 
