@@ -376,7 +376,18 @@ struct KvCache::Impl {
         FF_ASSIGN_OR_RETURN(meta::ReadDirPage page, meta.readdir(config.caller, dir, cursor, 1024));
         for (const meta::DirEntry& entry : page.entries) {
           auto key = KvCacheKey::from_hex(entry.name);
-          if (!key.is_ok() || entry.type != meta::FileType::kRegular) continue;  // temporaries, strangers
+          if (!key.is_ok() && entry.type == meta::FileType::kRegular && entry.name.find(".tmp-") != std::string::npos &&
+              config.stale_temp_ms > 0) {
+            // A put's temporary: removed once older than any put still running could be.
+            auto inode = meta.getattr(entry.inode);
+            if (inode.is_ok() && wall_now_ns() - put_time(*inode) > config.stale_temp_ms * 1'000'000 &&
+                meta.unlink(config.caller, dir, entry.name).is_ok()) {
+              std::lock_guard lock(mutex);
+              ++stats.temporaries_removed;
+            }
+            continue;
+          }
+          if (!key.is_ok() || entry.type != meta::FileType::kRegular) continue;  // strangers
           auto inode = meta.getattr(entry.inode);
           if (!inode.is_ok()) continue;  // removed meanwhile
           std::lock_guard lock(mutex);

@@ -197,5 +197,40 @@ TEST_F(KvCacheTest, ReopenIndexesExistingEntriesByPutOrder) {
   EXPECT_FALSE(KvCache::open(*client_, {.fanout = 0}).is_ok());
 }
 
+// A put that crashed before its rename leaves a temporary: the next open removes it once it is older
+// than stale_temp_ms, and leaves a younger one (it may be a live instance's put in progress).
+TEST_F(KvCacheTest, OpenRemovesStaleTemporariesOfCrashedPuts) {
+  KvCacheConfig config;
+  config.root = "/crashed";
+  config.fanout = 1;
+  {
+    auto cache = open(config);
+    ASSERT_TRUE(cache);
+    ASSERT_TRUE(cache->put(key(1), blob(100, 1)).is_ok());
+  }
+  const meta::Caller root{0, 0, {}};
+  auto top = cluster_->meta().lookup(root, meta::kRootInode, "crashed");
+  ASSERT_TRUE(top.is_ok()) << top.status();
+  auto dir = cluster_->meta().lookup(root, top->id, "00");
+  ASSERT_TRUE(dir.is_ok()) << dir.status();
+  const std::string temp = key(2).hex() + ".tmp-7-0";
+  ASSERT_TRUE(cluster_->meta().create(root, dir->id, temp, 0644).is_ok());
+  config.stale_temp_ms = 60'000;  // the temporary is younger: kept
+  {
+    auto cache = open(config);
+    ASSERT_TRUE(cache);
+    EXPECT_EQ(cache->stats().temporaries_removed, 0u);
+    EXPECT_TRUE(cluster_->meta().lookup(root, dir->id, temp).is_ok());
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  config.stale_temp_ms = 10;
+  auto cache = open(config);
+  ASSERT_TRUE(cache);
+  EXPECT_EQ(cache->stats().temporaries_removed, 1u);
+  EXPECT_EQ(errno_of(cluster_->meta().lookup(root, dir->id, temp).status()), ENOENT);
+  EXPECT_EQ(cache->stats().entries, 1u);  // the real entry stays
+  EXPECT_EQ(*cache->get(key(1)), blob(100, 1));
+}
+
 }  // namespace
 }  // namespace ff::fs
