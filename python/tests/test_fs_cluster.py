@@ -63,6 +63,13 @@ def test_sigkill_restart_loses_no_acknowledged_chunk(bin_dir: pathlib.Path) -> N
     assert time.monotonic() - started < 90
 
 
+def mgmtd_serves(bin_dir: pathlib.Path, address: str) -> bool:
+    """This one mgmtd answers routing (a standby does not listen)."""
+    result = subprocess.run([str(bin_dir / "ff-admin"), "--mgmtd", address, "--rpc-timeout-s", "1", "routing", "--json"],
+                            capture_output=True, text=True, timeout=30)
+    return result.returncode == 0
+
+
 def test_etcd_standby_takes_over_within_bound(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     """Two ff-mgmtd on one etcd: the first serves; after it is SIGKILLed the standby serves within
     lease_ttl + poll period + margin, with the cluster map the primary stored in etcd."""
@@ -105,16 +112,11 @@ def test_etcd_standby_takes_over_within_bound(bin_dir: pathlib.Path, tmp_path: p
             if i == 0:
                 time.sleep(0.5)
 
-        def routing_ok(address: str) -> bool:
-            result = subprocess.run([str(bin_dir / "ff-admin"), "--mgmtd", address, "--rpc-timeout-s", "1", "routing",
-                                     "--json"], capture_output=True, text=True, timeout=30)
-            return result.returncode == 0
-
         # Whichever instance reaches etcd first becomes the primary (etcd may start slowly, so the one
         # started first need not win); exactly one serves.
         deadline = time.monotonic() + 30
         while True:
-            serving = [i for i, address in enumerate(addresses) if routing_ok(address)]
+            serving = [i for i, address in enumerate(addresses) if mgmtd_serves(bin_dir, address)]
             if serving:
                 break
             assert time.monotonic() < deadline, "\n".join((tmp_path / f"mgmtd{i}.log").read_text() for i in (0, 1))
@@ -124,7 +126,7 @@ def test_etcd_standby_takes_over_within_bound(bin_dir: pathlib.Path, tmp_path: p
         mgmtds[primary].send_signal(signal.SIGKILL)
         mgmtds[primary].wait(timeout=10)
         killed = time.monotonic()
-        while not routing_ok(addresses[standby]):
+        while not mgmtd_serves(bin_dir, addresses[standby]):
             assert time.monotonic() - killed < 10, (tmp_path / f"mgmtd{standby}.log").read_text()
             time.sleep(0.1)
         took = time.monotonic() - killed
@@ -170,12 +172,7 @@ def test_storage_and_clients_follow_a_mgmtd_takeover(bin_dir: pathlib.Path, tmp_
             assert created.returncode == 0, created.stderr
             cluster.wait_serving(30)
 
-            def serving(address: str) -> bool:
-                result = subprocess.run([str(bin_dir / "ff-admin"), "--mgmtd", address, "--rpc-timeout-s", "1", "routing",
-                                         "--json"], capture_output=True, text=True, timeout=30)
-                return result.returncode == 0
-
-            primary = [i for i, address in enumerate(addresses) if serving(address)]
+            primary = [i for i, address in enumerate(addresses) if mgmtd_serves(bin_dir, address)]
             assert len(primary) == 1, f"exactly one mgmtd serves: {primary}"
             primary, standby = primary[0], 1 - primary[0]
             payload = os.urandom(300_000)
@@ -184,7 +181,7 @@ def test_storage_and_clients_follow_a_mgmtd_takeover(bin_dir: pathlib.Path, tmp_
                 client.write_file("/before", payload)
                 cluster.kill(f"mgmtd{primary}")
                 killed = time.monotonic()
-                while not serving(addresses[standby]):
+                while not mgmtd_serves(bin_dir, addresses[standby]):
                     assert time.monotonic() - killed < 15, cluster.logs()
                     time.sleep(0.1)
                 # Two heartbeat timeouts on the new primary: a node that did not follow would be declared failed.

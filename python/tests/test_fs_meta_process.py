@@ -12,7 +12,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,16 +46,7 @@ def spawn_meta(cluster: LocalCluster, name: str, config: pathlib.Path, address: 
     """Starts ff-meta (our own spawn, so this test does not depend on LocalCluster's ff-meta helpers) and waits
     until it accepts connections."""
     cluster._spawn(name, [str(cluster.bin / "ff-meta"), "--config", str(config)])
-    host, port = address.rsplit(":", 1)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-            return
-        except OSError:
-            if cluster.processes[name].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not listen at {address} within {timeout_s} s:\n{cluster.logs()}")
-            time.sleep(0.1)
+    cluster.wait_listening(name, address, timeout_s)
 
 
 def client(bin_dir: pathlib.Path, addresses: list[str], *args: str) -> list[str]:
@@ -178,15 +168,7 @@ def test_meta_waits_for_an_etcd_that_is_not_up_yet(bin_dir: pathlib.Path) -> Non
                 time.sleep(0.1)
             assert "etcd store is not serving yet" in log.read_text(errors="replace")
             cluster.start_etcd(client_port=etcd_port)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1).close()
-                    break
-                except OSError:
-                    assert cluster.processes["meta1"].poll() is None, f"ff-meta exited:\n{cluster.logs()}"
-                    assert time.monotonic() < deadline, f"ff-meta did not serve within 30 s of etcd:\n{cluster.logs()}"
-                    time.sleep(0.1)
+            cluster.wait_listening("meta1", address, 30)  # raises if ff-meta exits or does not serve in time
             created = subprocess.run(client(bin_dir, [address], "workload", "--threads", "1", "--seconds", "1",
                                             "--log", str(cluster.dir / "ops.log")),
                                      capture_output=True, text=True, timeout=60)

@@ -216,18 +216,23 @@ class LocalCluster:
         address = self.meta_addresses.get(name) or f"127.0.0.1:{free_port()}"
         config = self.meta_config(name, kv, address)
         self._spawn(name, [str(self.bin / "ff-meta"), "--config", str(config)])
+        self.wait_listening(name, address, timeout_s)
+        self.meta_addresses[name] = address
+        return address
+
+    def wait_listening(self, name: str, address: str, timeout_s: float = 30) -> None:
+        """Until the process `name` accepts connections at host:port `address`; an error (with the logs) if it
+        exits or the time runs out first."""
         host, port = address.rsplit(":", 1)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 socket.create_connection((host, int(port)), timeout=1).close()
-                break
+                return
             except OSError:
                 if self.processes[name].poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not listen at {address} within {timeout_s} s:\n{self.logs()}")
                 time.sleep(0.1)
-        self.meta_addresses[name] = address
-        return address
 
     def start_fuse(self, mountpoint: str | os.PathLike | None = None, name: str = "fuse", meta: str = "remote",
                    data: str = "cluster", extra: list[str] | None = None, timeout_s: float = 30) -> pathlib.Path:

@@ -56,26 +56,27 @@ void refine(std::vector<std::vector<size_t>>& groups, std::vector<std::vector<ui
             --budget;
             const size_t x = groups[c1][i], y = groups[c2][j];
             if (x == y || contains(groups[c1], y) || contains(groups[c2], x)) continue;
-            // x leaves c1 for c2, y leaves c2 for c1. A node u in both chains sees no change (its pair
-            // with x and with y each goes down once and up once), so only nodes in one chain count.
+            // x leaves c1 for c2, y leaves c2 for c1: pair (x, u) of every other u in c1 goes down and
+            // (y, u) up, and the same for c2 the other way. A node in both chains sees no change (its
+            // pair with x and with y each goes down once and up once), so it is skipped. The pairs
+            // touched are distinct, so their square deltas add up.
+            auto for_each_change = [&](auto&& change) {
+              for (size_t u : groups[c1]) {
+                if (u == x || contains(groups[c2], u)) continue;
+                change(x, u, -1), change(y, u, +1);
+              }
+              for (size_t v : groups[c2]) {
+                if (v == y || contains(groups[c1], v)) continue;
+                change(y, v, -1), change(x, v, +1);
+              }
+            };
             int64_t delta = 0;
-            for (size_t u : groups[c1]) {
-              if (u == x || contains(groups[c2], u)) continue;
-              delta += square_delta(x, u, -1) + square_delta(y, u, +1);
-            }
-            for (size_t v : groups[c2]) {
-              if (v == y || contains(groups[c1], v)) continue;
-              delta += square_delta(y, v, -1) + square_delta(x, v, +1);
-            }
+            for_each_change([&](size_t a, size_t b, int d) { delta += square_delta(a, b, d); });
             if (delta >= 0) continue;
-            for (size_t u : groups[c1]) {
-              if (u == x || contains(groups[c2], u)) continue;
-              --pairs[x][u], --pairs[u][x], ++pairs[y][u], ++pairs[u][y];
-            }
-            for (size_t v : groups[c2]) {
-              if (v == y || contains(groups[c1], v)) continue;
-              --pairs[y][v], --pairs[v][y], ++pairs[x][v], ++pairs[v][x];
-            }
+            for_each_change([&](size_t a, size_t b, int d) {
+              pairs[a][b] += d;
+              pairs[b][a] += d;
+            });
             groups[c1][i] = y;
             groups[c2][j] = x;
             improved = true;

@@ -1025,21 +1025,27 @@ struct StorageService::State {
   }
 
   void handle_forward_remove(const ServerContext& context, ForwardReq req, Reply reply) {
-    // Here too the removal waits for the chunk locks held in its range: an update acknowledged upstream
-    // keeps its lock until its commit here is done (ack_then_commit), and a removal running before that
-    // commit would leave it retrying against a removed chunk, holding the lock for good.
-    auto keys = held_locks(req.target, req.chunk, req.remove_end);
+    remove_locked(req.chain, req.target, req.chunk, req.remove_end, req.request_id, context.deadline_ns,
+                  [reply](Result<uint64_t> removed) {
+                    if (!removed.is_ok()) return reply(removed.status());
+                    reply(Response{ForwardRsp{.committed_version = 0, .committed_crc32c = 0, .removed = *removed}});
+                  });
+  }
+
+  // A removal on one target, ordered with the updates of its chunks there: it first takes, in key
+  // order, the chunk locks held in its range (an update in flight down the chain, or one acknowledged
+  // upstream whose commit here is still running: ack_then_commit keeps the lock until it lands; a
+  // removal before that commit would leave it retrying against a removed chunk, holding the lock for
+  // good), then removes here and downstream, then releases them.
+  void remove_locked(ChainId chain_id, TargetId target, ChunkId begin, ChunkId end, ClientRequestId id, int64_t deadline_ns,
+                     std::function<void(Result<uint64_t>)> done) {
+    auto keys = held_locks(target, begin, end);
     auto held = std::make_shared<size_t>(0);
-    auto finish_removal = [this, keys, held, reply](Result<uint64_t> removed) {
+    auto release = [this, keys, held, done](Result<uint64_t> removed) {
       for (size_t i = 0; i < *held; ++i) unlock((*keys)[i]);
-      if (!removed.is_ok()) return reply(removed.status());
-      reply(Response{ForwardRsp{.committed_version = 0, .committed_crc32c = 0, .removed = *removed}});
+      done(std::move(removed));
     };
-    auto run = [this, chain = req.chain, target = req.target, begin = req.chunk, end = req.remove_end, id = req.request_id,
-                deadline_ns = context.deadline_ns, finish_removal] {
-      remove_here(chain, target, begin, end, id, deadline_ns, finish_removal);
-    };
-    acquire_in_order(keys, held, run, finish_removal);
+    acquire_in_order(keys, held, [=, this] { remove_here(chain_id, target, begin, end, id, deadline_ns, release); }, release);
   }
 
   // The chunk locks of `target` held now in [begin, end), in key order (none with the injected
@@ -1053,7 +1059,7 @@ struct StorageService::State {
     return keys;
   }
 
-  void handle_remove(const ServerContext& context, RemoveChunksReq req, Reply reply) {
+  void handle_remove(const ServerContext& /*context*/, RemoveChunksReq req, Reply reply) {
     TargetId head = head_target(req.chain);
     auto chain_or = check_target(req.chain, req.chain_version, head);
     if (!chain_or.is_ok()) return reply(chain_or.status());
@@ -1062,27 +1068,20 @@ struct StorageService::State {
       return reply(fs_error(FsError::kNotHead, fmt::format("node {} is not the head of chain {}", config.node, req.chain)));
     }
     if (!(req.begin < req.end)) return reply(fs_error(FsError::kMalformed, "remove range is empty or reversed"));
-    // Block new writes in the range, then wait for the chunk locks held in it (writes in flight down the
-    // chain), taken in key order; the removal runs down the chain holding them.
+    // Block new writes in the range (they run after the removal, in order), then remove under the chunk
+    // locks held in it. As a write, the head drives the removal down the chain until every successor has
+    // it, past the client's deadline: a removal abandoned half-way would leave serving replicas
+    // different (a target that leaves the chain instead is put right by its sync, which removes what its
+    // predecessor lacks).
     auto removal = removals.insert(removals.end(), Removal{.target = head, .begin = req.begin, .end = req.end, .blocked = {}});
-    auto keys = held_locks(head, req.begin, req.end);
-    auto held = std::make_shared<size_t>(0);
-    auto finish_removal = [this, removal, keys, held, reply](Result<uint64_t> removed) {
-      for (size_t i = 0; i < *held; ++i) unlock((*keys)[i]);
-      auto blocked = std::move(removal->blocked);
-      removals.erase(removal);
-      for (auto& write : blocked) executor.post(std::move(write));
-      if (!removed.is_ok()) return reply(removed.status());
-      reply(Response{RemoveChunksRsp{*removed}});
-    };
-    // As a write, the head drives the removal down the chain until every successor has it, past the
-    // client's deadline: a removal abandoned half-way would leave serving replicas different (a target
-    // that leaves the chain instead is put right by its sync, which removes what its predecessor lacks).
-    (void)context;
-    auto run = [this, chain = req.chain, head, begin = req.begin, end = req.end, id = req.request_id, finish_removal] {
-      remove_here(chain, head, begin, end, id, INT64_MAX, finish_removal);
-    };
-    acquire_in_order(keys, held, run, finish_removal);
+    remove_locked(req.chain, head, req.begin, req.end, req.request_id, INT64_MAX,
+                  [this, removal, reply](Result<uint64_t> removed) {
+                    auto blocked = std::move(removal->blocked);
+                    removals.erase(removal);
+                    for (auto& write : blocked) executor.post(std::move(write));
+                    if (!removed.is_ok()) return reply(removed.status());
+                    reply(Response{RemoveChunksRsp{*removed}});
+                  });
   }
 
   // Takes the locks keys[*held..] one after another (each granted in turn), then runs `then`; if a lock

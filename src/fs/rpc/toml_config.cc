@@ -7,6 +7,7 @@
 #include <toml++/toml.h>
 
 #include "ff/common/file.h"
+#include "ff/fs/mgmtd_addresses.h"
 
 namespace ff::fs::rpc {
 
@@ -238,17 +239,12 @@ Result<HostPort> parse_host_port(std::string_view text) {
 }
 
 Status check_host_port_list(std::string_view text) {
-  size_t start = 0;
-  while (true) {
-    size_t comma = text.find(',', start);
-    std::string_view element = text.substr(start, comma == std::string_view::npos ? text.npos : comma - start);
-    while (!element.empty() && element.front() == ' ') element.remove_prefix(1);
-    while (!element.empty() && element.back() == ' ') element.remove_suffix(1);
+  FF_ASSIGN_OR_RETURN(MgmtdAddresses list, MgmtdAddresses::parse(text));  // the split, and no empty element
+  for (const std::string& element : list.all()) {
     auto parsed = parse_host_port(element);
     if (!parsed.is_ok()) return invalid_argument("address list '{}': {}", text, parsed.status().message());
-    if (comma == std::string_view::npos) return Status::ok();
-    start = comma + 1;
   }
+  return Status::ok();
 }
 
 }  // namespace ff::fs::rpc

@@ -278,7 +278,7 @@ class Simulation {
     auto chain = target_chain_.find(target);
     if (chain == target_chain_.end()) return;
     if (options_.verbose) FF_LOG_INFO("sim t={:.3f}s: target {} commits chunk {} v{} CRC {:#x}", world_.now() / 1e9, target, chunk.to_string(), version, crc);
-    if (scratch_.count(ChunkKey{chain->second, chunk}) != 0) return;  // versions restart after a removal
+    if (is_scratch(chunk)) return;  // versions restart after a removal
     auto& versions = history_[ChunkKey{chain->second, chunk}];
     auto [it, inserted] = versions.emplace(version, crc);
     if (!inserted && it->second != crc) {
@@ -521,7 +521,9 @@ class Simulation {
   std::map<TargetId, ChainId> target_chain_;
   std::vector<ChunkKey> keys_;
   std::vector<ChunkKey> scratch_keys_;  // written and removed (SimOptions::removals)
-  std::set<ChunkKey> scratch_;
+  // Scratch chunks are the indexes from kScratchIndex on; the checked ones are below chunks_per_chain.
+  static constexpr uint64_t kScratchIndex = 1000;
+  static bool is_scratch(const ChunkId& chunk) { return chunk.index >= kScratchIndex; }
   std::map<ChunkKey, std::map<uint32_t, uint32_t>> history_;  // committed version -> CRC32C
   std::map<ChunkKey, uint32_t> acked_;                        // highest acknowledged version
   std::vector<std::pair<TargetId, ChunkKey>> corrupted_;
@@ -544,13 +546,15 @@ SimResult Simulation::run() {
     violation(fmt::format("create chain table: {}", created.status()));
     return result_;
   }
+  if (options_.chunks_per_chain > kScratchIndex) {
+    violation(fmt::format("chunks_per_chain = {} must be at most {}", options_.chunks_per_chain, kScratchIndex));
+    return result_;
+  }
   for (const auto& [id, target] : mgmtd_->routing().targets) target_chain_[id] = target.chain;
   for (ChainId chain : created->chains) {
     for (uint32_t c = 0; c < options_.chunks_per_chain; ++c) keys_.push_back(ChunkKey{chain, ChunkId{chain, c}});
     for (uint32_t c = 0; options_.removals && c < 2; ++c) {
-      ChunkKey key{chain, ChunkId{chain, 1000 + c}};
-      scratch_keys_.push_back(key);
-      scratch_.insert(key);
+      scratch_keys_.push_back(ChunkKey{chain, ChunkId{chain, kScratchIndex + c}});
     }
   }
   storage_nodes_.resize(options_.storage_nodes);
@@ -628,7 +632,6 @@ void Simulation::final_checks() {
   std::vector<ChunkKey> checked = keys_;
   checked.insert(checked.end(), scratch_keys_.begin(), scratch_keys_.end());
   for (const ChunkKey& key : checked) {
-    const bool scratch = scratch_.count(key) != 0;
     const ChainInfo* chain = routing.chain(key.chain);
     std::optional<ChunkMeta> first;
     TargetId first_target = 0;
@@ -644,7 +647,7 @@ void Simulation::final_checks() {
                               key.chunk.to_string(), first_target, first->committed_version, first->committed_crc32c,
                               entry.target, value.committed_version, value.committed_crc32c));
       }
-      if (scratch) continue;  // only replica identity: a removal restarts versions
+      if (is_scratch(key.chunk)) continue;  // only replica identity: a removal restarts versions
       uint32_t acked = acked_[key];
       if (value.committed_version < acked) {
         violation(fmt::format("acknowledged write lost: chunk {} v{} acknowledged, target {} has v{}", key.chunk.to_string(), acked,

@@ -209,9 +209,7 @@ TEST_F(KvCacheTest, OpenRemovesStaleTemporariesOfCrashedPuts) {
     ASSERT_TRUE(cache->put(key(1), blob(100, 1)).is_ok());
   }
   const meta::Caller root{0, 0, {}};
-  auto top = cluster_->meta().lookup(root, meta::kRootInode, "crashed");
-  ASSERT_TRUE(top.is_ok()) << top.status();
-  auto dir = cluster_->meta().lookup(root, top->id, "00");
+  auto dir = cluster_->meta().resolve(root, "/crashed/00");
   ASSERT_TRUE(dir.is_ok()) << dir.status();
   const std::string temp = key(2).hex() + ".tmp-7-0";
   ASSERT_TRUE(cluster_->meta().create(root, dir->id, temp, 0644).is_ok());

@@ -156,12 +156,6 @@ TEST_F(StorageFilesTest, MetaServiceUsesItForExactLengthsAndGarbage) {
   EXPECT_EQ(*files_->file_length(*created), 0u);
 }
 
-}  // namespace
-}  // namespace ff::fs::meta
-
-namespace ff::fs::meta {
-namespace {
-
 // Removal by range racing writes of the same chunks: whatever order the head gives them, every replica
 // ends with the same chunks and the same bytes (a removal must not run between a write's store at one
 // target and its store at the next).
