@@ -123,12 +123,14 @@ for step in "$@"; do
       cut -c1-400 "$OUT/overhead.log" | tail -12
       ;;
     ncu8)
-      # The default FP8 kernel at h_q 16, 4K: pipes, warp states, instruction mix, stall sources.
+      # The default FP8 kernel at h_q 16, 4K (s_q from MLA_NCU_SQ, 1 by default): pipes, warp states,
+      # instruction mix, stall sources.
       timeout 150 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 --import-source no \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters \
         --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_uniform.avg.pct_of_peak_sustained_active \
-        -o "$OUT/ncu_fp8" python3 bench/mla/profile_mla.py --h-q 16 --length 4096 --kinds fp8 >"$OUT/ncu8_run.log" 2>&1
+        -o "$OUT/ncu_fp8" python3 bench/mla/profile_mla.py --h-q 16 --s-q "${MLA_NCU_SQ:-1}" --length 4096 --kinds fp8 \
+        >"$OUT/ncu8_run.log" 2>&1
       ncu -i "$OUT/ncu_fp8.ncu-rep" --page details >"$OUT/ncu8.log" 2>&1
       ncu -i "$OUT/ncu_fp8.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu8_sass.csv" 2>/dev/null || true
       gzip -f "$OUT/ncu8_sass.csv"

@@ -1,11 +1,13 @@
-"""Where the fixed per-call time of the memory-bound decode goes (h_q 16, s_q 1, b = 128).
+"""Where the fixed per-call time of the memory-bound decode goes (h_q 16, s_q 1 or 2, b = 128).
 
 For each length and cache kind: the call time in a CUDA graph (median of replays) with the default
-schedule (num_sms parts) and with `--parts-alt` parts; the kernels' own durations and the gaps between
+schedule (num_sms parts) and with `--parts-alt` parts; fixed lengths, or with `--variable` lengths
+uniform in [L/2, 3L/2] as the benchmark draws them; the kernels' own durations and the gaps between
 them from torch.profiler (CUPTI kernel timestamps) over one graph replay; and the loads-only probe.
 A line of JSON per case on stdout; `--out` writes them all.
 
-Usage: PYTHONPATH=python python3 bench/mla/overhead_mla.py [--lengths 64,1024,4096,8192] [--out x.json]
+Usage: PYTHONPATH=python python3 bench/mla/overhead_mla.py [--lengths 64,1024,4096,8192] [--s-q 1] [--variable]
+       [--out x.json]
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def main() -> int:
     parser.add_argument("--parts-alt", type=int, default=128)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--s-q", type=int, default=1)
+    parser.add_argument("--variable", action="store_true", help="lengths uniform in [L/2, 3L/2]")
     parser.add_argument("--out")
     args = parser.parse_args()
     try:
@@ -68,16 +72,20 @@ def main() -> int:
     generator = torch.Generator().manual_seed(7)
     results = []
     for length in (int(x) for x in args.lengths.split(",")):
-        blocks = (length + PAGE - 1) // PAGE
-        seqlens = torch.full((BATCH,), length, dtype=torch.int32, device="cuda")
+        if args.variable:
+            seqlens = torch.randint(length // 2, length * 3 // 2 + 1, (BATCH,), generator=generator).int().cuda()
+        else:
+            seqlens = torch.full((BATCH,), length, dtype=torch.int32, device="cuda")
+        blocks = (int(seqlens.max().item()) + PAGE - 1) // PAGE
         block_table = torch.randperm(BATCH * blocks, generator=generator).int().reshape(BATCH, blocks).cuda()
         cache = torch.randn((BATCH * blocks, PAGE, 1, 576), dtype=torch.bfloat16, device="cuda")
         caches = {"bf16": cache, "fp8": quantize_fp8(cache)}
-        q = torch.randn((BATCH, 1, 16, 576), dtype=torch.bfloat16, device="cuda")
+        q = torch.randn((BATCH, args.s_q, 16, 576), dtype=torch.bfloat16, device="cuda")
         for kind, kv in caches.items():
-            case = {"length": length, "kind": kind, "b": BATCH, "h_q": 16, "s_q": 1}
+            case = {"length": length, "lengths": "variable" if args.variable else "fixed", "kind": kind, "b": BATCH,
+                    "h_q": 16, "s_q": args.s_q}
             for parts in (num_sms, args.parts_alt):
-                metadata, splits = mla.get_mla_metadata(seqlens, 16, 1, num_sms=parts)
+                metadata, splits = mla.get_mla_metadata(seqlens, args.s_q * 16, 1, num_sms=parts)
 
                 def call():
                     return mla.flash_mla_with_kvcache(q, kv, block_table, seqlens, 512, metadata, splits,

@@ -845,6 +845,12 @@ TEST(CudaDecode, Fp8FewRowsKernelsForced) {
                           .num_sms = 6,
                           .fp8_kernel = kernel},
                          69);
+    // 32 rows, bf16, several pieces per CTA among them empty and one-token ones (the channel-split
+    // kernel loads each next piece's first round during the last round of the one before).
+    run_cuda_and_compare(
+        {.seqlens = {0, 300, 1, 0, 129, 64, 2000, 0, 65, 700}, .s_q = 2, .h_q = 16, .fp8 = true, .num_sms = 3,
+         .fp8_kernel = kernel},
+        70);
   }
 }
 

@@ -738,7 +738,7 @@ class Fp8Decoder {
   // A raw stage: token t of a block at t * 656 + 32 (t / 8), each token contiguous (one bulk copy per
   // token, or per 8 tokens where the cache packs them), and the 32-byte step every 8 tokens keeps the
   // operand loads free of bank conflicts (see token_offset).
-  static constexpr int kGroupPad = 32;
+  static constexpr int kGroupPad = kChannels ? 0 : 32;
   static constexpr int kRawStageBytes = kTileRows * kFp8TokenBytes + kTileRows / 8 * kGroupPad;  // 42,240
   static constexpr int kRawOffset = 0;
   static constexpr int kQOffset = kStages * kRawStageBytes;
@@ -979,7 +979,9 @@ class Fp8Decoder {
       if (valid_tokens > 0) {
         const auto* base = static_cast<const uint8_t*>(p_.k_cache) + physical * p_.k_block_stride +
                            static_cast<int64_t>(head_k_) * p_.k_head_stride;
-        if (valid_tokens == kTileRows && p_.k_token_stride == kFp8TokenBytes) {
+        if (kGroupPad == 0 && valid_tokens == kTileRows && p_.k_token_stride == kFp8TokenBytes) {
+          if (lane_ == 0) bulk_copy_to_shared(destination, base, kTileRows * kFp8TokenBytes, bar);  // the whole block
+        } else if (valid_tokens == kTileRows && p_.k_token_stride == kFp8TokenBytes) {
           if (lane_ < kTileRows / 8) {
             bulk_copy_to_shared(destination + token_offset(8 * lane_), base + 8 * lane_ * kFp8TokenBytes,
                                 8 * kFp8TokenBytes, bar);
@@ -1552,21 +1554,18 @@ class Fp8Decoder {
         }
       }
     }
-    // P (f16) into the plane, tokens placed as the V loads expect (Token 16 b + 4 u + v at 16 b + 2 u +
-    // 8 (v / 2) + v % 2); the weights scale_g / group_max_g of this warp's tokens, in token order.
+    // P (f16) into the plane in token order; the weights scale_g / group_max_g of this warp's tokens.
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int token = warp_token0 + 8 * n + q4 + 4 * e;
-        const int within = token & 15, u = within >> 2, v = within & 3;
-        const int place = (token & ~15) + 2 * u + 8 * (v >> 1) + (v & 1);
 #pragma unroll
         for (int rg = 0; rg < kRowGroups; ++rg) {
 #pragma unroll
           for (int i = 0; i < 2; ++i) {
             const int row = 16 * rg + g + 8 * i;
-            const uint32_t offset = row * (kRoundTokens * 2) + (((place >> 3) ^ (row & 7)) << 4) + (place & 7) * 2;
+            const uint32_t offset = row * (kRoundTokens * 2) + (((token >> 3) ^ (row & 7)) << 4) + (token & 7) * 2;
             const __half value = __float2half_rn(s[rg][n][2 * i + e]);
             asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(sp_ + offset), "h"(*reinterpret_cast<const uint16_t*>(&value))
                          : "memory");
@@ -1591,6 +1590,11 @@ class Fp8Decoder {
     const int channel0 = 64 * warp_ + 8 * g;  // this thread's 8 channels (n-tile i: channel0 + i)
 #pragma unroll
     for (int k = 0; k < kRoundTokens / 16; ++k) {
+      // This thread's tokens of the k-step, 16 k + 2 q4 + {0, 1, 8, 9}: its rows of the B fragment, its
+      // columns of P's A fragment (registers 0, 1: tokens + 0, 1; 2, 3: + 8, 9). Without a pad in the
+      // raw stage (token stride 656 B = 41 16-byte chunks) the 16 lanes of a phase (g 0..3, q4 0..3)
+      // then load from 16 distinct 8-byte bank pairs.
+      const int token0 = 16 * k + 2 * q4;
       uint32_t a[kRowGroups][4];
 #pragma unroll
       for (int rg = 0; rg < kRowGroups; ++rg) {
@@ -1598,29 +1602,37 @@ class Fp8Decoder {
         const int chunk = 2 * k + (lane_ >> 4);
         ldmatrix_x4(a[rg], sp_ + p_row * (kRoundTokens * 2) + ((chunk ^ (p_row & 7)) << 4));
       }
-      const int token0 = 16 * k + 4 * q4;  // this thread's tokens token0 .. token0 + 3
-      uint2 v[4];
+      uint2 v[4];  // tokens token0, token0 + 1, token0 + 8, token0 + 9
 #pragma unroll
-      for (int t = 0; t < 4; ++t) v[t] = *reinterpret_cast<const uint2*>(raw + token_offset(token0 + t) + channel0);
-      const uint2 w = *reinterpret_cast<const uint2*>(weights + token0 * 2);  // f16 weights of the 4 tokens
-      const __half2 w01 = *reinterpret_cast<const __half2*>(&w.x), w23 = *reinterpret_cast<const __half2*>(&w.y);
+      for (int t = 0; t < 4; ++t) {
+        v[t] = *reinterpret_cast<const uint2*>(raw + token_offset(token0 + (t & 1) + 8 * (t >> 1)) + channel0);
+      }
+      // The tokens' f16 weights go on P's fragments (4 multiplications per row group and k-step; on V
+      // it took 16).
+      const uint32_t w01 = *reinterpret_cast<const uint32_t*>(weights + token0 * 2);
+      const uint32_t w89 = *reinterpret_cast<const uint32_t*>(weights + (token0 + 8) * 2);
+#pragma unroll
+      for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const __half2 scaled = __hmul2(*reinterpret_cast<const __half2*>(&a[rg][r]),
+                                         *reinterpret_cast<const __half2*>(r < 2 ? &w01 : &w89));
+          a[rg][r] = *reinterpret_cast<const uint32_t*>(&scaled);
+        }
+      }
 #pragma unroll
       for (int word = 0; word < 2; ++word) {
         const uint32_t x0 = word ? v[0].y : v[0].x, x1 = word ? v[1].y : v[1].x;
         const uint32_t x2 = word ? v[2].y : v[2].x, x3 = word ? v[3].y : v[3].x;
-        uint32_t b0[4], b1[4];  // channel channel0 + 4 word + c: tokens 0, 1 (b0) and 2, 3 (b1)
+        uint32_t b0[4], b1[4];  // channel channel0 + 4 word + c: tokens + 0, 1 (b0) and + 8, 9 (b1)
         e4m3x4_to_f16x2x2(__byte_perm(x0, x1, 0x5140), b0[0], b0[1]);
         e4m3x4_to_f16x2x2(__byte_perm(x0, x1, 0x7362), b0[2], b0[3]);
         e4m3x4_to_f16x2x2(__byte_perm(x2, x3, 0x5140), b1[0], b1[1]);
         e4m3x4_to_f16x2x2(__byte_perm(x2, x3, 0x7362), b1[2], b1[3]);
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-          const __half2 scaled0 = __hmul2(*reinterpret_cast<const __half2*>(&b0[c]), w01);
-          const __half2 scaled1 = __hmul2(*reinterpret_cast<const __half2*>(&b1[c]), w23);
-          const uint32_t s0 = *reinterpret_cast<const uint32_t*>(&scaled0);
-          const uint32_t s1 = *reinterpret_cast<const uint32_t*>(&scaled1);
 #pragma unroll
-          for (int rg = 0; rg < kRowGroups; ++rg) mma_16816<true>(acc[8 * rg + 4 * word + c], a[rg], s0, s1);
+          for (int rg = 0; rg < kRowGroups; ++rg) mma_16816<true>(acc[8 * rg + 4 * word + c], a[rg], b0[c], b1[c]);
         }
       }
     }
