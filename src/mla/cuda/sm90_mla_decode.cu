@@ -699,7 +699,9 @@ class Decoder {
 // copies (one per 8 tokens where the cache packs them, else one per token) that complete on the
 // stage's mbarrier; the 32-byte step every 8 tokens makes both the S loads (2 tokens x 4 chunks per 8
 // lanes) and the V loads (4 tokens x 2 chunks) hit 8 different 16-byte bank groups, as an XOR swizzle
-// of the chunks did when 256 threads filled the stages with 16-byte cp.async copies.
+// of the chunks did when 256 threads filled the stages with 16-byte cp.async copies. The channel-split
+// mode has no pad (token t at 656 t): one bulk copy moves a packed block, and its V loads (tokens
+// 2 q4 + {0, 1, 8, 9} of a k-step) are conflict-free without it.
 //
 // kBlocks = 2 ('mma_sync_fp8_pair', FF_MLA_FP8=pair): a round takes two consecutive 64-token blocks,
 // which sit in two adjacent raw stages and so form one 128-token tile (token t of the round at
@@ -737,9 +739,10 @@ class Fp8Decoder {
   static constexpr int kExchangeBytes = kQRows * 8 * 4;         // a float per (row, warp)
   // A raw stage: token t of a block at t * 656 + 32 (t / 8), each token contiguous (one bulk copy per
   // token, or per 8 tokens where the cache packs them), and the 32-byte step every 8 tokens keeps the
-  // operand loads free of bank conflicts (see token_offset).
+  // operand loads free of bank conflicts (see token_offset). The channel-split mode: t * 656, one bulk
+  // copy per packed block (its loads need no pad; see compute_round_channels).
   static constexpr int kGroupPad = kChannels ? 0 : 32;
-  static constexpr int kRawStageBytes = kTileRows * kFp8TokenBytes + kTileRows / 8 * kGroupPad;  // 42,240
+  static constexpr int kRawStageBytes = kTileRows * kFp8TokenBytes + kTileRows / 8 * kGroupPad;  // 42,240 / 41,984
   static constexpr int kRawOffset = 0;
   static constexpr int kQOffset = kStages * kRawStageBytes;
   static constexpr int kPOffset = kQOffset + kQBytes;
@@ -971,8 +974,9 @@ class Fp8Decoder {
   }
 
   // `physical`: the block-table entry of `block` (physical_block), -1 for none. Called by every thread
-  // alike. The tokens before the piece's end go by bulk copies (warp 0: one per 8 tokens where the cache
-  // packs them, else one per token), completing on the stage's mbarrier; the rest of the stage is
+  // alike. The tokens before the piece's end go by bulk copies (warp 0: a packed full block in one copy
+  // without the pad, else one per 8 tokens where the cache packs them, else one per token), completing
+  // on the stage's mbarrier; the rest of the stage is
   // zeroed by all threads with plain stores (scale 0, so those tokens stay 0; nothing past the length is
   // read), which the loop barrier before the stage's use makes visible.
   __device__ void load_block(const Piece& piece, int block, int stage, int physical) {
