@@ -277,7 +277,14 @@ class RingServer {
   void stop();
   // False once stopped, broken, or the owner process is gone.
   bool running() const;
+  // True once the server stopped because its owner process is gone.
+  bool owner_gone() const;
   const std::string& name() const;
+  const std::string& iov_path() const;  // /dev/shm/ff-iov-<name> of the ring's Iov
+  // After the owner is gone (else nothing): unlinks the ring's shm file and, with iov_too, its Iov's,
+  // each only if the path still names the file mapped at start (a new one of that name is left alone).
+  // Returns how many files it removed.
+  int remove_files(bool iov_too);
 
   struct Stats {
     uint64_t wakeups = 0;  // doorbells and heartbeats that found work
@@ -307,6 +314,9 @@ class RingServer {
 // Thread-safety: every method may be called from any thread.
 struct RegistryOptions {
   int64_t reap_interval_ms = 1000;  // how often rings of dead owners are dropped (0: only by reap())
+  // A reaped ring whose owner died leaves its shm files in /dev/shm (the client never unlinks them):
+  // remove them (the ring's file, and its Iov's unless another registered ring uses that Iov).
+  bool remove_files_of_dead_owners = true;
   uint32_t max_rings = 1024;
   RingServerOptions server;  // template for every ring (caller and owner_pid are set per ring)
 };

@@ -119,6 +119,7 @@ std::vector<std::string> UsrbioRegistry::names() const {
 
 size_t UsrbioRegistry::reap() {
   std::vector<std::unique_ptr<RingServer>> dead;
+  std::vector<bool> iov_shared;  // per dead ring: another registered ring maps the same Iov
   {
     std::lock_guard lock(impl_->mutex);
     for (auto it = impl_->rings.begin(); it != impl_->rings.end();) {
@@ -128,6 +129,20 @@ size_t UsrbioRegistry::reap() {
         it = impl_->rings.erase(it);
       } else {
         ++it;
+      }
+    }
+    for (const auto& server : dead) {
+      bool shared = false;
+      for (const auto& [name, ring] : impl_->rings) shared = shared || ring.server->iov_path() == server->iov_path();
+      iov_shared.push_back(shared);
+    }
+  }
+  // Outside the lock: the servers have stopped (running() was false), so their files are no longer used
+  // by them; a dead owner's files would otherwise stay in /dev/shm (the client never unlinks them).
+  if (impl_->options.remove_files_of_dead_owners) {
+    for (size_t i = 0; i < dead.size(); ++i) {
+      if (const int removed = dead[i]->remove_files(!iov_shared[i]); removed > 0) {
+        FF_LOG_INFO("usrbio: ring '{}': removed {} shm file(s) of its dead owner", dead[i]->name(), removed);
       }
     }
   }

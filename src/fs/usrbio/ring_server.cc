@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstring>
 #include <thread>
 #include <unordered_map>
 
@@ -40,7 +41,9 @@ struct RingServer::Impl {
   RingServerOptions options;
   internal::Mapping ring;
   internal::Mapping iov;
-  std::string iov_path;
+  std::string ring_path, iov_path;
+  dev_t ring_device = 0, iov_device = 0;  // the files mapped at start (remove_files_of_gone_owner)
+  ino_t ring_inode = 0, iov_inode = 0;
   RingHeader* header = nullptr;
   const SubmitEntry* sq = nullptr;
   Completion* cq = nullptr;
@@ -63,6 +66,7 @@ struct RingServer::Impl {
   std::thread thread;
   std::atomic<bool> stop_requested{false};
   std::atomic<bool> running{false};
+  std::atomic<bool> owner_gone{false};
 
   struct AtomicStats {
     std::atomic<uint64_t> wakeups{0}, batches{0}, entries{0}, errors{0}, bytes_read{0}, bytes_written{0},
@@ -297,6 +301,7 @@ void RingServer::Impl::run() {
       last_owner_check_ns = now;
       if (!owner_alive()) {
         FF_LOG_INFO("usrbio ring '{}': owner pid {} is gone; stopping", name, options.owner_pid);
+        owner_gone.store(true, std::memory_order_release);
         break;
       }
     }
@@ -345,6 +350,9 @@ Result<std::unique_ptr<RingServer>> RingServer::start(std::string_view ior_name,
     return meta::meta_error(error, "usrbio ring '" + impl->name + "': " + ring.status().message());
   }
   impl->ring = std::move(*ring);
+  impl->ring_path = ring_path;
+  impl->ring_device = ring_info.st_dev;
+  impl->ring_inode = ring_info.st_ino;
   const uint32_t caller_uid = options.caller.uid;
   if (caller_uid != 0 && ring_info.st_uid != caller_uid) {
     return meta::meta_error(EACCES, fmt::format("usrbio ring '{}': {} belongs to uid {}, not to the caller (uid {})",
@@ -382,6 +390,8 @@ Result<std::unique_ptr<RingServer>> RingServer::start(std::string_view ior_name,
                                                 impl->name, impl->iov_path, iov_info.st_uid, caller_uid));
   }
   impl->iov = std::move(*iov);
+  impl->iov_device = iov_info.st_dev;
+  impl->iov_inode = iov_info.st_ino;
   if (impl->iov.bytes() < header->iov_size) {
     return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': Iov {} has {} bytes, the ring expects {}",
                                                 impl->name, impl->iov_path, impl->iov.bytes(), header->iov_size));
@@ -436,6 +446,28 @@ void RingServer::stop() {
 }
 
 bool RingServer::running() const { return impl_->running.load(std::memory_order_acquire); }
+bool RingServer::owner_gone() const { return impl_->owner_gone.load(std::memory_order_acquire); }
+const std::string& RingServer::iov_path() const { return impl_->iov_path; }
+
+namespace {
+// Unlinks `path` when it still names the file (device, inode) given; true when it did.
+bool unlink_if_same(const std::string& path, dev_t device, ino_t inode) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0 || info.st_dev != device || info.st_ino != inode) return false;
+  if (::unlink(path.c_str()) != 0) {
+    FF_LOG_WARN("usrbio: unlink {}: {}", path, std::strerror(errno));
+    return false;
+  }
+  return true;
+}
+}  // namespace
+
+int RingServer::remove_files(bool iov_too) {
+  if (!owner_gone()) return 0;
+  int removed = unlink_if_same(impl_->ring_path, impl_->ring_device, impl_->ring_inode) ? 1 : 0;
+  if (iov_too && unlink_if_same(impl_->iov_path, impl_->iov_device, impl_->iov_inode)) ++removed;
+  return removed;
+}
 const std::string& RingServer::name() const { return impl_->name; }
 
 RingServer::Stats RingServer::stats() const {

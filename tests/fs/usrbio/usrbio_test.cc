@@ -3,6 +3,7 @@
 // entries), a server in another process (fork) that is killed, owner death, and the registry.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -514,7 +515,60 @@ TEST(UsrbioRegistryTest, OwnerDeathAndRegistryErrors) {
   // The server checks its owner once a second; the registry reaps every 100 ms.
   for (int i = 0; i < 500 && !registry.names().empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_TRUE(registry.names().empty());
-  EXPECT_TRUE(Iov::remove_stale(name).is_ok());  // the killed owner left its shm files
+  // The registry removed the killed owner's shm files (ring and Iov).
+  struct stat info {};
+  EXPECT_NE(::stat(("/dev/shm/ff-ior-" + name).c_str(), &info), 0);
+  EXPECT_NE(::stat(("/dev/shm/ff-iov-" + name).c_str(), &info), 0);
+  EXPECT_TRUE(Iov::remove_stale(name).is_ok());
+}
+
+// A dead owner's ring whose Iov another registered ring still maps: the ring's file goes, the Iov's
+// stays; a registry with remove_files_of_dead_owners off leaves both.
+TEST(UsrbioRegistryTest, DeadOwnerFilesRemovedUnlessShared) {
+  FakeBatchIo io;
+  const meta::Caller caller{.uid = ::getuid(), .gid = ::getgid()};
+  for (const bool remove : {true, false}) {
+    SCOPED_TRACE(remove);
+    UsrbioRegistry registry(io, {.reap_interval_ms = 100, .remove_files_of_dead_owners = remove});
+    const std::string name = unique_name("shared");
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      auto iov = Iov::create(name, 4096);
+      auto ior = iov.is_ok() ? Ior::create(name, *iov, {.entries = 4}) : Result<Ior>(iov.status());
+      const char byte = ior.is_ok() ? 'y' : 'n';
+      (void)!::write(ready[1], &byte, 1);
+      for (int i = 0; i < 600; ++i) ::usleep(100'000);
+      ::_exit(0);
+    }
+    char byte = 0;
+    ASSERT_EQ(::read(ready[0], &byte, 1), 1);
+    ::close(ready[0]);
+    ::close(ready[1]);
+    ASSERT_EQ(byte, 'y');
+    // This process maps the child's Iov and serves a second ring on it.
+    auto iov = Iov::open(name);
+    ASSERT_TRUE(iov.is_ok()) << iov.status().to_string();
+    const std::string second = name + "b";
+    auto ior = Ior::create(second, *iov, {.entries = 4});
+    ASSERT_TRUE(ior.is_ok()) << ior.status().to_string();
+    ASSERT_TRUE(registry.register_ring(name, "ff-ior-" + name, caller, child).is_ok());
+    ASSERT_TRUE(registry.register_ring(second, "ff-ior-" + second, caller, ::getpid()).is_ok());
+    ::kill(child, SIGKILL);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    for (int i = 0; i < 500 && registry.names().size() > 1; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(registry.names(), std::vector<std::string>{second});
+    struct stat info {};
+    EXPECT_EQ(::stat(("/dev/shm/ff-ior-" + name).c_str(), &info) == 0, !remove);
+    EXPECT_EQ(::stat(("/dev/shm/ff-iov-" + name).c_str(), &info), 0);  // the live ring maps it
+    ASSERT_TRUE(registry.unregister_ring(second).is_ok());
+    EXPECT_TRUE(Iov::remove_stale(name).is_ok());
+  }
 }
 
 TEST(UsrbioRegistryTest, RegisterServeUnregister) {
