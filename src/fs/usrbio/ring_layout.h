@@ -88,6 +88,20 @@ void futex_wake(std::atomic<uint32_t>& word, int count);
 std::string iov_path(std::string_view name);
 std::string ior_path(std::string_view name);
 
+// SIGBUS guard for the shared mappings a server touches on a client's behalf. A client can shrink its
+// shm file while the server copies from or into it (between the server's size check and the copy, or
+// on the client library's I/O threads), which would make the process fault with SIGBUS. A guarded range
+// that faults gets an anonymous page mapped over the faulting page (the access then completes, on
+// memory the client no longer shares) and its fault count goes up; the server checks the count after
+// each batch, fails the batch's entries with -EFAULT and stops serving the ring (its mapping is no
+// longer the client's). Faults outside every guarded range keep the previous SIGBUS disposition.
+// Process-wide: the handler is installed on the first add(); kFaultGuardSlots ranges at most (add
+// returns -1 when all are taken, and that range stays unguarded).
+inline constexpr int kFaultGuardSlots = 4096;
+int fault_guard_add(const void* data, uint64_t bytes);
+void fault_guard_remove(int slot);        // -1: nothing
+uint32_t fault_guard_faults(int slot);    // -1: 0
+
 // A MAP_SHARED mapping of a whole shm file. Move-only; unmaps on destruction.
 class Mapping {
  public:

@@ -44,6 +44,7 @@ struct RingServer::Impl {
   std::string ring_path, iov_path;
   dev_t ring_device = 0, iov_device = 0;  // the files mapped at start (remove_files_of_gone_owner)
   ino_t ring_inode = 0, iov_inode = 0;
+  int ring_guard = -1, iov_guard = -1;  // internal::fault_guard_add slots of the two mappings
   RingHeader* header = nullptr;
   const SubmitEntry* sq = nullptr;
   Completion* cq = nullptr;
@@ -73,6 +74,14 @@ struct RingServer::Impl {
         max_batch_entries{0};
   } stats;
 
+  ~Impl() {  // before the mappings (members) are unmapped
+    internal::fault_guard_remove(ring_guard);
+    internal::fault_guard_remove(iov_guard);
+  }
+  // Accesses to a shrunk ring or Iov file that the SIGBUS guard caught so far.
+  uint32_t guarded_faults() const {
+    return internal::fault_guard_faults(ring_guard) + internal::fault_guard_faults(iov_guard);
+  }
   void run();
   void beat() { header->server_heartbeat_ns.store(internal::monotonic_ns(), std::memory_order_release); }
   bool owner_alive() const;
@@ -295,6 +304,11 @@ void RingServer::Impl::run() {
   int64_t last_owner_check_ns = internal::monotonic_ns();
   State final_state = State::kDetached;
   while (!stop_requested.load(std::memory_order_acquire)) {
+    if (guarded_faults() != 0) {
+      mark_broken("its ring file shrank while served (an access faulted; the SIGBUS guard caught it)");
+      final_state = State::kBroken;
+      break;
+    }
     beat();
     const int64_t now = internal::monotonic_ns();
     if (now - last_owner_check_ns >= 1'000'000'000) {
@@ -324,6 +338,18 @@ void RingServer::Impl::run() {
     uint64_t largest = stats.max_batch_entries.load(std::memory_order_relaxed);
     if (taken > largest) stats.max_batch_entries.store(taken, std::memory_order_relaxed);
     process();
+    if (guarded_faults() != 0) {
+      // The client shrank a file under the batch: what the batch copied is not the client's data, and
+      // this mapping no longer shows the client's pages. Fail its I/O entries and stop serving.
+      for (size_t i = 0; i < completions.size(); ++i) {
+        const auto op = static_cast<Op>(batch[i].op);
+        if (op == Op::kRead || op == Op::kWrite) completions[i].result = -EFAULT;
+      }
+      publish();
+      mark_broken("its Iov or ring file shrank during a batch (an access faulted; the SIGBUS guard caught it)");
+      final_state = State::kBroken;
+      break;
+    }
     publish();
   }
   close_all();
@@ -350,6 +376,7 @@ Result<std::unique_ptr<RingServer>> RingServer::start(std::string_view ior_name,
     return meta::meta_error(error, "usrbio ring '" + impl->name + "': " + ring.status().message());
   }
   impl->ring = std::move(*ring);
+  impl->ring_guard = internal::fault_guard_add(impl->ring.data(), impl->ring.bytes());
   impl->ring_path = ring_path;
   impl->ring_device = ring_info.st_dev;
   impl->ring_inode = ring_info.st_ino;
@@ -390,6 +417,7 @@ Result<std::unique_ptr<RingServer>> RingServer::start(std::string_view ior_name,
                                                 impl->name, impl->iov_path, iov_info.st_uid, caller_uid));
   }
   impl->iov = std::move(*iov);
+  impl->iov_guard = internal::fault_guard_add(impl->iov.data(), impl->iov.bytes());
   impl->iov_device = iov_info.st_dev;
   impl->iov_inode = iov_info.st_ino;
   if (impl->iov.bytes() < header->iov_size) {

@@ -1,14 +1,17 @@
 // Iov, names, shared-memory mappings, futexes and register_fd (usrbio.h, ring_layout.h).
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -39,12 +42,89 @@ std::string_view server_state_name(ServerStatus::State state) {
     case ServerStatus::State::kNone: return "none (no server attached yet)";
     case ServerStatus::State::kAttached: return "attached";
     case ServerStatus::State::kDetached: return "detached";
-    case ServerStatus::State::kBroken: return "broken (the server found corrupt ring indices)";
+    case ServerStatus::State::kBroken: return "broken (corrupt ring indices, or the ring or Iov shrunk while served)";
   }
   return "unknown";
 }
 
 namespace internal {
+
+namespace {
+
+struct GuardSlot {
+  std::atomic<bool> used{false};
+  std::atomic<uintptr_t> begin{0}, end{0};  // [begin, end); end 0 while the slot is being set or cleared
+  std::atomic<uint32_t> faults{0};
+};
+GuardSlot guard_slots[kFaultGuardSlots];
+struct sigaction previous_sigbus {};
+uintptr_t guard_page_bytes = 4096;  // set before the handler is installed
+
+// Async-signal-safe: atomics, mmap and sigaction only.
+void on_sigbus(int signal, siginfo_t* info, void* context) {
+  const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (GuardSlot& slot : guard_slots) {
+    const uintptr_t end = slot.end.load(std::memory_order_acquire);
+    if (end == 0 || address < slot.begin.load(std::memory_order_acquire) || address >= end) continue;
+    const uintptr_t page = guard_page_bytes;
+    void* start = reinterpret_cast<void*>(address & ~(page - 1));
+    if (::mmap(start, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+      slot.faults.fetch_add(1, std::memory_order_acq_rel);
+      return;  // the faulting access runs again, on the anonymous page
+    }
+    break;
+  }
+  // Not ours (or the page could not be replaced): what SIGBUS did before the guard.
+  if ((previous_sigbus.sa_flags & SA_SIGINFO) != 0 && previous_sigbus.sa_sigaction != nullptr) {
+    previous_sigbus.sa_sigaction(signal, info, context);
+    return;
+  }
+  if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN &&
+      previous_sigbus.sa_handler != nullptr) {
+    previous_sigbus.sa_handler(signal);
+    return;
+  }
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  ::sigemptyset(&default_action.sa_mask);
+  ::sigaction(SIGBUS, &default_action, nullptr);  // the access faults again and the default kills
+}
+
+}  // namespace
+
+int fault_guard_add(const void* data, uint64_t bytes) {
+  static const bool installed = [] {
+    guard_page_bytes = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    struct sigaction action {};
+    action.sa_sigaction = on_sigbus;
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    ::sigemptyset(&action.sa_mask);
+    return ::sigaction(SIGBUS, &action, &previous_sigbus) == 0;
+  }();
+  if (!installed || data == nullptr || bytes == 0) return -1;
+  for (int i = 0; i < kFaultGuardSlots; ++i) {
+    bool expected = false;
+    if (!guard_slots[i].used.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) continue;
+    guard_slots[i].faults.store(0, std::memory_order_relaxed);
+    guard_slots[i].begin.store(reinterpret_cast<uintptr_t>(data), std::memory_order_release);
+    guard_slots[i].end.store(reinterpret_cast<uintptr_t>(data) + bytes, std::memory_order_release);
+    return i;
+  }
+  return -1;
+}
+
+void fault_guard_remove(int slot) {
+  if (slot < 0 || slot >= kFaultGuardSlots) return;
+  guard_slots[slot].end.store(0, std::memory_order_release);
+  guard_slots[slot].begin.store(0, std::memory_order_release);
+  guard_slots[slot].faults.store(0, std::memory_order_release);
+  guard_slots[slot].used.store(false, std::memory_order_release);
+}
+
+uint32_t fault_guard_faults(int slot) {
+  if (slot < 0 || slot >= kFaultGuardSlots) return 0;
+  return guard_slots[slot].faults.load(std::memory_order_acquire);
+}
 
 int64_t monotonic_ns() {
   timespec now{};

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -31,6 +32,8 @@ class FakeBatchIo final : public BatchIo {
     return files_.at(inode).data;
   }
   void set_batch_delay_ms(int64_t delay_ms) { delay_ms_ = delay_ms; }
+  // Runs at the start of every read_batch / write_batch (after the server's own checks of the batch).
+  void set_before_io(std::function<void()> hook) { before_io_ = std::move(hook); }
 
   Result<FileHandle> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) override {
     std::lock_guard lock(mutex_);
@@ -53,6 +56,7 @@ class FakeBatchIo final : public BatchIo {
     return Status::ok();
   }
   std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops) override {
+    if (before_io_) before_io_();
     if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
     std::lock_guard lock(mutex_);
     batch_sizes_.push_back(ops.size());
@@ -72,6 +76,7 @@ class FakeBatchIo final : public BatchIo {
     return results;
   }
   std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops) override {
+    if (before_io_) before_io_();
     if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms_));
     std::lock_guard lock(mutex_);
     batch_sizes_.push_back(ops.size());
@@ -112,6 +117,7 @@ class FakeBatchIo final : public BatchIo {
   size_t opens_ = 0;
   size_t closes_ = 0;
   std::atomic<int64_t> delay_ms_{0};
+  std::function<void()> before_io_;  // set before the server starts
 };
 
 // Bytes whose value depends on (seed, position): any misplaced byte shows.

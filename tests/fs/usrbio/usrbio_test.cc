@@ -661,3 +661,66 @@ TEST(UsrbioRegistryTest, ManyRingsServeConcurrently) {
 
 }  // namespace
 }  // namespace ff::fs::usrbio
+
+namespace ff::fs::usrbio {
+namespace {
+
+using testing::FakeBatchIo;
+using testing::pattern;
+
+// The SIGBUS guard: an access to a guarded mapping of a file that shrank under it reads zeros and is
+// counted; the same access to an unguarded mapping kills the process.
+TEST(UsrbioFaultGuard, ShrunkGuardedMappingIsCountedNotFatal) {
+  const std::string name = unique_name("guard");
+  auto iov = Iov::create(name, 1 << 16);
+  ASSERT_TRUE(iov.is_ok()) << iov.status().to_string();
+  std::memset(iov->data(), 0x5a, iov->size());
+  struct stat info {};
+  auto server_view = internal::Mapping::open(iov->path(), &info);
+  ASSERT_TRUE(server_view.is_ok()) << server_view.status().to_string();
+  EXPECT_EQ(static_cast<uint8_t>(server_view->data()[100]), 0x5a);
+  const int slot = internal::fault_guard_add(server_view->data(), server_view->bytes());
+  ASSERT_GE(slot, 0);
+  ASSERT_EQ(::truncate(iov->path().c_str(), 0), 0);
+  // The shrunk pages are gone from both mappings; only the guarded one survives touching them.
+  EXPECT_DEATH({ [[maybe_unused]] volatile uint8_t byte = static_cast<uint8_t>(iov->data()[8192]); }, "");
+  volatile uint8_t* guarded = reinterpret_cast<volatile uint8_t*>(server_view->data());
+  EXPECT_EQ(guarded[8192], 0);
+  guarded[8193] = 7;  // writes land on the anonymous page
+  EXPECT_EQ(guarded[8193], 7);
+  EXPECT_EQ(internal::fault_guard_faults(slot), 1u);  // one page replaced
+  EXPECT_EQ(guarded[40000], 0);
+  EXPECT_EQ(internal::fault_guard_faults(slot), 2u);
+  internal::fault_guard_remove(slot);
+  EXPECT_EQ(internal::fault_guard_faults(slot), 0u);
+}
+
+// A client that shrinks its Iov in the window between the server's size check and the copy (here:
+// inside the BatchIo, where FileClient's threads copy): the batch's entries fail with -EFAULT, the
+// ring is marked broken, and the serving process lives on.
+TEST(RingServerTest, IovShrunkDuringBatchFailsItAndBreaksTheRing) {
+  Ring ring = make_ring(1 << 16, {.entries = 4});
+  FakeBatchIo io;
+  io.add_file(12, pattern(1 << 15, 12));
+  const std::string iov_path = ring.iov.path();
+  io.set_before_io([&] { ASSERT_EQ(::truncate(iov_path.c_str(), 0), 0); });
+  auto server = RingServer::start(ring.ior.name(), io, {});
+  ASSERT_TRUE(server.is_ok()) << server.status().to_string();
+  ASSERT_TRUE(ring.ior.prep_read(12, 0, 1 << 15, 0, 5).is_ok());
+  ASSERT_TRUE(ring.ior.submit().is_ok());
+  std::vector<Completion> out(1);
+  auto got = ring.ior.wait_for_ios(out, 1, 10'000);
+  if (got.is_ok()) {
+    EXPECT_EQ(out[0].user_data, 5u);
+    EXPECT_EQ(out[0].result, -EFAULT);
+  } else {  // the client looked at the state between the completion's publication and its wait
+    EXPECT_EQ(got.status().code(), StatusCode::kUnavailable) << got.status().to_string();
+    EXPECT_NE(got.status().message().find("broken"), std::string::npos) << got.status().to_string();
+  }
+  for (int i = 0; i < 500 && (*server)->running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_FALSE((*server)->running());
+  EXPECT_EQ(ring.ior.server_status().state, ServerStatus::State::kBroken);
+}
+
+}  // namespace
+}  // namespace ff::fs::usrbio
