@@ -8,6 +8,7 @@ fails over to the other."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -176,6 +177,46 @@ def test_meta_waits_for_an_etcd_that_is_not_up_yet(bin_dir: pathlib.Path) -> Non
         except BaseException:
             print(cluster.logs())
             raise
+
+
+def test_meta_stop_is_bounded_when_etcd_hangs(bin_dir: pathlib.Path) -> None:
+    """SIGTERM while operations wait on an etcd that stopped answering (SIGSTOPped): ff-meta exits within
+    meta.stop_timeout_s, with an error naming it, instead of waiting out the KV store's RPC deadlines and
+    retry budget (5 s per attempt, up to 64 attempts)."""
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd is not installed (Debian etcd-server)")
+    with LocalCluster(bin_dir, nodes=1, targets_per_node=1) as cluster:
+        etcd = cluster.start_etcd()
+        etcd_pid = cluster.processes["etcd"].pid
+        address = f"127.0.0.1:{free_port()}"
+        config = cluster.dir / "meta1.toml"
+        config.write_text(f'[meta]\nlisten = "{address}"\nstandalone_chains = 2\nstop_timeout_s = 1\n'
+                          f'[kv]\nkind = "etcd"\netcd_endpoints = ["{etcd}"]\n')
+        meta = cluster._spawn("meta1", [str(bin_dir / "ff-meta"), "--config", str(config)])
+        workload = None
+        try:
+            cluster.wait_listening("meta1", address, 30)
+            os.kill(etcd_pid, signal.SIGSTOP)
+            workload = subprocess.Popen(client(bin_dir, [address], "workload", "--threads", "2", "--seconds", "60",
+                                               "--log", str(cluster.dir / "ops.log")),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.5)  # the workload's operations now wait on etcd
+            started = time.monotonic()
+            meta.send_signal(signal.SIGTERM)
+            code = meta.wait(timeout=60)
+            elapsed = time.monotonic() - started
+            log = (cluster.dir / "meta1.log").read_text(errors="replace")
+            assert elapsed < 4, f"ff-meta took {elapsed:.1f} s to stop with stop_timeout_s = 1:\n{log[-3000:]}"
+            assert code == 3, f"exit code {code}:\n{log[-3000:]}"
+            assert "did not finish within meta.stop_timeout_s = 1 s" in log, log[-3000:]
+        except BaseException:
+            print(cluster.logs())
+            raise
+        finally:
+            os.kill(etcd_pid, signal.SIGCONT)
+            if workload is not None:
+                workload.kill()
+                workload.wait()
 
 
 def test_bad_config_is_named(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:

@@ -14,7 +14,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <future>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -48,6 +50,8 @@ struct Config {
   double routing_refresh_s = 10;
   double routing_wait_s = 60;
   double storage_timeout_s = 30;
+  // The longest a SIGTERM / SIGINT stop waits for running operations before the process exits anyway.
+  double stop_timeout_s = 10;
   uint32_t rpc_threads = 256;
   std::string kv_kind = "rocksdb";
   std::string kv_path;
@@ -74,6 +78,7 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("meta.routing_refresh_s", &c.routing_refresh_s));
   FF_RETURN_IF_ERROR(reader.read("meta.routing_wait_s", &c.routing_wait_s));
   FF_RETURN_IF_ERROR(reader.read("meta.storage_timeout_s", &c.storage_timeout_s));
+  FF_RETURN_IF_ERROR(reader.read("meta.stop_timeout_s", &c.stop_timeout_s));
   FF_RETURN_IF_ERROR(reader.read("meta.rpc_threads", &c.rpc_threads));
   FF_RETURN_IF_ERROR(reader.read("kv.kind", &c.kv_kind));
   FF_RETURN_IF_ERROR(reader.read("kv.path", &c.kv_path));
@@ -97,7 +102,7 @@ Result<Config> load_config(const std::string& path) {
   if (c.chain_table == 0) return invalid_argument("{}: meta.chain_table = 0 is invalid (ids start at 1)", path);
   if (c.stripe == 0) return invalid_argument("{}: meta.stripe = 0, expected >= 1", path);
   if (c.client_lease_s <= 0 || c.maintenance_interval_s <= 0 || c.routing_refresh_s <= 0 || c.routing_wait_s <= 0 ||
-      c.storage_timeout_s <= 0 || c.stats_interval_s <= 0) {
+      c.storage_timeout_s <= 0 || c.stop_timeout_s <= 0 || c.stats_interval_s <= 0) {
     return invalid_argument("{}: every *_s setting of [meta] and [metrics] must be positive", path);
   }
   if (c.rpc_threads < 2) return invalid_argument("{}: meta.rpc_threads = {}, expected >= 2", path, c.rpc_threads);
@@ -347,6 +352,23 @@ int serve(const Config& config) {
 
   wait_for_termination(nullptr);
   FF_LOG_INFO("ff-meta: stopping");
+  // NOTE: a bounded stop. The clean stop waits for running operations, and one stuck in the KV store
+  // (etcd unreachable: every attempt waits out its RPC deadline, up to max_attempts) would hold it for
+  // minutes. Past stop_timeout_s the process exits without it: nothing acknowledged is lost, since an
+  // operation commits in one KV transaction before it replies (what the SIGKILL tests rely on too).
+  std::mutex stopped_mutex;
+  std::condition_variable stopped_wake;
+  bool stopped = false;
+  std::thread stop_watchdog([&] {
+    std::unique_lock lock(stopped_mutex);
+    const auto limit = std::chrono::milliseconds(static_cast<int64_t>(config.stop_timeout_s * 1000));
+    if (stopped_wake.wait_for(lock, limit, [&] { return stopped; })) return;
+    FF_LOG_ERROR("ff-meta: the clean stop did not finish within meta.stop_timeout_s = {} s (an operation stuck in the "
+                 "{} store?); exiting without it",
+                 config.stop_timeout_s, config.kv_kind);
+    ff::logger().flush();
+    std::_Exit(3);
+  });
   (*server)->shutdown(2000);
   {
     std::lock_guard lock(stop_mutex);
@@ -359,6 +381,12 @@ int serve(const Config& config) {
   service.reset();
   engine->reset();
   storage.reset();
+  {
+    std::lock_guard lock(stopped_mutex);
+    stopped = true;
+  }
+  stopped_wake.notify_all();
+  stop_watchdog.join();
   return 0;
 }
 
