@@ -1,6 +1,8 @@
 // RemoteMeta beyond the behaviour suite: errors identical to in-process ones, failover between two
 // servers on one store, bounded waits on unreachable and hung servers, and the interpretation of a
 // repeated create / mkdir / link / rename / unlink / close whose first reply was lost.
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -229,6 +231,66 @@ TEST_F(RemoteMetaTest, FailsOverBetweenTwoServersOnOneStore) {
   ASSERT_TRUE(page.is_ok());
   EXPECT_EQ(page->entries.size(), 30u);
   auto report = service_->fsck();
+  ASSERT_TRUE(report.is_ok());
+  EXPECT_TRUE(report->problems.empty());
+}
+
+// ff-meta swaps its service for one on the new chain list when mgmtd's chain table changes
+// (MetaRpcServer::replace_api, tools/fs/ff-meta). Creates running on 4 client threads across the swap
+// all succeed; each file is striped over the old chains or over the new ones, never a mix; files made
+// after the swap use the new ones; files made before keep their layout; fsck finds nothing.
+TEST_F(RemoteMetaTest, ReplacingTheApiWhileServingSwitchesNewFilesToTheNewChains) {
+  auto remote = connect({server_->address()});
+  auto before = remote->create(kRoot, kRootInode, "before", 0644);
+  ASSERT_TRUE(before.is_ok()) << before.status().to_string();
+  auto swapped = MetaService::open(*engine_, MetaConfig{.chains = {7, 8}});
+  ASSERT_TRUE(swapped.is_ok()) << swapped.status().to_string();
+  std::shared_ptr<MetaService> next = std::move(*swapped);
+  constexpr int kThreads = 4, kFilesPerThread = 60;
+  std::atomic<int> started{0};
+  std::vector<std::vector<Inode>> made(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kFilesPerThread; ++i) {
+        auto file = remote->create(kRoot, kRootInode, fmt::format("t{}-{}", t, i), 0644);
+        ASSERT_TRUE(file.is_ok()) << file.status().to_string();
+        made[t].push_back(*file);
+        if (i == 5) ++started;
+      }
+    });
+  }
+  while (started.load() < kThreads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  server_->replace_api(next);
+  for (auto& thread : threads) thread.join();
+  const std::vector<ChainId> old_chains = {1, 2, 3}, new_chains = {7, 8};
+  auto within = [](const Layout& layout, const std::vector<ChainId>& chains) {
+    for (ChainId chain : layout.chains) {
+      if (std::find(chains.begin(), chains.end(), chain) == chains.end()) return false;
+    }
+    return !layout.chains.empty();
+  };
+  int on_new = 0;
+  for (const auto& files : made) {
+    ASSERT_EQ(files.size(), static_cast<size_t>(kFilesPerThread));
+    bool switched = false;
+    for (const Inode& file : files) {
+      const bool is_new = within(file.layout, new_chains);
+      EXPECT_TRUE(is_new || within(file.layout, old_chains)) << "file " << file.id << " mixes chain lists";
+      EXPECT_FALSE(switched && !is_new) << "a file after the swap used the old chains";  // per thread, in order
+      switched = switched || is_new;
+      on_new += is_new ? 1 : 0;
+    }
+  }
+  EXPECT_GT(on_new, 0);
+  auto after = remote->create(kRoot, kRootInode, "after", 0644);
+  ASSERT_TRUE(after.is_ok()) << after.status().to_string();
+  EXPECT_TRUE(within(after->layout, new_chains));
+  auto again = remote->getattr(before->id);
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_EQ(again->layout, before->layout);
+  EXPECT_TRUE(within(again->layout, old_chains));
+  auto report = next->fsck();
   ASSERT_TRUE(report.is_ok());
   EXPECT_TRUE(report->problems.empty());
 }
