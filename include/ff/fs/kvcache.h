@@ -63,9 +63,11 @@ struct KvCacheConfig {
   int64_t ttl_ms = 0;             // 0: entries never expire
   int64_t eviction_interval_ms = 1'000;
   bool index_existing = true;  // at open, index the entries already under root
-  // With index_existing: the temporaries of puts older than this are removed at open (a put that
-  // crashed before its rename leaves one); younger ones may belong to a live instance's put. 0: keep.
+  // The temporaries of puts older than this are removed (a put that crashed before its rename leaves
+  // one): at open (with index_existing) and by the background thread every temp_sweep_interval_ms;
+  // younger ones may belong to a live instance's put. 0: keep them.
   int64_t stale_temp_ms = 600'000;
+  int64_t temp_sweep_interval_ms = 600'000;  // 0: only at open
   uint32_t mode = 0644;        // of entry files (directories: 0755)
   meta::Caller caller;         // who reads and writes (uid 0 by default)
 };
@@ -97,7 +99,7 @@ class KvCache {
     uint64_t expirations = 0;  // removed for age (ttl)
     uint64_t bytes = 0;        // bytes of the entries in this instance's index
     uint64_t entries = 0;
-    uint64_t temporaries_removed = 0;  // stale temporaries of crashed puts, removed at open
+    uint64_t temporaries_removed = 0;  // stale temporaries of crashed puts, removed at open or by the sweep
   };
   Stats stats() const;
 

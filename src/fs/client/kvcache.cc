@@ -344,14 +344,59 @@ struct KvCache::Impl {
 
   void evictor_loop() {
     std::unique_lock lock(thread_mutex);
+    int64_t next_sweep_ns = wall_now_ns() + config.temp_sweep_interval_ms * 1'000'000;
     while (!stopping) {
       wake.wait_for(lock, std::chrono::milliseconds(config.eviction_interval_ms), [&] { return stopping; });
       if (stopping) break;
       lock.unlock();
       auto evicted = evict_now();
       if (!evicted.is_ok()) FF_LOG_WARN("kv cache {}: eviction failed: {}", config.root, evicted.status());
+      if (config.temp_sweep_interval_ms > 0 && config.stale_temp_ms > 0 && wall_now_ns() >= next_sweep_ns) {
+        next_sweep_ns = wall_now_ns() + config.temp_sweep_interval_ms * 1'000'000;
+        if (Status swept = sweep_temporaries(); !swept.is_ok()) {
+          FF_LOG_WARN("kv cache {}: sweeping stale temporaries failed: {}", config.root, swept);
+        }
+      }
       lock.lock();
     }
+  }
+
+  // A put's temporary (`<key>.tmp-<client>-<n>`) in `dir`: removed once older than any put still
+  // running could be (stale_temp_ms). True when `entry` is a temporary (removed or not).
+  bool handle_temporary(meta::InodeId dir, const meta::DirEntry& entry) {
+    if (entry.type != meta::FileType::kRegular || entry.name.find(".tmp-") == std::string::npos ||
+        KvCacheKey::from_hex(entry.name).is_ok()) {
+      return false;
+    }
+    if (config.stale_temp_ms <= 0) return true;
+    auto inode = meta.getattr(entry.inode);
+    if (inode.is_ok() && wall_now_ns() - put_time(*inode) > config.stale_temp_ms * 1'000'000 &&
+        meta.unlink(config.caller, dir, entry.name).is_ok()) {
+      std::lock_guard lock(mutex);
+      ++stats.temporaries_removed;
+    }
+    return true;
+  }
+
+  // Every subdirectory known so far, for stale temporaries (of puts of this or another instance that
+  // crashed, or of an instance that never reopens).
+  Status sweep_temporaries() {
+    for (size_t i = 0; i < config.fanout; ++i) {
+      const meta::InodeId dir = dirs[i].load(std::memory_order_acquire);
+      if (dir == 0) continue;
+      std::string cursor;
+      while (!stopping_requested()) {
+        FF_ASSIGN_OR_RETURN(meta::ReadDirPage page, meta.readdir(config.caller, dir, cursor, 1024));
+        for (const meta::DirEntry& entry : page.entries) handle_temporary(dir, entry);
+        if (!page.more || page.entries.empty()) break;
+        cursor = page.entries.back().name;
+      }
+    }
+    return Status::ok();
+  }
+  bool stopping_requested() {
+    std::lock_guard lock(thread_mutex);
+    return stopping;
   }
 
   // Indexes the entries already under root (a restart): size and put time from their inodes.
@@ -375,18 +420,8 @@ struct KvCache::Impl {
       while (true) {
         FF_ASSIGN_OR_RETURN(meta::ReadDirPage page, meta.readdir(config.caller, dir, cursor, 1024));
         for (const meta::DirEntry& entry : page.entries) {
+          if (handle_temporary(dir, entry)) continue;
           auto key = KvCacheKey::from_hex(entry.name);
-          if (!key.is_ok() && entry.type == meta::FileType::kRegular && entry.name.find(".tmp-") != std::string::npos &&
-              config.stale_temp_ms > 0) {
-            // A put's temporary: removed once older than any put still running could be.
-            auto inode = meta.getattr(entry.inode);
-            if (inode.is_ok() && wall_now_ns() - put_time(*inode) > config.stale_temp_ms * 1'000'000 &&
-                meta.unlink(config.caller, dir, entry.name).is_ok()) {
-              std::lock_guard lock(mutex);
-              ++stats.temporaries_removed;
-            }
-            continue;
-          }
           if (!key.is_ok() || entry.type != meta::FileType::kRegular) continue;  // strangers
           auto inode = meta.getattr(entry.inode);
           if (!inode.is_ok()) continue;  // removed meanwhile
@@ -415,6 +450,10 @@ Result<std::unique_ptr<KvCache>> KvCache::open(FileClient& client, KvCacheConfig
     return invalid_argument("KvCacheConfig.root '{}' is not an absolute path", config.root);
   if (config.eviction_interval_ms <= 0) {
     return invalid_argument("KvCacheConfig.eviction_interval_ms is {}, expected > 0", config.eviction_interval_ms);
+  }
+  if (config.temp_sweep_interval_ms < 0) {
+    return invalid_argument("KvCacheConfig.temp_sweep_interval_ms is {}, expected >= 0 (0: only at open)",
+                            config.temp_sweep_interval_ms);
   }
   if (!(config.evict_to >= 0.0 && config.evict_to <= 1.0)) {
     return invalid_argument("KvCacheConfig.evict_to is {}, expected 0..1", config.evict_to);

@@ -230,5 +230,46 @@ TEST_F(KvCacheTest, OpenRemovesStaleTemporariesOfCrashedPuts) {
   EXPECT_EQ(*cache->get(key(1)), blob(100, 1));
 }
 
+// An instance that stays open removes stale temporaries too (a put of another instance that crashed),
+// on its background sweep; a temporary younger than stale_temp_ms stays. (No put runs in the sweeping
+// instance: with a stale_temp_ms this short a slow put's own temporary could qualify.)
+TEST_F(KvCacheTest, BackgroundSweepRemovesStaleTemporaries) {
+  KvCacheConfig config;
+  config.root = "/swept";
+  config.fanout = 1;
+  {
+    auto writer = open(config);
+    ASSERT_TRUE(writer);
+    ASSERT_TRUE(writer->put(key(1), blob(100, 1)).is_ok());  // creates the subdirectory
+  }
+  const meta::Caller root{0, 0, {}};
+  auto dir = cluster_->meta().resolve(root, "/swept/00");
+  ASSERT_TRUE(dir.is_ok()) << dir.status();
+  const std::string temp = key(2).hex() + ".tmp-9-0";
+  ASSERT_TRUE(cluster_->meta().create(root, dir->id, temp, 0644).is_ok());
+  const auto created = std::chrono::steady_clock::now();
+  config.eviction_interval_ms = 20;
+  config.temp_sweep_interval_ms = 50;
+  config.stale_temp_ms = 1500;
+  auto cache = open(config);
+  ASSERT_TRUE(cache);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // swept at least once while young
+  if (std::chrono::steady_clock::now() - created < std::chrono::milliseconds(1400)) {
+    EXPECT_TRUE(cluster_->meta().lookup(root, dir->id, temp).is_ok());
+    EXPECT_EQ(cache->stats().temporaries_removed, 0u);
+  }
+  for (int i = 0; i < 500 && cache->stats().temporaries_removed == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(cache->stats().temporaries_removed, 1u);
+  EXPECT_EQ(errno_of(cluster_->meta().lookup(root, dir->id, temp).status()), ENOENT);
+  EXPECT_EQ(*cache->get(key(1)), blob(100, 1));  // the real entry stays
+  config.temp_sweep_interval_ms = -1;
+  auto bad = KvCache::open(*client_, config);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("temp_sweep_interval_ms is -1"), std::string::npos) << bad.status();
+}
+
 }  // namespace
 }  // namespace ff::fs
