@@ -516,6 +516,28 @@ def test_unlinked_open_file_stays_readable(mnt: pathlib.Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- lifecycle
+def test_statfs_reports_the_storage_space(cluster: LocalCluster) -> None:
+    """df on the mount: the chain table's space, each (host, file system) of its targets once, over the
+    replication (3). The storage servers keep their targets on the scratch directory's disk, so the mount
+    shows that disk's size / 3 (before: a fixed 1 TiB)."""
+    if "meta1" not in cluster.processes:
+        pytest.skip("ff-meta is not built (the metadata lives in ff-fuse, without storage space)")
+    disk = os.statvfs(cluster.dir)
+    expected_total = disk.f_blocks * disk.f_frsize // 3
+    deadline = time.monotonic() + 30  # ff-meta takes the space from mgmtd at start and every 10 s
+    while True:
+        st = os.statvfs(cluster.mounts["fuse"])
+        total, block = st.f_blocks * st.f_frsize, st.f_frsize
+        if abs(total - expected_total) <= 2 * block or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert abs(total - expected_total) <= 2 * block, f"mount total {total}, disk / 3 = {expected_total}"
+    free = st.f_bavail * st.f_frsize
+    expected_free = os.statvfs(cluster.dir).f_bavail * disk.f_frsize // 3
+    # The disk's use moves while the storage servers write; a few percent of slack.
+    assert abs(free - expected_free) <= 2 * block + expected_total // 20, f"mount free {free}, disk / 3 = {expected_free}"
+
+
 def test_sigterm_unmounts_cleanly(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     """A second ff-fuse (metadata and data in its memory): SIGTERM ends it with status 0 and no mount left."""
     mount = cluster.start_fuse(tmp_path / "m2", name="fuse-sigterm", meta="memory", data="memory")

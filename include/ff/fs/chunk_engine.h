@@ -158,6 +158,7 @@ class ChunkEngine final : public ChunkStore {
   Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) override;
   Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) override;
   Status sync() override;
+  std::optional<Space> space() const override;  // statvfs of the directory
 
   // Like read(), but into caller memory: reads [offset, offset + out.size()) of the committed version
   // into out and returns the chunk's metadata, with bytes_read set to the bytes copied (short at the end

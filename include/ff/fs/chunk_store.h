@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -179,6 +180,15 @@ class ChunkStore {
 
   // Flushes anything buffered; after it returns, everything returned before it is durable.
   virtual Status sync() = 0;
+
+  // The space of the file system the store keeps its data on (reported in heartbeats, summed by ff-meta
+  // for statfs); nullopt when it has none (in memory).
+  struct Space {
+    uint64_t capacity_bytes = 0;
+    uint64_t free_bytes = 0;    // available to the store (statvfs f_bavail)
+    uint64_t filesystem = 0;    // statvfs f_fsid: stores on one file system share capacity and free
+  };
+  virtual std::optional<Space> space() const { return std::nullopt; }
 };
 
 }  // namespace ff::fs

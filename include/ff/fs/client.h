@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,8 @@ class StorageClient {
   // Fetches routing now (also done lazily by every operation).
   void refresh_routing(Callback<RoutingVersion> done);
   const RoutingInfo& routing() const;
+  // The targets' space as of the last refresh_routing (on the executor's thread, as routing()).
+  const std::vector<TargetSpace>& space() const;
 
   // Writes data at offset of chunk in chain; done gets the committed version. `channel` selects the
   // write stream (request ids are (client_id, channel, seq)).
@@ -80,5 +83,16 @@ class StorageClient {
   struct State;
   std::shared_ptr<State> state_;
 };
+
+// The space a chain table's files can use: the capacity and free bytes of the distinct file systems
+// (host, filesystem) holding its targets, summed, divided by the table's replication. nullopt when the
+// table is unknown or none of its targets reported space.
+struct ChainTableSpace {
+  uint64_t capacity_bytes = 0;
+  uint64_t free_bytes = 0;
+  size_t filesystems = 0;  // distinct (host, filesystem) pairs counted
+};
+std::optional<ChainTableSpace> chain_table_space(const RoutingInfo& routing, const std::vector<TargetSpace>& space,
+                                                 ChainTableId table);
 
 }  // namespace ff::fs

@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "ff/fs/chunk_store.h"
@@ -46,6 +47,9 @@ class MemChunkStore final : public ChunkStore {
   Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) override;
   Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) override;
   Status sync() override;
+  // The space this store reports (nullopt unless set_space: a memory store has no file system).
+  std::optional<Space> space() const override;
+  void set_space(std::optional<Space> space);
 
   void set_faults(MemChunkStoreFaults faults);
   // Called whenever a version becomes committed (commit(), put_full_replacement()), at that instant,
@@ -79,6 +83,7 @@ class MemChunkStore final : public ChunkStore {
 
   const uint64_t max_chunk_bytes_;
   mutable std::mutex mutex_;  // guards everything below
+  std::optional<Space> space_;
   std::map<ChunkId, Chunk> chunks_;
   MemChunkStoreFaults faults_;
   CommitHook commit_hook_;

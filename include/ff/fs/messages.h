@@ -50,6 +50,21 @@ struct RegisterNodeRsp {
 struct TargetHeartbeat {
   TargetId target = 0;
   LocalTargetState local_state = LocalTargetState::kOnline;
+  // The file system the target's data lives on (statvfs of its directory; 0 / 0 when unknown, e.g. in
+  // memory). `filesystem` tells targets on one file system apart from targets on several.
+  uint64_t capacity_bytes = 0;
+  uint64_t free_bytes = 0;
+  uint64_t filesystem = 0;
+};
+// A target's space as its node last reported it (GetRoutingRsp::space; not part of the cluster map).
+struct TargetSpace {
+  TargetId target = 0;
+  NodeId node = 0;
+  std::string host;  // of the node's address: targets of one host with one `filesystem` share the space
+  uint64_t capacity_bytes = 0;
+  uint64_t free_bytes = 0;
+  uint64_t filesystem = 0;
+  friend bool operator==(const TargetSpace&, const TargetSpace&) = default;
 };
 struct HeartbeatReq {
   NodeId node = 0;
@@ -69,6 +84,7 @@ struct GetRoutingReq {
 struct GetRoutingRsp {
   RoutingVersion routing_version = 0;
   std::optional<RoutingInfo> routing;  // present when newer than known_routing_version
+  std::vector<TargetSpace> space;      // always: every target with a reported space
 };
 
 // Creates a chain table over the given storage nodes (generate_chain_table in chain_table.h).

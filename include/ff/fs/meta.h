@@ -307,6 +307,11 @@ class MetaService final : public MetaApi {
   Status report_length(InodeId inode, uint64_t length) override;
   Status renew_client(uint64_t client) override;
 
+  // The storage space statfs reports (bytes usable at the chain table's replication; ff-meta sets it
+  // from mgmtd's view of the targets, chain_table_space in client.h). Until set, statfs reports
+  // MetaConfig::capacity_bytes as both total and free.
+  void set_storage_space(uint64_t capacity_bytes, uint64_t free_bytes);
+
   // Removes the sessions of clients whose lease ran out (and deletes inodes only they kept alive);
   // returns how many sessions were reclaimed. Run periodically by ff-meta.
   Result<size_t> reclaim_expired_sessions();

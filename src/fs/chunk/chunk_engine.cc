@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <rocksdb/db.h>
@@ -1489,6 +1490,14 @@ Result<std::vector<ChunkMeta>> ChunkEngine::list(const ChunkId& begin, const Chu
   }
   FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "list chunk metadata"));
   return result;
+}
+
+std::optional<ChunkStore::Space> ChunkEngine::space() const {
+  struct statvfs info {};
+  if (::statvfs(impl_->options.directory.c_str(), &info) != 0) return std::nullopt;
+  return Space{.capacity_bytes = static_cast<uint64_t>(info.f_blocks) * info.f_frsize,
+               .free_bytes = static_cast<uint64_t>(info.f_bavail) * info.f_frsize,
+               .filesystem = static_cast<uint64_t>(info.f_fsid)};
 }
 
 Status ChunkEngine::sync() {

@@ -1,6 +1,8 @@
 #include "ff/fs/client.h"
 
 #include <algorithm>
+#include <set>
+#include <utility>
 
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
@@ -40,6 +42,7 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   Executor& executor;
   RpcClient& rpc;
   RoutingInfo routing;
+  std::vector<TargetSpace> space;  // from the last routing answer
   Stats stats;
   uint64_t spread = 0;
   std::map<uint32_t, uint64_t> next_seq;
@@ -66,6 +69,7 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
                if (rsp.is_ok() && rsp->routing && rsp->routing->version >= self->routing.version) {
                  self->routing = std::move(*rsp->routing);
                }
+               if (rsp.is_ok()) self->space = std::move(rsp->space);
                self->refreshing = false;
                auto waiting = std::move(self->after_refresh);
                self->after_refresh.clear();
@@ -159,6 +163,32 @@ void StorageClient::refresh_routing(Callback<RoutingVersion> done) {
 }
 
 const RoutingInfo& StorageClient::routing() const { return state_->routing; }
+const std::vector<TargetSpace>& StorageClient::space() const { return state_->space; }
+
+std::optional<ChainTableSpace> chain_table_space(const RoutingInfo& routing, const std::vector<TargetSpace>& space,
+                                                 ChainTableId table) {
+  auto found = routing.chain_tables.find(table);
+  if (found == routing.chain_tables.end()) return std::nullopt;
+  std::set<TargetId> targets;
+  for (ChainId chain : found->second.chains) {
+    if (const ChainInfo* info = routing.chain(chain)) {
+      for (const ChainTarget& target : info->targets) targets.insert(target.target);
+    }
+  }
+  ChainTableSpace result;
+  std::set<std::pair<std::string, uint64_t>> counted;
+  for (const TargetSpace& entry : space) {
+    if (!targets.contains(entry.target) || !counted.emplace(entry.host, entry.filesystem).second) continue;
+    result.capacity_bytes += entry.capacity_bytes;
+    result.free_bytes += entry.free_bytes;
+  }
+  result.filesystems = counted.size();
+  if (result.filesystems == 0) return std::nullopt;
+  const uint64_t replication = std::max<uint32_t>(found->second.replication, 1);
+  result.capacity_bytes /= replication;
+  result.free_bytes /= replication;
+  return result;
+}
 
 void StorageClient::write(ChainId chain, const ChunkId& chunk, uint64_t offset, Bytes data, Callback<WriteRsp> done, uint32_t channel) {
   write(chain, chunk, offset, SharedBytes::adopt(std::move(data)), std::move(done), channel, 0);

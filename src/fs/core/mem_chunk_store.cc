@@ -210,6 +210,16 @@ Result<std::vector<ChunkMeta>> MemChunkStore::list(const ChunkId& begin, const C
   return result;
 }
 
+std::optional<ChunkStore::Space> MemChunkStore::space() const {
+  std::lock_guard lock(mutex_);
+  return space_;
+}
+
+void MemChunkStore::set_space(std::optional<Space> space) {
+  std::lock_guard lock(mutex_);
+  space_ = space;
+}
+
 Status MemChunkStore::sync() {
   std::lock_guard lock(mutex_);
   lazy_.clear();

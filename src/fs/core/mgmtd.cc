@@ -21,6 +21,8 @@ struct Mgmtd::State {
   };
   std::map<NodeId, NodeLease> leases;
   std::map<TargetId, LocalTargetState> reported;  // last local state each target's node reported
+  // Last space each target's node reported (not in the cluster map: not persisted, no routing version).
+  std::map<TargetId, TargetHeartbeat> space;
   std::set<TargetId> forced_offline;
 
   State(MgmtdConfig c, Executor& e, MapStore& s) : config(c), executor(e), store(s) {}
@@ -248,6 +250,11 @@ struct Mgmtd::State {
           local = LocalTargetState::kOnline;
         }
         reported[target.target] = local;
+        if (target.capacity_bytes > 0) {
+          space[target.target] = target;
+        } else {
+          space.erase(target.target);
+        }
       }
       if (changed) ++map.routing_version;
       scan();
@@ -261,6 +268,15 @@ struct Mgmtd::State {
       GetRoutingRsp rsp;
       rsp.routing_version = map.routing_version;
       if (req->known_routing_version != map.routing_version) rsp.routing = routing();
+      for (const auto& [id, reported_space] : space) {
+        auto target = map.targets.find(id);
+        if (target == map.targets.end()) continue;
+        auto node = map.nodes.find(target->second.node);
+        std::string host = node == map.nodes.end() ? std::string() : node->second.address;
+        if (auto colon = host.rfind(':'); colon != std::string::npos) host.resize(colon);
+        rsp.space.push_back(TargetSpace{id, target->second.node, std::move(host), reported_space.capacity_bytes,
+                                        reported_space.free_bytes, reported_space.filesystem});
+      }
       return Response{std::move(rsp)};
     }
     if (auto* req = std::get_if<RegisterNodeReq>(&request)) {

@@ -1623,7 +1623,13 @@ struct StorageService::State {
     HeartbeatReq req{.node = config.node, .address = config.address, .known_routing_version = routing.version, .targets = {},
                      .incarnation = incarnation};
     for (const auto& [id, target] : targets) {
-      req.targets.push_back({id, target.up_to_date ? LocalTargetState::kUpToDate : LocalTargetState::kOnline});
+      TargetHeartbeat beat{id, target.up_to_date ? LocalTargetState::kUpToDate : LocalTargetState::kOnline};
+      if (auto space = target.store->space()) {
+        beat.capacity_bytes = space->capacity_bytes;
+        beat.free_bytes = space->free_bytes;
+        beat.filesystem = space->filesystem;
+      }
+      req.targets.push_back(beat);
     }
     const std::string& address = mgmtd.current();
     rpc.call(address, Request{std::move(req)}, config.rpc_timeout_ns,

@@ -308,6 +308,8 @@ struct MetaService::Impl {
   uint64_t end_id = 0;
   std::atomic<uint64_t> round_robin{0};
   std::atomic<uint64_t> session_counter{0};
+  std::mutex space_mutex;                     // guards the two below
+  uint64_t space_capacity = 0, space_free = 0;  // set_storage_space; 0: not known
   uint64_t session_base = 0;  // random per instance, so instances sharing a store never collide
   std::mutex seed_mutex;
   std::mt19937_64 seeds;
@@ -1050,11 +1052,24 @@ Result<ReadDirPage> MetaService::readdir(const Caller& caller, InodeId dir_id, s
   return page;
 }
 
+void MetaService::set_storage_space(uint64_t capacity_bytes, uint64_t free_bytes) {
+  std::lock_guard lock(impl_->space_mutex);
+  impl_->space_capacity = capacity_bytes;
+  impl_->space_free = std::min(free_bytes, capacity_bytes);
+}
+
 Result<StatFs> MetaService::statfs() {
   StatFs stat;
   stat.block_size = config_.chunk_size;
   stat.total_bytes = config_.capacity_bytes;
   stat.free_bytes = config_.capacity_bytes;
+  {
+    std::lock_guard lock(impl_->space_mutex);
+    if (impl_->space_capacity > 0) {
+      stat.total_bytes = impl_->space_capacity;
+      stat.free_bytes = impl_->space_free;
+    }
+  }
   FF_RETURN_IF_ERROR(run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::kAllocatorKey));
     stat.inodes_allocated = 1;

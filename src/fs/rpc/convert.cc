@@ -165,6 +165,7 @@ void request_to_proto(Request&& request, pb::Envelope* out) {
           for (const auto& t : r.targets) {
             auto* h = p->add_targets();
             h->set_target(t.target); h->set_local_state(static_cast<uint32_t>(t.local_state));
+            h->set_capacity_bytes(t.capacity_bytes); h->set_free_bytes(t.free_bytes); h->set_filesystem(t.filesystem);
           }
         } else if constexpr (std::is_same_v<T, GetRoutingReq>) {
           out->mutable_get_routing_req()->set_known_routing_version(r.known_routing_version);
@@ -239,7 +240,7 @@ Result<Request> request_from_proto(pb::Envelope&& e) {
       HeartbeatReq r{p.node(), p.address(), p.known_routing_version(), {}, p.incarnation()};
       for (const auto& t : p.targets()) {
         FF_ASSIGN_OR_RETURN(auto state, enum_from<LocalTargetState>(t.local_state(), 2, "local target state"));
-        r.targets.push_back(TargetHeartbeat{t.target(), state});
+        r.targets.push_back(TargetHeartbeat{t.target(), state, t.capacity_bytes(), t.free_bytes(), t.filesystem()});
       }
       return Request(std::move(r));
     }
@@ -319,6 +320,11 @@ void response_to_proto(Response&& response, pb::Envelope* out) {
           auto* p = out->mutable_get_routing_rsp();
           p->set_routing_version(r.routing_version);
           if (r.routing) to(*r.routing, p->mutable_routing());
+          for (const TargetSpace& t : r.space) {
+            auto* s = p->add_space();
+            s->set_target(t.target); s->set_node(t.node); s->set_host(t.host);
+            s->set_capacity_bytes(t.capacity_bytes); s->set_free_bytes(t.free_bytes); s->set_filesystem(t.filesystem);
+          }
         } else if constexpr (std::is_same_v<T, CreateChainTableRsp>) {
           for (ChainId chain : r.chains) out->mutable_create_chain_table_rsp()->add_chains(chain);
         } else if constexpr (std::is_same_v<T, SetTargetOfflineRsp>) {
@@ -378,10 +384,13 @@ Result<Response> response_from_proto(pb::Envelope&& e) {
       return Response(std::move(r));
     }
     case B::kGetRoutingRsp: {
-      GetRoutingRsp r{e.get_routing_rsp().routing_version(), std::nullopt};
+      GetRoutingRsp r{e.get_routing_rsp().routing_version(), std::nullopt, {}};
       if (e.get_routing_rsp().has_routing()) {
         FF_ASSIGN_OR_RETURN(RoutingInfo routing, from(e.get_routing_rsp().routing()));
         r.routing = std::move(routing);
+      }
+      for (const auto& t : e.get_routing_rsp().space()) {
+        r.space.push_back(TargetSpace{t.target(), t.node(), t.host(), t.capacity_bytes(), t.free_bytes(), t.filesystem()});
       }
       return Response(std::move(r));
     }

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <future>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -159,6 +160,65 @@ TEST_F(StorageFilesTest, MetaServiceUsesItForExactLengthsAndGarbage) {
 // Removal by range racing writes of the same chunks: whatever order the head gives them, every replica
 // ends with the same chunks and the same bytes (a removal must not run between a write's store at one
 // target and its store at the next).
+// Targets' space travels in heartbeats to mgmtd and out with every routing answer; a chain table's
+// space counts each (host, file system) once and divides by the replication; MetaService::statfs
+// reports it once set (before: the configured capacity). All nodes here are on 127.0.0.1, so two nodes
+// reporting one file system share it, as nodes on one machine share a disk.
+TEST_F(StorageFilesTest, TargetSpaceReachesRoutingAndStatfs) {
+  auto routing = cluster_->routing();
+  ASSERT_TRUE(routing.is_ok()) << routing.status().to_string();
+  // Nodes 1 and 2 on file system 5 (3000 bytes, 1200 free), node 3 on file system 6 (6000, 3000).
+  std::map<TargetId, ChunkStore::Space> expected;
+  for (const auto& [id, target] : routing->targets) {
+    const ChunkStore::Space space = target.node == 3 ? ChunkStore::Space{6000, 3000, 6} : ChunkStore::Space{3000, 1200, 5};
+    expected[id] = space;
+    cluster_->store(id)->set_space(space);
+  }
+  ASSERT_EQ(expected.size(), 6u);
+  std::vector<TargetSpace> reported;
+  for (int i = 0; i < 300 && reported.size() < expected.size(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    auto rsp = response_as<GetRoutingRsp>(rpc::call_blocking(cluster_->client_rpc(), cluster_->mgmtd_address(),
+                                                               Request{GetRoutingReq{routing->version}}, 5'000'000'000));
+    ASSERT_TRUE(rsp.is_ok()) << rsp.status().to_string();
+    reported = rsp->space;
+  }
+  ASSERT_EQ(reported.size(), expected.size());
+  for (const TargetSpace& entry : reported) {
+    EXPECT_EQ(entry.host, "127.0.0.1");
+    EXPECT_EQ(entry.capacity_bytes, expected.at(entry.target).capacity_bytes);
+    EXPECT_EQ(entry.free_bytes, expected.at(entry.target).free_bytes);
+    EXPECT_EQ(entry.filesystem, expected.at(entry.target).filesystem);
+  }
+  auto table = chain_table_space(*routing, reported, 1);
+  ASSERT_TRUE(table.has_value());
+  EXPECT_EQ(table->filesystems, 2u);
+  EXPECT_EQ(table->capacity_bytes, (3000u + 6000u) / 3);
+  EXPECT_EQ(table->free_bytes, (1200u + 3000u) / 3);
+  EXPECT_FALSE(chain_table_space(*routing, reported, 99).has_value());  // no such table
+  EXPECT_FALSE(chain_table_space(*routing, {}, 1).has_value());         // nothing reported
+  // The storage client keeps what the last refresh brought.
+  auto promise = std::make_shared<std::promise<size_t>>();
+  auto future = promise->get_future();
+  cluster_->client_executor().post([&, promise] {
+    cluster_->storage_client().refresh_routing([&, promise](Result<RoutingVersion>) {
+      promise->set_value(cluster_->storage_client().space().size());
+    });
+  });
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_EQ(future.get(), expected.size());
+  // statfs: the configured capacity until the space is known, then the table's space.
+  auto engine = kv::open_memory_kv();
+  auto service = MetaService::open(*engine, MetaConfig{.chains = cluster_->chains(), .capacity_bytes = 1 << 20});
+  ASSERT_TRUE(service.is_ok()) << service.status().to_string();
+  EXPECT_EQ((*service)->statfs()->total_bytes, 1u << 20);
+  (*service)->set_storage_space(table->capacity_bytes, table->free_bytes);
+  auto stat = (*service)->statfs();
+  ASSERT_TRUE(stat.is_ok()) << stat.status().to_string();
+  EXPECT_EQ(stat->total_bytes, 3000u);
+  EXPECT_EQ(stat->free_bytes, 1400u);
+}
+
 TEST(StorageRemovalTest, RacingWritesLeaveReplicasIdentical) {
   auto started = fs::testing::StorageCluster::start({.nodes = 3, .targets_per_node = 1, .replication = 3});
   ASSERT_TRUE(started.is_ok()) << started.status().to_string();

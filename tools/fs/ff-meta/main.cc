@@ -176,6 +176,22 @@ struct Storage {
     }
     return future.get();
   }
+
+  // The chain table's space as of the last refresh (chains() refreshes); nullopt when unknown.
+  std::optional<ChainTableSpace> space(ChainTableId table) {
+    auto promise = std::make_shared<std::promise<std::optional<ChainTableSpace>>>();
+    auto future = promise->get_future();
+    StorageClient* storage_client = client.get();
+    executor.post([storage_client, promise, table] {
+      promise->set_value(chain_table_space(storage_client->routing(), storage_client->space(), table));
+    });
+    if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return std::nullopt;
+    return future.get();
+  }
+  // Hands the table's space to `service` for statfs (when known).
+  void report_space(ChainTableId table, meta::MetaService& service) {
+    if (auto known = space(table)) service.set_storage_space(known->capacity_bytes, known->free_bytes);
+  }
 };
 
 int fsck(const Config& config) {
@@ -260,6 +276,7 @@ int serve(const Config& config) {
   }
   std::shared_ptr<meta::MetaService> service = std::move(*opened);
   std::mutex service_mutex;  // guards service (swapped when the chain table changes)
+  if (storage) storage->report_space(config.chain_table, *service);
 
   auto server =
       meta::MetaRpcServer::start(service, meta::MetaServerOptions{.listen = config.listen,
@@ -316,10 +333,14 @@ int serve(const Config& config) {
         auto fresh = storage->chains(config.chain_table);
         if (!fresh.is_ok()) {
           FF_LOG_WARN("routing refresh: {}", fresh.status());
-        } else if (!fresh->empty() && *fresh != current->config().chains) {
+        } else {
+          storage->report_space(config.chain_table, *current);
+        }
+        if (fresh.is_ok() && !fresh->empty() && *fresh != current->config().chains) {
           auto next = meta::MetaService::open(**engine, meta_config(config, *fresh), file_storage);
           if (next.is_ok()) {
             std::shared_ptr<meta::MetaService> swapped = std::move(*next);
+            storage->report_space(config.chain_table, *swapped);
             {
               std::lock_guard guard(service_mutex);
               service = swapped;
