@@ -524,7 +524,15 @@ def test_statfs_reports_the_storage_space(cluster: LocalCluster) -> None:
         pytest.skip("ff-meta is not built (the metadata lives in ff-fuse, without storage space)")
     disk = os.statvfs(cluster.dir)
     expected_total = disk.f_blocks * disk.f_frsize // 3
-    deadline = time.monotonic() + 30  # ff-meta takes the space from mgmtd at start and every 10 s
+    deadline = time.monotonic() + 30  # targets report every heartbeat; ff-meta reads it at start and every 10 s
+    # ff-admin shows what each target reported: the same file system, that disk.
+    while True:
+        targets = cluster.routing()["targets"]
+        if all("capacity_bytes" in t for t in targets) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(targets) == 6 and all(t.get("capacity_bytes") == disk.f_blocks * disk.f_frsize for t in targets), targets
+    assert len({t["filesystem"] for t in targets}) == 1, targets
     while True:
         st = os.statvfs(cluster.mounts["fuse"])
         total, block = st.f_blocks * st.f_frsize, st.f_frsize

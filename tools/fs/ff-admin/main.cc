@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "ff/common/log.h"
@@ -21,7 +22,14 @@ using namespace ff;
 using namespace ff::fs;
 using namespace ff::fs::rpc;
 
-nlohmann::json routing_json(const RoutingInfo& routing) {
+// Routing and the targets' reported space (GetRoutingRsp::space).
+struct RoutingView {
+  RoutingInfo routing;
+  std::map<TargetId, TargetSpace> space;
+};
+
+nlohmann::json routing_json(const RoutingView& view) {
+  const RoutingInfo& routing = view.routing;
   nlohmann::json out;
   out["routing_version"] = routing.version;
   out["nodes"] = nlohmann::json::array();
@@ -30,11 +38,17 @@ nlohmann::json routing_json(const RoutingInfo& routing) {
   }
   out["targets"] = nlohmann::json::array();
   for (const auto& [id, target] : routing.targets) {
-    out["targets"].push_back({{"id", id},
-                              {"node", target.node},
-                              {"chain", target.chain},
-                              {"public_state", std::string(public_state_name(target.public_state))},
-                              {"local_state", std::string(local_state_name(target.local_state))}});
+    nlohmann::json entry = {{"id", id},
+                            {"node", target.node},
+                            {"chain", target.chain},
+                            {"public_state", std::string(public_state_name(target.public_state))},
+                            {"local_state", std::string(local_state_name(target.local_state))}};
+    if (auto space = view.space.find(id); space != view.space.end()) {
+      entry["capacity_bytes"] = space->second.capacity_bytes;
+      entry["free_bytes"] = space->second.free_bytes;
+      entry["filesystem"] = space->second.filesystem;
+    }
+    out["targets"].push_back(std::move(entry));
   }
   out["chains"] = nlohmann::json::array();
   for (const auto& [id, chain] : routing.chains) {
@@ -49,15 +63,21 @@ nlohmann::json routing_json(const RoutingInfo& routing) {
   return out;
 }
 
-void print_routing(const RoutingInfo& routing) {
+void print_routing(const RoutingView& view) {
+  const RoutingInfo& routing = view.routing;
   std::cout << fmt::format("routing version {}\n\nnodes:\n", routing.version);
   for (const auto& [id, node] : routing.nodes) {
     std::cout << fmt::format("  {:>6}  {:<22} {}\n", id, node.address, node.status == NodeStatus::kAlive ? "alive" : "failed");
   }
   std::cout << "\ntargets:\n";
   for (const auto& [id, t] : routing.targets) {
-    std::cout << fmt::format("  {:>8}  node {:<5} chain {:<5} {:<8} (local {})\n", id, t.node, t.chain, t.public_state,
-                             t.local_state);
+    std::string space;
+    if (auto found = view.space.find(id); found != view.space.end() && found->second.capacity_bytes > 0) {
+      space = fmt::format("  {:.1f} of {:.1f} GiB free", found->second.free_bytes / double(1ull << 30),
+                          found->second.capacity_bytes / double(1ull << 30));
+    }
+    std::cout << fmt::format("  {:>8}  node {:<5} chain {:<5} {:<8} (local {}){}\n", id, t.node, t.chain, t.public_state,
+                             t.local_state, space);
   }
   std::cout << "\nchains:\n";
   for (const auto& [id, chain] : routing.chains) {
@@ -83,15 +103,18 @@ Result<Response> call_mgmtd(RpcClient& rpc, MgmtdAddresses& mgmtd, Request reque
   return response;
 }
 
-Result<RoutingInfo> get_routing(RpcClient& rpc, MgmtdAddresses& mgmtd, int64_t timeout_ns) {
+Result<RoutingView> get_routing(RpcClient& rpc, MgmtdAddresses& mgmtd, int64_t timeout_ns) {
   FF_ASSIGN_OR_RETURN(GetRoutingRsp rsp, response_as<GetRoutingRsp>(call_mgmtd(rpc, mgmtd, Request{GetRoutingReq{0}}, timeout_ns)));
+  RoutingView view;
+  for (TargetSpace& space : rsp.space) view.space[space.target] = std::move(space);
   if (!rsp.routing) {
     // An empty cluster (routing version 0) has nothing newer than what we know.
-    if (rsp.routing_version == 0) return RoutingInfo{};
+    if (rsp.routing_version == 0) return view;
     return internal_error("mgmtd {} answered GetRouting (version {}) without routing", mgmtd.current(),
                           rsp.routing_version);
   }
-  return *rsp.routing;
+  view.routing = std::move(*rsp.routing);
+  return view;
 }
 
 }  // namespace
@@ -171,8 +194,8 @@ int main(int argc, char** argv) {
     while (system_clock().now_ms() < deadline) {
       auto routing = get_routing(rpc, mgmtd_list, timeout_ns);
       if (routing.is_ok()) {
-        bool all = !routing->chains.empty();
-        for (const auto& [id, chain] : routing->chains) {
+        bool all = !routing->routing.chains.empty();
+        for (const auto& [id, chain] : routing->routing.chains) {
           for (const auto& t : chain.targets) all = all && t.state == PublicTargetState::kServing;
         }
         if (all) {
