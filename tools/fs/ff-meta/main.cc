@@ -188,9 +188,11 @@ struct Storage {
     if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return std::nullopt;
     return future.get();
   }
-  // Hands the table's space to `service` for statfs (when known).
-  void report_space(ChainTableId table, meta::MetaService& service) {
-    if (auto known = space(table)) service.set_storage_space(known->capacity_bytes, known->free_bytes);
+  // Hands the table's space to `service` for statfs; false while no target has reported any.
+  bool report_space(ChainTableId table, meta::MetaService& service) {
+    auto known = space(table);
+    if (known) service.set_storage_space(known->capacity_bytes, known->free_bytes);
+    return known.has_value();
   }
 };
 
@@ -276,7 +278,9 @@ int serve(const Config& config) {
   }
   std::shared_ptr<meta::MetaService> service = std::move(*opened);
   std::mutex service_mutex;  // guards service (swapped when the chain table changes)
-  if (storage) storage->report_space(config.chain_table, *service);
+  // Until the targets' space is known (their first heartbeats may come after ff-meta starts), the
+  // routing is refreshed every second instead of every routing_refresh_s.
+  bool space_known = storage && storage->report_space(config.chain_table, *service);
 
   auto server =
       meta::MetaRpcServer::start(service, meta::MetaServerOptions{.listen = config.listen,
@@ -304,7 +308,8 @@ int serve(const Config& config) {
   std::condition_variable stop_wake;
   bool stopping = false;
   std::thread maintenance([&] {
-    int64_t next_maintenance_ms = 0, next_routing_ms = system_clock().now_ms() + config.routing_refresh_s * 1000;
+    int64_t next_maintenance_ms = 0,
+            next_routing_ms = system_clock().now_ms() + (space_known ? config.routing_refresh_s * 1000 : 1000);
     std::unique_lock lock(stop_mutex);
     while (!stopping) {
       stop_wake.wait_for(lock, std::chrono::milliseconds(200));
@@ -329,13 +334,13 @@ int serve(const Config& config) {
         if (files.is_ok()) collected.add(*files);
       }
       if (storage && now >= next_routing_ms) {
-        next_routing_ms = now + static_cast<int64_t>(config.routing_refresh_s * 1000);
         auto fresh = storage->chains(config.chain_table);
         if (!fresh.is_ok()) {
           FF_LOG_WARN("routing refresh: {}", fresh.status());
         } else {
-          storage->report_space(config.chain_table, *current);
+          space_known = storage->report_space(config.chain_table, *current);
         }
+        next_routing_ms = now + (space_known ? static_cast<int64_t>(config.routing_refresh_s * 1000) : 1000);
         if (fresh.is_ok() && !fresh->empty() && *fresh != current->config().chains) {
           auto next = meta::MetaService::open(**engine, meta_config(config, *fresh), file_storage);
           if (next.is_ok()) {
