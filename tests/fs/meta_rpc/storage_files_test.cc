@@ -172,7 +172,13 @@ TEST_F(StorageFilesTest, TargetSpaceReachesRoutingAndStatfs) {
   for (const auto& [id, target] : routing->targets) {
     const ChunkStore::Space space = target.node == 3 ? ChunkStore::Space{6000, 3000, 6} : ChunkStore::Space{3000, 1200, 5};
     expected[id] = space;
-    cluster_->store(id)->set_space(space);
+    std::shared_ptr<MemChunkStore> store = cluster_->store(id);  // made when the node opens the target
+    for (int i = 0; i < 500 && store == nullptr; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      store = cluster_->store(id);
+    }
+    ASSERT_NE(store, nullptr) << "target " << id << " has no store";
+    store->set_space(space);
   }
   ASSERT_EQ(expected.size(), 6u);
   std::vector<TargetSpace> reported;

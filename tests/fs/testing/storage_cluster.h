@@ -19,6 +19,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -94,6 +95,7 @@ class StorageCluster {
     NodeId node = static_cast<NodeId>(target / kTargetsPerNodeLimit);
     auto it = nodes_.find(node);
     if (it == nodes_.end()) return nullptr;
+    std::lock_guard lock(*it->second.stores_mutex);
     auto found = it->second.stores->find(target);
     return found == it->second.stores->end() ? nullptr : found->second;
   }
@@ -155,6 +157,9 @@ class StorageCluster {
   struct Node {
     std::string address;
     std::shared_ptr<std::map<TargetId, std::shared_ptr<MemChunkStore>>> stores;  // the "disks"
+    // Guards *stores: the node's service opens a target's store on its thread (when it first serves
+    // it), while a test may look stores up.
+    std::shared_ptr<std::mutex> stores_mutex = std::make_shared<std::mutex>();
     std::unique_ptr<NodeParts> parts;
   };
 
@@ -216,9 +221,11 @@ class StorageCluster {
     config.heartbeat_interval_ns = 200'000'000;
     config.heartbeat_timeout_ns = options_.heartbeat_timeout_ns;
     auto stores = node.stores;
+    auto stores_mutex = node.stores_mutex;
     const uint64_t max_chunk = options_.max_chunk_bytes;
     parts->service =
-        std::make_unique<StorageService>(config, *parts->executor, *parts->rpc, [stores, max_chunk](TargetId target) {
+        std::make_unique<StorageService>(config, *parts->executor, *parts->rpc, [stores, stores_mutex, max_chunk](TargetId target) {
+          std::lock_guard lock(*stores_mutex);
           auto& slot = (*stores)[target];
           if (!slot) slot = std::make_shared<MemChunkStore>(max_chunk);
           return Result<std::shared_ptr<ChunkStore>>(std::shared_ptr<ChunkStore>(slot));
