@@ -67,7 +67,7 @@ def ab_table(ab) -> list[str]:
 def main() -> int:
     path = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/mla_h200.json")
     data = json.loads(path.read_text())
-    print(f"<!-- {data['device']}, {data['date']} -->")
+    print(f"<!-- {data['device']}, {data['date']} -->\n")
     for lines in (main_table(data["cases"]), variants_table(data["cases"]),
                   ab_table(data["fp8_ab"]) if "fp8_ab" in data else []):
         if lines:
