@@ -1,6 +1,7 @@
 #include "ff/fs/mgmtd.h"
 
 #include <algorithm>
+#include <string_view>
 #include <set>
 
 #include "ff/common/assert.h"
@@ -22,7 +23,7 @@ struct Mgmtd::State {
   std::map<NodeId, NodeLease> leases;
   std::map<TargetId, LocalTargetState> reported;  // last local state each target's node reported
   // Last space each target's node reported (not in the cluster map: not persisted, no routing version).
-  std::map<TargetId, TargetHeartbeat> space;
+  std::map<TargetId, TargetSpace> space;
   std::set<TargetId> forced_offline;
 
   State(MgmtdConfig c, Executor& e, MapStore& s) : config(c), executor(e), store(s) {}
@@ -251,7 +252,10 @@ struct Mgmtd::State {
         }
         reported[target.target] = local;
         if (target.capacity_bytes > 0) {
-          space[target.target] = target;
+          std::string_view host = req->address;
+          host = host.substr(0, std::min(host.size(), host.rfind(':')));
+          space[target.target] = TargetSpace{target.target, req->node, std::string(host), target.capacity_bytes,
+                                             target.free_bytes, target.filesystem};
         } else {
           space.erase(target.target);
         }
@@ -268,14 +272,8 @@ struct Mgmtd::State {
       GetRoutingRsp rsp;
       rsp.routing_version = map.routing_version;
       if (req->known_routing_version != map.routing_version) rsp.routing = routing();
-      for (const auto& [id, reported_space] : space) {
-        auto target = map.targets.find(id);
-        if (target == map.targets.end()) continue;
-        auto node = map.nodes.find(target->second.node);
-        std::string host = node == map.nodes.end() ? std::string() : node->second.address;
-        if (auto colon = host.rfind(':'); colon != std::string::npos) host.resize(colon);
-        rsp.space.push_back(TargetSpace{id, target->second.node, std::move(host), reported_space.capacity_bytes,
-                                        reported_space.free_bytes, reported_space.filesystem});
+      for (const auto& [id, target_space] : space) {
+        if (map.targets.contains(id)) rsp.space.push_back(target_space);
       }
       return Response{std::move(rsp)};
     }

@@ -158,41 +158,33 @@ struct Storage {
     executor.stop();
   }
 
-  // The chain table's chains from fresh routing (empty when mgmtd does not list the table yet).
-  Result<std::vector<ChainId>> chains(ChainTableId table) {
-    auto promise = std::make_shared<std::promise<Result<std::vector<ChainId>>>>();
+  // The chain table from fresh routing: its chains (empty when mgmtd does not list the table yet) and
+  // its space (nullopt while none of its targets has reported any), from the same answer.
+  struct Table {
+    std::vector<ChainId> chains;
+    std::optional<ChainTableSpace> space;
+    // Hands the space to `service` for statfs (when known).
+    void report_space(meta::MetaService& service) const {
+      if (space) service.set_storage_space(space->capacity_bytes, space->free_bytes);
+    }
+  };
+  Result<Table> table(ChainTableId id) {
+    auto promise = std::make_shared<std::promise<Result<Table>>>();
     auto future = promise->get_future();
     StorageClient* storage_client = client.get();
-    executor.post([storage_client, promise, table] {
-      storage_client->refresh_routing([storage_client, promise, table](Result<RoutingVersion> version) {
+    executor.post([storage_client, promise, id] {
+      storage_client->refresh_routing([storage_client, promise, id](Result<RoutingVersion> version) {
         if (!version.is_ok()) return promise->set_value(version.status());
-        auto found = storage_client->routing().chain_tables.find(table);
-        if (found == storage_client->routing().chain_tables.end()) return promise->set_value(std::vector<ChainId>{});
-        promise->set_value(found->second.chains);
+        const RoutingInfo& routing = storage_client->routing();
+        auto found = routing.chain_tables.find(id);
+        promise->set_value(Table{found == routing.chain_tables.end() ? std::vector<ChainId>{} : found->second.chains,
+                                 chain_table_space(routing, storage_client->space(), id)});
       });
     });
     if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
       return deadline_exceeded("routing from mgmtd did not arrive within 30 s");
     }
     return future.get();
-  }
-
-  // The chain table's space as of the last refresh (chains() refreshes); nullopt when unknown.
-  std::optional<ChainTableSpace> space(ChainTableId table) {
-    auto promise = std::make_shared<std::promise<std::optional<ChainTableSpace>>>();
-    auto future = promise->get_future();
-    StorageClient* storage_client = client.get();
-    executor.post([storage_client, promise, table] {
-      promise->set_value(chain_table_space(storage_client->routing(), storage_client->space(), table));
-    });
-    if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return std::nullopt;
-    return future.get();
-  }
-  // Hands the table's space to `service` for statfs; false while no target has reported any.
-  bool report_space(ChainTableId table, meta::MetaService& service) {
-    auto known = space(table);
-    if (known) service.set_storage_space(known->capacity_bytes, known->free_bytes);
-    return known.has_value();
   }
 };
 
@@ -233,6 +225,7 @@ int serve(const Config& config) {
   // Chains: from mgmtd's routing (waited for), or 1..N without storage.
   std::unique_ptr<Storage> storage;
   std::vector<ChainId> chains;
+  Storage::Table table;  // with mgmtd: the chain table as the start found it
   if (config.mgmtd.empty()) {
     for (ChainId chain = 1; chain <= config.standalone_chains; ++chain) chains.push_back(chain);
     FF_LOG_WARN(
@@ -243,9 +236,10 @@ int serve(const Config& config) {
     storage = std::make_unique<Storage>(config);
     int64_t give_up_ms = system_clock().now_ms() + static_cast<int64_t>(config.routing_wait_s * 1000);
     while (true) {
-      auto found = storage->chains(config.chain_table);
-      if (found.is_ok() && !found->empty()) {
-        chains = *found;
+      auto found = storage->table(config.chain_table);
+      if (found.is_ok() && !found->chains.empty()) {
+        table = std::move(*found);
+        chains = table.chains;
         break;
       }
       if (system_clock().now_ms() >= give_up_ms) {
@@ -280,7 +274,8 @@ int serve(const Config& config) {
   std::mutex service_mutex;  // guards service (swapped when the chain table changes)
   // Until the targets' space is known (their first heartbeats may come after ff-meta starts), the
   // routing is refreshed every second instead of every routing_refresh_s.
-  bool space_known = storage && storage->report_space(config.chain_table, *service);
+  table.report_space(*service);
+  bool space_known = table.space.has_value();
 
   auto server =
       meta::MetaRpcServer::start(service, meta::MetaServerOptions{.listen = config.listen,
@@ -334,26 +329,27 @@ int serve(const Config& config) {
         if (files.is_ok()) collected.add(*files);
       }
       if (storage && now >= next_routing_ms) {
-        auto fresh = storage->chains(config.chain_table);
+        auto fresh = storage->table(config.chain_table);
         if (!fresh.is_ok()) {
           FF_LOG_WARN("routing refresh: {}", fresh.status());
         } else {
-          space_known = storage->report_space(config.chain_table, *current);
+          fresh->report_space(*current);
+          space_known = fresh->space.has_value();
         }
         next_routing_ms = now + (space_known ? static_cast<int64_t>(config.routing_refresh_s * 1000) : 1000);
-        if (fresh.is_ok() && !fresh->empty() && *fresh != current->config().chains) {
-          auto next = meta::MetaService::open(**engine, meta_config(config, *fresh), file_storage);
+        if (fresh.is_ok() && !fresh->chains.empty() && fresh->chains != current->config().chains) {
+          auto next = meta::MetaService::open(**engine, meta_config(config, fresh->chains), file_storage);
           if (next.is_ok()) {
             std::shared_ptr<meta::MetaService> swapped = std::move(*next);
-            storage->report_space(config.chain_table, *swapped);
+            fresh->report_space(*swapped);
             {
               std::lock_guard guard(service_mutex);
               service = swapped;
             }
             (*server)->replace_api(swapped);
-            chain_count.set(static_cast<int64_t>(fresh->size()));
+            chain_count.set(static_cast<int64_t>(fresh->chains.size()));
             FF_LOG_INFO("ff-meta: chain table {} now has {} chains; new files use them", config.chain_table,
-                        fresh->size());
+                        fresh->chains.size());
           } else {
             FF_LOG_WARN("ff-meta: chain table changed but the service could not reopen: {}", next.status());
           }
