@@ -119,31 +119,29 @@ std::vector<std::string> UsrbioRegistry::names() const {
 
 size_t UsrbioRegistry::reap() {
   std::vector<std::unique_ptr<RingServer>> dead;
-  std::vector<bool> iov_shared;  // per dead ring: another registered ring maps the same Iov
   {
     std::lock_guard lock(impl_->mutex);
     for (auto it = impl_->rings.begin(); it != impl_->rings.end();) {
-      if (!it->second.server->running()) {
-        FF_LOG_INFO("usrbio: ring '{}' stopped (owner gone or ring broken); unregistered", it->first);
-        dead.push_back(std::move(it->second.server));
-        it = impl_->rings.erase(it);
-      } else {
+      RingServer& server = *it->second.server;
+      if (server.running()) {
         ++it;
+        continue;
       }
-    }
-    for (const auto& server : dead) {
-      bool shared = false;
-      for (const auto& [name, ring] : impl_->rings) shared = shared || ring.server->iov_path() == server->iov_path();
-      iov_shared.push_back(shared);
-    }
-  }
-  // Outside the lock: the servers have stopped (running() was false), so their files are no longer used
-  // by them; a dead owner's files would otherwise stay in /dev/shm (the client never unlinks them).
-  if (impl_->options.remove_files_of_dead_owners) {
-    for (size_t i = 0; i < dead.size(); ++i) {
-      if (const int removed = dead[i]->remove_files(!iov_shared[i]); removed > 0) {
-        FF_LOG_INFO("usrbio: ring '{}': removed {} shm file(s) of its dead owner", dead[i]->name(), removed);
+      FF_LOG_INFO("usrbio: ring '{}' stopped (owner gone or ring broken); unregistered", it->first);
+      // A dead owner's files would stay in /dev/shm (the client never unlinks them). Removed before the
+      // ring leaves the registry, so a ring no longer listed has no files left; its Iov stays while
+      // another registered ring maps it. (A few unlinks under the lock; the server is stopped already.)
+      if (impl_->options.remove_files_of_dead_owners) {
+        bool iov_shared = false;
+        for (const auto& [name, ring] : impl_->rings) {
+          iov_shared = iov_shared || (ring.server.get() != &server && ring.server->iov_path() == server.iov_path());
+        }
+        if (const int removed = server.remove_files(!iov_shared); removed > 0) {
+          FF_LOG_INFO("usrbio: ring '{}': removed {} shm file(s) of its dead owner", it->first, removed);
+        }
       }
+      dead.push_back(std::move(it->second.server));
+      it = impl_->rings.erase(it);
     }
   }
   return dead.size();  // servers stop as `dead` goes out of scope, outside the lock
