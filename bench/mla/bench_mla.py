@@ -130,6 +130,12 @@ def main() -> int:
     parser.add_argument("--candidates", default=FP8_AB_DEFAULT,
                         help=f"--fp8-ab candidates, from {','.join(FP8_AB_KNOWN)} (the first is the bf16 reference)")
     parser.add_argument("--s-q", type=int, nargs="+", default=[1], help="query tokens for --fp8-ab")
+    parser.add_argument("--ab-lengths", default="4096,8192,16384,32768", help="mean lengths for --fp8-ab")
+    parser.add_argument("--ab-h-q", type=int, default=16,
+                        help="query heads for --fp8-ab (128: the bf16 WGMMA schedules against each other, "
+                             "candidates bf16,bf16_lean,...)")
+    parser.add_argument("--ab-variable", action="store_true",
+                        help="--fp8-ab also with variable lengths (uniform in [L/2, 3L/2], as the benchmark draws them)")
     parser.add_argument("--probe", action="store_true",
                         help="also time the load pipeline alone (s_q 1, h_q 16) and the WGMMA kernel without "
                              "its S MMAs, P V MMAs or softmax (FF_MLA_PROBE_SKIP), diagnostics")
@@ -328,16 +334,25 @@ FP8_AB_KNOWN = {
     "fp8_pair": (True, {"FF_MLA_FP8": "pair"}),
     "fp8_wide": (True, {"FF_MLA_FP8": "wide"}),
     "fp8_channels": (True, {"FF_MLA_FP8": "channels"}),
+    "fp8_channels_split_s": (True, {"FF_MLA_FP8": "channels_split_s"}),
     # the bf16 kernel with the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs
     # of lazy rescaling (the FP8 kernels always keep the eager rule)
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),
+    # the KV cache loaded without the L2 evict-first policy (FF_MLA_KV_HINT=0), for A/B runs of it
+    "bf16_nohint": (False, {"FF_MLA_KV_HINT": "0"}),
+    "fp8_channels_nohint": (True, {"FF_MLA_FP8": "channels", "FF_MLA_KV_HINT": "0"}),
+    # the bf16 WGMMA schedules (h_q >= 64, --ab-h-q 128), for rotated-round A/B runs of them
+    "bf16_lean": (False, {"FF_MLA_SCHEDULE": "lean"}),
+    "bf16_lean_bar3": (False, {"FF_MLA_SCHEDULE": "lean_bar3"}),
+    "bf16_pipelined": (False, {"FF_MLA_SCHEDULE": "pipelined"}),
 }
-FP8_AB_DEFAULT = "bf16,fp8_direct,fp8_pair,fp8_wide,fp8_channels"
+FP8_AB_DEFAULT = "bf16,fp8_channels,fp8_channels_split_s,fp8_pair"
 
 
 def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
     """The FP8 kernels for <= 32 rows against each other and the bf16 kernel (issue #7's FP8 target):
-    b = 128, h_q 16, h_kv 1, fixed lengths 4K-32K; every candidate once per round, the order rotated
+    b = 128, h_q 16, h_kv 1, fixed lengths 4K-32K (--ab-lengths; --ab-variable: also variable ones); every
+    candidate once per round, the order rotated
     from round to round (the first-measured position moved figures by a few percent before), medians
     over the rounds; cos_diff of each kernel's output against the direct FP8 one's (when a candidate) and
     the first candidate's (the bf16 reference)."""
@@ -346,17 +361,22 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
     candidates = [(name, *FP8_AB_KNOWN[name]) for name in args.candidates.split(",")]
     reference = candidates[0][0]
     cases = []
-    for length in (4096, 8192, 16384, 32768):
-        seqlens = torch.full((BATCH,), length, dtype=torch.int32)
-        blocks = length // PAGE
+    variants = [(length, variable) for length in (int(x) for x in args.ab_lengths.split(","))
+                for variable in ((False, True) if args.ab_variable else (False,))]
+    for length, variable in variants:
+        if variable:
+            seqlens = torch.randint(length // 2, length * 3 // 2 + 1, (BATCH,), generator=generator).int()
+        else:
+            seqlens = torch.full((BATCH,), length, dtype=torch.int32)
+        blocks = (int(seqlens.max()) + PAGE - 1) // PAGE
         num_blocks = BATCH * blocks
         block_table = torch.randperm(num_blocks, generator=generator).int().reshape(BATCH, blocks).cuda()
         seqlens_gpu = seqlens.cuda()
         cache = torch.randn((num_blocks, PAGE, 1, 576), dtype=torch.bfloat16, device="cuda")
         cache_fp8 = quantize_fp8(cache)
-        total = BATCH * length
+        total = int(seqlens.sum())
         for s_q in args.s_q:
-            h_q = 16
+            h_q = args.ab_h_q
             q = torch.randn((BATCH, s_q, h_q, 576), dtype=torch.bfloat16, device="cuda")
             metadata, splits = mla.get_mla_metadata(seqlens_gpu, s_q * h_q, 1, num_sms=num_sms)
             io_bytes = q.numel() * 2 + BATCH * s_q * h_q * 512 * 2
@@ -377,14 +397,17 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
                             outputs[name] = ours(fp8)[0]
                             kernels[name] = mla.last_cuda_kernel()
                     finally:
-                        for variable in environment:
-                            os.environ.pop(variable, None)
-            case = {"b": BATCH, "s_q": s_q, "h_q": h_q, "h_kv": 1, "mean_len": length, "lengths": "fixed",
+                        for name_of_variable in environment:
+                            os.environ.pop(name_of_variable, None)
+            case = {"b": BATCH, "s_q": s_q, "h_q": h_q, "h_kv": 1, "mean_len": length,
+                    "lengths": "variable" if variable else "fixed",
                     "sum_len": total, "causal": False, "rounds": args.rounds}
             for name, fp8, _ in candidates:
                 ms = statistics.median(samples[name])
                 moved = total * (656 if fp8 else 1152) + io_bytes
-                case[name] = {"ms": round(ms, 4), "GB/s": round(moved / ms / 1e6, 1), "kernel": kernels[name],
+                flops = 2 * s_q * total * h_q * (576 + 512)
+                case[name] = {"ms": round(ms, 4), "GB/s": round(moved / ms / 1e6, 1),
+                              "TFLOPS": round(flops / ms / 1e9, 1), "kernel": kernels[name],
                               "ms_per_round": [round(x, 4) for x in samples[name]]}
                 if fp8:
                     case[name]["speedup_vs_bf16"] = round(case[reference]["ms"] / ms, 3)
@@ -401,7 +424,8 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
         del cache, cache_fp8, block_table
         torch.cuda.empty_cache()
     result = result_header(
-        "mla FP8 A/B (issue #7): the FP8-cache kernels for <= 32 rows vs the bf16 kernel, h_q 16", torch, device_name,
+        ("mla FP8 A/B (issue #7): the FP8-cache kernels for <= 32 rows vs the bf16 kernel, h_q 16" if args.ab_h_q == 16
+         else f"mla A/B (issue #7): kernels in rotated rounds, h_q {args.ab_h_q}"), torch, device_name,
         num_sms, (f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats} replays; "
                   f"{args.rounds} rounds, candidate order rotated each round, median over rounds"))
     result |= {
@@ -418,8 +442,9 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
     else:
         out_path.write_text(json.dumps(result, indent=2) + "\n")
     for case in cases:  # a short table last
-        print(f"s_q {case['s_q']} {case['mean_len'] // 1024}K: " + "  ".join(
+        print(f"s_q {case['s_q']} {case['mean_len'] // 1024}K {case['lengths']}: " + "  ".join(
             f"{name} {case[name]['ms']:.4f} ms" + (f" ({case[name]['speedup_vs_bf16']:.2f}x)" if fp8 else "")
+            + (f" {case[name]['TFLOPS']:.0f} TFLOPS" if case["h_q"] >= 64 else "")
             for name, fp8, _ in candidates if name in case), flush=True)
     print(f"wrote {out_path} ({len(cases)} cases, {time.time() - started:.0f} s)", file=sys.stderr)
     return 0

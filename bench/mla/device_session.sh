@@ -60,10 +60,19 @@ for step in "$@"; do
         --gtest_filter='CudaDecode.Fp8FewRowsKernelsForced' >"$OUT/racecheck8.log" 2>&1
       echo "racecheck:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck8.log" | head -4
       ;;
+    clocks)
+      # SM / memory clocks, power, temperature and throttle reasons every 200 ms until the session ends.
+      nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+        --format=csv -lms 200 >"$OUT/clocks.csv" 2>&1 &
+      ;;
     ab8)
-      # The FP8 A/B (h_q 16, s_q 1, fixed 4K-32K): bf16, FP8 direct / pair / wide in rotated rounds.
-      timeout 50 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --out "$OUT/fp8_ab.json" >"$OUT/ab8.log" 2>&1
-      grep -E "^s_q|Error|error" "$OUT/ab8.log" | cut -c1-300 | tail -8
+      # The FP8 A/B (h_q 16, s_q 1, fixed 4K-32K): bf16, FP8 direct / pair / wide in rotated rounds;
+      # MLA_AB_CANDIDATES (bench_mla.py --candidates) and MLA_AB_ARGS (e.g. "--s-q 1 2 --ab-variable
+      # --ab-lengths 4096,8192") change what it measures.
+      # shellcheck disable=SC2086
+      timeout "${MLA_AB_TIMEOUT:-50}" python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 \
+        ${MLA_AB_CANDIDATES:+--candidates "$MLA_AB_CANDIDATES"} ${MLA_AB_ARGS:-} --out "$OUT/fp8_ab.json" >"$OUT/ab8.log" 2>&1
+      grep -E "^s_q|Error|error" "$OUT/ab8.log" | cut -c1-400 | tail -16
       ;;
     abl)
       # Lazy rescaling A/B (h_q 16, s_q 1, fixed 4K-32K): the bf16 kernel lazy and eager, the default FP8 kernel.
@@ -119,7 +128,8 @@ for step in "$@"; do
       ;;
     overhead)
       # The fixed per-call cost at h_q 16 (bf16 and FP8): default vs fewer parts, kernel timeline, probe.
-      timeout 120 python3 bench/mla/overhead_mla.py --out "$OUT/overhead.json" >"$OUT/overhead.log" 2>&1
+      # shellcheck disable=SC2086
+      timeout 120 python3 bench/mla/overhead_mla.py ${MLA_OVERHEAD_ARGS:-} --out "$OUT/overhead.json" >"$OUT/overhead.log" 2>&1
       cut -c1-400 "$OUT/overhead.log" | tail -12
       ;;
     ncu8)
@@ -147,12 +157,18 @@ for step in "$@"; do
       timeout 500 python3 bench/mla/bench_mla.py --out "$OUT/mla_h200.json" >"$OUT/bench.log" 2>&1
       tail -2 "$OUT/bench.log" | cut -c1-600
       # The FP8 A/B (s_q 1 and 2) merged into the same JSON as its "fp8_ab" entry.
-      timeout 120 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --s-q 1 2 --out "$OUT/mla_h200.json" >"$OUT/ab8_full.log" 2>&1
-      grep -E "^s_q|Error|error" "$OUT/ab8_full.log" | cut -c1-300 | tail -10
+      timeout 240 python3 bench/mla/bench_mla.py --fp8-ab --rounds 7 --s-q 1 2 --ab-variable --out "$OUT/mla_h200.json" \
+        >"$OUT/ab8_full.log" 2>&1
+      grep -E "^s_q|Error|error" "$OUT/ab8_full.log" | cut -c1-300 | tail -16
       ;;
   esac
   if [ "${MLA_BUNDLE:-0}" = 1 ]; then
     tar czf /tmp/mla_bundle.tgz -C "$OUT" . && mv /tmp/mla_bundle.tgz "$BUNDLE_OUT/"
   fi
 done
+# shellcheck disable=SC2046
+kill $(jobs -p) 2>/dev/null  # the clocks logger
+if [ "${MLA_BUNDLE:-0}" = 1 ]; then
+  tar czf /tmp/mla_bundle.tgz -C "$OUT" . && mv /tmp/mla_bundle.tgz "$BUNDLE_OUT/"
+fi
 echo "=== end ($(date +%T))"

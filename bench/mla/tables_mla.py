@@ -14,8 +14,8 @@ VARIANTS = [("ours_bf16", "lean2 (default), 1st"), ("ours_bf16_lean2", "lean2, l
             ("ours_bf16_lean_bar3", "lean_bar3"), ("ours_bf16_lean_fold", "lean_fold"),
             ("ours_bf16_lean2_early", "lean2_early"), ("ours_bf16_pipelined", "pipelined"),
             ("ours_bf16_seesaw", "seesaw"), ("ours_bf16_cp_async", "cp.async"), ("ours_bf16_mma_sync", "mma.sync")]
-AB = [("bf16", "bf16 (`mma_sync`)"), ("fp8_channels", "FP8 channels (default)"), ("fp8_pair", "FP8 pair"),
-      ("fp8_direct", "FP8 direct"), ("fp8_wide", "FP8 wide")]
+AB = [("bf16", "bf16 (`mma_sync`)"), ("fp8_channels", "FP8 channels"), ("fp8_channels_split_s", "FP8 channels, split S"),
+      ("fp8_pair", "FP8 pair"), ("fp8_direct", "FP8 direct"), ("fp8_wide", "FP8 wide")]
 
 
 def length_label(case) -> str:
@@ -48,19 +48,22 @@ def variants_table(cases) -> list[str]:
     return lines
 
 
-def ab_table(ab) -> list[str]:
+def ab_table(ab, cases) -> list[str]:
+    """The FP8 A/B; the default kernel's ratio (the main table's FP8 kernel at h_q 16 and that s_q) in bold."""
+    default = {c["s_q"]: c["ours_fp8"]["kernel"] for c in cases if c["h_q"] == 16}
     present = [(key, label) for key, label in AB if key in ab["cases"][0]]
     lines = ["| s_q | length | " + " | ".join(label for _, label in present) + " |", "|" + "---|" * (2 + len(present))]
-    for c in sorted(ab["cases"], key=lambda c: (c["s_q"], c["mean_len"])):
+    for c in sorted(ab["cases"], key=lambda c: (c["s_q"], c.get("lengths", "fixed") != "fixed", c["mean_len"])):
         cells = []
         for key, _ in present:
             entry = c[key]
             cell = f"{entry['ms']:.4f} ms, {entry['GB/s']:.0f} GB/s"
             if "speedup_vs_bf16" in entry:
                 ratio = f"{entry['speedup_vs_bf16']:.2f}x"
-                cell += f", **{ratio}**" if key == "fp8_channels" else f", {ratio}"
+                cell += f", **{ratio}**" if entry.get("kernel") == default.get(c["s_q"]) else f", {ratio}"
             cells.append(cell)
-        lines.append(f"| {c['s_q']} | {c['mean_len'] // 1024}K | " + " | ".join(cells) + " |")
+        label = f"{c['mean_len'] // 1024}K" if c.get("lengths", "fixed") == "fixed" else length_label(c)
+        lines.append(f"| {c['s_q']} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -69,7 +72,7 @@ def main() -> int:
     data = json.loads(path.read_text())
     print(f"<!-- {data['device']}, {data['date']} -->\n")
     for lines in (main_table(data["cases"]), variants_table(data["cases"]),
-                  ab_table(data["fp8_ab"]) if "fp8_ab" in data else []):
+                  ab_table(data["fp8_ab"], data["cases"]) if "fp8_ab" in data else []):
         if lines:
             print("\n".join(lines) + "\n")
     return 0

@@ -24,7 +24,7 @@ NONPOSITIVE_SCALE_TMA_KERNEL = "wgmma_tma_lean"
 # The FP8-cache kernels the dispatch takes with <= 16 and with 17..32 query rows per KV head (FF_MLA_FP8
 # unset; docs/mla.md): two 64-token blocks per barrier round, or one.
 DEFAULT_FP8_KERNEL_16 = "mma_sync_fp8_channels"
-DEFAULT_FP8_KERNEL_32 = "mma_sync_fp8_channels"
+DEFAULT_FP8_KERNEL_32 = "mma_sync_fp8_channels_split_s"
 
 
 def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -196,7 +196,7 @@ def test_fp8_cache(causal):
     (16, 2, 1, torch.float16, 4.0),
 ])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kernel", ["direct", "pair", "wide", "channels"])
+@pytest.mark.parametrize("kernel", ["direct", "pair", "wide", "channels", "channels_split_s"])
 def test_fp8_cache_few_rows(h_q, s_q, h_kv, dtype, q_gain, causal, kernel, monkeypatch):
     """<= 32 query rows per KV head: the kernels whose MMAs read the raw FP8 tiles (FF_MLA_FP8=direct:
     one 64-token block per barrier round, pair: two, wide: 16 warps sharing one softmax, channels: 8 warps
@@ -228,7 +228,7 @@ def test_fp8_few_rows_default_route(s_q, expected, monkeypatch):
     cache_fp8 = mla.quantize_kvcache_fp8(cache)
     out, lse = run(q, cache_fp8, block_table, lengths, False, fp8=True, num_sms=9)
     assert mla.last_cuda_kernel() == expected
-    for kernel in ("direct", "pair", "wide", "channels"):
+    for kernel in ("direct", "pair", "wide", "channels", "channels_split_s"):
         monkeypatch.setenv("FF_MLA_FP8", kernel)
         other_out, other_lse = run(q, cache_fp8, block_table, lengths, False, fp8=True, num_sms=9)
         assert mla.last_cuda_kernel() == f"mma_sync_fp8_{'direct' if s_q > 1 and kernel in ('pair', 'wide') else kernel}"

@@ -230,6 +230,7 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.probe_skip = probe_skip != nullptr ? std::atoi(probe_skip) : 0;
   const char* forced = std::getenv("FF_MLA_KERNEL");
   params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
+  if (const char* hint = std::getenv("FF_MLA_KV_HINT"); hint != nullptr) params.kv_evict_first = std::string_view(hint) != "0";
   const char* loads = std::getenv("FF_MLA_LOADS");
   params.tma_loads = loads == nullptr || std::string_view(loads) != "cp_async";
   if (const char* fp8_kernel = std::getenv("FF_MLA_FP8"); fp8_kernel != nullptr) {
@@ -238,6 +239,7 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
                         : name == "pair" ? cuda::Fp8Kernel::kPair
                         : name == "wide" ? cuda::Fp8Kernel::kWide
                         : name == "channels" ? cuda::Fp8Kernel::kChannels
+                        : name == "channels_split_s" ? cuda::Fp8Kernel::kChannelsSplitS
                                              : cuda::Fp8Kernel::kDefault;
   }
   if (const char* schedule = std::getenv("FF_MLA_SCHEDULE"); schedule != nullptr) {

@@ -35,7 +35,7 @@ constexpr const char* kDefaultTmaKernel = "wgmma_tma_lean2";
 // The FP8-cache kernels the dispatch takes with <= 16 and with 17..32 query rows per KV head
 // (cuda::kDefaultFp8FewRows16 / kDefaultFp8FewRows32).
 constexpr const char* kDefaultFp8Kernel16 = "mma_sync_fp8_channels";
-constexpr const char* kDefaultFp8Kernel32 = "mma_sync_fp8_channels";
+constexpr const char* kDefaultFp8Kernel32 = "mma_sync_fp8_channels_split_s";
 
 // ---------------------------------------------------------------------------------------------
 // Numerics
@@ -685,6 +685,7 @@ const char* expected_fp8_few_rows_kernel(const char* case_kernel, int rows) {
          : kernel == "pair"         ? "mma_sync_fp8_pair"
          : kernel == "wide"         ? "mma_sync_fp8_wide"
          : kernel == "channels"     ? "mma_sync_fp8_channels"
+         : kernel == "channels_split_s" ? "mma_sync_fp8_channels_split_s"
          : rows <= 16               ? kDefaultFp8Kernel16
                                     : kDefaultFp8Kernel32;
 }
@@ -768,6 +769,23 @@ TEST(CudaDecode, Bf16SplitsOnFewSms) {
   run_cuda_and_compare({.seqlens = {700, 65, 1000, 3}, .s_q = 1, .h_q = 32, .num_sms = 8}, 22);
 }
 
+// The combine kernel with many splits of one sequence (more than 32): a 30,000-token sequence over
+// 100 SM parts, beside short ones; the bf16 and the FP8 kernels, 16 and 32 rows.
+TEST(CudaDecode, CombineManySplits) {
+  const std::vector<int32_t> seqlens = {30000, 70, 5000, 1};
+  for (const int rows : {16, 32}) {
+    const Result<MlaMetadata> metadata = get_mla_metadata(seqlens, rows, 1, 100);
+    ASSERT_TRUE(metadata.is_ok()) << metadata.status().to_string();
+    EXPECT_GT(metadata->num_splits[1] - metadata->num_splits[0], 32) << "rows " << rows;
+  }
+  for (const bool fp8 : {false, true}) {
+    for (const int s_q : {1, 2}) {
+      SCOPED_TRACE(testing::Message() << "fp8 " << fp8 << " s_q " << s_q);
+      run_cuda_and_compare({.seqlens = seqlens, .s_q = s_q, .h_q = 16, .fp8 = fp8, .num_sms = 100}, 28);
+    }
+  }
+}
+
 TEST(CudaDecode, Bf16TwoQueriesCausal128Heads) {
   run_cuda_and_compare({.seqlens = {1, 2, 130, 511}, .s_q = 2, .h_q = 128, .causal = true, .num_sms = 6}, 23);
 }
@@ -806,7 +824,7 @@ TEST(CudaDecode, Fp8CacheCausalFp16) {
 // rounds whose second block lies past the piece), long split sequences, unsplit, two KV heads causal,
 // fp16 with two query tokens (32 rows, where "pair" and "wide" run the direct kernel) causal.
 TEST(CudaDecode, Fp8FewRowsKernelsForced) {
-  for (const char* kernel : {"direct", "pair", "wide", "channels"}) {
+  for (const char* kernel : {"direct", "pair", "wide", "channels", "channels_split_s"}) {
     SCOPED_TRACE(kernel);
     run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 127, 128, 129, 191, 192, 193, 300, 0, 500},
                           .s_q = 1,

@@ -46,12 +46,15 @@ enum class Schedule : int {
 //   kChannels Fp8Decoder<., ., 2, true>: 8 warps sharing one softmax, S split by tokens, P V by output
 //            channels (64 per warp), every warp with all rows, so each K / V byte is converted once
 //            ("mma_sync_fp8_channels"); <= 32 rows.
+//   kChannelsSplitS Fp8Decoder<., ., 2, true, true>: kChannels with S computed by pairs of warps, each
+//            over half of the channels for 32 tokens (half the Q reads per warp; "mma_sync_fp8_channels_split_s").
 enum class Fp8Kernel : int {
   kDefault = 0,
   kDirect = 1,
   kPair = 2,
   kWide = 3,
   kChannels = 4,
+  kChannelsSplitS = 5,
 };
 
 struct DecodeParams {
@@ -102,6 +105,9 @@ struct DecodeParams {
   // Take the mma.sync kernels even where the WGMMA kernel applies (FF_MLA_KERNEL=mma_sync in the
   // environment): for benchmarks beside the older path and for tests of both.
   bool force_mma_sync = false;
+  // Fp8Decoder's whole-block copies load the KV cache under an L2 evict-first policy
+  // (FF_MLA_KV_HINT=0 in the environment: the normal priority, for A/B runs).
+  bool kv_evict_first = true;
   // The bf16 / fp16 WGMMA kernel loads full KV blocks by TMA (default); false (FF_MLA_LOADS=cp_async in
   // the environment) keeps its cp.async pipeline, for benchmarks and tests of both.
   bool tma_loads = true;
@@ -132,6 +138,7 @@ enum class KernelKind : int {
   kMmaSyncFp8Pair = 11,      // Fp8Decoder with two 64-token blocks per barrier round
   kMmaSyncFp8Wide = 12,      // Fp8WideDecoder: 16 warps, one shared softmax, output channels split
   kMmaSyncFp8Channels = 13,  // Fp8Decoder in its channel-split mode: 8 warps, one shared softmax
+  kMmaSyncFp8ChannelsSplitS = 14,  // the channel-split mode with S split over pairs of warps by channels
 };
 // The lean TMA kernels (WgmmaPipelinedDecoder<., 0, true, true, flags>).
 constexpr bool is_lean_tma_kernel(KernelKind kind) {
@@ -147,12 +154,13 @@ constexpr int kWgmmaMinRows = 64;
 // FF_MLA_SCHEDULE=lean and pipelined keep the kernels before these changes).
 constexpr Schedule kDefaultSchedule = Schedule::kLean2;
 // The FP8-cache kernels the dispatch takes when the environment names none, for <= 16 and for 17..32
-// query rows per KV head: on the H200 (h_q 16, b 128, 4K-32K, 7 rotated rounds in one run, 13:33Z;
-// docs/mla.md, bench/results/mla_h200.json "fp8_ab"), s_q 1: channels at 1.63-1.69x the bf16 kernel's
-// speed, pair 1.54-1.61x, wide 1.22-1.27x, direct 1.19-1.21x; s_q 2 (32 rows, where the pair and wide
-// kernels do not fit): channels 1.46-1.53x, direct 1.13-1.15x.
+// query rows per KV head: on the H200 (h_q 16, b 128, 4K-32K fixed and variable, 7 rotated rounds in
+// one run, 23:05 UTC; docs/mla.md, bench/results/mla_h200.json "fp8_ab"), s_q 1: channels 1.80-1.92x
+// the bf16 kernel's speed, channels_split_s the same within 2% either way, pair 1.47-1.58x; s_q 2 (32
+// rows, where the pair and wide kernels do not fit): channels_split_s 1.56-1.65x, channels
+// 1.49-1.57x, direct 1.11-1.14x.
 constexpr Fp8Kernel kDefaultFp8FewRows16 = Fp8Kernel::kChannels;
-constexpr Fp8Kernel kDefaultFp8FewRows32 = Fp8Kernel::kChannels;
+constexpr Fp8Kernel kDefaultFp8FewRows32 = Fp8Kernel::kChannelsSplitS;
 
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
 // the TMA kernels become kWgmma), and its name ("wgmma_tma_lean2", "wgmma_tma_lean", "wgmma_tma_lean_bar3",
