@@ -1367,6 +1367,61 @@ class Fp8Decoder {
     }
   }
 
+  // The ldmatrix addresses of this lane's Q rows for the S MMAs: a_offset[k % 4] + 128 (k / 4) is k-step k
+  // of row group 0 (row group rg is 16 rows further down, same swizzle: a_row & 7 does not change).
+  __device__ __forceinline__ void q_fragment_offsets(uint32_t (&a_offset)[4]) const {
+    const int a_row = (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a_offset[i] = sq_ + a_row * kRowBytes + (((2 * i + (lane_ >> 4)) ^ (a_row & 7)) << 4);
+  }
+  __device__ static __forceinline__ uint32_t q_fragment(const uint32_t (&a_offset)[4], int rg, int k) {
+    return a_offset[k % 4] + 128 * (k / 4) + rg * 16 * kRowBytes;
+  }
+
+  // part = the latent channels of 128-channel group `group` of S (f16 MMAs on the exact e4m3 values, the
+  // token scales not applied), every row group against kN n-tiles of 8 tokens from token0; thread quad
+  // q4 reads 16 consecutive bytes of a token for 4 k-steps, lane g the token b_token_local(g) of each
+  // n-tile (the B fragment's permuted token order).
+  template <int kN>
+  __device__ __forceinline__ void latent_group_scores(const char* raw, int token0, int group,
+                                                      const uint32_t (&a_offset)[4], float (&part)[kRowGroups][kN][4]) const {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const int b_token_local = (g >> 1) + 4 * (g & 1);
+#pragma unroll
+    for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+      for (int n = 0; n < kN; ++n) part[rg][n][0] = part[rg][n][1] = part[rg][n][2] = part[rg][n][3] = 0.0f;
+    }
+#pragma unroll
+    for (int jj = 0; jj < 2; ++jj) {
+      const int j = 2 * group + jj;
+      uint4 k_bytes[kN];
+#pragma unroll
+      for (int n = 0; n < kN; ++n) {
+        k_bytes[n] = *reinterpret_cast<const uint4*>(raw + token_offset(token0 + 8 * n + b_token_local) + (4 * j + q4) * 16);
+      }
+#pragma unroll
+      for (int sub = 0; sub < 4; ++sub) {
+        uint32_t b[kN][2];
+#pragma unroll
+        for (int n = 0; n < kN; ++n) {
+          const uint32_t x = sub == 0   ? k_bytes[n].x
+                             : sub == 1 ? k_bytes[n].y
+                             : sub == 2 ? k_bytes[n].z
+                                        : k_bytes[n].w;
+          e4m3x4_to_f16x2x2(x, b[n][0], b[n][1]);
+        }
+#pragma unroll
+        for (int rg = 0; rg < kRowGroups; ++rg) {
+          uint32_t a[4];
+          ldmatrix_x4(a, q_fragment(a_offset, rg, 4 * j + sub));
+#pragma unroll
+          for (int n = 0; n < kN; ++n) mma_16816<true>(part[rg][n], a, b[n][0], b[n][1]);
+        }
+      }
+    }
+  }
+
   // kSplitS: the scores of this warp's 16 tokens (s as in compute_round_channels): the pair's 32 tokens
   // over this warp's half of the channels, then the partner's partial sums of this warp's tokens
   // added. total[rg][nn][e]: row 16 rg + g + 8 (e / 2), token 32 (w % 4) + 8 nn + q4 + 4 (e % 2).
@@ -1374,11 +1429,8 @@ class Fp8Decoder {
     const int g = lane_ >> 2, q4 = lane_ & 3;
     const int pair = warp_ & 3, half = warp_ >> 2;
     const int pair_token0 = 32 * pair;
-    const int a_row = (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
     uint32_t a_offset[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) a_offset[i] = sq_ + a_row * kRowBytes + (((2 * i + (lane_ >> 4)) ^ (a_row & 7)) << 4);
-    const auto a_address = [&](int rg, int k) { return a_offset[k % 4] + 128 * (k / 4) + rg * 16 * kRowBytes; };
+    q_fragment_offsets(a_offset);
     const int b_token_local = (g >> 1) + 4 * (g & 1);
     float total[kRowGroups][4][4];
 #pragma unroll
@@ -1391,40 +1443,7 @@ class Fp8Decoder {
     for (int gg = 0; gg < 2; ++gg) {
       const int group = 2 * half + gg;
       float part[kRowGroups][4][4];
-#pragma unroll
-      for (int rg = 0; rg < kRowGroups; ++rg) {
-#pragma unroll
-        for (int nn = 0; nn < 4; ++nn) part[rg][nn][0] = part[rg][nn][1] = part[rg][nn][2] = part[rg][nn][3] = 0.0f;
-      }
-#pragma unroll
-      for (int jj = 0; jj < 2; ++jj) {
-        const int j = 2 * group + jj;
-        uint4 k_bytes[4];
-#pragma unroll
-        for (int nn = 0; nn < 4; ++nn) {
-          k_bytes[nn] = *reinterpret_cast<const uint4*>(raw + token_offset(pair_token0 + 8 * nn + b_token_local) +
-                                                        (4 * j + q4) * 16);
-        }
-#pragma unroll
-        for (int sub = 0; sub < 4; ++sub) {
-          uint32_t b[4][2];
-#pragma unroll
-          for (int nn = 0; nn < 4; ++nn) {
-            const uint32_t x = sub == 0   ? k_bytes[nn].x
-                               : sub == 1 ? k_bytes[nn].y
-                               : sub == 2 ? k_bytes[nn].z
-                                          : k_bytes[nn].w;
-            e4m3x4_to_f16x2x2(x, b[nn][0], b[nn][1]);
-          }
-#pragma unroll
-          for (int rg = 0; rg < kRowGroups; ++rg) {
-            uint32_t a[4];
-            ldmatrix_x4(a, a_address(rg, 4 * j + sub));
-#pragma unroll
-            for (int nn = 0; nn < 4; ++nn) mma_16816<true>(part[rg][nn], a, b[nn][0], b[nn][1]);
-          }
-        }
-      }
+      latent_group_scores<4>(raw, pair_token0, group, a_offset, part);
 #pragma unroll
       for (int nn = 0; nn < 4; ++nn) {
 #pragma unroll
@@ -1470,7 +1489,7 @@ class Fp8Decoder {
 #pragma unroll
         for (int rg = 0; rg < kRowGroups; ++rg) {
           uint32_t a[4];
-          ldmatrix_x4(a, a_address(rg, 32 + 2 * half + kk));
+          ldmatrix_x4(a, q_fragment(a_offset, rg, 32 + 2 * half + kk));
 #pragma unroll
           for (int nn = 0; nn < 4; ++nn) mma_16816<kFp16>(total[rg][nn], a, b[nn][0], b[nn][1]);
         }
@@ -1529,12 +1548,8 @@ class Fp8Decoder {
       }
     }
     if constexpr (!kSplitS) {
-      const int a_row = (lane_ & 7) + ((lane_ >> 3) & 1) * 8;
       uint32_t a_offset[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a_offset[i] = sq_ + a_row * kRowBytes + (((2 * i + (lane_ >> 4)) ^ (a_row & 7)) << 4);
-      // Row group rg is 16 rows further down the Q tile (same swizzle: a_row & 7 does not change).
-      const auto a_address = [&](int rg, int k) { return a_offset[k % 4] + 128 * (k / 4) + rg * 16 * kRowBytes; };
+      q_fragment_offsets(a_offset);
       const int b_token_local = (g >> 1) + 4 * (g & 1);
       float rope[kRowGroups][2][4], latent[kRowGroups][2][4];
 #pragma unroll
@@ -1569,7 +1584,7 @@ class Fp8Decoder {
 #pragma unroll
           for (int rg = 0; rg < kRowGroups; ++rg) {
             uint32_t a[4];
-            ldmatrix_x4(a, a_address(rg, 32 + k));
+            ldmatrix_x4(a, q_fragment(a_offset, rg, 32 + k));
 #pragma unroll
             for (int n = 0; n < 2; ++n) mma_16816<kFp16>(rope[rg][n], a, b[n][0], b[n][1]);
           }
@@ -1579,40 +1594,7 @@ class Fp8Decoder {
 #pragma unroll
       for (int group = 0; group < 4; ++group) {
         float part[kRowGroups][2][4];
-#pragma unroll
-        for (int rg = 0; rg < kRowGroups; ++rg) {
-#pragma unroll
-          for (int n = 0; n < 2; ++n) part[rg][n][0] = part[rg][n][1] = part[rg][n][2] = part[rg][n][3] = 0.0f;
-        }
-#pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-          const int j = 2 * group + jj;
-          uint4 k_bytes[2];
-#pragma unroll
-          for (int n = 0; n < 2; ++n) {
-            k_bytes[n] = *reinterpret_cast<const uint4*>(raw + token_offset(warp_token0 + 8 * n + b_token_local) +
-                                                         (4 * j + q4) * 16);
-          }
-#pragma unroll
-          for (int sub = 0; sub < 4; ++sub) {
-            uint32_t b[2][2];
-#pragma unroll
-            for (int n = 0; n < 2; ++n) {
-              const uint32_t x = sub == 0   ? k_bytes[n].x
-                                 : sub == 1 ? k_bytes[n].y
-                                 : sub == 2 ? k_bytes[n].z
-                                            : k_bytes[n].w;
-              e4m3x4_to_f16x2x2(x, b[n][0], b[n][1]);
-            }
-#pragma unroll
-            for (int rg = 0; rg < kRowGroups; ++rg) {
-              uint32_t a[4];
-              ldmatrix_x4(a, a_address(rg, 4 * j + sub));
-#pragma unroll
-              for (int n = 0; n < 2; ++n) mma_16816<true>(part[rg][n], a, b[n][0], b[n][1]);
-            }
-          }
-        }
+        latent_group_scores<2>(raw, warp_token0, group, a_offset, part);
 #pragma unroll
         for (int rg = 0; rg < kRowGroups; ++rg) {
 #pragma unroll
