@@ -17,6 +17,16 @@ namespace ff::fs::kv {
 // transaction can read them. Nothing survives the object.
 std::unique_ptr<KvEngine> open_memory_kv();
 
+// What an engine from open_memory_kv() holds: keys, their stored versions (values a running
+// transaction may still read, and the live ones) and, among those, deletion markers.
+struct MemoryKvFootprint {
+  size_t keys = 0;
+  size_t versions = 0;
+  size_t tombstones = 0;
+};
+// `engine` must come from open_memory_kv() (asserted).
+MemoryKvFootprint memory_kv_footprint(KvEngine& engine);
+
 struct RocksDbKvOptions {
   std::string path;                     // database directory; created when missing
   bool sync = true;                     // fsync the write-ahead log before commit() returns (durable commits)

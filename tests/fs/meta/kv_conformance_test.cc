@@ -4,7 +4,10 @@
 // The etcd cases start `etcd` on 127.0.0.1 random ports and skip when it is not installed.
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <thread>
+
+#include <fmt/format.h>
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -384,6 +387,81 @@ TEST_P(KvConformance, BankTransfersKeepTheTotal) {
 
 INSTANTIATE_TEST_SUITE_P(Engines, KvConformance, ::testing::Values("memory", "rocksdb", "etcd"),
                          [](const auto& info) { return info.param; });
+
+// The memory engine drops what no running transaction can read even for keys nobody writes again:
+// deleted keys (their markers) and overwritten ones (their older values) while a reader was open are
+// gone once it ends, or once a later commit finds it ended; the reader still saw its snapshot.
+TEST(MemoryKv, VersionsNoSnapshotCanReadAreDroppedWithoutRewritingTheKey) {
+  auto engine = open_memory_kv();
+  const auto run = [&](const std::function<void(Transaction&)>& body) {
+    auto transaction = engine->begin();
+    ASSERT_TRUE(transaction.is_ok());
+    body(**transaction);
+    ASSERT_TRUE((*transaction)->commit().is_ok());
+  };
+  run([](Transaction& t) {
+    for (int i = 0; i < 100; ++i) t.set(fmt::format("k{:03}", i), "v1");
+  });
+  EXPECT_EQ(memory_kv_footprint(*engine).versions, 100u);
+
+  // No transaction open: a deletion leaves nothing behind, an overwrite one version.
+  run([](Transaction& t) { t.clear("k000"); });
+  run([](Transaction& t) { t.set("k001", "v2"); });
+  MemoryKvFootprint footprint = memory_kv_footprint(*engine);
+  EXPECT_EQ(footprint.keys, 99u);
+  EXPECT_EQ(footprint.versions, 99u);
+  EXPECT_EQ(footprint.tombstones, 0u);
+
+  // A reader open across deletions and overwrites keeps the old versions alive...
+  auto reader = engine->begin();
+  ASSERT_TRUE(reader.is_ok());
+  run([](Transaction& t) { t.clear_range("k050", "k100"); });
+  run([](Transaction& t) {
+    for (int i = 10; i < 20; ++i) t.set(fmt::format("k{:03}", i), "v3");
+  });
+  footprint = memory_kv_footprint(*engine);
+  EXPECT_EQ(footprint.tombstones, 50u);
+  EXPECT_EQ(footprint.versions, 99u + 50u + 10u);
+  EXPECT_EQ(*(*reader)->get("k070"), "v1");
+  EXPECT_EQ(*(*reader)->get("k015"), "v1");
+  // ...and once it ends they go, though no key is written again.
+  reader->reset();
+  footprint = memory_kv_footprint(*engine);
+  EXPECT_EQ(footprint.keys, 49u);
+  EXPECT_EQ(footprint.versions, 49u);
+  EXPECT_EQ(footprint.tombstones, 0u);
+
+  // Two readers: the older one holds what only it can read until it ends; commits in between collect
+  // nothing it may still need.
+  auto older = engine->begin();
+  ASSERT_TRUE(older.is_ok());
+  run([](Transaction& t) { t.clear("k020"); });
+  auto newer = engine->begin();
+  ASSERT_TRUE(newer.is_ok());
+  run([](Transaction& t) { t.clear("k021"); });
+  run([](Transaction& t) { t.set("other", "x"); });
+  EXPECT_EQ(memory_kv_footprint(*engine).tombstones, 2u);
+  EXPECT_EQ(*(*older)->get("k020"), "v1");
+  EXPECT_EQ(*(*newer)->get("k020"), std::nullopt);
+  EXPECT_EQ(*(*newer)->get("k021"), "v1");
+  older->reset();
+  run([](Transaction& t) { t.set("other", "y"); });
+  footprint = memory_kv_footprint(*engine);
+  EXPECT_EQ(footprint.tombstones, 1u);  // k021's: the newer reader still sees k021
+  EXPECT_EQ(*(*newer)->get("k021"), "v1");
+  newer->reset();
+  footprint = memory_kv_footprint(*engine);
+  EXPECT_EQ(footprint.tombstones, 0u);
+  EXPECT_EQ(footprint.keys, 48u);  // 47 of the k keys and "other"
+  EXPECT_EQ(footprint.versions, 48u);
+}
+
+TEST(MemoryKv, FootprintOfAnotherEngineIsRefused) {
+  TempDir dir;
+  auto engine = open_rocksdb_kv(RocksDbKvOptions{.path = dir.path() + "/kv"});
+  ASSERT_TRUE(engine.is_ok());
+  EXPECT_DEATH(memory_kv_footprint(**engine), "expected one from open_memory_kv");
+}
 
 TEST(RocksDbKv, CommitsSurviveReopenAndVersionsKeepIncreasing) {
   TempDir dir;

@@ -1,8 +1,11 @@
 // The in-memory engine: a multi-version map. Every key keeps its values by commit version; a
 // transaction reads the newest version <= its snapshot. Versions no running transaction can read are
-// dropped when the key is next written. Commits are checked against the ConflictLog and applied under
-// one mutex (no I/O, so the critical section is short).
+// dropped when the key is next written, or, for a key nobody writes again (a deleted one, whose marker
+// would otherwise stay forever), once the oldest running snapshot passes the version that left them
+// (the garbage queue, collected at every commit and transaction end). Commits are checked against the
+// ConflictLog and applied under one mutex (no I/O, so the critical section is short).
 #include <algorithm>
+#include <deque>
 #include <mutex>
 
 #include "ff/common/assert.h"
@@ -53,6 +56,17 @@ class MemoryKv final : public KvEngine {
   }
   std::string_view name() const override { return "memory"; }
 
+  MemoryKvFootprint footprint() {
+    std::lock_guard lock(mutex_);
+    MemoryKvFootprint result;
+    result.keys = data_.size();
+    for (const auto& [key, versions] : data_) {
+      result.versions += versions.size();
+      for (const auto& version : versions) result.tombstones += version.value ? 0 : 1;
+    }
+    return result;
+  }
+
  private:
   friend class MemoryTransaction;
   struct Version {
@@ -72,23 +86,47 @@ class MemoryKv final : public KvEngine {
   void end_transaction(uint64_t snapshot) {
     std::lock_guard lock(mutex_);
     active_.remove(snapshot);
+    collect(active_.oldest(version_));
   }
 
-  // Appends a version of `key`, dropping versions no snapshot >= oldest can see. Caller holds mutex_.
-  void write_version(const std::string& key, std::optional<std::string> value, uint64_t version, uint64_t oldest) {
-    Versions& versions = data_[key];
-    versions.push_back(Version{version, std::move(value)});
-    // Keep the newest version <= oldest (what the oldest snapshot sees) and everything after it.
+  // Drops the versions of `key` no snapshot >= oldest can see: keeps the newest version <= oldest
+  // (what the oldest snapshot sees) and everything after it, and the key itself only while that is
+  // more than a deletion marker. Returns whether something is left to drop later. Caller holds mutex_.
+  bool prune(const std::string& key, uint64_t oldest) {
+    auto it = data_.find(key);
+    if (it == data_.end()) return false;
+    Versions& versions = it->second;
     size_t keep_from = 0;
     for (size_t i = 0; i < versions.size(); ++i) {
       if (versions[i].version <= oldest) keep_from = i;
     }
     if (keep_from > 0) versions.erase(versions.begin(), versions.begin() + static_cast<ptrdiff_t>(keep_from));
-    if (versions.size() == 1 && !versions.front().value && versions.front().version <= oldest) data_.erase(key);
+    if (versions.size() == 1 && !versions.front().value && versions.front().version <= oldest) {
+      data_.erase(it);
+      return false;
+    }
+    return versions.size() > 1 || !versions.back().value;
+  }
+
+  // Appends a version of `key` and prunes it; what a running snapshot still needs waits in the garbage
+  // queue for the oldest snapshot to reach `version`. Caller holds mutex_.
+  void write_version(const std::string& key, std::optional<std::string> value, uint64_t version, uint64_t oldest) {
+    data_[key].push_back(Version{version, std::move(value)});
+    if (prune(key, oldest)) garbage_.emplace_back(version, key);
+  }
+
+  // Prunes the queued keys whose version the oldest running snapshot has reached (the queue is in
+  // commit order, so its front is the oldest). Caller holds mutex_.
+  void collect(uint64_t oldest) {
+    while (!garbage_.empty() && garbage_.front().first <= oldest) {
+      prune(garbage_.front().second, oldest);
+      garbage_.pop_front();
+    }
   }
 
   std::mutex mutex_;  // guards everything below
   std::map<std::string, Versions, std::less<>> data_;
+  std::deque<std::pair<uint64_t, std::string>> garbage_;  // (version, key), ascending versions
   uint64_t version_ = 0;
   ActiveSnapshots active_;
   ConflictLog log_;
@@ -147,6 +185,7 @@ Status MemoryTransaction::commit() {
     for (const auto& key : keys) engine_.write_version(key, std::nullopt, version, oldest);
   }
   for (const auto& [key, value] : writes_.points()) engine_.write_version(key, value, version, oldest);
+  engine_.collect(oldest);
   int64_t now_ms = system_clock().now_ms();
   engine_.log_.add(version, now_ms, writes_);
   engine_.log_.trim(oldest, now_ms, kConflictWindowMs);
@@ -157,5 +196,12 @@ Status MemoryTransaction::commit() {
 }  // namespace
 
 std::unique_ptr<KvEngine> open_memory_kv() { return std::make_unique<MemoryKv>(); }
+
+MemoryKvFootprint memory_kv_footprint(KvEngine& engine) {
+  auto* memory = dynamic_cast<MemoryKv*>(&engine);
+  FF_ASSERT(memory != nullptr, "memory_kv_footprint of a '{}' engine; expected one from open_memory_kv()",
+            engine.name());
+  return memory->footprint();
+}
 
 }  // namespace ff::fs::kv
