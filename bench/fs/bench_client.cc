@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "ff/common/malloc_tuning.h"
 #include "ff/fs/file_client.h"
 
 namespace {
@@ -36,6 +37,7 @@ int fail(const ff::Status& status, const char* what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ff::tune_malloc_for_io_buffers();  // as a client that reads and writes MiB-sized blocks should (malloc_tuning.h)
   CLI::App app{"Native fs client throughput (one JSON line per case)"};
   std::string mgmtd, meta_db, ops = "write,read", patterns = "seq,rand", blocks = "1048576,4194304",
                               parallelism = "1,4,16";

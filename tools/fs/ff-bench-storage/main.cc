@@ -14,6 +14,7 @@
 #include <random>
 
 #include "ff/common/log.h"
+#include "ff/common/malloc_tuning.h"
 #include "ff/fs/client.h"
 #include "ff/fs/crc32c.h"
 #include "ff/fs/rpc/grpc_transport.h"
@@ -258,6 +259,7 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ff::tune_malloc_for_io_buffers();  // as a client that reads and writes MiB-sized blocks should (malloc_tuning.h)
   CLI::App app{"ff-bench-storage: benchmark / checked writer / verifier against an fs cluster"};
   app.require_subcommand(1);
   std::string mgmtd = "127.0.0.1:9000";

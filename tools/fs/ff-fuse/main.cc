@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "ff/common/log.h"
+#include "ff/common/malloc_tuning.h"
 #include "ff/fs/fuse.h"
 #include "ff/fs/kv_engines.h"
 #include "ff/fs/rpc/metrics.h"
@@ -299,6 +300,7 @@ int run_storage(const Config& config) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ff::tune_malloc_for_io_buffers();  // 1 MiB reads and writes through the mount (malloc_tuning.h)
   // Before any thread starts: every thread inherits the blocked set, so the signals wait for the
   // signal thread (sigtimedwait) instead of interrupting a random thread.
   sigset_t set;

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "ff/common/log.h"
+#include "ff/common/malloc_tuning.h"
 #include "ff/fs/client.h"
 #include "ff/fs/kv_engines.h"
 #include "ff/fs/meta.h"
@@ -415,6 +416,7 @@ int serve(const Config& config) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ff::tune_malloc_for_io_buffers();  // its file I/O (fsck, StorageFiles) moves MiB-sized buffers (malloc_tuning.h)
   ff::fs::rpc::block_termination_signals();
   CLI::App app{"ff-meta: the fs metadata server (docs/fs-meta.md, docs/fs-operations.md)"};
   std::string config_path;

@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "ff/common/log.h"
+#include "ff/common/malloc_tuning.h"
 #include "ff/fs/chunk_engine.h"
 #include "ff/fs/rpc/grpc_transport.h"
 #include "ff/fs/rpc/metrics.h"
@@ -242,6 +243,7 @@ int run(const Config& config) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ff::tune_malloc_for_io_buffers();  // MiB-sized payload buffers per request (malloc_tuning.h)
   ff::fs::rpc::block_termination_signals();
   CLI::App app{"ff-storage: an fs storage server (docs/fs-operations.md)"};
   std::string config_path;
