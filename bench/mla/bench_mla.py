@@ -345,6 +345,9 @@ FP8_AB_KNOWN = {
     "bf16_lean": (False, {"FF_MLA_SCHEDULE": "lean"}),
     "bf16_lean_bar3": (False, {"FF_MLA_SCHEDULE": "lean_bar3"}),
     "bf16_pipelined": (False, {"FF_MLA_SCHEDULE": "pipelined"}),
+    # probe (outputs of odd m-blocks meaningless): half the L2 -> SM traffic of h_q >= 128, the ceiling of a
+    # 2-CTA multicast of each KV block
+    "bf16_half_loads": (False, {"FF_MLA_PROBE_HALF_LOADS": "1"}),
 }
 FP8_AB_DEFAULT = "bf16,fp8_channels,fp8_channels_split_s,fp8_pair"
 

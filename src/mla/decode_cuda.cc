@@ -225,6 +225,7 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.fp16 = args.q.dtype == DType::kFloat16;
   params.fp8_cache = args.is_fp8_kvcache;
   params.probe_loads_only = std::getenv("FF_MLA_PROBE_LOADS_ONLY") != nullptr;
+  params.probe_half_loads = std::getenv("FF_MLA_PROBE_HALF_LOADS") != nullptr;
   if (const char* lazy = std::getenv("FF_MLA_LAZY"); lazy != nullptr) params.lazy_rescale = std::string_view(lazy) != "0";
   const char* probe_skip = std::getenv("FF_MLA_PROBE_SKIP");
   params.probe_skip = probe_skip != nullptr ? std::atoi(probe_skip) : 0;

@@ -94,6 +94,12 @@ struct DecodeParams {
   // the arithmetic, so a benchmark can tell the memory ceiling of the pipeline from the kernel's time.
   // The outputs are then meaningless.
   bool probe_loads_only = false;
+  // Measurement probe (FF_MLA_PROBE_HALF_LOADS): in the TMA WGMMA kernels (h_q >= 64), odd m-blocks skip
+  // the TMA requests of every full KV block after a piece's first two and compute on the block two
+  // steps earlier that their stage still holds; the even m-blocks load as usual. The L2 -> SM traffic of
+  // h_q 128 then halves (what a 2-CTA cluster multicast of each block to the two m-blocks would do), the
+  // arithmetic stays the same. The outputs of odd m-blocks are then meaningless.
+  bool probe_half_loads = false;
   // Lazy rescaling in the 16-bit mma.sync kernel (Decoder; see kLazyMaxLog2; the FP8 kernels keep the
   // eager rule); FF_MLA_LAZY=0 in the environment turns
   // it off (every block's max moves the running max, as before), for A/B runs.

@@ -3321,7 +3321,9 @@ class WgmmaPipelinedDecoder {
       wgmma_wait<0>();
       fence_acc(acc);
       named_barrier_sync(kBarrierStageFree);  // both warpgroups are done with stage j % 2
-      if (j + 2 < num_kv_blocks) fill_stage(piece, first_block + j + 2, j & 1, false, next_id);
+      if (j + 2 < num_kv_blocks) {
+        fill_stage(piece, first_block + j + 2, j & 1, false, next_id, p_.probe_half_loads && (m_block_ & 1) != 0);
+      }
       return;
     }
     if constexpr (kNext) {
@@ -3356,7 +3358,9 @@ class WgmmaPipelinedDecoder {
   // piece ends inside: cp.async with zero-fill past the end (load_block), like Q; every thread then
   // ties its copies to all 9 mbarriers, and only after all have done so does the loader thread arrive,
   // so no phase can complete before every copy has landed.
-  __device__ void fill_stage(const Piece& piece, int block, int stage, bool with_q, int id) {
+  // reuse (the FF_MLA_PROBE_HALF_LOADS probe): a full block is not requested; the loader only arrives, so
+  // the stage's previous block is computed on again.
+  __device__ void fill_stage(const Piece& piece, int block, int stage, bool with_q, int id, bool reuse = false) {
     const bool full = piece.token_end - block * kTileRows >= kTileRows;
     if (with_q) load_q(piece.batch);
     if (!full) load_block(piece, block, stage);
@@ -3366,25 +3370,27 @@ class WgmmaPipelinedDecoder {
       loaders_barrier_sync();
     }
     const int loader = threadIdx.x == 128;  // the first thread of warpgroup 1 issues the TMA copies
+    const int issue = loader & (full & !reuse);
+    const int arrive_only = loader & (!full | reuse);
     const uint32_t destination = skv_ + stage * kTileBytes;
     if constexpr (kGroupedBarriers) {
       // One arrival per mbarrier announces its 3 boxes' bytes; the boxes complete them.
 #pragma unroll
       for (int b = 0; b < kBarriersPerStage; ++b) {
-        mbarrier_arrive_expect_tx_if(full_bar(stage, b), kColumnsPerBarrier * kColumnBlockBytes, loader & full);
+        mbarrier_arrive_expect_tx_if(full_bar(stage, b), kColumnsPerBarrier * kColumnBlockBytes, issue);
 #pragma unroll
         for (int c = b * kColumnsPerBarrier; c < (b + 1) * kColumnsPerBarrier; ++c) {
           tma_load_4d_tx(destination + c * kColumnBlockBytes, p_.k_tensor_map, full_bar(stage, b), c * 64, head_k_, 0,
-                         id, loader & full);
+                         id, issue);
         }
-        mbarrier_arrive_if(full_bar(stage, b), loader & !full);
+        mbarrier_arrive_if(full_bar(stage, b), arrive_only);
       }
     } else {
 #pragma unroll
       for (int c = 0; c < kColumnBlocks; ++c) {
         tma_load_4d(destination + c * kColumnBlockBytes, p_.k_tensor_map, full_bar(stage, c), c * 64, head_k_, 0, id,
-                    kColumnBlockBytes, loader & full);
-        mbarrier_arrive_if(full_bar(stage, c), loader & !full);
+                    kColumnBlockBytes, issue);
+        mbarrier_arrive_if(full_bar(stage, c), arrive_only);
       }
     }
   }
