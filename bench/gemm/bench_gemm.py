@@ -38,11 +38,11 @@ CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168
 MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
           (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
 CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
-           "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
+           "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
 CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128_cluster1x2", "indexed_128x192",
                       "indexed_128x128_overlap", "indexed_128x128_stagger"]
 MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
-                  "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
+                  "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
 # Tile-scheduler walks (FF_GEMM_SCHEDULE=<raster>[:<swizzle>]; "default" = CUTLASS's own choice) timed for the large
 # shapes, each under the configurations of SWEEP_CONFIGS (the 128-row tiles the heuristic may pick there).
 SCHEDULES = ["default", "m", "n", "m:2", "n:2", "m:4", "n:4", "m:8", "n:8"]
@@ -55,6 +55,11 @@ SWEEP_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x192"],
 AB_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"],
               "contiguous": ["indexed_128x128", "indexed_128x128_overlap", "indexed_128x128_stagger"],
               "masked": ["cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"]}
+# --ab tiles: the tile widths A/B (CUTLASS's consumer at 128, WideTileMma at 112 and 192), for every dense case and all
+# masked cases.
+TILE_AB_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x112", "cooperative_128x192"],
+                   "contiguous": ["indexed_128x128_overlap", "indexed_128x192"],
+                   "masked": ["cooperative_128x128", "cooperative_128x112", "cooperative_128x192"]}
 ITERS = 10
 REPEATS = 11
 WARMUP_REPLAYS = 3
@@ -176,9 +181,14 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/gemm_<device>.json)")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="time only the heuristic's choice and the baselines (no per-configuration/schedule sweep)")
-    parser.add_argument("--ab", action="store_true",
-                        help="with --no-sweep: also time the 128x128 consumers of AB_CONFIGS (tflops_per_config)")
+    parser.add_argument("--ab", nargs="?", const="consumers", default=None, choices=["consumers", "tiles"],
+                        help="with --no-sweep: also time the 128x128 consumers of AB_CONFIGS (tflops_per_config), or "
+                             "with 'tiles' the tile widths of TILE_AB_CONFIGS")
+    parser.add_argument("--families", default="dense,contiguous,masked",
+                        help="comma-separated subset of dense, contiguous, masked")
     args = parser.parse_args()
+    families = set(args.families.split(","))
+    ab_configs = TILE_AB_CONFIGS if args.ab == "tiles" else AB_CONFIGS
     try:
         import torch
     except ImportError:
@@ -200,7 +210,7 @@ def main() -> int:
 
     dense_m = DENSE_M[:1] if args.quick else DENSE_M
     dense_nk = DENSE_NK[:1] if args.quick else DENSE_NK
-    for m in dense_m:
+    for m in dense_m if "dense" in families else []:
         for n, k in dense_nk:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
@@ -221,8 +231,8 @@ def main() -> int:
             diff = 1 - 2 * (o * ref.double()).sum().item() / ((o * o) + (ref.double() ** 2)).sum().item()
             call = lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)  # noqa: E731
             configs = per_config(torch, flop, call, CONFIGS) if args.sweep else None
-            if not args.sweep and args.ab and m >= 4096:
-                configs = per_config(torch, flop, call, AB_CONFIGS["dense"])
+            if not args.sweep and args.ab and (m >= 4096 or args.ab == "tiles"):
+                configs = per_config(torch, flop, call, ab_configs["dense"])
             schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["dense"]) if args.sweep and m >= 4096 else None
             a_row, s_row = row_scales(torch, x)
             b_row, t_row = row_scales(torch, w)
@@ -241,7 +251,7 @@ def main() -> int:
             del x, w, a, b, out, deq_a, deq_b, ref, o
 
     contiguous = CONTIGUOUS[:1] if args.quick else CONTIGUOUS
-    for groups, m_per, n, k in contiguous:
+    for groups, m_per, n, k in contiguous if "contiguous" in families else []:
         m = groups * m_per
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
@@ -264,7 +274,7 @@ def main() -> int:
         call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b, sb), out, m_indices)  # noqa: E731
         configs = per_config(torch, flop, call, CONTIGUOUS_CONFIGS) if args.sweep else None
         if not args.sweep and args.ab:
-            configs = per_config(torch, flop, call, AB_CONFIGS["contiguous"])
+            configs = per_config(torch, flop, call, ab_configs["contiguous"])
         schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["contiguous"]) if args.sweep else None
         again = time_graph(torch, call)
         choice = heuristic_choice(gemm, "contiguous", m_per, n, k, groups, num_sms)
@@ -292,7 +302,7 @@ def main() -> int:
         del x, w, a, b, out
 
     masked = MASKED[:1] if args.quick else MASKED
-    for groups, m_max, n, k in masked:
+    for groups, m_max, n, k in masked if "masked" in families else []:
         x = torch.randn(groups, m_max, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
         a, sa = quantize_rows(torch, x.view(-1, k))
@@ -313,9 +323,16 @@ def main() -> int:
         call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m, m_max)  # noqa: E731
         configs = per_config(torch, flop, call, MASKED_CONFIGS) if args.sweep else None
         if not args.sweep and args.ab:
-            configs = per_config(torch, flop, call, AB_CONFIGS["masked"])
+            configs = per_config(torch, flop, call, ab_configs["masked"])
         schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["masked"]) if args.sweep else None
         again = time_graph(torch, call)
+        # Every row is valid here (masked_m = m_max, a multiple of 128), so the same product is also a contiguous
+        # layout: the contiguous (indexed) kernel's time is what running masked on it would cost at best.
+        m_indices = torch.arange(groups, device="cuda", dtype=torch.int32).repeat_interleave(m_max)
+        sa_flat = gemm.get_col_major_tma_aligned_tensor(sa.reshape(groups * m_max, k // 128).contiguous())
+        a_flat, out_flat = a.view(groups * m_max, k), out.view(groups * m_max, n)
+        as_contiguous = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
+            (a_flat, sa_flat), (b, sb), out_flat, m_indices))
         choice = heuristic_choice(gemm, "masked", m_max, n, k, groups, num_sms)
         rows = [row_scales(torch, x[g]) for g in range(groups)]
         cols = [row_scales(torch, w[g]) for g in range(groups)]
@@ -336,6 +353,7 @@ def main() -> int:
               "bf16_matmul": figures(flop, 2 * bytes_moved, bf16), "ratio_vs_scaled_mm": round(scaled / ours, 3),
               "ratio_vs_bf16": round(bf16 / ours, 3), "calc_diff_vs_dequantised": diff,
               "ours_again": figures(flop, bytes_moved, again), "heuristic": choice,
+              "as_contiguous_indexed": figures(flop, bytes_moved, as_contiguous),
               "tflops_per_config": configs, "tflops_per_schedule": schedules})
         del x, w, a, b, out
 

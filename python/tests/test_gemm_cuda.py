@@ -76,7 +76,7 @@ def force_config(monkeypatch, config: str) -> None:
 @pytest.mark.parametrize("m,n,k", [(1, 128, 128), (65, 200, 256), (129, 256, 384), (256, 2112, 7168),
                                    (257, 320, 640)])
 @pytest.mark.parametrize("layout", ["row_major", "tma_column_major"])
-@pytest.mark.parametrize("config", ["", "cooperative_128x192", "cooperative_128x128_overlap",
+@pytest.mark.parametrize("config", ["", "cooperative_128x192", "cooperative_128x112", "cooperative_128x128_overlap",
                                     "cooperative_128x128_stagger"])
 def test_dense_matches_cpu_and_dequantised_matmul(m, n, k, layout, config, monkeypatch):
     force_config(monkeypatch, config)
@@ -99,8 +99,8 @@ def test_dense_matches_cpu_and_dequantised_matmul(m, n, k, layout, config, monke
     assert diff(out.float().cpu(), cpu) < 1e-3
 
 
-@pytest.mark.parametrize("config", ["", "indexed_128x192", "cooperative_128x192", "indexed_128x128_overlap",
-                                    "indexed_128x128_stagger"])
+@pytest.mark.parametrize("config", ["", "indexed_128x192", "cooperative_128x192", "cooperative_128x112",
+                                    "indexed_128x128_overlap", "indexed_128x128_stagger"])
 def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding(config, monkeypatch):
     force_config(monkeypatch, config)
     torch.manual_seed(1)
@@ -126,7 +126,7 @@ def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding(config, mo
     assert (out[padding] == 0).all()
 
 
-@pytest.mark.parametrize("config", ["", "cooperative_128x192", "cooperative_128x128_overlap",
+@pytest.mark.parametrize("config", ["", "cooperative_128x192", "cooperative_128x112", "cooperative_128x128_overlap",
                                     "cooperative_128x128_stagger"])
 def test_masked_leaves_rows_beyond_masked_m_untouched(config, monkeypatch):
     force_config(monkeypatch, config)

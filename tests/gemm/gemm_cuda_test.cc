@@ -88,6 +88,7 @@ const std::vector<std::string> kDenseConfigs = {"",
                                                 "cooperative_128x128",
                                                 "cooperative_128x128_cluster2x1",
                                                 "cooperative_128x192",
+                                                "cooperative_128x112",
                                                 "cooperative_128x128_overlap",
                                                 "cooperative_128x128_stagger"};
 const std::vector<std::string> kMaskedConfigs = kDenseConfigs;
@@ -96,6 +97,7 @@ const std::vector<std::string> kContiguousConfigs = {"",
                                                      "cooperative_128x128",
                                                      "cooperative_128x128_cluster2x1",
                                                      "cooperative_128x192",
+                                                     "cooperative_128x112",
                                                      "indexed_128x128",
                                                      "indexed_128x128_cluster1x2",
                                                      "indexed_128x192",
@@ -228,7 +230,8 @@ TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
         device_view(out.data, DType::kBFloat16, {m, n}));
   };
   for (const std::string config : {"cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
-                                   "cooperative_128x128_overlap", "cooperative_128x128_stagger"}) {
+                                   "cooperative_128x112", "cooperative_128x128_overlap",
+                                   "cooperative_128x128_stagger"}) {
     for (const char* schedule : {"m", "n:2", "m:8", "default:4"}) {
       ForcedConfig forced(config);
       setenv("FF_GEMM_SCHEDULE", schedule, 1);

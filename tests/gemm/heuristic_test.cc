@@ -33,6 +33,7 @@ TEST(Heuristic, LargeMUsesCooperativeTiles) {
   EXPECT_EQ(choose_dense_config(4096, 2112, 7168, kH100Sms), TileConfig::kCooperative128x192);
   // n = 7168: 14 waves of 128x128 (cost 14) vs 10 of 128x192 (cost 15).
   EXPECT_EQ(choose_dense_config(4096, 7168, 2048, kH100Sms), TileConfig::kCooperative128x128);
+  EXPECT_EQ(choose_dense_config(4096, 4096, 7168, kH100Sms), TileConfig::kCooperative128x128);
 }
 
 TEST(Heuristic, ShortKUsesThePingpongKernelWhenThereAreManyTiles) {
@@ -51,7 +52,12 @@ TEST(Heuristic, GroupedChoices) {
             TileConfig::kIndexed128x128Overlap);
   EXPECT_TRUE(is_indexed(choose_grouped_config(GroupedKind::kContiguous, 4096, 7168, 2048, 8, kH100Sms)));
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 32, 4096, 7168, 8, kH100Sms), TileConfig::kPingpong64x128);
+  // n = 7168: 56 column tiles of 128 (8 x 56 = 448 tiles, 4 waves) vs 64 of 112 (512 tiles, also 4 waves): the
+  // 112-wide tile fills the last wave but ran at 0.8x the 128-wide one's rate (docs/gemm.md), so it is never chosen.
+  EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x112, 1024, 7168, 1, kH100Sms).tiles, 512);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 1024, 7168, 2048, 1, kH100Sms),
+            TileConfig::kCooperative128x128);
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 256, 7168, 2048, 4, kH100Sms),
             TileConfig::kCooperative128x128);
   // Masked never gets an indexed (contiguous-only) kernel, and dense never does either.
   for (int64_t rows : {1, 64, 256, 1024, 8192}) {

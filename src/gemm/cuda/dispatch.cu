@@ -23,6 +23,8 @@ std::string run_grouped_cooperative_128x128_overlap(const GroupedArgs& args);
 std::string run_grouped_cooperative_128x128_stagger(const GroupedArgs& args);
 std::string run_contiguous_indexed_128x128_overlap(const GroupedArgs& args);
 std::string run_contiguous_indexed_128x128_stagger(const GroupedArgs& args);
+std::string run_dense_cooperative_128x112(const DenseArgs& args);
+std::string run_grouped_cooperative_128x112(const GroupedArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
@@ -30,6 +32,7 @@ std::string run_dense(TileConfig config, const DenseArgs& args) {
     case TileConfig::kCooperative128x128: return run_dense_cooperative_128x128(args);
     case TileConfig::kCooperative128x128Cluster2x1: return run_dense_cooperative_128x128_cluster2x1(args);
     case TileConfig::kCooperative128x192: return run_dense_cooperative_128x192(args);
+    case TileConfig::kCooperative128x112: return run_dense_cooperative_128x112(args);
     case TileConfig::kCooperative128x128Overlap: return run_dense_cooperative_128x128_overlap(args);
     case TileConfig::kCooperative128x128Stagger: return run_dense_cooperative_128x128_stagger(args);
     case TileConfig::kIndexed128x128:
@@ -47,6 +50,7 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
     case TileConfig::kCooperative128x128: return run_grouped_cooperative_128x128(args);
     case TileConfig::kCooperative128x128Cluster2x1: return run_grouped_cooperative_128x128_cluster2x1(args);
     case TileConfig::kCooperative128x192: return run_grouped_cooperative_128x192(args);
+    case TileConfig::kCooperative128x112: return run_grouped_cooperative_128x112(args);
     case TileConfig::kCooperative128x128Overlap: return run_grouped_cooperative_128x128_overlap(args);
     case TileConfig::kCooperative128x128Stagger: return run_grouped_cooperative_128x128_stagger(args);
     case TileConfig::kIndexed128x128Overlap:

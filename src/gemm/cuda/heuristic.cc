@@ -20,6 +20,9 @@ double relative_tile_time(TileConfig config) {
     case TileConfig::kIndexed128x128Cluster1x2: return 1.0;
     case TileConfig::kCooperative128x192: return 1.5;
     case TileConfig::kIndexed128x192: return 1.5;
+    // 7/8 of a 128x128 tile's work at 0.8x its rate per FLOP (H200, docs/gemm.md): longer than a 128x128 tile, so
+    // never cheaper; not among the heuristic's candidates (forced only).
+    case TileConfig::kCooperative128x112: return 1.1;
     case TileConfig::kCooperative128x128Overlap:
     case TileConfig::kCooperative128x128Stagger:
     case TileConfig::kIndexed128x128Overlap:
@@ -45,6 +48,7 @@ const char* tile_config_name(TileConfig config) {
     case TileConfig::kCooperative128x128Stagger: return "cooperative_128x128_stagger";
     case TileConfig::kIndexed128x128Overlap: return "indexed_128x128_overlap";
     case TileConfig::kIndexed128x128Stagger: return "indexed_128x128_stagger";
+    case TileConfig::kCooperative128x112: return "cooperative_128x112";
   }
   return "?";
 }

@@ -35,8 +35,12 @@ enum class TileConfig : int {
   kCooperative128x128Stagger,
   kIndexed128x128Overlap,
   kIndexed128x128Stagger,
+  // 128x112x128 cooperative tiles (dense and grouped ptr-array), B scales read at a 16-row granularity (expanded
+  // from the caller's 128x128 blocks: a 112-row tile straddles two): 7/8 of a 128x128 tile's work, for shapes
+  // where 128-wide tiles leave most of the last wave idle (DeepGEMM's BLOCK_N 112; n = 7168 is 64 tiles of 112).
+  kCooperative128x112,
 };
-inline constexpr int kNumTileConfigs = 11;
+inline constexpr int kNumTileConfigs = 12;
 inline constexpr bool is_indexed(TileConfig config) {
   return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
          config == TileConfig::kIndexed128x192 || config == TileConfig::kIndexed128x128Overlap ||
@@ -45,6 +49,7 @@ inline constexpr bool is_indexed(TileConfig config) {
 const char* tile_config_name(TileConfig config);
 inline constexpr int tile_m(TileConfig config) { return config == TileConfig::kPingpong64x128 ? 64 : 128; }
 inline constexpr int tile_n(TileConfig config) {
+  if (config == TileConfig::kCooperative128x112) return 112;
   return config == TileConfig::kCooperative128x192 || config == TileConfig::kIndexed128x192 ? 192 : 128;
 }
 
@@ -115,7 +120,7 @@ std::string repack_scales(const RepackArgs& args);
 // B's scales (groups, ceil(n/128), k_blocks) row-major -> dst (groups, out_blocks, k_blocks) row-major, each
 // 128-row block's scale repeated 128/granularity times along n (granularity dividing 128), blocks past the last
 // one (out_blocks > ceil(n/granularity): padding to whole tiles) repeating the last, on `stream`: the layout of the
-// kernels whose tile N is not a multiple of 128 (kCooperative128x192, kIndexed128x192).
+// kernels whose tile N is not a multiple of 128 (kCooperative128x192, kIndexed128x192, kCooperative128x112).
 std::string expand_b_scales(const float* src, float* dst, int64_t groups, int64_t n, int64_t out_blocks,
                             int64_t k_blocks, int granularity, void* stream);
 

@@ -114,11 +114,78 @@ inline std::string cutlass_error(const char* what, cutlass::Status status) {
 // (128) of WGMMAs into `block`, wait, then total += block * (sa * sb), where the product is formed once per
 // distinct (row, 64-column group) pair held by the thread (the scale fragments broadcast over the others, so
 // identical products fold) and each element costs one FFMA.
+// Whether a blockwise collective loads A's scales by TMA (the dense one with M-major scales); the ptr-array one has no
+// such member and loads them by cp.async.
+template <class Collective, class = void>
+struct LoadsScalesATma : std::false_type {};
+template <class Collective>
+struct LoadsScalesATma<Collective, std::void_t<decltype(Collective::IsTmaLoadSFA)>>
+    : std::bool_constant<Collective::IsTmaLoadSFA> {};
+
 template <class Base>
 struct WideTileMma : Base {
   static_assert(Base::ScaleNsPerTile > 1 && Base::ScaleMsPerTile > 1, "for per-row A and multi-block B scales");
   static_assert(cute::size<2>(typename Base::TileShape{}) == Base::ScaleGranularityK,
                 "one promotion per K tile: the tile's K is the scale block");
+  static_assert(Base::ScaleNsPerTile <= 32, "one producer lane per B-scale block of the tile");
+
+  // The scale producer. CUTLASS's spreads each tile's scale vectors over the producer warp's 32 lanes as a
+  // 32-lane partition of the tile's (broadcast) rows and columns, so lane t copies the B-scale blocks holding columns
+  // t, t + 32, ...: with blocks narrower than 32 columns (the 112-wide tiles' 16) every other block never reached
+  // shared memory (found by the GPU tests). Here lane t < ScaleNsPerTile copies B-scale block t of the tile; A's
+  // scales, when not loaded by TMA, as CUTLASS does (rows t, t + 32, ...: one block per row). The pipeline protocol
+  // is CUTLASS's: acquire the stage, cp.async, commit with a no-increment cp.async arrival per lane.
+  template <class TensorA, class TensorB, class TensorSFA, class TensorSFB, class KTileIterator, class BlockCoord>
+  CUTLASS_DEVICE void load_auxiliary(typename Base::Params const& params, typename Base::MainloopPipeline pipeline,
+                                     typename Base::PipelineState smem_pipe_write,
+                                     cute::tuple<TensorA, TensorB, TensorSFA, TensorSFB> const& load_inputs,
+                                     BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count,
+                                     int thread_idx, uint32_t block_rank_in_cluster,
+                                     typename Base::TensorStorage& shared_tensors) {
+    using namespace cute;
+    using TileShape = typename Base::TileShape;
+    using ScaleCopy = SM80_CP_ASYNC_CACHEALWAYS<float>;
+    (void)params;
+    (void)block_rank_in_cluster;
+    auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
+    (void)k_coord;
+    Tensor s_sfa = make_tensor(make_smem_ptr(shared_tensors.smem_SFA.data()), typename Base::SmemLayoutSFA{});
+    Tensor s_sfb = make_tensor(make_smem_ptr(shared_tensors.smem_SFB.data()), typename Base::SmemLayoutSFB{});
+    Tensor m_sfa = get<2>(load_inputs);
+    Tensor m_sfb = get<3>(load_inputs);
+    Tensor g_sfb = local_tile(m_sfb, TileShape{}, make_coord(_, _, _), Step<X, _1, _1>{})(_, _, n_coord, _, l_coord);
+    Tensor c_sfb = local_tile(make_identity_tensor(shape(m_sfb.layout())), TileShape{}, make_coord(_, _, _),
+                              Step<X, _1, _1>{})(_, _, n_coord, _, l_coord);  // (BLK_N, BLK_K, k) coordinates
+    const int b_block = thread_idx;  // the B-scale block of the tile this lane copies
+
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (; k_tile_count > 0; --k_tile_count) {
+      pipeline.producer_acquire(smem_pipe_write);
+      const int stage = smem_pipe_write.index();
+      if constexpr (!LoadsScalesATma<Base>::value) {
+        Tensor g_sfa = local_tile(m_sfa, TileShape{}, make_coord(_, _, _), Step<_1, X, _1>{})(_, _, m_coord, _, l_coord);
+        Tensor c_sfa = local_tile(make_identity_tensor(shape(m_sfa.layout())), TileShape{}, make_coord(_, _, _),
+                                  Step<_1, X, _1>{})(_, _, m_coord, _, l_coord);
+        Tensor src = filter_zeros(g_sfa(_, _, *k_tile_iter));  // (ScaleMsPerTile, 1) values
+        Tensor dst = filter_zeros(s_sfa(_, _, stage));
+        CUTLASS_PRAGMA_UNROLL
+        for (int row = thread_idx; row < Base::ScaleMsPerTile; row += 32) {
+          if (elem_less(c_sfa(row * Base::ScaleGranularityM, 0, *k_tile_iter), shape(m_sfa.layout()))) {
+            ScaleCopy::copy(src(row), dst(row));
+          }
+        }
+      }
+      if (b_block < Base::ScaleNsPerTile &&
+          elem_less(c_sfb(b_block * Base::ScaleGranularityN, 0, *k_tile_iter), shape(m_sfb.layout()))) {
+        Tensor src = filter_zeros(g_sfb(_, _, *k_tile_iter));  // (ScaleNsPerTile, 1) values
+        Tensor dst = filter_zeros(s_sfb(_, _, stage));
+        ScaleCopy::copy(src(b_block), dst(b_block));
+      }
+      pipeline.producer_commit(smem_pipe_write, cutlass::arch::cpasync_barrier_arrive_noinc);
+      ++k_tile_iter;
+      ++smem_pipe_write;
+    }
+  }
 
   template <class FrgTensorC>
   CUTLASS_DEVICE void mma(typename Base::MainloopPipeline pipeline, typename Base::PipelineState smem_pipe_read,
