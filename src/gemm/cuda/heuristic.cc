@@ -10,10 +10,13 @@ namespace ff::gemm::cuda {
 namespace {
 
 // Relative time of one tile against a 128x128 tile. A 64-row tile does half the tensor-core work but loads the
-// same B tile and pays the same per-tile pipeline fill and epilogue, so it costs more than half.
+// same B tile and pays the same per-tile pipeline fill and epilogue, so it costs more than half: 0.7 measured on an
+// H200 where the ping-pong kernel ran 3 waves against 2 of 128x128 tiles (m = 128, n = 24576, k = 1536: 128x128
+// 4.6-5.2% faster in three runs, bench/results/gemm_h200_tiles.json); it was 0.6 before, which chose the ping-pong
+// kernel there (now the one-wave 128x192 tiles, level with 128x128 in those runs).
 double relative_tile_time(TileConfig config) {
   switch (config) {
-    case TileConfig::kPingpong64x128: return 0.6;
+    case TileConfig::kPingpong64x128: return 0.7;
     case TileConfig::kCooperative128x128: return 1.0;
     case TileConfig::kCooperative128x128Cluster2x1: return 1.0;
     case TileConfig::kIndexed128x128: return 1.0;
