@@ -79,6 +79,11 @@ def test_ring_limits_and_timeouts_without_server() -> None:
     try:
         with pytest.raises(ValueError):
             u.Ior(unique("x"), iov, entries=3)
+        with pytest.raises(ValueError, match="io_depth=8"):
+            u.Ior(unique("x"), iov, entries=4, io_depth=8)
+        with pytest.raises(ValueError, match="io_timeout_ms=-1"):
+            u.Ior(unique("x"), iov, entries=4, io_depth=2, io_timeout_ms=-1)
+        u.Ior(unique("x"), iov, entries=4, io_depth=-4, io_timeout_ms=10).close()
         with pytest.raises(ValueError, match="outside"):
             ior.prep_read(5, 0, 100, (1 << 16) - 10)
         for i in range(4):

@@ -138,6 +138,15 @@ class Iov {
 // ---------------------------------------------------------------------------------------------------
 struct IorOptions {
   uint32_t entries = 1024;  // ring capacity: a power of two, 2 .. kMaxEntries
+  // How the server groups submitted entries into batches (3FS's io_depth of hf3fs_iorcreate4):
+  //   0: everything submitted so far, as soon as it sees it;
+  //   n > 0: exactly n entries per batch (e.g. one training sample batch): it waits until n are
+  //          submitted, or, with io_timeout_ms > 0, until the first waiting entry is that old, then takes
+  //          what is there;
+  //   n < 0: as soon as it sees them, at most -n per batch.
+  // |io_depth| <= entries. The server's own RingServerOptions::max_batch caps batches as well.
+  int32_t io_depth = 0;
+  int32_t io_timeout_ms = 0;  // with io_depth > 0: the longest an entry waits for its batch to fill (0: no limit)
   // The first ring index (free-running 32-bit indices). Tests start near 2^32 to cross the wrap-around.
   uint32_t start_index = 0;
 };

@@ -162,11 +162,16 @@ void bind_usrbio(nb::module_& parent, ClientRefOf client_ref_of) {
   nb::class_<PyIor>(module, "Ior", "A submission/completion ring pair bound to one Iov (/dev/shm/ff-ior-<name>)")
       .def(
           "__init__",
-          [](PyIor* self, const std::string& name, PyIov& iov, uint32_t entries) {
-            new (self) PyIor{ring_value(usrbio::Ior::create(name, iov.get(), {.entries = entries}))};
+          [](PyIor* self, const std::string& name, PyIov& iov, uint32_t entries, int32_t io_depth,
+             int32_t io_timeout_ms) {
+            new (self) PyIor{ring_value(usrbio::Ior::create(
+                name, iov.get(), {.entries = entries, .io_depth = io_depth, .io_timeout_ms = io_timeout_ms}))};
           },
-          nb::arg("name"), nb::arg("iov"), nb::arg("entries") = 1024, nb::keep_alive<1, 3>(),
-          "entries: a power of two, 2 .. MAX_ENTRIES. One thread submits, one thread waits.")
+          nb::arg("name"), nb::arg("iov"), nb::arg("entries") = 1024, nb::arg("io_depth") = 0,
+          nb::arg("io_timeout_ms") = 0, nb::keep_alive<1, 3>(),
+          "entries: a power of two, 2 .. MAX_ENTRIES. One thread submits, one thread waits. io_depth (3FS's): 0 = "
+          "the server takes whatever is submitted; n > 0 = batches of exactly n (a partial one waits, at most "
+          "io_timeout_ms when that is > 0); n < 0 = at most -n per batch.")
       .def(
           "prep_read",
           [](PyIor& self, uint64_t file, uint64_t offset, uint64_t length, uint64_t iov_offset, uint64_t user_data) {

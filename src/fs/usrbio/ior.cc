@@ -23,6 +23,8 @@ struct Ior::State {
   uint32_t mask = 0;
   uint64_t iov_size = 0;
   std::string iov_name;
+  int32_t io_depth = 0;
+  int32_t io_timeout_ms = 0;
 
   // Producer thread only.
   uint32_t prepare_tail = 0;    // next slot to prepare
@@ -56,6 +58,13 @@ Result<Ior> Ior::create(std::string_view name, const Iov& iov, IorOptions option
   if (iov.name().size() >= internal::kMaxIovNameBytes) {
     return invalid_argument("Ior '{}': Iov name '{}' is too long", name, iov.name());
   }
+  if (options.io_depth > static_cast<int64_t>(options.entries) || -int64_t{options.io_depth} > options.entries) {
+    return invalid_argument("Ior '{}': io_depth={}; expected -{} .. {} (at most the ring's entries)", name,
+                            options.io_depth, options.entries, options.entries);
+  }
+  if (options.io_timeout_ms < 0) {
+    return invalid_argument("Ior '{}': io_timeout_ms={}; expected >= 0 (0: no limit)", name, options.io_timeout_ms);
+  }
   const uint64_t bytes = internal::ring_bytes(options.entries);
   FF_ASSIGN_OR_RETURN(internal::Mapping mapping, internal::Mapping::create(internal::ior_path(name), bytes));
   auto state = std::make_unique<State>();
@@ -71,6 +80,8 @@ Result<Ior> Ior::create(std::string_view name, const Iov& iov, IorOptions option
   header->total_bytes = bytes;
   header->start_index = options.start_index;
   header->creator_pid = static_cast<uint32_t>(::getpid());
+  header->io_depth = options.io_depth;
+  header->io_timeout_ms = options.io_timeout_ms;
   std::memcpy(header->iov_name, iov.name().data(), iov.name().size());
   header->sq_tail.store(options.start_index, std::memory_order_relaxed);
   header->sq_head.store(options.start_index, std::memory_order_relaxed);
@@ -85,6 +96,8 @@ Result<Ior> Ior::create(std::string_view name, const Iov& iov, IorOptions option
   state->mask = options.entries - 1;
   state->iov_size = iov.size();
   state->iov_name = iov.name();
+  state->io_depth = options.io_depth;
+  state->io_timeout_ms = options.io_timeout_ms;
   state->prepare_tail = state->published_tail = state->cq_head = options.start_index;
   state->mapping = std::move(mapping);
   Ior ior;
@@ -186,11 +199,24 @@ Result<size_t> Ior::wait_for_ios(std::span<Completion> out, size_t min_results, 
               ? std::string("the server never beat: is a server attached?")
               : fmt::format("the server (pid {}) last beat {} ms ago{}", server.server_pid, server.heartbeat_age_ms,
                             server.heartbeat_age_ms > 2000 ? ": it is probably dead" : "");
+      // With io_depth > 0 the server holds back a partial batch: say so when that is what we wait for.
+      const uint32_t waiting_in_ring = header.sq_tail.load(std::memory_order_acquire) -
+                                       header.sq_head.load(std::memory_order_acquire);
+      std::string batching;
+      if (s.io_depth > 0 && waiting_in_ring > 0 && waiting_in_ring < static_cast<uint32_t>(s.io_depth)) {
+        batching = s.io_timeout_ms > 0
+                       ? fmt::format("; the ring's io_depth is {}: {} submitted entries wait for a full batch or "
+                                     "io_timeout_ms {}",
+                                     s.io_depth, waiting_in_ring, s.io_timeout_ms)
+                       : fmt::format("; the ring's io_depth is {}: {} submitted entries wait for a full batch "
+                                     "(no io_timeout_ms)",
+                                     s.io_depth, waiting_in_ring);
+      }
       return deadline_exceeded(
           "Ior '{}': waited {} ms for {} completions, {} ready ({} submitted and outstanding, {} prepared but not "
-          "submitted); server {}; {}",
+          "submitted); server {}; {}{}",
           s.name, timeout_ms, min_results, available, submitted, s.prepare_tail - s.published_tail,
-          server_state_name(server.state), heartbeat);
+          server_state_name(server.state), heartbeat, batching);
     }
     if (spins < 64) {
       // NOTE: a short spin catches completions of fast batches without two system calls.

@@ -30,7 +30,7 @@
 namespace ff::fs::usrbio::internal {
 
 inline constexpr uint64_t kMagic = 0x4f49425253554646ull;  // "FFUSRBIO" in little-endian bytes
-inline constexpr uint32_t kVersion = 1;
+inline constexpr uint32_t kVersion = 2;  // 2: io_depth, io_timeout_ms
 inline constexpr size_t kHeaderBytes = 4096;
 inline constexpr size_t kMaxIovNameBytes = 128;
 inline constexpr uint64_t kMaxIovBytes = 1ull << 40;
@@ -52,6 +52,8 @@ struct RingHeader {
   uint64_t total_bytes;
   uint32_t start_index;
   uint32_t creator_pid;
+  int32_t io_depth;       // IorOptions::io_depth
+  int32_t io_timeout_ms;  // IorOptions::io_timeout_ms
   char iov_name[kMaxIovNameBytes];
 
   alignas(64) std::atomic<uint32_t> sq_tail;

@@ -52,10 +52,15 @@ struct RingServer::Impl {
   uint32_t mask = 0;
   uint64_t iov_size = 0;
   uint64_t owner_start_time = 0;
+  int32_t io_depth = 0;       // the ring's batching (IorOptions::io_depth), copied at attach
+  int64_t io_timeout_ns = 0;  // with io_depth > 0: 0 = wait for a full batch however long
 
   // Worker thread only.
   uint32_t sq_head = 0;
   uint32_t cq_tail = 0;
+  uint32_t tail_seen = 0;         // sq_tail as take() last read it
+  int64_t first_waiting_ns = 0;   // io_depth > 0: when take() first held back the entries now waiting
+  int64_t hold_remaining_ns = 0;  // io_depth > 0: how long take() will still hold them back (0: no limit)
   std::unordered_map<meta::InodeId, OpenHandles> files;
   // Per-batch scratch, kept across batches so a steady stream of batches allocates nothing.
   std::vector<SubmitEntry> batch;
@@ -85,7 +90,8 @@ struct RingServer::Impl {
   void run();
   void beat() { header->server_heartbeat_ns.store(internal::monotonic_ns(), std::memory_order_release); }
   bool owner_alive() const;
-  // Takes up to what the completion ring can hold; returns false when the ring is corrupt.
+  // Takes up to what the completion ring can hold, in batches as the ring's io_depth asks; returns false
+  // when the ring is corrupt.
   bool take(uint32_t& taken);
   void process();
   void publish();
@@ -110,7 +116,9 @@ void RingServer::Impl::mark_broken(const std::string& why) {
 
 bool RingServer::Impl::take(uint32_t& taken) {
   taken = 0;
+  hold_remaining_ns = 0;
   const uint32_t tail = header->sq_tail.load(std::memory_order_acquire);
+  tail_seen = tail;
   const uint32_t pending = tail - sq_head;
   if (pending > entries) {
     mark_broken(
@@ -122,7 +130,29 @@ bool RingServer::Impl::take(uint32_t& taken) {
     mark_broken(fmt::format("cq_head is {} entries behind cq_tail {} in a ring of {}", used, cq_tail, entries));
     return false;
   }
-  uint32_t count = std::min(pending, entries - used);
+  const uint32_t room = entries - used;
+  uint32_t count = std::min(pending, room);
+  if (io_depth < 0) count = std::min(count, static_cast<uint32_t>(-int64_t{io_depth}));
+  if (io_depth > 0) {
+    const auto depth = static_cast<uint32_t>(io_depth);
+    if (pending == 0) {
+      first_waiting_ns = 0;
+    } else if (pending >= depth && room >= depth) {
+      count = depth;  // a full batch; the rest waits for its own
+      first_waiting_ns = pending > depth ? internal::monotonic_ns() : 0;
+    } else {
+      // A partial batch (or no room for a full one): hold it back until it fills or, with a timeout, until
+      // its first entry has waited that long.
+      const int64_t now = internal::monotonic_ns();
+      if (first_waiting_ns == 0) first_waiting_ns = now;
+      if (io_timeout_ns > 0 && now - first_waiting_ns >= io_timeout_ns) {
+        first_waiting_ns = 0;  // taken below: count = what there is room for
+      } else {
+        count = 0;
+        hold_remaining_ns = io_timeout_ns > 0 ? io_timeout_ns - (now - first_waiting_ns) : 0;
+      }
+    }
+  }
   if (options.max_batch != 0) count = std::min(count, options.max_batch);
   batch.resize(count);
   // Copy out first: the client may scribble on its slots; we validate only our copy.
@@ -327,9 +357,12 @@ void RingServer::Impl::run() {
     }
     if (taken == 0) {
       header->server_waiting.store(1, std::memory_order_seq_cst);
-      // Look once more after raising the flag: a submit that saw the flag down did not wake us.
-      if (header->sq_tail.load(std::memory_order_seq_cst) == sq_head) {
-        internal::futex_wait(header->sq_doorbell, doorbell, heartbeat_ns);
+      // Look once more after raising the flag: a submit that saw the flag down did not wake us. (With
+      // io_depth > 0 entries may be waiting for their batch to fill: sleep until more come, their timeout,
+      // or the heartbeat.)
+      if (header->sq_tail.load(std::memory_order_seq_cst) == tail_seen) {
+        const int64_t sleep_ns = hold_remaining_ns > 0 ? std::min(hold_remaining_ns, heartbeat_ns) : heartbeat_ns;
+        internal::futex_wait(header->sq_doorbell, doorbell, sleep_ns);
       }
       header->server_waiting.store(0, std::memory_order_relaxed);
       continue;
@@ -401,6 +434,14 @@ Result<std::unique_ptr<RingServer>> RingServer::start(std::string_view ior_name,
     return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': inconsistent layout (entries {}, {} bytes)",
                                                 impl->name, entries, impl->ring.bytes()));
   }
+  if (header->io_depth > static_cast<int64_t>(entries) || -int64_t{header->io_depth} > entries ||
+      header->io_timeout_ms < 0) {
+    return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': io_depth {} / io_timeout_ms {} do not fit a ring "
+                                                "of {} entries",
+                                                impl->name, header->io_depth, header->io_timeout_ms, entries));
+  }
+  impl->io_depth = header->io_depth;
+  impl->io_timeout_ns = int64_t{header->io_timeout_ms} * 1'000'000;
   const std::string iov_name(header->iov_name, strnlen(header->iov_name, internal::kMaxIovNameBytes));
   if (Status valid = validate_name(iov_name); !valid.is_ok()) {
     return meta::meta_error(EINVAL, "usrbio ring '" + impl->name + "': its Iov: " + valid.message());

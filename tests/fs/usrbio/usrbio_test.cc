@@ -254,6 +254,72 @@ TEST_F(UsrbioServedRing, ReapingFreesCapacityAndPartialWaits) {
   EXPECT_EQ(reap(4).size(), 4u);
 }
 
+// io_depth > 0 (3FS's batching): the server serves exactly io_depth entries per batch and holds a partial batch
+// back; the client's timeout names that.
+TEST_F(UsrbioServedRing, IoDepthServesFullBatchesOnly) {
+  io_.add_file(3, pattern(1 << 16, 6));
+  start(1 << 16, {.entries = 16, .io_depth = 4});
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ring_.ior.prep_read(3, i * 100, 100, i * 100, i).is_ok());
+  ASSERT_EQ(*ring_.ior.submit(), 3u);
+  std::vector<Completion> out(16);
+  auto held = ring_.ior.wait_for_ios(out, 1, 300);
+  ASSERT_EQ(held.status().code(), StatusCode::kDeadlineExceeded) << held.status().to_string();
+  EXPECT_NE(held.status().message().find("io_depth is 4: 3 submitted entries wait for a full batch"),
+            std::string::npos)
+      << held.status().to_string();
+  EXPECT_TRUE(io_.batch_sizes().empty());
+  // The fourth entry fills the batch; then 9 more make two full batches and one held entry.
+  ASSERT_TRUE(ring_.ior.prep_read(3, 300, 100, 300, 3).is_ok());
+  ASSERT_EQ(*ring_.ior.submit(), 1u);
+  EXPECT_EQ(reap(4).size(), 4u);
+  for (int i = 0; i < 9; ++i) ASSERT_TRUE(ring_.ior.prep_read(3, 0, 100, 0, 10 + i).is_ok());
+  ASSERT_EQ(*ring_.ior.submit(), 9u);
+  EXPECT_EQ(reap(8).size(), 8u);
+  EXPECT_EQ(ring_.ior.wait_for_ios(out, 1, 200).status().code(), StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(io_.batch_sizes(), (std::vector<size_t>{4, 4, 4}));
+  EXPECT_EQ(server_->stats().max_batch_entries, 4u);
+}
+
+// io_depth > 0 with io_timeout_ms: a partial batch goes once its first entry waited that long.
+TEST_F(UsrbioServedRing, IoDepthTimeoutReleasesAPartialBatch) {
+  io_.add_file(3, pattern(1 << 16, 7));
+  start(1 << 16, {.entries = 16, .io_depth = 8, .io_timeout_ms = 150});
+  const auto begin = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ring_.ior.prep_read(3, 0, 100, 0, i).is_ok());
+  ASSERT_EQ(*ring_.ior.submit(), 3u);
+  const std::vector<Completion> done = reap(3);
+  const auto waited = std::chrono::steady_clock::now() - begin;
+  EXPECT_EQ(done.size(), 3u);
+  EXPECT_GE(waited, std::chrono::milliseconds(140));
+  EXPECT_LT(waited, std::chrono::seconds(5));
+  EXPECT_EQ(io_.batch_sizes(), std::vector<size_t>{3});
+}
+
+// io_depth < 0: whatever is submitted, at most -io_depth per batch.
+TEST_F(UsrbioServedRing, NegativeIoDepthCapsBatches) {
+  io_.add_file(3, pattern(1 << 16, 8));
+  start(1 << 16, {.entries = 16, .io_depth = -2});
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(ring_.ior.prep_read(3, 0, 100, 0, i).is_ok());
+  ASSERT_EQ(*ring_.ior.submit(), 5u);
+  EXPECT_EQ(reap(5).size(), 5u);
+  EXPECT_EQ(io_.batch_sizes(), (std::vector<size_t>{2, 2, 1}));
+  EXPECT_EQ(server_->stats().max_batch_entries, 2u);
+}
+
+TEST(UsrbioRing, IoDepthOutsideTheRingIsRejected) {
+  Ring ring = make_ring(1 << 16, {.entries = 4});
+  const std::string name = unique_name("deep");
+  auto too_deep = Ior::create(name, ring.iov, {.entries = 4, .io_depth = 5});
+  ASSERT_EQ(too_deep.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(too_deep.status().message().find("io_depth=5"), std::string::npos) << too_deep.status().to_string();
+  EXPECT_EQ(Ior::create(name, ring.iov, {.entries = 4, .io_depth = -5}).status().code(),
+            StatusCode::kInvalidArgument);
+  auto negative_timeout = Ior::create(name, ring.iov, {.entries = 4, .io_depth = 2, .io_timeout_ms = -1});
+  ASSERT_EQ(negative_timeout.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(negative_timeout.status().message().find("io_timeout_ms=-1"), std::string::npos);
+  EXPECT_TRUE(Ior::create(name, ring.iov, {.entries = 4, .io_depth = -4}).is_ok());
+}
+
 // Overwrites the submission slot `index` in shared memory, the way a buggy client could.
 void scribble(const Ior& ior, uint32_t index, const SubmitEntry& entry) {
   struct stat info {};
