@@ -257,6 +257,12 @@ struct RingServerOptions {
   meta::Caller caller;                  // files are opened as this user (the ring's owner)
   int64_t heartbeat_interval_ms = 100;  // also the longest the thread sleeps between checks
   uint32_t max_batch = 0;               // entries per batch (0: all pending)
+  // Batches whose I/O may run at once (3FS also runs several batches of one ring in parallel): the ring
+  // thread takes and validates the next batch while earlier ones run on this many pool threads. 1: one
+  // batch at a time on the ring thread. Entries of different batches complete in any order (overlapping
+  // writes of two batches race, as two concurrent pwrite(2)s would); a batch with a close waits for every
+  // earlier batch, so the close follows their I/O.
+  uint32_t max_batches_in_flight = 4;
   uint32_t max_open_files = 4096;       // per ring; more distinct files complete with -EMFILE
   // Process that owns the ring (0: none). When it is gone (or its start time changed: pid reuse) the
   // server stops by itself (UsrbioRegistry reaps it).
@@ -265,9 +271,11 @@ struct RingServerOptions {
   std::function<Result<meta::InodeId>(FileId)> map_file;
 };
 
-// Serves one Ior: a thread waits on its doorbell, takes every pending entry, validates it, opens files
-// as needed, runs the reads as ONE BatchIo::read_batch straight into the Iov and the writes as ONE
-// write_batch from it, and publishes the completions. A bad entry completes with -errno and affects no
+// Serves one Ior: a thread waits on its doorbell, takes the pending entries as a batch (as the ring's
+// io_depth asks), validates them, opens files as needed, and runs the batch's reads as ONE
+// BatchIo::read_batch straight into the Iov and its writes as ONE write_batch from it, on one of
+// max_batches_in_flight pool threads while it takes the next batch; each batch's completions are
+// published when it is done. A bad entry completes with -errno and affects no
 // other entry. A ring whose indices are corrupt (more published entries than its capacity) is marked
 // broken and no longer served.
 class RingServer {

@@ -1,7 +1,9 @@
 // RingServer: serves one Ior over a BatchIo (usrbio.h; layout and doorbell protocol in ring_layout.h).
 //
-// Threading: one worker thread per ring owns everything below except `stop_requested_`, `running_` and
-// the stats (atomics). The shared memory is untrusted input: entries are copied out before they are
+// Threading: one ring thread per ring takes entries, validates them and opens files (it owns `files`
+// and `sq_head`); the I/O of a batch runs on the ring thread or, up to max_batches_in_flight at once, on
+// the ring's pool threads; completions are published under `publish_mutex` (cq_tail, in_flight_entries).
+// A batch with a close runs on the ring thread after every earlier batch finished. The shared memory is untrusted input: entries are copied out before they are
 // validated, indices are checked against the capacity copied at attach, and the Iov's size is checked
 // before every batch.
 #include <sys/stat.h>
@@ -10,7 +12,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
 #include <thread>
 #include <unordered_map>
 
@@ -29,6 +35,9 @@ struct OpenHandles {
   std::optional<FileHandle> read;
   std::optional<FileHandle> write;
 };
+
+constexpr const char* kFaultDuringBatch =
+    "its Iov or ring file shrank during a batch (an access faulted; the SIGBUS guard caught it)";
 
 // The -errno an entry completes with for a BatchIo error.
 int64_t negative_errno(const Status& status) { return -static_cast<int64_t>(meta::errno_of(status)); }
@@ -55,19 +64,36 @@ struct RingServer::Impl {
   int32_t io_depth = 0;       // the ring's batching (IorOptions::io_depth), copied at attach
   int64_t io_timeout_ns = 0;  // with io_depth > 0: 0 = wait for a full batch however long
 
-  // Worker thread only.
+  // Ring thread only.
   uint32_t sq_head = 0;
-  uint32_t cq_tail = 0;
   uint32_t tail_seen = 0;         // sq_tail as take() last read it
   int64_t first_waiting_ns = 0;   // io_depth > 0: when take() first held back the entries now waiting
   int64_t hold_remaining_ns = 0;  // io_depth > 0: how long take() will still hold them back (0: no limit)
   std::unordered_map<meta::InodeId, OpenHandles> files;
-  // Per-batch scratch, kept across batches so a steady stream of batches allocates nothing.
-  std::vector<SubmitEntry> batch;
-  std::vector<Completion> completions;
-  std::vector<BatchIo::ReadOp> reads;
-  std::vector<BatchIo::WriteOp> writes;
-  std::vector<size_t> read_index, write_index, close_index;
+
+  // One batch: the entries taken at one wake-up (copied out of shared memory) and what they became.
+  struct Batch {
+    std::vector<SubmitEntry> entries;
+    std::vector<Completion> completions;
+    std::vector<BatchIo::ReadOp> reads;
+    std::vector<BatchIo::WriteOp> writes;
+    std::vector<size_t> read_index, write_index, close_index;
+  };
+  using BatchPtr = std::shared_ptr<Batch>;
+
+  // Publishing (any thread running a batch).
+  std::mutex publish_mutex;
+  uint32_t cq_tail = 0;            // guarded by publish_mutex
+  uint32_t in_flight_entries = 0;  // taken, not yet published; guarded by publish_mutex
+
+  // The pool: batches whose I/O runs off the ring thread.
+  std::mutex pool_mutex;
+  std::condition_variable pool_work, pool_done;
+  std::deque<BatchPtr> queue;      // guarded by pool_mutex
+  uint32_t batches_in_flight = 0;  // queued or running on the pool; guarded by pool_mutex
+  bool pool_stop = false;          // guarded by pool_mutex
+  std::vector<std::thread> pool;
+  std::atomic<bool> fault_in_batch{false};  // a pooled batch saw a guarded fault
 
   std::thread thread;
   std::atomic<bool> stop_requested{false};
@@ -90,11 +116,19 @@ struct RingServer::Impl {
   void run();
   void beat() { header->server_heartbeat_ns.store(internal::monotonic_ns(), std::memory_order_release); }
   bool owner_alive() const;
-  // Takes up to what the completion ring can hold, in batches as the ring's io_depth asks; returns false
-  // when the ring is corrupt.
-  bool take(uint32_t& taken);
-  void process();
-  void publish();
+  // Takes up to what the completion ring can hold (counting entries of batches still running), in batches
+  // as the ring's io_depth asks, into batch.entries; returns false when the ring is corrupt.
+  bool take(Batch& batch, uint32_t& taken);
+  // Ring thread: validates the entries and opens their files; the batch's reads and writes are then ready.
+  void prepare(Batch& batch);
+  // Any thread: the batch's reads as one read_batch and writes as one write_batch.
+  void run_io(Batch& batch);
+  // Ring thread, with no other batch running: the batch's closes.
+  void run_closes(Batch& batch);
+  void publish(Batch& batch);
+  // The I/O of a batch on a pool thread, then its completions (run by the pool threads).
+  void pool_loop();
+  void wait_for_pool(uint32_t at_most);  // until at most this many batches run on the pool
   void mark_broken(const std::string& why);
   void close_all();
   // The handle for (inode, write), opening it on first use; -errno on failure.
@@ -114,7 +148,7 @@ void RingServer::Impl::mark_broken(const std::string& why) {
   internal::futex_wake(header->cq_seq, INT_MAX);
 }
 
-bool RingServer::Impl::take(uint32_t& taken) {
+bool RingServer::Impl::take(Batch& batch, uint32_t& taken) {
   taken = 0;
   hold_remaining_ns = 0;
   const uint32_t tail = header->sq_tail.load(std::memory_order_acquire);
@@ -125,12 +159,17 @@ bool RingServer::Impl::take(uint32_t& taken) {
         fmt::format("sq_tail {} is {} entries past sq_head {} in a ring of {}", tail, pending, sq_head, entries));
     return false;
   }
-  const uint32_t used = cq_tail - header->cq_head.load(std::memory_order_acquire);
-  if (used > entries) {
-    mark_broken(fmt::format("cq_head is {} entries behind cq_tail {} in a ring of {}", used, cq_tail, entries));
-    return false;
+  uint32_t used = 0, running = 0;
+  {
+    std::lock_guard lock(publish_mutex);
+    used = cq_tail - header->cq_head.load(std::memory_order_acquire);
+    running = in_flight_entries;
+    if (used > entries) {
+      mark_broken(fmt::format("cq_head is {} entries behind cq_tail {} in a ring of {}", used, cq_tail, entries));
+      return false;
+    }
   }
-  const uint32_t room = entries - used;
+  const uint32_t room = used + running >= entries ? 0 : entries - used - running;
   uint32_t count = std::min(pending, room);
   if (io_depth < 0) count = std::min(count, static_cast<uint32_t>(-int64_t{io_depth}));
   if (io_depth > 0) {
@@ -154,10 +193,14 @@ bool RingServer::Impl::take(uint32_t& taken) {
     }
   }
   if (options.max_batch != 0) count = std::min(count, options.max_batch);
-  batch.resize(count);
+  batch.entries.resize(count);
   // Copy out first: the client may scribble on its slots; we validate only our copy.
-  for (uint32_t i = 0; i < count; ++i) batch[i] = sq[(sq_head + i) & mask];
+  for (uint32_t i = 0; i < count; ++i) batch.entries[i] = sq[(sq_head + i) & mask];
   sq_head += count;
+  if (count > 0) {
+    std::lock_guard lock(publish_mutex);
+    in_flight_entries += count;
+  }
   header->sq_head.store(sq_head, std::memory_order_release);
   taken = count;
   return true;
@@ -184,14 +227,10 @@ Result<FileHandle> RingServer::Impl::handle_for(meta::InodeId inode, bool write,
   return *opened;
 }
 
-void RingServer::Impl::process() {
-  const size_t count = batch.size();
-  completions.assign(count, Completion{});
-  reads.clear();
-  writes.clear();
-  read_index.clear();
-  write_index.clear();
-  close_index.clear();
+void RingServer::Impl::prepare(Batch& b) {
+  const size_t count = b.entries.size();
+  b.completions.assign(count, Completion{});
+  auto& [batch, completions, reads, writes, read_index, write_index, close_index] = b;
   // The Iov must still be as large as at attach: a client that shrank it would make us fault.
   struct stat info {};
   const bool iov_intact = ::stat(iov_path.c_str(), &info) == 0 && static_cast<uint64_t>(info.st_size) >= iov_size;
@@ -257,7 +296,11 @@ void RingServer::Impl::process() {
       read_index.push_back(i);
     }
   }
-  // NOTE: all reads of the wake-up in ONE read_batch, all writes in ONE write_batch: the client library
+}
+
+void RingServer::Impl::run_io(Batch& b) {
+  auto& [batch, completions, reads, writes, read_index, write_index, close_index] = b;
+  // NOTE: all reads of the batch in ONE read_batch, all writes in ONE write_batch: the client library
   // runs their chunk I/Os in parallel, and reads land straight in the Iov (no copy here).
   if (!reads.empty()) {
     auto results = io->read_batch(reads);
@@ -287,7 +330,12 @@ void RingServer::Impl::process() {
       }
     }
   }
-  // Closes run after the batch's I/O, so a close submitted with reads of the same file follows them.
+}
+
+void RingServer::Impl::run_closes(Batch& b) {
+  auto& [batch, completions, reads, writes, read_index, write_index, close_index] = b;
+  // Closes run after the batch's I/O (and every earlier batch's), so a close submitted with reads of the
+  // same file follows them.
   for (size_t i : close_index) {
     auto found = files.find(batch[i].file);
     if (found == files.end()) {
@@ -303,19 +351,64 @@ void RingServer::Impl::process() {
     files.erase(found);
     completions[i].result = result;
   }
+}
+
+void RingServer::Impl::publish(Batch& b) {
+  const std::vector<Completion>& completions = b.completions;
   uint64_t errors = 0;
   for (const Completion& done : completions) errors += done.result < 0 ? 1 : 0;
   stats.errors.fetch_add(errors, std::memory_order_relaxed);
-}
-
-void RingServer::Impl::publish() {
+  std::lock_guard lock(publish_mutex);
   for (size_t i = 0; i < completions.size(); ++i) cq[(cq_tail + i) & mask] = completions[i];
   cq_tail += static_cast<uint32_t>(completions.size());
+  in_flight_entries -= static_cast<uint32_t>(completions.size());
   // Counted before publishing, so a client that saw its completions sees them in stats() too.
   stats.entries.fetch_add(completions.size(), std::memory_order_relaxed);
   header->cq_tail.store(cq_tail, std::memory_order_release);
   header->cq_seq.fetch_add(1, std::memory_order_seq_cst);
   if (header->client_waiting.load(std::memory_order_seq_cst) != 0) internal::futex_wake(header->cq_seq, INT_MAX);
+}
+
+// A guarded fault during a batch: what its I/O copied is not the client's data. Fails its I/O entries.
+static void fail_io_entries(std::vector<SubmitEntry>& entries, std::vector<Completion>& completions) {
+  for (size_t i = 0; i < completions.size(); ++i) {
+    const auto op = static_cast<Op>(entries[i].op);
+    if (op == Op::kRead || op == Op::kWrite) completions[i].result = -EFAULT;
+  }
+}
+
+void RingServer::Impl::pool_loop() {
+  for (;;) {
+    BatchPtr batch;
+    {
+      std::unique_lock lock(pool_mutex);
+      pool_work.wait(lock, [this] { return pool_stop || !queue.empty(); });
+      if (queue.empty()) return;  // stopping, nothing left
+      batch = std::move(queue.front());
+      queue.pop_front();
+    }
+    run_io(*batch);
+    if (guarded_faults() != 0) {
+      fail_io_entries(batch->entries, batch->completions);
+      fault_in_batch.store(true, std::memory_order_release);
+    }
+    publish(*batch);
+    {
+      std::lock_guard lock(pool_mutex);
+      --batches_in_flight;
+    }
+    pool_done.notify_all();
+  }
+}
+
+void RingServer::Impl::wait_for_pool(uint32_t at_most) {
+  std::unique_lock lock(pool_mutex);
+  const auto beat_every = std::chrono::milliseconds(std::max<int64_t>(options.heartbeat_interval_ms, 1));
+  // NOTE: each pooled batch is bounded by the BatchIo's own timeouts; beating while waiting keeps the
+  // client's view of this server alive meanwhile.
+  while (batches_in_flight > at_most) {
+    if (!pool_done.wait_for(lock, beat_every, [&] { return batches_in_flight <= at_most; })) beat();
+  }
 }
 
 void RingServer::Impl::close_all() {
@@ -333,7 +426,15 @@ void RingServer::Impl::run() {
   const int64_t heartbeat_ns = std::max<int64_t>(options.heartbeat_interval_ms, 1) * 1'000'000;
   int64_t last_owner_check_ns = internal::monotonic_ns();
   State final_state = State::kDetached;
+  if (options.max_batches_in_flight > 1) {
+    for (uint32_t i = 0; i < options.max_batches_in_flight; ++i) pool.emplace_back([this] { pool_loop(); });
+  }
   while (!stop_requested.load(std::memory_order_acquire)) {
+    if (fault_in_batch.load(std::memory_order_acquire)) {
+      mark_broken(kFaultDuringBatch);
+      final_state = State::kBroken;
+      break;
+    }
     if (guarded_faults() != 0) {
       mark_broken("its ring file shrank while served (an access faulted; the SIGBUS guard caught it)");
       final_state = State::kBroken;
@@ -351,7 +452,8 @@ void RingServer::Impl::run() {
     }
     const uint32_t doorbell = header->sq_doorbell.load(std::memory_order_seq_cst);
     uint32_t taken = 0;
-    if (!take(taken)) {
+    auto batch = std::make_shared<Batch>();
+    if (!take(*batch, taken)) {
       final_state = State::kBroken;
       break;
     }
@@ -370,20 +472,44 @@ void RingServer::Impl::run() {
     stats.wakeups.fetch_add(1, std::memory_order_relaxed);
     uint64_t largest = stats.max_batch_entries.load(std::memory_order_relaxed);
     if (taken > largest) stats.max_batch_entries.store(taken, std::memory_order_relaxed);
-    process();
+    prepare(*batch);
+    if (!pool.empty() && batch->close_index.empty()) {
+      // Its I/O runs on the pool while this thread takes the next batch.
+      wait_for_pool(static_cast<uint32_t>(pool.size()) - 1);
+      {
+        std::lock_guard lock(pool_mutex);
+        ++batches_in_flight;
+        queue.push_back(std::move(batch));
+      }
+      pool_work.notify_one();
+      continue;
+    }
+    wait_for_pool(0);  // a close follows every earlier entry of its file
+    run_io(*batch);
     if (guarded_faults() != 0) {
       // The client shrank a file under the batch: what the batch copied is not the client's data, and
       // this mapping no longer shows the client's pages. Fail its I/O entries and stop serving.
-      for (size_t i = 0; i < completions.size(); ++i) {
-        const auto op = static_cast<Op>(batch[i].op);
-        if (op == Op::kRead || op == Op::kWrite) completions[i].result = -EFAULT;
-      }
-      publish();
-      mark_broken("its Iov or ring file shrank during a batch (an access faulted; the SIGBUS guard caught it)");
+      fail_io_entries(batch->entries, batch->completions);
+      publish(*batch);
+      mark_broken(kFaultDuringBatch);
       final_state = State::kBroken;
       break;
     }
-    publish();
+    run_closes(*batch);
+    publish(*batch);
+  }
+  // Batches still on the pool finish and publish (their files stay open until then).
+  wait_for_pool(0);
+  {
+    std::lock_guard lock(pool_mutex);
+    pool_stop = true;
+  }
+  pool_work.notify_all();
+  for (std::thread& thread : pool) thread.join();
+  pool.clear();
+  if (final_state != State::kBroken && fault_in_batch.load(std::memory_order_acquire)) {
+    mark_broken(kFaultDuringBatch);
+    final_state = State::kBroken;
   }
   close_all();
   if (final_state != State::kBroken) {
