@@ -11,6 +11,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -195,6 +196,53 @@ def test_ring_served_by_ff_fuse(cluster: LocalCluster, build_dir: pathlib.Path, 
             ior.unregister_from_mount()
             assert name not in os.listdir(os.path.join(mount, u.VIRTUAL_DIR))
         finally:
+            ior.close()
+            iov.close()
+    finally:
+        cluster.unmount()
+
+
+def test_ring_writes_reach_readers_of_the_mount(cluster: LocalCluster, build_dir: pathlib.Path,
+                                               tmp_path: pathlib.Path) -> None:
+    # A file open through the mount keeps pages in the kernel's cache; a write through a ring served by the
+    # same ff-fuse must not leave that cache stale (ff-fuse invalidates the written range).
+    u = usrbio()
+    reason = fuse_unavailable_reason()
+    if reason:
+        pytest.skip(f"FUSE is not usable here: {reason}")
+    if not (build_dir / "bin" / "ff-fuse").exists():
+        pytest.skip("ff-fuse is not built")
+    mount = cluster.start_fuse(tmp_path / "mnt", meta="embedded")
+    try:
+        if not os.path.isdir(os.path.join(mount, u.VIRTUAL_DIR)):
+            pytest.skip(f"this ff-fuse does not serve {u.VIRTUAL_DIR} (usrbio registry not wired in)")
+        path = os.path.join(mount, "coherent.bin")
+        old = bytes([1]) * (1 << 16)
+        with open(path, "wb") as f:
+            f.write(old)
+        name = unique("coh")
+        iov = u.Iov(name, 1 << 16)
+        ior = u.Ior(name, iov, entries=8)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            ior.register_with_mount(str(mount))
+            assert os.pread(fd, 1 << 16, 0) == old  # now in the kernel's page cache
+            iov.array()[:] = 7
+            file_id = u.register_fd(fd, str(mount))
+            ior.prep_write(file_id, 4096, 8192, 4096, 1)
+            ior.submit()
+            [(result, user_data)] = ior.wait(1, timeout_ms=30_000)
+            assert (result, user_data) == (8192, 1)
+            expected = old[:4096] + bytes([7]) * 8192 + old[12288:]
+            deadline = time.monotonic() + 10
+            seen = os.pread(fd, 1 << 16, 0)
+            while seen != expected and time.monotonic() < deadline:  # the invalidation is asynchronous
+                time.sleep(0.05)
+                seen = os.pread(fd, 1 << 16, 0)
+            assert seen == expected, "the open file still shows the bytes from before the ring's write"
+            ior.unregister_from_mount()
+        finally:
+            os.close(fd)
             ior.close()
             iov.close()
     finally:

@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -113,6 +114,12 @@ class RingRegistry {
   virtual Status unregister_ring(std::string_view name) = 0;
   virtual Result<std::string> target_of(std::string_view name) const = 0;
   virtual std::vector<std::string> names() const = 0;
+  // FuseFs passes the function that drops the kernel's cached pages of a range (inode, offset, bytes) when
+  // it mounts, and an empty one before it unmounts; rings call it after their writes, so files open
+  // through the mount see what a ring wrote. Thread-safe in implementations.
+  virtual void set_invalidate_data(std::function<void(meta::InodeId, uint64_t, uint64_t)> invalidate) {
+    (void)invalidate;
+  }
 };
 
 // Inode numbers of the virtual directory (far above any id meta hands out).

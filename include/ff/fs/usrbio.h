@@ -269,6 +269,9 @@ struct RingServerOptions {
   pid_t owner_pid = 0;
   // Maps an entry's file id to an inode (ff-fuse: st_ino -> inode; default: identity).
   std::function<Result<meta::InodeId>(FileId)> map_file;
+  // Called after each write entry that wrote bytes (inode, offset, bytes written), on the thread that ran
+  // its batch: ff-fuse drops the kernel's cached pages of that range, so readers of the mount see it.
+  std::function<void(meta::InodeId, uint64_t, uint64_t)> on_written;
 };
 
 // Serves one Ior: a thread waits on its doorbell, takes the pending entries as a batch (as the ring's

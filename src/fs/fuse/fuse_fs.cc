@@ -84,6 +84,8 @@ struct Invalidation {
   InodeId inode = 0;
   InodeId parent = 0;  // nonzero: an entry invalidation of (parent, name)
   std::string name;
+  int64_t offset = -1;  // >= 0: also the cached pages of [offset, offset + length) (length 0: to the end)
+  int64_t length = 0;
 };
 
 // The most pieces one read reply passes to writev (below the kernel's UIO_MAXIOV of 1024, leaving
@@ -337,6 +339,11 @@ struct FuseFs::Impl {
   // Queues a kernel notification: drop the inode's cached attributes (and its page cache when
   // `data`), or the dentry (parent, name).
   void invalidate_inode(InodeId inode) { queue_invalidation(Invalidation{inode, 0, {}}); }
+  // The inode's attributes and its cached pages of the range (written by a usrbio ring, not through the
+  // kernel).
+  void invalidate_data(InodeId inode, uint64_t offset, uint64_t length) {
+    queue_invalidation(Invalidation{inode, 0, {}, static_cast<int64_t>(offset), static_cast<int64_t>(length)});
+  }
   void invalidate_entry(InodeId parent, std::string name) {
     queue_invalidation(Invalidation{0, parent, std::move(name)});
   }
@@ -367,7 +374,7 @@ struct FuseFs::Impl {
         lock.unlock();
         int rc = item.parent != 0
                      ? fuse_lowlevel_notify_inval_entry(session, item.parent, item.name.data(), item.name.size())
-                     : fuse_lowlevel_notify_inval_inode(session, item.inode, -1, 0);
+                     : fuse_lowlevel_notify_inval_inode(session, item.inode, item.offset, item.length);
         // -ENOENT: the kernel no longer knows the inode or name, which is what we wanted.
         if (rc != 0 && rc != -ENOENT) FF_LOG_DEBUG("ff-fuse: invalidation of inode {} failed: {}", item.inode, -rc);
         invalidations.fetch_add(1, std::memory_order_relaxed);
@@ -1193,11 +1200,16 @@ Result<std::unique_ptr<FuseFs>> FuseFs::mount(FuseOptions options, meta::MetaApi
   impl->mounted = true;
   Impl* raw = impl.get();
   impl->invalidation_thread = std::thread([raw] { raw->invalidation_loop(); });
+  if (raw->rings != nullptr) {
+    raw->rings->set_invalidate_data(
+        [raw](InodeId inode, uint64_t offset, uint64_t length) { raw->invalidate_data(inode, offset, length); });
+  }
   FF_LOG_INFO("ff-fuse: mounted at {} ({})", impl->options.mountpoint, mount_options);
   return std::unique_ptr<FuseFs>(new FuseFs(std::move(impl)));
 }
 
 FuseFs::~FuseFs() {
+  if (impl_->rings != nullptr) impl_->rings->set_invalidate_data({});
   {
     std::lock_guard lock(impl_->invalidation_mutex);
     impl_->invalidation_stop = true;

@@ -78,6 +78,7 @@ struct RingServer::Impl {
     std::vector<BatchIo::ReadOp> reads;
     std::vector<BatchIo::WriteOp> writes;
     std::vector<size_t> read_index, write_index, close_index;
+    std::vector<meta::InodeId> write_inodes;  // per write
   };
   using BatchPtr = std::shared_ptr<Batch>;
 
@@ -230,7 +231,7 @@ Result<FileHandle> RingServer::Impl::handle_for(meta::InodeId inode, bool write,
 void RingServer::Impl::prepare(Batch& b) {
   const size_t count = b.entries.size();
   b.completions.assign(count, Completion{});
-  auto& [batch, completions, reads, writes, read_index, write_index, close_index] = b;
+  auto& [batch, completions, reads, writes, read_index, write_index, close_index, write_inodes] = b;
   // The Iov must still be as large as at attach: a client that shrank it would make us fault.
   struct stat info {};
   const bool iov_intact = ::stat(iov_path.c_str(), &info) == 0 && static_cast<uint64_t>(info.st_size) >= iov_size;
@@ -291,6 +292,7 @@ void RingServer::Impl::prepare(Batch& b) {
       writes.push_back(
           {.handle = *handle, .offset = entry.offset, .data = std::span<const std::byte>(data, entry.length)});
       write_index.push_back(i);
+      write_inodes.push_back(inode);
     } else {
       reads.push_back({.handle = *handle, .offset = entry.offset, .out = std::span<std::byte>(data, entry.length)});
       read_index.push_back(i);
@@ -299,7 +301,7 @@ void RingServer::Impl::prepare(Batch& b) {
 }
 
 void RingServer::Impl::run_io(Batch& b) {
-  auto& [batch, completions, reads, writes, read_index, write_index, close_index] = b;
+  auto& [batch, completions, reads, writes, read_index, write_index, close_index, write_inodes] = b;
   // NOTE: all reads of the batch in ONE read_batch, all writes in ONE write_batch: the client library
   // runs their chunk I/Os in parallel, and reads land straight in the Iov (no copy here).
   if (!reads.empty()) {
@@ -325,6 +327,7 @@ void RingServer::Impl::run_io(Batch& b) {
       if (results[k].is_ok()) {
         done.result = static_cast<int64_t>(*results[k]);
         stats.bytes_written.fetch_add(*results[k], std::memory_order_relaxed);
+        if (options.on_written && *results[k] > 0) options.on_written(write_inodes[k], writes[k].offset, *results[k]);
       } else {
         done.result = negative_errno(results[k].status());
       }
@@ -333,7 +336,7 @@ void RingServer::Impl::run_io(Batch& b) {
 }
 
 void RingServer::Impl::run_closes(Batch& b) {
-  auto& [batch, completions, reads, writes, read_index, write_index, close_index] = b;
+  auto& [batch, completions, reads, writes, read_index, write_index, close_index, write_inodes] = b;
   // Closes run after the batch's I/O (and every earlier batch's), so a close submitted with reads of the
   // same file follows them.
   for (size_t i : close_index) {

@@ -133,7 +133,7 @@ class SignalThread {
 // batched I/O through this daemon's FileClient.
 class UsrbioRings final : public fuse::RingRegistry {
  public:
-  explicit UsrbioRings(FileClient& client) : io_(client), registry_(io_) {}
+  explicit UsrbioRings(FileClient& client) : io_(client), registry_(io_, registry_options()) {}
   Status register_ring(std::string_view name, std::string_view target, const meta::Caller& caller,
                        int32_t pid) override {
     return registry_.register_ring(name, target, caller, pid);
@@ -141,8 +141,23 @@ class UsrbioRings final : public fuse::RingRegistry {
   Status unregister_ring(std::string_view name) override { return registry_.unregister_ring(name); }
   Result<std::string> target_of(std::string_view name) const override { return registry_.target_of(name); }
   std::vector<std::string> names() const override { return registry_.names(); }
+  void set_invalidate_data(std::function<void(meta::InodeId, uint64_t, uint64_t)> invalidate) override {
+    std::lock_guard lock(invalidate_mutex_);
+    invalidate_ = std::move(invalidate);
+  }
 
  private:
+  // Every ring's writes drop the written range from the kernel's page cache of the mount.
+  usrbio::RegistryOptions registry_options() {
+    usrbio::RegistryOptions options;
+    options.server.on_written = [this](meta::InodeId inode, uint64_t offset, uint64_t length) {
+      std::lock_guard lock(invalidate_mutex_);
+      if (invalidate_) invalidate_(inode, offset, length);
+    };
+    return options;
+  }
+  std::mutex invalidate_mutex_;
+  std::function<void(meta::InodeId, uint64_t, uint64_t)> invalidate_;
   usrbio::FileClientBatchIo io_;
   usrbio::UsrbioRegistry registry_;
 };
