@@ -7,6 +7,7 @@ exceptions. With a server: an in-process RingServer over a fireflyer.fs Client o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -158,7 +159,10 @@ def test_in_process_ring_server_over_the_cluster(cluster: LocalCluster) -> None:
             iov.close()
 
 
-def test_ring_served_by_ff_fuse(cluster: LocalCluster, build_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+@contextlib.contextmanager
+def ring_serving_mount(cluster: LocalCluster, build_dir: pathlib.Path, tmp_path: pathlib.Path):
+    """An ff-fuse mount (embedded meta) that serves .ff/usrbio, unmounted afterwards; skips the test where FUSE,
+    ff-fuse or its usrbio registry is missing."""
     u = usrbio()
     reason = fuse_unavailable_reason()
     if reason:
@@ -169,6 +173,14 @@ def test_ring_served_by_ff_fuse(cluster: LocalCluster, build_dir: pathlib.Path, 
     try:
         if not os.path.isdir(os.path.join(mount, u.VIRTUAL_DIR)):
             pytest.skip(f"this ff-fuse does not serve {u.VIRTUAL_DIR} (usrbio registry not wired in)")
+        yield mount
+    finally:
+        cluster.unmount()
+
+
+def test_ring_served_by_ff_fuse(cluster: LocalCluster, build_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    u = usrbio()
+    with ring_serving_mount(cluster, build_dir, tmp_path) as mount:
         payload = np.arange(5 * CHUNK, dtype=np.uint32).view(np.uint8)
         with open(os.path.join(mount, "f.bin"), "wb") as f:
             f.write(payload.tobytes())
@@ -198,8 +210,6 @@ def test_ring_served_by_ff_fuse(cluster: LocalCluster, build_dir: pathlib.Path, 
         finally:
             ior.close()
             iov.close()
-    finally:
-        cluster.unmount()
 
 
 def test_ring_writes_reach_readers_of_the_mount(cluster: LocalCluster, build_dir: pathlib.Path,
@@ -207,15 +217,7 @@ def test_ring_writes_reach_readers_of_the_mount(cluster: LocalCluster, build_dir
     # A file open through the mount keeps pages in the kernel's cache; a write through a ring served by the
     # same ff-fuse must not leave that cache stale (ff-fuse invalidates the written range).
     u = usrbio()
-    reason = fuse_unavailable_reason()
-    if reason:
-        pytest.skip(f"FUSE is not usable here: {reason}")
-    if not (build_dir / "bin" / "ff-fuse").exists():
-        pytest.skip("ff-fuse is not built")
-    mount = cluster.start_fuse(tmp_path / "mnt", meta="embedded")
-    try:
-        if not os.path.isdir(os.path.join(mount, u.VIRTUAL_DIR)):
-            pytest.skip(f"this ff-fuse does not serve {u.VIRTUAL_DIR} (usrbio registry not wired in)")
+    with ring_serving_mount(cluster, build_dir, tmp_path) as mount:
         path = os.path.join(mount, "coherent.bin")
         old = bytes([1]) * (1 << 16)
         with open(path, "wb") as f:
@@ -245,8 +247,6 @@ def test_ring_writes_reach_readers_of_the_mount(cluster: LocalCluster, build_dir
             os.close(fd)
             ior.close()
             iov.close()
-    finally:
-        cluster.unmount()
 
 
 CLOSE_WITH_SERVERS_RUNNING = r"""
