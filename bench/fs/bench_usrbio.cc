@@ -47,7 +47,8 @@ struct Args {
   double seconds = 3;
   uint32_t pread_threads = 8;
   std::string cases =
-      "fileclient_read,fileclient_read_batch,usrbio_inprocess,fuse_pread,fuse_pread_threads,usrbio_fuse";
+      "fileclient_read,fileclient_read_batch,usrbio_inprocess,usrbio_depth4_serial,usrbio_depth4_parallel,fuse_pread,"
+      "fuse_pread_threads,usrbio_fuse";
   uint64_t seed = 1;
 };
 
@@ -259,8 +260,9 @@ int run(const Args& args) {
     emit(args, "fileclient_read_batch", m, "FileClient::read_batch, per_doorbell reads per call");
   }
 
-  // A ring served either in this process (over this FileClient) or by the ff-fuse daemon.
-  auto ring_case = [&](const std::string& name, bool through_fuse) {
+  // A ring served either in this process (over this FileClient) or by the ff-fuse daemon; in-process, with
+  // the ring's io_depth and the server's max_batches_in_flight given.
+  auto ring_case = [&](const std::string& name, bool through_fuse, int32_t io_depth = 0, uint32_t batches = 4) {
     const std::string ring_name = fmt::format("bench{}-{}", ::getpid(), name);
     (void)usrbio::Iov::remove_stale(ring_name);
     auto iov = usrbio::Iov::create(ring_name, n * block);
@@ -270,7 +272,7 @@ int run(const Args& args) {
     }
     uint32_t entries = 2;
     while (entries < n) entries *= 2;
-    auto ior = usrbio::Ior::create(ring_name, *iov, {.entries = entries});
+    auto ior = usrbio::Ior::create(ring_name, *iov, {.entries = entries, .io_depth = io_depth});
     if (!ior.is_ok()) {
       FF_LOG_ERROR("{}", ior.status().to_string());
       return;
@@ -302,7 +304,7 @@ int run(const Args& args) {
       }
       file = *id;
     } else {
-      auto started = usrbio::RingServer::start(ring_name, io, {});
+      auto started = usrbio::RingServer::start(ring_name, io, {.max_batches_in_flight = batches});
       if (!started.is_ok()) {
         FF_LOG_ERROR("{}", started.status().to_string());
         return;
@@ -339,10 +341,16 @@ int run(const Args& args) {
       const auto stats = server->stats();
       m.note = fmt::format("server wake-ups {}, largest batch {}", stats.wakeups, stats.max_batch_entries);
     }
-    emit(args, name, m, through_fuse ? "ring served by ff-fuse" : "ring served in-process over FileClient");
+    emit(args, name, m,
+         through_fuse ? "ring served by ff-fuse"
+                      : fmt::format("ring served in-process over FileClient, io_depth {}, {} batch(es) at once",
+                                    io_depth, batches));
     if (fd >= 0) ::close(fd);
   };
   if (want("usrbio_inprocess")) ring_case("usrbio_inprocess", false);
+  // The same doorbells cut into batches of 4 (io_depth 4): one batch at a time, then four at once.
+  if (want("usrbio_depth4_serial") && n % 4 == 0) ring_case("usrbio_depth4_serial", false, 4, 1);
+  if (want("usrbio_depth4_parallel") && n % 4 == 0) ring_case("usrbio_depth4_parallel", false, 4, 4);
 
   auto pread_case = [&](const std::string& name, uint32_t threads) {
     if (args.mount.empty()) return;

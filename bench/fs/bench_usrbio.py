@@ -95,6 +95,7 @@ def main() -> int:
             by_case = {line["case"]: line for line in lines}
             # Each ring beside its baselines: the in-process ring vs FileClient, the ff-fuse ring vs pread(2).
             for ring, baselines in (("usrbio_inprocess", ("fileclient_read", "fileclient_read_batch")),
+                                    ("usrbio_depth4_parallel", ("usrbio_depth4_serial",)),
                                     ("usrbio_fuse", ("fuse_pread", "fuse_pread_threads"))):
                 for baseline in baselines:
                     if by_case.get(ring, {}).get("MB_per_s") and by_case.get(baseline, {}).get("MB_per_s"):
@@ -109,7 +110,9 @@ def main() -> int:
         "benchmark": "fs usrbio: random block-aligned reads of one file, per_doorbell reads per batch; the ring "
                      "(in-process RingServer over FileClient, and served by ff-fuse when it serves .ff/usrbio) vs "
                      "FileClient::read per block, FileClient::read_batch per batch, pread(2) on the ff-fuse mount "
-                     "(1 and 8 threads). ratio_vs_<case> = the ring's MB/s / that case's MB/s",
+                     "(1 and 8 threads); usrbio_depth4_serial / _parallel: the in-process ring with io_depth 4 (each doorbell cut "
+                     "into batches of 4) served one batch at a time / four at once. ratio_vs_<case> = the ring's MB/s / "
+                     "that case's MB/s",
         "device": f"{platform.machine()} CPU ({os.cpu_count()} cores, shared with other builds; load average "
                   f"{load[0]:.1f}); local cluster: 3 ff-storage x 2 targets, replication 3, on the same machine",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
