@@ -23,8 +23,6 @@ struct Ior::State {
   uint32_t mask = 0;
   uint64_t iov_size = 0;
   std::string iov_name;
-  int32_t io_depth = 0;
-  int32_t io_timeout_ms = 0;
 
   // Producer thread only.
   uint32_t prepare_tail = 0;    // next slot to prepare
@@ -58,11 +56,11 @@ Result<Ior> Ior::create(std::string_view name, const Iov& iov, IorOptions option
   if (iov.name().size() >= internal::kMaxIovNameBytes) {
     return invalid_argument("Ior '{}': Iov name '{}' is too long", name, iov.name());
   }
-  if (options.io_depth > static_cast<int64_t>(options.entries) || -int64_t{options.io_depth} > options.entries) {
+  if (!internal::batching_fits(options.io_depth, 0, options.entries)) {
     return invalid_argument("Ior '{}': io_depth={}; expected -{} .. {} (at most the ring's entries)", name,
                             options.io_depth, options.entries, options.entries);
   }
-  if (options.io_timeout_ms < 0) {
+  if (!internal::batching_fits(0, options.io_timeout_ms, options.entries)) {
     return invalid_argument("Ior '{}': io_timeout_ms={}; expected >= 0 (0: no limit)", name, options.io_timeout_ms);
   }
   const uint64_t bytes = internal::ring_bytes(options.entries);
@@ -96,8 +94,6 @@ Result<Ior> Ior::create(std::string_view name, const Iov& iov, IorOptions option
   state->mask = options.entries - 1;
   state->iov_size = iov.size();
   state->iov_name = iov.name();
-  state->io_depth = options.io_depth;
-  state->io_timeout_ms = options.io_timeout_ms;
   state->prepare_tail = state->published_tail = state->cq_head = options.start_index;
   state->mapping = std::move(mapping);
   Ior ior;
@@ -202,15 +198,12 @@ Result<size_t> Ior::wait_for_ios(std::span<Completion> out, size_t min_results, 
       // With io_depth > 0 the server holds back a partial batch: say so when that is what we wait for.
       const uint32_t waiting_in_ring = header.sq_tail.load(std::memory_order_acquire) -
                                        header.sq_head.load(std::memory_order_acquire);
+      const int32_t depth = header.io_depth, timeout = header.io_timeout_ms;  // fixed at create
       std::string batching;
-      if (s.io_depth > 0 && waiting_in_ring > 0 && waiting_in_ring < static_cast<uint32_t>(s.io_depth)) {
-        batching = s.io_timeout_ms > 0
-                       ? fmt::format("; the ring's io_depth is {}: {} submitted entries wait for a full batch or "
-                                     "io_timeout_ms {}",
-                                     s.io_depth, waiting_in_ring, s.io_timeout_ms)
-                       : fmt::format("; the ring's io_depth is {}: {} submitted entries wait for a full batch "
-                                     "(no io_timeout_ms)",
-                                     s.io_depth, waiting_in_ring);
+      if (depth > 0 && waiting_in_ring > 0 && waiting_in_ring < static_cast<uint32_t>(depth)) {
+        batching = fmt::format("; the ring's io_depth is {}: {} submitted entries wait for a full batch {}", depth,
+                               waiting_in_ring,
+                               timeout > 0 ? fmt::format("or io_timeout_ms {}", timeout) : "(no io_timeout_ms)");
       }
       return deadline_exceeded(
           "Ior '{}': waited {} ms for {} completions, {} ready ({} submitted and outstanding, {} prepared but not "

@@ -70,6 +70,13 @@ struct RingHeader {
 };
 static_assert(sizeof(RingHeader) <= kHeaderBytes);
 
+// Whether a ring of `entries` slots can batch as io_depth / io_timeout_ms ask (IorOptions): |io_depth| at
+// most the ring's entries, a timeout of 0 or more. Checked by the creator and again by the server at attach.
+inline bool batching_fits(int32_t io_depth, int32_t io_timeout_ms, uint32_t entries) {
+  const int64_t depth = io_depth;
+  return depth <= int64_t{entries} && -depth <= int64_t{entries} && io_timeout_ms >= 0;
+}
+
 // Byte sizes of a ring with `entries` slots.
 inline uint64_t sq_offset() { return kHeaderBytes; }
 inline uint64_t cq_offset(uint32_t entries) {

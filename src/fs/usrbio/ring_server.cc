@@ -3,9 +3,10 @@
 // Threading: one ring thread per ring takes entries, validates them and opens files (it owns `files`
 // and `sq_head`); the I/O of a batch runs on the ring thread or, up to max_batches_in_flight at once, on
 // the ring's pool threads; completions are published under `publish_mutex` (cq_tail, in_flight_entries).
-// A batch with a close runs on the ring thread after every earlier batch finished. The shared memory is untrusted input: entries are copied out before they are
-// validated, indices are checked against the capacity copied at attach, and the Iov's size is checked
-// before every batch.
+// A batch with a close runs on the ring thread after every earlier batch finished.
+//
+// The shared memory is untrusted input: entries are copied out before they are validated, indices are
+// checked against the capacity copied at attach, and the Iov's size is checked before every batch.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -231,7 +232,14 @@ Result<FileHandle> RingServer::Impl::handle_for(meta::InodeId inode, bool write,
 void RingServer::Impl::prepare(Batch& b) {
   const size_t count = b.entries.size();
   b.completions.assign(count, Completion{});
-  auto& [batch, completions, reads, writes, read_index, write_index, close_index, write_inodes] = b;
+  b.reads.clear();
+  b.writes.clear();
+  b.read_index.clear();
+  b.write_index.clear();
+  b.close_index.clear();
+  b.write_inodes.clear();
+  std::vector<SubmitEntry>& batch = b.entries;
+  std::vector<Completion>& completions = b.completions;
   // The Iov must still be as large as at attach: a client that shrank it would make us fault.
   struct stat info {};
   const bool iov_intact = ::stat(iov_path.c_str(), &info) == 0 && static_cast<uint64_t>(info.st_size) >= iov_size;
@@ -271,7 +279,7 @@ void RingServer::Impl::prepare(Batch& b) {
       inode = *mapped;
     }
     if (op == Op::kClose) {
-      close_index.push_back(i);
+      b.close_index.push_back(i);
       batch[i].file = inode;
       continue;
     }
@@ -289,19 +297,21 @@ void RingServer::Impl::prepare(Batch& b) {
     }
     std::byte* data = iov.data() + entry.iov_offset;
     if (write) {
-      writes.push_back(
+      b.writes.push_back(
           {.handle = *handle, .offset = entry.offset, .data = std::span<const std::byte>(data, entry.length)});
-      write_index.push_back(i);
-      write_inodes.push_back(inode);
+      b.write_index.push_back(i);
+      b.write_inodes.push_back(inode);
     } else {
-      reads.push_back({.handle = *handle, .offset = entry.offset, .out = std::span<std::byte>(data, entry.length)});
-      read_index.push_back(i);
+      b.reads.push_back({.handle = *handle, .offset = entry.offset, .out = std::span<std::byte>(data, entry.length)});
+      b.read_index.push_back(i);
     }
   }
 }
 
 void RingServer::Impl::run_io(Batch& b) {
-  auto& [batch, completions, reads, writes, read_index, write_index, close_index, write_inodes] = b;
+  const std::vector<BatchIo::ReadOp>& reads = b.reads;
+  const std::vector<BatchIo::WriteOp>& writes = b.writes;
+  std::vector<Completion>& completions = b.completions;
   // NOTE: all reads of the batch in ONE read_batch, all writes in ONE write_batch: the client library
   // runs their chunk I/Os in parallel, and reads land straight in the Iov (no copy here).
   if (!reads.empty()) {
@@ -309,7 +319,7 @@ void RingServer::Impl::run_io(Batch& b) {
     FF_ASSERT_EQ(results.size(), reads.size());
     stats.batches.fetch_add(1, std::memory_order_relaxed);
     for (size_t k = 0; k < results.size(); ++k) {
-      Completion& done = completions[read_index[k]];
+      Completion& done = completions[b.read_index[k]];
       if (results[k].is_ok()) {
         done.result = static_cast<int64_t>(*results[k]);
         stats.bytes_read.fetch_add(*results[k], std::memory_order_relaxed);
@@ -323,11 +333,11 @@ void RingServer::Impl::run_io(Batch& b) {
     FF_ASSERT_EQ(results.size(), writes.size());
     stats.batches.fetch_add(1, std::memory_order_relaxed);
     for (size_t k = 0; k < results.size(); ++k) {
-      Completion& done = completions[write_index[k]];
+      Completion& done = completions[b.write_index[k]];
       if (results[k].is_ok()) {
         done.result = static_cast<int64_t>(*results[k]);
         stats.bytes_written.fetch_add(*results[k], std::memory_order_relaxed);
-        if (options.on_written && *results[k] > 0) options.on_written(write_inodes[k], writes[k].offset, *results[k]);
+        if (options.on_written && *results[k] > 0) options.on_written(b.write_inodes[k], writes[k].offset, *results[k]);
       } else {
         done.result = negative_errno(results[k].status());
       }
@@ -336,13 +346,12 @@ void RingServer::Impl::run_io(Batch& b) {
 }
 
 void RingServer::Impl::run_closes(Batch& b) {
-  auto& [batch, completions, reads, writes, read_index, write_index, close_index, write_inodes] = b;
   // Closes run after the batch's I/O (and every earlier batch's), so a close submitted with reads of the
   // same file follows them.
-  for (size_t i : close_index) {
-    auto found = files.find(batch[i].file);
+  for (size_t i : b.close_index) {
+    auto found = files.find(b.entries[i].file);
     if (found == files.end()) {
-      completions[i].result = -EBADF;
+      b.completions[i].result = -EBADF;
       continue;
     }
     int64_t result = 0;
@@ -352,7 +361,7 @@ void RingServer::Impl::run_closes(Batch& b) {
       if (!closed.is_ok() && result == 0) result = negative_errno(closed);
     }
     files.erase(found);
-    completions[i].result = result;
+    b.completions[i].result = result;
   }
 }
 
@@ -429,6 +438,9 @@ void RingServer::Impl::run() {
   const int64_t heartbeat_ns = std::max<int64_t>(options.heartbeat_interval_ms, 1) * 1'000'000;
   int64_t last_owner_check_ns = internal::monotonic_ns();
   State final_state = State::kDetached;
+  // Reused while batches run on this thread (its vectors keep their capacity); replaced after one is handed
+  // to the pool.
+  BatchPtr batch;
   if (options.max_batches_in_flight > 1) {
     for (uint32_t i = 0; i < options.max_batches_in_flight; ++i) pool.emplace_back([this] { pool_loop(); });
   }
@@ -455,7 +467,7 @@ void RingServer::Impl::run() {
     }
     const uint32_t doorbell = header->sq_doorbell.load(std::memory_order_seq_cst);
     uint32_t taken = 0;
-    auto batch = std::make_shared<Batch>();
+    if (!batch) batch = std::make_shared<Batch>();
     if (!take(*batch, taken)) {
       final_state = State::kBroken;
       break;
@@ -572,8 +584,7 @@ Result<std::unique_ptr<RingServer>> RingServer::start(std::string_view ior_name,
     return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': inconsistent layout (entries {}, {} bytes)",
                                                 impl->name, entries, impl->ring.bytes()));
   }
-  if (header->io_depth > static_cast<int64_t>(entries) || -int64_t{header->io_depth} > entries ||
-      header->io_timeout_ms < 0) {
+  if (!internal::batching_fits(header->io_depth, header->io_timeout_ms, entries)) {
     return meta::meta_error(EINVAL, fmt::format("usrbio ring '{}': io_depth {} / io_timeout_ms {} do not fit a ring "
                                                 "of {} entries",
                                                 impl->name, header->io_depth, header->io_timeout_ms, entries));

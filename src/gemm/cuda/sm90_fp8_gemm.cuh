@@ -107,13 +107,6 @@ inline std::string cutlass_error(const char* what, cutlass::Status status) {
 
 }  // namespace detail
 
-// The consumer side for tiles with several B-scale blocks along N (ScaleNsPerTile > 1, the 192-wide tiles): CUTLASS's
-// mma for that case cannot partition the (64, 3) scale mode like the accumulators (static_assert) and scales each
-// element by (block sum * sa) * sb, two multiplies. This one keeps CUTLASS's pipeline protocol (stage i released
-// after stage i+1's MMAs completed, the last one by the base's mma_tail) and its per-K-block promotion: one K block
-// (128) of WGMMAs into `block`, wait, then total += block * (sa * sb), where the product is formed once per
-// distinct (row, 64-column group) pair held by the thread (the scale fragments broadcast over the others, so
-// identical products fold) and each element costs one FFMA.
 // Whether a blockwise collective loads A's scales by TMA (the dense one with M-major scales); the ptr-array one has no
 // such member and loads them by cp.async.
 template <class Collective, class = void>
@@ -122,6 +115,13 @@ template <class Collective>
 struct LoadsScalesATma<Collective, std::void_t<decltype(Collective::IsTmaLoadSFA)>>
     : std::bool_constant<Collective::IsTmaLoadSFA> {};
 
+// The consumer side for tiles with several B-scale blocks along N (ScaleNsPerTile > 1, the 192-wide tiles): CUTLASS's
+// mma for that case cannot partition the (64, 3) scale mode like the accumulators (static_assert) and scales each
+// element by (block sum * sa) * sb, two multiplies. This one keeps CUTLASS's pipeline protocol (stage i released
+// after stage i+1's MMAs completed, the last one by the base's mma_tail) and its per-K-block promotion: one K block
+// (128) of WGMMAs into `block`, wait, then total += block * (sa * sb), where the product is formed once per
+// distinct (row, 64-column group) pair held by the thread (the scale fragments broadcast over the others, so
+// identical products fold) and each element costs one FFMA.
 template <class Base>
 struct WideTileMma : Base {
   static_assert(Base::ScaleNsPerTile > 1 && Base::ScaleMsPerTile > 1, "for per-row A and multi-block B scales");
@@ -156,6 +156,10 @@ struct WideTileMma : Base {
     Tensor g_sfb = local_tile(m_sfb, TileShape{}, make_coord(_, _, _), Step<X, _1, _1>{})(_, _, n_coord, _, l_coord);
     Tensor c_sfb = local_tile(make_identity_tensor(shape(m_sfb.layout())), TileShape{}, make_coord(_, _, _),
                               Step<X, _1, _1>{})(_, _, n_coord, _, l_coord);  // (BLK_N, BLK_K, k) coordinates
+    // A's scale tiles (used only where TMA does not load them).
+    Tensor g_sfa = local_tile(m_sfa, TileShape{}, make_coord(_, _, _), Step<_1, X, _1>{})(_, _, m_coord, _, l_coord);
+    Tensor c_sfa = local_tile(make_identity_tensor(shape(m_sfa.layout())), TileShape{}, make_coord(_, _, _),
+                              Step<_1, X, _1>{})(_, _, m_coord, _, l_coord);
     const int b_block = thread_idx;  // the B-scale block of the tile this lane copies
 
     CUTLASS_PRAGMA_NO_UNROLL
@@ -163,9 +167,6 @@ struct WideTileMma : Base {
       pipeline.producer_acquire(smem_pipe_write);
       const int stage = smem_pipe_write.index();
       if constexpr (!LoadsScalesATma<Base>::value) {
-        Tensor g_sfa = local_tile(m_sfa, TileShape{}, make_coord(_, _, _), Step<_1, X, _1>{})(_, _, m_coord, _, l_coord);
-        Tensor c_sfa = local_tile(make_identity_tensor(shape(m_sfa.layout())), TileShape{}, make_coord(_, _, _),
-                                  Step<_1, X, _1>{})(_, _, m_coord, _, l_coord);
         Tensor src = filter_zeros(g_sfa(_, _, *k_tile_iter));  // (ScaleMsPerTile, 1) values
         Tensor dst = filter_zeros(s_sfa(_, _, stage));
         CUTLASS_PRAGMA_UNROLL
