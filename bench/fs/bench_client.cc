@@ -57,12 +57,15 @@ int main(int argc, char** argv) {
   app.add_option("--chunk-size", chunk_size, "file chunk size");
   app.add_option("--max-parallel-chunks", max_parallel_chunks, "chunk I/Os in flight per call");
   app.add_option("--read-split-bytes", read_split_bytes, "chunk reads longer than this are split (0: off)");
+  bool no_local_reads = false;
+  app.add_flag("--no-local-reads", no_local_reads, "read every chunk over RPC (FileClientConfig::local_reads off)");
   CLI11_PARSE(app, argc, argv);
 
   ff::fs::FileClientConfig client_config;
   client_config.mgmtd_address = mgmtd;
   client_config.max_parallel_chunks = max_parallel_chunks;
   client_config.read_split_bytes = read_split_bytes;
+  client_config.local_reads = !no_local_reads;
   client_config.rpc_timeout_ms = 30'000;
   client_config.op_timeout_ms = 120'000;
   ff::fs::EmbeddedFsConfig fs_config;

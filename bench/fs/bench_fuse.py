@@ -88,6 +88,7 @@ def main() -> int:
     parser.add_argument("--md-files", type=int, default=200)
     parser.add_argument("--machine", default="cpu", help="names the results file fs_fuse_<machine>.json")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--fuse-args", default="", help="more ff-fuse flags, e.g. --no-local-reads (space-separated)")
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
     missing = [t for t in ("ff-mgmtd", "ff-storage", "ff-admin", "ff-fuse") if not (bin_dir / t).exists()]
@@ -102,7 +103,7 @@ def main() -> int:
     with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10, data_dir=data_dir,
                       stats_interval_s=30) as cluster:
         try:
-            mount = cluster.start_all()
+            mount = cluster.start_all(fuse_extra=args.fuse_args.split())
             meta = "ff-meta (gRPC, RocksDB)" if cluster.meta_addresses else "in ff-fuse (RocksDB)"
             local = cluster.dir / "local"
             local.mkdir()

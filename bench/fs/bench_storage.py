@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--blocks", default=",".join(str(b) for b in BLOCKS))
     parser.add_argument("--ops", default="write,read")
     parser.add_argument("--patterns", default="seq,rand")
+    parser.add_argument("--local-reads", type=int, default=1, help="also run each read case with local reads (0: no)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
@@ -88,6 +89,18 @@ def main() -> None:
                         line = {**ours, "fio_MB_per_s": round(fio_mb, 1), "MB_per_s": round(ours["MB_per_s"], 1),
                                 "ratio_vs_fio": round(ours["MB_per_s"] / fio_mb, 3) if fio_mb else None,
                                 "target_MB_per_s": round(target, 1), "meets_target": ours["MB_per_s"] >= target}
+                        if op == "read" and args.local_reads:
+                            # The same reads served from the targets' files (docs/fs.md, "Local reads"):
+                            # the read RPC still goes to a target, the bytes do not travel over TCP.
+                            local = bench("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
+                                          str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds",
+                                          str(args.seconds), "--local-reads")
+                            line["local_MB_per_s"] = round(local["MB_per_s"], 1)
+                            line["local_p50_us"] = local["p50_us"]
+                            line["local_reads"] = local["local_reads"]
+                            line["local_read_fallbacks"] = local["local_read_fallbacks"]
+                            line["local_ratio_vs_fio"] = round(local["MB_per_s"] / fio_mb, 3) if fio_mb else None
+                            line["local_meets_target"] = local["MB_per_s"] >= target
                         if op == "write":
                             # Second baseline, like with like: fio O_DSYNC writes each followed by an
                             # fdatasync (each replica syncs a RocksDB batch per write; plain fio does not).
@@ -107,7 +120,9 @@ def main() -> None:
                 "overwrite is also copied in place later (one more O_DSYNC write per replica, off the "
                 "critical path). fio_fdatasync_MB_per_s is fio with "
                 "--sync=dsync --fdatasync=1 (one data write + one fdatasync per write, as one replica "
-                "does); ratio_vs_fio and the target keep the issue's baseline (plain dsync fio).",
+                "does); ratio_vs_fio and the target keep the issue's baseline (plain dsync fio). Read cases "
+                "also run with local reads (local_*: the client asks the target over gRPC, then reads the "
+                "bytes from the target's file itself and checks their CRC32C; docs/fs.md).",
         "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
                   f"the client and fio (and anything else running: load average at the end "
                   f"{os.getloadavg()[0]:.1f}); disk "

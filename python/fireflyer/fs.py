@@ -112,18 +112,26 @@ class Client:
     def __init__(self, mgmtd: str, meta: str | Sequence[str] | None = None, *, meta_db: str | None = None,
                  meta_memory: bool = False, chunk_size: int = 4 << 20, stripe: int = 0,
                  max_parallel_chunks: int = 16, meta_db_sync: bool = True, timeout_s: float = 30.0,
-                 uid: int | None = None, gid: int | None = None):
+                 uid: int | None = None, gid: int | None = None, local_reads: bool = True):
         """mgmtd: "host:port" of the cluster manager, or "host:port,host:port" for a primary and its standbys
         (calls move to the next after one is unreachable). meta / meta_db / meta_memory: see the module doc.
         chunk_size and stripe (chains per file, 0: all) apply to files created by an in-process meta.
-        uid/gid: who this client acts as for permission checks (default: this process's)."""
+        uid/gid: who this client acts as for permission checks (default: this process's).
+        local_reads: chunks on storage targets of this host are read from their files by this process,
+        checked against their CRC32C (over the network when that fails; docs/fs.md, "Local reads")."""
         native = _native()
         addresses = [meta] if isinstance(meta, str) else list(meta or [])
         if sum(bool(x) for x in (addresses, meta_db, meta_memory)) != 1:
             raise ValueError("give exactly one of meta (ff-meta addresses), meta_db (RocksDB directory) or meta_memory=True")
         self._native = native.Client(mgmtd, addresses, meta_db or "", bool(meta_memory), int(chunk_size), int(stripe),
                                      int(max_parallel_chunks), bool(meta_db_sync), int(timeout_s * 1000),
-                                     os.getuid() if uid is None else int(uid), os.getgid() if gid is None else int(gid))
+                                     os.getuid() if uid is None else int(uid), os.getgid() if gid is None else int(gid),
+                                     bool(local_reads))
+
+    def local_read_counts(self) -> dict:
+        """Local reads so far: {"served": reads served from a target's file on this host, "fallbacks": local
+        answers read over the network after all (a CRC differed, the file was unusable)}."""
+        return dict(self._native.local_read_counts())
 
     # ---- lifetime
     def close(self) -> None:

@@ -152,6 +152,23 @@ def test_threads_and_reopen_keep_data(cluster: LocalCluster, tmp_path: pathlib.P
     assert out.stdout.split() == [hashlib.sha256(blobs[i].tobytes()).hexdigest() for i in range(6)]
 
 
+def test_local_reads_come_from_the_storage_processes_files(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    # The ff-storage processes run on this host: reads are served from their targets' files, checked
+    # against the chunks' CRC32C, and give the bytes written; without local reads they come over gRPC.
+    db = str(tmp_path / "meta")
+    payload = np.random.default_rng(5).integers(0, 256, 5 * CHUNK + 777, dtype=np.uint8)
+    with fs.Client(cluster.mgmtd_address, meta_db=db, chunk_size=CHUNK) as client:
+        with client.open("/local.bin", "w") as f:
+            f.write(payload)
+        assert client.read_file("/local.bin") == payload.tobytes()
+        counts = client.local_read_counts()
+        # Five whole chunks from the files; the 777-byte tail is below local_read_min_bytes (RPC).
+        assert counts["served"] >= 5 and counts["fallbacks"] == 0, counts
+    with fs.Client(cluster.mgmtd_address, meta_db=db, chunk_size=CHUNK, local_reads=False) as client:
+        assert client.read_file("/local.bin") == payload.tobytes()
+        assert client.local_read_counts() == {"served": 0, "fallbacks": 0}
+
+
 def test_client_arguments_are_checked(cluster: LocalCluster) -> None:
     with pytest.raises(ValueError):
         fs.Client(cluster.mgmtd_address)  # no meta

@@ -265,18 +265,20 @@ class LocalCluster:
         self.mounts[name] = mount
         return mount
 
-    def start_all(self, kv: str = "rocksdb", mountpoint: str | os.PathLike | None = None) -> pathlib.Path:
+    def start_all(self, kv: str = "rocksdb", mountpoint: str | os.PathLike | None = None,
+                  fuse_extra: list[str] | None = None) -> pathlib.Path:
         """The whole local cluster: mgmtd, storage servers, the chain table, etcd when kv == "etcd", ff-meta when
-        built (else ff-fuse keeps the metadata in-process on RocksDB), and an ff-fuse mount; returns the mount."""
+        built (else ff-fuse keeps the metadata in-process on RocksDB), and an ff-fuse mount (fuse_extra: more
+        ff-fuse flags); returns the mount."""
         if kv == "etcd":
             self.start_etcd()
         self.start()
         if (self.bin / "ff-meta").exists():
             self.start_meta(kv=kv)
-            return self.start_fuse(mountpoint, meta="remote")
+            return self.start_fuse(mountpoint, meta="remote", extra=fuse_extra)
         if kv != "rocksdb":
             raise RuntimeError("--kv etcd needs ff-meta, which is not built")
-        return self.start_fuse(mountpoint, meta="embedded")
+        return self.start_fuse(mountpoint, meta="embedded", extra=fuse_extra)
 
     def unmount(self, name: str = "fuse", timeout_s: float = 15) -> None:
         """SIGTERM to ff-fuse (it unmounts), then a lazy unmount if the mount is still there."""

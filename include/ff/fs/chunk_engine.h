@@ -98,6 +98,7 @@ struct ChunkEngineClassStats {
 
 struct ChunkEngineStats {
   uint64_t reads = 0;
+  uint64_t locates = 0;      // locate() calls that found a committed version (the reader reads itself)
   uint64_t read_bytes = 0;   // bytes returned to callers
   uint64_t writes = 0;       // put_pending + put_full_replacement
   uint64_t write_bytes = 0;  // bytes written to data files
@@ -144,6 +145,8 @@ class ChunkEngine final : public ChunkStore {
   // boundaries go from the disk straight into it (read_into's zero-copy path), others through the
   // bounce buffer.
   Result<SharedChunkRead> read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
+  // The committed bytes' place in a block-class file (by its absolute path), whole crc segments.
+  Result<LocalChunkRead> locate(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
   Status put_pending(const ChunkUpdate& update) override;
   // Without I/O for a new chunk written from 0, a full replacement or overwrite from 0 past the end,
   // an append at the committed length; other overwrites read at most the first and last crc segment

@@ -117,6 +117,31 @@ struct SharedChunkRead {
   bool dirty = false;
 };
 
+// Where the committed bytes of a read lie in a file of this machine, for a reader on the same host that
+// reads them itself instead of receiving them over RPC ("local reads", docs/fs.md). The store keeps no
+// hold on the bytes after answering: a later write may move the chunk and reuse its block. So the
+// reader checks every crc segment it reads against `segment_crcs` (the committed version's, taken with
+// the location) and reads again over RPC when one differs: bytes that match are the committed bytes.
+struct LocalExtent {
+  std::string path;            // the data file
+  uint64_t device = 0;         // its st_dev and st_ino: the reader checks that it opened this file
+  uint64_t inode = 0;
+  uint64_t file_offset = 0;    // where version position `position` lies in the file
+  uint64_t position = 0;       // first version byte to read (a crc segment start)
+  uint64_t verify_bytes = 0;   // bytes from there that the segment CRCs cover (whole segments, short at the end)
+  uint64_t skip = 0;           // the answer starts `skip` bytes after `position` (the read's offset)
+  uint64_t count = 0;          // bytes of the answer (short at the end of the chunk)
+  uint64_t segment_bytes = 0;  // the crc segment size
+  std::vector<uint32_t> segment_crcs;  // CRC32C of each segment read, in order
+};
+
+// locate()'s answer: as SharedChunkRead, with where the bytes lie instead of the bytes.
+struct LocalChunkRead {
+  ChunkMeta meta;
+  bool dirty = false;
+  std::optional<LocalExtent> extent;  // nullopt when there is nothing to read (count 0, strict dirty)
+};
+
 class ChunkStore {
  public:
   virtual ~ChunkStore() = default;
@@ -138,6 +163,14 @@ class ChunkStore {
   virtual Result<SharedChunkRead> read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
     FF_ASSIGN_OR_RETURN(ChunkRead read_result, read(id, offset, length, mode));
     return SharedChunkRead{read_result.meta, SharedBytes::adopt(std::move(read_result.data)), read_result.dirty};
+  }
+
+  // What read() would read, as a location in a local file (LocalExtent) instead of bytes, for a reader
+  // on this host. Same checks, errors and dirty answers as read(); corruption is found by the reader.
+  // unimplemented where the bytes are not in a file (MemChunkStore): the caller then reads.
+  virtual Result<LocalChunkRead> locate(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
+    (void)offset, (void)length, (void)mode;
+    return unimplemented("chunk {}: this store keeps no local files to read", id.to_string());
   }
 
   // Stores an update as the pending version (copy-on-write: the committed version stays readable).

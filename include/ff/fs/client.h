@@ -32,6 +32,13 @@ struct ClientConfig {
   int64_t retry_backoff_ns = 50'000'000;    // grows x2 per attempt up to 1 s
   uint32_t max_attempts = 32;
   uint32_t dirty_retries_before_tail = 3;
+  // Local reads (local_read.h): reads that accept pieces ask targets on this host where the committed
+  // bytes lie and read them from the target's file on the executor's offload threads, checked against
+  // the segment CRCs; a mismatch reads over RPC. Off by default (the sim, tools); FileClient turns it on.
+  bool local_reads = false;
+  // Reads shorter than this go over RPC even with local_reads: for 4 KiB reads the RPC is the whole
+  // cost and a local read only adds a hop to an offload thread (measured level or slower, docs/fs.md).
+  uint64_t local_read_min_bytes = 32 << 10;
 };
 
 class StorageClient {
@@ -64,7 +71,8 @@ class StorageClient {
   // accept_pieces: the answer's bytes may come in ReadRsp::pieces (left where the transport received
   // them) instead of `data`; the caller reads whichever is set. Then `done` of a successful read may
   // also run on the transport's thread instead of the executor (it must be thread-safe); failures
-  // and retries stay on the executor.
+  // and retries stay on the executor. With ClientConfig::local_reads, such a read may be served from
+  // the target's file on this host (its completion then runs on an offload thread).
   void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
             Callback<ReadRsp> done, bool accept_pieces = false);
   // Batches: each item is retried independently; results in request order.
@@ -78,6 +86,12 @@ class StorageClient {
     uint64_t attempts = 0, retries = 0, dirty = 0, tail_fallbacks = 0, routing_refreshes = 0;
   };
   Stats stats() const;
+  // Local reads (ClientConfig::local_reads) so far; any thread.
+  struct LocalReadCounts {
+    uint64_t served = 0;     // reads served from a target's file on this host
+    uint64_t fallbacks = 0;  // local answers read over RPC after all (a CRC differed, the file was unusable)
+  };
+  LocalReadCounts local_read_counts() const;
 
  private:
   struct State;

@@ -35,6 +35,7 @@
 
 #include "ff/common/result.h"
 #include "ff/fs/chunk_store.h"
+#include "ff/fs/client.h"
 #include "ff/fs/meta.h"
 #include "ff/fs/transport.h"
 #include "ff/fs/types.h"
@@ -52,6 +53,11 @@ struct FileClientConfig {
   // Chunk reads longer than this are split into pieces read in parallel (StorageClient spreads them
   // over the chain's serving replicas), so one large read is not served by one server alone. 0: off.
   uint32_t read_split_bytes = 1u << 20;
+  // Local reads (include/ff/fs/local_read.h): chunks on a storage target of this host are read from
+  // the target's file by this process (checked against their CRC32C; over RPC when that fails), on
+  // `local_read_threads` threads of the client's own executor (connect()).
+  bool local_reads = true;
+  uint32_t local_read_threads = 8;
 };
 
 using FileHandle = uint64_t;
@@ -70,6 +76,8 @@ class FileClient {
 
   meta::MetaApi& meta();
   uint64_t client_id() const;
+  // Local reads so far (FileClientConfig::local_reads); any thread.
+  StorageClient::LocalReadCounts local_read_counts() const;
 
   // flags: meta::OpenFlags (kOpenRead, kOpenWrite, kOpenTruncate).
   Result<FileHandle> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags);

@@ -146,6 +146,10 @@ struct ReadReq {
   // state (syncing, waiting: a returning target may hold the only good copy of a corrupted chunk) and
   // under any chain version; the reader checks version and CRC32C itself. Never repairs in turn.
   bool any_state = false;
+  // The caller's host (this_host_id(), local_read.h), asking for a local read: a target on the same
+  // host answers with where the bytes lie (ReadRsp::local) instead of the bytes, when its store can.
+  // Empty: an ordinary read.
+  std::string local_host;
   // Local to the caller, never sent: the caller accepts the answer's bytes in ReadRsp::pieces (a
   // transport that can leaves them where it received them instead of copying them into `data`), and
   // a successful answer's completion on the transport's own thread (fs/rpc then skips the hop to the
@@ -186,6 +190,9 @@ struct ReadRsp {
   // Optional, instead of `data`: set only for a request with accept_pieces, by a transport that keeps
   // received payloads in pieces (fs/rpc's Fs/Frame); payload() is then empty.
   PayloadPieces pieces;
+  // Set instead of any payload for a local read (ReadReq::local_host): the caller reads the bytes
+  // from the file itself and checks them against the segment CRCs.
+  std::optional<LocalExtent> local;
   std::span<const std::byte> payload() const { return shared_data.is_set() ? shared_data.bytes : std::span<const std::byte>(data); }
 };
 

@@ -62,12 +62,13 @@ class PyClient {
  public:
   PyClient(const std::string& mgmtd, const std::vector<std::string>& meta_addresses, const std::string& meta_db,
            bool meta_memory, uint32_t chunk_size, uint32_t stripe, uint32_t max_parallel_chunks, bool kv_sync,
-           int64_t timeout_ms, uint32_t uid, uint32_t gid) {
+           int64_t timeout_ms, uint32_t uid, uint32_t gid, bool local_reads) {
     caller_.uid = uid;
     caller_.gid = gid;
     FileClientConfig config;
     config.mgmtd_address = mgmtd;
     config.max_parallel_chunks = max_parallel_chunks;
+    config.local_reads = local_reads;
     nb::gil_scoped_release release;
     if (!meta_addresses.empty()) {
 #ifdef FF_FS_HAVE_META_RPC
@@ -259,6 +260,13 @@ class PyClient {
     check(client().close(handle));
   }
   size_t open_handles() { return client().open_handles(); }
+  nb::dict local_read_counts() {
+    const StorageClient::LocalReadCounts counts = client().local_read_counts();
+    nb::dict out;
+    out["served"] = counts.served;
+    out["fallbacks"] = counts.fallbacks;
+    return out;
+  }
 
   int open_caches = 0;  // KVCache objects open over this client (under the GIL)
 
@@ -429,11 +437,12 @@ NB_MODULE(_fs, module) {
 
   nb::class_<PyClient>(module, "Client")
       .def(nb::init<const std::string&, const std::vector<std::string>&, const std::string&, bool, uint32_t, uint32_t,
-                    uint32_t, bool, int64_t, uint32_t, uint32_t>(),
+                    uint32_t, bool, int64_t, uint32_t, uint32_t, bool>(),
            nb::arg("mgmtd"), nb::arg("meta_addresses"), nb::arg("meta_db"), nb::arg("meta_memory"),
            nb::arg("chunk_size"), nb::arg("stripe"), nb::arg("max_parallel_chunks"), nb::arg("kv_sync"),
-           nb::arg("timeout_ms"), nb::arg("uid"), nb::arg("gid"))
+           nb::arg("timeout_ms"), nb::arg("uid"), nb::arg("gid"), nb::arg("local_reads"))
       .def("close", &PyClient::close)
+      .def("local_read_counts", &PyClient::local_read_counts)
       .def_prop_ro("closed", &PyClient::closed)
       .def("stat", &PyClient::stat, nb::arg("path"), nb::arg("follow") = true)
       .def("mkdir", &PyClient::mkdir, nb::arg("path"), nb::arg("mode"))

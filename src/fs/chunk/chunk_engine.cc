@@ -81,6 +81,8 @@ struct BlockClass {
   uint64_t block_bytes = 0;
   std::string path;
   int fd = -1;
+  uint64_t device = 0;         // the file's st_dev and st_ino (LocalExtent)
+  uint64_t inode = 0;
   std::mutex mutex;
   uint64_t total_blocks = 0;   // guarded by mutex
   std::vector<uint32_t> free;  // guarded by mutex; a stack, lowest index on top
@@ -178,6 +180,7 @@ struct ChunkEngine::Impl {
   std::array<std::shared_mutex, kLockStripes> read_locks;
 
   std::atomic<uint64_t> reads{0};
+  std::atomic<uint64_t> locates{0};
   std::atomic<uint64_t> read_bytes{0};
   std::atomic<uint64_t> writes{0};
   std::atomic<uint64_t> write_bytes{0};
@@ -239,6 +242,9 @@ struct ChunkEngine::Impl {
 
   Status commit(const ChunkId& id, uint32_t version, bool sync);
 
+  template <class ReadResult, class Body>
+  Status with_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode, ReadResult& result,
+                        Body body);
   template <class ReadResult, class Destination>
   Status read_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode, ReadResult& result,
                         Destination destination);
@@ -835,7 +841,8 @@ Status ChunkEngine::Impl::open_files() {
   for (size_t index = 0; index < class_count; ++index) {
     auto block_class = std::make_unique<BlockClass>();
     block_class->block_bytes = options.min_block_bytes << index;
-    block_class->path = fmt::format("{}/blocks.{}", options.directory, block_class->block_bytes);
+    // Absolute: LocalExtent hands the path to readers with another working directory.
+    block_class->path = (std::filesystem::absolute(options.directory) / fmt::format("blocks.{}", block_class->block_bytes)).string();
     int flags = O_RDWR | O_CREAT | O_CLOEXEC;
     if (direct_io) {
       block_class->fd = ::open(block_class->path.c_str(), flags | O_DIRECT, 0644);
@@ -853,6 +860,8 @@ Status ChunkEngine::Impl::open_files() {
     struct stat info {};
     if (::fstat(block_class->fd, &info) != 0) return errno_error(errno, fmt::format("stat {}", block_class->path));
     block_class->total_blocks = static_cast<uint64_t>(info.st_size) / block_class->block_bytes;
+    block_class->device = static_cast<uint64_t>(info.st_dev);
+    block_class->inode = static_cast<uint64_t>(info.st_ino);
     classes.push_back(std::move(block_class));
   }
   // If a later file refused O_DIRECT, reopen the earlier ones without it so every class agrees.
@@ -1014,13 +1023,13 @@ Result<ChunkMeta> ChunkEngine::stat(const ChunkId& id) {
   return chunk_internal::to_meta(id, *record);
 }
 
-// The one read path behind read_into, read_shared and read: under the chunk's read lock, loads its
-// record, fills result.meta and result.dirty, stops there for a strict read of a chunk with a pending
-// version, else reads the committed bytes of [offset, offset + length) (clipped to the chunk) into the
-// buffer `destination(count)` returns (called once, also with count 0; may return nullptr then).
-template <class ReadResult, class Destination>
-Status ChunkEngine::Impl::read_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode,
-                                         ReadResult& result, Destination destination) {
+// The one read path behind read_into, read_shared, read and locate: under the chunk's read lock, loads
+// its record, fills result.meta and result.dirty, stops there for a strict read of a chunk with a pending
+// version, else calls body(committed version, count) with the bytes of [offset, offset + length) that
+// the committed version holds (clipped to the chunk; also with count 0).
+template <class ReadResult, class Body>
+Status ChunkEngine::Impl::with_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode,
+                                         ReadResult& result, Body body) {
   std::shared_lock read_lock(read_locks[stripe(id)]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> record, load(id));
   // A committed patch not applied in place yet (the settler is behind): apply it now, then read.
@@ -1044,14 +1053,24 @@ Status ChunkEngine::Impl::read_committed(const ChunkId& id, uint64_t offset, uin
   if (result.dirty && mode == ReadMode::kStrict) return Status::ok();
   const uint64_t chunk_length = record->committed.length;
   const uint64_t count = offset >= chunk_length ? 0 : std::min<uint64_t>(length, chunk_length - offset);
-  FF_ASSIGN_OR_RETURN(std::byte * out, destination(count));
-  if (count > 0) {
-    FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, io->borrow());
-    FF_RETURN_IF_ERROR(read_version(*context, id, record->committed, offset, out, count));
-  }
-  reads.fetch_add(1, std::memory_order_relaxed);
-  read_bytes.fetch_add(count, std::memory_order_relaxed);
-  return Status::ok();
+  return body(record->committed, count);
+}
+
+// with_committed() that reads the bytes into the buffer `destination(count)` returns (called once, also
+// with count 0; may return nullptr then).
+template <class ReadResult, class Destination>
+Status ChunkEngine::Impl::read_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode,
+                                         ReadResult& result, Destination destination) {
+  return with_committed(id, offset, length, mode, result, [&](const VersionRecord& committed, uint64_t count) -> Status {
+    FF_ASSIGN_OR_RETURN(std::byte * out, destination(count));
+    if (count > 0) {
+      FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, io->borrow());
+      FF_RETURN_IF_ERROR(read_version(*context, id, committed, offset, out, count));
+    }
+    reads.fetch_add(1, std::memory_order_relaxed);
+    read_bytes.fetch_add(count, std::memory_order_relaxed);
+    return Status::ok();
+  });
 }
 
 Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId& id, uint64_t offset, std::span<std::byte> out,
@@ -1086,6 +1105,32 @@ Result<ChunkRead> ChunkEngine::read(const ChunkId& id, uint64_t offset, uint64_t
   FF_RETURN_IF_ERROR(impl_->read_committed(id, offset, length, mode, result, [&](uint64_t count) -> Result<std::byte*> {
     result.data.resize(count);
     return result.data.data();
+  }));
+  return result;
+}
+
+Result<LocalChunkRead> ChunkEngine::locate(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
+  LocalChunkRead result;
+  Impl& impl = *impl_;
+  FF_RETURN_IF_ERROR(impl.with_committed(id, offset, length, mode, result, [&](const VersionRecord& committed, uint64_t count) {
+    impl.locates.fetch_add(1, std::memory_order_relaxed);
+    if (count == 0) return Status::ok();
+    const uint64_t segment = impl.options.crc_segment_bytes;
+    const uint64_t first = align_down(offset, segment);
+    const uint64_t last = std::min(align_up(offset + count, segment), committed.length);
+    if (committed.segment_crcs.size() < (last + segment - 1) / segment) {
+      return data_loss("chunk {} on target {}: version {} has {} segment CRCs for {} bytes", id.to_string(),
+                       impl.options.directory, committed.version, committed.segment_crcs.size(), committed.length);
+    }
+    const BlockClass& block_class = *impl.classes[committed.location.block_class];
+    LocalExtent extent{.path = block_class.path, .device = block_class.device, .inode = block_class.inode,
+                       .file_offset = impl.file_offset(committed.location, first), .position = first,
+                       .verify_bytes = last - first, .skip = offset - first, .count = count,
+                       .segment_bytes = segment, .segment_crcs = {}};
+    extent.segment_crcs.assign(committed.segment_crcs.begin() + static_cast<ptrdiff_t>(first / segment),
+                               committed.segment_crcs.begin() + static_cast<ptrdiff_t>((last + segment - 1) / segment));
+    result.extent = std::move(extent);
+    return Status::ok();
   }));
   return result;
 }
@@ -1572,6 +1617,7 @@ Status ChunkEngine::check_allocator() {
 ChunkEngineStats ChunkEngine::stats() const {
   ChunkEngineStats stats;
   stats.reads = impl_->reads.load(std::memory_order_relaxed);
+  stats.locates = impl_->locates.load(std::memory_order_relaxed);
   stats.read_bytes = impl_->read_bytes.load(std::memory_order_relaxed);
   stats.writes = impl_->writes.load(std::memory_order_relaxed);
   stats.write_bytes = impl_->write_bytes.load(std::memory_order_relaxed);

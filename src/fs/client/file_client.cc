@@ -622,7 +622,9 @@ struct FileClient::Impl {
 
 Result<std::unique_ptr<FileClient>> FileClient::connect(FileClientConfig config, meta::MetaApi& meta) {
   if (config.mgmtd_address.empty()) return invalid_argument("FileClientConfig.mgmtd_address is empty");
-  auto executor = std::make_unique<rpc::ThreadExecutor>("fs-client", 1);
+  // Offload threads serve local reads (blocking preads of targets' files); one is enough without them.
+  const uint32_t offload_threads = config.local_reads ? std::clamp<uint32_t>(config.local_read_threads, 1, 64) : 1;
+  auto executor = std::make_unique<rpc::ThreadExecutor>("fs-client", offload_threads);
   auto rpc_client = std::make_unique<rpc::GrpcRpcClient>(*executor);
   Result<std::unique_ptr<FileClient>> client = create(std::move(config), meta, *executor, *rpc_client);
   if (!client.is_ok()) {
@@ -654,6 +656,7 @@ Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, 
   storage_config.mgmtd_address = config.mgmtd_address;
   storage_config.rpc_timeout_ns = config.rpc_timeout_ms * kNsPerMs;
   storage_config.op_timeout_ns = config.op_timeout_ms * kNsPerMs;
+  storage_config.local_reads = config.local_reads;
   impl->storage = std::make_unique<StorageClient>(storage_config, executor, rpc);
   // Each step of a FileStorage call waits as long as a chunk I/O of the data path may.
   impl->storage_files = std::make_unique<meta::StorageFiles>(
@@ -716,6 +719,8 @@ Result<size_t> FileClient::read(FileHandle handle, uint64_t offset, std::span<st
   ReadOp op{handle, offset, out};
   return std::move(impl_->read_batch(std::span<const ReadOp>(&op, 1))[0]);
 }
+
+StorageClient::LocalReadCounts FileClient::local_read_counts() const { return impl_->storage->local_read_counts(); }
 
 Result<std::vector<SharedBytes>> FileClient::read_pieces(FileHandle handle, uint64_t offset, size_t length) {
   return impl_->read_pieces(handle, offset, length);

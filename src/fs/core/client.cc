@@ -1,11 +1,13 @@
 #include "ff/fs/client.h"
 
 #include <algorithm>
+#include <atomic>
 #include <set>
 #include <utility>
 
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
+#include "ff/fs/local_read.h"
 #include "ff/fs/mgmtd_addresses.h"
 
 namespace ff::fs {
@@ -50,6 +52,14 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::vector<std::function<void()>> after_refresh;
 
   MgmtdAddresses mgmtd;  // config.mgmtd_address: a primary and its standbys
+  // Local reads (written on offload threads): served, read over RPC after all, and switched off after
+  // a file could not be used.
+  std::atomic<uint64_t> local_reads{0}, local_read_fallbacks{0};
+  std::atomic<bool> local_reads_off{false};
+
+  // Sends one read attempt to `address`; a local answer (ReadRsp::local) is read from the file here.
+  void send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
+                 std::function<void(Result<ReadRsp>)> attempt_done);
 
   State(ClientConfig c, Executor& e, RpcClient& r)
       : config(std::move(c)), executor(e), rpc(r), mgmtd(MgmtdAddresses::unchecked(config.mgmtd_address)) {}
@@ -230,17 +240,54 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
         ReadReq req{.chain = chain, .chain_version = state->routing.chain(chain)->version, .target = *target, .chunk = chunk,
                     .offset = offset, .length = length, .mode = tail ? ReadMode::kRelaxed : mode,
                     .accept_pieces = accept_pieces};
-        state->rpc.call(*address, Request{req}, state->attempt_timeout(),
-                        [state, attempt_done, dirty_seen](Result<Response> response) {
-                          Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
-                          if (!rsp.is_ok() && fs_error_of(rsp.status()) == FsError::kChunkDirty) {
-                            ++*dirty_seen;
-                            ++state->stats.dirty;
-                          }
-                          attempt_done(std::move(rsp));
-                        });
+        if (accept_pieces && state->config.local_reads && length >= state->config.local_read_min_bytes &&
+            !state->local_reads_off.load(std::memory_order_relaxed)) {
+          req.local_host = this_host_id();
+        }
+        state->send_read(*address, std::move(req), dirty_seen, std::move(attempt_done));
       },
       std::move(done));
+}
+
+void StorageClient::State::send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
+                                     std::function<void(Result<ReadRsp>)> attempt_done) {
+  auto self = shared_from_this();
+  // Completes on the executor, or for a successful read with accept_pieces on gRPC's thread.
+  rpc.call(address, Request{req}, attempt_timeout(), [self, address, req, attempt_done, dirty_seen](Result<Response> response) mutable {
+    Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+    if (!rsp.is_ok()) {
+      if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
+        ++*dirty_seen;
+        ++self->stats.dirty;
+      }
+      return attempt_done(std::move(rsp));
+    }
+    if (!rsp->local) return attempt_done(std::move(rsp));
+    // A local read: the bytes are in the target's file on this host. Read them off the executor and
+    // off gRPC's thread; success completes there (accept_pieces allows it), a failure reads over RPC.
+    self->executor.offload(
+        [self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done, dirty_seen]() mutable {
+          Result<SharedBytes> bytes = read_local_extent(*rsp.local);
+          if (bytes.is_ok()) {
+            self->local_reads.fetch_add(1, std::memory_order_relaxed);
+            rsp.local.reset();
+            rsp.pieces = PayloadPieces{.owner = bytes->owner, .pieces = {bytes->bytes}, .size = bytes->size()};
+            return attempt_done(std::move(rsp));
+          }
+          self->local_read_fallbacks.fetch_add(1, std::memory_order_relaxed);
+          if (bytes.status().code() == StatusCode::kDataLoss) {
+            FF_LOG_DEBUG("chunk {}: {}; reading over RPC", req.chunk.to_string(), bytes.status());
+          } else if (!self->local_reads_off.exchange(true)) {
+            // The file cannot be used from here (permissions, another mount namespace): stop asking.
+            FF_LOG_INFO("local reads off for this client: {}", bytes.status());
+          }
+          req.local_host.clear();
+          self->executor.post([self, address, req = std::move(req), attempt_done = std::move(attempt_done), dirty_seen]() mutable {
+            self->send_read(address, std::move(req), dirty_seen, std::move(attempt_done));
+          });
+        },
+        {});
+  });
 }
 
 void StorageClient::batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done) {
@@ -312,5 +359,10 @@ void StorageClient::remove_range(ChainId chain, const ChunkId& begin, const Chun
 }
 
 StorageClient::Stats StorageClient::stats() const { return state_->stats; }
+
+StorageClient::LocalReadCounts StorageClient::local_read_counts() const {
+  return LocalReadCounts{.served = state_->local_reads.load(std::memory_order_relaxed),
+                         .fallbacks = state_->local_read_fallbacks.load(std::memory_order_relaxed)};
+}
 
 }  // namespace ff::fs

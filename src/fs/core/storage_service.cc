@@ -12,6 +12,7 @@
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
 #include "ff/fs/crc32c.h"
+#include "ff/fs/local_read.h"
 #include "ff/fs/mgmtd_addresses.h"
 
 namespace ff::fs {
@@ -142,7 +143,7 @@ struct StorageService::State {
   mutable std::mutex view_mutex;
   std::shared_ptr<const ReadView> view = std::make_shared<ReadView>();
   std::atomic<int64_t> view_mgmtd_ok_ns{INT64_MIN / 2};
-  std::atomic<uint64_t> fast_reads{0}, fast_dirty_reads{0};
+  std::atomic<uint64_t> fast_reads{0}, fast_dirty_reads{0}, local_reads{0};
   // Chunks whose pending version was acknowledged upstream before it was committed here
   // (ack_then_commit): target+chunk -> version. Written on the executor, read by the read fast lane.
   mutable std::mutex marks_mutex;
@@ -1101,6 +1102,11 @@ struct StorageService::State {
   }
 
   // ------------------------------------------------------------------ reads
+  // A local read (local_read.h): the caller runs on this host and reads the bytes from the store's
+  // file itself; the store's locate() says where they lie (a store that cannot, or any error there,
+  // reads as usual: the read reports and repairs corruption).
+  static bool wants_local_read(const ReadReq& req) { return !req.local_host.empty() && req.local_host == this_host_id(); }
+
   void read_one(ReadReq req, std::function<void(Result<ReadRsp>)> done, bool repaired = false, ReadAnswer answer = {}) {
     ++stats.reads;
     if (req.any_state) {
@@ -1128,12 +1134,21 @@ struct StorageService::State {
     struct Outcome {
       Result<ChunkRead> plain = Status(StatusCode::kInternal, "unset");
       Result<SharedChunkRead> shared = Status(StatusCode::kInternal, "unset");
+      std::optional<LocalChunkRead> local;  // a local read the store could answer (wants_local_read)
       bool answered = false;  // answered from the worker (ReadAnswer::fast)
     };
     auto outcome = std::make_shared<Outcome>();
     bool shared = answer.shared;
+    const bool local = wants_local_read(req) && !repaired;
     executor.offload(
-        [store_ptr, outcome, req, shared, fast = std::move(answer.fast)] {
+        [store_ptr, outcome, req, shared, local, fast = std::move(answer.fast)] {
+          if (local) {
+            Result<LocalChunkRead> located = store_ptr->locate(req.chunk, req.offset, req.length, req.mode);
+            if (located.is_ok()) {
+              outcome->local = std::move(*located);
+              return;
+            }
+          }
           if (!shared) {
             outcome->plain = store_ptr->read(req.chunk, req.offset, req.length, req.mode);
             return;
@@ -1147,6 +1162,17 @@ struct StorageService::State {
         },
         [this, req, outcome, done, repaired, shared] {
           if (outcome->answered) return;
+          if (outcome->local) {
+            if (outcome->local->dirty && req.mode == ReadMode::kStrict) {
+              ++stats.dirty_reads;
+              return done(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
+                                                                     req.target, outcome->local->meta.pending_version)));
+            }
+            local_reads.fetch_add(1, std::memory_order_relaxed);
+            ReadRsp rsp{.meta = outcome->local->meta, .data = {}, .dirty = outcome->local->dirty};
+            rsp.local = std::move(outcome->local->extent);
+            return done(std::move(rsp));
+          }
           const Status& status = shared ? outcome->shared.status() : outcome->plain.status();
           if (!status.is_ok()) {
             if (status.code() == StatusCode::kDataLoss && !repaired) return repair(req, done);
@@ -1252,6 +1278,23 @@ struct StorageService::State {
     bool shared = context.shared_payloads;
     executor.offload(
         [this, store_ptr = store_it->second, req, reply = std::move(reply), shared, context]() mutable {
+          if (wants_local_read(req)) {
+            // Where the committed bytes lie (wants_local_read); the reader checks them.
+            Result<LocalChunkRead> located = store_ptr->locate(req.chunk, req.offset, req.length, req.mode);
+            if (located.is_ok()) {
+              if (located->dirty && req.mode == ReadMode::kStrict) {
+                fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
+                return reply(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}",
+                                                                         req.chunk.to_string(), req.target,
+                                                                         located->meta.pending_version)));
+              }
+              local_reads.fetch_add(1, std::memory_order_relaxed);
+              ReadRsp rsp{.meta = located->meta, .data = {}, .dirty = located->dirty};
+              // Nothing to read (past the end): an empty answer, as a read gives.
+              if (located->extent) rsp.local = std::move(located->extent);
+              return reply(Response{std::move(rsp)});
+            }
+          }
           Result<SharedChunkRead> read = store_ptr->read_shared(req.chunk, req.offset, req.length, req.mode);
           if (read.is_ok()) {
             if (read->dirty && req.mode == ReadMode::kStrict) {
@@ -1841,6 +1884,7 @@ StorageService::Stats StorageService::stats() const {
   Stats stats = state_->stats;
   stats.reads += state_->fast_reads.load(std::memory_order_relaxed);
   stats.dirty_reads += state_->fast_dirty_reads.load(std::memory_order_relaxed);
+  stats.local_reads = state_->local_reads.load(std::memory_order_relaxed);
   return stats;
 }
 

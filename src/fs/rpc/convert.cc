@@ -134,19 +134,38 @@ void to(const ReadReq& v, pb::ReadReq* p) {
   to(v.chunk, p->mutable_chunk());
   p->set_offset(v.offset); p->set_length(v.length); p->set_mode(static_cast<uint32_t>(v.mode));
   p->set_any_state(v.any_state);
+  p->set_local_host(v.local_host);
 }
 Result<ReadReq> from(const pb::ReadReq& p) {
   FF_ASSIGN_OR_RETURN(ReadMode mode, enum_from<ReadMode>(p.mode(), 1, "read mode"));
   ReadReq read{p.chain(), p.chain_version(), p.target(), from(p.chunk()), p.offset(), p.length(), mode};
   read.any_state = p.any_state();
+  read.local_host = p.local_host();
   return read;
+}
+void to(const LocalExtent& v, pb::LocalExtent* p) {
+  p->set_path(v.path); p->set_device(v.device); p->set_inode(v.inode); p->set_file_offset(v.file_offset);
+  p->set_position(v.position); p->set_verify_bytes(v.verify_bytes); p->set_skip(v.skip); p->set_count(v.count);
+  p->set_segment_bytes(v.segment_bytes);
+  p->mutable_segment_crcs()->Add(v.segment_crcs.begin(), v.segment_crcs.end());
+}
+LocalExtent from(const pb::LocalExtent& p) {
+  return LocalExtent{.path = p.path(), .device = p.device(), .inode = p.inode(), .file_offset = p.file_offset(),
+                     .position = p.position(), .verify_bytes = p.verify_bytes(), .skip = p.skip(), .count = p.count(),
+                     .segment_bytes = p.segment_bytes(),
+                     .segment_crcs = std::vector<uint32_t>(p.segment_crcs().begin(), p.segment_crcs().end())};
 }
 void to(ReadRsp&& v, pb::ReadRsp* p) {
   to(v.meta, p->mutable_meta());
   bytes_to(v.payload(), p->mutable_data());
   p->set_dirty(v.dirty);
+  if (v.local) to(*v.local, p->mutable_local());
 }
-ReadRsp from(pb::ReadRsp&& p) { return ReadRsp{from(p.meta()), bytes_from(p.data()), p.dirty()}; }
+ReadRsp from(pb::ReadRsp&& p) {
+  ReadRsp rsp{from(p.meta()), bytes_from(p.data()), p.dirty()};
+  if (p.has_local()) rsp.local = from(p.local());
+  return rsp;
+}
 
 }  // namespace
 

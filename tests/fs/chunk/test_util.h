@@ -13,10 +13,14 @@
 
 #include "ff/fs/chunk_engine.h"
 
+// Defined once per test binary, whichever test helper header comes first.
+#ifndef FF_TEST_STATUS_OSTREAM
+#define FF_TEST_STATUS_OSTREAM
 namespace ff {
 // gtest prints a Status in failure messages.
 inline std::ostream& operator<<(std::ostream& out, const Status& status) { return out << status.to_string(); }
 }  // namespace ff
+#endif
 
 namespace ff::fs::testing {
 

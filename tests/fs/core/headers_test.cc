@@ -3,6 +3,7 @@
 
 #include "ff/fs/chain_table.h"
 #include "ff/fs/client.h"
+#include "ff/fs/local_read.h"
 #include "ff/fs/map_store.h"
 #include "ff/fs/mem_chunk_store.h"
 #include "ff/fs/messages.h"

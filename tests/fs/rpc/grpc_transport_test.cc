@@ -23,6 +23,45 @@ Bytes make_bytes(size_t size, uint8_t seed) {
   return bytes;
 }
 
+TEST(GrpcTransportTest, LocalReadFieldsRoundTrip) {
+  ThreadExecutor server_executor("server");
+  ThreadExecutor client_executor("client");
+  const LocalExtent extent{.path = "/data/t1/blocks.65536", .device = 2049, .inode = 77, .file_offset = 131072,
+                           .position = 4096, .verify_bytes = 10000, .skip = 100, .count = 9000,
+                           .segment_bytes = 4096, .segment_crcs = {1, 0xffffffffu, 3}};
+  auto server = GrpcServer::start("127.0.0.1:0", server_executor, [&](const ServerContext&, Request request, Reply reply) {
+    auto* read = std::get_if<ReadReq>(&request);
+    ASSERT_NE(read, nullptr);
+    ReadRsp rsp;
+    rsp.meta.id = read->chunk;
+    if (read->local_host == "host-a") rsp.local = extent;
+    reply(Response{std::move(rsp)});
+  });
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  GrpcRpcClient client(client_executor);
+  ReadReq read{1, 2, 1001, ChunkId{5, 6}, 0, 100, ReadMode::kStrict};
+  read.local_host = "host-a";
+  auto local = response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{read}, 5 * kSecond));
+  ASSERT_TRUE(local.is_ok()) << local.status();
+  ASSERT_TRUE(local->local.has_value());
+  const LocalExtent& got = *local->local;
+  EXPECT_EQ(got.path, extent.path);
+  EXPECT_EQ(got.device, extent.device);
+  EXPECT_EQ(got.inode, extent.inode);
+  EXPECT_EQ(got.file_offset, extent.file_offset);
+  EXPECT_EQ(got.position, extent.position);
+  EXPECT_EQ(got.verify_bytes, extent.verify_bytes);
+  EXPECT_EQ(got.skip, extent.skip);
+  EXPECT_EQ(got.count, extent.count);
+  EXPECT_EQ(got.segment_bytes, extent.segment_bytes);
+  EXPECT_EQ(got.segment_crcs, extent.segment_crcs);
+  read.local_host = "host-b";
+  auto plain = response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{read}, 5 * kSecond));
+  ASSERT_TRUE(plain.is_ok()) << plain.status();
+  EXPECT_FALSE(plain->local.has_value());
+  EXPECT_EQ(plain->meta.id, (ChunkId{5, 6}));
+}
+
 TEST(GrpcTransportTest, RoundTripCarriesEveryFieldAndThePayload) {
   ThreadExecutor server_executor("server");
   ThreadExecutor client_executor("client");

@@ -17,10 +17,14 @@
 
 #include "ff/common/result.h"
 
+// Defined once per test binary, whichever test helper header comes first.
+#ifndef FF_TEST_STATUS_OSTREAM
+#define FF_TEST_STATUS_OSTREAM
 namespace ff {
 // Lets gtest print a Status in failure messages (`EXPECT_TRUE(s.is_ok()) << s`).
 inline std::ostream& operator<<(std::ostream& out, const Status& status) { return out << status.to_string(); }
 }  // namespace ff
+#endif
 
 namespace ff::fs::rpc::testing {
 

@@ -33,6 +33,7 @@ struct InProcessClusterOptions {
   int64_t heartbeat_timeout_ns = 10'000'000'000;  // see StorageClusterOptions
   FileClientConfig client;                        // defaults for make_client() and the embedded meta's own client
   int64_t client_lease_ms = 60'000;               // the embedded meta's client lease (sessions reclaimed every 200 ms)
+  std::string engine_root;                        // StorageClusterOptions::engine_root (ChunkEngine targets)
 };
 
 class InProcessCluster {
@@ -45,7 +46,8 @@ class InProcessCluster {
                                                .targets_per_node = options.targets_per_node,
                                                .replication = options.replication,
                                                .max_chunk_bytes = options.chunk_size,
-                                               .heartbeat_timeout_ns = options.heartbeat_timeout_ns}));
+                                               .heartbeat_timeout_ns = options.heartbeat_timeout_ns,
+                                               .engine_root = options.engine_root}));
     FileClientConfig client = options.client;
     client.mgmtd_address = cluster->storage_->mgmtd_address();
     EmbeddedFsConfig embedded;

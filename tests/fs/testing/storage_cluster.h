@@ -1,5 +1,5 @@
 // A storage cluster in one process, for tests: mgmtd (memory map store) + N storage services on
-// MemChunkStores, all over real gRPC on 127.0.0.1, one chain table (id 1), and a client executor with
+// MemChunkStores (or ChunkEngines: engine_root), all over real gRPC on 127.0.0.1, one chain table (id 1), and a client executor with
 // a gRPC client for whatever the test puts on top (a StorageClient: storage_client(); a FileClient and
 // an embedded meta: cluster_fixture.h). The one fixture for this in tests/fs: include it, do not copy
 // it; link ff_fs_test_cluster (tests/fs/testing/CMakeLists.txt).
@@ -16,7 +16,10 @@
 // client executor (one thread).
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "../rpc/test_util.h"
+#include "ff/fs/chunk_engine.h"
 #include "ff/fs/client.h"
 #include "ff/fs/map_store.h"
 #include "ff/fs/mem_chunk_store.h"
@@ -43,6 +47,9 @@ struct StorageClusterOptions {
   // new incarnation, which ends its old lease at once anyway.
   int64_t heartbeat_timeout_ns = 10'000'000'000;
   int64_t serving_timeout_ms = 30'000;  // start() waits this long for every chain to serve
+  // Non-empty: every target keeps its chunks in a ChunkEngine under <engine_root>/target-<id> (real
+  // files: local reads, corruption on disk) instead of a MemChunkStore.
+  std::string engine_root;
 };
 
 class StorageCluster {
@@ -90,14 +97,21 @@ class StorageCluster {
     return *storage_client_;
   }
 
-  // The chunk store of a target (every target of node n: n*1000 + 1 ..).
-  std::shared_ptr<MemChunkStore> store(TargetId target) {
+  // The chunk store of a target (every target of node n: n*1000 + 1 ..); null until the target
+  // first served. store(): the MemChunkStore (null with engine_root).
+  std::shared_ptr<ChunkStore> chunk_store(TargetId target) {
     NodeId node = static_cast<NodeId>(target / kTargetsPerNodeLimit);
     auto it = nodes_.find(node);
     if (it == nodes_.end()) return nullptr;
     std::lock_guard lock(*it->second.stores_mutex);
     auto found = it->second.stores->find(target);
     return found == it->second.stores->end() ? nullptr : found->second;
+  }
+  std::shared_ptr<MemChunkStore> store(TargetId target) { return std::dynamic_pointer_cast<MemChunkStore>(chunk_store(target)); }
+  // A node's service (null while it is down).
+  StorageService* service(NodeId node) {
+    auto it = nodes_.find(node);
+    return it == nodes_.end() || !it->second.parts ? nullptr : it->second.parts->service.get();
   }
 
   // The routing as mgmtd has it now.
@@ -156,7 +170,7 @@ class StorageCluster {
   };
   struct Node {
     std::string address;
-    std::shared_ptr<std::map<TargetId, std::shared_ptr<MemChunkStore>>> stores;  // the "disks"
+    std::shared_ptr<std::map<TargetId, std::shared_ptr<ChunkStore>>> stores;  // the "disks"
     // Guards *stores: the node's service opens a target's store on its thread (when it first serves
     // it), while a test may look stores up.
     std::shared_ptr<std::mutex> stores_mutex = std::make_shared<std::mutex>();
@@ -190,7 +204,7 @@ class StorageCluster {
     for (NodeId id = 1; id <= options_.nodes; ++id) {
       Node& node = nodes_[id];
       node.address = "127.0.0.1:" + std::to_string(rpc::testing::free_port());
-      node.stores = std::make_shared<std::map<TargetId, std::shared_ptr<MemChunkStore>>>();
+      node.stores = std::make_shared<std::map<TargetId, std::shared_ptr<ChunkStore>>>();
       FF_RETURN_IF_ERROR(start_node(id));
     }
     // The nodes register asynchronously: retry until the chain table can be made over all of them.
@@ -223,12 +237,23 @@ class StorageCluster {
     auto stores = node.stores;
     auto stores_mutex = node.stores_mutex;
     const uint64_t max_chunk = options_.max_chunk_bytes;
-    parts->service =
-        std::make_unique<StorageService>(config, *parts->executor, *parts->rpc, [stores, stores_mutex, max_chunk](TargetId target) {
+    const std::string engine_root = options_.engine_root;
+    parts->service = std::make_unique<StorageService>(
+        config, *parts->executor, *parts->rpc,
+        [stores, stores_mutex, max_chunk, engine_root](TargetId target) -> Result<std::shared_ptr<ChunkStore>> {
           std::lock_guard lock(*stores_mutex);
           auto& slot = (*stores)[target];
-          if (!slot) slot = std::make_shared<MemChunkStore>(max_chunk);
-          return Result<std::shared_ptr<ChunkStore>>(std::shared_ptr<ChunkStore>(slot));
+          if (!slot && engine_root.empty()) slot = std::make_shared<MemChunkStore>(max_chunk);
+          if (!slot) {
+            ChunkEngineOptions engine;
+            engine.directory = fmt::format("{}/target-{}", engine_root, target);
+            engine.max_block_bytes = std::bit_ceil(std::max<uint64_t>(max_chunk, engine.min_block_bytes));
+            engine.preallocate_bytes_per_class = 4ull << 20;
+            std::filesystem::create_directories(engine.directory);
+            FF_ASSIGN_OR_RETURN(std::unique_ptr<ChunkEngine> opened, ChunkEngine::open(engine));
+            slot = std::shared_ptr<ChunkStore>(std::move(opened));
+          }
+          return slot;
         });
     StorageService* service = parts->service.get();
     // A port just released may take a moment to bind again.

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <future>
 #include <iostream>
@@ -153,6 +154,7 @@ struct BenchCase {
   ChainTableId table = 1;
   uint64_t inode = 7;
   uint64_t max_ops = 0;  // 0: until `seconds` pass
+  bool local_reads = false;  // ClientConfig::local_reads
 };
 
 int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
@@ -222,10 +224,18 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
             },
             0, chunk_bytes);
       } else {
-        client.read(chain, chunk, in_chunk, c.block_bytes, ReadMode::kStrict, [finish, issue](Result<ReadRsp> rsp) {
-          finish(rsp.is_ok() ? Status::ok() : rsp.status());
-          issue();
-        });
+        // With local reads the answer comes as pieces, and a read served from a target's file completes on
+        // an offload thread: back to the executor, where issue() runs.
+        client.read(
+            chain, chunk, in_chunk, c.block_bytes, ReadMode::kStrict,
+            [finish, issue, &executor](Result<ReadRsp> rsp) {
+              Status status = rsp.is_ok() ? Status::ok() : rsp.status();
+              executor.post([finish, issue, status] {
+                finish(status);
+                issue();
+              });
+            },
+            c.local_reads);
       }
     }
     std::lock_guard lock(shared->mutex);
@@ -250,7 +260,9 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
                          {"MB_per_s", static_cast<double>(ok_ops * c.block_bytes) / 1e6 / seconds},
                          {"iops", static_cast<double>(ok_ops) / seconds},
                          {"p50_us", shared->latency.quantile_us(0.5)},
-                         {"p99_us", shared->latency.quantile_us(0.99)}};
+                         {"p99_us", shared->latency.quantile_us(0.99)},
+                         {"local_reads", client.local_read_counts().served},
+                         {"local_read_fallbacks", client.local_read_counts().fallbacks}};
   if (!shared->first_error.empty()) line["first_error"] = shared->first_error;
   std::cout << line.dump() << std::endl;
   return shared->errors == 0 ? 0 : 1;
@@ -280,6 +292,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--table", bench_case.table);
   bench_cmd->add_option("--inode", bench_case.inode);
   bench_cmd->add_option("--max-ops", bench_case.max_ops, "stop after this many operations (prefill)");
+  bench_cmd->add_flag("--local-reads", bench_case.local_reads,
+                      "read chunks of targets on this host from their files (docs/fs.md, Local reads)");
 
   auto* write_cmd = app.add_subcommand("write-check", "write checksummed chunks, log the acknowledged ones");
   double seconds = 10;
@@ -297,7 +311,8 @@ int main(int argc, char** argv) {
   verify_cmd->add_option("--log", log_path)->required();
   CLI11_PARSE(app, argc, argv);
 
-  ThreadExecutor executor("bench", 1);
+  // Local reads are blocking preads on the executor's offload threads: one per read in flight.
+  ThreadExecutor executor("bench", bench_case.local_reads ? std::clamp<uint32_t>(bench_case.queue_depth, 1, 64) : 1);
   GrpcRpcClient rpc(executor);
   ClientConfig config;
   config.client_id = client_id;
@@ -305,6 +320,7 @@ int main(int argc, char** argv) {
   config.rpc_timeout_ns = static_cast<int64_t>(rpc_timeout_s * 1e9);
   config.op_timeout_ns = 60'000'000'000;
   config.max_attempts = 200;
+  config.local_reads = bench_case.local_reads;
   int code = 0;
   {
     StorageClient client(config, executor, rpc);

@@ -49,6 +49,7 @@ struct Config {
   uint32_t stripe = 0;  // 0: every chain of the table
   uint32_t chunk_size = 4u << 20;
   uint32_t max_parallel_chunks = 16;
+  bool local_reads = true;  // FileClientConfig::local_reads
   double stats_interval_s = 30;
 };
 
@@ -76,6 +77,7 @@ Status load_toml(const std::string& path, Config* c) {
   FF_RETURN_IF_ERROR(reader.read("storage.mgmtd", &c->mgmtd));
   FF_RETURN_IF_ERROR(reader.read("storage.memory", &c->memory_data));
   FF_RETURN_IF_ERROR(reader.read("storage.max_parallel_chunks", &c->max_parallel_chunks));
+  FF_RETURN_IF_ERROR(reader.read("storage.local_reads", &c->local_reads));
   return reader.finish();
 }
 
@@ -167,7 +169,9 @@ std::unique_ptr<fuse::RingRegistry> make_rings(FileClient& client) { return std:
 std::unique_ptr<fuse::RingRegistry> make_rings(FileClient&) { return nullptr; }
 #endif
 
-int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse::RingRegistry* rings = nullptr) {
+// client: the FileClient under `data`, if any (its local reads go into the stats line).
+int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse::RingRegistry* rings = nullptr,
+          const FileClient* client = nullptr) {
   auto fs = fuse::FuseFs::mount(config.fuse, meta, data, rings);
   if (!fs.is_ok()) {
     FF_LOG_ERROR("{}", fs.status());
@@ -176,13 +180,20 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
   std::unique_ptr<rpc::StatsReporter> reporter;
   if (config.stats_interval_s > 0) {
     fuse::FuseFs* raw = fs->get();
-    reporter = std::make_unique<rpc::StatsReporter>(static_cast<int64_t>(config.stats_interval_s * 1000), [raw] {
+    reporter = std::make_unique<rpc::StatsReporter>(static_cast<int64_t>(config.stats_interval_s * 1000), [raw, client] {
       fuse::FuseStats s = raw->stats();
-      return fmt::format(
+      std::string line = fmt::format(
           "fuse requests={} errors={} read_MB={:.1f} write_MB={:.1f} invalidations={} reads={} read_KiB_avg={:.0f} "
           "most_concurrent_reads={}",
           s.requests, s.errors, s.read_bytes / 1e6, s.write_bytes / 1e6, s.invalidations, s.reads,
           s.reads ? s.read_bytes / 1024.0 / s.reads : 0.0, s.most_concurrent_reads);
+#ifdef FF_FUSE_HAVE_FILE_CLIENT
+      if (client != nullptr) {
+        const StorageClient::LocalReadCounts local = client->local_read_counts();
+        line += fmt::format(" local_reads={} local_read_fallbacks={}", local.served, local.fallbacks);
+      }
+#endif
+      return line;
     });
   }
   Status ran;
@@ -262,6 +273,7 @@ int run_storage(const Config& config) {
   FileClientConfig client_config;
   client_config.mgmtd_address = config.mgmtd;
   client_config.max_parallel_chunks = config.max_parallel_chunks;
+  client_config.local_reads = config.local_reads;
   if (!config.embedded_meta.empty()) {
     EmbeddedFsConfig embedded;
     embedded.kv_path = config.embedded_meta == ":memory:" ? "" : config.embedded_meta;
@@ -278,7 +290,7 @@ int run_storage(const Config& config) {
     auto rings = make_rings((*fs)->client());
     FF_LOG_INFO("ff-fuse: metadata in this process ({}), data on the cluster of mgmtd {}", config.embedded_meta,
                 config.mgmtd);
-    return serve(config, (*fs)->meta(), *data, rings.get());
+    return serve(config, (*fs)->meta(), *data, rings.get(), &(*fs)->client());
   }
 #ifdef FF_FUSE_HAVE_REMOTE_META
   meta::RemoteMetaOptions remote_options;
@@ -297,7 +309,7 @@ int run_storage(const Config& config) {
   auto rings = make_rings(**client);
   FF_LOG_INFO("ff-fuse: metadata from ff-meta {}, data on the cluster of mgmtd {}",
               fmt::join(config.meta_addresses, ","), config.mgmtd);
-  int rc = serve(config, **remote, *data, rings.get());
+  int rc = serve(config, **remote, *data, rings.get(), client->get());
   rings.reset();
   data.reset();
   client->reset();
@@ -340,7 +352,8 @@ int main(int argc, char** argv) {
   app.add_option("--attr-timeout-s", attr_timeout_s, "kernel attribute cache timeout");
   app.add_option("--threads", threads, "libfuse worker threads");
   app.add_flag("--direct-io", direct_io, "bypass the kernel page cache");
-  bool readdirplus = false;
+  bool readdirplus = false, no_local_reads = false;
+  app.add_flag("--no-local-reads", no_local_reads, "read every chunk over RPC, also from storage targets on this host");
   app.add_flag("--readdirplus", readdirplus, "listings carry attributes (one meta getattr per entry)");
   app.add_flag("--debug", debug, "libfuse request trace on stderr");
   CLI11_PARSE(app, argc, argv);
@@ -371,6 +384,7 @@ int main(int argc, char** argv) {
   if (threads > 0) config.fuse.max_threads = threads;
   if (direct_io) config.fuse.direct_io = true;
   if (readdirplus) config.fuse.readdirplus = true;
+  if (no_local_reads) config.local_reads = false;
   if (debug) config.fuse.debug = true;
   if (config.fuse.allow_other && geteuid() != 0) {
     // fusermount3 refuses allow_other for users unless /etc/fuse.conf says user_allow_other.

@@ -1,0 +1,31 @@
+// Local reads: a client on the same host as a storage target reads a chunk's committed bytes straight
+// from the target's data file instead of receiving them over RPC (no loopback TCP copies, no payload
+// through gRPC, no read on the server's disk threads). The read RPC still goes to the target, which
+// checks chain version, serving state and dirtiness as for any read and answers with where the bytes
+// lie (LocalExtent, chunk_store.h); the client reads them and checks each crc segment against the
+// committed version's CRC32C that came with the answer. A mismatch (the chunk moved and its block was
+// reused, an in-place update landed, or the disk is corrupt) sends the read over RPC, which verifies
+// and repairs as before. Design and trade-offs: docs/fs.md, "Local reads".
+#pragma once
+
+#include <string>
+
+#include "ff/common/result.h"
+#include "ff/fs/chunk_store.h"
+
+namespace ff::fs {
+
+// This machine's identity for local reads: the kernel's boot id (/proc/sys/kernel/random/boot_id),
+// the same for every process of one running kernel. Empty where the kernel has none (then local reads
+// are neither asked for nor answered).
+const std::string& this_host_id();
+
+// Reads extent's bytes: [position, position + verify_bytes) of the version from extent.path (O_DIRECT
+// where the file system allows), checks every segment's CRC32C, and returns the answer's bytes
+// [skip, skip + count) in a 4 KiB-aligned buffer (owned by the returned SharedBytes). Open files are
+// cached per path (thread-safe). Errors: unavailable (the file cannot be opened or is not the file
+// the target named: not the same host after all, or no permission), data_loss (a CRC differs: the
+// caller reads over RPC instead), io_error, invalid_argument (an extent that does not add up).
+Result<SharedBytes> read_local_extent(const LocalExtent& extent);
+
+}  // namespace ff::fs

@@ -1,0 +1,145 @@
+// Local reads (include/ff/fs/local_read.h).
+#include "ff/fs/local_read.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "../chunk/read_buffer_pool.h"
+#include "ff/fs/crc32c.h"
+
+namespace ff::fs {
+
+namespace {
+
+constexpr uint64_t kAlignment = 4096;
+
+uint64_t align_up(uint64_t value, uint64_t alignment) { return (value + alignment - 1) / alignment * alignment; }
+
+// Open data files by path: each opened once (O_DIRECT where allowed), checked against the device and
+// inode the target named; reopened when a target names another file at the same path. A descriptor
+// closes when the last reader holding it is done (a replaced or evicted entry may still be in a read).
+class OpenFiles {
+ public:
+  struct File {
+    int fd = -1;
+    uint64_t device = 0;
+    uint64_t inode = 0;
+    ~File() {
+      if (fd >= 0) ::close(fd);
+    }
+  };
+
+  Result<std::shared_ptr<const File>> open(const LocalExtent& extent) {
+    {
+      std::lock_guard lock(mutex_);
+      auto found = files_.find(extent.path);
+      if (found != files_.end() && found->second->device == extent.device && found->second->inode == extent.inode) {
+        return std::shared_ptr<const File>(found->second);
+      }
+    }
+    auto file = std::make_shared<File>();
+    file->fd = ::open(extent.path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    if (file->fd < 0 && errno == EINVAL) file->fd = ::open(extent.path.c_str(), O_RDONLY | O_CLOEXEC);  // no O_DIRECT there
+    if (file->fd < 0) return unavailable("local read: cannot open {}: {}", extent.path, std::strerror(errno));
+    struct stat info {};
+    if (::fstat(file->fd, &info) != 0 || static_cast<uint64_t>(info.st_dev) != extent.device ||
+        static_cast<uint64_t>(info.st_ino) != extent.inode) {
+      return unavailable("local read: {} here is device {} inode {}, the target named device {} inode {}", extent.path,
+                         info.st_dev, info.st_ino, extent.device, extent.inode);
+    }
+    file->device = extent.device;
+    file->inode = extent.inode;
+    std::lock_guard lock(mutex_);
+    // A bound, for processes that see many targets come and go (tests): drop one entry (the first path).
+    if (files_.size() >= kMaxFiles && !files_.contains(extent.path)) files_.erase(files_.begin());
+    files_[extent.path] = file;
+    return std::shared_ptr<const File>(file);
+  }
+
+ private:
+  static constexpr size_t kMaxFiles = 256;
+  std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<File>> files_;  // guarded by mutex_
+};
+
+OpenFiles& open_files() {
+  static OpenFiles* files = new OpenFiles();  // never destroyed: reads may run on threads at exit
+  return *files;
+}
+
+// Local reads' buffers, kept for reuse up to 64 MiB idle (the buffers a client's reads in flight use).
+chunk_internal::ReadBufferPool& read_buffers() {
+  static std::shared_ptr<chunk_internal::ReadBufferPool>* pool =
+      new std::shared_ptr<chunk_internal::ReadBufferPool>(chunk_internal::ReadBufferPool::create(64ull << 20));
+  return **pool;
+}
+
+std::string read_boot_id() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return id;
+}
+
+}  // namespace
+
+const std::string& this_host_id() {
+  static const std::string id = read_boot_id();
+  return id;
+}
+
+Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
+  const uint64_t segment = extent.segment_bytes;
+  if (segment == 0 || extent.skip + extent.count > extent.verify_bytes || extent.position % segment != 0 ||
+      extent.segment_crcs.size() != (extent.verify_bytes + segment - 1) / segment) {
+    return invalid_argument("local read of {}: extent does not add up (position {}, {} bytes to verify, skip {}, "
+                            "count {}, segment {} bytes, {} segment CRCs)",
+                            extent.path, extent.position, extent.verify_bytes, extent.skip, extent.count, segment,
+                            extent.segment_crcs.size());
+  }
+  FF_ASSIGN_OR_RETURN(std::shared_ptr<const OpenFiles::File> file, open_files().open(extent));
+  const int fd = file->fd;
+  // O_DIRECT wants the file offset, length and buffer 4 KiB-aligned; the block's room past the
+  // version's end (blocks are whole 64 KiB or more) absorbs the rounding.
+  const uint64_t read_bytes = align_up(extent.verify_bytes, kAlignment);
+  // NOTE: recycled through a pool, as the engine's read buffers are: a fresh 1 MiB buffer per read costs
+  // page faults, and O_DIRECT then pins pages not yet mapped (gup's slow path was 5 % of all CPU under
+  // FUSE reads).
+  std::shared_ptr<std::byte> buffer = read_buffers().acquire(read_bytes);
+  if (buffer == nullptr) return resource_exhausted("local read of {}: no memory for {} bytes", extent.path, read_bytes);
+  uint64_t done = 0;
+  while (done < extent.verify_bytes) {
+    const ssize_t n = ::pread(fd, buffer.get() + done, read_bytes - done, static_cast<off_t>(extent.file_offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno_error(errno, fmt::format("local read of {} at {}", extent.path, extent.file_offset + done));
+    if (n == 0) {
+      return io_error("local read of {}: end of file at {}, {} bytes short", extent.path, extent.file_offset + done,
+                      extent.verify_bytes - done);
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  for (size_t i = 0; i < extent.segment_crcs.size(); ++i) {
+    const uint64_t start = i * segment;
+    const uint64_t length = std::min(segment, extent.verify_bytes - start);
+    const uint32_t computed = crc32c(std::span<const std::byte>(buffer.get() + start, length));
+    if (computed != extent.segment_crcs[i]) {
+      return data_loss("local read of {}: bytes [{}, {}) of the version (file offset {}) have CRC32C {:#010x}, the "
+                       "target's committed version {:#010x}",
+                       extent.path, extent.position + start, extent.position + start + length,
+                       extent.file_offset + start, computed, extent.segment_crcs[i]);
+    }
+  }
+  std::span<const std::byte> answer(buffer.get() + extent.skip, extent.count);
+  return SharedBytes{std::move(buffer), answer};
+}
+
+}  // namespace ff::fs

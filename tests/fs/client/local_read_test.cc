@@ -1,0 +1,311 @@
+// Local reads (include/ff/fs/local_read.h): ChunkEngine::locate and read_local_extent on one engine;
+// a StorageClient and a FileClient over ChunkEngine targets on this host (served from the files,
+// bytes equal to what was written, a corrupted replica read over RPC and repaired).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <future>
+#include <random>
+
+#include "../chunk/test_util.h"
+#include "ff/fs/local_read.h"
+#include "fs/testing/cluster_fixture.h"
+
+namespace ff::fs {
+namespace {
+
+using testing::TempDir;
+
+std::vector<std::byte> to_vector(const SharedBytes& bytes) { return bytes.to_vector(); }
+
+// Overwrites `count` bytes of a file at `offset` with 0xEE (what a bad disk or a reused block does).
+void scribble(const std::string& path, uint64_t offset, size_t count) {
+  const int fd = ::open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  std::vector<char> junk(count, static_cast<char>(0xEE));
+  ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), static_cast<off_t>(offset)), static_cast<ssize_t>(count));
+  ASSERT_EQ(::fsync(fd), 0);
+  ::close(fd);
+}
+
+class LocateTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto engine = ChunkEngine::open(testing::small_options(dir_.path()));
+    ASSERT_TRUE(engine.is_ok()) << engine.status();
+    engine_ = std::move(*engine);
+  }
+  void write_commit(const ChunkId& id, uint32_t version, uint64_t offset, std::span<const std::byte> data) {
+    ChunkUpdate update{id, version, 1, offset, data, false};
+    ASSERT_TRUE(engine_->put_pending(update).is_ok());
+    ASSERT_TRUE(engine_->commit(id, version).is_ok());
+  }
+  // What the engine reads for the range and what a local read of its location gives.
+  void expect_local_matches(const ChunkId& id, uint64_t offset, uint64_t length) {
+    SCOPED_TRACE(fmt::format("[{}, +{})", offset, length));
+    auto read = engine_->read(id, offset, length, ReadMode::kStrict);
+    ASSERT_TRUE(read.is_ok()) << read.status();
+    auto located = engine_->locate(id, offset, length, ReadMode::kStrict);
+    ASSERT_TRUE(located.is_ok()) << located.status();
+    EXPECT_EQ(located->meta.committed_version, read->meta.committed_version);
+    EXPECT_FALSE(located->dirty);
+    if (read->data.empty()) {
+      EXPECT_FALSE(located->extent.has_value());
+      return;
+    }
+    ASSERT_TRUE(located->extent.has_value());
+    EXPECT_EQ(located->extent->count, read->data.size());
+    auto local = read_local_extent(*located->extent);
+    ASSERT_TRUE(local.is_ok()) << local.status();
+    EXPECT_EQ(to_vector(*local), read->data);
+  }
+
+  TempDir dir_;
+  std::unique_ptr<ChunkEngine> engine_;
+};
+
+TEST_F(LocateTest, LocalReadsOfAnyRangeMatchTheEngine) {
+  const ChunkId id{3, 0};
+  const auto data = testing::pattern_bytes(200'000, 1);  // not a multiple of the 4 KiB crc segment
+  write_commit(id, 1, 0, data);
+  expect_local_matches(id, 0, UINT64_MAX);
+  expect_local_matches(id, 0, 4096);
+  expect_local_matches(id, 5000, 70'000);
+  expect_local_matches(id, 196'608 + 100, 10'000);  // clipped at the chunk's end, inside its last segment
+  expect_local_matches(id, 199'999, 1);
+  expect_local_matches(id, 200'000, 10);  // at the end: nothing to read
+  EXPECT_EQ(engine_->stats().locates, 6u);
+  auto extent = engine_->locate(id, 5000, 70'000, ReadMode::kStrict)->extent;
+  ASSERT_TRUE(extent.has_value());
+  EXPECT_EQ(extent->position, 4096u);
+  EXPECT_EQ(extent->skip, 5000u - 4096u);
+  EXPECT_EQ(extent->segment_crcs.size(), extent->verify_bytes / 4096 + (extent->verify_bytes % 4096 != 0));
+  EXPECT_TRUE(std::filesystem::path(extent->path).is_absolute()) << extent->path;
+}
+
+TEST_F(LocateTest, DirtyAndMissingChunksAnswerAsReadsDo) {
+  const ChunkId id{4, 1};
+  EXPECT_EQ(fs_error_of(engine_->locate(id, 0, 10, ReadMode::kStrict).status()), FsError::kChunkNotFound);
+  const auto v1 = testing::pattern_bytes(64 << 10, 2);
+  write_commit(id, 1, 0, v1);
+  const auto v2 = testing::pattern_bytes(64 << 10, 3);
+  ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 2, 1, 0, v2, false}).is_ok());
+  auto strict = engine_->locate(id, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(strict.is_ok()) << strict.status();
+  EXPECT_TRUE(strict->dirty);
+  EXPECT_FALSE(strict->extent.has_value());
+  // Relaxed: the committed version's bytes, while v2 is pending.
+  auto relaxed = engine_->locate(id, 0, UINT64_MAX, ReadMode::kRelaxed);
+  ASSERT_TRUE(relaxed.is_ok() && relaxed->extent) << relaxed.status();
+  EXPECT_TRUE(relaxed->dirty);
+  auto local = read_local_extent(*relaxed->extent);
+  ASSERT_TRUE(local.is_ok()) << local.status();
+  EXPECT_EQ(to_vector(*local), v1);
+}
+
+TEST_F(LocateTest, ChangedBytesUnderAnExtentAreRefused) {
+  const ChunkId id{5, 0};
+  const auto v1 = testing::pattern_bytes(128 << 10, 4);
+  write_commit(id, 1, 0, v1);
+  auto old_extent = engine_->locate(id, 0, UINT64_MAX, ReadMode::kStrict)->extent;
+  ASSERT_TRUE(old_extent.has_value());
+  ASSERT_TRUE(read_local_extent(*old_extent).is_ok());
+
+  // A small overwrite is applied to the same block in place once committed (a read settles it): the
+  // old extent now covers bytes of another version, which its CRCs refuse.
+  const auto patch = testing::pattern_bytes(100, 5);
+  write_commit(id, 2, 10'000, patch);
+  auto v2 = engine_->read(id, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(v2.is_ok()) << v2.status();
+  auto stale = read_local_extent(*old_extent);
+  EXPECT_EQ(stale.status().code(), StatusCode::kDataLoss) << stale.status();
+  auto fresh = engine_->locate(id, 0, UINT64_MAX, ReadMode::kStrict)->extent;
+  ASSERT_TRUE(fresh.has_value());
+  auto local = read_local_extent(*fresh);
+  ASSERT_TRUE(local.is_ok()) << local.status();
+  EXPECT_EQ(to_vector(*local), v2->data);
+
+  // Corruption on disk: refused by the segment it hits, named in the error.
+  scribble(fresh->path, fresh->file_offset + 70'000, 16);
+  auto corrupt = read_local_extent(*fresh);
+  EXPECT_EQ(corrupt.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(corrupt.status().message().find("[69632, 73728)"), std::string::npos) << corrupt.status();
+  // A read of other segments only does not see it.
+  auto head = engine_->locate(id, 0, 8192, ReadMode::kStrict)->extent;
+  ASSERT_TRUE(head.has_value());
+  EXPECT_TRUE(read_local_extent(*head).is_ok());
+}
+
+TEST_F(LocateTest, ExtentsThatDoNotAddUpOrNameAnotherFileAreRefused) {
+  const ChunkId id{6, 0};
+  write_commit(id, 1, 0, testing::pattern_bytes(64 << 10, 6));
+  const LocalExtent good = *engine_->locate(id, 0, UINT64_MAX, ReadMode::kStrict)->extent;
+  LocalExtent other_file = good;
+  other_file.inode += 1;
+  EXPECT_EQ(read_local_extent(other_file).status().code(), StatusCode::kUnavailable);
+  LocalExtent missing = good;
+  missing.path = dir_.path() + "/no-such-file";
+  EXPECT_EQ(read_local_extent(missing).status().code(), StatusCode::kUnavailable);
+  LocalExtent too_long = good;
+  too_long.count = good.verify_bytes + 1;
+  EXPECT_EQ(read_local_extent(too_long).status().code(), StatusCode::kInvalidArgument);
+  LocalExtent few_crcs = good;
+  few_crcs.segment_crcs.pop_back();
+  EXPECT_EQ(read_local_extent(few_crcs).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(this_host_id().empty());
+}
+
+// ---------------------------------------------------------------- over the cluster
+
+// Runs fn(done) on the executor and waits (bounded) for done's result.
+template <typename T>
+Result<T> on_executor(Executor& executor, std::function<void(std::function<void(Result<T>)>)> fn) {
+  auto promise = std::make_shared<std::promise<Result<T>>>();
+  auto future = promise->get_future();
+  executor.post([fn, promise] { fn([promise](Result<T> result) { promise->set_value(std::move(result)); }); });
+  if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return deadline_exceeded("no answer in 30 s");
+  return future.get();
+}
+
+class LocalReadClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto cluster = testing::StorageCluster::start(
+        {.nodes = 3, .targets_per_node = 1, .replication = 3, .max_chunk_bytes = 256 << 10, .engine_root = dir_.path()});
+    ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+    cluster_ = std::move(*cluster);
+    client_ = std::make_unique<StorageClient>(
+        ClientConfig{.client_id = 11, .mgmtd_address = cluster_->mgmtd_address(), .local_reads = true},
+        cluster_->client_executor(), cluster_->client_rpc());
+  }
+  void TearDown() override {
+    client_.reset();
+    cluster_.reset();
+  }
+  void write(const ChunkId& chunk, const std::vector<std::byte>& data) {
+    ChainId chain = cluster_->chains().front();
+    auto written = on_executor<WriteRsp>(cluster_->client_executor(), [&, chain](auto done) {
+      client_->write(chain, chunk, 0, data, done);
+    });
+    ASSERT_TRUE(written.is_ok()) << written.status();
+  }
+  Result<std::vector<std::byte>> read(const ChunkId& chunk, uint64_t offset, uint64_t length, bool accept_pieces) {
+    ChainId chain = cluster_->chains().front();
+    auto rsp = on_executor<ReadRsp>(cluster_->client_executor(), [&, chain](auto done) {
+      client_->read(chain, chunk, offset, length, ReadMode::kStrict, done, accept_pieces);
+    });
+    if (!rsp.is_ok()) return rsp.status();
+    if (!rsp->pieces.is_set()) return std::vector<std::byte>(rsp->payload().begin(), rsp->payload().end());
+    std::vector<std::byte> out(rsp->pieces.size);
+    rsp->pieces.copy_to(0, out);
+    return out;
+  }
+  uint64_t served_by_targets() {
+    uint64_t sum = 0;
+    for (NodeId node = 1; node <= 3; ++node) sum += cluster_->service(node)->stats().local_reads;
+    return sum;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<testing::StorageCluster> cluster_;
+  std::unique_ptr<StorageClient> client_;
+};
+
+TEST_F(LocalReadClusterTest, ReadsOnThisHostAreServedFromTheTargetsFiles) {
+  const ChunkId chunk{21, 0};
+  const auto data = testing::pattern_bytes(200'000, 7);
+  write(chunk, data);
+  // Reads spread over the three replicas; each is served from a file.
+  for (int i = 0; i < 6; ++i) {
+    auto got = read(chunk, 1000 * i, 150'000, /*accept_pieces=*/true);
+    ASSERT_TRUE(got.is_ok()) << got.status();
+    EXPECT_EQ(*got, std::vector<std::byte>(data.begin() + 1000 * i, data.begin() + 1000 * i + 150'000));
+  }
+  EXPECT_EQ(client_->local_read_counts().served, 6u);
+  EXPECT_EQ(client_->local_read_counts().fallbacks, 0u);
+  EXPECT_EQ(served_by_targets(), 6u);
+  // A caller that takes no pieces gets the bytes over RPC.
+  auto plain = read(chunk, 0, UINT64_MAX, /*accept_pieces=*/false);
+  ASSERT_TRUE(plain.is_ok()) << plain.status();
+  EXPECT_EQ(*plain, data);
+  EXPECT_EQ(client_->local_read_counts().served, 6u);
+  // Past the end: empty, as over RPC.
+  auto past = read(chunk, 300'000, 64 << 10, true);
+  ASSERT_TRUE(past.is_ok()) << past.status();
+  EXPECT_TRUE(past->empty());
+}
+
+TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
+  const ChunkId chunk{22, 0};
+  const auto data = testing::pattern_bytes(131'072, 8);
+  write(chunk, data);
+  // Corrupt the chunk on one replica's disk.
+  const ChainInfo* chain = nullptr;
+  auto routing = cluster_->routing();
+  ASSERT_TRUE(routing.is_ok()) << routing.status();
+  chain = routing->chain(cluster_->chains().front());
+  ASSERT_NE(chain, nullptr);
+  const TargetId victim = chain->targets[1].target;
+  auto store = cluster_->chunk_store(victim);
+  ASSERT_NE(store, nullptr);
+  auto located = store->locate(chunk, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(located.is_ok() && located->extent) << located.status();
+  scribble(located->extent->path, located->extent->file_offset + 50'000, 64);
+  // Every read returns the written bytes: reads of the corrupt replica fall back to RPC, whose read
+  // finds the corruption and repairs the chunk from a good replica.
+  for (int i = 0; i < 6; ++i) {
+    auto got = read(chunk, 0, UINT64_MAX, true);
+    ASSERT_TRUE(got.is_ok()) << got.status();
+    EXPECT_EQ(*got, data);
+  }
+  EXPECT_GE(client_->local_read_counts().fallbacks, 1u);
+  EXPECT_GE(client_->local_read_counts().served, 4u);
+  auto repaired = store->read(chunk, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(repaired.is_ok()) << repaired.status();
+  EXPECT_EQ(repaired->data, data);
+}
+
+TEST(LocalReadFileClientTest, FileReadsComeFromTheFilesAndMatch) {
+  TempDir dir;
+  for (bool local : {true, false}) {
+    SCOPED_TRACE(local ? "local reads" : "over RPC");
+    testing::InProcessClusterOptions options;
+    options.chunk_size = 64 << 10;
+    options.engine_root = dir.path() + (local ? "/local" : "/rpc");
+    options.client.local_reads = local;
+    auto cluster = testing::InProcessCluster::start(options);
+    ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+    auto client = (*cluster)->make_client();
+    ASSERT_TRUE(client.is_ok()) << client.status();
+    auto fh = (*client)->create(meta::Caller{}, meta::kRootInode, "f", 0644, meta::kOpenRead | meta::kOpenWrite);
+    ASSERT_TRUE(fh.is_ok()) << fh.status();
+    const auto data = testing::pattern_bytes(300'000, 9);  // five chunks, the last short
+    auto written = (*client)->write(*fh, 0, data);
+    ASSERT_TRUE(written.is_ok()) << written.status();
+    std::vector<std::byte> out(data.size() + 100);
+    auto n = (*client)->read(*fh, 0, out);
+    ASSERT_TRUE(n.is_ok()) << n.status();
+    ASSERT_EQ(*n, data.size());
+    out.resize(*n);
+    EXPECT_EQ(out, data);
+    auto pieces = (*client)->read_pieces(*fh, 70'000, 100'000);
+    ASSERT_TRUE(pieces.is_ok()) << pieces.status();
+    std::vector<std::byte> joined;
+    for (const SharedBytes& piece : *pieces) joined.insert(joined.end(), piece.bytes.begin(), piece.bytes.end());
+    EXPECT_EQ(joined, std::vector<std::byte>(data.begin() + 70'000, data.begin() + 170'000));
+    // Every chunk read above is at least ClientConfig::local_read_min_bytes (32 KiB) long.
+    const auto counts = (*client)->local_read_counts();
+    if (local) {
+      EXPECT_GE(counts.served, 5u + 2u);
+    } else {
+      EXPECT_EQ(counts.served, 0u);
+    }
+    EXPECT_EQ(counts.fallbacks, 0u);
+    ASSERT_TRUE((*client)->close(*fh).is_ok());
+  }
+}
+
+}  // namespace
+}  // namespace ff::fs
