@@ -57,7 +57,7 @@ struct FileClientConfig {
   // the target's file by this process (checked against their CRC32C; over RPC when that fails), on
   // `local_read_threads` threads of the client's own executor (connect()).
   bool local_reads = true;
-  uint32_t local_read_threads = 8;
+  uint32_t local_read_threads = 32;
 };
 
 using FileHandle = uint64_t;
