@@ -7,10 +7,13 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -167,6 +170,21 @@ def test_local_reads_come_from_the_storage_processes_files(cluster: LocalCluster
     with fs.Client(cluster.mgmtd_address, meta_db=db, chunk_size=CHUNK, local_reads=False) as client:
         assert client.read_file("/local.bin") == payload.tobytes()
         assert client.local_read_counts() == {"served": 0, "fallbacks": 0}
+    # The storage servers count what they answered locally: ff_storage_local_reads_total on their metrics
+    # endpoints (updated with each stats line, every stats_interval_s).
+    ports = [int(p) for log in sorted(cluster.dir.glob("storage*.log"))
+             for p in re.findall(r"ff-storage node \d+: metrics at http://127\.0\.0\.1:(\d+)/metrics", log.read_text())]
+    assert len(ports) == 3, cluster.logs()
+    deadline = time.monotonic() + 3 * cluster.stats_interval_s + 10
+    while True:
+        total = 0
+        for port in ports:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            total += sum(int(float(v)) for v in re.findall(r"^ff_storage_local_reads_total (\S+)$", text, re.M))
+        if total >= 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert total >= 5, f"ff_storage_local_reads_total summed to {total}"
 
 
 def test_client_arguments_are_checked(cluster: LocalCluster) -> None:

@@ -160,13 +160,14 @@ int run(const Config& config) {
   Gauge& serving = metrics.gauge("ff_storage_serving", "1 while the service holds a lease from mgmtd.");
   Counter& read_bytes = metrics.counter("ff_storage_read_bytes_total", "Bytes returned by chunk reads.");
   Counter& write_bytes = metrics.counter("ff_storage_write_bytes_total", "Bytes written to chunk data files.");
-  // Synced I/O of the chunk engines (docs/fs-operations.md, "Synced I/Os per write").
-  struct SyncCounter {
+  // Counters of the chunk engines: synced I/O (docs/fs-operations.md, "Synced I/Os per write") and local
+  // reads answered (docs/fs.md, "Local reads").
+  struct EngineCounter {
     Counter* counter;
     uint64_t ChunkEngineStats::*field;
     uint64_t last = 0;
   };
-  std::vector<SyncCounter> sync_counters = {
+  std::vector<EngineCounter> engine_counters = {
       {&metrics.counter("ff_storage_synced_batches_total", "RocksDB batches written with sync=true."),
        &ChunkEngineStats::synced_batches},
       {&metrics.counter("ff_storage_unsynced_batches_total", "RocksDB batches written without sync."),
@@ -181,6 +182,9 @@ int run(const Config& config) {
       {&metrics.counter("ff_storage_rocksdb_writes_grouped_total",
                         "RocksDB writes merged into another writer's group (its WRITE_DONE_BY_OTHER)."),
        &ChunkEngineStats::rocksdb_writes_by_other},
+      {&metrics.counter("ff_storage_local_reads_total",
+                        "Reads answered with where the bytes lie, for a client on this host that reads them itself."),
+       &ChunkEngineStats::locates},
   };
   RateMeter read_rate, write_rate, request_rate;
   uint64_t last_read = 0, last_write = 0;
@@ -204,12 +208,12 @@ int run(const Config& config) {
         ChunkEngineStats engine_stats = engine->stats();
         reads += engine_stats.read_bytes;
         writes += engine_stats.write_bytes;
-        for (SyncCounter& sync : sync_counters) sums.*sync.field += engine_stats.*sync.field;
+        for (EngineCounter& counter : engine_counters) sums.*counter.field += engine_stats.*counter.field;
       }
     }
-    for (SyncCounter& sync : sync_counters) {
-      sync.counter->add(sums.*sync.field - sync.last);
-      sync.last = sums.*sync.field;
+    for (EngineCounter& counter : engine_counters) {
+      counter.counter->add(sums.*counter.field - counter.last);
+      counter.last = sums.*counter.field;
     }
     read_bytes.add(reads - last_read);
     write_bytes.add(writes - last_write);
