@@ -123,8 +123,8 @@ struct SharedChunkRead {
 // reader checks every crc segment it reads against `segment_crcs` (the committed version's, taken with
 // the location) and reads again over RPC when one differs: bytes that match are the committed bytes.
 struct LocalExtent {
-  std::string path;            // the data file
-  uint64_t device = 0;         // its st_dev and st_ino: the reader checks that it opened this file
+  std::string path;     // the data file
+  uint64_t device = 0;  // its st_dev and st_ino: the reader checks that it opened this file
   uint64_t inode = 0;
   uint64_t file_offset = 0;    // where version position `position` lies in the file
   uint64_t position = 0;       // first version byte to read (a crc segment start)

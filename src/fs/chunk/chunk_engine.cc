@@ -81,7 +81,7 @@ struct BlockClass {
   uint64_t block_bytes = 0;
   std::string path;
   int fd = -1;
-  uint64_t device = 0;         // the file's st_dev and st_ino (LocalExtent)
+  uint64_t device = 0;  // the file's st_dev and st_ino (LocalExtent)
   uint64_t inode = 0;
   std::mutex mutex;
   uint64_t total_blocks = 0;   // guarded by mutex
@@ -842,7 +842,8 @@ Status ChunkEngine::Impl::open_files() {
     auto block_class = std::make_unique<BlockClass>();
     block_class->block_bytes = options.min_block_bytes << index;
     // Absolute: LocalExtent hands the path to readers with another working directory.
-    block_class->path = (std::filesystem::absolute(options.directory) / fmt::format("blocks.{}", block_class->block_bytes)).string();
+    block_class->path =
+        (std::filesystem::absolute(options.directory) / fmt::format("blocks.{}", block_class->block_bytes)).string();
     int flags = O_RDWR | O_CREAT | O_CLOEXEC;
     if (direct_io) {
       block_class->fd = ::open(block_class->path.c_str(), flags | O_DIRECT, 0644);
@@ -1061,16 +1062,17 @@ Status ChunkEngine::Impl::with_committed(const ChunkId& id, uint64_t offset, uin
 template <class ReadResult, class Destination>
 Status ChunkEngine::Impl::read_committed(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode,
                                          ReadResult& result, Destination destination) {
-  return with_committed(id, offset, length, mode, result, [&](const VersionRecord& committed, uint64_t count) -> Status {
-    FF_ASSIGN_OR_RETURN(std::byte * out, destination(count));
-    if (count > 0) {
-      FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, io->borrow());
-      FF_RETURN_IF_ERROR(read_version(*context, id, committed, offset, out, count));
-    }
-    reads.fetch_add(1, std::memory_order_relaxed);
-    read_bytes.fetch_add(count, std::memory_order_relaxed);
-    return Status::ok();
-  });
+  return with_committed(id, offset, length, mode, result,
+                        [&](const VersionRecord& committed, uint64_t count) -> Status {
+                          FF_ASSIGN_OR_RETURN(std::byte * out, destination(count));
+                          if (count > 0) {
+                            FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, io->borrow());
+                            FF_RETURN_IF_ERROR(read_version(*context, id, committed, offset, out, count));
+                          }
+                          reads.fetch_add(1, std::memory_order_relaxed);
+                          read_bytes.fetch_add(count, std::memory_order_relaxed);
+                          return Status::ok();
+                        });
 }
 
 Result<ChunkEngine::ReadInto> ChunkEngine::read_into(const ChunkId& id, uint64_t offset, std::span<std::byte> out,
@@ -1112,26 +1114,34 @@ Result<ChunkRead> ChunkEngine::read(const ChunkId& id, uint64_t offset, uint64_t
 Result<LocalChunkRead> ChunkEngine::locate(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) {
   LocalChunkRead result;
   Impl& impl = *impl_;
-  FF_RETURN_IF_ERROR(impl.with_committed(id, offset, length, mode, result, [&](const VersionRecord& committed, uint64_t count) {
-    impl.locates.fetch_add(1, std::memory_order_relaxed);
-    if (count == 0) return Status::ok();
-    const uint64_t segment = impl.options.crc_segment_bytes;
-    const uint64_t first = align_down(offset, segment);
-    const uint64_t last = std::min(align_up(offset + count, segment), committed.length);
-    if (committed.segment_crcs.size() < (last + segment - 1) / segment) {
-      return data_loss("chunk {} on target {}: version {} has {} segment CRCs for {} bytes", id.to_string(),
-                       impl.options.directory, committed.version, committed.segment_crcs.size(), committed.length);
-    }
-    const BlockClass& block_class = *impl.classes[committed.location.block_class];
-    LocalExtent extent{.path = block_class.path, .device = block_class.device, .inode = block_class.inode,
-                       .file_offset = impl.file_offset(committed.location, first), .position = first,
-                       .verify_bytes = last - first, .skip = offset - first, .count = count,
-                       .segment_bytes = segment, .segment_crcs = {}};
-    extent.segment_crcs.assign(committed.segment_crcs.begin() + static_cast<ptrdiff_t>(first / segment),
-                               committed.segment_crcs.begin() + static_cast<ptrdiff_t>((last + segment - 1) / segment));
-    result.extent = std::move(extent);
-    return Status::ok();
-  }));
+  FF_RETURN_IF_ERROR(
+      impl.with_committed(id, offset, length, mode, result, [&](const VersionRecord& committed, uint64_t count) {
+        impl.locates.fetch_add(1, std::memory_order_relaxed);
+        if (count == 0) return Status::ok();
+        const uint64_t segment = impl.options.crc_segment_bytes;
+        const uint64_t first = align_down(offset, segment);
+        const uint64_t last = std::min(align_up(offset + count, segment), committed.length);
+        if (committed.segment_crcs.size() < (last + segment - 1) / segment) {
+          return data_loss("chunk {} on target {}: version {} has {} segment CRCs for {} bytes", id.to_string(),
+                           impl.options.directory, committed.version, committed.segment_crcs.size(), committed.length);
+        }
+        const BlockClass& block_class = *impl.classes[committed.location.block_class];
+        LocalExtent extent{.path = block_class.path,
+                           .device = block_class.device,
+                           .inode = block_class.inode,
+                           .file_offset = impl.file_offset(committed.location, first),
+                           .position = first,
+                           .verify_bytes = last - first,
+                           .skip = offset - first,
+                           .count = count,
+                           .segment_bytes = segment,
+                           .segment_crcs = {}};
+        extent.segment_crcs.assign(
+            committed.segment_crcs.begin() + static_cast<ptrdiff_t>(first / segment),
+            committed.segment_crcs.begin() + static_cast<ptrdiff_t>((last + segment - 1) / segment));
+        result.extent = std::move(extent);
+        return Status::ok();
+      }));
   return result;
 }
 

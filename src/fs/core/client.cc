@@ -253,41 +253,43 @@ void StorageClient::State::send_read(const std::string& address, ReadReq req, st
                                      std::function<void(Result<ReadRsp>)> attempt_done) {
   auto self = shared_from_this();
   // Completes on the executor, or for a successful read with accept_pieces on gRPC's thread.
-  rpc.call(address, Request{req}, attempt_timeout(), [self, address, req, attempt_done, dirty_seen](Result<Response> response) mutable {
-    Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
-    if (!rsp.is_ok()) {
-      if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
-        ++*dirty_seen;
-        ++self->stats.dirty;
-      }
-      return attempt_done(std::move(rsp));
-    }
-    if (!rsp->local) return attempt_done(std::move(rsp));
-    // A local read: the bytes are in the target's file on this host. Read them off the executor and
-    // off gRPC's thread; success completes there (accept_pieces allows it), a failure reads over RPC.
-    self->executor.offload(
-        [self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done, dirty_seen]() mutable {
-          Result<SharedBytes> bytes = read_local_extent(*rsp.local);
-          if (bytes.is_ok()) {
-            self->local_reads.fetch_add(1, std::memory_order_relaxed);
-            rsp.local.reset();
-            rsp.pieces = PayloadPieces{.owner = bytes->owner, .pieces = {bytes->bytes}, .size = bytes->size()};
-            return attempt_done(std::move(rsp));
-          }
-          self->local_read_fallbacks.fetch_add(1, std::memory_order_relaxed);
-          if (bytes.status().code() == StatusCode::kDataLoss) {
-            FF_LOG_DEBUG("chunk {}: {}; reading over RPC", req.chunk.to_string(), bytes.status());
-          } else if (!self->local_reads_off.exchange(true)) {
-            // The file cannot be used from here (permissions, another mount namespace): stop asking.
-            FF_LOG_INFO("local reads off for this client: {}", bytes.status());
-          }
-          req.local_host.clear();
-          self->executor.post([self, address, req = std::move(req), attempt_done = std::move(attempt_done), dirty_seen]() mutable {
-            self->send_read(address, std::move(req), dirty_seen, std::move(attempt_done));
-          });
-        },
-        {});
-  });
+  rpc.call(address, Request{req}, attempt_timeout(),
+           [self, address, req, attempt_done, dirty_seen](Result<Response> response) mutable {
+             Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+             if (!rsp.is_ok()) {
+               if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
+                 ++*dirty_seen;
+                 ++self->stats.dirty;
+               }
+               return attempt_done(std::move(rsp));
+             }
+             if (!rsp->local) return attempt_done(std::move(rsp));
+             // A local read: the bytes are in the target's file on this host. Read them off the executor and
+             // off gRPC's thread; success completes there (accept_pieces allows it), a failure reads over RPC.
+             self->executor.offload(
+                 [self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done, dirty_seen]() mutable {
+                   Result<SharedBytes> bytes = read_local_extent(*rsp.local);
+                   if (bytes.is_ok()) {
+                     self->local_reads.fetch_add(1, std::memory_order_relaxed);
+                     rsp.local.reset();
+                     rsp.pieces = PayloadPieces{.owner = bytes->owner, .pieces = {bytes->bytes}, .size = bytes->size()};
+                     return attempt_done(std::move(rsp));
+                   }
+                   self->local_read_fallbacks.fetch_add(1, std::memory_order_relaxed);
+                   if (bytes.status().code() == StatusCode::kDataLoss) {
+                     FF_LOG_DEBUG("chunk {}: {}; reading over RPC", req.chunk.to_string(), bytes.status());
+                   } else if (!self->local_reads_off.exchange(true)) {
+                     // The file cannot be used from here (permissions, another mount namespace): stop asking.
+                     FF_LOG_INFO("local reads off for this client: {}", bytes.status());
+                   }
+                   req.local_host.clear();
+                   self->executor.post([self, address, req = std::move(req), attempt_done = std::move(attempt_done),
+                                        dirty_seen]() mutable {
+                     self->send_read(address, std::move(req), dirty_seen, std::move(attempt_done));
+                   });
+                 },
+                 {});
+           });
 }
 
 void StorageClient::batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done) {

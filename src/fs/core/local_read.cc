@@ -48,7 +48,8 @@ class OpenFiles {
     }
     auto file = std::make_shared<File>();
     file->fd = ::open(extent.path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
-    if (file->fd < 0 && errno == EINVAL) file->fd = ::open(extent.path.c_str(), O_RDONLY | O_CLOEXEC);  // no O_DIRECT there
+    if (file->fd < 0 && errno == EINVAL)
+      file->fd = ::open(extent.path.c_str(), O_RDONLY | O_CLOEXEC);  // no O_DIRECT there
     if (file->fd < 0) return unavailable("local read: cannot open {}: {}", extent.path, std::strerror(errno));
     struct stat info {};
     if (::fstat(file->fd, &info) != 0 || static_cast<uint64_t>(info.st_dev) != extent.device ||
@@ -101,10 +102,11 @@ Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
   const uint64_t segment = extent.segment_bytes;
   if (segment == 0 || extent.skip + extent.count > extent.verify_bytes || extent.position % segment != 0 ||
       extent.segment_crcs.size() != (extent.verify_bytes + segment - 1) / segment) {
-    return invalid_argument("local read of {}: extent does not add up (position {}, {} bytes to verify, skip {}, "
-                            "count {}, segment {} bytes, {} segment CRCs)",
-                            extent.path, extent.position, extent.verify_bytes, extent.skip, extent.count, segment,
-                            extent.segment_crcs.size());
+    return invalid_argument(
+        "local read of {}: extent does not add up (position {}, {} bytes to verify, skip {}, "
+        "count {}, segment {} bytes, {} segment CRCs)",
+        extent.path, extent.position, extent.verify_bytes, extent.skip, extent.count, segment,
+        extent.segment_crcs.size());
   }
   FF_ASSIGN_OR_RETURN(std::shared_ptr<const OpenFiles::File> file, open_files().open(extent));
   const int fd = file->fd;
@@ -118,7 +120,8 @@ Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
   if (buffer == nullptr) return resource_exhausted("local read of {}: no memory for {} bytes", extent.path, read_bytes);
   uint64_t done = 0;
   while (done < extent.verify_bytes) {
-    const ssize_t n = ::pread(fd, buffer.get() + done, read_bytes - done, static_cast<off_t>(extent.file_offset + done));
+    const ssize_t n =
+        ::pread(fd, buffer.get() + done, read_bytes - done, static_cast<off_t>(extent.file_offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errno_error(errno, fmt::format("local read of {} at {}", extent.path, extent.file_offset + done));
     if (n == 0) {
@@ -132,10 +135,11 @@ Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
     const uint64_t length = std::min(segment, extent.verify_bytes - start);
     const uint32_t computed = crc32c(std::span<const std::byte>(buffer.get() + start, length));
     if (computed != extent.segment_crcs[i]) {
-      return data_loss("local read of {}: bytes [{}, {}) of the version (file offset {}) have CRC32C {:#010x}, the "
-                       "target's committed version {:#010x}",
-                       extent.path, extent.position + start, extent.position + start + length,
-                       extent.file_offset + start, computed, extent.segment_crcs[i]);
+      return data_loss(
+          "local read of {}: bytes [{}, {}) of the version (file offset {}) have CRC32C {:#010x}, the "
+          "target's committed version {:#010x}",
+          extent.path, extent.position + start, extent.position + start + length, extent.file_offset + start, computed,
+          extent.segment_crcs[i]);
     }
   }
   std::span<const std::byte> answer(buffer.get() + extent.skip, extent.count);

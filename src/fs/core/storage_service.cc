@@ -1105,7 +1105,9 @@ struct StorageService::State {
   // A local read (local_read.h): the caller runs on this host and reads the bytes from the store's
   // file itself; the store's locate() says where they lie (a store that cannot, or any error there,
   // reads as usual: the read reports and repairs corruption).
-  static bool wants_local_read(const ReadReq& req) { return !req.local_host.empty() && req.local_host == this_host_id(); }
+  static bool wants_local_read(const ReadReq& req) {
+    return !req.local_host.empty() && req.local_host == this_host_id();
+  }
 
   void read_one(ReadReq req, std::function<void(Result<ReadRsp>)> done, bool repaired = false, ReadAnswer answer = {}) {
     ++stats.reads;
@@ -1165,8 +1167,9 @@ struct StorageService::State {
           if (outcome->local) {
             if (outcome->local->dirty && req.mode == ReadMode::kStrict) {
               ++stats.dirty_reads;
-              return done(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
-                                                                     req.target, outcome->local->meta.pending_version)));
+              return done(fs_error(FsError::kChunkDirty,
+                                   fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
+                                               req.target, outcome->local->meta.pending_version)));
             }
             local_reads.fetch_add(1, std::memory_order_relaxed);
             ReadRsp rsp{.meta = outcome->local->meta, .data = {}, .dirty = outcome->local->dirty};
@@ -1185,7 +1188,9 @@ struct StorageService::State {
             return done(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}",
                                                                    req.chunk.to_string(), req.target, meta.pending_version)));
           }
-          if (shared) return done(ReadRsp{.meta = meta, .data = {}, .dirty = dirty, .shared_data = std::move(outcome->shared->data)});
+          if (shared)
+            return done(
+                ReadRsp{.meta = meta, .data = {}, .dirty = dirty, .shared_data = std::move(outcome->shared->data)});
           done(ReadRsp{.meta = meta, .data = std::move(outcome->plain->data), .dirty = dirty});
         });
   }
@@ -1284,9 +1289,9 @@ struct StorageService::State {
             if (located.is_ok()) {
               if (located->dirty && req.mode == ReadMode::kStrict) {
                 fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
-                return reply(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}",
-                                                                         req.chunk.to_string(), req.target,
-                                                                         located->meta.pending_version)));
+                return reply(fs_error(FsError::kChunkDirty,
+                                      fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
+                                                  req.target, located->meta.pending_version)));
               }
               local_reads.fetch_add(1, std::memory_order_relaxed);
               ReadRsp rsp{.meta = located->meta, .data = {}, .dirty = located->dirty};

@@ -144,14 +144,26 @@ Result<ReadReq> from(const pb::ReadReq& p) {
   return read;
 }
 void to(const LocalExtent& v, pb::LocalExtent* p) {
-  p->set_path(v.path); p->set_device(v.device); p->set_inode(v.inode); p->set_file_offset(v.file_offset);
-  p->set_position(v.position); p->set_verify_bytes(v.verify_bytes); p->set_skip(v.skip); p->set_count(v.count);
+  p->set_path(v.path);
+  p->set_device(v.device);
+  p->set_inode(v.inode);
+  p->set_file_offset(v.file_offset);
+  p->set_position(v.position);
+  p->set_verify_bytes(v.verify_bytes);
+  p->set_skip(v.skip);
+  p->set_count(v.count);
   p->set_segment_bytes(v.segment_bytes);
   p->mutable_segment_crcs()->Add(v.segment_crcs.begin(), v.segment_crcs.end());
 }
 LocalExtent from(const pb::LocalExtent& p) {
-  return LocalExtent{.path = p.path(), .device = p.device(), .inode = p.inode(), .file_offset = p.file_offset(),
-                     .position = p.position(), .verify_bytes = p.verify_bytes(), .skip = p.skip(), .count = p.count(),
+  return LocalExtent{.path = p.path(),
+                     .device = p.device(),
+                     .inode = p.inode(),
+                     .file_offset = p.file_offset(),
+                     .position = p.position(),
+                     .verify_bytes = p.verify_bytes(),
+                     .skip = p.skip(),
+                     .count = p.count(),
                      .segment_bytes = p.segment_bytes(),
                      .segment_crcs = std::vector<uint32_t>(p.segment_crcs().begin(), p.segment_crcs().end())};
 }

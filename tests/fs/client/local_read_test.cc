@@ -165,15 +165,19 @@ Result<T> on_executor(Executor& executor, std::function<void(std::function<void(
   auto promise = std::make_shared<std::promise<Result<T>>>();
   auto future = promise->get_future();
   executor.post([fn, promise] { fn([promise](Result<T> result) { promise->set_value(std::move(result)); }); });
-  if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return deadline_exceeded("no answer in 30 s");
+  if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready)
+    return deadline_exceeded("no answer in 30 s");
   return future.get();
 }
 
 class LocalReadClusterTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto cluster = testing::StorageCluster::start(
-        {.nodes = 3, .targets_per_node = 1, .replication = 3, .max_chunk_bytes = 256 << 10, .engine_root = dir_.path()});
+    auto cluster = testing::StorageCluster::start({.nodes = 3,
+                                                   .targets_per_node = 1,
+                                                   .replication = 3,
+                                                   .max_chunk_bytes = 256 << 10,
+                                                   .engine_root = dir_.path()});
     ASSERT_TRUE(cluster.is_ok()) << cluster.status();
     cluster_ = std::move(*cluster);
     client_ = std::make_unique<StorageClient>(
@@ -186,9 +190,8 @@ class LocalReadClusterTest : public ::testing::Test {
   }
   void write(const ChunkId& chunk, const std::vector<std::byte>& data) {
     ChainId chain = cluster_->chains().front();
-    auto written = on_executor<WriteRsp>(cluster_->client_executor(), [&, chain](auto done) {
-      client_->write(chain, chunk, 0, data, done);
-    });
+    auto written = on_executor<WriteRsp>(cluster_->client_executor(),
+                                         [&, chain](auto done) { client_->write(chain, chunk, 0, data, done); });
     ASSERT_TRUE(written.is_ok()) << written.status();
   }
   Result<std::vector<std::byte>> read(const ChunkId& chunk, uint64_t offset, uint64_t length, bool accept_pieces) {

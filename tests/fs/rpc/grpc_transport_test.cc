@@ -26,17 +26,25 @@ Bytes make_bytes(size_t size, uint8_t seed) {
 TEST(GrpcTransportTest, LocalReadFieldsRoundTrip) {
   ThreadExecutor server_executor("server");
   ThreadExecutor client_executor("client");
-  const LocalExtent extent{.path = "/data/t1/blocks.65536", .device = 2049, .inode = 77, .file_offset = 131072,
-                           .position = 4096, .verify_bytes = 10000, .skip = 100, .count = 9000,
-                           .segment_bytes = 4096, .segment_crcs = {1, 0xffffffffu, 3}};
-  auto server = GrpcServer::start("127.0.0.1:0", server_executor, [&](const ServerContext&, Request request, Reply reply) {
-    auto* read = std::get_if<ReadReq>(&request);
-    ASSERT_NE(read, nullptr);
-    ReadRsp rsp;
-    rsp.meta.id = read->chunk;
-    if (read->local_host == "host-a") rsp.local = extent;
-    reply(Response{std::move(rsp)});
-  });
+  const LocalExtent extent{.path = "/data/t1/blocks.65536",
+                           .device = 2049,
+                           .inode = 77,
+                           .file_offset = 131072,
+                           .position = 4096,
+                           .verify_bytes = 10000,
+                           .skip = 100,
+                           .count = 9000,
+                           .segment_bytes = 4096,
+                           .segment_crcs = {1, 0xffffffffu, 3}};
+  auto server =
+      GrpcServer::start("127.0.0.1:0", server_executor, [&](const ServerContext&, Request request, Reply reply) {
+        auto* read = std::get_if<ReadReq>(&request);
+        ASSERT_NE(read, nullptr);
+        ReadRsp rsp;
+        rsp.meta.id = read->chunk;
+        if (read->local_host == "host-a") rsp.local = extent;
+        reply(Response{std::move(rsp)});
+      });
   ASSERT_TRUE(server.is_ok()) << server.status();
   GrpcRpcClient client(client_executor);
   ReadReq read{1, 2, 1001, ChunkId{5, 6}, 0, 100, ReadMode::kStrict};

@@ -41,13 +41,12 @@ class InProcessCluster {
   static Result<std::unique_ptr<InProcessCluster>> start(InProcessClusterOptions options) {
     std::unique_ptr<InProcessCluster> cluster(new InProcessCluster());
     cluster->options_ = options;
-    FF_ASSIGN_OR_RETURN(cluster->storage_,
-                        StorageCluster::start({.nodes = options.nodes,
-                                               .targets_per_node = options.targets_per_node,
-                                               .replication = options.replication,
-                                               .max_chunk_bytes = options.chunk_size,
-                                               .heartbeat_timeout_ns = options.heartbeat_timeout_ns,
-                                               .engine_root = options.engine_root}));
+    FF_ASSIGN_OR_RETURN(cluster->storage_, StorageCluster::start({.nodes = options.nodes,
+                                                                  .targets_per_node = options.targets_per_node,
+                                                                  .replication = options.replication,
+                                                                  .max_chunk_bytes = options.chunk_size,
+                                                                  .heartbeat_timeout_ns = options.heartbeat_timeout_ns,
+                                                                  .engine_root = options.engine_root}));
     FileClientConfig client = options.client;
     client.mgmtd_address = cluster->storage_->mgmtd_address();
     EmbeddedFsConfig embedded;

@@ -1,8 +1,8 @@
 // A storage cluster in one process, for tests: mgmtd (memory map store) + N storage services on
-// MemChunkStores (or ChunkEngines: engine_root), all over real gRPC on 127.0.0.1, one chain table (id 1), and a client executor with
-// a gRPC client for whatever the test puts on top (a StorageClient: storage_client(); a FileClient and
-// an embedded meta: cluster_fixture.h). The one fixture for this in tests/fs: include it, do not copy
-// it; link ff_fs_test_cluster (tests/fs/testing/CMakeLists.txt).
+// MemChunkStores (or ChunkEngines: engine_root), all over real gRPC on 127.0.0.1, one chain table (id 1), and a client
+// executor with a gRPC client for whatever the test puts on top (a StorageClient: storage_client(); a FileClient and an
+// embedded meta: cluster_fixture.h). The one fixture for this in tests/fs: include it, do not copy it; link
+// ff_fs_test_cluster (tests/fs/testing/CMakeLists.txt).
 //
 //   auto cluster = StorageCluster::start({.nodes = 3, .targets_per_node = 2, .replication = 3});
 //   ASSERT_TRUE(cluster.is_ok()) << cluster.status();      // ~1 s; returns once every chain serves
@@ -107,7 +107,9 @@ class StorageCluster {
     auto found = it->second.stores->find(target);
     return found == it->second.stores->end() ? nullptr : found->second;
   }
-  std::shared_ptr<MemChunkStore> store(TargetId target) { return std::dynamic_pointer_cast<MemChunkStore>(chunk_store(target)); }
+  std::shared_ptr<MemChunkStore> store(TargetId target) {
+    return std::dynamic_pointer_cast<MemChunkStore>(chunk_store(target));
+  }
   // A node's service (null while it is down).
   StorageService* service(NodeId node) {
     auto it = nodes_.find(node);

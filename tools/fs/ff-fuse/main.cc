@@ -180,21 +180,22 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
   std::unique_ptr<rpc::StatsReporter> reporter;
   if (config.stats_interval_s > 0) {
     fuse::FuseFs* raw = fs->get();
-    reporter = std::make_unique<rpc::StatsReporter>(static_cast<int64_t>(config.stats_interval_s * 1000), [raw, client] {
-      fuse::FuseStats s = raw->stats();
-      std::string line = fmt::format(
-          "fuse requests={} errors={} read_MB={:.1f} write_MB={:.1f} invalidations={} reads={} read_KiB_avg={:.0f} "
-          "most_concurrent_reads={}",
-          s.requests, s.errors, s.read_bytes / 1e6, s.write_bytes / 1e6, s.invalidations, s.reads,
-          s.reads ? s.read_bytes / 1024.0 / s.reads : 0.0, s.most_concurrent_reads);
+    reporter =
+        std::make_unique<rpc::StatsReporter>(static_cast<int64_t>(config.stats_interval_s * 1000), [raw, client] {
+          fuse::FuseStats s = raw->stats();
+          std::string line = fmt::format(
+              "fuse requests={} errors={} read_MB={:.1f} write_MB={:.1f} invalidations={} reads={} read_KiB_avg={:.0f} "
+              "most_concurrent_reads={}",
+              s.requests, s.errors, s.read_bytes / 1e6, s.write_bytes / 1e6, s.invalidations, s.reads,
+              s.reads ? s.read_bytes / 1024.0 / s.reads : 0.0, s.most_concurrent_reads);
 #ifdef FF_FUSE_HAVE_FILE_CLIENT
-      if (client != nullptr) {
-        const StorageClient::LocalReadCounts local = client->local_read_counts();
-        line += fmt::format(" local_reads={} local_read_fallbacks={}", local.served, local.fallbacks);
-      }
+          if (client != nullptr) {
+            const StorageClient::LocalReadCounts local = client->local_read_counts();
+            line += fmt::format(" local_reads={} local_read_fallbacks={}", local.served, local.fallbacks);
+          }
 #endif
-      return line;
-    });
+          return line;
+        });
   }
   Status ran;
   {
