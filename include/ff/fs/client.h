@@ -39,6 +39,10 @@ struct ClientConfig {
   // Reads shorter than this go over RPC even with local_reads: for 4 KiB reads the RPC is the whole
   // cost and a local read only adds a hop to an offload thread (measured level or slower, docs/fs.md).
   uint64_t local_read_min_bytes = 32 << 10;
+  // A local read of a range read before starts reading where the last answer said the bytes lie while
+  // the read's request is on its way (the RPC and the disk read overlap); the bytes are kept only if
+  // the answer names the same place and every segment's CRC matches (local_read.h, LocalBytes).
+  bool read_before_answer = true;
 };
 
 class StorageClient {
@@ -90,6 +94,7 @@ class StorageClient {
   struct LocalReadCounts {
     uint64_t served = 0;     // reads served from a target's file on this host
     uint64_t fallbacks = 0;  // local answers read over RPC after all (a CRC differed, the file was unusable)
+    uint64_t read_before_answer = 0;  // of `served`, read before the answer came (read_before_answer)
   };
   LocalReadCounts local_read_counts() const;
 

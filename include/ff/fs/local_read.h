@@ -8,7 +8,9 @@
 // and repairs as before. Design and trade-offs: docs/fs.md, "Local reads".
 #pragma once
 
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "ff/common/result.h"
 #include "ff/fs/chunk_store.h"
@@ -27,5 +29,23 @@ const std::string& this_host_id();
 // the target named: not the same host after all, or no permission), data_loss (a CRC differs: the
 // caller reads over RPC instead), io_error, invalid_argument (an extent that does not add up).
 Result<SharedBytes> read_local_extent(const LocalExtent& extent);
+
+// What read_local_extent reads, before any check: the bytes of the extent's segments and their CRC32C as
+// read. A client may read where the last answer for the same range said the bytes lie while it waits for
+// this read's answer (StorageClient), then keep the bytes only if the answer names the same place and
+// every segment's CRC matches the committed version's: then the bytes are that version's, whenever
+// they were read, and the read returns the state at the moment of the answer, as any read does.
+struct LocalBytes {
+  LocalExtent extent;                  // where they were read
+  std::shared_ptr<std::byte> buffer;   // [position, position + verify_bytes) of the version
+  std::vector<uint32_t> crcs;          // CRC32C of each segment as read
+
+  bool same_place(const LocalExtent& other) const;
+  // The answer's bytes when `committed` names the same place and its CRCs match; else failed_precondition
+  // (another place) or data_loss (a segment differs), naming both.
+  Result<SharedBytes> answer(const LocalExtent& committed) const;
+};
+// Errors as read_local_extent's, except data_loss (nothing is checked yet).
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent);
 
 }  // namespace ff::fs

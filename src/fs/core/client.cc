@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <tuple>
 #include <set>
 #include <utility>
 
@@ -57,9 +61,24 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::atomic<uint64_t> local_reads{0}, local_read_fallbacks{0};
   std::atomic<bool> local_reads_off{false};
 
+  // Where the last answers said the bytes of a (target, chunk, offset, length) read lie, for reading
+  // before the answer (bounded: cleared when full).
+  using ExtentKey = std::tuple<TargetId, ChunkId, uint64_t, uint64_t>;
+  static constexpr size_t kMaxRememberedExtents = 4096;
+  std::mutex extents_mutex;
+  std::map<ExtentKey, LocalExtent> last_extents;  // guarded by extents_mutex
+  std::atomic<uint64_t> early_reads{0};
+  struct EarlyRead;
+  std::optional<LocalExtent> last_extent(const ExtentKey& key);
+  void remember_extent(const ExtentKey& key, const LocalExtent& extent);
+
   // Sends one read attempt to `address`; a local answer (ReadRsp::local) is read from the file here.
   void send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
                  std::function<void(Result<ReadRsp>)> attempt_done);
+  // Reads a local answer's bytes on an offload thread; over RPC when they do not check out.
+  void read_local(const std::string& address, ReadReq req, ReadRsp rsp, std::shared_ptr<uint32_t> dirty_seen,
+                  std::function<void(Result<ReadRsp>)> attempt_done);
+  void complete_local(ReadRsp rsp, SharedBytes bytes, const std::function<void(Result<ReadRsp>)>& attempt_done);
 
   State(ClientConfig c, Executor& e, RpcClient& r)
       : config(std::move(c)), executor(e), rpc(r), mgmtd(MgmtdAddresses::unchecked(config.mgmtd_address)) {}
@@ -249,12 +268,63 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
       std::move(done));
 }
 
+// A local read started before the target's answer (ClientConfig::read_before_answer): the bytes where
+// the last answer for the same range said they lie. Whichever of it and the answer comes second runs
+// `then` (on its own thread).
+struct StorageClient::State::EarlyRead {
+  std::mutex mutex;
+  std::optional<Result<LocalBytes>> bytes;                // guarded by mutex
+  std::function<void(Result<LocalBytes>&)> then;          // guarded by mutex
+
+  void finish(Result<LocalBytes> read) {
+    std::unique_lock lock(mutex);
+    if (!then) {
+      bytes = std::move(read);
+      return;
+    }
+    auto next = std::move(then);
+    lock.unlock();
+    next(read);
+  }
+  void when_done(std::function<void(Result<LocalBytes>&)> next) {
+    std::unique_lock lock(mutex);
+    if (!bytes) {
+      then = std::move(next);
+      return;
+    }
+    lock.unlock();
+    next(*bytes);
+  }
+};
+
+std::optional<LocalExtent> StorageClient::State::last_extent(const ExtentKey& key) {
+  std::lock_guard lock(extents_mutex);
+  auto found = last_extents.find(key);
+  if (found == last_extents.end()) return std::nullopt;
+  return found->second;
+}
+
+void StorageClient::State::remember_extent(const ExtentKey& key, const LocalExtent& extent) {
+  std::lock_guard lock(extents_mutex);
+  // A bound: forget everything at once when full (the next answers refill it).
+  if (last_extents.size() >= kMaxRememberedExtents && !last_extents.contains(key)) last_extents.clear();
+  last_extents[key] = extent;
+}
+
 void StorageClient::State::send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
                                      std::function<void(Result<ReadRsp>)> attempt_done) {
   auto self = shared_from_this();
+  const ExtentKey key{req.target, req.chunk, req.offset, req.length};
+  std::shared_ptr<EarlyRead> early;
+  if (!req.local_host.empty() && config.read_before_answer) {
+    if (std::optional<LocalExtent> guess = last_extent(key)) {
+      early = std::make_shared<EarlyRead>();
+      executor.offload([early, guess = std::move(*guess)] { early->finish(read_local_bytes(guess)); }, {});
+    }
+  }
   // Completes on the executor, or for a successful read with accept_pieces on gRPC's thread.
   rpc.call(address, Request{req}, attempt_timeout(),
-           [self, address, req, attempt_done, dirty_seen](Result<Response> response) mutable {
+           [self, address, req, key, early, attempt_done, dirty_seen](Result<Response> response) mutable {
              Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
              if (!rsp.is_ok()) {
                if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
@@ -264,32 +334,57 @@ void StorageClient::State::send_read(const std::string& address, ReadReq req, st
                return attempt_done(std::move(rsp));
              }
              if (!rsp->local) return attempt_done(std::move(rsp));
-             // A local read: the bytes are in the target's file on this host. Read them off the executor and
-             // off gRPC's thread; success completes there (accept_pieces allows it), a failure reads over RPC.
-             self->executor.offload(
-                 [self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done, dirty_seen]() mutable {
-                   Result<SharedBytes> bytes = read_local_extent(*rsp.local);
-                   if (bytes.is_ok()) {
-                     self->local_reads.fetch_add(1, std::memory_order_relaxed);
-                     rsp.local.reset();
-                     rsp.pieces = PayloadPieces{.owner = bytes->owner, .pieces = {bytes->bytes}, .size = bytes->size()};
-                     return attempt_done(std::move(rsp));
-                   }
-                   self->local_read_fallbacks.fetch_add(1, std::memory_order_relaxed);
-                   if (bytes.status().code() == StatusCode::kDataLoss) {
-                     FF_LOG_DEBUG("chunk {}: {}; reading over RPC", req.chunk.to_string(), bytes.status());
-                   } else if (!self->local_reads_off.exchange(true)) {
-                     // The file cannot be used from here (permissions, another mount namespace): stop asking.
-                     FF_LOG_INFO("local reads off for this client: {}", bytes.status());
-                   }
-                   req.local_host.clear();
-                   self->executor.post([self, address, req = std::move(req), attempt_done = std::move(attempt_done),
-                                        dirty_seen]() mutable {
-                     self->send_read(address, std::move(req), dirty_seen, std::move(attempt_done));
-                   });
-                 },
-                 {});
+             self->remember_extent(key, *rsp->local);
+             if (early) {
+               // Keep the early bytes if the answer names the place they were read from and every CRC matches.
+               early->when_done([self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done,
+                                 dirty_seen](Result<LocalBytes>& bytes) mutable {
+                 Result<SharedBytes> answer =
+                     bytes.is_ok() ? bytes->answer(*rsp.local) : Result<SharedBytes>(bytes.status());
+                 if (answer.is_ok()) {
+                   self->early_reads.fetch_add(1, std::memory_order_relaxed);
+                   return self->complete_local(std::move(rsp), std::move(*answer), attempt_done);
+                 }
+                 self->read_local(address, std::move(req), std::move(rsp), dirty_seen, std::move(attempt_done));
+               });
+               return;
+             }
+             self->read_local(address, std::move(req), std::move(*rsp), dirty_seen, std::move(attempt_done));
            });
+}
+
+void StorageClient::State::complete_local(ReadRsp rsp, SharedBytes bytes,
+                                          const std::function<void(Result<ReadRsp>)>& attempt_done) {
+  local_reads.fetch_add(1, std::memory_order_relaxed);
+  rsp.local.reset();
+  rsp.pieces = PayloadPieces{.owner = bytes.owner, .pieces = {bytes.bytes}, .size = bytes.size()};
+  attempt_done(std::move(rsp));
+}
+
+void StorageClient::State::read_local(const std::string& address, ReadReq req, ReadRsp rsp,
+                                      std::shared_ptr<uint32_t> dirty_seen,
+                                      std::function<void(Result<ReadRsp>)> attempt_done) {
+  // The bytes are in the target's file on this host. Read them off the executor and off gRPC's thread;
+  // success completes there (accept_pieces allows it), a failure reads over RPC.
+  auto self = shared_from_this();
+  executor.offload(
+      [self, address, req = std::move(req), rsp = std::move(rsp), attempt_done, dirty_seen]() mutable {
+        Result<SharedBytes> bytes = read_local_extent(*rsp.local);
+        if (bytes.is_ok()) return self->complete_local(std::move(rsp), std::move(*bytes), attempt_done);
+        self->local_read_fallbacks.fetch_add(1, std::memory_order_relaxed);
+        if (bytes.status().code() == StatusCode::kDataLoss) {
+          FF_LOG_DEBUG("chunk {}: {}; reading over RPC", req.chunk.to_string(), bytes.status());
+        } else if (!self->local_reads_off.exchange(true)) {
+          // The file cannot be used from here (permissions, another mount namespace): stop asking.
+          FF_LOG_INFO("local reads off for this client: {}", bytes.status());
+        }
+        req.local_host.clear();
+        self->executor.post(
+            [self, address, req = std::move(req), attempt_done = std::move(attempt_done), dirty_seen]() mutable {
+              self->send_read(address, std::move(req), dirty_seen, std::move(attempt_done));
+            });
+      },
+      {});
 }
 
 void StorageClient::batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done) {
@@ -364,7 +459,8 @@ StorageClient::Stats StorageClient::stats() const { return state_->stats; }
 
 StorageClient::LocalReadCounts StorageClient::local_read_counts() const {
   return LocalReadCounts{.served = state_->local_reads.load(std::memory_order_relaxed),
-                         .fallbacks = state_->local_read_fallbacks.load(std::memory_order_relaxed)};
+                         .fallbacks = state_->local_read_fallbacks.load(std::memory_order_relaxed),
+                         .read_before_answer = state_->early_reads.load(std::memory_order_relaxed)};
 }
 
 }  // namespace ff::fs

@@ -98,7 +98,7 @@ const std::string& this_host_id() {
   return id;
 }
 
-Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent) {
   const uint64_t segment = extent.segment_bytes;
   if (segment == 0 || extent.skip + extent.count > extent.verify_bytes || extent.position % segment != 0 ||
       extent.segment_crcs.size() != (extent.verify_bytes + segment - 1) / segment) {
@@ -116,12 +116,16 @@ Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
   // NOTE: recycled through a pool, as the engine's read buffers are: a fresh 1 MiB buffer per read costs
   // page faults, and O_DIRECT then pins pages not yet mapped (gup's slow path was 5 % of all CPU under
   // FUSE reads).
-  std::shared_ptr<std::byte> buffer = read_buffers().acquire(read_bytes);
-  if (buffer == nullptr) return resource_exhausted("local read of {}: no memory for {} bytes", extent.path, read_bytes);
+  LocalBytes result;
+  result.extent = extent;
+  result.buffer = read_buffers().acquire(read_bytes);
+  if (result.buffer == nullptr) {
+    return resource_exhausted("local read of {}: no memory for {} bytes", extent.path, read_bytes);
+  }
+  std::byte* bytes = result.buffer.get();
   uint64_t done = 0;
   while (done < extent.verify_bytes) {
-    const ssize_t n =
-        ::pread(fd, buffer.get() + done, read_bytes - done, static_cast<off_t>(extent.file_offset + done));
+    const ssize_t n = ::pread(fd, bytes + done, read_bytes - done, static_cast<off_t>(extent.file_offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errno_error(errno, fmt::format("local read of {} at {}", extent.path, extent.file_offset + done));
     if (n == 0) {
@@ -130,20 +134,47 @@ Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
     }
     done += static_cast<uint64_t>(n);
   }
-  for (size_t i = 0; i < extent.segment_crcs.size(); ++i) {
+  result.crcs.resize(extent.segment_crcs.size());
+  for (size_t i = 0; i < result.crcs.size(); ++i) {
     const uint64_t start = i * segment;
-    const uint64_t length = std::min(segment, extent.verify_bytes - start);
-    const uint32_t computed = crc32c(std::span<const std::byte>(buffer.get() + start, length));
-    if (computed != extent.segment_crcs[i]) {
+    result.crcs[i] = crc32c(std::span<const std::byte>(bytes + start, std::min(segment, extent.verify_bytes - start)));
+  }
+  return result;
+}
+
+bool LocalBytes::same_place(const LocalExtent& other) const {
+  return extent.path == other.path && extent.device == other.device && extent.inode == other.inode &&
+         extent.file_offset == other.file_offset && extent.position == other.position &&
+         extent.verify_bytes == other.verify_bytes && extent.skip == other.skip && extent.count == other.count &&
+         extent.segment_bytes == other.segment_bytes;
+}
+
+Result<SharedBytes> LocalBytes::answer(const LocalExtent& committed) const {
+  if (!same_place(committed)) {
+    return failed_precondition("local read of {}: read at file offset {} (+{}), the target now names {} at {} (+{})",
+                               extent.path, extent.file_offset, extent.verify_bytes, committed.path,
+                               committed.file_offset, committed.verify_bytes);
+  }
+  if (committed.segment_crcs.size() != crcs.size()) {
+    return invalid_argument("local read of {}: {} segments read, the answer has {} segment CRCs", extent.path,
+                            crcs.size(), committed.segment_crcs.size());
+  }
+  for (size_t i = 0; i < crcs.size(); ++i) {
+    if (crcs[i] != committed.segment_crcs[i]) {
+      const uint64_t start = extent.position + i * extent.segment_bytes;
       return data_loss(
           "local read of {}: bytes [{}, {}) of the version (file offset {}) have CRC32C {:#010x}, the "
           "target's committed version {:#010x}",
-          extent.path, extent.position + start, extent.position + start + length, extent.file_offset + start, computed,
-          extent.segment_crcs[i]);
+          extent.path, start, std::min(start + extent.segment_bytes, extent.position + extent.verify_bytes),
+          extent.file_offset + i * extent.segment_bytes, crcs[i], committed.segment_crcs[i]);
     }
   }
-  std::span<const std::byte> answer(buffer.get() + extent.skip, extent.count);
-  return SharedBytes{std::move(buffer), answer};
+  return SharedBytes{buffer, std::span<const std::byte>(buffer.get() + extent.skip, extent.count)};
+}
+
+Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
+  FF_ASSIGN_OR_RETURN(LocalBytes bytes, read_local_bytes(extent));
+  return bytes.answer(extent);
 }
 
 }  // namespace ff::fs

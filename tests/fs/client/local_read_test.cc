@@ -240,6 +240,41 @@ TEST_F(LocalReadClusterTest, ReadsOnThisHostAreServedFromTheTargetsFiles) {
   EXPECT_TRUE(past->empty());
 }
 
+TEST_F(LocalReadClusterTest, ReadsBeforeTheAnswerKeepOnlyBytesOfTheCommittedVersion) {
+  const ChunkId chunk{23, 0};
+  auto data = testing::pattern_bytes(131'072, 11);
+  write(chunk, data);
+  // The first read of a range on each replica learns where it lies; later ones read there while asking.
+  for (int i = 0; i < 9; ++i) {
+    auto got = read(chunk, 0, UINT64_MAX, true);
+    ASSERT_TRUE(got.is_ok()) << got.status();
+    EXPECT_EQ(*got, data);
+  }
+  EXPECT_EQ(client_->local_read_counts().served, 9u);
+  EXPECT_GE(client_->local_read_counts().read_before_answer, 1u);
+  // Overwrites change the bytes under the remembered places (a small patch lands in place, a full write
+  // moves the chunk): every read still returns the latest committed bytes.
+  for (int round = 0; round < 6; ++round) {
+    if (round % 2 == 0) {
+      const auto patch = testing::pattern_bytes(100, 20 + round);
+      std::copy(patch.begin(), patch.end(), data.begin() + 5000 * (round + 1));
+      ChainId chain = cluster_->chains().front();
+      auto written = on_executor<WriteRsp>(cluster_->client_executor(), [&, chain](auto done) {
+        client_->write(chain, chunk, 5000 * (round + 1), patch, done);
+      });
+      ASSERT_TRUE(written.is_ok()) << written.status();
+    } else {
+      data = testing::pattern_bytes(131'072, 30 + round);
+      write(chunk, data);
+    }
+    for (int i = 0; i < 3; ++i) {
+      auto got = read(chunk, 0, UINT64_MAX, true);
+      ASSERT_TRUE(got.is_ok()) << got.status();
+      EXPECT_EQ(*got, data) << "round " << round << " read " << i;
+    }
+  }
+}
+
 TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
   const ChunkId chunk{22, 0};
   const auto data = testing::pattern_bytes(131'072, 8);

@@ -155,6 +155,7 @@ struct BenchCase {
   uint64_t inode = 7;
   uint64_t max_ops = 0;  // 0: until `seconds` pass
   bool local_reads = false;  // ClientConfig::local_reads
+  bool read_before_answer = true;  // ClientConfig::read_before_answer
 };
 
 int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
@@ -262,7 +263,8 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
                          {"p50_us", shared->latency.quantile_us(0.5)},
                          {"p99_us", shared->latency.quantile_us(0.99)},
                          {"local_reads", client.local_read_counts().served},
-                         {"local_read_fallbacks", client.local_read_counts().fallbacks}};
+                         {"local_read_fallbacks", client.local_read_counts().fallbacks},
+                         {"local_reads_read_before_answer", client.local_read_counts().read_before_answer}};
   if (!shared->first_error.empty()) line["first_error"] = shared->first_error;
   std::cout << line.dump() << std::endl;
   return shared->errors == 0 ? 0 : 1;
@@ -294,6 +296,9 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--max-ops", bench_case.max_ops, "stop after this many operations (prefill)");
   bench_cmd->add_flag("--local-reads", bench_case.local_reads,
                       "read chunks of targets on this host from their files (docs/fs.md, Local reads)");
+  bool no_read_before_answer = false;
+  bench_cmd->add_flag("--no-read-before-answer", no_read_before_answer,
+                      "local reads wait for the target's answer before reading (ClientConfig::read_before_answer off)");
 
   auto* write_cmd = app.add_subcommand("write-check", "write checksummed chunks, log the acknowledged ones");
   double seconds = 10;
@@ -321,6 +326,7 @@ int main(int argc, char** argv) {
   config.op_timeout_ns = 60'000'000'000;
   config.max_attempts = 200;
   config.local_reads = bench_case.local_reads;
+  config.read_before_answer = !no_read_before_answer;
   int code = 0;
   {
     StorageClient client(config, executor, rpc);
