@@ -205,6 +205,14 @@ class LocalReadClusterTest : public ::testing::Test {
     rsp->pieces.copy_to(0, out);
     return out;
   }
+  // `times` reads of the whole chunk (accepting pieces, so local where they can be) each give `data`.
+  void expect_whole_chunk_reads(const ChunkId& chunk, const std::vector<std::byte>& data, int times) {
+    for (int i = 0; i < times; ++i) {
+      auto got = read(chunk, 0, UINT64_MAX, /*accept_pieces=*/true);
+      ASSERT_TRUE(got.is_ok()) << "read " << i << ": " << got.status();
+      EXPECT_EQ(*got, data) << "read " << i;
+    }
+  }
   uint64_t served_by_targets() {
     uint64_t sum = 0;
     for (NodeId node = 1; node <= 3; ++node) sum += cluster_->service(node)->stats().local_reads;
@@ -245,11 +253,7 @@ TEST_F(LocalReadClusterTest, ReadsBeforeTheAnswerKeepOnlyBytesOfTheCommittedVers
   auto data = testing::pattern_bytes(131'072, 11);
   write(chunk, data);
   // The first read of a range on each replica learns where it lies; later ones read there while asking.
-  for (int i = 0; i < 9; ++i) {
-    auto got = read(chunk, 0, UINT64_MAX, true);
-    ASSERT_TRUE(got.is_ok()) << got.status();
-    EXPECT_EQ(*got, data);
-  }
+  expect_whole_chunk_reads(chunk, data, 9);
   EXPECT_EQ(client_->local_read_counts().served, 9u);
   EXPECT_GE(client_->local_read_counts().read_before_answer, 1u);
   // Overwrites change the bytes under the remembered places (a small patch lands in place, a full write
@@ -267,11 +271,8 @@ TEST_F(LocalReadClusterTest, ReadsBeforeTheAnswerKeepOnlyBytesOfTheCommittedVers
       data = testing::pattern_bytes(131'072, 30 + round);
       write(chunk, data);
     }
-    for (int i = 0; i < 3; ++i) {
-      auto got = read(chunk, 0, UINT64_MAX, true);
-      ASSERT_TRUE(got.is_ok()) << got.status();
-      EXPECT_EQ(*got, data) << "round " << round << " read " << i;
-    }
+    SCOPED_TRACE(fmt::format("round {}", round));
+    expect_whole_chunk_reads(chunk, data, 3);
   }
 }
 
@@ -293,11 +294,7 @@ TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
   scribble(located->extent->path, located->extent->file_offset + 50'000, 64);
   // Every read returns the written bytes: reads of the corrupt replica fall back to RPC, whose read
   // finds the corruption and repairs the chunk from a good replica.
-  for (int i = 0; i < 6; ++i) {
-    auto got = read(chunk, 0, UINT64_MAX, true);
-    ASSERT_TRUE(got.is_ok()) << got.status();
-    EXPECT_EQ(*got, data);
-  }
+  expect_whole_chunk_reads(chunk, data, 6);
   EXPECT_GE(client_->local_read_counts().fallbacks, 1u);
   EXPECT_GE(client_->local_read_counts().served, 4u);
   auto repaired = store->read(chunk, 0, UINT64_MAX, ReadMode::kStrict);
