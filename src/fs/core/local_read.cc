@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 
+#include "../chunk/io_context.h"
 #include "../chunk/read_buffer_pool.h"
 #include "ff/fs/crc32c.h"
 
@@ -20,9 +21,8 @@ namespace ff::fs {
 
 namespace {
 
-constexpr uint64_t kAlignment = 4096;
-
-uint64_t align_up(uint64_t value, uint64_t alignment) { return (value + alignment - 1) / alignment * alignment; }
+using chunk_internal::align_up;
+using chunk_internal::kIoAlignment;
 
 // Open data files by path: each opened once (O_DIRECT where allowed), checked against the device and
 // inode the target named; reopened when a target names another file at the same path. A descriptor
@@ -112,7 +112,7 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent) {
   const int fd = file->fd;
   // O_DIRECT wants the file offset, length and buffer 4 KiB-aligned; the block's room past the
   // version's end (blocks are whole 64 KiB or more) absorbs the rounding.
-  const uint64_t read_bytes = align_up(extent.verify_bytes, kAlignment);
+  const uint64_t read_bytes = align_up(extent.verify_bytes, kIoAlignment);
   // NOTE: recycled through a pool, as the engine's read buffers are: a fresh 1 MiB buffer per read costs
   // page faults, and O_DIRECT then pins pages not yet mapped (gup's slow path was 5 % of all CPU under
   // FUSE reads).

@@ -1109,6 +1109,19 @@ struct StorageService::State {
     return !req.local_host.empty() && req.local_host == this_host_id();
   }
 
+  // The answer to a local read: where the bytes lie, or [chunk_dirty] for a strict read of a chunk with
+  // a pending version (the caller counts it, on its own counter).
+  Result<ReadRsp> local_answer(const ReadReq& req, LocalChunkRead located) {
+    if (located.dirty && req.mode == ReadMode::kStrict) {
+      return fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
+                                                        req.target, located.meta.pending_version));
+    }
+    local_reads.fetch_add(1, std::memory_order_relaxed);
+    ReadRsp rsp{.meta = located.meta, .data = {}, .dirty = located.dirty};
+    rsp.local = std::move(located.extent);  // none when there is nothing to read (past the end)
+    return rsp;
+  }
+
   void read_one(ReadReq req, std::function<void(Result<ReadRsp>)> done, bool repaired = false, ReadAnswer answer = {}) {
     ++stats.reads;
     if (req.any_state) {
@@ -1165,15 +1178,8 @@ struct StorageService::State {
         [this, req, outcome, done, repaired, shared] {
           if (outcome->answered) return;
           if (outcome->local) {
-            if (outcome->local->dirty && req.mode == ReadMode::kStrict) {
-              ++stats.dirty_reads;
-              return done(fs_error(FsError::kChunkDirty,
-                                   fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
-                                               req.target, outcome->local->meta.pending_version)));
-            }
-            local_reads.fetch_add(1, std::memory_order_relaxed);
-            ReadRsp rsp{.meta = outcome->local->meta, .data = {}, .dirty = outcome->local->dirty};
-            rsp.local = std::move(outcome->local->extent);
+            Result<ReadRsp> rsp = local_answer(req, std::move(*outcome->local));
+            if (!rsp.is_ok()) ++stats.dirty_reads;
             return done(std::move(rsp));
           }
           const Status& status = shared ? outcome->shared.status() : outcome->plain.status();
@@ -1287,17 +1293,12 @@ struct StorageService::State {
             // Where the committed bytes lie (wants_local_read); the reader checks them.
             Result<LocalChunkRead> located = store_ptr->locate(req.chunk, req.offset, req.length, req.mode);
             if (located.is_ok()) {
-              if (located->dirty && req.mode == ReadMode::kStrict) {
+              Result<ReadRsp> rsp = local_answer(req, std::move(*located));
+              if (!rsp.is_ok()) {
                 fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
-                return reply(fs_error(FsError::kChunkDirty,
-                                      fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
-                                                  req.target, located->meta.pending_version)));
+                return reply(rsp.status());
               }
-              local_reads.fetch_add(1, std::memory_order_relaxed);
-              ReadRsp rsp{.meta = located->meta, .data = {}, .dirty = located->dirty};
-              // Nothing to read (past the end): an empty answer, as a read gives.
-              if (located->extent) rsp.local = std::move(located->extent);
-              return reply(Response{std::move(rsp)});
+              return reply(Response{std::move(*rsp)});
             }
           }
           Result<SharedChunkRead> read = store_ptr->read_shared(req.chunk, req.offset, req.length, req.mode);

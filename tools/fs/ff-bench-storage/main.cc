@@ -226,17 +226,23 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
             0, chunk_bytes);
       } else {
         // With local reads the answer comes as pieces, and a read served from a target's file completes on
-        // an offload thread: back to the executor, where issue() runs.
+        // an offload thread: back to the executor, where issue() runs. Without, it completes there already
+        // (no extra hop in the RPC figure).
+        const bool local = c.local_reads;
         client.read(
             chain, chunk, in_chunk, c.block_bytes, ReadMode::kStrict,
-            [finish, issue, &executor](Result<ReadRsp> rsp) {
+            [finish, issue, local, &executor](Result<ReadRsp> rsp) {
               Status status = rsp.is_ok() ? Status::ok() : rsp.status();
+              if (!local) {
+                finish(status);
+                return issue();
+              }
               executor.post([finish, issue, status] {
                 finish(status);
                 issue();
               });
             },
-            c.local_reads);
+            local);
       }
     }
     std::lock_guard lock(shared->mutex);
