@@ -38,7 +38,8 @@ CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168
 MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
           (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
 CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
-           "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
+           "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger", "pingpong_64x64",
+           "pingpong_64x32", "pingpong_64x16"]
 CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128_cluster1x2", "indexed_128x192",
                       "indexed_128x128_overlap", "indexed_128x128_stagger"]
 MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
@@ -60,6 +61,8 @@ AB_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x128_overlap", "c
 TILE_AB_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x112", "cooperative_128x192"],
                    "contiguous": ["indexed_128x128_overlap", "indexed_128x192"],
                    "masked": ["cooperative_128x128", "cooperative_128x112", "cooperative_128x192"]}
+# --ab narrow: for the dense cases with m < 4096, the 64-row tiles of each width and the 128x128 tile.
+NARROW_AB_CONFIGS = ["pingpong_64x128", "pingpong_64x64", "pingpong_64x32", "pingpong_64x16", "cooperative_128x128"]
 ITERS = 10
 REPEATS = 11
 WARMUP_REPLAYS = 3
@@ -181,9 +184,10 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/gemm_<device>.json)")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false",
                         help="time only the heuristic's choice and the baselines (no per-configuration/schedule sweep)")
-    parser.add_argument("--ab", nargs="?", const="consumers", default=None, choices=["consumers", "tiles"],
-                        help="with --no-sweep: also time the 128x128 consumers of AB_CONFIGS (tflops_per_config), or "
-                             "with 'tiles' the tile widths of TILE_AB_CONFIGS")
+    parser.add_argument("--ab", nargs="?", const="consumers", default=None, choices=["consumers", "tiles", "narrow"],
+                        help="with --no-sweep: also time the 128x128 consumers of AB_CONFIGS (tflops_per_config), "
+                             "with 'tiles' the tile widths of TILE_AB_CONFIGS, with 'narrow' the 64-row tiles of "
+                             "NARROW_AB_CONFIGS on the dense cases with m < 4096")
     parser.add_argument("--families", default="dense,contiguous,masked",
                         help="comma-separated subset of dense, contiguous, masked")
     args = parser.parse_args()
@@ -231,7 +235,9 @@ def main() -> int:
             diff = 1 - 2 * (o * ref.double()).sum().item() / ((o * o) + (ref.double() ** 2)).sum().item()
             call = lambda: gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), out)  # noqa: E731
             configs = per_config(torch, flop, call, CONFIGS) if args.sweep else None
-            if not args.sweep and args.ab and (m >= 4096 or args.ab == "tiles"):
+            if not args.sweep and args.ab == "narrow":
+                configs = per_config(torch, flop, call, NARROW_AB_CONFIGS) if m < 4096 else None
+            elif not args.sweep and args.ab and (m >= 4096 or args.ab == "tiles"):
                 configs = per_config(torch, flop, call, ab_configs["dense"])
             schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["dense"]) if args.sweep and m >= 4096 else None
             a_row, s_row = row_scales(torch, x)

@@ -83,15 +83,20 @@ class ForcedConfig {
   ~ForcedConfig() { unsetenv("FF_GEMM_TILE_CONFIG"); }
 };
 
-const std::vector<std::string> kDenseConfigs = {"",
-                                                "pingpong_64x128",
-                                                "cooperative_128x128",
-                                                "cooperative_128x128_cluster2x1",
-                                                "cooperative_128x192",
-                                                "cooperative_128x112",
-                                                "cooperative_128x128_overlap",
-                                                "cooperative_128x128_stagger"};
-const std::vector<std::string> kMaskedConfigs = kDenseConfigs;
+const std::vector<std::string> kMaskedConfigs = {"",
+                                                 "pingpong_64x128",
+                                                 "cooperative_128x128",
+                                                 "cooperative_128x128_cluster2x1",
+                                                 "cooperative_128x192",
+                                                 "cooperative_128x112",
+                                                 "cooperative_128x128_overlap",
+                                                 "cooperative_128x128_stagger"};
+// Dense: every masked configuration and the dense-only narrow 64-row tiles.
+const std::vector<std::string> kDenseConfigs = [] {
+  std::vector<std::string> configs = kMaskedConfigs;
+  configs.insert(configs.end(), {"pingpong_64x64", "pingpong_64x32", "pingpong_64x16"});
+  return configs;
+}();
 const std::vector<std::string> kContiguousConfigs = {"",
                                                      "pingpong_64x128",
                                                      "cooperative_128x128",
@@ -464,6 +469,35 @@ TEST(GroupedCuda, MaskedMatchesCpuAndLeavesMaskedRowsUntouched) {
   SKIP_WITHOUT_GPU();
   run_masked_case({4, 129, 256, 512, {0, 1, 65, 129}, 64}, /*capture_in_graph=*/false);
   run_masked_case({2, 256, 384, 256, {200, 17}, 128}, /*capture_in_graph=*/false);
+}
+
+// The dense-only (narrow 64-row) and contiguous-only (indexed) kernels are refused on a masked GEMM, naming the
+// forced configuration, and nothing is written.
+TEST(GroupedCuda, MaskedRefusesDenseOrContiguousOnlyKernels) {
+  SKIP_WITHOUT_GPU();
+  const int64_t groups = 1, m = 128, n = 128, k = 256, kb = 2;
+  Operands o = random_operands(groups * m, n, k, groups, 12);
+  DeviceBuffer<uint8_t> a(o.a), b(o.b);
+  DeviceBuffer<float> sa(o.sa), sb(o.sb);
+  DeviceBuffer<int32_t> masked_m(std::vector<int32_t>{static_cast<int32_t>(m)});
+  DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(groups * m * n), kSentinel));
+  for (const auto& [config, expected] :
+       {std::pair<std::string, std::string>{"pingpong_64x32", "serves only the dense GEMM"},
+        std::pair<std::string, std::string>{"indexed_128x128", "serve only the contiguous grouped GEMM"}}) {
+    ForcedConfig forced(config);
+    const Status status =
+        m_grouped_gemm_fp8_fp8_bf16_nt_masked({device_view(a.data, DType::kFloat8E4M3, {groups, m, k}),
+                                               device_view(sa.data, DType::kFloat32, {groups, m, kb})},
+                                              {device_view(b.data, DType::kFloat8E4M3, {groups, n, k}),
+                                               device_view(sb.data, DType::kFloat32, {groups, ceil_div(n, 128), kb})},
+                                              device_view(out.data, DType::kBFloat16, {groups, m, n}),
+                                              device_view(masked_m.data, DType::kInt32, {groups}), m);
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << config;
+    EXPECT_THAT(status.message(), ::testing::HasSubstr(config)) << config;
+    EXPECT_THAT(status.message(), ::testing::HasSubstr(expected)) << config;
+  }
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (uint16_t value : out.to_host()) ASSERT_EQ(value, kSentinel) << "a refused call wrote output";
 }
 
 TEST(GroupedCuda, MaskedRunsInsideACudaGraphReadingCountsAtReplay) {

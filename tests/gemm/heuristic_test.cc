@@ -10,23 +10,36 @@ namespace {
 
 constexpr int kH100Sms = 132;
 
-TEST(Heuristic, SmallMUses64RowTiles) {
-  EXPECT_EQ(choose_dense_config(1, 7168, 2048, kH100Sms), TileConfig::kPingpong64x128);
-  EXPECT_EQ(choose_dense_config(64, 2112, 7168, kH100Sms), TileConfig::kPingpong64x128);
+TEST(Heuristic, SmallMUses64RowTilesNarrowedToFillOneWave) {
+  // The narrowest 64-row tile whose tiles fit one wave: n = 2112 is 132 tiles of 16 (m = 64) -> 64x16; at m = 128
+  // 264 of 16 but 132 of 32 -> 64x32; n = 4096: 128 tiles of 32 (m = 64), 128 of 64 (m = 128); n = 7168: 112 tiles
+  // of 64 (m = 64), at m = 128 even 64-wide tiles need 224 -> 64x128.
+  EXPECT_EQ(choose_dense_config(64, 2112, 7168, kH100Sms), TileConfig::kPingpong64x16);
+  EXPECT_EQ(choose_dense_config(128, 2112, 7168, kH100Sms), TileConfig::kPingpong64x32);
+  EXPECT_EQ(choose_dense_config(64, 4096, 7168, kH100Sms), TileConfig::kPingpong64x32);
+  EXPECT_EQ(choose_dense_config(128, 4096, 7168, kH100Sms), TileConfig::kPingpong64x64);
+  EXPECT_EQ(choose_dense_config(1, 7168, 2048, kH100Sms), TileConfig::kPingpong64x64);
+  EXPECT_EQ(choose_dense_config(64, 7168, 16384, kH100Sms), TileConfig::kPingpong64x64);
+  EXPECT_EQ(choose_dense_config(128, 7168, 16384, kH100Sms), TileConfig::kPingpong64x128);
+  // More than one wave of 64x128 tiles (n = 24576: 192): no narrowing.
+  EXPECT_EQ(choose_dense_config(64, 24576, 1536, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(narrower_pingpong(64, 24576, kH100Sms), TileConfig::kPingpong64x128);
+  // Fewer SMs (set_num_sms): fewer tiles fit one wave.
+  EXPECT_EQ(narrower_pingpong(64, 2112, 66), TileConfig::kPingpong64x32);
+  EXPECT_EQ(narrower_pingpong(64, 2112, 16), TileConfig::kPingpong64x128);
 }
 
 TEST(Heuristic, WaveQuantisationDecidesMidSizes) {
-  // m=128, n=4096: 32 tiles of 128x128 (one wave) beat 64 tiles of 64x128 (also one wave, 0.6 each is cheaper)?
-  // Both fit one wave, so the cost is one tile time each: 0.6 < 1.0, the 64-row tiles finish first.
-  EXPECT_EQ(choose_dense_config(128, 4096, 7168, kH100Sms), TileConfig::kPingpong64x128);
+  // m=128, n=4096: 32 tiles of 128x128 (one wave) against 64 tiles of 64x128 (also one wave): the cost is one tile
+  // time each, 0.7 < 1.0, so the 64-row tiles (then narrowed to 64x64, above).
+  EXPECT_EQ(estimate_tiles(TileConfig::kPingpong64x128, 128, 4096, 1, kH100Sms).cost, 0.7);
+  EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x128, 128, 4096, 1, kH100Sms).cost, 1.0);
   // m=128, n=24576: 192 tiles of 128x128 = 2 waves (cost 2) vs 384 of 64x128 = 3 waves (cost 2.1) vs 128 of
   // 128x192 = 1 wave (cost 1.5). Measured there: 128x192 and 128x128 within 2% of each other, both 3-5% faster
   // than the ping-pong kernel.
   EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x128, 128, 24576, 1, kH100Sms).waves, 2);
   EXPECT_EQ(estimate_tiles(TileConfig::kPingpong64x128, 128, 24576, 1, kH100Sms).waves, 3);
   EXPECT_EQ(choose_dense_config(128, 24576, 1536, kH100Sms), TileConfig::kCooperative128x192);
-  // One wave either way (m = 128, n = 7168): the 64-row tiles stay cheaper (0.7 < 1).
-  EXPECT_EQ(choose_dense_config(128, 7168, 16384, kH100Sms), TileConfig::kPingpong64x128);
 }
 
 TEST(Heuristic, LargeMUsesCooperativeTiles) {
@@ -95,7 +108,8 @@ TEST(Heuristic, ScheduleSwizzlesLongKOnlyWithoutPaddingTiles) {
 
 TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
   EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_128x128 default:8");
-  EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x128 default:0");
+  EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x16 default:0");
+  EXPECT_EQ(*cuda_kernel_choice("dense", 64, 24576, 1536, 1, kH100Sms), "pingpong_64x128 default:0");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_128x128_overlap default:8");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 4096, 7168, 2048, 8, kH100Sms), "indexed_128x128_overlap default:0");
   EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "cooperative_128x128 default:0");

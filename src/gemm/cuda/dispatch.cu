@@ -25,6 +25,9 @@ std::string run_contiguous_indexed_128x128_overlap(const GroupedArgs& args);
 std::string run_contiguous_indexed_128x128_stagger(const GroupedArgs& args);
 std::string run_dense_cooperative_128x112(const DenseArgs& args);
 std::string run_grouped_cooperative_128x112(const GroupedArgs& args);
+std::string run_dense_pingpong_64x64(const DenseArgs& args);
+std::string run_dense_pingpong_64x32(const DenseArgs& args);
+std::string run_dense_pingpong_64x16(const DenseArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
@@ -35,6 +38,9 @@ std::string run_dense(TileConfig config, const DenseArgs& args) {
     case TileConfig::kCooperative128x112: return run_dense_cooperative_128x112(args);
     case TileConfig::kCooperative128x128Overlap: return run_dense_cooperative_128x128_overlap(args);
     case TileConfig::kCooperative128x128Stagger: return run_dense_cooperative_128x128_stagger(args);
+    case TileConfig::kPingpong64x64: return run_dense_pingpong_64x64(args);
+    case TileConfig::kPingpong64x32: return run_dense_pingpong_64x32(args);
+    case TileConfig::kPingpong64x16: return run_dense_pingpong_64x16(args);
     case TileConfig::kIndexed128x128:
     case TileConfig::kIndexed128x128Cluster1x2:
     case TileConfig::kIndexed128x192:
@@ -68,6 +74,9 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
     case TileConfig::kIndexed128x128Cluster1x2:
       if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x128_cluster1x2(args);
       break;
+    case TileConfig::kPingpong64x64:
+    case TileConfig::kPingpong64x32:
+    case TileConfig::kPingpong64x16: break;
   }
   return std::string("no grouped kernel for tile config ") + tile_config_name(config);
 }

@@ -30,6 +30,10 @@ double relative_tile_time(TileConfig config) {
     case TileConfig::kCooperative128x128Stagger:
     case TileConfig::kIndexed128x128Overlap:
     case TileConfig::kIndexed128x128Stagger: return 1.0;
+    // Not compared by cost: narrower_pingpong() swaps them in for the 64x128 tile by tile count.
+    case TileConfig::kPingpong64x64:
+    case TileConfig::kPingpong64x32:
+    case TileConfig::kPingpong64x16: return 1.0;
   }
   return 1.0;
 }
@@ -52,6 +56,9 @@ const char* tile_config_name(TileConfig config) {
     case TileConfig::kIndexed128x128Overlap: return "indexed_128x128_overlap";
     case TileConfig::kIndexed128x128Stagger: return "indexed_128x128_stagger";
     case TileConfig::kCooperative128x112: return "cooperative_128x112";
+    case TileConfig::kPingpong64x64: return "pingpong_64x64";
+    case TileConfig::kPingpong64x32: return "pingpong_64x32";
+    case TileConfig::kPingpong64x16: return "pingpong_64x16";
   }
   return "?";
 }
@@ -83,10 +90,17 @@ TileConfig cheaper_128_row(TileConfig square, TileConfig wide, int64_t rows, int
 
 }  // namespace
 
+TileConfig narrower_pingpong(int64_t m, int64_t n, int num_sms) {
+  for (const TileConfig narrow : {TileConfig::kPingpong64x16, TileConfig::kPingpong64x32, TileConfig::kPingpong64x64}) {
+    if (estimate_tiles(narrow, m, n, 1, num_sms).tiles <= num_sms) return narrow;
+  }
+  return TileConfig::kPingpong64x128;
+}
+
 TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms) {
   const TileEstimate small = estimate_tiles(TileConfig::kPingpong64x128, m, n, 1, num_sms);
   const TileEstimate large = estimate_tiles(TileConfig::kCooperative128x128, m, n, 1, num_sms);
-  if (small.cost < large.cost) return TileConfig::kPingpong64x128;
+  if (small.cost < large.cost) return narrower_pingpong(m, n, num_sms);
   if (ceil_div(k, 128) <= kShortKBlocks && large.waves >= kMinWavesForShortKPingpong) {
     return TileConfig::kPingpong64x128;
   }

@@ -39,16 +39,35 @@ enum class TileConfig : int {
   // from the caller's 128x128 blocks: a 112-row tile straddles two): 7/8 of a 128x128 tile's work, for shapes
   // where 128-wide tiles leave most of the last wave idle (DeepGEMM's BLOCK_N 112; n = 7168 is 64 tiles of 112).
   kCooperative128x112,
+  // Dense only: 64-row ping-pong tiles narrower than 128 (64x64, 64x32, 64x16), B scales read at the tile's width
+  // (expanded from the 128x128 blocks; one scale block per tile, CUTLASS's consumer): small m, where 128-wide tiles
+  // leave most SMs idle and each of the few CTAs is bound by its own issue-wait-promote cycle per K block; narrower
+  // tiles put more CTAs on the same bytes of B (DeepGEMM's BLOCK_N chosen to fill the SMs).
+  kPingpong64x64,
+  kPingpong64x32,
+  kPingpong64x16,
 };
-inline constexpr int kNumTileConfigs = 12;
+inline constexpr int kNumTileConfigs = 15;
 inline constexpr bool is_indexed(TileConfig config) {
   return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
          config == TileConfig::kIndexed128x192 || config == TileConfig::kIndexed128x128Overlap ||
          config == TileConfig::kIndexed128x128Stagger;
 }
 const char* tile_config_name(TileConfig config);
-inline constexpr int tile_m(TileConfig config) { return config == TileConfig::kPingpong64x128 ? 64 : 128; }
+inline constexpr int tile_m(TileConfig config) {
+  return config == TileConfig::kPingpong64x128 || config == TileConfig::kPingpong64x64 ||
+                 config == TileConfig::kPingpong64x32 || config == TileConfig::kPingpong64x16
+             ? 64
+             : 128;
+}
+inline constexpr bool is_dense_only(TileConfig config) {
+  return config == TileConfig::kPingpong64x64 || config == TileConfig::kPingpong64x32 ||
+         config == TileConfig::kPingpong64x16;
+}
 inline constexpr int tile_n(TileConfig config) {
+  if (config == TileConfig::kPingpong64x64) return 64;
+  if (config == TileConfig::kPingpong64x32) return 32;
+  if (config == TileConfig::kPingpong64x16) return 16;
   if (config == TileConfig::kCooperative128x112) return 112;
   return config == TileConfig::kCooperative128x192 || config == TileConfig::kIndexed128x192 ? 192 : 128;
 }

@@ -582,8 +582,10 @@ struct DenseGemm {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
       MainloopSchedule>::CollectiveOp;
-  // 192-wide tiles (kScaleN 64): WideTileMma's consumer, and GroupIndexedMainloop's producer over one group.
-  static constexpr bool kWide = kScaleN != 128;
+  // Several B-scale blocks per tile (192-wide tiles at kScaleN 64, 112-wide at 16): WideTileMma's consumer, and
+  // GroupIndexedMainloop's producer over one group. One block per tile (128 at 128, the narrow 64-row tiles at their
+  // own width): CUTLASS's collective.
+  static constexpr bool kWide = decltype(cute::size<1>(TileShape{}))::value / kScaleN > 1;
   using MmaMainloop = typename SelectConsumer<BuiltMainloop, kWide, kPromotion>::type;
   using CollectiveMainloop = std::conditional_t<kWide, GroupIndexedMainloop<MmaMainloop>, MmaMainloop>;
 
