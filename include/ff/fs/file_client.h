@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -81,9 +82,10 @@ class FileClient {
 
   // flags: meta::OpenFlags (kOpenRead, kOpenWrite, kOpenTruncate).
   Result<FileHandle> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags);
-  // Creates the file (EEXIST when the name exists) and opens it.
+  // Creates the file (EEXIST when the name exists) and opens it. parent_after (optional) receives the parent
+  // directory as the create left it when the metadata service says (meta::OpenFile::parent), else is reset.
   Result<FileHandle> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name, uint32_t mode,
-                            uint32_t flags);
+                            uint32_t flags, std::optional<meta::Inode>* parent_after = nullptr);
   // Returns the bytes read (short at the end of the file).
   Result<size_t> read(FileHandle handle, uint64_t offset, std::span<std::byte> out);
   // The same read without copying the bytes anywhere: up to `length` bytes as pieces in file order,

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -47,9 +48,11 @@ class FileData {
   virtual ~FileData() = default;
   // flags: meta::OpenFlags.
   virtual Result<uint64_t> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) = 0;
-  // Creates the file (EEXIST when the name exists) and opens it.
+  // Creates the file (EEXIST when the name exists) and opens it. parent_after (optional) receives the parent
+  // directory as the create left it, when known (else reset).
   virtual Result<uint64_t> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name,
-                                  uint32_t mode, uint32_t flags) = 0;
+                                  uint32_t mode, uint32_t flags,
+                                  std::optional<meta::Inode>* parent_after = nullptr) = 0;
   // Bytes read (short at the end of the file; holes read as zeros).
   virtual Result<size_t> read(uint64_t handle, uint64_t offset, std::span<std::byte> out) = 0;
   // The same read as pieces in file order that stay valid while the returned values live (no copy
@@ -81,7 +84,7 @@ class MemoryData final : public FileData, public meta::FileStorage {
 
   Result<uint64_t> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags) override;
   Result<uint64_t> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name, uint32_t mode,
-                          uint32_t flags) override;
+                          uint32_t flags, std::optional<meta::Inode>* parent_after = nullptr) override;
   Result<size_t> read(uint64_t handle, uint64_t offset, std::span<std::byte> out) override;
   Result<size_t> write(uint64_t handle, uint64_t offset, std::span<const std::byte> data) override;
   Result<meta::Inode> fsync(uint64_t handle) override;
@@ -157,6 +160,7 @@ struct FuseStats {
   uint64_t most_concurrent_reads = 0;  // the most READ requests served at once (worker threads busy reading)
   uint64_t write_bytes = 0;
   uint64_t invalidations = 0;
+  uint64_t fresh_dir_hits = 0;  // GETATTRs of a directory answered from this mount's own create (no meta call)
 };
 
 class FuseFs {

@@ -149,6 +149,9 @@ enum OpenFlags : uint32_t {
 struct OpenFile {
   Inode inode;
   uint64_t session = 0;  // pass to close(); identifies this open
+  // create_open: the parent directory as the create left it (times updated), so that a client need not ask
+  // for it again; empty from open() and where the service does not say.
+  std::optional<Inode> parent;
 };
 
 struct ReadDirPage {

@@ -708,10 +708,11 @@ Result<FileHandle> FileClient::open(const meta::Caller& caller, meta::InodeId in
 }
 
 Result<FileHandle> FileClient::create(const meta::Caller& caller, meta::InodeId parent, std::string_view name,
-                                      uint32_t mode, uint32_t flags) {
+                                      uint32_t mode, uint32_t flags, std::optional<meta::Inode>* parent_after) {
   // One meta transaction for both (the creating open is not checked against the new file's mode).
   FF_ASSIGN_OR_RETURN(meta::OpenFile opened,
                       impl_->meta.create_open(caller, parent, name, mode, flags, impl_->config.client_id));
+  if (parent_after != nullptr) *parent_after = opened.parent;
   return impl_->adopt(std::move(opened), flags);
 }
 

@@ -15,8 +15,8 @@ class FileClientData final : public FileData {
     return client_.open(caller, inode, flags);
   }
   Result<uint64_t> create(const meta::Caller& caller, meta::InodeId parent, std::string_view name, uint32_t mode,
-                          uint32_t flags) override {
-    return client_.create(caller, parent, name, mode, flags);
+                          uint32_t flags, std::optional<meta::Inode>* parent_after = nullptr) override {
+    return client_.create(caller, parent, name, mode, flags, parent_after);
   }
   Result<size_t> read(uint64_t handle, uint64_t offset, std::span<std::byte> out) override {
     return client_.read(handle, offset, out);

@@ -82,11 +82,12 @@ Result<uint64_t> MemoryData::open(const meta::Caller& caller, meta::InodeId inod
 }
 
 Result<uint64_t> MemoryData::create(const meta::Caller& caller, meta::InodeId parent, std::string_view name,
-                                    uint32_t mode, uint32_t flags) {
+                                    uint32_t mode, uint32_t flags, std::optional<meta::Inode>* parent_after) {
   FF_ASSERT(impl_->meta != nullptr, "MemoryData::bind was not called");
-  FF_ASSIGN_OR_RETURN(meta::Inode inode, impl_->meta->create(caller, parent, name, mode));
-  // The creator may open what it created whatever the mode says (open(2) with O_CREAT): open as root.
-  FF_ASSIGN_OR_RETURN(meta::OpenFile opened, impl_->meta->open(meta::Caller{}, inode.id, flags, impl_->client_id));
+  // One transaction; the creator may open what it created whatever the mode says (open(2) with O_CREAT).
+  FF_ASSIGN_OR_RETURN(meta::OpenFile opened,
+                      impl_->meta->create_open(caller, parent, name, mode, flags, impl_->client_id));
+  if (parent_after != nullptr) *parent_after = opened.parent;
   return impl_->add(opened, flags);
 }
 

@@ -461,9 +461,12 @@ Result<Inode> MetaService::resolve(const Caller& caller, std::string_view path, 
 }
 
 namespace {
-// in_txn (optional) adds its writes to the same transaction (create_open's session).
+// in_txn (optional) adds its writes to the same transaction (create_open's session); parent_after (optional)
+// receives the directory as the transaction leaves it, with the times replies show (fold_dir_change: the "T"
+// record this transaction writes is the latest, so no read of it is needed).
 Status make_node(kv::KvEngine& engine, const kv::RetryOptions& retry, const Caller& caller, InodeId parent,
-                 std::string_view name, Inode& node, const std::function<void(Transaction&)>& in_txn = {}) {
+                 std::string_view name, Inode& node, const std::function<void(Transaction&)>& in_txn = {},
+                 Inode* parent_after = nullptr) {
   return run(engine, retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(Inode dir, load_dir(txn, parent));
     FF_RETURN_IF_ERROR(check_access(caller, dir, kWrite | kExec));
@@ -483,10 +486,13 @@ Status make_node(kv::KvEngine& engine, const kv::RetryOptions& retry, const Call
       store_inode(txn, dir);
     } else {
       note_dir_change(txn, parent, node.ctime_ns);
+      dir.mtime_ns = std::max(dir.mtime_ns, node.ctime_ns);
+      dir.ctime_ns = std::max(dir.ctime_ns, node.ctime_ns);
     }
     store_inode(txn, node);
     txn.set(codec::dentry_key(parent, name), codec::encode_dentry({node.id, node.type}));
     if (in_txn) in_txn(txn);
+    if (parent_after != nullptr) *parent_after = dir;
     return Status::ok();
   });
 }
@@ -532,9 +538,11 @@ Result<OpenFile> MetaService::create_open(const Caller& caller, InodeId parent, 
   }
   const bool write = (flags & kOpenWrite) != 0;
   const uint64_t session = new_session_id();
-  FF_RETURN_IF_ERROR(make_node(impl_->engine, config_.retry, caller, parent, name, node,
-                               [&](Transaction& txn) { record_session(txn, node.id, session, client, write); }));
-  return OpenFile{node, session};
+  Inode dir;
+  FF_RETURN_IF_ERROR(make_node(
+      impl_->engine, config_.retry, caller, parent, name, node,
+      [&](Transaction& txn) { record_session(txn, node.id, session, client, write); }, &dir));
+  return OpenFile{node, session, dir};
 }
 
 Result<Inode> MetaService::new_node(FileType type, uint32_t mode, uint32_t nlink) {

@@ -526,7 +526,9 @@ Result<OpenFile> RemoteMeta::create_open(const Caller& caller, InodeId parent, s
   Result<pb::MetaResponse> response = impl_->run(request, &ambiguous);
   if (response.is_ok()) {
     if (!response->has_open()) return internal_error("meta create_open: reply without a session");
-    return OpenFile{wire::from_proto(response->open().inode()), response->open().session()};
+    OpenFile opened{wire::from_proto(response->open().inode()), response->open().session()};
+    if (response->open().has_parent()) opened.parent = wire::from_proto(response->open().parent());
+    return opened;
   }
   if (!ambiguous || errno_of(response.status()) != EEXIST) return response.status();
   auto existing = lookup(caller, parent, name);

@@ -38,6 +38,7 @@ void put_open(const Result<OpenFile>& opened, pb::MetaResponse* response) {
   if (!opened.is_ok()) return;
   wire::to_proto(opened->inode, response->mutable_open()->mutable_inode());
   response->mutable_open()->set_session(opened->session);
+  if (opened->parent) wire::to_proto(*opened->parent, response->mutable_open()->mutable_parent());
 }
 
 // Runs one request against `api`. Pure translation: no retries here (the service retries conflicts).
@@ -361,6 +362,13 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
       errors_ =
           &options.metrics->counter("ff_meta_errors_total", "Meta operations that returned an error (any errno).");
       latency_ = &options.metrics->histogram("ff_meta_server_seconds", "Time to execute one meta request.");
+      // One counter per operation of the request's oneof, labelled with its field name (op="create_open").
+      const google::protobuf::OneofDescriptor* ops = pb::MetaRequest::descriptor()->FindOneofByName("op");
+      for (int i = 0; ops != nullptr && i < ops->field_count(); ++i) {
+        const google::protobuf::FieldDescriptor* field = ops->field(i);
+        operations_[field->number()] = &options.metrics->counter(
+            "ff_meta_operations_total", "Meta requests received, by operation.", "op=\"" + field->name() + "\"");
+      }
     }
   }
 
@@ -369,6 +377,7 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     requests_total.fetch_add(1, std::memory_order_relaxed);
     if (requests_ != nullptr) requests_->add();
+    if (auto op = operations_.find(static_cast<int>(request->op_case())); op != operations_.end()) op->second->add();
     // A request whose caller already gave up is not executed: the caller will retry it elsewhere, and
     // running it now would only add an outcome nobody hears about.
     if (context->deadline() < std::chrono::system_clock::now()) {
@@ -437,6 +446,7 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
   rpc::Counter* requests_ = nullptr;
   rpc::Counter* errors_ = nullptr;
   rpc::Histogram* latency_ = nullptr;
+  std::unordered_map<int, rpc::Counter*> operations_;  // oneof field number -> counter; filled before serving
 };
 
 }  // namespace

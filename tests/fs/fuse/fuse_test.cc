@@ -71,6 +71,14 @@ class FuseTest : public ::testing::Test {
     if (!dir_.empty()) std::filesystem::remove_all(dir_);
   }
 
+  // Mounts with kernel entry and attribute caches of a minute: what the kernel answers itself stays cached.
+  void MountWithLongCaches() {
+    FuseOptions options;
+    options.attr_timeout_s = 60;
+    options.entry_timeout_s = 60;
+    Mount(options);
+  }
+
   bool Mounted() {
     struct stat mount_stat, parent_stat;
     return ::stat(mount_.c_str(), &mount_stat) == 0 && ::stat(dir_.c_str(), &parent_stat) == 0 &&
@@ -228,10 +236,7 @@ TEST_F(FuseTest, FallocateExtendsOrKeepsTheSize) {
 }
 
 TEST_F(FuseTest, DirectoryTimesMoveWithEntryChangesDespiteTheAttributeCache) {
-  FuseOptions options;
-  options.attr_timeout_s = 60;
-  options.entry_timeout_s = 60;
-  Mount(options);
+  MountWithLongCaches();
   std::string dir = mount_ + "/d";
   ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
   struct stat st;
@@ -295,6 +300,50 @@ TEST_P(FuseListingTest, DirectoryOffsetsMapToNames) {
 
 INSTANTIATE_TEST_SUITE_P(PlainAndPlus, FuseListingTest, ::testing::Bool(),
                          [](const auto& info) { return info.param ? std::string("Plus") : std::string("Plain"); });
+
+// A create answers the kernel's next GETATTR of its directory from meta's reply (no meta call): the directory's
+// times are the create's, and every other change through the mount (chmod, mkdir, unlink) is seen at once even
+// with a long attribute timeout.
+TEST_F(FuseTest, DirectoryAttributesAfterACreateComeFromItsReply) {
+  MountWithLongCaches();
+  std::string dir = mount_ + "/d";
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
+  auto nanos = [](const struct timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; };
+  struct stat st, file;
+  for (int i = 0; i < 3; ++i) {
+    std::string path = dir + "/f" + std::to_string(i);
+    int fd = ::open(path.c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    ::close(fd);
+    ASSERT_EQ(::stat(path.c_str(), &file), 0);
+    ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+    EXPECT_EQ(nanos(st.st_mtim), nanos(file.st_ctim)) << "the directory's mtime is its newest create's";
+    EXPECT_EQ(nanos(st.st_ctim), nanos(file.st_ctim));
+    EXPECT_EQ(st.st_mode & 07777, 0755u);
+  }
+  EXPECT_GE(fs_->stats().fresh_dir_hits, 1u) << "no GETATTR of the directory was answered from a create";
+  EXPECT_EQ(fs_->stats().invalidations, 0u) << "closing a created file that was not written invalidated its attributes";
+  auto meta_view = meta_->getattr(st.st_ino);
+  ASSERT_TRUE(meta_view.is_ok()) << meta_view.status().to_string();
+  EXPECT_EQ(meta_view->mtime_ns, nanos(st.st_mtim)) << "meta and the mount agree on the directory's mtime";
+
+  ASSERT_EQ(::chmod(dir.c_str(), 0700), 0);
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  int fd = ::open((dir + "/g").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u) << "a create's copy of the directory carries the chmod before it";
+  ASSERT_EQ(::mkdir((dir + "/s").c_str(), 0755), 0);
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 3u) << "mkdir after a create: the directory's link count is meta's, not the create's copy";
+  const int64_t before_unlink = nanos(st.st_mtim);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ASSERT_EQ(::unlink((dir + "/g").c_str()), 0);
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_GT(nanos(st.st_mtim), before_unlink) << "unlink after a create moved the directory's mtime";
+}
 
 TEST_F(FuseTest, AttributeCacheInvalidatedByFsyncAndRelease) {
   FuseOptions options;
@@ -384,8 +433,8 @@ class PiecesData final : public FileData {
     return data_.open(c, inode, flags);
   }
   Result<uint64_t> create(const meta::Caller& c, meta::InodeId parent, std::string_view name, uint32_t mode,
-                          uint32_t flags) override {
-    return data_.create(c, parent, name, mode, flags);
+                          uint32_t flags, std::optional<meta::Inode>* parent_after = nullptr) override {
+    return data_.create(c, parent, name, mode, flags, parent_after);
   }
   Result<size_t> read(uint64_t, uint64_t, std::span<std::byte>) override {
     ADD_FAILURE() << "read() called although read_pieces() is offered";

@@ -185,9 +185,9 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
           fuse::FuseStats s = raw->stats();
           std::string line = fmt::format(
               "fuse requests={} errors={} read_MB={:.1f} write_MB={:.1f} invalidations={} reads={} read_KiB_avg={:.0f} "
-              "most_concurrent_reads={}",
+              "most_concurrent_reads={} fresh_dir_hits={}",
               s.requests, s.errors, s.read_bytes / 1e6, s.write_bytes / 1e6, s.invalidations, s.reads,
-              s.reads ? s.read_bytes / 1024.0 / s.reads : 0.0, s.most_concurrent_reads);
+              s.reads ? s.read_bytes / 1024.0 / s.reads : 0.0, s.most_concurrent_reads, s.fresh_dir_hits);
 #ifdef FF_FUSE_HAVE_FILE_CLIENT
           if (client != nullptr) {
             const StorageClient::LocalReadCounts local = client->local_read_counts();
