@@ -201,7 +201,10 @@ class MetaApi {
   virtual Result<std::string> readlink(InodeId inode) = 0;
 
   // ---- removing and renaming
-  virtual Status unlink(const Caller& caller, InodeId parent, std::string_view name) = 0;
+  // parent_after (optional) receives the directory as the unlink left it (times updated) where the service
+  // says, else is reset: a client need not ask for it again.
+  virtual Status unlink(const Caller& caller, InodeId parent, std::string_view name,
+                        std::optional<Inode>* parent_after = nullptr) = 0;
   virtual Status rmdir(const Caller& caller, InodeId parent, std::string_view name) = 0;
   // Atomic. Replaces an existing destination per POSIX (a file by a file, an empty directory by a
   // directory) unless no_replace (then EEXIST); EINVAL when a directory would move into its own
@@ -286,7 +289,8 @@ class MetaService final : public MetaApi {
   Result<Inode> link(const Caller& caller, InodeId inode, InodeId new_parent, std::string_view new_name) override;
   Result<std::string> readlink(InodeId inode) override;
 
-  Status unlink(const Caller& caller, InodeId parent, std::string_view name) override;
+  Status unlink(const Caller& caller, InodeId parent, std::string_view name,
+                std::optional<Inode>* parent_after = nullptr) override;
   Status rmdir(const Caller& caller, InodeId parent, std::string_view name) override;
   Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
                 std::string_view new_name, bool no_replace = false) override;

@@ -130,7 +130,8 @@ class RemoteMeta final : public MetaApi {
   Result<Inode> link(const Caller& caller, InodeId inode, InodeId new_parent, std::string_view new_name) override;
   Result<std::string> readlink(InodeId inode) override;
 
-  Status unlink(const Caller& caller, InodeId parent, std::string_view name) override;
+  Status unlink(const Caller& caller, InodeId parent, std::string_view name,
+                std::optional<Inode>* parent_after = nullptr) override;
   Status rmdir(const Caller& caller, InodeId parent, std::string_view name) override;
   Status rename(const Caller& caller, InodeId parent, std::string_view name, InodeId new_parent,
                 std::string_view new_name, bool no_replace = false) override;

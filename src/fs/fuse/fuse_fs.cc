@@ -205,9 +205,10 @@ struct FuseFs::Impl {
   // after every create in it and, with default_permissions, asks for them again (GETATTR) before the next
   // lookup there: one meta RPC per create. meta's create_open returns the directory as the create left it
   // (meta::OpenFile::parent); getattr answers with that copy for attr_timeout_s, the staleness the kernel's
-  // attribute cache allows anyway for other clients' changes. Every other change this mount makes (DirChange:
-  // setattr, mknod, mkdir, unlink, rmdir, symlink, link, rename, xattrs) empties the map and bumps the
-  // generation; a create stores its copy only if no such change ran meanwhile, and only over an older ctime.
+  // attribute cache allows anyway for other clients' changes; an unlink's reply carries the directory too. Every
+  // other change this mount makes (DirChange: setattr, mknod, mkdir, rmdir, symlink, link, rename, xattrs) empties
+  // the map and bumps the generation; a create or unlink stores its copy only if no such change ran meanwhile,
+  // and only over an older ctime.
   struct FreshDir {
     Inode attrs;
     int64_t until_ms = 0;
@@ -610,11 +611,19 @@ struct FuseFs::Impl {
     reply_entry(req, check_entry(meta.mkdir(caller_of(req), parent, name, mode & 07777), parent, name));
   }
 
+  // Like a create, an unlink keeps meta's copy of the directory after it for the kernel's next GETATTR.
   void unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
-    DirChange dir_change(*this);
-    if (parent == kVirtualRingsDir && rings != nullptr) return reply_status(req, rings->unregister_ring(name));
+    if (parent == kVirtualRingsDir && rings != nullptr) {
+      DirChange dir_change(*this);
+      return reply_status(req, rings->unregister_ring(name));
+    }
     if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
-    reply_status(req, check_entry(meta.unlink(caller_of(req), parent, name), parent, name));
+    fresh_forget();
+    const uint64_t generation = fresh_begin();
+    std::optional<Inode> dir_after;
+    Status removed = check_entry(meta.unlink(caller_of(req), parent, name, &dir_after), parent, name);
+    if (removed.is_ok() && dir_after) fresh_store(generation, *dir_after);
+    reply_status(req, removed);
   }
 
   void rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {

@@ -645,7 +645,9 @@ Result<std::string> MetaService::readlink(InodeId id) {
   return inode.symlink_target;
 }
 
-Status MetaService::unlink(const Caller& caller, InodeId parent, std::string_view name) {
+Status MetaService::unlink(const Caller& caller, InodeId parent, std::string_view name,
+                           std::optional<Inode>* parent_after) {
+  if (parent_after != nullptr) parent_after->reset();
   FF_RETURN_IF_ERROR(validate_name(name));
   return run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
     FF_ASSIGN_OR_RETURN(Inode dir, load_dir(txn, parent));
@@ -662,6 +664,12 @@ Status MetaService::unlink(const Caller& caller, InodeId parent, std::string_vie
     inode.nlink -= 1;
     inode.ctime_ns = wall_now_ns();
     note_dir_change(txn, parent, inode.ctime_ns);
+    if (parent_after != nullptr) {
+      // The times replies show (fold_dir_change): the "T" record just written is the latest.
+      dir.mtime_ns = std::max(dir.mtime_ns, inode.ctime_ns);
+      dir.ctime_ns = std::max(dir.ctime_ns, inode.ctime_ns);
+      *parent_after = dir;
+    }
     return finalize_inode(txn, inode);
   });
 }

@@ -174,14 +174,20 @@ struct RemoteMeta::Impl {
 
   // A removal-like call (unlink, rmdir: ENOENT; close: EBADF): once a first attempt ran, the repeat
   // answers `gone_errno`, so that answer after an ambiguous attempt is success (see meta_rpc.h).
-  Status run_removal(const pb::MetaRequest& request, int gone_errno) {
+  // A removal whose reply may have been lost: `gone_errno` after an ambiguous attempt means an earlier attempt
+  // removed it. `response` (optional) receives the reply when there was one.
+  Status run_removal(const pb::MetaRequest& request, int gone_errno, pb::MetaResponse* response = nullptr) {
     bool ambiguous = false;
-    Status status = run(request, &ambiguous).status();
-    if (!status.is_ok() && ambiguous && errno_of(status) == gone_errno) {
+    Result<pb::MetaResponse> reply = run(request, &ambiguous);
+    if (reply.is_ok()) {
+      if (response != nullptr) *response = std::move(*reply);
+      return Status::ok();
+    }
+    if (ambiguous && errno_of(reply.status()) == gone_errno) {
       note_recovered();
       return Status::ok();
     }
-    return status;
+    return reply.status();
   }
 
   Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) {
@@ -354,11 +360,16 @@ Result<std::string> RemoteMeta::readlink(InodeId inode) {
   return response.text();
 }
 
-Status RemoteMeta::unlink(const Caller& caller, InodeId parent, std::string_view name) {
+Status RemoteMeta::unlink(const Caller& caller, InodeId parent, std::string_view name,
+                          std::optional<Inode>* parent_after) {
+  if (parent_after != nullptr) parent_after->reset();
   pb::MetaRequest request = request_for(caller);
   request.mutable_unlink()->set_parent(parent);
   request.mutable_unlink()->set_name(std::string(name));
-  return impl_->run_removal(request, ENOENT);
+  pb::MetaResponse response;
+  FF_RETURN_IF_ERROR(impl_->run_removal(request, ENOENT, &response));
+  if (parent_after != nullptr && response.has_inode()) *parent_after = wire::from_proto(response.inode());
+  return Status::ok();
 }
 
 Status RemoteMeta::rmdir(const Caller& caller, InodeId parent, std::string_view name) {

@@ -91,7 +91,11 @@ void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* res
     }
     case pb::MetaRequest::kUnlink: {
       const auto& op = request.unlink();
-      return put_status(api.unlink(caller, op.parent(), op.name()), response);
+      std::optional<Inode> dir;
+      Status removed = api.unlink(caller, op.parent(), op.name(), &dir);
+      // The directory after the unlink travels as the reply's inode (clients that do not read it see success).
+      if (removed.is_ok() && dir) return put_inode(*dir, response);
+      return put_status(removed, response);
     }
     case pb::MetaRequest::kRmdir: {
       const auto& op = request.rmdir();

@@ -340,9 +340,15 @@ TEST_F(FuseTest, DirectoryAttributesAfterACreateComeFromItsReply) {
   EXPECT_EQ(st.st_nlink, 3u) << "mkdir after a create: the directory's link count is meta's, not the create's copy";
   const int64_t before_unlink = nanos(st.st_mtim);
   std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  const uint64_t hits_before_unlink = fs_->stats().fresh_dir_hits;
   ASSERT_EQ(::unlink((dir + "/g").c_str()), 0);
   ASSERT_EQ(::stat(dir.c_str(), &st), 0);
   EXPECT_GT(nanos(st.st_mtim), before_unlink) << "unlink after a create moved the directory's mtime";
+  EXPECT_GT(fs_->stats().fresh_dir_hits, hits_before_unlink) << "the GETATTR after the unlink went to meta";
+  meta_view = meta_->getattr(st.st_ino);
+  ASSERT_TRUE(meta_view.is_ok());
+  EXPECT_EQ(meta_view->mtime_ns, nanos(st.st_mtim));
+  EXPECT_EQ(st.st_nlink, 3u);
 }
 
 TEST_F(FuseTest, AttributeCacheInvalidatedByFsyncAndRelease) {

@@ -83,8 +83,8 @@ class StallingApi final : public MetaApi {
   Result<std::string> readlink(InodeId i) override {
     return wrap([&] { return inner_.readlink(i); });
   }
-  Status unlink(const Caller& c, InodeId p, std::string_view n) override {
-    return wrap([&] { return inner_.unlink(c, p, n); });
+  Status unlink(const Caller& c, InodeId p, std::string_view n, std::optional<Inode>* after = nullptr) override {
+    return wrap([&] { return inner_.unlink(c, p, n, after); });
   }
   Status rmdir(const Caller& c, InodeId p, std::string_view n) override {
     return wrap([&] { return inner_.rmdir(c, p, n); });
@@ -200,6 +200,37 @@ TEST_F(RemoteMetaTest, ErrorsAreTheSameAsInProcess) {
   ASSERT_TRUE(made.is_ok()) << made.status().to_string();
   EXPECT_EQ(remote->lookup(kRoot, kRootInode, odd)->id, made->id);
   EXPECT_EQ(remote->stats().failovers, 0u);
+}
+
+// create_open and unlink carry the directory as they left it over RPC: what a getattr right after returns.
+TEST_F(RemoteMetaTest, CreateOpenAndUnlinkReturnTheDirectoryAfterThem) {
+  auto remote = connect({server_->address()});
+  auto d = service_->mkdir(kRoot, kRootInode, "d", 0750);
+  ASSERT_TRUE(d.is_ok()) << d.status().to_string();
+  auto opened = remote->create_open(kRoot, d->id, "f", 0644, kOpenWrite, 7);
+  ASSERT_TRUE(opened.is_ok()) << opened.status().to_string();
+  ASSERT_TRUE(opened->parent.has_value());
+  auto now = service_->getattr(d->id);
+  ASSERT_TRUE(now.is_ok());
+  EXPECT_EQ(opened->parent->id, d->id);
+  EXPECT_EQ(opened->parent->mode, now->mode);
+  EXPECT_EQ(opened->parent->mtime_ns, now->mtime_ns);
+  EXPECT_EQ(opened->parent->ctime_ns, now->ctime_ns);
+  EXPECT_EQ(opened->parent->mtime_ns, opened->inode.ctime_ns) << "the directory's mtime is the create's";
+  ASSERT_TRUE(remote->close(opened->inode.id, opened->session, 0).is_ok());
+
+  std::optional<Inode> after;
+  ASSERT_TRUE(remote->unlink(kRoot, d->id, "f", &after).is_ok());
+  ASSERT_TRUE(after.has_value());
+  now = service_->getattr(d->id);
+  ASSERT_TRUE(now.is_ok());
+  EXPECT_EQ(after->mtime_ns, now->mtime_ns);
+  EXPECT_EQ(after->ctime_ns, now->ctime_ns);
+  EXPECT_GE(after->mtime_ns, opened->parent->mtime_ns);
+  // A failed unlink says nothing about the directory.
+  after = *now;
+  EXPECT_ERRNO(remote->unlink(kRoot, d->id, "f", &after), ENOENT);
+  EXPECT_FALSE(after.has_value());
 }
 
 TEST_F(RemoteMetaTest, FailsOverBetweenTwoServersOnOneStore) {
