@@ -204,11 +204,11 @@ struct FuseFs::Impl {
   // Directories' attributes from this mount's own creates. The kernel drops a directory's cached attributes
   // after every create in it and, with default_permissions, asks for them again (GETATTR) before the next
   // lookup there: one meta RPC per create. meta's create_open returns the directory as the create left it
-  // (meta::OpenFile::parent); getattr answers with that copy for attr_timeout_s, the staleness the kernel's
-  // attribute cache allows anyway for other clients' changes; an unlink's reply carries the directory too. Every
-  // other change this mount makes (DirChange: setattr, mknod, mkdir, rmdir, symlink, link, rename, xattrs) empties
-  // the map and bumps the generation; a create or unlink stores its copy only if no such change ran meanwhile,
-  // and only over an older ctime.
+  // (meta::OpenFile::parent); getattr answers with that copy for what is left of attr_timeout_s since meta sent
+  // it, the staleness the kernel's attribute cache allows anyway for other clients' changes; an unlink's reply carries
+  // the directory too. Every other change this mount makes (DirChange: setattr, mknod, mkdir, rmdir, symlink, link,
+  // rename, xattrs) empties the map and bumps the generation; a create or unlink stores its copy only if no such change
+  // ran meanwhile, and only over an older ctime.
   struct FreshDir {
     Inode attrs;
     int64_t until_ms = 0;
@@ -234,21 +234,29 @@ struct FuseFs::Impl {
     if (slot.until_ms != 0 && slot.attrs.ctime_ns > dir.ctime_ns) return;  // a later create's copy is there
     slot = FreshDir{dir, until};
   }
-  std::optional<Inode> fresh_get(InodeId id) {
+  // The copy of a directory's attributes and how long the kernel may still cache it: the rest of the copy's own
+  // attr_timeout_s, so that it is never older than a meta answer the kernel cached itself could be.
+  struct FreshAttrs {
+    Inode attrs;
+    double timeout_s = 0;
+  };
+  std::optional<FreshAttrs> fresh_get(InodeId id) {
+    const int64_t now = now_ms();
     std::lock_guard lock(fresh_mutex);
     auto it = fresh_dirs.find(id);
     if (it == fresh_dirs.end()) return std::nullopt;
-    if (it->second.until_ms <= now_ms()) {
+    if (it->second.until_ms <= now) {
       fresh_dirs.erase(it);
       return std::nullopt;
     }
     fresh_hits.fetch_add(1, std::memory_order_relaxed);
-    return it->second.attrs;
+    return FreshAttrs{it->second.attrs, static_cast<double>(it->second.until_ms - now) / 1000.0};
   }
-  void fresh_forget() {
+  // Forgets every copy; returns the new generation (what a create or unlink starting now stores under).
+  uint64_t fresh_forget() {
     std::lock_guard lock(fresh_mutex);
-    ++fresh_generation;
     fresh_dirs.clear();
+    return ++fresh_generation;
   }
   // A change this mount makes to metadata other than a create: forgets the fresh copies before and after.
   struct DirChange {
@@ -551,7 +559,11 @@ struct FuseFs::Impl {
   // writes (visible_length).
   void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
     if (is_virtual(ino)) return reply_attr(req, virtual_getattr(ino));
-    if (std::optional<Inode> fresh = fresh_get(ino)) return reply_attr(req, *fresh);
+    if (std::optional<FreshAttrs> fresh = fresh_get(ino)) {
+      struct stat st;
+      fill_stat(fresh->attrs, &st);
+      return (void)fuse_reply_attr(req, &st, fresh->timeout_s);
+    }
     reply_attr(req, meta.getattr(ino));
   }
 
@@ -618,8 +630,7 @@ struct FuseFs::Impl {
       return reply_status(req, rings->unregister_ring(name));
     }
     if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
-    fresh_forget();
-    const uint64_t generation = fresh_begin();
+    const uint64_t generation = fresh_forget();
     std::optional<Inode> dir_after;
     Status removed = check_entry(meta.unlink(caller_of(req), parent, name, &dir_after), parent, name);
     if (removed.is_ok() && dir_after) fresh_store(generation, *dir_after);

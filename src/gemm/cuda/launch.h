@@ -54,15 +54,13 @@ inline constexpr bool is_indexed(TileConfig config) {
          config == TileConfig::kIndexed128x128Stagger;
 }
 const char* tile_config_name(TileConfig config);
-inline constexpr int tile_m(TileConfig config) {
-  return config == TileConfig::kPingpong64x128 || config == TileConfig::kPingpong64x64 ||
-                 config == TileConfig::kPingpong64x32 || config == TileConfig::kPingpong64x16
-             ? 64
-             : 128;
-}
-inline constexpr bool is_dense_only(TileConfig config) {
+// The narrow 64-row ping-pong tiles: built for the dense GEMM only.
+inline constexpr bool is_narrow_pingpong(TileConfig config) {
   return config == TileConfig::kPingpong64x64 || config == TileConfig::kPingpong64x32 ||
          config == TileConfig::kPingpong64x16;
+}
+inline constexpr int tile_m(TileConfig config) {
+  return config == TileConfig::kPingpong64x128 || is_narrow_pingpong(config) ? 64 : 128;
 }
 inline constexpr int tile_n(TileConfig config) {
   if (config == TileConfig::kPingpong64x64) return 64;

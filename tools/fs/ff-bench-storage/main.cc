@@ -155,7 +155,6 @@ struct BenchCase {
   uint64_t inode = 7;
   uint64_t max_ops = 0;  // 0: until `seconds` pass
   bool local_reads = false;  // ClientConfig::local_reads
-  bool read_before_answer = true;  // ClientConfig::read_before_answer
 };
 
 int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
