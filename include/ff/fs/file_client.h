@@ -59,6 +59,12 @@ struct FileClientConfig {
   // `local_read_threads` threads of the client's own executor (connect()).
   bool local_reads = true;
   uint32_t local_read_threads = 32;
+  // Closes of handles that wrote nothing (nothing for meta to settle but the session) return at once; a thread of
+  // the client sends them to meta in batches (MetaApi::close_batch: one round trip and one transaction for all
+  // closes queued meanwhile). Until sent, meta still counts the session open: an unlinked file's inode lives on
+  // until then. Closes of handles that wrote stay synchronous (they make the length exact). Off by default; on in
+  // ff-fuse, whose RELEASE the kernel sends after close(2) has returned anyway (docs/fs-client.md).
+  bool async_closes = false;
 };
 
 using FileHandle = uint64_t;
@@ -79,6 +85,16 @@ class FileClient {
   uint64_t client_id() const;
   // Local reads so far (FileClientConfig::local_reads); any thread.
   StorageClient::LocalReadCounts local_read_counts() const;
+  // Background closes (FileClientConfig::async_closes) so far; any thread.
+  struct CloseCounts {
+    uint64_t queued = 0;   // closes queued
+    uint64_t batches = 0;  // close_batch calls sent
+    uint64_t failed = 0;   // closes that failed for good (logged; meta reclaims the session with the client's lease)
+  };
+  CloseCounts close_counts() const;
+  // Waits until every close queued before the call has been sent and answered (or timeout_ms passed: then
+  // deadline_exceeded). Immediately OK without async_closes.
+  Status flush_closes(int64_t timeout_ms);
 
   // flags: meta::OpenFlags (kOpenRead, kOpenWrite, kOpenTruncate).
   Result<FileHandle> open(const meta::Caller& caller, meta::InodeId inode, uint32_t flags);

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,6 +38,7 @@ inline constexpr int kMaxSymlinkFollows = 40;  // Linux's MAXSYMLINKS
 inline constexpr size_t kMaxXattrNameBytes = 255;
 inline constexpr size_t kMaxXattrValueBytes = 64 * 1024;
 inline constexpr size_t kMaxXattrListBytes = 64 * 1024;
+inline constexpr size_t kMaxCloseBatch = 1024;  // closes in one close_batch call
 // setxattr flags, with the values of <sys/xattr.h>'s XATTR_CREATE / XATTR_REPLACE.
 enum XattrFlags : uint32_t {
   kXattrCreate = 1,   // fail with EEXIST when the attribute exists
@@ -154,6 +156,13 @@ struct OpenFile {
   std::optional<Inode> parent;
 };
 
+// One close of a batch (MetaApi::close_batch): the arguments of close().
+struct CloseRequest {
+  InodeId inode = 0;
+  uint64_t session = 0;
+  uint64_t length_hint = 0;
+};
+
 struct ReadDirPage {
   std::vector<DirEntry> entries;  // ascending by name (byte order); no "." or ".."
   bool more = false;              // more entries follow the last one
@@ -255,6 +264,10 @@ class MetaApi {
   // length_hint: the end of the client's writes; 0 when it did not write (then the length is left as it is,
   // without asking storage).
   virtual Status close(InodeId inode, uint64_t session, uint64_t length_hint) = 0;
+  // Many closes at once, one status per request in order (a close that fails does not fail the others). For
+  // clients that close sessions in the background (FileClientConfig::async_closes): one round trip and, in
+  // MetaService, one transaction for all closes without a length hint. Default: close() for each.
+  virtual std::vector<Status> close_batch(std::span<const CloseRequest> closes);
   // fsync: makes the inode's length exact now; returns the updated inode.
   virtual Result<Inode> sync(InodeId inode, uint64_t length_hint) = 0;
   // A client's report that it wrote up to `length` (lengths only grow through reports).
@@ -310,6 +323,9 @@ class MetaService final : public MetaApi {
   Result<OpenFile> create_open(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode,
                                uint32_t flags, uint64_t client) override;
   Status close(InodeId inode, uint64_t session, uint64_t length_hint) override;
+  // The closes without a length hint in one transaction (at most kMaxCloseBatch per call; more is EINVAL), the
+  // others (which may ask storage for the length) one by one as close().
+  std::vector<Status> close_batch(std::span<const CloseRequest> closes) override;
   Result<Inode> sync(InodeId inode, uint64_t length_hint) override;
   Status report_length(InodeId inode, uint64_t length) override;
   Status renew_client(uint64_t client) override;

@@ -151,6 +151,9 @@ class RemoteMeta final : public MetaApi {
   Result<OpenFile> create_open(const Caller& caller, InodeId parent, std::string_view name, uint32_t mode,
                                uint32_t flags, uint64_t client) override;
   Status close(InodeId inode, uint64_t session, uint64_t length_hint) override;
+  // One request for all (MetaRequest.close_batch, deduplicated as close); after an ambiguous attempt an entry's
+  // EBADF is success, as for close.
+  std::vector<Status> close_batch(std::span<const CloseRequest> closes) override;
   Result<Inode> sync(InodeId inode, uint64_t length_hint) override;
   Status report_length(InodeId inode, uint64_t length) override;
   Status renew_client(uint64_t client) override;

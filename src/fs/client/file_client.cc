@@ -14,6 +14,7 @@
 #include "ff/fs/file_client.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -177,6 +178,24 @@ struct FileClient::Impl {
   // meta::FileStorage over `storage` (file_storage()).
   std::unique_ptr<meta::StorageFiles> storage_files;
 
+  // Background closes (config.async_closes): close_handle queues them, `closer` sends them in batches.
+  struct QueuedClose {
+    meta::CloseRequest request;
+    uint32_t attempts = 0;
+  };
+  // A close that failed for a transient reason (no meta server answered within RemoteMeta's own retries) is
+  // sent again up to this many times in all, kCloseRetryPauseMs apart; not after the client began to stop.
+  static constexpr uint32_t kCloseAttempts = 3;
+  static constexpr int64_t kCloseRetryPauseMs = 200;
+  std::mutex close_mutex;              // guards close_queue, closes_in_flight, close_stopping
+  std::condition_variable close_wake;  // the closer: closes queued, or stopping
+  std::condition_variable close_idle;  // flush_closes: nothing queued or in flight any more
+  std::deque<QueuedClose> close_queue;
+  size_t closes_in_flight = 0;
+  bool close_stopping = false;
+  std::thread closer;
+  std::atomic<uint64_t> closes_queued{0}, close_batches{0}, closes_failed{0};
+
   Impl(FileClientConfig c, meta::MetaApi& m) : config(std::move(c)), meta(m) {}
 
   int64_t wait_budget_ns() const { return (config.op_timeout_ms + config.rpc_timeout_ms) * kNsPerMs + 5'000'000'000; }
@@ -254,6 +273,10 @@ struct FileClient::Impl {
     if (handle->flags & meta::kOpenWrite) {
       std::lock_guard lock(handle->mutex);
       hint = handle->written_end;
+    }
+    if (config.async_closes && hint == 0) {
+      queue_close(meta::CloseRequest{handle->inode, handle->session, 0});
+      return Status::ok();
     }
     Status closed = meta.close(handle->inode, handle->session, hint);
     if (!closed.is_ok())
@@ -553,6 +576,93 @@ struct FileClient::Impl {
     return results;
   }
 
+  // ---------------------------------------------------------------- background closes
+  void queue_close(meta::CloseRequest request) {
+    {
+      std::lock_guard lock(close_mutex);
+      close_queue.push_back(QueuedClose{request, 0});
+    }
+    closes_queued.fetch_add(1, std::memory_order_relaxed);
+    close_wake.notify_one();
+  }
+
+  bool closes_pending() {
+    std::lock_guard lock(close_mutex);
+    return !close_queue.empty() || closes_in_flight > 0;
+  }
+
+  static bool transient(const Status& status) {
+    return status.code() == StatusCode::kUnavailable || status.code() == StatusCode::kDeadlineExceeded;
+  }
+
+  // Sends what is queued, up to kMaxCloseBatch per call, until stopping with nothing left. Closes queued while a
+  // batch is in flight form the next batch (no waiting to fill one).
+  void closer_loop() {
+    std::unique_lock lock(close_mutex);
+    while (true) {
+      close_wake.wait_for(lock, std::chrono::seconds(1), [&] { return !close_queue.empty() || close_stopping; });
+      if (close_queue.empty()) {
+        if (close_stopping) break;
+        continue;
+      }
+      std::vector<QueuedClose> batch;
+      while (!close_queue.empty() && batch.size() < meta::kMaxCloseBatch) {
+        batch.push_back(close_queue.front());
+        close_queue.pop_front();
+      }
+      closes_in_flight = batch.size();
+      const bool stopping_now = close_stopping;
+      lock.unlock();
+      std::vector<meta::CloseRequest> requests;
+      requests.reserve(batch.size());
+      for (const QueuedClose& queued : batch) requests.push_back(queued.request);
+      std::vector<Status> results = meta.close_batch(requests);
+      close_batches.fetch_add(1, std::memory_order_relaxed);
+      std::vector<QueuedClose> again;
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const Status result = i < results.size() ? results[i] : internal_error("close_batch returned too few outcomes");
+        if (result.is_ok()) continue;
+        if (transient(result) && !stopping_now && ++batch[i].attempts < kCloseAttempts) {
+          again.push_back(batch[i]);
+          continue;
+        }
+        closes_failed.fetch_add(1, std::memory_order_relaxed);
+        FF_LOG_WARN(
+            "fs client {:#x}: background close of inode {} session {:#x}: {} (meta reclaims the session "
+            "when this client's lease ends)",
+            config.client_id, batch[i].request.inode, batch[i].request.session, result);
+      }
+      lock.lock();
+      for (QueuedClose& queued : again) close_queue.push_back(queued);
+      closes_in_flight = 0;
+      if (close_queue.empty()) close_idle.notify_all();
+      if (!again.empty() && !close_stopping) {
+        close_wake.wait_for(lock, std::chrono::milliseconds(kCloseRetryPauseMs), [&] { return close_stopping; });
+      }
+    }
+    close_idle.notify_all();
+  }
+
+  Status flush_closes(int64_t timeout_ms) {
+    std::unique_lock lock(close_mutex);
+    if (close_idle.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(timeout_ms, 0)),
+                            [&] { return close_queue.empty() && closes_in_flight == 0; })) {
+      return Status::ok();
+    }
+    return deadline_exceeded("fs client: {} closes queued and {} in flight after {} ms", close_queue.size(),
+                             closes_in_flight, timeout_ms);
+  }
+
+  // Sends the closes still queued and ends the closer (bounded by meta's own timeouts: one attempt each).
+  void stop_closer() {
+    {
+      std::lock_guard lock(close_mutex);
+      close_stopping = true;
+    }
+    close_wake.notify_all();
+    if (closer.joinable()) closer.join();
+  }
+
   // ---------------------------------------------------------------- background: reports and leases
   void report_lengths(bool force) {
     std::vector<std::pair<meta::InodeId, std::shared_ptr<InodeState>>> states;
@@ -598,6 +708,8 @@ struct FileClient::Impl {
           std::lock_guard handles_lock(handles_mutex);
           any_open = !handles.empty();
         }
+        // Sessions whose close is still queued are open in meta: keep them from being reclaimed.
+        any_open = any_open || closes_pending();
         if (any_open) {
           Status renewed = meta.renew_client(config.client_id);
           if (!renewed.is_ok()) FF_LOG_WARN("fs client {:#x}: lease renewal failed: {}", config.client_id, renewed);
@@ -664,6 +776,7 @@ Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, 
       meta::StorageFilesOptions{.op_timeout_ms = impl->wait_budget_ns() / kNsPerMs, .write_channel = 1});
   Impl* raw = impl.get();
   impl->background = std::thread([raw] { raw->background_loop(); });
+  if (impl->config.async_closes) impl->closer = std::thread([raw] { raw->closer_loop(); });
   return std::unique_ptr<FileClient>(new FileClient(std::move(impl)));
 }
 
@@ -685,6 +798,7 @@ FileClient::~FileClient() {
     Status closed = impl_->close_handle(id);
     if (!closed.is_ok()) FF_LOG_WARN("fs client: closing handle {} at shutdown: {}", id, closed);
   }
+  impl_->stop_closer();
   // Tasks posted before now call into the StorageClient: let them run before it goes. Their
   // callbacks hold only shared state (the StorageClient's and the pipelines').
   impl_->drain_executor();
@@ -722,6 +836,14 @@ Result<size_t> FileClient::read(FileHandle handle, uint64_t offset, std::span<st
 }
 
 StorageClient::LocalReadCounts FileClient::local_read_counts() const { return impl_->storage->local_read_counts(); }
+
+FileClient::CloseCounts FileClient::close_counts() const {
+  return CloseCounts{impl_->closes_queued.load(std::memory_order_relaxed),
+                     impl_->close_batches.load(std::memory_order_relaxed),
+                     impl_->closes_failed.load(std::memory_order_relaxed)};
+}
+
+Status FileClient::flush_closes(int64_t timeout_ms) { return impl_->flush_closes(timeout_ms); }
 
 Result<std::vector<SharedBytes>> FileClient::read_pieces(FileHandle handle, uint64_t offset, size_t length) {
   return impl_->read_pieces(handle, offset, length);

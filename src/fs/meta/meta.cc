@@ -1264,6 +1264,57 @@ Status MetaService::close(InodeId id, uint64_t session, uint64_t length_hint) {
   });
 }
 
+std::vector<Status> MetaApi::close_batch(std::span<const CloseRequest> closes) {
+  std::vector<Status> results;
+  results.reserve(closes.size());
+  for (const CloseRequest& request : closes)
+    results.push_back(close(request.inode, request.session, request.length_hint));
+  return results;
+}
+
+std::vector<Status> MetaService::close_batch(std::span<const CloseRequest> closes) {
+  if (closes.size() > kMaxCloseBatch) {
+    return std::vector<Status>(closes.size(), error(EINVAL, fmt::format("close_batch of {} closes; at most {}",
+                                                                        closes.size(), kMaxCloseBatch)));
+  }
+  std::vector<Status> results(closes.size());
+  std::vector<size_t> batched;  // no length hint: nothing to ask storage, all in one transaction
+  for (size_t i = 0; i < closes.size(); ++i) {
+    if (closes[i].length_hint > 0) {
+      results[i] = close(closes[i].inode, closes[i].session, closes[i].length_hint);
+    } else {
+      batched.push_back(i);
+    }
+  }
+  if (batched.empty()) return results;
+  // As close() without a hint: the session goes, the length stays; the last close of an unlinked inode deletes it
+  // (finalize_inode sees the sessions this transaction already cleared). A missing session is that close's EBADF
+  // only.
+  Status committed = run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
+    for (size_t i : batched) {
+      const CloseRequest& request = closes[i];
+      FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::session_key(request.inode, request.session)));
+      if (!bytes) {
+        results[i] = error(EBADF, fmt::format("inode {} has no open session {:#x} (closed or reclaimed)", request.inode,
+                                              request.session));
+        continue;
+      }
+      FF_ASSIGN_OR_RETURN(codec::Session record, codec::decode_session(*bytes));
+      txn.clear(codec::session_key(request.inode, request.session));
+      txn.clear(codec::client_session_key(record.client, request.inode, request.session));
+      FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, request.inode));
+      // A linked inode is left as it is (no length, no time changes); an unlinked one goes with its last session.
+      if (inode.nlink == 0) FF_RETURN_IF_ERROR(finalize_inode(txn, inode));
+      results[i] = Status::ok();
+    }
+    return Status::ok();
+  });
+  if (!committed.is_ok()) {
+    for (size_t i : batched) results[i] = committed;
+  }
+  return results;
+}
+
 Result<Inode> MetaService::sync(InodeId id, uint64_t length_hint) {
   FF_ASSIGN_OR_RETURN(Inode before, getattr(id));
   FF_ASSIGN_OR_RETURN(uint64_t length, exact_length(impl_->storage, before, length_hint));

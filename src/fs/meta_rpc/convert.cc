@@ -92,14 +92,15 @@ void set_status(const Status& status, pb::MetaResponse* out) {
   if (!status.is_ok()) out->set_message(status.message());
 }
 
-Status status_of(const pb::MetaResponse& response) {
-  if (response.code() == 0) return Status::ok();
-  int code = response.code();
+Status status_from(int32_t code, const std::string& message) {
+  if (code == 0) return Status::ok();
   if (code < 0 || code > static_cast<int>(StatusCode::kInternal)) {
-    return internal_error("meta response with unknown status code {}: {}", code, response.message());
+    return internal_error("meta response with unknown status code {}: {}", code, message);
   }
-  return Status(static_cast<StatusCode>(code), response.message());
+  return Status(static_cast<StatusCode>(code), message);
 }
+
+Status status_of(const pb::MetaResponse& response) { return status_from(response.code(), response.message()); }
 
 bool deduplicated(pb::MetaRequest::OpCase op) {
   switch (op) {
@@ -115,6 +116,7 @@ bool deduplicated(pb::MetaRequest::OpCase op) {
     case pb::MetaRequest::kOpen:
     case pb::MetaRequest::kCreateOpen:
     case pb::MetaRequest::kClose:
+    case pb::MetaRequest::kCloseBatch:
     case pb::MetaRequest::kSetxattr:
     case pb::MetaRequest::kRemovexattr: return true;
     default: return false;
@@ -149,6 +151,7 @@ const char* op_name(pb::MetaRequest::OpCase op) {
     case pb::MetaRequest::kGetxattr: return "getxattr";
     case pb::MetaRequest::kListxattr: return "listxattr";
     case pb::MetaRequest::kRemovexattr: return "removexattr";
+    case pb::MetaRequest::kCloseBatch: return "close_batch";
     case pb::MetaRequest::OP_NOT_SET: return "none";
   }
   return "unknown";

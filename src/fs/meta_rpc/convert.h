@@ -17,6 +17,8 @@ SetAttr from_proto(const pb::SetattrReq& attr);
 // An operation's Status into / out of a response (code + message, tags intact).
 void set_status(const Status& status, pb::MetaResponse* out);
 Status status_of(const pb::MetaResponse& response);
+// A status sent as (code, message): status_of's rule for one entry of a StatusesRsp.
+Status status_from(int32_t code, const std::string& message);
 
 // "lookup", "create", ...: the oneof case's name, for logs and metrics.
 const char* op_name(pb::MetaRequest::OpCase op);

@@ -560,6 +560,38 @@ Status RemoteMeta::close(InodeId inode, uint64_t session, uint64_t length_hint) 
   return impl_->run_removal(request, EBADF);
 }
 
+std::vector<Status> RemoteMeta::close_batch(std::span<const CloseRequest> closes) {
+  if (closes.empty()) return {};
+  pb::MetaRequest request = request_for(kNobodyInParticular);
+  for (const CloseRequest& close : closes) {
+    pb::CloseReq* op = request.mutable_close_batch()->add_closes();
+    op->set_inode(close.inode);
+    op->set_session(close.session);
+    op->set_length_hint(close.length_hint);
+  }
+  bool ambiguous = false;
+  Result<pb::MetaResponse> reply = impl_->run(request, &ambiguous);
+  if (!reply.is_ok()) return std::vector<Status>(closes.size(), reply.status());
+  const pb::StatusesRsp& statuses = reply->statuses();
+  if (static_cast<size_t>(statuses.codes_size()) != closes.size() ||
+      statuses.messages_size() != statuses.codes_size()) {
+    return std::vector<Status>(
+        closes.size(), internal_error("meta close_batch: {} closes sent, {} outcomes ({} messages) back", closes.size(),
+                                      statuses.codes_size(), statuses.messages_size()));
+  }
+  std::vector<Status> results;
+  results.reserve(closes.size());
+  for (int i = 0; i < statuses.codes_size(); ++i) {
+    Status result = wire::status_from(statuses.codes(i), statuses.messages(i));
+    if (ambiguous && errno_of(result) == EBADF) {
+      impl_->note_recovered();
+      result = Status::ok();
+    }
+    results.push_back(std::move(result));
+  }
+  return results;
+}
+
 Result<Inode> RemoteMeta::sync(InodeId inode, uint64_t length_hint) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_sync()->set_inode(inode);

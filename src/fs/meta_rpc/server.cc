@@ -147,6 +147,25 @@ void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* res
       const auto& op = request.close();
       return put_status(api.close(op.inode(), op.session(), op.length_hint()), response);
     }
+    case pb::MetaRequest::kCloseBatch: {
+      const auto& ops = request.close_batch().closes();
+      if (static_cast<size_t>(ops.size()) > kMaxCloseBatch) {
+        return put_status(
+            meta_error(EINVAL, fmt::format("close_batch of {} closes; at most {}", ops.size(), kMaxCloseBatch)),
+            response);
+      }
+      std::vector<CloseRequest> closes;
+      closes.reserve(ops.size());
+      for (const auto& op : ops) closes.push_back({op.inode(), op.session(), op.length_hint()});
+      std::vector<Status> results = api.close_batch(closes);
+      wire::set_status(Status::ok(), response);
+      pb::StatusesRsp* out = response->mutable_statuses();
+      for (const Status& result : results) {
+        out->add_codes(static_cast<int32_t>(result.code()));
+        out->add_messages(result.is_ok() ? std::string() : std::string(result.message()));
+      }
+      return;
+    }
     case pb::MetaRequest::kSync: {
       const auto& op = request.sync();
       return put_inode(api.sync(op.inode(), op.length_hint()), response);

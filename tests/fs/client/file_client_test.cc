@@ -389,6 +389,61 @@ TEST_F(FileClientTest, UnlinkedOpenFileStaysReadableUntilClosed) {
   EXPECT_TRUE(gone) << "chunks of a deleted file are removed";
 }
 
+// FileClientConfig::async_closes: closes of handles that wrote nothing return at once and reach meta in batches;
+// closes of handles that wrote stay synchronous (the length is exact when close returns).
+TEST_F(FileClientTest, BackgroundClosesReachMetaAndKeepUnlinkedFilesUntilSent) {
+  FileClientConfig config;
+  config.async_closes = true;
+  auto client_or = cluster_->make_client(config);
+  ASSERT_TRUE(client_or.is_ok()) << client_or.status();
+  std::unique_ptr<FileClient> client = std::move(*client_or);
+  // Many creates closed without writing: all their sessions end once the queue is flushed.
+  std::vector<meta::InodeId> created;
+  for (int i = 0; i < 50; ++i) {
+    auto fh = client->create(kRoot, meta::kRootInode, fmt::format("quiet{}", i), 0644, meta::kOpenWrite);
+    ASSERT_TRUE(fh.is_ok()) << fh.status();
+    created.push_back(client->stat(*fh)->id);
+    ASSERT_TRUE(client->close(*fh).is_ok());
+  }
+  ASSERT_TRUE(client->flush_closes(10'000).is_ok());
+  for (meta::InodeId id : created) EXPECT_EQ(*cluster_->meta().session_count(id), 0u) << "inode " << id;
+  const FileClient::CloseCounts counts = client->close_counts();
+  EXPECT_EQ(counts.queued, 50u);
+  EXPECT_GE(counts.batches, 1u);
+  EXPECT_LE(counts.batches, 50u);
+  EXPECT_EQ(counts.failed, 0u);
+
+  // A handle that wrote closes synchronously: the exact length is in meta when close returns.
+  auto data = random_bytes(kChunk + 5, 3);
+  auto writer = client->create(kRoot, meta::kRootInode, "written", 0644, meta::kOpenWrite);
+  ASSERT_TRUE(writer.is_ok());
+  const meta::InodeId written = client->stat(*writer)->id;
+  ASSERT_TRUE(client->write(*writer, 0, data).is_ok());
+  ASSERT_TRUE(client->close(*writer).is_ok());
+  EXPECT_EQ(cluster_->meta().getattr(written)->length, data.size());
+  EXPECT_EQ(*cluster_->meta().session_count(written), 0u);
+  EXPECT_EQ(client->close_counts().queued, 50u) << "a close after writes is not queued";
+
+  // An unlinked file read through a handle: its inode lives until the queued close is sent, then goes.
+  auto reader = client->open(kRoot, written, meta::kOpenRead);
+  ASSERT_TRUE(reader.is_ok());
+  ASSERT_TRUE(cluster_->meta().unlink(kRoot, meta::kRootInode, "written").is_ok());
+  ASSERT_TRUE(client->close(*reader).is_ok());
+  ASSERT_TRUE(client->flush_closes(10'000).is_ok());
+  EXPECT_EQ(errno_of(cluster_->meta().getattr(written).status()), ENOENT);
+
+  // Closes still queued when the client goes are sent by its destructor.
+  auto last = client->create(kRoot, meta::kRootInode, "last", 0644, meta::kOpenWrite);
+  ASSERT_TRUE(last.is_ok());
+  const meta::InodeId last_id = client->stat(*last)->id;
+  ASSERT_TRUE(client->close(*last).is_ok());
+  client.reset();
+  EXPECT_EQ(*cluster_->meta().session_count(last_id), 0u);
+  auto report = cluster_->meta().fsck();
+  ASSERT_TRUE(report.is_ok());
+  EXPECT_TRUE(report->problems.empty());
+}
+
 TEST_F(FileClientTest, LengthsReportedWhileWritingAndExactOnFsyncAndClose) {
   FileClientConfig quiet;
   quiet.report_interval_ms = 60'000;  // no reports: only fsync/close tell meta

@@ -626,6 +626,58 @@ TEST_P(MetaTest, UnlinkedOpenFileStaysUntilClosed) {
   expect_consistent();
 }
 
+TEST_P(MetaTest, CloseBatchClosesEachSessionAndReportsEachOutcome) {
+  FakeStorage storage;
+  open_service(&storage);
+  Inode kept = must(meta().create(kRoot, kRootInode, "kept", 0644));
+  Inode doomed = must(meta().create(kRoot, kRootInode, "doomed", 0644));
+  Inode written = must(meta().create(kRoot, kRootInode, "written", 0644));
+  auto read_kept = meta().open(kRoot, kept.id, kOpenRead, 1);
+  auto write_kept = meta().open(kRoot, kept.id, kOpenWrite, 2);
+  auto read_doomed = meta().open(kRoot, doomed.id, kOpenRead, 1);
+  auto write_doomed = meta().open(kRoot, doomed.id, kOpenWrite, 1);
+  auto write_written = meta().open(kRoot, written.id, kOpenWrite, 1);
+  ASSERT_TRUE(read_kept.is_ok() && write_kept.is_ok() && read_doomed.is_ok() && write_doomed.is_ok() &&
+              write_written.is_ok());
+  ASSERT_TRUE(meta().report_length(kept.id, 500).is_ok());
+  ASSERT_TRUE(meta().unlink(kRoot, kRootInode, "doomed").is_ok());
+  storage.lengths[kept.id] = 9;        // would be taken if storage were asked
+  storage.lengths[written.id] = 4096;  // the close with a hint asks storage
+  const int queries = storage.length_queries;
+  std::vector<CloseRequest> closes = {
+      {kept.id, read_kept->session, 0},      {kept.id, write_kept->session, 0},
+      {doomed.id, read_doomed->session, 0},  {kept.id, 0xdead, 0},  // no such session
+      {doomed.id, write_doomed->session, 0}, {written.id, write_written->session, 100},
+  };
+  std::vector<Status> results = meta().close_batch(closes);
+  ASSERT_EQ(results.size(), closes.size());
+  for (size_t i : {0, 1, 2, 4, 5}) EXPECT_TRUE(results[i].is_ok()) << i << ": " << results[i].to_string();
+  EXPECT_ERRNO(results[3], EBADF);
+  EXPECT_EQ(*service().session_count(kept.id), 0u);
+  EXPECT_EQ(must(meta().getattr(kept.id)).length, 500u) << "closes without a hint leave the length alone";
+  EXPECT_EQ(storage.length_queries, queries + 1) << "only the close with a hint asks storage";
+  EXPECT_EQ(must(meta().getattr(written.id)).length, 4096u);
+  // The unlinked file's two sessions closed in one batch: the second finds no session left and deletes it.
+  EXPECT_ERRNO(meta().getattr(doomed.id), ENOENT);
+  EXPECT_EQ(*service().collect_garbage(), 1u);
+  // Closed once: closing again is EBADF for each; an empty batch is nothing.
+  results = meta().close_batch(std::span<const CloseRequest>(closes).first(2));
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_ERRNO(results[0], EBADF);
+  EXPECT_ERRNO(results[1], EBADF);
+  EXPECT_TRUE(meta().close_batch({}).empty());
+  // Too many at once: EINVAL for each, nothing closed.
+  auto open_again = meta().open(kRoot, kept.id, kOpenRead, 1);
+  ASSERT_TRUE(open_again.is_ok());
+  std::vector<CloseRequest> too_many(kMaxCloseBatch + 1, CloseRequest{kept.id, open_again->session, 0});
+  results = meta().close_batch(too_many);
+  ASSERT_EQ(results.size(), too_many.size());
+  EXPECT_ERRNO(results.front(), EINVAL);
+  EXPECT_ERRNO(results.back(), EINVAL);
+  EXPECT_EQ(*service().session_count(kept.id), 1u);
+  expect_consistent();
+}
+
 TEST_P(MetaTest, LengthsFromReportsAndExactOnCloseAndSync) {
   Inode file = must(meta().create(kRoot, kRootInode, "f", 0644));
   auto writer = meta().open(kRoot, file.id, kOpenWrite, 3);

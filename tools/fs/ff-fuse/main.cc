@@ -50,6 +50,7 @@ struct Config {
   uint32_t chunk_size = 4u << 20;
   uint32_t max_parallel_chunks = 16;
   bool local_reads = true;  // FileClientConfig::local_reads
+  bool async_closes = true;  // FileClientConfig::async_closes
   double stats_interval_s = 30;
 };
 
@@ -78,6 +79,7 @@ Status load_toml(const std::string& path, Config* c) {
   FF_RETURN_IF_ERROR(reader.read("storage.memory", &c->memory_data));
   FF_RETURN_IF_ERROR(reader.read("storage.max_parallel_chunks", &c->max_parallel_chunks));
   FF_RETURN_IF_ERROR(reader.read("storage.local_reads", &c->local_reads));
+  FF_RETURN_IF_ERROR(reader.read("storage.async_closes", &c->async_closes));
   return reader.finish();
 }
 
@@ -192,6 +194,9 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
           if (client != nullptr) {
             const StorageClient::LocalReadCounts local = client->local_read_counts();
             line += fmt::format(" local_reads={} local_read_fallbacks={}", local.served, local.fallbacks);
+            const FileClient::CloseCounts closes = client->close_counts();
+            line += fmt::format(" background_closes={} close_batches={} close_failures={}", closes.queued,
+                                closes.batches, closes.failed);
           }
 #endif
           return line;
@@ -275,6 +280,7 @@ int run_storage(const Config& config) {
   client_config.mgmtd_address = config.mgmtd;
   client_config.max_parallel_chunks = config.max_parallel_chunks;
   client_config.local_reads = config.local_reads;
+  client_config.async_closes = config.async_closes;
   if (!config.embedded_meta.empty()) {
     EmbeddedFsConfig embedded;
     embedded.kv_path = config.embedded_meta == ":memory:" ? "" : config.embedded_meta;
@@ -353,8 +359,11 @@ int main(int argc, char** argv) {
   app.add_option("--attr-timeout-s", attr_timeout_s, "kernel attribute cache timeout");
   app.add_option("--threads", threads, "libfuse worker threads");
   app.add_flag("--direct-io", direct_io, "bypass the kernel page cache");
-  bool readdirplus = false, no_local_reads = false;
+  bool readdirplus = false, no_local_reads = false, sync_closes = false;
   app.add_flag("--no-local-reads", no_local_reads, "read every chunk over RPC, also from storage targets on this host");
+  app.add_flag("--sync-closes", sync_closes,
+               "release waits for meta's close also for handles that wrote nothing (default: closed in batches in the "
+               "background)");
   app.add_flag("--readdirplus", readdirplus, "listings carry attributes (one meta getattr per entry)");
   app.add_flag("--debug", debug, "libfuse request trace on stderr");
   CLI11_PARSE(app, argc, argv);
@@ -386,6 +395,7 @@ int main(int argc, char** argv) {
   if (direct_io) config.fuse.direct_io = true;
   if (readdirplus) config.fuse.readdirplus = true;
   if (no_local_reads) config.local_reads = false;
+  if (sync_closes) config.async_closes = false;
   if (debug) config.fuse.debug = true;
   if (config.fuse.allow_other && geteuid() != 0) {
     // fusermount3 refuses allow_other for users unless /etc/fuse.conf says user_allow_other.
