@@ -112,13 +112,17 @@ class Client:
     def __init__(self, mgmtd: str, meta: str | Sequence[str] | None = None, *, meta_db: str | None = None,
                  meta_memory: bool = False, chunk_size: int = 4 << 20, stripe: int = 0,
                  max_parallel_chunks: int = 16, meta_db_sync: bool = True, timeout_s: float = 30.0,
-                 uid: int | None = None, gid: int | None = None, local_reads: bool = True):
+                 uid: int | None = None, gid: int | None = None, local_reads: bool = True,
+                 async_closes: bool = False):
         """mgmtd: "host:port" of the cluster manager, or "host:port,host:port" for a primary and its standbys
         (calls move to the next after one is unreachable). meta / meta_db / meta_memory: see the module doc.
         chunk_size and stripe (chains per file, 0: all) apply to files created by an in-process meta.
         uid/gid: who this client acts as for permission checks (default: this process's).
         local_reads: chunks on storage targets of this host are read from their files by this process,
-        checked against their CRC32C (over the network when that fails; docs/fs.md, "Local reads")."""
+        checked against their CRC32C (over the network when that fails; docs/fs.md, "Local reads").
+        async_closes: closing a file that was not written returns at once; the client sends such closes to meta
+        in batches in the background (docs/fs-client.md, "Background closes"). Closes after writes stay
+        synchronous."""
         native = _native()
         addresses = [meta] if isinstance(meta, str) else list(meta or [])
         if sum(bool(x) for x in (addresses, meta_db, meta_memory)) != 1:
@@ -126,7 +130,16 @@ class Client:
         self._native = native.Client(mgmtd, addresses, meta_db or "", bool(meta_memory), int(chunk_size), int(stripe),
                                      int(max_parallel_chunks), bool(meta_db_sync), int(timeout_s * 1000),
                                      os.getuid() if uid is None else int(uid), os.getgid() if gid is None else int(gid),
-                                     bool(local_reads))
+                                     bool(local_reads), bool(async_closes))
+
+    def close_counts(self) -> dict:
+        """Background closes so far (async_closes): {"queued": closes queued, "batches": batch calls sent to meta,
+        "failed": closes that failed for good (logged; meta reclaims those sessions with the client's lease)}."""
+        return dict(self._native.close_counts())
+
+    def flush_closes(self, timeout_s: float = 30.0) -> None:
+        """Waits until no background close is queued or in flight; TimeoutError after timeout_s."""
+        self._native.flush_closes(int(timeout_s * 1000))
 
     def local_read_counts(self) -> dict:
         """Local reads so far: {"served": reads served from a target's file on this host, "fallbacks": local

@@ -155,6 +155,29 @@ def test_threads_and_reopen_keep_data(cluster: LocalCluster, tmp_path: pathlib.P
     assert out.stdout.split() == [hashlib.sha256(blobs[i].tobytes()).hexdigest() for i in range(6)]
 
 
+def test_background_closes_reach_meta(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
+    # async_closes: closes of files that were not written return at once and reach meta in batches; a file
+    # unlinked while open for reading goes once its queued close is sent; written files close synchronously.
+    with fs.Client(cluster.mgmtd_address, meta_db=str(tmp_path / "meta"), chunk_size=CHUNK,
+                   async_closes=True) as client:
+        for i in range(20):
+            client.open(f"/empty{i}", "w").close()
+        with client.open("/data", "w") as f:
+            f.write(b"x" * 1000)
+        assert client.stat("/data").st_size == 1000
+        reader = client.open("/data")
+        client.unlink("/data")
+        assert reader.read() == b"x" * 1000
+        reader.close()
+        client.flush_closes(10.0)
+        counts = client.close_counts()
+        assert counts["queued"] == 21 and counts["failed"] == 0 and 1 <= counts["batches"] <= 21, counts
+        assert sorted(client.listdir("/")) == sorted(f"empty{i}" for i in range(20))
+    with fs.Client(cluster.mgmtd_address, meta_db=str(tmp_path / "meta"), chunk_size=CHUNK) as client:
+        assert client.close_counts() == {"queued": 0, "batches": 0, "failed": 0}
+        client.flush_closes(1.0)  # nothing to wait for without async_closes
+
+
 def test_local_reads_come_from_the_storage_processes_files(cluster: LocalCluster, tmp_path: pathlib.Path) -> None:
     # The ff-storage processes run on this host: reads are served from their targets' files, checked
     # against the chunks' CRC32C, and give the bytes written; without local reads they come over gRPC.

@@ -62,13 +62,14 @@ class PyClient {
  public:
   PyClient(const std::string& mgmtd, const std::vector<std::string>& meta_addresses, const std::string& meta_db,
            bool meta_memory, uint32_t chunk_size, uint32_t stripe, uint32_t max_parallel_chunks, bool kv_sync,
-           int64_t timeout_ms, uint32_t uid, uint32_t gid, bool local_reads) {
+           int64_t timeout_ms, uint32_t uid, uint32_t gid, bool local_reads, bool async_closes) {
     caller_.uid = uid;
     caller_.gid = gid;
     FileClientConfig config;
     config.mgmtd_address = mgmtd;
     config.max_parallel_chunks = max_parallel_chunks;
     config.local_reads = local_reads;
+    config.async_closes = async_closes;
     nb::gil_scoped_release release;
     if (!meta_addresses.empty()) {
 #ifdef FF_FS_HAVE_META_RPC
@@ -268,6 +269,25 @@ class PyClient {
     return out;
   }
 
+  nb::dict close_counts() {
+    const FileClient::CloseCounts counts = client().close_counts();
+    nb::dict out;
+    out["queued"] = counts.queued;
+    out["batches"] = counts.batches;
+    out["failed"] = counts.failed;
+    return out;
+  }
+
+  void flush_closes(int64_t timeout_ms) {
+    FileClient& c = client();
+    Status flushed;
+    {
+      nb::gil_scoped_release release;
+      flushed = c.flush_closes(timeout_ms);
+    }
+    check(flushed);
+  }
+
   int open_caches = 0;  // KVCache objects open over this client (under the GIL)
 
  private:
@@ -437,12 +457,14 @@ NB_MODULE(_fs, module) {
 
   nb::class_<PyClient>(module, "Client")
       .def(nb::init<const std::string&, const std::vector<std::string>&, const std::string&, bool, uint32_t, uint32_t,
-                    uint32_t, bool, int64_t, uint32_t, uint32_t, bool>(),
+                    uint32_t, bool, int64_t, uint32_t, uint32_t, bool, bool>(),
            nb::arg("mgmtd"), nb::arg("meta_addresses"), nb::arg("meta_db"), nb::arg("meta_memory"),
            nb::arg("chunk_size"), nb::arg("stripe"), nb::arg("max_parallel_chunks"), nb::arg("kv_sync"),
-           nb::arg("timeout_ms"), nb::arg("uid"), nb::arg("gid"), nb::arg("local_reads"))
+           nb::arg("timeout_ms"), nb::arg("uid"), nb::arg("gid"), nb::arg("local_reads"), nb::arg("async_closes"))
       .def("close", &PyClient::close)
       .def("local_read_counts", &PyClient::local_read_counts)
+      .def("close_counts", &PyClient::close_counts)
+      .def("flush_closes", &PyClient::flush_closes, nb::arg("timeout_ms"))
       .def_prop_ro("closed", &PyClient::closed)
       .def("stat", &PyClient::stat, nb::arg("path"), nb::arg("follow") = true)
       .def("mkdir", &PyClient::mkdir, nb::arg("path"), nb::arg("mode"))
