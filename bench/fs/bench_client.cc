@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
                               parallelism = "1,4,16";
   uint64_t file_mb = 256;
   double seconds = 3;
-  uint32_t chunk_size = 4u << 20;
+  uint32_t chunk_size = 1u << 20;
   uint32_t max_parallel_chunks = 16;
   uint32_t read_split_bytes = 1u << 20;
   app.add_option("--mgmtd", mgmtd, "mgmtd host:port")->required();

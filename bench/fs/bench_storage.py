@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--blocks", default=",".join(str(b) for b in BLOCKS))
     parser.add_argument("--ops", default="write,read")
     parser.add_argument("--patterns", default="seq,rand")
+    parser.add_argument("--chunk-bytes", type=int, default=1 << 20,
+                        help="the file's chunk size (1 MiB, the file system's default layout; blocks larger than a "
+                             "chunk are several chunk I/Os in parallel)")
     parser.add_argument("--local-reads", type=int, default=1, help="also run each read case with local reads (0: no)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()
@@ -70,12 +73,13 @@ def main() -> None:
         cluster.start()
 
         def bench(*extra: str) -> dict:
-            out = cluster.run_tool("ff-bench-storage", "--rpc-timeout-s", "10", "bench", *extra, timeout=args.seconds + 300)
+            out = cluster.run_tool("ff-bench-storage", "--rpc-timeout-s", "10", "bench", "--chunk-bytes",
+                                   str(args.chunk_bytes), *extra, timeout=args.seconds + 300)
             if out.returncode != 0 and not out.stdout.strip():
                 raise RuntimeError(f"ff-bench-storage failed: {out.stderr[-2000:]}")
             return json.loads(out.stdout.strip().splitlines()[-1])
 
-        # Prefill the file (4 MiB chunks) so reads find data.
+        # Prefill the file (4 MiB blocks) so reads find data.
         bench("--op", "write", "--pattern", "seq", "--block-bytes", str(4 << 20), "--queue-depth", "8",
               "--file-bytes", str(args.file_mb << 20), "--seconds", "600", "--max-ops", str(args.file_mb // 4))
         for block in [int(b) for b in args.blocks.split(",")]:
@@ -128,7 +132,7 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.1f}); disk "
                   + subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds_per_case": args.seconds, "file_mb": args.file_mb,
+        "seconds_per_case": args.seconds, "file_mb": args.file_mb, "chunk_bytes": args.chunk_bytes,
         "results": results,
     }
     shutil.rmtree(data_dir, ignore_errors=True)

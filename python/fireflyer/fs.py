@@ -110,7 +110,7 @@ class Client:
     """A client of one cluster: paths and metadata through meta, data straight to storage."""
 
     def __init__(self, mgmtd: str, meta: str | Sequence[str] | None = None, *, meta_db: str | None = None,
-                 meta_memory: bool = False, chunk_size: int = 4 << 20, stripe: int = 0,
+                 meta_memory: bool = False, chunk_size: int = 1 << 20, stripe: int = 0,
                  max_parallel_chunks: int = 16, meta_db_sync: bool = True, timeout_s: float = 30.0,
                  uid: int | None = None, gid: int | None = None, local_reads: bool = True,
                  async_closes: bool = False):

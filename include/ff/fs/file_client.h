@@ -161,7 +161,7 @@ struct EmbeddedFsConfig {
   bool kv_sync = true;                  // fsync RocksDB's WAL per commit
   ChainTableId chain_table = 1;         // files are striped over this table's chains (from mgmtd)
   uint32_t stripe = 0;                  // chains per file; 0: every chain of the table
-  uint32_t chunk_size = 4u << 20;       // bytes per chunk (the storage servers' max or less)
+  uint32_t chunk_size = 1u << 20;       // bytes per chunk (the storage servers' max or less)
   int64_t routing_timeout_ms = 30'000;  // waits this long for mgmtd and the chain table
   int64_t gc_interval_ms = 1'000;       // session reclaim + garbage collection period
   int64_t client_lease_ms = 60'000;     // a client silent this long loses its sessions

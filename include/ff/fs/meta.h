@@ -123,7 +123,7 @@ struct MetaConfig {
   ChainTableId chain_table = 1;
   std::vector<ChainId> chains = {1};
   uint32_t stripe = 1;                   // chains per file (<= chains.size())
-  uint32_t chunk_size = 4u << 20;        // bytes per chunk (power of two, 4 KiB .. 64 MiB)
+  uint32_t chunk_size = 1u << 20;        // bytes per chunk (power of two, 4 KiB .. 64 MiB; docs/decisions.md)
   uint32_t inode_batch = 256;            // inode ids reserved per allocator transaction
   int64_t client_lease_ms = 60'000;      // a client silent this long loses its sessions
   uint64_t capacity_bytes = 1ull << 40;  // reported by statfs when no storage capacity is known

@@ -155,6 +155,10 @@ struct BenchCase {
   uint64_t inode = 7;
   uint64_t max_ops = 0;  // 0: until `seconds` pass
   bool local_reads = false;  // ClientConfig::local_reads
+  // The file's chunk size (the file system's default layout, MetaConfig::chunk_size). A block smaller than a chunk
+  // is one chunk I/O (a part of the chunk); a larger one is block / chunk_bytes whole-chunk I/Os in parallel, and the
+  // operation ends with the last of them (as FileClient splits a call at chunk boundaries).
+  uint64_t chunk_bytes = 1 << 20;
 };
 
 int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
@@ -168,8 +172,15 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
     FF_LOG_ERROR("chain table {} has no chains", c.table);
     return 1;
   }
-  // The file is striped over the chains in chunks of max(block, 4 MiB).
-  const uint64_t chunk_bytes = std::max<uint64_t>(c.block_bytes, 4ull << 20);
+  // The file is striped over the chains in chunks of c.chunk_bytes.
+  const uint64_t chunk_bytes = c.chunk_bytes;
+  if (chunk_bytes == 0 ||
+      (c.block_bytes < chunk_bytes ? chunk_bytes % c.block_bytes : c.block_bytes % chunk_bytes) != 0) {
+    FF_LOG_ERROR("block_bytes {} and chunk_bytes {}: one must be a multiple of the other", c.block_bytes, chunk_bytes);
+    return 1;
+  }
+  const uint64_t pieces = std::max<uint64_t>(1, c.block_bytes / chunk_bytes);  // chunk I/Os per operation
+  const uint64_t piece_bytes = c.block_bytes / pieces;
   const uint64_t blocks = c.file_bytes / c.block_bytes;
   if (blocks == 0) {
     FF_LOG_ERROR("file_bytes {} < block_bytes {}", c.file_bytes, c.block_bytes);
@@ -198,14 +209,18 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
         break;
       }
       uint64_t block = c.pattern == "seq" ? next_seq++ % blocks : rng() % blocks;
-      uint64_t offset = block * c.block_bytes;
-      ChunkId chunk{c.inode, offset / chunk_bytes};
-      ChainId chain = chains[chunk.index % chains.size()];
-      uint64_t in_chunk = offset % chunk_bytes;
       ++shared->in_flight;
       ++shared->issued;
       int64_t op_start = system_clock().now_ns();
-      auto finish = [&, shared, op_start](const Status& status) {
+      // The operation's outcome once its last chunk I/O is done: the first error, if any.
+      struct Operation {
+        std::mutex mutex;
+        uint64_t left = 0;
+        Status status;
+      };
+      auto operation = std::make_shared<Operation>();
+      operation->left = pieces;
+      auto finish_op = [&, shared, op_start](const Status& status) {
         shared->latency.record_us(static_cast<uint64_t>((system_clock().now_ns() - op_start) / 1000));
         std::lock_guard lock(shared->mutex);
         --shared->in_flight;
@@ -215,33 +230,43 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
         }
         if (shared->stop && shared->in_flight == 0) shared->done.notify_all();
       };
-      if (c.op == "write") {
-        client.write(
-            chain, chunk, in_chunk, payload,
-            [finish, issue](Result<WriteRsp> rsp) {
-              finish(rsp.is_ok() ? Status::ok() : rsp.status());
-              issue();
-            },
-            0, chunk_bytes);
-      } else {
-        // With local reads the answer comes as pieces, and a read served from a target's file completes on
-        // an offload thread: back to the executor, where issue() runs. Without, it completes there already
-        // (no extra hop in the RPC figure).
-        const bool local = c.local_reads;
-        client.read(
-            chain, chunk, in_chunk, c.block_bytes, ReadMode::kStrict,
-            [finish, issue, local, &executor](Result<ReadRsp> rsp) {
-              Status status = rsp.is_ok() ? Status::ok() : rsp.status();
-              if (!local) {
-                finish(status);
-                return issue();
-              }
-              executor.post([finish, issue, status] {
-                finish(status);
-                issue();
-              });
-            },
-            local);
+      // Runs after each chunk I/O; the last one ends the operation and issues the next.
+      auto piece_done = [operation, finish_op, issue](const Status& status) {
+        Status outcome;
+        {
+          std::lock_guard lock(operation->mutex);
+          if (!status.is_ok() && operation->status.is_ok()) operation->status = status;
+          if (--operation->left > 0) return;
+          outcome = operation->status;
+        }
+        finish_op(outcome);
+        issue();
+      };
+      for (uint64_t piece = 0; piece < pieces; ++piece) {
+        const uint64_t offset = block * c.block_bytes + piece * piece_bytes;
+        const ChunkId chunk{c.inode, offset / chunk_bytes};
+        const ChainId chain = chains[chunk.index % chains.size()];
+        const uint64_t in_chunk = offset % chunk_bytes;
+        if (c.op == "write") {
+          SharedBytes part{payload.owner, payload.bytes.subspan(piece * piece_bytes, piece_bytes)};
+          client.write(
+              chain, chunk, in_chunk, std::move(part),
+              [piece_done](Result<WriteRsp> rsp) { piece_done(rsp.is_ok() ? Status::ok() : rsp.status()); }, 0,
+              chunk_bytes);
+        } else {
+          // With local reads the answer comes as pieces, and a read served from a target's file completes on
+          // an offload thread: back to the executor, where issue() runs. Without, it completes there already
+          // (no extra hop in the RPC figure).
+          const bool local = c.local_reads;
+          client.read(
+              chain, chunk, in_chunk, piece_bytes, ReadMode::kStrict,
+              [piece_done, local, &executor](Result<ReadRsp> rsp) {
+                Status status = rsp.is_ok() ? Status::ok() : rsp.status();
+                if (!local) return piece_done(status);
+                executor.post([piece_done, status] { piece_done(status); });
+              },
+              local);
+        }
       }
     }
     std::lock_guard lock(shared->mutex);
@@ -299,6 +324,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--table", bench_case.table);
   bench_cmd->add_option("--inode", bench_case.inode);
   bench_cmd->add_option("--max-ops", bench_case.max_ops, "stop after this many operations (prefill)");
+  bench_cmd->add_option("--chunk-bytes", bench_case.chunk_bytes,
+                        "the file's chunk size (default 1 MiB, the file system's); larger blocks span several chunks");
   bench_cmd->add_flag("--local-reads", bench_case.local_reads,
                       "read chunks of targets on this host from their files (docs/fs.md, Local reads)");
   bool no_read_before_answer = false;

@@ -47,7 +47,7 @@ struct Config {
   bool memory_data = false;  // data in this process's memory
   uint32_t chain_table = 1;
   uint32_t stripe = 0;  // 0: every chain of the table
-  uint32_t chunk_size = 4u << 20;
+  uint32_t chunk_size = 1u << 20;
   uint32_t max_parallel_chunks = 16;
   bool local_reads = true;  // FileClientConfig::local_reads
   bool async_closes = true;  // FileClientConfig::async_closes

@@ -44,7 +44,7 @@ struct Config {
   uint32_t standalone_chains = 0;
   uint32_t chain_table = 1;
   uint32_t stripe = 1;
-  uint32_t chunk_size = 4u << 20;
+  uint32_t chunk_size = 1u << 20;
   uint32_t inode_batch = 256;
   double client_lease_s = 60;
   double maintenance_interval_s = 5;
