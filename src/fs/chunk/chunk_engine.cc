@@ -76,6 +76,17 @@ constexpr uint64_t kReadSplitBytes = 1024ull << 10;
 
 bool is_power_of_two(uint64_t value) { return value != 0 && (value & (value - 1)) == 0; }
 
+// Zeros the bytes of [zero_from, zero_to) (positions; the buffer starts at position `base`) that lie outside
+// [keep_from, keep_to), the range the caller copies over next.
+void zero_outside(std::byte* buffer, uint64_t base, uint64_t zero_from, uint64_t zero_to, uint64_t keep_from,
+                  uint64_t keep_to) {
+  if (keep_from >= keep_to) keep_from = keep_to = zero_to;  // nothing kept
+  const uint64_t below_end = std::min(zero_to, keep_from);
+  if (zero_from < below_end) std::memset(buffer + (zero_from - base), 0, below_end - zero_from);
+  const uint64_t above_from = std::max(zero_from, keep_to);
+  if (above_from < zero_to) std::memset(buffer + (above_from - base), 0, zero_to - above_from);
+}
+
 // One block class: a preallocated file of equal blocks and its free list.
 struct BlockClass {
   uint64_t block_bytes = 0;
@@ -532,10 +543,12 @@ struct ChunkEngine::Impl {
         if (verify_old) FF_RETURN_IF_ERROR(verify(id, *old, piece_start, buffer.data(), piece_start, old_end));
         have_old = true;
       }
+      // Zeros where neither the old bytes nor `data` land: only outside the copied range (a full replacement used
+      // to zero the whole piece before copying over it: 6.5 % of the CPU under 4 MiB writes).
       const uint64_t zero_from = have_old ? std::max(piece_start, old_length) : piece_start;
-      if (zero_from < aligned_end) std::memset(buffer.data() + (zero_from - piece_start), 0, aligned_end - zero_from);
       const uint64_t copy_from = std::max(piece_start, data_offset);
       const uint64_t copy_to = std::min(piece_end, data_end);
+      zero_outside(buffer.data(), piece_start, zero_from, aligned_end, copy_from, copy_to);
       if (copy_from < copy_to) {
         std::memcpy(buffer.data() + (copy_from - piece_start), data.data() + (copy_from - data_offset),
                     copy_to - copy_from);
