@@ -706,6 +706,9 @@ struct FuseFs::Impl {
     fi->direct_io = options.direct_io ? 1 : 0;
     // The page cache is dropped at every open (close-to-open consistency across clients).
     fi->keep_cache = 0;
+    // A handle that cannot write has nothing to report at close(2): no FLUSH round trip for it (the kernel
+    // releases POSIX locks itself).
+    fi->noflush = (flags & meta::kOpenWrite) == 0 ? 1 : 0;
     if (created != nullptr) {
       fuse_entry_param entry = entry_of(*created);
       if (fuse_reply_create(req, &entry, fi) != 0) abandon_open(handle.release());
