@@ -208,7 +208,7 @@ struct FuseFs::Impl {
   // it, the staleness the kernel's attribute cache allows anyway for other clients' changes; an unlink's reply carries
   // the directory too. Every other change this mount makes (DirChange: setattr, mknod, mkdir, rmdir, symlink, link,
   // rename, xattrs) empties the map and bumps the generation; a create or unlink stores its copy only if no such change
-  // ran meanwhile, and only over an older ctime.
+  // ran meanwhile, and only over an older ctime (an unlink first drops its directory's copy, and only that one).
   struct FreshDir {
     Inode attrs;
     int64_t until_ms = 0;
@@ -253,6 +253,10 @@ struct FuseFs::Impl {
     return FreshAttrs{it->second.attrs, static_cast<double>(it->second.until_ms - now) / 1000.0};
   }
   // Forgets every copy; returns the new generation (what a create or unlink starting now stores under).
+  void fresh_erase(InodeId dir) {
+    std::lock_guard lock(fresh_mutex);
+    fresh_dirs.erase(dir);
+  }
   uint64_t fresh_forget() {
     std::lock_guard lock(fresh_mutex);
     fresh_dirs.clear();
@@ -630,7 +634,11 @@ struct FuseFs::Impl {
       return reply_status(req, rings->unregister_ring(name));
     }
     if (is_virtual(parent) || virtual_lookup(parent, name)) return (void)fuse_reply_err(req, EPERM);
-    const uint64_t generation = fresh_forget();
+    // Only the parent's copy goes (an unlink changes no other directory): a forget of every copy here made each
+    // concurrent unlink in another directory drop this one's copy too, and the kernel's next GETATTR of a
+    // directory went to meta (0.92 per unlink with 8 threads unlinking in 8 directories).
+    const uint64_t generation = fresh_begin();
+    fresh_erase(parent);
     std::optional<Inode> dir_after;
     Status removed = check_entry(meta.unlink(caller_of(req), parent, name, &dir_after), parent, name);
     if (removed.is_ok() && dir_after) fresh_store(generation, *dir_after);

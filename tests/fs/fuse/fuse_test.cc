@@ -349,6 +349,26 @@ TEST_F(FuseTest, DirectoryAttributesAfterACreateComeFromItsReply) {
   ASSERT_TRUE(meta_view.is_ok());
   EXPECT_EQ(meta_view->mtime_ns, nanos(st.st_mtim));
   EXPECT_EQ(st.st_nlink, 3u);
+
+  // An unlink in another directory leaves this directory's copy (it changes no other directory), and the copy is
+  // still meta's view of it.
+  std::string other = mount_ + "/o";
+  ASSERT_EQ(::mkdir(other.c_str(), 0755), 0);
+  fd = ::open((other + "/x").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  fd = ::open((dir + "/h").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  ASSERT_EQ(::unlink((dir + "/h").c_str()), 0);  // this directory's copy: after this unlink
+  ASSERT_EQ(::unlink((other + "/x").c_str()), 0);
+  const uint64_t hits_before_stat = fs_->stats().fresh_dir_hits;
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_GT(fs_->stats().fresh_dir_hits, hits_before_stat) << "an unlink in another directory dropped this one's copy";
+  meta_view = meta_->getattr(st.st_ino);
+  ASSERT_TRUE(meta_view.is_ok());
+  EXPECT_EQ(meta_view->mtime_ns, nanos(st.st_mtim));
+  EXPECT_EQ(meta_view->ctime_ns, nanos(st.st_ctim));
 }
 
 TEST_F(FuseTest, AttributeCacheInvalidatedByFsyncAndRelease) {
