@@ -92,8 +92,8 @@ class FileClient {
     uint64_t failed = 0;   // closes that failed for good (logged; meta reclaims the session with the client's lease)
   };
   CloseCounts close_counts() const;
-  // Waits until every close queued before the call has been sent and answered (or timeout_ms passed: then
-  // deadline_exceeded). Immediately OK without async_closes.
+  // Waits until no close is queued or being sent (or timeout_ms passed: then deadline_exceeded); closes queued
+  // meanwhile are waited for too. Immediately OK without async_closes.
   Status flush_closes(int64_t timeout_ms);
 
   // flags: meta::OpenFlags (kOpenRead, kOpenWrite, kOpenTruncate).

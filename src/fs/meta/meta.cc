@@ -162,8 +162,16 @@ void store_inode(Transaction& txn, const Inode& inode) {
 // concurrent creates in one directory do not all conflict on (and serialize behind) the directory's
 // inode; replies fold it in (fold_dir_change). mkdir, rmdir, rename and exchange write the directory's
 // inode anyway and set its times there.
-void note_dir_change(Transaction& txn, InodeId dir, int64_t now) {
-  txn.set(codec::dir_change_key(dir), codec::encode_u64(static_cast<uint64_t>(now)));
+void fold_change_time(Inode& dir, int64_t changed) {
+  dir.mtime_ns = std::max(dir.mtime_ns, changed);
+  dir.ctime_ns = std::max(dir.ctime_ns, changed);
+}
+
+// Writes the "T" record and folds `now` into `dir` (the caller's copy, not stored): the directory as a reply of
+// this transaction shows it, without reading the record back.
+void note_dir_change(Transaction& txn, Inode& dir, int64_t now) {
+  txn.set(codec::dir_change_key(dir.id), codec::encode_u64(static_cast<uint64_t>(now)));
+  fold_change_time(dir, now);
 }
 
 // The times of a directory as replies show them: the later of its inode's and its "T" record's.
@@ -172,8 +180,7 @@ Status fold_dir_change(Transaction& txn, Inode& inode) {
   FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::dir_change_key(inode.id)));
   if (!bytes) return Status::ok();
   FF_ASSIGN_OR_RETURN(uint64_t changed, codec::decode_u64(*bytes, "directory change time"));
-  inode.mtime_ns = std::max(inode.mtime_ns, static_cast<int64_t>(changed));
-  inode.ctime_ns = std::max(inode.ctime_ns, static_cast<int64_t>(changed));
+  fold_change_time(inode, static_cast<int64_t>(changed));
   return Status::ok();
 }
 
@@ -462,8 +469,7 @@ Result<Inode> MetaService::resolve(const Caller& caller, std::string_view path, 
 
 namespace {
 // in_txn (optional) adds its writes to the same transaction (create_open's session); parent_after (optional)
-// receives the directory as the transaction leaves it, with the times replies show (fold_dir_change: the "T"
-// record this transaction writes is the latest, so no read of it is needed).
+// receives the directory as the transaction leaves it, with the times replies show (note_dir_change).
 Status make_node(kv::KvEngine& engine, const kv::RetryOptions& retry, const Caller& caller, InodeId parent,
                  std::string_view name, Inode& node, const std::function<void(Transaction&)>& in_txn = {},
                  Inode* parent_after = nullptr) {
@@ -485,9 +491,7 @@ Status make_node(kv::KvEngine& engine, const kv::RetryOptions& retry, const Call
       dir.mtime_ns = dir.ctime_ns = node.ctime_ns;
       store_inode(txn, dir);
     } else {
-      note_dir_change(txn, parent, node.ctime_ns);
-      dir.mtime_ns = std::max(dir.mtime_ns, node.ctime_ns);
-      dir.ctime_ns = std::max(dir.ctime_ns, node.ctime_ns);
+      note_dir_change(txn, dir, node.ctime_ns);
     }
     store_inode(txn, node);
     txn.set(codec::dentry_key(parent, name), codec::encode_dentry({node.id, node.type}));
@@ -630,7 +634,7 @@ Result<Inode> MetaService::link(const Caller& caller, InodeId id, InodeId new_pa
     inode.ctime_ns = wall_now_ns();
     store_inode(txn, inode);
     txn.set(codec::dentry_key(new_parent, new_name), codec::encode_dentry({inode.id, inode.type}));
-    note_dir_change(txn, new_parent, inode.ctime_ns);
+    note_dir_change(txn, dir, inode.ctime_ns);
     linked = inode;
     return Status::ok();
   }));
@@ -663,13 +667,8 @@ Status MetaService::unlink(const Caller& caller, InodeId parent, std::string_vie
     FF_ASSERT(inode.nlink > 0, "inode {} named by '{}' has link count 0", inode.id, name);
     inode.nlink -= 1;
     inode.ctime_ns = wall_now_ns();
-    note_dir_change(txn, parent, inode.ctime_ns);
-    if (parent_after != nullptr) {
-      // The times replies show (fold_dir_change): the "T" record just written is the latest.
-      dir.mtime_ns = std::max(dir.mtime_ns, inode.ctime_ns);
-      dir.ctime_ns = std::max(dir.ctime_ns, inode.ctime_ns);
-      *parent_after = dir;
-    }
+    note_dir_change(txn, dir, inode.ctime_ns);
+    if (parent_after != nullptr) *parent_after = dir;
     return finalize_inode(txn, inode);
   });
 }

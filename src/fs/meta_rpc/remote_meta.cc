@@ -174,20 +174,17 @@ struct RemoteMeta::Impl {
 
   // A removal-like call (unlink, rmdir: ENOENT; close: EBADF): once a first attempt ran, the repeat
   // answers `gone_errno`, so that answer after an ambiguous attempt is success (see meta_rpc.h).
-  // A removal whose reply may have been lost: `gone_errno` after an ambiguous attempt means an earlier attempt
-  // removed it. `response` (optional) receives the reply when there was one.
+  Status removal_outcome(Status status, bool ambiguous, int gone_errno) {
+    if (status.is_ok() || !ambiguous || errno_of(status) != gone_errno) return status;
+    note_recovered();
+    return Status::ok();
+  }
+  // Runs a removal; `response` (optional) receives the reply when there was one.
   Status run_removal(const pb::MetaRequest& request, int gone_errno, pb::MetaResponse* response = nullptr) {
     bool ambiguous = false;
     Result<pb::MetaResponse> reply = run(request, &ambiguous);
-    if (reply.is_ok()) {
-      if (response != nullptr) *response = std::move(*reply);
-      return Status::ok();
-    }
-    if (ambiguous && errno_of(reply.status()) == gone_errno) {
-      note_recovered();
-      return Status::ok();
-    }
-    return reply.status();
+    if (reply.is_ok() && response != nullptr) *response = std::move(*reply);
+    return removal_outcome(reply.status(), ambiguous, gone_errno);
   }
 
   Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) {
@@ -582,12 +579,8 @@ std::vector<Status> RemoteMeta::close_batch(std::span<const CloseRequest> closes
   std::vector<Status> results;
   results.reserve(closes.size());
   for (int i = 0; i < statuses.codes_size(); ++i) {
-    Status result = wire::status_from(statuses.codes(i), statuses.messages(i));
-    if (ambiguous && errno_of(result) == EBADF) {
-      impl_->note_recovered();
-      result = Status::ok();
-    }
-    results.push_back(std::move(result));
+    results.push_back(impl_->removal_outcome(wire::status_from(statuses.codes(i), statuses.messages(i)), ambiguous,
+                                             EBADF));
   }
   return results;
 }

@@ -149,11 +149,6 @@ void execute(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* res
     }
     case pb::MetaRequest::kCloseBatch: {
       const auto& ops = request.close_batch().closes();
-      if (static_cast<size_t>(ops.size()) > kMaxCloseBatch) {
-        return put_status(
-            meta_error(EINVAL, fmt::format("close_batch of {} closes; at most {}", ops.size(), kMaxCloseBatch)),
-            response);
-      }
       std::vector<CloseRequest> closes;
       closes.reserve(ops.size());
       for (const auto& op : ops) closes.push_back({op.inode(), op.session(), op.length_hint()});
