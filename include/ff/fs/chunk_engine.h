@@ -102,6 +102,7 @@ struct ChunkEngineStats {
   uint64_t read_bytes = 0;   // bytes returned to callers
   uint64_t writes = 0;       // put_pending + put_full_replacement
   uint64_t write_bytes = 0;  // bytes written to data files
+  uint64_t zero_copy_write_bytes = 0;  // of those, written straight from the caller's buffer (aligned payloads)
   uint64_t commits = 0;
   uint64_t inplace_appends = 0;  // put_pending calls that took the in-place fast path
   uint64_t patched_writes = 0;   // put_pending calls stored as a patch of the touched crc segments

@@ -195,6 +195,7 @@ struct ChunkEngine::Impl {
   std::atomic<uint64_t> read_bytes{0};
   std::atomic<uint64_t> writes{0};
   std::atomic<uint64_t> write_bytes{0};
+  std::atomic<uint64_t> zero_copy_write_bytes{0};
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> inplace_appends{0};
   std::atomic<uint64_t> patched_writes{0};
@@ -543,21 +544,30 @@ struct ChunkEngine::Impl {
         if (verify_old) FF_RETURN_IF_ERROR(verify(id, *old, piece_start, buffer.data(), piece_start, old_end));
         have_old = true;
       }
-      // Zeros where neither the old bytes nor `data` land: only outside the copied range (a full replacement used
-      // to zero the whole piece before copying over it: 6.5 % of the CPU under 4 MiB writes).
-      const uint64_t zero_from = have_old ? std::max(piece_start, old_length) : piece_start;
       const uint64_t copy_from = std::max(piece_start, data_offset);
       const uint64_t copy_to = std::min(piece_end, data_end);
-      zero_outside(buffer.data(), piece_start, zero_from, aligned_end, copy_from, copy_to);
-      if (copy_from < copy_to) {
-        std::memcpy(buffer.data() + (copy_from - piece_start), data.data() + (copy_from - data_offset),
-                    copy_to - copy_from);
+      // Zero-copy: a piece that `data` covers whole, ending on an I/O boundary, at a 4 KiB-aligned address (fs/rpc
+      // receives write payloads into such buffers) is written from `data` itself, not copied into the buffer.
+      std::byte* source = buffer.data();
+      const std::byte* piece_data = data.data() + (copy_from - data_offset);
+      if (!have_old && copy_from == piece_start && copy_to == piece_end && piece_end == aligned_end &&
+          reinterpret_cast<uintptr_t>(piece_data) % kIoAlignment == 0) {
+        // NOTE: IoOp takes a mutable pointer for both directions; a write never writes through it.
+        source = const_cast<std::byte*>(piece_data);
+        zero_copy_write_bytes.fetch_add(piece_end - piece_start, std::memory_order_relaxed);
+      } else {
+        // Zeros where neither the old bytes nor `data` land: only outside the copied range (a full replacement
+        // used to zero the whole piece before copying over it: 6.5 % of the CPU under 4 MiB writes).
+        const uint64_t zero_from = have_old ? std::max(piece_start, old_length) : piece_start;
+        zero_outside(buffer.data(), piece_start, zero_from, aligned_end, copy_from, copy_to);
+        if (copy_from < copy_to)
+          std::memcpy(buffer.data() + (copy_from - piece_start), piece_data, copy_to - copy_from);
       }
       FF_ASSERT(crc.length >= piece_start && crc.length <= piece_end);
-      crc.append(std::span<const std::byte>(buffer.data() + (crc.length - piece_start), piece_end - crc.length),
+      crc.append(std::span<const std::byte>(source + (crc.length - piece_start), piece_end - crc.length),
                  options.crc_segment_bytes);
       const Status status =
-          context.run_one(IoOp{fd, file_offset(target, piece_start), buffer.data(), aligned_end - piece_start, true});
+          context.run_one(IoOp{fd, file_offset(target, piece_start), source, aligned_end - piece_start, true});
       if (!status.is_ok()) {
         return io_error("chunk {} on target {}: write of version bytes [{}, {}) failed: {}", id.to_string(),
                         options.directory, piece_start, piece_end, status.to_string());
@@ -1644,6 +1654,7 @@ ChunkEngineStats ChunkEngine::stats() const {
   stats.read_bytes = impl_->read_bytes.load(std::memory_order_relaxed);
   stats.writes = impl_->writes.load(std::memory_order_relaxed);
   stats.write_bytes = impl_->write_bytes.load(std::memory_order_relaxed);
+  stats.zero_copy_write_bytes = impl_->zero_copy_write_bytes.load(std::memory_order_relaxed);
   stats.commits = impl_->commits.load(std::memory_order_relaxed);
   stats.inplace_appends = impl_->inplace_appends.load(std::memory_order_relaxed);
   stats.patched_writes = impl_->patched_writes.load(std::memory_order_relaxed);

@@ -516,6 +516,18 @@ Status put_request_payload(Request& request, Bytes&& payload) {
   return Status::ok();
 }
 
+Status put_request_shared_payload(Request& request, SharedBytes payload) {
+  if (auto* write = std::get_if<WriteReq>(&request)) {
+    write->shared_data = std::move(payload);
+  } else if (auto* forward = std::get_if<ForwardReq>(&request)) {
+    forward->shared_data = std::move(payload);
+  } else {
+    return malformed(fmt::format("frame carries {} payload bytes for {}, which has no shared payload", payload.size(),
+                                 request_name(request)));
+  }
+  return Status::ok();
+}
+
 Status put_response_payload(Response& response, Bytes&& payload) {
   if (payload.empty()) return Status::ok();
   if (auto* read = std::get_if<ReadRsp>(&response)) {

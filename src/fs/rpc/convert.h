@@ -22,6 +22,8 @@ Result<Response> response_from_proto(pb::Envelope&& envelope);
 SharedBytes take_request_payload(Request& request);
 SharedBytes take_response_payload(Response& response);
 Status put_request_payload(Request& request, Bytes&& payload);
+// As put_request_payload, for a WriteReq or ForwardReq: the payload becomes its shared_data (no copy).
+Status put_request_shared_payload(Request& request, SharedBytes payload);
 Status put_response_payload(Response& response, Bytes&& payload);
 
 }  // namespace ff::fs::rpc

@@ -292,6 +292,58 @@ TEST_P(ChunkEngineTest, InPlaceAppendKeepsCommittedVersion) {
   expect_allocator_ok();
 }
 
+TEST_P(ChunkEngineTest, AlignedPayloadIsWrittenWithoutACopy) {
+  // A payload at a 4 KiB-aligned address covering whole 4 KiB units is written from the caller's memory
+  // (fs/rpc receives write payloads so); any other payload is copied into the engine's buffer first. Both
+  // store the same bytes and CRCs.
+  constexpr size_t kBytes = (256u << 10) + 4096;
+  const auto pattern = pattern_bytes(kBytes + 1, 21);
+  std::vector<std::byte> storage(kBytes + 2 * 4096);
+  const auto address = reinterpret_cast<uintptr_t>(storage.data());
+  std::byte* aligned = storage.data() + ((4096 - address % 4096) % 4096);
+  std::memcpy(aligned, pattern.data(), kBytes);
+  const std::span<const std::byte> aligned_span(aligned, kBytes);
+  const std::span<const std::byte> expected(pattern.data(), kBytes);
+
+  uint64_t before = engine_->stats().zero_copy_write_bytes;
+  write_commit(ChunkId{80, 0}, 0, aligned_span);  // a new chunk
+  EXPECT_EQ(engine_->stats().zero_copy_write_bytes - before, kBytes);
+  EXPECT_EQ(read_all(ChunkId{80, 0}), std::vector<std::byte>(expected.begin(), expected.end()));
+  EXPECT_EQ(engine_->stat(ChunkId{80, 0})->committed_crc32c, crc32c(expected));
+
+  // An append at a 4 KiB boundary in place (the chunk size hint reserved the room) also goes straight from
+  // the payload.
+  ChunkUpdate first{ChunkId{80, 4}, 1, 7, 0, aligned_span, false};
+  first.chunk_size = 1u << 20;
+  ASSERT_TRUE(engine_->put_pending(first).is_ok());
+  ASSERT_TRUE(engine_->commit(ChunkId{80, 4}, 1).is_ok());
+  const uint64_t appends = engine_->stats().inplace_appends;
+  before = engine_->stats().zero_copy_write_bytes;
+  write_commit(ChunkId{80, 4}, kBytes, aligned_span);
+  EXPECT_EQ(engine_->stats().inplace_appends - appends, 1u);
+  EXPECT_EQ(engine_->stats().zero_copy_write_bytes - before, kBytes);
+  std::vector<std::byte> twice(expected.begin(), expected.end());
+  twice.insert(twice.end(), expected.begin(), expected.end());
+  EXPECT_EQ(read_all(ChunkId{80, 4}), twice);
+  EXPECT_EQ(engine_->stat(ChunkId{80, 4})->committed_crc32c, crc32c(twice));
+
+  // Misaligned memory, a length that ends inside a 4 KiB unit, or an offset inside one: copied.
+  std::memcpy(aligned + 1, pattern.data(), kBytes);
+  before = engine_->stats().zero_copy_write_bytes;
+  write_commit(ChunkId{80, 1}, 0, std::span<const std::byte>(aligned + 1, kBytes));
+  std::memcpy(aligned, pattern.data(), kBytes);
+  write_commit(ChunkId{80, 2}, 0, std::span<const std::byte>(aligned, kBytes - 100));
+  write_commit(ChunkId{80, 3}, 512, aligned_span);
+  EXPECT_EQ(engine_->stats().zero_copy_write_bytes, before);
+  EXPECT_EQ(read_all(ChunkId{80, 1}), std::vector<std::byte>(expected.begin(), expected.end()));
+  EXPECT_EQ(read_all(ChunkId{80, 2}), std::vector<std::byte>(expected.begin(), expected.end() - 100));
+  std::vector<std::byte> shifted(512, std::byte{0});
+  shifted.insert(shifted.end(), expected.begin(), expected.end());
+  EXPECT_EQ(read_all(ChunkId{80, 3}), shifted);
+  EXPECT_EQ(engine_->stat(ChunkId{80, 3})->committed_crc32c, crc32c(shifted));
+  expect_allocator_ok();
+}
+
 TEST_P(ChunkEngineTest, ChunkSizeHintMakesFrontToBackWritesInPlace) {
   // A 1 MiB chunk written in 256 KiB pieces: with the file's chunk size given, the first piece goes into
   // a 1 MiB block and the rest are in-place appends; without it, each step copies into a bigger class.

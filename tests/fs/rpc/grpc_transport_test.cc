@@ -87,7 +87,12 @@ TEST(GrpcTransportTest, RoundTripCarriesEveryFieldAndThePayload) {
     rsp.meta.id = write->chunk;
     rsp.meta.committed_version = 5;
     rsp.meta.committed_crc32c = 0xdeadbeef;
-    rsp.data = std::move(write->data);  // echo the payload back
+    // The payload arrives in one buffer at a 4 KiB-aligned address (the chunk engine writes it with O_DIRECT
+    // as it is), not in `data`.
+    EXPECT_TRUE(write->data.empty());
+    EXPECT_TRUE(write->shared_data.is_set());
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(write->payload().data()) % 4096, 0u);
+    rsp.data = Bytes(write->payload().begin(), write->payload().end());  // echo the payload back
     rsp.dirty = true;
     reply(Response{std::move(rsp)});
   });
@@ -103,7 +108,7 @@ TEST(GrpcTransportTest, RoundTripCarriesEveryFieldAndThePayload) {
   EXPECT_TRUE(rsp->dirty);
   EXPECT_EQ(handled.load(), 1);
 
-  // A shared payload (the Frame method sends it as its own slice) arrives as data; the payload the
+  // A shared payload (the Frame method sends it as its own slice) arrives the same way; the payload the
   // sender shares is not consumed.
   SharedBytes shared = SharedBytes::adopt(make_bytes(3 << 20, 5));
   WriteReq shared_write{ClientRequestId{7, 2, 99}, 4, 9, ChunkId{0x2a, 17}, 0, {}};
