@@ -100,14 +100,19 @@ struct BlockClass {
   std::vector<bool> used;      // guarded by mutex; used[b] == (b is referenced or being written)
 };
 
-// CRC32C of a version's prefix [0, length): the whole CRC and one per crc segment (last may be partial).
+// CRC32C of a version's prefix [0, length): one per crc segment (last may be partial) and the whole CRC.
+// append() reads the bytes once, for the segment CRCs; fold_whole() derives the whole CRC from them
+// (crc32c_fold: ~5 ns per segment; extending the whole CRC over the bytes as well was a second pass,
+// ~half the CRC time of a 1 MiB write).
 struct CrcState {
   uint64_t length = 0;
-  uint32_t whole = 0;
+  uint32_t whole = 0;  // valid after fold_whole() (or when set with segments that match it)
   std::vector<uint32_t> segments;
 
+  void fold_whole(uint64_t segment_bytes) {
+    whole = segments.empty() ? 0 : crc32c_fold(segments, segment_bytes, length - (segments.size() - 1) * segment_bytes);
+  }
   void append(std::span<const std::byte> bytes, uint64_t segment_bytes) {
-    whole = crc32c_extend(whole, bytes);
     while (!bytes.empty()) {
       const uint64_t in_segment = length % segment_bytes;
       const uint64_t take = std::min<uint64_t>(segment_bytes - in_segment, bytes.size());
@@ -575,6 +580,7 @@ struct ChunkEngine::Impl {
       write_bytes.fetch_add(aligned_end - piece_start, std::memory_order_relaxed);
       count_data_write();
     }
+    crc.fold_whole(options.crc_segment_bytes);
     return sync_data_file(target);
   }
 
