@@ -59,6 +59,9 @@ int main(int argc, char** argv) {
   app.add_option("--read-split-bytes", read_split_bytes, "chunk reads longer than this are split (0: off)");
   bool no_local_reads = false;
   app.add_flag("--no-local-reads", no_local_reads, "read every chunk over RPC (FileClientConfig::local_reads off)");
+  bool no_read_ahead = false;
+  app.add_flag("--no-read-ahead", no_read_ahead,
+               "sequential reads do not read ahead (FileClientConfig::read_ahead off)");
   CLI11_PARSE(app, argc, argv);
 
   ff::fs::FileClientConfig client_config;
@@ -66,6 +69,7 @@ int main(int argc, char** argv) {
   client_config.max_parallel_chunks = max_parallel_chunks;
   client_config.read_split_bytes = read_split_bytes;
   client_config.local_reads = !no_local_reads;
+  client_config.read_ahead = !no_read_ahead;
   client_config.rpc_timeout_ms = 30'000;
   client_config.op_timeout_ms = 120'000;
   ff::fs::EmbeddedFsConfig fs_config;
@@ -120,6 +124,7 @@ int main(int argc, char** argv) {
           std::atomic<uint64_t> ios{0}, errors{0};
           std::atomic<bool> stop{false};
           std::vector<std::thread> threads;
+          const ff::fs::StorageClient::LocalReadCounts counts_before = client.local_read_counts();
           auto start = std::chrono::steady_clock::now();
           for (int t = 0; t < parallel; ++t) {
             threads.emplace_back([&, t] {
@@ -143,15 +148,20 @@ int main(int argc, char** argv) {
           stop = true;
           for (auto& thread : threads) thread.join();
           double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-          nlohmann::json line = {{"op", op},
-                                 {"pattern", pattern},
-                                 {"block_bytes", block},
-                                 {"parallel", parallel},
-                                 {"ios", ios.load()},
-                                 {"errors", errors.load()},
-                                 {"seconds", elapsed},
-                                 {"MB_per_s", ios.load() * block / elapsed / 1e6},
-                                 {"avg_latency_ms", ios.load() ? elapsed * parallel / ios.load() * 1e3 : 0.0}};
+          const ff::fs::StorageClient::LocalReadCounts counts = client.local_read_counts();
+          nlohmann::json line = {
+              {"op", op},
+              {"local_reads", counts.served - counts_before.served},
+              {"local_reads_read_before_answer", counts.read_before_answer - counts_before.read_before_answer},
+              {"local_reads_read_ahead", counts.read_ahead - counts_before.read_ahead},
+              {"pattern", pattern},
+              {"block_bytes", block},
+              {"parallel", parallel},
+              {"ios", ios.load()},
+              {"errors", errors.load()},
+              {"seconds", elapsed},
+              {"MB_per_s", ios.load() * block / elapsed / 1e6},
+              {"avg_latency_ms", ios.load() ? elapsed * parallel / ios.load() * 1e3 : 0.0}};
           std::printf("%s\n", line.dump().c_str());
           std::fflush(stdout);
         }

@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--machine", default="cpu")
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-local-reads", action="store_true", help="read every chunk over RPC (A/B of local reads)")
+    parser.add_argument("--no-read-ahead", action="store_true", help="sequential reads do not read ahead (A/B)")
     args = parser.parse_args()
     build = REPO / args.build_dir
     bench_bin = build / "bench-tools" / "fs_bench_client"
@@ -60,7 +61,8 @@ def main() -> None:
             [str(bench_bin), "--mgmtd", cluster.mgmtd_address, "--meta-db", str(cluster.dir / "meta"),
              "--file-mb", str(args.file_mb), "--seconds", str(args.seconds), "--ops", args.ops,
              "--patterns", args.patterns, "--blocks", args.blocks, "--parallelism", args.parallelism]
-            + (["--no-local-reads"] if args.no_local_reads else []),
+            + (["--no-local-reads"] if args.no_local_reads else [])
+            + (["--no-read-ahead"] if args.no_read_ahead else []),
             capture_output=True, text=True, timeout=3600)
         print(run.stderr.strip(), file=sys.stderr)
         if run.returncode != 0:

@@ -143,7 +143,9 @@ class Client:
 
     def local_read_counts(self) -> dict:
         """Local reads so far: {"served": reads served from a target's file on this host, "fallbacks": local
-        answers read over the network after all (a CRC differed, the file was unusable)}."""
+        answers read over the network after all (a CRC differed, the file was unusable), "read_before_answer":
+        of "served", bytes read while the request was on its way, "read_ahead": of those, bytes read ahead by
+        a sequential reader before the read was asked for}."""
         return dict(self._native.local_read_counts())
 
     # ---- lifetime

@@ -79,6 +79,15 @@ class StorageClient {
   // the target's file on this host (its completion then runs on an offload thread).
   void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
             Callback<ReadRsp> done, bool accept_pieces = false);
+  // Read-ahead for a read of [offset, offset + length) of chunk expected soon (a sequential reader's next
+  // range): reads the bytes from a target's file on this host, where the last answer for that range said
+  // they lie, or else where a target of this host (one that answered a local read before; otherwise
+  // nothing is done) answers that they lie now. The read of that range then sends its own
+  // request as always and keeps these bytes only if the answer names the same place and every segment's
+  // CRC matches (as read_before_answer), so it returns what is committed when it is answered. At most
+  // kMaxReadAheads ranges are held; fire and forget; local reads with read_before_answer only.
+  void read_ahead(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length);
+  static constexpr size_t kMaxReadAheads = 32;
   // Batches: each item is retried independently; results in request order.
   void batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done);
   void batch_read(std::vector<ReadReq> reads, Callback<std::vector<ReadResult>> done);
@@ -95,6 +104,7 @@ class StorageClient {
     uint64_t served = 0;     // reads served from a target's file on this host
     uint64_t fallbacks = 0;  // local answers read over RPC after all (a CRC differed, the file was unusable)
     uint64_t read_before_answer = 0;  // of `served`, read before the answer came (read_before_answer)
+    uint64_t read_ahead = 0;          // of `read_before_answer`, read by read_ahead() before the read was asked for
   };
   LocalReadCounts local_read_counts() const;
 

@@ -59,6 +59,10 @@ struct FileClientConfig {
   // `local_read_threads` threads of the client's own executor (connect()).
   bool local_reads = true;
   uint32_t local_read_threads = 32;
+  // With local reads: a read that continues the handle's previous read also reads the next range of the same
+  // length ahead, from the targets' files on this host (StorageClient::read_ahead); the next read keeps those
+  // bytes only if its own answer names the same place and every CRC matches (docs/fs-client.md, "Read-ahead").
+  bool read_ahead = true;
   // Closes of handles that wrote nothing (nothing for meta to settle but the session) return at once; a thread of
   // the client sends them to meta in batches (MetaApi::close_batch: one round trip and one transaction for all
   // closes queued meanwhile). Until sent, meta still counts the session open: an unlinked file's inode lives on

@@ -266,6 +266,8 @@ class PyClient {
     nb::dict out;
     out["served"] = counts.served;
     out["fallbacks"] = counts.fallbacks;
+    out["read_before_answer"] = counts.read_before_answer;
+    out["read_ahead"] = counts.read_ahead;
     return out;
   }
 

@@ -151,6 +151,7 @@ struct OpenHandle {
   std::shared_ptr<InodeState> state;
   std::mutex mutex;          // guards written_end
   uint64_t written_end = 0;  // end of this handle's acknowledged writes (close's length hint)
+  std::atomic<uint64_t> read_end{0};  // end of this handle's last read (sequential reads read ahead)
 };
 
 }  // namespace
@@ -443,7 +444,7 @@ struct FileClient::Impl {
   std::vector<Result<size_t>> read_ranges(std::span<const ReadRange> ops, const ReadSink& sink) {
     std::vector<Result<size_t>> results(ops.size(), Result<size_t>(size_t{0}));
     std::vector<std::shared_ptr<OpenHandle>> op_handles(ops.size());
-    std::vector<ChunkTask> tasks;
+    std::vector<ChunkTask> tasks, next_tasks;
     for (size_t i = 0; i < ops.size(); ++i) {
       const ReadRange& op = ops[i];
       auto handle = find(op.handle);
@@ -478,6 +479,13 @@ struct FileClient::Impl {
       results[i] = static_cast<size_t>(length);
       op_handles[i] = *handle;
       split(layout, (*handle)->inode, i, op.offset, length, tasks, config.read_split_bytes);
+      // A read that continues the last one: read the next range of this length ahead.
+      const uint64_t read_end = op.offset + length;
+      if (config.local_reads && config.read_ahead && length > 0 &&
+          (*handle)->read_end.exchange(read_end, std::memory_order_relaxed) == op.offset && read_end < eof) {
+        split(layout, (*handle)->inode, i, read_end, std::min<uint64_t>(length, eof - read_end), next_tasks,
+              config.read_split_bytes);
+      }
     }
     StorageClient* storage_client = storage.get();
     run_pipeline(
@@ -497,6 +505,14 @@ struct FileClient::Impl {
                 },
                 /*accept_pieces=*/true);
           });
+          // After the last of this read's chunk I/Os: the next range, read ahead while this read runs.
+          if (t + 1 == tasks.size() && !next_tasks.empty()) {
+            executor->post([storage_client, next = std::move(next_tasks)] {
+              for (const ChunkTask& task : next) {
+                storage_client->read_ahead(task.chain, task.chunk, task.chunk_offset, task.length);
+              }
+            });
+          }
         },
         [&](ChunkDone& done) {
           const ChunkTask& task = tasks[done.task];

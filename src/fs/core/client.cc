@@ -5,8 +5,8 @@
 #include <map>
 #include <mutex>
 #include <optional>
-#include <tuple>
 #include <set>
+#include <tuple>
 #include <utility>
 
 #include "ff/common/assert.h"
@@ -62,15 +62,41 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::atomic<bool> local_reads_off{false};
 
   // Where the last answers said the bytes of a (target, chunk, offset, length) read lie, for reading
-  // before the answer (bounded: cleared when full).
+  // before the answer (bounded: cleared when full), and which target answered for a (chunk, offset,
+  // length), so the next read of that range asks the same target (another target's bytes lie elsewhere).
   using ExtentKey = std::tuple<TargetId, ChunkId, uint64_t, uint64_t>;
+  using RangeKey = std::tuple<ChunkId, uint64_t, uint64_t>;
   static constexpr size_t kMaxRememberedExtents = 4096;
   std::mutex extents_mutex;
   std::map<ExtentKey, LocalExtent> last_extents;  // guarded by extents_mutex
-  std::atomic<uint64_t> early_reads{0};
+  std::map<RangeKey, TargetId> extent_targets;    // guarded by extents_mutex
+  std::set<TargetId> local_targets;               // guarded by extents_mutex: targets that answered locally
+  std::atomic<uint64_t> early_reads{0}, read_ahead_used{0};
   struct EarlyRead;
+  // Bytes read_ahead() read for an expected read, by the key that read will have (bounded: cleared when
+  // full); a read takes its entry.
+  std::map<ExtentKey, std::shared_ptr<EarlyRead>> read_aheads;  // guarded by extents_mutex
+  std::shared_ptr<EarlyRead> take_read_ahead(const ExtentKey& key);
+  // Reads extent's bytes on an offload thread for the read that will have `key` (any thread).
+  void start_read_ahead(const ExtentKey& key, const LocalExtent& extent);
   std::optional<LocalExtent> last_extent(const ExtentKey& key);
   void remember_extent(const ExtentKey& key, const LocalExtent& extent);
+  // The target whose answer for this range is remembered, when it still serves the chain (executor thread).
+  std::optional<TargetId> remembered_reader(ChainId chain_id, const RangeKey& range);
+  // The target this range was read ahead from, when it still serves the chain (executor thread).
+  std::optional<TargetId> read_ahead_target(ChainId chain_id, const RangeKey& range);
+  bool serves(ChainId chain_id, TargetId target) const {
+    const ChainInfo* chain = routing.chain(chain_id);
+    if (chain == nullptr) return false;
+    for (TargetId serving : chain->serving()) {
+      if (serving == target) return true;
+    }
+    return false;
+  }
+  bool wants_local(uint64_t length, bool accept_pieces) const {
+    return accept_pieces && config.local_reads && length >= config.local_read_min_bytes &&
+           !local_reads_off.load(std::memory_order_relaxed);
+  }
 
   // Sends one read attempt to `address`; a local answer (ReadRsp::local) is read from the file here.
   void send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
@@ -251,7 +277,12 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
         // After repeated dirty answers, ask the tail: in CRAQ it commits first, so its committed
         // version is the latest committed one (relaxed there returns exactly that).
         bool tail = *dirty_seen >= state->config.dirty_retries_before_tail;
-        Result<TargetId> target = state->pick_reader(chain, tail);
+        // A range read ahead asks the target whose file the bytes were read from (another's lie elsewhere).
+        std::optional<TargetId> ahead;
+        if (!tail && state->config.read_before_answer && state->wants_local(length, accept_pieces)) {
+          ahead = state->read_ahead_target(chain, State::RangeKey{chunk, offset, length});
+        }
+        Result<TargetId> target = ahead ? Result<TargetId>(*ahead) : state->pick_reader(chain, tail);
         if (!target.is_ok()) return attempt_done(target.status());
         Result<std::string> address = state->address(*target);
         if (!address.is_ok()) return attempt_done(address.status());
@@ -259,10 +290,7 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
         ReadReq req{.chain = chain, .chain_version = state->routing.chain(chain)->version, .target = *target, .chunk = chunk,
                     .offset = offset, .length = length, .mode = tail ? ReadMode::kRelaxed : mode,
                     .accept_pieces = accept_pieces};
-        if (accept_pieces && state->config.local_reads && length >= state->config.local_read_min_bytes &&
-            !state->local_reads_off.load(std::memory_order_relaxed)) {
-          req.local_host = this_host_id();
-        }
+        if (state->wants_local(length, accept_pieces)) req.local_host = this_host_id();
         state->send_read(*address, std::move(req), dirty_seen, std::move(attempt_done));
       },
       std::move(done));
@@ -297,6 +325,57 @@ struct StorageClient::State::EarlyRead {
   }
 };
 
+void StorageClient::read_ahead(ChainId chain_id, const ChunkId& chunk, uint64_t offset, uint64_t length) {
+  auto state = state_;
+  if (!state->config.read_before_answer || !state->wants_local(length, /*accept_pieces=*/true)) return;
+  // Where the bytes lay at the last answer for this range: read there (no request now; the read checks).
+  if (std::optional<TargetId> known = state->remembered_reader(chain_id, State::RangeKey{chunk, offset, length})) {
+    const State::ExtentKey key{*known, chunk, offset, length};
+    if (std::optional<LocalExtent> extent = state->last_extent(key)) return state->start_read_ahead(key, *extent);
+  }
+  const ChainInfo* chain = state->routing.chain(chain_id);
+  if (chain == nullptr) return;
+  // Else ask a target that answered locally before (another would answer with the bytes themselves).
+  std::vector<TargetId> candidates;
+  {
+    std::lock_guard lock(state->extents_mutex);
+    for (TargetId target : chain->serving()) {
+      if (state->local_targets.contains(target)) candidates.push_back(target);
+    }
+  }
+  if (candidates.empty()) return;
+  const TargetId target = candidates[state->spread++ % candidates.size()];
+  Result<std::string> address = state->address(target);
+  if (!address.is_ok()) return;
+  ReadReq req{.chain = chain_id,
+              .chain_version = chain->version,
+              .target = target,
+              .chunk = chunk,
+              .offset = offset,
+              .length = length,
+              .mode = ReadMode::kStrict,
+              .local_host = this_host_id(),
+              .accept_pieces = true};
+  const State::ExtentKey key{target, chunk, offset, length};
+  state->rpc.call(*address, Request{std::move(req)}, state->attempt_timeout(), [state, key](Result<Response> response) {
+    Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+    // Anything but a local answer (an error, dirty, bytes after all) is simply dropped.
+    if (!rsp.is_ok() || !rsp->local) return;
+    state->remember_extent(key, *rsp->local);
+    state->start_read_ahead(key, *rsp->local);
+  });
+}
+
+void StorageClient::State::start_read_ahead(const ExtentKey& key, const LocalExtent& extent) {
+  auto early = std::make_shared<EarlyRead>();
+  {
+    std::lock_guard lock(extents_mutex);
+    if (read_aheads.size() >= kMaxReadAheads) read_aheads.clear();
+    read_aheads[key] = early;
+  }
+  executor.offload([early, extent] { early->finish(read_local_bytes(extent)); }, {});
+}
+
 std::optional<LocalExtent> StorageClient::State::last_extent(const ExtentKey& key) {
   std::lock_guard lock(extents_mutex);
   auto found = last_extents.find(key);
@@ -307,8 +386,51 @@ std::optional<LocalExtent> StorageClient::State::last_extent(const ExtentKey& ke
 void StorageClient::State::remember_extent(const ExtentKey& key, const LocalExtent& extent) {
   std::lock_guard lock(extents_mutex);
   // A bound: forget everything at once when full (the next answers refill it).
-  if (last_extents.size() >= kMaxRememberedExtents && !last_extents.contains(key)) last_extents.clear();
+  if (last_extents.size() >= kMaxRememberedExtents && !last_extents.contains(key)) {
+    last_extents.clear();
+    extent_targets.clear();
+  }
+  const auto& [target, chunk, offset, length] = key;
   last_extents[key] = extent;
+  extent_targets[RangeKey{chunk, offset, length}] = target;
+  local_targets.insert(target);
+}
+
+std::shared_ptr<StorageClient::State::EarlyRead> StorageClient::State::take_read_ahead(const ExtentKey& key) {
+  std::lock_guard lock(extents_mutex);
+  auto found = read_aheads.find(key);
+  if (found == read_aheads.end()) return nullptr;
+  std::shared_ptr<EarlyRead> early = std::move(found->second);
+  read_aheads.erase(found);
+  return early;
+}
+
+std::optional<TargetId> StorageClient::State::remembered_reader(ChainId chain_id, const RangeKey& range) {
+  TargetId target = 0;
+  {
+    std::lock_guard lock(extents_mutex);
+    auto found = extent_targets.find(range);
+    if (found == extent_targets.end()) return std::nullopt;
+    target = found->second;
+  }
+  if (!serves(chain_id, target)) return std::nullopt;
+  return target;
+}
+
+std::optional<TargetId> StorageClient::State::read_ahead_target(ChainId chain_id, const RangeKey& range) {
+  std::optional<TargetId> found;
+  {
+    std::lock_guard lock(extents_mutex);
+    for (const auto& [key, early] : read_aheads) {  // at most kMaxReadAheads
+      const auto& [target, chunk, offset, length] = key;
+      if (RangeKey{chunk, offset, length} == range) {
+        found = target;
+        break;
+      }
+    }
+  }
+  if (!found || !serves(chain_id, *found)) return std::nullopt;
+  return found;
 }
 
 void StorageClient::State::send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
@@ -316,15 +438,20 @@ void StorageClient::State::send_read(const std::string& address, ReadReq req, st
   auto self = shared_from_this();
   const ExtentKey key{req.target, req.chunk, req.offset, req.length};
   std::shared_ptr<EarlyRead> early;
+  bool read_ahead = false;
   if (!req.local_host.empty() && config.read_before_answer) {
-    if (std::optional<LocalExtent> guess = last_extent(key)) {
-      early = std::make_shared<EarlyRead>();
-      executor.offload([early, guess = std::move(*guess)] { early->finish(read_local_bytes(guess)); }, {});
+    early = take_read_ahead(key);
+    read_ahead = early != nullptr;
+    if (!early) {
+      if (std::optional<LocalExtent> guess = last_extent(key)) {
+        early = std::make_shared<EarlyRead>();
+        executor.offload([early, guess = std::move(*guess)] { early->finish(read_local_bytes(guess)); }, {});
+      }
     }
   }
   // Completes on the executor, or for a successful read with accept_pieces on gRPC's thread.
   rpc.call(address, Request{req}, attempt_timeout(),
-           [self, address, req, key, early, attempt_done, dirty_seen](Result<Response> response) mutable {
+           [self, address, req, key, early, read_ahead, attempt_done, dirty_seen](Result<Response> response) mutable {
              Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
              if (!rsp.is_ok()) {
                if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
@@ -337,12 +464,13 @@ void StorageClient::State::send_read(const std::string& address, ReadReq req, st
              self->remember_extent(key, *rsp->local);
              if (early) {
                // Keep the early bytes if the answer names the place they were read from and every CRC matches.
-               early->when_done([self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done,
-                                 dirty_seen](Result<LocalBytes>& bytes) mutable {
+               early->when_done([self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done, dirty_seen,
+                                 read_ahead](Result<LocalBytes>& bytes) mutable {
                  Result<SharedBytes> answer =
                      bytes.is_ok() ? bytes->answer(*rsp.local) : Result<SharedBytes>(bytes.status());
                  if (answer.is_ok()) {
                    self->early_reads.fetch_add(1, std::memory_order_relaxed);
+                   if (read_ahead) self->read_ahead_used.fetch_add(1, std::memory_order_relaxed);
                    return self->complete_local(std::move(rsp), std::move(*answer), attempt_done);
                  }
                  self->read_local(address, std::move(req), std::move(rsp), dirty_seen, std::move(attempt_done));
@@ -460,7 +588,8 @@ StorageClient::Stats StorageClient::stats() const { return state_->stats; }
 StorageClient::LocalReadCounts StorageClient::local_read_counts() const {
   return LocalReadCounts{.served = state_->local_reads.load(std::memory_order_relaxed),
                          .fallbacks = state_->local_read_fallbacks.load(std::memory_order_relaxed),
-                         .read_before_answer = state_->early_reads.load(std::memory_order_relaxed)};
+                         .read_before_answer = state_->early_reads.load(std::memory_order_relaxed),
+                         .read_ahead = state_->read_ahead_used.load(std::memory_order_relaxed)};
 }
 
 }  // namespace ff::fs

@@ -276,6 +276,46 @@ TEST_F(LocalReadClusterTest, ReadsBeforeTheAnswerKeepOnlyBytesOfTheCommittedVers
   }
 }
 
+TEST_F(LocalReadClusterTest, BytesReadAheadServeTheNextReadOnlyWhileTheyAreCommitted) {
+  const ChunkId chunk{24, 0};
+  auto data = testing::pattern_bytes(131'072, 12);
+  write(chunk, data);
+  const ChainId chain = cluster_->chains().front();
+  const auto read_ahead = [&] {
+    auto posted = on_executor<int>(cluster_->client_executor(), [&](auto done) {
+      client_->read_ahead(chain, chunk, 0, UINT64_MAX);
+      done(0);
+    });
+    ASSERT_TRUE(posted.is_ok()) << posted.status();
+  };
+  // Nothing is known yet (no target answered locally): nothing is read ahead.
+  read_ahead();
+  expect_whole_chunk_reads(chunk, data, 1);
+  EXPECT_EQ(client_->local_read_counts().read_ahead, 0u);
+  // Now the range's place is known: its bytes are read ahead, and the next read of it keeps them.
+  read_ahead();
+  expect_whole_chunk_reads(chunk, data, 1);
+  EXPECT_EQ(client_->local_read_counts().read_ahead, 1u);
+  // Bytes read ahead before a write are not returned after it: a full write moves the chunk, a small one
+  // lands in place (later) or as a patch; either way the read returns the latest committed bytes.
+  for (int round = 0; round < 4; ++round) {
+    SCOPED_TRACE(fmt::format("round {}", round));
+    read_ahead();
+    if (round % 2 == 0) {
+      data = testing::pattern_bytes(131'072, 40 + round);
+      write(chunk, data);
+    } else {
+      const auto patch = testing::pattern_bytes(100, 50 + round);
+      std::copy(patch.begin(), patch.end(), data.begin() + 7000 * round);
+      auto written = on_executor<WriteRsp>(cluster_->client_executor(),
+                                           [&](auto done) { client_->write(chain, chunk, 7000 * round, patch, done); });
+      ASSERT_TRUE(written.is_ok()) << written.status();
+    }
+    expect_whole_chunk_reads(chunk, data, 1);
+  }
+  EXPECT_EQ(client_->local_read_counts().fallbacks, 0u);
+}
+
 TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
   const ChunkId chunk{22, 0};
   const auto data = testing::pattern_bytes(131'072, 8);
@@ -336,6 +376,49 @@ TEST(LocalReadFileClientTest, FileReadsComeFromTheFilesAndMatch) {
       EXPECT_GE(counts.served, 5u + 2u);
     } else {
       EXPECT_EQ(counts.served, 0u);
+    }
+    EXPECT_EQ(counts.fallbacks, 0u);
+    ASSERT_TRUE((*client)->close(*fh).is_ok());
+  }
+}
+
+TEST(LocalReadFileClientTest, SequentialReadsReadAhead) {
+  TempDir dir;
+  for (bool read_ahead : {true, false}) {
+    SCOPED_TRACE(read_ahead ? "read-ahead" : "no read-ahead");
+    testing::InProcessClusterOptions options;
+    options.chunk_size = 64 << 10;
+    options.engine_root = dir.path() + (read_ahead ? "/on" : "/off");
+    options.client.local_reads = true;
+    options.client.read_ahead = read_ahead;
+    auto cluster = testing::InProcessCluster::start(options);
+    ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+    auto client = (*cluster)->make_client();
+    ASSERT_TRUE(client.is_ok()) << client.status();
+    auto fh = (*client)->create(meta::Caller{}, meta::kRootInode, "f", 0644, meta::kOpenRead | meta::kOpenWrite);
+    ASSERT_TRUE(fh.is_ok()) << fh.status();
+    constexpr size_t kChunks = 12;
+    const auto data = testing::pattern_bytes(kChunks * (64 << 10), 13);
+    ASSERT_TRUE((*client)->write(*fh, 0, data).is_ok());
+    // Two passes of chunk-sized reads front to back: the first learns where each chunk lies (read-ahead asks
+    // targets as it goes), the second reads each next chunk ahead from the place it learnt.
+    std::vector<std::byte> out(64 << 10);
+    for (int pass = 0; pass < 2; ++pass) {
+      for (size_t i = 0; i < kChunks; ++i) {
+        auto n = (*client)->read(*fh, i * out.size(), out);
+        ASSERT_TRUE(n.is_ok()) << n.status();
+        ASSERT_EQ(*n, out.size());
+        ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * out.size()))
+            << "pass " << pass << " chunk " << i;
+      }
+    }
+    const auto counts = (*client)->local_read_counts();
+    EXPECT_EQ(counts.served, 2 * kChunks);
+    if (read_ahead) {
+      // Every read of the second pass but its first (which does not continue the last read) was read ahead.
+      EXPECT_GE(counts.read_ahead, kChunks - 1);
+    } else {
+      EXPECT_EQ(counts.read_ahead, 0u);
     }
     EXPECT_EQ(counts.fallbacks, 0u);
     ASSERT_TRUE((*client)->close(*fh).is_ok());

@@ -193,7 +193,8 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
 #ifdef FF_FUSE_HAVE_FILE_CLIENT
           if (client != nullptr) {
             const StorageClient::LocalReadCounts local = client->local_read_counts();
-            line += fmt::format(" local_reads={} local_read_fallbacks={}", local.served, local.fallbacks);
+            line += fmt::format(" local_reads={} local_read_fallbacks={} read_ahead={}", local.served, local.fallbacks,
+                                local.read_ahead);
             const FileClient::CloseCounts closes = client->close_counts();
             line += fmt::format(" background_closes={} close_batches={} close_failures={}", closes.queued,
                                 closes.batches, closes.failed);
