@@ -85,9 +85,10 @@ class StorageClient {
   // nothing is done) answers that they lie now. The read of that range then sends its own
   // request as always and keeps these bytes only if the answer names the same place and every segment's
   // CRC matches (as read_before_answer), so it returns what is committed when it is answered. At most
-  // kMaxReadAheads ranges are held; fire and forget; local reads with read_before_answer only.
+  // kMaxReadAheads ranges are held (the oldest is dropped first); fire and forget; local reads with
+  // read_before_answer only.
   void read_ahead(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length);
-  static constexpr size_t kMaxReadAheads = 32;
+  static constexpr size_t kMaxReadAheads = 64;
   // Batches: each item is retried independently; results in request order.
   void batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done);
   void batch_read(std::vector<ReadReq> reads, Callback<std::vector<ReadResult>> done);

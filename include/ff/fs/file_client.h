@@ -63,6 +63,9 @@ struct FileClientConfig {
   // length ahead, from the targets' files on this host (StorageClient::read_ahead); the next read keeps those
   // bytes only if its own answer names the same place and every CRC matches (docs/fs-client.md, "Read-ahead").
   bool read_ahead = true;
+  // Reads longer than this read nothing ahead (they keep many chunk I/Os in flight already, and their next
+  // range would crowd out other handles' read-ahead: StorageClient::kMaxReadAheads ranges in all).
+  uint64_t read_ahead_max_bytes = 8ull << 20;
   // Closes of handles that wrote nothing (nothing for meta to settle but the session) return at once; a thread of
   // the client sends them to meta in batches (MetaApi::close_batch: one round trip and one transaction for all
   // closes queued meanwhile). Until sent, meta still counts the session open: an unlinked file's inode lives on

@@ -481,7 +481,7 @@ struct FileClient::Impl {
       split(layout, (*handle)->inode, i, op.offset, length, tasks, config.read_split_bytes);
       // A read that continues the last one: read the next range of this length ahead.
       const uint64_t read_end = op.offset + length;
-      if (config.local_reads && config.read_ahead && length > 0 &&
+      if (config.local_reads && config.read_ahead && length > 0 && length <= config.read_ahead_max_bytes &&
           (*handle)->read_end.exchange(read_end, std::memory_order_relaxed) == op.offset && read_end < eof) {
         split(layout, (*handle)->inode, i, read_end, std::min<uint64_t>(length, eof - read_end), next_tasks,
               config.read_split_bytes);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <list>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -75,7 +76,12 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   struct EarlyRead;
   // Bytes read_ahead() read for an expected read, by the key that read will have (bounded: cleared when
   // full); a read takes its entry.
-  std::map<ExtentKey, std::shared_ptr<EarlyRead>> read_aheads;  // guarded by extents_mutex
+  struct ReadAhead {
+    std::shared_ptr<EarlyRead> early;
+    std::list<ExtentKey>::iterator age;  // its place in read_ahead_ages
+  };
+  std::map<ExtentKey, ReadAhead> read_aheads;  // guarded by extents_mutex
+  std::list<ExtentKey> read_ahead_ages;        // guarded by extents_mutex: oldest first, dropped first when full
   std::shared_ptr<EarlyRead> take_read_ahead(const ExtentKey& key);
   // Reads extent's bytes on an offload thread for the read that will have `key` (any thread).
   void start_read_ahead(const ExtentKey& key, const LocalExtent& extent);
@@ -370,8 +376,16 @@ void StorageClient::State::start_read_ahead(const ExtentKey& key, const LocalExt
   auto early = std::make_shared<EarlyRead>();
   {
     std::lock_guard lock(extents_mutex);
-    if (read_aheads.size() >= kMaxReadAheads) read_aheads.clear();
-    read_aheads[key] = early;
+    auto found = read_aheads.find(key);
+    if (found != read_aheads.end()) {
+      read_ahead_ages.erase(found->second.age);
+      read_aheads.erase(found);
+    }
+    if (read_aheads.size() >= kMaxReadAheads) {  // the oldest is the least likely to be read still
+      read_aheads.erase(read_ahead_ages.front());
+      read_ahead_ages.pop_front();
+    }
+    read_aheads.emplace(key, ReadAhead{early, read_ahead_ages.insert(read_ahead_ages.end(), key)});
   }
   executor.offload([early, extent] { early->finish(read_local_bytes(extent)); }, {});
 }
@@ -400,7 +414,8 @@ std::shared_ptr<StorageClient::State::EarlyRead> StorageClient::State::take_read
   std::lock_guard lock(extents_mutex);
   auto found = read_aheads.find(key);
   if (found == read_aheads.end()) return nullptr;
-  std::shared_ptr<EarlyRead> early = std::move(found->second);
+  std::shared_ptr<EarlyRead> early = std::move(found->second.early);
+  read_ahead_ages.erase(found->second.age);
   read_aheads.erase(found);
   return early;
 }
@@ -421,7 +436,7 @@ std::optional<TargetId> StorageClient::State::read_ahead_target(ChainId chain_id
   std::optional<TargetId> found;
   {
     std::lock_guard lock(extents_mutex);
-    for (const auto& [key, early] : read_aheads) {  // at most kMaxReadAheads
+    for (const auto& [key, held] : read_aheads) {  // at most kMaxReadAheads
       const auto& [target, chunk, offset, length] = key;
       if (RangeKey{chunk, offset, length} == range) {
         found = target;

@@ -316,6 +316,31 @@ TEST_F(LocalReadClusterTest, BytesReadAheadServeTheNextReadOnlyWhileTheyAreCommi
   EXPECT_EQ(client_->local_read_counts().fallbacks, 0u);
 }
 
+TEST_F(LocalReadClusterTest, ReadAheadHoldsABoundedNumberOfRangesDroppingTheOldest) {
+  const ChainId chain = cluster_->chains().front();
+  constexpr uint64_t kChunks = StorageClient::kMaxReadAheads + 2;
+  std::vector<std::vector<std::byte>> data;
+  for (uint64_t i = 0; i < kChunks; ++i) {
+    data.push_back(testing::pattern_bytes(64 << 10, 100 + i));
+    write(ChunkId{25, i}, data.back());
+    expect_whole_chunk_reads(ChunkId{25, i}, data.back(), 1);  // learns where it lies
+  }
+  auto posted = on_executor<int>(cluster_->client_executor(), [&](auto done) {
+    for (uint64_t i = 0; i < kChunks; ++i) client_->read_ahead(chain, ChunkId{25, i}, 0, UINT64_MAX);
+    done(0);
+  });
+  ASSERT_TRUE(posted.is_ok()) << posted.status();
+  // The two oldest were dropped to keep kMaxReadAheads; the rest, the oldest of them included, are held.
+  const uint64_t before = client_->local_read_counts().read_ahead;
+  expect_whole_chunk_reads(ChunkId{25, 0}, data[0], 1);
+  expect_whole_chunk_reads(ChunkId{25, 1}, data[1], 1);
+  EXPECT_EQ(client_->local_read_counts().read_ahead, before);
+  expect_whole_chunk_reads(ChunkId{25, 2}, data[2], 1);
+  EXPECT_EQ(client_->local_read_counts().read_ahead, before + 1);
+  expect_whole_chunk_reads(ChunkId{25, kChunks - 1}, data.back(), 1);
+  EXPECT_EQ(client_->local_read_counts().read_ahead, before + 2);
+}
+
 TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
   const ChunkId chunk{22, 0};
   const auto data = testing::pattern_bytes(131'072, 8);
@@ -342,43 +367,62 @@ TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
   EXPECT_EQ(repaired->data, data);
 }
 
+// An in-process cluster in 64 KiB chunks and a FileClient on it (client_config) with the file "f" open to read
+// and write.
+struct OneFileCluster {
+  std::unique_ptr<testing::InProcessCluster> cluster;
+  std::unique_ptr<FileClient> client;
+  FileHandle fh = 0;
+};
+void start_one_file_cluster(const std::string& root, const FileClientConfig& client_config, OneFileCluster* out) {
+  testing::InProcessClusterOptions options;
+  options.chunk_size = 64 << 10;
+  options.engine_root = root;
+  options.client = client_config;
+  auto cluster = testing::InProcessCluster::start(options);
+  ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+  out->cluster = std::move(*cluster);
+  auto client = out->cluster->make_client();
+  ASSERT_TRUE(client.is_ok()) << client.status();
+  out->client = std::move(*client);
+  auto fh = out->client->create(meta::Caller{}, meta::kRootInode, "f", 0644, meta::kOpenRead | meta::kOpenWrite);
+  ASSERT_TRUE(fh.is_ok()) << fh.status();
+  out->fh = *fh;
+}
+
 TEST(LocalReadFileClientTest, FileReadsComeFromTheFilesAndMatch) {
   TempDir dir;
   for (bool local : {true, false}) {
     SCOPED_TRACE(local ? "local reads" : "over RPC");
-    testing::InProcessClusterOptions options;
-    options.chunk_size = 64 << 10;
-    options.engine_root = dir.path() + (local ? "/local" : "/rpc");
-    options.client.local_reads = local;
-    auto cluster = testing::InProcessCluster::start(options);
-    ASSERT_TRUE(cluster.is_ok()) << cluster.status();
-    auto client = (*cluster)->make_client();
-    ASSERT_TRUE(client.is_ok()) << client.status();
-    auto fh = (*client)->create(meta::Caller{}, meta::kRootInode, "f", 0644, meta::kOpenRead | meta::kOpenWrite);
-    ASSERT_TRUE(fh.is_ok()) << fh.status();
+    FileClientConfig config;
+    config.local_reads = local;
+    OneFileCluster one;
+    ASSERT_NO_FATAL_FAILURE(start_one_file_cluster(dir.path() + (local ? "/local" : "/rpc"), config, &one));
+    FileClient& client = *one.client;
+    const FileHandle fh = one.fh;
     const auto data = testing::pattern_bytes(300'000, 9);  // five chunks, the last short
-    auto written = (*client)->write(*fh, 0, data);
+    auto written = client.write(fh, 0, data);
     ASSERT_TRUE(written.is_ok()) << written.status();
     std::vector<std::byte> out(data.size() + 100);
-    auto n = (*client)->read(*fh, 0, out);
+    auto n = client.read(fh, 0, out);
     ASSERT_TRUE(n.is_ok()) << n.status();
     ASSERT_EQ(*n, data.size());
     out.resize(*n);
     EXPECT_EQ(out, data);
-    auto pieces = (*client)->read_pieces(*fh, 70'000, 100'000);
+    auto pieces = client.read_pieces(fh, 70'000, 100'000);
     ASSERT_TRUE(pieces.is_ok()) << pieces.status();
     std::vector<std::byte> joined;
     for (const SharedBytes& piece : *pieces) joined.insert(joined.end(), piece.bytes.begin(), piece.bytes.end());
     EXPECT_EQ(joined, std::vector<std::byte>(data.begin() + 70'000, data.begin() + 170'000));
     // Every chunk read above is at least ClientConfig::local_read_min_bytes (32 KiB) long.
-    const auto counts = (*client)->local_read_counts();
+    const auto counts = client.local_read_counts();
     if (local) {
       EXPECT_GE(counts.served, 5u + 2u);
     } else {
       EXPECT_EQ(counts.served, 0u);
     }
     EXPECT_EQ(counts.fallbacks, 0u);
-    ASSERT_TRUE((*client)->close(*fh).is_ok());
+    ASSERT_TRUE(client.close(fh).is_ok());
   }
 }
 
@@ -386,33 +430,29 @@ TEST(LocalReadFileClientTest, SequentialReadsReadAhead) {
   TempDir dir;
   for (bool read_ahead : {true, false}) {
     SCOPED_TRACE(read_ahead ? "read-ahead" : "no read-ahead");
-    testing::InProcessClusterOptions options;
-    options.chunk_size = 64 << 10;
-    options.engine_root = dir.path() + (read_ahead ? "/on" : "/off");
-    options.client.local_reads = true;
-    options.client.read_ahead = read_ahead;
-    auto cluster = testing::InProcessCluster::start(options);
-    ASSERT_TRUE(cluster.is_ok()) << cluster.status();
-    auto client = (*cluster)->make_client();
-    ASSERT_TRUE(client.is_ok()) << client.status();
-    auto fh = (*client)->create(meta::Caller{}, meta::kRootInode, "f", 0644, meta::kOpenRead | meta::kOpenWrite);
-    ASSERT_TRUE(fh.is_ok()) << fh.status();
+    FileClientConfig config;
+    config.local_reads = true;
+    config.read_ahead = read_ahead;
+    OneFileCluster one;
+    ASSERT_NO_FATAL_FAILURE(start_one_file_cluster(dir.path() + (read_ahead ? "/on" : "/off"), config, &one));
+    FileClient& client = *one.client;
+    const FileHandle fh = one.fh;
     constexpr size_t kChunks = 12;
     const auto data = testing::pattern_bytes(kChunks * (64 << 10), 13);
-    ASSERT_TRUE((*client)->write(*fh, 0, data).is_ok());
+    ASSERT_TRUE(client.write(fh, 0, data).is_ok());
     // Two passes of chunk-sized reads front to back: the first learns where each chunk lies (read-ahead asks
     // targets as it goes), the second reads each next chunk ahead from the place it learnt.
     std::vector<std::byte> out(64 << 10);
     for (int pass = 0; pass < 2; ++pass) {
       for (size_t i = 0; i < kChunks; ++i) {
-        auto n = (*client)->read(*fh, i * out.size(), out);
+        auto n = client.read(fh, i * out.size(), out);
         ASSERT_TRUE(n.is_ok()) << n.status();
         ASSERT_EQ(*n, out.size());
         ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * out.size()))
             << "pass " << pass << " chunk " << i;
       }
     }
-    const auto counts = (*client)->local_read_counts();
+    const auto counts = client.local_read_counts();
     EXPECT_EQ(counts.served, 2 * kChunks);
     if (read_ahead) {
       // Every read of the second pass but its first (which does not continue the last read) was read ahead.
@@ -421,7 +461,7 @@ TEST(LocalReadFileClientTest, SequentialReadsReadAhead) {
       EXPECT_EQ(counts.read_ahead, 0u);
     }
     EXPECT_EQ(counts.fallbacks, 0u);
-    ASSERT_TRUE((*client)->close(*fh).is_ok());
+    ASSERT_TRUE(client.close(fh).is_ok());
   }
 }
 
