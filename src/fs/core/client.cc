@@ -63,8 +63,8 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::atomic<bool> local_reads_off{false};
 
   // Where the last answers said the bytes of a (target, chunk, offset, length) read lie, for reading
-  // before the answer (bounded: cleared when full), and which target answered for a (chunk, offset,
-  // length), so the next read of that range asks the same target (another target's bytes lie elsewhere).
+  // before the answer (bounded: cleared when full), and which target answered last for a (chunk, offset,
+  // length), so read_ahead() knows where that range's bytes lay.
   using ExtentKey = std::tuple<TargetId, ChunkId, uint64_t, uint64_t>;
   using RangeKey = std::tuple<ChunkId, uint64_t, uint64_t>;
   static constexpr size_t kMaxRememberedExtents = 4096;
@@ -74,8 +74,8 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::set<TargetId> local_targets;               // guarded by extents_mutex: targets that answered locally
   std::atomic<uint64_t> early_reads{0}, read_ahead_used{0};
   struct EarlyRead;
-  // Bytes read_ahead() read for an expected read, by the key that read will have (bounded: cleared when
-  // full); a read takes its entry.
+  // Bytes read_ahead() read for an expected read, by the key that read will have (at most kMaxReadAheads,
+  // the oldest dropped first); the read takes its entry.
   struct ReadAhead {
     std::shared_ptr<EarlyRead> early;
     std::list<ExtentKey>::iterator age;  // its place in read_ahead_ages
