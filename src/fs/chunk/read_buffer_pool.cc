@@ -85,4 +85,10 @@ ReadBufferPool::Stats ReadBufferPool::stats() const {
   return stats;
 }
 
+ReadBufferPool& process_io_buffers() {
+  static std::shared_ptr<ReadBufferPool>* pool =
+      new std::shared_ptr<ReadBufferPool>(ReadBufferPool::create(64ull << 20));
+  return **pool;
+}
+
 }  // namespace ff::fs::chunk_internal

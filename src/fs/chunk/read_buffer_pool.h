@@ -60,4 +60,9 @@ class ReadBufferPool : public std::enable_shared_from_this<ReadBufferPool> {
   std::atomic<uint64_t> reused_{0};
 };
 
+// A process-wide pool (up to 64 MiB of idle buffers) for 4 KiB-aligned I/O buffers outside any engine: a
+// client's local reads and the write payloads an RPC server receives. Never destroyed (buffers may be
+// released on threads still running at exit).
+ReadBufferPool& process_io_buffers();
+
 }  // namespace ff::fs::chunk_internal

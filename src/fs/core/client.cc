@@ -63,42 +63,38 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::atomic<bool> local_reads_off{false};
 
   // Where the last answers said the bytes of a (target, chunk, offset, length) read lie, for reading
-  // before the answer (bounded: cleared when full), and which target answered last for a (chunk, offset,
-  // length), so read_ahead() knows where that range's bytes lay.
+  // before the answer (bounded: cleared when full).
   using ExtentKey = std::tuple<TargetId, ChunkId, uint64_t, uint64_t>;
-  using RangeKey = std::tuple<ChunkId, uint64_t, uint64_t>;
+  using RangeKey = std::tuple<ChunkId, uint64_t, uint64_t>;  // an ExtentKey without its target
+  static RangeKey range_of(const ExtentKey& key) {
+    const auto& [target, chunk, offset, length] = key;
+    return RangeKey{chunk, offset, length};
+  }
   static constexpr size_t kMaxRememberedExtents = 4096;
   std::mutex extents_mutex;
   std::map<ExtentKey, LocalExtent> last_extents;  // guarded by extents_mutex
-  std::map<RangeKey, TargetId> extent_targets;    // guarded by extents_mutex
   std::set<TargetId> local_targets;               // guarded by extents_mutex: targets that answered locally
   std::atomic<uint64_t> early_reads{0}, read_ahead_used{0};
   struct EarlyRead;
-  // Bytes read_ahead() read for an expected read, by the key that read will have (at most kMaxReadAheads,
-  // the oldest dropped first); the read takes its entry.
+  // Bytes read_ahead() read for an expected read of a range, from `target`'s file (at most kMaxReadAheads, the
+  // oldest dropped first); the read takes its entry.
   struct ReadAhead {
+    TargetId target = 0;
     std::shared_ptr<EarlyRead> early;
-    std::list<ExtentKey>::iterator age;  // its place in read_ahead_ages
+    std::list<RangeKey>::iterator age;  // its place in read_ahead_ages
   };
-  std::map<ExtentKey, ReadAhead> read_aheads;  // guarded by extents_mutex
-  std::list<ExtentKey> read_ahead_ages;        // guarded by extents_mutex: oldest first, dropped first when full
+  std::map<RangeKey, ReadAhead> read_aheads;  // guarded by extents_mutex
+  std::list<RangeKey> read_ahead_ages;        // guarded by extents_mutex: oldest first, dropped first when full
+  // The bytes read ahead for key's range, when they were read from key's target.
   std::shared_ptr<EarlyRead> take_read_ahead(const ExtentKey& key);
   // Reads extent's bytes on an offload thread for the read that will have `key` (any thread).
   void start_read_ahead(const ExtentKey& key, const LocalExtent& extent);
   std::optional<LocalExtent> last_extent(const ExtentKey& key);
   void remember_extent(const ExtentKey& key, const LocalExtent& extent);
-  // The target whose answer for this range is remembered, when it still serves the chain (executor thread).
-  std::optional<TargetId> remembered_reader(ChainId chain_id, const RangeKey& range);
+  // A serving target of the chain with a remembered place for this range, and the place (executor thread).
+  std::optional<std::pair<ExtentKey, LocalExtent>> known_extent(ChainId chain_id, const RangeKey& range);
   // The target this range was read ahead from, when it still serves the chain (executor thread).
   std::optional<TargetId> read_ahead_target(ChainId chain_id, const RangeKey& range);
-  bool serves(ChainId chain_id, TargetId target) const {
-    const ChainInfo* chain = routing.chain(chain_id);
-    if (chain == nullptr) return false;
-    for (TargetId serving : chain->serving()) {
-      if (serving == target) return true;
-    }
-    return false;
-  }
   bool wants_local(uint64_t length, bool accept_pieces) const {
     return accept_pieces && config.local_reads && length >= config.local_read_min_bytes &&
            !local_reads_off.load(std::memory_order_relaxed);
@@ -334,13 +330,13 @@ struct StorageClient::State::EarlyRead {
 void StorageClient::read_ahead(ChainId chain_id, const ChunkId& chunk, uint64_t offset, uint64_t length) {
   auto state = state_;
   if (!state->config.read_before_answer || !state->wants_local(length, /*accept_pieces=*/true)) return;
-  // Where the bytes lay at the last answer for this range: read there (no request now; the read checks).
-  if (std::optional<TargetId> known = state->remembered_reader(chain_id, State::RangeKey{chunk, offset, length})) {
-    const State::ExtentKey key{*known, chunk, offset, length};
-    if (std::optional<LocalExtent> extent = state->last_extent(key)) return state->start_read_ahead(key, *extent);
-  }
   const ChainInfo* chain = state->routing.chain(chain_id);
   if (chain == nullptr) return;
+  // Where the bytes lay at a serving target's last answer for this range: read there (no request now; the read
+  // checks).
+  if (auto known = state->known_extent(chain_id, State::RangeKey{chunk, offset, length})) {
+    return state->start_read_ahead(known->first, known->second);
+  }
   // Else ask a target that answered locally before (another would answer with the bytes themselves).
   std::vector<TargetId> candidates;
   {
@@ -376,7 +372,8 @@ void StorageClient::State::start_read_ahead(const ExtentKey& key, const LocalExt
   auto early = std::make_shared<EarlyRead>();
   {
     std::lock_guard lock(extents_mutex);
-    auto found = read_aheads.find(key);
+    const RangeKey range = range_of(key);
+    auto found = read_aheads.find(range);
     if (found != read_aheads.end()) {
       read_ahead_ages.erase(found->second.age);
       read_aheads.erase(found);
@@ -385,7 +382,8 @@ void StorageClient::State::start_read_ahead(const ExtentKey& key, const LocalExt
       read_aheads.erase(read_ahead_ages.front());
       read_ahead_ages.pop_front();
     }
-    read_aheads.emplace(key, ReadAhead{early, read_ahead_ages.insert(read_ahead_ages.end(), key)});
+    const TargetId target = std::get<0>(key);
+    read_aheads.emplace(range, ReadAhead{target, early, read_ahead_ages.insert(read_ahead_ages.end(), range)});
   }
   executor.offload([early, extent] { early->finish(read_local_bytes(extent)); }, {});
 }
@@ -400,52 +398,49 @@ std::optional<LocalExtent> StorageClient::State::last_extent(const ExtentKey& ke
 void StorageClient::State::remember_extent(const ExtentKey& key, const LocalExtent& extent) {
   std::lock_guard lock(extents_mutex);
   // A bound: forget everything at once when full (the next answers refill it).
-  if (last_extents.size() >= kMaxRememberedExtents && !last_extents.contains(key)) {
-    last_extents.clear();
-    extent_targets.clear();
-  }
-  const auto& [target, chunk, offset, length] = key;
+  if (last_extents.size() >= kMaxRememberedExtents && !last_extents.contains(key)) last_extents.clear();
   last_extents[key] = extent;
-  extent_targets[RangeKey{chunk, offset, length}] = target;
-  local_targets.insert(target);
+  local_targets.insert(std::get<0>(key));
 }
 
 std::shared_ptr<StorageClient::State::EarlyRead> StorageClient::State::take_read_ahead(const ExtentKey& key) {
   std::lock_guard lock(extents_mutex);
-  auto found = read_aheads.find(key);
-  if (found == read_aheads.end()) return nullptr;
+  auto found = read_aheads.find(range_of(key));
+  if (found == read_aheads.end() || found->second.target != std::get<0>(key)) return nullptr;
   std::shared_ptr<EarlyRead> early = std::move(found->second.early);
   read_ahead_ages.erase(found->second.age);
   read_aheads.erase(found);
   return early;
 }
 
-std::optional<TargetId> StorageClient::State::remembered_reader(ChainId chain_id, const RangeKey& range) {
-  TargetId target = 0;
-  {
-    std::lock_guard lock(extents_mutex);
-    auto found = extent_targets.find(range);
-    if (found == extent_targets.end()) return std::nullopt;
-    target = found->second;
+std::optional<std::pair<StorageClient::State::ExtentKey, LocalExtent>> StorageClient::State::known_extent(
+    ChainId chain_id, const RangeKey& range) {
+  const ChainInfo* chain = routing.chain(chain_id);
+  if (chain == nullptr) return std::nullopt;
+  const auto& [chunk, offset, length] = range;
+  std::lock_guard lock(extents_mutex);
+  for (TargetId target : chain->serving()) {
+    ExtentKey key{target, chunk, offset, length};
+    auto found = last_extents.find(key);
+    if (found != last_extents.end()) return std::pair{key, found->second};
   }
-  if (!serves(chain_id, target)) return std::nullopt;
-  return target;
+  return std::nullopt;
 }
 
 std::optional<TargetId> StorageClient::State::read_ahead_target(ChainId chain_id, const RangeKey& range) {
-  std::optional<TargetId> found;
+  TargetId target = 0;
   {
     std::lock_guard lock(extents_mutex);
-    for (const auto& [key, held] : read_aheads) {  // at most kMaxReadAheads
-      const auto& [target, chunk, offset, length] = key;
-      if (RangeKey{chunk, offset, length} == range) {
-        found = target;
-        break;
-      }
-    }
+    auto found = read_aheads.find(range);
+    if (found == read_aheads.end()) return std::nullopt;
+    target = found->second.target;
   }
-  if (!found || !serves(chain_id, *found)) return std::nullopt;
-  return found;
+  const ChainInfo* chain = routing.chain(chain_id);
+  if (chain == nullptr) return std::nullopt;
+  for (TargetId serving : chain->serving()) {
+    if (serving == target) return target;
+  }
+  return std::nullopt;
 }
 
 void StorageClient::State::send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,

@@ -77,13 +77,6 @@ OpenFiles& open_files() {
   return *files;
 }
 
-// Local reads' buffers, kept for reuse up to 64 MiB idle (the buffers a client's reads in flight use).
-chunk_internal::ReadBufferPool& read_buffers() {
-  static std::shared_ptr<chunk_internal::ReadBufferPool>* pool =
-      new std::shared_ptr<chunk_internal::ReadBufferPool>(chunk_internal::ReadBufferPool::create(64ull << 20));
-  return **pool;
-}
-
 std::string read_boot_id() {
   std::ifstream in("/proc/sys/kernel/random/boot_id");
   std::string id;
@@ -118,7 +111,7 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent) {
   // FUSE reads).
   LocalBytes result;
   result.extent = extent;
-  result.buffer = read_buffers().acquire(read_bytes);
+  result.buffer = chunk_internal::process_io_buffers().acquire(read_bytes);
   if (result.buffer == nullptr) {
     return resource_exhausted("local read of {}: no memory for {} bytes", extent.path, read_bytes);
   }

@@ -363,14 +363,15 @@ struct FuseFs::Impl {
     fuse_reply_entry(req, &entry);
   }
 
-  void reply_attr(fuse_req_t req, const Result<Inode>& inode) {
+  // timeout_s: how long the kernel may cache the attributes (default: attr_timeout_s).
+  void reply_attr(fuse_req_t req, const Result<Inode>& inode, std::optional<double> timeout_s = std::nullopt) {
     if (!inode.is_ok()) {
       reply_error(req, inode.status());
       return;
     }
     struct stat st;
     fill_stat(*inode, &st);
-    fuse_reply_attr(req, &st, options.attr_timeout_s);
+    fuse_reply_attr(req, &st, timeout_s.value_or(options.attr_timeout_s));
   }
 
   void reply_status(fuse_req_t req, const Status& status) {
@@ -566,11 +567,7 @@ struct FuseFs::Impl {
   // writes (visible_length).
   void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
     if (is_virtual(ino)) return reply_attr(req, virtual_getattr(ino));
-    if (std::optional<FreshAttrs> fresh = fresh_get(ino)) {
-      struct stat st;
-      fill_stat(fresh->attrs, &st);
-      return (void)fuse_reply_attr(req, &st, fresh->timeout_s);
-    }
+    if (std::optional<FreshAttrs> fresh = fresh_get(ino)) return reply_attr(req, fresh->attrs, fresh->timeout_s);
     reply_attr(req, meta.getattr(ino));
   }
 

@@ -1230,6 +1230,18 @@ Result<uint64_t> exact_length(FileStorage* storage, const Inode& inode, uint64_t
 }
 }  // namespace
 
+namespace {
+// Ends an open session in txn (both of its records); EBADF when it is gone already.
+Status end_session(Transaction& txn, InodeId id, uint64_t session) {
+  FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::session_key(id, session)));
+  if (!bytes) return error(EBADF, fmt::format("inode {} has no open session {:#x} (closed or reclaimed)", id, session));
+  FF_ASSIGN_OR_RETURN(codec::Session record, codec::decode_session(*bytes));
+  txn.clear(codec::session_key(id, session));
+  txn.clear(codec::client_session_key(record.client, id, session));
+  return Status::ok();
+}
+}  // namespace
+
 Status MetaService::close(InodeId id, uint64_t session, uint64_t length_hint) {
   // Read the session and inode first: the storage query happens outside the transaction.
   std::optional<codec::Session> record;
@@ -1249,11 +1261,7 @@ Status MetaService::close(InodeId id, uint64_t session, uint64_t length_hint) {
     FF_ASSIGN_OR_RETURN(length, exact_length(impl_->storage, before, length_hint));
   }
   return run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
-    FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::session_key(id, session)));
-    if (!bytes)
-      return error(EBADF, fmt::format("inode {} has no open session {:#x} (closed or reclaimed)", id, session));
-    txn.clear(codec::session_key(id, session));
-    txn.clear(codec::client_session_key(record->client, id, session));
+    FF_RETURN_IF_ERROR(end_session(txn, id, session));
     FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, id));
     if (wrote && inode.type == FileType::kRegular) {
       if (inode.length != length) inode.mtime_ns = wall_now_ns();
@@ -1292,19 +1300,12 @@ std::vector<Status> MetaService::close_batch(std::span<const CloseRequest> close
   Status committed = run(impl_->engine, config_.retry, [&](Transaction& txn) -> Status {
     for (size_t i : batched) {
       const CloseRequest& request = closes[i];
-      FF_ASSIGN_OR_RETURN(auto bytes, txn.get(codec::session_key(request.inode, request.session)));
-      if (!bytes) {
-        results[i] = error(EBADF, fmt::format("inode {} has no open session {:#x} (closed or reclaimed)", request.inode,
-                                              request.session));
-        continue;
-      }
-      FF_ASSIGN_OR_RETURN(codec::Session record, codec::decode_session(*bytes));
-      txn.clear(codec::session_key(request.inode, request.session));
-      txn.clear(codec::client_session_key(record.client, request.inode, request.session));
+      results[i] = end_session(txn, request.inode, request.session);
+      if (errno_of(results[i]) == EBADF) continue;  // that close only
+      FF_RETURN_IF_ERROR(results[i]);
       FF_ASSIGN_OR_RETURN(Inode inode, load_inode(txn, request.inode));
       // A linked inode is left as it is (no length, no time changes); an unlinked one goes with its last session.
       if (inode.nlink == 0) FF_RETURN_IF_ERROR(finalize_inode(txn, inode));
-      results[i] = Status::ok();
     }
     return Status::ok();
   });

@@ -12,6 +12,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include "../chunk/read_buffer_pool.h"
 #include "convert.h"
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
@@ -179,19 +180,10 @@ struct DecodedFrame {
 };
 
 // Where a received payload goes: copied into the message's Bytes; left in the received slices; or, for a
-// WriteReq or ForwardReq, copied into a buffer at a 4 KiB-aligned address, which the chunk engine writes
-// with O_DIRECT as it is (one copy per replica instead of two: slices -> Bytes -> the engine's buffer).
+// WriteReq or ForwardReq, copied into a 4 KiB-aligned buffer (recycled: chunk_internal::process_io_buffers),
+// which the chunk engine writes with O_DIRECT as it is (one copy per replica instead of two: slices -> Bytes
+// -> the engine's buffer).
 enum class PayloadInto { kBytes, kPieces, kAlignedForWrites };
-
-constexpr std::align_val_t kWritePayloadAlignment{4096};
-
-SharedBytes aligned_payload_buffer(size_t size, std::byte** writable) {
-  std::shared_ptr<std::byte[]> block(new (kWritePayloadAlignment) std::byte[size],
-                                     [](std::byte* p) { ::operator delete[](p, kWritePayloadAlignment); });
-  *writable = block.get();
-  std::span<const std::byte> view(block.get(), size);
-  return SharedBytes{std::move(block), view};
-}
 
 // Copies the payload out of the received slices once (see PayloadInto), or leaves it in the slices (their
 // references keep the bytes alive; no copy).
@@ -230,9 +222,12 @@ Result<DecodedFrame> decode_frame(const grpc::ByteBuffer& buffer, PayloadInto in
   size_t rest = total - 4 - length;
   if (into == PayloadInto::kAlignedForWrites && rest > 0 &&
       (frame.header.has_write_req() || frame.header.has_forward_req())) {
-    std::byte* out = nullptr;
-    frame.aligned = aligned_payload_buffer(rest, &out);
-    read(out, rest);
+    std::shared_ptr<std::byte> buffer = chunk_internal::process_io_buffers().acquire(rest);
+    if (buffer == nullptr) {
+      return resource_exhausted("frame: no memory for a {}-byte write payload", rest);
+    }
+    read(buffer.get(), rest);
+    frame.aligned = SharedBytes{buffer, std::span<const std::byte>(buffer.get(), rest)};
     return frame;
   }
   if (into == PayloadInto::kPieces) {
