@@ -80,7 +80,7 @@ class StorageClient {
   void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
             Callback<ReadRsp> done, bool accept_pieces = false);
   // Read-ahead for a read of [offset, offset + length) of chunk expected soon (a sequential reader's next
-  // range): reads the bytes from a target's file on this host, where the last answer for that range said
+  // range): reads the bytes from a target's file on this host, where a serving target's last answer for that range said
   // they lie, or else where a target of this host (one that answered a local read before; otherwise
   // nothing is done) answers that they lie now. The read of that range then sends its own
   // request as always and keeps these bytes only if the answer names the same place and every segment's
