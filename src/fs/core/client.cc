@@ -279,12 +279,18 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
         // After repeated dirty answers, ask the tail: in CRAQ it commits first, so its committed
         // version is the latest committed one (relaxed there returns exactly that).
         bool tail = *dirty_seen >= state->config.dirty_retries_before_tail;
-        // A range read ahead asks the target whose file the bytes were read from (another's lie elsewhere).
-        std::optional<TargetId> ahead;
+        // A range read ahead asks the target whose file the bytes were read from (another's lie elsewhere);
+        // else a range with a remembered place asks the target that named it, so that its bytes can be read
+        // while the answer is on its way (another target's place is not known).
+        std::optional<TargetId> known;
         if (!tail && state->config.read_before_answer && state->wants_local(length, accept_pieces)) {
-          ahead = state->read_ahead_target(chain, State::RangeKey{chunk, offset, length});
+          const State::RangeKey range{chunk, offset, length};
+          known = state->read_ahead_target(chain, range);
+          if (!known) {
+            if (auto place = state->known_extent(chain, range)) known = std::get<0>(place->first);
+          }
         }
-        Result<TargetId> target = ahead ? Result<TargetId>(*ahead) : state->pick_reader(chain, tail);
+        Result<TargetId> target = known ? Result<TargetId>(*known) : state->pick_reader(chain, tail);
         if (!target.is_ok()) return attempt_done(target.status());
         Result<std::string> address = state->address(*target);
         if (!address.is_ok()) return attempt_done(address.status());

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <future>
@@ -220,6 +221,12 @@ class LocalReadClusterTest : public ::testing::Test {
     for (NodeId node = 1; node <= 3; ++node) sum += cluster_->service(node)->stats().local_reads;
     return sum;
   }
+  // Local answers per node (node n serves target n * 1000 + 1).
+  std::array<uint64_t, 3> local_answers() {
+    std::array<uint64_t, 3> out{};
+    for (NodeId node = 1; node <= 3; ++node) out[node - 1] = cluster_->service(node)->stats().local_reads;
+    return out;
+  }
 
   TempDir dir_;
   std::unique_ptr<testing::StorageCluster> cluster_;
@@ -248,6 +255,36 @@ TEST_F(LocalReadClusterTest, ReadsOnThisHostAreServedFromTheTargetsFiles) {
   auto past = read(chunk, 300'000, 64 << 10, true);
   ASSERT_TRUE(past.is_ok()) << past.status();
   EXPECT_TRUE(past->empty());
+}
+
+TEST_F(LocalReadClusterTest, ReadsOfAKnownRangeAskTheTargetThatNamedIt) {
+  const ChunkId chunk{24, 0};
+  const auto data = testing::pattern_bytes(131'072, 12);
+  write(chunk, data);
+  // The first read learns where a replica holds the range; every later read of the range asks that replica
+  // and reads its file while the answer is on its way.
+  const auto before = local_answers();
+  expect_whole_chunk_reads(chunk, data, 1);
+  const auto first = local_answers();
+  expect_whole_chunk_reads(chunk, data, 6);
+  const auto after = local_answers();
+  int answering = 0;
+  for (size_t node = 0; node < 3; ++node) {
+    if (first[node] != before[node]) {
+      ++answering;
+      EXPECT_EQ(after[node] - first[node], 6u) << "node " << node + 1;
+    } else {
+      EXPECT_EQ(after[node], first[node]) << "node " << node + 1 << " answered a read of a known range";
+    }
+  }
+  EXPECT_EQ(answering, 1);
+  EXPECT_EQ(client_->local_read_counts().read_before_answer, 6u);
+  EXPECT_EQ(client_->local_read_counts().served, 7u);
+  // Another range is not known yet: its first read goes where reads are spread, then stays there as well.
+  auto other = read(chunk, 65'536, 65'536, /*accept_pieces=*/true);
+  ASSERT_TRUE(other.is_ok()) << other.status();
+  EXPECT_EQ(*other, std::vector<std::byte>(data.begin() + 65'536, data.end()));
+  EXPECT_EQ(client_->local_read_counts().read_before_answer, 6u);
 }
 
 TEST_F(LocalReadClusterTest, ReadsBeforeTheAnswerKeepOnlyBytesOfTheCommittedVersion) {
@@ -367,7 +404,16 @@ TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
   }
-  const TargetId victim = chain->targets[1].target;
+  // The client reads a range from the target that first named its place (ReadsOfAKnownRangeAskTheTargetThatNamedIt):
+  // corrupt that one.
+  const auto before = local_answers();
+  expect_whole_chunk_reads(chunk, data, 1);
+  const auto after = local_answers();
+  TargetId victim = 0;
+  for (NodeId node = 1; node <= 3; ++node) {
+    if (after[node - 1] != before[node - 1]) victim = node * 1000 + 1;
+  }
+  ASSERT_NE(victim, 0u) << "no target answered the first read locally";
   auto store = cluster_->chunk_store(victim);
   ASSERT_NE(store, nullptr);
   auto located = store->locate(chunk, 0, UINT64_MAX, ReadMode::kStrict);
