@@ -59,10 +59,13 @@ struct FileClientConfig {
   // `local_read_threads` threads of the client's own executor (connect()).
   bool local_reads = true;
   uint32_t local_read_threads = 32;
-  // With local reads: a read that continues the handle's previous read also reads the next range of the same
-  // length ahead, from the targets' files on this host (StorageClient::read_ahead); the next read keeps those
+  // With local reads: a read that continues the handle's previous read also reads the next ranges of the same
+  // length ahead, from the targets' files on this host (StorageClient::read_ahead); a later read keeps those
   // bytes only if its own answer names the same place and every CRC matches (docs/fs-client.md, "Read-ahead").
   bool read_ahead = true;
+  // How far ahead a sequential reader is read: as many ranges of its reads' length as fit in this many bytes,
+  // at least one.
+  uint64_t read_ahead_window_bytes = 4ull << 20;
   // Reads longer than this read nothing ahead (they keep many chunk I/Os in flight already, and their next
   // range would crowd out other handles' read-ahead: StorageClient::kMaxReadAheads ranges in all).
   uint64_t read_ahead_max_bytes = 8ull << 20;

@@ -479,12 +479,17 @@ struct FileClient::Impl {
       results[i] = static_cast<size_t>(length);
       op_handles[i] = *handle;
       split(layout, (*handle)->inode, i, op.offset, length, tasks, config.read_split_bytes);
-      // A read that continues the last one: read the next range of this length ahead.
+      // A read that continues the last one: read the next ranges of this length ahead (those read ahead
+      // already are left alone by StorageClient::read_ahead, so each read starts about one new range).
       const uint64_t read_end = op.offset + length;
       if (config.local_reads && config.read_ahead && length > 0 && length <= config.read_ahead_max_bytes &&
-          (*handle)->read_end.exchange(read_end, std::memory_order_relaxed) == op.offset && read_end < eof) {
-        split(layout, (*handle)->inode, i, read_end, std::min<uint64_t>(length, eof - read_end), next_tasks,
-              config.read_split_bytes);
+          (*handle)->read_end.exchange(read_end, std::memory_order_relaxed) == op.offset) {
+        const uint64_t ranges = std::max<uint64_t>(1, config.read_ahead_window_bytes / length);
+        for (uint64_t r = 0; r < ranges && read_end + r * length < eof; ++r) {
+          const uint64_t start = read_end + r * length;
+          split(layout, (*handle)->inode, i, start, std::min<uint64_t>(length, eof - start), next_tasks,
+                config.read_split_bytes);
+        }
       }
     }
     StorageClient* storage_client = storage.get();

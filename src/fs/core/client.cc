@@ -85,6 +85,7 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   };
   std::map<RangeKey, ReadAhead> read_aheads;  // guarded by extents_mutex
   std::list<RangeKey> read_ahead_ages;        // guarded by extents_mutex: oldest first, dropped first when full
+  std::set<RangeKey> locating;                // guarded by extents_mutex: ranges read_ahead() asked a target about
   // The bytes read ahead for key's range, when they were read from key's target.
   std::shared_ptr<EarlyRead> take_read_ahead(const ExtentKey& key);
   // Reads extent's bytes on an offload thread for the read that will have `key` (any thread).
@@ -338,9 +339,16 @@ void StorageClient::read_ahead(ChainId chain_id, const ChunkId& chunk, uint64_t 
   if (!state->config.read_before_answer || !state->wants_local(length, /*accept_pieces=*/true)) return;
   const ChainInfo* chain = state->routing.chain(chain_id);
   if (chain == nullptr) return;
+  const State::RangeKey range{chunk, offset, length};
+  {
+    // A range already read ahead, or being located for that, is left alone: a sequential reader asks for each
+    // range of its window once per read until it reaches it.
+    std::lock_guard lock(state->extents_mutex);
+    if (state->read_aheads.contains(range) || state->locating.contains(range)) return;
+  }
   // Where the bytes lay at a serving target's last answer for this range: read there (no request now; the read
   // checks).
-  if (auto known = state->known_extent(chain_id, State::RangeKey{chunk, offset, length})) {
+  if (auto known = state->known_extent(chain_id, range)) {
     return state->start_read_ahead(known->first, known->second);
   }
   // Else ask a target that answered locally before (another would answer with the bytes themselves).
@@ -350,11 +358,16 @@ void StorageClient::read_ahead(ChainId chain_id, const ChunkId& chunk, uint64_t 
     for (TargetId target : chain->serving()) {
       if (state->local_targets.contains(target)) candidates.push_back(target);
     }
+    if (!candidates.empty()) state->locating.insert(range);
   }
   if (candidates.empty()) return;
   const TargetId target = candidates[state->spread++ % candidates.size()];
   Result<std::string> address = state->address(target);
-  if (!address.is_ok()) return;
+  if (!address.is_ok()) {
+    std::lock_guard lock(state->extents_mutex);
+    state->locating.erase(range);
+    return;
+  }
   ReadReq req{.chain = chain_id,
               .chain_version = chain->version,
               .target = target,
@@ -366,6 +379,10 @@ void StorageClient::read_ahead(ChainId chain_id, const ChunkId& chunk, uint64_t 
               .accept_pieces = true};
   const State::ExtentKey key{target, chunk, offset, length};
   state->rpc.call(*address, Request{std::move(req)}, state->attempt_timeout(), [state, key](Result<Response> response) {
+    {
+      std::lock_guard lock(state->extents_mutex);
+      state->locating.erase(State::range_of(key));
+    }
     Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
     // Anything but a local answer (an error, dirty, bytes after all) is simply dropped.
     if (!rsp.is_ok() || !rsp->local) return;

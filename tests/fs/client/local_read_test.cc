@@ -258,7 +258,7 @@ TEST_F(LocalReadClusterTest, ReadsOnThisHostAreServedFromTheTargetsFiles) {
 }
 
 TEST_F(LocalReadClusterTest, ReadsOfAKnownRangeAskTheTargetThatNamedIt) {
-  const ChunkId chunk{24, 0};
+  const ChunkId chunk{26, 0};
   const auto data = testing::pattern_bytes(131'072, 12);
   write(chunk, data);
   // The first read learns where a replica holds the range; every later read of the range asks that replica
@@ -523,6 +523,44 @@ TEST(LocalReadFileClientTest, SequentialReadsReadAhead) {
       EXPECT_EQ(counts.read_ahead, 0u);
     }
     EXPECT_EQ(counts.fallbacks, 0u);
+    ASSERT_TRUE(client.close(fh).is_ok());
+  }
+}
+
+TEST(LocalReadFileClientTest, ASequentialReaderIsReadAheadAWindowOfRanges) {
+  TempDir dir;
+  for (uint64_t window_chunks : {1, 3}) {
+    SCOPED_TRACE(fmt::format("window of {} ranges", window_chunks));
+    FileClientConfig config;
+    config.local_reads = true;
+    config.read_ahead_window_bytes = window_chunks * (64 << 10);
+    OneFileCluster one;
+    ASSERT_NO_FATAL_FAILURE(start_one_file_cluster(dir.path() + fmt::format("/w{}", window_chunks), config, &one));
+    FileClient& client = *one.client;
+    const FileHandle fh = one.fh;
+    constexpr size_t kChunks = 8;
+    const auto data = testing::pattern_bytes(kChunks * (64 << 10), 14);
+    ASSERT_TRUE(client.write(fh, 0, data).is_ok());
+    std::vector<std::byte> out(64 << 10);
+    const auto read_chunk = [&](size_t i) {
+      auto n = client.read(fh, i * out.size(), out);
+      ASSERT_TRUE(n.is_ok()) << n.status();
+      ASSERT_EQ(*n, out.size());
+      ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * out.size())) << "chunk " << i;
+    };
+    // Learn where every chunk lies (a read of chunk 7 alone does not continue the one before it).
+    for (size_t i = 0; i < kChunks; ++i) ASSERT_NO_FATAL_FAILURE(read_chunk(kChunks - 1 - i));
+    const uint64_t learnt = client.local_read_counts().read_ahead;
+    // Chunks 0 and 1 in order: the read of 1 continues 0, so the window after it (2, or 2 to 4) is read ahead.
+    ASSERT_NO_FATAL_FAILURE(read_chunk(0));
+    ASSERT_NO_FATAL_FAILURE(read_chunk(1));
+    // A jump to chunk 4 finds its bytes read ahead only when the window reached it.
+    ASSERT_NO_FATAL_FAILURE(read_chunk(4));
+    EXPECT_EQ(client.local_read_counts().read_ahead - learnt, window_chunks == 3 ? 1u : 0u);
+    // Chunk 2 was read ahead either way (the jump did not continue the read of 1, so nothing new started).
+    ASSERT_NO_FATAL_FAILURE(read_chunk(2));
+    EXPECT_EQ(client.local_read_counts().read_ahead - learnt, window_chunks == 3 ? 2u : 1u);
+    EXPECT_EQ(client.local_read_counts().fallbacks, 0u);
     ASSERT_TRUE(client.close(fh).is_ok());
   }
 }
