@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -79,6 +80,19 @@ class StorageClient {
   // the target's file on this host (its completion then runs on an offload thread).
   void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
             Callback<ReadRsp> done, bool accept_pieces = false);
+  // A local read run by the caller's own thread for a read it is about to post (read_before_answer without the
+  // hand-offs to the executor and an offload thread): claim_local_read (any thread) names the target whose
+  // last answer for [offset, offset + length) of chunk said where the bytes lie on this host (null when no
+  // answer did, or local reads are off); the caller passes it to read(), then calls run_local_read (which reads
+  // the bytes in its thread, into `into` where they fit exactly: local_read.h, reads_into) and waits for the
+  // read's `done`. The read keeps those bytes only as read_before_answer does, and the caller must keep `into`
+  // alive and untouched until run_local_read returned and `done` ran (the answer may point into it).
+  struct CallerLocalRead;
+  std::shared_ptr<CallerLocalRead> claim_local_read(const ChunkId& chunk, uint64_t offset, uint64_t length,
+                                                    std::span<std::byte> into);
+  void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
+            Callback<ReadRsp> done, bool accept_pieces, std::shared_ptr<CallerLocalRead> caller_read);
+  static void run_local_read(const std::shared_ptr<CallerLocalRead>& caller_read);
   // Read-ahead for a read of [offset, offset + length) of chunk expected soon (a sequential reader's next
   // range): reads the bytes from a target's file on this host, where a serving target's last answer for that range said
   // they lie, or else where a target of this host (one that answered a local read before; otherwise

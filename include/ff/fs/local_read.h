@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -47,5 +48,11 @@ struct LocalBytes {
 };
 // Errors as read_local_extent's, except data_loss (nothing is checked yet).
 Result<LocalBytes> read_local_bytes(const LocalExtent& extent);
+// The same, reading into `into` instead of a buffer of its own when the extent's bytes are exactly the answer's
+// (skip 0) and fit `into` whole once rounded up to 4 KiB, and `into` is 4 KiB-aligned (LocalBytes::buffer then
+// points into it and owns nothing: the caller keeps `into` alive while the bytes are used); else as above.
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::byte> into);
+// Whether read_local_bytes(extent, into) reads into `into`.
+bool reads_into(const LocalExtent& extent, std::span<const std::byte> into);
 
 }  // namespace ff::fs

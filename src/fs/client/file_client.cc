@@ -85,6 +85,8 @@ struct ChunkDone {
   size_t size() const { return pieces.is_set() ? pieces.size : data.size(); }
   void copy_to(std::span<std::byte> out) const {
     if (pieces.is_set()) {
+      // A local read that read straight into `out` (StorageClient::claim_local_read) left nothing to copy.
+      if (pieces.pieces.size() == 1 && pieces.pieces[0].data() == out.data()) return;
       pieces.copy_to(0, out);
     } else {
       std::memcpy(out.data(), data.data(), out.size());
@@ -309,19 +311,24 @@ struct FileClient::Impl {
   // Runs `count` chunk I/Os, at most max_parallel_chunks at once: issue(i, pipeline) starts I/O i
   // (posting to the executor), consume(done) handles a completion in this thread. I/Os still
   // unfinished when no completion arrived for the wait budget get `timeout` passed to consume.
+  // while_first_wait (optional) runs in this thread once the first I/Os are issued, before any wait.
   void run_pipeline(size_t count, const std::function<void(size_t, const std::shared_ptr<Pipeline>&)>& issue,
-                    const std::function<void(ChunkDone&)>& consume) {
+                    const std::function<void(ChunkDone&)>& consume,
+                    const std::function<void()>& while_first_wait = {}) {
     if (count == 0) return;
     auto pipeline = std::make_shared<Pipeline>();
     const size_t window = std::max<uint32_t>(config.max_parallel_chunks, 1);
     size_t next = 0, in_flight = 0, completed = 0;
     std::vector<bool> finished(count, false);
     std::vector<ChunkDone> batch;
+    bool first_wait_passed = false;
     while (completed < count) {
       while (next < count && in_flight < window) {
         issue(next++, pipeline);
         ++in_flight;
       }
+      if (while_first_wait && !first_wait_passed) while_first_wait();
+      first_wait_passed = true;
       {
         std::unique_lock lock(pipeline->mutex);
         auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(wait_budget_ns());
@@ -388,25 +395,34 @@ struct FileClient::Impl {
   // What a read does with a chunk's answer, in the calling thread: deliver(t, task, done) for data
   // (done.size() may be short of task.length: the rest is a hole), hole(t, task) for a missing chunk.
   // t is the task's index: a range's tasks are numbered in file order.
+  // destination(task), when set: where the task's bytes end up, for a local read to read them straight there.
   struct ReadSink {
     std::function<void(size_t, const ChunkTask&, ChunkDone&)> deliver;
     std::function<void(size_t, const ChunkTask&)> hole;
+    std::function<std::span<std::byte>(const ChunkTask&)> destination;
   };
 
   std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops) {
     std::vector<ReadRange> ranges(ops.size());
     for (size_t i = 0; i < ops.size(); ++i) ranges[i] = ReadRange{ops[i].handle, ops[i].offset, ops[i].out.size()};
-    return read_ranges(ranges, ReadSink{
-      .deliver = [&](size_t, const ChunkTask& task, ChunkDone& done) {
-        std::byte* out = ops[task.op].out.data() + task.buffer_offset;
-        size_t got = std::min<size_t>(done.size(), task.length);
-        done.copy_to(std::span(out, got));
-        // Short data inside the file's length: the chunk ends early (a hole up to the next write).
-        if (got < task.length) std::memset(out + got, 0, task.length - got);
-      },
-      .hole = [&](size_t, const ChunkTask& task) {
-        std::memset(ops[task.op].out.data() + task.buffer_offset, 0, task.length);  // no chunk was ever written there
-      }});
+    return read_ranges(ranges, ReadSink{.deliver =
+                                            [&](size_t, const ChunkTask& task, ChunkDone& done) {
+                                              std::byte* out = ops[task.op].out.data() + task.buffer_offset;
+                                              size_t got = std::min<size_t>(done.size(), task.length);
+                                              done.copy_to(std::span(out, got));
+                                              // Short data inside the file's length: the chunk ends early (a hole up to
+                                              // the next write).
+                                              if (got < task.length) std::memset(out + got, 0, task.length - got);
+                                            },
+                                        .hole =
+                                            [&](size_t, const ChunkTask& task) {
+                                              std::memset(ops[task.op].out.data() + task.buffer_offset, 0,
+                                                          task.length);  // no chunk was ever written there
+                                            },
+                                        .destination =
+                                            [&](const ChunkTask& task) {
+                                              return ops[task.op].out.subspan(task.buffer_offset, task.length);
+                                            }});
   }
 
   Result<std::vector<SharedBytes>> read_pieces(FileHandle handle, uint64_t offset, size_t length) {
@@ -493,12 +509,23 @@ struct FileClient::Impl {
       }
     }
     StorageClient* storage_client = storage.get();
+    // The first chunk's bytes, where this host's targets hold them at a known place, are read by this thread
+    // while its request is on the way (no hand-off to the executor before the disk read, and none back after it
+    // when the answer came first), straight into the caller's buffer where they fit.
+    std::shared_ptr<StorageClient::CallerLocalRead> caller_read;
+    if (config.local_reads && !tasks.empty()) {
+      const ChunkTask& first = tasks.front();
+      caller_read =
+          storage_client->claim_local_read(first.chunk, first.chunk_offset, first.length,
+                                           sink.destination ? sink.destination(first) : std::span<std::byte>{});
+    }
     run_pipeline(
         tasks.size(),
         [&](size_t t, const std::shared_ptr<Pipeline>& pipeline) {
           const ChunkTask& task = tasks[t];
           executor->post([storage_client, pipeline, t, chain = task.chain, chunk = task.chunk,
-                          offset = task.chunk_offset, length = task.length] {
+                          offset = task.chunk_offset, length = task.length,
+                          mine = t == 0 ? caller_read : nullptr]() mutable {
             storage_client->read(
                 chain, chunk, offset, length, ReadMode::kStrict,
                 [pipeline, t](Result<ReadRsp> rsp) {
@@ -508,7 +535,7 @@ struct FileClient::Impl {
                     pipeline->complete(ChunkDone{t, rsp.status(), {}, {}});
                   }
                 },
-                /*accept_pieces=*/true);
+                /*accept_pieces=*/true, std::move(mine));
           });
           // After the last of this read's chunk I/Os: the next range, read ahead while this read runs.
           if (t + 1 == tasks.size() && !next_tasks.empty()) {
@@ -534,7 +561,8 @@ struct FileClient::Impl {
             return;
           }
           if (results[task.op].is_ok()) sink.deliver(done.task, task, done);
-        });
+        },
+        [&] { StorageClient::run_local_read(caller_read); });
     return results;
   }
 

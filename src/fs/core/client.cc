@@ -73,6 +73,7 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   static constexpr size_t kMaxRememberedExtents = 4096;
   std::mutex extents_mutex;
   std::map<ExtentKey, LocalExtent> last_extents;  // guarded by extents_mutex
+  std::map<RangeKey, TargetId> last_place;        // guarded by extents_mutex: the last target to name a range's place
   std::set<TargetId> local_targets;               // guarded by extents_mutex: targets that answered locally
   std::atomic<uint64_t> early_reads{0}, read_ahead_used{0};
   struct EarlyRead;
@@ -96,14 +97,17 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::optional<std::pair<ExtentKey, LocalExtent>> known_extent(ChainId chain_id, const RangeKey& range);
   // The target this range was read ahead from, when it still serves the chain (executor thread).
   std::optional<TargetId> read_ahead_target(ChainId chain_id, const RangeKey& range);
+  // Whether target serves the chain (executor thread).
+  bool serves(ChainId chain_id, TargetId target) const;
   bool wants_local(uint64_t length, bool accept_pieces) const {
     return accept_pieces && config.local_reads && length >= config.local_read_min_bytes &&
            !local_reads_off.load(std::memory_order_relaxed);
   }
 
   // Sends one read attempt to `address`; a local answer (ReadRsp::local) is read from the file here.
+  // `early`: a local read the caller runs for this attempt (claim_local_read), used instead of a read-ahead or guess.
   void send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
-                 std::function<void(Result<ReadRsp>)> attempt_done);
+                 std::function<void(Result<ReadRsp>)> attempt_done, std::shared_ptr<EarlyRead> early = nullptr);
   // Reads a local answer's bytes on an offload thread; over RPC when they do not check out.
   void read_local(const std::string& address, ReadReq req, ReadRsp rsp, std::shared_ptr<uint32_t> dirty_seen,
                   std::function<void(Result<ReadRsp>)> attempt_done);
@@ -271,15 +275,99 @@ void StorageClient::write(ChainId chain, const ChunkId& chunk, uint64_t offset, 
       std::move(done));
 }
 
+// A local read started before the target's answer (ClientConfig::read_before_answer): the bytes where
+// the last answer for the same range said they lie. Whichever of it and the answer comes second runs
+// `then` (on its own thread).
+struct StorageClient::State::EarlyRead {
+  std::mutex mutex;
+  std::optional<Result<LocalBytes>> bytes;        // guarded by mutex
+  std::function<void(Result<LocalBytes>&)> then;  // guarded by mutex
+
+  void finish(Result<LocalBytes> read) {
+    std::unique_lock lock(mutex);
+    if (!then) {
+      bytes = std::move(read);
+      return;
+    }
+    auto next = std::move(then);
+    lock.unlock();
+    next(read);
+  }
+  void when_done(std::function<void(Result<LocalBytes>&)> next) {
+    std::unique_lock lock(mutex);
+    if (!bytes) {
+      then = std::move(next);
+      return;
+    }
+    lock.unlock();
+    next(*bytes);
+  }
+};
+
+// What claim_local_read hands the caller: the target and place of the range, and the read's result for the attempt
+// that takes it.
+struct StorageClient::CallerLocalRead {
+  TargetId target = 0;
+  LocalExtent extent;
+  std::span<std::byte> into;
+  std::shared_ptr<State::EarlyRead> early = std::make_shared<State::EarlyRead>();
+};
+
+std::shared_ptr<StorageClient::CallerLocalRead> StorageClient::claim_local_read(const ChunkId& chunk, uint64_t offset,
+                                                                                uint64_t length,
+                                                                                std::span<std::byte> into) {
+  State& state = *state_;
+  if (!state.config.read_before_answer || !state.wants_local(length, /*accept_pieces=*/true)) return nullptr;
+  const State::RangeKey range{chunk, offset, length};
+  std::lock_guard lock(state.extents_mutex);
+  if (state.read_aheads.contains(range)) return nullptr;  // read ahead already: the read takes those bytes
+  auto place = state.last_place.find(range);
+  if (place == state.last_place.end()) return nullptr;
+  auto extent = state.last_extents.find(State::ExtentKey{place->second, chunk, offset, length});
+  if (extent == state.last_extents.end()) return nullptr;
+  auto claimed = std::make_shared<CallerLocalRead>();
+  claimed->target = place->second;
+  claimed->extent = extent->second;
+  claimed->into = into;
+  return claimed;
+}
+
+void StorageClient::run_local_read(const std::shared_ptr<CallerLocalRead>& caller_read) {
+  if (caller_read) caller_read->early->finish(read_local_bytes(caller_read->extent, caller_read->into));
+}
+
 void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode, Callback<ReadRsp> done,
                          bool accept_pieces) {
+  read(chain, chunk, offset, length, mode, std::move(done), accept_pieces, nullptr);
+}
+
+void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
+                         Callback<ReadRsp> done, bool accept_pieces, std::shared_ptr<CallerLocalRead> caller_read) {
   auto state = state_;
   auto dirty_seen = std::make_shared<uint32_t>(0);
   state->start<ReadRsp>(
-      [state, chain, chunk, offset, length, mode, dirty_seen, accept_pieces](std::function<void(Result<ReadRsp>)> attempt_done) {
+      [state, chain, chunk, offset, length, mode, dirty_seen, accept_pieces,
+       caller_read = std::move(caller_read)](std::function<void(Result<ReadRsp>)> attempt_done) mutable {
         // After repeated dirty answers, ask the tail: in CRAQ it commits first, so its committed
         // version is the latest committed one (relaxed there returns exactly that).
         bool tail = *dirty_seen >= state->config.dirty_retries_before_tail;
+        // The caller's own local read serves the first attempt, when its target still serves the chain.
+        std::shared_ptr<CallerLocalRead> mine = std::exchange(caller_read, nullptr);
+        if (mine && !tail && accept_pieces && state->serves(chain, mine->target)) {
+          Result<std::string> address = state->address(mine->target);
+          if (address.is_ok()) {
+            ReadReq req{.chain = chain,
+                        .chain_version = state->routing.chain(chain)->version,
+                        .target = mine->target,
+                        .chunk = chunk,
+                        .offset = offset,
+                        .length = length,
+                        .mode = mode,
+                        .accept_pieces = true};
+            req.local_host = this_host_id();
+            return state->send_read(*address, std::move(req), dirty_seen, std::move(attempt_done), mine->early);
+          }
+        }
         // A range read ahead asks the target whose file the bytes were read from (another's lie elsewhere);
         // else a range with a remembered place asks the target that named it, so that its bytes can be read
         // while the answer is on its way (another target's place is not known).
@@ -304,35 +392,6 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
       },
       std::move(done));
 }
-
-// A local read started before the target's answer (ClientConfig::read_before_answer): the bytes where
-// the last answer for the same range said they lie. Whichever of it and the answer comes second runs
-// `then` (on its own thread).
-struct StorageClient::State::EarlyRead {
-  std::mutex mutex;
-  std::optional<Result<LocalBytes>> bytes;                // guarded by mutex
-  std::function<void(Result<LocalBytes>&)> then;          // guarded by mutex
-
-  void finish(Result<LocalBytes> read) {
-    std::unique_lock lock(mutex);
-    if (!then) {
-      bytes = std::move(read);
-      return;
-    }
-    auto next = std::move(then);
-    lock.unlock();
-    next(read);
-  }
-  void when_done(std::function<void(Result<LocalBytes>&)> next) {
-    std::unique_lock lock(mutex);
-    if (!bytes) {
-      then = std::move(next);
-      return;
-    }
-    lock.unlock();
-    next(*bytes);
-  }
-};
 
 void StorageClient::read_ahead(ChainId chain_id, const ChunkId& chunk, uint64_t offset, uint64_t length) {
   auto state = state_;
@@ -421,8 +480,12 @@ std::optional<LocalExtent> StorageClient::State::last_extent(const ExtentKey& ke
 void StorageClient::State::remember_extent(const ExtentKey& key, const LocalExtent& extent) {
   std::lock_guard lock(extents_mutex);
   // A bound: forget everything at once when full (the next answers refill it).
-  if (last_extents.size() >= kMaxRememberedExtents && !last_extents.contains(key)) last_extents.clear();
+  if (last_extents.size() >= kMaxRememberedExtents && !last_extents.contains(key)) {
+    last_extents.clear();
+    last_place.clear();
+  }
   last_extents[key] = extent;
+  last_place[range_of(key)] = std::get<0>(key);
   local_targets.insert(std::get<0>(key));
 }
 
@@ -450,6 +513,15 @@ std::optional<std::pair<StorageClient::State::ExtentKey, LocalExtent>> StorageCl
   return std::nullopt;
 }
 
+bool StorageClient::State::serves(ChainId chain_id, TargetId target) const {
+  const ChainInfo* chain = routing.chain(chain_id);
+  if (chain == nullptr) return false;
+  for (TargetId serving : chain->serving()) {
+    if (serving == target) return true;
+  }
+  return false;
+}
+
 std::optional<TargetId> StorageClient::State::read_ahead_target(ChainId chain_id, const RangeKey& range) {
   TargetId target = 0;
   {
@@ -467,12 +539,12 @@ std::optional<TargetId> StorageClient::State::read_ahead_target(ChainId chain_id
 }
 
 void StorageClient::State::send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
-                                     std::function<void(Result<ReadRsp>)> attempt_done) {
+                                     std::function<void(Result<ReadRsp>)> attempt_done,
+                                     std::shared_ptr<EarlyRead> early) {
   auto self = shared_from_this();
   const ExtentKey key{req.target, req.chunk, req.offset, req.length};
-  std::shared_ptr<EarlyRead> early;
   bool read_ahead = false;
-  if (!req.local_host.empty() && config.read_before_answer) {
+  if (!early && !req.local_host.empty() && config.read_before_answer) {
     early = take_read_ahead(key);
     read_ahead = early != nullptr;
     if (!early) {

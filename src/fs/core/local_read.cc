@@ -91,7 +91,14 @@ const std::string& this_host_id() {
   return id;
 }
 
-Result<LocalBytes> read_local_bytes(const LocalExtent& extent) {
+bool reads_into(const LocalExtent& extent, std::span<const std::byte> into) {
+  return extent.skip == 0 && align_up(extent.verify_bytes, kIoAlignment) <= into.size() &&
+         reinterpret_cast<uintptr_t>(into.data()) % kIoAlignment == 0;
+}
+
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent) { return read_local_bytes(extent, {}); }
+
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::byte> into) {
   const uint64_t segment = extent.segment_bytes;
   if (segment == 0 || extent.skip + extent.count > extent.verify_bytes || extent.position % segment != 0 ||
       extent.segment_crcs.size() != (extent.verify_bytes + segment - 1) / segment) {
@@ -111,7 +118,11 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent) {
   // FUSE reads).
   LocalBytes result;
   result.extent = extent;
-  result.buffer = chunk_internal::process_io_buffers().acquire(read_bytes);
+  if (reads_into(extent, into)) {
+    result.buffer = std::shared_ptr<std::byte>(std::shared_ptr<std::byte>{}, into.data());  // owns nothing
+  } else {
+    result.buffer = chunk_internal::process_io_buffers().acquire(read_bytes);
+  }
   if (result.buffer == nullptr) {
     return resource_exhausted("local read of {}: no memory for {} bytes", extent.path, read_bytes);
   }

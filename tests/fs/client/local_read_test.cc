@@ -287,6 +287,79 @@ TEST_F(LocalReadClusterTest, ReadsOfAKnownRangeAskTheTargetThatNamedIt) {
   EXPECT_EQ(client_->local_read_counts().read_before_answer, 6u);
 }
 
+TEST_F(LocalReadClusterTest, ACallersOwnLocalReadIsCheckedAndReadsStraightIntoItsBuffer) {
+  const ChunkId chunk{27, 0};
+  auto data = testing::pattern_bytes(131'072, 15);
+  write(chunk, data);
+  const ChainId chain = cluster_->chains().front();
+  // Nothing answered for the range yet: no place to claim.
+  EXPECT_EQ(client_->claim_local_read(chunk, 0, data.size(), {}), nullptr);
+  auto learnt = read(chunk, 0, data.size(), /*accept_pieces=*/true);  // an answer names the place of [0, 128 KiB)
+  ASSERT_TRUE(learnt.is_ok()) << learnt.status();
+  EXPECT_EQ(*learnt, data);
+  EXPECT_EQ(client_->claim_local_read(chunk, 0, 4096, {}), nullptr) << "another range";
+  // A read posted with the claim, its bytes read by this thread. `into` is 4 KiB-aligned (or not); the answer's
+  // bytes come back as one piece, which lies in `into` exactly when the read went there.
+  const auto caller_read = [&](std::span<std::byte> into) -> Result<ReadRsp> {
+    auto claimed = client_->claim_local_read(chunk, 0, data.size(), into);
+    if (claimed == nullptr) return not_found("nothing to claim");
+    auto promise = std::make_shared<std::promise<Result<ReadRsp>>>();
+    auto future = promise->get_future();
+    cluster_->client_executor().post([&, claimed, promise] {
+      client_->read(
+          chain, chunk, 0, data.size(), ReadMode::kStrict,
+          [promise](Result<ReadRsp> rsp) { promise->set_value(std::move(rsp)); },
+          /*accept_pieces=*/true, claimed);
+    });
+    StorageClient::run_local_read(claimed);
+    if (future.wait_for(std::chrono::seconds(30)) != std::future_status::ready) return deadline_exceeded("no answer");
+    return future.get();
+  };
+  std::vector<std::byte> storage(data.size() + 8192);
+  std::byte* aligned = storage.data() + (4096 - reinterpret_cast<uintptr_t>(storage.data()) % 4096) % 4096;
+  const auto pieces_of = [](const ReadRsp& rsp) {
+    std::vector<std::byte> out(rsp.pieces.size);
+    rsp.pieces.copy_to(0, out);
+    return out;
+  };
+  for (bool aligned_into : {true, false}) {
+    SCOPED_TRACE(aligned_into ? "aligned buffer" : "misaligned buffer");
+    std::span<std::byte> into(aligned + (aligned_into ? 0 : 512), data.size());
+    std::fill(into.begin(), into.end(), std::byte{0});
+    const uint64_t early_before = client_->local_read_counts().read_before_answer;
+    auto rsp = caller_read(into);
+    ASSERT_TRUE(rsp.is_ok()) << rsp.status();
+    ASSERT_TRUE(rsp->pieces.is_set());
+    ASSERT_EQ(rsp->pieces.pieces.size(), 1u);
+    EXPECT_EQ(rsp->pieces.pieces[0].data() == into.data(), aligned_into);
+    EXPECT_EQ(pieces_of(*rsp), data);
+    if (aligned_into) {
+      EXPECT_TRUE(std::equal(into.begin(), into.end(), data.begin()));
+    }
+    EXPECT_EQ(client_->local_read_counts().read_before_answer, early_before + 1);
+  }
+  // The claim names the place of the last answer; a full write in between moves the chunk, and the read returns the
+  // new bytes all the same (the caller's bytes do not check out; the answer's place is read instead).
+  auto claimed_before_write = client_->claim_local_read(chunk, 0, data.size(), {});
+  ASSERT_NE(claimed_before_write, nullptr);
+  data = testing::pattern_bytes(131'072, 16);
+  write(chunk, data);
+  auto promise = std::make_shared<std::promise<Result<ReadRsp>>>();
+  auto future = promise->get_future();
+  cluster_->client_executor().post([&, promise] {
+    client_->read(
+        chain, chunk, 0, data.size(), ReadMode::kStrict,
+        [promise](Result<ReadRsp> rsp) { promise->set_value(std::move(rsp)); }, /*accept_pieces=*/true,
+        claimed_before_write);
+  });
+  StorageClient::run_local_read(claimed_before_write);
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  auto rewritten = future.get();
+  ASSERT_TRUE(rewritten.is_ok()) << rewritten.status();
+  EXPECT_EQ(pieces_of(*rewritten), data);
+  EXPECT_EQ(client_->local_read_counts().fallbacks, 0u);
+}
+
 TEST_F(LocalReadClusterTest, ReadsBeforeTheAnswerKeepOnlyBytesOfTheCommittedVersion) {
   const ChunkId chunk{23, 0};
   auto data = testing::pattern_bytes(131'072, 11);
