@@ -103,6 +103,11 @@ class StorageClient {
   // read_before_answer only.
   void read_ahead(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length);
   static constexpr size_t kMaxReadAheads = 64;
+  // read_ahead's first half, from any thread and at once: reads the range ahead where the last answer for it
+  // named its place (the read of the range asks that target, while it still serves). False when no answer did
+  // (read_ahead, on the executor, may then ask a target) or local reads are off; true also when the range is
+  // read ahead already.
+  bool read_ahead_known(const ChunkId& chunk, uint64_t offset, uint64_t length);
   // Batches: each item is retried independently; results in request order.
   void batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done);
   void batch_read(std::vector<ReadReq> reads, Callback<std::vector<ReadResult>> done);

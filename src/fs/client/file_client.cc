@@ -14,6 +14,7 @@
 #include "ff/fs/file_client.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -151,9 +152,29 @@ struct OpenHandle {
   uint64_t session = 0;
   uint32_t flags = 0;
   std::shared_ptr<InodeState> state;
-  std::mutex mutex;          // guards written_end
+  std::mutex mutex;          // guards written_end and read_ends
   uint64_t written_end = 0;  // end of this handle's acknowledged writes (close's length hint)
-  std::atomic<uint64_t> read_end{0};  // end of this handle's last read (sequential reads read ahead)
+  // Where this handle's last reads ended, one per sequential stream (threads sharing a handle each walking a
+  // part of the file are streams of their own), most recent first: a read starting at one continues that stream.
+  // UINT64_MAX: no stream (no read starts there).
+  static constexpr size_t kReadStreams = 8;
+  std::array<uint64_t, kReadStreams> read_ends = [] {
+    std::array<uint64_t, kReadStreams> none;
+    none.fill(UINT64_MAX);
+    return none;
+  }();
+
+  // Records a read of [offset, end); whether it continued one of the handle's streams.
+  bool continues_a_stream(uint64_t offset, uint64_t end) {
+    std::lock_guard lock(mutex);
+    auto found = std::find(read_ends.begin(), read_ends.end(), offset);
+    const bool continues = found != read_ends.end();
+    // The stream read (or a new one, in place of the least recent) moves to the front.
+    auto moved = continues ? found : read_ends.end() - 1;
+    std::rotate(read_ends.begin(), moved, moved + 1);
+    read_ends.front() = end;
+    return continues;
+  }
 };
 
 }  // namespace
@@ -499,7 +520,7 @@ struct FileClient::Impl {
       // already are left alone by StorageClient::read_ahead, so each read starts about one new range).
       const uint64_t read_end = op.offset + length;
       if (config.local_reads && config.read_ahead && length > 0 && length <= config.read_ahead_max_bytes &&
-          (*handle)->read_end.exchange(read_end, std::memory_order_relaxed) == op.offset) {
+          (*handle)->continues_a_stream(op.offset, read_end)) {
         const uint64_t ranges = std::max<uint64_t>(1, config.read_ahead_window_bytes / length);
         for (uint64_t r = 0; r < ranges && read_end + r * length < eof; ++r) {
           const uint64_t start = read_end + r * length;
@@ -537,13 +558,20 @@ struct FileClient::Impl {
                 },
                 /*accept_pieces=*/true, std::move(mine));
           });
-          // After the last of this read's chunk I/Os: the next range, read ahead while this read runs.
+          // After the last of this read's chunk I/Os: the next ranges, read ahead while this read runs; those
+          // with a known place at once from this thread (so a later read finds them whatever the executor does
+          // meanwhile), the others located on the executor.
           if (t + 1 == tasks.size() && !next_tasks.empty()) {
-            executor->post([storage_client, next = std::move(next_tasks)] {
-              for (const ChunkTask& task : next) {
-                storage_client->read_ahead(task.chain, task.chunk, task.chunk_offset, task.length);
-              }
+            std::erase_if(next_tasks, [&](const ChunkTask& task) {
+              return storage_client->read_ahead_known(task.chunk, task.chunk_offset, task.length);
             });
+            if (!next_tasks.empty()) {
+              executor->post([storage_client, next = std::move(next_tasks)] {
+                for (const ChunkTask& task : next) {
+                  storage_client->read_ahead(task.chain, task.chunk, task.chunk_offset, task.length);
+                }
+              });
+            }
           }
         },
         [&](ChunkDone& done) {

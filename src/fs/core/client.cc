@@ -393,6 +393,25 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
       std::move(done));
 }
 
+bool StorageClient::read_ahead_known(const ChunkId& chunk, uint64_t offset, uint64_t length) {
+  State& state = *state_;
+  if (!state.config.read_before_answer || !state.wants_local(length, /*accept_pieces=*/true)) return false;
+  const State::RangeKey range{chunk, offset, length};
+  std::optional<std::pair<State::ExtentKey, LocalExtent>> known;
+  {
+    std::lock_guard lock(state.extents_mutex);
+    if (state.read_aheads.contains(range) || state.locating.contains(range)) return true;
+    auto place = state.last_place.find(range);
+    if (place == state.last_place.end()) return false;
+    const State::ExtentKey key{place->second, chunk, offset, length};
+    auto extent = state.last_extents.find(key);
+    if (extent == state.last_extents.end()) return false;
+    known.emplace(key, extent->second);
+  }
+  state.start_read_ahead(known->first, known->second);
+  return true;
+}
+
 void StorageClient::read_ahead(ChainId chain_id, const ChunkId& chunk, uint64_t offset, uint64_t length) {
   auto state = state_;
   if (!state->config.read_before_answer || !state->wants_local(length, /*accept_pieces=*/true)) return;

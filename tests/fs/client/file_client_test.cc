@@ -497,8 +497,11 @@ TEST_F(FileClientTest, StorageNodeRestartMidWriteKeepsAcknowledgedData) {
   std::atomic<uint64_t> acknowledged{0};
   std::atomic<int> failed{0};
   constexpr uint64_t kPiece = kChunk / 2 + 1000;  // writes straddle chunks
+  // Bounded, but far beyond what the writer reaches before it is stopped: with a smaller bound (400) a fast run
+  // finished every piece before the restart, and no write was left to resume after it.
+  constexpr uint64_t kMaxPieces = 20'000;
   std::thread writer([&] {
-    for (uint64_t i = 0; !stop && i < 400; ++i) {
+    for (uint64_t i = 0; !stop && i < kMaxPieces; ++i) {
       auto data = random_bytes(kPiece, 5000 + i);
       auto w = client_->write(fh, i * kPiece, data);
       if (!w.is_ok()) {
@@ -525,6 +528,7 @@ TEST_F(FileClientTest, StorageNodeRestartMidWriteKeepsAcknowledgedData) {
   }
   ASSERT_TRUE(cluster_->restart_storage(2, 300).is_ok());
   uint64_t at_restart = acknowledged;
+  ASSERT_LT(at_restart + 10, kMaxPieces) << "the writer ran out of pieces before the restart";
   auto recovery = cluster_->wait_serving(30'000);
   // Keep writing a little after recovery, then stop.
   const bool resumed = wait_for_acks(at_restart + 10);

@@ -621,7 +621,7 @@ TEST(LocalReadFileClientTest, ASequentialReaderIsReadAheadAWindowOfRanges) {
       ASSERT_EQ(*n, out.size());
       ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * out.size())) << "chunk " << i;
     };
-    // Learn where every chunk lies (a read of chunk 7 alone does not continue the one before it).
+    // Learn where every chunk lies, back to front (no read there continues another).
     for (size_t i = 0; i < kChunks; ++i) ASSERT_NO_FATAL_FAILURE(read_chunk(kChunks - 1 - i));
     const uint64_t learnt = client.local_read_counts().read_ahead;
     // Chunks 0 and 1 in order: the read of 1 continues 0, so the window after it (2, or 2 to 4) is read ahead.
@@ -630,12 +630,53 @@ TEST(LocalReadFileClientTest, ASequentialReaderIsReadAheadAWindowOfRanges) {
     // A jump to chunk 4 finds its bytes read ahead only when the window reached it.
     ASSERT_NO_FATAL_FAILURE(read_chunk(4));
     EXPECT_EQ(client.local_read_counts().read_ahead - learnt, window_chunks == 3 ? 1u : 0u);
-    // Chunk 2 was read ahead either way (the jump did not continue the read of 1, so nothing new started).
+    // Chunk 2 was read ahead either way.
     ASSERT_NO_FATAL_FAILURE(read_chunk(2));
     EXPECT_EQ(client.local_read_counts().read_ahead - learnt, window_chunks == 3 ? 2u : 1u);
     EXPECT_EQ(client.local_read_counts().fallbacks, 0u);
     ASSERT_TRUE(client.close(fh).is_ok());
   }
+}
+
+TEST(LocalReadFileClientTest, InterleavedStreamsOnOneHandleAreEachReadAhead) {
+  TempDir dir;
+  FileClientConfig config;
+  config.local_reads = true;
+  config.read_ahead_window_bytes = 64 << 10;  // one range of the reads below
+  OneFileCluster one;
+  ASSERT_NO_FATAL_FAILURE(start_one_file_cluster(dir.path(), config, &one));
+  FileClient& client = *one.client;
+  const FileHandle fh = one.fh;
+  constexpr size_t kChunks = 8;
+  const auto data = testing::pattern_bytes(kChunks * (64 << 10), 17);
+  ASSERT_TRUE(client.write(fh, 0, data).is_ok());
+  std::vector<std::byte> out(64 << 10);
+  const auto read_chunk_through = [&](FileHandle handle, size_t i) {
+    auto n = client.read(handle, i * out.size(), out);
+    ASSERT_TRUE(n.is_ok()) << n.status();
+    ASSERT_EQ(*n, out.size());
+    ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * out.size())) << "chunk " << i;
+  };
+  const auto read_chunk = [&](size_t i) { read_chunk_through(fh, i); };
+  // Learn every chunk's place back to front through another handle (no read there continues another, and the
+  // streams below start on a handle that has read nothing).
+  auto inode = client.stat(fh);
+  ASSERT_TRUE(inode.is_ok()) << inode.status();
+  auto learner = client.open(meta::Caller{}, inode->id, meta::kOpenRead);
+  ASSERT_TRUE(learner.is_ok()) << learner.status();
+  for (size_t i = 0; i < kChunks; ++i) ASSERT_NO_FATAL_FAILURE(read_chunk_through(*learner, kChunks - 1 - i));
+  ASSERT_TRUE(client.close(*learner).is_ok());
+  const uint64_t learnt = client.local_read_counts().read_ahead;
+  // Two readers on the one handle, one from chunk 0 and one from chunk 4, taking turns: each continues its own
+  // stream, so each one's next chunk is read ahead (a handle that remembered only its last read would see no
+  // read continue another).
+  for (size_t step = 0; step < 3; ++step) {
+    ASSERT_NO_FATAL_FAILURE(read_chunk(step));
+    ASSERT_NO_FATAL_FAILURE(read_chunk(4 + step));
+  }
+  EXPECT_EQ(client.local_read_counts().read_ahead - learnt, 2u);  // chunks 2 and 6
+  EXPECT_EQ(client.local_read_counts().fallbacks, 0u);
+  ASSERT_TRUE(client.close(fh).is_ok());
 }
 
 }  // namespace
