@@ -525,6 +525,16 @@ void start_one_file_cluster(const std::string& root, const FileClientConfig& cli
   out->fh = *fh;
 }
 
+// Reads chunk i (64 KiB) of the file through handle and checks it against data.
+void expect_chunk(FileClient& client, FileHandle handle, const std::vector<std::byte>& data, size_t i) {
+  constexpr size_t kChunkBytes = 64 << 10;
+  std::vector<std::byte> out(kChunkBytes);
+  auto n = client.read(handle, i * kChunkBytes, out);
+  ASSERT_TRUE(n.is_ok()) << n.status();
+  ASSERT_EQ(*n, out.size());
+  ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * kChunkBytes)) << "chunk " << i;
+}
+
 TEST(LocalReadFileClientTest, FileReadsComeFromTheFilesAndMatch) {
   TempDir dir;
   for (bool local : {true, false}) {
@@ -577,15 +587,9 @@ TEST(LocalReadFileClientTest, SequentialReadsReadAhead) {
     ASSERT_TRUE(client.write(fh, 0, data).is_ok());
     // Two passes of chunk-sized reads front to back: the first learns where each chunk lies (read-ahead asks
     // targets as it goes), the second reads each next chunk ahead from the place it learnt.
-    std::vector<std::byte> out(64 << 10);
     for (int pass = 0; pass < 2; ++pass) {
-      for (size_t i = 0; i < kChunks; ++i) {
-        auto n = client.read(fh, i * out.size(), out);
-        ASSERT_TRUE(n.is_ok()) << n.status();
-        ASSERT_EQ(*n, out.size());
-        ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * out.size()))
-            << "pass " << pass << " chunk " << i;
-      }
+      SCOPED_TRACE(fmt::format("pass {}", pass));
+      for (size_t i = 0; i < kChunks; ++i) ASSERT_NO_FATAL_FAILURE(expect_chunk(client, fh, data, i));
     }
     const auto counts = client.local_read_counts();
     EXPECT_EQ(counts.served, 2 * kChunks);
@@ -614,13 +618,7 @@ TEST(LocalReadFileClientTest, ASequentialReaderIsReadAheadAWindowOfRanges) {
     constexpr size_t kChunks = 8;
     const auto data = testing::pattern_bytes(kChunks * (64 << 10), 14);
     ASSERT_TRUE(client.write(fh, 0, data).is_ok());
-    std::vector<std::byte> out(64 << 10);
-    const auto read_chunk = [&](size_t i) {
-      auto n = client.read(fh, i * out.size(), out);
-      ASSERT_TRUE(n.is_ok()) << n.status();
-      ASSERT_EQ(*n, out.size());
-      ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * out.size())) << "chunk " << i;
-    };
+    const auto read_chunk = [&](size_t i) { expect_chunk(client, fh, data, i); };
     // Learn where every chunk lies, back to front (no read there continues another).
     for (size_t i = 0; i < kChunks; ++i) ASSERT_NO_FATAL_FAILURE(read_chunk(kChunks - 1 - i));
     const uint64_t learnt = client.local_read_counts().read_ahead;
@@ -650,13 +648,7 @@ TEST(LocalReadFileClientTest, InterleavedStreamsOnOneHandleAreEachReadAhead) {
   constexpr size_t kChunks = 8;
   const auto data = testing::pattern_bytes(kChunks * (64 << 10), 17);
   ASSERT_TRUE(client.write(fh, 0, data).is_ok());
-  std::vector<std::byte> out(64 << 10);
-  const auto read_chunk_through = [&](FileHandle handle, size_t i) {
-    auto n = client.read(handle, i * out.size(), out);
-    ASSERT_TRUE(n.is_ok()) << n.status();
-    ASSERT_EQ(*n, out.size());
-    ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * out.size())) << "chunk " << i;
-  };
+  const auto read_chunk_through = [&](FileHandle handle, size_t i) { expect_chunk(client, handle, data, i); };
   const auto read_chunk = [&](size_t i) { read_chunk_through(fh, i); };
   // Learn every chunk's place back to front through another handle (no read there continues another, and the
   // streams below start on a handle that has read nothing).
