@@ -141,6 +141,44 @@ TEST_F(LocateTest, ChangedBytesUnderAnExtentAreRefused) {
   EXPECT_TRUE(read_local_extent(*head).is_ok());
 }
 
+TEST_F(LocateTest, LargeLocalReadsAreCheckedInEverySegment) {
+  const ChunkId id{7, 0};
+  const auto data = testing::pattern_bytes((3u << 20) / 2 + 1000, 7);  // 1.5 MiB and a ragged end
+  write_commit(id, 1, 0, data);
+  expect_local_matches(id, 0, UINT64_MAX);
+  expect_local_matches(id, 0, 1 << 20);
+  expect_local_matches(id, 300'000, 700'000);            // starts inside a segment
+  expect_local_matches(id, (1u << 20) - 4096, 600'000);  // to the chunk's end
+  // Straight into an aligned buffer.
+  const LocalExtent whole = *engine_->locate(id, 0, UINT64_MAX, ReadMode::kStrict)->extent;
+  std::vector<std::byte> storage(whole.verify_bytes + 2 * 4096);
+  std::span<std::byte> into(storage.data() + (4096 - reinterpret_cast<uintptr_t>(storage.data()) % 4096) % 4096,
+                            storage.size() - 4096);
+  ASSERT_TRUE(reads_into(whole, into));
+  auto bytes = read_local_bytes(whole, into);
+  ASSERT_TRUE(bytes.is_ok()) << bytes.status();
+  auto answer = bytes->answer(whole);
+  ASSERT_TRUE(answer.is_ok()) << answer.status();
+  EXPECT_EQ(answer->bytes.data(), into.data());
+  EXPECT_EQ(to_vector(*answer), data);
+  // A bad byte in the middle is refused by its segment; one in the last, short, segment too.
+  for (uint64_t at : {uint64_t{800'000}, uint64_t{data.size() - 10}}) {
+    SCOPED_TRACE(fmt::format("corrupt byte at {}", at));
+    scribble(whole.path, whole.file_offset + at, 1);
+    auto corrupt = read_local_extent(whole);
+    EXPECT_EQ(corrupt.status().code(), StatusCode::kDataLoss) << corrupt.status();
+    const uint64_t segment_start = at / 4096 * 4096;
+    EXPECT_NE(corrupt.status().message().find(fmt::format("[{}, ", segment_start)), std::string::npos)
+        << corrupt.status();
+    // Put the byte back: the next case sees only its own corruption.
+    const int fd = ::open(whole.path.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, &data[at], 1, static_cast<off_t>(whole.file_offset + at)), 1);
+    ::close(fd);
+    ASSERT_TRUE(read_local_extent(whole).is_ok());
+  }
+}
+
 TEST_F(LocateTest, ExtentsThatDoNotAddUpOrNameAnotherFileAreRefused) {
   const ChunkId id{6, 0};
   write_commit(id, 1, 0, testing::pattern_bytes(64 << 10, 6));
