@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import pathlib
@@ -99,31 +100,27 @@ def main() -> None:
                 report(case, [case["MB_per_s"]], [fio_mb])
         else:
             prefilled = False  # the first run creates and prefills the file, the others reuse it
-            for block in args.blocks.split(","):
-                for op in args.ops.split(","):
-                    for pattern in args.patterns.split(","):
-                        for parallel in args.parallelism.split(","):
-                            ours_runs, fio_runs = [], []
-                            for round_index in range(args.rounds):
-                                def ours_once() -> None:
-                                    nonlocal prefilled
-                                    (case,) = run_ours(op, pattern, block, parallel, reuse=prefilled)
-                                    prefilled = True
-                                    ours_runs.append(case)
-
-                                def fio_once() -> None:
-                                    fio_runs.append(fio(cluster.dir, op, pattern, int(block), int(parallel),
-                                                        args.seconds, args.file_mb))
-
-                                for side in ((ours_once, fio_once) if round_index % 2 == 0 else (fio_once, ours_once)):
-                                    side()
-                            # The counts of all rounds; the rest of the first round's line.
-                            case = dict(ours_runs[0])
-                            for key in ("ios", "errors", "local_reads", "local_reads_read_before_answer",
-                                        "local_reads_read_ahead", "seconds"):
-                                case[key] = sum(run[key] for run in ours_runs)
-                            case["avg_latency_ms"] = statistics.median(run["avg_latency_ms"] for run in ours_runs)
-                            report(case, [run["MB_per_s"] for run in ours_runs], fio_runs)
+            cases = itertools.product(args.blocks.split(","), args.ops.split(","), args.patterns.split(","),
+                                      args.parallelism.split(","))
+            for block, op, pattern, parallel in cases:
+                ours_runs, fio_runs = [], []
+                for round_index in range(args.rounds):
+                    # Who goes first alternates, so neither side always gets the disk's earlier minute.
+                    for side in (("ours", "fio") if round_index % 2 == 0 else ("fio", "ours")):
+                        if side == "ours":
+                            (case,) = run_ours(op, pattern, block, parallel, reuse=prefilled)
+                            prefilled = True
+                            ours_runs.append(case)
+                        else:
+                            fio_runs.append(fio(cluster.dir, op, pattern, int(block), int(parallel), args.seconds,
+                                                args.file_mb))
+                # The counts of all rounds; the rest of the first round's line.
+                case = dict(ours_runs[0])
+                for key in ("ios", "errors", "local_reads", "local_reads_read_before_answer", "local_reads_read_ahead",
+                            "seconds"):
+                    case[key] = sum(run[key] for run in ours_runs)
+                case["avg_latency_ms"] = statistics.median(run["avg_latency_ms"] for run in ours_runs)
+                report(case, [run["MB_per_s"] for run in ours_runs], fio_runs)
     disk = subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip()
     document = {
         "benchmark": "fs native client: FileClient (in-process meta on RocksDB; 3 ff-storage at replication 3, "

@@ -426,24 +426,20 @@ struct FileClient::Impl {
   std::vector<Result<size_t>> read_batch(std::span<const ReadOp> ops) {
     std::vector<ReadRange> ranges(ops.size());
     for (size_t i = 0; i < ops.size(); ++i) ranges[i] = ReadRange{ops[i].handle, ops[i].offset, ops[i].out.size()};
-    return read_ranges(ranges, ReadSink{.deliver =
-                                            [&](size_t, const ChunkTask& task, ChunkDone& done) {
-                                              std::byte* out = ops[task.op].out.data() + task.buffer_offset;
-                                              size_t got = std::min<size_t>(done.size(), task.length);
-                                              done.copy_to(std::span(out, got));
-                                              // Short data inside the file's length: the chunk ends early (a hole up to
-                                              // the next write).
-                                              if (got < task.length) std::memset(out + got, 0, task.length - got);
-                                            },
-                                        .hole =
-                                            [&](size_t, const ChunkTask& task) {
-                                              std::memset(ops[task.op].out.data() + task.buffer_offset, 0,
-                                                          task.length);  // no chunk was ever written there
-                                            },
-                                        .destination =
-                                            [&](const ChunkTask& task) {
-                                              return ops[task.op].out.subspan(task.buffer_offset, task.length);
-                                            }});
+    const auto deliver = [&](size_t, const ChunkTask& task, ChunkDone& done) {
+      std::byte* out = ops[task.op].out.data() + task.buffer_offset;
+      size_t got = std::min<size_t>(done.size(), task.length);
+      done.copy_to(std::span(out, got));
+      // Short data inside the file's length: the chunk ends early (a hole up to the next write).
+      if (got < task.length) std::memset(out + got, 0, task.length - got);
+    };
+    const auto hole = [&](size_t, const ChunkTask& task) {
+      std::memset(ops[task.op].out.data() + task.buffer_offset, 0, task.length);  // no chunk was ever written there
+    };
+    const auto destination = [&](const ChunkTask& task) {
+      return ops[task.op].out.subspan(task.buffer_offset, task.length);
+    };
+    return read_ranges(ranges, ReadSink{.deliver = deliver, .hole = hole, .destination = destination});
   }
 
   Result<std::vector<SharedBytes>> read_pieces(FileHandle handle, uint64_t offset, size_t length) {

@@ -93,10 +93,10 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   void start_read_ahead(const ExtentKey& key, const LocalExtent& extent);
   std::optional<LocalExtent> last_extent(const ExtentKey& key);
   void remember_extent(const ExtentKey& key, const LocalExtent& extent);
-  // A serving target of the chain with a remembered place for this range, and the place (executor thread).
-  std::optional<std::pair<ExtentKey, LocalExtent>> known_extent(ChainId chain_id, const RangeKey& range);
-  // The target this range was read ahead from, when it still serves the chain (executor thread).
-  std::optional<TargetId> read_ahead_target(ChainId chain_id, const RangeKey& range);
+  // The last target to name the range's place, and the place (extents_mutex held).
+  std::optional<std::pair<ExtentKey, LocalExtent>> last_place_locked(const RangeKey& range) const;
+  // The target this range was read ahead from (any thread).
+  std::optional<TargetId> read_ahead_target(const RangeKey& range);
   // Whether target serves the chain (executor thread).
   bool serves(ChainId chain_id, TargetId target) const;
   bool wants_local(uint64_t length, bool accept_pieces) const {
@@ -321,13 +321,11 @@ std::shared_ptr<StorageClient::CallerLocalRead> StorageClient::claim_local_read(
   const State::RangeKey range{chunk, offset, length};
   std::lock_guard lock(state.extents_mutex);
   if (state.read_aheads.contains(range)) return nullptr;  // read ahead already: the read takes those bytes
-  auto place = state.last_place.find(range);
-  if (place == state.last_place.end()) return nullptr;
-  auto extent = state.last_extents.find(State::ExtentKey{place->second, chunk, offset, length});
-  if (extent == state.last_extents.end()) return nullptr;
+  auto place = state.last_place_locked(range);
+  if (!place) return nullptr;
   auto claimed = std::make_shared<CallerLocalRead>();
-  claimed->target = place->second;
-  claimed->extent = extent->second;
+  claimed->target = std::get<0>(place->first);
+  claimed->extent = std::move(place->second);
   claimed->into = into;
   return claimed;
 }
@@ -351,32 +349,28 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
         // After repeated dirty answers, ask the tail: in CRAQ it commits first, so its committed
         // version is the latest committed one (relaxed there returns exactly that).
         bool tail = *dirty_seen >= state->config.dirty_retries_before_tail;
-        // The caller's own local read serves the first attempt, when its target still serves the chain.
+        // The caller's own local read serves the first attempt, at its target; else a range read ahead asks the
+        // target whose file the bytes were read from (another's lie elsewhere); else a range with a remembered
+        // place asks the target that named it, so that its bytes can be read while the answer is on its way
+        // (another target's place is not known). Each only while that target serves the chain.
         std::shared_ptr<CallerLocalRead> mine = std::exchange(caller_read, nullptr);
-        if (mine && !tail && accept_pieces && state->serves(chain, mine->target)) {
-          Result<std::string> address = state->address(mine->target);
-          if (address.is_ok()) {
-            ReadReq req{.chain = chain,
-                        .chain_version = state->routing.chain(chain)->version,
-                        .target = mine->target,
-                        .chunk = chunk,
-                        .offset = offset,
-                        .length = length,
-                        .mode = mode,
-                        .accept_pieces = true};
-            req.local_host = this_host_id();
-            return state->send_read(*address, std::move(req), dirty_seen, std::move(attempt_done), mine->early);
-          }
-        }
-        // A range read ahead asks the target whose file the bytes were read from (another's lie elsewhere);
-        // else a range with a remembered place asks the target that named it, so that its bytes can be read
-        // while the answer is on its way (another target's place is not known).
+        std::shared_ptr<State::EarlyRead> early;
         std::optional<TargetId> known;
         if (!tail && state->config.read_before_answer && state->wants_local(length, accept_pieces)) {
           const State::RangeKey range{chunk, offset, length};
-          known = state->read_ahead_target(chain, range);
-          if (!known) {
-            if (auto place = state->known_extent(chain, range)) known = std::get<0>(place->first);
+          if (mine) {
+            known = mine->target;
+            early = mine->early;
+          } else {
+            known = state->read_ahead_target(range);
+            if (!known) {
+              std::lock_guard lock(state->extents_mutex);
+              if (auto place = state->last_place_locked(range)) known = std::get<0>(place->first);
+            }
+          }
+          if (known && !state->serves(chain, *known)) {
+            known.reset();
+            early.reset();
           }
         }
         Result<TargetId> target = known ? Result<TargetId>(*known) : state->pick_reader(chain, tail);
@@ -388,7 +382,7 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
                     .offset = offset, .length = length, .mode = tail ? ReadMode::kRelaxed : mode,
                     .accept_pieces = accept_pieces};
         if (state->wants_local(length, accept_pieces)) req.local_host = this_host_id();
-        state->send_read(*address, std::move(req), dirty_seen, std::move(attempt_done));
+        state->send_read(*address, std::move(req), dirty_seen, std::move(attempt_done), std::move(early));
       },
       std::move(done));
 }
@@ -401,13 +395,9 @@ bool StorageClient::read_ahead_known(const ChunkId& chunk, uint64_t offset, uint
   {
     std::lock_guard lock(state.extents_mutex);
     if (state.read_aheads.contains(range) || state.locating.contains(range)) return true;
-    auto place = state.last_place.find(range);
-    if (place == state.last_place.end()) return false;
-    const State::ExtentKey key{place->second, chunk, offset, length};
-    auto extent = state.last_extents.find(key);
-    if (extent == state.last_extents.end()) return false;
-    known.emplace(key, extent->second);
+    known = state.last_place_locked(range);
   }
+  if (!known) return false;
   state.start_read_ahead(known->first, known->second);
   return true;
 }
@@ -417,18 +407,11 @@ void StorageClient::read_ahead(ChainId chain_id, const ChunkId& chunk, uint64_t 
   if (!state->config.read_before_answer || !state->wants_local(length, /*accept_pieces=*/true)) return;
   const ChainInfo* chain = state->routing.chain(chain_id);
   if (chain == nullptr) return;
+  // A range already read ahead, or being located for that, is left alone (a sequential reader asks for each
+  // range of its window once per read until it reaches it); one whose place the last answer for it named is read
+  // there (no request now; the read checks).
+  if (read_ahead_known(chunk, offset, length)) return;
   const State::RangeKey range{chunk, offset, length};
-  {
-    // A range already read ahead, or being located for that, is left alone: a sequential reader asks for each
-    // range of its window once per read until it reaches it.
-    std::lock_guard lock(state->extents_mutex);
-    if (state->read_aheads.contains(range) || state->locating.contains(range)) return;
-  }
-  // Where the bytes lay at a serving target's last answer for this range: read there (no request now; the read
-  // checks).
-  if (auto known = state->known_extent(chain_id, range)) {
-    return state->start_read_ahead(known->first, known->second);
-  }
   // Else ask a target that answered locally before (another would answer with the bytes themselves).
   std::vector<TargetId> candidates;
   {
@@ -518,18 +501,15 @@ std::shared_ptr<StorageClient::State::EarlyRead> StorageClient::State::take_read
   return early;
 }
 
-std::optional<std::pair<StorageClient::State::ExtentKey, LocalExtent>> StorageClient::State::known_extent(
-    ChainId chain_id, const RangeKey& range) {
-  const ChainInfo* chain = routing.chain(chain_id);
-  if (chain == nullptr) return std::nullopt;
+std::optional<std::pair<StorageClient::State::ExtentKey, LocalExtent>> StorageClient::State::last_place_locked(
+    const RangeKey& range) const {
+  auto place = last_place.find(range);
+  if (place == last_place.end()) return std::nullopt;
   const auto& [chunk, offset, length] = range;
-  std::lock_guard lock(extents_mutex);
-  for (TargetId target : chain->serving()) {
-    ExtentKey key{target, chunk, offset, length};
-    auto found = last_extents.find(key);
-    if (found != last_extents.end()) return std::pair{key, found->second};
-  }
-  return std::nullopt;
+  const ExtentKey key{place->second, chunk, offset, length};
+  auto extent = last_extents.find(key);
+  if (extent == last_extents.end()) return std::nullopt;
+  return std::pair{key, extent->second};
 }
 
 bool StorageClient::State::serves(ChainId chain_id, TargetId target) const {
@@ -541,20 +521,11 @@ bool StorageClient::State::serves(ChainId chain_id, TargetId target) const {
   return false;
 }
 
-std::optional<TargetId> StorageClient::State::read_ahead_target(ChainId chain_id, const RangeKey& range) {
-  TargetId target = 0;
-  {
-    std::lock_guard lock(extents_mutex);
-    auto found = read_aheads.find(range);
-    if (found == read_aheads.end()) return std::nullopt;
-    target = found->second.target;
-  }
-  const ChainInfo* chain = routing.chain(chain_id);
-  if (chain == nullptr) return std::nullopt;
-  for (TargetId serving : chain->serving()) {
-    if (serving == target) return target;
-  }
-  return std::nullopt;
+std::optional<TargetId> StorageClient::State::read_ahead_target(const RangeKey& range) {
+  std::lock_guard lock(extents_mutex);
+  auto found = read_aheads.find(range);
+  if (found == read_aheads.end()) return std::nullopt;
+  return found->second.target;
 }
 
 void StorageClient::State::send_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
