@@ -192,7 +192,8 @@ def test_local_reads_come_from_the_storage_processes_files(cluster: LocalCluster
         assert counts["served"] >= 5 and counts["fallbacks"] == 0, counts
     with fs.Client(cluster.mgmtd_address, meta_db=db, chunk_size=CHUNK, local_reads=False) as client:
         assert client.read_file("/local.bin") == payload.tobytes()
-        assert client.local_read_counts() == {"served": 0, "fallbacks": 0, "read_before_answer": 0, "read_ahead": 0}
+        assert client.local_read_counts() == {"served": 0, "fallbacks": 0, "read_before_answer": 0, "read_ahead": 0,
+                                               "read_aheads_started": 0, "read_aheads_dropped": 0}
     # The storage servers count what they answered locally: ff_storage_local_reads_total on their metrics
     # endpoints (updated with each stats line, every stats_interval_s).
     ports = [int(p) for log in sorted(cluster.dir.glob("storage*.log"))

@@ -125,6 +125,8 @@ class StorageClient {
     uint64_t fallbacks = 0;  // local answers read over RPC after all (a CRC differed, the file was unusable)
     uint64_t read_before_answer = 0;  // of `served`, read before the answer came (read_before_answer)
     uint64_t read_ahead = 0;          // of `read_before_answer`, read by read_ahead() before the read was asked for
+    uint64_t read_aheads_started = 0;  // ranges read ahead (each one local read)
+    uint64_t read_aheads_dropped = 0;  // of those, dropped unread (the oldest when kMaxReadAheads were held)
   };
   LocalReadCounts local_read_counts() const;
 

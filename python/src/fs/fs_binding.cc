@@ -268,6 +268,8 @@ class PyClient {
     out["fallbacks"] = counts.fallbacks;
     out["read_before_answer"] = counts.read_before_answer;
     out["read_ahead"] = counts.read_ahead;
+    out["read_aheads_started"] = counts.read_aheads_started;
+    out["read_aheads_dropped"] = counts.read_aheads_dropped;
     return out;
   }
 

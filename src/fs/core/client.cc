@@ -75,7 +75,7 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::map<ExtentKey, LocalExtent> last_extents;  // guarded by extents_mutex
   std::map<RangeKey, TargetId> last_place;        // guarded by extents_mutex: the last target to name a range's place
   std::set<TargetId> local_targets;               // guarded by extents_mutex: targets that answered locally
-  std::atomic<uint64_t> early_reads{0}, read_ahead_used{0};
+  std::atomic<uint64_t> early_reads{0}, read_ahead_used{0}, read_aheads_started{0}, read_aheads_dropped{0};
   struct EarlyRead;
   // Bytes read_ahead() read for an expected read of a range, from `target`'s file (at most kMaxReadAheads, the
   // oldest dropped first); the read takes its entry.
@@ -461,11 +461,14 @@ void StorageClient::State::start_read_ahead(const ExtentKey& key, const LocalExt
     if (found != read_aheads.end()) {
       read_ahead_ages.erase(found->second.age);
       read_aheads.erase(found);
+      read_aheads_dropped.fetch_add(1, std::memory_order_relaxed);
     }
     if (read_aheads.size() >= kMaxReadAheads) {  // the oldest is the least likely to be read still
       read_aheads.erase(read_ahead_ages.front());
       read_ahead_ages.pop_front();
+      read_aheads_dropped.fetch_add(1, std::memory_order_relaxed);
     }
+    read_aheads_started.fetch_add(1, std::memory_order_relaxed);
     const TargetId target = std::get<0>(key);
     read_aheads.emplace(range, ReadAhead{target, early, read_ahead_ages.insert(read_ahead_ages.end(), range)});
   }
@@ -684,7 +687,9 @@ StorageClient::LocalReadCounts StorageClient::local_read_counts() const {
   return LocalReadCounts{.served = state_->local_reads.load(std::memory_order_relaxed),
                          .fallbacks = state_->local_read_fallbacks.load(std::memory_order_relaxed),
                          .read_before_answer = state_->early_reads.load(std::memory_order_relaxed),
-                         .read_ahead = state_->read_ahead_used.load(std::memory_order_relaxed)};
+                         .read_ahead = state_->read_ahead_used.load(std::memory_order_relaxed),
+                         .read_aheads_started = state_->read_aheads_started.load(std::memory_order_relaxed),
+                         .read_aheads_dropped = state_->read_aheads_dropped.load(std::memory_order_relaxed)};
 }
 
 }  // namespace ff::fs

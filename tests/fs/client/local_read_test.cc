@@ -573,6 +573,18 @@ void expect_chunk(FileClient& client, FileHandle handle, const std::vector<std::
   ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * kChunkBytes)) << "chunk " << i;
 }
 
+// Reads every 64 KiB chunk of the file back to front through another handle, so the client knows every chunk's
+// place (no read there continues another, and the handle `fh` has read nothing: its streams start clean).
+void learn_places_through_another_handle(FileClient& client, FileHandle fh, const std::vector<std::byte>& data,
+                                         size_t chunks) {
+  auto inode = client.stat(fh);
+  ASSERT_TRUE(inode.is_ok()) << inode.status();
+  auto learner = client.open(meta::Caller{}, inode->id, meta::kOpenRead);
+  ASSERT_TRUE(learner.is_ok()) << learner.status();
+  for (size_t i = 0; i < chunks; ++i) ASSERT_NO_FATAL_FAILURE(expect_chunk(client, *learner, data, chunks - 1 - i));
+  ASSERT_TRUE(client.close(*learner).is_ok());
+}
+
 TEST(LocalReadFileClientTest, FileReadsComeFromTheFilesAndMatch) {
   TempDir dir;
   for (bool local : {true, false}) {
@@ -657,18 +669,28 @@ TEST(LocalReadFileClientTest, ASequentialReaderIsReadAheadAWindowOfRanges) {
     const auto data = testing::pattern_bytes(kChunks * (64 << 10), 14);
     ASSERT_TRUE(client.write(fh, 0, data).is_ok());
     const auto read_chunk = [&](size_t i) { expect_chunk(client, fh, data, i); };
-    // Learn where every chunk lies, back to front (no read there continues another).
-    for (size_t i = 0; i < kChunks; ++i) ASSERT_NO_FATAL_FAILURE(read_chunk(kChunks - 1 - i));
+    ASSERT_NO_FATAL_FAILURE(learn_places_through_another_handle(client, fh, data, kChunks));
     const uint64_t learnt = client.local_read_counts().read_ahead;
-    // Chunks 0 and 1 in order: the read of 1 continues 0, so the window after it (2, or 2 to 4) is read ahead.
+    const uint64_t started_before = client.local_read_counts().read_aheads_started;
+    const auto read_ahead = [&] { return client.local_read_counts().read_ahead - learnt; };
+    // Chunks 0 and 1 in order: the read of 1 continues 0, the stream's first continuation, so one range is read
+    // ahead (chunk 2) whatever the window: a random reader continues a stream that often by chance.
     ASSERT_NO_FATAL_FAILURE(read_chunk(0));
     ASSERT_NO_FATAL_FAILURE(read_chunk(1));
-    // A jump to chunk 4 finds its bytes read ahead only when the window reached it.
+    EXPECT_EQ(client.local_read_counts().read_aheads_started - started_before, 1u);
+    // A jump to chunk 4 finds nothing read ahead there.
     ASSERT_NO_FATAL_FAILURE(read_chunk(4));
-    EXPECT_EQ(client.local_read_counts().read_ahead - learnt, window_chunks == 3 ? 1u : 0u);
-    // Chunk 2 was read ahead either way.
+    EXPECT_EQ(read_ahead(), 0u);
+    // Chunk 2 was read ahead; its read continues the stream a second time: two ranges (3 and 4) within a window of
+    // three, one (3) within a window of one.
     ASSERT_NO_FATAL_FAILURE(read_chunk(2));
-    EXPECT_EQ(client.local_read_counts().read_ahead - learnt, window_chunks == 3 ? 2u : 1u);
+    EXPECT_EQ(read_ahead(), 1u);
+    // Chunk 3 was read ahead either way; the third continuation opens the whole window (4 to 6, or 4).
+    ASSERT_NO_FATAL_FAILURE(read_chunk(3));
+    EXPECT_EQ(read_ahead(), 2u);
+    // A jump to chunk 5 finds it read ahead only within the window of three.
+    ASSERT_NO_FATAL_FAILURE(read_chunk(5));
+    EXPECT_EQ(read_ahead(), window_chunks == 3 ? 3u : 2u);
     EXPECT_EQ(client.local_read_counts().fallbacks, 0u);
     ASSERT_TRUE(client.close(fh).is_ok());
   }
@@ -686,16 +708,8 @@ TEST(LocalReadFileClientTest, InterleavedStreamsOnOneHandleAreEachReadAhead) {
   constexpr size_t kChunks = 8;
   const auto data = testing::pattern_bytes(kChunks * (64 << 10), 17);
   ASSERT_TRUE(client.write(fh, 0, data).is_ok());
-  const auto read_chunk_through = [&](FileHandle handle, size_t i) { expect_chunk(client, handle, data, i); };
-  const auto read_chunk = [&](size_t i) { read_chunk_through(fh, i); };
-  // Learn every chunk's place back to front through another handle (no read there continues another, and the
-  // streams below start on a handle that has read nothing).
-  auto inode = client.stat(fh);
-  ASSERT_TRUE(inode.is_ok()) << inode.status();
-  auto learner = client.open(meta::Caller{}, inode->id, meta::kOpenRead);
-  ASSERT_TRUE(learner.is_ok()) << learner.status();
-  for (size_t i = 0; i < kChunks; ++i) ASSERT_NO_FATAL_FAILURE(read_chunk_through(*learner, kChunks - 1 - i));
-  ASSERT_TRUE(client.close(*learner).is_ok());
+  const auto read_chunk = [&](size_t i) { expect_chunk(client, fh, data, i); };
+  ASSERT_NO_FATAL_FAILURE(learn_places_through_another_handle(client, fh, data, kChunks));
   const uint64_t learnt = client.local_read_counts().read_ahead;
   // Two readers on the one handle, one from chunk 0 and one from chunk 4, taking turns: each continues its own
   // stream, so each one's next chunk is read ahead (a handle that remembered only its last read would see no

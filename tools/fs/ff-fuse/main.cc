@@ -193,8 +193,10 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
 #ifdef FF_FUSE_HAVE_FILE_CLIENT
           if (client != nullptr) {
             const StorageClient::LocalReadCounts local = client->local_read_counts();
-            line += fmt::format(" local_reads={} local_read_fallbacks={} read_ahead={}", local.served, local.fallbacks,
-                                local.read_ahead);
+            line += fmt::format(
+                " local_reads={} local_read_fallbacks={} read_ahead={} read_aheads_started={} "
+                "read_aheads_dropped={}",
+                local.served, local.fallbacks, local.read_ahead, local.read_aheads_started, local.read_aheads_dropped);
             const FileClient::CloseCounts closes = client->close_counts();
             line += fmt::format(" background_closes={} close_batches={} close_failures={}", closes.queued,
                                 closes.batches, closes.failed);
