@@ -43,26 +43,27 @@ TEST(Heuristic, WaveQuantisationDecidesMidSizes) {
 }
 
 TEST(Heuristic, LargeMUsesCooperativeTiles) {
-  EXPECT_EQ(choose_dense_config(4096, 7168, 16384, kH100Sms), TileConfig::kCooperative128x128);
-  EXPECT_EQ(choose_dense_config(512, 16384, 7168, kH100Sms), TileConfig::kCooperative128x128);
+  // Dense 128x128 tiles use the overlapped promotion (faster at steady state, docs/gemm.md).
+  EXPECT_EQ(choose_dense_config(4096, 7168, 16384, kH100Sms), TileConfig::kCooperative128x128Overlap);
+  EXPECT_EQ(choose_dense_config(512, 16384, 7168, kH100Sms), TileConfig::kCooperative128x128Overlap);
   // n = 2112: 17 column tiles of 128 (544 tiles, 5 waves: cost 5) vs 11 of 192 (352 tiles, 3 waves x 1.5 = 4.5).
   EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x192, 4096, 2112, 1, kH100Sms).waves, 3);
   EXPECT_EQ(choose_dense_config(4096, 2112, 7168, kH100Sms), TileConfig::kCooperative128x192);
   // n = 7168: 14 waves of 128x128 (cost 14) vs 10 of 128x192 (cost 15).
-  EXPECT_EQ(choose_dense_config(4096, 7168, 2048, kH100Sms), TileConfig::kCooperative128x128);
-  EXPECT_EQ(choose_dense_config(4096, 4096, 7168, kH100Sms), TileConfig::kCooperative128x128);
+  EXPECT_EQ(choose_dense_config(4096, 7168, 2048, kH100Sms), TileConfig::kCooperative128x128Overlap);
+  EXPECT_EQ(choose_dense_config(4096, 4096, 7168, kH100Sms), TileConfig::kCooperative128x128Overlap);
 }
 
 TEST(Heuristic, ShortKUsesThePingpongKernelWhenThereAreManyTiles) {
   // k = 512 (4 K blocks): 63 waves of 128x128 tiles -> ping-pong; at m = 128 only 2 waves -> the cheaper 128x128.
   EXPECT_EQ(choose_dense_config(4096, 32768, 512, kH100Sms), TileConfig::kPingpong64x128);
-  EXPECT_EQ(choose_dense_config(128, 32768, 512, kH100Sms), TileConfig::kCooperative128x128);
-  EXPECT_EQ(choose_dense_config(4096, 32768, 640, kH100Sms), TileConfig::kCooperative128x128);
+  EXPECT_EQ(choose_dense_config(128, 32768, 512, kH100Sms), TileConfig::kCooperative128x128Overlap);
+  EXPECT_EQ(choose_dense_config(4096, 32768, 640, kH100Sms), TileConfig::kCooperative128x128Overlap);
 }
 
 TEST(Heuristic, GroupedChoices) {
   // Contiguous: always an indexed dense kernel (any rows per group: segments are 128-aligned).
-  // Contiguous 128x128 tiles use the overlapped promotion (measured faster there); masked keeps CUTLASS's consumer.
+  // 128x128 tiles use the overlapped promotion (measured faster at steady state, docs/gemm.md).
   EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 4096, 7168, 4, kH100Sms),
             TileConfig::kIndexed128x128Overlap);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 32, 7168, 2048, 64, kH100Sms),
@@ -73,9 +74,9 @@ TEST(Heuristic, GroupedChoices) {
   // 112-wide tile fills the last wave but ran at 0.8x the 128-wide one's rate (docs/gemm.md), so it is never chosen.
   EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x112, 1024, 7168, 1, kH100Sms).tiles, 512);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 1024, 7168, 2048, 1, kH100Sms),
-            TileConfig::kCooperative128x128);
+            TileConfig::kCooperative128x128Overlap);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 256, 7168, 2048, 4, kH100Sms),
-            TileConfig::kCooperative128x128);
+            TileConfig::kCooperative128x128Overlap);
   // Masked never gets an indexed (contiguous-only) kernel, and dense never does either.
   for (int64_t rows : {1, 64, 256, 1024, 8192}) {
     EXPECT_FALSE(is_indexed(choose_grouped_config(GroupedKind::kMasked, rows, 4096, 7168, 4, kH100Sms))) << rows;
@@ -107,12 +108,12 @@ TEST(Heuristic, ScheduleSwizzlesLongKOnlyWithoutPaddingTiles) {
 }
 
 TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
-  EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_128x128 default:8");
+  EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_128x128_overlap default:8");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x16 default:0");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 24576, 1536, 1, kH100Sms), "pingpong_64x128 default:0");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_128x128_overlap default:8");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 4096, 7168, 2048, 8, kH100Sms), "indexed_128x128_overlap default:0");
-  EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "cooperative_128x128 default:0");
+  EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "cooperative_128x128_overlap default:0");
   EXPECT_FALSE(cuda_kernel_choice("sparse", 1, 1, 1, 1, kH100Sms).is_ok());
   EXPECT_FALSE(cuda_kernel_choice("dense", 1, 1, 1, 1, 0).is_ok());
 }

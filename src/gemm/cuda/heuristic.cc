@@ -104,7 +104,10 @@ TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms) {
   if (ceil_div(k, 128) <= kShortKBlocks && large.waves >= kMinWavesForShortKPingpong) {
     return TileConfig::kPingpong64x128;
   }
-  return cheaper_128_row(TileConfig::kCooperative128x128, TileConfig::kCooperative128x192, m, n, 1, num_sms);
+  // The 128x128 tile with the overlapped promotion: at steady state under the power cap it ran 2.4-5.0 % faster
+  // than CUTLASS's consumer on the three large dense shapes measured (bench/gemm/energy_gemm.py, H200, 3 s per side,
+  // 3 rounds; docs/gemm.md), at a lower clock: more work per cycle for the same power.
+  return cheaper_128_row(TileConfig::kCooperative128x128Overlap, TileConfig::kCooperative128x192, m, n, 1, num_sms);
 }
 
 TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t k, int64_t num_groups,
@@ -112,15 +115,15 @@ TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64
   (void)k;
   if (kind == GroupedKind::kContiguous) {
     // The 128x128 tile with the overlapped promotion (two K blocks in flight per warpgroup): faster than CUTLASS's
-    // consumer on all four contiguous shapes measured (+0.3% to +3.4%, one run, docs/gemm.md); dense and masked
-    // keep CUTLASS's consumer (-2.2% to +2.8% there, no consistent gain).
+    // consumer on all four contiguous shapes measured (+0.3% to +3.4%, one run, docs/gemm.md), as on dense and
+    // masked at steady state (masked: -0.3 % to +2.9 % on four shapes, bench/gemm/energy_gemm.py --family masked).
     return cheaper_128_row(TileConfig::kIndexed128x128Overlap, TileConfig::kIndexed128x192, rows_per_group, n,
                            num_groups, num_sms);
   }
   const TileEstimate small = estimate_tiles(TileConfig::kPingpong64x128, rows_per_group, n, num_groups, num_sms);
   const TileEstimate large = estimate_tiles(TileConfig::kCooperative128x128, rows_per_group, n, num_groups, num_sms);
   if (small.cost < large.cost) return TileConfig::kPingpong64x128;
-  return cheaper_128_row(TileConfig::kCooperative128x128, TileConfig::kCooperative128x192, rows_per_group, n,
+  return cheaper_128_row(TileConfig::kCooperative128x128Overlap, TileConfig::kCooperative128x192, rows_per_group, n,
                          num_groups, num_sms);
 }
 
