@@ -69,18 +69,37 @@ WARMUP_REPLAYS = 3
 WARMUP_SECONDS = 0.06  # replays before timing: the first timing of a case ran up to 22% low with 3 replays only
 
 
-def time_graph(torch, fn) -> float:
-    """Seconds per call of fn: a CUDA graph of ITERS calls, replayed REPEATS times, median."""
+def import_cuda_torch(tool: str):
+    """torch, when it is installed and sees a CUDA GPU; else prints why `tool` skips and returns None."""
+    try:
+        import torch
+    except ImportError:
+        print(f"{tool}: skipped (torch is not installed)")
+        return None
+    if not torch.cuda.is_available():
+        print(f"{tool}: skipped (no CUDA GPU)")
+        return None
+    return torch
+
+
+def capture_graph(torch, fn, iters: int = ITERS):
+    """A CUDA graph of `iters` calls of fn, captured after one call outside it (module load, workspace pools)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        fn()  # warm-up outside the graph (module load, workspace pools)
+        fn()
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(ITERS):
+        for _ in range(iters):
             fn()
+    return graph
+
+
+def time_graph(torch, fn) -> float:
+    """Seconds per call of fn: a CUDA graph of ITERS calls, replayed REPEATS times, median."""
+    graph = capture_graph(torch, fn)
     # Let clocks and caches settle before timing: at least WARMUP_REPLAYS replays and WARMUP_SECONDS of them.
     begin = time.perf_counter()
     replays = 0
@@ -126,6 +145,31 @@ def row_scales(torch, x):
     """Row-wise fp8 for the _scaled_mm baseline: one scale per row."""
     amax = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-4)
     return (x.float() * (448.0 / amax)).to(torch.float8_e4m3fn), (amax / 448.0).float()
+
+
+def dense_inputs(torch, gemm, m, n, k):
+    """Random bf16 x (m, k) and w (n, k), their FP8 casts (A scales TMA-aligned column-major) and a bf16 output."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    a, sa = quantize_rows(torch, x)
+    sa = gemm.get_col_major_tma_aligned_tensor(sa)
+    b, sb = quantize_blocks(torch, w)
+    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    return x, w, a, sa, b, sb, out
+
+
+def per_group_scaled_mm(torch, x, w):
+    """The grouped baseline: one torch._scaled_mm (row-wise scales) per group of x (G, m, k) and w (G, n, k)."""
+    groups, n = x.shape[0], w.shape[1]
+    rows = [row_scales(torch, x[g]) for g in range(groups)]
+    cols = [row_scales(torch, w[g]) for g in range(groups)]
+
+    def scaled_all():
+        for g in range(groups):
+            torch._scaled_mm(rows[g][0], cols[g][0].t(), scale_a=rows[g][1], scale_b=cols[g][1].view(1, n),
+                             out_dtype=torch.bfloat16)
+
+    return scaled_all
 
 
 def per_schedule(torch, flop, fn, configs) -> dict:
@@ -193,13 +237,8 @@ def main() -> int:
     args = parser.parse_args()
     families = set(args.families.split(","))
     ab_configs = TILE_AB_CONFIGS if args.ab == "tiles" else AB_CONFIGS
-    try:
-        import torch
-    except ImportError:
-        print("bench_gemm: skipped (torch is not installed)")
-        return 0
-    if not torch.cuda.is_available():
-        print("bench_gemm: skipped (no CUDA GPU)")
+    torch = import_cuda_torch("bench_gemm")
+    if torch is None:
         return 0
     from fireflyer import gemm
 
@@ -216,12 +255,7 @@ def main() -> int:
     dense_nk = DENSE_NK[:1] if args.quick else DENSE_NK
     for m in dense_m if "dense" in families else []:
         for n, k in dense_nk:
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-            a, sa = quantize_rows(torch, x)
-            sa = gemm.get_col_major_tma_aligned_tensor(sa)
-            b, sb = quantize_blocks(torch, w)
-            out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+            x, w, a, sa, b, sb, out = dense_inputs(torch, gemm, m, n, k)
             flop = 2.0 * m * n * k
             bytes_moved = m * k + n * k + 2 * m * n
             os.environ.pop("FF_GEMM_TILE_CONFIG", None)
@@ -284,13 +318,7 @@ def main() -> int:
         schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["contiguous"]) if args.sweep else None
         again = time_graph(torch, call)
         choice = heuristic_choice(gemm, "contiguous", m_per, n, k, groups, num_sms)
-        rows = [row_scales(torch, x[g * m_per:(g + 1) * m_per]) for g in range(groups)]
-        cols = [row_scales(torch, w[g]) for g in range(groups)]
-
-        def scaled_all():
-            for g in range(groups):
-                torch._scaled_mm(rows[g][0], cols[g][0].t(), scale_a=rows[g][1], scale_b=cols[g][1].view(1, n),
-                                 out_dtype=torch.bfloat16)
+        scaled_all = per_group_scaled_mm(torch, x.view(groups, m_per, k), w)
 
         def bf16_all():
             for g in range(groups):
@@ -340,13 +368,7 @@ def main() -> int:
         as_contiguous = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
             (a_flat, sa_flat), (b, sb), out_flat, m_indices))
         choice = heuristic_choice(gemm, "masked", m_max, n, k, groups, num_sms)
-        rows = [row_scales(torch, x[g]) for g in range(groups)]
-        cols = [row_scales(torch, w[g]) for g in range(groups)]
-
-        def scaled_all():
-            for g in range(groups):
-                torch._scaled_mm(rows[g][0], cols[g][0].t(), scale_a=rows[g][1], scale_b=cols[g][1].view(1, n),
-                                 out_dtype=torch.bfloat16)
+        scaled_all = per_group_scaled_mm(torch, x, w)
 
         def bf16_all():
             for g in range(groups):

@@ -5,6 +5,8 @@ Each side runs back to back for --seconds (a CUDA graph of ITERS calls replayed 
 samples the board's power draw and SM clock every 100 ms; the first --settle seconds of samples are dropped. Sides
 alternate order over --rounds rounds. Per side: TFLOPS (replays x graph FLOPs / elapsed), median power and clock,
 and joules per PFLOP (power / throughput). Under a power cap, the side with less energy per FLOP runs faster.
+Use 2 s or more per side: nvidia-smi's power reading lags the load by a fraction of a second (0.5 s runs read
+300-330 W for the first side on an H200 at 690 W).
 Writes bench/results/gemm_<device>_energy.json.
 
 Usage: bench/gemm/energy_gemm.py [--family dense|masked] [--configs CONFIG,...] [--seconds 3] [--settle 0.5]
@@ -23,7 +25,8 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_gemm import quantize_blocks, quantize_rows, row_scales  # noqa: E402
+from bench_gemm import (capture_graph, dense_inputs, import_cuda_torch, per_group_scaled_mm,  # noqa: E402
+                        quantize_blocks, quantize_rows, row_scales)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SHAPES = [(4096, 7168, 16384), (4096, 4096, 7168), (4096, 7168, 2048)]
@@ -34,16 +37,7 @@ ITERS = 20
 
 def sustained(torch, fn, flop: float, seconds: float, settle: float) -> dict:
     """Replays a graph of ITERS calls of fn for `seconds` while nvidia-smi samples power and SM clock."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(ITERS):
-            fn()
+    graph = capture_graph(torch, fn, ITERS)
     graph.replay()
     torch.cuda.synchronize()
     sampler = subprocess.Popen(["nvidia-smi", f"--id={torch.cuda.current_device()}",
@@ -94,13 +88,8 @@ def main() -> int:
                              "cooperative_128x128_overlap)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    try:
-        import torch
-    except ImportError:
-        print("energy_gemm: skipped (torch is not installed)")
-        return 0
-    if not torch.cuda.is_available():
-        print("energy_gemm: skipped (no CUDA GPU)")
+    torch = import_cuda_torch("energy_gemm")
+    if torch is None:
         return 0
     from fireflyer import gemm
 
@@ -109,12 +98,7 @@ def main() -> int:
     cases = []
 
     def dense_sides(m, n, k):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        a, sa = quantize_rows(torch, x)
-        sa = gemm.get_col_major_tma_aligned_tensor(sa)
-        b, sb = quantize_blocks(torch, w)
-        out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        x, w, a, sa, b, sb, out = dense_inputs(torch, gemm, m, n, k)
         a_row, s_row = row_scales(torch, x)
         b_row, t_row = row_scales(torch, w)
         b_row_t, t_row = b_row.t(), t_row.view(1, n)
@@ -133,16 +117,8 @@ def main() -> int:
         b, sb = torch.stack([q for q, _ in qs]), torch.stack([q for _, q in qs])
         masked_m = torch.full((groups,), m_max, device="cuda", dtype=torch.int32)
         out = torch.empty(groups, m_max, n, device="cuda", dtype=torch.bfloat16)
-        rows = [row_scales(torch, x[g]) for g in range(groups)]
-        cols = [row_scales(torch, w[g]) for g in range(groups)]
-
-        def scaled_all():
-            for g in range(groups):
-                torch._scaled_mm(rows[g][0], cols[g][0].t(), scale_a=rows[g][1], scale_b=cols[g][1].view(1, n),
-                                 out_dtype=torch.bfloat16)
-
         return {"ours": lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m, m_max),
-                "scaled_mm_rowwise": scaled_all}
+                "scaled_mm_rowwise": per_group_scaled_mm(torch, x, w)}
 
     shapes = SHAPES if args.family == "dense" else MASKED_SHAPES
     for shape in shapes:

@@ -14,18 +14,15 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "python"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_gemm import import_cuda_torch  # noqa: E402
 
 CONFIGS = ["cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
 
 
 def main() -> int:
-    try:
-        import torch
-    except ImportError:
-        print("profile_gemm: skipped (torch is not installed)")
-        return 0
-    if not torch.cuda.is_available():
-        print("profile_gemm: skipped (no CUDA GPU)")
+    torch = import_cuda_torch("profile_gemm")
+    if torch is None:
         return 0
     from fireflyer import gemm
 
