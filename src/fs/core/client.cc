@@ -93,8 +93,9 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   void start_read_ahead(const ExtentKey& key, const LocalExtent& extent);
   std::optional<LocalExtent> last_extent(const ExtentKey& key);
   void remember_extent(const ExtentKey& key, const LocalExtent& extent);
-  // The last target to name the range's place, and the place (extents_mutex held).
-  std::optional<std::pair<ExtentKey, LocalExtent>> last_place_locked(const RangeKey& range) const;
+  // The last target to name the range's place, and the place (extents_mutex held; the pointer is valid while it is:
+  // copy what is used after).
+  std::optional<std::pair<ExtentKey, const LocalExtent*>> last_place_locked(const RangeKey& range) const;
   // The target this range was read ahead from (any thread).
   std::optional<TargetId> read_ahead_target(const RangeKey& range);
   // Whether target serves the chain (executor thread).
@@ -325,7 +326,7 @@ std::shared_ptr<StorageClient::CallerLocalRead> StorageClient::claim_local_read(
   if (!place) return nullptr;
   auto claimed = std::make_shared<CallerLocalRead>();
   claimed->target = std::get<0>(place->first);
-  claimed->extent = std::move(place->second);
+  claimed->extent = *place->second;
   claimed->into = into;
   return claimed;
 }
@@ -395,7 +396,7 @@ bool StorageClient::read_ahead_known(const ChunkId& chunk, uint64_t offset, uint
   {
     std::lock_guard lock(state.extents_mutex);
     if (state.read_aheads.contains(range) || state.locating.contains(range)) return true;
-    known = state.last_place_locked(range);
+    if (auto place = state.last_place_locked(range)) known.emplace(place->first, *place->second);
   }
   if (!known) return false;
   state.start_read_ahead(known->first, known->second);
@@ -504,7 +505,7 @@ std::shared_ptr<StorageClient::State::EarlyRead> StorageClient::State::take_read
   return early;
 }
 
-std::optional<std::pair<StorageClient::State::ExtentKey, LocalExtent>> StorageClient::State::last_place_locked(
+std::optional<std::pair<StorageClient::State::ExtentKey, const LocalExtent*>> StorageClient::State::last_place_locked(
     const RangeKey& range) const {
   auto place = last_place.find(range);
   if (place == last_place.end()) return std::nullopt;
@@ -512,7 +513,7 @@ std::optional<std::pair<StorageClient::State::ExtentKey, LocalExtent>> StorageCl
   const ExtentKey key{place->second, chunk, offset, length};
   auto extent = last_extents.find(key);
   if (extent == last_extents.end()) return std::nullopt;
-  return std::pair{key, extent->second};
+  return std::pair{key, &extent->second};
 }
 
 bool StorageClient::State::serves(ChainId chain_id, TargetId target) const {

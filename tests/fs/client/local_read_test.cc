@@ -573,15 +573,19 @@ void expect_chunk(FileClient& client, FileHandle handle, const std::vector<std::
   ASSERT_TRUE(std::equal(out.begin(), out.end(), data.begin() + i * kChunkBytes)) << "chunk " << i;
 }
 
-// Reads every 64 KiB chunk of the file back to front through another handle, so the client knows every chunk's
-// place (no read there continues another, and the handle `fh` has read nothing: its streams start clean).
-void learn_places_through_another_handle(FileClient& client, FileHandle fh, const std::vector<std::byte>& data,
-                                         size_t chunks) {
+// Writes `chunks` 64 KiB chunks of pattern bytes (`seed`) into the file, then reads every chunk back to front
+// through another handle, so the client knows every chunk's place (no read there continues another, and the handle
+// `one.fh` has read nothing: its streams start clean).
+void write_and_learn_places(OneFileCluster& one, size_t chunks, uint64_t seed, std::vector<std::byte>* data) {
+  FileClient& client = *one.client;
+  const FileHandle fh = one.fh;
+  *data = testing::pattern_bytes(chunks * (64 << 10), seed);
+  ASSERT_TRUE(client.write(fh, 0, *data).is_ok());
   auto inode = client.stat(fh);
   ASSERT_TRUE(inode.is_ok()) << inode.status();
   auto learner = client.open(meta::Caller{}, inode->id, meta::kOpenRead);
   ASSERT_TRUE(learner.is_ok()) << learner.status();
-  for (size_t i = 0; i < chunks; ++i) ASSERT_NO_FATAL_FAILURE(expect_chunk(client, *learner, data, chunks - 1 - i));
+  for (size_t i = 0; i < chunks; ++i) ASSERT_NO_FATAL_FAILURE(expect_chunk(client, *learner, *data, chunks - 1 - i));
   ASSERT_TRUE(client.close(*learner).is_ok());
 }
 
@@ -665,11 +669,9 @@ TEST(LocalReadFileClientTest, ASequentialReaderIsReadAheadAWindowOfRanges) {
     ASSERT_NO_FATAL_FAILURE(start_one_file_cluster(dir.path() + fmt::format("/w{}", window_chunks), config, &one));
     FileClient& client = *one.client;
     const FileHandle fh = one.fh;
-    constexpr size_t kChunks = 8;
-    const auto data = testing::pattern_bytes(kChunks * (64 << 10), 14);
-    ASSERT_TRUE(client.write(fh, 0, data).is_ok());
+    std::vector<std::byte> data;
+    ASSERT_NO_FATAL_FAILURE(write_and_learn_places(one, 8, 14, &data));
     const auto read_chunk = [&](size_t i) { expect_chunk(client, fh, data, i); };
-    ASSERT_NO_FATAL_FAILURE(learn_places_through_another_handle(client, fh, data, kChunks));
     const uint64_t learnt = client.local_read_counts().read_ahead;
     const uint64_t started_before = client.local_read_counts().read_aheads_started;
     const auto read_ahead = [&] { return client.local_read_counts().read_ahead - learnt; };
@@ -705,11 +707,9 @@ TEST(LocalReadFileClientTest, InterleavedStreamsOnOneHandleAreEachReadAhead) {
   ASSERT_NO_FATAL_FAILURE(start_one_file_cluster(dir.path(), config, &one));
   FileClient& client = *one.client;
   const FileHandle fh = one.fh;
-  constexpr size_t kChunks = 8;
-  const auto data = testing::pattern_bytes(kChunks * (64 << 10), 17);
-  ASSERT_TRUE(client.write(fh, 0, data).is_ok());
+  std::vector<std::byte> data;
+  ASSERT_NO_FATAL_FAILURE(write_and_learn_places(one, 8, 17, &data));
   const auto read_chunk = [&](size_t i) { expect_chunk(client, fh, data, i); };
-  ASSERT_NO_FATAL_FAILURE(learn_places_through_another_handle(client, fh, data, kChunks));
   const uint64_t learnt = client.local_read_counts().read_ahead;
   // Two readers on the one handle, one from chunk 0 and one from chunk 4, taking turns: each continues its own
   // stream, so each one's next chunk is read ahead (a handle that remembered only its last read would see no
