@@ -43,7 +43,8 @@ CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluste
 CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128_cluster1x2", "indexed_128x192",
                       "indexed_128x128_overlap", "indexed_128x128_stagger"]
 MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
-                  "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger"]
+                  "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger",
+                  "masked_128x128_overlap"]
 # Tile-scheduler walks (FF_GEMM_SCHEDULE=<raster>[:<swizzle>]; "default" = CUTLASS's own choice) timed for the large
 # shapes, each under the configurations of SWEEP_CONFIGS (the 128-row tiles the heuristic may pick there).
 SCHEDULES = ["default", "m", "n", "m:2", "n:2", "m:4", "n:4", "m:8", "n:8"]
@@ -55,7 +56,7 @@ SWEEP_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x192"],
 # taking turns ("stagger"); for the large dense cases, all contiguous and all masked cases.
 AB_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"],
               "contiguous": ["indexed_128x128", "indexed_128x128_overlap", "indexed_128x128_stagger"],
-              "masked": ["cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"]}
+              "masked": ["cooperative_128x128_overlap", "masked_128x128_overlap"]}
 # --ab tiles: the tile widths A/B (CUTLASS's consumer at 128, WideTileMma at 112 and 192), for every dense case and all
 # masked cases.
 TILE_AB_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x112", "cooperative_128x192"],
@@ -341,7 +342,9 @@ def main() -> int:
         w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
         a, sa = quantize_rows(torch, x.view(-1, k))
         a = a.view(groups, m_max, k)
-        sa = sa.view(groups, m_max, k // 128)
+        sa_rows = sa.view(groups, m_max, k // 128)
+        # DeepGEMM's layout for A's scales (M-major per group, TMA-aligned), as callers hand it; row-major timed too.
+        sa = gemm.get_col_major_tma_aligned_tensor(sa_rows)
         qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
         b = torch.stack([q for q, _ in qs])
         sb = torch.stack([s for _, s in qs])
@@ -352,7 +355,9 @@ def main() -> int:
         os.environ.pop("FF_GEMM_TILE_CONFIG", None)
         ours = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m,
                                                                                       m_max))
-        diff = grouped_diff(torch, a.view(groups * m_max, k), sa.view(groups * m_max, k // 128), b, sb,
+        ours_rows = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa_rows), (b, sb), out,
+                                                                                           masked_m, m_max))
+        diff = grouped_diff(torch, a.view(groups * m_max, k), sa_rows.reshape(groups * m_max, k // 128), b, sb,
                             out.view(groups * m_max, n), [(g * m_max, (g + 1) * m_max, g) for g in range(groups)])
         call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m, m_max)  # noqa: E731
         configs = per_config(torch, flop, call, MASKED_CONFIGS) if args.sweep else None
@@ -360,10 +365,19 @@ def main() -> int:
             configs = per_config(torch, flop, call, ab_configs["masked"])
         schedules = per_schedule(torch, flop, call, SWEEP_CONFIGS["masked"]) if args.sweep else None
         again = time_graph(torch, call)
+        # Part of each group's rows valid (53-93 %, not whole 128-row tiles, as a dispatch leaves them): the time
+        # should follow the valid rows. FLOP and A bytes counted over those.
+        part = [int(m_max * (0.53 + 0.4 * (g + 0.5) / groups)) for g in range(groups)]
+        part_m = torch.tensor(part, device="cuda", dtype=torch.int32)
+        partial_call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked(  # noqa: E731
+            (a, sa), (b, sb), out, part_m, sum(part) // groups)
+        partial_flop = 2.0 * sum(part) * n * k
+        partial = time_graph(torch, partial_call)
+        partial_configs = per_config(torch, partial_flop, partial_call, ab_configs["masked"]) if args.ab else None
         # Every row is valid here (masked_m = m_max, a multiple of 128), so the same product is also a contiguous
         # layout: the contiguous (indexed) kernel's time is what running masked on it would cost at best.
         m_indices = torch.arange(groups, device="cuda", dtype=torch.int32).repeat_interleave(m_max)
-        sa_flat = gemm.get_col_major_tma_aligned_tensor(sa.reshape(groups * m_max, k // 128).contiguous())
+        sa_flat = gemm.get_col_major_tma_aligned_tensor(sa_rows.reshape(groups * m_max, k // 128).contiguous())
         a_flat, out_flat = a.view(groups * m_max, k), out.view(groups * m_max, n)
         as_contiguous = time_graph(torch, lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
             (a_flat, sa_flat), (b, sb), out_flat, m_indices))
@@ -380,6 +394,10 @@ def main() -> int:
               "ours": figures(flop, bytes_moved, ours), "scaled_mm_rowwise": figures(flop, bytes_moved, scaled),
               "bf16_matmul": figures(flop, 2 * bytes_moved, bf16), "ratio_vs_scaled_mm": round(scaled / ours, 3),
               "ratio_vs_bf16": round(bf16 / ours, 3), "calc_diff_vs_dequantised": diff,
+              "ours_row_major_scales": figures(flop, bytes_moved, ours_rows),
+              "masked_m_partial": part,
+              "ours_partial_rows_valid": figures(partial_flop, sum(part) * (k + 2 * n) + groups * n * k, partial),
+              "tflops_per_config_partial_rows": partial_configs,
               "ours_again": figures(flop, bytes_moved, again), "heuristic": choice,
               "as_contiguous_indexed": figures(flop, bytes_moved, as_contiguous),
               "tflops_per_config": configs, "tflops_per_schedule": schedules})

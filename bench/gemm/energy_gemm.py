@@ -112,7 +112,8 @@ def main() -> int:
         x = torch.randn(groups, m_max, k, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
         a, sa = quantize_rows(torch, x.view(-1, k))
-        a, sa = a.view(groups, m_max, k), sa.view(groups, m_max, k // 128)
+        # DeepGEMM's TMA-aligned column-major scales per group, as callers hand them.
+        a, sa = a.view(groups, m_max, k), gemm.get_col_major_tma_aligned_tensor(sa.view(groups, m_max, k // 128))
         qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
         b, sb = torch.stack([q for q, _ in qs]), torch.stack([q for _, q in qs])
         masked_m = torch.full((groups,), m_max, device="cuda", dtype=torch.int32)

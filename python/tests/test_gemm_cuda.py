@@ -127,9 +127,10 @@ def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding(config, mo
     assert (out[padding] == 0).all()
 
 
+@pytest.mark.parametrize("layout", ["row_major", "tma_column_major"])
 @pytest.mark.parametrize("config", ["", "cooperative_128x192", "cooperative_128x112", "cooperative_128x128_overlap",
-                                    "cooperative_128x128_stagger"])
-def test_masked_leaves_rows_beyond_masked_m_untouched(config, monkeypatch):
+                                    "cooperative_128x128_stagger", "masked_128x128_overlap"])
+def test_masked_leaves_rows_beyond_masked_m_untouched(config, layout, monkeypatch):
     force_config(monkeypatch, config)
     torch.manual_seed(2)
     groups, m_max, n, k = 4, 96, 384, 256
@@ -138,6 +139,8 @@ def test_masked_leaves_rows_beyond_masked_m_untouched(config, monkeypatch):
     a, sa = gemm.per_token_cast_to_fp8(torch.randn(groups * m_max, k, device="cuda"))
     a = a.view(groups, m_max, k)
     sa = sa.view(groups, m_max, k // 128)
+    if layout == "tma_column_major":
+        sa = gemm.get_col_major_tma_aligned_tensor(sa)
     casts = [gemm.per_block_cast_to_fp8(torch.randn(n, k, device="cuda")) for _ in range(groups)]
     b = torch.stack([q for q, _ in casts])
     sb = torch.stack([s for _, s in casts])

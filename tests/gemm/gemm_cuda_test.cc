@@ -83,7 +83,8 @@ class ForcedConfig {
   ~ForcedConfig() { unsetenv("FF_GEMM_TILE_CONFIG"); }
 };
 
-const std::vector<std::string> kMaskedConfigs = {"",
+// The configurations serving both the dense and the masked GEMM.
+const std::vector<std::string> kSharedConfigs = {"",
                                                  "pingpong_64x128",
                                                  "cooperative_128x128",
                                                  "cooperative_128x128_cluster2x1",
@@ -91,9 +92,15 @@ const std::vector<std::string> kMaskedConfigs = {"",
                                                  "cooperative_128x112",
                                                  "cooperative_128x128_overlap",
                                                  "cooperative_128x128_stagger"};
-// Dense: every masked configuration and the dense-only narrow 64-row tiles.
+// Masked: the shared ones and the masked-only kernel on the dense mainloop.
+const std::vector<std::string> kMaskedConfigs = [] {
+  std::vector<std::string> configs = kSharedConfigs;
+  configs.push_back("masked_128x128_overlap");
+  return configs;
+}();
+// Dense: the shared ones and the dense-only narrow 64-row tiles.
 const std::vector<std::string> kDenseConfigs = [] {
-  std::vector<std::string> configs = kMaskedConfigs;
+  std::vector<std::string> configs = kSharedConfigs;
   configs.insert(configs.end(), {"pingpong_64x64", "pingpong_64x32", "pingpong_64x16"});
   return configs;
 }();
@@ -391,8 +398,14 @@ struct MaskedCase {
   int64_t expected_m;
 };
 
-void run_masked_case(const MaskedCase& c, bool capture_in_graph) {
+// How a masked case hands A's scales to the GPU: row-major (G, m_max, kb), or DeepGEMM's TMA-aligned column-major
+// layout (M-major per group: strides (ld * kb, 1, ld), ld = m_max rounded up to 4), which the masked-only kernel
+// reads without a repack.
+enum class ScaleLayout { kRowMajor, kTmaColumnMajor };
+
+void run_masked_case(const MaskedCase& c, bool capture_in_graph, ScaleLayout layout = ScaleLayout::kRowMajor) {
   const int64_t kb = c.k / 128, rows = c.groups * c.m_max;
+  const int64_t ld = (c.m_max + 3) / 4 * 4;
   Operands o = random_operands(rows, c.n, c.k, c.groups, static_cast<uint32_t>(c.m_max + c.n));
   std::vector<uint16_t> expected(static_cast<size_t>(rows * c.n), kSentinel);
   ASSERT_TRUE(m_grouped_gemm_fp8_fp8_bf16_nt_masked(
@@ -405,7 +418,24 @@ void run_masked_case(const MaskedCase& c, bool capture_in_graph) {
                   c.expected_m)
                   .is_ok());
   DeviceBuffer<uint8_t> a(o.a), b(o.b);
-  DeviceBuffer<float> sa(o.sa), sb(o.sb);
+  DeviceBuffer<float> sb(o.sb);
+  std::vector<float> sa_host = o.sa;
+  if (layout == ScaleLayout::kTmaColumnMajor) {
+    sa_host.assign(static_cast<size_t>(c.groups * ld * kb), std::nanf(""));  // padding rows never read as values
+    for (int64_t g = 0; g < c.groups; ++g) {
+      for (int64_t r = 0; r < c.m_max; ++r) {
+        for (int64_t b_ = 0; b_ < kb; ++b_) {
+          sa_host[static_cast<size_t>(g * ld * kb + b_ * ld + r)] =
+              o.sa[static_cast<size_t>((g * c.m_max + r) * kb + b_)];
+        }
+      }
+    }
+  }
+  DeviceBuffer<float> sa(sa_host);
+  const TensorView sa_view =
+      layout == ScaleLayout::kTmaColumnMajor
+          ? with_strides(device_view(sa.data, DType::kFloat32, {c.groups, c.m_max, kb}), {ld * kb, 1, ld})
+          : device_view(sa.data, DType::kFloat32, {c.groups, c.m_max, kb});
   // Graph case: capture with all-zero counts, then write the real counts into the same device buffer before
   // replaying: the kernel must read masked_m on the device at run time.
   DeviceBuffer<int32_t> masked_m(capture_in_graph ? std::vector<int32_t>(c.masked_m.size(), 0) : c.masked_m);
@@ -416,8 +446,7 @@ void run_masked_case(const MaskedCase& c, bool capture_in_graph) {
     ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
     auto call = [&] {
       return m_grouped_gemm_fp8_fp8_bf16_nt_masked(
-          {device_view(a.data, DType::kFloat8E4M3, {c.groups, c.m_max, c.k}),
-           device_view(sa.data, DType::kFloat32, {c.groups, c.m_max, kb})},
+          {device_view(a.data, DType::kFloat8E4M3, {c.groups, c.m_max, c.k}), sa_view},
           {device_view(b.data, DType::kFloat8E4M3, {c.groups, c.n, c.k}),
            device_view(sb.data, DType::kFloat32, {c.groups, ceil_div(c.n, 128), kb})},
           device_view(out.data, DType::kBFloat16, {c.groups, c.m_max, c.n}),
@@ -471,6 +500,22 @@ TEST(GroupedCuda, MaskedMatchesCpuAndLeavesMaskedRowsUntouched) {
   run_masked_case({2, 256, 384, 256, {200, 17}, 128}, /*capture_in_graph=*/false);
 }
 
+TEST(GroupedCuda, MaskedReadsTmaColumnMajorScales) {
+  SKIP_WITHOUT_GPU();
+  run_masked_case({3, 130, 256, 384, {130, 0, 67}, 64}, /*capture_in_graph=*/false, ScaleLayout::kTmaColumnMajor);
+}
+
+// Few SMs: each CTA of the persistent grid walks several tiles across groups (the masked-only kernel's scheduler
+// skips the empty groups and the tiles past masked_m).
+TEST(GroupedCuda, MaskedOnFewSmsWalksTilesAcrossGroups) {
+  SKIP_WITHOUT_GPU();
+  const int previous = get_num_sms();
+  ASSERT_TRUE(set_num_sms(4).is_ok());  // even: the 2x1-cluster kernel among the configurations needs it
+  run_masked_case({5, 384, 512, 256, {384, 0, 300, 129, 1}, 200}, /*capture_in_graph=*/false);
+  run_masked_case({2, 200, 256, 256, {1, 200}, 100}, /*capture_in_graph=*/false, ScaleLayout::kTmaColumnMajor);
+  ASSERT_TRUE(set_num_sms(previous).is_ok());
+}
+
 // The dense-only (narrow 64-row) and contiguous-only (indexed) kernels are refused on a masked GEMM, naming the
 // forced configuration, and nothing is written.
 TEST(GroupedCuda, MaskedRefusesDenseOrContiguousOnlyKernels) {
@@ -516,6 +561,30 @@ TEST(GemmCuda, BadLayoutIsRejectedBeforeLaunch) {
       device_view(out.data, DType::kBFloat16, {64, 64}));
   EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), ::testing::HasSubstr("k=200 is not a multiple of 128"));
+}
+
+TEST(GemmCuda, MaskedOnlyConfigOutsideMaskedIsRejected) {
+  SKIP_WITHOUT_GPU();
+  DeviceBuffer<uint8_t> a(std::vector<uint8_t>(128 * 128)), b(std::vector<uint8_t>(128 * 128));
+  DeviceBuffer<float> sa(std::vector<float>(128, 1.0f)), sb(std::vector<float>(1, 1.0f));
+  DeviceBuffer<uint16_t> out(std::vector<uint16_t>(128 * 128, kSentinel));
+  DeviceBuffer<int32_t> m_indices(std::vector<int32_t>(128, 0));
+  ForcedConfig forced("masked_128x128_overlap");
+  Status status = gemm_fp8_fp8_bf16_nt(
+      {device_view(a.data, DType::kFloat8E4M3, {128, 128}), device_view(sa.data, DType::kFloat32, {128, 1})},
+      {device_view(b.data, DType::kFloat8E4M3, {128, 128}), device_view(sb.data, DType::kFloat32, {1, 1})},
+      device_view(out.data, DType::kBFloat16, {128, 128}));
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("masked_128x128_overlap"));
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("only the masked grouped GEMM"));
+  status = m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(
+      {device_view(a.data, DType::kFloat8E4M3, {128, 128}), device_view(sa.data, DType::kFloat32, {128, 1})},
+      {device_view(b.data, DType::kFloat8E4M3, {1, 128, 128}), device_view(sb.data, DType::kFloat32, {1, 1, 1})},
+      device_view(out.data, DType::kBFloat16, {128, 128}), device_view(m_indices.data, DType::kInt32, {128}));
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), ::testing::HasSubstr("only the masked grouped GEMM"));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (uint16_t value : out.to_host()) ASSERT_EQ(value, kSentinel) << "a refused call wrote output";
 }
 
 TEST(GemmCuda, IndexedConfigOutsideContiguousIsRejected) {

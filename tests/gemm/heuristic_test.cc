@@ -73,14 +73,22 @@ TEST(Heuristic, GroupedChoices) {
   // n = 7168: 56 column tiles of 128 (8 x 56 = 448 tiles, 4 waves) vs 64 of 112 (512 tiles, also 4 waves): the
   // 112-wide tile fills the last wave but ran at 0.8x the 128-wide one's rate (docs/gemm.md), so it is never chosen.
   EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x112, 1024, 7168, 1, kH100Sms).tiles, 512);
+  // Masked with 128-row tiles: the masked dense kernel (groups as the batch), whatever the width would save.
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 1024, 7168, 2048, 1, kH100Sms),
-            TileConfig::kCooperative128x128Overlap);
+            TileConfig::kMasked128x128Overlap);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 256, 7168, 2048, 4, kH100Sms),
-            TileConfig::kCooperative128x128Overlap);
-  // Masked never gets an indexed (contiguous-only) kernel, and dense never does either.
+            TileConfig::kMasked128x128Overlap);
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 512, 4096, 7168, 2, kH100Sms),
+            TileConfig::kMasked128x128Overlap);
+  EXPECT_TRUE(is_masked_only(choose_grouped_config(GroupedKind::kMasked, 1024, 4096, 7168, 1, kH100Sms)));
+  // Masked never gets an indexed (contiguous-only) kernel, and dense never does either; only masked gets the
+  // masked-only kernel.
   for (int64_t rows : {1, 64, 256, 1024, 8192}) {
     EXPECT_FALSE(is_indexed(choose_grouped_config(GroupedKind::kMasked, rows, 4096, 7168, 4, kH100Sms))) << rows;
     EXPECT_FALSE(is_indexed(choose_dense_config(rows, 4096, 7168, kH100Sms))) << rows;
+    EXPECT_FALSE(is_masked_only(choose_dense_config(rows, 4096, 7168, kH100Sms))) << rows;
+    EXPECT_FALSE(is_masked_only(choose_grouped_config(GroupedKind::kContiguous, rows, 4096, 7168, 4, kH100Sms)))
+        << rows;
   }
 }
 
@@ -99,8 +107,12 @@ TEST(Heuristic, ScheduleSwizzlesLongKOnlyWithoutPaddingTiles) {
   // Contiguous (indexed, one problem over all groups' rows): 4 x 8192 rows -> 256 row tiles.
   EXPECT_EQ(choose_schedule(TileConfig::kIndexed128x128, true, 8192, 4096, 7168, 4, kH100Sms).swizzle, 8);
   EXPECT_EQ(choose_schedule(TileConfig::kIndexed128x128Overlap, true, 8192, 4096, 7168, 4, kH100Sms).swizzle, 8);
-  // Masked (ptr-array, per-problem scheduling): CUTLASS's walk.
+  // Masked (ptr-array, per-problem scheduling): CUTLASS's walk. The masked-only kernel walks its own order (valid
+  // tiles group by group): no schedule.
   EXPECT_EQ(choose_schedule(TileConfig::kCooperative128x128, true, 1024, 4096, 7168, 1, kH100Sms).swizzle, 0);
+  s = choose_schedule(TileConfig::kMasked128x128Overlap, true, 1024, 4096, 7168, 8, kH100Sms);
+  EXPECT_EQ(s.raster, 0);
+  EXPECT_EQ(s.swizzle, 0);
   // The 2x1 cluster needs the row tiles to divide by 2 x swizzle.
   EXPECT_EQ(choose_schedule(TileConfig::kCooperative128x128Cluster2x1, false, 128 * 24, 1024, 8192, 1, kH100Sms)
                 .swizzle,
@@ -113,7 +125,7 @@ TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 24576, 1536, 1, kH100Sms), "pingpong_64x128 default:0");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_128x128_overlap default:8");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 4096, 7168, 2048, 8, kH100Sms), "indexed_128x128_overlap default:0");
-  EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "cooperative_128x128_overlap default:0");
+  EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "masked_128x128_overlap default:0");
   EXPECT_FALSE(cuda_kernel_choice("sparse", 1, 1, 1, 1, kH100Sms).is_ok());
   EXPECT_FALSE(cuda_kernel_choice("dense", 1, 1, 1, 1, 0).is_ok());
 }

@@ -126,6 +126,46 @@ Status m_major_scales(std::string_view function, const TensorView& sa, int64_t r
   return Status::ok();
 }
 
+// The masked-only kernels' layout of A's scales (G, rows, k_blocks): M-major per group, element (g, row, kb) at
+// sa[g * group_stride + row + kb * ld], ld >= rows rounded up to 4, ld and group_stride multiples of 4 floats, 16-byte
+// aligned. The caller's tensor when it already is so laid out (DeepGEMM's TMA-aligned column-major layout of a 3-D
+// scale tensor is), else a repacked copy in `scratch`.
+Status m_major_group_scales(std::string_view function, const TensorView& sa, int64_t groups, int64_t rows,
+                            int64_t k_blocks, void* stream, ScratchScales& scratch, const float** out, int64_t* ld_out,
+                            int64_t* group_stride_out) {
+  const int64_t padded = (rows + 3) / 4 * 4;
+  const int64_t ld = k_blocks > 1 ? sa.stride(2) : padded;
+  const int64_t group_stride = groups > 1 ? sa.stride(0) : ld * k_blocks;
+  if (sa.ndim == 3 && (rows <= 1 || sa.stride(1) == 1) && ld >= padded && ld % 4 == 0 && group_stride % 4 == 0 &&
+      group_stride >= ld * k_blocks && aligned_16(sa.data)) {
+    *out = static_cast<const float*>(sa.data);
+    *ld_out = ld;
+    *group_stride_out = group_stride;
+    return Status::ok();
+  }
+  RepackArgs repack;
+  repack.src = static_cast<const float*>(sa.data);
+  repack.groups = groups;
+  repack.rows = rows;
+  repack.cols = k_blocks;
+  repack.src_strides[0] = sa.stride(0);
+  repack.src_strides[1] = sa.stride(1);
+  repack.src_strides[2] = sa.stride(2);
+  *ld_out = padded;
+  *group_stride_out = padded * k_blocks;
+  repack.dst_strides[0] = *group_stride_out;
+  repack.dst_strides[1] = 1;
+  repack.dst_strides[2] = padded;
+  repack.stream = stream;
+  scratch.stream = stream;
+  FF_RETURN_IF_ERROR(
+      from_launch(function, allocate_async(&scratch.memory, sizeof(float) * groups * *group_stride_out, stream)));
+  repack.dst = static_cast<float*>(scratch.memory);
+  FF_RETURN_IF_ERROR(from_launch(function, repack_scales(repack)));
+  *out = repack.dst;
+  return Status::ok();
+}
+
 }  // namespace
 
 Status dense(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const internal::GemmShape& shape,
@@ -157,13 +197,18 @@ Status dense(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out
     return invalid_argument("FF_GEMM_TILE_CONFIG={}: the indexed kernels serve only the contiguous grouped GEMM",
                             tile_config_name(config));
   }
+  if (is_masked_only(config)) {
+    return invalid_argument("FF_GEMM_TILE_CONFIG={}: this kernel serves only the masked grouped GEMM",
+                            tile_config_name(config));
+  }
   return from_launch("gemm_fp8_fp8_bf16_nt", run_dense(config, args));
 }
 
 namespace {
 
 // The ptr-array kernels read sa row-major: (m, kb) with strides (kb, 1), or (G, m, kb) with (m * kb, kb, 1); the
-// indexed contiguous kernels read it M-major like the dense kernel. Other layouts are repacked.
+// indexed contiguous kernels read it M-major like the dense kernel, the masked-only ones M-major per group. Other
+// layouts are repacked.
 Status grouped(std::string_view function, GroupedArgs& args, const TensorView& sa, int64_t rows_per_group) {
   DeviceGuard guard(sa.device_index);
   FF_RETURN_IF_ERROR(from_launch(function, guard.error()));
@@ -179,8 +224,17 @@ Status grouped(std::string_view function, GroupedArgs& args, const TensorView& s
   if (is_narrow_pingpong(config)) {
     return invalid_argument("FF_GEMM_TILE_CONFIG={}: this kernel serves only the dense GEMM", tile_config_name(config));
   }
+  if (is_masked_only(config) && args.kind != GroupedKind::kMasked) {
+    return invalid_argument("FF_GEMM_TILE_CONFIG={}: this kernel serves only the masked grouped GEMM",
+                            tile_config_name(config));
+  }
   const int64_t k_blocks = ceil_div(args.k, kScaleBlock);
   ScratchScales scratch;
+  if (is_masked_only(config)) {
+    FF_RETURN_IF_ERROR(m_major_group_scales(function, sa, args.num_groups, args.m, k_blocks, args.stream, scratch,
+                                            &args.sa, &args.sa_ld, &args.sa_group_stride));
+    return from_launch(function, run_grouped(config, args));
+  }
   if (is_indexed(config)) {
     FF_RETURN_IF_ERROR(m_major_scales(function, sa, args.m, k_blocks, args.stream, scratch, &args.sa, &args.sa_ld));
     return from_launch(function, run_grouped(config, args));

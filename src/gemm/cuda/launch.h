@@ -46,13 +46,20 @@ enum class TileConfig : int {
   kPingpong64x64,
   kPingpong64x32,
   kPingpong64x16,
+  // Masked grouped GEMM only: the dense (non-ptr-array) kernel over the (m_max, n, k) problem with the groups as
+  // its batch mode, a tile scheduler that hands out only tiles holding rows below masked_m[g], and an epilogue that
+  // stores only those rows (sm90_fp8_masked.cuh). A's scales M-major per group, loaded by TMA. 128x128x128
+  // cooperative tiles with the overlapped promotion.
+  kMasked128x128Overlap,
 };
-inline constexpr int kNumTileConfigs = 15;
+inline constexpr int kNumTileConfigs = 16;
 inline constexpr bool is_indexed(TileConfig config) {
   return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
          config == TileConfig::kIndexed128x192 || config == TileConfig::kIndexed128x128Overlap ||
          config == TileConfig::kIndexed128x128Stagger;
 }
+inline constexpr bool is_masked_only(TileConfig config) { return config == TileConfig::kMasked128x128Overlap; }
+
 const char* tile_config_name(TileConfig config);
 // The narrow 64-row ping-pong tiles: built for the dense GEMM only.
 inline constexpr bool is_narrow_pingpong(TileConfig config) {
@@ -100,13 +107,16 @@ std::string run_dense(TileConfig config, const DenseArgs& args);
 //   masked:     a (G, m, k), sa (G, m, ceil(k/128)) row-major, out (G, m, n), indices = masked_m (G) int32.
 // b is (G, n, k) and sb (G, ceil(n/128), ceil(k/128)), both row-major. The indexed configurations (contiguous
 // only) read sa M-major instead: element (row, kb) at sa[row + kb * sa_ld], sa_ld >= m rounded up to 4 and a
-// multiple of 4 (DeepGEMM's TMA-aligned column-major layout, as the dense kernel).
+// multiple of 4 (DeepGEMM's TMA-aligned column-major layout, as the dense kernel). The masked-only configurations
+// read sa M-major per group: element (g, row, kb) at sa[g * sa_group_stride + row + kb * sa_ld], sa_ld >= m rounded
+// up to 4, both multiples of 4.
 enum class GroupedKind : int { kContiguous, kMasked };
 struct GroupedArgs {
   GroupedKind kind = GroupedKind::kContiguous;
   const void* a = nullptr;
   const float* sa = nullptr;
-  int64_t sa_ld = 0;  // indexed configurations: M-major leading dimension of sa
+  int64_t sa_ld = 0;            // indexed and masked-only configurations: M-major leading dimension of sa
+  int64_t sa_group_stride = 0;  // masked-only configurations: elements between two groups' scales
   const void* b = nullptr;
   const float* sb = nullptr;
   void* out = nullptr;
