@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import random
 import statistics
 import sys
 import time
@@ -37,6 +38,13 @@ DENSE_M = [64, 128, 4096]
 CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048)]
 MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
           (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
+# Masked decode (groups, m_max, expected_m, n, k): the layout a low-latency expert-parallel dispatch hands the
+# expert GEMMs (DeepSeek-V3's 256 experts over 16 or 8 ranks: 16 or 32 local experts, m_max = the dispatch's token
+# capacity, tens of valid rows per expert); masked_m drawn around expected_m (0.5-1.5x, seeded). Bound by reading B
+# (every expert's weights once): GB/s is the figure. The baseline runs _scaled_mm on each group's valid rows only
+# (what a caller that knew the counts on the host could do).
+MASKED_DECODE = [(16, 2048, 64, 4096, 7168), (16, 2048, 64, 7168, 2048), (32, 1024, 24, 4096, 7168)]
+DECODE_CONFIGS = ["pingpong_64x128", "masked_128x128_overlap"]
 CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
            "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger", "pingpong_64x64",
            "pingpong_64x32", "pingpong_64x16"]
@@ -233,8 +241,8 @@ def main() -> int:
                         help="with --no-sweep: also time the 128x128 consumers of AB_CONFIGS (tflops_per_config), "
                              "with 'tiles' the tile widths of TILE_AB_CONFIGS, with 'narrow' the 64-row tiles of "
                              "NARROW_AB_CONFIGS on the dense cases with m < 4096")
-    parser.add_argument("--families", default="dense,contiguous,masked",
-                        help="comma-separated subset of dense, contiguous, masked")
+    parser.add_argument("--families", default="dense,contiguous,masked,decode",
+                        help="comma-separated subset of dense, contiguous, masked, decode (masked decode layouts)")
     args = parser.parse_args()
     families = set(args.families.split(","))
     ab_configs = TILE_AB_CONFIGS if args.ab == "tiles" else AB_CONFIGS
@@ -403,6 +411,49 @@ def main() -> int:
               "tflops_per_config": configs, "tflops_per_schedule": schedules})
         del x, w, a, b, out
 
+    decode = MASKED_DECODE[:1] if args.quick else MASKED_DECODE
+    for groups, m_max, expected_m, n, k in decode if "decode" in families else []:
+        rng = random.Random(groups * 100003 + n)
+        rows = [rng.randint(expected_m // 2, expected_m * 3 // 2) for _ in range(groups)]
+        x = torch.randn(groups, m_max, k, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
+        a, sa = quantize_rows(torch, x.view(-1, k))
+        a = a.view(groups, m_max, k)
+        sa_rows = sa.view(groups, m_max, k // 128)
+        sa = gemm.get_col_major_tma_aligned_tensor(sa_rows)
+        qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
+        b = torch.stack([q for q, _ in qs])
+        sb = torch.stack([s for _, s in qs])
+        masked_m = torch.tensor(rows, device="cuda", dtype=torch.int32)
+        out = torch.empty(groups, m_max, n, device="cuda", dtype=torch.bfloat16)
+        valid = sum(rows)
+        flop = 2.0 * valid * n * k
+        bytes_moved = groups * n * k + valid * (k + 2 * n)
+        call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked(  # noqa: E731
+            (a, sa), (b, sb), out, masked_m, expected_m)
+        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+        ours = time_graph(torch, call)
+        diff = grouped_diff(torch, a.view(groups * m_max, k), sa_rows.reshape(groups * m_max, k // 128), b, sb,
+                            out.view(groups * m_max, n), [(g * m_max, g * m_max + r, g) for g, r in enumerate(rows)])
+        configs = per_config(torch, flop, call, DECODE_CONFIGS)
+        x_rows = [row_scales(torch, x[g, :r]) for g, r in enumerate(rows)]
+        w_cols = [row_scales(torch, w[g]) for g in range(groups)]
+
+        def scaled_valid():
+            for g in range(groups):
+                torch._scaled_mm(x_rows[g][0], w_cols[g][0].t(), scale_a=x_rows[g][1],
+                                 scale_b=w_cols[g][1].view(1, n), out_dtype=torch.bfloat16)
+
+        scaled = time_graph(torch, scaled_valid)
+        choice = heuristic_choice(gemm, "masked", expected_m, n, k, groups, num_sms)
+        emit({"case": "masked_decode", "groups": groups, "m": m_max, "expected_m": expected_m, "masked_m": rows,
+              "n": n, "k": k, "device": device, "ours": figures(flop, bytes_moved, ours),
+              "scaled_mm_rowwise_valid_rows": figures(flop, bytes_moved, scaled),
+              "ratio_vs_scaled_mm": round(scaled / ours, 3), "calc_diff_vs_dequantised": diff, "heuristic": choice,
+              "tflops_per_config": configs,
+              "gbps_per_config": {c: round(bytes_moved * tf * 1e3 / flop, 1) for c, tf in configs.items()}})
+        del x, w, a, b, out
+
     dense = [r for r in results if r["case"] == "dense"]
     summary = {
         "device": device,
@@ -412,6 +463,8 @@ def main() -> int:
         "min_tflops_contiguous": min((r["ours"]["tflops"] for r in results if r["case"] == "contiguous"),
                                      default=None),
         "min_tflops_masked": min((r["ours"]["tflops"] for r in results if r["case"] == "masked"), default=None),
+        "min_gbps_masked_decode": min((r["ours"]["gbps"] for r in results if r["case"] == "masked_decode"),
+                                      default=None),
         "method": f"CUDA graph of {ITERS} calls, {WARMUP_REPLAYS} untimed then {REPEATS} timed replays, median; "
                   "same run for all columns",
     }
