@@ -44,7 +44,7 @@ MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2
 # (every expert's weights once): GB/s is the figure. The baseline runs _scaled_mm on each group's valid rows only
 # (what a caller that knew the counts on the host could do).
 MASKED_DECODE = [(16, 2048, 64, 4096, 7168), (16, 2048, 64, 7168, 2048), (32, 1024, 24, 4096, 7168)]
-DECODE_CONFIGS = ["pingpong_64x128", "masked_128x128_overlap"]
+DECODE_CONFIGS = ["pingpong_64x128", "masked_pingpong_64x128", "masked_128x128_overlap"]
 CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
            "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger", "pingpong_64x64",
            "pingpong_64x32", "pingpong_64x16"]
@@ -52,7 +52,7 @@ CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128
                       "indexed_128x128_overlap", "indexed_128x128_stagger"]
 MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
                   "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger",
-                  "masked_128x128_overlap"]
+                  "masked_128x128_overlap", "masked_pingpong_64x128"]
 # Tile-scheduler walks (FF_GEMM_SCHEDULE=<raster>[:<swizzle>]; "default" = CUTLASS's own choice) timed for the large
 # shapes, each under the configurations of SWEEP_CONFIGS (the 128-row tiles the heuristic may pick there).
 SCHEDULES = ["default", "m", "n", "m:2", "n:2", "m:4", "n:4", "m:8", "n:8"]

@@ -129,7 +129,8 @@ def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding(config, mo
 
 @pytest.mark.parametrize("layout", ["row_major", "tma_column_major"])
 @pytest.mark.parametrize("config", ["", "cooperative_128x192", "cooperative_128x112", "cooperative_128x128_overlap",
-                                    "cooperative_128x128_stagger", "masked_128x128_overlap"])
+                                    "cooperative_128x128_stagger", "masked_128x128_overlap",
+                                    "masked_pingpong_64x128"])
 def test_masked_leaves_rows_beyond_masked_m_untouched(config, layout, monkeypatch):
     force_config(monkeypatch, config)
     torch.manual_seed(2)

@@ -95,7 +95,7 @@ const std::vector<std::string> kSharedConfigs = {"",
 // Masked: the shared ones and the masked-only kernel on the dense mainloop.
 const std::vector<std::string> kMaskedConfigs = [] {
   std::vector<std::string> configs = kSharedConfigs;
-  configs.push_back("masked_128x128_overlap");
+  configs.insert(configs.end(), {"masked_128x128_overlap", "masked_pingpong_64x128"});
   return configs;
 }();
 // Dense: the shared ones and the dense-only narrow 64-row tiles.

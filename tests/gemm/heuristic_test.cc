@@ -69,7 +69,8 @@ TEST(Heuristic, GroupedChoices) {
   EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 32, 7168, 2048, 64, kH100Sms),
             TileConfig::kIndexed128x128Overlap);
   EXPECT_TRUE(is_indexed(choose_grouped_config(GroupedKind::kContiguous, 4096, 7168, 2048, 8, kH100Sms)));
-  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 32, 4096, 7168, 8, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 32, 4096, 7168, 8, kH100Sms), TileConfig::kMasked64x128);
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kMasked, 64, 4096, 7168, 16, kH100Sms), TileConfig::kMasked64x128);
   // n = 7168: 56 column tiles of 128 (8 x 56 = 448 tiles, 4 waves) vs 64 of 112 (512 tiles, also 4 waves): the
   // 112-wide tile fills the last wave but ran at 0.8x the 128-wide one's rate (docs/gemm.md), so it is never chosen.
   EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x112, 1024, 7168, 1, kH100Sms).tiles, 512);

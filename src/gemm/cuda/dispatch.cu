@@ -29,6 +29,7 @@ std::string run_dense_pingpong_64x64(const DenseArgs& args);
 std::string run_dense_pingpong_64x32(const DenseArgs& args);
 std::string run_dense_pingpong_64x16(const DenseArgs& args);
 std::string run_masked_128x128_overlap(const GroupedArgs& args);
+std::string run_masked_pingpong_64x128(const GroupedArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
@@ -47,7 +48,8 @@ std::string run_dense(TileConfig config, const DenseArgs& args) {
     case TileConfig::kIndexed128x192:
     case TileConfig::kIndexed128x128Overlap:
     case TileConfig::kIndexed128x128Stagger:
-    case TileConfig::kMasked128x128Overlap: break;
+    case TileConfig::kMasked128x128Overlap:
+    case TileConfig::kMasked64x128: break;
   }
   return std::string("no dense kernel for tile config ") + tile_config_name(config);
 }
@@ -81,6 +83,9 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
     case TileConfig::kPingpong64x16: break;
     case TileConfig::kMasked128x128Overlap:
       if (args.kind == GroupedKind::kMasked) return run_masked_128x128_overlap(args);
+      break;
+    case TileConfig::kMasked64x128:
+      if (args.kind == GroupedKind::kMasked) return run_masked_pingpong_64x128(args);
       break;
   }
   return std::string("no grouped kernel for tile config ") + tile_config_name(config);

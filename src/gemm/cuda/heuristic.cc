@@ -16,7 +16,8 @@ namespace {
 // kernel there (now the one-wave 128x192 tiles, level with 128x128 in those runs).
 double relative_tile_time(TileConfig config) {
   switch (config) {
-    case TileConfig::kPingpong64x128: return 0.7;
+    case TileConfig::kPingpong64x128:
+    case TileConfig::kMasked64x128: return 0.7;
     case TileConfig::kCooperative128x128: return 1.0;
     case TileConfig::kCooperative128x128Cluster2x1: return 1.0;
     case TileConfig::kIndexed128x128: return 1.0;
@@ -61,6 +62,7 @@ const char* tile_config_name(TileConfig config) {
     case TileConfig::kPingpong64x32: return "pingpong_64x32";
     case TileConfig::kPingpong64x16: return "pingpong_64x16";
     case TileConfig::kMasked128x128Overlap: return "masked_128x128_overlap";
+    case TileConfig::kMasked64x128: return "masked_pingpong_64x128";
   }
   return "?";
 }
@@ -122,9 +124,11 @@ TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64
     return cheaper_128_row(TileConfig::kIndexed128x128Overlap, TileConfig::kIndexed128x192, rows_per_group, n,
                            num_groups, num_sms);
   }
-  const TileEstimate small = estimate_tiles(TileConfig::kPingpong64x128, rows_per_group, n, num_groups, num_sms);
+  const TileEstimate small = estimate_tiles(TileConfig::kMasked64x128, rows_per_group, n, num_groups, num_sms);
   const TileEstimate large = estimate_tiles(TileConfig::kMasked128x128Overlap, rows_per_group, n, num_groups, num_sms);
-  if (small.cost < large.cost) return TileConfig::kPingpong64x128;
+  // Few rows per group: the masked kernel's 64-row ping-pong variant; on the three decode layouts measured it read
+  // B at 1.00-1.06x the ptr-array ping-pong kernel's rate (bench/results/gemm_h200_masked_decode.json).
+  if (small.cost < large.cost) return TileConfig::kMasked64x128;
   // Masked, 128-row tiles: the dense kernel with the groups as its batch (MaskedGemm): at steady state 16-19 % faster
   // than the ptr-array kernel with the same consumer on the four masked shapes measured, level with per-group
   // cuBLASLt (0.98-1.06x; bench/results/gemm_h200_energy_masked.json, docs/gemm.md "Masked kernel"). The ptr-array

@@ -36,8 +36,8 @@ TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms);
 // Grouped: `rows_per_group` is expected_m (masked) or m_sum / num_groups (contiguous). Contiguous always uses an
 // indexed kernel (the dense kernel over all rows, B picked per 128-row block: the 128x128 one with the overlapped
 // promotion, or 128x192 where it needs fewer waves; segments are 128-aligned, so 64-row tiles would only add tiles).
-// Masked uses the masked dense kernel (128x128 tiles, the groups as its batch), or the ptr-array 64-row ping-pong
-// kernel when its cost is lower (few rows per group).
+// Masked uses the masked dense kernel (the groups as its batch): 128x128 tiles, or its 64-row ping-pong variant when
+// that costs less (few rows per group).
 TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t k, int64_t num_groups,
                                  int num_sms);
 

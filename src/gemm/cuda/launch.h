@@ -51,14 +51,19 @@ enum class TileConfig : int {
   // stores only those rows (sm90_fp8_masked.cuh). A's scales M-major per group, loaded by TMA. 128x128x128
   // cooperative tiles with the overlapped promotion.
   kMasked128x128Overlap,
+  // As above with 64x128x128 ping-pong tiles (two consumer warpgroups on alternate tiles), CUTLASS's consumer, every
+  // tile stored from registers: few rows per group.
+  kMasked64x128,
 };
-inline constexpr int kNumTileConfigs = 16;
+inline constexpr int kNumTileConfigs = 17;
 inline constexpr bool is_indexed(TileConfig config) {
   return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
          config == TileConfig::kIndexed128x192 || config == TileConfig::kIndexed128x128Overlap ||
          config == TileConfig::kIndexed128x128Stagger;
 }
-inline constexpr bool is_masked_only(TileConfig config) { return config == TileConfig::kMasked128x128Overlap; }
+inline constexpr bool is_masked_only(TileConfig config) {
+  return config == TileConfig::kMasked128x128Overlap || config == TileConfig::kMasked64x128;
+}
 
 const char* tile_config_name(TileConfig config);
 // The narrow 64-row ping-pong tiles: built for the dense GEMM only.
@@ -67,7 +72,9 @@ inline constexpr bool is_narrow_pingpong(TileConfig config) {
          config == TileConfig::kPingpong64x16;
 }
 inline constexpr int tile_m(TileConfig config) {
-  return config == TileConfig::kPingpong64x128 || is_narrow_pingpong(config) ? 64 : 128;
+  return config == TileConfig::kPingpong64x128 || config == TileConfig::kMasked64x128 || is_narrow_pingpong(config)
+             ? 64
+             : 128;
 }
 inline constexpr int tile_n(TileConfig config) {
   if (config == TileConfig::kPingpong64x64) return 64;

@@ -115,13 +115,16 @@ class MaskedTileScheduler : public cutlass::gemm::kernel::detail::PersistentTile
   uint64_t grid_ = 1;
 };
 
-// The epilogue of the masked kernels: CUTLASS's TMA epilogue (`Base`, over the (m_max, n, G) output) for the tiles
-// whose rows are all valid, and for a group's last, partly valid tile a store from registers of the rows below
-// masked_m[g] only (the TMA store would write the whole 128-row box). There each thread converts its accumulators to
-// bf16 and stores them as bf16 pairs (two adjacent columns of one row: the WGMMA accumulator fragment's innermost
-// mode). The choice is per tile, so all consumer threads take the same path and the TMA store pipeline's state
-// only advances on the tiles it stored. No source C: D = A * B^T.
-template <class Base>
+// The epilogue of the masked kernels. With kTmaFullTiles, `Base` is CUTLASS's TMA epilogue (over the (m_max, n, G)
+// output) and stores the tiles whose rows are all valid; a group's last, partly valid tile is stored from registers,
+// the rows below masked_m[g] only (the TMA store would write the whole box). There each thread converts its
+// accumulators to bf16 and stores them as bf16 pairs (two adjacent columns of one row: the WGMMA accumulator
+// fragment's innermost mode). The choice is per tile, so all consumer threads of a tile take the same path and the
+// TMA store pipeline's state only advances on the tiles it stored. Without kTmaFullTiles, `Base` is CUTLASS's
+// shared-memory-free epilogue (NoSmemWarpSpecialized, whose arguments it keeps) and every tile is stored from
+// registers: the ping-pong kernel, whose two consumer warpgroups share the TMA store pipeline's buffers by a fixed
+// alternation that a skipped store would break. No source C: D = A * B^T.
+template <class Base, bool kTmaFullTiles>
 struct MaskedRowsEpilogue : Base {
   using ElementD = typename Base::ElementD;
   using StrideD = typename Base::StrideD;
@@ -177,7 +180,8 @@ struct MaskedRowsEpilogue : Base {
     int rows = __ldg(masked_m_ + l_coord);
     rows = rows < 0 ? 0 : (rows > m ? m : rows);
     constexpr int kTileM = size<0>(TileShapeMNK{});
-    if ((m_coord + 1) * kTileM <= rows || ((m_coord + 1) * kTileM > m && rows == m)) {
+    const bool all_rows_valid = (m_coord + 1) * kTileM <= rows || ((m_coord + 1) * kTileM > m && rows == m);
+    if (kTmaFullTiles && all_rows_valid) {
       // Every row of the tile is valid (or the rows past m_max, which the TMA box clips): CUTLASS's TMA store.
       return Base::store(load_pipeline, load_pipe_consumer_state, store_pipeline, store_pipe_producer_state,
                          problem_shape_mnkl, tile_shape_mnk, tile_coord_mnkl, accumulators, tiled_mma, thread_idx,
@@ -228,7 +232,10 @@ namespace ff::gemm::cuda {
 // args.sa: M-major per group, element (g, row, kb) at sa[g * sa_group_stride + row + kb * sa_ld] (DeepGEMM's
 // TMA-aligned column-major layout of (G, m_max, kb)); sa_ld and sa_group_stride multiples of 4, sa_ld >= m_max
 // rounded up to 4.
-template <class TileShape, Promotion kPromotion>
+// kPingpong: the ping-pong kernel (two consumer warpgroups on alternate 64-row tiles, each tile's epilogue
+// overlapping the other's mainloop) with CUTLASS's consumer and the register-only epilogue; else the cooperative
+// kernel with the TMA epilogue for full tiles.
+template <class TileShape, Promotion kPromotion, bool kPingpong = false>
 struct MaskedGemm {
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
   using ScaleConfig = detail::DenseScaleConfig;
@@ -239,8 +246,9 @@ struct MaskedGemm {
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, detail::LayoutD, detail::kAlignmentD,
       detail::ElementD, detail::LayoutD, detail::kAlignmentD,
-      cutlass::epilogue::TmaWarpSpecializedCooperative>::CollectiveOp;
-  using CollectiveEpilogue = MaskedRowsEpilogue<BuiltEpilogue>;
+      std::conditional_t<kPingpong, cutlass::epilogue::NoSmemWarpSpecialized,
+                         cutlass::epilogue::TmaWarpSpecializedCooperative>>::CollectiveOp;
+  using CollectiveEpilogue = MaskedRowsEpilogue<BuiltEpilogue, !kPingpong>;
 
   using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, detail::ElementA, cute::tuple<detail::LayoutA, LayoutSFA>,
@@ -248,7 +256,8 @@ struct MaskedGemm {
       TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise>::CollectiveOp;
+      std::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
+                         cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise>>::CollectiveOp;
   using CollectiveMainloop = typename SelectConsumer<BuiltMainloop, false, kPromotion>::type;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
