@@ -167,6 +167,19 @@ def dense_inputs(torch, gemm, m, n, k):
     return x, w, a, sa, b, sb, out
 
 
+def masked_inputs(torch, gemm, groups, m_max, n, k):
+    """Random bf16 x (G, m_max, k) and w (G, n, k) and their FP8 casts: a, A's scales row-major (sa_rows) and in
+    DeepGEMM's TMA-aligned column-major layout per group (sa, as callers hand them), b and sb."""
+    x = torch.randn(groups, m_max, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
+    a, sa = quantize_rows(torch, x.view(-1, k))
+    sa_rows = sa.view(groups, m_max, k // 128)
+    qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
+    b = torch.stack([q for q, _ in qs])
+    sb = torch.stack([s for _, s in qs])
+    return x, w, a.view(groups, m_max, k), sa_rows, gemm.get_col_major_tma_aligned_tensor(sa_rows), b, sb
+
+
 def per_group_scaled_mm(torch, x, w):
     """The grouped baseline: one torch._scaled_mm (row-wise scales) per group of x (G, m, k) and w (G, n, k)."""
     groups, n = x.shape[0], w.shape[1]
@@ -346,16 +359,8 @@ def main() -> int:
 
     masked = MASKED[:1] if args.quick else MASKED
     for groups, m_max, n, k in masked if "masked" in families else []:
-        x = torch.randn(groups, m_max, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
-        a, sa = quantize_rows(torch, x.view(-1, k))
-        a = a.view(groups, m_max, k)
-        sa_rows = sa.view(groups, m_max, k // 128)
-        # DeepGEMM's layout for A's scales (M-major per group, TMA-aligned), as callers hand it; row-major timed too.
-        sa = gemm.get_col_major_tma_aligned_tensor(sa_rows)
-        qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
-        b = torch.stack([q for q, _ in qs])
-        sb = torch.stack([s for _, s in qs])
+        # A's scales in DeepGEMM's layout (M-major per group, TMA-aligned), as callers hand them; row-major timed too.
+        x, w, a, sa_rows, sa, b, sb = masked_inputs(torch, gemm, groups, m_max, n, k)
         masked_m = torch.full((groups,), m_max, device="cuda", dtype=torch.int32)
         out = torch.empty(groups, m_max, n, device="cuda", dtype=torch.bfloat16)
         flop = 2.0 * groups * m_max * n * k
@@ -415,15 +420,7 @@ def main() -> int:
     for groups, m_max, expected_m, n, k in decode if "decode" in families else []:
         rng = random.Random(groups * 100003 + n)
         rows = [rng.randint(expected_m // 2, expected_m * 3 // 2) for _ in range(groups)]
-        x = torch.randn(groups, m_max, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
-        a, sa = quantize_rows(torch, x.view(-1, k))
-        a = a.view(groups, m_max, k)
-        sa_rows = sa.view(groups, m_max, k // 128)
-        sa = gemm.get_col_major_tma_aligned_tensor(sa_rows)
-        qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
-        b = torch.stack([q for q, _ in qs])
-        sb = torch.stack([s for _, s in qs])
+        x, w, a, sa_rows, sa, b, sb = masked_inputs(torch, gemm, groups, m_max, n, k)
         masked_m = torch.tensor(rows, device="cuda", dtype=torch.int32)
         out = torch.empty(groups, m_max, n, device="cuda", dtype=torch.bfloat16)
         valid = sum(rows)

@@ -25,8 +25,8 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_gemm import (capture_graph, dense_inputs, import_cuda_torch, per_group_scaled_mm,  # noqa: E402
-                        quantize_blocks, quantize_rows, row_scales)
+from bench_gemm import (capture_graph, dense_inputs, import_cuda_torch, masked_inputs,  # noqa: E402
+                        per_group_scaled_mm, row_scales)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SHAPES = [(4096, 7168, 16384), (4096, 4096, 7168), (4096, 7168, 2048)]
@@ -109,13 +109,8 @@ def main() -> int:
         }
 
     def masked_sides(groups, m_max, n, k):
-        x = torch.randn(groups, m_max, k, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(groups, n, k, device="cuda", dtype=torch.bfloat16)
-        a, sa = quantize_rows(torch, x.view(-1, k))
-        # DeepGEMM's TMA-aligned column-major scales per group, as callers hand them.
-        a, sa = a.view(groups, m_max, k), gemm.get_col_major_tma_aligned_tensor(sa.view(groups, m_max, k // 128))
-        qs = [quantize_blocks(torch, w[g]) for g in range(groups)]
-        b, sb = torch.stack([q for q, _ in qs]), torch.stack([q for _, q in qs])
+        # A's scales in DeepGEMM's TMA-aligned column-major layout per group, as callers hand them.
+        x, w, a, _, sa, b, sb = masked_inputs(torch, gemm, groups, m_max, n, k)
         masked_m = torch.full((groups,), m_max, device="cuda", dtype=torch.int32)
         out = torch.empty(groups, m_max, n, device="cuda", dtype=torch.bfloat16)
         return {"ours": lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), out, masked_m, m_max),

@@ -105,6 +105,30 @@ inline std::string cutlass_error(const char* what, cutlass::Status status) {
   return std::string(what) + ": " + cutlass::cutlassGetStatusString(status);
 }
 
+// Enqueues a CUTLASS GemmUniversalAdapter on `stream`: can_implement, its workspace (stream-ordered scratch, freed
+// after the kernel), initialize, run. Empty when enqueued, else what failed ("<what>: <CUTLASS status>" or the
+// launch's CUDA error).
+template <class Gemm>
+std::string launch_gemm(typename Gemm::Arguments const& arguments, const char* what, void* stream) {
+  std::string result;
+  Gemm gemm;
+  cutlass::Status status = gemm.can_implement(arguments);
+  void* workspace = nullptr;
+  if (status == cutlass::Status::kSuccess) {
+    const size_t workspace_bytes = Gemm::get_workspace_size(arguments);
+    if (workspace_bytes > 0) result = allocate_async(&workspace, workspace_bytes, stream);
+    if (result.empty()) {
+      status = gemm.initialize(arguments, workspace, static_cast<cudaStream_t>(stream));
+      if (status == cutlass::Status::kSuccess) status = gemm.run(static_cast<cudaStream_t>(stream));
+    }
+  }
+  if (result.empty() && status != cutlass::Status::kSuccess) result = cutlass_error(what, status);
+  const cudaError_t launched = cudaGetLastError();
+  if (result.empty() && launched != cudaSuccess) result = std::string("launch: ") + cudaGetErrorString(launched);
+  free_async(workspace, stream);
+  return result;
+}
+
 }  // namespace detail
 
 // Whether a blockwise collective loads A's scales by TMA (the dense one with M-major scales); the ptr-array one has no
@@ -642,24 +666,7 @@ struct DenseGemm {
     arguments.epilogue.thread.alpha = 1.0f;
     arguments.epilogue.thread.beta = 0.0f;
     detail::apply_schedule(arguments.scheduler, args.schedule);
-
-    Gemm gemm;
-    cutlass::Status status = gemm.can_implement(arguments);
-    if (status != cutlass::Status::kSuccess) return detail::cutlass_error("can_implement", status);
-    const size_t workspace_bytes = Gemm::get_workspace_size(arguments);
-    void* workspace = nullptr;
-    if (workspace_bytes > 0) {
-      std::string error = allocate_async(&workspace, workspace_bytes, args.stream);
-      if (!error.empty()) return error;
-    }
-    const auto stream = static_cast<cudaStream_t>(args.stream);
-    status = gemm.initialize(arguments, workspace, stream);
-    if (status == cutlass::Status::kSuccess) status = gemm.run(stream);
-    if (workspace != nullptr) free_async(workspace, args.stream);
-    if (status != cutlass::Status::kSuccess) return detail::cutlass_error("launch", status);
-    const cudaError_t launched = cudaGetLastError();
-    if (launched != cudaSuccess) return std::string("launch: ") + cudaGetErrorString(launched);
-    return {};
+    return detail::launch_gemm<Gemm>(arguments, "dense gemm", args.stream);
   }
 };
 
@@ -979,23 +986,8 @@ struct IndexedGemm {
     arguments.epilogue.thread.beta = 0.0f;
     detail::apply_schedule(arguments.scheduler, args.schedule);
 
-    std::string result;
-    Gemm gemm;
-    cutlass::Status status = gemm.can_implement(arguments);
-    void* workspace = nullptr;
-    if (status == cutlass::Status::kSuccess) {
-      const size_t workspace_bytes = Gemm::get_workspace_size(arguments);
-      if (workspace_bytes > 0) result = allocate_async(&workspace, workspace_bytes, args.stream);
-      if (result.empty()) {
-        status = gemm.initialize(arguments, workspace, stream);
-        if (status == cutlass::Status::kSuccess) status = gemm.run(stream);
-      }
-    }
-    if (result.empty() && status != cutlass::Status::kSuccess) result = detail::cutlass_error("indexed gemm", status);
+    std::string result = detail::launch_gemm<Gemm>(arguments, "indexed gemm", args.stream);
     if (result.empty()) result = zero_padding_rows(args);
-    launched = cudaGetLastError();
-    if (result.empty() && launched != cudaSuccess) result = std::string("launch: ") + cudaGetErrorString(launched);
-    free_async(workspace, args.stream);
     free_async(block_group, args.stream);
     return result;
   }

@@ -304,25 +304,7 @@ struct MaskedGemm {
     typename Gemm::Arguments arguments{
         cutlass::gemm::GemmUniversalMode::kGemm, {m, n, k, groups}, mainloop, epilogue, hw_info};
     arguments.scheduler.masked_m = args.indices;
-
-    const auto stream = static_cast<cudaStream_t>(args.stream);
-    std::string result;
-    Gemm gemm;
-    cutlass::Status status = gemm.can_implement(arguments);
-    void* workspace = nullptr;
-    if (status == cutlass::Status::kSuccess) {
-      const size_t workspace_bytes = Gemm::get_workspace_size(arguments);
-      if (workspace_bytes > 0) result = allocate_async(&workspace, workspace_bytes, args.stream);
-      if (result.empty()) {
-        status = gemm.initialize(arguments, workspace, stream);
-        if (status == cutlass::Status::kSuccess) status = gemm.run(stream);
-      }
-    }
-    if (result.empty() && status != cutlass::Status::kSuccess) result = detail::cutlass_error("masked gemm", status);
-    const cudaError_t launched = cudaGetLastError();
-    if (result.empty() && launched != cudaSuccess) result = std::string("launch: ") + cudaGetErrorString(launched);
-    free_async(workspace, args.stream);
-    return result;
+    return detail::launch_gemm<Gemm>(arguments, "masked gemm", args.stream);
   }
 };
 
