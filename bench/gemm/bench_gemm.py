@@ -180,10 +180,12 @@ def masked_inputs(torch, gemm, groups, m_max, n, k):
     return x, w, a.view(groups, m_max, k), sa_rows, gemm.get_col_major_tma_aligned_tensor(sa_rows), b, sb
 
 
-def per_group_scaled_mm(torch, x, w):
-    """The grouped baseline: one torch._scaled_mm (row-wise scales) per group of x (G, m, k) and w (G, n, k)."""
+def per_group_scaled_mm(torch, x, w, valid_rows=None):
+    """The grouped baseline: one torch._scaled_mm (row-wise scales) per group of x (G, m, k) and w (G, n, k), over
+    the first valid_rows[g] rows of each group when given (counts known on the host), else all of them."""
     groups, n = x.shape[0], w.shape[1]
-    rows = [row_scales(torch, x[g]) for g in range(groups)]
+    valid_rows = valid_rows or [x.shape[1]] * groups
+    rows = [row_scales(torch, x[g, :valid_rows[g]]) for g in range(groups)]
     cols = [row_scales(torch, w[g]) for g in range(groups)]
 
     def scaled_all():
@@ -385,7 +387,9 @@ def main() -> int:
         partial_call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked(  # noqa: E731
             (a, sa), (b, sb), out, part_m, sum(part) // groups)
         partial_flop = 2.0 * sum(part) * n * k
+        partial_bytes = sum(part) * (k + 2 * n) + groups * n * k
         partial = time_graph(torch, partial_call)
+        partial_scaled = time_graph(torch, per_group_scaled_mm(torch, x, w, part))
         partial_configs = per_config(torch, partial_flop, partial_call, ab_configs["masked"]) if args.ab else None
         # Every row is valid here (masked_m = m_max, a multiple of 128), so the same product is also a contiguous
         # layout: the contiguous (indexed) kernel's time is what running masked on it would cost at best.
@@ -409,7 +413,8 @@ def main() -> int:
               "ratio_vs_bf16": round(bf16 / ours, 3), "calc_diff_vs_dequantised": diff,
               "ours_row_major_scales": figures(flop, bytes_moved, ours_rows),
               "masked_m_partial": part,
-              "ours_partial_rows_valid": figures(partial_flop, sum(part) * (k + 2 * n) + groups * n * k, partial),
+              "ours_partial_rows_valid": figures(partial_flop, partial_bytes, partial),
+              "scaled_mm_rowwise_partial_rows_valid": figures(partial_flop, partial_bytes, partial_scaled),
               "tflops_per_config_partial_rows": partial_configs,
               "ours_again": figures(flop, bytes_moved, again), "heuristic": choice,
               "as_contiguous_indexed": figures(flop, bytes_moved, as_contiguous),
@@ -433,15 +438,7 @@ def main() -> int:
         diff = grouped_diff(torch, a.view(groups * m_max, k), sa_rows.reshape(groups * m_max, k // 128), b, sb,
                             out.view(groups * m_max, n), [(g * m_max, g * m_max + r, g) for g, r in enumerate(rows)])
         configs = per_config(torch, flop, call, DECODE_CONFIGS)
-        x_rows = [row_scales(torch, x[g, :r]) for g, r in enumerate(rows)]
-        w_cols = [row_scales(torch, w[g]) for g in range(groups)]
-
-        def scaled_valid():
-            for g in range(groups):
-                torch._scaled_mm(x_rows[g][0], w_cols[g][0].t(), scale_a=x_rows[g][1],
-                                 scale_b=w_cols[g][1].view(1, n), out_dtype=torch.bfloat16)
-
-        scaled = time_graph(torch, scaled_valid)
+        scaled = time_graph(torch, per_group_scaled_mm(torch, x, w, rows))
         choice = heuristic_choice(gemm, "masked", expected_m, n, k, groups, num_sms)
         emit({"case": "masked_decode", "groups": groups, "m": m_max, "expected_m": expected_m, "masked_m": rows,
               "n": n, "k": k, "device": device, "ours": figures(flop, bytes_moved, ours),

@@ -238,27 +238,18 @@ namespace ff::gemm::cuda {
 template <class TileShape, Promotion kPromotion, bool kPingpong = false>
 struct MaskedGemm {
   using ClusterShape = cute::Shape<cute::_1, cute::_1, cute::_1>;
-  using ScaleConfig = detail::DenseScaleConfig;
-  using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
-  using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
-
-  using BuiltEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, detail::LayoutD, detail::kAlignmentD,
-      detail::ElementD, detail::LayoutD, detail::kAlignmentD,
-      std::conditional_t<kPingpong, cutlass::epilogue::NoSmemWarpSpecialized,
-                         cutlass::epilogue::TmaWarpSpecializedCooperative>>::CollectiveOp;
-  using CollectiveEpilogue = MaskedRowsEpilogue<BuiltEpilogue, !kPingpong>;
-
-  using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, detail::ElementA, cute::tuple<detail::LayoutA, LayoutSFA>,
-      detail::kAlignmentAB, detail::ElementB, cute::tuple<detail::LayoutB, LayoutSFB>, detail::kAlignmentAB, float,
-      TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      std::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
-                         cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise>>::CollectiveOp;
-  using CollectiveMainloop = typename SelectConsumer<BuiltMainloop, false, kPromotion>::type;
+  // The dense kernel's types for this tile: its mainloop (consumer included) and the epilogue the masked one wraps.
+  using Dense = DenseGemm<TileShape, ClusterShape,
+                          std::conditional_t<kPingpong, cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
+                                             cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise>,
+                          std::conditional_t<kPingpong, cutlass::epilogue::NoSmemWarpSpecialized,
+                                             cutlass::epilogue::TmaWarpSpecializedCooperative>,
+                          128, kPromotion>;
+  using ScaleConfig = typename Dense::ScaleConfig;
+  using LayoutSFA = typename Dense::LayoutSFA;
+  using LayoutSFB = typename Dense::LayoutSFB;
+  using CollectiveEpilogue = MaskedRowsEpilogue<typename Dense::CollectiveEpilogue, !kPingpong>;
+  using CollectiveMainloop = typename Dense::MmaMainloop;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
                                                       CollectiveEpilogue, MaskedTiles>;
