@@ -44,6 +44,14 @@ struct ClientConfig {
   // the read's request is on its way (the RPC and the disk read overlap); the bytes are kept only if
   // the answer names the same place and every segment's CRC matches (local_read.h, LocalBytes).
   bool read_before_answer = true;
+  // Coalescing of small reads sent over RPC (not local ones): while `read_rpcs_per_node` read RPCs to one
+  // storage node are in flight, further reads of at most `coalesce_read_max_bytes` for that node wait, and go
+  // out together as one BatchReadReq when one of those RPCs completes (each read keeps its own result, retries
+  // and deadline). 0 turns it off. One RPC per read costs more CPU than the read itself at 4 KiB (docs/fs.md,
+  // "Read coalescing").
+  uint32_t read_rpcs_per_node = 1;
+  uint64_t coalesce_read_max_bytes = 64 << 10;
+  uint32_t max_reads_per_batch = 64;
 };
 
 class StorageClient {
@@ -108,7 +116,8 @@ class StorageClient {
   // (read_ahead, on the executor, may then ask a target) or local reads are off; true also when the range is
   // read ahead already.
   bool read_ahead_known(const ChunkId& chunk, uint64_t offset, uint64_t length);
-  // Batches: each item is retried independently; results in request order.
+  // Batches: each item is retried independently; results in request order. The reads of a batch go out as
+  // one BatchReadReq per node where coalescing is on (ClientConfig::read_rpcs_per_node), the writes one by one.
   void batch_write(std::vector<WriteReq> writes, Callback<std::vector<WriteResult>> done);
   void batch_read(std::vector<ReadReq> reads, Callback<std::vector<ReadResult>> done);
   void query_last_chunk(ChainId chain, uint64_t inode, uint64_t begin_index, uint64_t end_index,
@@ -129,6 +138,12 @@ class StorageClient {
     uint64_t read_aheads_dropped = 0;  // of those, dropped unread (the oldest when kMaxReadAheads were held)
   };
   LocalReadCounts local_read_counts() const;
+  // Read coalescing (ClientConfig::read_rpcs_per_node) so far; any thread.
+  struct CoalescedReadCounts {
+    uint64_t rpcs = 0;           // RPCs sent for reads that may coalesce (a ReadReq or a BatchReadReq each)
+    uint64_t batched_reads = 0;  // of those reads, the ones sent in a BatchReadReq of two or more
+  };
+  CoalescedReadCounts coalesced_read_counts() const;
 
  private:
   struct State;

@@ -83,9 +83,10 @@ class StorageService {
   void handle(const ServerContext& context, Request request, Reply reply);
 
   // Any thread (a transport's receiving thread, before it posts to the executor): serves a plain
-  // strict/relaxed ReadReq without the executor when the transport's Reply works from any thread: the
-  // checks of handle() (serving, lease, chain version, target serving) against a snapshot the executor
-  // publishes, the read on an offload worker, the reply from there. Returns false, leaving request and
+  // strict/relaxed ReadReq, or a BatchReadReq of such reads, without the executor when the transport's Reply
+  // works from any thread: the checks of handle() (serving, lease, chain version, target serving) against a
+  // snapshot the executor publishes (for a batch: every read's), the read(s) on an offload worker, the reply
+  // from there. Returns false, leaving request and
   // reply untouched, when the request must go through handle() (any other request, a failed check,
   // which handle() then answers with its error).
   bool try_handle_read(const ServerContext& context, Request& request, Reply& reply);
@@ -104,6 +105,7 @@ class StorageService {
              chunks_synced = 0, busy = 0, stale_chain = 0, dedupe_hits = 0;
     uint64_t parallel_forwards = 0;  // forwards a middle target sent while storing the update itself
     uint64_t local_reads = 0;        // reads answered with where the bytes lie (ReadReq::local_host), of `reads`
+    uint64_t fast_reads = 0;         // reads served in the fast lane (try_handle_read), of `reads`
   };
   Stats stats() const;
 

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <list>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 
 #include "ff/common/assert.h"
@@ -113,6 +115,30 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   void read_local(const std::string& address, ReadReq req, ReadRsp rsp, std::shared_ptr<uint32_t> dirty_seen,
                   std::function<void(Result<ReadRsp>)> attempt_done);
   void complete_local(ReadRsp rsp, SharedBytes bytes, const std::function<void(Result<ReadRsp>)>& attempt_done);
+
+  // Read coalescing (ClientConfig::read_rpcs_per_node): per node address, the read RPCs in flight and the
+  // reads waiting for one of them to complete. Any thread (a read's completion may run on gRPC's).
+  struct WaitingRead {
+    ReadReq req;
+    std::function<void(Result<Response>)> done;
+  };
+  struct ReadLane {
+    uint32_t in_flight = 0;
+    std::deque<WaitingRead> waiting;
+  };
+  std::mutex lanes_mutex;
+  std::unordered_map<std::string, ReadLane> lanes;  // guarded by lanes_mutex
+  std::atomic<uint64_t> read_rpcs{0}, batched_reads{0};
+  bool coalesces(const ReadReq& req) const {
+    return config.read_rpcs_per_node > 0 && req.local_host.empty() && !req.any_state &&
+           req.length <= config.coalesce_read_max_bytes;
+  }
+  // Sends req now when the node has a free slot, else queues it for the next batch to that node.
+  void send_coalesced(const std::string& address, ReadReq req, std::function<void(Result<Response>)> done);
+  // Sends reads (one: a ReadReq; more: one BatchReadReq) in a slot already counted in the lane's in_flight.
+  void send_lane(const std::string& address, std::vector<WaitingRead> reads);
+  // A lane's RPC completed: its slot goes to the reads waiting there (as one batch), or is freed.
+  void lane_done(const std::string& address);
 
   State(ClientConfig c, Executor& e, RpcClient& r)
       : config(std::move(c)), executor(e), rpc(r), mgmtd(MgmtdAddresses::unchecked(config.mgmtd_address)) {}
@@ -549,35 +575,112 @@ void StorageClient::State::send_read(const std::string& address, ReadReq req, st
     }
   }
   // Completes on the executor, or for a successful read with accept_pieces on gRPC's thread.
-  rpc.call(address, Request{req}, attempt_timeout(),
-           [self, address, req, key, early, read_ahead, attempt_done, dirty_seen](Result<Response> response) mutable {
-             Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
-             if (!rsp.is_ok()) {
-               if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
-                 ++*dirty_seen;
-                 ++self->stats.dirty;
-               }
-               return attempt_done(std::move(rsp));
-             }
-             if (!rsp->local) return attempt_done(std::move(rsp));
-             self->remember_extent(key, *rsp->local);
-             if (early) {
-               // Keep the early bytes if the answer names the place they were read from and every CRC matches.
-               early->when_done([self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done, dirty_seen,
-                                 read_ahead](Result<LocalBytes>& bytes) mutable {
-                 Result<SharedBytes> answer =
-                     bytes.is_ok() ? bytes->answer(*rsp.local) : Result<SharedBytes>(bytes.status());
-                 if (answer.is_ok()) {
-                   self->early_reads.fetch_add(1, std::memory_order_relaxed);
-                   if (read_ahead) self->read_ahead_used.fetch_add(1, std::memory_order_relaxed);
-                   return self->complete_local(std::move(rsp), std::move(*answer), attempt_done);
-                 }
-                 self->read_local(address, std::move(req), std::move(rsp), dirty_seen, std::move(attempt_done));
-               });
-               return;
-             }
-             self->read_local(address, std::move(req), std::move(*rsp), dirty_seen, std::move(attempt_done));
-           });
+  auto on_response = [self, address, req, key, early, read_ahead, attempt_done,
+                      dirty_seen](Result<Response> response) mutable {
+    Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+    if (!rsp.is_ok()) {
+      if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
+        ++*dirty_seen;
+        ++self->stats.dirty;
+      }
+      return attempt_done(std::move(rsp));
+    }
+    if (!rsp->local) return attempt_done(std::move(rsp));
+    self->remember_extent(key, *rsp->local);
+    if (early) {
+      // Keep the early bytes if the answer names the place they were read from and every CRC matches.
+      early->when_done([self, address, req = std::move(req), rsp = std::move(*rsp), attempt_done, dirty_seen,
+                        read_ahead](Result<LocalBytes>& bytes) mutable {
+        Result<SharedBytes> answer = bytes.is_ok() ? bytes->answer(*rsp.local) : Result<SharedBytes>(bytes.status());
+        if (answer.is_ok()) {
+          self->early_reads.fetch_add(1, std::memory_order_relaxed);
+          if (read_ahead) self->read_ahead_used.fetch_add(1, std::memory_order_relaxed);
+          return self->complete_local(std::move(rsp), std::move(*answer), attempt_done);
+        }
+        self->read_local(address, std::move(req), std::move(rsp), dirty_seen, std::move(attempt_done));
+      });
+      return;
+    }
+    self->read_local(address, std::move(req), std::move(*rsp), dirty_seen, std::move(attempt_done));
+  };
+  if (coalesces(req)) return send_coalesced(address, std::move(req), std::move(on_response));
+  rpc.call(address, Request{std::move(req)}, attempt_timeout(), std::move(on_response));
+}
+
+void StorageClient::State::send_coalesced(const std::string& address, ReadReq req,
+                                          std::function<void(Result<Response>)> done) {
+  {
+    std::lock_guard lock(lanes_mutex);
+    ReadLane& lane = lanes[address];
+    if (lane.in_flight >= config.read_rpcs_per_node) {
+      lane.waiting.push_back(WaitingRead{std::move(req), std::move(done)});
+      return;
+    }
+    ++lane.in_flight;
+  }
+  std::vector<WaitingRead> one;
+  one.push_back(WaitingRead{std::move(req), std::move(done)});
+  send_lane(address, std::move(one));
+}
+
+void StorageClient::State::send_lane(const std::string& address, std::vector<WaitingRead> reads) {
+  auto self = shared_from_this();
+  read_rpcs.fetch_add(1, std::memory_order_relaxed);
+  if (reads.size() == 1) {
+    rpc.call(address, Request{std::move(reads[0].req)}, attempt_timeout(),
+             [self, address, done = std::move(reads[0].done)](Result<Response> response) mutable {
+               done(std::move(response));
+               self->lane_done(address);
+             });
+    return;
+  }
+  batched_reads.fetch_add(reads.size(), std::memory_order_relaxed);
+  BatchReadReq batch;
+  auto dones = std::make_shared<std::vector<std::function<void(Result<Response>)>>>();
+  batch.reads.reserve(reads.size());
+  dones->reserve(reads.size());
+  for (WaitingRead& read : reads) {
+    batch.reads.push_back(std::move(read.req));
+    dones->push_back(std::move(read.done));
+  }
+  rpc.call(address, Request{std::move(batch)}, attempt_timeout(), [self, address, dones](Result<Response> response) {
+    Result<BatchReadRsp> rsp = response_as<BatchReadRsp>(std::move(response));
+    if (rsp.is_ok() && rsp->results.size() != dones->size()) {
+      rsp = fs_error(FsError::kMalformed, fmt::format("a batch of {} reads was answered with {} results", dones->size(),
+                                                      rsp->results.size()));
+    }
+    for (size_t i = 0; i < dones->size(); ++i) {
+      if (!rsp.is_ok()) {
+        (*dones)[i](rsp.status());
+      } else if (!rsp->results[i].status.is_ok()) {
+        (*dones)[i](std::move(rsp->results[i].status));
+      } else {
+        (*dones)[i](Response{std::move(rsp->results[i].rsp)});
+      }
+    }
+    self->lane_done(address);
+  });
+}
+
+void StorageClient::State::lane_done(const std::string& address) {
+  std::vector<WaitingRead> next;
+  {
+    std::lock_guard lock(lanes_mutex);
+    ReadLane& lane = lanes[address];
+    if (lane.waiting.empty()) {
+      --lane.in_flight;
+      return;
+    }
+    const size_t n = std::min<size_t>(lane.waiting.size(), std::max<uint32_t>(config.max_reads_per_batch, 1));
+    next.reserve(n);
+    for (size_t i = 0; i < n; ++i) {
+      next.push_back(std::move(lane.waiting.front()));
+      lane.waiting.pop_front();
+    }
+  }
+  // Sent from the executor: this may be gRPC's thread, where the transport must not drop a channel.
+  auto self = shared_from_this();
+  executor.post([self, address, next = std::move(next)]() mutable { self->send_lane(address, std::move(next)); });
 }
 
 void StorageClient::State::complete_local(ReadRsp rsp, SharedBytes bytes,
@@ -683,6 +786,11 @@ void StorageClient::remove_range(ChainId chain, const ChunkId& begin, const Chun
 }
 
 StorageClient::Stats StorageClient::stats() const { return state_->stats; }
+
+StorageClient::CoalescedReadCounts StorageClient::coalesced_read_counts() const {
+  return CoalescedReadCounts{.rpcs = state_->read_rpcs.load(std::memory_order_relaxed),
+                             .batched_reads = state_->batched_reads.load(std::memory_order_relaxed)};
+}
 
 StorageClient::LocalReadCounts StorageClient::local_read_counts() const {
   return LocalReadCounts{.served = state_->local_reads.load(std::memory_order_relaxed),

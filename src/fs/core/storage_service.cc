@@ -1273,55 +1273,121 @@ struct StorageService::State {
              });
   }
 
-  bool try_read(const ServerContext& context, ReadReq& req, Reply& reply) {
-    if (!context.reply_from_any_thread || req.any_state) return false;
+  // The store a fast-lane read of req may use, after the checks of handle() against the published snapshot;
+  // null when req must go through handle() (which answers a failed check with its error).
+  std::shared_ptr<ChunkStore> fast_store(const ReadView& snap, const ReadReq& req) const {
+    if (req.any_state) return nullptr;
+    const ChainInfo* chain = snap.routing.chain(req.chain);
+    if (chain == nullptr || (chain->version != req.chain_version && !bugs.ignore_chain_version)) return nullptr;
+    const TargetInfo* info = snap.routing.target(req.target);
+    if (info == nullptr || info->node != config.node || chain->index_of(req.target) < 0) return nullptr;
+    if (state_of(*chain, req.target) != PublicTargetState::kServing) return nullptr;
+    auto store_it = snap.stores.find(req.target);
+    if (store_it == snap.stores.end() || store_it->second == nullptr) return nullptr;
+    if (acked_version(req.target, req.chunk)) return nullptr;  // handle() answers [chunk_dirty]
+    return store_it->second;
+  }
+  std::shared_ptr<const ReadView> fast_snapshot() const {
     std::shared_ptr<const ReadView> snap = snapshot();
-    if (!snap->up || now() - view_mgmtd_ok_ns.load() >= config.heartbeat_timeout_ns / 2) return false;
-    const ChainInfo* chain = snap->routing.chain(req.chain);
-    if (chain == nullptr || (chain->version != req.chain_version && !bugs.ignore_chain_version)) return false;
-    const TargetInfo* info = snap->routing.target(req.target);
-    if (info == nullptr || info->node != config.node || chain->index_of(req.target) < 0) return false;
-    if (state_of(*chain, req.target) != PublicTargetState::kServing) return false;
-    auto store_it = snap->stores.find(req.target);
-    if (store_it == snap->stores.end() || store_it->second == nullptr) return false;
-    if (acked_version(req.target, req.chunk)) return false;  // handle() answers [chunk_dirty]
+    if (!snap->up || now() - view_mgmtd_ok_ns.load() >= config.heartbeat_timeout_ns / 2) return nullptr;
+    return snap;
+  }
+
+  // A fast-lane read on an offload worker: the answer, or [data_loss] for corruption, which the executor's read
+  // path repairs (read_one).
+  Result<ReadRsp> fast_read(ChunkStore& store, const ReadReq& req, bool shared) {
+    if (wants_local_read(req)) {
+      // Where the committed bytes lie (wants_local_read); the reader checks them.
+      Result<LocalChunkRead> located = store.locate(req.chunk, req.offset, req.length, req.mode);
+      if (located.is_ok()) {
+        Result<ReadRsp> rsp = local_answer(req, std::move(*located));
+        if (!rsp.is_ok()) fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
+        return rsp;
+      }
+    }
+    Result<SharedChunkRead> read = store.read_shared(req.chunk, req.offset, req.length, req.mode);
+    if (!read.is_ok()) return read.status();
+    if (read->dirty && req.mode == ReadMode::kStrict) {
+      fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
+      return fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
+                                                        req.target, read->meta.pending_version));
+    }
+    ReadRsp rsp{.meta = read->meta, .data = {}, .dirty = read->dirty, .shared_data = std::move(read->data)};
+    if (!shared) {
+      rsp.data = rsp.shared_data.to_vector();
+      rsp.shared_data = {};
+    }
+    return rsp;
+  }
+
+  bool try_read(const ServerContext& context, ReadReq& req, Reply& reply) {
+    if (!context.reply_from_any_thread) return false;
+    std::shared_ptr<const ReadView> snap = fast_snapshot();
+    if (snap == nullptr) return false;
+    std::shared_ptr<ChunkStore> store = fast_store(*snap, req);
+    if (store == nullptr) return false;
     fast_reads.fetch_add(1, std::memory_order_relaxed);
     bool shared = context.shared_payloads;
     executor.offload(
-        [this, store_ptr = store_it->second, req, reply = std::move(reply), shared, context]() mutable {
-          if (wants_local_read(req)) {
-            // Where the committed bytes lie (wants_local_read); the reader checks them.
-            Result<LocalChunkRead> located = store_ptr->locate(req.chunk, req.offset, req.length, req.mode);
-            if (located.is_ok()) {
-              Result<ReadRsp> rsp = local_answer(req, std::move(*located));
-              if (!rsp.is_ok()) {
-                fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
-                return reply(rsp.status());
-              }
-              return reply(Response{std::move(*rsp)});
-            }
-          }
-          Result<SharedChunkRead> read = store_ptr->read_shared(req.chunk, req.offset, req.length, req.mode);
-          if (read.is_ok()) {
-            if (read->dirty && req.mode == ReadMode::kStrict) {
-              fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
-              return reply(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
-                                                                       req.target, read->meta.pending_version)));
-            }
-            ReadRsp rsp{.meta = read->meta, .data = {}, .dirty = read->dirty, .shared_data = std::move(read->data)};
-            if (!shared) {
-              rsp.data = rsp.shared_data.to_vector();
-              rsp.shared_data = {};
-            }
-            return reply(Response{std::move(rsp)});
-          }
-          if (read.status().code() != StatusCode::kDataLoss) return reply(read.status());
+        [this, store = std::move(store), req, reply = std::move(reply), shared]() mutable {
+          Result<ReadRsp> rsp = fast_read(*store, req, shared);
+          if (rsp.is_ok()) return reply(Response{std::move(*rsp)});
+          if (rsp.status().code() != StatusCode::kDataLoss) return reply(rsp.status());
           // Corruption: the executor's read path repairs the chunk from a replica and reads again.
-          executor.post([this, context, req, reply = std::move(reply)]() mutable {
+          executor.post([this, req, reply = std::move(reply)]() mutable {
             read_one(req, [reply](Result<ReadRsp> rsp) {
               if (!rsp.is_ok()) return reply(rsp.status());
               reply(Response{std::move(*rsp)});
             });
+          });
+        },
+        {});
+    return true;
+  }
+
+  // A BatchReadReq in the fast lane when every read passes its checks: the reads one after another on one offload
+  // worker (batches carry small reads: a client coalesces reads of at most ClientConfig::coalesce_read_max_bytes),
+  // corrupted ones then through the executor's repairing read path.
+  bool try_batch_read(const ServerContext& context, BatchReadReq& batch, Reply& reply) {
+    if (!context.reply_from_any_thread || batch.reads.empty()) return false;
+    std::shared_ptr<const ReadView> snap = fast_snapshot();
+    if (snap == nullptr) return false;
+    std::vector<std::shared_ptr<ChunkStore>> stores;
+    stores.reserve(batch.reads.size());
+    for (const ReadReq& req : batch.reads) {
+      stores.push_back(fast_store(*snap, req));
+      if (stores.back() == nullptr) return false;
+    }
+    fast_reads.fetch_add(batch.reads.size(), std::memory_order_relaxed);
+    const bool shared = context.shared_payloads;
+    executor.offload(
+        [this, stores = std::move(stores), reads = std::move(batch.reads), reply = std::move(reply), shared]() mutable {
+          auto answer = std::make_shared<BatchReadRsp>();
+          answer->results.resize(reads.size());
+          std::vector<size_t> corrupted;
+          for (size_t i = 0; i < reads.size(); ++i) {
+            Result<ReadRsp> rsp = fast_read(*stores[i], reads[i], shared);
+            if (rsp.is_ok()) {
+              answer->results[i].rsp = std::move(*rsp);
+            } else if (rsp.status().code() == StatusCode::kDataLoss) {
+              corrupted.push_back(i);
+            } else {
+              answer->results[i].status = rsp.status();
+            }
+          }
+          if (corrupted.empty()) return reply(Response{std::move(*answer)});
+          executor.post([this, answer, corrupted, reads = std::move(reads), reply = std::move(reply)]() mutable {
+            auto left = std::make_shared<size_t>(corrupted.size());
+            for (size_t i : corrupted) {
+              read_one(reads[i], [answer, left, i, reply](Result<ReadRsp> rsp) {
+                if (rsp.is_ok()) {
+                  answer->results[i].rsp = std::move(*rsp);
+                } else {
+                  answer->results[i].status = rsp.status();
+                }
+                if (--*left == 0) reply(Response{std::move(*answer)});
+              });
+            }
           });
         },
         {});
@@ -1888,15 +1954,17 @@ void StorageService::set_bugs(const StorageBugs& bugs) { state_->bugs = bugs; }
 void StorageService::set_commit_observer(CommitObserver observer) { state_->observer = std::move(observer); }
 StorageService::Stats StorageService::stats() const {
   Stats stats = state_->stats;
-  stats.reads += state_->fast_reads.load(std::memory_order_relaxed);
+  stats.fast_reads = state_->fast_reads.load(std::memory_order_relaxed);
+  stats.reads += stats.fast_reads;
   stats.dirty_reads += state_->fast_dirty_reads.load(std::memory_order_relaxed);
   stats.local_reads = state_->local_reads.load(std::memory_order_relaxed);
   return stats;
 }
 
 bool StorageService::try_handle_read(const ServerContext& context, Request& request, Reply& reply) {
-  auto* read = std::get_if<ReadReq>(&request);
-  return read != nullptr && state_->try_read(context, *read, reply);
+  if (auto* read = std::get_if<ReadReq>(&request)) return state_->try_read(context, *read, reply);
+  if (auto* batch = std::get_if<BatchReadReq>(&request)) return state_->try_batch_read(context, *batch, reply);
+  return false;
 }
 
 }  // namespace ff::fs

@@ -20,12 +20,12 @@
 namespace ff::fs {
 
 std::string SimResult::summary() const {
-  std::string counts = fmt::format("writes={} (failed {}) reads={} (failed {}) removals={} (failed {}) crashes={} "
-                                   "mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} lazy_commits_lost={} "
-                                   "events={} virtual={:.1f}s",
-                                   writes_acked, writes_failed, reads_ok, reads_failed, removals_acked, removals_failed, crashes,
-                                   mgmtd_crashes, partitions, corruptions, repairs, syncs, lazy_commits_lost, events,
-                                   virtual_ns / 1e9);
+  std::string counts = fmt::format(
+      "writes={} (failed {}) reads={} (failed {}; {} sent in batches) removals={} (failed {}) "
+      "crashes={} mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} "
+      "lazy_commits_lost={} events={} virtual={:.1f}s",
+      writes_acked, writes_failed, reads_ok, reads_failed, reads_batched, removals_acked, removals_failed, crashes,
+      mgmtd_crashes, partitions, corruptions, repairs, syncs, lazy_commits_lost, events, virtual_ns / 1e9);
   if (ok) return fmt::format("seed={} ok {}", seed, counts);
   return fmt::format("seed={} FAILED: {} ({} violations; {}) reproduce with seed={}", seed, violations.front(), violations.size(),
                      counts, seed);
@@ -339,12 +339,21 @@ class Simulation {
         next();
       });
     } else {
-      uint32_t acked_at_start = acked_[key];
-      ReadMode mode = world_.uniform() < 0.8 ? ReadMode::kStrict : ReadMode::kRelaxed;
-      client->read(key.chain, key.chunk, 0, UINT64_MAX, mode, [this, key, next, acked_at_start](Result<ReadRsp> rsp) {
-        check_read(key, acked_at_start, rsp);
-        next();
-      });
+      // Mostly one read; sometimes a burst of reads issued together, which the client coalesces into batches per
+      // node (ClientConfig::read_rpcs_per_node), each read checked on its own.
+      const int64_t reads = world_.uniform() < 0.3 ? world_.between(4, 10) : 1;
+      auto left = std::make_shared<int64_t>(reads);
+      for (int64_t r = 0; r < reads; ++r) {
+        const ChunkKey& read_key =
+            r == 0 ? key : keys_[static_cast<size_t>(world_.between(0, static_cast<int64_t>(keys_.size()) - 1))];
+        uint32_t acked_at_start = acked_[read_key];
+        ReadMode mode = world_.uniform() < 0.8 ? ReadMode::kStrict : ReadMode::kRelaxed;
+        client->read(read_key.chain, read_key.chunk, 0, UINT64_MAX, mode,
+                     [this, read_key, next, acked_at_start, left](Result<ReadRsp> rsp) {
+                       check_read(read_key, acked_at_start, rsp);
+                       if (--*left == 0) next();
+                     });
+      }
     }
   }
 
@@ -580,8 +589,15 @@ SimResult Simulation::run() {
   for (size_t i = 0; i < clients_nodes_.size(); ++i) {
     clients_nodes_[i].address = fmt::format("client-{}", i + 1);
     boot(clients_nodes_[i]);
-    ClientConfig config{.client_id = i + 1, .mgmtd_address = mgmtd_node_.address, .rpc_timeout_ns = 500 * kMs,
-                        .op_timeout_ns = 5'000'000'000, .retry_backoff_ns = 20 * kMs, .max_attempts = 16, .dirty_retries_before_tail = 3};
+    ClientConfig config{.client_id = i + 1,
+                        .mgmtd_address = mgmtd_node_.address,
+                        .rpc_timeout_ns = 500 * kMs,
+                        .op_timeout_ns = 5'000'000'000,
+                        .retry_backoff_ns = 20 * kMs,
+                        .max_attempts = 16,
+                        .dirty_retries_before_tail = 3,
+                        // Whole-chunk reads of the small chunks here coalesce too.
+                        .coalesce_read_max_bytes = UINT64_MAX};
     clients_.push_back(std::make_unique<StorageClient>(config, *clients_nodes_[i].executor, *clients_nodes_[i].rpc));
     clients_nodes_[i].executor->post([this, i] { client_step(i); });
   }
@@ -620,6 +636,7 @@ SimResult Simulation::run() {
   }
   result_.events = world_.events();
   result_.virtual_ns = world_.now();
+  for (const auto& client : clients_) result_.reads_batched += client->coalesced_read_counts().batched_reads;
   for (auto& service : graveyard_storage_) {
     result_.repairs += service->stats().repairs;
     result_.syncs += service->stats().syncs_done;

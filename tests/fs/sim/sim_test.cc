@@ -69,6 +69,21 @@ TEST(FsSim, CrashesLoseLazyCommits) {
   EXPECT_GE(lost, 20u) << "crashes after an acknowledgement and before a synced write were not simulated";
 }
 
+// Read coalescing (ClientConfig::read_rpcs_per_node): the clients' bursts of reads go to storage in batches in these
+// runs, so the runs above check batched reads too (each read against the committed history, under the faults).
+TEST(FsSim, BurstsOfReadsGoInBatches) {
+  (void)set_log_level("off");
+  uint64_t batched = 0, reads = 0;
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    SimResult result = run_simulation(seed, ci_options());
+    EXPECT_TRUE(result.ok) << result.summary();
+    batched += result.reads_batched;
+    reads += result.reads_ok + result.reads_failed;
+  }
+  (void)set_log_level("info");
+  EXPECT_GE(batched, reads / 20) << "of " << reads << " reads, " << batched << " were sent in batches";
+}
+
 TEST(FsSim, SameSeedSameRun) {
   (void)set_log_level("off");
   SimResult a = run_simulation(42, ci_options());

@@ -50,6 +50,9 @@ struct StorageClusterOptions {
   // Non-empty: every target keeps its chunks in a ChunkEngine under <engine_root>/target-<id> (real
   // files: local reads, corruption on disk) instead of a MemChunkStore.
   std::string engine_root;
+  // Plain reads and batches of them skip the service's executor (StorageService::try_handle_read), as in
+  // ff-storage.
+  bool read_fast_lane = true;
 };
 
 class StorageCluster {
@@ -154,11 +157,21 @@ class StorageCluster {
   // chunk stores stay; after `down_ms` a new service (new incarnation) starts on the same address and
   // recovers through mgmtd.
   Status restart_storage(NodeId node, int64_t down_ms) {
+    FF_RETURN_IF_ERROR(crash_storage(node));
+    std::this_thread::sleep_for(std::chrono::milliseconds(down_ms));
+    return start_storage(node);
+  }
+  // The two halves of restart_storage: the crash (mgmtd notices after the heartbeat timeout) and the start.
+  Status crash_storage(NodeId node) {
     auto it = nodes_.find(node);
-    if (it == nodes_.end()) return invalid_argument("no storage node {}", node);
+    if (it == nodes_.end() || !it->second.parts) return invalid_argument("no running storage node {}", node);
     stop_node(it->second);
     graveyard_.push_back(std::move(it->second.parts));
-    std::this_thread::sleep_for(std::chrono::milliseconds(down_ms));
+    return Status::ok();
+  }
+  Status start_storage(NodeId node) {
+    auto it = nodes_.find(node);
+    if (it == nodes_.end() || it->second.parts) return invalid_argument("no stopped storage node {}", node);
     return start_node(node);
   }
 
@@ -261,10 +274,18 @@ class StorageCluster {
     // A port just released may take a moment to bind again.
     Result<std::unique_ptr<rpc::GrpcServer>> server = internal_error("not tried");
     for (int attempt = 0; attempt < 50; ++attempt) {
-      server = rpc::GrpcServer::start(node.address, *parts->executor,
-                                      [service](const ServerContext& c, Request r, Reply reply) {
-                                        service->handle(c, std::move(r), std::move(reply));
-                                      });
+      rpc::FastHandler fast;
+      if (options_.read_fast_lane) {
+        fast = [service](const ServerContext& c, Request& r, Reply& reply) {
+          return service->try_handle_read(c, r, reply);
+        };
+      }
+      server = rpc::GrpcServer::start(
+          node.address, *parts->executor,
+          [service](const ServerContext& c, Request r, Reply reply) {
+            service->handle(c, std::move(r), std::move(reply));
+          },
+          nullptr, 256 << 20, std::move(fast));
       if (server.is_ok()) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }

@@ -294,7 +294,9 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
                          {"p99_us", shared->latency.quantile_us(0.99)},
                          {"local_reads", client.local_read_counts().served},
                          {"local_read_fallbacks", client.local_read_counts().fallbacks},
-                         {"local_reads_read_before_answer", client.local_read_counts().read_before_answer}};
+                         {"local_reads_read_before_answer", client.local_read_counts().read_before_answer},
+                         {"read_rpcs", client.coalesced_read_counts().rpcs},
+                         {"batched_reads", client.coalesced_read_counts().batched_reads}};
   if (!shared->first_error.empty()) line["first_error"] = shared->first_error;
   std::cout << line.dump() << std::endl;
   return shared->errors == 0 ? 0 : 1;
@@ -331,6 +333,10 @@ int main(int argc, char** argv) {
   bool no_read_before_answer = false;
   bench_cmd->add_flag("--no-read-before-answer", no_read_before_answer,
                       "local reads wait for the target's answer before reading (ClientConfig::read_before_answer off)");
+  uint32_t read_rpcs_per_node = ClientConfig{}.read_rpcs_per_node;
+  bench_cmd->add_option("--read-rpcs-per-node", read_rpcs_per_node,
+                        "small reads beyond this many RPCs in flight to a node wait and go as one batch (0: off; "
+                        "ClientConfig::read_rpcs_per_node)");
 
   auto* write_cmd = app.add_subcommand("write-check", "write checksummed chunks, log the acknowledged ones");
   double seconds = 10;
@@ -359,6 +365,7 @@ int main(int argc, char** argv) {
   config.max_attempts = 200;
   config.local_reads = bench_case.local_reads;
   config.read_before_answer = !no_read_before_answer;
+  config.read_rpcs_per_node = read_rpcs_per_node;
   int code = 0;
   {
     StorageClient client(config, executor, rpc);

@@ -1,0 +1,270 @@
+// Read coalescing (ClientConfig::read_rpcs_per_node): small reads beyond the RPCs in flight to a node wait and go
+// out as one BatchReadReq; and the storage service's fast lane for batches (StorageService::try_handle_read). Over
+// an in-process cluster on real gRPC (tests/fs/testing/storage_cluster.h).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <mutex>
+
+#include "../chunk/test_util.h"
+#include "fs/testing/cluster_fixture.h"
+
+namespace ff::fs {
+namespace {
+
+using testing::TempDir;
+
+constexpr uint64_t kInode = 31;
+
+// The outcome of a set of reads issued together in one turn of the client's executor.
+struct ReadOutcomes {
+  std::vector<Result<std::vector<std::byte>>> results;
+};
+
+class ReadCoalescingTest : public ::testing::Test {
+ protected:
+  void start(std::string engine_root = "") {
+    auto cluster = testing::StorageCluster::start(
+        {.nodes = 3, .targets_per_node = 1, .replication = 3, .max_chunk_bytes = 64 << 10, .engine_root = engine_root});
+    ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+    cluster_ = std::move(*cluster);
+  }
+  void TearDown() override {
+    clients_.clear();
+    cluster_.reset();
+  }
+  StorageClient& client(uint32_t read_rpcs_per_node) {
+    clients_.push_back(std::make_unique<StorageClient>(ClientConfig{.client_id = 40 + clients_.size(),
+                                                                    .mgmtd_address = cluster_->mgmtd_address(),
+                                                                    .op_timeout_ns = 20'000'000'000,
+                                                                    .read_rpcs_per_node = read_rpcs_per_node},
+                                                       cluster_->client_executor(), cluster_->client_rpc()));
+    StorageClient& made = *clients_.back();
+    auto routed = run<RoutingVersion>([&](auto done) { made.refresh_routing(done); });
+    EXPECT_TRUE(routed.is_ok()) << routed.status();
+    return made;
+  }
+  template <typename T>
+  Result<T> run(std::function<void(std::function<void(Result<T>)>)> fn) {
+    auto promise = std::make_shared<std::promise<Result<T>>>();
+    auto future = promise->get_future();
+    cluster_->client_executor().post(
+        [fn, promise] { fn([promise](Result<T> r) { promise->set_value(std::move(r)); }); });
+    if (future.wait_for(std::chrono::seconds(60)) != std::future_status::ready)
+      return deadline_exceeded("no answer in 60 s");
+    return future.get();
+  }
+  static std::vector<std::byte> contents(uint64_t index) {
+    return testing::pattern_bytes(4096 + 512 * (index % 5), index);
+  }
+  void write_chunks(uint64_t count) {
+    StorageClient& writer = cluster_->storage_client();
+    for (uint64_t i = 0; i < count; ++i) {
+      auto written = run<WriteRsp>([&](auto done) {
+        writer.write(cluster_->chains().front(), ChunkId{kInode, i}, 0, contents(i), done);
+      });
+      ASSERT_TRUE(written.is_ok()) << "chunk " << i << ": " << written.status();
+    }
+  }
+  // Issues a read of the whole of each chunk in `indexes` in one executor turn (so that all but the first per node
+  // find that node's RPC slot taken) and waits for all of them.
+  ReadOutcomes read_together(StorageClient& reader, const std::vector<uint64_t>& indexes) {
+    auto outcomes = std::make_shared<ReadOutcomes>();
+    outcomes->results.assign(indexes.size(), Result<std::vector<std::byte>>(internal_error("not read")));
+    auto left = std::make_shared<size_t>(indexes.size());
+    auto all_done = std::make_shared<std::promise<void>>();
+    auto future = all_done->get_future();
+    const ChainId chain = cluster_->chains().front();
+    cluster_->client_executor().post([&reader, indexes, outcomes, left, all_done, chain] {
+      for (size_t i = 0; i < indexes.size(); ++i) {
+        reader.read(chain, ChunkId{kInode, indexes[i]}, 0, 64 << 10, ReadMode::kStrict,
+                    [outcomes, left, all_done, i](Result<ReadRsp> rsp) {
+                      if (rsp.is_ok()) {
+                        outcomes->results[i] = std::vector<std::byte>(rsp->payload().begin(), rsp->payload().end());
+                      } else {
+                        outcomes->results[i] = rsp.status();
+                      }
+                      if (--*left == 0) all_done->set_value();
+                    });
+      }
+    });
+    EXPECT_EQ(future.wait_for(std::chrono::seconds(60)), std::future_status::ready) << "reads did not finish";
+    return *outcomes;
+  }
+
+  std::unique_ptr<testing::StorageCluster> cluster_;
+  std::vector<std::unique_ptr<StorageClient>> clients_;
+};
+
+TEST_F(ReadCoalescingTest, ReadsIssuedTogetherShareRpcsAndEachGetsItsOwnBytes) {
+  start();
+  constexpr uint64_t kChunks = 48;
+  write_chunks(kChunks);
+  std::vector<uint64_t> all(kChunks);
+  for (uint64_t i = 0; i < kChunks; ++i) all[i] = i;
+
+  StorageClient& coalescing = client(1);
+  ReadOutcomes outcomes = read_together(coalescing, all);
+  for (uint64_t i = 0; i < kChunks; ++i) {
+    ASSERT_TRUE(outcomes.results[i].is_ok()) << "chunk " << i << ": " << outcomes.results[i].status();
+    EXPECT_EQ(*outcomes.results[i], contents(i)) << "chunk " << i;
+  }
+  // One read per node went alone (its slot was free); the other 45 waited and went in one batch per node.
+  const StorageClient::CoalescedReadCounts counts = coalescing.coalesced_read_counts();
+  EXPECT_EQ(counts.rpcs, 6u);
+  EXPECT_EQ(counts.batched_reads, kChunks - 3);
+
+  // Off: one RPC per read (none counted), the same bytes.
+  StorageClient& plain = client(0);
+  outcomes = read_together(plain, all);
+  for (uint64_t i = 0; i < kChunks; ++i) {
+    ASSERT_TRUE(outcomes.results[i].is_ok()) << "chunk " << i << ": " << outcomes.results[i].status();
+    EXPECT_EQ(*outcomes.results[i], contents(i)) << "chunk " << i;
+  }
+  EXPECT_EQ(plain.coalesced_read_counts().rpcs, 0u);
+  EXPECT_EQ(plain.coalesced_read_counts().batched_reads, 0u);
+}
+
+TEST_F(ReadCoalescingTest, AFailedReadInABatchFailsAloneAndBatchesAreBounded) {
+  start();
+  write_chunks(12);
+  // Chunks 100.. were never written: [chunk_not_found], not retried; the others in their batches read.
+  std::vector<uint64_t> indexes;
+  for (uint64_t i = 0; i < 12; ++i) {
+    indexes.push_back(i);
+    if (i % 3 == 1) indexes.push_back(100 + i);
+  }
+  clients_.push_back(std::make_unique<StorageClient>(ClientConfig{.client_id = 60,
+                                                                  .mgmtd_address = cluster_->mgmtd_address(),
+                                                                  .op_timeout_ns = 20'000'000'000,
+                                                                  .read_rpcs_per_node = 1,
+                                                                  .max_reads_per_batch = 2},
+                                                     cluster_->client_executor(), cluster_->client_rpc()));
+  StorageClient& reader = *clients_.back();
+  ASSERT_TRUE(run<RoutingVersion>([&](auto done) { reader.refresh_routing(done); }).is_ok());
+  ReadOutcomes outcomes = read_together(reader, indexes);
+  for (size_t i = 0; i < indexes.size(); ++i) {
+    if (indexes[i] >= 100) {
+      ASSERT_FALSE(outcomes.results[i].is_ok()) << "chunk " << indexes[i] << " was never written";
+      EXPECT_EQ(fs_error_of(outcomes.results[i].status()), FsError::kChunkNotFound) << outcomes.results[i].status();
+    } else {
+      ASSERT_TRUE(outcomes.results[i].is_ok()) << "chunk " << indexes[i] << ": " << outcomes.results[i].status();
+      EXPECT_EQ(*outcomes.results[i], contents(indexes[i]));
+    }
+  }
+  // 16 reads, 3 alone, the other 13 in batches of at most 2: at least 3 + 7 RPCs, every RPC but the first three a
+  // batch of two or one.
+  const StorageClient::CoalescedReadCounts counts = reader.coalesced_read_counts();
+  EXPECT_GE(counts.rpcs, 10u);
+  EXPECT_GE(counts.batched_reads, 2u);
+  EXPECT_LE(counts.batched_reads, 13u);
+}
+
+TEST_F(ReadCoalescingTest, ReadsOfABatchToADeadNodeAreRetriedElsewhere) {
+  start();
+  constexpr uint64_t kChunks = 30;
+  write_chunks(kChunks);
+  std::vector<uint64_t> all(kChunks);
+  for (uint64_t i = 0; i < kChunks; ++i) all[i] = i;
+  StorageClient& reader = client(1);
+  // Node 2 dies; mgmtd still routes reads to it until its lease lapses (10 s), so every read sent there fails
+  // (its batch with it) and is retried, spread over the targets, until one that serves answers.
+  ASSERT_TRUE(cluster_->crash_storage(2).is_ok());
+  ReadOutcomes outcomes = read_together(reader, all);
+  for (uint64_t i = 0; i < kChunks; ++i) {
+    ASSERT_TRUE(outcomes.results[i].is_ok()) << "chunk " << i << ": " << outcomes.results[i].status();
+    EXPECT_EQ(*outcomes.results[i], contents(i)) << "chunk " << i;
+  }
+  EXPECT_GT(reader.stats().retries, 0u);
+  EXPECT_GT(reader.coalesced_read_counts().batched_reads, 0u);
+  ASSERT_TRUE(cluster_->start_storage(2).is_ok());
+  EXPECT_TRUE(cluster_->wait_serving(30'000).is_ok());
+}
+
+// Overwrites `count` bytes of a file at `offset` (a bad disk).
+void scribble(const std::string& path, uint64_t offset, size_t count) {
+  const int fd = ::open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  std::vector<char> junk(count, static_cast<char>(0xEE));
+  ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), static_cast<off_t>(offset)), static_cast<ssize_t>(count));
+  ASSERT_EQ(::fsync(fd), 0);
+  ::close(fd);
+}
+
+// The service's side: a BatchReadReq sent straight to one node, in its fast lane (every read checks out) with a
+// corrupted chunk among them (repaired from a replica and read again), and one with a stale chain version (the whole
+// batch through the executor, that read refused alone).
+TEST_F(ReadCoalescingTest, TheServiceAnswersEachReadOfABatchRepairingCorruptChunks) {
+  TempDir dir;
+  start(dir.path());
+  write_chunks(6);
+  auto routing = cluster_->routing();
+  ASSERT_TRUE(routing.is_ok()) << routing.status();
+  const ChainInfo* chain = routing->chain(cluster_->chains().front());
+  ASSERT_NE(chain, nullptr);
+  // Every replica committed (a strict read of a chunk pending there would be [chunk_dirty]).
+  for (const auto& member : chain->targets) {
+    auto replica = cluster_->chunk_store(member.target);
+    ASSERT_NE(replica, nullptr);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (uint64_t i = 0; i < 6; ++i) {
+      for (;;) {
+        auto meta = replica->stat(ChunkId{kInode, i});
+        if (meta.is_ok() && meta->pending_version == 0 && meta->committed_version == 1) break;
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "target " << member.target << " did not commit";
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
+  }
+  const TargetId victim = chain->targets.front().target;
+  auto store = cluster_->chunk_store(victim);
+  auto located = store->locate(ChunkId{kInode, 3}, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(located.is_ok() && located->extent) << located.status();
+  scribble(located->extent->path, located->extent->file_offset + 100, 64);
+  const std::string address = *routing->address_of(victim);
+  auto read_req = [&](uint64_t index, ChainVersion version) {
+    return ReadReq{.chain = chain->id,
+                   .chain_version = version,
+                   .target = victim,
+                   .chunk = ChunkId{kInode, index},
+                   .offset = 0,
+                   .length = 64 << 10};
+  };
+
+  const NodeId node = static_cast<NodeId>(victim / kTargetsPerNodeLimit);
+  auto fast_reads = [&] { return cluster_->service(node)->stats().fast_reads; };
+  const uint64_t fast_before = fast_reads();
+  BatchReadReq batch;
+  for (uint64_t i = 0; i < 6; ++i) batch.reads.push_back(read_req(i, chain->version));
+  auto answer =
+      response_as<BatchReadRsp>(rpc::call_blocking(cluster_->client_rpc(), address, Request{batch}, 20'000'000'000));
+  ASSERT_TRUE(answer.is_ok()) << answer.status();
+  ASSERT_EQ(answer->results.size(), 6u);
+  for (uint64_t i = 0; i < 6; ++i) {
+    ASSERT_TRUE(answer->results[i].status.is_ok()) << "chunk " << i << ": " << answer->results[i].status;
+    const auto bytes = answer->results[i].rsp.payload();
+    EXPECT_EQ(std::vector<std::byte>(bytes.begin(), bytes.end()), contents(i)) << "chunk " << i;
+  }
+  EXPECT_EQ(fast_reads(), fast_before + 6) << "the batch was not served in the fast lane";
+  auto repaired = store->read(ChunkId{kInode, 3}, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(repaired.is_ok()) << repaired.status();
+  EXPECT_EQ(repaired->data, contents(3));
+
+  BatchReadReq stale;
+  stale.reads = {read_req(0, chain->version), read_req(1, chain->version + 7), read_req(2, chain->version)};
+  answer =
+      response_as<BatchReadRsp>(rpc::call_blocking(cluster_->client_rpc(), address, Request{stale}, 20'000'000'000));
+  ASSERT_TRUE(answer.is_ok()) << answer.status();
+  ASSERT_EQ(answer->results.size(), 3u);
+  EXPECT_TRUE(answer->results[0].status.is_ok()) << answer->results[0].status;
+  EXPECT_EQ(fs_error_of(answer->results[1].status), FsError::kStaleChainVersion) << answer->results[1].status;
+  EXPECT_TRUE(answer->results[2].status.is_ok()) << answer->results[2].status;
+  EXPECT_EQ(fast_reads(), fast_before + 6) << "a batch with a stale read went through the fast lane";
+}
+
+}  // namespace
+}  // namespace ff::fs
