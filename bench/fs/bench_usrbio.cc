@@ -50,6 +50,7 @@ struct Args {
       "fileclient_read,fileclient_read_batch,usrbio_inprocess,usrbio_depth4_serial,usrbio_depth4_parallel,fuse_pread,"
       "fuse_pread_threads,usrbio_fuse";
   uint64_t seed = 1;
+  uint32_t read_rpcs_per_node = FileClientConfig{}.read_rpcs_per_node;
 };
 
 struct Measure {
@@ -200,6 +201,7 @@ int run(const Args& args) {
   FileClientConfig config;
   config.mgmtd_address = args.mgmtd;
   config.max_parallel_chunks = std::max<uint32_t>(16, args.per_doorbell);
+  config.read_rpcs_per_node = args.read_rpcs_per_node;
   auto client = FileClient::connect(config, **remote);
   if (!client.is_ok()) {
     FF_LOG_ERROR("{}", client.status().to_string());
@@ -413,6 +415,8 @@ int main(int argc, char** argv) {
   app.add_option("--pread-threads", args.pread_threads, "threads of the fuse_pread_threads case");
   app.add_option("--cases", args.cases, "comma-separated cases");
   app.add_option("--seed", args.seed, "offsets seed");
+  app.add_option("--read-rpcs-per-node", args.read_rpcs_per_node,
+                 "FileClientConfig::read_rpcs_per_node of the in-process client (0: no read coalescing)");
   bool ring_overhead = false;
   app.add_flag("--ring-overhead", ring_overhead, "measure the ring alone (no cluster; other options unused)");
   CLI11_PARSE(app, argc, argv);

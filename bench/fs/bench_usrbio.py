@@ -7,6 +7,7 @@ writes one file through the mount, then runs build/bench-tools/fs_usrbio_bench p
 per case; writes bench/results/fs_usrbio_<machine>.json with the ratios of the ring to each baseline.
 
 Usage: bench/fs/bench_usrbio.py [--build-dir build] [--seconds 3] [--file-mb 256] [--machine cpu] [--out FILE]
+       [--blocks 1048576,4096] [--bench-args "--read-rpcs-per-node 0"]
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def main() -> int:
     parser.add_argument("--file-mb", type=int, default=256)
     parser.add_argument("--machine", default="cpu")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--blocks", default=",".join(str(b) for b, _ in SHAPES), help="block sizes to run (of SHAPES)")
+    parser.add_argument("--bench-args", default="",
+                        help="more fs_usrbio_bench flags, e.g. --read-rpcs-per-node 0 (space-separated)")
     args = parser.parse_args()
     build = (REPO / args.build_dir).resolve()
     bench = build / "bench-tools" / "fs_usrbio_bench"
@@ -82,10 +86,13 @@ def main() -> int:
             for start in range(0, size, 8 << 20):
                 f.write(data[start:start + (8 << 20)].tobytes())
         del data
+        blocks = {int(b) for b in args.blocks.split(",")}
         for block, per_doorbell in SHAPES:
+            if block not in blocks:
+                continue
             command = [str(bench), "--mgmtd", cluster.mgmtd_address, "--meta", meta, "--path", "/bench/usrbio.dat",
                        "--mount", str(mount), "--block", str(block), "--per-doorbell", str(per_doorbell),
-                       "--seconds", str(args.seconds)]
+                       "--seconds", str(args.seconds), *args.bench_args.split()]
             print(" ".join(command), file=sys.stderr, flush=True)
             run = subprocess.run(command, capture_output=True, text=True, timeout=600)
             if run.returncode != 0:

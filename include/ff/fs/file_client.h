@@ -59,6 +59,9 @@ struct FileClientConfig {
   // `local_read_threads` threads of the client's own executor (connect()).
   bool local_reads = true;
   uint32_t local_read_threads = 32;
+  // Small reads over RPC beyond this many read RPCs in flight to a storage node go out together as one batch
+  // (ClientConfig::read_rpcs_per_node; 0: off).
+  uint32_t read_rpcs_per_node = ClientConfig{}.read_rpcs_per_node;
   // With local reads: a read that continues the handle's previous read also reads the next ranges of the same
   // length ahead, from the targets' files on this host (StorageClient::read_ahead); a later read keeps those
   // bytes only if its own answer names the same place and every CRC matches (docs/fs-client.md, "Read-ahead").

@@ -854,6 +854,7 @@ Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, 
   storage_config.rpc_timeout_ns = config.rpc_timeout_ms * kNsPerMs;
   storage_config.op_timeout_ns = config.op_timeout_ms * kNsPerMs;
   storage_config.local_reads = config.local_reads;
+  storage_config.read_rpcs_per_node = config.read_rpcs_per_node;
   impl->storage = std::make_unique<StorageClient>(storage_config, executor, rpc);
   // Each step of a FileStorage call waits as long as a chunk I/O of the data path may.
   impl->storage_files = std::make_unique<meta::StorageFiles>(
