@@ -1,11 +1,14 @@
-// Helpers of the chunk engine tests: a temporary target directory and deterministic chunk contents.
+// Helpers of the chunk engine tests: a temporary target directory, deterministic chunk contents, and damage on disk.
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <ostream>
 #include <string>
@@ -80,6 +83,16 @@ inline uint64_t total_used_blocks(const ChunkEngineStats& stats) {
   uint64_t used = 0;
   for (const auto& block_class : stats.classes) used += block_class.total_blocks - block_class.free_blocks;
   return used;
+}
+
+// Overwrites `count` bytes of a file at `offset` with 0xEE and syncs (what a bad disk or a reused block does).
+inline void scribble(const std::string& path, uint64_t offset, size_t count) {
+  const int fd = ::open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  std::vector<char> junk(count, static_cast<char>(0xEE));
+  ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), static_cast<off_t>(offset)), static_cast<ssize_t>(count));
+  ASSERT_EQ(::fsync(fd), 0);
+  ::close(fd);
 }
 
 }  // namespace ff::fs::testing

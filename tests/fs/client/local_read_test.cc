@@ -19,19 +19,10 @@
 namespace ff::fs {
 namespace {
 
+using testing::scribble;
 using testing::TempDir;
 
 std::vector<std::byte> to_vector(const SharedBytes& bytes) { return bytes.to_vector(); }
-
-// Overwrites `count` bytes of a file at `offset` with 0xEE (what a bad disk or a reused block does).
-void scribble(const std::string& path, uint64_t offset, size_t count) {
-  const int fd = ::open(path.c_str(), O_WRONLY);
-  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
-  std::vector<char> junk(count, static_cast<char>(0xEE));
-  ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), static_cast<off_t>(offset)), static_cast<ssize_t>(count));
-  ASSERT_EQ(::fsync(fd), 0);
-  ::close(fd);
-}
 
 class LocateTest : public ::testing::Test {
  protected:

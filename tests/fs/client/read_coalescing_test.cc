@@ -16,6 +16,7 @@
 namespace ff::fs {
 namespace {
 
+using testing::scribble;
 using testing::TempDir;
 
 constexpr uint64_t kInode = 31;
@@ -96,6 +97,20 @@ class ReadCoalescingTest : public ::testing::Test {
     return *outcomes;
   }
 
+  // Read i of `outcomes` (of chunks 0, 1, ...) returned chunk i's contents.
+  static void expect_contents(const ReadOutcomes& outcomes) {
+    for (uint64_t i = 0; i < outcomes.results.size(); ++i) {
+      ASSERT_TRUE(outcomes.results[i].is_ok()) << "chunk " << i << ": " << outcomes.results[i].status();
+      EXPECT_EQ(*outcomes.results[i], contents(i)) << "chunk " << i;
+    }
+  }
+  // Chunks 0 .. count - 1.
+  static std::vector<uint64_t> first_chunks(uint64_t count) {
+    std::vector<uint64_t> indexes(count);
+    for (uint64_t i = 0; i < count; ++i) indexes[i] = i;
+    return indexes;
+  }
+
   std::unique_ptr<testing::StorageCluster> cluster_;
   std::vector<std::unique_ptr<StorageClient>> clients_;
 };
@@ -104,15 +119,11 @@ TEST_F(ReadCoalescingTest, ReadsIssuedTogetherShareRpcsAndEachGetsItsOwnBytes) {
   start();
   constexpr uint64_t kChunks = 48;
   write_chunks(kChunks);
-  std::vector<uint64_t> all(kChunks);
-  for (uint64_t i = 0; i < kChunks; ++i) all[i] = i;
+  const std::vector<uint64_t> all = first_chunks(kChunks);
 
   StorageClient& coalescing = client(1);
   ReadOutcomes outcomes = read_together(coalescing, all);
-  for (uint64_t i = 0; i < kChunks; ++i) {
-    ASSERT_TRUE(outcomes.results[i].is_ok()) << "chunk " << i << ": " << outcomes.results[i].status();
-    EXPECT_EQ(*outcomes.results[i], contents(i)) << "chunk " << i;
-  }
+  expect_contents(outcomes);
   // One read per node went alone (its slot was free); the other 45 waited and went in one batch per node.
   const StorageClient::CoalescedReadCounts counts = coalescing.coalesced_read_counts();
   EXPECT_EQ(counts.rpcs, 6u);
@@ -121,10 +132,7 @@ TEST_F(ReadCoalescingTest, ReadsIssuedTogetherShareRpcsAndEachGetsItsOwnBytes) {
   // Off: one RPC per read (none counted), the same bytes.
   StorageClient& plain = client(0);
   outcomes = read_together(plain, all);
-  for (uint64_t i = 0; i < kChunks; ++i) {
-    ASSERT_TRUE(outcomes.results[i].is_ok()) << "chunk " << i << ": " << outcomes.results[i].status();
-    EXPECT_EQ(*outcomes.results[i], contents(i)) << "chunk " << i;
-  }
+  expect_contents(outcomes);
   EXPECT_EQ(plain.coalesced_read_counts().rpcs, 0u);
   EXPECT_EQ(plain.coalesced_read_counts().batched_reads, 0u);
 }
@@ -168,31 +176,17 @@ TEST_F(ReadCoalescingTest, ReadsOfABatchToADeadNodeAreRetriedElsewhere) {
   start();
   constexpr uint64_t kChunks = 30;
   write_chunks(kChunks);
-  std::vector<uint64_t> all(kChunks);
-  for (uint64_t i = 0; i < kChunks; ++i) all[i] = i;
+  const std::vector<uint64_t> all = first_chunks(kChunks);
   StorageClient& reader = client(1);
   // Node 2 dies; mgmtd still routes reads to it until its lease lapses (10 s), so every read sent there fails
   // (its batch with it) and is retried, spread over the targets, until one that serves answers.
   ASSERT_TRUE(cluster_->crash_storage(2).is_ok());
   ReadOutcomes outcomes = read_together(reader, all);
-  for (uint64_t i = 0; i < kChunks; ++i) {
-    ASSERT_TRUE(outcomes.results[i].is_ok()) << "chunk " << i << ": " << outcomes.results[i].status();
-    EXPECT_EQ(*outcomes.results[i], contents(i)) << "chunk " << i;
-  }
+  expect_contents(outcomes);
   EXPECT_GT(reader.stats().retries, 0u);
   EXPECT_GT(reader.coalesced_read_counts().batched_reads, 0u);
   ASSERT_TRUE(cluster_->start_storage(2).is_ok());
   EXPECT_TRUE(cluster_->wait_serving(30'000).is_ok());
-}
-
-// Overwrites `count` bytes of a file at `offset` (a bad disk).
-void scribble(const std::string& path, uint64_t offset, size_t count) {
-  const int fd = ::open(path.c_str(), O_WRONLY);
-  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
-  std::vector<char> junk(count, static_cast<char>(0xEE));
-  ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), static_cast<off_t>(offset)), static_cast<ssize_t>(count));
-  ASSERT_EQ(::fsync(fd), 0);
-  ::close(fd);
 }
 
 // The service's side: a BatchReadReq sent straight to one node, in its fast lane (every read checks out) with a
