@@ -418,8 +418,9 @@ struct StorageService::State {
     }
     if (next == 0) return commit_local(update, false);
     bool full = state_of(*chain, next) == PublicTargetState::kSyncing;
-    // A resolve ends at the last serving target (a syncing successor gets the chunk from recovery).
-    if (update->resolve && full) return commit_local(update, false);
+    // A resolve ends at the last serving target, which rolls the version forward; its syncing successor then gets
+    // the chunk as a full replacement (its sync may have passed this chunk already).
+    if (update->resolve && full) return roll_forward(update, next);
     if (now() >= update->deadline_ns) {
       return finish(update, deadline_exceeded("forward of chunk {} v{} ran past its deadline", update->chunk.to_string(), update->version));
     }
@@ -564,6 +565,61 @@ struct StorageService::State {
                                   forward_or_commit(update);
                                 });
                      });
+  }
+
+  // A resolve at the last serving target commits the orphaned version here (roll forward: an earlier tail may have
+  // committed it) and then hands it to the syncing successor as a full replacement, as a write arriving during the
+  // sync would be: the sync may have diffed this chunk (or finished) before the version was committed, and the
+  // successor must not start serving without it (the simulation's seed 13788 under unlimited faults: a head rolled
+  // v4 forward while its successor, synced already, waited to be promoted; the head then crashed and the promoted
+  // successor took a different write as its v4). Until the successor has it, leaves the write chain (it then syncs
+  // again when it returns), or the deadline passes (a later write of the chunk pushes it: push_committed).
+  void roll_forward(UpdatePtr update, TargetId next) {
+    auto store_ptr = targets.at(update->target).store;
+    auto result = std::make_shared<Status>();
+    executor.offload([store_ptr, result, chunk = update->chunk,
+                      version = update->version] { *result = store_ptr->commit(chunk, version); },
+                     [this, update, result, next] {
+                       if (!result->is_ok())
+                         return finish(update,
+                                       result->with_context(fmt::format("commit on target {}", update->target)));
+                       observe(update->target, update->chunk, update->version, update->crc);
+                       push_rolled_forward(update, next);
+                     });
+  }
+
+  void push_rolled_forward(UpdatePtr update, TargetId next) {
+    const ForwardRsp committed{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0};
+    const ChainInfo* chain = routing.chain(update->chain);
+    if (chain == nullptr || successor(*chain, update->target) != next) return finish(update, committed);
+    auto store_ptr = targets.at(update->target).store;
+    auto read = std::make_shared<Result<ChunkRead>>(Status(StatusCode::kInternal, "unset"));
+    executor.offload(
+        [store_ptr, read, chunk = update->chunk] { *read = store_ptr->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed); },
+        [this, update, read, next, committed] {
+          const ChainInfo* chain = routing.chain(update->chain);
+          if (chain == nullptr || successor(*chain, update->target) != next) return finish(update, committed);
+          if (!read->is_ok()) return finish(update, read->status());
+          SyncReplaceReq req{
+              .chain = update->chain, .chain_version = chain->version, .target = next, .chunk = update->chunk};
+          req.version = (*read)->meta.committed_version;
+          req.chunk_chain_version = (*read)->meta.chain_version;
+          req.data = std::move((*read)->data);
+          int64_t timeout = std::min(config.rpc_timeout_ns, std::max<int64_t>(update->deadline_ns - now(), 1));
+          rpc.call(routing.address_of(next).value_or(""), Request{std::move(req)}, timeout,
+                   [this, update, next, committed](Result<Response> response) {
+                     if (response.is_ok()) return finish(update, committed);
+                     FF_LOG_DEBUG("target {}: push of rolled-forward chunk {} v{} to target {} failed: {}",
+                                  update->target, update->chunk.to_string(), update->version, next, response.status());
+                     if (now() + config.retry_backoff_ns >= update->deadline_ns) {
+                       return finish(update, response.status().with_context(fmt::format("push to target {}", next)));
+                     }
+                     executor.post_after(config.retry_backoff_ns, [this, update, next, gen = generation] {
+                       if (gen != generation) return;
+                       push_rolled_forward(update, next);
+                     });
+                   });
+        });
   }
 
   // Commit here (the tail, or on the successor's acknowledgement) and acknowledge.
