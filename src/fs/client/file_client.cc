@@ -338,20 +338,26 @@ struct FileClient::Impl {
   // (posting to the executor), consume(done) handles a completion in this thread. I/Os still
   // unfinished when no completion arrived for the wait budget get `timeout` passed to consume.
   // while_first_wait (optional) runs in this thread once the first I/Os are issued, before any wait.
+  // small (optional): I/O i is a small read, counted against max_parallel_small_reads instead (I/Os start in order).
   void run_pipeline(size_t count, const std::function<void(size_t, const std::shared_ptr<Pipeline>&)>& issue,
-                    const std::function<void(ChunkDone&)>& consume,
-                    const std::function<void()>& while_first_wait = {}) {
+                    const std::function<void(ChunkDone&)>& consume, const std::function<void()>& while_first_wait = {},
+                    const std::function<bool(size_t)>& small = {}) {
     if (count == 0) return;
     auto pipeline = std::make_shared<Pipeline>();
     const size_t window = std::max<uint32_t>(config.max_parallel_chunks, 1);
-    size_t next = 0, in_flight = 0, completed = 0;
+    const size_t small_window = std::max<uint32_t>(config.max_parallel_small_reads, 1);
+    size_t next = 0, in_flight = 0, small_in_flight = 0, completed = 0;
     std::vector<bool> finished(count, false);
+    std::vector<bool> is_small(count, false);
+    if (small) {
+      for (size_t i = 0; i < count; ++i) is_small[i] = small(i);
+    }
     std::vector<ChunkDone> batch;
     bool first_wait_passed = false;
     while (completed < count) {
-      while (next < count && in_flight < window) {
+      while (next < count && (is_small[next] ? small_in_flight < small_window : in_flight < window)) {
+        ++(is_small[next] ? small_in_flight : in_flight);
         issue(next++, pipeline);
-        ++in_flight;
       }
       if (while_first_wait && !first_wait_passed) while_first_wait();
       first_wait_passed = true;
@@ -384,7 +390,7 @@ struct FileClient::Impl {
         finished[item.task] = true;
         consume(item);
         ++completed;
-        --in_flight;
+        --(is_small[item.task] ? small_in_flight : in_flight);
       }
       batch.clear();
     }
@@ -598,7 +604,8 @@ struct FileClient::Impl {
           }
           if (results[task.op].is_ok()) sink.deliver(done.task, task, done);
         },
-        [&] { StorageClient::run_local_read(caller_read); });
+        [&] { StorageClient::run_local_read(caller_read); },
+        [&](size_t t) { return tasks[t].length <= config.small_read_bytes; });
     return results;
   }
 
@@ -837,6 +844,8 @@ Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, 
                                                        RpcClient& rpc) {
   if (config.max_parallel_chunks == 0)
     return invalid_argument("FileClientConfig.max_parallel_chunks is 0, expected >= 1");
+  if (config.max_parallel_small_reads == 0)
+    return invalid_argument("FileClientConfig.max_parallel_small_reads is 0, expected >= 1");
   if (config.rpc_timeout_ms <= 0 || config.op_timeout_ms <= 0) {
     return invalid_argument("FileClientConfig timeouts must be positive (rpc {} ms, op {} ms)", config.rpc_timeout_ms,
                             config.op_timeout_ms);
@@ -922,6 +931,10 @@ Result<size_t> FileClient::read(FileHandle handle, uint64_t offset, std::span<st
 }
 
 StorageClient::LocalReadCounts FileClient::local_read_counts() const { return impl_->storage->local_read_counts(); }
+
+StorageClient::CoalescedReadCounts FileClient::coalesced_read_counts() const {
+  return impl_->storage->coalesced_read_counts();
+}
 
 FileClient::CloseCounts FileClient::close_counts() const {
   return CloseCounts{impl_->closes_queued.load(std::memory_order_relaxed),

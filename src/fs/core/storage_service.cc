@@ -122,6 +122,10 @@ struct StorageService::State {
   // departed tail leaves them), and retries chunks whose update ended in an error (bounded set).
   std::map<TargetId, ChainVersion> orphan_scans;  // head target -> chain version last scanned under
   std::set<LockKey> suspects;
+  // Pending versions each target held when this process opened it, and the targets whose scan for them is still
+  // running (inherited()).
+  std::map<LockKey, uint32_t> inherited_pending;
+  std::set<TargetId> inherited_scans;
   static constexpr size_t kMaxSuspects = 4096;
 
   MgmtdAddresses mgmtd;  // config.mgmtd_address: a primary and its standbys
@@ -415,6 +419,21 @@ struct StorageService::State {
         forward_or_commit(update);
       });
       return;
+    }
+    // An update outlives routing changes (it is retried past its deadline): its target's role may have changed since
+    // it was stored. A head update whose target is no longer the head stops (the client retries at the new head;
+    // driving it on, e.g. pushing this target's committed copy to a mismatching successor, would act on a copy the
+    // chain has moved past). A target that is not serving never commits as the tail: a syncing one is the write
+    // chain's last target, but its chunks are its predecessor's to decide (the simulation's seed 2991 under unlimited
+    // faults: a former head, syncing, committed its own stale v2 and acknowledged a write the chain never had).
+    if (update->head && chain->write_chain().front() != update->target) {
+      return finish(update, fs_error(FsError::kNotHead, fmt::format("target {} is no longer the head of chain {}",
+                                                                    update->target, update->chain)));
+    }
+    if (next == 0 && state_of(*chain, update->target) != PublicTargetState::kServing) {
+      return finish(update,
+                    fs_error(FsError::kNotServing, fmt::format("target {} is {}: it does not commit as the tail",
+                                                               update->target, state_of(*chain, update->target))));
     }
     if (next == 0) return commit_local(update, false);
     bool full = state_of(*chain, next) == PublicTargetState::kSyncing;
@@ -1073,6 +1092,8 @@ struct StorageService::State {
     rpc.call(routing.address_of(next).value_or(""), Request{std::move(req)}, std::min(config.rpc_timeout_ns, deadline_ns - now()),
              [this, chain_id, target, begin, end, id, deadline_ns, removed, done](Result<Response> response) {
                if (response.is_ok()) return done(removed);
+               FF_LOG_DEBUG("target {}: removal of chunks [{}, {}) forwarded to its successor failed: {}", target,
+                            begin.to_string(), end.to_string(), response.status());
                if (!retryable(response.status()) || now() + config.retry_backoff_ns >= deadline_ns) return done(response.status());
                executor.post_after(config.retry_backoff_ns, [=, this, gen = generation] {
                  if (gen != generation) return;
@@ -1178,6 +1199,29 @@ struct StorageService::State {
     return rsp;
   }
 
+  // Whether the chunk's pending version `version` is one the target held when this process opened it (or the
+  // target's scan for those has not finished). Such a version may be acknowledged already: a crash undoes the lazy
+  // commits no synced batch covered (docs/fs.md, "Lazy commits"), and the marks of versions acknowledged but not yet
+  // committed here (acked_version) die with the process; its tail may have left the chain since. So the committed
+  // version here may be older than one a client was told is written, and a relaxed read of it would be stale (the
+  // simulation's seed 26510 under unlimited faults: v1 read at the only serving target, whose lazy commit of the
+  // acknowledged v2 a crash had undone). Such reads answer [chunk_dirty] until the version changes (the head's
+  // orphan scan after a chain change rolls it forward or drops it; the chunk's next write resolves it). A pending
+  // version written by this process is acknowledged to no client before it is committed or marked here.
+  bool inherited(TargetId target, const ChunkId& chunk, uint32_t version) {
+    if (inherited_scans.contains(target)) return true;
+    auto found = inherited_pending.find(LockKey{target, chunk});
+    if (found == inherited_pending.end()) return false;
+    if (found->second == version) return true;
+    inherited_pending.erase(found);  // settled since (committed or dropped), then written again
+    return false;
+  }
+  static Status unsettled(const ReadReq& req, const ChunkMeta& meta) {
+    return fs_error(FsError::kChunkDirty,
+                    fmt::format("chunk {} on target {}: pending v{} predates this process and is not settled yet",
+                                req.chunk.to_string(), req.target, meta.pending_version));
+  }
+
   void read_one(ReadReq req, std::function<void(Result<ReadRsp>)> done, bool repaired = false, ReadAnswer answer = {}) {
     ++stats.reads;
     if (req.any_state) {
@@ -1225,7 +1269,9 @@ struct StorageService::State {
             return;
           }
           outcome->shared = store_ptr->read_shared(req.chunk, req.offset, req.length, req.mode);
-          if (fast && outcome->shared.is_ok() && !(outcome->shared->dirty && req.mode == ReadMode::kStrict)) {
+          // A dirty read is decided on the executor (read_one's completion: strict ones are dirty, relaxed ones too
+          // while the pending version predates this process: inherited()).
+          if (fast && outcome->shared.is_ok() && !outcome->shared->dirty) {
             outcome->answered = true;
             SharedChunkRead& read = *outcome->shared;
             fast(ReadRsp{.meta = read.meta, .data = {}, .dirty = read.dirty, .shared_data = std::move(read.data)});
@@ -1233,6 +1279,11 @@ struct StorageService::State {
         },
         [this, req, outcome, done, repaired, shared] {
           if (outcome->answered) return;
+          if (outcome->local && outcome->local->dirty && req.mode == ReadMode::kRelaxed && !req.any_state &&
+              inherited(req.target, req.chunk, outcome->local->meta.pending_version)) {
+            ++stats.dirty_reads;
+            return done(unsettled(req, outcome->local->meta));
+          }
           if (outcome->local) {
             Result<ReadRsp> rsp = local_answer(req, std::move(*outcome->local));
             if (!rsp.is_ok()) ++stats.dirty_reads;
@@ -1249,6 +1300,10 @@ struct StorageService::State {
             ++stats.dirty_reads;
             return done(fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}",
                                                                    req.chunk.to_string(), req.target, meta.pending_version)));
+          }
+          if (dirty && !req.any_state && inherited(req.target, req.chunk, meta.pending_version)) {
+            ++stats.dirty_reads;
+            return done(unsettled(req, meta));
           }
           if (shared)
             return done(
@@ -1349,20 +1404,26 @@ struct StorageService::State {
     return snap;
   }
 
-  // A fast-lane read on an offload worker: the answer, or [data_loss] for corruption, which the executor's read
-  // path repairs (read_one).
-  Result<ReadRsp> fast_read(ChunkStore& store, const ReadReq& req, bool shared) {
+  // A fast-lane read on an offload worker: the answer, or nullopt when the executor's read path must decide
+  // (read_one): corruption, which it repairs, or a relaxed read of a pending version, which it refuses while that
+  // version predates this process (inherited()).
+  std::optional<Result<ReadRsp>> fast_read(ChunkStore& store, const ReadReq& req, bool shared) {
     if (wants_local_read(req)) {
       // Where the committed bytes lie (wants_local_read); the reader checks them.
       Result<LocalChunkRead> located = store.locate(req.chunk, req.offset, req.length, req.mode);
       if (located.is_ok()) {
+        if (located->dirty && req.mode == ReadMode::kRelaxed) return std::nullopt;
         Result<ReadRsp> rsp = local_answer(req, std::move(*located));
         if (!rsp.is_ok()) fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
         return rsp;
       }
     }
     Result<SharedChunkRead> read = store.read_shared(req.chunk, req.offset, req.length, req.mode);
-    if (!read.is_ok()) return read.status();
+    if (!read.is_ok()) {
+      if (read.status().code() == StatusCode::kDataLoss) return std::nullopt;
+      return read.status();
+    }
+    if (read->dirty && req.mode == ReadMode::kRelaxed) return std::nullopt;
     if (read->dirty && req.mode == ReadMode::kStrict) {
       fast_dirty_reads.fetch_add(1, std::memory_order_relaxed);
       return fs_error(FsError::kChunkDirty, fmt::format("chunk {} on target {} has pending v{}", req.chunk.to_string(),
@@ -1386,10 +1447,10 @@ struct StorageService::State {
     bool shared = context.shared_payloads;
     executor.offload(
         [this, store = std::move(store), req, reply = std::move(reply), shared]() mutable {
-          Result<ReadRsp> rsp = fast_read(*store, req, shared);
-          if (rsp.is_ok()) return reply(Response{std::move(*rsp)});
-          if (rsp.status().code() != StatusCode::kDataLoss) return reply(rsp.status());
-          // Corruption: the executor's read path repairs the chunk from a replica and reads again.
+          std::optional<Result<ReadRsp>> rsp = fast_read(*store, req, shared);
+          if (rsp && rsp->is_ok()) return reply(Response{std::move(**rsp)});
+          if (rsp) return reply(rsp->status());
+          // The executor's read path decides (corruption: it repairs the chunk from a replica and reads again).
           executor.post([this, req, reply = std::move(reply)]() mutable {
             read_one(req, [reply](Result<ReadRsp> rsp) {
               if (!rsp.is_ok()) return reply(rsp.status());
@@ -1403,7 +1464,8 @@ struct StorageService::State {
 
   // A BatchReadReq in the fast lane when every read passes its checks: the reads one after another on one offload
   // worker (batches carry small reads: a client coalesces reads of at most ClientConfig::coalesce_read_max_bytes),
-  // corrupted ones then through the executor's repairing read path.
+  // those fast_read leaves undecided (corrupted chunks, relaxed reads of pending versions) then through the
+  // executor's read path.
   bool try_batch_read(const ServerContext& context, BatchReadReq& batch, Reply& reply) {
     if (!context.reply_from_any_thread || batch.reads.empty()) return false;
     std::shared_ptr<const ReadView> snap = fast_snapshot();
@@ -1420,21 +1482,21 @@ struct StorageService::State {
         [this, stores = std::move(stores), reads = std::move(batch.reads), reply = std::move(reply), shared]() mutable {
           auto answer = std::make_shared<BatchReadRsp>();
           answer->results.resize(reads.size());
-          std::vector<size_t> corrupted;
+          std::vector<size_t> undecided;  // for the executor's read path (fast_read)
           for (size_t i = 0; i < reads.size(); ++i) {
-            Result<ReadRsp> rsp = fast_read(*stores[i], reads[i], shared);
-            if (rsp.is_ok()) {
-              answer->results[i].rsp = std::move(*rsp);
-            } else if (rsp.status().code() == StatusCode::kDataLoss) {
-              corrupted.push_back(i);
+            std::optional<Result<ReadRsp>> rsp = fast_read(*stores[i], reads[i], shared);
+            if (!rsp) {
+              undecided.push_back(i);
+            } else if (rsp->is_ok()) {
+              answer->results[i].rsp = std::move(**rsp);
             } else {
-              answer->results[i].status = rsp.status();
+              answer->results[i].status = rsp->status();
             }
           }
-          if (corrupted.empty()) return reply(Response{std::move(*answer)});
-          executor.post([this, answer, corrupted, reads = std::move(reads), reply = std::move(reply)]() mutable {
-            auto left = std::make_shared<size_t>(corrupted.size());
-            for (size_t i : corrupted) {
+          if (undecided.empty()) return reply(Response{std::move(*answer)});
+          executor.post([this, answer, undecided, reads = std::move(reads), reply = std::move(reply)]() mutable {
+            auto left = std::make_shared<size_t>(undecided.size());
+            for (size_t i : undecided) {
               read_one(reads[i], [answer, left, i, reply](Result<ReadRsp> rsp) {
                 if (rsp.is_ok()) {
                   answer->results[i].rsp = std::move(*rsp);
@@ -1706,6 +1768,31 @@ struct StorageService::State {
     if (!queued) sync_failed(chain_id, version, mine, peer, fs_error(FsError::kBusy, "lock queue full"));
   }
 
+  // Lists the pending versions a target just opened holds (inherited()).
+  void scan_inherited(TargetId target) {
+    inherited_scans.insert(target);
+    auto store_ptr = targets.at(target).store;
+    auto listed = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
+    executor.offload(
+        [store_ptr, listed] {
+          *listed = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
+        },
+        [this, target, listed, gen = generation] {
+          if (gen != generation) return;
+          if (!listed->is_ok()) {
+            FF_LOG_WARN("target {}: listing its pending versions failed ({}); scanning again", target,
+                        listed->status());
+            return executor.post_after(config.retry_backoff_ns, [this, target, gen] {
+              if (gen == generation) scan_inherited(target);
+            });
+          }
+          for (const ChunkMeta& meta : **listed) {
+            if (meta.pending_version != 0) inherited_pending[LockKey{target, meta.id}] = meta.pending_version;
+          }
+          inherited_scans.erase(target);
+        });
+  }
+
   // ------------------------------------------------------------------ mgmtd: register, heartbeat, routing
   void apply_routing(RoutingInfo info) {
     if (info.version < routing.version) return;
@@ -1719,6 +1806,7 @@ struct StorageService::State {
           continue;
         }
         targets[id].store = *store_or;
+        scan_inherited(id);
       }
       Target& mine = targets[id];
       switch (target.public_state) {

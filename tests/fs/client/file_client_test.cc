@@ -323,6 +323,43 @@ TEST_F(FileClientTest, BatchOpsReportPerOpResults) {
   for (FileHandle fh : files) ASSERT_TRUE(client_->close(fh).is_ok());
 }
 
+// Small chunk reads are not held to max_parallel_chunks (here 1) but to max_parallel_small_reads: a batch of 4 KiB
+// reads has many in flight at once, which the storage client coalesces (FileClientConfig::max_parallel_small_reads).
+TEST_F(FileClientTest, ABatchOfSmallReadsKeepsManyInFlight) {
+  FileHandle file = create("small-reads");
+  const auto contents = random_bytes(24 * kChunk, 77);
+  write_all(file, 0, contents);
+  FileClientConfig config;
+  config.max_parallel_chunks = 1;
+  config.local_reads = false;
+  auto reader_or = cluster_->make_client(config);
+  ASSERT_TRUE(reader_or.is_ok()) << reader_or.status();
+  std::unique_ptr<FileClient> reader = std::move(*reader_or);
+  auto inode = client_->stat(file);
+  ASSERT_TRUE(inode.is_ok()) << inode.status();
+  auto handle = reader->open(kRoot, inode->id, meta::kOpenRead);
+  ASSERT_TRUE(handle.is_ok()) << handle.status();
+  // 96 reads of 4 KiB, four in each chunk, in an order that visits every chunk before the next round.
+  std::vector<std::vector<std::byte>> outs(96, std::vector<std::byte>(4096));
+  std::vector<FileClient::ReadOp> reads;
+  std::vector<uint64_t> offsets;
+  for (uint64_t i = 0; i < 96; ++i) {
+    offsets.push_back((i % 24) * kChunk + (i / 24) * 8192);
+    reads.push_back({*handle, offsets.back(), outs[i]});
+  }
+  auto got = reader->read_batch(reads);
+  ASSERT_EQ(got.size(), 96u);
+  for (size_t i = 0; i < 96; ++i) {
+    ASSERT_TRUE(got[i].is_ok()) << "read " << i << ": " << got[i].status();
+    ASSERT_EQ(*got[i], 4096u);
+    EXPECT_TRUE(std::equal(outs[i].begin(), outs[i].end(), contents.begin() + offsets[i])) << "read " << i;
+  }
+  EXPECT_GT(reader->coalesced_read_counts().batched_reads, 0u) << "no two small reads were ever in flight together";
+  EXPECT_LT(reader->coalesced_read_counts().rpcs, 96u);
+  ASSERT_TRUE(reader->close(*handle).is_ok());
+  ASSERT_TRUE(client_->close(file).is_ok());
+}
+
 TEST_F(FileClientTest, ErrnoCases) {
   std::vector<std::byte> buffer(100);
   EXPECT_EQ(errno_of(client_->read(12345, 0, buffer).status()), EBADF);

@@ -45,12 +45,14 @@ TEST(FsSim, UnlimitedFaultsSeeds1To400) {
 
 // The seeds that found the last bugs under unlimited faults: a syncing target promoted on a stale
 // sync-done flag after losing its predecessor (19853), corruption injected into the only committed
-// copy while mgmtd's states still showed every replica serving (521, 616, 7197, 11657), and a version
-// rolled forward at the last serving target that its syncing successor never got (13788; docs/fs.md).
+// copy while mgmtd's states still showed every replica serving (521, 616, 7197, 11657), a version
+// rolled forward at the last serving target that its syncing successor never got (13788), a former head
+// committing as a syncing tail (2991) and a relaxed read of a version whose lazy commit a crash undid
+// (26510; docs/fs.md, Status).
 TEST(FsSim, UnlimitedFaultsRegressionSeeds) {
   SimOptions options;
   options.max_concurrent_faults = 0;
-  for (uint64_t seed : {521, 616, 7197, 11657, 13788, 19853}) run_range(seed, 1, options);
+  for (uint64_t seed : {521, 616, 2991, 7197, 11657, 13788, 19853, 26510}) run_range(seed, 1, options);
 }
 
 // Lazy commits (docs/fs.md): a storage crash undoes the commits its targets made after acknowledging
