@@ -33,7 +33,7 @@ TEST(FsSim, Seeds251To500) { run_range(251, 250); }
 TEST(FsSim, Seeds501To750) { run_range(501, 250); }
 TEST(FsSim, Seeds751To1000) { run_range(751, 250); }
 
-// Unlimited concurrent faults (the `make soak` setting): seeds 1..23000 pass (docs/fs.md). Seeds 146 and
+// Unlimited concurrent faults (the `make soak` setting): seeds 1..40000 pass (docs/fs.md). Seeds 146 and
 // 307 of this range found the corrupt-base cases of forward-while-storing (a middle whose committed base
 // is corrupted after it forwarded must adopt its successor's copy or drop its stale pending version
 // before repairing; see docs/fs.md).
@@ -47,12 +47,12 @@ TEST(FsSim, UnlimitedFaultsSeeds1To400) {
 // sync-done flag after losing its predecessor (19853), corruption injected into the only committed
 // copy while mgmtd's states still showed every replica serving (521, 616, 7197, 11657), a version
 // rolled forward at the last serving target that its syncing successor never got (13788), a former head
-// committing as a syncing tail (2991) and a relaxed read of a version whose lazy commit a crash undid
-// (26510; docs/fs.md, Status).
+// committing as a syncing tail (2991), a removal left unfinished by its head's crash (21153) and a relaxed
+// read of a version whose lazy commit a crash undid (26510; docs/fs.md, Status).
 TEST(FsSim, UnlimitedFaultsRegressionSeeds) {
   SimOptions options;
   options.max_concurrent_faults = 0;
-  for (uint64_t seed : {521, 616, 2991, 7197, 11657, 13788, 19853, 26510}) run_range(seed, 1, options);
+  for (uint64_t seed : {521, 616, 2991, 7197, 11657, 13788, 19853, 21153, 26510}) run_range(seed, 1, options);
 }
 
 // Lazy commits (docs/fs.md): a storage crash undoes the commits its targets made after acknowledging
