@@ -629,8 +629,9 @@ void StorageClient::State::send_lane(const std::string& address, std::vector<Wai
   if (reads.size() == 1) {
     rpc.call(address, Request{std::move(reads[0].req)}, attempt_timeout(),
              [self, address, done = std::move(reads[0].done)](Result<Response> response) mutable {
-               done(std::move(response));
+               // The slot first: a read the callback issues (a reader at depth 1) then goes out at once.
                self->lane_done(address);
+               done(std::move(response));
              });
     return;
   }
@@ -644,6 +645,7 @@ void StorageClient::State::send_lane(const std::string& address, std::vector<Wai
     dones->push_back(std::move(read.done));
   }
   rpc.call(address, Request{std::move(batch)}, attempt_timeout(), [self, address, dones](Result<Response> response) {
+    self->lane_done(address);
     Result<BatchReadRsp> rsp = response_as<BatchReadRsp>(std::move(response));
     if (rsp.is_ok() && rsp->results.size() != dones->size()) {
       rsp = fs_error(FsError::kMalformed, fmt::format("a batch of {} reads was answered with {} results", dones->size(),
@@ -658,7 +660,6 @@ void StorageClient::State::send_lane(const std::string& address, std::vector<Wai
         (*dones)[i](Response{std::move(rsp->results[i].rsp)});
       }
     }
-    self->lane_done(address);
   });
 }
 

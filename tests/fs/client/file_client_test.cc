@@ -329,6 +329,8 @@ TEST_F(FileClientTest, ABatchOfSmallReadsKeepsManyInFlight) {
   FileHandle file = create("small-reads");
   const auto contents = random_bytes(24 * kChunk, 77);
   write_all(file, 0, contents);
+  // The length is exact in meta once synced (another client's open reads it from there).
+  ASSERT_TRUE(client_->fsync(file).is_ok());
   FileClientConfig config;
   config.max_parallel_chunks = 1;
   config.local_reads = false;

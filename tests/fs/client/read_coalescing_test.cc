@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <mutex>
 
@@ -38,7 +39,10 @@ class ReadCoalescingTest : public ::testing::Test {
     clients_.clear();
     cluster_.reset();
   }
+  // A client whose routing has every replica serving (the chain can still move right after start() on a loaded
+  // machine).
   StorageClient& client(uint32_t read_rpcs_per_node) {
+    EXPECT_TRUE(cluster_->wait_serving(30'000).is_ok());
     clients_.push_back(std::make_unique<StorageClient>(ClientConfig{.client_id = 40 + clients_.size(),
                                                                     .mgmtd_address = cluster_->mgmtd_address(),
                                                                     .op_timeout_ns = 20'000'000'000,
@@ -124,10 +128,14 @@ TEST_F(ReadCoalescingTest, ReadsIssuedTogetherShareRpcsAndEachGetsItsOwnBytes) {
   StorageClient& coalescing = client(1);
   ReadOutcomes outcomes = read_together(coalescing, all);
   expect_contents(outcomes);
-  // One read per node went alone (its slot was free); the other 45 waited and went in one batch per node.
+  // On each node the reads went to (3 when the client's routing has every replica serving, fewer while one still
+  // syncs), one read went alone (its slot was free) and the others waited and went in one batch.
   const StorageClient::CoalescedReadCounts counts = coalescing.coalesced_read_counts();
-  EXPECT_EQ(counts.rpcs, 6u);
-  EXPECT_EQ(counts.batched_reads, kChunks - 3);
+  const uint64_t nodes = counts.rpcs / 2;
+  EXPECT_EQ(counts.rpcs % 2, 0u) << counts.rpcs;
+  EXPECT_GE(nodes, 1u);
+  EXPECT_LE(nodes, 3u);
+  EXPECT_EQ(counts.batched_reads, kChunks - nodes);
 
   // Off: one RPC per read (none counted), the same bytes.
   StorageClient& plain = client(0);
@@ -146,6 +154,7 @@ TEST_F(ReadCoalescingTest, AFailedReadInABatchFailsAloneAndBatchesAreBounded) {
     indexes.push_back(i);
     if (i % 3 == 1) indexes.push_back(100 + i);
   }
+  ASSERT_TRUE(cluster_->wait_serving(30'000).is_ok());
   clients_.push_back(std::make_unique<StorageClient>(ClientConfig{.client_id = 60,
                                                                   .mgmtd_address = cluster_->mgmtd_address(),
                                                                   .op_timeout_ns = 20'000'000'000,
@@ -220,8 +229,31 @@ TEST_F(ReadCoalescingTest, TheServiceAnswersEachReadOfABatchRepairingCorruptChun
   ASSERT_TRUE(located.is_ok() && located->extent) << located.status();
   scribble(located->extent->path, located->extent->file_offset + 100, 64);
   const std::string address = *routing->address_of(victim);
+  const ChainId chain_id = chain->id;
+  // Sends the batch `make` builds for the chain's current version (routing fetched anew), again while a read meant to
+  // be current comes back [stale_chain_version] (the chain may still move after start() under load).
+  auto send = [&](const std::function<BatchReadReq(ChainVersion)>& make) -> Result<BatchReadRsp> {
+    Result<BatchReadRsp> answer = internal_error("not sent");
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      auto now_routing = cluster_->routing();
+      if (!now_routing.is_ok()) return now_routing.status();
+      const ChainVersion version = now_routing->chain(chain_id)->version;
+      BatchReadReq batch = make(version);
+      answer = response_as<BatchReadRsp>(
+          rpc::call_blocking(cluster_->client_rpc(), address, Request{batch}, 20'000'000'000));
+      if (!answer.is_ok()) return answer;
+      bool moved = false;
+      for (size_t i = 0; i < batch.reads.size(); ++i) {
+        moved |= batch.reads[i].chain_version == version &&
+                 fs_error_of(answer->results[i].status) == FsError::kStaleChainVersion;
+      }
+      if (!moved) return answer;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return answer;
+  };
   auto read_req = [&](uint64_t index, ChainVersion version) {
-    return ReadReq{.chain = chain->id,
+    return ReadReq{.chain = chain_id,
                    .chain_version = version,
                    .target = victim,
                    .chunk = ChunkId{kInode, index},
@@ -232,10 +264,11 @@ TEST_F(ReadCoalescingTest, TheServiceAnswersEachReadOfABatchRepairingCorruptChun
   const NodeId node = static_cast<NodeId>(victim / kTargetsPerNodeLimit);
   auto fast_reads = [&] { return cluster_->service(node)->stats().fast_reads; };
   const uint64_t fast_before = fast_reads();
-  BatchReadReq batch;
-  for (uint64_t i = 0; i < 6; ++i) batch.reads.push_back(read_req(i, chain->version));
-  auto answer =
-      response_as<BatchReadRsp>(rpc::call_blocking(cluster_->client_rpc(), address, Request{batch}, 20'000'000'000));
+  auto answer = send([&](ChainVersion version) {
+    BatchReadReq batch;
+    for (uint64_t i = 0; i < 6; ++i) batch.reads.push_back(read_req(i, version));
+    return batch;
+  });
   ASSERT_TRUE(answer.is_ok()) << answer.status();
   ASSERT_EQ(answer->results.size(), 6u);
   for (uint64_t i = 0; i < 6; ++i) {
@@ -243,15 +276,17 @@ TEST_F(ReadCoalescingTest, TheServiceAnswersEachReadOfABatchRepairingCorruptChun
     const auto bytes = answer->results[i].rsp.payload();
     EXPECT_EQ(std::vector<std::byte>(bytes.begin(), bytes.end()), contents(i)) << "chunk " << i;
   }
+  // (A batch refused for a moved chain went through handle(): only the last one counts here.)
   EXPECT_EQ(fast_reads(), fast_before + 6) << "the batch was not served in the fast lane";
   auto repaired = store->read(ChunkId{kInode, 3}, 0, UINT64_MAX, ReadMode::kStrict);
   ASSERT_TRUE(repaired.is_ok()) << repaired.status();
   EXPECT_EQ(repaired->data, contents(3));
 
-  BatchReadReq stale;
-  stale.reads = {read_req(0, chain->version), read_req(1, chain->version + 7), read_req(2, chain->version)};
-  answer =
-      response_as<BatchReadRsp>(rpc::call_blocking(cluster_->client_rpc(), address, Request{stale}, 20'000'000'000));
+  answer = send([&](ChainVersion version) {
+    BatchReadReq stale;
+    stale.reads = {read_req(0, version), read_req(1, version + 7), read_req(2, version)};
+    return stale;
+  });
   ASSERT_TRUE(answer.is_ok()) << answer.status();
   ASSERT_EQ(answer->results.size(), 3u);
   EXPECT_TRUE(answer->results[0].status.is_ok()) << answer->results[0].status;

@@ -33,7 +33,7 @@ TEST(FsSim, Seeds251To500) { run_range(251, 250); }
 TEST(FsSim, Seeds501To750) { run_range(501, 250); }
 TEST(FsSim, Seeds751To1000) { run_range(751, 250); }
 
-// Unlimited concurrent faults (the `make soak` setting): seeds 1..40000 pass (docs/fs.md). Seeds 146 and
+// Unlimited concurrent faults (the `make soak` setting): seeds 1..60000 pass (docs/fs.md). Seeds 146 and
 // 307 of this range found the corrupt-base cases of forward-while-storing (a middle whose committed base
 // is corrupted after it forwarded must adopt its successor's copy or drop its stale pending version
 // before repairing; see docs/fs.md).
