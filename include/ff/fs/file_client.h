@@ -47,11 +47,11 @@ struct FileClientConfig {
   std::string mgmtd_address;           // routing for storage (connect())
   uint64_t client_id = 0;              // 0: a random id (session owner and write-dedupe key)
   uint32_t max_parallel_chunks = 16;   // chunk I/Os in flight per call
-  // Chunk reads of at most small_read_bytes count against this limit instead: small reads over RPC coalesce into a
-  // few batches per storage node (read_rpcs_per_node), so more of them in flight cost no server parallelism, and 16
-  // at a time starved a batch of 4 KiB reads (docs/fs-usrbio.md).
+  // With read coalescing on (read_rpcs_per_node > 0), chunk reads small enough to coalesce
+  // (ClientConfig::coalesce_read_max_bytes) count against this limit instead: they go to each storage node in a few
+  // batches, so more of them in flight cost no server parallelism, and 16 at a time starved a batch of 4 KiB reads
+  // (docs/fs-usrbio.md).
   uint32_t max_parallel_small_reads = 256;
-  uint64_t small_read_bytes = 64 << 10;
   int64_t rpc_timeout_ms = 5'000;      // one storage RPC
   int64_t op_timeout_ms = 60'000;      // one chunk I/O, retries included
   int64_t report_interval_ms = 1'000;  // length reports while writing

@@ -192,6 +192,9 @@ struct FileClient::Impl {
   std::unique_ptr<rpc::GrpcRpcClient> owned_rpc;
   Executor* executor = nullptr;
   std::unique_ptr<StorageClient> storage;
+  // Chunk reads of at most this many bytes count against max_parallel_small_reads: those the storage client
+  // coalesces (0 when it does not).
+  uint64_t small_read_bytes = 0;
 
   mutable std::mutex handles_mutex;  // guards handles, inodes, next_handle
   std::unordered_map<FileHandle, std::shared_ptr<OpenHandle>> handles;
@@ -605,7 +608,7 @@ struct FileClient::Impl {
           if (results[task.op].is_ok()) sink.deliver(done.task, task, done);
         },
         [&] { StorageClient::run_local_read(caller_read); },
-        [&](size_t t) { return tasks[t].length <= config.small_read_bytes; });
+        [&](size_t t) { return tasks[t].length <= small_read_bytes; });
     return results;
   }
 
@@ -864,6 +867,7 @@ Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, 
   storage_config.op_timeout_ns = config.op_timeout_ms * kNsPerMs;
   storage_config.local_reads = config.local_reads;
   storage_config.read_rpcs_per_node = config.read_rpcs_per_node;
+  impl->small_read_bytes = config.read_rpcs_per_node > 0 ? storage_config.coalesce_read_max_bytes : 0;
   impl->storage = std::make_unique<StorageClient>(storage_config, executor, rpc);
   // Each step of a FileStorage call waits as long as a chunk I/O of the data path may.
   impl->storage_files = std::make_unique<meta::StorageFiles>(

@@ -1462,6 +1462,23 @@ struct StorageService::State {
     return true;
   }
 
+  // Reads reads[i] for every i in `which` (non-empty) through read_one into answer->results[i], and replies with the
+  // answer once the last is in. Executor thread.
+  void read_into_batch(const std::vector<ReadReq>& reads, const std::vector<size_t>& which,
+                       std::shared_ptr<BatchReadRsp> answer, Reply reply) {
+    auto left = std::make_shared<size_t>(which.size());
+    for (size_t i : which) {
+      read_one(reads[i], [answer, left, i, reply](Result<ReadRsp> rsp) {
+        if (rsp.is_ok()) {
+          answer->results[i].rsp = std::move(*rsp);
+        } else {
+          answer->results[i].status = rsp.status();
+        }
+        if (--*left == 0) reply(Response{std::move(*answer)});
+      });
+    }
+  }
+
   // A BatchReadReq in the fast lane when every read passes its checks: the reads one after another on one offload
   // worker (batches carry small reads: a client coalesces reads of at most ClientConfig::coalesce_read_max_bytes),
   // those fast_read leaves undecided (corrupted chunks, relaxed reads of pending versions) then through the
@@ -1495,17 +1512,7 @@ struct StorageService::State {
           }
           if (undecided.empty()) return reply(Response{std::move(*answer)});
           executor.post([this, answer, undecided, reads = std::move(reads), reply = std::move(reply)]() mutable {
-            auto left = std::make_shared<size_t>(undecided.size());
-            for (size_t i : undecided) {
-              read_one(reads[i], [answer, left, i, reply](Result<ReadRsp> rsp) {
-                if (rsp.is_ok()) {
-                  answer->results[i].rsp = std::move(*rsp);
-                } else {
-                  answer->results[i].status = rsp.status();
-                }
-                if (--*left == 0) reply(Response{std::move(*answer)});
-              });
-            }
+            read_into_batch(reads, undecided, answer, std::move(reply));
           });
         },
         {});
@@ -1969,8 +1976,6 @@ struct StorageService::State {
     }
   }
 
-  // Takes the chunk lock (skipped when busy: the update holding it drives the chunk) and resolves a
-  // pending version found under it, as a write would before storing.
   // Unfinished removals (the simulation's seed 21153 under unlimited faults): a removal is applied at once on each
   // target, head first, and the head drives it down the chain; a head that crashed half-way leaves the chunk on the
   // targets after the point it reached, with no pending state for the orphan scan to find. Since every chunk starts
@@ -2026,6 +2031,8 @@ struct StorageService::State {
     (void)queued;  // a full lock queue: the chunk's writes are busy; the next chain change checks again
   }
 
+  // Takes the chunk lock (skipped when busy: the update holding it drives the chunk) and resolves a
+  // pending version found under it, as a write would before storing.
   void resolve_in_background(ChainId chain_id, TargetId head, ChunkId chunk) {
     LockKey key{head, chunk};
     if (locks.count(key) != 0) return;
@@ -2099,20 +2106,12 @@ void StorageService::handle(const ServerContext& context, Request request, Reply
               },
               false, std::move(answer));
         } else if constexpr (std::is_same_v<T, BatchReadReq>) {
-          auto results = std::make_shared<BatchReadRsp>();
-          results->results.resize(req.reads.size());
-          auto left = std::make_shared<size_t>(req.reads.size());
           if (req.reads.empty()) return reply(Response{BatchReadRsp{}});
-          for (size_t i = 0; i < req.reads.size(); ++i) {
-            s.read_one(req.reads[i], [results, left, i, reply](Result<ReadRsp> rsp) {
-              if (rsp.is_ok()) {
-                results->results[i].rsp = std::move(*rsp);
-              } else {
-                results->results[i].status = rsp.status();
-              }
-              if (--*left == 0) reply(Response{std::move(*results)});
-            });
-          }
+          auto answer = std::make_shared<BatchReadRsp>();
+          answer->results.resize(req.reads.size());
+          std::vector<size_t> all(req.reads.size());
+          for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+          s.read_into_batch(req.reads, all, std::move(answer), std::move(reply));
         } else if constexpr (std::is_same_v<T, BatchWriteReq>) {
           auto results = std::make_shared<BatchWriteRsp>();
           results->results.resize(req.writes.size());

@@ -94,6 +94,18 @@ struct ScratchScales {
   ~ScratchScales() { free_async(memory, stream); }
 };
 
+// Repacks A's scales into `scratch` (`floats` of them, freed on the stream after the kernel that reads them) as
+// `repack` describes (source, shape and both layouts; the destination is set here) and returns the copy.
+Result<const float*> repack_to_scratch(std::string_view function, RepackArgs repack, int64_t floats, void* stream,
+                                       ScratchScales& scratch) {
+  repack.stream = stream;
+  scratch.stream = stream;
+  FF_RETURN_IF_ERROR(from_launch(function, allocate_async(&scratch.memory, sizeof(float) * floats, stream)));
+  repack.dst = static_cast<float*>(scratch.memory);
+  FF_RETURN_IF_ERROR(from_launch(function, repack_scales(repack)));
+  return static_cast<const float*>(repack.dst);
+}
+
 // Points *sa / *ld at A's scales in the M-major layout the dense and indexed kernels read (element (row, kb) at
 // sa[row + kb * ld], ld a multiple of 4 floats, >= rows rounded up to 4): the caller's tensor when it already is
 // so laid out (DeepGEMM's TMA-aligned column-major layout always is), else a repacked copy in `scratch`.
@@ -116,13 +128,7 @@ Status m_major_scales(std::string_view function, const TensorView& sa, int64_t r
   *ld_out = (rows + 3) / 4 * 4;
   repack.dst_strides[1] = 1;
   repack.dst_strides[2] = *ld_out;
-  repack.stream = stream;
-  scratch.stream = stream;
-  FF_RETURN_IF_ERROR(
-      from_launch(function, allocate_async(&scratch.memory, sizeof(float) * *ld_out * k_blocks, stream)));
-  repack.dst = static_cast<float*>(scratch.memory);
-  FF_RETURN_IF_ERROR(from_launch(function, repack_scales(repack)));
-  *out = repack.dst;
+  FF_ASSIGN_OR_RETURN(*out, repack_to_scratch(function, repack, *ld_out * k_blocks, stream, scratch));
   return Status::ok();
 }
 
@@ -156,13 +162,7 @@ Status m_major_group_scales(std::string_view function, const TensorView& sa, int
   repack.dst_strides[0] = *group_stride_out;
   repack.dst_strides[1] = 1;
   repack.dst_strides[2] = padded;
-  repack.stream = stream;
-  scratch.stream = stream;
-  FF_RETURN_IF_ERROR(
-      from_launch(function, allocate_async(&scratch.memory, sizeof(float) * groups * *group_stride_out, stream)));
-  repack.dst = static_cast<float*>(scratch.memory);
-  FF_RETURN_IF_ERROR(from_launch(function, repack_scales(repack)));
-  *out = repack.dst;
+  FF_ASSIGN_OR_RETURN(*out, repack_to_scratch(function, repack, groups * *group_stride_out, stream, scratch));
   return Status::ok();
 }
 
@@ -255,13 +255,8 @@ Status grouped(std::string_view function, GroupedArgs& args, const TensorView& s
     repack.dst_strides[0] = args.m * k_blocks;
     repack.dst_strides[1] = k_blocks;
     repack.dst_strides[2] = 1;
-    repack.stream = args.stream;
-    scratch.stream = args.stream;
-    FF_RETURN_IF_ERROR(from_launch(
-        function, allocate_async(&scratch.memory, sizeof(float) * repack.groups * args.m * k_blocks, args.stream)));
-    repack.dst = static_cast<float*>(scratch.memory);
-    FF_RETURN_IF_ERROR(from_launch(function, repack_scales(repack)));
-    args.sa = repack.dst;
+    FF_ASSIGN_OR_RETURN(args.sa,
+                        repack_to_scratch(function, repack, repack.groups * args.m * k_blocks, args.stream, scratch));
   }
   return from_launch(function, run_grouped(config, args));
 }
