@@ -283,13 +283,19 @@ struct ForwardRsp {
 };
 
 // Recovery, predecessor -> syncing successor: the successor's chunk metadata.
+// One page of a target's chunk metadata: the chunks with ids >= `from`, in id order, at most `limit` of them (0 or
+// more than the target's page size, StorageConfig::sync_dump_page: that size), so no answer outgrows the message
+// limit however many chunks a target holds.
 struct SyncDumpMetaReq {
   ChainId chain = 0;
   ChainVersion chain_version = 0;
   TargetId target = 0;
+  ChunkId from;
+  uint32_t limit = 0;
 };
 struct SyncDumpMetaRsp {
   std::vector<ChunkMeta> chunks;
+  bool more = false;  // the page is full: ask again from the chunk after the last one listed
 };
 // Recovery and repair: installs `data` as committed version `version` of `chunk` on `target`
 // (put_full_replacement), or removes the chunk when remove is set.

@@ -44,7 +44,8 @@ struct StorageConfig {
   uint32_t max_lock_waiters = 64;                 // per chunk; more answer [busy]
   uint32_t max_inflight_requests = 4096;          // per service; more answer [busy]
   uint32_t dedupe_entries = 65536;                // completed write ids remembered
-  uint32_t sync_batch = 64;                       // chunks replaced concurrently during recovery
+  uint32_t sync_batch = 16;                       // chunks replaced concurrently during recovery (at least 1)
+  uint32_t sync_dump_page = 65536;                // chunk metadata per SyncDumpMeta answer (~3 MB; at least 1)
 };
 
 // Protocol bugs a test may switch on to prove the simulation's checkers catch them.

@@ -1581,12 +1581,18 @@ struct StorageService::State {
                                                               req.target, state_of(**chain_or, req.target))));
     }
     auto store_ptr = targets.at(req.target).store;
+    const uint32_t page = std::max<uint32_t>(1, config.sync_dump_page);
+    const uint32_t limit = req.limit == 0 ? page : std::min(req.limit, page);
     auto result = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
-    executor.offload([store_ptr, result] { *result = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX); },
-                     [result, reply] {
-                       if (!result->is_ok()) return reply(result->status());
-                       reply(Response{SyncDumpMetaRsp{std::move(**result)}});
-                     });
+    executor.offload(
+        [store_ptr, result, from = req.from, limit] {
+          *result = store_ptr->list(from, ChunkId{UINT64_MAX, UINT64_MAX}, limit);
+        },
+        [result, reply, limit] {
+          if (!result->is_ok()) return reply(result->status());
+          const bool more = (*result)->size() >= limit;
+          reply(Response{SyncDumpMetaRsp{.chunks = std::move(**result), .more = more}});
+        });
   }
 
   void handle_sync_replace(const ServerContext& context, SyncReplaceReq req, Reply reply) {
@@ -1647,6 +1653,36 @@ struct StorageService::State {
   }
 
   // ------------------------------------------------------------------ recovery (predecessor side)
+  // All of `target`'s chunk metadata, a page (SyncDumpMetaReq) per call: then(the chunks in id order, or the first
+  // page's error). Pages are listed at different moments; the callers compare them with their own chunks as they
+  // would one listing taken a little earlier (a chunk written or removed since is sent again or found missing, both
+  // harmless: writes during a sync reach the syncing target as full replacements).
+  void dump_meta(ChainId chain_id, ChainVersion version, TargetId target,
+                 std::function<void(Result<std::vector<ChunkMeta>>)> then,
+                 std::shared_ptr<std::vector<ChunkMeta>> got = nullptr, ChunkId from = {}) {
+    if (got == nullptr) got = std::make_shared<std::vector<ChunkMeta>>();
+    rpc.call(routing.address_of(target).value_or(""),
+             Request{SyncDumpMetaReq{.chain = chain_id, .chain_version = version, .target = target, .from = from}},
+             config.rpc_timeout_ns,
+             [this, chain_id, version, target, then = std::move(then), got,
+              gen = generation](Result<Response> response) mutable {
+               if (gen != generation) return;
+               Result<SyncDumpMetaRsp> page = response_as<SyncDumpMetaRsp>(std::move(response));
+               if (!page.is_ok()) return then(page.status());
+               if (!page->chunks.empty() && !got->empty() && !(got->back().id < page->chunks.front().id)) {
+                 return then(fs_error(FsError::kMalformed,
+                                      fmt::format("target {}: a metadata page starts at chunk {}, not after {}", target,
+                                                  page->chunks.front().id.to_string(), got->back().id.to_string())));
+               }
+               got->insert(got->end(), std::make_move_iterator(page->chunks.begin()),
+                           std::make_move_iterator(page->chunks.end()));
+               if (!page->more || page->chunks.empty()) return then(std::move(*got));
+               ChunkId next = got->back().id;
+               if (++next.index == 0 && ++next.inode == 0) return then(std::move(*got));  // the last id listed
+               dump_meta(chain_id, version, target, std::move(then), got, next);
+             });
+  }
+
   void maybe_start_syncs() {
     for (const auto& [chain_id, chain] : routing.chains) {
       auto write_chain = chain.write_chain();
@@ -1677,103 +1713,149 @@ struct StorageService::State {
   }
 
   void run_sync(ChainId chain_id, ChainVersion version, TargetId mine, TargetId peer) {
-    SyncDumpMetaReq req{.chain = chain_id, .chain_version = version, .target = peer};
-    rpc.call(routing.address_of(peer).value_or(""), Request{req}, config.rpc_timeout_ns,
-             [this, chain_id, version, mine, peer](Result<Response> response) {
-               if (!sync_current(chain_id, version)) return;
-               Result<SyncDumpMetaRsp> remote = response_as<SyncDumpMetaRsp>(std::move(response));
-               if (!remote.is_ok()) return sync_failed(chain_id, version, mine, peer, remote.status());
-               auto store_ptr = targets.at(mine).store;
-               auto local = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
-               executor.offload([store_ptr, local] { *local = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX); },
-                                [this, chain_id, version, mine, peer, local, remote = std::move(*remote)] {
-                                  if (!sync_current(chain_id, version)) return;
-                                  if (!local->is_ok()) return sync_failed(chain_id, version, mine, peer, local->status());
-                                  std::map<ChunkId, ChunkMeta> theirs;
-                                  for (const ChunkMeta& meta : remote.chunks) theirs[meta.id] = meta;
-                                  auto todo = std::make_shared<std::vector<ChunkId>>();
-                                  if (!bugs.skip_sync) {
-                                    for (const ChunkMeta& meta : **local) {
-                                      auto it = theirs.find(meta.id);
-                                      bool same = it != theirs.end() && it->second.committed_version == meta.committed_version &&
-                                                  it->second.committed_crc32c == meta.committed_crc32c &&
-                                                  it->second.pending_version == 0 && meta.pending_version == 0;
-                                      if (!same) todo->push_back(meta.id);
-                                      if (it != theirs.end()) theirs.erase(it);
-                                    }
-                                    for (const auto& [id, meta] : theirs) todo->push_back(id);  // only there: remove
-                                  }
-                                  sync_next(chain_id, version, mine, peer, todo, 0);
-                                });
+    dump_meta(chain_id, version, peer, [this, chain_id, version, mine, peer](Result<std::vector<ChunkMeta>> remote) {
+      if (!sync_current(chain_id, version)) return;
+      if (!remote.is_ok()) return sync_failed(chain_id, version, mine, peer, remote.status());
+      auto store_ptr = targets.at(mine).store;
+      auto local = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
+      executor.offload(
+          [store_ptr, local] {
+            *local = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
+          },
+          [this, chain_id, version, mine, peer, local, remote = std::move(*remote)] {
+            if (!sync_current(chain_id, version)) return;
+            if (!local->is_ok()) return sync_failed(chain_id, version, mine, peer, local->status());
+            std::map<ChunkId, ChunkMeta> theirs;
+            for (const ChunkMeta& meta : remote) theirs[meta.id] = meta;
+            auto todo = std::make_shared<std::vector<ChunkId>>();
+            if (!bugs.skip_sync) {
+              for (const ChunkMeta& meta : **local) {
+                auto it = theirs.find(meta.id);
+                bool same = it != theirs.end() && it->second.committed_version == meta.committed_version &&
+                            it->second.committed_crc32c == meta.committed_crc32c && it->second.pending_version == 0 &&
+                            meta.pending_version == 0;
+                if (!same) todo->push_back(meta.id);
+                if (it != theirs.end()) theirs.erase(it);
+              }
+              for (const auto& [id, meta] : theirs) todo->push_back(id);  // only there: remove
+            }
+            start_sync_job(chain_id, version, mine, peer, std::move(todo));
+          });
+    });
+  }
+
+  // One recovery's chunk replacements, up to StorageConfig::sync_batch in flight (each under its chunk's lock here;
+  // different chunks are independent). The first failure stops new replacements; when the last one in flight is
+  // back, the sync is retried whole (sync_failed), once.
+  struct SyncJob {
+    ChainId chain = 0;
+    ChainVersion version = 0;
+    TargetId mine = 0, peer = 0;
+    std::vector<ChunkId> todo;
+    size_t next = 0;  // the next chunk of todo to start
+    size_t in_flight = 0;
+    std::optional<Status> failure;
+    bool finished = false;  // SyncDone sent or sync_failed called
+  };
+
+  void start_sync_job(ChainId chain_id, ChainVersion version, TargetId mine, TargetId peer,
+                      std::shared_ptr<std::vector<ChunkId>> todo) {
+    auto job = std::make_shared<SyncJob>();
+    job->chain = chain_id;
+    job->version = version;
+    job->mine = mine;
+    job->peer = peer;
+    job->todo = std::move(*todo);
+    sync_fill(job);
+  }
+
+  void sync_fill(const std::shared_ptr<SyncJob>& job) {
+    if (job->finished || !sync_current(job->chain, job->version)) return;  // superseded: the rest finish alone
+    const size_t window = std::max<uint32_t>(1, config.sync_batch);
+    while (!job->failure && job->in_flight < window && job->next < job->todo.size()) {
+      ++job->in_flight;
+      sync_chunk(job, job->todo[job->next++]);
+      if (job->finished) return;  // a replacement that failed at once reported the job
+    }
+    if (job->in_flight > 0) return;
+    job->finished = true;
+    if (job->failure) return sync_failed(job->chain, job->version, job->mine, job->peer, *job->failure);
+    SyncDoneReq req{.chain = job->chain, .chain_version = job->version, .target = job->peer};
+    rpc.call(routing.address_of(job->peer).value_or(""), Request{req}, config.rpc_timeout_ns,
+             [this, job](Result<Response> response) {
+               if (!response.is_ok())
+                 return sync_failed(job->chain, job->version, job->mine, job->peer, response.status());
+               FF_LOG_DEBUG("target {}: synced target {} (chain {} v{}, {} chunks replaced or removed)", job->mine,
+                            job->peer, job->chain, job->version, job->todo.size());
              });
   }
 
-  void sync_next(ChainId chain_id, ChainVersion version, TargetId mine, TargetId peer, std::shared_ptr<std::vector<ChunkId>> todo,
-                 size_t index) {
-    if (!sync_current(chain_id, version)) return;
-    if (index == todo->size()) {
-      SyncDoneReq req{.chain = chain_id, .chain_version = version, .target = peer};
-      rpc.call(routing.address_of(peer).value_or(""), Request{req}, config.rpc_timeout_ns,
-               [this, chain_id, version, mine, peer](Result<Response> response) {
-                 if (!response.is_ok()) return sync_failed(chain_id, version, mine, peer, response.status());
-                 FF_LOG_DEBUG("target {}: synced target {} (chain {} v{})", mine, peer, chain_id, version);
-               });
-      return;
-    }
-    ChunkId chunk = (*todo)[index];
+  void sync_chunk_done(const std::shared_ptr<SyncJob>& job, Status status) {
+    --job->in_flight;
+    if (!status.is_ok() && !job->failure) job->failure = std::move(status);
+    sync_fill(job);
+  }
+
+  // Sends `chunk` as it is here (a full replacement, or a removal where it is gone) to the syncing peer.
+  void sync_chunk(const std::shared_ptr<SyncJob>& job, ChunkId chunk) {
+    const TargetId mine = job->mine;
     LockKey key{mine, chunk};
-    bool queued = lock(key, [this, chain_id, version, mine, peer, todo, index, chunk, key] {
+    bool queued = lock(key, [this, job, mine, chunk, key] {
       auto store_ptr = targets.at(mine).store;
       auto read = std::make_shared<Result<ChunkRead>>(Status(StatusCode::kInternal, "unset"));
       auto rolled = std::make_shared<ChunkMeta>();
-      executor.offload([store_ptr, read, chunk, rolled] {
-                         // The lock is ours: a pending version here is orphaned. This is the last serving
-                         // target, so it commits it (an earlier tail may have) before sending the chunk.
-                         Result<ChunkMeta> meta = store_ptr->stat(chunk);
-                         if (meta.is_ok() && meta->pending_version != 0) {
-                           Status committed = store_ptr->commit(chunk, meta->pending_version);
-                           if (!committed.is_ok()) {
-                             *read = committed;
-                             return;
-                           }
-                           *rolled = *meta;
-                         }
-                         *read = store_ptr->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed);
-                       },
-                       [this, chain_id, version, mine, peer, todo, index, chunk, key, read, rolled] {
-                         if (rolled->pending_version != 0) {
-                           FF_LOG_DEBUG("target {}: sync commits orphaned pending chunk {} v{}", mine, chunk.to_string(), rolled->pending_version);
-                           observe(mine, chunk, rolled->pending_version, rolled->pending_crc32c);
-                         }
-                         if (!sync_current(chain_id, version)) return unlock(key);
-                         SyncReplaceReq req{.chain = chain_id, .chain_version = version, .target = peer, .chunk = chunk};
-                         if (read->is_ok()) {
-                           req.version = (*read)->meta.committed_version;
-                           req.chunk_chain_version = (*read)->meta.chain_version;
-                           req.data = std::move((*read)->data);
-                         } else if (fs_error_of(read->status()) == FsError::kChunkNotFound) {
-                           req.remove = true;
-                         } else if (read->status().code() == StatusCode::kDataLoss) {
-                           // Our copy is corrupt: repair it from any replica holding that version (the
-                           // syncing peer included), then send it.
-                           return repair_locked(chain_id, mine, chunk, [this, chain_id, version, mine, peer, todo, index, key](Status status) {
-                             unlock(key);
-                             if (!status.is_ok()) return sync_failed(chain_id, version, mine, peer, status);
-                             sync_next(chain_id, version, mine, peer, todo, index);
-                           });
-                         } else {
-                           unlock(key);
-                           return sync_failed(chain_id, version, mine, peer, read->status());
-                         }
-                         rpc.call(routing.address_of(peer).value_or(""), Request{std::move(req)}, config.rpc_timeout_ns,
-                                  [this, chain_id, version, mine, peer, todo, index, key](Result<Response> response) {
-                                    unlock(key);
-                                    if (!response.is_ok()) return sync_failed(chain_id, version, mine, peer, response.status());
-                                    sync_next(chain_id, version, mine, peer, todo, index + 1);
-                                  });
-                       });
+      executor.offload(
+          [store_ptr, read, chunk, rolled] {
+            // The lock is ours: a pending version here is orphaned. This is the last serving
+            // target, so it commits it (an earlier tail may have) before sending the chunk.
+            Result<ChunkMeta> meta = store_ptr->stat(chunk);
+            if (meta.is_ok() && meta->pending_version != 0) {
+              Status committed = store_ptr->commit(chunk, meta->pending_version);
+              if (!committed.is_ok()) {
+                *read = committed;
+                return;
+              }
+              *rolled = *meta;
+            }
+            *read = store_ptr->read(chunk, 0, UINT64_MAX, ReadMode::kRelaxed);
+          },
+          [this, job, mine, chunk, key, read, rolled] {
+            if (rolled->pending_version != 0) {
+              FF_LOG_DEBUG("target {}: sync commits orphaned pending chunk {} v{}", mine, chunk.to_string(),
+                           rolled->pending_version);
+              observe(mine, chunk, rolled->pending_version, rolled->pending_crc32c);
+            }
+            if (!sync_current(job->chain, job->version)) {
+              unlock(key);
+              return sync_chunk_done(job, Status::ok());
+            }
+            SyncReplaceReq req{.chain = job->chain, .chain_version = job->version, .target = job->peer, .chunk = chunk};
+            if (read->is_ok()) {
+              req.version = (*read)->meta.committed_version;
+              req.chunk_chain_version = (*read)->meta.chain_version;
+              req.data = std::move((*read)->data);
+            } else if (fs_error_of(read->status()) == FsError::kChunkNotFound) {
+              req.remove = true;
+            } else if (read->status().code() == StatusCode::kDataLoss) {
+              // Our copy is corrupt: repair it from any replica holding that version (the
+              // syncing peer included), then send it.
+              return repair_locked(job->chain, mine, chunk, [this, job, chunk, key](Status status) {
+                unlock(key);
+                if (!status.is_ok()) return sync_chunk_done(job, std::move(status));
+                sync_chunk(job, chunk);
+              });
+            } else {
+              unlock(key);
+              return sync_chunk_done(job, read->status());
+            }
+            rpc.call(routing.address_of(job->peer).value_or(""), Request{std::move(req)}, config.rpc_timeout_ns,
+                     [this, job, key](Result<Response> response) {
+                       unlock(key);
+                       sync_chunk_done(job, response.is_ok() ? Status::ok() : response.status());
+                     });
+          });
     });
-    if (!queued) sync_failed(chain_id, version, mine, peer, fs_error(FsError::kBusy, "lock queue full"));
+    if (!queued) sync_chunk_done(job, fs_error(FsError::kBusy, "lock queue full"));
   }
 
   // Lists the pending versions a target just opened holds (inherited()).
@@ -1998,17 +2080,13 @@ struct StorageService::State {
     auto left = std::make_shared<size_t>(successors.size());
     if (successors.empty()) return then({});
     for (TargetId target : successors) {
-      rpc.call(routing.address_of(target).value_or(""),
-               Request{SyncDumpMetaReq{.chain = chain_id, .chain_version = version, .target = target}},
-               config.rpc_timeout_ns, [this, downstream, left, then, gen = generation](Result<Response> response) {
-                 if (gen != generation) return;
-                 Result<SyncDumpMetaRsp> rsp = response_as<SyncDumpMetaRsp>(std::move(response));
-                 if (rsp.is_ok()) {
-                   for (const ChunkMeta& meta : rsp->chunks) downstream->insert(meta.id);
-                 }
-                 // A successor that did not answer is not compared this time (its chunks are not removed).
-                 if (--*left == 0) then(std::move(*downstream));
-               });
+      dump_meta(chain_id, version, target, [downstream, left, then](Result<std::vector<ChunkMeta>> chunks) {
+        if (chunks.is_ok()) {
+          for (const ChunkMeta& meta : *chunks) downstream->insert(meta.id);
+        }
+        // A successor that did not answer is not compared this time (its chunks are not removed).
+        if (--*left == 0) then(std::move(*downstream));
+      });
     }
   }
 

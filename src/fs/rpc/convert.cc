@@ -241,6 +241,8 @@ void request_to_proto(Request&& request, pb::Envelope* out) {
         } else if constexpr (std::is_same_v<T, SyncDumpMetaReq>) {
           auto* p = out->mutable_sync_dump_meta_req();
           p->set_chain(r.chain); p->set_chain_version(r.chain_version); p->set_target(r.target);
+          to(r.from, p->mutable_from());
+          p->set_limit(r.limit);
         } else if constexpr (std::is_same_v<T, SyncReplaceReq>) {
           auto* p = out->mutable_sync_replace_req();
           p->set_chain(r.chain); p->set_chain_version(r.chain_version); p->set_target(r.target);
@@ -321,7 +323,7 @@ Result<Request> request_from_proto(pb::Envelope&& e) {
     }
     case B::kSyncDumpMetaReq: {
       const auto& p = e.sync_dump_meta_req();
-      return Request(SyncDumpMetaReq{p.chain(), p.chain_version(), p.target()});
+      return Request(SyncDumpMetaReq{p.chain(), p.chain_version(), p.target(), from(p.from()), p.limit()});
     }
     case B::kSyncReplaceReq: {
       const auto& p = e.sync_replace_req();
@@ -391,6 +393,7 @@ void response_to_proto(Response&& response, pb::Envelope* out) {
         } else if constexpr (std::is_same_v<T, SyncDumpMetaRsp>) {
           auto* p = out->mutable_sync_dump_meta_rsp();
           for (const auto& meta : r.chunks) to(meta, p->add_chunks());
+          p->set_more(r.more);
         } else if constexpr (std::is_same_v<T, SyncReplaceRsp>) {
           out->mutable_sync_replace_rsp();
         } else if constexpr (std::is_same_v<T, SyncDoneRsp>) {
@@ -462,6 +465,7 @@ Result<Response> response_from_proto(pb::Envelope&& e) {
     case B::kSyncDumpMetaRsp: {
       SyncDumpMetaRsp r;
       for (const auto& meta : e.sync_dump_meta_rsp().chunks()) r.chunks.push_back(from(meta));
+      r.more = e.sync_dump_meta_rsp().more();
       return Response(std::move(r));
     }
     case B::kSyncReplaceRsp: return Response(SyncReplaceRsp{});

@@ -245,9 +245,17 @@ class Simulation {
     Node& node = storage_nodes_[index];
     boot(node);
     NodeId id = static_cast<NodeId>(index + 1);
-    StorageConfig config{.node = id, .address = node.address, .mgmtd_address = mgmtd_node_.address,
-                         .heartbeat_interval_ns = 100 * kMs, .heartbeat_timeout_ns = options_.heartbeat_timeout_ns,
-                         .rpc_timeout_ns = 200 * kMs, .retry_backoff_ns = 20 * kMs};
+    StorageConfig config{.node = id,
+                         .address = node.address,
+                         .mgmtd_address = mgmtd_node_.address,
+                         .heartbeat_interval_ns = 100 * kMs,
+                         .heartbeat_timeout_ns = options_.heartbeat_timeout_ns,
+                         .rpc_timeout_ns = 200 * kMs,
+                         .retry_backoff_ns = 20 * kMs,
+                         // Small metadata pages and replacement window: recoveries list several pages and refill
+                         // their window under the faults.
+                         .sync_batch = 4,
+                         .sync_dump_page = 3};
     auto factory = [this](TargetId target) -> Result<std::shared_ptr<ChunkStore>> {
       auto& store = stores_[target];
       if (!store) {

@@ -53,6 +53,9 @@ struct StorageClusterOptions {
   // Plain reads and batches of them skip the service's executor (StorageService::try_handle_read), as in
   // ff-storage.
   bool read_fast_lane = true;
+  // StorageConfig's recovery settings (chunks replaced at once, chunk metadata per SyncDumpMeta page).
+  uint32_t sync_batch = StorageConfig{}.sync_batch;
+  uint32_t sync_dump_page = StorageConfig{}.sync_dump_page;
 };
 
 class StorageCluster {
@@ -249,6 +252,8 @@ class StorageCluster {
     config.mgmtd_address = mgmtd_address_;
     config.heartbeat_interval_ns = 200'000'000;
     config.heartbeat_timeout_ns = options_.heartbeat_timeout_ns;
+    config.sync_batch = options_.sync_batch;
+    config.sync_dump_page = options_.sync_dump_page;
     auto stores = node.stores;
     auto stores_mutex = node.stores_mutex;
     const uint64_t max_chunk = options_.max_chunk_bytes;
