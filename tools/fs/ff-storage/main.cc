@@ -30,6 +30,8 @@ struct Config {
   double heartbeat_timeout_s = 10;
   double rpc_timeout_s = 2;
   uint32_t worker_threads = 8;
+  uint32_t sync_batch = StorageConfig{}.sync_batch;          // chunks replaced at once during recovery
+  uint32_t sync_dump_page = StorageConfig{}.sync_dump_page;  // chunk metadata per recovery listing page
   bool direct_io = true;
   bool sync_data = true;
   bool use_io_uring = true;
@@ -52,6 +54,8 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("storage.heartbeat_timeout_s", &c.heartbeat_timeout_s));
   FF_RETURN_IF_ERROR(reader.read("storage.rpc_timeout_s", &c.rpc_timeout_s));
   FF_RETURN_IF_ERROR(reader.read("storage.worker_threads", &c.worker_threads));
+  FF_RETURN_IF_ERROR(reader.read("storage.sync_batch", &c.sync_batch));
+  FF_RETURN_IF_ERROR(reader.read("storage.sync_dump_page", &c.sync_dump_page));
   FF_RETURN_IF_ERROR(reader.read("chunk.direct_io", &c.direct_io));
   FF_RETURN_IF_ERROR(reader.read("chunk.sync_data", &c.sync_data));
   FF_RETURN_IF_ERROR(reader.read("chunk.use_io_uring", &c.use_io_uring));
@@ -78,6 +82,8 @@ Result<Config> load_config(const std::string& path) {
                             c.heartbeat_timeout_s, c.heartbeat_interval_s);
   }
   if (c.worker_threads == 0) return invalid_argument("{}: storage.worker_threads must be >= 1", path);
+  if (c.sync_batch == 0) return invalid_argument("{}: storage.sync_batch = 0, expected >= 1", path);
+  if (c.sync_dump_page == 0) return invalid_argument("{}: storage.sync_dump_page = 0, expected >= 1", path);
   return c;
 }
 
@@ -127,6 +133,8 @@ int run(const Config& config) {
   storage_config.heartbeat_interval_ns = static_cast<int64_t>(config.heartbeat_interval_s * 1e9);
   storage_config.heartbeat_timeout_ns = static_cast<int64_t>(config.heartbeat_timeout_s * 1e9);
   storage_config.rpc_timeout_ns = static_cast<int64_t>(config.rpc_timeout_s * 1e9);
+  storage_config.sync_batch = config.sync_batch;
+  storage_config.sync_dump_page = config.sync_dump_page;
   StorageService service(storage_config, executor, rpc, factory);
 
   Counter& requests = metrics.counter("ff_storage_requests_total", "Requests received by the storage service.");
