@@ -569,15 +569,7 @@ struct StorageService::State {
                        const ChainInfo* chain = routing.chain(update->chain);
                        if (chain == nullptr) return finish(update, fs_error(FsError::kUnknownChain, "chain vanished"));
                        SyncReplaceReq req{.chain = update->chain, .chain_version = chain->version, .target = next, .chunk = update->chunk};
-                       if (read->is_ok()) {
-                         req.version = (*read)->meta.committed_version;
-                         req.chunk_chain_version = (*read)->meta.chain_version;
-                         req.data = std::move((*read)->data);
-                       } else if (fs_error_of(read->status()) == FsError::kChunkNotFound) {
-                         req.remove = true;
-                       } else {
-                         return finish(update, read->status());
-                       }
+                       if (!as_replacement(*read, req)) return finish(update, read->status());
                        rpc.call(routing.address_of(next).value_or(""), Request{std::move(req)}, config.rpc_timeout_ns,
                                 [this, update](Result<Response> response) {
                                   if (!response.is_ok() && !retryable(response.status())) return finish(update, response.status());
@@ -1744,6 +1736,22 @@ struct StorageService::State {
     });
   }
 
+  // Fills a full replacement from a read of the chunk here: its committed version, or a removal where it is gone.
+  // False for any other outcome of the read (the caller's to handle).
+  static bool as_replacement(Result<ChunkRead>& read, SyncReplaceReq& req) {
+    if (read.is_ok()) {
+      req.version = read->meta.committed_version;
+      req.chunk_chain_version = read->meta.chain_version;
+      req.data = std::move(read->data);
+      return true;
+    }
+    if (fs_error_of(read.status()) == FsError::kChunkNotFound) {
+      req.remove = true;
+      return true;
+    }
+    return false;
+  }
+
   // One recovery's chunk replacements, up to StorageConfig::sync_batch in flight (each under its chunk's lock here;
   // different chunks are independent). The first failure stops new replacements; when the last one in flight is
   // back, the sync is retried whole (sync_failed), once.
@@ -1830,21 +1838,16 @@ struct StorageService::State {
               return sync_chunk_done(job, Status::ok());
             }
             SyncReplaceReq req{.chain = job->chain, .chain_version = job->version, .target = job->peer, .chunk = chunk};
-            if (read->is_ok()) {
-              req.version = (*read)->meta.committed_version;
-              req.chunk_chain_version = (*read)->meta.chain_version;
-              req.data = std::move((*read)->data);
-            } else if (fs_error_of(read->status()) == FsError::kChunkNotFound) {
-              req.remove = true;
-            } else if (read->status().code() == StatusCode::kDataLoss) {
-              // Our copy is corrupt: repair it from any replica holding that version (the
-              // syncing peer included), then send it.
-              return repair_locked(job->chain, mine, chunk, [this, job, chunk, key](Status status) {
-                unlock(key);
-                if (!status.is_ok()) return sync_chunk_done(job, std::move(status));
-                sync_chunk(job, chunk);
-              });
-            } else {
+            if (!as_replacement(*read, req)) {
+              if (read->status().code() == StatusCode::kDataLoss) {
+                // Our copy is corrupt: repair it from any replica holding that version (the
+                // syncing peer included), then send it.
+                return repair_locked(job->chain, mine, chunk, [this, job, chunk, key](Status status) {
+                  unlock(key);
+                  if (!status.is_ok()) return sync_chunk_done(job, std::move(status));
+                  sync_chunk(job, chunk);
+                });
+              }
               unlock(key);
               return sync_chunk_done(job, read->status());
             }

@@ -55,13 +55,7 @@ class ReadCoalescingTest : public ::testing::Test {
   }
   template <typename T>
   Result<T> run(std::function<void(std::function<void(Result<T>)>)> fn) {
-    auto promise = std::make_shared<std::promise<Result<T>>>();
-    auto future = promise->get_future();
-    cluster_->client_executor().post(
-        [fn, promise] { fn([promise](Result<T> r) { promise->set_value(std::move(r)); }); });
-    if (future.wait_for(std::chrono::seconds(60)) != std::future_status::ready)
-      return deadline_exceeded("no answer in 60 s");
-    return future.get();
+    return cluster_->on_client<T>(std::move(fn));
   }
   static std::vector<std::byte> contents(uint64_t index) {
     return testing::pattern_bytes(4096 + 512 * (index % 5), index);

@@ -22,14 +22,7 @@ class RecoveryTest : public ::testing::Test {
 
   template <typename T>
   Result<T> run(std::function<void(std::function<void(Result<T>)>)> fn) {
-    auto promise = std::make_shared<std::promise<Result<T>>>();
-    auto future = promise->get_future();
-    cluster_->client_executor().post(
-        [fn, promise] { fn([promise](Result<T> r) { promise->set_value(std::move(r)); }); });
-    if (future.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-      return deadline_exceeded("no answer in 60 s");
-    }
-    return future.get();
+    return cluster_->on_client<T>(std::move(fn));
   }
   void write(uint64_t index, uint64_t generation) {
     auto written = run<WriteRsp>([&](auto done) {

@@ -20,6 +20,8 @@
 #include <bit>
 #include <chrono>
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -92,6 +94,17 @@ class StorageCluster {
   const std::vector<ChainId>& chains() const { return chains_; }
   Executor& client_executor() { return *client_executor_; }
   RpcClient& client_rpc() { return *client_rpc_; }
+  // Runs fn(done) on the client executor and waits up to 60 s for done's result.
+  template <typename T>
+  Result<T> on_client(std::function<void(std::function<void(Result<T>)>)> fn) {
+    auto promise = std::make_shared<std::promise<Result<T>>>();
+    auto future = promise->get_future();
+    client_executor_->post([fn, promise] { fn([promise](Result<T> r) { promise->set_value(std::move(r)); }); });
+    if (future.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+      return deadline_exceeded("no answer in 60 s");
+    }
+    return future.get();
+  }
 
   // A StorageClient (client id 7, 20 s per operation) on the client executor, made on first use.
   StorageClient& storage_client() {
