@@ -80,6 +80,10 @@ class StorageClient {
   // final block class.
   void write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data, Callback<WriteRsp> done,
              uint32_t channel, uint64_t chunk_size);
+  // Makes the chunk exactly `length` bytes long (WriteReq::truncate): committed bytes past `length` go, a shorter chunk
+  // (or none) is extended with zeros. One replicated version like a write, so there is never a moment without the
+  // chunk's kept bytes; done gets the version (the current one when the chunk already had that length).
+  void truncate(ChainId chain, const ChunkId& chunk, uint64_t length, Callback<WriteRsp> done, uint32_t channel = 0);
   // Reads committed data. kRelaxed returns committed bytes even while a write is pending.
   // accept_pieces: the answer's bytes may come in ReadRsp::pieces (left where the transport received
   // them) instead of `data`; the caller reads whichever is set. Then `done` of a successful read may
@@ -146,6 +150,9 @@ class StorageClient {
   CoalescedReadCounts coalesced_read_counts() const;
 
  private:
+  // write() and truncate(): one WriteReq per attempt, retried as any write.
+  void send_write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data, Callback<WriteRsp> done,
+                  uint32_t channel, uint64_t chunk_size, bool truncate);
   struct State;
   std::shared_ptr<State> state_;
 };

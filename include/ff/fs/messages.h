@@ -123,6 +123,10 @@ struct WriteReq {
   // Optional (0: unknown): the file's chunk size (ChunkUpdate::chunk_size), so the first write of a
   // chunk reserves the block class the chunk will grow to.
   uint64_t chunk_size = 0;
+  // Instead of writing `data` (which must be empty): the chunk's next version is its committed bytes cut, or extended
+  // with zeros, to exactly `offset` bytes (a file truncate's chunk that holds the new end). One replicated version,
+  // atomic on every target like any write; a chunk already that long is left as it is (its version answered).
+  bool truncate = false;
   std::span<const std::byte> payload() const { return shared_data.is_set() ? shared_data.bytes : std::span<const std::byte>(data); }
 };
 // The acknowledgement: the version the write created, committed on every target of the write chain.

@@ -52,6 +52,7 @@ struct SimResult {
   uint64_t writes_acked = 0, writes_failed = 0, reads_ok = 0, reads_failed = 0;
   uint64_t reads_batched = 0;                        // read attempts the clients sent in a BatchReadReq (coalesced)
   uint64_t removals_acked = 0, removals_failed = 0;  // removals by range of scratch chunks
+  uint64_t truncates_acked = 0, truncates_failed = 0;  // chunks cut or zero-extended (StorageClient::truncate)
   uint64_t crashes = 0, mgmtd_crashes = 0, partitions = 0, corruptions = 0, repairs = 0, syncs = 0;
   uint64_t lazy_commits_lost = 0;  // lazy commits undone by storage crashes (versions pending again)
   uint64_t events = 0;

@@ -8,16 +8,13 @@
 //   - file_length: query_last_chunk on every distinct chain of the layout (in parallel), the largest
 //     `index * chunk_size + length` wins (0 when no chunk exists);
 //   - truncate(length): removes the chunks wholly past the new end (remove_range on every chain), then
-//     makes the chunk holding the new end exactly as long as the file's end in it:
-//       * shrinking inside the chunk: storage has no per-chunk truncate, so the kept prefix is read,
-//         the chunk removed and the prefix written back. NOTE: a crash between that removal and the
-//         rewrite loses the kept bytes of that one chunk (docs/fs-meta.md), a reader in between sees a
-//         hole;
-//       * growing (or the chunk holding the new end is a hole): one zero byte is written at the new
-//         end, so storage's length agrees with meta's. Meta makes a write session's length exact from
-//         file_length() on close/fsync; without that byte a grown file would shrink back on the next
-//         close (a FUSE ftruncate-up then close did exactly that before the two implementations were
-//         merged);
+//     makes the chunk holding the new end exactly as long as the file's end in it with one replicated
+//     truncate of that chunk (StorageClient::truncate, WriteReq::truncate): its bytes past the end go, or
+//     it is extended with zeros (growing, or a hole at the new end), as one new version on every
+//     replica, so no moment exists without its kept bytes (until 2026-12-01 the kept prefix was read,
+//     the chunk removed and the prefix written back: a crash in between lost it). Storage's length then
+//     agrees with meta's, which a write session's close/fsync sets from file_length() (without the
+//     extension a grown file would shrink back on the next close);
 //   - remove_file: remove_range over the whole inode on every chain (nothing for a file without
 //     chains: it never had data).
 // Errors keep the StorageClient's code (meta::errno_of: deadline -> ETIMEDOUT, else EIO) and name the
@@ -39,7 +36,7 @@ namespace ff::fs::meta {
 
 struct StorageFilesOptions {
   int64_t op_timeout_ms = 60'000;  // one step of a FileStorage call (all its parallel chunk operations)
-  uint32_t write_channel = 0;      // StorageClient write channel for truncate's rewrites
+  uint32_t write_channel = 0;      // StorageClient write channel for truncate's chunk cuts
 };
 
 class StorageFiles final : public FileStorage {

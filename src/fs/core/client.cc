@@ -285,17 +285,35 @@ void StorageClient::write(ChainId chain, const ChunkId& chunk, uint64_t offset, 
 
 void StorageClient::write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data, Callback<WriteRsp> done,
                           uint32_t channel, uint64_t chunk_size) {
+  send_write(chain, chunk, offset, std::move(data), std::move(done), channel, chunk_size, /*truncate=*/false);
+}
+
+void StorageClient::truncate(ChainId chain, const ChunkId& chunk, uint64_t length, Callback<WriteRsp> done,
+                             uint32_t channel) {
+  send_write(chain, chunk, length, SharedBytes{}, std::move(done), channel, 0, /*truncate=*/true);
+}
+
+void StorageClient::send_write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data,
+                               Callback<WriteRsp> done, uint32_t channel, uint64_t chunk_size, bool truncate) {
   auto state = state_;
   ClientRequestId id{state->config.client_id, channel, ++state->next_seq[channel]};
   state->start<WriteRsp>(
-      [state, id, chain, chunk, offset, payload = std::move(data), chunk_size](std::function<void(Result<WriteRsp>)> attempt_done) {
+      [state, id, chain, chunk, offset, payload = std::move(data), chunk_size,
+       truncate](std::function<void(Result<WriteRsp>)> attempt_done) {
         Result<TargetId> head = state->head(chain);
         if (!head.is_ok()) return attempt_done(head.status());
         Result<std::string> address = state->address(*head);
         if (!address.is_ok()) return attempt_done(address.status());
         // Every attempt shares the payload (no copy per attempt).
-        WriteReq req{.request_id = id, .chain = chain, .chain_version = state->routing.chain(chain)->version,
-                     .chunk = chunk, .offset = offset, .data = {}, .shared_data = payload, .chunk_size = chunk_size};
+        WriteReq req{.request_id = id,
+                     .chain = chain,
+                     .chain_version = state->routing.chain(chain)->version,
+                     .chunk = chunk,
+                     .offset = offset,
+                     .data = {},
+                     .shared_data = payload,
+                     .chunk_size = chunk_size,
+                     .truncate = truncate};
         state->rpc.call(*address, Request{std::move(req)}, state->attempt_timeout(),
                         [attempt_done](Result<Response> response) { attempt_done(response_as<WriteRsp>(std::move(response))); });
       },

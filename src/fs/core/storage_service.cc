@@ -249,6 +249,9 @@ struct StorageService::State {
     SharedBytes data;         // shared by the local store call and the forward (no copy per hop)
     uint64_t chunk_size = 0;  // the file's chunk size when the client gave it (ChunkUpdate::chunk_size)
     bool full_replacement = false;
+    // A truncate at the head (WriteReq::truncate): the chunk's new length. Each head_store turns it into a full
+    // replacement of the committed bytes cut or zero-extended to it (data, full_replacement), which the chain stores.
+    std::optional<uint64_t> truncate_to;
     uint32_t version = 0;  // set at the head; given by the predecessor otherwise
     uint32_t crc = 0;      // expected CRC32C after the update
     uint64_t length = 0;
@@ -348,10 +351,14 @@ struct StorageService::State {
                     .chunk_size = update->chunk_size});
     const bool try_preview = !bugs.sequential_head && !bugs.sequential_forward;
     // Set by the worker when the stat alone decides: an orphaned pending version to resolve first
-    // (*meta holds the stat), or a resolve_only update with nothing pending.
+    // (*meta holds the stat), a resolve_only update with nothing pending, or a truncate to the length the chunk
+    // has (*meta: its committed version, answered as it is).
     auto stat_only = std::make_shared<bool>(false);
+    // A truncate's new contents (the committed bytes cut or zero-extended), which chunk_update->data points into.
+    auto truncated = std::make_shared<SharedBytes>();
     executor.offload(
-        [store_ptr, result, meta, chunk_update, previewed, try_preview, stat_only, resolve_only = update->resolve_only]() {
+        [store_ptr, result, meta, chunk_update, previewed, try_preview, stat_only, truncated,
+         truncate_to = update->truncate_to, resolve_only = update->resolve_only]() {
           Result<ChunkMeta> current = store_ptr->stat(chunk_update->id);
           uint32_t committed = current.is_ok() ? current->committed_version : 0;
           if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
@@ -362,6 +369,29 @@ struct StorageService::State {
             if (current.is_ok()) *meta = *current;
             *stat_only = true;
             return;
+          }
+          if (truncate_to) {
+            // The lock is ours and nothing is pending: the committed version here is the chain's latest.
+            const uint64_t length = current.is_ok() ? current->committed_length : 0;
+            if (length == *truncate_to) {
+              *meta = current.is_ok() ? *current : ChunkMeta{.id = chunk_update->id};
+              *stat_only = true;
+              return;
+            }
+            Bytes contents;
+            if (committed != 0) {
+              Result<ChunkRead> read = store_ptr->read(chunk_update->id, 0, UINT64_MAX, ReadMode::kRelaxed);
+              if (!read.is_ok()) {
+                *result = read.status();
+                return;
+              }
+              contents = std::move(read->data);
+            }
+            contents.resize(*truncate_to);  // cut, or extended with zeros
+            *truncated = SharedBytes::adopt(std::move(contents));
+            chunk_update->offset = 0;
+            chunk_update->data = truncated->bytes;
+            chunk_update->full_replacement = true;
           }
           chunk_update->version = committed + 1;
           if (try_preview && (!current.is_ok() || current->pending_version == 0)) {
@@ -382,11 +412,24 @@ struct StorageService::State {
           }
           *meta = *after;
         },
-        [this, update, result, meta, chunk_update, previewed, stat_only] {
+        [this, update, result, meta, chunk_update, previewed, stat_only, truncated] {
           if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
           if (*stat_only) {
             if (meta->pending_version != 0) return resolve_orphan(update, *meta);
+            if (update->truncate_to) {  // already that long
+              update->version = meta->committed_version;
+              update->crc = meta->committed_crc32c;
+              update->length = meta->committed_length;
+              return finish(update, ForwardRsp{.committed_version = meta->committed_version,
+                                               .committed_crc32c = meta->committed_crc32c});
+            }
             return finish(update, ForwardRsp{});  // resolve_only, nothing pending
+          }
+          if (truncated->is_set() || chunk_update->full_replacement) {
+            // A truncate goes down the chain as the full replacement it became here.
+            update->data = *truncated;
+            update->offset = 0;
+            update->full_replacement = true;
           }
           update->version = meta->pending_version;
           update->crc = meta->pending_crc32c;
@@ -474,11 +517,22 @@ struct StorageService::State {
   void send_forward(UpdatePtr update, TargetId next, ChainVersion chain_version, bool full, SharedBytes data,
                     std::function<void(Result<ForwardRsp>)> on_response = {}) {
     auto address = routing.address_of(next);
-    ForwardReq req{.request_id = update->request_id, .chain = update->chain, .chain_version = chain_version,
-                   .target = next, .chunk = update->chunk, .version = update->version,
-                   .offset = full ? 0 : update->offset, .data = {}, .full_replacement = full,
-                   .expected_crc32c = update->crc, .expected_length = update->length, .remove = false, .remove_end = {},
-                   .resolve_pending = update->resolve, .shared_data = std::move(data), .chunk_size = update->chunk_size};
+    ForwardReq req{.request_id = update->request_id,
+                   .chain = update->chain,
+                   .chain_version = chain_version,
+                   .target = next,
+                   .chunk = update->chunk,
+                   .version = update->version,
+                   .offset = full ? 0 : update->offset,
+                   .data = {},
+                   .full_replacement = full || update->full_replacement,
+                   .expected_crc32c = update->crc,
+                   .expected_length = update->length,
+                   .remove = false,
+                   .remove_end = {},
+                   .resolve_pending = update->resolve,
+                   .shared_data = std::move(data),
+                   .chunk_size = update->chunk_size};
     int64_t timeout = std::min(config.rpc_timeout_ns, update->deadline_ns - now());
     ++stats.forwards;
     if (!on_response) {
@@ -728,15 +782,19 @@ struct StorageService::State {
     bool resolve = update->resolve;
     // A middle target stores while it forwards (store_and_forward): the worker only checks versions.
     bool parallel = !tail && !resolve && !update->full_replacement && !bugs.sequential_forward;
+    // Only a syncing tail takes a full replacement as committed at once, whatever it held; a serving one (a truncate's
+    // replacement) checks versions as for any write, so a late retry of an older version cannot undo a newer one.
+    const bool syncing_tail =
+        tail && state_of(*routing.chain(update->chain), update->target) == PublicTargetState::kSyncing;
     executor.offload(
-        [store_ptr, result, outcome, chunk_update, expected_crc, tail, resolve, parallel]() {
+        [store_ptr, result, outcome, chunk_update, expected_crc, syncing_tail, resolve, parallel]() {
           Result<ChunkMeta> current = store_ptr->stat(chunk_update.id);
           if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
             *result = current.status();
             return;
           }
           ChunkMeta meta = current.is_ok() ? *current : ChunkMeta{};
-          if (chunk_update.full_replacement && tail) {
+          if (chunk_update.full_replacement && syncing_tail) {
             // 3FS: a full-chunk replacement at the (syncing) tail updates the committed version at once.
             *outcome = 2;
             *result = store_ptr->put_full_replacement(chunk_update.id, chunk_update.version, chunk_update.chain_version,
@@ -758,7 +816,8 @@ struct StorageService::State {
             return;
           }
           if (resolve) {
-            if (meta.pending_version == chunk_update.version && meta.pending_crc32c == expected_crc) return;  // pass it on
+            if (meta.pending_version == chunk_update.version && meta.pending_crc32c == expected_crc)
+              return;  // pass it on
             *result = fs_error(FsError::kVersionMismatch,
                                fmt::format("chunk {}: resolve of pending v{} CRC {:#x}, but committed v{}, pending v{} CRC {:#x}",
                                            chunk_update.id.to_string(), chunk_update.version, expected_crc, meta.committed_version,
@@ -944,6 +1003,11 @@ struct StorageService::State {
       return reply(fs_error(FsError::kNotHead, fmt::format("node {} is not the head of chain {}", config.node, req.chain)));
     }
     uint64_t max_bytes = store(head).max_chunk_bytes();
+    if (req.truncate && !req.payload().empty()) {
+      return reply(
+          fs_error(FsError::kMalformed, fmt::format("truncate of chunk {} to {} bytes carries {} bytes of data",
+                                                    req.chunk.to_string(), req.offset, req.payload().size())));
+    }
     if (req.offset > max_bytes || req.payload().size() > max_bytes - req.offset) {
       return reply(fs_error(FsError::kOversize, fmt::format("write of {} bytes at offset {} exceeds chunk size {}", req.payload().size(), req.offset, max_bytes)));
     }
@@ -967,6 +1031,7 @@ struct StorageService::State {
     update->offset = req.offset;
     update->data = take_payload(req);
     update->chunk_size = req.chunk_size;
+    if (req.truncate) update->truncate_to = req.offset;
     // As in 3FS, the head keeps driving a write it has started (retrying the forward with the latest
     // routing) until it commits or this target leaves the write chain (chain change, lost lease), not
     // just until the client's deadline: a write abandoned half-way could be committed at the tail and

@@ -131,60 +131,22 @@ Status StorageFiles::truncate(const Inode& inode, uint64_t length) {
   const uint64_t keep_chunks = length / chunk_size + (length % chunk_size != 0 ? 1 : 0);
   FF_RETURN_IF_ERROR(remove_from(inode, keep_chunks, what));
   if (length == 0) return Status::ok();
-  // The chunk holding the new end must end exactly there (last_bytes in 1..chunk_size).
+  // The chunk holding the new end must end exactly there (last_bytes in 1..chunk_size): one replicated truncate of that
+  // chunk (StorageClient::truncate) cuts it, or extends it with zeros (growing, or a hole at the new end), atomically.
   const uint64_t index = keep_chunks - 1;
   const uint64_t last_bytes = length - index * chunk_size;
   const ChainId chain = inode.layout.chain_of(index);
   const ChunkId chunk{inode.id, index};
   StorageClient& client = client_;
-  auto read = run_all<ReadRsp>(executor_, 1, options_.op_timeout_ms, "read",
-                               [&client, chain, chunk, last_bytes](size_t, StorageClient::Callback<ReadRsp> done) {
-                                 client.read(chain, chunk, 0, last_bytes, ReadMode::kStrict, std::move(done));
-                               });
-  uint64_t have = 0;  // the chunk's stored length (0: no chunk, a hole at the new end)
-  if (read[0].is_ok()) {
-    have = read[0]->meta.committed_length;
-  } else if (fs_error_of(read[0].status()) != FsError::kChunkNotFound) {
-    return Status(read[0].status().code(), fmt::format("{}: reading chunk {} on chain {}: {}", what, chunk.to_string(),
-                                                       chain, read[0].status().message()));
-  }
-  if (have == last_bytes) return Status::ok();
-  Bytes payload;
-  uint64_t offset = 0;
-  if (have < last_bytes) {
-    // Growing (or a hole at the new end): one zero byte at the new end makes storage's length agree
-    // with meta's; the bytes before it read as zeros.
-    payload.assign(1, std::byte{0});
-    offset = last_bytes - 1;
-  } else {
-    // Shrinking inside the chunk: no per-chunk truncate in storage, so remove the chunk and write its
-    // kept prefix back. NOTE: not atomic (see storage_files.h).
-    payload = std::move(read[0]->data);
-    payload.resize(last_bytes);  // a hole inside the chunk reads as zeros up to its length
-    auto cut = run_all<RemoveChunksRsp>(
-        executor_, 1, options_.op_timeout_ms, "remove_range",
-        [&client, chain, chunk](size_t, StorageClient::Callback<RemoveChunksRsp> done) {
-          client.remove_range(chain, chunk, ChunkId{chunk.inode, chunk.index + 1}, std::move(done));
-        });
-    if (!cut[0].is_ok()) {
-      return Status(cut[0].status().code(), fmt::format("{}: removing chunk {} on chain {}: {}", what,
-                                                        chunk.to_string(), chain, cut[0].status().message()));
-    }
-  }
-  auto shared_payload = std::make_shared<Bytes>(std::move(payload));
   const uint32_t channel = options_.write_channel;
-  auto written = run_all<WriteRsp>(
-      executor_, 1, options_.op_timeout_ms, "write",
-      [&client, chain, chunk, offset, shared_payload, channel](size_t, StorageClient::Callback<WriteRsp> done) {
-        client.write(chain, chunk, offset, std::move(*shared_payload), std::move(done), channel);
-      });
-  if (!written[0].is_ok()) {
-    if (have > last_bytes) {
-      FF_LOG_ERROR("{}: chunk {} was removed but its first {} bytes could not be written back: {}", what,
-                   chunk.to_string(), last_bytes, written[0].status());
-    }
-    return Status(written[0].status().code(), fmt::format("{}: writing chunk {} on chain {}: {}", what,
-                                                          chunk.to_string(), chain, written[0].status().message()));
+  auto cut =
+      run_all<WriteRsp>(executor_, 1, options_.op_timeout_ms, "truncate",
+                        [&client, chain, chunk, last_bytes, channel](size_t, StorageClient::Callback<WriteRsp> done) {
+                          client.truncate(chain, chunk, last_bytes, std::move(done), channel);
+                        });
+  if (!cut[0].is_ok()) {
+    return Status(cut[0].status().code(), fmt::format("{}: cutting chunk {} on chain {} to {} bytes: {}", what,
+                                                      chunk.to_string(), chain, last_bytes, cut[0].status().message()));
   }
   return Status::ok();
 }

@@ -121,10 +121,12 @@ void to(WriteReq&& v, pb::WriteReq* p) {
   p->set_offset(v.offset);
   bytes_to(v.payload(), p->mutable_data());
   p->set_chunk_size(v.chunk_size);
+  p->set_truncate(v.truncate);
 }
 WriteReq from(pb::WriteReq&& p) {
   WriteReq write{from(p.request_id()), p.chain(), p.chain_version(), from(p.chunk()), p.offset(), bytes_from(p.data())};
   write.chunk_size = p.chunk_size();
+  write.truncate = p.truncate();
   return write;
 }
 void to(const WriteRsp& v, pb::WriteRsp* p) { p->set_version(v.version); p->set_crc32c(v.crc32c); p->set_length(v.length); }

@@ -21,11 +21,12 @@ namespace ff::fs {
 
 std::string SimResult::summary() const {
   std::string counts = fmt::format(
-      "writes={} (failed {}) reads={} (failed {}; {} sent in batches) removals={} (failed {}) "
+      "writes={} (failed {}) reads={} (failed {}; {} sent in batches) removals={} (failed {}) truncates={} (failed {}) "
       "crashes={} mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} "
       "lazy_commits_lost={} events={} virtual={:.1f}s",
-      writes_acked, writes_failed, reads_ok, reads_failed, reads_batched, removals_acked, removals_failed, crashes,
-      mgmtd_crashes, partitions, corruptions, repairs, syncs, lazy_commits_lost, events, virtual_ns / 1e9);
+      writes_acked, writes_failed, reads_ok, reads_failed, reads_batched, removals_acked, removals_failed,
+      truncates_acked, truncates_failed, crashes, mgmtd_crashes, partitions, corruptions, repairs, syncs,
+      lazy_commits_lost, events, virtual_ns / 1e9);
   if (ok) return fmt::format("seed={} ok {}", seed, counts);
   return fmt::format("seed={} FAILED: {} ({} violations; {}) reproduce with seed={}", seed, violations.front(), violations.size(),
                      counts, seed);
@@ -321,6 +322,44 @@ class Simulation {
       return;
     }
     const ChunkKey& key = keys_[static_cast<size_t>(world_.between(0, static_cast<int64_t>(keys_.size()) - 1))];
+    if (world_.uniform() < 0.06) {
+      // A truncate: the chunk cut or zero-extended to a length, as one replicated version (or left as it is, its
+      // version answered, when it already has that length).
+      const uint64_t length = static_cast<uint64_t>(world_.between(0, static_cast<int64_t>(options_.chunk_bytes)));
+      const uint32_t acked_at_start = acked_[key];  // later acknowledgements may be of writes ordered after this one
+      client->truncate(key.chain, key.chunk, length, [this, key, next, length, acked_at_start](Result<WriteRsp> rsp) {
+        if (!rsp.is_ok()) {
+          ++result_.truncates_failed;
+          return next();
+        }
+        ++result_.truncates_acked;
+        if (rsp->length != length) {
+          violation(fmt::format("acknowledged truncate of chunk {} to {} bytes reports length {}",
+                                key.chunk.to_string(), length, rsp->length));
+        }
+        auto& acked = acked_[key];
+        if (rsp->version == 0) {  // no chunk, and 0 bytes asked for: nothing written
+          if (length != 0 || acked_at_start != 0) {
+            violation(fmt::format("truncate of chunk {} to {} bytes answered no version after v{} was acknowledged",
+                                  key.chunk.to_string(), length, acked_at_start));
+          }
+          return next();
+        }
+        auto& versions = history_[key];
+        auto it = versions.find(rsp->version);
+        if (it == versions.end() || it->second != rsp->crc32c) {
+          violation(fmt::format("acknowledged truncate of chunk {} v{} (CRC {:#x}) was never committed as such",
+                                key.chunk.to_string(), rsp->version, rsp->crc32c));
+        }
+        if (rsp->version < acked_at_start) {
+          violation(fmt::format("truncate of chunk {} answered v{} after v{} was acknowledged", key.chunk.to_string(),
+                                rsp->version, acked_at_start));
+        }
+        if (rsp->version > acked) acked = rsp->version;
+        next();
+      });
+      return;
+    }
     if (world_.uniform() < 0.6) {
       uint64_t length = static_cast<uint64_t>(world_.between(1, 4096));
       uint64_t offset = static_cast<uint64_t>(world_.between(0, static_cast<int64_t>(options_.chunk_bytes - length)));

@@ -87,6 +87,20 @@ TEST(FsSim, BurstsOfReadsGoInBatches) {
   EXPECT_GE(batched, reads / 20) << "of " << reads << " reads, " << batched << " were sent in batches";
 }
 
+// Truncates (StorageClient::truncate) are part of the workload: each acknowledged one checked against the committed
+// history and its length, under the faults.
+TEST(FsSim, TruncatesAreAcknowledgedUnderFaults) {
+  (void)set_log_level("off");
+  uint64_t acked = 0;
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    SimResult result = run_simulation(seed, ci_options());
+    EXPECT_TRUE(result.ok) << result.summary();
+    acked += result.truncates_acked;
+  }
+  (void)set_log_level("info");
+  EXPECT_GE(acked, 10u) << "too few truncates in 10 runs";
+}
+
 TEST(FsSim, SameSeedSameRun) {
   (void)set_log_level("off");
   SimResult a = run_simulation(42, ci_options());
