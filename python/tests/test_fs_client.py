@@ -258,3 +258,58 @@ def test_tune_malloc_for_io_buffers_respects_the_environment() -> None:
                                 text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected, (extra, result.stdout, result.stderr)
+
+
+TRUNCATE_CHILD = """
+import random, sys
+from fireflyer import fs
+mgmtd, db, chunk, keep = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(int(sys.argv[5]))
+with fs.Client(mgmtd, meta_db=db, chunk_size=chunk) as c:
+    print("ready", flush=True)
+    while True:
+        c.truncate("/t", rng.randint(keep + 1, 2 * chunk))  # cuts or extends the second chunk
+        print("cut", flush=True)
+"""
+
+
+def test_a_truncating_process_killed_mid_cut_never_loses_kept_bytes(cluster: LocalCluster,
+                                                                     tmp_path: pathlib.Path) -> None:
+    """A process truncating a file over and over (each time cutting or extending its second chunk, always keeping the
+    first 1.5 chunks) is SIGKILLed at random moments, 20 times; after each kill the kept bytes read back intact. A
+    truncate that removed the chunk and then wrote its kept prefix back lost them when killed in between."""
+    import random
+    import select
+
+    db = str(tmp_path / "meta")
+    keep = CHUNK + CHUNK // 2
+    payload = np.random.default_rng(11).integers(0, 256, 3 * CHUNK, dtype=np.uint8).tobytes()
+    with fs.Client(cluster.mgmtd_address, meta_db=db, chunk_size=CHUNK) as c:
+        c.write_file("/t", payload)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    rng = random.Random(3)
+    cuts = 0
+    for round_index in range(20):
+        child = subprocess.Popen([sys.executable, "-c", TRUNCATE_CHILD, cluster.mgmtd_address, db, str(CHUNK),
+                                  str(keep), str(round_index)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env)
+        try:
+            # Until it has cut at least twice, then a random moment later (a few cuts' time).
+            seen, deadline = 0, time.monotonic() + 60
+            while seen < 3 and time.monotonic() < deadline:
+                ready, _, _ = select.select([child.stdout], [], [], 1.0)
+                if ready:
+                    line = child.stdout.readline()
+                    assert line, f"the truncating process exited: {child.stderr.read()[-2000:]}"
+                    seen += 1
+            assert seen >= 3, "the truncating process did not get going within 60 s"
+            time.sleep(rng.uniform(0.0, 0.05))
+        finally:
+            child.kill()
+            rest, _ = child.communicate(timeout=30)
+        cuts += seen - 1 + rest.count("cut")
+        with fs.Client(cluster.mgmtd_address, meta_db=db, chunk_size=CHUNK) as c:
+            data = c.read_file("/t")
+        assert len(data) > keep, f"round {round_index}: the file is {len(data)} bytes"
+        assert data[:keep] == payload[:keep], f"round {round_index}: kept bytes changed after {cuts} truncates"
+    assert cuts >= 40
