@@ -137,10 +137,13 @@ TEST(FsSim, CatchesSkippedSync) {
   EXPECT_GE(failed, 10u) << "the checkers missed a recovery that transfers nothing";
 }
 
+// The race takes a removal and a write of the same scratch chunk at once: ~2 % of seeds (9 of 400 at the time of
+// writing; 40 seeds found none once the workload's draws moved with the truncates).
 TEST(FsSim, CatchesRemovalsUnorderedWithWrites) {
-  uint64_t failed = failures_with(StorageBugs{.unordered_removal = true}, 40);
-  std::cout << failed << " of 40 seeds failed with removals unordered with writes\n";
-  EXPECT_GE(failed, 1u) << "the checkers missed removals that run between a write's stores on two replicas";
+  constexpr uint64_t kSeeds = 400;
+  uint64_t failed = failures_with(StorageBugs{.unordered_removal = true}, kSeeds);
+  std::cout << failed << " of " << kSeeds << " seeds failed with removals unordered with writes\n";
+  EXPECT_GE(failed, 3u) << "the checkers missed removals that run between a write's stores on two replicas";
 }
 
 }  // namespace
