@@ -46,6 +46,11 @@ struct StorageConfig {
   uint32_t dedupe_entries = 65536;                // completed write ids remembered
   uint32_t sync_batch = 16;                       // chunks replaced concurrently during recovery (at least 1)
   uint32_t sync_dump_page = 65536;                // chunk metadata per SyncDumpMeta answer (~3 MB; at least 1)
+  // Background scrub (0: off): this node's targets' committed chunks are read back one at a time, each checked
+  // against its CRC32C as any read is, at most scrub_bytes_per_s; a corrupt one is repaired from a replica under its
+  // chunk lock, as a read would. After a whole pass over every target, a pause of scrub_pass_pause_ns.
+  uint64_t scrub_bytes_per_s = 0;
+  int64_t scrub_pass_pause_ns = 86'400'000'000'000;  // a day
 };
 
 // Protocol bugs a test may switch on to prove the simulation's checkers catch them.
@@ -107,6 +112,7 @@ class StorageService {
     uint64_t parallel_forwards = 0;  // forwards a middle target sent while storing the update itself
     uint64_t local_reads = 0;        // reads answered with where the bytes lie (ReadReq::local_host), of `reads`
     uint64_t fast_reads = 0;         // reads served in the fast lane (try_handle_read), of `reads`
+    uint64_t chunks_scrubbed = 0, scrub_corruptions = 0, scrub_passes = 0;  // background scrub (scrub_bytes_per_s)
   };
   Stats stats() const;
 

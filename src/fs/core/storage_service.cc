@@ -2193,6 +2193,87 @@ struct StorageService::State {
     lock(key, [this, update] { head_prepare(update); });
   }
 
+  // ------------------------------------------------------------------ background scrub
+  // One chunk per step, this node's targets in id order, each from its first chunk: the next committed chunk is read
+  // back (the store checks its CRC32C); a corrupt one is repaired under its lock from a replica, as a read would do.
+  // The next step waits as long as reading its bytes at scrub_bytes_per_s takes; after the last target, the pause.
+  TargetId scrub_target = 0;
+  ChunkId scrub_from;
+
+  void schedule_scrub(uint64_t gen, int64_t after_ns) {
+    executor.post_after(after_ns, [this, gen] {
+      if (gen == generation && running) scrub_step(gen);
+    });
+  }
+
+  void scrub_step(uint64_t gen) {
+    auto it = targets.lower_bound(scrub_target);
+    if (it == targets.end()) {  // a pass ended (or no targets yet)
+      if (scrub_target != 0) ++stats.scrub_passes;
+      scrub_target = 0;
+      scrub_from = {};
+      return schedule_scrub(gen, targets.empty() ? config.heartbeat_interval_ns : config.scrub_pass_pause_ns);
+    }
+    scrub_target = it->first;
+    auto store_ptr = it->second.store;
+    struct Outcome {
+      std::optional<ChunkId> chunk;  // none: the target's last chunk is behind
+      Status status;
+      uint64_t bytes = 0;
+    };
+    auto outcome = std::make_shared<Outcome>();
+    executor.offload(
+        [store_ptr, outcome, from = scrub_from] {
+          Result<std::vector<ChunkMeta>> next = store_ptr->list(from, ChunkId{UINT64_MAX, UINT64_MAX}, 1);
+          if (!next.is_ok()) {
+            outcome->status = next.status();
+            return;
+          }
+          if (next->empty()) return;
+          outcome->chunk = next->front().id;
+          if (next->front().committed_version == 0) return;  // nothing committed yet
+          Result<ChunkRead> read = store_ptr->read(next->front().id, 0, UINT64_MAX, ReadMode::kRelaxed);
+          outcome->status = read.is_ok() ? Status::ok() : read.status();
+          if (read.is_ok()) outcome->bytes = read->data.size();
+        },
+        [this, gen, outcome] {
+          if (gen != generation || !running) return;
+          const TargetId target = scrub_target;
+          if (!outcome->chunk) {  // this target is done: the next one
+            if (!outcome->status.is_ok()) {
+              FF_LOG_WARN("target {}: scrub cannot list chunks ({}); it goes on with the next target", target,
+                          outcome->status);
+            }
+            scrub_target = target + 1;
+            scrub_from = {};
+            return schedule_scrub(gen, 0);
+          }
+          const ChunkId chunk = *outcome->chunk;
+          scrub_from = chunk;
+          if (++scrub_from.index == 0) ++scrub_from.inode;
+          ++stats.chunks_scrubbed;
+          const int64_t wait = std::max<int64_t>(
+              1'000'000, static_cast<int64_t>(outcome->bytes * 1e9 / std::max<uint64_t>(1, config.scrub_bytes_per_s)));
+          const TargetInfo* info = routing.target(target);
+          if (outcome->status.code() != StatusCode::kDataLoss || info == nullptr) return schedule_scrub(gen, wait);
+          ++stats.scrub_corruptions;
+          FF_LOG_WARN("target {}: scrub found chunk {} corrupt ({}); repairing it from a replica", target,
+                      chunk.to_string(), outcome->status);
+          LockKey key{target, chunk};
+          const ChainId chain = info->chain;
+          bool queued = lock(key, [this, gen, key, chain, target, chunk, wait] {
+            repair_locked(chain, target, chunk, [this, gen, key, target, chunk, wait](Status status) {
+              unlock(key);
+              if (!status.is_ok()) {
+                FF_LOG_WARN("target {}: scrub could not repair chunk {}: {}", target, chunk.to_string(), status);
+              }
+              if (gen == generation) schedule_scrub(gen, wait);
+            });
+          });
+          if (!queued) schedule_scrub(gen, wait);  // busy: a write holds it; the next pass looks again
+        });
+  }
+
   void schedule_heartbeat(uint64_t gen) {
     executor.post_after(config.heartbeat_interval_ns, [this, gen] {
       if (gen != generation || !running) return;
@@ -2222,6 +2303,11 @@ Status StorageService::start() {
   s.publish();
   s.heartbeat();
   s.schedule_heartbeat(s.generation);
+  if (s.config.scrub_bytes_per_s > 0) {
+    s.scrub_target = 0;
+    s.scrub_from = {};
+    s.schedule_scrub(s.generation, s.config.heartbeat_interval_ns);
+  }
   return Status::ok();
 }
 

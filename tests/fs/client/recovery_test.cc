@@ -110,5 +110,60 @@ TEST_F(RecoveryTest, ASyncListsEveryPageAndLeavesTheReplicasTheSame) {
   }
 }
 
+// The background scrub (StorageConfig::scrub_bytes_per_s): a chunk corrupted on one replica's disk, which no client
+// reads, is found by the scrub and repaired from another replica; the scrub keeps passing over the targets.
+TEST_F(RecoveryTest, TheScrubRepairsACorruptChunkNobodyReads) {
+  testing::TempDir dir;
+  auto started = testing::StorageCluster::start({.nodes = 3,
+                                                 .targets_per_node = 1,
+                                                 .replication = 3,
+                                                 .engine_root = dir.path(),
+                                                 .scrub_bytes_per_s = 64 << 20,
+                                                 .scrub_pass_pause_ns = 50'000'000});
+  ASSERT_TRUE(started.is_ok()) << started.status();
+  cluster_ = std::move(*started);
+  ASSERT_TRUE(cluster_->wait_serving(30'000).is_ok());
+  for (uint64_t i = 0; i < 8; ++i) ASSERT_NO_FATAL_FAILURE(write(i, 1));
+
+  // Corrupt chunk 5 on node 2's target, where its committed bytes lie (every replica committed first).
+  auto routing = cluster_->routing();
+  ASSERT_TRUE(routing.is_ok()) << routing.status();
+  const ChainInfo* info = routing->chain(chain());
+  ASSERT_NE(info, nullptr);
+  TargetId victim = 0;
+  for (const auto& member : info->targets) {
+    if (member.target / kTargetsPerNodeLimit == 2) victim = member.target;
+  }
+  ASSERT_NE(victim, 0u);
+  auto store = cluster_->chunk_store(victim);
+  ASSERT_NE(store, nullptr);
+  const ChunkId id{kInode, 5};
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    auto meta = store->stat(id);
+    if (meta.is_ok() && meta->pending_version == 0 && meta->committed_version == 1) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the victim did not commit chunk 5";
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  auto located = store->locate(id, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(located.is_ok() && located->extent) << located.status();
+  testing::scribble(located->extent->path, located->extent->file_offset + 100, 64);
+  StorageService* service = cluster_->service(2);
+  ASSERT_NE(service, nullptr);
+  const uint64_t found_before = service->stats().scrub_corruptions;
+
+  // No client reads: the scrub finds it and the replica reads clean again.
+  const auto repaired_by = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    auto read = store->read(id, 0, UINT64_MAX, ReadMode::kStrict);
+    if (read.is_ok()) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), repaired_by) << "chunk 5 is still corrupt: " << read.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GT(service->stats().scrub_corruptions, found_before);
+  EXPECT_GT(service->stats().chunks_scrubbed, 8u);  // more than one pass over the 8 chunks
+  EXPECT_GT(service->stats().scrub_passes, 0u);
+}
+
 }  // namespace
 }  // namespace ff::fs

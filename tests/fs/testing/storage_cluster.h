@@ -58,6 +58,9 @@ struct StorageClusterOptions {
   // StorageConfig's recovery settings (chunks replaced at once, chunk metadata per SyncDumpMeta page).
   uint32_t sync_batch = StorageConfig{}.sync_batch;
   uint32_t sync_dump_page = StorageConfig{}.sync_dump_page;
+  // StorageConfig's background scrub (off by default).
+  uint64_t scrub_bytes_per_s = 0;
+  int64_t scrub_pass_pause_ns = StorageConfig{}.scrub_pass_pause_ns;
 };
 
 class StorageCluster {
@@ -267,6 +270,8 @@ class StorageCluster {
     config.heartbeat_timeout_ns = options_.heartbeat_timeout_ns;
     config.sync_batch = options_.sync_batch;
     config.sync_dump_page = options_.sync_dump_page;
+    config.scrub_bytes_per_s = options_.scrub_bytes_per_s;
+    config.scrub_pass_pause_ns = options_.scrub_pass_pause_ns;
     auto stores = node.stores;
     auto stores_mutex = node.stores_mutex;
     const uint64_t max_chunk = options_.max_chunk_bytes;

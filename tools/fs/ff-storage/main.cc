@@ -32,6 +32,8 @@ struct Config {
   uint32_t worker_threads = 8;
   uint32_t sync_batch = StorageConfig{}.sync_batch;          // chunks replaced at once during recovery
   uint32_t sync_dump_page = StorageConfig{}.sync_dump_page;  // chunk metadata per recovery listing page
+  double scrub_mb_per_s = 8;                                 // background scrub read rate (0: off)
+  double scrub_pass_pause_s = 86400;                         // between scrub passes
   bool direct_io = true;
   bool sync_data = true;
   bool use_io_uring = true;
@@ -56,6 +58,8 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("storage.worker_threads", &c.worker_threads));
   FF_RETURN_IF_ERROR(reader.read("storage.sync_batch", &c.sync_batch));
   FF_RETURN_IF_ERROR(reader.read("storage.sync_dump_page", &c.sync_dump_page));
+  FF_RETURN_IF_ERROR(reader.read("storage.scrub_mb_per_s", &c.scrub_mb_per_s));
+  FF_RETURN_IF_ERROR(reader.read("storage.scrub_pass_pause_s", &c.scrub_pass_pause_s));
   FF_RETURN_IF_ERROR(reader.read("chunk.direct_io", &c.direct_io));
   FF_RETURN_IF_ERROR(reader.read("chunk.sync_data", &c.sync_data));
   FF_RETURN_IF_ERROR(reader.read("chunk.use_io_uring", &c.use_io_uring));
@@ -84,6 +88,12 @@ Result<Config> load_config(const std::string& path) {
   if (c.worker_threads == 0) return invalid_argument("{}: storage.worker_threads must be >= 1", path);
   if (c.sync_batch == 0) return invalid_argument("{}: storage.sync_batch = 0, expected >= 1", path);
   if (c.sync_dump_page == 0) return invalid_argument("{}: storage.sync_dump_page = 0, expected >= 1", path);
+  if (!(c.scrub_mb_per_s >= 0)) {
+    return invalid_argument("{}: storage.scrub_mb_per_s = {}, expected >= 0 (0: no scrub)", path, c.scrub_mb_per_s);
+  }
+  if (!(c.scrub_pass_pause_s >= 0)) {
+    return invalid_argument("{}: storage.scrub_pass_pause_s = {}, expected >= 0", path, c.scrub_pass_pause_s);
+  }
   return c;
 }
 
@@ -135,6 +145,8 @@ int run(const Config& config) {
   storage_config.rpc_timeout_ns = static_cast<int64_t>(config.rpc_timeout_s * 1e9);
   storage_config.sync_batch = config.sync_batch;
   storage_config.sync_dump_page = config.sync_dump_page;
+  storage_config.scrub_bytes_per_s = static_cast<uint64_t>(config.scrub_mb_per_s * 1e6);
+  storage_config.scrub_pass_pause_ns = static_cast<int64_t>(config.scrub_pass_pause_s * 1e9);
   StorageService service(storage_config, executor, rpc, factory);
 
   Counter& requests = metrics.counter("ff_storage_requests_total", "Requests received by the storage service.");
@@ -234,13 +246,15 @@ int run(const Config& config) {
     return fmt::format(
         "node={} serving={} routing_version={} req/s={:.0f} read_MB/s={:.1f} write_MB/s={:.1f} writes={} forwards={} "
         "reads={} local_reads={} dirty={} syncs_done={} chunks_synced={} busy={} stale_chain={} dedupe_hits={} "
+        "scrubbed={} scrub_corruptions={} scrub_passes={} "
         "synced_batches={} unsynced_batches={} wal_syncs={} dsync_writes={} lazy_commits={} "
         "rocksdb_wal_file_syncs={} rocksdb_writes_grouped={}",
         config.node_id, is_serving, version, request_rate.rate_per_s(requests.value(), now),
         read_rate.rate_per_s(reads, now) / 1e6, write_rate.rate_per_s(writes, now) / 1e6, stats.writes, stats.forwards,
         stats.reads, stats.local_reads, stats.dirty_reads, stats.syncs_done, stats.chunks_synced, stats.busy,
-        stats.stale_chain, stats.dedupe_hits, sums.synced_batches, sums.unsynced_batches, sums.wal_syncs,
-        sums.dsync_data_writes, sums.lazy_commits, sums.rocksdb_wal_file_syncs, sums.rocksdb_writes_by_other);
+        stats.stale_chain, stats.dedupe_hits, stats.chunks_scrubbed, stats.scrub_corruptions, stats.scrub_passes,
+        sums.synced_batches, sums.unsynced_batches, sums.wal_syncs, sums.dsync_data_writes, sums.lazy_commits,
+        sums.rocksdb_wal_file_syncs, sums.rocksdb_writes_by_other);
   };
   StatsReporter stats(static_cast<int64_t>(config.stats_interval_s * 1000), stats_line);
 
