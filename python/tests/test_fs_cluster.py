@@ -198,27 +198,17 @@ def test_storage_and_clients_follow_a_mgmtd_takeover(bin_dir: pathlib.Path, tmp_
             raise
 
 
-def test_storage_config_rejects_a_zero_recovery_setting(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    """ff-storage refuses storage.sync_batch / sync_dump_page = 0 before serving, naming the key and the value."""
-    base = ('[storage]\nnode_id = 1\nlisten = "127.0.0.1:1"\nmgmtd = "127.0.0.1:2"\n'
-            f'targets = ["{tmp_path / "t0"}"]\n')
-    for key in ("sync_batch", "sync_dump_page"):
-        config = tmp_path / f"{key}.toml"
-        config.write_text(base + f"{key} = 0\n")
-        done = subprocess.run([str(bin_dir / "ff-storage"), "--config", str(config)], capture_output=True, text=True,
-                              timeout=30)
-        assert done.returncode == 2, done.stdout + done.stderr
-        assert f"storage.{key} = 0, expected >= 1" in done.stdout + done.stderr
 
-
-def test_storage_config_rejects_a_negative_scrub_setting(bin_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    """ff-storage refuses storage.scrub_mb_per_s / scrub_pass_pause_s below 0, naming the key and the value."""
-    base = ('[storage]\nnode_id = 1\nlisten = "127.0.0.1:1"\nmgmtd = "127.0.0.1:2"\n'
-            f'targets = ["{tmp_path / "t0"}"]\n')
-    for key in ("scrub_mb_per_s", "scrub_pass_pause_s"):
-        config = tmp_path / f"{key}.toml"
-        config.write_text(base + f"{key} = -1.5\n")
-        done = subprocess.run([str(bin_dir / "ff-storage"), "--config", str(config)], capture_output=True, text=True,
-                              timeout=30)
-        assert done.returncode == 2, done.stdout + done.stderr
-        assert f"storage.{key} = -1.5, expected >= 0" in done.stdout + done.stderr
+@pytest.mark.parametrize("key,value,expected", [
+    ("sync_batch", "0", "expected >= 1"), ("sync_dump_page", "0", "expected >= 1"),
+    ("scrub_mb_per_s", "-1.5", "expected >= 0"), ("scrub_pass_pause_s", "-1.5", "expected >= 0")])
+def test_storage_config_rejects_a_bad_recovery_or_scrub_setting(bin_dir: pathlib.Path, tmp_path: pathlib.Path,
+                                                               key: str, value: str, expected: str) -> None:
+    """ff-storage refuses a bad storage.sync_* / scrub_* value before serving, naming the key and the value."""
+    config = tmp_path / f"{key}.toml"
+    config.write_text('[storage]\nnode_id = 1\nlisten = "127.0.0.1:1"\nmgmtd = "127.0.0.1:2"\n'
+                      f'targets = ["{tmp_path / "t0"}"]\n{key} = {value}\n')
+    done = subprocess.run([str(bin_dir / "ff-storage"), "--config", str(config)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"storage.{key} = {value}, {expected}" in done.stdout + done.stderr
