@@ -60,6 +60,18 @@ SharedBytes take_payload(M& message) {
   return SharedBytes::adopt(std::move(message.data));
 }
 
+// The smallest chunk id after `id` (ids order by inode, then index); none after the largest.
+std::optional<ChunkId> chunk_after(ChunkId id) {
+  if (++id.index != 0) return id;
+  if (++id.inode != 0) return id;
+  return std::nullopt;
+}
+
+// Every chunk's metadata in a store, in id order (worker thread).
+Result<std::vector<ChunkMeta>> list_all(ChunkStore& store) {
+  return store.list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
+}
+
 }  // namespace
 
 struct StorageService::State {
@@ -425,7 +437,7 @@ struct StorageService::State {
             }
             return finish(update, ForwardRsp{});  // resolve_only, nothing pending
           }
-          if (truncated->is_set() || chunk_update->full_replacement) {
+          if (chunk_update->full_replacement) {
             // A truncate goes down the chain as the full replacement it became here.
             update->data = *truncated;
             update->offset = 0;
@@ -1372,12 +1384,19 @@ struct StorageService::State {
   // A read found corruption: under the chunk lock, fetch the same committed version from another
   // replica of the chain and install it, then read again.
   void repair(ReadReq req, std::function<void(Result<ReadRsp>)> done) {
-    LockKey key{req.target, req.chunk};
-    bool queued = lock(key, [this, req, done, key] {
-      repair_locked(req.chain, req.target, req.chunk, [this, req, done, key](Status status) {
+    repair_under_lock(req.chain, req.target, req.chunk, [this, req, done](Status status) {
+      if (!status.is_ok()) return done(status);
+      read_one(req, done, true);
+    });
+  }
+
+  // repair_locked with the chunk's lock taken first and released before done (busy when its queue is full).
+  void repair_under_lock(ChainId chain_id, TargetId mine, ChunkId chunk, std::function<void(Status)> done) {
+    LockKey key{mine, chunk};
+    bool queued = lock(key, [this, chain_id, mine, chunk, done, key] {
+      repair_locked(chain_id, mine, chunk, [this, done, key](Status status) {
         unlock(key);
-        if (!status.is_ok()) return done(status);
-        read_one(req, done, true);
+        done(std::move(status));
       });
     });
     if (!queued) done(fs_error(FsError::kBusy, "chunk lock queue full during repair"));
@@ -1733,10 +1752,9 @@ struct StorageService::State {
                }
                got->insert(got->end(), std::make_move_iterator(page->chunks.begin()),
                            std::make_move_iterator(page->chunks.end()));
-               if (!page->more || page->chunks.empty()) return then(std::move(*got));
-               ChunkId next = got->back().id;
-               if (++next.index == 0 && ++next.inode == 0) return then(std::move(*got));  // the last id listed
-               dump_meta(chain_id, version, target, std::move(then), got, next);
+               std::optional<ChunkId> next = got->empty() ? std::nullopt : chunk_after(got->back().id);
+               if (!page->more || page->chunks.empty() || !next) return then(std::move(*got));
+               dump_meta(chain_id, version, target, std::move(then), got, *next);
              });
   }
 
@@ -1776,25 +1794,23 @@ struct StorageService::State {
       auto store_ptr = targets.at(mine).store;
       auto local = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
       executor.offload(
-          [store_ptr, local] {
-            *local = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
-          },
+          [store_ptr, local] { *local = list_all(*store_ptr); },
           [this, chain_id, version, mine, peer, local, remote = std::move(*remote)] {
             if (!sync_current(chain_id, version)) return;
             if (!local->is_ok()) return sync_failed(chain_id, version, mine, peer, local->status());
             std::map<ChunkId, ChunkMeta> theirs;
             for (const ChunkMeta& meta : remote) theirs[meta.id] = meta;
-            auto todo = std::make_shared<std::vector<ChunkId>>();
+            std::vector<ChunkId> todo;
             if (!bugs.skip_sync) {
               for (const ChunkMeta& meta : **local) {
                 auto it = theirs.find(meta.id);
                 bool same = it != theirs.end() && it->second.committed_version == meta.committed_version &&
                             it->second.committed_crc32c == meta.committed_crc32c && it->second.pending_version == 0 &&
                             meta.pending_version == 0;
-                if (!same) todo->push_back(meta.id);
+                if (!same) todo.push_back(meta.id);
                 if (it != theirs.end()) theirs.erase(it);
               }
-              for (const auto& [id, meta] : theirs) todo->push_back(id);  // only there: remove
+              for (const auto& [id, meta] : theirs) todo.push_back(id);  // only there: remove
             }
             start_sync_job(chain_id, version, mine, peer, std::move(todo));
           });
@@ -1831,14 +1847,13 @@ struct StorageService::State {
     bool finished = false;  // SyncDone sent or sync_failed called
   };
 
-  void start_sync_job(ChainId chain_id, ChainVersion version, TargetId mine, TargetId peer,
-                      std::shared_ptr<std::vector<ChunkId>> todo) {
+  void start_sync_job(ChainId chain_id, ChainVersion version, TargetId mine, TargetId peer, std::vector<ChunkId> todo) {
     auto job = std::make_shared<SyncJob>();
     job->chain = chain_id;
     job->version = version;
     job->mine = mine;
     job->peer = peer;
-    job->todo = std::move(*todo);
+    job->todo = std::move(todo);
     sync_fill(job);
   }
 
@@ -1932,9 +1947,7 @@ struct StorageService::State {
     auto store_ptr = targets.at(target).store;
     auto listed = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
     executor.offload(
-        [store_ptr, listed] {
-          *listed = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
-        },
+        [store_ptr, listed] { *listed = list_all(*store_ptr); },
         [this, target, listed, gen = generation] {
           if (gen != generation) return;
           if (!listed->is_ok()) {
@@ -2091,9 +2104,7 @@ struct StorageService::State {
         auto store_ptr = targets.at(head).store;
         auto listed = std::make_shared<Result<std::vector<ChunkMeta>>>(std::vector<ChunkMeta>{});
         executor.offload(
-            [store_ptr, listed] {
-              *listed = store_ptr->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
-            },
+            [store_ptr, listed] { *listed = list_all(*store_ptr); },
             [this, head, chain_id, listed, downstream = std::move(downstream), gen = generation]() mutable {
               if (gen != generation) return;
               if (!listed->is_ok()) {
@@ -2249,9 +2260,13 @@ struct StorageService::State {
             return schedule_scrub(gen, 0);
           }
           const ChunkId chunk = *outcome->chunk;
-          scrub_from = chunk;
-          if (++scrub_from.index == 0) ++scrub_from.inode;
           ++stats.chunks_scrubbed;
+          if (std::optional<ChunkId> next = chunk_after(chunk)) {
+            scrub_from = *next;
+          } else {  // the largest id there is: this target is done
+            scrub_target = target + 1;
+            scrub_from = {};
+          }
           const int64_t wait = std::max<int64_t>(
               1'000'000, static_cast<int64_t>(outcome->bytes * 1e9 / std::max<uint64_t>(1, config.scrub_bytes_per_s)));
           const TargetInfo* info = routing.target(target);
@@ -2259,18 +2274,13 @@ struct StorageService::State {
           ++stats.scrub_corruptions;
           FF_LOG_WARN("target {}: scrub found chunk {} corrupt ({}); repairing it from a replica", target,
                       chunk.to_string(), outcome->status);
-          LockKey key{target, chunk};
-          const ChainId chain = info->chain;
-          bool queued = lock(key, [this, gen, key, chain, target, chunk, wait] {
-            repair_locked(chain, target, chunk, [this, gen, key, target, chunk, wait](Status status) {
-              unlock(key);
-              if (!status.is_ok()) {
-                FF_LOG_WARN("target {}: scrub could not repair chunk {}: {}", target, chunk.to_string(), status);
-              }
-              if (gen == generation) schedule_scrub(gen, wait);
-            });
+          // A full lock queue (busy writes) is a failed repair too: the next pass looks again.
+          repair_under_lock(info->chain, target, chunk, [this, gen, target, chunk, wait](Status status) {
+            if (!status.is_ok()) {
+              FF_LOG_WARN("target {}: scrub could not repair chunk {}: {}", target, chunk.to_string(), status);
+            }
+            if (gen == generation) schedule_scrub(gen, wait);
           });
-          if (!queued) schedule_scrub(gen, wait);  // busy: a write holds it; the next pass looks again
         });
   }
 
