@@ -8,6 +8,10 @@
 // for --seconds; the line carries both figures and their ratio.
 //
 //   chunk_engine_bench --dir /mnt/nvme/bench [--chunk-bytes 4194304] [--chunks 64] [--seconds 3]
+//
+// --scale-chunks N measures instead what grows with the number of chunks on a target: N chunks of 4 KiB
+// (in 4 KiB blocks) are written, then the engine is reopened (open rebuilds the free-block maps from every
+// record) and listed in full (what a storage server does at start-up and per chain change), timed.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -136,6 +140,69 @@ void print_case(const std::string& name, const std::string& pattern, uint64_t bl
   std::fflush(stdout);
 }
 
+// --scale-chunks: the time of open and of a full listing with `chunks` records.
+int run_scale(const std::string& directory, uint64_t chunks) {
+  ff::fs::ChunkEngineOptions options;
+  options.directory = directory + "/target";
+  options.min_block_bytes = 4096;
+  options.max_block_bytes = 64 << 10;
+  options.preallocate_bytes_per_class = 64 << 20;  // also the step the 4 KiB class grows by
+  options.io_contexts = 16;
+  std::vector<std::byte> content(4096, std::byte{0x5a});
+  auto opened = ChunkEngine::open(options);
+  if (!opened.is_ok()) {
+    std::fprintf(stderr, "open: %s\n", opened.status().to_string().c_str());
+    return 1;
+  }
+  std::unique_ptr<ChunkEngine> engine = std::move(*opened);
+  std::atomic<uint64_t> next_chunk{0};
+  std::atomic<uint64_t> failures{0};
+  const auto fill_start = Clock::now();
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 16; ++t) {
+    writers.emplace_back([&] {
+      for (uint64_t c = next_chunk++; c < chunks; c = next_chunk++) {
+        // The tail's path: the pending batch is made durable with the commit.
+        ChunkUpdate update{ChunkId{c / 1024 + 1, c % 1024}, 1, 1, 0, content, true};
+        update.defer_metadata_sync = true;
+        if (!engine->put_pending(update).is_ok() || !engine->commit(update.id, 1).is_ok()) ++failures;
+      }
+    });
+  }
+  for (auto& writer : writers) writer.join();
+  const double fill_s = std::chrono::duration<double>(Clock::now() - fill_start).count();
+  engine.reset();
+  const auto open_start = Clock::now();
+  opened = ChunkEngine::open(options);
+  const double open_s = std::chrono::duration<double>(Clock::now() - open_start).count();
+  if (!opened.is_ok()) return 1;
+  // A second open: the first one also replayed the fill's RocksDB write-ahead log.
+  opened->reset();
+  const auto reopen_start = Clock::now();
+  opened = ChunkEngine::open(options);
+  const double reopen_s = std::chrono::duration<double>(Clock::now() - reopen_start).count();
+  if (!opened.is_ok()) return 1;
+  engine = std::move(*opened);
+  const auto list_start = Clock::now();
+  auto listed = engine->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
+  const double list_s = std::chrono::duration<double>(Clock::now() - list_start).count();
+  const uint64_t records = listed.is_ok() ? listed->size() : 0;
+  nlohmann::json line = {{"bench", "fs_chunk_engine"},
+                         {"case", "scale"},
+                         {"chunks", chunks},
+                         {"records_listed", records},
+                         {"failures", failures.load()},
+                         {"fill_chunks_per_s", static_cast<double>(chunks) / fill_s},
+                         {"open_s", open_s},
+                         {"reopen_s", reopen_s},
+                         {"list_s", list_s},
+                         {"list_records_per_s", static_cast<double>(records) / list_s}};
+  std::printf("%s\n", line.dump().c_str());
+  engine.reset();
+  std::filesystem::remove_all(directory);
+  return records == chunks && failures.load() == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,6 +215,7 @@ int main(int argc, char** argv) {
   std::vector<int> depths = {1, 16, 32};
   std::vector<uint64_t> block_sizes = {4096, 1ull << 20, 4ull << 20};
   bool quick = false;
+  uint64_t scale_chunks = 0;
   app.add_option("--dir", directory, "target directory (on the disk to measure)")->required();
   app.add_option("--chunk-bytes", chunk_bytes, "bytes per chunk");
   app.add_option("--chunks", chunks, "chunks in the data set");
@@ -156,11 +224,13 @@ int main(int argc, char** argv) {
   app.add_option("--depths", depths, "queue depths (engine threads / fio iodepth)")->delimiter(',');
   app.add_option("--block-sizes", block_sizes, "read block sizes")->delimiter(',');
   app.add_flag("--quick", quick, "only 4 KiB random and 1 MiB sequential reads, plus writes");
+  app.add_option("--scale-chunks", scale_chunks, "instead: time open and a full listing with this many chunks");
   CLI11_PARSE(app, argc, argv);
   ff::logger().set_level(spdlog::level::warn);
 
   std::filesystem::remove_all(directory);
   std::filesystem::create_directories(directory);
+  if (scale_chunks > 0) return run_scale(directory, scale_chunks);
   ff::fs::ChunkEngineOptions options;
   options.directory = directory + "/target";
   options.max_block_bytes = std::max<uint64_t>(64ull << 20, chunk_bytes);

@@ -162,6 +162,9 @@ class ChunkEngine final : public ChunkStore {
   Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) override;
   Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) override;
   Status sync() override;
+  // One record in the metadata (key "\0scrub"), written without a sync.
+  Result<std::optional<ScrubCursor>> load_scrub_cursor() override;
+  Status save_scrub_cursor(const ScrubCursor& cursor) override;
   std::optional<Space> space() const override;  // statvfs of the directory
 
   // Like read(), but into caller memory: reads [offset, offset + out.size()) of the committed version

@@ -214,6 +214,21 @@ class ChunkStore {
   // Flushes anything buffered; after it returns, everything returned before it is durable.
   virtual Status sync() = 0;
 
+  // The background scrub's place on this target (StorageConfig::scrub_bytes_per_s), kept across restarts so that a
+  // server restarted more often than a pass takes still reaches every chunk: the pass the target is in and the next
+  // chunk to read. save may be lazy (a crash may lose the last saves: the scrub then reads a few chunks again).
+  // load answers nullopt when nothing was saved. The defaults keep nothing.
+  struct ScrubCursor {
+    uint64_t pass = 0;
+    ChunkId next;
+    friend bool operator==(const ScrubCursor&, const ScrubCursor&) = default;
+  };
+  virtual Result<std::optional<ScrubCursor>> load_scrub_cursor() { return std::optional<ScrubCursor>{}; }
+  virtual Status save_scrub_cursor(const ScrubCursor& cursor) {
+    (void)cursor;
+    return Status::ok();
+  }
+
   // The space of the file system the store keeps its data on (reported in heartbeats, summed by ff-meta
   // for statfs); nullopt when it has none (in memory).
   struct Space {

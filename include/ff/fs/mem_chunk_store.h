@@ -47,6 +47,8 @@ class MemChunkStore final : public ChunkStore {
   Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) override;
   Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) override;
   Status sync() override;
+  Result<std::optional<ScrubCursor>> load_scrub_cursor() override;
+  Status save_scrub_cursor(const ScrubCursor& cursor) override;
   // The space this store reports (nullopt unless set_space: a memory store has no file system).
   std::optional<Space> space() const override;
   void set_space(std::optional<Space> space);
@@ -84,6 +86,7 @@ class MemChunkStore final : public ChunkStore {
   const uint64_t max_chunk_bytes_;
   mutable std::mutex mutex_;  // guards everything below
   std::optional<Space> space_;
+  std::optional<ScrubCursor> scrub_cursor_;
   std::map<ChunkId, Chunk> chunks_;
   MemChunkStoreFaults faults_;
   CommitHook commit_hook_;

@@ -48,9 +48,12 @@ struct StorageConfig {
   uint32_t sync_dump_page = 65536;                // chunk metadata per SyncDumpMeta answer (~3 MB; at least 1)
   // Background scrub (0: off): this node's targets' committed chunks are read back one at a time, each checked
   // against its CRC32C as any read is, at most scrub_bytes_per_s; a corrupt one is repaired from a replica under its
-  // chunk lock, as a read would. After a whole pass over every target, a pause of scrub_pass_pause_ns.
+  // chunk lock, as a read would. After a whole pass over every target, a pause of scrub_pass_pause_ns. Each target's
+  // place in the pass is saved in its store (ChunkStore::save_scrub_cursor) at most every scrub_save_interval_ns and
+  // when the target is done, and a restarted service goes on from there.
   uint64_t scrub_bytes_per_s = 0;
   int64_t scrub_pass_pause_ns = 86'400'000'000'000;  // a day
+  int64_t scrub_save_interval_ns = 1'000'000'000;
 };
 
 // Protocol bugs a test may switch on to prove the simulation's checkers catch them.

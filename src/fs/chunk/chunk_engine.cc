@@ -155,10 +155,11 @@ Status rocks_status(const rocksdb::Status& status, std::string_view what) {
 
 // Calls `visit` for every block the chunk metadata references: each chunk's committed and pending
 // versions (an in-place append's or patched pending version shares the committed block and is visited
-// once) and their patch blocks (as a version of the patch's length). Counts the chunks in *chunks.
+// once) and their patch blocks (as a version of the patch's length). Counts the chunks in *chunks and, when
+// `committed_patches` is given, lists there the chunks whose committed version still has a patch to apply.
 Status visit_referenced_blocks(rocksdb::DB* db,
                                const std::function<Status(const ChunkId&, const VersionRecord&)>& visit,
-                               uint64_t* chunks) {
+                               uint64_t* chunks, std::vector<ChunkId>* committed_patches = nullptr) {
   const auto visit_patch = [&](const ChunkId& id, const VersionRecord& version) -> Status {
     if (!version.present() || !version.patch.location.valid()) return Status::ok();
     VersionRecord as_version;
@@ -177,6 +178,7 @@ Status visit_referenced_blocks(rocksdb::DB* db,
     }
     FF_RETURN_IF_ERROR(visit_patch(id, record.committed));
     FF_RETURN_IF_ERROR(visit_patch(id, record.pending));
+    if (committed_patches != nullptr && record.committed.patch.present()) committed_patches->push_back(id);
     ++*chunks;
   }
   return rocks_status(iterator->status(), "scan chunk metadata");
@@ -834,18 +836,9 @@ struct ChunkEngine::Impl {
     settle_all(rest);
   }
 
-  // open(): settles every committed version that still has a patch (a crash after its commit batch).
-  Status settle_patches() {
-    std::vector<ChunkId> ids;
-    {
-      std::unique_ptr<rocksdb::Iterator> iterator(db->NewIterator(rocksdb::ReadOptions()));
-      for (iterator->Seek("c"); iterator->Valid() && iterator->key().starts_with("c"); iterator->Next()) {
-        FF_ASSIGN_OR_RETURN(ChunkId id, chunk_internal::decode_chunk_key(iterator->key().ToStringView()));
-        FF_ASSIGN_OR_RETURN(ChunkRecord record, chunk_internal::decode(id, iterator->value().ToStringView()));
-        if (record.committed.patch.present()) ids.push_back(id);
-      }
-      FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "scan chunk metadata"));
-    }
+  // open(): settles every committed version that still has a patch (a crash after its commit batch), `ids`
+  // (found by recover_allocator's scan).
+  Status settle_patches(const std::vector<ChunkId>& ids) {
     // The commit batches may have been written lazily (and recovered from the log after a kill): make
     // them durable before changing any block.
     if (!ids.empty()) FF_RETURN_IF_ERROR(rocks_status(db->SyncWAL(), "sync metadata log"));
@@ -859,7 +852,8 @@ struct ChunkEngine::Impl {
   }
 
   Status open_files();
-  Status recover_allocator(uint64_t* chunks);
+  // Rebuilds the free blocks from the records; lists the chunks with a committed patch in *committed_patches.
+  Status recover_allocator(uint64_t* chunks, std::vector<ChunkId>* committed_patches);
 };
 
 Status ChunkEngine::Impl::open_files() {
@@ -904,7 +898,7 @@ Status ChunkEngine::Impl::open_files() {
   return Status::ok();
 }
 
-Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks) {
+Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks, std::vector<ChunkId>* committed_patches) {
   // Every block referenced by a committed or pending version is in use; every other block is free.
   *chunks = 0;
   for (auto& block_class : classes) block_class->used.assign(block_class->total_blocks, false);
@@ -928,7 +922,7 @@ Status ChunkEngine::Impl::recover_allocator(uint64_t* chunks) {
     block_class.used[version.location.block] = true;
     return Status::ok();
   };
-  FF_RETURN_IF_ERROR(visit_referenced_blocks(db.get(), mark, chunks));
+  FF_RETURN_IF_ERROR(visit_referenced_blocks(db.get(), mark, chunks, committed_patches));
   for (auto& block_class : classes) {
     block_class->free.clear();
     for (uint64_t block = block_class->total_blocks; block-- > 0;) {
@@ -1016,7 +1010,8 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
     if (block_class->total_blocks == 0) FF_RETURN_IF_ERROR(impl->grow(*block_class));
   }
   uint64_t chunks = 0;
-  FF_RETURN_IF_ERROR(impl->recover_allocator(&chunks));
+  std::vector<ChunkId> committed_patches;
+  FF_RETURN_IF_ERROR(impl->recover_allocator(&chunks, &committed_patches));
 
   chunk_internal::IoSettings settings;
   settings.use_io_uring = options.use_io_uring;
@@ -1029,7 +1024,7 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
   if (options.use_io_uring && !impl->io->uring()) {
     FF_LOG_WARN("chunk engine {}: io_uring is unavailable; using pread/pwrite", options.directory);
   }
-  FF_RETURN_IF_ERROR(impl->settle_patches());
+  FF_RETURN_IF_ERROR(impl->settle_patches(committed_patches));
   if (options.settle_patches_in_background) {
     Impl* raw = impl.get();
     impl->settler = std::thread([raw] {
@@ -1574,6 +1569,24 @@ Result<std::vector<ChunkMeta>> ChunkEngine::list(const ChunkId& begin, const Chu
   }
   FF_RETURN_IF_ERROR(rocks_status(iterator->status(), "list chunk metadata"));
   return result;
+}
+
+Result<std::optional<ChunkStore::ScrubCursor>> ChunkEngine::load_scrub_cursor() {
+  std::string stored;
+  const rocksdb::Status get =
+      impl_->db->Get(rocksdb::ReadOptions(),
+                     rocksdb::Slice(chunk_internal::kScrubKey.data(), chunk_internal::kScrubKey.size()), &stored);
+  if (get.IsNotFound()) return std::optional<ScrubCursor>{};
+  FF_RETURN_IF_ERROR(rocks_status(get, "read the scrub record"));
+  FF_ASSIGN_OR_RETURN(ScrubCursor cursor, chunk_internal::decode_scrub_cursor(stored));
+  return std::optional<ScrubCursor>{cursor};
+}
+
+Status ChunkEngine::save_scrub_cursor(const ScrubCursor& cursor) {
+  return rocks_status(impl_->db->Put(rocksdb::WriteOptions(),
+                                     rocksdb::Slice(chunk_internal::kScrubKey.data(), chunk_internal::kScrubKey.size()),
+                                     chunk_internal::encode(cursor)),
+                      "write the scrub record");
 }
 
 std::optional<ChunkStore::Space> ChunkEngine::space() const {

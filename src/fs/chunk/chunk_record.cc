@@ -112,6 +112,24 @@ std::string encode(const ChunkRecord& record) {
   return out;
 }
 
+std::string encode(const ChunkStore::ScrubCursor& cursor) {
+  std::string out;
+  put_u64(out, cursor.pass);
+  put_u64(out, cursor.next.inode);
+  put_u64(out, cursor.next.index);
+  return out;
+}
+
+Result<ChunkStore::ScrubCursor> decode_scrub_cursor(std::string_view value) {
+  if (value.size() != 24) return data_loss("scrub record of {} bytes (expected 24)", value.size());
+  Reader reader{value};
+  ChunkStore::ScrubCursor cursor;
+  cursor.pass = reader.get(8);
+  cursor.next.inode = reader.get(8);
+  cursor.next.index = reader.get(8);
+  return cursor;
+}
+
 Result<ChunkRecord> decode(const ChunkId& id, std::string_view value) {
   Reader reader{value};
   const uint64_t format = reader.get(1);

@@ -1,7 +1,8 @@
 // The chunk engine's RocksDB records (internal to ff::fs_chunk).
 //
 // Keys: 'c' + big-endian inode + big-endian index (so RocksDB's byte order is ChunkId order), and
-// "\0format" for the engine's format record. Values: little-endian fixed fields, see encode().
+// "\0format" for the engine's format record, "\0scrub" for the background scrub's place. Values: little-endian fixed
+// fields, see encode().
 #pragma once
 
 #include <cstdint>
@@ -58,10 +59,15 @@ struct ChunkRecord {
 std::string chunk_key(const ChunkId& id);
 Result<ChunkId> decode_chunk_key(std::string_view key);
 inline constexpr std::string_view kFormatKey{"\0format", 7};
+inline constexpr std::string_view kScrubKey{"\0scrub", 6};
 
 std::string encode(const ChunkRecord& record);
 // data_loss naming the chunk when the value is malformed.
 Result<ChunkRecord> decode(const ChunkId& id, std::string_view value);
+
+// The scrub record: pass, inode, index (24 bytes); data_loss when malformed.
+std::string encode(const ChunkStore::ScrubCursor& cursor);
+Result<ChunkStore::ScrubCursor> decode_scrub_cursor(std::string_view value);
 
 ChunkMeta to_meta(const ChunkId& id, const ChunkRecord& record);
 

@@ -210,6 +210,17 @@ Result<std::vector<ChunkMeta>> MemChunkStore::list(const ChunkId& begin, const C
   return result;
 }
 
+Result<std::optional<ChunkStore::ScrubCursor>> MemChunkStore::load_scrub_cursor() {
+  std::lock_guard lock(mutex_);
+  return scrub_cursor_;
+}
+
+Status MemChunkStore::save_scrub_cursor(const ScrubCursor& cursor) {
+  std::lock_guard lock(mutex_);
+  scrub_cursor_ = cursor;
+  return Status::ok();
+}
+
 std::optional<ChunkStore::Space> MemChunkStore::space() const {
   std::lock_guard lock(mutex_);
   return space_;

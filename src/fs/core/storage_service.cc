@@ -2208,8 +2208,22 @@ struct StorageService::State {
   // One chunk per step, this node's targets in id order, each from its first chunk: the next committed chunk is read
   // back (the store checks its CRC32C); a corrupt one is repaired under its lock from a replica, as a read would do.
   // The next step waits as long as reading its bytes at scrub_bytes_per_s takes; after the last target, the pause.
+  // Each target's place (its pass and next chunk) is saved in its store, at most every scrub_save_interval_ns and
+  // when the target is done (then as the start of the next pass), so a restarted service goes on where it was: its
+  // pass is the lowest one its targets' saved places name, a target already past it waits for the next pass, and a
+  // target with nothing saved starts the current one.
+  std::optional<uint64_t> scrub_pass;  // unknown until the targets' saved places are read
   TargetId scrub_target = 0;
+  bool scrub_placed = false;  // scrub_from is scrub_target's place
   ChunkId scrub_from;
+  int64_t scrub_saved_ns = 0;
+
+  void reset_scrub() {
+    scrub_pass.reset();
+    scrub_target = 0;
+    scrub_placed = false;
+    scrub_from = {};
+  }
 
   void schedule_scrub(uint64_t gen, int64_t after_ns) {
     executor.post_after(after_ns, [this, gen] {
@@ -2217,15 +2231,84 @@ struct StorageService::State {
     });
   }
 
+  // Reads a saved place; an unreadable one counts as none (the target starts the pass over).
+  static std::optional<ChunkStore::ScrubCursor> load_scrub_cursor(TargetId target, ChunkStore& store) {
+    Result<std::optional<ChunkStore::ScrubCursor>> loaded = store.load_scrub_cursor();
+    if (loaded.is_ok()) return *loaded;
+    FF_LOG_WARN("target {}: cannot read the scrub's saved place ({}); scrubbing it from its first chunk", target,
+                loaded.status());
+    return std::nullopt;
+  }
+
+  // Saves `cursor` for `target`, then the next step after `after_ns`.
+  void save_scrub_then(uint64_t gen, TargetId target, ChunkStore::ScrubCursor cursor, int64_t after_ns) {
+    scrub_saved_ns = now();
+    auto store_ptr = targets.at(target).store;
+    executor.offload(
+        [store_ptr, target, cursor] {
+          Status saved = store_ptr->save_scrub_cursor(cursor);
+          if (!saved.is_ok()) FF_LOG_WARN("target {}: cannot save the scrub's place: {}", target, saved);
+        },
+        [this, gen, after_ns] {
+          if (gen == generation && running) schedule_scrub(gen, after_ns);
+        });
+  }
+
+  // The pass a (re)started service is in: the lowest its targets saved.
+  void find_scrub_pass(uint64_t gen) {
+    if (targets.empty()) return schedule_scrub(gen, config.heartbeat_interval_ns);
+    std::vector<std::pair<TargetId, std::shared_ptr<ChunkStore>>> stores;
+    for (const auto& [id, target] : targets) stores.emplace_back(id, target.store);
+    auto lowest = std::make_shared<std::optional<uint64_t>>();
+    executor.offload(
+        [stores = std::move(stores), lowest] {
+          for (const auto& [id, store] : stores) {
+            std::optional<ChunkStore::ScrubCursor> cursor = load_scrub_cursor(id, *store);
+            if (cursor && (!*lowest || cursor->pass < **lowest)) *lowest = cursor->pass;
+          }
+        },
+        [this, gen, lowest] {
+          if (gen != generation || !running) return;
+          scrub_pass = lowest->value_or(0);
+          scrub_target = 0;
+          scrub_placed = false;
+          schedule_scrub(gen, 0);
+        });
+  }
+
+  // Reads `target`'s saved place before its first step of the pass.
+  void place_scrub(uint64_t gen, TargetId target) {
+    scrub_target = target;
+    auto store_ptr = targets.at(target).store;
+    auto cursor = std::make_shared<std::optional<ChunkStore::ScrubCursor>>();
+    executor.offload([store_ptr, target, cursor] { *cursor = load_scrub_cursor(target, *store_ptr); },
+                     [this, gen, target, cursor] {
+                       if (gen != generation || !running || scrub_target != target) return;
+                       if (*cursor && (*cursor)->pass > *scrub_pass) {  // done with this pass before a restart
+                         scrub_target = target + 1;
+                         return schedule_scrub(gen, 0);
+                       }
+                       scrub_from = *cursor && (*cursor)->pass == *scrub_pass ? (*cursor)->next : ChunkId{};
+                       scrub_placed = true;
+                       scrub_saved_ns = now();
+                       schedule_scrub(gen, 0);
+                     });
+  }
+
   void scrub_step(uint64_t gen) {
+    if (!scrub_pass) return find_scrub_pass(gen);
     auto it = targets.lower_bound(scrub_target);
     if (it == targets.end()) {  // a pass ended (or no targets yet)
-      if (scrub_target != 0) ++stats.scrub_passes;
+      if (scrub_target != 0) {
+        ++stats.scrub_passes;
+        ++*scrub_pass;
+      }
       scrub_target = 0;
+      scrub_placed = false;
       scrub_from = {};
       return schedule_scrub(gen, targets.empty() ? config.heartbeat_interval_ns : config.scrub_pass_pause_ns);
     }
-    scrub_target = it->first;
+    if (it->first != scrub_target || !scrub_placed) return place_scrub(gen, it->first);
     auto store_ptr = it->second.store;
     struct Outcome {
       std::optional<ChunkId> chunk;  // none: the target's last chunk is behind
@@ -2250,36 +2333,46 @@ struct StorageService::State {
         [this, gen, outcome] {
           if (gen != generation || !running) return;
           const TargetId target = scrub_target;
-          if (!outcome->chunk) {  // this target is done: the next one
+          // This target is done (its next pass starts from its first chunk): the next one.
+          const auto target_done = [this, gen, target](int64_t after_ns) {
+            scrub_target = target + 1;
+            scrub_placed = false;
+            scrub_from = {};
+            if (targets.count(target) == 0) return schedule_scrub(gen, after_ns);
+            save_scrub_then(gen, target, ChunkStore::ScrubCursor{*scrub_pass + 1, ChunkId{}}, after_ns);
+          };
+          if (!outcome->chunk) {
             if (!outcome->status.is_ok()) {
               FF_LOG_WARN("target {}: scrub cannot list chunks ({}); it goes on with the next target", target,
                           outcome->status);
             }
-            scrub_target = target + 1;
-            scrub_from = {};
-            return schedule_scrub(gen, 0);
+            return target_done(0);
           }
           const ChunkId chunk = *outcome->chunk;
           ++stats.chunks_scrubbed;
-          if (std::optional<ChunkId> next = chunk_after(chunk)) {
-            scrub_from = *next;
-          } else {  // the largest id there is: this target is done
-            scrub_target = target + 1;
-            scrub_from = {};
-          }
           const int64_t wait = std::max<int64_t>(
               1'000'000, static_cast<int64_t>(outcome->bytes * 1e9 / std::max<uint64_t>(1, config.scrub_bytes_per_s)));
+          // What follows the repair (if any): the next step, after the target's place is saved when it is time.
+          auto go_on = [this, gen, target, target_done, wait, next = chunk_after(chunk)] {
+            if (gen != generation || !running) return;
+            if (!next) return target_done(wait);  // the largest id there is
+            scrub_from = *next;
+            if (now() - scrub_saved_ns < config.scrub_save_interval_ns || targets.count(target) == 0) {
+              return schedule_scrub(gen, wait);
+            }
+            save_scrub_then(gen, target, ChunkStore::ScrubCursor{*scrub_pass, *next}, wait);
+          };
           const TargetInfo* info = routing.target(target);
-          if (outcome->status.code() != StatusCode::kDataLoss || info == nullptr) return schedule_scrub(gen, wait);
+          if (outcome->status.code() != StatusCode::kDataLoss || info == nullptr) return go_on();
           ++stats.scrub_corruptions;
           FF_LOG_WARN("target {}: scrub found chunk {} corrupt ({}); repairing it from a replica", target,
                       chunk.to_string(), outcome->status);
           // A full lock queue (busy writes) is a failed repair too: the next pass looks again.
-          repair_under_lock(info->chain, target, chunk, [this, gen, target, chunk, wait](Status status) {
+          repair_under_lock(info->chain, target, chunk, [target, chunk, go_on](Status status) {
             if (!status.is_ok()) {
               FF_LOG_WARN("target {}: scrub could not repair chunk {}: {}", target, chunk.to_string(), status);
             }
-            if (gen == generation) schedule_scrub(gen, wait);
+            go_on();
           });
         });
   }
@@ -2314,8 +2407,7 @@ Status StorageService::start() {
   s.heartbeat();
   s.schedule_heartbeat(s.generation);
   if (s.config.scrub_bytes_per_s > 0) {
-    s.scrub_target = 0;
-    s.scrub_from = {};
+    s.reset_scrub();
     s.schedule_scrub(s.generation, s.config.heartbeat_interval_ns);
   }
   return Status::ok();

@@ -782,6 +782,28 @@ TEST_P(ChunkEngineTest, RemoveRangeAndList) {
   expect_allocator_ok();
 }
 
+// The scrub's saved place: none at first, the last one saved after a reopen, and never a chunk in a listing.
+TEST_P(ChunkEngineTest, TheScrubCursorIsKeptAcrossAReopenAndIsNoChunk) {
+  auto none = engine_->load_scrub_cursor();
+  ASSERT_TRUE(none.is_ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  write_commit(ChunkId{3, 1}, 0, pattern_bytes(100, 1));
+  ASSERT_TRUE(engine_->save_scrub_cursor({.pass = 4, .next = ChunkId{3, 1}}).is_ok());
+  const ChunkStore::ScrubCursor last{.pass = 5, .next = ChunkId{UINT64_MAX - 1, 7}};
+  ASSERT_TRUE(engine_->save_scrub_cursor(last).is_ok());
+  ASSERT_TRUE(engine_->sync().is_ok());
+  open_engine();
+  auto loaded = engine_->load_scrub_cursor();
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status();
+  ASSERT_TRUE(loaded->has_value());
+  EXPECT_EQ(**loaded, last);
+  auto listed = engine_->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
+  ASSERT_TRUE(listed.is_ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ(listed->front().id, (ChunkId{3, 1}));
+  expect_allocator_ok();
+}
+
 TEST_P(ChunkEngineTest, ReopenKeepsEverythingAndTheAllocator) {
   std::vector<std::vector<std::byte>> contents;
   for (uint64_t index = 0; index < 40; ++index) {  // more than the 16 preallocated 64 KiB blocks: files grow

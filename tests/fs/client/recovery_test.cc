@@ -3,9 +3,11 @@
 // StorageConfig::sync_dump_page) and replaces up to StorageConfig::sync_batch chunks at once.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <future>
+#include <set>
 #include <thread>
 
 #include "../chunk/test_util.h"
@@ -167,6 +169,80 @@ TEST_F(RecoveryTest, TheScrubRepairsACorruptChunkNobodyReads) {
     ASSERT_LT(std::chrono::steady_clock::now(), passes_by)
         << service->stats().scrub_passes << " passes, " << service->stats().chunks_scrubbed << " chunks scrubbed";
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// The scrub's place survives a restart. Node 2 has two targets with 20 chunks each. After its first pass both saved
+// "pass 1 from the first chunk"; node 2 is crashed in the (long) pause, and its targets' places are set to what a crash
+// in the middle of pass 1 leaves: the first target done with it (pass 2), the second at chunk 12. The restarted
+// service must finish pass 1 from there: the 8 chunks from 12 on, not 40, saving its place as it goes, then pause.
+TEST_F(RecoveryTest, ARestartedScrubGoesOnWhereItWas) {
+  testing::TempDir dir;
+  auto started = testing::StorageCluster::start({.nodes = 3,
+                                                 .targets_per_node = 2,
+                                                 .replication = 3,
+                                                 .engine_root = dir.path(),
+                                                 .scrub_bytes_per_s = 100'000,  // ~25 ms per chunk of 2-3.6 KB
+                                                 .scrub_pass_pause_ns = 600'000'000'000,
+                                                 .scrub_save_interval_ns = 0});
+  ASSERT_TRUE(started.is_ok()) << started.status();
+  cluster_ = std::move(*started);
+  ASSERT_TRUE(cluster_->wait_serving(30'000).is_ok());
+  ASSERT_EQ(cluster_->chains().size(), 2u);
+  constexpr uint64_t kChunks = 20;
+  for (ChainId chain : cluster_->chains()) {
+    for (uint64_t i = 0; i < kChunks; ++i) {
+      auto written = run<WriteRsp>([&](auto done) {
+        cluster_->storage_client().write(chain, ChunkId{kInode, i}, 0, testing::pattern_bytes(2048 + 256 * (i % 7), i),
+                                         done);
+      });
+      ASSERT_TRUE(written.is_ok()) << "chain " << chain << " chunk " << i << ": " << written.status();
+    }
+  }
+  const auto wait_for_pass = [](StorageService* service) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (service->stats().scrub_passes < 1) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline) << service->stats().chunks_scrubbed << " chunks scrubbed";
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  };
+  ASSERT_NE(cluster_->service(2), nullptr);
+  ASSERT_NO_FATAL_FAILURE(wait_for_pass(cluster_->service(2)));
+  ASSERT_TRUE(cluster_->crash_storage(2).is_ok());
+
+  const TargetId first = 2 * kTargetsPerNodeLimit + 1, second = first + 1;
+  auto first_store = cluster_->chunk_store(first), second_store = cluster_->chunk_store(second);
+  ASSERT_NE(first_store, nullptr);
+  ASSERT_NE(second_store, nullptr);
+  for (auto* store : {first_store.get(), second_store.get()}) {
+    auto saved = store->load_scrub_cursor();
+    ASSERT_TRUE(saved.is_ok() && saved->has_value()) << saved.status();
+    EXPECT_EQ(**saved, (ChunkStore::ScrubCursor{1, ChunkId{}}));
+    auto listed = store->list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
+    ASSERT_TRUE(listed.is_ok() && listed->size() == kChunks) << listed.status();
+  }
+  ASSERT_TRUE(first_store->save_scrub_cursor({.pass = 2, .next = ChunkId{}}).is_ok());
+  ASSERT_TRUE(second_store->save_scrub_cursor({.pass = 1, .next = ChunkId{kInode, 12}}).is_ok());
+
+  ASSERT_TRUE(cluster_->start_storage(2).is_ok());
+  StorageService* restarted = cluster_->service(2);
+  ASSERT_NE(restarted, nullptr);
+  // Its place is saved after every chunk here: some saved place lies strictly between chunk 12 and the end.
+  std::set<uint64_t> seen;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (restarted->stats().scrub_passes < 1) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << restarted->stats().chunks_scrubbed << " chunks scrubbed";
+    auto saved = second_store->load_scrub_cursor();
+    if (saved.is_ok() && saved->has_value() && (*saved)->pass == 1) seen.insert((*saved)->next.index);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(restarted->stats().chunks_scrubbed, kChunks - 12);
+  EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [](uint64_t index) { return index > 12 && index < kChunks; }))
+      << "no place saved inside the second target";
+  for (auto* store : {first_store.get(), second_store.get()}) {
+    auto saved = store->load_scrub_cursor();
+    ASSERT_TRUE(saved.is_ok() && saved->has_value()) << saved.status();
+    EXPECT_EQ(**saved, (ChunkStore::ScrubCursor{2, ChunkId{}}));
   }
 }
 

@@ -61,6 +61,7 @@ struct StorageClusterOptions {
   // StorageConfig's background scrub (off by default).
   uint64_t scrub_bytes_per_s = 0;
   int64_t scrub_pass_pause_ns = StorageConfig{}.scrub_pass_pause_ns;
+  int64_t scrub_save_interval_ns = StorageConfig{}.scrub_save_interval_ns;
 };
 
 class StorageCluster {
@@ -272,6 +273,7 @@ class StorageCluster {
     config.sync_dump_page = options_.sync_dump_page;
     config.scrub_bytes_per_s = options_.scrub_bytes_per_s;
     config.scrub_pass_pause_ns = options_.scrub_pass_pause_ns;
+    config.scrub_save_interval_ns = options_.scrub_save_interval_ns;
     auto stores = node.stores;
     auto stores_mutex = node.stores_mutex;
     const uint64_t max_chunk = options_.max_chunk_bytes;
