@@ -22,11 +22,11 @@ namespace ff::fs {
 std::string SimResult::summary() const {
   std::string counts = fmt::format(
       "writes={} (failed {}) reads={} (failed {}; {} sent in batches) removals={} (failed {}) truncates={} (failed {}) "
-      "crashes={} mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} "
+      "crashes={} mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} scrubbed={} (corrupt {}) "
       "lazy_commits_lost={} events={} virtual={:.1f}s",
       writes_acked, writes_failed, reads_ok, reads_failed, reads_batched, removals_acked, removals_failed,
       truncates_acked, truncates_failed, crashes, mgmtd_crashes, partitions, corruptions, repairs, syncs,
-      lazy_commits_lost, events, virtual_ns / 1e9);
+      chunks_scrubbed, scrub_corruptions, lazy_commits_lost, events, virtual_ns / 1e9);
   if (ok) return fmt::format("seed={} ok {}", seed, counts);
   return fmt::format("seed={} FAILED: {} ({} violations; {}) reproduce with seed={}", seed, violations.front(), violations.size(),
                      counts, seed);
@@ -257,6 +257,11 @@ class Simulation {
                          // their window under the faults.
                          .sync_batch = 4,
                          .sync_dump_page = 3};
+    if (options_.scrub) {  // a chunk per ~2 ms, a pass over a node's targets every few hundred ms
+      config.scrub_bytes_per_s = 8 << 20;
+      config.scrub_pass_pause_ns = 100 * kMs;
+      config.scrub_save_interval_ns = 20 * kMs;
+    }
     auto factory = [this](TargetId target) -> Result<std::shared_ptr<ChunkStore>> {
       auto& store = stores_[target];
       if (!store) {
@@ -687,6 +692,8 @@ SimResult Simulation::run() {
   for (auto& service : graveyard_storage_) {
     result_.repairs += service->stats().repairs;
     result_.syncs += service->stats().syncs_done;
+    result_.chunks_scrubbed += service->stats().chunks_scrubbed;
+    result_.scrub_corruptions += service->stats().scrub_corruptions;
   }
   return result_;
 }

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-concurrent-faults", options.max_concurrent_faults, "node/network faults at once (0: unlimited)");
   bool no_corruption = false;
   app.add_flag("--no-corruption", no_corruption, "inject no silent corruption");
+  bool no_scrub = false;
+  app.add_flag("--no-scrub", no_scrub, "run the storage services without their background scrub");
   app.add_flag("--bug-tail-acks-without-storing", tail_bug, "inject a protocol bug (the checkers must fail)");
   app.add_flag("--bug-skip-sync", sync_bug, "inject a protocol bug (the checkers must fail)");
   CLI11_PARSE(app, argc, argv);
@@ -33,6 +35,7 @@ int main(int argc, char** argv) {
   options.bugs.skip_sync = sync_bug;
   options.verbose = verbose;
   options.corruption = !no_corruption;
+  options.scrub = !no_scrub;
   (void)ff::set_log_level(verbose ? "debug" : "warn");
   if (seed) {
     first_seed = *seed;
