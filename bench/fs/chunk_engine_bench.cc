@@ -7,7 +7,10 @@
 // engine's own block-class file, read-only, so both read the same bytes). Each case runs
 // for --seconds; the line carries both figures and their ratio.
 //
-//   chunk_engine_bench --dir /mnt/nvme/bench [--chunk-bytes 4194304] [--chunks 64] [--seconds 3]
+//   chunk_engine_bench [--dir /mnt/nvme/bench] [--chunk-bytes 4194304] [--chunks 64] [--seconds 3] [--out x.json]
+//
+// --out also writes every line into one JSON document with the CPU's name (scripts/bench.sh, `make bench`, passes
+// it); --dir defaults to a scratch directory under /tmp (the disk under test).
 //
 // --scale-chunks N measures instead what grows with the number of chunks on a target: N chunks of 4 KiB
 // (in 4 KiB blocks) are written, then the engine is reopened (open rebuilds the free-block maps from every
@@ -22,6 +25,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -118,6 +122,23 @@ std::pair<double, double> run_fio(const std::string& fio, const std::string& fil
   return {side["bw_bytes"].get<double>(), side["iops"].get<double>()};
 }
 
+std::vector<nlohmann::json> printed;  // every line, for --out
+
+void print_line(const nlohmann::json& line) {
+  std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+  printed.push_back(line);
+}
+
+std::string cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown CPU";
+}
+
 void print_case(const std::string& name, const std::string& pattern, uint64_t block_bytes, int depth,
                 const Measured& measured, std::pair<double, double> fio, const std::string& note = "") {
   const double bytes_per_s = static_cast<double>(measured.bytes) / measured.seconds;
@@ -136,8 +157,7 @@ void print_case(const std::string& name, const std::string& pattern, uint64_t bl
     line["ratio"] = bytes_per_s / fio.first;
   }
   if (!note.empty()) line["note"] = note;
-  std::printf("%s\n", line.dump().c_str());
-  std::fflush(stdout);
+  print_line(line);
 }
 
 // --scale-chunks: the time of open and of a full listing with `chunks` records.
@@ -197,17 +217,30 @@ int run_scale(const std::string& directory, uint64_t chunks) {
                          {"reopen_s", reopen_s},
                          {"list_s", list_s},
                          {"list_records_per_s", static_cast<double>(records) / list_s}};
-  std::printf("%s\n", line.dump().c_str());
+  print_line(line);
   engine.reset();
   std::filesystem::remove_all(directory);
   return records == chunks && failures.load() == 0 ? 0 : 1;
+}
+
+// Writes the printed lines as one document to `path` (nothing without one); returns `status`, or 1 when the file
+// cannot be written.
+int write_out(const std::string& path, int status) {
+  if (path.empty()) return status;
+  nlohmann::json document = {{"benchmark", "fs_chunk_engine: the chunk engine alone beside fio on the same disk"},
+                             {"device", fmt::format("{}, {} cores", cpu_model(), std::thread::hardware_concurrency())},
+                             {"results", printed}};
+  std::ofstream file(path);
+  file << document.dump(1) << "\n";
+  return file.good() ? status : 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"chunk engine micro-benchmark beside fio"};
-  std::string directory;
+  std::string directory = "/tmp/ff_chunk_engine_bench";
+  std::string out;
   uint64_t chunk_bytes = 4ull << 20;
   uint64_t chunks = 64;
   double seconds = 3;
@@ -216,7 +249,8 @@ int main(int argc, char** argv) {
   std::vector<uint64_t> block_sizes = {4096, 1ull << 20, 4ull << 20};
   bool quick = false;
   uint64_t scale_chunks = 0;
-  app.add_option("--dir", directory, "target directory (on the disk to measure)")->required();
+  app.add_option("--dir", directory, "scratch directory on the disk to measure (removed before and after)");
+  app.add_option("--out", out, "also write every line into one JSON document here");
   app.add_option("--chunk-bytes", chunk_bytes, "bytes per chunk");
   app.add_option("--chunks", chunks, "chunks in the data set");
   app.add_option("--seconds", seconds, "seconds per case");
@@ -230,7 +264,7 @@ int main(int argc, char** argv) {
 
   std::filesystem::remove_all(directory);
   std::filesystem::create_directories(directory);
-  if (scale_chunks > 0) return run_scale(directory, scale_chunks);
+  if (scale_chunks > 0) return write_out(out, run_scale(directory, scale_chunks));
   ff::fs::ChunkEngineOptions options;
   options.directory = directory + "/target";
   options.max_block_bytes = std::max<uint64_t>(64ull << 20, chunk_bytes);
@@ -387,5 +421,5 @@ int main(int argc, char** argv) {
   }
   engine.reset();
   std::filesystem::remove_all(directory);
-  return 0;
+  return write_out(out, 0);
 }
