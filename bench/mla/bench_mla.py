@@ -47,6 +47,23 @@ def skip(message: str) -> int:
     return 0
 
 
+def gpu_or_reason():
+    """(torch, mla, device name, file-name slug, SM count) where the kernels can run, else the reason they cannot."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    from fireflyer import _C, mla
+
+    if not _C.mla.HAS_CUDA:
+        return "fireflyer was built without the mla CUDA kernels"
+    device_name = torch.cuda.get_device_name()
+    slug = "h200" if "H200" in device_name else "h100" if "H100" in device_name else device_name.lower().replace(" ", "_")
+    return torch, mla, device_name, slug, torch.cuda.get_device_properties(0).multi_processor_count
+
+
 def capture_graph(function, calls: int):
     """`function` warmed up on a side stream, then captured `calls` times in one CUDA graph, replayed once."""
     import torch
@@ -140,22 +157,13 @@ def main() -> int:
                         help="also time the load pipeline alone (s_q 1, h_q 16) and the WGMMA kernel without "
                              "its S MMAs, P V MMAs or softmax (FF_MLA_PROBE_SKIP), diagnostics")
     args = parser.parse_args()
-    try:
-        import torch
-    except ImportError:
-        return skip("torch is not installed")
-    if not torch.cuda.is_available():
-        return skip("no CUDA GPU")
-    from fireflyer import _C, mla
-
-    if not _C.mla.HAS_CUDA:
-        return skip("fireflyer was built without the mla CUDA kernels")
+    gpu = gpu_or_reason()
+    if isinstance(gpu, str):
+        return skip(gpu)
+    torch, mla, device_name, slug, num_sms = gpu
     import torch.nn.functional as F
 
-    device_name = torch.cuda.get_device_name()
-    slug = "h200" if "H200" in device_name else "h100" if "H100" in device_name else device_name.lower().replace(" ", "_")
     out_path = args.out or REPO_ROOT / "bench" / "results" / f"mla_{slug}.json"
-    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     if args.fp8_ab:
         return fp8_ab(args, torch, mla, device_name, num_sms, out_path)
     lengths = [4096, 8192] if args.quick else [1024, 4096, 8192, 16384, 32768]

@@ -112,7 +112,13 @@ def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads
 
     Rows of ``tile_scheduler_metadata``: ``[begin_batch, begin_token, end_batch, end_token,
     begin_split, 0, 0, 0]``; sequence ``i`` owns split slots ``num_splits[i]:num_splits[i+1]``.
+
+    A CUDA ``cache_seqlens`` (int32) gets CUDA tensors computed by a kernel on torch's current stream, not
+    waited for, so a decode step's metadata can be captured in a CUDA graph with its layers; a negative
+    length counts as 0 there (the host path refuses it, and so does the decode's ``check_values``).
     """
+    if _is_torch_tensor(cache_seqlens) and cache_seqlens.is_cuda and _C.mla.HAS_CUDA:
+        return _get_mla_metadata_cuda(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_sms)
     seqlens = _plain("cache_seqlens", cache_seqlens)
     metadata, splits = _C.mla.get_mla_metadata(
         seqlens,
@@ -124,6 +130,28 @@ def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads
         import torch
 
         return torch.from_numpy(metadata).to(cache_seqlens.device), torch.from_numpy(splits).to(cache_seqlens.device)
+    return metadata, splits
+
+
+def _get_mla_metadata_cuda(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_sms):
+    """The schedule computed by a kernel on torch's current stream: no host synchronisation, so it can be
+    captured in a CUDA graph with the decode. A negative length counts as 0 there (the decode's
+    ``check_values`` refuses it)."""
+    import torch
+
+    if cache_seqlens.dtype != torch.int32:
+        raise ValueError(f"cache_seqlens has dtype {cache_seqlens.dtype}; expected torch.int32")
+    if cache_seqlens.dim() != 1 or cache_seqlens.shape[0] == 0:
+        raise ValueError(f"cache_seqlens has shape {tuple(cache_seqlens.shape)}; expected (b,) with b >= 1")
+    rows = _count("num_q_tokens_per_head_k", num_q_tokens_per_head_k)
+    heads = _count("num_heads_k", num_heads_k)
+    sms = _count("num_sms", num_sms)
+    parts = _C.mla.num_sm_parts(rows, heads, sms)
+    device = cache_seqlens.device
+    metadata = torch.empty((parts, 8), dtype=torch.int32, device=device)
+    splits = torch.empty((cache_seqlens.shape[0] + 1,), dtype=torch.int32, device=device)
+    stream = torch.cuda.current_stream(device)
+    _C.mla.get_mla_metadata_cuda(cache_seqlens, rows, heads, sms, metadata, splits, stream.cuda_stream)
     return metadata, splits
 
 

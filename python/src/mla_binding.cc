@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "binding.h"
@@ -184,6 +185,21 @@ void flash_mla_with_kvcache_cuda(const DeviceArray& q, const DeviceArray& k_cach
   throw_if_error(status);
 }
 
+// get_mla_metadata on the GPU into caller-allocated CUDA arrays, enqueued on `stream`, not waited for.
+void get_mla_metadata_cuda(const DeviceArray& cache_seqlens, int64_t num_q_tokens_per_head_k, int64_t num_heads_k,
+                           int64_t num_sms, const DeviceArray& tile_scheduler_metadata, const DeviceArray& num_splits,
+                           uintptr_t stream) {
+  mla::MlaMetadataArgs args;
+  args.cache_seqlens = device_view_of(cache_seqlens, "cache_seqlens");
+  args.num_q_tokens_per_head_k = num_q_tokens_per_head_k;
+  args.num_heads_k = num_heads_k;
+  args.num_sms = num_sms;
+  args.tile_scheduler_metadata = device_view_of(tile_scheduler_metadata, "tile_scheduler_metadata");
+  args.num_splits = device_view_of(num_splits, "num_splits");
+  args.stream = reinterpret_cast<void*>(stream);
+  throw_if_error(mla::get_mla_metadata(args, mla::Backend::kCuda));
+}
+
 nb::object quantize_kvcache_fp8(const AnyArray& k_cache) {
   const mla::TensorView source = view_of(k_cache, "k_cache", mla::DType::kBFloat16, nb::dtype<uint16_t>(), "bfloat16");
   const size_t blocks = source.ndim == 4 ? static_cast<size_t>(source.shape[0]) : 0;
@@ -221,6 +237,23 @@ void bind_mla(nb::module_& module) {
       "last_cuda_kernel", [] { return std::string(mla::last_cuda_kernel()); },
       "The kernel the last GPU call launched: 'wgmma_tma', 'wgmma', 'mma_sync', 'mma_sync_fp8_direct' ('' before "
       "any).");
+  module.def(
+      "num_sm_parts",
+      [](int64_t rows, int64_t h_kv, int64_t num_sms) {
+        const std::pair<const char*, int64_t> counts[] = {
+            {"num_q_tokens_per_head_k (s_q * h_q / h_kv)", rows}, {"num_heads_k", h_kv}, {"num_sms", num_sms}};
+        for (const auto& [name, value] : counts) {
+          if (value < 1)
+            throw nb::value_error((std::string(name) + " is " + std::to_string(value) + "; expected >= 1").c_str());
+        }
+        return mla::num_sm_parts_for(rows, h_kv, num_sms);
+      },
+      nb::arg("num_q_tokens_per_head_k"), nb::arg("num_heads_k"), nb::arg("num_sms"),
+      "Rows of tile_scheduler_metadata for this shape.");
+  module.def("get_mla_metadata_cuda", &get_mla_metadata_cuda, nb::arg("cache_seqlens"),
+             nb::arg("num_q_tokens_per_head_k"), nb::arg("num_heads_k"), nb::arg("num_sms"),
+             nb::arg("tile_scheduler_metadata"), nb::arg("num_splits"), nb::arg("stream"),
+             "The split-KV schedule computed on the GPU into CUDA arrays, enqueued on `stream`.");
   module.def("get_mla_metadata", &get_mla_metadata, nb::arg("cache_seqlens"), nb::arg("num_q_tokens_per_head_k"),
              nb::arg("num_heads_k"), nb::arg("num_sms") = mla::kDefaultNumSms,
              "Split-KV schedule: (tile_scheduler_metadata int32 (num_sm_parts, 8), num_splits int32 (b + 1)).");

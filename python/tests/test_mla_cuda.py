@@ -268,6 +268,49 @@ def test_cuda_graph_replay_matches_eager():
     assert torch.isfinite(graph_lse).all() and torch.isfinite(eager_lse).all()
 
 
+@pytest.mark.parametrize("b, rows, h_kv, num_sms", [(1, 128, 1, 132), (128, 16, 1, 132), (37, 256, 2, 78),
+                                                   (5000, 64, 1, 132), (20000, 128, 1, 7)])
+def test_metadata_on_the_gpu_is_the_host_schedule(b, rows, h_kv, num_sms):
+    generator = torch.Generator(device="cpu").manual_seed(b)
+    lengths = torch.randint(0, 100000, (b,), generator=generator, dtype=torch.int32)
+    lengths[::5] = 0
+    metadata, splits = mla.get_mla_metadata(lengths.cuda(), rows, h_kv, num_sms=num_sms)
+    assert metadata.is_cuda and splits.is_cuda and metadata.dtype == torch.int32
+    host_metadata, host_splits = mla.get_mla_metadata(lengths.numpy(), rows, h_kv, num_sms=num_sms)
+    assert torch.equal(metadata.cpu(), torch.from_numpy(host_metadata))
+    assert torch.equal(splits.cpu(), torch.from_numpy(host_splits))
+    with pytest.raises(ValueError, match="cache_seqlens has dtype torch.int64; expected torch.int32"):
+        mla.get_mla_metadata(lengths.cuda().long(), rows, h_kv)
+    with pytest.raises(ValueError, match="num_sms is 0; expected >= 1"):
+        mla.get_mla_metadata(lengths.cuda(), rows, h_kv, num_sms=0)
+
+
+def test_a_decode_step_and_its_metadata_replay_from_one_cuda_graph():
+    """The schedule is computed inside the captured graph: new lengths written in place before a replay
+    give the decode of those lengths (the eager result of the new lengths, bit for bit)."""
+    q, cache, block_table, lengths = make_case([1000, 64, 65, 5], 1, 128, seed=8)
+    shorter = torch.tensor([700, 1, 64, 5], dtype=torch.int32, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the capture
+        metadata, splits = mla.get_mla_metadata(lengths, 128, 1)
+        mla.flash_mla_with_kvcache(q, cache, block_table, lengths, 512, metadata, splits)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        metadata, splits = mla.get_mla_metadata(lengths, 128, 1)
+        graph_out, graph_lse = mla.flash_mla_with_kvcache(q, cache, block_table, lengths, 512, metadata, splits)
+    lengths.copy_(shorter)
+    graph.replay()
+    torch.cuda.synchronize()
+    eager_metadata, eager_splits = mla.get_mla_metadata(shorter.cpu(), 128, 1)
+    eager_out, eager_lse = mla.flash_mla_with_kvcache(q, cache, block_table, shorter, 512,
+                                                      eager_metadata.cuda(), eager_splits.cuda())
+    assert torch.equal(metadata.cpu(), eager_metadata)
+    assert torch.equal(graph_out, eager_out)
+    assert torch.equal(graph_lse, eager_lse)
+
+
 def test_errors_name_the_bad_value():
     q, cache, block_table, lengths = make_case([300, 10], 1, 16, seed=6)
     metadata, splits = mla.get_mla_metadata(lengths, 16, 1)

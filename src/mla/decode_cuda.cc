@@ -43,6 +43,12 @@ namespace internal {
 
 #ifndef FF_MLA_HAVE_CUDA
 
+Status get_mla_metadata_cuda(const MlaMetadataArgs&, int32_t) {
+  return failed_precondition(
+      "the get_mla_metadata kernel is not built into this library (no nvcc at configure time, or FF_CUDA_COMPONENTS "
+      "leaves out mla); use Backend::kCpu");
+}
+
 Status flash_mla_with_kvcache_cuda(const FlashMlaArgs&) {
   return failed_precondition(
       "the sm_90a flash_mla_with_kvcache kernel is not built into this library (no nvcc at configure time, or "
@@ -262,6 +268,23 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
     if (launch_error == cudaSuccess && error != cudaSuccess) return cuda_error(error, "cudaFreeAsync of the workspace");
   }
   if (launch_error != cudaSuccess) return cuda_error(launch_error, "launching the MLA decode kernels");
+  return Status::ok();
+}
+
+Status get_mla_metadata_cuda(const MlaMetadataArgs& args, int32_t num_sm_parts) {
+  cuda::MetadataParams params;
+  params.cache_seqlens = args.cache_seqlens.data_as<const int32_t>();
+  params.seqlens_stride = args.cache_seqlens.strides[0];
+  params.tile_scheduler_metadata = args.tile_scheduler_metadata.data_as<int32_t>();
+  params.metadata_row_stride = args.tile_scheduler_metadata.strides[0];
+  params.metadata_column_stride = args.tile_scheduler_metadata.strides[1];
+  params.num_splits = args.num_splits.data_as<int32_t>();
+  params.num_splits_stride = args.num_splits.strides[0];
+  params.batch_size = static_cast<int>(args.cache_seqlens.shape[0]);
+  params.num_sm_parts = num_sm_parts;
+  DeviceGuard guard(args.cache_seqlens.device_index);
+  const auto error = static_cast<cudaError_t>(cuda::launch_metadata(params, args.stream));
+  if (error != cudaSuccess) return cuda_error(error, "launching the get_mla_metadata kernel");
   return Status::ok();
 }
 

@@ -50,5 +50,7 @@ Result<std::vector<Piece>> expand_schedule(const FlashMlaArgs& args, const Probl
 
 // Backend::kCuda (decode_cuda.cc): the sm_90a kernel, or failed_precondition where it was not built.
 Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args);
+// Backend::kCuda of get_mla_metadata(MlaMetadataArgs): views already checked (shapes, dtypes, devices).
+Status get_mla_metadata_cuda(const MlaMetadataArgs& args, int32_t num_sm_parts);
 
 }  // namespace ff::mla::internal

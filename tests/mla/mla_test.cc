@@ -182,6 +182,80 @@ TEST(Metadata, RejectsBadInput) {
   EXPECT_THAT(get_mla_metadata(std::vector<int32_t>{5}, 16, 0).status().message(), HasSubstr("num_heads_k is 0"));
 }
 
+// The view form (the GPU kernel's interface) on the CPU backend: get_mla_metadata's schedule, written through any
+// strides (the elements between them untouched), lengths read through theirs.
+TEST(Metadata, ViewFormWritesTheSameScheduleThroughStrides) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 60; ++trial) {
+    const int b = 1 + static_cast<int>(rng() % 300);
+    std::vector<int32_t> lengths(b), strided(2 * static_cast<size_t>(b), -99);
+    for (int i = 0; i < b; ++i) {
+      lengths[i] = rng() % 4 == 0 ? 0 : static_cast<int32_t>(rng() % 30000);
+      strided[2 * static_cast<size_t>(i)] = lengths[i];
+    }
+    const int64_t rows = 16 << (rng() % 5);
+    const int num_sms = trial % 4 == 0 ? 1 + static_cast<int>(rng() % 140) : kDefaultNumSms;
+    const int32_t parts = num_sm_parts_for(rows, 1, num_sms);
+    std::vector<int32_t> metadata(static_cast<size_t>(parts) * 16, -7), splits(3 * (static_cast<size_t>(b) + 1), -7);
+    MlaMetadataArgs args;
+    args.cache_seqlens = TensorView::contiguous(strided.data(), DType::kInt32, {b});
+    args.cache_seqlens.strides[0] = 2;
+    args.num_q_tokens_per_head_k = rows;
+    args.num_sms = num_sms;
+    args.tile_scheduler_metadata = TensorView::contiguous(metadata.data(), DType::kInt32, {parts, 8});
+    args.tile_scheduler_metadata.strides = {16, 2, 0, 0};
+    args.num_splits = TensorView::contiguous(splits.data(), DType::kInt32, {b + 1});
+    args.num_splits.strides[0] = 3;
+    const Status status = get_mla_metadata(args, Backend::kCpu);
+    ASSERT_TRUE(status.is_ok()) << status.to_string();
+    Result<MlaMetadata> expected = get_mla_metadata(lengths, rows, 1, num_sms);
+    ASSERT_TRUE(expected.is_ok());
+    for (size_t i = 0; i < metadata.size(); ++i) {
+      const int32_t want = i % 2 == 1 ? -7 : expected->tile_scheduler_metadata[i / 2];
+      ASSERT_EQ(metadata[i], want) << "trial " << trial << " metadata element " << i;
+    }
+    for (size_t i = 0; i < splits.size(); ++i) {
+      const int32_t want = i % 3 != 0 ? -7 : expected->num_splits[i / 3];
+      ASSERT_EQ(splits[i], want) << "trial " << trial << " num_splits element " << i;
+    }
+  }
+}
+
+TEST(Metadata, ViewFormNamesBadViews) {
+  std::vector<int32_t> lengths{100, 0, 5000};
+  std::vector<int32_t> metadata(static_cast<size_t>(num_sm_parts_for(128, 1)) * 8), splits(4);
+  std::vector<float> floats(4);
+  const auto make = [&] {
+    MlaMetadataArgs args;
+    args.cache_seqlens = TensorView::contiguous(lengths.data(), DType::kInt32, {3});
+    args.num_q_tokens_per_head_k = 128;
+    args.tile_scheduler_metadata = TensorView::contiguous(metadata.data(), DType::kInt32, {66, 8});
+    args.num_splits = TensorView::contiguous(splits.data(), DType::kInt32, {4});
+    return args;
+  };
+  ASSERT_TRUE(get_mla_metadata(make(), Backend::kCpu).is_ok());
+  MlaMetadataArgs args = make();
+  args.num_splits = TensorView::contiguous(floats.data(), DType::kFloat32, {4});
+  EXPECT_THAT(get_mla_metadata(args, Backend::kCpu).message(),
+              HasSubstr("num_splits has dtype float32; expected int32"));
+  args = make();
+  args.num_splits.shape[0] = 3;
+  EXPECT_THAT(get_mla_metadata(args, Backend::kCpu).message(), HasSubstr("num_splits has shape (3,); expected (4,)"));
+  args = make();
+  args.tile_scheduler_metadata.shape[0] = 33;
+  EXPECT_THAT(get_mla_metadata(args, Backend::kCpu).message(),
+              HasSubstr("tile_scheduler_metadata has shape (33, 8); expected (66, 8)"));
+  args = make();
+  args.cache_seqlens.device = Device::kCuda;
+  EXPECT_THAT(get_mla_metadata(args, Backend::kCpu).message(),
+              HasSubstr("cache_seqlens is on the GPU; this backend needs it on the CPU"));
+  args = make();
+  args.num_sms = 0;
+  EXPECT_THAT(get_mla_metadata(args, Backend::kCpu).message(), HasSubstr("num_sms is 0"));
+  lengths[1] = -4;
+  EXPECT_THAT(get_mla_metadata(make(), Backend::kCpu).message(), HasSubstr("cache_seqlens[1] is -4"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Decode
 
@@ -1035,7 +1109,106 @@ TEST(CudaDecode, ErrorsNameTheBadValue) {
   FF_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+// The metadata kernel against the host schedule: batch sizes from 1 to past what its shared memory holds, lengths
+// with zeros and up to 200K tokens, strided lengths, several row counts, KV heads and SM counts; a negative length
+// counts as 0. Every element of both outputs is written.
+TEST(CudaMetadata, KernelMatchesTheHostSchedule) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937 rng(23);
+  const int batches[] = {1, 2, 3, 37, 64, 128, 129, 1000, 4096, 12288, 20000, 30000};  // 30000: the serial kernel
+  for (int trial = 0; trial < 48; ++trial) {
+    const int b = batches[trial % std::size(batches)];
+    const int stride = trial % 3 == 2 ? 2 : 1;
+    std::vector<int32_t> lengths(b), strided(static_cast<size_t>(b) * stride, -99);
+    for (int i = 0; i < b; ++i) {
+      const uint32_t draw = rng();
+      lengths[i] = draw % 5 == 0 ? 0 : static_cast<int32_t>(rng() % (trial % 2 == 0 ? 200000 : 300));
+      strided[static_cast<size_t>(i) * stride] = lengths[i];
+    }
+    if (trial % 7 == 3) strided[0] = -5;  // counted as 0 by the kernel
+    if (trial % 7 == 3) lengths[0] = 0;
+    const int64_t rows = 16 << (rng() % 5);
+    const int64_t h_kv = 1 + trial % 2;
+    const int num_sms = trial % 4 == 1 ? 1 + static_cast<int>(rng() % 140) : kDefaultNumSms;
+    Result<MlaMetadata> expected = get_mla_metadata(lengths, rows, h_kv, num_sms);
+    ASSERT_TRUE(expected.is_ok()) << expected.status().to_string();
+    const int32_t parts = expected->num_sm_parts;
+    DeviceBuffer<int32_t> seqlens(strided), metadata(std::vector<int32_t>(static_cast<size_t>(parts) * 8, -7)),
+        splits(std::vector<int32_t>(static_cast<size_t>(b) + 1, -7));
+    MlaMetadataArgs args;
+    args.cache_seqlens =
+        on_device(TensorView::contiguous(static_cast<void*>(nullptr), DType::kInt32, {b}), seqlens.data());
+    args.cache_seqlens.strides[0] = stride;
+    args.num_q_tokens_per_head_k = rows;
+    args.num_heads_k = h_kv;
+    args.num_sms = num_sms;
+    args.tile_scheduler_metadata =
+        on_device(TensorView::contiguous(static_cast<void*>(nullptr), DType::kInt32, {parts, 8}), metadata.data());
+    args.num_splits =
+        on_device(TensorView::contiguous(static_cast<void*>(nullptr), DType::kInt32, {b + 1}), splits.data());
+    const Status status = get_mla_metadata(args, Backend::kCuda);
+    ASSERT_TRUE(status.is_ok()) << status.to_string();
+    FF_CUDA_CHECK(cudaDeviceSynchronize());
+    ASSERT_EQ(metadata.to_host(), expected->tile_scheduler_metadata) << "trial " << trial << ", b " << b;
+    ASSERT_EQ(splits.to_host(), expected->num_splits) << "trial " << trial << ", b " << b;
+  }
+}
+
+// Captured in a CUDA graph, the kernel reads the lengths when the graph is replayed.
+TEST(CudaMetadata, ACapturedScheduleFollowsTheLengthsAtReplay) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const std::vector<int32_t> first(128, 64), second = [] {
+    std::vector<int32_t> lengths(128);
+    for (int i = 0; i < 128; ++i) lengths[i] = 1 + 97 * i;
+    return lengths;
+  }();
+  const int32_t parts = num_sm_parts_for(128, 1);
+  DeviceBuffer<int32_t> seqlens(first), metadata(std::vector<int32_t>(static_cast<size_t>(parts) * 8, -7)),
+      splits(std::vector<int32_t>(129, -7));
+  cudaStream_t stream = nullptr;
+  FF_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  MlaMetadataArgs args;
+  args.cache_seqlens =
+      on_device(TensorView::contiguous(static_cast<void*>(nullptr), DType::kInt32, {128}), seqlens.data());
+  args.num_q_tokens_per_head_k = 128;
+  args.tile_scheduler_metadata =
+      on_device(TensorView::contiguous(static_cast<void*>(nullptr), DType::kInt32, {parts, 8}), metadata.data());
+  args.num_splits = on_device(TensorView::contiguous(static_cast<void*>(nullptr), DType::kInt32, {129}), splits.data());
+  args.stream = stream;
+  cudaGraph_t graph = nullptr;
+  FF_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  const Status status = get_mla_metadata(args, Backend::kCuda);
+  FF_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  ASSERT_TRUE(status.is_ok()) << status.to_string();
+  cudaGraphExec_t exec = nullptr;
+  FF_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  FF_CUDA_CHECK(cudaMemcpy(seqlens.data(), second.data(), second.size() * 4, cudaMemcpyHostToDevice));
+  FF_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  FF_CUDA_CHECK(cudaStreamSynchronize(stream));
+  Result<MlaMetadata> expected = get_mla_metadata(second, 128, 1);
+  ASSERT_TRUE(expected.is_ok());
+  EXPECT_EQ(metadata.to_host(), expected->tile_scheduler_metadata);
+  EXPECT_EQ(splits.to_host(), expected->num_splits);
+  EXPECT_NE(expected->tile_scheduler_metadata, get_mla_metadata(first, 128, 1)->tile_scheduler_metadata);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 #else
+
+TEST(CudaMetadata, NotBuiltIsAClearError) {
+  std::vector<int32_t> lengths{10}, metadata(static_cast<size_t>(num_sm_parts_for(16, 1)) * 8), splits(2);
+  MlaMetadataArgs args;
+  args.cache_seqlens = TensorView::contiguous(lengths.data(), DType::kInt32, {1}, Device::kCuda);
+  args.num_q_tokens_per_head_k = 16;
+  args.tile_scheduler_metadata =
+      TensorView::contiguous(metadata.data(), DType::kInt32, {num_sm_parts_for(16, 1), 8}, Device::kCuda);
+  args.num_splits = TensorView::contiguous(splits.data(), DType::kInt32, {2}, Device::kCuda);
+  const Status status = get_mla_metadata(args, Backend::kCuda);
+  EXPECT_EQ(status.code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(status.message(), HasSubstr("not built"));
+}
 
 TEST(CudaDecode, NotBuiltIsAClearError) {
   Inputs inputs = make_inputs({.seqlens = {10}, .s_q = 1, .h_q = 16}, 29);

@@ -87,6 +87,24 @@ int32_t num_sm_parts_for(int64_t num_q_tokens_per_head_k, int64_t num_heads_k, i
 Result<MlaMetadata> get_mla_metadata(std::span<const int32_t> cache_seqlens, int64_t num_q_tokens_per_head_k,
                                      int64_t num_heads_k, int64_t num_sms = kDefaultNumSms);
 
+// get_mla_metadata into caller-provided int32 views, on either backend (FlashMLA computes it on the GPU too):
+// tile_scheduler_metadata (num_sm_parts_for(...), 8) and num_splits (b + 1), any strides. Backend::kCpu (host
+// views) is the reference; Backend::kCuda (views on one GPU) is one kernel enqueued on `stream`, with no host
+// synchronisation, so a decode step's metadata can be captured in a CUDA graph with its layers. Both write the
+// schedule get_mla_metadata returns. A negative length: kCpu refuses it (invalid_argument, as get_mla_metadata);
+// the kernel cannot report it without a synchronisation and counts it as 0 (flash_mla_with_kvcache's
+// check_values then refuses the lengths). Errors: as get_mla_metadata, and views of the wrong dtype, shape or device.
+struct MlaMetadataArgs {
+  TensorView cache_seqlens;  // (b) int32
+  int64_t num_q_tokens_per_head_k = 0;
+  int64_t num_heads_k = 1;
+  int64_t num_sms = kDefaultNumSms;
+  TensorView tile_scheduler_metadata;  // (num_sm_parts, 8) int32, written
+  TensorView num_splits;               // (b + 1) int32, written
+  void* stream = nullptr;              // CUDA backend: the cudaStream_t (nullptr: the legacy stream)
+};
+Status get_mla_metadata(const MlaMetadataArgs& args, Backend backend);
+
 struct FlashMlaArgs {
   TensorView q;                        // (b, s_q, h_q, 576)
   TensorView k_cache;                  // (num_blocks, 64, h_kv, 576), or (num_blocks, 64, h_kv, 656) bytes if fp8

@@ -189,4 +189,25 @@ constexpr int64_t workspace_bytes(int64_t batch_size, int64_t rows, int64_t h_kv
 // cudaError_t of the launches (0 on success) and, in `launched`, the kernel enqueued. Asynchronous.
 int launch_decode(const DecodeParams& params, void* stream, KernelKind* launched);
 
+// get_mla_metadata on the GPU (cuda/mla_metadata.cu): the same walk as the host's (metadata.cc), lengths read
+// through their stride, negative ones counted as 0. The schedule's constants, as ff/mla/mla.h's (which the
+// C++17 device code cannot include; metadata.cc checks that they agree).
+constexpr int kMetadataPageBlockSize = 64;
+constexpr int kMetadataFixedOverheadBlocks = 5;
+constexpr int kMetadataRowSize = 8;
+struct MetadataParams {
+  const int32_t* cache_seqlens = nullptr;
+  int64_t seqlens_stride = 1;
+  int32_t* tile_scheduler_metadata = nullptr;
+  int64_t metadata_row_stride = 8;
+  int64_t metadata_column_stride = 1;
+  int32_t* num_splits = nullptr;
+  int64_t num_splits_stride = 1;
+  int batch_size = 0;
+  int num_sm_parts = 0;
+};
+
+// Enqueues the metadata kernel on `stream` (a cudaStream_t); returns its cudaError_t (0 on success).
+int launch_metadata(const MetadataParams& params, void* stream);
+
 }  // namespace ff::mla::cuda
