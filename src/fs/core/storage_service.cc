@@ -1320,6 +1320,7 @@ struct StorageService::State {
       Result<SharedChunkRead> shared = Status(StatusCode::kInternal, "unset");
       std::optional<LocalChunkRead> local;  // a local read the store could answer (wants_local_read)
       bool answered = false;  // answered from the worker (ReadAnswer::fast)
+      std::optional<ChunkMeta> pending_only;  // not found: a pending version with nothing committed below it
     };
     auto outcome = std::make_shared<Outcome>();
     bool shared = answer.shared;
@@ -1333,11 +1334,19 @@ struct StorageService::State {
               return;
             }
           }
+          // Nothing committed: is a pending version there (inherited() decides whether it may be acknowledged)?
+          const auto note_pending = [&](const Status& status) {
+            if (fs_error_of(status) != FsError::kChunkNotFound) return;
+            Result<ChunkMeta> meta = store_ptr->stat(req.chunk);
+            if (meta.is_ok() && meta->pending_version != 0) outcome->pending_only = *meta;
+          };
           if (!shared) {
             outcome->plain = store_ptr->read(req.chunk, req.offset, req.length, req.mode);
+            note_pending(outcome->plain.status());
             return;
           }
           outcome->shared = store_ptr->read_shared(req.chunk, req.offset, req.length, req.mode);
+          note_pending(outcome->shared.status());
           // A dirty read is decided on the executor (read_one's completion: strict ones are dirty, relaxed ones too
           // while the pending version predates this process: inherited()).
           if (fast && outcome->shared.is_ok() && !outcome->shared->dirty) {
@@ -1361,6 +1370,13 @@ struct StorageService::State {
           const Status& status = shared ? outcome->shared.status() : outcome->plain.status();
           if (!status.is_ok()) {
             if (status.code() == StatusCode::kDataLoss && !repaired) return repair(req, done);
+            // The first version of the chunk is pending and predates this process: it may be acknowledged (its lazy
+            // commit undone by a crash), so "not found" would be stale (the simulation's seed 20444).
+            if (outcome->pending_only && !req.any_state &&
+                inherited(req.target, req.chunk, outcome->pending_only->pending_version)) {
+              ++stats.dirty_reads;
+              return done(unsettled(req, *outcome->pending_only));
+            }
             return done(status);
           }
           const ChunkMeta& meta = shared ? outcome->shared->meta : outcome->plain->meta;
