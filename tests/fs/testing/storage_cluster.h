@@ -161,6 +161,16 @@ class StorageCluster {
           if (info == nullptr || info->serving().size() != options_.replication) {
             all = false;
             last = fmt::format("chain {} serves on {} targets", chain, info ? info->serving().size() : 0);
+            continue;
+          }
+          // A chain table is created serving on every target before mgmtd has heard from all of their nodes;
+          // it then takes the silent ones offline. Serving counts once every target reported itself up to date.
+          for (const auto& member : info->targets) {
+            const TargetInfo* target = routing_or->target(member.target);
+            if (target == nullptr || target->local_state != LocalTargetState::kUpToDate) {
+              all = false;
+              last = fmt::format("target {} of chain {} has not reported up to date", member.target, chain);
+            }
           }
         }
         if (all) return Status::ok();
