@@ -2,7 +2,8 @@
 //   ff-admin --mgmtd 127.0.0.1:9000 routing [--json]           nodes, targets, chains and their states
 //   ff-admin --mgmtd ... create-chain-table --table 1 --replication 3 --targets-per-node 2 --nodes 1,2,3
 //   ff-admin --mgmtd ... offline --target 1001 [--clear]       take a target offline (or clear that)
-//   ff-admin --mgmtd ... wait-serving --timeout-s 30           until every target of every chain serves
+//   ff-admin --mgmtd ... wait-serving --timeout-s 30           until every target of every chain serves (and its
+//                                                              node reported it up to date)
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -194,15 +195,21 @@ int main(int argc, char** argv) {
     while (system_clock().now_ms() < deadline) {
       auto routing = get_routing(rpc, mgmtd_list, timeout_ns);
       if (routing.is_ok()) {
+        // Serving, and reported up to date by its node: a chain table is created serving everywhere before mgmtd
+        // has heard from every node, and mgmtd then takes the silent ones offline.
         bool all = !routing->routing.chains.empty();
         for (const auto& [id, chain] : routing->routing.chains) {
-          for (const auto& t : chain.targets) all = all && t.state == PublicTargetState::kServing;
+          for (const auto& t : chain.targets) {
+            const TargetInfo* info = routing->routing.target(t.target);
+            all = all && t.state == PublicTargetState::kServing && info != nullptr &&
+                  info->local_state == LocalTargetState::kUpToDate;
+          }
         }
         if (all) {
           code = 0;
           break;
         }
-        last = "not every target serves yet";
+        last = "not every target serves and reports itself up to date yet";
       } else {
         last = routing.status().to_string();
       }
