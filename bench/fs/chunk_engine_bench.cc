@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "../cpu_model.h"
 #include "ff/common/log.h"
 #include "ff/fs/chunk_engine.h"
 
@@ -130,14 +131,7 @@ void print_line(const nlohmann::json& line) {
   printed.push_back(line);
 }
 
-std::string cpu_model() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
+using ff::bench::cpu_model;
 
 void print_case(const std::string& name, const std::string& pattern, uint64_t block_bytes, int depth,
                 const Measured& measured, std::pair<double, double> fio, const std::string& note = "") {

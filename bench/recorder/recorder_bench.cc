@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "../cpu_model.h"
 #include "ff/common/file.h"
 #include "ff/trace/recorder.h"
 
@@ -21,14 +22,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string cpu_model() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
+using ff::bench::cpu_model;
 
 // The baseline: every event appended to one shared vector under one mutex.
 class MutexVectorRecorder {

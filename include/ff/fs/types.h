@@ -150,6 +150,9 @@ struct RoutingInfo {
   const NodeInfo* node(NodeId id) const;
   // Address of the node holding `target`, or nullopt.
   std::optional<std::string> address_of(TargetId target) const;
+  // Every target of `chain` serves and its node reported it up to date. (A chain table is created serving on every
+  // target before mgmtd has heard from all their nodes; mgmtd then takes the silent ones offline.)
+  bool fully_serving(const ChainInfo& chain) const;
   friend bool operator==(const RoutingInfo&, const RoutingInfo&) = default;
 };
 

@@ -67,6 +67,16 @@ std::optional<ChunkId> chunk_after(ChunkId id) {
   return std::nullopt;
 }
 
+// After a read found nothing committed (`read_status` chunk_not_found): the chunk's metadata when a pending version is
+// there, which may be an acknowledged first version whose lazy commit a crash undid (StorageService's inherited()
+// decides; worker thread).
+std::optional<ChunkMeta> pending_without_commit(ChunkStore& store, const ChunkId& chunk, const Status& read_status) {
+  if (fs_error_of(read_status) != FsError::kChunkNotFound) return std::nullopt;
+  Result<ChunkMeta> meta = store.stat(chunk);
+  if (!meta.is_ok() || meta->pending_version == 0) return std::nullopt;
+  return *meta;
+}
+
 // Every chunk's metadata in a store, in id order (worker thread).
 Result<std::vector<ChunkMeta>> list_all(ChunkStore& store) {
   return store.list(ChunkId{0, 0}, ChunkId{UINT64_MAX, UINT64_MAX}, UINT64_MAX);
@@ -392,7 +402,7 @@ struct StorageService::State {
             }
             Bytes contents;
             if (committed != 0) {
-              Result<ChunkRead> read = store_ptr->read(chunk_update->id, 0, UINT64_MAX, ReadMode::kRelaxed);
+              Result<ChunkRead> read = store_ptr->read(chunk_update->id, 0, *truncate_to, ReadMode::kRelaxed);
               if (!read.is_ok()) {
                 *result = read.status();
                 return;
@@ -1334,19 +1344,13 @@ struct StorageService::State {
               return;
             }
           }
-          // Nothing committed: is a pending version there (inherited() decides whether it may be acknowledged)?
-          const auto note_pending = [&](const Status& status) {
-            if (fs_error_of(status) != FsError::kChunkNotFound) return;
-            Result<ChunkMeta> meta = store_ptr->stat(req.chunk);
-            if (meta.is_ok() && meta->pending_version != 0) outcome->pending_only = *meta;
-          };
           if (!shared) {
             outcome->plain = store_ptr->read(req.chunk, req.offset, req.length, req.mode);
-            note_pending(outcome->plain.status());
+            outcome->pending_only = pending_without_commit(*store_ptr, req.chunk, outcome->plain.status());
             return;
           }
           outcome->shared = store_ptr->read_shared(req.chunk, req.offset, req.length, req.mode);
-          note_pending(outcome->shared.status());
+          outcome->pending_only = pending_without_commit(*store_ptr, req.chunk, outcome->shared.status());
           // A dirty read is decided on the executor (read_one's completion: strict ones are dirty, relaxed ones too
           // while the pending version predates this process: inherited()).
           if (fast && outcome->shared.is_ok() && !outcome->shared->dirty) {
@@ -1512,7 +1516,10 @@ struct StorageService::State {
     }
     Result<SharedChunkRead> read = store.read_shared(req.chunk, req.offset, req.length, req.mode);
     if (!read.is_ok()) {
+      // Corruption, or nothing committed over a pending version (which may be an acknowledged one): the executor's
+      // read path decides (read_one).
       if (read.status().code() == StatusCode::kDataLoss) return std::nullopt;
+      if (pending_without_commit(store, req.chunk, read.status())) return std::nullopt;
       return read.status();
     }
     if (read->dirty && req.mode == ReadMode::kRelaxed) return std::nullopt;

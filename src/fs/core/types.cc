@@ -139,6 +139,17 @@ const ChainInfo* RoutingInfo::chain(ChainId id) const {
   auto it = chains.find(id);
   return it == chains.end() ? nullptr : &it->second;
 }
+bool RoutingInfo::fully_serving(const ChainInfo& chain) const {
+  for (const ChainTarget& member : chain.targets) {
+    const TargetInfo* info = target(member.target);
+    if (member.state != PublicTargetState::kServing || info == nullptr ||
+        info->local_state != LocalTargetState::kUpToDate) {
+      return false;
+    }
+  }
+  return !chain.targets.empty();
+}
+
 const TargetInfo* RoutingInfo::target(TargetId id) const {
   auto it = targets.find(id);
   return it == targets.end() ? nullptr : &it->second;

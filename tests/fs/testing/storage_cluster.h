@@ -158,19 +158,10 @@ class StorageCluster {
         bool all = !chains_.empty();
         for (ChainId chain : chains_) {
           const ChainInfo* info = routing_or->chain(chain);
-          if (info == nullptr || info->serving().size() != options_.replication) {
+          if (info == nullptr || info->targets.size() != options_.replication || !routing_or->fully_serving(*info)) {
             all = false;
-            last = fmt::format("chain {} serves on {} targets", chain, info ? info->serving().size() : 0);
-            continue;
-          }
-          // A chain table is created serving on every target before mgmtd has heard from all of their nodes;
-          // it then takes the silent ones offline. Serving counts once every target reported itself up to date.
-          for (const auto& member : info->targets) {
-            const TargetInfo* target = routing_or->target(member.target);
-            if (target == nullptr || target->local_state != LocalTargetState::kUpToDate) {
-              all = false;
-              last = fmt::format("target {} of chain {} has not reported up to date", member.target, chain);
-            }
+            last =
+                fmt::format("chain {} does not serve on {} targets reported up to date", chain, options_.replication);
           }
         }
         if (all) return Status::ok();

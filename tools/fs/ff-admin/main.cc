@@ -195,16 +195,8 @@ int main(int argc, char** argv) {
     while (system_clock().now_ms() < deadline) {
       auto routing = get_routing(rpc, mgmtd_list, timeout_ns);
       if (routing.is_ok()) {
-        // Serving, and reported up to date by its node: a chain table is created serving everywhere before mgmtd
-        // has heard from every node, and mgmtd then takes the silent ones offline.
         bool all = !routing->routing.chains.empty();
-        for (const auto& [id, chain] : routing->routing.chains) {
-          for (const auto& t : chain.targets) {
-            const TargetInfo* info = routing->routing.target(t.target);
-            all = all && t.state == PublicTargetState::kServing && info != nullptr &&
-                  info->local_state == LocalTargetState::kUpToDate;
-          }
-        }
+        for (const auto& [id, chain] : routing->routing.chains) all = all && routing->routing.fully_serving(chain);
         if (all) {
           code = 0;
           break;
