@@ -116,6 +116,7 @@ class StorageService {
     uint64_t local_reads = 0;        // reads answered with where the bytes lie (ReadReq::local_host), of `reads`
     uint64_t fast_reads = 0;         // reads served in the fast lane (try_handle_read), of `reads`
     uint64_t chunks_scrubbed = 0, scrub_corruptions = 0, scrub_passes = 0;  // background scrub (scrub_bytes_per_s)
+    uint64_t scrub_places_read = 0;  // saved scrub places read from the targets' stores (once per target per pass)
   };
   Stats stats() const;
 

@@ -2240,12 +2240,15 @@ struct StorageService::State {
   bool scrub_placed = false;  // scrub_from is scrub_target's place
   ChunkId scrub_from;
   int64_t scrub_saved_ns = 0;
+  // The places find_scrub_pass read, kept for the pass's place_scrub of each target (read once, not twice).
+  std::map<TargetId, std::optional<ChunkStore::ScrubCursor>> scrub_places;
 
   void reset_scrub() {
     scrub_pass.reset();
     scrub_target = 0;
     scrub_placed = false;
     scrub_from = {};
+    scrub_places.clear();
   }
 
   void schedule_scrub(uint64_t gen, int64_t after_ns) {
@@ -2282,39 +2285,53 @@ struct StorageService::State {
     if (targets.empty()) return schedule_scrub(gen, config.heartbeat_interval_ns);
     std::vector<std::pair<TargetId, std::shared_ptr<ChunkStore>>> stores;
     for (const auto& [id, target] : targets) stores.emplace_back(id, target.store);
-    auto lowest = std::make_shared<std::optional<uint64_t>>();
+    auto places = std::make_shared<std::map<TargetId, std::optional<ChunkStore::ScrubCursor>>>();
     executor.offload(
-        [stores = std::move(stores), lowest] {
-          for (const auto& [id, store] : stores) {
-            std::optional<ChunkStore::ScrubCursor> cursor = load_scrub_cursor(id, *store);
-            if (cursor && (!*lowest || cursor->pass < **lowest)) *lowest = cursor->pass;
-          }
+        [stores = std::move(stores), places] {
+          for (const auto& [id, store] : stores) (*places)[id] = load_scrub_cursor(id, *store);
         },
-        [this, gen, lowest] {
+        [this, gen, places] {
           if (gen != generation || !running) return;
-          scrub_pass = lowest->value_or(0);
+          std::optional<uint64_t> lowest;
+          for (const auto& [id, cursor] : *places) {
+            if (cursor && (!lowest || cursor->pass < *lowest)) lowest = cursor->pass;
+          }
+          stats.scrub_places_read += places->size();
+          scrub_places = std::move(*places);
+          scrub_pass = lowest.value_or(0);
           scrub_target = 0;
           scrub_placed = false;
           schedule_scrub(gen, 0);
         });
   }
 
-  // Reads `target`'s saved place before its first step of the pass.
+  // Starts `target`'s part of the pass from its saved place `cursor`.
+  void start_scrub_at(uint64_t gen, TargetId target, const std::optional<ChunkStore::ScrubCursor>& cursor) {
+    if (cursor && cursor->pass > *scrub_pass) {  // done with this pass before a restart
+      scrub_target = target + 1;
+      return schedule_scrub(gen, 0);
+    }
+    scrub_from = cursor && cursor->pass == *scrub_pass ? cursor->next : ChunkId{};
+    scrub_placed = true;
+    scrub_saved_ns = now();
+    schedule_scrub(gen, 0);
+  }
+
+  // `target`'s saved place before its first step of the pass: the one find_scrub_pass read, else read now.
   void place_scrub(uint64_t gen, TargetId target) {
     scrub_target = target;
+    if (auto kept = scrub_places.find(target); kept != scrub_places.end()) {
+      const std::optional<ChunkStore::ScrubCursor> cursor = kept->second;
+      scrub_places.erase(kept);
+      return start_scrub_at(gen, target, cursor);
+    }
     auto store_ptr = targets.at(target).store;
     auto cursor = std::make_shared<std::optional<ChunkStore::ScrubCursor>>();
     executor.offload([store_ptr, target, cursor] { *cursor = load_scrub_cursor(target, *store_ptr); },
                      [this, gen, target, cursor] {
                        if (gen != generation || !running || scrub_target != target) return;
-                       if (*cursor && (*cursor)->pass > *scrub_pass) {  // done with this pass before a restart
-                         scrub_target = target + 1;
-                         return schedule_scrub(gen, 0);
-                       }
-                       scrub_from = *cursor && (*cursor)->pass == *scrub_pass ? (*cursor)->next : ChunkId{};
-                       scrub_placed = true;
-                       scrub_saved_ns = now();
-                       schedule_scrub(gen, 0);
+                       ++stats.scrub_places_read;
+                       start_scrub_at(gen, target, *cursor);
                      });
   }
 
@@ -2329,6 +2346,7 @@ struct StorageService::State {
       scrub_target = 0;
       scrub_placed = false;
       scrub_from = {};
+      scrub_places.clear();
       return schedule_scrub(gen, targets.empty() ? config.heartbeat_interval_ns : config.scrub_pass_pause_ns);
     }
     if (it->first != scrub_target || !scrub_placed) return place_scrub(gen, it->first);

@@ -175,7 +175,8 @@ TEST_F(RecoveryTest, TheScrubRepairsACorruptChunkNobodyReads) {
 // The scrub's place survives a restart. Node 2 has two targets with 20 chunks each. After its first pass both saved
 // "pass 1 from the first chunk"; node 2 is crashed in the (long) pause, and its targets' places are set to what a crash
 // in the middle of pass 1 leaves: the first target done with it (pass 2), the second at chunk 12. The restarted
-// service must finish pass 1 from there: the 8 chunks from 12 on, not 40, saving its place as it goes, then pause.
+// service must finish pass 1 from there: the 8 chunks from 12 on, not 40, saving its place as it goes, then pause,
+// having read each target's saved place once.
 TEST_F(RecoveryTest, ARestartedScrubGoesOnWhereItWas) {
   testing::TempDir dir;
   auto started = testing::StorageCluster::start({.nodes = 3,
@@ -237,6 +238,8 @@ TEST_F(RecoveryTest, ARestartedScrubGoesOnWhereItWas) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   EXPECT_EQ(restarted->stats().chunks_scrubbed, kChunks - 12);
+  // Each target's saved place was read once: by the search for the pass, kept for the target's turn.
+  EXPECT_EQ(restarted->stats().scrub_places_read, 2u);
   EXPECT_TRUE(std::any_of(seen.begin(), seen.end(), [](uint64_t index) { return index > 12 && index < kChunks; }))
       << "no place saved inside the second target";
   for (auto* store : {first_store.get(), second_store.get()}) {
