@@ -38,6 +38,10 @@ struct SimOptions {
   // The storage services' background scrub (StorageConfig::scrub_bytes_per_s) runs under the faults: it reads every
   // replica back, repairs the corrupt ones it finds and saves its place in the stores.
   bool scrub = true;
+  // The share of requests (drawn per request) delivered as the gRPC transport delivers them
+  // (ServerContext::reply_from_any_thread): the storage services may then answer reads from the read fast lane, on
+  // the offload worker (the simulation's offloads run at once), instead of through their executor. 0: never.
+  double fast_lane = 0.5;
   // Besides the checked chunks, each chain has scratch chunks that clients write and remove by range
   // concurrently; only replica identity is checked for them (a removal restarts their versions).
   bool removals = true;
@@ -58,6 +62,7 @@ struct SimResult {
   uint64_t truncates_acked = 0, truncates_failed = 0;  // chunks cut or zero-extended (StorageClient::truncate)
   uint64_t crashes = 0, mgmtd_crashes = 0, partitions = 0, corruptions = 0, repairs = 0, syncs = 0;
   uint64_t chunks_scrubbed = 0, scrub_corruptions = 0;  // the services' background scrub (SimOptions::scrub)
+  uint64_t fast_lane_reads = 0;  // reads the storage services answered in their read fast lane (SimOptions::fast_lane)
   uint64_t lazy_commits_lost = 0;  // lazy commits undone by storage crashes (versions pending again)
   uint64_t events = 0;
   int64_t virtual_ns = 0;

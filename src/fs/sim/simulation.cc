@@ -23,10 +23,10 @@ std::string SimResult::summary() const {
   std::string counts = fmt::format(
       "writes={} (failed {}) reads={} (failed {}; {} sent in batches) removals={} (failed {}) truncates={} (failed {}) "
       "crashes={} mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} scrubbed={} (corrupt {}) "
-      "lazy_commits_lost={} events={} virtual={:.1f}s",
+      "fast_lane_reads={} lazy_commits_lost={} events={} virtual={:.1f}s",
       writes_acked, writes_failed, reads_ok, reads_failed, reads_batched, removals_acked, removals_failed,
       truncates_acked, truncates_failed, crashes, mgmtd_crashes, partitions, corruptions, repairs, syncs,
-      chunks_scrubbed, scrub_corruptions, lazy_commits_lost, events, virtual_ns / 1e9);
+      chunks_scrubbed, scrub_corruptions, fast_lane_reads, lazy_commits_lost, events, virtual_ns / 1e9);
   if (ok) return fmt::format("seed={} ok {}", seed, counts);
   return fmt::format("seed={} FAILED: {} ({} violations; {}) reproduce with seed={}", seed, violations.front(), violations.size(),
                      counts, seed);
@@ -129,6 +129,8 @@ class Network {
     return world_.uniform() < 0.05 ? world_.between(5 * kMs, 30 * kMs) : world_.between(50'000, 500'000);
   }
   bool drop(const std::string& a, const std::string& b) { return blocked(a, b) || (loss > 0 && world_.uniform() < loss); }
+  // The share of requests delivered as the gRPC transport delivers them (SimOptions::fast_lane).
+  double fast_lane = 0.0;
 
   void call(const std::string& from, SimExecutor* owner, const std::string& to, Request request, int64_t timeout_ns,
             RpcClient::Done done) {
@@ -151,6 +153,7 @@ class Network {
       if (endpoint == endpoints_.end() || world_.now() > deadline) return;  // nobody listening: caller times out
       if (!*endpoint->second.executor->token()) return;
       ServerContext context{deadline, from};
+      context.reply_from_any_thread = fast_lane > 0 && world_.uniform() < fast_lane;
       auto reply_once = std::make_shared<bool>(false);
       Reply reply = [this, from, owner, to, call_state, reply_once](Result<Response> response) {
         FF_ASSERT(!*reply_once, "reply called twice for a request to {}", to);
@@ -282,8 +285,12 @@ class Simulation {
     service->set_commit_observer([this](TargetId target, const ChunkId& chunk, uint32_t version, uint32_t crc) {
       on_commit(target, chunk, version, crc);
     });
-    network_.listen(node.address, node.executor,
-                    [service](const ServerContext& context, Request request, Reply reply) { service->handle(context, std::move(request), std::move(reply)); });
+    // As ff-storage's gRPC server: a request the transport delivers with reply_from_any_thread is offered to the
+    // read fast lane first (SimOptions::fast_lane).
+    network_.listen(node.address, node.executor, [service](const ServerContext& context, Request request, Reply reply) {
+      if (context.reply_from_any_thread && service->try_handle_read(context, request, reply)) return;
+      service->handle(context, std::move(request), std::move(reply));
+    });
     Status status = service->start();
     FF_ASSERT(status.is_ok(), "{}", status);
   }
@@ -599,6 +606,7 @@ class Simulation {
 };
 
 SimResult Simulation::run() {
+  network_.fast_lane = options_.fast_lane;
   start_mgmtd();
   CreateChainTableReq table{.table = 1, .replication = options_.replication, .targets_per_node = options_.targets_per_node, .nodes = {}};
   for (uint32_t i = 0; i < options_.storage_nodes; ++i) table.nodes.push_back(i + 1);
@@ -694,6 +702,7 @@ SimResult Simulation::run() {
     result_.syncs += service->stats().syncs_done;
     result_.chunks_scrubbed += service->stats().chunks_scrubbed;
     result_.scrub_corruptions += service->stats().scrub_corruptions;
+    result_.fast_lane_reads += service->stats().fast_reads;
   }
   return result_;
 }

@@ -51,14 +51,40 @@ TEST(FsSim, UnlimitedFaultsSeeds1To400) {
 // read of a version whose lazy commit a crash undid (26510; docs/fs.md, Status). They were found before the
 // services' scrub ran in the simulation, which changes every seed's schedule: they run without it. Found with it:
 // a read answered "not found" by a restarted last serving target whose lazy commit of the acknowledged first
-// version a crash had undone (20444).
+// version a crash had undone (20444). All of them were found before the read fast lane ran in the simulation
+// (SimOptions::fast_lane), so they run without it.
 TEST(FsSim, UnlimitedFaultsRegressionSeeds) {
   SimOptions options;
   options.max_concurrent_faults = 0;
+  options.fast_lane = 0;
   options.scrub = false;
   for (uint64_t seed : {521, 616, 2991, 7197, 11657, 13788, 19853, 21153, 26510}) run_range(seed, 1, options);
   options.scrub = true;
   for (uint64_t seed : {20444}) run_range(seed, 1, options);
+}
+
+// The read fast lane (reads answered on the offload worker, as over gRPC) runs in the simulation: about half the
+// requests arrive as the gRPC transport delivers them, and the services answer reads there (none with it off).
+TEST(FsSim, ReadsTakeTheFastLane) {
+  (void)set_log_level("off");
+  for (double share : {0.5, 0.0}) {
+    SimOptions options;
+    options.max_concurrent_faults = 0;
+    options.fast_lane = share;
+    uint64_t fast = 0, reads = 0;
+    for (uint64_t seed = 1; seed <= 5; ++seed) {
+      SimResult result = run_simulation(seed, options);
+      EXPECT_TRUE(result.ok) << result.summary();
+      fast += result.fast_lane_reads;
+      reads += result.reads_ok;
+    }
+    if (share > 0) {
+      EXPECT_GE(fast, reads / 10) << fast << " fast-lane reads of " << reads;
+    } else {
+      EXPECT_EQ(fast, 0u);
+    }
+  }
+  (void)set_log_level("info");
 }
 
 // Lazy commits (docs/fs.md): a storage crash undoes the commits its targets made after acknowledging

@@ -28,6 +28,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-corruption", no_corruption, "inject no silent corruption");
   bool no_scrub = false;
   app.add_flag("--no-scrub", no_scrub, "run the storage services without their background scrub");
+  app.add_option("--fast-lane", options.fast_lane,
+                 "share of requests the storage services may answer in the read fast lane (0..1; 0: never)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_flag("--bug-tail-acks-without-storing", tail_bug, "inject a protocol bug (the checkers must fail)");
   app.add_flag("--bug-skip-sync", sync_bug, "inject a protocol bug (the checkers must fail)");
   CLI11_PARSE(app, argc, argv);
