@@ -47,8 +47,11 @@ def fio(directory: pathlib.Path, rw: str, jobs: int, file_mb: int, seconds: floa
             "lat_p50_ms": side["clat_ns"]["percentile"].get("50.000000", 0) / 1e6}
 
 
-def metadata_phases(root: pathlib.Path, threads: int, files: int) -> dict[str, float]:
-    """ops/s of create (open O_CREAT + close), stat, readdir (entries/s), unlink; each thread in its own directory."""
+def metadata_phases(root: pathlib.Path, threads: int, files: int, cache_timeout_s: float = 1.0) -> dict[str, float]:
+    """ops/s of create (open O_CREAT + close), stat, stat_uncached, readdir (entries/s), unlink; each thread in its
+    own directory. `stat` runs right after the creates, so on a FUSE mount the kernel answers the stats of names
+    created within the last entry/attribute timeout itself; `stat_uncached` runs again after waiting past
+    cache_timeout_s (the mount's timeouts), so every stat reaches the daemon (a LOOKUP, one meta call)."""
     dirs = [root / f"md{t}" for t in range(threads)]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
@@ -69,7 +72,10 @@ def metadata_phases(root: pathlib.Path, threads: int, files: int) -> dict[str, f
             os.unlink(d / f"f{i}")
 
     rates = {}
-    for name, body in (("create", create), ("stat", stat), ("readdir", readdir), ("unlink", unlink)):
+    for name, body in (("create", create), ("stat", stat), ("stat_uncached", stat), ("readdir", readdir),
+                       ("unlink", unlink)):
+        if name == "stat_uncached":
+            time.sleep(cache_timeout_s + 0.5)
         workers = [threading.Thread(target=body, args=(d,)) for d in dirs]
         started = time.perf_counter()
         for w in workers:
@@ -150,11 +156,17 @@ def main() -> int:
                         "ratio_vs_local": round(fuse_md[op] / local_md[op], 3)}
                 print(json.dumps(line), flush=True)
                 results.append(line)
-            creates_stats = 2 / (1 / fuse_md["create"] + 1 / fuse_md["stat"])
-            line = {"case": "metadata creates+stats per second through the mount", "fuse_ops_per_s": round(creates_stats),
-                    "target_ops_per_s": 10000, "meets_target": creates_stats >= 10000}
-            print(json.dumps(line), flush=True)
-            results.append(line)
+            # Two figures: stats right after the creates (as mdtest runs them; the kernel answers names it cached
+            # within its 1 s timeouts) and stats after those timeouts (every stat a LOOKUP to ff-fuse and a meta
+            # call). The target is judged on the lower one.
+            for stat_phase, what in (("stat", "stats right after the creates"),
+                                     ("stat_uncached", "stats after the kernel's caches expired")):
+                creates_stats = 2 / (1 / fuse_md["create"] + 1 / fuse_md[stat_phase])
+                line = {"case": f"metadata creates+stats per second through the mount ({what})",
+                        "fuse_ops_per_s": round(creates_stats), "target_ops_per_s": 10000,
+                        "meets_target": creates_stats >= 10000}
+                print(json.dumps(line), flush=True)
+                results.append(line)
         except BaseException:
             print(cluster.logs(), file=sys.stderr)
             raise
