@@ -25,6 +25,7 @@ struct MemChunkStoreFaults {
   // Draws uniform numbers in [0, 1); the simulation passes its seeded RNG. Required when a
   // probability is non-zero.
   std::function<double()> uniform;
+  double list_error_probability = 0.0;  // list fails with io_error (a metadata store that cannot be scanned)
 };
 
 class MemChunkStore final : public ChunkStore {

@@ -203,6 +203,7 @@ Result<uint64_t> MemChunkStore::remove_range(const ChunkId& begin, const ChunkId
 
 Result<std::vector<ChunkMeta>> MemChunkStore::list(const ChunkId& begin, const ChunkId& end, uint64_t limit) {
   std::lock_guard lock(mutex_);
+  if (fail(faults_.list_error_probability)) return io_error("injected error listing chunks from {}", begin.to_string());
   std::vector<ChunkMeta> result;
   for (auto it = chunks_.lower_bound(begin); it != chunks_.end() && it->first < end && result.size() < limit; ++it) {
     result.push_back(it->second.meta);
