@@ -428,7 +428,8 @@ int main(int argc, char** argv) {
     });
     print_case("overwrite", "rand", 4096, depth, overwrites,
                run_fio(fio, fio_file, file_bytes, "randwrite", 4096, depth, seconds),
-               "copy-on-write of the whole chunk per 4 KiB update vs fio random O_DSYNC writes");
+               "a 4 KiB patch per update (kept in the pending record, applied in place after the commit by the settler) + "
+               "commit vs fio random O_DSYNC writes");
   }
   // Context-pool strategy: the same 4 KiB random reads with one shared context (all calls serialised on
   // one ring) and with pread instead of io_uring.
