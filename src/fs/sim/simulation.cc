@@ -102,6 +102,20 @@ class SimExecutor final : public Executor {
 };
 
 // ---------------------------------------------------------------- network
+// What the wire does to payloads a service answered in shared bytes (ServerContext::shared_payloads): the receiver
+// gets them as `data`, as over fs/rpc.
+void carry_shared_payloads(Response& response) {
+  const auto carry = [](ReadRsp& rsp) {
+    if (!rsp.shared_data.is_set()) return;
+    rsp.data = rsp.shared_data.to_vector();
+    rsp.shared_data = {};
+  };
+  if (auto* read = std::get_if<ReadRsp>(&response)) carry(*read);
+  if (auto* batch = std::get_if<BatchReadRsp>(&response)) {
+    for (ReadResult& result : batch->results) carry(result.rsp);
+  }
+}
+
 class Network {
  public:
   explicit Network(World& world) : world_(world) {}
@@ -153,12 +167,16 @@ class Network {
       if (endpoint == endpoints_.end() || world_.now() > deadline) return;  // nobody listening: caller times out
       if (!*endpoint->second.executor->token()) return;
       ServerContext context{deadline, from};
+      // As fs/rpc's Frame calls (every call of ff-storage's clients): replies from any thread and shared payloads,
+      // both or neither.
       context.reply_from_any_thread = fast_lane > 0 && world_.uniform() < fast_lane;
+      context.shared_payloads = context.reply_from_any_thread;
       auto reply_once = std::make_shared<bool>(false);
       Reply reply = [this, from, owner, to, call_state, reply_once](Result<Response> response) {
         FF_ASSERT(!*reply_once, "reply called twice for a request to {}", to);
         *reply_once = true;
         if (drop(to, from)) return;
+        if (response.is_ok()) carry_shared_payloads(*response);
         auto shared_response = std::make_shared<Result<Response>>(std::move(response));
         world_.schedule(world_.now() + delay(), owner->token(), [call_state, shared_response] {
           if (call_state->completed) return;
