@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cuda/decode_params.h"
+#include "cuda/metadata_walk.h"
 #include "ff/common/assert.h"
 #include "ff/mla/mla.h"
 #include "validate.h"
@@ -25,9 +26,10 @@ int32_t num_sm_parts_for(int64_t num_q_tokens_per_head_k, int64_t num_heads_k, i
   return static_cast<int32_t>(std::max<int64_t>(num_sms / num_heads_k / m_blocks, 1));
 }
 
-Result<MlaMetadata> get_mla_metadata(std::span<const int32_t> cache_seqlens, int64_t num_q_tokens_per_head_k,
-                                     int64_t num_heads_k, int64_t num_sms) {
-  const auto batch_size = static_cast<int64_t>(cache_seqlens.size());
+namespace {
+
+// The counts both forms of get_mla_metadata check, named in the error.
+Status check_counts(int64_t batch_size, int64_t num_q_tokens_per_head_k, int64_t num_heads_k, int64_t num_sms) {
   if (batch_size == 0) return invalid_argument("cache_seqlens is empty; the batch needs at least one sequence");
   if (batch_size > INT32_MAX / 2) return invalid_argument("batch size {} is too large", batch_size);
   if (num_q_tokens_per_head_k < 1) {
@@ -35,75 +37,8 @@ Result<MlaMetadata> get_mla_metadata(std::span<const int32_t> cache_seqlens, int
   }
   if (num_heads_k < 1) return invalid_argument("num_heads_k is {}; expected >= 1", num_heads_k);
   if (num_sms < 1) return invalid_argument("num_sms is {}; expected >= 1", num_sms);
-
-  // Blocks per sequence and the total cost, each sequence charged a fixed overhead on top of its blocks.
-  std::vector<int32_t> num_blocks(batch_size);
-  int64_t total_cost = 0;
-  for (int64_t i = 0; i < batch_size; ++i) {
-    if (cache_seqlens[i] < 0) return invalid_argument("cache_seqlens[{}] is {}; lengths must be >= 0", i, cache_seqlens[i]);
-    num_blocks[i] = (cache_seqlens[i] + kPageBlockSize - 1) / kPageBlockSize;
-    total_cost += num_blocks[i] + kFixedOverheadNumBlocks;
-  }
-
-  MlaMetadata metadata;
-  metadata.num_sm_parts = num_sm_parts_for(num_q_tokens_per_head_k, num_heads_k, num_sms);
-  const int32_t parts = metadata.num_sm_parts;
-  metadata.tile_scheduler_metadata.assign(static_cast<size_t>(parts) * kTileSchedulerMetadataSize, 0);
-  metadata.num_splits.assign(batch_size + 1, 0);
-  // A part's budget: its even share of the total, plus one overhead so the last piece of a sequence
-  // that had to be split still fits its own start-up cost.
-  const int64_t payload = (total_cost + parts - 1) / parts + kFixedOverheadNumBlocks;
-
-  // Greedy walk in sequence order: a part takes whole sequences while they fit, then the part of the
-  // next sequence that fits (a split), and the next part resumes there.
-  int64_t batch = 0;       // the sequence being placed
-  int64_t block = 0;       // its first block not yet placed
-  int64_t split = 0;       // how many pieces of it earlier parts took
-  int64_t cumulative_splits = 0;
-  for (int32_t part = 0; part < parts; ++part) {
-    int32_t* row = metadata.tile_scheduler_metadata.data() + static_cast<size_t>(part) * kTileSchedulerMetadataSize;
-    row[0] = static_cast<int32_t>(batch);
-    row[1] = static_cast<int32_t>(block * kPageBlockSize);
-    row[4] = static_cast<int32_t>(split);
-    int64_t remaining = payload;
-    while (batch < batch_size) {
-      const int64_t blocks_left = num_blocks[batch] - block;
-      if (remaining >= blocks_left + kFixedOverheadNumBlocks) {
-        cumulative_splits += split + 1;
-        metadata.num_splits[batch + 1] = static_cast<int32_t>(cumulative_splits);
-        remaining -= blocks_left + kFixedOverheadNumBlocks;
-        ++batch;
-        block = 0;
-        split = 0;
-      } else {
-        // Take what fits after paying the overhead; a sequence is only cut where blocks remain on both sides.
-        if (remaining - kFixedOverheadNumBlocks > 0) {
-          block += remaining - kFixedOverheadNumBlocks;
-          ++split;
-        }
-        break;
-      }
-    }
-    if (block > 0) {  // the part ends inside `batch`
-      row[2] = static_cast<int32_t>(batch);
-      row[3] = static_cast<int32_t>(block * kPageBlockSize);
-    } else {  // the part ends at the end of the previous sequence (b - 1 and its length when past the end)
-      row[2] = static_cast<int32_t>(batch - 1);
-      row[3] = batch >= 1 ? cache_seqlens[batch - 1] : 0;
-    }
-  }
-  // parts * payload >= total + parts * overhead: the budget always covers every sequence.
-  FF_ASSERT(batch == batch_size && block == 0 && split == 0, "schedule left sequence {} block {}", batch, block);
-  FF_ASSERT_LE(cumulative_splits, batch_size + parts, "more splits than the accumulators the kernel sizes");
-  return metadata;
+  return Status::ok();
 }
-
-static_assert(cuda::kMetadataPageBlockSize == kPageBlockSize &&
-                  cuda::kMetadataFixedOverheadBlocks == kFixedOverheadNumBlocks &&
-                  cuda::kMetadataRowSize == kTileSchedulerMetadataSize,
-              "the metadata kernel's constants must be the schedule's");
-
-namespace {
 
 // A view's dtype, rank, shape and device, named in the error.
 Status check_view(const TensorView& view, const char* name, std::initializer_list<int64_t> shape, Device device) {
@@ -128,6 +63,46 @@ Status check_view(const TensorView& view, const char* name, std::initializer_lis
 
 }  // namespace
 
+Result<MlaMetadata> get_mla_metadata(std::span<const int32_t> cache_seqlens, int64_t num_q_tokens_per_head_k,
+                                     int64_t num_heads_k, int64_t num_sms) {
+  const auto batch_size = static_cast<int64_t>(cache_seqlens.size());
+  FF_RETURN_IF_ERROR(check_counts(batch_size, num_q_tokens_per_head_k, num_heads_k, num_sms));
+  std::vector<int32_t> num_blocks(batch_size);
+  for (int64_t i = 0; i < batch_size; ++i) {
+    if (cache_seqlens[i] < 0)
+      return invalid_argument("cache_seqlens[{}] is {}; lengths must be >= 0", i, cache_seqlens[i]);
+    num_blocks[i] = (cache_seqlens[i] + kPageBlockSize - 1) / kPageBlockSize;
+  }
+
+  MlaMetadata metadata;
+  metadata.num_sm_parts = num_sm_parts_for(num_q_tokens_per_head_k, num_heads_k, num_sms);
+  const int32_t parts = metadata.num_sm_parts;
+  metadata.tile_scheduler_metadata.assign(static_cast<size_t>(parts) * kTileSchedulerMetadataSize, 0);
+  metadata.num_splits.assign(batch_size + 1, 0);
+  const cuda::WalkEnd end = cuda::walk_schedule(
+      batch_size, parts, [&](int64_t i) { return num_blocks[i]; }, [&](int64_t i) { return cache_seqlens[i]; },
+      [&](int32_t part, int64_t begin_batch, int64_t begin_token, int64_t end_batch, int64_t end_token,
+          int64_t begin_split) {
+        int32_t* row = metadata.tile_scheduler_metadata.data() + static_cast<size_t>(part) * kTileSchedulerMetadataSize;
+        row[0] = static_cast<int32_t>(begin_batch);
+        row[1] = static_cast<int32_t>(begin_token);
+        row[2] = static_cast<int32_t>(end_batch);
+        row[3] = static_cast<int32_t>(end_token);
+        row[4] = static_cast<int32_t>(begin_split);
+      },
+      [&](int64_t i, int64_t pieces) { metadata.num_splits[i] = static_cast<int32_t>(pieces); });
+  // parts * payload >= total + parts * overhead: the budget always covers every sequence.
+  FF_ASSERT(end.batch == batch_size && end.block == 0 && end.split == 0, "schedule left sequence {} block {}",
+            end.batch, end.block);
+  FF_ASSERT_LE(end.pieces, batch_size + parts, "more splits than the accumulators the kernel sizes");
+  return metadata;
+}
+
+static_assert(cuda::kMetadataPageBlockSize == kPageBlockSize &&
+                  cuda::kMetadataFixedOverheadBlocks == kFixedOverheadNumBlocks &&
+                  cuda::kMetadataRowSize == kTileSchedulerMetadataSize,
+              "the metadata kernel's constants must be the schedule's");
+
 Status get_mla_metadata(const MlaMetadataArgs& args, Backend backend) {
   const Device device = backend == Backend::kCuda ? Device::kCuda : Device::kCpu;
   if (args.cache_seqlens.ndim != 1) {
@@ -135,14 +110,7 @@ Status get_mla_metadata(const MlaMetadataArgs& args, Backend backend) {
   }
   const int64_t batch_size = args.cache_seqlens.shape[0];
   FF_RETURN_IF_ERROR(check_view(args.cache_seqlens, "cache_seqlens", {batch_size}, device));
-  if (batch_size == 0) return invalid_argument("cache_seqlens is empty; the batch needs at least one sequence");
-  if (batch_size > INT32_MAX / 2) return invalid_argument("batch size {} is too large", batch_size);
-  if (args.num_q_tokens_per_head_k < 1) {
-    return invalid_argument("num_q_tokens_per_head_k (s_q * h_q / h_kv) is {}; expected >= 1",
-                            args.num_q_tokens_per_head_k);
-  }
-  if (args.num_heads_k < 1) return invalid_argument("num_heads_k is {}; expected >= 1", args.num_heads_k);
-  if (args.num_sms < 1) return invalid_argument("num_sms is {}; expected >= 1", args.num_sms);
+  FF_RETURN_IF_ERROR(check_counts(batch_size, args.num_q_tokens_per_head_k, args.num_heads_k, args.num_sms));
   const int32_t parts = num_sm_parts_for(args.num_q_tokens_per_head_k, args.num_heads_k, args.num_sms);
   FF_RETURN_IF_ERROR(
       check_view(args.tile_scheduler_metadata, "tile_scheduler_metadata", {parts, kTileSchedulerMetadataSize}, device));

@@ -6,13 +6,14 @@
 // taking up to 32 whole sequences per step (each lane tests one sequence's prefix sum against the part's budget: a
 // ballot says how many fit) and cutting the first one that does not; then all threads write the parts' rows. The
 // walk's only serial chain is one step per part and per 32 sequences, all in shared memory.
-// The serial kernel (more sequences than shared memory holds): one thread walks as the host does.
+// The serial kernel (more sequences than shared memory holds): one thread runs the host's walk (metadata_walk.h).
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
 
 #include "decode_params.h"
+#include "metadata_walk.h"
 
 namespace ff::mla::cuda {
 namespace {
@@ -149,46 +150,19 @@ __global__ void __launch_bounds__(kThreads) metadata_fast_kernel(MetadataParams 
   }
 }
 
-// More sequences than shared memory holds: one thread, the host's walk.
+// More sequences than shared memory holds: one thread, the host's walk (metadata_walk.h).
 __global__ void metadata_serial_kernel(MetadataParams p) {
   if (threadIdx.x != 0) return;
-  const int64_t batch_size = p.batch_size;
-  int64_t total_cost = 0;
-  for (int64_t i = 0; i < batch_size; ++i) total_cost += blocks_of(p, i) + kMetadataFixedOverheadBlocks;
-  const int32_t parts = p.num_sm_parts;
-  const int64_t payload = (total_cost + parts - 1) / parts + kMetadataFixedOverheadBlocks;
   p.num_splits[0] = 0;
-  int64_t batch = 0, block = 0, split = 0, pieces = 0;
-  for (int32_t part = 0; part < parts; ++part) {
-    const int32_t begin_batch = static_cast<int32_t>(batch),
-                  begin_token = static_cast<int32_t>(block * kMetadataPageBlockSize);
-    const int32_t begin_split = static_cast<int32_t>(split);
-    int64_t remaining = payload;
-    while (batch < batch_size) {
-      const int64_t blocks_left = blocks_of(p, batch) - block;
-      if (remaining >= blocks_left + kMetadataFixedOverheadBlocks) {
-        pieces += split + 1;
-        p.num_splits[(batch + 1) * p.num_splits_stride] = static_cast<int32_t>(pieces);
-        remaining -= blocks_left + kMetadataFixedOverheadBlocks;
-        ++batch;
-        block = 0;
-        split = 0;
-      } else {
-        if (remaining - kMetadataFixedOverheadBlocks > 0) {
-          block += remaining - kMetadataFixedOverheadBlocks;
-          ++split;
-        }
-        break;
-      }
-    }
-    if (block > 0) {
-      write_row(p, part, begin_batch, begin_token, static_cast<int32_t>(batch),
-                static_cast<int32_t>(block * kMetadataPageBlockSize), begin_split);
-    } else {
-      write_row(p, part, begin_batch, begin_token, static_cast<int32_t>(batch - 1),
-                batch >= 1 ? length_of(p, batch - 1) : 0, begin_split);
-    }
-  }
+  walk_schedule(
+      p.batch_size, p.num_sm_parts, [&](int64_t i) { return blocks_of(p, i); },
+      [&](int64_t i) { return length_of(p, i); },
+      [&](int32_t part, int64_t begin_batch, int64_t begin_token, int64_t end_batch, int64_t end_token,
+          int64_t begin_split) {
+        write_row(p, part, static_cast<int32_t>(begin_batch), static_cast<int32_t>(begin_token),
+                  static_cast<int32_t>(end_batch), static_cast<int32_t>(end_token), static_cast<int32_t>(begin_split));
+      },
+      [&](int64_t i, int64_t pieces) { p.num_splits[i * p.num_splits_stride] = static_cast<int32_t>(pieces); });
 }
 
 }  // namespace
