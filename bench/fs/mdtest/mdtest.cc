@@ -48,6 +48,7 @@ struct Options {
   std::string out;
   std::vector<std::string> meta;  // ff-meta addresses: benchmark over gRPC instead of in-process
   int clients = 1;                // RemoteMeta instances (gRPC channels) the threads share
+  int read_batches = 2;           // RemoteMetaOptions::read_batches_in_flight
 };
 
 // Runs body(thread) on every thread; returns the seconds from the first start to the last finish.
@@ -175,6 +176,9 @@ int main(int argc, char** argv) {
 #ifdef FF_MDTEST_RPC
   app.add_option("--meta", options.meta, "ff-meta addresses (host:port, comma-separated): run over gRPC")
       ->delimiter(',');
+  app.add_option("--read-batches", options.read_batches,
+                 "RemoteMeta read batches in flight before concurrent reads share one call (0: one call each)")
+      ->check(CLI::Range(0, 64));
   app.add_option("--clients", options.clients, "RemoteMeta instances (gRPC channels) shared by the threads")
       ->check(CLI::Range(1, 256));
 #endif
@@ -190,7 +194,8 @@ int main(int argc, char** argv) {
   if (!options.meta.empty()) {
 #ifdef FF_MDTEST_RPC
     for (int c = 0; c < options.clients; ++c) {
-      auto remote = ff::fs::meta::RemoteMeta::connect({.addresses = options.meta});
+      auto remote = ff::fs::meta::RemoteMeta::connect(
+          {.addresses = options.meta, .read_batches_in_flight = options.read_batches});
       if (!remote.is_ok()) {
         std::fprintf(stderr, "%s\n", remote.status().to_string().c_str());
         return 1;

@@ -1,6 +1,8 @@
 // RemoteMeta: MetaApi over gRPC to stateless ff-meta servers, with failover and the interpretation of
 // repeated non-idempotent calls described in include/ff/fs/meta_rpc.h.
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <random>
 #include <thread>
 
@@ -46,7 +48,7 @@ struct RemoteMeta::Impl {
   std::vector<std::shared_ptr<Peer>> peers;
   size_t current = 0;
 
-  std::atomic<uint64_t> calls{0}, attempts{0}, failovers{0}, recovered{0};
+  std::atomic<uint64_t> calls{0}, attempts{0}, failovers{0}, recovered{0}, batches{0}, batched_reads{0};
   // Request ids of non-idempotent calls: a random start per client, then consecutive (unique across
   // clients with overwhelming probability; the server keys its table of recent outcomes by them).
   std::atomic<uint64_t> next_request_id{0};
@@ -187,12 +189,122 @@ struct RemoteMeta::Impl {
     return removal_outcome(reply.status(), ambiguous, gone_errno);
   }
 
+  // ---- read batching (RemoteMetaOptions::read_batches_in_flight)
+  // A read waiting for its batch. `outcome` is set under batch_mutex by the thread that sent it; `alone`
+  // instead when the batch failed as a whole (the read is then retried as a single call by its owner).
+  struct QueuedRead {
+    const pb::MetaRequest* request = nullptr;
+    std::optional<Result<pb::MetaResponse>> outcome;
+    bool alone = false;
+    bool taken = false;
+  };
+  std::mutex batch_mutex;  // guards read_queue, batches_in_flight and every QueuedRead in the queue or in flight
+  std::condition_variable batch_done;
+  std::deque<QueuedRead*> read_queue;
+  int batches_in_flight = 0;
+  std::atomic<bool> batch_unsupported{false};  // the server answered UNIMPLEMENTED (an older ff-meta)
+
+  // The read's response (OK at the gRPC level), through a batch when other reads are in flight.
+  // NOTE: the thread whose read is still queued when a slot frees sends the whole queue, so no read waits
+  // for a thread that is not its own, and a read alone goes at once (no added latency without load).
+  Result<pb::MetaResponse> read_call(const pb::MetaRequest& request) {
+    bool ambiguous = false;
+    if (options.read_batches_in_flight <= 0 || batch_unsupported.load(std::memory_order_relaxed)) {
+      return call(request, &ambiguous);
+    }
+    QueuedRead mine;
+    mine.request = &request;
+    std::unique_lock lock(batch_mutex);
+    read_queue.push_back(&mine);
+    while (!mine.outcome && !mine.alone) {
+      if (!mine.taken && batches_in_flight < options.read_batches_in_flight) {
+        std::vector<QueuedRead*> batch;
+        while (!read_queue.empty() && batch.size() < kMaxReadBatch) {
+          batch.push_back(read_queue.front());
+          read_queue.front()->taken = true;
+          read_queue.pop_front();
+        }
+        ++batches_in_flight;
+        lock.unlock();
+        std::optional<Result<pb::MetaResponse>> single;
+        std::optional<pb::MetaBatchResponse> answers;
+        if (batch.size() == 1) {
+          single = call(*batch[0]->request, &ambiguous);  // as without batching: no CallBatch for one read
+        } else {
+          answers = send_batch(batch);
+        }
+        lock.lock();
+        --batches_in_flight;
+        for (size_t i = 0; i < batch.size(); ++i) {
+          if (single) {
+            batch[i]->outcome = std::move(*single);
+          } else if (answers) {
+            batch[i]->outcome = std::move(*answers->mutable_responses(static_cast<int>(i)));
+          } else {
+            batch[i]->alone = true;
+          }
+        }
+        batch_done.notify_all();
+        continue;
+      }
+      // Bounded: the batch holding this read (or the one freeing a slot) ends within its RPC deadline.
+      batch_done.wait_for(lock, std::chrono::milliseconds(options.rpc_timeout_ms + 1000));
+    }
+    lock.unlock();
+    if (mine.outcome) return std::move(*mine.outcome);
+    return call(request, &ambiguous);
+  }
+
+  // One attempt at a batch of several reads: the responses in order, or nullopt when the batch did not
+  // come back whole (its reads are then retried one by one, with failover).
+  std::optional<pb::MetaBatchResponse> send_batch(const std::vector<QueuedRead*>& batch) {
+    pb::MetaBatchRequest request;
+    for (const QueuedRead* read : batch) *request.add_requests() = *read->request;
+    calls.fetch_add(batch.size(), std::memory_order_relaxed);
+    attempts.fetch_add(batch.size(), std::memory_order_relaxed);
+    batches.fetch_add(1, std::memory_order_relaxed);
+    batched_reads.fetch_add(batch.size(), std::memory_order_relaxed);
+    auto [index, peer] = pick();
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::milliseconds(std::min(options.rpc_timeout_ms, options.op_timeout_ms)));
+    pb::MetaBatchResponse answers;
+    grpc::Status status = peer->stub->CallBatch(&context, request, &answers);
+    if (status.ok() && answers.responses_size() == request.requests_size()) return answers;
+    if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      FF_LOG_WARN("ff-meta at {} does not batch reads ({}); sending them one by one", options.addresses[index],
+                  status.error_message());
+      batch_unsupported.store(true, std::memory_order_relaxed);
+    } else if (status.ok()) {
+      FF_LOG_WARN("ff-meta at {} answered a batch of {} reads with {} responses; retrying them one by one",
+                  options.addresses[index], request.requests_size(), answers.responses_size());
+    } else if (is_retryable_transport(status.error_code())) {
+      // Each read is sent again (alone, by its caller), as a single call's failed attempt would be.
+      failovers.fetch_add(batch.size(), std::memory_order_relaxed);
+      fail_over(index, status.error_code() == grpc::StatusCode::UNAVAILABLE);
+    }
+    return std::nullopt;
+  }
+
+  // A read's outcome (see run()).
+  Result<pb::MetaResponse> run_read(const pb::MetaRequest& request) {
+    FF_ASSIGN_OR_RETURN(pb::MetaResponse response, read_call(request));
+    FF_RETURN_IF_ERROR(wire::status_of(response));
+    return response;
+  }
+  Result<Inode> read_inode(const pb::MetaRequest& request) {
+    FF_ASSIGN_OR_RETURN(pb::MetaResponse response, run_read(request));
+    if (!response.has_inode())
+      return internal_error("meta {}: reply without an inode", wire::op_name(request.op_case()));
+    return wire::from_proto(response.inode());
+  }
+
   Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) {
     pb::MetaRequest request;
     wire::to_proto(caller, request.mutable_caller());
     request.mutable_lookup()->set_parent(parent);
     request.mutable_lookup()->set_name(std::string(name));
-    return inode_of(request);
+    return read_inode(request);
   }
 
   // A new directory in a setgid directory gets S_ISGID added to the asked mode.
@@ -245,6 +357,10 @@ Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions option
         "positive",
         options.rpc_timeout_ms, options.op_timeout_ms, options.max_attempts);
   }
+  if (options.read_batches_in_flight < 0 || options.read_batches_in_flight > 1024) {
+    return invalid_argument("RemoteMeta: read_batches_in_flight = {} must be in [0, 1024] (0: no read batching)",
+                            options.read_batches_in_flight);
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
   for (const auto& address : impl->options.addresses) impl->peers.push_back(impl->make_peer(address));
@@ -256,7 +372,8 @@ Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions option
 }
 
 RemoteMeta::Stats RemoteMeta::stats() const {
-  return Stats{impl_->calls.load(), impl_->attempts.load(), impl_->failovers.load(), impl_->recovered.load()};
+  return Stats{impl_->calls.load(),     impl_->attempts.load(), impl_->failovers.load(),
+               impl_->recovered.load(), impl_->batches.load(),  impl_->batched_reads.load()};
 }
 
 namespace {
@@ -275,7 +392,7 @@ Result<Inode> RemoteMeta::lookup(const Caller& caller, InodeId parent, std::stri
 Result<Inode> RemoteMeta::getattr(InodeId inode) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_getattr()->set_inode(inode);
-  return impl_->inode_of(request);
+  return impl_->read_inode(request);
 }
 
 Result<Inode> RemoteMeta::setattr(const Caller& caller, InodeId inode, const SetAttr& attr) {
@@ -353,7 +470,7 @@ Result<Inode> RemoteMeta::link(const Caller& caller, InodeId inode, InodeId new_
 Result<std::string> RemoteMeta::readlink(InodeId inode) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_readlink()->set_inode(inode);
-  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run_read(request));
   return response.text();
 }
 

@@ -393,21 +393,11 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
   grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* context, const pb::MetaRequest* request,
                                  pb::MetaResponse* response) override {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    requests_total.fetch_add(1, std::memory_order_relaxed);
-    if (requests_ != nullptr) requests_->add();
-    if (auto op = operations_.find(static_cast<int>(request->op_case())); op != operations_.end()) op->second->add();
+    count_received(*request);
     // A request whose caller already gave up is not executed: the caller will retry it elsewhere, and
     // running it now would only add an outcome nobody hears about.
-    if (context->deadline() < std::chrono::system_clock::now()) {
-      expired_total.fetch_add(1, std::memory_order_relaxed);
-      reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "meta request arrived after its deadline"));
-      return reactor;
-    }
-    std::shared_ptr<MetaApi> api;
-    {
-      std::lock_guard lock(api_mutex_);
-      api = api_;
-    }
+    if (expired(*context, reactor)) return reactor;
+    std::shared_ptr<MetaApi> api = current_api();
     // A retry of a request this server ran or is running: the first outcome, not a second execution.
     const uint64_t request_id =
         recent_ != nullptr && wire::deduplicated(request->op_case()) ? request->request_id() : 0;
@@ -421,16 +411,7 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
     }
     // The request and response stay valid until Finish (the reactor's OnDone).
     auto run = [this, api = std::move(api), request, response, reactor, request_id] {
-      auto start = std::chrono::steady_clock::now();
-      execute(*api, *request, response);
-      if (latency_ != nullptr) {
-        latency_->record_us(static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count()));
-      }
-      if (response->code() != 0) {
-        errors_total.fetch_add(1, std::memory_order_relaxed);
-        if (errors_ != nullptr) errors_->add();
-      }
+      execute_counted(*api, *request, response);
       if (request_id != 0) recent_->finish(request_id, *response);
       reactor->Finish(grpc::Status::OK);
     };
@@ -440,6 +421,41 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
       grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED, "meta server queue is full");
       if (request_id != 0) recent_->abandon(request_id, busy);
       reactor->Finish(busy);
+    }
+    return reactor;
+  }
+
+  // Reads only, so nothing to deduplicate: each runs as Call would run it, one after the other.
+  grpc::ServerUnaryReactor* CallBatch(grpc::CallbackServerContext* context, const pb::MetaBatchRequest* request,
+                                      pb::MetaBatchResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    batches_total.fetch_add(1, std::memory_order_relaxed);
+    for (const pb::MetaRequest& item : request->requests()) count_received(item);
+    if (static_cast<size_t>(request->requests_size()) > kMaxReadBatch) {
+      reactor->Finish(grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          fmt::format("[malformed] meta batch of {} requests, at most {}", request->requests_size(), kMaxReadBatch)));
+      return reactor;
+    }
+    if (expired(*context, reactor)) return reactor;
+    auto run = [this, api = current_api(), request, response, reactor] {
+      for (const pb::MetaRequest& item : request->requests()) {
+        pb::MetaResponse* out = response->add_responses();
+        if (is_read(item.op_case())) {
+          execute_counted(*api, item, out);
+        } else {
+          put_status(
+              invalid_argument("[malformed] meta {} in a batch, which holds only reads", wire::op_name(item.op_case())),
+              out);
+          count_error();
+        }
+      }
+      reactor->Finish(grpc::Status::OK);
+    };
+    if (inline_reads_) {
+      run();
+    } else if (!pool_.submit(std::move(run))) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "meta server queue is full"));
     }
     return reactor;
   }
@@ -454,8 +470,39 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
   std::atomic<uint64_t> errors_total{0};
   std::atomic<uint64_t> expired_total{0};
   std::atomic<uint64_t> deduplicated_total{0};
+  std::atomic<uint64_t> batches_total{0};
 
  private:
+  void count_received(const pb::MetaRequest& request) {
+    requests_total.fetch_add(1, std::memory_order_relaxed);
+    if (requests_ != nullptr) requests_->add();
+    if (auto op = operations_.find(static_cast<int>(request.op_case())); op != operations_.end()) op->second->add();
+  }
+  void count_error() {
+    errors_total.fetch_add(1, std::memory_order_relaxed);
+    if (errors_ != nullptr) errors_->add();
+  }
+  // Finishes the call with DEADLINE_EXCEEDED when its caller has already given up.
+  bool expired(const grpc::CallbackServerContext& context, grpc::ServerUnaryReactor* reactor) {
+    if (context.deadline() >= std::chrono::system_clock::now()) return false;
+    expired_total.fetch_add(1, std::memory_order_relaxed);
+    reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "meta request arrived after its deadline"));
+    return true;
+  }
+  std::shared_ptr<MetaApi> current_api() {
+    std::lock_guard lock(api_mutex_);
+    return api_;
+  }
+  void execute_counted(MetaApi& api, const pb::MetaRequest& request, pb::MetaResponse* response) {
+    auto start = std::chrono::steady_clock::now();
+    execute(api, request, response);
+    if (latency_ != nullptr) {
+      latency_->record_us(static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count()));
+    }
+    if (response->code() != 0) count_error();
+  }
+
   std::mutex api_mutex_;  // guards api_ (held only to copy the pointer)
   std::shared_ptr<MetaApi> api_;
   const bool inline_reads_;
@@ -528,7 +575,8 @@ void MetaRpcServer::shutdown(int64_t timeout_ms) {
 
 MetaRpcServer::Stats MetaRpcServer::stats() const {
   return Stats{impl_->service->requests_total.load(), impl_->service->errors_total.load(),
-               impl_->service->expired_total.load(), impl_->service->deduplicated_total.load()};
+               impl_->service->expired_total.load(), impl_->service->deduplicated_total.load(),
+               impl_->service->batches_total.load()};
 }
 
 }  // namespace ff::fs::meta

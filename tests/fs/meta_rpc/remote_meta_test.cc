@@ -1,6 +1,7 @@
 // RemoteMeta beyond the behaviour suite: errors identical to in-process ones, failover between two
-// servers on one store, bounded waits on unreachable and hung servers, and the interpretation of a
-// repeated create / mkdir / link / rename / unlink / close whose first reply was lost.
+// servers on one store, bounded waits on unreachable and hung servers, the interpretation of a
+// repeated create / mkdir / link / rename / unlink / close whose first reply was lost, and read batching
+// (concurrent reads sharing Meta.CallBatch, its refusal of non-reads, the fallback to single calls).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -32,16 +33,27 @@ class StallingApi final : public MetaApi {
  public:
   explicit StallingApi(MetaApi& inner) : inner_(inner) {}
   std::atomic<int> stall_before_ms{0};
+  std::atomic<int> stalls_before_left{-1};  // how many calls stall before executing (-1: every call)
   std::atomic<int> stall_after_ms{0};
   std::atomic<int> stalls_after_left{0};  // how many calls stall after executing
   std::atomic<int> calls{0};
 
   std::atomic<bool> stall_reads{true};  // false: lookup and getxattr never stall after executing
 
+  bool take_stall_before() {
+    int left = stalls_before_left.load();
+    while (left > 0) {
+      if (stalls_before_left.compare_exchange_weak(left, left - 1)) return true;
+    }
+    return left < 0;
+  }
+
   template <typename F>
   auto wrap(F&& body, bool read = false) {
     ++calls;
-    if (int ms = stall_before_ms.load(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    if (int ms = stall_before_ms.load(); ms > 0 && take_stall_before()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    }
     auto result = body();
     if ((!read || stall_reads.load()) && stalls_after_left.fetch_sub(1) > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(stall_after_ms.load()));
@@ -341,6 +353,10 @@ TEST_F(RemoteMetaTest, UnreachableServersFailWithinTheOperationTimeout) {
   EXPECT_NE(result.status().message().find("no ff-meta server answered"), std::string::npos);
   EXPECT_FALSE(RemoteMeta::connect(RemoteMetaOptions{}).is_ok());
   EXPECT_FALSE(RemoteMeta::connect(RemoteMetaOptions{.addresses = {"no-port"}}).is_ok());
+  auto bad_batches = RemoteMeta::connect(RemoteMetaOptions{.addresses = {"127.0.0.1:1"}, .read_batches_in_flight = -1});
+  ASSERT_FALSE(bad_batches.is_ok());
+  EXPECT_NE(bad_batches.status().message().find("read_batches_in_flight = -1"), std::string::npos)
+      << bad_batches.status().to_string();
 }
 
 TEST_F(RemoteMetaTest, HungServerHitsTheDeadline) {
@@ -538,6 +554,182 @@ TEST_F(RemoteMetaTest, RecentRequestTableIsBoundedAndExpires) {
   EXPECT_EQ(create(43, "b").code(), static_cast<int>(StatusCode::kAlreadyExists));
   EXPECT_EQ((*small)->stats().deduplicated, 2u);
   (*small)->shutdown(1000);
+}
+
+// Lookups of 12 threads while every read takes 30 ms on the server: the reads that arrive while the
+// client's 2 batches are in flight go together in the next Meta.CallBatch, and each caller gets its own
+// answer (existing names their inode, missing names ENOENT).
+TEST_F(RemoteMetaTest, ConcurrentReadsShareBatches) {
+  auto remote = connect({server_->address()});
+  std::vector<InodeId> ids;
+  for (int i = 0; i < 12; ++i) {
+    auto made = service_->create(kRoot, kRootInode, fmt::format("f{}", i), 0644);
+    ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+    ids.push_back(made->id);
+  }
+  stalling_->stall_before_ms = 30;
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 12; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 6; ++i) {
+        auto found = remote->lookup(kRoot, kRootInode, fmt::format("f{}", (t + i) % 12));
+        if (!found.is_ok() || found->id != ids[static_cast<size_t>((t + i) % 12)]) ++wrong;
+        auto missing = remote->lookup(kRoot, kRootInode, fmt::format("none{}", t));
+        if (missing.is_ok() || errno_of(missing.status()) != ENOENT) ++wrong;
+        auto attrs = remote->getattr(ids[static_cast<size_t>(t)]);
+        if (!attrs.is_ok() || attrs->id != ids[static_cast<size_t>(t)]) ++wrong;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  stalling_->stall_before_ms = 0;
+  EXPECT_EQ(wrong.load(), 0);
+  RemoteMeta::Stats stats = remote->stats();
+  EXPECT_GT(stats.batches, 0u);
+  EXPECT_GE(stats.batched_reads, 2 * stats.batches);
+  EXPECT_EQ(server_->stats().batches, stats.batches);
+  EXPECT_EQ(stats.calls, 12u * 6 * 3);
+  EXPECT_EQ(server_->stats().requests, stats.attempts);
+  EXPECT_EQ(stats.failovers, 0u);
+}
+
+// Meta.CallBatch runs reads only: anything else in it gets its own EINVAL and does not run; more than
+// kMaxReadBatch is refused whole.
+TEST_F(RemoteMetaTest, ABatchHoldsOnlyReads) {
+  auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  auto stub = pb::Meta::NewStub(channel);
+  pb::MetaBatchRequest request;
+  pb::MetaRequest* lookup = request.add_requests();
+  lookup->mutable_lookup()->set_parent(kRootInode);
+  lookup->mutable_lookup()->set_name("nothing here");
+  pb::MetaRequest* create = request.add_requests();
+  create->mutable_create()->set_parent(kRootInode);
+  create->mutable_create()->set_name("sneaked");
+  create->mutable_create()->set_mode(0644);
+  request.add_requests()->mutable_getattr()->set_inode(kRootInode);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  pb::MetaBatchResponse response;
+  grpc::Status status = stub->CallBatch(&context, request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(response.responses_size(), 3);
+  EXPECT_EQ(response.responses(0).code(), static_cast<int>(StatusCode::kNotFound)) << response.responses(0).message();
+  EXPECT_EQ(response.responses(1).code(), static_cast<int>(StatusCode::kInvalidArgument));
+  EXPECT_NE(response.responses(1).message().find("holds only reads"), std::string::npos)
+      << response.responses(1).message();
+  EXPECT_EQ(response.responses(2).code(), 0) << response.responses(2).message();
+  EXPECT_EQ(response.responses(2).inode().id(), kRootInode);
+  EXPECT_ERRNO(service_->lookup(kRoot, kRootInode, "sneaked"), ENOENT);
+
+  pb::MetaBatchRequest too_many;
+  for (size_t i = 0; i <= kMaxReadBatch; ++i) too_many.add_requests()->mutable_getattr()->set_inode(kRootInode);
+  grpc::ClientContext context2;
+  context2.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  status = stub->CallBatch(&context2, too_many, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find(fmt::format("{} requests, at most {}", kMaxReadBatch + 1, kMaxReadBatch)),
+            std::string::npos)
+      << status.error_message();
+}
+
+// A batch that times out as a whole: its reads are sent again one by one (failover, retries) and every
+// caller still gets its answer. One batch in flight: a first read holds it (300 ms on the server) while 7
+// more queue; they go as one batch, whose reads then take 1.5 s each, past its 600 ms deadline.
+TEST_F(RemoteMetaTest, AFailedBatchIsRetriedReadByRead) {
+  auto client = RemoteMeta::connect(RemoteMetaOptions{
+      .addresses = {server_->address()}, .rpc_timeout_ms = 600, .op_timeout_ms = 20000, .read_batches_in_flight = 1});
+  ASSERT_TRUE(client.is_ok()) << client.status().to_string();
+  RemoteMeta& remote = **client;
+  auto made = service_->create(kRoot, kRootInode, "there", 0644);
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  std::atomic<int> wrong{0};
+  auto read = [&] {
+    auto found = remote.lookup(kRoot, kRootInode, "there");
+    if (!found.is_ok() || found->id != made->id) {
+      ++wrong;
+      ADD_FAILURE() << (found.is_ok() ? "another inode" : found.status().to_string());
+    }
+  };
+  stalling_->stall_before_ms = 300;
+  std::vector<std::thread> threads;
+  threads.emplace_back(read);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  stalling_->stall_before_ms = 1500;
+  for (int t = 0; t < 7; ++t) threads.emplace_back(read);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  stalling_->stall_before_ms = 0;
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(wrong.load(), 0);
+  RemoteMeta::Stats stats = remote.stats();
+  EXPECT_GE(stats.batches, 1u);
+  EXPECT_GE(stats.failovers, stats.batched_reads) << "every read of the failed batch is sent again";
+  EXPECT_GT(stats.attempts, stats.calls);
+}
+
+// An ff-meta without Meta.CallBatch (an older server; here a proxy that forwards Call only): the first
+// batch is answered UNIMPLEMENTED, its reads go one by one, and so does every read after it.
+TEST_F(RemoteMetaTest, ReadsGoOneByOneToAServerWithoutBatches) {
+  class CallOnly final : public pb::Meta::CallbackService {
+   public:
+    explicit CallOnly(const std::string& target)
+        : stub_(pb::Meta::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()))) {}
+    grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* context, const pb::MetaRequest* request,
+                                   pb::MetaResponse* response) override {
+      // Forwarded without blocking gRPC's callback thread; the client context lives until the answer.
+      grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+      auto forward = std::make_shared<grpc::ClientContext>();
+      forward->set_deadline(context->deadline());
+      stub_->async()->Call(forward.get(), request, response,
+                           [reactor, forward](grpc::Status status) { reactor->Finish(status); });
+      return reactor;
+    }
+
+   private:
+    std::unique_ptr<pb::Meta::Stub> stub_;
+  };
+  CallOnly proxy(server_->address());
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&proxy);
+  std::unique_ptr<grpc::Server> old_server = builder.BuildAndStart();
+  ASSERT_NE(old_server, nullptr);
+  ASSERT_GT(port, 0);
+  auto remote = connect({"127.0.0.1:" + std::to_string(port)});
+  auto made = service_->create(kRoot, kRootInode, "there", 0644);
+  ASSERT_TRUE(made.is_ok()) << made.status().to_string();
+  stalling_->stall_before_ms = 30;
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 4; ++i) {
+        auto found = remote->lookup(kRoot, kRootInode, "there");
+        if (!found.is_ok() || found->id != made->id) ++wrong;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(wrong.load(), 0);
+  // The batches in flight together when the first UNIMPLEMENTED came (at most 2), then none: a second
+  // wave of concurrent reads goes one by one.
+  const uint64_t tried = remote->stats().batches;
+  EXPECT_GE(tried, 1u);
+  EXPECT_LE(tried, 2u);
+  threads.clear();
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      auto found = remote->lookup(kRoot, kRootInode, "there");
+      if (!found.is_ok() || found->id != made->id) ++wrong;
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  stalling_->stall_before_ms = 0;
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(remote->stats().batches, tried) << "after an UNIMPLEMENTED, no batch is tried again";
+  EXPECT_EQ(server_->stats().batches, 0u);
+  old_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
 }
 
 TEST_F(RemoteMetaTest, UnixDomainSocket) {

@@ -41,6 +41,7 @@ using namespace ff::fs;
 struct Config {
   fuse::FuseOptions fuse;
   std::vector<std::string> meta_addresses;  // ff-meta servers (RemoteMeta)
+  uint32_t meta_read_batches = 2;           // RemoteMetaOptions::read_batches_in_flight
   std::string embedded_meta;                // RocksDB directory, or ":memory:"
   bool embedded_sync = true;
   std::string mgmtd;         // storage through FileClient
@@ -70,6 +71,7 @@ Status load_toml(const std::string& path, Config* c) {
   FF_RETURN_IF_ERROR(reader.read("fuse.debug", &c->fuse.debug));
   FF_RETURN_IF_ERROR(reader.read("fuse.stats_interval_s", &c->stats_interval_s));
   FF_RETURN_IF_ERROR(reader.read("meta.addresses", &c->meta_addresses));
+  FF_RETURN_IF_ERROR(reader.read("meta.read_batches_in_flight", &c->meta_read_batches));
   FF_RETURN_IF_ERROR(reader.read("meta.embedded_path", &c->embedded_meta));
   FF_RETURN_IF_ERROR(reader.read("meta.embedded_sync", &c->embedded_sync));
   FF_RETURN_IF_ERROR(reader.read("meta.chain_table", &c->chain_table));
@@ -305,6 +307,7 @@ int run_storage(const Config& config) {
 #ifdef FF_FUSE_HAVE_REMOTE_META
   meta::RemoteMetaOptions remote_options;
   remote_options.addresses = config.meta_addresses;
+  remote_options.read_batches_in_flight = static_cast<int>(config.meta_read_batches);
   auto remote = meta::RemoteMeta::connect(remote_options);
   if (!remote.is_ok()) {
     FF_LOG_ERROR("ff-meta {}: {}", fmt::join(config.meta_addresses, ","), remote.status());
@@ -352,9 +355,13 @@ int main(int argc, char** argv) {
   bool memory_data = false, debug = false, direct_io = false;
   double entry_timeout_s = -1, attr_timeout_s = -1;
   uint32_t threads = 0;
+  int meta_read_batches = -1;
   app.add_option("--config", config_path, "TOML config (see deploy/fs/fuse.toml); flags override it");
   app.add_option("--mount", mount, "mountpoint (an existing directory)");
   app.add_option("--meta", meta_list, "ff-meta addresses host:port[,host:port...]");
+  app.add_option("--meta-read-batches", meta_read_batches,
+                 "read batches to ff-meta in flight before concurrent lookups and getattrs wait to share one call "
+                 "(0: every read its own call)");
   app.add_option("--embedded-meta", embedded, "metadata in this process: a RocksDB directory, or :memory:");
   app.add_option("--mgmtd", mgmtd, "ff-mgmtd host:port: file data on the cluster's storage servers");
   app.add_flag("--memory-data", memory_data, "file data in this process's memory (tests; nothing survives)");
@@ -390,6 +397,7 @@ int main(int argc, char** argv) {
     }
   }
   if (!embedded.empty()) config.embedded_meta = embedded;
+  if (meta_read_batches >= 0) config.meta_read_batches = static_cast<uint32_t>(meta_read_batches);
   if (!mgmtd.empty()) config.mgmtd = mgmtd;
   if (memory_data) config.memory_data = true;
   if (entry_timeout_s >= 0) config.fuse.entry_timeout_s = entry_timeout_s;
