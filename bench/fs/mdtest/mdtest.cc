@@ -48,7 +48,7 @@ struct Options {
   std::string out;
   std::vector<std::string> meta;  // ff-meta addresses: benchmark over gRPC instead of in-process
   int clients = 1;                // RemoteMeta instances (gRPC channels) the threads share
-  int read_batches = 2;           // RemoteMetaOptions::read_batches_in_flight
+  int batches = 2;                // RemoteMetaOptions::batches_in_flight
 };
 
 // Runs body(thread) on every thread; returns the seconds from the first start to the last finish.
@@ -176,8 +176,8 @@ int main(int argc, char** argv) {
 #ifdef FF_MDTEST_RPC
   app.add_option("--meta", options.meta, "ff-meta addresses (host:port, comma-separated): run over gRPC")
       ->delimiter(',');
-  app.add_option("--read-batches", options.read_batches,
-                 "RemoteMeta read batches in flight before concurrent reads share one call (0: one call each)")
+  app.add_option("--batches", options.batches,
+                 "RemoteMeta batches in flight before concurrent calls share one (0: one RPC each)")
       ->check(CLI::Range(0, 64));
   app.add_option("--clients", options.clients, "RemoteMeta instances (gRPC channels) shared by the threads")
       ->check(CLI::Range(1, 256));
@@ -194,8 +194,8 @@ int main(int argc, char** argv) {
   if (!options.meta.empty()) {
 #ifdef FF_MDTEST_RPC
     for (int c = 0; c < options.clients; ++c) {
-      auto remote = ff::fs::meta::RemoteMeta::connect(
-          {.addresses = options.meta, .read_batches_in_flight = options.read_batches});
+      auto remote =
+          ff::fs::meta::RemoteMeta::connect({.addresses = options.meta, .batches_in_flight = options.batches});
       if (!remote.is_ok()) {
         std::fprintf(stderr, "%s\n", remote.status().to_string().c_str());
         return 1;

@@ -39,7 +39,7 @@ inline constexpr size_t kMaxXattrNameBytes = 255;
 inline constexpr size_t kMaxXattrValueBytes = 64 * 1024;
 inline constexpr size_t kMaxXattrListBytes = 64 * 1024;
 inline constexpr size_t kMaxCloseBatch = 1024;  // closes in one close_batch call
-inline constexpr size_t kMaxReadBatch = 64;     // reads in one Meta.CallBatch (RemoteMeta's read batching)
+inline constexpr size_t kMaxCallBatch = 64;     // requests in one Meta.CallBatch (RemoteMeta's batching)
 // setxattr flags, with the values of <sys/xattr.h>'s XATTR_CREATE / XATTR_REPLACE.
 enum XattrFlags : uint32_t {
   kXattrCreate = 1,   // fail with EEXIST when the attribute exists

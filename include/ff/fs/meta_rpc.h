@@ -89,7 +89,7 @@ class MetaRpcServer {
     uint64_t errors = 0;        // operations that returned an error Status (ENOENT, EEXIST, ... included)
     uint64_t expired = 0;       // calls whose deadline had passed before they ran (not executed)
     uint64_t deduplicated = 0;  // retries answered with the outcome of their first attempt
-    uint64_t batches = 0;       // CallBatch calls (several reads each)
+    uint64_t batches = 0;       // CallBatch calls (several operations each)
   };
   Stats stats() const;
 
@@ -108,11 +108,11 @@ struct RemoteMetaOptions {
   int64_t retry_backoff_ms = 20;           // pause after every address failed once; doubles up to 1 s
   int64_t recovery_clock_skew_ms = 5'000;  // tolerated clock difference client/servers (create recovery)
   int max_message_bytes = 64 << 20;
-  // Read batching: while this many batches of reads are in flight, the lookups, getattrs and readlinks
-  // of other threads wait and then go to the server together, one Meta.CallBatch (at most
-  // kMaxReadBatch reads); a read that finds fewer in flight goes at once. 0: every read its own call.
-  // A failed batch's reads are retried one by one as single calls (failover and all).
-  int read_batches_in_flight = 2;
+  // Batching: while this many batches are in flight, the calls of other threads wait and then go to the
+  // server together, one Meta.CallBatch (at most kMaxCallBatch calls); a call that finds fewer in flight
+  // goes at once. Reads and changes batch apart (each kind has this many in flight). 0: every call its
+  // own RPC. A failed batch's calls are sent again one by one, as single calls (failover, request ids).
+  int batches_in_flight = 2;
 };
 
 class RemoteMeta final : public MetaApi {
@@ -169,8 +169,8 @@ class RemoteMeta final : public MetaApi {
     uint64_t attempts = 0;
     uint64_t failovers = 0;  // attempts sent again (to the next address) after unavailable/deadline
     uint64_t recovered = 0;  // ambiguous outcomes interpreted as success (see the header comment)
-    uint64_t batches = 0;    // Meta.CallBatch attempts (read batching)
-    uint64_t batched_reads = 0;  // reads sent in them
+    uint64_t batches = 0;    // Meta.CallBatch attempts (batching)
+    uint64_t batched_calls = 0;  // calls sent in them
   };
   Stats stats() const;
 

@@ -123,6 +123,20 @@ bool deduplicated(pb::MetaRequest::OpCase op) {
   }
 }
 
+bool is_read(pb::MetaRequest::OpCase op) {
+  switch (op) {
+    case pb::MetaRequest::kLookup:
+    case pb::MetaRequest::kGetattr:
+    case pb::MetaRequest::kResolve:
+    case pb::MetaRequest::kReadlink:
+    case pb::MetaRequest::kReaddir:
+    case pb::MetaRequest::kGetxattr:
+    case pb::MetaRequest::kListxattr:
+    case pb::MetaRequest::kStatfs: return true;
+    default: return false;
+  }
+}
+
 const char* op_name(pb::MetaRequest::OpCase op) {
   switch (op) {
     case pb::MetaRequest::kLookup: return "lookup";

@@ -27,4 +27,8 @@ const char* op_name(pb::MetaRequest::OpCase op);
 // their outcome by it for a while (a retry after a lost reply gets the first outcome).
 bool deduplicated(pb::MetaRequest::OpCase op);
 
+// Operations that only read (lookup, getattr, readdir, ...): they batch apart from changes (RemoteMeta)
+// and may run on the server's gRPC threads (MetaServerOptions::inline_reads).
+bool is_read(pb::MetaRequest::OpCase op);
+
 }  // namespace ff::fs::meta::wire

@@ -48,7 +48,7 @@ struct RemoteMeta::Impl {
   std::vector<std::shared_ptr<Peer>> peers;
   size_t current = 0;
 
-  std::atomic<uint64_t> calls{0}, attempts{0}, failovers{0}, recovered{0}, batches{0}, batched_reads{0};
+  std::atomic<uint64_t> calls{0}, attempts{0}, failovers{0}, recovered{0}, batches{0}, batched_calls{0};
   // Request ids of non-idempotent calls: a random start per client, then consecutive (unique across
   // clients with overwhelming probability; the server keys its table of recent outcomes by them).
   std::atomic<uint64_t> next_request_id{0};
@@ -90,7 +90,7 @@ struct RemoteMeta::Impl {
   // Sends `request` until a server answers (OK at the gRPC level: the operation's own Status is inside),
   // or the attempts (max_attempts, 0: options.max_attempts) or the time run out. *ambiguous: some
   // attempt may have run on a server without its reply reaching us.
-  Result<pb::MetaResponse> call(const pb::MetaRequest& request_in, bool* ambiguous, uint32_t max_attempts = 0) {
+  Result<pb::MetaResponse> call_direct(const pb::MetaRequest& request_in, bool* ambiguous, uint32_t max_attempts = 0) {
     const uint32_t attempts_allowed = max_attempts != 0 ? max_attempts : options.max_attempts;
     // Every attempt of a non-idempotent call carries the same request id (a caller that sends one
     // request in several calls, like exchange, sets it itself).
@@ -189,81 +189,109 @@ struct RemoteMeta::Impl {
     return removal_outcome(reply.status(), ambiguous, gone_errno);
   }
 
-  // ---- read batching (RemoteMetaOptions::read_batches_in_flight)
-  // A read waiting for its batch. `outcome` is set under batch_mutex by the thread that sent it; `alone`
-  // instead when the batch failed as a whole (the read is then retried as a single call by its owner).
-  struct QueuedRead {
+  // ---- batching (RemoteMetaOptions::batches_in_flight)
+  // A call waiting for its batch. Its outcome is set under the lane's mutex by the thread that sent the
+  // batch; `alone` instead when the batch failed as a whole or the server could not queue the call (then
+  // its owner sends it again as a single call).
+  struct Queued {
     const pb::MetaRequest* request = nullptr;
     std::optional<Result<pb::MetaResponse>> outcome;
+    bool ambiguous = false;  // an attempt may have run on a server without its reply reaching us
     bool alone = false;
     bool taken = false;
   };
-  std::mutex batch_mutex;  // guards read_queue, batches_in_flight and every QueuedRead in the queue or in flight
-  std::condition_variable batch_done;
-  std::deque<QueuedRead*> read_queue;
-  int batches_in_flight = 0;
+  // Reads and changes batch apart: a read need not wait for the commit of a change batched with it.
+  struct Lane {
+    std::mutex mutex;  // guards queue, in_flight and every Queued in the queue or in flight
+    std::condition_variable done;
+    std::deque<Queued*> queue;
+    int in_flight = 0;
+  };
+  Lane read_lane, change_lane;
   std::atomic<bool> batch_unsupported{false};  // the server answered UNIMPLEMENTED (an older ff-meta)
 
-  // The read's response (OK at the gRPC level), through a batch when other reads are in flight.
-  // NOTE: the thread whose read is still queued when a slot frees sends the whole queue, so no read waits
-  // for a thread that is not its own, and a read alone goes at once (no added latency without load).
-  Result<pb::MetaResponse> read_call(const pb::MetaRequest& request) {
-    bool ambiguous = false;
-    if (options.read_batches_in_flight <= 0 || batch_unsupported.load(std::memory_order_relaxed)) {
-      return call(request, &ambiguous);
+  // Sends `request_in` until a server answers (see call_direct), in a batch with other threads' calls of
+  // its lane when batches_in_flight batches of that lane are in flight already.
+  // NOTE: the thread whose call is still queued when a slot frees sends the whole queue, so no call waits
+  // for a thread that is not its own, and a call alone goes at once (no added latency without load).
+  Result<pb::MetaResponse> call(const pb::MetaRequest& request_in, bool* ambiguous, uint32_t max_attempts = 0) {
+    if (max_attempts != 0 || options.batches_in_flight <= 0 || batch_unsupported.load(std::memory_order_relaxed)) {
+      return call_direct(request_in, ambiguous, max_attempts);
     }
-    QueuedRead mine;
-    mine.request = &request;
-    std::unique_lock lock(batch_mutex);
-    read_queue.push_back(&mine);
+    // The request id first: a batch and the single calls after it carry the same one.
+    pb::MetaRequest with_id;
+    const pb::MetaRequest* request = &request_in;
+    if (request_in.request_id() == 0 && wire::deduplicated(request_in.op_case())) {
+      with_id = request_in;
+      with_id.set_request_id(new_request_id());
+      request = &with_id;
+    }
+    Lane& lane = wire::is_read(request->op_case()) ? read_lane : change_lane;
+    Queued mine;
+    mine.request = request;
+    std::unique_lock lock(lane.mutex);
+    lane.queue.push_back(&mine);
     while (!mine.outcome && !mine.alone) {
-      if (!mine.taken && batches_in_flight < options.read_batches_in_flight) {
-        std::vector<QueuedRead*> batch;
-        while (!read_queue.empty() && batch.size() < kMaxReadBatch) {
-          batch.push_back(read_queue.front());
-          read_queue.front()->taken = true;
-          read_queue.pop_front();
+      if (!mine.taken && lane.in_flight < options.batches_in_flight) {
+        std::vector<Queued*> batch;
+        while (!lane.queue.empty() && batch.size() < kMaxCallBatch) {
+          batch.push_back(lane.queue.front());
+          lane.queue.front()->taken = true;
+          lane.queue.pop_front();
         }
-        ++batches_in_flight;
+        ++lane.in_flight;
         lock.unlock();
         std::optional<Result<pb::MetaResponse>> single;
+        bool single_ambiguous = false;
         std::optional<pb::MetaBatchResponse> answers;
+        bool batch_ambiguous = false;
         if (batch.size() == 1) {
-          single = call(*batch[0]->request, &ambiguous);  // as without batching: no CallBatch for one read
+          single = call_direct(*batch[0]->request, &single_ambiguous);  // no CallBatch for one call
         } else {
-          answers = send_batch(batch);
+          answers = send_batch(batch, &batch_ambiguous);
         }
         lock.lock();
-        --batches_in_flight;
+        --lane.in_flight;
         for (size_t i = 0; i < batch.size(); ++i) {
           if (single) {
             batch[i]->outcome = std::move(*single);
-          } else if (answers) {
-            batch[i]->outcome = std::move(*answers->mutable_responses(static_cast<int>(i)));
-          } else {
+            batch[i]->ambiguous = single_ambiguous;
+            continue;
+          }
+          batch[i]->ambiguous = batch_ambiguous;
+          pb::MetaResponse* answer = answers ? answers->mutable_responses(static_cast<int>(i)) : nullptr;
+          if (answer == nullptr || (answer->code() == static_cast<int>(StatusCode::kUnavailable) &&
+                                    answer->message().starts_with("[busy]"))) {
             batch[i]->alone = true;
+          } else {
+            batch[i]->outcome = std::move(*answer);
           }
         }
-        batch_done.notify_all();
+        lane.done.notify_all();
         continue;
       }
-      // Bounded: the batch holding this read (or the one freeing a slot) ends within its RPC deadline.
-      batch_done.wait_for(lock, std::chrono::milliseconds(options.rpc_timeout_ms + 1000));
+      // Bounded: the batch holding this call (or the one freeing a slot) ends within its RPC deadline.
+      lane.done.wait_for(lock, std::chrono::milliseconds(options.rpc_timeout_ms + 1000));
     }
     lock.unlock();
-    if (mine.outcome) return std::move(*mine.outcome);
-    return call(request, &ambiguous);
+    if (mine.outcome) {
+      *ambiguous = mine.ambiguous;
+      return std::move(*mine.outcome);
+    }
+    Result<pb::MetaResponse> again = call_direct(*request, ambiguous);
+    *ambiguous = *ambiguous || mine.ambiguous;
+    return again;
   }
 
-  // One attempt at a batch of several reads: the responses in order, or nullopt when the batch did not
-  // come back whole (its reads are then retried one by one, with failover).
-  std::optional<pb::MetaBatchResponse> send_batch(const std::vector<QueuedRead*>& batch) {
+  // One attempt at a batch of several calls: the responses in order, or nullopt when the batch did not
+  // come back whole (its calls are then sent again one by one, with failover). *ambiguous: it may have run.
+  std::optional<pb::MetaBatchResponse> send_batch(const std::vector<Queued*>& batch, bool* ambiguous) {
     pb::MetaBatchRequest request;
-    for (const QueuedRead* read : batch) *request.add_requests() = *read->request;
+    for (const Queued* queued : batch) *request.add_requests() = *queued->request;
     calls.fetch_add(batch.size(), std::memory_order_relaxed);
     attempts.fetch_add(batch.size(), std::memory_order_relaxed);
     batches.fetch_add(1, std::memory_order_relaxed);
-    batched_reads.fetch_add(batch.size(), std::memory_order_relaxed);
+    batched_calls.fetch_add(batch.size(), std::memory_order_relaxed);
     auto [index, peer] = pick();
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() +
@@ -272,31 +300,20 @@ struct RemoteMeta::Impl {
     grpc::Status status = peer->stub->CallBatch(&context, request, &answers);
     if (status.ok() && answers.responses_size() == request.requests_size()) return answers;
     if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-      FF_LOG_WARN("ff-meta at {} does not batch reads ({}); sending them one by one", options.addresses[index],
+      FF_LOG_WARN("ff-meta at {} does not batch calls ({}); sending them one by one", options.addresses[index],
                   status.error_message());
       batch_unsupported.store(true, std::memory_order_relaxed);
     } else if (status.ok()) {
-      FF_LOG_WARN("ff-meta at {} answered a batch of {} reads with {} responses; retrying them one by one",
+      FF_LOG_WARN("ff-meta at {} answered a batch of {} calls with {} responses; sending them again one by one",
                   options.addresses[index], request.requests_size(), answers.responses_size());
+      *ambiguous = true;
     } else if (is_retryable_transport(status.error_code())) {
-      // Each read is sent again (alone, by its caller), as a single call's failed attempt would be.
+      // Each call is sent again (alone, by its caller), as a single call's failed attempt would be.
+      *ambiguous = true;
       failovers.fetch_add(batch.size(), std::memory_order_relaxed);
       fail_over(index, status.error_code() == grpc::StatusCode::UNAVAILABLE);
     }
     return std::nullopt;
-  }
-
-  // A read's outcome (see run()).
-  Result<pb::MetaResponse> run_read(const pb::MetaRequest& request) {
-    FF_ASSIGN_OR_RETURN(pb::MetaResponse response, read_call(request));
-    FF_RETURN_IF_ERROR(wire::status_of(response));
-    return response;
-  }
-  Result<Inode> read_inode(const pb::MetaRequest& request) {
-    FF_ASSIGN_OR_RETURN(pb::MetaResponse response, run_read(request));
-    if (!response.has_inode())
-      return internal_error("meta {}: reply without an inode", wire::op_name(request.op_case()));
-    return wire::from_proto(response.inode());
   }
 
   Result<Inode> lookup(const Caller& caller, InodeId parent, std::string_view name) {
@@ -304,7 +321,7 @@ struct RemoteMeta::Impl {
     wire::to_proto(caller, request.mutable_caller());
     request.mutable_lookup()->set_parent(parent);
     request.mutable_lookup()->set_name(std::string(name));
-    return read_inode(request);
+    return inode_of(request);
   }
 
   // A new directory in a setgid directory gets S_ISGID added to the asked mode.
@@ -357,9 +374,9 @@ Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions option
         "positive",
         options.rpc_timeout_ms, options.op_timeout_ms, options.max_attempts);
   }
-  if (options.read_batches_in_flight < 0 || options.read_batches_in_flight > 1024) {
-    return invalid_argument("RemoteMeta: read_batches_in_flight = {} must be in [0, 1024] (0: no read batching)",
-                            options.read_batches_in_flight);
+  if (options.batches_in_flight < 0 || options.batches_in_flight > 1024) {
+    return invalid_argument("RemoteMeta: batches_in_flight = {} must be in [0, 1024] (0: no batching)",
+                            options.batches_in_flight);
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
@@ -373,7 +390,7 @@ Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions option
 
 RemoteMeta::Stats RemoteMeta::stats() const {
   return Stats{impl_->calls.load(),     impl_->attempts.load(), impl_->failovers.load(),
-               impl_->recovered.load(), impl_->batches.load(),  impl_->batched_reads.load()};
+               impl_->recovered.load(), impl_->batches.load(),  impl_->batched_calls.load()};
 }
 
 namespace {
@@ -392,7 +409,7 @@ Result<Inode> RemoteMeta::lookup(const Caller& caller, InodeId parent, std::stri
 Result<Inode> RemoteMeta::getattr(InodeId inode) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_getattr()->set_inode(inode);
-  return impl_->read_inode(request);
+  return impl_->inode_of(request);
 }
 
 Result<Inode> RemoteMeta::setattr(const Caller& caller, InodeId inode, const SetAttr& attr) {
@@ -470,7 +487,7 @@ Result<Inode> RemoteMeta::link(const Caller& caller, InodeId inode, InodeId new_
 Result<std::string> RemoteMeta::readlink(InodeId inode) {
   pb::MetaRequest request = request_for(kNobodyInParticular);
   request.mutable_readlink()->set_inode(inode);
-  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run_read(request));
+  FF_ASSIGN_OR_RETURN(pb::MetaResponse response, impl_->run(request));
   return response.text();
 }
 

@@ -41,7 +41,7 @@ using namespace ff::fs;
 struct Config {
   fuse::FuseOptions fuse;
   std::vector<std::string> meta_addresses;  // ff-meta servers (RemoteMeta)
-  uint32_t meta_read_batches = 2;           // RemoteMetaOptions::read_batches_in_flight
+  uint32_t meta_batches = 2;                // RemoteMetaOptions::batches_in_flight
   std::string embedded_meta;                // RocksDB directory, or ":memory:"
   bool embedded_sync = true;
   std::string mgmtd;         // storage through FileClient
@@ -71,7 +71,7 @@ Status load_toml(const std::string& path, Config* c) {
   FF_RETURN_IF_ERROR(reader.read("fuse.debug", &c->fuse.debug));
   FF_RETURN_IF_ERROR(reader.read("fuse.stats_interval_s", &c->stats_interval_s));
   FF_RETURN_IF_ERROR(reader.read("meta.addresses", &c->meta_addresses));
-  FF_RETURN_IF_ERROR(reader.read("meta.read_batches_in_flight", &c->meta_read_batches));
+  FF_RETURN_IF_ERROR(reader.read("meta.batches_in_flight", &c->meta_batches));
   FF_RETURN_IF_ERROR(reader.read("meta.embedded_path", &c->embedded_meta));
   FF_RETURN_IF_ERROR(reader.read("meta.embedded_sync", &c->embedded_sync));
   FF_RETURN_IF_ERROR(reader.read("meta.chain_table", &c->chain_table));
@@ -175,7 +175,7 @@ std::unique_ptr<fuse::RingRegistry> make_rings(FileClient&) { return nullptr; }
 
 // client: the FileClient under `data`, if any (its local reads go into the stats line).
 int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse::RingRegistry* rings = nullptr,
-          const FileClient* client = nullptr) {
+          const FileClient* client = nullptr, const meta::RemoteMeta* remote = nullptr) {
   auto fs = fuse::FuseFs::mount(config.fuse, meta, data, rings);
   if (!fs.is_ok()) {
     FF_LOG_ERROR("{}", fs.status());
@@ -184,8 +184,8 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
   std::unique_ptr<rpc::StatsReporter> reporter;
   if (config.stats_interval_s > 0) {
     fuse::FuseFs* raw = fs->get();
-    reporter =
-        std::make_unique<rpc::StatsReporter>(static_cast<int64_t>(config.stats_interval_s * 1000), [raw, client] {
+    reporter = std::make_unique<rpc::StatsReporter>(
+        static_cast<int64_t>(config.stats_interval_s * 1000), [raw, client, remote] {
           fuse::FuseStats s = raw->stats();
           std::string line = fmt::format(
               "fuse requests={} errors={} read_MB={:.1f} write_MB={:.1f} invalidations={} reads={} read_KiB_avg={:.0f} "
@@ -202,6 +202,13 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
             const FileClient::CloseCounts closes = client->close_counts();
             line += fmt::format(" background_closes={} close_batches={} close_failures={}", closes.queued,
                                 closes.batches, closes.failed);
+          }
+#endif
+#ifdef FF_FUSE_HAVE_REMOTE_META
+          if (remote != nullptr) {
+            const meta::RemoteMeta::Stats m = remote->stats();
+            line += fmt::format(" meta_calls={} meta_batches={} meta_batched_calls={} meta_failovers={}", m.calls,
+                                m.batches, m.batched_calls, m.failovers);
           }
 #endif
           return line;
@@ -307,7 +314,7 @@ int run_storage(const Config& config) {
 #ifdef FF_FUSE_HAVE_REMOTE_META
   meta::RemoteMetaOptions remote_options;
   remote_options.addresses = config.meta_addresses;
-  remote_options.read_batches_in_flight = static_cast<int>(config.meta_read_batches);
+  remote_options.batches_in_flight = static_cast<int>(config.meta_batches);
   auto remote = meta::RemoteMeta::connect(remote_options);
   if (!remote.is_ok()) {
     FF_LOG_ERROR("ff-meta {}: {}", fmt::join(config.meta_addresses, ","), remote.status());
@@ -322,7 +329,7 @@ int run_storage(const Config& config) {
   auto rings = make_rings(**client);
   FF_LOG_INFO("ff-fuse: metadata from ff-meta {}, data on the cluster of mgmtd {}",
               fmt::join(config.meta_addresses, ","), config.mgmtd);
-  int rc = serve(config, **remote, *data, rings.get(), client->get());
+  int rc = serve(config, **remote, *data, rings.get(), client->get(), remote->get());
   rings.reset();
   data.reset();
   client->reset();
@@ -355,13 +362,13 @@ int main(int argc, char** argv) {
   bool memory_data = false, debug = false, direct_io = false;
   double entry_timeout_s = -1, attr_timeout_s = -1;
   uint32_t threads = 0;
-  int meta_read_batches = -1;
+  int meta_batches = -1;
   app.add_option("--config", config_path, "TOML config (see deploy/fs/fuse.toml); flags override it");
   app.add_option("--mount", mount, "mountpoint (an existing directory)");
   app.add_option("--meta", meta_list, "ff-meta addresses host:port[,host:port...]");
-  app.add_option("--meta-read-batches", meta_read_batches,
-                 "read batches to ff-meta in flight before concurrent lookups and getattrs wait to share one call "
-                 "(0: every read its own call)");
+  app.add_option("--meta-batches", meta_batches,
+                 "batches of calls to ff-meta in flight before concurrent calls wait to share one (reads and changes "
+                 "apart; 0: every call its own RPC)");
   app.add_option("--embedded-meta", embedded, "metadata in this process: a RocksDB directory, or :memory:");
   app.add_option("--mgmtd", mgmtd, "ff-mgmtd host:port: file data on the cluster's storage servers");
   app.add_flag("--memory-data", memory_data, "file data in this process's memory (tests; nothing survives)");
@@ -397,7 +404,7 @@ int main(int argc, char** argv) {
     }
   }
   if (!embedded.empty()) config.embedded_meta = embedded;
-  if (meta_read_batches >= 0) config.meta_read_batches = static_cast<uint32_t>(meta_read_batches);
+  if (meta_batches >= 0) config.meta_batches = static_cast<uint32_t>(meta_batches);
   if (!mgmtd.empty()) config.mgmtd = mgmtd;
   if (memory_data) config.memory_data = true;
   if (entry_timeout_s >= 0) config.fuse.entry_timeout_s = entry_timeout_s;
