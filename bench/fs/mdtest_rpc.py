@@ -71,6 +71,8 @@ def main() -> int:
             common = ["--threads", str(threads), "--files", str(args.files), "--scratch", args.scratch]
             row = {"threads": threads}
             for mode, extra in (("ff-meta over gRPC", ["--meta", address, "--clients", str(args.clients)]),
+                                ("ff-meta over gRPC, no batching",
+                                 ["--meta", address, "--clients", str(args.clients), "--batches", "0"]),
                                 ("in-process library", ["--kv", "rocksdb", "--sync", "1"])):
                 print(f"[{index + 1}/{len(threads_list)}] {threads} threads, {mode}", file=sys.stderr, flush=True)
                 load = os.getloadavg()[0]
@@ -81,7 +83,9 @@ def main() -> int:
                     print(json.dumps(line), flush=True)
                 results.extend(lines)
                 mixed = next(line for line in lines if line["phase"] == "create+stat")
-                row["grpc" if mode.startswith("ff-meta") else "in_process"] = round(mixed["ops_per_s"])
+                key = {"ff-meta over gRPC": "grpc", "ff-meta over gRPC, no batching": "grpc_no_batching"}.get(
+                    mode, "in_process")
+                row[key] = round(mixed["ops_per_s"])
                 row.setdefault("local_fs", round(mixed["local_fs_ops_per_s"]))
                 row.setdefault("load_avg_1m", round(load, 2))
             summary.append(row)
@@ -95,7 +99,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     document = {
         "benchmark": "fs mdtest: creates+stats per second (create then stat phases, N threads, one directory each) "
-                     "against ONE ff-meta over gRPC (RemoteMeta, RocksDB with a WAL fsync per commit, group commit), "
+                     "against ONE ff-meta over gRPC (RemoteMeta, RocksDB with a WAL fsync per commit, group commit; "
+                     "with RemoteMeta's batching, default, and without), "
                      "the same meta library in-process, and the local file system (no fsync) in the same scratch "
                      "directory; target >= 10,000 creates+stats/s with one meta server",
         "device": f"{machine} (shared; client, server and local fs on the same VM); scratch {args.scratch}",
@@ -106,7 +111,8 @@ def main() -> int:
     }
     out.write_text(json.dumps(document, indent=1) + "\n")
     for row in summary:
-        print(f"threads {row['threads']:4}: gRPC {row['grpc']:7} in-process {row['in_process']:7} "
+        print(f"threads {row['threads']:4}: gRPC {row['grpc']:7} (no batching {row['grpc_no_batching']:7}) "
+              f"in-process {row['in_process']:7} "
               f"local fs {row['local_fs']:7} (load {row['load_avg_1m']})", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -7,6 +7,8 @@
 //
 //   fs_mdtest --threads 8 --files 2000 --kv rocksdb --sync 1 --scratch /tmp --out bench/results/fs_meta_cpu.json
 //   fs_mdtest --threads 64 --files 300 --meta 127.0.0.1:9300 --clients 4
+//   fs_mdtest --threads 16 --files 300 --paths-only /mnt/ff --stat-again-after-s 1.5   (the path phases alone, on
+//   any directory: a FUSE mount, say; the stat phase again once the kernel's 1 s caches have expired)
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -49,6 +51,8 @@ struct Options {
   std::vector<std::string> meta;  // ff-meta addresses: benchmark over gRPC instead of in-process
   int clients = 1;                // RemoteMeta instances (gRPC channels) the threads share
   int batches = 2;                // RemoteMetaOptions::batches_in_flight
+  std::string paths_only;         // run only the path phases (create, stat, readdir, unlink) in this directory
+  double stat_again_after_s = 0;  // > 0: the stat phase again after this pause (a mount's caches expired)
 };
 
 // Runs body(thread) on every thread; returns the seconds from the first start to the last finish.
@@ -63,7 +67,7 @@ double timed(int threads, const std::function<void(int)>& body) {
 std::string file_name(int thread, int index) { return "file." + std::to_string(thread) + "." + std::to_string(index); }
 
 struct PhaseTimes {
-  double create = 0, stat = 0, readdir = 0, unlink = 0;
+  double create = 0, stat = 0, stat_again = 0, readdir = 0, unlink = 0;
   std::atomic<int> errors{0};
 };
 
@@ -138,13 +142,18 @@ void run_local(const Options& options, const std::string& root, PhaseTimes* time
       ::close(fd);
     }
   });
-  times->stat = timed(options.threads, [&](int t) {
+  auto stat_all = [&](int t) {
     struct stat st;
     for (int i = 0; i < options.files; ++i) {
       std::string path = dirs[t] + "/" + file_name(t, i);
       if (::stat(path.c_str(), &st) != 0) fail("stat");
     }
-  });
+  };
+  times->stat = timed(options.threads, stat_all);
+  if (options.stat_again_after_s > 0) {
+    std::this_thread::sleep_for(std::chrono::duration<double>(options.stat_again_after_s));
+    times->stat_again = timed(options.threads, stat_all);
+  }
   times->readdir = timed(options.threads, [&](int t) {
     DIR* dir = ::opendir(dirs[t].c_str());
     if (dir == nullptr) return fail("opendir");
@@ -159,6 +168,34 @@ void run_local(const Options& options, const std::string& root, PhaseTimes* time
       if (::unlink(path.c_str()) != 0) fail("unlink");
     }
   });
+}
+
+// The path phases alone in <paths_only>/ff-mdtest-<pid>: one JSON line per phase.
+int run_paths_only(const Options& options) {
+  const std::string root = options.paths_only + "/ff-mdtest-" + std::to_string(::getpid());
+  PhaseTimes times;
+  run_local(options, root, &times);
+  std::error_code ignored;
+  std::filesystem::remove_all(root, ignored);
+  const double ops = static_cast<double>(options.threads) * options.files;
+  auto emit = [&](const char* phase, double seconds) {
+    nlohmann::json line = {{"bench", "fs_mdtest_paths"},
+                           {"path", options.paths_only},
+                           {"phase", phase},
+                           {"threads", options.threads},
+                           {"files_per_thread", options.files},
+                           {"shared_dir", options.shared_dir},
+                           {"ops", ops},
+                           {"ops_per_s", ops / seconds},
+                           {"errors", times.errors.load()}};
+    std::printf("%s\n", line.dump().c_str());
+  };
+  emit("create", times.create);
+  emit("stat", times.stat);
+  if (options.stat_again_after_s > 0) emit("stat_again", times.stat_again);
+  emit("readdir_entries", times.readdir);
+  emit("unlink", times.unlink);
+  return times.errors.load() == 0 ? 0 : 1;
 }
 
 }  // namespace
@@ -182,7 +219,14 @@ int main(int argc, char** argv) {
   app.add_option("--clients", options.clients, "RemoteMeta instances (gRPC channels) shared by the threads")
       ->check(CLI::Range(1, 256));
 #endif
+  app.add_option("--paths-only", options.paths_only,
+                 "run only the path phases (open O_CREAT, stat, readdir, unlink) in a new directory under this one");
+  app.add_option("--stat-again-after-s", options.stat_again_after_s,
+                 "path phases: stat every file again after this pause (past a mount's cache timeouts)")
+      ->check(CLI::Range(0.0, 600.0));
   CLI11_PARSE(app, argc, argv);
+
+  if (!options.paths_only.empty()) return run_paths_only(options);
 
   std::string scratch = options.scratch + "/ff-mdtest-" + std::to_string(::getpid());
   std::filesystem::create_directories(scratch);
