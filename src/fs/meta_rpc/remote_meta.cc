@@ -58,6 +58,14 @@ struct RemoteMeta::Impl {
     return id != 0 ? id : next_request_id.fetch_add(1, std::memory_order_relaxed);
   }
 
+  // `request`, or (a non-idempotent operation without a request id yet) a copy of it in *storage with a new one.
+  const pb::MetaRequest& identified(const pb::MetaRequest& request, pb::MetaRequest* storage) {
+    if (request.request_id() != 0 || !wire::deduplicated(request.op_case())) return request;
+    *storage = request;
+    storage->set_request_id(new_request_id());
+    return *storage;
+  }
+
   std::shared_ptr<Peer> make_peer(const std::string& address) const {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(options.max_message_bytes);
@@ -95,13 +103,7 @@ struct RemoteMeta::Impl {
     // Every attempt of a non-idempotent call carries the same request id (a caller that sends one
     // request in several calls, like exchange, sets it itself).
     pb::MetaRequest with_id;
-    const pb::MetaRequest* sending = &request_in;
-    if (request_in.request_id() == 0 && wire::deduplicated(request_in.op_case())) {
-      with_id = request_in;
-      with_id.set_request_id(new_request_id());
-      sending = &with_id;
-    }
-    const pb::MetaRequest& request = *sending;
+    const pb::MetaRequest& request = identified(request_in, &with_id);
     calls.fetch_add(1, std::memory_order_relaxed);
     *ambiguous = false;
     const int64_t start_ms = steady_now_ms();
@@ -220,12 +222,7 @@ struct RemoteMeta::Impl {
     }
     // The request id first: a batch and the single calls after it carry the same one.
     pb::MetaRequest with_id;
-    const pb::MetaRequest* request = &request_in;
-    if (request_in.request_id() == 0 && wire::deduplicated(request_in.op_case())) {
-      with_id = request_in;
-      with_id.set_request_id(new_request_id());
-      request = &with_id;
-    }
+    const pb::MetaRequest* request = &identified(request_in, &with_id);
     Lane& lane = wire::is_read(request->op_case()) ? read_lane : change_lane;
     Queued mine;
     mine.request = request;
