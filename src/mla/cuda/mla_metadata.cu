@@ -11,6 +11,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <vector>
 
 #include "decode_params.h"
 #include "metadata_walk.h"
@@ -165,6 +167,24 @@ __global__ void metadata_serial_kernel(MetadataParams p) {
       [&](int64_t i, int64_t pieces) { p.num_splits[i * p.num_splits_stride] = static_cast<int32_t>(pieces); });
 }
 
+// Above 48 KiB of dynamic shared memory a kernel must opt in: once per device (the first launch there), not
+// at every launch.
+cudaError_t opt_in_shared_memory() {
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return status;
+  static std::mutex mutex;
+  static std::vector<bool> opted;  // by device ordinal
+  std::lock_guard lock(mutex);
+  if (static_cast<size_t>(device) < opted.size() && opted[static_cast<size_t>(device)]) return cudaSuccess;
+  status = cudaFuncSetAttribute(metadata_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(kMaxShared));
+  if (status != cudaSuccess) return status;
+  if (static_cast<size_t>(device) >= opted.size()) opted.resize(static_cast<size_t>(device) + 1);
+  opted[static_cast<size_t>(device)] = true;
+  return cudaSuccess;
+}
+
 }  // namespace
 
 int launch_metadata(const MetadataParams& params, void* stream) {
@@ -174,9 +194,7 @@ int launch_metadata(const MetadataParams& params, void* stream) {
     metadata_serial_kernel<<<1, 32, 0, cuda_stream>>>(params);
     return static_cast<int>(cudaGetLastError());
   }
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (per device; setting it again is harmless).
-  const cudaError_t opted = cudaFuncSetAttribute(metadata_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(kMaxShared));
+  const cudaError_t opted = opt_in_shared_memory();
   if (opted != cudaSuccess) return static_cast<int>(opted);
   metadata_fast_kernel<<<1, kThreads, shared, cuda_stream>>>(params);
   return static_cast<int>(cudaGetLastError());
