@@ -708,11 +708,11 @@ TEST_F(RemoteMetaTest, AFailedBatchOfCreatesRunsEachOnce) {
 }
 
 // A batch that times out as a whole: its reads are sent again one by one (failover, retries) and every
-// caller still gets its answer. One batch in flight: a first read holds it (300 ms on the server) while 7
-// more queue; they go as one batch, whose reads then take 1.5 s each, past its 600 ms deadline.
+// caller still gets its answer. One batch in flight: a first read holds it (200 ms on the server) while 7
+// more queue; they go as one batch, whose reads then take 3 s each, past its 1 s deadline.
 TEST_F(RemoteMetaTest, AFailedBatchIsRetriedReadByRead) {
   auto client = RemoteMeta::connect(RemoteMetaOptions{
-      .addresses = {server_->address()}, .rpc_timeout_ms = 600, .op_timeout_ms = 20000, .batches_in_flight = 1});
+      .addresses = {server_->address()}, .rpc_timeout_ms = 1000, .op_timeout_ms = 20000, .batches_in_flight = 1});
   ASSERT_TRUE(client.is_ok()) << client.status().to_string();
   RemoteMeta& remote = **client;
   auto made = service_->create(kRoot, kRootInode, "there", 0644);
@@ -725,13 +725,13 @@ TEST_F(RemoteMetaTest, AFailedBatchIsRetriedReadByRead) {
       ADD_FAILURE() << (found.is_ok() ? "another inode" : found.status().to_string());
     }
   };
-  stalling_->stall_before_ms = 300;
+  stalling_->stall_before_ms = 200;
   std::vector<std::thread> threads;
   threads.emplace_back(read);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  stalling_->stall_before_ms = 1500;
+  stalling_->stall_before_ms = 3000;
   for (int t = 0; t < 7; ++t) threads.emplace_back(read);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   stalling_->stall_before_ms = 0;
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(wrong.load(), 0);
