@@ -2245,6 +2245,10 @@ struct StorageService::State {
 
   void reset_scrub() {
     scrub_pass.reset();
+    restart_scrub_targets();
+  }
+  // The pass (re)starts at the first target, every place to be read again.
+  void restart_scrub_targets() {
     scrub_target = 0;
     scrub_placed = false;
     scrub_from = {};
@@ -2343,10 +2347,7 @@ struct StorageService::State {
         ++stats.scrub_passes;
         ++*scrub_pass;
       }
-      scrub_target = 0;
-      scrub_placed = false;
-      scrub_from = {};
-      scrub_places.clear();
+      restart_scrub_targets();
       return schedule_scrub(gen, targets.empty() ? config.heartbeat_interval_ns : config.scrub_pass_pause_ns);
     }
     if (it->first != scrub_target || !scrub_placed) return place_scrub(gen, it->first);

@@ -1,6 +1,8 @@
 // Conversions between the meta structs of include/ff/fs/meta.h and their protobuf twins (meta.proto).
 #pragma once
 
+#include <string_view>
+
 #include "ff/common/status.h"
 #include "ff/fs/meta.h"
 #include "ff/fs/meta.pb.h"
@@ -26,6 +28,10 @@ const char* op_name(pb::MetaRequest::OpCase op);
 // Operations that are not idempotent: RemoteMeta gives them a request id, and the server remembers
 // their outcome by it for a while (a retry after a lost reply gets the first outcome).
 bool deduplicated(pb::MetaRequest::OpCase op);
+
+// Starts the message of a batched request's response when the server could not queue it (code unavailable): the
+// client sends that request again alone, as it does after a busy Call.
+inline constexpr std::string_view kBusyTag = "[busy]";
 
 // Operations that only read (lookup, getattr, readdir, ...): they batch apart from changes (RemoteMeta)
 // and may run on the server's gRPC threads (MetaServerOptions::inline_reads).

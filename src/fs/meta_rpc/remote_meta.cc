@@ -96,6 +96,7 @@ struct RemoteMeta::Impl {
   }
 
   // Sends `request` until a server answers (OK at the gRPC level: the operation's own Status is inside),
+  // unbatched (call() batches, and counts the operation),
   // or the attempts (max_attempts, 0: options.max_attempts) or the time run out. *ambiguous: some
   // attempt may have run on a server without its reply reaching us.
   Result<pb::MetaResponse> call_direct(const pb::MetaRequest& request_in, bool* ambiguous, uint32_t max_attempts = 0) {
@@ -104,7 +105,6 @@ struct RemoteMeta::Impl {
     // request in several calls, like exchange, sets it itself).
     pb::MetaRequest with_id;
     const pb::MetaRequest& request = identified(request_in, &with_id);
-    calls.fetch_add(1, std::memory_order_relaxed);
     *ambiguous = false;
     const int64_t start_ms = steady_now_ms();
     const int64_t end_ms = start_ms + options.op_timeout_ms;
@@ -217,6 +217,7 @@ struct RemoteMeta::Impl {
   // NOTE: the thread whose call is still queued when a slot frees sends the whole queue, so no call waits
   // for a thread that is not its own, and a call alone goes at once (no added latency without load).
   Result<pb::MetaResponse> call(const pb::MetaRequest& request_in, bool* ambiguous, uint32_t max_attempts = 0) {
+    calls.fetch_add(1, std::memory_order_relaxed);  // once per operation, however many times it is sent
     if (max_attempts != 0 || options.batches_in_flight <= 0 || batch_unsupported.load(std::memory_order_relaxed)) {
       return call_direct(request_in, ambiguous, max_attempts);
     }
@@ -258,7 +259,7 @@ struct RemoteMeta::Impl {
           batch[i]->ambiguous = batch_ambiguous;
           pb::MetaResponse* answer = answers ? answers->mutable_responses(static_cast<int>(i)) : nullptr;
           if (answer == nullptr || (answer->code() == static_cast<int>(StatusCode::kUnavailable) &&
-                                    answer->message().starts_with("[busy]"))) {
+                                    answer->message().starts_with(wire::kBusyTag))) {
             batch[i]->alone = true;
           } else {
             batch[i]->outcome = std::move(*answer);
@@ -285,7 +286,6 @@ struct RemoteMeta::Impl {
   std::optional<pb::MetaBatchResponse> send_batch(const std::vector<Queued*>& batch, bool* ambiguous) {
     pb::MetaBatchRequest request;
     for (const Queued* queued : batch) *request.add_requests() = *queued->request;
-    calls.fetch_add(batch.size(), std::memory_order_relaxed);
     attempts.fetch_add(batch.size(), std::memory_order_relaxed);
     batches.fetch_add(1, std::memory_order_relaxed);
     batched_calls.fetch_add(batch.size(), std::memory_order_relaxed);

@@ -467,7 +467,8 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
           if (first != nullptr) {
             *out = *first;
           } else {
-            put_status(unavailable("meta request not run: {}", status.error_message()), out);
+            // Tagged as the pool's own refusal below: the client sends it again alone.
+            put_status(unavailable("{} meta request not run: {}", wire::kBusyTag, status.error_message()), out);
           }
           one_done();
         };
@@ -495,7 +496,8 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
       grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED, "meta server queue is full");
       for (uint64_t id : started_ids) recent_->abandon(id, busy);
       for (size_t i : task_index) {
-        put_status(unavailable("[busy] meta server queue is full"), response->mutable_responses(static_cast<int>(i)));
+        put_status(unavailable("{} meta server queue is full", wire::kBusyTag),
+                   response->mutable_responses(static_cast<int>(i)));
       }
       for (size_t i = 0; i < queued; ++i) one_done();
     }
