@@ -54,6 +54,9 @@ struct MetaServerOptions {
   // host:port (port 0: the OS picks one, see address()), or unix:/path for clients on this host.
   std::string listen = "127.0.0.1:0";
   int max_threads = 256;  // worker threads, each running one blocking MetaApi call at a time
+  // Requests waiting for a worker; one that finds the queue full is answered busy (RESOURCE_EXHAUSTED, or
+  // in a batch a response tagged wire::kBusyTag), and RemoteMeta sends it again.
+  size_t max_queued = 65'536;
   // Run reads (lookup, getattr, resolve, readlink, readdir, statfs) on the gRPC thread that received
   // them instead of a worker: right for stores whose reads do not wait on the network (RocksDB, memory),
   // wrong for etcd (a read there blocks a gRPC polling thread for an etcd round trip).

@@ -365,7 +365,7 @@ class RecentRequests {
 class MetaGrpcService final : public pb::Meta::CallbackService {
  public:
   MetaGrpcService(std::shared_ptr<MetaApi> api, const MetaServerOptions& options)
-      : api_(std::move(api)), inline_reads_(options.inline_reads), pool_(options.max_threads, 64 * 1024) {
+      : api_(std::move(api)), inline_reads_(options.inline_reads), pool_(options.max_threads, options.max_queued) {
     if (options.dedupe_requests) {
       recent_ = std::make_unique<RecentRequests>(options.dedupe_ttl_ms, options.dedupe_max_entries);
     }
@@ -578,6 +578,7 @@ Result<std::unique_ptr<MetaRpcServer>> MetaRpcServer::start(std::shared_ptr<Meta
   if (colon == std::string::npos) return invalid_argument("meta listen address '{}' is not host:port", options.listen);
   if (options.max_threads < 2)
     return invalid_argument("meta server max_threads = {}, expected >= 2", options.max_threads);
+  if (options.max_queued < 1) return invalid_argument("meta server max_queued = 0, expected >= 1");
   auto impl = std::make_unique<Impl>();
   impl->service = std::make_unique<MetaGrpcService>(std::move(api), options);
   grpc::ServerBuilder builder;

@@ -741,6 +741,129 @@ TEST_F(RemoteMetaTest, AFailedBatchIsRetriedReadByRead) {
   EXPECT_GT(stats.attempts, stats.calls);
 }
 
+// A batch whose changes the server's worker queue cannot take is answered request by request with the
+// busy tag, nothing of it run; the same batch runs whole once the queue has room. Two workers and three
+// queue slots, all five held by creates that take 1 s.
+TEST_F(RemoteMetaTest, ABatchThePoolCannotQueueIsAnsweredBusyRequestByRequest) {
+  auto small = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.max_threads = 2, .max_queued = 3});
+  ASSERT_TRUE(small.is_ok()) << small.status().to_string();
+  MetaRpcServer& server = **small;
+  auto stub = pb::Meta::NewStub(grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+  auto create_request = [](const std::string& name, uint64_t request_id) {
+    pb::MetaRequest request;
+    request.set_request_id(request_id);
+    request.mutable_create()->set_parent(kRootInode);
+    request.mutable_create()->set_name(name);
+    request.mutable_create()->set_mode(0644);
+    return request;
+  };
+  auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(10); };
+  stalling_->stall_before_ms = 1000;
+  std::vector<std::thread> holders;
+  struct JoinAll {
+    std::vector<std::thread>& threads;
+    ~JoinAll() {
+      for (auto& thread : threads) thread.join();
+    }
+  } join_holders{holders};
+  std::atomic<int> held_ok{0};
+  auto wait_for = [](auto done) {
+    const int64_t until = now_ms() + 5000;
+    while (!done() && now_ms() < until) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return done();
+  };
+  // One create at a time: two running on the workers, then three in the queue.
+  for (int i = 0; i < 5; ++i) {
+    holders.emplace_back([&, i] {
+      grpc::ClientContext context;
+      context.set_deadline(deadline());
+      pb::MetaResponse response;
+      if (stub->Call(&context, create_request(fmt::format("held{}", i), 100 + i), &response).ok() &&
+          response.code() == 0) {
+        ++held_ok;
+      }
+    });
+    ASSERT_TRUE(wait_for([&] {
+      return i < 2 ? stalling_->calls.load() == i + 1 : server.stats().requests == static_cast<uint64_t>(i + 1);
+    })) << "create "
+        << i << " did not reach the server";
+  }
+  ASSERT_EQ(stalling_->calls.load(), 2);
+
+  pb::MetaBatchRequest batch;
+  *batch.add_requests() = create_request("batched0", 200);
+  *batch.add_requests() = create_request("batched1", 201);
+  batch.add_requests()->mutable_getattr()->set_inode(kRootInode);
+  pb::MetaBatchResponse busy;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(deadline());
+    grpc::Status status = stub->CallBatch(&context, batch, &busy);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  ASSERT_EQ(busy.responses_size(), 3);
+  for (const pb::MetaResponse& response : busy.responses()) {
+    EXPECT_EQ(response.code(), static_cast<int>(StatusCode::kUnavailable)) << response.message();
+    EXPECT_TRUE(response.message().starts_with("[busy]")) << response.message();
+  }
+  for (auto& holder : holders) holder.join();
+  holders.clear();
+  stalling_->stall_before_ms = 0;
+  EXPECT_EQ(held_ok.load(), 5);
+  EXPECT_EQ(stalling_->calls.load(), 5) << "nothing of the refused batch ran";
+  EXPECT_EQ(service_->lookup(kRoot, kRootInode, "batched0").status().code(), StatusCode::kNotFound);
+
+  // With room, the same batch (the same request ids: the refusal was not remembered as their outcome) runs.
+  pb::MetaBatchResponse ran;
+  {
+    grpc::ClientContext context;
+    context.set_deadline(deadline());
+    ASSERT_TRUE(stub->CallBatch(&context, batch, &ran).ok());
+  }
+  ASSERT_EQ(ran.responses_size(), 3);
+  for (const pb::MetaResponse& response : ran.responses()) EXPECT_EQ(response.code(), 0) << response.message();
+  auto batched = service_->lookup(kRoot, kRootInode, "batched1");
+  ASSERT_TRUE(batched.is_ok()) << batched.status().to_string();
+  EXPECT_EQ(batched->id, ran.responses(1).inode().id());
+  EXPECT_EQ(server.stats().deduplicated, 0u);
+  server.shutdown(2000);
+}
+
+// RemoteMeta against a server with two workers and one queue slot, creates taking 50 ms: the batches it
+// cannot queue come back busy, and each of their calls is sent again alone (and again while the server
+// answers RESOURCE_EXHAUSTED) until it runs; every file is made exactly once.
+TEST_F(RemoteMetaTest, BusyBatchesAreSentAgainCallByCall) {
+  auto small = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.max_threads = 2, .max_queued = 1});
+  ASSERT_TRUE(small.is_ok()) << small.status().to_string();
+  auto remote = connect({(*small)->address()});
+  stalling_->stall_before_ms = 50;
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 3; ++i) {
+        auto made = remote->create(kRoot, kRootInode, fmt::format("b{}-{}", t, i), 0644);
+        if (!made.is_ok()) {
+          ++wrong;
+          ADD_FAILURE() << made.status().to_string();
+        }
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  stalling_->stall_before_ms = 0;
+  EXPECT_EQ(wrong.load(), 0);
+  RemoteMeta::Stats stats = remote->stats();
+  EXPECT_GT(stats.batches, 0u);
+  EXPECT_GT(stats.attempts, stats.calls) << "busy calls were sent again";
+  EXPECT_EQ(stalling_->calls.load(), 24) << "each create ran once";
+  auto report = service_->fsck();
+  ASSERT_TRUE(report.is_ok());
+  EXPECT_TRUE(report->problems.empty());
+  EXPECT_EQ(report->inodes, 1u + 24);
+  (*small)->shutdown(2000);
+}
+
 // An ff-meta without Meta.CallBatch (an older server; here a proxy that forwards Call only): the first
 // batch is answered UNIMPLEMENTED, its reads go one by one, and so does every read after it.
 TEST_F(RemoteMetaTest, ReadsGoOneByOneToAServerWithoutBatches) {
