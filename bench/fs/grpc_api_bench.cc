@@ -1,0 +1,393 @@
+// grpc_api_bench: what one unary gRPC call costs with each of gRPC's server and client APIs, on this host.
+//
+// The fs services (ff-storage, ff-meta) serve with gRPC's callback API and call with the callback API
+// (storage forwards, StorageClient) or the blocking API (RemoteMeta). This measures the alternative,
+// the completion-queue ("async") API with our own polling threads, before a transport is rewritten for it
+// (docs/fs-operations.md, "Next"). One process: a generic server on 127.0.0.1 that answers every request
+// with 16 bytes, and `depth` calls kept in flight by the client API under test, for --seconds; calls per
+// second and CPU time (the process's, both sides) per call. One JSON line per (client API, depth,
+// request size): the callback server's figure (the baseline), the completion-queue server's, the ratio.
+//
+//   fs_grpc_api_bench [--seconds 2] [--depths 1,8,16] [--request-bytes 512,4096] [--server-threads 1] [--out x.json]
+//
+// Client APIs: "callback" (GenericStub::UnaryCall, completion on gRPC's thread), "completion_queue" (calls
+// started on and completed by one thread polling a CompletionQueue), "blocking" (`depth` threads, each
+// in a blocking call, as RemoteMeta's callers).
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/client_unary_call.h>
+#include <sys/resource.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include "../cpu_model.h"
+
+namespace {
+
+using ff::bench::cpu_model;
+
+constexpr size_t kReplyBytes = 16;
+constexpr const char* kMethod = "/ff.bench.Echo/Call";
+constexpr auto kCallTimeout = std::chrono::seconds(10);
+
+grpc::ByteBuffer filled_buffer(size_t bytes) {
+  std::string data(bytes, 'x');
+  grpc::Slice slice(data);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+double process_cpu_s() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
+}
+
+// The callback API's server: one reactor per call reads the request and answers.
+class CallbackEcho final : public grpc::CallbackGenericService {
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext*) override {
+    class Reactor final : public grpc::ServerGenericBidiReactor {
+     public:
+      Reactor() { StartRead(&request_); }
+      void OnReadDone(bool ok) override {
+        if (!ok) {
+          Finish(grpc::Status::OK);
+          return;
+        }
+        reply_ = filled_buffer(kReplyBytes);
+        StartWriteAndFinish(&reply_, grpc::WriteOptions(), grpc::Status::OK);
+      }
+      void OnDone() override { delete this; }
+
+     private:
+      grpc::ByteBuffer request_, reply_;
+    };
+    return new Reactor;
+  }
+};
+
+// The completion-queue API's server: each polling thread takes calls from its queue and answers them
+// inline. A call's steps: requested -> request read -> reply written and finished.
+class QueueEchoCall {
+ public:
+  QueueEchoCall(grpc::AsyncGenericService& service, grpc::ServerCompletionQueue& queue)
+      : service_(service), queue_(queue), stream_(&context_) {
+    service_.RequestCall(&context_, &stream_, &queue_, &queue_, this);
+  }
+  // Advances the call after its last step completed; deletes it when done.
+  void proceed(bool ok) {
+    switch (step_) {
+      case Step::kRequested:
+        if (!ok) {  // the server is shutting down
+          delete this;
+          return;
+        }
+        new QueueEchoCall(service_, queue_);  // the next call of this queue
+        step_ = Step::kReading;
+        stream_.Read(&request_, this);
+        return;
+      case Step::kReading:
+        step_ = Step::kFinishing;
+        reply_ = filled_buffer(kReplyBytes);
+        stream_.WriteAndFinish(reply_, grpc::WriteOptions(), grpc::Status::OK, this);
+        return;
+      case Step::kFinishing: delete this; return;
+    }
+  }
+
+ private:
+  enum class Step { kRequested, kReading, kFinishing };
+  grpc::AsyncGenericService& service_;
+  grpc::ServerCompletionQueue& queue_;
+  grpc::GenericServerContext context_;
+  grpc::GenericServerAsyncReaderWriter stream_;
+  grpc::ByteBuffer request_, reply_;
+  Step step_ = Step::kRequested;
+};
+
+struct Case {
+  std::string server_api;  // callback | completion_queue
+  std::string client_api;  // callback | completion_queue | blocking
+  int depth = 1;
+  size_t request_bytes = 512;
+  double seconds = 2;
+  int server_threads = 1;
+};
+
+struct Figure {
+  double calls_per_s = 0;
+  double cpu_us_per_call = 0;
+  uint64_t errors = 0;
+};
+
+// Keeps `depth` calls in flight through the callback API until `stop`, then waits for them to end.
+uint64_t run_callback_client(grpc::GenericStub& stub, const grpc::ByteBuffer& request, int depth,
+                             std::atomic<bool>& stop, std::atomic<uint64_t>& errors) {
+  struct Call {
+    grpc::ClientContext context;
+    grpc::ByteBuffer reply;
+  };
+  std::atomic<uint64_t> done{0};
+  std::mutex mutex;  // guards live
+  std::condition_variable ended;
+  int live = depth;
+  std::function<void()> start = [&] {
+    auto* call = new Call;
+    call->context.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
+    stub.UnaryCall(&call->context, kMethod, grpc::StubOptions(), &request, &call->reply,
+                   [&, call](const grpc::Status& status) {
+                     delete call;
+                     if (!status.ok()) errors.fetch_add(1);
+                     done.fetch_add(1);
+                     if (!stop.load()) {
+                       start();
+                       return;
+                     }
+                     std::lock_guard lock(mutex);
+                     if (--live == 0) ended.notify_all();
+                   });
+  };
+  for (int i = 0; i < depth; ++i) start();
+  std::unique_lock lock(mutex);
+  // Bounded: every call in flight ends by its deadline.
+  ended.wait_for(lock, kCallTimeout + std::chrono::seconds(5), [&] { return live == 0; });
+  return done.load();
+}
+
+// Keeps `depth` calls in flight through one CompletionQueue polled by this thread.
+uint64_t run_queue_client(grpc::GenericStub& stub, const grpc::ByteBuffer& request, int depth, std::atomic<bool>& stop,
+                          std::atomic<uint64_t>& errors) {
+  struct Call {
+    grpc::ClientContext context;
+    grpc::ByteBuffer reply;
+    grpc::Status status;
+    std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
+  };
+  grpc::CompletionQueue queue;
+  auto start = [&] {
+    auto* call = new Call;
+    call->context.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
+    call->reader = stub.PrepareUnaryCall(&call->context, kMethod, request, &queue);
+    call->reader->StartCall();
+    call->reader->Finish(&call->reply, &call->status, call);
+  };
+  for (int i = 0; i < depth; ++i) start();
+  uint64_t done = 0;
+  int live = depth;
+  void* tag = nullptr;
+  bool ok = false;
+  while (live > 0 && queue.Next(&tag, &ok)) {  // each call ends by its deadline
+    auto* call = static_cast<Call*>(tag);
+    if (!ok || !call->status.ok()) errors.fetch_add(1);
+    delete call;
+    ++done;
+    if (stop.load()) {
+      --live;
+    } else {
+      start();
+    }
+  }
+  queue.Shutdown();
+  while (queue.Next(&tag, &ok)) {
+  }
+  return done;
+}
+
+// `depth` threads, each making one blocking call after the other.
+uint64_t run_blocking_client(const std::shared_ptr<grpc::Channel>& channel, const grpc::ByteBuffer& request, int depth,
+                             std::atomic<bool>& stop, std::atomic<uint64_t>& errors) {
+  std::atomic<uint64_t> done{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < depth; ++i) {
+    threads.emplace_back([&] {
+      grpc::internal::RpcMethod method(kMethod, grpc::internal::RpcMethod::NORMAL_RPC, channel);
+      while (!stop.load()) {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
+        grpc::ByteBuffer reply;
+        grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+            channel.get(), method, &context, request, &reply);
+        if (!status.ok()) errors.fetch_add(1);
+        done.fetch_add(1);
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  return done.load();
+}
+
+Figure run_case(const Case& c) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  CallbackEcho callback_service;
+  grpc::AsyncGenericService queue_service;
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+  if (c.server_api == "callback") {
+    builder.RegisterCallbackGenericService(&callback_service);
+  } else {
+    builder.RegisterAsyncGenericService(&queue_service);
+    for (int i = 0; i < c.server_threads; ++i) queues.push_back(builder.AddCompletionQueue());
+  }
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    fmt::print(stderr, "grpc_api_bench: the server could not listen on 127.0.0.1\n");
+    std::exit(1);
+  }
+  std::vector<std::thread> pollers;
+  for (auto& queue : queues) {
+    pollers.emplace_back([&service = queue_service, queue = queue.get(), depth = c.depth] {
+      // Enough requested calls that no client call waits for one to be posted.
+      for (int i = 0; i < depth + 4; ++i) new QueueEchoCall(service, *queue);
+      void* tag = nullptr;
+      bool ok = false;
+      while (queue->Next(&tag, &ok)) static_cast<QueueEchoCall*>(tag)->proceed(ok);
+    });
+  }
+  auto channel = grpc::CreateChannel(fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  const grpc::ByteBuffer request = filled_buffer(c.request_bytes);
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> errors{0};
+  std::thread timer([&] {
+    std::this_thread::sleep_for(std::chrono::duration<double>(c.seconds));
+    stop.store(true);
+  });
+  const double cpu_start = process_cpu_s();
+  const auto start = std::chrono::steady_clock::now();
+  uint64_t calls = 0;
+  if (c.client_api == "callback") {
+    calls = run_callback_client(stub, request, c.depth, stop, errors);
+  } else if (c.client_api == "completion_queue") {
+    calls = run_queue_client(stub, request, c.depth, stop, errors);
+  } else {
+    calls = run_blocking_client(channel, request, c.depth, stop, errors);
+  }
+  const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double cpu_s = process_cpu_s() - cpu_start;
+  timer.join();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  for (auto& queue : queues) queue->Shutdown();
+  for (auto& poller : pollers) poller.join();
+  Figure figure;
+  figure.calls_per_s = static_cast<double>(calls) / wall_s;
+  figure.cpu_us_per_call = calls > 0 ? cpu_s / static_cast<double>(calls) * 1e6 : 0;
+  figure.errors = errors.load();
+  return figure;
+}
+
+std::vector<int64_t> parse_list(const std::string& text) {
+  std::vector<int64_t> values;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    size_t end = text.find(',', begin);
+    if (end == std::string::npos) end = text.size();
+    values.push_back(std::stoll(text.substr(begin, end - begin)));
+    begin = end + 1;
+  }
+  return values;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"gRPC unary call cost: callback against completion-queue server, by client API"};
+  double seconds = 2;
+  std::string depths = "1,8,16";
+  std::string request_bytes = "512,4096";
+  int server_threads = 1;
+  std::string out;
+  app.add_option("--seconds", seconds, "seconds per measurement")->check(CLI::Range(0.1, 600.0));
+  app.add_option("--depths", depths, "calls in flight, comma-separated");
+  app.add_option("--request-bytes", request_bytes, "request sizes, comma-separated");
+  app.add_option("--server-threads", server_threads, "polling threads of the completion-queue server")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--out", out, "also write every line into one JSON document");
+  CLI11_PARSE(app, argc, argv);
+  std::vector<int64_t> depth_list, size_list;
+  try {
+    depth_list = parse_list(depths);
+    size_list = parse_list(request_bytes);
+  } catch (const std::exception&) {
+    fmt::print(stderr, "--depths '{}' / --request-bytes '{}': expected comma-separated integers\n", depths,
+               request_bytes);
+    return 2;
+  }
+  for (int64_t depth : depth_list) {
+    if (depth < 1 || depth > 1024) {
+      fmt::print(stderr, "--depths: {} is out of range [1, 1024]\n", depth);
+      return 2;
+    }
+  }
+  for (int64_t bytes : size_list) {
+    if (bytes < 0 || bytes > (16 << 20)) {
+      fmt::print(stderr, "--request-bytes: {} is out of range [0, 16 MiB]\n", bytes);
+      return 2;
+    }
+  }
+  const std::string device = fmt::format("{}, {} cores", cpu_model(), std::thread::hardware_concurrency());
+  nlohmann::json lines = nlohmann::json::array();
+  for (int64_t bytes : size_list) {
+    for (const char* client_api : {"callback", "completion_queue", "blocking"}) {
+      for (int64_t depth : depth_list) {
+        Case c{.client_api = client_api,
+               .depth = static_cast<int>(depth),
+               .request_bytes = static_cast<size_t>(bytes),
+               .seconds = seconds,
+               .server_threads = server_threads};
+        c.server_api = "callback";
+        Figure baseline = run_case(c);
+        c.server_api = "completion_queue";
+        Figure ours = run_case(c);
+        nlohmann::json line = {
+            {"bench", "fs_grpc_api"},
+            {"device", device},
+            {"client_api", client_api},
+            {"depth", depth},
+            {"request_bytes", bytes},
+            {"reply_bytes", kReplyBytes},
+            {"server_threads", server_threads},
+            {"baseline", "callback server"},
+            {"baseline_calls_per_s", baseline.calls_per_s},
+            {"baseline_cpu_us_per_call", baseline.cpu_us_per_call},
+            {"completion_queue_calls_per_s", ours.calls_per_s},
+            {"completion_queue_cpu_us_per_call", ours.cpu_us_per_call},
+            {"ratio", baseline.calls_per_s > 0 ? ours.calls_per_s / baseline.calls_per_s : 0},
+            {"errors", baseline.errors + ours.errors},
+        };
+        std::puts(line.dump().c_str());
+        std::fflush(stdout);
+        lines.push_back(std::move(line));
+      }
+    }
+  }
+  if (!out.empty()) {
+    const std::string date = fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(std::time(nullptr)));
+    nlohmann::json document = {{"benchmark", "fs_grpc_api"}, {"device", device}, {"date", date}, {"cases", lines}};
+    std::ofstream file(out);
+    file << document.dump(1) << "\n";
+    if (!file) {
+      fmt::print(stderr, "could not write {}\n", out);
+      return 1;
+    }
+  }
+  return 0;
+}
