@@ -54,6 +54,7 @@ struct Config {
   // The longest a SIGTERM / SIGINT stop waits for running operations before the process exits anyway.
   double stop_timeout_s = 10;
   uint32_t rpc_threads = 256;
+  uint64_t rpc_max_queued = meta::MetaServerOptions{}.max_queued;
   std::string kv_kind = "rocksdb";
   std::string kv_path;
   bool kv_sync = true;
@@ -81,6 +82,7 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("meta.storage_timeout_s", &c.storage_timeout_s));
   FF_RETURN_IF_ERROR(reader.read("meta.stop_timeout_s", &c.stop_timeout_s));
   FF_RETURN_IF_ERROR(reader.read("meta.rpc_threads", &c.rpc_threads));
+  FF_RETURN_IF_ERROR(reader.read("meta.rpc_max_queued", &c.rpc_max_queued));
   FF_RETURN_IF_ERROR(reader.read("kv.kind", &c.kv_kind));
   FF_RETURN_IF_ERROR(reader.read("kv.path", &c.kv_path));
   FF_RETURN_IF_ERROR(reader.read("kv.sync", &c.kv_sync));
@@ -107,6 +109,9 @@ Result<Config> load_config(const std::string& path) {
     return invalid_argument("{}: every *_s setting of [meta] and [metrics] must be positive", path);
   }
   if (c.rpc_threads < 2) return invalid_argument("{}: meta.rpc_threads = {}, expected >= 2", path, c.rpc_threads);
+  if (c.rpc_max_queued < 1 || c.rpc_max_queued > (uint64_t{1} << 24)) {
+    return invalid_argument("{}: meta.rpc_max_queued = {}, expected 1..16777216", path, c.rpc_max_queued);
+  }
   if (c.kv_kind == "rocksdb") {
     if (c.kv_path.empty()) return invalid_argument("{}: kv.kind = \"rocksdb\" needs kv.path", path);
   } else if (c.kv_kind == "etcd") {
@@ -281,6 +286,7 @@ int serve(const Config& config) {
   auto server =
       meta::MetaRpcServer::start(service, meta::MetaServerOptions{.listen = config.listen,
                                                                   .max_threads = static_cast<int>(config.rpc_threads),
+                                                                  .max_queued = config.rpc_max_queued,
                                                                   .inline_reads = config.kv_kind == "rocksdb",
                                                                   .metrics = &metrics});
   if (!server.is_ok()) {
