@@ -271,7 +271,8 @@ class Buffer:
 
     @staticmethod
     def set_num_sms(new_num_sms: int) -> None:
-        """Stored for API compatibility (the CPU backend uses no SMs); must be a positive even number."""
+        """The number of blocks (one per SM) of the CUDA normal-mode send kernels; unused by the CPU backend
+        and the low-latency kernels (which use every SM). Must be a positive even number."""
         if isinstance(new_num_sms, bool) or not isinstance(new_num_sms, int) or new_num_sms <= 0 or new_num_sms % 2:
             raise ValueError(f"num_sms={new_num_sms!r} must be a positive even integer")
         Buffer.num_sms = new_num_sms

@@ -277,8 +277,9 @@ def last_cuda_kernel() -> str:
     schedule with grouped mbarriers and the folded softmax), ``"wgmma_tma_lean"`` (the same with another
     scale, or when asked for), ``"wgmma_tma_lean_bar3"``, ``"wgmma_tma_lean_fold"``,
     ``"wgmma_tma_lean2_early"``, ``"wgmma_tma"`` (pipelined) and ``"wgmma_seesaw"`` (when asked for),
-    ``"wgmma"`` (cp.async loads, and the FP8 cache), ``"mma_sync"`` or ``"mma_sync_fp8_direct"`` (FP8
-    cache, <= 32 rows); ``""`` before any. ``FF_MLA_KERNEL=mma_sync`` in the environment makes GPU calls
+    ``"wgmma"`` (cp.async loads, and the FP8 cache), ``"mma_sync"``, or for the FP8 cache with <= 32 rows
+    ``"mma_sync_fp8_channels"`` (<= 16 rows) and ``"mma_sync_fp8_channels_split_s"`` (17-32 rows), the other
+    FP8 kernels when asked for with ``FF_MLA_FP8`` (docs/mla.md); ``""`` before any. ``FF_MLA_KERNEL=mma_sync`` in the environment makes GPU calls
     take the mma.sync kernels, ``FF_MLA_LOADS=cp_async`` keeps the WGMMA kernel's loads on cp.async,
     ``FF_MLA_SCHEDULE=lean|lean_bar3|lean_fold|lean2|lean2_early|pipelined|seesaw`` picks the TMA
     kernel's schedule (docs/mla.md)."""

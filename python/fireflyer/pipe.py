@@ -93,8 +93,8 @@ def validate(schedule: Schedule | str | Mapping, channel_capacity: int = 0) -> d
     ``channel_capacity`` messages per link, 0 = unbounded), each task's F, B and W exactly once.
 
     Returns peak activations, parameter copies and peak pending messages per rank. Raises ValueError
-    for a missing or duplicated op, RuntimeError "deadlock: rank R op #i ... waits forever for ..."
-    for a deadlock (the binding maps failed-precondition statuses to RuntimeError).
+    for a missing or duplicated op, and ValueError "deadlock: rank R op #i ... waits forever for ..."
+    for a deadlock.
     """
     return _C.pipe.validate(_as_json(schedule), channel_capacity)
 

@@ -12,7 +12,7 @@ Recording::
 Analysis (the profile-data counterpart; also the ``ff-trace`` command)::
 
     report = trace.analyze("run.json", top=10, svg_path="timeline.svg")
-    report["processes"], report["top_events"], ...
+    report["processes"], report["top"], ...
 """
 
 from __future__ import annotations
