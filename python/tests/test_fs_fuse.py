@@ -516,6 +516,53 @@ def test_unlinked_open_file_stays_readable(mnt: pathlib.Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- lifecycle
+def test_flow_job_on_the_mount(mnt: pathlib.Path) -> None:
+    """A fireflyer.flow (smallpond) job with its inputs, its task outputs (each renamed into place) and its
+    result on the mount: the same answer as pandas, and the same job run again reuses every task it finds
+    there."""
+    pa = pytest.importorskip("pyarrow")
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("duckdb")
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from fireflyer import flow
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"id": np.arange(3000), "user": rng.integers(0, 40, 3000), "amount": rng.integers(1, 100, 3000)})
+    (mnt / "in").mkdir()
+    inputs = []
+    for part in range(2):
+        path = mnt / "in" / f"part-{part}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame.iloc[part::2], preserve_index=False), path)
+        inputs.append(str(path))
+
+    def job(session) -> tuple[dict, list[str]]:
+        grouped = session.partial_sql("select user, sum(amount) s from {0} group by user",
+                                      session.read_parquet(inputs).repartition(3, hash_by="user"))
+        files = grouped.write_parquet(str(mnt / "out"))
+        table = pq.read_table(files).to_pandas()
+        return dict(zip(table["user"].tolist(), table["s"].tolist())), files
+
+    first = flow.init(data_root=str(mnt / "root"), num_executors=2, progress=False)
+    try:
+        sums, files = job(first)
+        assert first.tasks_reused == 0 and first.tasks_run > 0
+    finally:
+        first.shutdown()
+    assert sums == frame.groupby("user")["amount"].sum().to_dict()
+    assert len(files) == 3 and all(pathlib.Path(f).parent == mnt / "out" for f in files)
+    assert not [f for f in os.listdir(mnt / "out") if ".tmp." in f]
+
+    second = flow.init(data_root=str(mnt / "root"), num_executors=2, progress=False)
+    try:
+        again, _ = job(second)
+        assert second.tasks_run == 0 and second.tasks_reused == first.tasks_run
+    finally:
+        second.shutdown()
+    assert again == sums
+
+
 def test_statfs_reports_the_storage_space(cluster: LocalCluster) -> None:
     """df on the mount: the chain table's space, each (host, file system) of its targets once, over the
     replication (3). The storage servers keep their targets on the scratch directory's disk, so the mount
