@@ -59,6 +59,34 @@ def _is_torch_tensor(value: Any) -> bool:
     return type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter")
 
 
+# DeepEP keyword arguments that only say how to schedule the work (events, streams, tuning): accepted and
+# ignored (the calls run on the current stream, or complete on the CPU). Those that change the results or
+# the outputs' form are refused unless left at DeepEP's default, so a caller switching from DeepEP never gets
+# a silently different answer; anything else is a TypeError, as for any Python function.
+_SCHEDULING_HINTS = frozenset({"previous_event", "async_finish", "allocate_on_comm_stream", "config"})
+_UNSUPPORTED_UNLESS_DEFAULT = {
+    "dispatch": {"num_worst_tokens": 0},
+    "combine": {"bias": None},
+    "low_latency_dispatch": {"cumulative_local_expert_recv_stats": None, "dispatch_wait_recv_cost_stats": None,
+                             "round_scale": False, "use_ue8m0": False},
+    "low_latency_combine": {"use_logfmt": False, "zero_copy": False, "out": None,
+                            "combine_wait_recv_cost_stats": None},
+}
+
+
+def _check_deepep_options(method: str, options: dict) -> None:
+    refused = _UNSUPPORTED_UNLESS_DEFAULT.get(method, {})
+    for name, value in options.items():
+        if name in refused:
+            default = refused[name]
+            if (value is not None) if default is None else (value != default):
+                raise NotImplementedError(
+                    f"Buffer.{method}: {name}={value!r} is not supported (DeepEP's default {default!r} is); "
+                    "see docs/ep.md")
+        elif name not in _SCHEDULING_HINTS:
+            raise TypeError(f"Buffer.{method}() got an unexpected keyword argument {name!r}")
+
+
 def _is_cuda(value: Any) -> bool:
     if isinstance(value, tuple) and value:
         value = value[0]
@@ -281,8 +309,9 @@ class Buffer:
     def get_num_sms() -> int:
         return Buffer.num_sms
 
-    def get_dispatch_layout(self, topk_idx: Any, num_experts: int, **_unused: Any):
+    def get_dispatch_layout(self, topk_idx: Any, num_experts: int, **options: Any):
         """(num_tokens_per_rank int32, None, num_tokens_per_expert int32, is_token_in_rank bool)."""
+        _check_deepep_options("get_dispatch_layout", options)
         if _is_cuda(topk_idx):
             return self._cuda_layout(topk_idx, int(num_experts))
         per_rank, per_expert, in_rank = _C.ep.get_dispatch_layout(_matrix(topk_idx, np.int64, "topk_idx"),
@@ -300,13 +329,14 @@ class Buffer:
         topk_idx: Any = None,
         topk_weights: Any = None,
         expert_alignment: int = 1,
-        **_unused: Any,
+        **options: Any,
     ):
         """(recv_x, recv_topk_idx, recv_topk_weights, num_recv_tokens_per_expert_list, handle).
 
         ``x`` is a matrix or ``(x_fp8 uint8, scales float32 [num_tokens, hidden/128])``; ``recv_x`` has
         the same form. With a ``handle`` (cached dispatch) only data moves and the top-k outputs are None.
         """
+        _check_deepep_options("dispatch", options)
         if _is_cuda(x):
             return self._cuda_dispatch(x, handle, num_tokens_per_rank, is_token_in_rank, num_tokens_per_expert,
                                        topk_idx, topk_weights, expert_alignment)
@@ -334,9 +364,10 @@ class Buffer:
             return recv_x, None, None, None, handle
         return recv_x, recv_idx, recv_weights, list(counts), new_handle
 
-    def combine(self, x: Any, handle: Any, topk_weights: Any = None, **_unused: Any):
+    def combine(self, x: Any, handle: Any, topk_weights: Any = None, **options: Any):
         """(combined_x, combined_topk_weights): per original token, the unweighted sum over the ranks that
         received it, in rank order with float32 accumulation."""
+        _check_deepep_options("combine", options)
         if _is_cuda(x):
             return self._cuda_combine(x, handle, topk_weights)
         rows, bf16_typed = _rows(x, "x")
@@ -352,11 +383,12 @@ class Buffer:
         num_experts: int,
         use_fp8: bool = True,
         return_recv_hook: bool = False,
-        **_unused: Any,
+        **options: Any,
     ):
         """(recv_x, recv_count, handle, event, hook). recv_x is [num_local_experts,
         num_max_dispatch_tokens_per_rank * num_ranks, hidden] (a tuple (x_fp8, scales) with use_fp8).
         With return_recv_hook the call returns after sending; the outputs are filled by ``hook()``."""
+        _check_deepep_options("low_latency_dispatch", options)
         if _is_cuda(x):
             return self._cuda_low_latency_dispatch(x, topk_idx, int(num_max_dispatch_tokens_per_rank),
                                                    int(num_experts), bool(use_fp8), bool(return_recv_hook))
@@ -393,10 +425,11 @@ class Buffer:
         topk_weights: Any,
         handle: _LowLatencyHandle,
         return_recv_hook: bool = False,
-        **_unused: Any,
+        **options: Any,
     ):
         """(combined_x [num_tokens, hidden], event, hook): per token, the sum over its top-k experts of
         topk_weight * expert row, float32 accumulation, in x's dtype."""
+        _check_deepep_options("low_latency_combine", options)
         if _is_cuda(x):
             return self._cuda_low_latency_combine(x, topk_idx, topk_weights, handle, bool(return_recv_hook))
         if handle.native is None:

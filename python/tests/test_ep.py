@@ -175,6 +175,38 @@ def test_single_rank_layout_and_validation() -> None:
         ep.Buffer(("g", 0, 1), 0)
 
 
+def test_deepep_options_are_ignored_refused_or_unknown() -> None:
+    """DeepEP's scheduling arguments are accepted; the ones that would change results are refused unless at
+    DeepEP's default (before anything runs); an unknown one is a TypeError."""
+    buffer = ep.Buffer(f"pytest_options_{uuid.uuid4().hex[:12]}", 1 << 20, rank=0, num_ranks=1, timeout_s=2)
+    topk = np.array([[0, 1], [1, -1]], dtype=np.int64)
+    weights = np.array([[0.5, 0.25], [1.0, 0.0]], dtype=np.float32)
+    x = np.arange(2 * 128, dtype=np.float32).reshape(2, 128)
+    per_rank, _, per_expert, in_rank = buffer.get_dispatch_layout(topk, 2, previous_event=None, async_finish=True,
+                                                                  allocate_on_comm_stream=False)
+    args = dict(topk_idx=topk, topk_weights=weights, num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
+                num_tokens_per_expert=per_expert)
+    recv_x, _, recv_w, counts, handle = buffer.dispatch(x, **args, num_worst_tokens=0, config=None, async_finish=True)
+    assert counts == [1, 2] and (recv_x == x).all()
+    combined, _ = buffer.combine(recv_x, handle, topk_weights=recv_w, bias=None, previous_event=None)
+    assert (combined == x).all()
+    with pytest.raises(NotImplementedError, match="num_worst_tokens=8"):
+        buffer.dispatch(x, **args, num_worst_tokens=8)
+    with pytest.raises(NotImplementedError, match="bias"):
+        buffer.combine(recv_x, handle, topk_weights=recv_w, bias=(x, None))
+    with pytest.raises(TypeError, match="num_worst_token"):
+        buffer.dispatch(x, handle=handle, num_worst_token=8)
+    for name, value in (("use_ue8m0", True), ("round_scale", True), ("cumulative_local_expert_recv_stats", x)):
+        with pytest.raises(NotImplementedError, match=name):
+            buffer.low_latency_dispatch(x, topk, 4, 2, **{name: value})
+    for name, value in (("out", x), ("zero_copy", True), ("use_logfmt", True)):
+        with pytest.raises(NotImplementedError, match=name):
+            buffer.low_latency_combine(x, topk, weights, None, **{name: value})
+    # Nothing of the refused calls ran: the buffer still serves a cached dispatch.
+    again, *_ = buffer.dispatch(x, handle=handle)
+    assert (again == x).all()
+
+
 def test_backend_choice_is_validated() -> None:
     with pytest.raises(ValueError, match="backend"):
         ep.Buffer((f"pytest_backend_{uuid.uuid4().hex[:8]}", 0, 1), num_nvl_bytes=1 << 20, backend="gpu")
