@@ -227,9 +227,11 @@ Status Ior::register_with_mount(std::string_view mount_path) {
   if (!s.mount_link.empty()) {
     return failed_precondition("Ior '{}' is already registered as {}", s.name, s.mount_link);
   }
-  std::string link = std::string(mount_path);
-  while (link.size() > 1 && link.back() == '/') link.pop_back();
-  link += "/" + std::string(kVirtualDir) + "/" + s.name;
+  std::string_view mount = mount_path;
+  while (mount.size() > 1 && mount.back() == '/') mount.remove_suffix(1);
+  // NOTE: fmt, not "/" + std::string(...): GCC 12 at -O3 (pip's Release build) reports a false -Wrestrict
+  // in that string concatenation, which -Werror makes fatal.
+  const std::string link = fmt::format("{}/{}/{}", mount, kVirtualDir, s.name);
   const std::string target = internal::ior_path(s.name);
   if (::symlink(target.c_str(), link.c_str()) != 0) {
     const int error = errno;
