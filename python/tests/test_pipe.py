@@ -109,3 +109,15 @@ def test_ff_pipe_command_line(build_dir, tmp_path):
     assert bad.returncode != 0 and "deadlock: rank 0 op #0" in bad.stderr
     odd = subprocess.run([str(tool), "simulate", "--schedule", "dualpipe", "--pp", "5"], capture_output=True, text=True)
     assert odd.returncode != 0 and "even pp" in odd.stderr
+
+
+def test_dualpipe_needs_two_messages_of_room_per_link() -> None:
+    """With blocking sends and one message of room per link, DualPipe and DualPipeV deadlock (the validator
+    names the blocked op); two messages of room suffice. 1F1B and ZB1P run with one (docs/pipe.md)."""
+    for name in ("dualpipe", "dualpipev"):
+        schedule = pipe.generate(name, pp=8, chunks=16)
+        with pytest.raises(ValueError, match=r"deadlock: rank 0 op #8 .*capacity 1"):
+            pipe.validate(schedule, channel_capacity=1)
+        assert pipe.validate(schedule, channel_capacity=2)
+    for name in ("1f1b", "zb1p"):
+        assert pipe.validate(pipe.generate(name, pp=8, chunks=16), channel_capacity=1)
