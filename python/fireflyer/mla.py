@@ -105,10 +105,17 @@ def _count(name: str, value: Any) -> int:
     return int(value)
 
 
-def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads_k: int, num_sms: int = 132):
+# The SM count get_mla_metadata assumes for host lengths (H100 / H800 / H200 SXM).
+_DEFAULT_NUM_SMS = 132
+
+
+def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads_k: int,
+                     num_sms: Optional[int] = None):
     """The split-KV schedule of one decode step: ``(tile_scheduler_metadata int32 (num_sm_parts, 8),
     num_splits int32 (b + 1,))``, as FlashMLA's ``get_mla_metadata``. ``num_q_tokens_per_head_k`` is
-    ``s_q * h_q // h_kv``; ``num_sms`` defaults to 132 (H100/H800). Deterministic.
+    ``s_q * h_q // h_kv``. ``num_sms``: the SMs the decode will spread over; by default, as FlashMLA, the
+    SM count of the GPU a CUDA ``cache_seqlens`` is on, and 132 (H100/H800/H200) for host lengths.
+    Deterministic.
 
     Rows of ``tile_scheduler_metadata``: ``[begin_batch, begin_token, end_batch, end_token,
     begin_split, 0, 0, 0]``; sequence ``i`` owns split slots ``num_splits[i]:num_splits[i+1]``.
@@ -117,7 +124,14 @@ def get_mla_metadata(cache_seqlens: Any, num_q_tokens_per_head_k: int, num_heads
     waited for, so a decode step's metadata can be captured in a CUDA graph with its layers; a negative
     length counts as 0 there (the host path refuses it, and so does the decode's ``check_values``).
     """
-    if _is_torch_tensor(cache_seqlens) and cache_seqlens.is_cuda and _C.mla.HAS_CUDA:
+    on_gpu = _is_torch_tensor(cache_seqlens) and cache_seqlens.is_cuda
+    if num_sms is None:
+        num_sms = _DEFAULT_NUM_SMS
+        if on_gpu:
+            import torch
+
+            num_sms = torch.cuda.get_device_properties(cache_seqlens.device).multi_processor_count
+    if on_gpu and _C.mla.HAS_CUDA:
         return _get_mla_metadata_cuda(cache_seqlens, num_q_tokens_per_head_k, num_heads_k, num_sms)
     seqlens = _plain("cache_seqlens", cache_seqlens)
     metadata, splits = _C.mla.get_mla_metadata(

@@ -145,6 +145,14 @@ def test_fp8_cache_matches_float64_on_the_dequantized_cache():
     check(out, lse, *reference(as_float(q), values, block_table, lengths, True))
 
 
+def test_metadata_defaults_to_132_sms_for_host_lengths():
+    lengths = np.array([100, 37, 0, 5000], np.int32)
+    default = mla.get_mla_metadata(lengths, 16, 1)
+    explicit = mla.get_mla_metadata(lengths, 16, 1, num_sms=132)
+    assert all((d == e).all() for d, e in zip(default, explicit))
+    assert default[0].shape != mla.get_mla_metadata(lengths, 16, 1, num_sms=78)[0].shape
+
+
 def test_metadata_covers_every_block_once():
     rng = np.random.default_rng(3)
     lengths = rng.integers(0, 5000, size=33).astype(np.int32)

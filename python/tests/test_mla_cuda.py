@@ -285,6 +285,19 @@ def test_metadata_on_the_gpu_is_the_host_schedule(b, rows, h_kv, num_sms):
         mla.get_mla_metadata(lengths.cuda(), rows, h_kv, num_sms=0)
 
 
+def test_metadata_defaults_to_the_devices_sm_count():
+    """Without num_sms, CUDA lengths get the schedule for their GPU's SM count (as FlashMLA's); host lengths
+    get 132's."""
+    lengths = torch.randint(1, 9000, (64,), dtype=torch.int32)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    metadata, splits = mla.get_mla_metadata(lengths.cuda(), 128, 1)
+    expected_metadata, expected_splits = mla.get_mla_metadata(lengths.numpy(), 128, 1, num_sms=sms)
+    assert torch.equal(metadata.cpu(), torch.from_numpy(expected_metadata))
+    assert torch.equal(splits.cpu(), torch.from_numpy(expected_splits))
+    host_metadata, _ = mla.get_mla_metadata(lengths.numpy(), 128, 1)
+    assert host_metadata.shape == mla.get_mla_metadata(lengths.numpy(), 128, 1, num_sms=132)[0].shape
+
+
 def test_a_decode_step_and_its_metadata_replay_from_one_cuda_graph():
     """The schedule is computed inside the captured graph: new lengths written in place before a replay
     give the decode of those lengths (the eager result of the new lengths, bit for bit)."""
