@@ -1,7 +1,8 @@
 """Expert-parallel dispatch and combine (component ``ep``) with DeepEP's v1 ``Buffer`` API.
 
 Two backends behind one ``Buffer``: the CPU shared-memory backend (``ff::ep::ShmBuffer``: ranks are
-processes on one machine, one POSIX shared-memory segment per buffer; numpy in, numpy out), and the CUDA
+processes on one machine, one POSIX shared-memory segment per buffer; numpy or torch CPU tensors in, the same
+kind out), and the CUDA
 intranode backend (``ff::ep::CudaBuffer``: one process per rank, GPU buffers shared through CUDA IPC,
 kernels writing into the receivers' buffers; torch CUDA tensors in, torch CUDA tensors out, on the
 current stream). A call with CUDA tensors uses the CUDA backend. See docs/ep.md.
@@ -16,8 +17,9 @@ current stream). A call with CUDA tensors uses the CUDA backend. See docs/ep.md.
         is_token_in_rank=in_rank, num_tokens_per_expert=per_expert)
     combined_x, combined_w = buffer.combine(expert_out, handle, topk_weights=recv_w)
 
-Arrays are numpy: float32, bfloat16 as uint16 bit patterns (or ``ml_dtypes.bfloat16``, or torch CPU
-tensors, converted on the way in), FP8 as uint8 e4m3 codes with float32 per-128 scales. Every
+Arrays are numpy: float32, bfloat16 as uint16 bit patterns (or ``ml_dtypes.bfloat16``), FP8 as uint8 e4m3
+codes with float32 per-128 scales; or torch CPU tensors (bfloat16, float16, float32, float8_e4m3fn), answered
+with torch tensors of the input's dtype (FP8 codes as float8_e4m3fn). Every
 collective must be called by every rank in the same order; every wait is bounded by ``timeout_s``
 and a dead or silent rank becomes a ``RuntimeError``/``TimeoutError`` naming it, never a hang.
 """
@@ -162,6 +164,25 @@ def _restore(array: np.ndarray, bfloat16_typed: bool) -> np.ndarray:
 
         return array.view(ml_dtypes.bfloat16)
     return array
+
+
+def _as_input_type(array: Optional[np.ndarray], template: Any, convert: bool = True) -> Any:
+    """``array`` as a torch CPU tensor when the caller's ``template`` input is one (sharing the array's memory),
+    else unchanged: bfloat16 and float8 bit patterns take the template's dtype back; with ``convert``, other
+    floating outputs take its floating dtype (a copy: float16 in, float16 out)."""
+    if array is None or not _is_torch_tensor(template):
+        return array
+    import torch
+
+    float8 = getattr(torch, "float8_e4m3fn", None)
+    if template.dtype == torch.bfloat16 and array.dtype == np.uint16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    if array.dtype == np.uint8 and float8 is not None and template.dtype in (float8, torch.bfloat16):
+        return torch.from_numpy(array).view(float8)  # FP8 codes (a bf16 input's are DeepEP's float8 output)
+    tensor = torch.from_numpy(array)
+    if convert and template.is_floating_point() and tensor.is_floating_point() and tensor.dtype != template.dtype:
+        tensor = tensor.to(template.dtype)
+    return tensor
 
 
 def _matrix(value: Any, dtype: Any, name: str) -> Optional[np.ndarray]:
@@ -316,7 +337,8 @@ class Buffer:
             return self._cuda_layout(topk_idx, int(num_experts))
         per_rank, per_expert, in_rank = _C.ep.get_dispatch_layout(_matrix(topk_idx, np.int64, "topk_idx"),
                                                                   int(num_experts), self.group_size)
-        return per_rank, None, per_expert, in_rank
+        return (_as_input_type(per_rank, topk_idx), None, _as_input_type(per_expert, topk_idx),
+                _as_input_type(in_rank, topk_idx))
 
     def dispatch(
         self,
@@ -340,10 +362,10 @@ class Buffer:
         if _is_cuda(x):
             return self._cuda_dispatch(x, handle, num_tokens_per_rank, is_token_in_rank, num_tokens_per_expert,
                                        topk_idx, topk_weights, expert_alignment)
-        scales = None
+        scales = scales_in = None
         if isinstance(x, tuple):
-            x, scales = x
-            scales = _matrix(scales, np.float32, "scales")
+            x, scales_in = x
+            scales = _matrix(scales_in, np.float32, "scales")
         rows, bf16_typed = _rows(x, "x")
         if handle is None:
             if topk_idx is None or num_tokens_per_expert is None:
@@ -357,12 +379,13 @@ class Buffer:
             rows, scales, _matrix(topk_idx, np.int64, "topk_idx") if handle is None else None,
             _matrix(topk_weights, np.float32, "topk_weights") if handle is None else None, num_experts, per_rank,
             in_rank, handle, int(expert_alignment))
-        recv_x = _restore(recv_x, bf16_typed)
+        recv_x = _as_input_type(_restore(recv_x, bf16_typed), x)
         if recv_scales is not None:
-            recv_x = (recv_x, recv_scales)
+            recv_x = (recv_x, _as_input_type(recv_scales, scales_in))
         if handle is not None:
             return recv_x, None, None, None, handle
-        return recv_x, recv_idx, recv_weights, list(counts), new_handle
+        return (recv_x, _as_input_type(recv_idx, topk_idx), _as_input_type(recv_weights, topk_weights), list(counts),
+                new_handle)
 
     def combine(self, x: Any, handle: Any, topk_weights: Any = None, **options: Any):
         """(combined_x, combined_topk_weights): per original token, the unweighted sum over the ranks that
@@ -373,7 +396,8 @@ class Buffer:
         rows, bf16_typed = _rows(x, "x")
         combined_x, combined_weights = self._cpu_buffer().combine(rows, handle,
                                                             _matrix(topk_weights, np.float32, "topk_weights"))
-        return _restore(combined_x, bf16_typed), combined_weights
+        return (_as_input_type(_restore(combined_x, bf16_typed), x),
+                _as_input_type(combined_weights, topk_weights))
 
     def low_latency_dispatch(
         self,
@@ -414,9 +438,11 @@ class Buffer:
 
         if not return_recv_hook:
             hook()
-        out_x = _restore(recv_x, bf16_typed and not use_fp8)
-        return ((out_x, recv_scales) if use_fp8 else out_x), recv_count, handle, EventOverlap(), (
-            hook if return_recv_hook else _no_op)
+        # Tensors share the arrays the hook fills (no dtype conversion, which would copy).
+        out_x = _as_input_type(_restore(recv_x, bf16_typed and not use_fp8), x, convert=False)
+        out_scales = _as_input_type(recv_scales, x, convert=False)
+        return ((out_x, out_scales) if use_fp8 else out_x), _as_input_type(recv_count, x, convert=False), handle, \
+            EventOverlap(), (hook if return_recv_hook else _no_op)
 
     def low_latency_combine(
         self,
@@ -447,7 +473,8 @@ class Buffer:
 
         if not return_recv_hook:
             hook()
-        return _restore(combined, bf16_typed), EventOverlap(), (hook if return_recv_hook else _no_op)
+        out = _as_input_type(_restore(combined, bf16_typed), x, convert=False)
+        return out, EventOverlap(), (hook if return_recv_hook else _no_op)
 
     # -------------------------------------------------------------------------------------------------
     # CUDA backend: torch CUDA tensors in and out, work on the current stream.

@@ -207,6 +207,40 @@ def test_deepep_options_are_ignored_refused_or_unknown() -> None:
     assert (again == x).all()
 
 
+def test_cpu_backend_answers_torch_inputs_with_torch_tensors() -> None:
+    """As DeepEP's calls do: torch in, torch out (bf16 stays bf16, FP8 codes are float8_e4m3fn), on the CPU."""
+    torch = pytest.importorskip("torch")
+    buffer = ep.Buffer(f"pytest_torch_{uuid.uuid4().hex[:12]}", 1 << 20, rank=0, num_ranks=1, timeout_s=2)
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 128, generator=generator).to(torch.bfloat16)
+    topk = torch.tensor([[0, 1], [1, -1], [0, -1]], dtype=torch.int64)
+    weights = torch.rand(3, 2, generator=generator) * (topk >= 0)
+    per_rank, _, per_expert, in_rank = buffer.get_dispatch_layout(topk, 2)
+    assert isinstance(per_rank, torch.Tensor) and per_expert.tolist() == [2, 2] and in_rank.dtype == torch.bool
+    recv_x, recv_idx, recv_w, counts, handle = buffer.dispatch(
+        x, topk_idx=topk, topk_weights=weights, num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
+        num_tokens_per_expert=per_expert)
+    assert recv_x.dtype == torch.bfloat16 and torch.equal(recv_x, x) and counts == [2, 2]
+    assert recv_idx.dtype == torch.int64 and recv_w.dtype == torch.float32 and torch.equal(recv_w, weights)
+    combined, combined_w = buffer.combine(recv_x, handle, topk_weights=recv_w)
+    assert combined.dtype == torch.bfloat16 and torch.equal(combined, x) and torch.equal(combined_w, weights)
+    half, *_ = buffer.dispatch(x.half(), handle=handle)
+    assert half.dtype == torch.float16 and torch.equal(half, x.half())
+
+    (codes, scales), count, low_latency_handle, _, hook = buffer.low_latency_dispatch(
+        x, topk, 4, 2, use_fp8=True, return_recv_hook=True)
+    assert codes.dtype == torch.float8_e4m3fn and scales.dtype == torch.float32 and codes.shape == (2, 4, 128)
+    hook()  # fills the tensors returned above
+    assert count.tolist() == [2, 2]
+    expert0 = codes[0, :2].float() * scales[0, :2].repeat_interleave(128, dim=1)
+    reference = x[[0, 2]].float()
+    assert (expert0 - reference).abs().max() <= 0.07 * reference.abs().max()
+    expert_out = torch.ones(2, 4, 128, dtype=torch.bfloat16)
+    out, _, _ = buffer.low_latency_combine(expert_out, topk, weights, low_latency_handle)
+    assert out.dtype == torch.bfloat16 and out.shape == (3, 128)
+    assert torch.allclose(out[:, 0].float(), weights.sum(dim=1), atol=1e-2)
+
+
 def test_backend_choice_is_validated() -> None:
     with pytest.raises(ValueError, match="backend"):
         ep.Buffer((f"pytest_backend_{uuid.uuid4().hex[:8]}", 0, 1), num_nvl_bytes=1 << 20, backend="gpu")
