@@ -45,6 +45,12 @@ __all__ = [
     "bf16_to_float32",
     "float32_to_bf16",
     "calc_diff",
+    # DeepGEMM's later (v2) names for the same functions:
+    "fp8_gemm_nt",
+    "m_grouped_fp8_gemm_nt_contiguous",
+    "m_grouped_fp8_gemm_nt_masked",
+    "get_mk_alignment_for_contiguous_layout",
+    "get_mn_major_tma_aligned_tensor",
 ]
 
 get_tma_aligned_size = _C.gemm.get_tma_aligned_size
@@ -202,6 +208,60 @@ def get_col_major_tma_aligned_tensor(x):
         view = storage.transpose(0, 2, 1)[:, :mn, :]
         view[...] = batched
     return view[0] if squeeze else view
+
+
+# DeepGEMM's later (v2) names of the same three GEMMs. On sm_90 they compute the same thing with the same fp32
+# scales; their extra arguments are accepted where they cannot change the result here (a JIT specialisation
+# hint, the UE8M0 cast that only sm_100 scales have) and refused otherwise, naming the argument, so a call
+# written for DeepGEMM never gets a silently different answer.
+_V2_HINTS = frozenset({"compiled_dims", "disable_ue8m0_cast"})
+_V2_RECIPE = (1, 128, 128)  # A per 1x128, B per 128x128: the only scaling here
+
+
+def _check_v2_options(function: str, options: dict) -> None:
+    for name, value in options.items():
+        if name in _V2_HINTS:
+            continue
+        if name == "recipe":
+            if value is not None and tuple(value) != _V2_RECIPE:
+                raise NotImplementedError(f"{function}: recipe={value!r} is not supported (only {_V2_RECIPE})")
+        elif name == "c":
+            if value is not None:
+                raise NotImplementedError(f"{function}: c (D = C + A B^T) is not supported; pass c=None")
+        elif name == "alpha":
+            if value != 1:
+                raise NotImplementedError(f"{function}: alpha={value!r} is not supported (only 1)")
+        elif name == "beta":
+            continue  # scales c, which must be None
+        elif name == "stream":
+            if value is not None:
+                raise NotImplementedError(f"{function}: stream={value!r}: the call runs on torch's current stream; "
+                                          "pass None and use torch.cuda.stream(...)")
+        else:
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
+
+
+def fp8_gemm_nt(a, b, d, c=None, **options) -> None:
+    """DeepGEMM v2's name of ``gemm_fp8_fp8_bf16_nt(a, b, d)``: ``c`` must be None; ``recipe`` None or
+    (1, 128, 128); ``compiled_dims`` and ``disable_ue8m0_cast`` are accepted and have no effect."""
+    _check_v2_options("fp8_gemm_nt", dict(options, c=c))
+    gemm_fp8_fp8_bf16_nt(a, b, d)
+
+
+def m_grouped_fp8_gemm_nt_contiguous(a, b, d, m_indices, **options) -> None:
+    """DeepGEMM v2's name of ``m_grouped_gemm_fp8_fp8_bf16_nt_contiguous`` (options as ``fp8_gemm_nt``)."""
+    _check_v2_options("m_grouped_fp8_gemm_nt_contiguous", options)
+    m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(a, b, d, m_indices)
+
+
+def m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, expected_m: int, **options) -> None:
+    """DeepGEMM v2's name of ``m_grouped_gemm_fp8_fp8_bf16_nt_masked`` (options as ``fp8_gemm_nt``)."""
+    _check_v2_options("m_grouped_fp8_gemm_nt_masked", options)
+    m_grouped_gemm_fp8_fp8_bf16_nt_masked(a, b, d, masked_m, expected_m)
+
+
+get_mk_alignment_for_contiguous_layout = get_m_alignment_for_contiguous_layout
+get_mn_major_tma_aligned_tensor = get_col_major_tma_aligned_tensor
 
 
 def calc_diff(x, y) -> float:

@@ -238,3 +238,41 @@ def test_torch_tensors_match_numpy():
     gemm.gemm_fp8_fp8_bf16_nt((a, gemm.get_col_major_tma_aligned_tensor(sa)), (b, sb), out)
     expected = reference(a.view(torch.uint8).numpy(), sa.numpy(), b.view(torch.uint8).numpy(), sb.numpy())
     assert gemm.calc_diff(out.float().numpy(), expected) < 1e-5
+
+
+def test_deepgemm_v2_names_compute_the_same_and_refuse_what_they_cannot():
+    """fp8_gemm_nt and the m_grouped_fp8_gemm_nt_* names (DeepGEMM v2) give the v1 functions' results; their
+    options that would change the result are refused, naming the option, before anything is written."""
+    a, sa, b, sb, _ = _dense_args()
+    v1, v2 = np.empty((65, 200), np.uint16), np.empty((65, 200), np.uint16)
+    gemm.gemm_fp8_fp8_bf16_nt((a, sa), (b, sb), v1)
+    gemm.fp8_gemm_nt((a, sa), (b, sb), v2, c=None, recipe=(1, 128, 128), compiled_dims="nk",
+                     disable_ue8m0_cast=True)
+    assert (v1 == v2).all()
+    untouched = np.full((65, 200), 0x1234, np.uint16)
+    for options, message in (({"c": v1}, "c .D = C"), ({"recipe": (1, 1, 128)}, "recipe=.1, 1, 128."),
+                             ({"alpha": 2.0}, "alpha=2.0"), ({"stream": 7}, "stream=7")):
+        with pytest.raises(NotImplementedError, match=message):
+            gemm.fp8_gemm_nt((a, sa), (b, sb), untouched, **options)
+    assert (untouched == 0x1234).all()
+    with pytest.raises(TypeError, match="recipes"):
+        gemm.fp8_gemm_nt((a, sa), (b, sb), untouched, recipes=None)
+
+    rng = np.random.default_rng(9)
+    assert gemm.get_mk_alignment_for_contiguous_layout() == 128
+    m_indices = np.array([0] * 3 + [-1] * 125 + [1] * 128, dtype=np.int32)
+    ga, gsa, gb, gsb = random_operands(rng, (256, 256), (2, 112, 256))
+    v1, v2 = np.empty((256, 112), np.uint16), np.empty((256, 112), np.uint16)
+    gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((ga, gsa), (gb, gsb), v1, m_indices)
+    gemm.m_grouped_fp8_gemm_nt_contiguous((ga, gsa), (gb, gsb), v2, m_indices, disable_ue8m0_cast=False)
+    assert (v1 == v2).all()
+    ma, msa, mb, msb = random_operands(rng, (2, 65, 256), (2, 112, 256))
+    masked_m = np.array([17, 65], np.int32)
+    v1, v2 = np.zeros((2, 65, 112), np.uint16), np.zeros((2, 65, 112), np.uint16)
+    gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((ma, msa), (mb, msb), v1, masked_m, 32)
+    gemm.m_grouped_fp8_gemm_nt_masked((ma, msa), (mb, msb), v2, masked_m, 32, recipe=None)
+    assert (v1 == v2).all()
+    with pytest.raises(NotImplementedError, match="recipe"):
+        gemm.m_grouped_fp8_gemm_nt_masked((ma, msa), (mb, msb), v2, masked_m, 32, recipe=(1, 128, 1))
+    scales = rng.uniform(size=(130, 2)).astype(np.float32)
+    assert (gemm.get_mn_major_tma_aligned_tensor(scales) == gemm.get_col_major_tma_aligned_tensor(scales)).all()
