@@ -738,7 +738,7 @@ TEST_F(RemoteMetaTest, AFailedBatchIsRetriedReadByRead) {
 
 // A batch whose changes the server's worker queue cannot take is answered request by request with the
 // busy tag, nothing of it run; the same batch runs whole once the queue has room. Two workers and three
-// queue slots, all five held by creates that take 1 s.
+// queue slots, all five held by creates that take 2 s (margin for a loaded machine).
 TEST_F(RemoteMetaTest, ABatchThePoolCannotQueueIsAnsweredBusyRequestByRequest) {
   auto small = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.max_threads = 2, .max_queued = 3});
   ASSERT_TRUE(small.is_ok()) << small.status().to_string();
@@ -753,7 +753,7 @@ TEST_F(RemoteMetaTest, ABatchThePoolCannotQueueIsAnsweredBusyRequestByRequest) {
     return request;
   };
   auto deadline = [] { return std::chrono::system_clock::now() + std::chrono::seconds(10); };
-  stalling_->stall_before_ms = 1000;
+  stalling_->stall_before_ms = 2000;
   std::vector<std::thread> holders;
   struct JoinAll {
     std::vector<std::thread>& threads;
