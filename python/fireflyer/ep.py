@@ -69,11 +69,28 @@ _SCHEDULING_HINTS = frozenset({"previous_event", "async_finish", "allocate_on_co
 _UNSUPPORTED_UNLESS_DEFAULT = {
     "dispatch": {"num_worst_tokens": 0},
     "combine": {"bias": None},
-    "low_latency_dispatch": {"cumulative_local_expert_recv_stats": None, "dispatch_wait_recv_cost_stats": None,
-                             "round_scale": False, "use_ue8m0": False},
+    "low_latency_dispatch": {"dispatch_wait_recv_cost_stats": None, "round_scale": False, "use_ue8m0": False},
     "low_latency_combine": {"use_logfmt": False, "zero_copy": False, "out": None,
                             "combine_wait_recv_cost_stats": None},
 }
+
+
+def _check_recv_stats(stats: Any, num_local_experts: int, x: Any) -> None:
+    """DeepEP's cumulative_local_expert_recv_stats: int32 (num_local_experts,), where x is (a CUDA tensor for
+    CUDA x; a numpy array or CPU torch tensor otherwise), updated in place."""
+    shape = tuple(stats.shape) if hasattr(stats, "shape") else None
+    if _is_torch_tensor(stats):
+        import torch
+
+        right_dtype = stats.dtype == torch.int32
+        right_device = stats.is_cuda == _is_cuda(x) and (not stats.is_cuda or stats.device == x.device)
+    else:
+        right_dtype = isinstance(stats, np.ndarray) and stats.dtype == np.int32
+        right_device = not _is_cuda(x)
+    if not (right_dtype and right_device and shape == (num_local_experts,)):
+        raise ValueError(
+            f"cumulative_local_expert_recv_stats has {getattr(stats, 'dtype', type(stats).__name__)} {shape}; "
+            f"expected int32 ({num_local_experts},) on x's device, updated in place")
 
 
 def _check_deepep_options(method: str, options: dict) -> None:
@@ -405,17 +422,30 @@ class Buffer:
         topk_idx: Any,
         num_max_dispatch_tokens_per_rank: int,
         num_experts: int,
+        cumulative_local_expert_recv_stats: Any = None,
+        dispatch_wait_recv_cost_stats: Any = None,
         use_fp8: bool = True,
+        round_scale: bool = False,
+        use_ue8m0: bool = False,
+        async_finish: bool = False,
         return_recv_hook: bool = False,
         **options: Any,
     ):
         """(recv_x, recv_count, handle, event, hook). recv_x is [num_local_experts,
         num_max_dispatch_tokens_per_rank * num_ranks, hidden] (a tuple (x_fp8, scales) with use_fp8).
-        With return_recv_hook the call returns after sending; the outputs are filled by ``hook()``."""
-        _check_deepep_options("low_latency_dispatch", options)
+        With return_recv_hook the call returns after sending; the outputs are filled by ``hook()``.
+        ``cumulative_local_expert_recv_stats`` (int32, (num_local_experts,), on x's device), as DeepEP's: each
+        expert's received token count is added to it when the receive completes (load statistics, e.g. for
+        eplb). The arguments are DeepEP's, in its order."""
+        _check_deepep_options("low_latency_dispatch", dict(
+            options, dispatch_wait_recv_cost_stats=dispatch_wait_recv_cost_stats, round_scale=round_scale,
+            use_ue8m0=use_ue8m0, async_finish=async_finish))
+        stats = cumulative_local_expert_recv_stats
+        if stats is not None:
+            _check_recv_stats(stats, int(num_experts) // self.group_size, x)
         if _is_cuda(x):
             return self._cuda_low_latency_dispatch(x, topk_idx, int(num_max_dispatch_tokens_per_rank),
-                                                   int(num_experts), bool(use_fp8), bool(return_recv_hook))
+                                                   int(num_experts), bool(use_fp8), bool(return_recv_hook), stats)
         rows, bf16_typed = _rows(x, "x")
         topk = _matrix(topk_idx, np.int64, "topk_idx")
         self._cpu_buffer().low_latency_dispatch_send(rows, topk, int(num_max_dispatch_tokens_per_rank), int(num_experts),
@@ -435,6 +465,13 @@ class Buffer:
                 np.copyto(recv_scales, received_scales)
             np.copyto(recv_count, count)
             handle.native = native
+            if stats is not None:
+                if _is_torch_tensor(stats):
+                    import torch
+
+                    stats.add_(torch.from_numpy(recv_count))
+                else:
+                    np.add(stats, recv_count, out=stats)
 
         if not return_recv_hook:
             hook()
@@ -553,7 +590,7 @@ class Buffer:
                        _stream())
         return combined, combined_weights
 
-    def _cuda_low_latency_dispatch(self, x, topk_idx, max_tokens, num_experts, use_fp8, return_recv_hook):
+    def _cuda_low_latency_dispatch(self, x, topk_idx, max_tokens, num_experts, use_fp8, return_recv_hook, stats):
         import torch
 
         native = self._cuda_buffer()
@@ -587,6 +624,8 @@ class Buffer:
             native.low_latency_dispatch_receive_ptr(recv_x.data_ptr(), scales_ptr, recv_count.data_ptr(), _stream())
             handle.native = True
             keep = None
+            if stats is not None:
+                stats.add_(recv_count)  # on the current stream, after the receive
 
         if not return_recv_hook:
             hook()

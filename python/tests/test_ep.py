@@ -196,9 +196,11 @@ def test_deepep_options_are_ignored_refused_or_unknown() -> None:
         buffer.combine(recv_x, handle, topk_weights=recv_w, bias=(x, None))
     with pytest.raises(TypeError, match="num_worst_token"):
         buffer.dispatch(x, handle=handle, num_worst_token=8)
-    for name, value in (("use_ue8m0", True), ("round_scale", True), ("cumulative_local_expert_recv_stats", x)):
+    for name, value in (("use_ue8m0", True), ("round_scale", True), ("dispatch_wait_recv_cost_stats", x)):
         with pytest.raises(NotImplementedError, match=name):
             buffer.low_latency_dispatch(x, topk, 4, 2, **{name: value})
+    with pytest.raises(ValueError, match=r"cumulative_local_expert_recv_stats has float32 \(2, 128\); expected int32 \(2,\)"):
+        buffer.low_latency_dispatch(x, topk, 4, 2, cumulative_local_expert_recv_stats=x)
     for name, value in (("out", x), ("zero_copy", True), ("use_logfmt", True)):
         with pytest.raises(NotImplementedError, match=name):
             buffer.low_latency_combine(x, topk, weights, None, **{name: value})
@@ -227,11 +229,12 @@ def test_cpu_backend_answers_torch_inputs_with_torch_tensors() -> None:
     half, *_ = buffer.dispatch(x.half(), handle=handle)
     assert half.dtype == torch.float16 and torch.equal(half, x.half())
 
+    stats = torch.zeros(2, dtype=torch.int32)
     (codes, scales), count, low_latency_handle, _, hook = buffer.low_latency_dispatch(
-        x, topk, 4, 2, use_fp8=True, return_recv_hook=True)
+        x, topk, 4, 2, cumulative_local_expert_recv_stats=stats, use_fp8=True, return_recv_hook=True)
     assert codes.dtype == torch.float8_e4m3fn and scales.dtype == torch.float32 and codes.shape == (2, 4, 128)
     hook()  # fills the tensors returned above
-    assert count.tolist() == [2, 2]
+    assert count.tolist() == [2, 2] and stats.tolist() == [2, 2]
     expert0 = codes[0, :2].float() * scales[0, :2].repeat_interleave(128, dim=1)
     reference = x[[0, 2]].float()
     assert (expert0 - reference).abs().max() <= 0.07 * reference.abs().max()
@@ -239,6 +242,22 @@ def test_cpu_backend_answers_torch_inputs_with_torch_tensors() -> None:
     out, _, _ = buffer.low_latency_combine(expert_out, topk, weights, low_latency_handle)
     assert out.dtype == torch.bfloat16 and out.shape == (3, 128)
     assert torch.allclose(out[:, 0].float(), weights.sum(dim=1), atol=1e-2)
+
+
+def test_low_latency_dispatch_adds_to_the_cumulative_receive_statistics() -> None:
+    """DeepEP's cumulative_local_expert_recv_stats: each receive adds every local expert's token count."""
+    buffer = ep.Buffer(f"pytest_stats_{uuid.uuid4().hex[:12]}", 1 << 20, rank=0, num_ranks=1, timeout_s=2)
+    x = np.arange(3 * 128, dtype=np.float32).reshape(3, 128)
+    topk = np.array([[0, 1], [1, -1], [0, -1]], dtype=np.int64)
+    weights = np.ones((3, 2), np.float32) * (topk >= 0)
+    stats = np.array([5, 0], dtype=np.int32)
+    for _ in range(2):
+        _, count, handle, _, hook = buffer.low_latency_dispatch(x, topk, 4, 2, stats, use_fp8=False,
+                                                                return_recv_hook=True)
+        assert stats.tolist() in ([5, 0], [7, 2])  # not before the receive
+        hook()
+        buffer.low_latency_combine(np.zeros((2, 4, 128), np.float32), topk, weights, handle)
+    assert count.tolist() == [2, 2] and stats.tolist() == [9, 4]
 
 
 def test_backend_choice_is_validated() -> None:

@@ -147,16 +147,21 @@ def low_latency_round(use_fp8, rounds=2):
     x, topk, weights = inputs(rank, tokens_of(rank))
     bits = bf16_bits(x)
     topk_t, weights_t = torch.from_numpy(topk).to(device), torch.from_numpy(weights).to(device)
+    stats_cpu = np.zeros(per_rank, np.int32)
+    stats_gpu = torch.zeros(per_rank, dtype=torch.int32, device=device)
     for round_index in range(rounds):
         recv_cpu, count_cpu, handle_cpu, _, hook_cpu = cpu.low_latency_dispatch(
-            bits, topk, max_tokens, num_experts, use_fp8=use_fp8, return_recv_hook=True)
+            bits, topk, max_tokens, num_experts, stats_cpu, use_fp8=use_fp8, return_recv_hook=True)
         hook_cpu()
         recv_gpu, count_gpu, handle_gpu, event, hook_gpu = gpu.low_latency_dispatch(
-            to_cuda_bf16(bits), topk_t, max_tokens, num_experts, use_fp8=use_fp8, return_recv_hook=(round_index == 0))
+            to_cuda_bf16(bits), topk_t, max_tokens, num_experts, cumulative_local_expert_recv_stats=stats_gpu,
+            use_fp8=use_fp8, return_recv_hook=(round_index == 0))
         event.current_stream_wait()
         hook_gpu()
         counts = count_gpu.cpu().numpy()
         check_equal("recv_count", counts, count_cpu)
+        check_equal("cumulative recv stats", stats_gpu.cpu().numpy(), stats_cpu)
+        check_equal("cumulative recv stats after this round", stats_cpu, count_cpu * (round_index + 1))
         for e in range(per_rank):
             n = counts[e]
             if use_fp8:
