@@ -294,55 +294,26 @@ Figure run_case(const Case& c) {
   return figure;
 }
 
-std::vector<int64_t> parse_list(const std::string& text) {
-  std::vector<int64_t> values;
-  size_t begin = 0;
-  while (begin <= text.size()) {
-    size_t end = text.find(',', begin);
-    if (end == std::string::npos) end = text.size();
-    values.push_back(std::stoll(text.substr(begin, end - begin)));
-    begin = end + 1;
-  }
-  return values;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"gRPC unary call cost: callback against completion-queue server, by client API"};
   double seconds = 2;
-  std::string depths = "1,8,16";
-  std::string request_bytes = "512,4096";
+  std::vector<int64_t> depth_list{1, 8, 16};
+  std::vector<int64_t> size_list{512, 4096};
   int server_threads = 1;
   std::string out;
   app.add_option("--seconds", seconds, "seconds per measurement")->check(CLI::Range(0.1, 600.0));
-  app.add_option("--depths", depths, "calls in flight, comma-separated");
-  app.add_option("--request-bytes", request_bytes, "request sizes, comma-separated");
+  app.add_option("--depths", depth_list, "calls in flight, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{1}, int64_t{1024}));
+  app.add_option("--request-bytes", size_list, "request sizes, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{0}, int64_t{16} << 20));
   app.add_option("--server-threads", server_threads, "polling threads of the completion-queue server")
       ->check(CLI::Range(1, 64));
   app.add_option("--out", out, "also write every line into one JSON document");
   CLI11_PARSE(app, argc, argv);
-  std::vector<int64_t> depth_list, size_list;
-  try {
-    depth_list = parse_list(depths);
-    size_list = parse_list(request_bytes);
-  } catch (const std::exception&) {
-    fmt::print(stderr, "--depths '{}' / --request-bytes '{}': expected comma-separated integers\n", depths,
-               request_bytes);
-    return 2;
-  }
-  for (int64_t depth : depth_list) {
-    if (depth < 1 || depth > 1024) {
-      fmt::print(stderr, "--depths: {} is out of range [1, 1024]\n", depth);
-      return 2;
-    }
-  }
-  for (int64_t bytes : size_list) {
-    if (bytes < 0 || bytes > (16 << 20)) {
-      fmt::print(stderr, "--request-bytes: {} is out of range [0, 16 MiB]\n", bytes);
-      return 2;
-    }
-  }
   const std::string device = fmt::format("{}, {} cores", cpu_model(), std::thread::hardware_concurrency());
   nlohmann::json lines = nlohmann::json::array();
   for (int64_t bytes : size_list) {

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from fireflyer import _C
+from fireflyer._options import check_anchor_options
 
 __all__ = ["Buffer", "EventOverlap"]
 
@@ -94,16 +95,8 @@ def _check_recv_stats(stats: Any, num_local_experts: int, x: Any) -> None:
 
 
 def _check_deepep_options(method: str, options: dict) -> None:
-    refused = _UNSUPPORTED_UNLESS_DEFAULT.get(method, {})
-    for name, value in options.items():
-        if name in refused:
-            default = refused[name]
-            if (value is not None) if default is None else (value != default):
-                raise NotImplementedError(
-                    f"Buffer.{method}: {name}={value!r} is not supported (DeepEP's default {default!r} is); "
-                    "see docs/ep.md")
-        elif name not in _SCHEDULING_HINTS:
-            raise TypeError(f"Buffer.{method}() got an unexpected keyword argument {name!r}")
+    check_anchor_options(f"Buffer.{method}", options, _SCHEDULING_HINTS, _UNSUPPORTED_UNLESS_DEFAULT.get(method, {}),
+                         notes={name: " (see docs/ep.md)" for name in _UNSUPPORTED_UNLESS_DEFAULT.get(method, {})})
 
 
 def _is_cuda(value: Any) -> bool:

@@ -27,6 +27,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from fireflyer import _C
+from fireflyer._options import check_anchor_options
 
 __all__ = [
     "gemm_fp8_fp8_bf16_nt",
@@ -214,31 +215,18 @@ def get_col_major_tma_aligned_tensor(x):
 # scales; their extra arguments are accepted where they cannot change the result here (a JIT specialisation
 # hint, the UE8M0 cast that only sm_100 scales have) and refused otherwise, naming the argument, so a call
 # written for DeepGEMM never gets a silently different answer.
-_V2_HINTS = frozenset({"compiled_dims", "disable_ue8m0_cast"})
+_V2_HINTS = frozenset({"compiled_dims", "disable_ue8m0_cast", "beta"})  # beta scales c, which must be None
 _V2_RECIPE = (1, 128, 128)  # A per 1x128, B per 128x128: the only scaling here
+_V2_ONLY = {"recipe": None, "c": None, "alpha": 1, "stream": None}
+_V2_NOTES = {"c": ": c (D = C + A B^T) is not built",
+             "stream": ": the call runs on torch's current stream; use torch.cuda.stream(...)"}
 
 
 def _check_v2_options(function: str, options: dict) -> None:
-    for name, value in options.items():
-        if name in _V2_HINTS:
-            continue
-        if name == "recipe":
-            if value is not None and tuple(value) != _V2_RECIPE:
-                raise NotImplementedError(f"{function}: recipe={value!r} is not supported (only {_V2_RECIPE})")
-        elif name == "c":
-            if value is not None:
-                raise NotImplementedError(f"{function}: c (D = C + A B^T) is not supported; pass c=None")
-        elif name == "alpha":
-            if value != 1:
-                raise NotImplementedError(f"{function}: alpha={value!r} is not supported (only 1)")
-        elif name == "beta":
-            continue  # scales c, which must be None
-        elif name == "stream":
-            if value is not None:
-                raise NotImplementedError(f"{function}: stream={value!r}: the call runs on torch's current stream; "
-                                          "pass None and use torch.cuda.stream(...)")
-        else:
-            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
+    recipe = options.get("recipe")
+    if recipe is not None and tuple(recipe) == _V2_RECIPE:
+        options = dict(options, recipe=None)  # the default scaling, named explicitly
+    check_anchor_options(function, options, _V2_HINTS, _V2_ONLY, _V2_NOTES)
 
 
 def fp8_gemm_nt(a, b, d, c=None, **options) -> None:
