@@ -11,10 +11,12 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "ff/common/log.h"
@@ -41,7 +43,8 @@ using namespace ff::fs;
 struct Config {
   fuse::FuseOptions fuse;
   std::vector<std::string> meta_addresses;  // ff-meta servers (RemoteMeta)
-  uint32_t meta_batches = 2;                // RemoteMetaOptions::batches_in_flight
+  // RemoteMetaOptions::batches_in_flight; unset: scaled to the host (host_scaled_defaults).
+  std::optional<uint32_t> meta_batches;
   std::string embedded_meta;                // RocksDB directory, or ":memory:"
   bool embedded_sync = true;
   std::string mgmtd;         // storage through FileClient
@@ -54,6 +57,16 @@ struct Config {
   bool async_closes = true;  // FileClientConfig::async_closes
   double stats_interval_s = 30;
 };
+
+// What a setting left unset (0 worker threads, no batches_in_flight) gets: every FUSE request holds a libfuse worker
+// for its meta round trip, and concurrent meta calls queue for the batches in flight, so both bound how many metadata
+// operations are under way at once. 16 workers and 2 batches suit a 2-core host; on a 16-core host with 32 callers,
+// 32 workers and 8 batches took creates+stats through the mount from 9,155/s to 16,765/s (docs/fs-fuse.md).
+void host_scaled_defaults(Config* c) {
+  const uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
+  if (c->fuse.max_threads == 0) c->fuse.max_threads = std::max(16u, 2 * cores);
+  if (!c->meta_batches) c->meta_batches = std::max(2u, cores / 2);
+}
 
 Status load_toml(const std::string& path, Config* c) {
   FF_ASSIGN_OR_RETURN(rpc::TomlReader reader, rpc::TomlReader::from_file(path));
@@ -71,7 +84,9 @@ Status load_toml(const std::string& path, Config* c) {
   FF_RETURN_IF_ERROR(reader.read("fuse.debug", &c->fuse.debug));
   FF_RETURN_IF_ERROR(reader.read("fuse.stats_interval_s", &c->stats_interval_s));
   FF_RETURN_IF_ERROR(reader.read("meta.addresses", &c->meta_addresses));
-  FF_RETURN_IF_ERROR(reader.read("meta.batches_in_flight", &c->meta_batches));
+  uint32_t meta_batches = UINT32_MAX;
+  FF_RETURN_IF_ERROR(reader.read("meta.batches_in_flight", &meta_batches));
+  if (meta_batches != UINT32_MAX) c->meta_batches = meta_batches;
   FF_RETURN_IF_ERROR(reader.read("meta.embedded_path", &c->embedded_meta));
   FF_RETURN_IF_ERROR(reader.read("meta.embedded_sync", &c->embedded_sync));
   FF_RETURN_IF_ERROR(reader.read("meta.chain_table", &c->chain_table));
@@ -217,7 +232,7 @@ int serve(const Config& config, meta::MetaApi& meta, fuse::FileData& data, fuse:
   Status ran;
   {
     SignalThread signals(**fs);
-    FF_LOG_INFO("ff-fuse: serving {}", config.fuse.mountpoint);
+    FF_LOG_INFO("ff-fuse: serving {} ({} libfuse workers)", config.fuse.mountpoint, config.fuse.max_threads);
     ran = (*fs)->run();
   }
   if (reporter) reporter->stop();
@@ -314,7 +329,7 @@ int run_storage(const Config& config) {
 #ifdef FF_FUSE_HAVE_REMOTE_META
   meta::RemoteMetaOptions remote_options;
   remote_options.addresses = config.meta_addresses;
-  remote_options.batches_in_flight = static_cast<int>(config.meta_batches);
+  remote_options.batches_in_flight = static_cast<int>(*config.meta_batches);
   auto remote = meta::RemoteMeta::connect(remote_options);
   if (!remote.is_ok()) {
     FF_LOG_ERROR("ff-meta {}: {}", fmt::join(config.meta_addresses, ","), remote.status());
@@ -327,8 +342,8 @@ int run_storage(const Config& config) {
   }
   auto data = fuse::file_client_data(**client);
   auto rings = make_rings(**client);
-  FF_LOG_INFO("ff-fuse: metadata from ff-meta {}, data on the cluster of mgmtd {}",
-              fmt::join(config.meta_addresses, ","), config.mgmtd);
+  FF_LOG_INFO("ff-fuse: metadata from ff-meta {} ({} batches of calls in flight), data on the cluster of mgmtd {}",
+              fmt::join(config.meta_addresses, ","), *config.meta_batches, config.mgmtd);
   int rc = serve(config, **remote, *data, rings.get(), client->get(), remote->get());
   rings.reset();
   data.reset();
@@ -368,13 +383,13 @@ int main(int argc, char** argv) {
   app.add_option("--meta", meta_list, "ff-meta addresses host:port[,host:port...]");
   app.add_option("--meta-batches", meta_batches,
                  "batches of calls to ff-meta in flight before concurrent calls wait to share one (reads and changes "
-                 "apart; 0: every call its own RPC)");
+                 "apart; 0: every call its own RPC; default max(2, cores / 2))");
   app.add_option("--embedded-meta", embedded, "metadata in this process: a RocksDB directory, or :memory:");
   app.add_option("--mgmtd", mgmtd, "ff-mgmtd host:port: file data on the cluster's storage servers");
   app.add_flag("--memory-data", memory_data, "file data in this process's memory (tests; nothing survives)");
   app.add_option("--entry-timeout-s", entry_timeout_s, "kernel name cache timeout");
   app.add_option("--attr-timeout-s", attr_timeout_s, "kernel attribute cache timeout");
-  app.add_option("--threads", threads, "libfuse worker threads");
+  app.add_option("--threads", threads, "libfuse worker threads (default max(16, 2 x cores))");
   app.add_flag("--direct-io", direct_io, "bypass the kernel page cache");
   bool readdirplus = false, no_local_reads = false, sync_closes = false;
   app.add_flag("--no-local-reads", no_local_reads, "read every chunk over RPC, also from storage targets on this host");
@@ -386,6 +401,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   Config config;
+  config.fuse.max_threads = 0;  // unset: host_scaled_defaults
   if (!config_path.empty()) {
     Status loaded = load_toml(config_path, &config);
     if (!loaded.is_ok()) {
@@ -405,6 +421,7 @@ int main(int argc, char** argv) {
   }
   if (!embedded.empty()) config.embedded_meta = embedded;
   if (meta_batches >= 0) config.meta_batches = static_cast<uint32_t>(meta_batches);
+  host_scaled_defaults(&config);
   if (!mgmtd.empty()) config.mgmtd = mgmtd;
   if (memory_data) config.memory_data = true;
   if (entry_timeout_s >= 0) config.fuse.entry_timeout_s = entry_timeout_s;
