@@ -119,7 +119,8 @@ def main() -> int:
                         help="metadata phases from fs_mdtest's C++ threads (default, when built) or Python threads")
     parser.add_argument("--machine", default="cpu", help="names the results file fs_fuse_<machine>.json")
     parser.add_argument("--out", default=None)
-    parser.add_argument("--fuse-args", default="", help="more ff-fuse flags, e.g. --no-local-reads (space-separated)")
+    parser.add_argument("--skip-fio", action="store_true", help="metadata phases only (no fio cases)")
+    parser.add_argument("--fuse-args", default="", help="more ff-fuse flags, e.g. --no-local-reads (separated by spaces or commas)")
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
     missing = [t for t in ("ff-mgmtd", "ff-storage", "ff-admin", "ff-fuse") if not (bin_dir / t).exists()]
@@ -134,7 +135,7 @@ def main() -> int:
     with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10, data_dir=data_dir,
                       stats_interval_s=30) as cluster:
         try:
-            mount = cluster.start_all(fuse_extra=args.fuse_args.split())
+            mount = cluster.start_all(fuse_extra=args.fuse_args.replace(",", " ").split())
             meta = "ff-meta (gRPC, RocksDB)" if cluster.meta_addresses else "in ff-fuse (RocksDB)"
             local = cluster.dir / "local"
             local.mkdir()
@@ -148,7 +149,7 @@ def main() -> int:
             # reach the daemon, as 1 MiB requests with its readahead setting) beside O_DIRECT on the disk.
             cases.append(("fio read bs=1MiB jobs=1 buffered on the mount (page cache, readahead), direct on the disk",
                           "read", 1, False, 0.7))
-            for name, rw, jobs, direct, target in cases:
+            for name, rw, jobs, direct, target in ([] if args.skip_fio else cases):
                 ours_runs, disk_runs = [], []
                 for round_index in range(args.rounds):
                     sides = [("ours", mount / "fio", direct), ("disk", local, True)]

@@ -29,15 +29,18 @@ BLOCKS = [4 << 10, 1 << 20, 4 << 20]
 
 
 def fio(directory: pathlib.Path, op: str, pattern: str, block: int, depth: int, seconds: float, file_mb: int,
-        metadata_sync: bool = False) -> float:
+        metadata_sync: bool = False, huge_pages: bool = False) -> float:
     """MB/s of fio with io_uring + O_DIRECT; writes are O_DSYNC like the chunk engine's data writes.
     metadata_sync: also fdatasync after every write (what a replica adds per write: its synced RocksDB
-    batch, an fdatasync of the WAL), the like-for-like baseline of our writes."""
+    batch, an fdatasync of the WAL), the like-for-like baseline of our writes. huge_pages: fio's buffers on huge pages
+    (--mem=shmhuge; needs huge pages reserved, /proc/sys/vm/nr_hugepages), as our clients' read buffers are."""
     rw = {("read", "seq"): "read", ("read", "rand"): "randread", ("write", "seq"): "write",
           ("write", "rand"): "randwrite"}[(op, pattern)]
     command = ["fio", "--name=ff", f"--filename={directory}/fio.dat", f"--size={file_mb}M", f"--rw={rw}", f"--bs={block}",
                f"--iodepth={depth}", "--ioengine=io_uring", "--direct=1", f"--runtime={seconds}", "--time_based",
                "--output-format=json"]
+    if huge_pages:
+        command.append("--mem=shmhuge")
     if op == "write":
         command.append("--sync=dsync")
         if metadata_sync:

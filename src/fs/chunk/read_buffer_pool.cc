@@ -1,7 +1,11 @@
 #include "read_buffer_pool.h"
 
+#include <sys/mman.h>
+
 #include <bit>
 #include <cstdlib>
+#include <fstream>
+#include <string>
 
 #include "ff/common/assert.h"
 
@@ -18,7 +22,36 @@ int class_of(uint64_t bytes) {
 
 uint64_t class_bytes(int size_class) { return ReadBufferPool::kAlignment << size_class; }
 
+constexpr uint64_t kHugePage = 2ull << 20;
+
+// The memory a buffer of `bytes` takes: 1 MiB and more on whole 2 MiB pages when the kernel gives huge pages.
+uint64_t footprint(uint64_t bytes) {
+  if (bytes < ReadBufferPool::kHugeFrom || !huge_pages_available()) return bytes;
+  return (bytes + kHugePage - 1) / kHugePage * kHugePage;
+}
+
+std::byte* allocate(uint64_t bytes) {
+  if (bytes < ReadBufferPool::kHugeFrom || !huge_pages_available()) {
+    return static_cast<std::byte*>(std::aligned_alloc(ReadBufferPool::kAlignment, bytes));
+  }
+  const uint64_t size = footprint(bytes);
+  void* raw = std::aligned_alloc(kHugePage, size);
+  // Best effort: without huge pages the buffer works the same, on 4 KiB pages.
+  if (raw != nullptr) ::madvise(raw, size, MADV_HUGEPAGE);
+  return static_cast<std::byte*>(raw);
+}
+
 }  // namespace
+
+bool huge_pages_available() {
+  static const bool available = [] {
+    std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string modes;
+    std::getline(in, modes);
+    return modes.find("[always]") != std::string::npos || modes.find("[madvise]") != std::string::npos;
+  }();
+  return available;
+}
 
 std::shared_ptr<ReadBufferPool> ReadBufferPool::create(uint64_t max_idle_bytes) {
   return std::shared_ptr<ReadBufferPool>(new ReadBufferPool(max_idle_bytes));
@@ -35,10 +68,10 @@ std::shared_ptr<std::byte> ReadBufferPool::acquire(uint64_t bytes) {
   const int size_class = class_of(bytes);
   if (size_class < 0) {
     // Larger than any class: not pooled.
-    void* raw = std::aligned_alloc(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+    std::byte* raw = allocate((bytes + kAlignment - 1) / kAlignment * kAlignment);
     if (raw == nullptr) return nullptr;
     acquired_.fetch_add(1, std::memory_order_relaxed);
-    return std::shared_ptr<std::byte>(static_cast<std::byte*>(raw), [](std::byte* p) { std::free(p); });
+    return std::shared_ptr<std::byte>(raw, [](std::byte* p) { std::free(p); });
   }
   std::byte* buffer = nullptr;
   {
@@ -47,13 +80,13 @@ std::shared_ptr<std::byte> ReadBufferPool::acquire(uint64_t bytes) {
     if (!buffers.empty()) {
       buffer = buffers.back();
       buffers.pop_back();
-      idle_bytes_ -= class_bytes(size_class);
+      idle_bytes_ -= footprint(class_bytes(size_class));
     }
   }
   if (buffer != nullptr) {
     reused_.fetch_add(1, std::memory_order_relaxed);
   } else {
-    buffer = static_cast<std::byte*>(std::aligned_alloc(kAlignment, class_bytes(size_class)));
+    buffer = allocate(class_bytes(size_class));
     if (buffer == nullptr) return nullptr;
   }
   acquired_.fetch_add(1, std::memory_order_relaxed);
@@ -64,7 +97,7 @@ std::shared_ptr<std::byte> ReadBufferPool::acquire(uint64_t bytes) {
 }
 
 void ReadBufferPool::release(std::byte* buffer, int size_class) {
-  const uint64_t size = class_bytes(size_class);
+  const uint64_t size = footprint(class_bytes(size_class));
   {
     std::lock_guard lock(mutex_);
     if (idle_bytes_ + size <= max_idle_bytes_) {

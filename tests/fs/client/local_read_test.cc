@@ -158,6 +158,10 @@ TEST_F(LocateTest, LargeLocalReadsAreCheckedInEverySegment) {
     scribble(whole.path, whole.file_offset + at, 1);
     auto corrupt = read_local_extent(whole);
     EXPECT_EQ(corrupt.status().code(), StatusCode::kDataLoss) << corrupt.status();
+    // The same when the bytes go to the caller's buffer (read on huge pages and copied there where offered).
+    auto into_read = read_local_bytes(whole, into);
+    ASSERT_TRUE(into_read.is_ok()) << into_read.status();
+    EXPECT_EQ(into_read->answer(whole).status().code(), StatusCode::kDataLoss);
     const uint64_t segment_start = at / 4096 * 4096;
     EXPECT_NE(corrupt.status().message().find(fmt::format("[{}, ", segment_start)), std::string::npos)
         << corrupt.status();
