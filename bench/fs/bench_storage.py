@@ -65,6 +65,9 @@ def main() -> None:
                         help="the file's chunk size (1 MiB, the file system's default layout; blocks larger than a "
                              "chunk are several chunk I/Os in parallel)")
     parser.add_argument("--local-reads", type=int, default=1, help="also run each read case with local reads (0: no)")
+    parser.add_argument("--fio-huge-pages", action="store_true",
+                        help="read cases also run fio with its buffers on huge pages (--mem=shmhuge), as our read buffers "
+                             "of 1 MiB and more are; reserve them first: echo 512 > /proc/sys/vm/nr_hugepages")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
@@ -108,6 +111,12 @@ def main() -> None:
                             line["local_read_fallbacks"] = local["local_read_fallbacks"]
                             line["local_ratio_vs_fio"] = round(local["MB_per_s"] / fio_mb, 3) if fio_mb else None
                             line["local_meets_target"] = local["MB_per_s"] >= target
+                        if op == "read" and args.fio_huge_pages:
+                            huge = fio(cluster.dir, op, pattern, block, depth, args.seconds, args.file_mb, huge_pages=True)
+                            line["fio_huge_pages_MB_per_s"] = round(huge, 1)
+                            line["ratio_vs_fio_huge_pages"] = round(ours["MB_per_s"] / huge, 3) if huge else None
+                            if "local_MB_per_s" in line:
+                                line["local_ratio_vs_fio_huge_pages"] = round(line["local_MB_per_s"] / huge, 3) if huge else None
                         if op == "write":
                             # Second baseline, like with like: fio O_DSYNC writes each followed by an
                             # fdatasync (each replica syncs a RocksDB batch per write; plain fio does not).
@@ -136,6 +145,8 @@ def main() -> None:
                   + subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds_per_case": args.seconds, "file_mb": args.file_mb, "chunk_bytes": args.chunk_bytes,
+        "fio_huge_pages": "read cases also ran fio with --mem=shmhuge (its buffers on huge pages, as our read buffers of "
+                          "1 MiB and more are): fio_huge_pages_MB_per_s" if args.fio_huge_pages else None,
         "results": results,
     }
     shutil.rmtree(data_dir, ignore_errors=True)
