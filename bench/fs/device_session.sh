@@ -44,7 +44,10 @@ for step in "$@"; do
         ${FS_BENCH_ARGS:-} 2>&1 | tee "$OUT/storage.log" | tail -40
       ;;
     client)
-      [[ -w /proc/sys/vm/nr_hugepages ]] && echo "${FS_HUGE_PAGES:-1024}" >/proc/sys/vm/nr_hugepages
+      # fio's huge-page baseline needs huge pages reserved (FS_HUGE_PAGES of 2 MiB, 1024 by default).
+      if [[ ${FS_BENCH_ARGS:-} == *--fio-huge-pages* && -w /proc/sys/vm/nr_hugepages ]]; then
+        echo "${FS_HUGE_PAGES:-1024}" >/proc/sys/vm/nr_hugepages
+      fi
       timeout 560 python3 bench/fs/bench_client.py --build-dir /opt/ffb --machine "$machine" \
         --out "$OUT/fs_client_$machine.json" ${FS_BENCH_ARGS:-} 2>&1 | tee "$OUT/client.log" | tail -40
       ;;

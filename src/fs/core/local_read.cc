@@ -126,17 +126,16 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::by
   const bool into_caller = reads_into(extent, into);
   const bool staged =
       into_caller && read_bytes >= chunk_internal::ReadBufferPool::kHugeFrom && chunk_internal::huge_pages_available();
-  std::shared_ptr<std::byte> staging;
-  if (into_caller && !staged) {
-    result.buffer = std::shared_ptr<std::byte>(std::shared_ptr<std::byte>{}, into.data());  // owns nothing
-  } else {
+  std::shared_ptr<std::byte> staging;  // the disk read's buffer unless it reads straight into the caller's
+  if (!into_caller || staged) {
     staging = chunk_internal::process_io_buffers().acquire(read_bytes);
     if (staging == nullptr) {
       return resource_exhausted("local read of {}: no memory for {} bytes", extent.path, read_bytes);
     }
-    result.buffer = staged ? std::shared_ptr<std::byte>(std::shared_ptr<std::byte>{}, into.data()) : staging;
   }
-  std::byte* bytes = staged ? staging.get() : result.buffer.get();
+  // Into the caller's buffer, the result owns nothing.
+  result.buffer = into_caller ? std::shared_ptr<std::byte>(std::shared_ptr<std::byte>{}, into.data()) : staging;
+  std::byte* bytes = staging ? staging.get() : into.data();
   uint64_t done = 0;
   while (done < extent.verify_bytes) {
     const ssize_t n = ::pread(fd, bytes + done, read_bytes - done, static_cast<off_t>(extent.file_offset + done));
