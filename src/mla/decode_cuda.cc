@@ -237,6 +237,7 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.probe_skip = probe_skip != nullptr ? std::atoi(probe_skip) : 0;
   const char* forced = std::getenv("FF_MLA_KERNEL");
   params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
+  params.force_wgmma = forced != nullptr && std::string_view(forced) == "wgmma";
   if (const char* hint = std::getenv("FF_MLA_KV_HINT"); hint != nullptr) params.kv_evict_first = std::string_view(hint) != "0";
   const char* loads = std::getenv("FF_MLA_LOADS");
   params.tma_loads = loads == nullptr || std::string_view(loads) != "cp_async";

@@ -111,6 +111,9 @@ struct DecodeParams {
   // Take the mma.sync kernels even where the WGMMA kernel applies (FF_MLA_KERNEL=mma_sync in the
   // environment): for benchmarks beside the older path and for tests of both.
   bool force_mma_sync = false;
+  // Take the WGMMA kernels also for fewer than 64 rows per KV head, the tile's rows past `rows` zero
+  // (FF_MLA_KERNEL=wgmma in the environment): for benchmarks and tests of both on the few-row shapes.
+  bool force_wgmma = false;
   // Fp8Decoder's whole-block copies load the KV cache under an L2 evict-first policy
   // (FF_MLA_KV_HINT=0 in the environment: the normal priority, for A/B runs).
   bool kv_evict_first = true;

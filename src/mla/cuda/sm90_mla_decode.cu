@@ -4451,7 +4451,7 @@ bool encode_k_tensor_map(DecodeParams& params) {
 }  // namespace
 
 KernelKind select_kernel(const DecodeParams& params) {
-  if (!params.force_mma_sync && params.rows >= kWgmmaMinRows) {
+  if (!params.force_mma_sync && (params.rows >= kWgmmaMinRows || params.force_wgmma)) {
     if (!params.tma_loads || params.fp8_cache) return KernelKind::kWgmma;
     // The probes exist for the pipelined schedule only (without the lean changes).
     Schedule schedule = params.schedule;
