@@ -2,8 +2,8 @@
 # On the GPU machine, with .baselines/ (bench/baselines/fetch.sh) and third_party/cutlass beside the checkout:
 #   bash bench/baselines/run_on_gpu.sh build   # builds fireflyer._C (mla + gemm kernels) while DeepGEMM compiles its
 #                                              # kernels for every benchmark shape; packs both into $OUT/carry.tgz.*
-#   bash bench/baselines/run_on_gpu.sh bench [anchors.py args]   # unpacks .baselines/carry.tgz.* if present, runs
-#                                              # bench/baselines/anchors.py; JSON and log in $OUT
+#   bash bench/baselines/run_on_gpu.sh bench [bench_anchors.py args]   # unpacks .baselines/carry.tgz.* if present, runs
+#                                              # bench/baselines/bench_anchors.py; JSON and log in $OUT
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/anchors_out}
@@ -28,7 +28,7 @@ case "$mode" in
         -DFF_BUILD_TESTS="${BUILD_TESTS:-OFF}" -DFF_BUILD_FS=OFF -DFF_MLA_SPLIT_COMPILE=ON -DCMAKE_CXX_FLAGS=-Wno-error=range-loop-construct &&
       timeout "${BUILD_TIMEOUT:-480}" cmake --build build-dev -j16 --target _C ${BUILD_TARGETS:-} ) >"$OUT/build.log" 2>&1 &
     build=$!
-    for i in $(seq 0 $(( ${PREWARM:-4} - 1 ))); do python3 bench/baselines/anchors.py --prewarm --shard "$i/${PREWARM:-4}" >"/tmp/prewarm$i.log" 2>&1 & done
+    for i in $(seq 0 $(( ${PREWARM:-4} - 1 ))); do python3 bench/baselines/bench_anchors.py --prewarm --shard "$i/${PREWARM:-4}" >"/tmp/prewarm$i.log" 2>&1 & done
     wait $build
     echo "build exit $?"; grep -E "error|FAILED" "$OUT/build.log" | head -10
     wait
@@ -40,7 +40,7 @@ case "$mode" in
     ls -la "$OUT"
     if [ $(( $(date +%s) - start )) -lt "${QUICK_IF_BEFORE:-0}" ]; then
       step quick
-      timeout 150 python3 bench/baselines/anchors.py --quick --rounds 2 --out "$OUT/anchors_quick.json" >"$OUT/quick.log" 2>&1
+      timeout 150 python3 bench/baselines/bench_anchors.py --quick --rounds 2 --out "$OUT/anchors_quick.json" >"$OUT/quick.log" 2>&1
       echo "quick exit $?"; cut -c1-600 "$OUT/quick.log" | tail -12
     fi
     ;;
@@ -49,7 +49,7 @@ case "$mode" in
       cat .baselines/carry.tgz.* | tar xzf - -C . python/fireflyer && cat .baselines/carry.tgz.* | tar xzf - -C .baselines deep_gemm_cache
     fi
     step bench
-    python3 bench/baselines/anchors.py --out "$OUT/anchors.json" "$@" >"$OUT/anchors.log" 2>&1
+    python3 bench/baselines/bench_anchors.py --out "$OUT/anchors.json" "$@" >"$OUT/anchors.log" 2>&1
     echo "anchors exit $?"
     cut -c1-400 "$OUT/anchors.log" | tail -60
     ;;
