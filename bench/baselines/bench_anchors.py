@@ -28,6 +28,8 @@ import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "python"))
+sys.path.insert(0, str(REPO_ROOT / "bench" / "mla"))
+from bench_mla import capture_graph  # noqa: E402  (warm-up on a side stream, `calls` calls in one graph)
 ANCHORS = REPO_ROOT / ".baselines" / "py"
 
 PAGE = 64
@@ -57,21 +59,6 @@ def load_anchors():
     except Exception as e:
         reasons["flash_mla"] = f"{type(e).__name__}: {e}"
     return deep_gemm, flash_mla, reasons
-
-
-def capture(torch, fn, calls):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return graph
 
 
 def time_graph(torch, graph, calls, repeats, warmup_s=0.05):
@@ -116,7 +103,7 @@ def captured(torch, fn, calls, environment):
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)
     try:
-        return capture(torch, fn, calls)
+        return capture_graph(fn, calls)
     finally:
         for key, value in saved.items():
             if value is None:
