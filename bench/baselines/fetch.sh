@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Puts the anchors' own kernels under .baselines/ (ignored by git) for bench/baselines/bench_anchors.py: FlashMLA's
 # dense decode and DeepGEMM, as built into the vllm wheel for the GPU machine's torch (2.11, CUDA 13). Run where
-# PyPI is reachable; the GPU machine gets .baselines/ with the working tree. About 4 MB unpacked (DeepGEMM's
+# PyPI is reachable; the GPU machine gets .baselines/ with the working tree. About 4 MB (DeepGEMM's
 # CUTLASS/CuTe headers are left out: run_on_gpu.sh links third_party/cutlass in their place).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
