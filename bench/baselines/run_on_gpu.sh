@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine, with .baselines/ (bench/baselines/fetch.sh) and third_party/cutlass beside the checkout:
-#   bash bench/baselines/run_on_gpu.sh build   # builds fireflyer._C (mla + gemm kernels) while DeepGEMM compiles its
+#   bash bench/baselines/run_on_gpu.sh build   # builds fireflyer._C (COMPONENTS, default mla;gemm) while DeepGEMM compiles its
 #                                              # kernels for every benchmark shape; packs both into $OUT/carry.tgz.*
 #   bash bench/baselines/run_on_gpu.sh bench [bench_anchors.py args]   # unpacks .baselines/carry.tgz.* if present, runs
 #                                              # bench/baselines/bench_anchors.py; JSON and log in $OUT
@@ -23,7 +23,7 @@ case "$mode" in
     fi
     step build
     ( if [ -d .deps/debs ]; then bash scripts/device_deps.sh install >/dev/null 2>&1; fi
-      cmake -G Ninja -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DFF_CUDA=ON "-DFF_CUDA_COMPONENTS=mla;gemm" \
+      cmake -G Ninja -S . -B build-dev -DCMAKE_BUILD_TYPE=Release -DFF_CUDA=ON "-DFF_CUDA_COMPONENTS=${COMPONENTS:-mla;gemm}" \
         -DFF_CUTLASS_INCLUDE_DIR="$PWD/third_party/cutlass/include" -DFF_BUILD_TOOLS=OFF -DFF_BUILD_BENCH=OFF \
         -DFF_BUILD_TESTS="${BUILD_TESTS:-OFF}" -DFF_BUILD_FS=OFF -DFF_MLA_SPLIT_COMPILE=ON -DCMAKE_CXX_FLAGS=-Wno-error=range-loop-construct &&
       timeout "${BUILD_TIMEOUT:-480}" cmake --build build-dev -j16 --target _C ${BUILD_TARGETS:-} ) >"$OUT/build.log" 2>&1 &
