@@ -29,17 +29,14 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "python"))
 sys.path.insert(0, str(REPO_ROOT / "bench" / "mla"))
-from bench_mla import capture_graph  # noqa: E402  (warm-up on a side stream, `calls` calls in one graph)
+sys.path.insert(0, str(REPO_ROOT / "bench" / "gemm"))
+# The issue benchmarks' shapes, casts and helpers (capture_graph: warm-up on a side stream, `calls` calls in one graph).
+from bench_gemm import CONTIGUOUS, DENSE_M, DENSE_NK, MASKED, quantize_blocks, quantize_rows  # noqa: E402
+from bench_mla import BATCH, PAGE, capture_graph, cos_diff, quantize_fp8  # noqa: E402
+
 ANCHORS = REPO_ROOT / ".baselines" / "py"
 
-PAGE = 64
-BATCH = 128
 MLA_LENGTHS = [1024, 4096, 8192, 16384, 32768]
-DENSE_NK = [(2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)]
-DENSE_M = [64, 128, 4096]
-CONTIGUOUS = [(4, 8192, 4096, 7168), (4, 8192, 7168, 2048), (8, 4096, 4096, 7168), (8, 4096, 7168, 2048)]
-MASKED = [(1, 1024, 4096, 7168), (1, 1024, 7168, 2048), (2, 512, 4096, 7168), (2, 512, 7168, 2048),
-          (4, 256, 4096, 7168), (4, 256, 7168, 2048)]
 # The heaviest shapes, also timed back to back (--sustained).
 SUSTAINED_MLA = [(1, 128, 8192), (2, 128, 8192)]
 SUSTAINED_GEMM = [("dense", (4096, 7168, 16384)), ("dense", (4096, 4096, 7168)), ("contiguous", CONTIGUOUS[0])]
@@ -131,11 +128,6 @@ def alternate(torch, functions: dict, args, seconds=None):
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def cos_diff(torch, x, y) -> float:
-    x, y = x.double(), y.double()
-    return float(1 - 2 * (x * y).sum() / (x * x + y * y).sum().clamp(min=1e-300))
-
-
 # ---------------------------------------------------------------------------------------------------- mla
 
 
@@ -156,18 +148,6 @@ def mla_inputs(torch, s_q, h_q, length, variable, generator):
     cache = torch.randn((num_blocks, PAGE, 1, 576), dtype=torch.bfloat16, device="cuda")
     q = torch.randn((BATCH, s_q, h_q, 576), dtype=torch.bfloat16, device="cuda")
     return q, cache, table.cuda(), seqlens.cuda(), int(seqlens.sum())
-
-
-def quantize_fp8(torch, cache):
-    """bf16 (blocks, 64, 1, 576) -> our 656-byte FP8 token layout (512 e4m3 latent channels, 4 fp32 scales, 64
-    bf16 RoPE channels), on the GPU."""
-    latent = cache[..., :512].float().unflatten(-1, (4, 128))
-    scale = latent.abs().amax(dim=-1, keepdim=True) / 448.0
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    codes = (latent / scale).to(torch.float8_e4m3fn).view(torch.uint8).flatten(-2)
-    scales = scale.squeeze(-1).contiguous().view(torch.uint8)
-    rope = cache[..., 512:].contiguous().view(torch.uint8)
-    return torch.cat([codes, scales, rope], dim=-1).contiguous()
 
 
 def mla_functions(torch, mla, flash_mla, q, cache, table, seqlens, num_sms):
@@ -196,7 +176,7 @@ def run_mla(torch, flash_mla, args, num_sms, emit, variants=(False,)):
                     q, cache, table, seqlens, total = mla_inputs(torch, s_q, h_q, length, variable, generator)
                     ours, anchor = mla_functions(torch, mla, flash_mla, q, cache, table, seqlens, num_sms)
                     (o_out, o_lse), (a_out, a_lse) = ours(), anchor()
-                    diff = cos_diff(torch, o_out, a_out)
+                    diff = cos_diff(o_out, a_out)
                     lse_diff = float((o_lse.float() - a_lse.float()).abs().max())
                     candidates = {"ours": ours, "flash_mla": anchor}
                     kernels = {"kernel_ours": mla.last_cuda_kernel()}
@@ -209,9 +189,9 @@ def run_mla(torch, flash_mla, args, num_sms, emit, variants=(False,)):
                         w_out, _ = ours()
                         kernels["kernel_ours_wgmma"] = mla.last_cuda_kernel()
                         del os.environ["FF_MLA_KERNEL"]
-                        kernels["cos_diff_ours_wgmma_vs_flash_mla"] = cos_diff(torch, w_out, a_out)
+                        kernels["cos_diff_ours_wgmma_vs_flash_mla"] = cos_diff(w_out, a_out)
                         metadata, splits = mla.get_mla_metadata(seqlens, s_q * h_q, 1, num_sms=num_sms)
-                        fp8_cache = quantize_fp8(torch, cache)
+                        fp8_cache = quantize_fp8(cache)
 
                         def ours_fp8():
                             return mla.flash_mla_with_kvcache(q, fp8_cache, table, seqlens, 512, metadata, splits,
@@ -219,7 +199,7 @@ def run_mla(torch, flash_mla, args, num_sms, emit, variants=(False,)):
 
                         f_out, _ = ours_fp8()
                         kernels["kernel_ours_fp8"] = mla.last_cuda_kernel()
-                        kernels["cos_diff_ours_fp8_vs_flash_mla_bf16"] = cos_diff(torch, f_out, a_out)
+                        kernels["cos_diff_ours_fp8_vs_flash_mla_bf16"] = cos_diff(f_out, a_out)
                         candidates["ours_fp8"] = ours_fp8
                         candidates["ours_fp8_wgmma"] = (ours_fp8, {"FF_MLA_KERNEL": "wgmma"})
                     seconds = alternate(torch, candidates, args)
@@ -261,27 +241,9 @@ def sustained_mla(torch, flash_mla, args, num_sms, emit):
 # --------------------------------------------------------------------------------------------------- gemm
 
 
-def quantize_rows(torch, x):
-    m, k = x.shape
-    view = x.float().view(m, k // 128, 128)
-    amax = view.abs().amax(dim=2).clamp(min=1e-4)
-    return (view * (448.0 / amax).unsqueeze(2)).to(torch.float8_e4m3fn).view(m, k), (amax / 448.0).contiguous()
-
-
-def quantize_blocks(torch, w):
-    """128x128 blocks; rows padded with zeros to a multiple of 128 (n = 2112)."""
-    n, k = w.shape
-    nb = (n + 127) // 128
-    padded = torch.zeros(nb * 128, k, device=w.device)
-    padded[:n] = w.float()
-    view = padded.view(nb, 128, k // 128, 128)
-    amax = view.abs().amax(dim=(1, 3)).clamp(min=1e-4)
-    q = (view * (448.0 / amax).view(nb, 1, k // 128, 1)).to(torch.float8_e4m3fn).view(nb * 128, k)
-    return q[:n].contiguous(), (amax / 448.0).contiguous()
-
-
 def col_major_aligned(torch, s):
-    """(…, mn, kb) fp32 -> the same values with mn contiguous, each column padded to a multiple of 4 floats
+    """(Not fireflyer.gemm.get_col_major_tma_aligned_tensor: --prewarm runs while fireflyer is being built.)
+    (…, mn, kb) fp32 -> the same values with mn contiguous, each column padded to a multiple of 4 floats
     (the TMA-aligned layout both kernels read A's scales in)."""
     *lead, mn, kb = s.shape
     aligned = (mn + 3) // 4 * 4
@@ -351,11 +313,6 @@ def gemm_shapes(quick):
             + [("masked", s) for s in MASKED])
 
 
-def calc_diff(torch, x, y) -> float:
-    x, y = x.double(), y.double()
-    return float(1 - 2 * (x * y).sum() / (x * x + y * y).sum())
-
-
 def gemm_record(kind, shape):
     if kind == "dense":
         return {"case": kind, "m": shape[0], "n": shape[1], "k": shape[2]}
@@ -374,7 +331,7 @@ def run_gemm(torch, deep_gemm, args, emit):
         anchor()
         torch.cuda.synchronize()
         record = {"part": "gemm", **gemm_record(kind, shape),
-                  "calc_diff_ours_vs_deep_gemm": calc_diff(torch, c["outs"][0].float(), c["outs"][1].float())}
+                  "calc_diff_ours_vs_deep_gemm": cos_diff(c["outs"][0].float(), c["outs"][1].float())}
         seconds = alternate(torch, {"ours": ours, "deep_gemm": anchor}, args)
         for name, s in seconds.items():
             record[name] = {"us": round(s * 1e6, 2), "TFLOPS": round(c["flop"] / s / 1e12, 1),
