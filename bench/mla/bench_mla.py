@@ -9,7 +9,8 @@ where s_q * h_q >= 64 (the WGMMA kernels) also the bf16 TMA WGMMA kernel with ea
 schedule without the lean changes (FF_MLA_SCHEDULE=pipelined:
 `ours_bf16_pipelined`), with the seesaw schedule (FF_MLA_SCHEDULE=seesaw: `ours_bf16_seesaw`), with
 its former cp.async loads instead of TMA (FF_MLA_LOADS=cp_async: `ours_bf16_cp_async`) and the mma.sync kernels on the same
-shapes (FF_MLA_KERNEL=mma_sync: `ours_*_mma_sync`); `kernel` names the kernel that ran.
+shapes (FF_MLA_KERNEL=mma_sync: `ours_*_mma_sync`); where s_q * h_q < 64 the bf16 mma.sync kernel
+(`ours_bf16_mma_sync`); `kernel` names the kernel that ran.
 Baselines, on a contiguous (b, L_max, 576) copy of the same cache (a layout that favours them):
 torch SDPA (F.scaled_dot_product_attention over one head of s_q * h_q query rows, since h_kv = 1; a
 boolean mask for variable lengths) and
@@ -254,6 +255,10 @@ def main() -> int:
                             ("ours_bf16_cp_async", lambda: ours(False), 576 * 2, {"FF_MLA_LOADS": "cp_async"}),
                             ("ours_bf16_mma_sync", lambda: ours(False), 576 * 2, {"FF_MLA_KERNEL": "mma_sync"}),
                             ("ours_fp8_mma_sync", lambda: ours(True), 656, {"FF_MLA_KERNEL": "mma_sync"})]
+                    else:
+                        # The 16-bit cache's few-row mma.sync kernel, the default before the WGMMA kernel took
+                        # these shapes too.
+                        candidates += [("ours_bf16_mma_sync", lambda: ours(False), 576 * 2, {"FF_MLA_KERNEL": "mma_sync"})]
                     for name, function, kv_bytes_per_token, environment in candidates:
                         os.environ.update(environment)
                         try:

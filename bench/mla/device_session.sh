@@ -85,12 +85,12 @@ for step in "$@"; do
       grep -E "passed|failed|Error|assert" "$OUT/pytest.log" | head -30
       ;;
     memcheck)
-      # The default kernel, then each schedule in MLA_SANITIZE_SCHEDULES (FF_MLA_SCHEDULE for the whole
-      # run: the tests expect the kernel it names).
+      # The default kernel (also on 16 and 32 rows: Bf16VariableLengthsUnsplit, Bf16SplitsOnFewSms), then each
+      # schedule in MLA_SANITIZE_SCHEDULES (FF_MLA_SCHEDULE for the whole run: the tests expect the kernel it names).
       for schedule in default ${MLA_SANITIZE_SCHEDULES:-}; do
         [ "$schedule" = default ] && env_schedule= || env_schedule=$schedule
         FF_MLA_SCHEDULE=$env_schedule timeout 120 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
-          --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal' \
+          --gtest_filter='CudaDecode.WgmmaPartialRowTile:CudaDecode.WgmmaBf16SplitsCausalTwoQueries:CudaDecode.WgmmaTmaBadBlockIdsLoadZeros:CudaDecode.WgmmaFp16TwoKvHeadsCausal:CudaDecode.Bf16VariableLengthsUnsplit:CudaDecode.Bf16SplitsOnFewSms' \
           >"$OUT/memcheck_$schedule.log" 2>&1
         echo "memcheck $schedule:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck_$schedule.log" | head
       done

@@ -14,7 +14,7 @@ VARIANTS = [("ours_bf16", "lean2 (default), 1st"), ("ours_bf16_lean2", "lean2, l
             ("ours_bf16_lean_bar3", "lean_bar3"), ("ours_bf16_lean_fold", "lean_fold"),
             ("ours_bf16_lean2_early", "lean2_early"), ("ours_bf16_pipelined", "pipelined"),
             ("ours_bf16_seesaw", "seesaw"), ("ours_bf16_cp_async", "cp.async"), ("ours_bf16_mma_sync", "mma.sync")]
-AB = [("bf16", "bf16 (`mma_sync`)"), ("fp8_channels", "FP8 channels"), ("fp8_channels_split_s", "FP8 channels, split S"),
+AB = [("bf16", "bf16 (default kernel)"), ("fp8_channels", "FP8 channels"), ("fp8_channels_split_s", "FP8 channels, split S"),
       ("fp8_pair", "FP8 pair"), ("fp8_direct", "FP8 direct"), ("fp8_wide", "FP8 wide")]
 
 

@@ -791,10 +791,10 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   }
   ASSERT_TRUE(status.is_ok()) << status.to_string();
   FF_CUDA_CHECK(cudaDeviceSynchronize());
-  // The dispatch: WGMMA from 64 query rows per KV head on (unless forced off), with TMA loads for a
-  // bf16 / fp16 cache (unless forced off), else mma.sync.
+  // The dispatch (unless forced off): WGMMA for a bf16 / fp16 cache at any row count, with TMA loads
+  // (unless forced off); for the FP8 cache from 64 query rows per KV head on, else mma.sync.
   const int rows = config.s_q * (config.h_q / config.h_kv);
-  const bool wgmma = !config.force_mma_sync && rows >= 64;
+  const bool wgmma = !config.force_mma_sync && (rows >= 64 || !config.fp8);
   const char* tma_kernel = expected_tma_kernel(config.schedule, config.softmax_scale >= 0.0);
   const char* expected_kernel = wgmma && !config.fp8 && !config.cp_async_loads ? tma_kernel
                                 : wgmma                                        ? "wgmma"
@@ -1082,6 +1082,16 @@ TEST(CudaDecode, WgmmaTmaBadBlockIdsLoadZeros) {
 
 TEST(CudaDecode, MmaSyncForcedOn128Heads) {
   run_cuda_and_compare({.seqlens = {1, 300, 0, 129}, .s_q = 1, .h_q = 128, .num_sms = 9, .force_mma_sync = true}, 45);
+}
+
+// The 16-bit few-row shapes (16 and 32 rows) now take the WGMMA kernel; the mma.sync kernel and its token
+// split (kSplit 4 and 2) stay selectable by FF_MLA_KERNEL=mma_sync and are checked here.
+TEST(CudaDecode, Bf16FewRowsOnTheMmaSyncKernel) {
+  for (const int s_q : {1, 2}) {
+    SCOPED_TRACE(testing::Message() << "s_q " << s_q);
+    run_cuda_and_compare(
+        {.seqlens = {1, 63, 64, 65, 300, 0, 1029}, .s_q = s_q, .h_q = 16, .num_sms = 5, .force_mma_sync = true}, 46);
+  }
 }
 
 TEST(CudaDecode, ErrorsNameTheBadValue) {

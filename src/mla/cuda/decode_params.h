@@ -111,8 +111,8 @@ struct DecodeParams {
   // Take the mma.sync kernels even where the WGMMA kernel applies (FF_MLA_KERNEL=mma_sync in the
   // environment): for benchmarks beside the older path and for tests of both.
   bool force_mma_sync = false;
-  // Take the WGMMA kernels also for fewer than 64 rows per KV head, the tile's rows past `rows` zero
-  // (FF_MLA_KERNEL=wgmma in the environment): for benchmarks and tests of both on the few-row shapes.
+  // Take the WGMMA kernels also for an FP8 cache with fewer than kWgmmaMinRows rows per KV head (a bf16 /
+  // fp16 cache takes them at any row count; FF_MLA_KERNEL=wgmma in the environment): for benchmarks.
   bool force_wgmma = false;
   // Fp8Decoder's whole-block copies load the KV cache under an L2 evict-first policy
   // (FF_MLA_KV_HINT=0 in the environment: the normal priority, for A/B runs).
@@ -134,15 +134,15 @@ struct DecodeParams {
 
 // The decode kernels launch_decode chooses between.
 enum class KernelKind : int {
-  kMmaSync = 1,           // Decoder: mma.sync m16n8k16 (FP8: dequantized into a 16-bit tile)
-  kMmaSyncFp8Direct = 2,  // Fp8Decoder: FP8 cache with <= 32 rows, MMAs on the raw e4m3 bytes
-  kWgmma = 3,             // WGMMA kernels: >= kWgmmaMinRows rows per KV head, wgmma m64nNk16, cp.async loads
-  kWgmmaTma = 4,          // the bf16 / fp16 WGMMA kernel with TMA loads of full KV blocks, pipelined schedule
-  kWgmmaSeesaw = 5,       // the same loads, seesaw schedule (WgmmaSeesawDecoder)
-  kWgmmaTmaLean = 6,      // the same loads, pipelined schedule with the lean block chain (kLean)
-  kWgmmaTmaLeanBar3 = 7,  // kLean with one mbarrier per 3 column blocks
-  kWgmmaTmaLeanFold = 8,  // kLean with the scale folded into the softmax's FFMA and stmatrix stores of P
-  kWgmmaTmaLean2 = 9,     // kLean with both
+  kMmaSync = 1,              // Decoder: mma.sync m16n8k16 (FP8: dequantized into a 16-bit tile)
+  kMmaSyncFp8Direct = 2,     // Fp8Decoder: FP8 cache with <= 32 rows, MMAs on the raw e4m3 bytes
+  kWgmma = 3,                // WGMMA kernels: wgmma m64nNk16, cp.async loads (the FP8 cache from kWgmmaMinRows rows)
+  kWgmmaTma = 4,             // the bf16 / fp16 WGMMA kernel with TMA loads of full KV blocks, pipelined schedule
+  kWgmmaSeesaw = 5,          // the same loads, seesaw schedule (WgmmaSeesawDecoder)
+  kWgmmaTmaLean = 6,         // the same loads, pipelined schedule with the lean block chain (kLean)
+  kWgmmaTmaLeanBar3 = 7,     // kLean with one mbarrier per 3 column blocks
+  kWgmmaTmaLeanFold = 8,     // kLean with the scale folded into the softmax's FFMA and stmatrix stores of P
+  kWgmmaTmaLean2 = 9,        // kLean with both
   kWgmmaTmaLean2Early = 10,  // kLean2 with S(j + 1) issued behind warpgroup 0's P V(j)
   kMmaSyncFp8Pair = 11,      // Fp8Decoder with two 64-token blocks per barrier round
   kMmaSyncFp8Wide = 12,      // Fp8WideDecoder: 16 warps, one shared softmax, output channels split
@@ -155,6 +155,7 @@ constexpr bool is_lean_tma_kernel(KernelKind kind) {
          kind == KernelKind::kWgmmaTmaLeanFold || kind == KernelKind::kWgmmaTmaLean2 ||
          kind == KernelKind::kWgmmaTmaLean2Early;
 }
+// The FP8 cache takes the WGMMA kernel from this many rows per KV head on (a 16-bit cache at any count).
 constexpr int kWgmmaMinRows = 64;
 // The schedule the dispatch takes when the environment names none: the fastest on the H200
 // (bench/results/mla_h200.json, all in the same run, docs/mla.md: lean2 was faster than lean in both of

@@ -4451,7 +4451,13 @@ bool encode_k_tensor_map(DecodeParams& params) {
 }  // namespace
 
 KernelKind select_kernel(const DecodeParams& params) {
-  if (!params.force_mma_sync && (params.rows >= kWgmmaMinRows || params.force_wgmma)) {
+  // A bf16 / fp16 cache takes the WGMMA kernels at any row count (the tile's rows past `rows` zero): on
+  // the H200 the lean2 kernel ran h_q 16 at 3.9-4.1 TB/s (s_q 1 and 2, 8K-32K) against mma.sync's
+  // 2.3-3.1 (bench/results/anchors_h200_few_rows.json, docs/mla.md). The FP8 cache keeps its few-row
+  // mma.sync kernels below kWgmmaMinRows: its WGMMA path dequantizes into a 16-bit tile first and ran at a
+  // third of their speed there.
+  const bool wgmma_rows = params.rows >= kWgmmaMinRows || !params.fp8_cache || params.force_wgmma;
+  if (!params.force_mma_sync && wgmma_rows) {
     if (!params.tma_loads || params.fp8_cache) return KernelKind::kWgmma;
     // The probes exist for the pipelined schedule only (without the lean changes).
     Schedule schedule = params.schedule;
