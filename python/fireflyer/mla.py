@@ -286,15 +286,17 @@ def quantize_kvcache_fp8(k_cache: Any):
 
 
 def last_cuda_kernel() -> str:
-    """The kernel the last GPU call in this process launched: ``"wgmma_tma_lean2"`` (>= 64 query rows per
-    KV head, ``s_q * h_q // h_kv``, bf16 / fp16 cache, softmax_scale > 0: TMA loads, the lean pipelined
+    """The kernel the last GPU call in this process launched: ``"wgmma_tma_lean2"`` (bf16 / fp16 cache,
+    any number of query rows per KV head, softmax_scale > 0: TMA loads, the lean pipelined
     schedule with grouped mbarriers and the folded softmax), ``"wgmma_tma_lean"`` (the same with another
     scale, or when asked for), ``"wgmma_tma_lean_bar3"``, ``"wgmma_tma_lean_fold"``,
     ``"wgmma_tma_lean2_early"``, ``"wgmma_tma"`` (pipelined) and ``"wgmma_seesaw"`` (when asked for),
-    ``"wgmma"`` (cp.async loads, and the FP8 cache), ``"mma_sync"``, or for the FP8 cache with <= 32 rows
-    ``"mma_sync_fp8_channels"`` (<= 16 rows) and ``"mma_sync_fp8_channels_split_s"`` (17-32 rows), the other
-    FP8 kernels when asked for with ``FF_MLA_FP8`` (docs/mla.md); ``""`` before any. ``FF_MLA_KERNEL=mma_sync`` in the environment makes GPU calls
-    take the mma.sync kernels, ``FF_MLA_LOADS=cp_async`` keeps the WGMMA kernel's loads on cp.async,
+    ``"wgmma"`` (cp.async loads, and the FP8 cache from 64 rows), ``"mma_sync"`` (forced, or the FP8 cache
+    with 33-63 rows), or for the FP8 cache with <= 32 rows ``"mma_sync_fp8_channels"`` (<= 16 rows) and
+    ``"mma_sync_fp8_channels_split_s"`` (17-32 rows), the other FP8 kernels when asked for with ``FF_MLA_FP8``
+    (docs/mla.md); ``""`` before any. ``FF_MLA_KERNEL=mma_sync`` in the environment makes GPU calls take the
+    mma.sync kernels (``FF_MLA_KERNEL=wgmma``: the WGMMA kernel for the FP8 cache below 64 rows too),
+    ``FF_MLA_LOADS=cp_async`` keeps the WGMMA kernel's loads on cp.async,
     ``FF_MLA_SCHEDULE=lean|lean_bar3|lean_fold|lean2|lean2_early|pipelined|seesaw`` picks the TMA
     kernel's schedule (docs/mla.md)."""
     return _C.mla.last_cuda_kernel()
