@@ -45,6 +45,8 @@ case "$mode" in
     fi
     ;;
   bench)
+    # A fresh machine with a carried _C: the shared libraries it links (spdlog, fmt, ...) come from .deps.
+    if [ -d .deps/debs ]; then bash scripts/device_deps.sh install >/dev/null 2>&1; fi
     if ls .baselines/carry.tgz.* >/dev/null 2>&1; then
       cat .baselines/carry.tgz.* | tar xzf - -C . python/fireflyer && cat .baselines/carry.tgz.* | tar xzf - -C .baselines deep_gemm_cache
     fi

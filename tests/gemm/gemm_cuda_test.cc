@@ -298,6 +298,62 @@ TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
   }
 }
 
+// The narrow and 192-wide tiles read B's scales expanded by a small kernel, and the GEMM is launched as that
+// kernel's programmatic dependent (PDL; FF_GEMM_PDL=0 launches it normally). Captured once in a CUDA graph and
+// replayed with B's scales rewritten between replays (two random sets, alternating): each replay must match the
+// CPU result for the scales it was given; a GEMM that read the expanded scales before the expansion had finished
+// would see the previous replay's.
+TEST(GemmCuda, ExpandedScalesReachTheProgrammaticGemmInsideACudaGraph) {
+  SKIP_WITHOUT_GPU();
+  const int64_t m = 64, n = 640, k = 1024, kb = 8;
+  Operands o = random_operands(m, n, k, 1, 123);
+  std::vector<std::vector<float>> scale_sets = {o.sb, o.sb};
+  std::mt19937 rng(7);
+  testing::fill_scales(scale_sets[1], rng);
+  std::vector<std::vector<uint16_t>> expected;
+  for (std::vector<float>& sb : scale_sets) {
+    expected.emplace_back(static_cast<size_t>(m * n), kSentinel);
+    ASSERT_TRUE(gemm_fp8_fp8_bf16_nt({TensorView::contiguous(o.a.data(), DType::kFloat8E4M3, {m, k}),
+                                      TensorView::contiguous(o.sa.data(), DType::kFloat32, {m, kb})},
+                                     {TensorView::contiguous(o.b.data(), DType::kFloat8E4M3, {n, k}),
+                                      TensorView::contiguous(sb.data(), DType::kFloat32, {ceil_div(n, 128), kb})},
+                                     TensorView::contiguous(expected.back().data(), DType::kBFloat16, {m, n}))
+                    .is_ok());
+  }
+  ASSERT_GT(calc_diff(as_doubles(expected[0]), as_doubles(expected[1])), 1e-2) << "the two scale sets must differ";
+  DeviceBuffer<uint8_t> a(o.a), b(o.b);
+  DeviceBuffer<float> sa(o.sa), sb(o.sb);
+  for (const std::string config : {"pingpong_64x64", "pingpong_64x16", "cooperative_128x192"}) {
+    ForcedConfig forced(config);
+    DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
+    cudaStream_t stream = nullptr;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    const Status status = gemm_fp8_fp8_bf16_nt(
+        {device_view(a.data, DType::kFloat8E4M3, {m, k}), device_view(sa.data, DType::kFloat32, {m, kb})},
+        {device_view(b.data, DType::kFloat8E4M3, {n, k}),
+         device_view(sb.data, DType::kFloat32, {ceil_div(n, 128), kb})},
+        device_view(out.data, DType::kBFloat16, {m, n}), LaunchOptions{stream});
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    ASSERT_TRUE(status.is_ok()) << status.to_string();
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    for (int replay = 0; replay < 6; ++replay) {
+      const std::vector<float>& scales = scale_sets[static_cast<size_t>(replay % 2)];
+      ASSERT_EQ(cudaMemcpyAsync(sb.data, scales.data(), sizeof(float) * scales.size(), cudaMemcpyHostToDevice, stream),
+                cudaSuccess);
+      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      EXPECT_LT(calc_diff(as_doubles(out.to_host()), as_doubles(expected[static_cast<size_t>(replay % 2)])), 1e-3)
+          << "config '" << config << "', replay " << replay;
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+  }
+}
+
 // Contiguous: segments of 65, 129 and 1 rows (groups 2, 0, 1), each padded with -1 to a multiple of 128, plus one
 // block of pure padding between them; n = 384 is an odd number of 128-wide tiles (the 1x2 cluster's second CTA
 // of the last pair lies outside). Graph case: captured while m_indices is all -1, replayed after the real

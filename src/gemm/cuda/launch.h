@@ -158,6 +158,10 @@ std::string repack_scales(const RepackArgs& args);
 std::string expand_b_scales(const float* src, float* dst, int64_t groups, int64_t n, int64_t out_blocks,
                             int64_t k_blocks, int granularity, void* stream);
 
+// Whether a GEMM that follows one of this call's small kernels is launched as its programmatic dependent (PDL):
+// yes unless FF_GEMM_PDL=0 in the environment (read at each call, for A/B runs).
+bool programmatic_launch_enabled();
+
 // Stream-ordered scratch memory (cudaMallocAsync / cudaFreeAsync): safe under CUDA graph capture and across
 // concurrent streams.
 std::string allocate_async(void** pointer, size_t bytes, void* stream);

@@ -107,9 +107,14 @@ inline std::string cutlass_error(const char* what, cutlass::Status status) {
 
 // Enqueues a CUTLASS GemmUniversalAdapter on `stream`: can_implement, its workspace (stream-ordered scratch, freed
 // after the kernel), initialize, run. Empty when enqueued, else what failed ("<what>: <CUTLASS status>" or the
-// launch's CUDA error).
+// launch's CUDA error). `after_kernel`: the last operation on the stream is a small kernel of this call that triggers
+// its dependents at its start (expand_b_scales): the GEMM is then launched as a programmatic dependent (PDL), so
+// its launch and prologue overlap that kernel; its producer warps wait (griddepcontrol.wait, compiled in with
+// CUTLASS_ENABLE_GDC_FOR_SM90) until that kernel has finished and its writes are visible, before any global load.
+// FF_GEMM_PDL=0 in the environment launches it normally (for A/B runs).
 template <class Gemm>
-std::string launch_gemm(typename Gemm::Arguments const& arguments, const char* what, void* stream) {
+std::string launch_gemm(typename Gemm::Arguments const& arguments, const char* what, void* stream,
+                        bool after_kernel = false) {
   std::string result;
   Gemm gemm;
   cutlass::Status status = gemm.can_implement(arguments);
@@ -119,7 +124,9 @@ std::string launch_gemm(typename Gemm::Arguments const& arguments, const char* w
     if (workspace_bytes > 0) result = allocate_async(&workspace, workspace_bytes, stream);
     if (result.empty()) {
       status = gemm.initialize(arguments, workspace, static_cast<cudaStream_t>(stream));
-      if (status == cutlass::Status::kSuccess) status = gemm.run(static_cast<cudaStream_t>(stream));
+      if (status == cutlass::Status::kSuccess) {
+        status = gemm.run(static_cast<cudaStream_t>(stream), nullptr, after_kernel && programmatic_launch_enabled());
+      }
     }
   }
   if (result.empty() && status != cutlass::Status::kSuccess) result = cutlass_error(what, status);
@@ -666,7 +673,7 @@ struct DenseGemm {
     arguments.epilogue.thread.alpha = 1.0f;
     arguments.epilogue.thread.beta = 0.0f;
     detail::apply_schedule(arguments.scheduler, args.schedule);
-    return detail::launch_gemm<Gemm>(arguments, "dense gemm", args.stream);
+    return detail::launch_gemm<Gemm>(arguments, "dense gemm", args.stream, /*after_kernel=*/kScaleN != 128);
   }
 };
 
