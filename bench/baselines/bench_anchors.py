@@ -320,11 +320,30 @@ def gemm_record(kind, shape):
     return {"case": kind, "groups": shape[0], key: shape[1], "n": shape[2], "k": shape[3]}
 
 
+def parse_environment(text):
+    """'NAME=VALUE[,NAME=VALUE...]' -> dict ('' -> {})."""
+    environment = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        if not name or not _:
+            raise SystemExit(f"--gemm-alt: '{item}' is not NAME=VALUE")
+        environment[name] = value
+    return environment
+
+
+def case_label(kind, shape):
+    """'dense:64,7168,2048' (the form --gemm-filter matches and profile_gemm_pair.py takes)."""
+    return f"{kind}:{','.join(map(str, shape))}"
+
+
 def run_gemm(torch, deep_gemm, args, emit):
     from fireflyer import gemm
 
     generator = torch.Generator().manual_seed(8)
+    alt = parse_environment(args.gemm_alt)
     for kind, shape in gemm_shapes(args.quick):
+        if args.gemm_filter and not any(case_label(kind, shape).startswith(f) for f in args.gemm_filter.split(";")):
+            continue
         c = gemm_case(torch, kind, shape, generator)
         ours, anchor = gemm_functions(gemm, deep_gemm, kind, c)
         ours()
@@ -332,11 +351,17 @@ def run_gemm(torch, deep_gemm, args, emit):
         torch.cuda.synchronize()
         record = {"part": "gemm", **gemm_record(kind, shape),
                   "calc_diff_ours_vs_deep_gemm": cos_diff(c["outs"][0].float(), c["outs"][1].float())}
-        seconds = alternate(torch, {"ours": ours, "deep_gemm": anchor}, args)
+        candidates = {"ours": ours, "deep_gemm": anchor}
+        if alt:  # ours again with these environment variables, in the same alternating rounds
+            candidates["ours_alt"] = (ours, alt)
+            record["ours_alt_environment"] = args.gemm_alt
+        seconds = alternate(torch, candidates, args)
         for name, s in seconds.items():
             record[name] = {"us": round(s * 1e6, 2), "TFLOPS": round(c["flop"] / s / 1e12, 1),
                             "GB/s": round(c["bytes"] / s / 1e9, 1)}
         record["ratio_vs_deep_gemm"] = round(seconds["deep_gemm"] / seconds["ours"], 3)
+        if alt:
+            record["ratio_alt_vs_deep_gemm"] = round(seconds["deep_gemm"] / seconds["ours_alt"], 3)
         emit(record)
         del c
 
@@ -388,6 +413,12 @@ def main() -> int:
     parser.add_argument("--mla-few-rows", action="store_true",
                         help="MLA with fewer than 64 rows: also our WGMMA kernel (FF_MLA_KERNEL=wgmma) and the FP8 "
                              "cache on its few-row kernel and on the WGMMA kernel")
+    parser.add_argument("--gemm-alt", default="",
+                        help="NAME=VALUE[,...]: also time our GEMM captured with these environment variables "
+                             "(ours_alt, same rounds), e.g. FF_GEMM_PDL=0")
+    parser.add_argument("--gemm-filter", default="",
+                        help="only GEMM cases whose label starts with one of these (';'-separated), labels as "
+                             "'dense:64,7168,2048', 'contiguous:4,8192,4096,7168', 'masked:1,1024,4096,7168'")
     parser.add_argument("--prewarm", action="store_true")
     parser.add_argument("--shard", default="0/1")
     parser.add_argument("--out", type=pathlib.Path, default=None)
