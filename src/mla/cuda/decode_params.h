@@ -165,10 +165,12 @@ constexpr int kWgmmaMinRows = 64;
 constexpr Schedule kDefaultSchedule = Schedule::kLean2;
 // The FP8-cache kernels the dispatch takes when the environment names none, for <= 16 and for 17..32
 // query rows per KV head: on the H200 (h_q 16, b 128, 4K-32K fixed and variable, 7 rotated rounds in
-// one run, 23:19 UTC; docs/mla.md, bench/results/mla_h200.json "fp8_ab"), s_q 1: channels 1.80-1.91x
-// the bf16 kernel's speed, channels_split_s within 2% of it at 4K-16K and 5% slower at 32K, pair
-// 1.47-1.58x; s_q 2 (32 rows, where the pair and wide kernels do not fit): channels_split_s
-// 1.55-1.64x, channels 1.48-1.57x, direct 1.10-1.13x.
+// one run, 2026-11-30 23:19 UTC; docs/mla.md), s_q 1: channels 1.80-1.91x the bf16 mma.sync kernel's
+// speed, channels_split_s within 2% of it at 4K-16K and 5% slower at 32K, pair 1.47-1.58x; s_q 2 (32
+// rows, where the pair and wide kernels do not fit): channels_split_s 1.55-1.64x, channels 1.48-1.57x,
+// direct 1.10-1.13x. In the 2026-12-02 A/B (5 rounds, bench/results/mla_h200.json "fp8_ab")
+// channels_split_s was 1-5% faster than channels at 16 rows: the two runs disagree within their spread,
+// so the default stays.
 constexpr Fp8Kernel kDefaultFp8FewRows16 = Fp8Kernel::kChannels;
 constexpr Fp8Kernel kDefaultFp8FewRows32 = Fp8Kernel::kChannelsSplitS;
 
