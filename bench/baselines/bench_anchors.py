@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO_ROOT / "bench" / "mla"))
 sys.path.insert(0, str(REPO_ROOT / "bench" / "gemm"))
 # The issue benchmarks' shapes, casts and helpers (capture_graph: warm-up on a side stream, `calls` calls in one graph).
 from bench_gemm import CONTIGUOUS, DENSE_M, DENSE_NK, MASKED, quantize_blocks, quantize_rows  # noqa: E402
-from bench_mla import BATCH, PAGE, capture_graph, cos_diff, quantize_fp8  # noqa: E402
+from bench_mla import BATCH, PAGE, capture_graph, cos_diff, quantize_fp8, replay_median  # noqa: E402
 
 ANCHORS = REPO_ROOT / ".baselines" / "py"
 
@@ -64,15 +64,7 @@ def time_graph(torch, graph, calls, repeats, warmup_s=0.05):
     while time.perf_counter() - begin < warmup_s:
         graph.replay()
         torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / calls)
-    return statistics.median(times)
+    return replay_median(graph, calls, repeats) / 1e3
 
 
 def sustained(torch, graph, calls, seconds):

@@ -5,14 +5,14 @@ Usage (GPU machine, after bench/baselines/run_on_gpu.sh build):
       python3 bench/baselines/profile_gemm_pair.py dense:64,7168,2048 dense:4096,32768,512
 Each case is run once by both sides before the window (DeepGEMM's JIT, our first launch's shared-memory
 attribute); inside it, per case: ours, then DeepGEMM's, each inside an NVTX range named `<case> ours` /
-`<case> deep_gemm` (ncu --nvtx shows it), so every kernel a call launches is profiled, helpers included.
+`<case> deep_gemm` (`<case>` as given, e.g. `dense:64,7168,2048`) (ncu --nvtx shows it), so every kernel a call launches is profiled, helpers included.
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench_anchors import gemm_case, gemm_functions, load_anchors
+from bench_anchors import case_label, gemm_case, gemm_functions, load_anchors
 
 
 def parse_case(text: str):
@@ -41,7 +41,7 @@ def main() -> int:
         ours, anchor = gemm_functions(gemm, deep_gemm, kind, gemm_case(torch, kind, shape, generator))
         ours()
         anchor()
-        calls.append((f"{kind} {'x'.join(map(str, shape))}", ours, anchor))
+        calls.append((case_label(kind, shape), ours, anchor))
     torch.cuda.synchronize()
     torch.cuda.profiler.start()
     for name, ours, anchor in calls:

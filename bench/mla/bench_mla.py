@@ -85,11 +85,10 @@ def capture_graph(function, calls: int):
     return graph
 
 
-def time_graph(function, calls: int, repeats: int) -> float:
-    """Median milliseconds per call of `function`, captured `calls` times in one CUDA graph."""
+def replay_median(graph, calls: int, repeats: int) -> float:
+    """Median milliseconds per call over `repeats` timed replays of a CUDA graph holding `calls` calls."""
     import torch
 
-    graph = capture_graph(function, calls)
     samples = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -98,8 +97,15 @@ def time_graph(function, calls: int, repeats: int) -> float:
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) / calls)
-    del graph
     return statistics.median(samples)
+
+
+def time_graph(function, calls: int, repeats: int) -> float:
+    """Median milliseconds per call of `function`, captured `calls` times in one CUDA graph."""
+    graph = capture_graph(function, calls)
+    ms = replay_median(graph, calls, repeats)
+    del graph
+    return ms
 
 
 def result_header(benchmark: str, torch, device_name: str, num_sms: int, timing: str) -> dict:
