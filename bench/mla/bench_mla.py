@@ -354,6 +354,8 @@ FP8_AB_KNOWN = {
     "fp8_wide": (True, {"FF_MLA_FP8": "wide"}),
     "fp8_channels": (True, {"FF_MLA_FP8": "channels"}),
     "fp8_channels_split_s": (True, {"FF_MLA_FP8": "channels_split_s"}),
+    "fp8_transposed": (True, {"FF_MLA_FP8": "transposed"}),
+    "fp8_transposed_wg": (True, {"FF_MLA_FP8": "transposed_wg"}),
     # the bf16 kernel with the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs
     # of lazy rescaling (the FP8 kernels always keep the eager rule)
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),

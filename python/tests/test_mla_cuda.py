@@ -25,6 +25,8 @@ NONPOSITIVE_SCALE_TMA_KERNEL = "wgmma_tma_lean"
 # unset; docs/mla.md): two 64-token blocks per barrier round, or one.
 DEFAULT_FP8_KERNEL_16 = "mma_sync_fp8_channels"
 DEFAULT_FP8_KERNEL_32 = "mma_sync_fp8_channels_split_s"
+# FF_MLA_FP8 names whose kernel is not called mma_sync_fp8_<name>.
+FP8_KERNEL_NAMES = {"transposed": "wgmma_fp8_transposed", "transposed_wg": "wgmma_fp8_transposed_wg"}
 
 
 def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -196,11 +198,13 @@ def test_fp8_cache(causal):
     (16, 2, 1, torch.float16, 4.0),
 ])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kernel", ["direct", "pair", "wide", "channels", "channels_split_s"])
+@pytest.mark.parametrize("kernel", ["direct", "pair", "wide", "channels", "channels_split_s", "transposed",
+                                    "transposed_wg"])
 def test_fp8_cache_few_rows(h_q, s_q, h_kv, dtype, q_gain, causal, kernel, monkeypatch):
     """<= 32 query rows per KV head: the kernels whose MMAs read the raw FP8 tiles (FF_MLA_FP8=direct:
     one 64-token block per barrier round, pair: two, wide: 16 warps sharing one softmax, channels: 8 warps
-    sharing one softmax, each with all rows and 64 output channels). q is scaled up and
+    sharing one softmax, each with all rows and 64 output channels, transposed: WGMMA with the rows as
+    N, K and V^T converted into register operands). q is scaled up and
     down (its rows are rescaled by powers of two into f16 range there); the scores use the exact e4m3
     values, so the lse bound is the bf16 one."""
     monkeypatch.setenv("FF_MLA_FP8", kernel)
@@ -214,7 +218,8 @@ def test_fp8_cache_few_rows(h_q, s_q, h_kv, dtype, q_gain, causal, kernel, monke
         out, lse = run(q, cache_fp8, block_table, lengths, causal, fp8=True, num_sms=num_sms, h_kv=h_kv)
         # The pair and wide kernels exist for <= 16 rows per KV head; with more the direct one runs.
         expected = "direct" if s_q * h_q // h_kv > 16 and kernel in ("pair", "wide") else kernel
-        assert mla.last_cuda_kernel() == f"mma_sync_fp8_{expected}"
+        expected = "transposed" if s_q * h_q // h_kv > 16 and kernel == "transposed_wg" else expected
+        assert mla.last_cuda_kernel() == FP8_KERNEL_NAMES.get(expected, f"mma_sync_fp8_{expected}")
         assert out.dtype == dtype
         check(out, lse, ref_out, ref_lse)
 
@@ -228,10 +233,12 @@ def test_fp8_few_rows_default_route(s_q, expected, monkeypatch):
     cache_fp8 = mla.quantize_kvcache_fp8(cache)
     out, lse = run(q, cache_fp8, block_table, lengths, False, fp8=True, num_sms=9)
     assert mla.last_cuda_kernel() == expected
-    for kernel in ("direct", "pair", "wide", "channels", "channels_split_s"):
+    for kernel in ("direct", "pair", "wide", "channels", "channels_split_s", "transposed", "transposed_wg"):
         monkeypatch.setenv("FF_MLA_FP8", kernel)
         other_out, other_lse = run(q, cache_fp8, block_table, lengths, False, fp8=True, num_sms=9)
-        assert mla.last_cuda_kernel() == f"mma_sync_fp8_{'direct' if s_q > 1 and kernel in ('pair', 'wide') else kernel}"
+        name = "direct" if s_q > 1 and kernel in ("pair", "wide") else kernel
+        name = "transposed" if s_q > 1 and kernel == "transposed_wg" else name
+        assert mla.last_cuda_kernel() == FP8_KERNEL_NAMES.get(name, f"mma_sync_fp8_{name}")
         assert cos_diff(out, other_out) < 1e-5
         assert torch.allclose(lse, other_lse, atol=1e-3, rtol=1e-3)
 

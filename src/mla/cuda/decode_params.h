@@ -48,6 +48,10 @@ enum class Schedule : int {
 //            ("mma_sync_fp8_channels"); <= 32 rows.
 //   kChannelsSplitS Fp8Decoder<., ., 2, true, true>: kChannels with S computed by pairs of warps, each
 //            over half of the channels for 32 tokens (half the Q reads per warp; "mma_sync_fp8_channels_split_s").
+//   kTransposed Fp8TransposedDecoder<., 16 | 32>: WGMMA with the query rows as N, S^T = K Q^T and
+//            O^T = V^T P^T, K and V^T converted into register operands ("wgmma_fp8_transposed"); <= 32 rows.
+//   kTransposedWg Fp8TransposedWgDecoder: kTransposed with each warpgroup on its own blocks, softmax
+//            state and barriers, merged per piece ("wgmma_fp8_transposed_wg"); <= 16 rows, else kTransposed.
 enum class Fp8Kernel : int {
   kDefault = 0,
   kDirect = 1,
@@ -55,6 +59,8 @@ enum class Fp8Kernel : int {
   kWide = 3,
   kChannels = 4,
   kChannelsSplitS = 5,
+  kTransposed = 6,
+  kTransposedWg = 7,
 };
 
 struct DecodeParams {
@@ -148,6 +154,8 @@ enum class KernelKind : int {
   kMmaSyncFp8Wide = 12,      // Fp8WideDecoder: 16 warps, one shared softmax, output channels split
   kMmaSyncFp8Channels = 13,  // Fp8Decoder in its channel-split mode: 8 warps, one shared softmax
   kMmaSyncFp8ChannelsSplitS = 14,  // the channel-split mode with S split over pairs of warps by channels
+  kWgmmaFp8Transposed = 15,        // Fp8TransposedDecoder: FP8 cache with <= 32 rows on WGMMA, rows as N
+  kWgmmaFp8TransposedWg = 16,      // Fp8TransposedWgDecoder: <= 16 rows, the warpgroups on alternate blocks
 };
 // The lean TMA kernels (WgmmaPipelinedDecoder<., 0, true, true, flags>).
 constexpr bool is_lean_tma_kernel(KernelKind kind) {

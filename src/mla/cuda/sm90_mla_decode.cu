@@ -233,6 +233,13 @@ __device__ __forceinline__ float2 e4m3x2_to_float2(uint16_t bits) {
   return __half22float2(value);
 }
 
+// Bytes 0, 1 and 2, 3 of x (e4m3) -> two f16x2 (exact).
+__device__ __forceinline__ void e4m3x4_to_f16x2x2(uint32_t x, uint32_t& low, uint32_t& high) {
+  asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+      : "=r"(low), "=r"(high)
+      : "r"(x));
+}
+
 // Per-thread state of one piece: the warp's output accumulators and the running softmax statistics of
 // the two rows (g and g + 8 of the warp's 16) this thread holds.
 struct RowState {
@@ -693,6 +700,114 @@ class Decoder {
   bool active_ = false;
 };
 
+// Query row r of KV head head_k (zeros from p.rows on): lane l's latent channels 16 l .. 16 l + 15 in q's
+// dtype, and for lanes < 8 RoPE channels 8 l .. 8 l + 7.
+__device__ __forceinline__ void load_query_row(const DecodeParams& p, int batch, int r, int head_k, int lane,
+                                               uint4 (&latent)[2], uint4& rope) {
+  latent[0] = latent[1] = rope = make_uint4(0, 0, 0, 0);
+  if (r >= p.rows) return;
+  const int token = r / p.group, head = head_k * p.group + r % p.group;
+  const uint16_t* source =
+      static_cast<const uint16_t*>(p.q) + batch * p.q_batch_stride + token * p.q_token_stride + head * p.q_head_stride;
+  latent[0] = *reinterpret_cast<const uint4*>(source + 16 * lane);
+  latent[1] = *reinterpret_cast<const uint4*>(source + 16 * lane + 8);
+  if (lane < 8) rope = *reinterpret_cast<const uint4*>(source + kDimV + 8 * lane);
+}
+
+// A lane's 16 latent channels (load_query_row) as floats, and 2^k with k such that the row's largest |q|
+// (over the warp's 32 lanes) times 2^k lies in [2^13, 2^14): the exact f16 scaling of the FP8 kernels'
+// Q; `factor` = 2^-k.
+template <bool kFp16>
+__device__ __forceinline__ float query_row_scale(const uint4 (&latent)[2], float (&values)[16], float& factor) {
+  const uint32_t words[8] = {latent[0].x, latent[0].y, latent[0].z, latent[0].w,
+                             latent[1].x, latent[1].y, latent[1].z, latent[1].w};
+  float largest = 0.0f;
+#pragma unroll
+  for (int w = 0; w < 8; ++w) {
+    if constexpr (kFp16) {
+      const float2 pair = __half22float2(*reinterpret_cast<const __half2*>(&words[w]));
+      values[2 * w] = pair.x;
+      values[2 * w + 1] = pair.y;
+    } else {
+      values[2 * w] = __uint_as_float(words[w] << 16);
+      values[2 * w + 1] = __uint_as_float(words[w] & 0xffff0000u);
+    }
+    largest = fmaxf(largest, fmaxf(fabsf(values[2 * w]), fabsf(values[2 * w + 1])));
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+  int exponent = 0;
+  if (largest > 0.0f && largest <= 3.0e38f) {
+    int e;
+    frexpf(largest, &e);  // largest = m 2^e, m in [0.5, 1)
+    exponent = 14 - e;
+  }
+  factor = ldexpf(1.0f, -exponent);
+  return ldexpf(1.0f, exponent);
+}
+
+// Byte offset of token t in a raw FP8 stage: tokens 656 bytes apart, plus kGroupPad bytes after every 8.
+template <int kGroupPad>
+__device__ __forceinline__ int fp8_token_offset(int token) {
+  return token * kFp8TokenBytes + (token >> 3) * kGroupPad;
+}
+
+// KV block `block` (64 raw tokens) into a raw stage. The tokens before the piece's end go by bulk
+// copies (warp 0: a packed full block in one copy without the pad, else one per 8 tokens where the
+// cache packs them, else one per token), completing on the stage's mbarrier; the rest of the stage is
+// zeroed by all threads with plain stores (scale 0, so those tokens stay 0; nothing past the length is
+// read), which the loop barrier before the stage's use makes visible.
+// `destination`: the raw stage (shared address), `bar`: its mbarrier. Block-table entries come in
+// `physical` (-1 for none; see Fp8Decoder::physical_block). Every one of `threads` threads calls it
+// (`thread`: its index among them; the first warp of them copies).
+template <int kGroupPad>
+__device__ void load_fp8_block(const DecodeParams& p, int head_k, const Piece& piece, int block, uint32_t destination,
+                               uint32_t bar, int physical, int thread = static_cast<int>(threadIdx.x),
+                               int threads = kThreads) {
+  const int warp = thread / 32, lane = thread % 32;
+  const bool block_ok = physical >= 0 && physical < p.num_blocks;
+  const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
+  if (warp == 0) {
+    if (lane == 0) {
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
+                   "r"(valid_tokens * kFp8TokenBytes)
+                   : "memory");
+    }
+    __syncwarp();
+    if (valid_tokens > 0) {
+      const auto* base = static_cast<const uint8_t*>(p.k_cache) + physical * p.k_block_stride +
+                         static_cast<int64_t>(head_k) * p.k_head_stride;
+      if (kGroupPad == 0 && valid_tokens == kTileRows && p.k_token_stride == kFp8TokenBytes) {
+        if (lane == 0) {  // the whole block
+          bulk_copy_to_shared_hint(destination, base, kTileRows * kFp8TokenBytes, bar, kv_l2_policy(p.kv_evict_first));
+        }
+      } else if (valid_tokens == kTileRows && p.k_token_stride == kFp8TokenBytes) {
+        if (lane < kTileRows / 8) {
+          bulk_copy_to_shared(destination + fp8_token_offset<kGroupPad>(8 * lane), base + 8 * lane * kFp8TokenBytes,
+                              8 * kFp8TokenBytes, bar);
+        }
+      } else {
+        for (int token = lane; token < valid_tokens; token += 32) {
+          bulk_copy_to_shared(destination + fp8_token_offset<kGroupPad>(token), base + token * p.k_token_stride,
+                              kFp8TokenBytes, bar);
+        }
+      }
+    }
+  }
+  if (valid_tokens < kTileRows) {  // uniform: every thread computed the same
+    const int zero_chunks = (kTileRows - valid_tokens) * kFp8TokenChunks;
+    for (int i = thread; i < zero_chunks; i += threads) {
+      const int token = valid_tokens + i / kFp8TokenChunks, chunk = i % kFp8TokenChunks;
+      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(destination + fp8_token_offset<kGroupPad>(token) +
+                                                                      16 * chunk),
+                   "r"(0)
+                   : "memory");
+    }
+    fence_proxy_async();  // these generic stores come before later bulk copies into the stage
+  }
+}
+
 // The FP8 cache with few query rows (kSplit 4: <= 16 rows, kSplit 2: <= 32; the memory-bound shapes):
 // the MMAs read their K and V operands straight from the raw 656-byte tokens, converted in registers,
 // so no 16-bit KV tile exists and four raw stages (4 x 42,240 B) stay in flight. The warp roles are
@@ -899,9 +1014,7 @@ class Fp8Decoder {
   // 8..15 (mod 32) moves their 16-byte chunks by two, as the XOR swizzle it replaces did: the S loads
   // (lanes: tokens t, t + 4 of one 8-token group x 4 chunks) and the V loads (tokens 4 q4 + t of one
   // 16-token k-step x 2 chunks) both touch 8 distinct 16-byte bank groups per 8-lane phase.
-  __device__ static __forceinline__ int token_offset(int token) {
-    return token * kFp8TokenBytes + (token >> 3) * kGroupPad;
-  }
+  __device__ static __forceinline__ int token_offset(int token) { return fp8_token_offset<kGroupPad>(token); }
   __device__ __forceinline__ uint32_t stage_barrier(int stage) const { return barriers_ + 8 * stage; }
   // Waits until the copies into raw stage `stage` (the next use of it) have landed.
   __device__ __forceinline__ void wait_stage(int stage) {
@@ -915,7 +1028,6 @@ class Fp8Decoder {
   // Logical latent channel 64 j + 16 q + 4 s + e (e < 4) is stored at 64 j + 16 s + 8 (e / 2) + 2 q + e % 2;
   // RoPE channel 32 h + 8 q + 4 s + e at 512 + 16 (2 h + s) + 8 (e / 2) + 2 q + e % 2.
   __device__ void load_q(int batch) {
-    const auto* q = static_cast<const uint16_t*>(p_.q);
     // NOTE: every global load of the warp's rows is issued before the first is used: the shared stores
     // below (asm volatile) keep the compiler from hoisting a later row's loads above them, and four
     // round trips in a row (32 rows), queued behind the first round's bulk copies, were ~5% of the
@@ -924,49 +1036,16 @@ class Fp8Decoder {
     uint4 latents[kWarpRows][2], ropes[kWarpRows];
 #pragma unroll
     for (int i = 0; i < kWarpRows; ++i) {
-      const int r = m_block_ * kTileRows + warp_ + 8 * i;
-      latents[i][0] = latents[i][1] = ropes[i] = make_uint4(0, 0, 0, 0);
-      if (r < p_.rows) {
-        const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
-        const uint16_t* source = q + batch * p_.q_batch_stride + token * p_.q_token_stride + head * p_.q_head_stride;
-        latents[i][0] = *reinterpret_cast<const uint4*>(source + 16 * lane_);
-        latents[i][1] = *reinterpret_cast<const uint4*>(source + 16 * lane_ + 8);
-        if (lane_ < 8) ropes[i] = *reinterpret_cast<const uint4*>(source + kDimV + 8 * lane_);
-      }
+      load_query_row(p_, batch, m_block_ * kTileRows + warp_ + 8 * i, head_k_, lane_, latents[i], ropes[i]);
     }
 #pragma unroll
     for (int i = 0; i < kWarpRows; ++i) {
       const int row = warp_ + 8 * i;
       const uint4(&latent)[2] = latents[i];
       const uint4& rope = ropes[i];
-      float values[16];
-      const uint32_t words[8] = {latent[0].x, latent[0].y, latent[0].z, latent[0].w,
-                                 latent[1].x, latent[1].y, latent[1].z, latent[1].w};
-      float largest = 0.0f;
-#pragma unroll
-      for (int w = 0; w < 8; ++w) {
-        if constexpr (kFp16) {
-          const float2 pair = __half22float2(*reinterpret_cast<const __half2*>(&words[w]));
-          values[2 * w] = pair.x;
-          values[2 * w + 1] = pair.y;
-        } else {
-          values[2 * w] = __uint_as_float(words[w] << 16);
-          values[2 * w + 1] = __uint_as_float(words[w] & 0xffff0000u);
-        }
-        largest = fmaxf(largest, fmaxf(fabsf(values[2 * w]), fabsf(values[2 * w + 1])));
-      }
-#pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) {
-        largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
-      }
-      int exponent = 0;
-      if (largest > 0.0f && largest <= 3.0e38f) {
-        int e;
-        frexpf(largest, &e);  // largest = m 2^e, m in [0.5, 1)
-        exponent = 14 - e;
-      }
-      const float up = ldexpf(1.0f, exponent);
-      if (lane_ == 0) row_factor_[row] = ldexpf(1.0f, -exponent);
+      float values[16], factor;
+      const float up = query_row_scale<kFp16>(latent, values, factor);
+      if (lane_ == 0) row_factor_[row] = factor;
       // Lane l holds logical channels 16 l .. 16 l + 15: j = l / 4, q = l % 4.
       const int j = lane_ >> 2, qq = lane_ & 3;
 #pragma unroll
@@ -996,62 +1075,17 @@ class Fp8Decoder {
     }
   }
 
-  // KV block `block` (64 raw tokens) into stage `stage`; tokens at or past the piece's end are
-  // zero-filled without being read (scale 0, so they stay 0).
+  // The block-table entry of block `block` of the piece's sequence, -1 past the table's columns.
   __device__ int physical_block(const Piece& piece, int block) const {
     return block < p_.max_blocks
                ? p_.block_table[piece.batch * p_.block_table_batch_stride + block * p_.block_table_column_stride]
                : -1;
   }
 
-  // `physical`: the block-table entry of `block` (physical_block), -1 for none. Called by every thread
-  // alike. The tokens before the piece's end go by bulk copies (warp 0: a packed full block in one copy
-  // without the pad, else one per 8 tokens where the cache packs them, else one per token), completing
-  // on the stage's mbarrier; the rest of the stage is
-  // zeroed by all threads with plain stores (scale 0, so those tokens stay 0; nothing past the length is
-  // read), which the loop barrier before the stage's use makes visible.
+  // KV block `block` into raw stage `stage` (load_fp8_block).
   __device__ void load_block(const Piece& piece, int block, int stage, int physical) {
-    const bool block_ok = physical >= 0 && physical < p_.num_blocks;
-    const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
-    const uint32_t destination = smem_address(smem_ + kRawOffset + stage * kRawStageBytes);
-    if (warp_ == 0) {
-      const uint32_t bar = stage_barrier(stage);
-      if (lane_ == 0) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar),
-                     "r"(valid_tokens * kFp8TokenBytes)
-                     : "memory");
-      }
-      __syncwarp();
-      if (valid_tokens > 0) {
-        const auto* base = static_cast<const uint8_t*>(p_.k_cache) + physical * p_.k_block_stride +
-                           static_cast<int64_t>(head_k_) * p_.k_head_stride;
-        if (kGroupPad == 0 && valid_tokens == kTileRows && p_.k_token_stride == kFp8TokenBytes) {
-          if (lane_ == 0) {  // the whole block
-            bulk_copy_to_shared_hint(destination, base, kTileRows * kFp8TokenBytes, bar, kv_l2_policy(p_.kv_evict_first));
-          }
-        } else if (valid_tokens == kTileRows && p_.k_token_stride == kFp8TokenBytes) {
-          if (lane_ < kTileRows / 8) {
-            bulk_copy_to_shared(destination + token_offset(8 * lane_), base + 8 * lane_ * kFp8TokenBytes,
-                                8 * kFp8TokenBytes, bar);
-          }
-        } else {
-          for (int token = lane_; token < valid_tokens; token += 32) {
-            bulk_copy_to_shared(destination + token_offset(token), base + token * p_.k_token_stride, kFp8TokenBytes,
-                                bar);
-          }
-        }
-      }
-    }
-    if (valid_tokens < kTileRows) {  // uniform: every thread computed the same
-      const int zero_chunks = (kTileRows - valid_tokens) * kFp8TokenChunks;
-      for (int i = static_cast<int>(threadIdx.x); i < zero_chunks; i += kThreads) {
-        const int token = valid_tokens + i / kFp8TokenChunks, chunk = i % kFp8TokenChunks;
-        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(destination + token_offset(token) + 16 * chunk),
-                     "r"(0)
-                     : "memory");
-      }
-      fence_proxy_async();  // these generic stores come before later bulk copies into the stage
-    }
+    load_fp8_block<kGroupPad>(p_, head_k_, piece, block, smem_address(smem_ + kRawOffset + stage * kRawStageBytes),
+                              stage_barrier(stage), physical);
   }
 
   // 2^x (ex2.approx.ftz: 2 ulp, -inf -> 0), as flash attention kernels use it.
@@ -1063,13 +1097,6 @@ class Fp8Decoder {
 
   __device__ static __forceinline__ float component(const float4& v, int group) {
     return group == 0 ? v.x : group == 1 ? v.y : group == 2 ? v.z : v.w;
-  }
-
-  // Bytes 0, 1 and 2, 3 of x (e4m3) -> two f16x2 (exact).
-  __device__ static __forceinline__ void e4m3x4_to_f16x2x2(uint32_t x, uint32_t& low, uint32_t& high) {
-    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
-        : "=r"(low), "=r"(high)
-        : "r"(x));
   }
 
   // One 64-token block from the raw tile at `raw`: S = Q K^T, online softmax, O += P V.
@@ -2116,47 +2143,12 @@ class Fp8WideDecoder {
 
   // As Fp8Decoder::load_q, 16 rows over 16 warps.
   __device__ void load_q(int batch) {
-    const auto* q = static_cast<const uint16_t*>(p_.q);
     const int row = warp_;
-    const int r = m_block_ * kTileRows + row;
-    const bool valid = r < p_.rows;
-    uint4 latent[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-    uint4 rope = make_uint4(0, 0, 0, 0);
-    if (valid) {
-      const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
-      const uint16_t* source = q + batch * p_.q_batch_stride + token * p_.q_token_stride + head * p_.q_head_stride;
-      latent[0] = *reinterpret_cast<const uint4*>(source + 16 * lane_);
-      latent[1] = *reinterpret_cast<const uint4*>(source + 16 * lane_ + 8);
-      if (lane_ < 8) rope = *reinterpret_cast<const uint4*>(source + kDimV + 8 * lane_);
-    }
-    float values[16];
-    const uint32_t words[8] = {latent[0].x, latent[0].y, latent[0].z, latent[0].w,
-                               latent[1].x, latent[1].y, latent[1].z, latent[1].w};
-    float largest = 0.0f;
-#pragma unroll
-    for (int w = 0; w < 8; ++w) {
-      if constexpr (kFp16) {
-        const float2 pair = __half22float2(*reinterpret_cast<const __half2*>(&words[w]));
-        values[2 * w] = pair.x;
-        values[2 * w + 1] = pair.y;
-      } else {
-        values[2 * w] = __uint_as_float(words[w] << 16);
-        values[2 * w + 1] = __uint_as_float(words[w] & 0xffff0000u);
-      }
-      largest = fmaxf(largest, fmaxf(fabsf(values[2 * w]), fabsf(values[2 * w + 1])));
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-      largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
-    }
-    int exponent = 0;
-    if (largest > 0.0f && largest <= 3.0e38f) {
-      int e;
-      frexpf(largest, &e);
-      exponent = 14 - e;
-    }
-    const float up = ldexpf(1.0f, exponent);
-    if (lane_ == 0) row_factor_[row] = ldexpf(1.0f, -exponent);
+    uint4 latent[2], rope;
+    load_query_row(p_, batch, m_block_ * kTileRows + row, head_k_, lane_, latent, rope);
+    float values[16], factor;
+    const float up = query_row_scale<kFp16>(latent, values, factor);
+    if (lane_ == 0) row_factor_[row] = factor;
     const int j = lane_ >> 2, qq = lane_ & 3;
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
@@ -3022,6 +3014,8 @@ constexpr int kBarrierPReady = 2;     // warpgroup 0 -> 1: P and the row rescale
 constexpr int kBarrierStageFree = 3;  // warpgroup 0 -> 1: warpgroup 0's O += P V of this block is done
 constexpr int kBarrierLoaders = 4;    // warpgroup 1 alone (128 threads): its cp.async copies are tracked
 __device__ __forceinline__ void named_barrier_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+// One warpgroup (128 threads) at named barrier `id`.
+__device__ __forceinline__ void group_barrier_sync(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
 // Arrives without waiting (the lean kernel's warpgroup 0 at STAGE_FREE, see WgmmaPipelinedDecoder).
 __device__ __forceinline__ void named_barrier_arrive(int id) {
   asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
@@ -3064,6 +3058,936 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t address, uint32_t r0, uint3
                "r"(r2), "r"(r3)
                : "memory");
 }
+
+// stmatrix with .trans: register m of each lane holds row lane / 4, columns 2 (lane % 4) and + 1 of matrix
+// m; memory row c of matrix m (address from lane 8 m + c) receives the matrix's column c.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t address, uint32_t r0, uint32_t r1, uint32_t r2,
+                                                  uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(r0),
+               "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+
+// d (64 x kN) = (scale_d ? d : 0) + A (64 x 16, registers: the m16n8k16 A fragment of each warp's 16 rows)
+// * B (16 x kN, K-major in shared memory); f16 or bf16 operands, fp32 accumulation.
+template <int kN, bool kFp16>
+__device__ __forceinline__ void wgmma_register_a(float (&d)[kN / 2], const uint32_t (&a)[4], uint64_t desc_b,
+                                                 int scale_d) {
+  static_assert(kN == 16 || kN == 32, "the transposed FP8 kernel's query rows");
+  if constexpr (kN == 16 && kFp16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
+        "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+  } else if constexpr (kN == 16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
+        "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+  } else if constexpr (kFp16) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+        "%12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+        "%12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+          "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
+  }
+}
+
+// The FP8 cache with few query rows on WGMMA, transposed: the query rows are WGMMA's N side and the
+// tokens / value channels its 64-row M side, so nothing is padded: S^T = K Q^T and O^T = V^T P^T. The A
+// operands (K, V^T) come from registers, converted exactly from the raw e4m3 bytes
+// (cvt.rn.f16x2.e4m3x2) as the mma.sync FP8 kernels do; the B operands (Q^T, P^T) are K-major
+// 128-byte-swizzled tiles of kN rows. Fp8TransposedBase holds what both kernels share:
+//   Q^T   kN rows (load_q): latent channels as f16 times 2^k_row, k_row per row as in Fp8Decoder, the
+//         RoPE channels in q's dtype. The channels are permuted alike in K and Q: for k-step group J
+//         (4 k-steps) thread q4 reads the 16-byte chunk 8 (J / 2) + 2 q4 + J % 2 of its two tokens (the 8
+//         lanes of a load phase hit 8 distinct bank groups), word s of it is k-step 4 J + s.
+//   S^T   of one 64-token block (block_scores): warp w of the warpgroup takes tokens 16 w .. 16 w + 15,
+//         thread (g, q4) tokens g and g + 8; the latent channels per 128-channel group into a fresh
+//         accumulator (8 k-steps of m64nNk16), then multiplied by the token's scale_g and added; the
+//         RoPE channels in q's dtype.
+//   V^T   operands (convert_v): m-tile (group, sub), row g + 8 h of warp w is channel 128 group + 32 w
+//         + 4 g + 2 sub + h, so a thread reads 4 consecutive bytes of 4 tokens per group and k-step
+//         (conflict-free: the tokens' 656-byte stride spreads the quads), pairs the tokens with prmt,
+//         converts, and multiplies by the tokens' f16 weights scale_g / group_max_g (Fp8Decoder's units:
+//         the accumulators of a group are in units of the largest scale of the group seen so far).
+// Accumulator element e of an m64nN tile: M row 8 ((e >> 1) & 1) + g of the warp's 16, column (query
+// row) 8 (e >> 2) + 2 q4 + (e & 1).
+template <bool kFp16, int kN>
+class Fp8TransposedBase {
+ protected:
+  static_assert(kN == 16 || kN == 32, "16 or 32 query rows per KV head");
+  static constexpr int kAcc = kN / 2;           // fp32 registers of an m64nN accumulator per thread
+  static constexpr int kRows = kN / 4;          // query rows per thread
+  static constexpr int kBlockBytes = kN * 128;  // a column block: kN rows x 64 16-bit elements
+
+  __device__ Fp8TransposedBase(const DecodeParams& p, char* smem, int factor_offset, int barrier_offset, int stages)
+      : p_(p) {
+    smem_ = smem + (1024 - smem_address(smem) % 1024) % 1024;
+    warp_ = static_cast<int>(threadIdx.x) / 32;
+    lane_ = static_cast<int>(threadIdx.x) % 32;
+    wg_ = warp_ / 4;
+    w_ = warp_ % 4;
+    head_k_ = static_cast<int>(blockIdx.y);
+    m_block_ = static_cast<int>(blockIdx.x);
+    row_factor_ = reinterpret_cast<float*>(smem_ + factor_offset);
+    barriers_ = smem_address(smem_ + barrier_offset);
+    if (threadIdx.x == 0) {
+      for (int stage = 0; stage < stages; ++stage) mbarrier_init(barriers_ + 8 * stage, 1);
+      fence_mbarrier_init();
+    }
+    __syncthreads();
+  }
+
+  // The number of 64-token blocks of a piece (its first: token_begin / 64).
+  __device__ static __forceinline__ int block_count(const Piece& piece) {
+    return piece.token_end > piece.token_begin ? (piece.token_end - piece.token_begin + kTileRows - 1) / kTileRows : 0;
+  }
+  // A piece's empty state: zero accumulators, no running maxima, zero sums and group maxima.
+  template <int kTiles>
+  __device__ __forceinline__ void start_piece(float (&acc)[kTiles][kAcc], float (&row_max)[kRows],
+                                              float (&row_sum)[kRows]) {
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+#pragma unroll
+      for (int e = 0; e < kAcc; ++e) acc[i][e] = 0.0f;
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      row_max[r] = -INFINITY;
+      row_sum[r] = 0.0f;
+    }
+#pragma unroll
+    for (int group = 0; group < 4; ++group) group_max_[group] = 0.0f;
+  }
+
+  // The running group maxima take in a block's (scales are >= 0): inverse[g] = 1 / the new maximum (0 while
+  // it is 0), ratio[g] = old / new (1 while 0), the factor of the accumulators' units.
+  __device__ __forceinline__ void update_group_maxima(const float4& block_max, float (&inverse)[4], float (&ratio)[4]) {
+#pragma unroll
+    for (int group = 0; group < 4; ++group) {
+      const float old_max = group_max_[group];
+      const float new_max = fmaxf(old_max, component(block_max, group));
+      group_max_[group] = new_max;
+      // NOTE: fast divisions (2 ulp): every warp computes the same values, which is all the units need.
+      inverse[group] = new_max > 0.0f ? __fdividef(1.0f, new_max) : 0.0f;
+      ratio[group] = new_max > 0.0f ? __fdividef(old_max, new_max) : 1.0f;
+    }
+  }
+
+  __device__ __forceinline__ void wait_stage(int stage) {
+    mbarrier_wait(barriers_ + 8 * stage, (phase_bits_ >> stage) & 1u);
+    phase_bits_ ^= 1u << stage;
+  }
+  __device__ int physical_block(const Piece& piece, int block) const {
+    return block < p_.max_blocks
+               ? p_.block_table[piece.batch * p_.block_table_batch_stride + block * p_.block_table_column_stride]
+               : -1;
+  }
+  // Byte offset of (row, 16-byte chunk) in a K-major tile of kN rows with the 128-byte swizzle.
+  __device__ static __forceinline__ uint32_t tile_offset(int row, int chunk) {
+    return static_cast<uint32_t>((chunk >> 3) * kBlockBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
+  }
+  // The descriptor of k-step ks of a K-major tile at `base` (64 elements per column block).
+  __device__ static __forceinline__ uint64_t k_step_descriptor(uint32_t base, int ks) {
+    return gmma_descriptor(base + (ks >> 2) * kBlockBytes + (ks & 3) * 32, 0, 1024);
+  }
+  __device__ static __forceinline__ float component(const float4& v, int group) {
+    return group == 0 ? v.x : group == 1 ? v.y : group == 2 ? v.z : v.w;
+  }
+  __device__ static __forceinline__ uint32_t word_of(const uint4& v, int index) {
+    return index == 0 ? v.x : index == 1 ? v.y : index == 2 ? v.z : v.w;
+  }
+  // The query row of accumulator element e (thread quad q4) and of this thread's row ri.
+  __device__ static __forceinline__ int element_row(int e, int q4) { return 8 * (e >> 2) + 2 * q4 + (e & 1); }
+  __device__ static __forceinline__ int thread_row(int ri, int q4) { return 8 * (ri >> 1) + 2 * q4 + (ri & 1); }
+
+  // kN rows of the query into Q^T's tile at smem_ + q_offset (latent channel 16 c + 4 s + 2 hi + e, chunk c
+  // of the token: J = 2 (c / 8) + c % 2, q4 = (c % 8) / 2, at k-step 4 J + s, position 2 q4 + 8 hi + e;
+  // RoPE channel 8 l + 2 m + e, chunk 33 + l of the token: q4 = l / 2, R = l % 2, at k-step 32 + 2 R +
+  // m / 2, position 2 q4 + 8 (m % 2) + e); the row factors 2^-k_row into row_factor_. All 8 warps take
+  // part; rows past p.rows are zero.
+  __device__ void load_q(int batch, int q_offset) {
+    const uint32_t base = smem_address(smem_ + q_offset);
+    constexpr int kWarpRows = kN / 8;
+    uint4 latents[kWarpRows][2], ropes[kWarpRows];
+#pragma unroll
+    for (int i = 0; i < kWarpRows; ++i) {
+      load_query_row(p_, batch, m_block_ * kTileRows + warp_ + 8 * i, head_k_, lane_, latents[i], ropes[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < kWarpRows; ++i) {
+      const int row = warp_ + 8 * i;
+      float values[16], factor;
+      const float up = query_row_scale<kFp16>(latents[i], values, factor);
+      if (lane_ == 0) row_factor_[row] = factor;
+      const int c = lane_, block = 2 * (c >> 3) + (c & 1), q4 = (c & 7) >> 1;
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+#pragma unroll
+        for (int hi = 0; hi < 2; ++hi) {
+          const __half2 h = __floats2half2_rn(values[4 * s + 2 * hi] * up, values[4 * s + 2 * hi + 1] * up);
+          const uint32_t address = base + tile_offset(row, 8 * block + 2 * s + hi) + 4 * q4;
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(*reinterpret_cast<const uint32_t*>(&h))
+                       : "memory");
+        }
+      }
+      if (lane_ < 8) {
+        const int rq4 = lane_ >> 1, half = lane_ & 1;
+        const uint32_t rope_words[4] = {ropes[i].x, ropes[i].y, ropes[i].z, ropes[i].w};
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          const int s = 2 * half + m / 2;  // k-step 32 + s: column block 8, step s within it
+          const uint32_t address = base + tile_offset(row, 64 + 2 * s + (m & 1)) + 4 * rq4;
+          asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(address), "r"(rope_words[m]) : "memory");
+        }
+      }
+    }
+    fence_proxy_async();  // Q (st.shared) before the tensor cores read it; a barrier follows
+  }
+
+  // S^T of this warpgroup's 64-token block at `block_raw` (raw tokens 656 bytes apart): total = the latent
+  // scores (scale_g applied, row factor not), rope = the RoPE scores; scales: this thread's two tokens'.
+  __device__ void block_scores(const char* block_raw, uint32_t q_base, float4 (&scales)[2], float (&total)[kAcc],
+                               float (&rope)[kAcc]) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const char* token_rows[2] = {block_raw + (16 * w_ + g) * kFp8TokenBytes,
+                                 block_raw + (16 * w_ + g + 8) * kFp8TokenBytes};
+    scales[0] = *reinterpret_cast<const float4*>(token_rows[0] + kDimV);
+    scales[1] = *reinterpret_cast<const float4*>(token_rows[1] + kDimV);
+    float part[2][kAcc];
+    {
+      uint32_t a[4][4];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        uint4 words[2];
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          words[t] = *reinterpret_cast<const uint4*>(token_rows[t] + (33 + 2 * q4 + half) * 16);
+        }
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          uint32_t(&fragment)[4] = a[2 * half + m];
+          fragment[0] = word_of(words[0], 2 * m);
+          fragment[1] = word_of(words[1], 2 * m);
+          fragment[2] = word_of(words[0], 2 * m + 1);
+          fragment[3] = word_of(words[1], 2 * m + 1);
+          if constexpr (kFp16) {  // the cache's bf16 RoPE against an fp16 query
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+              fragment[r] = pack2<true>(__uint_as_float(fragment[r] << 16), __uint_as_float(fragment[r] & 0xffff0000u));
+            }
+          }
+        }
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < 4; ++s) wgmma_register_a<kN, kFp16>(rope, a[s], k_step_descriptor(q_base, 32 + s), s > 0);
+    }
+    // NOTE: the next group's bytes are loaded before the wait for the previous group, so the loads'
+    // latency hides behind the MMAs.
+    const auto load_chunk = [&](int jj, uint4(&x)[2]) {
+      const int chunk = 8 * (jj >> 1) + 2 * q4 + (jj & 1);
+      x[0] = *reinterpret_cast<const uint4*>(token_rows[0] + 16 * chunk);
+      x[1] = *reinterpret_cast<const uint4*>(token_rows[1] + 16 * chunk);
+    };
+    uint4 x[2];
+    load_chunk(0, x);
+#pragma unroll
+    for (int jj = 0; jj < 8; ++jj) {
+      uint32_t a[4][4];
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        e4m3x4_to_f16x2x2(word_of(x[0], s), a[s][0], a[s][2]);
+        e4m3x4_to_f16x2x2(word_of(x[1], s), a[s][1], a[s][3]);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        wgmma_register_a<kN, true>(part[(jj >> 1) & 1], a[s], k_step_descriptor(q_base, 4 * jj + s), (jj & 1) || s > 0);
+      }
+      wgmma_commit();
+      if (jj + 1 < 8) load_chunk(jj + 1, x);
+      if (jj >= 1) {
+        wgmma_wait<1>();  // k-step group jj - 1 (with the RoPE steps at jj = 1) has landed
+        if ((jj & 1) == 0) fold_group((jj - 1) >> 1, part[((jj - 1) >> 1) & 1], scales, total);
+      }
+    }
+    wgmma_wait<0>();
+    fold_group(3, part[1], scales, total);
+#pragma unroll
+    for (int e = 0; e < kAcc; ++e) fence_operand(rope[e]);
+  }
+
+  // total (+)= scale_group(token) * part, once group `group`'s k-steps have landed.
+  __device__ static __forceinline__ void fold_group(int group, float (&part)[kAcc], const float4 (&scales)[2],
+                                                    float (&total)[kAcc]) {
+#pragma unroll
+    for (int e = 0; e < kAcc; ++e) {
+      fence_operand(part[e]);
+      const float scale = component(scales[(e >> 1) & 1], group);
+      total[e] = group == 0 ? scale * part[e] : fmaf(scale, part[e], total[e]);
+    }
+  }
+
+  // The two m-tiles (sub 0 -> even, 1 -> odd) of channel group `group` for the k-step of tokens t0 + {0, 1,
+  // 8, 9} (t0 = 16 k + 2 q4) of the tokens at `raw`, times the tokens' f16 weights (`weights`: the group's
+  // row of them, indexed by the same tokens) unless it is null (the weights are then on P).
+  __device__ __forceinline__ void convert_v(const char* raw, const char* weights, int t0, int group,
+                                            uint32_t (&even)[4], uint32_t (&odd)[4]) const {
+    uint32_t x[4];
+    load_v(raw, t0, group, x);
+    convert_v(x, weights, t0, even, odd);
+  }
+  // The bytes convert_v converts: 4 channels of tokens t0, t0 + 1, t0 + 8, t0 + 9.
+  __device__ __forceinline__ void load_v(const char* raw, int t0, int group, uint32_t (&x)[4]) const {
+    const char* column = raw + 128 * group + 32 * w_ + 4 * (lane_ >> 2);
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+      x[t] = *reinterpret_cast<const uint32_t*>(column + (t0 + (t & 1) + 8 * (t >> 1)) * kFp8TokenBytes);
+  }
+  __device__ __forceinline__ void convert_v(const uint32_t (&x)[4], const char* weights, int t0, uint32_t (&even)[4],
+                                            uint32_t (&odd)[4]) const {
+    const uint32_t x0 = x[0], x1 = x[1], x8 = x[2], x9 = x[3];
+    e4m3x4_to_f16x2x2(__byte_perm(x0, x1, 0x5140), even[0], even[1]);
+    e4m3x4_to_f16x2x2(__byte_perm(x0, x1, 0x7362), odd[0], odd[1]);
+    e4m3x4_to_f16x2x2(__byte_perm(x8, x9, 0x5140), even[2], even[3]);
+    e4m3x4_to_f16x2x2(__byte_perm(x8, x9, 0x7362), odd[2], odd[3]);
+    if (weights == nullptr) return;
+    const uint32_t w01 = *reinterpret_cast<const uint32_t*>(weights + t0 * 2);
+    const uint32_t w89 = *reinterpret_cast<const uint32_t*>(weights + (t0 + 8) * 2);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const uint32_t weight = r < 2 ? w01 : w89;
+      const __half2 scaled_even =
+          __hmul2(*reinterpret_cast<const __half2*>(&even[r]), *reinterpret_cast<const __half2*>(&weight));
+      const __half2 scaled_odd =
+          __hmul2(*reinterpret_cast<const __half2*>(&odd[r]), *reinterpret_cast<const __half2*>(&weight));
+      even[r] = *reinterpret_cast<const uint32_t*>(&scaled_even);
+      odd[r] = *reinterpret_cast<const uint32_t*>(&scaled_odd);
+    }
+  }
+
+  // Scores of `total` / `rope` (block_scores) scaled into the log2 domain and masked: tokens at sequence
+  // position block_start + 16 w + g + 8 t, this thread's, at or past the row's limit get -inf.
+  __device__ void scaled_scores(const Piece& piece, int block_start, const float (&total)[kAcc],
+                                const float (&rope)[kAcc], float (&s)[kAcc]) const {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+#pragma unroll
+    for (int e = 0; e < kAcc; ++e) {
+      const int row = element_row(e, q4);
+      const int r = m_block_ * kTileRows + row;
+      int limit = piece.token_end;
+      if (p_.causal) limit = min(limit, piece.seqlen - p_.s_q + r / p_.group + 1);
+      const int position = block_start + 16 * w_ + g + 8 * ((e >> 1) & 1);
+      const float score = fmaf(row_factor_[row], total[e], rope[e]);
+      s[e] = position < limit ? score * p_.scale_log2 : -INFINITY;
+    }
+  }
+
+  // Row ri's running max takes in the block's maximum; its two scores become P = 2^(s - max) and join the
+  // row sum (this thread's tokens). Returns the factor of the row's earlier accumulators.
+  __device__ static __forceinline__ float softmax_row(int ri, float block_max, float (&row_max)[kRows],
+                                                      float (&row_sum)[kRows], float (&s)[kAcc]) {
+    const float new_max = fmaxf(row_max[ri], block_max);
+    const float base = new_max == -INFINITY ? 0.0f : new_max;
+    const float rescale = fast_exp2(row_max[ri] - base);
+    row_max[ri] = new_max;
+    const int e = 4 * (ri >> 1) + (ri & 1);
+    s[e] = fast_exp2(s[e] - base);
+    s[e + 2] = fast_exp2(s[e + 2] - base);
+    row_sum[ri] = row_sum[ri] * rescale + (s[e] + s[e + 2]);
+    return rescale;
+  }
+  // Accumulator tile i (of channel group i / 2 in group_ratio's numbering) times its rows' rescale and
+  // its group's ratio of old to new units; skipped when nothing moved in the warp.
+  template <int kTiles, int kGroups>
+  __device__ static __forceinline__ void rescale_accumulators(float (&acc)[kTiles][kAcc], const float (&rescale)[kRows],
+                                                              const float (&group_ratio)[kGroups], bool moved) {
+    if (!__any_sync(0xffffffffu, moved)) return;
+#pragma unroll
+    for (int i = 0; i < kTiles; ++i) {
+#pragma unroll
+      for (int e = 0; e < kAcc; ++e) acc[i][e] *= rescale[2 * (e >> 2) + (e & 1)] * group_ratio[i >> 1];
+    }
+  }
+
+  // The warp's maxima over its 16 tokens: of each of this thread's rows (row_max[ri]), and for lanes < 4 of
+  // group `lane`'s scales (the return value; 0 in the other lanes).
+  __device__ float warp_maxima(const float (&s)[kAcc], const float4 (&scales)[2], float (&row_max)[kRows]) const {
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      const int e = 4 * (ri >> 1) + (ri & 1);
+      float local = fmaxf(s[e], s[e + 2]);
+#pragma unroll
+      for (int offset = 4; offset < 32; offset *= 2) local = fmaxf(local, __shfl_xor_sync(0xffffffffu, local, offset));
+      row_max[ri] = local;
+    }
+    float scale_max[4];
+#pragma unroll
+    for (int group = 0; group < 4; ++group) {
+      float m = fmaxf(component(scales[0], group), component(scales[1], group));
+#pragma unroll
+      for (int offset = 4; offset < 32; offset *= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, offset));
+      scale_max[group] = m;
+    }
+    return lane_ < 4 ? component(make_float4(scale_max[0], scale_max[1], scale_max[2], scale_max[3]), lane_) : 0.0f;
+  }
+
+  // P (f16) of this thread's tokens into the plane at p_base (kN rows x 128 tokens, two column blocks):
+  // matrix (j, t) is tokens token_base + 8 t .. + 7 of the plane x rows 8 j .. 8 j + 7, stored transposed.
+  // weight[t]: the factor of the thread's token t (1 for unscaled P).
+  __device__ __forceinline__ void store_p(uint32_t p_base, int token_base, const float (&s)[kAcc],
+                                          const float (&weight)[2] = {1.0f, 1.0f}) const {
+    const int l = lane_ & 7, matrix = lane_ >> 3;
+#pragma unroll
+    for (int jp = 0; jp < kN / 16; ++jp) {
+      const int j = 2 * jp + (matrix >> 1), t = matrix & 1;
+      const uint32_t address = p_base + tile_offset(8 * j + l, (token_base >> 3) + t);
+      const int e0 = 8 * jp;  // elements of j = 2 jp: e0 .. e0 + 3; of j = 2 jp + 1: e0 + 4 ..
+      stmatrix_x4_trans(address, pack2<true>(s[e0] * weight[0], s[e0 + 1] * weight[0]),
+                        pack2<true>(s[e0 + 2] * weight[1], s[e0 + 3] * weight[1]),
+                        pack2<true>(s[e0 + 4] * weight[0], s[e0 + 5] * weight[0]),
+                        pack2<true>(s[e0 + 6] * weight[1], s[e0 + 7] * weight[1]));
+    }
+  }
+
+  // Writes channels `channel` .. + 3 of row r (a row of this CTA, < p.rows) of the piece: to out, or to the
+  // split's fp32 slot.
+  __device__ __forceinline__ void write_four(const Piece& piece, int r, int channel, float v0, float v1, float v2,
+                                             float v3) const {
+    const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+    if (piece.only_piece) {
+      uint16_t* out = static_cast<uint16_t*>(p_.out) + piece.batch * p_.out_batch_stride + token * p_.out_token_stride +
+                      head * p_.out_head_stride;
+      *reinterpret_cast<uint2*>(out + channel) = make_uint2(pack2<kFp16>(v0, v1), pack2<kFp16>(v2, v3));
+    } else {
+      const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k_) * p_.rows + r;
+      *reinterpret_cast<float4*>(p_.out_accum + slot_row * kDimV + channel) = make_float4(v0, v1, v2, v3);
+    }
+  }
+  // The lse of row r from its sum and running max (log2 domain).
+  __device__ __forceinline__ void write_lse(const Piece& piece, int r, float sum, float max_log2) const {
+    const int token = r / p_.group, head = head_k_ * p_.group + r % p_.group;
+    if (piece.only_piece) {
+      p_.softmax_lse[piece.batch * p_.lse_batch_stride + head * p_.lse_head_stride + token * p_.lse_token_stride] =
+          sum == 0.0f ? INFINITY : (log2f(sum) + max_log2) / kLog2e;
+    } else {
+      const int64_t slot_row = (static_cast<int64_t>(piece.slot) * p_.h_kv + head_k_) * p_.rows + r;
+      p_.lse_accum[slot_row] = sum == 0.0f ? -INFINITY : log2f(sum) + max_log2;
+    }
+  }
+
+  const DecodeParams& p_;
+  char* smem_ = nullptr;  // 1024-byte aligned
+  float* row_factor_ = nullptr;
+  uint32_t barriers_ = 0;    // one mbarrier per raw stage
+  uint32_t phase_bits_ = 0;  // bit s: the parity of raw stage s's next completion
+  // The running largest scale per group in the piece (of the CTA's tokens, or in Fp8TransposedWgDecoder
+  // of the warpgroup's): the units of the accumulators.
+  float group_max_[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  int warp_ = 0, lane_ = 0, wg_ = 0, w_ = 0, head_k_ = 0, m_block_ = 0;
+};
+
+// 'wgmma_fp8_transposed' (FF_MLA_FP8=transposed): kN = 16 (<= 16 rows) or 32 (17..32 rows). A round is
+// two 64-token blocks in adjacent raw stages (four stages: two rounds in flight, as Fp8Decoder's
+// channel-split mode):
+//   S^T   warpgroup wg: block wg of the round (block_scores);
+//   softmax  the rows' maxima over the 8 warps through shared memory (every thread then holds the same
+//         running max of its kN / 4 rows); P (f16, unscaled) into one plane, kN rows x 128 tokens, by
+//         stmatrix.trans (the S^T accumulator of 8 tokens x 8 rows is a transposed 8 x 8 matrix); the
+//         tokens' weights beside it;
+//   O^T   warpgroup wg: channel groups 2 wg and 2 wg + 1 (4 m-tiles of 64 channels) x kN rows over the
+//         round's 128 tokens (8 k-steps of convert_v operands).
+// Shared memory: raw stages (4 x 41,984 B) | Q^T (9 column blocks of kN x 128 B) | P (2 column
+// blocks) | weights | row maxima | scale maxima | row factors | mbarriers; the tiles 1024-byte aligned.
+template <bool kFp16, int kN>
+class Fp8TransposedDecoder : Fp8TransposedBase<kFp16, kN> {
+  using Base = Fp8TransposedBase<kFp16, kN>;
+  using Base::component, Base::thread_row;
+  using Base::group_max_;
+  using Base::kAcc, Base::kRows, Base::kBlockBytes;
+  using Base::p_, Base::smem_, Base::row_factor_, Base::warp_, Base::lane_, Base::wg_, Base::w_, Base::m_block_;
+  static constexpr int kStages = 4;
+  static constexpr int kRoundTokens = 2 * kTileRows;
+  static constexpr int kRoundStages = kStages / 2;
+  static constexpr int kRawOffset = 0;
+  static constexpr int kQOffset = kStages * kRawTileBytes;
+  static constexpr int kPOffset = kQOffset + kColumnBlocks * kBlockBytes;
+  static constexpr int kWeightOffset = kPOffset + 2 * kBlockBytes;
+  static constexpr int kExchangeOffset = kWeightOffset + 4 * kRoundTokens * 2;
+  static constexpr int kScaleMaxOffset = kExchangeOffset + kN * 8 * 4;
+  static constexpr int kFactorOffset = kScaleMaxOffset + 2 * 4 * 4;
+  static constexpr int kBarrierOffset = kFactorOffset + kN * 4;
+  static_assert(kQOffset % 1024 == 0 && kPOffset % 1024 == 0 && kBlockBytes % 1024 == 0, "swizzled tiles");
+
+ public:
+  static constexpr int kSmemBytes = kBarrierOffset + kStages * 8 + 1024;  // + alignment slack
+  static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
+
+  __device__ Fp8TransposedDecoder(const DecodeParams& p, char* smem)
+      : Base(p, smem, kFactorOffset, kBarrierOffset, kStages) {
+    block_scale_max_ = reinterpret_cast<int*>(smem_ + kScaleMaxOffset);
+  }
+
+  __device__ void run_piece(const Piece& piece) {
+    const int num_kv_blocks = Base::block_count(piece);
+    const int first_block = piece.token_begin / kTileRows;
+    const int end_block = first_block + num_kv_blocks;
+    float acc[4][kAcc], row_max[kRows], row_sum[kRows];
+    this->start_piece(acc, row_max, row_sum);
+    if (threadIdx.x < 8) block_scale_max_[threadIdx.x] = 0;  // visible after the first loop barrier
+
+    const int num_rounds = (num_kv_blocks + 1) / 2;
+    const auto round_physical = [&](int round, int b) {
+      const int block = first_block + 2 * round + b;
+      return block < end_block ? this->physical_block(piece, block) : -1;
+    };
+    if (num_rounds > 0) {
+#pragma unroll
+      for (int b = 0; b < 2; ++b) load_block(piece, first_block + b, b, round_physical(0, b));
+    }
+    int next_physical[2] = {num_rounds > 1 ? round_physical(1, 0) : -1, num_rounds > 1 ? round_physical(1, 1) : -1};
+    this->load_q(piece.batch, kQOffset);
+
+    for (int j = 0; j < num_rounds; ++j) {
+      const int stage0 = (j % kRoundStages) * 2;
+#pragma unroll
+      for (int b = 0; b < 2; ++b) this->wait_stage(stage0 + b);
+      __syncthreads();  // Q visible to all; every warp is done with round j - 1's stages
+      if (j + 1 < num_rounds) {
+        const int stage = ((j + 1) % kRoundStages) * 2;
+#pragma unroll
+        for (int b = 0; b < 2; ++b) load_block(piece, first_block + 2 * (j + 1) + b, stage + b, next_physical[b]);
+      }
+#pragma unroll
+      for (int b = 0; b < 2; ++b) next_physical[b] = j + 2 < num_rounds ? round_physical(j + 2, b) : -1;
+      compute_round(smem_ + kRawOffset + stage0 * kRawTileBytes, (first_block + 2 * j) * kTileRows, j & 1, piece, acc,
+                    row_max, row_sum);
+    }
+    finish_piece(piece, acc, row_max, row_sum);
+    __syncthreads();  // the next piece reuses every buffer
+  }
+
+ private:
+  __device__ __forceinline__ void load_block(const Piece& piece, int block, int stage, int physical) {
+    load_fp8_block<0>(p_, this->head_k_, piece, block, smem_address(smem_ + kRawOffset + stage * kRawTileBytes),
+                      this->barriers_ + 8 * stage, physical);
+  }
+
+  // One round: 128 tokens at `raw` (two stages), the first at sequence position round_start.
+  __device__ void compute_round(const char* raw, int round_start, int parity, const Piece& piece, float (&acc)[4][kAcc],
+                                float (&row_max)[kRows], float (&row_sum)[kRows]) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    const int token0 = 64 * wg_ + 16 * w_ + g;  // this thread's tokens of the round: token0, token0 + 8
+    float4 scales[2];
+    float total[kAcc], rope[kAcc], s[kAcc];
+    this->block_scores(raw + 64 * wg_ * kFp8TokenBytes, smem_address(smem_ + kQOffset), scales, total, rope);
+    this->scaled_scores(piece, round_start + 64 * wg_, total, rope, s);
+
+    // This warp's row maxima into the exchange (row, warp); the groups' largest scales into the block's.
+    float* exchange = reinterpret_cast<float*>(smem_ + kExchangeOffset);
+    {
+      float local[kRows];
+      const float scale_max = this->warp_maxima(s, scales, local);
+#pragma unroll
+      for (int ri = 0; ri < kRows; ++ri) {
+        if (g == 0) exchange[thread_row(ri, q4) * 8 + warp_] = local[ri];
+      }
+      if (lane_ < 4) atomicMax(block_scale_max_ + 4 * parity + lane_, __float_as_int(scale_max));
+    }
+    __syncthreads();
+
+    float group_ratio[2];  // old / new group_max of groups 2 wg and 2 wg + 1
+    float inverse_group_max[4];
+    {
+      const int4 bits = *reinterpret_cast<const int4*>(block_scale_max_ + 4 * parity);
+      float ratio[4];
+      this->update_group_maxima(
+          make_float4(__int_as_float(bits.x), __int_as_float(bits.y), __int_as_float(bits.z), __int_as_float(bits.w)),
+          inverse_group_max, ratio);
+      group_ratio[0] = wg_ == 0 ? ratio[0] : ratio[2];  // selected, not indexed
+      group_ratio[1] = wg_ == 0 ? ratio[1] : ratio[3];
+    }
+    float rescale[kRows];
+    bool moved = group_ratio[0] != 1.0f || group_ratio[1] != 1.0f;
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      const int row = thread_row(ri, q4);
+      const float4 low = *reinterpret_cast<const float4*>(exchange + row * 8);
+      const float4 high = *reinterpret_cast<const float4*>(exchange + row * 8 + 4);
+      const float block_max =
+          fmaxf(fmaxf(fmaxf(low.x, low.y), fmaxf(low.z, low.w)), fmaxf(fmaxf(high.x, high.y), fmaxf(high.z, high.w)));
+      rescale[ri] = softmax_row(ri, block_max, row_max, row_sum, s);
+      moved = moved || rescale[ri] != 1.0f;
+    }
+    rescale_accumulators(acc, rescale, group_ratio, moved);
+    const uint32_t p_base = smem_address(smem_ + kPOffset);
+    this->store_p(p_base, token0 - g, s);
+    if (q4 == 0) {
+      auto* weights = reinterpret_cast<__half*>(smem_ + kWeightOffset);
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int group = 0; group < 4; ++group) {
+          weights[group * kRoundTokens + token0 + 8 * t] =
+              __float2half_rn(component(scales[t], group) * inverse_group_max[group]);
+        }
+      }
+    }
+    fence_proxy_async();  // P (stmatrix) before the tensor cores read it
+    __syncthreads();
+    if (threadIdx.x < 4) block_scale_max_[4 * parity + threadIdx.x] = 0;  // for round j + 2
+
+    // O^T: 8 k-steps of 16 tokens, 4 m-tiles each; the next k-step's operands convert while one runs.
+    const char* weights = smem_ + kWeightOffset;
+    uint32_t a[2][4][4];
+    const auto convert = [&](int k, uint32_t(&fragment)[4][4]) {
+#pragma unroll
+      for (int gg = 0; gg < 2; ++gg) {
+        const int group = 2 * wg_ + gg;
+        this->convert_v(raw, weights + group * kRoundTokens * 2, 16 * k + 2 * q4, group, fragment[2 * gg],
+                        fragment[2 * gg + 1]);
+      }
+    };
+    convert(0, a[0]);
+#pragma unroll
+    for (int k = 0; k < kRoundTokens / 16; ++k) {
+      wgmma_fence();
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        wgmma_register_a<kN, true>(acc[i], a[k & 1][i], Base::k_step_descriptor(p_base, k), 1);
+      }
+      wgmma_commit();
+      if (k + 1 < kRoundTokens / 16) {
+        wgmma_wait<1>();  // k-step k - 1 has landed: its operand registers are free
+        convert(k + 1, a[(k + 1) & 1]);
+      }
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int e = 0; e < kAcc; ++e) fence_operand(acc[i][e]);
+    }
+  }
+
+  // The row sums over the 8 warps, then each thread writes its 4 channels per group of each of its rows.
+  __device__ void finish_piece(const Piece& piece, float (&acc)[4][kAcc], const float (&row_max)[kRows],
+                               const float (&row_sum)[kRows]) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    float* exchange = reinterpret_cast<float*>(smem_ + kExchangeOffset);
+    __syncthreads();  // everyone is done with the exchange's row maxima
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      float partial = row_sum[ri];
+#pragma unroll
+      for (int offset = 4; offset < 32; offset *= 2) partial += __shfl_xor_sync(0xffffffffu, partial, offset);
+      if (g == 0) exchange[thread_row(ri, q4) * 8 + warp_] = partial;
+    }
+    __syncthreads();
+    // acc of m-tiles 2 gg, 2 gg + 1 is in units of group_max_[2 wg + gg] (selected, not indexed).
+    const float units[2] = {wg_ == 0 ? group_max_[0] : group_max_[2], wg_ == 0 ? group_max_[1] : group_max_[3]};
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      const int row = thread_row(ri, q4);
+      const int r = m_block_ * kTileRows + row;
+      if (r >= p_.rows) continue;
+      const float4 low = *reinterpret_cast<const float4*>(exchange + row * 8);
+      const float4 high = *reinterpret_cast<const float4*>(exchange + row * 8 + 4);
+      const float sum = (low.x + low.y) + (low.z + low.w) + (high.x + high.y) + (high.z + high.w);
+      const float inverse = sum == 0.0f ? 0.0f : 1.0f / sum;
+      const int e = 4 * (ri >> 1) + (ri & 1);
+#pragma unroll
+      for (int gg = 0; gg < 2; ++gg) {
+        const float factor = inverse * units[gg];
+        // channels 128 (2 wg + gg) + 32 w + 4 g + {0, 1, 2, 3}: (sub, h) = (0, 0), (0, 1), (1, 0), (1, 1)
+        this->write_four(piece, r, 128 * (2 * wg_ + gg) + 32 * w_ + 4 * g, acc[2 * gg][e] * factor,
+                         acc[2 * gg][e + 2] * factor, acc[2 * gg + 1][e] * factor, acc[2 * gg + 1][e + 2] * factor);
+      }
+      if (warp_ == 0 && g == 0) this->write_lse(piece, r, sum, row_max[ri]);
+    }
+  }
+
+  int* block_scale_max_ = nullptr;  // per round parity, the 4 groups' largest scale (int bits, atomicMax)
+};
+
+// 'wgmma_fp8_transposed_wg' (FF_MLA_FP8=transposed_wg), <= 16 rows: the two warpgroups run apart. Warpgroup
+// wg takes blocks wg, wg + 2, ... of the piece, each into one of its own two raw stages (wg, wg + 2), with
+// its own softmax state, group maxima, loads and 128-thread barriers, so one warpgroup's conversions and
+// softmax overlap the other's MMAs (in 'wgmma_fp8_transposed' both wait at three CTA barriers per
+// round). Per block:
+//   S^T   block_scores of its 64 tokens;
+//   softmax  row maxima over the warpgroup's 4 warps; P * scale_g / group_max_g into its own 4 planes
+//         (16 rows x 64 tokens, one per group g: the weights on P, not on V);
+//   O^T   all 512 channels (8 m-tiles: group i / 2, sub i % 2) x 16 rows over the block's 64 tokens
+//         (4 k-steps).
+// The two states merge once per piece: warpgroup 1 hands its accumulators, row maxima, row sums and
+// group maxima to warpgroup 0 through its own raw stage, idle by then.
+// Two 128-thread barriers per block: after the row maxima (the warpgroup's next load goes out there, into
+// the stage of the block before) and after P.
+// Shared memory: raw stages (4) | Q^T | per warpgroup: 4 P planes, row maxima, scale maxima | row factors |
+// mbarriers.
+template <bool kFp16>
+class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
+  static constexpr int kN = 16;
+  using Base = Fp8TransposedBase<kFp16, kN>;
+  using Base::component, Base::thread_row;
+  using Base::group_max_;
+  using Base::kAcc, Base::kRows, Base::kBlockBytes;
+  using Base::p_, Base::smem_, Base::warp_, Base::lane_, Base::wg_, Base::w_, Base::m_block_;
+  static constexpr int kStages = 4;
+  static constexpr int kRawOffset = 0;
+  static constexpr int kQOffset = kStages * kRawTileBytes;
+  static constexpr int kPOffset = kQOffset + kColumnBlocks * kBlockBytes;   // [wg][group] 64-token planes
+  static constexpr int kExchangeOffset = kPOffset + 2 * 4 * kBlockBytes;    // [wg][row][warp] floats
+  static constexpr int kScaleMaxOffset = kExchangeOffset + 2 * kN * 4 * 4;  // [wg][warp][group] floats
+  static constexpr int kFactorOffset = kScaleMaxOffset + 2 * 4 * 4 * 4;
+  static constexpr int kBarrierOffset = kFactorOffset + kN * 4;
+  static constexpr int kAccTiles = 8;  // m-tiles of O^T per warpgroup
+  // The hand-off of warpgroup 1's state (floats, thread-minor): accumulators, row maxima, row sums, group maxima.
+  static constexpr int kHandoffFloats = (kAccTiles * kAcc + 2 * kRows) * 128 + 4;
+  static_assert(kHandoffFloats * 4 <= kRawTileBytes, "the hand-off fits in one raw stage");
+  static_assert(kQOffset % 1024 == 0 && kPOffset % 1024 == 0, "swizzled tiles");
+
+ public:
+  static constexpr int kSmemBytes = kBarrierOffset + kStages * 8 + 1024;  // + alignment slack
+  static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
+
+  __device__ Fp8TransposedWgDecoder(const DecodeParams& p, char* smem)
+      : Base(p, smem, kFactorOffset, kBarrierOffset, kStages) {}
+
+  __device__ void run_piece(const Piece& piece) {
+    const int num_kv_blocks = Base::block_count(piece);
+    const int first_block = piece.token_begin / kTileRows;
+    const int my_blocks = num_kv_blocks > wg_ ? (num_kv_blocks - wg_ + 1) / 2 : 0;
+    float acc[kAccTiles][kAcc], row_max[kRows], row_sum[kRows];
+    this->start_piece(acc, row_max, row_sum);
+    const auto block_of = [&](int i) { return first_block + wg_ + 2 * i; };
+    const auto physical_of = [&](int i) { return i < my_blocks ? this->physical_block(piece, block_of(i)) : -1; };
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      if (i < my_blocks) load_block(piece, block_of(i), wg_ + 2 * i, physical_of(i));
+    }
+    int next_physical = physical_of(2);  // of block i + 1 at block i >= 1
+    this->load_q(piece.batch, kQOffset);
+    __syncthreads();  // Q (and the zero fills of the first blocks) visible to both warpgroups
+
+    for (int i = 0; i < my_blocks; ++i) {
+      const int stage = wg_ + 2 * (i & 1);
+      this->wait_stage(stage);
+      // Past the first barrier of block i, every warp of the warpgroup is done with block i - 1: its stage
+      // takes block i + 1 (blocks 0 and 1 came before the loop).
+      const auto load_next = [&] {
+        if (i >= 1 && i + 1 < my_blocks) load_block(piece, block_of(i + 1), wg_ + 2 * ((i + 1) & 1), next_physical);
+        if (i >= 1) next_physical = physical_of(i + 2);
+      };
+      compute_block(smem_ + kRawOffset + stage * kRawTileBytes, block_of(i) * kTileRows, piece, acc, row_max, row_sum,
+                    load_next);
+    }
+    group_barrier_sync(1 + wg_);  // every warp of the warpgroup is done with its exchange
+    finish_piece(piece, acc, row_max, row_sum);
+    __syncthreads();  // the next piece reuses every buffer
+  }
+
+ private:
+  // The warpgroup's 128 threads load; its first warp copies.
+  __device__ __forceinline__ void load_block(const Piece& piece, int block, int stage, int physical) {
+    load_fp8_block<0>(p_, this->head_k_, piece, block, smem_address(smem_ + kRawOffset + stage * kRawTileBytes),
+                      this->barriers_ + 8 * stage, physical, static_cast<int>(threadIdx.x) % 128, 128);
+  }
+
+  // One 64-token block at `raw`, the first token at sequence position block_start; `after_maxima` runs once
+  // every warp of the warpgroup has posted its maxima (so is done with the previous block).
+  template <class AfterMaxima>
+  __device__ void compute_block(const char* raw, int block_start, const Piece& piece, float (&acc)[kAccTiles][kAcc],
+                                float (&row_max)[kRows], float (&row_sum)[kRows], const AfterMaxima& after_maxima) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    float4 scales[2];
+    float total[kAcc], rope[kAcc], s[kAcc];
+    this->block_scores(raw, smem_address(smem_ + kQOffset), scales, total, rope);
+    this->scaled_scores(piece, block_start, total, rope, s);
+
+    float* exchange = reinterpret_cast<float*>(smem_ + kExchangeOffset) + wg_ * kN * 4;
+    float* scale_slots = reinterpret_cast<float*>(smem_ + kScaleMaxOffset) + wg_ * 16;
+    {
+      float local[kRows];
+      const float scale_max = this->warp_maxima(s, scales, local);
+#pragma unroll
+      for (int ri = 0; ri < kRows; ++ri) {
+        if (g == 0) exchange[thread_row(ri, q4) * 4 + w_] = local[ri];
+      }
+      if (lane_ < 4) scale_slots[4 * w_ + lane_] = scale_max;
+    }
+    group_barrier_sync(1 + wg_);
+    after_maxima();
+
+    float group_ratio[4], inverse_group_max[4];
+    {
+      float4 block_max = *reinterpret_cast<const float4*>(scale_slots);
+#pragma unroll
+      for (int w = 1; w < 4; ++w) {
+        const float4 other = *reinterpret_cast<const float4*>(scale_slots + 4 * w);
+        block_max = make_float4(fmaxf(block_max.x, other.x), fmaxf(block_max.y, other.y), fmaxf(block_max.z, other.z),
+                                fmaxf(block_max.w, other.w));
+      }
+      this->update_group_maxima(block_max, inverse_group_max, group_ratio);
+    }
+    float rescale[kRows];
+    bool moved = group_ratio[0] != 1.0f || group_ratio[1] != 1.0f || group_ratio[2] != 1.0f || group_ratio[3] != 1.0f;
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      const float4 maxima = *reinterpret_cast<const float4*>(exchange + thread_row(ri, q4) * 4);
+      const float block_max = fmaxf(fmaxf(maxima.x, maxima.y), fmaxf(maxima.z, maxima.w));
+      rescale[ri] = softmax_row(ri, block_max, row_max, row_sum, s);
+      moved = moved || rescale[ri] != 1.0f;
+    }
+    rescale_accumulators(acc, rescale, group_ratio, moved);
+    // Plane g: P * scale_g / group_max_g (f16, <= 1), the B operand of group g's m-tiles.
+    const uint32_t p_base = smem_address(smem_ + kPOffset + wg_ * 4 * kBlockBytes);
+#pragma unroll
+    for (int group = 0; group < 4; ++group) {
+      const float weight[2] = {component(scales[0], group) * inverse_group_max[group],
+                               component(scales[1], group) * inverse_group_max[group]};
+      this->store_p(p_base + group * kBlockBytes, 16 * w_, s, weight);
+    }
+    fence_proxy_async();  // P (stmatrix) before the tensor cores read it
+    group_barrier_sync(1 + wg_);
+
+    // O^T: 4 k-steps of 16 tokens in half-steps of two groups (4 m-tiles); the next half-step's bytes are
+    // loaded before the wait for the previous one and converted after it, while this one runs.
+    constexpr int kHalfSteps = 2 * (kTileRows / 16);
+    const auto load = [&](int h, uint32_t(&x)[2][4]) {
+#pragma unroll
+      for (int gg = 0; gg < 2; ++gg) this->load_v(raw, 16 * (h >> 1) + 2 * q4, 2 * (h & 1) + gg, x[gg]);
+    };
+    const auto convert = [&](int h, const uint32_t(&x)[2][4], uint32_t(&fragment)[4][4]) {
+#pragma unroll
+      for (int gg = 0; gg < 2; ++gg) {
+        this->convert_v(x[gg], nullptr, 16 * (h >> 1) + 2 * q4, fragment[2 * gg], fragment[2 * gg + 1]);
+      }
+    };
+    uint32_t x[2][4], a[2][4][4];
+    load(0, x);
+    convert(0, x, a[0]);
+#pragma unroll
+    for (int h = 0; h < kHalfSteps; ++h) {
+      wgmma_fence();
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const int i = 4 * (h & 1) + m;  // m-tile: group i / 2
+        wgmma_register_a<kN, true>(acc[i], a[h & 1][m],
+                                   Base::k_step_descriptor(p_base + (i >> 1) * kBlockBytes, h >> 1), 1);
+      }
+      wgmma_commit();
+      if (h + 1 < kHalfSteps) {
+        load(h + 1, x);
+        wgmma_wait<1>();  // half-step h - 1 has landed: its operand registers are free
+        convert(h + 1, x, a[(h + 1) & 1]);
+      }
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < kAccTiles; ++i) {
+#pragma unroll
+      for (int e = 0; e < kAcc; ++e) fence_operand(acc[i][e]);
+    }
+  }
+
+  // Each warpgroup's row sums over its 4 warps; warpgroup 1's state to warpgroup 0, which merges (m = max
+  // of the two maxima, each side weighted by 2^(m_side - m), the accumulators back in absolute units from
+  // each side's group maxima) and writes the rows.
+  __device__ void finish_piece(const Piece& piece, float (&acc)[kAccTiles][kAcc], const float (&row_max)[kRows],
+                               const float (&row_sum)[kRows]) {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    float* exchange = reinterpret_cast<float*>(smem_ + kExchangeOffset) + wg_ * kN * 4;
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      float partial = row_sum[ri];
+#pragma unroll
+      for (int offset = 4; offset < 32; offset *= 2) partial += __shfl_xor_sync(0xffffffffu, partial, offset);
+      if (g == 0) exchange[thread_row(ri, q4) * 4 + w_] = partial;
+    }
+    group_barrier_sync(1 + wg_);
+    float sums[kRows];
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      const float4 parts = *reinterpret_cast<const float4*>(exchange + thread_row(ri, q4) * 4);
+      sums[ri] = (parts.x + parts.y) + (parts.z + parts.w);
+    }
+    float* handoff = reinterpret_cast<float*>(smem_ + kRawOffset + 1 * kRawTileBytes);  // warpgroup 1's stage
+    const int t = static_cast<int>(threadIdx.x) % 128;
+    if (wg_ == 1) {
+#pragma unroll
+      for (int i = 0; i < kAccTiles; ++i) {
+#pragma unroll
+        for (int e = 0; e < kAcc; ++e) handoff[(i * kAcc + e) * 128 + t] = acc[i][e];
+      }
+#pragma unroll
+      for (int ri = 0; ri < kRows; ++ri) {
+        handoff[(kAccTiles * kAcc + ri) * 128 + t] = row_max[ri];
+        handoff[(kAccTiles * kAcc + kRows + ri) * 128 + t] = sums[ri];
+      }
+      if (t < 4)
+        handoff[(kAccTiles * kAcc + 2 * kRows) * 128 + t] =
+            component(make_float4(group_max_[0], group_max_[1], group_max_[2], group_max_[3]), t);
+      fence_proxy_async();  // these plain stores come before the next piece's bulk copies into the stage
+    }
+    __syncthreads();
+    if (wg_ != 0) return;
+    const float* their_units = handoff + (kAccTiles * kAcc + 2 * kRows) * 128;
+    float mine[kRows], theirs[kRows], merged_max[kRows], merged_sum[kRows];
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      const float their_max = handoff[(kAccTiles * kAcc + ri) * 128 + t];
+      const float their_sum = handoff[(kAccTiles * kAcc + kRows + ri) * 128 + t];
+      const float new_max = fmaxf(row_max[ri], their_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      mine[ri] = exp2f(row_max[ri] - base);
+      theirs[ri] = exp2f(their_max - base);
+      merged_max[ri] = new_max;
+      merged_sum[ri] = sums[ri] * mine[ri] + their_sum * theirs[ri];
+    }
+#pragma unroll
+    for (int i = 0; i < kAccTiles; ++i) {
+      const float my_units = group_max_[i >> 1], other_units = their_units[i >> 1];
+#pragma unroll
+      for (int e = 0; e < kAcc; ++e) {
+        const int ri = 2 * (e >> 2) + (e & 1);
+        acc[i][e] = acc[i][e] * my_units * mine[ri] + handoff[(i * kAcc + e) * 128 + t] * other_units * theirs[ri];
+      }
+    }
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      const int r = m_block_ * kTileRows + thread_row(ri, q4);
+      if (r >= p_.rows) continue;
+      const float inverse = merged_sum[ri] == 0.0f ? 0.0f : 1.0f / merged_sum[ri];
+      const int e = 4 * (ri >> 1) + (ri & 1);
+#pragma unroll
+      for (int group = 0; group < 4; ++group) {
+        // channels 128 group + 32 w + 4 g + {0, 1, 2, 3}: (sub, h) = (0, 0), (0, 1), (1, 0), (1, 1)
+        this->write_four(piece, r, 128 * group + 32 * w_ + 4 * g, acc[2 * group][e] * inverse,
+                         acc[2 * group][e + 2] * inverse, acc[2 * group + 1][e] * inverse,
+                         acc[2 * group + 1][e + 2] * inverse);
+      }
+      if (w_ == 0 && g == 0) this->write_lse(piece, r, merged_sum[ri], merged_max[ri]);
+    }
+  }
+};
 
 // bf16 / fp16 cache with >= 64 rows: the two warpgroups take different roles so that the tensor cores
 // run one warpgroup's MMAs while the other does its softmax or loads (FlashMLA's split):
@@ -3774,7 +4698,6 @@ __device__ __forceinline__ void named_barrier_arrive_if(int id, int issue) {
       "r"(issue)
       : "memory");
 }
-__device__ __forceinline__ void group_barrier_sync(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
 
 // bf16 / fp16 cache with >= 64 rows, TMA loads: the "seesaw" schedule of FlashMLA's newer kernel, so
 // that one warpgroup's softmax runs while the other's MMAs keep the tensor cores busy. Correct, but
@@ -4375,6 +5298,13 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
     }
   }
   if constexpr (kFp8) {
+    if (kind == KernelKind::kWgmmaFp8TransposedWg && params.rows <= 16) {
+      return launch<Fp8TransposedWgDecoder<kFp16>, kFp16>(params, stream);
+    }
+    if (kind == KernelKind::kWgmmaFp8Transposed) {
+      if (params.rows <= 16) return launch<Fp8TransposedDecoder<kFp16, 16>, kFp16>(params, stream);
+      if (params.rows <= 32) return launch<Fp8TransposedDecoder<kFp16, 32>, kFp16>(params, stream);
+    }
     // Two blocks per round with <= 16 rows only: with 32 the Q tile and the P planes double, and four
     // raw stages no longer fit beside them.
     if (kind == KernelKind::kMmaSyncFp8Pair && params.rows <= 16) {
@@ -4480,6 +5410,10 @@ KernelKind select_kernel(const DecodeParams& params) {
     // The pair and wide kernels exist for <= 16 rows only (shared memory; Fp8Decoder, Fp8WideDecoder).
     if (params.rows <= 16 && fp8_kernel == Fp8Kernel::kPair) return KernelKind::kMmaSyncFp8Pair;
     if (params.rows <= 16 && fp8_kernel == Fp8Kernel::kWide) return KernelKind::kMmaSyncFp8Wide;
+    if (fp8_kernel == Fp8Kernel::kTransposedWg && params.rows <= 16) return KernelKind::kWgmmaFp8TransposedWg;
+    if (fp8_kernel == Fp8Kernel::kTransposed || fp8_kernel == Fp8Kernel::kTransposedWg) {
+      return KernelKind::kWgmmaFp8Transposed;  // transposed_wg exists for <= 16 rows only
+    }
     if (fp8_kernel == Fp8Kernel::kChannels) return KernelKind::kMmaSyncFp8Channels;
     if (fp8_kernel == Fp8Kernel::kChannelsSplitS) return KernelKind::kMmaSyncFp8ChannelsSplitS;
     return KernelKind::kMmaSyncFp8Direct;
@@ -4502,6 +5436,8 @@ const char* kernel_name(KernelKind kind) {
     case KernelKind::kMmaSyncFp8Wide: return "mma_sync_fp8_wide";
     case KernelKind::kMmaSyncFp8Channels: return "mma_sync_fp8_channels";
     case KernelKind::kMmaSyncFp8ChannelsSplitS: return "mma_sync_fp8_channels_split_s";
+    case KernelKind::kWgmmaFp8Transposed: return "wgmma_fp8_transposed";
+    case KernelKind::kWgmmaFp8TransposedWg: return "wgmma_fp8_transposed_wg";
     case KernelKind::kMmaSync: return "mma_sync";
   }
   return "";
