@@ -52,6 +52,7 @@ enum class Schedule : int {
 //            O^T = V^T P^T, K and V^T converted into register operands ("wgmma_fp8_transposed"); <= 32 rows.
 //   kTransposedWg Fp8TransposedWgDecoder: kTransposed with each warpgroup on its own blocks, softmax
 //            state and barriers, merged per piece ("wgmma_fp8_transposed_wg"); <= 16 rows, else kTransposed.
+//   kTransposedWgInt kTransposedWg with V converted on the integer units ("wgmma_fp8_transposed_wg_int").
 enum class Fp8Kernel : int {
   kDefault = 0,
   kDirect = 1,
@@ -61,6 +62,7 @@ enum class Fp8Kernel : int {
   kChannelsSplitS = 5,
   kTransposed = 6,
   kTransposedWg = 7,
+  kTransposedWgInt = 8,
 };
 
 struct DecodeParams {
@@ -156,6 +158,7 @@ enum class KernelKind : int {
   kMmaSyncFp8ChannelsSplitS = 14,  // the channel-split mode with S split over pairs of warps by channels
   kWgmmaFp8Transposed = 15,        // Fp8TransposedDecoder: FP8 cache with <= 32 rows on WGMMA, rows as N
   kWgmmaFp8TransposedWg = 16,      // Fp8TransposedWgDecoder: <= 16 rows, the warpgroups on alternate blocks
+  kWgmmaFp8TransposedWgInt = 17,   // Fp8TransposedWgDecoder<., true>: V converted on the integer units
 };
 // The lean TMA kernels (WgmmaPipelinedDecoder<., 0, true, true, flags>).
 constexpr bool is_lean_tma_kernel(KernelKind kind) {
