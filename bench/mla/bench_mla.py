@@ -356,7 +356,6 @@ FP8_AB_KNOWN = {
     "fp8_channels_split_s": (True, {"FF_MLA_FP8": "channels_split_s"}),
     "fp8_transposed": (True, {"FF_MLA_FP8": "transposed"}),
     "fp8_transposed_wg": (True, {"FF_MLA_FP8": "transposed_wg"}),
-    "fp8_transposed_wg_int": (True, {"FF_MLA_FP8": "transposed_wg_int"}),
     # the bf16 kernel with the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs
     # of lazy rescaling (the FP8 kernels always keep the eager rule)
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),

@@ -292,9 +292,9 @@ def last_cuda_kernel() -> str:
     scale, or when asked for), ``"wgmma_tma_lean_bar3"``, ``"wgmma_tma_lean_fold"``,
     ``"wgmma_tma_lean2_early"``, ``"wgmma_tma"`` (pipelined) and ``"wgmma_seesaw"`` (when asked for),
     ``"wgmma"`` (cp.async loads, and the FP8 cache from 64 rows), ``"mma_sync"`` (forced, or the FP8 cache
-    with 33-63 rows), or for the FP8 cache with <= 32 rows ``"mma_sync_fp8_channels"`` (<= 16 rows) and
-    ``"mma_sync_fp8_channels_split_s"`` (17-32 rows), the other FP8 kernels (``"wgmma_fp8_transposed_wg"``,
-    ``"wgmma_fp8_transposed"``, ``"mma_sync_fp8_*"``) when asked for with ``FF_MLA_FP8``
+    with 33-63 rows), or for the FP8 cache with <= 32 rows ``"wgmma_fp8_transposed_wg"`` (<= 16 rows) and
+    ``"mma_sync_fp8_channels_split_s"`` (17-32 rows), the other FP8 kernels (``"wgmma_fp8_transposed"``,
+    ``"mma_sync_fp8_*"``) when asked for with ``FF_MLA_FP8``
     (docs/mla.md); ``""`` before any. ``FF_MLA_KERNEL=mma_sync`` in the environment makes GPU calls take the
     mma.sync kernels (``FF_MLA_KERNEL=wgmma``: the WGMMA kernel for the FP8 cache below 64 rows too),
     ``FF_MLA_LOADS=cp_async`` keeps the WGMMA kernel's loads on cp.async,

@@ -23,11 +23,10 @@ DEFAULT_TMA_KERNEL = "wgmma_tma_lean2"
 NONPOSITIVE_SCALE_TMA_KERNEL = "wgmma_tma_lean"
 # The FP8-cache kernels the dispatch takes with <= 16 and with 17..32 query rows per KV head (FF_MLA_FP8
 # unset; docs/mla.md): two 64-token blocks per barrier round, or one.
-DEFAULT_FP8_KERNEL_16 = "mma_sync_fp8_channels"
+DEFAULT_FP8_KERNEL_16 = "wgmma_fp8_transposed_wg"
 DEFAULT_FP8_KERNEL_32 = "mma_sync_fp8_channels_split_s"
 # FF_MLA_FP8 names whose kernel is not called mma_sync_fp8_<name>.
-FP8_KERNEL_NAMES = {"transposed": "wgmma_fp8_transposed", "transposed_wg": "wgmma_fp8_transposed_wg",
-                    "transposed_wg_int": "wgmma_fp8_transposed_wg_int"}
+FP8_KERNEL_NAMES = {"transposed": "wgmma_fp8_transposed", "transposed_wg": "wgmma_fp8_transposed_wg"}
 
 
 def cos_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -200,7 +199,7 @@ def test_fp8_cache(causal):
 ])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kernel", ["direct", "pair", "wide", "channels", "channels_split_s", "transposed",
-                                    "transposed_wg", "transposed_wg_int"])
+                                    "transposed_wg"])
 def test_fp8_cache_few_rows(h_q, s_q, h_kv, dtype, q_gain, causal, kernel, monkeypatch):
     """<= 32 query rows per KV head: the kernels whose MMAs read the raw FP8 tiles (FF_MLA_FP8=direct:
     one 64-token block per barrier round, pair: two, wide: 16 warps sharing one softmax, channels: 8 warps
@@ -219,7 +218,7 @@ def test_fp8_cache_few_rows(h_q, s_q, h_kv, dtype, q_gain, causal, kernel, monke
         out, lse = run(q, cache_fp8, block_table, lengths, causal, fp8=True, num_sms=num_sms, h_kv=h_kv)
         # The pair and wide kernels exist for <= 16 rows per KV head; with more the direct one runs.
         expected = "direct" if s_q * h_q // h_kv > 16 and kernel in ("pair", "wide") else kernel
-        expected = "transposed" if s_q * h_q // h_kv > 16 and kernel.startswith("transposed_wg") else expected
+        expected = "transposed" if s_q * h_q // h_kv > 16 and kernel == "transposed_wg" else expected
         assert mla.last_cuda_kernel() == FP8_KERNEL_NAMES.get(expected, f"mma_sync_fp8_{expected}")
         assert out.dtype == dtype
         check(out, lse, ref_out, ref_lse)
@@ -234,12 +233,11 @@ def test_fp8_few_rows_default_route(s_q, expected, monkeypatch):
     cache_fp8 = mla.quantize_kvcache_fp8(cache)
     out, lse = run(q, cache_fp8, block_table, lengths, False, fp8=True, num_sms=9)
     assert mla.last_cuda_kernel() == expected
-    for kernel in ("direct", "pair", "wide", "channels", "channels_split_s", "transposed", "transposed_wg",
-                   "transposed_wg_int"):
+    for kernel in ("direct", "pair", "wide", "channels", "channels_split_s", "transposed", "transposed_wg"):
         monkeypatch.setenv("FF_MLA_FP8", kernel)
         other_out, other_lse = run(q, cache_fp8, block_table, lengths, False, fp8=True, num_sms=9)
         name = "direct" if s_q > 1 and kernel in ("pair", "wide") else kernel
-        name = "transposed" if s_q > 1 and kernel.startswith("transposed_wg") else name
+        name = "transposed" if s_q > 1 and kernel == "transposed_wg" else name
         assert mla.last_cuda_kernel() == FP8_KERNEL_NAMES.get(name, f"mma_sync_fp8_{name}")
         assert cos_diff(out, other_out) < 1e-5
         assert torch.allclose(lse, other_lse, atol=1e-3, rtol=1e-3)

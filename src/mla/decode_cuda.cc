@@ -250,8 +250,7 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
                         : name == "channels_split_s" ? cuda::Fp8Kernel::kChannelsSplitS
                         : name == "transposed" ? cuda::Fp8Kernel::kTransposed
                         : name == "transposed_wg" ? cuda::Fp8Kernel::kTransposedWg
-                        : name == "transposed_wg_int" ? cuda::Fp8Kernel::kTransposedWgInt
-                                                      : cuda::Fp8Kernel::kDefault;
+                                                  : cuda::Fp8Kernel::kDefault;
   }
   if (const char* schedule = std::getenv("FF_MLA_SCHEDULE"); schedule != nullptr) {
     static constexpr std::pair<std::string_view, cuda::Schedule> kSchedules[] = {

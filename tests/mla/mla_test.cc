@@ -34,7 +34,7 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr const char* kDefaultTmaKernel = "wgmma_tma_lean2";
 // The FP8-cache kernels the dispatch takes with <= 16 and with 17..32 query rows per KV head
 // (cuda::kDefaultFp8FewRows16 / kDefaultFp8FewRows32).
-constexpr const char* kDefaultFp8Kernel16 = "mma_sync_fp8_channels";
+constexpr const char* kDefaultFp8Kernel16 = "wgmma_fp8_transposed_wg";
 constexpr const char* kDefaultFp8Kernel32 = "mma_sync_fp8_channels_split_s";
 
 // ---------------------------------------------------------------------------------------------
@@ -754,17 +754,16 @@ const char* expected_fp8_few_rows_kernel(const char* case_kernel, int rows) {
   const char* name = case_kernel != nullptr ? case_kernel : std::getenv("FF_MLA_FP8");
   const std::string_view kernel = name != nullptr ? name : "";
   const bool few_rows_only = kernel == "pair" || kernel == "wide";
-  return rows > 16 && few_rows_only      ? "mma_sync_fp8_direct"
-         : kernel == "direct"            ? "mma_sync_fp8_direct"
-         : kernel == "pair"              ? "mma_sync_fp8_pair"
-         : kernel == "wide"              ? "mma_sync_fp8_wide"
-         : kernel == "channels"          ? "mma_sync_fp8_channels"
-         : kernel == "channels_split_s"  ? "mma_sync_fp8_channels_split_s"
-         : kernel == "transposed"        ? "wgmma_fp8_transposed"
-         : kernel == "transposed_wg"     ? (rows <= 16 ? "wgmma_fp8_transposed_wg" : "wgmma_fp8_transposed")
-         : kernel == "transposed_wg_int" ? (rows <= 16 ? "wgmma_fp8_transposed_wg_int" : "wgmma_fp8_transposed")
-         : rows <= 16                    ? kDefaultFp8Kernel16
-                                         : kDefaultFp8Kernel32;
+  return rows > 16 && few_rows_only     ? "mma_sync_fp8_direct"
+         : kernel == "direct"           ? "mma_sync_fp8_direct"
+         : kernel == "pair"             ? "mma_sync_fp8_pair"
+         : kernel == "wide"             ? "mma_sync_fp8_wide"
+         : kernel == "channels"         ? "mma_sync_fp8_channels"
+         : kernel == "channels_split_s" ? "mma_sync_fp8_channels_split_s"
+         : kernel == "transposed"       ? "wgmma_fp8_transposed"
+         : kernel == "transposed_wg"    ? (rows <= 16 ? "wgmma_fp8_transposed_wg" : "wgmma_fp8_transposed")
+         : rows <= 16                   ? kDefaultFp8Kernel16
+                                        : kDefaultFp8Kernel32;
 }
 
 // Runs the CPU backend and the CUDA backend (output poisoned with NaN first) on the same inputs and
@@ -897,13 +896,12 @@ TEST(CudaDecode, Fp8CacheCausalFp16) {
 }
 
 // The FP8-cache kernels for <= 32 rows per KV head (FF_MLA_FP8=direct, pair, wide, channels,
-// channels_split_s, transposed, transposed_wg, transposed_wg_int): lengths 0 to 500 around
+// channels_split_s, transposed, transposed_wg): lengths 0 to 500 around
 // block and round edges (63..65, 127..129, 191..193) on 5 SMs (split pieces that start on odd blocks,
 // rounds whose second block lies past the piece), long split sequences, unsplit, two KV heads causal,
 // fp16 with two query tokens (32 rows, where "pair" and "wide" run the direct kernel) causal.
 TEST(CudaDecode, Fp8FewRowsKernelsForced) {
-  for (const char* kernel :
-       {"direct", "pair", "wide", "channels", "channels_split_s", "transposed", "transposed_wg", "transposed_wg_int"}) {
+  for (const char* kernel : {"direct", "pair", "wide", "channels", "channels_split_s", "transposed", "transposed_wg"}) {
     SCOPED_TRACE(kernel);
     run_cuda_and_compare({.seqlens = {1, 63, 64, 65, 127, 128, 129, 191, 192, 193, 300, 0, 500},
                           .s_q = 1,

@@ -36,7 +36,7 @@ enum class Schedule : int {
   kLean2Early = 7,
 };
 
-// The FP8-cache kernel for <= 32 query rows per KV head (FF_MLA_FP8=direct, pair or wide in the environment;
+// The FP8-cache kernel for <= 32 query rows per KV head (FF_MLA_FP8=<name> in the environment;
 // kDefault takes kDefaultFp8FewRows16 / kDefaultFp8FewRows32 below):
 //   kDirect  Fp8Decoder<., ., 1>: one 64-token block per barrier round ("mma_sync_fp8_direct");
 //   kPair    Fp8Decoder<., 4, 2>: two blocks per round, one softmax and two barriers per 128 tokens
@@ -52,7 +52,6 @@ enum class Schedule : int {
 //            O^T = V^T P^T, K and V^T converted into register operands ("wgmma_fp8_transposed"); <= 32 rows.
 //   kTransposedWg Fp8TransposedWgDecoder: kTransposed with each warpgroup on its own blocks, softmax
 //            state and barriers, merged per piece ("wgmma_fp8_transposed_wg"); <= 16 rows, else kTransposed.
-//   kTransposedWgInt kTransposedWg with V converted on the integer units ("wgmma_fp8_transposed_wg_int").
 enum class Fp8Kernel : int {
   kDefault = 0,
   kDirect = 1,
@@ -62,7 +61,6 @@ enum class Fp8Kernel : int {
   kChannelsSplitS = 5,
   kTransposed = 6,
   kTransposedWg = 7,
-  kTransposedWgInt = 8,
 };
 
 struct DecodeParams {
@@ -158,7 +156,6 @@ enum class KernelKind : int {
   kMmaSyncFp8ChannelsSplitS = 14,  // the channel-split mode with S split over pairs of warps by channels
   kWgmmaFp8Transposed = 15,        // Fp8TransposedDecoder: FP8 cache with <= 32 rows on WGMMA, rows as N
   kWgmmaFp8TransposedWg = 16,      // Fp8TransposedWgDecoder: <= 16 rows, the warpgroups on alternate blocks
-  kWgmmaFp8TransposedWgInt = 17,   // Fp8TransposedWgDecoder<., true>: V converted on the integer units
 };
 // The lean TMA kernels (WgmmaPipelinedDecoder<., 0, true, true, flags>).
 constexpr bool is_lean_tma_kernel(KernelKind kind) {
@@ -175,14 +172,14 @@ constexpr int kWgmmaMinRows = 64;
 // FF_MLA_SCHEDULE=lean and pipelined keep the kernels before these changes).
 constexpr Schedule kDefaultSchedule = Schedule::kLean2;
 // The FP8-cache kernels the dispatch takes when the environment names none, for <= 16 and for 17..32
-// query rows per KV head: on the H200 (h_q 16, b 128, 4K-32K fixed and variable, 7 rotated rounds in
-// one run, 2026-11-30 23:19 UTC; docs/mla.md), s_q 1: channels 1.80-1.91x the bf16 mma.sync kernel's
-// speed, channels_split_s within 2% of it at 4K-16K and 5% slower at 32K, pair 1.47-1.58x; s_q 2 (32
-// rows, where the pair and wide kernels do not fit): channels_split_s 1.55-1.64x, channels 1.48-1.57x,
-// direct 1.10-1.13x. In the 2026-12-02 A/B (5 rounds, bench/results/mla_h200.json "fp8_ab")
-// channels_split_s was 1-5% faster than channels at 16 rows: the two runs disagree within their spread,
-// so the default stays.
-constexpr Fp8Kernel kDefaultFp8FewRows16 = Fp8Kernel::kChannels;
+// query rows per KV head: on the H200 (h_q 16, b 128, 4K-32K fixed and variable, 5 rotated rounds in one
+// run, 2026-12-02 21:01 UTC, bench/results/mla_fp8_transposed_ab_h200.json; docs/mla.md), s_q 1:
+// transposed_wg 1.33-1.45x the bf16 default's speed, channels_split_s 1.32-1.45x, channels 1.17-1.43x,
+// transposed 1.10-1.20x (transposed_wg ahead from 8K, by up to 10 % at 32K, 2 % behind at 4K fixed);
+// s_q 2 (32 rows): channels_split_s 0.94-1.00x, transposed 0.88-0.93x, channels 0.80-0.95x. The
+// 2026-11-30 23:19 UTC run (mma.sync kernels only) had channels_split_s within 2 % of channels at 16
+// rows and ahead at 32.
+constexpr Fp8Kernel kDefaultFp8FewRows16 = Fp8Kernel::kTransposedWg;
 constexpr Fp8Kernel kDefaultFp8FewRows32 = Fp8Kernel::kChannelsSplitS;
 
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else

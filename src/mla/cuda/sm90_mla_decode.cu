@@ -3742,12 +3742,8 @@ class Fp8TransposedDecoder : Fp8TransposedBase<kFp16, kN> {
 // the stage of the block before) and after P.
 // Shared memory: raw stages (4) | Q^T | per warpgroup: 4 P planes, row maxima, scale maxima | row factors |
 // mbarriers.
-//
-// kIntegerV ('wgmma_fp8_transposed_wg_int', FF_MLA_FP8=transposed_wg_int, an A/B candidate): V's bytes are
-// converted on the integer units instead of by cvt (e4m3_pair_to_f16x2_bits: the e4m3 bits placed into
-// an f16, which then holds the value times 2^-8; the 2^8 goes into the P planes' weights), so that K's
-// and V's conversions run on two pipes.
-template <bool kFp16, bool kIntegerV = false>
+
+template <bool kFp16>
 class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
   static constexpr int kN = 16;
   using Base = Fp8TransposedBase<kFp16, kN>;
@@ -3816,25 +3812,6 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
                       this->barriers_ + 8 * stage, physical, static_cast<int>(threadIdx.x) % 128, 128);
   }
 
-  // Two e4m3 bytes (bits 8..15 and 24..31 of v; the others ignored) as an f16x2 holding the values times 2^-8:
-  // the sign to bit 15, exponent and mantissa to bits 7..13 (e4m3 subnormals land on f16 subnormals).
-  __device__ static __forceinline__ uint32_t e4m3_pair_to_f16x2_bits(uint32_t v) {
-    return (v & 0x80008000u) | ((v >> 1) & 0x3F803F80u);
-  }
-  // convert_v's fragments (unweighted) with the integer conversion: tokens (t0, t1) and (t8, t9) paired.
-  __device__ static __forceinline__ void convert_v_integer(const uint32_t (&x)[4], uint32_t (&even)[4],
-                                                           uint32_t (&odd)[4]) {
-#pragma unroll
-    for (int pair = 0; pair < 2; ++pair) {
-      const uint32_t a = x[2 * pair], b = x[2 * pair + 1];
-      // byte c of both tokens into bits 8..15 (first token) and 24..31 (second); the other bits are not read
-      even[2 * pair] = e4m3_pair_to_f16x2_bits(__byte_perm(a, b, 0x4404));
-      even[2 * pair + 1] = e4m3_pair_to_f16x2_bits(__byte_perm(a, b, 0x5515));
-      odd[2 * pair] = e4m3_pair_to_f16x2_bits(__byte_perm(a, b, 0x6626));
-      odd[2 * pair + 1] = e4m3_pair_to_f16x2_bits(__byte_perm(a, b, 0x7737));
-    }
-  }
-
   // One 64-token block at `raw`, the first token at sequence position block_start; `after_maxima` runs once
   // every warp of the warpgroup has posted its maxima (so is done with the previous block).
   template <class AfterMaxima>
@@ -3881,14 +3858,12 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
       moved = moved || rescale[ri] != 1.0f;
     }
     rescale_accumulators(acc, rescale, group_ratio, moved);
-    // Plane g: P * scale_g / group_max_g (f16, <= 1; with kIntegerV times 2^8), the B operand of group g's
-    // m-tiles.
+    // Plane g: P * scale_g / group_max_g (f16, <= 1), the B operand of group g's m-tiles.
     const uint32_t p_base = smem_address(smem_ + kPOffset + wg_ * 4 * kBlockBytes);
-    constexpr float kUnits = kIntegerV ? 256.0f : 1.0f;
 #pragma unroll
     for (int group = 0; group < 4; ++group) {
-      const float weight[2] = {component(scales[0], group) * inverse_group_max[group] * kUnits,
-                               component(scales[1], group) * inverse_group_max[group] * kUnits};
+      const float weight[2] = {component(scales[0], group) * inverse_group_max[group],
+                               component(scales[1], group) * inverse_group_max[group]};
       this->store_p(p_base + group * kBlockBytes, 16 * w_, s, weight);
     }
     fence_proxy_async();  // P (stmatrix) before the tensor cores read it
@@ -3904,11 +3879,7 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
     const auto convert = [&](int h, const uint32_t(&x)[2][4], uint32_t(&fragment)[4][4]) {
 #pragma unroll
       for (int gg = 0; gg < 2; ++gg) {
-        if constexpr (kIntegerV) {
-          convert_v_integer(x[gg], fragment[2 * gg], fragment[2 * gg + 1]);
-        } else {
-          this->convert_v(x[gg], nullptr, 16 * (h >> 1) + 2 * q4, fragment[2 * gg], fragment[2 * gg + 1]);
-        }
+        this->convert_v(x[gg], nullptr, 16 * (h >> 1) + 2 * q4, fragment[2 * gg], fragment[2 * gg + 1]);
       }
     };
     uint32_t x[2][4], a[2][4][4];
@@ -5331,9 +5302,6 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
     if (kind == KernelKind::kWgmmaFp8TransposedWg && params.rows <= 16) {
       return launch<Fp8TransposedWgDecoder<kFp16>, kFp16>(params, stream);
     }
-    if (kind == KernelKind::kWgmmaFp8TransposedWgInt && params.rows <= 16) {
-      return launch<Fp8TransposedWgDecoder<kFp16, true>, kFp16>(params, stream);
-    }
     if (kind == KernelKind::kWgmmaFp8Transposed) {
       if (params.rows <= 16) return launch<Fp8TransposedDecoder<kFp16, 16>, kFp16>(params, stream);
       if (params.rows <= 32) return launch<Fp8TransposedDecoder<kFp16, 32>, kFp16>(params, stream);
@@ -5417,8 +5385,8 @@ KernelKind select_kernel(const DecodeParams& params) {
   // A bf16 / fp16 cache takes the WGMMA kernels at any row count (the tile's rows past `rows` zero): on
   // the H200 the lean2 kernel ran h_q 16 at 3.9-4.1 TB/s (s_q 1 and 2, 8K-32K) against mma.sync's
   // 2.3-3.1 (bench/results/anchors_h200_few_rows.json, docs/mla.md). The FP8 cache keeps its few-row
-  // mma.sync kernels below kWgmmaMinRows: its WGMMA path dequantizes into a 16-bit tile first and ran at a
-  // third of their speed there.
+  // kernels below kWgmmaMinRows (the transposed WGMMA one or mma.sync, kDefaultFp8FewRows16 / 32): its
+  // 64-row WGMMA path dequantizes into a 16-bit tile first and ran at a third of their speed there.
   const bool wgmma_rows = params.rows >= kWgmmaMinRows || !params.fp8_cache || params.force_wgmma;
   if (!params.force_mma_sync && wgmma_rows) {
     if (!params.tma_loads || params.fp8_cache) return KernelKind::kWgmma;
@@ -5439,14 +5407,17 @@ KernelKind select_kernel(const DecodeParams& params) {
   }
   if (params.fp8_cache && params.rows <= 32) {
     Fp8Kernel fp8_kernel = params.fp8_kernel;
-    if (fp8_kernel == Fp8Kernel::kDefault) fp8_kernel = params.rows <= 16 ? kDefaultFp8FewRows16 : kDefaultFp8FewRows32;
+    // FF_MLA_KERNEL=mma_sync keeps the mma.sync kernels: the channel-split one for <= 16 rows.
+    if (fp8_kernel == Fp8Kernel::kDefault) {
+      fp8_kernel = params.rows > 16        ? kDefaultFp8FewRows32
+                   : params.force_mma_sync ? Fp8Kernel::kChannels
+                                           : kDefaultFp8FewRows16;
+    }
     // The pair and wide kernels exist for <= 16 rows only (shared memory; Fp8Decoder, Fp8WideDecoder).
     if (params.rows <= 16 && fp8_kernel == Fp8Kernel::kPair) return KernelKind::kMmaSyncFp8Pair;
     if (params.rows <= 16 && fp8_kernel == Fp8Kernel::kWide) return KernelKind::kMmaSyncFp8Wide;
     if (fp8_kernel == Fp8Kernel::kTransposedWg && params.rows <= 16) return KernelKind::kWgmmaFp8TransposedWg;
-    if (fp8_kernel == Fp8Kernel::kTransposedWgInt && params.rows <= 16) return KernelKind::kWgmmaFp8TransposedWgInt;
-    if (fp8_kernel == Fp8Kernel::kTransposed || fp8_kernel == Fp8Kernel::kTransposedWg ||
-        fp8_kernel == Fp8Kernel::kTransposedWgInt) {
+    if (fp8_kernel == Fp8Kernel::kTransposed || fp8_kernel == Fp8Kernel::kTransposedWg) {
       return KernelKind::kWgmmaFp8Transposed;  // transposed_wg exists for <= 16 rows only
     }
     if (fp8_kernel == Fp8Kernel::kChannels) return KernelKind::kMmaSyncFp8Channels;
@@ -5473,7 +5444,6 @@ const char* kernel_name(KernelKind kind) {
     case KernelKind::kMmaSyncFp8ChannelsSplitS: return "mma_sync_fp8_channels_split_s";
     case KernelKind::kWgmmaFp8Transposed: return "wgmma_fp8_transposed";
     case KernelKind::kWgmmaFp8TransposedWg: return "wgmma_fp8_transposed_wg";
-    case KernelKind::kWgmmaFp8TransposedWgInt: return "wgmma_fp8_transposed_wg_int";
     case KernelKind::kMmaSync: return "mma_sync";
   }
   return "";
