@@ -175,7 +175,8 @@ constexpr Schedule kDefaultSchedule = Schedule::kLean2;
 // query rows per KV head: on the H200 (h_q 16, b 128, 4K-32K fixed and variable, 5 rotated rounds in one
 // run, 2026-12-02 21:01 UTC, bench/results/mla_fp8_transposed_ab_h200.json; docs/mla.md), s_q 1:
 // transposed_wg 1.33-1.45x the bf16 default's speed, channels_split_s 1.32-1.45x, channels 1.17-1.43x,
-// transposed 1.10-1.20x (transposed_wg ahead from 8K, by up to 10 % at 32K, 2 % behind at 4K fixed);
+// transposed 1.10-1.20x (transposed_wg ahead from 8K, by up to 10 % at 32K, 2 % behind at 4K fixed; in a
+// 7-round repeat at 21:11 UTC within 1 % of channels_split_s at 4K-16K and 2-3 % ahead at 32K);
 // s_q 2 (32 rows): channels_split_s 0.94-1.00x, transposed 0.88-0.93x, channels 0.80-0.95x. The
 // 2026-11-30 23:19 UTC run (mma.sync kernels only) had channels_split_s within 2 % of channels at 16
 // rows and ahead at 32.

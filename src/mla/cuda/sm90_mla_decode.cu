@@ -1,10 +1,11 @@
-// sm90 MLA decode over a paged KV cache (bf16 / fp16, and the FP8 e4m3 cache): with >= 64 query rows
-// per KV head, warpgroup MMAs (wgmma, WgmmaPipelinedDecoder / WgmmaFp8Decoder, and the opt-in
-// WgmmaSeesawDecoder, further down); with
-// fewer, warp-level tensor-core MMA (mma.sync m16n8k16, ldmatrix); fed by cp.async pipelines (the bf16 /
-// fp16 WGMMA kernel: full KV blocks by TMA), then a combine kernel for sequences split over several SM
-// parts. The design and its numbers are in
-// docs/mla.md. The comments up to the WGMMA section describe the mma.sync kernels.
+// sm90 MLA decode over a paged KV cache (bf16 / fp16, and the FP8 e4m3 cache): warpgroup MMAs (wgmma:
+// WgmmaPipelinedDecoder for a bf16 / fp16 cache at any number of query rows per KV head, WgmmaFp8Decoder
+// for the FP8 cache from 64 rows, the opt-in WgmmaSeesawDecoder, and for the FP8 cache with <= 16 rows
+// Fp8TransposedWgDecoder, the rows as WGMMA's N side; further down) and warp-level tensor-core MMA
+// (mma.sync m16n8k16, ldmatrix: the FP8 cache with 17-63 rows, and when forced); fed by cp.async
+// pipelines or bulk copies (the bf16 / fp16 WGMMA kernel: full KV blocks by TMA), then a combine kernel
+// for sequences split over several SM parts. The design and its numbers are in docs/mla.md. The comments
+// up to the WGMMA section describe the mma.sync kernels.
 //
 // Work decomposition (FlashMLA's): grid (m_blocks, h_kv, num_sm_parts). A CTA takes the 64 query rows
 // of one m-block of one KV head (row r of a KV head is query token r / group, head r % group) and
