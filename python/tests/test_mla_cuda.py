@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 DEFAULT_TMA_KERNEL = "wgmma_tma_lean2"
 NONPOSITIVE_SCALE_TMA_KERNEL = "wgmma_tma_lean"
 # The FP8-cache kernels the dispatch takes with <= 16 and with 17..32 query rows per KV head (FF_MLA_FP8
-# unset; docs/mla.md): two 64-token blocks per barrier round, or one.
+# unset; docs/mla.md): the transposed WGMMA kernel, and the mma.sync channel kernel with the split S.
 DEFAULT_FP8_KERNEL_16 = "wgmma_fp8_transposed_wg"
 DEFAULT_FP8_KERNEL_32 = "mma_sync_fp8_channels_split_s"
 # FF_MLA_FP8 names whose kernel is not called mma_sync_fp8_<name>.

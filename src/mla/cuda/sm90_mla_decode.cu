@@ -3743,7 +3743,6 @@ class Fp8TransposedDecoder : Fp8TransposedBase<kFp16, kN> {
 // the stage of the block before) and after P.
 // Shared memory: raw stages (4) | Q^T | per warpgroup: 4 P planes, row maxima, scale maxima | row factors |
 // mbarriers.
-
 template <bool kFp16>
 class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
   static constexpr int kN = 16;
