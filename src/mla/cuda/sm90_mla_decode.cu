@@ -701,21 +701,27 @@ class Decoder {
   bool active_ = false;
 };
 
-// Query row r of KV head head_k (zeros from p.rows on): lane l's latent channels 16 l .. 16 l + 15 in q's
-// dtype, and for lanes < 8 RoPE channels 8 l .. 8 l + 7.
-__device__ __forceinline__ void load_query_row(const DecodeParams& p, int batch, int r, int head_k, int lane,
-                                               uint4 (&latent)[2], uint4& rope) {
-  latent[0] = latent[1] = rope = make_uint4(0, 0, 0, 0);
-  if (r >= p.rows) return;
-  const int token = r / p.group, head = head_k * p.group + r % p.group;
-  const uint16_t* source =
-      static_cast<const uint16_t*>(p.q) + batch * p.q_batch_stride + token * p.q_token_stride + head * p.q_head_stride;
-  latent[0] = *reinterpret_cast<const uint4*>(source + 16 * lane);
-  latent[1] = *reinterpret_cast<const uint4*>(source + 16 * lane + 8);
-  if (lane < 8) rope = *reinterpret_cast<const uint4*>(source + kDimV + 8 * lane);
+// kWarpRows query rows of KV head head_k, first_row, first_row + 8, ... (zeros from p.rows on): lane l's
+// latent channels 16 l .. 16 l + 15 in q's dtype, and for lanes < 8 RoPE channels 8 l .. 8 l + 7. Every load
+// is issued before any is used.
+template <int kWarpRows>
+__device__ __forceinline__ void load_query_rows(const DecodeParams& p, int batch, int first_row, int head_k, int lane,
+                                                uint4 (&latents)[kWarpRows][2], uint4 (&ropes)[kWarpRows]) {
+#pragma unroll
+  for (int i = 0; i < kWarpRows; ++i) {
+    const int r = first_row + 8 * i;
+    latents[i][0] = latents[i][1] = ropes[i] = make_uint4(0, 0, 0, 0);
+    if (r >= p.rows) continue;
+    const int token = r / p.group, head = head_k * p.group + r % p.group;
+    const uint16_t* source = static_cast<const uint16_t*>(p.q) + batch * p.q_batch_stride + token * p.q_token_stride +
+                             head * p.q_head_stride;
+    latents[i][0] = *reinterpret_cast<const uint4*>(source + 16 * lane);
+    latents[i][1] = *reinterpret_cast<const uint4*>(source + 16 * lane + 8);
+    if (lane < 8) ropes[i] = *reinterpret_cast<const uint4*>(source + kDimV + 8 * lane);
+  }
 }
 
-// A lane's 16 latent channels (load_query_row) as floats, and 2^k with k such that the row's largest |q|
+// A lane's 16 latent channels (load_query_rows) as floats, and 2^k with k such that the row's largest |q|
 // (over the warp's 32 lanes) times 2^k lies in [2^13, 2^14): the exact f16 scaling of the FP8 kernels'
 // Q; `factor` = 2^-k.
 template <bool kFp16>
@@ -1035,10 +1041,7 @@ class Fp8Decoder {
     // kernel's stall samples at s_q 2, 4K (H200, ncu).
     constexpr int kWarpRows = kQRows / 8;
     uint4 latents[kWarpRows][2], ropes[kWarpRows];
-#pragma unroll
-    for (int i = 0; i < kWarpRows; ++i) {
-      load_query_row(p_, batch, m_block_ * kTileRows + warp_ + 8 * i, head_k_, lane_, latents[i], ropes[i]);
-    }
+    load_query_rows(p_, batch, m_block_ * kTileRows + warp_, head_k_, lane_, latents, ropes);
 #pragma unroll
     for (int i = 0; i < kWarpRows; ++i) {
       const int row = warp_ + 8 * i;
@@ -2145,10 +2148,11 @@ class Fp8WideDecoder {
   // As Fp8Decoder::load_q, 16 rows over 16 warps.
   __device__ void load_q(int batch) {
     const int row = warp_;
-    uint4 latent[2], rope;
-    load_query_row(p_, batch, m_block_ * kTileRows + row, head_k_, lane_, latent, rope);
+    uint4 latents[1][2], ropes[1];
+    load_query_rows(p_, batch, m_block_ * kTileRows + row, head_k_, lane_, latents, ropes);
+    const uint4& rope = ropes[0];
     float values[16], factor;
-    const float up = query_row_scale<kFp16>(latent, values, factor);
+    const float up = query_row_scale<kFp16>(latents[0], values, factor);
     if (lane_ == 0) row_factor_[row] = factor;
     const int j = lane_ >> 2, qq = lane_ & 3;
 #pragma unroll
@@ -3226,10 +3230,7 @@ class Fp8TransposedBase {
     const uint32_t base = smem_address(smem_ + q_offset);
     constexpr int kWarpRows = kN / 8;
     uint4 latents[kWarpRows][2], ropes[kWarpRows];
-#pragma unroll
-    for (int i = 0; i < kWarpRows; ++i) {
-      load_query_row(p_, batch, m_block_ * kTileRows + warp_ + 8 * i, head_k_, lane_, latents[i], ropes[i]);
-    }
+    load_query_rows(p_, batch, m_block_ * kTileRows + warp_, head_k_, lane_, latents, ropes);
 #pragma unroll
     for (int i = 0; i < kWarpRows; ++i) {
       const int row = warp_ + 8 * i;
