@@ -83,6 +83,32 @@ class ForcedConfig {
   ~ForcedConfig() { unsetenv("FF_GEMM_TILE_CONFIG"); }
 };
 
+// Sets one environment variable for one scope (unset after).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (value != nullptr) {
+      setenv(name, value, 1);
+    } else {
+      unsetenv(name);
+    }
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
+// The dense tiles built at a finer B-scale granularity than 128 read B's 128x128 scale blocks directly;
+// FF_GEMM_EXPAND_B_SCALES=1 takes their former path (an expansion kernel first, the GEMM as its programmatic
+// dependent). Both are tested.
+bool has_expanded_path(const std::string& config) {
+  return config == "pingpong_64x64" || config == "pingpong_64x32" || config == "pingpong_64x16" ||
+         config == "cooperative_128x192" || config == "cooperative_128x112";
+}
+
 // The configurations serving both the dense and the masked GEMM.
 const std::vector<std::string> kSharedConfigs = {"",
                                                  "pingpong_64x128",
@@ -192,8 +218,10 @@ TEST_P(DenseCuda, MatchesCpuForEveryConfigAndScaleLayout) {
   int64_t ld = 0;
   DeviceBuffer<float> sa_cols(to_column_major(o.sa, m, kb, &ld));
   for (const std::string& config : selected(kDenseConfigs)) {
-    for (bool column_major : {true, false}) {
+    for (int variant = 0; variant < (has_expanded_path(config) ? 4 : 2); ++variant) {
+      const bool column_major = variant % 2 == 0, expand = variant >= 2;
       ForcedConfig forced(config);
+      ScopedEnv expanded("FF_GEMM_EXPAND_B_SCALES", expand ? "1" : nullptr);
       DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
       const TensorView sa_view = column_major
                                      ? with_strides(device_view(sa_cols.data, DType::kFloat32, {m, kb}), {1, ld})
@@ -207,7 +235,7 @@ TEST_P(DenseCuda, MatchesCpuForEveryConfigAndScaleLayout) {
       const std::vector<uint16_t> actual = out.to_host();
       for (size_t i = 0; i < actual.size(); ++i) ASSERT_NE(actual[i], kSentinel) << "element " << i << " unwritten";
       EXPECT_LT(calc_diff(as_doubles(actual), as_doubles(expected)), 1e-3)
-          << "config '" << config << "' column_major=" << column_major;
+          << "config '" << config << "' column_major=" << column_major << " expanded B scales=" << expand;
     }
   }
 }
@@ -298,12 +326,13 @@ TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
   }
 }
 
-// The narrow and 192-wide tiles read B's scales expanded by a small kernel, and the GEMM is launched as that
-// kernel's programmatic dependent (PDL; FF_GEMM_PDL=0 launches it normally). Captured once in a CUDA graph and
+// With FF_GEMM_EXPAND_B_SCALES=1 the narrow and wide dense tiles read B's scales expanded by a small kernel, and
+// the GEMM is launched as that kernel's programmatic dependent (PDL; FF_GEMM_PDL=0 launches it normally); by
+// default they read the caller's scale blocks directly. Captured once in a CUDA graph and
 // replayed with B's scales rewritten between replays (two random sets, alternating): each replay must match the
 // CPU result for the scales it was given; a GEMM that read the expanded scales before the expansion had finished
-// would see the previous replay's.
-TEST(GemmCuda, ExpandedScalesReachTheProgrammaticGemmInsideACudaGraph) {
+// would see the previous replay's, one that read them at capture time the first set.
+TEST(GemmCuda, ScaleUpdatesReachTheGemmInsideACudaGraph) {
   SKIP_WITHOUT_GPU();
   const int64_t m = 64, n = 640, k = 1024, kb = 8;
   Operands o = random_operands(m, n, k, 1, 123);
@@ -323,8 +352,11 @@ TEST(GemmCuda, ExpandedScalesReachTheProgrammaticGemmInsideACudaGraph) {
   ASSERT_GT(calc_diff(as_doubles(expected[0]), as_doubles(expected[1])), 1e-2) << "the two scale sets must differ";
   DeviceBuffer<uint8_t> a(o.a), b(o.b);
   DeviceBuffer<float> sa(o.sa), sb(o.sb);
-  for (const std::string config : {"pingpong_64x64", "pingpong_64x16", "cooperative_128x192"}) {
-    ForcedConfig forced(config);
+  for (const std::string config : {"pingpong_64x64", "pingpong_64x16", "cooperative_128x192", "pingpong_64x32+expand",
+                                   "pingpong_64x16+expand", "cooperative_128x192+expand"}) {
+    const std::string::size_type plus = config.find('+');
+    ForcedConfig forced(config.substr(0, plus));
+    ScopedEnv expanded("FF_GEMM_EXPAND_B_SCALES", plus != std::string::npos ? "1" : nullptr);
     DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
     cudaStream_t stream = nullptr;
     ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);

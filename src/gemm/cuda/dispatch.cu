@@ -190,6 +190,11 @@ bool programmatic_launch_enabled() {
   return value == nullptr || std::string_view(value) != "0";
 }
 
+bool expanded_b_scales_requested() {
+  const char* value = std::getenv("FF_GEMM_EXPAND_B_SCALES");
+  return value != nullptr && std::string_view(value) == "1";
+}
+
 std::string allocate_async(void** pointer, size_t bytes, void* stream) {
   const cudaError_t status = cudaMallocAsync(pointer, bytes, static_cast<cudaStream_t>(stream));
   if (status != cudaSuccess) {

@@ -162,6 +162,11 @@ std::string expand_b_scales(const float* src, float* dst, int64_t groups, int64_
 // yes unless FF_GEMM_PDL=0 in the environment (read at each call, for A/B runs).
 bool programmatic_launch_enabled();
 
+// Whether the dense tiles built at a finer B-scale granularity than 128 (64x64, 64x32, 64x16, 128x192, 128x112)
+// expand B's scales by a separate kernel before the GEMM instead of reading the 128x128 blocks directly: only with
+// FF_GEMM_EXPAND_B_SCALES=1 in the environment (read at each call, for A/B runs).
+bool expanded_b_scales_requested();
+
 // Stream-ordered scratch memory (cudaMallocAsync / cudaFreeAsync): safe under CUDA graph capture and across
 // concurrent streams.
 std::string allocate_async(void** pointer, size_t bytes, void* stream);

@@ -1,5 +1,5 @@
 // Contiguous grouped FP8 GEMM on the dense kernel with the group-indexed mainloop (IndexedGemm), 128x192x128 tiles,
-// cooperative, 1x1 cluster, B scales at a 64-row granularity (expanded per group from the 128x128 blocks).
+// cooperative, 1x1 cluster, B scales at a 64-row granularity (read directly from each group's 128x128 blocks).
 #include "sm90_fp8_gemm.cuh"
 
 namespace ff::gemm::cuda {

@@ -1,14 +1,10 @@
-// Dense FP8 GEMM, 64x16x128 tiles, ping-pong, 1x1 cluster, B scales at a 16-row granularity (expanded from the
-// 128x128 blocks): small m with few 128-wide column tiles, where more and narrower tiles put more CTAs on B.
+// Dense FP8 GEMM, 64x16x128 tiles, ping-pong, 1x1 cluster, B scales read from the caller's 128x128 blocks at a
+// 16-row granularity (run_narrow_dense): small m with few 128-wide column tiles, where more and narrower tiles put
+// more CTAs on B.
 #include "sm90_fp8_gemm.cuh"
 
 namespace ff::gemm::cuda {
 
-std::string run_dense_pingpong_64x16(const DenseArgs& args) {
-  using Gemm =
-      DenseGemm<cute::Shape<cute::_64, cute::_16, cute::_128>, cute::Shape<cute::_1, cute::_1, cute::_1>,
-                cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise, cutlass::epilogue::TmaWarpSpecialized, 16>;
-  return Gemm::run(args);
-}
+std::string run_dense_pingpong_64x16(const DenseArgs& args) { return run_narrow_dense<16>(args); }
 
 }  // namespace ff::gemm::cuda

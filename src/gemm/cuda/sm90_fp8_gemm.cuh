@@ -153,7 +153,11 @@ struct LoadsScalesATma<Collective, std::void_t<decltype(Collective::IsTmaLoadSFA
 // (128) of WGMMAs into `block`, wait, then total += block * (sa * sb), where the product is formed once per
 // distinct (row, 64-column group) pair held by the thread (the scale fragments broadcast over the others, so
 // identical products fold) and each element costs one FFMA.
-template <class Base>
+// kDirect: `ptr_SFB` is the caller's (G, ceil(n/128), kb) array of 128x128 blocks, and layout_SFB its shape at the
+// kernel's granularity ((g, ceil(n/g)), (128, kb), G), of which only the extents are read: lane t copies the scale
+// of the 128-row block holding the tile's B-scale block t directly, so nothing is expanded before the GEMM
+// (without it, `ptr_SFB` is the copy ScalesB expanded to that granularity).
+template <class Base, bool kDirect = false>
 struct WideTileMma : Base {
   static_assert(Base::ScaleNsPerTile > 1 && Base::ScaleMsPerTile > 1, "for per-row A and multi-block B scales");
   static_assert(cute::size<2>(typename Base::TileShape{}) == Base::ScaleGranularityK,
@@ -192,6 +196,15 @@ struct WideTileMma : Base {
     Tensor c_sfa = local_tile(make_identity_tensor(shape(m_sfa.layout())), TileShape{}, make_coord(_, _, _),
                               Step<_1, X, _1>{})(_, _, m_coord, _, l_coord);
     const int b_block = thread_idx;  // the B-scale block of the tile this lane copies
+    const float* direct = nullptr;   // kDirect: this lane's 128-row block's scales, one per K block
+    if constexpr (kDirect) {
+      constexpr int kTileN = decltype(size<1>(TileShape{}))::value;
+      const int blocks = static_cast<int>(get<0, 1>(shape(params.layout_SFB)));  // of ScaleGranularityN rows
+      const int k_blocks = static_cast<int>(get<1, 1>(shape(params.layout_SFB)));
+      const int blocks_128 = (blocks * Base::ScaleGranularityN + 127) / 128;
+      const int column = static_cast<int>(n_coord) * kTileN + b_block * Base::ScaleGranularityN;
+      direct = params.ptr_SFB + (static_cast<int64_t>(l_coord) * blocks_128 + column / 128) * k_blocks;
+    }
 
     CUTLASS_PRAGMA_NO_UNROLL
     for (; k_tile_count > 0; --k_tile_count) {
@@ -209,9 +222,13 @@ struct WideTileMma : Base {
       }
       if (b_block < Base::ScaleNsPerTile &&
           elem_less(c_sfb(b_block * Base::ScaleGranularityN, 0, *k_tile_iter), shape(m_sfb.layout()))) {
-        Tensor src = filter_zeros(g_sfb(_, _, *k_tile_iter));  // (ScaleNsPerTile, 1) values
         Tensor dst = filter_zeros(s_sfb(_, _, stage));
-        ScaleCopy::copy(src(b_block), dst(b_block));
+        if constexpr (kDirect) {
+          ScaleCopy::copy(direct[*k_tile_iter], dst(b_block));
+        } else {
+          Tensor src = filter_zeros(g_sfb(_, _, *k_tile_iter));  // (ScaleNsPerTile, 1) values
+          ScaleCopy::copy(src(b_block), dst(b_block));
+        }
       }
       pipeline.producer_commit(smem_pipe_write, cutlass::arch::cpasync_barrier_arrive_noinc);
       ++k_tile_iter;
@@ -452,17 +469,18 @@ struct OverlappedPromotionMma : Base {
 
 // The consumer a kernel uses: CUTLASS's, WideTileMma for several B-scale blocks per tile, or an overlapped
 // promotion.
-template <class Built, bool kWide, Promotion kPromotion>
+// kDirect (wide tiles only): WideTileMma reads the caller's 128x128 B-scale blocks.
+template <class Built, bool kWide, Promotion kPromotion, bool kDirect = false>
 struct SelectConsumer {
   using type = OverlappedPromotionMma<Built, kPromotion>;
 };
-template <class Built, Promotion kPromotion>
-struct SelectConsumer<Built, true, kPromotion> {
+template <class Built, Promotion kPromotion, bool kDirect>
+struct SelectConsumer<Built, true, kPromotion, kDirect> {
   static_assert(kPromotion == Promotion::kNone, "the 192-wide tiles have no overlapped promotion");
-  using type = WideTileMma<Built>;
+  using type = WideTileMma<Built, kDirect>;
 };
-template <class Built>
-struct SelectConsumer<Built, false, Promotion::kNone> {
+template <class Built, bool kDirect>
+struct SelectConsumer<Built, false, Promotion::kNone, kDirect> {
   using type = Built;
 };
 
@@ -593,9 +611,62 @@ struct GroupIndexedMainloop : Base {
   }
 };
 
+// The mainloop of the narrow dense tiles (N = 64, 32 or 16, so one B-scale block of kTileN rows per tile) reading the
+// caller's 128x128 B scales directly: CUTLASS's blockwise collective needs the tile's N to be a multiple of the scale
+// granularity, so these tiles are built with granularity kTileN, and without this producer B's scales would first be
+// expanded to kTileN-row blocks by a separate kernel (ScalesB) before every call. Only the scale-B producer
+// (load_auxiliary) is re-written: lane 0 copies the k-th scale of the 128-row block holding the tile's rows,
+// sb[(n_tile * kTileN / 128) * k_blocks + k], by cp.async into the stage's slot, and every lane of the producer warp
+// commits as CUTLASS's does (33 producer arrivals per stage: the TMA and the 32 cp.async lanes). `ptr_SFB` is the
+// caller's sb and layout_SFB its (n, kb) K-major layout at granularity kTileN, of which only kb is read. A's scales
+// are loaded by TMA in `load` (M-major), untouched.
+template <class Base>
+struct DirectScalesB : Base {
+  using TileShape = typename Base::TileShape;
+  static constexpr int kTileN = decltype(cute::size<1>(TileShape{}))::value;
+  static_assert(Base::ScaleNsPerTile == 1 && Base::ScaleGranularityN == kTileN, "one B-scale block per tile");
+  static_assert(128 % kTileN == 0, "the tile lies inside one 128-row scale block");
+  static_assert(Base::IsTmaLoadSFA && !Base::IsTmaLoadSFB, "expects A's scales by TMA and B's by cp.async");
+
+  template <class TensorA, class TensorB, class TensorSFA, class TensorSFB, class KTileIterator, class BlockCoord>
+  CUTLASS_DEVICE void load_auxiliary(typename Base::Params const& params, typename Base::MainloopPipeline pipeline,
+                                     typename Base::PipelineState smem_pipe_write,
+                                     cute::tuple<TensorA, TensorB, TensorSFA, TensorSFB> const& load_inputs,
+                                     BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count,
+                                     int thread_idx, uint32_t block_rank_in_cluster,
+                                     typename Base::TensorStorage& shared_tensors) {
+    using namespace cute;
+    using ScaleCopy = SM80_CP_ASYNC_CACHEALWAYS<float>;
+    (void)load_inputs;
+    (void)block_rank_in_cluster;
+    auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
+    (void)m_coord;
+    (void)k_coord;
+    (void)l_coord;  // dense: one problem
+    Tensor s_sfb = make_tensor(make_smem_ptr(shared_tensors.smem_SFB.data()), typename Base::SmemLayoutSFB{});
+    const int k_blocks = static_cast<int>(get<1, 1>(shape(params.layout_SFB)));
+    const int scale_row = static_cast<int>(n_coord) * kTileN / 128;
+    Tensor g_sfb = make_tensor(make_gmem_ptr(params.ptr_SFB + static_cast<int64_t>(scale_row) * k_blocks),
+                               make_layout(make_shape(k_blocks)));
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (; k_tile_count > 0; --k_tile_count) {
+      pipeline.producer_acquire(smem_pipe_write);
+      if (thread_idx == 0) {
+        Tensor dst = filter_zeros(s_sfb(_, _, smem_pipe_write.index()));
+        ScaleCopy::copy(g_sfb(static_cast<int>(*k_tile_iter)), dst(0));
+      }
+      pipeline.producer_commit(smem_pipe_write, cutlass::arch::cpasync_barrier_arrive_noinc);
+      ++k_tile_iter;
+      ++smem_pipe_write;
+    }
+  }
+};
+
 // Dense GEMM type for one tile configuration.
+// kDirectScalesB (kScaleN < 128: the narrow and the 112/192-wide tiles): B's scales read from the caller's 128x128
+// blocks (DirectScalesB, WideTileMma<..., true>) instead of a copy expanded to kScaleN-row blocks before the GEMM.
 template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128,
-          Promotion kPromotion = Promotion::kNone>
+          Promotion kPromotion = Promotion::kNone, bool kDirectScalesB = false>
 struct DenseGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
@@ -617,8 +688,11 @@ struct DenseGemm {
   // GroupIndexedMainloop's producer over one group. One block per tile (128 at 128, the narrow 64-row tiles at their
   // own width): CUTLASS's collective.
   static constexpr bool kWide = decltype(cute::size<1>(TileShape{}))::value / kScaleN > 1;
-  using MmaMainloop = typename SelectConsumer<BuiltMainloop, kWide, kPromotion>::type;
-  using CollectiveMainloop = std::conditional_t<kWide, GroupIndexedMainloop<MmaMainloop>, MmaMainloop>;
+  using MmaMainloop = typename SelectConsumer<BuiltMainloop, kWide, kPromotion, kDirectScalesB>::type;
+  static_assert(!kDirectScalesB || kScaleN < 128, "direct B scales are for tiles built at a finer granularity");
+  using CollectiveMainloop =
+      std::conditional_t<kWide, GroupIndexedMainloop<MmaMainloop>,
+                         std::conditional_t<kDirectScalesB, DirectScalesB<MmaMainloop>, MmaMainloop>>;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
                                                       CollectiveEpilogue>;
@@ -644,8 +718,11 @@ struct DenseGemm {
                          1),
         cute::make_stride(cute::make_stride(cute::Int<0>{}, cute::Int<1>{}), cute::make_stride(cute::Int<0>{}, sa_ld),
                           sa_ld * k_blocks));
-    using Scales = detail::ScalesB<kScaleN, decltype(cute::size<1>(TileShape{}))::value>;
-    LayoutSFB layout_sfb = ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(m, Scales::scale_n(n), k, 1));
+    using Scales = std::conditional_t<kDirectScalesB, detail::ScalesB<128, 128>,
+                                      detail::ScalesB<kScaleN, decltype(cute::size<1>(TileShape{}))::value>>;
+    // Direct: the caller's sb, of whose layout DirectScalesB / WideTileMma read only the extents.
+    LayoutSFB layout_sfb =
+        ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(m, kDirectScalesB ? n : Scales::scale_n(n), k, 1));
 
     Scales scales_b;
     std::string scale_error = scales_b.prepare(args.sb, 1, n, k, args.stream);
@@ -673,10 +750,28 @@ struct DenseGemm {
     arguments.epilogue.thread.alpha = 1.0f;
     arguments.epilogue.thread.beta = 0.0f;
     detail::apply_schedule(arguments.scheduler, args.schedule);
-    return detail::launch_gemm<Gemm>(arguments, "dense gemm", args.stream, /*after_kernel=*/kScaleN != 128);
+    return detail::launch_gemm<Gemm>(arguments, "dense gemm", args.stream,
+                                     /*after_kernel=*/kScaleN != 128 && !kDirectScalesB);
   }
 };
 
+// A dense tile built at a finer B-scale granularity than 128 (kScaleN: the narrow 64-row tiles and the 112/192-wide
+// ones): B's scales read directly, or with FF_GEMM_EXPAND_B_SCALES=1 in the environment expanded first by a separate
+// kernel (the former path, kept for A/B runs).
+template <class TileShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN>
+std::string run_dense_reading_scales_b(const DenseArgs& args) {
+  using Cluster = cute::Shape<cute::_1, cute::_1, cute::_1>;
+  using Direct = DenseGemm<TileShape, Cluster, MainloopSchedule, EpilogueSchedule, kScaleN, Promotion::kNone, true>;
+  using Expanded = DenseGemm<TileShape, Cluster, MainloopSchedule, EpilogueSchedule, kScaleN, Promotion::kNone, false>;
+  return expanded_b_scales_requested() ? Expanded::run(args) : Direct::run(args);
+}
+// The narrow dense tiles: 64 x kTileN, ping-pong, B-scale blocks of the tile's width.
+template <int kTileN>
+std::string run_narrow_dense(const DenseArgs& args) {
+  return run_dense_reading_scales_b<cute::Shape<cute::_64, cute::Int<kTileN>, cute::_128>,
+                                    cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
+                                    cutlass::epilogue::TmaWarpSpecialized, kTileN>(args);
+}
 
 namespace detail {
 
@@ -930,8 +1025,10 @@ struct IndexedGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
+  // The 192-wide tiles read B's 128x128 blocks directly (WideTileMma<..., true>).
+  static constexpr bool kDirectScalesB = kScaleN < 128;
   using Dense = DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
-                          cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN, kPromotion>;
+                          cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN, kPromotion, kDirectScalesB>;
   using CollectiveMainloop = GroupIndexedMainloop<typename Dense::MmaMainloop>;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
                                                       typename Dense::CollectiveEpilogue>;
@@ -954,9 +1051,10 @@ struct IndexedGemm {
                          1),
         cute::make_stride(cute::make_stride(cute::Int<0>{}, cute::Int<1>{}), cute::make_stride(cute::Int<0>{}, sa_ld),
                           sa_ld * k_blocks));
-    using Scales = detail::ScalesB<kScaleN, decltype(cute::size<1>(TileShape{}))::value>;
-    LayoutSFB layout_sfb =
-        ScaleConfig::tile_atom_to_shape_SFB(cute::make_shape(m, Scales::scale_n(n), k, args.num_groups));
+    using Scales = std::conditional_t<kDirectScalesB, detail::ScalesB<128, 128>,
+                                      detail::ScalesB<kScaleN, decltype(cute::size<1>(TileShape{}))::value>>;
+    LayoutSFB layout_sfb = ScaleConfig::tile_atom_to_shape_SFB(
+        cute::make_shape(m, kDirectScalesB ? n : Scales::scale_n(n), k, args.num_groups));
 
     Scales scales_b;
     std::string error = scales_b.prepare(args.sb, args.num_groups, n, k, args.stream);
