@@ -356,6 +356,8 @@ FP8_AB_KNOWN = {
     "fp8_channels_split_s": (True, {"FF_MLA_FP8": "channels_split_s"}),
     "fp8_transposed": (True, {"FF_MLA_FP8": "transposed"}),
     "fp8_transposed_wg": (True, {"FF_MLA_FP8": "transposed_wg"}),
+    # transposed_wg with the first V operands converted after its softmax barriers (before 2026-12-03)
+    "fp8_transposed_wg_late_v": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_FP8_EARLY_V": "0"}),
     # the bf16 kernel with the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs
     # of lazy rescaling (the FP8 kernels always keep the eager rule)
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),

@@ -243,6 +243,26 @@ def test_fp8_few_rows_default_route(s_q, expected, monkeypatch):
         assert torch.allclose(lse, other_lse, atol=1e-3, rtol=1e-3)
 
 
+def test_fp8_transposed_wg_early_and_late_v_give_the_same_bits(monkeypatch):
+    """The default FP8 kernel for <= 16 rows converts a block's first V operands before its softmax barriers;
+    FF_MLA_FP8_EARLY_V=0 after them (the former order). Only the order of independent work differs, so the
+    outputs are identical."""
+    monkeypatch.setenv("FF_MLA_FP8", "transposed_wg")
+    q, cache, block_table, lengths = make_case([129, 64, 1000, 191, 3, 700], 1, 16, seed=81)
+    cache_fp8 = mla.quantize_kvcache_fp8(cache)
+    results = []
+    for early in ("1", "0"):
+        monkeypatch.setenv("FF_MLA_FP8_EARLY_V", early)
+        results.append(run(q, cache_fp8, block_table, lengths, True, fp8=True, num_sms=9))
+        assert mla.last_cuda_kernel() == "wgmma_fp8_transposed_wg"
+    (out_early, lse_early), (out_late, lse_late) = results
+    assert torch.equal(out_early, out_late)
+    assert torch.equal(lse_early, lse_late)
+    values = dequantize(cache_fp8)
+    ref_out, ref_lse = reference(q, lambda i, k: gather_keys(values, block_table, lengths, i, k), lengths, 1, True)
+    check(out_early, lse_early, ref_out, ref_lse)
+
+
 def test_matches_the_cpu_implementation():
     q, cache, block_table, lengths = make_case([500, 77, 64], 1, 16, seed=3)
     metadata, splits = mla.get_mla_metadata(lengths.cpu(), 16, 1, num_sms=5)

@@ -239,6 +239,9 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   params.force_mma_sync = forced != nullptr && std::string_view(forced) == "mma_sync";
   params.force_wgmma = forced != nullptr && std::string_view(forced) == "wgmma";
   if (const char* hint = std::getenv("FF_MLA_KV_HINT"); hint != nullptr) params.kv_evict_first = std::string_view(hint) != "0";
+  if (const char* early = std::getenv("FF_MLA_FP8_EARLY_V"); early != nullptr) {
+    params.fp8_early_v = std::string_view(early) != "0";
+  }
   const char* loads = std::getenv("FF_MLA_LOADS");
   params.tma_loads = loads == nullptr || std::string_view(loads) != "cp_async";
   if (const char* fp8_kernel = std::getenv("FF_MLA_FP8"); fp8_kernel != nullptr) {

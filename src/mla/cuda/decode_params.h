@@ -123,6 +123,9 @@ struct DecodeParams {
   // Fp8Decoder's whole-block copies load the KV cache under an L2 evict-first policy
   // (FF_MLA_KV_HINT=0 in the environment: the normal priority, for A/B runs).
   bool kv_evict_first = true;
+  // Fp8TransposedWgDecoder loads and converts the first V operands of a block before its softmax barriers
+  // (FF_MLA_FP8_EARLY_V=0 in the environment: after them, as before; for A/B runs).
+  bool fp8_early_v = true;
   // The bf16 / fp16 WGMMA kernel loads full KV blocks by TMA (default); false (FF_MLA_LOADS=cp_async in
   // the environment) keeps its cp.async pipeline, for benchmarks and tests of both.
   bool tma_loads = true;

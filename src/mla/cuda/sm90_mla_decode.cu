@@ -3741,10 +3741,11 @@ class Fp8TransposedDecoder : Fp8TransposedBase<kFp16, kN> {
 // The two states merge once per piece: warpgroup 1 hands its accumulators, row maxima, row sums and
 // group maxima to warpgroup 0 through its own raw stage, idle by then.
 // Two 128-thread barriers per block: after the row maxima (the warpgroup's next load goes out there, into
-// the stage of the block before) and after P.
+// the stage of the block before) and after P. kEarlyV: the first k-step's V operands are loaded and converted
+// before the first barrier (while the warpgroup's other warps finish S), not after the second.
 // Shared memory: raw stages (4) | Q^T | per warpgroup: 4 P planes, row maxima, scale maxima | row factors |
 // mbarriers.
-template <bool kFp16>
+template <bool kFp16, bool kEarlyV = true>
 class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
   static constexpr int kN = 16;
   using Base = Fp8TransposedBase<kFp16, kN>;
@@ -3824,6 +3825,24 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
     this->block_scores(raw, smem_address(smem_ + kQOffset), scales, total, rope);
     this->scaled_scores(piece, block_start, total, rope, s);
 
+    // The V operands of O^T (below): half-step h's bytes and their conversion into register fragments.
+    constexpr int kHalfSteps = 2 * (kTileRows / 16);
+    const auto load = [&](int h, uint32_t(&x)[2][4]) {
+#pragma unroll
+      for (int gg = 0; gg < 2; ++gg) this->load_v(raw, 16 * (h >> 1) + 2 * q4, 2 * (h & 1) + gg, x[gg]);
+    };
+    const auto convert = [&](int h, const uint32_t(&x)[2][4], uint32_t(&fragment)[4][4]) {
+#pragma unroll
+      for (int gg = 0; gg < 2; ++gg) {
+        this->convert_v(x[gg], nullptr, 16 * (h >> 1) + 2 * q4, fragment[2 * gg], fragment[2 * gg + 1]);
+      }
+    };
+    uint32_t x[2][4], a[2][4][4];
+    if constexpr (kEarlyV) {
+      load(0, x);
+      convert(0, x, a[0]);
+    }
+
     float* exchange = reinterpret_cast<float*>(smem_ + kExchangeOffset) + wg_ * kN * 4;
     float* scale_slots = reinterpret_cast<float*>(smem_ + kScaleMaxOffset) + wg_ * 16;
     {
@@ -3872,20 +3891,10 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
 
     // O^T: 4 k-steps of 16 tokens in half-steps of two groups (4 m-tiles); the next half-step's bytes are
     // loaded before the wait for the previous one and converted after it, while this one runs.
-    constexpr int kHalfSteps = 2 * (kTileRows / 16);
-    const auto load = [&](int h, uint32_t(&x)[2][4]) {
-#pragma unroll
-      for (int gg = 0; gg < 2; ++gg) this->load_v(raw, 16 * (h >> 1) + 2 * q4, 2 * (h & 1) + gg, x[gg]);
-    };
-    const auto convert = [&](int h, const uint32_t(&x)[2][4], uint32_t(&fragment)[4][4]) {
-#pragma unroll
-      for (int gg = 0; gg < 2; ++gg) {
-        this->convert_v(x[gg], nullptr, 16 * (h >> 1) + 2 * q4, fragment[2 * gg], fragment[2 * gg + 1]);
-      }
-    };
-    uint32_t x[2][4], a[2][4][4];
-    load(0, x);
-    convert(0, x, a[0]);
+    if constexpr (!kEarlyV) {
+      load(0, x);
+      convert(0, x, a[0]);
+    }
 #pragma unroll
     for (int h = 0; h < kHalfSteps; ++h) {
       wgmma_fence();
@@ -5301,7 +5310,8 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
   }
   if constexpr (kFp8) {
     if (kind == KernelKind::kWgmmaFp8TransposedWg && params.rows <= 16) {
-      return launch<Fp8TransposedWgDecoder<kFp16>, kFp16>(params, stream);
+      return params.fp8_early_v ? launch<Fp8TransposedWgDecoder<kFp16, true>, kFp16>(params, stream)
+                                : launch<Fp8TransposedWgDecoder<kFp16, false>, kFp16>(params, stream);
     }
     if (kind == KernelKind::kWgmmaFp8Transposed) {
       if (params.rows <= 16) return launch<Fp8TransposedDecoder<kFp16, 16>, kFp16>(params, stream);
