@@ -44,9 +44,12 @@ inline constexpr int kAlignmentD = 8;
 // would need a leading dimension equal to each group's m (masked_m[g] or the segment length), which no caller
 // has. B's scales are K-major (row-major) everywhere.
 //
-// kScaleN is the B-scale granularity along n the kernel reads: 128 (the caller's 128x128 blocks) for tiles whose N
-// is a multiple of 128, 64 for the 192-wide tiles (CUTLASS requires the tile's N to be a multiple of it). At 64,
-// B's scales are first expanded into (ceil(n/64), kb) with each 128-row block's scale twice (ScalesB below).
+// kScaleN is the B-scale granularity along n the kernel is built with: 128 (the caller's 128x128 blocks) for tiles
+// whose N is a multiple of 128, 64 for the 192-wide tiles, 16 for the 112-wide ones and the tile's width for the
+// narrow 64-row ones (CUTLASS requires the tile's N to be a multiple of it). The dense and indexed kernels built
+// finer than 128 read the caller's 128-row blocks directly (DirectScalesB, WideTileMma<..., true>); the grouped
+// ptr-array ones, and the dense ones with FF_GEMM_EXPAND_B_SCALES=1, read a copy expanded to (ceil(n/kScaleN), kb)
+// first (ScalesB below).
 template <int kScaleN>
 using DenseScaleConfigN =
     cutlass::detail::Sm90BlockwiseScaleConfig<1, kScaleN, 128, cute::GMMA::Major::MN, cute::GMMA::Major::K>;
@@ -665,17 +668,19 @@ struct DirectScalesB : Base {
 // Dense GEMM type for one tile configuration.
 // kDirectScalesB (kScaleN < 128: the narrow and the 112/192-wide tiles): B's scales read from the caller's 128x128
 // blocks (DirectScalesB, WideTileMma<..., true>) instead of a copy expanded to kScaleN-row blocks before the GEMM.
+// EpilogueTile: the pieces the epilogue stores a tile in (CUTLASS's automatic choice unless given).
 template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128,
-          Promotion kPromotion = Promotion::kNone, bool kDirectScalesB = false>
+          Promotion kPromotion = Promotion::kNone, bool kDirectScalesB = false,
+          class EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto>
 struct DenseGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, detail::LayoutD, detail::kAlignmentD,
-      detail::ElementD, detail::LayoutD, detail::kAlignmentD, EpilogueSchedule>::CollectiveOp;
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape, EpilogueTile, float, float, void,
+      detail::LayoutD, detail::kAlignmentD, detail::ElementD, detail::LayoutD, detail::kAlignmentD,
+      EpilogueSchedule>::CollectiveOp;
 
   using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, detail::ElementA, cute::tuple<detail::LayoutA, LayoutSFA>,
