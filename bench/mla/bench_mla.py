@@ -371,6 +371,16 @@ FP8_AB_KNOWN = {
     # probe (outputs of odd m-blocks meaningless): half the L2 -> SM traffic of h_q >= 128, the ceiling of a
     # 2-CTA multicast of each KV block
     "bf16_half_loads": (False, {"FF_MLA_PROBE_HALF_LOADS": "1"}),
+    # the FP8 cache from 64 rows (--ab-h-q 128): lean2 fed by a dequantizing warpgroup (the default), and the
+    # older dequantizing WGMMA kernel (FF_MLA_FP8_LEAN=0)
+    "fp8_lean": (True, {"FF_MLA_FP8_LEAN": "1"}),
+    "fp8_dequant_wgmma": (True, {"FF_MLA_FP8_LEAN": "0"}),
+    # its split of each block's conversion: pairs of column blocks converted before the P V of the block before
+    "fp8_lean_early2": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "2"}),
+    "fp8_lean_early0": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "0"}),
+    "fp8_lean_early1": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "1"}),
+    "fp8_lean_early3": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "3"}),
+    "fp8_lean_early4": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "4"}),
 }
 FP8_AB_DEFAULT = "bf16,fp8_channels,fp8_channels_split_s,fp8_pair"
 

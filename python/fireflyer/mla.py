@@ -291,7 +291,9 @@ def last_cuda_kernel() -> str:
     schedule with grouped mbarriers and the folded softmax), ``"wgmma_tma_lean"`` (the same with another
     scale, or when asked for), ``"wgmma_tma_lean_bar3"``, ``"wgmma_tma_lean_fold"``,
     ``"wgmma_tma_lean2_early"``, ``"wgmma_tma"`` (pipelined) and ``"wgmma_seesaw"`` (when asked for),
-    ``"wgmma"`` (cp.async loads, and the FP8 cache from 64 rows), ``"mma_sync"`` (forced, or the FP8 cache
+    ``"wgmma_fp8_lean"`` (the FP8 cache from 64 rows, softmax_scale > 0: the lean2 kernel fed by a
+    dequantizing warpgroup), ``"wgmma"`` (cp.async loads, the FP8 cache from 64 rows with another scale or
+    with ``FF_MLA_FP8_LEAN=0``), ``"mma_sync"`` (forced, or the FP8 cache
     with 33-63 rows), or for the FP8 cache with <= 32 rows ``"wgmma_fp8_transposed_wg"`` (<= 16 rows) and
     ``"mma_sync_fp8_channels_split_s"`` (17-32 rows), the other FP8 kernels (``"wgmma_fp8_transposed"``,
     ``"mma_sync_fp8_*"``) when asked for with ``FF_MLA_FP8``

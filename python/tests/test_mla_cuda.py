@@ -175,14 +175,21 @@ def dequantize(cache_fp8: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_fp8_cache(causal):
+@pytest.mark.parametrize("lean", [True, False])
+def test_fp8_cache(causal, lean, monkeypatch):
     q, cache, block_table, lengths = make_case([333, 64, 1, 900], 2, 64, seed=11)
     cache_fp8 = mla.quantize_kvcache_fp8(cache)
     assert cache_fp8.is_cuda and cache_fp8.shape[-1] == 656
+    if lean:
+        monkeypatch.delenv("FF_MLA_FP8_LEAN", raising=False)
+    else:
+        monkeypatch.setenv("FF_MLA_FP8_LEAN", "0")
     for as_fp8_dtype in (False, True):
         given = cache_fp8.view(torch.float8_e4m3fn) if as_fp8_dtype else cache_fp8
         out, lse = run(q, given, block_table, lengths, causal, fp8=True, num_sms=11)
-        assert mla.last_cuda_kernel() == "wgmma"  # 128 rows per KV head: dequantized into the WGMMA tile
+        # 128 rows per KV head: dequantized into the 16-bit WGMMA tile, by lean2's second warpgroup while
+        # the first one computes (or, FF_MLA_FP8_LEAN=0, by all threads between blocks: the older kernel).
+        assert mla.last_cuda_kernel() == ("wgmma_fp8_lean" if lean else "wgmma")
         values = dequantize(cache_fp8)
         ref_out, ref_lse = reference(q, lambda i, k: gather_keys(values, block_table, lengths, i, k), lengths, 1,
                                      causal)

@@ -1,6 +1,7 @@
 // Backend::kCuda of flash_mla_with_kvcache: host-side checks, workspace, and the launch of the sm_90a
 // kernels (cuda/sm90_mla_decode.cu). Compiled in every build; without FF_MLA_HAVE_CUDA (no nvcc, or
 // FF_CUDA_COMPONENTS leaves mla out) the backend reports that it was not built.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -241,6 +242,11 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   if (const char* hint = std::getenv("FF_MLA_KV_HINT"); hint != nullptr) params.kv_evict_first = std::string_view(hint) != "0";
   if (const char* early = std::getenv("FF_MLA_FP8_EARLY_V"); early != nullptr) {
     params.fp8_early_v = std::string_view(early) != "0";
+  }
+  if (const char* lean = std::getenv("FF_MLA_FP8_LEAN"); lean != nullptr)
+    params.fp8_lean = std::string_view(lean) != "0";
+  if (const char* pairs = std::getenv("FF_MLA_FP8_EARLY_PAIRS"); pairs != nullptr) {
+    params.fp8_early_pairs = std::clamp(std::atoi(pairs), 0, 4);
   }
   const char* loads = std::getenv("FF_MLA_LOADS");
   params.tma_loads = loads == nullptr || std::string_view(loads) != "cp_async";

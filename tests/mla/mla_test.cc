@@ -279,6 +279,9 @@ struct Case {
   // CUDA: FF_MLA_FP8 for this call (the FP8-cache kernel with <= 32 rows per KV head: "direct" or
   // "pair"); nullptr: the default.
   const char* fp8_kernel = nullptr;
+  // CUDA: false sets FF_MLA_FP8_LEAN=0 for this call (the FP8 cache from 64 rows on the older
+  // dequantizing WGMMA kernel instead of lean2 fed by a dequantizing warpgroup).
+  bool fp8_lean = true;
 };
 
 // Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
@@ -340,7 +343,9 @@ Inputs make_inputs(const Case& config, uint32_t seed) {
   inputs.q.resize(b * config.s_q * config.h_q * kHeadDimQk);
   for (uint16_t& value : inputs.q) value = encode(normal(rng), config.dtype);
   const int64_t token_stride = config.h_kv * kHeadDimQk;
-  inputs.cache.assign(inputs.num_blocks * 64 * token_stride, encode(kNaN, config.dtype));
+  // The FP8 cache is quantized from a bf16 one (quantize_kvcache_fp8's input), whatever q's dtype.
+  const DType cache_dtype = config.fp8 ? DType::kBFloat16 : config.dtype;
+  inputs.cache.assign(inputs.num_blocks * 64 * token_stride, encode(kNaN, cache_dtype));
   std::vector<int32_t> physical(inputs.num_blocks);
   std::iota(physical.begin(), physical.end(), 0);
   std::shuffle(physical.begin(), physical.end(), rng);
@@ -351,7 +356,7 @@ Inputs make_inputs(const Case& config, uint32_t seed) {
       if (token % 64 == 0) inputs.block_table[i * inputs.max_blocks + token / 64] = physical[next++];
       const int32_t block = inputs.block_table[i * inputs.max_blocks + token / 64];
       for (int64_t c = 0; c < token_stride; ++c) {
-        inputs.cache[(block * 64 + token % 64) * token_stride + c] = encode(normal(rng), config.dtype);
+        inputs.cache[(block * 64 + token % 64) * token_stride + c] = encode(normal(rng), cache_dtype);
       }
     }
   }
@@ -789,6 +794,7 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
     const ScopedEnv loads("FF_MLA_LOADS", config.cp_async_loads ? "cp_async" : nullptr);
     const ScopedEnv schedule("FF_MLA_SCHEDULE", config.schedule);
     const ScopedEnv fp8_kernel("FF_MLA_FP8", config.fp8_kernel);
+    const ScopedEnv fp8_lean("FF_MLA_FP8_LEAN", config.fp8_lean ? nullptr : "0");
     status = flash_mla_with_kvcache(args, Backend::kCuda);
   }
   ASSERT_TRUE(status.is_ok()) << status.to_string();
@@ -798,10 +804,13 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
   const int rows = config.s_q * (config.h_q / config.h_kv);
   const bool wgmma = !config.force_mma_sync && (rows >= 64 || !config.fp8);
   const char* tma_kernel = expected_tma_kernel(config.schedule, config.softmax_scale >= 0.0);
+  // The FP8 cache: lean2 fed by a dequantizing warpgroup unless turned off or the scale is not positive.
+  const bool fp8_lean = config.fp8_lean && config.softmax_scale >= 0.0;
   const char* expected_kernel = wgmma && !config.fp8 && !config.cp_async_loads ? tma_kernel
+                                : wgmma && config.fp8 && fp8_lean              ? "wgmma_fp8_lean"
                                 : wgmma                                        ? "wgmma"
                                 : config.fp8 && rows <= 32 ? expected_fp8_few_rows_kernel(config.fp8_kernel, rows)
-                                                                               : "mma_sync";
+                                                           : "mma_sync";
   EXPECT_EQ(last_cuda_kernel(), expected_kernel) << rows << " rows per KV head";
   const std::vector<uint16_t> gpu_out = device.out.to_host();
   const std::vector<float> gpu_lse = device.lse.to_host();
@@ -977,6 +986,35 @@ TEST(CudaDecode, WgmmaPartialRowTile) {
 
 TEST(CudaDecode, WgmmaFp8CacheTwoQueries) {
   run_cuda_and_compare({.seqlens = {600, 1, 64, 190}, .s_q = 2, .h_q = 64, .fp8 = true, .num_sms = 6}, 44);
+}
+
+// The FP8 cache from 64 rows: lean2 fed by warpgroup 1's dequantization ("wgmma_fp8_lean"; lengths at
+// block edges, 0 and 1, pieces of 1 to many blocks split and unsplit, causal, fp16, two KV heads, a
+// partial second row tile), and the same shapes on the older dequantizing kernel (FF_MLA_FP8_LEAN=0).
+TEST(CudaDecode, WgmmaFp8LeanAndOlderKernel) {
+  for (const bool lean : {true, false}) {
+    SCOPED_TRACE(testing::Message() << "fp8_lean " << lean);
+    run_cuda_and_compare(
+        {.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .fp8 = true, .fp8_lean = lean}, 71);
+    run_cuda_and_compare(
+        {.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .fp8 = true, .num_sms = 11, .fp8_lean = lean}, 72);
+    run_cuda_and_compare({.seqlens = {200, 64, 5, 450},
+                          .s_q = 1,
+                          .h_q = 128,
+                          .h_kv = 2,
+                          .causal = true,
+                          .dtype = DType::kFloat16,
+                          .fp8 = true,
+                          .num_sms = 7,
+                          .fp8_lean = lean},
+                         73);
+    run_cuda_and_compare(
+        {.seqlens = {513, 31, 128}, .s_q = 2, .h_q = 48, .causal = true, .fp8 = true, .num_sms = 5, .fp8_lean = lean},
+        74);
+    // A non-positive scale keeps the older kernel (the folded softmax needs a positive one).
+    run_cuda_and_compare(
+        {.seqlens = {300, 65}, .s_q = 1, .h_q = 64, .fp8 = true, .softmax_scale = -0.05, .fp8_lean = lean}, 75);
+  }
 }
 
 // The TMA WGMMA kernel's seesaw schedule (FF_MLA_SCHEDULE=seesaw; not the default, it measured slower).

@@ -148,12 +148,12 @@ Status flash_mla_with_kvcache(const FlashMlaArgs& args, Backend backend = Backen
 
 // The kernel the last Backend::kCuda call in this process launched: "wgmma_tma" (>= 64 query rows per
 // KV head, bf16 / fp16 cache: full KV blocks loaded by TMA, pipelined warpgroup schedule),
-// "wgmma_seesaw" (the same loads, seesaw schedule: only when asked for), "wgmma" (the WGMMA kernel with
-// cp.async loads, and the FP8 cache), "mma_sync" or "mma_sync_fp8_direct"; empty before the first call
-// or without the kernels. In the environment, FF_MLA_KERNEL=mma_sync makes the CUDA backend take the
-// mma.sync kernels everywhere, FF_MLA_LOADS=cp_async keeps the WGMMA kernel on cp.async loads and
-// FF_MLA_SCHEDULE=seesaw (or pipelined) picks the TMA kernel's schedule (for comparisons). For tests
-// and benchmarks.
+// "wgmma_seesaw" (the same loads, seesaw schedule: only when asked for), "wgmma_fp8_lean" (the FP8 cache
+// from 64 rows: the lean2 kernel fed by a dequantizing warpgroup), "wgmma" (the WGMMA kernel with
+// cp.async loads; the FP8 cache with FF_MLA_FP8_LEAN=0), "mma_sync" or "mma_sync_fp8_direct"; empty before the first
+// call or without the kernels. In the environment, FF_MLA_KERNEL=mma_sync makes the CUDA backend take the mma.sync
+// kernels everywhere, FF_MLA_LOADS=cp_async keeps the WGMMA kernel on cp.async loads and FF_MLA_SCHEDULE=seesaw (or
+// pipelined) picks the TMA kernel's schedule (for comparisons). For tests and benchmarks.
 std::string_view last_cuda_kernel();
 
 // Quantizes a bf16 cache (num_blocks, 64, h_kv, 576) into the FP8 layout (num_blocks, 64, h_kv, 656):

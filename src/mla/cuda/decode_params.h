@@ -126,6 +126,13 @@ struct DecodeParams {
   // Fp8TransposedWgDecoder loads and converts the first V operands of a block before its softmax barriers
   // (FF_MLA_FP8_EARLY_V=0 in the environment: after them, as before; for A/B runs).
   bool fp8_early_v = true;
+  // The FP8 cache with >= kWgmmaMinRows rows per KV head (or FF_MLA_KERNEL=wgmma) takes the lean2 kernel
+  // with warpgroup 1 dequantizing (kWgmmaFp8Lean) where the scale is positive; FF_MLA_FP8_LEAN=0 in the
+  // environment: the older dequantizing WGMMA kernel (kWgmma, WgmmaFp8Decoder), for A/B runs.
+  bool fp8_lean = true;
+  // kWgmmaFp8Lean: pairs of column blocks (of 4) a block's fill converts right after its stage is freed;
+  // the rest while warpgroup 1's P V of the block before runs (FF_MLA_FP8_EARLY_PAIRS=0..4, for A/B runs).
+  int fp8_early_pairs = 1;
   // The bf16 / fp16 WGMMA kernel loads full KV blocks by TMA (default); false (FF_MLA_LOADS=cp_async in
   // the environment) keeps its cp.async pipeline, for benchmarks and tests of both.
   bool tma_loads = true;
@@ -159,6 +166,7 @@ enum class KernelKind : int {
   kMmaSyncFp8ChannelsSplitS = 14,  // the channel-split mode with S split over pairs of warps by channels
   kWgmmaFp8Transposed = 15,        // Fp8TransposedDecoder: FP8 cache with <= 32 rows on WGMMA, rows as N
   kWgmmaFp8TransposedWg = 16,      // Fp8TransposedWgDecoder: <= 16 rows, the warpgroups on alternate blocks
+  kWgmmaFp8Lean = 17,  // the lean2 kernel on the FP8 cache: warpgroup 1 dequantizes each block into the 16-bit stage
 };
 // The lean TMA kernels (WgmmaPipelinedDecoder<., 0, true, true, flags>).
 constexpr bool is_lean_tma_kernel(KernelKind kind) {

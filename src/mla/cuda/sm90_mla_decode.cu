@@ -179,6 +179,9 @@ __device__ __forceinline__ void bulk_copy_to_shared_hint(uint32_t dst, const voi
       : "memory");
 }
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void st_shared_v4(uint32_t address, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(address), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
+}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -4045,10 +4048,16 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
 //                         the dispatch checks it), P stored with 4 stmatrix.x4 instead of 16 st.shared;
 //   kLeanEarlyS           warpgroup 0 issues S(j + 1) right behind its P V(j) and arrives at STAGE_FREE
 //                         once P V(j) is done (wgmma.wait_group 1), so the tensor cores get S(j + 1)
-//                         without the gap of a wait, an arrival and the first mbarrier wait.
+//                         without the gap of a wait, an arrival and the first mbarrier wait;
+//   kLeanFp8Cache         the FP8 cache (656-byte tokens): warpgroup 1 fills a freed stage by copying the
+//                         raw bytes into it (cp.async) and dequantizing them in place (e4m3 x scale,
+//                         rounded to q's dtype; RoPE copied) into the 16-bit tile TMA would have loaded;
+//                         it does so while warpgroup 0 runs S and the softmax of the other stage, time
+//                         warpgroup 1 otherwise spends waiting. The rest of the kernel is unchanged.
 constexpr int kLeanGroupedBarriers = 1;
 constexpr int kLeanFoldedSoftmax = 2;
 constexpr int kLeanEarlyS = 4;
+constexpr int kLeanFp8Cache = 8;
 
 template <bool kFp16, int kSkip = 0, bool kTma = false, bool kLean = false, int kLeanFlags = 0>
 class WgmmaPipelinedDecoder {
@@ -4057,6 +4066,8 @@ class WgmmaPipelinedDecoder {
   static constexpr bool kGroupedBarriers = (kLeanFlags & kLeanGroupedBarriers) != 0;
   static constexpr bool kFoldedSoftmax = (kLeanFlags & kLeanFoldedSoftmax) != 0;
   static constexpr bool kEarlyS = (kLeanFlags & kLeanEarlyS) != 0;
+  static constexpr bool kFp8Cache = (kLeanFlags & kLeanFp8Cache) != 0;
+  static_assert(!kFp8Cache || kTma, "the FP8 fill completes the TMA kernel's mbarriers");
   // Column blocks per mbarrier, mbarriers per stage.
   static constexpr int kColumnsPerBarrier = kGroupedBarriers ? 3 : 1;
   static constexpr int kBarriersPerStage = kColumnBlocks / kColumnsPerBarrier;
@@ -4066,9 +4077,12 @@ class WgmmaPipelinedDecoder {
   static constexpr int kFactorOffset = 3 * kTileBytes;                     // (2 parities, 64 rows) floats
   static constexpr int kFinishOffset = kFactorOffset + 2 * kTileRows * 4;  // 64 row inverses
   static constexpr int kBarrierOffset = kFinishOffset + kTileRows * 4;     // (2 stages, 9 column blocks) mbarriers
+  // kFp8Cache: (2 stages, 64 tokens) x 4 fp32 scales.
+  static constexpr int kFp8ScalesOffset = kBarrierOffset + 2 * kColumnBlocks * 8;
+  static constexpr int kFp8ScalesBytes = kFp8Cache ? 2 * kTileRows * 16 : 0;
 
  public:
-  static constexpr int kSmemBytes = kBarrierOffset + 2 * kColumnBlocks * 8 + 1024;  // + alignment slack
+  static constexpr int kSmemBytes = kFp8ScalesOffset + kFp8ScalesBytes + 1024;  // + alignment slack
   static_assert(kSmemBytes <= 232448, "one CTA must fit the 227 KB of an sm_90 SM");
 
   __device__ WgmmaPipelinedDecoder(const DecodeParams& p, char* smem) : p_(p) {
@@ -4086,6 +4100,7 @@ class WgmmaPipelinedDecoder {
     head_k_ = static_cast<int>(blockIdx.y);
     m_block_ = static_cast<int>(blockIdx.x);
     full_ = base + pad + kBarrierOffset;
+    scales_ = base + pad + kFp8ScalesOffset;
     if constexpr (kTma) {
       if (thread == 0) {
         for (int i = 0; i < 2 * kBarriersPerStage; ++i) mbarrier_init(full_ + 8 * i, 1);
@@ -4252,12 +4267,21 @@ class WgmmaPipelinedDecoder {
     wgmma_fence();
     issue_pv(tile, 4, acc);
     wgmma_commit();
+    if constexpr (kFp8Cache) {
+      // Block j + 1's fill (begun at STAGE_FREE(j - 1); blocks 0 and 1 are filled whole up front) ends
+      // while this P V runs on the tensor cores.
+      if (j >= 1 && j + 1 < num_kv_blocks) fp8_fill_end((j + 1) & 1, p_.fp8_early_pairs);
+    }
     if constexpr (kTma) {
       wgmma_wait<0>();
       fence_acc(acc);
       named_barrier_sync(kBarrierStageFree);  // both warpgroups are done with stage j % 2
       if (j + 2 < num_kv_blocks) {
-        fill_stage(piece, first_block + j + 2, j & 1, false, next_id, p_.probe_half_loads && (m_block_ & 1) != 0);
+        if constexpr (kFp8Cache) {
+          fp8_fill_begin(piece, first_block + j + 2, j & 1, false, next_id, p_.fp8_early_pairs);
+        } else {
+          fill_stage(piece, first_block + j + 2, j & 1, false, next_id, p_.probe_half_loads && (m_block_ & 1) != 0);
+        }
       }
       return;
     }
@@ -4296,6 +4320,10 @@ class WgmmaPipelinedDecoder {
   // reuse (the FF_MLA_PROBE_HALF_LOADS probe): a full block is not requested; the loader only arrives, so
   // the stage's previous block is computed on again.
   __device__ void fill_stage(const Piece& piece, int block, int stage, bool with_q, int id, bool reuse = false) {
+    if constexpr (kFp8Cache) {
+      fill_stage_fp8(piece, block, stage, with_q, id);
+      return;
+    }
     const bool full = piece.token_end - block * kTileRows >= kTileRows;
     if (with_q) load_q(piece.batch);
     if (!full) load_block(piece, block, stage);
@@ -4328,6 +4356,139 @@ class WgmmaPipelinedDecoder {
         mbarrier_arrive_if(full_bar(stage, c), arrive_only);
       }
     }
+  }
+
+  // kFp8Cache: fill_stage for the FP8 cache, by all of warpgroup 1 (Q by cp.async when `with_q`): the
+  // whole fill at once (blocks 0 and 1 of a piece). Later blocks are filled in two parts around the
+  // other warpgroup's work: fp8_fill_begin right after STAGE_FREE frees the stage, fp8_fill_end while
+  // this warpgroup's P V of the block before runs (load_step).
+  __device__ void fill_stage_fp8(const Piece& piece, int block, int stage, bool with_q, int id) {
+    fp8_fill_begin(piece, block, stage, with_q, id, 4);
+    fp8_fill_end(stage, 4);
+  }
+
+  // Tokens at or past the piece's end, and every token of a block id outside the cache, become zeros
+  // without being read. Thread (warp w, lane l) takes tokens 8 w + l % 8 and 8 (w + 4) + l % 8, and of
+  // each the 16 latent channels at 16 (l / 8) of every 64-channel column block, and 8 RoPE channels at
+  // 8 (l / 8) and 32 + 8 (l / 8).
+  // 1. Every byte of the block comes by cp.async at once (no registers held while they travel): the raw
+  //    latent bytes of column block c into the upper half of the stage's column block c (64 tokens x 64
+  //    bytes, chunk q of token t at q ^ ((t >> 1) & 3), so a quarter warp reads 8 distinct bank groups),
+  //    the 4 scales of each token into the stage's scale area, the RoPE channels straight into their
+  //    place in the tile (column block 8, swizzled; fp16 q: converted in place at the end).
+  // 2. The first `pairs` pairs of column blocks are converted (fp8_convert_pair).
+  __device__ void fp8_fill_begin(const Piece& piece, int block, int stage, bool with_q, int id, int pairs) {
+    if (with_q) load_q(piece.batch);
+    const bool block_ok = id >= 0 && id < p_.num_blocks;
+    const int valid_tokens = block_ok ? min(kTileRows, piece.token_end - block * kTileRows) : 0;
+    const auto* cache = static_cast<const uint8_t*>(p_.k_cache);
+    const uint8_t* base =
+        cache + (block_ok ? static_cast<int64_t>(id) * p_.k_block_stride + head_k_ * p_.k_head_stride : 0);
+    const uint32_t tile = skv_ + stage * kTileBytes;
+    const int quarter = lane_ >> 3;
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int token = fp8_token(t);
+      const bool valid = token < valid_tokens;
+      const uint8_t* row = valid ? base + static_cast<int64_t>(token) * p_.k_token_stride : cache;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) cp_async_16(fp8_raw_address(tile, c, token), row + c * 64 + quarter * 16, valid);
+      if (quarter == 0) cp_async_16(scales_ + stage * kTileRows * 16 + token * 16, row + kDimV, valid);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int chunk = 4 * h + quarter;
+        cp_async_16(tile + 8 * kColumnBlockBytes + token * 128 + ((chunk ^ (token & 7)) << 4),
+                    row + kDimV + 16 + chunk * 16, valid);
+      }
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    loaders_barrier_sync();  // every thread's copies have landed
+#pragma unroll
+    for (int pair = 0; pair < 4; ++pair) {
+      if (pair < pairs) fp8_convert_pair(stage, pair);
+    }
+  }
+
+  // 3. Pairs `first_pair`.. of column blocks converted; fp16 q: the RoPE channels converted in place.
+  // 4. Fence (generic -> async proxy: the MMAs read the tile), warpgroup 1's barrier, one arrival per
+  //    mbarrier by the loader thread.
+  __device__ void fp8_fill_end(int stage, int first_pair) {
+#pragma unroll
+    for (int pair = 0; pair < 4; ++pair) {
+      if (pair >= first_pair) fp8_convert_pair(stage, pair);
+    }
+    if constexpr (kFp16) {
+      // RoPE bf16 -> fp16, each thread on the chunks it copied (its own cp.async, waited for).
+      const uint32_t tile = skv_ + stage * kTileBytes;
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const int token = fp8_token(t);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int chunk = 4 * h + (lane_ >> 3);
+          const uint32_t address = tile + 8 * kColumnBlockBytes + token * 128 + ((chunk ^ (token & 7)) << 4);
+          const uint4 packed = lds_u32x4(address);
+          uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            words[i] = pack2<true>(__uint_as_float(words[i] << 16), __uint_as_float(words[i] & 0xffff0000u));
+          }
+          st_shared_v4(address, words[0], words[1], words[2], words[3]);
+        }
+      }
+    }
+    fence_proxy_async();
+    loaders_barrier_sync();
+    const int loader = threadIdx.x == 128;
+#pragma unroll
+    for (int b = 0; b < kBarriersPerStage; ++b) mbarrier_arrive_if(full_bar(stage, b), loader);
+  }
+
+  // Column blocks 2 pair and 2 pair + 1 (one 128-channel scale group) of the stage: each thread reads
+  // its 4 raw chunks and 2 scales, warpgroup 1's barrier (every raw byte of the pair read: the stores
+  // overwrite them), then each converts its chunks (e4m3 x scale, rounded to q's dtype) and stores them,
+  // 2 x 16 bytes each, where a quarter warp's 8 rows of one chunk lie in 8 distinct bank groups.
+  __device__ __forceinline__ void fp8_convert_pair(int stage, int pair) {
+    const uint32_t tile = skv_ + stage * kTileBytes;
+    const int quarter = lane_ >> 3;
+    uint4 raw[2][2];
+    float scale[2];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int token = fp8_token(t);
+      scale[t] = __uint_as_float(lds_u32(scales_ + stage * kTileRows * 16 + token * 16 + pair * 4));
+#pragma unroll
+      for (int k = 0; k < 2; ++k) raw[t][k] = lds_u32x4(fp8_raw_address(tile, 2 * pair + k, token));
+    }
+    loaders_barrier_sync();
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int token = fp8_token(t);
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const uint32_t in[4] = {raw[t][k].x, raw[t][k].y, raw[t][k].z, raw[t][k].w};
+        uint32_t words[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float2 value = e4m3x2_to_float2(static_cast<uint16_t>(in[i / 2] >> ((i % 2) * 16)));
+          words[i] = pack2<kFp16>(value.x * scale[t], value.y * scale[t]);
+        }
+        const uint32_t row_address = tile + (2 * pair + k) * kColumnBlockBytes + token * 128;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int chunk = 2 * quarter + c;
+          st_shared_v4(row_address + ((chunk ^ (token & 7)) << 4), words[4 * c], words[4 * c + 1], words[4 * c + 2],
+                       words[4 * c + 3]);
+        }
+      }
+    }
+  }
+  // Token t (0, 1) of this thread in an FP8 fill, and where its raw chunk of column block c lies.
+  __device__ __forceinline__ int fp8_token(int t) const { return (warp_ + 4 * t) * 8 + (lane_ & 7); }
+  __device__ __forceinline__ uint32_t fp8_raw_address(uint32_t tile, int c, int token) const {
+    return tile + c * kColumnBlockBytes + kColumnBlockBytes / 2 + token * 64 +
+           (((lane_ >> 3) ^ ((token >> 1) & 3)) << 4);
   }
 
   // acc rows g (factor0) and g + 8 (factor1) of the warp; skipped when the whole warp's factors are 1
@@ -4685,6 +4846,7 @@ class WgmmaPipelinedDecoder {
   }
   const DecodeParams& p_;
   uint32_t sq_ = 0, skv_ = 0, full_ = 0;
+  uint32_t scales_ = 0;      // kFp8Cache: the stages' scale areas
   uint32_t phase_bits_ = 0;  // kTma: bit s = parity of the next phase of stage s's mbarriers
   float* factor_ = nullptr;
   float* finish_ = nullptr;
@@ -5309,6 +5471,11 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
     }
   }
   if constexpr (kFp8) {
+    if (kind == KernelKind::kWgmmaFp8Lean) {
+      return launch<
+          WgmmaPipelinedDecoder<kFp16, 0, true, true, kLeanGroupedBarriers | kLeanFoldedSoftmax | kLeanFp8Cache>,
+          kFp16>(params, stream);
+    }
     if (kind == KernelKind::kWgmmaFp8TransposedWg && params.rows <= 16) {
       return params.fp8_early_v ? launch<Fp8TransposedWgDecoder<kFp16, true>, kFp16>(params, stream)
                                 : launch<Fp8TransposedWgDecoder<kFp16, false>, kFp16>(params, stream);
@@ -5400,7 +5567,12 @@ KernelKind select_kernel(const DecodeParams& params) {
   // 64-row WGMMA path dequantizes into a 16-bit tile first and ran at a third of their speed there.
   const bool wgmma_rows = params.rows >= kWgmmaMinRows || !params.fp8_cache || params.force_wgmma;
   if (!params.force_mma_sync && wgmma_rows) {
-    if (!params.tma_loads || params.fp8_cache) return KernelKind::kWgmma;
+    // The FP8 cache: lean2 with warpgroup 1 dequantizing (its folded softmax needs a positive scale);
+    // it loads without TMA, so FF_MLA_LOADS does not apply.
+    if (params.fp8_cache) {
+      return params.fp8_lean && params.scale_log2 > 0.0f ? KernelKind::kWgmmaFp8Lean : KernelKind::kWgmma;
+    }
+    if (!params.tma_loads) return KernelKind::kWgmma;
     // The probes exist for the pipelined schedule only (without the lean changes).
     Schedule schedule = params.schedule;
     if (schedule == Schedule::kDefault) schedule = params.probe_skip != 0 ? Schedule::kPipelined : kDefaultSchedule;
@@ -5455,6 +5627,7 @@ const char* kernel_name(KernelKind kind) {
     case KernelKind::kMmaSyncFp8ChannelsSplitS: return "mma_sync_fp8_channels_split_s";
     case KernelKind::kWgmmaFp8Transposed: return "wgmma_fp8_transposed";
     case KernelKind::kWgmmaFp8TransposedWg: return "wgmma_fp8_transposed_wg";
+    case KernelKind::kWgmmaFp8Lean: return "wgmma_fp8_lean";
     case KernelKind::kMmaSync: return "mma_sync";
   }
   return "";
