@@ -992,28 +992,22 @@ TEST(CudaDecode, WgmmaFp8CacheTwoQueries) {
 // block edges, 0 and 1, pieces of 1 to many blocks split and unsplit, causal, fp16, two KV heads, a
 // partial second row tile), and the same shapes on the older dequantizing kernel (FF_MLA_FP8_LEAN=0).
 TEST(CudaDecode, WgmmaFp8LeanAndOlderKernel) {
+  const Case shapes[] = {
+      {.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128},
+      {.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .num_sms = 11},
+      {.seqlens = {200, 64, 5, 450}, .h_q = 128, .h_kv = 2, .causal = true, .dtype = DType::kFloat16, .num_sms = 7},
+      {.seqlens = {513, 31, 128}, .s_q = 2, .h_q = 48, .causal = true, .num_sms = 5},
+      // A non-positive scale keeps the older kernel (the folded softmax needs a positive one).
+      {.seqlens = {300, 65}, .s_q = 1, .h_q = 64, .softmax_scale = -0.05},
+  };
   for (const bool lean : {true, false}) {
-    SCOPED_TRACE(testing::Message() << "fp8_lean " << lean);
-    run_cuda_and_compare(
-        {.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128, .fp8 = true, .fp8_lean = lean}, 71);
-    run_cuda_and_compare(
-        {.seqlens = {2048, 1500, 4097}, .s_q = 1, .h_q = 128, .fp8 = true, .num_sms = 11, .fp8_lean = lean}, 72);
-    run_cuda_and_compare({.seqlens = {200, 64, 5, 450},
-                          .s_q = 1,
-                          .h_q = 128,
-                          .h_kv = 2,
-                          .causal = true,
-                          .dtype = DType::kFloat16,
-                          .fp8 = true,
-                          .num_sms = 7,
-                          .fp8_lean = lean},
-                         73);
-    run_cuda_and_compare(
-        {.seqlens = {513, 31, 128}, .s_q = 2, .h_q = 48, .causal = true, .fp8 = true, .num_sms = 5, .fp8_lean = lean},
-        74);
-    // A non-positive scale keeps the older kernel (the folded softmax needs a positive one).
-    run_cuda_and_compare(
-        {.seqlens = {300, 65}, .s_q = 1, .h_q = 64, .fp8 = true, .softmax_scale = -0.05, .fp8_lean = lean}, 75);
+    uint32_t seed = 71;
+    for (Case shape : shapes) {
+      SCOPED_TRACE(testing::Message() << "fp8_lean " << lean << ", seed " << seed);
+      shape.fp8 = true;
+      shape.fp8_lean = lean;
+      run_cuda_and_compare(shape, seed++);
+    }
   }
 }
 
