@@ -197,7 +197,7 @@ constexpr Fp8Kernel kDefaultFp8FewRows32 = Fp8Kernel::kChannelsSplitS;
 // The kernel launch_decode enqueues for these parameters when the TMA tensor map can be encoded (else
 // the TMA kernels become kWgmma), and its name ("wgmma_tma_lean2", "wgmma_tma_lean", "wgmma_tma_lean_bar3",
 // "wgmma_tma_lean_fold", "wgmma_tma_lean2_early", "wgmma_seesaw", "wgmma_tma", "wgmma", "mma_sync",
-// "mma_sync_fp8_direct", "mma_sync_fp8_pair", "mma_sync_fp8_wide").
+// "mma_sync_fp8_direct", "mma_sync_fp8_pair", "mma_sync_fp8_wide", ..., "wgmma_fp8_lean").
 KernelKind select_kernel(const DecodeParams& params);
 const char* kernel_name(KernelKind kind);
 

@@ -237,6 +237,28 @@ __device__ __forceinline__ float2 e4m3x2_to_float2(uint16_t bits) {
   return __half22float2(value);
 }
 
+// 4 kWords e4m3 values (the bytes of `in`, in order) dequantized: e4m3 x scale in fp32, rounded to
+// 16 bits (f16 / bf16), two per output word.
+template <bool kFp16, int kWords>
+__device__ __forceinline__ void dequantize_e4m3(const uint32_t (&in)[kWords], float scale,
+                                                uint32_t (&out)[2 * kWords]) {
+#pragma unroll
+  for (int i = 0; i < 2 * kWords; ++i) {
+    const float2 value = e4m3x2_to_float2(static_cast<uint16_t>(in[i / 2] >> ((i % 2) * 16)));
+    out[i] = pack2<kFp16>(value.x * scale, value.y * scale);
+  }
+}
+
+// Two bf16 values (the cache's RoPE channels) as f16x2 (rounded).
+__device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t word) {
+  return pack2<true>(__uint_as_float(word << 16), __uint_as_float(word & 0xffff0000u));
+}
+// 8 bf16 values as f16, in place.
+__device__ __forceinline__ void bf16x8_to_f16x8(uint4& packed) {
+  packed = make_uint4(bf16x2_to_f16x2(packed.x), bf16x2_to_f16x2(packed.y), bf16x2_to_f16x2(packed.z),
+                      bf16x2_to_f16x2(packed.w));
+}
+
 // Bytes 0, 1 and 2, 3 of x (e4m3) -> two f16x2 (exact).
 __device__ __forceinline__ void e4m3x4_to_f16x2x2(uint32_t x, uint32_t& low, uint32_t& high) {
   asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
@@ -449,26 +471,12 @@ class Decoder {
         const uint2 bytes = *reinterpret_cast<const uint2*>(source + chunk * 8);
         const float scale = *reinterpret_cast<const float*>(source + kDimV + (chunk / 16) * 4);
         uint32_t words[4];
-        const uint32_t in[2] = {bytes.x, bytes.y};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint16_t pair = static_cast<uint16_t>(in[i / 2] >> ((i % 2) * 16));
-          const float2 value = e4m3x2_to_float2(pair);
-          words[i] = pack2<kFp16>(value.x * scale, value.y * scale);
-        }
+        dequantize_e4m3<kFp16>({bytes.x, bytes.y}, scale, words);
         packed = make_uint4(words[0], words[1], words[2], words[3]);
       } else {
         // RoPE channels are stored as bf16: convert when the tile is fp16.
         packed = *reinterpret_cast<const uint4*>(source + kDimV + 16 + (chunk - kDimV / 8) * 16);
-        if constexpr (kFp16) {
-          uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float low = __uint_as_float(words[i] << 16), high = __uint_as_float(words[i] & 0xffff0000u);
-            words[i] = pack2<true>(low, high);
-          }
-          packed = make_uint4(words[0], words[1], words[2], words[3]);
-        }
+        if constexpr (kFp16) bf16x8_to_f16x8(packed);
       }
       *reinterpret_cast<uint4*>(kv_tile_ + tile_offset(token, chunk)) = packed;
     }
@@ -1163,8 +1171,8 @@ class Fp8Decoder {
             const uint4 words = k_rope[n][k / 2];
             uint32_t b0 = (k % 2) ? words.z : words.x, b1 = (k % 2) ? words.w : words.y;
             if constexpr (kFp16) {
-              b0 = pack2<true>(__uint_as_float(b0 << 16), __uint_as_float(b0 & 0xffff0000u));
-              b1 = pack2<true>(__uint_as_float(b1 << 16), __uint_as_float(b1 & 0xffff0000u));
+              b0 = bf16x2_to_f16x2(b0);
+              b1 = bf16x2_to_f16x2(b1);
             }
             mma_16816<kFp16>(rope[k % kChains][n], a, b0, b1);
           }
@@ -1516,8 +1524,8 @@ class Fp8Decoder {
           b[nn][0] = kk ? k_rope[nn].z : k_rope[nn].x;
           b[nn][1] = kk ? k_rope[nn].w : k_rope[nn].y;
           if constexpr (kFp16) {
-            b[nn][0] = pack2<true>(__uint_as_float(b[nn][0] << 16), __uint_as_float(b[nn][0] & 0xffff0000u));
-            b[nn][1] = pack2<true>(__uint_as_float(b[nn][1] << 16), __uint_as_float(b[nn][1] & 0xffff0000u));
+            b[nn][0] = bf16x2_to_f16x2(b[nn][0]);
+            b[nn][1] = bf16x2_to_f16x2(b[nn][1]);
           }
         }
 #pragma unroll
@@ -1611,8 +1619,8 @@ class Fp8Decoder {
             b[n][0] = (k % 2) ? words.z : words.x;
             b[n][1] = (k % 2) ? words.w : words.y;
             if constexpr (kFp16) {
-              b[n][0] = pack2<true>(__uint_as_float(b[n][0] << 16), __uint_as_float(b[n][0] & 0xffff0000u));
-              b[n][1] = pack2<true>(__uint_as_float(b[n][1] << 16), __uint_as_float(b[n][1] & 0xffff0000u));
+              b[n][0] = bf16x2_to_f16x2(b[n][0]);
+              b[n][1] = bf16x2_to_f16x2(b[n][1]);
             }
           }
 #pragma unroll
@@ -2270,8 +2278,8 @@ class Fp8WideDecoder {
           const uint4 words = k_rope[k / 2];
           uint32_t b0 = (k % 2) ? words.z : words.x, b1 = (k % 2) ? words.w : words.y;
           if constexpr (kFp16) {
-            b0 = pack2<true>(__uint_as_float(b0 << 16), __uint_as_float(b0 & 0xffff0000u));
-            b1 = pack2<true>(__uint_as_float(b1 << 16), __uint_as_float(b1 & 0xffff0000u));
+            b0 = bf16x2_to_f16x2(b0);
+            b1 = bf16x2_to_f16x2(b1);
           }
           mma_16816<kFp16>(rope[k % 2], a, b0, b1);
         }
@@ -2793,25 +2801,11 @@ class WgmmaFp8Decoder {
         const uint2 bytes = *reinterpret_cast<const uint2*>(source + chunk * 8);
         const float scale = *reinterpret_cast<const float*>(source + kDimV + (chunk / 16) * 4);
         uint32_t words[4];
-        const uint32_t in[2] = {bytes.x, bytes.y};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint16_t pair = static_cast<uint16_t>(in[i / 2] >> ((i % 2) * 16));
-          const float2 value = e4m3x2_to_float2(pair);
-          words[i] = pack2<kFp16>(value.x * scale, value.y * scale);
-        }
+        dequantize_e4m3<kFp16>({bytes.x, bytes.y}, scale, words);
         packed = make_uint4(words[0], words[1], words[2], words[3]);
       } else {
         packed = *reinterpret_cast<const uint4*>(source + kDimV + 16 + (chunk - kDimV / 8) * 16);
-        if constexpr (kFp16) {
-          uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float low = __uint_as_float(words[i] << 16), high = __uint_as_float(words[i] & 0xffff0000u);
-            words[i] = pack2<true>(low, high);
-          }
-          packed = make_uint4(words[0], words[1], words[2], words[3]);
-        }
+        if constexpr (kFp16) bf16x8_to_f16x8(packed);
       }
       *reinterpret_cast<uint4*>(kv_tile_ + wgmma_tile_offset(token, chunk)) = packed;
     }
@@ -3294,7 +3288,7 @@ class Fp8TransposedBase {
           if constexpr (kFp16) {  // the cache's bf16 RoPE against an fp16 query
 #pragma unroll
             for (int r = 0; r < 4; ++r) {
-              fragment[r] = pack2<true>(__uint_as_float(fragment[r] << 16), __uint_as_float(fragment[r] & 0xffff0000u));
+              fragment[r] = bf16x2_to_f16x2(fragment[r]);
             }
           }
         }
@@ -4428,13 +4422,9 @@ class WgmmaPipelinedDecoder {
         for (int h = 0; h < 2; ++h) {
           const int chunk = 4 * h + (lane_ >> 3);
           const uint32_t address = tile + 8 * kColumnBlockBytes + token * 128 + ((chunk ^ (token & 7)) << 4);
-          const uint4 packed = lds_u32x4(address);
-          uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            words[i] = pack2<true>(__uint_as_float(words[i] << 16), __uint_as_float(words[i] & 0xffff0000u));
-          }
-          st_shared_v4(address, words[0], words[1], words[2], words[3]);
+          uint4 packed = lds_u32x4(address);
+          bf16x8_to_f16x8(packed);
+          st_shared_v4(address, packed.x, packed.y, packed.z, packed.w);
         }
       }
     }
@@ -4467,13 +4457,8 @@ class WgmmaPipelinedDecoder {
       const int token = fp8_token(t);
 #pragma unroll
       for (int k = 0; k < 2; ++k) {
-        const uint32_t in[4] = {raw[t][k].x, raw[t][k].y, raw[t][k].z, raw[t][k].w};
         uint32_t words[8];
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float2 value = e4m3x2_to_float2(static_cast<uint16_t>(in[i / 2] >> ((i % 2) * 16)));
-          words[i] = pack2<kFp16>(value.x * scale[t], value.y * scale[t]);
-        }
+        dequantize_e4m3<kFp16>({raw[t][k].x, raw[t][k].y, raw[t][k].z, raw[t][k].w}, scale[t], words);
         const uint32_t row_address = tile + (2 * pair + k) * kColumnBlockBytes + token * 128;
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
@@ -5564,7 +5549,8 @@ KernelKind select_kernel(const DecodeParams& params) {
   // the H200 the lean2 kernel ran h_q 16 at 3.9-4.1 TB/s (s_q 1 and 2, 8K-32K) against mma.sync's
   // 2.3-3.1 (bench/results/anchors_h200_few_rows.json, docs/mla.md). The FP8 cache keeps its few-row
   // kernels below kWgmmaMinRows (the transposed WGMMA one or mma.sync, kDefaultFp8FewRows16 / 32): its
-  // 64-row WGMMA path dequantizes into a 16-bit tile first and ran at a third of their speed there.
+  // 64-row WGMMA path dequantizes into a 16-bit tile first and ran at a third of their speed there (the
+  // older kernel, WgmmaFp8Decoder; wgmma_fp8_lean, which replaced it from 64 rows, was not measured below).
   const bool wgmma_rows = params.rows >= kWgmmaMinRows || !params.fp8_cache || params.force_wgmma;
   if (!params.force_mma_sync && wgmma_rows) {
     // The FP8 cache: lean2 with warpgroup 1 dequantizing (its folded softmax needs a positive scale);
