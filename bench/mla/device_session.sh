@@ -2,6 +2,7 @@
 # One device session for the mla kernels (build, GPU tests, memcheck, benchmark), as run through the
 # device tool: `bash bench/mla/device_session.sh STEPS...` with $OUT set; logs and JSON land in $OUT.
 # Steps: build, sass, overhead (the fixed per-call cost at h_q 16), gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
+# leanchecks (memcheck and racecheck of the FP8 lean kernel), ncu8l (its counters at h_q 128 8K),
 # gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck and racecheck of the FP8 kernels for <= 32 rows), ab8 (the FP8 A/B),
 # ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
 # tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
@@ -34,7 +35,7 @@ for step in "$@"; do
       echo "HGMMA instructions: $(grep -c HGMMA "$OUT/sass.txt")"
       ;;
     gtest)
-      timeout 75 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
+      timeout "${MLA_GTEST_TIMEOUT:-240}" build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.*' >"$OUT/gtest.log" 2>&1
       rc=$?
       grep -E "^\[  (FAILED|PASSED|  OK) |Failure|Expected|Which is|error" "$OUT/gtest.log" | head -60
       if [ $rc -eq 124 ]; then echo "gtest timed out (a hang?): stopping"; tail -3 "$OUT/gtest.log"; exit 1; fi
@@ -145,6 +146,29 @@ for step in "$@"; do
       ncu -i "$OUT/ncu_fp8.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu8_sass.csv" 2>/dev/null || true
       gzip -f "$OUT/ncu8_sass.csv"
       grep -E "Duration|Throughput|Executed Ipc|Issue Slots|Stall|Warp Cycles|No Eligible|Registers|pipe|Pipe" "$OUT/ncu8.log" | head -60
+      ;;
+    ncu8l)
+      # The default FP8 kernel at h_q 128, 8K (wgmma_fp8_lean): pipes (the conversions, FP16, tensor), warp
+      # states, instruction mix, stall sources.
+      timeout 150 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 --import-source no \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters \
+        --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fp16.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_uniform.avg.pct_of_peak_sustained_active,sm__pipe_shared_cycles_active.avg.pct_of_peak_sustained_active \
+        -o "$OUT/ncu_fp8_lean" python3 bench/mla/profile_mla.py --h-q 128 --length 8192 --kinds fp8 \
+        >"$OUT/ncu8l_run.log" 2>&1
+      ncu -i "$OUT/ncu_fp8_lean.ncu-rep" --page details >"$OUT/ncu8l.log" 2>&1
+      ncu -i "$OUT/ncu_fp8_lean.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu8l_sass.csv" 2>/dev/null || true
+      gzip -f "$OUT/ncu8l_sass.csv"
+      grep -E "Duration|Throughput|Executed Ipc|Issue Slots|Stall|Warp Cycles|No Eligible|Registers|pipe|Pipe" "$OUT/ncu8l.log" | head -60
+      ;;
+    leanchecks)
+      # The FP8 lean kernel and the older one (WgmmaFp8LeanAndOlderKernel) under memcheck and racecheck.
+      timeout 150 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
+        --gtest_filter='CudaDecode.WgmmaFp8LeanAndOlderKernel' >"$OUT/memcheck_lean.log" 2>&1
+      echo "memcheck:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck_lean.log" | head -4
+      timeout 200 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
+        --gtest_filter='CudaDecode.WgmmaFp8LeanAndOlderKernel' >"$OUT/racecheck_lean.log" 2>&1
+      echo "racecheck:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck_lean.log" | head -4
       ;;
     sasssize)
       # SASS instructions per kernel function (16 bytes each): the instruction-cache footprint.
