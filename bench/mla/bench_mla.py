@@ -375,12 +375,17 @@ FP8_AB_KNOWN = {
     # older dequantizing WGMMA kernel (FF_MLA_FP8_LEAN=0)
     "fp8_lean": (True, {"FF_MLA_FP8_LEAN": "1"}),
     "fp8_dequant_wgmma": (True, {"FF_MLA_FP8_LEAN": "0"}),
-    # its split of each block's conversion: pairs of column blocks converted before the P V of the block before
-    "fp8_lean_early2": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "2"}),
-    "fp8_lean_early0": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "0"}),
-    "fp8_lean_early1": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "1"}),
-    "fp8_lean_early3": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "3"}),
-    "fp8_lean_early4": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_EARLY_PAIRS": "4"}),
+    # (without the prefetch) its split of each block's conversion: pairs converted before the P V of the block before
+    "fp8_lean_early2": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "0", "FF_MLA_FP8_EARLY_PAIRS": "2"}),
+    "fp8_lean_early0": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "0", "FF_MLA_FP8_EARLY_PAIRS": "0"}),
+    "fp8_lean_early1": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "0", "FF_MLA_FP8_EARLY_PAIRS": "1"}),
+    "fp8_lean_early3": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "0", "FF_MLA_FP8_EARLY_PAIRS": "3"}),
+    "fp8_lean_early4": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "0", "FF_MLA_FP8_EARLY_PAIRS": "4"}),
+    # pair 0 of each block loaded into registers a block ahead (prefetch1, the default), pairs 0 and 1
+    # (prefetch2), none (prefetch0, the kernel before)
+    "fp8_lean_prefetch2": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "2"}),
+    "fp8_lean_prefetch1": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "1"}),
+    "fp8_lean_prefetch0": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "0"}),
 }
 FP8_AB_DEFAULT = "bf16,fp8_channels,fp8_channels_split_s,fp8_pair"
 

@@ -246,6 +246,9 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   if (const char* lean = std::getenv("FF_MLA_FP8_LEAN"); lean != nullptr) {
     params.fp8_lean = std::string_view(lean) != "0";
   }
+  if (const char* prefetch = std::getenv("FF_MLA_FP8_PREFETCH"); prefetch != nullptr) {
+    params.fp8_prefetch_pairs = std::clamp(std::atoi(prefetch), 0, 2);
+  }
   if (const char* pairs = std::getenv("FF_MLA_FP8_EARLY_PAIRS"); pairs != nullptr) {
     params.fp8_early_pairs = std::clamp(std::atoi(pairs), 0, 4);
   }

@@ -282,6 +282,9 @@ struct Case {
   // CUDA: false sets FF_MLA_FP8_LEAN=0 for this call (the FP8 cache from 64 rows on the older
   // dequantizing WGMMA kernel instead of lean2 fed by a dequantizing warpgroup).
   bool fp8_lean = true;
+  // CUDA: FF_MLA_FP8_PREFETCH for this call (the lean FP8 kernel with the first 1 or 2 pairs of column
+  // blocks of each block loaded a block ahead into registers); nullptr: the default.
+  const char* fp8_prefetch = nullptr;
 };
 
 // Inputs of one call: random q and cache, pages scattered over the cache by a permuted block table,
@@ -795,6 +798,7 @@ void run_cuda_and_compare(const Case& config, uint32_t seed, bool check_values =
     const ScopedEnv schedule("FF_MLA_SCHEDULE", config.schedule);
     const ScopedEnv fp8_kernel("FF_MLA_FP8", config.fp8_kernel);
     const ScopedEnv fp8_lean("FF_MLA_FP8_LEAN", config.fp8_lean ? nullptr : "0");
+    const ScopedEnv fp8_prefetch("FF_MLA_FP8_PREFETCH", config.fp8_prefetch);
     status = flash_mla_with_kvcache(args, Backend::kCuda);
   }
   ASSERT_TRUE(status.is_ok()) << status.to_string();
@@ -990,7 +994,8 @@ TEST(CudaDecode, WgmmaFp8CacheTwoQueries) {
 
 // The FP8 cache from 64 rows: lean2 fed by warpgroup 1's dequantization ("wgmma_fp8_lean"; lengths at
 // block edges, 0 and 1, pieces of 1 to many blocks split and unsplit, causal, fp16, two KV heads, a
-// partial second row tile), and the same shapes on the older dequantizing kernel (FF_MLA_FP8_LEAN=0).
+// partial second row tile), the same shapes with the first pair or two of each next block prefetched into
+// registers (FF_MLA_FP8_PREFETCH=1, 2), and on the older dequantizing kernel (FF_MLA_FP8_LEAN=0).
 TEST(CudaDecode, WgmmaFp8LeanAndOlderKernel) {
   const Case shapes[] = {
       {.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128},
@@ -1000,12 +1005,19 @@ TEST(CudaDecode, WgmmaFp8LeanAndOlderKernel) {
       // A non-positive scale keeps the older kernel (the folded softmax needs a positive one).
       {.seqlens = {300, 65}, .s_q = 1, .h_q = 64, .softmax_scale = -0.05},
   };
-  for (const bool lean : {true, false}) {
+  struct Variant {
+    bool lean;
+    const char* prefetch;
+  };
+  for (const Variant variant :
+       {Variant{true, nullptr}, Variant{true, "0"}, Variant{true, "2"}, Variant{false, nullptr}}) {
     uint32_t seed = 71;
     for (Case shape : shapes) {
-      SCOPED_TRACE(testing::Message() << "fp8_lean " << lean << ", seed " << seed);
+      SCOPED_TRACE(testing::Message() << "fp8_lean " << variant.lean << ", prefetch "
+                                      << (variant.prefetch ? variant.prefetch : "default") << ", seed " << seed);
       shape.fp8 = true;
-      shape.fp8_lean = lean;
+      shape.fp8_lean = variant.lean;
+      shape.fp8_prefetch = variant.prefetch;
       run_cuda_and_compare(shape, seed++);
     }
   }
