@@ -19,6 +19,29 @@ if [ "${MLA_BUNDLE:-0}" = 1 ]; then
   mkdir -p "$OUT"
 fi
 export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1
+# ncu_profile REPORT LOG METRICS PROFILE_ARGS...: the FP8 kernel of profile_mla.py (PROFILE_ARGS) under ncu
+# (SOL, compute, memory, warp states, scheduler, instruction mix, per-instruction stall samples + METRICS).
+ncu_profile() {
+  local report=$1 log=$2 metrics=$3
+  shift 3
+  timeout 150 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 --import-source no \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters \
+    --metrics "$metrics" -o "$OUT/$report" python3 bench/mla/profile_mla.py "$@" --kinds fp8 >"$OUT/${log}_run.log" 2>&1
+  ncu -i "$OUT/$report.ncu-rep" --page details >"$OUT/$log.log" 2>&1
+  ncu -i "$OUT/$report.ncu-rep" --page source --csv --print-source sass >"$OUT/${log}_sass.csv" 2>/dev/null || true
+  gzip -f "$OUT/${log}_sass.csv"
+  grep -E "Duration|Throughput|Executed Ipc|Issue Slots|Stall|Warp Cycles|No Eligible|Registers|pipe|Pipe" "$OUT/$log.log" | head -60
+}
+# sanitize TEST LOG_SUFFIX MEMCHECK_S RACECHECK_S: one gtest under compute-sanitizer memcheck, then racecheck.
+sanitize() {
+  timeout "$3" compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test --gtest_filter="$1" \
+    >"$OUT/memcheck$2.log" 2>&1
+  echo "memcheck:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck$2.log" | head -4
+  timeout "$4" compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test --gtest_filter="$1" \
+    >"$OUT/racecheck$2.log" 2>&1
+  echo "racecheck:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck$2.log" | head -4
+}
 for step in "$@"; do
   echo "=== $step ($(date +%T))"
   case "$step" in
@@ -54,12 +77,7 @@ for step in "$@"; do
     memcheck8)
       # Every FP8 kernel for <= 32 rows (the forced-kernel test: 16 and 32 rows, splits, causal, fp16)
       # under memcheck and racecheck.
-      timeout 120 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.Fp8FewRowsKernelsForced' >"$OUT/memcheck8.log" 2>&1
-      echo "memcheck:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck8.log" | head -4
-      timeout 150 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.Fp8FewRowsKernelsForced' >"$OUT/racecheck8.log" 2>&1
-      echo "racecheck:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck8.log" | head -4
+      sanitize CudaDecode.Fp8FewRowsKernelsForced 8 120 150
       ;;
     clocks)
       # SM / memory clocks, power, temperature and throttle reasons every 200 ms until the session ends.
@@ -136,39 +154,18 @@ for step in "$@"; do
     ncu8)
       # The default FP8 kernel at h_q 16, 4K (s_q from MLA_NCU_SQ, 1 by default): pipes, warp states,
       # instruction mix, stall sources.
-      timeout 150 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 --import-source no \
-        --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-        --section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters \
-        --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_uniform.avg.pct_of_peak_sustained_active \
-        -o "$OUT/ncu_fp8" python3 bench/mla/profile_mla.py --h-q 16 --s-q "${MLA_NCU_SQ:-1}" --length 4096 --kinds fp8 \
-        >"$OUT/ncu8_run.log" 2>&1
-      ncu -i "$OUT/ncu_fp8.ncu-rep" --page details >"$OUT/ncu8.log" 2>&1
-      ncu -i "$OUT/ncu_fp8.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu8_sass.csv" 2>/dev/null || true
-      gzip -f "$OUT/ncu8_sass.csv"
-      grep -E "Duration|Throughput|Executed Ipc|Issue Slots|Stall|Warp Cycles|No Eligible|Registers|pipe|Pipe" "$OUT/ncu8.log" | head -60
+      ncu_profile ncu_fp8 ncu8 sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_uniform.avg.pct_of_peak_sustained_active \
+        --h-q 16 --s-q "${MLA_NCU_SQ:-1}" --length 4096
       ;;
     ncu8l)
       # The default FP8 kernel at h_q 128, 8K (wgmma_fp8_lean): pipes (the conversions, FP16, tensor), warp
       # states, instruction mix, stall sources.
-      timeout 150 ncu --clock-control none -k regex:mla_decode_kernel --launch-skip 1 -c 1 --import-source no \
-        --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-        --section WarpStateStats --section SchedulerStats --section InstructionStats --section SourceCounters \
-        --metrics sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fp16.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_uniform.avg.pct_of_peak_sustained_active,sm__pipe_shared_cycles_active.avg.pct_of_peak_sustained_active \
-        -o "$OUT/ncu_fp8_lean" python3 bench/mla/profile_mla.py --h-q 128 --length 8192 --kinds fp8 \
-        >"$OUT/ncu8l_run.log" 2>&1
-      ncu -i "$OUT/ncu_fp8_lean.ncu-rep" --page details >"$OUT/ncu8l.log" 2>&1
-      ncu -i "$OUT/ncu_fp8_lean.ncu-rep" --page source --csv --print-source sass >"$OUT/ncu8l_sass.csv" 2>/dev/null || true
-      gzip -f "$OUT/ncu8l_sass.csv"
-      grep -E "Duration|Throughput|Executed Ipc|Issue Slots|Stall|Warp Cycles|No Eligible|Registers|pipe|Pipe" "$OUT/ncu8l.log" | head -60
+      ncu_profile ncu_fp8_lean ncu8l sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_fp16.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_uniform.avg.pct_of_peak_sustained_active,sm__pipe_shared_cycles_active.avg.pct_of_peak_sustained_active \
+        --h-q 128 --length 8192
       ;;
     leanchecks)
       # The FP8 lean kernel and the older one (WgmmaFp8LeanAndOlderKernel) under memcheck and racecheck.
-      timeout 150 compute-sanitizer --tool memcheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.WgmmaFp8LeanAndOlderKernel' >"$OUT/memcheck_lean.log" 2>&1
-      echo "memcheck:"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck_lean.log" | head -4
-      timeout 200 compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test \
-        --gtest_filter='CudaDecode.WgmmaFp8LeanAndOlderKernel' >"$OUT/racecheck_lean.log" 2>&1
-      echo "racecheck:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck_lean.log" | head -4
+      sanitize CudaDecode.WgmmaFp8LeanAndOlderKernel _lean 150 200
       ;;
     sasssize)
       # SASS instructions per kernel function (16 bytes each): the instruction-cache footprint.
