@@ -994,8 +994,9 @@ TEST(CudaDecode, WgmmaFp8CacheTwoQueries) {
 
 // The FP8 cache from 64 rows: lean2 fed by warpgroup 1's dequantization ("wgmma_fp8_lean"; lengths at
 // block edges, 0 and 1, pieces of 1 to many blocks split and unsplit, causal, fp16, two KV heads, a
-// partial second row tile), the same shapes with the first pair or two of each next block prefetched into
-// registers (FF_MLA_FP8_PREFETCH=1, 2), and on the older dequantizing kernel (FF_MLA_FP8_LEAN=0).
+// partial second row tile) with each next block's first pair of column blocks prefetched into registers (the
+// default), the same shapes with no prefetch (FF_MLA_FP8_PREFETCH=0) and with two pairs (=2), and on the older
+// dequantizing kernel (FF_MLA_FP8_LEAN=0).
 TEST(CudaDecode, WgmmaFp8LeanAndOlderKernel) {
   const Case shapes[] = {
       {.seqlens = {1, 63, 64, 65, 300, 0, 129, 1000}, .s_q = 1, .h_q = 128},

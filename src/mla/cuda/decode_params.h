@@ -130,13 +130,13 @@ struct DecodeParams {
   // with warpgroup 1 dequantizing (kWgmmaFp8Lean) where the scale is positive; FF_MLA_FP8_LEAN=0 in the
   // environment: the older dequantizing WGMMA kernel (kWgmma, WgmmaFp8Decoder), for A/B runs.
   bool fp8_lean = true;
-  // kWgmmaFp8Lean: pairs of column blocks (of 4) a block's fill converts right after its stage is freed;
-  // the rest while warpgroup 1's P V of the block before runs (FF_MLA_FP8_EARLY_PAIRS=0..4, for A/B runs).
+  // kWgmmaFp8Lean without the prefetch: pairs of column blocks (of 4) a block's fill converts right after its
+  // stage is freed; the rest while warpgroup 1's P V of the block before runs (FF_MLA_FP8_EARLY_PAIRS=0..4,
+  // for A/B runs).
   int fp8_early_pairs = 1;
   // kWgmmaFp8Lean: pairs of column blocks (0, 1 or 2) of each block loaded into registers a block ahead
   // (kLeanFp8Prefetch; FF_MLA_FP8_PREFETCH=0|1|2 in the environment, for A/B runs; with 1 or 2,
-  // fp8_early_pairs does not apply).
-  // 1 measured fastest (docs/mla.md, "FP8 at h_q 128").
+  // fp8_early_pairs does not apply). 1 measured fastest (docs/mla.md, "FP8 at h_q 128").
   int fp8_prefetch_pairs = 1;
   // The bf16 / fp16 WGMMA kernel loads full KV blocks by TMA (default); false (FF_MLA_LOADS=cp_async in
   // the environment) keeps its cp.async pipeline, for benchmarks and tests of both.
