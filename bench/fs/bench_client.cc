@@ -60,6 +60,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-parallel-chunks", max_parallel_chunks, "chunk I/Os in flight per call");
   app.add_option("--read-split-bytes", read_split_bytes, "chunk reads longer than this are split (0: off)");
   bool no_local_reads = false;
+  uint64_t local_read_piece_bytes = ff::fs::FileClientConfig{}.local_read_piece_bytes;
+  app.add_option("--local-read-piece-bytes", local_read_piece_bytes,
+                 "local reads longer than this read in pieces, each checked as it lands (0: one read)");
   app.add_flag("--no-local-reads", no_local_reads, "read every chunk over RPC (FileClientConfig::local_reads off)");
   bool no_read_ahead = false;
   app.add_flag("--no-read-ahead", no_read_ahead,
@@ -73,6 +76,7 @@ int main(int argc, char** argv) {
   client_config.max_parallel_chunks = max_parallel_chunks;
   client_config.read_split_bytes = read_split_bytes;
   client_config.local_reads = !no_local_reads;
+  client_config.local_read_piece_bytes = local_read_piece_bytes;
   client_config.read_ahead = !no_read_ahead;
   client_config.rpc_timeout_ms = 30'000;
   client_config.op_timeout_ms = 120'000;

@@ -54,6 +54,12 @@ def main() -> None:
                              "local reads land in huge-page buffers; reserve them first: echo 512 > "
                              "/proc/sys/vm/nr_hugepages")
     parser.add_argument("--no-read-ahead", action="store_true", help="sequential reads do not read ahead (A/B)")
+    parser.add_argument("--local-read-piece-bytes", type=int, default=None,
+                        help="fs_bench_client --local-read-piece-bytes (local reads longer than this read in pieces)")
+    parser.add_argument("--ab-args", default=None,
+                        help="with --rounds > 1: also run fs_bench_client with these extra arguments in every round "
+                             "(an A/B in the same minutes; who goes first rotates); reported as b_MB_per_s and "
+                             "ratio_vs_b (ours / b)")
     args = parser.parse_args()
     build = REPO / args.build_dir
     bench_bin = build / "bench-tools" / "fs_bench_client"
@@ -69,14 +75,18 @@ def main() -> None:
                       stats_interval_s=30) as cluster:
         cluster.start()
 
-        def run_ours(ops: str, patterns: str, blocks: str, parallelism: str, reuse: bool) -> list[dict]:
+        def run_ours(ops: str, patterns: str, blocks: str, parallelism: str, reuse: bool,
+                     extra: list[str] | None = None) -> list[dict]:
             run = subprocess.run(
                 [str(bench_bin), "--mgmtd", cluster.mgmtd_address, "--meta-db", str(cluster.dir / "meta"),
                  "--file-mb", str(args.file_mb), "--seconds", str(args.seconds), "--ops", ops,
                  "--patterns", patterns, "--blocks", blocks, "--parallelism", parallelism]
                 + (["--reuse"] if reuse else [])
                 + (["--no-local-reads"] if args.no_local_reads else [])
-                + (["--no-read-ahead"] if args.no_read_ahead else []),
+                + (["--no-read-ahead"] if args.no_read_ahead else [])
+                + (["--local-read-piece-bytes", str(args.local_read_piece_bytes)]
+                   if args.local_read_piece_bytes is not None else [])
+                + (extra or []),
                 capture_output=True, text=True, timeout=3600)
             print(run.stderr.strip(), file=sys.stderr)
             if run.returncode != 0:
@@ -84,7 +94,8 @@ def main() -> None:
                 sys.exit(f"fs_bench_client failed ({run.returncode})")
             return [json.loads(line) for line in run.stdout.splitlines()]
 
-        def report(case: dict, ours_mb: list[float], fio_mb: list[float], fio_huge_mb: list[float] | None = None) -> None:
+        def report(case: dict, ours_mb: list[float], fio_mb: list[float], fio_huge_mb: list[float] | None = None,
+                   b_mb: list[float] | None = None) -> None:
             op = case["op"]
             mine, theirs = statistics.median(ours_mb), statistics.median(fio_mb)
             target = 0.9 * theirs if op == "read" else 0.9 * theirs / 3
@@ -95,6 +106,12 @@ def main() -> None:
                 huge = statistics.median(fio_huge_mb)
                 line["fio_huge_pages_MB_per_s"] = round(huge, 1)
                 line["ratio_vs_fio_huge_pages"] = round(mine / huge, 3) if huge else None
+            if b_mb:
+                b = statistics.median(b_mb)
+                line["b_args"] = args.ab_args
+                line["b_MB_per_s"] = round(b, 1)
+                line["ratio_vs_b"] = round(mine / b, 3) if b else None
+                line["rounds_b_MB_per_s"] = [round(x, 1) for x in b_mb]
             if len(ours_mb) > 1:
                 line["rounds_MB_per_s"] = [round(x, 1) for x in ours_mb]
                 line["rounds_fio_MB_per_s"] = [round(x, 1) for x in fio_mb]
@@ -113,14 +130,21 @@ def main() -> None:
             cases = itertools.product(args.blocks.split(","), args.ops.split(","), args.patterns.split(","),
                                       args.parallelism.split(","))
             for block, op, pattern, parallel in cases:
-                ours_runs, fio_runs, fio_huge_runs = [], [], []
+                ours_runs, fio_runs, fio_huge_runs, b_runs = [], [], [], []
+                sides = ["ours", "fio"] + (["b"] if args.ab_args else [])
                 for round_index in range(args.rounds):
-                    # Who goes first alternates, so neither side always gets the disk's earlier minute.
-                    for side in (("ours", "fio") if round_index % 2 == 0 else ("fio", "ours")):
+                    # Who goes first rotates, so no side always gets the disk's earlier minute.
+                    shift = round_index % len(sides)
+                    for side in sides[shift:] + sides[:shift]:
                         if side == "ours":
                             (case,) = run_ours(op, pattern, block, parallel, reuse=prefilled)
                             prefilled = True
                             ours_runs.append(case)
+                        elif side == "b":
+                            (b_case,) = run_ours(op, pattern, block, parallel, reuse=prefilled,
+                                                 extra=args.ab_args.split())
+                            prefilled = True
+                            b_runs.append(b_case["MB_per_s"])
                         else:
                             fio_runs.append(fio(cluster.dir, op, pattern, int(block), int(parallel), args.seconds,
                                                 args.file_mb))
@@ -133,7 +157,7 @@ def main() -> None:
                             "seconds"):
                     case[key] = sum(run[key] for run in ours_runs)
                 case["avg_latency_ms"] = statistics.median(run["avg_latency_ms"] for run in ours_runs)
-                report(case, [run["MB_per_s"] for run in ours_runs], fio_runs, fio_huge_runs)
+                report(case, [run["MB_per_s"] for run in ours_runs], fio_runs, fio_huge_runs, b_runs)
     disk = subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip()
     document = {
         "benchmark": "fs native client: FileClient (in-process meta on RocksDB; 3 ff-storage at replication 3, "

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "ff/common/result.h"
+#include "ff/fs/local_read.h"
 #include "ff/fs/messages.h"
 #include "ff/fs/transport.h"
 #include "ff/fs/types.h"
@@ -40,6 +41,9 @@ struct ClientConfig {
   // Reads shorter than this go over RPC even with local_reads: for 4 KiB reads the RPC is the whole
   // cost and a local read only adds a hop to an offload thread (measured level or slower, docs/fs.md).
   uint64_t local_read_min_bytes = 32 << 10;
+  // A local read longer than this goes to the disk in pieces of this length, each checked as it lands
+  // (local_read.h, kLocalReadPieceBytes); 0: one read.
+  uint64_t local_read_piece_bytes = kLocalReadPieceBytes;
   // A local read of a range read before starts reading where the last answer said the bytes lie while
   // the read's request is on its way (the RPC and the disk read overlap); the bytes are kept only if
   // the answer names the same place and every segment's CRC matches (local_read.h, LocalBytes).

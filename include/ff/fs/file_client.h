@@ -64,6 +64,8 @@ struct FileClientConfig {
   // `local_read_threads` threads of the client's own executor (connect()).
   bool local_reads = true;
   uint32_t local_read_threads = 32;
+  // A local read longer than this reads in pieces of this length, each checked as it lands (ClientConfig).
+  uint64_t local_read_piece_bytes = ClientConfig{}.local_read_piece_bytes;
   // Small reads over RPC beyond this many read RPCs in flight to a storage node go out together as one batch
   // (ClientConfig::read_rpcs_per_node; 0: off).
   uint32_t read_rpcs_per_node = ClientConfig{}.read_rpcs_per_node;

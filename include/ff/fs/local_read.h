@@ -29,7 +29,13 @@ const std::string& this_host_id();
 // cached per path (thread-safe). Errors: unavailable (the file cannot be opened or is not the file
 // the target named: not the same host after all, or no permission), data_loss (a CRC differs: the
 // caller reads over RPC instead), io_error, invalid_argument (an extent that does not add up).
-Result<SharedBytes> read_local_extent(const LocalExtent& extent);
+// A read of more than `piece_bytes` (rounded up to whole crc segments and 4 KiB; 0: no pieces) into a buffer of its
+// own goes to the disk as pieces of that length, all in flight at once through one io_uring per thread, each piece's
+// CRCs computed (and, for a caller's buffer, its bytes copied on) as soon as it lands, while the disk moves the rest
+// (docs/fs-client.md, "What a read at P = 1 costs"). Where io_uring is refused, one read.
+inline constexpr uint64_t kLocalReadPieceBytes = 256 << 10;
+
+Result<SharedBytes> read_local_extent(const LocalExtent& extent, uint64_t piece_bytes = kLocalReadPieceBytes);
 
 // What read_local_extent reads, before any check: the bytes of the extent's segments and their CRC32C as
 // read. A client may read where the last answer for the same range said the bytes lie while it waits for
@@ -47,11 +53,12 @@ struct LocalBytes {
   Result<SharedBytes> answer(const LocalExtent& committed) const;
 };
 // Errors as read_local_extent's, except data_loss (nothing is checked yet).
-Result<LocalBytes> read_local_bytes(const LocalExtent& extent);
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent, uint64_t piece_bytes = kLocalReadPieceBytes);
 // The same, reading into `into` instead of a buffer of its own when the extent's bytes are exactly the answer's
 // (skip 0) and fit `into` whole once rounded up to 4 KiB, and `into` is 4 KiB-aligned (LocalBytes::buffer then
 // points into it and owns nothing: the caller keeps `into` alive while the bytes are used); else as above.
-Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::byte> into);
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::byte> into,
+                                    uint64_t piece_bytes = kLocalReadPieceBytes);
 // Whether read_local_bytes(extent, into) reads into `into`.
 bool reads_into(const LocalExtent& extent, std::span<const std::byte> into);
 

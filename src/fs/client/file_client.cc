@@ -866,6 +866,7 @@ Result<std::unique_ptr<FileClient>> FileClient::create(FileClientConfig config, 
   storage_config.rpc_timeout_ns = config.rpc_timeout_ms * kNsPerMs;
   storage_config.op_timeout_ns = config.op_timeout_ms * kNsPerMs;
   storage_config.local_reads = config.local_reads;
+  storage_config.local_read_piece_bytes = config.local_read_piece_bytes;
   storage_config.read_rpcs_per_node = config.read_rpcs_per_node;
   impl->small_read_bytes = config.read_rpcs_per_node > 0 ? storage_config.coalesce_read_max_bytes : 0;
   impl->storage = std::make_unique<StorageClient>(storage_config, executor, rpc);

@@ -355,6 +355,7 @@ struct StorageClient::CallerLocalRead {
   TargetId target = 0;
   LocalExtent extent;
   std::span<std::byte> into;
+  uint64_t piece_bytes = 0;  // ClientConfig::local_read_piece_bytes
   std::shared_ptr<State::EarlyRead> early = std::make_shared<State::EarlyRead>();
 };
 
@@ -372,11 +373,13 @@ std::shared_ptr<StorageClient::CallerLocalRead> StorageClient::claim_local_read(
   claimed->target = std::get<0>(place->first);
   claimed->extent = *place->second;
   claimed->into = into;
+  claimed->piece_bytes = state.config.local_read_piece_bytes;
   return claimed;
 }
 
 void StorageClient::run_local_read(const std::shared_ptr<CallerLocalRead>& caller_read) {
-  if (caller_read) caller_read->early->finish(read_local_bytes(caller_read->extent, caller_read->into));
+  if (caller_read)
+    caller_read->early->finish(read_local_bytes(caller_read->extent, caller_read->into, caller_read->piece_bytes));
 }
 
 void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode, Callback<ReadRsp> done,
@@ -517,7 +520,11 @@ void StorageClient::State::start_read_ahead(const ExtentKey& key, const LocalExt
     const TargetId target = std::get<0>(key);
     read_aheads.emplace(range, ReadAhead{target, early, read_ahead_ages.insert(read_ahead_ages.end(), range)});
   }
-  executor.offload([early, extent] { early->finish(read_local_bytes(extent)); }, {});
+  executor.offload(
+      [early, extent, piece_bytes = config.local_read_piece_bytes] {
+        early->finish(read_local_bytes(extent, piece_bytes));
+      },
+      {});
 }
 
 std::optional<LocalExtent> StorageClient::State::last_extent(const ExtentKey& key) {
@@ -588,7 +595,11 @@ void StorageClient::State::send_read(const std::string& address, ReadReq req, st
     if (!early) {
       if (std::optional<LocalExtent> guess = last_extent(key)) {
         early = std::make_shared<EarlyRead>();
-        executor.offload([early, guess = std::move(*guess)] { early->finish(read_local_bytes(guess)); }, {});
+        executor.offload(
+            [early, guess = std::move(*guess), piece_bytes = config.local_read_piece_bytes] {
+              early->finish(read_local_bytes(guess, piece_bytes));
+            },
+            {});
       }
     }
   }
@@ -718,7 +729,7 @@ void StorageClient::State::read_local(const std::string& address, ReadReq req, R
   auto self = shared_from_this();
   executor.offload(
       [self, address, req = std::move(req), rsp = std::move(rsp), attempt_done, dirty_seen]() mutable {
-        Result<SharedBytes> bytes = read_local_extent(*rsp.local);
+        Result<SharedBytes> bytes = read_local_extent(*rsp.local, self->config.local_read_piece_bytes);
         if (bytes.is_ok()) return self->complete_local(std::move(rsp), std::move(*bytes), attempt_done);
         self->local_read_fallbacks.fetch_add(1, std::memory_order_relaxed);
         if (bytes.status().code() == StatusCode::kDataLoss) {

@@ -13,6 +13,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
+#include <vector>
 
 #include "../chunk/io_context.h"
 #include "../chunk/read_buffer_pool.h"
@@ -78,6 +80,79 @@ OpenFiles& open_files() {
   return *files;
 }
 
+// This thread's ring for reads in pieces, set up at its first such read; null where io_uring is refused (then a
+// read is one pread). A ring whose wait timed out may still have reads in flight into the buffers it was given: it
+// and those buffers are kept forever (never reused or freed), and the thread gets a new ring.
+chunk_internal::IoContext* thread_ring() {
+  thread_local std::unique_ptr<chunk_internal::IoContext> ring;
+  thread_local bool refused = false;
+  if (ring != nullptr && !ring->usable()) (void)ring.release();  // leaked on purpose, see above
+  if (ring == nullptr && !refused) {
+    chunk_internal::IoSettings settings;
+    settings.queue_depth = 16;
+    settings.buffer_bytes = chunk_internal::kIoAlignment;  // the ring's own buffer is not used
+    settings.timeout_ms = 30000;
+    bool uring_ok = false;
+    Result<std::unique_ptr<chunk_internal::IoContext>> created = chunk_internal::IoContext::create(settings, &uring_ok);
+    if (created.is_ok() && uring_ok) {
+      ring = std::move(*created);
+    } else {
+      refused = true;
+    }
+  }
+  return ring.get();
+}
+
+// Buffers that a timed-out ring may still read into: never handed back to the pool.
+void abandon(std::shared_ptr<std::byte> buffer) {
+  static std::mutex mutex;
+  static auto* abandoned = new std::vector<std::shared_ptr<std::byte>>();
+  std::lock_guard lock(mutex);
+  abandoned->push_back(std::move(buffer));
+}
+
+// What a read does with each piece of the extent as soon as it is in memory: the CRC32C of its segments, then (for a
+// read staged for the caller's buffer) its copy there, 64 KiB or more at a time so that the copy reads what the CRC
+// just brought into cache.
+struct PieceChecker {
+  const std::byte* bytes;
+  uint64_t verify_bytes;
+  uint64_t segment;
+  std::vector<uint32_t>* crcs;
+  std::byte* copy_to;                                      // null: no copy
+  const std::vector<chunk_internal::IoOp>* ops = nullptr;  // reads in pieces: the pieces, into `bytes`
+
+  // IoContext::run's completion: checks the op's piece.
+  static Status landed(void* context, size_t index) {
+    const auto& self = *static_cast<const PieceChecker*>(context);
+    const chunk_internal::IoOp& op = (*self.ops)[index];
+    const auto start = static_cast<uint64_t>(op.data - self.bytes);
+    self.check(start, start + op.length);
+    return Status::ok();
+  }
+
+  void check(uint64_t start, uint64_t end) const {
+    end = std::min(end, verify_bytes);
+    const uint64_t group = std::max<uint64_t>(segment, 64 << 10) / segment * segment;
+    for (uint64_t from = start; from < end; from += group) {
+      const uint64_t to = std::min(from + group, end);
+      for (uint64_t at = from; at < to; at += segment) {
+        (*crcs)[at / segment] = crc32c(std::span<const std::byte>(bytes + at, std::min(segment, to - at)));
+      }
+      if (copy_to != nullptr) std::memcpy(copy_to + from, bytes + from, to - from);
+    }
+  }
+};
+
+// The piece length for a read of `read_bytes` with crc segments of `segment` bytes: `piece_bytes` rounded up to whole
+// segments and 4 KiB; 0 (one read) when that is not shorter than the read.
+uint64_t piece_length(uint64_t piece_bytes, uint64_t segment, uint64_t read_bytes) {
+  if (piece_bytes == 0) return 0;
+  const uint64_t unit = std::lcm(segment, chunk_internal::kIoAlignment);
+  const uint64_t piece = align_up(piece_bytes, unit);
+  return piece < read_bytes ? piece : 0;
+}
+
 std::string read_boot_id() {
   std::ifstream in("/proc/sys/kernel/random/boot_id");
   std::string id;
@@ -97,9 +172,11 @@ bool reads_into(const LocalExtent& extent, std::span<const std::byte> into) {
          reinterpret_cast<uintptr_t>(into.data()) % kIoAlignment == 0;
 }
 
-Result<LocalBytes> read_local_bytes(const LocalExtent& extent) { return read_local_bytes(extent, {}); }
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent, uint64_t piece_bytes) {
+  return read_local_bytes(extent, {}, piece_bytes);
+}
 
-Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::byte> into) {
+Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::byte> into, uint64_t piece_bytes) {
   const uint64_t segment = extent.segment_bytes;
   if (segment == 0 || extent.skip + extent.count > extent.verify_bytes || extent.position % segment != 0 ||
       extent.segment_crcs.size() != (extent.verify_bytes + segment - 1) / segment) {
@@ -136,6 +213,31 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::by
   // Into the caller's buffer, the result owns nothing.
   result.buffer = into_caller ? std::shared_ptr<std::byte>(std::shared_ptr<std::byte>{}, into.data()) : staging;
   std::byte* bytes = staging ? staging.get() : into.data();
+  result.crcs.resize(extent.segment_crcs.size());
+  PieceChecker checker{bytes, extent.verify_bytes, segment, &result.crcs, staged ? into.data() : nullptr};
+  // Into a buffer of its own (staging), a read longer than a piece goes to the disk as pieces all in flight at once,
+  // each checked (and copied) as soon as it lands while the disk moves the rest, so that only the last piece's pass
+  // over the bytes follows the disk. Straight into the caller's buffer it stays one read: a ring that timed out could
+  // still write into that buffer after the caller has it back.
+  const uint64_t piece = staging ? piece_length(piece_bytes, segment, read_bytes) : 0;
+  chunk_internal::IoContext* ring = piece > 0 ? thread_ring() : nullptr;
+  if (ring != nullptr) {
+    std::vector<chunk_internal::IoOp> ops;
+    ops.reserve((read_bytes + piece - 1) / piece);
+    for (uint64_t start = 0; start < read_bytes; start += piece) {
+      ops.push_back({.fd = fd,
+                     .offset = extent.file_offset + start,
+                     .data = bytes + start,
+                     .length = std::min(piece, read_bytes - start)});
+    }
+    checker.ops = &ops;
+    Status status = ring->run(ops, {.context = &checker, .function = &PieceChecker::landed});
+    if (!ring->usable()) abandon(staging);
+    if (!status.is_ok()) {
+      return Status(status.code(), fmt::format("local read of {}: {}", extent.path, status.message()));
+    }
+    return result;
+  }
   uint64_t done = 0;
   while (done < extent.verify_bytes) {
     const ssize_t n = ::pread(fd, bytes + done, read_bytes - done, static_cast<off_t>(extent.file_offset + done));
@@ -147,16 +249,7 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::by
     }
     done += static_cast<uint64_t>(n);
   }
-  result.crcs.resize(extent.segment_crcs.size());
-  // Segments in groups of at least 64 KiB: CRC a group's segments, then copy the group on while it is in cache.
-  const uint64_t group = std::max<uint64_t>(segment, 64 << 10) / segment * segment;
-  for (uint64_t start = 0; start < extent.verify_bytes; start += group) {
-    const uint64_t end = std::min(start + group, extent.verify_bytes);
-    for (uint64_t at = start; at < end; at += segment) {
-      result.crcs[at / segment] = crc32c(std::span<const std::byte>(bytes + at, std::min(segment, end - at)));
-    }
-    if (staged) std::memcpy(into.data() + start, bytes + start, end - start);
-  }
+  checker.check(0, extent.verify_bytes);
   return result;
 }
 
@@ -190,8 +283,8 @@ Result<SharedBytes> LocalBytes::answer(const LocalExtent& committed) const {
   return SharedBytes{buffer, std::span<const std::byte>(buffer.get() + extent.skip, extent.count)};
 }
 
-Result<SharedBytes> read_local_extent(const LocalExtent& extent) {
-  FF_ASSIGN_OR_RETURN(LocalBytes bytes, read_local_bytes(extent));
+Result<SharedBytes> read_local_extent(const LocalExtent& extent, uint64_t piece_bytes) {
+  FF_ASSIGN_OR_RETURN(LocalBytes bytes, read_local_bytes(extent, piece_bytes));
   return bytes.answer(extent);
 }
 

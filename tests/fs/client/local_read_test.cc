@@ -174,6 +174,53 @@ TEST_F(LocateTest, LargeLocalReadsAreCheckedInEverySegment) {
   }
 }
 
+TEST_F(LocateTest, LocalReadsInPiecesGiveTheBytesAndCrcsOfOneRead) {
+  const ChunkId id{8, 0};
+  const auto data = testing::pattern_bytes((3u << 20) / 2 + 1000, 8);  // 1.5 MiB and a ragged end
+  write_commit(id, 1, 0, data);
+  const LocalExtent whole = *engine_->locate(id, 0, UINT64_MAX, ReadMode::kStrict)->extent;
+  const LocalExtent inner = *engine_->locate(id, 300'000, 700'000, ReadMode::kStrict)->extent;
+  std::vector<std::byte> storage(whole.verify_bytes + 2 * 4096);
+  std::span<std::byte> into(storage.data() + (4096 - reinterpret_cast<uintptr_t>(storage.data()) % 4096) % 4096,
+                            storage.size() - 4096);
+  auto one_read = read_local_bytes(whole, /*piece_bytes=*/0);
+  ASSERT_TRUE(one_read.is_ok()) << one_read.status();
+  const std::vector<std::byte> inner_data(data.begin() + 300'000, data.begin() + 1'000'000);
+  // No pieces, one segment, 64 KiB, a length rounded up to whole segments, the default, and longer than the read.
+  for (uint64_t piece :
+       {uint64_t{0}, uint64_t{4096}, uint64_t{64 << 10}, uint64_t{100'000}, kLocalReadPieceBytes, uint64_t{4 << 20}}) {
+    SCOPED_TRACE(fmt::format("pieces of {} bytes", piece));
+    auto bytes = read_local_bytes(whole, piece);
+    ASSERT_TRUE(bytes.is_ok()) << bytes.status();
+    EXPECT_EQ(bytes->crcs, one_read->crcs);
+    auto answer = bytes->answer(whole);
+    ASSERT_TRUE(answer.is_ok()) << answer.status();
+    EXPECT_EQ(to_vector(*answer), data);
+    auto part = read_local_extent(inner, piece);
+    ASSERT_TRUE(part.is_ok()) << part.status();
+    EXPECT_EQ(to_vector(*part), inner_data);
+    // Into the caller's buffer (staged on huge pages and copied there piece by piece where the kernel offers them).
+    std::fill(into.begin(), into.end(), std::byte{0});
+    auto into_read = read_local_bytes(whole, into, piece);
+    ASSERT_TRUE(into_read.is_ok()) << into_read.status();
+    auto into_answer = into_read->answer(whole);
+    ASSERT_TRUE(into_answer.is_ok()) << into_answer.status();
+    EXPECT_EQ(into_answer->bytes.data(), into.data());
+    EXPECT_EQ(to_vector(*into_answer), data);
+    // A bad byte in the last piece is refused by its segment.
+    const uint64_t at = data.size() - 5000;
+    scribble(whole.path, whole.file_offset + at, 1);
+    auto corrupt = read_local_extent(whole, piece);
+    EXPECT_EQ(corrupt.status().code(), StatusCode::kDataLoss) << corrupt.status();
+    EXPECT_NE(corrupt.status().message().find(fmt::format("[{}, ", at / 4096 * 4096)), std::string::npos)
+        << corrupt.status();
+    const int fd = ::open(whole.path.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, &data[at], 1, static_cast<off_t>(whole.file_offset + at)), 1);
+    ::close(fd);
+  }
+}
+
 TEST_F(LocateTest, ExtentsThatDoNotAddUpOrNameAnotherFileAreRefused) {
   const ChunkId id{6, 0};
   write_commit(id, 1, 0, testing::pattern_bytes(64 << 10, 6));
