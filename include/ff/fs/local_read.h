@@ -23,6 +23,9 @@ namespace ff::fs {
 // are neither asked for nor answered).
 const std::string& this_host_id();
 
+// The default piece length of local reads (`piece_bytes` below; ClientConfig::local_read_piece_bytes).
+inline constexpr uint64_t kLocalReadPieceBytes = 256 << 10;
+
 // Reads extent's bytes: [position, position + verify_bytes) of the version from extent.path (O_DIRECT
 // where the file system allows), checks every segment's CRC32C, and returns the answer's bytes
 // [skip, skip + count) in a 4 KiB-aligned buffer (owned by the returned SharedBytes). Open files are
@@ -32,9 +35,7 @@ const std::string& this_host_id();
 // A read of more than `piece_bytes` (rounded up to whole crc segments and 4 KiB; 0: no pieces) into a buffer of its
 // own goes to the disk as pieces of that length, all in flight at once through one io_uring per thread, each piece's
 // CRCs computed (and, for a caller's buffer, its bytes copied on) as soon as it lands, while the disk moves the rest
-// (docs/fs-client.md, "What a read at P = 1 costs"). Where io_uring is refused, one read.
-inline constexpr uint64_t kLocalReadPieceBytes = 256 << 10;
-
+// (docs/fs-client.md, "Local reads in pieces"). Where io_uring is refused, one read.
 Result<SharedBytes> read_local_extent(const LocalExtent& extent, uint64_t piece_bytes = kLocalReadPieceBytes);
 
 // What read_local_extent reads, before any check: the bytes of the extent's segments and their CRC32C as
