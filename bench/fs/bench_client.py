@@ -55,7 +55,8 @@ def main() -> None:
                              "/proc/sys/vm/nr_hugepages")
     parser.add_argument("--no-read-ahead", action="store_true", help="sequential reads do not read ahead (A/B)")
     parser.add_argument("--local-read-piece-bytes", type=int, default=None,
-                        help="fs_bench_client --local-read-piece-bytes (local reads longer than this read in pieces)")
+                        help="fs_bench_client --local-read-piece-bytes (local reads longer than this read in pieces); "
+                             "not passed to the --ab-args side")
     parser.add_argument("--ab-args", default=None,
                         help="with --rounds > 1: also run fs_bench_client with these extra arguments in every round "
                              "(an A/B in the same minutes; who goes first rotates); reported as b_MB_per_s and "
@@ -85,7 +86,7 @@ def main() -> None:
                 + (["--no-local-reads"] if args.no_local_reads else [])
                 + (["--no-read-ahead"] if args.no_read_ahead else [])
                 + (["--local-read-piece-bytes", str(args.local_read_piece_bytes)]
-                   if args.local_read_piece_bytes is not None else [])
+                   if args.local_read_piece_bytes is not None and extra is None else [])
                 + (extra or []),
                 capture_output=True, text=True, timeout=3600)
             print(run.stderr.strip(), file=sys.stderr)
