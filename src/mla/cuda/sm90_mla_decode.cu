@@ -4523,8 +4523,7 @@ class WgmmaPipelinedDecoder {
 
   // Column blocks 2 pair and 2 pair + 1 (one 128-channel scale group) of the stage: each thread reads
   // its 4 raw chunks and 2 scales, warpgroup 1's barrier (every raw byte of the pair read: the stores
-  // overwrite them), then each converts its chunks (e4m3 x scale, rounded to q's dtype) and stores them,
-  // 2 x 16 bytes each, where a quarter warp's 8 rows of one chunk lie in 8 distinct bank groups.
+  // overwrite them), then each converts and stores its chunks (fp8_store_chunk).
   __device__ __forceinline__ void fp8_convert_pair(int stage, int pair) {
     const uint32_t tile = skv_ + stage * kTileBytes;
     uint4 raw[2][2];
