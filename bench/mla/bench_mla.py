@@ -31,6 +31,7 @@ import json
 import math
 import os
 import pathlib
+import random
 import statistics
 import sys
 import time
@@ -108,6 +109,27 @@ def time_graph(function, calls: int, repeats: int) -> float:
     return ms
 
 
+def sustained_ms(graph, calls: int, seconds: float, settle: float = 0.5) -> float:
+    """Milliseconds per call while a CUDA graph of `calls` calls replays back to back: `settle` seconds
+    untimed (the clocks and power settle to this kernel's steady state), then `seconds` timed by events."""
+    import torch
+
+    deadline = time.time() + settle
+    while time.time() < deadline:
+        graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    replays = 0
+    deadline = time.time() + seconds
+    while time.time() < deadline or replays == 0:
+        graph.replay()
+        replays += 1
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / (replays * calls)
+
+
 def result_header(benchmark: str, torch, device_name: str, num_sms: int, timing: str) -> dict:
     """The fields every results file of this script starts with."""
     return {
@@ -160,6 +182,9 @@ def main() -> int:
                              "candidates bf16,bf16_lean,...)")
     parser.add_argument("--ab-variable", action="store_true",
                         help="--fp8-ab also with variable lengths (uniform in [L/2, 3L/2], as the benchmark draws them)")
+    parser.add_argument("--sustained", type=float, default=0.0,
+                        help="--fp8-ab: time each candidate over this many seconds of back-to-back replays (after "
+                             "0.5 s untimed), the steady state under the GPU's power cap, instead of 7 short replays")
     parser.add_argument("--probe", action="store_true",
                         help="also time the load pipeline alone (s_q 1, h_q 16) and the WGMMA kernel without "
                              "its S MMAs, P V MMAs or softmax (FF_MLA_PROBE_SKIP), diagnostics")
@@ -358,13 +383,19 @@ FP8_AB_KNOWN = {
     "fp8_transposed_wg": (True, {"FF_MLA_FP8": "transposed_wg"}),
     # transposed_wg with the first V operands converted after its softmax barriers (before 2026-12-03)
     "fp8_transposed_wg_late_v": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_FP8_EARLY_V": "0"}),
+    # transposed_wg without lazy rescaling, without the joined descriptors, without both (the kernel before
+    # 2026-12-03 16:30 UTC), for A/B runs of each
+    "fp8_transposed_wg_eager": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_LAZY": "0"}),
+    "fp8_transposed_wg_full_desc": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_FP8_DESCRIPTORS": "full"}),
+    "fp8_transposed_wg_before": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_LAZY": "0",
+                                        "FF_MLA_FP8_DESCRIPTORS": "full"}),
     # the bf16 kernel with the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs
-    # of lazy rescaling (the FP8 kernels always keep the eager rule)
+    # of lazy rescaling
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),
     # the KV cache loaded without the L2 evict-first policy (FF_MLA_KV_HINT=0), for A/B runs of it
     "bf16_nohint": (False, {"FF_MLA_KV_HINT": "0"}),
     "fp8_channels_nohint": (True, {"FF_MLA_FP8": "channels", "FF_MLA_KV_HINT": "0"}),
-    # the bf16 WGMMA schedules (h_q >= 64, --ab-h-q 128), for rotated-round A/B runs of them
+    # the bf16 WGMMA schedules (h_q >= 64, --ab-h-q 128), for A/B runs of them
     "bf16_lean": (False, {"FF_MLA_SCHEDULE": "lean"}),
     "bf16_lean_bar3": (False, {"FF_MLA_SCHEDULE": "lean_bar3"}),
     "bf16_pipelined": (False, {"FF_MLA_SCHEDULE": "pipelined"}),
@@ -393,8 +424,9 @@ FP8_AB_DEFAULT = "bf16,fp8_channels,fp8_channels_split_s,fp8_pair"
 def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
     """The FP8 kernels for <= 32 rows against each other and the bf16 kernel (issue #7's FP8 target):
     b = 128, h_q 16, h_kv 1, fixed lengths 4K-32K (--ab-lengths; --ab-variable: also variable ones); every
-    candidate once per round, the order rotated
-    from round to round (the first-measured position moved figures by a few percent before), medians
+    candidate once per round, the order shuffled (seeded) from round to round (the first-measured position moved
+    figures by a few percent before; a rotation kept one candidate right behind the bf16 kernel in almost every
+    round, and under the GPU's power cap the kernel measured right after it runs at a lower SM clock), medians
     over the rounds; cos_diff of each kernel's output against the direct FP8 one's (when a candidate) and
     the first candidate's (the bf16 reference)."""
     generator = torch.Generator().manual_seed(2026)
@@ -429,11 +461,17 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
             samples = {name: [] for name, _, _ in candidates}
             kernels, outputs = {}, {}
             for round_index in range(args.rounds):
-                shift = round_index % len(candidates)
-                for name, fp8, environment in candidates[shift:] + candidates[:shift]:
+                order = list(candidates)
+                random.Random(1000 * length + 10 * s_q + round_index).shuffle(order)
+                for name, fp8, environment in order:
                     os.environ.update(environment)
                     try:
-                        samples[name].append(time_graph(lambda: ours(fp8), args.calls, args.repeats))
+                        if args.sustained > 0:
+                            graph = capture_graph(lambda: ours(fp8), args.calls)
+                            samples[name].append(sustained_ms(graph, args.calls, args.sustained))
+                            del graph
+                        else:
+                            samples[name].append(time_graph(lambda: ours(fp8), args.calls, args.repeats))
                         if round_index == 0:
                             outputs[name] = ours(fp8)[0]
                             kernels[name] = mla.last_cuda_kernel()
@@ -466,9 +504,11 @@ def fp8_ab(args, torch, mla, device_name, num_sms, out_path) -> int:
         torch.cuda.empty_cache()
     result = result_header(
         ("mla FP8 A/B (issue #7): the FP8-cache kernels for <= 32 rows vs the bf16 kernel, h_q 16" if args.ab_h_q == 16
-         else f"mla A/B (issue #7): kernels in rotated rounds, h_q {args.ab_h_q}"), torch, device_name,
+         else f"mla A/B (issue #7): kernels in shuffled rounds, h_q {args.ab_h_q}"), torch, device_name,
         num_sms, (f"CUDA graph of {args.calls} calls, cudaEvent around replays, median of {args.repeats} replays; "
-                  f"{args.rounds} rounds, candidate order rotated each round, median over rounds"))
+                  f"{args.rounds} rounds, candidate order shuffled (seeded) each round, median over rounds"
+                  + (f"; sustained: each timing {args.sustained} s of back-to-back replays after 0.5 s untimed"
+                     if args.sustained > 0 else "")))
     result |= {
         "seconds": round(time.time() - started, 1),
         "cases": cases,

@@ -243,6 +243,9 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   if (const char* early = std::getenv("FF_MLA_FP8_EARLY_V"); early != nullptr) {
     params.fp8_early_v = std::string_view(early) != "0";
   }
+  if (const char* descriptors = std::getenv("FF_MLA_FP8_DESCRIPTORS"); descriptors != nullptr) {
+    params.fp8_joined_descriptors = std::string_view(descriptors) != "full";
+  }
   if (const char* lean = std::getenv("FF_MLA_FP8_LEAN"); lean != nullptr) {
     params.fp8_lean = std::string_view(lean) != "0";
   }

@@ -106,9 +106,10 @@ struct DecodeParams {
   // h_q 128 then halves (what a 2-CTA cluster multicast of each block to the two m-blocks would do), the
   // arithmetic stays the same. The outputs of odd m-blocks are then meaningless.
   bool probe_half_loads = false;
-  // Lazy rescaling in the 16-bit mma.sync kernel (Decoder; see kLazyMaxLog2; the FP8 kernels keep the
-  // eager rule); FF_MLA_LAZY=0 in the environment turns
-  // it off (every block's max moves the running max, as before), for A/B runs.
+  // Lazy rescaling in the 16-bit mma.sync kernel (Decoder; see kLazyMaxLog2) and in the transposed WGMMA FP8
+  // kernel for <= 16 rows (Fp8TransposedWgDecoder, also its channel groups' units; the other FP8 kernels keep
+  // the eager rule); FF_MLA_LAZY=0 in the environment turns it off (every block's max moves the running max,
+  // as before), for A/B runs.
   bool lazy_rescale = true;
   // Measurement probe of the bf16 WGMMA kernel (FF_MLA_PROBE_SKIP=1, 2, 4 or 7): leaves out the S MMAs,
   // the P V MMAs, the softmax arithmetic, or all three (loads and synchronization only). The outputs
@@ -126,6 +127,9 @@ struct DecodeParams {
   // Fp8TransposedWgDecoder loads and converts the first V operands of a block before its softmax barriers
   // (FF_MLA_FP8_EARLY_V=0 in the environment: after them, as before; for A/B runs).
   bool fp8_early_v = true;
+  // Fp8TransposedWgDecoder builds its wgmma descriptors from their lower halves (kTwgJoined;
+  // FF_MLA_FP8_DESCRIPTORS=full in the environment: the whole 64-bit descriptor per wgmma, as before; for A/B runs).
+  bool fp8_joined_descriptors = true;
   // The FP8 cache with >= kWgmmaMinRows rows per KV head (or FF_MLA_KERNEL=wgmma) takes the lean2 kernel
   // with warpgroup 1 dequantizing (kWgmmaFp8Lean) where the scale is positive; FF_MLA_FP8_LEAN=0 in the
   // environment: the older dequantizing WGMMA kernel (kWgmma, WgmmaFp8Decoder), for A/B runs.

@@ -77,6 +77,10 @@ constexpr float kLog2e = 1.4426950408889634f;
 // it back). Measured on the H200 (h_q 16, 4K-32K): bf16 1-2% faster. The FP8 kernel (Fp8Decoder), which
 // already skips unmoved rescales, got 0.7-2% slower with it at 8K-32K, so it keeps the eager rule.
 constexpr float kLazyMaxLog2 = 8.0f;
+// Lazy units in Fp8TransposedWgDecoder (with the lazy running max): a channel group's unit (the largest
+// scale seen) moves only when a block's largest scale exceeds it this many times, so a token's weight is at
+// most 16 and its P * weight, stored as f16, at most 2^8 * 16 = 4096 (f16 holds 65504).
+constexpr float kLazyScaleFactor = 16.0f;
 // The new running max of a row from its old one and the block's (-inf: nothing visible yet).
 __device__ __forceinline__ float next_running_max(float old_max, float block_max, bool lazy) {
   return lazy ? (block_max > old_max + kLazyMaxLog2 ? block_max : old_max) : fmaxf(old_max, block_max);
@@ -3192,15 +3196,28 @@ class Fp8TransposedBase {
 
   // The running group maxima take in a block's (scales are >= 0): inverse[g] = 1 / the new maximum (0 while
   // it is 0), ratio[g] = old / new (1 while 0), the factor of the accumulators' units.
+  // kLazy: a group's unit moves only when the block's largest scale exceeds it kLazyScaleFactor times (or
+  // it is 0), so a token's weight scale / unit is at most kLazyScaleFactor; an unmoved unit has a ratio of
+  // exactly 1 (the eager rule's __fdividef(m, m) can be 1 - 2^-24, which rescales for nothing).
+  template <bool kLazy = false>
   __device__ __forceinline__ void update_group_maxima(const float4& block_max, float (&inverse)[4], float (&ratio)[4]) {
 #pragma unroll
     for (int group = 0; group < 4; ++group) {
       const float old_max = group_max_[group];
-      const float new_max = fmaxf(old_max, component(block_max, group));
-      group_max_[group] = new_max;
-      // NOTE: fast divisions (2 ulp): every warp computes the same values, which is all the units need.
-      inverse[group] = new_max > 0.0f ? __fdividef(1.0f, new_max) : 0.0f;
-      ratio[group] = new_max > 0.0f ? __fdividef(old_max, new_max) : 1.0f;
+      const float block = component(block_max, group);
+      if constexpr (kLazy) {
+        const bool moves = block > old_max * kLazyScaleFactor || (old_max == 0.0f && block > 0.0f);
+        const float new_max = moves ? block : old_max;
+        group_max_[group] = new_max;
+        inverse[group] = new_max > 0.0f ? __fdividef(1.0f, new_max) : 0.0f;
+        ratio[group] = moves && old_max > 0.0f ? __fdividef(old_max, new_max) : 1.0f;
+      } else {
+        const float new_max = fmaxf(old_max, block);
+        group_max_[group] = new_max;
+        // NOTE: fast divisions (2 ulp): every warp computes the same values, which is all the units need.
+        inverse[group] = new_max > 0.0f ? __fdividef(1.0f, new_max) : 0.0f;
+        ratio[group] = new_max > 0.0f ? __fdividef(old_max, new_max) : 1.0f;
+      }
     }
   }
 
@@ -3217,9 +3234,17 @@ class Fp8TransposedBase {
   __device__ static __forceinline__ uint32_t tile_offset(int row, int chunk) {
     return static_cast<uint32_t>((chunk >> 3) * kBlockBytes + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
   }
-  // The descriptor of k-step ks of a K-major tile at `base` (64 elements per column block).
+  // The descriptor of k-step ks of a K-major tile at `base` (64 elements per column block). kJoined: built
+  // from its lower half plus the k-step's offset (gmma_descriptor_join, as the lean kernel does: one 32-bit
+  // add per wgmma instead of a mask, a shift and moves); the same bits.
+  template <bool kJoined = true>
   __device__ static __forceinline__ uint64_t k_step_descriptor(uint32_t base, int ks) {
-    return gmma_descriptor(base + (ks >> 2) * kBlockBytes + (ks & 3) * 32, 0, 1024);
+    const uint32_t offset = (ks >> 2) * kBlockBytes + (ks & 3) * 32;
+    if constexpr (kJoined) {
+      return gmma_descriptor_join(gmma_descriptor_low(base, 0) + (offset >> 4));
+    } else {
+      return gmma_descriptor(base + offset, 0, 1024);
+    }
   }
   __device__ static __forceinline__ float component(const float4& v, int group) {
     return group == 0 ? v.x : group == 1 ? v.y : group == 2 ? v.z : v.w;
@@ -3274,6 +3299,7 @@ class Fp8TransposedBase {
 
   // S^T of this warpgroup's 64-token block at `block_raw` (raw tokens 656 bytes apart): total = the latent
   // scores (scale_g applied, row factor not), rope = the RoPE scores; scales: this thread's two tokens'.
+  template <bool kJoined = true>
   __device__ void block_scores(const char* block_raw, uint32_t q_base, float4 (&scales)[2], float (&total)[kAcc],
                                float (&rope)[kAcc]) {
     const int g = lane_ >> 2, q4 = lane_ & 3;
@@ -3308,7 +3334,8 @@ class Fp8TransposedBase {
       }
       wgmma_fence();
 #pragma unroll
-      for (int s = 0; s < 4; ++s) wgmma_register_a<kN, kFp16>(rope, a[s], k_step_descriptor(q_base, 32 + s), s > 0);
+      for (int s = 0; s < 4; ++s)
+        wgmma_register_a<kN, kFp16>(rope, a[s], k_step_descriptor<kJoined>(q_base, 32 + s), s > 0);
     }
     // NOTE: the next group's bytes are loaded before the wait for the previous group, so the loads'
     // latency hides behind the MMAs.
@@ -3330,7 +3357,8 @@ class Fp8TransposedBase {
       wgmma_fence();
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
-        wgmma_register_a<kN, true>(part[(jj >> 1) & 1], a[s], k_step_descriptor(q_base, 4 * jj + s), (jj & 1) || s > 0);
+        wgmma_register_a<kN, true>(part[(jj >> 1) & 1], a[s], k_step_descriptor<kJoined>(q_base, 4 * jj + s),
+                                   (jj & 1) || s > 0);
       }
       wgmma_commit();
       if (jj + 1 < 8) load_chunk(jj + 1, x);
@@ -3413,9 +3441,10 @@ class Fp8TransposedBase {
 
   // Row ri's running max takes in the block's maximum; its two scores become P = 2^(s - max) and join the
   // row sum (this thread's tokens). Returns the factor of the row's earlier accumulators.
+  template <bool kLazy = false>
   __device__ static __forceinline__ float softmax_row(int ri, float block_max, float (&row_max)[kRows],
                                                       float (&row_sum)[kRows], float (&s)[kAcc]) {
-    const float new_max = fmaxf(row_max[ri], block_max);
+    const float new_max = next_running_max(row_max[ri], block_max, kLazy);
     const float base = new_max == -INFINITY ? 0.0f : new_max;
     const float rescale = fast_exp2(row_max[ri] - base);
     row_max[ri] = new_max;
@@ -3751,12 +3780,22 @@ class Fp8TransposedDecoder : Fp8TransposedBase<kFp16, kN> {
 // The two states merge once per piece: warpgroup 1 hands its accumulators, row maxima, row sums and
 // group maxima to warpgroup 0 through its own raw stage, idle by then.
 // Two 128-thread barriers per block: after the row maxima (the warpgroup's next load goes out there, into
-// the stage of the block before) and after P. kEarlyV: the first k-step's V operands are loaded and converted
-// before the first barrier (while the warpgroup's other warps finish S), not after the second.
+// the stage of the block before) and after P. kFlags (each an A/B knob):
+//   kTwgEarlyV   the first k-step's V operands are loaded and converted before the first barrier (while the
+//                warpgroup's other warps finish S), not after the second (FF_MLA_FP8_EARLY_V=0 turns it off);
+//   kTwgLazy     lazy rescaling: a row's running max as in the lazy mma.sync kernel (kLazyMaxLog2), the channel
+//                groups' units by kLazyScaleFactor, so most blocks leave the accumulators alone (FF_MLA_LAZY=0);
+//   kTwgJoined   wgmma descriptors as 32-bit adds on their lower halves (FF_MLA_FP8_DESCRIPTORS=full turns it off).
 // Shared memory: raw stages (4) | Q^T | per warpgroup: 4 P planes, row maxima, scale maxima | row factors |
 // mbarriers.
-template <bool kFp16, bool kEarlyV = true>
+constexpr int kTwgEarlyV = 1;
+constexpr int kTwgLazy = 2;
+constexpr int kTwgJoined = 4;
+template <bool kFp16, int kFlags = kTwgEarlyV | kTwgLazy | kTwgJoined>
 class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
+  static constexpr bool kEarlyV = (kFlags & kTwgEarlyV) != 0;
+  static constexpr bool kLazy = (kFlags & kTwgLazy) != 0;
+  static constexpr bool kJoined = (kFlags & kTwgJoined) != 0;
   static constexpr int kN = 16;
   using Base = Fp8TransposedBase<kFp16, kN>;
   using Base::component, Base::thread_row;
@@ -3832,7 +3871,7 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
     const int g = lane_ >> 2, q4 = lane_ & 3;
     float4 scales[2];
     float total[kAcc], rope[kAcc], s[kAcc];
-    this->block_scores(raw, smem_address(smem_ + kQOffset), scales, total, rope);
+    this->template block_scores<kJoined>(raw, smem_address(smem_ + kQOffset), scales, total, rope);
     this->scaled_scores(piece, block_start, total, rope, s);
 
     // The V operands of O^T (below): half-step h's bytes and their conversion into register fragments.
@@ -3876,7 +3915,7 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
         block_max = make_float4(fmaxf(block_max.x, other.x), fmaxf(block_max.y, other.y), fmaxf(block_max.z, other.z),
                                 fmaxf(block_max.w, other.w));
       }
-      this->update_group_maxima(block_max, inverse_group_max, group_ratio);
+      this->template update_group_maxima<kLazy>(block_max, inverse_group_max, group_ratio);
     }
     float rescale[kRows];
     bool moved = group_ratio[0] != 1.0f || group_ratio[1] != 1.0f || group_ratio[2] != 1.0f || group_ratio[3] != 1.0f;
@@ -3884,7 +3923,7 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
     for (int ri = 0; ri < kRows; ++ri) {
       const float4 maxima = *reinterpret_cast<const float4*>(exchange + thread_row(ri, q4) * 4);
       const float block_max = fmaxf(fmaxf(maxima.x, maxima.y), fmaxf(maxima.z, maxima.w));
-      rescale[ri] = softmax_row(ri, block_max, row_max, row_sum, s);
+      rescale[ri] = Base::template softmax_row<kLazy>(ri, block_max, row_max, row_sum, s);
       moved = moved || rescale[ri] != 1.0f;
     }
     rescale_accumulators(acc, rescale, group_ratio, moved);
@@ -3911,8 +3950,8 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
 #pragma unroll
       for (int m = 0; m < 4; ++m) {
         const int i = 4 * (h & 1) + m;  // m-tile: group i / 2
-        wgmma_register_a<kN, true>(acc[i], a[h & 1][m],
-                                   Base::k_step_descriptor(p_base + (i >> 1) * kBlockBytes, h >> 1), 1);
+        wgmma_register_a<kN, true>(
+            acc[i], a[h & 1][m], Base::template k_step_descriptor<kJoined>(p_base + (i >> 1) * kBlockBytes, h >> 1), 1);
       }
       wgmma_commit();
       if (h + 1 < kHalfSteps) {
@@ -5556,8 +5595,17 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
       return launch<WgmmaPipelinedDecoder<kFp16, 0, true, true, kFlags>, kFp16>(params, stream);
     }
     if (kind == KernelKind::kWgmmaFp8TransposedWg && params.rows <= 16) {
-      return params.fp8_early_v ? launch<Fp8TransposedWgDecoder<kFp16, true>, kFp16>(params, stream)
-                                : launch<Fp8TransposedWgDecoder<kFp16, false>, kFp16>(params, stream);
+      // The default, and for A/B runs each knob off alone (FF_MLA_FP8_EARLY_V=0 keeps the kernel of 2026-12-02).
+      if (!params.fp8_early_v) return launch<Fp8TransposedWgDecoder<kFp16, 0>, kFp16>(params, stream);
+      if (!params.lazy_rescale && !params.fp8_joined_descriptors) {
+        return launch<Fp8TransposedWgDecoder<kFp16, kTwgEarlyV>, kFp16>(params, stream);
+      }
+      if (!params.lazy_rescale)
+        return launch<Fp8TransposedWgDecoder<kFp16, kTwgEarlyV | kTwgJoined>, kFp16>(params, stream);
+      if (!params.fp8_joined_descriptors) {
+        return launch<Fp8TransposedWgDecoder<kFp16, kTwgEarlyV | kTwgLazy>, kFp16>(params, stream);
+      }
+      return launch<Fp8TransposedWgDecoder<kFp16>, kFp16>(params, stream);
     }
     if (kind == KernelKind::kWgmmaFp8Transposed) {
       if (params.rows <= 16) return launch<Fp8TransposedDecoder<kFp16, 16>, kFp16>(params, stream);
