@@ -114,17 +114,20 @@ def sustained_ms(graph, calls: int, seconds: float, settle: float = 0.5) -> floa
     untimed (the clocks and power settle to this kernel's steady state), then `seconds` timed by events."""
     import torch
 
-    deadline = time.time() + settle
-    while time.time() < deadline:
-        graph.replay()
-    torch.cuda.synchronize()
+    # Replay counts from a short timing, so the host does not queue seconds of work ahead of the GPU.
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    replays = 0
-    deadline = time.time() + seconds
-    while time.time() < deadline or replays == 0:
+    for _ in range(3):
         graph.replay()
-        replays += 1
+    end.record()
+    end.synchronize()
+    replay_ms = max(start.elapsed_time(end) / 3, 1e-3)
+    for _ in range(max(1, round(settle * 1000 / replay_ms))):
+        graph.replay()
+    replays = max(1, round(seconds * 1000 / replay_ms))
+    start.record()
+    for _ in range(replays):
+        graph.replay()
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / (replays * calls)
@@ -389,6 +392,8 @@ FP8_AB_KNOWN = {
     "fp8_transposed_wg_full_desc": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_FP8_DESCRIPTORS": "full"}),
     "fp8_transposed_wg_before": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_LAZY": "0",
                                         "FF_MLA_FP8_DESCRIPTORS": "full"}),
+    # transposed_wg with one barrier per block where nothing moves (opt-in), for A/B runs of it
+    "fp8_transposed_wg_one_barrier": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_FP8_ONE_BARRIER": "1"}),
     # the bf16 kernel with the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs
     # of lazy rescaling
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),

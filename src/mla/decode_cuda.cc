@@ -246,6 +246,9 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   if (const char* descriptors = std::getenv("FF_MLA_FP8_DESCRIPTORS"); descriptors != nullptr) {
     params.fp8_joined_descriptors = std::string_view(descriptors) != "full";
   }
+  if (const char* one = std::getenv("FF_MLA_FP8_ONE_BARRIER"); one != nullptr) {
+    params.fp8_one_barrier = std::string_view(one) == "1";
+  }
   if (const char* lean = std::getenv("FF_MLA_FP8_LEAN"); lean != nullptr) {
     params.fp8_lean = std::string_view(lean) != "0";
   }

@@ -3785,17 +3785,30 @@ class Fp8TransposedDecoder : Fp8TransposedBase<kFp16, kN> {
 //                warpgroup's other warps finish S), not after the second (FF_MLA_FP8_EARLY_V=0 turns it off);
 //   kTwgLazy     lazy rescaling: a row's running max as in the lazy mma.sync kernel (kLazyMaxLog2), the channel
 //                groups' units by kLazyScaleFactor, so most blocks leave the accumulators alone (FF_MLA_LAZY=0);
-//   kTwgJoined   wgmma descriptors as 32-bit adds on their lower halves (FF_MLA_FP8_DESCRIPTORS=full turns it off).
+//   kTwgJoined   wgmma descriptors as 32-bit adds on their lower halves (FF_MLA_FP8_DESCRIPTORS=full turns it off);
+//   kTwgOneBarrier  (with kTwgLazy; opt-in, FF_MLA_FP8_ONE_BARRIER=1, until racecheck has passed on the tail
+//                barrier below) one barrier per block where nothing moves: each warp checks whether any of its
+//                scores or scales would move a running max or a unit (the lazy thresholds), posts that flag (and
+//                only then its maxima), and stores P with the current maxima and units before the barrier; when
+//                a flag is up, all redo the softmax from the flagged warps' maxima (the others' are under the
+//                thresholds, so the result is that of kTwgLazy, bit for bit), store P again and meet at a second
+//                barrier. The P planes alternate between two sets by block parity, since no barrier now
+//                separates one block's P stores from the previous block's P V. A block whose stage got zero
+//                fills (a tail, a bad block id) is followed by a barrier: nothing else orders those generic
+//                stores before the other warps read it (racecheck found that hazard without it).
 // Shared memory: raw stages (4) | Q^T | per warpgroup: 4 P planes, row maxima, scale maxima | row factors |
 // mbarriers.
 constexpr int kTwgEarlyV = 1;
 constexpr int kTwgLazy = 2;
 constexpr int kTwgJoined = 4;
+constexpr int kTwgOneBarrier = 8;
 template <bool kFp16, int kFlags = kTwgEarlyV | kTwgLazy | kTwgJoined>
 class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
   static constexpr bool kEarlyV = (kFlags & kTwgEarlyV) != 0;
   static constexpr bool kLazy = (kFlags & kTwgLazy) != 0;
   static constexpr bool kJoined = (kFlags & kTwgJoined) != 0;
+  static constexpr bool kOneBarrier = (kFlags & kTwgOneBarrier) != 0;
+  static_assert(!kOneBarrier || kLazy, "the one-barrier block checks the lazy thresholds");
   static constexpr int kN = 16;
   using Base = Fp8TransposedBase<kFp16, kN>;
   using Base::component, Base::thread_row;
@@ -3805,11 +3818,13 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
   static constexpr int kStages = 4;
   static constexpr int kRawOffset = 0;
   static constexpr int kQOffset = kStages * kRawTileBytes;
-  static constexpr int kPOffset = kQOffset + kColumnBlocks * kBlockBytes;   // [wg][group] 64-token planes
-  static constexpr int kExchangeOffset = kPOffset + 2 * 4 * kBlockBytes;    // [wg][row][warp] floats
-  static constexpr int kScaleMaxOffset = kExchangeOffset + 2 * kN * 4 * 4;  // [wg][warp][group] floats
+  static constexpr int kPSets = kOneBarrier ? 2 : 1;                               // by block parity
+  static constexpr int kPOffset = kQOffset + kColumnBlocks * kBlockBytes;          // [wg][set][group] planes
+  static constexpr int kExchangeOffset = kPOffset + 2 * kPSets * 4 * kBlockBytes;  // [wg][row][warp] floats
+  static constexpr int kScaleMaxOffset = kExchangeOffset + 2 * kN * 4 * 4;         // [wg][warp][group] floats
   static constexpr int kFactorOffset = kScaleMaxOffset + 2 * 4 * 4 * 4;
-  static constexpr int kBarrierOffset = kFactorOffset + kN * 4;
+  static constexpr int kFlagsOffset = kFactorOffset + kN * 4;  // [wg][parity][warp] ints (kOneBarrier)
+  static constexpr int kBarrierOffset = kFlagsOffset + 2 * 2 * 4 * 4;
   static constexpr int kAccTiles = 8;  // m-tiles of O^T per warpgroup
   // The hand-off of warpgroup 1's state (floats, thread-minor): accumulators, row maxima, row sums, group maxima.
   static constexpr int kHandoffFloats = (kAccTiles * kAcc + 2 * kRows) * 128 + 4;
@@ -3829,6 +3844,8 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
     const int my_blocks = num_kv_blocks > wg_ ? (num_kv_blocks - wg_ + 1) / 2 : 0;
     float acc[kAccTiles][kAcc], row_max[kRows], row_sum[kRows];
     this->start_piece(acc, row_max, row_sum);
+#pragma unroll
+    for (int group = 0; group < 4; ++group) inverse_units_[group] = 0.0f;
     const auto block_of = [&](int i) { return first_block + wg_ + 2 * i; };
     const auto physical_of = [&](int i) { return i < my_blocks ? this->physical_block(piece, block_of(i)) : -1; };
 #pragma unroll
@@ -3844,12 +3861,20 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
       this->wait_stage(stage);
       // Past the first barrier of block i, every warp of the warpgroup is done with block i - 1: its stage
       // takes block i + 1 (blocks 0 and 1 came before the loop).
+      bool zero_filled = false;  // block i + 1's stage got generic stores (a tail or a bad block id)
       const auto load_next = [&] {
-        if (i >= 1 && i + 1 < my_blocks) load_block(piece, block_of(i + 1), wg_ + 2 * ((i + 1) & 1), next_physical);
+        if (i >= 1 && i + 1 < my_blocks) {
+          load_block(piece, block_of(i + 1), wg_ + 2 * ((i + 1) & 1), next_physical);
+          zero_filled = next_physical < 0 || next_physical >= p_.num_blocks ||
+                        (block_of(i + 1) + 1) * kTileRows > piece.token_end;
+        }
         if (i >= 1) next_physical = physical_of(i + 2);
       };
-      compute_block(smem_ + kRawOffset + stage * kRawTileBytes, block_of(i) * kTileRows, piece, acc, row_max, row_sum,
-                    load_next);
+      compute_block(smem_ + kRawOffset + stage * kRawTileBytes, block_of(i) * kTileRows, i & 1, piece, acc, row_max,
+                    row_sum, load_next);
+      // With one barrier per block, nothing else orders those stores before the other warps read block i + 1
+      // (the mbarrier covers the bulk copies only).
+      if (kOneBarrier && zero_filled) group_barrier_sync(1 + wg_);
     }
     group_barrier_sync(1 + wg_);  // every warp of the warpgroup is done with its exchange
     finish_piece(piece, acc, row_max, row_sum);
@@ -3863,11 +3888,70 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
                       this->barriers_ + 8 * stage, physical, static_cast<int>(threadIdx.x) % 128, 128);
   }
 
+  // This warp's maxima over its 16 tokens: of each row into `exchange` ([row][warp]), of each group's scales
+  // into `scale_slots` ([warp][group]).
+  __device__ __forceinline__ void post_maxima(const float (&s)[kAcc], const float4 (&scales)[2], float* exchange,
+                                              float* scale_slots) const {
+    const int g = lane_ >> 2, q4 = lane_ & 3;
+    float local[kRows];
+    const float scale_max = this->warp_maxima(s, scales, local);
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      if (g == 0) exchange[thread_row(ri, q4) * 4 + w_] = local[ri];
+    }
+    if (lane_ < 4) scale_slots[4 * w_ + lane_] = scale_max;
+  }
+
+  // Plane g at p_base: P * scale_g / unit_g (f16, <= 1 under the eager rule), the B operand of group g's m-tiles.
+  __device__ __forceinline__ void store_planes(uint32_t p_base, const float4 (&scales)[2],
+                                               const float (&p)[kAcc]) const {
+#pragma unroll
+    for (int group = 0; group < 4; ++group) {
+      const float weight[2] = {component(scales[0], group) * inverse_units_[group],
+                               component(scales[1], group) * inverse_units_[group]};
+      this->store_p(p_base + group * kBlockBytes, 16 * w_, p, weight);
+    }
+  }
+
+  // The block's softmax from the maxima the warps in `from` posted: new units and running maxima (lazy or eager),
+  // the accumulators rescaled where anything moved, P (s becomes it) into the planes at p_base.
+  __device__ void settle(float (&acc)[kAccTiles][kAcc], float (&row_max)[kRows], float (&row_sum)[kRows],
+                         float (&s)[kAcc], const float4 (&scales)[2], const float* exchange, const float* scale_slots,
+                         const bool (&from)[4], uint32_t p_base) {
+    const int q4 = lane_ & 3;
+    float group_ratio[4];
+    {
+      const float4 none = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      float4 block_max = from[0] ? *reinterpret_cast<const float4*>(scale_slots) : none;
+#pragma unroll
+      for (int w = 1; w < 4; ++w) {
+        const float4 other = from[w] ? *reinterpret_cast<const float4*>(scale_slots + 4 * w) : none;
+        block_max = make_float4(fmaxf(block_max.x, other.x), fmaxf(block_max.y, other.y), fmaxf(block_max.z, other.z),
+                                fmaxf(block_max.w, other.w));
+      }
+      this->template update_group_maxima<kLazy>(block_max, inverse_units_, group_ratio);
+    }
+    float rescale[kRows];
+    bool moved = group_ratio[0] != 1.0f || group_ratio[1] != 1.0f || group_ratio[2] != 1.0f || group_ratio[3] != 1.0f;
+#pragma unroll
+    for (int ri = 0; ri < kRows; ++ri) {
+      const float4 maxima = *reinterpret_cast<const float4*>(exchange + thread_row(ri, q4) * 4);
+      const float m0 = from[0] ? maxima.x : -INFINITY, m1 = from[1] ? maxima.y : -INFINITY;
+      const float m2 = from[2] ? maxima.z : -INFINITY, m3 = from[3] ? maxima.w : -INFINITY;
+      const float block_max = fmaxf(fmaxf(m0, m1), fmaxf(m2, m3));
+      rescale[ri] = Base::template softmax_row<kLazy>(ri, block_max, row_max, row_sum, s);
+      moved = moved || rescale[ri] != 1.0f;
+    }
+    rescale_accumulators(acc, rescale, group_ratio, moved);
+    store_planes(p_base, scales, s);
+  }
+
   // One 64-token block at `raw`, the first token at sequence position block_start; `after_maxima` runs once
   // every warp of the warpgroup has posted its maxima (so is done with the previous block).
   template <class AfterMaxima>
-  __device__ void compute_block(const char* raw, int block_start, const Piece& piece, float (&acc)[kAccTiles][kAcc],
-                                float (&row_max)[kRows], float (&row_sum)[kRows], const AfterMaxima& after_maxima) {
+  __device__ void compute_block(const char* raw, int block_start, int parity, const Piece& piece,
+                                float (&acc)[kAccTiles][kAcc], float (&row_max)[kRows], float (&row_sum)[kRows],
+                                const AfterMaxima& after_maxima) {
     const int g = lane_ >> 2, q4 = lane_ & 3;
     float4 scales[2];
     float total[kAcc], rope[kAcc], s[kAcc];
@@ -3894,49 +3978,60 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
 
     float* exchange = reinterpret_cast<float*>(smem_ + kExchangeOffset) + wg_ * kN * 4;
     float* scale_slots = reinterpret_cast<float*>(smem_ + kScaleMaxOffset) + wg_ * 16;
-    {
-      float local[kRows];
-      const float scale_max = this->warp_maxima(s, scales, local);
+    const uint32_t p_base =
+        smem_address(smem_ + kPOffset + (wg_ * kPSets + (kOneBarrier ? parity : 0)) * 4 * kBlockBytes);
+    if constexpr (kOneBarrier) {
+      // Would this warp move a running max (a score more than kLazyMaxLog2 over it) or a unit (a scale more
+      // than kLazyScaleFactor times it; any positive scale over a unit of 0)?
+      bool exceeds = false;
 #pragma unroll
       for (int ri = 0; ri < kRows; ++ri) {
-        if (g == 0) exchange[thread_row(ri, q4) * 4 + w_] = local[ri];
+        const int e = 4 * (ri >> 1) + (ri & 1);
+        const float limit = row_max[ri] + kLazyMaxLog2;
+        exceeds = exceeds || s[e] > limit || s[e + 2] > limit;
       }
-      if (lane_ < 4) scale_slots[4 * w_ + lane_] = scale_max;
-    }
-    group_barrier_sync(1 + wg_);
-    after_maxima();
-
-    float group_ratio[4], inverse_group_max[4];
-    {
-      float4 block_max = *reinterpret_cast<const float4*>(scale_slots);
 #pragma unroll
-      for (int w = 1; w < 4; ++w) {
-        const float4 other = *reinterpret_cast<const float4*>(scale_slots + 4 * w);
-        block_max = make_float4(fmaxf(block_max.x, other.x), fmaxf(block_max.y, other.y), fmaxf(block_max.z, other.z),
-                                fmaxf(block_max.w, other.w));
+      for (int group = 0; group < 4; ++group) {
+        const float limit = group_max_[group] * kLazyScaleFactor;
+        exceeds = exceeds || component(scales[0], group) > limit || component(scales[1], group) > limit;
       }
-      this->template update_group_maxima<kLazy>(block_max, inverse_group_max, group_ratio);
-    }
-    float rescale[kRows];
-    bool moved = group_ratio[0] != 1.0f || group_ratio[1] != 1.0f || group_ratio[2] != 1.0f || group_ratio[3] != 1.0f;
+      const bool warp_moves = __any_sync(0xffffffffu, exceeds);
+      int* flags = reinterpret_cast<int*>(smem_ + kFlagsOffset) + (2 * wg_ + parity) * 4;
+      if (lane_ == 0) flags[w_] = warp_moves ? 1 : 0;
+      if (warp_moves) post_maxima(s, scales, exchange, scale_slots);
+      // P with the running maxima and units as they are: what kTwgLazy computes for a block that moves nothing.
+      float p[kAcc], increment[kRows];
 #pragma unroll
-    for (int ri = 0; ri < kRows; ++ri) {
-      const float4 maxima = *reinterpret_cast<const float4*>(exchange + thread_row(ri, q4) * 4);
-      const float block_max = fmaxf(fmaxf(maxima.x, maxima.y), fmaxf(maxima.z, maxima.w));
-      rescale[ri] = Base::template softmax_row<kLazy>(ri, block_max, row_max, row_sum, s);
-      moved = moved || rescale[ri] != 1.0f;
-    }
-    rescale_accumulators(acc, rescale, group_ratio, moved);
-    // Plane g: P * scale_g / group_max_g (f16, <= 1), the B operand of group g's m-tiles.
-    const uint32_t p_base = smem_address(smem_ + kPOffset + wg_ * 4 * kBlockBytes);
+      for (int ri = 0; ri < kRows; ++ri) {
+        const int e = 4 * (ri >> 1) + (ri & 1);
+        const float base = row_max[ri] == -INFINITY ? 0.0f : row_max[ri];
+        p[e] = fast_exp2(s[e] - base);
+        p[e + 2] = fast_exp2(s[e + 2] - base);
+        increment[ri] = p[e] + p[e + 2];
+      }
+      store_planes(p_base, scales, p);
+      fence_proxy_async();  // P (stmatrix) before the tensor cores read it
+      group_barrier_sync(1 + wg_);
+      after_maxima();
+      const int4 posted = *reinterpret_cast<const int4*>(flags);
+      if ((posted.x | posted.y | posted.z | posted.w) == 0) {
 #pragma unroll
-    for (int group = 0; group < 4; ++group) {
-      const float weight[2] = {component(scales[0], group) * inverse_group_max[group],
-                               component(scales[1], group) * inverse_group_max[group]};
-      this->store_p(p_base + group * kBlockBytes, 16 * w_, s, weight);
+        for (int ri = 0; ri < kRows; ++ri) row_sum[ri] += increment[ri];
+      } else {  // the same for the whole warpgroup: redo the softmax from the flagged warps' maxima
+        const bool from[4] = {posted.x != 0, posted.y != 0, posted.z != 0, posted.w != 0};
+        settle(acc, row_max, row_sum, s, scales, exchange, scale_slots, from, p_base);
+        fence_proxy_async();
+        group_barrier_sync(1 + wg_);
+      }
+    } else {
+      post_maxima(s, scales, exchange, scale_slots);
+      group_barrier_sync(1 + wg_);
+      after_maxima();
+      const bool from[4] = {true, true, true, true};
+      settle(acc, row_max, row_sum, s, scales, exchange, scale_slots, from, p_base);
+      fence_proxy_async();  // P (stmatrix) before the tensor cores read it
+      group_barrier_sync(1 + wg_);
     }
-    fence_proxy_async();  // P (stmatrix) before the tensor cores read it
-    group_barrier_sync(1 + wg_);
 
     // O^T: 4 k-steps of 16 tokens in half-steps of two groups (4 m-tiles); the next half-step's bytes are
     // loaded before the wait for the previous one and converted after it, while this one runs.
@@ -4047,6 +4142,8 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
       if (w_ == 0 && g == 0) this->write_lse(piece, r, merged_sum[ri], merged_max[ri]);
     }
   }
+
+  float inverse_units_[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // 1 / group_max_ (0 while it is 0), as P's weights use it
 };
 
 // bf16 / fp16 cache with >= 64 rows: the two warpgroups take different roles so that the tensor cores
@@ -5604,6 +5701,10 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
         return launch<Fp8TransposedWgDecoder<kFp16, kTwgEarlyV | kTwgJoined>, kFp16>(params, stream);
       if (!params.fp8_joined_descriptors) {
         return launch<Fp8TransposedWgDecoder<kFp16, kTwgEarlyV | kTwgLazy>, kFp16>(params, stream);
+      }
+      if (params.fp8_one_barrier) {
+        constexpr int kOneBarrierFlags = kTwgEarlyV | kTwgLazy | kTwgJoined | kTwgOneBarrier;
+        return launch<Fp8TransposedWgDecoder<kFp16, kOneBarrierFlags>, kFp16>(params, stream);
       }
       return launch<Fp8TransposedWgDecoder<kFp16>, kFp16>(params, stream);
     }
