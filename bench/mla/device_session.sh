@@ -4,6 +4,7 @@
 # Steps: build, sass, overhead (the fixed per-call cost at h_q 16), gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
 # leanchecks (memcheck and racecheck of the FP8 lean kernel), ncu8l (its counters at h_q 128 8K),
 # gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck and racecheck of the FP8 kernels for <= 32 rows), ab8 (the FP8 A/B),
+# onebarrier (the opt-in one-barrier FP8 kernel: its gtests, memcheck, racecheck, sustained A/B),
 # ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
 # tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
 set -uo pipefail
@@ -150,6 +151,22 @@ for step in "$@"; do
       # shellcheck disable=SC2086
       timeout 120 python3 bench/mla/overhead_mla.py ${MLA_OVERHEAD_ARGS:-} --out "$OUT/overhead.json" >"$OUT/overhead.log" 2>&1
       cut -c1-400 "$OUT/overhead.log" | tail -12
+      ;;
+    onebarrier)
+      # wgmma_fp8_transposed_wg with one barrier per block (FF_MLA_FP8_ONE_BARRIER=1, opt-in): the FP8 gtests with
+      # it, memcheck and racecheck of the default-route 16-row test and of every forced FP8 kernel, then the
+      # sustained A/B against the two-barrier default (4K-32K, fixed and variable).
+      FF_MLA_FP8_ONE_BARRIER=1 timeout 40 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.Fp8*' \
+        >"$OUT/gtest8_one_barrier.log" 2>&1
+      grep -E "^\[  (FAILED|PASSED) |Failure" "$OUT/gtest8_one_barrier.log" | head -10
+      export FF_MLA_FP8_ONE_BARRIER=1
+      sanitize CudaDecode.Fp8CacheSixteenHeadsSplitTokens _one_barrier 100 100
+      sanitize CudaDecode.Fp8FewRowsKernelsForced _one_barrier_forced 120 150
+      unset FF_MLA_FP8_ONE_BARRIER
+      timeout "${MLA_AB_TIMEOUT:-300}" python3 bench/mla/bench_mla.py --fp8-ab --rounds 3 --ab-variable --sustained 1.0 \
+        --candidates bf16,fp8_transposed_wg,fp8_transposed_wg_one_barrier --out "$OUT/fp8_one_barrier_ab.json" \
+        >"$OUT/ab_one_barrier.log" 2>&1
+      grep -E "^s_q|Error|error" "$OUT/ab_one_barrier.log" | cut -c1-300 | tail -8
       ;;
     ncu8)
       # The default FP8 kernel at h_q 16, 4K (s_q from MLA_NCU_SQ, 1 by default): pipes, warp states,
