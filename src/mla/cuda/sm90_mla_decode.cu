@@ -70,12 +70,12 @@ constexpr int kReductionBytes = 2 * kTileRows * 4;         // (2 halves, 64 rows
 constexpr int kSmemBytes16 = 3 * kTileBytes + kReductionBytes;
 constexpr int kSmemBytesFp8 = 2 * kTileBytes + 2 * kRawTileBytes + kReductionBytes;
 constexpr float kLog2e = 1.4426950408889634f;
-// Lazy rescaling (the 16-bit mma.sync kernel, Decoder, params.lazy_rescale): a row's running max (log2
-// domain) moves only when a block's max exceeds it by more than kLazyMaxLog2, so most blocks leave the
-// accumulators alone; P = 2^(s - max) is then at most 2^8 instead of 1, which fp32 sums and 16-bit P
-// hold with the same relative precision. Softmax results do not depend on the reference max (lse adds
-// it back). Measured on the H200 (h_q 16, 4K-32K): bf16 1-2% faster. The FP8 kernel (Fp8Decoder), which
-// already skips unmoved rescales, got 0.7-2% slower with it at 8K-32K, so it keeps the eager rule.
+// Lazy rescaling (the 16-bit mma.sync kernel, Decoder, and Fp8TransposedWgDecoder; params.lazy_rescale): a
+// row's running max (log2 domain) moves only when a block's max exceeds it by more than kLazyMaxLog2, so most
+// blocks leave the accumulators alone; P = 2^(s - max) is then at most 2^8 instead of 1, which fp32 sums and
+// 16-bit P hold with the same relative precision. Softmax results do not depend on the reference max (lse adds
+// it back). Measured on the H200 (h_q 16, 4K-32K): bf16 1-2% faster. The mma.sync FP8 kernel (Fp8Decoder),
+// which already skips unmoved rescales, got 0.7-2% slower with it at 8K-32K, so it keeps the eager rule.
 constexpr float kLazyMaxLog2 = 8.0f;
 // Lazy units in Fp8TransposedWgDecoder (with the lazy running max): a channel group's unit (the largest
 // scale seen) moves only when a block's largest scale exceeds it this many times, so a token's weight is at
