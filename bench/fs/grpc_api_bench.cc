@@ -12,19 +12,28 @@
 //
 // Client APIs: "callback" (GenericStub::UnaryCall, completion on gRPC's thread), "completion_queue" (calls
 // started on and completed by one thread polling a CompletionQueue), "blocking" (`depth` threads, each
-// in a blocking call, as RemoteMeta's callers).
+// in a blocking call, as RemoteMeta's callers). Beside them, per (depth, request size), the transport's floor:
+// the same request and reply over plain loopback TCP (`depth` connections, each a client thread sending the
+// request and waiting for the 16-byte reply, a server thread answering; TCP_NODELAY), what a transport of our own
+// could reach at most.
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/codegen/client_unary_call.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <functional>
@@ -294,6 +303,105 @@ Figure run_case(const Case& c) {
   return figure;
 }
 
+// Moves all of `bytes` through a blocking socket; false on an error or a closed peer.
+bool transfer(int fd, char* data, size_t bytes, bool receive) {
+  while (bytes > 0) {
+    const ssize_t n = receive ? ::recv(fd, data, bytes, 0) : ::send(fd, data, bytes, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    bytes -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// The raw-TCP floor of one (depth, request size): `depth` loopback connections, each with a client thread that
+// sends the request and waits for the reply and a server thread that answers, for `seconds`.
+Figure run_raw_tcp(size_t request_bytes, int depth, double seconds) {
+  Figure figure;
+  if (request_bytes == 0) return figure;  // nothing to wait for on the server's side: no floor
+  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  if (listener < 0 || ::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      ::listen(listener, depth) != 0 || ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    fmt::print(stderr, "raw TCP: no loopback listener: {}\n", std::strerror(errno));
+    if (listener >= 0) ::close(listener);
+    figure.errors = 1;
+    return figure;
+  }
+  const auto no_delay = [](int fd) {
+    const int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  };
+  std::vector<int> clients, servers;
+  for (int i = 0; i < depth; ++i) {
+    const int client = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (client < 0 || ::connect(client, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+      if (client >= 0) ::close(client);
+      break;
+    }
+    const int server = ::accept(listener, nullptr, nullptr);
+    if (server < 0) {
+      ::close(client);
+      break;
+    }
+    no_delay(client);
+    no_delay(server);
+    clients.push_back(client);
+    servers.push_back(server);
+  }
+  ::close(listener);
+  if (static_cast<int>(clients.size()) != depth) {
+    fmt::print(stderr, "raw TCP: {} of {} loopback connections\n", clients.size(), depth);
+    for (int fd : clients) ::close(fd);
+    for (int fd : servers) ::close(fd);
+    figure.errors = 1;
+    return figure;
+  }
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> calls{0}, errors{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < depth; ++i) {
+    threads.emplace_back([fd = servers[static_cast<size_t>(i)], request_bytes] {
+      std::vector<char> request(request_bytes), reply(kReplyBytes, 'y');
+      // Ends when its client closes the connection.
+      while (transfer(fd, request.data(), request.size(), true) && transfer(fd, reply.data(), reply.size(), false)) {
+      }
+    });
+  }
+  const double cpu_start = process_cpu_s();
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> callers;
+  for (int i = 0; i < depth; ++i) {
+    callers.emplace_back([&, fd = clients[static_cast<size_t>(i)]] {
+      std::vector<char> request(request_bytes, 'x'), reply(kReplyBytes);
+      while (!stop.load(std::memory_order_relaxed)) {
+        if (!transfer(fd, request.data(), request.size(), false) || !transfer(fd, reply.data(), reply.size(), true)) {
+          errors.fetch_add(1);
+          return;
+        }
+        calls.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop.store(true);
+  for (auto& caller : callers) caller.join();
+  const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double cpu_s = process_cpu_s() - cpu_start;
+  for (int fd : clients) ::shutdown(fd, SHUT_RDWR);
+  for (auto& thread : threads) thread.join();
+  for (int fd : clients) ::close(fd);
+  for (int fd : servers) ::close(fd);
+  figure.calls_per_s = static_cast<double>(calls.load()) / wall_s;
+  figure.cpu_us_per_call = calls.load() > 0 ? cpu_s / static_cast<double>(calls.load()) * 1e6 : 0;
+  figure.errors = errors.load();
+  return figure;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -317,8 +425,13 @@ int main(int argc, char** argv) {
   const std::string device = fmt::format("{}, {} cores", cpu_model(), std::thread::hardware_concurrency());
   nlohmann::json lines = nlohmann::json::array();
   for (int64_t bytes : size_list) {
+    std::vector<Figure> floors;  // per depth
+    for (int64_t depth : depth_list)
+      floors.push_back(run_raw_tcp(static_cast<size_t>(bytes), static_cast<int>(depth), seconds));
     for (const char* client_api : {"callback", "completion_queue", "blocking"}) {
-      for (int64_t depth : depth_list) {
+      for (size_t d = 0; d < depth_list.size(); ++d) {
+        const int64_t depth = depth_list[d];
+        const Figure& floor = floors[d];
         Case c{.client_api = client_api,
                .depth = static_cast<int>(depth),
                .request_bytes = static_cast<size_t>(bytes),
@@ -342,7 +455,10 @@ int main(int argc, char** argv) {
             {"completion_queue_calls_per_s", ours.calls_per_s},
             {"completion_queue_cpu_us_per_call", ours.cpu_us_per_call},
             {"ratio", baseline.calls_per_s > 0 ? ours.calls_per_s / baseline.calls_per_s : 0},
-            {"errors", baseline.errors + ours.errors},
+            {"raw_tcp_calls_per_s", floor.calls_per_s},
+            {"raw_tcp_cpu_us_per_call", floor.cpu_us_per_call},
+            {"baseline_vs_raw_tcp", floor.calls_per_s > 0 ? baseline.calls_per_s / floor.calls_per_s : 0},
+            {"errors", baseline.errors + ours.errors + floor.errors},
         };
         std::puts(line.dump().c_str());
         std::fflush(stdout);
