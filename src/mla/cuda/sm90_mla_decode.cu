@@ -795,9 +795,10 @@ __device__ __forceinline__ int fp8_token_offset(int token) {
 // read), which the loop barrier before the stage's use makes visible.
 // `destination`: the raw stage (shared address), `bar`: its mbarrier. Block-table entries come in
 // `physical` (-1 for none; see Fp8Decoder::physical_block). Every one of `threads` threads calls it
-// (`thread`: its index among them; the first warp of them copies).
+// (`thread`: its index among them; the first warp of them copies). Returns whether it zeroed any of the stage
+// (the caller must order those stores before other threads read it; the mbarrier covers the copies only).
 template <int kGroupPad>
-__device__ void load_fp8_block(const DecodeParams& p, int head_k, const Piece& piece, int block, uint32_t destination,
+__device__ bool load_fp8_block(const DecodeParams& p, int head_k, const Piece& piece, int block, uint32_t destination,
                                uint32_t bar, int physical, int thread = static_cast<int>(threadIdx.x),
                                int threads = kThreads) {
   const int warp = thread / 32, lane = thread % 32;
@@ -841,6 +842,7 @@ __device__ void load_fp8_block(const DecodeParams& p, int head_k, const Piece& p
     }
     fence_proxy_async();  // these generic stores come before later bulk copies into the stage
   }
+  return valid_tokens < kTileRows;
 }
 
 // The FP8 cache with few query rows (kSplit 4: <= 16 rows, kSplit 2: <= 32; the memory-bound shapes):
@@ -3864,9 +3866,7 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
       bool zero_filled = false;  // block i + 1's stage got generic stores (a tail or a bad block id)
       const auto load_next = [&] {
         if (i >= 1 && i + 1 < my_blocks) {
-          load_block(piece, block_of(i + 1), wg_ + 2 * ((i + 1) & 1), next_physical);
-          zero_filled = next_physical < 0 || next_physical >= p_.num_blocks ||
-                        (block_of(i + 1) + 1) * kTileRows > piece.token_end;
+          zero_filled = load_block(piece, block_of(i + 1), wg_ + 2 * ((i + 1) & 1), next_physical);
         }
         if (i >= 1) next_physical = physical_of(i + 2);
       };
@@ -3882,10 +3882,10 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
   }
 
  private:
-  // The warpgroup's 128 threads load; its first warp copies.
-  __device__ __forceinline__ void load_block(const Piece& piece, int block, int stage, int physical) {
-    load_fp8_block<0>(p_, this->head_k_, piece, block, smem_address(smem_ + kRawOffset + stage * kRawTileBytes),
-                      this->barriers_ + 8 * stage, physical, static_cast<int>(threadIdx.x) % 128, 128);
+  // The warpgroup's 128 threads load; its first warp copies. True when the stage got zero fills (generic stores).
+  __device__ __forceinline__ bool load_block(const Piece& piece, int block, int stage, int physical) {
+    return load_fp8_block<0>(p_, this->head_k_, piece, block, smem_address(smem_ + kRawOffset + stage * kRawTileBytes),
+                             this->barriers_ + 8 * stage, physical, static_cast<int>(threadIdx.x) % 128, 128);
   }
 
   // This warp's maxima over its 16 tokens: of each row into `exchange` ([row][warp]), of each group's scales
