@@ -4,7 +4,7 @@
 # Steps: build, sass, overhead (the fixed per-call cost at h_q 16), gtest, pytest, memcheck, racecheck, quick (bench h_q 128, 4K/8K), bench (the full benchmark),
 # leanchecks (memcheck and racecheck of the FP8 lean kernel), ncu8l (its counters at h_q 128 8K),
 # gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck and racecheck of the FP8 kernels for <= 32 rows), ab8 (the FP8 A/B),
-# onebarrier (the opt-in one-barrier FP8 kernel: its gtests, memcheck, racecheck, sustained A/B),
+# onebarrier (the one-barrier FP8 kernel: its gtests, memcheck, racecheck, the racecheck probe, A/B against two barriers),
 # ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
 # tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
 set -uo pipefail
@@ -153,18 +153,21 @@ for step in "$@"; do
       cut -c1-400 "$OUT/overhead.log" | tail -12
       ;;
     onebarrier)
-      # wgmma_fp8_transposed_wg with one barrier per block (FF_MLA_FP8_ONE_BARRIER=1, opt-in): the FP8 gtests with
-      # it, memcheck and racecheck of the default-route 16-row test and of every forced FP8 kernel, then the
-      # sustained A/B against the two-barrier default (4K-32K, fixed and variable).
-      FF_MLA_FP8_ONE_BARRIER=1 timeout 40 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.Fp8*' \
-        >"$OUT/gtest8_one_barrier.log" 2>&1
+      # wgmma_fp8_transposed_wg with one barrier per block (the default since 2026-12-03): the FP8 gtests, memcheck
+      # and racecheck of the default-route 16-row test and of every forced FP8 kernel, the racecheck probe of
+      # warpgroups meeting at different numbers of named barriers (racecheck_named_barriers.cu), then the
+      # sustained A/B against two barriers per block (FF_MLA_FP8_ONE_BARRIER=0; 4K-32K, fixed and variable).
+      timeout 40 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.Fp8*' >"$OUT/gtest8_one_barrier.log" 2>&1
       grep -E "^\[  (FAILED|PASSED) |Failure" "$OUT/gtest8_one_barrier.log" | head -10
-      export FF_MLA_FP8_ONE_BARRIER=1
       sanitize CudaDecode.Fp8CacheSixteenHeadsSplitTokens _one_barrier 100 100
       sanitize CudaDecode.Fp8FewRowsKernelsForced _one_barrier_forced 120 150
-      unset FF_MLA_FP8_ONE_BARRIER
+      nvcc -gencode=arch=compute_90a,code=sm_90a -o build-dev/racecheck_probe bench/mla/racecheck_named_barriers.cu
+      for variant in equal unequal; do
+        timeout 60 compute-sanitizer --tool racecheck build-dev/racecheck_probe $variant >"$OUT/racecheck_probe_$variant.log" 2>&1
+        grep -E "barrier counts|RACECHECK SUMMARY" "$OUT/racecheck_probe_$variant.log"
+      done
       timeout "${MLA_AB_TIMEOUT:-300}" python3 bench/mla/bench_mla.py --fp8-ab --rounds 3 --ab-variable --sustained 1.0 \
-        --candidates bf16,fp8_transposed_wg,fp8_transposed_wg_one_barrier --out "$OUT/fp8_one_barrier_ab.json" \
+        --candidates bf16,fp8_transposed_wg,fp8_transposed_wg_two_barriers --out "$OUT/fp8_one_barrier_ab.json" \
         >"$OUT/ab_one_barrier.log" 2>&1
       grep -E "^s_q|Error|error" "$OUT/ab_one_barrier.log" | cut -c1-300 | tail -8
       ;;

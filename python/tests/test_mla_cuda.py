@@ -255,8 +255,8 @@ def test_fp8_transposed_wg_variants(monkeypatch):
     the softmax barriers (FF_MLA_FP8_EARLY_V=0, the former order) and building each wgmma's whole descriptor
     (FF_MLA_FP8_DESCRIPTORS=full) only reorder or rewrite independent work: under the eager rule
     (FF_MLA_LAZY=0) all give the same bits. Lazy rescaling (the default) moves a row's running max and a
-    channel group's unit less often; it agrees with float64. One barrier per block (FF_MLA_FP8_ONE_BARRIER=1,
-    opt-in) redoes the softmax only where something moves, with the same bits as the default. The cache's
+    channel group's unit less often; it agrees with float64. One barrier per block (the default;
+    FF_MLA_FP8_ONE_BARRIER=0 gives two) redoes the softmax only where something moves: the same bits as two. The cache's
     magnitudes jump up and down from block to block (up to 2^7.75), so both the running maxima and the groups'
     units move many times."""
     monkeypatch.setenv("FF_MLA_FP8", "transposed_wg")
@@ -265,7 +265,7 @@ def test_fp8_transposed_wg_variants(monkeypatch):
         for page in range((n + 63) // 64):
             cache[block_table[i, page]] *= 2.0 ** ((page % 5) + page / 4)
     cache_fp8 = mla.quantize_kvcache_fp8(cache)
-    variants = {"default": {}, "one_barrier": {"FF_MLA_FP8_ONE_BARRIER": "1"}, "eager": {"FF_MLA_LAZY": "0"},
+    variants = {"default": {}, "two_barriers": {"FF_MLA_FP8_ONE_BARRIER": "0"}, "eager": {"FF_MLA_LAZY": "0"},
                 "eager_full": {"FF_MLA_LAZY": "0", "FF_MLA_FP8_DESCRIPTORS": "full"},
                 "late_v": {"FF_MLA_FP8_EARLY_V": "0"}}
     results = {}
@@ -279,8 +279,8 @@ def test_fp8_transposed_wg_variants(monkeypatch):
     for name in ("eager_full", "late_v"):
         assert torch.equal(results["eager"][0], results[name][0]), name
         assert torch.equal(results["eager"][1], results[name][1]), name
-    assert torch.equal(results["default"][0], results["one_barrier"][0])
-    assert torch.equal(results["default"][1], results["one_barrier"][1])
+    assert torch.equal(results["default"][0], results["two_barriers"][0])
+    assert torch.equal(results["default"][1], results["two_barriers"][1])
     values = dequantize(cache_fp8)
     ref_out, ref_lse = reference(q, lambda i, k: gather_keys(values, block_table, lengths, i, k), lengths, 1, True)
     # The outputs reach ~2^7: errors are compared with each sequence's largest output (check's bound is absolute).

@@ -247,7 +247,7 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
     params.fp8_joined_descriptors = std::string_view(descriptors) != "full";
   }
   if (const char* one = std::getenv("FF_MLA_FP8_ONE_BARRIER"); one != nullptr) {
-    params.fp8_one_barrier = std::string_view(one) == "1";
+    params.fp8_one_barrier = std::string_view(one) != "0";
   }
   if (const char* lean = std::getenv("FF_MLA_FP8_LEAN"); lean != nullptr) {
     params.fp8_lean = std::string_view(lean) != "0";

@@ -131,8 +131,8 @@ struct DecodeParams {
   // FF_MLA_FP8_DESCRIPTORS=full in the environment: the whole 64-bit descriptor per wgmma, as before; for A/B runs).
   bool fp8_joined_descriptors = true;
   // Fp8TransposedWgDecoder meets at one barrier per block where nothing moves (kTwgOneBarrier, with lazy
-  // rescaling; FF_MLA_FP8_ONE_BARRIER=1 in the environment; opt-in until racecheck has passed on it).
-  bool fp8_one_barrier = false;
+  // rescaling; FF_MLA_FP8_ONE_BARRIER=0 in the environment: two barriers per block, as before; for A/B runs).
+  bool fp8_one_barrier = true;
   // The FP8 cache with >= kWgmmaMinRows rows per KV head (or FF_MLA_KERNEL=wgmma) takes the lean2 kernel
   // with warpgroup 1 dequantizing (kWgmmaFp8Lean) where the scale is positive; FF_MLA_FP8_LEAN=0 in the
   // environment: the older dequantizing WGMMA kernel (kWgmma, WgmmaFp8Decoder), for A/B runs.

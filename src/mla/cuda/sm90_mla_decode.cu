@@ -3788,23 +3788,22 @@ class Fp8TransposedDecoder : Fp8TransposedBase<kFp16, kN> {
 //   kTwgLazy     lazy rescaling: a row's running max as in the lazy mma.sync kernel (kLazyMaxLog2), the channel
 //                groups' units by kLazyScaleFactor, so most blocks leave the accumulators alone (FF_MLA_LAZY=0);
 //   kTwgJoined   wgmma descriptors as 32-bit adds on their lower halves (FF_MLA_FP8_DESCRIPTORS=full turns it off);
-//   kTwgOneBarrier  (with kTwgLazy; opt-in, FF_MLA_FP8_ONE_BARRIER=1, until racecheck has passed on the tail
-//                barrier below) one barrier per block where nothing moves: each warp checks whether any of its
-//                scores or scales would move a running max or a unit (the lazy thresholds), posts that flag (and
-//                only then its maxima), and stores P with the current maxima and units before the barrier; when
-//                a flag is up, all redo the softmax from the flagged warps' maxima (the others' are under the
-//                thresholds, so the result is that of kTwgLazy, bit for bit), store P again and meet at a second
-//                barrier. The P planes alternate between two sets by block parity, since no barrier now
-//                separates one block's P stores from the previous block's P V. A block whose stage got zero
-//                fills (a tail, a bad block id) is followed by a barrier: nothing else orders those generic
-//                stores before the other warps read it (racecheck found that hazard without it).
+//   kTwgOneBarrier  (with kTwgLazy; FF_MLA_FP8_ONE_BARRIER=0 turns it off) one barrier per block where nothing moves:
+//                each warp checks whether any of its scores or scales would move a running max or a unit (the lazy
+//                thresholds), posts that flag (and only then its maxima), and stores P with the current maxima and
+//                units before the barrier; when a flag is up, all redo the softmax from the flagged warps' maxima (the
+//                others' are under the thresholds, so the result is that of kTwgLazy, bit for bit), store P again and
+//                meet at a second barrier. The P planes alternate between two sets by block parity, since no barrier
+//                now separates one block's P stores from the previous block's P V. A block whose stage got zero fills
+//                (a tail, a bad block id) is followed by a barrier: nothing else orders those generic stores before the
+//                other warps read the stage (the mbarrier covers the bulk copies only).
 // Shared memory: raw stages (4) | Q^T | per warpgroup: 4 P planes, row maxima, scale maxima | row factors |
 // mbarriers.
 constexpr int kTwgEarlyV = 1;
 constexpr int kTwgLazy = 2;
 constexpr int kTwgJoined = 4;
 constexpr int kTwgOneBarrier = 8;
-template <bool kFp16, int kFlags = kTwgEarlyV | kTwgLazy | kTwgJoined>
+template <bool kFp16, int kFlags = kTwgEarlyV | kTwgLazy | kTwgJoined | kTwgOneBarrier>
 class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
   static constexpr bool kEarlyV = (kFlags & kTwgEarlyV) != 0;
   static constexpr bool kLazy = (kFlags & kTwgLazy) != 0;
@@ -5702,9 +5701,8 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
       if (!params.fp8_joined_descriptors) {
         return launch<Fp8TransposedWgDecoder<kFp16, kTwgEarlyV | kTwgLazy>, kFp16>(params, stream);
       }
-      if (params.fp8_one_barrier) {
-        constexpr int kOneBarrierFlags = kTwgEarlyV | kTwgLazy | kTwgJoined | kTwgOneBarrier;
-        return launch<Fp8TransposedWgDecoder<kFp16, kOneBarrierFlags>, kFp16>(params, stream);
+      if (!params.fp8_one_barrier) {
+        return launch<Fp8TransposedWgDecoder<kFp16, kTwgEarlyV | kTwgLazy | kTwgJoined>, kFp16>(params, stream);
       }
       return launch<Fp8TransposedWgDecoder<kFp16>, kFp16>(params, stream);
     }
