@@ -6,6 +6,7 @@
 # gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck and racecheck of the FP8 kernels for <= 32 rows), ab8 (the FP8 A/B),
 # onebarrier (the one-barrier FP8 kernel: its gtests, memcheck, racecheck, the racecheck probe, A/B against two barriers),
 # splitmerge (the opt-in split end-of-piece merge: gtests, the variants pytest, memcheck, racecheck, A/B),
+# probe (the racecheck probe of the FP8 kernel's piece loop, racecheck_named_barriers.cu),
 # ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
 # tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
 set -uo pipefail
@@ -43,6 +44,15 @@ sanitize() {
   timeout "$4" compute-sanitizer --tool racecheck build-dev/tests/mla/mla_test --gtest_filter="$1" \
     >"$OUT/racecheck$2.log" 2>&1
   echo "racecheck:"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED|hazard" "$OUT/racecheck$2.log" | head -4
+}
+# racecheck_probe: bench/mla/racecheck_named_barriers.cu (named barriers; the FP8 kernel's piece loop in small)
+# under racecheck, each mode.
+racecheck_probe() {
+  nvcc -gencode=arch=compute_90a,code=sm_90a -o build-dev/racecheck_probe bench/mla/racecheck_named_barriers.cu
+  for variant in equal unequal pieces; do
+    timeout 60 compute-sanitizer --tool racecheck build-dev/racecheck_probe $variant >"$OUT/racecheck_probe_$variant.log" 2>&1
+    grep -E "barrier counts|pieces:|RACECHECK SUMMARY" "$OUT/racecheck_probe_$variant.log"
+  done
 }
 for step in "$@"; do
   echo "=== $step ($(date +%T))"
@@ -162,15 +172,16 @@ for step in "$@"; do
       grep -E "^\[  (FAILED|PASSED) |Failure" "$OUT/gtest8_one_barrier.log" | head -10
       sanitize CudaDecode.Fp8CacheSixteenHeadsSplitTokens _one_barrier 100 100
       sanitize CudaDecode.Fp8FewRowsKernelsForced _one_barrier_forced 120 150
-      nvcc -gencode=arch=compute_90a,code=sm_90a -o build-dev/racecheck_probe bench/mla/racecheck_named_barriers.cu
-      for variant in equal unequal; do
-        timeout 60 compute-sanitizer --tool racecheck build-dev/racecheck_probe $variant >"$OUT/racecheck_probe_$variant.log" 2>&1
-        grep -E "barrier counts|RACECHECK SUMMARY" "$OUT/racecheck_probe_$variant.log"
-      done
+      racecheck_probe
       timeout "${MLA_AB_TIMEOUT:-300}" python3 bench/mla/bench_mla.py --fp8-ab --rounds 3 --ab-variable --sustained 1.0 \
         --candidates bf16,fp8_transposed_wg,fp8_transposed_wg_two_barriers --out "$OUT/fp8_one_barrier_ab.json" \
         >"$OUT/ab_one_barrier.log" 2>&1
       grep -E "^s_q|Error|error" "$OUT/ab_one_barrier.log" | cut -c1-300 | tail -8
+      ;;
+    probe)
+      # The racecheck probe alone (bench/mla/racecheck_named_barriers.cu: named barriers, then the piece loop in
+      # small with bulk copies, zero fills and the hand-off), about 10 s.
+      racecheck_probe
       ;;
     splitmerge)
       # wgmma_fp8_transposed_wg with its end-of-piece merge split between the warpgroups (FF_MLA_FP8_SPLIT_MERGE=1,
