@@ -395,8 +395,6 @@ FP8_AB_KNOWN = {
     # transposed_wg with two barriers per block (the default before 2026-12-03 19:00 UTC), for A/B runs of the
     # one-barrier block
     "fp8_transposed_wg_two_barriers": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_FP8_ONE_BARRIER": "0"}),
-    # transposed_wg with its end-of-piece merge split between the warpgroups (opt-in), for A/B runs of it
-    "fp8_transposed_wg_split_merge": (True, {"FF_MLA_FP8": "transposed_wg", "FF_MLA_FP8_SPLIT_MERGE": "1"}),
     # the bf16 kernel with the eager running max (every block's max moves it, FF_MLA_LAZY=0), for A/B runs
     # of lazy rescaling
     "bf16_eager": (False, {"FF_MLA_LAZY": "0"}),

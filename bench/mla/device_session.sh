@@ -5,7 +5,6 @@
 # leanchecks (memcheck and racecheck of the FP8 lean kernel), ncu8l (its counters at h_q 128 8K),
 # gtest8 / pytest8 / memcheck8 (the FP8 tests, memcheck and racecheck of the FP8 kernels for <= 32 rows), ab8 (the FP8 A/B),
 # onebarrier (the one-barrier FP8 kernel: its gtests, memcheck, racecheck, the racecheck probe, A/B against two barriers),
-# splitmerge (the opt-in split end-of-piece merge: gtests, the variants pytest, memcheck, racecheck, A/B),
 # probe (the racecheck probe of the FP8 kernel's piece loop, racecheck_named_barriers.cu),
 # ncu (h_q 128 8K counters, TMA and cp.async loads), ncusec (h_q 128 8K, the default kernel: SOL, compute /
 # tensor pipes, memory incl. shared memory and L2, warp states, scheduler, per-instruction stall samples).
@@ -182,24 +181,6 @@ for step in "$@"; do
       # The racecheck probe alone (bench/mla/racecheck_named_barriers.cu: named barriers, then the piece loop in
       # small with bulk copies, zero fills and the hand-off), about 10 s.
       racecheck_probe
-      ;;
-    splitmerge)
-      # wgmma_fp8_transposed_wg with its end-of-piece merge split between the warpgroups (FF_MLA_FP8_SPLIT_MERGE=1,
-      # opt-in): the FP8 gtests and the variants pytest with it, memcheck and racecheck of the forced FP8 kernels,
-      # then the sustained A/B against the default (4K-32K, fixed and variable).
-      FF_MLA_FP8_SPLIT_MERGE=1 timeout 40 build-dev/tests/mla/mla_test --gtest_filter='CudaDecode.Fp8*' \
-        >"$OUT/gtest8_split_merge.log" 2>&1
-      grep -E "^\[  (FAILED|PASSED) |Failure" "$OUT/gtest8_split_merge.log" | head -10
-      timeout 60 python3 -m pytest -q -k "transposed_wg_variants" python/tests/test_mla_cuda.py \
-        >"$OUT/pytest_split_merge.log" 2>&1
-      grep -E "passed|failed|Error|assert" "$OUT/pytest_split_merge.log" | head -10
-      export FF_MLA_FP8_SPLIT_MERGE=1
-      sanitize CudaDecode.Fp8FewRowsKernelsForced _split_merge 120 150
-      unset FF_MLA_FP8_SPLIT_MERGE
-      timeout "${MLA_AB_TIMEOUT:-300}" python3 bench/mla/bench_mla.py --fp8-ab --rounds 3 --ab-variable --sustained 1.0 \
-        --candidates bf16,fp8_transposed_wg,fp8_transposed_wg_split_merge --out "$OUT/fp8_split_merge_ab.json" \
-        >"$OUT/ab_split_merge.log" 2>&1
-      grep -E "^s_q|Error|error" "$OUT/ab_split_merge.log" | cut -c1-300 | tail -8
       ;;
     ncu8)
       # The default FP8 kernel at h_q 16, 4K (s_q from MLA_NCU_SQ, 1 by default): pipes, warp states,

@@ -256,8 +256,7 @@ def test_fp8_transposed_wg_variants(monkeypatch):
     (FF_MLA_FP8_DESCRIPTORS=full) only reorder or rewrite independent work: under the eager rule
     (FF_MLA_LAZY=0) all give the same bits. Lazy rescaling (the default) moves a row's running max and a
     channel group's unit less often; it agrees with float64. One barrier per block (the default;
-    FF_MLA_FP8_ONE_BARRIER=0 gives two) redoes the softmax only where something moves: the same bits as two; so does
-    the end-of-piece merge split between the warpgroups (FF_MLA_FP8_SPLIT_MERGE=1, opt-in). The cache's
+    FF_MLA_FP8_ONE_BARRIER=0 gives two) redoes the softmax only where something moves: the same bits as two. The cache's
     magnitudes jump up and down from block to block (up to 2^7.75), so both the running maxima and the groups'
     units move many times."""
     monkeypatch.setenv("FF_MLA_FP8", "transposed_wg")
@@ -268,11 +267,10 @@ def test_fp8_transposed_wg_variants(monkeypatch):
     cache_fp8 = mla.quantize_kvcache_fp8(cache)
     variants = {"default": {}, "two_barriers": {"FF_MLA_FP8_ONE_BARRIER": "0"}, "eager": {"FF_MLA_LAZY": "0"},
                 "eager_full": {"FF_MLA_LAZY": "0", "FF_MLA_FP8_DESCRIPTORS": "full"},
-                "late_v": {"FF_MLA_FP8_EARLY_V": "0"}, "split_merge": {"FF_MLA_FP8_SPLIT_MERGE": "1"}}
+                "late_v": {"FF_MLA_FP8_EARLY_V": "0"}}
     results = {}
     for name, environment in variants.items():
-        for variable in ("FF_MLA_LAZY", "FF_MLA_FP8_DESCRIPTORS", "FF_MLA_FP8_EARLY_V", "FF_MLA_FP8_ONE_BARRIER",
-                         "FF_MLA_FP8_SPLIT_MERGE"):
+        for variable in ("FF_MLA_LAZY", "FF_MLA_FP8_DESCRIPTORS", "FF_MLA_FP8_EARLY_V", "FF_MLA_FP8_ONE_BARRIER"):
             monkeypatch.delenv(variable, raising=False)
         for variable, value in environment.items():
             monkeypatch.setenv(variable, value)
@@ -281,9 +279,8 @@ def test_fp8_transposed_wg_variants(monkeypatch):
     for name in ("eager_full", "late_v"):
         assert torch.equal(results["eager"][0], results[name][0]), name
         assert torch.equal(results["eager"][1], results[name][1]), name
-    for name in ("two_barriers", "split_merge"):
-        assert torch.equal(results["default"][0], results[name][0]), name
-        assert torch.equal(results["default"][1], results[name][1]), name
+    assert torch.equal(results["default"][0], results["two_barriers"][0])
+    assert torch.equal(results["default"][1], results["two_barriers"][1])
     values = dequantize(cache_fp8)
     ref_out, ref_lse = reference(q, lambda i, k: gather_keys(values, block_table, lengths, i, k), lengths, 1, True)
     # The outputs reach ~2^7: errors are compared with each sequence's largest output (check's bound is absolute).

@@ -249,9 +249,6 @@ Status flash_mla_with_kvcache_cuda(const FlashMlaArgs& args) {
   if (const char* one = std::getenv("FF_MLA_FP8_ONE_BARRIER"); one != nullptr) {
     params.fp8_one_barrier = std::string_view(one) != "0";
   }
-  if (const char* split = std::getenv("FF_MLA_FP8_SPLIT_MERGE"); split != nullptr) {
-    params.fp8_split_merge = std::string_view(split) == "1";
-  }
   if (const char* lean = std::getenv("FF_MLA_FP8_LEAN"); lean != nullptr) {
     params.fp8_lean = std::string_view(lean) != "0";
   }

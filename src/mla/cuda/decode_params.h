@@ -133,9 +133,6 @@ struct DecodeParams {
   // Fp8TransposedWgDecoder meets at one barrier per block where nothing moves (kTwgOneBarrier, with lazy
   // rescaling; FF_MLA_FP8_ONE_BARRIER=0 in the environment: two barriers per block, as before; for A/B runs).
   bool fp8_one_barrier = true;
-  // Fp8TransposedWgDecoder's end-of-piece merge split between its warpgroups (kTwgSplitMerge; FF_MLA_FP8_SPLIT_MERGE=1
-  // in the environment; opt-in until it has run on a GPU).
-  bool fp8_split_merge = false;
   // The FP8 cache with >= kWgmmaMinRows rows per KV head (or FF_MLA_KERNEL=wgmma) takes the lean2 kernel
   // with warpgroup 1 dequantizing (kWgmmaFp8Lean) where the scale is positive; FF_MLA_FP8_LEAN=0 in the
   // environment: the older dequantizing WGMMA kernel (kWgmma, WgmmaFp8Decoder), for A/B runs.

@@ -3796,27 +3796,19 @@ class Fp8TransposedDecoder : Fp8TransposedBase<kFp16, kN> {
 //                meet at a second barrier. The P planes alternate between two sets by block parity, since no barrier
 //                now separates one block's P stores from the previous block's P V. A block whose stage got zero fills
 //                (a tail, a bad block id) is followed by a barrier: nothing else orders those generic stores before the
-//                other warps read the stage (the mbarrier covers the bulk copies only);
-//   kTwgSplitMerge  (opt-in, FF_MLA_FP8_SPLIT_MERGE=1; not yet run on a GPU) the end-of-piece merge split between
-//                the warpgroups: each hands the other the half of its accumulators the other merges (channels
-//                256-511 from warpgroup 0, 0-255 from warpgroup 1, each through its own raw stage), and each
-//                merges and writes its half, instead of warpgroup 1 waiting while warpgroup 0 merges all 512
-//                channels (ncu: the closing barrier of a piece, 4.8 % of the stall samples at 4K). The same
-//                products and sums as the whole merge, so the same bits.
+//                other warps read the stage (the mbarrier covers the bulk copies only).
 // Shared memory: raw stages (4) | Q^T | per warpgroup: 4 P planes, row maxima, scale maxima | row factors |
 // mbarriers.
 constexpr int kTwgEarlyV = 1;
 constexpr int kTwgLazy = 2;
 constexpr int kTwgJoined = 4;
 constexpr int kTwgOneBarrier = 8;
-constexpr int kTwgSplitMerge = 16;
 template <bool kFp16, int kFlags = kTwgEarlyV | kTwgLazy | kTwgJoined | kTwgOneBarrier>
 class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
   static constexpr bool kEarlyV = (kFlags & kTwgEarlyV) != 0;
   static constexpr bool kLazy = (kFlags & kTwgLazy) != 0;
   static constexpr bool kJoined = (kFlags & kTwgJoined) != 0;
   static constexpr bool kOneBarrier = (kFlags & kTwgOneBarrier) != 0;
-  static constexpr bool kSplitMerge = (kFlags & kTwgSplitMerge) != 0;
   static_assert(!kOneBarrier || kLazy, "the one-barrier block checks the lazy thresholds");
   static constexpr int kN = 16;
   using Base = Fp8TransposedBase<kFp16, kN>;
@@ -4091,27 +4083,8 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
       const float4 parts = *reinterpret_cast<const float4*>(exchange + thread_row(ri, q4) * 4);
       sums[ri] = (parts.x + parts.y) + (parts.z + parts.w);
     }
-    const int t = static_cast<int>(threadIdx.x) % 128;
-    if constexpr (kSplitMerge) {
-      // Each warpgroup's half for the other into its own raw stage (idle by now: every load of the piece has been
-      // waited for), then each merges the other half.
-      float* given = reinterpret_cast<float*>(smem_ + kRawOffset + wg_ * kRawTileBytes);
-      if (wg_ == 0) {
-        give_half<4>(given, acc, row_max, sums, t);
-      } else {
-        give_half<0>(given, acc, row_max, sums, t);
-      }
-      fence_proxy_async();  // these plain stores come before the next piece's bulk copies into the stage
-      __syncthreads();
-      const float* taken = reinterpret_cast<const float*>(smem_ + kRawOffset + (1 - wg_) * kRawTileBytes);
-      if (wg_ == 0) {
-        merge_half<0>(piece, taken, acc, row_max, sums, t);
-      } else {
-        merge_half<4>(piece, taken, acc, row_max, sums, t);
-      }
-      return;
-    }
     float* handoff = reinterpret_cast<float*>(smem_ + kRawOffset + 1 * kRawTileBytes);  // warpgroup 1's stage
+    const int t = static_cast<int>(threadIdx.x) % 128;
     if (wg_ == 1) {
 #pragma unroll
       for (int i = 0; i < kAccTiles; ++i) {
@@ -4166,79 +4139,6 @@ class Fp8TransposedWgDecoder : Fp8TransposedBase<kFp16, 16> {
                          acc[2 * group + 1][e + 2] * inverse);
       }
       if (w_ == 0 && g == 0) this->write_lse(piece, r, merged_sum[ri], merged_max[ri]);
-    }
-  }
-
-  // kSplitMerge: m-tiles kFirst .. kFirst + 3 (the channels the other warpgroup merges), the row maxima and sums
-  // and the group maxima into `out` (floats, thread-minor).
-  template <int kFirst>
-  __device__ __forceinline__ void give_half(float* out, const float (&acc)[kAccTiles][kAcc],
-                                            const float (&row_max)[kRows], const float (&sums)[kRows], int t) const {
-#pragma unroll
-    for (int j = 0; j < kAccTiles / 2; ++j) {
-#pragma unroll
-      for (int e = 0; e < kAcc; ++e) out[(j * kAcc + e) * 128 + t] = acc[kFirst + j][e];
-    }
-#pragma unroll
-    for (int ri = 0; ri < kRows; ++ri) {
-      out[(kAccTiles / 2 * kAcc + ri) * 128 + t] = row_max[ri];
-      out[(kAccTiles / 2 * kAcc + kRows + ri) * 128 + t] = sums[ri];
-    }
-    if (t < 4) {
-      out[(kAccTiles / 2 * kAcc + 2 * kRows) * 128 + t] =
-          component(make_float4(group_max_[0], group_max_[1], group_max_[2], group_max_[3]), t);
-    }
-  }
-
-  // kSplitMerge: merges m-tiles kFirst .. kFirst + 3 (channel groups kFirst / 2 and kFirst / 2 + 1) with the other
-  // warpgroup's half at `theirs` and writes them; warpgroup 0 writes the lse. Every sum is warpgroup 0's term plus
-  // warpgroup 1's, as in the whole merge, so the bits are the same.
-  template <int kFirst>
-  __device__ void merge_half(const Piece& piece, const float* theirs, float (&acc)[kAccTiles][kAcc],
-                             const float (&row_max)[kRows], const float (&sums)[kRows], int t) const {
-    const int g = lane_ >> 2, q4 = lane_ & 3;
-    const float* their_units = theirs + (kAccTiles / 2 * kAcc + 2 * kRows) * 128;
-    float weight0[kRows], weight1[kRows], merged_max[kRows], merged_sum[kRows];  // of warpgroup 0's side, 1's
-#pragma unroll
-    for (int ri = 0; ri < kRows; ++ri) {
-      const float their_max = theirs[(kAccTiles / 2 * kAcc + ri) * 128 + t];
-      const float their_sum = theirs[(kAccTiles / 2 * kAcc + kRows + ri) * 128 + t];
-      const float max0 = kFirst == 0 ? row_max[ri] : their_max, max1 = kFirst == 0 ? their_max : row_max[ri];
-      const float sum0 = kFirst == 0 ? sums[ri] : their_sum, sum1 = kFirst == 0 ? their_sum : sums[ri];
-      const float new_max = fmaxf(max0, max1);
-      const float base = new_max == -INFINITY ? 0.0f : new_max;
-      weight0[ri] = exp2f(max0 - base);
-      weight1[ri] = exp2f(max1 - base);
-      merged_max[ri] = new_max;
-      merged_sum[ri] = sum0 * weight0[ri] + sum1 * weight1[ri];
-    }
-#pragma unroll
-    for (int j = 0; j < kAccTiles / 2; ++j) {
-      const int i = kFirst + j;
-      const float units0 = kFirst == 0 ? group_max_[i >> 1] : their_units[i >> 1];
-      const float units1 = kFirst == 0 ? their_units[i >> 1] : group_max_[i >> 1];
-#pragma unroll
-      for (int e = 0; e < kAcc; ++e) {
-        const int ri = 2 * (e >> 2) + (e & 1);
-        const float other = theirs[(j * kAcc + e) * 128 + t];
-        const float acc0 = kFirst == 0 ? acc[i][e] : other, acc1 = kFirst == 0 ? other : acc[i][e];
-        acc[i][e] = acc0 * units0 * weight0[ri] + acc1 * units1 * weight1[ri];
-      }
-    }
-#pragma unroll
-    for (int ri = 0; ri < kRows; ++ri) {
-      const int r = m_block_ * kTileRows + thread_row(ri, q4);
-      if (r >= p_.rows) continue;
-      const float inverse = merged_sum[ri] == 0.0f ? 0.0f : 1.0f / merged_sum[ri];
-      const int e = 4 * (ri >> 1) + (ri & 1);
-#pragma unroll
-      for (int gg = 0; gg < 2; ++gg) {
-        const int group = kFirst / 2 + gg;
-        this->write_four(piece, r, 128 * group + 32 * w_ + 4 * g, acc[2 * group][e] * inverse,
-                         acc[2 * group][e + 2] * inverse, acc[2 * group + 1][e] * inverse,
-                         acc[2 * group + 1][e + 2] * inverse);
-      }
-      if (kFirst == 0 && w_ == 0 && g == 0) this->write_lse(piece, r, merged_sum[ri], merged_max[ri]);
     }
   }
 
@@ -5803,10 +5703,6 @@ cudaError_t launch_split(const DecodeParams& params, KernelKind kind, cudaStream
       }
       if (!params.fp8_one_barrier) {
         return launch<Fp8TransposedWgDecoder<kFp16, kTwgEarlyV | kTwgLazy | kTwgJoined>, kFp16>(params, stream);
-      }
-      if (params.fp8_split_merge) {
-        constexpr int kSplitFlags = kTwgEarlyV | kTwgLazy | kTwgJoined | kTwgOneBarrier | kTwgSplitMerge;
-        return launch<Fp8TransposedWgDecoder<kFp16, kSplitFlags>, kFp16>(params, stream);
       }
       return launch<Fp8TransposedWgDecoder<kFp16>, kFp16>(params, stream);
     }
