@@ -17,6 +17,7 @@ prefix=/opt/ffb
 case "${1:-}" in
   pack)
     build="${2:-build}"
+    command -v patchelf >/dev/null || { echo "device_bundle: pack needs patchelf (apt-get install -y patchelf)" >&2; exit 1; }
     stage="$(mktemp -d)"
     trap 'rm -rf "$stage"' EXIT
     mkdir -p "$stage/bin" "$stage/bench-bin" "$stage/bench-tools" "$stage/lib"
@@ -24,7 +25,7 @@ case "${1:-}" in
     for tool in ff-mgmtd ff-storage ff-bench-storage ff-admin ff-meta ff-fuse; do
       [[ -x $build/bin/$tool ]] && cp "$build/bin/$tool" "$stage/bin/" && programs+=("$stage/bin/$tool")
     done
-    for tool in fs_mdtest fs_meta_bench; do
+    for tool in fs_mdtest fs_meta_bench fs_grpc_api_bench; do
       [[ -x $build/bench-bin/$tool ]] && cp "$build/bench-bin/$tool" "$stage/bench-bin/" && programs+=("$stage/bench-bin/$tool")
     done
     [[ -x $build/bench-tools/fs_bench_client ]] && cp "$build/bench-tools/fs_bench_client" "$stage/bench-tools/" &&

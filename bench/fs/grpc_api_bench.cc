@@ -8,7 +8,8 @@
 // second and CPU time (the process's, both sides) per call. One JSON line per (client API, depth,
 // request size): the callback server's figure (the baseline), the completion-queue server's, the ratio.
 //
-//   fs_grpc_api_bench [--seconds 2] [--depths 1,8,16] [--request-bytes 512,4096] [--server-threads 1] [--out x.json]
+//   fs_grpc_api_bench [--seconds 2] [--depths 1,8,16] [--request-bytes 512,4096] [--server-threads 1] [--channels 1]
+//                     [--client-apis callback,completion_queue,blocking] [--out x.json]
 //
 // Client APIs: "callback" (GenericStub::UnaryCall, completion on gRPC's thread), "completion_queue" (calls
 // started on and completed by one thread polling a CompletionQueue), "blocking" (`depth` threads, each
@@ -138,6 +139,7 @@ struct Case {
   size_t request_bytes = 512;
   double seconds = 2;
   int server_threads = 1;
+  int channels = 1;  // client channels, each its own TCP connection; calls spread over them in turn
 };
 
 struct Figure {
@@ -147,8 +149,8 @@ struct Figure {
 };
 
 // Keeps `depth` calls in flight through the callback API until `stop`, then waits for them to end.
-uint64_t run_callback_client(grpc::GenericStub& stub, const grpc::ByteBuffer& request, int depth,
-                             std::atomic<bool>& stop, std::atomic<uint64_t>& errors) {
+uint64_t run_callback_client(std::vector<std::unique_ptr<grpc::GenericStub>>& stubs, const grpc::ByteBuffer& request,
+                             int depth, std::atomic<bool>& stop, std::atomic<uint64_t>& errors) {
   struct Call {
     grpc::ClientContext context;
     grpc::ByteBuffer reply;
@@ -157,21 +159,28 @@ uint64_t run_callback_client(grpc::GenericStub& stub, const grpc::ByteBuffer& re
   std::mutex mutex;  // guards live
   std::condition_variable ended;
   int live = depth;
+  // Each call takes the channel with the fewest calls in flight (the first on a tie), as fs/rpc's client does.
+  std::vector<std::atomic<int>> busy(stubs.size());
   std::function<void()> start = [&] {
     auto* call = new Call;
     call->context.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
-    stub.UnaryCall(&call->context, kMethod, grpc::StubOptions(), &request, &call->reply,
-                   [&, call](const grpc::Status& status) {
-                     delete call;
-                     if (!status.ok()) errors.fetch_add(1);
-                     done.fetch_add(1);
-                     if (!stop.load()) {
-                       start();
-                       return;
-                     }
-                     std::lock_guard lock(mutex);
-                     if (--live == 0) ended.notify_all();
-                   });
+    size_t pick = 0;
+    for (size_t i = 1; i < stubs.size(); ++i)
+      if (busy[i].load(std::memory_order_relaxed) < busy[pick].load(std::memory_order_relaxed)) pick = i;
+    busy[pick].fetch_add(1, std::memory_order_relaxed);
+    stubs[pick]->UnaryCall(&call->context, kMethod, grpc::StubOptions(), &request, &call->reply,
+                           [&, call, pick](const grpc::Status& status) {
+                             busy[pick].fetch_sub(1, std::memory_order_relaxed);
+                             delete call;
+                             if (!status.ok()) errors.fetch_add(1);
+                             done.fetch_add(1);
+                             if (!stop.load()) {
+                               start();
+                               return;
+                             }
+                             std::lock_guard lock(mutex);
+                             if (--live == 0) ended.notify_all();
+                           });
   };
   for (int i = 0; i < depth; ++i) start();
   std::unique_lock lock(mutex);
@@ -181,8 +190,8 @@ uint64_t run_callback_client(grpc::GenericStub& stub, const grpc::ByteBuffer& re
 }
 
 // Keeps `depth` calls in flight through one CompletionQueue polled by this thread.
-uint64_t run_queue_client(grpc::GenericStub& stub, const grpc::ByteBuffer& request, int depth, std::atomic<bool>& stop,
-                          std::atomic<uint64_t>& errors) {
+uint64_t run_queue_client(std::vector<std::unique_ptr<grpc::GenericStub>>& stubs, const grpc::ByteBuffer& request,
+                          int depth, std::atomic<bool>& stop, std::atomic<uint64_t>& errors) {
   struct Call {
     grpc::ClientContext context;
     grpc::ByteBuffer reply;
@@ -190,10 +199,11 @@ uint64_t run_queue_client(grpc::GenericStub& stub, const grpc::ByteBuffer& reque
     std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
   };
   grpc::CompletionQueue queue;
+  size_t next = 0;
   auto start = [&] {
     auto* call = new Call;
     call->context.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
-    call->reader = stub.PrepareUnaryCall(&call->context, kMethod, request, &queue);
+    call->reader = stubs[next++ % stubs.size()]->PrepareUnaryCall(&call->context, kMethod, request, &queue);
     call->reader->StartCall();
     call->reader->Finish(&call->reply, &call->status, call);
   };
@@ -220,12 +230,13 @@ uint64_t run_queue_client(grpc::GenericStub& stub, const grpc::ByteBuffer& reque
 }
 
 // `depth` threads, each making one blocking call after the other.
-uint64_t run_blocking_client(const std::shared_ptr<grpc::Channel>& channel, const grpc::ByteBuffer& request, int depth,
-                             std::atomic<bool>& stop, std::atomic<uint64_t>& errors) {
+uint64_t run_blocking_client(const std::vector<std::shared_ptr<grpc::Channel>>& channels,
+                             const grpc::ByteBuffer& request, int depth, std::atomic<bool>& stop,
+                             std::atomic<uint64_t>& errors) {
   std::atomic<uint64_t> done{0};
   std::vector<std::thread> threads;
   for (int i = 0; i < depth; ++i) {
-    threads.emplace_back([&] {
+    threads.emplace_back([&, &channel = channels[static_cast<size_t>(i) % channels.size()]] {
       grpc::internal::RpcMethod method(kMethod, grpc::internal::RpcMethod::NORMAL_RPC, channel);
       while (!stop.load()) {
         grpc::ClientContext context;
@@ -270,8 +281,18 @@ Figure run_case(const Case& c) {
       while (queue->Next(&tag, &ok)) static_cast<QueueEchoCall*>(tag)->proceed(ok);
     });
   }
-  auto channel = grpc::CreateChannel(fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials());
-  grpc::GenericStub stub(channel);
+  // A local subchannel pool per channel: channels with equal arguments would otherwise share one connection.
+  grpc::ChannelArguments arguments;
+  arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  arguments.SetMaxSendMessageSize(64 << 20);
+  arguments.SetMaxReceiveMessageSize(64 << 20);
+  std::vector<std::shared_ptr<grpc::Channel>> channels;
+  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  for (int i = 0; i < c.channels; ++i) {
+    channels.push_back(
+        grpc::CreateCustomChannel(fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials(), arguments));
+    stubs.push_back(std::make_unique<grpc::GenericStub>(channels.back()));
+  }
   const grpc::ByteBuffer request = filled_buffer(c.request_bytes);
 
   std::atomic<bool> stop{false};
@@ -284,11 +305,11 @@ Figure run_case(const Case& c) {
   const auto start = std::chrono::steady_clock::now();
   uint64_t calls = 0;
   if (c.client_api == "callback") {
-    calls = run_callback_client(stub, request, c.depth, stop, errors);
+    calls = run_callback_client(stubs, request, c.depth, stop, errors);
   } else if (c.client_api == "completion_queue") {
-    calls = run_queue_client(stub, request, c.depth, stop, errors);
+    calls = run_queue_client(stubs, request, c.depth, stop, errors);
   } else {
-    calls = run_blocking_client(channel, request, c.depth, stop, errors);
+    calls = run_blocking_client(channels, request, c.depth, stop, errors);
   }
   const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const double cpu_s = process_cpu_s() - cpu_start;
@@ -410,6 +431,8 @@ int main(int argc, char** argv) {
   std::vector<int64_t> depth_list{1, 8, 16};
   std::vector<int64_t> size_list{512, 4096};
   int server_threads = 1;
+  int channels = 1;
+  std::vector<std::string> client_apis{"callback", "completion_queue", "blocking"};
   std::string out;
   app.add_option("--seconds", seconds, "seconds per measurement")->check(CLI::Range(0.1, 600.0));
   app.add_option("--depths", depth_list, "calls in flight, comma-separated")
@@ -420,6 +443,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{0}, int64_t{16} << 20));
   app.add_option("--server-threads", server_threads, "polling threads of the completion-queue server")
       ->check(CLI::Range(1, 64));
+  app.add_option("--channels", channels, "client channels (TCP connections), calls spread over them in turn")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--client-apis", client_apis, "client APIs to time, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"callback", "completion_queue", "blocking"}));
   app.add_option("--out", out, "also write every line into one JSON document");
   CLI11_PARSE(app, argc, argv);
   const std::string device = fmt::format("{}, {} cores", cpu_model(), std::thread::hardware_concurrency());
@@ -428,7 +456,7 @@ int main(int argc, char** argv) {
     std::vector<Figure> floors;  // per depth
     for (int64_t depth : depth_list)
       floors.push_back(run_raw_tcp(static_cast<size_t>(bytes), static_cast<int>(depth), seconds));
-    for (const char* client_api : {"callback", "completion_queue", "blocking"}) {
+    for (const std::string& client_api : client_apis) {
       for (size_t d = 0; d < depth_list.size(); ++d) {
         const int64_t depth = depth_list[d];
         const Figure& floor = floors[d];
@@ -436,7 +464,8 @@ int main(int argc, char** argv) {
                .depth = static_cast<int>(depth),
                .request_bytes = static_cast<size_t>(bytes),
                .seconds = seconds,
-               .server_threads = server_threads};
+               .server_threads = server_threads,
+               .channels = channels};
         c.server_api = "callback";
         Figure baseline = run_case(c);
         c.server_api = "completion_queue";
@@ -449,6 +478,7 @@ int main(int argc, char** argv) {
             {"request_bytes", bytes},
             {"reply_bytes", kReplyBytes},
             {"server_threads", server_threads},
+            {"channels", channels},
             {"baseline", "callback server"},
             {"baseline_calls_per_s", baseline.calls_per_s},
             {"baseline_cpu_us_per_call", baseline.cpu_us_per_call},

@@ -2,11 +2,15 @@
 
 #include <pthread.h>
 
-#include <cstring>
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
+#include <cstdlib>
+#include <cstring>
 #include <future>
 #include <list>
 #include <map>
+#include <stdexcept>
 
 #include <absl/synchronization/mutex.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -327,10 +331,23 @@ struct GrpcRpcClient::Impl {
   Histogram* latency = nullptr;
   std::atomic<int64_t> in_flight{0};
 
-  struct Peer {
+  struct Lane {
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<grpc::GenericStub> stub;  // calls Fs.Frame
+    std::atomic<int> busy{0};                 // calls in flight on this channel
+  };
+  struct Peer {
+    std::vector<std::unique_ptr<Lane>> lanes;  // options.channels_per_peer, each its own connection
     int64_t created_ns = 0;
+    // The lane with the fewest calls in flight, the first on a tie; its busy count is taken.
+    Lane& take_lane() {
+      Lane* pick = lanes.front().get();
+      for (const auto& lane : lanes) {
+        if (lane->busy.load(std::memory_order_relaxed) < pick->busy.load(std::memory_order_relaxed)) pick = lane.get();
+      }
+      pick->busy.fetch_add(1, std::memory_order_relaxed);
+      return *pick;
+    }
   };
   std::mutex mutex;  // guards peers, retired
   std::map<std::string, std::shared_ptr<Peer>> peers;
@@ -358,9 +375,13 @@ struct GrpcRpcClient::Impl {
   }
   std::shared_ptr<Peer> make_peer(const std::string& address) {
     auto peer = std::make_shared<Peer>();
-    peer->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
-                                              channel_arguments(options.max_message_bytes));
-    peer->stub = std::make_unique<grpc::GenericStub>(peer->channel);
+    for (int i = 0; i < std::max(1, options.channels_per_peer); ++i) {
+      auto lane = std::make_unique<Lane>();
+      lane->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+                                                channel_arguments(options.max_message_bytes));
+      lane->stub = std::make_unique<grpc::GenericStub>(lane->channel);
+      peer->lanes.push_back(std::move(lane));
+    }
     peer->created_ns = system_clock().now_ns();
     return peer;
   }
@@ -392,6 +413,16 @@ void disable_absl_deadlock_detection() {
 GrpcRpcClient::GrpcRpcClient(Executor& executor, GrpcClientOptions options, MetricsRegistry* metrics)
     : impl_(std::make_unique<Impl>(executor, options)) {
   disable_absl_deadlock_detection();
+  // FF_RPC_CHANNELS overrides channels_per_peer in every process (A/B runs of the benchmarks).
+  if (const char* channels = std::getenv("FF_RPC_CHANNELS"); channels != nullptr && *channels != '\0') {
+    char* end = nullptr;
+    const long parsed = std::strtol(channels, &end, 10);
+    if (*end != '\0' || parsed < 1 || parsed > 64) {
+      throw std::invalid_argument(
+          fmt::format("FF_RPC_CHANNELS={}: expected a number of channels from 1 to 64", channels));
+    }
+    impl_->options.channels_per_peer = static_cast<int>(parsed);
+  }
   if (metrics != nullptr) {
     impl_->calls = &metrics->counter("ff_rpc_client_calls_total", "RPC calls sent.");
     impl_->failures = &metrics->counter("ff_rpc_client_failures_total", "RPC calls that failed.");
@@ -417,6 +448,7 @@ void GrpcRpcClient::call(const std::string& address, Request request, int64_t ti
     std::string address;
     std::string_view name;
     std::shared_ptr<Impl::Peer> peer;
+    Impl::Lane* lane = nullptr;  // of peer
     int64_t start_ns;
     bool pieces = false;  // a ReadReq with accept_pieces: the answer's payload stays in gRPC's slices
   };
@@ -429,30 +461,35 @@ void GrpcRpcClient::call(const std::string& address, Request request, int64_t ti
   call->context.set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(std::max<int64_t>(timeout_ns, 1)));
   call->request = encode_request_frame(std::move(request));
   call->peer = impl_->peer(address);
+  call->lane = &call->peer->take_lane();
   impl_->in_flight.fetch_add(1);
   if (impl_->calls != nullptr) impl_->calls->add();
   Impl* impl = impl_.get();
-  call->peer->stub->UnaryCall(&call->context, kFrameMethod, grpc::StubOptions(), &call->request, &call->response,
-                              [impl, call](grpc::Status status) {
-    Result<Response> result = internal_error("unset");
-    if (status.ok()) {
-      result = decode_response_frame(call->response, call->pieces);
-    } else {
-      result = from_grpc_status(status, fmt::format("{} to {}", call->name, call->address));
-      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) impl->reset_peer(call->address, call->peer);
-    }
-    if (impl->latency != nullptr) impl->latency->record_us(static_cast<uint64_t>((system_clock().now_ns() - call->start_ns) / 1000));
-    if (!result.is_ok() && impl->failures != nullptr) impl->failures->add();
-    if (call->pieces && result.is_ok() && std::holds_alternative<ReadRsp>(*result)) {
-      // ReadReq::accept_pieces: the caller takes a successful read's completion on this thread (one
-      // thread hand-off fewer per read).
-      call->done(std::move(result));
-    } else {
-      impl->executor.post([done = std::move(call->done), result = std::move(result)]() mutable { done(std::move(result)); });
-    }
-    delete call;
-    impl->in_flight.fetch_sub(1);
-  });
+  call->lane->stub->UnaryCall(
+      &call->context, kFrameMethod, grpc::StubOptions(), &call->request, &call->response,
+      [impl, call](grpc::Status status) {
+        call->lane->busy.fetch_sub(1, std::memory_order_relaxed);
+        Result<Response> result = internal_error("unset");
+        if (status.ok()) {
+          result = decode_response_frame(call->response, call->pieces);
+        } else {
+          result = from_grpc_status(status, fmt::format("{} to {}", call->name, call->address));
+          if (status.error_code() == grpc::StatusCode::UNAVAILABLE) impl->reset_peer(call->address, call->peer);
+        }
+        if (impl->latency != nullptr)
+          impl->latency->record_us(static_cast<uint64_t>((system_clock().now_ns() - call->start_ns) / 1000));
+        if (!result.is_ok() && impl->failures != nullptr) impl->failures->add();
+        if (call->pieces && result.is_ok() && std::holds_alternative<ReadRsp>(*result)) {
+          // ReadReq::accept_pieces: the caller takes a successful read's completion on this thread (one
+          // thread hand-off fewer per read).
+          call->done(std::move(result));
+        } else {
+          impl->executor.post(
+              [done = std::move(call->done), result = std::move(result)]() mutable { done(std::move(result)); });
+        }
+        delete call;
+        impl->in_flight.fetch_sub(1);
+      });
 }
 
 // ---------------------------------------------------------------- server

@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <future>
 #include <mutex>
+#include <set>
+#include <stdexcept>
 #include <vector>
 
 #include "ff/fs/mem_chunk_store.h"
@@ -186,6 +189,76 @@ TEST(GrpcTransportTest, ShutdownFinishesCallsTheServiceStillHolds) {
   std::lock_guard lock(mutex);
   held.front()(Response{GetRoutingRsp{}});  // a late answer after the shutdown does nothing
   held.clear();
+}
+
+// Calls to one address share channels_per_peer connections: one after the other they stay on the first
+// (a lone caller keeps its warm connection), several in flight at once each take the least busy one.
+TEST(GrpcTransportTest, CallsInFlightSpreadOverThePeersChannels) {
+  ThreadExecutor server_executor("server");
+  std::mutex mutex;  // guards peers, held
+  std::vector<std::string> peers;
+  std::vector<Reply> held;
+  std::atomic<bool> hold{false};
+  auto server =
+      GrpcServer::start("127.0.0.1:0", server_executor, [&](const ServerContext& context, Request, Reply reply) {
+        std::lock_guard lock(mutex);
+        peers.push_back(context.peer);
+        if (hold.load()) {
+          held.push_back(std::move(reply));
+          if (held.size() < 4) return;
+          for (auto& waiting : held) waiting(Response{GetRoutingRsp{}});
+          held.clear();
+          return;
+        }
+        reply(Response{GetRoutingRsp{}});
+      });
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  ThreadExecutor client_executor("client");
+  GrpcRpcClient client(client_executor, GrpcClientOptions{.channels_per_peer = 4});
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 5 * kSecond).is_ok());
+  }
+  auto distinct = [&] {
+    std::lock_guard lock(mutex);
+    return std::set<std::string>(peers.begin(), peers.end());
+  };
+  EXPECT_EQ(distinct().size(), 1u) << "calls one after the other left the first connection";
+  {
+    std::lock_guard lock(mutex);
+    peers.clear();
+  }
+  // Four calls the server answers only once all four have arrived: each is on its own connection.
+  hold = true;
+  std::vector<std::future<Result<Response>>> calls;
+  for (int i = 0; i < 4; ++i) {
+    auto promise = std::make_shared<std::promise<Result<Response>>>();
+    calls.push_back(promise->get_future());
+    client.call((*server)->address(), Request{GetRoutingReq{}}, 5 * kSecond,
+                [promise](Result<Response> result) { promise->set_value(std::move(result)); });
+  }
+  for (auto& call : calls) {
+    ASSERT_EQ(call.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+    EXPECT_TRUE(call.get().is_ok());
+  }
+  EXPECT_EQ(distinct().size(), 4u);
+}
+
+TEST(GrpcTransportTest, BadChannelCountFromTheEnvironmentIsRefused) {
+  ThreadExecutor executor("client");
+  for (const char* bad : {"0", "65", "four", "4x"}) {
+    ::setenv("FF_RPC_CHANNELS", bad, 1);
+    try {
+      GrpcRpcClient client(executor);
+      ADD_FAILURE() << "FF_RPC_CHANNELS=" << bad << " was accepted";
+    } catch (const std::invalid_argument& error) {
+      EXPECT_NE(std::string(error.what()).find(std::string("FF_RPC_CHANNELS=") + bad), std::string::npos)
+          << error.what();
+      EXPECT_NE(std::string(error.what()).find("from 1 to 64"), std::string::npos) << error.what();
+    }
+  }
+  ::setenv("FF_RPC_CHANNELS", "2", 1);
+  EXPECT_NO_THROW(GrpcRpcClient client(executor));
+  ::unsetenv("FF_RPC_CHANNELS");
 }
 
 TEST(GrpcTransportTest, DeadlineExpiresAndUnreachableIsUnavailable) {
