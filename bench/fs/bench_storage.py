@@ -5,12 +5,18 @@ bench/results/fs_storage_cpu.json. Targets (issue 5): read >= 0.9x fio, write >=
 is written three times on the same disk).
 
 Usage: bench/fs/bench_storage.py [--build-dir build] [--seconds 3] [--file-mb 256] [--depths 1,8]
-       [--blocks 4096,1048576,4194304] [--ops write,read] [--patterns seq,rand] [--out FILE]
+       [--blocks 4096,1048576,4194304] [--ops write,read] [--patterns seq,rand] [--transports grpc,tcp]
+       [--out FILE]
+
+--transports: one cluster per transport (the storage servers on gRPC, or on our own TCP transport: tcp://
+listen addresses), all on the same disk; each case runs ours on every cluster, one after the other, beside
+one fio run, and prints one line per transport ("transport" names it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -68,17 +74,27 @@ def main() -> None:
     parser.add_argument("--fio-huge-pages", action="store_true",
                         help="read cases also run fio with its buffers on huge pages (--mem=shmhuge), as our read buffers "
                              "of 1 MiB and more are; reserve them first: echo 512 > /proc/sys/vm/nr_hugepages")
+    parser.add_argument("--transports", default="grpc",
+                        help="comma-separated: grpc, tcp (the storage servers' transport; one cluster each)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
     depths = [int(d) for d in args.depths.split(",")]
     data_dir = tempfile.mkdtemp(prefix="ff_fs_bench_")
     results = []
-    with LocalCluster(bin_dir, nodes=3, targets_per_node=1, heartbeat_timeout_s=10, data_dir=data_dir,
-                      stats_interval_s=30) as cluster:
-        cluster.start()
+    transports = args.transports.split(",")
+    for transport in transports:
+        if transport not in ("grpc", "tcp"):
+            parser.error(f"--transports: '{transport}' is not grpc or tcp")
+    with contextlib.ExitStack() as stack:
+        clusters = {}
+        for transport in transports:
+            cluster = stack.enter_context(LocalCluster(bin_dir, nodes=3, targets_per_node=1, heartbeat_timeout_s=10,
+                                                       data_dir=data_dir, stats_interval_s=30, transport=transport))
+            cluster.start()
+            clusters[transport] = cluster
 
-        def bench(*extra: str) -> dict:
+        def bench(cluster: LocalCluster, *extra: str) -> dict:
             out = cluster.run_tool("ff-bench-storage", "--rpc-timeout-s", "10", "bench", "--chunk-bytes",
                                    str(args.chunk_bytes), *extra, timeout=args.seconds + 300)
             if out.returncode != 0 and not out.stdout.strip():
@@ -86,47 +102,58 @@ def main() -> None:
             return json.loads(out.stdout.strip().splitlines()[-1])
 
         # Prefill the file (4 MiB blocks) so reads find data.
-        bench("--op", "write", "--pattern", "seq", "--block-bytes", str(4 << 20), "--queue-depth", "8",
-              "--file-bytes", str(args.file_mb << 20), "--seconds", "600", "--max-ops", str(args.file_mb // 4))
+        for cluster in clusters.values():
+            bench(cluster, "--op", "write", "--pattern", "seq", "--block-bytes", str(4 << 20), "--queue-depth", "8",
+                  "--file-bytes", str(args.file_mb << 20), "--seconds", "600", "--max-ops", str(args.file_mb // 4))
+        fio_dir = next(iter(clusters.values())).dir
         for block in [int(b) for b in args.blocks.split(",")]:
             for op in args.ops.split(","):
                 for pattern in args.patterns.split(","):
                     for depth in depths:
-                        ours = bench("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
-                                     str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds", str(args.seconds))
-                        fio_mb = fio(cluster.dir, op, pattern, block, depth, args.seconds, args.file_mb)
+                        case = ("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
+                                str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds", str(args.seconds))
+                        ours = {transport: bench(cluster, *case) for transport, cluster in clusters.items()}
+                        fio_mb = fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb)
                         target = 0.9 * fio_mb if op == "read" else 0.9 * fio_mb / 3
-                        line = {**ours, "fio_MB_per_s": round(fio_mb, 1), "MB_per_s": round(ours["MB_per_s"], 1),
-                                "ratio_vs_fio": round(ours["MB_per_s"] / fio_mb, 3) if fio_mb else None,
-                                "target_MB_per_s": round(target, 1), "meets_target": ours["MB_per_s"] >= target}
-                        if op == "read" and args.local_reads:
-                            # The same reads served from the targets' files (docs/fs.md, "Local reads"):
-                            # the read RPC still goes to a target, the bytes do not travel over TCP.
-                            local = bench("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
-                                          str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds",
-                                          str(args.seconds), "--local-reads")
-                            line["local_MB_per_s"] = round(local["MB_per_s"], 1)
-                            line["local_p50_us"] = local["p50_us"]
-                            line["local_reads"] = local["local_reads"]
-                            line["local_read_fallbacks"] = local["local_read_fallbacks"]
-                            line["local_ratio_vs_fio"] = round(local["MB_per_s"] / fio_mb, 3) if fio_mb else None
-                            line["local_meets_target"] = local["MB_per_s"] >= target
+                        extra: dict = {}
                         if op == "read" and args.fio_huge_pages:
-                            huge = fio(cluster.dir, op, pattern, block, depth, args.seconds, args.file_mb, huge_pages=True)
-                            line["fio_huge_pages_MB_per_s"] = round(huge, 1)
-                            line["ratio_vs_fio_huge_pages"] = round(ours["MB_per_s"] / huge, 3) if huge else None
-                            if "local_MB_per_s" in line:
-                                line["local_ratio_vs_fio_huge_pages"] = round(line["local_MB_per_s"] / huge, 3) if huge else None
+                            extra["fio_huge_pages_MB_per_s"] = round(
+                                fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb, huge_pages=True), 1)
                         if op == "write":
                             # Second baseline, like with like: fio O_DSYNC writes each followed by an
                             # fdatasync (each replica syncs a RocksDB batch per write; plain fio does not).
-                            fio_sync = fio(cluster.dir, op, pattern, block, depth, args.seconds, args.file_mb, metadata_sync=True)
-                            line["fio_fdatasync_MB_per_s"] = round(fio_sync, 1)
-                            line["ratio_vs_fio_fdatasync"] = round(ours["MB_per_s"] / fio_sync, 3) if fio_sync else None
-                        print(json.dumps(line), flush=True)
-                        results.append(line)
+                            extra["fio_fdatasync_MB_per_s"] = round(
+                                fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb, metadata_sync=True), 1)
+                        for transport, cluster in clusters.items():
+                            mine = ours[transport]
+                            line = {**mine, "transport": transport, "fio_MB_per_s": round(fio_mb, 1),
+                                    "MB_per_s": round(mine["MB_per_s"], 1),
+                                    "ratio_vs_fio": round(mine["MB_per_s"] / fio_mb, 3) if fio_mb else None,
+                                    "target_MB_per_s": round(target, 1), "meets_target": mine["MB_per_s"] >= target,
+                                    **extra}
+                            if op == "read" and args.local_reads:
+                                # The same reads served from the targets' files (docs/fs.md, "Local reads"):
+                                # the read RPC still goes to a target, the bytes do not travel over TCP.
+                                local = bench(cluster, *case, "--local-reads")
+                                line["local_MB_per_s"] = round(local["MB_per_s"], 1)
+                                line["local_p50_us"] = local["p50_us"]
+                                line["local_reads"] = local["local_reads"]
+                                line["local_read_fallbacks"] = local["local_read_fallbacks"]
+                                line["local_ratio_vs_fio"] = round(local["MB_per_s"] / fio_mb, 3) if fio_mb else None
+                                line["local_meets_target"] = local["MB_per_s"] >= target
+                            huge = extra.get("fio_huge_pages_MB_per_s")
+                            if huge:
+                                line["ratio_vs_fio_huge_pages"] = round(mine["MB_per_s"] / huge, 3)
+                                if "local_MB_per_s" in line:
+                                    line["local_ratio_vs_fio_huge_pages"] = round(line["local_MB_per_s"] / huge, 3)
+                            fio_sync = extra.get("fio_fdatasync_MB_per_s")
+                            if fio_sync:
+                                line["ratio_vs_fio_fdatasync"] = round(mine["MB_per_s"] / fio_sync, 3)
+                            print(json.dumps(line), flush=True)
+                            results.append(line)
     document = {
-        "benchmark": "fs storage: ff-bench-storage (StorageClient over gRPC, 3 ff-storage at replication 3, "
+        "benchmark": "fs storage: ff-bench-storage (StorageClient over gRPC or our TCP transport: each line's "
+                     "transport, 3 ff-storage at replication 3, "
                      "ChunkEngine O_DIRECT+io_uring, sync data) vs fio (io_uring, O_DIRECT, dsync writes) on the same disk",
         "note": "Our writes sync more than fio's: each replica's data write is O_DSYNC like fio's, and each "
                 "replica also syncs a RocksDB batch per write (an fdatasync of its WAL: the head's and "

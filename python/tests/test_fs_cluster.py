@@ -26,9 +26,10 @@ def bin_dir(build_dir: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def test_sigkill_restart_loses_no_acknowledged_chunk(bin_dir: pathlib.Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+def test_sigkill_restart_loses_no_acknowledged_chunk(bin_dir: pathlib.Path, transport: str) -> None:
     started = time.monotonic()
-    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=3.0) as cluster:
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=3.0, transport=transport) as cluster:
         try:
             cluster.start()
             log = cluster.dir / "acked.log"

@@ -61,10 +61,14 @@ class LocalCluster:
     def __init__(self, bin_dir: pathlib.Path, nodes: int = 3, targets_per_node: int = 2, heartbeat_timeout_s: float = 4.0,
                  data_dir: str | None = None, direct_io: bool = True, stats_interval_s: float = 5.0,
                  path: str | os.PathLike | None = None, keep: bool = False,
-                 storage_settings: dict[str, int | float] | None = None):
+                 storage_settings: dict[str, int | float] | None = None, transport: str = "grpc"):
         """path: use exactly this directory (created) instead of a fresh temporary one under data_dir;
         keep: stop() leaves the directory in place (as FF_KEEP_CLUSTER=1 does); storage_settings: more
-        [storage] keys of every ff-storage config (e.g. {"sync_batch": 1})."""
+        [storage] keys of every ff-storage config (e.g. {"sync_batch": 1}); transport: what the storage
+        servers listen on, "grpc" or "tcp" (our own TCP transport, a tcp:// listen address)."""
+        if transport not in ("grpc", "tcp"):
+            raise ValueError(f"transport={transport!r}: expected 'grpc' or 'tcp'")
+        self.storage_scheme = "tcp://" if transport == "tcp" else ""
         self.bin = pathlib.Path(bin_dir)
         self.nodes = nodes
         self.targets_per_node = targets_per_node
@@ -105,7 +109,7 @@ class LocalCluster:
         config = self.dir / f"storage{node}.toml"
         targets = ", ".join(f'"{self.dir}/node{node}/t{i}"' for i in range(self.targets_per_node))
         config.write_text(
-            f'[storage]\nnode_id = {node}\nlisten = "127.0.0.1:{self.storage_ports[node]}"\n'
+            f'[storage]\nnode_id = {node}\nlisten = "{self.storage_scheme}127.0.0.1:{self.storage_ports[node]}"\n'
             f'mgmtd = "{self.mgmtd_address}"\ntargets = [{targets}]\nheartbeat_interval_s = 0.5\n'
             f'heartbeat_timeout_s = {self.heartbeat_timeout_s}\n'
             + "".join(f"{key} = {value}\n" for key, value in self.storage_settings.items()) +

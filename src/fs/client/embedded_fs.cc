@@ -9,7 +9,7 @@
 #include "ff/fs/file_client.h"
 #include "ff/fs/kv_engines.h"
 #include "ff/fs/mgmtd_addresses.h"
-#include "ff/fs/rpc/grpc_transport.h"
+#include "ff/fs/rpc/tcp_transport.h"
 
 namespace ff::fs {
 
@@ -49,7 +49,7 @@ Result<std::vector<ChainId>> fetch_chains(const std::string& mgmtd, ChainTableId
   Status last = unavailable("no answer yet");
   std::vector<ChainId> chains;
   {
-    rpc::GrpcRpcClient client(executor);
+    rpc::NetRpcClient client(executor);
     MgmtdAddresses addresses = MgmtdAddresses::unchecked(mgmtd);  // a primary and its standbys
     auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (true) {

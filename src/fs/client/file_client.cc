@@ -31,7 +31,7 @@
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
 #include "ff/fs/client.h"
-#include "ff/fs/rpc/grpc_transport.h"
+#include "ff/fs/rpc/tcp_transport.h"
 #include "ff/fs/storage_files.h"
 
 namespace ff::fs {
@@ -189,7 +189,7 @@ struct FileClient::Impl {
   meta::MetaApi& meta;
   // Owned transport (connect()); null when the caller gave its own (create()).
   std::unique_ptr<rpc::ThreadExecutor> owned_executor;
-  std::unique_ptr<rpc::GrpcRpcClient> owned_rpc;
+  std::unique_ptr<rpc::NetRpcClient> owned_rpc;
   Executor* executor = nullptr;
   std::unique_ptr<StorageClient> storage;
   // Chunk reads of at most this many bytes count against max_parallel_small_reads: those the storage client
@@ -832,7 +832,7 @@ Result<std::unique_ptr<FileClient>> FileClient::connect(FileClientConfig config,
   // Offload threads serve local reads (blocking preads of targets' files); one is enough without them.
   const uint32_t offload_threads = config.local_reads ? std::clamp<uint32_t>(config.local_read_threads, 1, 64) : 1;
   auto executor = std::make_unique<rpc::ThreadExecutor>("fs-client", offload_threads);
-  auto rpc_client = std::make_unique<rpc::GrpcRpcClient>(*executor);
+  auto rpc_client = std::make_unique<rpc::NetRpcClient>(*executor);
   Result<std::unique_ptr<FileClient>> client = create(std::move(config), meta, *executor, *rpc_client);
   if (!client.is_ok()) {
     executor->stop();

@@ -253,6 +253,7 @@ struct Mgmtd::State {
         reported[target.target] = local;
         if (target.capacity_bytes > 0) {
           std::string_view host = req->address;
+          if (host.starts_with("tcp://")) host.remove_prefix(6);  // a server on our TCP transport (fs/rpc)
           host = host.substr(0, std::min(host.size(), host.rfind(':')));
           space[target.target] = TargetSpace{target.target, req->node, std::string(host), target.capacity_bytes,
                                              target.free_bytes, target.filesystem};

@@ -1,8 +1,8 @@
 // A storage cluster in one process, for tests: mgmtd (memory map store) + N storage services on
-// MemChunkStores (or ChunkEngines: engine_root), all over real gRPC on 127.0.0.1, one chain table (id 1), and a client
-// executor with a gRPC client for whatever the test puts on top (a StorageClient: storage_client(); a FileClient and an
-// embedded meta: cluster_fixture.h). The one fixture for this in tests/fs: include it, do not copy it; link
-// ff_fs_test_cluster (tests/fs/testing/CMakeLists.txt).
+// MemChunkStores (or ChunkEngines: engine_root), all over real gRPC (or our TCP transport: `transport`) on
+// 127.0.0.1, one chain table (id 1), and a client executor with an RPC client for whatever the test puts on top (a
+// StorageClient: storage_client(); a FileClient and an embedded meta: cluster_fixture.h). The one fixture for this in
+// tests/fs: include it, do not copy it; link ff_fs_test_cluster (tests/fs/testing/CMakeLists.txt).
 //
 //   auto cluster = StorageCluster::start({.nodes = 3, .targets_per_node = 2, .replication = 3});
 //   ASSERT_TRUE(cluster.is_ok()) << cluster.status();      // ~1 s; returns once every chain serves
@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <bit>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <future>
@@ -30,12 +31,13 @@
 #include <vector>
 
 #include "../rpc/test_util.h"
+#include "ff/common/assert.h"
 #include "ff/fs/chunk_engine.h"
 #include "ff/fs/client.h"
 #include "ff/fs/map_store.h"
 #include "ff/fs/mem_chunk_store.h"
 #include "ff/fs/mgmtd.h"
-#include "ff/fs/rpc/grpc_transport.h"
+#include "ff/fs/rpc/tcp_transport.h"
 #include "ff/fs/storage_service.h"
 
 namespace ff::fs::testing {
@@ -52,6 +54,9 @@ struct StorageClusterOptions {
   // Non-empty: every target keeps its chunks in a ChunkEngine under <engine_root>/target-<id> (real
   // files: local reads, corruption on disk) instead of a MemChunkStore.
   std::string engine_root;
+  // The storage nodes' transport: "grpc" or "tcp" (fs/rpc/tcp_transport.h); empty: FF_TEST_RPC_TRANSPORT from the
+  // environment, else gRPC (ctest runs some suites once more with tcp). mgmtd always serves gRPC.
+  std::string transport;
   // Plain reads and batches of them skip the service's executor (StorageService::try_handle_read), as in
   // ff-storage.
   bool read_fast_lane = true;
@@ -200,9 +205,9 @@ class StorageCluster {
   // What dies with a storage process.
   struct NodeParts {
     std::unique_ptr<rpc::ThreadExecutor> executor;
-    std::unique_ptr<rpc::GrpcRpcClient> rpc;
+    std::unique_ptr<rpc::NetRpcClient> rpc;
     std::unique_ptr<StorageService> service;
-    std::unique_ptr<rpc::GrpcServer> server;
+    std::unique_ptr<rpc::RpcServer> server;
   };
   struct Node {
     std::string address;
@@ -215,7 +220,7 @@ class StorageCluster {
 
   StorageCluster() = default;
 
-  static void wait_idle(rpc::GrpcRpcClient& rpc) {
+  static void wait_idle(rpc::NetRpcClient& rpc) {
     for (int i = 0; i < 100 && rpc.in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 
@@ -236,10 +241,10 @@ class StorageCluster {
                                                               }));
     mgmtd_address_ = mgmtd_server_->address();
     client_executor_ = std::make_unique<rpc::ThreadExecutor>("client", 1);
-    client_rpc_ = std::make_unique<rpc::GrpcRpcClient>(*client_executor_);
+    client_rpc_ = std::make_unique<rpc::NetRpcClient>(*client_executor_);
     for (NodeId id = 1; id <= options_.nodes; ++id) {
       Node& node = nodes_[id];
-      node.address = "127.0.0.1:" + std::to_string(rpc::testing::free_port());
+      node.address = transport_prefix() + "127.0.0.1:" + std::to_string(rpc::testing::free_port());
       node.stores = std::make_shared<std::map<TargetId, std::shared_ptr<ChunkStore>>>();
       FF_RETURN_IF_ERROR(start_node(id));
     }
@@ -263,7 +268,7 @@ class StorageCluster {
     Node& node = nodes_.at(id);
     auto parts = std::make_unique<NodeParts>();
     parts->executor = std::make_unique<rpc::ThreadExecutor>("storage", 2);
-    parts->rpc = std::make_unique<rpc::GrpcRpcClient>(*parts->executor);
+    parts->rpc = std::make_unique<rpc::NetRpcClient>(*parts->executor);
     StorageConfig config;
     config.node = id;
     config.address = node.address;
@@ -298,7 +303,7 @@ class StorageCluster {
         });
     StorageService* service = parts->service.get();
     // A port just released may take a moment to bind again.
-    Result<std::unique_ptr<rpc::GrpcServer>> server = internal_error("not tried");
+    Result<std::unique_ptr<rpc::RpcServer>> server = internal_error("not tried");
     for (int attempt = 0; attempt < 50; ++attempt) {
       rpc::FastHandler fast;
       if (options_.read_fast_lane) {
@@ -306,12 +311,12 @@ class StorageCluster {
           return service->try_handle_read(c, r, reply);
         };
       }
-      server = rpc::GrpcServer::start(
+      server = rpc::start_rpc_server(
           node.address, *parts->executor,
           [service](const ServerContext& c, Request r, Reply reply) {
             service->handle(c, std::move(r), std::move(reply));
           },
-          nullptr, 256 << 20, std::move(fast));
+          nullptr, std::move(fast));
       if (server.is_ok()) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
@@ -322,6 +327,18 @@ class StorageCluster {
     FF_RETURN_IF_ERROR(started);
     node.parts = std::move(parts);
     return Status::ok();
+  }
+
+  // "tcp://" when the storage nodes serve our TCP transport (StorageClusterOptions::transport).
+  std::string transport_prefix() const {
+    std::string transport = options_.transport;
+    if (transport.empty()) {
+      const char* from_env = std::getenv("FF_TEST_RPC_TRANSPORT");
+      transport = from_env != nullptr && *from_env != '\0' ? from_env : "grpc";
+    }
+    FF_ASSERT(transport == "grpc" || transport == "tcp", "storage cluster transport '{}': expected grpc or tcp",
+              transport);
+    return transport == "tcp" ? std::string(rpc::kTcpScheme) : std::string();
   }
 
   static void stop_node(Node& node) {
@@ -338,7 +355,7 @@ class StorageCluster {
   std::unique_ptr<rpc::GrpcServer> mgmtd_server_;
   std::string mgmtd_address_;
   std::unique_ptr<rpc::ThreadExecutor> client_executor_;
-  std::unique_ptr<rpc::GrpcRpcClient> client_rpc_;
+  std::unique_ptr<rpc::NetRpcClient> client_rpc_;
   std::unique_ptr<StorageClient> storage_client_;
   std::map<NodeId, Node> nodes_;
   std::vector<std::unique_ptr<NodeParts>> graveyard_;  // crashed services: kept (stopped) until the end

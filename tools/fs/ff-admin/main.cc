@@ -14,7 +14,7 @@
 #include "ff/common/log.h"
 #include "ff/fs/messages.h"
 #include "ff/fs/mgmtd_addresses.h"
-#include "ff/fs/rpc/grpc_transport.h"
+#include "ff/fs/rpc/tcp_transport.h"
 #include "ff/fs/rpc/toml_config.h"
 
 namespace {
@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
   }
   MgmtdAddresses mgmtd_list = MgmtdAddresses::unchecked(mgmtd);
   ThreadExecutor executor("admin", 1);
-  GrpcRpcClient rpc(executor);
+  NetRpcClient rpc(executor);
   int64_t timeout_ns = static_cast<int64_t>(timeout_s * 1e9);
   int code = 0;
   if (*routing_cmd) {

@@ -18,7 +18,7 @@
 #include "ff/common/malloc_tuning.h"
 #include "ff/fs/client.h"
 #include "ff/fs/crc32c.h"
-#include "ff/fs/rpc/grpc_transport.h"
+#include "ff/fs/rpc/tcp_transport.h"
 
 namespace {
 
@@ -104,7 +104,7 @@ int write_check(ThreadExecutor& executor, StorageClient& client, ChainTableId ta
   return 0;
 }
 
-int verify(ThreadExecutor& executor, StorageClient& client, GrpcRpcClient& rpc, const std::string& log_path,
+int verify(ThreadExecutor& executor, StorageClient& client, NetRpcClient& rpc, const std::string& log_path,
            double rpc_timeout_s) {
   auto routing = fetch_routing(executor, client);
   if (!routing.is_ok()) {
@@ -356,7 +356,7 @@ int main(int argc, char** argv) {
 
   // Local reads are blocking preads on the executor's offload threads: one per read in flight.
   ThreadExecutor executor("bench", bench_case.local_reads ? std::clamp<uint32_t>(bench_case.queue_depth, 1, 64) : 1);
-  GrpcRpcClient rpc(executor);
+  NetRpcClient rpc(executor);
   ClientConfig config;
   config.client_id = client_id;
   config.mgmtd_address = mgmtd;

@@ -9,9 +9,9 @@
 #include "ff/common/log.h"
 #include "ff/common/malloc_tuning.h"
 #include "ff/fs/chunk_engine.h"
-#include "ff/fs/rpc/grpc_transport.h"
 #include "ff/fs/rpc/metrics.h"
 #include "ff/fs/rpc/process.h"
+#include "ff/fs/rpc/tcp_transport.h"
 #include "ff/fs/rpc/toml_config.h"
 #include "ff/fs/storage_service.h"
 
@@ -107,7 +107,7 @@ int run(const Config& config) {
   }
 
   ThreadExecutor executor(fmt::format("storage-{}", config.node_id), config.worker_threads);
-  GrpcRpcClient rpc(executor, {}, &metrics);
+  NetRpcClient rpc(executor, {}, {}, &metrics);
   // Engines are opened when routing first lists a target (the factory runs on the executor); keep them
   // here too for the stats line.
   std::mutex engines_mutex;
@@ -138,7 +138,14 @@ int run(const Config& config) {
 
   StorageConfig storage_config;
   storage_config.node = config.node_id;
-  storage_config.address = config.listen;
+  // FF_RPC_TRANSPORT=tcp|grpc picks the transport for every server of a run (benchmark A/B); the address
+  // registered with mgmtd names it, so clients and peers pick the same one.
+  auto listen = listen_with_transport(config.listen);
+  if (!listen.is_ok()) {
+    FF_LOG_ERROR("{}", listen.status());
+    return 2;
+  }
+  storage_config.address = *listen;
   storage_config.mgmtd_address = config.mgmtd;
   storage_config.heartbeat_interval_ns = static_cast<int64_t>(config.heartbeat_interval_s * 1e9);
   storage_config.heartbeat_timeout_ns = static_cast<int64_t>(config.heartbeat_timeout_s * 1e9);
@@ -150,15 +157,15 @@ int run(const Config& config) {
   StorageService service(storage_config, executor, rpc, factory);
 
   Counter& requests = metrics.counter("ff_storage_requests_total", "Requests received by the storage service.");
-  auto server = GrpcServer::start(
-      config.listen, executor,
+  auto server = start_rpc_server(
+      *listen, executor,
       [&](const ServerContext& context, Request request, Reply reply) {
         requests.add();
         service.handle(context, std::move(request), std::move(reply));
       },
-      &metrics, 256 << 20,
-      // Plain reads skip the executor: checked against the service's published snapshot on gRPC's
-      // thread, read and answered on an offload worker.
+      &metrics,
+      // Plain reads skip the executor: checked against the service's published snapshot on the
+      // transport's thread, read and answered on an offload worker.
       [&](const ServerContext& context, Request& request, Reply& reply) {
         if (!service.try_handle_read(context, request, reply)) return false;
         requests.add();

@@ -107,19 +107,30 @@ class GrpcRpcClient final : public RpcClient {
 // the executor as usual). E.g. StorageService::try_handle_read.
 using FastHandler = std::function<bool(const ServerContext&, Request&, Reply&)>;
 
+// A running RPC server of either transport (GrpcServer, TcpServer in tcp_transport.h).
+class RpcServer {
+ public:
+  virtual ~RpcServer() = default;
+  virtual uint16_t port() const = 0;
+  // The address clients call it at: "host:port" (gRPC) or "tcp://host:port".
+  virtual const std::string& address() const = 0;
+  // Stops accepting calls; calls still running are ended after timeout_ms.
+  virtual void shutdown(int64_t timeout_ms) = 0;
+};
+
 // The gRPC server: decodes each request and runs `handler` on `executor`.
-class GrpcServer {
+class GrpcServer final : public RpcServer {
  public:
   // listen: "host:port" (port 0: the OS picks one, see port()).
   static Result<std::unique_ptr<GrpcServer>> start(const std::string& listen, Executor& executor, Handler handler,
                                                    MetricsRegistry* metrics = nullptr,
                                                    int max_message_bytes = 256 << 20, FastHandler fast = nullptr);
-  ~GrpcServer();
-  uint16_t port() const { return port_; }
+  ~GrpcServer() override;
+  uint16_t port() const override { return port_; }
   // host:port with the bound port.
-  const std::string& address() const { return address_; }
+  const std::string& address() const override { return address_; }
   // Stops accepting calls; calls still running are cancelled after timeout_ms.
-  void shutdown(int64_t timeout_ms);
+  void shutdown(int64_t timeout_ms) override;
 
  private:
   struct Impl;

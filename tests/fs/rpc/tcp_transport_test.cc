@@ -1,0 +1,478 @@
+#include "ff/fs/rpc/tcp_transport.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <future>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "ff/fs/fs.pb.h"
+#include "test_util.h"
+
+namespace ff::fs::rpc {
+namespace {
+
+constexpr int64_t kSecond = 1'000'000'000;
+
+Bytes make_bytes(size_t size, uint8_t seed) {
+  Bytes bytes(size);
+  for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<std::byte>((i * 131 + seed) & 0xff);
+  return bytes;
+}
+
+// The server echoes a WriteReq's payload and chunk id back as a ReadRsp.
+Handler echo_handler(std::atomic<int>* handled = nullptr) {
+  return [handled](const ServerContext&, Request request, Reply reply) {
+    if (handled != nullptr) ++*handled;
+    auto* write = std::get_if<WriteReq>(&request);
+    if (write == nullptr) {
+      reply(Response{GetRoutingRsp{}});
+      return;
+    }
+    ReadRsp rsp;
+    rsp.meta.id = write->chunk;
+    rsp.data = Bytes(write->payload().begin(), write->payload().end());
+    reply(Response{std::move(rsp)});
+  };
+}
+
+TEST(TcpTransportTest, RoundTripCarriesEveryFieldAndThePayload) {
+  ThreadExecutor server_executor("server");
+  ThreadExecutor client_executor("client");
+  std::atomic<int> handled{0};
+  auto server =
+      TcpServer::start("127.0.0.1:0", server_executor, [&](const ServerContext& context, Request request, Reply reply) {
+        ++handled;
+        EXPECT_LE(context.deadline_ns, server_executor.clock().now_ns() + 10 * kSecond);
+        EXPECT_GT(context.deadline_ns, server_executor.clock().now_ns() + 5 * kSecond);
+        EXPECT_TRUE(context.shared_payloads);
+        EXPECT_TRUE(context.reply_from_any_thread);
+        EXPECT_TRUE(context.peer.starts_with("tcp:127.0.0.1:")) << context.peer;
+        auto* write = std::get_if<WriteReq>(&request);
+        ASSERT_NE(write, nullptr);
+        EXPECT_EQ(write->request_id, (ClientRequestId{7, 2, 99}));
+        EXPECT_EQ(write->chunk, (ChunkId{0x2a, 17}));
+        // The payload arrives in one 4 KiB-aligned buffer (the chunk engine writes it with O_DIRECT as it is).
+        EXPECT_TRUE(write->data.empty());
+        EXPECT_TRUE(write->shared_data.is_set());
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(write->payload().data()) % 4096, 0u);
+        ReadRsp rsp;
+        rsp.meta.id = write->chunk;
+        rsp.meta.committed_version = 5;
+        rsp.meta.committed_crc32c = 0xdeadbeef;
+        rsp.data = Bytes(write->payload().begin(), write->payload().end());
+        rsp.dirty = true;
+        reply(Response{std::move(rsp)});
+      });
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  EXPECT_EQ((*server)->address(), fmt::format("tcp://127.0.0.1:{}", (*server)->port()));
+  TcpRpcClient client(client_executor);
+  Bytes payload = make_bytes(5 << 20, 3);
+  WriteReq write{ClientRequestId{7, 2, 99}, 4, 9, ChunkId{0x2a, 17}, 4096, payload};
+  auto rsp = response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{std::move(write)}, 10 * kSecond));
+  ASSERT_TRUE(rsp.is_ok()) << rsp.status();
+  EXPECT_EQ(rsp->data, payload);
+  EXPECT_EQ(rsp->meta.committed_version, 5u);
+  EXPECT_EQ(rsp->meta.committed_crc32c, 0xdeadbeefu);
+  EXPECT_TRUE(rsp->dirty);
+  // A shared payload is sent from where it lies and stays the sender's.
+  SharedBytes shared = SharedBytes::adopt(make_bytes(3 << 20, 5));
+  WriteReq shared_write{ClientRequestId{7, 2, 99}, 4, 9, ChunkId{0x2a, 17}, 0, {}};
+  shared_write.shared_data = shared;
+  auto echoed =
+      response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{std::move(shared_write)}, 10 * kSecond));
+  ASSERT_TRUE(echoed.is_ok()) << echoed.status();
+  EXPECT_EQ(echoed->data, shared.to_vector());
+  EXPECT_EQ(shared.size(), size_t{3} << 20);
+  EXPECT_EQ(handled.load(), 2);
+
+  // Nested routing information survives the trip; "host:port" without the scheme works too.
+  RoutingInfo routing;
+  routing.version = 12;
+  routing.nodes[1] = NodeInfo{1, "tcp://127.0.0.1:1", NodeStatus::kAlive};
+  routing.targets[1001] = TargetInfo{1001, 1, 3, PublicTargetState::kSyncing, LocalTargetState::kOnline};
+  routing.chains[3] = ChainInfo{3, 8, {{1001, PublicTargetState::kSyncing}, {2001, PublicTargetState::kOffline}}};
+  routing.chain_tables[1] = ChainTable{1, 2, {3}};
+  auto server2 = TcpServer::start("127.0.0.1:0", server_executor, [&](const ServerContext&, Request, Reply reply) {
+    reply(Response{GetRoutingRsp{routing.version, routing}});
+  });
+  ASSERT_TRUE(server2.is_ok());
+  auto got = response_as<GetRoutingRsp>(
+      call_blocking(client, fmt::format("127.0.0.1:{}", (*server2)->port()), Request{GetRoutingReq{}}, 10 * kSecond));
+  ASSERT_TRUE(got.is_ok()) << got.status();
+  ASSERT_TRUE(got->routing.has_value());
+  EXPECT_EQ(*got->routing, routing);
+}
+
+// A ReadReq with accept_pieces gets its payload as pieces of one recycled aligned buffer, completed on the
+// connection's thread; a plain one gets `data`.
+TEST(TcpTransportTest, ReadsTakenAsPiecesArriveInOneAlignedBuffer) {
+  ThreadExecutor server_executor("server");
+  ThreadExecutor client_executor("client");
+  const Bytes payload = make_bytes(1 << 20, 9);
+  auto server = TcpServer::start("127.0.0.1:0", server_executor, [&](const ServerContext&, Request, Reply reply) {
+    ReadRsp rsp;
+    rsp.shared_data = SharedBytes::adopt(Bytes(payload));
+    reply(Response{std::move(rsp)});
+  });
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  TcpRpcClient client(client_executor);
+  ReadReq read{1, 2, 1001, ChunkId{5, 6}, 0, 1 << 20, ReadMode::kStrict};
+  read.accept_pieces = true;
+  auto pieces = response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{read}, 5 * kSecond));
+  ASSERT_TRUE(pieces.is_ok()) << pieces.status();
+  ASSERT_TRUE(pieces->pieces.is_set());
+  ASSERT_EQ(pieces->pieces.size, payload.size());
+  ASSERT_EQ(pieces->pieces.pieces.size(), 1u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(pieces->pieces.pieces[0].data()) % 4096, 0u);
+  Bytes copied(payload.size());
+  pieces->pieces.copy_to(0, copied);
+  EXPECT_EQ(copied, payload);
+  read.accept_pieces = false;
+  auto plain = response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{read}, 5 * kSecond));
+  ASSERT_TRUE(plain.is_ok()) << plain.status();
+  EXPECT_FALSE(plain->pieces.is_set());
+  EXPECT_EQ(plain->data, payload);
+}
+
+TEST(TcpTransportTest, ErrorsKeepTheirCodeAndTagAndDroppedRepliesEndTheCall) {
+  ThreadExecutor executor("server");
+  auto server = TcpServer::start("127.0.0.1:0", executor, [](const ServerContext&, Request, Reply reply) {
+    reply(fs_error(FsError::kStaleChainVersion, "chain 7: request has version 3, target has 4"));
+  });
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  TcpRpcClient client(client_executor);
+  auto rsp = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
+  ASSERT_FALSE(rsp.is_ok());
+  EXPECT_EQ(fs_error_of(rsp.status()), FsError::kStaleChainVersion) << rsp.status().to_string();
+  EXPECT_EQ(rsp.status().code(), fs_error(FsError::kStaleChainVersion, "").code());
+  EXPECT_NE(rsp.status().message().find("chain 7: request has version 3"), std::string::npos) << rsp.status();
+  EXPECT_NE(rsp.status().message().find((*server)->address()), std::string::npos) << rsp.status();
+  auto dropping = TcpServer::start("127.0.0.1:0", executor, [](const ServerContext&, Request, Reply) {});
+  ASSERT_TRUE(dropping.is_ok());
+  auto dropped = call_blocking(client, (*dropping)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
+  EXPECT_EQ(fs_error_of(dropped.status()), FsError::kNotServing) << dropped.status().to_string();
+}
+
+// A late answer is dropped after the deadline; a port nobody listens on is unavailable at once, and a
+// server that comes up there later is found once the 200 ms pause after the failed connect is over.
+TEST(TcpTransportTest, DeadlinesUnreachablePeersAndReconnects) {
+  ThreadExecutor executor("server");
+  auto server = TcpServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
+    executor.post_after(1 * kSecond, [reply] { reply(Response{GetRoutingRsp{}}); });
+  });
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  TcpRpcClient client(client_executor);
+  auto start = std::chrono::steady_clock::now();
+  auto late = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 200'000'000);
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(late.status().code(), StatusCode::kDeadlineExceeded) << late.status().to_string();
+  EXPECT_GE(elapsed, std::chrono::milliseconds(190));
+  EXPECT_LT(elapsed, std::chrono::milliseconds(900));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // the late answer arrives and is dropped
+  EXPECT_EQ(client.in_flight(), 0);
+
+  const uint16_t port = testing::free_port();
+  const std::string address = fmt::format("tcp://127.0.0.1:{}", port);
+  start = std::chrono::steady_clock::now();
+  auto unreachable = call_blocking(client, address, Request{GetRoutingReq{}}, 5 * kSecond);
+  EXPECT_EQ(unreachable.status().code(), StatusCode::kUnavailable) << unreachable.status().to_string();
+  EXPECT_NE(unreachable.status().message().find(address), std::string::npos) << unreachable.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  auto later = TcpServer::start(address, executor,
+                                [](const ServerContext&, Request, Reply reply) { reply(Response{GetRoutingRsp{}}); });
+  ASSERT_TRUE(later.is_ok()) << later.status();
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  auto found = call_blocking(client, address, Request{GetRoutingReq{}}, 5 * kSecond);
+  EXPECT_TRUE(found.is_ok()) << found.status();
+
+  // A server that goes away fails the call on its connection; one started on the same port is used next.
+  (*later)->shutdown(100);
+  later->reset();
+  auto gone = call_blocking(client, address, Request{GetRoutingReq{}}, 2 * kSecond);
+  EXPECT_EQ(gone.status().code(), StatusCode::kUnavailable) << gone.status().to_string();
+  auto again = TcpServer::start(address, executor,
+                                [](const ServerContext&, Request, Reply reply) { reply(Response{GetRoutingRsp{}}); });
+  ASSERT_TRUE(again.is_ok()) << again.status();
+  Result<Response> back = internal_error("not tried");
+  for (int attempt = 0; attempt < 20 && !back.is_ok(); ++attempt) {
+    back = call_blocking(client, address, Request{GetRoutingReq{}}, 2 * kSecond);
+    if (!back.is_ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(back.is_ok()) << back.status();
+}
+
+// A service that holds a Reply and never answers cannot hang the shutdown: the call ends [not_serving].
+TEST(TcpTransportTest, ShutdownFinishesCallsTheServiceStillHolds) {
+  ThreadExecutor executor("server");
+  std::mutex mutex;
+  std::vector<Reply> held;
+  std::promise<void> received;
+  auto server = TcpServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
+    std::lock_guard lock(mutex);
+    held.push_back(std::move(reply));
+    received.set_value();
+  });
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  TcpRpcClient client(client_executor);
+  auto pending = std::async(std::launch::async, [&] {
+    return call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 30 * kSecond);
+  });
+  ASSERT_EQ(received.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  const auto start = std::chrono::steady_clock::now();
+  (*server)->shutdown(200);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  ASSERT_EQ(pending.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  auto rsp = pending.get();
+  EXPECT_EQ(fs_error_of(rsp.status()), FsError::kNotServing) << rsp.status().to_string();
+  std::lock_guard lock(mutex);
+  held.front()(Response{GetRoutingRsp{}});  // a late answer after the shutdown does nothing
+  held.clear();
+}
+
+TEST(TcpTransportTest, OversizeRequestIsRefusedBeforeItIsSent) {
+  ThreadExecutor executor("server");
+  std::atomic<int> handled{0};
+  auto server = TcpServer::start("127.0.0.1:0", executor, echo_handler(&handled));
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  TcpRpcClient client(client_executor, TcpClientOptions{.max_message_bytes = 1 << 20});
+  WriteReq write{ClientRequestId{1, 1, 1}, 1, 1, ChunkId{1, 1}, 0, make_bytes(2 << 20, 1)};
+  auto rsp = call_blocking(client, (*server)->address(), Request{std::move(write)}, 5 * kSecond);
+  EXPECT_EQ(rsp.status().code(), StatusCode::kInvalidArgument) << rsp.status();
+  EXPECT_NE(rsp.status().message().find("limit of 1048576 bytes"), std::string::npos) << rsp.status();
+  EXPECT_EQ(handled.load(), 0);
+  auto bad_address = call_blocking(client, "tcp://127.0.0.1:http", Request{GetRoutingReq{}}, 5 * kSecond);
+  EXPECT_EQ(bad_address.status().code(), StatusCode::kInvalidArgument) << bad_address.status();
+  EXPECT_NE(bad_address.status().message().find("'http'"), std::string::npos) << bad_address.status();
+}
+
+// The frame layout of tcp_transport.h, written by hand here to send what our client never would.
+struct RawHead {
+  uint32_t magic;
+  uint8_t kind;
+  uint8_t reserved[3];
+  uint64_t id;
+  uint32_t header_bytes;
+  int32_t code;
+  int64_t timeout_ns;
+  uint64_t payload_bytes;
+};
+static_assert(sizeof(RawHead) == 40);
+
+int raw_connect(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(port);
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads up to n bytes within 5 s; returns what came (0 at the end of the stream).
+ssize_t read_within(int fd, void* out, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 5000) != 1) return -1;
+    ssize_t r = recv(fd, static_cast<char*>(out) + got, n - got, 0);
+    if (r <= 0) return static_cast<ssize_t>(got);
+    got += static_cast<size_t>(r);
+  }
+  return static_cast<ssize_t>(got);
+}
+
+// A header that is no Envelope gets a [malformed] error frame for its call; bytes that are no frame at all close
+// that connection only; the server keeps serving.
+TEST(TcpTransportTest, MalformedFramesGetAnErrorOrLoseTheirConnectionOnly) {
+  ThreadExecutor executor("server");
+  std::atomic<int> handled{0};
+  auto server = TcpServer::start("127.0.0.1:0", executor, echo_handler(&handled));
+  ASSERT_TRUE(server.is_ok());
+  int fd = raw_connect((*server)->port());
+  ASSERT_GE(fd, 0);
+  const std::string junk = "\xff\xff\xff not protobuf";
+  RawHead head{0x31524646, 1, {0, 0, 0}, 42, static_cast<uint32_t>(junk.size()), 0, kSecond, 0};
+  ASSERT_EQ(send(fd, &head, sizeof head, 0), static_cast<ssize_t>(sizeof head));
+  ASSERT_EQ(send(fd, junk.data(), junk.size(), 0), static_cast<ssize_t>(junk.size()));
+  RawHead answer{};
+  ASSERT_EQ(read_within(fd, &answer, sizeof answer), static_cast<ssize_t>(sizeof answer));
+  EXPECT_EQ(answer.kind, 3);  // an error
+  EXPECT_EQ(answer.id, 42u);
+  std::string message(answer.header_bytes, '\0');
+  ASSERT_EQ(read_within(fd, message.data(), message.size()), static_cast<ssize_t>(message.size()));
+  EXPECT_EQ(answer.code, static_cast<int32_t>(fs_error(FsError::kMalformed, "").code()));
+  EXPECT_NE(message.find("[malformed]"), std::string::npos) << message;
+  // Not a frame: the connection is closed.
+  const char garbage[64] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(send(fd, garbage, sizeof garbage, 0), static_cast<ssize_t>(sizeof garbage));
+  char rest[8];
+  EXPECT_EQ(read_within(fd, rest, sizeof rest), 0);
+  close(fd);
+  // A frame announcing more than the limit: closed too, before its bytes are read.
+  fd = raw_connect((*server)->port());
+  ASSERT_GE(fd, 0);
+  RawHead huge{0x31524646, 1, {0, 0, 0}, 43, 0, 0, kSecond, 1ull << 40};
+  ASSERT_EQ(send(fd, &huge, sizeof huge, 0), static_cast<ssize_t>(sizeof huge));
+  EXPECT_EQ(read_within(fd, rest, sizeof rest), 0);
+  close(fd);
+  EXPECT_EQ(handled.load(), 0);
+  ThreadExecutor client_executor("client");
+  TcpRpcClient client(client_executor);
+  EXPECT_TRUE(call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 5 * kSecond).is_ok());
+}
+
+// Many threads, many calls in flight over 4 connections, payloads of many sizes: every answer reaches its own
+// call (matched by id), and calls in flight spread over the connections.
+TEST(TcpTransportTest, ConcurrentCallsEachGetTheirOwnAnswer) {
+  ThreadExecutor server_executor("server", 4);
+  std::mutex mutex;
+  std::set<std::string> peers;
+  auto echo = echo_handler();
+  auto server =
+      TcpServer::start("127.0.0.1:0", server_executor, [&](const ServerContext& context, Request request, Reply reply) {
+        {
+          std::lock_guard lock(mutex);
+          peers.insert(context.peer);
+        }
+        // Answer from a worker after a short random pause, so answers come back out of order.
+        server_executor.offload(
+            [request = std::move(request), reply = std::move(reply), echo]() mutable {
+              std::this_thread::sleep_for(std::chrono::microseconds(std::rand() % 500));
+              echo(ServerContext{}, std::move(request), std::move(reply));
+            },
+            nullptr);
+      });
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  TcpRpcClient client(client_executor, TcpClientOptions{.connections_per_peer = 4});
+  std::atomic<int> wrong{0}, failed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 random(static_cast<uint32_t>(t));
+      for (int i = 0; i < 100; ++i) {
+        const size_t size = std::vector<size_t>{0, 1, 4096, 65536, 300000}[random() % 5];
+        const auto seed = static_cast<uint8_t>(t * 31 + i);
+        Bytes payload = make_bytes(size, seed);
+        WriteReq write{ClientRequestId{1, 1, static_cast<uint64_t>(i)},
+                       1,
+                       1,
+                       ChunkId{static_cast<uint64_t>(t), static_cast<uint64_t>(i)},
+                       0,
+                       payload};
+        auto rsp =
+            response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{std::move(write)}, 10 * kSecond));
+        if (!rsp.is_ok()) {
+          ++failed;
+          continue;
+        }
+        if (rsp->meta.id != (ChunkId{static_cast<uint64_t>(t), static_cast<uint64_t>(i)}) || rsp->data != payload)
+          ++wrong;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(client.in_flight(), 0);
+  std::lock_guard lock(mutex);
+  EXPECT_GE(peers.size(), 2u) << "8 callers at once stayed on one connection";
+  EXPECT_LE(peers.size(), 4u);
+}
+
+// A client destroyed with calls in flight ends each of them once (unavailable) and does not wait for answers.
+TEST(TcpTransportTest, ClientDestroyedWithCallsInFlightEndsThem) {
+  ThreadExecutor executor("server");
+  std::mutex mutex;
+  std::vector<Reply> held;
+  auto server = TcpServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
+    std::lock_guard lock(mutex);
+    held.push_back(std::move(reply));
+  });
+  ASSERT_TRUE(server.is_ok());
+  ThreadExecutor client_executor("client");
+  std::atomic<int> ended{0}, unavailable_count{0};
+  {
+    TcpRpcClient client(client_executor);
+    for (int i = 0; i < 5; ++i) {
+      client.call((*server)->address(), Request{GetRoutingReq{}}, 60 * kSecond, [&](Result<Response> result) {
+        ++ended;
+        if (result.status().code() == StatusCode::kUnavailable) ++unavailable_count;
+      });
+    }
+    for (int i = 0; i < 500; ++i) {
+      std::lock_guard lock(mutex);
+      if (held.size() == 5) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }  // ~TcpRpcClient
+  for (int i = 0; i < 500 && ended.load() < 5; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(ended.load(), 5);
+  EXPECT_EQ(unavailable_count.load(), 5);
+  std::lock_guard lock(mutex);
+  for (auto& reply : held) reply(Response{GetRoutingRsp{}});  // answers to a closed connection go nowhere
+}
+
+// NetRpcClient sends "tcp://" addresses over TCP and the rest over gRPC; start_rpc_server picks the same way;
+// FF_RPC_TRANSPORT rewrites a listen address or is refused by name.
+TEST(TcpTransportTest, TheAddressSchemePicksTheTransport) {
+  ThreadExecutor executor("server");
+  auto tcp = start_rpc_server("tcp://127.0.0.1:0", executor, echo_handler());
+  auto grpc = start_rpc_server("127.0.0.1:0", executor, echo_handler());
+  ASSERT_TRUE(tcp.is_ok()) << tcp.status();
+  ASSERT_TRUE(grpc.is_ok()) << grpc.status();
+  EXPECT_TRUE((*tcp)->address().starts_with("tcp://"));
+  EXPECT_FALSE((*grpc)->address().starts_with("tcp://"));
+  EXPECT_NE(dynamic_cast<TcpServer*>(tcp->get()), nullptr);
+  EXPECT_NE(dynamic_cast<GrpcServer*>(grpc->get()), nullptr);
+  ThreadExecutor client_executor("client");
+  NetRpcClient client(client_executor);
+  for (const auto* server : {tcp->get(), grpc->get()}) {
+    Bytes payload = make_bytes(100000, 7);
+    WriteReq write{ClientRequestId{1, 1, 1}, 1, 1, ChunkId{3, 4}, 0, payload};
+    auto rsp = response_as<ReadRsp>(call_blocking(client, server->address(), Request{std::move(write)}, 5 * kSecond));
+    ASSERT_TRUE(rsp.is_ok()) << server->address() << ": " << rsp.status();
+    EXPECT_EQ(rsp->data, payload);
+  }
+  // A gRPC client does not speak to a TCP server: the call fails, it does not hang.
+  auto mismatched =
+      call_blocking(client, fmt::format("127.0.0.1:{}", (*tcp)->port()), Request{GetRoutingReq{}}, 2 * kSecond);
+  EXPECT_FALSE(mismatched.is_ok());
+
+  ::unsetenv("FF_RPC_TRANSPORT");
+  EXPECT_EQ(*listen_with_transport("127.0.0.1:9000"), "127.0.0.1:9000");
+  ::setenv("FF_RPC_TRANSPORT", "tcp", 1);
+  EXPECT_EQ(*listen_with_transport("127.0.0.1:9000"), "tcp://127.0.0.1:9000");
+  EXPECT_EQ(*listen_with_transport("tcp://127.0.0.1:9000"), "tcp://127.0.0.1:9000");
+  ::setenv("FF_RPC_TRANSPORT", "grpc", 1);
+  EXPECT_EQ(*listen_with_transport("tcp://127.0.0.1:9000"), "127.0.0.1:9000");
+  ::setenv("FF_RPC_TRANSPORT", "rdma", 1);
+  auto bad = listen_with_transport("127.0.0.1:9000");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("FF_RPC_TRANSPORT=rdma"), std::string::npos) << bad.status();
+  ::unsetenv("FF_RPC_TRANSPORT");
+}
+
+}  // namespace
+}  // namespace ff::fs::rpc
