@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--fio-huge-pages", action="store_true",
                         help="read cases also run fio with its buffers on huge pages (--mem=shmhuge), as our read buffers "
                              "of 1 MiB and more are; reserve them first: echo 512 > /proc/sys/vm/nr_hugepages")
-    parser.add_argument("--transports", default="grpc",
+    parser.add_argument("--transports", default="tcp",
                         help="comma-separated: grpc, tcp (the storage servers' transport; one cluster each)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()

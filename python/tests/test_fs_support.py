@@ -61,11 +61,12 @@ class LocalCluster:
     def __init__(self, bin_dir: pathlib.Path, nodes: int = 3, targets_per_node: int = 2, heartbeat_timeout_s: float = 4.0,
                  data_dir: str | None = None, direct_io: bool = True, stats_interval_s: float = 5.0,
                  path: str | os.PathLike | None = None, keep: bool = False,
-                 storage_settings: dict[str, int | float] | None = None, transport: str = "grpc"):
+                 storage_settings: dict[str, int | float] | None = None, transport: str = "tcp"):
         """path: use exactly this directory (created) instead of a fresh temporary one under data_dir;
         keep: stop() leaves the directory in place (as FF_KEEP_CLUSTER=1 does); storage_settings: more
         [storage] keys of every ff-storage config (e.g. {"sync_batch": 1}); transport: what the storage
-        servers listen on, "grpc" or "tcp" (our own TCP transport, a tcp:// listen address)."""
+        servers listen on: "tcp" (our own TCP transport, tcp:// listen addresses; the default, docs/fs-operations.md
+        "Our own TCP transport") or "grpc"."""
         if transport not in ("grpc", "tcp"):
             raise ValueError(f"transport={transport!r}: expected 'grpc' or 'tcp'")
         self.storage_scheme = "tcp://" if transport == "tcp" else ""

@@ -19,6 +19,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <list>
 #include <map>
 #include <mutex>
@@ -231,12 +232,132 @@ Result<Payload> read_payload(StreamReader& reader, uint64_t size, bool aligned) 
   return payload;
 }
 
-bool send_frame(int fd, const FrameHead& head, std::string_view header, std::span<const std::byte> payload) {
-  iovec iov[3] = {{const_cast<FrameHead*>(&head), sizeof head},
-                  {const_cast<char*>(header.data()), header.size()},
-                  {const_cast<std::byte*>(payload.data()), payload.size()}};
-  return send_all(fd, iov, 3);
-}
+// One frame to send; `sent` bytes of it are gone already.
+struct Frame {
+  FrameHead head;
+  std::string header;
+  SharedBytes payload;
+  size_t sent = 0;
+
+  // The unsent rest as iovecs; returns how many.
+  int rest(iovec (&iov)[3]) const {
+    const std::span<const std::byte> parts[3] = {{reinterpret_cast<const std::byte*>(&head), sizeof head},
+                                                 {reinterpret_cast<const std::byte*>(header.data()), header.size()},
+                                                 payload.bytes};
+    size_t skip = sent;
+    int count = 0;
+    for (const auto& part : parts) {
+      if (skip >= part.size()) {
+        skip -= part.size();
+        continue;
+      }
+      iov[count++] = {const_cast<std::byte*>(part.data() + skip), part.size() - skip};
+      skip = 0;
+    }
+    return count;
+  }
+  size_t size() const { return sizeof head + header.size() + payload.size(); }
+};
+
+// The frames leaving one connection, in order, without blocking whoever sends them: a frame goes out on the
+// caller's thread when nothing is queued and the socket takes it at once (MSG_DONTWAIT); the rest waits in a
+// queue that the connection's writer thread (started on first need) sends with blocking writes. So a storage
+// service's executor never waits for a slow peer; a peer that stops reading breaks the connection after
+// kSendTimeoutS (SO_SNDTIMEO), and every call on it fails.
+//
+// Thread-safety: push and close may be called from any thread.
+class Outbox {
+ public:
+  explicit Outbox(int fd) : fd_(fd) {}
+  ~Outbox() { close(); }
+  Outbox(const Outbox&) = delete;
+  Outbox& operator=(const Outbox&) = delete;
+
+  void push(Frame frame) {
+    std::lock_guard lock(mutex_);
+    if (closed_ || broken_) return;  // the connection is going: its calls fail through its reader
+    if (queue_.empty()) {
+      while (frame.sent < frame.size()) {
+        iovec iov[3];
+        msghdr message{};
+        message.msg_iov = iov;
+        message.msg_iovlen = static_cast<size_t>(frame.rest(iov));
+        ssize_t sent = sendmsg(fd_, &message, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (sent > 0) {
+          frame.sent += static_cast<size_t>(sent);
+        } else if (sent < 0 && errno == EINTR) {
+          continue;
+        } else if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+          break;
+        } else {
+          break_connection();
+          return;
+        }
+      }
+      if (frame.sent == frame.size()) return;
+    }
+    queue_.push_back(std::move(frame));
+    if (!writer_.joinable()) {
+      writer_ = std::thread([this] {
+        pthread_setname_np(pthread_self(), "ff-tcp-writer");
+        write_queued();
+      });
+    }
+    wake_.notify_one();
+  }
+
+  // Stops the writer (a blocked write fails: the socket is shut down) and drops what is queued; the caller closes
+  // the fd afterwards. Idempotent.
+  void close() {
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_) return;
+      closed_ = true;
+      ::shutdown(fd_, SHUT_RDWR);
+    }
+    wake_.notify_all();
+    if (writer_.joinable()) writer_.join();
+    std::lock_guard lock(mutex_);
+    queue_.clear();
+  }
+
+ private:
+  void break_connection() {  // under mutex_
+    broken_ = true;
+    queue_.clear();
+    ::shutdown(fd_, SHUT_RDWR);  // the reader sees the end and fails every call on the connection
+  }
+
+  void write_queued() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return closed_ || !queue_.empty(); });
+      if (closed_) return;
+      // NOTE: a deque's push_back keeps references to its elements; only this thread pops, and close() clears
+      // the queue only after joining this thread.
+      Frame& frame = queue_.front();
+      lock.unlock();
+      iovec iov[3];
+      const int count = frame.rest(iov);
+      const bool ok = send_all(fd_, iov, count);
+      lock.lock();
+      if (closed_) return;
+      if (!ok) {
+        break_connection();
+        continue;
+      }
+      queue_.pop_front();
+    }
+  }
+
+  const int fd_;
+  std::mutex mutex_;  // guards queue_, closed_, broken_; held for the inline send
+  std::condition_variable wake_;
+  std::deque<Frame> queue_;
+  bool closed_ = false;
+  bool broken_ = false;
+  std::thread writer_;
+};
 
 }  // namespace
 
@@ -251,20 +372,23 @@ struct TcpRpcClient::Impl {
     int64_t start_ns = 0;
     int64_t deadline_ns = 0;
   };
-  // One connection to a peer, re-made after it breaks.
+  // One connection to a peer, made on the lane's connector thread (so no caller waits for a connect) and made
+  // again after it breaks.
   struct Lane {
+    enum class State { kIdle, kConnecting, kConnected };
     std::string address, host, port;
-    std::mutex connect_mutex;  // one connect at a time; held while joining the previous reader
-    std::mutex mutex;          // guards fd, generation, pending, deadlines, retry_after_ns
+    std::mutex mutex;  // guards everything below but the threads
+    State state = State::kIdle;
     int fd = -1;
-    uint64_t generation = 0;
+    uint64_t generation = 0;         // of the connection; a reader only cleans up after its own
+    std::shared_ptr<Outbox> outbox;  // while connected
+    std::vector<Frame> waiting;      // frames of calls made while connecting
     std::map<uint64_t, Pending> pending;
     std::set<std::pair<int64_t, uint64_t>> deadlines;  // (deadline, id) of pending
     int64_t retry_after_ns = 0;
-    std::mutex send_mutex;  // guards send_fd, send_generation; held for a whole frame
-    int send_fd = -1;
-    uint64_t send_generation = 0;
-    std::thread reader;  // under connect_mutex
+    std::mutex threads_mutex;  // guards connector, reader (started and joined under it)
+    std::thread connector;
+    std::thread reader;
     std::atomic<int> busy{0};
   };
   struct Peer {
@@ -286,6 +410,7 @@ struct TcpRpcClient::Impl {
   Histogram* latency = nullptr;
   std::atomic<int64_t> in_flight{0};
   std::atomic<uint64_t> next_id{1};
+  std::atomic<bool> stopped{false};
 
   std::mutex peers_mutex;  // guards peers (lanes are never destroyed before the client)
   std::map<std::string, std::unique_ptr<Peer>, std::less<>> peers;
@@ -319,6 +444,15 @@ struct TcpRpcClient::Impl {
     return raw;
   }
 
+  std::vector<Lane*> all_lanes() {
+    std::vector<Lane*> lanes;
+    std::lock_guard lock(peers_mutex);
+    for (auto& [address, peer] : peers) {
+      for (auto& lane : peer->lanes) lanes.push_back(lane.get());
+    }
+    return lanes;
+  }
+
   void complete(Pending pending, Result<Response> result) {
     if (latency != nullptr) latency->record_us(static_cast<uint64_t>((now_ns() - pending.start_ns) / 1000));
     if (!result.is_ok() && failures != nullptr) failures->add();
@@ -331,49 +465,65 @@ struct TcpRpcClient::Impl {
     in_flight.fetch_sub(1);
   }
 
-  // Connects `lane` if it has no connection; the caller's thread blocks for at most the connect timeout.
-  Status ensure_connected(Lane& lane, int64_t timeout_ns) {
-    std::lock_guard connecting(lane.connect_mutex);
-    {
-      std::lock_guard lock(lane.mutex);
-      if (lane.fd >= 0) return Status::ok();
-      if (now_ns() < lane.retry_after_ns) {
-        return unavailable("{}: not reachable (a connect failed less than {} ms ago)", lane.address,
-                           kRetryAfterFailedConnectNs / 1'000'000);
+  void fail(Lane& lane, Pending pending, Status status) {
+    lane.busy.fetch_sub(1, std::memory_order_relaxed);
+    complete(std::move(pending), std::move(status));
+  }
+
+  // Takes the pending calls of `frames` out of lane (under lane.mutex).
+  static std::vector<Pending> take_pending(Lane& lane, const std::vector<Frame>& frames) {
+    std::vector<Pending> taken;
+    for (const Frame& frame : frames) {
+      auto node = lane.pending.extract(frame.head.id);
+      if (node.empty()) continue;  // its deadline passed already
+      lane.deadlines.erase({node.mapped().deadline_ns, frame.head.id});
+      taken.push_back(std::move(node.mapped()));
+    }
+    return taken;
+  }
+
+  // The lane's connector thread: connects, then hands the calls made meanwhile to the new connection (or fails
+  // them when the peer cannot be reached).
+  void connect_lane(Lane& lane) {
+    Result<int> fd = connect_to(lane.address, lane.host, lane.port, options.connect_timeout_ms);
+    if (!fd.is_ok() || stopped.load()) {
+      if (fd.is_ok()) close(*fd);
+      Status status = fd.is_ok() ? unavailable("{}: the client is stopping", lane.address) : fd.status();
+      std::vector<Pending> failed;
+      {
+        std::lock_guard lock(lane.mutex);
+        lane.state = Lane::State::kIdle;
+        lane.retry_after_ns = now_ns() + kRetryAfterFailedConnectNs;
+        failed = take_pending(lane, lane.waiting);
+        lane.waiting.clear();
       }
-    }
-    if (lane.reader.joinable()) {
-      if (lane.reader.get_id() == std::this_thread::get_id()) {
-        return unavailable("{}: connection lost", lane.address);  // a completion on the old reader itself
+      for (Pending& pending : failed) {
+        std::string_view name = pending.name;
+        fail(lane, std::move(pending), Status(status.code(), fmt::format("{} to {}", name, status.message())));
       }
-      lane.reader.join();  // it gave up the connection (fd -1) and is finishing its calls
+      return;
     }
-    int64_t timeout_ms = std::clamp<int64_t>(timeout_ns / 1'000'000, 1, options.connect_timeout_ms);
-    Result<int> fd = connect_to(lane.address, lane.host, lane.port, timeout_ms);
-    if (!fd.is_ok()) {
-      std::lock_guard lock(lane.mutex);
-      lane.retry_after_ns = now_ns() + kRetryAfterFailedConnectNs;
-      return fd.status();
-    }
+    // The previous connection's reader gave the lane up (state idle) and may still be failing its calls.
+    if (lane.reader.joinable()) lane.reader.join();
+    auto outbox = std::make_shared<Outbox>(*fd);
+    std::vector<Frame> waiting;
     uint64_t generation;
     {
       std::lock_guard lock(lane.mutex);
       lane.fd = *fd;
       generation = ++lane.generation;
+      lane.outbox = outbox;
+      lane.state = Lane::State::kConnected;
+      waiting.swap(lane.waiting);
     }
-    {
-      std::lock_guard lock(lane.send_mutex);
-      lane.send_fd = *fd;
-      lane.send_generation = generation;
-    }
-    lane.reader = std::thread([this, &lane, fd = *fd, generation] {
+    lane.reader = std::thread([this, &lane, fd = *fd, generation, outbox] {
       pthread_setname_np(pthread_self(), "ff-tcp-client");
-      read_responses(lane, fd, generation);
+      read_responses(lane, fd, generation, outbox);
     });
-    return Status::ok();
+    for (Frame& frame : waiting) outbox->push(std::move(frame));
   }
 
-  void read_responses(Lane& lane, int fd, uint64_t generation) {
+  void read_responses(Lane& lane, int fd, uint64_t generation, const std::shared_ptr<Outbox>& outbox) {
     StreamReader reader(fd);
     std::string header;
     for (;;) {
@@ -390,17 +540,17 @@ struct TcpRpcClient::Impl {
       std::optional<Pending> pending;
       {
         std::lock_guard lock(lane.mutex);
-        auto it = lane.pending.find(head.id);
-        if (it != lane.pending.end()) {
-          pending = std::move(it->second);
-          lane.deadlines.erase({pending->deadline_ns, head.id});
-          lane.pending.erase(it);
+        auto node = lane.pending.extract(head.id);
+        if (!node.empty()) {
+          lane.deadlines.erase({node.mapped().deadline_ns, head.id});
+          pending = std::move(node.mapped());
         }
       }
       // A read taken as pieces lands in a recycled aligned buffer (no fresh pages per read).
       auto payload = read_payload(reader, head.payload_bytes, pending.has_value() && pending->pieces);
       if (!payload.is_ok()) {
-        if (pending) fail_one(lane, std::move(*pending));
+        if (pending)
+          fail(lane, std::move(*pending), unavailable("{} to {}: connection lost", pending->name, lane.address));
         break;
       }
       if (!pending) continue;  // answered after its deadline: dropped
@@ -408,29 +558,24 @@ struct TcpRpcClient::Impl {
       Result<Response> result = decode(head, header, std::move(*payload), *pending);
       complete(std::move(*pending), std::move(result));
     }
-    // The connection is gone: every call still on it fails.
+    // The connection is gone: every call still on it fails; the next call connects again.
     std::map<uint64_t, Pending> orphans;
     {
       std::lock_guard lock(lane.mutex);
-      if (lane.generation == generation) {
+      if (lane.generation == generation && lane.state == Lane::State::kConnected) {
+        lane.state = Lane::State::kIdle;
         lane.fd = -1;
+        lane.outbox.reset();
         orphans.swap(lane.pending);
         lane.deadlines.clear();
       }
     }
-    {
-      std::lock_guard lock(lane.send_mutex);
-      if (lane.send_generation == generation) lane.send_fd = -1;
-      shutdown(fd, SHUT_RDWR);
-      close(fd);
+    outbox->close();
+    close(fd);
+    for (auto& [id, pending] : orphans) {
+      std::string_view name = pending.name;
+      fail(lane, std::move(pending), unavailable("{} to {}: connection lost", name, lane.address));
     }
-    for (auto& [id, pending] : orphans) fail_one(lane, std::move(pending));
-  }
-
-  void fail_one(Lane& lane, Pending pending) {
-    lane.busy.fetch_sub(1, std::memory_order_relaxed);
-    std::string_view name = pending.name;
-    complete(std::move(pending), unavailable("{} to {}: connection lost", name, lane.address));
   }
 
   static Result<Response> decode(const FrameHead& head, const std::string& header, Payload payload,
@@ -478,15 +623,8 @@ struct TcpRpcClient::Impl {
         poked = false;
         reaper_due_ns.store(0);
       }
-      std::vector<Lane*> lanes;
-      {
-        std::lock_guard lock(peers_mutex);
-        for (auto& [address, peer] : peers) {
-          for (auto& lane : peer->lanes) lanes.push_back(lane.get());
-        }
-      }
       int64_t now = now_ns(), earliest = now + 1'000'000'000;
-      for (Lane* lane : lanes) {
+      for (Lane* lane : all_lanes()) {
         std::vector<Pending> expired;
         {
           std::lock_guard lock(lane->mutex);
@@ -498,11 +636,10 @@ struct TcpRpcClient::Impl {
           if (!lane->deadlines.empty()) earliest = std::min(earliest, lane->deadlines.begin()->first);
         }
         for (Pending& pending : expired) {
-          lane->busy.fetch_sub(1, std::memory_order_relaxed);
           std::string_view name = pending.name;
           int64_t waited_ms = (now - pending.start_ns) / 1'000'000;
-          complete(std::move(pending), deadline_exceeded("{} to {}: no answer within its deadline ({} ms)", name,
-                                                         lane->address, waited_ms));
+          fail(*lane, std::move(pending),
+               deadline_exceeded("{} to {}: no answer within its deadline ({} ms)", name, lane->address, waited_ms));
         }
       }
       std::unique_lock lock(reaper_mutex);
@@ -513,25 +650,20 @@ struct TcpRpcClient::Impl {
   }
 
   void stop() {
+    stopped = true;
     {
       std::lock_guard lock(reaper_mutex);
       stopping = true;
     }
     reaper_wake.notify_all();
     if (reaper.joinable()) reaper.join();
-    std::vector<Lane*> lanes;
-    {
-      std::lock_guard lock(peers_mutex);
-      for (auto& [address, peer] : peers) {
-        for (auto& lane : peer->lanes) lanes.push_back(lane.get());
-      }
-    }
-    for (Lane* lane : lanes) {
+    for (Lane* lane : all_lanes()) {
+      std::lock_guard threads(lane->threads_mutex);
+      if (lane->connector.joinable()) lane->connector.join();  // a connect ends within connect_timeout_ms
       {
-        std::lock_guard lock(lane->send_mutex);
-        if (lane->send_fd >= 0) shutdown(lane->send_fd, SHUT_RDWR);  // the reader fails its calls and exits
+        std::lock_guard lock(lane->mutex);
+        if (lane->fd >= 0) ::shutdown(lane->fd, SHUT_RDWR);  // the reader fails its calls and exits
       }
-      std::lock_guard connecting(lane->connect_mutex);
       if (lane->reader.joinable()) lane->reader.join();
     }
   }
@@ -561,48 +693,72 @@ void TcpRpcClient::call(const std::string& address, Request request, int64_t tim
   pending.done = std::move(done);
   impl.in_flight.fetch_add(1);
   if (impl.calls != nullptr) impl.calls->add();
-  auto fail = [&](Status status) { impl.complete(std::move(pending), std::move(status)); };
 
   Result<Impl::Peer*> peer = impl.peer(address);
-  if (!peer.is_ok()) return fail(peer.status());
-  SharedBytes payload = take_request_payload(request);
+  if (!peer.is_ok()) return impl.complete(std::move(pending), peer.status());
+  Frame frame;
+  frame.payload = take_request_payload(request);
   pb::Envelope envelope;
   request_to_proto(std::move(request), &envelope);
-  std::string header = envelope.SerializeAsString();
-  if (header.size() + payload.size() > impl.options.max_message_bytes) {
-    return fail(invalid_argument("{} to {}: {} bytes exceed the transport's limit of {} bytes", pending.name, address,
-                                 header.size() + payload.size(), impl.options.max_message_bytes));
+  frame.header = envelope.SerializeAsString();
+  if (frame.header.size() + frame.payload.size() > impl.options.max_message_bytes) {
+    std::string_view name = pending.name;
+    return impl.complete(std::move(pending),
+                         invalid_argument("{} to {}: {} bytes exceed the transport's limit of {} bytes", name, address,
+                                          frame.header.size() + frame.payload.size(), impl.options.max_message_bytes));
   }
   Impl::Lane& lane = (*peer)->take_lane();
   pending.address = &lane.address;
-  if (Status connected = impl.ensure_connected(lane, timeout_ns); !connected.is_ok()) {
-    lane.busy.fetch_sub(1, std::memory_order_relaxed);
-    return fail(Status(connected.code(), fmt::format("{} to {}", pending.name, connected.message())));
-  }
   const uint64_t id = impl.next_id.fetch_add(1);
   const int64_t deadline_ns = pending.deadline_ns;
-  uint64_t generation;
+  frame.head.kind = kRequestFrame;
+  frame.head.id = id;
+  frame.head.header_bytes = static_cast<uint32_t>(frame.header.size());
+  frame.head.timeout_ns = std::max<int64_t>(timeout_ns, 1);
+  frame.head.payload_bytes = frame.payload.size();
+  std::shared_ptr<Outbox> outbox;
+  bool start_connector = false;
   {
     std::lock_guard lock(lane.mutex);
-    if (lane.fd < 0) {
-      lane.busy.fetch_sub(1, std::memory_order_relaxed);
-      return fail(unavailable("{} to {}: connection lost", pending.name, address));
+    if (lane.state == Impl::Lane::State::kIdle && now_ns() < lane.retry_after_ns) {
+      std::string_view name = pending.name;
+      impl.fail(lane, std::move(pending),
+                unavailable("{} to {}: not reachable (a connect failed less than {} ms ago)", name, address,
+                            kRetryAfterFailedConnectNs / 1'000'000));
+      return;
     }
-    generation = lane.generation;
     lane.pending.emplace(id, std::move(pending));
     lane.deadlines.emplace(deadline_ns, id);
+    if (lane.state == Impl::Lane::State::kConnected) {
+      outbox = lane.outbox;
+    } else {
+      start_connector = lane.state == Impl::Lane::State::kIdle;
+      lane.state = Impl::Lane::State::kConnecting;
+      lane.waiting.push_back(std::move(frame));
+    }
   }
   impl.note_deadline(deadline_ns);
-  FrameHead head;
-  head.kind = kRequestFrame;
-  head.id = id;
-  head.header_bytes = static_cast<uint32_t>(header.size());
-  head.timeout_ns = std::max<int64_t>(deadline_ns - now_ns(), 1);
-  head.payload_bytes = payload.size();
-  std::lock_guard lock(lane.send_mutex);
-  if (lane.send_generation != generation || lane.send_fd < 0) return;  // the reader fails the call
-  if (!send_frame(lane.send_fd, head, header, payload.bytes)) {
-    shutdown(lane.send_fd, SHUT_RDWR);  // the reader sees the break and fails every call on the connection
+  if (outbox != nullptr) {
+    outbox->push(std::move(frame));  // a broken connection drops it; its reader fails the call
+  } else if (start_connector) {
+    std::lock_guard threads(lane.threads_mutex);
+    if (lane.connector.joinable()) lane.connector.join();  // the last connect, finished (the lane was idle)
+    if (impl.stopped.load()) {  // a call racing the client's destruction: no connect any more
+      std::vector<Impl::Pending> failed;
+      {
+        std::lock_guard lock(lane.mutex);
+        failed = Impl::take_pending(lane, lane.waiting);
+        lane.waiting.clear();
+        lane.state = Impl::Lane::State::kIdle;
+      }
+      for (auto& waiting : failed)
+        impl.fail(lane, std::move(waiting), unavailable("{}: the client is stopping", address));
+      return;
+    }
+    lane.connector = std::thread([&impl, &lane] {
+      pthread_setname_np(pthread_self(), "ff-tcp-connect");
+      impl.connect_lane(lane);
+    });
   }
 }
 
@@ -613,22 +769,37 @@ namespace {
 // One accepted connection. Replies may come from any thread, after the reader stopped.
 struct ServerConnection {
   std::string peer;
-  std::mutex send_mutex;  // guards fd; held for a whole frame
+  std::mutex mutex;  // guards fd, outbox
   int fd = -1;
+  std::shared_ptr<Outbox> outbox;
   std::thread reader;
   std::atomic<bool> finished{false};  // the reader returned (joinable without waiting)
 
-  void send(const FrameHead& head, std::string_view header, std::span<const std::byte> payload) {
-    std::lock_guard lock(send_mutex);
-    if (fd < 0) return;  // closed: the client has failed the call already
-    if (!send_frame(fd, head, header, payload)) shutdown(fd, SHUT_RDWR);
+  void send(Frame frame) {
+    std::shared_ptr<Outbox> out;
+    {
+      std::lock_guard lock(mutex);
+      out = outbox;
+    }
+    if (out != nullptr) out->push(std::move(frame));  // closed: the client has failed the call already
+  }
+  // Stops reading requests; replies still go out.
+  void stop_reading() {
+    std::lock_guard lock(mutex);
+    if (fd >= 0) ::shutdown(fd, SHUT_RD);
   }
   void close_now() {
-    std::lock_guard lock(send_mutex);
-    if (fd < 0) return;
-    shutdown(fd, SHUT_RDWR);
-    close(fd);
-    fd = -1;
+    std::shared_ptr<Outbox> out;
+    int closing;
+    {
+      std::lock_guard lock(mutex);
+      if (fd < 0) return;
+      out = std::move(outbox);
+      closing = fd;
+      fd = -1;
+    }
+    out->close();
+    close(closing);
   }
 };
 
@@ -647,24 +818,22 @@ struct TcpReplyState {
   void finish(Result<Response> result) {
     if (finished.exchange(true)) return;
     if (latency != nullptr) latency->record_us(static_cast<uint64_t>((now_ns() - start_ns) / 1000));
-    FrameHead head;
-    head.id = id;
+    Frame frame;
+    frame.head.id = id;
     if (result.is_ok()) {
-      SharedBytes payload = take_response_payload(*result);
+      frame.payload = take_response_payload(*result);
       pb::Envelope envelope;
       response_to_proto(std::move(*result), &envelope);
-      std::string header = envelope.SerializeAsString();
-      head.kind = kResponseFrame;
-      head.header_bytes = static_cast<uint32_t>(header.size());
-      head.payload_bytes = payload.size();
-      connection->send(head, header, payload.bytes);
+      frame.header = envelope.SerializeAsString();
+      frame.head.kind = kResponseFrame;
+      frame.head.payload_bytes = frame.payload.size();
     } else {
-      const std::string& message = result.status().message();
-      head.kind = kErrorFrame;
-      head.code = static_cast<int32_t>(result.status().code());
-      head.header_bytes = static_cast<uint32_t>(message.size());
-      connection->send(head, message, {});
+      frame.header = result.status().message();
+      frame.head.kind = kErrorFrame;
+      frame.head.code = static_cast<int32_t>(result.status().code());
     }
+    frame.head.header_bytes = static_cast<uint32_t>(frame.header.size());
+    connection->send(std::move(frame));
   }
   ~TcpReplyState();
 };
@@ -745,6 +914,7 @@ struct TcpServer::Impl {
       set_socket_options(fd);
       auto connection = std::make_shared<ServerConnection>();
       connection->fd = fd;
+      connection->outbox = std::make_shared<Outbox>(fd);
       char text[INET6_ADDRSTRLEN] = "?";
       uint16_t from_port = 0;
       if (from.ss_family == AF_INET) {
@@ -925,10 +1095,7 @@ void TcpServer::shutdown(int64_t timeout_ms) {
     connections.swap(impl_->connections);
   }
   // No new requests: each reader sees the end of its stream and returns; replies can still be sent.
-  for (auto& connection : connections) {
-    std::lock_guard lock(connection->send_mutex);
-    if (connection->fd >= 0) ::shutdown(connection->fd, SHUT_RD);
-  }
+  for (auto& connection : connections) connection->stop_reading();
   for (auto& connection : connections) connection->reader.join();
   impl_->open->drain(deadline);
   for (auto& connection : connections) connection->close_now();

@@ -433,6 +433,40 @@ TEST(TcpTransportTest, ClientDestroyedWithCallsInFlightEndsThem) {
   for (auto& reply : held) reply(Response{GetRoutingRsp{}});  // answers to a closed connection go nowhere
 }
 
+// A peer that accepts connections and never reads: calls return at once (their frames wait for the connection's
+// writer thread) and end deadline_exceeded at their deadlines; destroying the client does not wait for the peer.
+TEST(TcpTransportTest, APeerThatDoesNotReadBlocksNoCaller) {
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in bound{};
+  bound.sin_family = AF_INET;
+  bound.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&bound), sizeof bound), 0);
+  ASSERT_EQ(listen(listener, 16), 0);
+  socklen_t length = sizeof bound;
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&bound), &length), 0);
+  const std::string address = fmt::format("tcp://127.0.0.1:{}", ntohs(bound.sin_port));
+  ThreadExecutor client_executor("client");
+  std::atomic<int> ended{0}, expired{0};
+  const SharedBytes payload = SharedBytes::adopt(Bytes(4 << 20));
+  {
+    TcpRpcClient client(client_executor, TcpClientOptions{.connections_per_peer = 1});
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 16; ++i) {  // 64 MiB: far more than the socket buffers hold
+      WriteReq write{ClientRequestId{1, 1, static_cast<uint64_t>(i)}, 1, 1, ChunkId{1, 1}, 0, {}};
+      write.shared_data = payload;
+      client.call(address, Request{std::move(write)}, 500'000'000, [&](Result<Response> result) {
+        if (result.status().code() == StatusCode::kDeadlineExceeded) ++expired;
+        ++ended;
+      });
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(300));
+    for (int i = 0; i < 500 && ended.load() < 16; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_EQ(ended.load(), 16);
+    EXPECT_EQ(expired.load(), 16);
+  }
+  close(listener);
+}
+
 // NetRpcClient sends "tcp://" addresses over TCP and the rest over gRPC; start_rpc_server picks the same way;
 // FF_RPC_TRANSPORT rewrites a listen address or is refused by name.
 TEST(TcpTransportTest, TheAddressSchemePicksTheTransport) {

@@ -54,8 +54,9 @@ struct StorageClusterOptions {
   // Non-empty: every target keeps its chunks in a ChunkEngine under <engine_root>/target-<id> (real
   // files: local reads, corruption on disk) instead of a MemChunkStore.
   std::string engine_root;
-  // The storage nodes' transport: "grpc" or "tcp" (fs/rpc/tcp_transport.h); empty: FF_TEST_RPC_TRANSPORT from the
-  // environment, else gRPC (ctest runs some suites once more with tcp). mgmtd always serves gRPC.
+  // The storage nodes' transport: "tcp" (fs/rpc/tcp_transport.h) or "grpc"; empty: FF_TEST_RPC_TRANSPORT from the
+  // environment, else tcp, the deployments' default (ctest runs fs_client_test once more with grpc). mgmtd always
+  // serves gRPC.
   std::string transport;
   // Plain reads and batches of them skip the service's executor (StorageService::try_handle_read), as in
   // ff-storage.
@@ -334,7 +335,7 @@ class StorageCluster {
     std::string transport = options_.transport;
     if (transport.empty()) {
       const char* from_env = std::getenv("FF_TEST_RPC_TRANSPORT");
-      transport = from_env != nullptr && *from_env != '\0' ? from_env : "grpc";
+      transport = from_env != nullptr && *from_env != '\0' ? from_env : "tcp";
     }
     FF_ASSERT(transport == "grpc" || transport == "tcp", "storage cluster transport '{}': expected grpc or tcp",
               transport);

@@ -26,9 +26,9 @@
 #include "ff/fs/kv_engines.h"
 #include "ff/fs/meta.h"
 #include "ff/fs/meta_rpc.h"
-#include "ff/fs/rpc/grpc_transport.h"
 #include "ff/fs/rpc/metrics.h"
 #include "ff/fs/rpc/process.h"
+#include "ff/fs/rpc/tcp_transport.h"
 #include "ff/fs/rpc/toml_config.h"
 
 namespace {
@@ -145,7 +145,7 @@ meta::MetaConfig meta_config(const Config& config, std::vector<ChainId> chains) 
 // Storage access for lengths and removals: StorageClient on its own executor.
 struct Storage {
   ThreadExecutor executor{"meta-storage", 2};
-  GrpcRpcClient rpc{executor};
+  NetRpcClient rpc{executor};
   std::unique_ptr<StorageClient> client;
   std::unique_ptr<meta::StorageFiles> files;
 
