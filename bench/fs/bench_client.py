@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--ops", default="write,read")
     parser.add_argument("--patterns", default="seq,rand")
     parser.add_argument("--machine", default="cpu")
+    parser.add_argument("--transport", choices=["tcp", "grpc"], default="tcp",
+                        help="the storage servers' transport (tcp: our own, the default; grpc)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-local-reads", action="store_true", help="read every chunk over RPC (A/B of local reads)")
     parser.add_argument("--fio-huge-pages", action="store_true",
@@ -73,7 +75,7 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="ff_fs_client_bench_")
     results = []
     with LocalCluster(build / "bin", nodes=3, targets_per_node=1, heartbeat_timeout_s=10, data_dir=data_dir,
-                      stats_interval_s=30) as cluster:
+                      stats_interval_s=30, transport=args.transport) as cluster:
         cluster.start()
 
         def run_ours(ops: str, patterns: str, blocks: str, parallelism: str, reuse: bool,
@@ -168,7 +170,7 @@ def main() -> None:
         "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
                   f"the client and fio (load average at the end {os.getloadavg()[0]:.1f}); disk {disk}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds_per_case": args.seconds, "rounds": args.rounds, "file_mb": args.file_mb,
+        "seconds_per_case": args.seconds, "rounds": args.rounds, "transport": args.transport, "file_mb": args.file_mb,
         "fio_huge_pages": "read cases also ran fio with --mem=shmhuge (its buffers on huge pages, as FileClient's local "
                           "reads land in huge-page buffers): fio_huge_pages_MB_per_s" if args.fio_huge_pages else None,
         "results": results,

@@ -22,6 +22,7 @@
 #include "ff/common/log.h"
 #include "ff/fs/fs.grpc.pb.h"
 #include "ff/fs/rpc/grpc_status.h"
+#include "least_busy.h"
 
 namespace ff::fs::rpc {
 
@@ -339,15 +340,7 @@ struct GrpcRpcClient::Impl {
   struct Peer {
     std::vector<std::unique_ptr<Lane>> lanes;  // options.channels_per_peer, each its own connection
     int64_t created_ns = 0;
-    // The lane with the fewest calls in flight, the first on a tie; its busy count is taken.
-    Lane& take_lane() {
-      Lane* pick = lanes.front().get();
-      for (const auto& lane : lanes) {
-        if (lane->busy.load(std::memory_order_relaxed) < pick->busy.load(std::memory_order_relaxed)) pick = lane.get();
-      }
-      pick->busy.fetch_add(1, std::memory_order_relaxed);
-      return *pick;
-    }
+    Lane& take_lane() { return take_least_busy(lanes); }
   };
   std::mutex mutex;  // guards peers, retired
   std::map<std::string, std::shared_ptr<Peer>> peers;

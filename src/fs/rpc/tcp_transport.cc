@@ -33,6 +33,7 @@
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
 #include "ff/fs/fs.pb.h"
+#include "least_busy.h"
 
 namespace ff::fs::rpc {
 
@@ -393,14 +394,7 @@ struct TcpRpcClient::Impl {
   };
   struct Peer {
     std::vector<std::unique_ptr<Lane>> lanes;
-    Lane& take_lane() {
-      Lane* pick = lanes.front().get();
-      for (const auto& lane : lanes) {
-        if (lane->busy.load(std::memory_order_relaxed) < pick->busy.load(std::memory_order_relaxed)) pick = lane.get();
-      }
-      pick->busy.fetch_add(1, std::memory_order_relaxed);
-      return *pick;
-    }
+    Lane& take_lane() { return take_least_busy(lanes); }
   };
 
   Executor& executor;

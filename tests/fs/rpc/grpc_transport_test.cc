@@ -140,57 +140,6 @@ TEST(GrpcTransportTest, RoundTripCarriesEveryFieldAndThePayload) {
   EXPECT_EQ(*got->routing, routing);
 }
 
-TEST(GrpcTransportTest, ErrorsKeepTheirCodeAndTag) {
-  ThreadExecutor executor("server");
-  auto server = GrpcServer::start("127.0.0.1:0", executor, [](const ServerContext&, Request, Reply reply) {
-    reply(fs_error(FsError::kStaleChainVersion, "chain 7: request has version 3, target has 4"));
-  });
-  ASSERT_TRUE(server.is_ok());
-  ThreadExecutor client_executor("client");
-  GrpcRpcClient client(client_executor);
-  auto rsp = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
-  ASSERT_FALSE(rsp.is_ok());
-  EXPECT_EQ(fs_error_of(rsp.status()), FsError::kStaleChainVersion) << rsp.status().to_string();
-  EXPECT_EQ(rsp.status().code(), fs_error(FsError::kStaleChainVersion, "").code());
-  // A dropped reply (a stopped service) ends the call [not_serving] instead of hanging.
-  auto dropping = GrpcServer::start("127.0.0.1:0", executor, [](const ServerContext&, Request, Reply) {});
-  ASSERT_TRUE(dropping.is_ok());
-  auto dropped = call_blocking(client, (*dropping)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
-  EXPECT_EQ(fs_error_of(dropped.status()), FsError::kNotServing) << dropped.status().to_string();
-}
-
-// A service that holds a call's Reply and never answers (a stopped service whose queued work still
-// holds it) cannot hang the server's shutdown: the call ends, unavailable, once the deadline passes.
-TEST(GrpcTransportTest, ShutdownFinishesCallsTheServiceStillHolds) {
-  ThreadExecutor executor("server");
-  std::mutex mutex;
-  std::vector<Reply> held;  // released only after the shutdown
-  std::promise<void> received;
-  auto server = GrpcServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
-    std::lock_guard lock(mutex);
-    held.push_back(std::move(reply));
-    received.set_value();
-  });
-  ASSERT_TRUE(server.is_ok());
-  ThreadExecutor client_executor("client");
-  GrpcRpcClient client(client_executor);
-  auto pending = std::async(std::launch::async, [&] {
-    return call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 30 * kSecond);
-  });
-  ASSERT_EQ(received.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  const auto start = std::chrono::steady_clock::now();
-  (*server)->shutdown(200);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
-  ASSERT_EQ(pending.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  // Ended by the server ([not_serving]) or by gRPC's cancellation at the deadline, whichever lands
-  // first: both are `unavailable`.
-  auto rsp = pending.get();
-  EXPECT_EQ(rsp.status().code(), StatusCode::kUnavailable) << rsp.status().to_string();
-  std::lock_guard lock(mutex);
-  held.front()(Response{GetRoutingRsp{}});  // a late answer after the shutdown does nothing
-  held.clear();
-}
-
 // Calls to one address share channels_per_peer connections: one after the other they stay on the first
 // (a lone caller keeps its warm connection), several in flight at once each take the least busy one.
 TEST(GrpcTransportTest, CallsInFlightSpreadOverThePeersChannels) {
@@ -259,25 +208,6 @@ TEST(GrpcTransportTest, BadChannelCountFromTheEnvironmentIsRefused) {
   ::setenv("FF_RPC_CHANNELS", "2", 1);
   EXPECT_NO_THROW(GrpcRpcClient client(executor));
   ::unsetenv("FF_RPC_CHANNELS");
-}
-
-TEST(GrpcTransportTest, DeadlineExpiresAndUnreachableIsUnavailable) {
-  ThreadExecutor executor("server");
-  auto server = GrpcServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
-    // Answers after 2 s: too late for a 200 ms deadline.
-    executor.post_after(2 * kSecond, [reply] { reply(Response{GetRoutingRsp{}}); });
-  });
-  ASSERT_TRUE(server.is_ok());
-  ThreadExecutor client_executor("client");
-  GrpcRpcClient client(client_executor);
-  auto start = std::chrono::steady_clock::now();
-  auto rsp = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 200'000'000);
-  auto elapsed = std::chrono::steady_clock::now() - start;
-  EXPECT_EQ(rsp.status().code(), StatusCode::kDeadlineExceeded) << rsp.status().to_string();
-  EXPECT_LT(elapsed, std::chrono::milliseconds(1500));
-  auto unreachable = call_blocking(client, "127.0.0.1:" + std::to_string(testing::free_port()), Request{GetRoutingReq{}},
-                                   2 * kSecond);
-  EXPECT_EQ(unreachable.status().code(), StatusCode::kUnavailable) << unreachable.status().to_string();
 }
 
 // A whole cluster in one process over real gRPC on loopback: mgmtd + 3 storage services (MemChunkStore).

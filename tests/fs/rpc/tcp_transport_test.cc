@@ -147,104 +147,6 @@ TEST(TcpTransportTest, ReadsTakenAsPiecesArriveInOneAlignedBuffer) {
   EXPECT_EQ(plain->data, payload);
 }
 
-TEST(TcpTransportTest, ErrorsKeepTheirCodeAndTagAndDroppedRepliesEndTheCall) {
-  ThreadExecutor executor("server");
-  auto server = TcpServer::start("127.0.0.1:0", executor, [](const ServerContext&, Request, Reply reply) {
-    reply(fs_error(FsError::kStaleChainVersion, "chain 7: request has version 3, target has 4"));
-  });
-  ASSERT_TRUE(server.is_ok());
-  ThreadExecutor client_executor("client");
-  TcpRpcClient client(client_executor);
-  auto rsp = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
-  ASSERT_FALSE(rsp.is_ok());
-  EXPECT_EQ(fs_error_of(rsp.status()), FsError::kStaleChainVersion) << rsp.status().to_string();
-  EXPECT_EQ(rsp.status().code(), fs_error(FsError::kStaleChainVersion, "").code());
-  EXPECT_NE(rsp.status().message().find("chain 7: request has version 3"), std::string::npos) << rsp.status();
-  EXPECT_NE(rsp.status().message().find((*server)->address()), std::string::npos) << rsp.status();
-  auto dropping = TcpServer::start("127.0.0.1:0", executor, [](const ServerContext&, Request, Reply) {});
-  ASSERT_TRUE(dropping.is_ok());
-  auto dropped = call_blocking(client, (*dropping)->address(), Request{GetRoutingReq{}}, 5 * kSecond);
-  EXPECT_EQ(fs_error_of(dropped.status()), FsError::kNotServing) << dropped.status().to_string();
-}
-
-// A late answer is dropped after the deadline; a port nobody listens on is unavailable at once, and a
-// server that comes up there later is found once the 200 ms pause after the failed connect is over.
-TEST(TcpTransportTest, DeadlinesUnreachablePeersAndReconnects) {
-  ThreadExecutor executor("server");
-  auto server = TcpServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
-    executor.post_after(1 * kSecond, [reply] { reply(Response{GetRoutingRsp{}}); });
-  });
-  ASSERT_TRUE(server.is_ok());
-  ThreadExecutor client_executor("client");
-  TcpRpcClient client(client_executor);
-  auto start = std::chrono::steady_clock::now();
-  auto late = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 200'000'000);
-  auto elapsed = std::chrono::steady_clock::now() - start;
-  EXPECT_EQ(late.status().code(), StatusCode::kDeadlineExceeded) << late.status().to_string();
-  EXPECT_GE(elapsed, std::chrono::milliseconds(190));
-  EXPECT_LT(elapsed, std::chrono::milliseconds(900));
-  std::this_thread::sleep_for(std::chrono::milliseconds(1200));  // the late answer arrives and is dropped
-  EXPECT_EQ(client.in_flight(), 0);
-
-  const uint16_t port = testing::free_port();
-  const std::string address = fmt::format("tcp://127.0.0.1:{}", port);
-  start = std::chrono::steady_clock::now();
-  auto unreachable = call_blocking(client, address, Request{GetRoutingReq{}}, 5 * kSecond);
-  EXPECT_EQ(unreachable.status().code(), StatusCode::kUnavailable) << unreachable.status().to_string();
-  EXPECT_NE(unreachable.status().message().find(address), std::string::npos) << unreachable.status();
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
-  auto later = TcpServer::start(address, executor,
-                                [](const ServerContext&, Request, Reply reply) { reply(Response{GetRoutingRsp{}}); });
-  ASSERT_TRUE(later.is_ok()) << later.status();
-  std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  auto found = call_blocking(client, address, Request{GetRoutingReq{}}, 5 * kSecond);
-  EXPECT_TRUE(found.is_ok()) << found.status();
-
-  // A server that goes away fails the call on its connection; one started on the same port is used next.
-  (*later)->shutdown(100);
-  later->reset();
-  auto gone = call_blocking(client, address, Request{GetRoutingReq{}}, 2 * kSecond);
-  EXPECT_EQ(gone.status().code(), StatusCode::kUnavailable) << gone.status().to_string();
-  auto again = TcpServer::start(address, executor,
-                                [](const ServerContext&, Request, Reply reply) { reply(Response{GetRoutingRsp{}}); });
-  ASSERT_TRUE(again.is_ok()) << again.status();
-  Result<Response> back = internal_error("not tried");
-  for (int attempt = 0; attempt < 20 && !back.is_ok(); ++attempt) {
-    back = call_blocking(client, address, Request{GetRoutingReq{}}, 2 * kSecond);
-    if (!back.is_ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  EXPECT_TRUE(back.is_ok()) << back.status();
-}
-
-// A service that holds a Reply and never answers cannot hang the shutdown: the call ends [not_serving].
-TEST(TcpTransportTest, ShutdownFinishesCallsTheServiceStillHolds) {
-  ThreadExecutor executor("server");
-  std::mutex mutex;
-  std::vector<Reply> held;
-  std::promise<void> received;
-  auto server = TcpServer::start("127.0.0.1:0", executor, [&](const ServerContext&, Request, Reply reply) {
-    std::lock_guard lock(mutex);
-    held.push_back(std::move(reply));
-    received.set_value();
-  });
-  ASSERT_TRUE(server.is_ok());
-  ThreadExecutor client_executor("client");
-  TcpRpcClient client(client_executor);
-  auto pending = std::async(std::launch::async, [&] {
-    return call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 30 * kSecond);
-  });
-  ASSERT_EQ(received.get_future().wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  const auto start = std::chrono::steady_clock::now();
-  (*server)->shutdown(200);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
-  ASSERT_EQ(pending.wait_for(std::chrono::seconds(10)), std::future_status::ready);
-  auto rsp = pending.get();
-  EXPECT_EQ(fs_error_of(rsp.status()), FsError::kNotServing) << rsp.status().to_string();
-  std::lock_guard lock(mutex);
-  held.front()(Response{GetRoutingRsp{}});  // a late answer after the shutdown does nothing
-  held.clear();
-}
-
 TEST(TcpTransportTest, OversizeRequestIsRefusedBeforeItIsSent) {
   ThreadExecutor executor("server");
   std::atomic<int> handled{0};
@@ -394,6 +296,8 @@ TEST(TcpTransportTest, ConcurrentCallsEachGetTheirOwnAnswer) {
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(failed.load(), 0);
   EXPECT_EQ(wrong.load(), 0);
+  // A call counts as in flight until its completion is posted, a moment after the caller may have seen it.
+  for (int i = 0; i < 100 && client.in_flight() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_EQ(client.in_flight(), 0);
   std::lock_guard lock(mutex);
   EXPECT_GE(peers.size(), 2u) << "8 callers at once stayed on one connection";
