@@ -24,13 +24,8 @@
 namespace ff::fs::rpc {
 namespace {
 
-constexpr int64_t kSecond = 1'000'000'000;
-
-Bytes make_bytes(size_t size, uint8_t seed) {
-  Bytes bytes(size);
-  for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<std::byte>((i * 131 + seed) & 0xff);
-  return bytes;
-}
+using testing::kSecond;
+using testing::make_bytes;
 
 // The server echoes a WriteReq's payload and chunk id back as a ReadRsp.
 Handler echo_handler(std::atomic<int>* handled = nullptr) {
@@ -48,72 +43,26 @@ Handler echo_handler(std::atomic<int>* handled = nullptr) {
   };
 }
 
-TEST(TcpTransportTest, RoundTripCarriesEveryFieldAndThePayload) {
+// What the TCP server tells a handler and its address form; the round trip itself is in transports_test.cc.
+TEST(TcpTransportTest, ContextAndAddressName) {
   ThreadExecutor server_executor("server");
   ThreadExecutor client_executor("client");
-  std::atomic<int> handled{0};
   auto server =
-      TcpServer::start("127.0.0.1:0", server_executor, [&](const ServerContext& context, Request request, Reply reply) {
-        ++handled;
+      TcpServer::start("127.0.0.1:0", server_executor, [&](const ServerContext& context, Request, Reply reply) {
         EXPECT_LE(context.deadline_ns, server_executor.clock().now_ns() + 10 * kSecond);
         EXPECT_GT(context.deadline_ns, server_executor.clock().now_ns() + 5 * kSecond);
         EXPECT_TRUE(context.shared_payloads);
         EXPECT_TRUE(context.reply_from_any_thread);
         EXPECT_TRUE(context.peer.starts_with("tcp:127.0.0.1:")) << context.peer;
-        auto* write = std::get_if<WriteReq>(&request);
-        ASSERT_NE(write, nullptr);
-        EXPECT_EQ(write->request_id, (ClientRequestId{7, 2, 99}));
-        EXPECT_EQ(write->chunk, (ChunkId{0x2a, 17}));
-        // The payload arrives in one 4 KiB-aligned buffer (the chunk engine writes it with O_DIRECT as it is).
-        EXPECT_TRUE(write->data.empty());
-        EXPECT_TRUE(write->shared_data.is_set());
-        EXPECT_EQ(reinterpret_cast<uintptr_t>(write->payload().data()) % 4096, 0u);
-        ReadRsp rsp;
-        rsp.meta.id = write->chunk;
-        rsp.meta.committed_version = 5;
-        rsp.meta.committed_crc32c = 0xdeadbeef;
-        rsp.data = Bytes(write->payload().begin(), write->payload().end());
-        rsp.dirty = true;
-        reply(Response{std::move(rsp)});
+        reply(Response{GetRoutingRsp{}});
       });
   ASSERT_TRUE(server.is_ok()) << server.status();
   EXPECT_EQ((*server)->address(), fmt::format("tcp://127.0.0.1:{}", (*server)->port()));
   TcpRpcClient client(client_executor);
-  Bytes payload = make_bytes(5 << 20, 3);
-  WriteReq write{ClientRequestId{7, 2, 99}, 4, 9, ChunkId{0x2a, 17}, 4096, payload};
-  auto rsp = response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{std::move(write)}, 10 * kSecond));
-  ASSERT_TRUE(rsp.is_ok()) << rsp.status();
-  EXPECT_EQ(rsp->data, payload);
-  EXPECT_EQ(rsp->meta.committed_version, 5u);
-  EXPECT_EQ(rsp->meta.committed_crc32c, 0xdeadbeefu);
-  EXPECT_TRUE(rsp->dirty);
-  // A shared payload is sent from where it lies and stays the sender's.
-  SharedBytes shared = SharedBytes::adopt(make_bytes(3 << 20, 5));
-  WriteReq shared_write{ClientRequestId{7, 2, 99}, 4, 9, ChunkId{0x2a, 17}, 0, {}};
-  shared_write.shared_data = shared;
-  auto echoed =
-      response_as<ReadRsp>(call_blocking(client, (*server)->address(), Request{std::move(shared_write)}, 10 * kSecond));
-  ASSERT_TRUE(echoed.is_ok()) << echoed.status();
-  EXPECT_EQ(echoed->data, shared.to_vector());
-  EXPECT_EQ(shared.size(), size_t{3} << 20);
-  EXPECT_EQ(handled.load(), 2);
-
-  // Nested routing information survives the trip; "host:port" without the scheme works too.
-  RoutingInfo routing;
-  routing.version = 12;
-  routing.nodes[1] = NodeInfo{1, "tcp://127.0.0.1:1", NodeStatus::kAlive};
-  routing.targets[1001] = TargetInfo{1001, 1, 3, PublicTargetState::kSyncing, LocalTargetState::kOnline};
-  routing.chains[3] = ChainInfo{3, 8, {{1001, PublicTargetState::kSyncing}, {2001, PublicTargetState::kOffline}}};
-  routing.chain_tables[1] = ChainTable{1, 2, {3}};
-  auto server2 = TcpServer::start("127.0.0.1:0", server_executor, [&](const ServerContext&, Request, Reply reply) {
-    reply(Response{GetRoutingRsp{routing.version, routing}});
-  });
-  ASSERT_TRUE(server2.is_ok());
-  auto got = response_as<GetRoutingRsp>(
-      call_blocking(client, fmt::format("127.0.0.1:{}", (*server2)->port()), Request{GetRoutingReq{}}, 10 * kSecond));
-  ASSERT_TRUE(got.is_ok()) << got.status();
-  ASSERT_TRUE(got->routing.has_value());
-  EXPECT_EQ(*got->routing, routing);
+  // "host:port" without the scheme works too.
+  auto got =
+      call_blocking(client, fmt::format("127.0.0.1:{}", (*server)->port()), Request{GetRoutingReq{}}, 10 * kSecond);
+  EXPECT_TRUE(got.is_ok()) << got.status();
 }
 
 // A ReadReq with accept_pieces gets its payload as pieces of one recycled aligned buffer, completed on the

@@ -16,6 +16,7 @@
 #include <ostream>
 
 #include "ff/common/result.h"
+#include "ff/fs/messages.h"
 
 // Defined once per test binary, whichever test helper header comes first.
 #ifndef FF_TEST_STATUS_OSTREAM
@@ -27,6 +28,15 @@ inline std::ostream& operator<<(std::ostream& out, const Status& status) { retur
 #endif
 
 namespace ff::fs::rpc::testing {
+
+inline constexpr int64_t kSecond = 1'000'000'000;
+
+// `size` bytes of a pattern that differs with `seed` (payloads whose echo a test can check).
+inline Bytes make_bytes(size_t size, uint8_t seed) {
+  Bytes bytes(size);
+  for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<std::byte>((i * 131 + seed) & 0xff);
+  return bytes;
+}
 
 // A fresh directory under $TMPDIR, removed with everything in it on destruction.
 class TempDir {
