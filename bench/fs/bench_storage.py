@@ -164,7 +164,7 @@ def main() -> None:
                 "critical path). fio_fdatasync_MB_per_s is fio with "
                 "--sync=dsync --fdatasync=1 (one data write + one fdatasync per write, as one replica "
                 "does); ratio_vs_fio and the target keep the issue's baseline (plain dsync fio). Read cases "
-                "also run with local reads (local_*: the client asks the target over gRPC, then reads the "
+                "also run with local reads (local_*: the client asks the target over RPC, then reads the "
                 "bytes from the target's file itself and checks their CRC32C; docs/fs.md).",
         "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
                   f"the client and fio (and anything else running: load average at the end "

@@ -15,7 +15,6 @@
 #include <atomic>
 #include <bit>
 #include <cerrno>
-#include <charconv>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +32,7 @@
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
 #include "ff/fs/fs.pb.h"
+#include "ff/fs/rpc/toml_config.h"
 #include "least_busy.h"
 
 namespace ff::fs::rpc {
@@ -65,22 +65,14 @@ int64_t now_ns() { return system_clock().now_ns(); }
 
 std::string errno_text(int error) { return std::string(std::strerror(error)); }
 
-// "tcp://host:port", "host:port", "[v6]:port" -> host and port.
+// "tcp://host:port", "host:port", "[v6]:port" -> host (brackets dropped) and port, as getaddrinfo takes them.
 Result<std::pair<std::string, std::string>> split_address(std::string_view address) {
   std::string_view rest = address;
   if (rest.starts_with(kTcpScheme)) rest.remove_prefix(kTcpScheme.size());
-  size_t colon = rest.rfind(':');
-  if (colon == std::string_view::npos || colon == 0) {
-    return invalid_argument("address '{}' is not host:port (or tcp://host:port)", address);
-  }
-  std::string_view host = rest.substr(0, colon), port = rest.substr(colon + 1);
+  FF_ASSIGN_OR_RETURN(HostPort parsed, parse_host_port(rest));
+  std::string_view host = parsed.host;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  unsigned value = 0;
-  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
-  if (port.empty() || ec != std::errc() || end != port.data() + port.size() || value > 65535) {
-    return invalid_argument("address '{}': port '{}' is not a number from 0 to 65535", address, port);
-  }
-  return std::pair<std::string, std::string>{std::string(host), std::string(port)};
+  return std::pair<std::string, std::string>{std::string(host), std::to_string(parsed.port)};
 }
 
 void set_socket_options(int fd) {

@@ -1,7 +1,7 @@
 // A transport of our own on plain TCP, beside gRPC (grpc_transport.h), for the storage path: the same
 // RpcClient / Handler seams (ff/fs/transport.h), the same messages (the Envelope of fs.proto plus a payload),
 // fewer threads and copies per call. Addresses: "tcp://host:port" (the scheme picks this transport, see
-// net_transport.h); "host:port" is accepted too by TcpRpcClient::call.
+// NetRpcClient below); "host:port" is accepted too by TcpRpcClient::call.
 //
 // Wire format (docs/fs-operations.md, "Our own TCP transport"): on a connection, frames back to back, each
 //   FrameHead (40 bytes, little-endian) | header bytes | payload bytes
@@ -10,10 +10,12 @@
 // matched by id and answered in any order.
 //
 // Threads: the client keeps `connections_per_peer` connections per address (a call takes the one with the
-// fewest calls in flight, the first on a tie), each with one reader thread that completes its calls, plus one
-// thread per client for deadlines. The caller's thread sends (one sendmsg per frame, payload not copied). The
-// server has one accepting thread and one reader thread per connection; handlers run on the executor (or on the
-// reader thread through the FastHandler) and may reply from any thread.
+// fewest calls in flight, the first on a tie), each with one reader thread that completes its calls and a connector
+// thread that makes the connection, plus one thread per client for deadlines. A frame goes out on the caller's
+// thread when the socket takes it at once (one sendmsg, payload not copied), else on the connection's writer thread,
+// so no caller ever blocks on a peer. The server has one accepting thread and one reader thread per connection
+// (plus a writer thread once a reply does not fit the socket); handlers run on the executor (or on the reader
+// thread through the FastHandler) and may reply from any thread.
 //
 // Deadlines: a call's timeout travels in its frame; the server hands it to the handler as
 // ServerContext::deadline_ns, and the client completes the call deadline_exceeded when no answer came in time
@@ -41,7 +43,7 @@ struct TcpClientOptions {
   uint64_t max_message_bytes = 256ull << 20;
   // Connections per address (as GrpcClientOptions::channels_per_peer).
   int connections_per_peer = 4;
-  // A connect gives up after min(this, the call's timeout).
+  // A connect (on the connection's connector thread) gives up after this long.
   int64_t connect_timeout_ms = 1000;
 };
 
