@@ -106,6 +106,7 @@ struct ChunkEngineStats {
   uint64_t commits = 0;
   uint64_t inplace_appends = 0;  // put_pending calls that took the in-place fast path
   uint64_t patched_writes = 0;   // put_pending calls stored as a patch of the touched crc segments
+  uint64_t merged_patches = 0;   // of those, patches that took in the committed version's unapplied patch
   uint64_t corruptions = 0;      // reads that found a CRC mismatch
   uint64_t read_buffers = 0;         // buffers read_shared took
   uint64_t read_buffers_reused = 0;  // of those, recycled from the pool
@@ -117,6 +118,7 @@ struct ChunkEngineStats {
   uint64_t data_fdatasyncs = 0;    // fdatasync of a data file (buffered mode)
   uint64_t lazy_commits = 0;       // commits written as unsynced batches (commit_lazily)
   uint64_t patches_settled = 0;    // committed patches applied in place
+  uint64_t patches_settled_by_updates = 0;  // of those, by the next update of the chunk (before its own write)
   // RocksDB's own tickers: WAL file syncs (one per write group that asked for sync, plus SyncWAL) and
   // writes done by the group leader itself vs. merged into another writer's group.
   uint64_t rocksdb_wal_file_syncs = 0;

@@ -206,6 +206,7 @@ struct ChunkEngine::Impl {
   std::atomic<uint64_t> commits{0};
   std::atomic<uint64_t> inplace_appends{0};
   std::atomic<uint64_t> patched_writes{0};
+  std::atomic<uint64_t> merged_patches{0};
   std::atomic<uint64_t> corruptions{0};
   // Synced I/O accounting (ChunkEngineStats).
   std::atomic<uint64_t> synced_batches{0};
@@ -215,6 +216,7 @@ struct ChunkEngine::Impl {
   std::atomic<uint64_t> data_fdatasyncs{0};
   std::atomic<uint64_t> lazy_commits{0};
   std::atomic<uint64_t> patches_settled{0};
+  std::atomic<uint64_t> patches_settled_by_updates{0};
   std::shared_ptr<rocksdb::Statistics> db_statistics;
 
   // Unsynced metadata batches are numbered in the order their Write() returned; every batch numbered
@@ -590,34 +592,42 @@ struct ChunkEngine::Impl {
   // committed bytes, overlaid with `data` at data_offset, zeros past the committed length) into block
   // `patch_block` from its position 0, and sets `segments`/`whole` to the new version's CRCs (the
   // committed segment CRCs with those of [from, to) replaced; the whole CRC folded from the segment
-  // CRCs with crc32c_combine, so the untouched bytes are neither read nor written).
+  // CRCs with crc32c_combine, so the untouched bytes are neither read nor written). `base`: the committed
+  // version's inline patch, not applied to its block yet, which [from, to) covers (a merged patch,
+  // mergeable_patch): the committed bytes under it come from it.
   Status write_patch(IoContext& context, const ChunkId& id, const VersionRecord& committed, uint64_t from, uint64_t to,
                      uint64_t new_length, uint64_t data_offset, std::span<const std::byte> data,
                      BlockLocation patch_block, std::string* inline_bytes, std::vector<uint32_t>& segments,
-                     uint32_t& whole) {
+                     uint32_t& whole, const PatchRecord* base = nullptr) {
     const uint64_t segment = options.crc_segment_bytes;
     std::span<std::byte> buffer = context.buffer();
     const uint64_t aligned = align_up(to - from, kIoAlignment);
     FF_ASSERT(from % segment == 0 && to > from && aligned <= buffer.size() && to <= new_length);
+    FF_ASSERT(base == nullptr ||
+              (base->bytes.size() == base->length && from <= base->offset && base->offset + base->length <= to));
     const uint64_t data_end = data_offset + data.size();
     const int old_fd = classes[committed.location.block_class]->fd;
-    // Old bytes of the first and last segment when the update covers them only partly (every segment in
-    // between is covered by the update).
-    const auto read_old = [&](uint64_t start) -> Status {
+    // Old bytes of every committed segment the update covers only partly: without a base, the first and
+    // the last (every segment in between is covered); with one, also those between the base and the update.
+    // From the base where it holds them (its segments are whole: it starts on a segment and ends on one or at
+    // the version's end), else read from the block, whose bytes outside the base are the committed
+    // version's; verified against the committed CRCs either way.
+    for (uint64_t start = from; start < std::min(to, committed.length); start += segment) {
       const uint64_t end = std::min(start + segment, committed.length);
-      if (start >= end || (data_offset <= start && data_end >= end)) return Status::ok();
-      const Status status =
-          context.run_one(IoOp{old_fd, file_offset(committed.location, start), buffer.data() + (start - from),
-                               align_up(end, kIoAlignment) - start, false});
-      if (!status.is_ok()) {
-        return checksum_mismatch("chunk {} on target {}: cannot read version {} to patch it: {}", id.to_string(),
-                                 options.directory, committed.version, status.to_string());
+      if (data_offset <= start && data_end >= end) continue;
+      if (base != nullptr && start >= base->offset && start < base->offset + base->length) {
+        std::memcpy(buffer.data() + (start - from), base->bytes.data() + (start - base->offset), end - start);
+      } else {
+        const Status status =
+            context.run_one(IoOp{old_fd, file_offset(committed.location, start), buffer.data() + (start - from),
+                                 align_up(end, kIoAlignment) - start, false});
+        if (!status.is_ok()) {
+          return checksum_mismatch("chunk {} on target {}: cannot read version {} to patch it: {}", id.to_string(),
+                                   options.directory, committed.version, status.to_string());
+        }
       }
-      return verify(id, committed, from, buffer.data(), start, end);
-    };
-    FF_RETURN_IF_ERROR(read_old(from));
-    const uint64_t last = align_down(to - 1, segment);
-    if (last != from) FF_RETURN_IF_ERROR(read_old(last));
+      FF_RETURN_IF_ERROR(verify(id, committed, from, buffer.data(), start, end));
+    }
     const uint64_t zero_from = std::max(from, std::min(committed.length, from + aligned));
     if (zero_from < from + aligned) std::memset(buffer.data() + (zero_from - from), 0, from + aligned - zero_from);
     const uint64_t copy_from = std::max(from, data_offset);
@@ -645,6 +655,30 @@ struct ChunkEngine::Impl {
     write_bytes.fetch_add(aligned, std::memory_order_relaxed);
     count_data_write();
     return sync_data_file(patch_block);
+  }
+
+  // Whether `update` of a version `committed` of new_length bytes can be stored as a patch of the
+  // segments [from, to): inside the committed block, at most half the committed length (else a copy
+  // writes little more), within one I/O buffer.
+  bool patchable(const ChunkUpdate& update, const VersionRecord& committed, uint64_t new_length, uint64_t from,
+                 uint64_t to) const {
+    const bool in_place = update.offset >= committed.length;
+    return !in_place && !update.full_replacement && committed.present() && committed.location.valid() &&
+           !update.data.empty() && update.offset < committed.length && new_length <= block_bytes(committed.location) &&
+           (to - from) * 2 <= committed.length && align_up(to - from, kIoAlignment) <= options.io_buffer_bytes;
+  }
+  // Whether `update` can take in the committed version's patch, which the settler has not applied yet:
+  // the patch is inline and the segments of both together stay an inline patch (no data write; the merged
+  // patch's bytes ride in the synced pending batch), with patchable()'s conditions.
+  bool mergeable_patch(const ChunkUpdate& update, const VersionRecord& committed) const {
+    const PatchRecord& base = committed.patch;
+    if (!base.present() || base.location.valid() || update.full_replacement || update.data.empty()) return false;
+    const uint64_t segment = options.crc_segment_bytes;
+    const uint64_t update_end = update.offset + update.data.size();
+    const uint64_t new_length = std::max(committed.length, update_end);
+    const uint64_t from = std::min(align_down(update.offset, segment), base.offset);
+    const uint64_t to = std::max(std::min(align_up(update_end, segment), new_length), base.offset + base.length);
+    return to - from <= options.inline_patch_bytes && patchable(update, committed, new_length, from, to);
   }
 
   // Copies the committed version's patch into the version's own block (verifying it on the way), then
@@ -1219,8 +1253,9 @@ Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
     meta.pending_crc32c = crc32c(update.data);
     return meta;
   }
-  if (committed.patch.present()) {
-    return unimplemented("chunk {}: committed version {} has a patch still to apply", id.to_string(),
+  // A committed patch still to apply: its bytes are read from the record below (an inline one) or not at all.
+  if (committed.patch.location.valid()) {
+    return unimplemented("chunk {}: committed version {} has a patch block still to apply", id.to_string(),
                          committed.version);
   }
   if (update.offset > old_length) {
@@ -1252,7 +1287,17 @@ Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
     // Partly covered (the first or the last segment): the committed bytes of it, overlaid.
     bytes.assign(end - start, std::byte{0});
     const uint64_t old_end = std::min(end, old_length);
-    if (start < old_end) {
+    const PatchRecord& patch = committed.patch;
+    if (start < old_end && patch.present() && start >= patch.offset && start < patch.offset + patch.length) {
+      // Inside the inline patch not applied yet (whole segments: it starts and ends on segment boundaries or
+      // at the version's end): the committed bytes are the patch's.
+      if (patch.bytes.size() != patch.length || old_end > patch.offset + patch.length) {
+        return data_loss("chunk {} on target {}: inline patch of version {} has {} bytes for [{}, {})", id.to_string(),
+                         impl.options.directory, committed.version, patch.bytes.size(), patch.offset,
+                         patch.offset + patch.length);
+      }
+      std::memcpy(bytes.data(), patch.bytes.data() + (start - patch.offset), old_end - start);
+    } else if (start < old_end) {
       if (!context) {
         FF_ASSIGN_OR_RETURN(IoContextPool::Lease lease, impl.io->borrow());
         context.emplace(std::move(lease));
@@ -1282,12 +1327,17 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   std::lock_guard write_lock(impl.write_locks[stripe]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
   ChunkRecord record = loaded.value_or(ChunkRecord{});
-  if (record.committed.patch.present()) {
-    // The settler has not applied it yet (or could not: an I/O error): apply it now, after making its
-    // commit batch durable (it may have been written lazily).
+  // A committed patch the settler has not applied yet: a small overwrite near it takes it in (the new
+  // version's patch covers both, so the block is not written now: docs/fs-chunk-engine.md, "Merged patches");
+  // anything else applies it first.
+  const bool merge = record.committed.patch.present() && impl.mergeable_patch(update, record.committed);
+  if (record.committed.patch.present() && !merge) {
+    // Not applied yet (or it could not be: an I/O error): apply it now, after making its commit batch
+    // durable (it may have been written lazily).
     FF_RETURN_IF_ERROR(impl.ensure_durable(impl.ticket_of(id)));
     std::unique_lock readers(impl.read_locks[stripe]);
     FF_RETURN_IF_ERROR(impl.settle_patch(id, record));
+    impl.patches_settled_by_updates.fetch_add(1, std::memory_order_relaxed);
   }
   const VersionRecord& committed = record.committed;
   FF_RETURN_IF_ERROR(check_update_version(update, record));
@@ -1297,15 +1347,16 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
                         update.offset >= committed.length && new_length <= impl.block_bytes(committed.location);
 
   // A small overwrite inside the committed version: only the crc segments it touches are written, into
-  // a patch block; the pending version shares the committed block (see PatchRecord).
+  // a patch block; the pending version shares the committed block (see PatchRecord). A merged patch spans
+  // the committed patch too.
   const uint64_t segment = impl.options.crc_segment_bytes;
-  const uint64_t patch_from = align_down(update.offset, segment);
-  const uint64_t patch_to = std::min(align_up(update_end, segment), new_length);
-  const bool patched = !in_place && !update.full_replacement && committed.present() && committed.location.valid() &&
-                       !update.data.empty() && update.offset < committed.length &&
-                       new_length <= impl.block_bytes(committed.location) &&
-                       (patch_to - patch_from) * 2 <= committed.length &&
-                       align_up(patch_to - patch_from, kIoAlignment) <= impl.options.io_buffer_bytes;
+  uint64_t patch_from = align_down(update.offset, segment);
+  uint64_t patch_to = std::min(align_up(update_end, segment), new_length);
+  if (merge) {
+    patch_from = std::min(patch_from, committed.patch.offset);
+    patch_to = std::max(patch_to, committed.patch.offset + committed.patch.length);
+  }
+  const bool patched = merge || impl.patchable(update, committed, new_length, patch_from, patch_to);
 
   FF_ASSIGN_OR_RETURN(IoContextPool::Lease context, impl.io->borrow());
   CrcState crc;
@@ -1319,8 +1370,9 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
     }
     patch.offset = patch_from;
     patch.length = patch_to - patch_from;
-    status = impl.write_patch(*context, id, committed, patch_from, patch_to, new_length, update.offset, update.data,
-                              patch.location, &patch.bytes, crc.segments, crc.whole);
+    status =
+        impl.write_patch(*context, id, committed, patch_from, patch_to, new_length, update.offset, update.data,
+                         patch.location, &patch.bytes, crc.segments, crc.whole, merge ? &committed.patch : nullptr);
   } else if (in_place) {
     // Only bytes beyond the committed length change; the committed version's bytes, length and CRCs stay.
     target = committed.location;
@@ -1370,6 +1422,7 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   impl.writes.fetch_add(1, std::memory_order_relaxed);
   if (in_place) impl.inplace_appends.fetch_add(1, std::memory_order_relaxed);
   if (patched) impl.patched_writes.fetch_add(1, std::memory_order_relaxed);
+  if (merge) impl.merged_patches.fetch_add(1, std::memory_order_relaxed);
   return impl.hook(ChunkFaultPoint::kAfterPendingBatch, id);
 }
 
@@ -1677,6 +1730,7 @@ ChunkEngineStats ChunkEngine::stats() const {
   stats.commits = impl_->commits.load(std::memory_order_relaxed);
   stats.inplace_appends = impl_->inplace_appends.load(std::memory_order_relaxed);
   stats.patched_writes = impl_->patched_writes.load(std::memory_order_relaxed);
+  stats.merged_patches = impl_->merged_patches.load(std::memory_order_relaxed);
   stats.corruptions = impl_->corruptions.load(std::memory_order_relaxed);
   stats.synced_batches = impl_->synced_batches.load(std::memory_order_relaxed);
   stats.unsynced_batches = impl_->unsynced_batches.load(std::memory_order_relaxed);
@@ -1685,6 +1739,7 @@ ChunkEngineStats ChunkEngine::stats() const {
   stats.data_fdatasyncs = impl_->data_fdatasyncs.load(std::memory_order_relaxed);
   stats.lazy_commits = impl_->lazy_commits.load(std::memory_order_relaxed);
   stats.patches_settled = impl_->patches_settled.load(std::memory_order_relaxed);
+  stats.patches_settled_by_updates = impl_->patches_settled_by_updates.load(std::memory_order_relaxed);
   stats.rocksdb_wal_file_syncs = impl_->db_statistics->getTickerCount(rocksdb::WAL_FILE_SYNCED);
   stats.rocksdb_writes_by_self = impl_->db_statistics->getTickerCount(rocksdb::WRITE_DONE_BY_SELF);
   stats.rocksdb_writes_by_other = impl_->db_statistics->getTickerCount(rocksdb::WRITE_DONE_BY_OTHER);

@@ -147,6 +147,78 @@ TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
   EXPECT_TRUE(reopened.check_allocator().is_ok());
 }
 
+// A merged patch (docs/fs-chunk-engine.md, "Merged patches"): version 2, an inline patch, is committed and
+// not applied (the child's settler waits); version 3, a small overwrite right after it, is stored as one
+// patch of both. Killed at version 3's pending batch or before its commit batch, the target reopens with
+// version 2 committed (open() applies its patch) and version 3 pending; killed after the commit batch, with
+// version 3 committed. Either way the block was never written for version 3 before its commit.
+TEST(ChunkCrashMergedPatchTest, CommittedVersionSurvivesKill) {
+  for (ChunkFaultPoint point :
+       {ChunkFaultPoint::kAfterPendingBatch, ChunkFaultPoint::kBeforeCommitBatch, ChunkFaultPoint::kAfterCommitBatch}) {
+    SCOPED_TRACE(chunk_fault_point_name(point));
+    TempDir dir;
+    ChunkEngineOptions options = testing::small_options(dir.path());
+    options.settle_delay_us = 60'000'000;
+    const ChunkId id{0x2b, 3};
+    const auto v1 = pattern_bytes(70001, 1);
+    const auto v2_data = pattern_bytes(4096, 2);
+    const auto v3_data = pattern_bytes(5000, 3);
+    {
+      auto engine = ChunkEngine::open(options);
+      ASSERT_TRUE(engine.is_ok()) << engine.status();
+      ASSERT_TRUE((*engine)->put_full_replacement(id, 1, 1, v1).is_ok());
+    }
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ChunkEngine* child_engine = nullptr;
+      bool armed = false;  // version 3 only
+      ChunkEngineOptions child_options = options;
+      child_options.fault_hook = [&](ChunkFaultPoint at, const ChunkId& chunk) -> Status {
+        if (!armed || at != point || chunk != id) return Status::ok();
+        // Exit codes instead of assertions in the child: 22 means version 3 was not stored as a merge.
+        if (child_engine->stats().merged_patches != 1) ::_exit(22);
+        ::raise(SIGKILL);
+        return Status::ok();
+      };
+      auto engine = ChunkEngine::open(child_options);
+      if (!engine.is_ok()) ::_exit(10);
+      child_engine = engine->get();
+      Status status = (*engine)->put_pending(ChunkUpdate{id, 2, 1, 16384, v2_data, false});
+      if (status.is_ok()) status = (*engine)->commit(id, 2);
+      armed = true;
+      if (status.is_ok()) status = (*engine)->put_pending(ChunkUpdate{id, 3, 1, 20480, v3_data, false});
+      if (status.is_ok()) status = (*engine)->commit(id, 3);
+      ::_exit(status.is_ok() ? 20 : 21);
+    }
+    const int status = wait_child(pid);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child status " << status;
+
+    std::vector<std::byte> v2 = v1;
+    std::memcpy(v2.data() + 16384, v2_data.data(), v2_data.size());
+    std::vector<std::byte> v3 = v2;
+    std::memcpy(v3.data() + 20480, v3_data.data(), v3_data.size());
+    auto engine = ChunkEngine::open(options);
+    ASSERT_TRUE(engine.is_ok()) << engine.status();
+    ChunkEngine& reopened = **engine;
+    ASSERT_TRUE(reopened.check_allocator().is_ok());
+    auto meta = reopened.stat(id);
+    ASSERT_TRUE(meta.is_ok()) << meta.status();
+    const bool committed = point == ChunkFaultPoint::kAfterCommitBatch;
+    EXPECT_EQ(meta->committed_version, committed ? 3u : 2u);
+    EXPECT_EQ(reopened.read(id, 0, UINT64_MAX, ReadMode::kRelaxed)->data, committed ? v3 : v2);
+    if (!committed) {
+      // Version 3's merged patch is still pending and commits to the right bytes.
+      EXPECT_EQ(meta->pending_version, 3u);
+      ASSERT_TRUE(reopened.commit(id, 3).is_ok());
+      EXPECT_EQ(reopened.read(id, 0, UINT64_MAX, ReadMode::kStrict)->data, v3);
+    }
+    EXPECT_EQ(testing::total_used_blocks(reopened.stats()), 1u);
+    EXPECT_TRUE(reopened.check_allocator().is_ok());
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     KillPoints, ChunkCrashTest,
     ::testing::Values(

@@ -667,6 +667,79 @@ TEST_P(ChunkEngineTest, CommittedPatchIsAppliedByTheSettlerOrTheNextRead) {
   }
 }
 
+TEST_P(ChunkEngineTest, SmallOverwritesNearAnUnappliedPatchMergeIntoIt) {
+  // The settler waits, so each committed patch is still there when the next overwrite comes.
+  ChunkEngineOptions custom = options();
+  custom.settle_delay_us = 60'000'000;
+  engine_.reset();
+  auto opened = ChunkEngine::open(custom);
+  ASSERT_TRUE(opened.is_ok()) << opened.status();
+  engine_ = std::move(*opened);
+  const ChunkId id{26, 0};
+  std::vector<std::byte> expected = pattern_bytes(300000, 1);
+  write_commit(id, 0, expected);
+  struct Step {
+    uint64_t offset;
+    uint64_t size;
+    bool merges;  // takes in the committed patch (else applies it first)
+  };
+  const Step steps[] = {
+      {16384, 4096, false},  // the first patch: nothing to merge with
+      {20480, 4096, true},   // right after it (sequential 4 KiB writes)
+      {24576, 4096, true},
+      {18000, 100, true},     // inside it, unaligned: the partly covered segment's bytes come from the patch
+      {36864, 5000, true},    // a gap of 2 segments, read from the block (the union is 28 KiB)
+      {77824, 4096, true},    // the union grows to exactly 64 KiB (the inline limit)
+      {81921, 4096, false},   // two segments past it: the committed patch is applied first
+      {299000, 1000, false},  // far from it: the same
+  };
+  uint64_t seed = 40;
+  for (const Step& step : steps) {
+    SCOPED_TRACE(::testing::Message() << "offset " << step.offset << " size " << step.size);
+    const ChunkEngineStats before = engine_->stats();
+    const uint32_t version = stat_or_zero(id).committed_version + 1;
+    const auto data = pattern_bytes(step.size, ++seed);
+    ChunkUpdate update{id, version, 1, step.offset, data, false};
+    auto preview = engine_->preview_pending(update);
+    ASSERT_TRUE(preview.is_ok()) << preview.status();
+    ASSERT_TRUE(engine_->put_pending(update).is_ok());
+    const ChunkMeta stored = stat_or_zero(id);
+    EXPECT_EQ(preview->pending_length, stored.pending_length);
+    EXPECT_EQ(preview->pending_crc32c, stored.pending_crc32c);
+    ASSERT_TRUE(engine_->commit_lazily(id, version).is_ok());
+    std::memcpy(expected.data() + step.offset, data.data(), data.size());
+    const ChunkEngineStats after = engine_->stats();
+    EXPECT_EQ(after.patched_writes - before.patched_writes, 1u);
+    EXPECT_EQ(after.merged_patches - before.merged_patches, step.merges ? 1u : 0u);
+    // A merge writes no data: its bytes ride in the pending batch; the block is untouched until the settler.
+    if (step.merges) {
+      EXPECT_EQ(after.patches_settled, before.patches_settled);
+      EXPECT_EQ(after.dsync_data_writes + after.data_fdatasyncs, before.dsync_data_writes + before.data_fdatasyncs);
+    }
+    EXPECT_EQ(stat_or_zero(id).committed_crc32c, crc32c(expected));
+  }
+  EXPECT_EQ(read_all(id), expected);  // the read applies the last patch
+  ASSERT_TRUE(engine_->sync().is_ok());
+  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 1u);
+  expect_allocator_ok();
+  // A merged patch committed and never applied before a close is applied at the next open.
+  const uint32_t version = stat_or_zero(id).committed_version + 1;
+  const auto last = pattern_bytes(4096, 99);
+  ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, version, 1, 4096, last, false}).is_ok());
+  ASSERT_TRUE(engine_->commit_lazily(id, version).is_ok());
+  ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, version + 1, 1, 8192, last, false}).is_ok());
+  ASSERT_TRUE(engine_->commit(id, version + 1).is_ok());
+  EXPECT_EQ(engine_->stats().merged_patches, 6u);
+  std::memcpy(expected.data() + 4096, last.data(), last.size());
+  std::memcpy(expected.data() + 8192, last.data(), last.size());
+  engine_.reset();
+  opened = ChunkEngine::open(custom);
+  ASSERT_TRUE(opened.is_ok()) << opened.status();
+  engine_ = std::move(*opened);
+  EXPECT_EQ(read_all(id), expected);
+  expect_allocator_ok();
+}
+
 TEST_P(ChunkEngineTest, SyncedIoCountersCountEachKindOfWrite) {
   const ChunkId id{24, 0};
   const bool direct = engine_->stats().direct_io;

@@ -212,6 +212,17 @@ int run(const Config& config) {
       {&metrics.counter("ff_storage_zero_copy_write_bytes_total",
                         "Bytes written to data files straight from the received payload (no copy)."),
        &ChunkEngineStats::zero_copy_write_bytes},
+      {&metrics.counter("ff_storage_patched_writes_total",
+                        "Small overwrites stored as a patch of the crc segments they touch."),
+       &ChunkEngineStats::patched_writes},
+      {&metrics.counter("ff_storage_merged_patches_total",
+                        "Patches that took in the committed version's patch not yet applied (no data write)."),
+       &ChunkEngineStats::merged_patches},
+      {&metrics.counter("ff_storage_patches_settled_total", "Committed patches applied in place."),
+       &ChunkEngineStats::patches_settled},
+      {&metrics.counter("ff_storage_patches_settled_by_updates_total",
+                        "Committed patches applied in place by the chunk's next update, on its critical path."),
+       &ChunkEngineStats::patches_settled_by_updates},
       {&metrics.counter("ff_storage_local_reads_total",
                         "Reads answered with where the bytes lie, for a client on this host that reads them itself."),
        &ChunkEngineStats::locates},
@@ -255,13 +266,15 @@ int run(const Config& config) {
         "reads={} local_reads={} dirty={} syncs_done={} chunks_synced={} busy={} stale_chain={} dedupe_hits={} "
         "scrubbed={} scrub_corruptions={} scrub_passes={} "
         "synced_batches={} unsynced_batches={} wal_syncs={} dsync_writes={} lazy_commits={} "
-        "rocksdb_wal_file_syncs={} rocksdb_writes_grouped={}",
+        "rocksdb_wal_file_syncs={} rocksdb_writes_grouped={} patched_writes={} merged_patches={} patches_settled={} "
+        "patches_settled_by_updates={}",
         config.node_id, is_serving, version, request_rate.rate_per_s(requests.value(), now),
         read_rate.rate_per_s(reads, now) / 1e6, write_rate.rate_per_s(writes, now) / 1e6, stats.writes, stats.forwards,
         stats.reads, stats.local_reads, stats.dirty_reads, stats.syncs_done, stats.chunks_synced, stats.busy,
         stats.stale_chain, stats.dedupe_hits, stats.chunks_scrubbed, stats.scrub_corruptions, stats.scrub_passes,
         sums.synced_batches, sums.unsynced_batches, sums.wal_syncs, sums.dsync_data_writes, sums.lazy_commits,
-        sums.rocksdb_wal_file_syncs, sums.rocksdb_writes_by_other);
+        sums.rocksdb_wal_file_syncs, sums.rocksdb_writes_by_other, sums.patched_writes, sums.merged_patches,
+        sums.patches_settled, sums.patches_settled_by_updates);
   };
   StatsReporter stats(static_cast<int64_t>(config.stats_interval_s * 1000), stats_line);
 
