@@ -11,7 +11,7 @@ measured in the same minutes. --rounds 1 runs every case of ours first, then fio
 
 Usage: bench/fs/bench_client.py [--build-dir build] [--seconds 3] [--rounds 3] [--file-mb 128]
        [--parallelism 1,4,16] [--blocks 1048576,4194304] [--ops write,read] [--patterns seq,rand]
-       [--machine cpu] [--out FILE]
+       [--machine cpu] [--beside-storage] [--out FILE]
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def main() -> None:
     parser.add_argument("--machine", default="cpu")
     parser.add_argument("--transport", choices=["tcp", "grpc"], default="tcp",
                         help="the storage servers' transport (tcp: our own, the default; grpc)")
+    parser.add_argument("--beside-storage", action="store_true",
+                        help="with --rounds > 1: also run ff-bench-storage (the storage client alone, no meta, no "
+                             "FileClient) on the same cluster with the same op, pattern, block and depth = P in every "
+                             "round: what FileClient adds over the storage path")
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-local-reads", action="store_true", help="read every chunk over RPC (A/B of local reads)")
     parser.add_argument("--fio-huge-pages", action="store_true",
@@ -97,8 +101,26 @@ def main() -> None:
                 sys.exit(f"fs_bench_client failed ({run.returncode})")
             return [json.loads(line) for line in run.stdout.splitlines()]
 
+        storage_prefilled = False
+
+        def run_storage_client(op: str, pattern: str, block: str, parallel: str) -> float:
+            nonlocal storage_prefilled
+            common = ["--rpc-timeout-s", "10", "bench", "--chunk-bytes", str(1 << 20), "--file-bytes",
+                      str(args.file_mb << 20)]
+            if not storage_prefilled:  # its own file, so reads find data
+                cluster.run_tool("ff-bench-storage", *common, "--op", "write", "--pattern", "seq", "--block-bytes",
+                                 str(4 << 20), "--queue-depth", "8", "--seconds", "600", "--max-ops",
+                                 str(args.file_mb // 4), timeout=900)
+                storage_prefilled = True
+            out = cluster.run_tool("ff-bench-storage", *common, "--op", op, "--pattern", pattern, "--block-bytes",
+                                   block, "--queue-depth", parallel, "--seconds", str(args.seconds),
+                                   timeout=args.seconds + 300)
+            if out.returncode != 0 and not out.stdout.strip():
+                sys.exit(f"ff-bench-storage failed: {out.stderr[-2000:]}")
+            return json.loads(out.stdout.strip().splitlines()[-1])["MB_per_s"]
+
         def report(case: dict, ours_mb: list[float], fio_mb: list[float], fio_huge_mb: list[float] | None = None,
-                   b_mb: list[float] | None = None) -> None:
+                   b_mb: list[float] | None = None, storage_mb: list[float] | None = None) -> None:
             op = case["op"]
             mine, theirs = statistics.median(ours_mb), statistics.median(fio_mb)
             target = 0.9 * theirs if op == "read" else 0.9 * theirs / 3
@@ -115,6 +137,11 @@ def main() -> None:
                 line["b_MB_per_s"] = round(b, 1)
                 line["ratio_vs_b"] = round(mine / b, 3) if b else None
                 line["rounds_b_MB_per_s"] = [round(x, 1) for x in b_mb]
+            if storage_mb:
+                storage = statistics.median(storage_mb)
+                line["storage_client_MB_per_s"] = round(storage, 1)
+                line["ratio_vs_storage_client"] = round(mine / storage, 3) if storage else None
+                line["rounds_storage_client_MB_per_s"] = [round(x, 1) for x in storage_mb]
             if len(ours_mb) > 1:
                 line["rounds_MB_per_s"] = [round(x, 1) for x in ours_mb]
                 line["rounds_fio_MB_per_s"] = [round(x, 1) for x in fio_mb]
@@ -133,8 +160,8 @@ def main() -> None:
             cases = itertools.product(args.blocks.split(","), args.ops.split(","), args.patterns.split(","),
                                       args.parallelism.split(","))
             for block, op, pattern, parallel in cases:
-                ours_runs, fio_runs, fio_huge_runs, b_runs = [], [], [], []
-                sides = ["ours", "fio"] + (["b"] if args.ab_args else [])
+                ours_runs, fio_runs, fio_huge_runs, b_runs, storage_runs = [], [], [], [], []
+                sides = ["ours", "fio"] + (["b"] if args.ab_args else []) + (["storage"] if args.beside_storage else [])
                 for round_index in range(args.rounds):
                     # Who goes first rotates, so no side always gets the disk's earlier minute.
                     shift = round_index % len(sides)
@@ -143,6 +170,8 @@ def main() -> None:
                             (case,) = run_ours(op, pattern, block, parallel, reuse=prefilled)
                             prefilled = True
                             ours_runs.append(case)
+                        elif side == "storage":
+                            storage_runs.append(run_storage_client(op, pattern, block, parallel))
                         elif side == "b":
                             (b_case,) = run_ours(op, pattern, block, parallel, reuse=prefilled,
                                                  extra=args.ab_args.split())
@@ -160,7 +189,7 @@ def main() -> None:
                             "seconds"):
                     case[key] = sum(run[key] for run in ours_runs)
                 case["avg_latency_ms"] = statistics.median(run["avg_latency_ms"] for run in ours_runs)
-                report(case, [run["MB_per_s"] for run in ours_runs], fio_runs, fio_huge_runs, b_runs)
+                report(case, [run["MB_per_s"] for run in ours_runs], fio_runs, fio_huge_runs, b_runs, storage_runs)
     disk = subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip()
     document = {
         "benchmark": "fs native client: FileClient (in-process meta on RocksDB; 3 ff-storage at replication 3, "

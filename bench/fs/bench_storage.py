@@ -6,11 +6,15 @@ is written three times on the same disk).
 
 Usage: bench/fs/bench_storage.py [--build-dir build] [--seconds 3] [--file-mb 256] [--depths 1,8]
        [--blocks 4096,1048576,4194304] [--ops write,read] [--patterns seq,rand] [--transports grpc,tcp]
-       [--out FILE]
+       [--server-counters] [--baseline-storage PATH] [--out FILE]
 
 --transports: one cluster per transport (the storage servers on gRPC, or on our own TCP transport: tcp://
 listen addresses), all on the same disk; each case runs ours on every cluster, one after the other, beside
 one fio run, and prints one line per transport ("transport" names it).
+
+--baseline-storage: an A/B of two ff-storage builds: each transport also gets a cluster whose storage servers
+are the ff-storage at PATH (the other programs stay this build's), measured right after this build's on the
+same case; its lines carry "storage_build": "baseline" (this build's: "this").
 """
 
 from __future__ import annotations
@@ -22,16 +26,22 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python" / "tests"))
 from test_fs_support import LocalCluster  # noqa: E402
 
 BLOCKS = [4 << 10, 1 << 20, 4 << 20]
+# ff-storage's stats-line counters that --server-counters reports per client I/O.
+SERVER_COUNTERS = ("writes", "forwards", "parallel_forwards", "synced_batches", "unsynced_batches", "wal_syncs", "dsync_writes",
+                   "lazy_commits", "rocksdb_wal_file_syncs", "rocksdb_writes_grouped", "patched_writes",
+                   "merged_patches", "patches_settled", "patches_settled_by_updates")
 
 
 def fio(directory: pathlib.Path, op: str, pattern: str, block: int, depth: int, seconds: float, file_mb: int,
@@ -76,6 +86,11 @@ def main() -> None:
                              "of 1 MiB and more are; reserve them first: echo 512 > /proc/sys/vm/nr_hugepages")
     parser.add_argument("--transports", default="tcp",
                         help="comma-separated: grpc, tcp (the storage servers' transport; one cluster each)")
+    parser.add_argument("--server-counters", action="store_true",
+                        help="each line also gets the storage servers' counters per client I/O (all three servers "
+                             "together, from their stats lines: synced batches, WAL fsyncs, DSYNC writes, patches)")
+    parser.add_argument("--baseline-storage", default=None,
+                        help="an ff-storage binary to compare with: one more cluster per transport runs it")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
@@ -86,20 +101,55 @@ def main() -> None:
     for transport in transports:
         if transport not in ("grpc", "tcp"):
             parser.error(f"--transports: '{transport}' is not grpc or tcp")
+    builds = {"this": bin_dir}
+    if args.baseline_storage:
+        baseline = pathlib.Path(args.baseline_storage).resolve()
+        if not os.access(baseline, os.X_OK):
+            parser.error(f"--baseline-storage: '{baseline}' is not an executable file")
+        # This build's programs, but ff-storage from the baseline.
+        baseline_bin = pathlib.Path(tempfile.mkdtemp(prefix="ff_baseline_bin_"))
+        for program in bin_dir.iterdir():
+            (baseline_bin / program.name).symlink_to(baseline if program.name == "ff-storage" else program.resolve())
+        builds["baseline"] = baseline_bin
     with contextlib.ExitStack() as stack:
         clusters = {}
         for transport in transports:
-            cluster = stack.enter_context(LocalCluster(bin_dir, nodes=3, targets_per_node=1, heartbeat_timeout_s=10,
-                                                       data_dir=data_dir, stats_interval_s=30, transport=transport))
-            cluster.start()
-            clusters[transport] = cluster
+            for build, build_bin in builds.items():
+                cluster = stack.enter_context(LocalCluster(build_bin, nodes=3, targets_per_node=1,
+                                                           heartbeat_timeout_s=10, data_dir=data_dir,
+                                                           stats_interval_s=1 if args.server_counters else 30,
+                                                           transport=transport))
+                cluster.start()
+                clusters[(transport, build)] = cluster
+
+        def server_counters(cluster: LocalCluster) -> dict[str, int]:
+            """The counters of the storage servers' latest stats lines, summed."""
+            totals: dict[str, int] = {}
+            for node in range(1, 4):
+                lines = [line for line in (cluster.dir / f"storage{node}.log").read_text(errors="replace").splitlines()
+                         if "synced_batches=" in line]
+                if not lines:
+                    continue
+                for key, value in re.findall(r"(\w+)=(\d+)(?=\s|$)", lines[-1]):
+                    totals[key] = totals.get(key, 0) + int(value)
+            return totals
 
         def bench(cluster: LocalCluster, *extra: str) -> dict:
+            if args.server_counters:
+                time.sleep(1.2)  # a stats line after the previous case
+                before = server_counters(cluster)
             out = cluster.run_tool("ff-bench-storage", "--rpc-timeout-s", "10", "bench", "--chunk-bytes",
                                    str(args.chunk_bytes), *extra, timeout=args.seconds + 300)
             if out.returncode != 0 and not out.stdout.strip():
                 raise RuntimeError(f"ff-bench-storage failed: {out.stderr[-2000:]}")
-            return json.loads(out.stdout.strip().splitlines()[-1])
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            if args.server_counters and result.get("ops"):
+                time.sleep(1.2)
+                after = server_counters(cluster)
+                result["server_counters_per_io"] = {
+                    key: round((after[key] - before.get(key, 0)) / result["ops"], 3)
+                    for key in SERVER_COUNTERS if key in after}
+            return result
 
         # Prefill the file (4 MiB blocks) so reads find data.
         for cluster in clusters.values():
@@ -112,7 +162,7 @@ def main() -> None:
                     for depth in depths:
                         case = ("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
                                 str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds", str(args.seconds))
-                        ours = {transport: bench(cluster, *case) for transport, cluster in clusters.items()}
+                        ours = {key: bench(cluster, *case) for key, cluster in clusters.items()}
                         fio_mb = fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb)
                         target = 0.9 * fio_mb if op == "read" else 0.9 * fio_mb / 3
                         extra: dict = {}
@@ -124,8 +174,8 @@ def main() -> None:
                             # fdatasync (each replica syncs a RocksDB batch per write; plain fio does not).
                             extra["fio_fdatasync_MB_per_s"] = round(
                                 fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb, metadata_sync=True), 1)
-                        for transport, cluster in clusters.items():
-                            mine = ours[transport]
+                        for (transport, build), cluster in clusters.items():
+                            mine = ours[(transport, build)]
                             line = {**mine, "transport": transport, "fio_MB_per_s": round(fio_mb, 1),
                                     "MB_per_s": round(mine["MB_per_s"], 1),
                                     "ratio_vs_fio": round(mine["MB_per_s"] / fio_mb, 3) if fio_mb else None,
@@ -141,6 +191,8 @@ def main() -> None:
                                 line["local_read_fallbacks"] = local["local_read_fallbacks"]
                                 line["local_ratio_vs_fio"] = round(local["MB_per_s"] / fio_mb, 3) if fio_mb else None
                                 line["local_meets_target"] = local["MB_per_s"] >= target
+                            if args.baseline_storage:
+                                line["storage_build"] = build
                             huge = extra.get("fio_huge_pages_MB_per_s")
                             if huge:
                                 line["ratio_vs_fio_huge_pages"] = round(mine["MB_per_s"] / huge, 3)
@@ -176,7 +228,12 @@ def main() -> None:
                           "1 MiB and more are): fio_huge_pages_MB_per_s" if args.fio_huge_pages else None,
         "results": results,
     }
+    if args.baseline_storage:
+        document["baseline_storage"] = ("lines with storage_build 'baseline' ran the ff-storage at "
+                                        f"{args.baseline_storage}, the others this build's")
     shutil.rmtree(data_dir, ignore_errors=True)
+    if "baseline" in builds:
+        shutil.rmtree(builds["baseline"], ignore_errors=True)
     pathlib.Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
 
 

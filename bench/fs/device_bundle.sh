@@ -2,6 +2,8 @@
 # The fs benchmarks on a larger host that has no package registry (the GPU machine: 16 cores, its own disk).
 #
 #   bench/fs/device_bundle.sh pack [build-dir]   # here: .fsbundle/fs.tar.xz (ignored by git)
+#     FF_BASELINE_STORAGE=PATH also packs that ff-storage as bin/ff-storage-baseline (an A/B of two builds:
+#     bench_storage.py --baseline-storage /opt/ffb/bin/ff-storage-baseline)
 #   bench/fs/device_bundle.sh unpack             # there (carry .fsbundle): unpacks into /opt/ffb
 #
 # pack copies the fs programs built here, fio and fusermount3, with every shared library they load (glibc
@@ -25,6 +27,9 @@ case "${1:-}" in
     for tool in ff-mgmtd ff-storage ff-bench-storage ff-admin ff-meta ff-fuse; do
       [[ -x $build/bin/$tool ]] && cp "$build/bin/$tool" "$stage/bin/" && programs+=("$stage/bin/$tool")
     done
+    if [[ -n ${FF_BASELINE_STORAGE:-} ]]; then
+      cp "$FF_BASELINE_STORAGE" "$stage/bin/ff-storage-baseline" && programs+=("$stage/bin/ff-storage-baseline")
+    fi
     for tool in fs_mdtest fs_meta_bench fs_grpc_api_bench; do
       [[ -x $build/bench-bin/$tool ]] && cp "$build/bench-bin/$tool" "$stage/bench-bin/" && programs+=("$stage/bench-bin/$tool")
     done
