@@ -14,7 +14,8 @@ one fio run, and prints one line per transport ("transport" names it).
 
 --baseline-storage: an A/B of two ff-storage builds: each transport also gets a cluster whose storage servers
 are the ff-storage at PATH (the other programs stay this build's), measured right after this build's on the
-same case; its lines carry "storage_build": "baseline" (this build's: "this").
+same case (who goes first rotates from case to case); its lines carry "storage_build": "baseline" (this build's:
+"this").
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from test_fs_support import LocalCluster  # noqa: E402
 
 BLOCKS = [4 << 10, 1 << 20, 4 << 20]
 # ff-storage's stats-line counters that --server-counters reports per client I/O.
-SERVER_COUNTERS = ("writes", "forwards", "parallel_forwards", "synced_batches", "unsynced_batches", "wal_syncs", "dsync_writes",
+SERVER_COUNTERS = ("writes", "forwards", "parallel_forwards", "tail_commits_in_worker", "synced_batches", "unsynced_batches", "wal_syncs", "dsync_writes",
                    "lazy_commits", "rocksdb_wal_file_syncs", "rocksdb_writes_grouped", "patched_writes",
                    "merged_patches", "patches_settled", "patches_settled_by_updates")
 
@@ -156,13 +157,19 @@ def main() -> None:
             bench(cluster, "--op", "write", "--pattern", "seq", "--block-bytes", str(4 << 20), "--queue-depth", "8",
                   "--file-bytes", str(args.file_mb << 20), "--seconds", "600", "--max-ops", str(args.file_mb // 4))
         fio_dir = next(iter(clusters.values())).dir
+        case_index = 0
         for block in [int(b) for b in args.blocks.split(",")]:
             for op in args.ops.split(","):
                 for pattern in args.patterns.split(","):
                     for depth in depths:
                         case = ("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
                                 str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds", str(args.seconds))
-                        ours = {key: bench(cluster, *case) for key, cluster in clusters.items()}
+                        # Who goes first rotates from case to case, so no cluster always gets the disk's earlier
+                        # seconds.
+                        keys = list(clusters)
+                        shift = case_index % len(keys)
+                        case_index += 1
+                        ours = {key: bench(clusters[key], *case) for key in keys[shift:] + keys[:shift]}
                         fio_mb = fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb)
                         target = 0.9 * fio_mb if op == "read" else 0.9 * fio_mb / 3
                         extra: dict = {}

@@ -113,6 +113,8 @@ class StorageService {
     uint64_t writes = 0, forwards = 0, reads = 0, dirty_reads = 0, repairs = 0, syncs_done = 0,
              chunks_synced = 0, busy = 0, stale_chain = 0, dedupe_hits = 0;
     uint64_t parallel_forwards = 0;  // forwards a head or middle target sent while storing the update itself
+    uint64_t tail_commits_in_worker = 0;         // tail commits done in the worker call that stored the version
+    uint64_t tail_commits_left_to_executor = 0;  // ... that the routing published meanwhile left to the executor
     uint64_t local_reads = 0;        // reads answered with where the bytes lie (ReadReq::local_host), of `reads`
     uint64_t fast_reads = 0;         // reads served in the fast lane (try_handle_read), of `reads`
     uint64_t chunks_scrubbed = 0, scrub_corruptions = 0, scrub_passes = 0;  // background scrub (scrub_bytes_per_s)

@@ -792,7 +792,10 @@ struct StorageService::State {
     }
     auto store_ptr = targets.at(update->target).store;
     auto result = std::make_shared<Status>();
-    auto outcome = std::make_shared<int>(0);  // 0: stored pending, 1: already committed, 2: replaced (syncing tail), 3: to store while forwarding
+    // 0: stored pending, 1: already committed, 2: replaced (syncing tail), 3: to store while forwarding, 4: stored and
+    // committed (the tail, commit_in_worker), 5: stored, the commit left to the executor (commit_in_worker said no)
+    auto outcome = std::make_shared<int>(0);
+    auto commit_status = std::make_shared<Status>();
     // The tail commits right after storing: its pending batch becomes durable with the commit batch
     // (one synced batch instead of two on the critical path).
     ChunkUpdate chunk_update{.id = update->chunk, .version = update->version,
@@ -808,8 +811,13 @@ struct StorageService::State {
     // replacement) checks versions as for any write, so a late retry of an older version cannot undo a newer one.
     const bool syncing_tail =
         tail && state_of(*routing.chain(update->chain), update->target) == PublicTargetState::kSyncing;
+    // A serving tail commits in the same worker call as it stores when the published routing still makes it the
+    // chain's serving tail after the store (commit_in_worker); else the executor decides, as for any target.
+    const bool commit_here = tail && !resolve && !syncing_tail && !update->full_replacement &&
+                             !bugs.commit_before_ack && !bugs.sequential_forward;
     executor.offload(
-        [store_ptr, result, outcome, chunk_update, expected_crc, syncing_tail, resolve, parallel]() {
+        [this, store_ptr, result, outcome, commit_status, chunk_update, expected_crc, syncing_tail, resolve, parallel,
+         commit_here, target = update->target, chain_id = update->chain, deadline_ns = update->deadline_ns]() {
           Result<ChunkMeta> current = store_ptr->stat(chunk_update.id);
           if (!current.is_ok() && fs_error_of(current.status()) != FsError::kChunkNotFound) {
             *result = current.status();
@@ -852,8 +860,16 @@ struct StorageService::State {
             return;
           }
           *result = store_pending_checked(*store_ptr, chunk_update, expected_crc);
+          if (result->is_ok() && commit_here) {
+            if (!commit_in_worker(target, chain_id, chunk_update.chain_version, deadline_ns)) {
+              *outcome = 5;  // the executor decides (forward_or_commit)
+              return;
+            }
+            *outcome = 4;
+            *commit_status = store_ptr->commit(chunk_update.id, chunk_update.version);
+          }
         },
-        [this, update, result, outcome, tail, chunk_update] {
+        [this, update, result, outcome, commit_status, tail, chunk_update] {
           FF_LOG_DEBUG("target {}: forward of chunk {} v{} CRC {:#x} full={} tail={}: outcome {} {}", update->target, update->chunk.to_string(),
                        update->version, update->crc, update->full_replacement, tail, *outcome, *result);
           if (!result->is_ok()) return finish(update, result->with_context(fmt::format("target {}", update->target)));
@@ -866,8 +882,36 @@ struct StorageService::State {
             return finish(update, ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
           }
           if (*outcome == 3) return store_and_forward(update, chunk_update);
+          if (*outcome == 5) ++stats.tail_commits_left_to_executor;
+          if (*outcome == 4) {
+            ++stats.tail_commits_in_worker;
+            if (!commit_status->is_ok()) {
+              return finish(update, commit_status->with_context(fmt::format("commit on target {}", update->target)));
+            }
+            observe(update->target, update->chunk, update->version, update->crc);
+            return finish(
+                update,
+                ForwardRsp{.committed_version = update->version, .committed_crc32c = update->crc, .removed = 0});
+          }
           forward_or_commit(update);
         });
+  }
+
+  // On the tail's worker, right after its pending version was stored: may it commit there, without the executor's
+  // forward_or_commit? Only while the published routing (publish(), which every routing change updates before it
+  // starts a sync) still shows the chain at the version the forward was checked against, this target serving as its
+  // last one, and the lease held. Why a routing change cannot slip in unseen: one published after this check starts
+  // any sync after it, and that sync lists this chunk with the pending version stored before the check, so it waits
+  // for this update's chunk lock and copies the committed result (run_sync); one published before is seen here and
+  // leaves the decision to the executor, which forwards to a new syncing successor. The executor's own check has the
+  // same window between it and its commit offload. Saves the tail a hand-off to the executor and back on every write's
+  // critical path (docs/fs.md, "The tail commits where it stores").
+  bool commit_in_worker(TargetId target, ChainId chain_id, ChainVersion checked_version, int64_t deadline_ns) const {
+    std::shared_ptr<const ReadView> snap = fast_snapshot();
+    if (snap == nullptr || now() >= deadline_ns) return false;
+    const ChainInfo* chain = snap->routing.chain(chain_id);
+    if (chain == nullptr || chain->version != checked_version || chain->index_of(target) < 0) return false;
+    return successor(*chain, target) == 0 && state_of(*chain, target) == PublicTargetState::kServing;
   }
 
   // Stores `update` as pending and checks that the new version has the CRC the head computed (worker

@@ -23,10 +23,12 @@ std::string SimResult::summary() const {
   std::string counts = fmt::format(
       "writes={} (failed {}) reads={} (failed {}; {} sent in batches) removals={} (failed {}) truncates={} (failed {}) "
       "crashes={} mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} scrubbed={} (corrupt {}) "
-      "fast_lane_reads={} lazy_commits_lost={} events={} virtual={:.1f}s",
+      "fast_lane_reads={} tail_commits_in_worker={} (left to the executor {}) lazy_commits_lost={} events={} "
+      "virtual={:.1f}s",
       writes_acked, writes_failed, reads_ok, reads_failed, reads_batched, removals_acked, removals_failed,
       truncates_acked, truncates_failed, crashes, mgmtd_crashes, partitions, corruptions, repairs, syncs,
-      chunks_scrubbed, scrub_corruptions, fast_lane_reads, lazy_commits_lost, events, virtual_ns / 1e9);
+      chunks_scrubbed, scrub_corruptions, fast_lane_reads, tail_commits_in_worker, tail_commits_left_to_executor,
+      lazy_commits_lost, events, virtual_ns / 1e9);
   if (ok) return fmt::format("seed={} ok {}", seed, counts);
   return fmt::format("seed={} FAILED: {} ({} violations; {}) reproduce with seed={}", seed, violations.front(), violations.size(),
                      counts, seed);
@@ -83,13 +85,25 @@ class World {
 
 class SimExecutor final : public Executor {
  public:
-  SimExecutor(World& world, World::Token token) : world_(world), token_(std::move(token)) {}
+  SimExecutor(World& world, World::Token token, int64_t late_work_ns)
+      : world_(world), token_(std::move(token)), late_work_ns_(late_work_ns) {}
   const Clock& clock() const override { return world_.clock(); }
   void post(Task task) override { world_.schedule(world_.now(), token_, std::move(task)); }
   void post_after(int64_t delay_ns, Task task) override { world_.schedule(world_.now() + delay_ns, token_, std::move(task)); }
   void offload(Task work, Task done) override {
     // The disk does the work at once (durable when it returns); the service hears back after a
-    // simulated latency, or never if the node crashes first.
+    // simulated latency, or never if the node crashes first. With late_work_ns (SimOptions::late_work_ns) the
+    // work itself starts up to that much later, as on a busy worker pool, so the executor's state (routing, syncs)
+    // may move on before it runs; it never runs if the node crashes first.
+    if (late_work_ns_ > 0) {
+      world_.schedule(world_.now() + world_.between(0, late_work_ns_), token_,
+                      [this, work = std::move(work), done = std::move(done)]() mutable {
+                        work();
+                        if (done)
+                          world_.schedule(world_.now() + world_.between(5'000, 200'000), token_, std::move(done));
+                      });
+      return;
+    }
     work();
     if (!done) return;
     world_.schedule(world_.now() + world_.between(5'000, 200'000), token_, std::move(done));
@@ -99,6 +113,7 @@ class SimExecutor final : public Executor {
  private:
   World& world_;
   World::Token token_;
+  int64_t late_work_ns_ = 0;
 };
 
 // ---------------------------------------------------------------- network
@@ -239,7 +254,7 @@ class Simulation {
   // A fresh executor/rpc for a node; old ones stay allocated (their closures may still be queued).
   void boot(Node& node) {
     node.token = std::make_shared<bool>(true);
-    executors_.push_back(std::make_unique<SimExecutor>(world_, node.token));
+    executors_.push_back(std::make_unique<SimExecutor>(world_, node.token, options_.late_work_ns));
     node.executor = executors_.back().get();
     rpcs_.push_back(std::make_unique<SimRpcClient>(network_, node.executor, node.address));
     node.rpc = rpcs_.back().get();
@@ -721,6 +736,8 @@ SimResult Simulation::run() {
     result_.chunks_scrubbed += service->stats().chunks_scrubbed;
     result_.scrub_corruptions += service->stats().scrub_corruptions;
     result_.fast_lane_reads += service->stats().fast_reads;
+    result_.tail_commits_in_worker += service->stats().tail_commits_in_worker;
+    result_.tail_commits_left_to_executor += service->stats().tail_commits_left_to_executor;
   }
   return result_;
 }

@@ -43,6 +43,15 @@ TEST(FsSim, UnlimitedFaultsSeeds1To400) {
   run_range(1, 400, options);
 }
 
+// Offloaded chunk I/O starting late (SimOptions::late_work_ns), as on a busy worker pool: routing changes, syncs and
+// other messages land between a service's decisions and the I/O it handed over. Unlimited faults.
+TEST(FsSim, LateWorkSeeds1To300) {
+  SimOptions options;
+  options.max_concurrent_faults = 0;
+  options.late_work_ns = 300'000;
+  run_range(1, 300, options);
+}
+
 // The seeds that found the last bugs under unlimited faults: a syncing target promoted on a stale
 // sync-done flag after losing its predecessor (19853), corruption injected into the only committed
 // copy while mgmtd's states still showed every replica serving (521, 616, 7197, 11657), a version
@@ -84,6 +93,35 @@ TEST(FsSim, ReadsTakeTheFastLane) {
       EXPECT_EQ(fast, 0u);
     }
   }
+  (void)set_log_level("info");
+}
+
+// The tail commits in the worker call that stored the version while the published routing keeps it the serving tail
+// (docs/fs.md, "The tail commits where it stores"): the seeded runs with faults above pass with it; this checks that
+// they take that path, and the executor's path too (after routing changes), so both are covered.
+TEST(FsSim, TailsCommitWhereTheyStore) {
+  (void)set_log_level("off");
+  SimOptions options;
+  options.max_concurrent_faults = 0;
+  uint64_t in_worker = 0, writes = 0;
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    SimResult result = run_simulation(seed, options);
+    EXPECT_TRUE(result.ok) << result.summary();
+    in_worker += result.tail_commits_in_worker;
+    writes += result.writes_acked;
+  }
+  EXPECT_GE(in_worker, writes / 4) << in_worker << " tail commits in the worker for " << writes
+                                   << " acknowledged writes";
+  // With the stores 0-50 ms late, routing changes land between a tail's forward and its store: those tails leave the
+  // commit to the executor (which forwards to a new syncing successor), and every run stays correct.
+  options.late_work_ns = 50'000'000;
+  uint64_t left = 0;
+  for (uint64_t seed = 1; seed <= 60; ++seed) {
+    SimResult result = run_simulation(seed, options);
+    EXPECT_TRUE(result.ok) << result.summary();
+    left += result.tail_commits_left_to_executor;
+  }
+  EXPECT_GT(left, 0u) << "no tail met a routing change between its forward and its store";
   (void)set_log_level("info");
 }
 

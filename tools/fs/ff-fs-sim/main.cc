@@ -31,11 +31,16 @@ int main(int argc, char** argv) {
   app.add_option("--fast-lane", options.fast_lane,
                  "share of requests the storage services may answer in the read fast lane (0..1; 0: never)")
       ->check(CLI::Range(0.0, 1.0));
+  double late_work_us = 0;
+  app.add_option("--late-work-us", late_work_us,
+                 "offloaded chunk I/O starts up to this long after it was handed over (0: at once)")
+      ->check(CLI::Range(0.0, 1e6));
   app.add_flag("--bug-tail-acks-without-storing", tail_bug, "inject a protocol bug (the checkers must fail)");
   app.add_flag("--bug-skip-sync", sync_bug, "inject a protocol bug (the checkers must fail)");
   CLI11_PARSE(app, argc, argv);
   options.bugs.tail_acks_without_storing = tail_bug;
   options.bugs.skip_sync = sync_bug;
+  options.late_work_ns = static_cast<int64_t>(late_work_us * 1000);
   options.verbose = verbose;
   options.corruption = !no_corruption;
   options.scrub = !no_scrub;
