@@ -56,6 +56,13 @@ class ChunkEngineTest : public ::testing::TestWithParam<IoMode> {
     ASSERT_TRUE(engine_->put_pending(update).is_ok());
     ASSERT_TRUE(engine_->commit(id, version).is_ok());
   }
+  // Closes the engine and opens its directory again with `custom` options.
+  void reopen_with(const ChunkEngineOptions& custom) {
+    engine_.reset();
+    auto opened = ChunkEngine::open(custom);
+    ASSERT_TRUE(opened.is_ok()) << opened.status();
+    engine_ = std::move(*opened);
+  }
   ChunkMeta stat_or_zero(const ChunkId& id) {
     auto meta = engine_->stat(id);
     return meta.is_ok() ? *meta : ChunkMeta{};
@@ -620,10 +627,7 @@ TEST_P(ChunkEngineTest, CommittedPatchIsAppliedByTheSettlerOrTheNextRead) {
     ChunkEngineOptions custom = options();
     custom.inline_patch_bytes = settler_waits ? 0 : custom.inline_patch_bytes;  // patch block / inline
     custom.settle_delay_us = settler_waits ? 60'000'000 : 0;
-    engine_.reset();
-    auto opened = ChunkEngine::open(custom);
-    ASSERT_TRUE(opened.is_ok()) << opened.status();
-    engine_ = std::move(*opened);
+    reopen_with(custom);
     const ChunkId id{23, settler_waits ? 0u : 1u};
     std::vector<std::byte> expected = pattern_bytes(300000, 1);
     write_commit(id, 0, expected);
@@ -658,10 +662,7 @@ TEST_P(ChunkEngineTest, CommittedPatchIsAppliedByTheSettlerOrTheNextRead) {
     ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 4, 1, 0, patch, false}).is_ok());
     ASSERT_TRUE(engine_->commit_lazily(id, 4).is_ok());
     std::memcpy(expected.data(), patch.data(), patch.size());
-    engine_.reset();
-    opened = ChunkEngine::open(custom);
-    ASSERT_TRUE(opened.is_ok()) << opened.status();
-    engine_ = std::move(*opened);
+    reopen_with(custom);
     EXPECT_EQ(read_all(id), expected);
     expect_allocator_ok();
   }
@@ -671,10 +672,7 @@ TEST_P(ChunkEngineTest, SmallOverwritesNearAnUnappliedPatchMergeIntoIt) {
   // The settler waits, so each committed patch is still there when the next overwrite comes.
   ChunkEngineOptions custom = options();
   custom.settle_delay_us = 60'000'000;
-  engine_.reset();
-  auto opened = ChunkEngine::open(custom);
-  ASSERT_TRUE(opened.is_ok()) << opened.status();
-  engine_ = std::move(*opened);
+  reopen_with(custom);
   const ChunkId id{26, 0};
   std::vector<std::byte> expected = pattern_bytes(300000, 1);
   write_commit(id, 0, expected);
@@ -732,10 +730,7 @@ TEST_P(ChunkEngineTest, SmallOverwritesNearAnUnappliedPatchMergeIntoIt) {
   EXPECT_EQ(engine_->stats().merged_patches, 6u);
   std::memcpy(expected.data() + 4096, last.data(), last.size());
   std::memcpy(expected.data() + 8192, last.data(), last.size());
-  engine_.reset();
-  opened = ChunkEngine::open(custom);
-  ASSERT_TRUE(opened.is_ok()) << opened.status();
-  engine_ = std::move(*opened);
+  reopen_with(custom);
   EXPECT_EQ(read_all(id), expected);
   expect_allocator_ok();
 }

@@ -28,6 +28,25 @@ void run_range(uint64_t first, uint64_t count, const SimOptions& options) {
 }
 void run_range(uint64_t first, uint64_t count) { run_range(first, count, ci_options()); }
 
+// Runs seeds 1..count, each expected to pass, and returns the sums of their counts (the fields the tests below read).
+SimResult totals_over_seeds(uint64_t count, const SimOptions& options) {
+  SimResult total;
+  for (uint64_t seed = 1; seed <= count; ++seed) {
+    SimResult result = run_simulation(seed, options);
+    EXPECT_TRUE(result.ok) << result.summary();
+    total.writes_acked += result.writes_acked;
+    total.reads_ok += result.reads_ok;
+    total.reads_failed += result.reads_failed;
+    total.reads_batched += result.reads_batched;
+    total.truncates_acked += result.truncates_acked;
+    total.fast_lane_reads += result.fast_lane_reads;
+    total.tail_commits_in_worker += result.tail_commits_in_worker;
+    total.tail_commits_left_to_executor += result.tail_commits_left_to_executor;
+    total.lazy_commits_lost += result.lazy_commits_lost;
+  }
+  return total;
+}
+
 TEST(FsSim, Seeds1To250) { run_range(1, 250); }
 TEST(FsSim, Seeds251To500) { run_range(251, 250); }
 TEST(FsSim, Seeds501To750) { run_range(501, 250); }
@@ -80,13 +99,8 @@ TEST(FsSim, ReadsTakeTheFastLane) {
     SimOptions options;
     options.max_concurrent_faults = 0;
     options.fast_lane = share;
-    uint64_t fast = 0, reads = 0;
-    for (uint64_t seed = 1; seed <= 5; ++seed) {
-      SimResult result = run_simulation(seed, options);
-      EXPECT_TRUE(result.ok) << result.summary();
-      fast += result.fast_lane_reads;
-      reads += result.reads_ok;
-    }
+    const SimResult total = totals_over_seeds(5, options);
+    const uint64_t fast = total.fast_lane_reads, reads = total.reads_ok;
     if (share > 0) {
       EXPECT_GE(fast, reads / 10) << fast << " fast-lane reads of " << reads;
     } else {
@@ -103,25 +117,15 @@ TEST(FsSim, TailsCommitWhereTheyStore) {
   (void)set_log_level("off");
   SimOptions options;
   options.max_concurrent_faults = 0;
-  uint64_t in_worker = 0, writes = 0;
-  for (uint64_t seed = 1; seed <= 20; ++seed) {
-    SimResult result = run_simulation(seed, options);
-    EXPECT_TRUE(result.ok) << result.summary();
-    in_worker += result.tail_commits_in_worker;
-    writes += result.writes_acked;
-  }
+  const SimResult total = totals_over_seeds(20, options);
+  const uint64_t in_worker = total.tail_commits_in_worker, writes = total.writes_acked;
   EXPECT_GE(in_worker, writes / 4) << in_worker << " tail commits in the worker for " << writes
                                    << " acknowledged writes";
   // With the stores 0-50 ms late, routing changes land between a tail's forward and its store: those tails leave the
   // commit to the executor (which forwards to a new syncing successor), and every run stays correct.
   options.late_work_ns = 50'000'000;
-  uint64_t left = 0;
-  for (uint64_t seed = 1; seed <= 60; ++seed) {
-    SimResult result = run_simulation(seed, options);
-    EXPECT_TRUE(result.ok) << result.summary();
-    left += result.tail_commits_left_to_executor;
-  }
-  EXPECT_GT(left, 0u) << "no tail met a routing change between its forward and its store";
+  EXPECT_GT(totals_over_seeds(60, options).tail_commits_left_to_executor, 0u)
+      << "no tail met a routing change between its forward and its store";
   (void)set_log_level("info");
 }
 
@@ -132,12 +136,7 @@ TEST(FsSim, CrashesLoseLazyCommits) {
   (void)set_log_level("off");
   SimOptions options;
   options.max_concurrent_faults = 0;
-  uint64_t lost = 0;
-  for (uint64_t seed = 1; seed <= 20; ++seed) {
-    SimResult result = run_simulation(seed, options);
-    EXPECT_TRUE(result.ok) << result.summary();
-    lost += result.lazy_commits_lost;
-  }
+  const uint64_t lost = totals_over_seeds(20, options).lazy_commits_lost;
   (void)set_log_level("info");
   EXPECT_GE(lost, 20u) << "crashes after an acknowledgement and before a synced write were not simulated";
 }
@@ -146,13 +145,8 @@ TEST(FsSim, CrashesLoseLazyCommits) {
 // runs, so the runs above check batched reads too (each read against the committed history, under the faults).
 TEST(FsSim, BurstsOfReadsGoInBatches) {
   (void)set_log_level("off");
-  uint64_t batched = 0, reads = 0;
-  for (uint64_t seed = 1; seed <= 10; ++seed) {
-    SimResult result = run_simulation(seed, ci_options());
-    EXPECT_TRUE(result.ok) << result.summary();
-    batched += result.reads_batched;
-    reads += result.reads_ok + result.reads_failed;
-  }
+  const SimResult total = totals_over_seeds(10, ci_options());
+  const uint64_t batched = total.reads_batched, reads = total.reads_ok + total.reads_failed;
   (void)set_log_level("info");
   EXPECT_GE(batched, reads / 20) << "of " << reads << " reads, " << batched << " were sent in batches";
 }
@@ -161,12 +155,7 @@ TEST(FsSim, BurstsOfReadsGoInBatches) {
 // history and its length, under the faults.
 TEST(FsSim, TruncatesAreAcknowledgedUnderFaults) {
   (void)set_log_level("off");
-  uint64_t acked = 0;
-  for (uint64_t seed = 1; seed <= 10; ++seed) {
-    SimResult result = run_simulation(seed, ci_options());
-    EXPECT_TRUE(result.ok) << result.summary();
-    acked += result.truncates_acked;
-  }
+  const uint64_t acked = totals_over_seeds(10, ci_options()).truncates_acked;
   (void)set_log_level("info");
   EXPECT_GE(acked, 10u) << "too few truncates in 10 runs";
 }
