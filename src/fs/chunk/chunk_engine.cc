@@ -668,8 +668,8 @@ struct ChunkEngine::Impl {
            (to - from) * 2 <= committed.length && align_up(to - from, kIoAlignment) <= options.io_buffer_bytes;
   }
   // Whether `update` can take in the committed version's patch, which the settler has not applied yet:
-  // the patch is inline and the segments of both together stay an inline patch (no data write; the merged
-  // patch's bytes ride in the synced pending batch), with patchable()'s conditions.
+  // the patch is inline and the segments of both together span at most merge_patch_bytes (<= inline_patch_bytes:
+  // no data write; the merged patch's bytes ride in the synced pending batch), with patchable()'s conditions.
   bool mergeable_patch(const ChunkUpdate& update, const VersionRecord& committed) const {
     const PatchRecord& base = committed.patch;
     if (!base.present() || base.location.valid() || update.full_replacement || update.data.empty()) return false;
@@ -678,7 +678,8 @@ struct ChunkEngine::Impl {
     const uint64_t new_length = std::max(committed.length, update_end);
     const uint64_t from = std::min(align_down(update.offset, segment), base.offset);
     const uint64_t to = std::max(std::min(align_up(update_end, segment), new_length), base.offset + base.length);
-    return to - from <= options.inline_patch_bytes && patchable(update, committed, new_length, from, to);
+    return to - from <= std::min(options.merge_patch_bytes, options.inline_patch_bytes) &&
+           patchable(update, committed, new_length, from, to);
   }
 
   // Copies the committed version's patch into the version's own block (verifying it on the way), then
@@ -987,6 +988,10 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
   if (options.io_buffer_bytes < options.crc_segment_bytes || options.io_buffer_bytes % options.crc_segment_bytes != 0) {
     return invalid_argument("io_buffer_bytes={} must be a positive multiple of crc_segment_bytes={}",
                             options.io_buffer_bytes, options.crc_segment_bytes);
+  }
+  if (options.merge_patch_bytes % options.crc_segment_bytes != 0) {
+    return invalid_argument("merge_patch_bytes={} must be a multiple of crc_segment_bytes={}",
+                            options.merge_patch_bytes, options.crc_segment_bytes);
   }
   if (options.io_contexts == 0 || options.io_contexts > 1024) {
     return invalid_argument("io_contexts={} must be in [1, 1024]", options.io_contexts);

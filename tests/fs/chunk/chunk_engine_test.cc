@@ -672,6 +672,7 @@ TEST_P(ChunkEngineTest, SmallOverwritesNearAnUnappliedPatchMergeIntoIt) {
   // The settler waits, so each committed patch is still there when the next overwrite comes.
   ChunkEngineOptions custom = options();
   custom.settle_delay_us = 60'000'000;
+  custom.merge_patch_bytes = 64 << 10;  // the inline limit; the default is 16 KiB
   reopen_with(custom);
   const ChunkId id{26, 0};
   std::vector<std::byte> expected = pattern_bytes(300000, 1);
@@ -1080,6 +1081,9 @@ TEST(ChunkEngineOptions, BadOptionsAreRefused) {
   EXPECT_EQ(ChunkEngine::open(options).status().code(), StatusCode::kInvalidArgument);
   options = testing::small_options(dir.path());
   options.crc_segment_bytes = 3 * 4096;
+  EXPECT_EQ(ChunkEngine::open(options).status().code(), StatusCode::kInvalidArgument);
+  options = testing::small_options(dir.path());
+  options.merge_patch_bytes = 5000;
   EXPECT_EQ(ChunkEngine::open(options).status().code(), StatusCode::kInvalidArgument);
   options = testing::small_options(dir.path());
   options.io_contexts = 0;

@@ -41,6 +41,7 @@ struct Config {
   bool lazy_commits = true;                  // ChunkEngineOptions::lazy_commits
   bool settle_patches_in_background = true;  // ChunkEngineOptions::settle_patches_in_background
   uint32_t settle_delay_us = ChunkEngineOptions{}.settle_delay_us;
+  uint64_t merge_patch_bytes = ChunkEngineOptions{}.merge_patch_bytes;
   std::string metrics_listen = "127.0.0.1:0";
   double stats_interval_s = 10;
 };
@@ -67,6 +68,7 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("chunk.lazy_commits", &c.lazy_commits));
   FF_RETURN_IF_ERROR(reader.read("chunk.settle_patches_in_background", &c.settle_patches_in_background));
   FF_RETURN_IF_ERROR(reader.read("chunk.settle_delay_us", &c.settle_delay_us));
+  FF_RETURN_IF_ERROR(reader.read("chunk.merge_patch_bytes", &c.merge_patch_bytes));
   FF_RETURN_IF_ERROR(reader.read("metrics.listen", &c.metrics_listen));
   FF_RETURN_IF_ERROR(reader.read("metrics.stats_interval_s", &c.stats_interval_s));
   FF_RETURN_IF_ERROR(reader.finish());
@@ -127,6 +129,7 @@ int run(const Config& config) {
     options.lazy_commits = config.lazy_commits;
     options.settle_patches_in_background = config.settle_patches_in_background;
     options.settle_delay_us = config.settle_delay_us;
+    options.merge_patch_bytes = config.merge_patch_bytes;
     FF_ASSIGN_OR_RETURN(std::unique_ptr<ChunkEngine> engine, ChunkEngine::open(options));
     std::shared_ptr<ChunkEngine> shared = std::move(engine);
     FF_LOG_INFO("target {}: chunk engine at {} (direct_io={}, io_uring={})", target, options.directory,
