@@ -32,7 +32,7 @@ import tempfile
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python" / "tests"))
 sys.path.insert(0, str(REPO / "bench" / "fs"))
-from bench_storage import fio  # noqa: E402
+from bench_storage import fio, prefill_storage_file, storage_bench  # noqa: E402
 from test_fs_support import LocalCluster  # noqa: E402
 
 
@@ -105,19 +105,12 @@ def main() -> None:
 
         def run_storage_client(op: str, pattern: str, block: str, parallel: str) -> float:
             nonlocal storage_prefilled
-            common = ["--rpc-timeout-s", "10", "bench", "--chunk-bytes", str(1 << 20), "--file-bytes",
-                      str(args.file_mb << 20)]
             if not storage_prefilled:  # its own file, so reads find data
-                cluster.run_tool("ff-bench-storage", *common, "--op", "write", "--pattern", "seq", "--block-bytes",
-                                 str(4 << 20), "--queue-depth", "8", "--seconds", "600", "--max-ops",
-                                 str(args.file_mb // 4), timeout=900)
+                prefill_storage_file(cluster, 1 << 20, args.file_mb)
                 storage_prefilled = True
-            out = cluster.run_tool("ff-bench-storage", *common, "--op", op, "--pattern", pattern, "--block-bytes",
-                                   block, "--queue-depth", parallel, "--seconds", str(args.seconds),
-                                   timeout=args.seconds + 300)
-            if out.returncode != 0 and not out.stdout.strip():
-                sys.exit(f"ff-bench-storage failed: {out.stderr[-2000:]}")
-            return json.loads(out.stdout.strip().splitlines()[-1])["MB_per_s"]
+            return storage_bench(cluster, 1 << 20, "--op", op, "--pattern", pattern, "--block-bytes", block,
+                                 "--queue-depth", parallel, "--file-bytes", str(args.file_mb << 20), "--seconds",
+                                 str(args.seconds), timeout=args.seconds + 300)["MB_per_s"]
 
         def report(case: dict, ours_mb: list[float], fio_mb: list[float], fio_huge_mb: list[float] | None = None,
                    b_mb: list[float] | None = None, storage_mb: list[float] | None = None) -> None:

@@ -40,9 +40,26 @@ from test_fs_support import LocalCluster  # noqa: E402
 
 BLOCKS = [4 << 10, 1 << 20, 4 << 20]
 # ff-storage's stats-line counters that --server-counters reports per client I/O.
-SERVER_COUNTERS = ("writes", "forwards", "parallel_forwards", "tail_commits_in_worker", "synced_batches", "unsynced_batches", "wal_syncs", "dsync_writes",
-                   "lazy_commits", "rocksdb_wal_file_syncs", "rocksdb_writes_grouped", "patched_writes",
-                   "merged_patches", "patches_settled", "patches_settled_by_updates")
+SERVER_COUNTERS = ("writes", "forwards", "parallel_forwards", "tail_commits_in_worker", "synced_batches",
+                   "unsynced_batches", "wal_syncs", "dsync_writes", "lazy_commits", "rocksdb_wal_file_syncs",
+                   "rocksdb_writes_grouped", "patched_writes", "merged_patches", "patches_settled",
+                   "patches_settled_by_updates")
+
+
+def storage_bench(cluster: LocalCluster, chunk_bytes: int, *extra: str, timeout: float) -> dict:
+    """One `ff-bench-storage bench` case against `cluster`: its JSON line."""
+    out = cluster.run_tool("ff-bench-storage", "--rpc-timeout-s", "10", "bench", "--chunk-bytes", str(chunk_bytes),
+                           *extra, timeout=timeout)
+    if out.returncode != 0 and not out.stdout.strip():
+        raise RuntimeError(f"ff-bench-storage failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def prefill_storage_file(cluster: LocalCluster, chunk_bytes: int, file_mb: int) -> None:
+    """Writes ff-bench-storage's file once (4 MiB blocks, depth 8), so read cases find data."""
+    storage_bench(cluster, chunk_bytes, "--op", "write", "--pattern", "seq", "--block-bytes", str(4 << 20),
+                  "--queue-depth", "8", "--file-bytes", str(file_mb << 20), "--seconds", "600", "--max-ops",
+                  str(file_mb // 4), timeout=900)
 
 
 def fio(directory: pathlib.Path, op: str, pattern: str, block: int, depth: int, seconds: float, file_mb: int,
@@ -139,11 +156,7 @@ def main() -> None:
             if args.server_counters:
                 time.sleep(1.2)  # a stats line after the previous case
                 before = server_counters(cluster)
-            out = cluster.run_tool("ff-bench-storage", "--rpc-timeout-s", "10", "bench", "--chunk-bytes",
-                                   str(args.chunk_bytes), *extra, timeout=args.seconds + 300)
-            if out.returncode != 0 and not out.stdout.strip():
-                raise RuntimeError(f"ff-bench-storage failed: {out.stderr[-2000:]}")
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            result = storage_bench(cluster, args.chunk_bytes, *extra, timeout=args.seconds + 300)
             if args.server_counters and result.get("ops"):
                 time.sleep(1.2)
                 after = server_counters(cluster)
@@ -152,10 +165,8 @@ def main() -> None:
                     for key in SERVER_COUNTERS if key in after}
             return result
 
-        # Prefill the file (4 MiB blocks) so reads find data.
         for cluster in clusters.values():
-            bench(cluster, "--op", "write", "--pattern", "seq", "--block-bytes", str(4 << 20), "--queue-depth", "8",
-                  "--file-bytes", str(args.file_mb << 20), "--seconds", "600", "--max-ops", str(args.file_mb // 4))
+            prefill_storage_file(cluster, args.chunk_bytes, args.file_mb)
         fio_dir = next(iter(clusters.values())).dir
         case_index = 0
         for block in [int(b) for b in args.blocks.split(",")]:

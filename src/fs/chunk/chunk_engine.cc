@@ -662,9 +662,8 @@ struct ChunkEngine::Impl {
   // writes little more), within one I/O buffer.
   bool patchable(const ChunkUpdate& update, const VersionRecord& committed, uint64_t new_length, uint64_t from,
                  uint64_t to) const {
-    const bool in_place = update.offset >= committed.length;
-    return !in_place && !update.full_replacement && committed.present() && committed.location.valid() &&
-           !update.data.empty() && update.offset < committed.length && new_length <= block_bytes(committed.location) &&
+    return !update.full_replacement && committed.present() && committed.location.valid() && !update.data.empty() &&
+           update.offset < committed.length && new_length <= block_bytes(committed.location) &&
            (to - from) * 2 <= committed.length && align_up(to - from, kIoAlignment) <= options.io_buffer_bytes;
   }
   // Whether `update` can take in the committed version's patch, which the settler has not applied yet:

@@ -95,18 +95,13 @@ class SimExecutor final : public Executor {
     // simulated latency, or never if the node crashes first. With late_work_ns (SimOptions::late_work_ns) the
     // work itself starts up to that much later, as on a busy worker pool, so the executor's state (routing, syncs)
     // may move on before it runs; it never runs if the node crashes first.
-    if (late_work_ns_ > 0) {
-      world_.schedule(world_.now() + world_.between(0, late_work_ns_), token_,
-                      [this, work = std::move(work), done = std::move(done)]() mutable {
-                        work();
-                        if (done)
-                          world_.schedule(world_.now() + world_.between(5'000, 200'000), token_, std::move(done));
-                      });
-      return;
-    }
-    work();
-    if (!done) return;
-    world_.schedule(world_.now() + world_.between(5'000, 200'000), token_, std::move(done));
+    auto run = [this, work = std::move(work), done = std::move(done)]() mutable {
+      work();
+      if (done) world_.schedule(world_.now() + world_.between(5'000, 200'000), token_, std::move(done));
+    };
+    if (late_work_ns_ > 0)
+      return world_.schedule(world_.now() + world_.between(0, late_work_ns_), token_, std::move(run));
+    run();
   }
   const World::Token& token() const { return token_; }
 
