@@ -124,10 +124,11 @@ const std::vector<std::string> kMaskedConfigs = [] {
   configs.insert(configs.end(), {"masked_128x128_overlap", "masked_pingpong_64x128"});
   return configs;
 }();
-// Dense: the shared ones and the dense-only narrow 64-row tiles.
+// Dense: the shared ones and the dense-only narrow 64-row and 256-row tiles.
 const std::vector<std::string> kDenseConfigs = [] {
   std::vector<std::string> configs = kSharedConfigs;
-  configs.insert(configs.end(), {"pingpong_64x64", "pingpong_64x32", "pingpong_64x16"});
+  configs.insert(configs.end(), {"pingpong_64x64", "pingpong_64x32", "pingpong_64x16", "cooperative_256x128",
+                                 "cooperative_256x128_cluster1x2"});
   return configs;
 }();
 const std::vector<std::string> kContiguousConfigs = {"",
@@ -310,7 +311,8 @@ TEST(GemmCuda, ScheduleOverridesKeepTheResult) {
                   .is_ok());
   DeviceBuffer<uint8_t> a5(o5.a), b5(o5.b);
   DeviceBuffer<float> sa5(o5.sa), sb5(o5.sb);
-  for (const std::string config : {"cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger"}) {
+  for (const std::string config :
+       {"cooperative_128x128", "cooperative_128x128_overlap", "cooperative_128x128_stagger", "cooperative_256x128"}) {
     ForcedConfig forced(config);
     DeviceBuffer<uint16_t> out5(std::vector<uint16_t>(static_cast<size_t>(m * n), kSentinel));
     const Status run = gemm_fp8_fp8_bf16_nt(
@@ -604,8 +606,8 @@ TEST(GroupedCuda, MaskedOnFewSmsWalksTilesAcrossGroups) {
   ASSERT_TRUE(set_num_sms(previous).is_ok());
 }
 
-// The dense-only (narrow 64-row) and contiguous-only (indexed) kernels are refused on a masked GEMM, naming the
-// forced configuration, and nothing is written.
+// The dense-only (narrow 64-row, 256-row) and contiguous-only (indexed) kernels are refused on a masked GEMM, naming
+// the forced configuration, and nothing is written.
 TEST(GroupedCuda, MaskedRefusesDenseOrContiguousOnlyKernels) {
   SKIP_WITHOUT_GPU();
   const int64_t groups = 1, m = 128, n = 128, k = 256, kb = 2;
@@ -616,6 +618,7 @@ TEST(GroupedCuda, MaskedRefusesDenseOrContiguousOnlyKernels) {
   DeviceBuffer<uint16_t> out(std::vector<uint16_t>(static_cast<size_t>(groups * m * n), kSentinel));
   for (const auto& [config, expected] :
        {std::pair<std::string, std::string>{"pingpong_64x32", "serves only the dense GEMM"},
+        std::pair<std::string, std::string>{"cooperative_256x128", "serves only the dense GEMM"},
         std::pair<std::string, std::string>{"indexed_128x128", "serve only the contiguous grouped GEMM"}}) {
     ForcedConfig forced(config);
     const Status status =

@@ -43,22 +43,35 @@ TEST(Heuristic, WaveQuantisationDecidesMidSizes) {
 }
 
 TEST(Heuristic, LargeMUsesCooperativeTiles) {
-  // Dense 128x128 tiles use the overlapped promotion (faster at steady state, docs/gemm.md).
-  EXPECT_EQ(choose_dense_config(4096, 7168, 16384, kH100Sms), TileConfig::kCooperative128x128Overlap);
+  // From m = 2048 the 256x128 tile (1x2 cluster) where it costs less: n = 7168, 896 tiles, 7 waves x 1.9 = 13.3
+  // against 14 waves of 128x128 tiles.
+  EXPECT_EQ(estimate_tiles(TileConfig::kCooperative256x128Cluster1x2, 4096, 7168, 1, kH100Sms).waves, 7);
+  EXPECT_EQ(choose_dense_config(4096, 7168, 16384, kH100Sms), TileConfig::kCooperative256x128Cluster1x2);
+  EXPECT_EQ(choose_dense_config(4096, 24576, 1536, kH100Sms), TileConfig::kCooperative256x128Cluster1x2);
+  // Below m = 2048, 128x128 tiles with the overlapped promotion (faster at steady state, docs/gemm.md).
   EXPECT_EQ(choose_dense_config(512, 16384, 7168, kH100Sms), TileConfig::kCooperative128x128Overlap);
-  // n = 2112: 17 column tiles of 128 (544 tiles, 5 waves: cost 5) vs 11 of 192 (352 tiles, 3 waves x 1.5 = 4.5).
+  EXPECT_EQ(choose_dense_config(1024, 7168, 16384, kH100Sms), TileConfig::kCooperative128x128Overlap);
+  // The 1x2 cluster pads an odd column count: n = 2112 is 17 column tiles of 128, launched as 18.
+  EXPECT_EQ(estimate_tiles(TileConfig::kCooperative256x128Cluster1x2, 4096, 2112, 1, kH100Sms).tiles, 16 * 18);
+  EXPECT_EQ(estimate_tiles(TileConfig::kCooperative256x128, 4096, 2112, 1, kH100Sms).tiles, 16 * 17);
+  // n = 2112: 17 column tiles of 128 (544 tiles, 5 waves: cost 5) vs 11 of 192 (352 tiles, 3 waves x 1.5 = 4.5) vs
+  // 288 tiles of 256x128 (3 waves x 1.9 = 5.7).
   EXPECT_EQ(estimate_tiles(TileConfig::kCooperative128x192, 4096, 2112, 1, kH100Sms).waves, 3);
   EXPECT_EQ(choose_dense_config(4096, 2112, 7168, kH100Sms), TileConfig::kCooperative128x192);
-  // n = 7168: 14 waves of 128x128 (cost 14) vs 10 of 128x192 (cost 15).
-  EXPECT_EQ(choose_dense_config(4096, 7168, 2048, kH100Sms), TileConfig::kCooperative128x128Overlap);
-  EXPECT_EQ(choose_dense_config(4096, 4096, 7168, kH100Sms), TileConfig::kCooperative128x128Overlap);
+  // n = 7168: 14 waves of 128x128 (cost 14) vs 10 of 128x192 (cost 15) vs 7 of 256x128 (cost 13.3).
+  EXPECT_EQ(choose_dense_config(4096, 7168, 2048, kH100Sms), TileConfig::kCooperative256x128Cluster1x2);
+  EXPECT_EQ(choose_dense_config(4096, 4096, 7168, kH100Sms), TileConfig::kCooperative256x128Cluster1x2);
+  // m = 2048, n = 2112: 8 x 18 = 144 tiles of 256x128, 2 waves (3.8) vs 272 of 128x128, 3 waves (3).
+  EXPECT_EQ(choose_dense_config(2048, 2112, 7168, kH100Sms), TileConfig::kCooperative128x128Overlap);
 }
 
 TEST(Heuristic, ShortKUsesThePingpongKernelWhenThereAreManyTiles) {
-  // k = 512 (4 K blocks): 63 waves of 128x128 tiles -> ping-pong; at m = 128 only 2 waves -> the cheaper 128x128.
-  EXPECT_EQ(choose_dense_config(4096, 32768, 512, kH100Sms), TileConfig::kPingpong64x128);
+  // k = 512 (4 K blocks): 63 waves of 128x128 tiles -> ping-pong below m = 2048; from it the 256x128 tile when
+  // cheaper (4096 x 32768: 32 waves x 1.9 = 60.8 against 63); at m = 128 only 2 waves -> the cheaper 128x128.
+  EXPECT_EQ(choose_dense_config(1024, 32768, 512, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_dense_config(4096, 32768, 512, kH100Sms), TileConfig::kCooperative256x128Cluster1x2);
   EXPECT_EQ(choose_dense_config(128, 32768, 512, kH100Sms), TileConfig::kCooperative128x128Overlap);
-  EXPECT_EQ(choose_dense_config(4096, 32768, 640, kH100Sms), TileConfig::kCooperative128x128Overlap);
+  EXPECT_EQ(choose_dense_config(1024, 32768, 640, kH100Sms), TileConfig::kCooperative128x128Overlap);
 }
 
 TEST(Heuristic, GroupedChoices) {
@@ -121,7 +134,9 @@ TEST(Heuristic, ScheduleSwizzlesLongKOnlyWithoutPaddingTiles) {
 }
 
 TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
-  EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_128x128_overlap default:8");
+  // 16 x 56 tiles of 256x128 in 1x2 clusters: the swizzle must divide 16 and 56 / 2.
+  EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_256x128_cluster1x2 default:4");
+  EXPECT_EQ(*cuda_kernel_choice("dense", 1024, 7168, 16384, 1, kH100Sms), "cooperative_128x128_overlap default:8");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x16 default:0");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 24576, 1536, 1, kH100Sms), "pingpong_64x128 default:0");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_128x128_overlap default:8");

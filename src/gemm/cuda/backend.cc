@@ -221,7 +221,7 @@ Status grouped(std::string_view function, GroupedArgs& args, const TensorView& s
     return invalid_argument("FF_GEMM_TILE_CONFIG={}: the indexed kernels serve only the contiguous grouped GEMM",
                             tile_config_name(config));
   }
-  if (is_narrow_pingpong(config)) {
+  if (is_dense_only(config)) {
     return invalid_argument("FF_GEMM_TILE_CONFIG={}: this kernel serves only the dense GEMM", tile_config_name(config));
   }
   if (is_masked_only(config) && args.kind != GroupedKind::kMasked) {

@@ -33,6 +33,8 @@ std::string run_dense_pingpong_64x32(const DenseArgs& args);
 std::string run_dense_pingpong_64x16(const DenseArgs& args);
 std::string run_masked_128x128_overlap(const GroupedArgs& args);
 std::string run_masked_pingpong_64x128(const GroupedArgs& args);
+std::string run_dense_cooperative_256x128(const DenseArgs& args);
+std::string run_dense_cooperative_256x128_cluster1x2(const DenseArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
@@ -46,6 +48,8 @@ std::string run_dense(TileConfig config, const DenseArgs& args) {
     case TileConfig::kPingpong64x64: return run_dense_pingpong_64x64(args);
     case TileConfig::kPingpong64x32: return run_dense_pingpong_64x32(args);
     case TileConfig::kPingpong64x16: return run_dense_pingpong_64x16(args);
+    case TileConfig::kCooperative256x128: return run_dense_cooperative_256x128(args);
+    case TileConfig::kCooperative256x128Cluster1x2: return run_dense_cooperative_256x128_cluster1x2(args);
     case TileConfig::kIndexed128x128:
     case TileConfig::kIndexed128x128Cluster1x2:
     case TileConfig::kIndexed128x192:
@@ -83,7 +87,9 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
       break;
     case TileConfig::kPingpong64x64:
     case TileConfig::kPingpong64x32:
-    case TileConfig::kPingpong64x16: break;
+    case TileConfig::kPingpong64x16:
+    case TileConfig::kCooperative256x128:
+    case TileConfig::kCooperative256x128Cluster1x2: break;
     case TileConfig::kMasked128x128Overlap:
       if (args.kind == GroupedKind::kMasked) return run_masked_128x128_overlap(args);
       break;

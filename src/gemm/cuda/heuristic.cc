@@ -36,6 +36,11 @@ double relative_tile_time(TileConfig config) {
     case TileConfig::kPingpong64x64:
     case TileConfig::kPingpong64x32:
     case TileConfig::kPingpong64x16: return 1.0;
+    // Twice a 128x128 tile's work, done at 1.02-1.12x the 128x128 kernels' rate per FLOP on the H200 at m = 4096
+    // with short K and level with long K (docs/gemm.md "256-row tiles"): 1.9 lets the tile win where it needs no
+    // more waves per unit of work than the 128x128 one.
+    case TileConfig::kCooperative256x128:
+    case TileConfig::kCooperative256x128Cluster1x2: return 1.9;
   }
   return 1.0;
 }
@@ -63,6 +68,8 @@ const char* tile_config_name(TileConfig config) {
     case TileConfig::kPingpong64x16: return "pingpong_64x16";
     case TileConfig::kMasked128x128Overlap: return "masked_128x128_overlap";
     case TileConfig::kMasked64x128: return "masked_pingpong_64x128";
+    case TileConfig::kCooperative256x128: return "cooperative_256x128";
+    case TileConfig::kCooperative256x128Cluster1x2: return "cooperative_256x128_cluster1x2";
   }
   return "?";
 }
@@ -70,7 +77,12 @@ const char* tile_config_name(TileConfig config) {
 TileEstimate estimate_tiles(TileConfig config, int64_t rows, int64_t n, int64_t groups, int num_sms) {
   TileEstimate estimate;
   estimate.config = config;
-  estimate.tiles = groups * ceil_div(rows, tile_m(config)) * ceil_div(n, tile_n(config));
+  int64_t tiles_n = ceil_div(n, tile_n(config));
+  // A 1x2 cluster launches whole CTA pairs along N: an odd column count runs one empty tile per row of tiles.
+  if (config == TileConfig::kIndexed128x128Cluster1x2 || config == TileConfig::kCooperative256x128Cluster1x2) {
+    tiles_n = ceil_div(tiles_n, 2) * 2;
+  }
+  estimate.tiles = groups * ceil_div(rows, tile_m(config)) * tiles_n;
   estimate.waves = ceil_div(estimate.tiles, std::max(1, num_sms));
   estimate.cost = static_cast<double>(estimate.waves) * relative_tile_time(config);
   return estimate;
@@ -83,6 +95,9 @@ namespace {
 // overlap one tile's epilogue with the other's mainloop, wins once there are enough tiles to keep both busy.
 constexpr int64_t kShortKBlocks = 4;
 constexpr int64_t kMinWavesForShortKPingpong = 4;
+// The 256-row tiles are candidates from 8 tiles along M (measured at m = 4096; below it a partial 256-row tile wastes
+// up to half its work, and the 64- and 128-row tiles fit small m better).
+constexpr int64_t kMinRowsFor256RowTiles = 2048;
 
 // The cheapest of the 128-row configurations (`square` = the 128x128 one to use, `wide` = the 128x192 one);
 // ties go to the 128x128 tile.
@@ -105,6 +120,16 @@ TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms) {
   const TileEstimate small = estimate_tiles(TileConfig::kPingpong64x128, m, n, 1, num_sms);
   const TileEstimate large = estimate_tiles(TileConfig::kCooperative128x128, m, n, 1, num_sms);
   if (small.cost < large.cost) return narrower_pingpong(m, n, num_sms);
+  // Large m: the 256x128 tile with the 1x2 cluster (A shared by multicast) where it costs less than the 128-row
+  // tiles; it also beat the short-K ping-pong kernel (4096 x 32768 x 512: 1.12x, H200).
+  if (m >= kMinRowsFor256RowTiles) {
+    const TileEstimate tall = estimate_tiles(TileConfig::kCooperative256x128Cluster1x2, m, n, 1, num_sms);
+    const TileConfig wide =
+        cheaper_128_row(TileConfig::kCooperative128x128Overlap, TileConfig::kCooperative128x192, m, n, 1, num_sms);
+    if (tall.cost < std::min(large.cost, estimate_tiles(wide, m, n, 1, num_sms).cost)) {
+      return TileConfig::kCooperative256x128Cluster1x2;
+    }
+  }
   if (ceil_div(k, 128) <= kShortKBlocks && large.waves >= kMinWavesForShortKPingpong) {
     return TileConfig::kPingpong64x128;
   }
@@ -158,7 +183,8 @@ Schedule choose_schedule(TileConfig config, bool grouped, int64_t rows, int64_t 
   constexpr int64_t kMinTilesForSwizzle = 8;
   if (std::min(tiles_m, tiles_n) < kMinTilesForSwizzle) return Schedule{};
   const int64_t cluster_m = config == TileConfig::kCooperative128x128Cluster2x1 ? 2 : 1;
-  const int64_t cluster_n = config == TileConfig::kIndexed128x128Cluster1x2 ? 2 : 1;
+  const int64_t cluster_n =
+      config == TileConfig::kIndexed128x128Cluster1x2 || config == TileConfig::kCooperative256x128Cluster1x2 ? 2 : 1;
   for (const int swizzle : {8, 4, 2}) {
     if (tiles_m % (swizzle * cluster_m) == 0 && tiles_n % (swizzle * cluster_n) == 0) return Schedule{0, swizzle};
   }

@@ -27,8 +27,9 @@ TileEstimate estimate_tiles(TileConfig config, int64_t rows, int64_t n, int64_t 
 // docs/gemm.md "Narrow tiles").
 TileConfig narrower_pingpong(int64_t m, int64_t n, int num_sms);
 
-// Dense: the configuration with the least cost (wave quantisation over the SMs); ties go to the larger tile; short
-// K (at most 4 K blocks) with at least 4 waves of 128x128 tiles takes the ping-pong kernel (overlapped epilogue).
+// Dense: the configuration with the least cost (wave quantisation over the SMs); ties go to the larger tile; from
+// m = 2048 the 256x128 tile (1x2 cluster) where it costs less than the 128-row tiles; short K (at most 4 K blocks)
+// with at least 4 waves of 128x128 tiles takes the ping-pong kernel (overlapped epilogue).
 // Between the 128x128 and 128x192 tiles the lower cost wins, ties to 128x128. The 2x1 cluster is not chosen
 // (docs/gemm.md "Heuristic": not faster in the measurements).
 TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms);

@@ -54,8 +54,14 @@ enum class TileConfig : int {
   // As above with 64x128x128 ping-pong tiles (two consumer warpgroups on alternate tiles), CUTLASS's consumer, every
   // tile stored from registers: few rows per group.
   kMasked64x128,
+  // Dense only: 256x128x128 cooperative tiles, each consumer warpgroup holding two 64-row waves of the total and
+  // one wave's block accumulator (WaveMma in sm90_fp8_gemm.cuh; 128 + 64 fp32 registers per thread): per FLOP a
+  // quarter fewer A/B bytes from L2 than 128x128 tiles. Cluster 1x1, or 1x2 (two N-adjacent CTAs share the
+  // 256-row A tile by TMA multicast). DeepGEMM's tile for large m.
+  kCooperative256x128,
+  kCooperative256x128Cluster1x2,
 };
-inline constexpr int kNumTileConfigs = 17;
+inline constexpr int kNumTileConfigs = 19;
 inline constexpr bool is_indexed(TileConfig config) {
   return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
          config == TileConfig::kIndexed128x192 || config == TileConfig::kIndexed128x128Overlap ||
@@ -71,7 +77,13 @@ inline constexpr bool is_narrow_pingpong(TileConfig config) {
   return config == TileConfig::kPingpong64x64 || config == TileConfig::kPingpong64x32 ||
          config == TileConfig::kPingpong64x16;
 }
+// Built for the dense GEMM only: the narrow 64-row ping-pong tiles and the 256-row tiles.
+inline constexpr bool is_dense_only(TileConfig config) {
+  return is_narrow_pingpong(config) || config == TileConfig::kCooperative256x128 ||
+         config == TileConfig::kCooperative256x128Cluster1x2;
+}
 inline constexpr int tile_m(TileConfig config) {
+  if (config == TileConfig::kCooperative256x128 || config == TileConfig::kCooperative256x128Cluster1x2) return 256;
   return config == TileConfig::kPingpong64x128 || config == TileConfig::kMasked64x128 || is_narrow_pingpong(config)
              ? 64
              : 128;

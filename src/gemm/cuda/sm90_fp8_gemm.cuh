@@ -327,6 +327,11 @@ enum class Promotion : int {
   // warpgroup 0 did, warpgroup 0 issues k+1 after warpgroup 1 issued k), so the tensor cores run warpgroup 0's
   // block, then warpgroup 1's, and each warpgroup promotes while the other's WGMMAs run.
   kStagger = 2,
+  // Tiles taller than the warpgroups' 64-row WGMMA atoms (256x128: each warpgroup holds two 64x128 row waves of
+  // the total): one K block is issued wave by wave into a single one-wave block accumulator, each wave promoted
+  // before the next is issued (WaveMma). 128 + 64 fp32 registers per thread instead of the 256 that a block
+  // accumulator for both waves would need.
+  kWaves = 3,
 };
 
 // The consumer for 128x128 tiles with an overlapped promotion (Promotion above). CUTLASS's pipeline protocol is
@@ -470,12 +475,119 @@ struct OverlappedPromotionMma : Base {
   }
 };
 
+// The consumer for tiles with several row waves per warpgroup (Promotion::kWaves: 256x128 tiles, MMA_M = 2). Per
+// K block, for each wave w: its WGMMAs (A rows of wave w, all of B) into `block` (one wave's accumulators), wait,
+// total(wave w) += block * sa * sb. The warpgroup's tensor-core work stops while it promotes; the other consumer
+// warpgroup's WGMMAs fill that time. CUTLASS's pipeline protocol: stages 0..K-2 of a tile released here as soon as
+// their last wave completed, the last one by the base's mma_tail.
+template <class Base>
+struct WaveMma : Base {
+  static_assert(Base::ScaleNsPerTile == 1 && Base::ScaleMsPerTile > 1, "for per-row A and one B-scale block per tile");
+  static_assert(cute::size<2>(typename Base::TileShape{}) == Base::ScaleGranularityK,
+                "one promotion per K tile: the tile's K is the scale block");
+
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma(typename Base::MainloopPipeline pipeline, typename Base::PipelineState smem_pipe_read,
+                          FrgTensorC& accum, int k_tile_count, int thread_idx,
+                          typename Base::TensorStorage& shared_tensors, typename Base::Params const& params) {
+    using namespace cute;
+    using TileShape = typename Base::TileShape;
+    using SmemLayoutSFA = typename Base::SmemLayoutSFA;
+    using SmemLayoutSFB = typename Base::SmemLayoutSFB;
+    (void)params;
+    Tensor s_a = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), typename Base::SmemLayoutA{});
+    Tensor s_b = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), typename Base::SmemLayoutB{});
+    Tensor s_sfa =
+        make_tensor(make_smem_ptr(shared_tensors.smem_SFA.data()),
+                    make_layout(make_shape(shape<0>(SmemLayoutSFA{}), get<1>(TileShape{}),
+                                           make_shape(shape<1>(SmemLayoutSFA{}), shape<2>(SmemLayoutSFA{}))),
+                                make_stride(stride<0>(SmemLayoutSFA{}), _0{},
+                                            make_stride(stride<1>(SmemLayoutSFA{}), stride<2>(SmemLayoutSFA{})))));
+    Tensor s_sfb =
+        make_tensor(make_smem_ptr(shared_tensors.smem_SFB.data()),
+                    make_layout(make_shape(get<0>(TileShape{}), shape<0>(SmemLayoutSFB{}),
+                                           make_shape(shape<1>(SmemLayoutSFB{}), shape<2>(SmemLayoutSFB{}))),
+                                make_stride(_0{}, stride<0>(SmemLayoutSFB{}),
+                                            make_stride(stride<1>(SmemLayoutSFB{}), stride<2>(SmemLayoutSFB{})))));
+
+    typename Base::TiledMma tiled_mma;
+    constexpr int kWarpGroupThreads = cutlass::NumThreadsPerWarpGroup;
+    constexpr int kWarpGroups = size(typename Base::TiledMma{}) / kWarpGroupThreads;
+    const Layout warp_group_thread_layout = make_layout(Int<kWarpGroups>{}, Int<kWarpGroupThreads>{});
+    const int warp_group = __shfl_sync(0xffffffff, thread_idx / kWarpGroupThreads, 0);
+    auto thread_mma = tiled_mma.get_slice(warp_group_thread_layout(warp_group));
+    Tensor t_sfa = tiled_mma.get_slice(thread_idx).partition_C(s_sfa);  // (MMA, MMA_M, MMA_N, (1, PIPE))
+    Tensor t_sfb = tiled_mma.get_slice(thread_idx).partition_C(s_sfb);
+    Tensor t_a = thread_mma.make_fragment_A(thread_mma.partition_A(s_a));  // (MMA, MMA_M, MMA_K, PIPE)
+    Tensor t_b = thread_mma.make_fragment_B(thread_mma.partition_B(s_b));  // (MMA, MMA_N, MMA_K, PIPE)
+    Tensor sfa = make_tensor_like<float>(t_sfa(_, _, _, _0{}));            // broadcast: one register per distinct row
+    Tensor sfb = make_tensor_like<float>(t_sfb(_, _, _, _0{}));            // broadcast: one register
+    CUTE_STATIC_ASSERT_V(size(sfa) == size(accum) && size(sfb) == size(accum));
+    constexpr int kWaves = decltype(size<1>(t_a))::value;
+    constexpr int kColumns = decltype(size<1>(t_b))::value;
+    static_assert(kWaves > 1, "one wave per warpgroup: use OverlappedPromotionMma");
+    // One wave's accumulators: (MMA, 1, MMA_N), the C partition of a tile tile_size<0>(TiledMma) rows tall.
+    Tensor block = partition_fragment_C(tiled_mma, make_shape(tile_size<0>(tiled_mma), get<1>(TileShape{})));
+    CUTE_STATIC_ASSERT_V(size(block) * Int<kWaves>{} == size(accum));
+
+    clear(accum);
+    typename Base::PipelineState smem_pipe_release = smem_pipe_read;
+    auto barrier_token = pipeline.consumer_try_wait(smem_pipe_read);
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (int k_tile = 0; k_tile < k_tile_count; ++k_tile) {
+      pipeline.consumer_wait(smem_pipe_read, barrier_token);
+      const int stage = smem_pipe_read.index();
+      copy(t_sfa(_, _, _, make_coord(_0{}, stage)), sfa);
+      copy(t_sfb(_, _, _, make_coord(_0{}, stage)), sfb);
+      CUTLASS_PRAGMA_UNROLL
+      for (int wave = 0; wave < kWaves; ++wave) {
+        tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+        warpgroup_fence_operand(block);
+        warpgroup_arrive();
+        CUTLASS_PRAGMA_UNROLL
+        for (int k_block = 0; k_block < size<2>(t_a); ++k_block) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int column = 0; column < kColumns; ++column) {
+            // (V) x (V) => (V): one atom, wave `wave`'s A rows against B's column block `column`.
+            cute::gemm(tiled_mma, t_a(_, wave, k_block, stage), t_b(_, column, k_block, stage), block(_, 0, column));
+          }
+          tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+        }
+        warpgroup_commit_batch();
+        warpgroup_fence_operand(block);
+        warpgroup_wait<0>();
+        if (wave + 1 == kWaves) {
+          ++smem_pipe_read;
+          if (k_tile + 1 < k_tile_count) {  // the last stage is released by mma_tail, as CUTLASS's mma does
+            pipeline.consumer_release(smem_pipe_release);
+            ++smem_pipe_release;
+            barrier_token = pipeline.consumer_try_wait(smem_pipe_read);
+          }
+        }
+        warpgroup_fence_operand(accum);
+        CUTLASS_PRAGMA_UNROLL
+        for (int column = 0; column < kColumns; ++column) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int i = 0; i < size<0>(accum); ++i) {
+            accum(i, wave, column) += block(i, 0, column) * (sfa(i, wave, column) * sfb(i, wave, column));
+          }
+        }
+        warpgroup_fence_operand(accum);
+      }
+    }
+  }
+};
+
 // The consumer a kernel uses: CUTLASS's, WideTileMma for several B-scale blocks per tile, or an overlapped
 // promotion.
 // kDirect (wide tiles only): WideTileMma reads the caller's 128x128 B-scale blocks.
 template <class Built, bool kWide, Promotion kPromotion, bool kDirect = false>
 struct SelectConsumer {
   using type = OverlappedPromotionMma<Built, kPromotion>;
+};
+template <class Built, bool kDirect>
+struct SelectConsumer<Built, false, Promotion::kWaves, kDirect> {
+  using type = WaveMma<Built>;
 };
 template <class Built, Promotion kPromotion, bool kDirect>
 struct SelectConsumer<Built, true, kPromotion, kDirect> {
