@@ -139,6 +139,56 @@ std::string launch_gemm(typename Gemm::Arguments const& arguments, const char* w
   return result;
 }
 
+// The consumers' per-stage scale vectors in shared memory broadcast over the tile, (BLK_M, BLK_N, (1, PIPE)), so
+// that partition_C gives each thread the scales of its accumulators: A's per row, B's per column block.
+template <class Base>
+CUTLASS_DEVICE auto broadcast_scales_a(typename Base::TensorStorage& shared_tensors) {
+  using namespace cute;
+  using Smem = typename Base::SmemLayoutSFA;
+  return make_tensor(
+      make_smem_ptr(shared_tensors.smem_SFA.data()),
+      make_layout(make_shape(shape<0>(Smem{}), get<1>(typename Base::TileShape{}),
+                             make_shape(shape<1>(Smem{}), shape<2>(Smem{}))),
+                  make_stride(stride<0>(Smem{}), _0{}, make_stride(stride<1>(Smem{}), stride<2>(Smem{})))));
+}
+template <class Base>
+CUTLASS_DEVICE auto broadcast_scales_b(typename Base::TensorStorage& shared_tensors) {
+  using namespace cute;
+  using Smem = typename Base::SmemLayoutSFB;
+  return make_tensor(
+      make_smem_ptr(shared_tensors.smem_SFB.data()),
+      make_layout(make_shape(get<0>(typename Base::TileShape{}), shape<0>(Smem{}),
+                             make_shape(shape<1>(Smem{}), shape<2>(Smem{}))),
+                  make_stride(_0{}, stride<0>(Smem{}), make_stride(stride<1>(Smem{}), stride<2>(Smem{})))));
+}
+// What a consumer reads per stage, partitioned for the calling thread: `a` and `b`, the WGMMA operand descriptors of
+// its warpgroup ((MMA, MMA_M, MMA_K, PIPE) and (MMA, MMA_N, MMA_K, PIPE)); `sfa` and `sfb`, the scales broadcast
+// over the tile and partitioned like its accumulators ((MMA, MMA_M, MMA_N, (1, PIPE))).
+template <class A, class B, class ScalesA, class ScalesB>
+struct ConsumerOperands {
+  A a;
+  B b;
+  ScalesA sfa;
+  ScalesB sfb;
+};
+template <class Base, class TiledMma>
+CUTLASS_DEVICE auto consumer_operands(TiledMma& tiled_mma, typename Base::TensorStorage& shared_tensors,
+                                      int thread_idx) {
+  using namespace cute;
+  constexpr int kWarpGroupThreads = cutlass::NumThreadsPerWarpGroup;
+  constexpr int kWarpGroups = size(TiledMma{}) / kWarpGroupThreads;
+  const Layout warp_group_thread_layout = make_layout(Int<kWarpGroups>{}, Int<kWarpGroupThreads>{});
+  const int warp_group = __shfl_sync(0xffffffff, thread_idx / kWarpGroupThreads, 0);
+  auto thread_mma = tiled_mma.get_slice(warp_group_thread_layout(warp_group));
+  Tensor s_a = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), typename Base::SmemLayoutA{});
+  Tensor s_b = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), typename Base::SmemLayoutB{});
+  Tensor a = thread_mma.make_fragment_A(thread_mma.partition_A(s_a));
+  Tensor b = thread_mma.make_fragment_B(thread_mma.partition_B(s_b));
+  Tensor sfa = tiled_mma.get_slice(thread_idx).partition_C(broadcast_scales_a<Base>(shared_tensors));
+  Tensor sfb = tiled_mma.get_slice(thread_idx).partition_C(broadcast_scales_b<Base>(shared_tensors));
+  return ConsumerOperands<decltype(a), decltype(b), decltype(sfa), decltype(sfb)>{a, b, sfa, sfb};
+}
+
 }  // namespace detail
 
 // Whether a blockwise collective loads A's scales by TMA (the dense one with M-major scales); the ptr-array one has no
@@ -244,38 +294,11 @@ struct WideTileMma : Base {
                           FrgTensorC& accum, int k_tile_count, int thread_idx,
                           typename Base::TensorStorage& shared_tensors, typename Base::Params const& params) {
     using namespace cute;
-    using TileShape = typename Base::TileShape;
-    using SmemLayoutSFA = typename Base::SmemLayoutSFA;
-    using SmemLayoutSFB = typename Base::SmemLayoutSFB;
     (void)params;
-    Tensor s_a = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), typename Base::SmemLayoutA{});
-    Tensor s_b = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), typename Base::SmemLayoutB{});
-    // The per-stage scale vectors broadcast over the tile: (BLK_M, BLK_N, (1, PIPE)).
-    Tensor s_sfa = make_tensor(
-        make_smem_ptr(shared_tensors.smem_SFA.data()),
-        make_layout(make_shape(shape<0>(SmemLayoutSFA{}), get<1>(TileShape{}),
-                               make_shape(shape<1>(SmemLayoutSFA{}), shape<2>(SmemLayoutSFA{}))),
-                    make_stride(stride<0>(SmemLayoutSFA{}), _0{},
-                                make_stride(stride<1>(SmemLayoutSFA{}), stride<2>(SmemLayoutSFA{})))));
-    Tensor s_sfb = make_tensor(
-        make_smem_ptr(shared_tensors.smem_SFB.data()),
-        make_layout(make_shape(get<0>(TileShape{}), shape<0>(SmemLayoutSFB{}),
-                               make_shape(shape<1>(SmemLayoutSFB{}), shape<2>(SmemLayoutSFB{}))),
-                    make_stride(_0{}, stride<0>(SmemLayoutSFB{}),
-                                make_stride(stride<1>(SmemLayoutSFB{}), stride<2>(SmemLayoutSFB{})))));
-
     typename Base::TiledMma tiled_mma;
-    constexpr int kWarpGroupThreads = cutlass::NumThreadsPerWarpGroup;
-    constexpr int kWarpGroups = size(typename Base::TiledMma{}) / kWarpGroupThreads;
-    const Layout warp_group_thread_layout = make_layout(Int<kWarpGroups>{}, Int<kWarpGroupThreads>{});
-    const int warp_group = __shfl_sync(0xffffffff, thread_idx / kWarpGroupThreads, 0);
-    auto thread_mma = tiled_mma.get_slice(warp_group_thread_layout(warp_group));
-    Tensor t_sfa = tiled_mma.get_slice(thread_idx).partition_C(s_sfa);  // (MMA, MMA_M, MMA_N, (1, PIPE))
-    Tensor t_sfb = tiled_mma.get_slice(thread_idx).partition_C(s_sfb);
-    Tensor t_a = thread_mma.make_fragment_A(thread_mma.partition_A(s_a));  // (MMA, MMA_M, MMA_K, PIPE)
-    Tensor t_b = thread_mma.make_fragment_B(thread_mma.partition_B(s_b));  // (MMA, MMA_N, MMA_K, PIPE)
-    Tensor sfa = make_tensor_like<float>(t_sfa(_, _, _, _0{}));  // broadcast: one register per distinct row
-    Tensor sfb = make_tensor_like<float>(t_sfb(_, _, _, _0{}));  // one per distinct 64-column group
+    const auto ops = detail::consumer_operands<Base>(tiled_mma, shared_tensors, thread_idx);
+    Tensor sfa = make_tensor_like<float>(ops.sfa(_, _, _, _0{}));  // broadcast: one register per distinct row
+    Tensor sfb = make_tensor_like<float>(ops.sfb(_, _, _, _0{}));  // one per distinct 64-column group
     CUTE_STATIC_ASSERT_V(size(sfa) == size(accum) && size(sfb) == size(accum));
     Tensor block = make_fragment_like(accum);
 
@@ -286,14 +309,14 @@ struct WideTileMma : Base {
     for (int k_tile = 0; k_tile < k_tile_count; ++k_tile) {
       pipeline.consumer_wait(smem_pipe_read, barrier_token);
       const int stage = smem_pipe_read.index();
-      copy(t_sfa(_, _, _, make_coord(_0{}, stage)), sfa);
-      copy(t_sfb(_, _, _, make_coord(_0{}, stage)), sfb);
+      copy(ops.sfa(_, _, _, make_coord(_0{}, stage)), sfa);
+      copy(ops.sfb(_, _, _, make_coord(_0{}, stage)), sfb);
       tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
       warpgroup_fence_operand(block);
       warpgroup_arrive();
       CUTLASS_PRAGMA_UNROLL
-      for (int k_block = 0; k_block < size<2>(t_a); ++k_block) {
-        cute::gemm(tiled_mma, t_a(_, _, k_block, stage), t_b(_, _, k_block, stage), block);
+      for (int k_block = 0; k_block < size<2>(ops.a); ++k_block) {
+        cute::gemm(tiled_mma, ops.a(_, _, k_block, stage), ops.b(_, _, k_block, stage), block);
         tiled_mma.accumulate_ = GMMA::ScaleOut::One;
       }
       warpgroup_commit_batch();
@@ -352,37 +375,11 @@ struct OverlappedPromotionMma : Base {
                           FrgTensorC& accum, int k_tile_count, int thread_idx,
                           typename Base::TensorStorage& shared_tensors, typename Base::Params const& params) {
     using namespace cute;
-    using TileShape = typename Base::TileShape;
-    using SmemLayoutSFA = typename Base::SmemLayoutSFA;
-    using SmemLayoutSFB = typename Base::SmemLayoutSFB;
     (void)params;
-    Tensor s_a = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), typename Base::SmemLayoutA{});
-    Tensor s_b = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), typename Base::SmemLayoutB{});
-    Tensor s_sfa = make_tensor(
-        make_smem_ptr(shared_tensors.smem_SFA.data()),
-        make_layout(make_shape(shape<0>(SmemLayoutSFA{}), get<1>(TileShape{}),
-                               make_shape(shape<1>(SmemLayoutSFA{}), shape<2>(SmemLayoutSFA{}))),
-                    make_stride(stride<0>(SmemLayoutSFA{}), _0{},
-                                make_stride(stride<1>(SmemLayoutSFA{}), stride<2>(SmemLayoutSFA{})))));
-    Tensor s_sfb = make_tensor(
-        make_smem_ptr(shared_tensors.smem_SFB.data()),
-        make_layout(make_shape(get<0>(TileShape{}), shape<0>(SmemLayoutSFB{}),
-                               make_shape(shape<1>(SmemLayoutSFB{}), shape<2>(SmemLayoutSFB{}))),
-                    make_stride(_0{}, stride<0>(SmemLayoutSFB{}),
-                                make_stride(stride<1>(SmemLayoutSFB{}), stride<2>(SmemLayoutSFB{})))));
-
     typename Base::TiledMma tiled_mma;
-    constexpr int kWarpGroupThreads = cutlass::NumThreadsPerWarpGroup;
-    constexpr int kWarpGroups = size(typename Base::TiledMma{}) / kWarpGroupThreads;
-    const Layout warp_group_thread_layout = make_layout(Int<kWarpGroups>{}, Int<kWarpGroupThreads>{});
-    const int warp_group = __shfl_sync(0xffffffff, thread_idx / kWarpGroupThreads, 0);
-    auto thread_mma = tiled_mma.get_slice(warp_group_thread_layout(warp_group));
-    Tensor t_sfa = tiled_mma.get_slice(thread_idx).partition_C(s_sfa);  // (MMA, MMA_M, MMA_N, (1, PIPE))
-    Tensor t_sfb = tiled_mma.get_slice(thread_idx).partition_C(s_sfb);
-    Tensor t_a = thread_mma.make_fragment_A(thread_mma.partition_A(s_a));  // (MMA, MMA_M, MMA_K, PIPE)
-    Tensor t_b = thread_mma.make_fragment_B(thread_mma.partition_B(s_b));  // (MMA, MMA_N, MMA_K, PIPE)
-    Tensor sfa0 = make_tensor_like<float>(t_sfa(_, _, _, _0{}));  // broadcast: one register per distinct row
-    Tensor sfb0 = make_tensor_like<float>(t_sfb(_, _, _, _0{}));  // broadcast: one register
+    const auto ops = detail::consumer_operands<Base>(tiled_mma, shared_tensors, thread_idx);
+    Tensor sfa0 = make_tensor_like<float>(ops.sfa(_, _, _, _0{}));  // broadcast: one register per distinct row
+    Tensor sfb0 = make_tensor_like<float>(ops.sfb(_, _, _, _0{}));  // broadcast: one register
     CUTE_STATIC_ASSERT_V(size(sfa0) == size(accum) && size(sfb0) == size(accum));
     Tensor block0 = make_fragment_like(accum);
 
@@ -391,14 +388,14 @@ struct OverlappedPromotionMma : Base {
       auto token = pipeline.consumer_try_wait(smem_pipe_read);
       pipeline.consumer_wait(smem_pipe_read, token);
       const int stage = smem_pipe_read.index();
-      copy(t_sfa(_, _, _, make_coord(_0{}, stage)), sfa);
-      copy(t_sfb(_, _, _, make_coord(_0{}, stage)), sfb);
+      copy(ops.sfa(_, _, _, make_coord(_0{}, stage)), sfa);
+      copy(ops.sfb(_, _, _, make_coord(_0{}, stage)), sfb);
       tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
       warpgroup_fence_operand(block);
       warpgroup_arrive();
       CUTLASS_PRAGMA_UNROLL
-      for (int k_block = 0; k_block < size<2>(t_a); ++k_block) {
-        cute::gemm(tiled_mma, t_a(_, _, k_block, stage), t_b(_, _, k_block, stage), block);
+      for (int k_block = 0; k_block < size<2>(ops.a); ++k_block) {
+        cute::gemm(tiled_mma, ops.a(_, _, k_block, stage), ops.b(_, _, k_block, stage), block);
         tiled_mma.accumulate_ = GMMA::ScaleOut::One;
       }
       warpgroup_commit_batch();
@@ -416,8 +413,8 @@ struct OverlappedPromotionMma : Base {
     clear(accum);
     typename Base::PipelineState smem_pipe_release = smem_pipe_read;
     if constexpr (kMode == Promotion::kOverlap) {
-      Tensor sfa1 = make_tensor_like<float>(t_sfa(_, _, _, _0{}));
-      Tensor sfb1 = make_tensor_like<float>(t_sfb(_, _, _, _0{}));
+      Tensor sfa1 = make_tensor_like<float>(ops.sfa(_, _, _, _0{}));
+      Tensor sfb1 = make_tensor_like<float>(ops.sfb(_, _, _, _0{}));
       Tensor block1 = make_fragment_like(accum);
       // K block k: issue k+1 into the other buffers, wait for k (one batch left in flight), release k's stage
       // (its scales are in registers), promote k. Unrolled by two so that the buffers are static registers, and
@@ -447,9 +444,11 @@ struct OverlappedPromotionMma : Base {
       }
     } else {
       static_assert(kMode == Promotion::kStagger);
-      static_assert(kWarpGroups == 2, "the staggered promotion pairs two consumer warpgroups");
+      constexpr int kWarpGroupThreads = cutlass::NumThreadsPerWarpGroup;
+      static_assert(size(typename Base::TiledMma{}) == 2 * kWarpGroupThreads,
+                    "the staggered promotion pairs two consumer warpgroups");
       constexpr uint32_t kPairThreads = 2 * kWarpGroupThreads;
-      const bool first = warp_group == 0;
+      const bool first = __shfl_sync(0xffffffff, thread_idx / kWarpGroupThreads, 0) == 0;
       CUTLASS_PRAGMA_NO_UNROLL
       for (int k = 0; k < k_tile_count; ++k) {
         // Per tile the arrivals and waits balance: kFirstIssued k_tile_count times, kSecondIssued k_tile_count-1.
@@ -492,39 +491,14 @@ struct WaveMma : Base {
                           typename Base::TensorStorage& shared_tensors, typename Base::Params const& params) {
     using namespace cute;
     using TileShape = typename Base::TileShape;
-    using SmemLayoutSFA = typename Base::SmemLayoutSFA;
-    using SmemLayoutSFB = typename Base::SmemLayoutSFB;
     (void)params;
-    Tensor s_a = make_tensor(make_smem_ptr(shared_tensors.smem_A.data()), typename Base::SmemLayoutA{});
-    Tensor s_b = make_tensor(make_smem_ptr(shared_tensors.smem_B.data()), typename Base::SmemLayoutB{});
-    Tensor s_sfa =
-        make_tensor(make_smem_ptr(shared_tensors.smem_SFA.data()),
-                    make_layout(make_shape(shape<0>(SmemLayoutSFA{}), get<1>(TileShape{}),
-                                           make_shape(shape<1>(SmemLayoutSFA{}), shape<2>(SmemLayoutSFA{}))),
-                                make_stride(stride<0>(SmemLayoutSFA{}), _0{},
-                                            make_stride(stride<1>(SmemLayoutSFA{}), stride<2>(SmemLayoutSFA{})))));
-    Tensor s_sfb =
-        make_tensor(make_smem_ptr(shared_tensors.smem_SFB.data()),
-                    make_layout(make_shape(get<0>(TileShape{}), shape<0>(SmemLayoutSFB{}),
-                                           make_shape(shape<1>(SmemLayoutSFB{}), shape<2>(SmemLayoutSFB{}))),
-                                make_stride(_0{}, stride<0>(SmemLayoutSFB{}),
-                                            make_stride(stride<1>(SmemLayoutSFB{}), stride<2>(SmemLayoutSFB{})))));
-
     typename Base::TiledMma tiled_mma;
-    constexpr int kWarpGroupThreads = cutlass::NumThreadsPerWarpGroup;
-    constexpr int kWarpGroups = size(typename Base::TiledMma{}) / kWarpGroupThreads;
-    const Layout warp_group_thread_layout = make_layout(Int<kWarpGroups>{}, Int<kWarpGroupThreads>{});
-    const int warp_group = __shfl_sync(0xffffffff, thread_idx / kWarpGroupThreads, 0);
-    auto thread_mma = tiled_mma.get_slice(warp_group_thread_layout(warp_group));
-    Tensor t_sfa = tiled_mma.get_slice(thread_idx).partition_C(s_sfa);  // (MMA, MMA_M, MMA_N, (1, PIPE))
-    Tensor t_sfb = tiled_mma.get_slice(thread_idx).partition_C(s_sfb);
-    Tensor t_a = thread_mma.make_fragment_A(thread_mma.partition_A(s_a));  // (MMA, MMA_M, MMA_K, PIPE)
-    Tensor t_b = thread_mma.make_fragment_B(thread_mma.partition_B(s_b));  // (MMA, MMA_N, MMA_K, PIPE)
-    Tensor sfa = make_tensor_like<float>(t_sfa(_, _, _, _0{}));            // broadcast: one register per distinct row
-    Tensor sfb = make_tensor_like<float>(t_sfb(_, _, _, _0{}));            // broadcast: one register
+    const auto ops = detail::consumer_operands<Base>(tiled_mma, shared_tensors, thread_idx);
+    Tensor sfa = make_tensor_like<float>(ops.sfa(_, _, _, _0{}));  // broadcast: one register per distinct row
+    Tensor sfb = make_tensor_like<float>(ops.sfb(_, _, _, _0{}));  // broadcast: one register
     CUTE_STATIC_ASSERT_V(size(sfa) == size(accum) && size(sfb) == size(accum));
-    constexpr int kWaves = decltype(size<1>(t_a))::value;
-    constexpr int kColumns = decltype(size<1>(t_b))::value;
+    constexpr int kWaves = decltype(size<1>(ops.a))::value;
+    constexpr int kColumns = decltype(size<1>(ops.b))::value;
     static_assert(kWaves > 1, "one wave per warpgroup: use OverlappedPromotionMma");
     // One wave's accumulators: (MMA, 1, MMA_N), the C partition of a tile tile_size<0>(TiledMma) rows tall.
     Tensor block = partition_fragment_C(tiled_mma, make_shape(tile_size<0>(tiled_mma), get<1>(TileShape{})));
@@ -537,19 +511,20 @@ struct WaveMma : Base {
     for (int k_tile = 0; k_tile < k_tile_count; ++k_tile) {
       pipeline.consumer_wait(smem_pipe_read, barrier_token);
       const int stage = smem_pipe_read.index();
-      copy(t_sfa(_, _, _, make_coord(_0{}, stage)), sfa);
-      copy(t_sfb(_, _, _, make_coord(_0{}, stage)), sfb);
+      copy(ops.sfa(_, _, _, make_coord(_0{}, stage)), sfa);
+      copy(ops.sfb(_, _, _, make_coord(_0{}, stage)), sfb);
       CUTLASS_PRAGMA_UNROLL
       for (int wave = 0; wave < kWaves; ++wave) {
         tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
         warpgroup_fence_operand(block);
         warpgroup_arrive();
         CUTLASS_PRAGMA_UNROLL
-        for (int k_block = 0; k_block < size<2>(t_a); ++k_block) {
+        for (int k_block = 0; k_block < size<2>(ops.a); ++k_block) {
           CUTLASS_PRAGMA_UNROLL
           for (int column = 0; column < kColumns; ++column) {
             // (V) x (V) => (V): one atom, wave `wave`'s A rows against B's column block `column`.
-            cute::gemm(tiled_mma, t_a(_, wave, k_block, stage), t_b(_, column, k_block, stage), block(_, 0, column));
+            cute::gemm(tiled_mma, ops.a(_, wave, k_block, stage), ops.b(_, column, k_block, stage),
+                       block(_, 0, column));
           }
           tiled_mma.accumulate_ = GMMA::ScaleOut::One;
         }
