@@ -49,6 +49,7 @@ CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluste
            "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger", "pingpong_64x64",
            "pingpong_64x32", "pingpong_64x16", "cooperative_256x128", "cooperative_256x128_cluster1x2"]
 CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128_cluster1x2", "indexed_128x192",
+                      "indexed_256x128_cluster1x2",
                       "indexed_128x128_overlap", "indexed_128x128_stagger"]
 MASKED_CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
                   "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger",

@@ -412,6 +412,8 @@ FP8_AB_KNOWN = {
     # older dequantizing WGMMA kernel (FF_MLA_FP8_LEAN=0)
     "fp8_lean": (True, {"FF_MLA_FP8_LEAN": "1"}),
     "fp8_dequant_wgmma": (True, {"FF_MLA_FP8_LEAN": "0"}),
+    # the lean FP8 kernel below 64 rows too (FF_MLA_KERNEL=wgmma: h_q 16, s_q 1 and 2)
+    "fp8_lean_rows": (True, {"FF_MLA_KERNEL": "wgmma", "FF_MLA_FP8_LEAN": "1"}),
     # (without the prefetch) its split of each block's conversion: pairs converted before the P V of the block before
     "fp8_lean_early2": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "0", "FF_MLA_FP8_EARLY_PAIRS": "2"}),
     "fp8_lean_early0": (True, {"FF_MLA_FP8_LEAN": "1", "FF_MLA_FP8_PREFETCH": "0", "FF_MLA_FP8_EARLY_PAIRS": "0"}),

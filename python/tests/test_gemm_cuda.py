@@ -100,13 +100,22 @@ def test_dense_matches_cpu_and_dequantised_matmul(m, n, k, layout, config, monke
     assert diff(out.float().cpu(), cpu) < 1e-3
 
 
+# Segments (group, rows), each padded to a multiple of 128 rows. As 256-row tiles (blocks 2t, 2t + 1): "three" has a
+# tile of groups 1 and 0 and a last tile of one block; "five" has three tiles of two groups each (1/0, 2/1, 1/0),
+# where indexed_256x128_cluster1x2 runs one pass over K per group.
+CONTIGUOUS_SEGMENTS = {"three": [(1, 100), (0, 128), (2, 3)],
+                       "five": [(1, 100), (0, 128), (2, 3), (1, 256), (0, 1)]}
+
+
+@pytest.mark.parametrize("segments", ["three", "five"])
 @pytest.mark.parametrize("config", ["", "indexed_128x192", "cooperative_128x192", "cooperative_128x112",
-                                    "indexed_128x128_overlap", "indexed_128x128_stagger"])
-def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding(config, monkeypatch):
+                                    "indexed_128x128_overlap", "indexed_128x128_stagger",
+                                    "indexed_256x128_cluster1x2"])
+def test_contiguous_matches_dequantised_matmul_and_zero_fills_padding(config, segments, monkeypatch):
     force_config(monkeypatch, config)
     torch.manual_seed(1)
     groups, n, k = 3, 256, 512
-    segments = [(1, 100), (0, 128), (2, 3)]
+    segments = CONTIGUOUS_SEGMENTS[segments]
     indices = []
     for group, rows in segments:
         indices += [group] * rows + [-1] * (-rows % 128)

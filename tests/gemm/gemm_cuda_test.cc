@@ -143,7 +143,8 @@ const std::vector<std::string> kContiguousConfigs = {"",
                                                      "cooperative_128x128_overlap",
                                                      "cooperative_128x128_stagger",
                                                      "indexed_128x128_overlap",
-                                                     "indexed_128x128_stagger"};
+                                                     "indexed_128x128_stagger",
+                                                     "indexed_256x128_cluster1x2"};
 
 // FF_GEMM_TEST_CONFIGS=<word>[,<word>...] keeps only the configurations whose name contains one of the words (the
 // heuristic's choice "" is kept too): compute-sanitizer runs on the GPU machine check new kernels without the
@@ -392,10 +393,16 @@ TEST(GemmCuda, ScaleUpdatesReachTheGemmInsideACudaGraph) {
 // block of pure padding between them; n = 384 is an odd number of 128-wide tiles (the 1x2 cluster's second CTA
 // of the last pair lies outside). Graph case: captured while m_indices is all -1, replayed after the real
 // indices are written into the same buffer, so the kernels must read them on the device at run time.
-void run_contiguous_case(bool capture_in_graph) {
+// `split_tiles`: segments of 65, 129, 1, 128 and 1 rows (groups 2, 0, 1, 2, 0) with a padding block after the
+// second, so 256-row tiles hold two groups (blocks 0-1: groups 2 and 0; 4-5: groups 1 and 2), a group and
+// padding (2-3) and a last block alone (6).
+void run_contiguous_case(bool capture_in_graph, bool split_tiles) {
   const int64_t groups = 3, n = 384, k = 384, kb = 3;
   std::vector<int32_t> indices;
-  for (auto [group, rows] : {std::pair{2, 65}, std::pair{-1, 0}, std::pair{0, 129}, std::pair{1, 1}}) {
+  const std::vector<std::pair<int, int>> segments =
+      split_tiles ? std::vector<std::pair<int, int>>{{2, 65}, {0, 129}, {-1, 0}, {1, 1}, {2, 128}, {0, 1}}
+                  : std::vector<std::pair<int, int>>{{2, 65}, {-1, 0}, {0, 129}, {1, 1}};
+  for (auto [group, rows] : segments) {
     const int64_t padded = rows == 0 ? 128 : ceil_div(rows, 128) * 128;
     for (int64_t r = 0; r < padded; ++r) indices.push_back(r < rows ? group : -1);
   }
@@ -467,19 +474,31 @@ void run_contiguous_case(bool capture_in_graph) {
         }
       }
       EXPECT_LT(calc_diff(as_doubles(actual), as_doubles(expected)), 1e-3)
-          << "config '" << config << "', column-major scales " << column_major;
+          << "config '" << config << "', column-major scales " << column_major << ", split tiles " << split_tiles;
     }
   }
 }
 
 TEST(GroupedCuda, ContiguousMatchesCpuAndZeroFillsPadding) {
   SKIP_WITHOUT_GPU();
-  run_contiguous_case(/*capture_in_graph=*/false);
+  run_contiguous_case(/*capture_in_graph=*/false, /*split_tiles=*/false);
+  run_contiguous_case(/*capture_in_graph=*/false, /*split_tiles=*/true);
+}
+
+// Few SMs: each CTA walks several tiles; with 256-row tiles, tiles of two groups (twice the K blocks) alternate with
+// tiles of one, so the pipeline's stage accounting must carry from one to the next.
+TEST(GroupedCuda, ContiguousOnFewSmsWalksTilesOfOneAndTwoGroups) {
+  SKIP_WITHOUT_GPU();
+  const int previous = get_num_sms();
+  ASSERT_TRUE(set_num_sms(2).is_ok());  // even: the 1x2-cluster kernels launch whole CTA pairs
+  run_contiguous_case(/*capture_in_graph=*/false, /*split_tiles=*/true);
+  ASSERT_TRUE(set_num_sms(previous).is_ok());
 }
 
 TEST(GroupedCuda, ContiguousRunsInsideACudaGraphReadingIndicesAtReplay) {
   SKIP_WITHOUT_GPU();
-  run_contiguous_case(/*capture_in_graph=*/true);
+  run_contiguous_case(/*capture_in_graph=*/true, /*split_tiles=*/false);
+  run_contiguous_case(/*capture_in_graph=*/true, /*split_tiles=*/true);
 }
 
 struct MaskedCase {
@@ -684,7 +703,8 @@ TEST(GemmCuda, IndexedConfigOutsideContiguousIsRejected) {
   DeviceBuffer<float> sa(std::vector<float>(64, 1.0f)), sb(std::vector<float>(1, 1.0f));
   DeviceBuffer<uint16_t> out(std::vector<uint16_t>(64 * 128));
   DeviceBuffer<int32_t> masked_m(std::vector<int32_t>{64});
-  for (const char* config : {"indexed_128x128", "indexed_128x192", "indexed_128x128_overlap", "indexed_128x128_stagger"}) {
+  for (const char* config : {"indexed_128x128", "indexed_128x192", "indexed_128x128_overlap", "indexed_128x128_stagger",
+                             "indexed_256x128_cluster1x2"}) {
     ForcedConfig forced(config);
     Status status = gemm_fp8_fp8_bf16_nt(
         {device_view(a.data, DType::kFloat8E4M3, {64, 128}), device_view(sa.data, DType::kFloat32, {64, 1})},

@@ -35,6 +35,7 @@ std::string run_masked_128x128_overlap(const GroupedArgs& args);
 std::string run_masked_pingpong_64x128(const GroupedArgs& args);
 std::string run_dense_cooperative_256x128(const DenseArgs& args);
 std::string run_dense_cooperative_256x128_cluster1x2(const DenseArgs& args);
+std::string run_contiguous_indexed_256x128_cluster1x2(const GroupedArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
@@ -55,6 +56,7 @@ std::string run_dense(TileConfig config, const DenseArgs& args) {
     case TileConfig::kIndexed128x192:
     case TileConfig::kIndexed128x128Overlap:
     case TileConfig::kIndexed128x128Stagger:
+    case TileConfig::kIndexed256x128Cluster1x2:
     case TileConfig::kMasked128x128Overlap:
     case TileConfig::kMasked64x128: break;
   }
@@ -84,6 +86,9 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
       break;
     case TileConfig::kIndexed128x128Cluster1x2:
       if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_128x128_cluster1x2(args);
+      break;
+    case TileConfig::kIndexed256x128Cluster1x2:
+      if (args.kind == GroupedKind::kContiguous) return run_contiguous_indexed_256x128_cluster1x2(args);
       break;
     case TileConfig::kPingpong64x64:
     case TileConfig::kPingpong64x32:

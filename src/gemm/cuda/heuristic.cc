@@ -40,7 +40,8 @@ double relative_tile_time(TileConfig config) {
     // with short K and level with long K (docs/gemm.md "256-row tiles"): 1.9 lets the tile win where it needs no
     // more waves per unit of work than the 128x128 one.
     case TileConfig::kCooperative256x128:
-    case TileConfig::kCooperative256x128Cluster1x2: return 1.9;
+    case TileConfig::kCooperative256x128Cluster1x2:
+    case TileConfig::kIndexed256x128Cluster1x2: return 1.9;
   }
   return 1.0;
 }
@@ -70,6 +71,7 @@ const char* tile_config_name(TileConfig config) {
     case TileConfig::kMasked64x128: return "masked_pingpong_64x128";
     case TileConfig::kCooperative256x128: return "cooperative_256x128";
     case TileConfig::kCooperative256x128Cluster1x2: return "cooperative_256x128_cluster1x2";
+    case TileConfig::kIndexed256x128Cluster1x2: return "indexed_256x128_cluster1x2";
   }
   return "?";
 }
@@ -79,7 +81,8 @@ TileEstimate estimate_tiles(TileConfig config, int64_t rows, int64_t n, int64_t 
   estimate.config = config;
   int64_t tiles_n = ceil_div(n, tile_n(config));
   // A 1x2 cluster launches whole CTA pairs along N: an odd column count runs one empty tile per row of tiles.
-  if (config == TileConfig::kIndexed128x128Cluster1x2 || config == TileConfig::kCooperative256x128Cluster1x2) {
+  if (config == TileConfig::kIndexed128x128Cluster1x2 || config == TileConfig::kCooperative256x128Cluster1x2 ||
+      config == TileConfig::kIndexed256x128Cluster1x2) {
     tiles_n = ceil_div(tiles_n, 2) * 2;
   }
   estimate.tiles = groups * ceil_div(rows, tile_m(config)) * tiles_n;
@@ -98,6 +101,10 @@ constexpr int64_t kMinWavesForShortKPingpong = 4;
 // The 256-row tiles are candidates from 8 tiles along M (measured at m = 4096; below it a partial 256-row tile wastes
 // up to half its work, and the 64- and 128-row tiles fit small m better).
 constexpr int64_t kMinRowsFor256RowTiles = 2048;
+// The contiguous GEMM's 256-row tiles: at k = 2048 (16 K blocks) 1.036-1.039x the 128x128 overlap kernel on the two
+// DeepSeek shapes with n = 7168, at k = 7168 0.975-0.983x (H200, same run, docs/gemm.md "256-row tiles"), so only
+// up to 16 K blocks.
+constexpr int64_t kMaxKBlocksFor256RowContiguous = 16;
 
 // The cheapest of the 128-row configurations (`square` = the 128x128 one to use, `wide` = the 128x192 one);
 // ties go to the 128x128 tile.
@@ -141,13 +148,28 @@ TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms) {
 
 TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t k, int64_t num_groups,
                                  int num_sms) {
-  (void)k;
   if (kind == GroupedKind::kContiguous) {
     // The 128x128 tile with the overlapped promotion (two K blocks in flight per warpgroup): faster than CUTLASS's
     // consumer on all four contiguous shapes measured (+0.3% to +3.4%, one run, docs/gemm.md), as on dense and
     // masked at steady state (masked: -0.3 % to +2.9 % on four shapes, bench/gemm/energy_gemm.py --family masked).
-    return cheaper_128_row(TileConfig::kIndexed128x128Overlap, TileConfig::kIndexed128x192, rows_per_group, n,
-                           num_groups, num_sms);
+    const TileConfig square = cheaper_128_row(TileConfig::kIndexed128x128Overlap, TileConfig::kIndexed128x192,
+                                              rows_per_group, n, num_groups, num_sms);
+    // Large m_sum and short K: the 256x128 tile (1x2 cluster) where it costs less, as for dense GEMMs. Where a group
+    // boundary falls inside a tile, that tile runs twice (one pass per group); where the boundaries fall is known on
+    // the device only, so the estimate counts half of them (segments of random multiples of 128 rows straddle a
+    // 256-row tile half the time; the DeepSeek shapes' equal segments of multiples of 256 rows never do).
+    const int64_t m_sum = rows_per_group * num_groups;
+    if (m_sum >= kMinRowsFor256RowTiles && ceil_div(k, 128) <= kMaxKBlocksFor256RowContiguous) {
+      TileEstimate tall = estimate_tiles(TileConfig::kIndexed256x128Cluster1x2, m_sum, n, 1, num_sms);
+      const int64_t tiles_n = ceil_div(ceil_div(n, tile_n(TileConfig::kIndexed256x128Cluster1x2)), 2) * 2;
+      const int64_t split_tiles = ceil_div(num_groups - 1, 2) * tiles_n;
+      const double cost = static_cast<double>(ceil_div(tall.tiles + split_tiles, std::max(1, num_sms))) *
+                          relative_tile_time(TileConfig::kIndexed256x128Cluster1x2);
+      if (cost < estimate_tiles(square, rows_per_group, n, num_groups, num_sms).cost) {
+        return TileConfig::kIndexed256x128Cluster1x2;
+      }
+    }
+    return square;
   }
   const TileEstimate small = estimate_tiles(TileConfig::kMasked64x128, rows_per_group, n, num_groups, num_sms);
   const TileEstimate large = estimate_tiles(TileConfig::kMasked128x128Overlap, rows_per_group, n, num_groups, num_sms);
@@ -183,8 +205,11 @@ Schedule choose_schedule(TileConfig config, bool grouped, int64_t rows, int64_t 
   constexpr int64_t kMinTilesForSwizzle = 8;
   if (std::min(tiles_m, tiles_n) < kMinTilesForSwizzle) return Schedule{};
   const int64_t cluster_m = config == TileConfig::kCooperative128x128Cluster2x1 ? 2 : 1;
-  const int64_t cluster_n =
-      config == TileConfig::kIndexed128x128Cluster1x2 || config == TileConfig::kCooperative256x128Cluster1x2 ? 2 : 1;
+  const int64_t cluster_n = config == TileConfig::kIndexed128x128Cluster1x2 ||
+                                    config == TileConfig::kCooperative256x128Cluster1x2 ||
+                                    config == TileConfig::kIndexed256x128Cluster1x2
+                                ? 2
+                                : 1;
   for (const int swizzle : {8, 4, 2}) {
     if (tiles_m % (swizzle * cluster_m) == 0 && tiles_n % (swizzle * cluster_n) == 0) return Schedule{0, swizzle};
   }

@@ -60,12 +60,16 @@ enum class TileConfig : int {
   // 256-row A tile by TMA multicast). DeepGEMM's tile for large m.
   kCooperative256x128,
   kCooperative256x128Cluster1x2,
+  // Contiguous only: the indexed kernel with 256x128x128 tiles (WaveMma), 1x2 cluster. A tile's two 128-row blocks
+  // may belong to two groups (segments are 128-aligned): ContiguousTileScheduler gives such a tile one pass over K
+  // per group, each pass computing the rows of its group (sm90_fp8_gemm.cuh, GroupIndexedMainloop).
+  kIndexed256x128Cluster1x2,
 };
-inline constexpr int kNumTileConfigs = 19;
+inline constexpr int kNumTileConfigs = 20;
 inline constexpr bool is_indexed(TileConfig config) {
   return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
          config == TileConfig::kIndexed128x192 || config == TileConfig::kIndexed128x128Overlap ||
-         config == TileConfig::kIndexed128x128Stagger;
+         config == TileConfig::kIndexed256x128Cluster1x2 || config == TileConfig::kIndexed128x128Stagger;
 }
 inline constexpr bool is_masked_only(TileConfig config) {
   return config == TileConfig::kMasked128x128Overlap || config == TileConfig::kMasked64x128;
@@ -83,7 +87,10 @@ inline constexpr bool is_dense_only(TileConfig config) {
          config == TileConfig::kCooperative256x128Cluster1x2;
 }
 inline constexpr int tile_m(TileConfig config) {
-  if (config == TileConfig::kCooperative256x128 || config == TileConfig::kCooperative256x128Cluster1x2) return 256;
+  if (config == TileConfig::kCooperative256x128 || config == TileConfig::kCooperative256x128Cluster1x2 ||
+      config == TileConfig::kIndexed256x128Cluster1x2) {
+    return 256;
+  }
   return config == TileConfig::kPingpong64x128 || config == TileConfig::kMasked64x128 || is_narrow_pingpong(config)
              ? 64
              : 128;

@@ -23,6 +23,7 @@
 #include "cutlass/gemm/dispatch_policy.hpp"
 #include "cutlass/gemm/group_array_problem_shape.hpp"
 #include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/gemm/kernel/tile_scheduler.hpp"
 #include "launch.h"
 
 namespace ff::gemm::cuda {
@@ -187,6 +188,31 @@ CUTLASS_DEVICE auto consumer_operands(TiledMma& tiled_mma, typename Base::Tensor
   Tensor sfa = tiled_mma.get_slice(thread_idx).partition_C(broadcast_scales_a<Base>(shared_tensors));
   Tensor sfb = tiled_mma.get_slice(thread_idx).partition_C(broadcast_scales_b<Base>(shared_tensors));
   return ConsumerOperands<decltype(a), decltype(b), decltype(sfa), decltype(sfb)>{a, b, sfa, sfb};
+}
+
+inline constexpr int kRowBlock = 128;  // get_m_alignment_for_contiguous_layout()
+
+// The groups of a contiguous-layout tile's 128-row blocks (kBlocksPerTile of them, 1 or 2): `first` and `second`
+// (equal for one block). A padding block (-1, or any index outside [0, num_groups)) takes its neighbour's group,
+// so a tile of one group and padding runs as one group; a tile of padding only computes with group 0 (its rows are
+// zeroed afterwards). block_group == nullptr: a dense GEMM, one group.
+struct TileGroups {
+  int first = 0;
+  int second = 0;
+  CUTLASS_HOST_DEVICE bool two() const { return first != second; }
+};
+template <int kBlocksPerTile>
+CUTLASS_DEVICE TileGroups tile_groups(const int32_t* block_group, int num_blocks, int num_groups, int m_tile) {
+  static_assert(kBlocksPerTile == 1 || kBlocksPerTile == 2, "tiles of 128 or 256 rows");
+  if (block_group == nullptr) return {};
+  auto group_at = [&](int block) {
+    const int group = block < num_blocks ? block_group[block] : -1;
+    return group >= 0 && group < num_groups ? group : -1;
+  };
+  const int first = group_at(m_tile * kBlocksPerTile);
+  const int second = kBlocksPerTile == 2 ? group_at(m_tile * kBlocksPerTile + 1) : first;
+  if (first < 0 && second < 0) return {};
+  return {first < 0 ? second : first, second < 0 ? first : second};
 }
 
 }  // namespace detail
@@ -479,6 +505,9 @@ struct OverlappedPromotionMma : Base {
 // total(wave w) += block * sa * sb. The warpgroup's tensor-core work stops while it promotes; the other consumer
 // warpgroup's WGMMAs fill that time. CUTLASS's pipeline protocol: stages 0..K-2 of a tile released here as soon as
 // their last wave completed, the last one by the base's mma_tail.
+// Wave w holds the tile's rows [128 w, 128 w + 128) (the TiledMma's 128-row M repeat), so a contiguous-layout tile
+// whose two 128-row blocks belong to different groups runs as two passes over K (mma_two_groups: the producer loads
+// each pass's B from its block's group, and pass p runs wave p only).
 template <class Base>
 struct WaveMma : Base {
   static_assert(Base::ScaleNsPerTile == 1 && Base::ScaleMsPerTile > 1, "for per-row A and one B-scale block per tile");
@@ -489,9 +518,26 @@ struct WaveMma : Base {
   CUTLASS_DEVICE void mma(typename Base::MainloopPipeline pipeline, typename Base::PipelineState smem_pipe_read,
                           FrgTensorC& accum, int k_tile_count, int thread_idx,
                           typename Base::TensorStorage& shared_tensors, typename Base::Params const& params) {
+    (void)params;
+    run<false>(pipeline, smem_pipe_read, accum, k_tile_count, k_tile_count, thread_idx, shared_tensors);
+  }
+
+  // k_tile_count = 2 x k_tiles_per_pass: K blocks 0..k_tiles_per_pass-1 feed wave 0, the rest wave 1.
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma_two_groups(typename Base::MainloopPipeline pipeline,
+                                     typename Base::PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
+                                     int k_tiles_per_pass, int thread_idx,
+                                     typename Base::TensorStorage& shared_tensors) {
+    run<true>(pipeline, smem_pipe_read, accum, k_tile_count, k_tiles_per_pass, thread_idx, shared_tensors);
+  }
+
+ private:
+  template <bool kTwoGroups, class FrgTensorC>
+  CUTLASS_DEVICE void run(typename Base::MainloopPipeline pipeline, typename Base::PipelineState smem_pipe_read,
+                          FrgTensorC& accum, int k_tile_count, int k_tiles_per_pass, int thread_idx,
+                          typename Base::TensorStorage& shared_tensors) {
     using namespace cute;
     using TileShape = typename Base::TileShape;
-    (void)params;
     typename Base::TiledMma tiled_mma;
     const auto ops = detail::consumer_operands<Base>(tiled_mma, shared_tensors, thread_idx);
     Tensor sfa = make_tensor_like<float>(ops.sfa(_, _, _, _0{}));  // broadcast: one register per distinct row
@@ -500,9 +546,12 @@ struct WaveMma : Base {
     constexpr int kWaves = decltype(size<1>(ops.a))::value;
     constexpr int kColumns = decltype(size<1>(ops.b))::value;
     static_assert(kWaves > 1, "one wave per warpgroup: use OverlappedPromotionMma");
+    static_assert(!kTwoGroups || (kWaves == 2 && tile_size<0>(typename Base::TiledMma{}) == 128),
+                  "two groups per tile: one 128-row wave per group");
     // One wave's accumulators: (MMA, 1, MMA_N), the C partition of a tile tile_size<0>(TiledMma) rows tall.
     Tensor block = partition_fragment_C(tiled_mma, make_shape(tile_size<0>(tiled_mma), get<1>(TileShape{})));
     CUTE_STATIC_ASSERT_V(size(block) * Int<kWaves>{} == size(accum));
+    (void)k_tiles_per_pass;  // read by the two-group walk only
 
     clear(accum);
     typename Base::PipelineState smem_pipe_release = smem_pipe_read;
@@ -513,8 +562,9 @@ struct WaveMma : Base {
       const int stage = smem_pipe_read.index();
       copy(ops.sfa(_, _, _, make_coord(_0{}, stage)), sfa);
       copy(ops.sfb(_, _, _, make_coord(_0{}, stage)), sfb);
-      CUTLASS_PRAGMA_UNROLL
-      for (int wave = 0; wave < kWaves; ++wave) {
+      // One wave's K block: its WGMMAs, wait, (after the stage's last wave: release it) promote.
+      auto run_wave = [&](auto wave_constant, bool last_wave) {
+        constexpr int wave = decltype(wave_constant)::value;
         tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
         warpgroup_fence_operand(block);
         warpgroup_arrive();
@@ -531,7 +581,7 @@ struct WaveMma : Base {
         warpgroup_commit_batch();
         warpgroup_fence_operand(block);
         warpgroup_wait<0>();
-        if (wave + 1 == kWaves) {
+        if (last_wave) {
           ++smem_pipe_read;
           if (k_tile + 1 < k_tile_count) {  // the last stage is released by mma_tail, as CUTLASS's mma does
             pipeline.consumer_release(smem_pipe_release);
@@ -548,6 +598,15 @@ struct WaveMma : Base {
           }
         }
         warpgroup_fence_operand(accum);
+      };
+      if constexpr (kTwoGroups) {
+        if (k_tile < k_tiles_per_pass) {
+          run_wave(Int<0>{}, true);
+        } else {
+          run_wave(Int<1>{}, true);
+        }
+      } else {
+        for_each(make_int_sequence<kWaves>{}, [&](auto wave) { run_wave(wave, decltype(wave)::value + 1 == kWaves); });
       }
     }
   }
@@ -583,6 +642,10 @@ struct SelectConsumer<Built, false, Promotion::kNone, kDirect> {
 // (load_auxiliary, cp.async) is the base's with the group substituted for L; the consumers are untouched. All
 // tiles of a CTA pair in a 1x2 cluster share m, hence the group, so A multicast stays valid; a 2x1 cluster (B
 // multicast) is rejected, since the two M tiles may belong to different groups.
+// 256-row tiles (WaveMma): a tile spans two 128-row blocks, which may belong to two groups. ContiguousTileScheduler
+// gives such a tile twice the K blocks; the producer loads K blocks 0..K-1 with the first block's B and K..2K-1 with
+// the second's (A and its scales again), and the consumer runs wave 0 (rows 0-127) on the first pass and wave 1 on
+// the second (WaveMma::mma_two_groups). Tiles of one group (and padding) run one pass as before.
 template <class Base>
 struct GroupIndexedMainloop : Base {
   using TileShape = typename Base::TileShape;
@@ -594,6 +657,7 @@ struct GroupIndexedMainloop : Base {
   using GmemTiledCopyB = typename Base::GmemTiledCopyB;
   static_assert(cute::size<0>(ClusterShape{}) == 1, "B multicast across M tiles of different groups is invalid");
   static_assert(Base::IsTmaLoadSFA && !Base::IsTmaLoadSFB, "expects M-major A scales loaded by TMA");
+  static constexpr int kBlocksPerTile = cute::size<0>(TileShape{}) / detail::kRowBlock;
 
   struct Arguments : Base::Arguments {
     const int32_t* block_group;  // (ceil(m / 128)) groups, -1 for padding blocks
@@ -602,14 +666,20 @@ struct GroupIndexedMainloop : Base {
   struct Params : Base::Params {
     const int32_t* block_group;
     int num_groups;
+    int num_blocks;  // ceil(m / 128)
+    int k_blocks;    // K tiles of one pass
   };
 
   template <class ProblemShape>
   static Params to_underlying_arguments(ProblemShape const& problem_shape, Arguments const& args, void* workspace) {
-    Params params{Base::to_underlying_arguments(problem_shape, args, workspace), args.block_group, args.num_groups};
     auto problem_shape_mnkl = cute::append<4>(problem_shape, 1);
+    const auto m = cute::get<0>(problem_shape_mnkl);
     const auto n = cute::get<1>(problem_shape_mnkl);
     const auto k = cute::get<2>(problem_shape_mnkl);
+    constexpr int kTileK = cute::size<2>(TileShape{});
+    Params params{Base::to_underlying_arguments(problem_shape, args, workspace), args.block_group, args.num_groups,
+                  static_cast<int>((m + detail::kRowBlock - 1) / detail::kRowBlock),
+                  static_cast<int>((k + kTileK - 1) / kTileK)};
     // B as (n, k, G): the batch stride of args.dB steps over groups.
     auto tensor_b = cute::make_tensor(args.ptr_B, cute::make_layout(cute::make_shape(n, k, args.num_groups), args.dB));
     params.tma_load_b = cute::make_tma_copy_B_sm90(GmemTiledCopyB{}, tensor_b,
@@ -628,11 +698,22 @@ struct GroupIndexedMainloop : Base {
     return cute::make_tuple(cute::get<0>(inputs), g_b, cute::get<2>(inputs), cute::get<3>(inputs));
   }
 
-  CUTLASS_DEVICE static int group_of_tile(Params const& params, int m_tile) {
-    if (params.block_group == nullptr) return 0;  // a dense GEMM (DenseGemm's 192-wide tiles): one group
-    const int group = params.block_group[m_tile];
-    // Padding blocks (-1) compute with group 0; their rows are zero-filled afterwards.
-    return group < 0 || group >= params.num_groups ? 0 : group;
+  CUTLASS_DEVICE static detail::TileGroups groups_of_tile(Params const& params, int m_tile) {
+    return detail::tile_groups<kBlocksPerTile>(params.block_group, params.num_blocks, params.num_groups, m_tile);
+  }
+
+  // Tiles of two groups: K blocks 0..k_blocks-1 on the first group's B (wave 0), the rest on the second's (wave 1).
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
+                          int thread_idx, TensorStorage& shared_tensors, Params const& params) {
+    if constexpr (kBlocksPerTile == 2) {
+      if (k_tile_count > params.k_blocks) {
+        Base::mma_two_groups(pipeline, smem_pipe_read, accum, k_tile_count, params.k_blocks, thread_idx,
+                             shared_tensors);
+        return;
+      }
+    }
+    Base::mma(pipeline, smem_pipe_read, accum, k_tile_count, thread_idx, shared_tensors, params);
   }
 
   template <class TensorA, class TensorB, class TensorSFA, class TensorSFB, class KTileIterator, class BlockCoord>
@@ -651,10 +732,11 @@ struct GroupIndexedMainloop : Base {
     // Cluster shape is (1, c): every CTA of a cluster has the same m tile, the y index picks the A slice it loads.
     const uint32_t cluster_y = block_rank_in_cluster;
     auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
-    const int group = group_of_tile(params, m_coord);
+    const detail::TileGroups groups = groups_of_tile(params, m_coord);
 
-    Tensor g_a = get<0>(load_inputs)(_, _, m_coord, _, l_coord);  // (BLK_M,BLK_K,k)
-    Tensor g_b = get<1>(load_inputs)(_, _, n_coord, _, group);     // (BLK_N,BLK_K,k)
+    Tensor g_a = get<0>(load_inputs)(_, _, m_coord, _, l_coord);             // (BLK_M,BLK_K,k)
+    Tensor g_b_first = get<1>(load_inputs)(_, _, n_coord, _, groups.first);  // (BLK_N,BLK_K,k)
+    Tensor g_b_second = get<1>(load_inputs)(_, _, n_coord, _, groups.second);
     Tensor g_sfa = local_tile(get<2>(load_inputs), make_tile(Int<Base::ScaleMsPerTile>{}, Int<1>{}),
                               make_coord(m_coord, _, l_coord));
 
@@ -663,7 +745,8 @@ struct GroupIndexedMainloop : Base {
     auto block_tma_sfa = params.tma_load_sfa.get_slice(0);
     Tensor t_ag = block_tma_a.partition_S(g_a);
     Tensor t_as = block_tma_a.partition_D(s_a);
-    Tensor t_bg = block_tma_b.partition_S(g_b);
+    Tensor t_bg_first = block_tma_b.partition_S(g_b_first);
+    Tensor t_bg_second = block_tma_b.partition_S(g_b_second);
     Tensor t_bs = block_tma_b.partition_D(s_b);
     Tensor t_sfag = block_tma_sfa.partition_S(g_sfa);
     Tensor t_sfas = block_tma_sfa.partition_D(s_sfa);
@@ -672,18 +755,22 @@ struct GroupIndexedMainloop : Base {
     if constexpr (cute::is_same_v<GmemTiledCopyA, SM90_TMA_LOAD_MULTICAST>) {
       for (int n = 0; n < size<1>(ClusterShape{}); ++n) mcast_mask_a |= uint16_t(1) << n;
     }
+    // The persistent scheduler's tiles start at K block 0; a tile of two groups (k_tile_count = 2 x k_blocks) walks
+    // K twice, the second time on the second group's B.
+    (void)k_tile_iter;
     CUTLASS_PRAGMA_NO_UNROLL
-    for (; k_tile_count > 0; --k_tile_count) {
+    for (int tile = 0; tile < k_tile_count; ++tile) {
+      const bool second = tile >= params.k_blocks;
+      const int k = second ? tile - params.k_blocks : tile;
       pipeline.producer_acquire(smem_pipe_write);
       const int stage = smem_pipe_write.index();
       auto* barrier = pipeline.producer_get_barrier(smem_pipe_write);
       if (lane_predicate) {
-        copy(params.tma_load_a.with(*barrier, mcast_mask_a), t_ag(_, _, _, *k_tile_iter), t_as(_, _, _, stage));
-        copy(params.tma_load_b.with(*barrier, uint16_t(0)), t_bg(_, _, _, *k_tile_iter), t_bs(_, _, _, stage));
-        copy(params.tma_load_sfa.with(*barrier, uint16_t(0)), t_sfag(_, _, _, *k_tile_iter),
-             t_sfas(_, _, _, stage));
+        copy(params.tma_load_a.with(*barrier, mcast_mask_a), t_ag(_, _, _, k), t_as(_, _, _, stage));
+        copy(params.tma_load_b.with(*barrier, uint16_t(0)), (second ? t_bg_second : t_bg_first)(_, _, _, k),
+             t_bs(_, _, _, stage));
+        copy(params.tma_load_sfa.with(*barrier, uint16_t(0)), t_sfag(_, _, _, k), t_sfas(_, _, _, stage));
       }
-      ++k_tile_iter;
       ++smem_pipe_write;
     }
   }
@@ -695,11 +782,121 @@ struct GroupIndexedMainloop : Base {
                                      int thread_idx, uint32_t block_rank_in_cluster, TensorStorage& shared_tensors) {
     auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
     (void)l_coord;
+    const detail::TileGroups groups = groups_of_tile(params, m_coord);
+    const int first_count = k_tile_count < params.k_blocks ? k_tile_count : params.k_blocks;
     Base::load_auxiliary(params, pipeline, smem_pipe_write, load_inputs,
-                         cute::make_coord(m_coord, n_coord, k_coord, group_of_tile(params, m_coord)), k_tile_iter,
-                         k_tile_count, thread_idx, block_rank_in_cluster, shared_tensors);
+                         cute::make_coord(m_coord, n_coord, k_coord, groups.first), k_tile_iter, first_count,
+                         thread_idx, block_rank_in_cluster, shared_tensors);
+    if (k_tile_count > first_count) {  // a tile of two groups: the second pass over K, the second group's scales
+      smem_pipe_write.advance(first_count);
+      Base::load_auxiliary(params, pipeline, smem_pipe_write, load_inputs,
+                           cute::make_coord(m_coord, n_coord, k_coord, groups.second), k_tile_iter,
+                           k_tile_count - first_count, thread_idx, block_rank_in_cluster, shared_tensors);
+    }
   }
 };
+
+// The tile scheduler tag of the 256-row contiguous kernels (selects ContiguousTileScheduler below).
+struct ContiguousTiles {};
+
+// CUTLASS's persistent scheduler (same walk, raster order and swizzle) whose work items also say whether the tile's
+// two 128-row blocks belong to two groups (block_group, written by the setup kernel before the GEMM starts); such a
+// tile gets twice the K blocks (GroupIndexedMainloop: one pass over K per group). Every role of the kernel (producer,
+// scale producer, consumers) asks get_work_k_tile_count of the same work item, so they agree on the stage count.
+class ContiguousTileScheduler : public cutlass::gemm::kernel::detail::PersistentTileSchedulerSm90 {
+  using Base = cutlass::gemm::kernel::detail::PersistentTileSchedulerSm90;
+
+ public:
+  struct WorkTileInfo : Base::WorkTileInfo {
+    bool two_groups = false;
+  };
+  struct Arguments : Base::Arguments {
+    const int32_t* block_group = nullptr;
+    int32_t num_blocks = 0;
+    int32_t num_groups = 0;
+  };
+  struct Params : Base::Params {
+    const int32_t* block_group = nullptr;
+    int32_t num_blocks = 0;
+    int32_t num_groups = 0;
+  };
+
+  template <class ProblemShapeMNKL, class TileShape, class ClusterShape>
+  static Params to_underlying_arguments(ProblemShapeMNKL problem_shape_mnkl, TileShape tile_shape,
+                                        ClusterShape cluster_shape, cutlass::KernelHardwareInfo const& hw_info,
+                                        Arguments const& arguments, void* workspace = nullptr,
+                                        const uint32_t epilogue_subtile = 1, uint32_t ktile_start_alignment = 1u) {
+    static_assert(cute::size<0>(TileShape{}) == 2 * detail::kRowBlock, "for tiles of two 128-row blocks");
+    Params params;
+    static_cast<Base::Params&>(params) =
+        Base::to_underlying_arguments(problem_shape_mnkl, tile_shape, cluster_shape, hw_info, arguments, workspace,
+                                      epilogue_subtile, ktile_start_alignment);
+    params.block_group = arguments.block_group;
+    params.num_blocks = arguments.num_blocks;
+    params.num_groups = arguments.num_groups;
+    return params;
+  }
+
+  static bool can_implement(Arguments const& arguments) {
+    return arguments.block_group != nullptr && Base::can_implement(arguments);
+  }
+
+  CUTLASS_HOST_DEVICE ContiguousTileScheduler() {}
+  CUTLASS_DEVICE explicit ContiguousTileScheduler(Params const& params)
+      : Base(params),
+        block_group_(params.block_group),
+        num_blocks_(params.num_blocks),
+        num_groups_(params.num_groups) {}
+
+  template <class ClusterShape>
+  CUTLASS_DEVICE WorkTileInfo initial_work_tile_info(ClusterShape cluster_shape) {
+    return with_groups(Base::initial_work_tile_info(cluster_shape));
+  }
+  CUTLASS_DEVICE WorkTileInfo get_current_work() const { return with_groups(Base::get_current_work()); }
+  CUTLASS_DEVICE auto fetch_next_work(WorkTileInfo) {
+    advance_to_next_work();
+    return cute::make_tuple(get_current_work(), true);
+  }
+  template <class Pipeline, class PipelineState>
+  CUTLASS_DEVICE auto fetch_next_work(WorkTileInfo work, Pipeline&, PipelineState) {
+    return fetch_next_work(work);
+  }
+
+  template <class ProblemShape, class TileShape>
+  CUTLASS_HOST_DEVICE static int get_work_k_tile_count(WorkTileInfo const& work, ProblemShape problem_shape,
+                                                       TileShape tile_shape) {
+    const int k_tiles = Base::get_work_k_tile_count(work, problem_shape, tile_shape);
+    return work.two_groups ? 2 * k_tiles : k_tiles;
+  }
+
+ private:
+  CUTLASS_DEVICE WorkTileInfo with_groups(Base::WorkTileInfo base) const {
+    WorkTileInfo work;
+    static_cast<Base::WorkTileInfo&>(work) = base;
+    work.two_groups =
+        base.is_valid() && detail::tile_groups<2>(block_group_, num_blocks_, num_groups_, base.M_idx).two();
+    return work;
+  }
+
+  const int32_t* block_group_ = nullptr;
+  int32_t num_blocks_ = 0;
+  int32_t num_groups_ = 0;
+};
+
+}  // namespace ff::gemm::cuda
+
+namespace cutlass::gemm::kernel::detail {
+
+template <class ArchTag, class TileShape, class ClusterShape, uint32_t SchedulerPipelineStageCount,
+          class ProblemShapeType>
+struct TileSchedulerSelector<ff::gemm::cuda::ContiguousTiles, ArchTag, TileShape, ClusterShape,
+                             SchedulerPipelineStageCount, ProblemShapeType> {
+  using Scheduler = ff::gemm::cuda::ContiguousTileScheduler;
+};
+
+}  // namespace cutlass::gemm::kernel::detail
+
+namespace ff::gemm::cuda {
 
 // The mainloop of the narrow dense tiles (N = 64, 32 or 16, so one B-scale block of kTileN rows per tile) reading the
 // caller's 128x128 B scales directly: CUTLASS's blockwise collective needs the tile's N to be a multiple of the scale
@@ -887,7 +1084,6 @@ struct GroupedProblems {
 };
 
 inline constexpr int kSetupThreads = 1024;
-inline constexpr int kRowBlock = 128;  // get_m_alignment_for_contiguous_layout()
 
 template <class Problems>
 __device__ void write_problem(const Problems& p, int index, int rows, int group, int64_t first_row,
@@ -1108,22 +1304,27 @@ struct GroupedGemm {
   }
 };
 
-
 // Contiguous grouped GEMM on the dense kernel with GroupIndexedMainloop (TileConfig::kIndexed*): one launch over
 // the whole (m_sum, n, k) problem, so no problem arrays, no per-problem tensor-map updates and the dense kernel's
-// TMA-loaded M-major A scales. A one-warp-per-block setup kernel writes each 128-row block's group.
-template <class TileShape, class ClusterShape, int kScaleN = 128, Promotion kPromotion = Promotion::kNone>
+// TMA-loaded M-major A scales. A one-warp-per-block setup kernel writes each 128-row block's group. 256-row tiles
+// (Promotion::kWaves) run ContiguousTileScheduler: a tile of two groups takes one pass over K per group.
+template <class TileShape, class ClusterShape, int kScaleN = 128, Promotion kPromotion = Promotion::kNone,
+          class EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto>
 struct IndexedGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
   using LayoutSFB = decltype(ScaleConfig::deduce_layoutSFB());
   // The 192-wide tiles read B's 128x128 blocks directly (WideTileMma<..., true>).
   static constexpr bool kDirectScalesB = kScaleN < 128;
-  using Dense = DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
-                          cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN, kPromotion, kDirectScalesB>;
+  static constexpr bool kTwoBlocksPerTile = cute::size<0>(TileShape{}) == 2 * detail::kRowBlock;
+  static_assert(!kTwoBlocksPerTile || kPromotion == Promotion::kWaves, "256-row tiles: WaveMma's two-group passes");
+  using Dense =
+      DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
+                cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN, kPromotion, kDirectScalesB, EpilogueTile>;
   using CollectiveMainloop = GroupIndexedMainloop<typename Dense::MmaMainloop>;
+  using Scheduler = std::conditional_t<kTwoBlocksPerTile, ContiguousTiles, void>;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
-                                                      typename Dense::CollectiveEpilogue>;
+                                                      typename Dense::CollectiveEpilogue, Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static std::string run(const GroupedArgs& args) {
@@ -1182,6 +1383,11 @@ struct IndexedGemm {
     arguments.epilogue.thread.alpha = 1.0f;
     arguments.epilogue.thread.beta = 0.0f;
     detail::apply_schedule(arguments.scheduler, args.schedule);
+    if constexpr (kTwoBlocksPerTile) {
+      arguments.scheduler.block_group = static_cast<const int32_t*>(block_group);
+      arguments.scheduler.num_blocks = num_blocks;
+      arguments.scheduler.num_groups = args.num_groups;
+    }
 
     std::string result = detail::launch_gemm<Gemm>(arguments, "indexed gemm", args.stream);
     if (result.empty()) result = zero_padding_rows(args);
