@@ -780,6 +780,10 @@ struct GroupIndexedMainloop : Base {
                                      cute::tuple<TensorA, TensorB, TensorSFA, TensorSFB> const& load_inputs,
                                      BlockCoord const& blk_coord, KTileIterator k_tile_iter, int k_tile_count,
                                      int thread_idx, uint32_t block_rank_in_cluster, TensorStorage& shared_tensors) {
+    // CUTLASS's cooperative kernel starts this (scale-B) producer warp without waiting for the grid it may be a
+    // programmatic dependent of (its ping-pong kernel waits): the wide dense tiles are launched so after
+    // expand_b_scales (launch_gemm), whose output this warp reads. Without a programmatic launch: no wait.
+    cutlass::arch::wait_on_dependent_grids();
     auto [m_coord, n_coord, k_coord, l_coord] = blk_coord;
     (void)l_coord;
     const detail::TileGroups groups = groups_of_tile(params, m_coord);
