@@ -9,7 +9,8 @@ groups ("split_tiles" of "tiles_m"), TFLOPS per configuration (median over rotat
 rows only), the baseline's and the ratios; each configuration's output is checked against the dequantised product
 per segment (calc_diff). Timing as bench_gemm.py (CUDA graphs of 10 calls, median of cudaEvent times).
 
-  PYTHONPATH=python python3 bench/gemm/contiguous_layouts.py [--rounds 3] [--out PATH]
+  PYTHONPATH=python python3 bench/gemm/bench_contiguous_layouts.py [--rounds 3] [--out PATH]
+(`make bench` runs it; without torch or a CUDA GPU it prints why it skips.)
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    torch = bench_gemm.import_cuda_torch("contiguous_layouts")
+    torch = bench_gemm.import_cuda_torch("bench_contiguous_layouts")
     if torch is None:
         return 0
     from fireflyer import gemm
@@ -140,8 +141,9 @@ def main() -> int:
             print(json.dumps(record), flush=True)
             records.append(record)
             del x, w, a, sa, b, sb, out, m_indices
+    slug = "h200" if "H200" in device else device.lower().replace(" ", "_")
     out_path = pathlib.Path(args.out) if args.out else (
-        bench_gemm.REPO_ROOT / "bench" / "results" / "gemm_contiguous_layouts.json")
+        bench_gemm.REPO_ROOT / "bench" / "results" / f"gemm_{slug}_contiguous_layouts.json")
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     out_path.write_text(json.dumps({"benchmark": "gemm_contiguous_layouts", "device": device, "num_sms": num_sms,
                                     "date": date, "rounds": args.rounds, "seed": args.seed, "cases": records},
