@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import random
 import statistics
@@ -100,10 +99,7 @@ def main() -> int:
             call = lambda: gemm.m_grouped_gemm_fp8_fp8_bf16_nt_contiguous((a, sa), (b, sb), out, m_indices)  # noqa: E731
             diffs, times = {}, {config: [] for config in CONFIGS}
             for config in CONFIGS:
-                if config:
-                    os.environ["FF_GEMM_TILE_CONFIG"] = config
-                else:
-                    os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+                bench_gemm.force_config(config)
                 out.fill_(float("nan"))
                 call()
                 torch.cuda.synchronize()
@@ -111,12 +107,9 @@ def main() -> int:
             for r in range(args.rounds):
                 order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
                 for config in order:
-                    if config:
-                        os.environ["FF_GEMM_TILE_CONFIG"] = config
-                    else:
-                        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+                    bench_gemm.force_config(config)
                     times[config].append(bench_gemm.time_graph(torch, call))
-            os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+            bench_gemm.force_config("")
             scaled_inputs = []
             for begin, end, group in spans:
                 xa, xs = bench_gemm.row_scales(torch, x[begin:end])
@@ -141,9 +134,8 @@ def main() -> int:
             print(json.dumps(record), flush=True)
             records.append(record)
             del x, w, a, sa, b, sb, out, m_indices
-    slug = "h200" if "H200" in device else device.lower().replace(" ", "_")
     out_path = pathlib.Path(args.out) if args.out else (
-        bench_gemm.REPO_ROOT / "bench" / "results" / f"gemm_{slug}_contiguous_layouts.json")
+        bench_gemm.REPO_ROOT / "bench" / "results" / f"gemm_{bench_gemm.device_slug(device)}_contiguous_layouts.json")
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     out_path.write_text(json.dumps({"benchmark": "gemm_contiguous_layouts", "device": device, "num_sms": num_sms,
                                     "date": date, "rounds": args.rounds, "seed": args.seed, "cases": records},

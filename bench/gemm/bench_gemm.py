@@ -242,6 +242,19 @@ def heuristic_choice(gemm, kind, rows, n, k, groups, num_sms):
     return gemm.heuristic_choice(kind, rows, n, k, groups, num_sms)
 
 
+def device_slug(device: str) -> str:
+    """The device's part of a results file name ("h200" for any H200)."""
+    return "h200" if "H200" in device else device.lower().replace(" ", "_")
+
+
+def force_config(config: str) -> None:
+    """FF_GEMM_TILE_CONFIG=config for the calls captured next; "" = the heuristic's choice."""
+    if config:
+        os.environ["FF_GEMM_TILE_CONFIG"] = config
+    else:
+        os.environ.pop("FF_GEMM_TILE_CONFIG", None)
+
+
 def figures(flop: float, bytes_moved: float, seconds: float) -> dict:
     return {"us": round(seconds * 1e6, 2), "tflops": round(flop / seconds / 1e12, 1),
             "gbps": round(bytes_moved / seconds / 1e9, 1)}
@@ -464,8 +477,7 @@ def main() -> int:
                   "same run for all columns",
     }
     print(json.dumps({"summary": summary}), flush=True)
-    slug = "h200" if "H200" in device else device.lower().replace(" ", "_")
-    path = pathlib.Path(args.out) if args.out else REPO_ROOT / "bench" / "results" / f"gemm_{slug}.json"
+    path = pathlib.Path(args.out) if args.out else REPO_ROOT / "bench" / "results" / f"gemm_{device_slug(device)}.json"
     path.write_text(json.dumps({"summary": summary, "cases": results}, indent=1) + "\n")
     return 0
 

@@ -160,12 +160,11 @@ TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64
     // 256-row tile half the time; the DeepSeek shapes' equal segments of multiples of 256 rows never do).
     const int64_t m_sum = rows_per_group * num_groups;
     if (m_sum >= kMinRowsFor256RowTiles && ceil_div(k, 128) <= kMaxKBlocksFor256RowContiguous) {
-      TileEstimate tall = estimate_tiles(TileConfig::kIndexed256x128Cluster1x2, m_sum, n, 1, num_sms);
-      const int64_t tiles_n = ceil_div(ceil_div(n, tile_n(TileConfig::kIndexed256x128Cluster1x2)), 2) * 2;
-      const int64_t split_tiles = ceil_div(num_groups - 1, 2) * tiles_n;
-      const double cost = static_cast<double>(ceil_div(tall.tiles + split_tiles, std::max(1, num_sms))) *
-                          relative_tile_time(TileConfig::kIndexed256x128Cluster1x2);
-      if (cost < estimate_tiles(square, rows_per_group, n, num_groups, num_sms).cost) {
+      // Each tile run twice counts as one more row of tiles: 256 more rows.
+      const int64_t split_rows = ceil_div(num_groups - 1, 2) * tile_m(TileConfig::kIndexed256x128Cluster1x2);
+      const TileEstimate tall =
+          estimate_tiles(TileConfig::kIndexed256x128Cluster1x2, m_sum + split_rows, n, 1, num_sms);
+      if (tall.cost < estimate_tiles(square, rows_per_group, n, num_groups, num_sms).cost) {
         return TileConfig::kIndexed256x128Cluster1x2;
       }
     }
