@@ -18,6 +18,8 @@
 #include "cutlass/cutlass.h"
 #include "cutlass/detail/blockwise_scale_layout.hpp"
 #include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
+#include "cutlass/epilogue/thread/activation.h"
 #include "cutlass/gemm/collective/collective_builder.hpp"
 #include "cutlass/gemm/device/gemm_universal_adapter.h"
 #include "cutlass/gemm/dispatch_policy.hpp"
@@ -38,6 +40,38 @@ using LayoutB = cutlass::layout::ColumnMajor;  // (k, n) column-major == our (n,
 using LayoutD = cutlass::layout::RowMajor;     // (m, n), n contiguous
 inline constexpr int kAlignmentAB = 16;        // elements: 16 bytes for TMA
 inline constexpr int kAlignmentD = 8;
+
+// The epilogue's work on each fp32 accumulator (the scales were applied in the mainloop): ConvertToD converts it to
+// bf16 and nothing else; AlphaBetaD is CUTLASS's default, alpha * acc (+ beta * C, C void here), one FMUL per element
+// with alpha = 1. The dense kernels use ConvertToD (1.006-1.066x faster on all 18 dense benchmark shapes, H200, same
+// run); the contiguous and masked ones keep AlphaBetaD, which was as fast or faster there (0.99x geometric mean of
+// their times; docs/gemm.md "The epilogue's conversion").
+using ConvertToD = cutlass::epilogue::fusion::Sm90EVT<
+    cutlass::epilogue::fusion::Sm90Compute<cutlass::epilogue::thread::Identity, ElementD, float,
+                                           cutlass::FloatRoundStyle::round_to_nearest>,
+    cutlass::epilogue::fusion::Sm90AccFetch>;
+using AlphaBetaD = cutlass::epilogue::fusion::LinearCombination<ElementD, float, void, float>;
+
+// The fusion a schedule takes: the epilogue without shared memory (the masked ping-pong tiles' registers-to-global
+// store) is built from a thread-level operation only, so it keeps CUTLASS's default.
+template <class EpilogueSchedule, class Fusion>
+using FusionFor = std::conditional_t<std::is_base_of_v<cutlass::epilogue::NoSmemWarpSpecialized, EpilogueSchedule>,
+                                     AlphaBetaD, Fusion>;
+
+// Sets alpha = 1 and beta = 0 where the epilogue has them (AlphaBetaD); ConvertToD has no arguments. (The CUDA
+// translation units are C++17: a detection trait instead of a requires-expression.)
+template <class ThreadArguments, class = void>
+struct HasAlpha : std::false_type {};
+template <class ThreadArguments>
+struct HasAlpha<ThreadArguments, std::void_t<decltype(std::declval<ThreadArguments&>().alpha)>> : std::true_type {};
+
+template <class ThreadArguments>
+void set_unit_scaling(ThreadArguments& thread) {
+  if constexpr (HasAlpha<ThreadArguments>::value) {
+    thread.alpha = 1.0f;
+    thread.beta = 0.0f;
+  }
+}
 
 // Scale granularity: 1x128 for A, 128x128 for B. A's scales are M-major for the dense kernel (DeepGEMM's
 // TMA-aligned column-major layout, loaded by TMA) and K-major (row-major) for the grouped kernels: CUTLASS's
@@ -959,7 +993,7 @@ struct DirectScalesB : Base {
 // EpilogueTile: the pieces the epilogue stores a tile in (CUTLASS's automatic choice unless given).
 template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128,
           Promotion kPromotion = Promotion::kNone, bool kDirectScalesB = false,
-          class EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto>
+          class EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto, class Fusion = detail::ConvertToD>
 struct DenseGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
@@ -967,8 +1001,8 @@ struct DenseGemm {
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape, EpilogueTile, float, float, void,
-      detail::LayoutD, detail::kAlignmentD, detail::ElementD, detail::LayoutD, detail::kAlignmentD,
-      EpilogueSchedule>::CollectiveOp;
+      detail::LayoutD, detail::kAlignmentD, detail::ElementD, detail::LayoutD, detail::kAlignmentD, EpilogueSchedule,
+      detail::FusionFor<EpilogueSchedule, Fusion>>::CollectiveOp;
 
   using BuiltMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, detail::ElementA, cute::tuple<detail::LayoutA, LayoutSFA>,
@@ -1040,8 +1074,7 @@ struct DenseGemm {
                                        mainloop,
                                        {{}, nullptr, stride_d, static_cast<detail::ElementD*>(args.out), stride_d},
                                        hw_info};
-    arguments.epilogue.thread.alpha = 1.0f;
-    arguments.epilogue.thread.beta = 0.0f;
+    detail::set_unit_scaling(arguments.epilogue.thread);
     detail::apply_schedule(arguments.scheduler, args.schedule);
     return detail::launch_gemm<Gemm>(arguments, "dense gemm", args.stream,
                                      /*after_kernel=*/kScaleN != 128 && !kDirectScalesB);
@@ -1322,9 +1355,9 @@ struct IndexedGemm {
   static constexpr bool kDirectScalesB = kScaleN < 128;
   static constexpr bool kTwoBlocksPerTile = cute::size<0>(TileShape{}) == 2 * detail::kRowBlock;
   static_assert(!kTwoBlocksPerTile || kPromotion == Promotion::kWaves, "256-row tiles: WaveMma's two-group passes");
-  using Dense =
-      DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
-                cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN, kPromotion, kDirectScalesB, EpilogueTile>;
+  using Dense = DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
+                          cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN, kPromotion, kDirectScalesB,
+                          EpilogueTile, detail::AlphaBetaD>;
   using CollectiveMainloop = GroupIndexedMainloop<typename Dense::MmaMainloop>;
   using Scheduler = std::conditional_t<kTwoBlocksPerTile, ContiguousTiles, void>;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
@@ -1384,8 +1417,7 @@ struct IndexedGemm {
                                        mainloop,
                                        {{}, nullptr, stride_d, static_cast<detail::ElementD*>(args.out), stride_d},
                                        hw_info};
-    arguments.epilogue.thread.alpha = 1.0f;
-    arguments.epilogue.thread.beta = 0.0f;
+    detail::set_unit_scaling(arguments.epilogue.thread);
     detail::apply_schedule(arguments.scheduler, args.schedule);
     if constexpr (kTwoBlocksPerTile) {
       arguments.scheduler.block_group = static_cast<const int32_t*>(block_group);

@@ -244,7 +244,7 @@ struct MaskedGemm {
                                              cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise>,
                           std::conditional_t<kPingpong, cutlass::epilogue::NoSmemWarpSpecialized,
                                              cutlass::epilogue::TmaWarpSpecializedCooperative>,
-                          128, kPromotion>;
+                          128, kPromotion, false, cutlass::epilogue::collective::EpilogueTileAuto, detail::AlphaBetaD>;
   using ScaleConfig = typename Dense::ScaleConfig;
   using LayoutSFA = typename Dense::LayoutSFA;
   using LayoutSFB = typename Dense::LayoutSFB;
@@ -286,8 +286,7 @@ struct MaskedGemm {
                                                     args.sb,
                                                     layout_sfb};
     typename CollectiveEpilogue::Arguments epilogue{};
-    epilogue.thread.alpha = 1.0f;
-    epilogue.thread.beta = 0.0f;
+    detail::set_unit_scaling(epilogue.thread);
     epilogue.ptr_D = static_cast<detail::ElementD*>(args.out);
     epilogue.dC = stride_d;
     epilogue.dD = stride_d;
