@@ -32,7 +32,7 @@ for r in json.load(open(sys.argv[1]))["cases"]:
     shape = (r["case"][:4], r.get("groups", 1), r.get("m_per_group", r.get("m")), r["n"], r["k"])
     best = {c: max(v.items(), key=lambda kv: kv[1]) for c, v in (r.get("tflops_per_schedule") or {}).items()}
     print(*shape, r["heuristic"], r["ours"]["tflops"], r.get("ours_again", {}).get("tflops", ""),
-          r["scaled_mm_rowwise"]["tflops"], r["ratio_vs_scaled_mm"], r.get("tflops_per_config"), best)
+          r.get("scaled_mm_rowwise", {}).get("tflops", ""), r.get("ratio_vs_scaled_mm", ""), r.get("tflops_per_config"), best)
 PY
 if [ "${NCU:-0}" = 1 ]; then
   step ncu

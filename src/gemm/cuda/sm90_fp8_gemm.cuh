@@ -987,13 +987,123 @@ struct DirectScalesB : Base {
   }
 };
 
+// The epilogue of the 256-row tiles: the whole tile written to shared memory at once, then stored by TMA. `Base` is
+// CUTLASS's TMA epilogue built with as many pieces as its store buffers (two 128x128 pieces, 2 buffers: the whole
+// 256x128 bf16 tile, 64 KB); its types, shared memory, TMA descriptor and store_tail are kept, store() is ours.
+// CUTLASS's store converts and writes one piece, then issues the previous piece's TMA store and waits until at most
+// one store is still reading shared memory, with a CTA-wide barrier before and after each store: per tile four
+// barriers and, at the end, a wait for the first piece's store to finish reading. Here, per tile: the warp that
+// issued the previous tile's stores waits for them to finish reading (done long before, during the mainloop), one
+// barrier, every thread converts its accumulators to bf16 and writes both pieces (stmatrix, the same layout and
+// copy as CUTLASS's), a fence and a second barrier, then that warp issues both TMA stores without waiting for them.
+// The accumulators are stored as they are (alpha = 1, no C).
+template <class Base>
+struct WholeTileEpilogue : Base {
+  using EpilogueTile = typename Base::EpilogueTile;
+  using CtaTileMNK = typename Base::CtaTileMNK;
+  using ElementD = typename Base::ElementD;
+  static constexpr int kPieces =
+      decltype(cute::size(cute::shape_div(cute::take<0, 2>(CtaTileMNK{}), EpilogueTile{})))::value;
+  static_assert(decltype(cute::size<1>(EpilogueTile{}))::value == decltype(cute::size<1>(CtaTileMNK{}))::value,
+                "pieces span the tile's columns");
+  static_assert(Base::DispatchPolicy::StagesD == kPieces, "one store buffer per piece: the whole tile");
+  static_assert(cute::is_void_v<typename Base::ElementC>, "no source C");
+  // Base::SmemLayoutD is private: the same layout, rebuilt from the public atom (D is row-major, N contiguous).
+  using SmemLayoutD = decltype(cute::tile_to_shape(
+      typename Base::SmemLayoutAtomD{},
+      cute::make_shape(cute::size<0>(EpilogueTile{}), cute::size<1>(EpilogueTile{}), cute::Int<kPieces>{}),
+      cute::Step<cute::_1, cute::_2, cute::_3>{}));
+
+  CUTLASS_HOST_DEVICE WholeTileEpilogue(typename Base::Params const& params,
+                                        typename Base::TensorStorage& shared_tensors)
+      : Base(params, shared_tensors), params_(&params) {}
+
+  template <class ProblemShapeMNKL, class TileShapeMNK, class TileCoordMNKL, class AccEngine, class AccLayout,
+            class TiledMma>
+  CUTLASS_DEVICE auto store(typename Base::LoadPipeline load_pipeline,
+                            typename Base::LoadPipelineState load_pipe_consumer_state,
+                            typename Base::StorePipeline store_pipeline,
+                            typename Base::StorePipelineState store_pipe_producer_state,
+                            ProblemShapeMNKL problem_shape_mnkl, TileShapeMNK tile_shape_mnk,
+                            TileCoordMNKL tile_coord_mnkl, cute::Tensor<AccEngine, AccLayout> accumulators,
+                            TiledMma tiled_mma, int thread_idx, typename Base::TensorStorage& shared_tensors,
+                            int subtile_index = -1) {
+    using namespace cute;
+    (void)load_pipeline;
+    (void)store_pipeline;
+    (void)tile_shape_mnk;
+    (void)subtile_index;  // the cooperative kernel stores whole tiles
+    static_assert(is_static<AccLayout>::value, "static accumulator fragment");
+    auto [M, N, K, L] = problem_shape_mnkl;
+    (void)K;
+    auto [m_coord, n_coord, k_coord, l_coord] = tile_coord_mnkl;
+    (void)k_coord;
+    const bool issues_stores = thread_idx / cutlass::NumThreadsPerWarp == 0;
+    auto synchronize = [] {
+      cutlass::arch::NamedBarrier::sync(size(TiledMma{}), cutlass::arch::ReservedNamedBarriers::EpilogueBarrier);
+    };
+
+    // The output tile and its pieces, as TMA coordinates.
+    Tensor m_d = params_->tma_store_d.get_tma_tensor(make_shape(M, N, L));
+    Tensor g_d = local_tile(coalesce(m_d, take<0, 2>(CtaTileMNK{})), take<0, 2>(CtaTileMNK{}),
+                            make_coord(m_coord, n_coord, l_coord));  // (CTA_M, CTA_N)
+    Tensor g_d_pieces = flat_divide(g_d, EpilogueTile{});            // (EPI_M_SIZE, EPI_N_SIZE, PIECES_M, 1)
+    Tensor s_d = as_position_independent_swizzle_tensor(
+        make_tensor(make_smem_ptr(shared_tensors.collective.smem_D.begin()), SmemLayoutD{}));  // (EPI_M, EPI_N, PIECE)
+
+    // Registers to shared memory: CUTLASS's partition (stmatrix over the accumulator fragment of each piece).
+    TiledCopy tiled_copy_c_atom = make_tiled_copy_C_atom(typename Base::CopyAtomC{}, tiled_mma);
+    TiledCopy tiled_r2s = make_tiled_copy_S(Copy_Atom<typename Base::CopyOpR2S, ElementD>{}, tiled_copy_c_atom);
+    ThrCopy thread_r2s = tiled_r2s.get_slice(thread_idx);
+    Tensor r2s_acc = thread_r2s.retile_S(accumulators);  // ((R2S, R2S_V), MMA_M, MMA_N)
+    Tensor r2s_smem = thread_r2s.partition_D(s_d);       // (R2S, R2S_M, R2S_N, PIECE)
+    static_assert(decltype(size<1>(r2s_acc))::value == kPieces && decltype(size<2>(r2s_acc))::value == 1,
+                  "one 128-row MMA tile per piece");
+    Tensor r2s_d = make_tensor<ElementD>(take<0, 3>(shape(r2s_smem)));  // (R2S, R2S_M, R2S_N)
+    CUTE_STATIC_ASSERT_V(size(r2s_d) == size<0>(r2s_acc));
+
+    // The previous tile's stores have read the buffers (the issuing warp's bulk groups), then everyone may write.
+    if (issues_stores) tma_store_wait<0>();
+    synchronize();
+    constexpr int kFragment = decltype(size(r2s_d))::value;
+    CUTLASS_PRAGMA_UNROLL
+    for (int piece = 0; piece < kPieces; ++piece) {
+      cutlass::Array<float, kFragment> fp32;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kFragment; ++i) fp32[i] = r2s_acc(i, piece, 0);
+      const cutlass::Array<ElementD, kFragment> bf16 =
+          cutlass::NumericArrayConverter<ElementD, float, kFragment>{}(fp32);
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kFragment; ++i) r2s_d(i) = bf16[i];
+      copy(tiled_r2s, r2s_d, r2s_smem(_, _, _, piece));
+    }
+    cutlass::arch::fence_view_async_shared();  // the generic-proxy writes, visible to the TMA store
+    synchronize();
+    if (issues_stores) {
+      ThrCopy s2g = params_->tma_store_d.get_slice(Int<0>{});
+      Tensor s2g_smem = s2g.partition_S(s_d);         // (S2G, S2G_M, S2G_N, PIECE)
+      Tensor s2g_gmem = s2g.partition_D(g_d_pieces);  // (S2G, S2G_M, S2G_N, PIECES_M, 1)
+      CUTLASS_PRAGMA_UNROLL
+      for (int piece = 0; piece < kPieces; ++piece) {
+        copy(params_->tma_store_d, s2g_smem(_, _, _, piece), s2g_gmem(_, _, _, piece, 0));
+      }
+      tma_store_arrive();
+    }
+    return cute::make_tuple(load_pipe_consumer_state, store_pipe_producer_state);
+  }
+
+ private:
+  typename Base::Params const* params_;
+};
+
 // Dense GEMM type for one tile configuration.
 // kDirectScalesB (kScaleN < 128: the narrow and the 112/192-wide tiles): B's scales read from the caller's 128x128
 // blocks (DirectScalesB, WideTileMma<..., true>) instead of a copy expanded to kScaleN-row blocks before the GEMM.
 // EpilogueTile: the pieces the epilogue stores a tile in (CUTLASS's automatic choice unless given).
 template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN = 128,
           Promotion kPromotion = Promotion::kNone, bool kDirectScalesB = false,
-          class EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto, class Fusion = detail::ConvertToD>
+          class EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto, class Fusion = detail::ConvertToD,
+          bool kWholeTileEpilogue = false>
 struct DenseGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
@@ -1021,8 +1131,11 @@ struct DenseGemm {
       std::conditional_t<kWide, GroupIndexedMainloop<MmaMainloop>,
                          std::conditional_t<kDirectScalesB, DirectScalesB<MmaMainloop>, MmaMainloop>>;
 
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
-                                                      CollectiveEpilogue>;
+  // The epilogue the kernel runs: CUTLASS's, or WholeTileEpilogue over it (the 256-row tiles).
+  using KernelEpilogue =
+      std::conditional_t<kWholeTileEpilogue, WholeTileEpilogue<CollectiveEpilogue>, CollectiveEpilogue>;
+  using Kernel =
+      cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop, KernelEpilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static std::string run(const DenseArgs& args) {
@@ -1346,7 +1459,7 @@ struct GroupedGemm {
 // TMA-loaded M-major A scales. A one-warp-per-block setup kernel writes each 128-row block's group. 256-row tiles
 // (Promotion::kWaves) run ContiguousTileScheduler: a tile of two groups takes one pass over K per group.
 template <class TileShape, class ClusterShape, int kScaleN = 128, Promotion kPromotion = Promotion::kNone,
-          class EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto>
+          class EpilogueTile = cutlass::epilogue::collective::EpilogueTileAuto, bool kWholeTileEpilogue = false>
 struct IndexedGemm {
   using ScaleConfig = detail::DenseScaleConfigN<kScaleN>;
   using LayoutSFA = decltype(ScaleConfig::deduce_layoutSFA());
@@ -1357,11 +1470,11 @@ struct IndexedGemm {
   static_assert(!kTwoBlocksPerTile || kPromotion == Promotion::kWaves, "256-row tiles: WaveMma's two-group passes");
   using Dense = DenseGemm<TileShape, ClusterShape, cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8Blockwise,
                           cutlass::epilogue::TmaWarpSpecializedCooperative, kScaleN, kPromotion, kDirectScalesB,
-                          EpilogueTile, detail::AlphaBetaD>;
+                          EpilogueTile, detail::AlphaBetaD, kWholeTileEpilogue>;
   using CollectiveMainloop = GroupIndexedMainloop<typename Dense::MmaMainloop>;
   using Scheduler = std::conditional_t<kTwoBlocksPerTile, ContiguousTiles, void>;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
-                                                      typename Dense::CollectiveEpilogue, Scheduler>;
+                                                      typename Dense::KernelEpilogue, Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
   static std::string run(const GroupedArgs& args) {
