@@ -45,7 +45,8 @@ inline constexpr int kAlignmentD = 8;
 // bf16 and nothing else; AlphaBetaD is CUTLASS's default, alpha * acc (+ beta * C, C void here), one FMUL per element
 // with alpha = 1. The dense kernels use ConvertToD (1.006-1.066x faster on all 18 dense benchmark shapes, H200, same
 // run); the contiguous and masked ones keep AlphaBetaD, which was as fast or faster there (0.99x geometric mean of
-// their times; docs/gemm.md "The epilogue's conversion").
+// their times; docs/gemm.md "The epilogue's conversion"). The 256-row tiles with the 1x2 cluster store through
+// WholeTileEpilogue (below), which converts only, whatever the fusion.
 using ConvertToD = cutlass::epilogue::fusion::Sm90EVT<
     cutlass::epilogue::fusion::Sm90Compute<cutlass::epilogue::thread::Identity, ElementD, float,
                                            cutlass::FloatRoundStyle::round_to_nearest>,
