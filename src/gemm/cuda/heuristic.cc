@@ -9,6 +9,15 @@ namespace ff::gemm::cuda {
 
 namespace {
 
+// CTAs per cluster along N and along M: the 1x2 clusters (two N-adjacent tiles sharing A) and the 2x1 one.
+int64_t cluster_n(TileConfig config) {
+  return config == TileConfig::kIndexed128x128Cluster1x2 || config == TileConfig::kCooperative256x128Cluster1x2 ||
+                 config == TileConfig::kIndexed256x128Cluster1x2
+             ? 2
+             : 1;
+}
+int64_t cluster_m(TileConfig config) { return config == TileConfig::kCooperative128x128Cluster2x1 ? 2 : 1; }
+
 // Relative time of one tile against a 128x128 tile. A 64-row tile does half the tensor-core work but loads the
 // same B tile and pays the same per-tile pipeline fill and epilogue, so it costs more than half: 0.7 measured on an
 // H200 where the ping-pong kernel ran 3 waves against 2 of 128x128 tiles (m = 128, n = 24576, k = 1536: 128x128
@@ -81,10 +90,7 @@ TileEstimate estimate_tiles(TileConfig config, int64_t rows, int64_t n, int64_t 
   estimate.config = config;
   int64_t tiles_n = ceil_div(n, tile_n(config));
   // A 1x2 cluster launches whole CTA pairs along N: an odd column count runs one empty tile per row of tiles.
-  if (config == TileConfig::kIndexed128x128Cluster1x2 || config == TileConfig::kCooperative256x128Cluster1x2 ||
-      config == TileConfig::kIndexed256x128Cluster1x2) {
-    tiles_n = ceil_div(tiles_n, 2) * 2;
-  }
+  tiles_n = ceil_div(tiles_n, cluster_n(config)) * cluster_n(config);
   estimate.tiles = groups * ceil_div(rows, tile_m(config)) * tiles_n;
   estimate.waves = ceil_div(estimate.tiles, std::max(1, num_sms));
   estimate.cost = static_cast<double>(estimate.waves) * relative_tile_time(config);
@@ -203,14 +209,10 @@ Schedule choose_schedule(TileConfig config, bool grouped, int64_t rows, int64_t 
   const int64_t tiles_n = ceil_div(n, tile_n(config));
   constexpr int64_t kMinTilesForSwizzle = 8;
   if (std::min(tiles_m, tiles_n) < kMinTilesForSwizzle) return Schedule{};
-  const int64_t cluster_m = config == TileConfig::kCooperative128x128Cluster2x1 ? 2 : 1;
-  const int64_t cluster_n = config == TileConfig::kIndexed128x128Cluster1x2 ||
-                                    config == TileConfig::kCooperative256x128Cluster1x2 ||
-                                    config == TileConfig::kIndexed256x128Cluster1x2
-                                ? 2
-                                : 1;
   for (const int swizzle : {8, 4, 2}) {
-    if (tiles_m % (swizzle * cluster_m) == 0 && tiles_n % (swizzle * cluster_n) == 0) return Schedule{0, swizzle};
+    if (tiles_m % (swizzle * cluster_m(config)) == 0 && tiles_n % (swizzle * cluster_n(config)) == 0) {
+      return Schedule{0, swizzle};
+    }
   }
   return Schedule{};
 }
