@@ -332,7 +332,7 @@ def run_gemm(torch, deep_gemm, args, emit):
     from fireflyer import gemm
 
     generator = torch.Generator().manual_seed(8)
-    alt = parse_environment(args.gemm_alt)
+    alts = [parse_environment(text) for text in args.gemm_alt]
     for kind, shape in gemm_shapes(args.quick):
         if args.gemm_filter and not any(case_label(kind, shape).startswith(f) for f in args.gemm_filter.split(";")):
             continue
@@ -344,16 +344,20 @@ def run_gemm(torch, deep_gemm, args, emit):
         record = {"part": "gemm", **gemm_record(kind, shape),
                   "calc_diff_ours_vs_deep_gemm": cos_diff(c["outs"][0].float(), c["outs"][1].float())}
         candidates = {"ours": ours, "deep_gemm": anchor}
-        if alt:  # ours again with these environment variables, in the same alternating rounds
-            candidates["ours_alt"] = (ours, alt)
-            record["ours_alt_environment"] = args.gemm_alt
+        # Ours again with each --gemm-alt's environment variables, in the same alternating rounds: ours_alt,
+        # ours_alt2, ...
+        alt_names = ["ours_alt" if i == 0 else f"ours_alt{i + 1}" for i in range(len(alts))]
+        for name, text, alt in zip(alt_names, args.gemm_alt, alts):
+            candidates[name] = (ours, alt)
+            record[f"{name}_environment"] = text
         seconds = alternate(torch, candidates, args)
         for name, s in seconds.items():
             record[name] = {"us": round(s * 1e6, 2), "TFLOPS": round(c["flop"] / s / 1e12, 1),
                             "GB/s": round(c["bytes"] / s / 1e9, 1)}
         record["ratio_vs_deep_gemm"] = round(seconds["deep_gemm"] / seconds["ours"], 3)
-        if alt:
-            record["ratio_alt_vs_deep_gemm"] = round(seconds["deep_gemm"] / seconds["ours_alt"], 3)
+        for name in alt_names:
+            key = "ratio_alt_vs_deep_gemm" if name == "ours_alt" else f"ratio_{name[5:]}_vs_deep_gemm"
+            record[key] = round(seconds["deep_gemm"] / seconds[name], 3)
         emit(record)
         del c
 
@@ -405,9 +409,9 @@ def main() -> int:
     parser.add_argument("--mla-few-rows", action="store_true",
                         help="MLA with fewer than 64 rows: also our WGMMA kernel (FF_MLA_KERNEL=wgmma) and the FP8 "
                              "cache on its few-row kernel and on the WGMMA kernel")
-    parser.add_argument("--gemm-alt", default="",
+    parser.add_argument("--gemm-alt", action="append", default=[],
                         help="NAME=VALUE[,...]: also time our GEMM captured with these environment variables "
-                             "(ours_alt, same rounds), e.g. FF_GEMM_PDL=0")
+                             "(ours_alt, same rounds), e.g. FF_GEMM_PDL=0; repeated: ours_alt2, ours_alt3, ...")
     parser.add_argument("--gemm-filter", default="",
                         help="only GEMM cases whose label starts with one of these (';'-separated), labels as "
                              "'dense:64,7168,2048', 'contiguous:4,8192,4096,7168', 'masked:1,1024,4096,7168'")
