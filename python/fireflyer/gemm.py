@@ -218,7 +218,8 @@ def get_col_major_tma_aligned_tensor(x):
 _V2_HINTS = frozenset({"compiled_dims", "disable_ue8m0_cast", "beta"})  # beta scales c, which must be None
 _V2_RECIPE = (1, 128, 128)  # A per 1x128, B per 128x128: the only scaling here
 _V2_ONLY = {"recipe": None, "c": None, "alpha": 1, "stream": None}
-_V2_NOTES = {"c": ": c (D = C + A B^T) is not built",
+_V2_NOTES = {"c": ": c (D = C + A B^T) is not built for these scales (DeepGEMM's own sm_90 kernel for the "
+                  "(1, 128, 128) recipe refuses c and takes a bfloat16 d too)",
              "stream": ": the call runs on torch's current stream; use torch.cuda.stream(...)"}
 
 
