@@ -69,11 +69,26 @@ def _is_torch_tensor(value: Any) -> bool:
 _SCHEDULING_HINTS = frozenset({"previous_event", "async_finish", "allocate_on_comm_stream", "config"})
 _UNSUPPORTED_UNLESS_DEFAULT = {
     "dispatch": {"num_worst_tokens": 0},
-    "combine": {"bias": None},
     "low_latency_dispatch": {"dispatch_wait_recv_cost_stats": None, "round_scale": False, "use_ue8m0": False},
-    "low_latency_combine": {"use_logfmt": False, "zero_copy": False, "out": None,
-                            "combine_wait_recv_cost_stats": None},
+    "low_latency_combine": {"use_logfmt": False, "zero_copy": False, "combine_wait_recv_cost_stats": None},
 }
+
+
+def _unpack_bias(bias: Any) -> tuple[Any, Any]:
+    """DeepEP's combine bias: None, one tensor, or a tuple of two (either may be None) -> (bias0, bias1)."""
+    if bias is None:
+        return None, None
+    if isinstance(bias, tuple):
+        if len(bias) != 2:
+            raise ValueError(f"bias is a tuple of {len(bias)}; expected one tensor or a tuple of two")
+        return bias
+    return bias, None
+
+
+def _describe_tensor(value: Any) -> str:
+    if _is_torch_tensor(value):
+        return f"{value.dtype} {tuple(value.shape)} on {value.device}"
+    return type(value).__name__
 
 
 def _check_recv_stats(stats: Any, num_local_experts: int, x: Any) -> None:
@@ -397,15 +412,24 @@ class Buffer:
         return (recv_x, _as_input_type(recv_idx, topk_idx), _as_input_type(recv_weights, topk_weights), list(counts),
                 new_handle)
 
-    def combine(self, x: Any, handle: Any, topk_weights: Any = None, **options: Any):
+    def combine(self, x: Any, handle: Any, topk_weights: Any = None, bias: Any = None, **options: Any):
         """(combined_x, combined_topk_weights): per original token, the unweighted sum over the ranks that
-        received it, in rank order with float32 accumulation."""
+        received it, in rank order with float32 accumulation. ``bias`` (DeepEP's): None, one (num_tokens, hidden)
+        tensor in x's dtype, or a tuple of two (either may be None), added to each token's float32 sum first (0 +
+        bias0 + bias1, then the ranks' rows), rounded once with it."""
         _check_deepep_options("combine", options)
+        biases = _unpack_bias(bias)
         if _is_cuda(x):
-            return self._cuda_combine(x, handle, topk_weights)
+            return self._cuda_combine(x, handle, topk_weights, biases)
         rows, bf16_typed = _rows(x, "x")
+        bias_rows = [None if b is None else _rows(b, "bias")[0] for b in biases]
+        for b in bias_rows:  # checked before the collective starts: a refused bias leaves the group usable
+            if b is not None and (b.dtype != rows.dtype or b.shape != (handle.num_tokens, rows.shape[1])):
+                raise ValueError(f"bias is {b.dtype} {b.shape}; expected x's dtype {rows.dtype} and (num_tokens, hidden) "
+                                 f"= {(handle.num_tokens, rows.shape[1])}")
         combined_x, combined_weights = self._cpu_buffer().combine(rows, handle,
-                                                            _matrix(topk_weights, np.float32, "topk_weights"))
+                                                            _matrix(topk_weights, np.float32, "topk_weights"),
+                                                            *bias_rows)
         return (_as_input_type(_restore(combined_x, bf16_typed), x),
                 _as_input_type(combined_weights, topk_weights))
 
@@ -480,31 +504,53 @@ class Buffer:
         topk_idx: Any,
         topk_weights: Any,
         handle: _LowLatencyHandle,
+        use_logfmt: bool = False,
+        zero_copy: bool = False,
+        async_finish: bool = False,
         return_recv_hook: bool = False,
+        out: Any = None,
+        combine_wait_recv_cost_stats: Any = None,
         **options: Any,
     ):
         """(combined_x [num_tokens, hidden], event, hook): per token, the sum over its top-k experts of
-        topk_weight * expert row, float32 accumulation, in x's dtype."""
-        _check_deepep_options("low_latency_combine", options)
+        topk_weight * expert row, float32 accumulation, in x's dtype. ``out`` (DeepEP's): a (num_tokens, hidden)
+        array or tensor of x's type, dtype and device that receives the result (in ``hook()`` with
+        return_recv_hook) and is returned as combined_x. The arguments are DeepEP's, in its order."""
+        _check_deepep_options("low_latency_combine", dict(
+            options, use_logfmt=use_logfmt, zero_copy=zero_copy, async_finish=async_finish,
+            combine_wait_recv_cost_stats=combine_wait_recv_cost_stats))
         if _is_cuda(x):
-            return self._cuda_low_latency_combine(x, topk_idx, topk_weights, handle, bool(return_recv_hook))
+            return self._cuda_low_latency_combine(x, topk_idx, topk_weights, handle, bool(return_recv_hook), out)
         if handle.native is None:
             raise ValueError("the handle's low_latency_dispatch has not received yet (call its hook first)")
         rows, bf16_typed = _rows(x, "x")
         if rows.ndim != 3:
             raise ValueError(f"x has shape {rows.shape}; expected (num_local_experts, max_tokens * num_ranks, hidden)")
+        expected_shape = (handle.num_tokens, rows.shape[2])
+        if out is not None:
+            same_kind = (_is_torch_tensor(out) and _is_torch_tensor(x) and out.dtype == x.dtype and not out.is_cuda) or \
+                (isinstance(out, np.ndarray) and not _is_torch_tensor(x) and out.dtype == np.asarray(x).dtype)
+            if not same_kind or tuple(out.shape) != expected_shape:
+                raise ValueError(f"out is {_describe_tensor(out) if _is_torch_tensor(out) else repr(getattr(out, 'dtype', out))}"
+                                 f" of shape {tuple(getattr(out, 'shape', ()))}; expected {expected_shape} of x's type "
+                                 "and dtype")
         self._cpu_buffer().low_latency_combine_send(np.ascontiguousarray(rows.reshape(-1, rows.shape[2])),
                                               _matrix(topk_idx, np.int64, "topk_idx"),
                                               _matrix(topk_weights, np.float32, "topk_weights"), handle.native)
-        combined = np.zeros((handle.num_tokens, rows.shape[2]), dtype=rows.dtype)
+        combined = np.zeros(expected_shape, dtype=rows.dtype)
+        result = _as_input_type(_restore(combined, bf16_typed), x, convert=False)
 
         def hook() -> None:
             np.copyto(combined, self._native.low_latency_combine_receive())
+            if out is not None:
+                if _is_torch_tensor(out):
+                    out.copy_(result)
+                else:
+                    np.copyto(out, result)
 
         if not return_recv_hook:
             hook()
-        out = _as_input_type(_restore(combined, bf16_typed), x, convert=False)
-        return out, EventOverlap(), (hook if return_recv_hook else _no_op)
+        return (result if out is None else out), EventOverlap(), (hook if return_recv_hook else _no_op)
 
     # -------------------------------------------------------------------------------------------------
     # CUDA backend: torch CUDA tensors in and out, work on the current stream.
@@ -569,18 +615,26 @@ class Buffer:
             return out_x, None, None, None, handle
         return out_x, recv_idx, recv_weights, list(counts), new_handle
 
-    def _cuda_combine(self, x, handle, topk_weights):
+    def _cuda_combine(self, x, handle, topk_weights, biases):
         import torch
 
         native = self._cuda_buffer()
         if x.dim() != 2:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (num_recv_tokens, hidden)")
+        bias_views = []
+        for b in biases:  # checked before the collective starts, as on the CPU
+            expected = (handle.num_tokens, x.shape[1])
+            if b is not None and not (_is_torch_tensor(b) and b.device == x.device and b.dtype == x.dtype
+                                      and tuple(b.shape) == expected):
+                raise ValueError(f"bias is {_describe_tensor(b)}; expected a {x.dtype} tensor of shape {expected} on "
+                                 f"{x.device}")
+            bias_views.append(None if b is None else _cuda_view(b, "bias"))
         weights = None if topk_weights is None else topk_weights.float().contiguous()
         combined = torch.empty((handle.num_tokens, x.shape[1]), dtype=x.dtype, device=x.device)
         combined_weights = None if weights is None else torch.empty((handle.num_tokens, handle.num_topk),
                                                                     dtype=torch.float32, device=x.device)
         native.combine(_cuda_view(x, "x"), handle, weights, _cuda_view(combined, "combined_x"), combined_weights,
-                       _stream())
+                       _stream(), *bias_views)
         return combined, combined_weights
 
     def _cuda_low_latency_dispatch(self, x, topk_idx, max_tokens, num_experts, use_fp8, return_recv_hook, stats):
@@ -625,7 +679,7 @@ class Buffer:
         return ((recv_x, recv_scales) if use_fp8 else recv_x), recv_count, handle, event, (
             hook if return_recv_hook else _no_op)
 
-    def _cuda_low_latency_combine(self, x, topk_idx, topk_weights, handle, return_recv_hook):
+    def _cuda_low_latency_combine(self, x, topk_idx, topk_weights, handle, return_recv_hook, out):
         import torch
 
         native = self._cuda_buffer()
@@ -641,7 +695,14 @@ class Buffer:
             raise ValueError("topk_idx must be int64 and topk_weights float32 of the same shape, on x's device")
         native.low_latency_combine_send_ptr(x_view.data_ptr(), _float_code(x_view, "x"), x.shape[0] * x.shape[1],
                                             x.shape[2], topk.data_ptr(), weights.data_ptr(), _stream())
-        combined = torch.empty((handle.num_tokens, x.shape[2]), dtype=x.dtype, device=x.device)
+        if out is not None:
+            if not (_is_torch_tensor(out) and out.device == x.device and out.dtype == x.dtype
+                    and tuple(out.shape) == (handle.num_tokens, x.shape[2]) and out.is_contiguous()):
+                raise ValueError(f"out is {_describe_tensor(out)}; expected a contiguous {x.dtype} tensor of shape "
+                                 f"{(handle.num_tokens, x.shape[2])} on {x.device}")
+            combined = out
+        else:
+            combined = torch.empty((handle.num_tokens, x.shape[2]), dtype=x.dtype, device=x.device)
         event = _record_event()
         keep = (x_view, topk, weights)
 

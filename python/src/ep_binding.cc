@@ -141,7 +141,8 @@ class PyBuffer {
                           PyDispatchHandle{out.handle});
   }
 
-  nb::tuple combine(const AnyMatrix& x, const PyDispatchHandle& handle, std::optional<FloatMatrix> topk_weights) {
+  nb::tuple combine(const AnyMatrix& x, const PyDispatchHandle& handle, std::optional<FloatMatrix> topk_weights,
+                    std::optional<AnyMatrix> bias0, std::optional<AnyMatrix> bias1) {
     ep::RowsView view = rows_view(x, "x");
     std::span<const float> weights;
     int64_t num_topk = 0;
@@ -149,9 +150,12 @@ class PyBuffer {
       weights = {topk_weights->data(), topk_weights->size()};
       num_topk = static_cast<int64_t>(topk_weights->shape(1));
     }
+    std::vector<ep::RowsView> bias;
+    if (bias0) bias.push_back(rows_view(*bias0, "bias"));
+    if (bias1) bias.push_back(rows_view(*bias1, "bias"));
     Result<ep::CombineOutput> result = [&] {
       nb::gil_scoped_release release;
-      return buffer_->combine(view, *handle.value, weights, num_topk);
+      return buffer_->combine(view, *handle.value, weights, num_topk, bias);
     }();
     ep::CombineOutput out = value_or_throw(std::move(result));
     const size_t rows = static_cast<size_t>(out.combined_x.num_rows);
@@ -373,7 +377,8 @@ class PyCudaBuffer {
   }
 
   void combine(const CudaArray& x, const PyCudaDispatchHandle& handle, std::optional<CudaArray> topk_weights,
-               std::optional<CudaArray> combined_x, std::optional<CudaArray> combined_topk_weights, uintptr_t stream) {
+               std::optional<CudaArray> combined_x, std::optional<CudaArray> combined_topk_weights, uintptr_t stream,
+               std::optional<CudaArray> bias0, std::optional<CudaArray> bias1) {
     using Code = nb::dlpack::dtype_code;
     ep::DeviceRows rows = device_rows(x, "x", std::nullopt);
     const size_t topk = static_cast<size_t>(handle.value->num_topk);
@@ -384,7 +389,18 @@ class PyCudaBuffer {
     }
     float* out_weights = typed<float>(combined_topk_weights, "combined_topk_weights", Code::Float, tokens * topk);
     void* out = combined_x ? combined_x->data() : nullptr;
-    call_released([&] { return get().combine(rows, *handle.value, weights, out, out_weights, as_stream(stream)); });
+    const auto bias_data = [&](const std::optional<CudaArray>& bias) -> const void* {
+      if (!bias) return nullptr;
+      if (bias->ndim() != 2 || bias->shape(0) != tokens || bias->shape(1) != x.shape(1) ||
+          rows_dtype(*bias, "bias") != rows.dtype) {
+        throw nb::value_error(fmt::format("bias must be ({}, {}) in x's dtype", tokens, x.shape(1)).c_str());
+      }
+      return bias->data();
+    };
+    const void* b0 = bias_data(bias0);
+    const void* b1 = bias_data(bias1);
+    call_released(
+        [&] { return get().combine(rows, *handle.value, weights, out, out_weights, as_stream(stream), b0, b1); });
   }
 
   void low_latency_dispatch_send(const CudaArray& x, const CudaArray& topk_idx, int64_t max_tokens_per_rank,
@@ -499,7 +515,8 @@ class PyCudaBuffer {
 void bind_ep(nb::module_& module) {
   nb::class_<PyDispatchHandle>(module, "DispatchHandle", "Layout of a normal dispatch (opaque)")
       .def_prop_ro("num_recv_tokens", [](const PyDispatchHandle& h) { return h.value->num_recv_tokens(); })
-      .def_prop_ro("recv_counts", [](const PyDispatchHandle& h) { return h.value->recv_counts; });
+      .def_prop_ro("recv_counts", [](const PyDispatchHandle& h) { return h.value->recv_counts; })
+      .def_prop_ro("num_tokens", [](const PyDispatchHandle& h) { return h.value->num_tokens; });
   nb::class_<PyLowLatencyHandle>(module, "LowLatencyHandle", "Layout of a low-latency dispatch (opaque)");
   nb::class_<PyBuffer>(module, "ShmBuffer", "CPU shared-memory ep buffer of one rank")
       .def(nb::init<const std::string&, int, int, int64_t, int64_t>(), nb::arg("group"), nb::arg("rank"),
@@ -510,7 +527,8 @@ void bind_ep(nb::module_& module) {
       .def("dispatch", &PyBuffer::dispatch, nb::arg("x"), nb::arg("scales").none(), nb::arg("topk_idx").none(),
            nb::arg("topk_weights").none(), nb::arg("num_experts"), nb::arg("num_tokens_per_rank").none(),
            nb::arg("is_token_in_rank").none(), nb::arg("handle").none(), nb::arg("expert_alignment"))
-      .def("combine", &PyBuffer::combine, nb::arg("x"), nb::arg("handle"), nb::arg("topk_weights").none())
+      .def("combine", &PyBuffer::combine, nb::arg("x"), nb::arg("handle"), nb::arg("topk_weights").none(),
+           nb::arg("bias0").none() = nb::none(), nb::arg("bias1").none() = nb::none())
       .def("low_latency_dispatch_send", &PyBuffer::low_latency_dispatch_send, nb::arg("x"), nb::arg("topk_idx"),
            nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"))
       .def("low_latency_dispatch_receive", &PyBuffer::low_latency_dispatch_receive)
@@ -533,7 +551,8 @@ void bind_ep(nb::module_& module) {
       .def("dispatch_receive", &PyCudaBuffer::dispatch_receive, nb::arg("recv_x").none(), nb::arg("recv_scales").none(),
            nb::arg("recv_topk_idx").none(), nb::arg("recv_topk_weights").none(), nb::arg("stream"))
       .def("combine", &PyCudaBuffer::combine, nb::arg("x"), nb::arg("handle"), nb::arg("topk_weights").none(),
-           nb::arg("combined_x").none(), nb::arg("combined_topk_weights").none(), nb::arg("stream"))
+           nb::arg("combined_x").none(), nb::arg("combined_topk_weights").none(), nb::arg("stream"),
+           nb::arg("bias0").none() = nb::none(), nb::arg("bias1").none() = nb::none())
       .def("low_latency_dispatch_send", &PyCudaBuffer::low_latency_dispatch_send, nb::arg("x"), nb::arg("topk_idx"),
            nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"), nb::arg("stream"))
       .def("low_latency_dispatch_receive", &PyCudaBuffer::low_latency_dispatch_receive, nb::arg("recv_x"),

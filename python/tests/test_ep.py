@@ -73,6 +73,30 @@ if mode == "normal":
     bits = (x.view(np.uint32) >> 16).astype(np.uint16)
     recv_bits, *_ = buffer.dispatch(bits, handle=handle)
     assert recv_bits.dtype == np.uint16 and np.array_equal(recv_bits, (expected.view(np.uint32) >> 16).astype(np.uint16))
+    # DeepEP's bias: each token's float32 sum starts at 0 + bias0 + bias1, then takes the ranks' rows in rank
+    # order, rounded once: float32 exactly so; bfloat16 rounded to nearest even once.
+    brng = np.random.default_rng(77 + rank)
+    b0 = brng.uniform(-1, 1, size=x.shape).astype(np.float32)
+    b1 = brng.uniform(-1, 1, size=x.shape).astype(np.float32)
+    def biased_sum(rows, first, second):
+        acc = np.float32(0) + first
+        if second is not None:
+            acc = acc + second
+        for r in range(num_ranks):
+            acc = acc + np.where(expected_in_rank[:, r:r + 1], rows, np.float32(0))
+        return acc
+    two, _ = buffer.combine(recv_x, handle, bias=(b0, b1))
+    assert two.dtype == np.float32 and np.array_equal(two, biased_sum(x, b0, b1))
+    one, _ = buffer.combine(recv_x, handle, bias=b1)
+    assert np.array_equal(one, biased_sum(x, b1, None))
+    to_float = lambda b: (b.astype(np.uint32) << 16).view(np.float32)
+    def to_bf16(f):
+        u = f.view(np.uint32).astype(np.uint64)
+        return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    b0_bits, b1_bits = to_bf16(b0), to_bf16(b1)
+    bf16_two, _ = buffer.combine(recv_bits, handle, bias=(b0_bits, b1_bits))
+    assert bf16_two.dtype == np.uint16
+    assert np.array_equal(bf16_two, to_bf16(biased_sum(to_float(bits), to_float(b0_bits), to_float(b1_bits))))
 elif mode in ("low_latency", "low_latency_fp8"):
     use_fp8 = mode.endswith("fp8")
     max_tokens = 24
@@ -101,6 +125,13 @@ elif mode in ("low_latency", "low_latency_fp8"):
     hook()
     expected = x * (weights * (topk >= 0)).sum(axis=1, keepdims=True)
     assert calc_diff(combined, expected) < (1e-3 if use_fp8 else 5e-6), calc_diff(combined, expected)
+    # DeepEP's out: the result lands there (in the hook), and it is what the call returns.
+    out = np.full_like(combined, np.nan)
+    again, _, hook = buffer.low_latency_combine(values.astype(np.float32), topk, weights, handle,
+                                                return_recv_hook=True, out=out)
+    assert again is out and np.isnan(out).all()
+    hook()
+    assert np.array_equal(out, combined)
 elif mode == "dead_rank":
     if rank == num_ranks - 1:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -192,8 +223,16 @@ def test_deepep_options_are_ignored_refused_or_unknown() -> None:
     assert (combined == x).all()
     with pytest.raises(NotImplementedError, match="num_worst_tokens=8"):
         buffer.dispatch(x, **args, num_worst_tokens=8)
-    with pytest.raises(NotImplementedError, match="bias"):
-        buffer.combine(recv_x, handle, topk_weights=recv_w, bias=(x, None))
+    # A bias of the wrong form is refused before the collective starts.
+    with pytest.raises(ValueError, match=r"bias is a tuple of 3"):
+        buffer.combine(recv_x, handle, bias=(x, None, None))
+    with pytest.raises(ValueError, match=r"bias is float32 \(1, 128\); expected x's dtype float32 and \(num_tokens, "
+                                         r"hidden\) = \(2, 128\)"):
+        buffer.combine(recv_x, handle, bias=x[:1])
+    with pytest.raises(ValueError, match=r"bias is uint16"):
+        buffer.combine(recv_x, handle, bias=(None, x.view(np.uint32).astype(np.uint16)))
+    biased, _ = buffer.combine(recv_x, handle, bias=(None, x))
+    assert (biased == x + x).all()
     with pytest.raises(TypeError, match="num_worst_token"):
         buffer.dispatch(x, handle=handle, num_worst_token=8)
     for name, value in (("use_ue8m0", True), ("round_scale", True), ("dispatch_wait_recv_cost_stats", x)):
@@ -201,7 +240,7 @@ def test_deepep_options_are_ignored_refused_or_unknown() -> None:
             buffer.low_latency_dispatch(x, topk, 4, 2, **{name: value})
     with pytest.raises(ValueError, match=r"cumulative_local_expert_recv_stats has float32 \(2, 128\); expected int32 \(2,\)"):
         buffer.low_latency_dispatch(x, topk, 4, 2, cumulative_local_expert_recv_stats=x)
-    for name, value in (("out", x), ("zero_copy", True), ("use_logfmt", True)):
+    for name, value in (("zero_copy", True), ("use_logfmt", True), ("combine_wait_recv_cost_stats", x)):
         with pytest.raises(NotImplementedError, match=name):
             buffer.low_latency_combine(x, topk, weights, None, **{name: value})
     # Nothing of the refused calls ran: the buffer still serves a cached dispatch.

@@ -141,6 +141,22 @@ def normal_round(skew):
             receivers = cpu_layout[3].sum(axis=1, dtype=np.float32)[:, None]
             assert calc_diff(combined_gpu.cpu().numpy(), x * receivers) < 5e-6
         check_equal(name + " combined weights", w_gpu.cpu().numpy(), w_cpu)
+        # DeepEP's bias (0 + bias0 + bias1 before the ranks' rows): bit-identical to the CPU reference, one and two
+        # bias matrices.
+        brng = np.random.default_rng(31 + rank)
+        b0 = brng.uniform(-1, 1, size=x.shape).astype(np.float32)
+        b1 = brng.uniform(-1, 1, size=x.shape).astype(np.float32)
+        if name == "bfloat16":
+            b0, b1 = bf16_bits(b0), bf16_bits(b1)
+            b0_t, b1_t = to_cuda_bf16(b0), to_cuda_bf16(b1)
+        else:
+            b0_t, b1_t = torch.from_numpy(b0).to(device), torch.from_numpy(b1).to(device)
+        for bias_cpu, bias_gpu in (((b0, b1), (b0_t, b1_t)), (b1, b1_t), ((None, b0), (None, b0_t))):
+            biased_cpu, _ = cpu.combine(r_cpu[0], handle_cpu, bias=bias_cpu)
+            biased_gpu, _ = gpu.combine(r_gpu[0], handle_gpu, bias=bias_gpu)
+            got = from_cuda_bf16(biased_gpu) if name == "bfloat16" else biased_gpu.cpu().numpy()
+            check_equal(name + " combined_x with bias", got, biased_cpu)
+            assert not np.array_equal(biased_cpu, combined_cpu)
 
 def low_latency_round(use_fp8, rounds=2):
     max_tokens = tokens_of(num_ranks - 1)  # every rank's tokens fit
@@ -180,8 +196,11 @@ def low_latency_round(use_fp8, rounds=2):
             values = (recv_cpu.astype(np.uint32) << 16).view(np.float32)
         expert_bits = bf16_bits(np.ascontiguousarray(values, dtype=np.float32))
         combined_cpu, _, hook = cpu.low_latency_combine(expert_bits, topk, weights, handle_cpu)
+        # The second round writes into a caller's tensor (DeepEP's out), which the call returns.
+        out = torch.full((x.shape[0], hidden), float("nan"), dtype=torch.bfloat16, device=device) if round_index else None
         combined_gpu, event, hook = gpu.low_latency_combine(to_cuda_bf16(expert_bits), topk_t, weights_t, handle_gpu,
-                                                            return_recv_hook=(round_index == 1))
+                                                            return_recv_hook=(round_index == 1), out=out)
+        assert out is None or combined_gpu is out
         hook()
         a = (from_cuda_bf16(combined_gpu).astype(np.uint32) << 16).view(np.float32)
         b = (combined_cpu.astype(np.uint32) << 16).view(np.float32)

@@ -655,7 +655,8 @@ Result<DispatchOutput> ShmBuffer::dispatch(const DispatchInput& in) {
 }
 
 Result<CombineOutput> ShmBuffer::combine(const RowsView& x, const DispatchHandle& handle,
-                                         std::span<const float> topk_weights, int64_t num_topk) {
+                                         std::span<const float> topk_weights, int64_t num_topk,
+                                         std::span<const RowsView> bias) {
   FF_RETURN_IF_ERROR(begin_call(kCombine));
   const int n = options_.num_ranks;
   const int me = options_.rank;
@@ -667,6 +668,17 @@ Result<CombineOutput> ShmBuffer::combine(const RowsView& x, const DispatchHandle
   if (valid.is_ok() && !topk_weights.empty() && static_cast<int64_t>(topk_weights.size()) != x.num_rows * num_topk) {
     valid = invalid_argument("topk_weights has {} entries, expected {} rows x {} top-k", topk_weights.size(),
                              x.num_rows, num_topk);
+  }
+  if (valid.is_ok() && bias.size() > 2)
+    valid = invalid_argument("{} bias matrices given, expected at most 2", bias.size());
+  for (size_t i = 0; valid.is_ok() && i < bias.size(); ++i) {
+    const RowsView& b = bias[i];
+    valid = check_rows(b, "bias", false);
+    if (valid.is_ok() && (b.dtype != x.dtype || b.num_rows != handle.num_tokens || b.hidden != x.hidden)) {
+      valid =
+          invalid_argument("bias {} is {} ({}, {}); expected x's dtype {} and (num_tokens, hidden) = ({}, {})", i,
+                           dtype_name(b.dtype), b.num_rows, b.hidden, dtype_name(x.dtype), handle.num_tokens, x.hidden);
+    }
   }
   if (!valid.is_ok()) return fail(valid.with_context(fmt::format("ep rank {} combine", me)));
   // A rank that received no rows passes no weights but still takes part in the weighted combine.
@@ -695,6 +707,13 @@ Result<CombineOutput> ShmBuffer::combine(const RowsView& x, const DispatchHandle
 
   const int64_t num_tokens = handle.num_tokens;
   std::vector<float> sum(static_cast<size_t>(num_tokens * x.hidden), 0.0f);
+  for (const RowsView& b : bias) {  // DeepEP's order: 0 + bias0 + bias1, then the ranks' rows
+    const auto* rows = static_cast<const uint8_t*>(b.data);
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      float* acc = sum.data() + t * x.hidden;
+      for (int64_t i = 0; i < x.hidden; ++i) acc[i] += load_element(x.dtype, rows + t * x_bytes, i);
+    }
+  }
   CombineOutput output;
   output.combined_topk_weights.assign(static_cast<size_t>(num_tokens * num_topk), 0.0f);
   for (int src = 0; src < n; ++src) {

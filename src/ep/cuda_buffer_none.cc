@@ -32,7 +32,8 @@ void CudaBuffer::set_profiling(bool) {}
 std::vector<std::pair<std::string, double>> CudaBuffer::kernel_times_us() { return {}; }
 Result<CudaDispatchPlan> CudaBuffer::dispatch_send(const CudaDispatchInput&, void*) { return not_built(); }
 Status CudaBuffer::dispatch_receive(const CudaDispatchPlan&, const CudaDispatchOutputs&, void*) { return not_built(); }
-Status CudaBuffer::combine(const DeviceRows&, const CudaDispatchHandle&, const float*, void*, float*, void*) {
+Status CudaBuffer::combine(const DeviceRows&, const CudaDispatchHandle&, const float*, void*, float*, void*,
+                           const void*, const void*) {
   return not_built();
 }
 Status CudaBuffer::low_latency_dispatch_send(const DeviceRows&, const int64_t*, int64_t, int64_t, int64_t, bool,

@@ -138,8 +138,10 @@ class ShmBuffer {
   Result<DispatchOutput> dispatch(const DispatchInput& input);
   // x: (num_recv, hidden) rows in the order dispatch returned them. Unweighted sum over the ranks that
   // received each token, in rank order, accumulated in float32. topk_weights: (num_recv, num_topk) or empty.
+  // bias: none, one or two (num_tokens, hidden) matrices in x's dtype (DeepEP's bias), added to each token's
+  // float32 sum first, in order, before the ranks' rows; the sum is rounded once.
   Result<CombineOutput> combine(const RowsView& x, const DispatchHandle& handle, std::span<const float> topk_weights,
-                                int64_t num_topk);
+                                int64_t num_topk, std::span<const RowsView> bias = {});
 
   // Low-latency dispatch in two halves: send writes and publishes, receive waits and copies out. x is
   // float32 or bfloat16; with use_fp8 the received rows are e4m3 with per-128 scales.

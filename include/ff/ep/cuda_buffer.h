@@ -122,9 +122,10 @@ class CudaBuffer {
 
   // x: (num_recv, hidden) float32/bfloat16 in the order dispatch returned. combined_x: (num_tokens, hidden)
   // in x's dtype; topk_weights (num_recv, num_topk) or nullptr (zeros are sent); combined_topk_weights
-  // (num_tokens, num_topk) or nullptr.
+  // (num_tokens, num_topk) or nullptr. bias0, bias1: (num_tokens, hidden) contiguous in x's dtype or nullptr,
+  // added to each combined row before the ranks' rows (DeepEP's bias; float32 sums, rounded once).
   Status combine(const DeviceRows& x, const CudaDispatchHandle& handle, const float* topk_weights, void* combined_x,
-                 float* combined_topk_weights, void* stream);
+                 float* combined_topk_weights, void* stream, const void* bias0 = nullptr, const void* bias1 = nullptr);
 
   // Low-latency dispatch: send enqueues kernels only (no host synchronisation); receive enqueues the
   // kernel that waits (bounded, on the GPU) for every source and packs the rows: recv_x

@@ -1068,7 +1068,8 @@ Status CudaBuffer::dispatch_receive(const CudaDispatchPlan& plan, const CudaDisp
 // Normal combine
 
 Status CudaBuffer::combine(const DeviceRows& x, const CudaDispatchHandle& handle, const float* topk_weights,
-                           void* combined_x, float* combined_topk_weights, void* stream) {
+                           void* combined_x, float* combined_topk_weights, void* stream, const void* bias0,
+                           const void* bias1) {
   Impl& s = *impl_;
   FF_RETURN_IF_ERROR(s.begin_normal(stream, "combine"));
   const int n = s.n();
@@ -1136,6 +1137,8 @@ Status CudaBuffer::combine(const DeviceRows& x, const CudaDispatchHandle& handle
     reduce.dtype = x.dtype == DType::kFloat32 ? 0 : 1;
     reduce.out = combined_x;
     reduce.out_weights = combined_topk_weights;
+    reduce.bias0 = bias0;
+    reduce.bias1 = bias1;
     s.mark(kPhaseCombineRecv, 0, stream);
     cuda::launch_normal_combine_reduce(reduce, 4 * s.sm_count, stream);
     s.mark(kPhaseCombineRecv, 1, stream);
@@ -1169,6 +1172,8 @@ Status CudaBuffer::combine(const DeviceRows& x, const CudaDispatchHandle& handle
   reduce.dtype = x.dtype == DType::kFloat32 ? 0 : 1;
   reduce.out = combined_x;
   reduce.out_weights = combined_topk_weights;
+  reduce.bias0 = bias0;
+  reduce.bias1 = bias1;
   s.mark(kPhaseCombineRecv, 0, stream);
   cuda::launch_combine_reduce(reduce, std::max(s.num_blocks(), 132) * 4, stream);
   s.mark(kPhaseCombineRecv, 1, stream);

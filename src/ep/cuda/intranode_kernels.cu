@@ -61,7 +61,18 @@ __global__ void __launch_bounds__(kSendThreads) combine_send_kernel(CombineSendA
   }
 }
 
-// One block per token (grid-stride): out[t] = sum over its rows in rank order, float32, rounded once.
+// The start of a combined element's float32 sum: 0, plus bias0's element, plus bias1's (DeepEP's order; each
+// may be null).
+template <typename T>
+__device__ __forceinline__ float bias_start(const void* bias0, const void* bias1, int64_t index) {
+  float sum = 0.0f;
+  if (bias0 != nullptr) sum += to_float<T>(static_cast<const T*>(bias0)[index]);
+  if (bias1 != nullptr) sum += to_float<T>(static_cast<const T*>(bias1)[index]);
+  return sum;
+}
+
+// One block per token (grid-stride): out[t] = its bias (if any) + the sum over its rows in rank order, float32,
+// rounded once.
 template <typename T>
 __global__ void combine_reduce_kernel(CombineReduceArgs args) {
   const auto* rows_base = reinterpret_cast<const T*>(args.buffer + args.regions.x);
@@ -76,7 +87,8 @@ __global__ void combine_reduce_kernel(CombineReduceArgs args) {
       for (int64_t chunk = threadIdx.x; chunk < args.hidden / kVector; chunk += blockDim.x) {
         float sum[kVector];
 #pragma unroll
-        for (int v = 0; v < kVector; ++v) sum[v] = 0.0f;
+        for (int v = 0; v < kVector; ++v)
+          sum[v] = bias_start<T>(args.bias0, args.bias1, token * args.hidden + chunk * kVector + v);
         for (int32_t r = begin; r < end; ++r) {
           const int4 packed = __ldcg(reinterpret_cast<const int4*>(rows_base + args.rows[r] * args.hidden) + chunk);
           const T* values = reinterpret_cast<const T*>(&packed);
@@ -91,7 +103,7 @@ __global__ void combine_reduce_kernel(CombineReduceArgs args) {
       }
     } else {
       for (int64_t h = threadIdx.x; h < args.hidden; h += blockDim.x) {
-        float sum = 0.0f;
+        float sum = bias_start<T>(args.bias0, args.bias1, token * args.hidden + h);
         for (int32_t r = begin; r < end; ++r) sum += to_float<T>(rows_base[args.rows[r] * args.hidden + h]);
         out[token * args.hidden + h] = from_float<T>(sum);
       }
@@ -406,7 +418,8 @@ __global__ void __launch_bounds__(kSendThreads) normal_combine_send_kernel(Norma
   if (last_block_done(normal_counter(c.self, kCombineSendCounter))) publish(c);
 }
 
-// One block per token (grid-stride): the sum of its rows in destination-rank order, float32, rounded once.
+// One block per token (grid-stride): its bias (if any) + the sum of its rows in destination-rank order, float32,
+// rounded once.
 template <typename T>
 __global__ void normal_combine_reduce_kernel(NormalCombineReduceArgs args) {
   const NormalCommon& c = args.common;
@@ -437,7 +450,8 @@ __global__ void normal_combine_reduce_kernel(NormalCombineReduceArgs args) {
       for (int64_t chunk = threadIdx.x; chunk < args.hidden / kVector; chunk += blockDim.x) {
         float sum[kVector];
 #pragma unroll
-        for (int v = 0; v < kVector; ++v) sum[v] = 0.0f;
+        for (int v = 0; v < kVector; ++v)
+          sum[v] = bias_start<T>(args.bias0, args.bias1, token * args.hidden + chunk * kVector + v);
         for (int i = 0; i < num_rows; ++i) {
           const int4 packed = __ldcg(reinterpret_cast<const int4*>(rows_base + rows[i] * args.hidden) + chunk);
           const T* values = reinterpret_cast<const T*>(&packed);
@@ -452,7 +466,7 @@ __global__ void normal_combine_reduce_kernel(NormalCombineReduceArgs args) {
       }
     } else {
       for (int64_t h = threadIdx.x; h < args.hidden; h += blockDim.x) {
-        float sum = 0.0f;
+        float sum = bias_start<T>(args.bias0, args.bias1, token * args.hidden + h);
         for (int i = 0; i < num_rows; ++i) sum += to_float<T>(__ldcg(rows_base + rows[i] * args.hidden + h));
         out[token * args.hidden + h] = from_float<T>(sum);
       }

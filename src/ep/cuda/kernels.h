@@ -111,6 +111,8 @@ struct CombineReduceArgs {
   int32_t dtype;  // 0 float32, 1 bfloat16
   void* out;
   float* out_weights;  // may be null
+  const void* bias0;   // (num_tokens, hidden) in the rows' dtype, added first (DeepEP's bias); may be null
+  const void* bias1;   // the same, added second; may be null
 };
 void launch_combine_reduce(const CombineReduceArgs& args, int num_blocks, void* stream);
 
@@ -193,6 +195,8 @@ struct NormalCombineReduceArgs {
   int32_t dtype;
   void* out;
   float* out_weights;
+  const void* bias0;  // as CombineReduceArgs
+  const void* bias1;
 };
 void launch_normal_combine_reduce(const NormalCombineReduceArgs& args, int num_blocks, void* stream);
 
