@@ -69,7 +69,7 @@ def _is_torch_tensor(value: Any) -> bool:
 _SCHEDULING_HINTS = frozenset({"previous_event", "async_finish", "allocate_on_comm_stream", "config"})
 _UNSUPPORTED_UNLESS_DEFAULT = {
     "dispatch": {"num_worst_tokens": 0},
-    "low_latency_dispatch": {"dispatch_wait_recv_cost_stats": None, "round_scale": False, "use_ue8m0": False},
+    "low_latency_dispatch": {"dispatch_wait_recv_cost_stats": None, "use_ue8m0": False},
     "low_latency_combine": {"use_logfmt": False, "zero_copy": False, "combine_wait_recv_cost_stats": None},
 }
 
@@ -450,23 +450,26 @@ class Buffer:
     ):
         """(recv_x, recv_count, handle, event, hook). recv_x is [num_local_experts,
         num_max_dispatch_tokens_per_rank * num_ranks, hidden] (a tuple (x_fp8, scales) with use_fp8).
-        With return_recv_hook the call returns after sending; the outputs are filled by ``hook()``.
+        With return_recv_hook the call returns after sending; the outputs are filled by ``hook()``. ``round_scale``
+        (DeepEP's, with use_fp8): each scale is the power of two at or above amax / 448 (2^ceil(log2)), so a code
+        times its scale is exact; ``use_ue8m0`` (scales packed as exponents) is refused.
         ``cumulative_local_expert_recv_stats`` (int32, (num_local_experts,), on x's device), as DeepEP's: each
         expert's received token count is added to it when the receive completes (load statistics, e.g. for
         eplb). The arguments are DeepEP's, in its order."""
         _check_deepep_options("low_latency_dispatch", dict(
-            options, dispatch_wait_recv_cost_stats=dispatch_wait_recv_cost_stats, round_scale=round_scale,
-            use_ue8m0=use_ue8m0, async_finish=async_finish))
+            options, dispatch_wait_recv_cost_stats=dispatch_wait_recv_cost_stats, use_ue8m0=use_ue8m0,
+            async_finish=async_finish))
         stats = cumulative_local_expert_recv_stats
         if stats is not None:
             _check_recv_stats(stats, int(num_experts) // self.group_size, x)
         if _is_cuda(x):
             return self._cuda_low_latency_dispatch(x, topk_idx, int(num_max_dispatch_tokens_per_rank),
-                                                   int(num_experts), bool(use_fp8), bool(return_recv_hook), stats)
+                                                   int(num_experts), bool(use_fp8), bool(return_recv_hook), stats,
+                                                   bool(round_scale))
         rows, bf16_typed = _rows(x, "x")
         topk = _matrix(topk_idx, np.int64, "topk_idx")
         self._cpu_buffer().low_latency_dispatch_send(rows, topk, int(num_max_dispatch_tokens_per_rank), int(num_experts),
-                                               bool(use_fp8))
+                                               bool(use_fp8), bool(round_scale))
         num_local = int(num_experts) // self.group_size
         capacity = int(num_max_dispatch_tokens_per_rank) * self.group_size
         hidden = rows.shape[1]
@@ -637,7 +640,8 @@ class Buffer:
                        _stream(), *bias_views)
         return combined, combined_weights
 
-    def _cuda_low_latency_dispatch(self, x, topk_idx, max_tokens, num_experts, use_fp8, return_recv_hook, stats):
+    def _cuda_low_latency_dispatch(self, x, topk_idx, max_tokens, num_experts, use_fp8, return_recv_hook, stats,
+                                   round_scale):
         import torch
 
         native = self._cuda_buffer()
@@ -651,7 +655,7 @@ class Buffer:
         # more host time than the kernels).
         native.low_latency_dispatch_send_ptr(x_view.data_ptr(), _float_code(x_view, "x"), x.shape[0], x.shape[1],
                                              topk.data_ptr(), topk.shape[1], max_tokens, num_experts, use_fp8,
-                                             _stream())
+                                             _stream(), round_scale)
         num_local = num_experts // self.group_size
         capacity = max_tokens * self.group_size
         hidden = x.shape[1]

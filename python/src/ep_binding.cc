@@ -168,7 +168,7 @@ class PyBuffer {
   }
 
   void low_latency_dispatch_send(const AnyMatrix& x, const IndexMatrix& topk_idx, int64_t max_tokens_per_rank,
-                                 int64_t num_experts, bool use_fp8) {
+                                 int64_t num_experts, bool use_fp8, bool round_scale) {
     ep::RowsView view = rows_view(x, "x");
     if (topk_idx.shape(0) != x.shape(0)) {
       throw nb::value_error(fmt::format("topk_idx has {} rows, x has {}", topk_idx.shape(0), x.shape(0)).c_str());
@@ -177,7 +177,7 @@ class PyBuffer {
       nb::gil_scoped_release release;
       return buffer_->low_latency_dispatch_send(view, {topk_idx.data(), topk_idx.size()},
                                                 static_cast<int64_t>(topk_idx.shape(1)), max_tokens_per_rank,
-                                                num_experts, use_fp8);
+                                                num_experts, use_fp8, round_scale);
     }();
     throw_if_error(status);
   }
@@ -404,7 +404,7 @@ class PyCudaBuffer {
   }
 
   void low_latency_dispatch_send(const CudaArray& x, const CudaArray& topk_idx, int64_t max_tokens_per_rank,
-                                 int64_t num_experts, bool use_fp8, uintptr_t stream) {
+                                 int64_t num_experts, bool use_fp8, uintptr_t stream, bool round_scale) {
     ep::DeviceRows rows = device_rows(x, "x", std::nullopt);
     if (topk_idx.ndim() != 2 || topk_idx.shape(0) != x.shape(0) ||
         !is_dtype(topk_idx, nb::dlpack::dtype_code::Int, 64)) {
@@ -413,7 +413,7 @@ class PyCudaBuffer {
     call_released([&] {
       return get().low_latency_dispatch_send(rows, static_cast<const int64_t*>(topk_idx.data()),
                                              static_cast<int64_t>(topk_idx.shape(1)), max_tokens_per_rank, num_experts,
-                                             use_fp8, as_stream(stream));
+                                             use_fp8, as_stream(stream), round_scale);
     });
   }
 
@@ -454,7 +454,7 @@ class PyCudaBuffer {
 
   void low_latency_dispatch_send_ptr(uintptr_t x, int dtype, int64_t num_tokens, int64_t hidden, uintptr_t topk_idx,
                                      int64_t num_topk, int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8,
-                                     uintptr_t stream) {
+                                     uintptr_t stream, bool round_scale) {
     ep::DeviceRows rows;
     rows.data = reinterpret_cast<void*>(x);
     rows.dtype = float_dtype(dtype);
@@ -462,7 +462,7 @@ class PyCudaBuffer {
     rows.hidden = hidden;
     call_released([&] {
       return get().low_latency_dispatch_send(rows, reinterpret_cast<const int64_t*>(topk_idx), num_topk,
-                                             max_tokens_per_rank, num_experts, use_fp8, as_stream(stream));
+                                             max_tokens_per_rank, num_experts, use_fp8, as_stream(stream), round_scale);
     });
   }
 
@@ -530,7 +530,7 @@ void bind_ep(nb::module_& module) {
       .def("combine", &PyBuffer::combine, nb::arg("x"), nb::arg("handle"), nb::arg("topk_weights").none(),
            nb::arg("bias0").none() = nb::none(), nb::arg("bias1").none() = nb::none())
       .def("low_latency_dispatch_send", &PyBuffer::low_latency_dispatch_send, nb::arg("x"), nb::arg("topk_idx"),
-           nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"))
+           nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"), nb::arg("round_scale") = false)
       .def("low_latency_dispatch_receive", &PyBuffer::low_latency_dispatch_receive)
       .def("low_latency_combine_send", &PyBuffer::low_latency_combine_send, nb::arg("x"), nb::arg("topk_idx"),
            nb::arg("topk_weights"), nb::arg("handle"))
@@ -554,7 +554,8 @@ void bind_ep(nb::module_& module) {
            nb::arg("combined_x").none(), nb::arg("combined_topk_weights").none(), nb::arg("stream"),
            nb::arg("bias0").none() = nb::none(), nb::arg("bias1").none() = nb::none())
       .def("low_latency_dispatch_send", &PyCudaBuffer::low_latency_dispatch_send, nb::arg("x"), nb::arg("topk_idx"),
-           nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"), nb::arg("stream"))
+           nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"), nb::arg("stream"),
+           nb::arg("round_scale") = false)
       .def("low_latency_dispatch_receive", &PyCudaBuffer::low_latency_dispatch_receive, nb::arg("recv_x"),
            nb::arg("recv_scales").none(), nb::arg("recv_count"), nb::arg("stream"))
       .def("low_latency_combine_send", &PyCudaBuffer::low_latency_combine_send, nb::arg("x"), nb::arg("topk_idx"),
@@ -563,7 +564,8 @@ void bind_ep(nb::module_& module) {
            nb::arg("stream"))
       .def("low_latency_dispatch_send_ptr", &PyCudaBuffer::low_latency_dispatch_send_ptr, nb::arg("x"),
            nb::arg("dtype"), nb::arg("num_tokens"), nb::arg("hidden"), nb::arg("topk_idx"), nb::arg("num_topk"),
-           nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"), nb::arg("stream"))
+           nb::arg("max_tokens_per_rank"), nb::arg("num_experts"), nb::arg("use_fp8"), nb::arg("stream"),
+           nb::arg("round_scale") = false)
       .def("low_latency_dispatch_receive_ptr", &PyCudaBuffer::low_latency_dispatch_receive_ptr, nb::arg("recv_x"),
            nb::arg("recv_scales"), nb::arg("recv_count"), nb::arg("stream"))
       .def("low_latency_combine_send_ptr", &PyCudaBuffer::low_latency_combine_send_ptr, nb::arg("x"), nb::arg("dtype"),

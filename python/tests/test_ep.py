@@ -97,11 +97,12 @@ if mode == "normal":
     bf16_two, _ = buffer.combine(recv_bits, handle, bias=(b0_bits, b1_bits))
     assert bf16_two.dtype == np.uint16
     assert np.array_equal(bf16_two, to_bf16(biased_sum(to_float(bits), to_float(b0_bits), to_float(b1_bits))))
-elif mode in ("low_latency", "low_latency_fp8"):
-    use_fp8 = mode.endswith("fp8")
+elif mode in ("low_latency", "low_latency_fp8", "low_latency_fp8_round_scale"):
+    use_fp8 = "fp8" in mode
+    round_scale = mode.endswith("round_scale")
     max_tokens = 24
     recv, count, handle, event, hook = buffer.low_latency_dispatch(
-        x, topk, max_tokens, num_experts, use_fp8=use_fp8, return_recv_hook=True)
+        x, topk, max_tokens, num_experts, use_fp8=use_fp8, return_recv_hook=True, round_scale=round_scale)
     event.current_stream_wait()
     hook()
     if use_fp8:
@@ -111,12 +112,25 @@ elif mode in ("low_latency", "low_latency_fp8"):
         table = np.array([(-1) ** (c >> 7) * ((2.0 ** ((c >> 3 & 15) - 7) * (1 + (c & 7) / 8)) if c >> 3 & 15 else
                                               (2.0 ** -6 * (c & 7) / 8)) for c in range(256)], dtype=np.float32)
         values = table[codes] * np.repeat(scales, 128, axis=2)
+
     else:
         values = recv
     for e in range(per_rank):
         rows = [sx[t] for src in range(num_ranks) for sx, stopk, _ in [inputs(src, tokens_of(src))]
                 for t in range(len(sx)) if (stopk[t] == rank * per_rank + e).any()]
         assert count[e] == len(rows), (e, count[e], len(rows))
+        if rows and use_fp8:
+            # Each scale: amax / 448, or with round_scale the power of two at or above amax * (1 / 448) (DeepEP's,
+            # 2^ceil(log2)), exactly.
+            amax = np.maximum(np.abs(np.stack(rows)).reshape(len(rows), -1, 128).max(axis=2), np.float32(1e-4))
+            got = scales[e, :len(rows)]
+            if round_scale:
+                above = amax * np.float32(1 / 448)
+                mantissa, exponent = np.frexp(above)  # above = mantissa * 2^exponent, mantissa in [0.5, 1)
+                expected = np.ldexp(np.float32(1), np.where(mantissa == 0.5, exponent - 1, exponent)).astype(np.float32)
+                assert np.array_equal(got, expected), (got, expected)
+            else:
+                assert np.array_equal(got, amax / np.float32(448)), (got, amax / 448)
         if rows:
             tolerance = 0.15 if use_fp8 else 0
             assert np.abs(values[e, :len(rows)] - np.stack(rows)).max() <= tolerance
@@ -178,7 +192,7 @@ def test_dispatch_cached_dispatch_and_combine(num_ranks: int) -> None:
 
 
 @pytest.mark.parametrize("num_ranks,mode", [(2, "low_latency"), (4, "low_latency"), (2, "low_latency_fp8"),
-                                            (4, "low_latency_fp8")])
+                                            (4, "low_latency_fp8"), (2, "low_latency_fp8_round_scale")])
 def test_low_latency_round_trip(num_ranks: int, mode: str) -> None:
     assert _run_ranks(num_ranks, mode) == [0] * num_ranks
 
@@ -235,7 +249,7 @@ def test_deepep_options_are_ignored_refused_or_unknown() -> None:
     assert (biased == x + x).all()
     with pytest.raises(TypeError, match="num_worst_token"):
         buffer.dispatch(x, handle=handle, num_worst_token=8)
-    for name, value in (("use_ue8m0", True), ("round_scale", True), ("dispatch_wait_recv_cost_stats", x)):
+    for name, value in (("use_ue8m0", True), ("dispatch_wait_recv_cost_stats", x)):
         with pytest.raises(NotImplementedError, match=name):
             buffer.low_latency_dispatch(x, topk, 4, 2, **{name: value})
     with pytest.raises(ValueError, match=r"cumulative_local_expert_recv_stats has float32 \(2, 128\); expected int32 \(2,\)"):

@@ -158,7 +158,7 @@ def normal_round(skew):
             check_equal(name + " combined_x with bias", got, biased_cpu)
             assert not np.array_equal(biased_cpu, combined_cpu)
 
-def low_latency_round(use_fp8, rounds=2):
+def low_latency_round(use_fp8, rounds=2, round_scale=False):
     max_tokens = tokens_of(num_ranks - 1)  # every rank's tokens fit
     x, topk, weights = inputs(rank, tokens_of(rank))
     bits = bf16_bits(x)
@@ -167,11 +167,12 @@ def low_latency_round(use_fp8, rounds=2):
     stats_gpu = torch.zeros(per_rank, dtype=torch.int32, device=device)
     for round_index in range(rounds):
         recv_cpu, count_cpu, handle_cpu, _, hook_cpu = cpu.low_latency_dispatch(
-            bits, topk, max_tokens, num_experts, stats_cpu, use_fp8=use_fp8, return_recv_hook=True)
+            bits, topk, max_tokens, num_experts, stats_cpu, use_fp8=use_fp8, return_recv_hook=True,
+            round_scale=round_scale)
         hook_cpu()
         recv_gpu, count_gpu, handle_gpu, event, hook_gpu = gpu.low_latency_dispatch(
             to_cuda_bf16(bits), topk_t, max_tokens, num_experts, cumulative_local_expert_recv_stats=stats_gpu,
-            use_fp8=use_fp8, return_recv_hook=(round_index == 0))
+            use_fp8=use_fp8, return_recv_hook=(round_index == 0), round_scale=round_scale)
         event.current_stream_wait()
         hook_gpu()
         counts = count_gpu.cpu().numpy()
@@ -185,6 +186,9 @@ def low_latency_round(use_fp8, rounds=2):
                 mismatch = float(np.mean(codes != recv_cpu[0][e, :n])) if n else 0.0
                 assert mismatch <= 1e-3, (e, mismatch)
                 assert np.allclose(recv_gpu[1][e, :n].cpu().numpy(), recv_cpu[1][e, :n], rtol=1e-6, atol=0)
+                if round_scale:  # powers of two, the same bits as the CPU's
+                    check_equal(f"round_scale scales expert {e}", recv_gpu[1][e, :n].cpu().numpy(), recv_cpu[1][e, :n])
+                    assert (np.frexp(recv_cpu[1][e, :n])[0] == 0.5).all()
             else:
                 check_equal(f"ll recv_x expert {e}", from_cuda_bf16(recv_gpu[e, :n]), recv_cpu[e, :n])
         # Expert outputs: the CPU backend's received rows (dequantized), the same input on both backends.
@@ -214,6 +218,7 @@ if mode == "all":
     normal_round(skew=True)
     low_latency_round(use_fp8=False)
     low_latency_round(use_fp8=True)
+    low_latency_round(use_fp8=True, rounds=1, round_scale=True)
     normal_round(skew=False)  # back to the normal mode after low-latency calls
     gpu.synchronize()
 elif mode == "dead_rank":

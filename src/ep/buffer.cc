@@ -105,14 +105,15 @@ void store_row(DType dtype, const float* values, int64_t hidden, uint8_t* row) {
   }
 }
 
-// Quantizes one row to e4m3 codes with one scale per 128 elements (scale = amax / 448, amax >= 1e-4 as in DeepEP).
-void quantize_row(DType dtype, const uint8_t* row, int64_t hidden, uint8_t* codes, float* scales) {
+// Quantizes one row to e4m3 codes with one scale per 128 elements (scale = amax / 448, amax >= 1e-4 as in DeepEP;
+// round_scale: the power of two at or above it, low_latency_scale).
+void quantize_row(DType dtype, const uint8_t* row, int64_t hidden, uint8_t* codes, float* scales, bool round_scale) {
   for (int64_t block = 0; block < hidden / kFp8BlockSize; ++block) {
     float amax = 1e-4f;
     for (int64_t i = block * kFp8BlockSize; i < (block + 1) * kFp8BlockSize; ++i) {
       amax = std::max(amax, std::fabs(load_element(dtype, row, i)));
     }
-    const float scale = amax / gemm::kFloat8E4M3Max;
+    const float scale = low_latency_scale(amax, round_scale);
     scales[block] = scale;
     for (int64_t i = block * kFp8BlockSize; i < (block + 1) * kFp8BlockSize; ++i) {
       codes[i] = gemm::float_to_e4m3(load_element(dtype, row, i) / scale);
@@ -759,7 +760,8 @@ constexpr int64_t kLowLatencyMetaBytes = 16;
 }
 
 Status ShmBuffer::low_latency_dispatch_send(const RowsView& x, std::span<const int64_t> topk_idx, int64_t num_topk,
-                                            int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8) {
+                                            int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8,
+                                            bool round_scale) {
   FF_RETURN_IF_ERROR(begin_call(kLowLatencyDispatch));
   const int n = options_.num_ranks;
   const int me = options_.rank;
@@ -799,7 +801,7 @@ Status ShmBuffer::low_latency_dispatch_send(const RowsView& x, std::span<const i
         if (use_fp8) {
           float scales[4096];  // hidden / 128 <= 4096 for hidden <= 524288
           FF_ASSERT_LE(num_scales, 4096);
-          quantize_row(x.dtype, x_ptr + t * x_bytes, x.hidden, row + kLowLatencyMetaBytes, scales);
+          quantize_row(x.dtype, x_ptr + t * x_bytes, x.hidden, row + kLowLatencyMetaBytes, scales, round_scale);
           std::memcpy(row + kLowLatencyMetaBytes + data_bytes, scales, static_cast<size_t>(num_scales * 4));
         } else {
           std::memcpy(row + kLowLatencyMetaBytes, x_ptr + t * x_bytes, static_cast<size_t>(x_bytes));

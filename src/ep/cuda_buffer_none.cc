@@ -36,8 +36,8 @@ Status CudaBuffer::combine(const DeviceRows&, const CudaDispatchHandle&, const f
                            const void*, const void*) {
   return not_built();
 }
-Status CudaBuffer::low_latency_dispatch_send(const DeviceRows&, const int64_t*, int64_t, int64_t, int64_t, bool,
-                                             void*) {
+Status CudaBuffer::low_latency_dispatch_send(const DeviceRows&, const int64_t*, int64_t, int64_t, int64_t, bool, void*,
+                                             bool) {
   return not_built();
 }
 Status CudaBuffer::low_latency_dispatch_receive(void*, float*, int32_t*, void*) { return not_built(); }

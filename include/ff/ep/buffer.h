@@ -12,7 +12,9 @@
 // values and may be shared freely.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <span>
@@ -35,6 +37,19 @@ enum class DType : int32_t {
 };
 int64_t dtype_size(DType dtype);
 std::string_view dtype_name(DType dtype);
+
+// The float32 scale of one 128-element block of a low-latency FP8 dispatch whose largest magnitude is amax
+// (already raised to at least 1e-4): amax / 448; with round_scale (DeepEP's), the power of two at or above
+// amax * (1 / 448), 2^ceil(log2(.)) taken from its bits as DeepEP does, so a code times its scale is exact. The
+// codes are the values divided by the scale, rounded to e4m3 (src/ep/cuda/low_latency_kernels.cu does the same).
+inline float low_latency_scale(float amax, bool round_scale) {
+  if (!round_scale) return amax / 448.0f;
+  const float x = amax * (1.0f / 448.0f);
+  uint32_t bits = 0;
+  std::memcpy(&bits, &x, sizeof bits);
+  const int exponent = static_cast<int>((bits >> 23) & 0xffu) - 127 + ((bits & 0x7fffffu) != 0 ? 1 : 0);
+  return std::ldexp(1.0f, exponent);
+}
 
 // A read-only row-major matrix (num_rows, hidden) owned by the caller. For kFloat8E4M3, `scales` points
 // at (num_rows, hidden / 128) float32 scales; nullptr otherwise.
@@ -144,9 +159,11 @@ class ShmBuffer {
                                 int64_t num_topk, std::span<const RowsView> bias = {});
 
   // Low-latency dispatch in two halves: send writes and publishes, receive waits and copies out. x is
-  // float32 or bfloat16; with use_fp8 the received rows are e4m3 with per-128 scales.
+  // float32 or bfloat16; with use_fp8 the received rows are e4m3 with per-128 scales (low_latency_scale; with
+  // round_scale, powers of two).
   Status low_latency_dispatch_send(const RowsView& x, std::span<const int64_t> topk_idx, int64_t num_topk,
-                                   int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8);
+                                   int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8,
+                                   bool round_scale = false);
   Result<LowLatencyDispatchOutput> low_latency_dispatch_receive();
   // x: (num_local_experts * max_tokens_per_rank * num_ranks, hidden); output weighted by topk_weights.
   Status low_latency_combine_send(const RowsView& x, std::span<const int64_t> topk_idx,

@@ -131,9 +131,11 @@ class CudaBuffer {
   // kernel that waits (bounded, on the GPU) for every source and packs the rows: recv_x
   // (num_local_experts, max_tokens * num_ranks, hidden) in e4m3 (use_fp8) or x's dtype, recv_scales
   // (..., hidden/128) for FP8, recv_count int32 (num_local_experts). Rows past recv_count are left as they
-  // were. The layout the combine needs stays in this buffer until the next low-latency dispatch.
+  // were. The layout the combine needs stays in this buffer until the next low-latency dispatch. round_scale
+  // (with use_fp8): power-of-two scales (low_latency_scale, ff/ep/buffer.h).
   Status low_latency_dispatch_send(const DeviceRows& x, const int64_t* topk_idx, int64_t num_topk,
-                                   int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8, void* stream);
+                                   int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8, void* stream,
+                                   bool round_scale = false);
   Status low_latency_dispatch_receive(void* recv_x, float* recv_scales, int32_t* recv_count, void* stream);
   // x: (num_local_experts, max_tokens * num_ranks, hidden) float32/bfloat16; topk_idx/topk_weights are the
   // dispatch's (num_tokens, num_topk); combined_x (num_tokens, hidden) in x's dtype, weighted.

@@ -1203,7 +1203,7 @@ cuda::LowLatencyLayout low_latency_layout(int num_ranks, int64_t num_local_exper
 
 Status CudaBuffer::low_latency_dispatch_send(const DeviceRows& x, const int64_t* topk_idx, int64_t num_topk,
                                              int64_t max_tokens_per_rank, int64_t num_experts, bool use_fp8,
-                                             void* stream) {
+                                             void* stream, bool round_scale) {
   Impl& s = *impl_;
   if (s.pending != 0) {
     return failed_precondition("ep rank {}: low_latency_dispatch called while a receive half is pending", s.me());
@@ -1265,6 +1265,7 @@ Status CudaBuffer::low_latency_dispatch_send(const DeviceRows& x, const int64_t*
   args.x = x.data;
   args.x_dtype = x.dtype == DType::kFloat32 ? 0 : 1;
   args.use_fp8 = use_fp8;
+  args.round_scale = round_scale;
   args.hidden = x.hidden;
   args.num_tokens = x.num_rows;
   args.num_topk = num_topk;

@@ -229,6 +229,7 @@ struct LowLatencyDispatchArgs {
   const void* x;
   int32_t x_dtype;  // 0 float32, 1 bfloat16
   bool use_fp8;
+  bool round_scale;  // with use_fp8: power-of-two scales (ff::ep::low_latency_scale)
   int64_t hidden;
   int64_t num_tokens;
   int64_t num_topk;

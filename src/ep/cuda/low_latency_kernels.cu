@@ -40,12 +40,21 @@ __global__ void positions_kernel(const int64_t* topk_idx, int64_t num_entries, i
   if (lane == 0) counts[expert] = running;
 }
 
-// Quantizes one row to e4m3 with per-128 scales (max(amax, 1e-4) / 448, no saturation: the CPU
+// ff::ep::low_latency_scale (include/ff/ep/buffer.h) on the device: amax / 448, or with round_scale the power of
+// two 2^ceil(log2(amax * (1 / 448))).
+__device__ __forceinline__ float low_latency_scale(float amax, bool round_scale) {
+  if (!round_scale) return amax / 448.0f;
+  const uint32_t bits = __float_as_uint(amax * (1.0f / 448.0f));
+  const int exponent = static_cast<int>((bits >> 23) & 0xffu) - 127 + ((bits & 0x7fffffu) != 0 ? 1 : 0);
+  return __uint_as_float(static_cast<uint32_t>(exponent + 127) << 23);
+}
+
+// Quantizes one row to e4m3 with per-128 scales (low_latency_scale of max(amax, 1e-4), no saturation: the CPU
 // reference's rule) and writes codes and scales. The whole warp; 256 elements per step when hidden allows
 // (each lane 8 consecutive values: one 16-byte load of bf16, 8-byte stores), else 128.
 template <typename T>
 __device__ __forceinline__ void quantize_row(const T* __restrict__ in, int64_t hidden, uint8_t* out, float* scales,
-                                             int lane) {
+                                             int lane, bool round_scale) {
   if (hidden % 256 == 0 && (reinterpret_cast<uintptr_t>(in) & 15) == 0) {
     // NOTE: the loads of four steps are issued before any of them is used, so a warp keeps four 16-byte
     // (bf16) loads per lane in flight instead of waiting for each step's load in turn.
@@ -76,7 +85,7 @@ __device__ __forceinline__ void quantize_row(const T* __restrict__ in, int64_t h
           // Lanes 0-15 hold one 128-block, 16-31 the next.
 #pragma unroll
         for (int offset = 8; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-        const float scale = fmaxf(amax, 1e-4f) / 448.0f;
+        const float scale = low_latency_scale(fmaxf(amax, 1e-4f), round_scale);
         uint32_t packed[2] = {0, 0};
 #pragma unroll
         for (int v = 0; v < 8; ++v) {
@@ -99,7 +108,7 @@ __device__ __forceinline__ void quantize_row(const T* __restrict__ in, int64_t h
     }
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    const float scale = fmaxf(amax, 1e-4f) / 448.0f;
+    const float scale = low_latency_scale(fmaxf(amax, 1e-4f), round_scale);
     uint32_t packed = 0;
 #pragma unroll
     for (int v = 0; v < 4; ++v) {
@@ -167,7 +176,8 @@ __global__ void __launch_bounds__(kThreads) dispatch_send_kernel(LowLatencyDispa
     uint8_t* out = base + c.layout.x + row * data_bytes;
     const T* in = x + token * args.hidden;
     if (args.use_fp8) {
-      quantize_row<T>(in, args.hidden, out, reinterpret_cast<float*>(base + c.layout.scales) + row * num_scales, lane);
+      quantize_row<T>(in, args.hidden, out, reinterpret_cast<float*>(base + c.layout.scales) + row * num_scales, lane,
+                      args.round_scale);
     } else {
       warp_copy_any(out, reinterpret_cast<const uint8_t*>(in), data_bytes, lane);
     }
