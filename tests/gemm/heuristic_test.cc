@@ -77,12 +77,14 @@ TEST(Heuristic, ShortKUsesThePingpongKernelWhenThereAreManyTiles) {
 TEST(Heuristic, GroupedChoices) {
   // Contiguous: always an indexed dense kernel (any rows per group: segments are 128-aligned).
   // 128x128 tiles use the overlapped promotion (measured faster at steady state, docs/gemm.md).
-  // Short K (at most 16 K blocks): the DeepSeek contiguous shapes with k = 2048 take the 256x128 tile (1x2 cluster),
-  // with half the group boundaries counted as tiles run twice: 8 x 4096 x 7168: (128 x 56 + 4 x 56) tiles = 56
-  // waves x 1.9 = 106.4 against 109 for 128x128. Long K (k = 7168) keeps the 128-row tiles (measured faster there)
-  // even where the 256-row tile would cost less (4 x 8192 x 4096: 32 waves x 1.9 = 60.8 against 63).
+  // The DeepSeek contiguous shapes take the 256x128 tile (1x2 cluster), with half the group boundaries counted as
+  // tiles run twice: 8 x 4096 x 7168 x 2048: (128 x 56 + 4 x 56) tiles = 56 waves x 1.9 = 106.4 against 109 for
+  // 128x128; at k = 7168 too (4 x 8192 x 4096: 32 waves x 1.9 = 60.8 against 63; 8 x 4096 x 4096: (128 + 4) x 32
+  // tiles, 32 waves, 60.8 against 63).
   EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 4096, 7168, 4, kH100Sms),
-            TileConfig::kIndexed128x128Overlap);
+            TileConfig::kIndexed256x128Cluster1x2);
+  EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 4096, 4096, 7168, 8, kH100Sms),
+            TileConfig::kIndexed256x128Cluster1x2);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 4096, 2048, 4, kH100Sms),
             TileConfig::kIndexed256x128Cluster1x2);
   EXPECT_EQ(choose_grouped_config(GroupedKind::kContiguous, 8192, 7168, 2048, 4, kH100Sms),
@@ -153,7 +155,7 @@ TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
   EXPECT_EQ(*cuda_kernel_choice("dense", 1024, 7168, 16384, 1, kH100Sms), "cooperative_128x128_overlap default:8");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x16 default:0");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 24576, 1536, 1, kH100Sms), "pingpong_64x128 default:0");
-  EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_128x128_overlap default:8");
+  EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_256x128_cluster1x2 default:8");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 4096, 7168, 2048, 8, kH100Sms), "indexed_256x128_cluster1x2 default:0");
   EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "masked_128x128_overlap default:0");
   EXPECT_FALSE(cuda_kernel_choice("sparse", 1, 1, 1, 1, kH100Sms).is_ok());

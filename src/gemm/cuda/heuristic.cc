@@ -107,10 +107,6 @@ constexpr int64_t kMinWavesForShortKPingpong = 4;
 // The 256-row tiles are candidates from 8 tiles along M (measured at m = 4096; below it a partial 256-row tile wastes
 // up to half its work, and the 64- and 128-row tiles fit small m better).
 constexpr int64_t kMinRowsFor256RowTiles = 2048;
-// The contiguous GEMM's 256-row tiles: at k = 2048 (16 K blocks) 1.036-1.039x the 128x128 overlap kernel on the two
-// DeepSeek shapes with n = 7168, at k = 7168 0.975-0.983x (H200, same run, docs/gemm.md "256-row tiles"), so only
-// up to 16 K blocks.
-constexpr int64_t kMaxKBlocksFor256RowContiguous = 16;
 
 // The cheapest of the 128-row configurations (`square` = the 128x128 one to use, `wide` = the 128x192 one);
 // ties go to the 128x128 tile.
@@ -152,20 +148,23 @@ TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms) {
   return cheaper_128_row(TileConfig::kCooperative128x128Overlap, TileConfig::kCooperative128x192, m, n, 1, num_sms);
 }
 
-TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t k, int64_t num_groups,
-                                 int num_sms) {
+// K does not enter the choice (the 256-row contiguous tile won at k = 2048 and 7168 alike).
+TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t /*k*/,
+                                 int64_t num_groups, int num_sms) {
   if (kind == GroupedKind::kContiguous) {
     // The 128x128 tile with the overlapped promotion (two K blocks in flight per warpgroup): faster than CUTLASS's
     // consumer on all four contiguous shapes measured (+0.3% to +3.4%, one run, docs/gemm.md), as on dense and
     // masked at steady state (masked: -0.3 % to +2.9 % on four shapes, bench/gemm/energy_gemm.py --family masked).
     const TileConfig square = cheaper_128_row(TileConfig::kIndexed128x128Overlap, TileConfig::kIndexed128x192,
                                               rows_per_group, n, num_groups, num_sms);
-    // Large m_sum and short K: the 256x128 tile (1x2 cluster) where it costs less, as for dense GEMMs. Where a group
+    // Large m_sum: the 256x128 tile (1x2 cluster) where it costs less, as for dense GEMMs (H200: 1.036-1.039x the
+    // 128x128 overlap kernel at k = 2048 on the two DeepSeek shapes with n = 7168; at k = 7168 0.975-0.983x before
+    // the whole-tile epilogue, 1.020-1.037x with it; docs/gemm.md "256-row tiles"). Where a group
     // boundary falls inside a tile, that tile runs twice (one pass per group); where the boundaries fall is known on
     // the device only, so the estimate counts half of them (segments of random multiples of 128 rows straddle a
     // 256-row tile half the time; the DeepSeek shapes' equal segments of multiples of 256 rows never do).
     const int64_t m_sum = rows_per_group * num_groups;
-    if (m_sum >= kMinRowsFor256RowTiles && ceil_div(k, 128) <= kMaxKBlocksFor256RowContiguous) {
+    if (m_sum >= kMinRowsFor256RowTiles) {
       // Each tile run twice counts as one more row of tiles: 256 more rows.
       const int64_t split_rows = ceil_div(num_groups - 1, 2) * tile_m(TileConfig::kIndexed256x128Cluster1x2);
       const TileEstimate tall =

@@ -36,7 +36,9 @@ TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms);
 
 // Grouped: `rows_per_group` is expected_m (masked) or m_sum / num_groups (contiguous). Contiguous always uses an
 // indexed kernel (the dense kernel over all rows, B picked per 128-row block: the 128x128 one with the overlapped
-// promotion, or 128x192 where it needs fewer waves; segments are 128-aligned, so 64-row tiles would only add tiles).
+// promotion, or 128x192 where it needs fewer waves, or from 2048 rows in all the 256x128 one with a 1x2 cluster where
+// it costs less, counting half the group boundaries as tiles run twice; segments are 128-aligned, so 64-row tiles
+// would only add tiles). K does not enter the choice.
 // Masked uses the masked dense kernel (the groups as its batch): 128x128 tiles, or its 64-row ping-pong variant when
 // that costs less (few rows per group).
 TileConfig choose_grouped_config(GroupedKind kind, int64_t rows_per_group, int64_t n, int64_t k, int64_t num_groups,
