@@ -68,10 +68,50 @@ def _is_torch_tensor(value: Any) -> bool:
 # a silently different answer; anything else is a TypeError, as for any Python function.
 _SCHEDULING_HINTS = frozenset({"previous_event", "async_finish", "allocate_on_comm_stream", "config"})
 _UNSUPPORTED_UNLESS_DEFAULT = {
-    "dispatch": {"num_worst_tokens": 0},
     "low_latency_dispatch": {"dispatch_wait_recv_cost_stats": None, "use_ue8m0": False},
     "low_latency_combine": {"use_logfmt": False, "zero_copy": False, "combine_wait_recv_cost_stats": None},
 }
+
+
+class _PaddedHandle:
+    """A normal dispatch's handle when it ran with num_worst_tokens: the native handle, and the row count its
+    outputs were padded to (its combine takes x with that many rows, its cached dispatches pad the same way)."""
+
+    def __init__(self, native: Any, num_worst_tokens: int) -> None:
+        self.native = native
+        self.num_worst_tokens = num_worst_tokens
+
+    @property
+    def num_recv_tokens(self) -> int:
+        return self.native.num_recv_tokens
+
+    @property
+    def num_tokens(self) -> int:
+        return self.native.num_tokens
+
+
+def _unpad(handle: "_PaddedHandle", value: Any, name: str) -> Any:
+    """The first num_recv_tokens rows of a padded dispatch's combine input `value` (which must have
+    num_worst_tokens rows)."""
+    rows = value.shape[0]
+    if rows != handle.num_worst_tokens:
+        raise ValueError(f"{name} has {rows} rows; the dispatch ran with num_worst_tokens={handle.num_worst_tokens}, "
+                         f"so combine takes that many (the first {handle.num_recv_tokens} are the received ones)")
+    return value[:handle.num_recv_tokens]
+
+
+def _pad_rows(value: Any, rows: int, fill: float) -> Any:
+    """numpy or torch ``value`` with ``rows`` rows: its own, then rows of ``fill``."""
+    if _is_torch_tensor(value):
+        import torch
+
+        shape = (rows, *value.shape[1:])
+        padded = (torch.zeros(shape, dtype=value.dtype, device=value.device) if fill == 0 else
+                  torch.full(shape, fill, dtype=value.dtype, device=value.device))
+    else:
+        padded = np.full((rows, *value.shape[1:]), fill, dtype=value.dtype)
+    padded[:value.shape[0]] = value
+    return padded
 
 
 def _unpack_bias(bias: Any) -> tuple[Any, Any]:
@@ -376,14 +416,28 @@ class Buffer:
         topk_idx: Any = None,
         topk_weights: Any = None,
         expert_alignment: int = 1,
+        num_worst_tokens: int = 0,
         **options: Any,
     ):
         """(recv_x, recv_topk_idx, recv_topk_weights, num_recv_tokens_per_expert_list, handle).
 
         ``x`` is a matrix or ``(x_fp8 uint8, scales float32 [num_tokens, hidden/128])``; ``recv_x`` has
         the same form. With a ``handle`` (cached dispatch) only data moves and the top-k outputs are None.
+        ``num_worst_tokens`` > 0 (DeepEP's): the outputs have that many rows, the received ones first, then
+        padding (zeros; recv_topk_idx -1, as DeepEP's), num_recv_tokens_per_expert_list is empty, and the
+        handle's combine takes x with that many rows. More received rows than that is a ValueError. The CUDA
+        dispatch still waits on the host for the counts (docs/ep.md), so such a call is not captured in a graph.
         """
         _check_deepep_options("dispatch", options)
+        worst = int(num_worst_tokens)
+        if worst < 0:
+            raise ValueError(f"num_worst_tokens={num_worst_tokens}; expected >= 0")
+        if isinstance(handle, _PaddedHandle):
+            worst, handle = handle.num_worst_tokens, handle.native
+        if worst > 0:
+            result = self.dispatch(x, handle, num_tokens_per_rank, num_tokens_per_rdma_rank, is_token_in_rank,
+                                   num_tokens_per_expert, topk_idx, topk_weights, expert_alignment, **options)
+            return self._padded(result, worst)
         if _is_cuda(x):
             return self._cuda_dispatch(x, handle, num_tokens_per_rank, is_token_in_rank, num_tokens_per_expert,
                                        topk_idx, topk_weights, expert_alignment)
@@ -412,6 +466,22 @@ class Buffer:
         return (recv_x, _as_input_type(recv_idx, topk_idx), _as_input_type(recv_weights, topk_weights), list(counts),
                 new_handle)
 
+    def _padded(self, result: tuple, worst: int) -> tuple:
+        """A dispatch's outputs padded to `worst` rows (num_worst_tokens), with a handle that remembers it."""
+        recv_x, recv_idx, recv_weights, _, handle = result
+        num_recv = handle.num_recv_tokens
+        if num_recv > worst:
+            raise ValueError(f"this rank received {num_recv} tokens, more than num_worst_tokens={worst}")
+        if isinstance(recv_x, tuple):
+            recv_x = tuple(_pad_rows(part, worst, 0) for part in recv_x)
+        else:
+            recv_x = _pad_rows(recv_x, worst, 0)
+        if recv_idx is None:  # a cached dispatch
+            return recv_x, None, None, None, _PaddedHandle(handle, worst)
+        recv_idx = _pad_rows(recv_idx, worst, -1)
+        recv_weights = _pad_rows(recv_weights, worst, 0)
+        return recv_x, recv_idx, recv_weights, [], _PaddedHandle(handle, worst)
+
     def combine(self, x: Any, handle: Any, topk_weights: Any = None, bias: Any = None, **options: Any):
         """(combined_x, combined_topk_weights): per original token, the unweighted sum over the ranks that
         received it, in rank order with float32 accumulation. ``bias`` (DeepEP's): None, one (num_tokens, hidden)
@@ -419,6 +489,11 @@ class Buffer:
         bias0 + bias1, then the ranks' rows), rounded once with it."""
         _check_deepep_options("combine", options)
         biases = _unpack_bias(bias)
+        if isinstance(handle, _PaddedHandle):
+            x = _unpad(handle, x, "x")
+            if topk_weights is not None:
+                topk_weights = _unpad(handle, topk_weights, "topk_weights")
+            handle = handle.native
         if _is_cuda(x):
             return self._cuda_combine(x, handle, topk_weights, biases)
         rows, bf16_typed = _rows(x, "x")

@@ -73,6 +73,22 @@ if mode == "normal":
     bits = (x.view(np.uint32) >> 16).astype(np.uint16)
     recv_bits, *_ = buffer.dispatch(bits, handle=handle)
     assert recv_bits.dtype == np.uint16 and np.array_equal(recv_bits, (expected.view(np.uint32) >> 16).astype(np.uint16))
+    # DeepEP's num_worst_tokens: the outputs padded to that many rows (zeros; top-k indices -1), no per-expert list,
+    # and the handle's combine and cached dispatch take and give that many rows.
+    received = len(expected)
+    worst = received + 5
+    p_x, p_idx, p_w, p_counts, p_handle = buffer.dispatch(
+        x, topk_idx=topk, topk_weights=weights, num_tokens_per_rank=per_rank_count, is_token_in_rank=in_rank,
+        num_tokens_per_expert=per_expert, expert_alignment=2, num_worst_tokens=worst)
+    assert p_counts == [] and p_x.shape == (worst, hidden) and p_idx.shape == (worst, num_topk)
+    assert np.array_equal(p_x[:received], recv_x) and (p_x[received:] == 0).all()
+    assert np.array_equal(p_idx[:received], recv_idx) and (p_idx[received:] == -1).all()
+    assert np.array_equal(p_w[:received], recv_w) and (p_w[received:] == 0).all()
+    p_cached, none_idx, _, none_counts, _ = buffer.dispatch(x, handle=p_handle)
+    assert none_idx is None and none_counts is None and p_cached.shape == (worst, hidden)
+    assert np.array_equal(p_cached[:received], recv_x)
+    p_combined, p_combined_w = buffer.combine(p_x, p_handle, topk_weights=p_w)
+    assert np.array_equal(p_combined, combined_x) and np.array_equal(p_combined_w, combined_w)
     # DeepEP's bias: each token's float32 sum starts at 0 + bias0 + bias1, then takes the ranks' rows in rank
     # order, rounded once: float32 exactly so; bfloat16 rounded to nearest even once.
     brng = np.random.default_rng(77 + rank)
@@ -235,8 +251,18 @@ def test_deepep_options_are_ignored_refused_or_unknown() -> None:
     assert counts == [1, 2] and (recv_x == x).all()
     combined, _ = buffer.combine(recv_x, handle, topk_weights=recv_w, bias=None, previous_event=None)
     assert (combined == x).all()
-    with pytest.raises(NotImplementedError, match="num_worst_tokens=8"):
-        buffer.dispatch(x, **args, num_worst_tokens=8)
+    # num_worst_tokens below what arrived: an error naming both, after the collective (the buffer stays usable);
+    # a padded handle's combine needs x with that many rows.
+    with pytest.raises(ValueError, match="received 2 tokens, more than num_worst_tokens=1"):
+        buffer.dispatch(x, **args, num_worst_tokens=1)
+    with pytest.raises(ValueError, match="num_worst_tokens=-1"):
+        buffer.dispatch(x, **args, num_worst_tokens=-1)
+    padded_x, _, padded_w, padded_counts, padded_handle = buffer.dispatch(x, **args, num_worst_tokens=4)
+    assert padded_counts == [] and padded_x.shape == (4, 128) and (padded_x[:2] == x).all()
+    with pytest.raises(ValueError, match=r"x has 2 rows; the dispatch ran with num_worst_tokens=4"):
+        buffer.combine(recv_x, padded_handle)
+    padded_combined, _ = buffer.combine(padded_x, padded_handle, topk_weights=padded_w)
+    assert (padded_combined == x).all()
     # A bias of the wrong form is refused before the collective starts.
     with pytest.raises(ValueError, match=r"bias is a tuple of 3"):
         buffer.combine(recv_x, handle, bias=(x, None, None))

@@ -129,8 +129,31 @@ def normal_round(skew):
             check_equal("cached bf16", from_cuda_bf16(cached_gpu[0]), cached_cpu[0])
         else:
             check_equal("cached", cached_gpu[0].cpu().numpy(), cached_cpu[0])
+        # num_worst_tokens: the same padded outputs (zeros, top-k indices -1) and an empty per-expert list.
+        worst = handle_cpu.num_recv_tokens + 3
+        p_cpu = cpu.dispatch(x_cpu, topk_idx=topk, topk_weights=weights, num_tokens_per_rank=cpu_layout[0],
+                             is_token_in_rank=cpu_layout[3], num_tokens_per_expert=cpu_layout[2], expert_alignment=2,
+                             num_worst_tokens=worst)
+        p_gpu = gpu.dispatch(x_gpu, topk_idx=topk_t, topk_weights=weights_t, num_tokens_per_rank=per_rank_t,
+                             is_token_in_rank=in_rank_t, num_tokens_per_expert=per_expert_t, expert_alignment=2,
+                             num_worst_tokens=worst)
+        assert p_cpu[3] == [] and p_gpu[3] == []
+        if name == "float8":
+            check_equal("padded fp8 recv_x", p_gpu[0][0].view(torch.uint8).cpu().numpy(), p_cpu[0][0])
+            check_equal("padded fp8 recv_scales", p_gpu[0][1].cpu().numpy(), p_cpu[0][1])
+        elif name == "bfloat16":
+            check_equal("padded bf16 recv_x", from_cuda_bf16(p_gpu[0]), p_cpu[0])
+        else:
+            check_equal("padded recv_x", p_gpu[0].cpu().numpy(), p_cpu[0])
+        check_equal(name + " padded recv_topk_idx", p_gpu[1].cpu().numpy(), p_cpu[1])
+        check_equal(name + " padded recv_topk_weights", p_gpu[2].cpu().numpy(), p_cpu[2])
+        assert (p_cpu[1][handle_cpu.num_recv_tokens:] == -1).all()
         if name == "float8":
             continue
+        padded_combined_gpu, _ = gpu.combine(p_gpu[0], p_gpu[4], topk_weights=p_gpu[2])
+        padded_combined_cpu, _ = cpu.combine(p_cpu[0], p_cpu[4], topk_weights=p_cpu[2])
+        got = from_cuda_bf16(padded_combined_gpu) if name == "bfloat16" else padded_combined_gpu.cpu().numpy()
+        check_equal(name + " combined_x of a padded dispatch", got, padded_combined_cpu)
         # Combine: unweighted sums in source-rank order, bit-identical to the CPU reference.
         combined_cpu, w_cpu = cpu.combine(r_cpu[0], handle_cpu, topk_weights=r_cpu[2])
         combined_gpu, w_gpu = gpu.combine(r_gpu[0], handle_gpu, topk_weights=r_gpu[2])
