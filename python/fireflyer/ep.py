@@ -69,7 +69,7 @@ def _is_torch_tensor(value: Any) -> bool:
 _SCHEDULING_HINTS = frozenset({"previous_event", "async_finish", "allocate_on_comm_stream", "config"})
 _UNSUPPORTED_UNLESS_DEFAULT = {
     "low_latency_dispatch": {"dispatch_wait_recv_cost_stats": None, "use_ue8m0": False},
-    "low_latency_combine": {"use_logfmt": False, "zero_copy": False, "combine_wait_recv_cost_stats": None},
+    "low_latency_combine": {"use_logfmt": False, "combine_wait_recv_cost_stats": None},
 }
 
 
@@ -294,6 +294,8 @@ class _LowLatencyHandle:
         self.num_tokens, self.hidden, self.num_experts, self.max_tokens = num_tokens, hidden, num_experts, max_tokens
         self.native: Any = None
         self.cuda = False
+        self.device: Any = None  # CUDA: x's device
+        self.torch = False  # CPU: the dispatch's x was a torch tensor
 
 
 class Buffer:
@@ -337,6 +339,7 @@ class Buffer:
         self._cuda = None
         self.rank = rank
         self.group_size = num_ranks
+        self._combine_buffer: Any = None  # get_next_low_latency_combine_buffer's (key, array)
         if backend in ("auto", "cpu"):
             self._native = _C.ep.ShmBuffer(name, rank, num_ranks, self._num_bytes, self._timeout_ms)
         if backend == "cuda":
@@ -552,6 +555,7 @@ class Buffer:
         recv_scales = np.zeros((num_local, capacity, hidden // 128), dtype=np.float32) if use_fp8 else None
         recv_count = np.zeros((num_local,), dtype=np.int32)
         handle = _LowLatencyHandle(rows.shape[0], hidden, int(num_experts), int(num_max_dispatch_tokens_per_rank))
+        handle.torch = _is_torch_tensor(x)
 
         def hook() -> None:
             received_x, received_scales, count, native = self._native.low_latency_dispatch_receive()
@@ -576,6 +580,30 @@ class Buffer:
         return ((out_x, out_scales) if use_fp8 else out_x), _as_input_type(recv_count, x, convert=False), handle, \
             EventOverlap(), (hook if return_recv_hook else _no_op)
 
+    def _combine_buffer_key(self, handle: Any) -> tuple:
+        if not isinstance(handle, _LowLatencyHandle):
+            raise ValueError(f"handle is {type(handle).__name__}; expected a low_latency_dispatch handle")
+        shape = (handle.num_experts // self.group_size, handle.max_tokens * self.group_size, handle.hidden)
+        return shape, handle.cuda, str(handle.device), handle.torch
+
+    def get_next_low_latency_combine_buffer(self, handle: Any) -> Any:
+        """DeepEP's: the bfloat16 array (num_local_experts, num_max_dispatch_tokens_per_rank * num_ranks, hidden) that
+        ``low_latency_combine(..., zero_copy=True)`` reads the expert outputs from: write them there, then combine.
+        A torch tensor on x's device for CUDA and torch dispatches, else uint16 bfloat16 bits (numpy). One array per
+        Buffer, kept while the shape stays the same. Unlike DeepEP's, it is not the communication buffer itself: the
+        combine still copies the rows out of it, so zero_copy gives DeepEP's results, not its saved copy."""
+        key = self._combine_buffer_key(handle)
+        if self._combine_buffer is None or self._combine_buffer[0] != key:
+            shape = key[0]
+            if handle.cuda or handle.torch:
+                import torch
+
+                array = torch.zeros(shape, dtype=torch.bfloat16, device=handle.device if handle.cuda else "cpu")
+            else:
+                array = np.zeros(shape, dtype=np.uint16)
+            self._combine_buffer = (key, array)
+        return self._combine_buffer[1]
+
     def low_latency_combine(
         self,
         x: Any,
@@ -595,8 +623,14 @@ class Buffer:
         array or tensor of x's type, dtype and device that receives the result (in ``hook()`` with
         return_recv_hook) and is returned as combined_x. The arguments are DeepEP's, in its order."""
         _check_deepep_options("low_latency_combine", dict(
-            options, use_logfmt=use_logfmt, zero_copy=zero_copy, async_finish=async_finish,
+            options, use_logfmt=use_logfmt, async_finish=async_finish,
             combine_wait_recv_cost_stats=combine_wait_recv_cost_stats))
+        if zero_copy:
+            key = self._combine_buffer_key(handle)
+            if self._combine_buffer is None or self._combine_buffer[0] != key:
+                raise ValueError("zero_copy=True reads the expert outputs from get_next_low_latency_combine_buffer("
+                                 "handle), which was not called for a dispatch of this shape")
+            x = self._combine_buffer[1]
         if _is_cuda(x):
             return self._cuda_low_latency_combine(x, topk_idx, topk_weights, handle, bool(return_recv_hook), out)
         if handle.native is None:
@@ -741,6 +775,7 @@ class Buffer:
         recv_count = torch.empty((num_local,), dtype=torch.int32, device=x.device)
         handle = _LowLatencyHandle(x.shape[0], hidden, num_experts, max_tokens)
         handle.cuda = True
+        handle.device = x.device
         event = _record_event()
         keep = (x_view, topk)  # the send kernels read these asynchronously
 

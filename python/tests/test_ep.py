@@ -162,6 +162,16 @@ elif mode in ("low_latency", "low_latency_fp8", "low_latency_fp8_round_scale"):
     assert again is out and np.isnan(out).all()
     hook()
     assert np.array_equal(out, combined)
+    # DeepEP's zero_copy: the expert outputs are read from get_next_low_latency_combine_buffer(handle) (bfloat16
+    # bits here), not from x.
+    bits = (values.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    from_x, _, _ = buffer.low_latency_combine(bits, topk, weights, handle)
+    staged = buffer.get_next_low_latency_combine_buffer(handle)
+    assert staged.shape == bits.shape and staged.dtype == np.uint16
+    assert buffer.get_next_low_latency_combine_buffer(handle) is staged
+    staged[...] = bits
+    from_staged, _, _ = buffer.low_latency_combine(np.zeros_like(bits), topk, weights, handle, zero_copy=True)
+    assert from_staged.dtype == np.uint16 and np.array_equal(from_staged, from_x)
 elif mode == "dead_rank":
     if rank == num_ranks - 1:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -280,9 +290,11 @@ def test_deepep_options_are_ignored_refused_or_unknown() -> None:
             buffer.low_latency_dispatch(x, topk, 4, 2, **{name: value})
     with pytest.raises(ValueError, match=r"cumulative_local_expert_recv_stats has float32 \(2, 128\); expected int32 \(2,\)"):
         buffer.low_latency_dispatch(x, topk, 4, 2, cumulative_local_expert_recv_stats=x)
-    for name, value in (("zero_copy", True), ("use_logfmt", True), ("combine_wait_recv_cost_stats", x)):
+    for name, value in (("use_logfmt", True), ("combine_wait_recv_cost_stats", x)):
         with pytest.raises(NotImplementedError, match=name):
             buffer.low_latency_combine(x, topk, weights, None, **{name: value})
+    with pytest.raises(ValueError, match="handle is NoneType; expected a low_latency_dispatch handle"):
+        buffer.low_latency_combine(x, topk, weights, None, zero_copy=True)
     # Nothing of the refused calls ran: the buffer still serves a cached dispatch.
     again, *_ = buffer.dispatch(x, handle=handle)
     assert (again == x).all()

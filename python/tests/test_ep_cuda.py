@@ -229,6 +229,14 @@ def low_latency_round(use_fp8, rounds=2, round_scale=False):
                                                             return_recv_hook=(round_index == 1), out=out)
         assert out is None or combined_gpu is out
         hook()
+        if round_index == 0:
+            # DeepEP's zero_copy: the rows come from get_next_low_latency_combine_buffer(handle), not from x.
+            staged = gpu.get_next_low_latency_combine_buffer(handle_gpu)
+            assert staged.dtype == torch.bfloat16 and staged.device == device
+            staged.copy_(to_cuda_bf16(expert_bits))
+            from_staged, _, _ = gpu.low_latency_combine(torch.zeros_like(staged), topk_t, weights_t, handle_gpu,
+                                                        zero_copy=True)
+            check_equal("zero_copy combined_x", from_cuda_bf16(from_staged), from_cuda_bf16(combined_gpu))
         a = (from_cuda_bf16(combined_gpu).astype(np.uint32) << 16).view(np.float32)
         b = (combined_cpu.astype(np.uint32) << 16).view(np.float32)
         assert calc_diff(a, b) < 1e-5, calc_diff(a, b)
