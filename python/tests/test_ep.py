@@ -333,6 +333,25 @@ def test_cpu_backend_answers_torch_inputs_with_torch_tensors() -> None:
     out, _, _ = buffer.low_latency_combine(expert_out, topk, weights, low_latency_handle)
     assert out.dtype == torch.bfloat16 and out.shape == (3, 128)
     assert torch.allclose(out[:, 0].float(), weights.sum(dim=1), atol=1e-2)
+    # DeepEP's later arguments with torch CPU tensors: out, zero_copy, bias, num_worst_tokens.
+    into = torch.full((3, 128), float("nan"), dtype=torch.bfloat16)
+    returned, _, _ = buffer.low_latency_combine(expert_out, topk, weights, low_latency_handle, out=into)
+    assert returned is into and torch.equal(into, out)
+    staged = buffer.get_next_low_latency_combine_buffer(low_latency_handle)
+    assert isinstance(staged, torch.Tensor) and staged.dtype == torch.bfloat16 and staged.shape == (2, 4, 128)
+    staged.copy_(expert_out)
+    from_staged, _, _ = buffer.low_latency_combine(torch.zeros_like(expert_out), topk, weights, low_latency_handle,
+                                                   zero_copy=True)
+    assert torch.equal(from_staged, out)
+    biased, _ = buffer.combine(recv_x, handle, bias=(x, x))
+    assert biased.dtype == torch.bfloat16 and torch.equal(biased, (x.float() * 3).to(torch.bfloat16))
+    padded, padded_idx, _, padded_counts, padded_handle = buffer.dispatch(
+        x, topk_idx=topk, topk_weights=weights, num_tokens_per_rank=per_rank, is_token_in_rank=in_rank,
+        num_tokens_per_expert=per_expert, num_worst_tokens=5)
+    assert isinstance(padded, torch.Tensor) and padded.dtype == torch.bfloat16 and padded.shape == (5, 128)
+    assert torch.equal(padded[:3], x) and padded_counts == [] and (padded_idx[3:] == -1).all()
+    padded_combined, _ = buffer.combine(padded, padded_handle)
+    assert torch.equal(padded_combined, x)
 
 
 def test_low_latency_dispatch_adds_to_the_cumulative_receive_statistics() -> None:
