@@ -126,8 +126,11 @@ def _unpack_bias(bias: Any) -> tuple[Any, Any]:
 
 
 def _describe_tensor(value: Any) -> str:
+    """'<dtype> <shape> on <device>' for a torch tensor, '<dtype> <shape>' for a numpy array, else the type."""
     if _is_torch_tensor(value):
         return f"{value.dtype} {tuple(value.shape)} on {value.device}"
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {value.shape}"
     return type(value).__name__
 
 
@@ -643,9 +646,7 @@ class Buffer:
             same_kind = (_is_torch_tensor(out) and _is_torch_tensor(x) and out.dtype == x.dtype and not out.is_cuda) or \
                 (isinstance(out, np.ndarray) and not _is_torch_tensor(x) and out.dtype == np.asarray(x).dtype)
             if not same_kind or tuple(out.shape) != expected_shape:
-                raise ValueError(f"out is {_describe_tensor(out) if _is_torch_tensor(out) else repr(getattr(out, 'dtype', out))}"
-                                 f" of shape {tuple(getattr(out, 'shape', ()))}; expected {expected_shape} of x's type "
-                                 "and dtype")
+                raise ValueError(f"out is {_describe_tensor(out)}; expected {expected_shape} of x's type and dtype")
         self._cpu_buffer().low_latency_combine_send(np.ascontiguousarray(rows.reshape(-1, rows.shape[2])),
                                               _matrix(topk_idx, np.int64, "topk_idx"),
                                               _matrix(topk_weights, np.float32, "topk_weights"), handle.native)

@@ -74,6 +74,16 @@ def to_cuda_bf16(bits):
 def from_cuda_bf16(t):
     return t.view(torch.int16).cpu().numpy().view(np.uint16)
 
+def check_rows(what, name, cuda, cpu):
+    """recv_x of one dispatch case on both backends: FP8 (codes, scales), bfloat16 bits, or float32."""
+    if name == "float8":
+        check_equal(what + " fp8 codes", cuda[0].view(torch.uint8).cpu().numpy(), cpu[0])
+        check_equal(what + " fp8 scales", cuda[1].cpu().numpy(), cpu[1])
+    elif name == "bfloat16":
+        check_equal(what + " bf16", from_cuda_bf16(cuda), cpu)
+    else:
+        check_equal(what, cuda.cpu().numpy(), cpu)
+
 def check_equal(what, cuda, cpu):
     cuda, cpu = np.asarray(cuda), np.asarray(cpu)
     assert cuda.shape == cpu.shape, (what, cuda.shape, cpu.shape)
@@ -103,18 +113,14 @@ def normal_round(skew):
              ("bfloat16", bf16_bits(x), to_cuda_bf16(bf16_bits(x))),
              ("float8", (codes, scales), (torch.from_numpy(codes).to(device).view(torch.float8_e4m3fn),
                                           torch.from_numpy(scales).to(device)))]
+    cpu_args = dict(topk_idx=topk, topk_weights=weights, num_tokens_per_rank=cpu_layout[0],
+                    is_token_in_rank=cpu_layout[3], num_tokens_per_expert=cpu_layout[2], expert_alignment=2)
+    gpu_args = dict(topk_idx=topk_t, topk_weights=weights_t, num_tokens_per_rank=per_rank_t,
+                    is_token_in_rank=in_rank_t, num_tokens_per_expert=per_expert_t, expert_alignment=2)
     for name, x_cpu, x_gpu in cases:
-        r_cpu = cpu.dispatch(x_cpu, topk_idx=topk, topk_weights=weights, num_tokens_per_rank=cpu_layout[0],
-                             is_token_in_rank=cpu_layout[3], num_tokens_per_expert=cpu_layout[2], expert_alignment=2)
-        r_gpu = gpu.dispatch(x_gpu, topk_idx=topk_t, topk_weights=weights_t, num_tokens_per_rank=per_rank_t,
-                             is_token_in_rank=in_rank_t, num_tokens_per_expert=per_expert_t, expert_alignment=2)
-        if name == "float8":
-            check_equal("fp8 recv_x", r_gpu[0][0].view(torch.uint8).cpu().numpy(), r_cpu[0][0])
-            check_equal("fp8 recv_scales", r_gpu[0][1].cpu().numpy(), r_cpu[0][1])
-        elif name == "bfloat16":
-            check_equal("bf16 recv_x", from_cuda_bf16(r_gpu[0]), r_cpu[0])
-        else:
-            check_equal("recv_x", r_gpu[0].cpu().numpy(), r_cpu[0])
+        r_cpu = cpu.dispatch(x_cpu, **cpu_args)
+        r_gpu = gpu.dispatch(x_gpu, **gpu_args)
+        check_rows("recv_x", name, r_gpu[0], r_cpu[0])
         check_equal(name + " recv_topk_idx", r_gpu[1].cpu().numpy(), r_cpu[1])
         check_equal(name + " recv_topk_weights", r_gpu[2].cpu().numpy(), r_cpu[2])
         assert r_gpu[3] == r_cpu[3], (name, r_gpu[3], r_cpu[3])
@@ -123,28 +129,13 @@ def normal_round(skew):
         cached_cpu = cpu.dispatch(x_cpu, handle=handle_cpu)
         cached_gpu = gpu.dispatch(x_gpu, handle=handle_gpu)
         assert cached_gpu[1] is None and cached_gpu[3] is None
-        if name == "float8":
-            check_equal("cached fp8", cached_gpu[0][0].view(torch.uint8).cpu().numpy(), cached_cpu[0][0])
-        elif name == "bfloat16":
-            check_equal("cached bf16", from_cuda_bf16(cached_gpu[0]), cached_cpu[0])
-        else:
-            check_equal("cached", cached_gpu[0].cpu().numpy(), cached_cpu[0])
+        check_rows("cached recv_x", name, cached_gpu[0], cached_cpu[0])
         # num_worst_tokens: the same padded outputs (zeros, top-k indices -1) and an empty per-expert list.
         worst = handle_cpu.num_recv_tokens + 3
-        p_cpu = cpu.dispatch(x_cpu, topk_idx=topk, topk_weights=weights, num_tokens_per_rank=cpu_layout[0],
-                             is_token_in_rank=cpu_layout[3], num_tokens_per_expert=cpu_layout[2], expert_alignment=2,
-                             num_worst_tokens=worst)
-        p_gpu = gpu.dispatch(x_gpu, topk_idx=topk_t, topk_weights=weights_t, num_tokens_per_rank=per_rank_t,
-                             is_token_in_rank=in_rank_t, num_tokens_per_expert=per_expert_t, expert_alignment=2,
-                             num_worst_tokens=worst)
+        p_cpu = cpu.dispatch(x_cpu, **cpu_args, num_worst_tokens=worst)
+        p_gpu = gpu.dispatch(x_gpu, **gpu_args, num_worst_tokens=worst)
         assert p_cpu[3] == [] and p_gpu[3] == []
-        if name == "float8":
-            check_equal("padded fp8 recv_x", p_gpu[0][0].view(torch.uint8).cpu().numpy(), p_cpu[0][0])
-            check_equal("padded fp8 recv_scales", p_gpu[0][1].cpu().numpy(), p_cpu[0][1])
-        elif name == "bfloat16":
-            check_equal("padded bf16 recv_x", from_cuda_bf16(p_gpu[0]), p_cpu[0])
-        else:
-            check_equal("padded recv_x", p_gpu[0].cpu().numpy(), p_cpu[0])
+        check_rows("padded recv_x", name, p_gpu[0], p_cpu[0])
         check_equal(name + " padded recv_topk_idx", p_gpu[1].cpu().numpy(), p_cpu[1])
         check_equal(name + " padded recv_topk_weights", p_gpu[2].cpu().numpy(), p_cpu[2])
         assert (p_cpu[1][handle_cpu.num_recv_tokens:] == -1).all()
