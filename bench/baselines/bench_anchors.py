@@ -11,7 +11,7 @@ gives both sides the same history. --sustained: for the heaviest shapes, each si
 to back for --sustained-seconds (after 0.5 s of settling), alternating over --rounds, which is the throughput at
 the power cap.
 
-  PYTHONPATH=python python3 bench/baselines/bench_anchors.py [--part mla,gemm] [--quick] [--out PATH]
+  PYTHONPATH=python python3 bench/baselines/bench_anchors.py [--part mla,gemm,wgrad] [--quick] [--out PATH]
   python3 bench/baselines/bench_anchors.py --prewarm [--shard I/N]   # only compile DeepGEMM's kernels for every shape
 """
 
@@ -40,6 +40,11 @@ MLA_LENGTHS = [1024, 4096, 8192, 16384, 32768]
 # The heaviest shapes, also timed back to back (--sustained).
 SUSTAINED_MLA = [(1, 128, 8192), (2, 128, 8192)]
 SUSTAINED_GEMM = [("dense", (4096, 7168, 16384)), ("dense", (4096, 4096, 7168)), ("contiguous", CONTIGUOUS[0])]
+# The weight-gradient GEMMs (--part wgrad): DeepGEMM's wgrad test shapes, (m, n) = a weight's shape, k = tokens;
+# k-grouped: (groups, m, n, tokens per group).
+WGRAD = [(m, n, k) for k in (4096, 8192)
+         for m, n in ((7168, 2112), (1536, 24576), (512, 32768), (16384, 7168), (7168, 4096), (2048, 7168))]
+K_GROUPED_WGRAD = [(4, 4096, 7168, 8192), (4, 7168, 2048, 8192), (8, 4096, 7168, 4096), (8, 7168, 2048, 4096)]
 
 
 def load_anchors():
@@ -264,6 +269,26 @@ def gemm_case(torch, kind, shape, generator):
                 "sb": torch.stack([s for _, s in qs]), "indices": indices, "flop": 2.0 * m * n * k,
                 "bytes": m * k + groups * n * k + 2 * m * n,
                 "outs": [torch.empty(m, n, dtype=torch.bfloat16, device="cuda") for _ in range(2)]}
+    if kind == "wgrad":
+        m, n, k = shape
+        a, sa = quantize_rows(torch, torch.randn(m, k, device="cuda"))
+        b, sb = quantize_rows(torch, torch.randn(n, k, device="cuda"))
+        return {"a": a, "sa": col_major_aligned(torch, sa), "b": b, "sb": col_major_aligned(torch, sb),
+                "flop": 2.0 * m * n * k, "bytes": m * k + n * k + 8 * m * n,
+                "outs": [torch.zeros(m, n, dtype=torch.float32, device="cuda") for _ in range(2)]}
+    if kind == "k_grouped_wgrad":
+        groups, m, n, k = shape
+        # Each group's (m, k) and (n, k) blocks K-major one after another; scales (groups * k / 128, rows).
+        a_parts = [quantize_rows(torch, torch.randn(m, k, device="cuda")) for _ in range(groups)]
+        b_parts = [quantize_rows(torch, torch.randn(n, k, device="cuda")) for _ in range(groups)]
+        sizes = [k] * groups
+        return {"a": torch.cat([q.reshape(-1) for q, _ in a_parts]),
+                "sa": torch.cat([s.T for _, s in a_parts]).contiguous(),
+                "b": torch.cat([q.reshape(-1) for q, _ in b_parts]),
+                "sb": torch.cat([s.T for _, s in b_parts]).contiguous(),
+                "sizes": sizes, "sizes_tensor": torch.tensor(sizes, dtype=torch.int32, device="cuda"),
+                "flop": 2.0 * groups * m * n * k, "bytes": groups * (m * k + n * k + 8 * m * n),
+                "outs": [torch.zeros(groups, m, n, dtype=torch.float32, device="cuda") for _ in range(2)]}
     groups, m_max, n, k = shape
     a, sa = quantize_rows(torch, torch.randn(groups * m_max, k, device="cuda"))
     qs = [quantize_blocks(torch, torch.randn(n, k, device="cuda")) for _ in range(groups)]
@@ -289,6 +314,19 @@ def gemm_functions(gemm, deep_gemm, kind, c):
 
         def anchor():
             deep_gemm.m_grouped_fp8_gemm_nt_contiguous((a, sa), (b, sb), anchor_out, c["indices"])
+    elif kind == "wgrad":
+        def ours():
+            gemm.wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, sb), ours_out)
+
+        def anchor():  # DeepGEMM's sm90 1D1D kernel: d = c + a b^T in fp32, in place
+            deep_gemm.fp8_gemm_nt((a, sa), (b, sb), anchor_out, c=anchor_out, recipe=(1, 1, 128))
+    elif kind == "k_grouped_wgrad":
+        def ours():
+            gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, sb), ours_out, c["sizes"])
+
+        def anchor():  # DeepGEMM takes the scales as the (rows, sum of k / 128) view of the same memory
+            deep_gemm.k_grouped_fp8_gemm_nt_contiguous((a, sa.T), (b, sb.T), anchor_out, c["sizes"],
+                                                       c["sizes_tensor"], anchor_out, recipe=(1, 1, 128))
     else:
         def ours():
             gemm.m_grouped_gemm_fp8_fp8_bf16_nt_masked((a, sa), (b, sb), ours_out, c["masked_m"], c["expected_m"])
@@ -298,7 +336,9 @@ def gemm_functions(gemm, deep_gemm, kind, c):
     return ours, anchor
 
 
-def gemm_shapes(quick):
+def gemm_shapes(quick, wgrad=False):
+    if wgrad:
+        return [("wgrad", s) for s in WGRAD] + [("k_grouped_wgrad", s) for s in K_GROUPED_WGRAD]
     if quick:
         return [("dense", (4096, 7168, 16384)), ("contiguous", CONTIGUOUS[0]), ("masked", MASKED[0])]
     return ([("dense", (m, n, k)) for m in DENSE_M for n, k in DENSE_NK] + [("contiguous", s) for s in CONTIGUOUS]
@@ -306,8 +346,10 @@ def gemm_shapes(quick):
 
 
 def gemm_record(kind, shape):
-    if kind == "dense":
+    if kind in ("dense", "wgrad"):
         return {"case": kind, "m": shape[0], "n": shape[1], "k": shape[2]}
+    if kind == "k_grouped_wgrad":
+        return {"case": kind, "groups": shape[0], "m": shape[1], "n": shape[2], "k_per_group": shape[3]}
     key = "m_per_group" if kind == "contiguous" else "m"
     return {"case": kind, "groups": shape[0], key: shape[1], "n": shape[2], "k": shape[3]}
 
@@ -328,21 +370,27 @@ def case_label(kind, shape):
     return f"{kind}:{','.join(map(str, shape))}"
 
 
-def run_gemm(torch, deep_gemm, args, emit):
+def run_gemm(torch, deep_gemm, args, emit, wgrad=False):
     from fireflyer import gemm
 
     generator = torch.Generator().manual_seed(8)
     alts = [parse_environment(text) for text in args.gemm_alt]
-    for kind, shape in gemm_shapes(args.quick):
+    for kind, shape in gemm_shapes(args.quick, wgrad):
         if args.gemm_filter and not any(case_label(kind, shape).startswith(f) for f in args.gemm_filter.split(";")):
             continue
         c = gemm_case(torch, kind, shape, generator)
         ours, anchor = gemm_functions(gemm, deep_gemm, kind, c)
         ours()
-        anchor()
+        record = {"part": "wgrad" if wgrad else "gemm", **gemm_record(kind, shape)}
+        try:
+            anchor()
+        except Exception as error:  # noqa: BLE001 - the anchor's refusal is a result to record, not a crash
+            record["deep_gemm_error"] = f"{type(error).__name__}: {error}"[:300]
+            emit(record)
+            del c
+            continue
         torch.cuda.synchronize()
-        record = {"part": "gemm", **gemm_record(kind, shape),
-                  "calc_diff_ours_vs_deep_gemm": cos_diff(c["outs"][0].float(), c["outs"][1].float())}
+        record["calc_diff_ours_vs_deep_gemm"] = cos_diff(c["outs"][0].float(), c["outs"][1].float())
         candidates = {"ours": ours, "deep_gemm": anchor}
         # Ours again with each --gemm-alt's environment variables, in the same alternating rounds: ours_alt,
         # ours_alt2, ...
@@ -379,17 +427,22 @@ def sustained_gemm(torch, deep_gemm, args, emit):
         del c
 
 
-def prewarm(torch, deep_gemm, shard):
-    """Compiles DeepGEMM's kernel for every benchmark shape (its JIT caches them on disk): shard i of n."""
+def prewarm(torch, deep_gemm, shard, parts):
+    """Compiles DeepGEMM's kernel for every benchmark shape of the GEMM parts asked for (gemm, wgrad; its JIT caches
+    them on disk): shard i of n."""
     index, count = shard
     generator = torch.Generator().manual_seed(8)
-    for i, (kind, shape) in enumerate(gemm_shapes(False)):
+    shapes = (gemm_shapes(False) if "gemm" in parts else []) + (gemm_shapes(False, True) if "wgrad" in parts else [])
+    for i, (kind, shape) in enumerate(shapes):
         if i % count != index:
             continue
         c = gemm_case(torch, kind, shape, generator)
         begin = time.time()
-        gemm_functions(None, deep_gemm, kind, c)[1]()
-        torch.cuda.synchronize()
+        try:
+            gemm_functions(None, deep_gemm, kind, c)[1]()
+            torch.cuda.synchronize()
+        except Exception as error:  # noqa: BLE001 - the benchmark records the anchor's refusal itself
+            print(f"prewarm {kind} {shape}: {type(error).__name__}: {error}"[:300], flush=True)
         print(f"prewarm {kind} {shape}: {time.time() - begin:.1f} s", flush=True)
         del c
 
@@ -436,7 +489,7 @@ def main() -> int:
         if deep_gemm is None:
             print(f"prewarm: DeepGEMM does not load: {reasons}")
             return 1
-        prewarm(torch, deep_gemm, tuple(int(x) for x in args.shard.split("/")))
+        prewarm(torch, deep_gemm, tuple(int(x) for x in args.shard.split("/")), args.part.split(","))
         return 0
     device = torch.cuda.get_device_name()
     num_sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -476,15 +529,18 @@ def main() -> int:
     # In order of importance (a run cut short by its time limit keeps what it measured): fixed MLA lengths, the
     # GEMMs, the sustained figures, variable MLA lengths.
     parts = args.part.split(",")
-    for part, anchor in (("mla", flash_mla), ("gemm", deep_gemm)):
+    for part, anchor in (("mla", flash_mla), ("gemm", deep_gemm), ("wgrad", deep_gemm)):
         if part in parts and anchor is None:
             emit({"part": part, "skipped": reasons})
     mla_on = "mla" in parts and flash_mla is not None
     gemm_on = "gemm" in parts and deep_gemm is not None
+    wgrad_on = "wgrad" in parts and deep_gemm is not None
     if mla_on:
         run_mla(torch, flash_mla, args, num_sms, emit, variants=(False,))
     if gemm_on:
         run_gemm(torch, deep_gemm, args, emit)
+    if wgrad_on:
+        run_gemm(torch, deep_gemm, args, emit, wgrad=True)
     if args.sustained and mla_on:
         sustained_mla(torch, flash_mla, args, num_sms, emit)
     if args.sustained and gemm_on:

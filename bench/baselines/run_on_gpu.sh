@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# On the GPU machine, with .baselines/ (bench/baselines/fetch.sh) and third_party/cutlass beside the checkout:
+# On the GPU machine, with .baselines/ (bench/baselines/fetch.sh) and third_party/cutlass beside the checkout
+# (PREWARM=N shards DeepGEMM's compilation; PREWARM_ARGS="--part wgrad" compiles the wgrad shapes instead):
 #   bash bench/baselines/run_on_gpu.sh build   # builds fireflyer._C (COMPONENTS, default mla;gemm) while DeepGEMM compiles its
 #                                              # kernels for every benchmark shape; packs both into $OUT/carry.tgz.*
 #   bash bench/baselines/run_on_gpu.sh bench [bench_anchors.py args]   # unpacks .baselines/carry.tgz.* if present, runs
@@ -28,7 +29,7 @@ case "$mode" in
         -DFF_BUILD_TESTS="${BUILD_TESTS:-OFF}" -DFF_BUILD_FS=OFF -DFF_MLA_SPLIT_COMPILE=ON -DCMAKE_CXX_FLAGS=-Wno-error=range-loop-construct &&
       timeout "${BUILD_TIMEOUT:-480}" cmake --build build-dev -j16 --target _C ${BUILD_TARGETS:-} ) >"$OUT/build.log" 2>&1 &
     build=$!
-    for i in $(seq 0 $(( ${PREWARM:-4} - 1 ))); do python3 bench/baselines/bench_anchors.py --prewarm --shard "$i/${PREWARM:-4}" >"/tmp/prewarm$i.log" 2>&1 & done
+    for i in $(seq 0 $(( ${PREWARM:-4} - 1 ))); do python3 bench/baselines/bench_anchors.py --prewarm --shard "$i/${PREWARM:-4}" ${PREWARM_ARGS:-} >"/tmp/prewarm$i.log" 2>&1 & done
     wait $build
     echo "build exit $?"; grep -E "error|FAILED" "$OUT/build.log" | head -10
     wait

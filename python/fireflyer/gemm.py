@@ -33,6 +33,8 @@ __all__ = [
     "gemm_fp8_fp8_bf16_nt",
     "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous",
     "m_grouped_gemm_fp8_fp8_bf16_nt_masked",
+    "wgrad_gemm_fp8_fp8_fp32_nt",
+    "k_grouped_wgrad_gemm_fp8_fp8_fp32_nt",
     "per_token_cast_to_fp8",
     "per_block_cast_to_fp8",
     "get_col_major_tma_aligned_tensor",
@@ -50,6 +52,7 @@ __all__ = [
     "fp8_gemm_nt",
     "m_grouped_fp8_gemm_nt_contiguous",
     "m_grouped_fp8_gemm_nt_masked",
+    "k_grouped_fp8_gemm_nt_contiguous",
     "get_mk_alignment_for_contiguous_layout",
     "get_mn_major_tma_aligned_tensor",
 ]
@@ -145,6 +148,52 @@ def m_grouped_gemm_fp8_fp8_bf16_nt_masked(lhs, rhs, out, masked_m, expected_m: i
     )
 
 
+def _rows_major_scales(scales: Any, rows: int, k_blocks: int) -> Any:
+    """A wgrad operand's scales as (rows, k_blocks): DeepGEMM takes them as (rows, kb) or transposed (kb, rows),
+    and reads (kb, rows) as the transposed form when both match (rows == kb), as here."""
+    shape = tuple(scales.shape)
+    if len(shape) == 2 and shape == (k_blocks, rows):
+        return scales.T if not _is_torch_tensor(scales) else scales.transpose(0, 1)
+    return scales
+
+
+def wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out) -> None:
+    """out (m, n) float32 += a (m, k) @ b (n, k).T, a and b each scaled per 1x128 (weight gradients).
+
+    lhs = (a e4m3 (m, k), a_scales fp32 (m, ceil(k/128)) or transposed (ceil(k/128), m));
+    rhs = (b e4m3 (n, k), b_scales fp32 (n, ceil(k/128)) or transposed). out is read and written: the K sum, formed
+    in fp32 per 128-wide block and scaled, is added to it. The GPU kernel reads the transposed (M-/N-major) scales
+    of get_col_major_tma_aligned_tensor in place and repacks other layouts; it needs k a multiple of 16 and n of 4.
+    """
+    a, sa = _pair(lhs, "a")
+    b, sb = _pair(rhs, "b")
+    k_blocks = -(-int(a.shape[-1]) // 128) if len(a.shape) == 2 else 0
+    if len(a.shape) == 2 and len(b.shape) == 2:
+        sa = _rows_major_scales(sa, int(a.shape[0]), k_blocks)
+        sb = _rows_major_scales(sb, int(b.shape[0]), k_blocks)
+    _C.gemm.wgrad_gemm_fp8_fp8_fp32_nt(a, sa, b, sb, _bits(out, "out"), _stream(out))
+
+
+def k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out, batch_sizes) -> None:
+    """out[g] (m, n) float32 += a_g (m, k_g) @ b_g (n, k_g).T for every batch g, k_g = batch_sizes[g] (tokens per
+    expert: each batch has its own K).
+
+    lhs = (a, a_scales): a holds the batches' (m, k_g) row-major blocks one after another (any shape, read flat:
+    sum of m * k_g elements); a_scales (sum of ceil(k_g/128), m) fp32 holds each batch's transposed scales one after
+    another. rhs likewise with n. out (num_batches, m, n). A batch with k_g = 0 leaves out[g] as it is.
+    """
+    a, sa = _pair(lhs, "a")
+    b, sb = _pair(rhs, "b")
+    sizes = []
+    for index, size in enumerate(batch_sizes):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+            raise ValueError(f"batch_sizes[{index}]={size!r} must be an integer")
+        sizes.append(int(size))
+    _C.gemm.k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(
+        a.reshape(-1), sa, b.reshape(-1), sb, _bits(out, "out"), sizes, _stream(out)
+    )
+
+
 def _cast(x: Any, per_block: bool):
     if _is_torch_tensor(x):
         import torch
@@ -218,8 +267,8 @@ def get_col_major_tma_aligned_tensor(x):
 _V2_HINTS = frozenset({"compiled_dims", "disable_ue8m0_cast", "beta"})  # beta scales c, which must be None
 _V2_RECIPE = (1, 128, 128)  # A per 1x128, B per 128x128: the only scaling here
 _V2_ONLY = {"recipe": None, "c": None, "alpha": 1, "stream": None}
-_V2_NOTES = {"c": ": c (D = C + A B^T) is not built for these scales (DeepGEMM's own sm_90 kernel for the "
-                  "(1, 128, 128) recipe refuses c and takes a bfloat16 d too)",
+_V2_NOTES = {"c": ": c (D = C + A B^T) is not built for a bfloat16 d (DeepGEMM's own sm_90 kernel for the "
+                  "(1, 128, 128) recipe refuses c too); with a float32 d and the (1, 1, 128) recipe it is",
              "stream": ": the call runs on torch's current stream; use torch.cuda.stream(...)"}
 
 
@@ -230,11 +279,97 @@ def _check_v2_options(function: str, options: dict) -> None:
     check_anchor_options(function, options, _V2_HINTS, _V2_ONLY, _V2_NOTES)
 
 
+_V2_WGRAD_RECIPE = (1, 1, 128)  # A and B per 1x128: the float32 output's scaling (wgrad_gemm_fp8_fp8_fp32_nt)
+
+
+def _is_float32(value: Any) -> bool:
+    return str(getattr(value, "dtype", "")) in ("float32", "torch.float32")
+
+
+def _same_tensor(x: Any, y: Any) -> bool:
+    if x is y:
+        return True
+    if _is_torch_tensor(x) and _is_torch_tensor(y):
+        return x.data_ptr() == y.data_ptr() and x.shape == y.shape and x.stride() == y.stride()
+    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+        return (x.__array_interface__["data"][0] == y.__array_interface__["data"][0] and x.shape == y.shape
+                and x.strides == y.strides)
+    return False
+
+
+def _start_from(c, d) -> None:
+    """d = c before an accumulating GEMM adds a b^T: zeros for c None, nothing when c is d itself. (With c None or
+    another tensor, d is an output only: it is set here, before the GEMM checks a and b.)"""
+    if c is None:
+        if _is_torch_tensor(d):
+            d.zero_()
+        else:
+            d[...] = 0
+    elif not _same_tensor(c, d):
+        if _is_torch_tensor(d):
+            d.copy_(c)
+        else:
+            np.copyto(d, c)
+
+
+def _check_beta(function: str, options: dict) -> dict:
+    beta = options.get("beta")
+    if beta is not None and beta != 1:
+        raise NotImplementedError(f"{function}: beta={beta!r} is not supported (only 1: d = c + a @ b.T)")
+    return {name: value for name, value in options.items() if name != "beta"}
+
+
+def _fp8_gemm_nt_float32(a, b, d, c, options: dict) -> None:
+    recipe = options.get("recipe")
+    if recipe is not None and tuple(recipe) != _V2_WGRAD_RECIPE:
+        raise NotImplementedError(f"fp8_gemm_nt: recipe={tuple(recipe)} with a float32 d is not supported (only "
+                                  f"{_V2_WGRAD_RECIPE}: A and B scaled per 1x128, as wgrad_gemm_fp8_fp8_fp32_nt)")
+    options = _check_beta("fp8_gemm_nt", options)
+    check_anchor_options("fp8_gemm_nt", {k: v for k, v in options.items() if k != "recipe"},
+                         _V2_HINTS, {"alpha": 1, "stream": None}, _V2_NOTES)
+    _start_from(c, d)
+    wgrad_gemm_fp8_fp8_fp32_nt(a, b, d)
+
+
 def fp8_gemm_nt(a, b, d, c=None, **options) -> None:
-    """DeepGEMM v2's name of ``gemm_fp8_fp8_bf16_nt(a, b, d)``: ``c`` must be None; ``recipe`` None or
-    (1, 128, 128); ``compiled_dims`` and ``disable_ue8m0_cast`` are accepted and have no effect."""
+    """DeepGEMM v2's ``fp8_gemm_nt``. With a bfloat16 ``d``: ``gemm_fp8_fp8_bf16_nt(a, b, d)``, ``c`` must be None
+    and ``recipe`` None or (1, 128, 128). With a float32 ``d``: d = c + a @ b.T with A and B scaled per 1x128
+    (``recipe`` None or (1, 1, 128); b's scales (n, ceil(k/128))): ``c`` None (d = a @ b.T), ``d`` itself (in-place
+    accumulation, wgrad_gemm_fp8_fp8_fp32_nt) or another float32 tensor (copied into d first). ``compiled_dims``
+    and ``disable_ue8m0_cast`` are accepted and have no effect."""
+    if _is_float32(d):
+        _fp8_gemm_nt_float32(a, b, d, c, options)
+        return
     _check_v2_options("fp8_gemm_nt", dict(options, c=c))
     gemm_fp8_fp8_bf16_nt(a, b, d)
+
+
+def k_grouped_fp8_gemm_nt_contiguous(a, b, d, ks, ks_tensor=None, c=None, **options) -> None:
+    """DeepGEMM v2's k-grouped GEMM in its sm_90 form (K-major operands, the (1, 1, 128) recipe, float32 d):
+    d[g] = c[g] + a_g @ b_g.T with k_g = ks[g], i.e. ``k_grouped_wgrad_gemm_fp8_fp8_fp32_nt``. a = (flat data,
+    scales) with the scales as DeepGEMM passes them, the (m, sum of ceil(k_g/128)) view of the (sum, m) array, or
+    that array itself; b likewise. ``ks_tensor`` (the device copy of ks) is not needed here: the host list is used.
+    ``c``: None (d = a b^T), ``d`` itself (accumulate) or another tensor (copied into d first). ``recipe`` None or
+    (1, 1, 128); ``use_psum_layout`` False; ``compiled_dims`` and ``disable_ue8m0_cast`` have no effect."""
+    recipe = options.pop("recipe", None)
+    if recipe is not None and tuple(recipe) != _V2_WGRAD_RECIPE:
+        raise NotImplementedError(f"k_grouped_fp8_gemm_nt_contiguous: recipe={tuple(recipe)} is not supported "
+                                  f"(only {_V2_WGRAD_RECIPE})")
+    options = _check_beta("k_grouped_fp8_gemm_nt_contiguous", options)
+    check_anchor_options("k_grouped_fp8_gemm_nt_contiguous", options, _V2_HINTS,
+                         {"use_psum_layout": False, "alpha": 1, "stream": None}, _V2_NOTES)
+    total_blocks = sum(-(-int(k) // 128) for k in ks)
+
+    def blocks_first(operand, name):
+        data, scales = _pair(operand, name)
+        rows = int(d.shape[1] if name == "a" else d.shape[2])
+        if tuple(scales.shape) == (rows, total_blocks):  # DeepGEMM's transposed view
+            scales = scales.T if not _is_torch_tensor(scales) else scales.transpose(0, 1)
+        return data, scales
+
+    a_pair, b_pair = blocks_first(a, "a"), blocks_first(b, "b")
+    _start_from(c, d)
+    k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(a_pair, b_pair, d, list(ks))
 
 
 def m_grouped_fp8_gemm_nt_contiguous(a, b, d, m_indices, **options) -> None:

@@ -6,6 +6,7 @@
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/string_view.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <string>
@@ -134,6 +135,32 @@ void gemm_masked(const Input& a, const Input& a_scales, const Input& b, const In
   throw_if_error(status);
 }
 
+void wgrad_dense(const Input& a, const Input& a_scales, const Input& b, const Input& b_scales, const Output& out,
+                 uintptr_t stream) {
+  const gemm::ScaledTensor lhs{view_of(a, "a", DType::kFloat8E4M3), view_of(a_scales, "a_scales", DType::kFloat32)};
+  const gemm::ScaledTensor rhs{view_of(b, "b", DType::kFloat8E4M3), view_of(b_scales, "b_scales", DType::kFloat32)};
+  const TensorView out_view = view_of(out, "out", DType::kFloat32);
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = gemm::wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out_view, launch_options(stream));
+  }
+  throw_if_error(status);
+}
+
+void wgrad_k_grouped(const Input& a, const Input& a_scales, const Input& b, const Input& b_scales, const Output& out,
+                     const std::vector<int64_t>& batch_sizes, uintptr_t stream) {
+  const gemm::ScaledTensor lhs{view_of(a, "a", DType::kFloat8E4M3), view_of(a_scales, "a_scales", DType::kFloat32)};
+  const gemm::ScaledTensor rhs{view_of(b, "b", DType::kFloat8E4M3), view_of(b_scales, "b_scales", DType::kFloat32)};
+  const TensorView out_view = view_of(out, "out", DType::kFloat32);
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = gemm::k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out_view, batch_sizes, launch_options(stream));
+  }
+  throw_if_error(status);
+}
+
 // Moves values into a numpy array of the given shape that owns them (freed with the array).
 template <typename T>
 nb::object to_numpy(std::vector<T> values, std::vector<size_t> shape) {
@@ -193,6 +220,12 @@ void bind_gemm(nb::module_& module) {
   module.def("m_grouped_gemm_fp8_fp8_bf16_nt_masked", &gemm_masked, nb::arg("a"), nb::arg("a_scales"), nb::arg("b"),
              nb::arg("b_scales"), nb::arg("out"), nb::arg("masked_m"), nb::arg("expected_m"), nb::arg("stream") = 0,
              "Grouped GEMM over (num_groups, m_max, k); only the first masked_m[g] rows of each group are computed.");
+  module.def("wgrad_gemm_fp8_fp8_fp32_nt", &wgrad_dense, nb::arg("a"), nb::arg("a_scales"), nb::arg("b"),
+             nb::arg("b_scales"), nb::arg("out"), nb::arg("stream") = 0,
+             "out (m, n) float32 += A (m, k) * B (n, k)^T, both with 1x128 fp32 scales (weight gradients).");
+  module.def("k_grouped_wgrad_gemm_fp8_fp8_fp32_nt", &wgrad_k_grouped, nb::arg("a"), nb::arg("a_scales"), nb::arg("b"),
+             nb::arg("b_scales"), nb::arg("out"), nb::arg("batch_sizes"), nb::arg("stream") = 0,
+             "out[g] (m, n) float32 += A_g (m, k_g) * B_g (n, k_g)^T over flat batches, k_g = batch_sizes[g].");
   module.def(
       "per_token_cast_to_fp8", [](const Input& x) { return cast_to_fp8(x, /*per_block=*/false); }, nb::arg("x"),
       "x (m, k) float32 or bf16 bits -> (q (m, k) uint8 e4m3 bits, scales (m, ceil(k/128)) float32).");

@@ -1,9 +1,12 @@
 // Public entry points: validate, then dispatch on the device of the tensors.
 #include "ff/gemm/gemm.h"
 
+#include <fmt/format.h>
+
 #include <atomic>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "cpu/gemm_cpu.h"
 #ifdef FF_GEMM_HAVE_CUDA
@@ -84,6 +87,58 @@ Status m_grouped_gemm_fp8_fp8_bf16_nt_masked(const ScaledTensor& a, const Scaled
 #endif
   }
   cpu::gemm_masked(a, b, out, masked_m, shape);
+  return Status::ok();
+}
+
+Status wgrad_gemm_fp8_fp8_fp32_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                  const LaunchOptions& options) {
+  FF_ASSIGN_OR_RETURN(internal::GemmShape shape, internal::validate_wgrad(a, b, out));
+  if (shape.device == Device::kCuda) {
+    FF_RETURN_IF_ERROR(internal::validate_wgrad_cuda_layout(a, b, out, shape));
+    if (shape.k == 0 || shape.m == 0 || shape.n == 0) return Status::ok();  // nothing to add
+#ifdef FF_GEMM_HAVE_CUDA
+    return cuda::wgrad(a, b, out, shape, options);
+#else
+    (void)options;
+    return no_gpu_backend("wgrad_gemm_fp8_fp8_fp32_nt");
+#endif
+  }
+  cpu::wgrad(a, b, out, shape);
+  return Status::ok();
+}
+
+Status k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                            std::span<const int64_t> batch_sizes, const LaunchOptions& options) {
+  FF_ASSIGN_OR_RETURN(const std::vector<internal::WgradBatch> batches,
+                      internal::split_k_grouped_wgrad(a, b, out, batch_sizes));
+  // Every batch is checked before any is enqueued, so a bad one leaves every output as it was.
+  std::vector<internal::GemmShape> shapes;
+  shapes.reserve(batches.size());
+  for (size_t g = 0; g < batches.size(); ++g) {
+    const internal::WgradBatch& batch = batches[g];
+    Result<internal::GemmShape> shape = internal::validate_wgrad(batch.a, batch.b, batch.out);
+    if (shape.is_ok() && shape->device == Device::kCuda) {
+      const Status layout = internal::validate_wgrad_cuda_layout(batch.a, batch.b, batch.out, *shape);
+      if (!layout.is_ok()) return layout.with_context(fmt::format("batch {} (k={})", g, batch.k));
+    }
+    if (!shape.is_ok()) return shape.status().with_context(fmt::format("batch {} (k={})", g, batch.k));
+    shapes.push_back(*shape);
+  }
+  for (size_t g = 0; g < batches.size(); ++g) {
+    const internal::WgradBatch& batch = batches[g];
+    const internal::GemmShape& shape = shapes[g];
+    if (shape.k == 0 || shape.m == 0 || shape.n == 0) continue;
+    if (shape.device == Device::kCuda) {
+#ifdef FF_GEMM_HAVE_CUDA
+      FF_RETURN_IF_ERROR(cuda::wgrad(batch.a, batch.b, batch.out, shape, options));
+#else
+      (void)options;
+      return no_gpu_backend("k_grouped_wgrad_gemm_fp8_fp8_fp32_nt");
+#endif
+    } else {
+      cpu::wgrad(batch.a, batch.b, batch.out, shape);
+    }
+  }
   return Status::ok();
 }
 

@@ -5,6 +5,8 @@
 #include <array>
 #include <string>
 #include <string_view>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "ff/common/assert.h"
@@ -103,6 +105,18 @@ Status check_b_and_scales(const ScaledTensor& a, const ScaledTensor& b, bool gro
   return Status::ok();
 }
 
+// The output of a two-operand GEMM, (m, n) of `dtype`, and one device for all five views; sets shape.device.
+Status check_out_and_device(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, DType dtype,
+                            GemmShape& shape) {
+  FF_RETURN_IF_ERROR(check_view(out, "out", dtype, "(m, n)"));
+  FF_RETURN_IF_ERROR(check_shape(out, "out", {shape.m, shape.n}, "(m, n)",
+                                 fmt::format("m={} (a.data) and n={} (b.data)", shape.m, shape.n)));
+  FF_RETURN_IF_ERROR(check_same_device(
+      {{"a.data", &a.data}, {"a.scales", &a.scales}, {"b.data", &b.data}, {"b.scales", &b.scales}, {"out", &out}}));
+  shape.device = a.data.device;
+  return Status::ok();
+}
+
 }  // namespace
 
 TensorView select_group(const TensorView& view, int64_t index) {
@@ -125,12 +139,7 @@ Result<GemmShape> validate_dense(const ScaledTensor& a, const ScaledTensor& b, c
   FF_RETURN_IF_ERROR(check_ndim(a.data, "a.data", 2, "(m, k)"));
   shape.m = a.data.size(0);
   FF_RETURN_IF_ERROR(check_b_and_scales(a, b, /*grouped=*/false, shape));
-  FF_RETURN_IF_ERROR(check_view(out, "out", DType::kBFloat16, "(m, n)"));
-  FF_RETURN_IF_ERROR(check_shape(out, "out", {shape.m, shape.n}, "(m, n)",
-                                 fmt::format("m={} (a.data) and n={} (b.data)", shape.m, shape.n)));
-  FF_RETURN_IF_ERROR(check_same_device(
-      {{"a.data", &a.data}, {"a.scales", &a.scales}, {"b.data", &b.data}, {"b.scales", &b.scales}, {"out", &out}}));
-  shape.device = a.data.device;
+  FF_RETURN_IF_ERROR(check_out_and_device(a, b, out, DType::kBFloat16, shape));
   return shape;
 }
 
@@ -286,6 +295,145 @@ Status validate_cuda_layout(const ScaledTensor& a, const ScaledTensor& b, const 
     return invalid_argument("a.scales starts at address {:#x}, which is not 4-byte aligned", scales_address);
   }
   return Status::ok();
+}
+
+Result<GemmShape> validate_wgrad(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out) {
+  GemmShape shape;
+  FF_RETURN_IF_ERROR(check_view(a.data, "a.data", DType::kFloat8E4M3, "(m, k)"));
+  FF_RETURN_IF_ERROR(check_ndim(a.data, "a.data", 2, "(m, k)"));
+  FF_RETURN_IF_ERROR(check_view(b.data, "b.data", DType::kFloat8E4M3, "(n, k)"));
+  FF_RETURN_IF_ERROR(check_ndim(b.data, "b.data", 2, "(n, k)"));
+  shape.m = a.data.size(0);
+  shape.n = b.data.size(0);
+  shape.k = a.data.size(1);
+  if (b.data.size(1) != shape.k) {
+    return invalid_argument("k mismatch: a.data has shape {} (k={}) but b.data has shape {} (k={})",
+                            a.data.shape_string(), shape.k, b.data.shape_string(), b.data.size(1));
+  }
+  const int64_t k_blocks = ceil_div(shape.k, kScaleBlock);
+  const std::string sizes = fmt::format("m={}, n={}, k={}", shape.m, shape.n, shape.k);
+  FF_RETURN_IF_ERROR(check_view(a.scales, "a.scales", DType::kFloat32, "per-1x128 scales"));
+  FF_RETURN_IF_ERROR(check_shape(a.scales, "a.scales", {shape.m, k_blocks}, "(m, ceil(k/128))", sizes));
+  FF_RETURN_IF_ERROR(check_view(b.scales, "b.scales", DType::kFloat32, "per-1x128 scales"));
+  FF_RETURN_IF_ERROR(check_shape(b.scales, "b.scales", {shape.n, k_blocks},
+                                 "(n, ceil(k/128)): the wgrad GEMM scales b per row and 128-wide K block, not per "
+                                 "128x128 block",
+                                 sizes));
+  FF_RETURN_IF_ERROR(check_out_and_device(a, b, out, DType::kFloat32, shape));
+  return shape;
+}
+
+Status validate_wgrad_cuda_layout(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                  const GemmShape& shape) {
+  if (shape.k % 16 != 0) {
+    return invalid_argument(
+        "k={} is not a multiple of 16: the GPU kernel loads the fp8 rows by TMA, which needs 16-byte row strides "
+        "(pad k with zeros to {}, or use CPU tensors)",
+        shape.k, ceil_div(shape.k, 16) * 16);
+  }
+  if (shape.n % 4 != 0) {
+    return invalid_argument(
+        "n={} is not a multiple of 4: the GPU kernel reads and writes the float32 output rows by TMA, which needs "
+        "16-byte row strides (pad n to {})",
+        shape.n, ceil_div(shape.n, 4) * 4);
+  }
+  constexpr int64_t kMaxExtent = (int64_t{1} << 31) - 1;
+  if (shape.m > kMaxExtent || shape.n > kMaxExtent || shape.k > kMaxExtent) {
+    return invalid_argument("m={}, n={}, k={}: the GPU kernel takes each below 2^31", shape.m, shape.n, shape.k);
+  }
+  FF_RETURN_IF_ERROR(check_contiguous(a.data, "a.data"));
+  FF_RETURN_IF_ERROR(check_contiguous(b.data, "b.data"));
+  FF_RETURN_IF_ERROR(check_contiguous(out, "out"));
+  FF_RETURN_IF_ERROR(check_aligned(a.data, "a.data"));
+  FF_RETURN_IF_ERROR(check_aligned(b.data, "b.data"));
+  FF_RETURN_IF_ERROR(check_aligned(out, "out"));
+  for (const auto& [view, name] : {std::pair{&a.scales, "a.scales"}, std::pair{&b.scales, "b.scales"}}) {
+    const auto address = reinterpret_cast<uintptr_t>(view->data);
+    if (view->numel() > 0 && address % 4 != 0) {
+      return invalid_argument("{} starts at address {:#x}, which is not 4-byte aligned", name, address);
+    }
+  }
+  return Status::ok();
+}
+
+namespace {
+
+// A view of `rows` x `cols` elements of `base`'s memory starting `offset` elements (of base's stride 1) in.
+TensorView sub_view(const TensorView& base, int64_t offset, int64_t rows, int64_t cols, int64_t row_stride,
+                    int64_t col_stride) {
+  TensorView view;
+  view.data = static_cast<char*>(base.data) + offset * dtype_size_bytes(base.dtype);
+  view.dtype = base.dtype;
+  view.ndim = 2;
+  view.shape = {rows, cols, 0};
+  view.strides = {row_stride, col_stride, 0};
+  view.device = base.device;
+  view.device_index = base.device_index;
+  return view;
+}
+
+}  // namespace
+
+Result<std::vector<WgradBatch>> split_k_grouped_wgrad(const ScaledTensor& a, const ScaledTensor& b,
+                                                      const TensorView& out, std::span<const int64_t> batch_sizes) {
+  FF_RETURN_IF_ERROR(check_view(out, "out", DType::kFloat32, "(num_batches, m, n)"));
+  FF_RETURN_IF_ERROR(check_ndim(out, "out", 3, "(num_batches, m, n)"));
+  const auto num_batches = static_cast<int64_t>(batch_sizes.size());
+  if (out.size(0) != num_batches) {
+    return invalid_argument("out has shape {} ({} batches) but batch_sizes has {} entries", out.shape_string(),
+                            out.size(0), num_batches);
+  }
+  const int64_t m = out.size(1);
+  const int64_t n = out.size(2);
+  int64_t k_sum = 0;
+  int64_t k_blocks_sum = 0;
+  for (int64_t g = 0; g < num_batches; ++g) {
+    const int64_t k = batch_sizes[static_cast<size_t>(g)];
+    if (k < 0) return invalid_argument("batch_sizes[{}] = {} is negative; expected a k >= 0", g, k);
+    k_sum += k;
+    k_blocks_sum += ceil_div(k, kScaleBlock);
+  }
+  const std::string sizes = fmt::format("m={}, n={} (out) and sum(batch_sizes)={}", m, n, k_sum);
+  for (const auto& [operand, name, rows] : {std::tuple{&a, "a", m}, std::tuple{&b, "b", n}}) {
+    const std::string data_name = fmt::format("{}.data", name);
+    const std::string scales_name = fmt::format("{}.scales", name);
+    const std::string flat = fmt::format("(sum of {} * k over the batches)", name == std::string("a") ? "m" : "n");
+    FF_RETURN_IF_ERROR(check_view(operand->data, data_name, DType::kFloat8E4M3, flat));
+    FF_RETURN_IF_ERROR(check_shape(operand->data, data_name, {rows * k_sum}, flat, sizes));
+    if (operand->data.numel() > 1 && operand->data.stride(0) != 1) {
+      return invalid_argument("{} has stride {}; the flat batches must be contiguous", data_name,
+                              operand->data.stride(0));
+    }
+    FF_RETURN_IF_ERROR(check_view(operand->scales, scales_name, DType::kFloat32, "per-1x128 scales"));
+    FF_RETURN_IF_ERROR(check_shape(
+        operand->scales, scales_name, {k_blocks_sum, rows},
+        fmt::format("(sum of ceil(k/128) over the batches, {})", name == std::string("a") ? "m" : "n"), sizes));
+  }
+  FF_RETURN_IF_ERROR(check_same_device(
+      {{"a.data", &a.data}, {"a.scales", &a.scales}, {"b.data", &b.data}, {"b.scales", &b.scales}, {"out", &out}}));
+
+  std::vector<WgradBatch> batches;
+  batches.reserve(static_cast<size_t>(num_batches));
+  int64_t k_offset = 0;
+  int64_t block_offset = 0;
+  for (int64_t g = 0; g < num_batches; ++g) {
+    const int64_t k = batch_sizes[static_cast<size_t>(g)];
+    const int64_t k_blocks = ceil_div(k, kScaleBlock);
+    WgradBatch batch;
+    batch.k = k;
+    batch.a.data = sub_view(a.data, m * k_offset, m, k, k, 1);
+    batch.b.data = sub_view(b.data, n * k_offset, n, k, k, 1);
+    // Rows [block_offset, block_offset + k_blocks) of the (blocks, rows) scales, seen as (rows, k_blocks).
+    batch.a.scales =
+        sub_view(a.scales, block_offset * a.scales.stride(0), m, k_blocks, a.scales.stride(1), a.scales.stride(0));
+    batch.b.scales =
+        sub_view(b.scales, block_offset * b.scales.stride(0), n, k_blocks, b.scales.stride(1), b.scales.stride(0));
+    batch.out = select_group(out, g);
+    batches.push_back(batch);
+    k_offset += k;
+    block_offset += k_blocks;
+  }
+  return batches;
 }
 
 }  // namespace ff::gemm::internal

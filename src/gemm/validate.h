@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "ff/common/result.h"
 #include "ff/gemm/gemm.h"
@@ -26,6 +28,25 @@ Result<GemmShape> validate_contiguous(const ScaledTensor& a, const ScaledTensor&
 // Also checks masked_m's values when it lives on the host: each in [0, m_max].
 Result<GemmShape> validate_masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
                                   const TensorView& masked_m, int64_t expected_m);
+
+// The weight-gradient GEMM: a (m, k), b (n, k), both with (rows, ceil(k/128)) scales; out (m, n) float32.
+Result<GemmShape> validate_wgrad(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out);
+// Its GPU requirements (validate_wgrad first): k a multiple of 16, n of 4, extents below 2^31, a.data, b.data and
+// out contiguous and 16-byte aligned. The scales may have any strides (repacked when not M-/N-major).
+Status validate_wgrad_cuda_layout(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                  const GemmShape& shape);
+
+// One batch of the k-grouped weight-gradient GEMM: its operands as 2-D views into the flat inputs (the scales as
+// (rows, ceil(k/128)) views of the transposed blocks) and its output out[g].
+struct WgradBatch {
+  ScaledTensor a;
+  ScaledTensor b;
+  TensorView out;
+  int64_t k = 0;
+};
+// Checks the flat inputs against batch_sizes (dtypes, extents, one device) and splits them per batch.
+Result<std::vector<WgradBatch>> split_k_grouped_wgrad(const ScaledTensor& a, const ScaledTensor& b,
+                                                      const TensorView& out, std::span<const int64_t> batch_sizes);
 
 // The extra requirements of the CUDA kernels (validate_* first): k a multiple of 128 (whole K blocks for the
 // scales and TMA), n a multiple of 8 (16-byte output rows for the TMA store), dimensions below 2^31, a.data,

@@ -19,6 +19,7 @@
 
 #include <array>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -83,6 +84,34 @@ Status m_grouped_gemm_fp8_fp8_bf16_nt_contiguous(const ScaledTensor& a, const Sc
 Status m_grouped_gemm_fp8_fp8_bf16_nt_masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
                                              const TensorView& masked_m, int64_t expected_m,
                                              const LaunchOptions& options = {});
+
+// Weight-gradient GEMM (DeepGEMM's wgrad_gemm_fp8_fp8_fp32_nt), accumulating into an fp32 output:
+//   out[m, n] += sum over K blocks kb of (sum_{k in kb} A[m, k] * B[n, k]) * sa[m, kb] * sb[n, kb]
+// Both operands are scaled per 1x128 (one fp32 scale per row and 128-wide K block: activations and output
+// gradients, each cast with per_token_cast_to_fp8), so a weight gradient dW = dY^T X takes a = dY^T and b = X^T,
+// both (rows, tokens) with the tokens along k.
+//   a.data   (m, k) float8_e4m3fn, a.scales (m, ceil(k/128)) float32, any strides
+//   b.data   (n, k) float8_e4m3fn, b.scales (n, ceil(k/128)) float32, any strides
+//   out      (m, n) float32, read and written: the K sum is formed in fp32 (two-level, as the bf16 GEMMs) and
+//            added to out once, out + total rounded once.
+// k == 0 leaves out as it is. The GPU needs k a multiple of 16 and n of 4 (16-byte rows for TMA), contiguous
+// data and out, 16-byte aligned data and out pointers; the scales in the M-/N-major layout (element (row, kb) at
+// scales[row + kb * ld], ld >= rows, a multiple of 4: DeepGEMM's TMA-aligned transposed layout) are read in place,
+// other layouts repacked first. A last K block shorter than 128 is scaled by its own scale (both backends).
+Status wgrad_gemm_fp8_fp8_fp32_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                  const LaunchOptions& options = {});
+
+// K-grouped weight-gradient GEMM (DeepGEMM's k_grouped_wgrad_gemm_fp8_fp8_fp32_nt): one wgrad per batch g, each
+// with its own k_g = batch_sizes[g] (the tokens routed to expert g) and one output, out[g] += A_g * B_g^T.
+//   a.data   (sum_g m * k_g) float8_e4m3fn, 1-D: batch g's (m, k_g) row-major block follows batch g-1's
+//   a.scales (sum_g ceil(k_g/128), m) float32: batch g's scales, transposed ((ceil(k_g/128), m): M-major), follow
+//            batch g-1's
+//   b.data   (sum_g n * k_g), b.scales (sum_g ceil(k_g/128), n): the same with n
+//   out      (num_batches, m, n) float32, num_batches = batch_sizes.size()
+// A batch with k_g == 0 leaves out[g] as it is. The GPU requirements are wgrad_gemm_fp8_fp8_fp32_nt's per batch
+// (so every k_g a multiple of 16, and each batch's block 16-byte aligned: m * k_g and n * k_g multiples of 16).
+Status k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                            std::span<const int64_t> batch_sizes, const LaunchOptions& options = {});
 
 // 128: the alignment of each expert's segment in the contiguous layout (DeepGEMM's BLOCK_M).
 inline int64_t get_m_alignment_for_contiguous_layout() { return kMAlignmentForContiguousLayout; }

@@ -155,4 +155,33 @@ void gemm_masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView&
   });
 }
 
+void wgrad(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const GemmShape& shape) {
+  FF_ASSERT_EQ(shape.num_groups, 1);
+  if (shape.k == 0) return;  // an empty K sum adds nothing
+  const std::vector<float> decoded_b = decode_b(b.data, shape);
+  const int64_t k_blocks = ceil_div(shape.k, kScaleBlock);
+  parallel_rows(shape.m, shape.n * shape.k, [&](int64_t begin, int64_t end) {
+    std::vector<float> a_row(static_cast<size_t>(shape.k));
+    for (int64_t row = begin; row < end; ++row) {
+      decode_a_row(a.data, row, shape, a_row.data());
+      for (int64_t col = 0; col < shape.n; ++col) {
+        const float* b_row = decoded_b.data() + col * shape.k;
+        // Two-level accumulation as compute_row, with B's scale per row of B: the K sum is complete before it
+        // is added to out (the GPU epilogue's out + total).
+        float total = 0.0f;
+        for (int64_t block = 0; block < k_blocks; ++block) {
+          const int64_t block_begin = block * kScaleBlock;
+          const int64_t block_end = std::min(shape.k, block_begin + kScaleBlock);
+          float partial = 0.0f;
+          for (int64_t kk = block_begin; kk < block_end; ++kk) partial += a_row[kk] * b_row[kk];
+          const float scale = *a.scales.at<const float>(row, block) * *b.scales.at<const float>(col, block);
+          total += partial * scale;
+        }
+        float* target = out.at<float>(row, col);
+        *target = *target + total;
+      }
+    }
+  });
+}
+
 }  // namespace ff::gemm::cpu

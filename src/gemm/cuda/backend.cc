@@ -302,4 +302,29 @@ Status masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& ou
                  expected_m > 0 ? std::min(expected_m, shape.m) : shape.m);
 }
 
+Status wgrad(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const internal::GemmShape& shape,
+             const LaunchOptions& options) {
+  if (shape.m == 0 || shape.n == 0 || shape.k == 0) return Status::ok();
+  DeviceGuard guard(out.device_index);
+  FF_RETURN_IF_ERROR(from_launch("wgrad_gemm_fp8_fp8_fp32_nt", guard.error()));
+  const int64_t k_blocks = ceil_div(shape.k, kScaleBlock);
+  WgradArgs args;
+  args.a = a.data.data;
+  args.b = b.data.data;
+  args.out = static_cast<float*>(out.data);
+  args.m = static_cast<int>(shape.m);
+  args.n = static_cast<int>(shape.n);
+  args.k = static_cast<int>(shape.k);
+  args.num_sms = get_num_sms();
+  args.stream = options.stream;
+  // Both scale tensors are read M-/N-major (DeepGEMM's TMA-aligned transposed layout); others are repacked.
+  ScratchScales scratch_a;
+  ScratchScales scratch_b;
+  FF_RETURN_IF_ERROR(m_major_scales("wgrad_gemm_fp8_fp8_fp32_nt", a.scales, shape.m, k_blocks, options.stream,
+                                    scratch_a, &args.sa, &args.sa_ld));
+  FF_RETURN_IF_ERROR(m_major_scales("wgrad_gemm_fp8_fp8_fp32_nt", b.scales, shape.n, k_blocks, options.stream,
+                                    scratch_b, &args.sb, &args.sb_ld));
+  return from_launch("wgrad_gemm_fp8_fp8_fp32_nt", run_wgrad(args));
+}
+
 }  // namespace ff::gemm::cuda

@@ -15,5 +15,7 @@ Status contiguous(const ScaledTensor& a, const ScaledTensor& b, const TensorView
                   const internal::GemmShape& shape, const LaunchOptions& options);
 Status masked(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const TensorView& masked_m,
               int64_t expected_m, const internal::GemmShape& shape, const LaunchOptions& options);
+Status wgrad(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const internal::GemmShape& shape,
+             const LaunchOptions& options);
 
 }  // namespace ff::gemm::cuda

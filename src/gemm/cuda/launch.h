@@ -155,6 +155,25 @@ struct GroupedArgs {
 };
 std::string run_grouped(TileConfig config, const GroupedArgs& args);
 
+// The weight-gradient GEMM: out (m, n) float32 row-major += A (m, k) e4m3 row-major * B (n, k)^T e4m3 row-major,
+// both scaled per 1x128 and read M-/N-major: element (row, kb) of A's scales at sa[row + kb * sa_ld], of B's at
+// sb[row + kb * sb_ld] (sa_ld >= m, sb_ld >= n). k a multiple of 16, n of 4; a partial last K block is zero-filled
+// by TMA. The kernel: 128x128x128 cooperative tiles, CUTLASS's blockwise collective at granularity (1, 1, 128) (each
+// K block's sum scaled per element by sa[row] * sb[col]), the epilogue adding the tile of out read by TMA.
+struct WgradArgs {
+  const void* a = nullptr;
+  const float* sa = nullptr;
+  int64_t sa_ld = 0;
+  const void* b = nullptr;
+  const float* sb = nullptr;
+  int64_t sb_ld = 0;
+  float* out = nullptr;
+  int m = 0, n = 0, k = 0;
+  int num_sms = 0;
+  void* stream = nullptr;
+};
+std::string run_wgrad(const WgradArgs& args);
+
 // Contiguous layout: writes zeros into the output rows whose m_indices entry is not a valid group, on `stream`.
 std::string zero_padding_rows(const GroupedArgs& args);
 
