@@ -338,6 +338,8 @@ def gemm_functions(gemm, deep_gemm, kind, c):
 
 def gemm_shapes(quick, wgrad=False):
     if wgrad:
+        if quick:
+            return [("wgrad", WGRAD[-3]), ("k_grouped_wgrad", K_GROUPED_WGRAD[0])]
         return [("wgrad", s) for s in WGRAD] + [("k_grouped_wgrad", s) for s in K_GROUPED_WGRAD]
     if quick:
         return [("dense", (4096, 7168, 16384)), ("contiguous", CONTIGUOUS[0]), ("masked", MASKED[0])]
@@ -449,8 +451,9 @@ def prewarm(torch, deep_gemm, shard, parts):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", default="mla,gemm")
-    parser.add_argument("--quick", action="store_true", help="8K fixed lengths only; three GEMM shapes")
+    parser.add_argument("--part", default="mla,gemm,wgrad")
+    parser.add_argument("--quick", action="store_true",
+                        help="8K fixed lengths only; three GEMM shapes, two weight-gradient ones")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=7)
