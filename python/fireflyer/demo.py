@@ -185,6 +185,21 @@ class Demo:
             gemm_diff = gemm.calc_diff(gemm.bf16_to_float32(out), x.astype(np.float64) @ w.T.astype(np.float64))
             print(f"gemm_fp8_fp8_bf16_nt 256x384x512: calc_diff vs the float64 product of the unquantised inputs "
                   f"{gemm_diff:.2e} (FP8 quantisation), {gemm_ms:.1f} ms")
+            # The same layer's weight gradient dW = dY^T X (384 x 512) over its 256 tokens, accumulated in fp32 over
+            # two micro-batches of 128 tokens: both operands cast per 1x128 along the tokens.
+            dy = rng.standard_normal((256, 384)).astype(np.float32)
+            dw = np.zeros((384, 512), np.float32)
+            start = time.perf_counter()
+            with trace.span("wgrad_gemm_fp8_fp8_fp32_nt (CPU)", "gemm"):
+                for tokens in (slice(0, 128), slice(128, 256)):
+                    a, sa = gemm.per_token_cast_to_fp8(np.ascontiguousarray(dy[tokens].T))
+                    b, sb = gemm.per_token_cast_to_fp8(np.ascontiguousarray(x[tokens].T))
+                    gemm.wgrad_gemm_fp8_fp8_fp32_nt((a, sa), (b, sb), dw)
+            wgrad_ms = (time.perf_counter() - start) * 1e3
+            wgrad_diff = gemm.calc_diff(dw, dy.T.astype(np.float64) @ x.astype(np.float64))
+            print(f"wgrad_gemm_fp8_fp8_fp32_nt dW 384x512 over 2 x 128 tokens: calc_diff vs float64 dY^T X "
+                  f"{wgrad_diff:.2e} (FP8 quantisation), {wgrad_ms:.1f} ms")
+            gemm_diff = max(gemm_diff, wgrad_diff)
 
             seqlens = np.array([300, 64, 1000, 7], np.int32)
             h_q, blocks_per_seq = 16, 16
@@ -213,7 +228,8 @@ class Demo:
                 mla_diff = max(mla_diff, gpu_diff)
             if gemm_diff > 1e-2 or mla_diff > 1e-5:
                 raise SystemExit("demo: a kernel's CPU reference disagrees with float64")
-            self.summary.append(("FP8 GEMM / MLA decode (CPU reference)", f"calc_diff {gemm_diff:.1e} / {mla_diff:.1e}"))
+            self.summary.append(("FP8 GEMM + wgrad / MLA decode (CPU reference)",
+                                 f"calc_diff {gemm_diff:.1e} / {mla_diff:.1e}"))
 
     def gemm_on_gpu(self) -> None:
         """One MoE layer's expert GEMMs on the sm_90a kernels when a GPU, torch and the gemm kernels are present:
