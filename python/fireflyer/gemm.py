@@ -148,13 +148,12 @@ def m_grouped_gemm_fp8_fp8_bf16_nt_masked(lhs, rhs, out, masked_m, expected_m: i
     )
 
 
-def _rows_major_scales(scales: Any, rows: int, k_blocks: int) -> Any:
-    """A wgrad operand's scales as (rows, k_blocks): DeepGEMM takes them as (rows, kb) or transposed (kb, rows),
-    and reads (kb, rows) as the transposed form when both match (rows == kb), as here."""
-    shape = tuple(scales.shape)
-    if len(shape) == 2 and shape == (k_blocks, rows):
-        return scales.T if not _is_torch_tensor(scales) else scales.transpose(0, 1)
-    return scales
+def _transposed_if(scales: Any, shape: Tuple[int, int]) -> Any:
+    """The transposed view of a 2-D scale tensor of the given shape; any other tensor as it is. (DeepGEMM passes
+    weight-gradient scales either way round and reads the transposed form when both shapes match.)"""
+    if tuple(scales.shape) != shape:
+        return scales
+    return scales.transpose(0, 1) if _is_torch_tensor(scales) else scales.T
 
 
 def wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out) -> None:
@@ -167,10 +166,10 @@ def wgrad_gemm_fp8_fp8_fp32_nt(lhs, rhs, out) -> None:
     """
     a, sa = _pair(lhs, "a")
     b, sb = _pair(rhs, "b")
-    k_blocks = -(-int(a.shape[-1]) // 128) if len(a.shape) == 2 else 0
-    if len(a.shape) == 2 and len(b.shape) == 2:
-        sa = _rows_major_scales(sa, int(a.shape[0]), k_blocks)
-        sb = _rows_major_scales(sb, int(b.shape[0]), k_blocks)
+    if len(a.shape) == 2 and len(b.shape) == 2:  # other ranks: the extension names the bad shape
+        k_blocks = -(-int(a.shape[1]) // 128)
+        sa = _transposed_if(sa, (k_blocks, int(a.shape[0])))
+        sb = _transposed_if(sb, (k_blocks, int(b.shape[0])))
     _C.gemm.wgrad_gemm_fp8_fp8_fp32_nt(a, sa, b, sb, _bits(out, "out"), _stream(out))
 
 
@@ -312,21 +311,22 @@ def _start_from(c, d) -> None:
             np.copyto(d, c)
 
 
-def _check_beta(function: str, options: dict) -> dict:
+def _check_wgrad_options(function: str, options: dict, only: dict) -> None:
+    """The v2 options of the float32 (weight-gradient) GEMMs: recipe None or (1, 1, 128), beta None or 1, the
+    `only` defaults, the hints; anything else refused before d is touched."""
+    recipe = options.get("recipe")
+    if recipe is not None and tuple(recipe) != _V2_WGRAD_RECIPE:
+        raise NotImplementedError(f"{function}: recipe={tuple(recipe)} with a float32 d is not supported (only "
+                                  f"{_V2_WGRAD_RECIPE}: A and B scaled per 1x128, as wgrad_gemm_fp8_fp8_fp32_nt)")
     beta = options.get("beta")
     if beta is not None and beta != 1:
         raise NotImplementedError(f"{function}: beta={beta!r} is not supported (only 1: d = c + a @ b.T)")
-    return {name: value for name, value in options.items() if name != "beta"}
+    rest = {name: value for name, value in options.items() if name not in ("recipe", "beta")}
+    check_anchor_options(function, rest, _V2_HINTS, only, _V2_NOTES)
 
 
 def _fp8_gemm_nt_float32(a, b, d, c, options: dict) -> None:
-    recipe = options.get("recipe")
-    if recipe is not None and tuple(recipe) != _V2_WGRAD_RECIPE:
-        raise NotImplementedError(f"fp8_gemm_nt: recipe={tuple(recipe)} with a float32 d is not supported (only "
-                                  f"{_V2_WGRAD_RECIPE}: A and B scaled per 1x128, as wgrad_gemm_fp8_fp8_fp32_nt)")
-    options = _check_beta("fp8_gemm_nt", options)
-    check_anchor_options("fp8_gemm_nt", {k: v for k, v in options.items() if k != "recipe"},
-                         _V2_HINTS, {"alpha": 1, "stream": None}, _V2_NOTES)
+    _check_wgrad_options("fp8_gemm_nt", options, {"alpha": 1, "stream": None})
     _start_from(c, d)
     wgrad_gemm_fp8_fp8_fp32_nt(a, b, d)
 
@@ -351,25 +351,15 @@ def k_grouped_fp8_gemm_nt_contiguous(a, b, d, ks, ks_tensor=None, c=None, **opti
     that array itself; b likewise. ``ks_tensor`` (the device copy of ks) is not needed here: the host list is used.
     ``c``: None (d = a b^T), ``d`` itself (accumulate) or another tensor (copied into d first). ``recipe`` None or
     (1, 1, 128); ``use_psum_layout`` False; ``compiled_dims`` and ``disable_ue8m0_cast`` have no effect."""
-    recipe = options.pop("recipe", None)
-    if recipe is not None and tuple(recipe) != _V2_WGRAD_RECIPE:
-        raise NotImplementedError(f"k_grouped_fp8_gemm_nt_contiguous: recipe={tuple(recipe)} is not supported "
-                                  f"(only {_V2_WGRAD_RECIPE})")
-    options = _check_beta("k_grouped_fp8_gemm_nt_contiguous", options)
-    check_anchor_options("k_grouped_fp8_gemm_nt_contiguous", options, _V2_HINTS,
-                         {"use_psum_layout": False, "alpha": 1, "stream": None}, _V2_NOTES)
+    _check_wgrad_options("k_grouped_fp8_gemm_nt_contiguous", options,
+                         {"use_psum_layout": False, "alpha": 1, "stream": None})
     total_blocks = sum(-(-int(k) // 128) for k in ks)
-
-    def blocks_first(operand, name):
-        data, scales = _pair(operand, name)
-        rows = int(d.shape[1] if name == "a" else d.shape[2])
-        if tuple(scales.shape) == (rows, total_blocks):  # DeepGEMM's transposed view
-            scales = scales.T if not _is_torch_tensor(scales) else scales.transpose(0, 1)
-        return data, scales
-
-    a_pair, b_pair = blocks_first(a, "a"), blocks_first(b, "b")
+    (a_data, sa), (b_data, sb) = _pair(a, "a"), _pair(b, "b")
+    if len(d.shape) == 3:  # DeepGEMM passes the (rows, blocks) view of the (blocks, rows) scales
+        sa = _transposed_if(sa, (int(d.shape[1]), total_blocks))
+        sb = _transposed_if(sb, (int(d.shape[2]), total_blocks))
     _start_from(c, d)
-    k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(a_pair, b_pair, d, list(ks))
+    k_grouped_wgrad_gemm_fp8_fp8_fp32_nt((a_data, sa), (b_data, sb), d, list(ks))
 
 
 def m_grouped_fp8_gemm_nt_contiguous(a, b, d, m_indices, **options) -> None:

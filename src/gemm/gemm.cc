@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -90,21 +91,37 @@ Status m_grouped_gemm_fp8_fp8_bf16_nt_masked(const ScaledTensor& a, const Scaled
   return Status::ok();
 }
 
-Status wgrad_gemm_fp8_fp8_fp32_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
-                                  const LaunchOptions& options) {
+namespace {
+
+// The weight-gradient GEMM's checks: validate_wgrad, plus the GPU's layout requirements for CUDA tensors.
+Result<internal::GemmShape> checked_wgrad(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out) {
   FF_ASSIGN_OR_RETURN(internal::GemmShape shape, internal::validate_wgrad(a, b, out));
+  if (shape.device == Device::kCuda) FF_RETURN_IF_ERROR(internal::validate_wgrad_cuda_layout(a, b, out, shape));
+  return shape;
+}
+
+// Runs one checked weight-gradient GEMM on its device's backend (both skip empty problems).
+Status run_wgrad(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out, const internal::GemmShape& shape,
+                 const LaunchOptions& options, std::string_view function) {
   if (shape.device == Device::kCuda) {
-    FF_RETURN_IF_ERROR(internal::validate_wgrad_cuda_layout(a, b, out, shape));
-    if (shape.k == 0 || shape.m == 0 || shape.n == 0) return Status::ok();  // nothing to add
 #ifdef FF_GEMM_HAVE_CUDA
+    (void)function;
     return cuda::wgrad(a, b, out, shape, options);
 #else
     (void)options;
-    return no_gpu_backend("wgrad_gemm_fp8_fp8_fp32_nt");
+    return no_gpu_backend(function);
 #endif
   }
   cpu::wgrad(a, b, out, shape);
   return Status::ok();
+}
+
+}  // namespace
+
+Status wgrad_gemm_fp8_fp8_fp32_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
+                                  const LaunchOptions& options) {
+  FF_ASSIGN_OR_RETURN(const internal::GemmShape shape, checked_wgrad(a, b, out));
+  return run_wgrad(a, b, out, shape, options, "wgrad_gemm_fp8_fp8_fp32_nt");
 }
 
 Status k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(const ScaledTensor& a, const ScaledTensor& b, const TensorView& out,
@@ -116,28 +133,13 @@ Status k_grouped_wgrad_gemm_fp8_fp8_fp32_nt(const ScaledTensor& a, const ScaledT
   shapes.reserve(batches.size());
   for (size_t g = 0; g < batches.size(); ++g) {
     const internal::WgradBatch& batch = batches[g];
-    Result<internal::GemmShape> shape = internal::validate_wgrad(batch.a, batch.b, batch.out);
-    if (shape.is_ok() && shape->device == Device::kCuda) {
-      const Status layout = internal::validate_wgrad_cuda_layout(batch.a, batch.b, batch.out, *shape);
-      if (!layout.is_ok()) return layout.with_context(fmt::format("batch {} (k={})", g, batch.k));
-    }
+    Result<internal::GemmShape> shape = checked_wgrad(batch.a, batch.b, batch.out);
     if (!shape.is_ok()) return shape.status().with_context(fmt::format("batch {} (k={})", g, batch.k));
     shapes.push_back(*shape);
   }
   for (size_t g = 0; g < batches.size(); ++g) {
-    const internal::WgradBatch& batch = batches[g];
-    const internal::GemmShape& shape = shapes[g];
-    if (shape.k == 0 || shape.m == 0 || shape.n == 0) continue;
-    if (shape.device == Device::kCuda) {
-#ifdef FF_GEMM_HAVE_CUDA
-      FF_RETURN_IF_ERROR(cuda::wgrad(batch.a, batch.b, batch.out, shape, options));
-#else
-      (void)options;
-      return no_gpu_backend("k_grouped_wgrad_gemm_fp8_fp8_fp32_nt");
-#endif
-    } else {
-      cpu::wgrad(batch.a, batch.b, batch.out, shape);
-    }
+    FF_RETURN_IF_ERROR(run_wgrad(batches[g].a, batches[g].b, batches[g].out, shapes[g], options,
+                                 "k_grouped_wgrad_gemm_fp8_fp8_fp32_nt"));
   }
   return Status::ok();
 }
