@@ -6,7 +6,7 @@ is written three times on the same disk).
 
 Usage: bench/fs/bench_storage.py [--build-dir build] [--seconds 3] [--file-mb 256] [--depths 1,8]
        [--blocks 4096,1048576,4194304] [--ops write,read] [--patterns seq,rand] [--transports grpc,tcp]
-       [--server-counters] [--baseline-storage PATH] [--out FILE]
+       [--server-counters] [--baseline-storage PATH] [--group-sync-ms 0,100] [--out FILE]
 
 --transports: one cluster per transport (the storage servers on gRPC, or on our own TCP transport: tcp://
 listen addresses), all on the same disk; each case runs ours on every cluster, one after the other, beside
@@ -109,6 +109,11 @@ def main() -> None:
                              "together, from their stats lines: synced batches, WAL fsyncs, DSYNC writes, patches)")
     parser.add_argument("--baseline-storage", default=None,
                         help="an ff-storage binary to compare with: one more cluster per transport runs it")
+    parser.add_argument("--group-sync-ms", default="0",
+                        help="comma-separated: the storage servers' chunk.group_sync_ms (0: every write durable on "
+                             "each replica before it is acknowledged, the default; N: the chunk engines sync every N ms "
+                             "instead, docs/fs-chunk-engine.md \"Group sync\"); one cluster per value, each line names "
+                             "its value")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
@@ -119,6 +124,12 @@ def main() -> None:
     for transport in transports:
         if transport not in ("grpc", "tcp"):
             parser.error(f"--transports: '{transport}' is not grpc or tcp")
+    try:
+        group_sync_values = [int(value) for value in args.group_sync_ms.split(",")]
+    except ValueError:
+        parser.error(f"--group-sync-ms: '{args.group_sync_ms}' is not a comma-separated list of integers")
+    if any(value < 0 or value > 60_000 for value in group_sync_values):
+        parser.error(f"--group-sync-ms: {args.group_sync_ms} has a value outside [0, 60000]")
     builds = {"this": bin_dir}
     if args.baseline_storage:
         baseline = pathlib.Path(args.baseline_storage).resolve()
@@ -133,12 +144,13 @@ def main() -> None:
         clusters = {}
         for transport in transports:
             for build, build_bin in builds.items():
-                cluster = stack.enter_context(LocalCluster(build_bin, nodes=3, targets_per_node=1,
-                                                           heartbeat_timeout_s=10, data_dir=data_dir,
-                                                           stats_interval_s=1 if args.server_counters else 30,
-                                                           transport=transport))
-                cluster.start()
-                clusters[(transport, build)] = cluster
+                for group_ms in group_sync_values:
+                    cluster = stack.enter_context(LocalCluster(
+                        build_bin, nodes=3, targets_per_node=1, heartbeat_timeout_s=10, data_dir=data_dir,
+                        stats_interval_s=1 if args.server_counters else 30, transport=transport,
+                        chunk_settings={"group_sync_ms": group_ms} if group_ms else None))
+                    cluster.start()
+                    clusters[(transport, build, group_ms)] = cluster
 
         def server_counters(cluster: LocalCluster) -> dict[str, int]:
             """The counters of the storage servers' latest stats lines, summed."""
@@ -192,9 +204,10 @@ def main() -> None:
                             # fdatasync (each replica syncs a RocksDB batch per write; plain fio does not).
                             extra["fio_fdatasync_MB_per_s"] = round(
                                 fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb, metadata_sync=True), 1)
-                        for (transport, build), cluster in clusters.items():
-                            mine = ours[(transport, build)]
-                            line = {**mine, "transport": transport, "fio_MB_per_s": round(fio_mb, 1),
+                        for (transport, build, group_ms), cluster in clusters.items():
+                            mine = ours[(transport, build, group_ms)]
+                            line = {**mine, "transport": transport, "group_sync_ms": group_ms,
+                                    "fio_MB_per_s": round(fio_mb, 1),
                                     "MB_per_s": round(mine["MB_per_s"], 1),
                                     "ratio_vs_fio": round(mine["MB_per_s"] / fio_mb, 3) if fio_mb else None,
                                     "target_MB_per_s": round(target, 1), "meets_target": mine["MB_per_s"] >= target,
@@ -235,7 +248,10 @@ def main() -> None:
                 "--sync=dsync --fdatasync=1 (one data write + one fdatasync per write, as one replica "
                 "does); ratio_vs_fio and the target keep the issue's baseline (plain dsync fio). Read cases "
                 "also run with local reads (local_*: the client asks the target over RPC, then reads the "
-                "bytes from the target's file itself and checks their CRC32C; docs/fs.md).",
+                "bytes from the target's file itself and checks their CRC32C; docs/fs.md). Lines with "
+                "group_sync_ms > 0 ran storage servers whose chunk engines sync every that many ms instead of on "
+                "each write's path (no O_DSYNC data write, no synced batch per write; a killed process loses "
+                "nothing, a power loss may lose the last interval's writes on that machine).",
         "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
                   f"the client and fio (and anything else running: load average at the end "
                   f"{os.getloadavg()[0]:.1f}); disk "

@@ -26,10 +26,14 @@ def bin_dir(build_dir: pathlib.Path) -> pathlib.Path:
     return path
 
 
-@pytest.mark.parametrize("transport", ["grpc", "tcp"])
+# tcp-group-sync: the storage servers' chunk engines sync every 100 ms instead of on every write's path
+# (`chunk.group_sync_ms`): a killed process must lose no acknowledged chunk either.
+@pytest.mark.parametrize("transport", ["grpc", "tcp", "tcp-group-sync"])
 def test_sigkill_restart_loses_no_acknowledged_chunk(bin_dir: pathlib.Path, transport: str) -> None:
     started = time.monotonic()
-    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=3.0, transport=transport) as cluster:
+    chunk_settings = {"group_sync_ms": 100} if transport.endswith("group-sync") else {}
+    with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=3.0, transport=transport.split("-")[0],
+                      chunk_settings=chunk_settings) as cluster:
         try:
             cluster.start()
             log = cluster.dir / "acked.log"
@@ -58,6 +62,8 @@ def test_sigkill_restart_loses_no_acknowledged_chunk(bin_dir: pathlib.Path, tran
             routing = cluster.routing()
             print(f"writer {summary}, verify {verified}, chain versions {[c['version'] for c in routing['chains']]}")
             assert max(c["version"] for c in routing["chains"]) > 1, "the kills must have changed the chains"
+            if chunk_settings:
+                assert "group_sync_ms=100" in (cluster.dir / "storage1.log").read_text(errors="replace")
         except BaseException:
             print(cluster.logs())
             raise
@@ -202,14 +208,17 @@ def test_storage_and_clients_follow_a_mgmtd_takeover(bin_dir: pathlib.Path, tmp_
 
 @pytest.mark.parametrize("key,value,expected", [
     ("sync_batch", "0", "expected >= 1"), ("sync_dump_page", "0", "expected >= 1"),
-    ("scrub_mb_per_s", "-1.5", "expected >= 0"), ("scrub_pass_pause_s", "-1.5", "expected >= 0")])
+    ("scrub_mb_per_s", "-1.5", "expected >= 0"), ("scrub_pass_pause_s", "-1.5", "expected >= 0"),
+    ("chunk.group_sync_ms", "60001", "expected 0 (off) to 60000")])
 def test_storage_config_rejects_a_bad_recovery_or_scrub_setting(bin_dir: pathlib.Path, tmp_path: pathlib.Path,
                                                                key: str, value: str, expected: str) -> None:
-    """ff-storage refuses a bad storage.sync_* / scrub_* value before serving, naming the key and the value."""
-    config = tmp_path / f"{key}.toml"
+    """ff-storage refuses a bad storage.sync_* / scrub_* / chunk.group_sync_ms value before serving, naming the key
+    and the value."""
+    section, _, name = key.rpartition(".")
+    config = tmp_path / f"{name}.toml"
     config.write_text('[storage]\nnode_id = 1\nlisten = "127.0.0.1:1"\nmgmtd = "127.0.0.1:2"\n'
-                      f'targets = ["{tmp_path / "t0"}"]\n{key} = {value}\n')
+                      f'targets = ["{tmp_path / "t0"}"]\n' + (f"[{section}]\n" if section else "") + f"{name} = {value}\n")
     done = subprocess.run([str(bin_dir / "ff-storage"), "--config", str(config)], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 2, done.stdout + done.stderr
-    assert f"storage.{key} = {value}, {expected}" in done.stdout + done.stderr
+    assert f"{key if section else 'storage.' + key} = {value}, {expected}" in done.stdout + done.stderr

@@ -61,10 +61,12 @@ class LocalCluster:
     def __init__(self, bin_dir: pathlib.Path, nodes: int = 3, targets_per_node: int = 2, heartbeat_timeout_s: float = 4.0,
                  data_dir: str | None = None, direct_io: bool = True, stats_interval_s: float = 5.0,
                  path: str | os.PathLike | None = None, keep: bool = False,
-                 storage_settings: dict[str, int | float] | None = None, transport: str = "tcp"):
+                 storage_settings: dict[str, int | float] | None = None, transport: str = "tcp",
+                 chunk_settings: dict[str, int | float] | None = None):
         """path: use exactly this directory (created) instead of a fresh temporary one under data_dir;
         keep: stop() leaves the directory in place (as FF_KEEP_CLUSTER=1 does); storage_settings: more
-        [storage] keys of every ff-storage config (e.g. {"sync_batch": 1}); transport: what the storage
+        [storage] keys of every ff-storage config (e.g. {"sync_batch": 1}); chunk_settings: more [chunk] keys (e.g.
+        {"group_sync_ms": 100}); transport: what the storage
         servers listen on: "tcp" (our own TCP transport, tcp:// listen addresses; the default, docs/fs-operations.md
         "Our own TCP transport") or "grpc"."""
         if transport not in ("grpc", "tcp"):
@@ -83,6 +85,7 @@ class LocalCluster:
             self.dir = pathlib.Path(tempfile.mkdtemp(prefix="ff_fs_cluster_", dir=data_dir))
         self.keep = keep
         self.storage_settings = dict(storage_settings or {})
+        self.chunk_settings = dict(chunk_settings or {})
         self.mgmtd_address = f"127.0.0.1:{free_port()}"
         self.storage_ports = {node: free_port() for node in range(1, nodes + 1)}
         self.processes: dict[str, subprocess.Popen] = {}
@@ -115,6 +118,7 @@ class LocalCluster:
             f'heartbeat_timeout_s = {self.heartbeat_timeout_s}\n'
             + "".join(f"{key} = {value}\n" for key, value in self.storage_settings.items()) +
             f'[chunk]\ndirect_io = {"true" if self.direct_io else "false"}\npreallocate_mb = 16\n'
+            + "".join(f"{key} = {value}\n" for key, value in self.chunk_settings.items()) +
             f'[metrics]\nstats_interval_s = {self.stats_interval_s}\n')
         self._spawn(f"storage{node}", [str(self.bin / "ff-storage"), "--config", str(config)])
 

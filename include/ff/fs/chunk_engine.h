@@ -62,6 +62,15 @@ struct ChunkEngineOptions {
   bool direct_io = true;                  // O_DIRECT data files (falls back to buffered where refused)
   bool sync_data = true;                  // data writes durable before metadata (RWF_DSYNC or fdatasync)
   bool sync_metadata = true;              // RocksDB write batches with sync=true
+  // Group sync, in milliseconds (0: off). Off, a call that changes a chunk returns once its data and metadata are
+  // durable (as sync_data and sync_metadata say). On, data writes go to the device without RWF_DSYNC and metadata
+  // batches to RocksDB's log without a sync, and a thread makes everything written so far durable every this many
+  // milliseconds (fdatasync of the block-class files written to, then one WAL sync; sync() and closing the engine
+  // do it at once); a block that a batch stopped referencing is reused only after the sync that covers the batch.
+  // A process crash loses nothing (the bytes are in the kernel or on the device); a power loss of the machine may
+  // lose this target's changes of the last interval, which then read as an older version or fail their CRC check
+  // (and are repaired from a replica). docs/fs-chunk-engine.md, "Group sync".
+  uint32_t group_sync_ms = 0;
   bool use_io_uring = true;               // false: pread/pwrite (also the fallback when io_uring is refused)
   uint32_t io_queue_depth = 32;           // entries of each ring; a call keeps at most this many I/Os in flight
   uint32_t io_contexts = 8;               // rings + aligned buffers in the pool: the bound on concurrent I/O calls

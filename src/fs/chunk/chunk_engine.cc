@@ -98,6 +98,8 @@ struct BlockClass {
   uint64_t total_blocks = 0;   // guarded by mutex
   std::vector<uint32_t> free;  // guarded by mutex; a stack, lowest index on top
   std::vector<bool> used;      // guarded by mutex; used[b] == (b is referenced or being written)
+  // Group sync: data was written to the file since the last sync took it (ChunkEngineOptions::group_sync_ms).
+  std::atomic<bool> written_unsynced{false};
 };
 
 // CRC32C of a version's prefix [0, length): one per crc segment (last may be partial) and the whole CRC.
@@ -233,8 +235,17 @@ struct ChunkEngine::Impl {
   bool settle_stopping = false;  // guarded by settle_mutex
   std::thread settler;
 
+  // Group sync (ChunkEngineOptions::group_sync_ms): the thread that makes everything durable every interval.
+  std::mutex group_mutex;
+  std::condition_variable group_cv;
+  bool group_stopping = false;  // guarded by group_mutex
+  std::thread group_syncer;
+
+  bool group_sync() const { return options.group_sync_ms > 0; }
+
   ~Impl() {
     stop_settler();
+    stop_group_syncer();
     db.reset();
     for (auto& block_class : classes) {
       if (block_class->fd >= 0) ::close(block_class->fd);
@@ -281,7 +292,7 @@ struct ChunkEngine::Impl {
   // *ticket (when given) is set to the batch's number when it is written unsynced, else 0.
   Status write_batch(rocksdb::WriteBatch& batch, const ChunkId& id, bool sync = true, uint64_t* ticket = nullptr) {
     if (ticket != nullptr) *ticket = 0;
-    if (!sync && write_options.sync) {
+    if (group_sync() || (!sync && write_options.sync)) {
       rocksdb::WriteOptions no_sync = write_options;
       no_sync.sync = false;
       return write_unsynced(no_sync, batch, fmt::format("metadata batch of chunk {}", id.to_string()), ticket);
@@ -303,7 +314,7 @@ struct ChunkEngine::Impl {
       deferred.insert(deferred.end(), durable_after.begin(), durable_after.end());
       return status;
     }
-    for (BlockLocation location : durable_after) release(location);
+    for (BlockLocation location : durable_after) release_now(location);
     return status;
   }
 
@@ -399,7 +410,18 @@ struct ChunkEngine::Impl {
     return BlockLocation{class_index, block};
   }
 
+  // Frees a block that no metadata references any more (the batch that stopped referencing it was written). With
+  // group sync that batch may not be durable yet, so the block waits for the next sync (a crash before then could
+  // bring the reference back).
   void release(BlockLocation location) {
+    if (group_sync()) {
+      release_after_sync(location);
+    } else {
+      release_now(location);
+    }
+  }
+
+  void release_now(BlockLocation location) {
     if (!location.valid()) return;
     BlockClass& block_class = *classes[location.block_class];
     std::lock_guard lock(block_class.mutex);
@@ -413,7 +435,12 @@ struct ChunkEngine::Impl {
   void drain_readers(size_t stripe_index) { std::unique_lock drain(read_locks[stripe_index]); }
 
   Status sync_data_file(BlockLocation location) {
-    if (direct_io || !options.sync_data || !location.valid()) return Status::ok();
+    if (!location.valid()) return Status::ok();
+    if (group_sync()) {
+      classes[location.block_class]->written_unsynced.store(true, std::memory_order_release);
+      return Status::ok();
+    }
+    if (direct_io || !options.sync_data) return Status::ok();
     const BlockClass& block_class = *classes[location.block_class];
     if (::fdatasync(block_class.fd) != 0) return errno_error(errno, fmt::format("fdatasync {}", block_class.path));
     data_fdatasyncs.fetch_add(1, std::memory_order_relaxed);
@@ -421,7 +448,7 @@ struct ChunkEngine::Impl {
   }
 
   void count_data_write() {
-    if (direct_io && options.sync_data) dsync_data_writes.fetch_add(1, std::memory_order_relaxed);
+    if (direct_io && options.sync_data && !group_sync()) dsync_data_writes.fetch_add(1, std::memory_order_relaxed);
   }
 
   // Checks the segment CRCs of `version` over bytes [from, to) held in `bytes`, which start at version
@@ -724,6 +751,10 @@ struct ChunkEngine::Impl {
       count_data_write();
     }
     FF_RETURN_IF_ERROR(sync_data_file(version.location));
+    // NOTE: with group sync the patched bytes are made durable here, before the batch that drops the patch: once
+    // that batch is durable nothing re-applies the patch, and a committed version older than the interval must not
+    // be lost to a power failure.
+    if (group_sync()) FF_RETURN_IF_ERROR(sync_class_file(*classes[version.location.block_class]));
     patches_settled.fetch_add(1, std::memory_order_relaxed);
     FF_RETURN_IF_ERROR(hook(ChunkFaultPoint::kAfterPatchApply, id));
     version.patch = PatchRecord{};
@@ -758,7 +789,9 @@ struct ChunkEngine::Impl {
       durable_after.swap(deferred);
     }
     const uint64_t covers = unsynced_written.load(std::memory_order_acquire);
-    const Status status = rocks_status(db->SyncWAL(), "sync metadata log");
+    // Group sync: the data of every batch up to `covers` was written (and its file marked) before the batch.
+    Status status = group_sync() ? sync_written_files() : Status::ok();
+    if (status.is_ok()) status = rocks_status(db->SyncWAL(), "sync metadata log");
     if (!status.is_ok()) {
       std::lock_guard lock(deferred_mutex);
       deferred.insert(deferred.end(), durable_after.begin(), durable_after.end());
@@ -766,8 +799,65 @@ struct ChunkEngine::Impl {
     }
     wal_syncs.fetch_add(1, std::memory_order_relaxed);
     note_durable(covers);
-    for (BlockLocation location : durable_after) release(location);
+    for (BlockLocation location : durable_after) release_now(location);
     return status;
+  }
+
+  Status sync_class_file(BlockClass& block_class) {
+    block_class.written_unsynced.store(false, std::memory_order_release);
+    if (::fdatasync(block_class.fd) != 0) {
+      block_class.written_unsynced.store(true, std::memory_order_release);
+      return errno_error(errno, fmt::format("fdatasync {}", block_class.path));
+    }
+    data_fdatasyncs.fetch_add(1, std::memory_order_relaxed);
+    return Status::ok();
+  }
+
+  // Group sync: fdatasync of every block-class file written to since the last sync.
+  Status sync_written_files() {
+    for (auto& block_class : classes) {
+      if (block_class->written_unsynced.load(std::memory_order_acquire))
+        FF_RETURN_IF_ERROR(sync_class_file(*block_class));
+    }
+    return Status::ok();
+  }
+
+  bool anything_unsynced() {
+    if (unsynced_written.load(std::memory_order_acquire) > durable_upto.load(std::memory_order_acquire)) return true;
+    for (auto& block_class : classes) {
+      if (block_class->written_unsynced.load(std::memory_order_acquire)) return true;
+    }
+    std::lock_guard lock(deferred_mutex);
+    return !deferred.empty();
+  }
+
+  // The group sync thread: every group_sync_ms, makes what was written since the last sync durable and frees the
+  // blocks that waited for it; once more when stopping.
+  void group_sync_loop() {
+    std::unique_lock lock(group_mutex);
+    while (!group_stopping) {
+      group_cv.wait_for(lock, std::chrono::milliseconds(options.group_sync_ms), [&] { return group_stopping; });
+      lock.unlock();
+      if (anything_unsynced()) {
+        const Status status = flush_deferred();
+        if (!status.is_ok()) FF_LOG_WARN("chunk engine {}: group sync: {}", options.directory, status);
+      }
+      lock.lock();
+    }
+  }
+
+  void stop_group_syncer() {
+    if (!group_syncer.joinable()) return;
+    {
+      std::lock_guard lock(group_mutex);
+      group_stopping = true;
+    }
+    group_cv.notify_all();
+    group_syncer.join();
+    if (anything_unsynced()) {
+      const Status status = flush_deferred();
+      if (!status.is_ok()) FF_LOG_WARN("chunk engine {}: group sync at close: {}", options.directory, status);
+    }
   }
 
   // Applies the committed patch of `id`, if it still has one: its commit batch is made durable first
@@ -999,10 +1089,13 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
     return invalid_argument("io_queue_depth={} must be in [1, 4096]", options.io_queue_depth);
   }
   if (options.io_timeout_ms == 0) return invalid_argument("io_timeout_ms must be positive");
+  if (options.group_sync_ms > 60'000) {
+    return invalid_argument("group_sync_ms={} exceeds 60000 (a minute); 0 turns group sync off", options.group_sync_ms);
+  }
 
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  impl->write_options.sync = options.sync_metadata;
+  impl->write_options.sync = options.sync_metadata && options.group_sync_ms == 0;
   std::error_code error;
   std::filesystem::create_directories(options.directory + "/meta", error);
   if (error) return io_error("create target directory {}: {}", options.directory, error.message());
@@ -1053,7 +1146,7 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
 
   chunk_internal::IoSettings settings;
   settings.use_io_uring = options.use_io_uring;
-  settings.dsync_writes = impl->direct_io && options.sync_data;
+  settings.dsync_writes = impl->direct_io && options.sync_data && options.group_sync_ms == 0;
   settings.queue_depth = options.io_queue_depth;
   settings.buffer_bytes = options.io_buffer_bytes;
   settings.timeout_ms = options.io_timeout_ms;
@@ -1068,6 +1161,13 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
     impl->settler = std::thread([raw] {
       pthread_setname_np(pthread_self(), "ff-settle");
       raw->settle_loop();
+    });
+  }
+  if (impl->group_sync()) {
+    Impl* raw = impl.get();
+    impl->group_syncer = std::thread([raw] {
+      pthread_setname_np(pthread_self(), "ff-group-sync");
+      raw->group_sync_loop();
     });
   }
   FF_LOG_INFO("chunk engine {}: {} chunks, {} block classes {}..{} bytes, direct_io={}, io_uring={}", options.directory,
@@ -1605,7 +1705,11 @@ Result<uint64_t> ChunkEngine::remove_range(const ChunkId& begin, const ChunkId& 
       blocks.push_back(record->pending.patch.location);
       ++batch_removed;
     }
-    FF_RETURN_IF_ERROR(rocks_status(impl.db->Write(impl.write_options, &batch), "remove chunk metadata"));
+    if (impl.group_sync()) {
+      FF_RETURN_IF_ERROR(impl.write_unsynced(impl.write_options, batch, "remove chunk metadata"));
+    } else {
+      FF_RETURN_IF_ERROR(rocks_status(impl.db->Write(impl.write_options, &batch), "remove chunk metadata"));
+    }
     for (size_t stripe : stripes) impl.drain_readers(stripe);
     for (BlockLocation location : blocks) impl.release(location);
     removed += batch_removed;

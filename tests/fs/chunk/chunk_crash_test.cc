@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <thread>
+#include <tuple>
 
 #include "ff/fs/chunk_engine.h"
 #include "test_util.h"
@@ -47,12 +48,15 @@ int wait_child(pid_t pid) {
   return status;
 }
 
-class ChunkCrashTest : public ::testing::TestWithParam<CrashCase> {};
+// The second parameter: group sync on (ChunkEngineOptions::group_sync_ms; no sync on a write's path): a process
+// crash must lose nothing it would lose without.
+class ChunkCrashTest : public ::testing::TestWithParam<std::tuple<CrashCase, bool>> {};
 
 TEST_P(ChunkCrashTest, OldVersionSurvivesKill) {
-  const CrashCase& crash = GetParam();
+  const CrashCase& crash = std::get<0>(GetParam());
   TempDir dir;
   ChunkEngineOptions options = testing::small_options(dir.path());
+  if (std::get<1>(GetParam())) options.group_sync_ms = 60'000;  // nothing syncs before the kill
   if (crash.update == Update::kPatchBlock) options.inline_patch_bytes = 0;
   const bool patch = crash.update == Update::kPatch || crash.update == Update::kPatchBlock;
   const ChunkId id{0x2a, 17};
@@ -221,32 +225,40 @@ TEST(ChunkCrashMergedPatchTest, CommittedVersionSurvivesKill) {
 
 INSTANTIATE_TEST_SUITE_P(
     KillPoints, ChunkCrashTest,
-    ::testing::Values(
-        CrashCase{"overwrite_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kOverwrite, false, false},
-        CrashCase{"append_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kAppend, false, false},
-        CrashCase{"overwrite_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kOverwrite, false,
-                  false},
-        CrashCase{"append_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kAppend, false, false},
-        CrashCase{"overwrite_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kOverwrite, true,
-                  false},
-        CrashCase{"append_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kAppend, true, false},
-        CrashCase{"overwrite_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kOverwrite, true, true},
-        CrashCase{"append_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kAppend, true, true},
-        CrashCase{"replacement_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kFullReplacement, false,
-                  false},
-        CrashCase{"replacement_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kFullReplacement, false,
-                  true},
-        CrashCase{"patch_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kPatch, false, false},
-        CrashCase{"patch_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kPatch, false, false},
-        CrashCase{"patch_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kPatch, true, false},
-        CrashCase{"patch_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kPatch, true, true},
-        CrashCase{"patch_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatch, true, true},
-        CrashCase{"patchblock_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kPatchBlock, false, false},
-        CrashCase{"patchblock_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kPatchBlock, false,
-                  false},
-        CrashCase{"patchblock_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kPatchBlock, true, true},
-        CrashCase{"patchblock_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatchBlock, true, true}),
-    [](const ::testing::TestParamInfo<CrashCase>& info) { return std::string(info.param.name); });
+    ::testing::Combine(
+        ::testing::Values(
+            CrashCase{"overwrite_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kOverwrite, false, false},
+            CrashCase{"append_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kAppend, false, false},
+            CrashCase{"overwrite_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kOverwrite, false,
+                      false},
+            CrashCase{"append_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kAppend, false, false},
+            CrashCase{"overwrite_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kOverwrite, true,
+                      false},
+            CrashCase{"append_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kAppend, true, false},
+            CrashCase{"overwrite_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kOverwrite, true,
+                      true},
+            CrashCase{"append_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kAppend, true, true},
+            CrashCase{"replacement_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kFullReplacement, false,
+                      false},
+            CrashCase{"replacement_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kFullReplacement,
+                      false, true},
+            CrashCase{"patch_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kPatch, false, false},
+            CrashCase{"patch_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kPatch, false, false},
+            CrashCase{"patch_before_commit_batch", ChunkFaultPoint::kBeforeCommitBatch, Update::kPatch, true, false},
+            CrashCase{"patch_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kPatch, true, true},
+            CrashCase{"patch_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatch, true, true},
+            CrashCase{"patchblock_after_data_write", ChunkFaultPoint::kAfterDataWrite, Update::kPatchBlock, false,
+                      false},
+            CrashCase{"patchblock_after_pending_batch", ChunkFaultPoint::kAfterPendingBatch, Update::kPatchBlock, false,
+                      false},
+            CrashCase{"patchblock_after_commit_batch", ChunkFaultPoint::kAfterCommitBatch, Update::kPatchBlock, true,
+                      true},
+            CrashCase{"patchblock_after_patch_apply", ChunkFaultPoint::kAfterPatchApply, Update::kPatchBlock, true,
+                      true}),
+        ::testing::Bool()),
+    [](const ::testing::TestParamInfo<std::tuple<CrashCase, bool>>& info) {
+      return std::string(std::get<0>(info.param).name) + (std::get<1>(info.param) ? "_group_sync" : "");
+    });
 
 }  // namespace
 }  // namespace ff::fs

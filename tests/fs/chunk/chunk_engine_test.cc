@@ -29,6 +29,9 @@ struct IoMode {
   bool direct_io;
   bool use_io_uring;
   const char* parent;
+  // ChunkEngineOptions::group_sync_ms: a minute, so that within a test only sync() and reopening sync (the
+  // behaviour is then deterministic; GroupSyncTest covers the thread).
+  uint32_t group_sync_ms = 0;
 };
 
 class ChunkEngineTest : public ::testing::TestWithParam<IoMode> {
@@ -41,6 +44,7 @@ class ChunkEngineTest : public ::testing::TestWithParam<IoMode> {
     ChunkEngineOptions options = small_options(dir_->path());
     options.direct_io = GetParam().direct_io;
     options.use_io_uring = GetParam().use_io_uring;
+    options.group_sync_ms = GetParam().group_sync_ms;
     return options;
   }
   void open_engine() {
@@ -72,6 +76,16 @@ class ChunkEngineTest : public ::testing::TestWithParam<IoMode> {
     EXPECT_TRUE(read.is_ok()) << read.status();
     return read.is_ok() ? read->data : std::vector<std::byte>{};
   }
+  // Blocks in use. With group sync a block that a batch stopped referencing is freed only by the next sync, so
+  // that comes first.
+  uint64_t used_blocks() {
+    if (GetParam().group_sync_ms > 0) {
+      EXPECT_TRUE(engine_->sync().is_ok());
+    }
+    return testing::total_used_blocks(engine_->stats());
+  }
+  // Tests of the per-write syncs (counters, lazy commits) do not apply with group sync (GroupSyncTest's do).
+  bool group_sync() const { return GetParam().group_sync_ms > 0; }
   void expect_allocator_ok() {
     const Status status = engine_->check_allocator();
     EXPECT_TRUE(status.is_ok()) << status;
@@ -198,7 +212,7 @@ TEST_P(ChunkEngineTest, FirstVersionPendingAndAbortRemovesChunk) {
   EXPECT_EQ(engine_->stat(id)->pending_version, 1u);
   ASSERT_TRUE(engine_->abort_pending(id, 1).is_ok());
   EXPECT_EQ(engine_->stat(id).status().code(), StatusCode::kNotFound);
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 0u);
+  EXPECT_EQ(used_blocks(), 0u);
   expect_allocator_ok();
 }
 
@@ -234,7 +248,7 @@ TEST_P(ChunkEngineTest, FullReplacementAndHoles) {
   // Empty contents are a valid version.
   ASSERT_TRUE(engine_->put_full_replacement(id, 10, 4, {}).is_ok());
   EXPECT_TRUE(read_all(id).empty());
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 0u);
+  EXPECT_EQ(used_blocks(), 0u);
   expect_allocator_ok();
 }
 
@@ -261,7 +275,7 @@ TEST_P(ChunkEngineTest, InPlaceAppendKeepsCommittedVersion) {
   std::vector<std::byte> expected = pattern_bytes(5000, 1);  // unaligned committed length
   write_commit(id, 0, expected);
   const uint64_t before = engine_->stats().inplace_appends;
-  const uint64_t used_before = testing::total_used_blocks(engine_->stats());
+  const uint64_t used_before = used_blocks();
   for (int round = 0; round < 5; ++round) {
     const auto more = pattern_bytes(3000 + 4096 * round, 10 + round);
     const uint32_t version = static_cast<uint32_t>(round) + 2;
@@ -282,7 +296,7 @@ TEST_P(ChunkEngineTest, InPlaceAppendKeepsCommittedVersion) {
     EXPECT_EQ(engine_->stat(id)->committed_crc32c, crc32c(expected));
   }
   EXPECT_EQ(engine_->stats().inplace_appends - before, 6u);  // 5 rounds + the re-put after the abort
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), used_before);
+  EXPECT_EQ(used_blocks(), used_before);
   // An append that outgrows the block moves the chunk to a larger class (copy-on-write).
   const auto big = pattern_bytes(100000, 99);
   const uint64_t appends = engine_->stats().inplace_appends;
@@ -383,7 +397,7 @@ TEST_P(ChunkEngineTest, SmallOverwriteIsAPatch) {
   // The patch is the two 4 KiB segments the update touches, not a copy of the chunk: inline in the
   // record (no data write, no block) or in a patch block of its own.
   const bool inline_patch = engine_->options().inline_patch_bytes >= 8192;
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), inline_patch ? 1u : 2u);
+  EXPECT_EQ(used_blocks(), inline_patch ? 1u : 2u);
   EXPECT_EQ(engine_->stats().patched_writes - patched_before, 1u);
   EXPECT_EQ(engine_->stats().write_bytes - written_before, inline_patch ? 0u : 8192u);
   auto meta = engine_->stat(id);
@@ -395,7 +409,7 @@ TEST_P(ChunkEngineTest, SmallOverwriteIsAPatch) {
   ASSERT_TRUE(engine_->commit(id, 2).is_ok());
   // The patch block is freed once a synced batch made the unsynced batch that dropped it durable.
   ASSERT_TRUE(engine_->sync().is_ok());
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 1u);
+  EXPECT_EQ(used_blocks(), 1u);
   EXPECT_EQ(read_all(id), next);
   EXPECT_EQ(engine_->stat(id)->committed_crc32c, crc32c(next));
   // Patches at the very start, across the version's end (growing it), and an abort.
@@ -410,7 +424,7 @@ TEST_P(ChunkEngineTest, SmallOverwriteIsAPatch) {
   EXPECT_EQ(engine_->stats().patched_writes - patched_before, 3u);
   ASSERT_TRUE(engine_->abort_pending(id, 4).is_ok());
   ASSERT_TRUE(engine_->sync().is_ok());
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 1u);
+  EXPECT_EQ(used_blocks(), 1u);
   ASSERT_TRUE(engine_->put_pending(across_end).is_ok());
   ASSERT_TRUE(engine_->commit(id, 4).is_ok());
   next.resize(next.size() - 1000);
@@ -429,10 +443,10 @@ TEST_P(ChunkEngineTest, OverwriteIsCopyOnWrite) {
   ChunkUpdate update{id, 2, 1, 123457, patch, false};
   ASSERT_TRUE(engine_->put_pending(update).is_ok());
   // Two blocks in use now: the committed and the pending version.
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 2u);
+  EXPECT_EQ(used_blocks(), 2u);
   EXPECT_EQ(read_all(id), expected);
   ASSERT_TRUE(engine_->commit(id, 2).is_ok());
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 1u);
+  EXPECT_EQ(used_blocks(), 1u);
   std::memcpy(expected.data() + 123457, patch.data(), patch.size());
   EXPECT_EQ(read_all(id), expected);
   expect_allocator_ok();
@@ -592,6 +606,7 @@ TEST_P(ChunkEngineTest, DeferredPendingSyncCommitsDurably) {
 }
 
 TEST_P(ChunkEngineTest, LazyCommitIsReadAtOnceAndFreesTheOldBlockAfterASyncedBatch) {
+  if (group_sync()) GTEST_SKIP() << "per-write syncs; GroupSyncTest covers group sync";
   const ChunkId id{22, 0};
   std::vector<std::byte> expected = pattern_bytes(300000, 1);
   write_commit(id, 0, expected);
@@ -608,11 +623,11 @@ TEST_P(ChunkEngineTest, LazyCommitIsReadAtOnceAndFreesTheOldBlockAfterASyncedBat
   EXPECT_EQ(read_all(id), expected);
   EXPECT_EQ(stat_or_zero(id).committed_version, 2u);
   // The old block stays referenced by the durable record until a synced batch covers the commit.
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 2u);
+  EXPECT_EQ(used_blocks(), 2u);
   expect_allocator_ok();
   // A synced batch of another chunk makes the commit durable (the WAL is ordered): the block is freed.
   write_commit(ChunkId{22, 1}, 0, pattern_bytes(1000, 3));
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 2u);  // this chunk's block and the other's
+  EXPECT_EQ(used_blocks(), 2u);  // this chunk's block and the other's
   expect_allocator_ok();
   EXPECT_TRUE(engine_->commit_lazily(id, 2).is_ok()) << "retried commit of the committed version";
   open_engine();
@@ -656,7 +671,7 @@ TEST_P(ChunkEngineTest, CommittedPatchIsAppliedByTheSettlerOrTheNextRead) {
     EXPECT_EQ(read_all(id), expected);
     ASSERT_TRUE(engine_->sync().is_ok());
     // One block per chunk written so far (the first pass's chunk is still there in the second).
-    EXPECT_EQ(testing::total_used_blocks(engine_->stats()), settler_waits ? 1u : 2u) << "patch blocks freed";
+    EXPECT_EQ(used_blocks(), settler_waits ? 1u : 2u) << "patch blocks freed";
     expect_allocator_ok();
     // Closing the engine applies a patch still queued (a clean shutdown leaves none behind).
     ASSERT_TRUE(engine_->put_pending(ChunkUpdate{id, 4, 1, 0, patch, false}).is_ok());
@@ -719,7 +734,7 @@ TEST_P(ChunkEngineTest, SmallOverwritesNearAnUnappliedPatchMergeIntoIt) {
   }
   EXPECT_EQ(read_all(id), expected);  // the read applies the last patch
   ASSERT_TRUE(engine_->sync().is_ok());
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 1u);
+  EXPECT_EQ(used_blocks(), 1u);
   expect_allocator_ok();
   // A merged patch committed and never applied before a close is applied at the next open.
   const uint32_t version = stat_or_zero(id).committed_version + 1;
@@ -737,6 +752,7 @@ TEST_P(ChunkEngineTest, SmallOverwritesNearAnUnappliedPatchMergeIntoIt) {
 }
 
 TEST_P(ChunkEngineTest, SyncedIoCountersCountEachKindOfWrite) {
+  if (group_sync()) GTEST_SKIP() << "per-write syncs; GroupSyncTest covers group sync";
   const ChunkId id{24, 0};
   const bool direct = engine_->stats().direct_io;
   auto delta = [&](auto&& action) {
@@ -846,7 +862,7 @@ TEST_P(ChunkEngineTest, RemoveRangeAndList) {
   EXPECT_EQ(engine_->stat(ChunkId{11, 9}).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(engine_->stat(ChunkId{12, 0}).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(engine_->stat(ChunkId{12, 1}).status().code(), StatusCode::kOk);
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 11u);  // 15 committed chunks - 4 removed
+  EXPECT_EQ(used_blocks(), 11u);  // 15 committed chunks - 4 removed
   EXPECT_EQ(*engine_->remove_range(ChunkId{12, 0}, ChunkId{11, 0}), 0u);
   expect_allocator_ok();
 }
@@ -992,7 +1008,7 @@ TEST_P(ChunkEngineTest, InjectedFaultsLeaveTheOldVersion) {
   ChunkUpdate update{id, 2, 1, 10, update_data, false};
   EXPECT_EQ(engine_->put_pending(update).code(), StatusCode::kIoError);
   EXPECT_EQ(engine_->stat(id)->pending_version, 0u);
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), 1u);
+  EXPECT_EQ(used_blocks(), 1u);
   EXPECT_EQ(engine_->put_full_replacement(id, 2, 1, pattern_bytes(5, 5)).code(), StatusCode::kIoError);
   fail_at = static_cast<int>(ChunkFaultPoint::kBeforeDataRead);
   EXPECT_EQ(engine_->read(id, 0, 10, ReadMode::kStrict).status().code(), StatusCode::kIoError);
@@ -1029,7 +1045,7 @@ TEST_P(ChunkEngineTest, ConcurrentWritersOnDifferentChunks) {
   }
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(failures.load(), 0);
-  EXPECT_EQ(testing::total_used_blocks(engine_->stats()), static_cast<uint64_t>(kThreads * kChunksPerThread));
+  EXPECT_EQ(used_blocks(), static_cast<uint64_t>(kThreads * kChunksPerThread));
   expect_allocator_ok();
 }
 
@@ -1071,8 +1087,85 @@ INSTANTIATE_TEST_SUITE_P(IoModes, ChunkEngineTest,
                          ::testing::Values(IoMode{"direct_uring", true, true, "/tmp"},
                                            IoMode{"buffered_uring", false, true, "/tmp"},
                                            IoMode{"direct_pread", true, false, "/tmp"},
-                                           IoMode{"tmpfs", true, true, "/dev/shm"}),
+                                           IoMode{"tmpfs", true, true, "/dev/shm"},
+                                           IoMode{"direct_uring_group_sync", true, true, "/tmp", 60'000}),
                          [](const ::testing::TestParamInfo<IoMode>& info) { return std::string(info.param.name); });
+
+// Group sync (ChunkEngineOptions::group_sync_ms): no sync on a write's path; the engine's thread makes everything
+// durable every interval and only then frees the blocks that writes stopped referencing.
+TEST(GroupSyncTest, WritesSyncNothingAndTheThreadMakesThemDurable) {
+  TempDir dir;
+  ChunkEngineOptions options = small_options(dir.path());
+  options.group_sync_ms = 20;
+  auto opened = ChunkEngine::open(options);
+  ASSERT_TRUE(opened.is_ok()) << opened.status();
+  ChunkEngine& engine = **opened;
+  std::vector<std::vector<std::byte>> contents;
+  for (uint64_t i = 0; i < 4; ++i) {
+    contents.push_back(pattern_bytes(200000 + i, i));
+    ASSERT_TRUE(engine.put_pending(ChunkUpdate{ChunkId{40, i}, 1, 1, 0, contents.back(), false}).is_ok());
+    ASSERT_TRUE(engine.commit(ChunkId{40, i}, 1).is_ok());
+  }
+  // A copy-on-write overwrite: its old block is freed by the thread's next sync.
+  const auto overwrite = pattern_bytes(150000, 9);
+  ASSERT_TRUE(engine.put_pending(ChunkUpdate{ChunkId{40, 0}, 2, 1, 0, overwrite, false}).is_ok());
+  ASSERT_TRUE(engine.commit(ChunkId{40, 0}, 2).is_ok());
+  std::memcpy(contents[0].data(), overwrite.data(), overwrite.size());
+  const ChunkEngineStats written = engine.stats();
+  EXPECT_EQ(written.synced_batches, 0u);
+  EXPECT_EQ(written.dsync_data_writes, 0u);
+  EXPECT_GE(written.unsynced_batches, 10u);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (testing::total_used_blocks(engine.stats()) != 4 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const ChunkEngineStats synced = engine.stats();
+  EXPECT_EQ(testing::total_used_blocks(synced), 4u) << "the thread did not free the overwritten block within 10 s";
+  EXPECT_GE(synced.wal_syncs, 1u);
+  EXPECT_GE(synced.data_fdatasyncs, 1u);
+  EXPECT_EQ(synced.synced_batches, 0u);
+  for (uint64_t i = 0; i < 4; ++i) {
+    auto read = engine.read(ChunkId{40, i}, 0, UINT64_MAX, ReadMode::kStrict);
+    ASSERT_TRUE(read.is_ok()) << read.status();
+    EXPECT_EQ(read->data, contents[i]) << "chunk " << i;
+  }
+  EXPECT_TRUE(engine.check_allocator().is_ok());
+}
+
+TEST(GroupSyncTest, ABlockIsReusedOnlyAfterTheSyncThatCoversItsRelease) {
+  TempDir dir;
+  ChunkEngineOptions options = small_options(dir.path());
+  options.group_sync_ms = 60'000;  // only sync() syncs within the test
+  auto opened = ChunkEngine::open(options);
+  ASSERT_TRUE(opened.is_ok()) << opened.status();
+  ChunkEngine& engine = **opened;
+  auto block_offset = [&](const ChunkId& id) -> uint64_t {
+    auto located = engine.locate(id, 0, 4096, ReadMode::kStrict);
+    EXPECT_TRUE(located.is_ok() && located->extent.has_value()) << located.status();
+    return located.is_ok() && located->extent ? located->extent->file_offset : UINT64_MAX;
+  };
+  const ChunkId a{41, 0};
+  ASSERT_TRUE(engine.put_full_replacement(a, 1, 1, pattern_bytes(300000, 1)).is_ok());
+  const uint64_t first_block = block_offset(a);
+  ASSERT_TRUE(engine.put_full_replacement(a, 2, 1, pattern_bytes(300000, 2)).is_ok());
+  EXPECT_NE(block_offset(a), first_block);
+  // Version 1's block is unreferenced, but the batch that says so may not be durable: a crash could bring
+  // version 1 back, so a new chunk must not get its block yet.
+  const ChunkId b{41, 1};
+  ASSERT_TRUE(engine.put_full_replacement(b, 1, 1, pattern_bytes(300000, 3)).is_ok());
+  EXPECT_NE(block_offset(b), first_block);
+  EXPECT_EQ(testing::total_used_blocks(engine.stats()), 3u);
+  ASSERT_TRUE(engine.sync().is_ok());
+  EXPECT_EQ(testing::total_used_blocks(engine.stats()), 2u);
+  // Free now: the lowest free block is handed out first, which is version 1's.
+  const ChunkId c{41, 2};
+  ASSERT_TRUE(engine.put_full_replacement(c, 1, 1, pattern_bytes(300000, 4)).is_ok());
+  EXPECT_EQ(block_offset(c), first_block);
+  EXPECT_EQ(engine.read(a, 0, UINT64_MAX, ReadMode::kStrict)->data, pattern_bytes(300000, 2));
+  EXPECT_EQ(engine.read(b, 0, UINT64_MAX, ReadMode::kStrict)->data, pattern_bytes(300000, 3));
+  EXPECT_EQ(engine.read(c, 0, UINT64_MAX, ReadMode::kStrict)->data, pattern_bytes(300000, 4));
+  EXPECT_TRUE(engine.check_allocator().is_ok());
+}
 
 TEST(ChunkEngineOptions, BadOptionsAreRefused) {
   TempDir dir;
@@ -1088,6 +1181,11 @@ TEST(ChunkEngineOptions, BadOptionsAreRefused) {
   options = testing::small_options(dir.path());
   options.io_contexts = 0;
   EXPECT_EQ(ChunkEngine::open(options).status().code(), StatusCode::kInvalidArgument);
+  options = testing::small_options(dir.path());
+  options.group_sync_ms = 60'001;
+  const Status group = ChunkEngine::open(options).status();
+  EXPECT_EQ(group.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(group.message().find("group_sync_ms=60001"), std::string::npos) << group;
   options = testing::small_options("");
   EXPECT_EQ(ChunkEngine::open(options).status().code(), StatusCode::kInvalidArgument);
 }

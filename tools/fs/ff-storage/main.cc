@@ -36,6 +36,7 @@ struct Config {
   double scrub_pass_pause_s = 86400;                         // between scrub passes
   bool direct_io = true;
   bool sync_data = true;
+  uint32_t group_sync_ms = 0;  // ChunkEngineOptions::group_sync_ms (0: every write durable before it is acknowledged)
   bool use_io_uring = true;
   uint64_t preallocate_mb = 64;
   bool lazy_commits = true;                  // ChunkEngineOptions::lazy_commits
@@ -63,6 +64,7 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("storage.scrub_pass_pause_s", &c.scrub_pass_pause_s));
   FF_RETURN_IF_ERROR(reader.read("chunk.direct_io", &c.direct_io));
   FF_RETURN_IF_ERROR(reader.read("chunk.sync_data", &c.sync_data));
+  FF_RETURN_IF_ERROR(reader.read("chunk.group_sync_ms", &c.group_sync_ms));
   FF_RETURN_IF_ERROR(reader.read("chunk.use_io_uring", &c.use_io_uring));
   FF_RETURN_IF_ERROR(reader.read("chunk.preallocate_mb", &c.preallocate_mb));
   FF_RETURN_IF_ERROR(reader.read("chunk.lazy_commits", &c.lazy_commits));
@@ -88,6 +90,9 @@ Result<Config> load_config(const std::string& path) {
                             c.heartbeat_timeout_s, c.heartbeat_interval_s);
   }
   if (c.worker_threads == 0) return invalid_argument("{}: storage.worker_threads must be >= 1", path);
+  if (c.group_sync_ms > 60'000) {
+    return invalid_argument("{}: chunk.group_sync_ms = {}, expected 0 (off) to 60000", path, c.group_sync_ms);
+  }
   if (c.sync_batch == 0) return invalid_argument("{}: storage.sync_batch = 0, expected >= 1", path);
   if (c.sync_dump_page == 0) return invalid_argument("{}: storage.sync_dump_page = 0, expected >= 1", path);
   if (!(c.scrub_mb_per_s >= 0)) {
@@ -124,6 +129,7 @@ int run(const Config& config) {
     options.directory = config.targets[target - base - 1];
     options.direct_io = config.direct_io;
     options.sync_data = config.sync_data;
+    options.group_sync_ms = config.group_sync_ms;
     options.use_io_uring = config.use_io_uring;
     options.preallocate_bytes_per_class = config.preallocate_mb << 20;
     options.lazy_commits = config.lazy_commits;
@@ -132,8 +138,8 @@ int run(const Config& config) {
     options.merge_patch_bytes = config.merge_patch_bytes;
     FF_ASSIGN_OR_RETURN(std::unique_ptr<ChunkEngine> engine, ChunkEngine::open(options));
     std::shared_ptr<ChunkEngine> shared = std::move(engine);
-    FF_LOG_INFO("target {}: chunk engine at {} (direct_io={}, io_uring={})", target, options.directory,
-                shared->stats().direct_io, shared->stats().io_uring);
+    FF_LOG_INFO("target {}: chunk engine at {} (direct_io={}, io_uring={}, group_sync_ms={})", target,
+                options.directory, shared->stats().direct_io, shared->stats().io_uring, options.group_sync_ms);
     std::lock_guard lock(engines_mutex);
     engines[target] = shared;
     return std::shared_ptr<ChunkStore>(shared);
