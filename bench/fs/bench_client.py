@@ -53,6 +53,9 @@ def main() -> None:
                         help="with --rounds > 1: also run ff-bench-storage (the storage client alone, no meta, no "
                              "FileClient) on the same cluster with the same op, pattern, block and depth = P in every "
                              "round: what FileClient adds over the storage path")
+    parser.add_argument("--group-sync-ms", type=int, default=0,
+                        help="the storage servers' chunk.group_sync_ms (0: every write durable on each replica before "
+                             "it is acknowledged; N: synced every N ms, docs/fs-chunk-engine.md \"Group sync\")")
     parser.add_argument("--out", default=None)
     parser.add_argument("--no-local-reads", action="store_true", help="read every chunk over RPC (A/B of local reads)")
     parser.add_argument("--fio-huge-pages", action="store_true",
@@ -68,6 +71,8 @@ def main() -> None:
                              "(an A/B in the same minutes; who goes first rotates); reported as b_MB_per_s and "
                              "ratio_vs_b (ours / b)")
     args = parser.parse_args()
+    if not 0 <= args.group_sync_ms <= 60_000:
+        parser.error(f"--group-sync-ms: {args.group_sync_ms} is outside [0, 60000]")
     build = REPO / args.build_dir
     bench_bin = build / "bench-tools" / "fs_bench_client"
     if not bench_bin.exists() or not (build / "bin" / "ff-storage").exists():
@@ -79,7 +84,8 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="ff_fs_client_bench_")
     results = []
     with LocalCluster(build / "bin", nodes=3, targets_per_node=1, heartbeat_timeout_s=10, data_dir=data_dir,
-                      stats_interval_s=30, transport=args.transport) as cluster:
+                      stats_interval_s=30, transport=args.transport,
+                      chunk_settings={"group_sync_ms": args.group_sync_ms} if args.group_sync_ms else None) as cluster:
         cluster.start()
 
         def run_ours(ops: str, patterns: str, blocks: str, parallelism: str, reuse: bool,
@@ -192,7 +198,8 @@ def main() -> None:
         "device": f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores shared by the 3 servers, "
                   f"the client and fio (load average at the end {os.getloadavg()[0]:.1f}); disk {disk}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds_per_case": args.seconds, "rounds": args.rounds, "transport": args.transport, "file_mb": args.file_mb,
+        "seconds_per_case": args.seconds, "rounds": args.rounds, "transport": args.transport,
+        "group_sync_ms": args.group_sync_ms, "file_mb": args.file_mb,
         "fio_huge_pages": "read cases also ran fio with --mem=shmhuge (its buffers on huge pages, as FileClient's local "
                           "reads land in huge-page buffers): fio_huge_pages_MB_per_s" if args.fio_huge_pages else None,
         "results": results,
