@@ -28,63 +28,152 @@ Status validate(const std::vector<NodeId>& nodes, uint32_t targets_per_node, uin
   return Status::ok();
 }
 
-// Local search after the greedy pass: swap two nodes between two chains when that lowers the sum of
-// squared pair counts (with the total fixed, the most even spread has the smallest sum) and keeps
-// every chain on distinct nodes. Each node keeps its number of chains. First-improvement passes in a
-// fixed order (deterministic), until a pass finds nothing or the work budget is spent (large tables
-// keep the greedy result for the pairs not reached).
-void refine(std::vector<std::vector<size_t>>& groups, std::vector<std::vector<uint32_t>>& pairs) {
-  const size_t chains = groups.size();
-  if (chains < 2) return;
-  const size_t r = groups[0].size();
-  int64_t budget = 40'000'000;  // move evaluations (x ~2R pair updates each)
-  auto contains = [](const std::vector<size_t>& group, size_t node) {
-    return std::find(group.begin(), group.end(), node) != group.end();
-  };
-  // Change in sum of squares when pair (a, b) moves by d (both directions kept in `pairs`).
-  auto square_delta = [&](size_t a, size_t b, int d) {
-    int64_t now = pairs[a][b];
-    return (now + d) * (now + d) - now * now;
-  };
-  bool improved = true;
-  while (improved && budget > 0) {
-    improved = false;
-    for (size_t c1 = 0; c1 < chains && budget > 0; ++c1) {
-      for (size_t c2 = c1 + 1; c2 < chains && budget > 0; ++c2) {
-        for (size_t i = 0; i < r; ++i) {
-          for (size_t j = 0; j < r; ++j) {
-            --budget;
-            const size_t x = groups[c1][i], y = groups[c2][j];
-            if (x == y || contains(groups[c1], y) || contains(groups[c2], x)) continue;
-            // x leaves c1 for c2, y leaves c2 for c1: pair (x, u) of every other u in c1 goes down and
-            // (y, u) up, and the same for c2 the other way. A node in both chains sees no change (its
-            // pair with x and with y each goes down once and up once), so it is skipped. The pairs
-            // touched are distinct, so their square deltas add up.
-            auto for_each_change = [&](auto&& change) {
-              for (size_t u : groups[c1]) {
-                if (u == x || contains(groups[c2], u)) continue;
-                change(x, u, -1), change(y, u, +1);
-              }
-              for (size_t v : groups[c2]) {
-                if (v == y || contains(groups[c1], v)) continue;
-                change(y, v, -1), change(x, v, +1);
-              }
-            };
-            int64_t delta = 0;
-            for_each_change([&](size_t a, size_t b, int d) { delta += square_delta(a, b, d); });
-            if (delta >= 0) continue;
-            for_each_change([&](size_t a, size_t b, int d) {
-              pairs[a][b] += d;
-              pairs[b][a] += d;
-            });
-            groups[c1][i] = y;
-            groups[c2][j] = x;
-            improved = true;
+// Sum over node pairs of (chains the pair shares)^2: with the total fixed, the most even spread has the smallest.
+int64_t square_sum(const std::vector<std::vector<uint32_t>>& pairs) {
+  int64_t sum = 0;
+  for (size_t a = 0; a < pairs.size(); ++a) {
+    for (size_t b = a + 1; b < pairs.size(); ++b) sum += static_cast<int64_t>(pairs[a][b]) * pairs[a][b];
+  }
+  return sum;
+}
+
+// The smallest square_sum any layout can have: every pair shares floor or ceil of the mean. Reached exactly when
+// a (near-)balanced design exists.
+int64_t square_sum_bound(size_t nodes, size_t chains, size_t r) {
+  const int64_t pair_count = static_cast<int64_t>(nodes * (nodes - 1) / 2);
+  const int64_t incidences = static_cast<int64_t>(chains * r * (r - 1) / 2);
+  const int64_t q = incidences / pair_count, rest = incidences % pair_count;
+  return pair_count * q * q + rest * (2 * q + 1);
+}
+
+class LayoutSearch {
+ public:
+  LayoutSearch(std::vector<std::vector<size_t>>& groups, std::vector<std::vector<uint32_t>>& pairs)
+      : groups_(groups), pairs_(pairs) {}
+
+  // Swapping node groups_[c1][i] with groups_[c2][j]: false when it would put a node twice in a chain.
+  bool valid(size_t c1, size_t i, size_t c2, size_t j) const {
+    const size_t x = groups_[c1][i], y = groups_[c2][j];
+    return x != y && !contains(groups_[c1], y) && !contains(groups_[c2], x);
+  }
+
+  // Change of square_sum if the (valid) swap were made.
+  int64_t delta(size_t c1, size_t i, size_t c2, size_t j) const {
+    int64_t sum = 0;
+    for_each_change(c1, i, c2, j, [&](size_t a, size_t b, int d) {
+      const int64_t now = pairs_[a][b];
+      sum += (now + d) * (now + d) - now * now;
+    });
+    return sum;
+  }
+
+  void swap(size_t c1, size_t i, size_t c2, size_t j) {
+    for_each_change(c1, i, c2, j, [&](size_t a, size_t b, int d) {
+      pairs_[a][b] += d;
+      pairs_[b][a] += d;
+    });
+    std::swap(groups_[c1][i], groups_[c2][j]);
+  }
+
+  // First-improvement passes in a fixed order (deterministic) until a pass finds nothing or `budget` (move
+  // evaluations) is spent. Returns whether it stopped in a local minimum.
+  bool descend(int64_t& budget) {
+    const size_t chains = groups_.size(), r = groups_[0].size();
+    bool improved = true;
+    while (improved && budget > 0) {
+      improved = false;
+      for (size_t c1 = 0; c1 < chains && budget > 0; ++c1) {
+        for (size_t c2 = c1 + 1; c2 < chains && budget > 0; ++c2) {
+          for (size_t i = 0; i < r; ++i) {
+            for (size_t j = 0; j < r; ++j) {
+              --budget;
+              if (!valid(c1, i, c2, j) || delta(c1, i, c2, j) >= 0) continue;
+              swap(c1, i, c2, j);
+              improved = true;
+            }
           }
         }
       }
     }
+    return !improved;
   }
+
+ private:
+  static bool contains(const std::vector<size_t>& group, size_t node) {
+    return std::find(group.begin(), group.end(), node) != group.end();
+  }
+
+  // x leaves c1 for c2, y leaves c2 for c1: pair (x, u) of every other u in c1 goes down and (y, u) up, and the same
+  // for c2 the other way. A node in both chains sees no change (its pair with x and with y each goes down once and
+  // up once), so it is skipped. The pairs touched are distinct, so their square deltas add up.
+  template <typename Change>
+  void for_each_change(size_t c1, size_t i, size_t c2, size_t j, Change&& change) const {
+    const size_t x = groups_[c1][i], y = groups_[c2][j];
+    for (size_t u : groups_[c1]) {
+      if (u == x || contains(groups_[c2], u)) continue;
+      change(x, u, -1), change(y, u, +1);
+    }
+    for (size_t v : groups_[c2]) {
+      if (v == y || contains(groups_[c1], v)) continue;
+      change(y, v, -1), change(x, v, +1);
+    }
+  }
+
+  std::vector<std::vector<size_t>>& groups_;
+  std::vector<std::vector<uint32_t>>& pairs_;
+};
+
+// After the greedy pass: a local search (swap two nodes between two chains when that lowers square_sum, keeping
+// every chain on distinct nodes and every node's number of chains), then, while the result is above the bound
+// and the budget lasts, an iterated local search: a few random valid swaps from the best layout so far (a fixed
+// seed, so the result is deterministic), a descent, kept when better. The first descent gets most of the budget
+// (large tables keep the greedy result for pairs not reached); the restarts at most kRestartBudget evaluations.
+void refine(std::vector<std::vector<size_t>>& groups, std::vector<std::vector<uint32_t>>& pairs, size_t nodes) {
+  const size_t chains = groups.size();
+  if (chains < 2) return;
+  const size_t r = groups[0].size();
+  constexpr int64_t kDescentBudget = 40'000'000;  // move evaluations (x ~2R pair updates each)
+  constexpr int64_t kRestartBudget = 4'000'000;
+  LayoutSearch search(groups, pairs);
+  int64_t budget = kDescentBudget;
+  if (!search.descend(budget)) return;
+  const int64_t bound = square_sum_bound(nodes, chains, r);
+  int64_t best_score = square_sum(pairs);
+  std::vector<std::vector<size_t>> best_groups = groups;
+  std::vector<std::vector<uint32_t>> best_pairs = pairs;
+  budget = kRestartBudget;
+  uint64_t state = 0x9E3779B97F4A7C15ull;  // splitmix64: the same sequence everywhere
+  auto next = [&state](uint64_t below) {
+    state += 0x9E3779B97F4A7C15ull;
+    uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (z ^ (z >> 31)) % below;
+  };
+  while (best_score > bound && budget > 0) {
+    const uint64_t kicks = 1 + next(3);
+    for (uint64_t k = 0; k < kicks; ++k) {
+      for (int tries = 0; tries < 16; ++tries) {
+        --budget;
+        const size_t c1 = next(chains), c2 = next(chains), i = next(r), j = next(r);
+        if (c1 == c2 || !search.valid(c1, i, c2, j)) continue;
+        search.swap(c1, i, c2, j);
+        break;
+      }
+    }
+    search.descend(budget);
+    const int64_t score = square_sum(pairs);
+    if (score < best_score) {
+      best_score = score;
+      best_groups = groups;
+      best_pairs = pairs;
+    } else {
+      groups = best_groups;
+      pairs = best_pairs;
+    }
+  }
+  groups = std::move(best_groups);
+  pairs = std::move(best_pairs);
 }
 
 }  // namespace
@@ -160,7 +249,7 @@ Result<ChainLayout> generate_chain_layout(const std::vector<NodeId>& nodes, uint
     }
     groups.push_back(std::move(picked));
   }
-  refine(groups, pairs);
+  refine(groups, pairs, n);
   // Head: per chain, the node that has led the fewest chains so far, so head (write) load spreads too.
   std::vector<uint32_t> heads(n, 0);
   for (auto& group : groups) {
