@@ -68,8 +68,9 @@ TEST(ChainTable, LargerLayoutsStayBalancedAndDeterministic) {
 // replicas on distinct nodes, each node in targets_per_node chains) within one chain of the ideal pair
 // count (ceil(T(R-1)/(N-1))) and of the most peers possible, and exactly balanced in every shape but two.
 // 8 x 2 at R 4 has no exact layout: 4 chains of 4 with each node in 2 make 8 node-sharing chain pairs over
-// 6 chain pairs, so two chains share two nodes, which then share 2 chains (ideal 1). 8 x 3 at R 4 keeps a pair
-// at 3 chains (ideal 2).
+// 6 chain pairs, so two chains share two nodes, which then share 2 chains (ideal 1). 8 x 3 at R 4 neither: exact
+// needs 8 node pairs in 2 chains and 20 in 1, so the 15 chain pairs' common nodes x sum to 24 with sum x(x-1)/2 = 8,
+// and 24 spread over 15 gives at least 9.
 TEST(ChainTable, EveryShapeIsValidAndNearTheIdealSpread) {
   int shapes = 0, exact = 0;
   std::set<std::string> not_exact;
