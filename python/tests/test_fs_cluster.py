@@ -222,3 +222,19 @@ def test_storage_config_rejects_a_bad_recovery_or_scrub_setting(bin_dir: pathlib
                           timeout=30)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"{key if section else 'storage.' + key} = {value}, {expected}" in done.stdout + done.stderr
+
+
+def test_admin_reports_how_each_chain_table_spreads_recovery(bin_dir: pathlib.Path) -> None:
+    """ff-admin shows, per chain table, how many peer nodes each node shares chains with and how many chains a pair
+    of nodes shares (what a returning target's recovery reads spread over), in text and JSON; create-chain-table
+    prints it for the new table. 4 nodes x 3 targets at replication 3: every pair of nodes shares exactly 2 chains."""
+    with LocalCluster(bin_dir, nodes=4, targets_per_node=3, heartbeat_timeout_s=3.0) as cluster:
+        cluster.start()
+        table = cluster.routing()["chain_tables"][0]
+        assert (table["min_peers"], table["min_shared"], table["max_shared"]) == (3, 2, 2), table
+        text = cluster.admin("routing").stdout
+        assert "each node shares chains with 3 or more peer nodes; a pair of nodes shares 2-2 chains" in text, text
+        created = cluster.admin("create-chain-table", "--table", "2", "--replication", "2", "--targets-per-node", "1",
+                                "--nodes", "1,2,3,4")
+        assert created.returncode == 0, created.stderr
+        assert "a pair of nodes shares 1-1 chains" in created.stdout, created.stdout

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "ff/common/log.h"
+#include "ff/fs/chain_table.h"
 #include "ff/fs/messages.h"
 #include "ff/fs/mgmtd_addresses.h"
 #include "ff/fs/rpc/tcp_transport.h"
@@ -28,6 +29,24 @@ struct RoutingView {
   RoutingInfo routing;
   std::map<TargetId, TargetSpace> space;
 };
+
+// How a chain table spreads recovery: which nodes share chains (recovery_spread over the table's chains).
+RecoverySpread table_spread(const RoutingInfo& routing, const ChainTable& table) {
+  ChainLayout layout;
+  for (ChainId id : table.chains) {
+    auto chain = routing.chains.find(id);
+    if (chain == routing.chains.end()) continue;
+    std::vector<TargetId> targets;
+    for (const auto& member : chain->second.targets) targets.push_back(member.target);
+    layout.chains.push_back(std::move(targets));
+  }
+  return recovery_spread(layout);
+}
+
+std::string spread_line(const RecoverySpread& spread) {
+  return fmt::format("each node shares chains with {} or more peer nodes; a pair of nodes shares {}-{} chains",
+                     spread.min_peers, spread.min_shared, spread.max_shared);
+}
 
 nlohmann::json routing_json(const RoutingView& view) {
   const RoutingInfo& routing = view.routing;
@@ -59,7 +78,13 @@ nlohmann::json routing_json(const RoutingView& view) {
   }
   out["chain_tables"] = nlohmann::json::array();
   for (const auto& [id, table] : routing.chain_tables) {
-    out["chain_tables"].push_back({{"id", id}, {"replication", table.replication}, {"chains", table.chains}});
+    const RecoverySpread spread = table_spread(routing, table);
+    out["chain_tables"].push_back({{"id", id},
+                                   {"replication", table.replication},
+                                   {"chains", table.chains},
+                                   {"min_peers", spread.min_peers},
+                                   {"min_shared", spread.min_shared},
+                                   {"max_shared", spread.max_shared}});
   }
   return out;
 }
@@ -88,7 +113,8 @@ void print_routing(const RoutingView& view) {
   }
   std::cout << "\nchain tables:\n";
   for (const auto& [id, table] : routing.chain_tables) {
-    std::cout << fmt::format("  {:>6}  replication {} chains {}\n", id, table.replication, fmt::join(table.chains, ","));
+    std::cout << fmt::format("  {:>6}  replication {} chains {}\n          {}\n", id, table.replication,
+                             fmt::join(table.chains, ","), spread_line(table_spread(routing, table)));
   }
 }
 
@@ -177,6 +203,13 @@ int main(int argc, char** argv) {
       code = 1;
     } else {
       std::cout << fmt::format("chain table {}: chains {}\n", create.table, fmt::join(rsp->chains, ","));
+      auto routing = get_routing(rpc, mgmtd_list, timeout_ns);
+      if (routing.is_ok()) {
+        auto table = routing->routing.chain_tables.find(create.table);
+        if (table != routing->routing.chain_tables.end()) {
+          std::cout << spread_line(table_spread(routing->routing, table->second)) << "\n";
+        }
+      }
     }
   } else if (*offline_cmd) {
     offline.offline = !clear;
