@@ -49,6 +49,7 @@ enum class ChunkFaultPoint {
   kAfterCommitBatch,   // commit / put_full_replacement: batch durable, old block not yet released
   kBeforeDataRead,     // read: metadata read, data not yet read
   kAfterPatchApply,    // commit of a patched version: patch copied into the block, patch not yet dropped
+  kBeforeGroupSync,    // group sync: about to sync the data files and the WAL (the chunk id is empty)
 };
 std::string_view chunk_fault_point_name(ChunkFaultPoint point);
 
@@ -69,7 +70,8 @@ struct ChunkEngineOptions {
   // do it at once); a block that a batch stopped referencing is reused only after the sync that covers the batch.
   // A process crash loses nothing (the bytes are in the kernel or on the device); a power loss of the machine may
   // lose this target's changes of the last interval, which then read as an older version or fail their CRC check
-  // (and are repaired from a replica). docs/fs-chunk-engine.md, "Group sync".
+  // (and are repaired from a replica). A sync that fails is logged and the target then refuses every change
+  // ([io_error] naming the failure) until it is opened again. docs/fs-chunk-engine.md, "Group sync".
   uint32_t group_sync_ms = 0;
   bool use_io_uring = true;               // false: pread/pwrite (also the fallback when io_uring is refused)
   uint32_t io_queue_depth = 32;           // entries of each ring; a call keeps at most this many I/Os in flight

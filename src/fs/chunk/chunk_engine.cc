@@ -63,6 +63,7 @@ std::string_view chunk_fault_point_name(ChunkFaultPoint point) {
     case ChunkFaultPoint::kAfterCommitBatch: return "after_commit_batch";
     case ChunkFaultPoint::kBeforeDataRead: return "before_data_read";
     case ChunkFaultPoint::kAfterPatchApply: return "after_patch_apply";
+    case ChunkFaultPoint::kBeforeGroupSync: return "before_group_sync";
   }
   return "unknown";
 }
@@ -242,6 +243,32 @@ struct ChunkEngine::Impl {
   std::thread group_syncer;
 
   bool group_sync() const { return options.group_sync_ms > 0; }
+
+  // Group sync: set once a sync failed (what was acknowledged since the last good one may not be durable); from
+  // then on every change is refused.
+  std::atomic<bool> sync_failed{false};
+  std::mutex sync_failure_mutex;
+  std::string sync_failure;  // guarded by sync_failure_mutex
+
+  Status check_writable() {
+    if (!sync_failed.load(std::memory_order_acquire)) return Status::ok();
+    std::lock_guard lock(sync_failure_mutex);
+    return io_error("target {}: a group sync failed ({}); the target takes no changes until it is opened again",
+                    options.directory, sync_failure);
+  }
+
+  void latch_sync_failure(const Status& status) {
+    {
+      std::lock_guard lock(sync_failure_mutex);
+      if (sync_failed.load(std::memory_order_relaxed)) return;
+      sync_failure = status.to_string();
+    }
+    sync_failed.store(true, std::memory_order_release);
+    FF_LOG_ERROR(
+        "chunk engine {}: group sync failed: {}; changes since the last good sync may not be durable, and the "
+        "target refuses changes until it is opened again",
+        options.directory, status);
+  }
 
   ~Impl() {
     stop_settler();
@@ -790,9 +817,11 @@ struct ChunkEngine::Impl {
     }
     const uint64_t covers = unsynced_written.load(std::memory_order_acquire);
     // Group sync: the data of every batch up to `covers` was written (and its file marked) before the batch.
-    Status status = group_sync() ? sync_written_files() : Status::ok();
+    Status status = group_sync() ? hook(ChunkFaultPoint::kBeforeGroupSync, ChunkId{}) : Status::ok();
+    if (status.is_ok() && group_sync()) status = sync_written_files();
     if (status.is_ok()) status = rocks_status(db->SyncWAL(), "sync metadata log");
     if (!status.is_ok()) {
+      if (group_sync()) latch_sync_failure(status);
       std::lock_guard lock(deferred_mutex);
       deferred.insert(deferred.end(), durable_after.begin(), durable_after.end());
       return status;
@@ -1424,6 +1453,7 @@ Result<ChunkMeta> ChunkEngine::preview_pending(const ChunkUpdate& update) {
 
 Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   Impl& impl = *impl_;
+  FF_RETURN_IF_ERROR(impl.check_writable());
   const ChunkId& id = update.id;
   const uint64_t max_bytes = impl.options.max_block_bytes;
   FF_RETURN_IF_ERROR(check_update(update, max_bytes));
@@ -1530,9 +1560,13 @@ Status ChunkEngine::put_pending(const ChunkUpdate& update) {
   return impl.hook(ChunkFaultPoint::kAfterPendingBatch, id);
 }
 
-Status ChunkEngine::commit(const ChunkId& id, uint32_t version) { return impl_->commit(id, version, /*sync=*/true); }
+Status ChunkEngine::commit(const ChunkId& id, uint32_t version) {
+  FF_RETURN_IF_ERROR(impl_->check_writable());
+  return impl_->commit(id, version, /*sync=*/true);
+}
 
 Status ChunkEngine::commit_lazily(const ChunkId& id, uint32_t version) {
+  FF_RETURN_IF_ERROR(impl_->check_writable());
   return impl_->commit(id, version, /*sync=*/!impl_->options.lazy_commits);
 }
 
@@ -1594,6 +1628,7 @@ Status ChunkEngine::Impl::commit(const ChunkId& id, uint32_t version, bool sync)
 Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, uint32_t chain_version,
                                          std::span<const std::byte> data) {
   Impl& impl = *impl_;
+  FF_RETURN_IF_ERROR(impl.check_writable());
   if (version == 0) return invalid_argument("chunk {}: full replacement with version 0", id.to_string());
   if (data.size() > impl.options.max_block_bytes) {
     return oversize("chunk {}: full replacement of {} bytes exceeds the largest chunk, {} bytes", id.to_string(),
@@ -1644,6 +1679,7 @@ Status ChunkEngine::put_full_replacement(const ChunkId& id, uint32_t version, ui
 
 Status ChunkEngine::abort_pending(const ChunkId& id, uint32_t version) {
   Impl& impl = *impl_;
+  FF_RETURN_IF_ERROR(impl.check_writable());
   std::lock_guard write_lock(impl.write_locks[Impl::stripe(id)]);
   FF_ASSIGN_OR_RETURN(std::optional<ChunkRecord> loaded, impl.load(id));
   // Nothing pending, or another version pending: nothing to abort (a retried or stale abort), as in
@@ -1667,6 +1703,7 @@ Status ChunkEngine::abort_pending(const ChunkId& id, uint32_t version) {
 
 Result<uint64_t> ChunkEngine::remove_range(const ChunkId& begin, const ChunkId& end) {
   Impl& impl = *impl_;
+  FF_RETURN_IF_ERROR(impl.check_writable());
   uint64_t removed = 0;
   if (!(begin < end)) return removed;
   const std::string end_key = chunk_internal::chunk_key(end);

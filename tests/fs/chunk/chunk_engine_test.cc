@@ -1167,6 +1167,47 @@ TEST(GroupSyncTest, ABlockIsReusedOnlyAfterTheSyncThatCoversItsRelease) {
   EXPECT_TRUE(engine.check_allocator().is_ok());
 }
 
+// A group sync that fails (here the fault hook at before_group_sync; on a machine, fdatasync or the WAL sync) means
+// the changes acknowledged since the last good sync may not be durable: the target then refuses every change,
+// naming the failure, and keeps serving reads; opened again, it takes changes.
+TEST(GroupSyncTest, AFailedSyncStopsChangesUntilReopened) {
+  TempDir dir;
+  ChunkEngineOptions options = small_options(dir.path());
+  options.group_sync_ms = 60'000;
+  std::atomic<bool> fail{false};
+  options.fault_hook = [&](ChunkFaultPoint point, const ChunkId&) -> Status {
+    if (point == ChunkFaultPoint::kBeforeGroupSync && fail.load()) return io_error("injected: device flush failed");
+    return Status::ok();
+  };
+  const ChunkId id{42, 0};
+  const auto v1 = pattern_bytes(100000, 1);
+  {
+    auto opened = ChunkEngine::open(options);
+    ASSERT_TRUE(opened.is_ok()) << opened.status();
+    ChunkEngine& engine = **opened;
+    ASSERT_TRUE(engine.put_full_replacement(id, 1, 1, v1).is_ok());
+    fail = true;
+    const Status sync = engine.sync();
+    EXPECT_EQ(sync.code(), StatusCode::kIoError) << sync;
+    const Status refused = engine.put_pending(ChunkUpdate{id, 2, 1, 0, pattern_bytes(5000, 2), false});
+    EXPECT_EQ(refused.code(), StatusCode::kIoError) << refused;
+    EXPECT_NE(refused.message().find("a group sync failed"), std::string::npos) << refused;
+    EXPECT_NE(refused.message().find("injected: device flush failed"), std::string::npos) << refused;
+    EXPECT_EQ(engine.commit(id, 1).code(), StatusCode::kIoError);
+    EXPECT_EQ(engine.put_full_replacement(id, 2, 1, v1).code(), StatusCode::kIoError);
+    EXPECT_EQ(engine.remove_range(ChunkId{42, 0}, ChunkId{43, 0}).status().code(), StatusCode::kIoError);
+    auto read = engine.read(id, 0, UINT64_MAX, ReadMode::kStrict);
+    ASSERT_TRUE(read.is_ok()) << read.status();
+    EXPECT_EQ(read->data, v1);
+    fail = false;
+  }
+  auto reopened = ChunkEngine::open(options);
+  ASSERT_TRUE(reopened.is_ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->read(id, 0, UINT64_MAX, ReadMode::kStrict)->data, v1);
+  ASSERT_TRUE((*reopened)->put_full_replacement(id, 2, 1, pattern_bytes(3000, 3)).is_ok());
+  EXPECT_TRUE((*reopened)->check_allocator().is_ok());
+}
+
 TEST(ChunkEngineOptions, BadOptionsAreRefused) {
   TempDir dir;
   ChunkEngineOptions options = testing::small_options(dir.path());
