@@ -181,6 +181,8 @@ class ChunkEngine final : public ChunkStore {
   Result<uint64_t> remove_range(const ChunkId& begin, const ChunkId& end) override;
   Result<std::vector<ChunkMeta>> list(const ChunkId& begin, const ChunkId& end, uint64_t limit) override;
   Status sync() override;
+  // The failure of a group sync once one failed (the engine refuses changes from then on), else OK.
+  Status health() const override;
   // One record in the metadata (key "\0scrub"), written without a sync.
   Result<std::optional<ScrubCursor>> load_scrub_cursor() override;
   Status save_scrub_cursor(const ScrubCursor& cursor) override;

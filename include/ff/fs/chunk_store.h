@@ -214,6 +214,10 @@ class ChunkStore {
   // Flushes anything buffered; after it returns, everything returned before it is durable.
   virtual Status sync() = 0;
 
+  // OK while the store takes changes; the error once it no longer does (a medium failure, e.g. a ChunkEngine whose
+  // group sync failed). The storage service then reports the target offline, so its chain moves on without it.
+  virtual Status health() const { return Status::ok(); }
+
   // The background scrub's place on this target (StorageConfig::scrub_bytes_per_s), kept across restarts so that a
   // server restarted more often than a pass takes still reaches every chunk: the pass the target is in and the next
   // chunk to read. save may be lazy (a crash may lose the last saves: the scrub then reads a few chunks again).

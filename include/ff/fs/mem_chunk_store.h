@@ -55,6 +55,9 @@ class MemChunkStore final : public ChunkStore {
   void set_space(std::optional<Space> space);
 
   void set_faults(MemChunkStoreFaults faults);
+  // What health() answers (tests: a medium failure); OK by default.
+  void set_health(Status health);
+  Status health() const override;
   // Called whenever a version becomes committed (commit(), put_full_replacement()), at that instant,
   // with the store's mutex held (the hook must not call back into the store). For the simulation's
   // checkers: a reader may see a commit before the service hears back from the disk.
@@ -90,6 +93,7 @@ class MemChunkStore final : public ChunkStore {
   std::optional<ScrubCursor> scrub_cursor_;
   std::map<ChunkId, Chunk> chunks_;
   MemChunkStoreFaults faults_;
+  Status health_;
   CommitHook commit_hook_;
   std::map<ChunkId, Chunk> lazy_;  // chunks committed lazily since the last synced write: their state before
 };

@@ -247,10 +247,10 @@ struct ChunkEngine::Impl {
   // Group sync: set once a sync failed (what was acknowledged since the last good one may not be durable); from
   // then on every change is refused.
   std::atomic<bool> sync_failed{false};
-  std::mutex sync_failure_mutex;
+  mutable std::mutex sync_failure_mutex;
   std::string sync_failure;  // guarded by sync_failure_mutex
 
-  Status check_writable() {
+  Status check_writable() const {
     if (!sync_failed.load(std::memory_order_acquire)) return Status::ok();
     std::lock_guard lock(sync_failure_mutex);
     return io_error("target {}: a group sync failed ({}); the target takes no changes until it is opened again",
@@ -1794,6 +1794,8 @@ std::optional<ChunkStore::Space> ChunkEngine::space() const {
                .free_bytes = static_cast<uint64_t>(info.f_bavail) * info.f_frsize,
                .filesystem = static_cast<uint64_t>(info.f_fsid)};
 }
+
+Status ChunkEngine::health() const { return impl_->check_writable(); }
 
 Status ChunkEngine::sync() {
   // Committed patches the settler has not applied yet are applied first, so their blocks are freed too.

@@ -238,6 +238,16 @@ Status MemChunkStore::sync() {
   return Status::ok();
 }
 
+void MemChunkStore::set_health(Status health) {
+  std::lock_guard lock(mutex_);
+  health_ = std::move(health);
+}
+
+Status MemChunkStore::health() const {
+  std::lock_guard lock(mutex_);
+  return health_;
+}
+
 uint64_t MemChunkStore::lose_unsynced() {
   std::lock_guard lock(mutex_);
   const uint64_t lost = lazy_.size();

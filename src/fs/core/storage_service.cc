@@ -111,6 +111,12 @@ struct StorageService::State {
   };
   std::map<TargetId, Target> targets;
 
+  // What the heartbeat reports: offline once the store no longer takes changes (ChunkStore::health).
+  static LocalTargetState local_state_of(const Target& target) {
+    if (target.store != nullptr && !target.store->health().is_ok()) return LocalTargetState::kOffline;
+    return target.up_to_date ? LocalTargetState::kUpToDate : LocalTargetState::kOnline;
+  }
+
   struct Lock {
     bool held = false;
     std::deque<std::function<void()>> waiters;
@@ -2120,7 +2126,7 @@ struct StorageService::State {
     HeartbeatReq req{.node = config.node, .address = config.address, .known_routing_version = routing.version, .targets = {},
                      .incarnation = incarnation};
     for (const auto& [id, target] : targets) {
-      TargetHeartbeat beat{id, target.up_to_date ? LocalTargetState::kUpToDate : LocalTargetState::kOnline};
+      TargetHeartbeat beat{id, local_state_of(target)};
       if (auto space = target.store->space()) {
         beat.capacity_bytes = space->capacity_bytes;
         beat.free_bytes = space->free_bytes;
@@ -2570,7 +2576,7 @@ RoutingVersion StorageService::routing_version() const { return state_->routing.
 LocalTargetState StorageService::local_state(TargetId target) const {
   auto it = state_->targets.find(target);
   if (it == state_->targets.end()) return LocalTargetState::kOffline;
-  return it->second.up_to_date ? LocalTargetState::kUpToDate : LocalTargetState::kOnline;
+  return State::local_state_of(it->second);
 }
 std::shared_ptr<ChunkStore> StorageService::store(TargetId target) const {
   auto it = state_->targets.find(target);

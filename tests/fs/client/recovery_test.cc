@@ -112,6 +112,34 @@ TEST_F(RecoveryTest, ASyncListsEveryPageAndLeavesTheReplicasTheSame) {
   }
 }
 
+// A store that stops taking changes (ChunkStore::health: a ChunkEngine whose group sync failed) is a medium
+// failure: its server reports the target offline in its heartbeats, mgmtd takes it out of the chain, and writes go
+// on to the other two.
+TEST_F(RecoveryTest, ATargetWhoseStoreTakesNoChangesIsReportedOfflineAndTheChainMovesOn) {
+  auto started = testing::StorageCluster::start(
+      {.nodes = 3, .targets_per_node = 1, .replication = 3, .heartbeat_timeout_ns = 1'500'000'000});
+  ASSERT_TRUE(started.is_ok()) << started.status();
+  cluster_ = std::move(*started);
+  ASSERT_TRUE(cluster_->wait_serving(30'000).is_ok());
+  for (uint64_t i = 0; i < 5; ++i) ASSERT_NO_FATAL_FAILURE(write(i, 1));
+  auto routing = cluster_->routing();
+  ASSERT_TRUE(routing.is_ok()) << routing.status();
+  const TargetId failing = routing->chain(chain())->targets.back().target;
+  std::shared_ptr<MemChunkStore> store = cluster_->store(failing);
+  ASSERT_NE(store, nullptr);
+  store->set_health(io_error("injected: a group sync failed"));
+  ASSERT_NO_FATAL_FAILURE(wait_serving_targets(2));
+  routing = cluster_->routing();
+  ASSERT_TRUE(routing.is_ok()) << routing.status();
+  for (const auto& member : routing->chain(chain())->targets) {
+    if (member.target == failing) {
+      EXPECT_EQ(member.state, PublicTargetState::kOffline);
+    }
+  }
+  EXPECT_EQ(routing->targets.at(failing).local_state, LocalTargetState::kOffline);
+  for (uint64_t i = 5; i < 10; ++i) ASSERT_NO_FATAL_FAILURE(write(i, 1));
+}
+
 // A first version pending at a restarted target with nothing committed below it may be an acknowledged one whose
 // lazy commit a crash undid (the simulation's seed 20444): until it is settled, a read there answers [chunk_dirty],
 // never [chunk_not_found], and so must the read fast lane (the path of plain reads over gRPC), which leaves such a
