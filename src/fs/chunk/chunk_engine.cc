@@ -777,11 +777,11 @@ struct ChunkEngine::Impl {
       write_bytes.fetch_add(io_bytes, std::memory_order_relaxed);
       count_data_write();
     }
-    FF_RETURN_IF_ERROR(sync_data_file(version.location));
-    // NOTE: with group sync the patched bytes are made durable here, before the batch that drops the patch: once
-    // that batch is durable nothing re-applies the patch, and a committed version older than the interval must not
-    // be lost to a power failure.
-    if (group_sync()) FF_RETURN_IF_ERROR(sync_class_file(*classes[version.location.block_class]));
+    // NOTE: with group sync the patched bytes are made durable here too (not left to the next round), before the
+    // batch that drops the patch: once that batch is durable nothing re-applies the patch, and a committed version
+    // older than the interval must not be lost to a power failure.
+    FF_RETURN_IF_ERROR(group_sync() ? sync_class_file(*classes[version.location.block_class])
+                                    : sync_data_file(version.location));
     patches_settled.fetch_add(1, std::memory_order_relaxed);
     FF_RETURN_IF_ERROR(hook(ChunkFaultPoint::kAfterPatchApply, id));
     version.patch = PatchRecord{};
