@@ -117,6 +117,7 @@ class StorageService {
     uint64_t tail_commits_left_to_executor = 0;  // ... that the routing published meanwhile left to the executor
     uint64_t local_reads = 0;        // reads answered with where the bytes lie (ReadReq::local_host), of `reads`
     uint64_t fast_reads = 0;         // reads served in the fast lane (try_handle_read), of `reads`
+    uint64_t inline_reads = 0;       // ... on the transport's receiving thread (ServerContext::receiver_idle)
     uint64_t chunks_scrubbed = 0, scrub_corruptions = 0, scrub_passes = 0;  // background scrub (scrub_bytes_per_s)
     uint64_t scrub_places_read = 0;  // saved scrub places read from the targets' stores (once per target per pass)
   };

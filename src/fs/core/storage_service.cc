@@ -175,7 +175,9 @@ struct StorageService::State {
   mutable std::mutex view_mutex;
   std::shared_ptr<const ReadView> view = std::make_shared<ReadView>();
   std::atomic<int64_t> view_mgmtd_ok_ns{INT64_MIN / 2};
-  std::atomic<uint64_t> fast_reads{0}, fast_dirty_reads{0}, local_reads{0};
+  std::atomic<uint64_t> fast_reads{0}, fast_dirty_reads{0}, local_reads{0}, inline_reads{0};
+  // The largest fast-lane read that may run on the transport's receiving thread (ServerContext::receiver_idle).
+  static constexpr uint64_t kInlineReadMaxBytes = 64 << 10;
   // Chunks whose pending version was acknowledged upstream before it was committed here
   // (ack_then_commit): target+chunk -> version. Written on the executor, read by the read fast lane.
   mutable std::mutex marks_mutex;
@@ -1594,20 +1596,26 @@ struct StorageService::State {
     if (store == nullptr) return false;
     fast_reads.fetch_add(1, std::memory_order_relaxed);
     bool shared = context.shared_payloads;
-    executor.offload(
-        [this, store = std::move(store), req, reply = std::move(reply), shared]() mutable {
-          std::optional<Result<ReadRsp>> rsp = fast_read(*store, req, shared);
-          if (rsp && rsp->is_ok()) return reply(Response{std::move(**rsp)});
-          if (rsp) return reply(rsp->status());
-          // The executor's read path decides (corruption: it repairs the chunk from a replica and reads again).
-          executor.post([this, req, reply = std::move(reply)]() mutable {
-            read_one(req, [reply](Result<ReadRsp> rsp) {
-              if (!rsp.is_ok()) return reply(rsp.status());
-              reply(Response{std::move(*rsp)});
-            });
-          });
-        },
-        {});
+    auto work = [this, store = std::move(store), req, reply = std::move(reply), shared]() mutable {
+      std::optional<Result<ReadRsp>> rsp = fast_read(*store, req, shared);
+      if (rsp && rsp->is_ok()) return reply(Response{std::move(**rsp)});
+      if (rsp) return reply(rsp->status());
+      // The executor's read path decides (corruption: it repairs the chunk from a replica and reads again).
+      executor.post([this, req, reply = std::move(reply)]() mutable {
+        read_one(req, [reply](Result<ReadRsp> rsp) {
+          if (!rsp.is_ok()) return reply(rsp.status());
+          reply(Response{std::move(*rsp)});
+        });
+      });
+    };
+    // A small read with nothing else waiting on its connection runs on the receiving thread: waking a worker
+    // for it cost about as much as the read (docs/fs.md, "Read fast lane").
+    if (context.receiver_idle && req.length <= kInlineReadMaxBytes && !wants_local_read(req)) {
+      inline_reads.fetch_add(1, std::memory_order_relaxed);
+      work();
+    } else {
+      executor.offload(std::move(work), {});
+    }
     return true;
   }
 
@@ -2590,6 +2598,7 @@ StorageService::Stats StorageService::stats() const {
   stats.reads += stats.fast_reads;
   stats.dirty_reads += state_->fast_dirty_reads.load(std::memory_order_relaxed);
   stats.local_reads = state_->local_reads.load(std::memory_order_relaxed);
+  stats.inline_reads = state_->inline_reads.load(std::memory_order_relaxed);
   return stats;
 }
 

@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -178,6 +179,13 @@ class StreamReader {
     std::memcpy(dst, buffer_.data(), n);
     begin_ = n;
     return true;
+  }
+
+  // True when nothing more has arrived: the buffer is empty and so is the socket's receive queue.
+  bool idle() const {
+    if (begin_ != end_) return false;
+    int queued = 0;
+    return ioctl(fd_, FIONREAD, &queued) == 0 && queued == 0;
   }
 
  private:
@@ -982,7 +990,7 @@ struct TcpServer::Impl {
         state->finish(request.status());
         continue;
       }
-      dispatch(connection, head, std::move(*request), std::move(state));
+      dispatch(connection, head, std::move(*request), std::move(state), reader.idle());
     }
     // The client went away (or the server stops reading): replies still to come are dropped, except during
     // shutdown, which keeps the connection open for them until its deadline.
@@ -990,8 +998,9 @@ struct TcpServer::Impl {
   }
 
   void dispatch(const std::shared_ptr<ServerConnection>& connection, const FrameHead& head, Request request,
-                std::shared_ptr<TcpReplyState> state) {
+                std::shared_ptr<TcpReplyState> state, bool receiver_idle) {
     ServerContext context;
+    context.receiver_idle = receiver_idle;
     context.deadline_ns = executor.clock().now_ns() + std::max<int64_t>(head.timeout_ns, 0);
     context.peer = connection->peer;
     context.shared_payloads = true;

@@ -1,6 +1,7 @@
 // Read coalescing (ClientConfig::read_rpcs_per_node): small reads beyond the RPCs in flight to a node wait and go
-// out as one BatchReadReq; and the storage service's fast lane for batches (StorageService::try_handle_read). Over
-// an in-process cluster on real gRPC (tests/fs/testing/storage_cluster.h).
+// out as one BatchReadReq; and the storage service's fast lane for batches (StorageService::try_handle_read) and for
+// single small reads on the TCP server's receiving thread. Over an in-process cluster on real gRPC or TCP
+// (tests/fs/testing/storage_cluster.h).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -29,9 +30,13 @@ struct ReadOutcomes {
 
 class ReadCoalescingTest : public ::testing::Test {
  protected:
-  void start(std::string engine_root = "") {
-    auto cluster = testing::StorageCluster::start(
-        {.nodes = 3, .targets_per_node = 1, .replication = 3, .max_chunk_bytes = 64 << 10, .engine_root = engine_root});
+  void start(std::string engine_root = "", std::string transport = "") {
+    auto cluster = testing::StorageCluster::start({.nodes = 3,
+                                                   .targets_per_node = 1,
+                                                   .replication = 3,
+                                                   .max_chunk_bytes = 64 << 10,
+                                                   .engine_root = engine_root,
+                                                   .transport = transport});
     ASSERT_TRUE(cluster.is_ok()) << cluster.status();
     cluster_ = std::move(*cluster);
   }
@@ -67,6 +72,23 @@ class ReadCoalescingTest : public ::testing::Test {
         writer.write(cluster_->chains().front(), ChunkId{kInode, i}, 0, contents(i), done);
       });
       ASSERT_TRUE(written.is_ok()) << "chunk " << i << ": " << written.status();
+    }
+  }
+  // Waits until every replica of `chain` committed version 1 of chunks 0..count-1 (a strict read of a chunk pending
+  // there would be [chunk_dirty]).
+  void wait_committed(const ChainInfo& chain, uint64_t count) {
+    for (const auto& member : chain.targets) {
+      auto replica = cluster_->chunk_store(member.target);
+      ASSERT_NE(replica, nullptr);
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      for (uint64_t i = 0; i < count; ++i) {
+        for (;;) {
+          auto meta = replica->stat(ChunkId{kInode, i});
+          if (meta.is_ok() && meta->pending_version == 0 && meta->committed_version == 1) break;
+          ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "target " << member.target << " did not commit";
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+      }
     }
   }
   // Issues a read of the whole of each chunk in `indexes` in one executor turn (so that all but the first per node
@@ -209,20 +231,7 @@ TEST_F(ReadCoalescingTest, TheServiceAnswersEachReadOfABatchRepairingCorruptChun
   ASSERT_TRUE(routing.is_ok()) << routing.status();
   const ChainInfo* chain = routing->chain(cluster_->chains().front());
   ASSERT_NE(chain, nullptr);
-  // Every replica committed (a strict read of a chunk pending there would be [chunk_dirty]).
-  for (const auto& member : chain->targets) {
-    auto replica = cluster_->chunk_store(member.target);
-    ASSERT_NE(replica, nullptr);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    for (uint64_t i = 0; i < 6; ++i) {
-      for (;;) {
-        auto meta = replica->stat(ChunkId{kInode, i});
-        if (meta.is_ok() && meta->pending_version == 0 && meta->committed_version == 1) break;
-        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "target " << member.target << " did not commit";
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      }
-    }
-  }
+  ASSERT_NO_FATAL_FAILURE(wait_committed(*chain, 6));
   const TargetId victim = chain->targets.front().target;
   auto store = cluster_->chunk_store(victim);
   auto located = store->locate(ChunkId{kInode, 3}, 0, UINT64_MAX, ReadMode::kStrict);
@@ -293,6 +302,85 @@ TEST_F(ReadCoalescingTest, TheServiceAnswersEachReadOfABatchRepairingCorruptChun
   EXPECT_EQ(fs_error_of(answer->results[1].status), FsError::kStaleChainVersion) << answer->results[1].status;
   EXPECT_TRUE(answer->results[2].status.is_ok()) << answer->results[2].status;
   EXPECT_EQ(fast_reads(), fast_before + 6) << "a batch with a stale read went through the fast lane";
+}
+
+// Over TCP, a plain read of at most 64 KiB that arrives while nothing else waits on its connection runs on the
+// connection's receiving thread (ServerContext::receiver_idle) instead of an offload worker; it answers the same
+// bytes and errors, and a corrupted chunk read there is still repaired from a replica by the executor's path. A
+// larger read goes to a worker.
+TEST_F(ReadCoalescingTest, SmallReadsOverTcpRunOnTheReceivingThreadAndStillRepair) {
+  TempDir dir;
+  start(dir.path(), "tcp");
+  ASSERT_TRUE(cluster_->wait_serving(30'000).is_ok());
+  write_chunks(4);
+  auto routing = cluster_->routing();
+  ASSERT_TRUE(routing.is_ok()) << routing.status();
+  const ChainInfo* chain = routing->chain(cluster_->chains().front());
+  ASSERT_NE(chain, nullptr);
+  ASSERT_NO_FATAL_FAILURE(wait_committed(*chain, 4));
+  const TargetId victim = chain->targets.back().target;
+  const std::string address = *routing->address_of(victim);
+  const ChainId chain_id = chain->id;
+  StorageService* service = cluster_->service(static_cast<NodeId>(victim / kTargetsPerNodeLimit));
+  ASSERT_NE(service, nullptr);
+  // One read at the chain's current version (again while the chain still moves after start()).
+  auto read = [&](uint64_t index, uint64_t length) -> Result<ReadRsp> {
+    Result<ReadRsp> answer = internal_error("not sent");
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      auto now_routing = cluster_->routing();
+      if (!now_routing.is_ok()) return now_routing.status();
+      ReadReq req{.chain = chain_id,
+                  .chain_version = now_routing->chain(chain_id)->version,
+                  .target = victim,
+                  .chunk = ChunkId{kInode, index},
+                  .offset = 0,
+                  .length = length};
+      answer = response_as<ReadRsp>(rpc::call_blocking(cluster_->client_rpc(), address, Request{req}, 20'000'000'000));
+      if (fs_error_of(answer.status()) != FsError::kStaleChainVersion) return answer;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return answer;
+  };
+  auto bytes_of = [](const ReadRsp& rsp) {
+    const auto payload = rsp.payload();
+    return std::vector<std::byte>(payload.begin(), payload.end());
+  };
+
+  const StorageService::Stats before = service->stats();
+  auto first = read(0, 4096);
+  ASSERT_TRUE(first.is_ok()) << first.status();
+  const std::vector<std::byte> expected = contents(0);
+  EXPECT_EQ(bytes_of(*first), std::vector<std::byte>(expected.begin(), expected.begin() + 4096));
+  EXPECT_EQ(service->stats().inline_reads, before.inline_reads + 1) << "a lone 4 KiB read did not run inline";
+  EXPECT_EQ(service->stats().fast_reads, before.fast_reads + 1);
+
+  // A chunk corrupted on the victim's disk: the inline read finds the CRC mismatch, hands the read to the executor,
+  // which repairs the chunk from a replica and answers the right bytes.
+  auto store = cluster_->chunk_store(victim);
+  auto located = store->locate(ChunkId{kInode, 2}, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(located.is_ok() && located->extent) << located.status();
+  scribble(located->extent->path, located->extent->file_offset + 100, 64);
+  const uint64_t inline_before = service->stats().inline_reads;
+  auto repaired = read(2, 64 << 10);
+  ASSERT_TRUE(repaired.is_ok()) << repaired.status();
+  EXPECT_EQ(bytes_of(*repaired), contents(2));
+  EXPECT_EQ(service->stats().inline_reads, inline_before + 1);
+  EXPECT_GT(service->stats().repairs, before.repairs) << "the corrupt chunk was not repaired";
+  auto on_disk = store->read(ChunkId{kInode, 2}, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(on_disk.is_ok()) << on_disk.status();
+  EXPECT_EQ(on_disk->data, contents(2));
+
+  // Past 64 KiB: an offload worker reads it (the fast lane still serves it).
+  const StorageService::Stats large_before = service->stats();
+  auto large = read(1, (64 << 10) + 4096);
+  ASSERT_TRUE(large.is_ok()) << large.status();
+  EXPECT_EQ(bytes_of(*large), contents(1));
+  EXPECT_EQ(service->stats().inline_reads, large_before.inline_reads);
+  EXPECT_EQ(service->stats().fast_reads, large_before.fast_reads + 1);
+
+  // Errors answer as before: a chunk that does not exist.
+  auto missing = read(99, 4096);
+  EXPECT_EQ(fs_error_of(missing.status()), FsError::kChunkNotFound) << missing.status();
 }
 
 }  // namespace

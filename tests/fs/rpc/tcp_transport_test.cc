@@ -322,6 +322,45 @@ TEST(TcpTransportTest, APeerThatDoesNotReadBlocksNoCaller) {
 
 // NetRpcClient sends "tcp://" addresses over TCP and the rest over gRPC; start_rpc_server picks the same way;
 // FF_RPC_TRANSPORT rewrites a listen address or is refused by name.
+// ServerContext::receiver_idle: set when nothing more has arrived on the connection as the request is handed over. A
+// lone call sees it; calls sent on one connection while the fast handler holds the receiving thread find the next
+// requests already queued behind them.
+TEST(TcpTransportTest, TheReceiverIsIdleOnlyWhenNothingElseWaitsOnTheConnection) {
+  ThreadExecutor server_executor("server");
+  std::mutex mutex;
+  std::vector<bool> idle;  // receiver_idle of each request, in arrival order
+  auto server = TcpServer::start("127.0.0.1:0", server_executor, echo_handler(), nullptr, 256ull << 20,
+                                 [&](const ServerContext& context, Request&, Reply&) {
+                                   bool first_of_burst = false;
+                                   {
+                                     std::lock_guard lock(mutex);
+                                     idle.push_back(context.receiver_idle);
+                                     first_of_burst = idle.size() == 2;
+                                   }
+                                   // Hold the receiving thread on the burst's first request, so that the others arrive
+                                   // meanwhile.
+                                   if (first_of_burst) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+                                   return false;  // the executor's handler answers
+                                 });
+  ASSERT_TRUE(server.is_ok()) << server.status();
+  ThreadExecutor client_executor("client");
+  TcpRpcClient client(client_executor, TcpClientOptions{.connections_per_peer = 1});
+  auto lone = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 10 * kSecond);
+  ASSERT_TRUE(lone.is_ok()) << lone.status();
+  constexpr int kBurst = 5;
+  std::vector<std::promise<Result<Response>>> answers(kBurst);
+  for (int i = 0; i < kBurst; ++i) {
+    client.call((*server)->address(), Request{GetRoutingReq{}}, 10 * kSecond,
+                [&answers, i](Result<Response> rsp) { answers[static_cast<size_t>(i)].set_value(std::move(rsp)); });
+  }
+  for (auto& answer : answers) EXPECT_TRUE(answer.get_future().get().is_ok());
+  std::lock_guard lock(mutex);
+  ASSERT_EQ(idle.size(), static_cast<size_t>(kBurst + 1));
+  EXPECT_TRUE(idle[0]) << "a lone call found something else waiting";
+  EXPECT_FALSE(idle[2]) << "the burst's second request arrived while the first held the thread; it was not last";
+  EXPECT_TRUE(idle.back()) << "the burst's last request had nothing behind it";
+}
+
 TEST(TcpTransportTest, TheAddressSchemePicksTheTransport) {
   ThreadExecutor executor("server");
   auto tcp = start_rpc_server("tcp://127.0.0.1:0", executor, echo_handler());

@@ -273,18 +273,20 @@ int run(const Config& config) {
     return fmt::format(
         "node={} serving={} routing_version={} req/s={:.0f} read_MB/s={:.1f} write_MB/s={:.1f} writes={} forwards={} "
         "parallel_forwards={} tail_commits_in_worker={} "
-        "reads={} local_reads={} dirty={} syncs_done={} chunks_synced={} busy={} stale_chain={} dedupe_hits={} "
+        "reads={} local_reads={} inline_reads={} dirty={} syncs_done={} chunks_synced={} busy={} stale_chain={} "
+        "dedupe_hits={} "
         "scrubbed={} scrub_corruptions={} scrub_passes={} "
         "synced_batches={} unsynced_batches={} wal_syncs={} dsync_writes={} lazy_commits={} "
         "rocksdb_wal_file_syncs={} rocksdb_writes_grouped={} patched_writes={} merged_patches={} patches_settled={} "
         "patches_settled_by_updates={}",
         config.node_id, is_serving, version, request_rate.rate_per_s(requests.value(), now),
         read_rate.rate_per_s(reads, now) / 1e6, write_rate.rate_per_s(writes, now) / 1e6, stats.writes, stats.forwards,
-        stats.parallel_forwards, stats.tail_commits_in_worker, stats.reads, stats.local_reads, stats.dirty_reads,
-        stats.syncs_done, stats.chunks_synced, stats.busy, stats.stale_chain, stats.dedupe_hits, stats.chunks_scrubbed,
-        stats.scrub_corruptions, stats.scrub_passes, sums.synced_batches, sums.unsynced_batches, sums.wal_syncs,
-        sums.dsync_data_writes, sums.lazy_commits, sums.rocksdb_wal_file_syncs, sums.rocksdb_writes_by_other,
-        sums.patched_writes, sums.merged_patches, sums.patches_settled, sums.patches_settled_by_updates);
+        stats.parallel_forwards, stats.tail_commits_in_worker, stats.reads, stats.local_reads, stats.inline_reads,
+        stats.dirty_reads, stats.syncs_done, stats.chunks_synced, stats.busy, stats.stale_chain, stats.dedupe_hits,
+        stats.chunks_scrubbed, stats.scrub_corruptions, stats.scrub_passes, sums.synced_batches, sums.unsynced_batches,
+        sums.wal_syncs, sums.dsync_data_writes, sums.lazy_commits, sums.rocksdb_wal_file_syncs,
+        sums.rocksdb_writes_by_other, sums.patched_writes, sums.merged_patches, sums.patches_settled,
+        sums.patches_settled_by_updates);
   };
   StatsReporter stats(static_cast<int64_t>(config.stats_interval_s * 1000), stats_line);
 
