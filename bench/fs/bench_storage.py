@@ -40,8 +40,8 @@ from test_fs_support import LocalCluster  # noqa: E402
 
 BLOCKS = [4 << 10, 1 << 20, 4 << 20]
 # ff-storage's stats-line counters that --server-counters reports per client I/O.
-SERVER_COUNTERS = ("writes", "forwards", "reads", "inline_reads", "parallel_forwards", "tail_commits_in_worker", "synced_batches",
-                   "unsynced_batches", "wal_syncs", "dsync_writes", "lazy_commits", "rocksdb_wal_file_syncs",
+SERVER_COUNTERS = ("writes", "forwards", "reads", "inline_reads", "parallel_forwards", "tail_commits_in_worker",
+                   "synced_batches", "unsynced_batches", "wal_syncs", "dsync_writes", "lazy_commits", "rocksdb_wal_file_syncs",
                    "rocksdb_writes_grouped", "patched_writes", "merged_patches", "patches_settled",
                    "patches_settled_by_updates")
 

@@ -1609,7 +1609,7 @@ struct StorageService::State {
       });
     };
     // A small read with nothing else waiting on its connection runs on the receiving thread: waking a worker
-    // for it cost about as much as the read (docs/fs.md, "Read fast lane").
+    // for it cost about as much as the read (docs/fs.md, "Small reads on the receiving thread").
     if (context.receiver_idle && req.length <= kInlineReadMaxBytes && !wants_local_read(req)) {
       inline_reads.fetch_add(1, std::memory_order_relaxed);
       work();

@@ -990,7 +990,9 @@ struct TcpServer::Impl {
         state->finish(request.status());
         continue;
       }
-      dispatch(connection, head, std::move(*request), std::move(state), reader.idle());
+      // Asked only where a fast handler may use it: a plain read (one syscall fewer on every other request).
+      const bool idle = fast && std::holds_alternative<ReadReq>(*request) && reader.idle();
+      dispatch(connection, head, std::move(*request), std::move(state), idle);
     }
     // The client went away (or the server stops reading): replies still to come are dropped, except during
     // shutdown, which keeps the connection open for them until its deadline.

@@ -322,9 +322,9 @@ TEST(TcpTransportTest, APeerThatDoesNotReadBlocksNoCaller) {
 
 // NetRpcClient sends "tcp://" addresses over TCP and the rest over gRPC; start_rpc_server picks the same way;
 // FF_RPC_TRANSPORT rewrites a listen address or is refused by name.
-// ServerContext::receiver_idle: set when nothing more has arrived on the connection as the request is handed over. A
-// lone call sees it; calls sent on one connection while the fast handler holds the receiving thread find the next
-// requests already queued behind them.
+// ServerContext::receiver_idle: set for a plain read when nothing more has arrived on the connection as the request is
+// handed over. A lone read sees it; reads sent on one connection while the fast handler holds the receiving thread
+// find the next requests already queued behind them; other requests never see it.
 TEST(TcpTransportTest, TheReceiverIsIdleOnlyWhenNothingElseWaitsOnTheConnection) {
   ThreadExecutor server_executor("server");
   std::mutex mutex;
@@ -345,20 +345,29 @@ TEST(TcpTransportTest, TheReceiverIsIdleOnlyWhenNothingElseWaitsOnTheConnection)
   ASSERT_TRUE(server.is_ok()) << server.status();
   ThreadExecutor client_executor("client");
   TcpRpcClient client(client_executor, TcpClientOptions{.connections_per_peer = 1});
-  auto lone = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 10 * kSecond);
+  const ReadReq read{1, 2, 1001, ChunkId{5, 6}, 0, 4096, ReadMode::kStrict};
+  auto lone = call_blocking(client, (*server)->address(), Request{read}, 10 * kSecond);
   ASSERT_TRUE(lone.is_ok()) << lone.status();
   constexpr int kBurst = 5;
   std::vector<std::promise<Result<Response>>> answers(kBurst);
   for (int i = 0; i < kBurst; ++i) {
-    client.call((*server)->address(), Request{GetRoutingReq{}}, 10 * kSecond,
+    client.call((*server)->address(), Request{read}, 10 * kSecond,
                 [&answers, i](Result<Response> rsp) { answers[static_cast<size_t>(i)].set_value(std::move(rsp)); });
   }
   for (auto& answer : answers) EXPECT_TRUE(answer.get_future().get().is_ok());
+  {
+    std::lock_guard lock(mutex);
+    ASSERT_EQ(idle.size(), static_cast<size_t>(kBurst + 1));
+    EXPECT_TRUE(idle[0]) << "a lone read found something else waiting";
+    EXPECT_FALSE(idle[2]) << "the burst's second request arrived while the first held the thread; it was not last";
+    EXPECT_TRUE(idle.back()) << "the burst's last request had nothing behind it";
+    idle.clear();
+  }
+  auto other = call_blocking(client, (*server)->address(), Request{GetRoutingReq{}}, 10 * kSecond);
+  ASSERT_TRUE(other.is_ok()) << other.status();
   std::lock_guard lock(mutex);
-  ASSERT_EQ(idle.size(), static_cast<size_t>(kBurst + 1));
-  EXPECT_TRUE(idle[0]) << "a lone call found something else waiting";
-  EXPECT_FALSE(idle[2]) << "the burst's second request arrived while the first held the thread; it was not last";
-  EXPECT_TRUE(idle.back()) << "the burst's last request had nothing behind it";
+  ASSERT_EQ(idle.size(), 1u);
+  EXPECT_FALSE(idle[0]) << "a request other than a read was offered the receiving thread";
 }
 
 TEST(TcpTransportTest, TheAddressSchemePicksTheTransport) {
