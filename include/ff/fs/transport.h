@@ -70,7 +70,7 @@ struct ServerContext {
   // from an offload worker instead of posting back to its executor first.
   bool reply_from_any_thread = false;
   // Set by a transport whose receiving thread has nothing else to read on this connection when it hands the
-  // request over (fs/rpc's TCP server, for a plain ReadReq offered to its fast handler): the fast handler may
+  // request over (fs/rpc's TCP server, for a ReadReq or BatchReadReq offered to its fast handler): the fast handler may
   // then do a short blocking task there itself (a small read) instead of waking a worker for it; the
   // connection's next request waits for it.
   bool receiver_idle = false;

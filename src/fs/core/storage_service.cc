@@ -1651,8 +1651,17 @@ struct StorageService::State {
       if (stores.back() == nullptr) return false;
     }
     fast_reads.fetch_add(batch.reads.size(), std::memory_order_relaxed);
+    const size_t reads_in_batch = batch.reads.size();
     const bool shared = context.shared_payloads;
-    executor.offload(
+    // A small batch with nothing else waiting on its connection runs on the receiving thread, as a small read does.
+    uint64_t batch_bytes = 0;
+    bool small = context.receiver_idle;
+    for (const ReadReq& req : batch.reads) {
+      if (!small) break;
+      small = req.length <= kInlineReadMaxBytes - batch_bytes && !wants_local_read(req);
+      if (small) batch_bytes += req.length;
+    }
+    auto work =
         [this, stores = std::move(stores), reads = std::move(batch.reads), reply = std::move(reply), shared]() mutable {
           auto answer = std::make_shared<BatchReadRsp>();
           answer->results.resize(reads.size());
@@ -1671,8 +1680,13 @@ struct StorageService::State {
           executor.post([this, answer, undecided, reads = std::move(reads), reply = std::move(reply)]() mutable {
             read_into_batch(reads, undecided, answer, std::move(reply));
           });
-        },
-        {});
+        };
+    if (small) {
+      inline_reads.fetch_add(reads_in_batch, std::memory_order_relaxed);
+      work();
+    } else {
+      executor.offload(std::move(work), {});
+    }
     return true;
   }
 

@@ -304,10 +304,10 @@ TEST_F(ReadCoalescingTest, TheServiceAnswersEachReadOfABatchRepairingCorruptChun
   EXPECT_EQ(fast_reads(), fast_before + 6) << "a batch with a stale read went through the fast lane";
 }
 
-// Over TCP, a plain read of at most 64 KiB that arrives while nothing else waits on its connection runs on the
-// connection's receiving thread (ServerContext::receiver_idle) instead of an offload worker; it answers the same
-// bytes and errors, and a corrupted chunk read there is still repaired from a replica by the executor's path. A
-// larger read goes to a worker.
+// Over TCP, a plain read of at most 64 KiB (or a batch of reads of at most 64 KiB together) that arrives while
+// nothing else waits on its connection runs on the connection's receiving thread (ServerContext::receiver_idle)
+// instead of an offload worker; it answers the same bytes and errors, and a corrupted chunk read there is still
+// repaired from a replica by the executor's path. Larger ones go to a worker.
 TEST_F(ReadCoalescingTest, SmallReadsOverTcpRunOnTheReceivingThreadAndStillRepair) {
   TempDir dir;
   start(dir.path(), "tcp");
@@ -381,6 +381,52 @@ TEST_F(ReadCoalescingTest, SmallReadsOverTcpRunOnTheReceivingThreadAndStillRepai
   // Errors answer as before: a chunk that does not exist.
   auto missing = read(99, 4096);
   EXPECT_EQ(fs_error_of(missing.status()), FsError::kChunkNotFound) << missing.status();
+
+  // A batch of reads of at most 64 KiB together runs there too, a corrupted chunk among them repaired as above; a
+  // larger batch goes to a worker.
+  located = store->locate(ChunkId{kInode, 3}, 0, UINT64_MAX, ReadMode::kStrict);
+  ASSERT_TRUE(located.is_ok() && located->extent) << located.status();
+  scribble(located->extent->path, located->extent->file_offset + 100, 64);
+  auto batch = [&](uint64_t length) -> Result<BatchReadRsp> {
+    Result<BatchReadRsp> answer = internal_error("not sent");
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      auto now_routing = cluster_->routing();
+      if (!now_routing.is_ok()) return now_routing.status();
+      BatchReadReq req;
+      for (uint64_t i = 0; i < 4; ++i) {
+        req.reads.push_back(ReadReq{.chain = chain_id,
+                                    .chain_version = now_routing->chain(chain_id)->version,
+                                    .target = victim,
+                                    .chunk = ChunkId{kInode, i},
+                                    .offset = 0,
+                                    .length = length});
+      }
+      answer =
+          response_as<BatchReadRsp>(rpc::call_blocking(cluster_->client_rpc(), address, Request{req}, 20'000'000'000));
+      if (!answer.is_ok() || answer->results.empty() ||
+          fs_error_of(answer->results[0].status) != FsError::kStaleChainVersion) {
+        return answer;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return answer;
+  };
+  const StorageService::Stats batch_before = service->stats();
+  auto small_batch = batch(16 << 10);
+  ASSERT_TRUE(small_batch.is_ok()) << small_batch.status();
+  ASSERT_EQ(small_batch->results.size(), 4u);
+  for (uint64_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(small_batch->results[i].status.is_ok()) << "chunk " << i << ": " << small_batch->results[i].status;
+    EXPECT_EQ(bytes_of(small_batch->results[i].rsp), contents(i)) << "chunk " << i;
+  }
+  EXPECT_EQ(service->stats().inline_reads, batch_before.inline_reads + 4) << "a small batch did not run inline";
+  EXPECT_GT(service->stats().repairs, batch_before.repairs) << "the corrupt chunk in the batch was not repaired";
+  const uint64_t inline_before_large = service->stats().inline_reads;
+  auto large_batch = batch(32 << 10);
+  ASSERT_TRUE(large_batch.is_ok()) << large_batch.status();
+  ASSERT_EQ(large_batch->results.size(), 4u);
+  for (uint64_t i = 0; i < 4; ++i) EXPECT_EQ(bytes_of(large_batch->results[i].rsp), contents(i)) << "chunk " << i;
+  EXPECT_EQ(service->stats().inline_reads, inline_before_large) << "a batch of 128 KiB ran inline";
 }
 
 }  // namespace

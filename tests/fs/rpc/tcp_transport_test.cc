@@ -322,9 +322,9 @@ TEST(TcpTransportTest, APeerThatDoesNotReadBlocksNoCaller) {
 
 // NetRpcClient sends "tcp://" addresses over TCP and the rest over gRPC; start_rpc_server picks the same way;
 // FF_RPC_TRANSPORT rewrites a listen address or is refused by name.
-// ServerContext::receiver_idle: set for a plain read when nothing more has arrived on the connection as the request is
-// handed over. A lone read sees it; reads sent on one connection while the fast handler holds the receiving thread
-// find the next requests already queued behind them; other requests never see it.
+// ServerContext::receiver_idle: set for a read (or a batch of them) when nothing more has arrived on the connection as
+// the request is handed over. A lone read sees it; reads sent on one connection while the fast handler holds the
+// receiving thread find the next requests already queued behind them; other requests never see it.
 TEST(TcpTransportTest, TheReceiverIsIdleOnlyWhenNothingElseWaitsOnTheConnection) {
   ThreadExecutor server_executor("server");
   std::mutex mutex;
