@@ -1608,15 +1608,18 @@ struct StorageService::State {
         });
       });
     };
-    // A small read with nothing else waiting on its connection runs on the receiving thread: waking a worker
-    // for it cost about as much as the read (docs/fs.md, "Small reads on the receiving thread").
-    if (context.receiver_idle && req.length <= kInlineReadMaxBytes && !wants_local_read(req)) {
-      inline_reads.fetch_add(1, std::memory_order_relaxed);
-      work();
-    } else {
-      executor.offload(std::move(work), {});
-    }
+    read_here_or_on_worker(context.receiver_idle && req.length <= kInlineReadMaxBytes && !wants_local_read(req), 1,
+                           std::move(work));
     return true;
+  }
+
+  // Runs a fast-lane read (or batch of `reads`) on the calling thread when `here` (a small one with nothing else
+  // waiting on its connection: waking a worker for it cost about as much as the read; docs/fs.md, "Small reads on
+  // the receiving thread"), else on an offload worker.
+  void read_here_or_on_worker(bool here, size_t reads, Executor::Task work) {
+    if (!here) return executor.offload(std::move(work), {});
+    inline_reads.fetch_add(reads, std::memory_order_relaxed);
+    work();
   }
 
   // Reads reads[i] for every i in `which` (non-empty) through read_one into answer->results[i], and replies with the
@@ -1653,13 +1656,13 @@ struct StorageService::State {
     fast_reads.fetch_add(batch.reads.size(), std::memory_order_relaxed);
     const size_t reads_in_batch = batch.reads.size();
     const bool shared = context.shared_payloads;
-    // A small batch with nothing else waiting on its connection runs on the receiving thread, as a small read does.
+    // At most kInlineReadMaxBytes in all (each length checked first, so the sum cannot overflow).
     uint64_t batch_bytes = 0;
     bool small = context.receiver_idle;
-    for (const ReadReq& req : batch.reads) {
-      if (!small) break;
+    for (size_t i = 0; small && i < batch.reads.size(); ++i) {
+      const ReadReq& req = batch.reads[i];
       small = req.length <= kInlineReadMaxBytes - batch_bytes && !wants_local_read(req);
-      if (small) batch_bytes += req.length;
+      batch_bytes += small ? req.length : 0;
     }
     auto work =
         [this, stores = std::move(stores), reads = std::move(batch.reads), reply = std::move(reply), shared]() mutable {
@@ -1681,12 +1684,7 @@ struct StorageService::State {
             read_into_batch(reads, undecided, answer, std::move(reply));
           });
         };
-    if (small) {
-      inline_reads.fetch_add(reads_in_batch, std::memory_order_relaxed);
-      work();
-    } else {
-      executor.offload(std::move(work), {});
-    }
+    read_here_or_on_worker(small, reads_in_batch, std::move(work));
     return true;
   }
 
