@@ -400,6 +400,11 @@ def run_gemm(torch, deep_gemm, args, emit, wgrad=False):
         for name, text, alt in zip(alt_names, args.gemm_alt, alts):
             candidates[name] = (ours, alt)
             record[f"{name}_environment"] = text
+            # The alternative's own output against DeepGEMM's (ours' output buffer rewritten under its environment).
+            c["outs"][0].zero_()
+            captured(torch, ours, 1, alt).replay()
+            torch.cuda.synchronize()
+            record[f"calc_diff_{name}_vs_deep_gemm"] = cos_diff(c["outs"][0].float(), c["outs"][1].float())
         seconds = alternate(torch, candidates, args)
         for name, s in seconds.items():
             record[name] = {"us": round(s * 1e6, 2), "TFLOPS": round(c["flop"] / s / 1e12, 1),

@@ -21,12 +21,16 @@ TEST(Heuristic, SmallMUses64RowTilesNarrowedToFillOneWave) {
   EXPECT_EQ(choose_dense_config(1, 7168, 2048, kH100Sms), TileConfig::kPingpong64x64);
   EXPECT_EQ(choose_dense_config(64, 7168, 16384, kH100Sms), TileConfig::kPingpong64x64);
   EXPECT_EQ(choose_dense_config(128, 7168, 16384, kH100Sms), TileConfig::kPingpong64x128);
-  // More than one wave of 64x128 tiles (n = 24576: 192): no narrowing.
-  EXPECT_EQ(choose_dense_config(64, 24576, 1536, kH100Sms), TileConfig::kPingpong64x128);
-  EXPECT_EQ(narrower_pingpong(64, 24576, kH100Sms), TileConfig::kPingpong64x128);
+  // More than one wave of 64x128 tiles (n = 24576: 192) but one of 64x192 (128): the wider tile; two waves of both
+  // (n = 32768: 256 and 171): 64x128.
+  EXPECT_EQ(choose_dense_config(64, 24576, 1536, kH100Sms), TileConfig::kPingpong64x192);
+  EXPECT_EQ(small_m_pingpong(64, 24576, kH100Sms), TileConfig::kPingpong64x192);
+  EXPECT_EQ(choose_dense_config(64, 32768, 512, kH100Sms), TileConfig::kPingpong64x128);
   // Fewer SMs (set_num_sms): fewer tiles fit one wave.
-  EXPECT_EQ(narrower_pingpong(64, 2112, 66), TileConfig::kPingpong64x32);
-  EXPECT_EQ(narrower_pingpong(64, 2112, 16), TileConfig::kPingpong64x128);
+  EXPECT_EQ(small_m_pingpong(64, 2112, 66), TileConfig::kPingpong64x32);
+  // On 16 SMs: 17 tiles of 64x128 (two waves), 11 of 64x192 (one); on 8, two waves of either.
+  EXPECT_EQ(small_m_pingpong(64, 2112, 16), TileConfig::kPingpong64x192);
+  EXPECT_EQ(small_m_pingpong(64, 2112, 8), TileConfig::kPingpong64x128);
 }
 
 TEST(Heuristic, WaveQuantisationDecidesMidSizes) {
@@ -154,7 +158,7 @@ TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
   EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_256x128_cluster1x2 default:4");
   EXPECT_EQ(*cuda_kernel_choice("dense", 1024, 7168, 16384, 1, kH100Sms), "cooperative_128x128_overlap default:8");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x16 default:0");
-  EXPECT_EQ(*cuda_kernel_choice("dense", 64, 24576, 1536, 1, kH100Sms), "pingpong_64x128 default:0");
+  EXPECT_EQ(*cuda_kernel_choice("dense", 64, 24576, 1536, 1, kH100Sms), "pingpong_64x192 default:0");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_256x128_cluster1x2 default:8");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 4096, 7168, 2048, 8, kH100Sms), "indexed_256x128_cluster1x2 default:0");
   EXPECT_EQ(*cuda_kernel_choice("masked", 1024, 4096, 7168, 1, kH100Sms), "masked_128x128_overlap default:0");

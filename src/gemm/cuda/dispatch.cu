@@ -36,6 +36,7 @@ std::string run_masked_pingpong_64x128(const GroupedArgs& args);
 std::string run_dense_cooperative_256x128(const DenseArgs& args);
 std::string run_dense_cooperative_256x128_cluster1x2(const DenseArgs& args);
 std::string run_contiguous_indexed_256x128_cluster1x2(const GroupedArgs& args);
+std::string run_dense_pingpong_64x192(const DenseArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
@@ -51,6 +52,7 @@ std::string run_dense(TileConfig config, const DenseArgs& args) {
     case TileConfig::kPingpong64x16: return run_dense_pingpong_64x16(args);
     case TileConfig::kCooperative256x128: return run_dense_cooperative_256x128(args);
     case TileConfig::kCooperative256x128Cluster1x2: return run_dense_cooperative_256x128_cluster1x2(args);
+    case TileConfig::kPingpong64x192: return run_dense_pingpong_64x192(args);
     case TileConfig::kIndexed128x128:
     case TileConfig::kIndexed128x128Cluster1x2:
     case TileConfig::kIndexed128x192:
@@ -93,6 +95,7 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
     case TileConfig::kPingpong64x64:
     case TileConfig::kPingpong64x32:
     case TileConfig::kPingpong64x16:
+    case TileConfig::kPingpong64x192:
     case TileConfig::kCooperative256x128:
     case TileConfig::kCooperative256x128Cluster1x2: break;
     case TileConfig::kMasked128x128Overlap:

@@ -41,10 +41,11 @@ double relative_tile_time(TileConfig config) {
     case TileConfig::kIndexed128x128Overlap:
     case TileConfig::kIndexed128x128Stagger:
     case TileConfig::kMasked128x128Overlap: return 1.0;
-    // Not compared by cost: narrower_pingpong() swaps them in for the 64x128 tile by tile count.
+    // Not compared by cost: small_m_pingpong() swaps them in for the 64x128 tile by tile count.
     case TileConfig::kPingpong64x64:
     case TileConfig::kPingpong64x32:
-    case TileConfig::kPingpong64x16: return 1.0;
+    case TileConfig::kPingpong64x16:
+    case TileConfig::kPingpong64x192: return 1.0;
     // Twice a 128x128 tile's work, done at 1.02-1.12x the 128x128 kernels' rate per FLOP on the H200 at m = 4096
     // with short K and level with long K (docs/gemm.md "256-row tiles"): 1.9 lets the tile win where it needs no
     // more waves per unit of work than the 128x128 one.
@@ -81,6 +82,7 @@ const char* tile_config_name(TileConfig config) {
     case TileConfig::kCooperative256x128: return "cooperative_256x128";
     case TileConfig::kCooperative256x128Cluster1x2: return "cooperative_256x128_cluster1x2";
     case TileConfig::kIndexed256x128Cluster1x2: return "indexed_256x128_cluster1x2";
+    case TileConfig::kPingpong64x192: return "pingpong_64x192";
   }
   return "?";
 }
@@ -118,9 +120,18 @@ TileConfig cheaper_128_row(TileConfig square, TileConfig wide, int64_t rows, int
 
 }  // namespace
 
-TileConfig narrower_pingpong(int64_t m, int64_t n, int num_sms) {
+TileConfig small_m_pingpong(int64_t m, int64_t n, int num_sms) {
   for (const TileConfig narrow : {TileConfig::kPingpong64x16, TileConfig::kPingpong64x32, TileConfig::kPingpong64x64}) {
     if (estimate_tiles(narrow, m, n, 1, num_sms).tiles <= num_sms) return narrow;
+  }
+  // Wider instead where that saves a wave: 64 x 24576 x 1536 ran 1.22x faster on 64x192 tiles (128, one wave) than on
+  // 64x128 ones (192, two waves) on an H200, and 1.11x DeepGEMM's speed
+  // (bench/results/anchors_h200_gemm_narrow_ab.json). Filling a wave's last SMs with tiles between 32 and 64 columns
+  // did not pay: 64x56 (n = 7168: 128 tiles against 112 of 64x64) ran up to 1.2x slower (seven 8-row B-scale blocks per
+  // tile, WideTileMma); nor did 1x2 clusters sharing A by multicast.
+  if (estimate_tiles(TileConfig::kPingpong64x128, m, n, 1, num_sms).tiles > num_sms &&
+      estimate_tiles(TileConfig::kPingpong64x192, m, n, 1, num_sms).tiles <= num_sms) {
+    return TileConfig::kPingpong64x192;
   }
   return TileConfig::kPingpong64x128;
 }
@@ -128,7 +139,7 @@ TileConfig narrower_pingpong(int64_t m, int64_t n, int num_sms) {
 TileConfig choose_dense_config(int64_t m, int64_t n, int64_t k, int num_sms) {
   const TileEstimate small = estimate_tiles(TileConfig::kPingpong64x128, m, n, 1, num_sms);
   const TileEstimate large = estimate_tiles(TileConfig::kCooperative128x128, m, n, 1, num_sms);
-  if (small.cost < large.cost) return narrower_pingpong(m, n, num_sms);
+  if (small.cost < large.cost) return small_m_pingpong(m, n, num_sms);
   // Large m: the 256x128 tile with the 1x2 cluster (A shared by multicast) where it costs less than the 128-row
   // tiles; it also beat the short-K ping-pong kernel (4096 x 32768 x 512: 1.12x, H200).
   if (m >= kMinRowsFor256RowTiles) {

@@ -21,11 +21,12 @@ struct TileEstimate {
 TileEstimate estimate_tiles(TileConfig config, int64_t rows, int64_t n, int64_t groups, int num_sms);
 
 // Small m (the dense 64x128 ping-pong tile chosen by cost below): the narrowest 64-row tile (16, 32, 64 wide)
-// whose tiles still fit one wave of num_sms CTAs, else 64x128. Why: with few 128-wide column tiles, each of the few
+// whose tiles still fit one wave of num_sms CTAs, else 64x192 where its tiles fit one wave and 64x128 ones do not,
+// else 64x128. Why: with few 128-wide column tiles, each of the few
 // CTAs is bound by its own K-block cycle, and more, narrower tiles put more SMs on the same bytes of B; one wave,
 // because a second wave of narrow tiles re-reads A and pays the per-tile costs again (measured on an H200,
 // docs/gemm.md "Narrow tiles").
-TileConfig narrower_pingpong(int64_t m, int64_t n, int num_sms);
+TileConfig small_m_pingpong(int64_t m, int64_t n, int num_sms);
 
 // Dense: the configuration with the least cost (wave quantisation over the SMs); ties go to the larger tile; from
 // m = 2048 the 256x128 tile (1x2 cluster) where it costs less than the 128-row tiles; short K (at most 4 K blocks)

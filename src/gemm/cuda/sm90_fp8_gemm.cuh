@@ -11,6 +11,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <numeric>
 #include <string>
 #include <type_traits>
 
@@ -692,7 +694,9 @@ struct GroupIndexedMainloop : Base {
   using GmemTiledCopyB = typename Base::GmemTiledCopyB;
   static_assert(cute::size<0>(ClusterShape{}) == 1, "B multicast across M tiles of different groups is invalid");
   static_assert(Base::IsTmaLoadSFA && !Base::IsTmaLoadSFB, "expects M-major A scales loaded by TMA");
-  static constexpr int kBlocksPerTile = cute::size<0>(TileShape{}) / detail::kRowBlock;
+  // 64-row tiles (the narrow dense ones wider than a B-scale block): dense only, one group (groups_of_tile).
+  static constexpr int kBlocksPerTile = std::max(1, int(cute::size<0>(TileShape{})) / detail::kRowBlock);
+  static constexpr bool kDenseOnly = int(cute::size<0>(TileShape{})) < detail::kRowBlock;
 
   struct Arguments : Base::Arguments {
     const int32_t* block_group;  // (ceil(m / 128)) groups, -1 for padding blocks
@@ -734,6 +738,7 @@ struct GroupIndexedMainloop : Base {
   }
 
   CUTLASS_DEVICE static detail::TileGroups groups_of_tile(Params const& params, int m_tile) {
+    if constexpr (kDenseOnly) return {};
     return detail::tile_groups<kBlocksPerTile>(params.block_group, params.num_blocks, params.num_groups, m_tile);
   }
 
@@ -1198,19 +1203,22 @@ struct DenseGemm {
 // A dense tile built at a finer B-scale granularity than 128 (kScaleN: the narrow 64-row tiles and the 112/192-wide
 // ones): B's scales read directly, or with FF_GEMM_EXPAND_B_SCALES=1 in the environment expanded first by a separate
 // kernel (the former path, kept for A/B runs).
-template <class TileShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN>
+template <class TileShape, class MainloopSchedule, class EpilogueSchedule, int kScaleN,
+          Promotion kPromotion = Promotion::kNone>
 std::string run_dense_reading_scales_b(const DenseArgs& args) {
   using Cluster = cute::Shape<cute::_1, cute::_1, cute::_1>;
-  using Direct = DenseGemm<TileShape, Cluster, MainloopSchedule, EpilogueSchedule, kScaleN, Promotion::kNone, true>;
-  using Expanded = DenseGemm<TileShape, Cluster, MainloopSchedule, EpilogueSchedule, kScaleN, Promotion::kNone, false>;
+  using Direct = DenseGemm<TileShape, Cluster, MainloopSchedule, EpilogueSchedule, kScaleN, kPromotion, true>;
+  using Expanded = DenseGemm<TileShape, Cluster, MainloopSchedule, EpilogueSchedule, kScaleN, kPromotion, false>;
   return expanded_b_scales_requested() ? Expanded::run(args) : Direct::run(args);
 }
-// The narrow dense tiles: 64 x kTileN, ping-pong, B-scale blocks of the tile's width.
-template <int kTileN>
+// The narrow dense tiles: 64 x kTileN, ping-pong, B-scale blocks as wide as the tile where it divides 128 (16, 32,
+// 64), else 64 (192: three blocks per tile, WideTileMma, which has no overlapped promotion).
+template <int kTileN, Promotion kPromotion = Promotion::kNone>
 std::string run_narrow_dense(const DenseArgs& args) {
+  constexpr int kScaleN = std::gcd(kTileN, 128);
   return run_dense_reading_scales_b<cute::Shape<cute::_64, cute::Int<kTileN>, cute::_128>,
                                     cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8Blockwise,
-                                    cutlass::epilogue::TmaWarpSpecialized, kTileN>(args);
+                                    cutlass::epilogue::TmaWarpSpecialized, kScaleN, kPromotion>(args);
 }
 
 namespace detail {
