@@ -47,7 +47,8 @@ MASKED_DECODE = [(16, 2048, 64, 4096, 7168), (16, 2048, 64, 7168, 2048), (32, 10
 DECODE_CONFIGS = ["pingpong_64x128", "masked_pingpong_64x128", "masked_128x128_overlap"]
 CONFIGS = ["pingpong_64x128", "cooperative_128x128", "cooperative_128x128_cluster2x1", "cooperative_128x192",
            "cooperative_128x112", "cooperative_128x128_overlap", "cooperative_128x128_stagger", "pingpong_64x64",
-           "pingpong_64x32", "pingpong_64x16", "pingpong_64x192", "cooperative_256x128",
+           "pingpong_64x32", "pingpong_64x16", "pingpong_64x192", "pingpong_64x16_overlap", "pingpong_64x32_overlap",
+           "pingpong_64x64_overlap", "pingpong_64x128_overlap", "cooperative_256x128",
            "cooperative_256x128_cluster1x2"]
 CONTIGUOUS_CONFIGS = ["cooperative_128x128", "indexed_128x128", "indexed_128x128_cluster1x2", "indexed_128x192",
                       "indexed_256x128_cluster1x2",
@@ -73,7 +74,9 @@ TILE_AB_CONFIGS = {"dense": ["cooperative_128x128", "cooperative_128x112", "coop
                    "contiguous": ["indexed_128x128_overlap", "indexed_128x192"],
                    "masked": ["cooperative_128x128", "cooperative_128x112", "cooperative_128x192"]}
 # --ab narrow: for the dense cases with m < 4096, the 64-row tiles of each width and the 128x128 tile.
-NARROW_AB_CONFIGS = ["pingpong_64x128", "pingpong_64x64", "pingpong_64x32", "pingpong_64x16", "pingpong_64x192", "cooperative_128x128"]
+NARROW_AB_CONFIGS = ["pingpong_64x128", "pingpong_64x64", "pingpong_64x32", "pingpong_64x16", "pingpong_64x192",
+                     "pingpong_64x16_overlap", "pingpong_64x32_overlap", "pingpong_64x64_overlap",
+                     "pingpong_64x128_overlap", "cooperative_128x128"]
 ITERS = 10
 REPEATS = 11
 WARMUP_REPLAYS = 3

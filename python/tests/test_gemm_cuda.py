@@ -78,7 +78,9 @@ def force_config(monkeypatch, config: str) -> None:
 @pytest.mark.parametrize("layout", ["row_major", "tma_column_major"])
 @pytest.mark.parametrize("config", ["", "cooperative_128x192", "cooperative_128x112", "cooperative_128x128_overlap",
                                     "cooperative_128x128_stagger", "pingpong_64x64", "pingpong_64x32",
-                                    "pingpong_64x16", "pingpong_64x192", "cooperative_256x128",
+                                    "pingpong_64x16", "pingpong_64x192", "pingpong_64x16_overlap",
+                                    "pingpong_64x32_overlap", "pingpong_64x64_overlap", "pingpong_64x128_overlap",
+                                    "cooperative_256x128",
                                     "cooperative_256x128_cluster1x2"])
 def test_dense_matches_cpu_and_dequantised_matmul(m, n, k, layout, config, monkeypatch):
     force_config(monkeypatch, config)

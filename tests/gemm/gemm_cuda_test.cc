@@ -105,8 +105,8 @@ class ScopedEnv {
 // FF_GEMM_EXPAND_B_SCALES=1 takes their former path (an expansion kernel first, the GEMM as its programmatic
 // dependent). Both are tested.
 bool has_expanded_path(const std::string& config) {
-  return (config.rfind("pingpong_64x", 0) == 0 && config != "pingpong_64x128") || config == "cooperative_128x192" ||
-         config == "cooperative_128x112";
+  return (config.rfind("pingpong_64x", 0) == 0 && config.rfind("pingpong_64x128", 0) != 0) ||
+         config == "cooperative_128x192" || config == "cooperative_128x112";
 }
 
 // The configurations serving both the dense and the masked GEMM.
@@ -128,7 +128,8 @@ const std::vector<std::string> kMaskedConfigs = [] {
 const std::vector<std::string> kDenseConfigs = [] {
   std::vector<std::string> configs = kSharedConfigs;
   configs.insert(configs.end(), {"pingpong_64x64", "pingpong_64x32", "pingpong_64x16", "pingpong_64x192",
-                                 "cooperative_256x128", "cooperative_256x128_cluster1x2"});
+                                 "pingpong_64x16_overlap", "pingpong_64x32_overlap", "pingpong_64x64_overlap",
+                                 "pingpong_64x128_overlap", "cooperative_256x128", "cooperative_256x128_cluster1x2"});
   return configs;
 }();
 const std::vector<std::string> kContiguousConfigs = {"",

@@ -13,24 +13,24 @@ constexpr int kH100Sms = 132;
 TEST(Heuristic, SmallMUses64RowTilesNarrowedToFillOneWave) {
   // The narrowest 64-row tile whose tiles fit one wave: n = 2112 is 132 tiles of 16 (m = 64) -> 64x16; at m = 128
   // 264 of 16 but 132 of 32 -> 64x32; n = 4096: 128 tiles of 32 (m = 64), 128 of 64 (m = 128); n = 7168: 112 tiles
-  // of 64 (m = 64), at m = 128 even 64-wide tiles need 224 -> 64x128.
-  EXPECT_EQ(choose_dense_config(64, 2112, 7168, kH100Sms), TileConfig::kPingpong64x16);
-  EXPECT_EQ(choose_dense_config(128, 2112, 7168, kH100Sms), TileConfig::kPingpong64x32);
-  EXPECT_EQ(choose_dense_config(64, 4096, 7168, kH100Sms), TileConfig::kPingpong64x32);
-  EXPECT_EQ(choose_dense_config(128, 4096, 7168, kH100Sms), TileConfig::kPingpong64x64);
-  EXPECT_EQ(choose_dense_config(1, 7168, 2048, kH100Sms), TileConfig::kPingpong64x64);
-  EXPECT_EQ(choose_dense_config(64, 7168, 16384, kH100Sms), TileConfig::kPingpong64x64);
-  EXPECT_EQ(choose_dense_config(128, 7168, 16384, kH100Sms), TileConfig::kPingpong64x128);
+  // of 64 (m = 64), at m = 128 even 64-wide tiles need 224 -> 64x128. Each with the promotion overlapped.
+  EXPECT_EQ(choose_dense_config(64, 2112, 7168, kH100Sms), TileConfig::kPingpong64x16Overlap);
+  EXPECT_EQ(choose_dense_config(128, 2112, 7168, kH100Sms), TileConfig::kPingpong64x32Overlap);
+  EXPECT_EQ(choose_dense_config(64, 4096, 7168, kH100Sms), TileConfig::kPingpong64x32Overlap);
+  EXPECT_EQ(choose_dense_config(128, 4096, 7168, kH100Sms), TileConfig::kPingpong64x64Overlap);
+  EXPECT_EQ(choose_dense_config(1, 7168, 2048, kH100Sms), TileConfig::kPingpong64x64Overlap);
+  EXPECT_EQ(choose_dense_config(64, 7168, 16384, kH100Sms), TileConfig::kPingpong64x64Overlap);
+  EXPECT_EQ(choose_dense_config(128, 7168, 16384, kH100Sms), TileConfig::kPingpong64x128Overlap);
   // More than one wave of 64x128 tiles (n = 24576: 192) but one of 64x192 (128): the wider tile; two waves of both
   // (n = 32768: 256 and 171): 64x128.
   EXPECT_EQ(choose_dense_config(64, 24576, 1536, kH100Sms), TileConfig::kPingpong64x192);
   EXPECT_EQ(small_m_pingpong(64, 24576, kH100Sms), TileConfig::kPingpong64x192);
-  EXPECT_EQ(choose_dense_config(64, 32768, 512, kH100Sms), TileConfig::kPingpong64x128);
+  EXPECT_EQ(choose_dense_config(64, 32768, 512, kH100Sms), TileConfig::kPingpong64x128Overlap);
   // Fewer SMs (set_num_sms): fewer tiles fit one wave.
-  EXPECT_EQ(small_m_pingpong(64, 2112, 66), TileConfig::kPingpong64x32);
+  EXPECT_EQ(small_m_pingpong(64, 2112, 66), TileConfig::kPingpong64x32Overlap);
   // On 16 SMs: 17 tiles of 64x128 (two waves), 11 of 64x192 (one); on 8, two waves of either.
   EXPECT_EQ(small_m_pingpong(64, 2112, 16), TileConfig::kPingpong64x192);
-  EXPECT_EQ(small_m_pingpong(64, 2112, 8), TileConfig::kPingpong64x128);
+  EXPECT_EQ(small_m_pingpong(64, 2112, 8), TileConfig::kPingpong64x128Overlap);
 }
 
 TEST(Heuristic, WaveQuantisationDecidesMidSizes) {
@@ -157,7 +157,7 @@ TEST(Heuristic, KernelChoiceIsDescribedWithoutAGpu) {
   // 16 x 56 tiles of 256x128 in 1x2 clusters: the swizzle must divide 16 and 56 / 2.
   EXPECT_EQ(*cuda_kernel_choice("dense", 4096, 7168, 16384, 1, kH100Sms), "cooperative_256x128_cluster1x2 default:4");
   EXPECT_EQ(*cuda_kernel_choice("dense", 1024, 7168, 16384, 1, kH100Sms), "cooperative_128x128_overlap default:8");
-  EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x16 default:0");
+  EXPECT_EQ(*cuda_kernel_choice("dense", 64, 2112, 7168, 1, kH100Sms), "pingpong_64x16_overlap default:0");
   EXPECT_EQ(*cuda_kernel_choice("dense", 64, 24576, 1536, 1, kH100Sms), "pingpong_64x192 default:0");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 8192, 4096, 7168, 4, kH100Sms), "indexed_256x128_cluster1x2 default:8");
   EXPECT_EQ(*cuda_kernel_choice("contiguous", 4096, 7168, 2048, 8, kH100Sms), "indexed_256x128_cluster1x2 default:0");

@@ -37,6 +37,10 @@ std::string run_dense_cooperative_256x128(const DenseArgs& args);
 std::string run_dense_cooperative_256x128_cluster1x2(const DenseArgs& args);
 std::string run_contiguous_indexed_256x128_cluster1x2(const GroupedArgs& args);
 std::string run_dense_pingpong_64x192(const DenseArgs& args);
+std::string run_dense_pingpong_64x16_overlap(const DenseArgs& args);
+std::string run_dense_pingpong_64x32_overlap(const DenseArgs& args);
+std::string run_dense_pingpong_64x64_overlap(const DenseArgs& args);
+std::string run_dense_pingpong_64x128_overlap(const DenseArgs& args);
 
 std::string run_dense(TileConfig config, const DenseArgs& args) {
   switch (config) {
@@ -53,6 +57,10 @@ std::string run_dense(TileConfig config, const DenseArgs& args) {
     case TileConfig::kCooperative256x128: return run_dense_cooperative_256x128(args);
     case TileConfig::kCooperative256x128Cluster1x2: return run_dense_cooperative_256x128_cluster1x2(args);
     case TileConfig::kPingpong64x192: return run_dense_pingpong_64x192(args);
+    case TileConfig::kPingpong64x16Overlap: return run_dense_pingpong_64x16_overlap(args);
+    case TileConfig::kPingpong64x32Overlap: return run_dense_pingpong_64x32_overlap(args);
+    case TileConfig::kPingpong64x64Overlap: return run_dense_pingpong_64x64_overlap(args);
+    case TileConfig::kPingpong64x128Overlap: return run_dense_pingpong_64x128_overlap(args);
     case TileConfig::kIndexed128x128:
     case TileConfig::kIndexed128x128Cluster1x2:
     case TileConfig::kIndexed128x192:
@@ -96,6 +104,10 @@ std::string run_grouped(TileConfig config, const GroupedArgs& args) {
     case TileConfig::kPingpong64x32:
     case TileConfig::kPingpong64x16:
     case TileConfig::kPingpong64x192:
+    case TileConfig::kPingpong64x16Overlap:
+    case TileConfig::kPingpong64x32Overlap:
+    case TileConfig::kPingpong64x64Overlap:
+    case TileConfig::kPingpong64x128Overlap:
     case TileConfig::kCooperative256x128:
     case TileConfig::kCooperative256x128Cluster1x2: break;
     case TileConfig::kMasked128x128Overlap:

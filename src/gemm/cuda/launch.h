@@ -67,8 +67,13 @@ enum class TileConfig : int {
   // Dense only: 64x192 ping-pong tiles, B scales at a 64-row granularity read from the 128x128 blocks (WideTileMma):
   // small m with n = 24576 in one wave (128 tiles, against 192 of 64x128 on 132 SMs).
   kPingpong64x192,
+  // Dense only: the 64-row ping-pong tiles with the promotion overlapped (Promotion::kOverlap).
+  kPingpong64x16Overlap,
+  kPingpong64x32Overlap,
+  kPingpong64x64Overlap,
+  kPingpong64x128Overlap,
 };
-inline constexpr int kNumTileConfigs = 21;
+inline constexpr int kNumTileConfigs = 25;
 inline constexpr bool is_indexed(TileConfig config) {
   return config == TileConfig::kIndexed128x128 || config == TileConfig::kIndexed128x128Cluster1x2 ||
          config == TileConfig::kIndexed128x192 || config == TileConfig::kIndexed128x128Overlap ||
@@ -82,7 +87,9 @@ const char* tile_config_name(TileConfig config);
 // The narrow 64-row ping-pong tiles: built for the dense GEMM only.
 inline constexpr bool is_narrow_pingpong(TileConfig config) {
   return config == TileConfig::kPingpong64x64 || config == TileConfig::kPingpong64x32 ||
-         config == TileConfig::kPingpong64x16 || config == TileConfig::kPingpong64x192;
+         config == TileConfig::kPingpong64x16 || config == TileConfig::kPingpong64x192 ||
+         config == TileConfig::kPingpong64x16Overlap || config == TileConfig::kPingpong64x32Overlap ||
+         config == TileConfig::kPingpong64x64Overlap || config == TileConfig::kPingpong64x128Overlap;
 }
 // Built for the dense GEMM only: the narrow 64-row ping-pong tiles and the 256-row tiles.
 inline constexpr bool is_dense_only(TileConfig config) {
@@ -99,9 +106,9 @@ inline constexpr int tile_m(TileConfig config) {
              : 128;
 }
 inline constexpr int tile_n(TileConfig config) {
-  if (config == TileConfig::kPingpong64x64) return 64;
-  if (config == TileConfig::kPingpong64x32) return 32;
-  if (config == TileConfig::kPingpong64x16) return 16;
+  if (config == TileConfig::kPingpong64x64 || config == TileConfig::kPingpong64x64Overlap) return 64;
+  if (config == TileConfig::kPingpong64x32 || config == TileConfig::kPingpong64x32Overlap) return 32;
+  if (config == TileConfig::kPingpong64x16 || config == TileConfig::kPingpong64x16Overlap) return 16;
   if (config == TileConfig::kPingpong64x192) return 192;
   if (config == TileConfig::kCooperative128x112) return 112;
   return config == TileConfig::kCooperative128x192 || config == TileConfig::kIndexed128x192 ? 192 : 128;

@@ -1,0 +1,12 @@
+// Dense FP8 GEMM, 64x16x128 tiles, ping-pong, 1x1 cluster, B scales read from the caller's 128x128 blocks, with the
+// promotion overlapped with tensor-core work (two K blocks in flight per warpgroup, Promotion::kOverlap): small m,
+// where each CTA runs one or two tiles and is bound by its own issue-wait-promote cycle per K block.
+#include "sm90_fp8_gemm.cuh"
+
+namespace ff::gemm::cuda {
+
+std::string run_dense_pingpong_64x16_overlap(const DenseArgs& args) {
+  return run_narrow_dense<16, Promotion::kOverlap>(args);
+}
+
+}  // namespace ff::gemm::cuda
