@@ -9,7 +9,7 @@ Each fio case runs --rounds times, the mount and the disk back to back in every 
 the medians are compared.
 
 Usage: bench/fs/bench_fuse.py [--build-dir build] [--seconds 5] [--rounds 3] [--jobs 4] [--file-mb 128] [--md-threads 8]
-       [--md-files 200] [--machine cpu] [--out FILE]
+       [--md-files 200] [--machine cpu] [--meta-transport tcp|grpc] [--out FILE]
 """
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ def main() -> int:
     parser.add_argument("--machine", default="cpu", help="names the results file fs_fuse_<machine>.json")
     parser.add_argument("--out", default=None)
     parser.add_argument("--skip-fio", action="store_true", help="metadata phases only (no fio cases)")
+    parser.add_argument("--meta-transport", choices=["tcp", "grpc"], default="tcp",
+                        help="what ff-meta listens on: our TCP transport (tcp:// address, the default) or gRPC")
     parser.add_argument("--fuse-args", default="", help="more ff-fuse flags, e.g. --no-local-reads (separated by spaces or commas)")
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
@@ -133,10 +135,11 @@ def main() -> int:
     data_dir = tempfile.mkdtemp(prefix="ff_fs_bench_fuse_")
     results = []
     with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=10, data_dir=data_dir,
-                      stats_interval_s=30) as cluster:
+                      stats_interval_s=30, meta_transport=args.meta_transport) as cluster:
         try:
             mount = cluster.start_all(fuse_extra=args.fuse_args.replace(",", " ").split())
-            meta = "ff-meta (gRPC, RocksDB)" if cluster.meta_addresses else "in ff-fuse (RocksDB)"
+            over = "our TCP transport" if args.meta_transport == "tcp" else "gRPC"
+            meta = f"ff-meta ({over}, RocksDB)" if cluster.meta_addresses else "in ff-fuse (RocksDB)"
             local = cluster.dir / "local"
             local.mkdir()
             (mount / "fio").mkdir()

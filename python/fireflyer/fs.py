@@ -12,7 +12,8 @@ docs/fs-client.md.
             assert f.read() == b"hello"
 
 Where metadata lives (pick one):
-  * ``meta=["host:port", ...]``: ff-meta servers (RemoteMeta); any number of processes share them.
+  * ``meta=["tcp://host:port", ...]``: ff-meta servers (RemoteMeta; ``tcp://`` for ff-meta on our TCP transport,
+    a bare ``host:port`` for gRPC); any number of processes share them.
   * ``meta_db="/path"``: an in-process metadata service on a RocksDB directory, for single-process use
     (one process per directory: RocksDB locks it). Its chains come from mgmtd's chain table 1.
   * ``meta_memory=True``: in-process and in memory, gone at close (tests).

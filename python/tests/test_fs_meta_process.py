@@ -59,11 +59,13 @@ def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-def test_meta_sigkill_restart_loses_no_acknowledged_operation(bin_dir: pathlib.Path) -> None:
+@pytest.mark.parametrize("scheme", ["", "tcp://"], ids=["grpc", "tcp"])
+def test_meta_sigkill_restart_loses_no_acknowledged_operation(bin_dir: pathlib.Path, scheme: str) -> None:
+    """ff-meta on gRPC and on our TCP transport (a tcp:// listen address)."""
     with LocalCluster(bin_dir, nodes=3, targets_per_node=2, heartbeat_timeout_s=3.0) as cluster:
         try:
             cluster.start()
-            address = f"127.0.0.1:{free_port()}"
+            address = f"{scheme}127.0.0.1:{free_port()}"
             config = write_meta_config(cluster, "meta", address, "rocksdb")
             spawn_meta(cluster, "meta", config, address)
             log = cluster.dir / "ops.log"

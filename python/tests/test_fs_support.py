@@ -62,16 +62,18 @@ class LocalCluster:
                  data_dir: str | None = None, direct_io: bool = True, stats_interval_s: float = 5.0,
                  path: str | os.PathLike | None = None, keep: bool = False,
                  storage_settings: dict[str, int | float] | None = None, transport: str = "tcp",
-                 chunk_settings: dict[str, int | float] | None = None):
+                 chunk_settings: dict[str, int | float] | None = None, meta_transport: str | None = None):
         """path: use exactly this directory (created) instead of a fresh temporary one under data_dir;
         keep: stop() leaves the directory in place (as FF_KEEP_CLUSTER=1 does); storage_settings: more
         [storage] keys of every ff-storage config (e.g. {"sync_batch": 1}); chunk_settings: more [chunk] keys (e.g.
         {"group_sync_ms": 100}); transport: what the storage
         servers listen on: "tcp" (our own TCP transport, tcp:// listen addresses; the default, docs/fs-operations.md
-        "Our own TCP transport") or "grpc"."""
-        if transport not in ("grpc", "tcp"):
-            raise ValueError(f"transport={transport!r}: expected 'grpc' or 'tcp'")
+        "Our own TCP transport") or "grpc"; meta_transport: what ff-meta listens on (default: the same as transport)."""
+        for name, value in (("transport", transport), ("meta_transport", meta_transport or transport)):
+            if value not in ("grpc", "tcp"):
+                raise ValueError(f"{name}={value!r}: expected 'grpc' or 'tcp'")
         self.storage_scheme = "tcp://" if transport == "tcp" else ""
+        self.meta_scheme = "tcp://" if (meta_transport or transport) == "tcp" else ""
         self.bin = pathlib.Path(bin_dir)
         self.nodes = nodes
         self.targets_per_node = targets_per_node
@@ -90,7 +92,7 @@ class LocalCluster:
         self.storage_ports = {node: free_port() for node in range(1, nodes + 1)}
         self.processes: dict[str, subprocess.Popen] = {}
         self.etcd_address: str | None = None
-        self.meta_addresses: dict[str, str] = {}  # ff-meta instance name -> host:port
+        self.meta_addresses: dict[str, str] = {}  # ff-meta instance name -> [tcp://]host:port
         self.mounts: dict[str, pathlib.Path] = {}  # ff-fuse instance name -> mountpoint
 
     # ------------------------------------------------------------------ processes
@@ -226,7 +228,7 @@ class LocalCluster:
     def start_meta(self, name: str = "meta1", kv: str = "rocksdb", timeout_s: float = 30) -> str:
         """ff-meta (same address and store again when restarted under the same name); waits until it accepts
         connections and returns its address."""
-        address = self.meta_addresses.get(name) or f"127.0.0.1:{free_port()}"
+        address = self.meta_addresses.get(name) or f"{self.meta_scheme}127.0.0.1:{free_port()}"
         config = self.meta_config(name, kv, address)
         self._spawn(name, [str(self.bin / "ff-meta"), "--config", str(config)])
         self.wait_listening(name, address, timeout_s)
@@ -236,7 +238,7 @@ class LocalCluster:
     def wait_listening(self, name: str, address: str, timeout_s: float = 30) -> None:
         """Until the process `name` accepts connections at host:port `address`; an error (with the logs) if it
         exits or the time runs out first."""
-        host, port = address.rsplit(":", 1)
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

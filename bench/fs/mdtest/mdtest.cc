@@ -211,7 +211,8 @@ int main(int argc, char** argv) {
   app.add_option("--scratch", options.scratch, "directory for the RocksDB store and the local-fs baseline");
   app.add_option("--out", options.out, "also write every line as one JSON document here");
 #ifdef FF_MDTEST_RPC
-  app.add_option("--meta", options.meta, "ff-meta addresses (host:port, comma-separated): run over gRPC")
+  app.add_option("--meta", options.meta,
+                 "ff-meta addresses (host:port: gRPC, tcp://host:port: our TCP transport; comma-separated)")
       ->delimiter(',');
   app.add_option("--batches", options.batches,
                  "RemoteMeta batches in flight before concurrent calls share one (0: one RPC each)")

@@ -322,15 +322,24 @@ struct SyncDoneReq {
 };
 struct SyncDoneRsp {};
 
+// A metadata call carried by this transport (ff-meta on a tcp:// address, include/ff/fs/meta_rpc.h): `body` is one
+// serialized ff.fs.meta.pb.MetaRequest, or with `batch` a MetaBatchRequest; the answer's body the MetaResponse
+// (MetaBatchResponse). The storage services and mgmtd do not serve it.
+struct MetaCallReq {
+  bool batch = false;
+  std::string body;
+};
+struct MetaCallRsp {
+  std::string body;
+};
+
 // ---------------------------------------------------------------- envelopes
-using Request = std::variant<RegisterNodeReq, HeartbeatReq, GetRoutingReq, CreateChainTableReq,
-                             SetTargetOfflineReq, WriteReq, ReadReq, BatchReadReq, BatchWriteReq,
-                             QueryLastChunkReq, RemoveChunksReq, ForwardReq, SyncDumpMetaReq, SyncReplaceReq,
-                             SyncDoneReq>;
-using Response = std::variant<RegisterNodeRsp, HeartbeatRsp, GetRoutingRsp, CreateChainTableRsp,
-                              SetTargetOfflineRsp, WriteRsp, ReadRsp, BatchReadRsp, BatchWriteRsp,
-                              QueryLastChunkRsp, RemoveChunksRsp, ForwardRsp, SyncDumpMetaRsp, SyncReplaceRsp,
-                              SyncDoneRsp>;
+using Request = std::variant<RegisterNodeReq, HeartbeatReq, GetRoutingReq, CreateChainTableReq, SetTargetOfflineReq,
+                             WriteReq, ReadReq, BatchReadReq, BatchWriteReq, QueryLastChunkReq, RemoveChunksReq,
+                             ForwardReq, SyncDumpMetaReq, SyncReplaceReq, SyncDoneReq, MetaCallReq>;
+using Response = std::variant<RegisterNodeRsp, HeartbeatRsp, GetRoutingRsp, CreateChainTableRsp, SetTargetOfflineRsp,
+                              WriteRsp, ReadRsp, BatchReadRsp, BatchWriteRsp, QueryLastChunkRsp, RemoveChunksRsp,
+                              ForwardRsp, SyncDumpMetaRsp, SyncReplaceRsp, SyncDoneRsp, MetaCallRsp>;
 
 // The name of a request's type ("WriteReq"), for logs and errors.
 std::string_view request_name(const Request& request);

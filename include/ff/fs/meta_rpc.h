@@ -1,14 +1,16 @@
-// The metadata service over the network (ff-meta, issue #6 item 2): the gRPC server that exposes a
-// meta::MetaApi (a MetaService in ff-meta), RemoteMeta, the MetaApi client over one or more ff-meta
+// The metadata service over the network (ff-meta, issue #6 item 2): the server (gRPC, or our TCP transport) that
+// exposes a meta::MetaApi (a MetaService in ff-meta), RemoteMeta, the MetaApi client over one or more ff-meta
 // addresses, and StorageFiles, the meta::FileStorage over the storage layer's StorageClient that makes file
 // lengths exact and removes chunks.
 //
-//   auto meta = RemoteMeta::connect({.addresses = {"10.0.0.1:9300", "10.0.0.2:9300"}});
+//   auto meta = RemoteMeta::connect({.addresses = {"tcp://10.0.0.1:9300", "tcp://10.0.0.2:9300"}});
 //   FF_ASSIGN_OR_RETURN(Inode file, (*meta)->create(caller, kRootInode, "a", 0644));
 //
-// Wire: one gRPC method Meta.Call (src/fs/meta_rpc/proto/ff/fs/meta.proto); each request carries the
+// Wire: one gRPC method Meta.Call (src/fs/meta_rpc/proto/ff/fs/meta.proto), and CallBatch; each request carries the
 // caller (uid, gid, groups) and one operation; the operation's Status travels in the response with its
-// code and message, so meta::errno_of() gives the same errno as in-process.
+// code and message, so meta::errno_of() gives the same errno as in-process. For a tcp:// address the same messages,
+// serialized, travel in MetaCallReq / MetaCallRsp frames of our TCP transport (ff/fs/rpc/tcp_transport.h), with the
+// same deadlines, busy answers, request ids and failover.
 //
 // Failover and retries (RemoteMeta): ff-meta servers are stateless, so any of them serves any call. A
 // call that ends unavailable or past its per-attempt deadline is sent again to the next address, with a
@@ -51,7 +53,8 @@ namespace ff::fs::meta {
 
 // ---------------------------------------------------------------- server
 struct MetaServerOptions {
-  // host:port (port 0: the OS picks one, see address()), or unix:/path for clients on this host.
+  // host:port (gRPC; port 0: the OS picks one, see address()), tcp://host:port (our TCP transport), or unix:/path
+  // (gRPC for clients on this host).
   std::string listen = "127.0.0.1:0";
   int max_threads = 256;  // worker threads, each running one blocking MetaApi call at a time
   // Requests waiting for a worker; one that finds the queue full is answered busy (RESOURCE_EXHAUSTED, or
@@ -79,7 +82,7 @@ class MetaRpcServer {
   MetaRpcServer(const MetaRpcServer&) = delete;
   MetaRpcServer& operator=(const MetaRpcServer&) = delete;
 
-  // host:port with the bound port.
+  // [tcp://]host:port with the bound port (or the unix: address).
   const std::string& address() const;
   uint16_t port() const;
   // Requests that arrive later use `api`; running ones finish on the old one.
@@ -104,7 +107,8 @@ class MetaRpcServer {
 
 // ---------------------------------------------------------------- client
 struct RemoteMetaOptions {
-  std::vector<std::string> addresses;      // ff-meta servers ("host:port", "unix:/path"), from a random one on
+  std::vector<std::string>
+      addresses;  // ff-meta servers ("tcp://host:port", "host:port", "unix:/path"), from a random one on
   int64_t rpc_timeout_ms = 5'000;          // one attempt
   int64_t op_timeout_ms = 30'000;          // one operation, failover and retries included
   uint32_t max_attempts = 32;              // attempts per operation

@@ -168,9 +168,9 @@ std::optional<std::string> RoutingInfo::address_of(TargetId id) const {
 
 std::string_view request_name(const Request& request) {
   static constexpr std::string_view kNames[] = {
-      "RegisterNodeReq", "HeartbeatReq",      "GetRoutingReq",   "CreateChainTableReq", "SetTargetOfflineReq",
-      "WriteReq",        "ReadReq",           "BatchReadReq",    "BatchWriteReq",       "QueryLastChunkReq",
-      "RemoveChunksReq", "ForwardReq",        "SyncDumpMetaReq", "SyncReplaceReq",      "SyncDoneReq"};
+      "RegisterNodeReq", "HeartbeatReq",   "GetRoutingReq", "CreateChainTableReq", "SetTargetOfflineReq", "WriteReq",
+      "ReadReq",         "BatchReadReq",   "BatchWriteReq", "QueryLastChunkReq",   "RemoveChunksReq",     "ForwardReq",
+      "SyncDumpMetaReq", "SyncReplaceReq", "SyncDoneReq",   "MetaCallReq"};
   static_assert(std::size(kNames) == std::variant_size_v<Request>, "one name per Request alternative");
   return kNames[request.index()];
 }

@@ -1,5 +1,5 @@
-// RemoteMeta: MetaApi over gRPC to stateless ff-meta servers, with failover and the interpretation of
-// repeated non-idempotent calls described in include/ff/fs/meta_rpc.h.
+// RemoteMeta: MetaApi over gRPC (or our TCP transport, for tcp:// addresses) to stateless ff-meta servers, with
+// failover and the interpretation of repeated non-idempotent calls described in include/ff/fs/meta_rpc.h.
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -13,6 +13,8 @@
 #include "ff/common/log.h"
 #include "ff/fs/meta.grpc.pb.h"
 #include "ff/fs/meta_rpc.h"
+#include "ff/fs/rpc/grpc_status.h"
+#include "ff/fs/rpc/tcp_transport.h"
 #include "ff/fs/rpc/toml_config.h"
 
 namespace ff::fs::meta {
@@ -37,13 +39,79 @@ bool is_retryable_transport(grpc::StatusCode code) {
 
 }  // namespace
 
+// Runs every task at once on the posting thread: TcpRpcClient's completions then run on its connection's reader
+// thread, where they only hand the answer to the caller waiting for it.
+class InlineExecutor final : public Executor {
+ public:
+  const Clock& clock() const override { return system_clock(); }
+  void post(Task task) override { task(); }
+  void post_after(int64_t delay_ns, Task task) override {
+    system_clock().sleep_for_ns(delay_ns);
+    task();
+  }
+  void offload(Task work, Task done) override {
+    work();
+    if (done) done();
+  }
+};
+
 struct RemoteMeta::Impl {
   RemoteMetaOptions options;
 
+  // One ff-meta address: a gRPC channel, or (a tcp:// address) the calls go through `tcp` below.
   struct Peer {
+    std::string address;
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<pb::Meta::Stub> stub;
   };
+  // Our TCP transport for tcp:// addresses (created when the list has one).
+  InlineExecutor inline_executor;
+  std::unique_ptr<rpc::TcpRpcClient> tcp;
+
+  // One attempt of a call (batch: a MetaBatchRequest) on `peer` within `timeout_ms`; the transport's status
+  // (OK: *response holds the answer), gRPC's codes for either transport.
+  template <typename Req, typename Rsp>
+  grpc::Status invoke(const Peer& peer, const Req& request, Rsp* response, int64_t timeout_ms) {
+    constexpr bool kBatch = std::is_same_v<Req, pb::MetaBatchRequest>;
+    if (peer.stub == nullptr) return invoke_tcp(peer.address, kBatch, request, response, timeout_ms);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+    if constexpr (kBatch) {
+      return peer.stub->CallBatch(&context, request, response);
+    } else {
+      return peer.stub->Call(&context, request, response);
+    }
+  }
+
+  grpc::Status invoke_tcp(const std::string& address, bool batch, const google::protobuf::Message& request,
+                          google::protobuf::Message* response, int64_t timeout_ms) {
+    MetaCallReq call{batch, {}};
+    if (!request.SerializeToString(&call.body)) return {grpc::StatusCode::INTERNAL, "cannot serialize a meta request"};
+    struct Outcome {
+      std::mutex mutex;
+      std::condition_variable done;
+      std::optional<Result<Response>> result;
+    };
+    auto outcome = std::make_shared<Outcome>();
+    tcp->call(address, Request{std::move(call)}, timeout_ms * 1'000'000, [outcome](Result<Response> result) {
+      std::lock_guard lock(outcome->mutex);
+      outcome->result = std::move(result);
+      outcome->done.notify_one();
+    });
+    std::unique_lock lock(outcome->mutex);
+    // Bounded: the transport ends the call deadline_exceeded at timeout_ms; the second past it only guards that.
+    if (!outcome->done.wait_for(lock, std::chrono::milliseconds(timeout_ms + 1000),
+                                [&] { return outcome->result.has_value(); })) {
+      return {grpc::StatusCode::DEADLINE_EXCEEDED, fmt::format("no answer from {} within {} ms", address, timeout_ms)};
+    }
+    Result<MetaCallRsp> answer = response_as<MetaCallRsp>(std::move(*outcome->result));
+    if (!answer.is_ok()) return rpc::to_grpc_status(answer.status());
+    if (!response->ParseFromString(answer->body)) {
+      return {grpc::StatusCode::INTERNAL, fmt::format("{} answered a meta call with {} bytes that are no {}", address,
+                                                      answer->body.size(), response->GetTypeName())};
+    }
+    return grpc::Status::OK;
+  }
   std::mutex mutex;  // guards peers and current
   std::vector<std::shared_ptr<Peer>> peers;
   size_t current = 0;
@@ -76,6 +144,8 @@ struct RemoteMeta::Impl {
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     auto peer = std::make_shared<Peer>();
+    peer->address = address;
+    if (address.starts_with(rpc::kTcpScheme)) return peer;  // our TCP transport: no channel
     peer->channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
     peer->stub = pb::Meta::NewStub(peer->channel);
     return peer;
@@ -125,11 +195,8 @@ struct RemoteMeta::Impl {
       }
       auto [index, peer] = pick();
       attempts.fetch_add(1, std::memory_order_relaxed);
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() +
-                           std::chrono::milliseconds(std::min(options.rpc_timeout_ms, end_ms - now_ms)));
       pb::MetaResponse response;
-      grpc::Status status = peer->stub->Call(&context, request, &response);
+      grpc::Status status = invoke(*peer, request, &response, std::min(options.rpc_timeout_ms, end_ms - now_ms));
       if (status.ok()) return response;
       last = status;
       last_address = options.addresses[index];
@@ -290,11 +357,8 @@ struct RemoteMeta::Impl {
     batches.fetch_add(1, std::memory_order_relaxed);
     batched_calls.fetch_add(batch.size(), std::memory_order_relaxed);
     auto [index, peer] = pick();
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::milliseconds(std::min(options.rpc_timeout_ms, options.op_timeout_ms)));
     pb::MetaBatchResponse answers;
-    grpc::Status status = peer->stub->CallBatch(&context, request, &answers);
+    grpc::Status status = invoke(*peer, request, &answers, std::min(options.rpc_timeout_ms, options.op_timeout_ms));
     if (status.ok() && answers.responses_size() == request.requests_size()) return answers;
     if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
       FF_LOG_WARN("ff-meta at {} does not batch calls ({}); sending them one by one", options.addresses[index],
@@ -361,7 +425,9 @@ Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions option
   if (options.addresses.empty()) return invalid_argument("RemoteMeta needs at least one ff-meta address");
   for (const auto& address : options.addresses) {
     if (address.starts_with("unix:")) continue;  // a Unix-domain socket (a client on the meta host)
-    auto parsed = rpc::parse_host_port(address);
+    std::string_view host_port = address;
+    if (host_port.starts_with(rpc::kTcpScheme)) host_port.remove_prefix(rpc::kTcpScheme.size());
+    auto parsed = rpc::parse_host_port(host_port);
     if (!parsed.is_ok()) return invalid_argument("ff-meta address: {}", parsed.status().message());
     if (parsed->port == 0) return invalid_argument("ff-meta address '{}' needs a port", address);
   }
@@ -377,6 +443,13 @@ Result<std::unique_ptr<RemoteMeta>> RemoteMeta::connect(RemoteMetaOptions option
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
+  const bool any_tcp = std::any_of(impl->options.addresses.begin(), impl->options.addresses.end(),
+                                   [](const std::string& address) { return address.starts_with(rpc::kTcpScheme); });
+  if (any_tcp) {
+    rpc::TcpClientOptions tcp_options;
+    tcp_options.max_message_bytes = static_cast<uint64_t>(impl->options.max_message_bytes);
+    impl->tcp = std::make_unique<rpc::TcpRpcClient>(impl->inline_executor, tcp_options);
+  }
   for (const auto& address : impl->options.addresses) impl->peers.push_back(impl->make_peer(address));
   // Spread clients over the servers: start at a random address.
   impl->current = std::random_device{}() % impl->peers.size();

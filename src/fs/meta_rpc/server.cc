@@ -1,10 +1,11 @@
-// MetaRpcServer: gRPC's callback server API. Every MetaApi call blocks (a KV transaction, maybe a
-// storage query), and the RocksDB engine's group commit only pays off with many commits in flight, so
-// requests run on a pool of worker threads (max_threads), not on a serial executor like the storage
-// services, and never on gRPC's own threads, which must keep polling. Exception (inline_reads): reads
-// that only touch a local store (lookup, getattr, readdir, ... on RocksDB) run right on the gRPC thread
-// that received them. NOTE: that saves two thread hand-offs per read, which on this 2-core gVisor
-// machine are a large part of a stat's cost.
+// MetaRpcServer: ff-meta's calls over gRPC's callback server API, or over our TCP transport for a tcp:// listen
+// address (MetaCallReq frames, fs/rpc/tcp_transport.h); both run the same MetaCalls. Every MetaApi call blocks (a KV
+// transaction, maybe a storage query), and the RocksDB engine's group commit only pays off with many commits in
+// flight, so requests run on a pool of worker threads (max_threads), not on a serial executor like the storage
+// services, and never on the transport's own threads, which must keep reading. Exception (inline_reads): reads
+// that only touch a local store (lookup, getattr, readdir, ... on RocksDB) run right on the thread that received
+// them. NOTE: that saves two thread hand-offs per read, which on this 2-core gVisor machine are a large part of a
+// stat's cost.
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -18,6 +19,8 @@
 #include "ff/common/log.h"
 #include "ff/fs/meta.grpc.pb.h"
 #include "ff/fs/meta_rpc.h"
+#include "ff/fs/rpc/grpc_status.h"
+#include "ff/fs/rpc/tcp_transport.h"
 
 namespace ff::fs::meta {
 
@@ -362,9 +365,16 @@ class RecentRequests {
   std::deque<std::pair<int64_t, uint64_t>> order_;  // (expiry, id), oldest first
 };
 
-class MetaGrpcService final : public pb::Meta::CallbackService {
+// What ends a call at the transport level: OK (the response holds the operation's outcome, error or not) or the
+// transport's own refusal (deadline passed, queue full, malformed batch).
+using Finish = std::function<void(const grpc::Status&)>;
+
+// The calls of MetaRpcServer, whatever carries them (gRPC's callback service or our TCP transport, below): each
+// request runs on the pool (or inline), deduplicated by request id; `finish` runs exactly once, on any thread, after
+// which the request and the response may go.
+class MetaCalls {
  public:
-  MetaGrpcService(std::shared_ptr<MetaApi> api, const MetaServerOptions& options)
+  MetaCalls(std::shared_ptr<MetaApi> api, const MetaServerOptions& options)
       : api_(std::move(api)), inline_reads_(options.inline_reads), pool_(options.max_threads, options.max_queued) {
     if (options.dedupe_requests) {
       recent_ = std::make_unique<RecentRequests>(options.dedupe_ttl_ms, options.dedupe_max_entries);
@@ -384,62 +394,60 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
     }
   }
 
-  grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* context, const pb::MetaRequest* request,
-                                 pb::MetaResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  // `deadline`: the caller's, on the system clock.
+  void call(const pb::MetaRequest* request, pb::MetaResponse* response, std::chrono::system_clock::time_point deadline,
+            Finish finish) {
     count_received(*request);
     // A request whose caller already gave up is not executed: the caller will retry it elsewhere, and
     // running it now would only add an outcome nobody hears about.
-    if (expired(*context, reactor)) return reactor;
+    if (expired(deadline, finish)) return;
     std::shared_ptr<MetaApi> api = current_api();
     // A retry of a request this server ran or is running: the first outcome, not a second execution.
     const uint64_t request_id =
         recent_ != nullptr && wire::deduplicated(request->op_case()) ? request->request_id() : 0;
     if (request_id != 0) {
-      auto waiter = [reactor, response](const grpc::Status& status, const pb::MetaResponse* first) {
+      auto waiter = [finish, response](const grpc::Status& status, const pb::MetaResponse* first) {
         if (first != nullptr) *response = *first;
-        reactor->Finish(status);
+        finish(status);
       };
       RecentRequests::Begin begin = recent_->begin(request_id, std::move(waiter), response);
       if (begin != RecentRequests::Begin::kRun) {
         deduplicated_total.fetch_add(1, std::memory_order_relaxed);
-        if (begin == RecentRequests::Begin::kAnswered) reactor->Finish(grpc::Status::OK);
-        return reactor;
+        if (begin == RecentRequests::Begin::kAnswered) finish(grpc::Status::OK);
+        return;
       }
     }
-    // The request and response stay valid until Finish (the reactor's OnDone).
-    auto run = [this, api = std::move(api), request, response, reactor, request_id] {
+    // The request and response stay valid until finish.
+    auto run = [this, api = std::move(api), request, response, finish, request_id] {
       execute_counted(*api, *request, response);
       if (request_id != 0) recent_->finish(request_id, *response);
-      reactor->Finish(grpc::Status::OK);
+      finish(grpc::Status::OK);
     };
     if (inline_reads_ && wire::is_read(request->op_case())) {
       run();
-    } else if (!pool_.submit(std::move(run))) {
+    } else if (!pool_.submit(run)) {
       grpc::Status busy(grpc::StatusCode::RESOURCE_EXHAUSTED, "meta server queue is full");
       if (request_id != 0) recent_->abandon(request_id, busy);
-      reactor->Finish(busy);
+      finish(busy);
     }
-    return reactor;
   }
 
   // Each request as Call would run it, answered in request order once all are done. Reads alone (with
   // inline_reads) run one after the other right here; otherwise every request is a task of the pool, so
   // a batch's changes commit together (the KV store's group commit). A request id seen before gets the
   // first outcome, as in Call.
-  grpc::ServerUnaryReactor* CallBatch(grpc::CallbackServerContext* context, const pb::MetaBatchRequest* request,
-                                      pb::MetaBatchResponse* response) override {
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  void call_batch(const pb::MetaBatchRequest* request, pb::MetaBatchResponse* response,
+                  std::chrono::system_clock::time_point deadline, Finish finish) {
     batches_total.fetch_add(1, std::memory_order_relaxed);
     for (const pb::MetaRequest& item : request->requests()) count_received(item);
     const size_t size = static_cast<size_t>(request->requests_size());
     if (size > kMaxCallBatch) {
-      reactor->Finish(grpc::Status(
+      finish(grpc::Status(
           grpc::StatusCode::INVALID_ARGUMENT,
           fmt::format("[malformed] meta batch of {} requests, at most {}", request->requests_size(), kMaxCallBatch)));
-      return reactor;
+      return;
     }
-    if (expired(*context, reactor)) return reactor;
+    if (expired(deadline, finish)) return;
     std::shared_ptr<MetaApi> api = current_api();
     for (size_t i = 0; i < size; ++i) response->add_responses();
     const bool reads_only = std::all_of(request->requests().begin(), request->requests().end(),
@@ -447,13 +455,13 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
     if (inline_reads_ && reads_only) {
       for (size_t i = 0; i < size; ++i)
         execute_counted(*api, request->requests(static_cast<int>(i)), response->mutable_responses(static_cast<int>(i)));
-      reactor->Finish(grpc::Status::OK);
-      return reactor;
+      finish(grpc::Status::OK);
+      return;
     }
     // The last request to finish finishes the call.
     auto left = std::make_shared<std::atomic<size_t>>(size);
-    auto one_done = [left, reactor] {
-      if (left->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+    auto one_done = [left, finish] {
+      if (left->fetch_sub(1) == 1) finish(grpc::Status::OK);
     };
     std::vector<std::function<void()>> tasks;
     std::vector<size_t> task_index;     // the request of each task
@@ -487,7 +495,7 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
         one_done();
       });
     }
-    if (tasks.empty()) return reactor;  // every request answered from (or waiting on) earlier attempts
+    if (tasks.empty()) return;  // every request answered from (or waiting on) earlier attempts
     const size_t queued = tasks.size();
     if (!pool_.submit_all(std::move(tasks))) {
       // Nothing of it runs. NOTE: requests waiting on an earlier attempt still finish (one_done) on
@@ -501,7 +509,6 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
       }
       for (size_t i = 0; i < queued; ++i) one_done();
     }
-    return reactor;
   }
 
   void replace_api(std::shared_ptr<MetaApi> api) {
@@ -527,10 +534,10 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
     if (errors_ != nullptr) errors_->add();
   }
   // Finishes the call with DEADLINE_EXCEEDED when its caller has already given up.
-  bool expired(const grpc::CallbackServerContext& context, grpc::ServerUnaryReactor* reactor) {
-    if (context.deadline() >= std::chrono::system_clock::now()) return false;
+  bool expired(std::chrono::system_clock::time_point deadline, const Finish& finish) {
+    if (deadline >= std::chrono::system_clock::now()) return false;
     expired_total.fetch_add(1, std::memory_order_relaxed);
-    reactor->Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "meta request arrived after its deadline"));
+    finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "meta request arrived after its deadline"));
     return true;
   }
   std::shared_ptr<MetaApi> current_api() {
@@ -558,11 +565,83 @@ class MetaGrpcService final : public pb::Meta::CallbackService {
   std::unordered_map<int, rpc::Counter*> operations_;  // oneof field number -> counter; filled before serving
 };
 
+// gRPC's callback service over MetaCalls: the reactor finishes each call.
+class MetaGrpcService final : public pb::Meta::CallbackService {
+ public:
+  explicit MetaGrpcService(MetaCalls& calls) : calls_(calls) {}
+
+  grpc::ServerUnaryReactor* Call(grpc::CallbackServerContext* context, const pb::MetaRequest* request,
+                                 pb::MetaResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    calls_.call(request, response, context->deadline(),
+                [reactor](const grpc::Status& status) { reactor->Finish(status); });
+    return reactor;
+  }
+  // Each request as Call would run it, answered in request order once all are done (MetaCalls::call_batch).
+  grpc::ServerUnaryReactor* CallBatch(grpc::CallbackServerContext* context, const pb::MetaBatchRequest* request,
+                                      pb::MetaBatchResponse* response) override {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    calls_.call_batch(request, response, context->deadline(),
+                      [reactor](const grpc::Status& status) { reactor->Finish(status); });
+    return reactor;
+  }
+
+ private:
+  MetaCalls& calls_;
+};
+
+// One call over our TCP transport: the decoded request and its response live until the call is finished.
+struct TcpMetaCall {
+  pb::MetaRequest request;
+  pb::MetaResponse response;
+  pb::MetaBatchRequest batch_request;
+  pb::MetaBatchResponse batch_response;
+};
+
+// A MetaCallReq on our TCP transport (a tcp:// listen address), on the connection's receiving thread as gRPC's
+// callbacks run on its threads: decoded, run by MetaCalls, answered with the serialized response (or the transport
+// status MetaCalls finished it with, e.g. resource_exhausted, which RemoteMeta retries).
+void serve_tcp(MetaCalls& calls, const ServerContext& context, Request& request, const Reply& reply) {
+  auto* meta_call = std::get_if<MetaCallReq>(&request);
+  if (meta_call == nullptr) {
+    return reply(fs_error(FsError::kMalformed, fmt::format("ff-meta does not serve {}", request_name(request))));
+  }
+  const int64_t remaining_ns = std::max<int64_t>(context.deadline_ns - system_clock().now_ns(), 0);
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::nanoseconds(remaining_ns);
+  auto call = std::make_shared<TcpMetaCall>();
+  const bool batch = meta_call->batch;
+  const bool parsed =
+      batch ? call->batch_request.ParseFromString(meta_call->body) : call->request.ParseFromString(meta_call->body);
+  if (!parsed) {
+    return reply(
+        fs_error(FsError::kMalformed, fmt::format("a {} of {} bytes that is no ff.fs.meta.pb.{}", request_name(request),
+                                                  meta_call->body.size(), batch ? "MetaBatchRequest" : "MetaRequest")));
+  }
+  auto finish = [call, reply, batch](const grpc::Status& status) {
+    if (!status.ok()) return reply(rpc::from_grpc_status(status, "ff-meta"));
+    MetaCallRsp answer;
+    const bool serialized =
+        batch ? call->batch_response.SerializeToString(&answer.body) : call->response.SerializeToString(&answer.body);
+    if (!serialized) return reply(internal_error("ff-meta could not serialize a response"));
+    reply(Response{std::move(answer)});
+  };
+  if (batch) {
+    calls.call_batch(&call->batch_request, &call->batch_response, deadline, std::move(finish));
+  } else {
+    calls.call(&call->request, &call->response, deadline, std::move(finish));
+  }
+}
+
 }  // namespace
 
 struct MetaRpcServer::Impl {
+  std::unique_ptr<MetaCalls> calls;
+  // gRPC (a host:port or unix: listen address) ...
   std::unique_ptr<MetaGrpcService> service;
   std::unique_ptr<grpc::Server> server;
+  // ... or our TCP transport (tcp://), whose fallback handler needs an executor (every call takes the fast path).
+  std::unique_ptr<rpc::ThreadExecutor> executor;
+  std::unique_ptr<rpc::TcpServer> tcp;
   std::string address;
   uint16_t port = 0;
   std::mutex shutdown_mutex;  // guards shut_down
@@ -580,7 +659,29 @@ Result<std::unique_ptr<MetaRpcServer>> MetaRpcServer::start(std::shared_ptr<Meta
     return invalid_argument("meta server max_threads = {}, expected >= 2", options.max_threads);
   if (options.max_queued < 1) return invalid_argument("meta server max_queued = 0, expected >= 1");
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<MetaGrpcService>(std::move(api), options);
+  impl->calls = std::make_unique<MetaCalls>(std::move(api), options);
+  if (options.listen.starts_with(rpc::kTcpScheme)) {
+    MetaCalls& calls = *impl->calls;
+    impl->executor = std::make_unique<rpc::ThreadExecutor>("ff-meta-tcp", 1);
+    auto handler = [&calls](const ServerContext& context, Request request, Reply reply) {
+      serve_tcp(calls, context, request, reply);
+    };
+    auto fast = [&calls](const ServerContext& context, Request& request, Reply& reply) {
+      serve_tcp(calls, context, request, reply);
+      return true;
+    };
+    auto server = rpc::TcpServer::start(options.listen, *impl->executor, std::move(handler), options.metrics, 64 << 20,
+                                        std::move(fast));
+    if (!server.is_ok()) {
+      impl->executor->stop();
+      return unavailable("meta TCP server could not listen on {}: {}", options.listen, server.status().message());
+    }
+    impl->tcp = std::move(*server);
+    impl->port = impl->tcp->port();
+    impl->address = impl->tcp->address();
+    return std::unique_ptr<MetaRpcServer>(new MetaRpcServer(std::move(impl)));
+  }
+  impl->service = std::make_unique<MetaGrpcService>(*impl->calls);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), unix_socket ? nullptr : &port);
@@ -603,7 +704,7 @@ uint16_t MetaRpcServer::port() const { return impl_->port; }
 
 void MetaRpcServer::replace_api(std::shared_ptr<MetaApi> api) {
   FF_ASSERT(api != nullptr, "replace_api needs an api");
-  impl_->service->replace_api(std::move(api));
+  impl_->calls->replace_api(std::move(api));
 }
 
 void MetaRpcServer::shutdown(int64_t timeout_ms) {
@@ -613,15 +714,20 @@ void MetaRpcServer::shutdown(int64_t timeout_ms) {
     impl_->shut_down = true;
   }
   // Shutdown waits for running calls (their workers finish them), then the pool stops.
-  impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
-  impl_->server->Wait();
-  impl_->service->stop_workers();
+  if (impl_->tcp != nullptr) {
+    impl_->tcp->shutdown(timeout_ms);
+  } else {
+    impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+    impl_->server->Wait();
+  }
+  impl_->calls->stop_workers();
+  if (impl_->executor != nullptr) impl_->executor->stop();
 }
 
 MetaRpcServer::Stats MetaRpcServer::stats() const {
-  return Stats{impl_->service->requests_total.load(), impl_->service->errors_total.load(),
-               impl_->service->expired_total.load(), impl_->service->deduplicated_total.load(),
-               impl_->service->batches_total.load()};
+  const MetaCalls& calls = *impl_->calls;
+  return Stats{calls.requests_total.load(), calls.errors_total.load(), calls.expired_total.load(),
+               calls.deduplicated_total.load(), calls.batches_total.load()};
 }
 
 }  // namespace ff::fs::meta

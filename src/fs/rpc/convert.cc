@@ -255,6 +255,10 @@ void request_to_proto(Request&& request, pb::Envelope* out) {
         } else if constexpr (std::is_same_v<T, SyncDoneReq>) {
           auto* p = out->mutable_sync_done_req();
           p->set_chain(r.chain); p->set_chain_version(r.chain_version); p->set_target(r.target);
+        } else if constexpr (std::is_same_v<T, MetaCallReq>) {
+          auto* p = out->mutable_meta_call_req();
+          p->set_batch(r.batch);
+          p->set_body(std::move(r.body));
         } else {
           static_assert(sizeof(T) == 0, "request type without a conversion");
         }
@@ -336,6 +340,10 @@ Result<Request> request_from_proto(pb::Envelope&& e) {
       const auto& p = e.sync_done_req();
       return Request(SyncDoneReq{p.chain(), p.chain_version(), p.target()});
     }
+    case B::kMetaCallReq: {
+      auto* p = e.mutable_meta_call_req();
+      return Request(MetaCallReq{p->batch(), std::move(*p->mutable_body())});
+    }
     case B::BODY_NOT_SET: return malformed("request envelope has no body");
     default: return malformed(fmt::format("envelope field {} is not a request", static_cast<int>(e.body_case())));
   }
@@ -400,6 +408,8 @@ void response_to_proto(Response&& response, pb::Envelope* out) {
           out->mutable_sync_replace_rsp();
         } else if constexpr (std::is_same_v<T, SyncDoneRsp>) {
           out->mutable_sync_done_rsp();
+        } else if constexpr (std::is_same_v<T, MetaCallRsp>) {
+          out->mutable_meta_call_rsp()->set_body(std::move(r.body));
         } else {
           static_assert(sizeof(T) == 0, "response type without a conversion");
         }
@@ -472,6 +482,7 @@ Result<Response> response_from_proto(pb::Envelope&& e) {
     }
     case B::kSyncReplaceRsp: return Response(SyncReplaceRsp{});
     case B::kSyncDoneRsp: return Response(SyncDoneRsp{});
+    case B::kMetaCallRsp: return Response(MetaCallRsp{std::move(*e.mutable_meta_call_rsp()->mutable_body())});
     case B::BODY_NOT_SET: return malformed("response envelope has no body");
     default: return malformed(fmt::format("envelope field {} is not a response", static_cast<int>(e.body_case())));
   }

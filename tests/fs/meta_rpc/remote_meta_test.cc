@@ -2,10 +2,12 @@
 // servers on one store, bounded waits on unreachable and hung servers, the interpretation of a
 // repeated create / mkdir / link / rename / unlink / close whose first reply was lost, and batching
 // (concurrent calls sharing Meta.CallBatch, failed batches sent again call by call, the fallback to single
-// calls against a server without it).
+// calls against a server without it). With FF_TEST_META_TRANSPORT=tcp (ctest fs_meta_rpc_test_over_tcp) the servers
+// serve our TCP transport (tcp:// addresses) instead of gRPC; the tests that talk gRPC themselves are skipped there.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -15,6 +17,7 @@
 #include "ff/fs/kv_engines.h"
 #include "ff/fs/meta.grpc.pb.h"
 #include "ff/fs/meta_rpc.h"
+#include "ff/fs/rpc/tcp_transport.h"
 
 namespace ff::fs::meta {
 namespace {
@@ -22,6 +25,21 @@ namespace {
 const Caller kRoot{0, 0, {}};
 const Caller kAlice{1000, 1000, {}};
 const Caller kBob{1001, 1001, {}};
+
+bool over_tcp() {
+  const char* transport = std::getenv("FF_TEST_META_TRANSPORT");
+  return transport != nullptr && std::string_view(transport) == "tcp";
+}
+// A listen address with a port the OS picks, on this run's transport.
+std::string any_port() { return over_tcp() ? "tcp://127.0.0.1:0" : "127.0.0.1:0"; }
+// 127.0.0.1:port on this run's transport.
+std::string local_address(uint16_t port) {
+  return (over_tcp() ? "tcp://127.0.0.1:" : "127.0.0.1:") + std::to_string(port);
+}
+#define SKIP_OVER_TCP()                                                             \
+  do {                                                                              \
+    if (over_tcp()) GTEST_SKIP() << "talks gRPC itself (stubs or a proxy service)"; \
+  } while (false)
 
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -169,7 +187,7 @@ class RemoteMetaTest : public ::testing::Test {
     ASSERT_TRUE(service.is_ok()) << service.status().to_string();
     service_ = std::move(*service);
     stalling_ = std::make_unique<StallingApi>(*service_);
-    auto server = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{});
+    auto server = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.listen = any_port()});
     ASSERT_TRUE(server.is_ok()) << server.status().to_string();
     server_ = std::move(*server);
   }
@@ -259,7 +277,7 @@ TEST_F(RemoteMetaTest, FailsOverBetweenTwoServersOnOneStore) {
   // A second stateless instance on the same store behind its own server.
   auto second = MetaService::open(*engine_, MetaConfig{.chains = {1, 2, 3}});
   ASSERT_TRUE(second.is_ok());
-  auto server_b = MetaRpcServer::start(unowned(**second), MetaServerOptions{});
+  auto server_b = MetaRpcServer::start(unowned(**second), MetaServerOptions{.listen = any_port()});
   ASSERT_TRUE(server_b.is_ok());
   const std::string address_a = server_->address();
   auto remote = connect({address_a, (*server_b)->address()}, 2000, 20000);
@@ -345,9 +363,8 @@ TEST_F(RemoteMetaTest, ReplacingTheApiWhileServingSwitchesNewFilesToTheNewChains
 }
 
 TEST_F(RemoteMetaTest, UnreachableServersFailWithinTheOperationTimeout) {
-  auto remote = connect({"127.0.0.1:" + std::to_string(rpc::testing::free_port()),
-                         "127.0.0.1:" + std::to_string(rpc::testing::free_port())},
-                        300, 1500);
+  auto remote =
+      connect({local_address(rpc::testing::free_port()), local_address(rpc::testing::free_port())}, 300, 1500);
   int64_t start = now_ms();
   auto result = remote->getattr(kRootInode);
   int64_t took = now_ms() - start;
@@ -382,7 +399,8 @@ TEST_F(RemoteMetaTest, HungServerHitsTheDeadline) {
 TEST_F(RemoteMetaTest, RepeatedCallsAfterALostReplyAreInterpreted) {
   // A server without the table of recent request ids: the repeat runs again, as it does on another
   // server after a failover or on a restarted one, and the client interprets its answer.
-  auto plain = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.dedupe_requests = false});
+  auto plain =
+      MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.listen = any_port(), .dedupe_requests = false});
   ASSERT_TRUE(plain.is_ok()) << plain.status().to_string();
   // rpc timeout 700 ms: far above a normal call even on a loaded CI machine, far below the stall.
   auto remote = connect({(*plain)->address()}, 700, 20000);
@@ -520,9 +538,10 @@ TEST_F(RemoteMetaTest, ServerAnswersARetryWithTheFirstOutcome) {
 }
 
 TEST_F(RemoteMetaTest, RecentRequestTableIsBoundedAndExpires) {
+  SKIP_OVER_TCP();
   // Raw requests with chosen ids against a server whose table holds 2 entries for 300 ms.
-  auto small =
-      MetaRpcServer::start(unowned(*service_), MetaServerOptions{.dedupe_ttl_ms = 300, .dedupe_max_entries = 2});
+  auto small = MetaRpcServer::start(
+      unowned(*service_), MetaServerOptions{.listen = any_port(), .dedupe_ttl_ms = 300, .dedupe_max_entries = 2});
   ASSERT_TRUE(small.is_ok()) << small.status().to_string();
   auto channel = grpc::CreateChannel((*small)->address(), grpc::InsecureChannelCredentials());
   auto stub = pb::Meta::NewStub(channel);
@@ -599,6 +618,7 @@ TEST_F(RemoteMetaTest, ConcurrentReadsShareBatches) {
 // Meta.CallBatch runs each request as Call would: its own outcome, request ids deduplicated; more than
 // kMaxCallBatch is refused whole.
 TEST_F(RemoteMetaTest, ABatchRunsEachRequestAsCallWould) {
+  SKIP_OVER_TCP();
   auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
   auto stub = pb::Meta::NewStub(channel);
   pb::MetaBatchRequest request;
@@ -740,7 +760,9 @@ TEST_F(RemoteMetaTest, AFailedBatchIsRetriedReadByRead) {
 // busy tag, nothing of it run; the same batch runs whole once the queue has room. Two workers and three
 // queue slots, all five held by creates that take 2 s (margin for a loaded machine).
 TEST_F(RemoteMetaTest, ABatchThePoolCannotQueueIsAnsweredBusyRequestByRequest) {
-  auto small = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.max_threads = 2, .max_queued = 3});
+  SKIP_OVER_TCP();
+  auto small = MetaRpcServer::start(unowned(*stalling_),
+                                    MetaServerOptions{.listen = any_port(), .max_threads = 2, .max_queued = 3});
   ASSERT_TRUE(small.is_ok()) << small.status().to_string();
   MetaRpcServer& server = **small;
   auto stub = pb::Meta::NewStub(grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
@@ -828,7 +850,8 @@ TEST_F(RemoteMetaTest, ABatchThePoolCannotQueueIsAnsweredBusyRequestByRequest) {
 // cannot queue come back busy, and each of their calls is sent again alone (and again while the server
 // answers RESOURCE_EXHAUSTED) until it runs; every file is made exactly once.
 TEST_F(RemoteMetaTest, BusyBatchesAreSentAgainCallByCall) {
-  auto small = MetaRpcServer::start(unowned(*stalling_), MetaServerOptions{.max_threads = 2, .max_queued = 1});
+  auto small = MetaRpcServer::start(unowned(*stalling_),
+                                    MetaServerOptions{.listen = any_port(), .max_threads = 2, .max_queued = 1});
   ASSERT_TRUE(small.is_ok()) << small.status().to_string();
   auto remote = connect({(*small)->address()});
   stalling_->stall_before_ms = 50;
@@ -859,6 +882,7 @@ TEST_F(RemoteMetaTest, BusyBatchesAreSentAgainCallByCall) {
 // An ff-meta without Meta.CallBatch (an older server; here a proxy that forwards Call only): the first
 // batch is answered UNIMPLEMENTED, its reads go one by one, and so does every read after it.
 TEST_F(RemoteMetaTest, ReadsGoOneByOneToAServerWithoutBatches) {
+  SKIP_OVER_TCP();
   class CallOnly final : public pb::Meta::CallbackService {
    public:
     explicit CallOnly(const std::string& target)
@@ -922,6 +946,7 @@ TEST_F(RemoteMetaTest, ReadsGoOneByOneToAServerWithoutBatches) {
 }
 
 TEST_F(RemoteMetaTest, UnixDomainSocket) {
+  SKIP_OVER_TCP();
   rpc::testing::TempDir dir;
   const std::string address = "unix:" + dir.path() + "/meta.sock";
   auto server = MetaRpcServer::start(unowned(*service_), MetaServerOptions{.listen = address, .inline_reads = true});
@@ -932,6 +957,43 @@ TEST_F(RemoteMetaTest, UnixDomainSocket) {
   ASSERT_TRUE(made.is_ok()) << made.status().to_string();
   EXPECT_EQ(remote->lookup(kRoot, kRootInode, "over-uds")->id, made->id);
   (*server)->shutdown(1000);
+}
+
+// ff-meta on our TCP transport: a call whose body is no MetaRequest, and a request that is no meta call at all, get
+// [malformed] naming what arrived; the server goes on serving on the same connection.
+TEST_F(RemoteMetaTest, TcpServerRefusesMalformedCalls) {
+  auto server = MetaRpcServer::start(unowned(*service_), MetaServerOptions{.listen = "tcp://127.0.0.1:0"});
+  ASSERT_TRUE(server.is_ok()) << server.status().to_string();
+  const std::string address = (*server)->address();
+  EXPECT_TRUE(address.starts_with("tcp://127.0.0.1:")) << address;
+  rpc::ThreadExecutor executor("meta-tcp-test", 1);
+  rpc::TcpRpcClient client(executor, rpc::TcpClientOptions{.connections_per_peer = 1});
+  auto call = [&](Request request) {
+    std::promise<Result<Response>> answer;
+    client.call(address, std::move(request), 5'000'000'000,
+                [&](Result<Response> result) { answer.set_value(std::move(result)); });
+    return answer.get_future().get();
+  };
+  Result<Response> garbage = call(Request{MetaCallReq{false, std::string("\xff\xff\xff not a message")}});
+  ASSERT_FALSE(garbage.is_ok());
+  EXPECT_EQ(fs_error_of(garbage.status()), FsError::kMalformed) << garbage.status().to_string();
+  EXPECT_NE(garbage.status().message().find("MetaRequest"), std::string::npos) << garbage.status().to_string();
+  Result<Response> storage_call = call(Request{ReadReq{}});
+  ASSERT_FALSE(storage_call.is_ok());
+  EXPECT_EQ(fs_error_of(storage_call.status()), FsError::kMalformed) << storage_call.status().to_string();
+  EXPECT_NE(storage_call.status().message().find("ReadReq"), std::string::npos) << storage_call.status().to_string();
+  // A well-formed call on the same connection still runs.
+  pb::MetaRequest lookup;
+  lookup.mutable_lookup()->set_parent(kRootInode);
+  lookup.mutable_lookup()->set_name("absent");
+  MetaCallReq good{false, lookup.SerializeAsString()};
+  Result<Response> answered = call(Request{std::move(good)});
+  ASSERT_TRUE(answered.is_ok()) << answered.status().to_string();
+  pb::MetaResponse response;
+  ASSERT_TRUE(response.ParseFromString(std::get<MetaCallRsp>(*answered).body));
+  EXPECT_EQ(response.code(), static_cast<int>(StatusCode::kNotFound)) << response.message();
+  (*server)->shutdown(1000);
+  executor.stop();
 }
 
 TEST_F(RemoteMetaTest, ManyThreadsShareOneClient) {

@@ -1,6 +1,6 @@
 // ff-fuse: mounts the fs namespace with FUSE (ff::fs_fuse, include/ff/fs/fuse.h; docs/fs-fuse.md).
 //
-//   ff-fuse --mount /mnt/ff --meta 127.0.0.1:9300 --mgmtd 127.0.0.1:9000     ff-meta + storage (the cluster)
+//   ff-fuse --mount /mnt/ff --meta tcp://127.0.0.1:9300 --mgmtd 127.0.0.1:9000   ff-meta + storage (the cluster)
 //   ff-fuse --mount /mnt/ff --embedded-meta /var/lib/ff/meta --mgmtd ...     metadata in this process (RocksDB)
 //   ff-fuse --mount /mnt/ff --embedded-meta :memory: --memory-data           everything in memory (tests)
 //   ff-fuse --config deploy/fs/fuse.toml                                     the same from a file
@@ -380,7 +380,8 @@ int main(int argc, char** argv) {
   int meta_batches = -1;
   app.add_option("--config", config_path, "TOML config (see deploy/fs/fuse.toml); flags override it");
   app.add_option("--mount", mount, "mountpoint (an existing directory)");
-  app.add_option("--meta", meta_list, "ff-meta addresses host:port[,host:port...]");
+  app.add_option("--meta", meta_list,
+                 "ff-meta addresses host:port (gRPC) or tcp://host:port (our TCP transport), comma-separated");
   app.add_option("--meta-batches", meta_batches,
                  "batches of calls to ff-meta in flight before concurrent calls wait to share one (reads and changes "
                  "apart; 0: every call its own RPC; default max(2, cores / 2))");

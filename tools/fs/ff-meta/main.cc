@@ -1,4 +1,5 @@
-// ff-meta: the fs metadata server. Serves meta::MetaApi over gRPC (include/ff/fs/meta_rpc.h) from a
+// ff-meta: the fs metadata server. Serves meta::MetaApi over our TCP transport (a tcp:// listen address) or gRPC
+// (host:port; include/ff/fs/meta_rpc.h) from a
 // MetaService on a transactional KV store: embedded RocksDB (one server) or etcd (any number of
 // stateless servers on one store). New files are striped over the chains of one chain table, taken
 // from mgmtd's routing (waited for at start, refreshed periodically); lengths are made exact and
@@ -91,7 +92,11 @@ Result<Config> load_config(const std::string& path) {
   FF_RETURN_IF_ERROR(reader.read("metrics.listen", &c.metrics_listen));
   FF_RETURN_IF_ERROR(reader.read("metrics.stats_interval_s", &c.stats_interval_s));
   FF_RETURN_IF_ERROR(reader.finish());
-  if (!c.listen.starts_with("unix:")) FF_RETURN_IF_ERROR(parse_host_port(c.listen).status());
+  if (!c.listen.starts_with("unix:")) {
+    std::string_view host_port = c.listen;
+    if (host_port.starts_with(kTcpScheme)) host_port.remove_prefix(kTcpScheme.size());  // our TCP transport
+    FF_RETURN_IF_ERROR(parse_host_port(host_port).status());
+  }
   if (c.mgmtd.empty()) {
     if (c.standalone_chains == 0) {
       return invalid_argument(
