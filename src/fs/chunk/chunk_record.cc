@@ -1,5 +1,6 @@
 #include "chunk_record.h"
 
+#include <bit>
 #include <cstring>
 
 namespace ff::fs::chunk_internal {
@@ -10,11 +11,29 @@ constexpr uint8_t kRecordFormatV1 = 1;
 constexpr uint8_t kRecordFormat = 2;
 
 void put_u8(std::string& out, uint8_t value) { out.push_back(static_cast<char>(value)); }
+// Little-endian fields. NOTE: whole words and arrays in one append where the machine is little-endian: a 1 MiB
+// chunk's record carries 2 x 256 segment CRCs, and byte-by-byte encoding and decoding of them took ~6 % of the storage
+// workers' CPU on 4 KiB writes (perf, 2026-12-05).
 void put_u32(std::string& out, uint32_t value) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+  if constexpr (std::endian::native == std::endian::little) {
+    out.append(reinterpret_cast<const char*>(&value), sizeof(value));
+  } else {
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+  }
 }
 void put_u64(std::string& out, uint64_t value) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+  if constexpr (std::endian::native == std::endian::little) {
+    out.append(reinterpret_cast<const char*>(&value), sizeof(value));
+  } else {
+    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
+  }
+}
+void put_u32s(std::string& out, const std::vector<uint32_t>& values) {
+  if constexpr (std::endian::native == std::endian::little) {
+    out.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(uint32_t));
+  } else {
+    for (uint32_t value : values) put_u32(out, value);
+  }
 }
 void put_be64(std::string& out, uint64_t value) {
   for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
@@ -37,6 +56,15 @@ struct Reader {
     position += static_cast<size_t>(bytes);
     return value;
   }
+  // `count` 32-bit fields into `out` (the caller checked that they are there).
+  void get_u32s(uint32_t* out, size_t count) {
+    if constexpr (std::endian::native == std::endian::little) {
+      std::memcpy(out, data.data() + position, count * sizeof(uint32_t));
+      position += count * sizeof(uint32_t);
+    } else {
+      for (size_t i = 0; i < count; ++i) out[i] = static_cast<uint32_t>(get(4));
+    }
+  }
 };
 
 void encode_version(std::string& out, const VersionRecord& version) {
@@ -46,7 +74,7 @@ void encode_version(std::string& out, const VersionRecord& version) {
   put_u8(out, version.location.block_class);
   put_u32(out, version.location.block);
   put_u32(out, static_cast<uint32_t>(version.segment_crcs.size()));
-  for (uint32_t crc : version.segment_crcs) put_u32(out, crc);
+  put_u32s(out, version.segment_crcs);
   put_u8(out, version.patch.location.block_class);
   put_u32(out, version.patch.location.block);
   put_u64(out, version.patch.offset);
@@ -67,7 +95,7 @@ void decode_version(Reader& reader, VersionRecord& version, bool with_patch) {
     return;
   }
   version.segment_crcs.resize(segments);
-  for (uint64_t i = 0; i < segments; ++i) version.segment_crcs[i] = static_cast<uint32_t>(reader.get(4));
+  reader.get_u32s(version.segment_crcs.data(), segments);
   if (!with_patch) return;
   version.patch.location.block_class = static_cast<uint8_t>(reader.get(1));
   version.patch.location.block = static_cast<uint32_t>(reader.get(4));
