@@ -254,18 +254,18 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
               [piece_done](Result<WriteRsp> rsp) { piece_done(rsp.is_ok() ? Status::ok() : rsp.status()); }, 0,
               chunk_bytes);
         } else {
-          // With local reads the answer comes as pieces, and a read served from a target's file completes on
-          // an offload thread: back to the executor, where issue() runs. Without, it completes there already
-          // (no extra hop in the RPC figure).
-          const bool local = c.local_reads;
+          // The answer comes as pieces, as FileClient and ff-fuse take it: over RPC the payload lands in a recycled
+          // aligned buffer (a fresh Bytes would be zeroed first: a 1 MiB memset per read, a quarter of the
+          // receiving thread's CPU), and a local read is the caller's own. Either completes on the transport's or
+          // an offload thread: back to the executor, where issue() runs (the same one hop an answer without
+          // pieces takes).
           client.read(
               chain, chunk, in_chunk, piece_bytes, ReadMode::kStrict,
-              [piece_done, local, &executor](Result<ReadRsp> rsp) {
+              [piece_done, &executor](Result<ReadRsp> rsp) {
                 Status status = rsp.is_ok() ? Status::ok() : rsp.status();
-                if (!local) return piece_done(status);
                 executor.post([piece_done, status] { piece_done(status); });
               },
-              local);
+              true);
         }
       }
     }
