@@ -268,11 +268,14 @@ struct RemoteMeta::Impl {
     bool ambiguous = false;  // an attempt may have run on a server without its reply reaching us
     bool alone = false;
     bool taken = false;
+    // Its owner waits here: for its outcome once taken, else for a free slot while it is first in the queue.
+    // NOTE: one per call, not one per lane: waking every waiting caller at each batch's end (notify_all) cost
+    // more wake-ups than the batch saved RPCs when calls are cheap (our TCP transport).
+    std::condition_variable wake;
   };
   // Reads and changes batch apart: a read need not wait for the commit of a change batched with it.
   struct Lane {
     std::mutex mutex;  // guards queue, in_flight and every Queued in the queue or in flight
-    std::condition_variable done;
     std::deque<Queued*> queue;
     int in_flight = 0;
   };
@@ -332,11 +335,16 @@ struct RemoteMeta::Impl {
             batch[i]->outcome = std::move(*answer);
           }
         }
-        lane.done.notify_all();
+        // Under the mutex: a waiting owner cannot leave (and take its Queued with it) before it is notified.
+        for (Queued* queued : batch) {
+          if (queued != &mine) queued->wake.notify_one();
+        }
+        // The slot is free: the first queued call sends the next batch (it takes the whole queue).
+        if (!lane.queue.empty()) lane.queue.front()->wake.notify_one();
         continue;
       }
       // Bounded: the batch holding this call (or the one freeing a slot) ends within its RPC deadline.
-      lane.done.wait_for(lock, std::chrono::milliseconds(options.rpc_timeout_ms + 1000));
+      mine.wake.wait_for(lock, std::chrono::milliseconds(options.rpc_timeout_ms + 1000));
     }
     lock.unlock();
     if (mine.outcome) {
