@@ -2,9 +2,10 @@
 """fs storage benchmark: ff-bench-storage against a local 3-server cluster at replication 3, beside fio on
 the same disk with the same block size and queue depth, in one run. One JSON line per case; writes
 bench/results/fs_storage_cpu.json. Targets (issue 5): read >= 0.9x fio, write >= 0.9x fio/3 (every byte
-is written three times on the same disk).
+is written three times on the same disk). Each case runs --rounds rounds of ours and fio back to back (who goes
+first rotates) and compares the medians: this VM's disk moves between runs.
 
-Usage: bench/fs/bench_storage.py [--build-dir build] [--seconds 3] [--file-mb 256] [--depths 1,8]
+Usage: bench/fs/bench_storage.py [--build-dir build] [--seconds 3] [--rounds 3] [--file-mb 256] [--depths 1,8]
        [--blocks 4096,1048576,4194304] [--ops write,read] [--patterns seq,rand] [--transports grpc,tcp]
        [--server-counters] [--baseline-storage PATH] [--group-sync-ms 0,100] [--out FILE]
 
@@ -29,6 +30,7 @@ import pathlib
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +55,12 @@ def storage_bench(cluster: LocalCluster, chunk_bytes: int, *extra: str, timeout:
     if out.returncode != 0 and not out.stdout.strip():
         raise RuntimeError(f"ff-bench-storage failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run whose MB/s is the (lower) median of `runs`: its latencies and counters go with the median figure."""
+    ordered = sorted(runs, key=lambda run: run["MB_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def prefill_storage_file(cluster: LocalCluster, chunk_bytes: int, file_mb: int) -> None:
@@ -98,6 +106,9 @@ def main() -> None:
     parser.add_argument("--chunk-bytes", type=int, default=1 << 20,
                         help="the file's chunk size (1 MiB, the file system's default layout; blocks larger than a "
                              "chunk are several chunk I/Os in parallel)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of (ours on every cluster, fio) per case, back to back; each figure is the median "
+                             "of its rounds (this VM's disk moves between runs)")
     parser.add_argument("--local-reads", type=int, default=1, help="also run each read case with local reads (0: no)")
     parser.add_argument("--fio-huge-pages", action="store_true",
                         help="read cases also run fio with its buffers on huge pages (--mem=shmhuge), as our read buffers "
@@ -128,6 +139,8 @@ def main() -> None:
         group_sync_values = [int(value) for value in args.group_sync_ms.split(",")]
     except ValueError:
         parser.error(f"--group-sync-ms: '{args.group_sync_ms}' is not a comma-separated list of integers")
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds} is not a positive number of rounds")
     if any(value < 0 or value > 60_000 for value in group_sync_values):
         parser.error(f"--group-sync-ms: {args.group_sync_ms} has a value outside [0, 60000]")
     builds = {"this": bin_dir}
@@ -187,51 +200,80 @@ def main() -> None:
                     for depth in depths:
                         case = ("--op", op, "--pattern", pattern, "--block-bytes", str(block), "--queue-depth",
                                 str(depth), "--file-bytes", str(args.file_mb << 20), "--seconds", str(args.seconds))
-                        # Who goes first rotates from case to case, so no cluster always gets the disk's earlier
-                        # seconds.
+                        # Each round runs ours on every cluster and fio back to back; who goes first rotates from
+                        # case to case and round to round, so no side always gets the disk's earlier seconds. This
+                        # VM's disk moves between runs (fio alone: 0.68 to 1.8 GB/s for one case within ten minutes),
+                        # so each figure is the median of its rounds.
                         keys = list(clusters)
-                        shift = case_index % len(keys)
-                        case_index += 1
-                        ours = {key: bench(clusters[key], *case) for key in keys[shift:] + keys[:shift]}
-                        fio_mb = fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb)
+                        runs: dict = {key: [] for key in keys}
+                        local_runs: dict = {key: [] for key in keys}
+                        fio_runs: list[float] = []
+                        extra_runs: dict[str, list[float]] = {}
+                        for round_index in range(args.rounds):
+                            shift = case_index % len(keys)
+                            fio_first = case_index % 2 == 1
+                            case_index += 1
+
+                            def run_fio() -> None:
+                                fio_runs.append(fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb))
+                                if op == "read" and args.fio_huge_pages:
+                                    extra_runs.setdefault("fio_huge_pages_MB_per_s", []).append(
+                                        fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb,
+                                            huge_pages=True))
+                                if op == "write":
+                                    # Second baseline, like with like: fio O_DSYNC writes each followed by an
+                                    # fdatasync (each replica syncs a RocksDB batch per write; plain fio does not).
+                                    extra_runs.setdefault("fio_fdatasync_MB_per_s", []).append(
+                                        fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb,
+                                            metadata_sync=True))
+
+                            if fio_first:
+                                run_fio()
+                            for key in keys[shift:] + keys[:shift]:
+                                runs[key].append(bench(clusters[key], *case))
+                                if op == "read" and args.local_reads:
+                                    # The same reads served from the targets' files (docs/fs.md, "Local reads"):
+                                    # the read RPC still goes to a target, the bytes do not travel over TCP.
+                                    local_runs[key].append(bench(clusters[key], *case, "--local-reads"))
+                            if not fio_first:
+                                run_fio()
+                        fio_mb = statistics.median(fio_runs)
+                        extra = {name: round(statistics.median(values), 1) for name, values in extra_runs.items()}
                         target = 0.9 * fio_mb if op == "read" else 0.9 * fio_mb / 3
-                        extra: dict = {}
-                        if op == "read" and args.fio_huge_pages:
-                            extra["fio_huge_pages_MB_per_s"] = round(
-                                fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb, huge_pages=True), 1)
-                        if op == "write":
-                            # Second baseline, like with like: fio O_DSYNC writes each followed by an
-                            # fdatasync (each replica syncs a RocksDB batch per write; plain fio does not).
-                            extra["fio_fdatasync_MB_per_s"] = round(
-                                fio(fio_dir, op, pattern, block, depth, args.seconds, args.file_mb, metadata_sync=True), 1)
                         for (transport, build, group_ms), cluster in clusters.items():
-                            mine = ours[(transport, build, group_ms)]
+                            mine = median_run(runs[(transport, build, group_ms)])
+                            mine_mb = statistics.median(r["MB_per_s"] for r in runs[(transport, build, group_ms)])
                             line = {**mine, "transport": transport, "group_sync_ms": group_ms,
                                     "fio_MB_per_s": round(fio_mb, 1),
-                                    "MB_per_s": round(mine["MB_per_s"], 1),
-                                    "ratio_vs_fio": round(mine["MB_per_s"] / fio_mb, 3) if fio_mb else None,
-                                    "target_MB_per_s": round(target, 1), "meets_target": mine["MB_per_s"] >= target,
+                                    "MB_per_s": round(mine_mb, 1),
+                                    "ratio_vs_fio": round(mine_mb / fio_mb, 3) if fio_mb else None,
+                                    "target_MB_per_s": round(target, 1), "meets_target": mine_mb >= target,
+                                    "rounds": args.rounds,
+                                    "rounds_MB_per_s": [round(r["MB_per_s"], 1)
+                                                        for r in runs[(transport, build, group_ms)]],
+                                    "rounds_fio_MB_per_s": [round(value, 1) for value in fio_runs],
                                     **extra}
-                            if op == "read" and args.local_reads:
-                                # The same reads served from the targets' files (docs/fs.md, "Local reads"):
-                                # the read RPC still goes to a target, the bytes do not travel over TCP.
-                                local = bench(cluster, *case, "--local-reads")
-                                line["local_MB_per_s"] = round(local["MB_per_s"], 1)
+                            locals_ = local_runs[(transport, build, group_ms)]
+                            if locals_:
+                                local = median_run(locals_)
+                                local_mb = statistics.median(r["MB_per_s"] for r in locals_)
+                                line["local_MB_per_s"] = round(local_mb, 1)
                                 line["local_p50_us"] = local["p50_us"]
                                 line["local_reads"] = local["local_reads"]
                                 line["local_read_fallbacks"] = local["local_read_fallbacks"]
-                                line["local_ratio_vs_fio"] = round(local["MB_per_s"] / fio_mb, 3) if fio_mb else None
-                                line["local_meets_target"] = local["MB_per_s"] >= target
+                                line["local_ratio_vs_fio"] = round(local_mb / fio_mb, 3) if fio_mb else None
+                                line["local_meets_target"] = local_mb >= target
+                                line["rounds_local_MB_per_s"] = [round(r["MB_per_s"], 1) for r in locals_]
                             if args.baseline_storage:
                                 line["storage_build"] = build
                             huge = extra.get("fio_huge_pages_MB_per_s")
                             if huge:
-                                line["ratio_vs_fio_huge_pages"] = round(mine["MB_per_s"] / huge, 3)
+                                line["ratio_vs_fio_huge_pages"] = round(mine_mb / huge, 3)
                                 if "local_MB_per_s" in line:
                                     line["local_ratio_vs_fio_huge_pages"] = round(line["local_MB_per_s"] / huge, 3)
                             fio_sync = extra.get("fio_fdatasync_MB_per_s")
                             if fio_sync:
-                                line["ratio_vs_fio_fdatasync"] = round(mine["MB_per_s"] / fio_sync, 3)
+                                line["ratio_vs_fio_fdatasync"] = round(mine_mb / fio_sync, 3)
                             print(json.dumps(line), flush=True)
                             results.append(line)
     document = {
@@ -257,7 +299,7 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.1f}); disk "
                   + subprocess.run(["df", "--output=source,fstype", data_dir], capture_output=True, text=True).stdout.split("\n")[1].strip(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seconds_per_case": args.seconds, "file_mb": args.file_mb, "chunk_bytes": args.chunk_bytes,
+        "seconds_per_case": args.seconds, "rounds": args.rounds, "file_mb": args.file_mb, "chunk_bytes": args.chunk_bytes,
         "fio_huge_pages": "read cases also ran fio with --mem=shmhuge (its buffers on huge pages, as our read buffers of "
                           "1 MiB and more are): fio_huge_pages_MB_per_s" if args.fio_huge_pages else None,
         "results": results,
