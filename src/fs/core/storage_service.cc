@@ -1000,6 +1000,19 @@ struct StorageService::State {
           if (result->is_ok()) return (*stored)();
           FF_LOG_WARN("target {}: storing chunk {} v{} after forwarding it failed (attempt {}): {}", update->target,
                       update->chunk.to_string(), update->version, attempt + 1, *result);
+          // Once this target no longer serves in the chain (offline, waiting, or syncing after a chain change), the
+          // version need not land here: the last serving target decides what is committed, and this target syncs
+          // from its predecessor before it serves again, which replaces this chunk. Retrying on would keep the
+          // chunk's lock that the sync's replacement waits for (the simulation's seed 108970 under unlimited
+          // faults: a corrupt base whose version no replica held any more, retried 170 times while the sync stood
+          // still and the chain never served again).
+          const ChainInfo* now_chain = routing.chain(update->chain);
+          if (now_chain == nullptr || now_chain->index_of(update->target) < 0 ||
+              state_of(*now_chain, update->target) != PublicTargetState::kServing) {
+            return finish(update, result->with_context(fmt::format("target {} left the chain's serving targets; "
+                                                                   "its sync brings the chunk",
+                                                                   update->target)));
+          }
           int64_t backoff = config.retry_backoff_ns * std::min(1 << std::min(attempt, 5), 20);
           auto retry = [this, update, next, chunk_update, attempt, stored, gen, backoff] {
             if (gen != generation) return;

@@ -80,7 +80,10 @@ TEST(FsSim, LateWorkSeeds1To300) {
 // services' scrub ran in the simulation, which changes every seed's schedule: they run without it. Found with it:
 // a read answered "not found" by a restarted last serving target whose lazy commit of the acknowledged first
 // version a crash had undone (20444). All of them were found before the read fast lane ran in the simulation
-// (SimOptions::fast_lane), so they run without it.
+// (SimOptions::fast_lane), so they run without it. Found with the scrub and the fast lane on (the defaults): a
+// target that kept retrying the store of a version it had forwarded, over a corrupt base no replica held any more,
+// after it had left the chain's serving targets, so that the chunk's lock blocked its own sync and the chain never
+// served again (108970; docs/fs.md, Status).
 TEST(FsSim, UnlimitedFaultsRegressionSeeds) {
   SimOptions options;
   options.max_concurrent_faults = 0;
@@ -89,6 +92,8 @@ TEST(FsSim, UnlimitedFaultsRegressionSeeds) {
   for (uint64_t seed : {521, 616, 2991, 7197, 11657, 13788, 19853, 21153, 26510}) run_range(seed, 1, options);
   options.scrub = true;
   for (uint64_t seed : {20444}) run_range(seed, 1, options);
+  options.fast_lane = SimOptions{}.fast_lane;
+  for (uint64_t seed : {108970}) run_range(seed, 1, options);
 }
 
 // The read fast lane (reads answered on the offload worker, as over gRPC) runs in the simulation: about half the
