@@ -29,6 +29,7 @@ import os
 import pathlib
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -125,6 +126,10 @@ def main() -> None:
                              "each replica before it is acknowledged, the default; N: the chunk engines sync every N ms "
                              "instead, docs/fs-chunk-engine.md \"Group sync\"); one cluster per value, each line names "
                              "its value")
+    parser.add_argument("--ab-client-args", default=None,
+                        help="an A/B of client settings: each case also runs ff-bench-storage with these extra "
+                             "arguments (e.g. \"--coalesce-write-max-bytes 0\") on the same clusters, in the same "
+                             "rounds; its lines carry \"client_variant\": \"ab\" (the others: \"default\")")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "fs_storage_cpu.json"))
     args = parser.parse_args()
     bin_dir = REPO / args.build_dir / "bin"
@@ -143,6 +148,9 @@ def main() -> None:
         parser.error(f"--rounds: {args.rounds} is not a positive number of rounds")
     if any(value < 0 or value > 60_000 for value in group_sync_values):
         parser.error(f"--group-sync-ms: {args.group_sync_ms} has a value outside [0, 60000]")
+    variants = {"default": ()}
+    if args.ab_client_args:
+        variants["ab"] = tuple(shlex.split(args.ab_client_args))
     builds = {"this": bin_dir}
     if args.baseline_storage:
         baseline = pathlib.Path(args.baseline_storage).resolve()
@@ -204,7 +212,7 @@ def main() -> None:
                         # case to case and round to round, so no side always gets the disk's earlier seconds. This
                         # VM's disk moves between runs (fio alone: 0.68 to 1.8 GB/s for one case within ten minutes),
                         # so each figure is the median of its rounds.
-                        keys = list(clusters)
+                        keys = [(cluster_key, variant) for cluster_key in clusters for variant in variants]
                         runs: dict = {key: [] for key in keys}
                         local_runs: dict = {key: [] for key in keys}
                         fio_runs: list[float] = []
@@ -230,30 +238,31 @@ def main() -> None:
                             if fio_first:
                                 run_fio()
                             for key in keys[shift:] + keys[:shift]:
-                                runs[key].append(bench(clusters[key], *case))
+                                runs[key].append(bench(clusters[key[0]], *case, *variants[key[1]]))
                                 if op == "read" and args.local_reads:
                                     # The same reads served from the targets' files (docs/fs.md, "Local reads"):
                                     # the read RPC still goes to a target, the bytes do not travel over TCP.
-                                    local_runs[key].append(bench(clusters[key], *case, "--local-reads"))
+                                    local_runs[key].append(bench(clusters[key[0]], *case, *variants[key[1]],
+                                                                 "--local-reads"))
                             if not fio_first:
                                 run_fio()
                         fio_mb = statistics.median(fio_runs)
                         extra = {name: round(statistics.median(values), 1) for name, values in extra_runs.items()}
                         target = 0.9 * fio_mb if op == "read" else 0.9 * fio_mb / 3
-                        for (transport, build, group_ms), cluster in clusters.items():
-                            mine = median_run(runs[(transport, build, group_ms)])
-                            mine_mb = statistics.median(r["MB_per_s"] for r in runs[(transport, build, group_ms)])
+                        for key in keys:
+                            (transport, build, group_ms), variant = key
+                            mine = median_run(runs[key])
+                            mine_mb = statistics.median(r["MB_per_s"] for r in runs[key])
                             line = {**mine, "transport": transport, "group_sync_ms": group_ms,
                                     "fio_MB_per_s": round(fio_mb, 1),
                                     "MB_per_s": round(mine_mb, 1),
                                     "ratio_vs_fio": round(mine_mb / fio_mb, 3) if fio_mb else None,
                                     "target_MB_per_s": round(target, 1), "meets_target": mine_mb >= target,
                                     "rounds": args.rounds,
-                                    "rounds_MB_per_s": [round(r["MB_per_s"], 1)
-                                                        for r in runs[(transport, build, group_ms)]],
+                                    "rounds_MB_per_s": [round(r["MB_per_s"], 1) for r in runs[key]],
                                     "rounds_fio_MB_per_s": [round(value, 1) for value in fio_runs],
                                     **extra}
-                            locals_ = local_runs[(transport, build, group_ms)]
+                            locals_ = local_runs[key]
                             if locals_:
                                 local = median_run(locals_)
                                 local_mb = statistics.median(r["MB_per_s"] for r in locals_)
@@ -266,6 +275,8 @@ def main() -> None:
                                 line["rounds_local_MB_per_s"] = [round(r["MB_per_s"], 1) for r in locals_]
                             if args.baseline_storage:
                                 line["storage_build"] = build
+                            if args.ab_client_args:
+                                line["client_variant"] = variant
                             huge = extra.get("fio_huge_pages_MB_per_s")
                             if huge:
                                 line["ratio_vs_fio_huge_pages"] = round(mine_mb / huge, 3)
@@ -304,6 +315,9 @@ def main() -> None:
                           "1 MiB and more are): fio_huge_pages_MB_per_s" if args.fio_huge_pages else None,
         "results": results,
     }
+    if args.ab_client_args:
+        document["ab_client_args"] = (f"lines with client_variant 'ab' ran ff-bench-storage with {args.ab_client_args!r} "
+                                      "on the same clusters, in the same rounds")
     if args.baseline_storage:
         document["baseline_storage"] = ("lines with storage_build 'baseline' ran the ff-storage at "
                                         f"{args.baseline_storage}, the others this build's")

@@ -56,6 +56,17 @@ struct ClientConfig {
   uint32_t read_rpcs_per_node = 1;
   uint64_t coalesce_read_max_bytes = 64 << 10;
   uint32_t max_reads_per_batch = 64;
+  // Write coalescing: writes and truncates of one chunk by this client go to the head one at a time, in the order
+  // they were made (so a retried write can never land after a later one of the same chunk), and while one is on its
+  // way the next ones wait; when it completes, waiting writes of at most `coalesce_write_max_bytes` whose ranges
+  // touch or overlap go out together as one write of their union (later bytes over earlier ones), up to
+  // `max_coalesced_write_bytes`. Each gets that write's answer (its version, CRC and the chunk's length then); one
+  // that a coalesced write's bad-input error ([oversize], [misaligned], [malformed]) reached is sent again on its
+  // own. The head serializes a chunk's writes anyway (its chunk lock is held through the chain's round trip), so
+  // sequential small writes at depth > 1 otherwise pay one whole chain round trip each (docs/fs.md, "Write
+  // coalescing"). 0 turns it off: every write is sent at once.
+  uint64_t coalesce_write_max_bytes = 64 << 10;
+  uint64_t max_coalesced_write_bytes = 1 << 20;
 };
 
 class StorageClient {
@@ -134,6 +145,8 @@ class StorageClient {
 
   struct Stats {
     uint64_t attempts = 0, retries = 0, dirty = 0, tail_fallbacks = 0, routing_refreshes = 0;
+    // Write coalescing: writes sent as one (requests of two or more writes), and the writes they carried.
+    uint64_t coalesced_write_requests = 0, coalesced_writes = 0;
   };
   Stats stats() const;
   // Local reads (ClientConfig::local_reads) so far; any thread.
@@ -154,7 +167,8 @@ class StorageClient {
   CoalescedReadCounts coalesced_read_counts() const;
 
  private:
-  // write() and truncate(): one WriteReq per attempt, retried as any write.
+  // write() and truncate(): one WriteReq per attempt, retried as any write; through the chunk's write lane when
+  // coalescing is on.
   void send_write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data, Callback<WriteRsp> done,
                   uint32_t channel, uint64_t chunk_size, bool truncate);
   struct State;

@@ -46,6 +46,10 @@ struct SimOptions {
   // instead of at once, so routing changes, syncs and other messages can land between a service's decision and the
   // I/O it offloaded (as on a busy worker pool). 0 (the default the seeded suites were tuned with): at once.
   int64_t late_work_ns = 0;
+  // The share of the clients' writes (drawn per write) made as a burst of 2-8 writes of one chunk at once, mostly each
+  // right after the last or over it, which the client's write coalescing joins
+  // (ClientConfig::coalesce_write_max_bytes). 0 (the default the seeded suites were tuned with): one write at a time.
+  double write_bursts = 0;
   // Besides the checked chunks, each chain has scratch chunks that clients write and remove by range
   // concurrently; only replica identity is checked for them (a removal restarts their versions).
   bool removals = true;
@@ -63,6 +67,8 @@ struct SimResult {
   uint64_t writes_acked = 0, writes_failed = 0, reads_ok = 0, reads_failed = 0;
   uint64_t reads_batched = 0;                        // read attempts the clients sent in a BatchReadReq (coalesced)
   uint64_t removals_acked = 0, removals_failed = 0;  // removals by range of scratch chunks
+  uint64_t burst_writes = 0;  // writes made in bursts (SimOptions::write_bursts), counted in writes_acked / failed too
+  uint64_t coalesced_writes = 0;  // writes the clients sent joined with others (StorageClient::Stats::coalesced_writes)
   uint64_t truncates_acked = 0, truncates_failed = 0;  // chunks cut or zero-extended (StorageClient::truncate)
   uint64_t crashes = 0, mgmtd_crashes = 0, partitions = 0, corruptions = 0, repairs = 0, syncs = 0;
   uint64_t chunks_scrubbed = 0, scrub_corruptions = 0;  // the services' background scrub (SimOptions::scrub)

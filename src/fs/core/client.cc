@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <deque>
 #include <list>
 #include <map>
@@ -140,6 +141,30 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   // A lane's RPC completed: its slot goes to the reads waiting there (as one batch), or is freed.
   void lane_done(const std::string& address);
 
+  // Write coalescing (ClientConfig::coalesce_write_max_bytes; executor thread): per chunk, whether a write is on its
+  // way to the head and the writes waiting for it, in the order they were made.
+  struct WaitingWrite {
+    uint64_t offset = 0;
+    SharedBytes data;
+    Callback<WriteRsp> done;
+    uint32_t channel = 0;
+    uint64_t chunk_size = 0;
+    bool truncate = false;
+    int64_t deadline_ns = 0;  // op_timeout_ns after it was made
+    bool alone = false;       // sent again on its own after a coalesced write's bad-input error
+  };
+  struct WriteLane {
+    bool in_flight = false;
+    std::deque<WaitingWrite> waiting;
+  };
+  using LaneKey = std::pair<ChainId, ChunkId>;
+  std::map<LaneKey, WriteLane> write_lanes;
+  // Sends one write now (its own request id and retries), bounded by deadline_ns.
+  void send_write_now(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data, Callback<WriteRsp> done,
+                      uint32_t channel, uint64_t chunk_size, bool truncate, int64_t deadline_ns);
+  // Sends what waits first in the chunk's lane: one write, or the writes after it that touch its range, as one.
+  void dispatch_writes(const LaneKey& key);
+
   State(ClientConfig c, Executor& e, RpcClient& r)
       : config(std::move(c)), executor(e), rpc(r), mgmtd(MgmtdAddresses::unchecked(config.mgmtd_address)) {}
   int64_t now() const { return executor.clock().now_ns(); }
@@ -194,12 +219,13 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
     });
   }
 
+  // deadline_ns: when the operation gives up (0: op_timeout_ns from now).
   template <typename T>
-  void start(std::function<void(std::function<void(Result<T>)>)> attempt, Callback<T> done) {
+  void start(std::function<void(std::function<void(Result<T>)>)> attempt, Callback<T> done, int64_t deadline_ns = 0) {
     auto op = std::make_shared<Op<T>>();
     op->attempt = std::move(attempt);
     op->done = std::move(done);
-    op->deadline_ns = now() + config.op_timeout_ns;
+    op->deadline_ns = deadline_ns != 0 ? deadline_ns : now() + config.op_timeout_ns;
     op->backoff_ns = config.retry_backoff_ns;
     if (routing.version == 0) {
       auto self = shared_from_this();
@@ -295,9 +321,30 @@ void StorageClient::truncate(ChainId chain, const ChunkId& chunk, uint64_t lengt
 
 void StorageClient::send_write(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data,
                                Callback<WriteRsp> done, uint32_t channel, uint64_t chunk_size, bool truncate) {
-  auto state = state_;
-  ClientRequestId id{state->config.client_id, channel, ++state->next_seq[channel]};
-  state->start<WriteRsp>(
+  State& state = *state_;
+  const int64_t deadline_ns = state.now() + state.config.op_timeout_ns;
+  if (state.config.coalesce_write_max_bytes == 0) {
+    return state.send_write_now(chain, chunk, offset, std::move(data), std::move(done), channel, chunk_size, truncate,
+                                deadline_ns);
+  }
+  const State::LaneKey key{chain, chunk};
+  State::WriteLane& lane = state.write_lanes[key];
+  lane.waiting.push_back(State::WaitingWrite{.offset = offset,
+                                             .data = std::move(data),
+                                             .done = std::move(done),
+                                             .channel = channel,
+                                             .chunk_size = chunk_size,
+                                             .truncate = truncate,
+                                             .deadline_ns = deadline_ns});
+  if (!lane.in_flight) state.dispatch_writes(key);
+}
+
+void StorageClient::State::send_write_now(ChainId chain, const ChunkId& chunk, uint64_t offset, SharedBytes data,
+                                          Callback<WriteRsp> done, uint32_t channel, uint64_t chunk_size, bool truncate,
+                                          int64_t deadline_ns) {
+  auto state = shared_from_this();
+  ClientRequestId id{config.client_id, channel, ++next_seq[channel]};
+  start<WriteRsp>(
       [state, id, chain, chunk, offset, payload = std::move(data), chunk_size,
        truncate](std::function<void(Result<WriteRsp>)> attempt_done) {
         Result<TargetId> head = state->head(chain);
@@ -317,7 +364,94 @@ void StorageClient::send_write(ChainId chain, const ChunkId& chunk, uint64_t off
         state->rpc.call(*address, Request{std::move(req)}, state->attempt_timeout(),
                         [attempt_done](Result<Response> response) { attempt_done(response_as<WriteRsp>(std::move(response))); });
       },
-      std::move(done));
+      std::move(done), deadline_ns);
+}
+
+void StorageClient::State::dispatch_writes(const LaneKey& key) {
+  // Writes that waited past their deadline behind earlier ones fail here (as they would have in their own retries);
+  // their callbacks may make writes of this chunk, so the lane is looked up again after each.
+  auto lane_it = write_lanes.find(key);
+  for (;;) {
+    if (lane_it == write_lanes.end() || lane_it->second.in_flight) return;
+    if (lane_it->second.waiting.empty()) {
+      write_lanes.erase(lane_it);
+      return;
+    }
+    if (lane_it->second.waiting.front().deadline_ns > now()) break;
+    WaitingWrite expired = std::move(lane_it->second.waiting.front());
+    lane_it->second.waiting.pop_front();
+    expired.done(deadline_exceeded(
+        "write of chunk {} [{}, +{}) on chain {} waited {} ms behind earlier writes of the "
+        "chunk and was not sent",
+        key.second.to_string(), expired.offset, expired.data.size(), key.first, config.op_timeout_ns / 1'000'000));
+    lane_it = write_lanes.find(key);
+  }
+  WriteLane& current = lane_it->second;
+  auto group = std::make_shared<std::vector<WaitingWrite>>();
+  group->push_back(std::move(current.waiting.front()));
+  current.waiting.pop_front();
+  auto coalesces = [&](const WaitingWrite& write) {
+    return !write.truncate && !write.alone && !write.data.bytes.empty() &&
+           write.data.size() <= config.coalesce_write_max_bytes;
+  };
+  uint64_t begin = group->front().offset;
+  uint64_t end = begin + group->front().data.size();
+  int64_t deadline_ns = group->front().deadline_ns;
+  uint64_t chunk_size = group->front().chunk_size;
+  if (coalesces(group->front())) {
+    while (!current.waiting.empty()) {
+      const WaitingWrite& next = current.waiting.front();
+      const uint64_t next_end = next.offset + next.data.size();
+      if (!coalesces(next) || next.offset > end || next_end < begin) break;  // a gap: it goes in order, on its own
+      const uint64_t merged_begin = std::min(begin, next.offset);
+      const uint64_t merged_end = std::max(end, next_end);
+      if (merged_end - merged_begin > config.max_coalesced_write_bytes) break;
+      begin = merged_begin;
+      end = merged_end;
+      deadline_ns = std::min(deadline_ns, next.deadline_ns);
+      chunk_size = std::max(chunk_size, next.chunk_size);
+      group->push_back(std::move(current.waiting.front()));
+      current.waiting.pop_front();
+    }
+  }
+  SharedBytes payload;
+  if (group->size() == 1) {
+    payload = group->front().data;
+  } else {
+    // The union, each write's bytes over those of the writes made before it.
+    std::vector<std::byte> merged(end - begin);
+    for (const WaitingWrite& write : *group) {
+      std::memcpy(merged.data() + (write.offset - begin), write.data.bytes.data(), write.data.size());
+    }
+    payload = SharedBytes::adopt(std::move(merged));
+    ++stats.coalesced_write_requests;
+    stats.coalesced_writes += group->size();
+  }
+  current.in_flight = true;
+  const WaitingWrite& first = group->front();
+  auto state = shared_from_this();
+  send_write_now(
+      key.first, key.second, group->size() == 1 ? first.offset : begin, std::move(payload),
+      [state, key, group](Result<WriteRsp> rsp) {
+        auto lane = state->write_lanes.find(key);
+        FF_ASSERT(lane != state->write_lanes.end() && lane->second.in_flight, "write lane of chunk {} lost its write",
+                  key.second.to_string());
+        if (!rsp.is_ok() && group->size() > 1 && !retryable(rsp.status())) {
+          // Bad input in one of them spoils the union for all: each goes again on its own, first in the lane.
+          for (auto write = group->rbegin(); write != group->rend(); ++write) {
+            write->alone = true;
+            lane->second.waiting.push_front(std::move(*write));
+          }
+          lane->second.in_flight = false;
+          return state->dispatch_writes(key);
+        }
+        // The answers run with the lane still busy: writes they make wait and join the next request.
+        for (WaitingWrite& write : *group) write.done(rsp);
+        lane = state->write_lanes.find(key);
+        lane->second.in_flight = false;
+        state->dispatch_writes(key);
+      },
+      first.channel, chunk_size, first.truncate, deadline_ns);
 }
 
 // A local read started before the target's answer (ClientConfig::read_before_answer): the bytes where

@@ -21,14 +21,15 @@ namespace ff::fs {
 
 std::string SimResult::summary() const {
   std::string counts = fmt::format(
-      "writes={} (failed {}) reads={} (failed {}; {} sent in batches) removals={} (failed {}) truncates={} (failed {}) "
+      "writes={} (failed {}; {} in bursts, {} coalesced) reads={} (failed {}; {} sent in batches) removals={} (failed "
+      "{}) truncates={} (failed {}) "
       "crashes={} mgmtd_crashes={} partitions={} corruptions={} repairs={} syncs={} scrubbed={} (corrupt {}) "
       "fast_lane_reads={} tail_commits_in_worker={} (left to the executor {}) lazy_commits_lost={} events={} "
       "virtual={:.1f}s",
-      writes_acked, writes_failed, reads_ok, reads_failed, reads_batched, removals_acked, removals_failed,
-      truncates_acked, truncates_failed, crashes, mgmtd_crashes, partitions, corruptions, repairs, syncs,
-      chunks_scrubbed, scrub_corruptions, fast_lane_reads, tail_commits_in_worker, tail_commits_left_to_executor,
-      lazy_commits_lost, events, virtual_ns / 1e9);
+      writes_acked, writes_failed, burst_writes, coalesced_writes, reads_ok, reads_failed, reads_batched,
+      removals_acked, removals_failed, truncates_acked, truncates_failed, crashes, mgmtd_crashes, partitions,
+      corruptions, repairs, syncs, chunks_scrubbed, scrub_corruptions, fast_lane_reads, tail_commits_in_worker,
+      tail_commits_left_to_executor, lazy_commits_lost, events, virtual_ns / 1e9);
   if (ok) return fmt::format("seed={} ok {}", seed, counts);
   return fmt::format("seed={} FAILED: {} ({} violations; {}) reproduce with seed={}", seed, violations.front(), violations.size(),
                      counts, seed);
@@ -401,30 +402,16 @@ class Simulation {
       return;
     }
     if (world_.uniform() < 0.6) {
+      if (options_.write_bursts > 0 && world_.uniform() < options_.write_bursts) return write_burst(client, key, next);
       uint64_t length = static_cast<uint64_t>(world_.between(1, 4096));
       uint64_t offset = static_cast<uint64_t>(world_.between(0, static_cast<int64_t>(options_.chunk_bytes - length)));
       Bytes data(length);
       for (auto& byte : data) byte = static_cast<std::byte>(world_.rng()());
-      client->write(key.chain, key.chunk, offset, std::move(data), [this, key, next, offset, length](Result<WriteRsp> rsp) {
-        if (rsp.is_ok()) {
-          ++result_.writes_acked;
-          auto& versions = history_[key];
-          auto it = versions.find(rsp->version);
-          if (it == versions.end() || it->second != rsp->crc32c) {
-            violation(fmt::format("acknowledged write of chunk {} v{} (CRC {:#x}) was never committed as such",
-                                  key.chunk.to_string(), rsp->version, rsp->crc32c));
-          }
-          if (rsp->length < offset + length) {
-            violation(fmt::format("acknowledged write of {} bytes at offset {} of chunk {} reports chunk length {}", length, offset,
-                                  key.chunk.to_string(), rsp->length));
-          }
-          auto& acked = acked_[key];
-          if (rsp->version > acked) acked = rsp->version;
-        } else {
-          ++result_.writes_failed;
-        }
-        next();
-      });
+      client->write(key.chain, key.chunk, offset, std::move(data),
+                    [this, key, next, offset, length](Result<WriteRsp> rsp) {
+                      check_write(key, offset, length, rsp);
+                      next();
+                    });
     } else {
       // Mostly one read; sometimes a burst of reads issued together, which the client coalesces into batches per
       // node (ClientConfig::read_rpcs_per_node), each read checked on its own.
@@ -441,6 +428,55 @@ class Simulation {
                        if (--*left == 0) next();
                      });
       }
+    }
+  }
+
+  // An answered write: its version was committed with the CRC it names, and the chunk is at least as long as it.
+  void check_write(const ChunkKey& key, uint64_t offset, uint64_t length, const Result<WriteRsp>& rsp) {
+    if (!rsp.is_ok()) {
+      ++result_.writes_failed;
+      return;
+    }
+    ++result_.writes_acked;
+    auto& versions = history_[key];
+    auto it = versions.find(rsp->version);
+    if (it == versions.end() || it->second != rsp->crc32c) {
+      violation(fmt::format("acknowledged write of chunk {} v{} (CRC {:#x}) was never committed as such",
+                            key.chunk.to_string(), rsp->version, rsp->crc32c));
+    }
+    if (rsp->length < offset + length) {
+      violation(fmt::format("acknowledged write of {} bytes at offset {} of chunk {} reports chunk length {}", length,
+                            offset, key.chunk.to_string(), rsp->length));
+    }
+    auto& acked = acked_[key];
+    if (rsp->version > acked) acked = rsp->version;
+  }
+
+  // SimOptions::write_bursts: 2-8 writes of one chunk made together (each after the last, over it, or anywhere), which
+  // the client sends one at a time and partly as one coalesced write (ClientConfig::coalesce_write_max_bytes); each
+  // answer is checked on its own.
+  void write_burst(StorageClient* client, const ChunkKey& key, const std::function<void()>& next) {
+    const int64_t writes = world_.between(2, 8);
+    auto left = std::make_shared<int64_t>(writes);
+    uint64_t end = static_cast<uint64_t>(world_.between(0, static_cast<int64_t>(options_.chunk_bytes) - 1));
+    for (int64_t w = 0; w < writes; ++w) {
+      uint64_t length = static_cast<uint64_t>(world_.between(1, 4096));
+      const double shape = world_.uniform();
+      uint64_t offset = shape < 0.6 ? end
+                        : shape < 0.8
+                            ? (end > length ? end - length / 2 : 0)
+                            : static_cast<uint64_t>(world_.between(0, static_cast<int64_t>(options_.chunk_bytes) - 1));
+      offset = std::min<uint64_t>(offset, options_.chunk_bytes - 1);
+      length = std::min<uint64_t>(length, options_.chunk_bytes - offset);
+      end = offset + length;
+      Bytes data(length);
+      for (auto& byte : data) byte = static_cast<std::byte>(world_.rng()());
+      ++result_.burst_writes;
+      client->write(key.chain, key.chunk, offset, std::move(data),
+                    [this, key, next, offset, length, left](Result<WriteRsp> rsp) {
+                      check_write(key, offset, length, rsp);
+                      if (--*left == 0) next();
+                    });
     }
   }
 
@@ -724,7 +760,10 @@ SimResult Simulation::run() {
   }
   result_.events = world_.events();
   result_.virtual_ns = world_.now();
-  for (const auto& client : clients_) result_.reads_batched += client->coalesced_read_counts().batched_reads;
+  for (const auto& client : clients_) {
+    result_.reads_batched += client->coalesced_read_counts().batched_reads;
+    result_.coalesced_writes += client->stats().coalesced_writes;
+  }
   for (auto& service : graveyard_storage_) {
     result_.repairs += service->stats().repairs;
     result_.syncs += service->stats().syncs_done;

@@ -156,6 +156,24 @@ TEST(FsSim, BurstsOfReadsGoInBatches) {
   EXPECT_GE(batched, reads / 20) << "of " << reads << " reads, " << batched << " were sent in batches";
 }
 
+// Write coalescing (ClientConfig::coalesce_write_max_bytes): with bursts of writes of one chunk made together
+// (SimOptions::write_bursts), the clients join waiting writes into one; every write's answer is checked against the
+// committed history and its own range, under unlimited faults. The soak runs more seeds (scripts/soak.sh).
+TEST(FsSim, BurstsOfWritesCoalesceUnderFaults) {
+  (void)set_log_level("off");
+  SimOptions options;
+  options.write_bursts = 0.3;
+  uint64_t coalesced = 0, burst_writes = 0;
+  for (uint64_t seed = 1; seed <= 150; ++seed) {
+    SimResult result = run_simulation(seed, options);
+    ASSERT_TRUE(result.ok) << result.summary();
+    coalesced += result.coalesced_writes;
+    burst_writes += result.burst_writes;
+  }
+  (void)set_log_level("info");
+  EXPECT_GE(coalesced, burst_writes / 5) << "of " << burst_writes << " writes in bursts, " << coalesced << " coalesced";
+}
+
 // Truncates (StorageClient::truncate) are part of the workload: each acknowledged one checked against the committed
 // history and its length, under the faults.
 TEST(FsSim, TruncatesAreAcknowledgedUnderFaults) {

@@ -296,7 +296,9 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
                          {"local_read_fallbacks", client.local_read_counts().fallbacks},
                          {"local_reads_read_before_answer", client.local_read_counts().read_before_answer},
                          {"read_rpcs", client.coalesced_read_counts().rpcs},
-                         {"batched_reads", client.coalesced_read_counts().batched_reads}};
+                         {"batched_reads", client.coalesced_read_counts().batched_reads},
+                         {"coalesced_writes", client.stats().coalesced_writes},
+                         {"coalesced_write_requests", client.stats().coalesced_write_requests}};
   if (!shared->first_error.empty()) line["first_error"] = shared->first_error;
   std::cout << line.dump() << std::endl;
   return shared->errors == 0 ? 0 : 1;
@@ -337,6 +339,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--read-rpcs-per-node", read_rpcs_per_node,
                         "small reads beyond this many RPCs in flight to a node wait and go as one batch (0: off; "
                         "ClientConfig::read_rpcs_per_node)");
+  uint64_t coalesce_write_max_bytes = ClientConfig{}.coalesce_write_max_bytes;
+  bench_cmd->add_option("--coalesce-write-max-bytes", coalesce_write_max_bytes,
+                        "writes of a chunk go one at a time; waiting ones of at most this many bytes that touch go as "
+                        "one (0: off, every write sent at once; ClientConfig::coalesce_write_max_bytes)");
 
   auto* write_cmd = app.add_subcommand("write-check", "write checksummed chunks, log the acknowledged ones");
   double seconds = 10;
@@ -366,6 +372,7 @@ int main(int argc, char** argv) {
   config.local_reads = bench_case.local_reads;
   config.read_before_answer = !no_read_before_answer;
   config.read_rpcs_per_node = read_rpcs_per_node;
+  config.coalesce_write_max_bytes = coalesce_write_max_bytes;
   int code = 0;
   {
     StorageClient client(config, executor, rpc);

@@ -31,6 +31,10 @@ int main(int argc, char** argv) {
   app.add_option("--fast-lane", options.fast_lane,
                  "share of requests the storage services may answer in the read fast lane (0..1; 0: never)")
       ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--write-bursts", options.write_bursts,
+                 "share of writes made as a burst of 2-8 writes of one chunk at once (0..1; 0: never), which the "
+                 "clients' write coalescing joins")
+      ->check(CLI::Range(0.0, 1.0));
   double late_work_us = 0;
   app.add_option("--late-work-us", late_work_us,
                  "offloaded chunk I/O starts up to this long after it was handed over (0: at once)")
