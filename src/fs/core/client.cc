@@ -392,7 +392,7 @@ void StorageClient::State::dispatch_writes(const LaneKey& key) {
   current.waiting.pop_front();
   auto coalesces = [&](const WaitingWrite& write) {
     return !write.truncate && !write.alone && !write.data.bytes.empty() &&
-           write.data.size() <= config.coalesce_write_max_bytes;
+           write.data.size() <= config.coalesce_write_max_bytes && write.offset <= UINT64_MAX - write.data.size();
   };
   uint64_t begin = group->front().offset;
   uint64_t end = begin + group->front().data.size();
