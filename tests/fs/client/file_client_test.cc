@@ -323,6 +323,39 @@ TEST_F(FileClientTest, BatchOpsReportPerOpResults) {
   for (FileHandle fh : files) ASSERT_TRUE(client_->close(fh).is_ok());
 }
 
+// A batch of small sequential writes into one chunk (the USRBIO ring's and the KV cache's path): the storage client
+// sends them one at a time per chunk and joins the ones waiting (ClientConfig::coalesce_write_max_bytes), so the
+// chunk gets far fewer versions than the batch has writes, and the bytes are the batch's, in order.
+TEST_F(FileClientTest, ABatchOfSmallSequentialWritesIsCoalesced) {
+  FileHandle file = create("small-writes");
+  constexpr size_t kWrites = 32, kBlock = 2048;  // 64 KiB: one chunk
+  const auto contents = random_bytes(kWrites * kBlock, 91);
+  std::vector<FileClient::WriteOp> writes;
+  for (size_t i = 0; i < kWrites; ++i) {
+    writes.push_back({file, i * kBlock, std::span(contents).subspan(i * kBlock, kBlock)});
+  }
+  auto written = client_->write_batch(writes);
+  ASSERT_EQ(written.size(), kWrites);
+  for (size_t i = 0; i < kWrites; ++i) ASSERT_TRUE(written[i].is_ok()) << "write " << i << ": " << written[i].status();
+  EXPECT_EQ(read_range(file, 0, contents.size()), contents);
+  // Each write sent makes one version of the chunk: the first went alone, the rest in a few joined writes.
+  auto inode = client_->stat(file);
+  ASSERT_TRUE(inode.is_ok());
+  auto routing = cluster_->routing();
+  ASSERT_TRUE(routing.is_ok());
+  const ChainInfo* chain = routing->chain(inode->layout.chain_of(0));
+  ASSERT_NE(chain, nullptr);
+  uint32_t version = 0;
+  for (const ChainTarget& target : chain->targets) {
+    auto meta = cluster_->store(target.target)->stat(ChunkId{inode->id, 0});
+    if (meta.is_ok()) version = std::max(version, meta->committed_version);
+  }
+  EXPECT_GE(version, 2u);
+  EXPECT_LT(version, kWrites / 2) << "chunk 0 has version " << version << " after " << kWrites
+                                  << " writes in one batch";
+  ASSERT_TRUE(client_->close(file).is_ok());
+}
+
 // Small chunk reads are not held to max_parallel_chunks (here 1) but to max_parallel_small_reads: a batch of 4 KiB
 // reads has many in flight at once, which the storage client coalesces (FileClientConfig::max_parallel_small_reads).
 TEST_F(FileClientTest, ABatchOfSmallReadsKeepsManyInFlight) {
