@@ -44,6 +44,18 @@ std::vector<std::byte> apply(const std::vector<Op>& ops) {
   return chunk;
 }
 
+// `count` writes of `block` bytes, each right after the last, from offset 0.
+std::vector<Op> sequential(uint64_t count, uint64_t block, uint64_t seed) {
+  std::vector<Op> ops;
+  for (uint64_t i = 0; i < count; ++i) ops.push_back(write_op(i * block, block, seed + i));
+  return ops;
+}
+
+void expect_all_ok(const std::vector<Result<WriteRsp>>& results) {
+  for (size_t i = 0; i < results.size(); ++i)
+    ASSERT_TRUE(results[i].is_ok()) << "op " << i << ": " << results[i].status();
+}
+
 class WriteCoalescingTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -122,14 +134,26 @@ class WriteCoalescingTest : public ::testing::Test {
     }
   }
 
+  // together(), then: every op succeeded, the writer joined `requests` requests of `joined` writes in all so far, and
+  // every replica holds what the ops make in order.
+  std::vector<Result<WriteRsp>> made_together(StorageClient& writer, uint64_t chunk, const std::vector<Op>& ops,
+                                              uint64_t requests, uint64_t joined) {
+    auto results = together(writer, chunk, ops);
+    expect_all_ok(results);
+    if (HasFatalFailure()) return results;
+    EXPECT_EQ(writer.stats().coalesced_write_requests, requests);
+    EXPECT_EQ(writer.stats().coalesced_writes, joined);
+    expect_chunk(chunk, apply(ops));
+    return results;
+  }
+
   std::unique_ptr<testing::StorageCluster> cluster_;
   std::vector<std::unique_ptr<StorageClient>> clients_;
 };
 
 TEST_F(WriteCoalescingTest, SequentialSmallWritesMadeTogetherGoAsOneAndEachIsAcknowledged) {
   StorageClient& writer = client(64 << 10);
-  std::vector<Op> ops;
-  for (uint64_t i = 0; i < 9; ++i) ops.push_back(write_op(i * 4096, 4096, 100 + i));
+  std::vector<Op> ops = sequential(9, 4096, 100);
   auto results = together(writer, 0, ops);
   for (size_t i = 0; i < results.size(); ++i) {
     ASSERT_TRUE(results[i].is_ok()) << "write " << i << ": " << results[i].status();
@@ -161,8 +185,7 @@ TEST_F(WriteCoalescingTest, OverlappingWritesKeepTheLaterBytesAndAGapOrATruncate
       write_op(29000, 2000, 8),               // after the truncate
   };
   auto results = together(writer, 1, ops);
-  for (size_t i = 0; i < results.size(); ++i)
-    ASSERT_TRUE(results[i].is_ok()) << "op " << i << ": " << results[i].status();
+  ASSERT_NO_FATAL_FAILURE(expect_all_ok(results));
   EXPECT_EQ(writer.stats().coalesced_write_requests, 2u);  // ops 1-3, ops 5-6
   EXPECT_EQ(writer.stats().coalesced_writes, 5u);
   // Requests in order: 0 | 1,2,3 | 4 | 5,6 | 7 | 8.
@@ -177,36 +200,12 @@ TEST_F(WriteCoalescingTest, OverlappingWritesKeepTheLaterBytesAndAGapOrATruncate
 
 TEST_F(WriteCoalescingTest, LargeWritesAndAnyWriteWithCoalescingOffGoOnTheirOwn) {
   // Writes over coalesce_write_max_bytes (4 KiB here) never join; nor do any with coalescing off.
-  StorageClient& limited = client(4096);
-  std::vector<Op> ops;
-  for (uint64_t i = 0; i < 6; ++i) ops.push_back(write_op(i * 8192, 8192, 200 + i));
-  auto results = together(limited, 2, ops);
-  for (size_t i = 0; i < results.size(); ++i)
-    ASSERT_TRUE(results[i].is_ok()) << "write " << i << ": " << results[i].status();
-  EXPECT_EQ(limited.stats().coalesced_write_requests, 0u);
+  auto results = made_together(client(4096), 2, sequential(6, 8192, 200), 0, 0);
+  ASSERT_FALSE(HasFatalFailure());
   for (size_t i = 1; i < results.size(); ++i) EXPECT_LT(results[i - 1]->version, results[i]->version) << "in order";
-  expect_chunk(2, apply(ops));
-
   // The union is bounded by max_coalesced_write_bytes (12 KiB): 4 KiB writes join three at a time.
-  StorageClient& bounded = client(64 << 10, 12 << 10);
-  ops.clear();
-  for (uint64_t i = 0; i < 7; ++i) ops.push_back(write_op(i * 4096, 4096, 300 + i));
-  results = together(bounded, 3, ops);
-  for (size_t i = 0; i < results.size(); ++i)
-    ASSERT_TRUE(results[i].is_ok()) << "write " << i << ": " << results[i].status();
-  EXPECT_EQ(bounded.stats().coalesced_write_requests, 2u);
-  EXPECT_EQ(bounded.stats().coalesced_writes, 6u);
-  expect_chunk(3, apply(ops));
-
-  StorageClient& off = client(0);
-  ops.clear();
-  for (uint64_t i = 0; i < 6; ++i) ops.push_back(write_op(i * 4096, 4096, 400 + i));
-  results = together(off, 4, ops);
-  for (size_t i = 0; i < results.size(); ++i)
-    ASSERT_TRUE(results[i].is_ok()) << "write " << i << ": " << results[i].status();
-  EXPECT_EQ(off.stats().coalesced_write_requests, 0u);
-  EXPECT_EQ(off.stats().coalesced_writes, 0u);
-  expect_chunk(4, apply(ops));
+  made_together(client(64 << 10, 12 << 10), 3, sequential(7, 4096, 300), 2, 6);
+  made_together(client(0), 4, sequential(6, 4096, 400), 0, 0);
 }
 
 TEST_F(WriteCoalescingTest, BadInputInACoalescedWriteFailsOnlyTheWriteThatHasIt) {
