@@ -431,7 +431,7 @@ void StorageClient::State::dispatch_writes(const LaneKey& key) {
   const WaitingWrite& first = group->front();
   auto state = shared_from_this();
   send_write_now(
-      key.first, key.second, group->size() == 1 ? first.offset : begin, std::move(payload),
+      key.first, key.second, begin, std::move(payload),
       [state, key, group](Result<WriteRsp> rsp) {
         auto lane = state->write_lanes.find(key);
         FF_ASSERT(lane != state->write_lanes.end() && lane->second.in_flight, "write lane of chunk {} lost its write",

@@ -253,6 +253,10 @@ struct StorageService::State {
   PublicTargetState state_of(const ChainInfo& chain, TargetId target) const {
     return chain.targets[static_cast<size_t>(chain.index_of(target))].state;
   }
+  // Whether `target` is in `chain` (null: none) and serving there.
+  bool serving_in(const ChainInfo* chain, TargetId target) const {
+    return chain != nullptr && chain->index_of(target) >= 0 && state_of(*chain, target) == PublicTargetState::kServing;
+  }
 
   // The target after `target` in the write chain, or 0 when it is the tail.
   static TargetId successor(const ChainInfo& chain, TargetId target) {
@@ -614,8 +618,7 @@ struct StorageService::State {
   // successor is behind by definition: push ours instead.
   void resolve_conflict(UpdatePtr update, TargetId next) {
     const ChainInfo* chain = routing.chain(update->chain);
-    if (chain == nullptr || chain->index_of(next) < 0 || state_of(*chain, next) != PublicTargetState::kServing ||
-        !update->head || ++update->restarts > 3) {
+    if (!serving_in(chain, next) || !update->head || ++update->restarts > 3) {
       if (update->head && update->restarts <= 3 && chain != nullptr && chain->index_of(next) >= 0) return push_committed(update, next);
       return finish(update, fs_error(FsError::kVersionConflict,
                                      fmt::format("chunk {} v{} conflicts with target {}", update->chunk.to_string(), update->version, next)));
@@ -1006,9 +1009,7 @@ struct StorageService::State {
           // chunk's lock that the sync's replacement waits for (the simulation's seed 108970 under unlimited
           // faults: a corrupt base whose version no replica held any more, retried 170 times while the sync stood
           // still and the chain never served again).
-          const ChainInfo* now_chain = routing.chain(update->chain);
-          if (now_chain == nullptr || now_chain->index_of(update->target) < 0 ||
-              state_of(*now_chain, update->target) != PublicTargetState::kServing) {
+          if (!serving_in(routing.chain(update->chain), update->target)) {
             return finish(update, result->with_context(fmt::format("target {} left the chain's serving targets; "
                                                                    "its sync brings the chunk",
                                                                    update->target)));
@@ -1552,8 +1553,7 @@ struct StorageService::State {
     const ChainInfo* chain = snap.routing.chain(req.chain);
     if (chain == nullptr || (chain->version != req.chain_version && !bugs.ignore_chain_version)) return nullptr;
     const TargetInfo* info = snap.routing.target(req.target);
-    if (info == nullptr || info->node != config.node || chain->index_of(req.target) < 0) return nullptr;
-    if (state_of(*chain, req.target) != PublicTargetState::kServing) return nullptr;
+    if (info == nullptr || info->node != config.node || !serving_in(chain, req.target)) return nullptr;
     auto store_it = snap.stores.find(req.target);
     if (store_it == snap.stores.end() || store_it->second == nullptr) return nullptr;
     if (acked_version(req.target, req.chunk)) return nullptr;  // handle() answers [chunk_dirty]
