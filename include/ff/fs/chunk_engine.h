@@ -167,6 +167,9 @@ class ChunkEngine final : public ChunkStore {
   Result<SharedChunkRead> read_shared(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
   // The committed bytes' place in a block-class file (by its absolute path), whole crc segments.
   Result<LocalChunkRead> locate(const ChunkId& id, uint64_t offset, uint64_t length, ReadMode mode) override;
+  // <directory>/read_stamps (read_stamps.h): every change takes its chunk's stripe lock, which counts it there.
+  void set_local_read_lease(int64_t until_monotonic_ns) override;
+  void local_reads_changed() override;
   Status put_pending(const ChunkUpdate& update) override;
   // Without I/O for a new chunk written from 0, a full replacement or overwrite from 0 past the end,
   // an append at the committed length; other overwrites read at most the first and last crc segment

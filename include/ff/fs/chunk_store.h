@@ -133,6 +133,9 @@ struct LocalExtent {
   uint64_t count = 0;          // bytes of the answer (short at the end of the chunk)
   uint64_t segment_bytes = 0;  // the crc segment size
   std::vector<uint32_t> segment_crcs;  // CRC32C of each segment read, in order
+  // The target's read stamps file (read_stamps.h; empty: none): a reader that watches it may use this answer again
+  // while no change of the chunk or the target began (StorageClient's cached local reads).
+  std::string stamps;
 };
 
 // locate()'s answer: as SharedChunkRead, with where the bytes lie instead of the bytes.
@@ -172,6 +175,12 @@ class ChunkStore {
     (void)offset, (void)length, (void)mode;
     return unimplemented("chunk {}: this store keeps no local files to read", id.to_string());
   }
+
+  // Local readers' trust in what locate() told them (read_stamps.h), where the store keeps read stamps: until when
+  // (CLOCK_MONOTONIC ns; 0: no longer) they may use an answer again without asking, as long as the chunk does not
+  // change; and a change of the whole target (its chain changed), after which they ask again. No-ops elsewhere.
+  virtual void set_local_read_lease(int64_t until_monotonic_ns) { (void)until_monotonic_ns; }
+  virtual void local_reads_changed() {}
 
   // Stores an update as the pending version (copy-on-write: the committed version stays readable).
   // update.version must be committed_version + 1; an existing pending version with the same number is

@@ -48,6 +48,14 @@ struct ClientConfig {
   // the read's request is on its way (the RPC and the disk read overlap); the bytes are kept only if
   // the answer names the same place and every segment's CRC matches (local_read.h, LocalBytes).
   bool read_before_answer = true;
+  // Cached local reads (with local_reads): a read of a chunk whose target on this host told this client where the
+  // chunk's whole committed version lies reads the bytes from the target's file again without asking the target, as
+  // long as the target's read stamps (read_stamps.h) show that no change of the chunk or of the target began since
+  // it answered, and its lease holds; the stamps are checked again after the bytes are read, and every segment's
+  // CRC. A read shorter than local_read_min_bytes that finds nothing cached asks for the whole version
+  // (ReadReq::whole_chunk) and keeps the answer. At most `cached_local_read_chunks` chunks are kept (cleared when
+  // full); 0 turns it off (docs/fs.md, "Cached local reads").
+  uint32_t cached_local_read_chunks = 4096;
   // Coalescing of small reads sent over RPC (not local ones): while `read_rpcs_per_node` read RPCs to one
   // storage node are in flight, further reads of at most `coalesce_read_max_bytes` for that node wait, and go
   // out together as one BatchReadReq when one of those RPCs completes (each read keeps its own result, retries
@@ -157,6 +165,9 @@ class StorageClient {
     uint64_t read_ahead = 0;          // of `read_before_answer`, read by read_ahead() before the read was asked for
     uint64_t read_aheads_started = 0;  // ranges read ahead (each one local read)
     uint64_t read_aheads_dropped = 0;  // of those, dropped unread (the oldest when kMaxReadAheads were held)
+    uint64_t cached = 0;         // of `served`, read where a kept answer said, without asking (cached local reads)
+    uint64_t cache_misses = 0;   // reads that found no usable kept answer and asked for the whole version
+    uint64_t cache_changed = 0;  // of the cached ones tried, refused after the read (a change began meanwhile)
   };
   LocalReadCounts local_read_counts() const;
   // Read coalescing (ClientConfig::read_rpcs_per_node) so far; any thread.

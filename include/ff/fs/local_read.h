@@ -38,6 +38,12 @@ inline constexpr uint64_t kLocalReadPieceBytes = 256 << 10;
 // (docs/fs-client.md, "Local reads in pieces"). Where io_uring is refused, one read.
 Result<SharedBytes> read_local_extent(const LocalExtent& extent, uint64_t piece_bytes = kLocalReadPieceBytes);
 
+// The place of [offset, offset + length) within `whole`, the extent of a whole committed version (position 0, as a
+// ReadReq::whole_chunk answer): whole crc segments around the range, with their CRCs. nullopt when nothing is left
+// to read there (the range starts at or past the version's end, or is empty); invalid_argument when `whole` is
+// not a whole version's extent.
+Result<std::optional<LocalExtent>> range_of_whole(const LocalExtent& whole, uint64_t offset, uint64_t length);
+
 // What read_local_extent reads, before any check: the bytes of the extent's segments and their CRC32C as
 // read. A client may read where the last answer for the same range said the bytes lie while it waits for
 // this read's answer (StorageClient), then keep the bytes only if the answer names the same place and

@@ -154,6 +154,10 @@ struct ReadReq {
   // host answers with where the bytes lie (ReadRsp::local) instead of the bytes, when its store can.
   // Empty: an ordinary read.
   std::string local_host;
+  // With local_host: a target on the caller's host answers where the whole committed version lies (the extent of
+  // [0, its length)) instead of [offset, offset + length), for the caller to keep and read any range of it again
+  // while nothing changes (read_stamps.h, StorageClient's cached local reads); others answer the range as usual.
+  bool whole_chunk = false;
   // Local to the caller, never sent: the caller accepts the answer's bytes in ReadRsp::pieces (a
   // transport that can leaves them where it received them instead of copying them into `data`), and
   // a successful answer's completion on the transport's own thread (fs/rpc then skips the hop to the

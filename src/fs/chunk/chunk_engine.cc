@@ -39,6 +39,7 @@
 #include "ff/common/assert.h"
 #include "ff/common/log.h"
 #include "ff/fs/crc32c.h"
+#include "ff/fs/read_stamps.h"
 #include "io_context.h"
 #include "read_buffer_pool.h"
 
@@ -70,7 +71,7 @@ std::string_view chunk_fault_point_name(ChunkFaultPoint point) {
 
 namespace {
 
-constexpr size_t kLockStripes = 1024;
+constexpr size_t kLockStripes = kReadStampSlots;
 constexpr size_t kRemoveBatch = 128;
 // Zero-copy reads are split into I/Os of this size (at least one crc segment), all in flight at once.
 constexpr uint64_t kReadSplitBytes = 1024ull << 10;
@@ -197,7 +198,26 @@ struct ChunkEngine::Impl {
   std::unique_ptr<IoContextPool> io;
   std::shared_ptr<chunk_internal::ReadBufferPool> read_buffers;  // read_shared's buffers; outlives the engine
   bool direct_io = false;
-  std::array<std::mutex, kLockStripes> write_locks;
+  // Local readers' stamps (read_stamps.h): <directory>/read_stamps, one slot per lock stripe.
+  std::unique_ptr<ReadStamps> stamps;
+  // A stripe's write lock. Every change of a chunk (its metadata, its blocks, a block it frees) happens under its
+  // stripe's write lock, so taking the lock counts a change of the stripe's slot begun in the read stamps before
+  // anything changes, and releasing it counts the change ended after everything did: a local reader that cached
+  // where a chunk's committed bytes lie sees every change of it (docs/fs.md, "Cached local reads").
+  struct StripeLock {
+    std::mutex mutex;
+    ReadStamps* stamps = nullptr;  // set once by open(), before any change
+    uint32_t slot = 0;
+    void lock() {
+      mutex.lock();
+      if (stamps != nullptr) stamps->begin(slot);
+    }
+    void unlock() {
+      if (stamps != nullptr) stamps->end(slot);
+      mutex.unlock();
+    }
+  };
+  std::array<StripeLock, kLockStripes> write_locks;
   std::array<std::shared_mutex, kLockStripes> read_locks;
 
   std::atomic<uint64_t> reads{0};
@@ -279,11 +299,8 @@ struct ChunkEngine::Impl {
     }
   }
 
-  static size_t stripe(const ChunkId& id) {
-    const uint64_t mixed =
-        id.inode * 0x9E3779B97F4A7C15ull ^ (id.index + 0x632BE59BD9B4E019ull) * 0xC2B2AE3D27D4EB4Full;
-    return static_cast<size_t>((mixed >> 29) % kLockStripes);
-  }
+  // A chunk's lock stripe: its slot in the read stamps.
+  static size_t stripe(const ChunkId& id) { return read_stamp_slot(id, kLockStripes); }
 
   Status hook(ChunkFaultPoint point, const ChunkId& id) const {
     if (!options.fault_hook) return Status::ok();
@@ -1165,6 +1182,13 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
     FF_RETURN_IF_ERROR(rocks_status(get, "read format record"));
   }
 
+  // Before anything of the target changes: a reader still mapping the stamps of an earlier run sees this opening
+  // as a change of the whole target in progress until open() is done.
+  FF_ASSIGN_OR_RETURN(impl->stamps, ReadStamps::open(options.directory + "/read_stamps", kReadStampSlots));
+  for (uint32_t slot = 0; slot < kLockStripes; ++slot) {
+    impl->write_locks[slot].stamps = impl->stamps.get();
+    impl->write_locks[slot].slot = slot;
+  }
   FF_RETURN_IF_ERROR(impl->open_files());
   for (auto& block_class : impl->classes) {
     if (block_class->total_blocks == 0) FF_RETURN_IF_ERROR(impl->grow(*block_class));
@@ -1199,6 +1223,7 @@ Result<std::unique_ptr<ChunkEngine>> ChunkEngine::open(const ChunkEngineOptions&
       raw->group_sync_loop();
     });
   }
+  impl->stamps->end_all();
   FF_LOG_INFO("chunk engine {}: {} chunks, {} block classes {}..{} bytes, direct_io={}, io_uring={}", options.directory,
               chunks, impl->classes.size(), options.min_block_bytes, options.max_block_bytes, impl->direct_io,
               impl->io->uring());
@@ -1327,6 +1352,7 @@ Result<LocalChunkRead> ChunkEngine::locate(const ChunkId& id, uint64_t offset, u
                            .count = count,
                            .segment_bytes = segment,
                            .segment_crcs = {}};
+        extent.stamps = impl.stamps->path();
         extent.segment_crcs.assign(
             committed.segment_crcs.begin() + static_cast<ptrdiff_t>(first / segment),
             committed.segment_crcs.begin() + static_cast<ptrdiff_t>((last + segment - 1) / segment));
@@ -1335,6 +1361,9 @@ Result<LocalChunkRead> ChunkEngine::locate(const ChunkId& id, uint64_t offset, u
       }));
   return result;
 }
+
+void ChunkEngine::set_local_read_lease(int64_t until_monotonic_ns) { impl_->stamps->set_lease(until_monotonic_ns); }
+void ChunkEngine::local_reads_changed() { impl_->stamps->bump_all(); }
 
 // The checks every update passes before it is previewed or stored: a version, a full replacement
 // from offset 0, and room in the largest block class.
@@ -1726,7 +1755,7 @@ Result<uint64_t> ChunkEngine::remove_range(const ChunkId& begin, const ChunkId& 
     for (const ChunkId& id : ids) stripes.push_back(Impl::stripe(id));
     std::sort(stripes.begin(), stripes.end());
     stripes.erase(std::unique(stripes.begin(), stripes.end()), stripes.end());
-    std::vector<std::unique_lock<std::mutex>> locks;
+    std::vector<std::unique_lock<Impl::StripeLock>> locks;
     locks.reserve(stripes.size());
     for (size_t stripe : stripes) locks.emplace_back(impl.write_locks[stripe]);
     rocksdb::WriteBatch batch;
@@ -1814,7 +1843,7 @@ Status ChunkEngine::sync() {
 Status ChunkEngine::check_allocator() {
   Impl& impl = *impl_;
   // Hold every write stripe so no update changes metadata or allocator state during the check.
-  std::vector<std::unique_lock<std::mutex>> locks;
+  std::vector<std::unique_lock<Impl::StripeLock>> locks;
   locks.reserve(kLockStripes);
   for (auto& mutex : impl.write_locks) locks.emplace_back(mutex);
   std::vector<std::vector<bool>> referenced(impl.classes.size());

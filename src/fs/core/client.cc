@@ -1,5 +1,7 @@
 #include "ff/fs/client.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -17,6 +19,7 @@
 #include "ff/common/log.h"
 #include "ff/fs/local_read.h"
 #include "ff/fs/mgmtd_addresses.h"
+#include "ff/fs/read_stamps.h"
 
 namespace ff::fs {
 
@@ -116,6 +119,46 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   void read_local(const std::string& address, ReadReq req, ReadRsp rsp, std::shared_ptr<uint32_t> dirty_seen,
                   std::function<void(Result<ReadRsp>)> attempt_done);
   void complete_local(ReadRsp rsp, SharedBytes bytes, const std::function<void(Result<ReadRsp>)>& attempt_done);
+
+  // Cached local reads (ClientConfig::cached_local_read_chunks): a target's answer for a chunk's whole committed
+  // version, kept with the read stamp it held at (read_stamps.h).
+  struct CachedChunk {
+    ChunkId chunk;
+    ChainId chain = 0;
+    ChainVersion chain_version = 0;
+    TargetId target = 0;
+    ChunkMeta meta;
+    LocalExtent whole;
+    std::shared_ptr<ReadStampsView> stamps;
+    ReadStampsView::Stamp stamp;
+  };
+  std::mutex cache_mutex;
+  std::map<ChunkId, std::shared_ptr<const CachedChunk>> cached_chunks;  // guarded by cache_mutex
+  uint64_t cached_crcs = 0;  // guarded by cache_mutex: segment CRCs the kept answers hold (bounded: kMaxCachedCrcs)
+  static constexpr uint64_t kMaxCachedCrcs = 1 << 20;                 // 4 MiB of CRCs, 4 GiB of data in 4 KiB segments
+  std::map<TargetId, std::shared_ptr<ReadStampsView>> target_stamps;  // guarded by cache_mutex
+  std::set<TargetId> remote_targets;  // guarded by cache_mutex: targets that answered a local read with bytes
+  std::atomic<uint64_t> cached_reads{0}, cache_misses{0}, cache_changed{0};
+  bool caches_reads(bool accept_pieces) const {
+    return accept_pieces && config.local_reads && config.cached_local_read_chunks > 0 &&
+           !local_reads_off.load(std::memory_order_relaxed);
+  }
+  // The kept answer for chunk when it may be used now: the chain's version and the target's serving as when it was
+  // kept, and no change of the chunk or the target begun since (executor thread). A stale one is dropped.
+  std::shared_ptr<const CachedChunk> cached_for(ChainId chain, const ChunkId& chunk);
+  void drop_cached(const std::shared_ptr<const CachedChunk>& cached);
+  // Reads [offset, offset + length) where `cached` says, on an offload thread, and answers when the stamps show no
+  // change begun meanwhile and every CRC matches; else `fallback` runs on the executor.
+  void read_cached(std::shared_ptr<const CachedChunk> cached, uint64_t offset, uint64_t length,
+                   std::function<void(Result<ReadRsp>)> attempt_done, std::function<void()> fallback);
+  // A read that found nothing cached, sent as a whole-version local read (ReadReq::whole_chunk) to a target that may
+  // be on this host; the answer is kept when the stamps allow, and this read is served from it.
+  void send_whole_chunk_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
+                             std::function<void(Result<ReadRsp>)> attempt_done);
+  // One attempt of StorageClient::read (executor thread); use_cache: a kept answer may serve it.
+  void read_attempt(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
+                    bool accept_pieces, std::shared_ptr<uint32_t> dirty_seen, std::shared_ptr<CallerLocalRead> mine,
+                    std::function<void(Result<ReadRsp>)> attempt_done, bool use_cache);
 
   // Read coalescing (ClientConfig::read_rpcs_per_node): per node address, the read RPCs in flight and the
   // reads waiting for one of them to complete. Any thread (a read's completion may run on gRPC's).
@@ -528,45 +571,222 @@ void StorageClient::read(ChainId chain, const ChunkId& chunk, uint64_t offset, u
   state->start<ReadRsp>(
       [state, chain, chunk, offset, length, mode, dirty_seen, accept_pieces,
        caller_read = std::move(caller_read)](std::function<void(Result<ReadRsp>)> attempt_done) mutable {
-        // After repeated dirty answers, ask the tail: in CRAQ it commits first, so its committed
-        // version is the latest committed one (relaxed there returns exactly that).
-        bool tail = *dirty_seen >= state->config.dirty_retries_before_tail;
-        // The caller's own local read serves the first attempt, at its target; else a range read ahead asks the
-        // target whose file the bytes were read from (another's lie elsewhere); else a range with a remembered
-        // place asks the target that named it, so that its bytes can be read while the answer is on its way
-        // (another target's place is not known). Each only while that target serves the chain.
-        std::shared_ptr<CallerLocalRead> mine = std::exchange(caller_read, nullptr);
-        std::shared_ptr<State::EarlyRead> early;
-        std::optional<TargetId> known;
-        if (!tail && state->config.read_before_answer && state->wants_local(length, accept_pieces)) {
-          const State::RangeKey range{chunk, offset, length};
-          if (mine) {
-            known = mine->target;
-            early = mine->early;
-          } else {
-            known = state->read_ahead_target(range);
-            if (!known) {
-              std::lock_guard lock(state->extents_mutex);
-              if (auto place = state->last_place_locked(range)) known = std::get<0>(place->first);
-            }
-          }
-          if (known && !state->serves(chain, *known)) {
-            known.reset();
-            early.reset();
-          }
-        }
-        Result<TargetId> target = known ? Result<TargetId>(*known) : state->pick_reader(chain, tail);
-        if (!target.is_ok()) return attempt_done(target.status());
-        Result<std::string> address = state->address(*target);
-        if (!address.is_ok()) return attempt_done(address.status());
-        if (tail) ++state->stats.tail_fallbacks;
-        ReadReq req{.chain = chain, .chain_version = state->routing.chain(chain)->version, .target = *target, .chunk = chunk,
-                    .offset = offset, .length = length, .mode = tail ? ReadMode::kRelaxed : mode,
-                    .accept_pieces = accept_pieces};
-        if (state->wants_local(length, accept_pieces)) req.local_host = this_host_id();
-        state->send_read(*address, std::move(req), dirty_seen, std::move(attempt_done), std::move(early));
+        state->read_attempt(chain, chunk, offset, length, mode, accept_pieces, dirty_seen,
+                            std::exchange(caller_read, nullptr), std::move(attempt_done), /*use_cache=*/true);
       },
       std::move(done));
+}
+
+void StorageClient::State::read_attempt(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length,
+                                        ReadMode mode, bool accept_pieces, std::shared_ptr<uint32_t> dirty_seen,
+                                        std::shared_ptr<CallerLocalRead> mine,
+                                        std::function<void(Result<ReadRsp>)> attempt_done, bool use_cache) {
+  // After repeated dirty answers, ask the tail: in CRAQ it commits first, so its committed
+  // version is the latest committed one (relaxed there returns exactly that).
+  const bool tail = *dirty_seen >= config.dirty_retries_before_tail;
+  const bool caching = !tail && caches_reads(accept_pieces);
+  if (caching && use_cache && !mine) {
+    if (auto cached = cached_for(chain, chunk)) {
+      auto self = shared_from_this();
+      return read_cached(std::move(cached), offset, length, std::move(attempt_done),
+                         [self, chain, chunk, offset, length, mode, accept_pieces, dirty_seen, attempt_done] {
+                           self->read_attempt(chain, chunk, offset, length, mode, accept_pieces, dirty_seen, nullptr,
+                                              attempt_done, /*use_cache=*/false);
+                         });
+    }
+  }
+  // The caller's own local read serves the first attempt, at its target; else a range read ahead asks the
+  // target whose file the bytes were read from (another's lie elsewhere); else a range with a remembered
+  // place asks the target that named it, so that its bytes can be read while the answer is on its way
+  // (another target's place is not known). Each only while that target serves the chain.
+  std::shared_ptr<EarlyRead> early;
+  std::optional<TargetId> known;
+  if (!tail && config.read_before_answer && wants_local(length, accept_pieces)) {
+    const RangeKey range{chunk, offset, length};
+    if (mine) {
+      known = mine->target;
+      early = mine->early;
+    } else {
+      known = read_ahead_target(range);
+      if (!known) {
+        std::lock_guard lock(extents_mutex);
+        if (auto place = last_place_locked(range)) known = std::get<0>(place->first);
+      }
+    }
+    if (known && !serves(chain, *known)) {
+      known.reset();
+      early.reset();
+    }
+  }
+  Result<TargetId> target = known ? Result<TargetId>(*known) : pick_reader(chain, tail);
+  if (!target.is_ok()) return attempt_done(target.status());
+  Result<std::string> address = this->address(*target);
+  if (!address.is_ok()) return attempt_done(address.status());
+  if (tail) ++stats.tail_fallbacks;
+  ReadReq req{.chain = chain,
+              .chain_version = routing.chain(chain)->version,
+              .target = *target,
+              .chunk = chunk,
+              .offset = offset,
+              .length = length,
+              .mode = tail ? ReadMode::kRelaxed : mode,
+              .accept_pieces = accept_pieces};
+  if (wants_local(length, accept_pieces)) req.local_host = this_host_id();
+  if (caching && req.local_host.empty() && !this_host_id().empty()) {
+    bool remote;
+    {
+      std::lock_guard lock(cache_mutex);
+      remote = remote_targets.contains(*target);
+    }
+    if (!remote) {
+      cache_misses.fetch_add(1, std::memory_order_relaxed);
+      req.local_host = this_host_id();
+      req.whole_chunk = true;
+      return send_whole_chunk_read(*address, std::move(req), std::move(dirty_seen), std::move(attempt_done));
+    }
+  }
+  send_read(*address, std::move(req), std::move(dirty_seen), std::move(attempt_done), std::move(early));
+}
+
+std::shared_ptr<const StorageClient::State::CachedChunk> StorageClient::State::cached_for(ChainId chain_id,
+                                                                                          const ChunkId& chunk) {
+  std::shared_ptr<const CachedChunk> cached;
+  {
+    std::lock_guard lock(cache_mutex);
+    auto found = cached_chunks.find(chunk);
+    if (found == cached_chunks.end()) return nullptr;
+    cached = found->second;
+  }
+  const ChainInfo* chain = routing.chain(chain_id);
+  if (cached->chain != chain_id || chain == nullptr || chain->version != cached->chain_version ||
+      !serves(chain_id, cached->target) ||
+      cached->stamps->stamp(chunk, monotonic_now_ns()) != std::optional(cached->stamp)) {
+    drop_cached(cached);
+    return nullptr;
+  }
+  return cached;
+}
+
+void StorageClient::State::drop_cached(const std::shared_ptr<const CachedChunk>& cached) {
+  std::lock_guard lock(cache_mutex);
+  auto found = cached_chunks.find(cached->chunk);
+  if (found != cached_chunks.end() && found->second == cached) {
+    cached_crcs -= cached->whole.segment_crcs.size();
+    cached_chunks.erase(found);
+  }
+}
+
+void StorageClient::State::read_cached(std::shared_ptr<const CachedChunk> cached, uint64_t offset, uint64_t length,
+                                       std::function<void(Result<ReadRsp>)> attempt_done,
+                                       std::function<void()> fallback) {
+  auto self = shared_from_this();
+  executor.offload(
+      [self, cached = std::move(cached), offset, length, attempt_done = std::move(attempt_done),
+       fallback = std::move(fallback)]() mutable {
+        Result<std::optional<LocalExtent>> range = range_of_whole(cached->whole, offset, length);
+        Result<SharedBytes> bytes = SharedBytes{};
+        if (!range.is_ok()) {
+          bytes = range.status();
+        } else if (*range) {
+          bytes = read_local_extent(**range, self->config.local_read_piece_bytes);
+        }
+        // The stamps after the bytes: no change of the chunk or the target began since the answer was kept, so the
+        // bytes are the version that was committed all along (and the CRCs say they are whole).
+        if (bytes.is_ok() && cached->stamps->unchanged(cached->chunk, cached->stamp, monotonic_now_ns())) {
+          self->cached_reads.fetch_add(1, std::memory_order_relaxed);
+          ReadRsp rsp{.meta = cached->meta, .data = {}, .dirty = false};
+          if (!*range) return attempt_done(std::move(rsp));  // nothing to read there (past the end)
+          return self->complete_local(std::move(rsp), std::move(*bytes), attempt_done);
+        }
+        self->cache_changed.fetch_add(1, std::memory_order_relaxed);
+        if (!bytes.is_ok()) FF_LOG_DEBUG("chunk {}: cached local read: {}", cached->chunk.to_string(), bytes.status());
+        self->drop_cached(cached);
+        self->executor.post(std::move(fallback));
+      },
+      {});
+}
+
+void StorageClient::State::send_whole_chunk_read(const std::string& address, ReadReq req,
+                                                 std::shared_ptr<uint32_t> dirty_seen,
+                                                 std::function<void(Result<ReadRsp>)> attempt_done) {
+  // The stamp before the request: the answer is kept only if it still holds after the answer came (then the
+  // answer held for the whole interval).
+  std::shared_ptr<ReadStampsView> view;
+  {
+    std::lock_guard lock(cache_mutex);
+    if (auto found = target_stamps.find(req.target); found != target_stamps.end()) view = found->second;
+  }
+  std::optional<ReadStampsView::Stamp> before = view ? view->stamp(req.chunk, monotonic_now_ns()) : std::nullopt;
+  auto self = shared_from_this();
+  auto on_response = [self, address, req, dirty_seen, attempt_done, view, before](Result<Response> response) mutable {
+    Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+    if (!rsp.is_ok()) {
+      if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
+        ++*dirty_seen;
+        ++self->stats.dirty;
+      }
+      return attempt_done(std::move(rsp));
+    }
+    if (!rsp->local) {
+      // Bytes: the target is not on this host (or nothing was there to read; then nothing is learned).
+      if (!rsp->payload().empty() || !rsp->pieces.pieces.empty()) {
+        std::lock_guard lock(self->cache_mutex);
+        self->remote_targets.insert(req.target);
+      }
+      return attempt_done(std::move(rsp));
+    }
+    const LocalExtent whole = *rsp->local;
+    if (!whole.stamps.empty()) {
+      // Another file at the path than the one watched (the target's directory was made anew): watch that one.
+      if (view && view->path() == whole.stamps && !before) {
+        struct stat info {};
+        if (::stat(whole.stamps.c_str(), &info) != 0 || static_cast<uint64_t>(info.st_dev) != view->device() ||
+            static_cast<uint64_t>(info.st_ino) != view->inode()) {
+          view.reset();
+        }
+      }
+      if (!view || view->path() != whole.stamps) {
+        Result<std::shared_ptr<ReadStampsView>> mapped = ReadStampsView::map(whole.stamps);
+        if (mapped.is_ok()) {
+          std::lock_guard lock(self->cache_mutex);
+          self->target_stamps[req.target] = *mapped;
+        } else {
+          FF_LOG_DEBUG("target {}: {}", req.target, mapped.status());
+        }
+        before.reset();  // taken on another file (or none): nothing to compare with
+      } else if (before && !rsp->dirty && view->unchanged(req.chunk, *before, monotonic_now_ns())) {
+        auto cached = std::make_shared<CachedChunk>(CachedChunk{.chunk = req.chunk,
+                                                                .chain = req.chain,
+                                                                .chain_version = req.chain_version,
+                                                                .target = req.target,
+                                                                .meta = rsp->meta,
+                                                                .whole = whole,
+                                                                .stamps = view,
+                                                                .stamp = *before});
+        std::lock_guard lock(self->cache_mutex);
+        const uint64_t crcs = whole.segment_crcs.size();
+        if (self->cached_chunks.size() >= self->config.cached_local_read_chunks ||
+            self->cached_crcs + crcs > kMaxCachedCrcs) {
+          self->cached_chunks.clear();
+          self->cached_crcs = 0;
+        }
+        auto [slot, added] = self->cached_chunks.try_emplace(req.chunk, cached);
+        if (!added) {
+          self->cached_crcs -= slot->second->whole.segment_crcs.size();
+          slot->second = std::move(cached);
+        }
+        self->cached_crcs += crcs;
+      }
+    }
+    // This read's own range of the whole version.
+    Result<std::optional<LocalExtent>> range = range_of_whole(whole, req.offset, req.length);
+    if (!range.is_ok()) return attempt_done(range.status());
+    rsp->local = std::move(*range);
+    if (!rsp->local) return attempt_done(std::move(rsp));
+    req.whole_chunk = false;
+    self->read_local(address, std::move(req), std::move(*rsp), dirty_seen, std::move(attempt_done));
+  };
+  rpc.call(address, Request{std::move(req)}, attempt_timeout(), std::move(on_response));
 }
 
 bool StorageClient::read_ahead_known(const ChunkId& chunk, uint64_t offset, uint64_t length) {
@@ -962,7 +1182,10 @@ StorageClient::LocalReadCounts StorageClient::local_read_counts() const {
                          .read_before_answer = state_->early_reads.load(std::memory_order_relaxed),
                          .read_ahead = state_->read_ahead_used.load(std::memory_order_relaxed),
                          .read_aheads_started = state_->read_aheads_started.load(std::memory_order_relaxed),
-                         .read_aheads_dropped = state_->read_aheads_dropped.load(std::memory_order_relaxed)};
+                         .read_aheads_dropped = state_->read_aheads_dropped.load(std::memory_order_relaxed),
+                         .cached = state_->cached_reads.load(std::memory_order_relaxed),
+                         .cache_misses = state_->cache_misses.load(std::memory_order_relaxed),
+                         .cache_changed = state_->cache_changed.load(std::memory_order_relaxed)};
 }
 
 }  // namespace ff::fs

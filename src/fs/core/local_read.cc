@@ -260,6 +260,35 @@ bool LocalBytes::same_place(const LocalExtent& other) const {
          extent.segment_bytes == other.segment_bytes;
 }
 
+Result<std::optional<LocalExtent>> range_of_whole(const LocalExtent& whole, uint64_t offset, uint64_t length) {
+  const uint64_t segment = whole.segment_bytes;
+  const uint64_t end = whole.verify_bytes;
+  if (whole.position != 0 || whole.skip != 0 || whole.count != end || segment == 0 ||
+      whole.segment_crcs.size() != (end + segment - 1) / segment) {
+    return invalid_argument(
+        "{}: not a whole version's extent (position {}, skip {}, count {}, {} bytes in {} segments of {})", whole.path,
+        whole.position, whole.skip, whole.count, end, whole.segment_crcs.size(), segment);
+  }
+  if (offset >= end || length == 0) return std::optional<LocalExtent>();
+  const uint64_t count = std::min(length, end - offset);
+  const uint64_t first = offset / segment * segment;
+  const uint64_t last = std::min(align_up(offset + count, segment), end);
+  LocalExtent range{.path = whole.path,
+                    .device = whole.device,
+                    .inode = whole.inode,
+                    .file_offset = whole.file_offset + first,
+                    .position = first,
+                    .verify_bytes = last - first,
+                    .skip = offset - first,
+                    .count = count,
+                    .segment_bytes = segment,
+                    .segment_crcs = {},
+                    .stamps = whole.stamps};
+  range.segment_crcs.assign(whole.segment_crcs.begin() + static_cast<ptrdiff_t>(first / segment),
+                            whole.segment_crcs.begin() + static_cast<ptrdiff_t>((last + segment - 1) / segment));
+  return std::optional<LocalExtent>(std::move(range));
+}
+
 Result<SharedBytes> LocalBytes::answer(const LocalExtent& committed) const {
   if (!same_place(committed)) {
     return failed_precondition("local read of {}: read at file offset {} (+{}), the target now names {} at {} (+{})",

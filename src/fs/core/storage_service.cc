@@ -1,9 +1,10 @@
 #include "ff/fs/storage_service.h"
 
 #include <algorithm>
-#include <cstring>
 #include <atomic>
+#include <cstring>
 #include <deque>
+#include <limits>
 #include <list>
 #include <mutex>
 #include <optional>
@@ -14,6 +15,7 @@
 #include "ff/fs/crc32c.h"
 #include "ff/fs/local_read.h"
 #include "ff/fs/mgmtd_addresses.h"
+#include "ff/fs/read_stamps.h"
 
 namespace ff::fs {
 
@@ -189,8 +191,25 @@ struct StorageService::State {
     next->routing = routing;
     for (const auto& [id, target] : targets) next->stores[id] = target.store;
     view_mgmtd_ok_ns.store(last_mgmtd_ok_ns);
-    std::lock_guard lock(view_mutex);
-    view = std::move(next);
+    {
+      std::lock_guard lock(view_mutex);
+      view = std::move(next);
+    }
+    publish_read_leases();
+  }
+
+  // Local readers' lease (ChunkStore::set_local_read_lease, read_stamps.h) of each target serving in its chain:
+  // until this node would stop serving by its own rule (no mgmtd contact for half the heartbeat timeout), on the
+  // host's monotonic clock; 0 for the others and while the node does not serve.
+  void publish_read_leases() {
+    const int64_t remaining = last_mgmtd_ok_ns + config.heartbeat_timeout_ns / 2 - now();
+    const int64_t until = serving() && remaining > 0 ? monotonic_now_ns() + remaining : 0;
+    for (auto& [id, target] : targets) {
+      if (!target.store) continue;
+      const TargetInfo* info = routing.target(id);
+      const bool serves = info != nullptr && info->public_state == PublicTargetState::kServing;
+      target.store->set_local_read_lease(serves ? until : 0);
+    }
   }
   std::shared_ptr<const ReadView> snapshot() const {
     std::lock_guard lock(view_mutex);
@@ -1330,6 +1349,11 @@ struct StorageService::State {
   static bool wants_local_read(const ReadReq& req) {
     return !req.local_host.empty() && req.local_host == this_host_id();
   }
+  // Where the bytes of a local read lie: the range's, or the whole committed version's (ReadReq::whole_chunk).
+  static Result<LocalChunkRead> locate(ChunkStore& store, const ReadReq& req) {
+    if (req.whole_chunk) return store.locate(req.chunk, 0, std::numeric_limits<uint64_t>::max(), req.mode);
+    return store.locate(req.chunk, req.offset, req.length, req.mode);
+  }
 
   // The answer to a local read: where the bytes lie, or [chunk_dirty] for a strict read of a chunk with
   // a pending version (the caller counts it, on its own counter).
@@ -1404,7 +1428,7 @@ struct StorageService::State {
     executor.offload(
         [store_ptr, outcome, req, shared, local, fast = std::move(answer.fast)] {
           if (local) {
-            Result<LocalChunkRead> located = store_ptr->locate(req.chunk, req.offset, req.length, req.mode);
+            Result<LocalChunkRead> located = locate(*store_ptr, req);
             if (located.is_ok()) {
               outcome->local = std::move(*located);
               return;
@@ -1571,7 +1595,7 @@ struct StorageService::State {
   std::optional<Result<ReadRsp>> fast_read(ChunkStore& store, const ReadReq& req, bool shared) {
     if (wants_local_read(req)) {
       // Where the committed bytes lie (wants_local_read); the reader checks them.
-      Result<LocalChunkRead> located = store.locate(req.chunk, req.offset, req.length, req.mode);
+      Result<LocalChunkRead> located = locate(store, req);
       if (located.is_ok()) {
         if (located->dirty && req.mode == ReadMode::kRelaxed) return std::nullopt;
         Result<ReadRsp> rsp = local_answer(req, std::move(*located));
@@ -2073,7 +2097,14 @@ struct StorageService::State {
   // ------------------------------------------------------------------ mgmtd: register, heartbeat, routing
   void apply_routing(RoutingInfo info) {
     if (info.version < routing.version) return;
+    const bool changed = info.version > routing.version;
     routing = std::move(info);
+    // A chain may have changed: local readers ask again (they check their own routing for the rest).
+    if (changed) {
+      for (auto& [id, target] : targets) {
+        if (target.store) target.store->local_reads_changed();
+      }
+    }
     for (const auto& [id, target] : routing.targets) {
       if (target.node != config.node) continue;
       if (targets.count(id) == 0) {
@@ -2184,6 +2215,7 @@ struct StorageService::State {
                // The lease counts from when the heartbeat was sent, not when the answer came.
                last_mgmtd_ok_ns = std::max(last_mgmtd_ok_ns, sent_ns);
                view_mgmtd_ok_ns.store(last_mgmtd_ok_ns);
+               publish_read_leases();
                if (rsp->routing) {
                  apply_routing(std::move(*rsp->routing));
                } else if (serving()) {

@@ -137,12 +137,14 @@ void to(const ReadReq& v, pb::ReadReq* p) {
   p->set_offset(v.offset); p->set_length(v.length); p->set_mode(static_cast<uint32_t>(v.mode));
   p->set_any_state(v.any_state);
   p->set_local_host(v.local_host);
+  p->set_whole_chunk(v.whole_chunk);
 }
 Result<ReadReq> from(const pb::ReadReq& p) {
   FF_ASSIGN_OR_RETURN(ReadMode mode, enum_from<ReadMode>(p.mode(), 1, "read mode"));
   ReadReq read{p.chain(), p.chain_version(), p.target(), from(p.chunk()), p.offset(), p.length(), mode};
   read.any_state = p.any_state();
   read.local_host = p.local_host();
+  read.whole_chunk = p.whole_chunk();
   return read;
 }
 void to(const LocalExtent& v, pb::LocalExtent* p) {
@@ -156,6 +158,7 @@ void to(const LocalExtent& v, pb::LocalExtent* p) {
   p->set_count(v.count);
   p->set_segment_bytes(v.segment_bytes);
   p->mutable_segment_crcs()->Add(v.segment_crcs.begin(), v.segment_crcs.end());
+  p->set_stamps(v.stamps);
 }
 LocalExtent from(const pb::LocalExtent& p) {
   return LocalExtent{.path = p.path(),
@@ -167,7 +170,8 @@ LocalExtent from(const pb::LocalExtent& p) {
                      .skip = p.skip(),
                      .count = p.count(),
                      .segment_bytes = p.segment_bytes(),
-                     .segment_crcs = std::vector<uint32_t>(p.segment_crcs().begin(), p.segment_crcs().end())};
+                     .segment_crcs = std::vector<uint32_t>(p.segment_crcs().begin(), p.segment_crcs().end()),
+                     .stamps = p.stamps()};
 }
 void to(ReadRsp&& v, pb::ReadRsp* p) {
   to(v.meta, p->mutable_meta());

@@ -533,6 +533,175 @@ TEST_F(LocalReadClusterTest, ReadAheadHoldsABoundedNumberOfRangesDroppingTheOlde
   EXPECT_EQ(client_->local_read_counts().read_ahead, before + 2);
 }
 
+// Cached local reads (ClientConfig::cached_local_read_chunks, include/ff/fs/read_stamps.h).
+
+// Waits until every replica of chunk has committed `version` with nothing pending (the head and the middle commit
+// after the tail acknowledged: until then a strict read there is dirty).
+void wait_committed(testing::StorageCluster& cluster, const ChunkId& chunk, uint32_t version) {
+  auto routing = cluster.routing();
+  ASSERT_TRUE(routing.is_ok()) << routing.status();
+  const ChainInfo* chain = routing->chain(cluster.chains().front());
+  ASSERT_NE(chain, nullptr);
+  for (const auto& member : chain->targets) {
+    auto replica = cluster.chunk_store(member.target);
+    ASSERT_NE(replica, nullptr);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      auto meta = replica->stat(chunk);
+      if (meta.is_ok() && meta->pending_version == 0 && meta->committed_version == version) break;
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+          << "target " << member.target << " did not commit v" << version;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+}
+
+std::vector<std::byte> slice(const std::vector<std::byte>& data, uint64_t offset, uint64_t length) {
+  if (offset >= data.size()) return {};
+  const uint64_t end = std::min<uint64_t>(data.size(), offset + length);
+  return std::vector<std::byte>(data.begin() + static_cast<ptrdiff_t>(offset),
+                                data.begin() + static_cast<ptrdiff_t>(end));
+}
+
+TEST_F(LocalReadClusterTest, SmallReadsOfAKnownChunkAreReadAgainWithoutAskingUntilItChanges) {
+  const ChunkId chunk{40, 0};
+  auto data = testing::pattern_bytes(200'000, 21);
+  write(chunk, data);
+  ASSERT_NO_FATAL_FAILURE(wait_committed(*cluster_, chunk, 1));
+  // Misses ask a target for the whole version; one is kept once the client watches that target's stamps (its
+  // first answer tells it where they are; reads are spread over the three replicas).
+  int misses = 0;
+  while (client_->local_read_counts().cached == 0) {
+    ASSERT_LT(misses, 5) << "no answer was kept";
+    auto got = read(chunk, 4096 * misses, 4096, /*accept_pieces=*/true);
+    ASSERT_TRUE(got.is_ok()) << got.status();
+    EXPECT_EQ(*got, slice(data, 4096 * misses, 4096));
+    ++misses;
+  }
+  EXPECT_EQ(client_->local_read_counts().cache_misses, static_cast<uint64_t>(misses - 1));
+  EXPECT_EQ(client_->local_read_counts().fallbacks, 0u);
+
+  // Then any range of the chunk is read without asking any target: segment-aligned or not, across segments, at and
+  // past the end.
+  const auto answers = local_answers();
+  const uint64_t cached = client_->local_read_counts().cached;
+  const std::vector<std::pair<uint64_t, uint64_t>> ranges = {{0, 4096},        {100, 10},       {4000, 200},
+                                                             {65'536, 16'384}, {196'000, 8192}, {199'999, 1},
+                                                             {200'000, 4096},  {0, 32 << 10}};
+  for (const auto& [offset, length] : ranges) {
+    auto got = read(chunk, offset, length, /*accept_pieces=*/true);
+    ASSERT_TRUE(got.is_ok()) << offset << "+" << length << ": " << got.status();
+    EXPECT_EQ(*got, slice(data, offset, length)) << offset << "+" << length;
+  }
+  EXPECT_EQ(client_->local_read_counts().cached, cached + ranges.size());
+  EXPECT_EQ(local_answers(), answers) << "a target was asked";
+
+  // A write of the chunk: the kept answer no longer holds, and the next read gets the new bytes.
+  const auto patch = testing::pattern_bytes(100, 22);
+  ChainId chain = cluster_->chains().front();
+  auto written = on_executor<WriteRsp>(cluster_->client_executor(),
+                                       [&, chain](auto done) { client_->write(chain, chunk, 5000, patch, done); });
+  ASSERT_TRUE(written.is_ok()) << written.status();
+  std::copy(patch.begin(), patch.end(), data.begin() + 5000);
+  ASSERT_NO_FATAL_FAILURE(wait_committed(*cluster_, chunk, 2));
+  for (int i = 0; i < 8; ++i) {
+    auto got = read(chunk, 4096, 4096, /*accept_pieces=*/true);
+    ASSERT_TRUE(got.is_ok()) << got.status();
+    EXPECT_EQ(*got, slice(data, 4096, 4096)) << "read " << i << " after the write";
+  }
+  EXPECT_GT(client_->local_read_counts().cached, cached + ranges.size()) << "kept again once it was asked again";
+  EXPECT_EQ(client_->local_read_counts().fallbacks, 0u);
+}
+
+TEST_F(LocalReadClusterTest, WithoutCachedLocalReadsEverySmallReadAsks) {
+  const ChunkId chunk{41, 0};
+  const auto data = testing::pattern_bytes(70'000, 23);
+  write(chunk, data);
+  ASSERT_NO_FATAL_FAILURE(wait_committed(*cluster_, chunk, 1));
+  StorageClient uncached(ClientConfig{.client_id = 12,
+                                      .mgmtd_address = cluster_->mgmtd_address(),
+                                      .local_reads = true,
+                                      .cached_local_read_chunks = 0},
+                         cluster_->client_executor(), cluster_->client_rpc());
+  ChainId chain = cluster_->chains().front();
+  for (int i = 0; i < 6; ++i) {
+    auto rsp = on_executor<ReadRsp>(cluster_->client_executor(), [&, chain](auto done) {
+      uncached.read(chain, chunk, 4096 * i, 4096, ReadMode::kStrict, done, /*accept_pieces=*/true);
+    });
+    ASSERT_TRUE(rsp.is_ok()) << rsp.status();
+    std::vector<std::byte> got(rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size());
+    if (rsp->pieces.is_set()) {
+      rsp->pieces.copy_to(0, got);
+    } else {
+      std::copy(rsp->payload().begin(), rsp->payload().end(), got.begin());
+    }
+    EXPECT_EQ(got, slice(data, 4096 * i, 4096));
+  }
+  EXPECT_EQ(uncached.local_read_counts().cached, 0u);
+  EXPECT_EQ(uncached.local_read_counts().cache_misses, 0u);
+  EXPECT_EQ(uncached.local_read_counts().served, 0u) << "4 KiB reads go over RPC without caching";
+}
+
+// A chain change (a node fails): every target that learns it counts a change of every chunk, so the kept answers
+// are asked again and the reads still return the committed bytes.
+TEST(CachedLocalReadTest, AChainChangeEndsKeptAnswers) {
+  TempDir dir;
+  auto cluster = testing::StorageCluster::start({.nodes = 3,
+                                                 .targets_per_node = 1,
+                                                 .replication = 3,
+                                                 .max_chunk_bytes = 256 << 10,
+                                                 .heartbeat_timeout_ns = 2'000'000'000,
+                                                 .engine_root = dir.path()});
+  ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+  StorageClient client(ClientConfig{.client_id = 13, .mgmtd_address = (*cluster)->mgmtd_address(), .local_reads = true},
+                       (*cluster)->client_executor(), (*cluster)->client_rpc());
+  const ChainId chain = (*cluster)->chains().front();
+  const ChunkId chunk{42, 0};
+  const auto data = testing::pattern_bytes(100'000, 24);
+  auto written = on_executor<WriteRsp>((*cluster)->client_executor(),
+                                       [&](auto done) { client.write(chain, chunk, 0, data, done); });
+  ASSERT_TRUE(written.is_ok()) << written.status();
+  ASSERT_NO_FATAL_FAILURE(wait_committed(**cluster, chunk, 1));
+  auto read_4k = [&](uint64_t offset) -> Result<std::vector<std::byte>> {
+    auto rsp = on_executor<ReadRsp>((*cluster)->client_executor(), [&](auto done) {
+      client.read(chain, chunk, offset, 4096, ReadMode::kStrict, done, /*accept_pieces=*/true);
+    });
+    if (!rsp.is_ok()) return rsp.status();
+    std::vector<std::byte> out(rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size());
+    if (rsp->pieces.is_set()) {
+      rsp->pieces.copy_to(0, out);
+    } else {
+      std::copy(rsp->payload().begin(), rsp->payload().end(), out.begin());
+    }
+    return out;
+  };
+  for (int i = 0; i < 8 && client.local_read_counts().cached == 0; ++i) {
+    auto got = read_4k(8192);
+    ASSERT_TRUE(got.is_ok()) << got.status();
+  }
+  ASSERT_GT(client.local_read_counts().cached, 0u);
+  // Which target the kept answer names is not known here: fail a node, and whichever it was, every target that stays
+  // learns the chain change (or is the failed one, holding no lease once mgmtd's timeout passed its own).
+  auto before = (*cluster)->routing();
+  ASSERT_TRUE(before.is_ok()) << before.status();
+  ASSERT_TRUE((*cluster)->crash_storage(3).is_ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    auto now = (*cluster)->routing();
+    ASSERT_TRUE(now.is_ok()) << now.status();
+    if (now->chain(chain)->version != before->chain(chain)->version) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "mgmtd did not notice the failed node";
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the other nodes' heartbeats bring the change
+  const uint64_t misses = client.local_read_counts().cache_misses;
+  auto got = read_4k(8192);
+  ASSERT_TRUE(got.is_ok()) << got.status();
+  EXPECT_EQ(*got, slice(data, 8192, 4096));
+  EXPECT_GT(client.local_read_counts().cache_misses, misses) << "the kept answer was used after the chain changed";
+  ASSERT_TRUE((*cluster)->start_storage(3).is_ok());
+}
+
 TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
   const ChunkId chunk{22, 0};
   const auto data = testing::pattern_bytes(131'072, 8);

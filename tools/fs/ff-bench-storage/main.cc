@@ -295,6 +295,9 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
                          {"local_reads", client.local_read_counts().served},
                          {"local_read_fallbacks", client.local_read_counts().fallbacks},
                          {"local_reads_read_before_answer", client.local_read_counts().read_before_answer},
+                         {"cached_local_reads", client.local_read_counts().cached},
+                         {"cached_local_read_misses", client.local_read_counts().cache_misses},
+                         {"cached_local_reads_changed", client.local_read_counts().cache_changed},
                          {"read_rpcs", client.coalesced_read_counts().rpcs},
                          {"batched_reads", client.coalesced_read_counts().batched_reads},
                          {"coalesced_writes", client.stats().coalesced_writes},
@@ -339,6 +342,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--read-rpcs-per-node", read_rpcs_per_node,
                         "small reads beyond this many RPCs in flight to a node wait and go as one batch (0: off; "
                         "ClientConfig::read_rpcs_per_node)");
+  uint32_t cached_local_read_chunks = ClientConfig{}.cached_local_read_chunks;
+  bench_cmd->add_option("--cached-local-read-chunks", cached_local_read_chunks,
+                        "with --local-reads: chunks whose whole-version answer is kept and read again while the "
+                        "target's read stamps show no change (0: off; ClientConfig::cached_local_read_chunks)");
   uint64_t coalesce_write_max_bytes = ClientConfig{}.coalesce_write_max_bytes;
   bench_cmd->add_option("--coalesce-write-max-bytes", coalesce_write_max_bytes,
                         "writes of a chunk go one at a time; waiting ones of at most this many bytes that touch go as "
@@ -373,6 +380,7 @@ int main(int argc, char** argv) {
   config.read_before_answer = !no_read_before_answer;
   config.read_rpcs_per_node = read_rpcs_per_node;
   config.coalesce_write_max_bytes = coalesce_write_max_bytes;
+  config.cached_local_read_chunks = cached_local_read_chunks;
   int code = 0;
   {
     StorageClient client(config, executor, rpc);
