@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <future>
@@ -700,6 +701,57 @@ TEST(CachedLocalReadTest, AChainChangeEndsKeptAnswers) {
   EXPECT_EQ(*got, slice(data, 8192, 4096));
   EXPECT_GT(client.local_read_counts().cache_misses, misses) << "the kept answer was used after the chain changed";
   ASSERT_TRUE((*cluster)->start_storage(3).is_ok());
+}
+
+// Reads racing writes of the same chunk (a whole new version every few milliseconds): every read returns one version
+// whole, never one older than the last write acknowledged before the read began, never one not yet written; and
+// kept answers serve some of the reads in between.
+TEST_F(LocalReadClusterTest, CachedReadsDuringWritesNeverReturnAnOlderVersionThanAcknowledged) {
+  const ChunkId chunk{43, 0};
+  constexpr uint64_t kBytes = 64 << 10;
+  auto version_bytes = [](uint32_t version) { return testing::pattern_bytes(kBytes, 1000 + version); };
+  write(chunk, version_bytes(1));
+  std::atomic<uint32_t> acknowledged{1};
+  std::atomic<bool> stop{false};
+  std::atomic<bool> write_failed{false};
+  ChainId chain = cluster_->chains().front();
+  std::thread writer([&] {
+    for (uint32_t version = 2; version <= 60 && !stop.load(); ++version) {
+      const auto data = version_bytes(version);
+      auto written = on_executor<WriteRsp>(cluster_->client_executor(),
+                                           [&, chain](auto done) { client_->write(chain, chunk, 0, data, done); });
+      if (!written.is_ok() || written->version != version) {
+        ADD_FAILURE() << "write of v" << version << ": "
+                      << (written.is_ok() ? fmt::format("got v{}", written->version) : written.status().to_string());
+        write_failed.store(true);
+        break;
+      }
+      acknowledged.store(version);
+      std::this_thread::sleep_for(std::chrono::milliseconds(15));
+    }
+    stop.store(true);
+  });
+  std::mt19937_64 random(43);
+  uint64_t reads = 0;
+  while (!stop.load()) {
+    const uint64_t offset = random() % (kBytes / 4096) * 4096 + random() % 2 * 100;
+    const uint32_t lowest = acknowledged.load();
+    auto got = read(chunk, offset, 4096, /*accept_pieces=*/true);
+    const uint32_t highest = acknowledged.load() + 1;  // the write in flight may have committed
+    ASSERT_TRUE(got.is_ok()) << got.status();
+    bool matched = false;
+    for (uint32_t version = lowest; version <= highest && !matched; ++version) {
+      matched = *got == slice(version_bytes(version), offset, 4096);
+    }
+    ASSERT_TRUE(matched) << "read " << reads << " at " << offset << " matches no version in [v" << lowest << ", v"
+                         << highest << "]";
+    ++reads;
+  }
+  writer.join();
+  ASSERT_FALSE(write_failed.load());
+  EXPECT_GT(reads, 50u);
+  EXPECT_GT(client_->local_read_counts().cached, 0u) << "no read used a kept answer";
+  EXPECT_GT(client_->local_read_counts().cache_misses, 0u);
 }
 
 TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
