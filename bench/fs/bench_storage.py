@@ -111,6 +111,10 @@ def main() -> None:
                         help="rounds of (ours on every cluster, fio) per case, back to back; each figure is the median "
                              "of its rounds (this VM's disk moves between runs)")
     parser.add_argument("--local-reads", type=int, default=1, help="also run each read case with local reads (0: no)")
+    parser.add_argument("--caller-threads", type=int, default=1,
+                        help="also run each read case with local reads by queue-depth caller threads, each reading "
+                             "one block at a time and served on its own thread where a kept answer allows (cached "
+                             "local reads, StorageClient::read_cached_now; caller_* fields; 0: no)")
     parser.add_argument("--fio-huge-pages", action="store_true",
                         help="read cases also run fio with its buffers on huge pages (--mem=shmhuge), as our read buffers "
                              "of 1 MiB and more are; reserve them first: echo 512 > /proc/sys/vm/nr_hugepages")
@@ -215,6 +219,7 @@ def main() -> None:
                         keys = [(cluster_key, variant) for cluster_key in clusters for variant in variants]
                         runs: dict = {key: [] for key in keys}
                         local_runs: dict = {key: [] for key in keys}
+                        caller_runs: dict = {key: [] for key in keys}
                         fio_runs: list[float] = []
                         extra_runs: dict[str, list[float]] = {}
                         for round_index in range(args.rounds):
@@ -244,6 +249,12 @@ def main() -> None:
                                     # the read RPC still goes to a target, the bytes do not travel over TCP.
                                     local_runs[key].append(bench(clusters[key[0]], *case, *variants[key[1]],
                                                                  "--local-reads"))
+                                if op == "read" and args.caller_threads:
+                                    # Synchronous callers on this host (FUSE's threads, a thread pool): a read of a
+                                    # chunk whose whole version a target named is read on the caller's thread without
+                                    # asking (docs/fs.md, "Cached local reads").
+                                    caller_runs[key].append(bench(clusters[key[0]], *case, *variants[key[1]],
+                                                                  "--local-reads", "--caller-threads"))
                             if not fio_first:
                                 run_fio()
                         fio_mb = statistics.median(fio_runs)
@@ -273,6 +284,18 @@ def main() -> None:
                                 line["local_ratio_vs_fio"] = round(local_mb / fio_mb, 3) if fio_mb else None
                                 line["local_meets_target"] = local_mb >= target
                                 line["rounds_local_MB_per_s"] = [round(r["MB_per_s"], 1) for r in locals_]
+                                line["local_cached_reads"] = local.get("cached_local_reads")
+                            callers = caller_runs[key]
+                            if callers:
+                                caller = median_run(callers)
+                                caller_mb = statistics.median(r["MB_per_s"] for r in callers)
+                                line["caller_MB_per_s"] = round(caller_mb, 1)
+                                line["caller_p50_us"] = caller["p50_us"]
+                                line["caller_cached_reads"] = caller.get("cached_local_reads")
+                                line["caller_cache_misses"] = caller.get("cached_local_read_misses")
+                                line["caller_ratio_vs_fio"] = round(caller_mb / fio_mb, 3) if fio_mb else None
+                                line["caller_meets_target"] = caller_mb >= target
+                                line["rounds_caller_MB_per_s"] = [round(r["MB_per_s"], 1) for r in callers]
                             if args.baseline_storage:
                                 line["storage_build"] = build
                             if args.ab_client_args:
@@ -301,7 +324,10 @@ def main() -> None:
                 "--sync=dsync --fdatasync=1 (one data write + one fdatasync per write, as one replica "
                 "does); ratio_vs_fio and the target keep the issue's baseline (plain dsync fio). Read cases "
                 "also run with local reads (local_*: the client asks the target over RPC, then reads the "
-                "bytes from the target's file itself and checks their CRC32C; docs/fs.md). Lines with "
+                "bytes from the target's file itself and checks their CRC32C; docs/fs.md; a small read of a chunk whose whole "
+                "version a target named before is read again without asking while the target's read stamps show no "
+                "change: cached local reads), and with caller threads (caller_*: queue-depth threads each reading one "
+                "block at a time, a read a kept answer can serve read on the caller's own thread). Lines with "
                 "group_sync_ms > 0 ran storage servers whose chunk engines sync every that many ms instead of on "
                 "each write's path (no O_DSYNC data write, no synced batch per write; a killed process loses "
                 "nothing, a power loss may lose the last interval's writes on that machine).",

@@ -128,6 +128,13 @@ class StorageClient {
   void read(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
             Callback<ReadRsp> done, bool accept_pieces, std::shared_ptr<CallerLocalRead> caller_read);
   static void run_local_read(const std::shared_ptr<CallerLocalRead>& caller_read);
+  // A read served at once on the calling thread (any thread) where a kept answer of cached local reads says the
+  // bytes lie (ClientConfig::cached_local_read_chunks): the bytes of [offset, offset + length) read from the target's
+  // file, every crc segment checked, then the target's read stamps (nothing of the chunk or the target changed
+  // meanwhile). The answer's bytes come in ReadRsp::pieces (empty past the end). nullopt when no kept answer may serve
+  // it (none, the routing changed since, the chunk changed, the bytes did not check out): then read() as usual. Lets
+  // a synchronous caller read a kept chunk without any hand-off to the executor or an offload thread.
+  std::optional<Result<ReadRsp>> read_cached_now(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length);
   // Read-ahead for a read of [offset, offset + length) of chunk expected soon (a sequential reader's next
   // range): reads the bytes from a target's file on this host, where a serving target's last answer for that range said
   // they lie, or else where a target of this host (one that answered a local read before; otherwise

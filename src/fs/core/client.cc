@@ -126,6 +126,7 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
     ChunkId chunk;
     ChainId chain = 0;
     ChainVersion chain_version = 0;
+    uint64_t routing_generation = 0;  // of the routing the request was sent with
     TargetId target = 0;
     ChunkMeta meta;
     LocalExtent whole;
@@ -139,6 +140,13 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   std::map<TargetId, std::shared_ptr<ReadStampsView>> target_stamps;  // guarded by cache_mutex
   std::set<TargetId> remote_targets;  // guarded by cache_mutex: targets that answered a local read with bytes
   std::atomic<uint64_t> cached_reads{0}, cache_misses{0}, cache_changed{0};
+  // Counts the routing changes (any thread reads it: a kept answer serves read_cached_now only under the routing its
+  // request was sent with).
+  std::atomic<uint64_t> routing_generation{0};
+  // Serves a read from a kept answer on this thread: the range's bytes from the file, every CRC checked, then the
+  // stamps; nullopt (the answer dropped) when they do not check out.
+  std::optional<ReadRsp> serve_cached(const std::shared_ptr<const CachedChunk>& cached, uint64_t offset,
+                                      uint64_t length);
   bool caches_reads(bool accept_pieces) const {
     return accept_pieces && config.local_reads && config.cached_local_read_chunks > 0 &&
            !local_reads_off.load(std::memory_order_relaxed);
@@ -154,7 +162,7 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   // A read that found nothing cached, sent as a whole-version local read (ReadReq::whole_chunk) to a target that may
   // be on this host; the answer is kept when the stamps allow, and this read is served from it.
   void send_whole_chunk_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
-                             std::function<void(Result<ReadRsp>)> attempt_done);
+                             std::function<void(Result<ReadRsp>)> attempt_done, uint64_t generation);
   // One attempt of StorageClient::read (executor thread); use_cache: a kept answer may serve it.
   void read_attempt(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
                     bool accept_pieces, std::shared_ptr<uint32_t> dirty_seen, std::shared_ptr<CallerLocalRead> mine,
@@ -224,6 +232,9 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
                Result<GetRoutingRsp> rsp = response_as<GetRoutingRsp>(std::move(response));
                if (!rsp.is_ok()) self->mgmtd.failed(address, rsp.status());
                if (rsp.is_ok() && rsp->routing && rsp->routing->version >= self->routing.version) {
+                 if (rsp->routing->version != self->routing.version) {
+                   self->routing_generation.fetch_add(1, std::memory_order_acq_rel);
+                 }
                  self->routing = std::move(*rsp->routing);
                }
                if (rsp.is_ok()) self->space = std::move(rsp->space);
@@ -642,7 +653,8 @@ void StorageClient::State::read_attempt(ChainId chain, const ChunkId& chunk, uin
       cache_misses.fetch_add(1, std::memory_order_relaxed);
       req.local_host = this_host_id();
       req.whole_chunk = true;
-      return send_whole_chunk_read(*address, std::move(req), std::move(dirty_seen), std::move(attempt_done));
+      return send_whole_chunk_read(*address, std::move(req), std::move(dirty_seen), std::move(attempt_done),
+                                   routing_generation.load(std::memory_order_acquire));
     }
   }
   send_read(*address, std::move(req), std::move(dirty_seen), std::move(attempt_done), std::move(early));
@@ -683,32 +695,67 @@ void StorageClient::State::read_cached(std::shared_ptr<const CachedChunk> cached
   executor.offload(
       [self, cached = std::move(cached), offset, length, attempt_done = std::move(attempt_done),
        fallback = std::move(fallback)]() mutable {
-        Result<std::optional<LocalExtent>> range = range_of_whole(cached->whole, offset, length);
-        Result<SharedBytes> bytes = SharedBytes{};
-        if (!range.is_ok()) {
-          bytes = range.status();
-        } else if (*range) {
-          bytes = read_local_extent(**range, self->config.local_read_piece_bytes);
-        }
-        // The stamps after the bytes: no change of the chunk or the target began since the answer was kept, so the
-        // bytes are the version that was committed all along (and the CRCs say they are whole).
-        if (bytes.is_ok() && cached->stamps->unchanged(cached->chunk, cached->stamp, monotonic_now_ns())) {
-          self->cached_reads.fetch_add(1, std::memory_order_relaxed);
-          ReadRsp rsp{.meta = cached->meta, .data = {}, .dirty = false};
-          if (!*range) return attempt_done(std::move(rsp));  // nothing to read there (past the end)
-          return self->complete_local(std::move(rsp), std::move(*bytes), attempt_done);
-        }
-        self->cache_changed.fetch_add(1, std::memory_order_relaxed);
-        if (!bytes.is_ok()) FF_LOG_DEBUG("chunk {}: cached local read: {}", cached->chunk.to_string(), bytes.status());
-        self->drop_cached(cached);
+        if (std::optional<ReadRsp> rsp = self->serve_cached(cached, offset, length))
+          return attempt_done(std::move(*rsp));
         self->executor.post(std::move(fallback));
       },
       {});
 }
 
+std::optional<ReadRsp> StorageClient::State::serve_cached(const std::shared_ptr<const CachedChunk>& cached,
+                                                          uint64_t offset, uint64_t length) {
+  Result<std::optional<LocalExtent>> range = range_of_whole(cached->whole, offset, length);
+  Result<SharedBytes> bytes = SharedBytes{};
+  if (!range.is_ok()) {
+    bytes = range.status();
+  } else if (*range) {
+    bytes = read_local_extent(**range, config.local_read_piece_bytes);
+  }
+  // The stamps after the bytes: no change of the chunk or the target began since the answer was kept, so the bytes
+  // are the version that was committed all along (and the CRCs say they are whole).
+  if (bytes.is_ok() && cached->stamps->unchanged(cached->chunk, cached->stamp, monotonic_now_ns())) {
+    cached_reads.fetch_add(1, std::memory_order_relaxed);
+    ReadRsp rsp{.meta = cached->meta, .data = {}, .dirty = false};
+    if (*range) {
+      local_reads.fetch_add(1, std::memory_order_relaxed);
+      rsp.pieces = PayloadPieces{.owner = bytes->owner, .pieces = {bytes->bytes}, .size = bytes->size()};
+    }
+    return rsp;  // an empty answer past the end
+  }
+  cache_changed.fetch_add(1, std::memory_order_relaxed);
+  if (!bytes.is_ok()) FF_LOG_DEBUG("chunk {}: cached local read: {}", cached->chunk.to_string(), bytes.status());
+  drop_cached(cached);
+  return std::nullopt;
+}
+
+std::optional<Result<ReadRsp>> StorageClient::read_cached_now(ChainId chain, const ChunkId& chunk, uint64_t offset,
+                                                              uint64_t length) {
+  State& state = *state_;
+  if (!state.caches_reads(/*accept_pieces=*/true)) return std::nullopt;
+  std::shared_ptr<const State::CachedChunk> cached;
+  {
+    std::lock_guard lock(state.cache_mutex);
+    auto found = state.cached_chunks.find(chunk);
+    if (found == state.cached_chunks.end()) return std::nullopt;
+    cached = found->second;
+  }
+  if (cached->chain != chain ||
+      cached->routing_generation != state.routing_generation.load(std::memory_order_acquire)) {
+    return std::nullopt;  // read() checks it against the routing
+  }
+  if (cached->stamps->stamp(chunk, monotonic_now_ns()) != std::optional(cached->stamp)) {
+    state.drop_cached(cached);
+    return std::nullopt;
+  }
+  std::optional<ReadRsp> rsp = state.serve_cached(cached, offset, length);
+  if (!rsp) return std::nullopt;
+  return Result<ReadRsp>(std::move(*rsp));
+}
+
 void StorageClient::State::send_whole_chunk_read(const std::string& address, ReadReq req,
                                                  std::shared_ptr<uint32_t> dirty_seen,
-                                                 std::function<void(Result<ReadRsp>)> attempt_done) {
+                                                 std::function<void(Result<ReadRsp>)> attempt_done,
+                                                 uint64_t generation) {
   // The stamp before the request: the answer is kept only if it still holds after the answer came (then the
   // answer held for the whole interval).
   std::shared_ptr<ReadStampsView> view;
@@ -718,7 +765,8 @@ void StorageClient::State::send_whole_chunk_read(const std::string& address, Rea
   }
   std::optional<ReadStampsView::Stamp> before = view ? view->stamp(req.chunk, monotonic_now_ns()) : std::nullopt;
   auto self = shared_from_this();
-  auto on_response = [self, address, req, dirty_seen, attempt_done, view, before](Result<Response> response) mutable {
+  auto on_response = [self, address, req, dirty_seen, attempt_done, view, before,
+                      generation](Result<Response> response) mutable {
     Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
     if (!rsp.is_ok()) {
       if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
@@ -758,6 +806,7 @@ void StorageClient::State::send_whole_chunk_read(const std::string& address, Rea
         auto cached = std::make_shared<CachedChunk>(CachedChunk{.chunk = req.chunk,
                                                                 .chain = req.chain,
                                                                 .chain_version = req.chain_version,
+                                                                .routing_generation = generation,
                                                                 .target = req.target,
                                                                 .meta = rsp->meta,
                                                                 .whole = whole,

@@ -596,14 +596,27 @@ TEST_F(LocalReadClusterTest, SmallReadsOfAKnownChunkAreReadAgainWithoutAskingUnt
   }
   EXPECT_EQ(client_->local_read_counts().cached, cached + ranges.size());
   EXPECT_EQ(local_answers(), answers) << "a target was asked";
+  // The same on the caller's own thread (read_cached_now), without the executor.
+  ChainId chain = cluster_->chains().front();
+  for (uint64_t offset : {0ull, 8192ull + 7, 199'000ull, 250'000ull}) {
+    std::optional<Result<ReadRsp>> now = client_->read_cached_now(chain, chunk, offset, 4096);
+    ASSERT_TRUE(now.has_value()) << "no kept answer served the read at " << offset;
+    ASSERT_TRUE(now->is_ok()) << now->status();
+    std::vector<std::byte> got((*now)->pieces.size);
+    if (!got.empty()) (*now)->pieces.copy_to(0, got);
+    EXPECT_EQ(got, slice(data, offset, 4096)) << offset;
+  }
+  EXPECT_EQ(client_->local_read_counts().cached, cached + ranges.size() + 4);
+  EXPECT_FALSE(client_->read_cached_now(chain, ChunkId{40, 1}, 0, 4096).has_value()) << "a chunk never read";
 
   // A write of the chunk: the kept answer no longer holds, and the next read gets the new bytes.
   const auto patch = testing::pattern_bytes(100, 22);
-  ChainId chain = cluster_->chains().front();
   auto written = on_executor<WriteRsp>(cluster_->client_executor(),
                                        [&, chain](auto done) { client_->write(chain, chunk, 5000, patch, done); });
   ASSERT_TRUE(written.is_ok()) << written.status();
   std::copy(patch.begin(), patch.end(), data.begin() + 5000);
+  EXPECT_FALSE(client_->read_cached_now(chain, chunk, 4096, 4096).has_value())
+      << "a kept answer served a changed chunk";
   ASSERT_NO_FATAL_FAILURE(wait_committed(*cluster_, chunk, 2));
   for (int i = 0; i < 8; ++i) {
     auto got = read(chunk, 4096, 4096, /*accept_pieces=*/true);
@@ -732,11 +745,22 @@ TEST_F(LocalReadClusterTest, CachedReadsDuringWritesNeverReturnAnOlderVersionTha
     stop.store(true);
   });
   std::mt19937_64 random(43);
-  uint64_t reads = 0;
+  uint64_t reads = 0, caller_reads = 0;
   while (!stop.load()) {
     const uint64_t offset = random() % (kBytes / 4096) * 4096 + random() % 2 * 100;
     const uint32_t lowest = acknowledged.load();
-    auto got = read(chunk, offset, 4096, /*accept_pieces=*/true);
+    // Three reads in four on this thread where a kept answer allows (read_cached_now), else through the executor.
+    Result<std::vector<std::byte>> got = std::vector<std::byte>{};
+    std::optional<Result<ReadRsp>> now;
+    if (reads % 4 != 0) now = client_->read_cached_now(chain, chunk, offset, 4096);
+    if (now) {
+      ASSERT_TRUE(now->is_ok()) << now->status();
+      got->resize((*now)->pieces.size);
+      if (!got->empty()) (*now)->pieces.copy_to(0, *got);
+      ++caller_reads;
+    } else {
+      got = read(chunk, offset, 4096, /*accept_pieces=*/true);
+    }
     const uint32_t highest = acknowledged.load() + 1;  // the write in flight may have committed
     ASSERT_TRUE(got.is_ok()) << got.status();
     bool matched = false;
@@ -750,7 +774,8 @@ TEST_F(LocalReadClusterTest, CachedReadsDuringWritesNeverReturnAnOlderVersionTha
   writer.join();
   ASSERT_FALSE(write_failed.load());
   EXPECT_GT(reads, 50u);
-  EXPECT_GT(client_->local_read_counts().cached, 0u) << "no read used a kept answer";
+  EXPECT_GT(client_->local_read_counts().cached, caller_reads) << "no read through the executor used a kept answer";
+  EXPECT_GT(caller_reads, 0u) << "no read on this thread used a kept answer";
   EXPECT_GT(client_->local_read_counts().cache_misses, 0u);
 }
 

@@ -9,10 +9,12 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <future>
 #include <iostream>
 #include <random>
+#include <thread>
 
 #include "ff/common/log.h"
 #include "ff/common/malloc_tuning.h"
@@ -155,6 +157,9 @@ struct BenchCase {
   uint64_t inode = 7;
   uint64_t max_ops = 0;  // 0: until `seconds` pass
   bool local_reads = false;  // ClientConfig::local_reads
+  // Reads by queue_depth threads, one block at a time each (synchronous callers: FUSE's threads, a thread pool),
+  // served on the caller's thread where a kept answer allows (StorageClient::read_cached_now).
+  bool caller_threads = false;
   // The file's chunk size (the file system's default layout, MetaConfig::chunk_size). A block smaller than a chunk
   // is one chunk I/O (a part of the chunk); a larger one is block / chunk_bytes whole-chunk I/Os in parallel, and the
   // operation ends with the last of them (as FileClient splits a call at chunk boundaries).
@@ -272,7 +277,54 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
     std::lock_guard lock(shared->mutex);
     if (shared->stop && shared->in_flight == 0) shared->done.notify_all();
   };
-  executor.post(issue);
+  if (c.caller_threads && c.op == "read") {
+    // queue_depth callers, each reading one block at a time on its own thread: a read a kept answer can serve
+    // (StorageClient::read_cached_now) is read right there, others go through the executor and are waited for.
+    std::atomic<uint64_t> next_block{0};
+    std::vector<std::thread> callers;
+    for (uint32_t index = 0; index < c.queue_depth; ++index) {
+      callers.emplace_back([&, index] {
+        std::mt19937_64 caller_rng(42 + index);
+        while (system_clock().now_ns() < end_ns && (c.max_ops == 0 || next_block.load() < c.max_ops)) {
+          const uint64_t block = c.pattern == "seq" ? next_block++ % blocks : (next_block++, caller_rng() % blocks);
+          const int64_t op_start = system_clock().now_ns();
+          Status status;
+          for (uint64_t piece = 0; piece < pieces && status.is_ok(); ++piece) {
+            const uint64_t offset = block * c.block_bytes + piece * piece_bytes;
+            const ChunkId chunk{c.inode, offset / chunk_bytes};
+            const ChainId chain = chains[chunk.index % chains.size()];
+            const uint64_t in_chunk = offset % chunk_bytes;
+            std::optional<Result<ReadRsp>> now = client.read_cached_now(chain, chunk, in_chunk, piece_bytes);
+            if (now) {
+              status = now->status();
+              continue;
+            }
+            auto promise = std::make_shared<std::promise<Status>>();
+            auto future = promise->get_future();
+            executor.post([&client, chain, chunk, in_chunk, piece_bytes, promise] {
+              client.read(
+                  chain, chunk, in_chunk, piece_bytes, ReadMode::kStrict,
+                  [promise](Result<ReadRsp> rsp) { promise->set_value(rsp.is_ok() ? Status::ok() : rsp.status()); },
+                  true);
+            });
+            status = future.wait_for(std::chrono::seconds(120)) == std::future_status::ready
+                         ? future.get()
+                         : deadline_exceeded("read of chunk {} got no answer in 120 s", chunk.to_string());
+          }
+          std::lock_guard lock(shared->mutex);
+          shared->latency.record_us(static_cast<uint64_t>((system_clock().now_ns() - op_start) / 1000));
+          ++shared->issued;
+          ++shared->completed;
+          if (!status.is_ok() && shared->errors++ == 0) shared->first_error = status.to_string();
+        }
+      });
+    }
+    for (auto& caller : callers) caller.join();
+    std::lock_guard lock(shared->mutex);
+    shared->stop = true;
+  } else {
+    executor.post(issue);
+  }
   {
     std::unique_lock lock(shared->mutex);
     shared->done.wait_for(lock, std::chrono::seconds(static_cast<int64_t>(c.seconds) + 120),
@@ -285,6 +337,7 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
                          {"pattern", c.pattern},
                          {"block_bytes", c.block_bytes},
                          {"queue_depth", c.queue_depth},
+                         {"caller_threads", c.caller_threads && c.op == "read"},
                          {"ops", ok_ops},
                          {"errors", shared->errors},
                          {"seconds", seconds},
@@ -335,6 +388,9 @@ int main(int argc, char** argv) {
                         "the file's chunk size (default 1 MiB, the file system's); larger blocks span several chunks");
   bench_cmd->add_flag("--local-reads", bench_case.local_reads,
                       "read chunks of targets on this host from their files (docs/fs.md, Local reads)");
+  bench_cmd->add_flag("--caller-threads", bench_case.caller_threads,
+                      "reads: queue-depth threads each reading one block at a time, served on the thread where a "
+                      "kept answer of cached local reads allows (StorageClient::read_cached_now)");
   bool no_read_before_answer = false;
   bench_cmd->add_flag("--no-read-before-answer", no_read_before_answer,
                       "local reads wait for the target's answer before reading (ClientConfig::read_before_answer off)");
