@@ -561,20 +561,30 @@ struct FileClient::Impl {
         tasks.size(),
         [&](size_t t, const std::shared_ptr<Pipeline>& pipeline) {
           const ChunkTask& task = tasks[t];
-          executor->post([storage_client, pipeline, t, chain = task.chain, chunk = task.chunk,
-                          offset = task.chunk_offset, length = task.length,
-                          mine = t == 0 ? caller_read : nullptr]() mutable {
-            storage_client->read(
-                chain, chunk, offset, length, ReadMode::kStrict,
-                [pipeline, t](Result<ReadRsp> rsp) {
-                  if (rsp.is_ok()) {
-                    pipeline->complete(ChunkDone{t, Status::ok(), std::move(rsp->data), std::move(rsp->pieces)});
-                  } else {
-                    pipeline->complete(ChunkDone{t, rsp.status(), {}, {}});
-                  }
-                },
-                /*accept_pieces=*/true, std::move(mine));
-          });
+          auto complete = [pipeline, t](Result<ReadRsp> rsp) {
+            if (rsp.is_ok()) {
+              pipeline->complete(ChunkDone{t, Status::ok(), std::move(rsp->data), std::move(rsp->pieces)});
+            } else {
+              pipeline->complete(ChunkDone{t, rsp.status(), {}, {}});
+            }
+          };
+          // A chunk whose whole version a target on this host named is read right here while nothing of it changed
+          // (cached local reads: no hand-off to the executor or an offload thread), unless this thread reads it
+          // already (caller_read).
+          std::optional<Result<ReadRsp>> now;
+          if (config.local_reads && !(t == 0 && caller_read)) {
+            now = storage_client->read_cached_now(task.chain, task.chunk, task.chunk_offset, task.length);
+          }
+          if (now) {
+            complete(std::move(*now));
+          } else {
+            executor->post([storage_client, complete, chain = task.chain, chunk = task.chunk,
+                            offset = task.chunk_offset, length = task.length,
+                            mine = t == 0 ? caller_read : nullptr]() mutable {
+              storage_client->read(chain, chunk, offset, length, ReadMode::kStrict, complete,
+                                   /*accept_pieces=*/true, std::move(mine));
+            });
+          }
           // After the last of this read's chunk I/Os: the next ranges, read ahead while this read runs; those
           // with a known place at once from this thread (so a later read finds them whatever the executor does
           // meanwhile), the others located on the executor.

@@ -913,6 +913,43 @@ TEST(LocalReadFileClientTest, FileReadsComeFromTheFilesAndMatch) {
   }
 }
 
+// Small reads through FileClient: once a target on this host named a chunk's whole version, reads of it are served
+// from a kept answer on the caller's thread (StorageClient::read_cached_now), and a write of the file is seen.
+TEST(LocalReadFileClientTest, SmallReadsOfAKeptChunkAreServedOnTheCallersThreadAndSeeWrites) {
+  TempDir dir;
+  OneFileCluster one;
+  ASSERT_NO_FATAL_FAILURE(start_one_file_cluster(dir.path(), FileClientConfig{}, &one));
+  FileClient& client = *one.client;
+  const FileHandle fh = one.fh;
+  auto data = testing::pattern_bytes(200'000, 31);
+  ASSERT_TRUE(client.write(fh, 0, data).is_ok());
+  ASSERT_TRUE(client.fsync(fh).is_ok());
+  auto read_at = [&](uint64_t offset, size_t length) {
+    std::vector<std::byte> out(length);
+    auto n = client.read(fh, offset, out);
+    EXPECT_TRUE(n.is_ok()) << n.status();
+    out.resize(n.is_ok() ? *n : 0);
+    return out;
+  };
+  // Until an answer is kept (the replicas commit after the tail acknowledged, and reads spread over them).
+  for (int i = 0; i < 40 && client.local_read_counts().cached == 0; ++i) {
+    EXPECT_EQ(read_at(4096, 4096), slice(data, 4096, 4096));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const uint64_t cached = client.local_read_counts().cached;
+  ASSERT_GT(cached, 0u) << "no small read was served from a kept answer";
+  for (uint64_t offset : {4096ull, 4100ull, 60'000ull, 65'530ull}) {
+    EXPECT_EQ(read_at(offset, 4096), slice(data, offset, 4096)) << offset;
+  }
+  EXPECT_GT(client.local_read_counts().cached, cached);
+  const auto patch = testing::pattern_bytes(3000, 32);
+  ASSERT_TRUE(client.write(fh, 5000, patch).is_ok());
+  std::copy(patch.begin(), patch.end(), data.begin() + 5000);
+  EXPECT_EQ(read_at(4096, 8192), slice(data, 4096, 8192)) << "a read after the write returned older bytes";
+  EXPECT_EQ(client.local_read_counts().fallbacks, 0u);
+  ASSERT_TRUE(client.close(fh).is_ok());
+}
+
 TEST(LocalReadFileClientTest, SequentialReadsReadAhead) {
   TempDir dir;
   for (bool read_ahead : {true, false}) {
