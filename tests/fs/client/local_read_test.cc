@@ -15,6 +15,7 @@
 
 #include "../chunk/test_util.h"
 #include "ff/fs/local_read.h"
+#include "ff/fs/read_stamps.h"
 #include "fs/testing/cluster_fixture.h"
 
 namespace ff::fs {
@@ -716,67 +717,145 @@ TEST(CachedLocalReadTest, AChainChangeEndsKeptAnswers) {
   ASSERT_TRUE((*cluster)->start_storage(3).is_ok());
 }
 
-// Reads racing writes of the same chunk (a whole new version every few milliseconds): every read returns one version
-// whole, never one older than the last write acknowledged before the read began, never one not yet written; and
-// kept answers serve some of the reads in between.
-TEST_F(LocalReadClusterTest, CachedReadsDuringWritesNeverReturnAnOlderVersionThanAcknowledged) {
-  const ChunkId chunk{43, 0};
+// Reads racing writes of the same chunk: a writer thread replaces the whole chunk (64 KiB, version v's bytes) every
+// 15 ms up to version `last`, running during(v) after each acknowledgement, while this thread reads 4 KiB ranges
+// (three in four on this thread where a kept answer allows, read_cached_now, else through the executor). Every read
+// must return one version whole, never one older than the last write acknowledged before the read began, never one
+// not yet written. `writer` writes (null: `client`, which reads).
+struct RaceCounts {
+  uint64_t reads = 0, caller_reads = 0;
+};
+RaceCounts race_reads_with_writes(testing::StorageCluster& cluster, StorageClient& client, const ChunkId& chunk,
+                                  uint32_t last, const std::function<void(uint32_t)>& during = {},
+                                  StorageClient* writer = nullptr) {
+  if (writer == nullptr) writer = &client;
   constexpr uint64_t kBytes = 64 << 10;
   auto version_bytes = [](uint32_t version) { return testing::pattern_bytes(kBytes, 1000 + version); };
-  write(chunk, version_bytes(1));
+  const ChainId chain = cluster.chains().front();
+  RaceCounts counts;
+  auto write_version = [&](uint32_t version) -> Status {
+    const auto data = version_bytes(version);
+    auto written = on_executor<WriteRsp>(cluster.client_executor(),
+                                         [&](auto done) { writer->write(chain, chunk, 0, data, done); });
+    if (!written.is_ok()) return written.status();
+    if (written->version != version) return internal_error("write of v{} got v{}", version, written->version);
+    return Status::ok();
+  };
+  const Status first = write_version(1);
+  EXPECT_TRUE(first.is_ok()) << first;
+  if (!first.is_ok()) return counts;
   std::atomic<uint32_t> acknowledged{1};
   std::atomic<bool> stop{false};
-  std::atomic<bool> write_failed{false};
-  ChainId chain = cluster_->chains().front();
-  std::thread writer([&] {
-    for (uint32_t version = 2; version <= 60 && !stop.load(); ++version) {
-      const auto data = version_bytes(version);
-      auto written = on_executor<WriteRsp>(cluster_->client_executor(),
-                                           [&, chain](auto done) { client_->write(chain, chunk, 0, data, done); });
-      if (!written.is_ok() || written->version != version) {
-        ADD_FAILURE() << "write of v" << version << ": "
-                      << (written.is_ok() ? fmt::format("got v{}", written->version) : written.status().to_string());
-        write_failed.store(true);
+  std::thread writing([&] {
+    for (uint32_t version = 2; version <= last && !stop.load(); ++version) {
+      const Status status = write_version(version);
+      if (!status.is_ok()) {
+        ADD_FAILURE() << "write of v" << version << ": " << status;
         break;
       }
       acknowledged.store(version);
+      if (during) during(version);
       std::this_thread::sleep_for(std::chrono::milliseconds(15));
     }
     stop.store(true);
   });
-  std::mt19937_64 random(43);
-  uint64_t reads = 0, caller_reads = 0;
+  std::mt19937_64 random(chunk.inode);
   while (!stop.load()) {
     const uint64_t offset = random() % (kBytes / 4096) * 4096 + random() % 2 * 100;
     const uint32_t lowest = acknowledged.load();
-    // Three reads in four on this thread where a kept answer allows (read_cached_now), else through the executor.
     Result<std::vector<std::byte>> got = std::vector<std::byte>{};
     std::optional<Result<ReadRsp>> now;
-    if (reads % 4 != 0) now = client_->read_cached_now(chain, chunk, offset, 4096);
-    if (now) {
-      ASSERT_TRUE(now->is_ok()) << now->status();
+    if (counts.reads % 4 != 0) now = client.read_cached_now(chain, chunk, offset, 4096);
+    if (now && now->is_ok()) {
       got->resize((*now)->pieces.size);
       if (!got->empty()) (*now)->pieces.copy_to(0, *got);
-      ++caller_reads;
+      ++counts.caller_reads;
+    } else if (now) {
+      got = now->status();
     } else {
-      got = read(chunk, offset, 4096, /*accept_pieces=*/true);
+      auto rsp = on_executor<ReadRsp>(cluster.client_executor(), [&](auto done) {
+        client.read(chain, chunk, offset, 4096, ReadMode::kStrict, done, /*accept_pieces=*/true);
+      });
+      if (rsp.is_ok()) {
+        got->resize(rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size());
+        if (rsp->pieces.is_set()) {
+          rsp->pieces.copy_to(0, *got);
+        } else {
+          std::copy(rsp->payload().begin(), rsp->payload().end(), got->begin());
+        }
+      } else {
+        got = rsp.status();
+      }
     }
     const uint32_t highest = acknowledged.load() + 1;  // the write in flight may have committed
-    ASSERT_TRUE(got.is_ok()) << got.status();
+    if (!got.is_ok()) {
+      ADD_FAILURE() << "read " << counts.reads << ": " << got.status();
+      stop.store(true);
+      break;
+    }
     bool matched = false;
     for (uint32_t version = lowest; version <= highest && !matched; ++version) {
       matched = *got == slice(version_bytes(version), offset, 4096);
     }
-    ASSERT_TRUE(matched) << "read " << reads << " at " << offset << " matches no version in [v" << lowest << ", v"
-                         << highest << "]";
-    ++reads;
+    if (!matched) {
+      ADD_FAILURE() << "read " << counts.reads << " at " << offset << " matches no version in [v" << lowest << ", v"
+                    << highest << "]";
+      stop.store(true);
+      break;
+    }
+    ++counts.reads;
   }
-  writer.join();
-  ASSERT_FALSE(write_failed.load());
-  EXPECT_GT(reads, 50u);
-  EXPECT_GT(client_->local_read_counts().cached, caller_reads) << "no read through the executor used a kept answer";
-  EXPECT_GT(caller_reads, 0u) << "no read on this thread used a kept answer";
+  writing.join();
+  return counts;
+}
+
+TEST_F(LocalReadClusterTest, CachedReadsDuringWritesNeverReturnAnOlderVersionThanAcknowledged) {
+  const RaceCounts counts = race_reads_with_writes(*cluster_, *client_, ChunkId{43, 0}, 60);
+  ASSERT_FALSE(HasFailure());
+  EXPECT_GT(counts.reads, 50u);
+  EXPECT_GT(client_->local_read_counts().cached, counts.caller_reads) << "no read through the executor used a kept answer";
+  EXPECT_GT(counts.caller_reads, 0u) << "no read on this thread used a kept answer";
   EXPECT_GT(client_->local_read_counts().cache_misses, 0u);
+}
+
+// The same while a storage node crashes, leaving its files and its last lease behind (as after SIGKILL), and comes
+// back: the writes (from another client) stall until mgmtd takes the node out of the chain, then go on without it;
+// the reader learns of the chain change only from its own reads, so while it reads a kept answer of the crashed
+// node's target, only that target's lease stops it. No read returns a version older than acknowledged.
+TEST(CachedLocalReadTest, ReadsStayFreshWhileANodeCrashesAndReturns) {
+  TempDir dir;
+  auto cluster = testing::StorageCluster::start({.nodes = 3,
+                                                 .targets_per_node = 1,
+                                                 .replication = 3,
+                                                 .max_chunk_bytes = 256 << 10,
+                                                 .heartbeat_timeout_ns = 2'000'000'000,
+                                                 .engine_root = dir.path()});
+  ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+  StorageClient client(ClientConfig{.client_id = 14, .mgmtd_address = (*cluster)->mgmtd_address(), .local_reads = true},
+                       (*cluster)->client_executor(), (*cluster)->client_rpc());
+  StorageClient writer(ClientConfig{.client_id = 15, .mgmtd_address = (*cluster)->mgmtd_address()},
+                       (*cluster)->client_executor(), (*cluster)->client_rpc());
+  // Each node's target may be the one a kept answer names: crash each in turn, one at a time.
+  const RaceCounts counts = race_reads_with_writes(
+      **cluster, client, ChunkId{44, 0}, 150,
+      [&](uint32_t version) {
+        const NodeId node = static_cast<NodeId>(version / 50 + 1);
+        if (version % 50 == 10) {
+          EXPECT_TRUE((*cluster)->crash_storage(node).is_ok()) << "node " << node;
+          // In process, the crash stops the service, which withdraws its lease; a killed process leaves its last
+          // one behind: at most half the heartbeat timeout from its last heartbeat (the worst case: one just before).
+          auto store = (*cluster)->chunk_store(static_cast<TargetId>(node) * 1000 + 1);
+          ASSERT_NE(store, nullptr);
+          store->set_local_read_lease(monotonic_now_ns() + 1'000'000'000);
+        }
+        if (version % 50 == 30) {
+          EXPECT_TRUE((*cluster)->start_storage(node).is_ok()) << "node " << node;
+        }
+      },
+      &writer);
+  ASSERT_FALSE(HasFailure());
+  EXPECT_GT(counts.reads, 100u);
+  EXPECT_GT(client.local_read_counts().cached, 0u);
 }
 
 TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
