@@ -858,6 +858,77 @@ TEST(CachedLocalReadTest, ReadsStayFreshWhileANodeCrashesAndReturns) {
   EXPECT_GT(client.local_read_counts().cached, 0u);
 }
 
+// A killed node leaves its target's files and its last lease behind. A client that kept that target's answer for a
+// chunk and hears nothing else (another client writes) must not read the kept version once the chain moved on
+// without the node: the lease (half the heartbeat timeout from the node's last heartbeat) runs out before mgmtd
+// (after the whole timeout) changes the chain and a write can commit without it.
+TEST(CachedLocalReadTest, AKilledTargetsKeptAnswerIsNotReadAfterTheChainMovedOn) {
+  TempDir dir;
+  auto cluster = testing::StorageCluster::start({.nodes = 3,
+                                                 .targets_per_node = 1,
+                                                 .replication = 3,
+                                                 .max_chunk_bytes = 256 << 10,
+                                                 .heartbeat_timeout_ns = 2'000'000'000,
+                                                 .engine_root = dir.path()});
+  ASSERT_TRUE(cluster.is_ok()) << cluster.status();
+  StorageClient reader(ClientConfig{.client_id = 16, .mgmtd_address = (*cluster)->mgmtd_address(), .local_reads = true},
+                       (*cluster)->client_executor(), (*cluster)->client_rpc());
+  StorageClient writer(ClientConfig{.client_id = 17, .mgmtd_address = (*cluster)->mgmtd_address()},
+                       (*cluster)->client_executor(), (*cluster)->client_rpc());
+  const ChainId chain = (*cluster)->chains().front();
+  const ChunkId chunk{45, 0};
+  auto write = [&](uint64_t seed) {
+    const auto data = testing::pattern_bytes(64 << 10, seed);
+    auto written = on_executor<WriteRsp>((*cluster)->client_executor(),
+                                         [&](auto done) { writer.write(chain, chunk, 0, data, done); });
+    EXPECT_TRUE(written.is_ok()) << written.status();
+    return data;
+  };
+  auto read = [&]() -> std::vector<std::byte> {
+    auto rsp = on_executor<ReadRsp>((*cluster)->client_executor(), [&](auto done) {
+      reader.read(chain, chunk, 0, 4096, ReadMode::kStrict, done, /*accept_pieces=*/true);
+    });
+    EXPECT_TRUE(rsp.is_ok()) << rsp.status();
+    if (!rsp.is_ok()) return {};
+    std::vector<std::byte> out(rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size());
+    if (rsp->pieces.is_set()) rsp->pieces.copy_to(0, out);
+    return out;
+  };
+  const auto v1 = write(51);
+  ASSERT_NO_FATAL_FAILURE(wait_committed(**cluster, chunk, 1));
+  // Read until an answer is kept, noting which node answered the miss that kept it.
+  auto answers = [&] {
+    std::array<uint64_t, 3> out{};
+    for (NodeId node = 1; node <= 3; ++node) out[node - 1] = (*cluster)->service(node)->stats().local_reads;
+    return out;
+  };
+  NodeId named = 0;
+  for (int i = 0; i < 8 && reader.local_read_counts().cached == 0; ++i) {
+    const auto before = answers();
+    EXPECT_EQ(read(), slice(v1, 0, 4096));
+    const auto after = answers();
+    if (reader.local_read_counts().cached != 0) break;
+    for (NodeId node = 1; node <= 3; ++node) {
+      if (after[node - 1] != before[node - 1]) named = node;
+    }
+  }
+  ASSERT_NE(named, 0u) << "no answer was kept";
+  EXPECT_EQ(read(), slice(v1, 0, 4096));
+  const uint64_t cached = reader.local_read_counts().cached;
+  ASSERT_GE(cached, 2u);
+
+  // Node `named` is killed: its process is gone, its files and a lease of half the heartbeat timeout stay.
+  ASSERT_TRUE((*cluster)->crash_storage(named).is_ok());
+  auto store = (*cluster)->chunk_store(static_cast<TargetId>(named) * 1000 + 1);
+  ASSERT_NE(store, nullptr);
+  store->set_local_read_lease(monotonic_now_ns() + 1'000'000'000);
+  EXPECT_EQ(read(), slice(v1, 0, 4096)) << "v1 is still the committed version";
+  // The writer's next version commits once mgmtd has taken the node out of the chain (after 2 s).
+  const auto v2 = write(52);
+  EXPECT_EQ(read(), slice(v2, 0, 4096)) << "the killed target's kept answer was read after the chain moved on";
+  ASSERT_TRUE((*cluster)->start_storage(named).is_ok());
+}
+
 TEST_F(LocalReadClusterTest, ACorruptReplicaIsReadOverRpcAndRepaired) {
   const ChunkId chunk{22, 0};
   const auto data = testing::pattern_bytes(131'072, 8);
