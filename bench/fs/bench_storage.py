@@ -273,29 +273,22 @@ def main() -> None:
                                     "rounds_MB_per_s": [round(r["MB_per_s"], 1) for r in runs[key]],
                                     "rounds_fio_MB_per_s": [round(value, 1) for value in fio_runs],
                                     **extra}
-                            locals_ = local_runs[key]
-                            if locals_:
-                                local = median_run(locals_)
-                                local_mb = statistics.median(r["MB_per_s"] for r in locals_)
-                                line["local_MB_per_s"] = round(local_mb, 1)
-                                line["local_p50_us"] = local["p50_us"]
-                                line["local_reads"] = local["local_reads"]
-                                line["local_read_fallbacks"] = local["local_read_fallbacks"]
-                                line["local_ratio_vs_fio"] = round(local_mb / fio_mb, 3) if fio_mb else None
-                                line["local_meets_target"] = local_mb >= target
-                                line["rounds_local_MB_per_s"] = [round(r["MB_per_s"], 1) for r in locals_]
-                                line["local_cached_reads"] = local.get("cached_local_reads")
-                            callers = caller_runs[key]
-                            if callers:
-                                caller = median_run(callers)
-                                caller_mb = statistics.median(r["MB_per_s"] for r in callers)
-                                line["caller_MB_per_s"] = round(caller_mb, 1)
-                                line["caller_p50_us"] = caller["p50_us"]
-                                line["caller_cached_reads"] = caller.get("cached_local_reads")
-                                line["caller_cache_misses"] = caller.get("cached_local_read_misses")
-                                line["caller_ratio_vs_fio"] = round(caller_mb / fio_mb, 3) if fio_mb else None
-                                line["caller_meets_target"] = caller_mb >= target
-                                line["rounds_caller_MB_per_s"] = [round(r["MB_per_s"], 1) for r in callers]
+                            # The local-read runs and the caller-thread runs, each as prefix_* fields.
+                            for prefix, extra_runs_of in (("local", local_runs), ("caller", caller_runs)):
+                                variant_runs = extra_runs_of[key]
+                                if not variant_runs:
+                                    continue
+                                median = median_run(variant_runs)
+                                variant_mb = statistics.median(r["MB_per_s"] for r in variant_runs)
+                                line[f"{prefix}_MB_per_s"] = round(variant_mb, 1)
+                                line[f"{prefix}_p50_us"] = median["p50_us"]
+                                line[f"{prefix}_reads"] = median["local_reads"]
+                                line[f"{prefix}_read_fallbacks"] = median["local_read_fallbacks"]
+                                line[f"{prefix}_cached_reads"] = median.get("cached_local_reads")
+                                line[f"{prefix}_cache_misses"] = median.get("cached_local_read_misses")
+                                line[f"{prefix}_ratio_vs_fio"] = round(variant_mb / fio_mb, 3) if fio_mb else None
+                                line[f"{prefix}_meets_target"] = variant_mb >= target
+                                line[f"rounds_{prefix}_MB_per_s"] = [round(r["MB_per_s"], 1) for r in variant_runs]
                             if args.baseline_storage:
                                 line["storage_build"] = build
                             if args.ab_client_args:

@@ -163,6 +163,15 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   // be on this host; the answer is kept when the stamps allow, and this read is served from it.
   void send_whole_chunk_read(const std::string& address, ReadReq req, std::shared_ptr<uint32_t> dirty_seen,
                              std::function<void(Result<ReadRsp>)> attempt_done, uint64_t generation);
+  // A read RPC's answer; a [chunk_dirty] one is counted (dirty_seen: the read's count, which sends it to the tail).
+  Result<ReadRsp> read_answer(Result<Response> response, uint32_t& dirty_seen) {
+    Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
+    if (!rsp.is_ok() && fs_error_of(rsp.status()) == FsError::kChunkDirty) {
+      ++dirty_seen;
+      ++stats.dirty;
+    }
+    return rsp;
+  }
   // One attempt of StorageClient::read (executor thread); use_cache: a kept answer may serve it.
   void read_attempt(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, ReadMode mode,
                     bool accept_pieces, std::shared_ptr<uint32_t> dirty_seen, std::shared_ptr<CallerLocalRead> mine,
@@ -767,14 +776,8 @@ void StorageClient::State::send_whole_chunk_read(const std::string& address, Rea
   auto self = shared_from_this();
   auto on_response = [self, address, req, dirty_seen, attempt_done, view, before,
                       generation](Result<Response> response) mutable {
-    Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
-    if (!rsp.is_ok()) {
-      if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
-        ++*dirty_seen;
-        ++self->stats.dirty;
-      }
-      return attempt_done(std::move(rsp));
-    }
+    Result<ReadRsp> rsp = self->read_answer(std::move(response), *dirty_seen);
+    if (!rsp.is_ok()) return attempt_done(std::move(rsp));
     if (!rsp->local) {
       // Bytes: the target is not on this host (or nothing was there to read; then nothing is learned).
       if (!rsp->payload().empty() || !rsp->pieces.pieces.empty()) {
@@ -1009,14 +1012,8 @@ void StorageClient::State::send_read(const std::string& address, ReadReq req, st
   // Completes on the executor, or for a successful read with accept_pieces on gRPC's thread.
   auto on_response = [self, address, req, key, early, read_ahead, attempt_done,
                       dirty_seen](Result<Response> response) mutable {
-    Result<ReadRsp> rsp = response_as<ReadRsp>(std::move(response));
-    if (!rsp.is_ok()) {
-      if (fs_error_of(rsp.status()) == FsError::kChunkDirty) {
-        ++*dirty_seen;
-        ++self->stats.dirty;
-      }
-      return attempt_done(std::move(rsp));
-    }
+    Result<ReadRsp> rsp = self->read_answer(std::move(response), *dirty_seen);
+    if (!rsp.is_ok()) return attempt_done(std::move(rsp));
     if (!rsp->local) return attempt_done(std::move(rsp));
     self->remember_extent(key, *rsp->local);
     if (early) {

@@ -657,16 +657,31 @@ TEST_F(LocalReadClusterTest, WithoutCachedLocalReadsEverySmallReadAsks) {
   EXPECT_EQ(uncached.local_read_counts().served, 0u) << "4 KiB reads go over RPC without caching";
 }
 
+// Three nodes of one ChunkEngine target each (target n * 1000 + 1 on node n), whose failures mgmtd notices after 2 s.
+Result<std::unique_ptr<testing::StorageCluster>> start_cluster_failing_fast(const std::string& root) {
+  return testing::StorageCluster::start({.nodes = 3,
+                                         .targets_per_node = 1,
+                                         .replication = 3,
+                                         .max_chunk_bytes = 256 << 10,
+                                         .heartbeat_timeout_ns = 2'000'000'000,
+                                         .engine_root = root});
+}
+
+// Kills node `node`: in process, the crash stops the service, which withdraws its lease, while a killed process
+// leaves its last one behind, at most half the heartbeat timeout from its last heartbeat (the worst case, one just
+// before the kill, is set here).
+void kill_storage(testing::StorageCluster& cluster, NodeId node) {
+  ASSERT_TRUE(cluster.crash_storage(node).is_ok()) << "node " << node;
+  auto store = cluster.chunk_store(static_cast<TargetId>(node) * 1000 + 1);
+  ASSERT_NE(store, nullptr);
+  store->set_local_read_lease(monotonic_now_ns() + 1'000'000'000);
+}
+
 // A chain change (a node fails): every target that learns it counts a change of every chunk, so the kept answers
 // are asked again and the reads still return the committed bytes.
 TEST(CachedLocalReadTest, AChainChangeEndsKeptAnswers) {
   TempDir dir;
-  auto cluster = testing::StorageCluster::start({.nodes = 3,
-                                                 .targets_per_node = 1,
-                                                 .replication = 3,
-                                                 .max_chunk_bytes = 256 << 10,
-                                                 .heartbeat_timeout_ns = 2'000'000'000,
-                                                 .engine_root = dir.path()});
+  auto cluster = start_cluster_failing_fast(dir.path());
   ASSERT_TRUE(cluster.is_ok()) << cluster.status();
   StorageClient client(ClientConfig{.client_id = 13, .mgmtd_address = (*cluster)->mgmtd_address(), .local_reads = true},
                        (*cluster)->client_executor(), (*cluster)->client_rpc());
@@ -824,12 +839,7 @@ TEST_F(LocalReadClusterTest, CachedReadsDuringWritesNeverReturnAnOlderVersionTha
 // node's target, only that target's lease stops it. No read returns a version older than acknowledged.
 TEST(CachedLocalReadTest, ReadsStayFreshWhileANodeCrashesAndReturns) {
   TempDir dir;
-  auto cluster = testing::StorageCluster::start({.nodes = 3,
-                                                 .targets_per_node = 1,
-                                                 .replication = 3,
-                                                 .max_chunk_bytes = 256 << 10,
-                                                 .heartbeat_timeout_ns = 2'000'000'000,
-                                                 .engine_root = dir.path()});
+  auto cluster = start_cluster_failing_fast(dir.path());
   ASSERT_TRUE(cluster.is_ok()) << cluster.status();
   StorageClient client(ClientConfig{.client_id = 14, .mgmtd_address = (*cluster)->mgmtd_address(), .local_reads = true},
                        (*cluster)->client_executor(), (*cluster)->client_rpc());
@@ -840,14 +850,7 @@ TEST(CachedLocalReadTest, ReadsStayFreshWhileANodeCrashesAndReturns) {
       **cluster, client, ChunkId{44, 0}, 150,
       [&](uint32_t version) {
         const NodeId node = static_cast<NodeId>(version / 50 + 1);
-        if (version % 50 == 10) {
-          EXPECT_TRUE((*cluster)->crash_storage(node).is_ok()) << "node " << node;
-          // In process, the crash stops the service, which withdraws its lease; a killed process leaves its last
-          // one behind: at most half the heartbeat timeout from its last heartbeat (the worst case: one just before).
-          auto store = (*cluster)->chunk_store(static_cast<TargetId>(node) * 1000 + 1);
-          ASSERT_NE(store, nullptr);
-          store->set_local_read_lease(monotonic_now_ns() + 1'000'000'000);
-        }
+        if (version % 50 == 10) kill_storage(**cluster, node);
         if (version % 50 == 30) {
           EXPECT_TRUE((*cluster)->start_storage(node).is_ok()) << "node " << node;
         }
@@ -864,12 +867,7 @@ TEST(CachedLocalReadTest, ReadsStayFreshWhileANodeCrashesAndReturns) {
 // (after the whole timeout) changes the chain and a write can commit without it.
 TEST(CachedLocalReadTest, AKilledTargetsKeptAnswerIsNotReadAfterTheChainMovedOn) {
   TempDir dir;
-  auto cluster = testing::StorageCluster::start({.nodes = 3,
-                                                 .targets_per_node = 1,
-                                                 .replication = 3,
-                                                 .max_chunk_bytes = 256 << 10,
-                                                 .heartbeat_timeout_ns = 2'000'000'000,
-                                                 .engine_root = dir.path()});
+  auto cluster = start_cluster_failing_fast(dir.path());
   ASSERT_TRUE(cluster.is_ok()) << cluster.status();
   StorageClient reader(ClientConfig{.client_id = 16, .mgmtd_address = (*cluster)->mgmtd_address(), .local_reads = true},
                        (*cluster)->client_executor(), (*cluster)->client_rpc());
@@ -918,10 +916,7 @@ TEST(CachedLocalReadTest, AKilledTargetsKeptAnswerIsNotReadAfterTheChainMovedOn)
   ASSERT_GE(cached, 2u);
 
   // Node `named` is killed: its process is gone, its files and a lease of half the heartbeat timeout stay.
-  ASSERT_TRUE((*cluster)->crash_storage(named).is_ok());
-  auto store = (*cluster)->chunk_store(static_cast<TargetId>(named) * 1000 + 1);
-  ASSERT_NE(store, nullptr);
-  store->set_local_read_lease(monotonic_now_ns() + 1'000'000'000);
+  ASSERT_NO_FATAL_FAILURE(kill_storage(**cluster, named));
   EXPECT_EQ(read(), slice(v1, 0, 4096)) << "v1 is still the committed version";
   // The writer's next version commits once mgmtd has taken the node out of the chain (after 2 s).
   const auto v2 = write(52);
