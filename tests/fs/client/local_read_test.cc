@@ -255,6 +255,25 @@ Result<T> on_executor(Executor& executor, std::function<void(std::function<void(
   return future.get();
 }
 
+// A read answer's bytes, whether they came in pieces or as a payload.
+std::vector<std::byte> bytes_of(const ReadRsp& rsp) {
+  if (!rsp.pieces.is_set()) return std::vector<std::byte>(rsp.payload().begin(), rsp.payload().end());
+  std::vector<std::byte> out(rsp.pieces.size);
+  if (!out.empty()) rsp.pieces.copy_to(0, out);
+  return out;
+}
+
+// A strict read through `client` on `executor`: its bytes.
+Result<std::vector<std::byte>> read_bytes(Executor& executor, StorageClient& client, ChainId chain,
+                                          const ChunkId& chunk, uint64_t offset, uint64_t length,
+                                          bool accept_pieces = true) {
+  auto rsp = on_executor<ReadRsp>(executor, [&](auto done) {
+    client.read(chain, chunk, offset, length, ReadMode::kStrict, done, accept_pieces);
+  });
+  if (!rsp.is_ok()) return rsp.status();
+  return bytes_of(*rsp);
+}
+
 class LocalReadClusterTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -280,15 +299,8 @@ class LocalReadClusterTest : public ::testing::Test {
     ASSERT_TRUE(written.is_ok()) << written.status();
   }
   Result<std::vector<std::byte>> read(const ChunkId& chunk, uint64_t offset, uint64_t length, bool accept_pieces) {
-    ChainId chain = cluster_->chains().front();
-    auto rsp = on_executor<ReadRsp>(cluster_->client_executor(), [&, chain](auto done) {
-      client_->read(chain, chunk, offset, length, ReadMode::kStrict, done, accept_pieces);
-    });
-    if (!rsp.is_ok()) return rsp.status();
-    if (!rsp->pieces.is_set()) return std::vector<std::byte>(rsp->payload().begin(), rsp->payload().end());
-    std::vector<std::byte> out(rsp->pieces.size);
-    rsp->pieces.copy_to(0, out);
-    return out;
+    return read_bytes(cluster_->client_executor(), *client_, cluster_->chains().front(), chunk, offset, length,
+                      accept_pieces);
   }
   // `times` reads of the whole chunk (accepting pieces, so local where they can be) each give `data`.
   void expect_whole_chunk_reads(const ChunkId& chunk, const std::vector<std::byte>& data, int times) {
@@ -603,9 +615,7 @@ TEST_F(LocalReadClusterTest, SmallReadsOfAKnownChunkAreReadAgainWithoutAskingUnt
     std::optional<Result<ReadRsp>> now = client_->read_cached_now(chain, chunk, offset, 4096);
     ASSERT_TRUE(now.has_value()) << "no kept answer served the read at " << offset;
     ASSERT_TRUE(now->is_ok()) << now->status();
-    std::vector<std::byte> got((*now)->pieces.size);
-    if (!got.empty()) (*now)->pieces.copy_to(0, got);
-    EXPECT_EQ(got, slice(data, offset, 4096)) << offset;
+    EXPECT_EQ(bytes_of(**now), slice(data, offset, 4096)) << offset;
   }
   EXPECT_EQ(client_->local_read_counts().cached, cached + ranges.size() + 4);
   EXPECT_FALSE(client_->read_cached_now(chain, ChunkId{40, 1}, 0, 4096).has_value()) << "a chunk never read";
@@ -640,17 +650,9 @@ TEST_F(LocalReadClusterTest, WithoutCachedLocalReadsEverySmallReadAsks) {
                          cluster_->client_executor(), cluster_->client_rpc());
   ChainId chain = cluster_->chains().front();
   for (int i = 0; i < 6; ++i) {
-    auto rsp = on_executor<ReadRsp>(cluster_->client_executor(), [&, chain](auto done) {
-      uncached.read(chain, chunk, 4096 * i, 4096, ReadMode::kStrict, done, /*accept_pieces=*/true);
-    });
-    ASSERT_TRUE(rsp.is_ok()) << rsp.status();
-    std::vector<std::byte> got(rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size());
-    if (rsp->pieces.is_set()) {
-      rsp->pieces.copy_to(0, got);
-    } else {
-      std::copy(rsp->payload().begin(), rsp->payload().end(), got.begin());
-    }
-    EXPECT_EQ(got, slice(data, 4096 * i, 4096));
+    auto got = read_bytes(cluster_->client_executor(), uncached, chain, chunk, 4096 * i, 4096);
+    ASSERT_TRUE(got.is_ok()) << got.status();
+    EXPECT_EQ(*got, slice(data, 4096 * i, 4096));
   }
   EXPECT_EQ(uncached.local_read_counts().cached, 0u);
   EXPECT_EQ(uncached.local_read_counts().cache_misses, 0u);
@@ -692,18 +694,8 @@ TEST(CachedLocalReadTest, AChainChangeEndsKeptAnswers) {
                                        [&](auto done) { client.write(chain, chunk, 0, data, done); });
   ASSERT_TRUE(written.is_ok()) << written.status();
   ASSERT_NO_FATAL_FAILURE(wait_committed(**cluster, chunk, 1));
-  auto read_4k = [&](uint64_t offset) -> Result<std::vector<std::byte>> {
-    auto rsp = on_executor<ReadRsp>((*cluster)->client_executor(), [&](auto done) {
-      client.read(chain, chunk, offset, 4096, ReadMode::kStrict, done, /*accept_pieces=*/true);
-    });
-    if (!rsp.is_ok()) return rsp.status();
-    std::vector<std::byte> out(rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size());
-    if (rsp->pieces.is_set()) {
-      rsp->pieces.copy_to(0, out);
-    } else {
-      std::copy(rsp->payload().begin(), rsp->payload().end(), out.begin());
-    }
-    return out;
+  auto read_4k = [&](uint64_t offset) {
+    return read_bytes((*cluster)->client_executor(), client, chain, chunk, offset, 4096);
   };
   for (int i = 0; i < 8 && client.local_read_counts().cached == 0; ++i) {
     auto got = read_4k(8192);
@@ -782,25 +774,12 @@ RaceCounts race_reads_with_writes(testing::StorageCluster& cluster, StorageClien
     std::optional<Result<ReadRsp>> now;
     if (counts.reads % 4 != 0) now = client.read_cached_now(chain, chunk, offset, 4096);
     if (now && now->is_ok()) {
-      got->resize((*now)->pieces.size);
-      if (!got->empty()) (*now)->pieces.copy_to(0, *got);
+      got = bytes_of(**now);
       ++counts.caller_reads;
     } else if (now) {
       got = now->status();
     } else {
-      auto rsp = on_executor<ReadRsp>(cluster.client_executor(), [&](auto done) {
-        client.read(chain, chunk, offset, 4096, ReadMode::kStrict, done, /*accept_pieces=*/true);
-      });
-      if (rsp.is_ok()) {
-        got->resize(rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size());
-        if (rsp->pieces.is_set()) {
-          rsp->pieces.copy_to(0, *got);
-        } else {
-          std::copy(rsp->payload().begin(), rsp->payload().end(), got->begin());
-        }
-      } else {
-        got = rsp.status();
-      }
+      got = read_bytes(cluster.client_executor(), client, chain, chunk, offset, 4096);
     }
     const uint32_t highest = acknowledged.load() + 1;  // the write in flight may have committed
     if (!got.is_ok()) {
@@ -883,14 +862,9 @@ TEST(CachedLocalReadTest, AKilledTargetsKeptAnswerIsNotReadAfterTheChainMovedOn)
     return data;
   };
   auto read = [&]() -> std::vector<std::byte> {
-    auto rsp = on_executor<ReadRsp>((*cluster)->client_executor(), [&](auto done) {
-      reader.read(chain, chunk, 0, 4096, ReadMode::kStrict, done, /*accept_pieces=*/true);
-    });
-    EXPECT_TRUE(rsp.is_ok()) << rsp.status();
-    if (!rsp.is_ok()) return {};
-    std::vector<std::byte> out(rsp->pieces.is_set() ? rsp->pieces.size : rsp->payload().size());
-    if (rsp->pieces.is_set()) rsp->pieces.copy_to(0, out);
-    return out;
+    auto got = read_bytes((*cluster)->client_executor(), reader, chain, chunk, 0, 4096);
+    EXPECT_TRUE(got.is_ok()) << got.status();
+    return got.is_ok() ? *got : std::vector<std::byte>{};
   };
   const auto v1 = write(51);
   ASSERT_NO_FATAL_FAILURE(wait_committed(**cluster, chunk, 1));
