@@ -267,9 +267,8 @@ std::vector<std::byte> bytes_of(const ReadRsp& rsp) {
 Result<std::vector<std::byte>> read_bytes(Executor& executor, StorageClient& client, ChainId chain,
                                           const ChunkId& chunk, uint64_t offset, uint64_t length,
                                           bool accept_pieces = true) {
-  auto rsp = on_executor<ReadRsp>(executor, [&](auto done) {
-    client.read(chain, chunk, offset, length, ReadMode::kStrict, done, accept_pieces);
-  });
+  auto rsp = on_executor<ReadRsp>(
+      executor, [&](auto done) { client.read(chain, chunk, offset, length, ReadMode::kStrict, done, accept_pieces); });
   if (!rsp.is_ok()) return rsp.status();
   return bytes_of(*rsp);
 }
