@@ -115,6 +115,10 @@ def main() -> None:
                         help="also run each read case with local reads by queue-depth caller threads, each reading "
                              "one block at a time and served on its own thread where a kept answer allows (cached "
                              "local reads, StorageClient::read_cached_now; caller_* fields; 0: no)")
+    parser.add_argument("--caller-queue", type=int, default=1,
+                        help="also run each read case of blocks within a chunk with local reads by one thread keeping "
+                             "queue-depth reads in flight through one io_uring (StorageClient::CachedReadQueue, as "
+                             "fio's one job at that iodepth; queue_* fields; 0: no)")
     parser.add_argument("--fio-huge-pages", action="store_true",
                         help="read cases also run fio with its buffers on huge pages (--mem=shmhuge), as our read buffers "
                              "of 1 MiB and more are; reserve them first: echo 512 > /proc/sys/vm/nr_hugepages")
@@ -220,6 +224,7 @@ def main() -> None:
                         runs: dict = {key: [] for key in keys}
                         local_runs: dict = {key: [] for key in keys}
                         caller_runs: dict = {key: [] for key in keys}
+                        queue_runs: dict = {key: [] for key in keys}
                         fio_runs: list[float] = []
                         extra_runs: dict[str, list[float]] = {}
                         for round_index in range(args.rounds):
@@ -255,6 +260,11 @@ def main() -> None:
                                     # asking (docs/fs.md, "Cached local reads").
                                     caller_runs[key].append(bench(clusters[key[0]], *case, *variants[key[1]],
                                                                   "--local-reads", "--caller-threads"))
+                                if op == "read" and args.caller_queue and block <= args.chunk_bytes:
+                                    # One caller keeping queue-depth reads of kept chunks in flight through one
+                                    # io_uring (StorageClient::CachedReadQueue; FileClient's batch reads).
+                                    queue_runs[key].append(bench(clusters[key[0]], *case, *variants[key[1]],
+                                                                 "--local-reads", "--caller-queue"))
                             if not fio_first:
                                 run_fio()
                         fio_mb = statistics.median(fio_runs)
@@ -274,7 +284,8 @@ def main() -> None:
                                     "rounds_fio_MB_per_s": [round(value, 1) for value in fio_runs],
                                     **extra}
                             # The local-read runs and the caller-thread runs, each as prefix_* fields.
-                            for prefix, extra_runs_of in (("local", local_runs), ("caller", caller_runs)):
+                            for prefix, extra_runs_of in (("local", local_runs), ("caller", caller_runs),
+                                                          ("queue", queue_runs)):
                                 variant_runs = extra_runs_of[key]
                                 if not variant_runs:
                                     continue
@@ -320,7 +331,9 @@ def main() -> None:
                 "bytes from the target's file itself and checks their CRC32C; docs/fs.md; a small read of a chunk whose whole "
                 "version a target named before is read again without asking while the target's read stamps show no "
                 "change: cached local reads), and with caller threads (caller_*: queue-depth threads each reading one "
-                "block at a time, a read a kept answer can serve read on the caller's own thread). Lines with "
+                "block at a time, a read a kept answer can serve read on the caller's own thread) and with a caller "
+                "queue (queue_*: one thread keeping queue-depth reads in flight through one io_uring, each read of "
+                "a kept chunk checked as a caller thread's is; blocks within a chunk only). Lines with "
                 "group_sync_ms > 0 ran storage servers whose chunk engines sync every that many ms instead of on "
                 "each write's path (no O_DSYNC data write, no synced batch per write; a killed process loses "
                 "nothing, a power loss may lose the last interval's writes on that machine).",

@@ -135,6 +135,39 @@ class StorageClient {
   // it (none, the routing changed since, the chunk changed, the bytes did not check out): then read() as usual. Lets
   // a synchronous caller read a kept chunk without any hand-off to the executor or an offload thread.
   std::optional<Result<ReadRsp>> read_cached_now(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length);
+  // Cached local reads kept in flight together (a batch of small reads, a reader keeping a queue depth): a read that
+  // read_cached_now could serve goes to the disk through one io_uring for the whole queue (LocalReadQueue: one system
+  // call per round for all the reads in flight) and is checked as read_cached_now checks it (the stamps before and
+  // after, every segment's CRC). One thread uses a queue at a time; queues of one client may run on many threads. A
+  // read the queue does not take, or hands back without an answer (the chunk changed while it was read), is the
+  // caller's to read with read().
+  class CachedReadQueue {
+   public:
+    explicit CachedReadQueue(StorageClient& client, uint32_t depth = 32);
+    ~CachedReadQueue();  // waits for the reads still in flight
+    CachedReadQueue(const CachedReadQueue&) = delete;
+    CachedReadQueue& operator=(const CachedReadQueue&) = delete;
+
+    // True: the read is under way, its answer comes back from reap() with `tag`. False: no kept answer serves it now,
+    // or depth() reads are in flight.
+    bool submit(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length, uint64_t tag);
+    struct Done {
+      uint64_t tag = 0;
+      // As read_cached_now's (the bytes in ReadRsp::pieces, none past the end); nullopt: the kept answer no longer
+      // held when the bytes were in (read() it).
+      std::optional<ReadRsp> rsp;
+    };
+    // Waits until at least min(min, in_flight(), max) reads are done; appends the reads done by then to `out`, at most
+    // `max` (LocalReadQueue::reap: handing back one at a time and submitting the next in between keeps the disk busy
+    // while the queue checks the bytes).
+    void reap(size_t min, std::vector<Done>& out, size_t max = SIZE_MAX);
+    size_t in_flight() const;
+    uint32_t depth() const;
+
+   private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+  };
   // Read-ahead for a read of [offset, offset + length) of chunk expected soon (a sequential reader's next
   // range): reads the bytes from a target's file on this host, where a serving target's last answer for that range said
   // they lie, or else where a target of this host (one that answered a local read before; otherwise
@@ -175,6 +208,7 @@ class StorageClient {
     uint64_t cached = 0;         // of `served`, read where a kept answer said, without asking (cached local reads)
     uint64_t cache_misses = 0;   // reads that found no usable kept answer and asked for the whole version
     uint64_t cache_changed = 0;  // of the cached ones tried, refused after the read (a change began meanwhile)
+    uint64_t queued = 0;         // of `cached`, read from the disk through a CachedReadQueue
   };
   LocalReadCounts local_read_counts() const;
   // Read coalescing (ClientConfig::read_rpcs_per_node) so far; any thread.

@@ -8,6 +8,7 @@
 // and repairs as before. Design and trade-offs: docs/fs.md, "Local reads".
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
@@ -68,5 +69,43 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::by
                                     uint64_t piece_bytes = kLocalReadPieceBytes);
 // Whether read_local_bytes(extent, into) reads into `into`.
 bool reads_into(const LocalExtent& extent, std::span<const std::byte> into);
+
+// Reads of many extents in flight at once through one io_uring: a caller with several reads to make (a batch of small
+// reads, a reader keeping a queue depth) submits each and reaps them as they land, one system call per round for all
+// of them instead of a thread (or a pread) per read. Each read lands in a 4 KiB-aligned buffer of its own and comes
+// back as read_local_bytes' LocalBytes: the bytes and their CRCs as read, nothing checked yet (LocalBytes::answer
+// checks). One thread uses a queue at a time. Where io_uring is refused, submit() reads at once (pread) and reap()
+// hands the bytes back. A read not done within `timeout_ms` fails deadline_exceeded with every other read then in
+// flight; the ring and their buffers are given up (never reused: the disk may still write there) and later reads use
+// pread.
+class LocalReadQueue {
+ public:
+  explicit LocalReadQueue(uint32_t depth = 32, uint32_t timeout_ms = 30000);
+  ~LocalReadQueue();  // waits for reads still in flight (up to the timeout)
+  LocalReadQueue(const LocalReadQueue&) = delete;
+  LocalReadQueue& operator=(const LocalReadQueue&) = delete;
+
+  struct Done {
+    uint64_t tag = 0;
+    Result<LocalBytes> bytes = LocalBytes{};
+  };
+  // Starts reading the extent's segments; the bytes come back from reap() with `tag`. Fails now, with nothing started:
+  // invalid_argument (an extent that does not add up), unavailable (its file, as read_local_bytes), resource_exhausted
+  // (depth() reads in flight: reap first; or no memory for the buffer).
+  Status submit(const LocalExtent& extent, uint64_t tag);
+  Status submit(LocalExtent&& extent, uint64_t tag);  // the same, taking the extent (no copy of its path and CRCs)
+  // Sends what was submitted to the disk, waits until at least min(min, in_flight(), max) reads are done, and appends
+  // the reads done by then to `out`, at most `max` of them (the others stay for the next call, which then waits for
+  // nothing). Each read's CRCs are computed as it is handed back, so a caller that hands back one at a time and submits
+  // the next before the following reap keeps the disk busy while it checks.
+  void reap(size_t min, std::vector<Done>& out, size_t max = SIZE_MAX);
+  size_t in_flight() const;  // submitted and not yet reaped
+  uint32_t depth() const;
+  bool uses_io_uring() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace ff::fs

@@ -547,11 +547,17 @@ struct FileClient::Impl {
       }
     }
     StorageClient* storage_client = storage.get();
+    // Small chunk I/Os of kept chunks (cached local reads), when there are several: read by this thread all at once
+    // through one io_uring before the pipeline starts; `queued` marks the ones the queue took (answered or handed
+    // back changed: those read as usual, without trying read_cached_now again).
+    std::vector<std::optional<Result<ReadRsp>>> kept(tasks.size());
+    std::vector<bool> queued(tasks.size());
+    if (config.local_reads) read_kept(tasks, kept, queued);
     // The first chunk's bytes, where this host's targets hold them at a known place, are read by this thread
     // while its request is on the way (no hand-off to the executor before the disk read, and none back after it
     // when the answer came first), straight into the caller's buffer where they fit.
     std::shared_ptr<StorageClient::CallerLocalRead> caller_read;
-    if (config.local_reads && !tasks.empty()) {
+    if (config.local_reads && !tasks.empty() && !queued[0]) {
       const ChunkTask& first = tasks.front();
       caller_read =
           storage_client->claim_local_read(first.chunk, first.chunk_offset, first.length,
@@ -571,8 +577,8 @@ struct FileClient::Impl {
           // A chunk whose whole version a target on this host named is read right here while nothing of it changed
           // (cached local reads: no hand-off to the executor or an offload thread), unless this thread reads it
           // already (caller_read).
-          std::optional<Result<ReadRsp>> now;
-          if (config.local_reads && !(t == 0 && caller_read)) {
+          std::optional<Result<ReadRsp>> now = std::move(kept[t]);
+          if (config.local_reads && !queued[t] && !(t == 0 && caller_read)) {
             now = storage_client->read_cached_now(task.chain, task.chunk, task.chunk_offset, task.length);
           }
           if (now) {
@@ -620,6 +626,37 @@ struct FileClient::Impl {
         [&] { StorageClient::run_local_read(caller_read); },
         [&](size_t t) { return tasks[t].length <= small_read_bytes; });
     return results;
+  }
+
+  // Reads through one StorageClient::CachedReadQueue the tasks of at most kQueuedReadMaxBytes whose chunk a kept answer
+  // serves, when there are two or more such tasks: their answers in kept[t] (none where the chunk changed meanwhile),
+  // queued[t] set for each task the queue took.
+  static constexpr uint64_t kQueuedReadMaxBytes = 64 << 10;
+  static constexpr uint32_t kReadQueueDepth = 32;
+  void read_kept(const std::vector<ChunkTask>& tasks, std::vector<std::optional<Result<ReadRsp>>>& kept,
+                 std::vector<bool>& queued) {
+    const auto small = [](const ChunkTask& task) { return task.length <= kQueuedReadMaxBytes; };
+    if (std::count_if(tasks.begin(), tasks.end(), small) < 2) return;
+    StorageClient::CachedReadQueue queue(*storage,
+                                         static_cast<uint32_t>(std::min<size_t>(tasks.size(), kReadQueueDepth)));
+    std::vector<StorageClient::CachedReadQueue::Done> done;
+    const auto take = [&] {
+      for (StorageClient::CachedReadQueue::Done& read : done) {
+        if (read.rsp) kept[read.tag] = Result<ReadRsp>(std::move(*read.rsp));
+      }
+      done.clear();
+    };
+    for (size_t t = 0; t < tasks.size(); ++t) {
+      const ChunkTask& task = tasks[t];
+      if (!small(task)) continue;
+      if (queue.in_flight() == queue.depth()) {
+        queue.reap(1, done);
+        take();
+      }
+      queued[t] = queue.submit(task.chain, task.chunk, task.chunk_offset, task.length, t);
+    }
+    queue.reap(queue.in_flight(), done);
+    take();
   }
 
   std::vector<Result<size_t>> write_batch(std::span<const WriteOp> ops) {

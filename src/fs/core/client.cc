@@ -139,7 +139,7 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   static constexpr uint64_t kMaxCachedCrcs = 1 << 20;                 // 4 MiB of CRCs, 4 GiB of data in 4 KiB segments
   std::map<TargetId, std::shared_ptr<ReadStampsView>> target_stamps;  // guarded by cache_mutex
   std::set<TargetId> remote_targets;  // guarded by cache_mutex: targets that answered a local read with bytes
-  std::atomic<uint64_t> cached_reads{0}, cache_misses{0}, cache_changed{0};
+  std::atomic<uint64_t> cached_reads{0}, cache_misses{0}, cache_changed{0}, queued_reads{0};
   // Counts the routing changes (any thread reads it: a kept answer serves read_cached_now only under the routing its
   // request was sent with).
   std::atomic<uint64_t> routing_generation{0};
@@ -147,6 +147,14 @@ struct StorageClient::State : std::enable_shared_from_this<StorageClient::State>
   // stamps; nullopt (the answer dropped) when they do not check out.
   std::optional<ReadRsp> serve_cached(const std::shared_ptr<const CachedChunk>& cached, uint64_t offset,
                                       uint64_t length);
+  // The answer of a read served from a kept answer once its bytes are in (checked: `bytes` is an error where a CRC
+  // differed or the read failed; has_range false: nothing to read, past the version's end): when the stamps show no
+  // change begun since the answer was kept, else nullopt (the kept answer dropped). Any thread.
+  std::optional<ReadRsp> answer_cached(const std::shared_ptr<const CachedChunk>& cached,
+                                       const Result<SharedBytes>& bytes, bool has_range);
+  // The kept answer for chunk when read_cached_now may use it (any thread): kept under the current routing, no change
+  // of the chunk or its target begun since. One whose stamp moved is dropped.
+  std::shared_ptr<const CachedChunk> kept_now(ChainId chain, const ChunkId& chunk);
   bool caches_reads(bool accept_pieces) const {
     return accept_pieces && config.local_reads && config.cached_local_read_chunks > 0 &&
            !local_reads_off.load(std::memory_order_relaxed);
@@ -720,12 +728,17 @@ std::optional<ReadRsp> StorageClient::State::serve_cached(const std::shared_ptr<
   } else if (*range) {
     bytes = read_local_extent(**range, config.local_read_piece_bytes);
   }
+  return answer_cached(cached, bytes, !range.is_ok() || range->has_value());
+}
+
+std::optional<ReadRsp> StorageClient::State::answer_cached(const std::shared_ptr<const CachedChunk>& cached,
+                                                           const Result<SharedBytes>& bytes, bool has_range) {
   // The stamps after the bytes: no change of the chunk or the target began since the answer was kept, so the bytes
   // are the version that was committed all along (and the CRCs say they are whole).
   if (bytes.is_ok() && cached->stamps->unchanged(cached->chunk, cached->stamp, monotonic_now_ns())) {
     cached_reads.fetch_add(1, std::memory_order_relaxed);
     ReadRsp rsp{.meta = cached->meta, .data = {}, .dirty = false};
-    if (*range) {
+    if (has_range) {
       local_reads.fetch_add(1, std::memory_order_relaxed);
       rsp.pieces = PayloadPieces{.owner = bytes->owner, .pieces = {bytes->bytes}, .size = bytes->size()};
     }
@@ -737,28 +750,126 @@ std::optional<ReadRsp> StorageClient::State::serve_cached(const std::shared_ptr<
   return std::nullopt;
 }
 
-std::optional<Result<ReadRsp>> StorageClient::read_cached_now(ChainId chain, const ChunkId& chunk, uint64_t offset,
-                                                              uint64_t length) {
-  State& state = *state_;
-  if (!state.caches_reads(/*accept_pieces=*/true)) return std::nullopt;
-  std::shared_ptr<const State::CachedChunk> cached;
+std::shared_ptr<const StorageClient::State::CachedChunk> StorageClient::State::kept_now(ChainId chain,
+                                                                                        const ChunkId& chunk) {
+  if (!caches_reads(/*accept_pieces=*/true)) return nullptr;
+  std::shared_ptr<const CachedChunk> cached;
   {
-    std::lock_guard lock(state.cache_mutex);
-    auto found = state.cached_chunks.find(chunk);
-    if (found == state.cached_chunks.end()) return std::nullopt;
+    std::lock_guard lock(cache_mutex);
+    auto found = cached_chunks.find(chunk);
+    if (found == cached_chunks.end()) return nullptr;
     cached = found->second;
   }
-  if (cached->chain != chain ||
-      cached->routing_generation != state.routing_generation.load(std::memory_order_acquire)) {
-    return std::nullopt;  // read() checks it against the routing
+  if (cached->chain != chain || cached->routing_generation != routing_generation.load(std::memory_order_acquire)) {
+    return nullptr;  // read() checks it against the routing
   }
   if (cached->stamps->stamp(chunk, monotonic_now_ns()) != std::optional(cached->stamp)) {
-    state.drop_cached(cached);
-    return std::nullopt;
+    drop_cached(cached);
+    return nullptr;
   }
-  std::optional<ReadRsp> rsp = state.serve_cached(cached, offset, length);
+  return cached;
+}
+
+std::optional<Result<ReadRsp>> StorageClient::read_cached_now(ChainId chain, const ChunkId& chunk, uint64_t offset,
+                                                              uint64_t length) {
+  std::shared_ptr<const State::CachedChunk> cached = state_->kept_now(chain, chunk);
+  if (cached == nullptr) return std::nullopt;
+  std::optional<ReadRsp> rsp = state_->serve_cached(cached, offset, length);
   if (!rsp) return std::nullopt;
   return Result<ReadRsp>(std::move(*rsp));
+}
+
+// Disk queues of this thread that ended with nothing in flight, for its next CachedReadQueue (a ring's set-up is a few
+// system calls and mappings, and FileClient takes a queue per batch read).
+namespace {
+std::vector<std::unique_ptr<LocalReadQueue>>& spare_local_read_queues() {
+  thread_local std::vector<std::unique_ptr<LocalReadQueue>> spare;
+  return spare;
+}
+constexpr size_t kMaxSpareLocalReadQueues = 2;
+}  // namespace
+
+struct StorageClient::CachedReadQueue::Impl {
+  struct Reading {
+    uint64_t tag = 0;
+    std::shared_ptr<const State::CachedChunk> cached;
+  };
+  std::shared_ptr<State> state;
+  std::unique_ptr<LocalReadQueue> disk;
+  std::unordered_map<uint64_t, Reading> reading;  // by the disk read's own tag
+  uint64_t next_read = 0;
+  std::vector<Done> ready;  // answered without a disk read (past the version's end)
+  std::vector<LocalReadQueue::Done> landed;
+};
+
+StorageClient::CachedReadQueue::CachedReadQueue(StorageClient& client, uint32_t depth)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->state = client.state_;
+  depth = std::max<uint32_t>(depth, 1);
+  auto& spare = spare_local_read_queues();
+  auto found = std::find_if(spare.begin(), spare.end(), [&](const auto& queue) { return queue->depth() == depth; });
+  if (found != spare.end()) {
+    impl_->disk = std::move(*found);
+    spare.erase(found);
+  } else {
+    impl_->disk = std::make_unique<LocalReadQueue>(depth);
+  }
+}
+
+StorageClient::CachedReadQueue::~CachedReadQueue() {
+  std::vector<Done> left;
+  if (in_flight() > 0) reap(in_flight(), left);
+  auto& spare = spare_local_read_queues();
+  if (impl_->disk->in_flight() == 0 && impl_->disk->uses_io_uring() && spare.size() < kMaxSpareLocalReadQueues) {
+    spare.push_back(std::move(impl_->disk));
+  }
+}
+
+size_t StorageClient::CachedReadQueue::in_flight() const { return impl_->disk->in_flight() + impl_->ready.size(); }
+uint32_t StorageClient::CachedReadQueue::depth() const { return impl_->disk->depth(); }
+
+bool StorageClient::CachedReadQueue::submit(ChainId chain, const ChunkId& chunk, uint64_t offset, uint64_t length,
+                                            uint64_t tag) {
+  if (in_flight() >= depth()) return false;
+  State& state = *impl_->state;
+  std::shared_ptr<const State::CachedChunk> cached = state.kept_now(chain, chunk);
+  if (cached == nullptr) return false;
+  Result<std::optional<LocalExtent>> range = range_of_whole(cached->whole, offset, length);
+  if (!range.is_ok() || !range->has_value()) {
+    std::optional<ReadRsp> rsp =
+        state.answer_cached(cached, range.is_ok() ? Result<SharedBytes>(SharedBytes{}) : range.status(), false);
+    if (!rsp) return false;
+    impl_->ready.push_back(Done{tag, std::move(rsp)});
+    return true;
+  }
+  const uint64_t id = impl_->next_read++;
+  Status started = impl_->disk->submit(std::move(**range), id);
+  if (!started.is_ok()) {
+    if (started.code() != StatusCode::kResourceExhausted) (void)state.answer_cached(cached, started, true);
+    return false;
+  }
+  impl_->reading.emplace(id, Impl::Reading{tag, std::move(cached)});
+  return true;
+}
+
+void StorageClient::CachedReadQueue::reap(size_t min, std::vector<Done>& out, size_t max) {
+  Impl& q = *impl_;
+  min = std::min({min, in_flight(), max});
+  size_t from_ready = std::min(max, q.ready.size());
+  for (size_t i = 0; i < from_ready; ++i) out.push_back(std::move(q.ready[i]));
+  q.ready.erase(q.ready.begin(), q.ready.begin() + static_cast<ptrdiff_t>(from_ready));
+  if (max == from_ready) return;
+  q.landed.clear();
+  q.disk->reap(min > from_ready ? min - from_ready : 0, q.landed, max - from_ready);
+  for (LocalReadQueue::Done& done : q.landed) {
+    auto found = q.reading.find(done.tag);
+    FF_ASSERT(found != q.reading.end(), "cached read queue: a disk read {} nobody asked for", done.tag);
+    Impl::Reading reading = std::move(found->second);
+    q.reading.erase(found);
+    Result<SharedBytes> bytes = done.bytes.is_ok() ? done.bytes->answer(done.bytes->extent) : done.bytes.status();
+    out.push_back(Done{reading.tag, q.state->answer_cached(reading.cached, bytes, true)});
+    if (out.back().rsp) q.state->queued_reads.fetch_add(1, std::memory_order_relaxed);
+  }
 }
 
 void StorageClient::State::send_whole_chunk_read(const std::string& address, ReadReq req,
@@ -1231,7 +1342,8 @@ StorageClient::LocalReadCounts StorageClient::local_read_counts() const {
                          .read_aheads_dropped = state_->read_aheads_dropped.load(std::memory_order_relaxed),
                          .cached = state_->cached_reads.load(std::memory_order_relaxed),
                          .cache_misses = state_->cache_misses.load(std::memory_order_relaxed),
-                         .cache_changed = state_->cache_changed.load(std::memory_order_relaxed)};
+                         .cache_changed = state_->cache_changed.load(std::memory_order_relaxed),
+                         .queued = state_->queued_reads.load(std::memory_order_relaxed)};
 }
 
 }  // namespace ff::fs

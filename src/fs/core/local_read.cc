@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -18,6 +19,7 @@
 
 #include "../chunk/io_context.h"
 #include "../chunk/read_buffer_pool.h"
+#include "ff/common/log.h"
 #include "ff/fs/crc32c.h"
 
 namespace ff::fs {
@@ -153,6 +155,36 @@ uint64_t piece_length(uint64_t piece_bytes, uint64_t segment, uint64_t read_byte
   return piece < read_bytes ? piece : 0;
 }
 
+// An extent whose numbers add up: whole segments from a segment boundary, the answer's bytes inside them, one CRC each.
+Status check_extent(const LocalExtent& extent) {
+  const uint64_t segment = extent.segment_bytes;
+  if (segment == 0 || extent.skip + extent.count > extent.verify_bytes || extent.position % segment != 0 ||
+      extent.segment_crcs.size() != (extent.verify_bytes + segment - 1) / segment) {
+    return invalid_argument(
+        "local read of {}: extent does not add up (position {}, {} bytes to verify, skip {}, "
+        "count {}, segment {} bytes, {} segment CRCs)",
+        extent.path, extent.position, extent.verify_bytes, extent.skip, extent.count, segment,
+        extent.segment_crcs.size());
+  }
+  return Status::ok();
+}
+
+// pread of up to `room` bytes of fd at `offset` into `bytes` until at least `need` are in (O_DIRECT: offset, room and
+// bytes 4 KiB-aligned; need <= room, the file may end between the two).
+Status pread_all(int fd, std::byte* bytes, uint64_t need, uint64_t room, uint64_t offset, const std::string& path) {
+  uint64_t done = 0;
+  while (done < need) {
+    const ssize_t n = ::pread(fd, bytes + done, room - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return errno_error(errno, fmt::format("local read of {} at {}", path, offset + done));
+    if (n == 0) {
+      return io_error("local read of {}: end of file at {}, {} bytes short", path, offset + done, need - done);
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return Status::ok();
+}
+
 std::string read_boot_id() {
   std::ifstream in("/proc/sys/kernel/random/boot_id");
   std::string id;
@@ -177,15 +209,8 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent, uint64_t piece_by
 }
 
 Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::byte> into, uint64_t piece_bytes) {
+  FF_RETURN_IF_ERROR(check_extent(extent));
   const uint64_t segment = extent.segment_bytes;
-  if (segment == 0 || extent.skip + extent.count > extent.verify_bytes || extent.position % segment != 0 ||
-      extent.segment_crcs.size() != (extent.verify_bytes + segment - 1) / segment) {
-    return invalid_argument(
-        "local read of {}: extent does not add up (position {}, {} bytes to verify, skip {}, "
-        "count {}, segment {} bytes, {} segment CRCs)",
-        extent.path, extent.position, extent.verify_bytes, extent.skip, extent.count, segment,
-        extent.segment_crcs.size());
-  }
   FF_ASSIGN_OR_RETURN(std::shared_ptr<const OpenFiles::File> file, open_files().open(extent));
   const int fd = file->fd;
   // O_DIRECT wants the file offset, length and buffer 4 KiB-aligned; the block's room past the
@@ -238,17 +263,7 @@ Result<LocalBytes> read_local_bytes(const LocalExtent& extent, std::span<std::by
     }
     return result;
   }
-  uint64_t done = 0;
-  while (done < extent.verify_bytes) {
-    const ssize_t n = ::pread(fd, bytes + done, read_bytes - done, static_cast<off_t>(extent.file_offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errno_error(errno, fmt::format("local read of {} at {}", extent.path, extent.file_offset + done));
-    if (n == 0) {
-      return io_error("local read of {}: end of file at {}, {} bytes short", extent.path, extent.file_offset + done,
-                      extent.verify_bytes - done);
-    }
-    done += static_cast<uint64_t>(n);
-  }
+  FF_RETURN_IF_ERROR(pread_all(fd, bytes, extent.verify_bytes, read_bytes, extent.file_offset, extent.path));
   checker.check(0, extent.verify_bytes);
   return result;
 }
@@ -310,6 +325,220 @@ Result<SharedBytes> LocalBytes::answer(const LocalExtent& committed) const {
     }
   }
   return SharedBytes{buffer, std::span<const std::byte>(buffer.get() + extent.skip, extent.count)};
+}
+
+struct LocalReadQueue::Impl {
+  // One read: its buffer, the bytes moved so far (a short read is sent again for the rest).
+  struct Slot {
+    uint64_t tag = 0;
+    LocalBytes bytes;
+    std::shared_ptr<const OpenFiles::File> file;  // open while the read runs
+    uint64_t room = 0;                            // the read's length: verify_bytes rounded up to 4 KiB
+    uint64_t done = 0;
+  };
+  uint32_t depth = 0;
+  uint32_t timeout_ms = 0;
+  io_uring ring{};
+  bool ring_set_up = false;
+  bool have_ring = false;  // false: pread (refused at set-up, or given up after a timeout)
+  std::vector<Slot> slots;
+  std::vector<uint32_t> free_slots;
+  size_t in_ring = 0;           // slots whose read the ring holds
+  std::deque<uint32_t> landed;  // slots whose bytes are in, not yet checked and handed back
+  std::deque<Done> ready;       // done without the ring (pread, failures), not yet handed back
+  bool unsubmitted = false;     // reads prepared since the last submission
+  // The files this queue read last, by path (most reads of a queue go to a few targets' files): no trip through the
+  // process's table and its mutex for them.
+  struct RecentFile {
+    std::string path;
+    std::shared_ptr<const OpenFiles::File> file;
+  };
+  static constexpr size_t kRecentFiles = 8;
+  std::vector<RecentFile> recent;
+  size_t next_recent = 0;
+
+  Result<std::shared_ptr<const OpenFiles::File>> open(const LocalExtent& extent) {
+    for (const RecentFile& entry : recent) {
+      if (entry.path == extent.path && entry.file->device == extent.device && entry.file->inode == extent.inode) {
+        return entry.file;
+      }
+    }
+    FF_ASSIGN_OR_RETURN(std::shared_ptr<const OpenFiles::File> file, open_files().open(extent));
+    if (recent.size() < kRecentFiles) {
+      recent.push_back(RecentFile{extent.path, file});
+    } else {
+      recent[next_recent++ % kRecentFiles] = RecentFile{extent.path, file};
+    }
+    return file;
+  }
+
+  void prepare(uint32_t index) {
+    Slot& slot = slots[index];
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    FF_ASSERT(sqe != nullptr, "local read queue of depth {} full with {} reads in the ring", depth, in_ring);
+    io_uring_prep_read(sqe, slot.file->fd, slot.bytes.buffer.get() + slot.done,
+                       static_cast<unsigned>(slot.room - slot.done), slot.bytes.extent.file_offset + slot.done);
+    io_uring_sqe_set_data64(sqe, index);
+    unsubmitted = true;
+  }
+
+  Done release(uint32_t index, Status status) {
+    Slot& slot = slots[index];
+    Done done;
+    done.tag = slot.tag;
+    if (status.is_ok()) {
+      const LocalExtent& extent = slot.bytes.extent;
+      PieceChecker{slot.bytes.buffer.get(), extent.verify_bytes, extent.segment_bytes, &slot.bytes.crcs, nullptr}.check(
+          0, extent.verify_bytes);
+      done.bytes = std::move(slot.bytes);
+    } else {
+      done.bytes = Status(status.code(), fmt::format("local read of {}: {}", slot.bytes.extent.path, status.message()));
+    }
+    slot = Slot{};
+    free_slots.push_back(index);
+    return done;
+  }
+
+  // Every completion the ring holds: whole reads land (checked when handed back), short ones go again.
+  void drain() {
+    io_uring_cqe* cqe = nullptr;
+    unsigned head = 0;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      ++seen;
+      const auto index = static_cast<uint32_t>(io_uring_cqe_get_data64(cqe));
+      Slot& slot = slots[index];
+      const int res = cqe->res;
+      if (res == -EAGAIN || res == -EINTR) {
+        prepare(index);
+        continue;
+      }
+      --in_ring;
+      if (res < 0) {
+        ready.push_back(
+            release(index, errno_error(-res, fmt::format("read of {} bytes at file offset {}", slot.room - slot.done,
+                                                         slot.bytes.extent.file_offset + slot.done))));
+      } else if (res == 0 && slot.done < slot.bytes.extent.verify_bytes) {
+        ready.push_back(
+            release(index, io_error("end of file at {}, {} bytes short", slot.bytes.extent.file_offset + slot.done,
+                                    slot.bytes.extent.verify_bytes - slot.done)));
+      } else {
+        slot.done += static_cast<uint64_t>(res);
+        if (res > 0 && slot.done < slot.room) {
+          ++in_ring;
+          prepare(index);
+        } else {
+          landed.push_back(index);
+        }
+      }
+    }
+    io_uring_cq_advance(&ring, seen);
+  }
+
+  // A wait that timed out (or a ring that refuses work): every read in the ring fails, its buffer is never reused (the
+  // disk may still write there), and the queue reads with pread from now on.
+  void give_up(const Status& why) {
+    std::vector<bool> landed_slot(slots.size());
+    for (uint32_t index : landed) landed_slot[index] = true;
+    for (uint32_t index = 0; index < slots.size(); ++index) {
+      if (slots[index].room == 0 || landed_slot[index]) continue;
+      abandon(slots[index].bytes.buffer);
+      ready.push_back(release(index, why));
+    }
+    in_ring = 0;
+    have_ring = false;  // the ring stays set up (closed with the queue) so that nothing it still does lands elsewhere
+  }
+};
+
+LocalReadQueue::LocalReadQueue(uint32_t depth, uint32_t timeout_ms) : impl_(std::make_unique<Impl>()) {
+  impl_->depth = std::max<uint32_t>(depth, 1);
+  impl_->timeout_ms = timeout_ms;
+  impl_->slots.resize(impl_->depth);
+  for (uint32_t index = impl_->depth; index > 0; --index) impl_->free_slots.push_back(index - 1);
+  impl_->have_ring = io_uring_queue_init(impl_->depth, &impl_->ring, 0) == 0;
+  impl_->ring_set_up = impl_->have_ring;
+}
+
+LocalReadQueue::~LocalReadQueue() {
+  std::vector<Done> left;
+  if (in_flight() > 0) reap(in_flight(), left);
+  if (impl_->ring_set_up) io_uring_queue_exit(&impl_->ring);
+}
+
+size_t LocalReadQueue::in_flight() const { return impl_->in_ring + impl_->landed.size() + impl_->ready.size(); }
+uint32_t LocalReadQueue::depth() const { return impl_->depth; }
+bool LocalReadQueue::uses_io_uring() const { return impl_->have_ring; }
+
+Status LocalReadQueue::submit(const LocalExtent& extent, uint64_t tag) { return submit(LocalExtent(extent), tag); }
+
+Status LocalReadQueue::submit(LocalExtent&& taken, uint64_t tag) {
+  Impl& q = *impl_;
+  if (in_flight() >= q.depth) {
+    return resource_exhausted("local read of {}: {} reads in flight, the queue's depth: reap first", taken.path,
+                              in_flight());
+  }
+  FF_RETURN_IF_ERROR(check_extent(taken));
+  FF_ASSIGN_OR_RETURN(std::shared_ptr<const OpenFiles::File> file, q.open(taken));
+  const uint64_t room = align_up(taken.verify_bytes, kIoAlignment);
+  std::shared_ptr<std::byte> buffer = chunk_internal::process_io_buffers().acquire(std::max(room, kIoAlignment));
+  if (buffer == nullptr) return resource_exhausted("local read of {}: no memory for {} bytes", taken.path, room);
+  LocalBytes bytes{.extent = std::move(taken), .buffer = std::move(buffer), .crcs = {}};
+  const LocalExtent& extent = bytes.extent;
+  bytes.crcs.resize(extent.segment_crcs.size());
+  if (!q.have_ring || room == 0) {
+    Status status = pread_all(file->fd, bytes.buffer.get(), extent.verify_bytes, room, extent.file_offset, extent.path);
+    if (!status.is_ok()) {
+      q.ready.push_back(Done{tag, std::move(status)});
+    } else {
+      PieceChecker{bytes.buffer.get(), extent.verify_bytes, extent.segment_bytes, &bytes.crcs, nullptr}.check(
+          0, extent.verify_bytes);
+      q.ready.push_back(Done{tag, std::move(bytes)});
+    }
+    return Status::ok();
+  }
+  const uint32_t index = q.free_slots.back();
+  q.free_slots.pop_back();
+  q.slots[index] = Impl::Slot{.tag = tag, .bytes = std::move(bytes), .file = std::move(file), .room = room, .done = 0};
+  ++q.in_ring;
+  q.prepare(index);
+  return Status::ok();
+}
+
+void LocalReadQueue::reap(size_t min, std::vector<Done>& out, size_t max) {
+  Impl& q = *impl_;
+  min = std::min({min, in_flight(), max});
+  const auto have = [&] { return q.landed.size() + q.ready.size(); };
+  while (q.have_ring && (q.unsubmitted || (q.in_ring > 0 && have() < min))) {
+    const unsigned wait = have() >= min ? 0 : 1;
+    io_uring_cqe* cqe = nullptr;
+    __kernel_timespec timeout{.tv_sec = q.timeout_ms / 1000,
+                              .tv_nsec = static_cast<long long>(q.timeout_ms % 1000) * 1000000};
+    q.unsubmitted = false;
+    const int rc =
+        wait == 0 ? io_uring_submit(&q.ring) : io_uring_submit_and_wait_timeout(&q.ring, &cqe, wait, &timeout, nullptr);
+    if (rc == -ETIME) {
+      q.give_up(deadline_exceeded("not done within {} ms ({} reads in the ring)", q.timeout_ms, q.in_ring));
+      break;
+    }
+    if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
+      q.give_up(errno_error(-rc, "io_uring_submit_and_wait_timeout"));
+      break;
+    }
+    if (rc < 0) q.unsubmitted = true;  // try the submission again
+    q.drain();
+  }
+  if (q.have_ring && q.in_ring > 0) q.drain();  // whatever else is done already
+  // Each handed back read is checked here (its CRCs), after the submission above: the disk already has the next reads.
+  while (max > 0 && !q.ready.empty()) {
+    out.push_back(std::move(q.ready.front()));
+    q.ready.pop_front();
+    --max;
+  }
+  while (max > 0 && !q.landed.empty()) {
+    out.push_back(q.release(q.landed.front(), Status::ok()));
+    q.landed.pop_front();
+    --max;
+  }
 }
 
 Result<SharedBytes> read_local_extent(const LocalExtent& extent, uint64_t piece_bytes) {

@@ -223,6 +223,86 @@ TEST_F(LocateTest, LocalReadsInPiecesGiveTheBytesAndCrcsOfOneRead) {
   }
 }
 
+// A queue of local reads (LocalReadQueue): many extents in flight at once, each handed back with its tag and the same
+// bytes and CRCs a single read gives, a full queue refusing more, bad extents refused at submission, a bad byte
+// found by the answer's check; the same through pread where the ring is not used.
+TEST_F(LocateTest, AQueueOfLocalReadsGivesWhatSingleReadsGive) {
+  constexpr int kChunks = 6;
+  std::vector<std::vector<std::byte>> data;
+  std::vector<LocalExtent> extents;
+  for (int i = 0; i < kChunks; ++i) {
+    const ChunkId id{9, static_cast<uint64_t>(i)};
+    data.push_back(testing::pattern_bytes(100'000 + 5000 * i, 90 + i));
+    write_commit(id, 1, 0, data.back());
+    // Whole versions, and a ragged range inside each.
+    extents.push_back(*engine_->locate(id, 0, UINT64_MAX, ReadMode::kStrict)->extent);
+    extents.push_back(*engine_->locate(id, 7000 + i, 20'000, ReadMode::kStrict)->extent);
+  }
+  const auto expected = [&](size_t e) {
+    const std::vector<std::byte>& bytes = data[e / 2];
+    return e % 2 == 0 ? bytes
+                      : std::vector<std::byte>(bytes.begin() + 7000 + static_cast<ptrdiff_t>(e / 2),
+                                               bytes.begin() + 27'000 + static_cast<ptrdiff_t>(e / 2));
+  };
+  LocalReadQueue queue(4);
+  ASSERT_EQ(queue.depth(), 4u);
+  std::vector<LocalReadQueue::Done> done;
+  std::vector<bool> seen(extents.size());
+  const auto check = [&] {
+    for (LocalReadQueue::Done& read : done) {
+      ASSERT_LT(read.tag, extents.size());
+      ASSERT_FALSE(seen[read.tag]) << "extent " << read.tag << " handed back twice";
+      seen[read.tag] = true;
+      ASSERT_TRUE(read.bytes.is_ok()) << read.bytes.status();
+      auto single = read_local_bytes(extents[read.tag], /*piece_bytes=*/0);
+      ASSERT_TRUE(single.is_ok()) << single.status();
+      EXPECT_EQ(read.bytes->crcs, single->crcs) << "extent " << read.tag;
+      auto answer = read.bytes->answer(extents[read.tag]);
+      ASSERT_TRUE(answer.is_ok()) << answer.status();
+      EXPECT_EQ(to_vector(*answer), expected(read.tag)) << "extent " << read.tag;
+    }
+    done.clear();
+  };
+  size_t next = 0;
+  for (; next < 4; ++next) ASSERT_TRUE(queue.submit(extents[next], next).is_ok());
+  EXPECT_EQ(queue.in_flight(), 4u);
+  EXPECT_EQ(queue.submit(extents[next], next).code(), StatusCode::kResourceExhausted) << "a full queue took more";
+  // One at a time: one read handed back per call, the rest stay for the next.
+  queue.reap(1, done, 1);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(queue.in_flight(), 3u);
+  ASSERT_NO_FATAL_FAILURE(check());
+  // Keep the queue full to the last extent, then take everything.
+  while (next < extents.size()) {
+    ASSERT_TRUE(queue.submit(extents[next], next).is_ok());
+    ++next;
+    if (queue.in_flight() == queue.depth()) queue.reap(1, done);
+    ASSERT_NO_FATAL_FAILURE(check());
+  }
+  queue.reap(queue.in_flight(), done);
+  ASSERT_NO_FATAL_FAILURE(check());
+  EXPECT_EQ(queue.in_flight(), 0u);
+  EXPECT_EQ(std::count(seen.begin(), seen.end(), true), static_cast<ptrdiff_t>(extents.size()));
+  queue.reap(5, done);
+  EXPECT_TRUE(done.empty()) << "an empty queue handed something back";
+
+  // Refused at submission, nothing in flight after.
+  LocalExtent few_crcs = extents[0];
+  few_crcs.segment_crcs.pop_back();
+  EXPECT_EQ(queue.submit(few_crcs, 0).code(), StatusCode::kInvalidArgument);
+  LocalExtent missing = extents[0];
+  missing.path = dir_.path() + "/no-such-file";
+  EXPECT_EQ(queue.submit(missing, 0).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(queue.in_flight(), 0u);
+  // A bad byte on disk: read, and refused by the answer's check of its segment.
+  scribble(extents[2].path, extents[2].file_offset + 50'000, 1);
+  ASSERT_TRUE(queue.submit(extents[2], 2).is_ok());
+  queue.reap(1, done);
+  ASSERT_EQ(done.size(), 1u);
+  ASSERT_TRUE(done[0].bytes.is_ok()) << done[0].bytes.status();
+  EXPECT_EQ(done[0].bytes->answer(extents[2]).status().code(), StatusCode::kDataLoss);
+}
+
 TEST_F(LocateTest, ExtentsThatDoNotAddUpOrNameAnotherFileAreRefused) {
   const ChunkId id{6, 0};
   write_commit(id, 1, 0, testing::pattern_bytes(64 << 10, 6));
@@ -637,6 +717,75 @@ TEST_F(LocalReadClusterTest, SmallReadsOfAKnownChunkAreReadAgainWithoutAskingUnt
   EXPECT_EQ(client_->local_read_counts().fallbacks, 0u);
 }
 
+// A queue of cached reads (StorageClient::CachedReadQueue): ranges of kept chunks read together, each answer the bytes
+// written, without asking any target; a chunk never read refused at submission; a write between a read's submission
+// and its reap hands the read back without an answer, and the next submission is refused.
+TEST_F(LocalReadClusterTest, AQueueOfCachedReadsServesKeptChunksUntilTheyChange) {
+  const ChainId chain = cluster_->chains().front();
+  std::vector<std::vector<std::byte>> data;
+  for (uint64_t i = 0; i < 3; ++i) {
+    const ChunkId chunk{44, i};
+    data.push_back(testing::pattern_bytes(150'000, 44 + i));
+    write(chunk, data.back());
+    ASSERT_NO_FATAL_FAILURE(wait_committed(*cluster_, chunk, 1));
+    for (int n = 0; !client_->read_cached_now(chain, chunk, 0, 4096).has_value(); ++n) {
+      ASSERT_LT(n, 10) << "no answer of chunk " << i << " was kept";
+      auto got = read(chunk, 4096 * n, 4096, /*accept_pieces=*/true);
+      ASSERT_TRUE(got.is_ok()) << got.status();
+    }
+  }
+  const auto answers = local_answers();
+  const auto before = client_->local_read_counts();
+  struct Range {
+    uint64_t chunk, offset, length;
+  };
+  // Aligned and not, across segments, one byte, and past the end (answered empty, without a disk read).
+  const std::vector<Range> ranges = {{0, 0, 4096},       {1, 100, 5000},  {2, 149'000, 4096}, {0, 65'536, 16'384},
+                                     {1, 150'000, 4096}, {2, 4096, 4096}, {0, 12'345, 1},     {1, 40'000, 64 << 10}};
+  StorageClient::CachedReadQueue queue(*client_, 4);
+  std::vector<StorageClient::CachedReadQueue::Done> done;
+  size_t answered = 0;
+  const auto check = [&] {
+    for (StorageClient::CachedReadQueue::Done& read : done) {
+      ASSERT_LT(read.tag, ranges.size());
+      const Range& range = ranges[read.tag];
+      ASSERT_TRUE(read.rsp.has_value()) << "range " << read.tag << " handed back without an answer";
+      EXPECT_EQ(bytes_of(*read.rsp), slice(data[range.chunk], range.offset, range.length)) << "range " << read.tag;
+      ++answered;
+    }
+    done.clear();
+  };
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    if (queue.in_flight() == queue.depth()) {
+      queue.reap(1, done);
+      ASSERT_NO_FATAL_FAILURE(check());
+    }
+    ASSERT_TRUE(queue.submit(chain, ChunkId{44, ranges[i].chunk}, ranges[i].offset, ranges[i].length, i))
+        << "range " << i << " was not taken";
+  }
+  queue.reap(queue.in_flight(), done);
+  ASSERT_NO_FATAL_FAILURE(check());
+  EXPECT_EQ(answered, ranges.size());
+  EXPECT_EQ(local_answers(), answers) << "a target was asked";
+  EXPECT_EQ(client_->local_read_counts().queued, before.queued + ranges.size() - 1) << "all but the one past the end";
+  EXPECT_FALSE(queue.submit(chain, ChunkId{44, 9}, 0, 4096, 99)) << "a chunk never read";
+
+  // A write acknowledged while a read of the chunk is in the queue: the read comes back without an answer.
+  ASSERT_TRUE(queue.submit(chain, ChunkId{44, 0}, 0, 4096, 100));
+  const auto patch = testing::pattern_bytes(4096, 49);
+  auto written = on_executor<WriteRsp>(cluster_->client_executor(), [&](auto done) {
+    client_->write(chain, ChunkId{44, 0}, 0, patch, done);
+  });
+  ASSERT_TRUE(written.is_ok()) << written.status();
+  queue.reap(1, done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].tag, 100u);
+  EXPECT_FALSE(done[0].rsp.has_value()) << "an answer read before the write was handed back after it";
+  EXPECT_FALSE(queue.submit(chain, ChunkId{44, 0}, 0, 4096, 101)) << "the changed chunk's kept answer was used";
+  EXPECT_GT(client_->local_read_counts().cache_changed, before.cache_changed);
+  EXPECT_EQ(client_->local_read_counts().fallbacks, 0u);
+}
+
 TEST_F(LocalReadClusterTest, WithoutCachedLocalReadsEverySmallReadAsks) {
   const ChunkId chunk{41, 0};
   const auto data = testing::pattern_bytes(70'000, 23);
@@ -729,7 +878,7 @@ TEST(CachedLocalReadTest, AChainChangeEndsKeptAnswers) {
 // must return one version whole, never one older than the last write acknowledged before the read began, never one
 // not yet written. `writer` writes (null: `client`, which reads).
 struct RaceCounts {
-  uint64_t reads = 0, caller_reads = 0;
+  uint64_t reads = 0, caller_reads = 0, queued_reads = 0;
 };
 RaceCounts race_reads_with_writes(testing::StorageCluster& cluster, StorageClient& client, const ChunkId& chunk,
                                   uint32_t last, const std::function<void(uint32_t)>& during = {},
@@ -771,7 +920,17 @@ RaceCounts race_reads_with_writes(testing::StorageCluster& cluster, StorageClien
     const uint32_t lowest = acknowledged.load();
     Result<std::vector<std::byte>> got = std::vector<std::byte>{};
     std::optional<Result<ReadRsp>> now;
-    if (counts.reads % 4 != 0) now = client.read_cached_now(chain, chunk, offset, 4096);
+    if (counts.reads % 4 == 1) {  // through a queue of cached reads
+      StorageClient::CachedReadQueue queue(client, 2);
+      std::vector<StorageClient::CachedReadQueue::Done> done;
+      if (queue.submit(chain, chunk, offset, 4096, 0)) queue.reap(1, done);
+      if (!done.empty() && done[0].rsp) {
+        now = Result<ReadRsp>(std::move(*done[0].rsp));
+        ++counts.queued_reads;
+      }
+    } else if (counts.reads % 4 != 0) {
+      now = client.read_cached_now(chain, chunk, offset, 4096);
+    }
     if (now && now->is_ok()) {
       got = bytes_of(**now);
       ++counts.caller_reads;
@@ -808,6 +967,7 @@ TEST_F(LocalReadClusterTest, CachedReadsDuringWritesNeverReturnAnOlderVersionTha
   EXPECT_GT(counts.reads, 50u);
   EXPECT_GT(client_->local_read_counts().cached, counts.caller_reads) << "no read through the executor used a kept answer";
   EXPECT_GT(counts.caller_reads, 0u) << "no read on this thread used a kept answer";
+  EXPECT_GT(counts.queued_reads, 0u) << "no read through a queue used a kept answer";
   EXPECT_GT(client_->local_read_counts().cache_misses, 0u);
 }
 
@@ -1064,6 +1224,46 @@ TEST(LocalReadFileClientTest, SmallReadsOfAKeptChunkAreServedOnTheCallersThreadA
   ASSERT_TRUE(client.write(fh, 5000, patch).is_ok());
   std::copy(patch.begin(), patch.end(), data.begin() + 5000);
   EXPECT_EQ(read_at(4096, 8192), slice(data, 4096, 8192)) << "a read after the write returned older bytes";
+  EXPECT_EQ(client.local_read_counts().fallbacks, 0u);
+  ASSERT_TRUE(client.close(fh).is_ok());
+}
+
+// Batch reads through FileClient (read_batch, as the USRBIO ring server's): the small reads of kept chunks are read
+// together through one queue on the caller's thread, and a write is seen by the next batch.
+TEST(LocalReadFileClientTest, BatchReadsOfKeptChunksAreReadTogetherAndSeeWrites) {
+  TempDir dir;
+  OneFileCluster one;
+  ASSERT_NO_FATAL_FAILURE(start_one_file_cluster(dir.path(), FileClientConfig{}, &one));
+  FileClient& client = *one.client;
+  const FileHandle fh = one.fh;
+  constexpr uint64_t kChunk = 64 << 10;
+  auto data = testing::pattern_bytes(4 * kChunk, 33);
+  ASSERT_TRUE(client.write(fh, 0, data).is_ok());
+  ASSERT_TRUE(client.fsync(fh).is_ok());
+  // Two 4 KiB reads (one of them unaligned) in each of the four chunks, one batch.
+  const auto read_batch = [&] {
+    std::vector<std::vector<std::byte>> outs(8, std::vector<std::byte>(4096));
+    std::vector<FileClient::ReadOp> ops;
+    for (size_t i = 0; i < outs.size(); ++i) ops.push_back({fh, (i / 2) * kChunk + (i % 2) * 10'007, outs[i]});
+    std::vector<Result<size_t>> results = client.read_batch(ops);
+    for (size_t i = 0; i < ops.size(); ++i) {
+      EXPECT_TRUE(results[i].is_ok()) << results[i].status();
+      EXPECT_EQ(outs[i], slice(data, ops[i].offset, 4096)) << "read " << i << " at " << ops[i].offset;
+    }
+  };
+  // Until every chunk's answer is kept (the replicas commit after the tail acknowledged, and reads spread over them).
+  uint64_t queued = 0;
+  for (int i = 0; i < 60; ++i) {
+    queued = client.local_read_counts().queued;
+    ASSERT_NO_FATAL_FAILURE(read_batch());
+    if (client.local_read_counts().queued == queued + 8) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(client.local_read_counts().queued, queued + 8) << "a batch of kept chunks' reads was not read together";
+  const auto patch = testing::pattern_bytes(3000, 34);
+  ASSERT_TRUE(client.write(fh, 2 * kChunk + 9000, patch).is_ok());
+  std::copy(patch.begin(), patch.end(), data.begin() + 2 * kChunk + 9000);
+  ASSERT_NO_FATAL_FAILURE(read_batch());  // a batch after the write: the new bytes
   EXPECT_EQ(client.local_read_counts().fallbacks, 0u);
   ASSERT_TRUE(client.close(fh).is_ok());
 }

@@ -160,6 +160,9 @@ struct BenchCase {
   // Reads by queue_depth threads, one block at a time each (synchronous callers: FUSE's threads, a thread pool),
   // served on the caller's thread where a kept answer allows (StorageClient::read_cached_now).
   bool caller_threads = false;
+  // Reads by one thread keeping queue_depth reads in flight through a StorageClient::CachedReadQueue (one io_uring for
+  // all of them, as fio's one job at iodepth N); a read no kept answer serves is read with read() and waited for.
+  bool caller_queue = false;
   // The file's chunk size (the file system's default layout, MetaConfig::chunk_size). A block smaller than a chunk
   // is one chunk I/O (a part of the chunk); a larger one is block / chunk_bytes whole-chunk I/Os in parallel, and the
   // operation ends with the last of them (as FileClient splits a call at chunk boundaries).
@@ -277,7 +280,76 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
     std::lock_guard lock(shared->mutex);
     if (shared->stop && shared->in_flight == 0) shared->done.notify_all();
   };
-  if (c.caller_threads && c.op == "read") {
+  // A read through the executor, waited for (the callers' way for a read no kept answer serves).
+  const auto read_waited = [&](ChainId chain, const ChunkId& chunk, uint64_t in_chunk, uint64_t length) {
+    auto promise = std::make_shared<std::promise<Status>>();
+    auto future = promise->get_future();
+    executor.post([&client, chain, chunk, in_chunk, length, promise] {
+      client.read(
+          chain, chunk, in_chunk, length, ReadMode::kStrict,
+          [promise](Result<ReadRsp> rsp) { promise->set_value(rsp.is_ok() ? Status::ok() : rsp.status()); }, true);
+    });
+    return future.wait_for(std::chrono::seconds(120)) == std::future_status::ready
+               ? future.get()
+               : deadline_exceeded("read of chunk {} got no answer in 120 s", chunk.to_string());
+  };
+  const auto record = [&](int64_t op_start, const Status& status) {
+    std::lock_guard lock(shared->mutex);
+    shared->latency.record_us(static_cast<uint64_t>((system_clock().now_ns() - op_start) / 1000));
+    ++shared->issued;
+    ++shared->completed;
+    if (!status.is_ok() && shared->errors++ == 0) shared->first_error = status.to_string();
+  };
+  const auto time_left = [&](uint64_t issued) {
+    return system_clock().now_ns() < end_ns && (c.max_ops == 0 || issued < c.max_ops);
+  };
+  if (c.caller_queue && c.op == "read") {
+    if (pieces != 1) {
+      FF_LOG_ERROR("--caller-queue reads blocks within a chunk: block_bytes {} > chunk_bytes {}", c.block_bytes,
+                   chunk_bytes);
+      return 1;
+    }
+    StorageClient::CachedReadQueue queue(client, c.queue_depth);
+    struct Started {
+      ChunkId chunk;
+      ChainId chain = 0;
+      uint64_t in_chunk = 0;
+      int64_t at_ns = 0;
+    };
+    std::unordered_map<uint64_t, Started> started;  // by tag
+    std::vector<StorageClient::CachedReadQueue::Done> done;
+    uint64_t issued = 0;
+    const auto place = [&](uint64_t block) {
+      const uint64_t offset = block * c.block_bytes;
+      const ChunkId chunk{c.inode, offset / chunk_bytes};
+      return std::tuple(chunk, chains[chunk.index % chains.size()], offset % chunk_bytes);
+    };
+    while (time_left(issued) || queue.in_flight() > 0) {
+      while (queue.in_flight() < c.queue_depth && time_left(issued)) {
+        const uint64_t block = c.pattern == "seq" ? issued % blocks : rng() % blocks;
+        const uint64_t tag = issued++;
+        const auto [chunk, chain, in_chunk] = place(block);
+        const int64_t op_start = system_clock().now_ns();
+        if (queue.submit(chain, chunk, in_chunk, piece_bytes, tag)) {
+          started.emplace(tag, Started{chunk, chain, in_chunk, op_start});
+        } else {
+          record(op_start, read_waited(chain, chunk, in_chunk, piece_bytes));
+        }
+      }
+      // One at a time: the next read goes to the disk before the queue checks the one after (as fio's io_uring job
+      // resubmits as each read completes).
+      done.clear();
+      queue.reap(1, done, 1);
+      for (auto& [tag, rsp] : done) {
+        const Started read = started.at(tag);
+        started.erase(tag);
+        // One the chunk's change refused: read as usual.
+        record(read.at_ns, rsp ? Status::ok() : read_waited(read.chain, read.chunk, read.in_chunk, piece_bytes));
+      }
+    }
+    std::lock_guard lock(shared->mutex);
+    shared->stop = true;
+  } else if (c.caller_threads && c.op == "read") {
     // queue_depth callers, each reading one block at a time on its own thread: a read a kept answer can serve
     // (StorageClient::read_cached_now) is read right there, others go through the executor and are waited for.
     std::atomic<uint64_t> next_block{0};
@@ -285,7 +357,7 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
     for (uint32_t index = 0; index < c.queue_depth; ++index) {
       callers.emplace_back([&, index] {
         std::mt19937_64 caller_rng(42 + index);
-        while (system_clock().now_ns() < end_ns && (c.max_ops == 0 || next_block.load() < c.max_ops)) {
+        while (time_left(next_block.load())) {
           const uint64_t block = c.pattern == "seq" ? next_block++ % blocks : (next_block++, caller_rng() % blocks);
           const int64_t op_start = system_clock().now_ns();
           Status status;
@@ -295,27 +367,9 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
             const ChainId chain = chains[chunk.index % chains.size()];
             const uint64_t in_chunk = offset % chunk_bytes;
             std::optional<Result<ReadRsp>> now = client.read_cached_now(chain, chunk, in_chunk, piece_bytes);
-            if (now) {
-              status = now->status();
-              continue;
-            }
-            auto promise = std::make_shared<std::promise<Status>>();
-            auto future = promise->get_future();
-            executor.post([&client, chain, chunk, in_chunk, piece_bytes, promise] {
-              client.read(
-                  chain, chunk, in_chunk, piece_bytes, ReadMode::kStrict,
-                  [promise](Result<ReadRsp> rsp) { promise->set_value(rsp.is_ok() ? Status::ok() : rsp.status()); },
-                  true);
-            });
-            status = future.wait_for(std::chrono::seconds(120)) == std::future_status::ready
-                         ? future.get()
-                         : deadline_exceeded("read of chunk {} got no answer in 120 s", chunk.to_string());
+            status = now ? now->status() : read_waited(chain, chunk, in_chunk, piece_bytes);
           }
-          std::lock_guard lock(shared->mutex);
-          shared->latency.record_us(static_cast<uint64_t>((system_clock().now_ns() - op_start) / 1000));
-          ++shared->issued;
-          ++shared->completed;
-          if (!status.is_ok() && shared->errors++ == 0) shared->first_error = status.to_string();
+          record(op_start, status);
         }
       });
     }
@@ -338,6 +392,7 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
                          {"block_bytes", c.block_bytes},
                          {"queue_depth", c.queue_depth},
                          {"caller_threads", c.caller_threads && c.op == "read"},
+                         {"caller_queue", c.caller_queue && c.op == "read"},
                          {"ops", ok_ops},
                          {"errors", shared->errors},
                          {"seconds", seconds},
@@ -351,6 +406,7 @@ int bench(ThreadExecutor& executor, StorageClient& client, const BenchCase& c) {
                          {"cached_local_reads", client.local_read_counts().cached},
                          {"cached_local_read_misses", client.local_read_counts().cache_misses},
                          {"cached_local_reads_changed", client.local_read_counts().cache_changed},
+                         {"queued_local_reads", client.local_read_counts().queued},
                          {"read_rpcs", client.coalesced_read_counts().rpcs},
                          {"batched_reads", client.coalesced_read_counts().batched_reads},
                          {"coalesced_writes", client.stats().coalesced_writes},
@@ -391,6 +447,9 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--caller-threads", bench_case.caller_threads,
                       "reads: queue-depth threads each reading one block at a time, served on the thread where a "
                       "kept answer of cached local reads allows (StorageClient::read_cached_now)");
+  bench_cmd->add_flag("--caller-queue", bench_case.caller_queue,
+                      "reads: one thread keeping queue-depth reads in flight through one io_uring "
+                      "(StorageClient::CachedReadQueue), those no kept answer serves read as usual and waited for");
   bool no_read_before_answer = false;
   bench_cmd->add_flag("--no-read-before-answer", no_read_before_answer,
                       "local reads wait for the target's answer before reading (ClientConfig::read_before_answer off)");
