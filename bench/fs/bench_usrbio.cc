@@ -51,6 +51,7 @@ struct Args {
       "fuse_pread_threads,usrbio_fuse";
   uint64_t seed = 1;
   uint32_t read_rpcs_per_node = FileClientConfig{}.read_rpcs_per_node;
+  uint32_t read_queue_depth = FileClientConfig{}.read_queue_depth;
 };
 
 struct Measure {
@@ -202,6 +203,7 @@ int run(const Args& args) {
   config.mgmtd_address = args.mgmtd;
   config.max_parallel_chunks = std::max<uint32_t>(16, args.per_doorbell);
   config.read_rpcs_per_node = args.read_rpcs_per_node;
+  config.read_queue_depth = args.read_queue_depth;
   auto client = FileClient::connect(config, **remote);
   if (!client.is_ok()) {
     FF_LOG_ERROR("{}", client.status().to_string());
@@ -415,6 +417,9 @@ int main(int argc, char** argv) {
   app.add_option("--pread-threads", args.pread_threads, "threads of the fuse_pread_threads case");
   app.add_option("--cases", args.cases, "comma-separated cases");
   app.add_option("--seed", args.seed, "offsets seed");
+  app.add_option("--read-queue-depth", args.read_queue_depth,
+                 "FileClientConfig::read_queue_depth of the in-process client (0: a batch's reads of kept chunks one "
+                 "after the other)");
   app.add_option("--read-rpcs-per-node", args.read_rpcs_per_node,
                  "FileClientConfig::read_rpcs_per_node of the in-process client (0: no read coalescing)");
   bool ring_overhead = false;

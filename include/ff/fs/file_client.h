@@ -66,6 +66,11 @@ struct FileClientConfig {
   uint32_t local_read_threads = 32;
   // A local read longer than this reads in pieces of this length, each checked as it lands (ClientConfig).
   uint64_t local_read_piece_bytes = ClientConfig{}.local_read_piece_bytes;
+  // With local reads: the chunk I/Os of at most 64 KiB of one call (a read_batch, as the USRBIO ring's and the KV
+  // cache's, or a read across chunks) whose chunks a kept answer serves (cached local reads) are read together by the
+  // calling thread, up to this many in flight through one io_uring (StorageClient::CachedReadQueue); 0: one after
+  // the other (StorageClient::read_cached_now each).
+  uint32_t read_queue_depth = 32;
   // Small reads over RPC beyond this many read RPCs in flight to a storage node go out together as one batch
   // (ClientConfig::read_rpcs_per_node; 0: off).
   uint32_t read_rpcs_per_node = ClientConfig{}.read_rpcs_per_node;

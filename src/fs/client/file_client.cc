@@ -628,17 +628,16 @@ struct FileClient::Impl {
     return results;
   }
 
-  // Reads through one StorageClient::CachedReadQueue the tasks of at most kQueuedReadMaxBytes whose chunk a kept answer
-  // serves, when there are two or more such tasks: their answers in kept[t] (none where the chunk changed meanwhile),
-  // queued[t] set for each task the queue took.
+  // Reads through one StorageClient::CachedReadQueue (FileClientConfig::read_queue_depth) the tasks of at most
+  // kQueuedReadMaxBytes whose chunk a kept answer serves, when there are two or more such tasks: their answers in
+  // kept[t] (none where the chunk changed meanwhile), queued[t] set for each task the queue took.
   static constexpr uint64_t kQueuedReadMaxBytes = 64 << 10;
-  static constexpr uint32_t kReadQueueDepth = 32;
   void read_kept(const std::vector<ChunkTask>& tasks, std::vector<std::optional<Result<ReadRsp>>>& kept,
                  std::vector<bool>& queued) {
     const auto small = [](const ChunkTask& task) { return task.length <= kQueuedReadMaxBytes; };
-    if (std::count_if(tasks.begin(), tasks.end(), small) < 2) return;
-    StorageClient::CachedReadQueue queue(*storage,
-                                         static_cast<uint32_t>(std::min<size_t>(tasks.size(), kReadQueueDepth)));
+    if (config.read_queue_depth == 0 || std::count_if(tasks.begin(), tasks.end(), small) < 2) return;
+    StorageClient::CachedReadQueue queue(
+        *storage, static_cast<uint32_t>(std::min<size_t>(tasks.size(), config.read_queue_depth)));
     std::vector<StorageClient::CachedReadQueue::Done> done;
     const auto take = [&] {
       for (StorageClient::CachedReadQueue::Done& read : done) {
