@@ -80,7 +80,8 @@ bool reads_into(const LocalExtent& extent, std::span<const std::byte> into);
 // pread.
 class LocalReadQueue {
  public:
-  explicit LocalReadQueue(uint32_t depth = 32, uint32_t timeout_ms = 30000);
+  // use_io_uring false: pread at submission, as where the kernel refuses io_uring (tests run both).
+  explicit LocalReadQueue(uint32_t depth = 32, uint32_t timeout_ms = 30000, bool use_io_uring = true);
   ~LocalReadQueue();  // waits for reads still in flight (up to the timeout)
   LocalReadQueue(const LocalReadQueue&) = delete;
   LocalReadQueue& operator=(const LocalReadQueue&) = delete;

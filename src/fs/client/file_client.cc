@@ -636,8 +636,8 @@ struct FileClient::Impl {
                  std::vector<bool>& queued) {
     const auto small = [](const ChunkTask& task) { return task.length <= kQueuedReadMaxBytes; };
     if (config.read_queue_depth == 0 || std::count_if(tasks.begin(), tasks.end(), small) < 2) return;
-    StorageClient::CachedReadQueue queue(
-        *storage, static_cast<uint32_t>(std::min<size_t>(tasks.size(), config.read_queue_depth)));
+    // Always the configured depth, so that the thread's spare ring fits the next call whatever its size.
+    StorageClient::CachedReadQueue queue(*storage, config.read_queue_depth);
     std::vector<StorageClient::CachedReadQueue::Done> done;
     const auto take = [&] {
       for (StorageClient::CachedReadQueue::Done& read : done) {

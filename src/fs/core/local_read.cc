@@ -450,12 +450,13 @@ struct LocalReadQueue::Impl {
   }
 };
 
-LocalReadQueue::LocalReadQueue(uint32_t depth, uint32_t timeout_ms) : impl_(std::make_unique<Impl>()) {
+LocalReadQueue::LocalReadQueue(uint32_t depth, uint32_t timeout_ms, bool use_io_uring)
+    : impl_(std::make_unique<Impl>()) {
   impl_->depth = std::max<uint32_t>(depth, 1);
   impl_->timeout_ms = timeout_ms;
   impl_->slots.resize(impl_->depth);
   for (uint32_t index = impl_->depth; index > 0; --index) impl_->free_slots.push_back(index - 1);
-  impl_->have_ring = io_uring_queue_init(impl_->depth, &impl_->ring, 0) == 0;
+  impl_->have_ring = use_io_uring && io_uring_queue_init(impl_->depth, &impl_->ring, 0) == 0;
   impl_->ring_set_up = impl_->have_ring;
 }
 

@@ -58,6 +58,9 @@ class LocateTest : public ::testing::Test {
     EXPECT_EQ(to_vector(*local), read->data);
   }
 
+  // AQueueOfLocalReadsGivesWhatSingleReadsGive's body, with the queue's ring or with pread.
+  void expect_queue_reads(bool ring);
+
   TempDir dir_;
   std::unique_ptr<ChunkEngine> engine_;
 };
@@ -227,11 +230,19 @@ TEST_F(LocateTest, LocalReadsInPiecesGiveTheBytesAndCrcsOfOneRead) {
 // bytes and CRCs a single read gives, a full queue refusing more, bad extents refused at submission, a bad byte
 // found by the answer's check; the same through pread where the ring is not used.
 TEST_F(LocateTest, AQueueOfLocalReadsGivesWhatSingleReadsGive) {
+  for (bool ring : {true, false}) {
+    SCOPED_TRACE(ring ? "io_uring" : "pread");
+    ASSERT_NO_FATAL_FAILURE(expect_queue_reads(ring));
+  }
+}
+
+void LocateTest::expect_queue_reads(bool ring) {
+  const uint64_t inode = ring ? 9 : 10;
   constexpr int kChunks = 6;
   std::vector<std::vector<std::byte>> data;
   std::vector<LocalExtent> extents;
   for (int i = 0; i < kChunks; ++i) {
-    const ChunkId id{9, static_cast<uint64_t>(i)};
+    const ChunkId id{inode, static_cast<uint64_t>(i)};
     data.push_back(testing::pattern_bytes(100'000 + 5000 * i, 90 + i));
     write_commit(id, 1, 0, data.back());
     // Whole versions, and a ragged range inside each.
@@ -244,8 +255,9 @@ TEST_F(LocateTest, AQueueOfLocalReadsGivesWhatSingleReadsGive) {
                       : std::vector<std::byte>(bytes.begin() + 7000 + static_cast<ptrdiff_t>(e / 2),
                                                bytes.begin() + 27'000 + static_cast<ptrdiff_t>(e / 2));
   };
-  LocalReadQueue queue(4);
+  LocalReadQueue queue(4, 30000, ring);
   ASSERT_EQ(queue.depth(), 4u);
+  EXPECT_EQ(queue.uses_io_uring(), ring);
   std::vector<LocalReadQueue::Done> done;
   std::vector<bool> seen(extents.size());
   const auto check = [&] {
