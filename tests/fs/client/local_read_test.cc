@@ -3,6 +3,7 @@
 // bytes equal to what was written, a corrupted replica read over RPC and repaired).
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -313,6 +314,48 @@ void LocateTest::expect_queue_reads(bool ring) {
   ASSERT_EQ(done.size(), 1u);
   ASSERT_TRUE(done[0].bytes.is_ok()) << done[0].bytes.status();
   EXPECT_EQ(done[0].bytes->answer(extents[2]).status().code(), StatusCode::kDataLoss);
+}
+
+// A read that never completes (from a FIFO nobody writes to): the queue gives it up after its timeout with
+// deadline_exceeded instead of waiting forever, and reads with pread from then on.
+TEST(LocalReadQueueTest, AReadThatNeverCompletesIsGivenUpAfterTheTimeout) {
+  TempDir dir;
+  const std::string path = dir.path() + "/fifo";
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
+  const int writer = ::open(path.c_str(), O_RDWR);  // a writer that never writes (and lets the reader open at once)
+  ASSERT_GE(writer, 0) << std::strerror(errno);
+  struct stat info {};
+  ASSERT_EQ(::stat(path.c_str(), &info), 0);
+  LocalExtent extent{.path = path,
+                     .device = static_cast<uint64_t>(info.st_dev),
+                     .inode = static_cast<uint64_t>(info.st_ino),
+                     .file_offset = 0,
+                     .position = 0,
+                     .verify_bytes = 4096,
+                     .skip = 0,
+                     .count = 4096,
+                     .segment_bytes = 4096,
+                     .segment_crcs = {0}};
+  {
+    LocalReadQueue queue(2, /*timeout_ms=*/300);
+    if (!queue.uses_io_uring()) {
+      ::close(writer);
+      GTEST_SKIP() << "io_uring is refused here";
+    }
+    ASSERT_TRUE(queue.submit(extent, 7).is_ok());
+    std::vector<LocalReadQueue::Done> done;
+    const auto start = std::chrono::steady_clock::now();
+    queue.reap(1, done);
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ASSERT_EQ(done.size(), 1u);
+    EXPECT_EQ(done[0].tag, 7u);
+    EXPECT_EQ(done[0].bytes.status().code(), StatusCode::kDeadlineExceeded) << done[0].bytes.status();
+    EXPECT_GE(waited, std::chrono::milliseconds(250));
+    EXPECT_LT(waited, std::chrono::seconds(10));
+    EXPECT_EQ(queue.in_flight(), 0u);
+    EXPECT_FALSE(queue.uses_io_uring()) << "the ring that timed out is still used";
+  }
+  ::close(writer);
 }
 
 TEST_F(LocateTest, ExtentsThatDoNotAddUpOrNameAnotherFileAreRefused) {
