@@ -382,14 +382,19 @@ struct LocalReadQueue::Impl {
     unsubmitted = true;
   }
 
+  // The CRC32C of each segment of a read whose bytes are all in.
+  static void compute_crcs(LocalBytes& bytes) {
+    const LocalExtent& extent = bytes.extent;
+    PieceChecker{bytes.buffer.get(), extent.verify_bytes, extent.segment_bytes, &bytes.crcs, nullptr}.check(
+        0, extent.verify_bytes);
+  }
+
   Done release(uint32_t index, Status status) {
     Slot& slot = slots[index];
     Done done;
     done.tag = slot.tag;
     if (status.is_ok()) {
-      const LocalExtent& extent = slot.bytes.extent;
-      PieceChecker{slot.bytes.buffer.get(), extent.verify_bytes, extent.segment_bytes, &slot.bytes.crcs, nullptr}.check(
-          0, extent.verify_bytes);
+      compute_crcs(slot.bytes);
       done.bytes = std::move(slot.bytes);
     } else {
       done.bytes = Status(status.code(), fmt::format("local read of {}: {}", slot.bytes.extent.path, status.message()));
@@ -491,8 +496,7 @@ Status LocalReadQueue::submit(LocalExtent&& taken, uint64_t tag) {
     if (!status.is_ok()) {
       q.ready.push_back(Done{tag, std::move(status)});
     } else {
-      PieceChecker{bytes.buffer.get(), extent.verify_bytes, extent.segment_bytes, &bytes.crcs, nullptr}.check(
-          0, extent.verify_bytes);
+      Impl::compute_crcs(bytes);
       q.ready.push_back(Done{tag, std::move(bytes)});
     }
     return Status::ok();
