@@ -74,8 +74,11 @@ bool reads_into(const LocalExtent& extent, std::span<const std::byte> into);
 // reads, a reader keeping a queue depth) submits each and reaps them as they land, one system call per round for all
 // of them instead of a thread (or a pread) per read. Each read lands in a 4 KiB-aligned buffer of its own and comes
 // back as read_local_bytes' LocalBytes: the bytes and their CRCs as read, nothing checked yet (LocalBytes::answer
-// checks). One thread uses a queue at a time. Where io_uring is refused, submit() reads at once (pread) and reap()
-// hands the bytes back. A read not done within `timeout_ms` fails deadline_exceeded with every other read then in
+// checks). One thread uses a queue at a time: its ring is that thread's (where the kernel allows, its completions are
+// posted in the system calls that thread makes, none interrupting it), set up again when another thread takes the
+// queue over with nothing in flight; reads still in flight when another thread takes it over fail (failed_precondition)
+// and the queue reads with pread after. Where io_uring is refused, submit() reads at once (pread) and reap() hands the
+// bytes back. A read not done within `timeout_ms` fails deadline_exceeded with every other read then in
 // flight; the ring and their buffers are given up (never reused: the disk may still write there) and later reads use
 // pread.
 class LocalReadQueue {

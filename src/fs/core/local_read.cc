@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "../chunk/io_context.h"
@@ -341,6 +342,11 @@ struct LocalReadQueue::Impl {
   io_uring ring{};
   bool ring_set_up = false;
   bool have_ring = false;  // false: pread (refused at set-up, or given up after a timeout)
+  // A ring of one thread (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, where the kernel has them): its
+  // completions are posted when that thread asks for them, in the system call that submits the next reads, not by a
+  // task-work interruption per completion. Only `owner` may submit to it or reap from it.
+  bool single_issuer = false;
+  std::thread::id owner;
   std::vector<Slot> slots;
   std::vector<uint32_t> free_slots;
   size_t in_ring = 0;           // slots whose read the ring holds
@@ -356,6 +362,32 @@ struct LocalReadQueue::Impl {
   static constexpr size_t kRecentFiles = 8;
   std::vector<RecentFile> recent;
   size_t next_recent = 0;
+
+  // Sets the ring up for this thread: one thread's ring where the kernel allows, else a plain one; false where io_uring
+  // is refused.
+  bool set_up_ring() {
+    io_uring_params params{};
+    params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    single_issuer = io_uring_queue_init_params(depth, &ring, &params) == 0;
+    ring_set_up = single_issuer || io_uring_queue_init(depth, &ring, 0) == 0;
+    owner = std::this_thread::get_id();
+    return ring_set_up;
+  }
+
+  // Before a submission or a reap on another thread than the last: with nothing in the ring, the queue is this thread's
+  // now (a ring of one thread is set up again for it); reads another thread left in the ring fail (a ring of one thread
+  // could not reap them here; any ring, so that the rule does not depend on the kernel) and the queue reads with pread.
+  void claim_ring() {
+    if (!have_ring || owner == std::this_thread::get_id()) return;
+    if (in_ring > 0) {
+      give_up(failed_precondition("{} reads were submitted on another thread, whose ring only it can reap", in_ring));
+      return;
+    }
+    owner = std::this_thread::get_id();
+    if (!single_issuer) return;
+    io_uring_queue_exit(&ring);
+    have_ring = set_up_ring();
+  }
 
   Result<std::shared_ptr<const OpenFiles::File>> open(const LocalExtent& extent) {
     for (const RecentFile& entry : recent) {
@@ -461,8 +493,7 @@ LocalReadQueue::LocalReadQueue(uint32_t depth, uint32_t timeout_ms, bool use_io_
   impl_->timeout_ms = timeout_ms;
   impl_->slots.resize(impl_->depth);
   for (uint32_t index = impl_->depth; index > 0; --index) impl_->free_slots.push_back(index - 1);
-  impl_->have_ring = use_io_uring && io_uring_queue_init(impl_->depth, &impl_->ring, 0) == 0;
-  impl_->ring_set_up = impl_->have_ring;
+  impl_->have_ring = use_io_uring && impl_->set_up_ring();
 }
 
 LocalReadQueue::~LocalReadQueue() {
@@ -484,6 +515,7 @@ Status LocalReadQueue::submit(LocalExtent&& taken, uint64_t tag) {
                               in_flight());
   }
   FF_RETURN_IF_ERROR(check_extent(taken));
+  q.claim_ring();
   FF_ASSIGN_OR_RETURN(std::shared_ptr<const OpenFiles::File> file, q.open(taken));
   const uint64_t room = align_up(taken.verify_bytes, kIoAlignment);
   std::shared_ptr<std::byte> buffer = chunk_internal::process_io_buffers().acquire(std::max(room, kIoAlignment));
@@ -511,6 +543,7 @@ Status LocalReadQueue::submit(LocalExtent&& taken, uint64_t tag) {
 
 void LocalReadQueue::reap(size_t min, std::vector<Done>& out, size_t max) {
   Impl& q = *impl_;
+  q.claim_ring();
   min = std::min({min, in_flight(), max});
   const auto have = [&] { return q.landed.size() + q.ready.size(); };
   while (q.have_ring && (q.unsubmitted || (q.in_ring > 0 && have() < min))) {
@@ -519,8 +552,9 @@ void LocalReadQueue::reap(size_t min, std::vector<Done>& out, size_t max) {
     __kernel_timespec timeout{.tv_sec = q.timeout_ms / 1000,
                               .tv_nsec = static_cast<long long>(q.timeout_ms % 1000) * 1000000};
     q.unsubmitted = false;
-    const int rc =
-        wait == 0 ? io_uring_submit(&q.ring) : io_uring_submit_and_wait_timeout(&q.ring, &cqe, wait, &timeout, nullptr);
+    // Submitting without a wait still asks for the completions there are (a ring of one thread posts them only then).
+    const int rc = wait == 0 ? io_uring_submit_and_get_events(&q.ring)
+                             : io_uring_submit_and_wait_timeout(&q.ring, &cqe, wait, &timeout, nullptr);
     if (rc == -ETIME) {
       q.give_up(deadline_exceeded("not done within {} ms ({} reads in the ring)", q.timeout_ms, q.in_ring));
       break;

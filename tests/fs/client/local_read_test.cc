@@ -318,30 +318,39 @@ void LocateTest::expect_queue_reads(bool ring) {
 
 // A read that never completes (from a FIFO nobody writes to): the queue gives it up after its timeout with
 // deadline_exceeded instead of waiting forever, and reads with pread from then on.
-TEST(LocalReadQueueTest, AReadThatNeverCompletesIsGivenUpAfterTheTimeout) {
+// A FIFO with a writer that never writes (and lets a reader open it at once): a local read of it never completes.
+struct NeverReadyFile {
   TempDir dir;
-  const std::string path = dir.path() + "/fifo";
-  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
-  const int writer = ::open(path.c_str(), O_RDWR);  // a writer that never writes (and lets the reader open at once)
-  ASSERT_GE(writer, 0) << std::strerror(errno);
-  struct stat info {};
-  ASSERT_EQ(::stat(path.c_str(), &info), 0);
-  LocalExtent extent{.path = path,
-                     .device = static_cast<uint64_t>(info.st_dev),
-                     .inode = static_cast<uint64_t>(info.st_ino),
-                     .file_offset = 0,
-                     .position = 0,
-                     .verify_bytes = 4096,
-                     .skip = 0,
-                     .count = 4096,
-                     .segment_bytes = 4096,
-                     .segment_crcs = {0}};
+  int writer = -1;
+  LocalExtent extent;
+
+  NeverReadyFile() {
+    const std::string path = dir.path() + "/fifo";
+    EXPECT_EQ(::mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
+    writer = ::open(path.c_str(), O_RDWR);
+    EXPECT_GE(writer, 0) << std::strerror(errno);
+    struct stat info {};
+    EXPECT_EQ(::stat(path.c_str(), &info), 0);
+    extent = LocalExtent{.path = path,
+                         .device = static_cast<uint64_t>(info.st_dev),
+                         .inode = static_cast<uint64_t>(info.st_ino),
+                         .file_offset = 0,
+                         .position = 0,
+                         .verify_bytes = 4096,
+                         .skip = 0,
+                         .count = 4096,
+                         .segment_bytes = 4096,
+                         .segment_crcs = {0}};
+  }
+  ~NeverReadyFile() { ::close(writer); }
+};
+
+TEST(LocalReadQueueTest, AReadThatNeverCompletesIsGivenUpAfterTheTimeout) {
+  NeverReadyFile fifo;
+  const LocalExtent& extent = fifo.extent;
   {
     LocalReadQueue queue(2, /*timeout_ms=*/300);
-    if (!queue.uses_io_uring()) {
-      ::close(writer);
-      GTEST_SKIP() << "io_uring is refused here";
-    }
+    if (!queue.uses_io_uring()) GTEST_SKIP() << "io_uring is refused here";
     ASSERT_TRUE(queue.submit(extent, 7).is_ok());
     std::vector<LocalReadQueue::Done> done;
     const auto start = std::chrono::steady_clock::now();
@@ -355,7 +364,52 @@ TEST(LocalReadQueueTest, AReadThatNeverCompletesIsGivenUpAfterTheTimeout) {
     EXPECT_EQ(queue.in_flight(), 0u);
     EXPECT_FALSE(queue.uses_io_uring()) << "the ring that timed out is still used";
   }
-  ::close(writer);
+}
+
+// A queue's ring belongs to the thread using it: reads another thread left in flight fail at once (not after the
+// timeout, not hanging), and the queue goes on with pread.
+TEST(LocalReadQueueTest, ReadsLeftInFlightByAnotherThreadFailAtOnce) {
+  NeverReadyFile fifo;
+  LocalReadQueue queue(2, /*timeout_ms=*/30000);
+  if (!queue.uses_io_uring()) GTEST_SKIP() << "io_uring is refused here";
+  std::vector<LocalReadQueue::Done> done;
+  ASSERT_TRUE(queue.submit(fifo.extent, 3).is_ok());
+  queue.reap(0, done);  // in the ring now
+  EXPECT_TRUE(done.empty());
+  ASSERT_EQ(queue.in_flight(), 1u);
+  const auto start = std::chrono::steady_clock::now();
+  std::thread([&] { queue.reap(1, done); }).join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5)) << "waited for a read it cannot reap";
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].tag, 3u);
+  EXPECT_EQ(done[0].bytes.status().code(), StatusCode::kFailedPrecondition) << done[0].bytes.status();
+  EXPECT_EQ(queue.in_flight(), 0u);
+  EXPECT_FALSE(queue.uses_io_uring());
+}
+
+TEST_F(LocateTest, AQueueTakenOverByAnotherThreadWithNothingInFlightKeepsItsRing) {
+  const ChunkId id{12, 0};
+  const std::vector<std::byte> data = testing::pattern_bytes(40'000, 12);
+  write_commit(id, 1, 0, data);
+  const LocalExtent extent = *engine_->locate(id, 0, UINT64_MAX, ReadMode::kStrict)->extent;
+  LocalReadQueue queue(4);
+  if (!queue.uses_io_uring()) GTEST_SKIP() << "io_uring is refused here";
+  const auto read_twice = [&] {
+    std::vector<LocalReadQueue::Done> done;
+    for (uint64_t tag : {1, 2}) ASSERT_TRUE(queue.submit(extent, tag).is_ok());
+    queue.reap(2, done);
+    ASSERT_EQ(done.size(), 2u);
+    for (LocalReadQueue::Done& read : done) {
+      ASSERT_TRUE(read.bytes.is_ok()) << read.bytes.status();
+      auto answer = read.bytes->answer(extent);
+      ASSERT_TRUE(answer.is_ok()) << answer.status();
+      EXPECT_EQ(to_vector(*answer), data);
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(read_twice());
+  std::thread([&] { ASSERT_NO_FATAL_FAILURE(read_twice()); }).join();
+  ASSERT_NO_FATAL_FAILURE(read_twice());
+  EXPECT_TRUE(queue.uses_io_uring()) << "a queue handed over with nothing in flight lost its ring";
 }
 
 TEST_F(LocateTest, ExtentsThatDoNotAddUpOrNameAnotherFileAreRefused) {
