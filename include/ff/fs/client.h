@@ -138,7 +138,8 @@ class StorageClient {
   // Cached local reads kept in flight together (a batch of small reads, a reader keeping a queue depth): a read that
   // read_cached_now could serve goes to the disk through one io_uring for the whole queue (LocalReadQueue: one system
   // call per round for all the reads in flight) and is checked as read_cached_now checks it (the stamps before and
-  // after, every segment's CRC). One thread uses a queue at a time; queues of one client may run on many threads. A
+  // after, every segment's CRC). One thread uses a queue at a time (reads it left in flight fail if another takes it
+  // over: LocalReadQueue); queues of one client may run on many threads. A
   // read the queue does not take, or hands back without an answer (the chunk changed while it was read), is the
   // caller's to read with read().
   class CachedReadQueue {
